@@ -1,0 +1,42 @@
+# The two commands: `make run` and `make test`.  Both install what they need every time (fast when done).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint fmt testenv testenv-up bench clean
+
+install:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+run: install
+	$(VENV)/bin/shipit serve
+
+test: install testenv
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+fmt: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# The local Kubernetes control plane for the tests, built from Go modules into ~/.cache/shipit/testenv.
+testenv:
+	@if command -v go >/dev/null 2>&1; then scripts/testenv-build; \
+	else echo "testenv: go is not installed, Kubernetes tests will be skipped (and fail under CI=true)"; fi
+
+testenv-up: install testenv
+	$(PY) -m tests.testenv.controlplane up
+
+bench: install testenv
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

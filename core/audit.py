@@ -1,0 +1,55 @@
+"""The append-only audit log.  Details never hold secret values: callers pass keys, not values."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.identity import Actor
+from storage import models
+
+
+async def record(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    action: str,
+    target: str,
+    project_id: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> models.AuditEvent:
+    row = models.AuditEvent(
+        actor=actor.subject,
+        channel=actor.channel,
+        action=action,
+        target=target,
+        project_id=project_id,
+        details=details or {},
+    )
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def query(
+    session: AsyncSession,
+    *,
+    project_ids: set[int] | None,
+    target: str | None = None,
+    action: str | None = None,
+    since: dt.datetime | None = None,
+    limit: int = 100,
+) -> list[models.AuditEvent]:
+    q = select(models.AuditEvent).order_by(models.AuditEvent.id.desc()).limit(min(max(limit, 1), 1000))
+    if project_ids is not None:
+        q = q.where(models.AuditEvent.project_id.in_(project_ids))
+    if target:
+        q = q.where(models.AuditEvent.target.like(f"%{target}%"))
+    if action:
+        q = q.where(models.AuditEvent.action == action)
+    if since:
+        q = q.where(models.AuditEvent.at >= since)
+    return list(await session.scalars(q))

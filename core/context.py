@@ -1,0 +1,44 @@
+"""The core's dependencies, built once by the composition root (shipit.app).
+
+Services take the session as a keyword argument (the entry point owns the
+transaction) and this context for everything else: the cipher, the Kubernetes
+clients, the registered notifiers and the tunables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.kube.client import KubeClients
+from storage.crypto import Cipher
+
+if TYPE_CHECKING:
+    from core.events import Notifier
+
+
+@dataclass(kw_only=True)
+class CoreConfig:
+    revisions_kept: int = 10
+    job_lease_seconds: float = 30.0
+    job_poll_seconds: float = 0.5
+    worker_concurrency: int = 8
+    approval_ttl_seconds: float = 3600.0
+    rollout_timeout_margin_seconds: float = 60.0
+    default_ingress_class: str = "nginx"
+    default_tls_issuer: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+
+
+@dataclass(kw_only=True)
+class Core:
+    sessionmaker: async_sessionmaker[AsyncSession]
+    cipher: Cipher
+    kube: KubeClients
+    config: CoreConfig = field(default_factory=CoreConfig)
+    notifiers: dict[str, Notifier] = field(default_factory=dict)
+    # Set when a job is committed in this process, so idle workers wake at once.
+    jobs_ready: asyncio.Event = field(default_factory=asyncio.Event)

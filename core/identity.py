@@ -1,0 +1,83 @@
+"""Who is asking, and what they may do.
+
+Permission is checked here, in core, so every channel (Slack, GitHub, API, CLI)
+obeys the same rules.  Roles are per project: viewer < developer < admin < owner.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import InvalidInput, PermissionDenied
+from storage import models
+
+
+class Role(enum.IntEnum):
+    VIEWER = 1
+    DEVELOPER = 2
+    ADMIN = 3
+    OWNER = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str, *, field: str = "role") -> Role:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            names = ", ".join(r.label for r in cls)
+            raise InvalidInput(f"{field} must be one of {names}, got {text!r}", field=field) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Actor:
+    """A caller.  `subject` is what roles bind to: user:alice, slack:U123, github:octocat, system."""
+
+    subject: str
+    channel: str  # api, cli, slack, github, system
+    display: str = ""
+    is_admin: bool = False  # global admin: the bootstrap token, `shipit` run on the server
+
+    @property
+    def name(self) -> str:
+        return self.display or self.subject
+
+
+SYSTEM = Actor(subject="system", channel="system", display="shipit", is_admin=True)
+
+
+async def role_of(session: AsyncSession, *, actor: Actor, project_id: int) -> Role | None:
+    if actor.is_admin:
+        return Role.OWNER
+    role = await session.scalar(
+        select(models.Member.role).where(
+            models.Member.project_id == project_id, models.Member.subject == actor.subject
+        )
+    )
+    return Role[role.upper()] if role else None
+
+
+async def require(
+    session: AsyncSession, *, actor: Actor, project: models.Project, role: Role, action: str
+) -> Role:
+    have = await role_of(session, actor=actor, project_id=project.id)
+    if have is None or have < role:
+        has = f"you have {have.label}" if have else "you have no role there"
+        raise PermissionDenied(f"{action} in project {project.name} needs the {role.label} role; {has}")
+    return have
+
+
+async def visible_project_ids(session: AsyncSession, *, actor: Actor) -> set[int] | None:
+    """The projects the actor can read; None means all of them."""
+    if actor.is_admin:
+        return None
+    rows = await session.scalars(
+        select(models.Member.project_id).where(models.Member.subject == actor.subject)
+    )
+    return set(rows)

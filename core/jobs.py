@@ -1,0 +1,191 @@
+"""The durable job queue: a table in the same database, so a request and its job commit together.
+
+PostgreSQL: claims use FOR UPDATE SKIP LOCKED and several replicas share the
+queue.  SQLite: one process owns the queue (transactions are serialised).
+A partial unique index allows one *running* job per concurrency key, so two
+replicas can never run two deploys of the same app at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage import models
+
+QUEUED = "queued"
+RUNNING = "running"
+DONE = "done"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobView:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    lease_owner: str
+
+
+async def enqueue(
+    session: AsyncSession,
+    *,
+    kind: str,
+    payload: dict[str, Any],
+    dedupe_key: str | None = None,
+    concurrency_key: str | None = None,
+    run_at: dt.datetime | None = None,
+    max_attempts: int = 8,
+) -> models.Job:
+    """Add a job in the caller's transaction; a job with the same dedupe key is returned instead."""
+    if dedupe_key is not None:
+        existing = await session.scalar(select(models.Job).where(models.Job.dedupe_key == dedupe_key))
+        if existing is not None:
+            return existing
+    job = models.Job(
+        kind=kind,
+        payload=payload,
+        dedupe_key=dedupe_key,
+        concurrency_key=concurrency_key,
+        run_at=run_at or models.utcnow(),
+        max_attempts=max_attempts,
+        state=QUEUED,
+    )
+    session.add(job)
+    await session.flush()
+    session.info["jobs_enqueued"] = True
+    return job
+
+
+async def claim(
+    session: AsyncSession, *, owner: str, lease_seconds: float, skip_locked: bool
+) -> JobView | None:
+    """Take the next runnable job (or one whose lease ran out) for `owner`."""
+    now = models.utcnow()
+    busy_keys = select(models.Job.concurrency_key).where(
+        models.Job.state == RUNNING, models.Job.concurrency_key.is_not(None)
+    )
+    q = (
+        select(models.Job)
+        .where(
+            or_(
+                and_(
+                    models.Job.state == QUEUED,
+                    models.Job.run_at <= now,
+                    or_(models.Job.concurrency_key.is_(None), models.Job.concurrency_key.not_in(busy_keys)),
+                ),
+                and_(models.Job.state == RUNNING, models.Job.lease_until < now),
+            )
+        )
+        .order_by(models.Job.run_at, models.Job.id)
+        .limit(1)
+    )
+    if skip_locked:
+        q = q.with_for_update(skip_locked=True)
+    job = await session.scalar(q)
+    if job is None:
+        return None
+    job.state = RUNNING
+    job.lease_owner = owner
+    job.lease_until = now + dt.timedelta(seconds=lease_seconds)
+    job.attempts += 1
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        # Another replica started a job with the same concurrency key first.
+        return None
+    return JobView(
+        id=job.id,
+        kind=job.kind,
+        payload=dict(job.payload),
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        lease_owner=owner,
+    )
+
+
+async def heartbeat(session: AsyncSession, *, job_id: int, owner: str, lease_seconds: float) -> bool:
+    """Extend the lease; False means the lease was lost (another worker took the job)."""
+    result = await session.execute(
+        update(models.Job)
+        .where(models.Job.id == job_id, models.Job.lease_owner == owner, models.Job.state == RUNNING)
+        .values(lease_until=models.utcnow() + dt.timedelta(seconds=lease_seconds))
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def _owned(session: AsyncSession, *, job_id: int, owner: str) -> models.Job | None:
+    job = await session.get(models.Job, job_id, with_for_update=True)
+    if job is None or job.lease_owner != owner or job.state != RUNNING:
+        return None
+    return job
+
+
+async def complete(session: AsyncSession, *, job_id: int, owner: str) -> bool:
+    job = await _owned(session, job_id=job_id, owner=owner)
+    if job is None:
+        return False
+    job.state, job.finished_at, job.lease_until = DONE, models.utcnow(), None
+    return True
+
+
+async def fail(session: AsyncSession, *, job_id: int, owner: str, error: str) -> bool:
+    job = await _owned(session, job_id=job_id, owner=owner)
+    if job is None:
+        return False
+    job.state, job.finished_at, job.lease_until, job.last_error = FAILED, models.utcnow(), None, error
+    return True
+
+
+def backoff_seconds(*, attempts: int, base: float = 1.0, cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter around the midpoint, so retries do not stampede."""
+    delay: float = min(cap, base * 2 ** max(attempts - 1, 0))
+    return delay * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not crypto
+
+
+async def retry(
+    session: AsyncSession, *, job_id: int, owner: str, error: str, delay: float
+) -> bool:
+    job = await _owned(session, job_id=job_id, owner=owner)
+    if job is None:
+        return False
+    job.state, job.lease_owner, job.lease_until = QUEUED, None, None
+    job.last_error = error
+    job.run_at = models.utcnow() + dt.timedelta(seconds=delay)
+    session.info["jobs_enqueued"] = True
+    return True
+
+
+async def cancel_where(session: AsyncSession, *, dedupe_keys: list[str]) -> None:
+    """Cancel queued jobs (a superseded or cancelled deploy's job)."""
+    if not dedupe_keys:
+        return
+    await session.execute(
+        update(models.Job)
+        .where(models.Job.dedupe_key.in_(dedupe_keys), models.Job.state == QUEUED)
+        .values(state=CANCELLED, finished_at=models.utcnow())
+    )
+
+
+async def depth(session: AsyncSession) -> dict[str, int]:
+    from sqlalchemy import func
+
+    rows = await session.execute(
+        select(models.Job.state, func.count())
+        .where(models.Job.state.in_([QUEUED, RUNNING]))
+        .group_by(models.Job.state)
+    )
+    counts = {QUEUED: 0, RUNNING: 0}
+    for state, n in rows.all():
+        counts[state] = n
+    return counts

@@ -1,0 +1,104 @@
+"""What is running and what is queued: the `status` and `logs` commands of every channel.
+
+Reading the database and asking the cluster are separate steps, so no
+transaction is held open while the Kubernetes API answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import apps, clusters, deploys, events
+from core.context import Core
+from core.errors import ShipitError
+from core.identity import Actor, Role
+from core.kube.client import DeploymentStatus
+from storage import models
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    app_id: int
+    app: str
+    namespace: str
+    cluster_id: int
+    kubeconfig: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppStatus:
+    app: str
+    project: str
+    cluster: str
+    namespace: str
+    image: str | None
+    locked: str | None
+    paused: str | None
+    current: events.DeploymentView | None
+    active: list[events.DeploymentView]
+    live: DeploymentStatus | None = None
+    live_error: str | None = None
+
+
+async def target(session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str) -> Target:
+    app = await apps.get(session, actor=actor, name=app_name)
+    await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="reading status")
+    cluster = await session.get(models.Cluster, app.cluster_id)
+    assert cluster is not None
+    return Target(
+        app_id=app.id,
+        app=app.name,
+        namespace=app.namespace,
+        cluster_id=cluster.id,
+        kubeconfig=clusters.kubeconfig(cluster, ctx=ctx),
+    )
+
+
+async def read(session: AsyncSession, *, actor: Actor, app_name: str) -> AppStatus:
+    app = await apps.get(session, actor=actor, name=app_name)
+    await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="reading status")
+    project = await apps.project_of(session, app=app)
+    cluster = await session.get(models.Cluster, app.cluster_id)
+    current = await deploys.current_deployment(session, app=app)
+    active = await session.scalars(
+        select(models.Deployment)
+        .where(
+            models.Deployment.app_id == app.id,
+            models.Deployment.status.in_((deploys.QUEUED, deploys.AWAITING_APPROVAL, deploys.RUNNING)),
+        )
+        .order_by(models.Deployment.id)
+    )
+    return AppStatus(
+        app=app.name,
+        project=project.name,
+        cluster=cluster.name if cluster else "",
+        namespace=app.namespace,
+        image=app.image,
+        locked=f"{app.locked_reason} ({app.locked_by})" if app.locked_reason else None,
+        paused=app.paused_reason if app.auto_deploy_paused else None,
+        current=await events.deployment_view(session, deployment=current) if current else None,
+        active=[await events.deployment_view(session, deployment=d) for d in active],
+    )
+
+
+async def live(*, ctx: Core, target: Target) -> DeploymentStatus | None:
+    kube = await ctx.kube.get(key=str(target.cluster_id), kubeconfig=target.kubeconfig)
+    return await kube.deployment_status(namespace=target.namespace, name=target.app)
+
+
+async def with_live(*, ctx: Core, status: AppStatus, target: Target) -> AppStatus:
+    try:
+        observed = await live(ctx=ctx, target=target)
+    except ShipitError as e:
+        return AppStatus(**{**status.__dict__, "live_error": str(e)})
+    return AppStatus(**{**status.__dict__, "live": observed})
+
+
+async def logs(*, ctx: Core, target: Target, tail_lines: int, follow: bool) -> AsyncIterator[str]:
+    kube = await ctx.kube.get(key=str(target.cluster_id), kubeconfig=target.kubeconfig)
+    async for line in kube.pod_logs(namespace=target.namespace, app=target.app, tail_lines=tail_lines, follow=follow):
+        yield line

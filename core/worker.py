@@ -1,0 +1,194 @@
+"""The worker pool that runs jobs inside the service.
+
+Each job runs under a lease renewed by a heartbeat; if the process dies the
+lease runs out and any replica (or this one, restarted) claims the job again.
+Handlers are written to be re-run: apply is idempotent and watching picks up
+wherever the cluster is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import jobs
+from core.context import Core
+from core.errors import PermanentError, TransientError, UserError
+from storage import db
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Handler:
+    run: Callable[..., Awaitable[None]]  # run(ctx=, job=)
+    # Called in its own transaction when the job fails for good.
+    failed: Callable[..., Awaitable[None]] | None = None  # failed(session=, ctx=, job=, error=)
+
+
+def install_wakeup(ctx: Core) -> None:
+    """Wake idle workers in this process as soon as a transaction that enqueued jobs commits."""
+
+    @event.listens_for(ctx.sessionmaker.class_.sync_session_class, "after_commit")
+    def _after_commit(session: object) -> None:
+        info = getattr(session, "info", {})
+        if info.pop("jobs_enqueued", False):
+            ctx.jobs_ready.set()
+
+
+class Worker:
+    def __init__(self, *, ctx: Core, handlers: dict[str, Handler], concurrency: int | None = None) -> None:
+        self.ctx = ctx
+        self.handlers = handlers
+        self.concurrency = concurrency or ctx.config.worker_concurrency
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        url = str(ctx.sessionmaker.kw["bind"].url)
+        self._skip_locked = db.is_postgres(url)
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name="shipit-worker")
+
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """Stop claiming; give running jobs `grace` seconds, then cancel them (their leases expire)."""
+        self._stopping.set()
+        self.ctx.jobs_ready.set()
+        if self._loop_task:
+            await self._loop_task
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        log.info("worker %s started with %d slots", self.owner, self.concurrency)
+        while not self._stopping.is_set():
+            if len(self._tasks) >= self.concurrency:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                job = await self._claim()
+            except Exception:
+                log.exception("worker %s: claiming a job failed; retrying", self.owner)
+                job = None
+            if job is None:
+                self.ctx.jobs_ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ctx.jobs_ready.wait(), self.ctx.config.job_poll_seconds)
+                continue
+            task = asyncio.create_task(self._run(job), name=f"job-{job.id}-{job.kind}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _claim(self) -> jobs.JobView | None:
+        async with self.ctx.sessionmaker.begin() as session:
+            return await jobs.claim(
+                session,
+                owner=self.owner,
+                lease_seconds=self.ctx.config.job_lease_seconds,
+                skip_locked=self._skip_locked,
+            )
+
+    async def _heartbeat(self, job: jobs.JobView, runner: asyncio.Task[None]) -> None:
+        interval = self.ctx.config.job_lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.ctx.sessionmaker.begin() as session:
+                    kept = await jobs.heartbeat(
+                        session, job_id=job.id, owner=self.owner, lease_seconds=self.ctx.config.job_lease_seconds
+                    )
+            except Exception:
+                log.warning("job %s (%s): heartbeat failed; will try again", job.id, job.kind, exc_info=True)
+                continue
+            if not kept:
+                log.warning("job %s (%s): lease lost to another worker; stopping here", job.id, job.kind)
+                runner.cancel()
+                return
+
+    async def _run(self, job: jobs.JobView) -> None:
+        handler = self.handlers.get(job.kind)
+        if handler is None:
+            await self._finish(job, fail=f"no handler for job kind {job.kind!r}")
+            return
+        runner = asyncio.create_task(handler.run(ctx=self.ctx, job=job))
+        beat = asyncio.create_task(self._heartbeat(job, runner))
+        try:
+            await runner
+        except asyncio.CancelledError:
+            if self._stopping.is_set() or not runner.cancelled():
+                return  # shutting down: the lease runs out and the job is claimed again
+            return
+        except TransientError as e:
+            delay = e.retry_after if e.retry_after is not None else jobs.backoff_seconds(attempts=job.attempts)
+            if job.attempts >= job.max_attempts:
+                await self._finish(job, fail=f"gave up after {job.attempts} attempts: {e}")
+            else:
+                log.warning(
+                    "job %s (%s) attempt %d: %s; retrying in %.1fs", job.id, job.kind, job.attempts, e, delay
+                )
+                await self._retry(job, error=str(e), delay=delay)
+        except (PermanentError, UserError) as e:
+            log.warning("job %s (%s) failed: %s", job.id, job.kind, e)
+            await self._finish(job, fail=str(e))
+        except Exception as e:
+            ref = uuid.uuid4().hex[:12]
+            log.error("job %s (%s) crashed [ref %s]:\n%s", job.id, job.kind, ref, traceback.format_exc())
+            message = f"internal error (reference {ref}): {type(e).__name__}"
+            if job.attempts >= job.max_attempts:
+                await self._finish(job, fail=message)
+            else:
+                await self._retry(job, error=message, delay=jobs.backoff_seconds(attempts=job.attempts))
+        else:
+            await self._finish(job, fail=None)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    async def _retry(self, job: jobs.JobView, *, error: str, delay: float) -> None:
+        async with self.ctx.sessionmaker.begin() as session:
+            await jobs.retry(session, job_id=job.id, owner=self.owner, error=error, delay=delay)
+
+    async def _finish(self, job: jobs.JobView, *, fail: str | None) -> None:
+        async with self.ctx.sessionmaker.begin() as session:
+            if fail is None:
+                await jobs.complete(session, job_id=job.id, owner=self.owner)
+                return
+            if await jobs.fail(session, job_id=job.id, owner=self.owner, error=fail):
+                handler = self.handlers.get(job.kind)
+                if handler is not None and handler.failed is not None:
+                    await handler.failed(session=session, ctx=self.ctx, job=job, error=fail)
+
+
+async def run_until_idle(ctx: Core, *, handlers: dict[str, Handler], timeout: float = 60.0) -> None:
+    """Drain the queue in the current task (CLI and tests): returns when nothing is runnable."""
+    worker = Worker(ctx=ctx, handlers=handlers)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        job = await worker._claim()
+        if job is None:
+            async with ctx.sessionmaker() as session:
+                counts = await jobs.depth(session)
+            if counts[jobs.RUNNING] == 0:
+                return
+            await asyncio.sleep(0.05)
+            continue
+        await worker._run(job)
+    raise TimeoutError("queue did not drain")
+
+
+__all__ = ["AsyncSession", "Handler", "Worker", "install_wakeup", "run_until_idle"]

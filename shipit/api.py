@@ -1,0 +1,429 @@
+"""The REST API (/api/v1): a thin channel.  Each route authenticates, opens ONE transaction,
+calls one core service and renders the result."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import apps, audit, autoscaling, clusters, deploys, identity, projects, secrets, status, tokens
+from core.apps import AppChanges
+from core.errors import Unauthenticated
+from core.identity import Actor
+from shipit import schemas
+from shipit.runtime import Runtime
+from storage import models
+
+router = APIRouter(prefix="/api/v1")
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+@contextlib.asynccontextmanager
+async def tx(rt: Runtime) -> AsyncIterator[AsyncSession]:
+    async with rt.sessionmaker.begin() as session:
+        yield session
+
+
+async def current_actor(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Actor:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise Unauthenticated("missing bearer token: send Authorization: Bearer <token>")
+    channel = "cli" if request.headers.get("user-agent", "").startswith("shipit-cli") else "api"
+    async with tx(runtime(request)) as session:
+        return await tokens.authenticate(session, token=authorization[7:].strip(), channel=channel)
+
+
+ActorDep = Annotated[Actor, Depends(current_actor)]
+RtDep = Annotated[Runtime, Depends(runtime)]
+
+
+@router.get("/me")
+async def me(actor: ActorDep) -> dict[str, object]:
+    return {"subject": actor.subject, "admin": actor.is_admin, "channel": actor.channel}
+
+
+# ------------------------------------------------------------------ projects
+
+
+@router.get("/projects")
+async def list_projects(rt: RtDep, actor: ActorDep) -> list[schemas.ProjectOut]:
+    async with tx(rt) as session:
+        return [schemas.ProjectOut.of(p) for p in await projects.list_visible(session, actor=actor)]
+
+
+@router.post("/projects", status_code=201)
+async def create_project(body: schemas.ProjectIn, rt: RtDep, actor: ActorDep) -> schemas.ProjectOut:
+    async with tx(rt) as session:
+        p = await projects.create(
+            session,
+            ctx=rt.core,
+            actor=actor,
+            name=body.name,
+            slack_channel=body.slack_channel,
+            webhook_url=body.webhook_url,
+            webhook_secret=body.webhook_secret,
+        )
+        return schemas.ProjectOut.of(p)
+
+
+@router.patch("/projects/{name}")
+async def update_project(name: str, body: schemas.ProjectPatch, rt: RtDep, actor: ActorDep) -> schemas.ProjectOut:
+    async with tx(rt) as session:
+        p = await projects.update(
+            session,
+            ctx=rt.core,
+            actor=actor,
+            name=name,
+            slack_channel=body.slack_channel,
+            webhook_url=body.webhook_url,
+            webhook_secret=body.webhook_secret,
+        )
+        return schemas.ProjectOut.of(p)
+
+
+@router.get("/projects/{name}/members")
+async def list_members(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.MemberOut]:
+    async with tx(rt) as session:
+        rows = await projects.members(session, actor=actor, project_name=name)
+        return [schemas.MemberOut(subject=m.subject, role=m.role) for m in rows]
+
+
+@router.put("/projects/{name}/members/{subject}")
+async def set_member(name: str, subject: str, body: schemas.MemberIn, rt: RtDep, actor: ActorDep) -> schemas.MemberOut:
+    async with tx(rt) as session:
+        m = await projects.set_access(session, actor=actor, project_name=name, subject=subject, role=body.role)
+        assert m is not None
+        return schemas.MemberOut(subject=m.subject, role=m.role)
+
+
+@router.delete("/projects/{name}/members/{subject}", status_code=204)
+async def remove_member(name: str, subject: str, rt: RtDep, actor: ActorDep) -> None:
+    async with tx(rt) as session:
+        await projects.set_access(session, actor=actor, project_name=name, subject=subject, role=None)
+
+
+# ------------------------------------------------------------------ clusters
+
+
+@router.get("/clusters")
+async def list_clusters(rt: RtDep, actor: ActorDep) -> list[schemas.ClusterOut]:
+    async with tx(rt) as session:
+        return [schemas.ClusterOut.of(c) for c in await clusters.list_all(session)]
+
+
+@router.post("/clusters", status_code=201)
+async def add_cluster(body: schemas.ClusterIn, rt: RtDep, actor: ActorDep) -> schemas.ClusterOut:
+    if not actor.is_admin:
+        from core.errors import PermissionDenied
+
+        raise PermissionDenied("adding a cluster needs a global admin token")
+    clusters.parse_kubeconfig(body.kubeconfig)
+    # The connectivity check talks to the cluster, so it runs before the transaction opens.
+    version = await clusters.check(ctx=rt.core, kubeconfig_text=body.kubeconfig, key=f"check:{body.name}")
+    await rt.core.kube.forget(key=f"check:{body.name}")
+    async with tx(rt) as session:
+        c = await clusters.add(
+            session,
+            ctx=rt.core,
+            actor=actor,
+            name=body.name,
+            kubeconfig_text=body.kubeconfig,
+            default_namespace=body.namespace,
+            version=version,
+        )
+        return schemas.ClusterOut.of(c)
+
+
+# ------------------------------------------------------------------ apps
+
+
+def _changes(body: schemas.AppFields) -> AppChanges:
+    return AppChanges(**body.model_dump(exclude_unset=True, exclude={"name", "project", "cluster", "namespace", "deploy"}))
+
+
+async def _app_out(session: AsyncSession, app: models.App) -> schemas.AppOut:
+    project = await session.get(models.Project, app.project_id)
+    cluster = await session.get(models.Cluster, app.cluster_id)
+    return schemas.AppOut.of(app, project=project.name if project else "", cluster=cluster.name if cluster else "")
+
+
+@router.get("/apps")
+async def list_apps(rt: RtDep, actor: ActorDep, project: str | None = None) -> list[schemas.AppOut]:
+    async with tx(rt) as session:
+        return [await _app_out(session, a) for a in await apps.list_visible(session, actor=actor, project=project)]
+
+
+@router.post("/apps", status_code=201)
+async def create_app(body: schemas.AppIn, rt: RtDep, actor: ActorDep) -> dict[str, object]:
+    async with tx(rt) as session:
+        app = await apps.create(
+            session,
+            actor=actor,
+            project=body.project,
+            cluster=body.cluster,
+            name=body.name,
+            namespace=body.namespace,
+            changes=_changes(body),
+        )
+        deployment = None
+        if body.deploy and app.image:
+            deployment = (
+                await deploys.request(session, ctx=rt.core, actor=actor, app_name=app.name, trigger=actor.channel)
+            ).deployment
+        return {
+            "app": await _app_out(session, app),
+            "deployment": schemas.DeploymentOut.of(deployment, app=app.name) if deployment else None,
+        }
+
+
+@router.get("/apps/{name}")
+async def show_app(name: str, rt: RtDep, actor: ActorDep) -> schemas.AppOut:
+    async with tx(rt) as session:
+        return await _app_out(session, await apps.get(session, actor=actor, name=name))
+
+
+@router.patch("/apps/{name}")
+async def update_app(name: str, body: schemas.AppFields, rt: RtDep, actor: ActorDep) -> schemas.AppOut:
+    async with tx(rt) as session:
+        return await _app_out(session, await apps.update(session, actor=actor, name=name, changes=_changes(body)))
+
+
+@router.delete("/apps/{name}", status_code=204)
+async def delete_app(name: str, rt: RtDep, actor: ActorDep) -> None:
+    async with tx(rt) as session:
+        target = await status.target(session, ctx=rt.core, actor=actor, app_name=name)
+        await apps.delete(session, actor=actor, name=name)
+    kube = await rt.core.kube.get(key=str(target.cluster_id), kubeconfig=target.kubeconfig)
+    await kube.delete_app(namespace=target.namespace, name=target.app)
+
+
+@router.post("/apps/{name}/{flag}", status_code=200)
+async def set_flag(name: str, flag: str, rt: RtDep, actor: ActorDep, body: schemas.ReasonIn | None = None) -> schemas.AppOut:
+    flags = {"lock": ("lock", True), "unlock": ("lock", False), "pause": ("pause", True), "resume": ("pause", False)}
+    if flag not in flags:
+        from core.errors import NotFound
+
+        raise NotFound(f"unknown action {flag!r}: use lock, unlock, pause or resume")
+    which, on = flags[flag]
+    async with tx(rt) as session:
+        app = await apps.set_flag(session, actor=actor, name=name, flag=which, on=on, reason=body.reason if body else None)
+        return await _app_out(session, app)
+
+
+# ------------------------------------------------------------------ deploys
+
+
+@router.post("/apps/{name}/deploys", status_code=202)
+async def deploy(
+    name: str,
+    body: schemas.DeployIn,
+    rt: RtDep,
+    actor: ActorDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> schemas.DeploymentOut:
+    key = body.dedupe_key or idempotency_key
+    async with tx(rt) as session:
+        result = await deploys.request(
+            session,
+            ctx=rt.core,
+            actor=actor,
+            app_name=name,
+            image=body.image,
+            trigger=actor.channel,
+            dedupe_key=f"api:{actor.subject}:{key}" if key else None,
+        )
+        return schemas.DeploymentOut.of(result.deployment, app=name)
+
+
+@router.get("/apps/{name}/deploys")
+async def list_deploys(name: str, rt: RtDep, actor: ActorDep, limit: int = Query(20, ge=1, le=200)) -> list[schemas.DeploymentOut]:
+    async with tx(rt) as session:
+        return [schemas.DeploymentOut.of(d, app=name) for d in await deploys.history(session, actor=actor, app_name=name, limit=limit)]
+
+
+async def _deployment_out(session: AsyncSession, d: models.Deployment) -> schemas.DeploymentOut:
+    app = await session.get(models.App, d.app_id)
+    return schemas.DeploymentOut.of(d, app=app.name if app else "")
+
+
+@router.get("/deploys/{deployment_id}")
+async def get_deploy(deployment_id: int, rt: RtDep, actor: ActorDep) -> schemas.DeploymentOut:
+    async with tx(rt) as session:
+        return await _deployment_out(session, await deploys.get(session, actor=actor, deployment_id=deployment_id))
+
+
+@router.post("/deploys/{deployment_id}/{action}")
+async def act_on_deploy(deployment_id: int, action: str, rt: RtDep, actor: ActorDep) -> schemas.DeploymentOut:
+    async with tx(rt) as session:
+        if action in ("approve", "reject"):
+            d = await deploys.approve(session, ctx=rt.core, actor=actor, deployment_id=deployment_id, approve=action == "approve")
+        elif action == "cancel":
+            d = await deploys.cancel(session, ctx=rt.core, actor=actor, deployment_id=deployment_id)
+        else:
+            from core.errors import NotFound
+
+            raise NotFound(f"unknown action {action!r}: use approve, reject or cancel")
+        return await _deployment_out(session, d)
+
+
+@router.post("/apps/{name}/rollback", status_code=202)
+async def rollback(name: str, body: schemas.RollbackIn, rt: RtDep, actor: ActorDep) -> schemas.DeploymentOut:
+    async with tx(rt) as session:
+        result = await deploys.rollback(session, ctx=rt.core, actor=actor, app_name=name, revision=body.revision)
+        return schemas.DeploymentOut.of(result.deployment, app=name)
+
+
+@router.get("/apps/{name}/revisions")
+async def list_revisions(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.RevisionOut]:
+    async with tx(rt) as session:
+        return [
+            schemas.RevisionOut(
+                number=r.number,
+                image=r.image,
+                source=r.source,
+                rollback_of=r.rollback_of,
+                created_by=r.created_by,
+                created_at=r.created_at,
+                snapshot=r.snapshot,
+            )
+            for r in await deploys.revisions(session, actor=actor, app_name=name)
+        ]
+
+
+@router.post("/apps/{name}/scale", status_code=202)
+async def scale(name: str, body: schemas.ScaleIn, rt: RtDep, actor: ActorDep) -> schemas.DeploymentOut:
+    async with tx(rt) as session:
+        result = await autoscaling.scale(
+            session,
+            ctx=rt.core,
+            actor=actor,
+            app_name=name,
+            replicas=body.replicas,
+            min_replicas=body.min_replicas,
+            max_replicas=body.max_replicas,
+            cpu_target=body.cpu_target,
+            autoscaling_off=body.autoscaling is False,
+        )
+        return schemas.DeploymentOut.of(result.deployment, app=name)
+
+
+@router.get("/apps/{name}/status")
+async def app_status(name: str, rt: RtDep, actor: ActorDep, live: bool = True) -> dict[str, object]:
+    async with tx(rt) as session:
+        observed = await status.read(session, actor=actor, app_name=name)
+        target = await status.target(session, ctx=rt.core, actor=actor, app_name=name)
+    if live:
+        observed = await status.with_live(ctx=rt.core, status=observed, target=target)
+    return _jsonable(observed)
+
+
+def _jsonable(value: object) -> dict[str, object]:
+    import dataclasses
+    import json
+
+    from fastapi.encoders import jsonable_encoder
+
+    out: dict[str, object] = json.loads(json.dumps(jsonable_encoder(dataclasses.asdict(value))))  # type: ignore[call-overload]
+    return out
+
+
+@router.get("/apps/{name}/logs")
+async def app_logs(
+    name: str,
+    rt: RtDep,
+    actor: ActorDep,
+    tail: int = Query(100, ge=1, le=5000),
+    follow: bool = False,
+) -> StreamingResponse:
+    async with tx(rt) as session:
+        target = await status.target(session, ctx=rt.core, actor=actor, app_name=name)
+
+    async def lines() -> AsyncIterator[bytes]:
+        async for line in status.logs(ctx=rt.core, target=target, tail_lines=tail, follow=follow):
+            yield (line.rstrip("\n") + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="text/plain; charset=utf-8")
+
+
+# ------------------------------------------------------------------ secrets
+
+
+@router.get("/apps/{name}/secrets")
+async def list_secrets(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.SecretKeyOut]:
+    async with tx(rt) as session:
+        rows = await secrets.list_keys(session, actor=actor, app_name=name)
+        return [schemas.SecretKeyOut(key=r.key, updated_at=r.updated_at) for r in rows]
+
+
+@router.put("/apps/{name}/secrets")
+async def set_secrets(
+    name: str, body: schemas.SecretsIn, rt: RtDep, actor: ActorDep, deploy: bool = True
+) -> dict[str, object]:
+    async with tx(rt) as session:
+        app = await secrets.set_values(session, ctx=rt.core, actor=actor, app_name=name, values=body.values)
+        d = await _redeploy(session, rt=rt, actor=actor, app=app) if deploy else None
+        return {"keys": sorted(body.values), "deployment": d}
+
+
+@router.delete("/apps/{name}/secrets/{key}")
+async def delete_secret(name: str, key: str, rt: RtDep, actor: ActorDep, deploy: bool = True) -> dict[str, object]:
+    async with tx(rt) as session:
+        removed = await secrets.unset(session, actor=actor, app_name=name, keys=[key])
+        app = await apps.get(session, actor=actor, name=name)
+        d = await _redeploy(session, rt=rt, actor=actor, app=app) if deploy else None
+        return {"keys": removed, "deployment": d}
+
+
+async def _redeploy(session: AsyncSession, *, rt: Runtime, actor: Actor, app: models.App) -> schemas.DeploymentOut | None:
+    """A secret change rolls the pods, but only of an app that has been deployed."""
+    if await deploys.current_deployment(session, app=app) is None:
+        return None
+    result = await deploys.request(session, ctx=rt.core, actor=actor, app_name=app.name, trigger="config")
+    return schemas.DeploymentOut.of(result.deployment, app=app.name)
+
+
+# ------------------------------------------------------------------ audit and tokens
+
+
+@router.get("/audit")
+async def read_audit(
+    rt: RtDep, actor: ActorDep, target: str | None = None, action: str | None = None, limit: int = Query(100, ge=1, le=1000)
+) -> list[schemas.AuditOut]:
+    async with tx(rt) as session:
+        visible = await identity.visible_project_ids(session, actor=actor)
+        rows = await audit.query(session, project_ids=visible, target=target, action=action, limit=limit)
+        return [
+            schemas.AuditOut(
+                id=r.id, at=r.at, actor=r.actor, channel=r.channel, action=r.action, target=r.target, details=r.details
+            )
+            for r in rows
+        ]
+
+
+@router.get("/tokens")
+async def list_tokens(rt: RtDep, actor: ActorDep) -> list[schemas.TokenOut]:
+    async with tx(rt) as session:
+        return [schemas.TokenOut.of(t) for t in await tokens.list_tokens(session, actor=actor)]
+
+
+@router.post("/tokens", status_code=201)
+async def create_token(body: schemas.TokenIn, rt: RtDep, actor: ActorDep) -> schemas.TokenCreated:
+    async with tx(rt) as session:
+        row, plaintext = await tokens.create(session, actor=actor, name=body.name, subject=body.subject, is_admin=body.admin)
+        return schemas.TokenCreated(**schemas.TokenOut.of(row).model_dump(), token=plaintext)
+
+
+@router.delete("/tokens/{token_id}")
+async def revoke_token(token_id: int, rt: RtDep, actor: ActorDep) -> schemas.TokenOut:
+    async with tx(rt) as session:
+        return schemas.TokenOut.of(await tokens.revoke(session, actor=actor, token_id=token_id))

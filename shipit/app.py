@@ -1,0 +1,187 @@
+"""The FastAPI application: REST API, health, metrics, and the Slack and GitHub channels, one process."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core import jobs
+from core.errors import InvalidInput, ShipitError, UserError
+from shipit import api, runtime
+from shipit.runtime import Runtime
+from shipit.settings import Settings
+
+log = logging.getLogger("shipit.http")
+
+REQUESTS = Counter("shipit_http_requests_total", "HTTP requests", ["route", "method", "status"])
+LATENCY = Histogram(
+    "shipit_http_request_seconds",
+    "HTTP request latency",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+QUEUE_DEPTH = Gauge("shipit_queue_depth", "Jobs waiting or running", ["state"])
+
+
+class BodyLimit:
+    """Refuse request bodies over the cap before reading them whole (413)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _too_large(send, self.max_bytes)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(send, self.max_bytes)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = b'{"error":{"type":"payload_too_large","message":"request body is larger than %d bytes"}}' % limit
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_body(kind: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message, **extra}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UserError)
+    async def _user_error(request: Request, exc: UserError) -> JSONResponse:
+        extra = {"field": exc.field} if isinstance(exc, InvalidInput) else {}
+        return JSONResponse(error_body(type(exc).__name__, str(exc), **extra), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        field = ".".join(loc) or "body"
+        return JSONResponse(
+            error_body("InvalidInput", f"{field}: {first.get('msg')}", field=field), status_code=422
+        )
+
+    @app.exception_handler(ShipitError)
+    async def _shipit_error(request: Request, exc: ShipitError) -> JSONResponse:
+        ref = uuid.uuid4().hex[:12]
+        log.warning("request %s %s failed [ref %s]: %s", request.method, request.url.path, ref, exc)
+        return JSONResponse(error_body(type(exc).__name__, f"{exc} (reference {ref})", reference=ref), status_code=502)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        ref = uuid.uuid4().hex[:12]
+        log.exception("request %s %s crashed [ref %s]", request.method, request.url.path, ref)
+        return JSONResponse(
+            error_body("InternalError", f"internal error, reference {ref}", reference=ref), status_code=500
+        )
+
+
+def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -> FastAPI:
+    """Build the app.  With `rt` given the caller owns the runtime (tests, benchmarks)."""
+    settings = settings or (rt.settings if rt else Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = rt is None
+        the_rt = rt or await runtime.build(settings)
+        app.state.runtime = the_rt
+        for channel in channels:
+            await channel(app, the_rt)
+        if own:
+            token = await runtime.bootstrap_admin_token(the_rt)
+            if token:
+                log.warning(
+                    "\n%s\nFirst start: created an admin API token. It is shown ONCE:\n\n    %s\n\n"
+                    "export SHIPIT_TOKEN=%s\n%s",
+                    "=" * 78, token, token, "=" * 78,
+                )  # fmt: skip
+            await runtime.start(the_rt)
+        try:
+            yield
+        finally:
+            if own:
+                await runtime.stop(the_rt)
+
+    app = FastAPI(
+        title="shipit",
+        version="0.5.0",
+        description="Ship container images to your own Kubernetes clusters.",
+        lifespan=lifespan,
+    )
+    channels: list[Callable[[FastAPI, Runtime], Awaitable[None]]] = []
+    app.state.channels = channels
+    install_error_handlers(app)
+    app.include_router(api.router)
+
+    @app.middleware("http")
+    async def _metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        LATENCY.labels(route=path).observe(time.perf_counter() - start)
+        REQUESTS.labels(route=path, method=request.method, status=str(response.status_code)).inc()
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        the_rt: Runtime = request.app.state.runtime
+        try:
+            async with the_rt.sessionmaker() as session:
+                await session.execute(text("SELECT 1"))
+                depth = await jobs.depth(session)
+        except Exception as e:
+            return JSONResponse({"status": "unavailable", "database": type(e).__name__}, status_code=503)
+        worker = the_rt.worker is not None or not the_rt.settings.run_worker
+        return JSONResponse(
+            {"status": "ok" if worker else "degraded", "database": "ok", "queue": depth},
+            status_code=200 if worker else 503,
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> PlainTextResponse:
+        the_rt: Runtime = request.app.state.runtime
+        async with the_rt.sessionmaker() as session:
+            for state, n in (await jobs.depth(session)).items():
+                QUEUE_DEPTH.labels(state=state).set(n)
+        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

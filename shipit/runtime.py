@@ -1,0 +1,145 @@
+"""The composition root: builds the core once (engine, cipher, clients, notifiers, worker) and tears it down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from core import deploys, events, keys, projects, tokens
+from core.context import Core, CoreConfig
+from core.identity import SYSTEM
+from core.kube.client import KubeClients
+from core.outgoing import WebhookNotifier
+from core.worker import Handler, Worker, install_wakeup
+from shipit.settings import Settings
+from storage import db, migrate, models
+from storage.crypto import Cipher, MasterKeyError, generate_key
+
+log = logging.getLogger("shipit")
+
+
+def resolve_master_key(settings: Settings) -> str:
+    """The configured key, or one generated into the data dir on first run (with a loud warning)."""
+    if settings.master_key is not None:
+        return settings.master_key.get_secret_value()
+    path = Path(settings.data_dir) / "master.key"
+    if path.exists():
+        log.warning("SHIPIT_MASTER_KEY is not set: using the key in %s (set it explicitly in production)", path)
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = generate_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    log.warning(
+        "\n%s\nSHIPIT_MASTER_KEY is not set: GENERATED a new master key into %s.\n"
+        "Back it up: without it, stored secrets and kubeconfigs cannot be read.\n%s",
+        "!" * 78, path, "!" * 78,
+    )  # fmt: skip
+    return key
+
+
+@dataclass(kw_only=True)
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    core: Core
+    worker: Worker | None = None
+    extra_handlers: dict[str, Handler] = field(default_factory=dict)
+    closers: list[Any] = field(default_factory=list)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        return self.core.sessionmaker
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            deploys.DEPLOY_JOB: Handler(run=deploys.run_job, failed=deploys.job_failed),
+            events.NOTIFY_JOB: Handler(run=events.run_notify_job),
+            **self.extra_handlers,
+        }
+
+
+async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
+    engine = db.create_engine(settings.database_url)
+    if migrate_db:
+        await migrate.upgrade(engine)
+    cipher = Cipher(key=resolve_master_key(settings))
+    sessionmaker = db.create_sessionmaker(engine)
+    try:
+        async with sessionmaker.begin() as session:
+            await keys.verify(session, cipher=cipher)
+    except MasterKeyError as e:
+        await engine.dispose()
+        raise MasterKeyError(f"wrong master key for {engine.url.render_as_string()}: {e}") from None
+    config = CoreConfig(
+        job_lease_seconds=settings.job_lease_seconds,
+        job_poll_seconds=settings.job_poll_seconds,
+        worker_concurrency=settings.worker_concurrency,
+        approval_ttl_seconds=settings.approval_ttl_seconds,
+        default_ingress_class=settings.ingress_class,
+        default_tls_issuer=settings.tls_issuer,
+        public_url=settings.url,
+    )
+    core = Core(sessionmaker=sessionmaker, cipher=cipher, kube=KubeClients(), config=config)
+    install_wakeup(core)
+    rt = Runtime(settings=settings, engine=engine, core=core)
+
+    async def webhook_secret(project_id: int) -> str | None:
+        async with sessionmaker() as session:
+            project = await session.get(models.Project, project_id)
+            return projects.webhook_secret(project, ctx=core) if project else None
+
+    webhook = WebhookNotifier(secret_for=webhook_secret)
+    core.notifiers[webhook.name] = webhook
+    rt.closers.append(webhook.close)
+    return rt
+
+
+async def bootstrap_admin_token(rt: Runtime) -> str | None:
+    """On first start, create an admin token and return it (printed once, never stored in plain)."""
+    async with rt.sessionmaker.begin() as session:
+        if await tokens.has_any(session):
+            return None
+        _, plaintext = await tokens.create(session, actor=SYSTEM, name="admin", subject="user:admin", is_admin=True)
+        return plaintext
+
+
+async def _maintenance(rt: Runtime) -> None:
+    """Periodic chores: expire stale approvals.  Cheap, idempotent, safe on every replica."""
+    while True:
+        try:
+            async with rt.sessionmaker.begin() as session:
+                await deploys.expire_approvals(session, ctx=rt.core)
+        except Exception:
+            log.exception("maintenance pass failed")
+        await asyncio.sleep(30)
+
+
+async def start(rt: Runtime) -> None:
+    if rt.settings.run_worker:
+        rt.worker = Worker(ctx=rt.core, handlers=rt.handlers())
+        rt.worker.start()
+        rt.background.append(asyncio.create_task(_maintenance(rt), name="shipit-maintenance"))
+
+
+async def stop(rt: Runtime) -> None:
+    for task in rt.background:
+        task.cancel()
+    for task in rt.background:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if rt.worker is not None:
+        await rt.worker.stop()
+    for close in rt.closers:
+        await close()
+    await rt.core.kube.close()
+    await rt.engine.dispose()

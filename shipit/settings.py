@@ -1,0 +1,51 @@
+"""All configuration, from the environment (prefix SHIPIT_) or .env.  .env.example mirrors this class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHIPIT_", env_file=".env", extra="ignore")
+
+    # storage
+    database_url: str = "sqlite+aiosqlite:///./var/shipit.db"
+    data_dir: Path = Path("./var")
+    master_key: SecretStr | None = None
+
+    # serving
+    host: str = "127.0.0.1"
+    port: int = 8000
+    url: str = "http://127.0.0.1:8000"  # where people and the CLI reach this service
+    token: SecretStr | None = None  # the CLI's API token
+    log_level: str = "INFO"
+    max_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    run_worker: bool = True
+
+    # the job queue
+    worker_concurrency: int = Field(default=8, ge=1, le=256)
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    job_poll_seconds: float = Field(default=0.5, gt=0)
+    approval_ttl_seconds: float = Field(default=3600.0, gt=0)
+
+    # Kubernetes defaults
+    ingress_class: str = "nginx"
+    tls_issuer: str | None = None
+
+    # Slack (optional: unset signing secret switches the channel off)
+    slack_signing_secret: SecretStr | None = None
+    slack_bot_token: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    slack_client_id: str | None = None
+    slack_client_secret: SecretStr | None = None
+
+    # GitHub (optional: unset webhook secret switches the channel off)
+    github_webhook_secret: SecretStr | None = None
+    github_token: SecretStr | None = None
+    github_app_id: str | None = None
+    github_private_key: SecretStr | None = None
+    github_api_url: str = "https://api.github.com"

@@ -1,0 +1,313 @@
+"""The tables.  Every row that holds a secret holds it encrypted (see storage.crypto).
+
+Timestamps are stored as UTC; the UTCDateTime type puts the timezone back on
+read because SQLite forgets it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+ID = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, dt.datetime: UTCDateTime}
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    slack_channel: Mapped[str | None] = mapped_column(String(64))
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Member(Base):
+    """A subject ("slack:U123", "github:octocat", "user:alice") with a role in a project."""
+
+    __tablename__ = "members"
+    __table_args__ = (UniqueConstraint("project_id", "subject"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Cluster(Base):
+    __tablename__ = "clusters"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    kubeconfig_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    default_namespace: Mapped[str] = mapped_column(String(63), default="default")
+    server: Mapped[str] = mapped_column(String(2048), default="")
+    server_version: Mapped[str] = mapped_column(String(64), default="")
+    last_check_at: Mapped[dt.datetime | None] = mapped_column()
+    last_check_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class App(Base):
+    __tablename__ = "apps"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id"), index=True)
+    namespace: Mapped[str] = mapped_column(String(63))
+    image: Mapped[str | None] = mapped_column(String(512))
+    replicas: Mapped[int] = mapped_column(default=1)
+    port: Mapped[int] = mapped_column(default=8080)
+    env: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    cpu_request: Mapped[str] = mapped_column(String(32), default="100m")
+    cpu_limit: Mapped[str] = mapped_column(String(32), default="500m")
+    memory_request: Mapped[str] = mapped_column(String(32), default="128Mi")
+    memory_limit: Mapped[str] = mapped_column(String(32), default="256Mi")
+    health_path: Mapped[str | None] = mapped_column(String(512))
+    health_port: Mapped[int | None] = mapped_column()
+    health_initial_delay: Mapped[int] = mapped_column(default=0)
+    health_period: Mapped[int] = mapped_column(default=10)
+    min_replicas: Mapped[int | None] = mapped_column()
+    max_replicas: Mapped[int | None] = mapped_column()
+    cpu_target: Mapped[int | None] = mapped_column()
+    domain: Mapped[str | None] = mapped_column(String(253))
+    ingress_class: Mapped[str | None] = mapped_column(String(63))
+    tls_issuer: Mapped[str | None] = mapped_column(String(253))
+    progress_deadline_seconds: Mapped[int] = mapped_column(default=600)
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
+    locked_reason: Mapped[str | None] = mapped_column(String(500))
+    locked_by: Mapped[str | None] = mapped_column(String(200))
+    auto_deploy_paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    paused_reason: Mapped[str | None] = mapped_column(String(500))
+    # git source: push to git_branch (or a tag when git_ref_type == "tag") deploys image_template
+    git_repo: Mapped[str | None] = mapped_column(String(200), index=True)
+    git_branch: Mapped[str | None] = mapped_column(String(255))
+    git_ref_type: Mapped[str] = mapped_column(String(8), default="branch")
+    image_template: Mapped[str | None] = mapped_column(String(512))
+    deploy_on: Mapped[str] = mapped_column(String(8), default="push")
+    github_environment: Mapped[str | None] = mapped_column(String(100))
+    previews_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    preview_domain: Mapped[str | None] = mapped_column(String(253))
+    preview_ttl_hours: Mapped[int] = mapped_column(default=72)
+    preview_max_open: Mapped[int] = mapped_column(default=10)
+    preview_env: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    project: Mapped[Project] = relationship(lazy="raise")
+    cluster: Mapped[Cluster] = relationship(lazy="raise")
+
+
+class Secret(Base):
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("app_id", "key"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(253))
+    value_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    digest: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Revision(Base):
+    """Immutable snapshot of everything that shapes the workload; secrets only by checksum."""
+
+    __tablename__ = "revisions"
+    __table_args__ = (UniqueConstraint("app_id", "number"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column()
+    image: Mapped[str] = mapped_column(String(512))
+    snapshot: Mapped[dict[str, Any]] = mapped_column()
+    secret_checksum: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16), default="deploy")
+    rollback_of: Mapped[int | None] = mapped_column()
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Preview(Base):
+    __tablename__ = "previews"
+    __table_args__ = (UniqueConstraint("app_id", "pr_number"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    pr_number: Mapped[int] = mapped_column()
+    repo: Mapped[str] = mapped_column(String(200))
+    head_sha: Mapped[str] = mapped_column(String(64))
+    namespace: Mapped[str] = mapped_column(String(63))
+    url: Mapped[str | None] = mapped_column(String(2048))
+    status: Mapped[str] = mapped_column(String(16), default="creating")
+    comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_activity_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    # Old revisions are pruned (last N kept); the deployment keeps its number and image for history.
+    revision_id: Mapped[int | None] = mapped_column(ForeignKey("revisions.id", ondelete="SET NULL"))
+    revision_number: Mapped[int] = mapped_column()
+    image: Mapped[str] = mapped_column(String(512))
+    preview_id: Mapped[int | None] = mapped_column(ForeignKey("previews.id", ondelete="SET NULL"))
+    namespace: Mapped[str] = mapped_column(String(63))
+    trigger: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(24), index=True)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    git_sha: Mapped[str | None] = mapped_column(String(64))
+    git_ref: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(Text)
+    logs: Mapped[list[Any]] = mapped_column(default=list)
+    ready: Mapped[int] = mapped_column(default=0)
+    desired: Mapped[int] = mapped_column(default=0)
+    approved_by: Mapped[str | None] = mapped_column(String(200))
+    approval_expires_at: Mapped[dt.datetime | None] = mapped_column()
+    notify_refs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column()
+    applied_at: Mapped[dt.datetime | None] = mapped_column()
+    finished_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(200))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column()
+    revoked_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(300))
+    project_id: Mapped[int | None] = mapped_column(index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_claim", "state", "run_at"),
+        # At most one running job per concurrency key (one active deploy per app),
+        # enforced by the database so racing replicas cannot both win.
+        Index(
+            "uq_jobs_running_key",
+            "concurrency_key",
+            unique=True,
+            sqlite_where=text("state = 'running'"),
+            postgresql_where=text("state = 'running'"),
+        ),
+    )
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    concurrency_key: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=8)
+    run_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[dt.datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class Event(Base):
+    """A domain event (the outbox): written in the transaction that caused it."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(48))
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    project_id: Mapped[int | None] = mapped_column(index=True)
+    app_id: Mapped[int | None] = mapped_column()
+    deployment_id: Mapped[int | None] = mapped_column(index=True)
+    preview_id: Mapped[int | None] = mapped_column()
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(64), default="")
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class Meta(Base):
+    """Small facts about the database itself, e.g. the master key check value."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)

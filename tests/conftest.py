@@ -1,0 +1,162 @@
+"""Shared fixtures: a fresh database per test (SQLite; PostgreSQL too where asked), a core runtime, a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from core import clusters, projects
+from core.identity import SYSTEM, Actor
+from shipit import runtime
+from shipit.runtime import Runtime
+from shipit.settings import Settings
+from storage import models
+from storage.crypto import generate_key
+
+pytest_plugins = ["tests.testenv.plugin", "tests.fakes.plugin"]
+
+ADMIN = Actor(subject="user:admin", channel="api", display="admin", is_admin=True)
+POSTGRES_URL = os.environ.get("SHIPIT_TEST_POSTGRES_URL")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _fresh_postgres(base_url: str) -> tuple[str, str]:
+    """Create a throwaway database on the test server; returns (url, name)."""
+    name = f"shipit_test_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(base_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    await admin.dispose()
+    return make_url(base_url).set(database=name).render_as_string(hide_password=False), name
+
+
+async def _drop_postgres(base_url: str, name: str) -> None:
+    admin = create_async_engine(base_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.dispose()
+
+
+def _backends() -> list[str]:
+    return ["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"]
+
+
+@pytest.fixture(params=["sqlite"])
+def db_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Tests marked `both_databases` run on SQLite and, when SHIPIT_TEST_POSTGRES_URL is set, on PostgreSQL.
+    if "db_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_databases"):
+        metafunc.parametrize("db_backend", _backends(), indirect=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_databases: run on SQLite and on PostgreSQL when configured")
+
+
+@pytest.fixture
+async def db_url(db_backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    if db_backend == "postgres":
+        assert POSTGRES_URL
+        url, name = await _fresh_postgres(POSTGRES_URL)
+        yield url
+        await _drop_postgres(POSTGRES_URL, name)
+    else:
+        yield f"sqlite+aiosqlite:///{tmp_path / 'shipit.db'}"
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=db_url,
+        data_dir=tmp_path / "var",
+        master_key=generate_key(),  # type: ignore[arg-type]
+        job_lease_seconds=5,
+        job_poll_seconds=0.1,
+        approval_ttl_seconds=600,
+    )
+
+
+@pytest.fixture
+async def rt(settings: Settings) -> AsyncIterator[Runtime]:
+    """A built runtime with no worker running: tests drain the queue themselves or start it."""
+    the_rt = await runtime.build(settings)
+    yield the_rt
+    await runtime.stop(the_rt)
+
+
+@dataclass
+class World:
+    """A project with a cluster, ready for apps."""
+
+    rt: Runtime
+    project: str
+    cluster: str
+    namespace: str
+
+
+@pytest.fixture
+async def world(rt: Runtime, kube_env: object, namespace: str) -> World:
+    kubeconfig = kube_env.kubeconfig  # type: ignore[attr-defined]
+    version = await clusters.check(ctx=rt.core, kubeconfig_text=kubeconfig, key="check")
+    async with rt.sessionmaker.begin() as session:
+        await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
+        await clusters.add(
+            session,
+            ctx=rt.core,
+            actor=ADMIN,
+            name="test",
+            kubeconfig_text=kubeconfig,
+            default_namespace=namespace,
+            version=version,
+        )
+    return World(rt=rt, project="acme", cluster="test", namespace=namespace)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    rt: Runtime
+
+
+@pytest.fixture
+async def live_server(rt: Runtime) -> AsyncIterator[LiveServer]:
+    """The real app over HTTP on a loopback port, in this process, with the worker running."""
+    from shipit.main import create_app
+
+    port = free_port()
+    app = create_app(rt=rt)
+    await runtime.start(rt)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    yield LiveServer(url=f"http://127.0.0.1:{port}", rt=rt)
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+def system_actor() -> Iterator[Actor]:
+    yield SYSTEM
+
+
+__all__ = ["ADMIN", "LiveServer", "World", "free_port", "models"]
