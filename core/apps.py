@@ -116,7 +116,8 @@ def _check_template(template: str) -> None:
         rendered = template.format(sha="0" * 40, short_sha="0" * 7, branch="main", tag="v1")
     except (KeyError, IndexError, ValueError) as e:
         raise InvalidInput(
-            f"image_template may use {{sha}}, {{short_sha}}, {{branch}}, {{tag}}; {template!r} does not render: {e}",
+            f"image_template may use {{sha}}, {{short_sha}}, {{branch}}, {{tag}}; "
+            f"{template!r} does not render: {e}",
             field="image_template",
         ) from None
     validation.image(rendered, field="image_template")
@@ -133,7 +134,9 @@ def _check_consistent(app: models.App) -> None:
     if app.previews_enabled and not app.preview_domain:
         raise InvalidInput("previews need a preview_domain", field="preview_domain")
     if app.git_repo and not app.image_template:
-        raise InvalidInput("a git_repo needs an image_template such as ghcr.io/acme/web:{sha}", field="image_template")
+        raise InvalidInput(
+            "a git_repo needs an image_template such as ghcr.io/acme/web:{sha}", field="image_template"
+        )
 
 
 async def get(session: AsyncSession, *, actor: Actor, name: str) -> models.App:
@@ -154,16 +157,22 @@ async def project_of(session: AsyncSession, *, app: models.App) -> models.Projec
 
 
 async def authorize(session: AsyncSession, *, actor: Actor, app: models.App, role: Role, action: str) -> None:
-    await identity.require(session, actor=actor, project=await project_of(session, app=app), role=role, action=action)
+    await identity.require(
+        session, actor=actor, project=await project_of(session, app=app), role=role, action=action
+    )
 
 
-async def list_visible(session: AsyncSession, *, actor: Actor, project: str | None = None) -> list[models.App]:
+async def list_visible(
+    session: AsyncSession, *, actor: Actor, project: str | None = None
+) -> list[models.App]:
     q = select(models.App).order_by(models.App.name)
     visible = await identity.visible_project_ids(session, actor=actor)
     if visible is not None:
         q = q.where(models.App.project_id.in_(visible))
     if project:
-        q = q.join(models.Project, models.Project.id == models.App.project_id).where(models.Project.name == project)
+        q = q.join(models.Project, models.Project.id == models.App.project_id).where(
+            models.Project.name == project
+        )
     return list(await session.scalars(q))
 
 
@@ -230,7 +239,11 @@ async def update(session: AsyncSession, *, actor: Actor, name: str, changes: App
     values = _validated(changes.items())
     scaling_only = set(values) <= {"replicas", "min_replicas", "max_replicas", "cpu_target"}
     await authorize(
-        session, actor=actor, app=app, role=Role.ADMIN, action="scaling" if scaling_only else "changing an app"
+        session,
+        actor=actor,
+        app=app,
+        role=Role.ADMIN,
+        action="scaling" if scaling_only else "changing an app",
     )
     for key, value in values.items():
         setattr(app, key, value)
@@ -261,7 +274,12 @@ async def set_flag(
         app.paused_reason = (reason or f"paused by {actor.name}") if on else None
     else:
         raise InvalidInput(f"unknown flag {flag!r}", field="flag")
-    action = {("lock", True): "lock", ("lock", False): "unlock", ("pause", True): "pause", ("pause", False): "resume"}
+    action = {
+        ("lock", True): "lock",
+        ("lock", False): "unlock",
+        ("pause", True): "pause",
+        ("pause", False): "resume",
+    }
     await audit.record(
         session,
         actor=actor,
@@ -274,7 +292,7 @@ async def set_flag(
 
 
 async def delete(session: AsyncSession, *, actor: Actor, name: str) -> models.App:
-    """Forget the app.  The caller removes its objects from the cluster (they are labelled managed-by shipit)."""
+    """Forget the app; the caller then removes its objects from the cluster (labelled managed-by shipit)."""
     app = await get(session, actor=actor, name=name)
     await authorize(session, actor=actor, app=app, role=Role.ADMIN, action="deleting an app")
     active = await session.scalar(

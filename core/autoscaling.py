@@ -41,7 +41,9 @@ async def scale(
         lo = min_replicas if min_replicas is not None else app.min_replicas
         hi = max_replicas if max_replicas is not None else app.max_replicas
         if lo is None or hi is None:
-            raise InvalidInput("autoscaling needs both min and max", field="min_replicas" if lo is None else "max_replicas")
+            raise InvalidInput(
+                "autoscaling needs both min and max", field="min_replicas" if lo is None else "max_replicas"
+            )
         cpu = cpu_target if cpu_target is not None else (app.cpu_target or 80)
         validation.autoscaling(min_replicas=lo, max_replicas=hi, cpu_target=cpu)
         changes.min_replicas, changes.max_replicas, changes.cpu_target = lo, hi, cpu

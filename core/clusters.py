@@ -24,7 +24,9 @@ def parse_kubeconfig(text: str) -> tuple[str, str]:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise InvalidInput(f"kubeconfig is not valid YAML: {e.__class__.__name__}", field="kubeconfig") from None
+        raise InvalidInput(
+            f"kubeconfig is not valid YAML: {e.__class__.__name__}", field="kubeconfig"
+        ) from None
     if not isinstance(doc, dict) or not doc.get("clusters") or not doc.get("contexts"):
         raise InvalidInput("kubeconfig has no clusters or contexts", field="kubeconfig")
     current = doc.get("current-context") or doc["contexts"][0].get("name")

@@ -21,7 +21,9 @@ async def first_time(session: AsyncSession, *, source: str, delivery_id: str, ki
         return False
     try:
         async with session.begin_nested():
-            session.add(models.WebhookDelivery(id=key, source=source, kind=kind[:64], finished_at=models.utcnow()))
+            session.add(
+                models.WebhookDelivery(id=key, source=source, kind=kind[:64], finished_at=models.utcnow())
+            )
             await session.flush()
     except IntegrityError:
         return False

@@ -22,7 +22,6 @@ from core import apps, audit, clusters, events, jobs, metrics, secrets, validati
 from core.context import Core
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor, Role
-from core.kube import render
 from core.kube.client import RolloutProgress
 from core.kube.spec import Autoscaling, HealthCheck, IngressSpec, Resources, WorkloadSpec
 from storage import models
@@ -166,7 +165,9 @@ async def request(
     if trigger not in TRIGGERS:
         raise InvalidInput(f"trigger must be one of {', '.join(TRIGGERS)}", field="trigger")
     if dedupe_key is not None:
-        earlier = await session.scalar(select(models.Deployment).where(models.Deployment.dedupe_key == dedupe_key))
+        earlier = await session.scalar(
+            select(models.Deployment).where(models.Deployment.dedupe_key == dedupe_key)
+        )
         if earlier is not None:
             return Requested(deployment=earlier, created=False)
     app = await apps.get(session, actor=actor, name=app_name)
@@ -187,7 +188,9 @@ async def request(
         else:
             new_image = app.image or ""
         if not new_image:
-            raise InvalidInput(f"{app.name} has no image yet: give one, like ghcr.io/acme/web:1.4", field="image")
+            raise InvalidInput(
+                f"{app.name} has no image yet: give one, like ghcr.io/acme/web:1.4", field="image"
+            )
         snapshot = {**snapshot_of(app), "image": new_image}
 
     number = await _next_revision_number(session, app_id=app.id)
@@ -405,7 +408,9 @@ async def rollback(
     )
     if result.created and not app.auto_deploy_paused:
         app.auto_deploy_paused = True
-        app.paused_reason = f"rolled back to revision {target.number} by {actor.name}; resume to deploy on push again"
+        app.paused_reason = (
+            f"rolled back to revision {target.number} by {actor.name}; resume to deploy on push again"
+        )
         await events.emit(
             session,
             ctx=ctx,
@@ -423,7 +428,9 @@ async def revisions(session: AsyncSession, *, actor: Actor, app_name: str) -> li
     await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="listing revisions")
     return list(
         await session.scalars(
-            select(models.Revision).where(models.Revision.app_id == app.id).order_by(models.Revision.number.desc())
+            select(models.Revision)
+            .where(models.Revision.app_id == app.id)
+            .order_by(models.Revision.number.desc())
         )
     )
 
@@ -469,7 +476,9 @@ async def approve(
     if approve and deployment.actor == actor.subject:
         raise PermissionDenied("nobody approves their own deploy: ask someone else on the project")
     if deployment.approval_expires_at and deployment.approval_expires_at < models.utcnow():
-        await _finish_pending(session, ctx=ctx, deployment=deployment, status=CANCELLED, error="approval expired")
+        await _finish_pending(
+            session, ctx=ctx, deployment=deployment, status=CANCELLED, error="approval expired"
+        )
         raise Conflict(f"deploy #{deployment.id} waited too long for approval and expired; request it again")
     if approve:
         deployment.status, deployment.approved_by = QUEUED, actor.subject
@@ -507,8 +516,12 @@ async def cancel(session: AsyncSession, *, ctx: Core, actor: Actor, deployment_i
     assert app is not None
     await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="cancelling deploys")
     if deployment.status not in PENDING:
-        raise Conflict(f"deploy #{deployment.id} is {deployment.status}; only queued deploys can be cancelled")
-    await _finish_pending(session, ctx=ctx, deployment=deployment, status=CANCELLED, error=f"cancelled by {actor.name}")
+        raise Conflict(
+            f"deploy #{deployment.id} is {deployment.status}; only queued deploys can be cancelled"
+        )
+    await _finish_pending(
+        session, ctx=ctx, deployment=deployment, status=CANCELLED, error=f"cancelled by {actor.name}"
+    )
     await audit.record(
         session,
         actor=actor,
@@ -549,7 +562,9 @@ async def expire_approvals(session: AsyncSession, *, ctx: Core) -> int:
         )
     )
     for deployment in stale:
-        await _finish_pending(session, ctx=ctx, deployment=deployment, status=CANCELLED, error="approval expired")
+        await _finish_pending(
+            session, ctx=ctx, deployment=deployment, status=CANCELLED, error="approval expired"
+        )
     return len(stale)
 
 
@@ -576,7 +591,9 @@ async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
         if deployment is None or deployment.status in TERMINAL or deployment.status == AWAITING_APPROVAL:
             return None
         app = await session.get(models.App, deployment.app_id)
-        revision = await session.get(models.Revision, deployment.revision_id) if deployment.revision_id else None
+        revision = (
+            await session.get(models.Revision, deployment.revision_id) if deployment.revision_id else None
+        )
         if app is None or revision is None:
             deployment.status, deployment.error = FAILED, "its revision no longer exists"
             deployment.finished_at = models.utcnow()
@@ -597,7 +614,12 @@ async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
                 preview_id=deployment.preview_id,
             )
         else:
-            log.info("deploy %s: resuming after a restart (app=%s namespace=%s)", deployment.id, app.name, deployment.namespace)
+            log.info(
+                "deploy %s: resuming after a restart (app=%s namespace=%s)",
+                deployment.id,
+                app.name,
+                deployment.namespace,
+            )
         spec = workload_spec(
             ctx=ctx,
             app_name=app.name,
@@ -631,9 +653,7 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
     where = f"deploy {plan.deployment_id} app={plan.app_name} namespace={plan.spec.namespace}"
     kube = await ctx.kube.get(key=str(plan.cluster_id), kubeconfig=plan.kubeconfig)
     await kube.ensure_namespace(name=plan.spec.namespace, labels={"app.kubernetes.io/managed-by": "shipit"})
-    await kube.apply(manifests=render.render(plan.spec))
-    for kind, name in render.render_absent(plan.spec):
-        await kube.delete(kind=kind, name=name, namespace=plan.spec.namespace)
+    await kube.apply_workload(spec=plan.spec)
     async with ctx.sessionmaker.begin() as session:
         deployment = await session.get(models.Deployment, plan.deployment_id)
         if deployment is not None and deployment.applied_at is None:
@@ -681,7 +701,11 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
         else:
             deployment.logs = list(result.logs)
             await _finish(
-                session, ctx=ctx, deployment=deployment, status=FAILED, error=f"{result.reason}: {result.message}"
+                session,
+                ctx=ctx,
+                deployment=deployment,
+                status=FAILED,
+                error=f"{result.reason}: {result.message}",
             )
     metrics.DEPLOY_DURATION.observe(time.monotonic() - started)
     log.info("%s: %s (%s)", where, "succeeded" if result.ok else "failed", result.reason)

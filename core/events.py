@@ -65,6 +65,7 @@ class AppView:
     paused_reason: str | None
     git_repo: str | None
     github_environment: str | None
+    domain: str | None = None  # the app's public host, for links such as GitHub's environment_url
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,9 +205,7 @@ async def queue_position(session: AsyncSession, *, deployment: models.Deployment
 
 
 async def deployment_view(session: AsyncSession, *, deployment: models.Deployment) -> DeploymentView:
-    revision = (
-        await session.get(models.Revision, deployment.revision_id) if deployment.revision_id else None
-    )
+    revision = await session.get(models.Revision, deployment.revision_id) if deployment.revision_id else None
     return DeploymentView(
         id=deployment.id,
         status=deployment.status,
@@ -242,6 +241,7 @@ def app_view(app: models.App, *, cluster_name: str) -> AppView:
         paused_reason=app.paused_reason,
         git_repo=app.git_repo,
         github_environment=app.github_environment,
+        domain=app.domain,
     )
 
 
@@ -271,7 +271,10 @@ async def build_notice(session: AsyncSession, *, event: models.Event) -> Notice:
         created_at=event.created_at,
         payload=dict(event.payload or {}),
         project=ProjectView(
-            id=project.id, name=project.name, slack_channel=project.slack_channel, webhook_url=project.webhook_url
+            id=project.id,
+            name=project.name,
+            slack_channel=project.slack_channel,
+            webhook_url=project.webhook_url,
         )
         if project
         else None,

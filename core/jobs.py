@@ -153,9 +153,7 @@ def backoff_seconds(*, attempts: int, base: float = 1.0, cap: float = 300.0) -> 
     return delay * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not crypto
 
 
-async def retry(
-    session: AsyncSession, *, job_id: int, owner: str, error: str, delay: float
-) -> bool:
+async def retry(session: AsyncSession, *, job_id: int, owner: str, error: str, delay: float) -> bool:
     job = await _owned(session, job_id=job_id, owner=owner)
     if job is None:
         return False

@@ -34,12 +34,18 @@ async def rotate(session: AsyncSession, *, old: Cipher, new: Cipher) -> dict[str
         s.digest = new.digest(s.key.encode() + b"\0" + plain)
         counts["secrets"] += 1
     for c in await session.scalars(select(models.Cluster)):
-        c.kubeconfig_enc = new.encrypt(old.decrypt(c.kubeconfig_enc, purpose=clusters.PURPOSE), purpose=clusters.PURPOSE)
+        c.kubeconfig_enc = new.encrypt(
+            old.decrypt(c.kubeconfig_enc, purpose=clusters.PURPOSE), purpose=clusters.PURPOSE
+        )
         counts["clusters"] += 1
-    for p in await session.scalars(select(models.Project).where(models.Project.webhook_secret_enc.is_not(None))):
+    for p in await session.scalars(
+        select(models.Project).where(models.Project.webhook_secret_enc.is_not(None))
+    ):
         assert p.webhook_secret_enc is not None
         purpose = projects._PURPOSE_WEBHOOK
-        p.webhook_secret_enc = new.encrypt(old.decrypt(p.webhook_secret_enc, purpose=purpose), purpose=purpose)
+        p.webhook_secret_enc = new.encrypt(
+            old.decrypt(p.webhook_secret_enc, purpose=purpose), purpose=purpose
+        )
         counts["projects"] += 1
     row = await session.get(models.Meta, _CHECK)
     assert row is not None

@@ -49,7 +49,11 @@ def payload(notice: Notice) -> dict[str, Any]:
         }
         if d
         else None,
-        "preview": {"pr": notice.preview.pr_number, "url": notice.preview.url, "status": notice.preview.status}
+        "preview": {
+            "pr": notice.preview.pr_number,
+            "url": notice.preview.url,
+            "status": notice.preview.status,
+        }
         if notice.preview
         else None,
         "details": notice.payload,
@@ -93,7 +97,8 @@ class WebhookNotifier:
             metrics.NOTIFICATIONS.labels(notifier=self.name, outcome="retry").inc()
             retry_after = _retry_after(response.headers.get("Retry-After"))
             raise TransientError(
-                f"webhook to project {notice.project.name} answered {response.status_code}", retry_after=retry_after
+                f"webhook to project {notice.project.name} answered {response.status_code}",
+                retry_after=retry_after,
             )
         if response.status_code >= 400:
             metrics.NOTIFICATIONS.labels(notifier=self.name, outcome="failed").inc()

@@ -55,10 +55,14 @@ def _set_webhook(project: models.Project, *, ctx: Core, url: str | None, secret:
     if url is not None:
         url = url.strip()
         if url and not url.startswith(("http://", "https://")):
-            raise InvalidInput(f"webhook_url must start with http:// or https://, got {url!r}", field="webhook_url")
+            raise InvalidInput(
+                f"webhook_url must start with http:// or https://, got {url!r}", field="webhook_url"
+            )
         project.webhook_url = url or None
     if secret is not None:
-        project.webhook_secret_enc = ctx.cipher.encrypt_text(secret, purpose=_PURPOSE_WEBHOOK) if secret else None
+        project.webhook_secret_enc = (
+            ctx.cipher.encrypt_text(secret, purpose=_PURPOSE_WEBHOOK) if secret else None
+        )
 
 
 def webhook_secret(project: models.Project, *, ctx: Core) -> str | None:
@@ -112,9 +116,7 @@ async def set_access(
     project = await get(session, name=project_name)
     await identity.require(session, actor=actor, project=project, role=Role.OWNER, action="managing access")
     if not subject or ":" not in subject:
-        raise InvalidInput(
-            "subject must look like slack:U123, github:login or user:name", field="subject"
-        )
+        raise InvalidInput("subject must look like slack:U123, github:login or user:name", field="subject")
     member = await session.scalar(
         select(models.Member).where(models.Member.project_id == project.id, models.Member.subject == subject)
     )
@@ -147,6 +149,8 @@ async def members(session: AsyncSession, *, actor: Actor, project_name: str) -> 
     await identity.require(session, actor=actor, project=project, role=Role.VIEWER, action="listing members")
     return list(
         await session.scalars(
-            select(models.Member).where(models.Member.project_id == project.id).order_by(models.Member.subject)
+            select(models.Member)
+            .where(models.Member.project_id == project.id)
+            .order_by(models.Member.subject)
         )
     )

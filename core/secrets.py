@@ -100,7 +100,9 @@ async def list_keys(session: AsyncSession, *, actor: Actor, app_name: str) -> li
 async def checksum(session: AsyncSession, *, app_id: int) -> str:
     """Changes whenever any secret changes; computed from keyed digests, no decryption needed."""
     rows = await session.execute(
-        select(models.Secret.key, models.Secret.digest).where(models.Secret.app_id == app_id).order_by(models.Secret.key)
+        select(models.Secret.key, models.Secret.digest)
+        .where(models.Secret.app_id == app_id)
+        .order_by(models.Secret.key)
     )
     h = hashlib.sha256()
     for key, digest in rows.all():

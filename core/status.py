@@ -100,5 +100,20 @@ async def with_live(*, ctx: Core, status: AppStatus, target: Target) -> AppStatu
 
 async def logs(*, ctx: Core, target: Target, tail_lines: int, follow: bool) -> AsyncIterator[str]:
     kube = await ctx.kube.get(key=str(target.cluster_id), kubeconfig=target.kubeconfig)
-    async for line in kube.pod_logs(namespace=target.namespace, app=target.app, tail_lines=tail_lines, follow=follow):
+    async for line in kube.pod_logs(
+        namespace=target.namespace, app=target.app, tail_lines=tail_lines, follow=follow
+    ):
         yield line
+
+
+async def remove_workload(*, ctx: Core, target: Target) -> None:
+    """Delete what shipit applied for an app (HPA first, so it cannot scale what is going away)."""
+    kube = await ctx.kube.get(key=str(target.cluster_id), kubeconfig=target.kubeconfig)
+    for kind, name in (
+        ("HorizontalPodAutoscaler", target.app),
+        ("Ingress", target.app),
+        ("Service", target.app),
+        ("Deployment", target.app),
+        ("Secret", f"{target.app}-secrets"),
+    ):
+        await kube.delete(kind=kind, name=name, namespace=target.namespace)

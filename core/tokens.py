@@ -60,7 +60,9 @@ async def authenticate(session: AsyncSession, *, token: str, channel: str = "api
     # Only write when it moves by a minute, so reads stay reads.
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
         row.last_used_at = now
-    return Actor(subject=row.subject, channel=channel, display=row.subject.split(":", 1)[-1], is_admin=row.is_admin)
+    return Actor(
+        subject=row.subject, channel=channel, display=row.subject.split(":", 1)[-1], is_admin=row.is_admin
+    )
 
 
 async def list_tokens(session: AsyncSession, *, actor: Actor) -> list[models.ApiToken]:

@@ -58,7 +58,9 @@ def is_bare_tag(value: str) -> bool:
 def with_tag(*, current: str | None, tag: str, field: str = "image") -> str:
     """`deploy web 1.5` keeps the repository of the current image and swaps the tag."""
     if not current:
-        raise InvalidInput(f"{field}: the app has no image yet, give a full reference, not just {tag!r}", field=field)
+        raise InvalidInput(
+            f"{field}: the app has no image yet, give a full reference, not just {tag!r}", field=field
+        )
     base = current.split("@", 1)[0]
     slash = base.rfind("/")
     colon = base.rfind(":")
@@ -91,7 +93,9 @@ def cpu(value: str, *, field: str) -> str:
 def memory(value: str, *, field: str) -> str:
     value = value.strip()
     if not _MEMORY.match(value):
-        raise InvalidInput(f"{field} must be a memory quantity such as 128Mi or 1Gi, got {value!r}", field=field)
+        raise InvalidInput(
+            f"{field} must be a memory quantity such as 128Mi or 1Gi, got {value!r}", field=field
+        )
     return value
 
 
@@ -110,7 +114,9 @@ def int_range(value: int, *, field: str, low: int, high: int) -> int:
 def http_path(value: str, *, field: str) -> str:
     value = value.strip()
     if not _PATH.match(value) or len(value) > 512:
-        raise InvalidInput(f"{field} must be an absolute HTTP path such as /healthz, got {value!r}", field=field)
+        raise InvalidInput(
+            f"{field} must be an absolute HTTP path such as /healthz, got {value!r}", field=field
+        )
     return value
 
 

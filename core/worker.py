@@ -15,8 +15,9 @@ import os
 import socket
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class Handler:
-    run: Callable[..., Awaitable[None]]  # run(ctx=, job=)
+    run: Callable[..., Coroutine[Any, Any, None]]  # run(ctx=, job=)
     # Called in its own transaction when the job fails for good.
     failed: Callable[..., Awaitable[None]] | None = None  # failed(session=, ctx=, job=, error=)
 
@@ -109,7 +110,10 @@ class Worker:
             try:
                 async with self.ctx.sessionmaker.begin() as session:
                     kept = await jobs.heartbeat(
-                        session, job_id=job.id, owner=self.owner, lease_seconds=self.ctx.config.job_lease_seconds
+                        session,
+                        job_id=job.id,
+                        owner=self.owner,
+                        lease_seconds=self.ctx.config.job_lease_seconds,
                     )
             except Exception:
                 log.warning("job %s (%s): heartbeat failed; will try again", job.id, job.kind, exc_info=True)
@@ -133,7 +137,9 @@ class Worker:
                 return  # shutting down: the lease runs out and the job is claimed again
             return
         except TransientError as e:
-            delay = e.retry_after if e.retry_after is not None else jobs.backoff_seconds(attempts=job.attempts)
+            delay = (
+                e.retry_after if e.retry_after is not None else jobs.backoff_seconds(attempts=job.attempts)
+            )
             if job.attempts >= job.max_attempts:
                 await self._finish(job, fail=f"gave up after {job.attempts} attempts: {e}")
             else:
@@ -174,10 +180,10 @@ class Worker:
                     await handler.failed(session=session, ctx=self.ctx, job=job, error=fail)
 
 
-async def run_until_idle(ctx: Core, *, handlers: dict[str, Handler], timeout: float = 60.0) -> None:
+async def run_until_idle(ctx: Core, *, handlers: dict[str, Handler], within: float = 60.0) -> None:
     """Drain the queue in the current task (CLI and tests): returns when nothing is runnable."""
     worker = Worker(ctx=ctx, handlers=handlers)
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while asyncio.get_running_loop().time() < deadline:
         job = await worker._claim()
         if job is None:

@@ -3,6 +3,7 @@ calls one core service and renders the result."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -33,9 +34,7 @@ async def tx(rt: Runtime) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def current_actor(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Actor:
+async def current_actor(request: Request, authorization: Annotated[str | None, Header()] = None) -> Actor:
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthenticated("missing bearer token: send Authorization: Bearer <token>")
     channel = "cli" if request.headers.get("user-agent", "").startswith("shipit-cli") else "api"
@@ -77,7 +76,9 @@ async def create_project(body: schemas.ProjectIn, rt: RtDep, actor: ActorDep) ->
 
 
 @router.patch("/projects/{name}")
-async def update_project(name: str, body: schemas.ProjectPatch, rt: RtDep, actor: ActorDep) -> schemas.ProjectOut:
+async def update_project(
+    name: str, body: schemas.ProjectPatch, rt: RtDep, actor: ActorDep
+) -> schemas.ProjectOut:
     async with tx(rt) as session:
         p = await projects.update(
             session,
@@ -99,9 +100,13 @@ async def list_members(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.Me
 
 
 @router.put("/projects/{name}/members/{subject}")
-async def set_member(name: str, subject: str, body: schemas.MemberIn, rt: RtDep, actor: ActorDep) -> schemas.MemberOut:
+async def set_member(
+    name: str, subject: str, body: schemas.MemberIn, rt: RtDep, actor: ActorDep
+) -> schemas.MemberOut:
     async with tx(rt) as session:
-        m = await projects.set_access(session, actor=actor, project_name=name, subject=subject, role=body.role)
+        m = await projects.set_access(
+            session, actor=actor, project_name=name, subject=subject, role=body.role
+        )
         assert m is not None
         return schemas.MemberOut(subject=m.subject, role=m.role)
 
@@ -148,19 +153,25 @@ async def add_cluster(body: schemas.ClusterIn, rt: RtDep, actor: ActorDep) -> sc
 
 
 def _changes(body: schemas.AppFields) -> AppChanges:
-    return AppChanges(**body.model_dump(exclude_unset=True, exclude={"name", "project", "cluster", "namespace", "deploy"}))
+    return AppChanges(
+        **body.model_dump(exclude_unset=True, exclude={"name", "project", "cluster", "namespace", "deploy"})
+    )
 
 
 async def _app_out(session: AsyncSession, app: models.App) -> schemas.AppOut:
     project = await session.get(models.Project, app.project_id)
     cluster = await session.get(models.Cluster, app.cluster_id)
-    return schemas.AppOut.of(app, project=project.name if project else "", cluster=cluster.name if cluster else "")
+    return schemas.AppOut.of(
+        app, project=project.name if project else "", cluster=cluster.name if cluster else ""
+    )
 
 
 @router.get("/apps")
 async def list_apps(rt: RtDep, actor: ActorDep, project: str | None = None) -> list[schemas.AppOut]:
     async with tx(rt) as session:
-        return [await _app_out(session, a) for a in await apps.list_visible(session, actor=actor, project=project)]
+        return [
+            await _app_out(session, a) for a in await apps.list_visible(session, actor=actor, project=project)
+        ]
 
 
 @router.post("/apps", status_code=201)
@@ -178,7 +189,9 @@ async def create_app(body: schemas.AppIn, rt: RtDep, actor: ActorDep) -> dict[st
         deployment = None
         if body.deploy and app.image:
             deployment = (
-                await deploys.request(session, ctx=rt.core, actor=actor, app_name=app.name, trigger=actor.channel)
+                await deploys.request(
+                    session, ctx=rt.core, actor=actor, app_name=app.name, trigger=actor.channel
+                )
             ).deployment
         return {
             "app": await _app_out(session, app),
@@ -195,7 +208,9 @@ async def show_app(name: str, rt: RtDep, actor: ActorDep) -> schemas.AppOut:
 @router.patch("/apps/{name}")
 async def update_app(name: str, body: schemas.AppFields, rt: RtDep, actor: ActorDep) -> schemas.AppOut:
     async with tx(rt) as session:
-        return await _app_out(session, await apps.update(session, actor=actor, name=name, changes=_changes(body)))
+        return await _app_out(
+            session, await apps.update(session, actor=actor, name=name, changes=_changes(body))
+        )
 
 
 @router.delete("/apps/{name}", status_code=204)
@@ -203,21 +218,7 @@ async def delete_app(name: str, rt: RtDep, actor: ActorDep) -> None:
     async with tx(rt) as session:
         target = await status.target(session, ctx=rt.core, actor=actor, app_name=name)
         await apps.delete(session, actor=actor, name=name)
-    kube = await rt.core.kube.get(key=str(target.cluster_id), kubeconfig=target.kubeconfig)
-    await kube.delete_app(namespace=target.namespace, name=target.app)
-
-
-@router.post("/apps/{name}/{flag}", status_code=200)
-async def set_flag(name: str, flag: str, rt: RtDep, actor: ActorDep, body: schemas.ReasonIn | None = None) -> schemas.AppOut:
-    flags = {"lock": ("lock", True), "unlock": ("lock", False), "pause": ("pause", True), "resume": ("pause", False)}
-    if flag not in flags:
-        from core.errors import NotFound
-
-        raise NotFound(f"unknown action {flag!r}: use lock, unlock, pause or resume")
-    which, on = flags[flag]
-    async with tx(rt) as session:
-        app = await apps.set_flag(session, actor=actor, name=name, flag=which, on=on, reason=body.reason if body else None)
-        return await _app_out(session, app)
+    await status.remove_workload(ctx=rt.core, target=target)
 
 
 # ------------------------------------------------------------------ deploys
@@ -246,9 +247,14 @@ async def deploy(
 
 
 @router.get("/apps/{name}/deploys")
-async def list_deploys(name: str, rt: RtDep, actor: ActorDep, limit: int = Query(20, ge=1, le=200)) -> list[schemas.DeploymentOut]:
+async def list_deploys(
+    name: str, rt: RtDep, actor: ActorDep, limit: int = Query(20, ge=1, le=200)
+) -> list[schemas.DeploymentOut]:
     async with tx(rt) as session:
-        return [schemas.DeploymentOut.of(d, app=name) for d in await deploys.history(session, actor=actor, app_name=name, limit=limit)]
+        return [
+            schemas.DeploymentOut.of(d, app=name)
+            for d in await deploys.history(session, actor=actor, app_name=name, limit=limit)
+        ]
 
 
 async def _deployment_out(session: AsyncSession, d: models.Deployment) -> schemas.DeploymentOut:
@@ -259,14 +265,18 @@ async def _deployment_out(session: AsyncSession, d: models.Deployment) -> schema
 @router.get("/deploys/{deployment_id}")
 async def get_deploy(deployment_id: int, rt: RtDep, actor: ActorDep) -> schemas.DeploymentOut:
     async with tx(rt) as session:
-        return await _deployment_out(session, await deploys.get(session, actor=actor, deployment_id=deployment_id))
+        return await _deployment_out(
+            session, await deploys.get(session, actor=actor, deployment_id=deployment_id)
+        )
 
 
 @router.post("/deploys/{deployment_id}/{action}")
 async def act_on_deploy(deployment_id: int, action: str, rt: RtDep, actor: ActorDep) -> schemas.DeploymentOut:
     async with tx(rt) as session:
         if action in ("approve", "reject"):
-            d = await deploys.approve(session, ctx=rt.core, actor=actor, deployment_id=deployment_id, approve=action == "approve")
+            d = await deploys.approve(
+                session, ctx=rt.core, actor=actor, deployment_id=deployment_id, approve=action == "approve"
+            )
         elif action == "cancel":
             d = await deploys.cancel(session, ctx=rt.core, actor=actor, deployment_id=deployment_id)
         else:
@@ -279,7 +289,9 @@ async def act_on_deploy(deployment_id: int, action: str, rt: RtDep, actor: Actor
 @router.post("/apps/{name}/rollback", status_code=202)
 async def rollback(name: str, body: schemas.RollbackIn, rt: RtDep, actor: ActorDep) -> schemas.DeploymentOut:
     async with tx(rt) as session:
-        result = await deploys.rollback(session, ctx=rt.core, actor=actor, app_name=name, revision=body.revision)
+        result = await deploys.rollback(
+            session, ctx=rt.core, actor=actor, app_name=name, revision=body.revision
+        )
         return schemas.DeploymentOut.of(result.deployment, app=name)
 
 
@@ -317,6 +329,30 @@ async def scale(name: str, body: schemas.ScaleIn, rt: RtDep, actor: ActorDep) ->
         return schemas.DeploymentOut.of(result.deployment, app=name)
 
 
+# After every other POST /apps/{name}/<word> route: Starlette matches routes in order, and this one
+# would otherwise swallow /deploys, /rollback and /scale.
+@router.post("/apps/{name}/{flag}", status_code=200)
+async def set_flag(
+    name: str, flag: str, rt: RtDep, actor: ActorDep, body: schemas.ReasonIn | None = None
+) -> schemas.AppOut:
+    flags = {
+        "lock": ("lock", True),
+        "unlock": ("lock", False),
+        "pause": ("pause", True),
+        "resume": ("pause", False),
+    }
+    if flag not in flags:
+        from core.errors import NotFound
+
+        raise NotFound(f"unknown action {flag!r}: use lock, unlock, pause or resume")
+    which, on = flags[flag]
+    async with tx(rt) as session:
+        app = await apps.set_flag(
+            session, actor=actor, name=name, flag=which, on=on, reason=body.reason if body else None
+        )
+        return await _app_out(session, app)
+
+
 @router.get("/apps/{name}/status")
 async def app_status(name: str, rt: RtDep, actor: ActorDep, live: bool = True) -> dict[str, object]:
     async with tx(rt) as session:
@@ -348,11 +384,31 @@ async def app_logs(
     async with tx(rt) as session:
         target = await status.target(session, ctx=rt.core, actor=actor, app_name=name)
 
+    stream = status.logs(ctx=rt.core, target=target, tail_lines=tail, follow=follow)
+    # Once a streamed 200 has started, an error can only cut the connection.  So wait (briefly, since
+    # a followed quiet pod may say nothing for long) for the first line: "no pods" and cluster errors
+    # raised before it become a JSON error with its status code.
+    first = asyncio.ensure_future(_first_line(stream))
+    await asyncio.wait({first}, timeout=5)
+    if first.done():
+        first.result()
+
     async def lines() -> AsyncIterator[bytes]:
-        async for line in status.logs(ctx=rt.core, target=target, tail_lines=tail, follow=follow):
+        line = await first
+        if line is None:
+            return
+        yield (line.rstrip("\n") + "\n").encode()
+        async for line in stream:
             yield (line.rstrip("\n") + "\n").encode()
 
     return StreamingResponse(lines(), media_type="text/plain; charset=utf-8")
+
+
+async def _first_line(stream: AsyncIterator[str]) -> str | None:
+    try:
+        return await anext(stream)
+    except StopAsyncIteration:
+        return None
 
 
 # ------------------------------------------------------------------ secrets
@@ -376,7 +432,9 @@ async def set_secrets(
 
 
 @router.delete("/apps/{name}/secrets/{key}")
-async def delete_secret(name: str, key: str, rt: RtDep, actor: ActorDep, deploy: bool = True) -> dict[str, object]:
+async def delete_secret(
+    name: str, key: str, rt: RtDep, actor: ActorDep, deploy: bool = True
+) -> dict[str, object]:
     async with tx(rt) as session:
         removed = await secrets.unset(session, actor=actor, app_name=name, keys=[key])
         app = await apps.get(session, actor=actor, name=name)
@@ -384,7 +442,9 @@ async def delete_secret(name: str, key: str, rt: RtDep, actor: ActorDep, deploy:
         return {"keys": removed, "deployment": d}
 
 
-async def _redeploy(session: AsyncSession, *, rt: Runtime, actor: Actor, app: models.App) -> schemas.DeploymentOut | None:
+async def _redeploy(
+    session: AsyncSession, *, rt: Runtime, actor: Actor, app: models.App
+) -> schemas.DeploymentOut | None:
     """A secret change rolls the pods, but only of an app that has been deployed."""
     if await deploys.current_deployment(session, app=app) is None:
         return None
@@ -397,14 +457,24 @@ async def _redeploy(session: AsyncSession, *, rt: Runtime, actor: Actor, app: mo
 
 @router.get("/audit")
 async def read_audit(
-    rt: RtDep, actor: ActorDep, target: str | None = None, action: str | None = None, limit: int = Query(100, ge=1, le=1000)
+    rt: RtDep,
+    actor: ActorDep,
+    target: str | None = None,
+    action: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
 ) -> list[schemas.AuditOut]:
     async with tx(rt) as session:
         visible = await identity.visible_project_ids(session, actor=actor)
         rows = await audit.query(session, project_ids=visible, target=target, action=action, limit=limit)
         return [
             schemas.AuditOut(
-                id=r.id, at=r.at, actor=r.actor, channel=r.channel, action=r.action, target=r.target, details=r.details
+                id=r.id,
+                at=r.at,
+                actor=r.actor,
+                channel=r.channel,
+                action=r.action,
+                target=r.target,
+                details=r.details,
             )
             for r in rows
         ]
@@ -419,7 +489,9 @@ async def list_tokens(rt: RtDep, actor: ActorDep) -> list[schemas.TokenOut]:
 @router.post("/tokens", status_code=201)
 async def create_token(body: schemas.TokenIn, rt: RtDep, actor: ActorDep) -> schemas.TokenCreated:
     async with tx(rt) as session:
-        row, plaintext = await tokens.create(session, actor=actor, name=body.name, subject=body.subject, is_admin=body.admin)
+        row, plaintext = await tokens.create(
+            session, actor=actor, name=body.name, subject=body.subject, is_admin=body.admin
+        )
         return schemas.TokenCreated(**schemas.TokenOut.of(row).model_dump(), token=plaintext)
 
 

@@ -49,29 +49,39 @@ class BodyLimit:
             await _too_large(send, self.max_bytes)
             return
         seen = 0
+        refused = False  # we answered 413: the app only sees a disconnect and its answer is dropped
+        started = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    # Raising here would not do: FastAPI turns errors while reading a body into a 400.
+                    refused = True
+                    if not started:
+                        await _too_large(send, self.max_bytes)
+                    return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _too_large(send, self.max_bytes)
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, limited, guarded)
 
 
 async def _too_large(send: Send, limit: int) -> None:
     body = b'{"error":{"type":"payload_too_large","message":"request body is larger than %d bytes"}}' % limit
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -98,7 +108,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _shipit_error(request: Request, exc: ShipitError) -> JSONResponse:
         ref = uuid.uuid4().hex[:12]
         log.warning("request %s %s failed [ref %s]: %s", request.method, request.url.path, ref, exc)
-        return JSONResponse(error_body(type(exc).__name__, f"{exc} (reference {ref})", reference=ref), status_code=502)
+        return JSONResponse(
+            error_body(type(exc).__name__, f"{exc} (reference {ref})", reference=ref), status_code=502
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -72,7 +72,9 @@ def keys_generate() -> None:
 
 @keys_app.command("rotate")
 def keys_rotate(
-    new_key: str = typer.Option(..., "--new-key", envvar="SHIPIT_NEW_MASTER_KEY", help="The key to rotate to."),
+    new_key: str = typer.Option(
+        ..., "--new-key", envvar="SHIPIT_NEW_MASTER_KEY", help="The key to rotate to."
+    ),
 ) -> None:
     """Re-encrypt every secret and kubeconfig under a new master key, in one transaction."""
     from core import keys

@@ -1,4 +1,4 @@
-"""The composition root: builds the core once (engine, cipher, clients, notifiers, worker) and tears it down."""
+"""The composition root: builds the core once (engine, cipher, clients, notifiers, worker), tears it down."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ def resolve_master_key(settings: Settings) -> str:
         return settings.master_key.get_secret_value()
     path = Path(settings.data_dir) / "master.key"
     if path.exists():
-        log.warning("SHIPIT_MASTER_KEY is not set: using the key in %s (set it explicitly in production)", path)
+        log.warning(
+            "SHIPIT_MASTER_KEY is not set: using the key in %s (set it explicitly in production)", path
+        )
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     key = generate_key()
@@ -109,7 +111,9 @@ async def bootstrap_admin_token(rt: Runtime) -> str | None:
     async with rt.sessionmaker.begin() as session:
         if await tokens.has_any(session):
             return None
-        _, plaintext = await tokens.create(session, actor=SYSTEM, name="admin", subject="user:admin", is_admin=True)
+        _, plaintext = await tokens.create(
+            session, actor=SYSTEM, name="admin", subject="user:admin", is_admin=True
+        )
         return plaintext
 
 

@@ -165,7 +165,11 @@ class AppOut(BaseModel):
             }
             if a.health_path
             else None,
-            autoscaling={"min_replicas": a.min_replicas, "max_replicas": a.max_replicas, "cpu_target": a.cpu_target}
+            autoscaling={
+                "min_replicas": a.min_replicas,
+                "max_replicas": a.max_replicas,
+                "cpu_target": a.cpu_target,
+            }
             if a.min_replicas is not None
             else None,
             domain=a.domain,

@@ -49,3 +49,5 @@ class Settings(BaseSettings):
     github_app_id: str | None = None
     github_private_key: SecretStr | None = None
     github_api_url: str = "https://api.github.com"
+    # Pause between mutating GitHub API calls (GitHub's advice against secondary rate limits).
+    github_write_interval_seconds: float = Field(default=1.0, ge=0)

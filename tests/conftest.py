@@ -56,9 +56,9 @@ def _backends() -> list[str]:
     return ["sqlite", "postgres"] if POSTGRES_URL else ["sqlite"]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture
 def db_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    return str(getattr(request, "param", "sqlite"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

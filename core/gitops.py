@@ -1,0 +1,293 @@
+"""Git-driven deploys: which app a push (or a green CI run) deploys, and with which image.
+
+Channels (the GitHub webhook) parse their payloads into plain values and call
+these functions inside the transaction that records the delivery, so the
+answer is sent as soon as the deploys are queued.  Nothing here talks to
+GitHub or Kubernetes.
+
+Who acts: a push deploys as `github:<sender login>` with admin rights *on the
+linked app only*.  The authorisation is the link itself: an admin of the
+project set `git_repo` on the app, which says "pushes to this repository may
+deploy this app".  The sender is recorded for the audit log and the cards,
+not checked against project roles (most committers never talk to shipit).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import deploys
+from core.context import Core
+from core.errors import UserError
+from core.identity import Actor
+from storage import models
+
+log = logging.getLogger(__name__)
+
+ZERO_SHA = "0" * 40
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+DEPLOY = "deploy"
+SKIP = "skip"
+WAIT = "wait"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """What happened for one app: deployed (with the deploy id), skipped or waiting, and why."""
+
+    app: str
+    action: str  # deploy | skip | wait
+    reason: str
+    deployment_id: int | None = None
+    image: str | None = None
+    preview: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    summary: str
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def deployed(self) -> list[Decision]:
+        return [d for d in self.decisions if d.action == DEPLOY]
+
+
+def github_actor(login: str) -> Actor:
+    """The identity a GitHub event acts as (see the module docstring for why it is admin)."""
+    login = login or "unknown"
+    return Actor(subject=f"github:{login}", channel="github", display=login, is_admin=True)
+
+
+def parse_ref(ref: str) -> tuple[str, str] | None:
+    """refs/heads/main -> ("branch", "main"); refs/tags/v1 -> ("tag", "v1"); anything else None."""
+    for prefix, kind in (("refs/heads/", "branch"), ("refs/tags/", "tag")):
+        if ref.startswith(prefix) and len(ref) > len(prefix):
+            return kind, ref[len(prefix) :]
+    return None
+
+
+def image_tag_safe(value: str) -> str:
+    """Branch names may hold characters an image tag cannot (feature/x -> feature-x), as CI tools do."""
+    return _TAG_UNSAFE.sub("-", value)[:128]
+
+
+def render_image(template: str, *, sha: str, branch: str = "", tag: str = "") -> str:
+    return template.format(sha=sha, short_sha=sha[:7], branch=image_tag_safe(branch), tag=image_tag_safe(tag))
+
+
+def tracks(app: models.App, *, kind: str, name: str, default_branch: str | None) -> bool:
+    """Does `app` deploy pushes to this branch/tag?  git_branch is a glob (release/*, v*)."""
+    if app.git_ref_type != kind:
+        return False
+    pattern = app.git_branch or (default_branch if kind == "branch" else "*")
+    return bool(pattern) and fnmatch.fnmatchcase(name, pattern or "")
+
+
+def _describe_tracking(apps: list[models.App]) -> str:
+    return ", ".join(f"{a.name}: {a.git_ref_type} {a.git_branch or 'default'}" for a in apps)
+
+
+async def linked_apps(session: AsyncSession, *, repo: str) -> list[models.App]:
+    """Apps whose git_repo is `repo` (GitHub treats owner/name case-insensitively)."""
+    return list(
+        await session.scalars(
+            select(models.App)
+            .where(func.lower(models.App.git_repo) == repo.lower())
+            .order_by(models.App.name)
+        )
+    )
+
+
+def _dedupe_key(*, app_id: int, ref: str, sha: str) -> str:
+    # One deploy per app, ref and commit: a push and the CI run that follows it, or two
+    # CI systems reporting success for the same commit, deploy once.
+    digest = hashlib.sha256(ref.encode()).hexdigest()[:16]
+    return f"git:{app_id}:{digest}:{sha}"
+
+
+async def _deploy(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    app: models.App,
+    actor: Actor,
+    kind: str,
+    name: str,
+    sha: str,
+    ref: str,
+    why: str,
+) -> Decision:
+    if app.auto_deploy_paused:
+        return Decision(
+            app=app.name,
+            action=SKIP,
+            reason=f"auto-deploy is paused ({app.paused_reason or 'paused'}); "
+            f"resume {app.name} to deploy pushes",
+        )
+    if app.locked_reason:
+        return Decision(
+            app=app.name, action=SKIP, reason=f"{app.name} is locked by {app.locked_by}: {app.locked_reason}"
+        )
+    assert app.image_template is not None  # apps.create refuses a git_repo without one
+    image = render_image(
+        app.image_template,
+        sha=sha,
+        branch=name if kind == "branch" else "",
+        tag=name if kind == "tag" else "",
+    )
+    try:
+        async with session.begin_nested():
+            result = await deploys.request(
+                session,
+                ctx=ctx,
+                actor=actor,
+                app_name=app.name,
+                image=image,
+                trigger="push",
+                dedupe_key=_dedupe_key(app_id=app.id, ref=ref, sha=sha),
+                git_sha=sha,
+                git_ref=ref,
+                reason=why,
+            )
+    except UserError as e:
+        return Decision(app=app.name, action=SKIP, reason=str(e), image=image)
+    deployment = result.deployment
+    if not result.created:
+        return Decision(
+            app=app.name,
+            action=SKIP,
+            reason=f"{sha[:7]} was already deployed to {app.name} "
+            f"(deploy #{deployment.id}, {deployment.status})",
+            deployment_id=deployment.id,
+            image=deployment.image,
+        )
+    log.info("gitops: %s %s@%s -> deploy %s of %s (%s)", why, ref, sha[:7], deployment.id, app.name, image)
+    return Decision(
+        app=app.name,
+        action=DEPLOY,
+        reason=f"deploy #{deployment.id} {deployment.status}: {image}",
+        deployment_id=deployment.id,
+        image=image,
+    )
+
+
+async def on_push(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    repo: str,
+    ref: str,
+    sha: str,
+    sender: str,
+    deleted: bool = False,
+    default_branch: str | None = None,
+) -> Outcome:
+    """A push to `repo`: deploy every app that tracks this branch or tag (unless it waits for CI)."""
+    if deleted or sha == ZERO_SHA:
+        return Outcome(summary=f"{ref} was deleted; nothing to deploy")
+    parsed = parse_ref(ref)
+    if parsed is None:
+        return Outcome(summary=f"{ref} is neither a branch nor a tag; nothing to deploy")
+    kind, name = parsed
+    linked = await linked_apps(session, repo=repo)
+    if not linked:
+        return Outcome(summary=f"no app is linked to {repo}; nothing to deploy")
+    matching = [a for a in linked if tracks(a, kind=kind, name=name, default_branch=default_branch)]
+    if not matching:
+        return Outcome(
+            summary=f"no app deploys {kind} {name} of {repo} (tracked: {_describe_tracking(linked)}); "
+            "nothing to deploy"
+        )
+    actor = github_actor(sender)
+    decisions: list[Decision] = []
+    for app in matching:
+        if app.deploy_on == "ci":
+            decisions.append(
+                Decision(
+                    app=app.name,
+                    action=WAIT,
+                    reason=f"{app.name} deploys after CI passes: waiting for a successful "
+                    f"check suite or workflow run on {sha[:7]}",
+                )
+            )
+            continue
+        decisions.append(
+            await _deploy(
+                session,
+                ctx=ctx,
+                app=app,
+                actor=actor,
+                kind=kind,
+                name=name,
+                sha=sha,
+                ref=ref,
+                why=f"push by {actor.name}",
+            )
+        )
+    return Outcome(summary=_summary(decisions), decisions=decisions)
+
+
+async def on_ci_passed(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    repo: str,
+    sha: str,
+    head_branch: str | None,
+    conclusion: str | None,
+    source: str,
+    sender: str,
+    default_branch: str | None = None,
+) -> Outcome:
+    """CI finished for `sha` (a check suite or a workflow run): deploy apps with deploy_on=ci on success.
+
+    `head_branch` is a branch name, or for runs started by a tag push the tag name.
+    """
+    if conclusion != "success":
+        return Outcome(
+            summary=f"{source} on {sha[:7]} concluded {conclusion or 'without result'}; nothing to deploy"
+        )
+    if not head_branch:
+        return Outcome(summary=f"{source} on {sha[:7]} names no branch; nothing to deploy")
+    linked = [a for a in await linked_apps(session, repo=repo) if a.deploy_on == "ci"]
+    if not linked:
+        return Outcome(summary=f"no app linked to {repo} waits for CI; nothing to deploy")
+    actor = github_actor(sender)
+    decisions: list[Decision] = []
+    for app in linked:
+        kind = app.git_ref_type
+        if not tracks(app, kind=kind, name=head_branch, default_branch=default_branch):
+            continue
+        ref = f"refs/heads/{head_branch}" if kind == "branch" else f"refs/tags/{head_branch}"
+        decisions.append(
+            await _deploy(
+                session,
+                ctx=ctx,
+                app=app,
+                actor=actor,
+                kind=kind,
+                name=head_branch,
+                sha=sha,
+                ref=ref,
+                why=f"{source} passed",
+            )
+        )
+    if not decisions:
+        return Outcome(summary=f"no app waiting for CI deploys {head_branch} of {repo}; nothing to deploy")
+    return Outcome(summary=_summary(decisions), decisions=decisions)
+
+
+def _summary(decisions: list[Decision]) -> str:
+    deployed = [d for d in decisions if d.action == DEPLOY]
+    if deployed:
+        return "queued " + ", ".join(f"{d.app} (deploy #{d.deployment_id})" for d in deployed)
+    return "; ".join(f"{d.app}: {d.reason}" for d in decisions) or "nothing to deploy"

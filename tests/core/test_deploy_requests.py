@@ -1,0 +1,198 @@
+"""Deploy requests without a cluster: queueing, supersede, dedupe, approvals, permissions, revisions."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import func, select, update
+
+from core import apps, deploys, events, jobs, projects
+from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from core.identity import Actor
+from shipit.runtime import Runtime
+from storage import models
+from tests.conftest import ADMIN
+
+pytestmark = pytest.mark.both_databases
+
+ALICE = Actor(subject="user:alice", channel="api", display="alice")
+BOB = Actor(subject="user:bob", channel="api", display="bob")
+VIEWER = Actor(subject="user:victor", channel="api", display="victor")
+
+
+@pytest.fixture
+async def paper(rt: Runtime) -> Runtime:
+    """A project and a cluster row (never contacted) with app `web`; alice and bob develop, victor views."""
+    async with rt.sessionmaker.begin() as session:
+        await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
+        session.add(
+            models.Cluster(name="paper", kubeconfig_enc=rt.core.cipher.encrypt(b"{}", purpose="kubeconfig"))
+        )
+        await session.flush()
+        await apps.create(
+            session,
+            actor=ADMIN,
+            project="acme",
+            cluster="paper",
+            name="web",
+            namespace="web",
+            changes=apps.AppChanges(image="ghcr.io/acme/web:1.0"),
+        )
+        for who, role in ((ALICE, "developer"), (BOB, "developer"), (VIEWER, "viewer")):
+            await projects.set_access(
+                session, actor=ADMIN, project_name="acme", subject=who.subject, role=role
+            )
+    return rt
+
+
+async def _request(rt: Runtime, actor: Actor = ALICE, **kw: object) -> deploys.Requested:
+    async with rt.sessionmaker.begin() as session:
+        return await deploys.request(session, ctx=rt.core, actor=actor, app_name="web", trigger="api", **kw)  # type: ignore[arg-type]
+
+
+async def _count(rt: Runtime, model: type[models.Base], *where: object) -> int:
+    async with rt.sessionmaker() as session:
+        return int(await session.scalar(select(func.count()).select_from(model).where(*where)) or 0)  # type: ignore[arg-type]
+
+
+async def test_request_writes_revision_deployment_job_event_and_audit_together(paper: Runtime) -> None:
+    result = await _request(paper, image="1.1")
+    d = result.deployment
+    assert result.created and d.status == deploys.QUEUED and d.image == "ghcr.io/acme/web:1.1"
+    assert d.revision_number == 1
+    assert await _count(paper, models.Job, models.Job.dedupe_key == f"deploy:{d.id}") == 1
+    assert (
+        await _count(
+            paper, models.Event, models.Event.deployment_id == d.id, models.Event.kind == events.DEPLOY_QUEUED
+        )
+        == 1
+    )
+    assert await _count(paper, models.AuditEvent, models.AuditEvent.action == "deploy.request") == 1
+    async with paper.sessionmaker() as session:
+        app = await session.scalar(select(models.App))
+        assert app is not None and app.image == "ghcr.io/acme/web:1.1"
+
+
+async def test_bad_image_is_refused_and_nothing_is_written(paper: Runtime) -> None:
+    with pytest.raises(InvalidInput) as e:
+        await _request(paper, image="ghcr.io/Acme/WEB:?")
+    assert e.value.field == "image"
+    assert await _count(paper, models.Deployment) == 0
+    assert await _count(paper, models.Revision) == 0
+    assert await _count(paper, models.Job, models.Job.kind == "deploy") == 0
+
+
+async def test_same_dedupe_key_is_one_deploy(paper: Runtime) -> None:
+    first = await _request(paper, image="1.1", dedupe_key="push:abc")
+    second = await _request(paper, image="1.1", dedupe_key="push:abc")
+    assert not second.created and second.deployment.id == first.deployment.id
+    assert await _count(paper, models.Deployment) == 1
+    assert await _count(paper, models.Job, models.Job.kind == "deploy") == 1
+
+
+async def test_newer_queued_deploy_supersedes_older_queued_ones(paper: Runtime) -> None:
+    d1 = (await _request(paper, image="1.1")).deployment
+    d2 = (await _request(paper, image="1.2")).deployment
+    d3 = (await _request(paper, image="1.3")).deployment
+    async with paper.sessionmaker() as session:
+        statuses = {d.id: d.status for d in await session.scalars(select(models.Deployment))}
+        job_states = {
+            j.dedupe_key: j.state
+            for j in await session.scalars(select(models.Job).where(models.Job.kind == "deploy"))
+        }
+    assert statuses == {d1.id: "superseded", d2.id: "superseded", d3.id: "queued"}
+    assert job_states[f"deploy:{d1.id}"] == jobs.CANCELLED
+    assert job_states[f"deploy:{d3.id}"] == jobs.QUEUED
+    superseded = await _count(paper, models.Event, models.Event.kind == events.DEPLOY_SUPERSEDED)
+    assert superseded == 2
+
+
+async def test_viewer_cannot_deploy_and_is_told_which_role(paper: Runtime) -> None:
+    with pytest.raises(PermissionDenied, match="needs the developer role; you have viewer"):
+        await _request(paper, actor=VIEWER, image="1.1")
+    stranger = Actor(subject="user:mallory", channel="api")
+    with pytest.raises(NotFound, match="no app named 'web'"):
+        await _request(paper, actor=stranger, image="1.1")
+
+
+async def test_locked_app_refuses_deploys_until_unlocked(paper: Runtime) -> None:
+    async with paper.sessionmaker.begin() as session:
+        await apps.set_flag(session, actor=ALICE, name="web", flag="lock", on=True, reason="incident 42")
+    with pytest.raises(Conflict, match="incident 42"):
+        await _request(paper, image="1.1")
+    async with paper.sessionmaker.begin() as session:
+        await apps.set_flag(session, actor=ALICE, name="web", flag="lock", on=False)
+    assert (await _request(paper, image="1.1")).created
+
+
+async def test_protected_app_needs_a_second_person(paper: Runtime) -> None:
+    async with paper.sessionmaker.begin() as session:
+        await apps.update(session, actor=ADMIN, name="web", changes=apps.AppChanges(protected=True))
+    d = (await _request(paper, image="2.0")).deployment
+    assert d.status == deploys.AWAITING_APPROVAL
+    assert await _count(paper, models.Job, models.Job.kind == "deploy") == 0
+    with pytest.raises(PermissionDenied, match="nobody approves their own deploy"):
+        async with paper.sessionmaker.begin() as session:
+            await deploys.approve(session, ctx=paper.core, actor=ALICE, deployment_id=d.id)
+    with pytest.raises(PermissionDenied, match="developer role"):
+        async with paper.sessionmaker.begin() as session:
+            await deploys.approve(session, ctx=paper.core, actor=VIEWER, deployment_id=d.id)
+    async with paper.sessionmaker.begin() as session:
+        approved = await deploys.approve(session, ctx=paper.core, actor=BOB, deployment_id=d.id)
+    assert approved.status == deploys.QUEUED and approved.approved_by == BOB.subject
+    assert await _count(paper, models.Job, models.Job.kind == "deploy", models.Job.state == jobs.QUEUED) == 1
+    with pytest.raises(Conflict, match="not awaiting approval"):
+        async with paper.sessionmaker.begin() as session:
+            await deploys.approve(session, ctx=paper.core, actor=BOB, deployment_id=d.id)
+
+
+async def test_approval_expires(paper: Runtime) -> None:
+    async with paper.sessionmaker.begin() as session:
+        await apps.update(session, actor=ADMIN, name="web", changes=apps.AppChanges(protected=True))
+    d = (await _request(paper, image="2.0")).deployment
+    async with paper.sessionmaker.begin() as session:
+        await session.execute(
+            update(models.Deployment).values(approval_expires_at=models.utcnow() - dt.timedelta(seconds=1))
+        )
+    async with paper.sessionmaker.begin() as session:
+        assert await deploys.expire_approvals(session, ctx=paper.core) == 1
+    async with paper.sessionmaker() as session:
+        row = await session.get(models.Deployment, d.id)
+        assert row is not None and row.status == deploys.CANCELLED and row.error == "approval expired"
+
+
+async def test_cancel_a_queued_deploy(paper: Runtime) -> None:
+    d = (await _request(paper, image="1.1")).deployment
+    async with paper.sessionmaker.begin() as session:
+        await deploys.cancel(session, ctx=paper.core, actor=BOB, deployment_id=d.id)
+    assert (
+        await _count(paper, models.Job, models.Job.kind == "deploy", models.Job.state == jobs.CANCELLED) == 1
+    )
+    with pytest.raises(Conflict, match="only queued deploys"):
+        async with paper.sessionmaker.begin() as session:
+            await deploys.cancel(session, ctx=paper.core, actor=BOB, deployment_id=d.id)
+
+
+async def test_only_the_last_ten_revisions_are_kept_and_numbers_keep_growing(paper: Runtime) -> None:
+    for i in range(13):
+        await _request(paper, image=f"1.{i}")
+    async with paper.sessionmaker() as session:
+        numbers = list(await session.scalars(select(models.Revision.number).order_by(models.Revision.number)))
+        deployments = list(await session.scalars(select(models.Deployment).order_by(models.Deployment.id)))
+    assert numbers == list(range(4, 14))
+    assert [d.revision_number for d in deployments] == list(range(1, 14))
+    assert deployments[0].revision_id is None and deployments[0].image == "ghcr.io/acme/web:1.0"
+
+
+async def test_rollback_needs_a_successful_deploy(paper: Runtime) -> None:
+    with pytest.raises(Conflict, match="no successful deploy"):
+        async with paper.sessionmaker.begin() as session:
+            await deploys.rollback(session, ctx=paper.core, actor=ALICE, app_name="web")
+
+
+async def test_tag_only_deploy_keeps_the_repository(paper: Runtime) -> None:
+    d = (await _request(paper, image="v2.1.0")).deployment
+    assert d.image == "ghcr.io/acme/web:v2.1.0"
+    d = (await _request(paper, image="registry.example.com:5000/team/web@sha256:" + "a" * 64)).deployment
+    assert d.image.startswith("registry.example.com:5000/team/web@sha256:")

@@ -1,0 +1,190 @@
+"""The durable job queue, on SQLite and (when configured) PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import defaultdict
+
+import pytest
+from sqlalchemy import select, update
+
+from core import jobs
+from core.errors import PermanentError, TransientError
+from core.worker import Handler, Worker
+from shipit.runtime import Runtime
+from storage import db, models
+
+pytestmark = pytest.mark.both_databases
+
+
+def _skip_locked(rt: Runtime) -> bool:
+    return db.is_postgres(str(rt.engine.url))
+
+
+async def _claim(rt: Runtime, owner: str, lease: float = 30) -> jobs.JobView | None:
+    async with rt.sessionmaker.begin() as session:
+        return await jobs.claim(session, owner=owner, lease_seconds=lease, skip_locked=_skip_locked(rt))
+
+
+async def test_enqueue_claim_complete(rt: Runtime) -> None:
+    async with rt.sessionmaker.begin() as session:
+        job = await jobs.enqueue(session, kind="k", payload={"x": 1})
+    claimed = await _claim(rt, "a")
+    assert (
+        claimed is not None and claimed.id == job.id and claimed.payload == {"x": 1} and claimed.attempts == 1
+    )
+    assert await _claim(rt, "b") is None
+    async with rt.sessionmaker.begin() as session:
+        assert await jobs.complete(session, job_id=job.id, owner="a")
+    async with rt.sessionmaker() as session:
+        row = await session.get(models.Job, job.id)
+        assert row is not None and row.state == jobs.DONE and row.finished_at is not None
+
+
+async def test_dedupe_key_makes_one_job(rt: Runtime) -> None:
+    async with rt.sessionmaker.begin() as session:
+        first = await jobs.enqueue(session, kind="k", payload={}, dedupe_key="same")
+    async with rt.sessionmaker.begin() as session:
+        second = await jobs.enqueue(session, kind="k", payload={}, dedupe_key="same")
+    assert first.id == second.id
+    async with rt.sessionmaker() as session:
+        assert len(list(await session.scalars(select(models.Job)))) == 1
+
+
+async def test_one_running_job_per_concurrency_key(rt: Runtime) -> None:
+    async with rt.sessionmaker.begin() as session:
+        a1 = await jobs.enqueue(session, kind="k", payload={}, concurrency_key="app-a")
+        a2 = await jobs.enqueue(session, kind="k", payload={}, concurrency_key="app-a")
+        b1 = await jobs.enqueue(session, kind="k", payload={}, concurrency_key="app-b")
+    first = await _claim(rt, "w1")
+    second = await _claim(rt, "w2")
+    assert first is not None and second is not None
+    assert {first.id, second.id} == {a1.id, b1.id}, "a2 must wait while a1 runs"
+    assert await _claim(rt, "w3") is None
+    async with rt.sessionmaker.begin() as session:
+        await jobs.complete(session, job_id=a1.id, owner="w1" if first.id == a1.id else "w2")
+    third = await _claim(rt, "w3")
+    assert third is not None and third.id == a2.id
+
+
+async def test_expired_lease_is_claimed_again_and_the_old_owner_loses_it(rt: Runtime) -> None:
+    async with rt.sessionmaker.begin() as session:
+        job = await jobs.enqueue(session, kind="k", payload={}, concurrency_key="app")
+    assert await _claim(rt, "dead", lease=30) is not None
+    assert await _claim(rt, "alive") is None
+    async with rt.sessionmaker.begin() as session:  # the owner died: its lease runs out
+        await session.execute(
+            update(models.Job)
+            .where(models.Job.id == job.id)
+            .values(lease_until=models.utcnow() - dt.timedelta(seconds=1))
+        )
+    again = await _claim(rt, "alive")
+    assert again is not None and again.id == job.id and again.attempts == 2
+    async with rt.sessionmaker.begin() as session:
+        assert not await jobs.complete(session, job_id=job.id, owner="dead")
+        assert not await jobs.heartbeat(session, job_id=job.id, owner="dead", lease_seconds=30)
+        assert await jobs.complete(session, job_id=job.id, owner="alive")
+
+
+async def test_future_run_at_waits(rt: Runtime) -> None:
+    async with rt.sessionmaker.begin() as session:
+        await jobs.enqueue(session, kind="k", payload={}, run_at=models.utcnow() + dt.timedelta(hours=1))
+    assert await _claim(rt, "w") is None
+
+
+async def _drain(rt: Runtime, workers: list[Worker], *, expected: int) -> None:
+    for w in workers:
+        w.start()
+    try:
+        for _ in range(600):
+            async with rt.sessionmaker() as session:
+                states = list(await session.scalars(select(models.Job.state)))
+            if len(states) == expected and all(s in (jobs.DONE, jobs.FAILED) for s in states):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"queue did not drain: {states}")
+    finally:
+        for w in workers:
+            await w.stop()
+
+
+async def test_transient_errors_retry_with_backoff_then_succeed(rt: Runtime) -> None:
+    calls: list[int] = []
+
+    async def flaky(*, ctx: object, job: jobs.JobView) -> None:
+        calls.append(job.attempts)
+        if job.attempts < 3:
+            raise TransientError("API unreachable", retry_after=0.05)
+
+    async with rt.sessionmaker.begin() as session:
+        job = await jobs.enqueue(session, kind="flaky", payload={})
+    await _drain(rt, [Worker(ctx=rt.core, handlers={"flaky": Handler(run=flaky)}, concurrency=2)], expected=1)
+    assert calls == [1, 2, 3]
+    async with rt.sessionmaker() as session:
+        row = await session.get(models.Job, job.id)
+        assert row is not None and row.state == jobs.DONE and row.last_error == "API unreachable"
+
+
+async def test_permanent_error_fails_at_once_and_calls_the_failed_hook(rt: Runtime) -> None:
+    failed: list[str] = []
+
+    async def broken(*, ctx: object, job: jobs.JobView) -> None:
+        raise PermanentError("spec.replicas: invalid")
+
+    async def on_failed(*, session: object, ctx: object, job: jobs.JobView, error: str) -> None:
+        failed.append(error)
+
+    async with rt.sessionmaker.begin() as session:
+        job = await jobs.enqueue(session, kind="broken", payload={})
+    await _drain(
+        rt, [Worker(ctx=rt.core, handlers={"broken": Handler(run=broken, failed=on_failed)})], expected=1
+    )
+    assert failed == ["spec.replicas: invalid"]
+    async with rt.sessionmaker() as session:
+        row = await session.get(models.Job, job.id)
+        assert row is not None and row.state == jobs.FAILED and row.attempts == 1
+
+
+async def test_retries_are_bounded(rt: Runtime) -> None:
+    async def always(*, ctx: object, job: jobs.JobView) -> None:
+        raise TransientError("still down", retry_after=0.01)
+
+    async with rt.sessionmaker.begin() as session:
+        job = await jobs.enqueue(session, kind="always", payload={}, max_attempts=3)
+    await _drain(rt, [Worker(ctx=rt.core, handlers={"always": Handler(run=always)})], expected=1)
+    async with rt.sessionmaker() as session:
+        row = await session.get(models.Job, job.id)
+        assert row is not None and row.state == jobs.FAILED and row.attempts == 3
+        assert "gave up after 3 attempts" in (row.last_error or "")
+
+
+async def test_competing_workers_never_overlap_a_key_and_run_each_job_once(rt: Runtime) -> None:
+    running: dict[str, int] = defaultdict(int)
+    overlaps: list[str] = []
+    runs: dict[int, int] = defaultdict(int)
+
+    async def work(*, ctx: object, job: jobs.JobView) -> None:
+        key = str(job.payload["key"])
+        running[key] += 1
+        if running[key] > 1:
+            overlaps.append(key)
+        runs[job.id] += 1
+        await asyncio.sleep(0.01)
+        running[key] -= 1
+
+    async with rt.sessionmaker.begin() as session:
+        for i in range(40):
+            await jobs.enqueue(
+                session, kind="work", payload={"key": f"app-{i % 5}"}, concurrency_key=f"app-{i % 5}"
+            )
+    workers = [Worker(ctx=rt.core, handlers={"work": Handler(run=work)}, concurrency=4) for _ in range(3)]
+    await _drain(rt, workers, expected=40)
+    assert overlaps == []
+    assert len(runs) == 40 and set(runs.values()) == {1}
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    assert 0.5 <= jobs.backoff_seconds(attempts=1) <= 1.5
+    assert 4 <= jobs.backoff_seconds(attempts=4) <= 12
+    assert jobs.backoff_seconds(attempts=50, cap=300) <= 450
