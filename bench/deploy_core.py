@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import tempfile
 import time
@@ -34,7 +35,7 @@ ADMIN = Actor(subject="user:bench", channel="api", is_admin=True)
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def wait_status(
@@ -126,7 +127,7 @@ async def main(args: argparse.Namespace) -> None:
                 by_app.setdefault(d.app_id, []).append(d)
             for runs in by_app.values():
                 runs.sort(key=lambda r: r.started_at or r.created_at)
-                for a, b in zip(runs, runs[1:], strict=False):
+                for a, b in itertools.pairwise(runs):
                     if a.finished_at and b.started_at and b.started_at < a.finished_at:
                         overlaps += 1
             print(
