@@ -1,0 +1,230 @@
+"""Revision -> Kubernetes manifests, as pure functions.
+
+Kept free of I/O so what we send to a cluster can be unit-tested without one,
+and so a retried job renders byte-for-byte the same objects (server-side apply
+is then a no-op).  The adapter (core.kube.client) does the talking.
+
+The rendered Secret carries secret values (base64): never log manifests.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+from core.kube import spec as spec_mod
+
+FIELD_MANAGER = "shipit"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_REVISION = "shipit.dev/revision"
+ANNOTATION_CHECKSUM = "shipit.dev/config-checksum"
+ANNOTATION_CLUSTER_ISSUER = "cert-manager.io/cluster-issuer"
+
+PORT_NAME = "http"
+SERVICE_PORT = 80
+
+
+def labels(spec: spec_mod.WorkloadSpec) -> dict[str, str]:
+    """Labels carried by every object we render (ours win over extra_labels)."""
+    return {
+        **spec.extra_labels,
+        LABEL_NAME: spec.app,
+        LABEL_INSTANCE: spec.instance or spec.app,
+        LABEL_MANAGED_BY: FIELD_MANAGER,
+        LABEL_REVISION: str(spec.revision),
+    }
+
+
+def selector(spec: spec_mod.WorkloadSpec) -> dict[str, str]:
+    """The Deployment selector is immutable, so it holds only labels that never change."""
+    return {LABEL_NAME: spec.app, LABEL_INSTANCE: spec.instance or spec.app}
+
+
+def config_checksum(spec: spec_mod.WorkloadSpec) -> str:
+    """What must roll the pods although it is not in the pod template itself.
+
+    Secret values live in another object, so a changed secret would not roll
+    the pods on its own; the checksum annotation on the template does.  core
+    supplies `secret_checksum` (it should not be a plain hash of low-entropy
+    values); when it is missing we fall back to hashing the data so a change
+    still rolls the pods.
+    """
+    secret_part = spec.secret_checksum
+    if not secret_part and spec.secret_data:
+        secret_part = hashlib.sha256(json.dumps(spec.secret_data, sort_keys=True).encode()).hexdigest()
+    payload = {
+        "secret": secret_part,
+        "secret_name": spec.secret_name,
+        "env": sorted(spec.env.items()),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _metadata(spec: spec_mod.WorkloadSpec, name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": spec.namespace, "labels": labels(spec)}
+
+
+def render_secret(spec: spec_mod.WorkloadSpec) -> dict[str, Any]:
+    # `data` rather than `stringData`: server-side apply tracks ownership of
+    # data.<key>, so a key removed from the spec is removed from the Secret.
+    data = {
+        key: base64.b64encode(value.encode()).decode("ascii")
+        for key, value in sorted(spec.secret_data.items())
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(spec, spec.secret_name),
+        "type": "Opaque",
+        "data": data,
+    }
+
+
+def _probe(spec: spec_mod.WorkloadSpec, health: spec_mod.HealthCheck) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": health.path, "port": health.port or spec.port},
+        "initialDelaySeconds": health.initial_delay_seconds,
+        "periodSeconds": health.period_seconds,
+    }
+
+
+def render_deployment(spec: spec_mod.WorkloadSpec) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": spec.app,
+        "image": spec.image,
+        "ports": [{"name": PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
+        "env": [{"name": key, "value": value} for key, value in sorted(spec.env.items())],
+        "envFrom": [{"secretRef": {"name": spec.secret_name}}],
+        "resources": {
+            "requests": {"cpu": spec.resources.cpu_request, "memory": spec.resources.memory_request},
+            "limits": {"cpu": spec.resources.cpu_limit, "memory": spec.resources.memory_limit},
+        },
+    }
+    if spec.health is not None:
+        container["livenessProbe"] = _probe(spec, spec.health)
+        container["readinessProbe"] = _probe(spec, spec.health)
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector(spec)},
+        "progressDeadlineSeconds": spec.progress_deadline_seconds,
+        "revisionHistoryLimit": 10,
+        # maxUnavailable 0: the old pods keep serving until new ones are Ready,
+        # so a failing image never takes the app down.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+        "template": {
+            "metadata": {
+                "labels": labels(spec),
+                "annotations": {ANNOTATION_CHECKSUM: config_checksum(spec)},
+            },
+            "spec": {"containers": [container]},
+        },
+    }
+    if spec.autoscaling is None:
+        # Omitted under an HPA: owning spec.replicas would fight the autoscaler.
+        deployment_spec["replicas"] = spec.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(spec, spec.app),
+        "spec": deployment_spec,
+    }
+
+
+def render_service(spec: spec_mod.WorkloadSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec, spec.app),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(spec),
+            "ports": [{"name": PORT_NAME, "port": SERVICE_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+def render_hpa(spec: spec_mod.WorkloadSpec, autoscaling: spec_mod.Autoscaling) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(spec, spec.app),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec.app},
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": autoscaling.cpu_target_percent,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def tls_secret_name(spec: spec_mod.WorkloadSpec) -> str:
+    return f"{spec.app}-tls"
+
+
+def render_ingress(spec: spec_mod.WorkloadSpec, ingress: spec_mod.IngressSpec) -> dict[str, Any]:
+    metadata = _metadata(spec, spec.app)
+    ingress_spec: dict[str, Any] = {
+        "ingressClassName": ingress.ingress_class,
+        "rules": [
+            {
+                "host": ingress.host,
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": spec.app, "port": {"name": PORT_NAME}}},
+                        }
+                    ]
+                },
+            }
+        ],
+    }
+    if ingress.tls_cluster_issuer:
+        metadata["annotations"] = {ANNOTATION_CLUSTER_ISSUER: ingress.tls_cluster_issuer}
+        ingress_spec["tls"] = [{"hosts": [ingress.host], "secretName": tls_secret_name(spec)}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": metadata,
+        "spec": ingress_spec,
+    }
+
+
+def render(spec: spec_mod.WorkloadSpec) -> list[dict[str, Any]]:
+    """All objects for `spec`, in apply order (the Secret before the pods that read it)."""
+    manifests = [render_secret(spec), render_deployment(spec), render_service(spec)]
+    if spec.autoscaling is not None:
+        manifests.append(render_hpa(spec, spec.autoscaling))
+    if spec.ingress is not None:
+        manifests.append(render_ingress(spec, spec.ingress))
+    return manifests
+
+
+def render_absent(spec: spec_mod.WorkloadSpec) -> list[tuple[str, str]]:
+    """(kind, name) of the optional objects this spec turns off, to be deleted.
+
+    Delete these BEFORE applying: an HPA left running while the Deployment
+    gets its replicas back would scale it straight away again.
+    """
+    absent: list[tuple[str, str]] = []
+    if spec.autoscaling is None:
+        absent.append(("HorizontalPodAutoscaler", spec.app))
+    if spec.ingress is None:
+        absent.append(("Ingress", spec.app))
+    return absent
