@@ -352,6 +352,14 @@ async def current_deployment(session: AsyncSession, *, app: models.App) -> model
     )
 
 
+async def roll_config(session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str) -> Requested | None:
+    """After a secret or config change, deploy it, but only for an app that is already running."""
+    app = await apps.get(session, actor=actor, name=app_name)
+    if await current_deployment(session, app=app) is None:
+        return None
+    return await request(session, ctx=ctx, actor=actor, app_name=app.name, trigger="config")
+
+
 async def rollback(
     session: AsyncSession,
     *,

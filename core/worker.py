@@ -63,7 +63,7 @@ class Worker:
         self._loop_task = asyncio.create_task(self._loop(), name="shipit-worker")
 
     async def stop(self, *, grace: float = 5.0) -> None:
-        """Stop claiming; give running jobs `grace` seconds, then cancel them (their leases expire)."""
+        """Stop claiming; give running jobs `grace` seconds, then cancel them and hand them back."""
         self._stopping.set()
         self.ctx.jobs_ready.set()
         if self._loop_task:
@@ -133,8 +133,11 @@ class Worker:
         try:
             await runner
         except asyncio.CancelledError:
-            if self._stopping.is_set() or not runner.cancelled():
-                return  # shutting down: the lease runs out and the job is claimed again
+            if self._stopping.is_set():
+                # Graceful stop: hand the job back so a restarted process resumes it at once.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._retry(job, error="worker stopped", delay=0))
+            # Otherwise the lease was lost: another worker owns the job now.
             return
         except TransientError as e:
             delay = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -14,12 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import apps, audit, autoscaling, clusters, deploys, identity, projects, secrets, status, tokens
 from core.apps import AppChanges
-from core.errors import Unauthenticated
+from core.errors import ShipitError, Unauthenticated
 from core.identity import Actor
 from shipit import schemas
 from shipit.runtime import Runtime
 from storage import models
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1")
 
 
@@ -213,12 +215,24 @@ async def update_app(name: str, body: schemas.AppFields, rt: RtDep, actor: Actor
         )
 
 
-@router.delete("/apps/{name}", status_code=204)
-async def delete_app(name: str, rt: RtDep, actor: ActorDep) -> None:
+@router.delete("/apps/{name}")
+async def delete_app(name: str, rt: RtDep, actor: ActorDep) -> dict[str, object]:
     async with tx(rt) as session:
         target = await status.target(session, ctx=rt.core, actor=actor, app_name=name)
         await apps.delete(session, actor=actor, name=name)
-    await status.remove_workload(ctx=rt.core, target=target)
+    # The app is gone from the database now; an unreachable cluster must not make that look like a
+    # failure, so say what was left behind instead of answering with an error.
+    try:
+        await status.remove_workload(ctx=rt.core, target=target)
+    except ShipitError as e:
+        log.warning("app %s deleted, but its workload in %s stays: %s", name, target.namespace, e)
+        return {
+            "deleted": name,
+            "workload_removed": False,
+            "warning": f"{name} is deleted, but its objects in namespace {target.namespace} could not be "
+            f"removed from the cluster ({e}); they carry the label app.kubernetes.io/name={name}",
+        }
+    return {"deleted": name, "workload_removed": True, "warning": None}
 
 
 # ------------------------------------------------------------------ deploys
@@ -445,11 +459,8 @@ async def delete_secret(
 async def _redeploy(
     session: AsyncSession, *, rt: Runtime, actor: Actor, app: models.App
 ) -> schemas.DeploymentOut | None:
-    """A secret change rolls the pods, but only of an app that has been deployed."""
-    if await deploys.current_deployment(session, app=app) is None:
-        return None
-    result = await deploys.request(session, ctx=rt.core, actor=actor, app_name=app.name, trigger="config")
-    return schemas.DeploymentOut.of(result.deployment, app=app.name)
+    result = await deploys.roll_config(session, ctx=rt.core, actor=actor, app_name=app.name)
+    return schemas.DeploymentOut.of(result.deployment, app=app.name) if result else None
 
 
 # ------------------------------------------------------------------ audit and tokens

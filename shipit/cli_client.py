@@ -232,13 +232,13 @@ def deploy_line(d: dict[str, Any]) -> str:
     return line
 
 
-def wait_for(client: Api, deployment: dict[str, Any], *, as_json: bool) -> dict[str, Any]:
-    """Poll the deploy until it is final, printing each change; exit 1 unless it succeeded."""
+def follow(client: Api, deployment: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
+    """Poll the deploy until it is final, printing each change unless quiet; returns the final state."""
     d, last = deployment, None
     try:
         while True:
             seen = (d["status"], d["ready"], d["desired"])
-            if seen != last and not as_json:
+            if seen != last and not quiet:
                 typer.echo(deploy_line(d))
             last = seen
             if d["status"] in FINAL:
@@ -248,29 +248,33 @@ def wait_for(client: Api, deployment: dict[str, Any], *, as_json: bool) -> dict[
     except KeyboardInterrupt:
         typer.echo(f"stopped waiting; deploy #{d['id']} carries on (`shipit status {d['app']}`)", err=True)
         raise typer.Exit(130) from None
-    if as_json:
-        show_json(d)
-    elif d.get("logs"):
+    if d.get("logs") and not quiet:
         typer.echo("last log lines:")
         for line in d["logs"]:
             typer.echo(f"  {line}")
-    if d["status"] != "succeeded":
-        fail(f"deploy #{d['id']} {d['status']}: {d.get('error') or 'no reason given'}")
     return d
 
 
-def deployed(client: Api, d: dict[str, Any] | None, *, wait: bool, as_json: bool) -> None:
-    """Print a deploy the API just accepted, and follow it with --wait."""
-    if d is None:
-        if as_json:
-            show_json(None)
-        return
-    if wait:
-        wait_for(client, d, as_json=as_json)
-    elif as_json:
-        show_json(d)
-    else:
+def deployed(
+    client: Api,
+    d: dict[str, Any] | None,
+    *,
+    wait: bool,
+    as_json: bool,
+    envelope: dict[str, Any] | None = None,
+) -> None:
+    """Print a deploy the API just accepted (inside `envelope` for --json), and follow it with --wait.
+
+    With --wait the command exits 1 unless the deploy succeeded, after printing it either way.
+    """
+    if d is not None and wait:
+        d = follow(client, d, quiet=as_json)
+    if as_json:
+        show_json({**envelope, "deployment": d} if envelope is not None else d)
+    elif d is not None and not wait:
         typer.echo(deploy_line(d))
+    if d is not None and wait and d["status"] != "succeeded":
+        fail(f"deploy #{d['id']} {d['status']}: {d.get('error') or 'no reason given'}")
 
 
 # --------------------------------------------------------------------------- whoami
@@ -654,9 +658,6 @@ def apps_create(
             body["namespace"] = namespace
         created = client.call("POST", "/apps", body=body)
         a, d = created["app"], created["deployment"]
-        if as_json and not wait:
-            show_json(created)
-            return
         if not as_json:
             typer.echo(
                 f"created app {a['name']} in project {a['project']} "
@@ -665,7 +666,7 @@ def apps_create(
             if d is None:
                 hint = "set an image with --image, then " if not a["image"] else ""
                 typer.echo(f"not deployed yet: {hint}shipit deploy {a['name']}")
-        deployed(client, d, wait=wait, as_json=as_json)
+        deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a})
 
 
 @apps_app.command("update")
@@ -699,7 +700,9 @@ def apps_update(
     previews: PreviewsOpt = None,
     preview_domain: PreviewDomainOpt = None,
     preview_ttl_hours: PreviewTtlOpt = None,
-    deploy: Annotated[bool, typer.Option("--deploy", help="Roll the change out now.")] = False,
+    deploy: Annotated[
+        bool, typer.Option("--deploy", help="Roll the change out now (--wait implies it).")
+    ] = False,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -741,16 +744,17 @@ def apps_update(
             body["env"] = current
         if not body:
             fail("nothing to change: give at least one flag, see shipit apps update --help")
+        deploy = deploy or wait
         a = client.call("PATCH", f"/apps/{_q(name)}", body=body)
         d = client.call("POST", f"/apps/{_q(name)}/deploys", body={}) if deploy else None
-        if as_json and not wait:
-            show_json({"app": a, "deployment": d} if deploy else a)
+        if as_json and not deploy:
+            show_json(a)
             return
         if not as_json:
             typer.echo(f"updated app {a['name']}: {', '.join(sorted(body))}")
             if not deploy:
                 typer.echo(f"the change reaches the cluster with the next deploy: shipit deploy {a['name']}")
-        deployed(client, d, wait=wait, as_json=as_json)
+        deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a})
 
 
 @apps_app.command("show")
@@ -799,11 +803,13 @@ def apps_delete(
         if not sure:
             fail(f"{name} not deleted (pass --yes to skip this question)")
     with api() as client:
-        client.call("DELETE", f"/apps/{_q(name)}")
+        result = client.call("DELETE", f"/apps/{_q(name)}") or {"deleted": name, "warning": None}
     if as_json:
-        show_json({"deleted": name})
-    else:
-        typer.echo(f"deleted app {name}")
+        show_json(result)
+        return
+    typer.echo(f"deleted app {name}")
+    if result.get("warning"):
+        typer.echo(f"warning: {result['warning']}", err=True)
 
 
 def _set_flag(name: str, action: str, reason: str | None, as_json: bool) -> None:
@@ -1077,6 +1083,7 @@ def secrets_set(
     no_deploy: Annotated[
         bool, typer.Option("--no-deploy", help="Do not roll the pods now; the next deploy picks it up.")
     ] = False,
+    wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Set secrets of an app; a deployed app rolls its pods to pick them up.  Values are never shown."""
@@ -1094,12 +1101,11 @@ def secrets_set(
             body={"values": values},
             params={"deploy": "false" if no_deploy else "true"},
         )
-    if as_json:
-        show_json(result)
-        return
-    typer.echo(f"set {', '.join(result['keys'])} on {app_name} (values are stored encrypted and never shown)")
-    if result.get("deployment"):
-        typer.echo(deploy_line(result["deployment"]))
+        if not as_json:
+            typer.echo(
+                f"set {', '.join(result['keys'])} on {app_name} (values are stored encrypted and never shown)"
+            )
+        deployed(client, result["deployment"], wait=wait, as_json=as_json, envelope={"keys": result["keys"]})
 
 
 @secrets_app.command("list")
@@ -1123,6 +1129,7 @@ def secrets_delete(
     keys: Annotated[list[str] | None, typer.Argument(help="Secret names.")] = None,
     key: Annotated[list[str] | None, typer.Option("--key", help="Secret name; repeatable.")] = None,
     no_deploy: Annotated[bool, typer.Option("--no-deploy", help="Do not roll the pods now.")] = False,
+    wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete secrets of an app; a deployed app rolls its pods once."""
@@ -1144,12 +1151,9 @@ def secrets_delete(
                 params={"deploy": "true" if last and not no_deploy else "false"},
             )
             deployment = result.get("deployment") if last else None
-    if as_json:
-        show_json({"keys": wanted, "deployment": deployment})
-        return
-    typer.echo(f"deleted {', '.join(wanted)} from {app_name}")
-    if deployment:
-        typer.echo(deploy_line(deployment))
+        if not as_json:
+            typer.echo(f"deleted {', '.join(wanted)} from {app_name}")
+        deployed(client, deployment, wait=wait, as_json=as_json, envelope={"keys": wanted})
 
 
 # --------------------------------------------------------------------------- audit and tokens
