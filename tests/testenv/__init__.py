@@ -1,0 +1,1 @@
+"""The local Kubernetes control plane for tests: starter (controlplane), pytest fixtures (plugin)."""
