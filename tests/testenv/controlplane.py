@@ -51,6 +51,11 @@ KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 # Same expression as the selector of stages/pod-crashloop.yaml: a container whose image tag starts with
 # "fail-". kwok's pod-ready stage gets it as DoesNotExist so the two stages never both match a pod.
 FAIL_IMAGE_KEY = '.spec.containers.[] | select( .image | test(":fail-[^/]*$") ) | .name'
+SLOW_READY_SECONDS = 8
+SLOW_READY_EXPRESSION = (
+    f'if ([.spec.containers[] | select(.image | test(":slow-[^/]*$"))] | length) > 0 '
+    f'then "{SLOW_READY_SECONDS}s" else "0s" end'
+)
 OWN_STAGES_DIR = Path(__file__).resolve().parent / "stages"
 # Upstream kwok stage files copied by scripts/testenv-build, in the order they are passed to kwok.
 UPSTREAM_STAGES = (
@@ -559,6 +564,12 @@ class ControlPlane:
                 doc["spec"]["selector"]["matchExpressions"].append(
                     {"key": FAIL_IMAGE_KEY, "operator": "DoesNotExist"}
                 )
+                # A tag starting with "slow-" takes SLOW_READY_SECONDS to become ready, so tests can act
+                # while a rollout is being watched (the crash-resume test kills shipit then).
+                doc["spec"]["delay"] = {
+                    "durationMilliseconds": 0,
+                    "durationFrom": {"jq": {"expression": SLOW_READY_EXPRESSION}},
+                }
                 path = out / name
                 path.write_text(yaml.safe_dump(doc, sort_keys=False))
             files.append(path)

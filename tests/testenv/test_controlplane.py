@@ -364,3 +364,26 @@ def test_a_stopped_or_killed_starter_leaves_no_process_behind(sig: signal.Signal
     finally:
         starter.kill()
         starter.wait()
+
+
+async def test_a_slow_tag_becomes_ready_only_after_a_delay(kube_api: Any, namespace: str) -> None:
+    """`slow-` tags give tests a window in which a rollout is still being watched (crash-resume test)."""
+    core = client.CoreV1Api(kube_api)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "slow"},
+        "spec": {"containers": [{"name": "c", "image": "ghcr.io/acme/web:slow-1"}]},
+    }
+    await core.create_namespaced_pod(namespace, pod)
+    loop = asyncio.get_running_loop()
+    created = loop.time()
+    ready_at = None
+    while loop.time() - created < 60:
+        p = await core.read_namespaced_pod("slow", namespace)
+        conditions = {c.type: c.status for c in (p.status.conditions or [])}
+        if conditions.get("Ready") == "True":
+            ready_at = loop.time()
+            break
+        await asyncio.sleep(0.25)
+    assert ready_at is not None, "a slow- pod must become ready eventually"
