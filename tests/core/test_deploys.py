@@ -207,7 +207,7 @@ async def test_autoscaling_on_creates_an_hpa_and_off_deletes_it(world: World) ->
     assert dep is not None and dep["spec"]["replicas"] == 3 and dep["status"]["availableReplicas"] == 3
 
 
-async def test_a_failing_image_ends_failed_with_the_reason(world: World) -> None:
+async def test_a_failing_image_ends_failed_with_the_reason(world: World, simulated_failures: None) -> None:
     await _create(world, image="ghcr.io/acme/web:fail-boom")
     d = await _deploy(world)
     assert d.status == deploys.FAILED

@@ -94,7 +94,12 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def test_sigkill_during_rollout_resumes_and_ends_once(
-    settings: Settings, kube_env: Any, namespace: str, receiver: Receiver, tmp_path: Path
+    settings: Settings,
+    kube_env: Any,
+    namespace: str,
+    receiver: Receiver,
+    tmp_path: Path,
+    simulated_failures: None,
 ) -> None:
     # Prepare the database as an operator would, then hand it to the service.
     rt = await runtime.build(settings)
