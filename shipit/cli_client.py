@@ -117,7 +117,10 @@ class Api:
             fail(_error_message(response))
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            fail(f"{self.url} did not answer like shipit does (not JSON): check SHIPIT_URL", code=EXIT_SETUP)
 
     def get(self, path: str, **params: Any) -> Any:
         return self.call("GET", path, params=params)

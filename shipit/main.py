@@ -60,8 +60,8 @@ def _install_github(app: FastAPI, *, settings: Settings, rt: Runtime | None) -> 
     def wire(the_rt: Runtime) -> None:
         if channel.notifier is not None:
             the_rt.core.notifiers[channel.notifier.name] = channel.notifier
-            the_rt.closers.append(channel.notifier.close)
         the_rt.extra_handlers.update(channel.handlers)
+        the_rt.closers.append(channel.close)
 
     # A caller-owned runtime (tests, benchmarks) may start its worker before the app's lifespan runs,
     # so its handlers and notifiers are wired now; a runtime the app builds itself, at startup.

@@ -1,0 +1,120 @@
+"""Fixtures for the REST API and CLI tests: tokens, an HTTP client, and a cluster row that needs no cluster.
+
+The `offline` cluster is a real row written by core.clusters.add with a kubeconfig pointing at a closed
+port: enough to create apps, set secrets and check permissions when no Kubernetes control plane is
+running.  Nothing is deployed to it (apps are created with deploy off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from core import clusters, projects, tokens
+from core.identity import SYSTEM
+from shipit.runtime import Runtime
+from tests.conftest import ADMIN, LiveServer, free_port
+
+
+async def make_token(rt: Runtime, *, subject: str = "user:admin", admin: bool = True) -> str:
+    async with rt.sessionmaker.begin() as session:
+        _, plaintext = await tokens.create(
+            session, actor=SYSTEM, name=subject.split(":")[-1], subject=subject, is_admin=admin
+        )
+    return plaintext
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def offline_kubeconfig() -> str:
+    return f"""apiVersion: v1
+kind: Config
+clusters:
+- name: offline
+  cluster:
+    server: https://127.0.0.1:{closed_port()}
+    insecure-skip-tls-verify: true
+contexts:
+- name: offline
+  context: {{cluster: offline, user: nobody, namespace: apps}}
+current-context: offline
+users:
+- name: nobody
+  user: {{token: not-a-real-token}}
+"""
+
+
+@pytest.fixture
+async def admin_token(live_server: LiveServer) -> str:
+    return await make_token(live_server.rt)
+
+
+@pytest.fixture
+async def api(live_server: LiveServer, admin_token: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the live server, authenticated as a global admin."""
+    async with httpx.AsyncClient(
+        base_url=live_server.url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def offline(live_server: LiveServer) -> str:
+    """Project `acme` and cluster `offline` (a row only: its API server does not exist)."""
+    rt = live_server.rt
+    async with rt.sessionmaker.begin() as session:
+        await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
+        await clusters.add(
+            session,
+            ctx=rt.core,
+            actor=ADMIN,
+            name="offline",
+            kubeconfig_text=offline_kubeconfig(),
+            default_namespace="apps",
+            version="v0.0.0-offline",
+        )
+    return "offline"
+
+
+async def table_rows(rt: Runtime, table: str) -> list[dict[str, Any]]:
+    async with rt.sessionmaker() as session:
+        result = await session.execute(text(f"SELECT * FROM {table}"))
+        return [dict(row._mapping) for row in result]
+
+
+def database_bytes(rt: Runtime) -> bytes:
+    """Every byte of the SQLite database on disk, write-ahead log included."""
+    path = Path(rt.engine.url.database or "")
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """Serve another app instance over HTTP on a loopback port (for settings the fixture does not use)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
