@@ -43,7 +43,12 @@ def hostname(value: str, *, field: str) -> str:
 
 def image(value: str, *, field: str = "image") -> str:
     value = value.strip()
-    if not value or len(value) > 512 or not _IMAGE.match(value):
+    match = _IMAGE.match(value) if value and len(value) <= 512 else None
+    registry = match.group("registry") if match else None
+    # As in docker's reference grammar, the first part is a registry only if it looks like a host.
+    if registry and not ("." in registry or ":" in registry or registry == "localhost"):
+        match = None
+    if match is None:
         raise InvalidInput(
             f"{field} is not a valid image reference (like ghcr.io/acme/web:1.4), got {value!r}", field=field
         )
