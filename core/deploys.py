@@ -660,7 +660,6 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
     started = time.monotonic()
     where = f"deploy {plan.deployment_id} app={plan.app_name} namespace={plan.spec.namespace}"
     kube = await ctx.kube.get(key=str(plan.cluster_id), kubeconfig=plan.kubeconfig)
-    await kube.ensure_namespace(name=plan.spec.namespace, labels={"app.kubernetes.io/managed-by": "shipit"})
     await kube.apply_workload(spec=plan.spec)
     async with ctx.sessionmaker.begin() as session:
         deployment = await session.get(models.Deployment, plan.deployment_id)

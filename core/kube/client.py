@@ -479,6 +479,7 @@ class Kube:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=min(request_timeout, 10.0))
         self._apps = k8s_client.AppsV1Api(api_client)
         self._core = k8s_client.CoreV1Api(api_client)
+        self._namespaces: set[str] = set()  # ensured by this client; saves a round trip per deploy
 
     @classmethod
     async def from_kubeconfig(cls, *, kubeconfig: str, request_timeout: float = 30.0) -> Kube:
@@ -666,20 +667,35 @@ class Kube:
     async def apply_workload(self, *, spec: spec_mod.WorkloadSpec) -> None:
         """Make the cluster match `spec`: what it turned off is deleted, the rest applied.
 
-        The deletes come first (an HPA left running would rescale the Deployment that just
-        got its replicas back), then the Secret before the pods that read it, then the
-        Deployment; what remains does not depend on each other and goes out at once.
+        Two round trips on the hot path: first the Secret together with the deletes (an HPA
+        left running would rescale the Deployment that just got its replicas back), then the
+        Deployment (its pods read the Secret) together with everything that does not depend
+        on it.  The namespace is ensured once per client; if it was deleted behind our back,
+        the apply fails with NotFound and is retried once after ensuring it again.
         """
+        labels = {render.LABEL_MANAGED_BY: FIELD_MANAGER}
+        if spec.namespace not in self._namespaces:
+            await self.ensure_namespace(name=spec.namespace, labels=labels)
+        try:
+            await self._apply_workload(spec)
+        except errors.NotFound:
+            self._namespaces.discard(spec.namespace)
+            await self.ensure_namespace(name=spec.namespace, labels=labels)
+            await self._apply_workload(spec)
+
+    async def _apply_workload(self, spec: spec_mod.WorkloadSpec) -> None:
+        manifests = render.render(spec)
+        secret = [m for m in manifests if m["kind"] == "Secret"]
+        rest = [m for m in manifests if m["kind"] != "Secret"]
         await _all(
             [
-                self.delete(kind=kind, name=name, namespace=spec.namespace)
-                for kind, name in render.render_absent(spec)
+                *(
+                    self.delete(kind=kind, name=name, namespace=spec.namespace)
+                    for kind, name in render.render_absent(spec)
+                ),
+                self.apply(manifests=secret),
             ]
         )
-        manifests = render.render(spec)
-        first = [m for m in manifests if m["kind"] in ("Secret", "Deployment")]
-        rest = [m for m in manifests if m["kind"] not in ("Secret", "Deployment")]
-        await self.apply(manifests=first)
         await _all([self.apply(manifests=[m]) for m in rest])
 
     async def delete(self, *, kind: str, name: str, namespace: str | None) -> bool:
@@ -706,12 +722,14 @@ class Kube:
         await self._apply_one(
             manifest, kind="Namespace", name=name, namespace=None, field_manager=FIELD_MANAGER
         )
+        self._namespaces.add(name)
 
     async def namespace_exists(self, *, name: str) -> bool:
         return await self.get(kind="Namespace", name=name) is not None
 
     async def delete_namespace(self, *, name: str) -> bool:
         """Start deleting a namespace and all it holds; False when it did not exist."""
+        self._namespaces.discard(name)
         return await self.delete(kind="Namespace", name=name, namespace=None)
 
     # -- status and logs -------------------------------------------------------
