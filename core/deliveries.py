@@ -7,7 +7,11 @@ one that never finished (its transaction rolled back) runs when redelivered.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,3 +32,68 @@ async def first_time(session: AsyncSession, *, source: str, delivery_id: str, ki
     except IntegrityError:
         return False
     return True
+
+
+def _key(source: str, delivery_id: str) -> str:
+    return f"{source}:{delivery_id}"[:200]
+
+
+async def seen(session: AsyncSession, *, source: str, delivery_ids: list[str]) -> set[str]:
+    """Which of these deliveries were recorded before: one query for a whole batch (group commit)."""
+    keys = {_key(source, d): d for d in delivery_ids}
+    found = await session.scalars(
+        select(models.WebhookDelivery.id).where(models.WebhookDelivery.id.in_(list(keys)))
+    )
+    return {keys[k] for k in found}
+
+
+async def record(session: AsyncSession, *, source: str, kinds: dict[str, str]) -> None:
+    """Record deliveries that `seen` reported new in this same transaction (delivery id -> kind).
+
+    A concurrent transaction recording one of them first makes this flush fail with
+    IntegrityError; the caller then falls back to `first_time` one delivery at a time.
+    """
+    now = models.utcnow()
+    # A Core bulk INSERT: one statement for the batch, without the unit-of-work bookkeeping.
+    await session.execute(
+        insert(models.WebhookDelivery),
+        [
+            {
+                "id": _key(source, d),
+                "source": source,
+                "kind": kind[:64],
+                "received_at": now,
+                "finished_at": now,
+            }
+            for d, kind in kinds.items()
+        ],
+    )
+
+
+async def claim(session: AsyncSession, *, source: str, kinds: dict[str, str]) -> set[str]:
+    """Record these deliveries (delivery id -> kind) in one statement; returns the ids that are new.
+
+    INSERT ... ON CONFLICT DO NOTHING RETURNING: the ids already recorded are left alone and not
+    returned, so one round trip both deduplicates and records a whole batch (group commit).
+    """
+    if not kinds:
+        return set()
+    now = models.utcnow()
+    keys = {_key(source, d): d for d in kinds}
+    rows = [
+        {"id": k, "source": source, "kind": kinds[d][:64], "received_at": now, "finished_at": now}
+        for k, d in keys.items()
+    ]
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        stmt: Any = sqlite_insert(models.WebhookDelivery).on_conflict_do_nothing()
+    elif dialect == "postgresql":
+        stmt = postgresql_insert(models.WebhookDelivery).on_conflict_do_nothing()
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        new = await seen(session, source=source, delivery_ids=list(kinds))
+        fresh = {d: k for d, k in kinds.items() if d not in new}
+        await record(session, source=source, kinds=fresh)
+        return set(fresh)
+    # Parameters as a list (not .values(rows)): one cached statement, sent as a multi-row INSERT.
+    inserted = await session.scalars(stmt.returning(models.WebhookDelivery.id), rows)
+    return {keys[k] for k in inserted}

@@ -97,14 +97,26 @@ def _describe_tracking(apps: list[models.App]) -> str:
 
 
 async def linked_apps(session: AsyncSession, *, repo: str) -> list[models.App]:
-    """Apps whose git_repo is `repo` (GitHub treats owner/name case-insensitively)."""
-    return list(
-        await session.scalars(
-            select(models.App)
-            .where(func.lower(models.App.git_repo) == repo.lower())
-            .order_by(models.App.name)
+    """Apps whose git_repo is `repo` (GitHub treats owner/name case-insensitively).
+
+    Remembered for the rest of the transaction: deliveries are ingested in batches sharing one
+    transaction (webhooks.ingest), and a burst of pushes to one repository then costs one query.
+    Nothing in that transaction adds, removes or relinks apps, and the rows are the session's own
+    identity-mapped objects, so changes made to them (app.image) are seen through the cache.
+    """
+    transaction = session.sync_session.get_transaction()
+    held = session.info.get("gitops.linked_apps")
+    if held is None or held[0] is not transaction:
+        held = session.info["gitops.linked_apps"] = (transaction, {})
+    cache: dict[str, list[models.App]] = held[1]
+    key = repo.lower()
+    if key not in cache:
+        cache[key] = list(
+            await session.scalars(
+                select(models.App).where(func.lower(models.App.git_repo) == key).order_by(models.App.name)
+            )
         )
-    )
+    return list(cache[key])
 
 
 def _dedupe_key(*, app_id: int, ref: str, sha: str) -> str:
@@ -265,6 +277,10 @@ async def on_ci_passed(
     decisions: list[Decision] = []
     for app in linked:
         kind = app.git_ref_type
+        # CI payloads do not say whether head_branch names a branch or a tag, so an app deploying
+        # tags after CI must name its tag pattern (v*): "any tag" would match every branch too.
+        if kind == "tag" and not app.git_branch:
+            continue
         if not tracks(app, kind=kind, name=head_branch, default_branch=default_branch):
             continue
         ref = f"refs/heads/{head_branch}" if kind == "branch" else f"refs/tags/{head_branch}"
