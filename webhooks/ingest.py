@@ -1,0 +1,166 @@
+"""Group commit for webhook deliveries: deliveries that arrive together share one transaction.
+
+Every delivery must be durably recorded (dedupe) together with the work it
+queues before it is answered.  One transaction per delivery makes a burst of
+deliveries queue up behind each other's commits (on SQLite all writes are
+serialised anyway), so a single writer task takes whatever deliveries are
+waiting, runs them in one transaction, commits once, and only then answers
+each one.  Alone, a delivery is its own batch, so nothing waits for company.
+
+The batch records its delivery ids with one INSERT ... ON CONFLICT DO NOTHING RETURNING, which
+also tells which of them are new.  If
+anything in a batch fails (a handler bug, or another replica recording the
+same delivery at the same moment), the batch is rolled back and each delivery
+is run again in its own transaction with `deliveries.first_time`, so one bad
+delivery never takes the others down and the dedupe stays exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from core import deliveries
+from core.context import Core
+from core.gitops import Outcome
+from webhooks.table import Handler
+
+log = logging.getLogger(__name__)
+
+SOURCE = "github"
+MAX_BATCH = 128
+SHUTTING_DOWN = "shipit is shutting down; the delivery was not recorded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Duplicate:
+    """The delivery was handled before; nothing was done."""
+
+
+DUPLICATE = Duplicate()
+
+
+@dataclass(kw_only=True)
+class _Item:
+    ctx: Core
+    delivery: str
+    kind: str
+    handler: Handler[Any]
+    parsed: Any
+    done: asyncio.Future[Outcome | Duplicate] = field(repr=False)
+
+
+class Ingest:
+    def __init__(self, *, max_batch: int = MAX_BATCH) -> None:
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def submit(
+        self, *, ctx: Core, delivery: str, kind: str, handler: Handler[Any], parsed: Any
+    ) -> Outcome | Duplicate:
+        """Record the delivery and run its handler; returns once the transaction has committed."""
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._writer is None or self._writer.done() or self._loop is not loop:
+            self._queue, self._loop = asyncio.Queue(), loop
+            self._writer = loop.create_task(self._write(self._queue), name="github-ingest-writer")
+        item = _Item(
+            ctx=ctx, delivery=delivery, kind=kind, handler=handler, parsed=parsed, done=loop.create_future()
+        )
+        self._queue.put_nowait(item)
+        return await item.done
+
+    async def close(self) -> None:
+        """Stop the writer; deliveries not yet committed are answered with an error (GitHub may redeliver)."""
+        if self._writer is not None and self._loop is asyncio.get_running_loop():
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            # A writer cancelled before it first ran never saw its queue: answer those too.
+            while self._queue is not None and not self._queue.empty():
+                _settle(self._queue.get_nowait(), exception=RuntimeError(SHUTTING_DOWN))
+        self._writer = None
+
+    async def _write(self, queue: asyncio.Queue[_Item]) -> None:
+        batch: list[_Item] = []
+        try:
+            while True:
+                batch = [await queue.get()]
+                while len(batch) < self.max_batch and not queue.empty():
+                    batch.append(queue.get_nowait())
+                live = [i for i in batch if not i.done.done()]  # the client may have gone away
+                for ctx_batch in _by_ctx(live):
+                    await self._run(ctx_batch)
+        except asyncio.CancelledError:
+            # Shutting down: whatever did not commit is rolled back; say so instead of hanging.
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            for item in batch:
+                _settle(item, exception=RuntimeError(SHUTTING_DOWN))
+            raise
+
+    async def _run(self, batch: list[_Item]) -> None:
+        try:
+            results = await _together(batch)
+        except Exception:
+            if len(batch) > 1:
+                log.warning(
+                    "github ingest: a batch of %d failed; running each alone", len(batch), exc_info=True
+                )
+            for item in batch:
+                try:
+                    result = await _alone(item)
+                except Exception as e:
+                    _settle(item, exception=e)
+                else:
+                    _settle(item, result=result)
+            return
+        for item, result in zip(batch, results, strict=True):
+            _settle(item, result=result)
+
+
+def _by_ctx(items: list[_Item]) -> list[list[_Item]]:
+    groups: dict[int, list[_Item]] = {}
+    for item in items:
+        groups.setdefault(id(item.ctx), []).append(item)
+    return list(groups.values())
+
+
+def _settle(
+    item: _Item, *, result: Outcome | Duplicate | None = None, exception: Exception | None = None
+) -> None:
+    if item.done.done():
+        return
+    if exception is not None:
+        item.done.set_exception(exception)
+    else:
+        assert result is not None
+        item.done.set_result(result)
+
+
+async def _together(batch: list[_Item]) -> list[Outcome | Duplicate]:
+    ctx = batch[0].ctx
+    results: list[Outcome | Duplicate] = []
+    async with ctx.sessionmaker.begin() as session:
+        kinds: dict[str, str] = {}
+        for item in batch:
+            kinds.setdefault(item.delivery, item.kind)
+        new = await deliveries.claim(session, source=SOURCE, kinds=kinds)
+        for item in batch:
+            if item.delivery not in new:
+                results.append(DUPLICATE)
+                continue
+            new.discard(item.delivery)  # a second copy in the same batch is a duplicate
+            results.append(await item.handler.run(session, ctx, item.parsed))
+    return results
+
+
+async def _alone(item: _Item) -> Outcome | Duplicate:
+    async with item.ctx.sessionmaker.begin() as session:
+        if not await deliveries.first_time(session, source=SOURCE, delivery_id=item.delivery, kind=item.kind):
+            return DUPLICATE
+        return await item.handler.run(session, item.ctx, item.parsed)
