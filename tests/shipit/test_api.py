@@ -391,7 +391,9 @@ async def test_health_readiness_docs_and_metrics(live_server: LiveServer) -> Non
         assert ready.status_code == 200 and ready.json()["database"] == "ok"
         paths = (await anon.get("/openapi.json")).json()["paths"]
         assert "/api/v1/apps" in paths and "/api/v1/apps/{name}/deploys" in paths
-        assert "shipit_http_requests_total" in (await anon.get("/metrics")).text
+        metrics = (await anon.get("/metrics")).text
+        assert 'shipit_http_requests_total{method="GET",route="/healthz",status="200"}' in metrics
+        assert 'shipit_queue_depth{state="queued"}' in metrics
 
 
 # --------------------------------------------------------------------------- on a real cluster
