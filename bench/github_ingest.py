@@ -99,14 +99,6 @@ def real_app() -> FastAPI:
     return app
 
 
-def real_app_without_http_middleware() -> FastAPI:
-    """shipit's app minus its @app.middleware("http") request-metrics middleware (a Starlette
-    BaseHTTPMiddleware): shows what that middleware costs on every request."""
-    app = real_app()
-    app.user_middleware = [m for m in app.user_middleware if "BaseHTTPMiddleware" not in repr(m.cls)]
-    return app
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -275,11 +267,6 @@ def main() -> None:
         metavar="URL",
         help="use a fresh database on this PostgreSQL server (postgresql+asyncpg://...) instead of SQLite",
     )
-    parser.add_argument(
-        "--without-http-middleware",
-        action="store_true",
-        help="also measure app and ingest with shipit's BaseHTTPMiddleware (request metrics) removed",
-    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
@@ -315,13 +302,6 @@ def main() -> None:
         ("ingest", "bench.github_ingest:real_app", "/github/webhook", bodies["ingest"]),
         ("deploy", "bench.github_ingest:real_app", "/github/webhook", bodies["deploy"]),
     ]
-    if args.without_http_middleware:
-        lean = "bench.github_ingest:real_app_without_http_middleware"
-        targets += [
-            ("app-", lean, "/bench-constant", bodies["ingest"]),
-            ("ingest-", lean, "/github/webhook", bodies["ingest"]),
-            ("deploy-", lean, "/github/webhook", bodies["deploy"]),
-        ]
     results: dict[str, dict[str, Any]] = {}
     try:
         for name, factory, path, body in targets:
@@ -353,8 +333,6 @@ def main() -> None:
         f"GitHub webhook ingest, {args.connections} connections, {args.duration}s each, "
         f"one uvicorn process, {database}"
     )
-    if args.without_http_middleware:
-        print("(names ending in '-': shipit's app without its BaseHTTPMiddleware request-metrics middleware)")
     print(f"{'target':8} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
           f"{'non-2xx':>8} {'recorded':>9}")  # fmt: skip
     for name, r in results.items():
