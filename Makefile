@@ -36,6 +36,7 @@ testenv-up: install testenv
 	$(PY) -m tests.testenv.controlplane up
 
 bench: install testenv
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) -m bench.run
 
 clean:
