@@ -1,0 +1,329 @@
+"""Slack slash-command ack latency while deploys are in flight, on one shipit process.
+
+  .venv/bin/python -m bench.slack_ack [--rate 200] [--duration 20] [--inflight 50] [--command deploy]
+
+What runs:
+- the local Kubernetes control plane (tests/testenv: real kube-apiserver, scheduler, controllers, kwok);
+- a fake Slack Web API (tests/fakes/slack_api.py) in this process's side thread, which the server's
+  notifier posts its deploy cards to;
+- ONE server process, `shipit serve` (uvicorn, worker included), SQLite (WAL) database, configured with
+  a Slack signing secret, bot token and SHIPIT_SLACK_API_URL pointing at the fake.
+
+In flight: `--inflight` apps (`slow-NN`) are deployed from Slack first; their pods request more CPU than
+the kwok node has, so they stay Pending and each deploy stays *running* for the whole measurement: 50
+workers holding a lease (heartbeats), a Kubernetes watch open, and their cards posted.  The bench checks
+they are all still running at the end.
+
+Load: an open-loop generator in this process sends signed `/shipit …` slash commands (form-encoded,
+v0 HMAC signature, as Slack sends them) at `--rate` per second for `--duration` seconds; latency is
+measured from each request's *scheduled* send time to its complete response (so a stall is not hidden
+by the generator slowing down).  `--command`:
+- deploy:    `/shipit deploy load-K <tag>` over 20 protected apps: the full write path (revision,
+             deployment, supersede of the previous request, outbox events and notify jobs, audit), one
+             transaction, then the ack; each request also makes the notifier post or update a card;
+- revisions: `/shipit revisions load-K`: the read path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import aiohttp
+from sqlalchemy import select
+
+from core import apps, clusters, projects
+from core.identity import Actor
+from shipit import runtime
+from shipit.settings import Settings
+from storage import models
+from storage.crypto import generate_key
+from tests.fakes.slack_api import FakeSlack
+from tests.testenv.controlplane import running
+
+ADMIN = Actor(subject="user:bench", channel="api", is_admin=True)
+SECRET = "bench-slack-signing-secret"
+USER = ("U0BENCH01", "bench")
+TARGETS = 20
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def signed(body: bytes) -> dict[str, str]:
+    ts = str(int(time.time()))
+    sig = "v0=" + hmac.new(SECRET.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
+    return {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": sig,
+    }
+
+
+def command_body(text: str, *, fake: FakeSlack, n: int) -> bytes:
+    return urllib.parse.urlencode(
+        {
+            "token": "x",
+            "team_id": fake.team_id,
+            "team_domain": "bench",
+            "channel_id": "C0TYPED01",
+            "channel_name": "general",
+            "user_id": USER[0],
+            "user_name": USER[1],
+            "command": "/shipit",
+            "text": text,
+            "api_app_id": fake.app_id,
+            "response_url": f"{fake.origin}/response/bench-{n}",
+            "trigger_id": f"{n}.{n}.bench",
+        }
+    ).encode()
+
+
+async def setup_database(settings: Settings, kubeconfig: str, *, inflight: int) -> None:
+    rt = await runtime.build(settings)
+    rt.core.notifiers.clear()
+    try:
+        version = await clusters.check(ctx=rt.core, kubeconfig_text=kubeconfig, key="check")
+        async with rt.sessionmaker.begin() as session:
+            await projects.create(session, ctx=rt.core, actor=ADMIN, name="bench", slack_channel="C0BENCH01")
+            await clusters.add(
+                session, ctx=rt.core, actor=ADMIN, name="local", kubeconfig_text=kubeconfig,
+                default_namespace="bench", version=version,
+            )  # fmt: skip
+            await projects.set_access(
+                session, actor=ADMIN, project_name="bench", subject=f"slack:{USER[0]}", role="owner"
+            )
+            for i in range(inflight):
+                # More CPU than the node has: Pending, so the rollout stays in progress.
+                await apps.create(
+                    session, actor=ADMIN, project="bench", cluster="local", name=f"slow-{i:02d}",
+                    namespace="bench",
+                    changes=apps.AppChanges(
+                        image="ghcr.io/acme/slow:1", cpu_request="100", cpu_limit="100",
+                        progress_deadline_seconds=3600,
+                    ),
+                )  # fmt: skip
+            for k in range(TARGETS):
+                await apps.create(
+                    session, actor=ADMIN, project="bench", cluster="local", name=f"load-{k:02d}",
+                    namespace="bench", changes=apps.AppChanges(image="ghcr.io/acme/web:1", protected=True),
+                )  # fmt: skip
+    finally:
+        await runtime.stop(rt)
+
+
+async def fresh_postgres(base_url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    name = f"shipit_bench_{int(time.time())}"
+    admin = create_async_engine(base_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    await admin.dispose()
+    return make_url(base_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def count_running(settings: Settings) -> int:
+    rt = await runtime.build(settings, migrate_db=False)
+    rt.core.notifiers.clear()
+    try:
+        async with rt.sessionmaker() as session:
+            rows = await session.scalars(
+                select(models.Deployment.id)
+                .join(models.App, models.App.id == models.Deployment.app_id)
+                .where(models.App.name.like("slow-%"), models.Deployment.status == "running")
+            )
+            return len(list(rows))
+    finally:
+        await runtime.stop(rt)
+
+
+async def send(
+    http: aiohttp.ClientSession, url: str, body: bytes, *, at: float, out: list[float], errors: list[str]
+) -> None:
+    delay = at - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    try:
+        async with http.post(url, data=body, headers=signed(body)) as response:
+            payload = await response.read()
+            if response.status != 200 or b"warning" in payload:
+                errors.append(f"{response.status} {payload[:200]!r}")
+    except Exception as e:  # a failed request counts, with its latency
+        errors.append(repr(e))
+    out.append((time.perf_counter() - at) * 1000)
+
+
+async def load(
+    url: str, fake: FakeSlack, *, rate: float, duration: float, command: str, offset: int
+) -> tuple[list[float], list[str], float]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    n_total = int(rate * duration)
+    connector = aiohttp.TCPConnector(limit=512)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+        start = time.perf_counter() + 0.2
+        tasks = []
+        for i in range(n_total):
+            n = offset + i
+            app = f"load-{n % TARGETS:02d}"
+            text = {"deploy": f"deploy {app} {n}.0", "revisions": f"revisions {app}", "help": "help"}[command]
+            body = command_body(text, fake=fake, n=n)
+            tasks.append(
+                asyncio.create_task(send(http, url, body, at=start + i / rate, out=latencies, errors=errors))
+            )
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return latencies, errors, elapsed
+
+
+async def main(args: argparse.Namespace) -> None:
+    with running() as env, tempfile.TemporaryDirectory() as tmp, FakeSlack() as fake:
+        key = generate_key()
+        database_url = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
+        if args.database_url:
+            database_url = await fresh_postgres(args.database_url)
+        env_vars = {
+            "SHIPIT_DATABASE_URL": database_url,
+            "SHIPIT_DATA_DIR": tmp,
+            "SHIPIT_MASTER_KEY": key,
+            "SHIPIT_SLACK_SIGNING_SECRET": SECRET,
+            "SHIPIT_SLACK_BOT_TOKEN": fake.bot_token,
+            "SHIPIT_SLACK_API_URL": fake.url,
+            "SHIPIT_WORKER_CONCURRENCY": str(args.workers),
+            "SHIPIT_LOG_LEVEL": args.log_level,
+        }
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            database_url=env_vars["SHIPIT_DATABASE_URL"],
+            data_dir=Path(tmp),
+            master_key=key,  # type: ignore[arg-type]
+        )
+        await setup_database(settings, env.kubeconfig, inflight=args.inflight)
+
+        port = free_port()
+        log_path = Path(tmp) / "server.log"
+        shipit = Path(sys.executable).with_name("shipit")
+        if not shipit.exists():
+            raise SystemExit("the shipit entry point is missing: pip install -e .")
+        cmd = [str(shipit), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        with log_path.open("wb") as log_file:
+            server = subprocess.Popen(cmd, env={**os.environ, **env_vars}, stdout=log_file, stderr=log_file)
+            try:
+                url = f"http://127.0.0.1:{port}"
+                async with aiohttp.ClientSession() as http:
+                    for _ in range(300):
+                        try:
+                            async with http.get(f"{url}/readyz") as r:
+                                if r.status == 200:
+                                    break
+                        except aiohttp.ClientError:
+                            pass
+                        if server.poll() is not None:
+                            raise SystemExit(f"server exited: {log_path.read_text()[-3000:]}")
+                        await asyncio.sleep(0.1)
+                    # The deploys in flight, started from Slack like any other.
+                    for i in range(args.inflight):
+                        body = command_body(f"deploy slow-{i:02d} 2", fake=fake, n=-1 - i)
+                        async with http.post(f"{url}/slack/events", data=body, headers=signed(body)) as r:
+                            assert r.status == 200, await r.text()
+                deadline = time.monotonic() + 120
+                while (running_now := await count_running(settings)) < args.inflight:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"only {running_now} of {args.inflight} deploys got running")
+                    await asyncio.sleep(0.5)
+                print(f"{running_now} deploys in flight (pods Pending, rollouts in progress)")
+
+                # What the deploys in flight cost with no commands (their cards still being posted at
+                # Slack's pace of about one message per second in the project channel).
+                cpu_before = cpu_seconds(server.pid)
+                await asyncio.sleep(5)
+                idle = (cpu_seconds(server.pid) - cpu_before) / 5
+                # Warm up (connections, bolt's first auth.test, caches), then measure.
+                await load(
+                    f"{url}/slack/events", fake, rate=20, duration=2, command=args.command, offset=10**6
+                )
+                results = []
+                for i, rate in enumerate(float(r) for r in args.rate.split(",")):
+                    cpu_before = cpu_seconds(server.pid)
+                    latencies, errors, elapsed = await load(
+                        f"{url}/slack/events", fake, rate=rate, duration=args.duration,
+                        command=args.command, offset=i * 10**5,
+                    )  # fmt: skip
+                    busy = (cpu_seconds(server.pid) - cpu_before) / elapsed
+                    results.append((rate, latencies, errors, elapsed, busy))
+                    await asyncio.sleep(2)  # let a backlog (if any) drain before the next rate
+                still = await count_running(settings)
+            finally:
+                server.terminate()
+                try:
+                    server.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+        cards = len(fake.calls("chat.postMessage", ok=True)) + len(fake.calls("chat.update", ok=True))
+        limited = len([c for c in fake.calls() if c.status == 429])
+        print(
+            f"database: {'PostgreSQL' if args.database_url else 'SQLite (WAL)'}; {args.inflight} deploys in flight "
+            f"({still} still running at the end); one process, {args.workers} worker slots; "
+            f"server CPU with no commands: {idle:.0%} of a core"
+        )
+        for rate, latencies, errors, elapsed, busy in results:
+            print(
+                f"/shipit {args.command} at {rate:g}/s offered ({len(latencies) / elapsed:.0f}/s achieved, "
+                f"{len(latencies)} commands): ack ms p50 {pct(latencies, 0.50):.1f}  p90 {pct(latencies, 0.90):.1f}  "
+                f"p99 {pct(latencies, 0.99):.1f}  max {max(latencies):.1f}  mean {statistics.mean(latencies):.1f};  "
+                f"server CPU {busy:.0%} of a core;  "
+                f"errors {len(errors)}{' e.g. ' + errors[0][:120] if errors else ''}"
+            )
+        print(f"Slack Web API writes by the notifier meanwhile: {cards} (429s: {limited})")
+        if args.keep_log:
+            print(log_path.read_text()[-5000:])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rate", type=str, default="200", help="commands per second; a list runs one after another"
+    )
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--inflight", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--command", choices=("deploy", "revisions", "help"), default="deploy")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL server URL (postgresql+asyncpg://…/postgres): a fresh database is made on it; "
+        "default: a SQLite file",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--keep-log", action="store_true")
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,368 @@
+"""The Slack channel, assembled once at start: bolt AsyncApp, HTTP route, notifier, Socket Mode.
+
+`build()` is the only entry point the composition root (shipit) calls.  The bolt
+app is built here once and never per request.  It runs with
+process_before_response: the listener does the core's cheap transaction, then
+acks with the reply, and Slack gets the answer when the listener returns; the
+only thing that runs after the answer is slow, optional follow-up (asking a
+cluster, replying to a mention) in tracked background tasks.
+
+Unconfigured (no signing secret and no app token) the channel is switched off
+with one log line, and /slack/events answers 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.authorization.async_authorize import AsyncInstallationStoreAuthorize
+from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
+from slack_sdk.oauth.state_store.sqlalchemy import AsyncSQLAlchemyOAuthStateStore
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import handlers, install_store, notifier, views
+from core.context import Core
+
+log = logging.getLogger(__name__)
+
+EVENTS_PATH = "/slack/events"
+INSTALL_PATH = "/slack/install"
+REDIRECT_PATH = "/slack/oauth_redirect"
+BOT_SCOPES = ("commands", "chat:write", "chat:write.public", "app_mentions:read", "users:read")
+FOLLOW_UP_TIMEOUT = 20.0
+_MENTION = re.compile(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>\s*")
+
+Respond = Callable[..., Awaitable[Any]]
+
+
+class SlackChannel:
+    """What shipit plugs in: `handle` (called by the routes of `routes()`), `notifier` (when on),
+    and `start()` / `close()` for the lifespan."""
+
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        reason: str = "",
+        http: bool = False,
+        oauth: bool = False,
+        bolt: AsyncApp | None = None,
+        notifier: notifier.SlackNotifier | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self.reason = reason
+        self.http = http  # HTTP mode is on (a signing secret is set)
+        self.oauth = oauth
+        self.bolt = bolt
+        self.notifier = notifier
+        self._handler = AsyncSlackRequestHandler(bolt) if bolt is not None and http else None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._starters: list[Callable[[], Awaitable[None]]] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def handle(self, request: Request) -> Response:
+        if self._handler is None:
+            return unavailable(self.reason)
+        if request.method == "GET" and not self.oauth:
+            return JSONResponse({"error": {"type": "not_found", "message": "no OAuth install"}}, 404)
+        return await self._handler.handle(request)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
+        """Run work after the ack; kept referenced so it is not collected, cancelled on close."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        for start in self._starters:
+            await start()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                await close()
+
+
+def unavailable(reason: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": "unavailable", "message": f"slack: {reason}"}}, status_code=503)
+
+
+def routes(lookup: Callable[[Request], SlackChannel | None]) -> APIRouter:
+    """The HTTP routes, mountable before the channel exists (it is built in the lifespan)."""
+    router = APIRouter()
+
+    async def dispatch(request: Request) -> Response:
+        channel = lookup(request)
+        if channel is None:
+            return unavailable("not started yet")
+        return await channel.handle(request)
+
+    router.add_api_route(EVENTS_PATH, dispatch, methods=["POST"], include_in_schema=False)
+    router.add_api_route(INSTALL_PATH, dispatch, methods=["GET"], include_in_schema=False)
+    router.add_api_route(REDIRECT_PATH, dispatch, methods=["GET"], include_in_schema=False)
+    return router
+
+
+def switched_off(reason: str) -> SlackChannel:
+    log.info("slack: switched off (%s)", reason)
+    return SlackChannel(enabled=False, reason=f"switched off ({reason})")
+
+
+def build(
+    *,
+    core: Core,
+    signing_secret: str | None,
+    bot_token: str | None,
+    api_url: str,
+    app_token: str | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    public_url: str | None = None,
+    pacer: notifier.Pacer | None = None,
+) -> SlackChannel:
+    """Build the Slack channel once.  HTTP mode needs the signing secret; Socket Mode the app token."""
+    if not signing_secret and not app_token:
+        return switched_off("SHIPIT_SLACK_SIGNING_SECRET is not set")
+    oauth = bool(client_id and client_secret)
+    if not bot_token and not oauth:
+        return switched_off(
+            "neither SHIPIT_SLACK_BOT_TOKEN nor SHIPIT_SLACK_CLIENT_ID/SECRET (OAuth install) is set"
+        )
+
+    engine = core.sessionmaker.kw["bind"]
+    store: install_store.EncryptedInstallationStore | None = None
+    state_store: AsyncSQLAlchemyOAuthStateStore | None = None
+    oauth_settings = None
+    if oauth:
+        assert client_id and client_secret
+        store = install_store.EncryptedInstallationStore(
+            client_id=client_id, engine=engine, cipher=core.cipher
+        )
+        state_store = AsyncSQLAlchemyOAuthStateStore(expiration_seconds=600, engine=engine)
+        oauth_settings = AsyncOAuthSettings(
+            client_id=client_id,
+            client_secret=client_secret,
+            scopes=list(BOT_SCOPES),
+            install_path=INSTALL_PATH,
+            redirect_uri_path=REDIRECT_PATH,
+            redirect_uri=f"{public_url.rstrip('/')}{REDIRECT_PATH}" if public_url else None,
+            installation_store=store,
+            state_store=state_store,
+        )
+
+    # One Web API client for everything; base_url lets tests (and Slack-compatible gateways) point
+    # it elsewhere.
+    client = AsyncWebClient(base_url=api_url, token=None if oauth else bot_token)
+    authorize = None
+    if store is not None:
+        # The installation is looked up on every request (so an uninstall takes effect at once), but
+        # the auth.test answer per token is cached: no Web API round trip before the ack.
+        authorize = AsyncInstallationStoreAuthorize(
+            installation_store=store,
+            client_id=client_id,
+            client_secret=client_secret,
+            cache_enabled=True,
+            client=client,
+            logger=logging.getLogger("bot.bolt"),
+        )
+    bolt = AsyncApp(
+        name="shipit",
+        signing_secret=signing_secret or "",
+        client=client,
+        process_before_response=True,
+        request_verification_enabled=True,
+        oauth_settings=oauth_settings,
+        installation_store=store,
+        authorize=authorize,  # type: ignore[arg-type]  # an AsyncAuthorize instance is accepted too
+        logger=logging.getLogger("bot.bolt"),
+    )
+
+    async def token_for(team_id: str | None) -> str | None:
+        if store is None:
+            return bot_token
+        bot = await store.async_find_bot(enterprise_id=None, team_id=team_id) if team_id else None
+        if bot is None and bot_token:
+            return bot_token
+        if bot is None:
+            bot = await store.latest_bot()
+        return bot.bot_token if bot is not None else None
+
+    note = notifier.SlackNotifier(client=client, token_for=token_for, pacer=pacer)
+    channel = SlackChannel(
+        enabled=True,
+        reason="SHIPIT_SLACK_SIGNING_SECRET is not set (Socket Mode only)",
+        http=bool(signing_secret),
+        oauth=oauth,
+        bolt=bolt,
+        notifier=note,
+    )
+    _listen(bolt, core=core, channel=channel)
+    if store is not None:
+        bolt.enable_token_revocation_listeners()
+        tables = (store, state_store)
+
+        async def create_tables() -> None:
+            # slack_sdk's own tables, created if missing (CREATE TABLE IF NOT EXISTS semantics).
+            for owner in tables:
+                if owner is not None:
+                    await owner.create_tables()  # type: ignore[no-untyped-call]
+
+        channel._starters.append(create_tables)
+
+    if app_token:
+        _socket_mode(channel, bolt=bolt, app_token=app_token)
+
+    mode = ", ".join(
+        m
+        for m, on in (
+            ("HTTP at " + EVENTS_PATH, bool(signing_secret)),
+            ("Socket Mode", bool(app_token)),
+            ("OAuth install at " + INSTALL_PATH, oauth),
+        )
+        if on
+    )
+    log.info("slack: on (%s; Web API %s)", mode, api_url)
+    return channel
+
+
+def _socket_mode(channel: SlackChannel, *, bolt: AsyncApp, app_token: str) -> None:
+    # For teams without a public URL: Slack pushes the same payloads over a websocket we open.
+    from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+
+    socket = AsyncSocketModeHandler(bolt, app_token)
+
+    async def connect() -> None:
+        await socket.connect_async()  # type: ignore[no-untyped-call]
+        log.info("slack: Socket Mode connected")
+
+    async def close() -> None:
+        await socket.close_async()  # type: ignore[no-untyped-call]
+
+    channel._starters.append(connect)
+    channel._closers.append(close)
+
+
+def _command_caller(body: dict[str, Any]) -> handlers.Caller:
+    return handlers.Caller(
+        user_id=str(body.get("user_id") or ""),
+        user_name=str(body.get("user_name") or ""),
+        team_id=body.get("team_id"),
+        channel_id=body.get("channel_id"),
+    )
+
+
+def _action_caller(body: dict[str, Any]) -> handlers.Caller:
+    user = body.get("user") or {}
+    return handlers.Caller(
+        user_id=str(user.get("id") or ""),
+        user_name=str(user.get("username") or user.get("name") or ""),
+        team_id=(body.get("team") or {}).get("id") or user.get("team_id"),
+        channel_id=(body.get("channel") or {}).get("id"),
+    )
+
+
+def _listen(bolt: AsyncApp, *, core: Core, channel: SlackChannel) -> None:
+    async def follow_up(
+        later: Callable[[], Awaitable[views.Message]], respond: Respond, caller: handlers.Caller
+    ) -> None:
+        what = "a command's follow-up"
+        try:
+            message = await asyncio.wait_for(later(), FOLLOW_UP_TIMEOUT)
+        except Exception as e:
+            message = handlers.failure(e, what=what, caller=caller).message
+        try:
+            await respond(
+                text=message.text, blocks=message.blocks, response_type="ephemeral", replace_original=True
+            )
+        except Exception:
+            log.warning("slack: could not send the follow-up of %s", what, exc_info=True)
+
+    async def say_ephemeral(respond: Respond, message: views.Message, what: str) -> None:
+        try:
+            await respond(
+                text=message.text, blocks=message.blocks, response_type="ephemeral", replace_original=False
+            )
+        except Exception:
+            log.warning("slack: could not answer %s", what, exc_info=True)
+
+    @bolt.command(re.compile(r".*"))
+    async def on_command(ack: Any, body: dict[str, Any], respond: Respond) -> None:
+        caller = _command_caller(body)
+        outcome = await handlers.run_command(core=core, caller=caller, text=str(body.get("text") or ""))
+        await ack(text=outcome.message.text, blocks=outcome.message.blocks, response_type="ephemeral")
+        if outcome.later is not None:
+            channel.spawn(follow_up(outcome.later, respond, caller), name="slack-follow-up")
+
+    @bolt.action(re.compile(r"^shipit\."))
+    async def on_button(ack: Any, body: dict[str, Any], respond: Respond) -> None:
+        caller = _action_caller(body)
+        action = (body.get("actions") or [{}])[0]
+        outcome = await handlers.run_action(
+            core=core,
+            caller=caller,
+            action_id=str(action.get("action_id") or ""),
+            value=str(action.get("value") or ""),
+        )
+        await ack()
+        channel.spawn(say_ephemeral(respond, outcome.message, "a button"), name="slack-button-reply")
+
+    @bolt.event("app_mention")
+    async def on_mention(
+        ack: Any, body: dict[str, Any], event: dict[str, Any], client: AsyncWebClient
+    ) -> None:
+        await ack()
+        caller = handlers.Caller(
+            user_id=str(event.get("user") or ""),
+            user_name="",
+            team_id=body.get("team_id"),
+            channel_id=event.get("channel"),
+        )
+        text = _MENTION.sub("", str(event.get("text") or ""), count=1)
+        event_id = str(body.get("event_id") or "") or None
+        outcome = await handlers.run_command(core=core, caller=caller, text=text, delivery_id=event_id)
+
+        async def reply() -> None:
+            where = str(event.get("channel"))
+            try:
+                posted = await client.chat_postMessage(
+                    channel=where,
+                    thread_ts=str(event.get("thread_ts") or event.get("ts")),
+                    text=outcome.message.text,
+                    blocks=outcome.message.blocks,
+                )
+                if outcome.later is None:
+                    return
+                try:
+                    message = await asyncio.wait_for(outcome.later(), FOLLOW_UP_TIMEOUT)
+                except Exception as e:
+                    message = handlers.failure(e, what="a mention's follow-up", caller=caller).message
+                await client.chat_update(
+                    channel=str(posted["channel"]),
+                    ts=str(posted["ts"]),
+                    text=message.text,
+                    blocks=message.blocks,
+                )
+            except Exception:
+                log.warning("slack: could not reply to a mention (event %s)", event_id, exc_info=True)
+
+        if not outcome.duplicate:
+            channel.spawn(reply(), name="slack-mention-reply")
+
+    @bolt.event(re.compile(r".*"))
+    async def on_other_event(ack: Any) -> None:
+        # Subscribed events we do not act on are acknowledged, so Slack does not retry them.
+        await ack()

@@ -1,0 +1,567 @@
+"""The `/shipit` command language: text in, a typed command out, nothing else.
+
+Pure (no I/O, no core calls) so every command and every mistake people make can
+be unit-tested, and so the handlers stay thin.  Slack sends the command text
+escaped (`&lt;`, `<https://…|…>` for anything that looks like a link, `<@U1|name>`
+for mentions); we undo that here once.  Secret values pass through this module:
+no error message, repr or `describe()` ever contains one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+
+from core.errors import InvalidInput
+
+MAX_LOG_LINES = 500
+DEFAULT_LOG_LINES = 50
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    usage: str
+    summary: str
+    examples: tuple[str, ...]
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec(
+        "deploy",
+        "deploy <app> [image|tag]",
+        "deploy an image, a new tag of the current image, or redeploy as is",
+        ("deploy web ghcr.io/acme/web:1.4", "deploy web 1.5", "deploy web"),
+    ),
+    Spec(
+        "rollback",
+        "rollback <app> [revision]",
+        "go back to the previous good revision (or a given one); pauses auto-deploy",
+        ("rollback web", "rollback web 3"),
+    ),
+    Spec("status", "status [app]", "what runs now and what is queued", ("status", "status web")),
+    Spec("apps", "apps", "the apps you can see", ("apps",)),
+    Spec("revisions", "revisions <app>", "the revisions kept for an app", ("revisions web",)),
+    Spec(
+        "logs",
+        "logs <app> [lines]",
+        f"the last log lines of the app's pods (default {DEFAULT_LOG_LINES}, at most {MAX_LOG_LINES})",
+        ("logs web", "logs web 200"),
+    ),
+    Spec(
+        "secrets",
+        "secrets set <app> KEY=VALUE…  |  secrets list <app>  |  secrets unset <app> KEY…",
+        "write-only secrets: values are never shown back; quote values with spaces",
+        (
+            'secrets set web DATABASE_URL=postgres://db/web API_KEY="two words"',
+            "secrets list web",
+            "secrets unset web API_KEY",
+        ),
+    ),
+    Spec(
+        "scale",
+        "scale <app> replicas=N  |  scale <app> min=N max=N [cpu=N]  |  scale <app> auto off",
+        "fixed replicas, or a HorizontalPodAutoscaler",
+        ("scale web replicas=3", "scale web min=2 max=10 cpu=70", "scale web auto off"),
+    ),
+    Spec(
+        "lock",
+        "lock <app> <reason>",
+        "stop all deploys of an app until unlocked",
+        ("lock web release freeze",),
+    ),
+    Spec("unlock", "unlock <app>", "allow deploys again", ("unlock web",)),
+    Spec(
+        "pause", "pause <app>", "stop automatic deploys (pushes); manual deploys still work", ("pause web",)
+    ),
+    Spec("resume", "resume <app>", "deploy on push again", ("resume web",)),
+    Spec(
+        "access",
+        "access <project> <@user> <role>",
+        "give someone a role in a project: viewer, developer, admin, owner, or none to remove it",
+        ("access acme @alice developer", "access acme @bob none"),
+    ),
+    Spec("help", "help [command]", "this list, or one command in detail", ("help", "help scale")),
+)
+BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
+ROLES = ("viewer", "developer", "admin", "owner", "none")
+
+
+# ---------------------------------------------------------------- the commands
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deploy:
+    app: str
+    image: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rollback:
+    app: str
+    revision: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Status:
+    app: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Apps:
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Revisions:
+    app: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Logs:
+    app: str
+    lines: int = DEFAULT_LOG_LINES
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretsSet:
+    app: str
+    # repr=False: a command object that ends up in a log line or a traceback shows no value.
+    values: dict[str, str] = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretsList:
+    app: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretsUnset:
+    app: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scale:
+    app: str
+    replicas: int | None = None
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    cpu_target: int | None = None
+    autoscaling_off: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lock:
+    app: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unlock:
+    app: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pause:
+    app: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resume:
+    app: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Access:
+    project: str
+    subject: str  # slack:U123, github:login, user:name
+    role: str | None  # None removes the member
+
+
+@dataclass(frozen=True, kw_only=True)
+class Help:
+    topic: str | None = None
+
+
+Command = (
+    Deploy
+    | Rollback
+    | Status
+    | Apps
+    | Revisions
+    | Logs
+    | SecretsSet
+    | SecretsList
+    | SecretsUnset
+    | Scale
+    | Lock
+    | Unlock
+    | Pause
+    | Resume
+    | Access
+    | Help
+)
+
+
+class UsageError(InvalidInput):
+    """The text does not parse; the message ends with the usage of the command meant."""
+
+    def __init__(self, message: str, *, command: str | None) -> None:
+        spec = BY_NAME.get(command or "")
+        if spec is not None:
+            message = f"{message}\nUsage: `/shipit {spec.usage}`\nExample: `/shipit {spec.examples[0]}`"
+        else:
+            message = f"{message}\n`/shipit help` lists the commands."
+        super().__init__(message, field=command or "command")
+        self.command = command
+
+
+def describe(command: Command) -> str:
+    """A one-line, value-free description for logs."""
+    if isinstance(command, SecretsSet):
+        return f"secrets set {command.app} keys={','.join(sorted(command.values))}"
+    return repr(command)
+
+
+# ---------------------------------------------------------------- parsing
+
+# <https://x.y|x.y>, <mailto:a@b|a@b>: Slack's link formatting.  Mentions (<@U…>, <#C…>, <!here>) stay.
+_LINK = re.compile(r"<(?![@#!])([^<>|]+)(?:\|([^<>]*))?>")
+_USER = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$")
+# Desktop Slack turns typed quotes into curly ones; accept both as delimiters (never inside values).
+_SECRET_PAIR = re.compile(
+    r"\s*(?P<key>[^\s=]+)="
+    r"(?:[\"\u201c](?P<dq>[^\"\u201c\u201d]*)[\"\u201d]"
+    r"|['\u2018](?P<sq>[^'\u2018\u2019]*)['\u2019]"
+    r"|(?P<bare>(?![\"'\u201c\u2018])\S*))(?=\s|$)",
+    re.DOTALL,
+)
+_REVISION = re.compile(r"^(?:r|rev|#)?(\d{1,9})$", re.IGNORECASE)
+
+
+def unescape(text: str) -> str:
+    """Undo Slack's escaping: links back to the text that was typed, then &amp; &lt; &gt;."""
+    text = _LINK.sub(lambda m: m.group(2) if m.group(2) else m.group(1), text)
+    # Slack escapes exactly these three; html.unescape would also turn "&copy" in a secret into ©.
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def parse(text: str) -> Command:
+    """Parse the text after `/shipit` (or after @shipit in a mention)."""
+    text = unescape(text).strip()
+    if not text:
+        return Help()
+    word, _, rest = text.partition(" ")
+    name = word.lower()
+    rest = rest.strip()
+    parser = _PARSERS.get(name)
+    if parser is None:
+        raise _unknown_command(name)
+    return parser(rest)
+
+
+def _unknown_command(name: str) -> UsageError:
+    close = difflib.get_close_matches(name, list(BY_NAME), n=1, cutoff=0.6)
+    shown = name if len(name) <= 30 else name[:30] + "…"
+    if close:
+        return UsageError(f"Unknown command `{shown}`. Did you mean `{close[0]}`?", command=close[0])
+    return UsageError(f"Unknown command `{shown}`.", command=None)
+
+
+def _words(rest: str) -> list[str]:
+    return rest.split()
+
+
+def _app(words: list[str], command: str) -> str:
+    if not words:
+        raise UsageError(f"`{command}` needs an app name.", command=command)
+    return words[0].lower()
+
+
+def _no_more(words: list[str], command: str) -> None:
+    if words:
+        extra = " ".join(words)
+        extra = extra if len(extra) <= 40 else extra[:40] + "…"
+        raise UsageError(f"`{command}` does not take `{extra}`.", command=command)
+
+
+def _int(value: str, *, command: str, name: str, low: int, high: int) -> int:
+    if not value.isdigit():
+        raise UsageError(f"{name} must be a whole number, got `{value[:20]}`.", command=command)
+    number = int(value)
+    if not low <= number <= high:
+        raise UsageError(f"{name} must be between {low} and {high}, got {number}.", command=command)
+    return number
+
+
+def _parse_deploy(rest: str) -> Command:
+    words = _words(rest)
+    app = _app(words, "deploy")
+    image = words[1] if len(words) > 1 else None
+    _no_more(words[2:], "deploy")
+    return Deploy(app=app, image=image)
+
+
+def _parse_rollback(rest: str) -> Command:
+    words = _words(rest)
+    app = _app(words, "rollback")
+    revision = None
+    if len(words) > 1:
+        m = _REVISION.match(words[1])
+        if m is None:
+            raise UsageError(
+                f"the revision must be a number (see `/shipit revisions {app}`), got `{words[1][:20]}`.",
+                command="rollback",
+            )
+        revision = int(m.group(1))
+    _no_more(words[2:], "rollback")
+    return Rollback(app=app, revision=revision)
+
+
+def _parse_status(rest: str) -> Command:
+    words = _words(rest)
+    _no_more(words[1:], "status")
+    return Status(app=words[0].lower() if words else None)
+
+
+def _parse_apps(rest: str) -> Command:
+    _no_more(_words(rest), "apps")
+    return Apps()
+
+
+def _parse_revisions(rest: str) -> Command:
+    words = _words(rest)
+    app = _app(words, "revisions")
+    _no_more(words[1:], "revisions")
+    return Revisions(app=app)
+
+
+def _parse_logs(rest: str) -> Command:
+    words = _words(rest)
+    app = _app(words, "logs")
+    lines = DEFAULT_LOG_LINES
+    if len(words) > 1:
+        lines = _int(words[1].removeprefix("lines="), command="logs", name="lines", low=1, high=MAX_LOG_LINES)
+    _no_more(words[2:], "logs")
+    return Logs(app=app, lines=lines)
+
+
+_SECRETS_SUB = ("set", "list", "unset")
+
+
+def _parse_secrets(rest: str) -> Command:
+    sub, _, after = rest.partition(" ")
+    sub = sub.lower()
+    if not sub:
+        raise UsageError("`secrets` needs set, list or unset.", command="secrets")
+    if sub in ("ls", "show", "get"):
+        sub = "list"
+    elif sub in ("rm", "delete", "del", "remove"):
+        sub = "unset"
+    elif sub == "add":
+        sub = "set"
+    if sub not in _SECRETS_SUB:
+        close = difflib.get_close_matches(sub, _SECRETS_SUB, n=1, cutoff=0.5)
+        hint = f" Did you mean `secrets {close[0]}`?" if close else ""
+        # Never echo what followed: it may be a secret value typed in the wrong place.
+        raise UsageError(f"`secrets` takes set, list or unset.{hint}", command="secrets")
+    after = after.strip()
+    app_word, _, tail = after.partition(" ")
+    if not app_word:
+        raise UsageError(f"`secrets {sub}` needs an app name.", command="secrets")
+    app = app_word.lower()
+    if sub == "list":
+        _no_more(tail.split(), "secrets")
+        return SecretsList(app=app)
+    if sub == "unset":
+        keys = tuple(tail.split())
+        if not keys:
+            raise UsageError("`secrets unset` needs at least one KEY.", command="secrets")
+        if any("=" in k for k in keys):
+            raise UsageError("`secrets unset` takes keys only, without `=`.", command="secrets")
+        return SecretsUnset(app=app, keys=keys)
+    return SecretsSet(app=app, values=_secret_pairs(tail))
+
+
+def _secret_pairs(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    pos, n = 0, 0
+    text = text.rstrip()
+    while pos < len(text):
+        n += 1
+        m = _SECRET_PAIR.match(text, pos)
+        if m is None:
+            # Say where, never what: the unparsable part may hold a value.
+            raise UsageError(
+                f"could not read item {n}: write KEY=VALUE, and quote values that contain spaces.",
+                command="secrets",
+            )
+        key = m.group("key")
+        value = next(v for v in (m.group("dq"), m.group("sq"), m.group("bare")) if v is not None)
+        if key in values:
+            raise UsageError(f"{key} is given twice.", command="secrets")
+        values[key] = value
+        pos = m.end()
+    if not values:
+        raise UsageError("`secrets set` needs at least one KEY=VALUE.", command="secrets")
+    return values
+
+
+def _parse_scale(rest: str) -> Command:
+    words = _words(rest)
+    app = _app(words, "scale")
+    args = [w.lower() for w in words[1:]]
+    if not args:
+        raise UsageError("`scale` needs replicas=N, min=N max=N [cpu=N], or auto off.", command="scale")
+    if args in (["auto", "off"], ["autoscaling", "off"], ["hpa", "off"]):
+        return Scale(app=app, autoscaling_off=True)
+    given: dict[str, int] = {}
+    aliases = {"replicas": "replicas", "min": "min", "max": "max", "cpu": "cpu"}
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        canonical = aliases.get(key)
+        if not eq or canonical is None:
+            raise UsageError(f"`scale` does not understand `{arg[:30]}`.", command="scale")
+        if canonical in given:
+            raise UsageError(f"{canonical} is given twice.", command="scale")
+        high = 100 if canonical == "cpu" else 1000
+        low = 0 if canonical == "replicas" else 1
+        given[canonical] = _int(value.rstrip("%"), command="scale", name=canonical, low=low, high=high)
+    if "replicas" in given:
+        if len(given) > 1:
+            raise UsageError("give either replicas=N or min/max/cpu, not both.", command="scale")
+        return Scale(app=app, replicas=given["replicas"])
+    return Scale(
+        app=app, min_replicas=given.get("min"), max_replicas=given.get("max"), cpu_target=given.get("cpu")
+    )
+
+
+def _parse_lock(rest: str) -> Command:
+    app_word, _, reason = rest.partition(" ")
+    if not app_word:
+        raise UsageError("`lock` needs an app name and a reason.", command="lock")
+    reason = " ".join(reason.split())
+    if not reason:
+        raise UsageError("`lock` needs a reason, so people know why and whom to ask.", command="lock")
+    if len(reason) > 300:
+        raise UsageError("the reason is longer than 300 characters.", command="lock")
+    return Lock(app=app_word.lower(), reason=reason)
+
+
+def _parse_access(rest: str) -> Command:
+    words = _words(rest)
+    if len(words) != 3:
+        raise UsageError("`access` needs a project, a person and a role.", command="access")
+    project, who, role = words
+    m = _USER.match(who)
+    if m is not None:
+        subject = f"slack:{m.group(1)}"
+    elif re.fullmatch(r"[UW][A-Z0-9]{2,}", who):
+        subject = f"slack:{who}"
+    elif re.fullmatch(r"(slack|github|user):[\w.@-]+", who):
+        subject = who
+    else:
+        raise UsageError(
+            f"`{who[:40]}` is not a person: mention them (@alice) or write slack:U123 / github:login.",
+            command="access",
+        )
+    role = role.lower()
+    if role not in ROLES:
+        close = difflib.get_close_matches(role, ROLES, n=1, cutoff=0.5)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        raise UsageError(
+            f"role must be one of {', '.join(ROLES)}, got `{role[:20]}`.{hint}", command="access"
+        )
+    return Access(project=project.lower(), subject=subject, role=None if role == "none" else role)
+
+
+def _parse_help(rest: str) -> Command:
+    words = _words(rest)
+    topic = words[0].lower() if words else None
+    if topic is not None and topic not in BY_NAME:
+        raise _unknown_command(topic)
+    return Help(topic=topic)
+
+
+def _parse_unlock(rest: str) -> Command:
+    words = _words(rest)
+    app = _app(words, "unlock")
+    _no_more(words[1:], "unlock")
+    return Unlock(app=app)
+
+
+def _parse_pause(rest: str) -> Command:
+    words = _words(rest)
+    app = _app(words, "pause")
+    _no_more(words[1:], "pause")
+    return Pause(app=app)
+
+
+def _parse_resume(rest: str) -> Command:
+    words = _words(rest)
+    app = _app(words, "resume")
+    _no_more(words[1:], "resume")
+    return Resume(app=app)
+
+
+_PARSERS = {
+    "deploy": _parse_deploy,
+    "rollback": _parse_rollback,
+    "status": _parse_status,
+    "apps": _parse_apps,
+    "revisions": _parse_revisions,
+    "logs": _parse_logs,
+    "secrets": _parse_secrets,
+    "scale": _parse_scale,
+    "lock": _parse_lock,
+    "unlock": _parse_unlock,
+    "pause": _parse_pause,
+    "resume": _parse_resume,
+    "access": _parse_access,
+    "help": _parse_help,
+}
+
+
+# ---------------------------------------------------------------- help
+
+
+def help_text(topic: str | None = None) -> str:
+    if topic is not None:
+        spec = BY_NAME[topic]
+        examples = "\n".join(f"• `/shipit {e}`" for e in spec.examples)
+        return f"*`/shipit {spec.usage}`*\n{spec.summary}\nExamples:\n{examples}"
+    lines = ["*shipit* deploys, rolls back, scales and keeps secrets from Slack. Commands:"]
+    for spec in SPECS:
+        lines.append(f"• `/shipit {spec.usage}` — {spec.summary}. e.g. `/shipit {spec.examples[0]}`")
+    lines.append("Deploy cards in the project channel carry Approve / Reject / Cancel / Roll back buttons.")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "BY_NAME",
+    "SPECS",
+    "Access",
+    "Apps",
+    "Command",
+    "Deploy",
+    "Help",
+    "Lock",
+    "Logs",
+    "Pause",
+    "Resume",
+    "Revisions",
+    "Rollback",
+    "Scale",
+    "SecretsList",
+    "SecretsSet",
+    "SecretsUnset",
+    "Status",
+    "Unlock",
+    "UsageError",
+    "describe",
+    "help_text",
+    "parse",
+    "unescape",
+]

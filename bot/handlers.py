@@ -1,0 +1,368 @@
+"""Slack requests turned into core calls: parse, one transaction, render.
+
+Everything here runs before Slack gets its answer, so it only does what the
+core does in a transaction (cheap database writes); anything that talks to a
+cluster is returned as a `later` follow-up that the channel runs after the ack.
+One error policy for every command and button: a UserError is shown as written,
+anything else shows a reference id and logs the traceback under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import commands, views
+from core import apps, autoscaling, deliveries, deploys, projects, secrets, status
+from core.context import Core
+from core.errors import Conflict, ShipitError, UserError
+from core.identity import Actor
+from storage import models
+
+log = logging.getLogger(__name__)
+
+LOG_FETCH_TIMEOUT = 20.0
+# `status` without an app reads each app in one transaction: keep it short (the rest is one more line).
+STATUS_OVERVIEW_LIMIT = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class Caller:
+    """Who clicked or typed, and where."""
+
+    user_id: str
+    user_name: str
+    team_id: str | None
+    channel_id: str | None
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(subject=f"slack:{self.user_id}", channel="slack", display=self.user_name or self.user_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    message: views.Message
+    # Slow work (asking a cluster) that runs after Slack got its answer; its message replaces the first.
+    later: Callable[[], Awaitable[views.Message]] | None = None
+    duplicate: bool = False  # a retried delivery that was handled before: answer, do nothing
+
+
+Handler = Callable[[AsyncSession, Core, Caller, Any], Awaitable[Outcome]]
+
+
+def _ok(text: str) -> Outcome:
+    return Outcome(message=views.reply(text))
+
+
+def failure(exc: BaseException, *, what: str, caller: Caller) -> Outcome:
+    """The one error policy of the Slack channel."""
+    if isinstance(exc, UserError):
+        return Outcome(message=views.error(str(exc)))
+    ref = uuid.uuid4().hex[:12]
+    if isinstance(exc, ShipitError):
+        # Ours, with a safe message (a cluster that does not answer, say), but not the user's fault.
+        log.warning("slack: %s by %s failed [ref %s]: %s", what, caller.user_id, ref, exc)
+        return Outcome(message=views.error(f"{exc} (reference {ref})"))
+    log.error("slack: %s by %s crashed [ref %s]", what, caller.user_id, ref, exc_info=exc)
+    return Outcome(message=views.error(f"internal error, reference {ref}"))
+
+
+# ---------------------------------------------------------------- commands
+
+
+async def run_command(*, core: Core, caller: Caller, text: str, delivery_id: str | None = None) -> Outcome:
+    """A slash command or a mention: parse, execute, render; never raises."""
+    try:
+        command = commands.parse(text)
+    except UserError as e:
+        return Outcome(message=views.error(str(e)))
+    return await execute(core=core, caller=caller, command=command, delivery_id=delivery_id)
+
+
+async def execute(
+    *, core: Core, caller: Caller, command: commands.Command, delivery_id: str | None = None
+) -> Outcome:
+    if isinstance(command, commands.Help):
+        return Outcome(message=views.help_message(commands.help_text(command.topic)))
+    what = commands.describe(command)
+    handler = _HANDLERS[type(command)]
+    try:
+        async with core.sessionmaker.begin() as session:
+            if delivery_id is not None and not await deliveries.first_time(
+                session, source="slack", delivery_id=delivery_id, kind=type(command).__name__
+            ):
+                log.info("slack: %s (delivery %s) was handled before; ignored", what, delivery_id)
+                return Outcome(message=views.reply("Already handled."), duplicate=True)
+            outcome = await handler(session, core, caller, command)
+    except Exception as e:
+        return failure(e, what=what, caller=caller)
+    log.info("slack: %s by %s (%s)", what, caller.user_id, caller.user_name)
+    return outcome
+
+
+async def _deploy(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Deploy) -> Outcome:
+    result = await deploys.request(
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image, trigger="slack"
+    )
+    return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
+
+
+async def _rollback(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Rollback) -> Outcome:
+    result = await deploys.rollback(
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, revision=cmd.revision
+    )
+    return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
+
+
+async def _queued(
+    session: AsyncSession, *, caller: Caller, result: deploys.Requested, app: str
+) -> views.Message:
+    deployment = result.deployment
+    row = await session.get(models.App, deployment.app_id)  # already loaded by the core call
+    channel = None
+    if row is not None:
+        project = await apps.project_of(session, app=row)
+        channel = project.slack_channel
+        if channel is None and caller.channel_id and result.created:
+            # No project channel: the card goes where the command was typed (see bot.notifier).
+            refs = dict(deployment.notify_refs or {})
+            refs["slack"] = {**refs.get("slack", {}), "origin": caller.channel_id}
+            deployment.notify_refs = refs
+            channel = caller.channel_id
+    return views.queued(deployment=deployment, app=app, channel=channel, created=result.created)
+
+
+async def _status(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Status) -> Outcome:
+    if cmd.app is None:
+        rows = await apps.list_visible(session, actor=caller.actor)
+        found = [
+            await status.read(session, actor=caller.actor, app_name=a.name)
+            for a in rows[:STATUS_OVERVIEW_LIMIT]
+        ]
+        return Outcome(message=views.status_overview(found, more=max(0, len(rows) - len(found))))
+    st = await status.read(session, actor=caller.actor, app_name=cmd.app)
+    target = await status.target(session, ctx=core, actor=caller.actor, app_name=cmd.app)
+
+    async def live() -> views.Message:
+        return views.app_status(await status.with_live(ctx=core, status=st, target=target))
+
+    return Outcome(message=views.app_status(st, live_pending=True), later=live)
+
+
+async def _apps(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Apps) -> Outcome:
+    return Outcome(message=views.app_list(await apps.list_visible(session, actor=caller.actor)))
+
+
+async def _revisions(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Revisions) -> Outcome:
+    rows = await deploys.revisions(session, actor=caller.actor, app_name=cmd.app)
+    app = await apps.get(session, actor=caller.actor, name=cmd.app)
+    current = await deploys.current_deployment(session, app=app)
+    return Outcome(
+        message=views.revision_list(app.name, rows, current=current.revision_number if current else None)
+    )
+
+
+async def _logs(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Logs) -> Outcome:
+    target = await status.target(session, ctx=core, actor=caller.actor, app_name=cmd.app)
+
+    async def fetch() -> views.Message:
+        lines: list[str] = []
+        async for line in status.logs(ctx=core, target=target, tail_lines=cmd.lines, follow=False):
+            lines.append(line)
+        return views.log_lines(target.app, lines[-cmd.lines :], asked=cmd.lines)
+
+    return Outcome(
+        message=views.reply(f"Fetching the last {cmd.lines} log lines of *{target.app}*…"), later=fetch
+    )
+
+
+async def _secrets_set(
+    session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsSet
+) -> Outcome:
+    app = await secrets.set_values(session, ctx=core, actor=caller.actor, app_name=cmd.app, values=cmd.values)
+    keys = ", ".join(f"`{k}`" for k in sorted(cmd.values))
+    return _ok(
+        f":closed_lock_with_key: Set {keys} on *{app.name}* (values are stored encrypted and never shown). "
+        f"They reach the pods with the next deploy: `/shipit deploy {app.name}`."
+    )
+
+
+async def _secrets_list(
+    session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsList
+) -> Outcome:
+    rows = await secrets.list_keys(session, actor=caller.actor, app_name=cmd.app)
+    return Outcome(message=views.secret_keys(cmd.app, [r.key for r in rows]))
+
+
+async def _secrets_unset(
+    session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsUnset
+) -> Outcome:
+    removed = await secrets.unset(session, actor=caller.actor, app_name=cmd.app, keys=list(cmd.keys))
+    keys = ", ".join(f"`{k}`" for k in removed)
+    return _ok(f"Removed {keys} from *{cmd.app}*. The pods lose them with the next deploy.")
+
+
+async def _scale(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Scale) -> Outcome:
+    result = await autoscaling.scale(
+        session,
+        ctx=core,
+        actor=caller.actor,
+        app_name=cmd.app,
+        replicas=cmd.replicas,
+        min_replicas=cmd.min_replicas,
+        max_replicas=cmd.max_replicas,
+        cpu_target=cmd.cpu_target,
+        autoscaling_off=cmd.autoscaling_off,
+    )
+    return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
+
+
+async def _lock(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Lock) -> Outcome:
+    app = await apps.set_flag(
+        session, actor=caller.actor, name=cmd.app, flag="lock", on=True, reason=cmd.reason
+    )
+    return _ok(
+        f":lock: *{app.name}* is locked: {views.esc(cmd.reason)}. `/shipit unlock {app.name}` to undo."
+    )
+
+
+async def _unlock(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Unlock) -> Outcome:
+    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="lock", on=False)
+    return _ok(f":unlock: *{app.name}* is unlocked.")
+
+
+async def _pause(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Pause) -> Outcome:
+    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=True)
+    return _ok(
+        f":double_vertical_bar: Auto-deploy of *{app.name}* is paused; manual deploys still work. "
+        f"`/shipit resume {app.name}` to deploy on push again."
+    )
+
+
+async def _resume(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Resume) -> Outcome:
+    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=False)
+    return _ok(f":arrow_forward: *{app.name}* deploys on push again.")
+
+
+async def _access(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Access) -> Outcome:
+    await projects.set_access(
+        session, actor=caller.actor, project_name=cmd.project, subject=cmd.subject, role=cmd.role
+    )
+    person = views.who(cmd.subject)
+    if cmd.role is None:
+        return _ok(f"{person} no longer has a role in project *{views.esc(cmd.project)}*.")
+    return _ok(f"{person} is now *{cmd.role}* in project *{views.esc(cmd.project)}*.")
+
+
+_HANDLERS: dict[type, Handler] = {
+    commands.Deploy: _deploy,
+    commands.Rollback: _rollback,
+    commands.Status: _status,
+    commands.Apps: _apps,
+    commands.Revisions: _revisions,
+    commands.Logs: _logs,
+    commands.SecretsSet: _secrets_set,
+    commands.SecretsList: _secrets_list,
+    commands.SecretsUnset: _secrets_unset,
+    commands.Scale: _scale,
+    commands.Lock: _lock,
+    commands.Unlock: _unlock,
+    commands.Pause: _pause,
+    commands.Resume: _resume,
+    commands.Access: _access,
+}
+
+
+# ---------------------------------------------------------------- card buttons
+
+
+async def run_action(*, core: Core, caller: Caller, action_id: str, value: str) -> Outcome:
+    """A button on a deploy card.  Each (button, deploy) acts once: a double click is answered, not run."""
+    what = f"button {action_id}"
+    try:
+        deployment_id, app_name = views.parse_button_value(value)
+    except (ValueError, KeyError, TypeError):
+        return Outcome(message=views.error("This button is not one of shipit's."))
+    what = f"button {action_id} on deploy {deployment_id} ({app_name})"
+    act = _ACTIONS.get(action_id)
+    if act is None:
+        return Outcome(message=views.error(f"Unknown button {action_id}."))
+    try:
+        async with core.sessionmaker.begin() as session:
+            if not await deliveries.first_time(
+                session, source="slack", delivery_id=f"action:{action_id}:{deployment_id}", kind=action_id
+            ):
+                log.info("slack: %s by %s: already done; ignored", what, caller.user_id)
+                return Outcome(
+                    message=views.reply(f"That was already done for deploy #{deployment_id}."), duplicate=True
+                )
+            outcome = await act(session, core, caller, deployment_id, app_name)
+    except Exception as e:
+        return failure(e, what=what, caller=caller)
+    log.info("slack: %s by %s", what, caller.user_id)
+    return outcome
+
+
+async def _approve(
+    session: AsyncSession, core: Core, caller: Caller, deployment_id: int, app: str
+) -> Outcome:
+    await deploys.approve(session, ctx=core, actor=caller.actor, deployment_id=deployment_id, approve=True)
+    return _ok(f":white_check_mark: You approved deploy #{deployment_id} of *{app}*; it is queued.")
+
+
+async def _reject(session: AsyncSession, core: Core, caller: Caller, deployment_id: int, app: str) -> Outcome:
+    await deploys.approve(session, ctx=core, actor=caller.actor, deployment_id=deployment_id, approve=False)
+    return _ok(f":no_entry_sign: You rejected deploy #{deployment_id} of *{app}*.")
+
+
+async def _cancel(session: AsyncSession, core: Core, caller: Caller, deployment_id: int, app: str) -> Outcome:
+    await deploys.cancel(session, ctx=core, actor=caller.actor, deployment_id=deployment_id)
+    return _ok(f":no_entry_sign: You cancelled deploy #{deployment_id} of *{app}*.")
+
+
+async def _rollback_button(
+    session: AsyncSession, core: Core, caller: Caller, deployment_id: int, app: str
+) -> Outcome:
+    # "Roll back" on a card means: run again what ran before this deploy.
+    history = await deploys.history(session, actor=caller.actor, app_name=app, limit=100)
+    this = next((d for d in history if d.id == deployment_id), None)
+    if this is None:
+        raise Conflict(
+            f"deploy #{deployment_id} is too old to roll back from here; use `/shipit rollback {app}`"
+        )
+    before = next(
+        (
+            d
+            for d in history
+            if d.id < this.id
+            and d.status == deploys.SUCCEEDED
+            and d.preview_id is None
+            and d.revision_number != this.revision_number
+        ),
+        None,
+    )
+    if before is None:
+        raise Conflict(f"{app} has no successful deploy before #{deployment_id} to roll back to")
+    result = await deploys.rollback(
+        session,
+        ctx=core,
+        actor=caller.actor,
+        app_name=app,
+        revision=before.revision_number,
+        dedupe_key=f"slack:rollback-from:{deployment_id}",
+    )
+    return Outcome(message=await _queued(session, caller=caller, result=result, app=app))
+
+
+_ACTIONS: dict[str, Callable[[AsyncSession, Core, Caller, int, str], Awaitable[Outcome]]] = {
+    views.ACTION_APPROVE: _approve,
+    views.ACTION_REJECT: _reject,
+    views.ACTION_CANCEL: _cancel,
+    views.ACTION_ROLLBACK: _rollback_button,
+}

@@ -1,0 +1,274 @@
+"""The live deploy card: one Slack message per deploy, posted once and then updated in place.
+
+The core calls `deliver` from a notify job, one event at a time per deploy, with
+a Notice built from the deploy's state *now*: so every delivery simply redraws
+the whole card, and a late or retried delivery still shows the truth.  What we
+post is remembered through the returned refs ({"channel", "ts"}), so the next
+event updates that message instead of posting another.
+
+Slack's limits are respected here, not hoped for: writes are paced per channel
+(about one per second, small bursts allowed) and a 429 becomes a TransientError
+carrying Retry-After, so the job queue retries later without holding a worker.
+A card that cannot be updated never fails the deploy: the notify job is
+separate from the deploy job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import views
+from core import events
+from core.errors import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+NAME = "slack"
+TokenFor = Callable[[str | None], Awaitable[str | None]]
+
+# Errors that retrying will not fix; anything else unknown is retried a few times by the queue.
+_PERMANENT = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "no_permission",
+        "missing_scope",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "msg_too_long",
+        "restricted_action",
+        "team_access_not_granted",
+    }
+)
+
+
+class Pacer:
+    """Per-channel token bucket: `rate` writes per second, bursts of `burst`.
+
+    A write that would wait longer than `max_wait` is not made to wait in a
+    worker slot: it raises TransientError(retry_after) and the queue retries it.
+    With a `key` (which delivery this is), the slot is reserved for it, so a
+    backlog drains in order with one retry per write instead of every waiting
+    job coming back again and again to race for the next free second.
+    """
+
+    HELD_FOR = 120.0  # a reservation whose job never came back is forgotten after this
+
+    def __init__(self, *, rate: float = 1.0, burst: int = 3, max_wait: float = 3.0) -> None:
+        self.interval = 1.0 / rate
+        self.burst = burst
+        self.max_wait = max_wait
+        self._next: dict[str, float] = {}
+        self._held: dict[tuple[str, Hashable], float] = {}
+
+    async def wait(self, channel: str, *, key: Hashable | None = None) -> None:
+        now = time.monotonic()
+        slot = self._held.pop((channel, key), None) if key is not None else None
+        if slot is None:
+            # The bucket is full when _next is `burst` intervals in the past.
+            slot = max(self._next.get(channel, 0.0), now - (self.burst - 1) * self.interval)
+            delay = slot - now
+            if delay > self.max_wait and key is None:
+                raise TransientError(f"pacing messages to Slack channel {channel}", retry_after=delay)
+            self._next[channel] = slot + self.interval
+        delay = slot - now
+        if delay > self.max_wait:
+            self._hold(channel, key, slot, now)
+            raise TransientError(f"pacing messages to Slack channel {channel}", retry_after=delay)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _hold(self, channel: str, key: Hashable, slot: float, now: float) -> None:
+        self._held[(channel, key)] = slot
+        if len(self._held) > 1000:
+            for k, at in list(self._held.items()):
+                if at < now - self.HELD_FOR:
+                    del self._held[k]
+
+    def backoff(self, channel: str, seconds: float) -> None:
+        """Slack said 429: nothing goes to this channel before Retry-After."""
+        self._next[channel] = max(self._next.get(channel, 0.0), time.monotonic() + seconds)
+
+
+class SlackNotifier:
+    """core.events.Notifier for Slack."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        *,
+        client: AsyncWebClient,
+        token_for: TokenFor | None = None,
+        pacer: Pacer | None = None,
+    ) -> None:
+        self.client = client
+        self.token_for = token_for
+        self.pacer = pacer or Pacer()
+        # Cards posted in this process, so a retry after a failure *after* posting updates the card
+        # instead of posting a second one (the refs are only saved when deliver returns).
+        self._posted: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        # What each card shows now: an event that would redraw the same card makes no API call.
+        self._shown: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def wants(self, kind: str) -> bool:
+        return kind.startswith("deploy.")
+
+    async def deliver(self, notice: events.Notice) -> events.Delivered | None:
+        d = notice.deployment
+        if d is None or notice.preview is not None:
+            return None  # previews report on their pull request, not in Slack
+        refs: dict[str, Any] = dict(d.refs.get(self.name) or {})
+        channel: str | None = refs.get("channel")
+        ts: str | None = refs.get("ts")
+        out: dict[str, Any] = {}
+        if ts is None and d.id in self._posted:
+            channel, ts = self._posted[d.id]
+            out = {"channel": channel, "ts": ts}
+        if channel is None:
+            configured = notice.project.slack_channel if notice.project else None
+            channel = configured or refs.get("origin")
+        if not channel:
+            log.debug("deploy %s: no Slack channel for project; card not posted", d.id)
+            return None
+        if ts is None and d.status == "superseded":
+            # Replaced before anyone saw it (a burst of deploys): a card would only be noise.
+            return None
+        team, channel_id = views.split_channel(channel)
+        token = await self.token_for(team) if self.token_for else None
+        app_name = notice.app.name if notice.app else "app"
+        card = views.card(deployment=d, app=notice.app, project=notice.project)
+        where = f"deploy {d.id} app={app_name} channel={channel_id}"
+
+        if ts is None:
+            answer = await self._call(
+                "chat_postMessage",
+                channel_id,
+                where=where,
+                key=(notice.event_id, "card"),
+                token=token,
+                text=card.text,
+                blocks=card.blocks,
+            )
+            channel_id, ts = str(answer["channel"]), str(answer["ts"])
+            out = {"channel": channel_id, "ts": ts}
+            self._remember_post(d.id, channel_id, ts)
+            log.info("%s: card posted (ts %s, %s)", where, ts, d.status)
+        elif self._fingerprint(card) != self._shown.get((channel_id, ts)):
+            try:
+                await self._call(
+                    "chat_update",
+                    channel_id,
+                    key=(notice.event_id, "card"),
+                    where=where,
+                    token=token,
+                    ts=ts,
+                    text=card.text,
+                    blocks=card.blocks,
+                )
+            except PermanentError as e:
+                if "message_not_found" not in str(e):
+                    raise
+                # Someone deleted the card: post a fresh one rather than going silent.
+                answer = await self._call(
+                    "chat_postMessage",
+                    channel_id,
+                    key=(notice.event_id, "repost"),
+                    where=where,
+                    token=token,
+                    text=card.text,
+                    blocks=card.blocks,
+                )
+                channel_id, ts = str(answer["channel"]), str(answer["ts"])
+                out = {"channel": channel_id, "ts": ts, "failure_posted": False}
+                self._remember_post(d.id, channel_id, ts)
+                refs["failure_posted"] = False
+            log.info("%s: card updated (%s)", where, d.status)
+        self._remember_shown(channel_id, ts, card)
+
+        if d.status == "failed" and not refs.get("failure_posted"):
+            thread = views.failure_thread(deployment=d, app_name=app_name)
+            await self._call(
+                "chat_postMessage",
+                channel_id,
+                key=(notice.event_id, "thread"),
+                where=where,
+                token=token,
+                thread_ts=ts,
+                text=thread.text,
+                blocks=thread.blocks,
+            )
+            out["failure_posted"] = True
+            log.info("%s: failure details posted in the card's thread", where)
+        return events.Delivered(deployment_refs=out) if out else None
+
+    async def _call(
+        self, method: str, channel: str, *, where: str, key: Hashable | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        await self.pacer.wait(channel, key=key)
+        if kwargs.get("token") is None:
+            kwargs.pop("token", None)
+        try:
+            response = await getattr(self.client, method)(channel=channel, **kwargs)
+        except SlackApiError as e:
+            status = e.response.status_code
+            error = str(e.response.get("error") or "") if isinstance(e.response.data, dict) else ""
+            if status == 429:
+                retry_after = _retry_after(e.response.headers)
+                self.pacer.backoff(channel, retry_after)
+                log.warning("%s: Slack rate-limited %s; retrying in %.0fs", where, method, retry_after)
+                raise TransientError(f"Slack {method}: rate limited", retry_after=retry_after) from None
+            if status >= 500 or error in ("internal_error", "fatal_error", "service_unavailable"):
+                raise TransientError(f"Slack {method}: {error or f'HTTP {status}'}") from None
+            if error in _PERMANENT or error == "message_not_found":
+                raise PermanentError(f"Slack {method} in {channel}: {error}") from None
+            raise TransientError(f"Slack {method}: {error or f'HTTP {status}'}") from None
+        except (aiohttp.ClientError, TimeoutError, SlackRequestError) as e:
+            raise TransientError(f"Slack {method}: {type(e).__name__}: {e}") from None
+        data = response.data
+        return data if isinstance(data, dict) else {}
+
+    def _remember_post(self, deployment_id: int, channel: str, ts: str) -> None:
+        self._posted[deployment_id] = (channel, ts)
+        while len(self._posted) > 2000:
+            self._posted.popitem(last=False)
+
+    @staticmethod
+    def _fingerprint(card: views.Message) -> str:
+        raw = json.dumps([card.text, card.blocks], sort_keys=True).encode()
+        return hashlib.sha256(raw).hexdigest()
+
+    def _remember_shown(self, channel: str, ts: str, card: views.Message) -> None:
+        self._shown[(channel, ts)] = self._fingerprint(card)
+        self._shown.move_to_end((channel, ts))
+        while len(self._shown) > 2000:
+            self._shown.popitem(last=False)
+
+
+def _retry_after(headers: Any) -> float:
+    value = None
+    if headers:
+        value = headers.get("Retry-After") or headers.get("retry-after")
+        if isinstance(value, list):
+            value = value[0] if value else None
+    try:
+        return max(1.0, float(value)) if value is not None else 30.0
+    except ValueError:
+        return 30.0

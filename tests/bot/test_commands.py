@@ -1,0 +1,205 @@
+"""The /shipit command language: every command, the mistakes people make, and no secret ever echoed."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot import commands as c
+from core.errors import InvalidInput
+
+SECRET = "hunter2-Sup3r-s3cret"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("deploy web", c.Deploy(app="web")),
+        ("deploy web ghcr.io/acme/web:1.4", c.Deploy(app="web", image="ghcr.io/acme/web:1.4")),
+        ("deploy web 1.5", c.Deploy(app="web", image="1.5")),
+        ("  DEPLOY   Web   1.5  ", c.Deploy(app="web", image="1.5")),
+        # Slack turns anything that looks like a link into <http://…|what was typed>.
+        (
+            "deploy web <http://ghcr.io/acme/web:1.4|ghcr.io/acme/web:1.4>",
+            c.Deploy(app="web", image="ghcr.io/acme/web:1.4"),
+        ),
+        ("rollback web", c.Rollback(app="web")),
+        ("rollback web 3", c.Rollback(app="web", revision=3)),
+        ("rollback web r3", c.Rollback(app="web", revision=3)),
+        ("rollback web #12", c.Rollback(app="web", revision=12)),
+        ("status", c.Status()),
+        ("status web", c.Status(app="web")),
+        ("apps", c.Apps()),
+        ("revisions web", c.Revisions(app="web")),
+        ("logs web", c.Logs(app="web", lines=c.DEFAULT_LOG_LINES)),
+        ("logs web 200", c.Logs(app="web", lines=200)),
+        ("secrets list web", c.SecretsList(app="web")),
+        ("secrets ls web", c.SecretsList(app="web")),
+        ("secrets unset web A B", c.SecretsUnset(app="web", keys=("A", "B"))),
+        ("scale web replicas=3", c.Scale(app="web", replicas=3)),
+        ("scale web replicas=0", c.Scale(app="web", replicas=0)),
+        ("scale web min=2 max=10 cpu=70", c.Scale(app="web", min_replicas=2, max_replicas=10, cpu_target=70)),
+        ("scale web min=2 max=10", c.Scale(app="web", min_replicas=2, max_replicas=10)),
+        ("scale web cpu=70%", c.Scale(app="web", cpu_target=70)),
+        ("scale web auto off", c.Scale(app="web", autoscaling_off=True)),
+        ("lock web release freeze until Monday", c.Lock(app="web", reason="release freeze until Monday")),
+        ("lock web don't &amp; won't", c.Lock(app="web", reason="don't & won't")),
+        ("unlock web", c.Unlock(app="web")),
+        ("pause web", c.Pause(app="web")),
+        ("resume web", c.Resume(app="web")),
+        (
+            "access acme <@U0ALICE|alice> developer",
+            c.Access(project="acme", subject="slack:U0ALICE", role="developer"),
+        ),
+        ("access acme <@U0ALICE> OWNER", c.Access(project="acme", subject="slack:U0ALICE", role="owner")),
+        ("access acme U0ALICE viewer", c.Access(project="acme", subject="slack:U0ALICE", role="viewer")),
+        (
+            "access acme github:octocat admin",
+            c.Access(project="acme", subject="github:octocat", role="admin"),
+        ),
+        ("access acme <@U0ALICE> none", c.Access(project="acme", subject="slack:U0ALICE", role=None)),
+        ("", c.Help()),
+        ("help", c.Help()),
+        ("help scale", c.Help(topic="scale")),
+    ],
+)
+def test_parses(text: str, expected: c.Command) -> None:
+    assert c.parse(text) == expected
+
+
+def test_every_command_in_the_issue_has_a_spec_and_examples_that_parse() -> None:
+    names = {s.name for s in c.SPECS}
+    assert names == {
+        "deploy", "rollback", "status", "apps", "revisions", "logs", "secrets", "scale",
+        "lock", "unlock", "pause", "resume", "access", "help",
+    }  # fmt: skip
+    for spec in c.SPECS:
+        assert spec.examples
+        for example in spec.examples:
+            # The examples we show must work, as Slack sends them (mentions escaped).
+            c.parse(example.replace("@alice", "<@U0ALICE|alice>").replace("@bob", "<@U0BOB|bob>"))
+
+
+def test_help_lists_every_command_with_an_example() -> None:
+    text = c.help_text()
+    for spec in c.SPECS:
+        assert f"/shipit {spec.usage}" in text
+        assert f"/shipit {spec.examples[0]}" in text
+    assert "scale web min=2 max=10 cpu=70" in c.help_text("scale")
+
+
+@pytest.mark.parametrize(
+    ("text", "meant"),
+    [
+        ("deplyo web 1.4", "deploy"),
+        ("depoly web", "deploy"),
+        ("rolback web", "rollback"),
+        ("stauts", "status"),
+        ("secret list web", "secrets"),
+        ("scael web replicas=2", "scale"),
+        ("unlcok web", "unlock"),
+        ("revision web", "revisions"),
+        ("help deplyo", "deploy"),
+    ],
+)
+def test_a_typo_gets_the_closest_command_and_its_usage(text: str, meant: str) -> None:
+    with pytest.raises(c.UsageError) as info:
+        c.parse(text)
+    message = str(info.value)
+    assert f"Did you mean `{meant}`?" in message
+    assert f"Usage: `/shipit {c.BY_NAME[meant].usage}`" in message
+    assert info.value.command == meant
+
+
+def test_nonsense_points_at_help() -> None:
+    with pytest.raises(c.UsageError) as info:
+        c.parse("xyzzy")
+    assert "Unknown command `xyzzy`" in str(info.value)
+    assert "/shipit help" in str(info.value)
+    assert isinstance(info.value, InvalidInput)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("deploy", "needs an app name"),
+        ("deploy web a b", "does not take `b`"),
+        ("rollback web latest", "revision must be a number"),
+        ("logs web 0", "lines must be between 1 and 500"),
+        ("logs web many", "lines must be a whole number"),
+        ("scale web", "needs replicas=N"),
+        ("scale web replicas=3 min=1", "either replicas=N or min/max/cpu"),
+        ("scale web min=0", "min must be between 1 and 1000"),
+        ("scale web cpu=101", "cpu must be between 1 and 100"),
+        ("scale web speed=3", "does not understand `speed=3`"),
+        ("scale web replicas=3 replicas=4", "given twice"),
+        ("lock web", "needs a reason"),
+        ("lock", "needs an app name"),
+        ("access acme alice developer", "is not a person"),
+        ("access acme <@U1ALICE> boss", "role must be one of"),
+        ("access acme", "needs a project, a person and a role"),
+        ("secrets", "needs set, list or unset"),
+        ("secrets set", "needs an app name"),
+        ("secrets set web", "at least one KEY=VALUE"),
+        ("secrets unset web", "at least one KEY"),
+        ("secrets unset web A=1", "keys only"),
+        ("apps web", "does not take `web`"),
+    ],
+)
+def test_mistakes_name_the_problem_and_show_the_usage(text: str, fragment: str) -> None:
+    with pytest.raises(c.UsageError) as info:
+        c.parse(text)
+    assert fragment in str(info.value)
+    assert "Usage: `/shipit " in str(info.value)
+
+
+def test_secret_values_are_parsed_exactly() -> None:
+    cmd = c.parse(
+        "secrets set web DATABASE_URL=postgres://u:p@db/web?sslmode=require EMPTY= "
+        "SPACES=\"two words\" SINGLE='it is' CURLY=\u201ccurly quotes\u201d EQ=a=b=c "
+        "AMP=a&amp;b&lt;c&gt; LINK=<http://example.com|example.com>"
+    )
+    assert isinstance(cmd, c.SecretsSet)
+    assert cmd.app == "web"
+    assert cmd.values == {
+        "DATABASE_URL": "postgres://u:p@db/web?sslmode=require",
+        "EMPTY": "",
+        "SPACES": "two words",
+        "SINGLE": "it is",
+        "CURLY": "curly quotes",
+        "EQ": "a=b=c",
+        "AMP": "a&b<c>",
+        "LINK": "example.com",
+    }
+
+
+def test_a_curly_apostrophe_inside_a_value_is_kept() -> None:
+    cmd = c.parse("secrets set web GREETING=it\u2019s")
+    assert isinstance(cmd, c.SecretsSet)
+    assert cmd.values == {"GREETING": "it\u2019s"}
+
+
+def test_secret_values_never_show_in_repr_describe_or_errors() -> None:
+    cmd = c.parse(f"secrets set web API_KEY={SECRET} OTHER={SECRET}x")
+    assert SECRET not in repr(cmd)
+    assert SECRET not in str(cmd)
+    assert SECRET not in c.describe(cmd)
+    assert "API_KEY" in c.describe(cmd)
+    bad = [
+        f"secrets set web API_KEY={SECRET} {SECRET}",  # a stray word after a pair
+        f'secrets set web API_KEY="{SECRET}',  # unbalanced quote
+        f"secrets set web API_KEY={SECRET} API_KEY={SECRET}",  # twice
+        f"secrets lst web API_KEY={SECRET}",  # typo in the subcommand
+        f"secret set web API_KEY={SECRET}",  # typo in the command
+        f"secrets set web {SECRET}",
+    ]
+    for text in bad:
+        with pytest.raises(c.UsageError) as info:
+            c.parse(text)
+        assert SECRET not in str(info.value), text
+        assert SECRET not in repr(info.value), text
+
+
+def test_unescape_keeps_mentions_and_undoes_links_and_entities() -> None:
+    assert c.unescape("<@U123|bob> &lt;b&gt; &amp;amp; <https://x.io> <mailto:a@b.c|a@b.c>") == (
+        "<@U123|bob> <b> &amp; https://x.io a@b.c"
+    )
