@@ -131,6 +131,9 @@ class SlackNotifier:
     def wants(self, kind: str) -> bool:
         return kind.startswith("deploy.")
 
+    def wants_event(self, audience: events.Audience) -> bool:
+        return not audience.preview  # previews report on their pull request, not in Slack
+
     async def deliver(self, notice: events.Notice) -> events.Delivered | None:
         d = notice.deployment
         if d is None or notice.preview is not None:

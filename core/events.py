@@ -133,6 +133,17 @@ class Delivered:
     preview_comment_id: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Audience:
+    """What a notifier may look at, at emit time, to decline an event before a job is queued for it."""
+
+    kind: str
+    project: ProjectView | None
+    trigger: str | None
+    git_sha: str | None
+    preview: bool
+
+
 class Notifier(Protocol):
     name: str
 
@@ -175,17 +186,54 @@ async def emit(
         return None
     # Serialise each notifier's deliveries per deployment so a card is posted before it is updated.
     subject = f"d{deployment_id}" if deployment_id else f"p{preview_id}" if preview_id else f"a{app_id}"
+    audience: Audience | None = None
     for name, notifier in ctx.notifiers.items():
-        if notifier.wants(kind):
-            await jobs.enqueue(
-                session,
-                kind=NOTIFY_JOB,
-                payload={"event_id": row.id, "notifier": name},
-                dedupe_key=f"notify:{name}:{row.id}",
-                concurrency_key=f"notify:{name}:{subject}",
-                max_attempts=10,
-            )
+        if not notifier.wants(kind):
+            continue
+        # Optional finer filter, so that no job is queued for a delivery that would do nothing.
+        wants_event = getattr(notifier, "wants_event", None)
+        if wants_event is not None:
+            if audience is None:
+                audience = await _audience(session, kind=kind, project_id=project_id, deployment_id=deployment_id,
+                                           preview_id=preview_id)  # fmt: skip
+            if not wants_event(audience):
+                continue
+        await jobs.enqueue(
+            session,
+            kind=NOTIFY_JOB,
+            payload={"event_id": row.id, "notifier": name},
+            dedupe_key=f"notify:{name}:{row.id}",
+            concurrency_key=f"notify:{name}:{subject}",
+            max_attempts=10,
+            fresh=True,
+        )
     return row
+
+
+async def _audience(
+    session: AsyncSession,
+    *,
+    kind: str,
+    project_id: int | None,
+    deployment_id: int | None,
+    preview_id: int | None,
+) -> Audience:
+    project = await session.get(models.Project, project_id) if project_id else None
+    deployment = await session.get(models.Deployment, deployment_id) if deployment_id else None
+    return Audience(
+        kind=kind,
+        project=ProjectView(
+            id=project.id,
+            name=project.name,
+            slack_channel=project.slack_channel,
+            webhook_url=project.webhook_url,
+        )
+        if project
+        else None,
+        trigger=deployment.trigger if deployment else None,
+        git_sha=deployment.git_sha if deployment else None,
+        preview=bool(preview_id or (deployment is not None and deployment.preview_id)),
+    )
 
 
 async def queue_position(session: AsyncSession, *, deployment: models.Deployment) -> int | None:

@@ -45,9 +45,13 @@ async def enqueue(
     concurrency_key: str | None = None,
     run_at: dt.datetime | None = None,
     max_attempts: int = 8,
+    fresh: bool = False,
 ) -> models.Job:
-    """Add a job in the caller's transaction; a job with the same dedupe key is returned instead."""
-    if dedupe_key is not None:
+    """Add a job in the caller's transaction; a job with the same dedupe key is returned instead.
+
+    `fresh=True` skips that look-up when the key cannot exist yet (it names a row just inserted).
+    """
+    if dedupe_key is not None and not fresh:
         existing = await session.scalar(select(models.Job).where(models.Job.dedupe_key == dedupe_key))
         if existing is not None:
             return existing

@@ -17,7 +17,7 @@ import httpx
 
 from core import metrics
 from core.errors import PermanentError, TransientError
-from core.events import Delivered, Notice
+from core.events import Audience, Delivered, Notice
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,9 @@ class WebhookNotifier:
 
     def wants(self, kind: str) -> bool:
         return True
+
+    def wants_event(self, audience: Audience) -> bool:
+        return audience.project is not None and bool(audience.project.webhook_url)
 
     async def close(self) -> None:
         await self._client.aclose()

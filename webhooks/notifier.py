@@ -143,6 +143,12 @@ class GitHubNotifier:
     def wants(self, kind: str) -> bool:
         return kind in DEPLOY_KINDS or kind in (events.PREVIEW_CLOSED, events.PREVIEW_REFUSED)
 
+    def wants_event(self, audience: events.Audience) -> bool:
+        if audience.kind in DEPLOY_KINDS:
+            # Only deploys that came from GitHub (a commit) are reported there.
+            return audience.trigger in TRIGGERS and bool(audience.git_sha)
+        return True
+
     async def close(self) -> None:
         await self.client.close()
 
