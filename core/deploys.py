@@ -234,15 +234,13 @@ async def request(
     await _supersede_older(session, ctx=ctx, deployment=deployment)
     if deployment.status == QUEUED:
         await _enqueue(session, deployment=deployment)
-    await events.emit(
+    await events.emit_for_deployment(
         session,
         ctx=ctx,
         kind=events.DEPLOY_AWAITING_APPROVAL if needs_approval else events.DEPLOY_QUEUED,
-        dedupe_key=f"deploy:{deployment.id}:requested",
+        deployment=deployment,
         project_id=app.project_id,
-        app_id=app.id,
-        deployment_id=deployment.id,
-        preview_id=deployment.preview_id,
+        step="requested",
         payload={"reason": reason} if reason else {},
     )
     await audit.record(
@@ -292,17 +290,18 @@ async def _supersede_older(session: AsyncSession, *, ctx: Core, deployment: mode
             )
         )
     )
+    app = await session.get(models.App, deployment.app_id)
+    deployment_project = app.project_id if app else None
     for old in older:
         old.status, old.finished_at = SUPERSEDED, models.utcnow()
         old.error = f"superseded by deploy #{deployment.id}"
-        await events.emit(
+        await events.emit_for_deployment(
             session,
             ctx=ctx,
             kind=events.DEPLOY_SUPERSEDED,
-            dedupe_key=f"deploy:{old.id}:final",
-            app_id=old.app_id,
-            project_id=(await session.get(models.App, old.app_id)).project_id,  # type: ignore[union-attr]
-            deployment_id=old.id,
+            deployment=old,
+            project_id=deployment_project,
+            step="final",
             payload={"by": deployment.id},
         )
         metrics.DEPLOYS.labels(outcome=SUPERSEDED, trigger=old.trigger).inc()
@@ -491,14 +490,13 @@ async def approve(
     if approve:
         deployment.status, deployment.approved_by = QUEUED, actor.subject
         await _enqueue(session, deployment=deployment)
-        await events.emit(
+        await events.emit_for_deployment(
             session,
             ctx=ctx,
             kind=events.DEPLOY_QUEUED,
-            dedupe_key=f"deploy:{deployment.id}:approved",
+            deployment=deployment,
             project_id=app.project_id,
-            app_id=app.id,
-            deployment_id=deployment.id,
+            step="approved",
             payload={"approved_by": actor.subject},
         )
     else:
@@ -547,14 +545,13 @@ async def _finish_pending(
     deployment.status, deployment.error, deployment.finished_at = status, error, models.utcnow()
     await jobs.cancel_where(session, dedupe_keys=[f"deploy:{deployment.id}"])
     app = await session.get(models.App, deployment.app_id)
-    await events.emit(
+    await events.emit_for_deployment(
         session,
         ctx=ctx,
         kind=events.DEPLOY_CANCELLED,
-        dedupe_key=f"deploy:{deployment.id}:final",
+        deployment=deployment,
         project_id=app.project_id if app else None,
-        app_id=deployment.app_id,
-        deployment_id=deployment.id,
+        step="final",
         payload={"reason": error},
     )
     metrics.DEPLOYS.labels(outcome=status, trigger=deployment.trigger).inc()
@@ -611,15 +608,13 @@ async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
         preview = await session.get(models.Preview, deployment.preview_id) if deployment.preview_id else None
         if deployment.status == QUEUED:
             deployment.status, deployment.started_at = RUNNING, models.utcnow()
-            await events.emit(
+            await events.emit_for_deployment(
                 session,
                 ctx=ctx,
                 kind=events.DEPLOY_STARTED,
-                dedupe_key=f"deploy:{deployment.id}:started",
+                deployment=deployment,
                 project_id=app.project_id,
-                app_id=app.id,
-                deployment_id=deployment.id,
-                preview_id=deployment.preview_id,
+                step="started",
             )
         else:
             log.info(
@@ -680,15 +675,13 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
             if deployment is None or deployment.status != RUNNING:
                 return
             deployment.ready, deployment.desired = p.ready, p.desired
-            await events.emit(
+            await events.emit_for_deployment(
                 session,
                 ctx=ctx,
                 kind=events.DEPLOY_PROGRESS,
-                dedupe_key=f"deploy:{plan.deployment_id}:progress:{p.ready}/{p.desired}",
+                deployment=deployment,
                 project_id=plan.project_id,
-                app_id=plan.app_id,
-                deployment_id=plan.deployment_id,
-                preview_id=plan.preview_id,
+                step=f"progress:{p.ready}/{p.desired}",
                 payload={"ready": p.ready, "desired": p.desired},
             )
 
@@ -731,15 +724,13 @@ async def _finish(
         preview = await session.get(models.Preview, deployment.preview_id)
         if preview is not None and preview.status != "closed":
             preview.status = "ready" if status == SUCCEEDED else "failed"
-    await events.emit(
+    await events.emit_for_deployment(
         session,
         ctx=ctx,
         kind=kind,
-        dedupe_key=f"deploy:{deployment.id}:final",
+        deployment=deployment,
         project_id=app.project_id if app else None,
-        app_id=deployment.app_id,
-        deployment_id=deployment.id,
-        preview_id=deployment.preview_id,
+        step="final",
         payload={"error": error} if error else {},
     )
     metrics.DEPLOYS.labels(outcome=status, trigger=deployment.trigger).inc()

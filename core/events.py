@@ -236,6 +236,30 @@ async def _audience(
     )
 
 
+async def emit_for_deployment(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    kind: str,
+    deployment: models.Deployment,
+    project_id: int | None,
+    step: str,
+    payload: dict[str, Any] | None = None,
+) -> models.Event | None:
+    """`emit` for a deploy's own events: one per deploy and `step` (requested, started, final...)."""
+    return await emit(
+        session,
+        ctx=ctx,
+        kind=kind,
+        dedupe_key=f"deploy:{deployment.id}:{step}",
+        project_id=project_id,
+        app_id=deployment.app_id,
+        deployment_id=deployment.id,
+        preview_id=deployment.preview_id,
+        payload=payload,
+    )
+
+
 async def queue_position(session: AsyncSession, *, deployment: models.Deployment) -> int | None:
     if deployment.status != "queued":
         return None
