@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import apps, audit, autoscaling, clusters, deploys, identity, projects, secrets, status, tokens
 from core.apps import AppChanges
-from core.errors import ShipitError, Unauthenticated
+from core.errors import NotFound, PermissionDenied, ShipitError, Unauthenticated
 from core.identity import Actor
 from shipit import schemas
 from shipit.runtime import Runtime
@@ -131,8 +134,6 @@ async def list_clusters(rt: RtDep, actor: ActorDep) -> list[schemas.ClusterOut]:
 @router.post("/clusters", status_code=201)
 async def add_cluster(body: schemas.ClusterIn, rt: RtDep, actor: ActorDep) -> schemas.ClusterOut:
     if not actor.is_admin:
-        from core.errors import PermissionDenied
-
         raise PermissionDenied("adding a cluster needs a global admin token")
     clusters.parse_kubeconfig(body.kubeconfig)
     # The connectivity check talks to the cluster, so it runs before the transaction opens.
@@ -294,8 +295,6 @@ async def act_on_deploy(deployment_id: int, action: str, rt: RtDep, actor: Actor
         elif action == "cancel":
             d = await deploys.cancel(session, ctx=rt.core, actor=actor, deployment_id=deployment_id)
         else:
-            from core.errors import NotFound
-
             raise NotFound(f"unknown action {action!r}: use approve, reject or cancel")
         return await _deployment_out(session, d)
 
@@ -356,8 +355,6 @@ async def set_flag(
         "resume": ("pause", False),
     }
     if flag not in flags:
-        from core.errors import NotFound
-
         raise NotFound(f"unknown action {flag!r}: use lock, unlock, pause or resume")
     which, on = flags[flag]
     async with tx(rt) as session:
@@ -378,11 +375,6 @@ async def app_status(name: str, rt: RtDep, actor: ActorDep, live: bool = True) -
 
 
 def _jsonable(value: object) -> dict[str, object]:
-    import dataclasses
-    import json
-
-    from fastapi.encoders import jsonable_encoder
-
     out: dict[str, object] = json.loads(json.dumps(jsonable_encoder(dataclasses.asdict(value))))  # type: ignore[call-overload]
     return out
 
