@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -131,6 +133,29 @@ async def world(rt: Runtime, kube_env: object, namespace: str) -> World:
     return World(rt=rt, project="acme", cluster="test", namespace=namespace)
 
 
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """Serve an app instance over HTTP on a loopback port; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def database_bytes(rt: Runtime) -> bytes:
+    """Every byte of the SQLite database on disk, write-ahead log included."""
+    path = Path(rt.engine.url.database or "")
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
 @dataclass
 class LiveServer:
     url: str
@@ -159,4 +184,4 @@ def system_actor() -> Iterator[Actor]:
     yield SYSTEM
 
 
-__all__ = ["ADMIN", "LiveServer", "World", "free_port", "models"]
+__all__ = ["ADMIN", "LiveServer", "World", "database_bytes", "free_port", "models", "serving"]

@@ -17,13 +17,10 @@ import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy import select
 
@@ -32,7 +29,7 @@ from core.identity import Actor
 from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
-from tests.conftest import ADMIN, LiveServer, World, free_port
+from tests.conftest import ADMIN, LiveServer, World
 from tests.fakes.slack_api import FakeSlack
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -355,29 +352,6 @@ async def kube_world(world: World, live_server: LiveServer) -> World:
         await projects.update(session, ctx=rt.core, actor=ADMIN, name="acme", slack_channel=CHANNEL)
     await grant_roles(rt, project="acme")
     return world
-
-
-@contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """Serve another app instance over HTTP on a loopback port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-def database_bytes(rt: Runtime) -> bytes:
-    """Every byte of the SQLite database on disk, write-ahead log included."""
-    path = Path(rt.engine.url.database or "")
-    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
 
 
 def actor(user: User) -> Actor:

@@ -36,13 +36,11 @@ from tests.bot.conftest import (
     button_ids,
     card_of,
     card_text,
-    database_bytes,
     deployments,
     eventually,
-    serving,
     sign,
 )
-from tests.conftest import World
+from tests.conftest import World, database_bytes, serving
 from tests.fakes.slack_api import FakeSlack
 
 # ---------------------------------------------------------------- transport and security

@@ -7,23 +7,18 @@ running.  Nothing is deployed to it (apps are created with deploy off).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from sqlalchemy import text
 
 from core import clusters, projects, tokens
 from core.identity import SYSTEM
 from shipit.runtime import Runtime
-from tests.conftest import ADMIN, LiveServer, free_port
+from tests.conftest import ADMIN, LiveServer
 
 
 async def make_token(rt: Runtime, *, subject: str = "user:admin", admin: bool = True) -> str:
@@ -95,26 +90,3 @@ async def table_rows(rt: Runtime, table: str) -> list[dict[str, Any]]:
     async with rt.sessionmaker() as session:
         result = await session.execute(text(f"SELECT * FROM {table}"))
         return [dict(row._mapping) for row in result]
-
-
-def database_bytes(rt: Runtime) -> bytes:
-    """Every byte of the SQLite database on disk, write-ahead log included."""
-    path = Path(rt.engine.url.database or "")
-    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
-
-
-@contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """Serve another app instance over HTTP on a loopback port (for settings the fixture does not use)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task

@@ -12,8 +12,8 @@ import pytest
 
 from shipit.main import create_app
 from shipit.settings import Settings
-from tests.conftest import LiveServer, World
-from tests.shipit.conftest import database_bytes, make_token, serving, table_rows
+from tests.conftest import LiveServer, World, database_bytes, serving
+from tests.shipit.conftest import make_token, table_rows
 
 APP = {"project": "acme", "cluster": "offline", "image": "ghcr.io/acme/web:1.0", "deploy": False}
 

@@ -19,8 +19,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from shipit import cli
-from tests.conftest import LiveServer, World, free_port
-from tests.shipit.conftest import database_bytes, make_token, table_rows
+from tests.conftest import LiveServer, World, database_bytes, free_port
+from tests.shipit.conftest import make_token, table_rows
 
 
 class Run(Protocol):
