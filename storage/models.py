@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -101,6 +102,37 @@ class Cluster(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class ClusterGrant(Base):
+    """A project may use a cluster: deploy into namespaces it claims there, and have shipit create new ones."""
+
+    __tablename__ = "cluster_grants"
+    __table_args__ = (UniqueConstraint("cluster_id", "project_id"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class NamespaceClaim(Base):
+    """On each cluster a namespace belongs to at most one project.
+
+    origin "granted": a global admin handed an existing (or future) namespace to the project, so shipit
+    may deploy into it as it is.  origin "created": shipit creates the namespace itself and refuses one
+    that already exists without its ownership labels.
+    """
+
+    __tablename__ = "namespace_claims"
+    __table_args__ = (UniqueConstraint("cluster_id", "namespace"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), index=True)
+    namespace: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    origin: Mapped[str] = mapped_column(String(8), default="granted")
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class App(Base):
     __tablename__ = "apps"
     id: Mapped[int] = mapped_column(ID, primary_key=True)
@@ -144,6 +176,8 @@ class App(Base):
     preview_ttl_hours: Mapped[int] = mapped_column(default=72)
     preview_max_open: Mapped[int] = mapped_column(default=10)
     preview_env: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Pull requests from forks: "never" (default), "approved" (after a maintainer approves), "always".
+    previews_from_forks: Mapped[str] = mapped_column(String(8), default="never", server_default="never")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -191,6 +225,10 @@ class Preview(Base):
     url: Mapped[str | None] = mapped_column(String(2048))
     status: Mapped[str] = mapped_column(String(16), default="creating")
     comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The repository the PR's head lives in; a fork's differs from `repo`.
+    head_repo: Mapped[str | None] = mapped_column(String(200))
+    is_fork: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    approved_by: Mapped[str | None] = mapped_column(String(200))
     last_activity_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime | None] = mapped_column()
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
