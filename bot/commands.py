@@ -77,6 +77,12 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("resume", "resume <app>", "deploy on push again", ("resume web",)),
     Spec(
+        "preview",
+        "preview approve <app> <pull request>",
+        "deploy the waiting preview of a pull request from a fork (its current commit, without secrets)",
+        ("preview approve web 42",),
+    ),
+    Spec(
         "access",
         "access <project> <@user> <role>",
         "give someone a role in a project: viewer, developer, admin, owner, or none to remove it",
@@ -174,6 +180,12 @@ class Resume:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PreviewApprove:
+    app: str
+    number: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class Access:
     project: str
     subject: str  # slack:U123, github:login, user:name
@@ -200,6 +212,7 @@ Command = (
     | Unlock
     | Pause
     | Resume
+    | PreviewApprove
     | Access
     | Help
 )
@@ -450,6 +463,18 @@ def _parse_lock(rest: str) -> Command:
     return Lock(app=app_word.lower(), reason=reason)
 
 
+def _parse_preview(rest: str) -> Command:
+    words = _words(rest)
+    if not words or words[0].lower() != "approve":
+        raise UsageError("`preview` takes approve.", command="preview")
+    if len(words) < 3:
+        raise UsageError("`preview approve` needs an app and a pull request number.", command="preview")
+    app = words[1].lower()
+    number = _int(words[2].removeprefix("#"), command="preview", name="the pull request", low=1, high=10**9)
+    _no_more(words[3:], "preview")
+    return PreviewApprove(app=app, number=number)
+
+
 def _parse_access(rest: str) -> Command:
     words = _words(rest)
     if len(words) != 3:
@@ -519,6 +544,7 @@ _PARSERS = {
     "unlock": _parse_unlock,
     "pause": _parse_pause,
     "resume": _parse_resume,
+    "preview": _parse_preview,
     "access": _parse_access,
     "help": _parse_help,
 }
@@ -550,6 +576,7 @@ __all__ = [
     "Lock",
     "Logs",
     "Pause",
+    "PreviewApprove",
     "Resume",
     "Revisions",
     "Rollback",

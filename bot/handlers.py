@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import commands, views
-from core import apps, autoscaling, deliveries, deploys, projects, secrets, status
+from core import apps, autoscaling, deliveries, deploys, previews, projects, secrets, status
 from core.context import Core
 from core.errors import Conflict, ShipitError, UserError
 from core.identity import Actor
@@ -250,6 +250,15 @@ async def _resume(session: AsyncSession, core: Core, caller: Caller, cmd: comman
     return _ok(f":arrow_forward: *{app.name}* deploys on push again.")
 
 
+async def _preview_approve(
+    session: AsyncSession, core: Core, caller: Caller, cmd: commands.PreviewApprove
+) -> Outcome:
+    approval = await previews.approve(
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, number=cmd.number
+    )
+    return Outcome(message=views.preview_approved(app=cmd.app, approval=approval))
+
+
 async def _access(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Access) -> Outcome:
     await projects.set_access(
         session, actor=caller.actor, project_name=cmd.project, subject=cmd.subject, role=cmd.role
@@ -275,6 +284,7 @@ _HANDLERS: dict[type, Handler] = {
     commands.Unlock: _unlock,
     commands.Pause: _pause,
     commands.Resume: _resume,
+    commands.PreviewApprove: _preview_approve,
     commands.Access: _access,
 }
 

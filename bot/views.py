@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core import events, status
+from core import events, previews, status
 from storage import models
 
 Block = dict[str, Any]
@@ -320,6 +320,15 @@ def queued(*, deployment: models.Deployment, app: str, channel: str | None, crea
             f"(revision {deployment.revision_number}) is queued.{where}"
         )
     return reply(text)
+
+
+def preview_approved(*, app: str, approval: previews.Approval) -> Message:
+    p, d = approval.preview, approval.decision
+    return reply(
+        f":white_check_mark: You approved commit `{p.head_sha[:7]}` of pull request #{p.pr_number} "
+        f"(from `{esc(p.head_repo or 'a deleted fork')}`): deploy #{d.deployment_id} of *{esc(app)}* "
+        f"to `{p.namespace}` is queued, without the app's secrets. A new push needs a new approval."
+    )
 
 
 def app_status(st: status.AppStatus, *, live_pending: bool = False) -> Message:

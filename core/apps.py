@@ -15,6 +15,12 @@ from storage import models
 
 UNSET: Any = object()
 
+# previews_from_forks: may a pull request from a fork get a preview, which runs its (unreviewed) code?
+FORKS_NEVER = "never"  # no preview
+FORKS_APPROVED = "approved"  # after a project developer approves the commit; never with the app's secrets
+FORKS_ALWAYS = "always"  # like any pull request, secrets included: admins only
+FORK_POLICIES = (FORKS_NEVER, FORKS_APPROVED, FORKS_ALWAYS)
+
 
 @dataclass(kw_only=True)
 class AppChanges:
@@ -51,6 +57,7 @@ class AppChanges:
     preview_ttl_hours: int = UNSET
     preview_max_open: int = UNSET
     preview_env: dict[str, str] = UNSET
+    previews_from_forks: str = UNSET
 
     def items(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not UNSET}
@@ -59,6 +66,8 @@ class AppChanges:
 def _validated(changes: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in changes.items():
+        if value is None and key == "previews_from_forks":
+            raise InvalidInput(f"previews_from_forks must be one of {', '.join(FORK_POLICIES)}", field=key)
         if value is None:
             out[key] = None
             continue
@@ -107,6 +116,12 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
                 value = validation.int_range(value, field=key, low=1, high=24 * 90)
             case "preview_max_open":
                 value = validation.int_range(value, field=key, low=1, high=500)
+            case "previews_from_forks":
+                if value not in FORK_POLICIES:
+                    raise InvalidInput(
+                        f"previews_from_forks must be one of {', '.join(FORK_POLICIES)}, got {str(value)[:40]!r}",
+                        field=key,
+                    )
         out[key] = value
     return out
 
@@ -212,6 +227,7 @@ async def create(
         if getattr(app, column.key) is None and column.default is not None and column.default.is_scalar:
             setattr(app, column.key, column.default.arg)
     _check_consistent(app)
+    await _allow_fork_policy(session, actor=actor, project=proj, values=values)
     session.add(app)
     await session.flush()
     await audit.record(
@@ -222,7 +238,37 @@ async def create(
         project_id=proj.id,
         details={"cluster": cluster, "namespace": app.namespace, **_audit_safe(values)},
     )
+    await _audit_fork_policy(session, actor=actor, app=app, before=FORKS_NEVER)
     return app
+
+
+async def _allow_fork_policy(
+    session: AsyncSession, *, actor: Actor, project: models.Project, values: dict[str, Any]
+) -> None:
+    # Checked on its own, not only through "changing an app needs admin": `always` hands the app's
+    # secrets to code from outside the team, and must stay admin-only whatever else changes.
+    if values.get("previews_from_forks") == FORKS_ALWAYS:
+        await identity.require(
+            session,
+            actor=actor,
+            project=project,
+            role=Role.ADMIN,
+            action="giving previews of pull requests from forks the app's secrets (previews_from_forks=always)",
+        )
+
+
+async def _audit_fork_policy(session: AsyncSession, *, actor: Actor, app: models.App, before: str) -> None:
+    """Its own audit line: who let code from forks run (and with which secrets) is asked after incidents."""
+    if app.previews_from_forks == before:
+        return
+    await audit.record(
+        session,
+        actor=actor,
+        action="app.previews_from_forks",
+        target=f"app/{app.name}",
+        project_id=app.project_id,
+        details={"from": before, "to": app.previews_from_forks},
+    )
 
 
 def _audit_safe(values: dict[str, Any]) -> dict[str, Any]:
@@ -245,6 +291,8 @@ async def update(session: AsyncSession, *, actor: Actor, name: str, changes: App
         role=Role.ADMIN,
         action="scaling" if scaling_only else "changing an app",
     )
+    await _allow_fork_policy(session, actor=actor, project=await project_of(session, app=app), values=values)
+    fork_policy_before = app.previews_from_forks
     for key, value in values.items():
         setattr(app, key, value)
     _check_consistent(app)
@@ -257,6 +305,7 @@ async def update(session: AsyncSession, *, actor: Actor, name: str, changes: App
         project_id=app.project_id,
         details=_audit_safe(values),
     )
+    await _audit_fork_policy(session, actor=actor, app=app, before=fork_policy_before)
     return app
 
 

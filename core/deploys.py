@@ -623,14 +623,19 @@ async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
                 app.name,
                 deployment.namespace,
             )
+        # A fork's code never gets the app's secrets unless an admin chose previews_from_forks=always;
+        # decided now, at apply time, so changing the setting holds for every later deploy.
+        withhold = preview is not None and preview.is_fork and app.previews_from_forks != apps.FORKS_ALWAYS
+        if withhold:
+            log.info("deploy %s: preview of a fork, rendered without the app's secrets", deployment.id)
         spec = workload_spec(
             ctx=ctx,
             app_name=app.name,
             namespace=deployment.namespace,
             revision=deployment.revision_number,
             snapshot=revision.snapshot,
-            secret_data=await secrets.values_for_deploy(session, ctx=ctx, app_id=app.id),
-            secret_checksum=await secrets.checksum(session, app_id=app.id),
+            secret_data={} if withhold else await secrets.values_for_deploy(session, ctx=ctx, app_id=app.id),
+            secret_checksum="" if withhold else await secrets.checksum(session, app_id=app.id),
             preview=preview,
             preview_env=dict(app.preview_env or {}),
         )
@@ -722,7 +727,8 @@ async def _finish(
         kind = events.DEPLOY_FAILED
     if deployment.preview_id:
         preview = await session.get(models.Preview, deployment.preview_id)
-        if preview is not None and preview.status != "closed":
+        # A fork's newer commit waiting for approval keeps saying so while an older one finishes.
+        if preview is not None and preview.status not in ("closed", "awaiting_approval"):
             preview.status = "ready" if status == SUCCEEDED else "failed"
     await events.emit_for_deployment(
         session,

@@ -39,6 +39,7 @@ DEPLOY_CANCELLED = "deploy.cancelled"
 PREVIEW_READY = "preview.ready"
 PREVIEW_CLOSED = "preview.closed"
 PREVIEW_REFUSED = "preview.refused"
+PREVIEW_AWAITING_APPROVAL = "preview.awaiting_approval"  # a fork's commit waits for a maintainer
 APP_PAUSED = "app.paused"
 APP_RESUMED = "app.resumed"
 
@@ -111,6 +112,9 @@ class PreviewView:
     url: str | None
     status: str
     comment_id: int | None
+    head_repo: str | None = None
+    is_fork: bool = False
+    approved_by: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -327,6 +331,9 @@ def preview_view(preview: models.Preview) -> PreviewView:
         url=preview.url,
         status=preview.status,
         comment_id=preview.comment_id,
+        head_repo=preview.head_repo,
+        is_fork=bool(preview.is_fork),
+        approved_by=preview.approved_by,
     )
 
 

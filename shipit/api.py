@@ -16,7 +16,19 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, autoscaling, clusters, deploys, identity, projects, secrets, status, tokens
+from core import (
+    apps,
+    audit,
+    autoscaling,
+    clusters,
+    deploys,
+    identity,
+    previews,
+    projects,
+    secrets,
+    status,
+    tokens,
+)
 from core.apps import AppChanges
 from core.errors import NotFound, PermissionDenied, ShipitError, Unauthenticated
 from core.identity import Actor
@@ -340,6 +352,26 @@ async def scale(name: str, body: schemas.ScaleIn, rt: RtDep, actor: ActorDep) ->
             autoscaling_off=body.autoscaling is False,
         )
         return schemas.DeploymentOut.of(result.deployment, app=name)
+
+
+@router.get("/apps/{name}/previews")
+async def list_previews(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.PreviewOut]:
+    async with tx(rt) as session:
+        app = await apps.get(session, actor=actor, name=name)
+        await apps.authorize(
+            session, actor=actor, app=app, role=identity.Role.VIEWER, action="listing previews"
+        )
+        return [
+            schemas.PreviewOut.of(p, app=app.name) for p in await previews.list_open(session, app_id=app.id)
+        ]
+
+
+@router.post("/apps/{name}/previews/{number}/approve", status_code=202)
+async def approve_preview(name: str, number: int, rt: RtDep, actor: ActorDep) -> schemas.PreviewOut:
+    """Deploy the waiting preview of a pull request from a fork: its current head commit, no secrets."""
+    async with tx(rt) as session:
+        approval = await previews.approve(session, ctx=rt.core, actor=actor, app_name=name, number=number)
+        return schemas.PreviewOut.of(approval.preview, app=name, deployment=approval.decision.deployment_id)
 
 
 # After every other POST /apps/{name}/<word> route: Starlette matches routes in order, and this one

@@ -36,6 +36,7 @@ clusters_app = typer.Typer(help="Kubernetes clusters apps run on.", no_args_is_h
 apps_app = typer.Typer(help="Apps: what runs where, and how.", no_args_is_help=True)
 secrets_app = typer.Typer(help="App secrets (write-only: values are never shown).", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+previews_app = typer.Typer(help="Preview environments of pull requests.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a table.")]
 WaitOpt = Annotated[
@@ -510,6 +511,15 @@ PreviewsOpt = Annotated[
 ]
 PreviewDomainOpt = Annotated[str | None, typer.Option(help="Base domain of preview URLs.")]
 PreviewTtlOpt = Annotated[int | None, typer.Option(help="Hours an idle preview lives.")]
+ForksOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--previews-from-forks",
+        metavar="never|approved|always",
+        help="Pull requests from forks: no preview (never), one once a project developer approves "
+        "each commit (approved, without the app's secrets), or always (with secrets; admins only).",
+    ),
+]
 
 
 def parse_pairs(items: Sequence[str], *, what: str) -> dict[str, str]:
@@ -612,6 +622,7 @@ def apps_create(
     previews: PreviewsOpt = None,
     preview_domain: PreviewDomainOpt = None,
     preview_ttl_hours: PreviewTtlOpt = None,
+    previews_from_forks: ForksOpt = None,
     no_deploy: Annotated[
         bool, typer.Option("--no-deploy", help="Only record the app; deploy later.")
     ] = False,
@@ -652,6 +663,7 @@ def apps_create(
         previews=previews,
         preview_domain=preview_domain,
         preview_ttl_hours=preview_ttl_hours,
+        previews_from_forks=previews_from_forks,
     )
     with api() as client:
         project = project or _pick(client, path="/projects", flag="--project", what="your projects")
@@ -703,6 +715,7 @@ def apps_update(
     previews: PreviewsOpt = None,
     preview_domain: PreviewDomainOpt = None,
     preview_ttl_hours: PreviewTtlOpt = None,
+    previews_from_forks: ForksOpt = None,
     deploy: Annotated[
         bool, typer.Option("--deploy", help="Roll the change out now (--wait implies it).")
     ] = False,
@@ -736,6 +749,7 @@ def apps_update(
         previews=previews,
         preview_domain=preview_domain,
         preview_ttl_hours=preview_ttl_hours,
+        previews_from_forks=previews_from_forks,
     )
     with api() as client:
         if env or unset_env:
@@ -1257,6 +1271,59 @@ def tokens_revoke(
         typer.echo(f"revoked token {t['id']} ({t['name']}, {t['subject']})")
 
 
+# --------------------------------------------------------------------------- previews
+
+
+def _preview_line(p: dict[str, Any]) -> str:
+    source = f" from fork {p['head_repo'] or '(deleted)'}" if p["is_fork"] else ""
+    line = f"preview {p['namespace']} of {p['app']}: pull request #{p['pr']}{source} at {p['head_sha'][:7]}"
+    line += f", {p['status']}"
+    if p.get("deployment"):
+        line += f", deploy #{p['deployment']} queued"
+    return line
+
+
+@previews_app.command("list")
+def previews_list(app_name: AppArg, as_json: JsonOpt = False) -> None:
+    """The open previews of an app, and which wait for approval."""
+    with api() as client:
+        rows = client.get(f"/apps/{_q(app_name)}/previews")
+    if as_json:
+        show_json(rows)
+        return
+    table(
+        ["PR", "NAMESPACE", "STATUS", "COMMIT", "FORK", "APPROVED BY", "URL"],
+        [
+            [
+                p["pr"],
+                p["namespace"],
+                p["status"],
+                p["head_sha"][:7],
+                (p["head_repo"] or "(deleted)") if p["is_fork"] else "-",
+                p["approved_by"],
+                p["url"],
+            ]
+            for p in rows
+        ],
+        empty=f"{app_name} has no open previews",
+    )
+
+
+@previews_app.command("approve")
+def previews_approve(
+    app_name: AppArg,
+    number: Annotated[int, typer.Argument(help="Pull request number.", min=1)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Deploy the waiting preview of a pull request from a fork (its current commit, without secrets)."""
+    with api() as client:
+        p = client.call("POST", f"/apps/{_q(app_name)}/previews/{number}/approve")
+    if as_json:
+        show_json(p)
+    else:
+        typer.echo(_preview_line(p))
+
+
 # --------------------------------------------------------------------------- wiring
 
 
@@ -1267,6 +1334,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(apps_app, name="apps")
     app.add_typer(secrets_app, name="secrets")
     app.add_typer(tokens_app, name="tokens")
+    app.add_typer(previews_app, name="previews")
     app.command("deploy")(deploy)
     app.command("rollback")(rollback)
     app.command("revisions")(revisions)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -110,6 +110,9 @@ class AppFields(Strict):
     preview_ttl_hours: int | None = None
     preview_max_open: int | None = None
     preview_env: dict[str, str] | None = None
+    # Pull requests from forks: no preview, one after a project developer approves it, or always
+    # (admins only; the only setting that gives a fork's preview the app's secrets).
+    previews_from_forks: Literal["never", "approved", "always"] | None = None
 
 
 class AppIn(AppFields):
@@ -190,9 +193,42 @@ class AppOut(BaseModel):
                 "domain": a.preview_domain,
                 "ttl_hours": a.preview_ttl_hours,
                 "max_open": a.preview_max_open,
+                "from_forks": a.previews_from_forks,
             }
             if a.previews_enabled
             else None,
+        )
+
+
+class PreviewOut(BaseModel):
+    app: str
+    pr: int
+    repo: str
+    head_sha: str
+    head_repo: str | None
+    is_fork: bool
+    status: str
+    namespace: str
+    url: str | None
+    approved_by: str | None
+    expires_at: dt.datetime | None
+    deployment: int | None = None
+
+    @classmethod
+    def of(cls, p: models.Preview, *, app: str, deployment: int | None = None) -> PreviewOut:
+        return cls(
+            app=app,
+            pr=p.pr_number,
+            repo=p.repo,
+            head_sha=p.head_sha,
+            head_repo=p.head_repo,
+            is_fork=bool(p.is_fork),
+            status=p.status,
+            namespace=p.namespace,
+            url=p.url,
+            approved_by=p.approved_by,
+            expires_at=p.expires_at,
+            deployment=deployment,
         )
 
 

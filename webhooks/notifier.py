@@ -107,6 +107,16 @@ def comment_body(
 ) -> str:
     """The one PR comment of a preview: its state, URL, commit and image."""
     status = preview.status
+    if status == "awaiting_approval":
+        source = preview.head_repo or "a deleted fork"
+        return (
+            f"{comment_marker(app)}\n🔒 **Preview `{preview.namespace}`** — waits for approval\n\n"
+            f"This pull request comes from `{source}`, and `{app}` deploys previews from forks only once a "
+            f"project developer approves the commit (`{preview.head_sha[:7]}`): add the label "
+            f"`shipit:preview`, or run `/shipit preview approve {app} {preview.pr_number}` in Slack. "
+            "Each new push needs a new approval, and a fork's preview never gets the app's secrets.\n\n"
+            "<sub>Updated in place by shipit.</sub>"
+        )
     if status in ("closing", "closed"):
         state = f"deleted ({reason})" if reason else "deleted"
         head = f"🗑️ **Preview `{preview.namespace}`** — {state}"
@@ -141,7 +151,11 @@ class GitHubNotifier:
         self._comment_locks: dict[tuple[str, int, str], asyncio.Lock] = {}
 
     def wants(self, kind: str) -> bool:
-        return kind in DEPLOY_KINDS or kind in (events.PREVIEW_CLOSED, events.PREVIEW_REFUSED)
+        return kind in DEPLOY_KINDS or kind in (
+            events.PREVIEW_CLOSED,
+            events.PREVIEW_REFUSED,
+            events.PREVIEW_AWAITING_APPROVAL,
+        )
 
     def wants_event(self, audience: events.Audience) -> bool:
         if audience.kind in DEPLOY_KINDS:
@@ -170,6 +184,8 @@ class GitHubNotifier:
             return None
         if notice.kind == events.PREVIEW_CLOSED:
             return await self._closed(notice)
+        if notice.kind == events.PREVIEW_AWAITING_APPROVAL:
+            return await self._awaiting(notice)
         d, app = notice.deployment, notice.app
         if d is None or app is None or d.trigger not in TRIGGERS or not d.git_sha:
             return None
@@ -324,6 +340,21 @@ class GitHubNotifier:
             deployment_refs={"state": "inactive"} if notice.deployment is not None else None,
             preview_comment_id=comment_id,
         )
+
+    async def _awaiting(self, notice: Notice) -> Delivered | None:
+        """The preview's own comment says it waits; the deploy, once approved, edits the same comment."""
+        preview, app = notice.preview, notice.app
+        if preview is None or app is None:
+            return None
+        comment_id = await self._upsert_comment(
+            repo=preview.repo,
+            number=preview.pr_number,
+            app=app.name,
+            known=preview.comment_id,
+            marker=comment_marker(app.name),
+            body=comment_body(app=app.name, preview=preview, deployment=None),
+        )
+        return Delivered(preview_comment_id=comment_id)
 
     async def _refused(self, notice: Notice) -> None:
         repo = notice.payload.get("repo")

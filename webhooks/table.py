@@ -75,6 +75,11 @@ class PullRequest:
     head_sha: str
     head_ref: str
     sender: str
+    # The repository the head branch lives in: None when that fork was deleted.
+    head_repo: str | None = None
+    # From a fork: the head lives in another repository (or in a deleted one), so its code is untrusted.
+    is_fork: bool = False
+    label: str | None = None  # the label added or removed, for labeled / unlabeled
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +112,18 @@ def parse_pull_request(payload: Mapping[str, Any]) -> PullRequest:
     if not isinstance(number, int) or isinstance(number, bool) or number < 1:
         raise BadPayload("number is missing or not a positive integer")
     head = _obj(pr, "head")
+    head_repo_obj = head.get("repo")
+    head_repo = (
+        _str(head_repo_obj, "full_name", where="pull_request.head.repo.")
+        if isinstance(head_repo_obj, Mapping)
+        else None
+    )
+    # The base is where the PR is merged to; `repository` is the same repository, so fall back to it.
+    base = pr.get("base")
+    base_repo_obj = base.get("repo") if isinstance(base, Mapping) else None
+    base_repo = _opt_str(base_repo_obj, "full_name") if isinstance(base_repo_obj, Mapping) else None
+    base_repo = base_repo or repo
+    label = payload.get("label")
     return PullRequest(
         repo=repo,
         number=number,
@@ -114,6 +131,10 @@ def parse_pull_request(payload: Mapping[str, Any]) -> PullRequest:
         head_sha=_str(head, "sha", where="pull_request.head."),
         head_ref=_str(head, "ref", where="pull_request.head."),
         sender=_sender(payload),
+        head_repo=head_repo,
+        # GitHub names repositories case-insensitively; a deleted fork (head.repo null) is a fork.
+        is_fork=head_repo is None or head_repo.lower() != base_repo.lower(),
+        label=_opt_str(label, "name") if isinstance(label, Mapping) else None,
     )
 
 
@@ -157,6 +178,23 @@ async def _on_pull_request(session: AsyncSession, ctx: Core, e: PullRequest) -> 
         head_sha=e.head_sha,
         head_ref=e.head_ref,
         sender=e.sender,
+        head_repo=e.head_repo,
+        is_fork=e.is_fork,
+    )
+
+
+async def _on_labeled(session: AsyncSession, ctx: Core, e: PullRequest) -> Outcome:
+    return await previews.on_label(
+        session,
+        ctx=ctx,
+        repo=e.repo,
+        number=e.number,
+        label=e.label or "",
+        head_sha=e.head_sha,
+        head_ref=e.head_ref,
+        head_repo=e.head_repo,
+        is_fork=e.is_fork,
+        sender=e.sender,
     )
 
 
@@ -187,6 +225,8 @@ HANDLERS: dict[tuple[str, str | None], Handler[Any]] = {
     ("pull_request", "reopened"): Handler(parse=parse_pull_request, run=_on_pull_request),
     ("pull_request", "synchronize"): Handler(parse=parse_pull_request, run=_on_pull_request),
     ("pull_request", "closed"): Handler(parse=parse_pull_request, run=_on_pull_request),
+    # The shipit:preview label approves the preview of a pull request from a fork.
+    ("pull_request", "labeled"): Handler(parse=parse_pull_request, run=_on_labeled),
     ("check_suite", "completed"): Handler(parse=_parse_ci("check_suite"), run=_on_ci),
     ("workflow_run", "completed"): Handler(parse=_parse_ci("workflow_run"), run=_on_ci),
 }
@@ -227,7 +267,6 @@ IGNORED_ACTIONS: dict[str, frozenset[str]] = {
         {
             "assigned",
             "unassigned",
-            "labeled",
             "unlabeled",
             "edited",
             "review_requested",
