@@ -46,6 +46,8 @@ SECRET = "hunter2-Sup3r-s3cret"
         ("unlock web", c.Unlock(app="web")),
         ("pause web", c.Pause(app="web")),
         ("resume web", c.Resume(app="web")),
+        ("preview approve web 42", c.PreviewApprove(app="web", number=42)),
+        ("Preview APPROVE Web #42", c.PreviewApprove(app="web", number=42)),
         (
             "access acme <@U0ALICE|alice> developer",
             c.Access(project="acme", subject="slack:U0ALICE", role="developer"),
@@ -70,7 +72,7 @@ def test_every_command_in_the_issue_has_a_spec_and_examples_that_parse() -> None
     names = {s.name for s in c.SPECS}
     assert names == {
         "deploy", "rollback", "status", "apps", "revisions", "logs", "secrets", "scale",
-        "lock", "unlock", "pause", "resume", "access", "help",
+        "lock", "unlock", "pause", "resume", "preview", "access", "help",
     }  # fmt: skip
     for spec in c.SPECS:
         assert spec.examples
@@ -108,6 +110,24 @@ def test_a_typo_gets_the_closest_command_and_its_usage(text: str, meant: str) ->
     assert f"Did you mean `{meant}`?" in message
     assert f"Usage: `/shipit {c.BY_NAME[meant].usage}`" in message
     assert info.value.command == meant
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("preview", "`preview` takes approve."),
+        ("preview deploy web 42", "`preview` takes approve."),
+        ("preview approve web", "needs an app and a pull request number"),
+        ("preview approve web pr42", "the pull request must be a whole number"),
+        ("preview approve web 0", "the pull request must be between 1 and"),
+        ("preview approve web 42 now", "does not take `now`"),
+    ],
+)
+def test_preview_approve_mistakes_show_its_usage(text: str, says: str) -> None:
+    with pytest.raises(c.UsageError) as info:
+        c.parse(text)
+    assert says in str(info.value)
+    assert "Usage: `/shipit preview approve <app> <pull request>`" in str(info.value)
 
 
 def test_nonsense_points_at_help() -> None:

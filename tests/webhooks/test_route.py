@@ -123,9 +123,15 @@ async def test_ignored_events_and_actions_are_answered_202(hook: Hook) -> None:
     assert r.status_code == 202
     assert r.json()["result"] == "ignored"
     assert "issues events are ignored" in r.json()["message"]
+    unlabeled = load("pull_request__labeled")
+    unlabeled["action"] = "unlabeled"
+    r = await hook.post("pull_request", unlabeled)
+    assert r.status_code == 202
+    assert r.json()["message"] == "pull_request.unlabeled is ignored: nothing to deploy"
+    # labeled is handled (shipit:preview approves fork previews); any other label does nothing.
     r = await hook.post("pull_request", load("pull_request__labeled"))
     assert r.status_code == 202
-    assert r.json()["message"] == "pull_request.labeled is ignored: nothing to deploy"
+    assert r.json()["message"] == "label 'ui' means nothing to shipit; shipit:preview approves previews"
     r = await hook.post("sponsorship", {"action": "created"})
     assert r.status_code == 202
     assert r.json()["message"] == "sponsorship events are not handled by shipit"
