@@ -728,7 +728,7 @@ async def _finish(
     if deployment.preview_id:
         preview = await session.get(models.Preview, deployment.preview_id)
         # A fork's newer commit waiting for approval keeps saying so while an older one finishes.
-        if preview is not None and preview.status not in ("closed", "awaiting_approval"):
+        if preview is not None and preview.status not in ("closed", "pending_approval"):
             preview.status = "ready" if status == SUCCEEDED else "failed"
     await events.emit_for_deployment(
         session,

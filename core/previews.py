@@ -11,7 +11,7 @@ the GitHub deployments inactive and update the PR comment.
 Pull requests from forks run code nobody on the team has reviewed, so the
 app's `previews_from_forks` decides (core.apps): `never` (the default) answers
 with one PR comment and deploys nothing; `approved` keeps a Preview row in
-`awaiting_approval` (nothing in the cluster) until a project developer
+`pending_approval` (nothing in the cluster) until a project developer
 approves the head commit, by adding the `shipit:preview` label on GitHub or
 with `/shipit preview approve` / the API; a later push needs a new approval,
 as GitHub Actions does for forks.  Only `always` (admins only) gives a fork's
@@ -48,7 +48,8 @@ TEARDOWN_JOB = "preview.teardown"
 OPENING_ACTIONS = ("opened", "reopened", "synchronize")
 
 CREATING = "creating"
-AWAITING_APPROVAL = "awaiting_approval"  # a fork's head commit waits for a maintainer; nothing deployed
+# A fork's head commit waits for a maintainer; nothing is deployed.  (previews.status holds 16 characters.)
+AWAITING_APPROVAL = "pending_approval"
 DEPLOYING = "deploying"
 READY = "ready"
 FAILED = "failed"

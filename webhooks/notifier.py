@@ -107,7 +107,7 @@ def comment_body(
 ) -> str:
     """The one PR comment of a preview: its state, URL, commit and image."""
     status = preview.status
-    if status == "awaiting_approval":
+    if status == "pending_approval":
         source = preview.head_repo or "a deleted fork"
         return (
             f"{comment_marker(app)}\n🔒 **Preview `{preview.namespace}`** — waits for approval\n\n"

@@ -74,6 +74,43 @@ def pr_payload(
     pr["number"] = number
     pr["head"]["sha"], pr["head"]["ref"] = sha, ref
     payload["repository"]["full_name"] = repo
+    # A branch of the same repository: head and base live in `repo` (fork_pr_payload moves the head).
+    for side in ("head", "base"):
+        pr[side]["repo"]["full_name"] = repo
+        pr[side]["repo"]["name"] = repo.split("/")[1]
+    return payload
+
+
+def fork_pr_payload(
+    action: str,
+    *,
+    number: int = 7,
+    sha: str = SHA_A,
+    repo: str = "acme/web",
+    fork: str | None = "contributor/web",
+    ref: str = "feature/checkout",
+    sender: str = "contributor",
+    label: str | None = None,
+) -> dict[str, Any]:
+    """A pull request whose head lives in another repository, as GitHub sends it for a fork
+    (`fork=None`: the fork was deleted, and GitHub sends head.repo as null)."""
+    payload = pr_payload("labeled" if label else action, number=number, sha=sha, repo=repo, ref=ref)
+    payload["action"] = action
+    pr = payload["pull_request"]
+    owner = (fork or "ghost/x").split("/")[0]
+    if fork is None:
+        pr["head"]["repo"] = None
+    else:
+        head_repo = copy.deepcopy(pr["base"]["repo"])
+        head_repo.update(full_name=fork, name=fork.split("/")[1], fork=True, private=False)
+        head_repo["owner"] = {**head_repo["owner"], "login": owner}
+        pr["head"]["repo"] = head_repo
+    pr["head"]["label"] = f"{owner}:{ref}"
+    pr["head"]["user"] = {**pr["head"]["user"], "login": owner}
+    pr["user"] = {**pr["user"], "login": owner}
+    payload["sender"] = {**payload["sender"], "login": sender}
+    if label is not None:
+        payload["label"] = {**payload["label"], "name": label}
     return payload
 
 
