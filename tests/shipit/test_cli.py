@@ -246,6 +246,7 @@ async def test_cli_tokens_create_list_revoke(live_server: LiveServer, shipit: Ru
         (["--memory-limit", "lots"], ["memory_limit"]),
         (["--env", "NOEQUALS"], ["--env", "KEY=VALUE"]),
         (["--project", "nope"], ["project", "nope"]),
+        (["--previews-from-forks", "sometimes"], ["previews_from_forks"]),
     ],
 )
 async def test_cli_bad_input_is_one_line_naming_the_field_and_writes_nothing(
@@ -267,6 +268,26 @@ async def test_cli_unknown_app_and_bad_name(shipit: Run, offline: str) -> None:
     assert "name must be a DNS-1123 label" in line
     line = one_error_line(await shipit("scale", "web", "--replicas", "2", "--auto-off"))
     assert "--replicas" in line and "--auto-off" in line
+
+
+async def test_cli_previews_from_forks_and_previews_approve(shipit: Run, offline: str) -> None:
+    ok(
+        await shipit(
+            "apps", "create", "web", "--no-deploy", "--git-repo", "acme/web",
+            "--image-template", "ghcr.io/acme/web:{sha}", "--previews", "--preview-domain", "preview.acme.dev",
+            "--previews-from-forks", "approved",
+        )
+    )  # fmt: skip
+    shown = json.loads(ok(await shipit("apps", "show", "web", "--json")))
+    assert shown["previews"]["from_forks"] == "approved"
+    assert "previews_from_forks" in ok(
+        await shipit("apps", "update", "web", "--previews-from-forks", "always")
+    )
+    assert json.loads(ok(await shipit("apps", "show", "web", "--json")))["previews"]["from_forks"] == "always"
+    assert "web has no open previews" in ok(await shipit("previews", "list", "web"))
+    line = one_error_line(await shipit("previews", "approve", "web", "42"))
+    assert "web has no open preview for pull request #42" in line
+    assert "--previews-from-" in ok(await shipit("apps", "update", "--help"))  # the column is narrow
 
 
 async def test_cli_unreadable_kubeconfig_names_the_flag(shipit: Run, tmp_path: Path) -> None:
