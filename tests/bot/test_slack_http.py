@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from sqlalchemy import select, text
 
 from bot import views
-from core import deploys
+from core import deploys, previews
 from shipit import runtime
 from shipit.main import create_app
 from shipit.settings import Settings
@@ -195,6 +195,41 @@ async def test_access_lock_pause_and_their_effects(slack: SlackSender, offline: 
     assert actions == [
         "access.grant", "app.lock", "app.unlock", "app.pause", "app.resume", "access.revoke",
     ]  # fmt: skip
+
+
+async def test_preview_approve_deploys_a_forks_waiting_preview_for_developers_only(
+    slack: SlackSender, offline: World
+) -> None:
+    rt = offline.rt
+    await add_app(
+        rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0", git_repo="acme/web",
+        image_template="ghcr.io/acme/web:{sha}", previews_enabled=True, preview_domain="preview.acme.dev",
+        previews_from_forks="approved",
+    )  # fmt: skip
+    sha = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
+    async with rt.sessionmaker.begin() as session:
+        opened = await previews.on_pull_request(
+            session, ctx=rt.core, repo="acme/web", number=42, action="opened", head_sha=sha,
+            head_ref="fix", sender="contributor", head_repo="contributor/web", is_fork=True,
+        )  # fmt: skip
+    assert [d.action for d in opened.decisions] == ["wait"]
+    reply = await slack.command("preview approve web 42", user=CAROL)
+    assert (
+        "approving a preview from a fork in project acme needs the developer role; you have viewer"
+        in (reply["text"])
+    )
+    assert await deployments(rt) == []
+    reply = await slack.command("preview approve web 42", user=ALICE)
+    assert "You approved commit `6dcb09b` of pull request #42 (from `contributor/web`)" in reply["text"]
+    assert "without the app's secrets" in reply["text"]
+    [deployment] = await deployments(rt)
+    assert (deployment.actor, deployment.git_sha, deployment.namespace) == (
+        f"slack:{ALICE.id}",
+        sha,
+        "web-pr-42",
+    )
+    reply = await slack.command("preview approve web 42", user=BOB)
+    assert "was already approved by slack:U0ALICE01" in reply["text"]
 
 
 async def test_unexpected_errors_show_a_reference_and_log_the_traceback(
