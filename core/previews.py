@@ -425,6 +425,7 @@ async def on_label(
     sender: str,
     head_repo: str | None = None,
     is_fork: bool = False,
+    closed: bool = False,
 ) -> Outcome:
     """pull_request.labeled: the shipit:preview label approves the preview of a fork's head commit.
 
@@ -436,6 +437,8 @@ async def on_label(
         return Outcome(summary=f"label {label!r} means nothing to shipit; {APPROVE_LABEL} approves previews")
     if not is_fork:
         return Outcome(summary=f"pull request #{number} is not from a fork: its previews need no approval")
+    if closed:
+        return Outcome(summary=f"pull request #{number} is closed; nothing to approve")
     _, with_previews = await _preview_apps(session, repo=repo)
     waiting = [a for a in with_previews if a.previews_from_forks == apps.FORKS_APPROVED]
     if not waiting:

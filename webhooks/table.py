@@ -80,6 +80,7 @@ class PullRequest:
     # From a fork: the head lives in another repository (or in a deleted one), so its code is untrusted.
     is_fork: bool = False
     label: str | None = None  # the label added or removed, for labeled / unlabeled
+    closed: bool = False  # pull_request.state: a label on a closed pull request approves nothing
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +136,7 @@ def parse_pull_request(payload: Mapping[str, Any]) -> PullRequest:
         # GitHub names repositories case-insensitively; a deleted fork (head.repo null) is a fork.
         is_fork=head_repo is None or head_repo.lower() != base_repo.lower(),
         label=_opt_str(label, "name") if isinstance(label, Mapping) else None,
+        closed=pr.get("state") == "closed",
     )
 
 
@@ -194,6 +196,7 @@ async def _on_labeled(session: AsyncSession, ctx: Core, e: PullRequest) -> Outco
         head_ref=e.head_ref,
         head_repo=e.head_repo,
         is_fork=e.is_fork,
+        closed=e.closed,
         sender=e.sender,
     )
 

@@ -11,7 +11,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from core import deploys, previews, projects
+from core import apps, deploys, previews, projects
+from core.apps import AppChanges
 from core.errors import Conflict
 from storage import models
 from tests.conftest import ADMIN
@@ -74,7 +75,12 @@ def test_a_pull_request_is_from_a_fork_when_its_head_lives_in_another_repository
     gone = table.parse_pull_request(fork_pr_payload("synchronize", fork=None))
     assert (gone.is_fork, gone.head_repo) == (True, None)
     labeled = table.parse_pull_request(fork_pr_payload("labeled", label="shipit:preview", sender="maint"))
-    assert (labeled.action, labeled.label, labeled.sender) == ("labeled", "shipit:preview", "maint")
+    assert (labeled.action, labeled.label, labeled.sender, labeled.closed) == (
+        "labeled",
+        "shipit:preview",
+        "maint",
+        False,
+    )
 
 
 # ---------------------------------------------------------------- never (the default)
@@ -285,6 +291,30 @@ async def test_approved_through_the_api_needs_the_developer_role_and_deploys_the
         r = await api.post("/apps/web/previews/7/approve", headers=auth(dev))
         assert r.status_code == 409
         assert "already approved by user:dev" in r.json()["error"]["message"]
+
+
+async def test_a_label_opens_and_approves_a_fork_preview_made_before_the_setting_but_not_on_a_closed_pr(
+    hook: Hook,
+) -> None:
+    await _preview_app(hook)  # never: the fork's pull request was refused when it was opened
+    await _grant(hook, "github:maint", "developer")
+    await hook.post("pull_request", fork_pr_payload("opened", number=7, sha=SHA_A))
+    async with hook.rt.sessionmaker.begin() as session:
+        await apps.update(
+            session, actor=ADMIN, name="web", changes=AppChanges(previews_from_forks="approved")
+        )
+    closed = fork_pr_payload("labeled", number=7, sha=SHA_A, label="shipit:preview", sender="maint")
+    closed["pull_request"]["state"] = "closed"
+    r = await hook.post("pull_request", closed)
+    assert r.json()["message"] == "pull request #7 is closed; nothing to approve"
+    assert await _previews(hook) == []
+    r = await hook.post(
+        "pull_request",
+        fork_pr_payload("labeled", number=7, sha=SHA_A, label="shipit:preview", sender="maint"),
+    )
+    assert r.json()["decisions"][0]["action"] == "deploy", r.json()
+    [preview] = await _previews(hook)
+    assert (preview.status, preview.approved_by, preview.is_fork) == ("deploying", "github:maint", True)
 
 
 async def test_waiting_fork_previews_do_not_use_up_the_cap(hook: Hook) -> None:
