@@ -41,6 +41,7 @@ PREVIEW_CLOSED = "preview.closed"
 PREVIEW_REFUSED = "preview.refused"
 APP_PAUSED = "app.paused"
 APP_RESUMED = "app.resumed"
+APP_PROTECTION_CHANGED = "app.protection_changed"
 
 NOTIFY_JOB = "notify"
 
