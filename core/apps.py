@@ -1,4 +1,8 @@
-"""Apps: what to run, where, and how.  Changing an app does not touch the cluster until a deploy."""
+"""Apps: what to run, where, and how.  Changing an app does not touch the cluster until a deploy.
+
+An app lives in a namespace its project claims on a cluster its project is granted (core.claims).
+An app in a project you hold no role in answers exactly like a missing app.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit, identity, validation
-from core.errors import Conflict, InvalidInput, NotFound
+from core import audit, claims, events, identity, validation
+from core.context import Core
+from core.errors import Conflict, InvalidInput, NotFound, UserError
 from core.identity import Actor, Role
 from storage import models
 
@@ -154,14 +159,19 @@ def _check_consistent(app: models.App) -> None:
         )
 
 
+async def not_found(session: AsyncSession, *, actor: Actor, name: str) -> NotFound:
+    """The one answer for an app that is missing or in a project the caller holds no role in."""
+    names = [a.name for a in await list_visible(session, actor=actor)]
+    hint = f"; your apps: {', '.join(names)}" if names else "; you can see no apps yet"
+    return NotFound(f"no app named {name!r}{hint}")
+
+
 async def get(session: AsyncSession, *, actor: Actor, name: str) -> models.App:
     """Find an app by name; an unknown name lists the apps the caller can see."""
     app = await session.scalar(select(models.App).where(models.App.name == name))
     visible = await identity.visible_project_ids(session, actor=actor)
     if app is None or (visible is not None and app.project_id not in visible):
-        names = [a.name for a in await list_visible(session, actor=actor)]
-        hint = f"; your apps: {', '.join(names)}" if names else "; you can see no apps yet"
-        raise NotFound(f"no app named {name!r}{hint}")
+        raise await not_found(session, actor=actor, name=name)
     return app
 
 
@@ -171,10 +181,20 @@ async def project_of(session: AsyncSession, *, app: models.App) -> models.Projec
     return project
 
 
-async def authorize(session: AsyncSession, *, actor: Actor, app: models.App, role: Role, action: str) -> None:
-    await identity.require(
-        session, actor=actor, project=await project_of(session, app=app), role=role, action=action
-    )
+async def authorize(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    app: models.App,
+    role: Role,
+    action: str,
+    missing: UserError | None = None,
+) -> None:
+    """At least `role` in the app's project; no role at all answers `missing` (default: no such app)."""
+    project = await project_of(session, app=app)
+    if missing is None and await identity.role_of(session, actor=actor, project_id=project.id) is None:
+        missing = await not_found(session, actor=actor, name=app.name)
+    await identity.require(session, actor=actor, project=project, role=role, action=action, missing=missing)
 
 
 async def list_visible(
@@ -203,19 +223,40 @@ async def create(
 ) -> models.App:
     name = validation.dns_label(name, field="name")
     proj = await session.scalar(select(models.Project).where(models.Project.name == project))
+    no_project = InvalidInput(f"no project named {project!r}", field="project")
     if proj is None:
-        raise InvalidInput(f"no project named {project!r}", field="project")
-    await identity.require(session, actor=actor, project=proj, role=Role.ADMIN, action="creating an app")
+        raise no_project
+    await identity.require(
+        session, actor=actor, project=proj, role=Role.ADMIN, action="creating an app", missing=no_project
+    )
     clu = await session.scalar(select(models.Cluster).where(models.Cluster.name == cluster))
-    if clu is None:
-        raise InvalidInput(f"no cluster named {cluster!r}", field="cluster")
-    if await session.scalar(select(models.App.id).where(models.App.name == name)):
-        raise Conflict(f"an app named {name!r} already exists")
+    if actor.is_admin:
+        if clu is None:
+            raise InvalidInput(f"no cluster named {cluster!r}", field="cluster")
+    elif clu is None or await claims.grant_of(session, cluster_id=clu.id, project_id=proj.id) is None:
+        # A cluster the project may not use looks the same whether or not it exists.
+        raise claims.not_granted(cluster=cluster, project=proj.name)
+    existing = await session.scalar(select(models.App).where(models.App.name == name))
+    if existing is not None:
+        # App names are global, so the insert must fail either way; only someone who can see the app
+        # hears that it exists, anyone else that the name is not available (without saying why).
+        if await identity.role_of(session, actor=actor, project_id=existing.project_id) is not None:
+            raise Conflict(f"an app named {name!r} already exists")
+        raise Conflict(f"app name {name!r} is not available; choose another")
+    ns = validation.dns_label(namespace or clu.default_namespace, field="namespace")
+    if actor.is_admin:
+        # A global admin vouches for the namespace and, with it, the project's use of the cluster.
+        await claims.claim(
+            session, cluster_id=clu.id, namespace=ns, project_id=proj.id, origin=claims.GRANTED, actor=actor
+        )
+        await claims.ensure_grant(session, cluster_id=clu.id, project_id=proj.id, actor=actor)
+    else:
+        await claims.claim_created(session, cluster_id=clu.id, namespace=ns, project_id=proj.id, actor=actor)
     app = models.App(
         name=name,
         project_id=proj.id,
         cluster_id=clu.id,
-        namespace=validation.dns_label(namespace or clu.default_namespace, field="namespace"),
+        namespace=ns,
         env={},
         preview_env={},
     )
@@ -280,10 +321,12 @@ def _audit_safe(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def update(session: AsyncSession, *, actor: Actor, name: str, changes: AppChanges) -> models.App:
+async def update(
+    session: AsyncSession, *, ctx: Core, actor: Actor, name: str, changes: AppChanges
+) -> models.App:
     app = await get(session, actor=actor, name=name)
-    values = _validated(changes.items())
-    scaling_only = set(values) <= {"replicas", "min_replicas", "max_replicas", "cpu_target"}
+    fields_set = set(changes.items())
+    scaling_only = fields_set <= {"replicas", "min_replicas", "max_replicas", "cpu_target"}
     await authorize(
         session,
         actor=actor,
@@ -291,6 +334,12 @@ async def update(session: AsyncSession, *, actor: Actor, name: str, changes: App
         role=Role.ADMIN,
         action="scaling" if scaling_only else "changing an app",
     )
+    values = _validated(changes.items())
+    protection = values.get("protected", app.protected)
+    protection_changed = "protected" in values and bool(protection) != bool(app.protected)
+    if protection_changed and not protection:
+        # Protection is what stands between one person and production: only an owner lifts it.
+        await authorize(session, actor=actor, app=app, role=Role.OWNER, action="turning protection off")
     await _allow_fork_policy(session, actor=actor, project=await project_of(session, app=app), values=values)
     fork_policy_before = app.previews_from_forks
     for key, value in values.items():
@@ -306,7 +355,35 @@ async def update(session: AsyncSession, *, actor: Actor, name: str, changes: App
         details=_audit_safe(values),
     )
     await _audit_fork_policy(session, actor=actor, app=app, before=fork_policy_before)
+    if protection_changed:
+        await _announce_protection(session, ctx=ctx, actor=actor, app=app)
     return app
+
+
+async def _announce_protection(session: AsyncSession, *, ctx: Core, actor: Actor, app: models.App) -> None:
+    """Protection going on or off is announced like a deploy: an audit row and an event for notifiers."""
+    row = await audit.record(
+        session,
+        actor=actor,
+        action="app.protect" if app.protected else "app.unprotect",
+        target=f"app/{app.name}",
+        project_id=app.project_id,
+        details={"protected": app.protected},
+    )
+    await events.emit(
+        session,
+        ctx=ctx,
+        kind=events.APP_PROTECTION_CHANGED,
+        dedupe_key=f"app:{app.id}:protection:{row.id}",
+        project_id=app.project_id,
+        app_id=app.id,
+        payload={
+            "protected": app.protected,
+            "by": actor.subject,
+            "by_name": actor.name,
+            "channel": actor.channel,
+        },
+    )
 
 
 async def set_flag(

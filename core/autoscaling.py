@@ -49,5 +49,5 @@ async def scale(
         changes.min_replicas, changes.max_replicas, changes.cpu_target = lo, hi, cpu
     else:
         raise InvalidInput("say replicas=N, or min=N max=N [cpu=N], or auto off", field="replicas")
-    await apps.update(session, actor=actor, name=app.name, changes=changes)
+    await apps.update(session, ctx=ctx, actor=actor, name=app.name, changes=changes)
     return await deploys.request(session, ctx=ctx, actor=actor, app_name=app.name, trigger=trigger)

@@ -1,4 +1,8 @@
-"""Clusters: where apps run.  The kubeconfig is stored encrypted and checked on add."""
+"""Clusters: where apps run.  The kubeconfig is stored encrypted and checked on add.
+
+Global admins add clusters and grant projects their use (see core.claims); everyone else sees only
+the clusters their projects hold a grant on, and never the server address.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit, validation
+from core import audit, claims, identity, validation
 from core.context import Core
-from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied, TransientError
+from core.errors import Conflict, InvalidInput, NotFound, TransientError
 from core.identity import Actor
 from core.kube.client import Kube
 from storage import models
@@ -75,8 +79,7 @@ async def add(
     version: str,
 ) -> models.Cluster:
     """Store a cluster.  `version` comes from `check()`, run by the caller before the transaction."""
-    if not actor.is_admin:
-        raise PermissionDenied("adding a cluster needs a global admin token")
+    identity.require_admin(actor, action="adding a cluster")
     name = validation.dns_label(name, field="name")
     server, ns = parse_kubeconfig(kubeconfig_text)
     if await session.scalar(select(models.Cluster.id).where(models.Cluster.name == name)):
@@ -99,3 +102,126 @@ async def add(
 
 async def list_all(session: AsyncSession) -> list[models.Cluster]:
     return list(await session.scalars(select(models.Cluster).order_by(models.Cluster.name)))
+
+
+async def list_visible(session: AsyncSession, *, actor: Actor) -> list[models.Cluster]:
+    """All clusters for a global admin; otherwise those the caller's projects hold a grant on."""
+    projects = await identity.visible_project_ids(session, actor=actor)
+    if projects is None:
+        return await list_all(session)
+    ids = await claims.granted_cluster_ids(session, project_ids=projects)
+    if not ids:
+        return []
+    return list(
+        await session.scalars(
+            select(models.Cluster).where(models.Cluster.id.in_(ids)).order_by(models.Cluster.name)
+        )
+    )
+
+
+async def _project(session: AsyncSession, *, name: str) -> models.Project:
+    project = await session.scalar(select(models.Project).where(models.Project.name == name))
+    if project is None:
+        raise identity.project_not_found(name)
+    return project
+
+
+async def grant(
+    session: AsyncSession, *, actor: Actor, cluster: str, project: str, namespace: str | None = None
+) -> claims.ProjectGrant:
+    """Let `project` use `cluster`; with `namespace`, also hand it that (possibly existing) namespace."""
+    identity.require_admin(actor, action="granting a cluster")
+    clu = await get(session, name=cluster)
+    proj = await _project(session, name=project)
+    await claims.ensure_grant(session, cluster_id=clu.id, project_id=proj.id, actor=actor)
+    if namespace is not None:
+        namespace = validation.dns_label(namespace, field="namespace")
+        held = await claims.claim_of(session, cluster_id=clu.id, namespace=namespace)
+        if held is not None and held.project_id != proj.id:
+            other = await session.get(models.Project, held.project_id)
+            owner = other.name if other else "another project"
+            # Only global admins get here, so naming the holder tells nobody anything new.
+            raise Conflict(
+                f"namespace {namespace} on cluster {clu.name} belongs to project {owner}; "
+                f"revoke it first with `shipit clusters revoke {clu.name} {owner} --namespace {namespace}`"
+            )
+        if held is None:
+            await claims.claim(
+                session,
+                cluster_id=clu.id,
+                namespace=namespace,
+                project_id=proj.id,
+                origin=claims.GRANTED,
+                actor=actor,
+            )
+        else:
+            held.origin = claims.GRANTED  # an admin now vouches for it as it is
+    await session.flush()
+    await audit.record(
+        session,
+        actor=actor,
+        action="cluster.grant",
+        target=f"cluster/{clu.name}",
+        project_id=proj.id,
+        details={"project": proj.name, "namespace": namespace},
+    )
+    return (await claims.grants(session, cluster_id=clu.id, project_id=proj.id))[0]
+
+
+async def revoke(
+    session: AsyncSession, *, actor: Actor, cluster: str, project: str, namespace: str | None = None
+) -> None:
+    """Take back a namespace (with `namespace`) or the whole cluster; refused while apps still use it."""
+    identity.require_admin(actor, action="revoking a cluster grant")
+    clu = await get(session, name=cluster)
+    proj = await _project(session, name=project)
+    in_use = select(models.App.name).where(models.App.cluster_id == clu.id, models.App.project_id == proj.id)
+    previews = (
+        select(models.Preview.namespace)
+        .join(models.App, models.App.id == models.Preview.app_id)
+        .where(models.App.cluster_id == clu.id, models.Preview.closed_at.is_(None))
+    )
+    if namespace is not None:
+        claim = await claims.claim_of(session, cluster_id=clu.id, namespace=namespace)
+        if claim is None or claim.project_id != proj.id:
+            raise NotFound(f"project {proj.name} holds no namespace {namespace} on cluster {clu.name}")
+        users = list(await session.scalars(in_use.where(models.App.namespace == namespace)))
+        if await session.scalar(previews.where(models.Preview.namespace == namespace)):
+            users.append(f"the preview {namespace}")
+        if users:
+            raise Conflict(
+                f"namespace {namespace} on cluster {clu.name} is still used by {', '.join(sorted(users))}; "
+                "delete or close those first"
+            )
+        await session.delete(claim)
+    else:
+        if await claims.grant_of(session, cluster_id=clu.id, project_id=proj.id) is None:
+            raise NotFound(f"project {proj.name} holds no grant on cluster {clu.name}")
+        users = sorted(await session.scalars(in_use))
+        if users:
+            raise Conflict(
+                f"project {proj.name} still has apps on cluster {clu.name} ({', '.join(users)}); delete them first"
+            )
+        for claim in await session.scalars(
+            select(models.NamespaceClaim).where(
+                models.NamespaceClaim.cluster_id == clu.id, models.NamespaceClaim.project_id == proj.id
+            )
+        ):
+            await session.delete(claim)
+        grant_row = await claims.grant_of(session, cluster_id=clu.id, project_id=proj.id)
+        await session.delete(grant_row)
+    await session.flush()
+    await audit.record(
+        session,
+        actor=actor,
+        action="cluster.revoke",
+        target=f"cluster/{clu.name}",
+        project_id=proj.id,
+        details={"project": proj.name, "namespace": namespace},
+    )
+
+
+async def grants(session: AsyncSession, *, actor: Actor, cluster: str) -> list[claims.ProjectGrant]:
+    identity.require_admin(actor, action="listing a cluster's grants")
+    clu = await get(session, name=cluster)
+    return await claims.grants(session, cluster_id=clu.id)

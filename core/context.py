@@ -31,6 +31,8 @@ class CoreConfig:
     default_ingress_class: str = "nginx"
     default_tls_issuer: str | None = None
     public_url: str = "http://127.0.0.1:8000"
+    # Who may create projects: "admins" (global admins only) or "everyone" with a token.
+    project_creators: str = "admins"
 
 
 @dataclass(kw_only=True)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, clusters, events, jobs, metrics, secrets, validation
+from core import apps, audit, claims, clusters, events, jobs, metrics, secrets, validation
 from core.context import Core
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor, Role
@@ -162,6 +162,10 @@ async def request(
     reason: str | None = None,
 ) -> Requested:
     """Queue a deploy of `app_name`, optionally with a new image (or just a tag: `1.5`)."""
+    # The role check comes before anything else, the dedupe key included: an earlier answer is only
+    # ever returned to someone allowed to deploy this very app.
+    app = await apps.get(session, actor=actor, name=app_name)
+    await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="deploying")
     if trigger not in TRIGGERS:
         raise InvalidInput(f"trigger must be one of {', '.join(TRIGGERS)}", field="trigger")
     if dedupe_key is not None:
@@ -169,11 +173,19 @@ async def request(
             select(models.Deployment).where(models.Deployment.dedupe_key == dedupe_key)
         )
         if earlier is not None:
+            if earlier.app_id != app.id:
+                # Says nothing about what the key was used for.
+                raise Conflict("this idempotency key was already used for another request; use a new one")
             return Requested(deployment=earlier, created=False)
-    app = await apps.get(session, actor=actor, name=app_name)
-    await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="deploying")
     if app.locked_reason and preview is None:
         raise Conflict(f"{app.name} is locked by {app.locked_by}: {app.locked_reason}. Unlock it first.")
+    # Only into a namespace the project owns, checked at every deploy (rollbacks and previews too).
+    await claims.check_owned(
+        session,
+        cluster_id=app.cluster_id,
+        namespace=preview.namespace if preview else app.namespace,
+        project_id=app.project_id,
+    )
     await _lock_app(session, app=app)
 
     if snapshot is None:
@@ -442,13 +454,28 @@ async def revisions(session: AsyncSession, *, actor: Actor, app_name: str) -> li
     )
 
 
-async def get(session: AsyncSession, *, actor: Actor, deployment_id: int) -> models.Deployment:
-    deployment = await session.get(models.Deployment, deployment_id)
+async def _authorized(
+    session: AsyncSession, *, actor: Actor, deployment_id: int, role: Role, action: str, lock: bool = False
+) -> tuple[models.Deployment, models.App]:
+    """A deploy by id, after the role check; one of a project the caller is not in is just missing."""
+    missing = NotFound(f"no deploy #{deployment_id}")
+    app_id = await session.scalar(
+        select(models.Deployment.app_id).where(models.Deployment.id == deployment_id)
+    )
+    app = await session.get(models.App, app_id) if app_id is not None else None
+    if app is None:
+        raise missing
+    await apps.authorize(session, actor=actor, app=app, role=role, action=action, missing=missing)
+    deployment = await session.get(models.Deployment, deployment_id, with_for_update=lock or None)
     if deployment is None:
-        raise NotFound(f"no deploy #{deployment_id}")
-    app = await session.get(models.App, deployment.app_id)
-    assert app is not None
-    await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="reading deploys")
+        raise missing
+    return deployment, app
+
+
+async def get(session: AsyncSession, *, actor: Actor, deployment_id: int) -> models.Deployment:
+    deployment, _ = await _authorized(
+        session, actor=actor, deployment_id=deployment_id, role=Role.VIEWER, action="reading deploys"
+    )
     return deployment
 
 
@@ -471,13 +498,11 @@ async def approve(
     session: AsyncSession, *, ctx: Core, actor: Actor, deployment_id: int, approve: bool = True
 ) -> models.Deployment:
     """A second person approves (or rejects) a deploy of a protected app."""
-    deployment = await session.get(models.Deployment, deployment_id, with_for_update=True)
-    if deployment is None:
-        raise NotFound(f"no deploy #{deployment_id}")
-    app = await session.get(models.App, deployment.app_id)
-    assert app is not None
     verb = "approving" if approve else "rejecting"
-    await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action=f"{verb} deploys")
+    deployment, app = await _authorized(
+        session, actor=actor, deployment_id=deployment_id, role=Role.DEVELOPER, action=f"{verb} deploys",
+        lock=True,
+    )  # fmt: skip
     if deployment.status != AWAITING_APPROVAL:
         raise Conflict(f"deploy #{deployment.id} is {deployment.status}, not awaiting approval")
     if approve and deployment.actor == actor.subject:
@@ -515,12 +540,10 @@ async def approve(
 
 
 async def cancel(session: AsyncSession, *, ctx: Core, actor: Actor, deployment_id: int) -> models.Deployment:
-    deployment = await session.get(models.Deployment, deployment_id, with_for_update=True)
-    if deployment is None:
-        raise NotFound(f"no deploy #{deployment_id}")
-    app = await session.get(models.App, deployment.app_id)
-    assert app is not None
-    await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="cancelling deploys")
+    deployment, app = await _authorized(
+        session, actor=actor, deployment_id=deployment_id, role=Role.DEVELOPER, action="cancelling deploys",
+        lock=True,
+    )  # fmt: skip
     if deployment.status not in PENDING:
         raise Conflict(
             f"deploy #{deployment.id} is {deployment.status}; only queued deploys can be cancelled"

@@ -42,6 +42,7 @@ PREVIEW_REFUSED = "preview.refused"
 PREVIEW_AWAITING_APPROVAL = "preview.awaiting_approval"  # a fork's commit waits for a maintainer
 APP_PAUSED = "app.paused"
 APP_RESUMED = "app.resumed"
+APP_PROTECTION_CHANGED = "app.protection_changed"
 
 NOTIFY_JOB = "notify"
 

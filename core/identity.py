@@ -2,6 +2,11 @@
 
 Permission is checked here, in core, so every channel (Slack, GitHub, API, CLI)
 obeys the same rules.  Roles are per project: viewer < developer < admin < owner.
+
+A project you hold no role in does not exist for you: `require` answers exactly
+as a missing project would (NotFound), and only someone with *some* role learns
+which role an action needs (PermissionDenied).  Services call it before they
+look anything else up, so no cached or deduplicated answer leaks past it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.errors import InvalidInput, PermissionDenied
+from core.errors import InvalidInput, NotFound, PermissionDenied, UserError
 from storage import models
 
 
@@ -63,14 +68,38 @@ async def role_of(session: AsyncSession, *, actor: Actor, project_id: int) -> Ro
     return Role[role.upper()] if role else None
 
 
+def project_not_found(name: str) -> NotFound:
+    """The one answer for a project that is missing or that the caller holds no role in."""
+    return NotFound(f"no project named {name!r}")
+
+
 async def require(
-    session: AsyncSession, *, actor: Actor, project: models.Project, role: Role, action: str
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    project: models.Project,
+    role: Role,
+    action: str,
+    missing: UserError | None = None,
 ) -> Role:
+    """The caller's role in `project`, at least `role`.
+
+    No role at all raises `missing` (default: the missing-project NotFound), so outsiders cannot tell a
+    project they are not in from one that does not exist; too low a role raises PermissionDenied naming it.
+    """
     have = await role_of(session, actor=actor, project_id=project.id)
-    if have is None or have < role:
-        has = f"you have {have.label}" if have else "you have no role there"
-        raise PermissionDenied(f"{action} in project {project.name} needs the {role.label} role; {has}")
+    if have is None:
+        raise missing if missing is not None else project_not_found(project.name)
+    if have < role:
+        raise PermissionDenied(
+            f"{action} in project {project.name} needs the {role.label} role; you have {have.label}"
+        )
     return have
+
+
+def require_admin(actor: Actor, *, action: str) -> None:
+    if not actor.is_admin:
+        raise PermissionDenied(f"{action} needs a global admin token")
 
 
 async def visible_project_ids(session: AsyncSession, *, actor: Actor) -> set[int] | None:

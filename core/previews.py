@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, clusters, deploys, events, jobs
+from core import apps, audit, claims, clusters, deploys, events, jobs
 from core.context import Core
 from core.errors import Conflict, NotFound, TransientError, UserError
 from core.gitops import DEPLOY, SKIP, WAIT, Decision, Outcome, github_actor, linked_apps, render_image
@@ -217,6 +217,14 @@ async def _deploy(
     image = render_image(app.image_template, sha=head_sha, branch=head_ref)
     try:
         async with session.begin_nested():
+            # The preview's namespace becomes the project's (refused when another project holds it).
+            await claims.claim_created(
+                session,
+                cluster_id=app.cluster_id,
+                namespace=namespace,
+                project_id=app.project_id,
+                actor=actor,
+            )
             result = await deploys.request(
                 session,
                 ctx=ctx,

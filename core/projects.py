@@ -1,13 +1,17 @@
-"""Projects group apps and carry who may do what (members with roles) and where to notify."""
+"""Projects group apps and carry who may do what (members with roles) and where to notify.
+
+Who may create a project is a global setting (CoreConfig.project_creators): global admins only by
+default, or everyone.  A project you hold no role in answers exactly like a missing one.
+"""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit, identity, validation
+from core import audit, claims, identity, validation
 from core.context import Core
-from core.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, InvalidInput, PermissionDenied
 from core.identity import Actor, Role
 from storage import models
 
@@ -15,10 +19,24 @@ _PURPOSE_WEBHOOK = "project-webhook-secret"
 
 
 async def get(session: AsyncSession, *, name: str) -> models.Project:
+    """By name, with no permission check: callers go through `identity.require` before answering."""
     project = await session.scalar(select(models.Project).where(models.Project.name == name))
     if project is None:
-        raise NotFound(f"no project named {name!r}")
+        raise identity.project_not_found(name)
     return project
+
+
+async def get_for(
+    session: AsyncSession, *, actor: Actor, name: str, role: Role, action: str
+) -> models.Project:
+    """The project, if the caller holds at least `role` in it; missing and invisible look the same."""
+    project = await get(session, name=name)
+    await identity.require(session, actor=actor, project=project, role=role, action=action)
+    return project
+
+
+def may_create(actor: Actor, *, ctx: Core) -> bool:
+    return actor.is_admin or ctx.config.project_creators == "everyone"
 
 
 async def create(
@@ -31,9 +49,16 @@ async def create(
     webhook_url: str | None = None,
     webhook_secret: str | None = None,
 ) -> models.Project:
+    if not may_create(actor, ctx=ctx):
+        raise PermissionDenied("creating a project needs a global admin token on this server")
     name = validation.dns_label(name, field="name")
-    if await session.scalar(select(models.Project.id).where(models.Project.name == name)):
-        raise Conflict(f"project {name!r} already exists")
+    existing = await session.scalar(select(models.Project.id).where(models.Project.name == name))
+    if existing:
+        # Names are global, so the insert must fail either way; only someone who can see the project
+        # hears that it exists.
+        if await identity.role_of(session, actor=actor, project_id=existing) is not None:
+            raise Conflict(f"project {name!r} already exists")
+        raise Conflict(f"project name {name!r} is not available; choose another")
     project = models.Project(name=name, slack_channel=slack_channel)
     _set_webhook(project, ctx=ctx, url=webhook_url, secret=webhook_secret)
     session.add(project)
@@ -81,8 +106,7 @@ async def update(
     webhook_url: str | None = None,
     webhook_secret: str | None = None,
 ) -> models.Project:
-    project = await get(session, name=name)
-    await identity.require(session, actor=actor, project=project, role=Role.ADMIN, action="changing settings")
+    project = await get_for(session, actor=actor, name=name, role=Role.ADMIN, action="changing settings")
     if slack_channel is not None:
         project.slack_channel = slack_channel or None
     _set_webhook(project, ctx=ctx, url=webhook_url, secret=webhook_secret)
@@ -113,8 +137,9 @@ async def set_access(
     session: AsyncSession, *, actor: Actor, project_name: str, subject: str, role: str | None
 ) -> models.Member | None:
     """Grant a role (or remove it with role=None).  Owners manage access."""
-    project = await get(session, name=project_name)
-    await identity.require(session, actor=actor, project=project, role=Role.OWNER, action="managing access")
+    project = await get_for(
+        session, actor=actor, name=project_name, role=Role.OWNER, action="managing access"
+    )
     if not subject or ":" not in subject:
         raise InvalidInput("subject must look like slack:U123, github:login or user:name", field="subject")
     member = await session.scalar(
@@ -145,8 +170,9 @@ async def set_access(
 
 
 async def members(session: AsyncSession, *, actor: Actor, project_name: str) -> list[models.Member]:
-    project = await get(session, name=project_name)
-    await identity.require(session, actor=actor, project=project, role=Role.VIEWER, action="listing members")
+    project = await get_for(
+        session, actor=actor, name=project_name, role=Role.VIEWER, action="listing members"
+    )
     return list(
         await session.scalars(
             select(models.Member)
@@ -154,3 +180,11 @@ async def members(session: AsyncSession, *, actor: Actor, project_name: str) -> 
             .order_by(models.Member.subject)
         )
     )
+
+
+async def grants(session: AsyncSession, *, actor: Actor, project_name: str) -> list[claims.ProjectGrant]:
+    """Where the project may deploy: its cluster grants and the namespaces it claims."""
+    project = await get_for(
+        session, actor=actor, name=project_name, role=Role.VIEWER, action="listing grants"
+    )
+    return await claims.grants(session, project_id=project.id)

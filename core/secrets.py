@@ -25,10 +25,10 @@ MAX_VALUE_BYTES = 64 * 1024
 async def set_values(
     session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, values: dict[str, str]
 ) -> models.App:
-    if not values:
-        raise InvalidInput("give at least one KEY=VALUE", field="values")
     app = await apps.get(session, actor=actor, name=app_name)
     await apps.authorize(session, actor=actor, app=app, role=Role.ADMIN, action="setting secrets")
+    if not values:
+        raise InvalidInput("give at least one KEY=VALUE", field="values")
     existing = {
         s.key: s for s in await session.scalars(select(models.Secret).where(models.Secret.app_id == app.id))
     }
@@ -61,10 +61,10 @@ async def set_values(
 
 
 async def unset(session: AsyncSession, *, actor: Actor, app_name: str, keys: list[str]) -> list[str]:
-    if not keys:
-        raise InvalidInput("give at least one KEY", field="keys")
     app = await apps.get(session, actor=actor, name=app_name)
     await apps.authorize(session, actor=actor, app=app, role=Role.ADMIN, action="deleting secrets")
+    if not keys:
+        raise InvalidInput("give at least one KEY", field="keys")
     rows = list(
         await session.scalars(
             select(models.Secret).where(models.Secret.app_id == app.id, models.Secret.key.in_(keys))

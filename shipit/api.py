@@ -20,6 +20,7 @@ from core import (
     apps,
     audit,
     autoscaling,
+    claims,
     clusters,
     deploys,
     identity,
@@ -30,7 +31,7 @@ from core import (
     tokens,
 )
 from core.apps import AppChanges
-from core.errors import NotFound, PermissionDenied, ShipitError, Unauthenticated
+from core.errors import NotFound, ShipitError, Unauthenticated
 from core.identity import Actor
 from shipit import schemas
 from shipit.runtime import Runtime
@@ -109,6 +110,13 @@ async def update_project(
         return schemas.ProjectOut.of(p)
 
 
+@router.get("/projects/{name}/grants")
+async def list_project_grants(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.GrantOut]:
+    async with tx(rt) as session:
+        rows = await projects.grants(session, actor=actor, project_name=name)
+        return [_grant_out(g) for g in rows]
+
+
 @router.get("/projects/{name}/members")
 async def list_members(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.MemberOut]:
     async with tx(rt) as session:
@@ -140,13 +148,13 @@ async def remove_member(name: str, subject: str, rt: RtDep, actor: ActorDep) -> 
 @router.get("/clusters")
 async def list_clusters(rt: RtDep, actor: ActorDep) -> list[schemas.ClusterOut]:
     async with tx(rt) as session:
-        return [schemas.ClusterOut.of(c) for c in await clusters.list_all(session)]
+        rows = await clusters.list_visible(session, actor=actor)
+        return [schemas.ClusterOut.of(c, admin=actor.is_admin) for c in rows]
 
 
 @router.post("/clusters", status_code=201)
 async def add_cluster(body: schemas.ClusterIn, rt: RtDep, actor: ActorDep) -> schemas.ClusterOut:
-    if not actor.is_admin:
-        raise PermissionDenied("adding a cluster needs a global admin token")
+    identity.require_admin(actor, action="adding a cluster")
     clusters.parse_kubeconfig(body.kubeconfig)
     # The connectivity check talks to the cluster, so it runs before the transaction opens.
     version = await clusters.check(ctx=rt.core, kubeconfig_text=body.kubeconfig, key=f"check:{body.name}")
@@ -161,7 +169,37 @@ async def add_cluster(body: schemas.ClusterIn, rt: RtDep, actor: ActorDep) -> sc
             default_namespace=body.namespace,
             version=version,
         )
-        return schemas.ClusterOut.of(c)
+        return schemas.ClusterOut.of(c, admin=True)
+
+
+def _grant_out(g: claims.ProjectGrant) -> schemas.GrantOut:
+    return schemas.GrantOut(
+        cluster=g.cluster, project=g.project, namespaces=g.namespaces, granted_by=g.granted_by
+    )
+
+
+@router.get("/clusters/{name}/grants")
+async def list_grants(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.GrantOut]:
+    async with tx(rt) as session:
+        return [_grant_out(g) for g in await clusters.grants(session, actor=actor, cluster=name)]
+
+
+@router.post("/clusters/{name}/grants", status_code=201)
+async def grant_cluster(name: str, body: schemas.GrantIn, rt: RtDep, actor: ActorDep) -> schemas.GrantOut:
+    async with tx(rt) as session:
+        g = await clusters.grant(
+            session, actor=actor, cluster=name, project=body.project, namespace=body.namespace
+        )
+        return _grant_out(g)
+
+
+@router.delete("/clusters/{name}/grants/{project}", status_code=204)
+async def revoke_cluster(
+    name: str, project: str, rt: RtDep, actor: ActorDep, namespace: str | None = None
+) -> None:
+    """Without `namespace`: the whole grant and every claim; with it: that one namespace."""
+    async with tx(rt) as session:
+        await clusters.revoke(session, actor=actor, cluster=name, project=project, namespace=namespace)
 
 
 # ------------------------------------------------------------------ apps
@@ -224,7 +262,7 @@ async def show_app(name: str, rt: RtDep, actor: ActorDep) -> schemas.AppOut:
 async def update_app(name: str, body: schemas.AppFields, rt: RtDep, actor: ActorDep) -> schemas.AppOut:
     async with tx(rt) as session:
         return await _app_out(
-            session, await apps.update(session, actor=actor, name=name, changes=_changes(body))
+            session, await apps.update(session, ctx=rt.core, actor=actor, name=name, changes=_changes(body))
         )
 
 

@@ -380,6 +380,23 @@ def projects_members(
     table(["SUBJECT", "ROLE"], [[m["subject"], m["role"]] for m in rows], empty="no members")
 
 
+@projects_app.command("grants")
+def projects_grants(
+    project: Annotated[str, typer.Argument(help="Project name.")], as_json: JsonOpt = False
+) -> None:
+    """Where a project may deploy: the clusters it is granted and the namespaces it owns."""
+    with api() as client:
+        rows = client.get(f"/projects/{_q(project)}/grants")
+    if as_json:
+        show_json(rows)
+        return
+    table(
+        ["CLUSTER", "PROJECT", "NAMESPACES", "GRANTED BY"],
+        _grant_rows(rows),
+        empty=f"{project} may use no cluster yet: a global admin runs shipit clusters grant CLUSTER {project}",
+    )
+
+
 @projects_app.command("access")
 def projects_access(
     project: Annotated[str, typer.Argument(help="Project name.")],
@@ -412,19 +429,107 @@ def projects_access(
 
 @clusters_app.command("list")
 def clusters_list(as_json: JsonOpt = False) -> None:
-    """The clusters shipit deploys to."""
+    """The clusters your projects may use (all of them, with their servers, for a global admin)."""
     with api() as client:
         rows = client.get("/clusters")
     if as_json:
         show_json(rows)
         return
-    table(
-        ["NAME", "SERVER", "VERSION", "NAMESPACE", "CHECKED"],
+    empty = "no clusters yet: a global admin adds one (shipit clusters add) and grants it to your project"
+    if any(c.get("server") is not None for c in rows):
+        table(
+            ["NAME", "SERVER", "VERSION", "NAMESPACE", "CHECKED"],
+            [
+                [
+                    c["name"],
+                    c["server"],
+                    c["server_version"],
+                    c["default_namespace"],
+                    when(c["last_check_at"]),
+                ]
+                for c in rows
+            ],
+            empty=empty,
+        )
+    else:
+        table(["NAME", "NAMESPACE"], [[c["name"], c["default_namespace"]] for c in rows], empty=empty)
+
+
+def _grant_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    return [
         [
-            [c["name"], c["server"], c["server_version"], c["default_namespace"], when(c["last_check_at"])]
-            for c in rows
-        ],
-        empty="no clusters yet: shipit clusters add NAME --kubeconfig PATH",
+            g["cluster"],
+            g["project"],
+            ", ".join(f"{ns} ({origin})" for ns, origin in g["namespaces"].items()) or "-",
+            g["granted_by"],
+        ]
+        for g in rows
+    ]
+
+
+@clusters_app.command("grant")
+def clusters_grant(
+    cluster: Annotated[str, typer.Argument(help="Cluster name.")],
+    project: Annotated[str, typer.Argument(help="Project that may use it.")],
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            help="Also hand the project this namespace, which may already exist (you vouch for it)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Let a project use a cluster (global admins).  Without --namespace shipit creates new namespaces."""
+    with api() as client:
+        g = client.call(
+            "POST", f"/clusters/{_q(cluster)}/grants", body={"project": project, "namespace": namespace}
+        )
+    if as_json:
+        show_json(g)
+        return
+    if namespace:
+        typer.echo(
+            f"project {g['project']} may use cluster {g['cluster']} and owns namespace {namespace} there"
+        )
+    else:
+        typer.echo(
+            f"project {g['project']} may use cluster {g['cluster']}; shipit creates the namespaces its apps need"
+        )
+
+
+@clusters_app.command("revoke")
+def clusters_revoke(
+    cluster: Annotated[str, typer.Argument(help="Cluster name.")],
+    project: Annotated[str, typer.Argument(help="Project to take it from.")],
+    namespace: Annotated[
+        str | None, typer.Option(help="Take back only this namespace; the project keeps the cluster.")
+    ] = None,
+) -> None:
+    """Take back a cluster grant or one namespace (global admins); refused while apps still use it."""
+    with api() as client:
+        client.call(
+            "DELETE", f"/clusters/{_q(cluster)}/grants/{_q(project)}", params={"namespace": namespace}
+        )
+    if namespace:
+        typer.echo(f"project {project} no longer owns namespace {namespace} on cluster {cluster}")
+    else:
+        typer.echo(f"project {project} may no longer use cluster {cluster}")
+
+
+@clusters_app.command("grants")
+def clusters_grants(
+    cluster: Annotated[str, typer.Argument(help="Cluster name.")], as_json: JsonOpt = False
+) -> None:
+    """Which projects may use a cluster, and the namespaces each owns there (global admins)."""
+    with api() as client:
+        rows = client.get(f"/clusters/{_q(cluster)}/grants")
+    if as_json:
+        show_json(rows)
+        return
+    table(
+        ["CLUSTER", "PROJECT", "NAMESPACES", "GRANTED BY"],
+        _grant_rows(rows),
+        empty=f"no project may use {cluster} yet: shipit clusters grant {cluster} PROJECT",
     )
 
 

@@ -90,6 +90,7 @@ async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
         default_ingress_class=settings.ingress_class,
         default_tls_issuer=settings.tls_issuer,
         public_url=settings.url,
+        project_creators=settings.project_creators,
     )
     core = Core(sessionmaker=sessionmaker, cipher=cipher, kube=KubeClients(), config=config)
     install_wakeup(core)

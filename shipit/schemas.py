@@ -61,21 +61,41 @@ class ClusterIn(Strict):
 
 
 class ClusterOut(BaseModel):
+    """A cluster; where it is and how it answered are for global admins only (None for everyone else)."""
+
     name: str
-    server: str
-    server_version: str
     default_namespace: str
-    last_check_at: dt.datetime | None
+    server: str | None = None
+    server_version: str | None = None
+    last_check_at: dt.datetime | None = None
+    last_check_error: str | None = None
 
     @classmethod
-    def of(cls, c: models.Cluster) -> ClusterOut:
+    def of(cls, c: models.Cluster, *, admin: bool) -> ClusterOut:
+        if not admin:
+            return cls(name=c.name, default_namespace=c.default_namespace)
         return cls(
             name=c.name,
+            default_namespace=c.default_namespace,
             server=c.server,
             server_version=c.server_version,
-            default_namespace=c.default_namespace,
             last_check_at=c.last_check_at,
+            last_check_error=c.last_check_error,
         )
+
+
+class GrantIn(Strict):
+    project: str
+    namespace: str | None = None
+
+
+class GrantOut(BaseModel):
+    cluster: str
+    project: str
+    namespaces: dict[
+        str, str
+    ]  # namespace -> origin: granted (vouched for by an admin) or created (by shipit)
+    granted_by: str
 
 
 class AppFields(Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     max_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     run_worker: bool = True
+
+    # tenancy: who may create projects ("admins": global admins only; "everyone": any API token)
+    project_creators: Literal["admins", "everyone"] = "admins"
 
     # the job queue
     worker_concurrency: int = Field(default=8, ge=1, le=256)

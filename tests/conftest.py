@@ -130,6 +130,8 @@ async def world(rt: Runtime, kube_env: object, namespace: str) -> World:
             default_namespace=namespace,
             version=version,
         )
+        # The project may use the cluster and owns the test's namespace there, as a global admin grants.
+        await clusters.grant(session, actor=ADMIN, cluster="test", project="acme", namespace=namespace)
     return World(rt=rt, project="acme", cluster="test", namespace=namespace)
 
 

@@ -340,6 +340,7 @@ async def offline(live_server: LiveServer) -> AsyncIterator[World]:
                 default_namespace="apps",
                 version="v0.0.0-hanging",
             )
+            await clusters.grant(session, actor=ADMIN, cluster="hanging", project="acme", namespace="apps")
         await grant_roles(rt, project="acme")
         yield World(rt=rt, project="acme", cluster="hanging", namespace="apps")
 

@@ -251,3 +251,17 @@ def test_views_fingerprint_changes_with_the_card() -> None:
     a = views.card(deployment=notice(status="queued").deployment, app=None, project=None)  # type: ignore[arg-type]
     b = views.card(deployment=notice(status="running").deployment, app=None, project=None)  # type: ignore[arg-type]
     assert notifier_mod.SlackNotifier._fingerprint(a) != notifier_mod.SlackNotifier._fingerprint(b)
+
+
+async def test_protection_changes_are_left_to_the_other_notifiers(
+    fake_slack: FakeSlack, client: AsyncWebClient
+) -> None:
+    # The card is about deploys; an app event (no deployment) is neither queued for Slack nor breaks it.
+    n = make(client)
+    assert not n.wants(events.APP_PROTECTION_CHANGED)
+    change = dataclasses.replace(
+        notice(), kind=events.APP_PROTECTION_CHANGED, deployment=None, payload={"protected": False}
+    )
+    calls = len(fake_slack.calls())
+    assert await n.deliver(change) is None
+    assert len(fake_slack.calls()) == calls

@@ -128,7 +128,9 @@ async def test_locked_app_refuses_deploys_until_unlocked(paper: Runtime) -> None
 
 async def test_protected_app_needs_a_second_person(paper: Runtime) -> None:
     async with paper.sessionmaker.begin() as session:
-        await apps.update(session, actor=ADMIN, name="web", changes=apps.AppChanges(protected=True))
+        await apps.update(
+            session, ctx=paper.core, actor=ADMIN, name="web", changes=apps.AppChanges(protected=True)
+        )
     d = (await _request(paper, image="2.0")).deployment
     assert d.status == deploys.AWAITING_APPROVAL
     assert await _count(paper, models.Job, models.Job.kind == "deploy") == 0
@@ -149,7 +151,9 @@ async def test_protected_app_needs_a_second_person(paper: Runtime) -> None:
 
 async def test_approval_expires(paper: Runtime) -> None:
     async with paper.sessionmaker.begin() as session:
-        await apps.update(session, actor=ADMIN, name="web", changes=apps.AppChanges(protected=True))
+        await apps.update(
+            session, ctx=paper.core, actor=ADMIN, name="web", changes=apps.AppChanges(protected=True)
+        )
     d = (await _request(paper, image="2.0")).deployment
     async with paper.sessionmaker.begin() as session:
         await session.execute(

@@ -83,6 +83,7 @@ async def offline(live_server: LiveServer) -> str:
             default_namespace="apps",
             version="v0.0.0-offline",
         )
+        await clusters.grant(session, actor=ADMIN, cluster="offline", project="acme", namespace="apps")
     return "offline"
 
 

@@ -95,9 +95,13 @@ async def test_cli_tour_without_a_cluster(live_server: LiveServer, shipit: Run, 
     clusters = table(ok(await shipit("clusters", "list")))
     assert clusters[1][0] == "offline" and clusters[1][3] == "apps"
 
+    # Namespace `apps` belongs to acme (the fixture's grant); shop gets its own.
+    assert "project shop may use cluster offline and owns namespace shop there" in ok(
+        await shipit("clusters", "grant", "offline", "shop", "--namespace", "shop")
+    )
     out = ok(
         await shipit(
-            "apps", "create", "web", "--project", "shop", "--cluster", "offline",
+            "apps", "create", "web", "--project", "shop", "--cluster", "offline", "--namespace", "shop",
             "--image", "ghcr.io/acme/web:1.4", "--port", "8080", "--replicas", "2",
             "--env", "LOG_LEVEL=info", "--env", "GREETING=a=b",
             "--cpu-request", "200m", "--cpu-limit", "1",
@@ -106,7 +110,7 @@ async def test_cli_tour_without_a_cluster(live_server: LiveServer, shipit: Run, 
             "--health-period", "15", "--domain", "web.example.com", "--protected", "--no-deploy",
         )
     )  # fmt: skip
-    assert "created app web in project shop (cluster offline, namespace apps)" in out
+    assert "created app web in project shop (cluster offline, namespace shop)" in out
     assert "not deployed yet" in out
     # Seed style: `apps create CLUSTER --name APP`, with autoscaling flags; the only-project default is not
     # used because there are two projects.
@@ -125,7 +129,7 @@ async def test_cli_tour_without_a_cluster(live_server: LiveServer, shipit: Run, 
     assert rows[0] == ["NAME", "PROJECT", "CLUSTER", "NAMESPACE", "IMAGE", "REPLICAS", "FLAGS"]
     assert rows[1:] == [
         ["api", "acme", "offline", "apps", "ghcr.io/acme/api:2", "2-10 @70% cpu", "-"],
-        ["web", "shop", "offline", "apps", "ghcr.io/acme/web:1.4", "2", "protected"],
+        ["web", "shop", "offline", "shop", "ghcr.io/acme/web:1.4", "2", "protected"],
     ]
     listed = json.loads(ok(await shipit("apps", "list", "--project", "shop", "--json")))
     assert [a["name"] for a in listed] == ["web"]

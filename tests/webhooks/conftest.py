@@ -211,6 +211,7 @@ async def offline_cluster(rt: Runtime) -> None:
                 default_namespace="default",
                 version="v1.36.3",
             )
+            await clusters.grant(session, actor=ADMIN, cluster="test", project="acme", namespace="default")
 
 
 async def make_app(

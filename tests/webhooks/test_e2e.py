@@ -206,7 +206,9 @@ async def test_a_push_deploys_and_reports_and_the_domain_adds_and_removes_the_in
 
     # Clearing the domain removes the Ingress with the next deploy.
     async with live_hook.rt.sessionmaker.begin() as session:
-        await apps.update(session, actor=ADMIN, name="web", changes=AppChanges(domain=None))
+        await apps.update(
+            session, ctx=live_hook.rt.core, actor=ADMIN, name="web", changes=AppChanges(domain=None)
+        )
     r = await live_hook.post("push", push_payload(sha=SHA_B))
     done = await wait_finished(live_hook, r.json()["decisions"][0]["deployment"])
     assert done.status == "succeeded", done.error

@@ -175,17 +175,19 @@ async def test_approved_waits_for_a_developer_label_and_each_new_push_waits_agai
     # Other labels, and the label from people without the developer role, approve nothing.
     r = await hook.post("pull_request", fork_pr_payload("labeled", number=7, label="bug", sender="maint"))
     assert "means nothing to shipit" in r.json()["message"]
-    for sender in ("contributor", "watcher"):
+    # A viewer is told the role it lacks; someone with no role learns nothing about the app.
+    refusals = {
+        "watcher": "not approved: approving a preview from a fork in project acme needs the developer role",
+        "contributor": "not approved: no app named 'web'",
+    }
+    for sender, reason in refusals.items():
         r = await hook.post(
             "pull_request", fork_pr_payload("labeled", number=7, label="shipit:preview", sender=sender)
         )
         assert r.status_code == 202
         [decision] = r.json()["decisions"]
         assert decision["action"] == "skip"
-        assert (
-            "not approved: approving a preview from a fork in project acme needs the developer role"
-            in (decision["reason"])
-        )
+        assert reason in decision["reason"]
     assert await deployments(hook.rt) == []
     assert (await _previews(hook))[0].approved_by is None
 
@@ -301,7 +303,11 @@ async def test_a_label_opens_and_approves_a_fork_preview_made_before_the_setting
     await hook.post("pull_request", fork_pr_payload("opened", number=7, sha=SHA_A))
     async with hook.rt.sessionmaker.begin() as session:
         await apps.update(
-            session, actor=ADMIN, name="web", changes=AppChanges(previews_from_forks="approved")
+            session,
+            ctx=hook.rt.core,
+            actor=ADMIN,
+            name="web",
+            changes=AppChanges(previews_from_forks="approved"),
         )
     closed = fork_pr_payload("labeled", number=7, sha=SHA_A, label="shipit:preview", sender="maint")
     closed["pull_request"]["state"] = "closed"
