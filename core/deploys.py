@@ -81,6 +81,7 @@ def workload_spec(
     *,
     ctx: Core,
     app_name: str,
+    project: str,
     namespace: str,
     revision: int,
     snapshot: dict[str, Any],
@@ -110,6 +111,7 @@ def workload_spec(
         )
     return WorkloadSpec(
         app=app_name,
+        project=project,
         namespace=namespace,
         revision=revision,
         image=str(snapshot["image"]),
@@ -605,6 +607,8 @@ async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
             return None
         cluster = await session.get(models.Cluster, app.cluster_id)
         assert cluster is not None
+        project = await session.get(models.Project, app.project_id)
+        assert project is not None
         preview = await session.get(models.Preview, deployment.preview_id) if deployment.preview_id else None
         if deployment.status == QUEUED:
             deployment.status, deployment.started_at = RUNNING, models.utcnow()
@@ -626,6 +630,7 @@ async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
         spec = workload_spec(
             ctx=ctx,
             app_name=app.name,
+            project=project.name,
             namespace=deployment.namespace,
             revision=deployment.revision_number,
             snapshot=revision.snapshot,
@@ -655,7 +660,8 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
     started = time.monotonic()
     where = f"deploy {plan.deployment_id} app={plan.app_name} namespace={plan.spec.namespace}"
     kube = await ctx.kube.get(key=str(plan.cluster_id), kubeconfig=plan.kubeconfig)
-    await kube.apply_workload(spec=plan.spec)
+    # A preview's namespace is shipit's own: never deploy into one that exists without our labels.
+    await kube.apply_workload(spec=plan.spec, namespace_origin="created" if plan.preview_id else "granted")
     async with ctx.sessionmaker.begin() as session:
         deployment = await session.get(models.Deployment, plan.deployment_id)
         if deployment is not None and deployment.applied_at is None:
