@@ -889,7 +889,9 @@ class Kube:
         fails with NotFound and is retried once after ensuring it again.
         """
         key = (spec.namespace, spec.project, namespace_origin)
-        if key not in self._namespaces:
+        # A created namespace is checked on every deploy: a cached "ours" could outlive a teardown
+        # done elsewhere and a foreign namespace made since under the same name.
+        if key not in self._namespaces or namespace_origin == "created":
             await self.ensure_namespace(
                 name=spec.namespace, project=spec.project, namespace_origin=namespace_origin
             )
@@ -998,7 +1000,8 @@ class Kube:
                     f"{problem}; shipit creates this namespace itself and does not take over an "
                     "existing one: delete or rename it, or pick another name"
                 )
-        self._namespaces.add((name, project, namespace_origin))
+        if namespace_origin == "granted":
+            self._namespaces.add((name, project, namespace_origin))
 
     async def _create_namespace(
         self, *, name: str, project: str, labels: Mapping[str, str] | None
