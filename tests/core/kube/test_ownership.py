@@ -518,6 +518,18 @@ async def test_a_created_namespace_that_exists_unlabelled_is_refused_and_untouch
     assert (await read_all(kube_api, namespace, "ledger"))["Deployment"] is None
 
 
+async def test_a_namespace_made_by_someone_else_just_before_our_create_is_returned_not_merged(
+    kube: kube_client.Kube, kube_api: k8s.ApiClient, namespace: str
+) -> None:
+    # The race ensure_namespace can lose: the namespace appears between its read and its create.
+    before = await k8s.CoreV1Api(kube_api).read_namespace(namespace)
+    theirs = await kube._create_namespace(name=namespace, project="payments", labels=None)
+    assert theirs is not None and theirs["metadata"]["uid"] == before.metadata.uid
+    assert kube_client.namespace_problem(theirs, name=namespace, project="payments") is not None
+    after = await k8s.CoreV1Api(kube_api).read_namespace(namespace)
+    assert after.metadata.resource_version == before.metadata.resource_version
+
+
 async def test_a_namespace_of_another_project_is_neither_adopted_nor_deleted(
     kube: kube_client.Kube, kube_api: k8s.ApiClient, namespace: str
 ) -> None:
