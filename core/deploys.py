@@ -22,7 +22,7 @@ from core import apps, audit, claims, clusters, events, jobs, metrics, secrets, 
 from core.context import Core
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor, Role
-from core.kube.client import RolloutProgress
+from core.kube.client import NamespaceOrigin, RolloutProgress
 from core.kube.spec import Autoscaling, HealthCheck, IngressSpec, Resources, WorkloadSpec
 from storage import models
 
@@ -81,6 +81,7 @@ def workload_spec(
     *,
     ctx: Core,
     app_name: str,
+    project: str,
     namespace: str,
     revision: int,
     snapshot: dict[str, Any],
@@ -110,6 +111,7 @@ def workload_spec(
         )
     return WorkloadSpec(
         app=app_name,
+        project=project,
         namespace=namespace,
         revision=revision,
         image=str(snapshot["image"]),
@@ -610,6 +612,7 @@ class _Plan:
     spec: WorkloadSpec
     trigger: str
     preview_id: int | None
+    namespace_origin: NamespaceOrigin
     accepted_at: dt.datetime
 
 
@@ -628,7 +631,16 @@ async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
             return None
         cluster = await session.get(models.Cluster, app.cluster_id)
         assert cluster is not None
+        project = await session.get(models.Project, app.project_id)
+        assert project is not None
         preview = await session.get(models.Preview, deployment.preview_id) if deployment.preview_id else None
+        # The claim decides how the namespace is treated: one shipit created must carry our labels.
+        # Checked again here because a grant can be revoked while the deploy waits in the queue.
+        claim = await claims.claim_of(session, cluster_id=cluster.id, namespace=deployment.namespace)
+        if claim is None or claim.project_id != app.project_id:
+            deployment.status, deployment.finished_at = FAILED, models.utcnow()
+            deployment.error = f"namespace {deployment.namespace} is no longer held by project {project.name}"
+            return None
         if deployment.status == QUEUED:
             deployment.status, deployment.started_at = RUNNING, models.utcnow()
             await events.emit_for_deployment(
@@ -654,6 +666,7 @@ async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
         spec = workload_spec(
             ctx=ctx,
             app_name=app.name,
+            project=project.name,
             namespace=deployment.namespace,
             revision=deployment.revision_number,
             snapshot=revision.snapshot,
@@ -672,6 +685,7 @@ async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
             spec=spec,
             trigger=deployment.trigger,
             preview_id=deployment.preview_id,
+            namespace_origin="created" if claim.origin == claims.CREATED else "granted",
             accepted_at=deployment.created_at,
         )
 
@@ -683,7 +697,8 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
     started = time.monotonic()
     where = f"deploy {plan.deployment_id} app={plan.app_name} namespace={plan.spec.namespace}"
     kube = await ctx.kube.get(key=str(plan.cluster_id), kubeconfig=plan.kubeconfig)
-    await kube.apply_workload(spec=plan.spec)
+    # A namespace shipit created (previews, apps in new namespaces) must exist with our labels or not at all.
+    await kube.apply_workload(spec=plan.spec, namespace_origin=plan.namespace_origin)
     async with ctx.sessionmaker.begin() as session:
         deployment = await session.get(models.Deployment, plan.deployment_id)
         if deployment is not None and deployment.applied_at is None:

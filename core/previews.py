@@ -632,14 +632,21 @@ async def run_teardown(*, ctx: Core, job: jobs.JobView) -> None:
         cluster = await session.get(models.Cluster, app.cluster_id) if app else None
         if app is None or cluster is None:
             return
+        project = await session.get(models.Project, app.project_id)
+        assert project is not None
         namespace, app_name = preview.namespace, app.name
         kube = await ctx.kube.get(key=str(cluster.id), kubeconfig=clusters.kubeconfig(cluster, ctx=ctx))
-    await kube.delete_namespace(name=namespace)
+    try:
+        deleting = await kube.delete_namespace(name=namespace, project=project.name)
+    except Conflict as e:
+        # Not shipit's namespace (its deploy was refused too): close the preview, leave the namespace.
+        log.warning("preview %s of %s: %s", namespace, app_name, e)
+        deleting = False
     # Wait for the namespace to be gone so a reopened PR does not deploy into a terminating one.
     loop = asyncio.get_running_loop()
     deadline = loop.time() + NAMESPACE_GONE_WAIT_SECONDS
     delay = 0.1
-    while await kube.namespace_exists(name=namespace):
+    while deleting and await kube.namespace_exists(name=namespace):
         if loop.time() > deadline:
             raise TransientError(f"namespace {namespace} is still terminating", retry_after=10)
         await asyncio.sleep(delay)

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import apps, clusters, deploys, events
 from core.context import Core
-from core.errors import ShipitError
+from core.errors import Conflict, ShipitError
 from core.identity import Actor, Role
 from core.kube.client import DeploymentStatus
 from storage import models
@@ -24,6 +24,7 @@ from storage import models
 class Target:
     app_id: int
     app: str
+    project: str
     namespace: str
     cluster_id: int
     kubeconfig: str
@@ -49,9 +50,11 @@ async def target(session: AsyncSession, *, ctx: Core, actor: Actor, app_name: st
     await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="reading status")
     cluster = await session.get(models.Cluster, app.cluster_id)
     assert cluster is not None
+    project = await apps.project_of(session, app=app)
     return Target(
         app_id=app.id,
         app=app.name,
+        project=project.name,
         namespace=app.namespace,
         cluster_id=cluster.id,
         kubeconfig=clusters.kubeconfig(cluster, ctx=ctx),
@@ -106,9 +109,14 @@ async def logs(*, ctx: Core, target: Target, tail_lines: int, follow: bool) -> A
         yield line
 
 
-async def remove_workload(*, ctx: Core, target: Target) -> None:
-    """Delete what shipit applied for an app (HPA first, so it cannot scale what is going away)."""
+async def remove_workload(*, ctx: Core, target: Target) -> list[str]:
+    """Delete what shipit applied for an app (HPA first, so it cannot scale what is going away).
+
+    Only objects labelled as this project's app are deleted; returns why each other object under
+    the app's names was left alone.
+    """
     kube = await ctx.kube.get(key=str(target.cluster_id), kubeconfig=target.kubeconfig)
+    kept: list[str] = []
     for kind, name in (
         ("HorizontalPodAutoscaler", target.app),
         ("Ingress", target.app),
@@ -116,4 +124,10 @@ async def remove_workload(*, ctx: Core, target: Target) -> None:
         ("Deployment", target.app),
         ("Secret", f"{target.app}-secrets"),
     ):
-        await kube.delete(kind=kind, name=name, namespace=target.namespace)
+        try:
+            await kube.delete(
+                kind=kind, name=name, namespace=target.namespace, project=target.project, app=target.app
+            )
+        except Conflict as e:
+            kept.append(str(e))
+    return kept

@@ -274,7 +274,7 @@ async def delete_app(name: str, rt: RtDep, actor: ActorDep) -> dict[str, object]
     # The app is gone from the database now; an unreachable cluster must not make that look like a
     # failure, so say what was left behind instead of answering with an error.
     try:
-        await status.remove_workload(ctx=rt.core, target=target)
+        kept = await status.remove_workload(ctx=rt.core, target=target)
     except ShipitError as e:
         log.warning("app %s deleted, but its workload in %s stays: %s", name, target.namespace, e)
         return {
@@ -282,6 +282,13 @@ async def delete_app(name: str, rt: RtDep, actor: ActorDep) -> dict[str, object]
             "workload_removed": False,
             "warning": f"{name} is deleted, but its objects in namespace {target.namespace} could not be "
             f"removed from the cluster ({e}); they carry the label app.kubernetes.io/name={name}",
+        }
+    if kept:
+        return {
+            "deleted": name,
+            "workload_removed": True,
+            "warning": f"{name} is deleted; objects shipit did not create for it were left alone: "
+            + "; ".join(kept),
         }
     return {"deleted": name, "workload_removed": True, "warning": None}
 

@@ -10,6 +10,12 @@ one function map every HTTP failure.
 Rollouts are followed with the watch API from a list's resourceVersion, so a
 watcher started after a crash sees the cluster's current state first and
 returns at once when the rollout already finished.
+
+shipit never takes over what it did not create: before applying over or
+deleting an object it reads it, and refuses (core Conflict) unless it carries
+`app.kubernetes.io/managed-by: shipit` with this project's `shipit.dev/project`
+and this app's `shipit.dev/app`.  Only objects proven ours are applied with
+force; a namespace shipit did not create is never relabelled.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import yaml
@@ -48,6 +54,12 @@ FAILING_WAIT_REASONS = frozenset(
 LOG_TAIL_LINES = 20
 FAILURE_LOG_TIMEOUT = 5.0
 _MAX_MESSAGE = 800
+
+# Who a namespace came from, as the namespace claim records it: "granted" by an admin (deploy into it
+# as it is, never relabel it) or "created" by shipit (exists only with shipit's labels for the project).
+NamespaceOrigin = Literal["granted", "created"]
+# Ask for metadata only when checking ownership: smaller answers, and a Secret's values never travel.
+_METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +199,10 @@ def _bad_quantities(obj: Any, path: str = "") -> list[str]:
     return found
 
 
+class _AlreadyExists(errors.TransientError):
+    """409 AlreadyExists on a create: still a TransientError to everyone but the creator that checks for it."""
+
+
 def _http_error(
     *, status: int, body: bytes | str | None, headers: Mapping[str, str] | None, what: str
 ) -> errors.ShipitError:
@@ -208,6 +224,8 @@ def _http_error(
     if status == 404:
         return errors.NotFound(text)
     if status == 409:
+        if parsed.get("reason") == "AlreadyExists":
+            return _AlreadyExists(f"{what}: already exists: {message}")
         return errors.TransientError(f"{what}: conflict: {message}")
     if status == 500 and any(marker in message for marker in _CONVERSION_FAILURES):
         # The API server answers 500 when an applied object does not decode (a bad quantity, a
@@ -417,6 +435,135 @@ def evaluate_rollout(deployment: dict[str, Any], pods: Mapping[str, dict[str, An
     return None
 
 
+# ---------------------------------------------------------------------------
+# Ownership: whose an existing object is, from its labels; who made it, from its managedFields
+
+
+def _count_fields(fields: Any) -> int:
+    if not isinstance(fields, dict):
+        return 0
+    return sum(1 + _count_fields(value) for value in fields.values())
+
+
+def field_manager_of(obj: Mapping[str, Any]) -> str:
+    """The field manager owning most of the object's own fields: in practice, who made it.
+
+    Entries for subresources (status, scale) are controllers at work, not the author.
+    """
+    best, most = "", -1
+    for entry in _list(_dig(obj, "metadata", "managedFields")):
+        if _dig(entry, "subresource"):
+            continue
+        manager, count = _str(_dig(entry, "manager")), _count_fields(_dig(entry, "fieldsV1"))
+        if manager and count > most:
+            best, most = manager, count
+    return best or "unknown"
+
+
+def _where(kind: str, namespace: str | None, name: str) -> str:
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+def ownership_problem(
+    obj: Mapping[str, Any],
+    *,
+    kind: str,
+    namespace: str | None,
+    name: str,
+    project: str,
+    app: str,
+    instance: str | None = None,
+) -> str | None:
+    """Why shipit must not apply over or delete this existing object for `project`'s `app`; None if ours.
+
+    Ours: managed-by shipit with this project and app.  Objects from shipit versions before the
+    project label (managed-by shipit, no shipit.dev/project, app.kubernetes.io/instance the app) are
+    ours too: the namespace's claim by the project was checked in core before anything reaches here.
+    """
+    labels = _str_dict(_dig(obj, "metadata", "labels"))
+    if labels.get(render.LABEL_MANAGED_BY) == FIELD_MANAGER:
+        owner_project, owner_app = labels.get(render.LABEL_PROJECT), labels.get(render.LABEL_APP)
+        if owner_project == project and owner_app == app:
+            return None
+        if (
+            owner_project is None
+            and owner_app in (None, app)
+            and labels.get(render.LABEL_INSTANCE) == (instance or app)
+        ):
+            return None
+        if owner_project == project:
+            whose = f"belongs to app {owner_app or '(none)'} of this project"
+        elif owner_project is None:
+            whose = f"is labelled managed-by shipit but not for app {app}"
+        else:
+            whose = "belongs to another shipit project"
+    else:
+        whose = "was not created by shipit"
+    return f"{_where(kind, namespace, name)} already exists and {whose} (field manager {field_manager_of(obj)!r})"
+
+
+def namespace_problem(obj: Mapping[str, Any], *, name: str, project: str) -> str | None:
+    """Why namespace `name` is not one shipit created for `project`; None if it is."""
+    labels = _str_dict(_dig(obj, "metadata", "labels"))
+    owned = render.ownership_labels(project=project)
+    if owned.items() <= labels.items():
+        return None
+    if labels.get(render.LABEL_MANAGED_BY) == FIELD_MANAGER and render.LABEL_PROJECT in labels:
+        whose = "belongs to another shipit project"
+    else:
+        whose = f"was not created by shipit for project {project}"
+    return f"namespace {name} already exists and {whose} (field manager {field_manager_of(obj)!r})"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Target:
+    """One object shipit means to apply or delete, and whose it must be."""
+
+    kind: str
+    name: str
+    namespace: str | None
+    project: str
+    app: str
+    instance: str
+
+    def problem(self, obj: Mapping[str, Any]) -> str | None:
+        return ownership_problem(
+            obj,
+            kind=self.kind,
+            namespace=self.namespace,
+            name=self.name,
+            project=self.project,
+            app=self.app,
+            instance=self.instance,
+        )
+
+
+def _target_of(manifest: Mapping[str, Any]) -> _Target:
+    """Where a rendered manifest goes and, from its own ownership labels, whose it is."""
+    kind = _str(manifest.get("kind"))
+    name = _str(_dig(manifest, "metadata", "name"))
+    if not name:
+        raise errors.PermanentError(f"{kind} manifest has no metadata.name")
+    labels = _str_dict(_dig(manifest, "metadata", "labels"))
+    project, app = labels.get(render.LABEL_PROJECT), labels.get(render.LABEL_APP)
+    if labels.get(render.LABEL_MANAGED_BY) != FIELD_MANAGER or not project or not app:
+        raise errors.PermanentError(f"{kind} {name}: the manifest carries no shipit ownership labels")
+    return _Target(
+        kind=kind,
+        name=name,
+        namespace=_str(_dig(manifest, "metadata", "namespace")) or None,
+        project=project,
+        app=app,
+        instance=labels.get(render.LABEL_INSTANCE) or app,
+    )
+
+
+_NOT_TAKEN_OVER = (
+    "shipit does not take over objects it did not create: remove or rename them, "
+    "or deploy the app under another name or into another namespace"
+)
+
+
 async def _all(awaitables: list[Awaitable[Any]]) -> None:
     """Run concurrently, wait for all, then raise the first error (a core.errors one, not a group)."""
     results = await asyncio.gather(*awaitables, return_exceptions=True)
@@ -479,7 +626,8 @@ class Kube:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=min(request_timeout, 10.0))
         self._apps = k8s_client.AppsV1Api(api_client)
         self._core = k8s_client.CoreV1Api(api_client)
-        self._namespaces: set[str] = set()  # ensured by this client; saves a round trip per deploy
+        # (namespace, project, origin) ensured by this client; saves a round trip per deploy
+        self._namespaces: set[tuple[str, str, str]] = set()
 
     @classmethod
     async def from_kubeconfig(cls, *, kubeconfig: str, request_timeout: float = 30.0) -> Kube:
@@ -593,20 +741,73 @@ class Kube:
 
     # -- apply / delete ----------------------------------------------------------
 
-    async def apply(self, *, manifests: list[dict[str, Any]]) -> None:
-        """Server-side apply each manifest in order, as field manager `shipit`, taking over conflicts."""
-        for manifest in manifests:
-            kind = _str(manifest.get("kind"))
-            name = _str(_dig(manifest, "metadata", "name"))
-            namespace = _str(_dig(manifest, "metadata", "namespace")) or None
-            if not name:
-                raise errors.PermanentError(f"{kind} manifest has no metadata.name")
-            if kind == "Deployment" and _dig(manifest, "spec", "replicas") is None:
-                await self._hand_over_replicas(namespace=namespace or "", name=name)
-            await self._apply_one(
-                manifest, kind=kind, name=name, namespace=namespace, field_manager=FIELD_MANAGER
+    async def _current(self, target: _Target, *, full: bool = False) -> dict[str, Any] | None:
+        """What exists under the target's kind and name (its metadata only unless `full`), or None."""
+        try:
+            return await self._request(
+                "GET",
+                _path(target.kind, namespace=target.namespace, name=target.name),
+                what=f"read {_where(target.kind, target.namespace, target.name)}",
+                accept="application/json" if full else _METADATA_ONLY,
             )
-            logger.debug("applied %s %s/%s", kind, namespace or "", name)
+        except errors.NotFound:
+            return None
+
+    async def _current_all(self, targets: list[_Target]) -> list[dict[str, Any] | None]:
+        """One concurrent read per target: the single round trip ownership costs an apply.
+
+        The Deployment is read whole: handing its replicas over to an HPA needs its current value.
+        """
+        results = await asyncio.gather(
+            *(self._current(t, full=t.kind == "Deployment") for t in targets), return_exceptions=True
+        )
+        found: list[dict[str, Any] | None] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            found.append(result)
+        return found
+
+    @staticmethod
+    def _refuse_foreign(targets: list[_Target], found: list[dict[str, Any] | None]) -> None:
+        problems = [
+            problem
+            for target, obj in zip(targets, found, strict=True)
+            if obj is not None and (problem := target.problem(obj)) is not None
+        ]
+        if problems:
+            raise errors.Conflict(f"{'; '.join(problems)}. {_NOT_TAKEN_OVER}")
+
+    async def apply(self, *, manifests: list[dict[str, Any]]) -> None:
+        """Server-side apply each manifest in order, as field manager `shipit`.
+
+        Every manifest must carry shipit's ownership labels.  What already exists under the same
+        kind and name must carry the same project and app, or nothing is applied (Conflict).
+        """
+        targets = [_target_of(m) for m in manifests]
+        found = await self._current_all(targets)
+        self._refuse_foreign(targets, found)
+        await self._apply_checked(list(zip(targets, manifests, found, strict=True)))
+
+    async def _apply_checked(
+        self, items: list[tuple[_Target, dict[str, Any], dict[str, Any] | None]]
+    ) -> None:
+        """Apply manifests whose existing objects were proven ours (or did not exist), in order."""
+        for target, manifest, current in items:
+            if target.kind == "Deployment" and _dig(manifest, "spec", "replicas") is None:
+                await self._hand_over_replicas(target=target, current=current)
+            await self._apply_one(
+                manifest,
+                kind=target.kind,
+                name=target.name,
+                namespace=target.namespace,
+                field_manager=FIELD_MANAGER,
+                # Force takes fields back from other managers (the HPA's replicas after autoscaling is
+                # turned off): only on objects proven ours.  A new object is applied without it, so
+                # one created meanwhile by someone else conflicts (409) instead of being taken.
+                force=current is not None,
+            )
+            logger.debug("applied %s", _where(target.kind, target.namespace, target.name))
 
     async def _apply_one(
         self,
@@ -616,14 +817,18 @@ class Kube:
         name: str,
         namespace: str | None,
         field_manager: str,
+        force: bool,
     ) -> dict[str, Any]:
         path = _path(kind, namespace=namespace, name=name)
+        query = [("fieldManager", field_manager), ("fieldValidation", "Strict")]
+        if force:
+            query.append(("force", "true"))
         try:
             return await self._request(
                 "PATCH",
                 path,
-                what=f"apply {kind} {namespace + '/' if namespace else ''}{name}",
-                query=[("fieldManager", field_manager), ("force", "true"), ("fieldValidation", "Strict")],
+                what=f"apply {_where(kind, namespace, name)}",
+                query=query,
                 body=manifest,
                 content_type="application/apply-patch+yaml",
             )
@@ -633,15 +838,15 @@ class Kube:
                 raise
             raise errors.PermanentError(f"{e} (invalid quantity at {', '.join(bad)})") from e
 
-    async def _hand_over_replicas(self, *, namespace: str, name: str) -> None:
+    async def _hand_over_replicas(self, *, target: _Target, current: dict[str, Any] | None) -> None:
         """Let go of spec.replicas without the API server resetting it to 1.
 
         When an applier stops sending a field it alone owns, server-side apply
         removes it and defaulting puts back replicas=1: a 10-pod app would drop
         to one pod until the HPA reacts.  As the Kubernetes docs advise, first
         make a second manager co-own the current value, then apply without it.
+        `current` is the whole Deployment as read before the apply.
         """
-        current = await self.get(kind="Deployment", namespace=namespace, name=name)
         if current is None:
             return
         owns_replicas = any(
@@ -652,6 +857,7 @@ class Kube:
         )
         if not owns_replicas:
             return
+        namespace, name = target.namespace or "", target.name
         replicas = _int(_dig(current, "spec", "replicas"), 1)
         partial = {
             "apiVersion": "apps/v1",
@@ -660,77 +866,191 @@ class Kube:
             "spec": {"replicas": replicas},
         }
         await self._apply_one(
-            partial, kind="Deployment", name=name, namespace=namespace, field_manager=HANDOVER_FIELD_MANAGER
+            partial,
+            kind="Deployment",
+            name=name,
+            namespace=namespace,
+            field_manager=HANDOVER_FIELD_MANAGER,
+            force=True,  # the Deployment was proven ours before we got here
         )
         logger.info("handed Deployment %s/%s replicas=%d over to the HPA", namespace, name, replicas)
 
-    async def apply_workload(self, *, spec: spec_mod.WorkloadSpec) -> None:
+    async def apply_workload(
+        self, *, spec: spec_mod.WorkloadSpec, namespace_origin: NamespaceOrigin = "granted"
+    ) -> None:
         """Make the cluster match `spec`: what it turned off is deleted, the rest applied.
 
-        Two round trips on the hot path: first the Secret together with the deletes (an HPA
-        left running would rescale the Deployment that just got its replicas back), then the
-        Deployment (its pods read the Secret) together with everything that does not depend
-        on it.  The namespace is ensured once per client; if it was deleted behind our back,
-        the apply fails with NotFound and is retried once after ensuring it again.
+        Three round trips on the hot path: one concurrent read of every object the spec names (so
+        nothing shipit did not create is applied over or deleted: Conflict before any change), then
+        the Secret together with the deletes (an HPA left running would rescale the Deployment that
+        just got its replicas back), then the Deployment (its pods read the Secret) together with
+        everything that does not depend on it.  The namespace is ensured once per client (see
+        ensure_namespace for `namespace_origin`); if it was deleted behind our back, the apply
+        fails with NotFound and is retried once after ensuring it again.
         """
-        labels = {render.LABEL_MANAGED_BY: FIELD_MANAGER}
-        if spec.namespace not in self._namespaces:
-            await self.ensure_namespace(name=spec.namespace, labels=labels)
+        key = (spec.namespace, spec.project, namespace_origin)
+        # A created namespace is checked on every deploy: a cached "ours" could outlive a teardown
+        # done elsewhere and a foreign namespace made since under the same name.
+        if key not in self._namespaces or namespace_origin == "created":
+            await self.ensure_namespace(
+                name=spec.namespace, project=spec.project, namespace_origin=namespace_origin
+            )
         try:
             await self._apply_workload(spec)
         except errors.NotFound:
-            self._namespaces.discard(spec.namespace)
-            await self.ensure_namespace(name=spec.namespace, labels=labels)
+            self._namespaces.discard(key)
+            await self.ensure_namespace(
+                name=spec.namespace, project=spec.project, namespace_origin=namespace_origin
+            )
             await self._apply_workload(spec)
 
     async def _apply_workload(self, spec: spec_mod.WorkloadSpec) -> None:
         manifests = render.render(spec)
-        secret = [m for m in manifests if m["kind"] == "Secret"]
-        rest = [m for m in manifests if m["kind"] != "Secret"]
-        await _all(
-            [
-                *(
-                    self.delete(kind=kind, name=name, namespace=spec.namespace)
-                    for kind, name in render.render_absent(spec)
-                ),
-                self.apply(manifests=secret),
-            ]
-        )
-        await _all([self.apply(manifests=[m]) for m in rest])
+        targets = [_target_of(m) for m in manifests]
+        absent = [
+            _Target(
+                kind=kind,
+                name=name,
+                namespace=spec.namespace,
+                project=spec.project,
+                app=spec.app,
+                instance=spec.instance or spec.app,
+            )
+            for kind, name in render.render_absent(spec)
+        ]
+        found = await self._current_all(targets + absent)
+        present, gone = found[: len(targets)], found[len(targets) :]
+        self._refuse_foreign(targets, present)
+        deletes: list[Awaitable[Any]] = []
+        for target, obj in zip(absent, gone, strict=True):
+            if obj is None:
+                continue
+            problem = target.problem(obj)
+            if problem is not None:
+                # Not ours to delete, and nothing we apply depends on it: leave it be.
+                logger.warning("%s: left alone although app %s has none", problem, spec.app)
+                continue
+            deletes.append(self._delete_exact(target, uid=_str(_dig(obj, "metadata", "uid"))))
+        items = list(zip(targets, manifests, present, strict=True))
+        await _all([*deletes, self._apply_checked([i for i in items if i[0].kind == "Secret"])])
+        await _all([self._apply_checked([i]) for i in items if i[0].kind != "Secret"])
 
-    async def delete(self, *, kind: str, name: str, namespace: str | None) -> bool:
-        """Delete one object; False when it did not exist."""
+    async def _delete_exact(self, target: _Target, *, uid: str) -> bool:
+        """Delete the object read and checked before; False when it is gone already.
+
+        The uid precondition makes sure it is that object, not one created again under its name since.
+        """
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+        }
+        if uid:
+            body["preconditions"] = {"uid": uid}
         try:
             await self._request(
                 "DELETE",
-                _path(kind, namespace=namespace, name=name),
-                what=f"delete {kind} {namespace + '/' if namespace else ''}{name}",
-                query=[("propagationPolicy", "Background")],
+                _path(target.kind, namespace=target.namespace, name=target.name),
+                what=f"delete {_where(target.kind, target.namespace, target.name)}",
+                body=body,
             )
         except errors.NotFound:
             return False
         return True
 
+    async def delete(self, *, kind: str, name: str, namespace: str | None, project: str, app: str) -> bool:
+        """Delete one object of `project`'s `app`; False when it did not exist.
+
+        An object that exists but is not that app's is left alone: Conflict naming it and its manager.
+        """
+        target = _Target(kind=kind, name=name, namespace=namespace, project=project, app=app, instance=app)
+        current = await self._current(target)
+        if current is None:
+            return False
+        problem = target.problem(current)
+        if problem is not None:
+            raise errors.Conflict(f"{problem}; shipit deletes only what it created, so it is left as it is")
+        return await self._delete_exact(target, uid=_str(_dig(current, "metadata", "uid")))
+
     # -- namespaces ----------------------------------------------------------
 
-    async def ensure_namespace(self, *, name: str, labels: Mapping[str, str] | None = None) -> None:
+    async def ensure_namespace(
+        self,
+        *,
+        name: str,
+        project: str,
+        namespace_origin: NamespaceOrigin = "granted",
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        """Make sure namespace `name` exists for `project`, never adopting one shipit did not create.
+
+        "granted" (an admin handed the namespace to the project): an existing namespace is used as
+        it is, its labels untouched; a missing one is created with shipit's labels.
+        "created" (shipit's own, e.g. a preview's): created with shipit's labels; one that exists
+        is accepted only if it carries them for this project, else Conflict.
+        """
+        target = _Target(kind="Namespace", name=name, namespace=None, project=project, app="", instance="")
+        current = await self._current(target)
+        if current is None:
+            current = await self._create_namespace(name=name, project=project, labels=labels)
+        if current is not None and namespace_origin == "created":
+            problem = namespace_problem(current, name=name, project=project)
+            if problem is not None:
+                raise errors.Conflict(
+                    f"{problem}; shipit creates this namespace itself and does not take over an "
+                    "existing one: delete or rename it, or pick another name"
+                )
+        if namespace_origin == "granted":
+            self._namespaces.add((name, project, namespace_origin))
+
+    async def _create_namespace(
+        self, *, name: str, project: str, labels: Mapping[str, str] | None
+    ) -> dict[str, Any] | None:
+        """Create the namespace with shipit's labels; if someone else was faster, return theirs to check.
+
+        A create (not an apply) so that a namespace made meanwhile is never merged into.
+        """
         manifest = {
             "apiVersion": "v1",
             "kind": "Namespace",
-            "metadata": {"name": name, "labels": {render.LABEL_MANAGED_BY: FIELD_MANAGER, **(labels or {})}},
+            "metadata": {
+                "name": name,
+                "labels": {**(labels or {}), **render.ownership_labels(project=project)},
+            },
         }
-        await self._apply_one(
-            manifest, kind="Namespace", name=name, namespace=None, field_manager=FIELD_MANAGER
-        )
-        self._namespaces.add(name)
+        try:
+            await self._request(
+                "POST",
+                _path("Namespace"),
+                what=f"create namespace {name}",
+                query=[("fieldManager", FIELD_MANAGER)],
+                body=manifest,
+            )
+        except _AlreadyExists:
+            return await self.get(kind="Namespace", name=name)
+        return None
 
     async def namespace_exists(self, *, name: str) -> bool:
         return await self.get(kind="Namespace", name=name) is not None
 
-    async def delete_namespace(self, *, name: str) -> bool:
-        """Start deleting a namespace and all it holds; False when it did not exist."""
-        self._namespaces.discard(name)
-        return await self.delete(kind="Namespace", name=name, namespace=None)
+    async def delete_namespace(self, *, name: str, project: str) -> bool:
+        """Start deleting a namespace shipit created for `project`; False when it did not exist.
+
+        Any other namespace is left alone: Conflict naming it and its manager.
+        """
+        self._namespaces = {key for key in self._namespaces if key[0] != name}
+        target = _Target(kind="Namespace", name=name, namespace=None, project=project, app="", instance="")
+        current = await self._current(target)
+        if current is None:
+            return False
+        problem = namespace_problem(current, name=name, project=project)
+        if problem is not None:
+            raise errors.Conflict(
+                f"{problem}; shipit deletes only namespaces it created, so it is left as it is"
+            )
+        if _dig(current, "metadata", "deletionTimestamp"):
+            return True  # already going; deleting again would only answer 409
+        return await self._delete_exact(target, uid=_str(_dig(current, "metadata", "uid")))
 
     # -- status and logs -------------------------------------------------------
 

@@ -22,11 +22,23 @@ LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_REVISION = "shipit.dev/revision"
+# Ownership: shipit applies over, and deletes, only objects carrying managed-by plus these two
+# with its own project and app (see core.kube.client.ownership_problem).
+LABEL_PROJECT = "shipit.dev/project"
+LABEL_APP = "shipit.dev/app"
 ANNOTATION_CHECKSUM = "shipit.dev/config-checksum"
 ANNOTATION_CLUSTER_ISSUER = "cert-manager.io/cluster-issuer"
 
 PORT_NAME = "http"
 SERVICE_PORT = 80
+
+
+def ownership_labels(*, project: str, app: str | None = None) -> dict[str, str]:
+    """What marks an object as shipit's for `project` (and `app`); namespaces carry no app."""
+    owned = {LABEL_MANAGED_BY: FIELD_MANAGER, LABEL_PROJECT: project}
+    if app is not None:
+        owned[LABEL_APP] = app
+    return owned
 
 
 def labels(spec: spec_mod.WorkloadSpec) -> dict[str, str]:
@@ -35,13 +47,16 @@ def labels(spec: spec_mod.WorkloadSpec) -> dict[str, str]:
         **spec.extra_labels,
         LABEL_NAME: spec.app,
         LABEL_INSTANCE: spec.instance or spec.app,
-        LABEL_MANAGED_BY: FIELD_MANAGER,
+        **ownership_labels(project=spec.project, app=spec.app),
         LABEL_REVISION: str(spec.revision),
     }
 
 
 def selector(spec: spec_mod.WorkloadSpec) -> dict[str, str]:
-    """The Deployment selector is immutable, so it holds only labels that never change."""
+    """The Deployment selector is immutable, so it holds only labels that never change.
+
+    Not the ownership labels either: Deployments made before they existed could not be updated.
+    """
     return {LABEL_NAME: spec.app, LABEL_INSTANCE: spec.instance or spec.app}
 
 

@@ -47,6 +47,7 @@ class IngressSpec:
 @dataclass(frozen=True, kw_only=True)
 class WorkloadSpec:
     app: str  # DNS-1123 label; names the Deployment, Service, HPA, Ingress
+    project: str  # the owning project's name: labels every object so shipit only touches its own
     namespace: str
     revision: int
     image: str

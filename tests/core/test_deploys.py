@@ -97,6 +97,8 @@ async def test_deploy_applies_everything_and_succeeds_when_available(world: Worl
     assert dep is not None
     labels = dep["metadata"]["labels"]
     assert labels["app.kubernetes.io/managed-by"] == "shipit" and labels["shipit.dev/revision"] == "1"
+    # The worker fills the project into the spec: the objects say whose they are.
+    assert labels["shipit.dev/project"] == world.project and labels["shipit.dev/app"] == "web"
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "ghcr.io/acme/web:1.0"
     assert container["envFrom"] == [{"secretRef": {"name": "web-secrets"}}]

@@ -112,6 +112,7 @@ async def test_a_preview_deploy_renders_one_replica_no_hpa_preview_env_and_its_o
     spec = deploys.workload_spec(
         ctx=rt.core,
         app_name="web",
+        project="acme",
         namespace=deployment.namespace,
         revision=deployment.revision_number,
         snapshot=revision.snapshot,

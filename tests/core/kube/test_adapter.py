@@ -38,6 +38,7 @@ async def kube(kube_env: KubeEnv) -> AsyncIterator[kube_client.Kube]:
 def make_spec(namespace: str, **overrides: Any) -> spec.WorkloadSpec:
     values: dict[str, Any] = {
         "app": "web",
+        "project": "acme",
         "namespace": namespace,
         "revision": 1,
         "image": IMAGE,
@@ -105,9 +106,12 @@ async def test_apply_rendered_spec_becomes_available_and_reads_back(
         "app.kubernetes.io/name": "web",
         "app.kubernetes.io/instance": "web",
         "app.kubernetes.io/managed-by": "shipit",
+        "shipit.dev/project": "acme",
+        "shipit.dev/app": "web",
         "shipit.dev/revision": "1",
     }
     assert d.metadata.labels == expected_labels
+    assert d.spec.template.metadata.labels == expected_labels
     assert d.spec.selector.match_labels == {
         "app.kubernetes.io/name": "web",
         "app.kubernetes.io/instance": "web",
@@ -226,7 +230,12 @@ async def test_autoscaling_on_hands_replicas_to_the_hpa_and_off_deletes_it(
     d = await apps.read_namespaced_deployment("web", namespace)
     assert d.spec.replicas == 1
     assert shipit_owns(d, "f:spec", "f:replicas")
-    assert await kube.delete(kind="HorizontalPodAutoscaler", name="web", namespace=namespace) is False
+    assert (
+        await kube.delete(
+            kind="HorizontalPodAutoscaler", name="web", namespace=namespace, project="acme", app="web"
+        )
+        is False
+    )
 
 
 async def test_secret_change_rolls_the_pods_through_the_checksum(
@@ -435,7 +444,8 @@ async def test_missing_permission_is_a_permanent_error_naming_it(
             await kube.apply(manifests=render.render(make_spec(namespace)))
         message = str(e.value)
         assert "403" in message
-        assert "cannot patch resource" in message
+        # The first request is the ownership read of what exists under the app's names.
+        assert "cannot get resource" in message
         assert "secrets" in message
         # Authenticated though powerless: the connectivity check passes, as for a namespace-scoped account.
         assert (await kube.check()).startswith("v1.")
@@ -485,16 +495,23 @@ async def test_ingress_applied_and_removed(
 async def test_namespace_lifecycle(kube: kube_client.Kube, kube_api: k8s.ApiClient, namespace: str) -> None:
     name = f"{namespace}-pr-1"
     assert not await kube.namespace_exists(name=name)
-    await kube.ensure_namespace(name=name, labels={"shipit.dev/preview": "true"})
-    await kube.ensure_namespace(name=name, labels={"shipit.dev/preview": "true"})
+    await kube.ensure_namespace(
+        name=name, project="acme", namespace_origin="created", labels={"shipit.dev/preview": "true"}
+    )
+    await kube.ensure_namespace(
+        name=name, project="acme", namespace_origin="created", labels={"shipit.dev/preview": "true"}
+    )
     assert await kube.namespace_exists(name=name)
     ns = await k8s.CoreV1Api(kube_api).read_namespace(name)
     assert ns.metadata.labels["shipit.dev/preview"] == "true"
     assert ns.metadata.labels["app.kubernetes.io/managed-by"] == "shipit"
-    assert await kube.delete_namespace(name=name)
+    assert ns.metadata.labels["shipit.dev/project"] == "acme"
+    assert await kube.delete_namespace(name=name, project="acme")
     ns = await k8s.CoreV1Api(kube_api).read_namespace(name)
     assert ns.metadata.deletion_timestamp is not None or ns.status.phase == "Terminating"
-    assert await kube.delete_namespace(name=f"{namespace}-never-existed") is False
+    # Already terminating: nothing more to do, and no 409 from deleting it again.
+    assert await kube.delete_namespace(name=name, project="acme")
+    assert await kube.delete_namespace(name=f"{namespace}-never-existed", project="acme") is False
 
 
 async def test_pod_logs_of_a_missing_app_is_not_found(kube: kube_client.Kube, namespace: str) -> None:

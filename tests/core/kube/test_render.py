@@ -12,6 +12,7 @@ from core.kube import render, spec
 def make_spec(**overrides: Any) -> spec.WorkloadSpec:
     values: dict[str, Any] = {
         "app": "web",
+        "project": "acme",
         "namespace": "team-a",
         "revision": 3,
         "image": "ghcr.io/acme/web:1.2.3",
@@ -48,13 +49,21 @@ def test_every_object_carries_the_standard_labels() -> None:
         make_spec(
             autoscaling=spec.Autoscaling(min_replicas=1, max_replicas=3, cpu_target_percent=70),
             ingress=spec.IngressSpec(host="web.example.com"),
-            extra_labels={"team": "a", "app.kubernetes.io/name": "spoofed"},
+            extra_labels={
+                "team": "a",
+                "app.kubernetes.io/name": "spoofed",
+                "shipit.dev/project": "someone-else",
+                "shipit.dev/app": "spoofed",
+                "app.kubernetes.io/managed-by": "helm",
+            },
         )
     )
     expected = {
         "app.kubernetes.io/name": "web",
         "app.kubernetes.io/instance": "web",
         "app.kubernetes.io/managed-by": "shipit",
+        "shipit.dev/project": "acme",
+        "shipit.dev/app": "web",
         "shipit.dev/revision": "3",
         "team": "a",
     }
@@ -68,6 +77,8 @@ def test_every_object_carries_the_standard_labels() -> None:
 def test_selector_uses_only_name_and_instance() -> None:
     manifests = by_kind(render.render(make_spec(instance="web-pr-7", revision=9)))
     expected = {"app.kubernetes.io/name": "web", "app.kubernetes.io/instance": "web-pr-7"}
+    # Not the ownership labels: a Deployment's selector is immutable, so ones made before them
+    # could not be updated.
     assert manifests["Deployment"]["spec"]["selector"] == {"matchLabels": expected}
     assert manifests["Service"]["spec"]["selector"] == expected
     # The selector must match the pod template, or the API server rejects the Deployment.
@@ -243,3 +254,37 @@ def test_render_absent_names_what_the_spec_turns_off() -> None:
         ingress=spec.IngressSpec(host="a.example.com"),
     )
     assert render.render_absent(full) == []
+
+
+def test_ownership_labels_name_the_project_and_app_on_objects_and_pod_template() -> None:
+    manifests = render.render(
+        make_spec(
+            app="ledger",
+            project="payments",
+            autoscaling=spec.Autoscaling(min_replicas=1, max_replicas=3, cpu_target_percent=70),
+            ingress=spec.IngressSpec(host="ledger.example.com"),
+        )
+    )
+    owned = {
+        "app.kubernetes.io/managed-by": "shipit",
+        "shipit.dev/project": "payments",
+        "shipit.dev/app": "ledger",
+    }
+    assert {m["kind"] for m in manifests} == {
+        "Secret",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "Ingress",
+    }
+    for manifest in manifests:
+        assert owned.items() <= manifest["metadata"]["labels"].items(), manifest["kind"]
+    template = by_kind(manifests)["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert owned.items() <= template.items()
+
+
+def test_namespace_ownership_labels_carry_no_app() -> None:
+    assert render.ownership_labels(project="payments") == {
+        "app.kubernetes.io/managed-by": "shipit",
+        "shipit.dev/project": "payments",
+    }
