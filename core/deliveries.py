@@ -18,9 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage import models
 
 
-async def first_time(session: AsyncSession, *, source: str, delivery_id: str, kind: str = "") -> bool:
-    """Record the delivery; False if it was recorded before (the caller answers and does nothing)."""
-    key = f"{source}:{delivery_id}"[:200]
+async def first_time(
+    session: AsyncSession, *, source: str, delivery_id: str, kind: str = "", prefix: str | None = None
+) -> bool:
+    """Record the delivery; False if it was recorded before (the caller answers and does nothing).
+
+    Its id is `<prefix>:<delivery_id>`, the prefix being the source unless given.
+    """
+    key = _key(prefix or source, delivery_id)
     if await session.scalar(select(models.WebhookDelivery.id).where(models.WebhookDelivery.id == key)):
         return False
     try:
