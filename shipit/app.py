@@ -128,11 +128,15 @@ class BodyLimit:
 
         try:
             await self.app(scope, limited, guarded)
-        except Exception:
+        except Exception as e:
             if not refused:
                 raise
+            # Expected (it was reading a body we cut off): no traceback.
             log.debug(
-                "%s %s: the app gave up on a refused body", scope["method"], scope["path"], exc_info=True
+                "%s %s: body refused; the app stopped with %s",
+                scope["method"],
+                scope["path"],
+                type(e).__name__,
             )
 
 
