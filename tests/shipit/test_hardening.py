@@ -244,7 +244,7 @@ async def channels_on(settings: Settings) -> AsyncIterator[tuple[str, runtime.Ru
 async def test_bodies_over_the_cap_are_413_on_the_webhook_routes_without_errors_logged(
     channels_on: tuple[str, runtime.Runtime], caplog: pytest.LogCaptureFixture, route: str
 ) -> None:
-    url, rt = channels_on
+    url, _ = channels_on
     caplog.set_level(logging.DEBUG)
     big = b"text=" + b"x" * 10_000
     headers = slack_signed(big) if route == "/slack/events" else github_signed(big)
