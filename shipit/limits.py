@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+log = logging.getLogger(__name__)
 API_PREFIX = "/api/"
 
 
@@ -103,9 +105,11 @@ class ApiThrottle:
         token_key = None
         if self.budgets is not None:
             authorization = dict(scope.get("headers") or []).get(b"authorization")
-            if authorization:
-                # A hash, so the buckets do not keep tokens in memory in plain text.
-                token_key = hashlib.sha256(authorization).hexdigest()
+            token = authorization.split(None, 1)[-1].strip() if authorization else b""
+            if token:
+                # The token alone ("bearer"/"Bearer" must not make two budgets), hashed so the buckets
+                # do not keep tokens in memory in plain text.
+                token_key = hashlib.sha256(token).hexdigest()
                 wait = self.budgets.take(token_key)
                 if wait:
                     await self._refuse(send, "this token's request budget is used up", wait)
@@ -122,6 +126,11 @@ class ApiThrottle:
         if status == 401:
             if self.failures is not None:
                 self.failures.charge(address)
+                if self.failures.wait(address):  # this failure emptied the bucket: say so once
+                    log.warning(
+                        "api: %s failed authentication too often; refused for %.0f s", address,
+                        self.failures.wait(address),
+                    )  # fmt: skip
             if token_key is not None and self.budgets is not None:
                 self.budgets.forget(token_key)  # buckets only for real tokens: guessing grows nothing
 

@@ -8,9 +8,9 @@ slow runs inside one), so serialising them costs little.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,14 @@ def private_file(path: Path) -> None:
     """Create an empty file 0600 (in a 0700 directory) unless it exists, so SQLite never makes it
     world-readable; SQLite gives its -wal and -shm files the mode of the database file."""
     private_dir(path.parent)
-    with contextlib.suppress(FileExistsError):
+    try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        loose = stat.S_IMODE(os.stat(path).st_mode) & 0o077
+        if loose:
+            log.warning(
+                "%s is readable by other users (mode %o): chmod 600 it", path, os.stat(path).st_mode & 0o777
+            )
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

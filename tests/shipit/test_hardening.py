@@ -88,6 +88,10 @@ async def test_each_token_has_a_request_budget(live_server: LiveServer, settings
         r = await http.get("/api/v1/projects", headers={"Authorization": f"Bearer {first}"})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         assert "budget" in r.json()["error"]["message"]
+        # Spelling the scheme differently is the same token, the same budget.
+        for scheme in ("bearer", "BEARER", "Bearer "):
+            r = await http.get("/api/v1/me", headers={"Authorization": f"{scheme} {first}"})
+            assert r.status_code == 429
         # Another token has its own budget, from the same address.
         r = await http.get("/api/v1/me", headers={"Authorization": f"Bearer {second}"})
         assert r.status_code == 200 and r.json()["subject"] == "user:ci"
@@ -477,3 +481,17 @@ async def api_clusters(live_server: LiveServer, token: str) -> list[Any]:
         base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}
     ) as api:
         return list((await api.get("/api/v1/clusters")).json())
+
+
+async def test_an_existing_database_readable_by_others_is_pointed_out(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "old" / "shipit.db"
+    db.parent.mkdir()
+    db.touch(mode=0o644)
+    os.chmod(db, 0o644)
+    caplog.set_level(logging.WARNING)
+    rt = await runtime.build(settings.model_copy(update={"database_url": f"sqlite+aiosqlite:///{db}"}))
+    await runtime.stop(rt)
+    assert [r for r in caplog.records if str(db) in r.getMessage() and "chmod 600" in r.getMessage()]
+    assert mode(db) == 0o644  # pointed out, not changed behind the owner's back
