@@ -69,7 +69,8 @@ class Buckets:
 
 def _too_many(message: str, retry_after: float) -> tuple[Message, Message]:
     seconds = str(max(1, math.ceil(retry_after)))
-    body = json.dumps({"error": {"type": "rate_limited", "message": message, "retry_after": int(seconds)}})
+    text = f"{message}; retry in {seconds} s"
+    body = json.dumps({"error": {"type": "rate_limited", "message": text, "retry_after": int(seconds)}})
     start: Message = {
         "type": "http.response.start",
         "status": 429,
