@@ -7,9 +7,10 @@ one that never finished (its transaction rolled back) runs when redelivered.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -102,3 +103,15 @@ async def claim(session: AsyncSession, *, source: str, kinds: dict[str, str]) ->
     # Parameters as a list (not .values(rows)): one cached statement, sent as a multi-row INSERT.
     inserted = await session.scalars(stmt.returning(models.WebhookDelivery.id), rows)
     return {keys[k] for k in inserted}
+
+
+async def forget_older(session: AsyncSession, *, prefix: str, seconds: float) -> int:
+    """Drop records under `prefix` older than `seconds`: for ids that cannot come back after a window
+    (a slash command's trigger_id outlives Slack's 5-minute signature window by nothing)."""
+    cutoff = models.utcnow() - dt.timedelta(seconds=seconds)
+    result = await session.execute(
+        delete(models.WebhookDelivery)
+        .where(models.WebhookDelivery.id.startswith(f"{prefix}:", autoescape=True))
+        .where(models.WebhookDelivery.received_at < cutoff)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

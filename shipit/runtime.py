@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core import deploys, events, keys, projects, tokens
+from core import deliveries, deploys, events, keys, projects, tokens
 from core.context import Core, CoreConfig
 from core.identity import SYSTEM
 from core.kube.client import KubeClients
@@ -157,6 +157,8 @@ async def _maintenance(rt: Runtime) -> None:
         try:
             async with rt.sessionmaker.begin() as session:
                 await deploys.expire_approvals(session, ctx=rt.core)
+                # A replayed slash command is refused by its signature after 5 minutes anyway.
+                await deliveries.forget_older(session, prefix="slack-trigger", seconds=3600)
         except Exception:
             log.exception("maintenance pass failed")
         await asyncio.sleep(30)

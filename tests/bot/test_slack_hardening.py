@@ -13,7 +13,9 @@ import pytest
 from slack_bolt.request.async_request import AsyncBoltRequest
 from sqlalchemy import select
 
+from core import deliveries
 from shipit.main import create_app
+from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
 from tests.bot.conftest import ALICE, DAVE, SlackSender, add_app, deployments, sign
@@ -172,3 +174,21 @@ async def test_api_throttling_never_touches_signed_slack_traffic(
         finally:
             await sender.close()
     assert len(await deployments(offline.rt)) == 3
+
+
+@pytest.mark.both_databases
+async def test_old_trigger_records_are_forgotten_and_nothing_else(rt: Runtime) -> None:
+    async with rt.sessionmaker.begin() as session:
+        for trigger in ("1.2.a", "1.2.b"):
+            assert await deliveries.first_time(
+                session, source="slack", prefix="slack-trigger", delivery_id=trigger
+            )
+        assert await deliveries.first_time(session, source="slack", delivery_id="Ev01")
+        assert await deliveries.first_time(session, source="github", delivery_id="slack-trigger:x")
+    async with rt.sessionmaker.begin() as session:
+        assert await deliveries.forget_older(session, prefix="slack-trigger", seconds=3600) == 0
+        # A cutoff in the future: everything recorded so far is "older".
+        assert await deliveries.forget_older(session, prefix="slack-trigger", seconds=-60) == 2
+    async with rt.sessionmaker() as session:
+        left = sorted(await session.scalars(select(models.WebhookDelivery.id)))
+    assert left == ["github:slack-trigger:x", "slack:Ev01"]
