@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -57,6 +60,7 @@ class SlackChannel:
         oauth: bool = False,
         bolt: AsyncApp | None = None,
         notifier: notifier.SlackNotifier | None = None,
+        signing_secret: str | None = None,
     ) -> None:
         self.enabled = enabled
         self.reason = reason
@@ -64,6 +68,7 @@ class SlackChannel:
         self.oauth = oauth
         self.bolt = bolt
         self.notifier = notifier
+        self.signing_secret = signing_secret.encode() if signing_secret else None
         self._handler = AsyncSlackRequestHandler(bolt) if bolt is not None and http else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._starters: list[Callable[[], Awaitable[None]]] = []
@@ -74,6 +79,21 @@ class SlackChannel:
             return unavailable(self.reason)
         if request.method == "GET" and not self.oauth:
             return JSONResponse({"error": {"type": "not_found", "message": "no OAuth install"}}, 404)
+        if request.method == "POST" and self.signing_secret is not None:
+            # Verified here first, on the raw bytes, so that a refusal logs one line and nothing of
+            # the body (bolt's own check, still on behind this one, logs the whole body on failure)
+            # and a malformed timestamp is a 401, not a crash in bolt.
+            refusal = signature_refusal(
+                secret=self.signing_secret,
+                timestamp=request.headers.get("x-slack-request-timestamp"),
+                signature=request.headers.get("x-slack-signature"),
+                body=await request.body(),
+                now=time.time(),
+            )
+            if refusal is not None:
+                client = request.client.host if request.client else "?"
+                log.warning("slack: refused a request from %s: %s", client, refusal)
+                return JSONResponse({"error": {"type": "bad_signature", "message": refusal}}, 401)
         return await self._handler.handle(request)
 
     def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
@@ -95,6 +115,47 @@ class SlackChannel:
         for close in reversed(self._closers):
             with contextlib.suppress(Exception):
                 await close()
+
+
+SIGNATURE_WINDOW_SECONDS = 5 * 60
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # ASCII digits only: int() would take "١٢" or " 12"
+
+
+def signature_refusal(
+    *, secret: bytes, timestamp: str | None, signature: str | None, body: bytes, now: float
+) -> str | None:
+    """Why a request is not Slack's (v0 signature, 5-minute window), or None when it is.
+
+    The reason never quotes the request: it goes to the log and to the sender.
+    """
+    if not timestamp or not _TIMESTAMP.fullmatch(timestamp):
+        return "X-Slack-Request-Timestamp is missing or not a number"
+    if abs(now - int(timestamp)) > SIGNATURE_WINDOW_SECONDS:
+        return "X-Slack-Request-Timestamp is outside the 5-minute window"
+    if not signature:
+        return "X-Slack-Signature is missing"
+    base = b"v0:" + timestamp.encode() + b":" + body
+    expected = b"v0=" + hmac.new(secret, base, hashlib.sha256).hexdigest().encode()
+    if not hmac.compare_digest(expected, signature.encode("utf-8", "replace")):
+        return "X-Slack-Signature does not match the body"
+    return None
+
+
+class _NoRequestBodies(logging.Filter):
+    """Drops bolt's "Invalid request signature detected (… body: …)" line: the body of a refused
+    request can hold a secret (`/shipit secrets set web K=…`).  Bolt copies its base logger's filters
+    onto the loggers it creates (slack_bolt.RequestVerification among them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Invalid request signature detected")
+
+
+def _bolt_logger() -> logging.Logger:
+    for name in ("slack_bolt.RequestVerification", "bot.bolt"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoRequestBodies) for f in logger.filters):
+            logger.addFilter(_NoRequestBodies())
+    return logger
 
 
 def unavailable(reason: str) -> JSONResponse:
@@ -177,7 +238,7 @@ def build(
             client_secret=client_secret,
             cache_enabled=True,
             client=client,
-            logger=logging.getLogger("bot.bolt"),
+            logger=_bolt_logger(),
         )
     bolt = AsyncApp(
         name="shipit",
@@ -188,7 +249,7 @@ def build(
         oauth_settings=oauth_settings,
         installation_store=store,
         authorize=authorize,  # type: ignore[arg-type]  # an AsyncAuthorize instance is accepted too
-        logger=logging.getLogger("bot.bolt"),
+        logger=_bolt_logger(),
     )
 
     async def token_for(team_id: str | None) -> str | None:
@@ -209,6 +270,7 @@ def build(
         oauth=oauth,
         bolt=bolt,
         notifier=note,
+        signing_secret=signing_secret,
     )
     _listen(bolt, core=core, channel=channel)
     if store is not None:
@@ -302,7 +364,12 @@ def _listen(bolt: AsyncApp, *, core: Core, channel: SlackChannel) -> None:
     @bolt.command(re.compile(r".*"))
     async def on_command(ack: Any, body: dict[str, Any], respond: Respond) -> None:
         caller = _command_caller(body)
-        outcome = await handlers.run_command(core=core, caller=caller, text=str(body.get("text") or ""))
+        # Slack makes a new trigger_id for every invocation: a replayed request (same signed body,
+        # within the 5-minute window) carries the same one and is acknowledged, not run again.
+        trigger = str(body.get("trigger_id") or "") or None
+        outcome = await handlers.run_command(
+            core=core, caller=caller, text=str(body.get("text") or ""), trigger_id=trigger
+        )
         await ack(text=outcome.message.text, blocks=outcome.message.blocks, response_type="ephemeral")
         if outcome.later is not None:
             channel.spawn(follow_up(outcome.later, respond, caller), name="slack-follow-up")

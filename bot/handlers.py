@@ -76,28 +76,54 @@ def failure(exc: BaseException, *, what: str, caller: Caller) -> Outcome:
 # ---------------------------------------------------------------- commands
 
 
-async def run_command(*, core: Core, caller: Caller, text: str, delivery_id: str | None = None) -> Outcome:
-    """A slash command or a mention: parse, execute, render; never raises."""
+async def run_command(
+    *,
+    core: Core,
+    caller: Caller,
+    text: str,
+    delivery_id: str | None = None,
+    trigger_id: str | None = None,
+) -> Outcome:
+    """A slash command or a mention: parse, execute, render; never raises.
+
+    `delivery_id` (an event id) or `trigger_id` (a slash command's) makes it act once per id.
+    """
     try:
         command = commands.parse(text)
     except UserError as e:
         return Outcome(message=views.error(str(e)))
-    return await execute(core=core, caller=caller, command=command, delivery_id=delivery_id)
+    return await execute(
+        core=core, caller=caller, command=command, delivery_id=delivery_id, trigger_id=trigger_id
+    )
 
 
 async def execute(
-    *, core: Core, caller: Caller, command: commands.Command, delivery_id: str | None = None
+    *,
+    core: Core,
+    caller: Caller,
+    command: commands.Command,
+    delivery_id: str | None = None,
+    trigger_id: str | None = None,
 ) -> Outcome:
     if isinstance(command, commands.Help):
         return Outcome(message=views.help_message(commands.help_text(command.topic)))
     what = commands.describe(command)
     handler = _HANDLERS[type(command)]
+    kind = type(command).__name__
     try:
         async with core.sessionmaker.begin() as session:
+            # Recorded in the command's own transaction: one that failed can be sent again.
             if delivery_id is not None and not await deliveries.first_time(
-                session, source="slack", delivery_id=delivery_id, kind=type(command).__name__
+                session, source="slack", delivery_id=delivery_id, kind=kind
             ):
                 log.info("slack: %s (delivery %s) was handled before; ignored", what, delivery_id)
+                return Outcome(message=views.reply("Already handled."), duplicate=True)
+            if trigger_id is not None and not await deliveries.first_time(
+                session, source="slack", prefix="slack-trigger", delivery_id=trigger_id, kind=kind
+            ):
+                log.warning(
+                    "slack: %s by %s replayed (trigger %s); ignored", what, caller.user_id, trigger_id
+                )
                 return Outcome(message=views.reply("Already handled."), duplicate=True)
             outcome = await handler(session, core, caller, command)
     except Exception as e:

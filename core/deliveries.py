@@ -7,9 +7,10 @@ one that never finished (its transaction rolled back) runs when redelivered.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -18,9 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage import models
 
 
-async def first_time(session: AsyncSession, *, source: str, delivery_id: str, kind: str = "") -> bool:
-    """Record the delivery; False if it was recorded before (the caller answers and does nothing)."""
-    key = f"{source}:{delivery_id}"[:200]
+async def first_time(
+    session: AsyncSession, *, source: str, delivery_id: str, kind: str = "", prefix: str | None = None
+) -> bool:
+    """Record the delivery; False if it was recorded before (the caller answers and does nothing).
+
+    Its id is `<prefix>:<delivery_id>`, the prefix being the source unless given.
+    """
+    key = _key(prefix or source, delivery_id)
     if await session.scalar(select(models.WebhookDelivery.id).where(models.WebhookDelivery.id == key)):
         return False
     try:
@@ -97,3 +103,15 @@ async def claim(session: AsyncSession, *, source: str, kinds: dict[str, str]) ->
     # Parameters as a list (not .values(rows)): one cached statement, sent as a multi-row INSERT.
     inserted = await session.scalars(stmt.returning(models.WebhookDelivery.id), rows)
     return {keys[k] for k in inserted}
+
+
+async def forget_older(session: AsyncSession, *, prefix: str, seconds: float) -> int:
+    """Drop records under `prefix` older than `seconds`: for ids that cannot come back after a window
+    (a slash command's trigger_id outlives Slack's 5-minute signature window by nothing)."""
+    cutoff = models.utcnow() - dt.timedelta(seconds=seconds)
+    result = await session.execute(
+        delete(models.WebhookDelivery)
+        .where(models.WebhookDelivery.id.startswith(f"{prefix}:", autoescape=True))
+        .where(models.WebhookDelivery.received_at < cutoff)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 import uuid
@@ -18,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import jobs
 from core.errors import InvalidInput, ShipitError, UserError
-from shipit import api, runtime
+from shipit import api, limits, runtime
 from shipit.runtime import Runtime
 from shipit.settings import Settings
 
@@ -62,10 +64,14 @@ class RequestMetrics:
 
 
 class BodyLimit:
-    """Refuse request bodies over the cap before reading them whole (413)."""
+    """Refuse request bodies over the cap before reading them whole (413), and bodies that stall (408).
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    Once refused, the app only sees a disconnect; whatever it raises about that (Starlette's
+    ClientDisconnect, say) is swallowed here, so an oversized body is not logged as a crash.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, idle_timeout: float | None = None) -> None:
+        self.app, self.max_bytes, self.idle_timeout = app, max_bytes, idle_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,24 +79,43 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _too_large(send, self.max_bytes)
+            await _refuse(
+                send, 413, "payload_too_large", f"request body is larger than {self.max_bytes} bytes"
+            )
             return
         seen = 0
-        refused = False  # we answered 413: the app only sees a disconnect and its answer is dropped
+        refused = False  # we answered: the app only sees a disconnect and its answer is dropped
         started = False
+        body_done = False
 
         async def limited() -> Message:
-            nonlocal seen, refused
+            nonlocal seen, refused, body_done
             if refused:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if body_done or self.idle_timeout is None:
+                # After the body, receive() waits for a disconnect (streaming responses): no timeout.
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), self.idle_timeout)
+                except TimeoutError:
+                    refused = True
+                    if not started:
+                        await _refuse(send, 408, "request_timeout", "the request body stalled")
+                    return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     # Raising here would not do: FastAPI turns errors while reading a body into a 400.
                     refused = True
                     if not started:
-                        await _too_large(send, self.max_bytes)
+                        await _refuse(
+                            send,
+                            413,
+                            "payload_too_large",
+                            f"request body is larger than {self.max_bytes} bytes",
+                        )
                     return {"type": "http.disconnect"}
             return message
 
@@ -101,15 +126,58 @@ class BodyLimit:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        await self.app(scope, limited, guarded)
+        try:
+            await self.app(scope, limited, guarded)
+        except Exception as e:
+            if not refused:
+                raise
+            # Expected (it was reading a body we cut off): no traceback.
+            log.debug(
+                "%s %s: body refused; the app stopped with %s",
+                scope["method"],
+                scope["path"],
+                type(e).__name__,
+            )
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    body = b'{"error":{"type":"payload_too_large","message":"request body is larger than %d bytes"}}' % limit
+async def _refuse(send: Send, status: int, kind: str, message: str) -> None:
+    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
     await send(
-        {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
     )
     await send({"type": "http.response.body", "body": body})
+
+
+# Sent on every response: no MIME sniffing, no referrer leaking URLs, never framed.
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+]
+# API answers carry tokens, audit trails and settings: no cache (browser or proxy) keeps them.
+NO_STORE: list[tuple[bytes, bytes]] = [(b"cache-control", b"no-store")]
+
+
+class SecurityHeaders:
+    """Add SECURITY_HEADERS to every response, and Cache-Control: no-store under /api/.  Plain ASGI."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.api_headers = SECURITY_HEADERS + NO_STORE
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = self.api_headers if scope["path"].startswith("/api/") else SECURITY_HEADERS
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def error_body(kind: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -143,8 +211,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         ref = uuid.uuid4().hex[:12]
         log.exception("request %s %s crashed [ref %s]", request.method, request.url.path, ref)
+        # This answer is sent by Starlette's outermost middleware, outside SecurityHeaders.
         return JSONResponse(
-            error_body("InternalError", f"internal error, reference {ref}", reference=ref), status_code=500
+            error_body("InternalError", f"internal error, reference {ref}", reference=ref),
+            status_code=500,
+            headers={k.decode(): v.decode() for k, v in SECURITY_HEADERS},
         )
 
 
@@ -160,8 +231,15 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
         for channel in channels:
             await channel(app, the_rt)
         if own:
-            token = await runtime.bootstrap_admin_token(the_rt)
-            if token:
+            token_file = settings.bootstrap_token_file
+            token = await runtime.bootstrap_admin_token(the_rt, write_to=token_file)
+            if token and token_file is not None:
+                log.warning(
+                    "First start: created an admin API token and wrote it to %s (mode 0600). "
+                    "Read it, keep it somewhere safe, then delete the file.",
+                    token_file,
+                )
+            elif token:
                 log.warning(
                     "\n%s\nFirst start: created an admin API token. It is shown ONCE:\n\n    %s\n\n"
                     "export SHIPIT_TOKEN=%s\n%s",
@@ -212,6 +290,15 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
                 QUEUE_DEPTH.labels(state=state).set(n)
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Last added runs first: headers on everything, metrics on everything, then throttle, then size.
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, idle_timeout=settings.body_timeout_seconds
+    )
+    app.add_middleware(
+        limits.ApiThrottle,
+        auth_failures_per_minute=settings.api_auth_failures_per_minute,
+        requests_per_minute=settings.api_requests_per_minute,
+    )
     app.add_middleware(RequestMetrics)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -31,7 +31,7 @@ def serve(
     """Serve the API, Slack, GitHub and metrics, with the worker, from one process."""
     import uvicorn
 
-    from shipit import logs
+    from shipit import logs, serving
     from shipit.main import create_app
 
     settings = Settings()
@@ -40,9 +40,7 @@ def serve(
         create_app(settings),
         host=host or settings.host,
         port=port or settings.port,
-        log_config=None,
-        proxy_headers=True,
-        timeout_graceful_shutdown=10,
+        **serving.uvicorn_options(settings),
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core import deploys, events, keys, projects, tokens
+from core import deliveries, deploys, events, keys, projects, tokens
 from core.context import Core, CoreConfig
 from core.identity import SYSTEM
 from core.kube.client import KubeClients
@@ -35,7 +35,7 @@ def resolve_master_key(settings: Settings) -> str:
             "SHIPIT_MASTER_KEY is not set: using the key in %s (set it explicitly in production)", path
         )
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    db.private_dir(path.parent)
     key = generate_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -107,15 +107,49 @@ async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
     return rt
 
 
-async def bootstrap_admin_token(rt: Runtime) -> str | None:
-    """On first start, create an admin token and return it (printed once, never stored in plain)."""
-    async with rt.sessionmaker.begin() as session:
-        if await tokens.has_any(session):
-            return None
-        _, plaintext = await tokens.create(
-            session, actor=SYSTEM, name="admin", subject="user:admin", is_admin=True
-        )
-        return plaintext
+async def bootstrap_admin_token(rt: Runtime, *, write_to: Path | None = None) -> str | None:
+    """On first start, create an admin token and return it (shown once, never stored in plain).
+
+    With `write_to`, the token goes into that file, created 0600; an existing file is never
+    overwritten (start fails, and no token is created).
+    """
+    written = False
+    try:
+        async with rt.sessionmaker.begin() as session:
+            if await tokens.has_any(session):
+                return None
+            _, plaintext = await tokens.create(
+                session, actor=SYSTEM, name="admin", subject="user:admin", is_admin=True
+            )
+            if write_to is not None:
+                # Written before the commit: if the file cannot be written, no token exists either.
+                _write_new_private_file(write_to, plaintext + "\n")
+                written = True
+    except BaseException:
+        if written and write_to is not None:
+            _remove(write_to)  # the commit failed: the file would hold a dead token
+        raise
+    return plaintext
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _write_new_private_file(path: Path, text: str) -> None:
+    db.private_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise RuntimeError(
+            f"SHIPIT_BOOTSTRAP_TOKEN_FILE {path} exists: refusing to overwrite it; move it away and start again"
+        ) from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except BaseException:
+        _remove(path)
+        raise
 
 
 async def _maintenance(rt: Runtime) -> None:
@@ -124,6 +158,8 @@ async def _maintenance(rt: Runtime) -> None:
         try:
             async with rt.sessionmaker.begin() as session:
                 await deploys.expire_approvals(session, ctx=rt.core)
+                # A replayed slash command is refused by its signature after 5 minutes anyway.
+                await deliveries.forget_older(session, prefix="slack-trigger", seconds=3600)
         except Exception:
             log.exception("maintenance pass failed")
         await asyncio.sleep(30)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,16 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     max_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     run_worker: bool = True
+    # First start: write the admin token to this file (created 0600, never overwritten), not the log.
+    bootstrap_token_file: Path | None = None
+
+    # abuse limits (in-process, so per replica)
+    api_auth_failures_per_minute: int = Field(default=20, ge=0)  # per client address; 0 = off
+    api_requests_per_minute: int = Field(default=600, ge=0)  # per API token; 0 = off
+    max_connections: int = Field(default=1000, ge=1)  # beyond it, new requests get 503
+    header_timeout_seconds: float = Field(default=10.0, gt=0)  # to send a request's headers
+    body_timeout_seconds: float = Field(default=30.0, gt=0)  # longest pause inside a request body
+    keep_alive_seconds: float = Field(default=5.0, gt=0)  # idle connection between requests
 
     # tenancy: who may create projects ("admins": global admins only; "everyone": any API token)
     project_creators: Literal["admins", "everyone"] = "admins"
@@ -55,3 +65,9 @@ class Settings(BaseSettings):
     github_api_url: str = "https://api.github.com"
     # Pause between mutating GitHub API calls (GitHub's advice against secondary rate limits).
     github_write_interval_seconds: float = Field(default=1.0, ge=0)
+
+    @field_validator("bootstrap_token_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `SHIPIT_BOOTSTRAP_TOKEN_FILE=` as copied from .env.example means "not set", not ".".
+        return None if value == "" else value

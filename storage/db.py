@@ -9,6 +9,8 @@ slow runs inside one), so serialising them costs little.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,42 @@ def is_postgres(url: str) -> bool:
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            private_file(Path(parsed.database))
         engine = create_async_engine(url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=60)
         _configure_sqlite(engine)
         return engine
     return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` and any missing parents 0700 (whatever the umask); existing ones are left alone."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # created meanwhile by someone else: theirs, not ours to chmod
+        os.chmod(directory, 0o700)
+
+
+def private_file(path: Path) -> None:
+    """Create an empty file 0600 (in a 0700 directory) unless it exists, so SQLite never makes it
+    world-readable; SQLite gives its -wal and -shm files the mode of the database file."""
+    private_dir(path.parent)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        loose = stat.S_IMODE(os.stat(path).st_mode) & 0o077
+        if loose:
+            log.warning(
+                "%s is readable by other users (mode %o): chmod 600 it", path, os.stat(path).st_mode & 0o777
+            )
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

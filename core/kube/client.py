@@ -28,6 +28,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from http import HTTPStatus
 from typing import Any, Literal
 
 import aiohttp
@@ -54,6 +55,7 @@ FAILING_WAIT_REASONS = frozenset(
 LOG_TAIL_LINES = 20
 FAILURE_LOG_TIMEOUT = 5.0
 _MAX_MESSAGE = 800
+_VERSION = re.compile(r"[A-Za-z0-9.+_-]{1,64}")  # a gitVersion such as v1.31.2+k3s1; else "unknown"
 
 # Who a namespace came from, as the namespace claim records it: "granted" by an admin (deploy into it
 # as it is, never relabel it) or "created" by shipit (exists only with shipit's labels for the project).
@@ -203,16 +205,33 @@ class _AlreadyExists(errors.TransientError):
     """409 AlreadyExists on a create: still a TransientError to everyone but the creator that checks for it."""
 
 
+def _status_only(status: int) -> str:
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
 def _http_error(
-    *, status: int, body: bytes | str | None, headers: Mapping[str, str] | None, what: str
+    *,
+    status: int,
+    body: bytes | str | None,
+    headers: Mapping[str, str] | None,
+    what: str,
+    quote: bool = True,
 ) -> errors.ShipitError:
     """Map an API server answer to our errors.  The Status message never holds object contents
-    beyond names and the offending field values the server quotes; we never add the request body."""
-    parsed = _parse_status(body)
+    beyond names and the offending field values the server quotes; we never add the request body.
+
+    With `quote=False` (a server not yet trusted: adding a cluster) nothing the server sent is
+    repeated, only the status code and its standard reason: a hostile server could put anything
+    in its answer, and this message is shown to the user and logged.
+    """
+    parsed = _parse_status(body) if quote else {}
     message = str(parsed.get("message") or parsed.get("reason") or "").strip()
-    if not message and isinstance(body, str | bytes) and body and not parsed:
+    if quote and not message and isinstance(body, str | bytes) and body and not parsed:
         message = body.decode(errors="replace") if isinstance(body, bytes) else body
-    message = _truncate(message or f"HTTP {status}")
+    message = _truncate(message) if message else _status_only(status)
     text = f"{what}: {message}"
     if status == 401:
         return errors.PermanentError(f"{what}: the cluster rejected shipit's credentials (401): {message}")
@@ -236,12 +255,14 @@ def _http_error(
     return errors.PermanentError(f"{what}: rejected by the API server ({status}): {message}")
 
 
-def _api_exception_error(exc: k8s_exceptions.ApiException, *, what: str) -> errors.ShipitError:
+def _api_exception_error(
+    exc: k8s_exceptions.ApiException, *, what: str, quote: bool = True
+) -> errors.ShipitError:
     body: bytes | str | None = exc.body if exc.body else None
     if body is None and exc.reason:
         body = json.dumps({"message": exc.reason})
     headers = dict(exc.headers) if exc.headers else None
-    return _http_error(status=int(exc.status or 0), body=body, headers=headers, what=what)
+    return _http_error(status=int(exc.status or 0), body=body, headers=headers, what=what, quote=quote)
 
 
 def _connection_error(exc: BaseException, *, what: str) -> errors.ShipitError:
@@ -669,8 +690,11 @@ class Kube:
         content_type: str = "application/json",
         accept: str = "application/json",
         request_timeout: aiohttp.ClientTimeout | None = None,
+        quote_server: bool = True,
     ) -> Any:
-        """Send a request; return the open aiohttp response (2xx only) for the caller to read and release."""
+        """Send a request; return the open aiohttp response (2xx only) for the caller to read and release.
+
+        `quote_server=False`: errors name the status code only, never what the server answered."""
         try:
             response = await self._api.call_api(
                 path,
@@ -683,7 +707,8 @@ class Kube:
                 _request_timeout=request_timeout or self._timeout,
             )
         except k8s_exceptions.ApiException as e:
-            raise _api_exception_error(e, what=what) from e
+            # Unquoted: not even in a traceback's cause (ApiException's text holds the body).
+            raise _api_exception_error(e, what=what, quote=quote_server) from (e if quote_server else None)
         except _CONNECTION_ERRORS as e:
             raise _connection_error(e, what=what) from e
         except k8s_config.ConfigException as e:
@@ -695,7 +720,9 @@ class Kube:
                 raw = b""
             finally:
                 response.release()
-            raise _http_error(status=response.status, body=raw, headers=response.headers, what=what)
+            raise _http_error(
+                status=response.status, body=raw, headers=response.headers, what=what, quote=quote_server
+            )
         return response
 
     async def _request_bytes(self, method: str, path: str, *, what: str, **kwargs: Any) -> bytes:
@@ -722,11 +749,17 @@ class Kube:
 
     async def check(self) -> str:
         """Connectivity and credentials check; returns the server's gitVersion."""
-        version = await self._request("GET", "/version", what=f"reach the cluster at {self.host}")
+        # The server is not trusted yet: its errors are reported by status code only.
+        version = await self._request(
+            "GET", "/version", what=f"reach the cluster at {self.host}", quote_server=False
+        )
         # /version is public on most clusters; discovery (/api) needs an authenticated user, so it
         # proves the credentials without asking for any permission a namespace-scoped one may lack.
-        await self._request("GET", "/api", what=f"authenticate to the cluster at {self.host}")
-        return _str(version.get("gitVersion")) or "unknown"
+        await self._request(
+            "GET", "/api", what=f"authenticate to the cluster at {self.host}", quote_server=False
+        )
+        found = _str(version.get("gitVersion"))
+        return found if _VERSION.fullmatch(found) else "unknown"
 
     async def get(self, *, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         """The object as the API server has it, or None.  Do not log what this returns (Secrets)."""

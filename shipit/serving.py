@@ -1,0 +1,115 @@
+"""How `shipit serve` runs uvicorn: timeouts and limits so a slow or greedy client cannot hold the server.
+
+What uvicorn covers by itself, and what we add:
+
+- idle connections between requests: uvicorn's `timeout_keep_alive` (SHIPIT_KEEP_ALIVE_SECONDS);
+- too many connections: uvicorn's `limit_concurrency` (SHIPIT_MAX_CONNECTIONS), answered with 503;
+- header size: h11 refuses more than `h11_max_incomplete_event_size` (16 KiB) of unfinished headers,
+  httptools (llhttp) its own limit;
+- header *time*: uvicorn has no timeout for a client that sends its headers a byte at a time
+  (slowloris).  The protocol classes below close a connection whose request headers are not complete
+  within SHIPIT_HEADER_TIMEOUT_SECONDS of the connection opening or of the previous response ending;
+- body time: shipit.app.BodyLimit answers 408 when a request body pauses longer than
+  SHIPIT_BODY_TIMEOUT_SECONDS between chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from shipit.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _HeaderDeadline:
+    """Mixin for a uvicorn HTTP protocol: the request headers must be complete within `timeout`.
+
+    Both protocols set `self.cycle` to a new object the moment a request's headers are parsed,
+    so a changed `cycle` after feeding data means the headers arrived.
+    """
+
+    header_timeout = 10.0
+    _deadline: asyncio.TimerHandle | None = None
+
+    # Attributes of the uvicorn protocol this is mixed into.
+    cycle: Any
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    client: tuple[str, int] | None
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            # Debug only: under a slowloris attack this would be a line per connection.
+            log.debug("closed a connection from %s: no complete request headers in time", self.client)
+            self.transport.close()
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        before = self.cycle
+        super().data_received(data)  # type: ignore[misc]
+        if self.cycle is not before:
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        before = self.cycle
+        super().on_response_complete()  # type: ignore[misc]
+        # The next request on this keep-alive connection gets the same deadline for its headers
+        # (unless a pipelined one was already read).
+        if self.cycle is before and not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class H11WithHeaderTimeout(_HeaderDeadline, H11Protocol):
+    pass
+
+
+class HttpToolsWithHeaderTimeout(_HeaderDeadline, HttpToolsProtocol):
+    pass
+
+
+def protocol(settings: Settings) -> type[asyncio.Protocol]:
+    """The HTTP protocol class for uvicorn: httptools when installed (as uvicorn's "auto"), else h11."""
+    base: type[_HeaderDeadline]
+    try:
+        import httptools  # noqa: F401
+
+        base = HttpToolsWithHeaderTimeout
+    except ImportError:  # pragma: no cover - httptools ships with uvicorn[standard]
+        base = H11WithHeaderTimeout
+    return type(base.__name__, (base,), {"header_timeout": settings.header_timeout_seconds})
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for uvicorn.run / uvicorn.Config besides the app, host and port."""
+    return {
+        "http": protocol(settings),
+        "timeout_keep_alive": settings.keep_alive_seconds,
+        "limit_concurrency": settings.max_connections,
+        "h11_max_incomplete_event_size": 16 * 1024,
+        "log_config": None,
+        "proxy_headers": True,
+        "timeout_graceful_shutdown": 10,
+    }
