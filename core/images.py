@@ -51,10 +51,6 @@ _LOWER_HEX = re.compile(r"[0-9a-f]+")
 _IDENTIFIER = re.compile(r"[0-9a-f]{64}")
 
 
-class InvalidReference(InvalidInput):
-    """Not an image reference; the message says which part is wrong."""
-
-
 @dataclass(frozen=True, kw_only=True)
 class Reference:
     domain: str  # always set: docker.io for Docker Hub
@@ -84,19 +80,19 @@ class Reference:
         return Reference(domain=self.domain, path=self.path, tag=tag)
 
 
-_Bad = Callable[[str], InvalidReference]
+_Bad = Callable[[str], InvalidInput]
 
 
 def _complaint(text: str, *, field: str) -> _Bad:
-    def bad(why: str) -> InvalidReference:
+    def bad(why: str) -> InvalidInput:
         shown = text if len(text) <= 80 else text[:80] + "…"
-        return InvalidReference(f"{field} is not a valid image reference ({why}), got {shown!r}", field=field)
+        return InvalidInput(f"{field} is not a valid image reference ({why}), got {shown!r}", field=field)
 
     return bad
 
 
 def parse(text: str, *, field: str = "image") -> Reference:
-    """Parse and normalise one reference; raises InvalidReference (naming `field`) if it is not one."""
+    """Parse and normalise one reference; raises InvalidInput (naming `field`) if it is not one."""
     bad = _complaint(text, field=field)
 
     if not text:
