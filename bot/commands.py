@@ -30,9 +30,9 @@ class Spec:
 SPECS: tuple[Spec, ...] = (
     Spec(
         "deploy",
-        "deploy <app> [image|tag]",
-        "deploy an image, a new tag of the current image, or redeploy as is",
-        ("deploy web ghcr.io/acme/web:1.4", "deploy web 1.5", "deploy web"),
+        "deploy <app> <image|tag>",
+        "deploy an image, or a new tag of the current image",
+        ("deploy web ghcr.io/acme/web:1.4", "deploy web 1.5"),
     ),
     Spec(
         "rollback",
@@ -251,6 +251,7 @@ _SECRET_PAIR = re.compile(
     r"|(?P<bare>(?![\"'\u201c\u2018])\S*))(?=\s|$)",
     re.DOTALL,
 )
+_QUOTES = "\"'\u201c\u201d\u2018\u2019"
 _REVISION = re.compile(r"^(?:r|rev|#)?(\d{1,9})$", re.IGNORECASE)
 
 
@@ -312,9 +313,15 @@ def _int(value: str, *, command: str, name: str, low: int, high: int) -> int:
 def _parse_deploy(rest: str) -> Command:
     words = _words(rest)
     app = _app(words, "deploy")
-    image = words[1] if len(words) > 1 else None
+    # A command cut short (or `deploy web ""`) must not restart production with what already runs.
+    if len(words) < 2 or not words[1].strip(_QUOTES):
+        raise UsageError(
+            f"`deploy` needs an image or a tag; to redeploy what runs now, give its tag "
+            f"(`/shipit status {app}` shows it).",
+            command="deploy",
+        )
     _no_more(words[2:], "deploy")
-    return Deploy(app=app, image=image)
+    return Deploy(app=app, image=words[1])
 
 
 def _parse_rollback(rest: str) -> Command:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 @dataclass(kw_only=True)
 class CoreConfig:
     revisions_kept: int = 10
-    job_lease_seconds: float = 30.0
+    job_lease_seconds: float = 8.0
     job_poll_seconds: float = 0.5
     worker_concurrency: int = 8
     approval_ttl_seconds: float = 3600.0

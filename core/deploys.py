@@ -191,12 +191,8 @@ async def request(
     await _lock_app(session, app=app)
 
     if snapshot is None:
-        if image:
-            new_image = (
-                validation.with_tag(current=app.image, tag=image)
-                if validation.is_bare_tag(image)
-                else validation.image(image)
-            )
+        if image is not None:  # "" is refused, not read as "redeploy as is"
+            new_image = validation.requested_image(image, current=app.image)
             if preview is None:
                 app.image = new_image  # the app now runs this image; previews leave the app alone
         else:

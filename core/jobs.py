@@ -128,6 +128,37 @@ async def heartbeat(session: AsyncSession, *, job_id: int, owner: str, lease_sec
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def release_predecessors(session: AsyncSession, *, prefix: str, keep: str) -> list[int]:
+    """End the leases of running jobs whose owner was an earlier, dead process of this instance.
+
+    The caller proves those processes are dead by holding the instance's lock (core/instance.py);
+    `keep` is the caller's own owner.  Only the lease ends here: the jobs then change hands through
+    claim(), the one place where a job ever gets a new owner.
+    """
+    ids = list(
+        await session.scalars(
+            select(models.Job.id).where(
+                models.Job.state == RUNNING,
+                models.Job.lease_owner.startswith(prefix, autoescape=True),
+                models.Job.lease_owner != keep,
+            )
+        )
+    )
+    if ids:
+        await session.execute(
+            update(models.Job)
+            .where(
+                models.Job.id.in_(ids),
+                models.Job.state == RUNNING,
+                models.Job.lease_owner.startswith(prefix, autoescape=True),
+                models.Job.lease_owner != keep,
+            )
+            .values(lease_until=models.utcnow() - dt.timedelta(seconds=1))
+        )
+        session.info["jobs_enqueued"] = True  # wake the workers: these can be claimed now
+    return ids
+
+
 async def _owned(session: AsyncSession, *, job_id: int, owner: str) -> models.Job | None:
     job = await session.get(models.Job, job_id, with_for_update=True)
     if job is None or job.lease_owner != owner or job.state != RUNNING:

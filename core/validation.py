@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import re
 
+from core import images
 from core.errors import InvalidInput
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-# The grammar of github.com/distribution/reference, restricted to what a pod spec accepts.
-_IMAGE = re.compile(
-    r"^(?:(?P<registry>(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-    r"(?::[0-9]+)?)/)?"
-    r"(?P<path>[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
-    r"(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}))?$"
-)
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _CPU = re.compile(r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$")
 _MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
@@ -42,22 +35,34 @@ def hostname(value: str, *, field: str) -> str:
 
 
 def image(value: str, *, field: str = "image") -> str:
+    """A reference a pod spec will pull (core/images.py has the grammar), returned as given."""
     value = value.strip()
-    match = _IMAGE.match(value) if value and len(value) <= 512 else None
-    registry = match.group("registry") if match else None
-    # As in docker's reference grammar, the first part is a registry only if it looks like a host.
-    if registry and not ("." in registry or ":" in registry or registry == "localhost"):
-        match = None
-    if match is None:
-        raise InvalidInput(
-            f"{field} is not a valid image reference (like ghcr.io/acme/web:1.4), got {value!r}", field=field
-        )
+    if not value:
+        raise InvalidInput(f"{field} must not be empty: give an image like ghcr.io/acme/web:1.4", field=field)
+    images.parse(value, field=field)
     return value
+
+
+def requested_image(value: str, *, current: str | None, field: str = "image") -> str:
+    """What `deploy web X` asks for: a bare tag keeps the app's repository, anything else is an image.
+
+    Blank is refused rather than read as "redeploy as is": a redeploy is asked for by giving no image.
+    """
+    value = value.strip()
+    if not value:
+        raise InvalidInput(
+            f"{field} must not be empty: give an image (ghcr.io/acme/web:1.4) or a tag (1.5), "
+            "or leave it out to redeploy as is",
+            field=field,
+        )
+    return (
+        with_tag(current=current, tag=value, field=field) if is_bare_tag(value) else image(value, field=field)
+    )
 
 
 def is_bare_tag(value: str) -> bool:
     """`1.4`, `v2`, `latest`: no registry, path or digest, so the app's repository is kept."""
-    return bool(_TAG.match(value)) and not any(c in value for c in "/:@")
+    return bool(_TAG.fullmatch(value))
 
 
 def with_tag(*, current: str | None, tag: str, field: str = "image") -> str:

@@ -2,8 +2,10 @@
 
 Each job runs under a lease renewed by a heartbeat; if the process dies the
 lease runs out and any replica (or this one, restarted) claims the job again.
-Handlers are written to be re-run: apply is idempotent and watching picks up
-wherever the cluster is.
+A process restarted on the same host and data dir does not wait for that: it
+holds the instance lock (core/instance.py) and ends its predecessor's leases
+at start.  Handlers are written to be re-run: apply is idempotent and watching
+picks up wherever the cluster is.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import jobs
 from core.context import Core
 from core.errors import PermanentError, TransientError, UserError
+from core.instance import Instance
 from storage import db
 
 log = logging.getLogger(__name__)
@@ -48,12 +51,24 @@ def install_wakeup(ctx: Core) -> None:
 
 
 class Worker:
-    def __init__(self, *, ctx: Core, handlers: dict[str, Handler], concurrency: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ctx: Core,
+        handlers: dict[str, Handler],
+        concurrency: int | None = None,
+        instance: Instance | None = None,
+    ) -> None:
         self.ctx = ctx
         self.handlers = handlers
         self.concurrency = concurrency or ctx.config.worker_concurrency
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # Give the instance to one worker only: it takes over every other owner under its prefix.
+        self.instance = instance
+        self.owner = (
+            instance.owner() if instance else f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stray: set[asyncio.Task[bool]] = set()  # renewals given up on, left to finish on their own
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         url = str(ctx.sessionmaker.kw["bind"].url)
@@ -76,60 +91,110 @@ class Worker:
 
     async def _loop(self) -> None:
         log.info("worker %s started with %d slots", self.owner, self.concurrency)
+        if self.instance is not None:
+            await self._take_over_predecessors(self.instance)
         while not self._stopping.is_set():
             if len(self._tasks) >= self.concurrency:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
-                job = await self._claim()
+                claimed = await self._claim()
             except Exception:
                 log.exception("worker %s: claiming a job failed; retrying", self.owner)
-                job = None
-            if job is None:
+                claimed = None
+            if claimed is None:
                 self.ctx.jobs_ready.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.ctx.jobs_ready.wait(), self.ctx.config.job_poll_seconds)
                 continue
-            task = asyncio.create_task(self._run(job), name=f"job-{job.id}-{job.kind}")
+            job, sent = claimed
+            task = asyncio.create_task(self._run(job, claimed_at=sent), name=f"job-{job.id}-{job.kind}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _claim(self) -> jobs.JobView | None:
+    async def _take_over_predecessors(self, instance: Instance) -> None:
+        """Jobs a dead process of this instance was running become claimable now, not a lease later."""
+        try:
+            async with self.ctx.sessionmaker.begin() as session:
+                ids = await jobs.release_predecessors(session, prefix=instance.prefix, keep=self.owner)
+        except Exception:
+            log.exception("worker %s: taking over interrupted jobs failed; they resume by lease", self.owner)
+            return
+        if ids:
+            log.info(
+                "worker %s: resuming %d job(s) a previous process left running: %s", self.owner, len(ids), ids
+            )
+
+    async def _claim(self) -> tuple[jobs.JobView, float] | None:
+        """The next job and the loop time just before it was claimed (its lease runs from then on)."""
+        sent = asyncio.get_running_loop().time()
         async with self.ctx.sessionmaker.begin() as session:
-            return await jobs.claim(
+            job = await jobs.claim(
                 session,
                 owner=self.owner,
                 lease_seconds=self.ctx.config.job_lease_seconds,
                 skip_locked=self._skip_locked,
             )
+        return (job, sent) if job is not None else None
 
-    async def _heartbeat(self, job: jobs.JobView, runner: asyncio.Task[None]) -> None:
-        interval = self.ctx.config.job_lease_seconds / 3
+    async def _renew(self, job: jobs.JobView) -> bool:
+        async with self.ctx.sessionmaker.begin() as session:
+            return await jobs.heartbeat(
+                session, job_id=job.id, owner=self.owner, lease_seconds=self.ctx.config.job_lease_seconds
+            )
+
+    async def _heartbeat(self, job: jobs.JobView, runner: asyncio.Task[None], *, claimed_at: float) -> None:
+        """Renew the lease every lease/3, and stop the job's work before the lease can run out.
+
+        Why two workers never work on one job: a job changes hands only in jobs.claim(), atomically
+        (row lock with SKIP LOCKED on PostgreSQL, the single writer on SQLite), and only once its
+        lease_until has passed.  The lease in the database ends no earlier than `sent + lease`, `sent`
+        being when this worker sent its claim or its last renewal that succeeded; a renewal succeeds
+        only while this worker is still the owner.  Unless a renewal succeeds first, the work is
+        cancelled at `sent + lease - margin`: before anyone else may claim the job, whether the
+        database answered "not yours" or could not be reached at all.  (This assumes the hosts'
+        clocks agree within the margin, lease/4.)
+        """
+        lease = self.ctx.config.job_lease_seconds
+        interval, margin = lease / 3, lease / 4
+        loop = asyncio.get_running_loop()
+        held_until = claimed_at + lease - margin
+        next_beat = claimed_at + interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, min(next_beat, held_until) - loop.time()))
+            if loop.time() >= held_until:
+                log.warning("job %s (%s): lease not renewed in time; stopping here", job.id, job.kind)
+                runner.cancel()
+                return
+            sent = loop.time()
+            # Not wait_for: it would wait for the cancelled renewal, which may be stuck in the driver
+            # (a locked database) well past the deadline.
+            renew = asyncio.create_task(self._renew(job))
+            self._stray.add(renew)
+            renew.add_done_callback(self._stray.discard)
+            done, _ = await asyncio.wait({renew}, timeout=max(0.0, held_until - sent))
+            if not done:
+                renew.cancel()
+                continue  # the deadline passed while renewing: stopped at the top of the loop
             try:
-                async with self.ctx.sessionmaker.begin() as session:
-                    kept = await jobs.heartbeat(
-                        session,
-                        job_id=job.id,
-                        owner=self.owner,
-                        lease_seconds=self.ctx.config.job_lease_seconds,
-                    )
+                kept = renew.result()
             except Exception:
-                log.warning("job %s (%s): heartbeat failed; will try again", job.id, job.kind, exc_info=True)
+                log.warning("job %s (%s): heartbeat failed; trying again", job.id, job.kind, exc_info=True)
+                next_beat = loop.time() + min(1.0, interval)
                 continue
             if not kept:
                 log.warning("job %s (%s): lease lost to another worker; stopping here", job.id, job.kind)
                 runner.cancel()
                 return
+            held_until, next_beat = sent + lease - margin, sent + interval
 
-    async def _run(self, job: jobs.JobView) -> None:
+    async def _run(self, job: jobs.JobView, *, claimed_at: float) -> None:
         handler = self.handlers.get(job.kind)
         if handler is None:
             await self._finish(job, fail=f"no handler for job kind {job.kind!r}")
             return
         runner = asyncio.create_task(handler.run(ctx=self.ctx, job=job))
-        beat = asyncio.create_task(self._heartbeat(job, runner))
+        beat = asyncio.create_task(self._heartbeat(job, runner, claimed_at=claimed_at))
         try:
             await runner
         except asyncio.CancelledError:
@@ -188,15 +253,16 @@ async def run_until_idle(ctx: Core, *, handlers: dict[str, Handler], within: flo
     worker = Worker(ctx=ctx, handlers=handlers)
     deadline = asyncio.get_running_loop().time() + within
     while asyncio.get_running_loop().time() < deadline:
-        job = await worker._claim()
-        if job is None:
+        claimed = await worker._claim()
+        if claimed is None:
             async with ctx.sessionmaker() as session:
                 counts = await jobs.depth(session)
             if counts[jobs.RUNNING] == 0:
                 return
             await asyncio.sleep(0.05)
             continue
-        await worker._run(job)
+        job, sent = claimed
+        await worker._run(job, claimed_at=sent)
     raise TimeoutError("queue did not drain")
 
 

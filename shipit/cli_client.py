@@ -1001,6 +1001,9 @@ def deploy(
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy an app: a new image, a new tag, or the current config again."""
+    if image is not None and not image.strip():
+        # `deploy web "$TAG"` with TAG unset must not quietly redeploy the old image.
+        fail("image must not be empty: give an image or a tag, or leave it out to redeploy as is")
     with api() as client:
         d = client.call("POST", f"/apps/{_q(app_name)}/deploys", body={"image": image} if image else {})
         deployed(client, d, wait=wait, as_json=as_json)

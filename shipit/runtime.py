@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core import deliveries, deploys, events, keys, projects, tokens
+from core import deliveries, deploys, events, instance, keys, projects, tokens
 from core.context import Core, CoreConfig
 from core.identity import SYSTEM
 from core.kube.client import KubeClients
@@ -54,6 +54,7 @@ class Runtime:
     engine: AsyncEngine
     core: Core
     worker: Worker | None = None
+    worker_instance: instance.Instance | None = None
     extra_handlers: dict[str, Handler] = field(default_factory=dict)
     closers: list[Any] = field(default_factory=list)
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -167,7 +168,9 @@ async def _maintenance(rt: Runtime) -> None:
 
 async def start(rt: Runtime) -> None:
     if rt.settings.run_worker:
-        rt.worker = Worker(ctx=rt.core, handlers=rt.handlers())
+        # Held while the worker runs; a restart on this data dir then resumes our jobs at once.
+        rt.worker_instance = instance.acquire(rt.settings.data_dir)
+        rt.worker = Worker(ctx=rt.core, handlers=rt.handlers(), instance=rt.worker_instance)
         rt.worker.start()
         rt.background.append(asyncio.create_task(_maintenance(rt), name="shipit-maintenance"))
 
@@ -180,6 +183,9 @@ async def stop(rt: Runtime) -> None:
             await task
     if rt.worker is not None:
         await rt.worker.stop()
+    if rt.worker_instance is not None:
+        rt.worker_instance.release()
+        rt.worker_instance = None
     for close in rt.closers:
         await close()
     await rt.core.kube.close()

@@ -41,7 +41,8 @@ class Settings(BaseSettings):
 
     # the job queue
     worker_concurrency: int = Field(default=8, ge=1, le=256)
-    job_lease_seconds: float = Field(default=30.0, gt=0)
+    # A dead process's jobs wait this long for another replica; heartbeats renew it every third of it.
+    job_lease_seconds: float = Field(default=8.0, gt=0)
     job_poll_seconds: float = Field(default=0.5, gt=0)
     approval_ttl_seconds: float = Field(default=3600.0, gt=0)
 

@@ -13,7 +13,6 @@ SECRET = "hunter2-Sup3r-s3cret"
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("deploy web", c.Deploy(app="web")),
         ("deploy web ghcr.io/acme/web:1.4", c.Deploy(app="web", image="ghcr.io/acme/web:1.4")),
         ("deploy web 1.5", c.Deploy(app="web", image="1.5")),
         ("  DEPLOY   Web   1.5  ", c.Deploy(app="web", image="1.5")),
@@ -142,6 +141,11 @@ def test_nonsense_points_at_help() -> None:
     ("text", "fragment"),
     [
         ("deploy", "needs an app name"),
+        ("deploy web", "needs an image or a tag"),
+        ("deploy web   ", "needs an image or a tag"),
+        ("deploy web ''", "needs an image or a tag"),
+        ('deploy web ""', "needs an image or a tag"),
+        ("deploy web \u201c\u201d", "needs an image or a tag"),
         ("deploy web a b", "does not take `b`"),
         ("rollback web latest", "revision must be a number"),
         ("logs web 0", "lines must be between 1 and 500"),

@@ -128,16 +128,16 @@ async def test_help_typos_and_unknown_apps(slack: SlackSender, offline: World) -
     await add_app(offline.rt, name="api", cluster=offline.cluster, image="ghcr.io/acme/api:1.0")
     reply = await slack.command("help", user=ALICE)
     assert reply["response_type"] == "ephemeral"
-    assert "/shipit deploy &lt;app&gt; [image|tag]" in reply["text"]
+    assert "/shipit deploy &lt;app&gt; &lt;image|tag&gt;" in reply["text"]
     assert "/shipit scale web replicas=3" in reply["text"]
     reply = await slack.command("help scale", user=ALICE)
     assert "/shipit scale web min=2 max=10 cpu=70" in reply["text"]
 
     reply = await slack.command("deplyo web 1.4", user=ALICE)
     assert "Did you mean `deploy`?" in reply["text"]
-    assert "/shipit deploy &lt;app&gt; [image|tag]" in json.dumps(reply["blocks"])
+    assert "/shipit deploy &lt;app&gt; &lt;image|tag&gt;" in json.dumps(reply["blocks"])
 
-    reply = await slack.command("deploy nope", user=ALICE)
+    reply = await slack.command("deploy nope 1.5", user=ALICE)
     assert "no app named 'nope'; your apps: api, web" in reply["text"]
 
     reply = await slack.command("apps", user=CAROL)
@@ -150,6 +150,18 @@ async def test_help_typos_and_unknown_apps(slack: SlackSender, offline: World) -
     assert await deployments(offline.rt) == []
 
 
+async def test_deploy_without_an_image_is_a_usage_message_not_a_redeploy(
+    slack: SlackSender, offline: World
+) -> None:
+    await add_app(offline.rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0")
+    for typed in ("deploy web", "deploy web   ", "deploy web ''", "deploy web \u201c\u201d"):
+        reply = await slack.command(typed, user=ALICE)
+        assert reply["response_type"] == "ephemeral"
+        assert "`deploy` needs an image or a tag" in reply["text"], reply["text"]
+        assert "/shipit deploy &lt;app&gt; &lt;image|tag&gt;" in reply["text"], reply["text"]
+    assert await deployments(offline.rt) == []
+
+
 async def test_refusals_name_the_role_needed(slack: SlackSender, offline: World) -> None:
     await add_app(offline.rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0")
     reply = await slack.command("deploy web 1.1", user=CAROL)
@@ -158,7 +170,7 @@ async def test_refusals_name_the_role_needed(slack: SlackSender, offline: World)
     assert "scaling in project acme needs the admin role; you have developer" in reply["text"]
     reply = await slack.command(f"access acme <@{CAROL.id}|carol> developer", user=DAVE)
     assert "managing access in project acme needs the owner role; you have admin" in reply["text"]
-    reply = await slack.command("deploy web", user=MALLORY)
+    reply = await slack.command("deploy web 1.1", user=MALLORY)
     assert "no app named 'web'" in reply["text"]  # people outside the project do not learn it exists
     assert await deployments(offline.rt) == []
 

@@ -7,7 +7,7 @@ import datetime as dt
 from collections import defaultdict
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from core import jobs
 from core.errors import PermanentError, TransientError
@@ -85,6 +85,140 @@ async def test_expired_lease_is_claimed_again_and_the_old_owner_loses_it(rt: Run
         assert not await jobs.complete(session, job_id=job.id, owner="dead")
         assert not await jobs.heartbeat(session, job_id=job.id, owner="dead", lease_seconds=30)
         assert await jobs.complete(session, job_id=job.id, owner="alive")
+
+
+async def _job_row(rt: Runtime, job_id: int) -> models.Job:
+    async with rt.sessionmaker() as session:
+        row = await session.get(models.Job, job_id)
+    assert row is not None
+    return row
+
+
+async def test_a_live_lease_is_never_taken_by_another_worker(rt: Runtime) -> None:
+    async with rt.sessionmaker.begin() as session:
+        job = await jobs.enqueue(session, kind="k", payload={})
+    held = await _claim(rt, "host-a/one/aaa:1", lease=30)
+    assert held is not None
+    # Many workers at once, on PostgreSQL truly concurrent: none of them gets the job.
+    rivals = [f"host-b/two/{i}:1" for i in range(8)]
+    assert await asyncio.gather(*(_claim(rt, owner) for owner in rivals)) == [None] * len(rivals)
+    async with rt.sessionmaker.begin() as session:
+        for owner in rivals:
+            assert not await jobs.heartbeat(session, job_id=job.id, owner=owner, lease_seconds=30)
+            assert not await jobs.complete(session, job_id=job.id, owner=owner)
+            assert not await jobs.fail(session, job_id=job.id, owner=owner, error="x")
+            assert not await jobs.retry(session, job_id=job.id, owner=owner, error="x", delay=0)
+        # Another instance's take-over leaves it alone, and so does this instance's own live owner.
+        assert await jobs.release_predecessors(session, prefix="host-b/two/", keep=rivals[0]) == []
+        assert await jobs.release_predecessors(session, prefix="host-a/one/", keep=held.lease_owner) == []
+    assert await _claim(rt, "host-b/two/late:1") is None
+    row = await _job_row(rt, job.id)
+    assert (row.state, row.lease_owner, row.attempts) == (jobs.RUNNING, "host-a/one/aaa:1", 1)
+    async with rt.sessionmaker.begin() as session:
+        assert await jobs.heartbeat(session, job_id=job.id, owner=held.lease_owner, lease_seconds=30)
+        assert await jobs.complete(session, job_id=job.id, owner=held.lease_owner)
+
+
+async def test_an_expired_lease_goes_to_exactly_one_of_many_claimants(rt: Runtime) -> None:
+    async with rt.sessionmaker.begin() as session:
+        job = await jobs.enqueue(session, kind="k", payload={}, concurrency_key="app")
+    assert await _claim(rt, "dead", lease=30) is not None
+    async with rt.sessionmaker.begin() as session:
+        await session.execute(
+            update(models.Job)
+            .where(models.Job.id == job.id)
+            .values(lease_until=models.utcnow() - dt.timedelta(seconds=1))
+        )
+    won = [v for v in await asyncio.gather(*(_claim(rt, f"w{i}") for i in range(8))) if v is not None]
+    assert len(won) == 1 and won[0].attempts == 2
+    assert (await _job_row(rt, job.id)).lease_owner == won[0].lease_owner
+
+
+async def test_a_restarted_instance_ends_only_its_dead_predecessors_leases(rt: Runtime) -> None:
+    owners = {
+        "predecessor": "my_host/abc/0ld:1",
+        "other_instance": "my_host/xyz/1:1",
+        "other_host": "myXhost/abc/2:1",  # '_' is a LIKE wildcard: it must not match here
+        "self": "my_host/abc/n3w:1",
+    }
+    ids: dict[str, int] = {}
+    for name, owner in owners.items():
+        async with rt.sessionmaker.begin() as session:
+            ids[name] = (await jobs.enqueue(session, kind="k", payload={}, concurrency_key=name)).id
+        claimed = await _claim(rt, owner, lease=30)
+        assert claimed is not None and claimed.id == ids[name]
+    async with rt.sessionmaker.begin() as session:
+        released = await jobs.release_predecessors(session, prefix="my_host/abc/", keep=owners["self"])
+    assert released == [ids["predecessor"]]
+    again = await _claim(rt, owners["self"])
+    assert again is not None and again.id == ids["predecessor"] and again.attempts == 2
+    assert await _claim(rt, "anyone") is None  # the others still hold live leases
+    async with rt.sessionmaker.begin() as session:
+        assert not await jobs.heartbeat(
+            session, job_id=ids["predecessor"], owner=owners["predecessor"], lease_seconds=30
+        )
+
+
+async def test_a_worker_that_loses_its_lease_stops_the_work_and_leaves_the_job_alone(rt: Runtime) -> None:
+    rt.core.config.job_lease_seconds = 1.5
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def forever(*, ctx: object, job: jobs.JobView) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    async with rt.sessionmaker.begin() as session:
+        job = await jobs.enqueue(session, kind="forever", payload={})
+    worker = Worker(ctx=rt.core, handlers={"forever": Handler(run=forever)})
+    worker.start()
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        async with rt.sessionmaker.begin() as session:  # another worker took it (say, after a long pause)
+            await session.execute(
+                update(models.Job).where(models.Job.id == job.id).values(lease_owner="thief")
+            )
+        await asyncio.wait_for(stopped.wait(), 10)
+    finally:
+        await worker.stop()
+    row = await _job_row(rt, job.id)
+    assert (row.state, row.lease_owner, row.attempts) == (jobs.RUNNING, "thief", 1)
+
+
+async def test_a_worker_that_cannot_renew_stops_before_its_lease_runs_out(rt: Runtime) -> None:
+    """The database is locked by someone else: the heartbeat hangs, the fence stops the work anyway."""
+    rt.core.config.job_lease_seconds = 4.0
+    started, stopped = asyncio.Event(), asyncio.Event()
+    stopped_at: list[dt.datetime] = []
+
+    async def forever(*, ctx: object, job: jobs.JobView) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped_at.append(models.utcnow())
+            stopped.set()
+
+    async with rt.sessionmaker.begin() as session:
+        job = await jobs.enqueue(session, kind="forever", payload={})
+    worker = Worker(ctx=rt.core, handlers={"forever": Handler(run=forever)})
+    other = db.create_engine(str(rt.engine.url.render_as_string(hide_password=False)))
+    worker.start()
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        async with other.begin() as conn:  # BEGIN IMMEDIATE on SQLite: every writer waits
+            if _skip_locked(rt):
+                await conn.execute(text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
+            lease_until = await conn.scalar(select(models.Job.lease_until).where(models.Job.id == job.id))
+            await asyncio.wait_for(stopped.wait(), 10)
+    finally:
+        await other.dispose()
+        await worker.stop()
+    assert lease_until is not None and stopped_at
+    # Stopped while the lease in the database still ran: nobody else could have claimed it yet.
+    assert stopped_at[0] < lease_until.replace(tzinfo=stopped_at[0].tzinfo)
 
 
 async def test_future_run_at_waits(rt: Runtime) -> None:

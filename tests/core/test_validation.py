@@ -17,6 +17,11 @@ from core.errors import InvalidInput
         "localhost/web:dev",
         "registry.example.com:5000/team/web@sha256:" + "a" * 64,
         "docker.io/library/redis:7-alpine",
+        "bitnami/redis:7",
+        "grafana/grafana:10.4.0",
+        "acme/web",
+        "[::1]:5000/web:1",
+        "UPPER/case:1",  # an upper-case first part is a registry host (as in Docker)
     ],
 )
 def test_valid_image_references(ref: str) -> None:
@@ -27,8 +32,12 @@ def test_valid_image_references(ref: str) -> None:
     "ref",
     [
         "",
-        "UPPER/case:1",
+        "   ",
+        "upper/Case:1",
         "ghcr.io/Acme/web:1",
+        "repo@sha256:ffff",
+        "repo@sha256:" + "f" * 34,
+        "0123456789abcdef" * 4,
         "web:",
         "web:tag with space",
         "ghcr.io/acme/web:-bad",
@@ -60,6 +69,21 @@ def test_autoscaling_bounds_name_the_field() -> None:
         with pytest.raises(InvalidInput) as e:
             validation.autoscaling(min_replicas=1, max_replicas=2, cpu_target=bad)
         assert e.value.field == "cpu_target"
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\t\n"])
+def test_a_blank_requested_image_is_refused_not_a_redeploy(blank: str) -> None:
+    with pytest.raises(InvalidInput, match="must not be empty") as e:
+        validation.requested_image(blank, current="ghcr.io/acme/web:1.4")
+    assert e.value.field == "image"
+
+
+def test_requested_image_reads_a_bare_tag_as_a_new_tag_of_the_app() -> None:
+    current = "ghcr.io/acme/web:1.4"
+    assert validation.requested_image(" 1.5 ", current=current) == "ghcr.io/acme/web:1.5"
+    assert validation.requested_image("bitnami/redis:7", current=current) == "bitnami/redis:7"
+    assert validation.requested_image("web:2", current=current) == "web:2"
+    assert not validation.is_bare_tag("1.5\n") and not validation.is_bare_tag("v\u00e9")
 
 
 def test_bare_tags_keep_the_repository() -> None:

@@ -3,12 +3,17 @@
 Runs `shipit serve` as a real subprocess against the local control plane; the app's
 image tag starts with `slow-`, which the test cluster keeps unready for a few seconds,
 so the kill lands while the rollout is being watched.
+
+The leases are the shipped defaults: the new process must take the job over in under 10 s (issue 9,
+"releases you can trust"), which it does by recognising its dead predecessor (core/instance.py) rather
+than waiting for the lease to run out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +30,7 @@ from sqlalchemy import select
 from core import apps, clusters, projects, tokens
 from shipit import runtime
 from shipit.settings import Settings
-from storage import models
+from storage import db, models
 from tests.conftest import ADMIN, free_port
 
 
@@ -87,6 +92,26 @@ async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> Non
     raise AssertionError("shipit did not become ready")
 
 
+async def _wait_claimed_again(settings: Settings, deployment_id: int, proc: subprocess.Popen[bytes]) -> float:
+    """Poll the job until a second attempt has claimed it; the loop time when it had."""
+    engine = db.create_engine(settings.database_url)
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(1200):
+            async with engine.connect() as conn:
+                attempts = await conn.scalar(
+                    select(models.Job.attempts).where(models.Job.dedupe_key == f"deploy:{deployment_id}")
+                )
+            if attempts is not None and attempts >= 2:
+                return loop.time()
+            if proc.poll() is not None:
+                raise AssertionError("the new shipit process exited")
+            await asyncio.sleep(0.05)
+    finally:
+        await engine.dispose()
+    raise AssertionError("the interrupted deploy was never claimed again")
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -100,6 +125,7 @@ async def test_sigkill_during_rollout_resumes_and_ends_once(
     receiver: Receiver,
     tmp_path: Path,
     simulated_failures: None,
+    record_property: Any,
 ) -> None:
     # Prepare the database as an operator would, then hand it to the service.
     rt = await runtime.build(settings)
@@ -125,9 +151,9 @@ async def test_sigkill_during_rollout_resumes_and_ends_once(
         "SHIPIT_MASTER_KEY": settings.master_key.get_secret_value() if settings.master_key else "",
         "SHIPIT_DATA_DIR": str(settings.data_dir),
         "SHIPIT_PORT": str(port),
-        "SHIPIT_JOB_LEASE_SECONDS": "3",
-        "SHIPIT_JOB_POLL_SECONDS": "0.1",
     }
+    for name in ("SHIPIT_JOB_LEASE_SECONDS", "SHIPIT_JOB_POLL_SECONDS"):  # the defaults are what is measured
+        env.pop(name, None)
     log = tmp_path / "shipit.log"
     headers = {"Authorization": f"Bearer {token}"}
     first = _spawn(env, log)
@@ -152,7 +178,9 @@ async def test_sigkill_during_rollout_resumes_and_ends_once(
                 raise AssertionError("deploy was never applied")
             _kill(first)
 
+            started = asyncio.get_running_loop().time()
             second = _spawn(env, log)
+            resumed_after = await _wait_claimed_again(settings, deployment_id, second) - started
             await _wait_ready(url, second, log)
             for _ in range(1200):
                 body = (await client.get(f"/api/v1/deploys/{deployment_id}")).json()
@@ -180,9 +208,18 @@ async def test_sigkill_during_rollout_resumes_and_ends_once(
             select(models.Job).where(models.Job.dedupe_key == f"deploy:{deployment_id}")
         )
     await runtime.stop(rt)
+    record_property("resume_seconds", round(resumed_after, 2))
+    sys.stderr.write(
+        f"\ninterrupted deploy claimed again {resumed_after:.2f}s after the new process started\n"
+    )
+    # The one timing the issue asks for, with room for a slow machine: a 30 s lease used to mean ~30 s.
+    assert resumed_after < 10, f"resumed only after {resumed_after:.1f}s"
     assert kinds["deploy.queued"] == kinds["deploy.started"] == kinds["deploy.succeeded"] == 1
     assert kinds["deploy.failed"] == 0
     assert job is not None and job.state == "done" and job.attempts == 2, "the second process resumed the job"
+    # Taken over from the dead predecessor, not waited out (a notify job may have been running too).
+    taken = re.search(r"a previous process left running: \[([0-9, ]*)\]", log.read_text())
+    assert taken is not None and str(job.id) in taken.group(1).split(", "), "taken over, not waited out"
     # One set of notifications: every event delivered, none of them as two different deliveries.
     by_kind: dict[str, set[str]] = {}
     for delivery, kind in receiver.deliveries:

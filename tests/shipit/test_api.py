@@ -190,6 +190,28 @@ async def test_bad_update_changes_nothing(api: httpx.AsyncClient, offline: str) 
     ]
 
 
+@pytest.mark.parametrize("image", ["", "  ", "\t"])
+async def test_a_blank_image_is_422_naming_image_and_deploys_nothing(
+    live_server: LiveServer, api: httpx.AsyncClient, offline: str, image: str
+) -> None:
+    await create_app_ok(api, "web")
+    r = await api.post("/api/v1/apps/web/deploys", json={"image": image})
+    assert r.status_code == 422, r.text
+    error = error_of(r)
+    assert error["field"] == "image" and "image must not be empty" in error["message"], error
+    assert await table_rows(live_server.rt, "deployments") == []
+    assert await table_rows(live_server.rt, "jobs") == []
+    assert (await api.get("/api/v1/apps/web")).json()["image"] == "ghcr.io/acme/web:1.0"
+
+
+async def test_deploy_images_follow_the_reference_grammar(api: httpx.AsyncClient, offline: str) -> None:
+    await create_app_ok(api, "web", image="bitnami/redis:7")  # Docker Hub org/name: refused before
+    r = await api.post("/api/v1/apps/web/deploys", json={"image": "repo@sha256:ffff"})
+    assert r.status_code == 422 and error_of(r)["field"] == "image", r.text
+    r = await api.post("/api/v1/apps/web/deploys", json={"image": "7.2"})  # a bare tag keeps the repository
+    assert r.status_code == 202 and r.json()["image"] == "bitnami/redis:7.2", r.text
+
+
 async def test_unknown_app_is_404_listing_only_the_apps_you_can_see(
     live_server: LiveServer, api: httpx.AsyncClient, offline: str
 ) -> None:

@@ -294,6 +294,21 @@ async def test_cli_previews_from_forks_and_previews_approve(shipit: Run, offline
     assert "--previews-from-" in ok(await shipit("apps", "update", "--help"))  # the column is narrow
 
 
+async def test_cli_refuses_a_blank_image_before_calling_the_api(
+    live_server: LiveServer, shipit: Run, offline: str
+) -> None:
+    ok(await shipit("apps", "create", "web", "--image", "ghcr.io/acme/web:1.0", "--no-deploy"))
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    for blank in ("", "   "):
+        # Pointed at nothing: had it called the API, it would blame SHIPIT_URL.
+        line = one_error_line(await shipit("deploy", "web", blank, url=nowhere))
+        assert line.startswith("error: image must not be empty"), line
+        line = one_error_line(await shipit("deploy", "web", blank))
+        assert "image" in line, line
+    assert await table_rows(live_server.rt, "deployments") == []
+    assert "not been deployed" in ok(await shipit("deploys", "web"))
+
+
 async def test_cli_unreadable_kubeconfig_names_the_flag(shipit: Run, tmp_path: Path) -> None:
     line = one_error_line(
         await shipit("clusters", "add", "prod", "--kubeconfig", str(tmp_path / "missing.yaml"))
