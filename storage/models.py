@@ -25,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     text,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -178,6 +179,13 @@ class App(Base):
     preview_env: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Pull requests from forks: "never" (default), "approved" (after a maintainer approves), "always".
     previews_from_forks: Mapped[str] = mapped_column(String(8), default="never", server_default="never")
+    # The last revision whose rollout succeeded: what runs, and what later changes build on.
+    # No foreign key (revisions already point at apps); pruning never removes the current revision.
+    current_revision_id: Mapped[int | None] = mapped_column(ID)
+    auto_rollback: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    release_command: Mapped[str | None] = mapped_column(String(1000))
+    # The secrets version new revisions take (secret_versions.version); 0 = no secrets ever set.
+    secrets_version: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -196,6 +204,36 @@ class Secret(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class SecretVersion(Base):
+    """Every change of an app's secrets makes a version: the whole map, encrypted; revisions point at one."""
+
+    __tablename__ = "secret_versions"
+    __table_args__ = (UniqueConstraint("app_id", "version"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column()
+    data_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    checksum: Mapped[str] = mapped_column(String(64))
+    keys: Mapped[list[Any]] = mapped_column(default=list)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Registry(Base):
+    """Credentials for a private registry host; project_id None = usable by every project (global admins)."""
+
+    __tablename__ = "registries"
+    __table_args__ = (UniqueConstraint("host", "project_id"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    host: Mapped[str] = mapped_column(String(253))
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    username: Mapped[str] = mapped_column(String(200))
+    password_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class Revision(Base):
     """Immutable snapshot of everything that shapes the workload; secrets only by checksum."""
 
@@ -207,6 +245,7 @@ class Revision(Base):
     image: Mapped[str] = mapped_column(String(512))
     snapshot: Mapped[dict[str, Any]] = mapped_column()
     secret_checksum: Mapped[str] = mapped_column(String(64))
+    secrets_version: Mapped[int | None] = mapped_column()
     source: Mapped[str] = mapped_column(String(16), default="deploy")
     rollback_of: Mapped[int | None] = mapped_column()
     created_by: Mapped[str] = mapped_column(String(200))
@@ -257,6 +296,8 @@ class Deployment(Base):
     desired: Mapped[int] = mapped_column(default=0)
     approved_by: Mapped[str | None] = mapped_column(String(200))
     approval_expires_at: Mapped[dt.datetime | None] = mapped_column()
+    # A failed deploy that shipit rolled back points at the rollback deploy (trigger "auto-rollback").
+    rolled_back_by_id: Mapped[int | None] = mapped_column(ID)
     notify_refs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column()
