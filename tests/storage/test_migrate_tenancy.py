@@ -68,7 +68,7 @@ async def test_upgrade_claims_the_namespaces_apps_already_use(settings: Settings
                     "CURRENT_TIMESTAMP)"
                 )
             )
-        await migrate.upgrade(engine)
+        await migrate.upgrade(engine, revision="0002")
         assert await migrate.current(engine) == "0002"
         async with engine.connect() as conn:
             claims = (
