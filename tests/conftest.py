@@ -25,7 +25,7 @@ from shipit.settings import Settings
 from storage import models
 from storage.crypto import generate_key
 
-pytest_plugins = ["tests.testenv.plugin", "tests.fakes.plugin"]
+pytest_plugins = ["tests.testenv.plugin", "tests.testenv.registry", "tests.fakes.plugin"]
 
 ADMIN = Actor(subject="user:admin", channel="api", display="admin", is_admin=True)
 POSTGRES_URL = os.environ.get("SHIPIT_TEST_POSTGRES_URL")
