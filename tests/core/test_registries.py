@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from core import apps, audit, deploys, events, registries
+from core import apps, audit, deploys, events, projects, registries
 from core.errors import InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor
 from core.kube.client import Kube
@@ -102,7 +102,9 @@ async def test_resolves_with_htpasswd_basic_auth(rt: Runtime, private_registry: 
     assert (await registries.resolve(ctx=rt.core, image=image, credentials=good)).digest == digest
     anonymous = await registries.resolve(ctx=rt.core, image=image, credentials=None)
     assert anonymous.digest is None
-    assert anonymous.note == f"{private_registry.host} needs credentials: add them with `shipit registries add`"
+    assert (
+        anonymous.note == f"{private_registry.host} needs credentials: add them with `shipit registries add`"
+    )
     refused = await registries.resolve(ctx=rt.core, image=image, credentials=bad)
     assert refused.digest is None and "refused the stored credentials" in (refused.note or "")
     assert "wrong" not in (refused.note or "") and password not in repr(good)
@@ -173,15 +175,8 @@ def test_hosts_normalise_like_image_names() -> None:
 
 async def _member(rt: Runtime, *, subject: str, role: str, project: str = "acme") -> None:
     async with rt.sessionmaker.begin() as session:
-        from core import projects
-
-        try:
+        if await session.scalar(select(models.Project.id).where(models.Project.name == project)) is None:
             await projects.create(session, ctx=rt.core, actor=ADMIN, name=project)
-        except Exception:  # noqa: BLE001 - exists already
-            pass
-    async with rt.sessionmaker.begin() as session:
-        from core import projects
-
         await projects.set_access(session, actor=ADMIN, project_name=project, subject=subject, role=role)
 
 
@@ -221,7 +216,9 @@ async def test_role_rules_and_the_password_stays_encrypted(rt: Runtime) -> None:
         with pytest.raises(NotFound, match="no project named 'acme'"):
             await registries.list_visible(session, actor=outsider, project="acme")
         with pytest.raises(PermissionDenied, match="global admin"):
-            await registries.add(session, ctx=rt.core, actor=ALICE, host="docker.io", username="x", password="y")
+            await registries.add(
+                session, ctx=rt.core, actor=ALICE, host="docker.io", username="x", password="y"
+            )
     async with rt.sessionmaker.begin() as session:
         await registries.add(
             session, ctx=rt.core, actor=ADMIN, host="docker.io", username="hub-bot", password="hub-pw"
@@ -241,18 +238,23 @@ async def test_role_rules_and_the_password_stays_encrypted(rt: Runtime) -> None:
         assert own is not None and own.password == password + "2"
         hub = await registries.credentials_for(session, ctx=rt.core, project_id=project_id, host="docker.io")
         assert hub is not None and hub.username == "hub-bot"
-        assert await registries.credentials_for(session, ctx=rt.core, project_id=project_id, host="quay.io") is None
+        assert (
+            await registries.credentials_for(session, ctx=rt.core, project_id=project_id, host="quay.io")
+            is None
+        )
         rows = await audit.query(session, project_ids=None, target="registry/")
         assert {r.action for r in rows} == {"registry.add", "registry.update"}
         assert password not in json.dumps([r.details for r in rows])
         # Encrypted and bound to its row: copied to another row it does not decrypt.
-        stored = (await session.scalars(select(models.Registry).where(models.Registry.project_id == project_id))).one()
+        stored = (
+            await session.scalars(select(models.Registry).where(models.Registry.project_id == project_id))
+        ).one()
         assert password.encode() not in stored.password_enc
     if rt.engine.url.get_backend_name() == "sqlite":
         assert password.encode() not in database_bytes(rt)
 
     async with rt.sessionmaker.begin() as session:
-        with pytest.raises(NotFound, match="no credentials for registry quay.io in project acme"):
+        with pytest.raises(NotFound, match=r"no credentials for registry quay\.io in project acme"):
             await registries.remove(session, actor=ALICE, host="quay.io", project="acme")
         assert await registries.remove(session, actor=ALICE, host="ghcr.io", project="acme") == "ghcr.io"
     async with rt.sessionmaker() as session:
@@ -289,7 +291,12 @@ async def _run(w: World, **kwargs: object) -> models.Deployment:
             )
         else:
             result = await deploys.request(
-                session, ctx=w.rt.core, actor=ADMIN, app_name="web", trigger="api", **kwargs  # type: ignore[arg-type]
+                session,
+                ctx=w.rt.core,
+                actor=ADMIN,
+                app_name="web",
+                trigger="api",
+                **kwargs,  # type: ignore[arg-type]
             )
     await run_until_idle(w.rt.core, handlers=w.rt.handlers(), within=120)
     async with w.rt.sessionmaker() as session:
@@ -368,7 +375,10 @@ async def test_pull_secret_from_the_projects_credentials_and_gone_when_they_are(
     # Pinned already: the redeploy does not need the registry, and drops the pull secret.
     d2 = await _run(world, image=f"{private_registry.host}/acme/web@{digest}")
     assert d2.status == deploys.SUCCEEDED, d2.error
-    assert await _deployment_image(kube, world.namespace) == (f"{private_registry.host}/acme/web@{digest}", None)
+    assert await _deployment_image(kube, world.namespace) == (
+        f"{private_registry.host}/acme/web@{digest}",
+        None,
+    )
     assert await kube.get(kind="Secret", name="web-registry", namespace=world.namespace) is None
 
 

@@ -135,7 +135,9 @@ def start_registry(
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"docker-registry exited ({process.returncode}): {log_path.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"docker-registry exited ({process.returncode}): {log_path.read_text()[-2000:]}"
+                )
             try:
                 if httpx.get(f"{url}/v2/", timeout=1).status_code in (200, 401):
                     break
