@@ -428,7 +428,7 @@ async def prepare(*, ctx: Core, deployment_id: int, project_id: int, spec: Workl
         return spec
     if recorded:
         return dataclasses.replace(spec, image=f"{ref.name}@{recorded}")
-    if not resolve_now or revision is None:
+    if not resolve_now or revision is None or not ctx.config.registry_pin_digests:
         return spec
     pinned = await resolve(ctx=ctx, image=spec.image, credentials=credentials)
     note = _pinned_note(pinned, image=spec.image)

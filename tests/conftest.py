@@ -94,6 +94,8 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
         job_lease_seconds=5,
         job_poll_seconds=0.1,
         approval_ttl_seconds=600,
+        # No test reaches a real registry on the internet; tests/core/test_registries.py turns it on.
+        registry_pin_digests=False,
     )
 
 

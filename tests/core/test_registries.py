@@ -34,6 +34,8 @@ ALICE = Actor(subject="user:alice", channel="api")
 
 
 def _allow_http(rt: Runtime, *hosts: str) -> None:
+    """Pin digests (off in the test settings), reaching these test registries over plain HTTP."""
+    rt.core.config.registry_pin_digests = True
     rt.core.config.registry_insecure_hosts = tuple(hosts)
 
 
