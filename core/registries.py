@@ -418,7 +418,11 @@ async def prepare(*, ctx: Core, deployment_id: int, project_id: int, spec: Workl
             if deployment is not None and deployment.revision_id is not None
             else None
         )
-        ref = images.parse(spec.image)
+        try:
+            ref = images.parse(spec.image)
+        except InvalidInput:
+            # Stored before references were checked: leave it to the cluster to say what is wrong.
+            return spec
         credentials = await credentials_for(session, ctx=ctx, project_id=project_id, host=ref.domain)
         recorded = str((revision.snapshot or {}).get("digest") or "") if revision is not None else ""
         # After an apply by tag, a resumed deploy keeps going by tag rather than switching images.

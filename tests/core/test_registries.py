@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from core import apps, audit, deploys, events, projects, registries
+from core import apps, audit, deploys, events, projects, registries, status
 from core.errors import InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor
 from core.kube.client import Kube
 from core.worker import run_until_idle
+from shipit import api
 from shipit.runtime import Runtime
 from storage import models
 from tests.conftest import ADMIN, World, database_bytes, serving
@@ -383,6 +384,23 @@ async def test_pull_secret_from_the_projects_credentials_and_gone_when_they_are(
     )
     assert await kube.get(kind="Secret", name="web-registry", namespace=world.namespace) is None
 
+    # Removing the app's workload takes its pull secret too.
+    async with world.rt.sessionmaker.begin() as session:
+        await registries.add(
+            session,
+            ctx=world.rt.core,
+            actor=ADMIN,
+            host=private_registry.host,
+            username="deployer",
+            password=password,
+        )  # fmt: skip  (global credentials this time)
+    assert (await _run(world)).status == deploys.SUCCEEDED
+    assert await kube.get(kind="Secret", name="web-registry", namespace=world.namespace) is not None
+    async with world.rt.sessionmaker() as session:
+        target = await status.target(session, ctx=world.rt.core, actor=ADMIN, app_name="web")
+    assert await status.remove_workload(ctx=world.rt.core, target=target) == []
+    assert await kube.get(kind="Secret", name="web-registry", namespace=world.namespace) is None
+
 
 async def test_unreachable_registry_deploys_by_tag_and_says_so(
     world: World, caplog: pytest.LogCaptureFixture
@@ -396,4 +414,10 @@ async def test_unreachable_registry_deploys_by_tag_and_says_so(
     view = await _view(world.rt, d)
     assert view.digest is None
     assert view.digest_note == f"deployed by tag {host}/acme/web:1.0: {host} unreachable: ConnectError"
+    # What `shipit deploys --json` shows.
+    async with world.rt.sessionmaker() as session:
+        row = await session.get(models.Deployment, d.id)
+        assert row is not None
+        out = await api._deployment_out(session, row)
+    assert (out.digest, out.digest_note) == (None, view.digest_note)
     assert f"deploy {d.id} app=web namespace={world.namespace}: deployed by tag" in caplog.text
