@@ -33,6 +33,12 @@ class CoreConfig:
     public_url: str = "http://127.0.0.1:8000"
     # Who may create projects: "admins" (global admins only) or "everyone" with a token.
     project_creators: str = "admins"
+    # Registries: look tags up at deploy time and apply name@digest (off: by tag, no lookups).
+    registry_pin_digests: bool = True
+    # the whole digest lookup (token included) must answer within this, else deploy by tag.
+    registry_timeout_seconds: float = 5.0
+    # Registry hosts reached over plain HTTP (a registry on the cluster's own network, tests).
+    registry_insecure_hosts: tuple[str, ...] = ()
 
 
 @dataclass(kw_only=True)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, claims, clusters, events, jobs, metrics, secrets, validation
+from core import apps, audit, claims, clusters, events, jobs, metrics, registries, secrets, validation
 from core.context import Core
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor, Role
@@ -690,6 +690,11 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
     plan = await _start(ctx, deployment_id=int(job.payload["deployment_id"]))
     if plan is None:
         return
+    # Tag -> digest (recorded in the revision) and the pull secret: registry I/O, outside any transaction.
+    spec = await registries.prepare(
+        ctx=ctx, deployment_id=plan.deployment_id, project_id=plan.project_id, spec=plan.spec
+    )
+    plan = replace(plan, spec=spec)
     started = time.monotonic()
     where = f"deploy {plan.deployment_id} app={plan.app_name} namespace={plan.spec.namespace}"
     kube = await ctx.kube.get(key=str(plan.cluster_id), kubeconfig=plan.kubeconfig)

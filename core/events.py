@@ -91,6 +91,8 @@ class DeploymentView:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     refs: dict[str, Any] = field(default_factory=dict)
+    digest: str | None = None  # what the image tag was pinned to at deploy time
+    digest_note: str | None = None  # why it was deployed by tag instead
 
     @property
     def finished(self) -> bool:
@@ -303,7 +305,15 @@ async def deployment_view(session: AsyncSession, *, deployment: models.Deploymen
         started_at=deployment.started_at,
         finished_at=deployment.finished_at,
         refs=dict(deployment.notify_refs or {}),
+        digest=_str_or_none(revision.snapshot.get("digest")) if revision and revision.snapshot else None,
+        digest_note=_str_or_none(revision.snapshot.get("digest_note"))
+        if revision and revision.snapshot
+        else None,
     )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def app_view(app: models.App, *, cluster_name: str) -> AppView:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import clusters, projects, secrets
+from core import clusters, projects, registries, secrets
 from storage import models
 from storage.crypto import Cipher, MasterKeyError
 
@@ -25,9 +25,9 @@ async def verify(session: AsyncSession, *, cipher: Cipher) -> None:
 
 
 async def rotate(session: AsyncSession, *, old: Cipher, new: Cipher) -> dict[str, int]:
-    """Re-encrypt every secret, kubeconfig and webhook secret under `new`, in one transaction."""
+    """Re-encrypt every secret, kubeconfig, webhook secret and registry password under `new`, in one transaction."""
     await verify(session, cipher=old)
-    counts = {"secrets": 0, "clusters": 0, "projects": 0}
+    counts = {"secrets": 0, "clusters": 0, "projects": 0, "registries": 0}
     for s in await session.scalars(select(models.Secret)):
         plain = old.decrypt(s.value_enc, purpose=secrets.PURPOSE)
         s.value_enc = new.encrypt(plain, purpose=secrets.PURPOSE)
@@ -47,6 +47,10 @@ async def rotate(session: AsyncSession, *, old: Cipher, new: Cipher) -> dict[str
             old.decrypt(p.webhook_secret_enc, purpose=purpose), purpose=purpose
         )
         counts["projects"] += 1
+    for r in await session.scalars(select(models.Registry)):
+        purpose = registries.rotation_purpose(r)
+        r.password_enc = new.encrypt(old.decrypt(r.password_enc, purpose=purpose), purpose=purpose)
+        counts["registries"] += 1
     row = await session.get(models.Meta, _CHECK)
     assert row is not None
     row.value = new.encrypt(_CHECK_VALUE, purpose=_CHECK_PURPOSE)

@@ -123,6 +123,7 @@ async def remove_workload(*, ctx: Core, target: Target) -> list[str]:
         ("Service", target.app),
         ("Deployment", target.app),
         ("Secret", f"{target.app}-secrets"),
+        ("Secret", f"{target.app}-registry"),  # the pull secret, when the image's registry had credentials
     ):
         try:
             await kube.delete(

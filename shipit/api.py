@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import StreamingResponse
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import (
@@ -26,6 +27,7 @@ from core import (
     identity,
     previews,
     projects,
+    registries,
     secrets,
     status,
     tokens,
@@ -323,15 +325,20 @@ async def list_deploys(
     name: str, rt: RtDep, actor: ActorDep, limit: int = Query(20, ge=1, le=200)
 ) -> list[schemas.DeploymentOut]:
     async with tx(rt) as session:
+        rows = await deploys.history(session, actor=actor, app_name=name, limit=limit)
+        ids = [d.revision_id for d in rows if d.revision_id is not None]
+        revisions = {
+            r.id: r for r in await session.scalars(select(models.Revision).where(models.Revision.id.in_(ids)))
+        }
         return [
-            schemas.DeploymentOut.of(d, app=name)
-            for d in await deploys.history(session, actor=actor, app_name=name, limit=limit)
+            schemas.DeploymentOut.of(d, app=name, revision=revisions.get(d.revision_id or 0)) for d in rows
         ]
 
 
 async def _deployment_out(session: AsyncSession, d: models.Deployment) -> schemas.DeploymentOut:
     app = await session.get(models.App, d.app_id)
-    return schemas.DeploymentOut.of(d, app=app.name if app else "")
+    revision = await session.get(models.Revision, d.revision_id) if d.revision_id else None
+    return schemas.DeploymentOut.of(d, app=app.name if app else "", revision=revision)
 
 
 @router.get("/deploys/{deployment_id}")
@@ -492,6 +499,46 @@ async def _first_line(stream: AsyncIterator[str]) -> str | None:
         return await anext(stream)
     except StopAsyncIteration:
         return None
+
+
+# ------------------------------------------------------------------ registries
+
+
+def _registry_out(r: registries.Listed) -> schemas.RegistryOut:
+    return schemas.RegistryOut(
+        host=r.host, project=r.project, username=r.username, created_by=r.created_by, updated_at=r.updated_at
+    )
+
+
+@router.get("/registries")
+async def list_registries(
+    rt: RtDep, actor: ActorDep, project: str | None = None
+) -> list[schemas.RegistryOut]:
+    async with tx(rt) as session:
+        return [
+            _registry_out(r) for r in await registries.list_visible(session, actor=actor, project=project)
+        ]
+
+
+@router.post("/registries", status_code=201)
+async def add_registry(body: schemas.RegistryIn, rt: RtDep, actor: ActorDep) -> dict[str, object]:
+    async with tx(rt) as session:
+        row, created = await registries.add(
+            session,
+            ctx=rt.core,
+            actor=actor,
+            host=body.host,
+            username=body.username,
+            password=body.password,
+            project=body.project,
+        )
+        return {"host": row.host, "project": body.project, "username": row.username, "created": created}
+
+
+@router.delete("/registries/{host}", status_code=204)
+async def remove_registry(host: str, rt: RtDep, actor: ActorDep, project: str | None = None) -> None:
+    async with tx(rt) as session:
+        await registries.remove(session, actor=actor, host=host, project=project)
 
 
 # ------------------------------------------------------------------ secrets

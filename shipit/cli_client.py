@@ -37,6 +37,9 @@ apps_app = typer.Typer(help="Apps: what runs where, and how.", no_args_is_help=T
 secrets_app = typer.Typer(help="App secrets (write-only: values are never shown).", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 previews_app = typer.Typer(help="Preview environments of pull requests.", no_args_is_help=True)
+registries_app = typer.Typer(
+    help="Credentials for private registries (passwords are write-only).", no_args_is_help=True
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a table.")]
 WaitOpt = Annotated[
@@ -1281,6 +1284,72 @@ def secrets_delete(
         deployed(client, deployment, wait=wait, as_json=as_json, envelope={"keys": wanted})
 
 
+# --------------------------------------------------------------------------- registries
+
+RegistryProjectOpt = Annotated[
+    str | None,
+    typer.Option("--project", help="The project whose credentials these are (default: global, admins only)."),
+]
+
+
+@registries_app.command("add")
+def registries_add(
+    host: Annotated[str, typer.Argument(help="Registry host, like ghcr.io or registry.local:5000.")],
+    username: Annotated[str, typer.Option("--username", "-u", help="Registry user name.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password (or token) from stdin.")
+    ] = False,
+    project: RegistryProjectOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store credentials for a registry: deploys pull with them and pin tags to digests.  Replaces old ones."""
+    if not password_stdin:
+        fail(
+            "give the password on stdin with --password-stdin (never as an argument: it would stay in history)"
+        )
+    password = _stdin_if_dash("-", flag="--password-stdin") or ""
+    with api() as client:
+        result = client.call(
+            "POST",
+            "/registries",
+            body={"host": host, "username": username, "password": password, "project": project},
+        )
+    if as_json:
+        show_json(result)
+        return
+    where = f"project {project}" if project else "every project"
+    verb = "stored" if result["created"] else "replaced"
+    typer.echo(f"{verb} credentials for {result['host']} as {result['username']} ({where})")
+
+
+@registries_app.command("list")
+def registries_list(project: RegistryProjectOpt = None, as_json: JsonOpt = False) -> None:
+    """Registries with credentials: host, project and user name (never the password)."""
+    with api() as client:
+        rows = client.get("/registries", project=project)
+    if as_json:
+        show_json(rows)
+        return
+    table(
+        ["HOST", "PROJECT", "USERNAME", "BY", "UPDATED"],
+        [
+            [r["host"], r["project"] or "(global)", r["username"], r["created_by"], when(r["updated_at"])]
+            for r in rows
+        ],
+        empty="no registry credentials",
+    )
+
+
+@registries_app.command("remove")
+def registries_remove(
+    host: Annotated[str, typer.Argument(help="Registry host.")], project: RegistryProjectOpt = None
+) -> None:
+    """Forget credentials for a registry; the next deploy of each app removes its pull secret."""
+    with api() as client:
+        client.call("DELETE", f"/registries/{_q(host)}", params={"project": project} if project else None)
+    typer.echo(f"removed credentials for {host}" + (f" (project {project})" if project else " (global)"))
+
+
 # --------------------------------------------------------------------------- audit and tokens
 
 
@@ -1443,6 +1512,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(secrets_app, name="secrets")
     app.add_typer(tokens_app, name="tokens")
     app.add_typer(previews_app, name="previews")
+    app.add_typer(registries_app, name="registries")
     app.command("deploy")(deploy)
     app.command("rollback")(rollback)
     app.command("revisions")(revisions)

@@ -92,6 +92,11 @@ async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
         default_tls_issuer=settings.tls_issuer,
         public_url=settings.url,
         project_creators=settings.project_creators,
+        registry_pin_digests=settings.registry_pin_digests,
+        registry_timeout_seconds=settings.registry_timeout_seconds,
+        registry_insecure_hosts=tuple(
+            h.strip().lower() for h in settings.registry_insecure_hosts.split(",") if h.strip()
+        ),
     )
     core = Core(sessionmaker=sessionmaker, cipher=cipher, kube=KubeClients(), config=config)
     install_wakeup(core)

@@ -295,10 +295,17 @@ class DeploymentOut(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    # The digest the image tag was pinned to at deploy time, or why it went by tag (digest_note).
+    digest: str | None = None
+    digest_note: str | None = None
 
     @classmethod
-    def of(cls, d: models.Deployment, *, app: str) -> DeploymentOut:
+    def of(cls, d: models.Deployment, *, app: str, revision: models.Revision | None = None) -> DeploymentOut:
+        snapshot = revision.snapshot if revision is not None and revision.id == d.revision_id else {}
+        digest, note = (snapshot or {}).get("digest"), (snapshot or {}).get("digest_note")
         return cls(
+            digest=digest if isinstance(digest, str) else None,
+            digest_note=note if isinstance(note, str) else None,
             id=d.id,
             app=app,
             status=d.status,
@@ -327,6 +334,23 @@ class RevisionOut(BaseModel):
     created_by: str
     created_at: dt.datetime
     snapshot: dict[str, Any]
+
+
+class RegistryIn(Strict):
+    host: str
+    username: str
+    password: str = Field(repr=False, min_length=1)
+    project: str | None = None  # None: global credentials, for every project (global admins only)
+
+
+class RegistryOut(BaseModel):
+    """Never the password."""
+
+    host: str
+    project: str | None
+    username: str
+    created_by: str
+    updated_at: dt.datetime
 
 
 class SecretKeyOut(BaseModel):

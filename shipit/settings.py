@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     ingress_class: str = "nginx"
     tls_issuer: str | None = None
 
+    # private registries: pin tags to digests at deploy time (off: deploy by tag, no registry lookups)
+    registry_pin_digests: bool = True
+    # the digest lookup at deploy time gives up after this, and deploys by tag
+    registry_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # registry hosts reached over plain HTTP, comma-separated (e.g. registry.internal:5000)
+    registry_insecure_hosts: str = ""
+
     # Slack (optional: unset signing secret switches the channel off)
     slack_signing_secret: SecretStr | None = None
     slack_bot_token: SecretStr | None = None

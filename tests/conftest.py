@@ -25,7 +25,7 @@ from shipit.settings import Settings
 from storage import models
 from storage.crypto import generate_key
 
-pytest_plugins = ["tests.testenv.plugin", "tests.fakes.plugin"]
+pytest_plugins = ["tests.testenv.plugin", "tests.testenv.registry", "tests.fakes.plugin"]
 
 ADMIN = Actor(subject="user:admin", channel="api", display="admin", is_admin=True)
 POSTGRES_URL = os.environ.get("SHIPIT_TEST_POSTGRES_URL")
@@ -94,6 +94,8 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
         job_lease_seconds=5,
         job_poll_seconds=0.1,
         approval_ttl_seconds=600,
+        # No test reaches a real registry on the internet; tests/core/test_registries.py turns it on.
+        registry_pin_digests=False,
     )
 
 

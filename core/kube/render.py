@@ -4,7 +4,7 @@ Kept free of I/O so what we send to a cluster can be unit-tested without one,
 and so a retried job renders byte-for-byte the same objects (server-side apply
 is then a no-op).  The adapter (core.kube.client) does the talking.
 
-The rendered Secret carries secret values (base64): never log manifests.
+The rendered Secrets carry secret values (base64): never log manifests.
 """
 
 from __future__ import annotations
@@ -100,6 +100,29 @@ def render_secret(spec: spec_mod.WorkloadSpec) -> dict[str, Any]:
     }
 
 
+PULL_SECRET_TYPE = "kubernetes.io/dockerconfigjson"
+PULL_SECRET_KEY = ".dockerconfigjson"
+
+
+def dockerconfigjson(pull: spec_mod.PullSecret) -> str:
+    """The `.dockerconfigjson` document for one registry, as `docker login` writes it."""
+    auth = base64.b64encode(f"{pull.username}:{pull.password}".encode()).decode("ascii")
+    return json.dumps(
+        {"auths": {pull.server: {"username": pull.username, "password": pull.password, "auth": auth}}},
+        sort_keys=True,
+    )
+
+
+def render_pull_secret(spec: spec_mod.WorkloadSpec, pull: spec_mod.PullSecret) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(spec, spec.pull_secret_name),
+        "type": PULL_SECRET_TYPE,
+        "data": {PULL_SECRET_KEY: base64.b64encode(dockerconfigjson(pull).encode()).decode("ascii")},
+    }
+
+
 def _probe(spec: spec_mod.WorkloadSpec, health: spec_mod.HealthCheck) -> dict[str, Any]:
     return {
         "httpGet": {"path": health.path, "port": health.port or spec.port},
@@ -138,6 +161,8 @@ def render_deployment(spec: spec_mod.WorkloadSpec) -> dict[str, Any]:
             "spec": {"containers": [container]},
         },
     }
+    if spec.pull_secret is not None:
+        deployment_spec["template"]["spec"]["imagePullSecrets"] = [{"name": spec.pull_secret_name}]
     if spec.autoscaling is None:
         # Omitted under an HPA: owning spec.replicas would fight the autoscaler.
         deployment_spec["replicas"] = spec.replicas
@@ -223,7 +248,10 @@ def render_ingress(spec: spec_mod.WorkloadSpec, ingress: spec_mod.IngressSpec) -
 
 def render(spec: spec_mod.WorkloadSpec) -> list[dict[str, Any]]:
     """All objects for `spec`, in apply order (the Secret before the pods that read it)."""
-    manifests = [render_secret(spec), render_deployment(spec), render_service(spec)]
+    manifests = [render_secret(spec)]
+    if spec.pull_secret is not None:
+        manifests.append(render_pull_secret(spec, spec.pull_secret))
+    manifests += [render_deployment(spec), render_service(spec)]
     if spec.autoscaling is not None:
         manifests.append(render_hpa(spec, spec.autoscaling))
     if spec.ingress is not None:
@@ -242,4 +270,7 @@ def render_absent(spec: spec_mod.WorkloadSpec) -> list[tuple[str, str]]:
         absent.append(("HorizontalPodAutoscaler", spec.app))
     if spec.ingress is None:
         absent.append(("Ingress", spec.app))
+    if spec.pull_secret is None:
+        # Credentials removed since the last deploy: their copy in the cluster goes too.
+        absent.append(("Secret", spec.pull_secret_name))
     return absent

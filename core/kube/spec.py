@@ -2,8 +2,8 @@
 
 A plain, frozen value built by core from a revision snapshot (plus decrypted
 secrets) so that rendering stays a pure function and the adapter never sees
-ORM objects.  `secret_data` holds plaintext: never log a WorkloadSpec or a
-rendered Secret.
+ORM objects.  `secret_data` and `pull_secret` hold plaintext: never log a WorkloadSpec
+or a rendered Secret.
 """
 
 from __future__ import annotations
@@ -45,6 +45,15 @@ class IngressSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PullSecret:
+    """Credentials the kubelet uses to pull the app's image (a kubernetes.io/dockerconfigjson Secret)."""
+
+    server: str  # the `auths` key: the registry host (Docker Hub: https://index.docker.io/v1/)
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
 class WorkloadSpec:
     app: str  # DNS-1123 label; names the Deployment, Service, HPA, Ingress
     project: str  # the owning project's name: labels every object so shipit only touches its own
@@ -63,7 +72,12 @@ class WorkloadSpec:
     progress_deadline_seconds: int = 600
     instance: str = ""  # app.kubernetes.io/instance; defaults to app
     extra_labels: dict[str, str] = field(default_factory=dict)
+    pull_secret: PullSecret | None = field(default=None, repr=False)
 
     @property
     def secret_name(self) -> str:
         return f"{self.app}-secrets"
+
+    @property
+    def pull_secret_name(self) -> str:
+        return f"{self.app}-registry"

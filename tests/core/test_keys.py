@@ -6,7 +6,8 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from core import apps, keys, projects, secrets
+from core import apps, keys, projects, registries, secrets
+from core.identity import SYSTEM
 from shipit import runtime
 from shipit.runtime import Runtime
 from shipit.settings import Settings
@@ -56,8 +57,16 @@ async def test_rotate_re_encrypts_secrets_kubeconfigs_and_webhook_secrets(
     async with rt.sessionmaker() as session:
         before_checksum = await secrets.checksum(session, app_id=1)
     async with rt.sessionmaker.begin() as session:
+        await registries.add(
+            session, ctx=rt.core, actor=SYSTEM, host="ghcr.io", username="bot", password="registry-pw"
+        )
+    async with rt.sessionmaker.begin() as session:
         counts = await keys.rotate(session, old=rt.core.cipher, new=new)
-    assert counts == {"secrets": 1, "clusters": 1, "projects": 1}
+    assert counts == {"secrets": 1, "clusters": 1, "projects": 1, "registries": 1}
+    async with rt.sessionmaker() as session:
+        registry = (await session.scalars(select(models.Registry))).one()
+        purpose = registries.rotation_purpose(registry)
+        assert new.decrypt(registry.password_enc, purpose=purpose) == b"registry-pw"
     async with rt.sessionmaker() as session:
         secret = (await session.scalars(select(models.Secret))).one()
         assert new.decrypt(secret.value_enc, purpose=secrets.PURPOSE) == b"s3cr3t-v4lue"

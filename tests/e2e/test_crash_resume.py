@@ -151,6 +151,7 @@ async def test_sigkill_during_rollout_resumes_and_ends_once(
         "SHIPIT_MASTER_KEY": settings.master_key.get_secret_value() if settings.master_key else "",
         "SHIPIT_DATA_DIR": str(settings.data_dir),
         "SHIPIT_PORT": str(port),
+        "SHIPIT_REGISTRY_PIN_DIGESTS": "false",  # ghcr.io is not asked about test images
     }
     for name in ("SHIPIT_JOB_LEASE_SECONDS", "SHIPIT_JOB_POLL_SECONDS"):  # the defaults are what is measured
         env.pop(name, None)

@@ -248,12 +248,48 @@ def test_render_is_deterministic() -> None:
 
 
 def test_render_absent_names_what_the_spec_turns_off() -> None:
-    assert render.render_absent(make_spec()) == [("HorizontalPodAutoscaler", "web"), ("Ingress", "web")]
+    assert render.render_absent(make_spec()) == [
+        ("HorizontalPodAutoscaler", "web"),
+        ("Ingress", "web"),
+        ("Secret", "web-registry"),
+    ]
     full = make_spec(
         autoscaling=spec.Autoscaling(min_replicas=1, max_replicas=3, cpu_target_percent=50),
         ingress=spec.IngressSpec(host="a.example.com"),
+        pull_secret=spec.PullSecret(server="ghcr.io", username="bot", password="pw"),
     )
     assert render.render_absent(full) == []
+
+
+def test_pull_secret_renders_a_dockerconfigjson_secret_referenced_by_the_pod() -> None:
+    pull = spec.PullSecret(server="ghcr.io", username="acme-bot", password="p@ss:wörd")
+    manifests = render.render(make_spec(pull_secret=pull))
+    assert [(m["kind"], m["metadata"]["name"]) for m in manifests][:3] == [
+        ("Secret", "web-secrets"),
+        ("Secret", "web-registry"),
+        ("Deployment", "web"),
+    ]
+    secret = manifests[1]
+    assert secret["type"] == "kubernetes.io/dockerconfigjson"
+    assert secret["metadata"]["labels"]["shipit.dev/app"] == "web"
+    assert secret["metadata"]["labels"]["shipit.dev/project"] == "acme"
+    doc = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
+    assert doc == {
+        "auths": {
+            "ghcr.io": {
+                "username": "acme-bot",
+                "password": "p@ss:wörd",
+                "auth": base64.b64encode("acme-bot:p@ss:wörd".encode()).decode(),
+            }
+        }
+    }
+    template = by_kind(manifests)["Deployment"]["spec"]["template"]["spec"]
+    assert template["imagePullSecrets"] == [{"name": "web-registry"}]
+    assert (
+        "imagePullSecrets"
+        not in by_kind(render.render(make_spec()))["Deployment"]["spec"]["template"]["spec"]
+    )
+    assert "p@ss" not in repr(make_spec(pull_secret=pull))
 
 
 def test_ownership_labels_name_the_project_and_app_on_objects_and_pod_template() -> None:
