@@ -163,7 +163,7 @@ async def test_api_throttling_never_touches_signed_slack_traffic(
     await add_app(offline.rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0")
     strict = settings.model_copy(update={"api_auth_failures_per_minute": 1, "api_requests_per_minute": 1})
     async with serving(create_app(strict, rt=live_server.rt)) as url:
-        async with httpx.AsyncClient(base_url=url) as http:
+        async with httpx.AsyncClient(timeout=30, base_url=url) as http:
             assert (await http.get("/api/v1/me", headers={"Authorization": "Bearer nope"})).status_code == 401
             assert (await http.get("/api/v1/me")).status_code == 429  # this address is blocked now
         sender = SlackSender(url=url, fake=fake_slack)

@@ -54,7 +54,7 @@ async def test_failed_authentication_is_throttled_per_address(
     strict = settings.model_copy(update={"api_auth_failures_per_minute": 5})
     good = await make_token(live_server.rt)
     async with serve_app(create_app(strict, rt=live_server.rt)) as url:
-        async with httpx.AsyncClient(base_url=url) as here:
+        async with httpx.AsyncClient(timeout=30, base_url=url) as here:
             for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Bearer shp_guess"}) * 2:
                 r = await here.get("/api/v1/me", headers=headers)
                 if r.status_code == 429:
@@ -68,7 +68,7 @@ async def test_failed_authentication_is_throttled_per_address(
             assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
             # ...but only on the API.
             assert (await here.get("/healthz")).status_code == 200
-        async with httpx.AsyncClient(base_url=url, transport=other_address()) as elsewhere:
+        async with httpx.AsyncClient(timeout=30, base_url=url, transport=other_address()) as elsewhere:
             r = await elsewhere.get("/api/v1/me", headers={"Authorization": f"Bearer {good}"})
             assert r.status_code == 200, r.text
 
@@ -78,7 +78,7 @@ async def test_each_token_has_a_request_budget(live_server: LiveServer, settings
     first, second = await make_token(live_server.rt), await make_token(live_server.rt, subject="user:ci")
     async with (
         serve_app(create_app(budget, rt=live_server.rt)) as url,
-        httpx.AsyncClient(base_url=url) as http,
+        httpx.AsyncClient(timeout=30, base_url=url) as http,
     ):
         answers = [
             (await http.get("/api/v1/me", headers={"Authorization": f"Bearer {first}"})).status_code
@@ -100,7 +100,10 @@ async def test_each_token_has_a_request_budget(live_server: LiveServer, settings
 async def test_limits_at_zero_are_off(live_server: LiveServer, settings: Settings) -> None:
     off = settings.model_copy(update={"api_auth_failures_per_minute": 0, "api_requests_per_minute": 0})
     token = await make_token(live_server.rt)
-    async with serve_app(create_app(off, rt=live_server.rt)) as url, httpx.AsyncClient(base_url=url) as http:
+    async with (
+        serve_app(create_app(off, rt=live_server.rt)) as url,
+        httpx.AsyncClient(timeout=30, base_url=url) as http,
+    ):
         for _ in range(30):
             assert (await http.get("/api/v1/me")).status_code == 401
         for _ in range(30):
@@ -177,7 +180,7 @@ async def test_connections_over_the_limit_get_503(live_server: LiveServer, setti
         idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         while len(server.server_state.connections) < 2:  # accepted on the server's side
             await asyncio.sleep(0.01)
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(timeout=30) as http:
             r = await http.get(f"http://127.0.0.1:{port}/healthz")
         assert r.status_code == 503
         for _, writer in idle:
@@ -297,7 +300,7 @@ async def test_every_response_carries_the_security_headers(
     small = settings.model_copy(update={"max_body_bytes": 1024, "api_requests_per_minute": 5})
     async with (
         serve_app(create_app(small, rt=live_server.rt)) as url,
-        httpx.AsyncClient(base_url=url) as http,
+        httpx.AsyncClient(timeout=30, base_url=url) as http,
     ):
         answers = [
             await http.get("/healthz"),
@@ -320,7 +323,7 @@ async def test_every_response_carries_the_security_headers(
 async def test_token_answers_are_not_cached(live_server: LiveServer) -> None:
     token = await make_token(live_server.rt)
     async with httpx.AsyncClient(
-        base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}
+        base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
     ) as api:
         created = await api.post("/api/v1/tokens", json={"name": "ci", "subject": "user:ci"})
         listed = await api.get("/api/v1/tokens")
@@ -368,7 +371,9 @@ async def test_first_start_writes_the_admin_token_to_a_private_file_not_the_log(
     caplog.set_level(logging.DEBUG)
     async with serve_app(create_app(first)) as url:
         token = token_file.read_text().strip()
-        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}) as api:
+        async with httpx.AsyncClient(
+            timeout=30, base_url=url, headers={"Authorization": f"Bearer {token}"}
+        ) as api:
             me = await api.get("/api/v1/me")
     assert me.status_code == 200 and me.json()["subject"] == "user:admin" and me.json()["admin"]
     assert mode(token_file) == 0o600 and mode(token_file.parent) == 0o700
@@ -464,7 +469,9 @@ async def test_cluster_add_errors_do_not_repeat_what_the_server_said(
     caplog.set_level(logging.DEBUG)
     async with (
         hostile_api_server(status, body, content_type) as port,
-        httpx.AsyncClient(base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}) as api,
+        httpx.AsyncClient(
+            timeout=30, base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}
+        ) as api,
     ):
         r = await api.post("/api/v1/clusters", json={"name": "evil", "kubeconfig": kubeconfig_for(port)})
     assert r.status_code >= 400, r.text
@@ -478,7 +485,7 @@ async def test_cluster_add_errors_do_not_repeat_what_the_server_said(
 
 async def api_clusters(live_server: LiveServer, token: str) -> list[Any]:
     async with httpx.AsyncClient(
-        base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}
+        base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
     ) as api:
         return list((await api.get("/api/v1/clusters")).json())
 

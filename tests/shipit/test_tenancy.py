@@ -104,12 +104,16 @@ async def test_project_creators_everyone_opens_it(settings: Settings) -> None:
         async with serving(create_app(rt=rt)) as url:
             token = await make_token(rt, subject="user:newbie", admin=False)
             admin = await make_token(rt)
-            async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}) as c:
+            async with httpx.AsyncClient(
+                timeout=30, base_url=url, headers={"Authorization": f"Bearer {token}"}
+            ) as c:
                 r = await c.post("/api/v1/projects", json={"name": "mine"})
                 assert r.status_code == 201, r.text
                 members = (await c.get("/api/v1/projects/mine/members")).json()
                 assert members == [{"subject": "user:newbie", "role": "owner"}]
-                async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {admin}"}) as a:
+                async with httpx.AsyncClient(
+                    timeout=30, base_url=url, headers={"Authorization": f"Bearer {admin}"}
+                ) as a:
                     assert (await a.post("/api/v1/projects", json={"name": "hidden"})).status_code == 201
                 # Someone else's project name is taken, without saying that a project has it.
                 taken = await c.post("/api/v1/projects", json={"name": "hidden"})
