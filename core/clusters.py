@@ -279,6 +279,7 @@ async def delete(session: AsyncSession, *, actor: Actor, name: str) -> int:
     for model in (models.NamespaceClaim, models.ClusterGrant):
         for row in await session.scalars(select(model).where(model.cluster_id == cluster.id)):
             await session.delete(row)
+    await session.flush()  # children first: the ORM knows no relationship to order them by
     cluster_id = cluster.id
     await session.delete(cluster)
     await session.flush()

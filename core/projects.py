@@ -200,6 +200,7 @@ async def delete(session: AsyncSession, *, actor: Actor, name: str) -> None:
     for model in (models.NamespaceClaim, models.ClusterGrant, models.Member, models.Registry):
         for row in await session.scalars(select(model).where(model.project_id == project.id)):
             await session.delete(row)
+    await session.flush()  # children first: the ORM knows no relationship to order them by
     project_id = project.id
     await session.delete(project)
     await session.flush()
