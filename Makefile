@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint fmt testenv testenv-up testregistry bench clean
+.PHONY: install run test lint fmt testenv testenv-up testregistry bench clean image
 
 install:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ testenv-up: install testenv
 bench: install testenv
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) -m bench.run
+
+# The container image (buildah, base from debootstrap; no registry needed), smoke-tested inside.
+# SHIPIT_IMAGE_BASE=docker.io/library/python:3.12-slim make image   where a registry is reachable.
+image:
+	scripts/build-image
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -225,3 +225,86 @@ async def grants(session: AsyncSession, *, actor: Actor, cluster: str) -> list[c
     identity.require_admin(actor, action="listing a cluster's grants")
     clu = await get(session, name=cluster)
     return await claims.grants(session, cluster_id=clu.id)
+
+
+async def update(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    actor: Actor,
+    name: str,
+    kubeconfig_text: str,
+    version: str,
+) -> models.Cluster:
+    """Replace a cluster's kubeconfig (a rotated token, a moved API server).  `version` comes from
+    `check()` on the new kubeconfig, run by the caller before the transaction; the caller drops the
+    cached client after commit so the next deploy connects with the new credentials."""
+    identity.require_admin(actor, action="updating a cluster")
+    cluster = await get(session, name=name)
+    server, _ = parse_kubeconfig(kubeconfig_text)
+    previous = cluster.server
+    cluster.kubeconfig_enc = ctx.cipher.encrypt_text(kubeconfig_text, purpose=PURPOSE)
+    cluster.server = server
+    cluster.server_version = version
+    cluster.last_check_at = models.utcnow()
+    cluster.last_check_error = None
+    await session.flush()
+    await audit.record(
+        session,
+        actor=actor,
+        action="cluster.update",
+        target=f"cluster/{cluster.name}",
+        details={"server": server, "previous_server": previous},
+    )
+    return cluster
+
+
+async def delete(session: AsyncSession, *, actor: Actor, name: str) -> int:
+    """Forget a cluster (nothing on the cluster is touched); refused while any app still uses it.
+    Returns its id so the caller can drop the cached client after commit."""
+    identity.require_admin(actor, action="deleting a cluster")
+    cluster = await get(session, name=name)
+    rows = (
+        await session.execute(
+            select(models.Project.name, models.App.name)
+            .join(models.Project, models.Project.id == models.App.project_id)
+            .where(models.App.cluster_id == cluster.id)
+            .order_by(models.Project.name, models.App.name)
+        )
+    ).all()
+    if rows:
+        apps = ", ".join(f"{project}/{app}" for project, app in rows)
+        raise Conflict(f"cluster {name} is still used by apps {apps}; delete or move them first")
+    # Explicit, not left to ON DELETE CASCADE: SQLite enforces foreign keys only when asked to.
+    for model in (models.NamespaceClaim, models.ClusterGrant):
+        for row in await session.scalars(select(model).where(model.cluster_id == cluster.id)):
+            await session.delete(row)
+    await session.flush()  # children first: the ORM knows no relationship to order them by
+    cluster_id = cluster.id
+    await session.delete(cluster)
+    await session.flush()
+    await audit.record(
+        session,
+        actor=actor,
+        action="cluster.delete",
+        target=f"cluster/{name}",
+        details={"server": cluster.server},
+    )
+    return cluster_id
+
+
+def kubeconfig_for_service_account(
+    *, server: str, name: str, namespace: str, service_account: str, token: str, ca_data: str
+) -> str:
+    """A kubeconfig with the service account's token and the cluster's CA inline, as `clusters add`
+    wants them (no files, no exec plugins).  `ca_data` is base64, as the token Secret holds it."""
+    user = f"{service_account}@{name}"
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": server, "certificate-authority-data": ca_data}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": user, "namespace": namespace}}],
+        "current-context": name,
+    }
+    return yaml.safe_dump(doc, sort_keys=False)

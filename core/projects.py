@@ -188,3 +188,22 @@ async def grants(session: AsyncSession, *, actor: Actor, project_name: str) -> l
         session, actor=actor, name=project_name, role=Role.VIEWER, action="listing grants"
     )
     return await claims.grants(session, project_id=project.id)
+
+
+async def delete(session: AsyncSession, *, actor: Actor, name: str) -> None:
+    """Delete a project (owner only); refused while it still has apps, so nothing runs unowned."""
+    project = await get_for(session, actor=actor, name=name, role=Role.OWNER, action="deleting the project")
+    apps = sorted(await session.scalars(select(models.App.name).where(models.App.project_id == project.id)))
+    if apps:
+        raise Conflict(f"project {name} still has apps ({', '.join(apps)}); delete them first")
+    # Explicit, not left to ON DELETE CASCADE: SQLite enforces foreign keys only when asked to.
+    for model in (models.NamespaceClaim, models.ClusterGrant, models.Member, models.Registry):
+        for row in await session.scalars(select(model).where(model.project_id == project.id)):
+            await session.delete(row)
+    await session.flush()  # children first: the ORM knows no relationship to order them by
+    project_id = project.id
+    await session.delete(project)
+    await session.flush()
+    await audit.record(
+        session, actor=actor, action="project.delete", target=f"project/{name}", project_id=project_id
+    )

@@ -112,6 +112,12 @@ async def update_project(
         return schemas.ProjectOut.of(p)
 
 
+@router.delete("/projects/{name}", status_code=204)
+async def delete_project(name: str, rt: RtDep, actor: ActorDep) -> None:
+    async with tx(rt) as session:
+        await projects.delete(session, actor=actor, name=name)
+
+
 @router.get("/projects/{name}/grants")
 async def list_project_grants(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.GrantOut]:
     async with tx(rt) as session:
@@ -172,6 +178,33 @@ async def add_cluster(body: schemas.ClusterIn, rt: RtDep, actor: ActorDep) -> sc
             version=version,
         )
         return schemas.ClusterOut.of(c, admin=True)
+
+
+@router.put("/clusters/{name}")
+async def update_cluster(
+    name: str, body: schemas.ClusterUpdateIn, rt: RtDep, actor: ActorDep
+) -> schemas.ClusterOut:
+    identity.require_admin(actor, action="updating a cluster")
+    clusters.parse_kubeconfig(body.kubeconfig)
+    # Check the new kubeconfig before storing it, outside the transaction, as `add` does.
+    version = await clusters.check(ctx=rt.core, kubeconfig_text=body.kubeconfig, key=f"check:{name}")
+    await rt.core.kube.forget(key=f"check:{name}")
+    async with tx(rt) as session:
+        c = await clusters.update(
+            session, ctx=rt.core, actor=actor, name=name, kubeconfig_text=body.kubeconfig, version=version
+        )
+        out = schemas.ClusterOut.of(c, admin=True)
+        cluster_id = c.id
+    # The cached client holds the old credentials: the next use builds one from the new kubeconfig.
+    await rt.core.kube.forget(key=str(cluster_id))
+    return out
+
+
+@router.delete("/clusters/{name}", status_code=204)
+async def delete_cluster(name: str, rt: RtDep, actor: ActorDep) -> None:
+    async with tx(rt) as session:
+        cluster_id = await clusters.delete(session, actor=actor, name=name)
+    await rt.core.kube.forget(key=str(cluster_id))
 
 
 def _grant_out(g: claims.ProjectGrant) -> schemas.GrantOut:

@@ -346,6 +346,14 @@ def projects_create(
         typer.echo(f"created project {p['name']}; you are its owner")
 
 
+@projects_app.command("delete")
+def projects_delete(name: Annotated[str, typer.Argument(help="Project name.")]) -> None:
+    """Delete a project (owners); refused while it still has apps."""
+    with api() as client:
+        client.call("DELETE", f"/projects/{_q(name)}")
+    typer.echo(f"deleted project {name}")
+
+
 @projects_app.command("update")
 def projects_update(
     name: Annotated[str, typer.Argument(help="Project name.")],
@@ -557,6 +565,85 @@ def clusters_add(
             f"added cluster {c['name']}: {c['server']} (Kubernetes {c['server_version']}), "
             f"default namespace {c['default_namespace']}"
         )
+
+
+@clusters_app.command("update")
+def clusters_update(
+    name: Annotated[str, typer.Argument(help="Cluster name.")],
+    kubeconfig: Annotated[
+        str, typer.Option("--kubeconfig", help="Path of the new kubeconfig ('-' reads stdin).")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace a cluster's kubeconfig (rotated token, moved API server); shipit checks it first."""
+    text = _read_file(kubeconfig, flag="--kubeconfig")
+    with api() as client:
+        c = client.call("PUT", f"/clusters/{_q(name)}", body={"kubeconfig": text})
+    if as_json:
+        show_json(c)
+    else:
+        typer.echo(f"updated cluster {c['name']}: {c['server']} (Kubernetes {c['server_version']})")
+
+
+@clusters_app.command("delete")
+def clusters_delete(name: Annotated[str, typer.Argument(help="Cluster name.")]) -> None:
+    """Forget a cluster (global admins); refused while apps use it.  Nothing on the cluster changes."""
+    with api() as client:
+        client.call("DELETE", f"/clusters/{_q(name)}")
+    typer.echo(f"deleted cluster {name}")
+
+
+@clusters_app.command("kubeconfig-from-sa")
+def clusters_kubeconfig_from_sa(
+    server: Annotated[str, typer.Option("--server", help="API server URL as shipit will reach it.")],
+    namespace: Annotated[str, typer.Option(help="Namespace of the service account.")] = "shipit-system",
+    service_account: Annotated[str, typer.Option(help="The service account.")] = "shipit",
+    kubeconfig: Annotated[
+        str | None,
+        typer.Option(
+            "--kubeconfig",
+            help="Admin kubeconfig to read the token with (default $KUBECONFIG or ~/.kube/config).",
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option(help="Name of the cluster entry in the output.")] = "shipit",
+) -> None:
+    """Print a kubeconfig for `clusters add` with the service account's token and CA inline.
+
+    Reads the account's token Secret (manifests/target-cluster) through an admin kubeconfig; talks to
+    the cluster only, not to the shipit server.
+    """
+    import asyncio
+    import os
+
+    from core import clusters
+    from core.errors import ShipitError
+    from core.kube.client import Kube
+
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or "~/.kube/config"
+    admin = _read_file(str(Path(path).expanduser()) if path != "-" else path, flag="--kubeconfig")
+
+    async def read() -> tuple[str, str]:
+        kube = await Kube.from_kubeconfig(kubeconfig=admin, local_references=True)
+        try:
+            return await kube.service_account_token(namespace=namespace, service_account=service_account)
+        finally:
+            await kube.close()
+
+    try:
+        token, ca_data = asyncio.run(read())
+    except ShipitError as e:
+        fail(str(e))
+    typer.echo(
+        clusters.kubeconfig_for_service_account(
+            server=server,
+            name=name,
+            namespace=namespace,
+            service_account=service_account,
+            token=token,
+            ca_data=ca_data,
+        ),
+        nl=False,
+    )
 
 
 def _read_file(path: str, *, flag: str) -> str:

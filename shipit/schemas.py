@@ -60,6 +60,10 @@ class ClusterIn(Strict):
     namespace: str | None = None
 
 
+class ClusterUpdateIn(Strict):
+    kubeconfig: str = Field(repr=False)
+
+
 class ClusterOut(BaseModel):
     """A cluster; where it is and how it answered are for global admins only (None for everyone else)."""
 

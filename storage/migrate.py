@@ -6,10 +6,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 _HERE = Path(__file__).resolve().parent
+_LOCK_KEY = 0x5A1B17  # any fixed bigint: the advisory lock that serialises migrations
 
 
 def alembic_config(*, url: str = "") -> Config:
@@ -22,6 +23,10 @@ def alembic_config(*, url: str = "") -> Config:
 
 async def upgrade(engine: AsyncEngine, *, revision: str = "head") -> None:
     def _run(connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            # Replicas (and their `shipit db upgrade` init containers) start together: one migrates,
+            # the others wait here and then find the schema at head.  Released at commit.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         cfg = alembic_config()
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)

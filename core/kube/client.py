@@ -21,6 +21,7 @@ force; a namespace shipit did not create is never relabelled.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -651,14 +652,19 @@ class Kube:
         self._namespaces: set[tuple[str, str, str]] = set()
 
     @classmethod
-    async def from_kubeconfig(cls, *, kubeconfig: str, request_timeout: float = 30.0) -> Kube:
+    async def from_kubeconfig(
+        cls, *, kubeconfig: str, request_timeout: float = 30.0, local_references: bool = False
+    ) -> Kube:
+        """`local_references=True` only for the operator's own kubeconfig read on their own machine
+        (the CLI's `clusters kubeconfig-from-sa`), never for one stored in shipit."""
         try:
             data = yaml.safe_load(kubeconfig)
         except yaml.YAMLError as e:
             raise errors.InvalidInput("the kubeconfig is not valid YAML", field="kubeconfig") from e
         if not isinstance(data, dict) or not data.get("clusters"):
             raise errors.InvalidInput("the kubeconfig names no cluster", field="kubeconfig")
-        _refuse_local_references(data)
+        if not local_references:
+            _refuse_local_references(data)
         configuration = k8s_client.Configuration()
         try:
             await k8s_config.load_kube_config_from_dict(config_dict=data, client_configuration=configuration)
@@ -1084,6 +1090,29 @@ class Kube:
         if _dig(current, "metadata", "deletionTimestamp"):
             return True  # already going; deleting again would only answer 409
         return await self._delete_exact(target, uid=_str(_dig(current, "metadata", "uid")))
+
+    async def service_account_token(self, *, namespace: str, service_account: str) -> tuple[str, str]:
+        """(token, base64 CA) from the `kubernetes.io/service-account-token` Secret of an account, as
+        the token controller filled it in.  For building a kubeconfig; the token is never logged."""
+        what = f"read the token of service account {namespace}/{service_account}"
+        listing = await self._request(
+            "GET",
+            _path("Secret", namespace=namespace),
+            what=what,
+            query=[("fieldSelector", "type=kubernetes.io/service-account-token")],
+        )
+        for item in _list(listing.get("items")):
+            annotations = _str_dict(_dig(item, "metadata", "annotations"))
+            if annotations.get("kubernetes.io/service-account.name") != service_account:
+                continue
+            data = _str_dict(item.get("data"))
+            if data.get("token") and data.get("ca.crt"):
+                return base64.b64decode(data["token"]).decode(), data["ca.crt"]
+        raise errors.NotFound(
+            f"{what}: no filled-in Secret of type kubernetes.io/service-account-token for it in "
+            f"namespace {namespace} (apply manifests/target-cluster first; the token controller "
+            "fills it in within seconds)"
+        )
 
     # -- status and logs -------------------------------------------------------
 

@@ -1,0 +1,292 @@
+"""The kustomize manifests: they render, the real API server admits every object (server-side dry
+run), the base holds the promised hardening, the alerts use metrics shipit really exports, and the
+target-cluster ClusterRole grants exactly what shipit's Kubernetes adapter uses.
+
+ServiceMonitor and PrometheusRule are Prometheus Operator CRDs: a minimal CRD for each (any spec
+accepted) is installed first, so the dry run checks their group, version, kind, names and
+namespace; their content is checked here against shipit's metric names instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes_asyncio.client.rest import ApiException
+from prometheus_client import REGISTRY
+
+from tests.manifests import kustomize
+from tests.testenv.plugin import KubeEnv, api_client
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def _one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in _by_kind(objs, kind) if name is None or o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    copy = kustomize.filled_copy(tmp_path_factory.mktemp("m"))
+    return {
+        name: kustomize.build(copy / name)
+        for name in (
+            "base",
+            "overlays/postgres",
+            "monitoring",
+            "target-cluster",
+            "target-cluster/namespaced",
+        )
+    }
+
+
+def test_base_deployment_is_hardened_and_highly_available(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    base = rendered["base"]
+    dep = _one(base, "Deployment", "shipit")
+    spec = dep["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["replicas"] == 2
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    assert pod["affinity"]["podAntiAffinity"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "shipit"
+    emptydirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    # The rest of the restricted Pod Security profile: no host namespaces, only harmless volume types.
+    assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
+    assert all(set(v) - {"name"} <= {"emptyDir", "configMap", "secret", "projected"} for v in pod["volumes"])
+    ns = _one(base, "Namespace", "shipit")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for c in pod["containers"] + pod["initContainers"]:
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"]["type"] == "RuntimeDefault"
+        assert c["resources"]["requests"] and c["resources"]["limits"]
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        # The only writable paths: /tmp and the data dir, both thrown away with the pod.
+        assert mounts["/tmp"] in emptydirs and mounts["/srv/shipit/var"] in emptydirs
+        # The image name was replaced by `images:`, with a tag.
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+", c["image"]), c["image"]
+    main = _one(
+        [{"kind": "c", "metadata": {"name": c["name"]}, **c} for c in pod["containers"]], "c", "shipit"
+    )
+    assert main["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert pod["initContainers"][0]["args"] == ["db", "upgrade"]
+    # Secrets come from the generated Secret (its hashed name), never inline in the Deployment.
+    secret = _one(base, "Secret")
+    assert secret["metadata"]["name"].startswith("shipit-")
+    refs = [e["secretRef"]["name"] for e in main["envFrom"] if "secretRef" in e]
+    assert refs == [secret["metadata"]["name"]]
+    assert {"SHIPIT_MASTER_KEY", "SHIPIT_DATABASE_URL"} <= set(secret["data"])
+    assert "value" not in json.dumps(main.get("env", []))
+
+
+def test_base_exposes_the_right_paths_with_tls_and_limits_traffic(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    base = rendered["base"]
+    ing = _one(base, "Ingress", "shipit")
+    paths = {p["path"] for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert paths == {"/", "/api", "/slack", "/github"}
+    assert ing["spec"]["tls"][0]["hosts"] == [ing["spec"]["rules"][0]["host"]]
+    pdb = _one(base, "PodDisruptionBudget")
+    pod_labels = _one(base, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    netpol = _one(base, "NetworkPolicy", "shipit")
+    assert netpol["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert set(netpol["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    sources = [f for rule in netpol["spec"]["ingress"] for f in rule["from"]]
+    assert all(set(f) == {"namespaceSelector"} for f in sources), "ingress only from a namespace"
+    egress_ports = {p["port"] for rule in netpol["spec"]["egress"] for p in rule["ports"]}
+    assert {53, 5432, 443} <= egress_ports
+    assert all(_one(base, "Service")["spec"]["selector"].items() <= pod_labels.items() for _ in [0])
+
+
+def test_postgres_overlay_adds_a_database_only_shipit_reaches(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    pg = rendered["overlays/postgres"]
+    sts = _one(pg, "StatefulSet", "shipit-postgres")
+    assert sts["metadata"]["namespace"] == "shipit"
+    assert sts["spec"]["volumeClaimTemplates"]
+    svc = _one(pg, "Service", "shipit-postgres")
+    assert svc["spec"]["selector"] == sts["spec"]["template"]["metadata"]["labels"]
+    secret = next(s for s in _by_kind(pg, "Secret") if s["metadata"]["name"].startswith("shipit-postgres"))
+    env_from = sts["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    assert env_from == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+    # The base is all there too.
+    assert _one(pg, "Deployment", "shipit")
+
+
+def _exported_metric_names() -> set[str]:
+    import core.metrics  # noqa: F401  (registers the core metrics)
+    import shipit.app  # noqa: F401  (registers the HTTP and queue metrics)
+
+    # The names Prometheus sees, including those of labelled metrics not yet incremented.
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    names: set[str] = set()
+    for family in REGISTRY.collect():
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, [""]))
+    return names
+
+
+def test_alerts_and_dashboard_use_metrics_shipit_exports(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    mon = rendered["monitoring"]
+    exported = {n for n in _exported_metric_names() if n.startswith("shipit_")}
+    rule = _one(mon, "PrometheusRule", "shipit")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"ShipitDeployFailureRateHigh", "ShipitQueueBacklog", "ShipitWebhookErrors"} <= alerts
+    dashboard = json.loads(_one(mon, "ConfigMap", "shipit-grafana-dashboard")["data"]["shipit.json"])
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\bshipit_[a-z_]+", e)}
+    assert used, "no shipit metric in the rules"
+    assert used <= exported, f"not exported by shipit: {sorted(used - exported)}"
+    # Label values the rules match on are the ones the code sets.
+    assert 'outcome="failed"' in exprs[0] and 'state="queued"' in " ".join(exprs)
+    monitor = _one(mon, "ServiceMonitor", "shipit")
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+
+
+# What core/kube/client.py does on a cluster, as (api group, resource) -> verbs.
+EXPECTED_RBAC = {
+    ("", "namespaces"): {"get", "create", "delete"},
+    ("", "secrets"): {"get", "create", "patch", "delete"},
+    ("", "configmaps"): {"get", "create", "patch", "delete"},
+    ("", "services"): {"get", "create", "patch", "delete"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch", "delete"},
+    ("networking.k8s.io", "ingresses"): {"get", "create", "patch", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "pods/log"): {"get"},
+}
+
+
+def test_the_target_cluster_role_grants_exactly_what_shipit_uses(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    from core.kube import client as kube_client
+
+    role = _one(rendered["target-cluster"], "ClusterRole", "shipit-deployer")
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    assert granted == EXPECTED_RBAC
+    # Every kind the adapter can apply is covered (a new kind there must be added to the bundle).
+    for info in kube_client.KINDS.values():
+        group = "" if info.api_version == "v1" else info.api_version.split("/")[0]
+        assert (group, info.plural) in granted, f"{info.plural} is missing from the ClusterRole"
+    token = _one(rendered["target-cluster"], "Secret", "shipit-token")
+    assert token["type"] == "kubernetes.io/service-account-token"
+    assert token["metadata"]["namespace"] == "shipit-system"
+    crb = _one(rendered["target-cluster"], "ClusterRoleBinding")
+    assert crb["subjects"] == [{"kind": "ServiceAccount", "name": "shipit", "namespace": "shipit-system"}]
+    namespaced = rendered["target-cluster/namespaced"]
+    assert not _by_kind(namespaced, "ClusterRoleBinding")
+    assert _one(namespaced, "RoleBinding")["roleRef"]["name"] == "shipit-deployer"
+
+
+def _minimal_crd(kind: str, plural: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+async def _wait_established(api: Any, name: str) -> None:
+    import asyncio
+
+    for _ in range(100):
+        crd = await kustomize.call(
+            api, "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+        )
+        if any(
+            c.get("type") == "Established" and c.get("status") == "True"
+            for c in (crd.get("status") or {}).get("conditions") or []
+        ):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"CRD {name} never became established")
+
+
+async def test_the_api_server_admits_every_object(
+    rendered: dict[str, list[dict[str, Any]]], kube_env: KubeEnv
+) -> None:
+    async with api_client(kube_env) as api:
+        for kind, plural in (("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules")):
+            crd = _minimal_crd(kind, plural)
+            await kustomize.apply(api, crd, dry_run=False)
+            await _wait_established(api, crd["metadata"]["name"])
+        objs = [o for name in rendered for o in rendered[name]]
+        # Namespaces for real (a dry-run object in a missing namespace is refused), the rest dry run.
+        for ns in {o["metadata"].get("namespace") for o in objs} - {None}:
+            await kustomize.apply(
+                api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}, dry_run=False
+            )
+        refused = []
+        for obj in objs:
+            try:
+                answer = await kustomize.apply(api, obj, dry_run=True)
+            except ApiException as e:
+                refused.append(f"{obj['kind']} {obj['metadata']['name']}: {e.status} {e.body}")
+                continue
+            assert answer["kind"] == obj["kind"]
+        assert not refused, "\n".join(refused)
+        # The pod template validates as a Pod in its namespace.  (The test control plane has no
+        # PodSecurity admission, so the restricted profile is checked field by field above.)
+        dep = _one(rendered["base"], "Deployment", "shipit")
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "shipit-template-check", "namespace": "shipit"},
+            "spec": dep["spec"]["template"]["spec"],
+        }
+        await kustomize.call(
+            api, "POST", "/api/v1/namespaces/shipit/pods", query=[("dryRun", "All")], body=pod
+        )
+
+
+def test_examples_are_the_only_env_files_in_git() -> None:
+    root = kustomize.MANIFESTS
+    ignored = (root.parent / ".gitignore").read_text()
+    assert "manifests/**/secrets.env" in ignored and "manifests/**/postgres.env" in ignored
+    assert (root / "base" / "secrets.env.example").is_file()
+    example = (root / "base" / "secrets.env.example").read_text()
+    assert re.search(r"^SHIPIT_MASTER_KEY=$", example, re.M), "the example must not carry a key"
+    assert Path(root / "overlays" / "postgres" / "postgres.env.example").is_file()
