@@ -33,6 +33,12 @@ class CoreConfig:
     public_url: str = "http://127.0.0.1:8000"
     # Who may create projects: "admins" (global admins only) or "everyone" with a token.
     project_creators: str = "admins"
+    # The release phase: how long a release Job may run (None: the app's progress deadline) and how
+    # long a finished one (and its pod, for a look at what happened) is kept.
+    release_deadline_seconds: int | None = None
+    release_ttl_seconds: int = 86400
+    # A dry run asks the cluster while the caller waits: never longer than this.
+    dry_run_timeout_seconds: float = 20.0
 
 
 @dataclass(kw_only=True)

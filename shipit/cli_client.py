@@ -627,6 +627,16 @@ ForksOpt = Annotated[
 ]
 
 
+ReleaseCommandOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--release-command",
+        help="Run this (sh -c) as a Job with the new image, env and secrets before each rollout; "
+        "the deploy fails, and nothing changes, if it fails. '' removes it.",
+    ),
+]
+
+
 def parse_pairs(items: Sequence[str], *, what: str) -> dict[str, str]:
     """KEY=VALUE arguments.  A malformed one is named by position, never echoed (it may be a secret)."""
     out: dict[str, str] = {}
@@ -728,6 +738,7 @@ def apps_create(
     preview_domain: PreviewDomainOpt = None,
     preview_ttl_hours: PreviewTtlOpt = None,
     previews_from_forks: ForksOpt = None,
+    release_command: ReleaseCommandOpt = None,
     no_deploy: Annotated[
         bool, typer.Option("--no-deploy", help="Only record the app; deploy later.")
     ] = False,
@@ -769,6 +780,7 @@ def apps_create(
         preview_domain=preview_domain,
         preview_ttl_hours=preview_ttl_hours,
         previews_from_forks=previews_from_forks,
+        release_command=release_command,
     )
     with api() as client:
         project = project or _pick(client, path="/projects", flag="--project", what="your projects")
@@ -821,6 +833,7 @@ def apps_update(
     preview_domain: PreviewDomainOpt = None,
     preview_ttl_hours: PreviewTtlOpt = None,
     previews_from_forks: ForksOpt = None,
+    release_command: ReleaseCommandOpt = None,
     deploy: Annotated[
         bool, typer.Option("--deploy", help="Roll the change out now (--wait implies it).")
     ] = False,
@@ -855,6 +868,7 @@ def apps_update(
         preview_domain=preview_domain,
         preview_ttl_hours=preview_ttl_hours,
         previews_from_forks=previews_from_forks,
+        release_command=release_command,
     )
     with api() as client:
         if env or unset_env:
@@ -906,6 +920,7 @@ def apps_show(name: Annotated[str, typer.Argument(help="App name.")], as_json: J
             ("paused", a["paused_reason"] if a["auto_deploy_paused"] else None),
             ("git", a["git"]),
             ("previews", a["previews"]),
+            ("release command", a.get("release_command")),
         ]
     )
 

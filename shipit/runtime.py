@@ -92,6 +92,9 @@ async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
         default_tls_issuer=settings.tls_issuer,
         public_url=settings.url,
         project_creators=settings.project_creators,
+        release_deadline_seconds=settings.release_deadline_seconds,
+        release_ttl_seconds=settings.release_ttl_seconds,
+        dry_run_timeout_seconds=settings.dry_run_timeout_seconds,
     )
     core = Core(sessionmaker=sessionmaker, cipher=cipher, kube=KubeClients(), config=config)
     install_wakeup(core)

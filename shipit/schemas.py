@@ -133,6 +133,8 @@ class AppFields(Strict):
     # Pull requests from forks: no preview, one after a project developer approves it, or always
     # (admins only; the only setting that gives a fork's preview the app's secrets).
     previews_from_forks: Literal["never", "approved", "always"] | None = None
+    # Run as a Job with the new image before each rollout (`/bin/sh -c`); "" removes it.
+    release_command: str | None = Field(default=None, max_length=1000)
 
 
 class AppIn(AppFields):
@@ -162,6 +164,7 @@ class AppOut(BaseModel):
     paused_reason: str | None
     git: dict[str, Any] | None
     previews: dict[str, Any] | None
+    release_command: str | None = None
 
     @classmethod
     def of(cls, a: models.App, *, project: str, cluster: str) -> AppOut:
@@ -217,6 +220,7 @@ class AppOut(BaseModel):
             }
             if a.previews_enabled
             else None,
+            release_command=a.release_command,
         )
 
 

@@ -63,6 +63,8 @@ class WorkloadSpec:
     progress_deadline_seconds: int = 600
     instance: str = ""  # app.kubernetes.io/instance; defaults to app
     extra_labels: dict[str, str] = field(default_factory=dict)
+    # Run once per deploy as a Job with this image, env and secrets before the Deployment changes.
+    release_command: str | None = None
 
     @property
     def secret_name(self) -> str:
