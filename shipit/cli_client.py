@@ -1013,15 +1013,39 @@ def deploy(
         typer.Argument(help="Image (ghcr.io/acme/web:1.5) or just a tag (1.5); default: redeploy as is."),
     ] = None,
     wait: WaitOpt = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show what the deploy would change on the cluster; change nothing."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy an app: a new image, a new tag, or the current config again."""
     if image is not None and not image.strip():
         # `deploy web "$TAG"` with TAG unset must not quietly redeploy the old image.
         fail("image must not be empty: give an image or a tag, or leave it out to redeploy as is")
+    if dry_run:
+        _dry_run(app_name, image, as_json=as_json)
+        return
     with api() as client:
         d = client.call("POST", f"/apps/{_q(app_name)}/deploys", body={"image": image} if image else {})
         deployed(client, d, wait=wait, as_json=as_json)
+
+
+def _dry_run(app_name: str, image: str | None, *, as_json: bool) -> None:
+    body: dict[str, Any] = {"dry_run": True, **({"image": image} if image else {})}
+    with api() as client:
+        result = client.call("POST", f"/apps/{_q(app_name)}/deploys", body=body)
+    if as_json:
+        show_json(result)
+        return
+    typer.echo(
+        f"dry run: deploying {result['app']} {result['image']} (revision {result['revision']}) "
+        f"into {result['namespace']} would change:"
+    )
+    for line in result["lines"]:
+        typer.echo(f"  {line}")
+    if not result["lines"]:
+        typer.echo("  nothing: the cluster already runs this")
 
 
 def rollback(

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core import dryrun
 from storage import models
 
 
@@ -259,6 +260,49 @@ class PreviewOut(BaseModel):
 class DeployIn(Strict):
     image: str | None = None
     dedupe_key: str | None = Field(default=None, max_length=200)
+    # Show what the deploy would change on the cluster; nothing is stored or applied.
+    dry_run: bool = False
+
+
+class FieldChangeOut(BaseModel):
+    kind: str
+    name: str
+    path: str
+    old: str | None  # None: not set; for Secret data always None or "" (values are never shown)
+    new: str | None
+    hidden: bool
+
+
+class DryRunOut(BaseModel):
+    dry_run: Literal[True] = True
+    app: str
+    namespace: str
+    image: str
+    current_image: str | None
+    revision: int
+    release_command: str | None
+    changes: list[FieldChangeOut]
+    create: list[str]
+    delete: list[str]
+    lines: list[str]  # the same, as people read it
+
+    @classmethod
+    def of(cls, d: dryrun.DryRun) -> DryRunOut:
+        return cls(
+            app=d.app,
+            namespace=d.namespace,
+            image=d.image,
+            current_image=d.current_image,
+            revision=d.revision,
+            release_command=d.release_command,
+            changes=[
+                FieldChangeOut(kind=c.kind, name=c.name, path=c.path, old=c.old, new=c.new, hidden=c.hidden)
+                for c in d.diff.changes
+            ],
+            create=list(d.diff.create),
+            delete=list(d.diff.delete),
+            lines=d.lines(),
+        )
 
 
 class RollbackIn(Strict):

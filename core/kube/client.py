@@ -39,6 +39,7 @@ from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client import exceptions as k8s_exceptions
 
 from core import errors
+from core.kube import diff as diff_mod
 from core.kube import render
 from core.kube import spec as spec_mod
 
@@ -1601,6 +1602,79 @@ class Kube:
         failure = _release_failure(pods)
         logs = await self._failure_logs(namespace=namespace, failure=failure, pods=pods)
         return dataclasses.replace(verdict, logs=logs)
+
+    # -- dry run -----------------------------------------------------------------------
+
+    async def dry_run_workload(self, *, spec: spec_mod.WorkloadSpec) -> diff_mod.WorkloadDiff:
+        """What apply_workload would change, field by field, changing nothing.
+
+        Every object is read whole and put through a server-side apply with dryRun=All, so the
+        answer carries the server's defaults and admission like the real apply would; objects that
+        are not shipit's are refused (Conflict) just as an apply refuses them.  A missing namespace
+        means everything would be created.  The answers hold Secret values: they go to diff_mod,
+        which reports Secret keys only, and nowhere else.
+        """
+        manifests = render.render(spec)
+        if await self.get(kind="Namespace", name=spec.namespace) is None:
+            return diff_mod.WorkloadDiff(
+                create=[f"Namespace/{spec.namespace}"]
+                + [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
+            )
+        targets = [_target_of(m) for m in manifests]
+        absent = [
+            _Target(
+                kind=kind,
+                name=name,
+                namespace=spec.namespace,
+                project=spec.project,
+                app=spec.app,
+                instance=spec.instance or spec.app,
+            )
+            for kind, name in render.render_absent(spec)
+        ]
+        found = await asyncio.gather(*(self._current(t, full=True) for t in targets + absent))
+        present, gone = list(found[: len(targets)]), found[len(targets) :]
+        self._refuse_foreign(targets, present)
+        result = diff_mod.WorkloadDiff()
+        for target, manifest, live in zip(targets, manifests, present, strict=True):
+            where = f"{target.kind}/{target.name}"
+            if (
+                target.kind == "Deployment"
+                and live is not None
+                and _dig(manifest, "spec", "replicas") is None
+            ):
+                # The real apply first hands the live replicas over to the HPA (_hand_over_replicas);
+                # a dry run cannot, so it keeps the live value instead of showing a reset to 1.
+                manifest = {
+                    **manifest,
+                    "spec": {**manifest["spec"], "replicas": _dig(live, "spec", "replicas")},
+                }
+            candidate = await self._dry_apply_one(manifest, target=target, force=live is not None)
+            if live is None:
+                result.create.append(where)
+            else:
+                result.changes.extend(
+                    diff_mod.diff_object(kind=target.kind, name=target.name, live=live, candidate=candidate)
+                )
+        for target, obj in zip(absent, gone, strict=True):
+            if obj is not None and target.problem(obj) is None:
+                result.delete.append(f"{target.kind}/{target.name}")
+        return result
+
+    async def _dry_apply_one(
+        self, manifest: dict[str, Any], *, target: _Target, force: bool
+    ) -> dict[str, Any]:
+        query = [("fieldManager", FIELD_MANAGER), ("fieldValidation", "Strict"), ("dryRun", "All")]
+        if force:
+            query.append(("force", "true"))
+        return await self._request(
+            "PATCH",
+            _path(target.kind, namespace=target.namespace, name=target.name),
+            what=f"dry-run apply {_where(target.kind, target.namespace, target.name)}",
+            query=query,
+            body=manifest,
+            content_type="application/apply-patch+yaml",
+        )
 
 
 class _SharedClientWatch(k8s_watch.Watch):
