@@ -94,9 +94,18 @@ def _named(items: list[Any]) -> dict[str, Any] | None:
     return dict(zip(names, items, strict=True)) if len(set(names)) == len(names) else None
 
 
+def _unnamed(item: Any) -> Any:
+    return {k: v for k, v in item.items() if k != "name"} if isinstance(item, dict) else item
+
+
 def _walk(old: Any, new: Any, path: str, key: str, out: list[tuple[str, Any, Any]]) -> None:
     if old == new:
         return
+    # Something appearing or going as a whole is read field by field against nothing.
+    if old is None and isinstance(new, dict | list):
+        old = type(new)()
+    elif new is None and isinstance(old, dict | list):
+        new = type(old)()
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
             if k in _IGNORED_KEYS:
@@ -113,7 +122,9 @@ def _walk(old: Any, new: Any, path: str, key: str, out: list[tuple[str, Any, Any
             and (key == "env" or (key in _NAMED_LISTS and list(named_old) != list(named_new)))
         ):
             for name in sorted(set(named_old) | set(named_new)):
-                _walk(named_old.get(name), named_new.get(name), f"{path}[{name}]", "", out)
+                # The name is in the path already.
+                before, after = named_old.get(name), named_new.get(name)
+                _walk(_unnamed(before), _unnamed(after), f"{path}[{name}]", "", out)
             return
         for index in range(max(len(old), len(new))):
             _walk(
