@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 
-from core import apps, deploys, secrets
+from core import apps, deploys, previews, secrets
 from core.errors import InvalidInput
 from core.kube.client import Kube
+from core.worker import run_until_idle
 from tests.conftest import ADMIN, World
 from tests.core.test_deploys import _create, _deploy, _kube
+from tests.core.test_previews import SHA, _open, _preview
 
 MIGRATE = "./manage.py migrate --noinput"
 
@@ -173,3 +175,33 @@ async def test_the_release_command_is_validated_and_carried_by_the_revision(worl
             session, ctx=world.rt.core, actor=ADMIN, name="web", changes=apps.AppChanges(release_command="")
         )
         assert app.release_command is None
+
+
+async def test_a_preview_runs_the_release_command_in_its_own_namespace(world: World) -> None:
+    rt = world.rt
+    async with rt.sessionmaker.begin() as session:
+        await apps.create(
+            session,
+            actor=ADMIN,
+            project=world.project,
+            cluster=world.cluster,
+            name="web",
+            namespace=world.namespace,
+            changes=apps.AppChanges(
+                image="ghcr.io/acme/web:0.1",
+                git_repo="acme/web",
+                image_template="ghcr.io/acme/web:{sha}",
+                previews_enabled=True,
+                preview_domain="preview.acme.dev",
+                release_command=MIGRATE,
+            ),
+        )
+    await _open(rt, 905)
+    await run_until_idle(rt.core, handlers={**rt.handlers(), **previews.HANDLERS}, within=240)
+    assert (await _preview(rt, 905)).status == "ready"
+    kube = await _kube(world)
+    job = await kube.get(kind="Job", name="web-release-1", namespace="web-pr-905")
+    assert job is not None and job["status"].get("succeeded") == 1
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/acme/web:{SHA}"
+    assert job["metadata"]["labels"]["shipit.dev/preview"] == "905"
+    await kube.delete_namespace(name="web-pr-905", project=world.project)
