@@ -35,6 +35,12 @@ SPECS: tuple[Spec, ...] = (
         ("deploy web ghcr.io/acme/web:1.4", "deploy web 1.5"),
     ),
     Spec(
+        "diff",
+        "diff <app> [image|tag]",
+        "what a deploy would change on the cluster, field by field; changes nothing",
+        ("diff web 1.6", "diff web"),
+    ),
+    Spec(
         "rollback",
         "rollback <app> [revision]",
         "go back to the previous good revision (or a given one); pauses auto-deploy",
@@ -101,6 +107,12 @@ ROLES = ("viewer", "developer", "admin", "owner", "none")
 class Deploy:
     app: str
     image: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Diff:
+    app: str
+    image: str | None = None  # None: the app's current image with its current settings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,6 +211,7 @@ class Help:
 
 Command = (
     Deploy
+    | Diff
     | Rollback
     | Status
     | Apps
@@ -322,6 +335,14 @@ def _parse_deploy(rest: str) -> Command:
         )
     _no_more(words[2:], "deploy")
     return Deploy(app=app, image=words[1])
+
+
+def _parse_diff(rest: str) -> Command:
+    words = _words(rest)
+    app = _app(words, "diff")
+    image = words[1] if len(words) > 1 and words[1].strip(_QUOTES) else None
+    _no_more(words[2:], "diff")
+    return Diff(app=app, image=image)
 
 
 def _parse_rollback(rest: str) -> Command:
@@ -540,6 +561,7 @@ def _parse_resume(rest: str) -> Command:
 
 _PARSERS = {
     "deploy": _parse_deploy,
+    "diff": _parse_diff,
     "rollback": _parse_rollback,
     "status": _parse_status,
     "apps": _parse_apps,
@@ -579,6 +601,7 @@ __all__ = [
     "Apps",
     "Command",
     "Deploy",
+    "Diff",
     "Help",
     "Lock",
     "Logs",

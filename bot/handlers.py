@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import commands, views
-from core import apps, autoscaling, deliveries, deploys, previews, projects, secrets, status
+from core import apps, autoscaling, deliveries, deploys, dryrun, previews, projects, secrets, status
 from core.context import Core
 from core.errors import Conflict, ShipitError, UserError
 from core.identity import Actor
@@ -137,6 +137,21 @@ async def _deploy(session: AsyncSession, core: Core, caller: Caller, cmd: comman
         session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image, trigger="slack"
     )
     return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
+
+
+async def _diff(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Diff) -> Outcome:
+    # The role check and the rendering happen now; the cluster is asked after the ack.
+    plan = await dryrun.plan(session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image)
+
+    async def compare() -> views.Message:
+        return views.dry_run(await dryrun.run(ctx=core, plan=plan))
+
+    return Outcome(
+        message=views.reply(
+            f"Comparing *{views.esc(plan.app)}* `{views.esc(plan.spec.image)}` with the cluster (dry run)…"
+        ),
+        later=compare,
+    )
 
 
 async def _rollback(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Rollback) -> Outcome:
@@ -297,6 +312,7 @@ async def _access(session: AsyncSession, core: Core, caller: Caller, cmd: comman
 
 _HANDLERS: dict[type, Handler] = {
     commands.Deploy: _deploy,
+    commands.Diff: _diff,
     commands.Rollback: _rollback,
     commands.Status: _status,
     commands.Apps: _apps,

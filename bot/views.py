@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core import events, previews, status
+from core import dryrun, events, previews, status
 from storage import models
 
 Block = dict[str, Any]
@@ -302,6 +302,26 @@ def _chunks(text: str, limit: int = MAX_TEXT) -> list[str]:
     if current:
         out.append(current)
     return out
+
+
+DRY_RUN_LINES = 60
+
+
+def dry_run(result: dryrun.DryRun) -> Message:
+    """A deploy's dry run: one line per field that would change (Secret keys only, never values)."""
+    head = (
+        f":mag: Dry run: deploying *{esc(result.app)}* `{esc(result.image)}` into `{esc(result.namespace)}`"
+    )
+    lines = result.lines()
+    if not lines:
+        return reply(f"{head} would change nothing: the cluster already runs this.")
+    shown = [f"• `{esc(line)}`" for line in lines[:DRY_RUN_LINES]]
+    if len(lines) > DRY_RUN_LINES:
+        shown.append(f"…and {len(lines) - DRY_RUN_LINES} more")
+    deploy = f"`/shipit deploy {esc(result.app)} {esc(result.image)}`"
+    return long_message(
+        "\n".join([f"{head} would change:", *shown, f"Nothing was changed. To deploy: {deploy}"])
+    )
 
 
 def queued(*, deployment: models.Deployment, app: str, channel: str | None, created: bool) -> Message:

@@ -63,6 +63,7 @@ class AppChanges:
     preview_max_open: int = UNSET
     preview_env: dict[str, str] = UNSET
     previews_from_forks: str = UNSET
+    release_command: str | None = UNSET
 
     def items(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not UNSET}
@@ -77,6 +78,8 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
             out[key] = None
             continue
         match key:
+            case "release_command":
+                value = _release_command(value)
             case "image":
                 value = validation.image(value, field="image")
             case "replicas":
@@ -129,6 +132,24 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
                     )
         out[key] = value
     return out
+
+
+RELEASE_COMMAND_MAX = 1000
+
+
+def _release_command(value: str) -> str | None:
+    """ "" clears it; anything else must say something, and fit the column."""
+    if value == "":
+        return None
+    if not value.strip():
+        raise InvalidInput('release_command must not be blank; give "" to remove it', field="release_command")
+    if len(value) > RELEASE_COMMAND_MAX:
+        raise InvalidInput(
+            f"release_command is longer than {RELEASE_COMMAND_MAX} characters", field="release_command"
+        )
+    if "\x00" in value:
+        raise InvalidInput("release_command must not contain NUL characters", field="release_command")
+    return value.strip()
 
 
 def _check_template(template: str) -> None:

@@ -39,6 +39,12 @@ class CoreConfig:
     registry_timeout_seconds: float = 5.0
     # Registry hosts reached over plain HTTP (a registry on the cluster's own network, tests).
     registry_insecure_hosts: tuple[str, ...] = ()
+    # The release phase: how long a release Job may run (None: the app's progress deadline) and how
+    # long a finished one (and its pod, for a look at what happened) is kept.
+    release_deadline_seconds: int | None = None
+    release_ttl_seconds: int = 86400
+    # A dry run asks the cluster while the caller waits: never longer than this.
+    dry_run_timeout_seconds: float = 20.0
 
 
 @dataclass(kw_only=True)

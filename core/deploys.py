@@ -22,7 +22,7 @@ from core import apps, audit, claims, clusters, events, jobs, metrics, registrie
 from core.context import Core
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor, Role
-from core.kube.client import NamespaceOrigin, RolloutProgress
+from core.kube.client import Kube, NamespaceOrigin, RolloutProgress
 from core.kube.spec import Autoscaling, HealthCheck, IngressSpec, Resources, WorkloadSpec
 from storage import models
 
@@ -74,6 +74,7 @@ def snapshot_of(app: models.App) -> dict[str, Any]:
         "ingress_class": app.ingress_class,
         "tls_issuer": app.tls_issuer,
         "progress_deadline_seconds": app.progress_deadline_seconds,
+        "release_command": app.release_command,
     }
 
 
@@ -126,6 +127,7 @@ def workload_spec(
         ingress=ingress,
         progress_deadline_seconds=int(snapshot.get("progress_deadline_seconds", 600)),
         extra_labels=labels,
+        release_command=snapshot.get("release_command") or None,
     )
 
 
@@ -698,6 +700,8 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
     started = time.monotonic()
     where = f"deploy {plan.deployment_id} app={plan.app_name} namespace={plan.spec.namespace}"
     kube = await ctx.kube.get(key=str(plan.cluster_id), kubeconfig=plan.kubeconfig)
+    if not await _release_phase(ctx=ctx, kube=kube, plan=plan):
+        return
     # A namespace shipit created (previews, apps in new namespaces) must exist with our labels or not at all.
     await kube.apply_workload(spec=plan.spec, namespace_origin=plan.namespace_origin)
     async with ctx.sessionmaker.begin() as session:
@@ -753,6 +757,46 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
             )
     metrics.DEPLOY_DURATION.observe(time.monotonic() - started)
     log.info("%s: %s (%s)", where, "succeeded" if result.ok else "failed", result.reason)
+
+
+async def _release_phase(*, ctx: Core, kube: Kube, plan: _Plan) -> bool:
+    """Run the revision's release command (a migration, say) before anything of the app changes.
+
+    True when there is none or it succeeded; False when it failed, and the deploy is then finished
+    here as failed with the Job's reason, the Deployment, Service, HPA, Ingress and the app's Secret
+    untouched (the Job reads a Secret of its own, see core.kube.render.render_release_secret).
+    """
+    spec = plan.spec
+    if not spec.release_command:
+        return True
+    async with ctx.sessionmaker() as session:
+        deployment = await session.get(models.Deployment, plan.deployment_id)
+        if deployment is None:
+            return False
+        if deployment.applied_at is not None:
+            # Resumed after the apply: the release succeeded before (its Job may be gone by now).
+            return True
+    where = f"deploy {plan.deployment_id} app={plan.app_name} namespace={spec.namespace}"
+    deadline = ctx.config.release_deadline_seconds or spec.progress_deadline_seconds
+    log.info("%s: running the release command of revision %s", where, spec.revision)
+    result = await kube.run_release(
+        spec=spec,
+        namespace_origin=plan.namespace_origin,
+        active_deadline_seconds=deadline,
+        ttl_seconds_after_finished=ctx.config.release_ttl_seconds,
+        timeout=deadline + ctx.config.rollout_timeout_margin_seconds,
+    )
+    log.info("%s: release job %s: %s", where, result.job, result.reason)
+    if result.ok:
+        return True
+    async with ctx.sessionmaker.begin() as session:
+        failed = await session.get(models.Deployment, plan.deployment_id, with_for_update=True)
+        if failed is not None and failed.status == RUNNING:
+            failed.logs = list(result.logs)
+            await _finish(
+                session, ctx=ctx, deployment=failed, status=FAILED, error=f"{result.reason}: {result.message}"
+            )
+    return False
 
 
 async def _finish(

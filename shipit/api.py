@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +24,7 @@ from core import (
     claims,
     clusters,
     deploys,
+    dryrun,
     identity,
     previews,
     projects,
@@ -331,14 +332,17 @@ async def delete_app(name: str, rt: RtDep, actor: ActorDep) -> dict[str, object]
 # ------------------------------------------------------------------ deploys
 
 
-@router.post("/apps/{name}/deploys", status_code=202)
+@router.post("/apps/{name}/deploys", status_code=202, response_model=schemas.DeploymentOut)
 async def deploy(
     name: str,
     body: schemas.DeployIn,
     rt: RtDep,
     actor: ActorDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> schemas.DeploymentOut:
+    dry_run: bool = False,
+) -> schemas.DeploymentOut | JSONResponse:
+    if body.dry_run or dry_run:
+        return await _dry_run(name=name, image=body.image, rt=rt, actor=actor)
     key = body.dedupe_key or idempotency_key
     async with tx(rt) as session:
         result = await deploys.request(
@@ -351,6 +355,14 @@ async def deploy(
             dedupe_key=f"api:{actor.subject}:{key}" if key else None,
         )
         return schemas.DeploymentOut.of(result.deployment, app=name)
+
+
+async def _dry_run(*, name: str, image: str | None, rt: Runtime, actor: Actor) -> JSONResponse:
+    """200 with the difference (a dry run is answered, not accepted for later); nothing is stored."""
+    async with tx(rt) as session:
+        plan = await dryrun.plan(session, ctx=rt.core, actor=actor, app_name=name, image=image)
+    result = await dryrun.run(ctx=rt.core, plan=plan)
+    return JSONResponse(jsonable_encoder(schemas.DryRunOut.of(result)), status_code=200)
 
 
 @router.get("/apps/{name}/deploys")

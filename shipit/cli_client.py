@@ -717,6 +717,16 @@ ForksOpt = Annotated[
 ]
 
 
+ReleaseCommandOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--release-command",
+        help="Run this (sh -c) as a Job with the new image, env and secrets before each rollout; "
+        "the deploy fails, and nothing changes, if it fails. '' removes it.",
+    ),
+]
+
+
 def parse_pairs(items: Sequence[str], *, what: str) -> dict[str, str]:
     """KEY=VALUE arguments.  A malformed one is named by position, never echoed (it may be a secret)."""
     out: dict[str, str] = {}
@@ -818,6 +828,7 @@ def apps_create(
     preview_domain: PreviewDomainOpt = None,
     preview_ttl_hours: PreviewTtlOpt = None,
     previews_from_forks: ForksOpt = None,
+    release_command: ReleaseCommandOpt = None,
     no_deploy: Annotated[
         bool, typer.Option("--no-deploy", help="Only record the app; deploy later.")
     ] = False,
@@ -859,6 +870,7 @@ def apps_create(
         preview_domain=preview_domain,
         preview_ttl_hours=preview_ttl_hours,
         previews_from_forks=previews_from_forks,
+        release_command=release_command,
     )
     with api() as client:
         project = project or _pick(client, path="/projects", flag="--project", what="your projects")
@@ -911,6 +923,7 @@ def apps_update(
     preview_domain: PreviewDomainOpt = None,
     preview_ttl_hours: PreviewTtlOpt = None,
     previews_from_forks: ForksOpt = None,
+    release_command: ReleaseCommandOpt = None,
     deploy: Annotated[
         bool, typer.Option("--deploy", help="Roll the change out now (--wait implies it).")
     ] = False,
@@ -945,6 +958,7 @@ def apps_update(
         preview_domain=preview_domain,
         preview_ttl_hours=preview_ttl_hours,
         previews_from_forks=previews_from_forks,
+        release_command=release_command,
     )
     with api() as client:
         if env or unset_env:
@@ -996,6 +1010,7 @@ def apps_show(name: Annotated[str, typer.Argument(help="App name.")], as_json: J
             ("paused", a["paused_reason"] if a["auto_deploy_paused"] else None),
             ("git", a["git"]),
             ("previews", a["previews"]),
+            ("release command", a.get("release_command")),
         ]
     )
 
@@ -1088,15 +1103,39 @@ def deploy(
         typer.Argument(help="Image (ghcr.io/acme/web:1.5) or just a tag (1.5); default: redeploy as is."),
     ] = None,
     wait: WaitOpt = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show what the deploy would change on the cluster; change nothing."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy an app: a new image, a new tag, or the current config again."""
     if image is not None and not image.strip():
         # `deploy web "$TAG"` with TAG unset must not quietly redeploy the old image.
         fail("image must not be empty: give an image or a tag, or leave it out to redeploy as is")
+    if dry_run:
+        _dry_run(app_name, image, as_json=as_json)
+        return
     with api() as client:
         d = client.call("POST", f"/apps/{_q(app_name)}/deploys", body={"image": image} if image else {})
         deployed(client, d, wait=wait, as_json=as_json)
+
+
+def _dry_run(app_name: str, image: str | None, *, as_json: bool) -> None:
+    body: dict[str, Any] = {"dry_run": True, **({"image": image} if image else {})}
+    with api() as client:
+        result = client.call("POST", f"/apps/{_q(app_name)}/deploys", body=body)
+    if as_json:
+        show_json(result)
+        return
+    typer.echo(
+        f"dry run: deploying {result['app']} {result['image']} (revision {result['revision']}) "
+        f"into {result['namespace']} would change:"
+    )
+    for line in result["lines"]:
+        typer.echo(f"  {line}")
+    if not result["lines"]:
+        typer.echo("  nothing: the cluster already runs this")
 
 
 def rollback(

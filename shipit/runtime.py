@@ -97,6 +97,9 @@ async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
         registry_insecure_hosts=tuple(
             h.strip().lower() for h in settings.registry_insecure_hosts.split(",") if h.strip()
         ),
+        release_deadline_seconds=settings.release_deadline_seconds,
+        release_ttl_seconds=settings.release_ttl_seconds,
+        dry_run_timeout_seconds=settings.dry_run_timeout_seconds,
     )
     core = Core(sessionmaker=sessionmaker, cipher=cipher, kube=KubeClients(), config=config)
     install_wakeup(core)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core import dryrun
 from storage import models
 
 
@@ -137,6 +138,8 @@ class AppFields(Strict):
     # Pull requests from forks: no preview, one after a project developer approves it, or always
     # (admins only; the only setting that gives a fork's preview the app's secrets).
     previews_from_forks: Literal["never", "approved", "always"] | None = None
+    # Run as a Job with the new image before each rollout (`/bin/sh -c`); "" removes it.
+    release_command: str | None = Field(default=None, max_length=1000)
 
 
 class AppIn(AppFields):
@@ -166,6 +169,7 @@ class AppOut(BaseModel):
     paused_reason: str | None
     git: dict[str, Any] | None
     previews: dict[str, Any] | None
+    release_command: str | None = None
 
     @classmethod
     def of(cls, a: models.App, *, project: str, cluster: str) -> AppOut:
@@ -221,6 +225,7 @@ class AppOut(BaseModel):
             }
             if a.previews_enabled
             else None,
+            release_command=a.release_command,
         )
 
 
@@ -259,6 +264,49 @@ class PreviewOut(BaseModel):
 class DeployIn(Strict):
     image: str | None = None
     dedupe_key: str | None = Field(default=None, max_length=200)
+    # Show what the deploy would change on the cluster; nothing is stored or applied.
+    dry_run: bool = False
+
+
+class FieldChangeOut(BaseModel):
+    kind: str
+    name: str
+    path: str
+    old: str | None  # None: not set; for Secret data always None or "" (values are never shown)
+    new: str | None
+    hidden: bool
+
+
+class DryRunOut(BaseModel):
+    dry_run: Literal[True] = True
+    app: str
+    namespace: str
+    image: str
+    current_image: str | None
+    revision: int
+    release_command: str | None
+    changes: list[FieldChangeOut]
+    create: list[str]
+    delete: list[str]
+    lines: list[str]  # the same, as people read it
+
+    @classmethod
+    def of(cls, d: dryrun.DryRun) -> DryRunOut:
+        return cls(
+            app=d.app,
+            namespace=d.namespace,
+            image=d.image,
+            current_image=d.current_image,
+            revision=d.revision,
+            release_command=d.release_command,
+            changes=[
+                FieldChangeOut(kind=c.kind, name=c.name, path=c.path, old=c.old, new=c.new, hidden=c.hidden)
+                for c in d.diff.changes
+            ],
+            create=list(d.diff.create),
+            delete=list(d.diff.delete),
+            lines=d.lines(),
+        )
 
 
 class RollbackIn(Strict):

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     # Kubernetes defaults
     ingress_class: str = "nginx"
     tls_issuer: str | None = None
+    # The release phase (an app's release command, run as a Job before each rollout): the longest
+    # it may run (unset: the app's progress deadline), and how long a finished Job is kept.
+    release_deadline_seconds: int | None = Field(default=None, ge=1)
+    release_ttl_seconds: int = Field(default=86400, ge=60)
+    # `deploy --dry-run` and `/shipit diff` ask the cluster while the caller waits: at most this long.
+    dry_run_timeout_seconds: float = Field(default=20.0, gt=0)
 
     # private registries: pin tags to digests at deploy time (off: deploy by tag, no registry lookups)
     registry_pin_digests: bool = True
@@ -74,7 +80,7 @@ class Settings(BaseSettings):
     # Pause between mutating GitHub API calls (GitHub's advice against secondary rate limits).
     github_write_interval_seconds: float = Field(default=1.0, ge=0)
 
-    @field_validator("bootstrap_token_file", mode="before")
+    @field_validator("bootstrap_token_file", "release_deadline_seconds", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `SHIPIT_BOOTSTRAP_TOKEN_FILE=` as copied from .env.example means "not set", not ".".

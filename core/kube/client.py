@@ -40,6 +40,7 @@ from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client import exceptions as k8s_exceptions
 
 from core import errors
+from core.kube import diff as diff_mod
 from core.kube import render
 from core.kube import spec as spec_mod
 
@@ -81,6 +82,7 @@ KINDS: dict[str, _Kind] = {
     "Deployment": _Kind("apps/v1", "deployments", namespaced=True),
     "HorizontalPodAutoscaler": _Kind("autoscaling/v2", "horizontalpodautoscalers", namespaced=True),
     "Ingress": _Kind("networking.k8s.io/v1", "ingresses", namespaced=True),
+    "Job": _Kind("batch/v1", "jobs", namespaced=True),
 }
 
 
@@ -1483,6 +1485,226 @@ class Kube:
         except Exception as e:
             await queue.put(_WatchEvent(source, "ERROR", error=e))
 
+    # -- the release phase ---------------------------------------------------------
+
+    async def run_release(
+        self,
+        *,
+        spec: spec_mod.WorkloadSpec,
+        namespace_origin: NamespaceOrigin = "granted",
+        active_deadline_seconds: int,
+        ttl_seconds_after_finished: int,
+        timeout: float,  # noqa: ASYNC109 - a budget for the whole release, not one call
+    ) -> ReleaseResult:
+        """Run the spec's release command as a Job and wait for its verdict; nothing else is touched.
+
+        The Job reads a Secret of its own (render_release_secret), made before it and then owned
+        by it.  Safe to call again after a crash: the same names are applied again (a no-op), and a
+        Job that already finished returns its verdict at once.  A Job with no verdict within
+        `timeout` is deleted, so its command cannot still run after the deploy was called failed.
+        """
+        key = (spec.namespace, spec.project, namespace_origin)
+        if key not in self._namespaces or namespace_origin == "created":
+            await self.ensure_namespace(
+                name=spec.namespace, project=spec.project, namespace_origin=namespace_origin
+            )
+        name = render.release_name(spec)
+        job = render.render_release_job(
+            spec,
+            active_deadline_seconds=active_deadline_seconds,
+            ttl_seconds_after_finished=ttl_seconds_after_finished,
+        )
+        await self.apply(manifests=[render.render_release_secret(spec)])
+        await self.apply(manifests=[job])
+        applied = await self.get(kind="Job", name=name, namespace=spec.namespace)
+        uid = _str(_dig(applied, "metadata", "uid"))
+        if uid:
+            await self.apply(manifests=[render.render_release_secret(spec, job_uid=uid)])
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                while True:
+                    try:
+                        return await self._follow_release(namespace=spec.namespace, name=name)
+                    except _Relist:
+                        continue
+        except TimeoutError:
+            if not deadline.expired():
+                raise errors.TransientError(
+                    f"watch release job {spec.namespace}/{name}: timed out talking to the cluster"
+                ) from None
+        target = _target_of(job)
+        await self._delete_exact(target, uid=uid)
+        return ReleaseResult(
+            ok=False,
+            reason="Timeout",
+            message=f"release job {spec.namespace}/{name} did not finish within {timeout:g}s; it was deleted",
+            job=name,
+        )
+
+    async def _follow_release(self, *, namespace: str, name: str) -> ReleaseResult:
+        what = f"watch release job {namespace}/{name}"
+        listing = await self._request(
+            "GET",
+            _path("Job", namespace=namespace),
+            what=what,
+            query=[("fieldSelector", f"metadata.name={name}")],
+        )
+        items = _list(listing.get("items"))
+        if not items:
+            raise errors.NotFound(f"release job {namespace}/{name} does not exist")
+        job: dict[str, Any] = items[0]
+        job_rv = _str(_dig(listing, "metadata", "resourceVersion"))
+        # The controller-uid label picks this very Job's pods, not those of an older one of the same name.
+        selector = f"{JOB_UID_LABEL}={_str(_dig(job, 'metadata', 'uid'))}"
+        pod_listing = await self._list_pods(namespace=namespace, selector=selector)
+        pods = {_str(_dig(p, "metadata", "name")): p for p in _list(pod_listing.get("items"))}
+        verdict = evaluate_release(job, pods)
+        if verdict is not None:
+            return await self._finish_release(namespace=namespace, verdict=verdict, pods=pods)
+        batch = k8s_client.BatchV1Api(self._api)
+        queue: asyncio.Queue[_WatchEvent] = asyncio.Queue()
+        tasks = [
+            asyncio.create_task(
+                self._pump(
+                    queue,
+                    "job",
+                    batch.list_namespaced_job,
+                    namespace=namespace,
+                    field_selector=f"metadata.name={name}",
+                    resource_version=job_rv,
+                    timeout_seconds=300,
+                )
+            ),
+            asyncio.create_task(
+                self._pump(
+                    queue,
+                    "pod",
+                    self._core.list_namespaced_pod,
+                    namespace=namespace,
+                    label_selector=selector,
+                    resource_version=_str(_dig(pod_listing, "metadata", "resourceVersion")),
+                    timeout_seconds=300,
+                )
+            ),
+        ]
+        try:
+            while True:
+                event = await queue.get()
+                if event.type == "END":
+                    raise _Relist()
+                if event.type == "ERROR":
+                    exc = event.error
+                    if isinstance(exc, k8s_exceptions.ApiException):
+                        if exc.status == 410:
+                            raise _Relist()
+                        raise _api_exception_error(exc, what=what) from exc
+                    if isinstance(exc, _CONNECTION_ERRORS):
+                        raise _connection_error(exc, what=what) from exc
+                    raise errors.TransientError(f"{what}: watch failed: {type(exc).__name__}") from exc
+                obj = event.obj or {}
+                if event.source == "job":
+                    if event.type == "DELETED":
+                        return ReleaseResult(
+                            ok=False,
+                            reason="Deleted",
+                            message=f"release job {namespace}/{name} was deleted before it finished",
+                            job=name,
+                        )
+                    job = obj
+                elif event.type == "DELETED":
+                    pods.pop(_str(_dig(obj, "metadata", "name")), None)
+                else:
+                    pods[_str(_dig(obj, "metadata", "name"))] = obj
+                verdict = evaluate_release(job, pods)
+                if verdict is not None:
+                    return await self._finish_release(namespace=namespace, verdict=verdict, pods=pods)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _finish_release(
+        self, *, namespace: str, verdict: ReleaseResult, pods: Mapping[str, dict[str, Any]]
+    ) -> ReleaseResult:
+        if verdict.ok:
+            return verdict
+        failure = _release_failure(pods)
+        logs = await self._failure_logs(namespace=namespace, failure=failure, pods=pods)
+        return dataclasses.replace(verdict, logs=logs)
+
+    # -- dry run -----------------------------------------------------------------------
+
+    async def dry_run_workload(self, *, spec: spec_mod.WorkloadSpec) -> diff_mod.WorkloadDiff:
+        """What apply_workload would change, field by field, changing nothing.
+
+        Every object is read whole and put through a server-side apply with dryRun=All, so the
+        answer carries the server's defaults and admission like the real apply would; objects that
+        are not shipit's are refused (Conflict) just as an apply refuses them.  A missing namespace
+        means everything would be created.  The answers hold Secret values: they go to diff_mod,
+        which reports Secret keys only, and nowhere else.
+        """
+        manifests = render.render(spec)
+        if await self.get(kind="Namespace", name=spec.namespace) is None:
+            return diff_mod.WorkloadDiff(
+                create=[f"Namespace/{spec.namespace}"]
+                + [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
+            )
+        targets = [_target_of(m) for m in manifests]
+        absent = [
+            _Target(
+                kind=kind,
+                name=name,
+                namespace=spec.namespace,
+                project=spec.project,
+                app=spec.app,
+                instance=spec.instance or spec.app,
+            )
+            for kind, name in render.render_absent(spec)
+        ]
+        found = await asyncio.gather(*(self._current(t, full=True) for t in targets + absent))
+        present, gone = list(found[: len(targets)]), found[len(targets) :]
+        self._refuse_foreign(targets, present)
+        result = diff_mod.WorkloadDiff()
+        for target, manifest, live in zip(targets, manifests, present, strict=True):
+            where = f"{target.kind}/{target.name}"
+            if (
+                target.kind == "Deployment"
+                and live is not None
+                and _dig(manifest, "spec", "replicas") is None
+            ):
+                # The real apply first hands the live replicas over to the HPA (_hand_over_replicas);
+                # a dry run cannot, so it keeps the live value instead of showing a reset to 1.
+                manifest = {
+                    **manifest,
+                    "spec": {**manifest["spec"], "replicas": _dig(live, "spec", "replicas")},
+                }
+            candidate = await self._dry_apply_one(manifest, target=target, force=live is not None)
+            if live is None:
+                result.create.append(where)
+            else:
+                result.changes.extend(
+                    diff_mod.diff_object(kind=target.kind, name=target.name, live=live, candidate=candidate)
+                )
+        for target, obj in zip(absent, gone, strict=True):
+            if obj is not None and target.problem(obj) is None:
+                result.delete.append(f"{target.kind}/{target.name}")
+        return result
+
+    async def _dry_apply_one(
+        self, manifest: dict[str, Any], *, target: _Target, force: bool
+    ) -> dict[str, Any]:
+        query = [("fieldManager", FIELD_MANAGER), ("fieldValidation", "Strict"), ("dryRun", "All")]
+        if force:
+            query.append(("force", "true"))
+        return await self._request(
+            "PATCH",
+            _path(target.kind, namespace=target.namespace, name=target.name),
+            what=f"dry-run apply {_where(target.kind, target.namespace, target.name)}",
+            query=query,
+            body=manifest,
+            content_type="application/apply-patch+yaml",
+        )
+
 
 class _SharedClientWatch(k8s_watch.Watch):
     """A Watch on our own ApiClient.
@@ -1503,6 +1725,79 @@ class _SharedClientWatch(k8s_watch.Watch):
         if self.resp is not None:
             self.resp.release()
             self.resp = None
+
+
+# ---------------------------------------------------------------------------
+# The release phase: the verdict on a release Job, as pure functions of the Job and its pods
+
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReleaseResult:
+    ok: bool
+    # "Complete" on success; else the failed container's reason (Error, OOMKilled...), the Job's
+    # (DeadlineExceeded, BackoffLimitExceeded), Timeout or Deleted
+    reason: str
+    message: str
+    job: str
+    logs: list[str] = dataclasses.field(default_factory=list)
+
+
+def _release_failure(pods: Mapping[str, dict[str, Any]]) -> _Failure | None:
+    """The first container of a release pod that ended with a non-zero exit code."""
+    for pod_name in sorted(pods):
+        for cs in _list(_dig(pods[pod_name], "status", "containerStatuses")):
+            terminated = _dig(cs, "state", "terminated")
+            code = _dig(terminated, "exitCode")
+            if isinstance(code, int) and code != 0:
+                container = _str(_dig(cs, "name"))
+                reason = _str(_dig(terminated, "reason")) or "Error"
+                message = f"pod {pod_name} container {container}: {reason} (exit code {code})"
+                detail = _str(_dig(terminated, "message"))
+                if detail:
+                    message += f": {_truncate(detail)}"
+                return _Failure(reason, message, pod_name, container)
+    return None
+
+
+def _waiting_reasons(pods: Mapping[str, dict[str, Any]]) -> list[str]:
+    return sorted(
+        {
+            reason
+            for pod in pods.values()
+            for cs in _list(_dig(pod, "status", "containerStatuses"))
+            if (reason := _str(_dig(cs, "state", "waiting", "reason")))
+        }
+    )
+
+
+def evaluate_release(job: dict[str, Any], pods: Mapping[str, dict[str, Any]]) -> ReleaseResult | None:
+    """The verdict on a release Job (backoffLimit 0) from it and its pods; None while it runs.
+
+    A pod that failed decides at once (with backoffLimit 0 the Job cannot succeed any more), with
+    its container's reason and exit code; kwok, like many clusters, serves no logs to say more.
+    """
+    name = _str(_dig(job, "metadata", "name"))
+    conditions = _conditions(job)
+    complete = conditions.get("Complete")
+    if complete is not None and complete.status == "True":
+        return ReleaseResult(ok=True, reason="Complete", message=f"release job {name} completed", job=name)
+    failure = _release_failure(pods)
+    if failure is not None:
+        return ReleaseResult(
+            ok=False, reason=failure.reason, message=f"release command failed: {failure.message}", job=name
+        )
+    failed = conditions.get("Failed")
+    if failed is not None and failed.status == "True":
+        message = f"release job {name} failed: {failed.reason or 'Failed'}"
+        if failed.message:
+            message += f": {_truncate(failed.message)}"
+        waiting = _waiting_reasons(pods)
+        if waiting:
+            message += f" (its pod was waiting: {', '.join(waiting)})"
+        return ReleaseResult(ok=False, reason=failed.reason or "Failed", message=message, job=name)
+    return None
 
 
 class KubeClients:

@@ -274,3 +274,91 @@ def render_absent(spec: spec_mod.WorkloadSpec) -> list[tuple[str, str]]:
         # Credentials removed since the last deploy: their copy in the cluster goes too.
         absent.append(("Secret", spec.pull_secret_name))
     return absent
+
+
+# ---------------------------------------------------------------- the release phase
+
+LABEL_COMPONENT = "app.kubernetes.io/component"
+RELEASE_COMPONENT = "release"
+RELEASE_CONTAINER = "release"
+_MAX_NAME = 63  # a DNS label; the Job controller puts the Job's name in a label on its pods
+
+
+def release_name(spec: spec_mod.WorkloadSpec) -> str:
+    """`<app>-release-<revision>`, the app part shortened so the whole stays a DNS label."""
+    suffix = f"-release-{spec.revision}"
+    return spec.app[: _MAX_NAME - len(suffix)].rstrip("-") + suffix
+
+
+def _release_labels(spec: spec_mod.WorkloadSpec) -> dict[str, str]:
+    return {**labels(spec), LABEL_COMPONENT: RELEASE_COMPONENT}
+
+
+def _release_pod_labels(spec: spec_mod.WorkloadSpec) -> dict[str, str]:
+    # Without app.kubernetes.io/name and instance: those select the app's pods (Service, log
+    # readers, rollout watch), and a release pod must never receive traffic or pass for one of them.
+    pod = _release_labels(spec)
+    pod.pop(LABEL_NAME, None)
+    pod.pop(LABEL_INSTANCE, None)
+    return pod
+
+
+def render_release_secret(spec: spec_mod.WorkloadSpec, *, job_uid: str | None = None) -> dict[str, Any]:
+    """The secrets of THIS revision under the Job's own name, for the release pod's envFrom.
+
+    Not the app's Secret: applying that before the release would hand the new values to the
+    running pods (any restart reads them) although a failed release must leave the app as it was.
+    With `job_uid` the Secret is owned by the Job, so it goes when the Job's TTL removes the Job.
+    """
+    secret = render_secret(spec)
+    metadata: dict[str, Any] = {
+        "name": release_name(spec),
+        "namespace": spec.namespace,
+        "labels": _release_labels(spec),
+    }
+    if job_uid:
+        metadata["ownerReferences"] = [
+            {"apiVersion": "batch/v1", "kind": "Job", "name": release_name(spec), "uid": job_uid}
+        ]
+    return {**secret, "metadata": metadata}
+
+
+def render_release_job(
+    spec: spec_mod.WorkloadSpec, *, active_deadline_seconds: int, ttl_seconds_after_finished: int
+) -> dict[str, Any]:
+    """The Job that runs `spec.release_command` once, with the new image, env and secrets.
+
+    backoffLimit 0 and restartPolicy Never: a release (a migration, say) is not retried behind
+    anyone's back; the deploy fails and a person decides.  activeDeadlineSeconds ends one that hangs.
+    """
+    if not spec.release_command:
+        raise ValueError("render_release_job needs a spec with a release_command")
+    container: dict[str, Any] = {
+        "name": RELEASE_CONTAINER,
+        "image": spec.image,
+        "command": ["/bin/sh", "-c", spec.release_command],
+        "env": [{"name": key, "value": value} for key, value in sorted(spec.env.items())],
+        "envFrom": [{"secretRef": {"name": release_name(spec)}}],
+        "resources": {
+            "requests": {"cpu": spec.resources.cpu_request, "memory": spec.resources.memory_request},
+            "limits": {"cpu": spec.resources.cpu_limit, "memory": spec.resources.memory_limit},
+        },
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": release_name(spec),
+            "namespace": spec.namespace,
+            "labels": _release_labels(spec),
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": active_deadline_seconds,
+            "ttlSecondsAfterFinished": ttl_seconds_after_finished,
+            "template": {
+                "metadata": {"labels": _release_pod_labels(spec)},
+                "spec": {"restartPolicy": "Never", "containers": [container]},
+            },
+        },
+    }

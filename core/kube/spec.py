@@ -73,6 +73,8 @@ class WorkloadSpec:
     instance: str = ""  # app.kubernetes.io/instance; defaults to app
     extra_labels: dict[str, str] = field(default_factory=dict)
     pull_secret: PullSecret | None = field(default=None, repr=False)
+    # Run once per deploy as a Job with this image, env and secrets before the Deployment changes.
+    release_command: str | None = None
 
     @property
     def secret_name(self) -> str:

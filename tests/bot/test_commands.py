@@ -70,7 +70,7 @@ def test_parses(text: str, expected: c.Command) -> None:
 def test_every_command_in_the_issue_has_a_spec_and_examples_that_parse() -> None:
     names = {s.name for s in c.SPECS}
     assert names == {
-        "deploy", "rollback", "status", "apps", "revisions", "logs", "secrets", "scale",
+        "deploy", "diff", "rollback", "status", "apps", "revisions", "logs", "secrets", "scale",
         "lock", "unlock", "pause", "resume", "preview", "access", "help",
     }  # fmt: skip
     for spec in c.SPECS:

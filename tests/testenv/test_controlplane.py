@@ -387,3 +387,64 @@ async def test_a_slow_tag_becomes_ready_only_after_a_delay(kube_api: Any, namesp
             break
         await asyncio.sleep(0.25)
     assert ready_at is not None, "a slow- pod must become ready eventually"
+
+
+def job(*, name: str, image: str) -> dict[str, Any]:
+    """A run-once Job as shipit's release phase makes them: no retry, the pod never restarted."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 60,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "release", "image": image, "command": ["/bin/sh", "-c", "true"]}],
+                }
+            },
+        },
+    }
+
+
+async def _job_pod(core: client.CoreV1Api, namespace: str, name: str) -> Any:
+    pods = await core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={name}")
+    return pods.items[0] if pods.items else None
+
+
+def _job_condition(j: Any) -> str | None:
+    done = [
+        c.type for c in (j.status.conditions or []) if c.type in ("Complete", "Failed") and c.status == "True"
+    ]
+    return done[0] if done else None
+
+
+async def test_a_job_pod_runs_once_and_completes(kube_api: client.ApiClient, namespace: str) -> None:
+    batch, core = client.BatchV1Api(kube_api), client.CoreV1Api(kube_api)
+    await batch.create_namespaced_job(namespace, job(name="ok", image="ghcr.io/acme/web:1.0"))
+    done = await eventually(
+        lambda: batch.read_namespaced_job("ok", namespace), _job_condition, what="the Job to finish"
+    )
+    assert _job_condition(done) == "Complete" and done.status.succeeded == 1
+    pod = await _job_pod(core, namespace, "ok")
+    assert pod.status.phase == "Succeeded"
+    assert pod.status.container_statuses[0].state.terminated.exit_code == 0
+
+
+@pytest.mark.usefixtures("simulated_failures")
+async def test_a_job_pod_of_a_fail_tag_fails_once_with_exit_code_1(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    """restartPolicy Never: no crash loop (pod-crashloop.yaml skips it), the pod fails (pod-job-failed.yaml)."""
+    batch, core = client.BatchV1Api(kube_api), client.CoreV1Api(kube_api)
+    await batch.create_namespaced_job(namespace, job(name="bad", image="ghcr.io/acme/web:fail-1"))
+    done = await eventually(
+        lambda: batch.read_namespaced_job("bad", namespace), _job_condition, what="the Job to finish"
+    )
+    assert _job_condition(done) == "Failed" and done.status.failed == 1 and not done.status.succeeded
+    pod = await _job_pod(core, namespace, "bad")
+    assert pod.status.phase == "Failed"
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert terminated.exit_code == 1 and terminated.reason == "Error"
+    assert pod.status.container_statuses[0].restart_count == 0
