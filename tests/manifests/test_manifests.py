@@ -168,6 +168,7 @@ EXPECTED_RBAC = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch", "delete"},
     ("networking.k8s.io", "ingresses"): {"get", "create", "patch", "delete"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get"},
 }
