@@ -164,7 +164,11 @@ async def request(
     """Queue a deploy of `app_name`, optionally with a new image (or just a tag: `1.5`)."""
     if trigger not in TRIGGERS:
         raise InvalidInput(f"trigger must be one of {', '.join(TRIGGERS)}", field="trigger")
+    if git_ref is not None:
+        # Shown and matched by prefix only (refs/tags/...): a ref longer than the column is cut, not refused.
+        git_ref = git_ref[: validation.limit(models.Deployment, "git_ref")]
     if dedupe_key is not None:
+        dedupe_key = validation.dedupe_key(dedupe_key)
         earlier = await session.scalar(
             select(models.Deployment).where(models.Deployment.dedupe_key == dedupe_key)
         )
