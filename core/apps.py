@@ -61,6 +61,8 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in changes.items():
         if value is None:
+            if not models.App.__table__.c[key].nullable:
+                raise InvalidInput(f"{key} cannot be cleared (null); give a value", field=key)
             out[key] = None
             continue
         match key:

@@ -439,7 +439,17 @@ def _jsonable(value: object) -> dict[str, object]:
     return out
 
 
-@router.get("/apps/{name}/logs", responses=CLUSTER_ERRORS)
+@router.get(
+    "/apps/{name}/logs",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The pods' log lines.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **CLUSTER_ERRORS,
+    },
+)
 async def app_logs(
     name: schemas.NamePath,
     rt: RtDep,

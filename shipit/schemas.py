@@ -18,13 +18,24 @@ from core import validation as v
 from storage import models
 
 
+def _no_null_default(schema: dict[str, Any]) -> None:
+    # A field that is not nullable has no default to publish: absent means "leave as it is".
+    if "default" in schema and schema["default"] is None and "anyOf" not in schema:
+        del schema["default"]
+
+
+def _unset(**constraints: Any) -> Any:
+    """Not required, and absent is not null: unset fields are left as they are (exclude_unset)."""
+    return Field(default=None, json_schema_extra=_no_null_default, **constraints)
+
+
 def _text(length: int, pattern: str = v.LINE) -> Any:
-    """An optional string field of at most `length` characters matching `pattern`."""
-    return Field(default=None, max_length=length, pattern=pattern)
+    """A string field of at most `length` characters matching `pattern`."""
+    return _unset(max_length=length, pattern=pattern)
 
 
 def _int(low: int, high: int) -> Any:
-    return Field(default=None, ge=low, le=high)
+    return _unset(ge=low, le=high)
 
 
 def _app_int(name: str) -> Any:
@@ -139,37 +150,38 @@ class ClusterOut(BaseModel):
 
 
 class AppFields(Strict):
+    # Unset fields keep their value; null clears the optional ones (the others are not nullable).
     image: str | None = _app_text("image")
-    replicas: int | None = _app_int("replicas")
-    port: int | None = _app_int("port")
-    env: Env | None = None
-    cpu_request: str | None = _app_text("cpu_request", v.CPU)
-    cpu_limit: str | None = _app_text("cpu_limit", v.CPU)
-    memory_request: str | None = _app_text("memory_request", v.MEMORY)
-    memory_limit: str | None = _app_text("memory_limit", v.MEMORY)
+    replicas: int = _app_int("replicas")
+    port: int = _app_int("port")
+    env: Env = _unset()
+    cpu_request: str = _app_text("cpu_request", v.CPU)
+    cpu_limit: str = _app_text("cpu_limit", v.CPU)
+    memory_request: str = _app_text("memory_request", v.MEMORY)
+    memory_limit: str = _app_text("memory_limit", v.MEMORY)
     health_path: str | None = _app_text("health_path", v.HTTP_PATH)
     health_port: int | None = _app_int("health_port")
-    health_initial_delay: int | None = _app_int("health_initial_delay")
-    health_period: int | None = _app_int("health_period")
+    health_initial_delay: int = _app_int("health_initial_delay")
+    health_period: int = _app_int("health_period")
     min_replicas: int | None = _app_int("min_replicas")
     max_replicas: int | None = _app_int("max_replicas")
     cpu_target: int | None = _app_int("cpu_target")
     domain: str | None = _app_text("domain")
     ingress_class: str | None = _app_text("ingress_class", v.DNS_LABEL)
     tls_issuer: str | None = _app_text("tls_issuer")
-    progress_deadline_seconds: int | None = _app_int("progress_deadline_seconds")
-    protected: bool | None = None
+    progress_deadline_seconds: int = _app_int("progress_deadline_seconds")
+    protected: bool = _unset()
     git_repo: str | None = _app_text("git_repo", v.GIT_REPO)
     git_branch: str | None = _app_text("git_branch")
-    git_ref_type: Literal["branch", "tag"] | None = None
+    git_ref_type: Literal["branch", "tag"] = _unset()
     image_template: str | None = _app_text("image_template")
-    deploy_on: Literal["push", "ci"] | None = None
+    deploy_on: Literal["push", "ci"] = _unset()
     github_environment: str | None = _app_text("github_environment")
-    previews_enabled: bool | None = None
+    previews_enabled: bool = _unset()
     preview_domain: str | None = _app_text("preview_domain")
-    preview_ttl_hours: int | None = _app_int("preview_ttl_hours")
-    preview_max_open: int | None = _app_int("preview_max_open")
-    preview_env: Env | None = None
+    preview_ttl_hours: int = _app_int("preview_ttl_hours")
+    preview_max_open: int = _app_int("preview_max_open")
+    preview_env: Env = _unset()
 
 
 class AppIn(AppFields):
