@@ -396,6 +396,7 @@ async def rollback(
         revision = next(iter(candidates), None)
         if revision is None:
             raise Conflict(f"{app.name} has no earlier successful revision to roll back to")
+    validation.int_range(revision, field="revision", low=1, high=validation.INT32_MAX)
     target = await session.scalar(
         select(models.Revision).where(models.Revision.app_id == app.id, models.Revision.number == revision)
     )
@@ -447,7 +448,9 @@ async def revisions(session: AsyncSession, *, actor: Actor, app_name: str) -> li
 
 
 async def get(session: AsyncSession, *, actor: Actor, deployment_id: int) -> models.Deployment:
-    deployment = await session.get(models.Deployment, deployment_id)
+    deployment = (
+        await session.get(models.Deployment, deployment_id) if validation.is_id(deployment_id) else None
+    )
     if deployment is None:
         raise NotFound(f"no deploy #{deployment_id}")
     app = await session.get(models.App, deployment.app_id)
@@ -475,7 +478,11 @@ async def approve(
     session: AsyncSession, *, ctx: Core, actor: Actor, deployment_id: int, approve: bool = True
 ) -> models.Deployment:
     """A second person approves (or rejects) a deploy of a protected app."""
-    deployment = await session.get(models.Deployment, deployment_id, with_for_update=True)
+    deployment = (
+        await session.get(models.Deployment, deployment_id, with_for_update=True)
+        if validation.is_id(deployment_id)
+        else None
+    )
     if deployment is None:
         raise NotFound(f"no deploy #{deployment_id}")
     app = await session.get(models.App, deployment.app_id)
@@ -519,7 +526,11 @@ async def approve(
 
 
 async def cancel(session: AsyncSession, *, ctx: Core, actor: Actor, deployment_id: int) -> models.Deployment:
-    deployment = await session.get(models.Deployment, deployment_id, with_for_update=True)
+    deployment = (
+        await session.get(models.Deployment, deployment_id, with_for_update=True)
+        if validation.is_id(deployment_id)
+        else None
+    )
     if deployment is None:
         raise NotFound(f"no deploy #{deployment_id}")
     app = await session.get(models.App, deployment.app_id)
@@ -596,7 +607,11 @@ class _Plan:
 
 async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
     async with ctx.sessionmaker.begin() as session:
-        deployment = await session.get(models.Deployment, deployment_id, with_for_update=True)
+        deployment = (
+            await session.get(models.Deployment, deployment_id, with_for_update=True)
+            if validation.is_id(deployment_id)
+            else None
+        )
         if deployment is None or deployment.status in TERMINAL or deployment.status == AWAITING_APPROVAL:
             return None
         app = await session.get(models.App, deployment.app_id)

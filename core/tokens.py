@@ -73,7 +73,7 @@ async def list_tokens(session: AsyncSession, *, actor: Actor) -> list[models.Api
 
 
 async def revoke(session: AsyncSession, *, actor: Actor, token_id: int) -> models.ApiToken:
-    row = await session.get(models.ApiToken, token_id)
+    row = await session.get(models.ApiToken, token_id) if validation.is_id(token_id) else None
     if row is None or (not actor.is_admin and row.subject != actor.subject):
         raise NotFound(f"no token {token_id}")
     if row.revoked_at is None:

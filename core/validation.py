@@ -54,6 +54,7 @@ PATTERN_HELP = {
 
 # Integer settings of an app: (lowest, highest).  Integer columns are 32-bit on PostgreSQL.
 INT32_MAX = 2**31 - 1
+ID_MAX = 2**63 - 1  # ids are BIGINT on PostgreSQL, 64-bit on SQLite: a larger one cannot exist
 RANGES: dict[str, tuple[int, int]] = {
     "replicas": (0, 1000),
     "port": (1, 65535),
@@ -227,6 +228,11 @@ def port(value: int, *, field: str) -> int:
     if not 1 <= value <= 65535:
         raise InvalidInput(f"{field} must be between 1 and 65535, got {value}", field=field)
     return value
+
+
+def is_id(value: int) -> bool:
+    """Whether `value` can be a row id at all; the drivers fail (not miss) on one that cannot."""
+    return 1 <= value <= ID_MAX
 
 
 def int_range(value: int, *, field: str, low: int, high: int) -> int:

@@ -49,7 +49,6 @@ def _app_text(column: str, pattern: str = v.LINE) -> Any:
 # Kept short of what a database could hold: a kubeconfig or a secret value is read whole into memory.
 KUBECONFIG_MAX = 1024 * 1024
 WEBHOOK_SECRET_MAX = 1024
-ID_MAX = 2**63 - 1  # ids are BIGINT on PostgreSQL and 64-bit on SQLite
 
 DnsLabel = Annotated[str, Field(max_length=63, pattern=v.DNS_LABEL)]
 EnvKey = Annotated[str, Field(max_length=v.limit(models.Secret, "key"), pattern=v.ENV_KEY)]
@@ -61,7 +60,7 @@ SubjectPath = Annotated[
     str, Path(max_length=v.limit(models.Member, "subject"), pattern=v.SUBJECT, examples=["user:alice"])
 ]
 SecretKeyPath = Annotated[str, Path(max_length=v.limit(models.Secret, "key"), pattern=v.ENV_KEY)]
-IdPath = Annotated[int, Path(ge=1, le=ID_MAX)]
+IdPath = Annotated[int, Path(ge=1, le=v.ID_MAX)]
 ProjectQuery = Annotated[str | None, Query(max_length=63, pattern=v.DNS_LABEL)]
 AuditTargetQuery = Annotated[
     str | None, Query(max_length=v.limit(models.AuditEvent, "target"), pattern=v.LINE)

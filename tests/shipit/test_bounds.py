@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from core import apps, projects, tokens
-from core.errors import InvalidInput
+from core import apps, deploys, projects, tokens
+from core.errors import InvalidInput, NotFound
 from core.identity import SYSTEM
 from tests.conftest import ADMIN, LiveServer
 from tests.shipit.conftest import table_rows
@@ -339,3 +339,19 @@ async def test_core_refuses_the_same_for_every_channel(live_server: LiveServer, 
             with pytest.raises(InvalidInput) as refused:
                 await attempt(session)
         assert refused.value.field == field, (field, refused.value)
+
+
+async def test_core_treats_impossible_ids_and_revisions_as_missing(live_server: LiveServer, web: str) -> None:
+    """A Slack `/shipit rollback web 99999999999999999999` or a forged button must not crash the driver."""
+    rt = live_server.rt
+    async with rt.sessionmaker.begin() as session:
+        with pytest.raises(InvalidInput) as refused:
+            await deploys.rollback(session, ctx=rt.core, actor=ADMIN, app_name="web", revision=10**20)
+        assert refused.value.field == "revision"
+        for deployment_id in (0, 2**63, 10**30):
+            with pytest.raises(NotFound):
+                await deploys.get(session, actor=ADMIN, deployment_id=deployment_id)
+            with pytest.raises(NotFound):
+                await deploys.cancel(session, ctx=rt.core, actor=ADMIN, deployment_id=deployment_id)
+        with pytest.raises(NotFound):
+            await tokens.revoke(session, actor=ADMIN, token_id=2**64)
