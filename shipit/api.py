@@ -95,7 +95,7 @@ ActorDep = Annotated[Actor, Depends(current_actor)]
 RtDep = Annotated[Runtime, Depends(runtime)]
 
 
-@router.get("/me")
+@router.get("/me", response_model=schemas.MeOut)
 async def me(actor: ActorDep) -> dict[str, object]:
     return {"subject": actor.subject, "admin": actor.is_admin, "channel": actor.channel}
 
@@ -223,7 +223,7 @@ async def list_apps(rt: RtDep, actor: ActorDep, project: schemas.ProjectQuery = 
         ]
 
 
-@router.post("/apps", status_code=201)
+@router.post("/apps", status_code=201, response_model=schemas.AppCreated)
 async def create_app(body: schemas.AppIn, rt: RtDep, actor: ActorDep) -> dict[str, object]:
     async with tx(rt) as session:
         app = await apps.create(
@@ -264,7 +264,7 @@ async def update_app(
         )
 
 
-@router.delete("/apps/{name}")
+@router.delete("/apps/{name}", response_model=schemas.AppDeleted)
 async def delete_app(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> dict[str, object]:
     async with tx(rt) as session:
         target = await status.target(session, ctx=rt.core, actor=actor, app_name=name)
@@ -497,7 +497,7 @@ async def list_secrets(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> li
         return [schemas.SecretKeyOut(key=r.key, updated_at=r.updated_at) for r in rows]
 
 
-@router.put("/apps/{name}/secrets")
+@router.put("/apps/{name}/secrets", response_model=schemas.SecretsChanged)
 async def set_secrets(
     name: schemas.NamePath, body: schemas.SecretsIn, rt: RtDep, actor: ActorDep, deploy: bool = True
 ) -> dict[str, object]:
@@ -507,7 +507,7 @@ async def set_secrets(
         return {"keys": sorted(body.values), "deployment": d}
 
 
-@router.delete("/apps/{name}/secrets/{key}")
+@router.delete("/apps/{name}/secrets/{key}", response_model=schemas.SecretsChanged)
 async def delete_secret(
     name: schemas.NamePath, key: schemas.SecretKeyPath, rt: RtDep, actor: ActorDep, deploy: bool = True
 ) -> dict[str, object]:

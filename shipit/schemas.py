@@ -360,6 +360,28 @@ class AuditOut(BaseModel):
     details: dict[str, Any]
 
 
+class MeOut(BaseModel):
+    subject: str
+    admin: bool
+    channel: str
+
+
+class AppCreated(BaseModel):
+    app: AppOut
+    deployment: DeploymentOut | None
+
+
+class AppDeleted(BaseModel):
+    deleted: str
+    workload_removed: bool
+    warning: str | None
+
+
+class SecretsChanged(BaseModel):
+    keys: list[str]
+    deployment: DeploymentOut | None
+
+
 class TokenIn(Strict):
     name: str = Field(min_length=1, max_length=v.limit(models.ApiToken, "name"), pattern=v.LINE)
     subject: str | None = _text(v.limit(models.Member, "subject"), v.SUBJECT)
