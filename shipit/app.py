@@ -135,7 +135,9 @@ def _validation_message(error: Any, field: str) -> str:
         return f"request body is not valid JSON: {ctx.get('error', 'cannot parse')}"
     got = f", got {validation.shown(value)}" if isinstance(value, str) else f", got {value!r}"
     loc = error.get("loc", ())
-    subject = f"{field}: {value!r}" if loc and loc[-1] == "[key]" and isinstance(value, str) else field
+    # A dict key that is wrong: name the dict, and show the key.
+    is_key = bool(loc) and loc[-1] == "[key]" and isinstance(value, str)
+    subject = f"{field}: {validation.shown(value)}" if is_key else field
     if kind == "string_pattern_mismatch":
         help_text = validation.PATTERN_HELP.get(ctx.get("pattern", ""))
         if help_text:
