@@ -6,6 +6,7 @@ An app in a project you hold no role in answers exactly like a missing app.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -75,6 +76,8 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
         if value is None and key == "previews_from_forks":
             raise InvalidInput(f"previews_from_forks must be one of {', '.join(FORK_POLICIES)}", field=key)
         if value is None:
+            if not models.App.__table__.c[key].nullable:
+                raise InvalidInput(f"{key} cannot be cleared (null); give a value", field=key)
             out[key] = None
             continue
         match key:
@@ -82,10 +85,9 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
                 value = _release_command(value)
             case "image":
                 value = validation.image(value, field="image")
-            case "replicas":
-                value = validation.int_range(value, field="replicas", low=0, high=1000)
-            case "port" | "health_port":
-                value = validation.port(value, field=key)
+            case _ if key in validation.RANGES:
+                low, high = validation.RANGES[key]
+                value = validation.int_range(value, field=key, low=low, high=high)
             case "env" | "preview_env":
                 value = validation.env(value, field=key)
             case "cpu_request" | "cpu_limit":
@@ -94,24 +96,12 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
                 value = validation.memory(value, field=key)
             case "health_path":
                 value = validation.http_path(value, field=key)
-            case "health_initial_delay":
-                value = validation.int_range(value, field=key, low=0, high=3600)
-            case "health_period":
-                value = validation.int_range(value, field=key, low=1, high=3600)
-            case "min_replicas" | "max_replicas":
-                value = validation.int_range(value, field=key, low=1, high=1000)
-            case "cpu_target":
-                value = validation.int_range(value, field=key, low=1, high=100)
             case "domain" | "preview_domain":
                 value = validation.hostname(value, field=key) if value else None
             case "ingress_class":
                 value = validation.dns_label(value, field=key)
-            case "progress_deadline_seconds":
-                value = validation.int_range(value, field=key, low=5, high=3600)
             case "git_repo":
-                if value and (value.count("/") != 1 or not all(value.split("/"))):
-                    raise InvalidInput(f"git_repo must look like owner/name, got {value!r}", field=key)
-                value = value or None
+                value = validation.git_repo(value, field=key) or None
             case "git_ref_type":
                 if value not in ("branch", "tag"):
                     raise InvalidInput("git_ref_type must be branch or tag", field=key)
@@ -119,6 +109,7 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
                 if value not in ("push", "ci"):
                     raise InvalidInput("deploy_on must be push or ci", field=key)
             case "image_template":
+                validation.text(value, field=key, max_length=validation.limit(models.App, key))
                 _check_template(value)
             case "preview_ttl_hours":
                 value = validation.int_range(value, field=key, low=1, high=24 * 90)
@@ -130,6 +121,8 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
                         f"previews_from_forks must be one of {', '.join(FORK_POLICIES)}, got {str(value)[:40]!r}",
                         field=key,
                     )
+            case "git_branch" | "github_environment" | "tls_issuer":
+                value = validation.text(value, field=key, max_length=validation.limit(models.App, key))
         out[key] = value
     return out
 
@@ -154,6 +147,9 @@ def _release_command(value: str) -> str | None:
 
 def _check_template(template: str) -> None:
     try:
+        # Plain {name} fields only: a format spec such as {sha:>999999999} would render a gigabyte.
+        if any(spec or conversion for _, _, spec, conversion in string.Formatter().parse(template)):
+            raise ValueError("format specs and conversions are not allowed")
         rendered = template.format(sha="0" * 40, short_sha="0" * 7, branch="main", tag="v1")
     except (KeyError, IndexError, ValueError) as e:
         raise InvalidInput(
@@ -413,6 +409,10 @@ async def set_flag(
     """lock/unlock (no deploys at all) and pause/resume (no automatic deploys)."""
     app = await get(session, actor=actor, name=name)
     await authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action=f"{flag}ing {name}")
+    if reason is not None:
+        reason = validation.text(
+            reason, field="reason", max_length=validation.limit(models.App, "locked_reason")
+        )
     if flag == "lock":
         app.locked_reason = (reason or "locked") if on else None
         app.locked_by = actor.name if on else None

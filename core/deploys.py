@@ -172,7 +172,11 @@ async def request(
     await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="deploying")
     if trigger not in TRIGGERS:
         raise InvalidInput(f"trigger must be one of {', '.join(TRIGGERS)}", field="trigger")
+    if git_ref is not None:
+        # Shown and matched by prefix only (refs/tags/...): a ref longer than the column is cut, not refused.
+        git_ref = git_ref[: validation.limit(models.Deployment, "git_ref")]
     if dedupe_key is not None:
+        dedupe_key = validation.dedupe_key(dedupe_key)
         earlier = await session.scalar(
             select(models.Deployment).where(models.Deployment.dedupe_key == dedupe_key)
         )
@@ -404,6 +408,7 @@ async def rollback(
         revision = next(iter(candidates), None)
         if revision is None:
             raise Conflict(f"{app.name} has no earlier successful revision to roll back to")
+    validation.int_range(revision, field="revision", low=1, high=validation.INT32_MAX)
     target = await session.scalar(
         select(models.Revision).where(models.Revision.app_id == app.id, models.Revision.number == revision)
     )
@@ -459,6 +464,8 @@ async def _authorized(
 ) -> tuple[models.Deployment, models.App]:
     """A deploy by id, after the role check; one of a project the caller is not in is just missing."""
     missing = NotFound(f"no deploy #{deployment_id}")
+    if not validation.is_id(deployment_id):
+        raise missing
     app_id = await session.scalar(
         select(models.Deployment.app_id).where(models.Deployment.id == deployment_id)
     )
@@ -616,7 +623,11 @@ class _Plan:
 
 async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
     async with ctx.sessionmaker.begin() as session:
-        deployment = await session.get(models.Deployment, deployment_id, with_for_update=True)
+        deployment = (
+            await session.get(models.Deployment, deployment_id, with_for_update=True)
+            if validation.is_id(deployment_id)
+            else None
+        )
         if deployment is None or deployment.status in TERMINAL or deployment.status == AWAITING_APPROVAL:
             return None
         app = await session.get(models.App, deployment.app_id)

@@ -52,6 +52,7 @@ async def create(
     if not may_create(actor, ctx=ctx):
         raise PermissionDenied("creating a project needs a global admin token on this server")
     name = validation.dns_label(name, field="name")
+    slack_channel = _slack_channel(slack_channel)
     existing = await session.scalar(select(models.Project.id).where(models.Project.name == name))
     if existing:
         # Names are global, so the insert must fail either way; only someone who can see the project
@@ -76,9 +77,19 @@ async def create(
     return project
 
 
+def _slack_channel(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return validation.text(
+        value.strip(), field="slack_channel", max_length=validation.limit(models.Project, "slack_channel")
+    )
+
+
 def _set_webhook(project: models.Project, *, ctx: Core, url: str | None, secret: str | None) -> None:
     if url is not None:
-        url = url.strip()
+        url = validation.text(
+            url.strip(), field="webhook_url", max_length=validation.limit(models.Project, "webhook_url")
+        )
         if url and not url.startswith(("http://", "https://")):
             raise InvalidInput(
                 f"webhook_url must start with http:// or https://, got {url!r}", field="webhook_url"
@@ -107,6 +118,7 @@ async def update(
     webhook_secret: str | None = None,
 ) -> models.Project:
     project = await get_for(session, actor=actor, name=name, role=Role.ADMIN, action="changing settings")
+    slack_channel = _slack_channel(slack_channel)
     if slack_channel is not None:
         project.slack_channel = slack_channel or None
     _set_webhook(project, ctx=ctx, url=webhook_url, secret=webhook_secret)
@@ -140,8 +152,7 @@ async def set_access(
     project = await get_for(
         session, actor=actor, name=project_name, role=Role.OWNER, action="managing access"
     )
-    if not subject or ":" not in subject:
-        raise InvalidInput("subject must look like slack:U123, github:login or user:name", field="subject")
+    validation.subject(subject, field="subject")
     member = await session.scalar(
         select(models.Member).where(models.Member.project_id == project.id, models.Member.subject == subject)
     )

@@ -8,7 +8,7 @@ import secrets as pysecrets
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit
+from core import audit, validation
 from core.errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated
 from core.identity import Actor
 from storage import models
@@ -29,11 +29,11 @@ async def create(
         if subject and subject != actor.subject:
             raise PermissionDenied("you can only create tokens for yourself")
     name = name.strip()
-    if not name or len(name) > 100:
-        raise InvalidInput("name must be 1 to 100 characters", field="name")
-    subject = subject or (actor.subject if actor.subject != "system" else f"user:{name}")
-    if ":" not in subject:
-        raise InvalidInput("subject must look like user:alice", field="subject")
+    longest = validation.limit(models.ApiToken, "name")
+    if not name or len(name) > longest:
+        raise InvalidInput(f"name must be 1 to {longest} characters", field="name")
+    validation.text(name, field="name", max_length=longest)
+    subject = validation.subject(subject or (actor.subject if actor.subject != "system" else f"user:{name}"))
     plaintext = PREFIX + pysecrets.token_urlsafe(32)
     row = models.ApiToken(
         name=name, token_hash=_hash(plaintext), prefix=plaintext[:10], subject=subject, is_admin=is_admin
@@ -73,7 +73,7 @@ async def list_tokens(session: AsyncSession, *, actor: Actor) -> list[models.Api
 
 
 async def revoke(session: AsyncSession, *, actor: Actor, token_id: int) -> models.ApiToken:
-    row = await session.get(models.ApiToken, token_id)
+    row = await session.get(models.ApiToken, token_id) if validation.is_id(token_id) else None
     if row is None or (not actor.is_admin and row.subject != actor.subject):
         raise NotFound(f"no token {token_id}")
     if row.revoked_at is None:

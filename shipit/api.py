@@ -9,13 +9,15 @@ import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.convertors import Convertor, register_url_convertor
 
 from core import (
     apps,
@@ -41,7 +43,47 @@ from shipit.runtime import Runtime
 from storage import models
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": schemas.ErrorOut, "description": description}
+
+
+# What any route may answer besides its success, all with the one error body (shipit.app's handlers).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("The request body could not be read."),
+    401: _error("No valid bearer token."),
+    403: _error("The token's subject lacks the role this needs."),
+    404: _error("No such project, app, deploy or token (or none the caller may see)."),
+    409: _error("Conflicts with the current state: exists already, locked, running."),
+    413: _error("The request body is larger than the configured cap."),
+    422: _error("Invalid input; `field` names it."),
+}
+# Routes that talk to a cluster also answer 502 when it fails or cannot be reached.
+CLUSTER_ERRORS: dict[int | str, dict[str, Any]] = {502: _error("The cluster failed or could not be reached.")}
+
+# Declares the scheme in /openapi.json; current_actor still does the checking (auto_error off).
+bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer shp_...`")
+router = APIRouter(prefix="/api/v1", responses=ERRORS, dependencies=[Depends(bearer)])
+
+
+class _AppFlag(Convertor[str]):
+    # The route's own words only, so /apps/{name}/status is not taken for a flag (wrong 404/405 and Allow).
+    regex: ClassVar[str] = "lock|unlock|pause|resume"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class _DeployAction(_AppFlag):
+    regex: ClassVar[str] = "approve|reject|cancel"
+
+
+register_url_convertor("app_flag", _AppFlag())
+register_url_convertor("deploy_action", _DeployAction())
 
 
 def runtime(request: Request) -> Runtime:
@@ -55,7 +97,9 @@ async def tx(rt: Runtime) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def current_actor(request: Request, authorization: Annotated[str | None, Header()] = None) -> Actor:
+async def current_actor(
+    request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
+) -> Actor:
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthenticated("missing bearer token: send Authorization: Bearer <token>")
     channel = "cli" if request.headers.get("user-agent", "").startswith("shipit-cli") else "api"
@@ -67,7 +111,7 @@ ActorDep = Annotated[Actor, Depends(current_actor)]
 RtDep = Annotated[Runtime, Depends(runtime)]
 
 
-@router.get("/me")
+@router.get("/me", response_model=schemas.MeOut)
 async def me(actor: ActorDep) -> dict[str, object]:
     return {"subject": actor.subject, "admin": actor.is_admin, "channel": actor.channel}
 
@@ -98,7 +142,7 @@ async def create_project(body: schemas.ProjectIn, rt: RtDep, actor: ActorDep) ->
 
 @router.patch("/projects/{name}")
 async def update_project(
-    name: str, body: schemas.ProjectPatch, rt: RtDep, actor: ActorDep
+    name: schemas.NamePath, body: schemas.ProjectPatch, rt: RtDep, actor: ActorDep
 ) -> schemas.ProjectOut:
     async with tx(rt) as session:
         p = await projects.update(
@@ -127,7 +171,7 @@ async def list_project_grants(name: str, rt: RtDep, actor: ActorDep) -> list[sch
 
 
 @router.get("/projects/{name}/members")
-async def list_members(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.MemberOut]:
+async def list_members(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> list[schemas.MemberOut]:
     async with tx(rt) as session:
         rows = await projects.members(session, actor=actor, project_name=name)
         return [schemas.MemberOut(subject=m.subject, role=m.role) for m in rows]
@@ -135,7 +179,7 @@ async def list_members(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.Me
 
 @router.put("/projects/{name}/members/{subject}")
 async def set_member(
-    name: str, subject: str, body: schemas.MemberIn, rt: RtDep, actor: ActorDep
+    name: schemas.NamePath, subject: schemas.SubjectPath, body: schemas.MemberIn, rt: RtDep, actor: ActorDep
 ) -> schemas.MemberOut:
     async with tx(rt) as session:
         m = await projects.set_access(
@@ -146,7 +190,9 @@ async def set_member(
 
 
 @router.delete("/projects/{name}/members/{subject}", status_code=204)
-async def remove_member(name: str, subject: str, rt: RtDep, actor: ActorDep) -> None:
+async def remove_member(
+    name: schemas.NamePath, subject: schemas.SubjectPath, rt: RtDep, actor: ActorDep
+) -> None:
     async with tx(rt) as session:
         await projects.set_access(session, actor=actor, project_name=name, subject=subject, role=None)
 
@@ -161,7 +207,7 @@ async def list_clusters(rt: RtDep, actor: ActorDep) -> list[schemas.ClusterOut]:
         return [schemas.ClusterOut.of(c, admin=actor.is_admin) for c in rows]
 
 
-@router.post("/clusters", status_code=201)
+@router.post("/clusters", status_code=201, responses=CLUSTER_ERRORS)
 async def add_cluster(body: schemas.ClusterIn, rt: RtDep, actor: ActorDep) -> schemas.ClusterOut:
     identity.require_admin(actor, action="adding a cluster")
     clusters.parse_kubeconfig(body.kubeconfig)
@@ -256,14 +302,14 @@ async def _app_out(session: AsyncSession, app: models.App) -> schemas.AppOut:
 
 
 @router.get("/apps")
-async def list_apps(rt: RtDep, actor: ActorDep, project: str | None = None) -> list[schemas.AppOut]:
+async def list_apps(rt: RtDep, actor: ActorDep, project: schemas.ProjectQuery = None) -> list[schemas.AppOut]:
     async with tx(rt) as session:
         return [
             await _app_out(session, a) for a in await apps.list_visible(session, actor=actor, project=project)
         ]
 
 
-@router.post("/apps", status_code=201)
+@router.post("/apps", status_code=201, response_model=schemas.AppCreated)
 async def create_app(body: schemas.AppIn, rt: RtDep, actor: ActorDep) -> dict[str, object]:
     async with tx(rt) as session:
         app = await apps.create(
@@ -289,21 +335,23 @@ async def create_app(body: schemas.AppIn, rt: RtDep, actor: ActorDep) -> dict[st
 
 
 @router.get("/apps/{name}")
-async def show_app(name: str, rt: RtDep, actor: ActorDep) -> schemas.AppOut:
+async def show_app(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> schemas.AppOut:
     async with tx(rt) as session:
         return await _app_out(session, await apps.get(session, actor=actor, name=name))
 
 
 @router.patch("/apps/{name}")
-async def update_app(name: str, body: schemas.AppFields, rt: RtDep, actor: ActorDep) -> schemas.AppOut:
+async def update_app(
+    name: schemas.NamePath, body: schemas.AppFields, rt: RtDep, actor: ActorDep
+) -> schemas.AppOut:
     async with tx(rt) as session:
         return await _app_out(
             session, await apps.update(session, ctx=rt.core, actor=actor, name=name, changes=_changes(body))
         )
 
 
-@router.delete("/apps/{name}")
-async def delete_app(name: str, rt: RtDep, actor: ActorDep) -> dict[str, object]:
+@router.delete("/apps/{name}", response_model=schemas.AppDeleted)
+async def delete_app(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> dict[str, object]:
     async with tx(rt) as session:
         target = await status.target(session, ctx=rt.core, actor=actor, app_name=name)
         await apps.delete(session, actor=actor, name=name)
@@ -334,7 +382,7 @@ async def delete_app(name: str, rt: RtDep, actor: ActorDep) -> dict[str, object]
 
 @router.post("/apps/{name}/deploys", status_code=202, response_model=schemas.DeploymentOut)
 async def deploy(
-    name: str,
+    name: schemas.NamePath,
     body: schemas.DeployIn,
     rt: RtDep,
     actor: ActorDep,
@@ -367,7 +415,7 @@ async def _dry_run(*, name: str, image: str | None, rt: Runtime, actor: Actor) -
 
 @router.get("/apps/{name}/deploys")
 async def list_deploys(
-    name: str, rt: RtDep, actor: ActorDep, limit: int = Query(20, ge=1, le=200)
+    name: schemas.NamePath, rt: RtDep, actor: ActorDep, limit: int = Query(20, ge=1, le=200)
 ) -> list[schemas.DeploymentOut]:
     async with tx(rt) as session:
         rows = await deploys.history(session, actor=actor, app_name=name, limit=limit)
@@ -387,15 +435,17 @@ async def _deployment_out(session: AsyncSession, d: models.Deployment) -> schema
 
 
 @router.get("/deploys/{deployment_id}")
-async def get_deploy(deployment_id: int, rt: RtDep, actor: ActorDep) -> schemas.DeploymentOut:
+async def get_deploy(deployment_id: schemas.IdPath, rt: RtDep, actor: ActorDep) -> schemas.DeploymentOut:
     async with tx(rt) as session:
         return await _deployment_out(
             session, await deploys.get(session, actor=actor, deployment_id=deployment_id)
         )
 
 
-@router.post("/deploys/{deployment_id}/{action}")
-async def act_on_deploy(deployment_id: int, action: str, rt: RtDep, actor: ActorDep) -> schemas.DeploymentOut:
+@router.post("/deploys/{deployment_id}/{action:deploy_action}")
+async def act_on_deploy(
+    deployment_id: schemas.IdPath, action: Literal["approve", "reject", "cancel"], rt: RtDep, actor: ActorDep
+) -> schemas.DeploymentOut:
     async with tx(rt) as session:
         if action in ("approve", "reject"):
             d = await deploys.approve(
@@ -409,7 +459,9 @@ async def act_on_deploy(deployment_id: int, action: str, rt: RtDep, actor: Actor
 
 
 @router.post("/apps/{name}/rollback", status_code=202)
-async def rollback(name: str, body: schemas.RollbackIn, rt: RtDep, actor: ActorDep) -> schemas.DeploymentOut:
+async def rollback(
+    name: schemas.NamePath, body: schemas.RollbackIn, rt: RtDep, actor: ActorDep
+) -> schemas.DeploymentOut:
     async with tx(rt) as session:
         result = await deploys.rollback(
             session, ctx=rt.core, actor=actor, app_name=name, revision=body.revision
@@ -418,7 +470,7 @@ async def rollback(name: str, body: schemas.RollbackIn, rt: RtDep, actor: ActorD
 
 
 @router.get("/apps/{name}/revisions")
-async def list_revisions(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.RevisionOut]:
+async def list_revisions(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> list[schemas.RevisionOut]:
     async with tx(rt) as session:
         return [
             schemas.RevisionOut(
@@ -435,7 +487,9 @@ async def list_revisions(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.
 
 
 @router.post("/apps/{name}/scale", status_code=202)
-async def scale(name: str, body: schemas.ScaleIn, rt: RtDep, actor: ActorDep) -> schemas.DeploymentOut:
+async def scale(
+    name: schemas.NamePath, body: schemas.ScaleIn, rt: RtDep, actor: ActorDep
+) -> schemas.DeploymentOut:
     async with tx(rt) as session:
         result = await autoscaling.scale(
             session,
@@ -473,9 +527,13 @@ async def approve_preview(name: str, number: int, rt: RtDep, actor: ActorDep) ->
 
 # After every other POST /apps/{name}/<word> route: Starlette matches routes in order, and this one
 # would otherwise swallow /deploys, /rollback and /scale.
-@router.post("/apps/{name}/{flag}", status_code=200)
+@router.post("/apps/{name}/{flag:app_flag}", status_code=200)
 async def set_flag(
-    name: str, flag: str, rt: RtDep, actor: ActorDep, body: schemas.ReasonIn | None = None
+    name: schemas.NamePath,
+    flag: Literal["lock", "unlock", "pause", "resume"],
+    rt: RtDep,
+    actor: ActorDep,
+    body: schemas.ReasonIn | None = None,
 ) -> schemas.AppOut:
     flags = {
         "lock": ("lock", True),
@@ -493,8 +551,10 @@ async def set_flag(
         return await _app_out(session, app)
 
 
-@router.get("/apps/{name}/status")
-async def app_status(name: str, rt: RtDep, actor: ActorDep, live: bool = True) -> dict[str, object]:
+@router.get("/apps/{name}/status", responses=CLUSTER_ERRORS)
+async def app_status(
+    name: schemas.NamePath, rt: RtDep, actor: ActorDep, live: bool = True
+) -> dict[str, object]:
     async with tx(rt) as session:
         observed = await status.read(session, actor=actor, app_name=name)
         target = await status.target(session, ctx=rt.core, actor=actor, app_name=name)
@@ -508,9 +568,19 @@ def _jsonable(value: object) -> dict[str, object]:
     return out
 
 
-@router.get("/apps/{name}/logs")
+@router.get(
+    "/apps/{name}/logs",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The pods' log lines.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **CLUSTER_ERRORS,
+    },
+)
 async def app_logs(
-    name: str,
+    name: schemas.NamePath,
     rt: RtDep,
     actor: ActorDep,
     tail: int = Query(100, ge=1, le=5000),
@@ -590,15 +660,15 @@ async def remove_registry(host: str, rt: RtDep, actor: ActorDep, project: str | 
 
 
 @router.get("/apps/{name}/secrets")
-async def list_secrets(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.SecretKeyOut]:
+async def list_secrets(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> list[schemas.SecretKeyOut]:
     async with tx(rt) as session:
         rows = await secrets.list_keys(session, actor=actor, app_name=name)
         return [schemas.SecretKeyOut(key=r.key, updated_at=r.updated_at) for r in rows]
 
 
-@router.put("/apps/{name}/secrets")
+@router.put("/apps/{name}/secrets", response_model=schemas.SecretsChanged)
 async def set_secrets(
-    name: str, body: schemas.SecretsIn, rt: RtDep, actor: ActorDep, deploy: bool = True
+    name: schemas.NamePath, body: schemas.SecretsIn, rt: RtDep, actor: ActorDep, deploy: bool = True
 ) -> dict[str, object]:
     async with tx(rt) as session:
         app = await secrets.set_values(session, ctx=rt.core, actor=actor, app_name=name, values=body.values)
@@ -606,9 +676,9 @@ async def set_secrets(
         return {"keys": sorted(body.values), "deployment": d}
 
 
-@router.delete("/apps/{name}/secrets/{key}")
+@router.delete("/apps/{name}/secrets/{key}", response_model=schemas.SecretsChanged)
 async def delete_secret(
-    name: str, key: str, rt: RtDep, actor: ActorDep, deploy: bool = True
+    name: schemas.NamePath, key: schemas.SecretKeyPath, rt: RtDep, actor: ActorDep, deploy: bool = True
 ) -> dict[str, object]:
     async with tx(rt) as session:
         removed = await secrets.unset(session, actor=actor, app_name=name, keys=[key])
@@ -631,8 +701,8 @@ async def _redeploy(
 async def read_audit(
     rt: RtDep,
     actor: ActorDep,
-    target: str | None = None,
-    action: str | None = None,
+    target: schemas.AuditTargetQuery = None,
+    action: schemas.AuditActionQuery = None,
     limit: int = Query(100, ge=1, le=1000),
 ) -> list[schemas.AuditOut]:
     async with tx(rt) as session:
@@ -668,6 +738,6 @@ async def create_token(body: schemas.TokenIn, rt: RtDep, actor: ActorDep) -> sch
 
 
 @router.delete("/tokens/{token_id}")
-async def revoke_token(token_id: int, rt: RtDep, actor: ActorDep) -> schemas.TokenOut:
+async def revoke_token(token_id: schemas.IdPath, rt: RtDep, actor: ActorDep) -> schemas.TokenOut:
     async with tx(rt) as session:
         return schemas.TokenOut.of(await tokens.revoke(session, actor=actor, token_id=token_id))

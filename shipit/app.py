@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,9 +17,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core import jobs
+from core import jobs, validation
 from core.errors import InvalidInput, ShipitError, UserError
 from shipit import api, limits, runtime
 from shipit.runtime import Runtime
@@ -181,7 +184,66 @@ class SecurityHeaders:
 
 
 def error_body(kind: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The one error shape (schemas.ErrorOut), whatever answers: core, validation, routing, the body cap."""
     return {"error": {"type": kind, "message": message, **extra}}
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    """("body", "env", "1FOO", "[key]") -> "env": a dict key that is wrong is the dict's fault."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    if parts and parts[-1] == "[key]":
+        parts = parts[:-2]
+    return ".".join(parts) or "body"
+
+
+def _validation_message(error: Any, field: str) -> str:
+    """Say what the rule is, in words: a client shows this as written."""
+    kind, ctx, value = error.get("type"), error.get("ctx") or {}, error.get("input")
+    if kind == "json_invalid":
+        return f"request body is not valid JSON: {ctx.get('error', 'cannot parse')}"
+    got = f", got {validation.shown(value)}" if isinstance(value, str) else f", got {value!r}"
+    loc = error.get("loc", ())
+    # A dict key that is wrong: name the dict, and show the key.
+    is_key = bool(loc) and loc[-1] == "[key]" and isinstance(value, str)
+    subject = f"{field}: {validation.shown(value)}" if is_key else field
+    if kind == "string_pattern_mismatch":
+        help_text = validation.PATTERN_HELP.get(ctx.get("pattern", ""))
+        if help_text:
+            return f"{subject} {help_text}" + ("" if subject != field else got)
+    if kind == "string_too_long":
+        length = f", got {len(value)}" if isinstance(value, str) else ""
+        return f"{subject} must be at most {ctx.get('max_length')} characters{length}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        if field in validation.RANGES:  # an app setting: the same words core uses
+            low, high = validation.RANGES[field]
+            return f"{field} must be between {low} and {high}{got}"
+        bound = f"at least {ctx.get('ge')}" if kind == "greater_than_equal" else f"at most {ctx.get('le')}"
+        return f"{field} must be {bound}{got}"
+    return f"{field}: {error.get('msg')}"
+
+
+def _json_position(error: Any, body: Any) -> str:
+    """json_invalid errors carry a character offset; people read lines and columns."""
+    loc = error.get("loc", ())
+    pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    if pos is None or not isinstance(body, str):
+        return ""
+    line = body.count("\n", 0, pos) + 1
+    column = pos - (body.rfind("\n", 0, pos) + 1) + 1
+    return f" at line {line} column {column}"
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: Starlette's 405 names only the first route's."""
+    allowed = []
+    for method in _METHODS:
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -193,10 +255,33 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-        field = ".".join(loc) or "body"
+        if first.get("type") == "json_invalid":
+            message = _validation_message(first, "body") + _json_position(first, exc.body)
+            return JSONResponse(error_body("InvalidInput", message, field="body"), status_code=422)
+        field = _field_of(tuple(first.get("loc", ())))
         return JSONResponse(
-            error_body("InvalidInput", f"{field}: {first.get('msg')}", field=field), status_code=422
+            error_body("InvalidInput", _validation_message(first, field), field=field), status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Routing (404, 405) and body parsing (400) errors, in the same shape as every other error.
+        headers = dict(exc.headers or {})
+        phrase = HTTPStatus(exc.status_code).phrase
+        message = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else ""
+        extra: dict[str, Any] = {}
+        if exc.status_code == 404 and not message:
+            message = f"nothing at {request.url.path}"
+        elif exc.status_code == 405:
+            allowed = _allowed_methods(request) or [m.strip() for m in headers.get("Allow", "").split(",")]
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not allowed here; use {headers['Allow']}"
+        elif exc.status_code == 400:
+            extra["field"] = "body"
+        return JSONResponse(
+            error_body(phrase.title().replace(" ", ""), message or phrase, **extra),
+            status_code=exc.status_code,
+            headers=headers,
         )
 
     @app.exception_handler(ShipitError)

@@ -1,31 +1,101 @@
-"""Request and response bodies of the REST API.  Responses never carry secret values."""
+"""Request and response bodies of the REST API.  Responses never carry secret values.
+
+Every string a request carries has a length (its column's, via core.validation.limit) and, where the
+server insists on a shape, the pattern core checks with; every integer has its range.  So /openapi.json
+tells clients the real rules, and no value reaches the database that it cannot store.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import dryrun
+from core import secrets as core_secrets
+from core import validation as v
 from storage import models
+
+
+def _no_null_default(schema: dict[str, Any]) -> None:
+    # A field that is not nullable has no default to publish: absent means "leave as it is".
+    if "default" in schema and schema["default"] is None and "anyOf" not in schema:
+        del schema["default"]
+
+
+def _unset(**constraints: Any) -> Any:
+    """Not required, and absent is not null: unset fields are left as they are (exclude_unset)."""
+    return Field(default=None, json_schema_extra=_no_null_default, **constraints)
+
+
+def _text(length: int, pattern: str = v.LINE) -> Any:
+    """A string field of at most `length` characters matching `pattern`."""
+    return _unset(max_length=length, pattern=pattern)
+
+
+def _int(low: int, high: int) -> Any:
+    return _unset(ge=low, le=high)
+
+
+def _app_int(name: str) -> Any:
+    return _int(*v.RANGES[name])
+
+
+def _app_text(column: str, pattern: str = v.LINE) -> Any:
+    return _text(v.limit(models.App, column), pattern)
+
+
+# Kept short of what a database could hold: a kubeconfig or a secret value is read whole into memory.
+KUBECONFIG_MAX = 1024 * 1024
+WEBHOOK_SECRET_MAX = 1024
+
+DnsLabel = Annotated[str, Field(max_length=63, pattern=v.DNS_LABEL)]
+EnvKey = Annotated[str, Field(max_length=v.limit(models.Secret, "key"), pattern=v.ENV_KEY)]
+Env = dict[EnvKey, Annotated[str, Field(max_length=v.ENV_VALUE_MAX, pattern=v.TEXT)]]
+
+# Path and query parameters.
+NamePath = Annotated[str, Path(max_length=63, pattern=v.DNS_LABEL, examples=["web"])]
+SubjectPath = Annotated[
+    str, Path(max_length=v.limit(models.Member, "subject"), pattern=v.SUBJECT, examples=["user:alice"])
+]
+SecretKeyPath = Annotated[str, Path(max_length=v.limit(models.Secret, "key"), pattern=v.ENV_KEY)]
+IdPath = Annotated[int, Path(ge=1, le=v.ID_MAX)]
+ProjectQuery = Annotated[str | None, Query(max_length=63, pattern=v.DNS_LABEL)]
+AuditTargetQuery = Annotated[
+    str | None, Query(max_length=v.limit(models.AuditEvent, "target"), pattern=v.LINE)
+]
+AuditActionQuery = Annotated[
+    str | None, Query(max_length=v.limit(models.AuditEvent, "action"), pattern=v.LINE)
+]
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="InvalidInput, NotFound, PermissionDenied, Unauthenticated, Conflict, ...")
+    message: str = Field(description="Safe to show as written.")
+    field: str | None = Field(default=None, description="The input that is wrong (422).")
+    reference: str | None = Field(default=None, description="Quote it when reporting a server-side failure.")
+
+
+class ErrorOut(BaseModel):
+    """Every error the API answers with, whatever its status."""
+
+    error: ErrorDetail
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ProjectIn(Strict):
-    name: str
-    slack_channel: str | None = None
-    webhook_url: str | None = None
-    webhook_secret: str | None = Field(default=None, repr=False)
-
-
 class ProjectPatch(Strict):
-    slack_channel: str | None = None
-    webhook_url: str | None = None
-    webhook_secret: str | None = Field(default=None, repr=False)
+    slack_channel: str | None = _text(v.limit(models.Project, "slack_channel"))
+    webhook_url: str | None = _text(v.limit(models.Project, "webhook_url"))
+    webhook_secret: str | None = Field(default=None, max_length=WEBHOOK_SECRET_MAX, repr=False)
+
+
+class ProjectIn(ProjectPatch):
+    name: DnsLabel
 
 
 class ProjectOut(BaseModel):
@@ -47,7 +117,7 @@ class ProjectOut(BaseModel):
 
 
 class MemberIn(Strict):
-    role: str
+    role: Literal["viewer", "developer", "admin", "owner"]
 
 
 class MemberOut(BaseModel):
@@ -56,9 +126,9 @@ class MemberOut(BaseModel):
 
 
 class ClusterIn(Strict):
-    name: str
-    kubeconfig: str = Field(repr=False)
-    namespace: str | None = None
+    name: DnsLabel
+    kubeconfig: str = Field(max_length=KUBECONFIG_MAX, repr=False)
+    namespace: DnsLabel | None = None
 
 
 class ClusterUpdateIn(Strict):
@@ -104,49 +174,50 @@ class GrantOut(BaseModel):
 
 
 class AppFields(Strict):
-    image: str | None = None
-    replicas: int | None = None
-    port: int | None = None
-    env: dict[str, str] | None = None
-    cpu_request: str | None = None
-    cpu_limit: str | None = None
-    memory_request: str | None = None
-    memory_limit: str | None = None
-    health_path: str | None = None
-    health_port: int | None = None
-    health_initial_delay: int | None = None
-    health_period: int | None = None
-    min_replicas: int | None = None
-    max_replicas: int | None = None
-    cpu_target: int | None = None
-    domain: str | None = None
-    ingress_class: str | None = None
-    tls_issuer: str | None = None
-    progress_deadline_seconds: int | None = None
-    protected: bool | None = None
-    git_repo: str | None = None
-    git_branch: str | None = None
-    git_ref_type: str | None = None
-    image_template: str | None = None
-    deploy_on: str | None = None
-    github_environment: str | None = None
-    previews_enabled: bool | None = None
-    preview_domain: str | None = None
-    preview_ttl_hours: int | None = None
-    preview_max_open: int | None = None
-    preview_env: dict[str, str] | None = None
+    # Unset fields keep their value; null clears the optional ones (the others are not nullable).
+    image: str | None = _app_text("image")
+    replicas: int = _app_int("replicas")
+    port: int = _app_int("port")
+    env: Env = _unset()
+    cpu_request: str = _app_text("cpu_request", v.CPU)
+    cpu_limit: str = _app_text("cpu_limit", v.CPU)
+    memory_request: str = _app_text("memory_request", v.MEMORY)
+    memory_limit: str = _app_text("memory_limit", v.MEMORY)
+    health_path: str | None = _app_text("health_path", v.HTTP_PATH)
+    health_port: int | None = _app_int("health_port")
+    health_initial_delay: int = _app_int("health_initial_delay")
+    health_period: int = _app_int("health_period")
+    min_replicas: int | None = _app_int("min_replicas")
+    max_replicas: int | None = _app_int("max_replicas")
+    cpu_target: int | None = _app_int("cpu_target")
+    domain: str | None = _app_text("domain")
+    ingress_class: str | None = _app_text("ingress_class", v.DNS_LABEL)
+    tls_issuer: str | None = _app_text("tls_issuer")
+    progress_deadline_seconds: int = _app_int("progress_deadline_seconds")
+    protected: bool = _unset()
+    git_repo: str | None = _app_text("git_repo", v.GIT_REPO)
+    git_branch: str | None = _app_text("git_branch")
+    git_ref_type: Literal["branch", "tag"] = _unset()
+    image_template: str | None = _app_text("image_template")
+    deploy_on: Literal["push", "ci"] = _unset()
+    github_environment: str | None = _app_text("github_environment")
+    previews_enabled: bool = _unset()
+    preview_domain: str | None = _app_text("preview_domain")
+    preview_ttl_hours: int = _app_int("preview_ttl_hours")
+    preview_max_open: int = _app_int("preview_max_open")
+    preview_env: Env = _unset()
     # Pull requests from forks: no preview, one after a project developer approves it, or always
     # (admins only; the only setting that gives a fork's preview the app's secrets).
-    previews_from_forks: Literal["never", "approved", "always"] | None = None
+    previews_from_forks: Literal["never", "approved", "always"] = _unset()
     # Run as a Job with the new image before each rollout (`/bin/sh -c`); "" removes it.
-    release_command: str | None = Field(default=None, max_length=1000)
+    release_command: str | None = _app_text("release_command")
 
 
 class AppIn(AppFields):
-    name: str
-    project: str
-    cluster: str
-    namespace: str | None = None
+    name: DnsLabel
+    project: DnsLabel
+    cluster: DnsLabel
+    namespace: DnsLabel | None = None
     deploy: bool = True
 
 
@@ -262,8 +333,8 @@ class PreviewOut(BaseModel):
 
 
 class DeployIn(Strict):
-    image: str | None = None
-    dedupe_key: str | None = Field(default=None, max_length=200)
+    image: str | None = _app_text("image")
+    dedupe_key: str | None = _text(v.limit(models.Deployment, "dedupe_key"))
     # Show what the deploy would change on the cluster; nothing is stored or applied.
     dry_run: bool = False
 
@@ -310,23 +381,24 @@ class DryRunOut(BaseModel):
 
 
 class RollbackIn(Strict):
-    revision: int | None = None
+    revision: int | None = _int(1, v.INT32_MAX)
 
 
 class ScaleIn(Strict):
-    replicas: int | None = None
-    min_replicas: int | None = None
-    max_replicas: int | None = None
-    cpu_target: int | None = None
+    replicas: int | None = _app_int("replicas")
+    min_replicas: int | None = _app_int("min_replicas")
+    max_replicas: int | None = _app_int("max_replicas")
+    cpu_target: int | None = _app_int("cpu_target")
     autoscaling: bool | None = None
 
 
 class SecretsIn(Strict):
-    values: dict[str, str] = Field(repr=False)
+    # Values are encrypted before they are stored, so any character will do; keys become env names.
+    values: dict[EnvKey, Annotated[str, Field(max_length=core_secrets.MAX_VALUE_BYTES)]] = Field(repr=False)
 
 
 class ReasonIn(Strict):
-    reason: str | None = None
+    reason: str | None = _app_text("locked_reason")
 
 
 class DeploymentOut(BaseModel):
@@ -420,9 +492,31 @@ class AuditOut(BaseModel):
     details: dict[str, Any]
 
 
+class MeOut(BaseModel):
+    subject: str
+    admin: bool
+    channel: str
+
+
+class AppCreated(BaseModel):
+    app: AppOut
+    deployment: DeploymentOut | None
+
+
+class AppDeleted(BaseModel):
+    deleted: str
+    workload_removed: bool
+    warning: str | None
+
+
+class SecretsChanged(BaseModel):
+    keys: list[str]
+    deployment: DeploymentOut | None
+
+
 class TokenIn(Strict):
-    name: str
-    subject: str | None = None
+    name: str = Field(min_length=1, max_length=v.limit(models.ApiToken, "name"), pattern=v.LINE)
+    subject: str | None = _text(v.limit(models.Member, "subject"), v.SUBJECT)
     admin: bool = False
 
 
