@@ -58,6 +58,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     409: _error("Conflicts with the current state: exists already, locked, running."),
     413: _error("The request body is larger than the configured cap."),
     422: _error("Invalid input; `field` names it."),
+    429: _error("Too many failed authentications from this address, or over the token's request budget."),
 }
 # Routes that talk to a cluster also answer 502 when it fails or cannot be reached.
 CLUSTER_ERRORS: dict[int | str, dict[str, Any]] = {502: _error("The cluster failed or could not be reached.")}
@@ -158,13 +159,13 @@ async def update_project(
 
 
 @router.delete("/projects/{name}", status_code=204)
-async def delete_project(name: str, rt: RtDep, actor: ActorDep) -> None:
+async def delete_project(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> None:
     async with tx(rt) as session:
         await projects.delete(session, actor=actor, name=name)
 
 
 @router.get("/projects/{name}/grants")
-async def list_project_grants(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.GrantOut]:
+async def list_project_grants(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> list[schemas.GrantOut]:
     async with tx(rt) as session:
         rows = await projects.grants(session, actor=actor, project_name=name)
         return [_grant_out(g) for g in rows]
@@ -229,7 +230,7 @@ async def add_cluster(body: schemas.ClusterIn, rt: RtDep, actor: ActorDep) -> sc
 
 @router.put("/clusters/{name}")
 async def update_cluster(
-    name: str, body: schemas.ClusterUpdateIn, rt: RtDep, actor: ActorDep
+    name: schemas.NamePath, body: schemas.ClusterUpdateIn, rt: RtDep, actor: ActorDep
 ) -> schemas.ClusterOut:
     identity.require_admin(actor, action="updating a cluster")
     clusters.parse_kubeconfig(body.kubeconfig)
@@ -248,7 +249,7 @@ async def update_cluster(
 
 
 @router.delete("/clusters/{name}", status_code=204)
-async def delete_cluster(name: str, rt: RtDep, actor: ActorDep) -> None:
+async def delete_cluster(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> None:
     async with tx(rt) as session:
         cluster_id = await clusters.delete(session, actor=actor, name=name)
     await rt.core.kube.forget(key=str(cluster_id))
@@ -261,13 +262,15 @@ def _grant_out(g: claims.ProjectGrant) -> schemas.GrantOut:
 
 
 @router.get("/clusters/{name}/grants")
-async def list_grants(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.GrantOut]:
+async def list_grants(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> list[schemas.GrantOut]:
     async with tx(rt) as session:
         return [_grant_out(g) for g in await clusters.grants(session, actor=actor, cluster=name)]
 
 
 @router.post("/clusters/{name}/grants", status_code=201)
-async def grant_cluster(name: str, body: schemas.GrantIn, rt: RtDep, actor: ActorDep) -> schemas.GrantOut:
+async def grant_cluster(
+    name: schemas.NamePath, body: schemas.GrantIn, rt: RtDep, actor: ActorDep
+) -> schemas.GrantOut:
     async with tx(rt) as session:
         g = await clusters.grant(
             session, actor=actor, cluster=name, project=body.project, namespace=body.namespace
@@ -277,7 +280,11 @@ async def grant_cluster(name: str, body: schemas.GrantIn, rt: RtDep, actor: Acto
 
 @router.delete("/clusters/{name}/grants/{project}", status_code=204)
 async def revoke_cluster(
-    name: str, project: str, rt: RtDep, actor: ActorDep, namespace: str | None = None
+    name: schemas.NamePath,
+    project: schemas.NamePath,
+    rt: RtDep,
+    actor: ActorDep,
+    namespace: schemas.NamespaceQuery = None,
 ) -> None:
     """Without `namespace`: the whole grant and every claim; with it: that one namespace."""
     async with tx(rt) as session:
@@ -380,7 +387,16 @@ async def delete_app(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> dict
 # ------------------------------------------------------------------ deploys
 
 
-@router.post("/apps/{name}/deploys", status_code=202, response_model=schemas.DeploymentOut)
+@router.post(
+    "/apps/{name}/deploys",
+    status_code=202,
+    response_model=schemas.DeploymentOut,
+    # A dry run answers 200 with the difference, after asking the cluster (hence 502).
+    responses={
+        200: {"model": schemas.DryRunOut, "description": "Dry run: what would change."},
+        **CLUSTER_ERRORS,
+    },
+)
 async def deploy(
     name: schemas.NamePath,
     body: schemas.DeployIn,
@@ -506,7 +522,7 @@ async def scale(
 
 
 @router.get("/apps/{name}/previews")
-async def list_previews(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.PreviewOut]:
+async def list_previews(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> list[schemas.PreviewOut]:
     async with tx(rt) as session:
         app = await apps.get(session, actor=actor, name=name)
         await apps.authorize(
@@ -518,7 +534,9 @@ async def list_previews(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.P
 
 
 @router.post("/apps/{name}/previews/{number}/approve", status_code=202)
-async def approve_preview(name: str, number: int, rt: RtDep, actor: ActorDep) -> schemas.PreviewOut:
+async def approve_preview(
+    name: schemas.NamePath, number: schemas.PrNumberPath, rt: RtDep, actor: ActorDep
+) -> schemas.PreviewOut:
     """Deploy the waiting preview of a pull request from a fork: its current head commit, no secrets."""
     async with tx(rt) as session:
         approval = await previews.approve(session, ctx=rt.core, actor=actor, app_name=name, number=number)
@@ -627,7 +645,7 @@ def _registry_out(r: registries.Listed) -> schemas.RegistryOut:
 
 @router.get("/registries")
 async def list_registries(
-    rt: RtDep, actor: ActorDep, project: str | None = None
+    rt: RtDep, actor: ActorDep, project: schemas.ProjectQuery = None
 ) -> list[schemas.RegistryOut]:
     async with tx(rt) as session:
         return [
@@ -651,7 +669,9 @@ async def add_registry(body: schemas.RegistryIn, rt: RtDep, actor: ActorDep) -> 
 
 
 @router.delete("/registries/{host}", status_code=204)
-async def remove_registry(host: str, rt: RtDep, actor: ActorDep, project: str | None = None) -> None:
+async def remove_registry(
+    host: schemas.RegistryHostPath, rt: RtDep, actor: ActorDep, project: schemas.ProjectQuery = None
+) -> None:
     async with tx(rt) as session:
         await registries.remove(session, actor=actor, host=host, project=project)
 

@@ -50,6 +50,7 @@ def _app_text(column: str, pattern: str = v.LINE) -> Any:
 # Kept short of what a database could hold: a kubeconfig or a secret value is read whole into memory.
 KUBECONFIG_MAX = 1024 * 1024
 WEBHOOK_SECRET_MAX = 1024
+REGISTRY_PASSWORD_MAX = 4096
 
 DnsLabel = Annotated[str, Field(max_length=63, pattern=v.DNS_LABEL)]
 EnvKey = Annotated[str, Field(max_length=v.limit(models.Secret, "key"), pattern=v.ENV_KEY)]
@@ -63,6 +64,11 @@ SubjectPath = Annotated[
 SecretKeyPath = Annotated[str, Path(max_length=v.limit(models.Secret, "key"), pattern=v.ENV_KEY)]
 IdPath = Annotated[int, Path(ge=1, le=v.ID_MAX)]
 ProjectQuery = Annotated[str | None, Query(max_length=63, pattern=v.DNS_LABEL)]
+NamespaceQuery = Annotated[str | None, Query(max_length=63, pattern=v.DNS_LABEL)]
+PrNumberPath = Annotated[int, Path(ge=1, le=v.INT32_MAX)]
+RegistryHostPath = Annotated[
+    str, Path(max_length=v.limit(models.Registry, "host"), pattern=v.LINE, examples=["ghcr.io"])
+]
 AuditTargetQuery = Annotated[
     str | None, Query(max_length=v.limit(models.AuditEvent, "target"), pattern=v.LINE)
 ]
@@ -75,6 +81,7 @@ class ErrorDetail(BaseModel):
     type: str = Field(description="InvalidInput, NotFound, PermissionDenied, Unauthenticated, Conflict, ...")
     message: str = Field(description="Safe to show as written.")
     field: str | None = Field(default=None, description="The input that is wrong (422).")
+    retry_after: int | None = Field(default=None, description="Seconds to wait before trying again (429).")
     reference: str | None = Field(default=None, description="Quote it when reporting a server-side failure.")
 
 
@@ -132,7 +139,7 @@ class ClusterIn(Strict):
 
 
 class ClusterUpdateIn(Strict):
-    kubeconfig: str = Field(repr=False)
+    kubeconfig: str = Field(max_length=KUBECONFIG_MAX, repr=False)
 
 
 class ClusterOut(BaseModel):
@@ -160,8 +167,8 @@ class ClusterOut(BaseModel):
 
 
 class GrantIn(Strict):
-    project: str
-    namespace: str | None = None
+    project: DnsLabel
+    namespace: DnsLabel | None = None
 
 
 class GrantOut(BaseModel):
@@ -461,10 +468,10 @@ class RevisionOut(BaseModel):
 
 
 class RegistryIn(Strict):
-    host: str
-    username: str
-    password: str = Field(repr=False, min_length=1)
-    project: str | None = None  # None: global credentials, for every project (global admins only)
+    host: str = Field(max_length=v.limit(models.Registry, "host"), pattern=v.LINE)
+    username: str = Field(max_length=v.limit(models.Registry, "username"), pattern=v.LINE)
+    password: str = Field(repr=False, min_length=1, max_length=REGISTRY_PASSWORD_MAX)
+    project: DnsLabel | None = None  # None: global credentials, for every project (global admins only)
 
 
 class RegistryOut(BaseModel):

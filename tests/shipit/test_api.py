@@ -198,7 +198,11 @@ async def test_a_blank_image_is_422_naming_image_and_deploys_nothing(
     r = await api.post("/api/v1/apps/web/deploys", json={"image": image})
     assert r.status_code == 422, r.text
     error = error_of(r)
-    assert error["field"] == "image" and "image must not be empty" in error["message"], error
+    # A tab is refused by the schema's one-line rule before core sees it; either way, `image` is named.
+    assert error["field"] == "image", error
+    assert ("image must not be empty" in error["message"]) or (
+        "without control characters" in error["message"]
+    )
     assert await table_rows(live_server.rt, "deployments") == []
     assert await table_rows(live_server.rt, "jobs") == []
     assert (await api.get("/api/v1/apps/web")).json()["image"] == "ghcr.io/acme/web:1.0"

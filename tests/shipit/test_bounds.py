@@ -216,6 +216,10 @@ async def test_405_names_every_method_the_path_serves(api: httpx.AsyncClient, we
         "key": "API_KEY",
         "deployment_id": "1",
         "token_id": "1",
+        "project": "acme",
+        "pr": "1",
+        "host": "ghcr.io",
+        "number": "1",
     }
     for template, operations in spec["paths"].items():
         declared = {m.upper() for m in operations}
@@ -329,10 +333,14 @@ async def test_core_refuses_the_same_for_every_channel(live_server: LiveServer, 
         ),
         "name": lambda s: tokens.create(s, actor=SYSTEM, name="n\x00"),
         "git_branch": lambda s: apps.update(
-            s, actor=ADMIN, name="web", changes=apps.AppChanges(git_branch="b" * 256)
+            s, ctx=rt.core, actor=ADMIN, name="web", changes=apps.AppChanges(git_branch="b" * 256)
         ),
-        "env": lambda s: apps.update(s, actor=ADMIN, name="web", changes=apps.AppChanges(env={"K\n": "v"})),
-        "replicas": lambda s: apps.update(s, actor=ADMIN, name="web", changes=apps.AppChanges(replicas=None)),
+        "env": lambda s: apps.update(
+            s, ctx=rt.core, actor=ADMIN, name="web", changes=apps.AppChanges(env={"K\n": "v"})
+        ),
+        "replicas": lambda s: apps.update(
+            s, ctx=rt.core, actor=ADMIN, name="web", changes=apps.AppChanges(replicas=None)
+        ),
     }
     for field, attempt in attempts.items():
         async with rt.sessionmaker.begin() as session:
