@@ -79,14 +79,14 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_namespace_claims_cluster_id"), ["cluster_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_namespace_claims_project_id"), ["project_id"], unique=False)
 
-    with op.batch_alter_table("apps") as batch_op:
-        batch_op.add_column(
-            sa.Column("previews_from_forks", sa.String(length=8), server_default="never", nullable=False)
-        )
-    with op.batch_alter_table("previews") as batch_op:
-        batch_op.add_column(sa.Column("head_repo", sa.String(length=200), nullable=True))
-        batch_op.add_column(sa.Column("is_fork", sa.Boolean(), server_default=sa.false(), nullable=False))
-        batch_op.add_column(sa.Column("approved_by", sa.String(length=200), nullable=True))
+    # Plain ADD COLUMN, never a batch "recreate": on SQLite (foreign keys on) recreating a table drops
+    # the old one, and ON DELETE CASCADE / SET NULL would reach every row that points at it.
+    op.add_column(
+        "apps", sa.Column("previews_from_forks", sa.String(length=8), server_default="never", nullable=False)
+    )
+    op.add_column("previews", sa.Column("head_repo", sa.String(length=200), nullable=True))
+    op.add_column("previews", sa.Column("is_fork", sa.Boolean(), server_default=sa.false(), nullable=False))
+    op.add_column("previews", sa.Column("approved_by", sa.String(length=200), nullable=True))
 
     # Keep today's apps where they are: their project claims the namespaces it already uses.
     op.execute(
@@ -117,11 +117,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("previews") as batch_op:
-        batch_op.drop_column("approved_by")
-        batch_op.drop_column("is_fork")
-        batch_op.drop_column("head_repo")
-    with op.batch_alter_table("apps") as batch_op:
-        batch_op.drop_column("previews_from_forks")
+    # DROP COLUMN in place (SQLite 3.35+), for the same reason as above.
+    op.drop_column("previews", "approved_by")
+    op.drop_column("previews", "is_fork")
+    op.drop_column("previews", "head_repo")
+    op.drop_column("apps", "previews_from_forks")
     op.drop_table("namespace_claims")
     op.drop_table("cluster_grants")
