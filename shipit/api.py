@@ -519,7 +519,7 @@ async def delete_secret(
     name: str, key: str, rt: RtDep, actor: ActorDep, deploy: bool = True
 ) -> dict[str, object]:
     async with tx(rt) as session:
-        removed = await secrets.unset(session, actor=actor, app_name=name, keys=[key])
+        removed = await secrets.unset(session, ctx=rt.core, actor=actor, app_name=name, keys=[key])
         app = await apps.get(session, actor=actor, name=name)
         d = await _redeploy(session, rt=rt, actor=actor, app=app) if deploy else None
         return {"keys": removed, "deployment": d}

@@ -57,7 +57,7 @@ async def test_rotate_re_encrypts_secrets_kubeconfigs_and_webhook_secrets(
         before_checksum = await secrets.checksum(session, app_id=1)
     async with rt.sessionmaker.begin() as session:
         counts = await keys.rotate(session, old=rt.core.cipher, new=new)
-    assert counts == {"secrets": 1, "clusters": 1, "projects": 1}
+    assert counts == {"secrets": 1, "secret_versions": 1, "clusters": 1, "projects": 1}
     async with rt.sessionmaker() as session:
         secret = (await session.scalars(select(models.Secret))).one()
         assert new.decrypt(secret.value_enc, purpose=secrets.PURPOSE) == b"s3cr3t-v4lue"
