@@ -229,7 +229,9 @@ async def _secrets_list(
 async def _secrets_unset(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsUnset
 ) -> Outcome:
-    removed = await secrets.unset(session, ctx=core, actor=caller.actor, app_name=cmd.app, keys=list(cmd.keys))
+    removed = await secrets.unset(
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, keys=list(cmd.keys)
+    )
     keys = ", ".join(f"`{k}`" for k in removed)
     return _ok(f"Removed {keys} from *{cmd.app}*. The pods lose them with the next deploy.")
 

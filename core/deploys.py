@@ -370,6 +370,24 @@ async def current_deployment(session: AsyncSession, *, app: models.App) -> model
     )
 
 
+async def last_attempt(session: AsyncSession, *, app: models.App) -> models.Deployment | None:
+    """The newest finished deploy on the app's own namespace, whatever its outcome.
+
+    Automatic rollbacks are left out: they answer an attempt, which then says it was rolled back.
+    """
+    return await session.scalar(
+        select(models.Deployment)
+        .where(
+            models.Deployment.app_id == app.id,
+            models.Deployment.preview_id.is_(None),
+            models.Deployment.status.in_((SUCCEEDED, FAILED)),
+            models.Deployment.trigger != AUTO_ROLLBACK,
+        )
+        .order_by(models.Deployment.id.desc())
+        .limit(1)
+    )
+
+
 async def roll_config(session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str) -> Requested | None:
     """After a secret or config change, deploy it, but only for an app that is already running."""
     app = await apps.get(session, actor=actor, name=app_name)
@@ -797,7 +815,36 @@ async def _finish(
         step="final",
         payload=payload,
     )
+    if deployment.trigger == AUTO_ROLLBACK:
+        await _redraw_rolled_back(
+            session, ctx=ctx, rollback=deployment, project_id=app.project_id if app else None
+        )
     metrics.DEPLOYS.labels(outcome=status, trigger=deployment.trigger).inc()
+
+
+async def _redraw_rolled_back(
+    session: AsyncSession, *, ctx: Core, rollback: models.Deployment, project_id: int | None
+) -> None:
+    """The failed deploy's card, status and webhook say how its rollback ended ("rolled back to revision N")."""
+    failed = await session.scalar(
+        select(models.Deployment).where(models.Deployment.rolled_back_by_id == rollback.id).limit(1)
+    )
+    if failed is None:
+        return
+    await events.emit_for_deployment(
+        session,
+        ctx=ctx,
+        kind=events.DEPLOY_FAILED,
+        deployment=failed,
+        project_id=project_id,
+        step=f"rollback:{rollback.status}",
+        payload={
+            "error": failed.error,
+            "rolled_back_by": rollback.id,
+            "rolled_back_to": rollback.revision_number,
+            "rollback_status": rollback.status,
+        },
+    )
 
 
 async def _promote(

@@ -23,6 +23,7 @@ from core import (
     claims,
     clusters,
     deploys,
+    events,
     identity,
     previews,
     projects,
@@ -214,8 +215,25 @@ def _changes(body: schemas.AppFields) -> AppChanges:
 async def _app_out(session: AsyncSession, app: models.App) -> schemas.AppOut:
     project = await session.get(models.Project, app.project_id)
     cluster = await session.get(models.Cluster, app.cluster_id)
+    current = await deploys.current_revision(session, app=app)
+    attempt = await deploys.last_attempt(session, app=app)
+    view = await events.deployment_view(session, deployment=attempt) if attempt else None
     return schemas.AppOut.of(
-        app, project=project.name if project else "", cluster=cluster.name if cluster else ""
+        app,
+        project=project.name if project else "",
+        cluster=cluster.name if cluster else "",
+        current_revision=current.number if current else None,
+        last_attempt={
+            "deployment": view.id,
+            "revision": view.revision,
+            "image": view.image,
+            "status": view.status,
+            "outcome": view.outcome,
+            "error": view.error,
+            "finished_at": view.finished_at.isoformat() if view.finished_at else None,
+        }
+        if view
+        else None,
     )
 
 

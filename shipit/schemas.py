@@ -133,6 +133,8 @@ class AppFields(Strict):
     # Pull requests from forks: no preview, one after a project developer approves it, or always
     # (admins only; the only setting that gives a fork's preview the app's secrets).
     previews_from_forks: Literal["never", "approved", "always"] | None = None
+    # Roll back to the current revision by itself when a rollout fails (default on).
+    auto_rollback: bool | None = None
 
 
 class AppIn(AppFields):
@@ -162,10 +164,25 @@ class AppOut(BaseModel):
     paused_reason: str | None
     git: dict[str, Any] | None
     previews: dict[str, Any] | None
+    auto_rollback: bool = True
+    # What runs (the settings above follow it) and the last attempt to change it, kept apart.
+    current_revision: int | None = None
+    last_attempt: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, a: models.App, *, project: str, cluster: str) -> AppOut:
+    def of(
+        cls,
+        a: models.App,
+        *,
+        project: str,
+        cluster: str,
+        current_revision: int | None = None,
+        last_attempt: dict[str, Any] | None = None,
+    ) -> AppOut:
         return cls(
+            auto_rollback=bool(a.auto_rollback),
+            current_revision=current_revision,
+            last_attempt=last_attempt,
             name=a.name,
             project=project,
             cluster=cluster,
@@ -278,6 +295,7 @@ class ReasonIn(Strict):
 
 
 class DeploymentOut(BaseModel):
+    rolled_back_by: int | None = None
     id: int
     app: str
     status: str
@@ -316,6 +334,7 @@ class DeploymentOut(BaseModel):
             created_at=d.created_at,
             started_at=d.started_at,
             finished_at=d.finished_at,
+            rolled_back_by=d.rolled_back_by_id,
         )
 
 
