@@ -188,10 +188,8 @@ async def _apps(session: AsyncSession, core: Core, caller: Caller, cmd: commands
 async def _revisions(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Revisions) -> Outcome:
     rows = await deploys.revisions(session, actor=caller.actor, app_name=cmd.app)
     app = await apps.get(session, actor=caller.actor, name=cmd.app)
-    current = await deploys.current_deployment(session, app=app)
-    return Outcome(
-        message=views.revision_list(app.name, rows, current=current.revision_number if current else None)
-    )
+    current = await deploys.current_revision(session, app=app)
+    return Outcome(message=views.revision_list(app.name, rows, current=current.number if current else None))
 
 
 async def _logs(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Logs) -> Outcome:
