@@ -344,7 +344,7 @@ def app_status(st: status.AppStatus, *, live_pending: bool = False) -> Message:
         c = st.current
         when = c.finished_at.strftime("%Y-%m-%d %H:%M UTC") if c and c.finished_at else "?"
         lines.append(
-            f":white_check_mark: Current revision {st.current_revision} `{esc(st.current_image or '?')}`"
+            f":white_check_mark: Running revision {st.current_revision} `{esc(st.current_image or '?')}`"
             + (f", deployed {when} by {who(c.actor)} (deploy #{c.id})" if c else "")
         )
     elif st.current is not None:

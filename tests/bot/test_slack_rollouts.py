@@ -103,7 +103,9 @@ async def test_deploy_card_follows_the_rollout_to_success(
     reply = await slack.command("status web", user=ALICE)
     assert "Running revision 1 `ghcr.io/acme/web:1.1`" in reply["text"]
     followed = await eventually(
-        lambda: _found([r for r in fake_slack.responses() if "Cluster: 3/3 ready" in r.get("text", "")
+        # Pods are counted per ReplicaSet (new and old apart), never added together.
+        lambda: _found([r for r in fake_slack.responses() if "new pods, revision 1" in r.get("text", "")
+                        and "3/3 ready" in r.get("text", "")
                         + json.dumps(r.get("blocks"))]),
         what="live status follow-up",
         timeout=ROLLOUT,

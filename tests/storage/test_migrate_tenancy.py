@@ -69,7 +69,7 @@ async def test_upgrade_claims_the_namespaces_apps_already_use(settings: Settings
                 )
             )
         await migrate.upgrade(engine)
-        assert await migrate.current(engine) == "0002"
+        assert await migrate.current(engine) == "0003"  # head: 0003 (releases) follows 0002
         async with engine.connect() as conn:
             claims = (
                 await conn.execute(
