@@ -193,6 +193,10 @@ async def request(
             await secrets.ensure_version(session, ctx=ctx, app=app)
             if image is not None:  # "" is refused, not read as "redeploy as is"
                 new_image = validation.requested_image(image, current=app.image)
+            elif preview is None:
+                # A scale or config change while a deploy is on its way keeps that deploy's image
+                # (it would otherwise undo it); if that rollout fails, the rollback supersedes this.
+                new_image = await _image_on_its_way(session, app=app) or app.image or ""
             else:
                 new_image = app.image or ""
             if not new_image:
@@ -277,6 +281,22 @@ async def request(
         deployment.id, app.name, number, revision.image, namespace, trigger, actor.subject, deployment.status,
     )  # fmt: skip
     return Requested(deployment=deployment, created=True)
+
+
+async def _image_on_its_way(session: AsyncSession, *, app: models.App) -> str | None:
+    """The image of the newest queued or running deploy of the app (not one waiting for approval)."""
+    return await session.scalar(
+        select(models.Deployment.image)
+        .where(
+            models.Deployment.app_id == app.id,
+            models.Deployment.namespace == app.namespace,
+            models.Deployment.preview_id.is_(None),
+            models.Deployment.status.in_((QUEUED, RUNNING)),
+            models.Deployment.trigger != AUTO_ROLLBACK,
+        )
+        .order_by(models.Deployment.id.desc())
+        .limit(1)
+    )
 
 
 async def _enqueue(session: AsyncSession, *, deployment: models.Deployment) -> None:
@@ -897,22 +917,26 @@ async def _auto_rollback(
 
     Not for an app that turned it off, one with nothing good to go back to (first deploy), a failed
     automatic rollback (no loops), a redeploy of the current revision itself, or when a newer deploy
-    is already waiting (it runs next and would be superseded by ours).
+    of another image is already waiting (it runs next and would be superseded by ours).
     """
     if not app.auto_rollback or failed.trigger == AUTO_ROLLBACK or failed.rolled_back_by_id is not None:
         return None
     current = await current_revision(session, app=app)
     if current is None or current.id == failed.revision_id:
         return None
-    newer = await session.scalar(
+    # A newer deploy of another image is the fix on its way: leave it be.  Newer changes built on the
+    # failed image (a scale during the rollout) are superseded by the rollback; their settings stay
+    # on the app for the next deploy.
+    other = await session.scalar(
         select(models.Deployment.id).where(
             models.Deployment.app_id == app.id,
             models.Deployment.namespace == failed.namespace,
             models.Deployment.status.in_(PENDING),
             models.Deployment.id > failed.id,
+            models.Deployment.image != failed.image,
         )
     )
-    if newer is not None:
+    if other is not None:
         return None
     result = await request(
         session,

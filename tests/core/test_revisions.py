@@ -149,3 +149,16 @@ async def test_existing_secrets_become_version_one_when_a_version_is_first_neede
         assert await session.scalar(select(func.count()).select_from(models.SecretVersion)) == 1
         values, _ = await secrets.for_deploy(session, ctx=rt.core, app_id=rev.app_id, version=1)
         assert values == {"OLD": "legacy"}
+
+
+async def test_a_change_while_a_deploy_is_on_its_way_keeps_that_deploys_image(paper: Runtime) -> None:
+    rt = paper
+    async with rt.sessionmaker.begin() as session:
+        await deploys.request(session, ctx=rt.core, actor=ADMIN, app_name="web", image="1.1", trigger="api")
+        scale = (
+            await deploys.request(session, ctx=rt.core, actor=ADMIN, app_name="web", trigger="scale")
+        ).deployment
+        app = await session.scalar(select(models.App))
+        assert app is not None
+        # The app's image moves only on success; the scale carries the deploy it supersedes.
+        assert app.image == "ghcr.io/acme/web:1.0" and scale.image == "ghcr.io/acme/web:1.1"
