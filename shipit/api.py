@@ -27,6 +27,7 @@ from core import (
     identity,
     previews,
     projects,
+    revisions,
     secrets,
     status,
     tokens,
@@ -394,7 +395,8 @@ async def list_revisions(name: str, rt: RtDep, actor: ActorDep) -> list[schemas.
                 rollback_of=r.rollback_of,
                 created_by=r.created_by,
                 created_at=r.created_at,
-                snapshot=r.snapshot,
+                # Every stored format, shown in today's (schema_version included).
+                snapshot=revisions.of_revision(r).to_json(),
             )
             for r in await deploys.revisions(session, actor=actor, app_name=name)
         ]
