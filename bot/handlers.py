@@ -203,10 +203,8 @@ async def _apps(session: AsyncSession, core: Core, caller: Caller, cmd: commands
 async def _revisions(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Revisions) -> Outcome:
     rows = await deploys.revisions(session, actor=caller.actor, app_name=cmd.app)
     app = await apps.get(session, actor=caller.actor, name=cmd.app)
-    current = await deploys.current_deployment(session, app=app)
-    return Outcome(
-        message=views.revision_list(app.name, rows, current=current.revision_number if current else None)
-    )
+    current = await deploys.current_revision(session, app=app)
+    return Outcome(message=views.revision_list(app.name, rows, current=current.number if current else None))
 
 
 async def _logs(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Logs) -> Outcome:
@@ -244,7 +242,9 @@ async def _secrets_list(
 async def _secrets_unset(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsUnset
 ) -> Outcome:
-    removed = await secrets.unset(session, actor=caller.actor, app_name=cmd.app, keys=list(cmd.keys))
+    removed = await secrets.unset(
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, keys=list(cmd.keys)
+    )
     keys = ", ".join(f"`{k}`" for k in removed)
     return _ok(f"Removed {keys} from *{cmd.app}*. The pods lose them with the next deploy.")
 

@@ -147,8 +147,10 @@ def card(
     d = deployment
     app_name = app.name if app else "app"
     image = esc(d.image)
-    rollback = d.trigger == "rollback"
-    if rollback and d.status == "succeeded":
+    rollback = d.trigger in ("rollback", "auto-rollback")
+    if d.status == "failed" and d.rolled_back_by is not None:
+        headline = f":x: *{app_name}* deploy of `{image}` {esc(d.outcome)}"
+    elif rollback and d.status == "succeeded":
         headline = f":leftwards_arrow_with_hook: *{app_name}* is rolled back to `{image}`"
     elif rollback and d.status == "running":
         headline = f":leftwards_arrow_with_hook: *{app_name}* is rolling back to `{image}`"
@@ -190,8 +192,8 @@ def card_text(d: events.DeploymentView, *, app_name: str) -> str:
         "queued": "queued",
         "awaiting_approval": "waiting for approval",
         "running": f"rolling out ({d.ready}/{d.desired} ready)",
-        "succeeded": "rolled back" if d.trigger == "rollback" else "deployed",
-        "failed": "failed",
+        "succeeded": "rolled back" if d.trigger in ("rollback", "auto-rollback") else "deployed",
+        "failed": d.outcome,
         "cancelled": "cancelled",
         "superseded": "superseded",
     }.get(d.status, d.status)
@@ -226,6 +228,11 @@ def _detail(d: events.DeploymentView) -> str:
         text = f"*Reason:* {esc(d.error or 'unknown')}"
         if d.logs:
             text += "\nThe last log lines are in the thread."
+        if d.rolled_back_by is not None:
+            text += (
+                f"\nshipit rolled back by itself: deploy #{d.rolled_back_by} of revision {d.rolled_back_to}"
+                f" ({esc(d.rollback_status or '?')}). The app keeps its current revision."
+            )
         return text
     if d.status in ("cancelled", "superseded"):
         return esc(d.error or d.status)
@@ -353,15 +360,26 @@ def preview_approved(*, app: str, approval: previews.Approval) -> Message:
 
 def app_status(st: status.AppStatus, *, live_pending: bool = False) -> Message:
     lines = [f"*{st.app}* · project {esc(st.project)} · {esc(st.cluster)} / `{esc(st.namespace)}`"]
-    if st.current is not None:
+    if st.current_revision is not None:
         c = st.current
-        when = c.finished_at.strftime("%Y-%m-%d %H:%M UTC") if c.finished_at else "?"
+        when = c.finished_at.strftime("%Y-%m-%d %H:%M UTC") if c and c.finished_at else "?"
         lines.append(
-            f":white_check_mark: Running revision {c.revision} `{esc(c.image)}`, "
-            f"deployed {when} by {who(c.actor)} (deploy #{c.id})"
+            f":white_check_mark: Running revision {st.current_revision} `{esc(st.current_image or '?')}`"
+            + (f", deployed {when} by {who(c.actor)} (deploy #{c.id})" if c else "")
         )
+    elif st.current is not None:
+        c = st.current
+        lines.append(f":white_check_mark: Running revision {c.revision} `{esc(c.image)}` (deploy #{c.id})")
     else:
         lines.append(f"Nothing deployed yet. Image on record: `{esc(st.image or 'none')}`")
+    la = st.last_attempt
+    if la is not None and (la.status != "succeeded" or la.id != (st.current.id if st.current else None)):
+        mark = ":x:" if la.status == "failed" else ":white_check_mark:"
+        reason = f": {esc(la.error)}" if la.status == "failed" and la.error else ""
+        lines.append(
+            f"{mark} Last attempt: deploy #{la.id} of revision {la.revision} `{esc(la.image)}` "
+            f"{esc(la.outcome)}{reason}"
+        )
     for a in st.active:
         state = {
             "queued": f"queued (position {a.queue_position})",
@@ -376,9 +394,14 @@ def app_status(st: status.AppStatus, *, live_pending: bool = False) -> Message:
     if st.live is not None:
         live = st.live
         lines.append(
-            f"Cluster: {live.ready}/{live.desired} ready, {live.updated} updated, image `{esc(live.image)}`"
-            + (f", revision {esc(live.revision)}" if live.revision else "")
+            f"Cluster: Deployment at revision {esc(live.revision or '?')} `{esc(live.image)}`"
+            + ("" if live.replica_sets else f", {live.ready}/{live.desired} ready")
         )
+        for rs in live.replica_sets:
+            lines.append(
+                f"• {'new' if rs.new else 'old'} pods, revision {esc(rs.revision or '?')} `{esc(rs.image)}`: "
+                f"{rs.ready}/{rs.desired} ready"
+            )
     elif st.live_error:
         lines.append(f"Cluster: could not read the Deployment: {esc(st.live_error)}")
     elif live_pending:

@@ -65,6 +65,7 @@ class AppChanges:
     preview_env: dict[str, str] = UNSET
     previews_from_forks: str = UNSET
     release_command: str | None = UNSET
+    auto_rollback: bool = UNSET
 
     def items(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not UNSET}
@@ -73,7 +74,9 @@ class AppChanges:
 def _validated(changes: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in changes.items():
-        if value is None and key == "previews_from_forks":
+        if value is None and key in ("previews_from_forks", "auto_rollback"):
+            if key == "auto_rollback":
+                raise InvalidInput("auto_rollback must be on or off", field=key)
             raise InvalidInput(f"previews_from_forks must be one of {', '.join(FORK_POLICIES)}", field=key)
         if value is None:
             if not models.App.__table__.c[key].nullable:
@@ -115,6 +118,9 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
                 value = validation.int_range(value, field=key, low=1, high=24 * 90)
             case "preview_max_open":
                 value = validation.int_range(value, field=key, low=1, high=500)
+            case "auto_rollback":
+                if not isinstance(value, bool):
+                    raise InvalidInput("auto_rollback must be on or off (true or false)", field=key)
             case "previews_from_forks":
                 if value not in FORK_POLICIES:
                     raise InvalidInput(

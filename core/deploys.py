@@ -13,12 +13,24 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, claims, clusters, events, jobs, metrics, registries, secrets, validation
+from core import (
+    apps,
+    audit,
+    claims,
+    clusters,
+    events,
+    identity,
+    jobs,
+    metrics,
+    registries,
+    secrets,
+    validation,
+)
+from core import revisions as snapshots  # `revisions` is this module's list of an app's revisions
 from core.context import Core
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor, Role
@@ -38,44 +50,10 @@ CANCELLED = "cancelled"
 TERMINAL = (SUCCEEDED, FAILED, SUPERSEDED, CANCELLED)
 PENDING = (QUEUED, AWAITING_APPROVAL)
 
-TRIGGERS = ("api", "cli", "slack", "push", "pr", "rollback", "scale", "config")
+AUTO_ROLLBACK = "auto-rollback"
+TRIGGERS = ("api", "cli", "slack", "push", "pr", "rollback", "scale", "config", AUTO_ROLLBACK)
+ROLLBACK_TRIGGERS = ("rollback", AUTO_ROLLBACK)
 DEPLOY_JOB = "deploy"
-
-
-def snapshot_of(app: models.App) -> dict[str, Any]:
-    """Everything about an app that shapes its workload, as stored in a revision."""
-    return {
-        "image": app.image,
-        "replicas": app.replicas,
-        "port": app.port,
-        "env": dict(app.env or {}),
-        "resources": {
-            "cpu_request": app.cpu_request,
-            "cpu_limit": app.cpu_limit,
-            "memory_request": app.memory_request,
-            "memory_limit": app.memory_limit,
-        },
-        "health": {
-            "path": app.health_path,
-            "port": app.health_port,
-            "initial_delay_seconds": app.health_initial_delay,
-            "period_seconds": app.health_period,
-        }
-        if app.health_path
-        else None,
-        "autoscaling": {
-            "min_replicas": app.min_replicas,
-            "max_replicas": app.max_replicas,
-            "cpu_target_percent": app.cpu_target or 80,
-        }
-        if app.min_replicas is not None and app.max_replicas is not None
-        else None,
-        "domain": app.domain,
-        "ingress_class": app.ingress_class,
-        "tls_issuer": app.tls_issuer,
-        "progress_deadline_seconds": app.progress_deadline_seconds,
-        "release_command": app.release_command,
-    }
 
 
 def workload_spec(
@@ -85,17 +63,18 @@ def workload_spec(
     project: str,
     namespace: str,
     revision: int,
-    snapshot: dict[str, Any],
+    snapshot: snapshots.Snapshot,
     secret_data: dict[str, str],
     secret_checksum: str,
     preview: models.Preview | None = None,
     preview_env: dict[str, str] | None = None,
 ) -> WorkloadSpec:
-    health = snapshot.get("health")
-    scaling = snapshot.get("autoscaling")
-    domain = snapshot.get("domain")
-    env = dict(snapshot.get("env") or {})
-    replicas = int(snapshot.get("replicas", 1))
+    """What the adapter applies, rendered from a revision's snapshot and nothing else."""
+    snap = snapshot
+    scaling = snap.autoscaling
+    domain = snap.domain
+    env = dict(snap.env)
+    replicas = snap.replicas
     labels: dict[str, str] = {}
     if preview is not None:
         # Previews are small and short-lived: one replica, no HPA, their own host.
@@ -107,27 +86,46 @@ def workload_spec(
     if domain:
         ingress = IngressSpec(
             host=domain,
-            ingress_class=snapshot.get("ingress_class") or ctx.config.default_ingress_class,
-            tls_cluster_issuer=snapshot.get("tls_issuer") or ctx.config.default_tls_issuer,
+            ingress_class=snap.ingress_class or ctx.config.default_ingress_class,
+            tls_cluster_issuer=snap.tls_issuer or ctx.config.default_tls_issuer,
         )
+    r, h = snap.resources, snap.health
     return WorkloadSpec(
         app=app_name,
         project=project,
         namespace=namespace,
         revision=revision,
-        image=str(snapshot["image"]),
+        image=snap.image_ref,
         replicas=replicas,
-        port=int(snapshot.get("port", 8080)),
+        port=snap.port,
         env=env,
         secret_data=secret_data,
         secret_checksum=secret_checksum,
-        resources=Resources(**snapshot.get("resources", {})),
-        health=HealthCheck(**health) if health else None,
-        autoscaling=Autoscaling(**scaling) if scaling else None,
+        resources=Resources(
+            cpu_request=r.cpu_request,
+            cpu_limit=r.cpu_limit,
+            memory_request=r.memory_request,
+            memory_limit=r.memory_limit,
+        ),
+        health=HealthCheck(
+            path=h.path,
+            port=h.port,
+            initial_delay_seconds=h.initial_delay_seconds,
+            period_seconds=h.period_seconds,
+        )
+        if h
+        else None,
+        autoscaling=Autoscaling(
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            cpu_target_percent=scaling.cpu_target_percent,
+        )
+        if scaling
+        else None,
         ingress=ingress,
-        progress_deadline_seconds=int(snapshot.get("progress_deadline_seconds", 600)),
+        progress_deadline_seconds=snap.progress_deadline_seconds,
         extra_labels=labels,
-        release_command=snapshot.get("release_command") or None,
+        release_command=snap.release_command or None,
     )
 
 
@@ -161,11 +159,17 @@ async def request(
     git_sha: str | None = None,
     git_ref: str | None = None,
     preview: models.Preview | None = None,
-    snapshot: dict[str, Any] | None = None,
+    snapshot: snapshots.Snapshot | None = None,
     rollback_of: int | None = None,
     reason: str | None = None,
+    rerun: models.Revision | None = None,
 ) -> Requested:
-    """Queue a deploy of `app_name`, optionally with a new image (or just a tag: `1.5`)."""
+    """Queue a deploy of `app_name`, optionally with a new image (or just a tag: `1.5`).
+
+    The deploy is a candidate: the app's settings (apps.image and the rest) and its current revision
+    move only when the rollout succeeds.  `rerun` deploys an existing revision again as it is (the
+    automatic rollback to the current revision) instead of writing a new one.
+    """
     # The role check comes before anything else, the dedupe key included: an earlier answer is only
     # ever returned to someone allowed to deploy this very app.
     app = await apps.get(session, actor=actor, name=app_name)
@@ -185,7 +189,8 @@ async def request(
                 # Says nothing about what the key was used for.
                 raise Conflict("this idempotency key was already used for another request; use a new one")
             return Requested(deployment=earlier, created=False)
-    if app.locked_reason and preview is None:
+    automatic = trigger == AUTO_ROLLBACK
+    if app.locked_reason and preview is None and not automatic:
         raise Conflict(f"{app.name} is locked by {app.locked_by}: {app.locked_reason}. Unlock it first.")
     # Only into a namespace the project owns, checked at every deploy (rollbacks and previews too).
     await claims.check_owned(
@@ -196,35 +201,47 @@ async def request(
     )
     await _lock_app(session, app=app)
 
-    if snapshot is None:
-        if image is not None:  # "" is refused, not read as "redeploy as is"
-            new_image = validation.requested_image(image, current=app.image)
-            if preview is None:
-                app.image = new_image  # the app now runs this image; previews leave the app alone
-        else:
-            new_image = app.image or ""
-        if not new_image:
-            raise InvalidInput(
-                f"{app.name} has no image yet: give one, like ghcr.io/acme/web:1.4", field="image"
-            )
-        snapshot = {**snapshot_of(app), "image": new_image}
-
-    number = await _next_revision_number(session, app_id=app.id)
-    revision = models.Revision(
-        app_id=app.id,
-        number=number,
-        image=str(snapshot["image"]),
-        snapshot=snapshot,
-        secret_checksum=await secrets.checksum(session, app_id=app.id),
-        source="rollback" if rollback_of else ("preview" if preview else "deploy"),
-        rollback_of=rollback_of,
-        created_by=actor.subject,
-    )
-    session.add(revision)
-    await session.flush()
+    if rerun is not None:
+        revision = rerun
+        number = rerun.number
+    else:
+        if snapshot is None:
+            # Built on the app's settings, which follow its current (good) revision: never on a failed one.
+            await secrets.ensure_version(session, ctx=ctx, app=app)
+            if image is not None:  # "" is refused, not read as "redeploy as is"
+                new_image = validation.requested_image(image, current=app.image)
+            elif preview is None:
+                # A scale or config change while a deploy is on its way keeps that deploy's image
+                # (it would otherwise undo it); if that rollout fails, the rollback supersedes this.
+                new_image = await _image_on_its_way(session, app=app) or app.image or ""
+            else:
+                new_image = app.image or ""
+            if not new_image:
+                raise InvalidInput(
+                    f"{app.name} has no image yet: give one, like ghcr.io/acme/web:1.4", field="image"
+                )
+            snapshot = snapshots.from_app(app).replace(image=new_image)
+        _, checksum = await secrets.for_deploy(
+            session, ctx=ctx, app_id=app.id, version=snapshot.secrets_version
+        )
+        number = await _next_revision_number(session, app_id=app.id)
+        revision = models.Revision(
+            app_id=app.id,
+            number=number,
+            image=snapshot.image,
+            snapshot=snapshot.to_json(),
+            secret_checksum=checksum,
+            secrets_version=snapshot.secrets_version,
+            source="rollback" if rollback_of else ("preview" if preview else "deploy"),
+            rollback_of=rollback_of,
+            created_by=actor.subject,
+        )
+        session.add(revision)
+        await session.flush()
 
     namespace = preview.namespace if preview else app.namespace
-    needs_approval = app.protected and preview is None
+    # An automatic rollback redeploys what was already approved and ran: it does not wait.
+    needs_approval = app.protected and preview is None and not automatic
     deployment = models.Deployment(
         app_id=app.id,
         revision_id=revision.id,
@@ -262,7 +279,7 @@ async def request(
     await audit.record(
         session,
         actor=actor,
-        action="deploy.rollback" if rollback_of else "deploy.request",
+        action="deploy.rollback" if rollback_of or automatic else "deploy.request",
         target=f"app/{app.name}",
         project_id=app.project_id,
         details={
@@ -281,6 +298,22 @@ async def request(
         deployment.id, app.name, number, revision.image, namespace, trigger, actor.subject, deployment.status,
     )  # fmt: skip
     return Requested(deployment=deployment, created=True)
+
+
+async def _image_on_its_way(session: AsyncSession, *, app: models.App) -> str | None:
+    """The image of the newest queued or running deploy of the app (not one waiting for approval)."""
+    return await session.scalar(
+        select(models.Deployment.image)
+        .where(
+            models.Deployment.app_id == app.id,
+            models.Deployment.namespace == app.namespace,
+            models.Deployment.preview_id.is_(None),
+            models.Deployment.status.in_((QUEUED, RUNNING)),
+            models.Deployment.trigger != AUTO_ROLLBACK,
+        )
+        .order_by(models.Deployment.id.desc())
+        .limit(1)
+    )
 
 
 async def _enqueue(session: AsyncSession, *, deployment: models.Deployment) -> None:
@@ -326,6 +359,8 @@ async def _supersede_older(session: AsyncSession, *, ctx: Core, deployment: mode
 
 async def _prune_revisions(session: AsyncSession, *, ctx: Core, app_id: int) -> None:
     keep = ctx.config.revisions_kept
+    app = await session.get(models.App, app_id)
+    current_id = app.current_revision_id if app else None
     numbers = list(
         await session.scalars(
             select(models.Revision.number)
@@ -344,6 +379,8 @@ async def _prune_revisions(session: AsyncSession, *, ctx: Core, app_id: int) -> 
             models.Revision.app_id == app_id,
             models.Revision.number.in_(numbers),
             models.Revision.id.not_in(in_use.where(models.Deployment.revision_id.is_not(None))),
+            # What runs now is what a rollback or the next change needs: never pruned.
+            models.Revision.id != (current_id or 0),
         )
     )
     for rev in old:
@@ -351,6 +388,9 @@ async def _prune_revisions(session: AsyncSession, *, ctx: Core, app_id: int) -> 
             update(models.Deployment).where(models.Deployment.revision_id == rev.id).values(revision_id=None)
         )
         await session.delete(rev)
+    if app is not None:
+        await session.flush()
+        await secrets.prune_versions(session, app=app, keep=secrets.VERSIONS_KEPT)
 
 
 async def current_deployment(session: AsyncSession, *, app: models.App) -> models.Deployment | None:
@@ -367,10 +407,28 @@ async def current_deployment(session: AsyncSession, *, app: models.App) -> model
     )
 
 
+async def last_attempt(session: AsyncSession, *, app: models.App) -> models.Deployment | None:
+    """The newest finished deploy on the app's own namespace, whatever its outcome.
+
+    Automatic rollbacks are left out: they answer an attempt, which then says it was rolled back.
+    """
+    return await session.scalar(
+        select(models.Deployment)
+        .where(
+            models.Deployment.app_id == app.id,
+            models.Deployment.preview_id.is_(None),
+            models.Deployment.status.in_((SUCCEEDED, FAILED)),
+            models.Deployment.trigger != AUTO_ROLLBACK,
+        )
+        .order_by(models.Deployment.id.desc())
+        .limit(1)
+    )
+
+
 async def roll_config(session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str) -> Requested | None:
     """After a secret or config change, deploy it, but only for an app that is already running."""
     app = await apps.get(session, actor=actor, name=app_name)
-    if await current_deployment(session, app=app) is None:
+    if app.current_revision_id is None and await current_deployment(session, app=app) is None:
         return None
     return await request(session, ctx=ctx, actor=actor, app_name=app.name, trigger="config")
 
@@ -416,9 +474,8 @@ async def rollback(
         kept = await revisions(session, actor=actor, app_name=app.name)
         numbers = ", ".join(str(r.number) for r in kept) or "none"
         raise NotFound(f"{app.name} has no revision {revision} (kept: {numbers})")
-    snapshot = dict(target.snapshot)
-    # The app's own config follows the rollback, so the next deploy starts from it.
-    app.image = snapshot["image"]
+    # The whole snapshot, secrets version included; the app's settings follow once it rolls out.
+    snapshot = snapshots.of_revision(target)
     result = await request(
         session,
         ctx=ctx,
@@ -672,15 +729,21 @@ async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
         withhold = preview is not None and preview.is_fork and app.previews_from_forks != apps.FORKS_ALWAYS
         if withhold:
             log.info("deploy %s: preview of a fork, rendered without the app's secrets", deployment.id)
+        snapshot = snapshots.of_revision(revision)
+        secret_data, secret_checksum = (
+            ({}, "")
+            if withhold
+            else await secrets.for_deploy(session, ctx=ctx, app_id=app.id, version=snapshot.secrets_version)
+        )
         spec = workload_spec(
             ctx=ctx,
             app_name=app.name,
             project=project.name,
             namespace=deployment.namespace,
             revision=deployment.revision_number,
-            snapshot=revision.snapshot,
-            secret_data={} if withhold else await secrets.values_for_deploy(session, ctx=ctx, app_id=app.id),
-            secret_checksum="" if withhold else await secrets.checksum(session, app_id=app.id),
+            snapshot=snapshot,
+            secret_data=secret_data,
+            secret_checksum=secret_checksum,
             preview=preview,
             preview_env=dict(app.preview_env or {}),
         )
@@ -815,10 +878,20 @@ async def _finish(
 ) -> None:
     deployment.status, deployment.finished_at, deployment.error = status, models.utcnow(), error
     app = await session.get(models.App, deployment.app_id)
+    payload: dict[str, object] = {"error": error} if error else {}
     if status == SUCCEEDED:
-        kind = events.DEPLOY_ROLLED_BACK if deployment.trigger == "rollback" else events.DEPLOY_SUCCEEDED
+        kind = (
+            events.DEPLOY_ROLLED_BACK if deployment.trigger in ROLLBACK_TRIGGERS else events.DEPLOY_SUCCEEDED
+        )
+        if app is not None and deployment.preview_id is None:
+            await _promote(session, ctx=ctx, app=app, deployment=deployment)
     else:
         kind = events.DEPLOY_FAILED
+        if app is not None and deployment.preview_id is None:
+            await _keep_current(session, ctx=ctx, app=app, deployment=deployment)
+            rollback = await _auto_rollback(session, ctx=ctx, app=app, failed=deployment)
+            if rollback is not None:
+                payload.update(rolled_back_by=rollback.id, rolled_back_to=rollback.revision_number)
     if deployment.preview_id:
         preview = await session.get(models.Preview, deployment.preview_id)
         # A fork's newer commit waiting for approval keeps saying so while an older one finishes.
@@ -831,9 +904,128 @@ async def _finish(
         deployment=deployment,
         project_id=app.project_id if app else None,
         step="final",
-        payload={"error": error} if error else {},
+        payload=payload,
     )
+    if deployment.trigger == AUTO_ROLLBACK:
+        await _redraw_rolled_back(
+            session, ctx=ctx, rollback=deployment, project_id=app.project_id if app else None
+        )
     metrics.DEPLOYS.labels(outcome=status, trigger=deployment.trigger).inc()
+
+
+async def _redraw_rolled_back(
+    session: AsyncSession, *, ctx: Core, rollback: models.Deployment, project_id: int | None
+) -> None:
+    """The failed deploy's card, status and webhook say how its rollback ended ("rolled back to revision N")."""
+    failed = await session.scalar(
+        select(models.Deployment).where(models.Deployment.rolled_back_by_id == rollback.id).limit(1)
+    )
+    if failed is None:
+        return
+    await events.emit_for_deployment(
+        session,
+        ctx=ctx,
+        kind=events.DEPLOY_FAILED,
+        deployment=failed,
+        project_id=project_id,
+        step=f"rollback:{rollback.status}",
+        payload={
+            "error": failed.error,
+            "rolled_back_by": rollback.id,
+            "rolled_back_to": rollback.revision_number,
+            "rollback_status": rollback.status,
+        },
+    )
+
+
+async def _promote(
+    session: AsyncSession, *, ctx: Core, app: models.App, deployment: models.Deployment
+) -> None:
+    """The rollout succeeded: its revision is now the app's current one, and the app's settings say so."""
+    revision = await session.get(models.Revision, deployment.revision_id) if deployment.revision_id else None
+    if revision is None:
+        return
+    app.current_revision_id = revision.id
+    snapshot = snapshots.of_revision(revision)
+    if deployment.trigger in ROLLBACK_TRIGGERS:
+        # The whole snapshot comes back, secrets included, so the next change builds on it.
+        snapshots.apply_to_app(snapshot, app=app)
+        await secrets.restore(session, ctx=ctx, app=app, version=snapshot.secrets_version)
+    else:
+        # Everything else was taken from the app's settings; only the image moves on success.
+        app.image = snapshot.image
+
+
+async def _keep_current(
+    session: AsyncSession, *, ctx: Core, app: models.App, deployment: models.Deployment
+) -> None:
+    """A failed rollout leaves the app as its current revision says: later changes never build on it."""
+    current = await current_revision(session, app=app)
+    failed = await session.get(models.Revision, deployment.revision_id) if deployment.revision_id else None
+    if current is None or failed is None or failed.id == current.id:
+        return
+    good, bad = snapshots.of_revision(current), snapshots.of_revision(failed)
+    reverted = snapshots.revert_on_app(failed=bad, current=good, app=app)
+    if bad.secrets_version != good.secrets_version and app.secrets_version == bad.secrets_version:
+        await secrets.restore(session, ctx=ctx, app=app, version=good.secrets_version)
+        reverted.append("secrets")
+    if reverted:
+        log.info("deploy %s failed: %s back to revision %s (%s)", deployment.id, app.name, current.number,
+                 ", ".join(reverted))  # fmt: skip
+
+
+async def current_revision(session: AsyncSession, *, app: models.App) -> models.Revision | None:
+    """The revision that last rolled out well on the app's own namespace: what runs."""
+    if app.current_revision_id is None:
+        return None
+    return await session.get(models.Revision, app.current_revision_id)
+
+
+async def _auto_rollback(
+    session: AsyncSession, *, ctx: Core, app: models.App, failed: models.Deployment
+) -> models.Deployment | None:
+    """Deploy the current good revision again after a failed rollout, as an ordinary visible deploy.
+
+    Not for an app that turned it off, one with nothing good to go back to (first deploy), a failed
+    automatic rollback (no loops), a redeploy of the current revision itself, or when a newer deploy
+    of another image is already waiting (it runs next and would be superseded by ours).
+    """
+    if not app.auto_rollback or failed.trigger == AUTO_ROLLBACK or failed.rolled_back_by_id is not None:
+        return None
+    current = await current_revision(session, app=app)
+    if current is None or current.id == failed.revision_id:
+        return None
+    # A newer deploy of another image is the fix on its way: leave it be.  Newer changes built on the
+    # failed image (a scale during the rollout) are superseded by the rollback; their settings stay
+    # on the app for the next deploy.
+    other = await session.scalar(
+        select(models.Deployment.id).where(
+            models.Deployment.app_id == app.id,
+            models.Deployment.namespace == failed.namespace,
+            models.Deployment.status.in_(PENDING),
+            models.Deployment.id > failed.id,
+            models.Deployment.image != failed.image,
+        )
+    )
+    if other is not None:
+        return None
+    result = await request(
+        session,
+        ctx=ctx,
+        actor=identity.SYSTEM,
+        app_name=app.name,
+        trigger=AUTO_ROLLBACK,
+        rerun=current,
+        rollback_of=current.number,
+        dedupe_key=f"auto-rollback:{failed.id}",
+        reason=f"deploy #{failed.id} failed: roll back to revision {current.number}",
+    )
+    failed.rolled_back_by_id = result.deployment.id
+    log.info(
+        "deploy %s failed: rolling back app=%s to revision %s (deploy %s)",
+        failed.id, app.name, current.number, result.deployment.id,
+    )  # fmt: skip
+    return result.deployment
 
 
 async def job_failed(*, session: AsyncSession, ctx: Core, job: jobs.JobView, error: str) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, claims, clusters, deploys, secrets, validation
+from core import apps, claims, clusters, deploys, revisions, secrets, validation
 from core.context import Core
 from core.errors import InvalidInput, TransientError
 from core.identity import Actor, Role
@@ -80,7 +80,7 @@ async def plan(
         project=project.name,
         namespace=app.namespace,
         revision=int(top or 0) + 1,
-        snapshot={**deploys.snapshot_of(app), "image": new_image},
+        snapshot=revisions.from_app(app).replace(image=new_image),
         secret_data=await secrets.values_for_deploy(session, ctx=ctx, app_id=app.id),
         secret_checksum=await secrets.checksum(session, app_id=app.id),
     )

@@ -93,6 +93,23 @@ class DeploymentView:
     refs: dict[str, Any] = field(default_factory=dict)
     digest: str | None = None  # what the image tag was pinned to at deploy time
     digest_note: str | None = None  # why it was deployed by tag instead
+    # A failed deploy that shipit rolled back by itself: the rollback deploy, its revision and status.
+    rolled_back_by: int | None = None
+    rolled_back_to: int | None = None
+    rollback_status: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """The status in words, a failure's automatic rollback included: what every channel shows."""
+        if self.status != "failed" or self.rolled_back_by is None:
+            return self.status
+        match self.rollback_status:
+            case "succeeded":
+                return f"failed, rolled back to revision {self.rolled_back_to}"
+            case "failed" | "cancelled" | "superseded":
+                return f"failed, and the rollback to revision {self.rolled_back_to} {self.rollback_status}"
+            case _:
+                return f"failed, rolling back to revision {self.rolled_back_to}"
 
     @property
     def finished(self) -> bool:
@@ -285,7 +302,15 @@ async def queue_position(session: AsyncSession, *, deployment: models.Deployment
 
 async def deployment_view(session: AsyncSession, *, deployment: models.Deployment) -> DeploymentView:
     revision = await session.get(models.Revision, deployment.revision_id) if deployment.revision_id else None
+    rollback = (
+        await session.get(models.Deployment, deployment.rolled_back_by_id)
+        if deployment.rolled_back_by_id
+        else None
+    )
     return DeploymentView(
+        rolled_back_by=rollback.id if rollback else None,
+        rolled_back_to=rollback.revision_number if rollback else None,
+        rollback_status=rollback.status if rollback else None,
         id=deployment.id,
         status=deployment.status,
         trigger=deployment.trigger,

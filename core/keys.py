@@ -27,12 +27,17 @@ async def verify(session: AsyncSession, *, cipher: Cipher) -> None:
 async def rotate(session: AsyncSession, *, old: Cipher, new: Cipher) -> dict[str, int]:
     """Re-encrypt every secret, kubeconfig, webhook secret and registry password under `new`, in one transaction."""
     await verify(session, cipher=old)
-    counts = {"secrets": 0, "clusters": 0, "projects": 0, "registries": 0}
+    counts = {"secrets": 0, "secret_versions": 0, "clusters": 0, "projects": 0, "registries": 0}
     for s in await session.scalars(select(models.Secret)):
         plain = old.decrypt(s.value_enc, purpose=secrets.PURPOSE)
         s.value_enc = new.encrypt(plain, purpose=secrets.PURPOSE)
         s.digest = new.digest(s.key.encode() + b"\0" + plain)
         counts["secrets"] += 1
+    # Each secrets version holds the whole map as one blob; its checksum stays (values did not change).
+    for v in await session.scalars(select(models.SecretVersion)):
+        plain = old.decrypt(v.data_enc, purpose=secrets.VERSION_PURPOSE)
+        v.data_enc = new.encrypt(plain, purpose=secrets.VERSION_PURPOSE)
+        counts["secret_versions"] += 1
     for c in await session.scalars(select(models.Cluster)):
         c.kubeconfig_enc = new.encrypt(
             old.decrypt(c.kubeconfig_enc, purpose=clusters.PURPOSE), purpose=clusters.PURPOSE

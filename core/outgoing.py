@@ -46,6 +46,9 @@ def payload(notice: Notice) -> dict[str, Any]:
             "ready": d.ready,
             "desired": d.desired,
             "git_sha": d.git_sha,
+            "outcome": d.outcome,
+            "rolled_back_by": d.rolled_back_by,
+            "rolled_back_to": d.rolled_back_to,
         }
         if d
         else None,

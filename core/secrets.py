@@ -3,22 +3,30 @@
 No function here returns a value to a caller outside core; `values_for_deploy`
 is used only to render the Secret the worker applies.  Audit rows and errors
 carry keys, never values.
+
+Secrets are versioned: every set/unset writes a new `secret_versions` row holding the whole map
+(encrypted as one blob) and moves `apps.secrets_version` to it.  A revision names the version it
+runs with, so a rollback restores the secret values too.  The `secrets` table stays the "latest"
+view (one row per key) that `secrets list` reads and the next version starts from.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import apps, audit, validation
 from core.context import Core
-from core.errors import InvalidInput
-from core.identity import Actor, Role
+from core.errors import InvalidInput, PermanentError
+from core.identity import SYSTEM, Actor, Role
 from storage import models
 
 PURPOSE = "app-secret"
+VERSION_PURPOSE = "app-secret-version"
+VERSIONS_KEPT = 10
 MAX_VALUE_BYTES = 64 * 1024
 
 
@@ -29,6 +37,7 @@ async def set_values(
     await apps.authorize(session, actor=actor, app=app, role=Role.ADMIN, action="setting secrets")
     if not values:
         raise InvalidInput("give at least one KEY=VALUE", field="values")
+    await ensure_version(session, ctx=ctx, app=app)
     existing = {
         s.key: s for s in await session.scalars(select(models.Secret).where(models.Secret.app_id == app.id))
     }
@@ -49,6 +58,8 @@ async def set_values(
             row.value_enc, row.digest = enc, digest
         changed.append(key)
     await session.flush()
+    if changed:
+        await _write_version(session, ctx=ctx, app=app, actor=actor)
     await audit.record(
         session,
         actor=actor,
@@ -60,7 +71,9 @@ async def set_values(
     return app
 
 
-async def unset(session: AsyncSession, *, actor: Actor, app_name: str, keys: list[str]) -> list[str]:
+async def unset(
+    session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, keys: list[str]
+) -> list[str]:
     app = await apps.get(session, actor=actor, name=app_name)
     await apps.authorize(session, actor=actor, app=app, role=Role.ADMIN, action="deleting secrets")
     if not keys:
@@ -73,9 +86,11 @@ async def unset(session: AsyncSession, *, actor: Actor, app_name: str, keys: lis
     missing = sorted(set(keys) - {r.key for r in rows})
     if missing:
         raise InvalidInput(f"{app.name} has no secret {', '.join(missing)}", field="keys")
+    await ensure_version(session, ctx=ctx, app=app)
     for row in rows:
         await session.delete(row)
     await session.flush()
+    await _write_version(session, ctx=ctx, app=app, actor=actor)
     await audit.record(
         session,
         actor=actor,
@@ -110,6 +125,129 @@ async def checksum(session: AsyncSession, *, app_id: int) -> str:
     return h.hexdigest()
 
 
-async def values_for_deploy(session: AsyncSession, *, ctx: Core, app_id: int) -> dict[str, str]:
+async def _latest_values(session: AsyncSession, *, ctx: Core, app_id: int) -> dict[str, str]:
     rows = await session.scalars(select(models.Secret).where(models.Secret.app_id == app_id))
     return {r.key: ctx.cipher.decrypt(r.value_enc, purpose=PURPOSE).decode() for r in rows}
+
+
+def _encrypt_map(ctx: Core, values: dict[str, str]) -> bytes:
+    return ctx.cipher.encrypt(json.dumps(values, sort_keys=True).encode(), purpose=VERSION_PURPOSE)
+
+
+def _decrypt_map(ctx: Core, blob: bytes) -> dict[str, str]:
+    data = json.loads(ctx.cipher.decrypt(blob, purpose=VERSION_PURPOSE))
+    return {str(k): str(v) for k, v in data.items()}
+
+
+async def _write_version(session: AsyncSession, *, ctx: Core, app: models.App, actor: Actor) -> int:
+    """A new version holding the latest view's whole map; the app's new revisions take it."""
+    values = await _latest_values(session, ctx=ctx, app_id=app.id)
+    top = await session.scalar(
+        select(func.max(models.SecretVersion.version)).where(models.SecretVersion.app_id == app.id)
+    )
+    number = int(top or 0) + 1
+    session.add(
+        models.SecretVersion(
+            app_id=app.id,
+            version=number,
+            data_enc=_encrypt_map(ctx, values),
+            checksum=await checksum(session, app_id=app.id),
+            keys=sorted(values),
+            created_by=actor.subject,
+        )
+    )
+    app.secrets_version = number
+    await session.flush()
+    await prune_versions(session, app=app, keep=VERSIONS_KEPT)
+    return number
+
+
+async def ensure_version(session: AsyncSession, *, ctx: Core, app: models.App) -> int:
+    """The app's secrets version; an app whose secrets predate versions gets version 1 from its rows."""
+    if app.secrets_version:
+        return app.secrets_version
+    has_rows = await session.scalar(select(models.Secret.id).where(models.Secret.app_id == app.id).limit(1))
+    if has_rows is None:
+        return 0
+    return await _write_version(session, ctx=ctx, app=app, actor=SYSTEM)
+
+
+async def _version(session: AsyncSession, *, app_id: int, version: int) -> models.SecretVersion | None:
+    return await session.scalar(
+        select(models.SecretVersion).where(
+            models.SecretVersion.app_id == app_id, models.SecretVersion.version == version
+        )
+    )
+
+
+async def for_deploy(
+    session: AsyncSession, *, ctx: Core, app_id: int, version: int | None
+) -> tuple[dict[str, str], str]:
+    """The values and checksum a revision renders: its own version's (None: a revision from before versions)."""
+    if version is None:
+        return await _latest_values(session, ctx=ctx, app_id=app_id), await checksum(session, app_id=app_id)
+    if version == 0:
+        return {}, hashlib.sha256().hexdigest()  # what `checksum` says for no secrets
+    row = await _version(session, app_id=app_id, version=version)
+    if row is None:
+        raise PermanentError(f"secrets version {version} of this app no longer exists")
+    return _decrypt_map(ctx, row.data_enc), row.checksum
+
+
+async def values_for_deploy(session: AsyncSession, *, ctx: Core, app_id: int) -> dict[str, str]:
+    return await _latest_values(session, ctx=ctx, app_id=app_id)
+
+
+async def restore(session: AsyncSession, *, ctx: Core, app: models.App, version: int | None) -> None:
+    """Make `version` the latest view again (after a rollback or a failed change): rows and pointer."""
+    if version is None or version == app.secrets_version:
+        return
+    values: dict[str, str] = {}
+    if version:
+        row = await _version(session, app_id=app.id, version=version)
+        if row is None:
+            return  # pruned: keep what the latest view says
+        values = _decrypt_map(ctx, row.data_enc)
+    for old in await session.scalars(select(models.Secret).where(models.Secret.app_id == app.id)):
+        await session.delete(old)
+    await session.flush()
+    for key, value in values.items():
+        raw = value.encode()
+        session.add(
+            models.Secret(
+                app_id=app.id,
+                key=key,
+                value_enc=ctx.cipher.encrypt(raw, purpose=PURPOSE),
+                digest=ctx.cipher.digest(key.encode() + b"\0" + raw),
+            )
+        )
+    app.secrets_version = version
+    await session.flush()
+
+
+async def prune_versions(session: AsyncSession, *, app: models.App, keep: int) -> None:
+    """Keep the newest `keep` versions, the app's own, and every one a kept revision runs with."""
+    old = list(
+        await session.scalars(
+            select(models.SecretVersion.version)
+            .where(models.SecretVersion.app_id == app.id)
+            .order_by(models.SecretVersion.version.desc())
+            .offset(keep)
+        )
+    )
+    if not old:
+        return
+    referenced = set(
+        await session.scalars(
+            select(models.Revision.secrets_version).where(
+                models.Revision.app_id == app.id, models.Revision.secrets_version.is_not(None)
+            )
+        )
+    )
+    doomed = [v for v in old if v not in referenced and v != app.secrets_version]
+    for row in await session.scalars(
+        select(models.SecretVersion).where(
+            models.SecretVersion.app_id == app.id, models.SecretVersion.version.in_(doomed)
+        )
+    ):
+        await session.delete(row)

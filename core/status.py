@@ -39,8 +39,14 @@ class AppStatus:
     image: str | None
     locked: str | None
     paused: str | None
-    current: events.DeploymentView | None
+    current: events.DeploymentView | None  # the last deploy that rolled out well
     active: list[events.DeploymentView]
+    # The app's current revision (what runs, what changes build on) and the last finished attempt
+    # to change it, which may have failed: shown separately, never mixed.
+    current_revision: int | None = None
+    current_image: str | None = None
+    last_attempt: events.DeploymentView | None = None
+    last_outcome: str | None = None  # e.g. "failed, rolled back to revision 3"
     live: DeploymentStatus | None = None
     live_error: str | None = None
 
@@ -67,6 +73,9 @@ async def read(session: AsyncSession, *, actor: Actor, app_name: str) -> AppStat
     project = await apps.project_of(session, app=app)
     cluster = await session.get(models.Cluster, app.cluster_id)
     current = await deploys.current_deployment(session, app=app)
+    revision = await deploys.current_revision(session, app=app)
+    attempt = await deploys.last_attempt(session, app=app)
+    view = await events.deployment_view(session, deployment=attempt) if attempt else None
     active = await session.scalars(
         select(models.Deployment)
         .where(
@@ -85,6 +94,10 @@ async def read(session: AsyncSession, *, actor: Actor, app_name: str) -> AppStat
         paused=app.paused_reason if app.auto_deploy_paused else None,
         current=await events.deployment_view(session, deployment=current) if current else None,
         active=[await events.deployment_view(session, deployment=d) for d in active],
+        current_revision=revision.number if revision else None,
+        current_image=revision.image if revision else None,
+        last_attempt=view,
+        last_outcome=view.outcome if view else None,
     )
 
 

@@ -27,10 +27,12 @@ from core import (
     clusters,
     deploys,
     dryrun,
+    events,
     identity,
     previews,
     projects,
     registries,
+    revisions,
     secrets,
     status,
     tokens,
@@ -303,8 +305,25 @@ def _changes(body: schemas.AppFields) -> AppChanges:
 async def _app_out(session: AsyncSession, app: models.App) -> schemas.AppOut:
     project = await session.get(models.Project, app.project_id)
     cluster = await session.get(models.Cluster, app.cluster_id)
+    current = await deploys.current_revision(session, app=app)
+    attempt = await deploys.last_attempt(session, app=app)
+    view = await events.deployment_view(session, deployment=attempt) if attempt else None
     return schemas.AppOut.of(
-        app, project=project.name if project else "", cluster=cluster.name if cluster else ""
+        app,
+        project=project.name if project else "",
+        cluster=cluster.name if cluster else "",
+        current_revision=current.number if current else None,
+        last_attempt={
+            "deployment": view.id,
+            "revision": view.revision,
+            "image": view.image,
+            "status": view.status,
+            "outcome": view.outcome,
+            "error": view.error,
+            "finished_at": view.finished_at.isoformat() if view.finished_at else None,
+        }
+        if view
+        else None,
     )
 
 
@@ -496,7 +515,8 @@ async def list_revisions(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> 
                 rollback_of=r.rollback_of,
                 created_by=r.created_by,
                 created_at=r.created_at,
-                snapshot=r.snapshot,
+                # Every stored format, shown in today's (schema_version included).
+                snapshot=revisions.of_revision(r).to_json(),
             )
             for r in await deploys.revisions(session, actor=actor, app_name=name)
         ]
@@ -701,7 +721,7 @@ async def delete_secret(
     name: schemas.NamePath, key: schemas.SecretKeyPath, rt: RtDep, actor: ActorDep, deploy: bool = True
 ) -> dict[str, object]:
     async with tx(rt) as session:
-        removed = await secrets.unset(session, actor=actor, app_name=name, keys=[key])
+        removed = await secrets.unset(session, ctx=rt.core, actor=actor, app_name=name, keys=[key])
         app = await apps.get(session, actor=actor, name=name)
         d = await _redeploy(session, rt=rt, actor=actor, app=app) if deploy else None
         return {"keys": removed, "deployment": d}

@@ -727,6 +727,16 @@ ReleaseCommandOpt = Annotated[
 ]
 
 
+AutoRollbackOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--auto-rollback",
+        metavar="on|off",
+        help="When a rollout fails, deploy the current revision again by itself (default on).",
+    ),
+]
+
+
 def parse_pairs(items: Sequence[str], *, what: str) -> dict[str, str]:
     """KEY=VALUE arguments.  A malformed one is named by position, never echoed (it may be a secret)."""
     out: dict[str, str] = {}
@@ -745,6 +755,11 @@ def _app_body(**flags: Any) -> dict[str, Any]:
         body["env"] = parse_pairs(env, what="--env")
     if body.get("previews") is not None:
         body["previews_enabled"] = body.pop("previews")
+    if body.get("auto_rollback") is not None:
+        word = str(body["auto_rollback"]).lower()
+        if word not in ("on", "off"):
+            fail("--auto-rollback takes on or off")
+        body["auto_rollback"] = word == "on"
     return body
 
 
@@ -829,6 +844,7 @@ def apps_create(
     preview_ttl_hours: PreviewTtlOpt = None,
     previews_from_forks: ForksOpt = None,
     release_command: ReleaseCommandOpt = None,
+    auto_rollback: AutoRollbackOpt = None,
     no_deploy: Annotated[
         bool, typer.Option("--no-deploy", help="Only record the app; deploy later.")
     ] = False,
@@ -871,6 +887,7 @@ def apps_create(
         preview_ttl_hours=preview_ttl_hours,
         previews_from_forks=previews_from_forks,
         release_command=release_command,
+        auto_rollback=auto_rollback,
     )
     with api() as client:
         project = project or _pick(client, path="/projects", flag="--project", what="your projects")
@@ -924,6 +941,7 @@ def apps_update(
     preview_ttl_hours: PreviewTtlOpt = None,
     previews_from_forks: ForksOpt = None,
     release_command: ReleaseCommandOpt = None,
+    auto_rollback: AutoRollbackOpt = None,
     deploy: Annotated[
         bool, typer.Option("--deploy", help="Roll the change out now (--wait implies it).")
     ] = False,
@@ -959,6 +977,7 @@ def apps_update(
         preview_ttl_hours=preview_ttl_hours,
         previews_from_forks=previews_from_forks,
         release_command=release_command,
+        auto_rollback=auto_rollback,
     )
     with api() as client:
         if env or unset_env:
@@ -998,6 +1017,9 @@ def apps_show(name: Annotated[str, typer.Argument(help="App name.")], as_json: J
             ("cluster", a["cluster"]),
             ("namespace", a["namespace"]),
             ("image", a["image"] or "(none yet)"),
+            ("revision", _current_revision(a)),
+            ("last attempt", _attempt(a.get("last_attempt"))),
+            ("auto-rollback", "on" if a.get("auto_rollback", True) else "off"),
             ("replicas", _replicas(a)),
             ("port", a["port"]),
             ("env", a["env"]),
@@ -1013,6 +1035,19 @@ def apps_show(name: Annotated[str, typer.Argument(help="App name.")], as_json: J
             ("release command", a.get("release_command")),
         ]
     )
+
+
+def _current_revision(a: dict[str, Any]) -> str:
+    number = a.get("current_revision")
+    return f"{number} (the settings here are what it runs)" if number else "none yet"
+
+
+def _attempt(la: dict[str, Any] | None) -> str | None:
+    """The last finished deploy, apart from what runs: a failed one never shows as the app's image."""
+    if not la:
+        return None
+    reason = f": {la['error']}" if la.get("status") == "failed" and la.get("error") else ""
+    return f"deploy #{la['deployment']} of revision {la['revision']} ({la['image']}) {la['outcome']}{reason}"
 
 
 @apps_app.command("delete")
@@ -1206,18 +1241,36 @@ def status(app_name: AppArg, as_json: JsonOpt = False) -> None:
         show_json(s)
         return
     current, live = s.get("current"), s.get("live")
-    if current:
+    if s.get("current_revision") is not None:
+        running = f"revision {s['current_revision']}, {s['current_image']}"
+        if current:
+            running += f" (deploy #{current['id']}, finished {when(current['finished_at'])})"
+    elif current:
         running = (
             f"deploy #{current['id']}, revision {current['revision']}, {current['image']}, "
             f"finished {when(current['finished_at'])}"
         )
     else:
         running = "nothing deployed yet"
-    if live:
-        observed = (
-            f"{live['ready']}/{live['desired']} ready, {live['updated']} updated, "
-            f"image {live['image']}, revision {live['revision'] or '-'}"
+    la = s.get("last_attempt")
+    attempt = None
+    if la and not (current and la["id"] == current["id"]):
+        reason = f": {la['error']}" if la["status"] == "failed" and la.get("error") else ""
+        attempt = (
+            f"deploy #{la['id']} of revision {la['revision']} ({la['image']}) {s.get('last_outcome')}{reason}"
         )
+    pods: list[tuple[str, Any]] = []
+    if live:
+        observed = f"Deployment at revision {live['revision'] or '-'}, image {live['image']}"
+        for rs in live.get("replica_sets") or []:
+            pods.append(
+                (
+                    "new pods" if rs["new"] else "old pods",
+                    f"{rs['ready']}/{rs['desired']} ready, revision {rs['revision'] or '-'}, {rs['image']}",
+                )
+            )
+        if not pods:
+            observed += f", {live['ready']}/{live['desired']} ready"
     elif s.get("live_error"):
         observed = f"unknown: {s['live_error']}"
     else:
@@ -1226,7 +1279,9 @@ def status(app_name: AppArg, as_json: JsonOpt = False) -> None:
         ("app", f"{s['app']} (project {s['project']}, cluster {s['cluster']}, namespace {s['namespace']})"),
         ("image", s["image"] or "(none yet)"),
         ("running", running),
+        ("last attempt", attempt),
         ("cluster", observed),
+        *pods,
         ("locked", s["locked"]),
         ("paused", s["paused"]),
     ]

@@ -218,6 +218,8 @@ class AppFields(Strict):
     previews_from_forks: Literal["never", "approved", "always"] = _unset()
     # Run as a Job with the new image before each rollout (`/bin/sh -c`); "" removes it.
     release_command: str | None = _app_text("release_command")
+    # Roll back to the current revision by itself when a rollout fails (default on).
+    auto_rollback: bool = _unset()
 
 
 class AppIn(AppFields):
@@ -248,10 +250,25 @@ class AppOut(BaseModel):
     git: dict[str, Any] | None
     previews: dict[str, Any] | None
     release_command: str | None = None
+    auto_rollback: bool = True
+    # What runs (the settings above follow it) and the last attempt to change it, kept apart.
+    current_revision: int | None = None
+    last_attempt: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, a: models.App, *, project: str, cluster: str) -> AppOut:
+    def of(
+        cls,
+        a: models.App,
+        *,
+        project: str,
+        cluster: str,
+        current_revision: int | None = None,
+        last_attempt: dict[str, Any] | None = None,
+    ) -> AppOut:
         return cls(
+            auto_rollback=bool(a.auto_rollback),
+            current_revision=current_revision,
+            last_attempt=last_attempt,
             name=a.name,
             project=project,
             cluster=cluster,
@@ -409,6 +426,7 @@ class ReasonIn(Strict):
 
 
 class DeploymentOut(BaseModel):
+    rolled_back_by: int | None = None
     id: int
     app: str
     status: str
@@ -454,6 +472,7 @@ class DeploymentOut(BaseModel):
             created_at=d.created_at,
             started_at=d.started_at,
             finished_at=d.finished_at,
+            rolled_back_by=d.rolled_back_by_id,
         )
 
 

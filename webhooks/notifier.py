@@ -87,6 +87,8 @@ def describe(d: DeploymentView) -> str:
             text = f"rolling out {d.image}"
         case "succeeded":
             text = f"live: {d.image} ({d.ready}/{d.desired} ready)"
+        case "failed" if d.rolled_back_by is not None:
+            text = f"{d.outcome}: {d.error or 'unknown error'}"
         case "failed":
             text = f"failed: {d.error or 'unknown error'}"
         case _:

@@ -134,6 +134,18 @@ class Condition:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ReplicaSetStatus:
+    """One generation of the Deployment's pods: during or after a rollout the new and old ones differ."""
+
+    name: str
+    revision: str | None  # the shipit.dev/revision label of its pod template
+    image: str
+    desired: int
+    ready: int
+    new: bool  # the Deployment's current template (the newest ReplicaSet)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DeploymentStatus:
     image: str
     revision: str | None  # the shipit.dev/revision label
@@ -144,6 +156,8 @@ class DeploymentStatus:
     generation: int
     observed_generation: int
     conditions: list[Condition]
+    # New first, then the old ones that still have pods; never added together.
+    replica_sets: list[ReplicaSetStatus] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------
@@ -1126,6 +1140,7 @@ class Kube:
         status = _dig(deployment, "status")
         revision = _dig(deployment, "metadata", "labels", render.LABEL_REVISION)
         return DeploymentStatus(
+            replica_sets=await self._replica_sets(namespace=namespace, deployment=deployment),
             image=_str(_dig(containers[0], "image")) if containers else "",
             revision=revision if isinstance(revision, str) else None,
             desired=_desired(deployment),
@@ -1136,6 +1151,43 @@ class Kube:
             observed_generation=_int(_dig(status, "observedGeneration")),
             conditions=list(_conditions(deployment).values()),
         )
+
+    async def _replica_sets(self, *, namespace: str, deployment: dict[str, Any]) -> list[ReplicaSetStatus]:
+        """The Deployment's ReplicaSets (owned by it), newest first; old ones only while they have pods."""
+        uid = _str(_dig(deployment, "metadata", "uid"))
+        match = _str_dict(_dig(deployment, "spec", "selector", "matchLabels"))
+        listing = await self._request(
+            "GET",
+            f"/apis/apps/v1/namespaces/{namespace}/replicasets",
+            what=f"list replica sets in {namespace}",
+            query=[("labelSelector", _label_selector(match))] if match else [],
+        )
+        owned: list[tuple[int, dict[str, Any]]] = []
+        for rs in _list(listing.get("items")):
+            owners = _list(_dig(rs, "metadata", "ownerReferences"))
+            if not any(_str(_dig(o, "uid")) == uid for o in owners):
+                continue
+            number = _str(_dig(rs, "metadata", "annotations", "deployment.kubernetes.io/revision"))
+            owned.append((int(number) if number.isdigit() else 0, rs))
+        owned.sort(key=lambda item: item[0], reverse=True)
+        out: list[ReplicaSetStatus] = []
+        for i, (_, rs) in enumerate(owned):
+            desired, ready = _int(_dig(rs, "spec", "replicas")), _int(_dig(rs, "status", "readyReplicas"))
+            if i > 0 and desired == 0 and ready == 0 and _int(_dig(rs, "status", "replicas")) == 0:
+                continue
+            containers = _list(_dig(rs, "spec", "template", "spec", "containers"))
+            revision = _dig(rs, "spec", "template", "metadata", "labels", render.LABEL_REVISION)
+            out.append(
+                ReplicaSetStatus(
+                    name=_str(_dig(rs, "metadata", "name")),
+                    revision=revision if isinstance(revision, str) else None,
+                    image=_str(_dig(containers[0], "image")) if containers else "",
+                    desired=desired,
+                    ready=ready,
+                    new=i == 0,
+                )
+            )
+        return out
 
     async def _list_pods(self, *, namespace: str, selector: str) -> dict[str, Any]:
         return await self._request(

@@ -103,7 +103,9 @@ async def test_deploy_card_follows_the_rollout_to_success(
     reply = await slack.command("status web", user=ALICE)
     assert "Running revision 1 `ghcr.io/acme/web:1.1`" in reply["text"]
     followed = await eventually(
-        lambda: _found([r for r in fake_slack.responses() if "Cluster: 3/3 ready" in r.get("text", "")
+        # Pods are counted per ReplicaSet (new and old apart), never added together.
+        lambda: _found([r for r in fake_slack.responses() if "new pods, revision 1" in r.get("text", "")
+                        and "3/3 ready" in r.get("text", "")
                         + json.dumps(r.get("blocks"))]),
         what="live status follow-up",
         timeout=ROLLOUT,
@@ -209,3 +211,40 @@ async def _found(value: Any) -> Any:
 
 async def _rollbacks(rt: Any) -> list[models.Deployment]:
     return [d for d in await deployments(rt) if d.trigger == "rollback"]
+
+
+async def test_a_failed_rollout_rolls_back_by_itself_and_its_card_says_so(
+    slack: SlackSender, kube_world: World, fake_slack: FakeSlack, kube_api: Any
+) -> None:
+    rt = kube_world.rt
+    await add_app(
+        rt, name="web", cluster=kube_world.cluster, image="ghcr.io/acme/web:1.0", progress_deadline_seconds=10
+    )
+    await _deploy_and_wait(slack, rt, fake_slack, "deploy web 1.0", until="is live on")
+    failed, channel, ts = await _deploy_and_wait(slack, rt, fake_slack, "deploy web fail-1", until="failed")
+    # The failed deploy's own card ends saying where the app went back to, once the rollback is live.
+    await eventually(
+        lambda: _card_says(fake_slack, channel, ts, "failed, rolled back to revision 1"),
+        what="failed card says rolled back",
+        timeout=ROLLOUT,
+    )
+    async with rt.sessionmaker() as session:
+        row = await session.get(models.Deployment, failed.id)
+        assert row is not None and row.rolled_back_by_id is not None
+        rb = await session.get(models.Deployment, row.rolled_back_by_id)
+        app = await session.scalar(select(models.App).where(models.App.name == "web"))
+    assert rb is not None and rb.trigger == "auto-rollback" and rb.status == "succeeded"
+    assert app is not None and app.image == "ghcr.io/acme/web:1.0"
+    # The rollback is an ordinary visible deploy with its own card.
+    rb_channel, rb_ts = await eventually(lambda: card_of(rt, fake_slack, rb.id), what="rollback card")
+    await eventually(
+        lambda: _card_says(fake_slack, rb_channel, rb_ts, "is rolled back to `ghcr.io/acme/web:1.0`"),
+        what="rollback card final",
+        timeout=ROLLOUT,
+    )
+    assert await _image_in_cluster(kube_api, kube_world.namespace, "web") == "ghcr.io/acme/web:1.0"
+    # `status` keeps what runs and the failed attempt apart.
+    reply = await slack.command("status web", user=ALICE)
+    assert "Running revision 1 `ghcr.io/acme/web:1.0`" in reply["text"]
+    assert f"Last attempt: deploy #{failed.id}" in reply["text"]
+    assert "failed, rolled back to revision 1" in reply["text"]

@@ -71,7 +71,8 @@ async def test_request_writes_revision_deployment_job_event_and_audit_together(p
     assert await _count(paper, models.AuditEvent, models.AuditEvent.action == "deploy.request") == 1
     async with paper.sessionmaker() as session:
         app = await session.scalar(select(models.App))
-        assert app is not None and app.image == "ghcr.io/acme/web:1.1"
+        # A request is a candidate: the app's image moves only when the rollout succeeds.
+        assert app is not None and app.image == "ghcr.io/acme/web:1.0"
 
 
 async def test_bad_image_is_refused_and_nothing_is_written(paper: Runtime) -> None:

@@ -62,7 +62,7 @@ async def test_rotate_re_encrypts_secrets_kubeconfigs_and_webhook_secrets(
         )
     async with rt.sessionmaker.begin() as session:
         counts = await keys.rotate(session, old=rt.core.cipher, new=new)
-    assert counts == {"secrets": 1, "clusters": 1, "projects": 1, "registries": 1}
+    assert counts == {"secrets": 1, "secret_versions": 1, "clusters": 1, "projects": 1, "registries": 1}
     async with rt.sessionmaker() as session:
         registry = (await session.scalars(select(models.Registry))).one()
         purpose = registries.rotation_purpose(registry)

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import select
 
-from core import apps, clusters, deploys, events, gitops, previews, projects
+from core import apps, clusters, deploys, events, gitops, previews, projects, revisions
 from core.apps import AppChanges
 from core.context import Core
 from core.kube import render
@@ -115,7 +115,7 @@ async def test_a_preview_deploy_renders_one_replica_no_hpa_preview_env_and_its_o
         project="acme",
         namespace=deployment.namespace,
         revision=deployment.revision_number,
-        snapshot=revision.snapshot,
+        snapshot=revisions.of_revision(revision),
         secret_data={"TOKEN": "s3cret"},
         secret_checksum="x",
         preview=preview,

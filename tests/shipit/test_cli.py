@@ -19,6 +19,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from shipit import cli
+from tests.bot.conftest import eventually
 from tests.conftest import LiveServer, World, database_bytes, free_port
 from tests.shipit.conftest import make_token, table_rows
 
@@ -448,6 +449,37 @@ async def test_cli_failed_deploy_exits_1_with_the_reason(world: World, shipit: R
     # Every status change is printed as it is seen, the failure with the pod's last log lines.
     assert result.stdout.startswith("deploy #2 queued"), result.stdout
     assert "deploy #2 failed" in result.stdout and "last log lines:" in result.stdout
+
+
+async def test_cli_a_failed_deploy_is_rolled_back_and_shows_apart_from_what_runs(
+    world: World, shipit: Run
+) -> None:
+    ok(await shipit("apps", "create", "web", "--image", "ghcr.io/acme/web:1.0", "--wait"))
+    one_error_line(await shipit("deploy", "web", "ghcr.io/acme/web:fail-1", "--wait"))
+
+    async def rolled_back() -> dict[str, Any] | None:
+        shown: dict[str, Any] = json.loads(ok(await shipit("apps", "show", "web", "--json")))
+        attempt = shown.get("last_attempt") or {}
+        return shown if attempt.get("outcome") == "failed, rolled back to revision 1" else None
+
+    shown = await eventually(rolled_back, what="the automatic rollback", timeout=120)
+    # The failed image never became the app's: what runs and the last attempt are kept apart.
+    assert shown["image"] == "ghcr.io/acme/web:1.0" and shown["current_revision"] == 1
+    assert shown["last_attempt"]["image"] == "ghcr.io/acme/web:fail-1"
+    assert shown["last_attempt"]["status"] == "failed" and shown["auto_rollback"] is True
+    text = ok(await shipit("apps", "show", "web"))
+    assert "image" in text and "ghcr.io/acme/web:1.0" in text
+    assert "failed, rolled back to revision 1" in text
+    status = ok(await shipit("status", "web"))
+    assert "last attempt" in status and "fail-1" in status and "failed, rolled back to revision 1" in status
+    assert "revision 1, ghcr.io/acme/web:1.0" in status
+    history = json.loads(ok(await shipit("deploys", "web", "--json")))
+    assert [d["trigger"] for d in history][:2] == ["auto-rollback", "cli"]
+    assert history[1]["rolled_back_by"] == history[0]["id"]
+
+    ok(await shipit("apps", "update", "web", "--auto-rollback", "off"))
+    assert json.loads(ok(await shipit("apps", "show", "web", "--json")))["auto_rollback"] is False
+    assert "on or off" in one_error_line(await shipit("apps", "update", "web", "--auto-rollback", "maybe"))
 
 
 async def test_cli_protected_app_waits_for_a_second_person(

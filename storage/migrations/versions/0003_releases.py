@@ -1,7 +1,7 @@
 """releases: current revision, versioned secrets, registries, auto-rollback, release command
 
 Existing apps: the current revision becomes the newest revision that a succeeded deploy ran (none
-when nothing succeeded yet).  Secret versions start at 0 here: encrypting today's values into a first
+when nothing succeeded yet), and apps.image follows it (a failed deploy used to overwrite it).  Secret versions start at 0 here: encrypting today's values into a first
 version needs the master key, so core does it the first time it needs a version.
 
 Revision ID: 0003
@@ -66,17 +66,14 @@ def upgrade() -> None:
     with op.batch_alter_table("registries") as batch_op:
         batch_op.create_index(batch_op.f("ix_registries_project_id"), ["project_id"], unique=False)
 
-    with op.batch_alter_table("apps") as batch_op:
-        batch_op.add_column(sa.Column("current_revision_id", _ID, nullable=True))
-        batch_op.add_column(
-            sa.Column("auto_rollback", sa.Boolean(), server_default=sa.true(), nullable=False)
-        )
-        batch_op.add_column(sa.Column("release_command", sa.String(length=1000), nullable=True))
-        batch_op.add_column(sa.Column("secrets_version", sa.Integer(), server_default="0", nullable=False))
-    with op.batch_alter_table("revisions") as batch_op:
-        batch_op.add_column(sa.Column("secrets_version", sa.Integer(), nullable=True))
-    with op.batch_alter_table("deployments") as batch_op:
-        batch_op.add_column(sa.Column("rolled_back_by_id", _ID, nullable=True))
+    # Plain ADD COLUMN, never a batch "recreate": on SQLite (foreign keys on) recreating `apps` drops
+    # the old table, and ON DELETE CASCADE would empty deployments, revisions, secrets and previews.
+    op.add_column("apps", sa.Column("current_revision_id", _ID, nullable=True))
+    op.add_column("apps", sa.Column("auto_rollback", sa.Boolean(), server_default=sa.true(), nullable=False))
+    op.add_column("apps", sa.Column("release_command", sa.String(length=1000), nullable=True))
+    op.add_column("apps", sa.Column("secrets_version", sa.Integer(), server_default="0", nullable=False))
+    op.add_column("revisions", sa.Column("secrets_version", sa.Integer(), nullable=True))
+    op.add_column("deployments", sa.Column("rolled_back_by_id", _ID, nullable=True))
 
     # What runs today is the newest revision a succeeded (non-preview) deploy ran.
     op.execute(
@@ -89,17 +86,22 @@ def upgrade() -> None:
         )
         """
     )
+    # apps.image now follows the current revision; before, a failed deploy had already written its image.
+    op.execute(
+        """
+        UPDATE apps SET image = (SELECT r.image FROM revisions r WHERE r.id = apps.current_revision_id)
+        WHERE current_revision_id IS NOT NULL
+        """
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("deployments") as batch_op:
-        batch_op.drop_column("rolled_back_by_id")
-    with op.batch_alter_table("revisions") as batch_op:
-        batch_op.drop_column("secrets_version")
-    with op.batch_alter_table("apps") as batch_op:
-        batch_op.drop_column("secrets_version")
-        batch_op.drop_column("release_command")
-        batch_op.drop_column("auto_rollback")
-        batch_op.drop_column("current_revision_id")
+    # DROP COLUMN in place (SQLite 3.35+), for the same reason as above.
+    op.drop_column("deployments", "rolled_back_by_id")
+    op.drop_column("revisions", "secrets_version")
+    op.drop_column("apps", "secrets_version")
+    op.drop_column("apps", "release_command")
+    op.drop_column("apps", "auto_rollback")
+    op.drop_column("apps", "current_revision_id")
     op.drop_table("registries")
     op.drop_table("secret_versions")
