@@ -44,7 +44,7 @@ APP_PAUSED = "app.paused"
 APP_RESUMED = "app.resumed"
 APP_PROTECTION_CHANGED = "app.protection_changed"
 
-NOTIFY_JOB = "notify"
+NOTIFY_JOB = jobs.NOTIFY_KIND
 
 
 @dataclass(frozen=True, kw_only=True)
