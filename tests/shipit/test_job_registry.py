@@ -62,7 +62,10 @@ async def test_notify_jobs_are_claimed_only_by_a_replica_with_that_notifier(rt: 
             session, kind=jobs.NOTIFY_KIND, payload={"notifier": "slack"}, concurrency_key="notify:slack:d1"
         )
         hook = await jobs.enqueue(
-            session, kind=jobs.NOTIFY_KIND, payload={"notifier": "webhook"}, concurrency_key="notify:webhook:d1"
+            session,
+            kind=jobs.NOTIFY_KIND,
+            payload={"notifier": "webhook"},
+            concurrency_key="notify:webhook:d1",
         )
     got = await _claim(rt, kinds={jobs.NOTIFY_KIND}, notifiers={"webhook"})
     assert got is not None and got.id == hook.id

@@ -22,7 +22,9 @@ async def test_two_engines_racing_upgrade_migrate_once(db_url: str, db_backend: 
         async with engines[0].connect() as conn:
             rows = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
             # The advisory lock is released: a later start takes it at once.
-            got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": migrate.MIGRATION_LOCK_KEY})
+            got = await conn.scalar(
+                text("SELECT pg_try_advisory_lock(:k)"), {"k": migrate.MIGRATION_LOCK_KEY}
+            )
             assert got is True
             await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": migrate.MIGRATION_LOCK_KEY})
         assert len(rows) == 1  # migrated once, to one head
