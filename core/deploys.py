@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, claims, clusters, events, jobs, metrics, secrets, validation
+from core import apps, audit, claims, clusters, events, jobs, metrics, observe, secrets, validation
 from core.context import Core
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor, Role
@@ -690,11 +690,13 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
     plan = await _start(ctx, deployment_id=int(job.payload["deployment_id"]))
     if plan is None:
         return
+    observe.set_fields(app=plan.app_name, environment=plan.spec.namespace)  # this job's task only
     started = time.monotonic()
     where = f"deploy {plan.deployment_id} app={plan.app_name} namespace={plan.spec.namespace}"
     kube = await ctx.kube.get(key=str(plan.cluster_id), kubeconfig=plan.kubeconfig)
     # A namespace shipit created (previews, apps in new namespaces) must exist with our labels or not at all.
-    await kube.apply_workload(spec=plan.spec, namespace_origin=plan.namespace_origin)
+    with observe.span("deploy.apply", deploy_id=plan.deployment_id, app=plan.app_name):
+        await kube.apply_workload(spec=plan.spec, namespace_origin=plan.namespace_origin)
     async with ctx.sessionmaker.begin() as session:
         deployment = await session.get(models.Deployment, plan.deployment_id)
         if deployment is not None and deployment.applied_at is None:
@@ -724,12 +726,13 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
                 payload={"ready": p.ready, "desired": p.desired},
             )
 
-    result = await kube.wait_rollout(
-        namespace=plan.spec.namespace,
-        name=plan.app_name,
-        timeout=plan.spec.progress_deadline_seconds + ctx.config.rollout_timeout_margin_seconds,
-        on_progress=progress,
-    )
+    with observe.span("deploy.rollout", deploy_id=plan.deployment_id, app=plan.app_name):
+        result = await kube.wait_rollout(
+            namespace=plan.spec.namespace,
+            name=plan.app_name,
+            timeout=plan.spec.progress_deadline_seconds + ctx.config.rollout_timeout_margin_seconds,
+            on_progress=progress,
+        )
     async with ctx.sessionmaker.begin() as session:
         deployment = await session.get(models.Deployment, plan.deployment_id, with_for_update=True)
         if deployment is None or deployment.status != RUNNING:

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import jobs
+from core import jobs, observe
 from core.context import Core
 from storage import models
 
@@ -376,7 +376,8 @@ async def run_notify_job(*, ctx: Core, job: jobs.JobView) -> None:
         if event is None:
             return
         notice = await build_notice(session, event=event)
-    delivered = await notifier.deliver(notice)
+    with observe.span(f"notify {name}", notifier=name, event=notice.kind, deploy_id=event.deployment_id):
+        delivered = await notifier.deliver(notice)
     if delivered is None:
         return
     async with ctx.sessionmaker.begin() as session:

@@ -18,6 +18,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import observe
 from storage import models
 
 QUEUED = "queued"
@@ -59,6 +60,10 @@ async def enqueue(
         existing = await session.scalar(select(models.Job).where(models.Job.dedupe_key == dedupe_key))
         if existing is not None:
             return existing
+    if observe.traceparent() is not None and "traceparent" not in payload:
+        # The worker continues this trace (one trace per deploy: request -> job -> notifications).
+        with observe.span(f"queue {kind}", job_kind=kind):
+            payload = {**payload, "traceparent": observe.traceparent()}
     job = models.Job(
         kind=kind,
         payload=payload,

@@ -25,7 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from core import jobs
+from core import jobs, observe
 from core.context import Core
 from core.errors import PermanentError, TransientError, UserError
 from core.instance import Instance
@@ -212,7 +212,7 @@ class Worker:
         if handler is None:
             await self._finish(job, fail=f"no handler for job kind {job.kind!r}")
             return
-        runner = asyncio.create_task(handler.run(ctx=self.ctx, job=job))
+        runner = asyncio.create_task(self._traced(handler, job))
         beat = asyncio.create_task(self._heartbeat(job, runner, claimed_at=claimed_at))
         try:
             await runner
@@ -251,6 +251,24 @@ class Worker:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+
+    async def _traced(self, handler: Handler, job: jobs.JobView) -> None:
+        """Run the handler in the trace the job was queued in, with the job's ids in the log context."""
+        payload = job.payload
+        deploy_id = payload.get("deployment_id")
+        with (
+            observe.bind(deploy_id=deploy_id, job_id=job.id),
+            observe.span(
+                f"job {job.kind}",
+                parent=payload.get("traceparent"),
+                job_id=job.id,
+                job_kind=job.kind,
+                attempt=job.attempts,
+                deploy_id=deploy_id,
+                notifier=payload.get("notifier"),
+            ),
+        ):
+            await handler.run(ctx=self.ctx, job=job)
 
     async def _retry(self, job: jobs.JobView, *, error: str, delay: float) -> None:
         async with self.ctx.sessionmaker.begin() as session:

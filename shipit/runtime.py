@@ -19,6 +19,7 @@ from core.identity import SYSTEM
 from core.kube.client import KubeClients
 from core.outgoing import WebhookNotifier
 from core.worker import Handler, Worker, install_wakeup
+from shipit import telemetry
 from shipit.settings import Settings
 from storage import db, migrate, models
 from storage.crypto import Cipher, MasterKeyError, generate_key
@@ -87,6 +88,7 @@ def job_handlers() -> dict[str, Handler]:
 
 async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
     engine = db.create_engine(settings.database_url)
+    telemetry.instrument_engine(engine)
     if migrate_db:
         await migrate.upgrade(engine)
     cipher = Cipher(key=resolve_master_key(settings))
