@@ -134,8 +134,9 @@ async def test_one_trace_per_deploy_and_json_logs(
         if s.name == "notify webhook" and s.attributes.get("shipit.event") == "deploy.succeeded"
     ]
     assert len(notified) == 1 and "job deploy" in ancestors(notified[0])
-    # No other deploy's spans leaked into this trace.
+    # No other deploy's spans leaked into this trace, and the worker's SQL is traced inside it.
     assert all(s.attributes.get("shipit.deploy_id") in (None, deployment_id) for s in mine)
+    assert any(s.attributes.get("db.system") and "job deploy" in ancestors(s) for s in mine)
 
     # JSON logs: one object per line, with the request id and the deploy id where known.
     records = [json.loads(line) for line in json_log.getvalue().splitlines()]
