@@ -1,6 +1,8 @@
 """Three `shipit serve` replicas on one PostgreSQL database, one of them SIGKILLed mid-run and restarted.
 
-The real control plane runs the apps; deploys go to all three replicas through the API; the project's
+The real control plane runs the apps; deploys go to all three replicas through the API, and every
+PUSH_EVERY-th one as a signed GitHub push webhook to the two replicas that have GitHub configured (the
+third has no GitHub settings at all, as a replica without the channel); the project's
 outgoing webhook is a local receiver that counts deliveries.  Every deploy must end exactly once
 (succeeded or superseded), no app may ever have two rollouts at once, every notification must arrive
 (once, or again with the same delivery id only where the replica sending it was killed), and no job
@@ -14,10 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import itertools
+import json
 import os
 import random
 import subprocess
+import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -32,10 +37,14 @@ from shipit.settings import Settings
 from storage import models
 from tests.conftest import ADMIN, POSTGRES_URL, free_port
 from tests.e2e.test_crash_resume import Receiver, _kill, _spawn, _wait_ready
+from webhooks import signature
 
 APPS = 50
+PUSH_EVERY = 5
+SECRET = "replica-webhook-secret"
 DEPLOYS = 200
 REPLICAS = 3
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "github"
 FINAL = ("succeeded", "failed", "superseded", "cancelled")
 
 
@@ -67,7 +76,10 @@ async def test_three_replicas_one_killed_every_deploy_ends_once(
         for i in range(APPS):
             await apps.create(
                 session, actor=ADMIN, project="acme", cluster="test", name=f"app{i:02d}",
-                changes=apps.AppChanges(progress_deadline_seconds=120),
+                changes=apps.AppChanges(
+                    progress_deadline_seconds=120, git_repo=f"acme/app{i:02d}", git_branch="main",
+                    image_template=f"ghcr.io/acme/app{i:02d}:{{short_sha}}",
+                ),
             )  # fmt: skip
         _, token = await tokens.create(session, actor=ADMIN, name="ci", subject="user:ci", is_admin=True)
     await runtime.stop(rt)
@@ -87,6 +99,8 @@ async def test_three_replicas_one_killed_every_deploy_ends_once(
         }
         for name in ("SHIPIT_JOB_LEASE_SECONDS", "SHIPIT_JOB_POLL_SECONDS", "SHIPIT_GITHUB_WEBHOOK_SECRET"):
             e.pop(name, None)
+        if i != 2:
+            e["SHIPIT_GITHUB_WEBHOOK_SECRET"] = SECRET  # replica 2 runs without any GitHub settings
         return e
 
     logs = [tmp_path / f"replica{i}.log" for i in range(REPLICAS)]
@@ -94,13 +108,46 @@ async def test_three_replicas_one_killed_every_deploy_ends_once(
     headers = {"Authorization": f"Bearer {token}"}
     alive = set(range(REPLICAS))
     accepted: list[int] = []
+    pushed: list[str] = []
+    template = json.loads((FIXTURES / "push__branch.json").read_text())
     try:
         await asyncio.gather(*(_wait_ready(urls[i], procs[i], logs[i]) for i in range(REPLICAS)))
         rng = random.Random(12)
         async with httpx.AsyncClient(headers=headers, timeout=30) as client:
 
+            async def push(n: int, app: str) -> None:
+                sha = hashlib.sha1(f"{app}-{n}".encode()).hexdigest()
+                payload = {
+                    **template,
+                    "after": sha,
+                    "repository": {**template["repository"], "full_name": f"acme/{app}", "name": app},
+                }
+                raw = json.dumps(payload).encode()
+                headers = {
+                    "Content-Type": "application/json",
+                    "X-GitHub-Event": "push",
+                    "X-GitHub-Delivery": str(uuid.uuid4()),
+                    "X-Hub-Signature-256": signature.sign(secret=SECRET, body=raw),
+                }
+                for attempt in range(20):
+                    i = (n + attempt) % 2  # the replicas with GitHub configured
+                    if i not in alive:
+                        continue
+                    try:
+                        r = await client.post(f"{urls[i]}/github/webhook", content=raw, headers=headers)
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.2)
+                        continue
+                    assert r.status_code == 202 and r.json()["result"] == "accepted", r.text
+                    pushed.append(sha)
+                    return
+                raise AssertionError(f"push {n} was never accepted")
+
             async def deploy(n: int) -> None:
                 app = f"app{rng.randrange(APPS):02d}"
+                if n % PUSH_EVERY == 0:
+                    await push(n, app)
+                    return
                 for attempt in range(20):
                     i = (n + attempt) % REPLICAS
                     if i not in alive:
@@ -161,9 +208,12 @@ async def test_three_replicas_one_killed_every_deploy_ends_once(
             _kill(p)
 
     # Every accepted deploy exists once and ended once: succeeded or superseded, none stuck or failed.
-    assert len(accepted) == DEPLOYS and len(set(accepted)) == DEPLOYS
+    assert len(accepted) + len(pushed) == DEPLOYS and len(set(accepted)) == len(accepted)
     by_id = {d.id: d for d in deployments}
     assert set(accepted) <= set(by_id)
+    from_push = [d for d in deployments if d.trigger == "push"]
+    assert sorted(d.git_sha or "" for d in from_push) == sorted(pushed)  # one deploy per push
+    accepted += [d.id for d in from_push]
     statuses = Counter(by_id[i].status for i in accepted)
     assert set(statuses) <= {"succeeded", "superseded"}, (
         statuses,
