@@ -262,7 +262,9 @@ def build(
             bot = await store.latest_bot()
         return bot.bot_token if bot is not None else None
 
-    note = notifier.SlackNotifier(client=client, token_for=token_for, pacer=pacer)
+    note = notifier.SlackNotifier(
+        client=client, token_for=token_for, pacer=pacer, sessionmaker=core.sessionmaker
+    )
     channel = SlackChannel(
         enabled=True,
         reason="SHIPIT_SLACK_SIGNING_SECRET is not set (Socket Mode only)",

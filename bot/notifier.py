@@ -29,7 +29,7 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import views
-from core import events
+from core import events, shared
 from core.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,50 @@ class Pacer:
         """Slack said 429: nothing goes to this channel before Retry-After."""
         self._next[channel] = max(self._next.get(channel, 0.0), time.monotonic() + seconds)
 
+    async def backoff_shared(self, channel: str, seconds: float) -> None:
+        self.backoff(channel, seconds)
+
+
+class SharedPacer(Pacer):
+    """The same token bucket, its state in the database: replicas posting to one channel share it.
+
+    The next free slot per channel is a row (core.shared.advance, under a row lock) holding a wall
+    clock time, since replicas share no monotonic clock.  Reservations for a retried delivery stay
+    in this process: a retry that lands on another replica just takes the next free slot there.
+    """
+
+    def __init__(self, *, sessionmaker: Any, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.sessionmaker = sessionmaker
+
+    @staticmethod
+    def _key(channel: str) -> str:
+        return f"slack-pace:{channel}"
+
+    async def wait(self, channel: str, *, key: Hashable | None = None) -> None:
+        now = time.time()
+        slot = self._held.pop((channel, key), None) if key is not None else None
+        if slot is None:
+
+            def take(next_free: float) -> tuple[float | None, float]:
+                free = max(next_free, now - (self.burst - 1) * self.interval)
+                if free - now > self.max_wait and key is None:
+                    return None, free  # not reserved: the caller retries later
+                return free + self.interval, free
+
+            slot = await shared.advance(self.sessionmaker, key=self._key(channel), fn=take)
+        delay = slot - now
+        if delay > self.max_wait:
+            if key is not None:
+                self._hold(channel, key, slot, now)
+            raise TransientError(f"pacing messages to Slack channel {channel}", retry_after=delay)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def backoff_shared(self, channel: str, seconds: float) -> None:
+        until = time.time() + seconds
+        await shared.advance(self.sessionmaker, key=self._key(channel), fn=lambda n: (max(n, until), None))
+
 
 class SlackNotifier:
     """core.events.Notifier for Slack."""
@@ -118,10 +162,15 @@ class SlackNotifier:
         client: AsyncWebClient,
         token_for: TokenFor | None = None,
         pacer: Pacer | None = None,
+        sessionmaker: Any = None,
     ) -> None:
         self.client = client
         self.token_for = token_for
-        self.pacer = pacer or Pacer()
+        # With the database: pacing and the posted-card record are shared by every replica.
+        self.sessionmaker = sessionmaker
+        self.pacer = pacer or (
+            SharedPacer(sessionmaker=sessionmaker) if sessionmaker is not None else Pacer()
+        )
         # Cards posted in this process, so a retry after a failure *after* posting updates the card
         # instead of posting a second one (the refs are only saved when deliver returns).
         self._posted: OrderedDict[int, tuple[str, str]] = OrderedDict()
@@ -173,6 +222,7 @@ class SlackNotifier:
             channel_id, ts = str(answer["channel"]), str(answer["ts"])
             out = {"channel": channel_id, "ts": ts}
             self._remember_post(d.id, channel_id, ts)
+            await self._save_post(d.id, out)
             log.info("%s: card posted (ts %s, %s)", where, ts, d.status)
         elif self._fingerprint(card) != self._shown.get((channel_id, ts)):
             try:
@@ -202,6 +252,7 @@ class SlackNotifier:
                 channel_id, ts = str(answer["channel"]), str(answer["ts"])
                 out = {"channel": channel_id, "ts": ts, "failure_posted": False}
                 self._remember_post(d.id, channel_id, ts)
+                await self._save_post(d.id, out)
                 refs["failure_posted"] = False
             log.info("%s: card updated (%s)", where, d.status)
         self._remember_shown(channel_id, ts, card)
@@ -235,7 +286,7 @@ class SlackNotifier:
             error = str(e.response.get("error") or "") if isinstance(e.response.data, dict) else ""
             if status == 429:
                 retry_after = _retry_after(e.response.headers)
-                self.pacer.backoff(channel, retry_after)
+                await self.pacer.backoff_shared(channel, retry_after)
                 log.warning("%s: Slack rate-limited %s; retrying in %.0fs", where, method, retry_after)
                 raise TransientError(f"Slack {method}: rate limited", retry_after=retry_after) from None
             if status >= 500 or error in ("internal_error", "fatal_error", "service_unavailable"):
@@ -247,6 +298,16 @@ class SlackNotifier:
             raise TransientError(f"Slack {method}: {type(e).__name__}: {e}") from None
         data = response.data
         return data if isinstance(data, dict) else {}
+
+    async def _save_post(self, deployment_id: int, refs: dict[str, Any]) -> None:
+        """Record the card at once, not when deliver returns: a retry of this delivery, on any
+        replica, then updates this card instead of posting a second one."""
+        if self.sessionmaker is None:
+            return
+        try:
+            await shared.save_refs(self.sessionmaker, deployment_id=deployment_id, notifier=NAME, refs=refs)
+        except Exception:
+            log.warning("deploy %s: could not record the posted card yet", deployment_id, exc_info=True)
 
     def _remember_post(self, deployment_id: int, channel: str, ts: str) -> None:
         self._posted[deployment_id] = (channel, ts)

@@ -41,9 +41,14 @@ async def query(
     target: str | None = None,
     action: str | None = None,
     since: dt.datetime | None = None,
+    after_id: int | None = None,
     limit: int = 100,
 ) -> list[models.AuditEvent]:
-    q = select(models.AuditEvent).order_by(models.AuditEvent.id.desc()).limit(min(max(limit, 1), 1000))
+    """Newest first; with `since` or `after_id` (an export, paged by the last id seen), oldest first."""
+    order = models.AuditEvent.id.asc() if since or after_id is not None else models.AuditEvent.id.desc()
+    q = select(models.AuditEvent).order_by(order).limit(min(max(limit, 1), 1000))
+    if after_id is not None:
+        q = q.where(models.AuditEvent.id > after_id)
     if project_ids is not None:
         q = q.where(models.AuditEvent.project_id.in_(project_ids))
     if target:

@@ -26,6 +26,7 @@ from core import (
     identity,
     jobs,
     metrics,
+    observe,
     registries,
     secrets,
     validation,
@@ -766,6 +767,7 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
     plan = await _start(ctx, deployment_id=int(job.payload["deployment_id"]))
     if plan is None:
         return
+    observe.set_fields(app=plan.app_name, environment=plan.spec.namespace)  # this job's task only
     # Tag -> digest (recorded in the revision) and the pull secret: registry I/O, outside any transaction.
     spec = await registries.prepare(
         ctx=ctx, deployment_id=plan.deployment_id, project_id=plan.project_id, spec=plan.spec
@@ -777,7 +779,8 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
     if not await _release_phase(ctx=ctx, kube=kube, plan=plan):
         return
     # A namespace shipit created (previews, apps in new namespaces) must exist with our labels or not at all.
-    await kube.apply_workload(spec=plan.spec, namespace_origin=plan.namespace_origin)
+    with observe.span("deploy.apply", deploy_id=plan.deployment_id, app=plan.app_name):
+        await kube.apply_workload(spec=plan.spec, namespace_origin=plan.namespace_origin)
     async with ctx.sessionmaker.begin() as session:
         deployment = await session.get(models.Deployment, plan.deployment_id)
         if deployment is not None and deployment.applied_at is None:
@@ -807,12 +810,13 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
                 payload={"ready": p.ready, "desired": p.desired},
             )
 
-    result = await kube.wait_rollout(
-        namespace=plan.spec.namespace,
-        name=plan.app_name,
-        timeout=plan.spec.progress_deadline_seconds + ctx.config.rollout_timeout_margin_seconds,
-        on_progress=progress,
-    )
+    with observe.span("deploy.rollout", deploy_id=plan.deployment_id, app=plan.app_name):
+        result = await kube.wait_rollout(
+            namespace=plan.spec.namespace,
+            name=plan.app_name,
+            timeout=plan.spec.progress_deadline_seconds + ctx.config.rollout_timeout_margin_seconds,
+            on_progress=progress,
+        )
     async with ctx.sessionmaker.begin() as session:
         deployment = await session.get(models.Deployment, plan.deployment_id, with_for_update=True)
         if deployment is None or deployment.status != RUNNING:

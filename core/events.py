@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import jobs
+from core import jobs, observe
 from core.context import Core
 from storage import models
 
@@ -44,7 +44,7 @@ APP_PAUSED = "app.paused"
 APP_RESUMED = "app.resumed"
 APP_PROTECTION_CHANGED = "app.protection_changed"
 
-NOTIFY_JOB = "notify"
+NOTIFY_JOB = jobs.NOTIFY_KIND
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -411,7 +411,8 @@ async def run_notify_job(*, ctx: Core, job: jobs.JobView) -> None:
         if event is None:
             return
         notice = await build_notice(session, event=event)
-    delivered = await notifier.deliver(notice)
+    with observe.span(f"notify {name}", notifier=name, event=notice.kind, deploy_id=event.deployment_id):
+        delivered = await notifier.deliver(notice)
     if delivered is None:
         return
     async with ctx.sessionmaker.begin() as session:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import observe
 from storage import models
 
 QUEUED = "queued"
@@ -24,6 +26,9 @@ RUNNING = "running"
 DONE = "done"
 FAILED = "failed"
 CANCELLED = "cancelled"
+
+# The notify job kind (core.events.NOTIFY_JOB, named here too so the queue needs no import of events).
+NOTIFY_KIND = "notify"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +60,10 @@ async def enqueue(
         existing = await session.scalar(select(models.Job).where(models.Job.dedupe_key == dedupe_key))
         if existing is not None:
             return existing
+    if observe.traceparent() is not None and "traceparent" not in payload:
+        # The worker continues this trace (one trace per deploy: request -> job -> notifications).
+        with observe.span(f"queue {kind}", job_kind=kind):
+            payload = {**payload, "traceparent": observe.traceparent()}
     job = models.Job(
         kind=kind,
         payload=payload,
@@ -71,9 +80,23 @@ async def enqueue(
 
 
 async def claim(
-    session: AsyncSession, *, owner: str, lease_seconds: float, skip_locked: bool
+    session: AsyncSession,
+    *,
+    owner: str,
+    lease_seconds: float,
+    skip_locked: bool,
+    kinds: Collection[str] | None = None,
+    notifiers: Collection[str] | None = None,
+    orphan_after: float = 600.0,
 ) -> JobView | None:
-    """Take the next runnable job (or one whose lease ran out) for `owner`."""
+    """Take the next runnable job (or one whose lease ran out) for `owner`.
+
+    `kinds`: only jobs of these kinds (those this worker has handlers for); other kinds stay queued
+    for a replica that can run them instead of failing here.  `notifiers`: of the notify jobs, only
+    those for these notifiers (their concurrency key is "notify:<notifier>:..."); one that no
+    replica has claimed for `orphan_after` seconds is taken anyway (and dropped by its handler), so
+    a notifier switched off everywhere does not leave its jobs queued for ever.
+    """
     now = models.utcnow()
     busy_keys = select(models.Job.concurrency_key).where(
         models.Job.state == RUNNING, models.Job.concurrency_key.is_not(None)
@@ -93,6 +116,16 @@ async def claim(
         .order_by(models.Job.run_at, models.Job.id)
         .limit(1)
     )
+    if kinds is not None:
+        q = q.where(models.Job.kind.in_(sorted(kinds)))
+    if notifiers is not None:
+        q = q.where(
+            or_(
+                models.Job.kind != NOTIFY_KIND,
+                models.Job.run_at < now - dt.timedelta(seconds=orphan_after),
+                *(models.Job.concurrency_key.startswith(f"notify:{n}:", autoescape=True) for n in notifiers),
+            )
+        )
     if skip_locked:
         q = q.with_for_update(skip_locked=True)
     job = await session.scalar(q)

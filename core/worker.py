@@ -23,8 +23,9 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
-from core import jobs
+from core import jobs, observe
 from core.context import Core
 from core.errors import PermanentError, TransientError, UserError
 from core.instance import Instance
@@ -40,14 +41,29 @@ class Handler:
     failed: Callable[..., Awaitable[None]] | None = None  # failed(session=, ctx=, job=, error=)
 
 
-def install_wakeup(ctx: Core) -> None:
-    """Wake idle workers in this process as soon as a transaction that enqueued jobs commits."""
+def install_wakeup(ctx: Core) -> Callable[[], None]:
+    """Wake idle workers in this process as soon as a transaction that enqueued jobs commits.
 
-    @event.listens_for(ctx.sessionmaker.class_.sync_session_class, "after_commit")
+    The hook goes on a Session subclass made for this sessionmaker, not on SQLAlchemy's global
+    Session class: two runtimes in one process (tests, benchmarks) then wake only their own
+    workers, and the returned function removes the hook when the runtime stops.
+    """
+    base = ctx.sessionmaker.kw.get("sync_session_class") or Session
+    own: type[Session] = type("ShipitSession", (base,), {})
+    ctx.sessionmaker.configure(sync_session_class=own)
+
     def _after_commit(session: object) -> None:
         info = getattr(session, "info", {})
         if info.pop("jobs_enqueued", False):
             ctx.jobs_ready.set()
+
+    event.listen(own, "after_commit", _after_commit)
+
+    def remove() -> None:
+        if event.contains(own, "after_commit", _after_commit):
+            event.remove(own, "after_commit", _after_commit)
+
+    return remove
 
 
 class Worker:
@@ -134,6 +150,9 @@ class Worker:
                 owner=self.owner,
                 lease_seconds=self.ctx.config.job_lease_seconds,
                 skip_locked=self._skip_locked,
+                # Only what this worker can run: other kinds wait for a replica that can.
+                kinds=self.handlers.keys(),
+                notifiers=self.ctx.notifiers.keys(),
             )
         return (job, sent) if job is not None else None
 
@@ -193,7 +212,7 @@ class Worker:
         if handler is None:
             await self._finish(job, fail=f"no handler for job kind {job.kind!r}")
             return
-        runner = asyncio.create_task(handler.run(ctx=self.ctx, job=job))
+        runner = asyncio.create_task(self._traced(handler, job))
         beat = asyncio.create_task(self._heartbeat(job, runner, claimed_at=claimed_at))
         try:
             await runner
@@ -232,6 +251,24 @@ class Worker:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+
+    async def _traced(self, handler: Handler, job: jobs.JobView) -> None:
+        """Run the handler in the trace the job was queued in, with the job's ids in the log context."""
+        payload = job.payload
+        deploy_id = payload.get("deployment_id")
+        with (
+            observe.bind(deploy_id=deploy_id, job_id=job.id),
+            observe.span(
+                f"job {job.kind}",
+                parent=payload.get("traceparent"),
+                job_id=job.id,
+                job_kind=job.kind,
+                attempt=job.attempts,
+                deploy_id=deploy_id,
+                notifier=payload.get("notifier"),
+            ),
+        ):
+            await handler.run(ctx=self.ctx, job=job)
 
     async def _retry(self, job: jobs.JobView, *, error: str, delay: float) -> None:
         async with self.ctx.sessionmaker.begin() as session:

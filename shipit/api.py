@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -744,10 +745,22 @@ async def read_audit(
     target: schemas.AuditTargetQuery = None,
     action: schemas.AuditActionQuery = None,
     limit: int = Query(100, ge=1, le=1000),
+    since: dt.datetime | None = None,  # from this time on, oldest first (an export)
+    after_id: Annotated[int | None, Query(ge=0)] = None,  # the next page of an export: ids above this
 ) -> list[schemas.AuditOut]:
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)  # a bare date or time is UTC
     async with tx(rt) as session:
         visible = await identity.visible_project_ids(session, actor=actor)
-        rows = await audit.query(session, project_ids=visible, target=target, action=action, limit=limit)
+        rows = await audit.query(
+            session,
+            project_ids=visible,
+            target=target,
+            action=action,
+            limit=limit,
+            since=since,
+            after_id=after_id,
+        )
         return [
             schemas.AuditOut(
                 id=r.id,

@@ -21,9 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core import jobs, validation
+from core import jobs, observe, validation
 from core.errors import InvalidInput, ShipitError, UserError
-from shipit import api, limits, runtime
+from shipit import api, limits, runtime, telemetry
 from shipit.runtime import Runtime
 from shipit.settings import Settings
 
@@ -64,6 +64,39 @@ class RequestMetrics:
             path = getattr(scope.get("route"), "path", "unmatched")
             LATENCY.labels(route=path).observe(time.perf_counter() - start)
             REQUESTS.labels(route=path, method=scope["method"], status=str(status)).inc()
+
+
+_REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+class RequestContext:
+    """A request id for every request (the caller's X-Request-Id when sane, else a new one), echoed
+    in the response and bound with the app or project the path names, for the logs (core.observe)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if 0 < len(given) <= 64 and set(given) <= _REQUEST_ID_OK else uuid.uuid4().hex
+        parts = str(scope.get("path", "")).split("/")
+        named = {"apps": "app", "projects": "project"}
+        where = {}
+        if len(parts) > 4 and parts[1:3] == ["api", "v1"] and parts[3] in named:
+            where[named[parts[3]]] = parts[4][:63]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        with observe.bind(request_id=request_id, **where):
+            await self.app(scope, receive, send_with_id)
 
 
 class BodyLimit:
@@ -386,4 +419,6 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     )
     app.add_middleware(RequestMetrics)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestContext)
+    telemetry.instrument_app(app)
     return app

@@ -48,11 +48,12 @@ def serve(
     """Serve the API, Slack, GitHub and metrics, with the worker, from one process."""
     import uvicorn
 
-    from shipit import logs, serving
+    from shipit import logs, serving, telemetry
     from shipit.main import create_app
 
     settings = Settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, fmt=settings.log_format)
+    telemetry.setup()
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,

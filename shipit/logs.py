@@ -1,15 +1,42 @@
-"""Logging setup: one line per record, with the logger name, so context in messages is greppable."""
+"""Logging setup: one line per record, with the logger name, so context in messages is greppable.
+
+SHIPIT_LOG_FORMAT=json writes one JSON object per line: time, level, logger, message, and the
+context bound where known (request id, project, app, environment, deploy id; see core.observe),
+plus the trace id when tracing is on.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 
+from core import observe
 
-def configure(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update(observe.fields())
+        trace_id = observe.trace_id()
+        if trace_id:
+            out["trace_id"] = trace_id
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure(level: str = "INFO", *, fmt: str = "text") -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # httpx logs every request URL at INFO; Slack and GitHub URLs can carry tokens in query strings.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -59,6 +59,8 @@ def _install_github(app: FastAPI, *, settings: Settings, rt: Runtime | None) -> 
 
     def wire(the_rt: Runtime) -> None:
         if channel.notifier is not None:
+            # PR comments are serialised through the database, so replicas never write two.
+            channel.notifier.sessionmaker = the_rt.core.sessionmaker
             the_rt.core.notifiers[channel.notifier.name] = channel.notifier
         the_rt.extra_handlers.update(channel.handlers)
         the_rt.closers.append(channel.close)

@@ -6,18 +6,20 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core import deliveries, deploys, events, instance, keys, projects, tokens
+from core import deliveries, deploys, events, instance, keys, previews, projects, retention, tokens
 from core.context import Core, CoreConfig
 from core.identity import SYSTEM
 from core.kube.client import KubeClients
 from core.outgoing import WebhookNotifier
 from core.worker import Handler, Worker, install_wakeup
+from shipit import telemetry
 from shipit.settings import Settings
 from storage import db, migrate, models
 from storage.crypto import Cipher, MasterKeyError, generate_key
@@ -63,16 +65,30 @@ class Runtime:
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         return self.core.sessionmaker
 
+    remove_wakeup: Callable[[], None] | None = None
+
     def handlers(self) -> dict[str, Handler]:
-        return {
-            deploys.DEPLOY_JOB: Handler(run=deploys.run_job, failed=deploys.job_failed),
-            events.NOTIFY_JOB: Handler(run=events.run_notify_job),
-            **self.extra_handlers,
-        }
+        return {**job_handlers(), **self.extra_handlers}
+
+
+def job_handlers() -> dict[str, Handler]:
+    """Every job kind, in one place, the same on every replica whatever channels it has configured.
+
+    Each handler runs with the core alone: a preview teardown needs only the cluster, and a notify
+    job for a notifier this replica lacks is never claimed here (the worker claims notify jobs only
+    for its own notifiers, see core.jobs.claim).  A replica without GitHub settings therefore runs
+    or leaves every job; none fails for an unknown kind.
+    """
+    return {
+        deploys.DEPLOY_JOB: Handler(run=deploys.run_job, failed=deploys.job_failed),
+        events.NOTIFY_JOB: Handler(run=events.run_notify_job),
+        **previews.HANDLERS,
+    }
 
 
 async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
     engine = db.create_engine(settings.database_url)
+    telemetry.instrument_engine(engine)
     if migrate_db:
         await migrate.upgrade(engine)
     cipher = Cipher(key=resolve_master_key(settings))
@@ -102,8 +118,7 @@ async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
         dry_run_timeout_seconds=settings.dry_run_timeout_seconds,
     )
     core = Core(sessionmaker=sessionmaker, cipher=cipher, kube=KubeClients(), config=config)
-    install_wakeup(core)
-    rt = Runtime(settings=settings, engine=engine, core=core)
+    rt = Runtime(settings=settings, engine=engine, core=core, remove_wakeup=install_wakeup(core))
 
     async def webhook_secret(project_id: int) -> str | None:
         async with sessionmaker() as session:
@@ -161,8 +176,24 @@ def _write_new_private_file(path: Path, text: str) -> None:
         raise
 
 
+def retention_policy(settings: Settings) -> retention.Policy:
+    def seconds(days: float) -> float | None:
+        return days * 86400 if days > 0 else None
+
+    return retention.Policy(
+        jobs_seconds=seconds(settings.retention_jobs_days),
+        events_seconds=seconds(settings.retention_events_days),
+        deliveries_seconds=seconds(settings.retention_deliveries_days),
+    )
+
+
+PRUNE_EVERY_SECONDS = 3600.0
+
+
 async def _maintenance(rt: Runtime) -> None:
-    """Periodic chores: expire stale approvals.  Cheap, idempotent, safe on every replica."""
+    """Periodic chores: expire stale approvals, prune old rows.  Cheap, idempotent, safe on every replica."""
+    loop = asyncio.get_running_loop()
+    next_prune = loop.time()
     while True:
         try:
             async with rt.sessionmaker.begin() as session:
@@ -171,6 +202,17 @@ async def _maintenance(rt: Runtime) -> None:
                 await deliveries.forget_older(session, prefix="slack-trigger", seconds=3600)
         except Exception:
             log.exception("maintenance pass failed")
+        if loop.time() >= next_prune:
+            next_prune = loop.time() + PRUNE_EVERY_SECONDS
+            try:
+                pruned = await retention.prune(rt.sessionmaker, policy=retention_policy(rt.settings))
+                if pruned.jobs or pruned.events or pruned.deliveries:
+                    log.info(
+                        "retention: pruned %d job(s), %d event(s), %d webhook delivery record(s)",
+                        pruned.jobs, pruned.events, pruned.deliveries,
+                    )  # fmt: skip
+            except Exception:
+                log.exception("retention pass failed")
         await asyncio.sleep(30)
 
 
@@ -197,4 +239,7 @@ async def stop(rt: Runtime) -> None:
     for close in rt.closers:
         await close()
     await rt.core.kube.close()
+    if rt.remove_wakeup is not None:
+        rt.remove_wakeup()
+        rt.remove_wakeup = None
     await rt.engine.dispose()

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     url: str = "http://127.0.0.1:8000"  # where people and the CLI reach this service
     token: SecretStr | None = None  # the CLI's API token
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, with request/deploy context
     max_body_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     run_worker: bool = True
     # First start: write the admin token to this file (created 0600, never overwritten), not the log.
@@ -45,6 +46,11 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(default=8.0, gt=0)
     job_poll_seconds: float = Field(default=0.5, gt=0)
     approval_ttl_seconds: float = Field(default=3600.0, gt=0)
+
+    # retention (days; 0 = keep for ever).  The audit log is always kept (`shipit audit --format jsonl`).
+    retention_jobs_days: float = Field(default=14.0, ge=0)  # finished jobs
+    retention_events_days: float = Field(default=30.0, ge=0)  # delivered events (the outbox)
+    retention_deliveries_days: float = Field(default=30.0, ge=0)  # recorded webhook deliveries
 
     # Kubernetes defaults
     ingress_class: str = "nginx"

@@ -1,4 +1,10 @@
-"""Alembic, driven from code: applied at start and by `shipit db upgrade`."""
+"""Alembic, driven from code: applied at start and by `shipit db upgrade`.
+
+On PostgreSQL several replicas may start at once on an empty database: the upgrade runs under a
+session-level advisory lock on a fixed key, so one migrates and the others wait, then find the
+schema at head and do nothing.  SQLite needs no lock: one process owns the file, and its
+transactions are serialised anyway (BEGIN IMMEDIATE, see storage.db).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 _HERE = Path(__file__).resolve().parent
 _LOCK_KEY = 0x5A1B17  # any fixed bigint: the advisory lock that serialises migrations
+
+# pg_advisory_lock key: "shipit" + "migr" as a 64-bit number; fixed, so every replica agrees on it.
+MIGRATION_LOCK_KEY = 0x7368697069746D67
 
 
 def alembic_config(*, url: str = "") -> Config:
@@ -31,8 +40,21 @@ async def upgrade(engine: AsyncEngine, *, revision: str = "head") -> None:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
 
-    async with engine.begin() as conn:
-        await conn.run_sync(_run)
+    if engine.dialect.name != "postgresql":
+        async with engine.begin() as conn:
+            await conn.run_sync(_run)
+        return
+    # The lock lives on its own connection, outside the migration's transaction, so it is held
+    # until the migration has committed and released only after (also if it fails).
+    async with engine.connect() as locker:
+        await locker.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        await locker.commit()
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_run)
+        finally:
+            await locker.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            await locker.commit()
 
 
 async def current(engine: AsyncEngine) -> str | None:

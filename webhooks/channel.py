@@ -1,5 +1,6 @@
-"""Installing the GitHub channel: the route always (503 with a reason when off), the notifier and the
-preview job handlers when configured.  The composition root (shipit) passes plain settings in and wires
+"""Installing the GitHub channel: the route always (503 with a reason when off), the notifier when
+configured.  The preview job handlers are not here: every replica registers every job kind
+(shipit.runtime.job_handlers), GitHub settings or not.  The composition root (shipit) passes plain settings in and wires
 what comes back into its runtime, so this package never imports shipit."""
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 
-from core import previews
 from core.context import Core
 from core.worker import Handler
 from webhooks import route
@@ -87,4 +87,4 @@ def install(app: FastAPI, *, config: Config, core_of: Callable[[Request], Core])
             credentials.api_url,
             f"GitHub App {credentials.app_id}" if credentials.mode == "app" else "a token",
         )
-    return Channel(notifier=notifier, handlers=dict(previews.HANDLERS), ingest=ingest)
+    return Channel(notifier=notifier, handlers={}, ingest=ingest)

@@ -21,7 +21,7 @@ from typing import Any
 from github import GithubException
 from github.Repository import Repository
 
-from core import events, metrics
+from core import events, metrics, shared
 from core.errors import PermanentError, TransientError
 from core.events import Delivered, DeploymentView, Notice, PreviewView
 from webhooks.client import GitHubClient
@@ -147,9 +147,11 @@ def comment_body(
 class GitHubNotifier:
     name = NAME
 
-    def __init__(self, *, client: GitHubClient) -> None:
+    def __init__(self, *, client: GitHubClient, sessionmaker: Any = None) -> None:
         self.client = client
-        # One comment per preview: serialise comment writes per pull request in this process.
+        # One comment per preview: serialise comment writes per pull request, across replicas when
+        # the database is given (an advisory lock on PostgreSQL), else in this process.
+        self.sessionmaker = sessionmaker
         self._comment_locks: dict[tuple[str, int, str], asyncio.Lock] = {}
 
     def wants(self, kind: str) -> bool:
@@ -301,6 +303,11 @@ class GitHubNotifier:
                     return int(comment.id)
             return int(issue.create_comment(body).id)
 
+        if self.sessionmaker is not None:
+            async with shared.hold(
+                self.sessionmaker, name=f"github-comment:{repo.lower()}#{number}:{marker}"
+            ):
+                return await self.client.call(repo=repo, what=f"comment on {repo}#{number}", fn=run)
         lock = self._comment_locks.setdefault((repo.lower(), number, marker), asyncio.Lock())
         async with lock:
             return await self.client.call(repo=repo, what=f"comment on {repo}#{number}", fn=run)

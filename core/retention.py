@@ -1,0 +1,103 @@
+"""Retention: finished jobs, delivered events and recorded webhook deliveries are pruned after an age.
+
+The audit log is not pruned here: it is kept, and exported with `shipit audit --format jsonl`.
+Deletes go in batches, each in its own short transaction, so a first prune of a large backlog
+never holds a long lock (SQLite: the one writer; PostgreSQL: the rows and the WAL).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import String, cast, delete, exists, literal, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core import jobs
+from storage import models
+
+FINISHED = (jobs.DONE, jobs.FAILED, jobs.CANCELLED)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    """Ages in seconds; None keeps those rows for ever."""
+
+    jobs_seconds: float | None = 14 * 86400
+    events_seconds: float | None = 30 * 86400
+    deliveries_seconds: float | None = 30 * 86400
+    batch: int = 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pruned:
+    jobs: int = 0
+    events: int = 0
+    deliveries: int = 0
+
+
+def _jobs_batch(cutoff: dt.datetime, batch: int) -> Any:
+    return (
+        select(models.Job.id)
+        .where(models.Job.state.in_(FINISHED), models.Job.finished_at < cutoff)
+        .order_by(models.Job.id)
+        .limit(batch)
+    )
+
+
+def _events_batch(cutoff: dt.datetime, batch: int) -> Any:
+    # Delivered: no notify job for the event is still queued or running (their dedupe key is
+    # "notify:<notifier>:<event id>", see core.events.emit).
+    pending = exists().where(
+        models.Job.state.in_([jobs.QUEUED, jobs.RUNNING]),
+        models.Job.kind == jobs.NOTIFY_KIND,
+        models.Job.dedupe_key.like(literal("notify:%:") + cast(models.Event.id, String)),
+    )
+    return (
+        select(models.Event.id)
+        .where(models.Event.created_at < cutoff, ~pending)
+        .order_by(models.Event.id)
+        .limit(batch)
+    )
+
+
+def _deliveries_batch(cutoff: dt.datetime, batch: int) -> Any:
+    return (
+        select(models.WebhookDelivery.id)
+        .where(models.WebhookDelivery.received_at < cutoff)
+        .order_by(models.WebhookDelivery.id)
+        .limit(batch)
+    )
+
+
+async def _delete_batch(session: AsyncSession, table: Any, ids: list[Any]) -> int:
+    if not ids:
+        return 0
+    await session.execute(delete(table).where(table.id.in_(ids)))
+    return len(ids)
+
+
+async def prune(
+    sessionmaker: async_sessionmaker[AsyncSession], *, policy: Policy, now: dt.datetime | None = None
+) -> Pruned:
+    """Delete what is older than the policy allows, batch by batch; returns how many rows went."""
+    now = now or models.utcnow()
+    counts = {"jobs": 0, "events": 0, "deliveries": 0}
+    plan = (
+        ("jobs", models.Job, policy.jobs_seconds, _jobs_batch),
+        ("events", models.Event, policy.events_seconds, _events_batch),
+        ("deliveries", models.WebhookDelivery, policy.deliveries_seconds, _deliveries_batch),
+    )
+    for name, table, seconds, batch_of in plan:
+        if seconds is None:
+            continue
+        cutoff = now - dt.timedelta(seconds=seconds)
+        while True:
+            async with sessionmaker.begin() as session:
+                ids = list(await session.scalars(batch_of(cutoff, policy.batch)))
+                n = await _delete_batch(session, table, ids)
+            counts[name] += n
+            if n < policy.batch:
+                break
+    return Pruned(**counts)

@@ -1,0 +1,98 @@
+"""State that several replicas must agree on, kept in the database instead of in one process.
+
+- `advance`: a small number per key (a pacing slot), read and written under a row lock
+  (SELECT ... FOR UPDATE on PostgreSQL; SQLite serialises transactions with BEGIN IMMEDIATE).
+- `hold`: a mutual exclusion across replicas for slow work outside any transaction (a PR comment
+  written to GitHub): a session-level advisory lock on PostgreSQL, an asyncio lock on SQLite,
+  where one process owns the database.
+- `save_refs`: what a notifier has already done for a deploy (the Slack card's ts), written as
+  soon as it is done, so a retry on another replica updates the card instead of posting another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from storage import models
+
+R = TypeVar("R")
+
+_local_locks: dict[str, asyncio.Lock] = {}
+
+
+def _is_postgres(sessionmaker: async_sessionmaker[AsyncSession]) -> bool:
+    return bool(sessionmaker.kw["bind"].dialect.name == "postgresql")
+
+
+async def advance(
+    sessionmaker: async_sessionmaker[AsyncSession], *, key: str, fn: Callable[[float], tuple[float | None, R]]
+) -> R:
+    """Call fn(stored value, 0.0 if none) under the row's lock; store its new value (None: unchanged)."""
+    key = key[:64]
+    async with sessionmaker.begin() as session:
+        row = await session.get(models.Meta, key, with_for_update=True)
+        if row is None:
+            try:
+                async with session.begin_nested():
+                    session.add(models.Meta(key=key, value=b"0"))
+                    await session.flush()
+            except IntegrityError:
+                pass  # another replica made it first: lock theirs
+            row = await session.get(models.Meta, key, with_for_update=True, populate_existing=True)
+            assert row is not None
+        new, result = fn(float(row.value.decode() or 0))
+        if new is not None:
+            row.value = repr(new).encode()
+    return result
+
+
+async def read(sessionmaker: async_sessionmaker[AsyncSession], *, key: str) -> float | None:
+    async with sessionmaker() as session:
+        value = await session.scalar(select(models.Meta.value).where(models.Meta.key == key[:64]))
+    return float(value.decode()) if value is not None else None
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory lock key for a name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.asynccontextmanager
+async def hold(sessionmaker: async_sessionmaker[AsyncSession], *, name: str) -> AsyncIterator[None]:
+    """Only one holder of `name` at a time, across every replica sharing the database."""
+    if not _is_postgres(sessionmaker):
+        lock = _local_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            yield
+        return
+    engine = sessionmaker.kw["bind"]
+    k = lock_key(name)
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": k})
+        await conn.commit()
+        try:
+            yield
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": k})
+            await conn.commit()
+
+
+async def save_refs(
+    sessionmaker: async_sessionmaker[AsyncSession], *, deployment_id: int, notifier: str, refs: dict[str, Any]
+) -> None:
+    """Merge `refs` into the deploy's notify_refs[notifier] now, in a transaction of its own."""
+    async with sessionmaker.begin() as session:
+        deployment = await session.get(models.Deployment, deployment_id, with_for_update=True)
+        if deployment is None:
+            return
+        all_refs = dict(deployment.notify_refs or {})
+        all_refs[notifier] = {**all_refs.get(notifier, {}), **refs}
+        deployment.notify_refs = all_refs
