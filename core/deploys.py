@@ -38,7 +38,7 @@ CANCELLED = "cancelled"
 TERMINAL = (SUCCEEDED, FAILED, SUPERSEDED, CANCELLED)
 PENDING = (QUEUED, AWAITING_APPROVAL)
 
-TRIGGERS = ("api", "cli", "slack", "push", "pr", "rollback", "scale", "config")
+TRIGGERS = ("api", "cli", "web", "slack", "push", "pr", "rollback", "scale", "config")
 DEPLOY_JOB = "deploy"
 
 
