@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint fmt testenv testenv-up bench clean
+.PHONY: install run test lint fmt testenv testenv-up browser bench clean
 
 install:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ install:
 run: install
 	$(VENV)/bin/shipit serve
 
-test: install testenv
+test: install testenv browser
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -31,6 +31,10 @@ fmt: install
 testenv:
 	@if command -v go >/dev/null 2>&1; then scripts/testenv-build; \
 	else echo "testenv: go is not installed, Kubernetes tests will be skipped (and fail under CI=true)"; fi
+
+# Debian's chromium + chromium-driver for the dashboard's browser tests (installed when missing).
+browser:
+	@scripts/test-browser
 
 testenv-up: install testenv
 	$(PY) -m tests.testenv.controlplane up

@@ -24,6 +24,7 @@ from shipit.settings import Settings
 from tests.conftest import ADMIN, free_port
 from tests.fakes.oidc import FakeOidc
 from tests.shipit.conftest import offline_kubeconfig
+from tests.web.browser import browser  # noqa: F401 (a fixture for the browser tests)
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 

@@ -51,6 +51,13 @@
     if (img) img.textContent = d.image;
     const err = field(panel, "summary-error");
     if (err) { err.textContent = d.error; err.hidden = !d.error; }
+    if (d.status === "succeeded") {
+      // What runs now: the page's header follows the newest successful rollout.
+      const image = document.querySelector('[data-field="app-image"]');
+      if (image) image.textContent = d.image;
+      const revision = document.querySelector('[data-field="app-revision"]');
+      if (revision) revision.textContent = d.revision;
+    }
   }
 
   function updateRow(d) {
