@@ -577,9 +577,8 @@ def _page_routes(router: APIRouter, web: Web) -> None:
             row, actor = await signed_in(request, session)
             visible = await identity.visible_project_ids(session, actor=actor)
             events = await audit.query(session, project_ids=visible, target=target or None,
-                                       action=action or None, limit=200)  # fmt: skip
-            if actor_filter:
-                events = [e for e in events if actor_filter in e.actor]
+                                       action=action or None, actor=actor_filter or None,
+                                       limit=200)  # fmt: skip
             return render(request, "audit.html", row=row, title="Audit log", events=events,
                           action=action or "", target=target or "", actor_filter=actor_filter or "")  # fmt: skip
 

@@ -1,0 +1,92 @@
+"""Dashboard pages over HTTP: what a signed-in person sees and may do, through core, audited as "web"."""
+
+from __future__ import annotations
+
+import httpx
+from sqlalchemy import select
+
+from core import deploys
+from shipit.runtime import Runtime
+from storage import models
+from tests.conftest import serving
+from tests.web.conftest import Dashboard, csrf_of, offline_app
+
+
+async def test_project_page_lists_apps_members_and_locks(dashboard: Dashboard) -> None:
+    await offline_app(dashboard.rt, members={"user:alice@example.com": "viewer", "github:octocat": "owner"})
+    async with dashboard.client() as client:
+        page = await dashboard.sign_in(client, "alice@example.com", next="/projects/acme")
+        assert page.url.path == "/projects/acme"
+        assert 'href="/apps/web"' in page.text and "ghcr.io/acme/web:1.0" in page.text
+        assert "github:octocat" in page.text and "owner" in page.text
+        assert "not deployed" in page.text and "open" in page.text
+        # A project she is not in does not exist for her, exactly as core answers every channel.
+        missing = await client.get("/projects/beta")
+        assert missing.status_code == 404 and "no project named &#39;beta&#39;" in missing.text
+
+
+async def test_approve_button_only_for_others_and_core_refuses_self_approval(dashboard: Dashboard) -> None:
+    await offline_app(
+        dashboard.rt, members={"user:alice@example.com": "developer", "user:bob@example.com": "developer"}
+    )
+    async with dashboard.rt.sessionmaker.begin() as session:
+        app = await session.scalar(select(models.App).where(models.App.name == "web"))
+        assert app is not None
+        app.protected = True
+    async with dashboard.client() as alice:
+        page = await dashboard.sign_in(alice, "alice@example.com", next="/apps/web")
+        asked = await alice.post("/apps/web/deploy", data={"image": "1.1", "csrf": csrf_of(page.text)})
+        assert asked.url.path == "/apps/web" and "awaiting approval" in asked.text
+        assert "waiting for someone else to approve" in asked.text
+        assert "/approve" not in asked.text
+        async with dashboard.rt.sessionmaker() as session:
+            d = await session.scalar(select(models.Deployment))
+        assert d is not None and d.status == deploys.AWAITING_APPROVAL and d.trigger == "web"
+        # A hand-made approval of her own deploy is refused by core.
+        own = await alice.post(f"/deploys/{d.id}/approve", data={"csrf": csrf_of(asked.text)})
+        assert own.status_code == 403 and "nobody approves their own deploy" in own.text
+    async with dashboard.client() as bob:
+        page = await dashboard.sign_in(bob, "bob@example.com", next="/apps/web")
+        assert f'action="/deploys/{d.id}/approve"' in page.text
+        done = await bob.post(f"/deploys/{d.id}/reject", data={"csrf": csrf_of(page.text)})
+        assert done.url.path == "/apps/web" and "rejected by bob" in done.text
+    async with dashboard.rt.sessionmaker() as session:
+        d = await session.get(models.Deployment, d.id)
+        assert d is not None and d.status == deploys.CANCELLED
+        rejected = await session.scalar(
+            select(models.AuditEvent).where(models.AuditEvent.action == "deploy.reject")
+        )
+    assert rejected is not None and (rejected.actor, rejected.channel) == ("user:bob@example.com", "web")
+
+
+async def test_audit_page_filters_and_shows_only_visible_projects(dashboard: Dashboard) -> None:
+    await offline_app(dashboard.rt, members={"user:alice@example.com": "admin"})
+    async with dashboard.client() as client:
+        page = await dashboard.sign_in(client, "alice@example.com", next="/apps/web")
+        await client.post("/apps/web/lock", data={"reason": "freeze", "csrf": csrf_of(page.text)})
+        everything = await client.get("/audit")
+        assert "app.create" in everything.text and "user:admin" in everything.text
+        assert "cluster.add" not in everything.text  # no project: not hers to read
+        mine = await client.get("/audit", params={"actor_filter": "user:alice@example.com"})
+        assert "app.lock" in mine.text and "app.create" not in mine.text
+        locks = await client.get("/audit", params={"action": "app.create"})
+        assert "app.create" in locks.text and "app.lock" not in locks.text
+
+
+async def test_next_never_leaves_the_site(dashboard: Dashboard) -> None:
+    async with dashboard.client() as client:
+        for bad in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+            page = await dashboard.sign_in(client, "alice@example.com", next=bad)
+            assert page.url.host == "127.0.0.1" and page.url.path == "/"
+
+
+async def test_cookies_are_secure_when_configured(rt: Runtime) -> None:
+    from shipit.main import create_app
+
+    secure = rt.settings.model_copy(update={"web_cookie_secure": True})
+    async with serving(create_app(secure, rt=rt)) as url, httpx.AsyncClient(base_url=url) as client:
+        start = await client.get("/auth/oidc/start")
+        assert start.status_code == 303
+        cookie = start.headers["set-cookie"]
+        assert cookie.startswith("shipit_signin=") and "Secure" in cookie and "HttpOnly" in cookie
+        # A session cookie would be __Host-shipit: https only, this host only, path /.
