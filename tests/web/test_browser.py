@@ -173,6 +173,26 @@ async def test_deploy_watch_roll_back_and_approve_in_a_browser(
         browser.refresh()  # the revisions table as served now, for the README's picture
         browser.save_screenshot(str(shots / "6-app.png"))
 
+        # On a phone: nothing wider than the screen (wide tables scroll inside their own box).
+        browser.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True},
+        )
+        for page in ("/apps/web", "/projects/acme", "/audit", "/tokens"):
+            browser.get(dashboard.url + page)
+            browser.save_screenshot(str(shots / f"7-phone{page.replace('/', '-')}.png"))
+            overflow = browser.execute_script(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            widest = browser.execute_script(
+                "const w = document.documentElement.clientWidth;"
+                "return [...document.querySelectorAll('body *')]"
+                ".filter(e => !e.parentElement.closest('.scroll') && e.getBoundingClientRect().right > w + 1)"
+                ".map(e => e.tagName + '.' + e.className + ':' + Math.round(e.getBoundingClientRect().width))"
+                ".slice(0, 5).join(', ');"
+            )
+            assert overflow <= 0, f"{page} is {overflow}px wider than a phone screen: {widest}"
+
     await asyncio.to_thread(scenario)
 
     final = await _deployments(world)
