@@ -27,9 +27,9 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, deploys, identity, projects, status, tokens, web_sessions
+from core import apps, audit, autoscaling, deploys, identity, projects, secrets, status, tokens, web_sessions
 from core.context import Core
-from core.errors import NotFound, UserError
+from core.errors import InvalidInput, NotFound, UserError
 from core.identity import Actor
 from storage import models
 from web.auth import GitHub, Oidc, Person, Provider, SignInRefused
@@ -458,8 +458,10 @@ def _page_routes(router: APIRouter, web: Web) -> None:
             revisions = await deploys.revisions(session, actor=actor, app_name=name)
             (app_row,) = await _app_rows(session, [app])
             role = await identity.role_of(session, actor=actor, project_id=app.project_id)
+            secret_keys = await secrets.list_keys(session, actor=actor, app_name=name)
             return render(request, "app.html", row=row, title=name, app=app, st=st, history=history,
-                          revisions=revisions, info=app_row, role=role,
+                          revisions=revisions, info=app_row, role=role, secret_keys=secret_keys,
+                          can_admin=role is not None and role >= identity.Role.ADMIN,
                           can_deploy=role is not None and role >= identity.Role.DEVELOPER,
                           latest=history[0] if history else None)  # fmt: skip
 
@@ -554,6 +556,47 @@ def _page_routes(router: APIRouter, web: Web) -> None:
         async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
             await apps.set_flag(session, actor=actor, name=name, flag="lock", on=on,
                                 reason=form.get("reason") or None)  # fmt: skip
+
+        return await act(request, run, f"/apps/{name}")
+
+    @router.post("/apps/{name}/scale")
+    async def scale(request: Request, name: str) -> Response:
+        def number(form: dict[str, str], key: str) -> int | None:
+            text = form.get(key, "").strip()
+            if not text:
+                return None
+            if not text.isdigit():
+                raise InvalidInput(f"{key} must be a whole number, got {text!r}", field=key)
+            return int(text)
+
+        async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
+            await autoscaling.scale(
+                session, ctx=web.core_of(request), actor=actor, app_name=name,
+                replicas=number(form, "replicas"), min_replicas=number(form, "min_replicas"),
+                max_replicas=number(form, "max_replicas"), cpu_target=number(form, "cpu_target"),
+                autoscaling_off=form.get("autoscaling") == "off",
+            )  # fmt: skip
+
+        return await act(request, run, f"/apps/{name}")
+
+    @router.post("/apps/{name}/secrets")
+    async def set_secret(request: Request, name: str) -> Response:
+        """Write-only: the value goes to core encrypted and is never shown back (nor logged, nor audited)."""
+
+        async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
+            core = web.core_of(request)
+            key = form.get("key", "").strip()
+            await secrets.set_values(session, ctx=core, actor=actor, app_name=name,
+                                     values={key: form.get("value", "")})  # fmt: skip
+            await deploys.roll_config(session, ctx=core, actor=actor, app_name=name)
+
+        return await act(request, run, f"/apps/{name}")
+
+    @router.post("/apps/{name}/secrets/{key}/delete")
+    async def delete_secret(request: Request, name: str, key: str) -> Response:
+        async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
+            await secrets.unset(session, actor=actor, app_name=name, keys=[key])
+            await deploys.roll_config(session, ctx=web.core_of(request), actor=actor, app_name=name)
 
         return await act(request, run, f"/apps/{name}")
 

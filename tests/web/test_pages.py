@@ -90,3 +90,63 @@ async def test_cookies_are_secure_when_configured(rt: Runtime) -> None:
         cookie = start.headers["set-cookie"]
         assert cookie.startswith("shipit_signin=") and "Secure" in cookie and "HttpOnly" in cookie
         # A session cookie would be __Host-shipit: https only, this host only, path /.
+
+
+async def test_secrets_are_write_only(dashboard: Dashboard) -> None:
+    await offline_app(
+        dashboard.rt, members={"user:alice@example.com": "admin", "user:vera@example.com": "viewer"}
+    )
+    value = "postgres://u:hunter2-very-secret@db/app"
+    async with dashboard.client() as client:
+        page = await dashboard.sign_in(client, "alice@example.com", next="/apps/web")
+        done = await client.post(
+            "/apps/web/secrets", data={"key": "DATABASE_URL", "value": value, "csrf": csrf_of(page.text)}
+        )
+        assert done.url.path == "/apps/web" and "DATABASE_URL" in done.text
+        assert "hunter2" not in done.text
+        bad = await client.post(
+            "/apps/web/secrets", data={"key": "1-bad", "value": "x", "csrf": csrf_of(page.text)}
+        )
+        assert bad.status_code == 422 and "key" in bad.text
+        audit_page = await client.get("/audit")
+        assert "secrets.set" in audit_page.text or "secret" in audit_page.text
+        assert "hunter2" not in audit_page.text
+        gone = await client.post("/apps/web/secrets/DATABASE_URL/delete", data={"csrf": csrf_of(page.text)})
+        assert gone.url.path == "/apps/web" and "No secrets." in gone.text
+    async with dashboard.client() as viewer:
+        page = await dashboard.sign_in(viewer, "vera@example.com", next="/apps/web")
+        assert 'action="/apps/web/secrets"' not in page.text
+        refused = await viewer.post(
+            "/apps/web/secrets", data={"key": "X", "value": "y", "csrf": csrf_of(page.text)}
+        )
+        assert refused.status_code == 403 and "needs the admin role" in refused.text
+    async with dashboard.rt.sessionmaker() as session:
+        assert await session.scalar(select(models.Secret.id)) is None
+        rows = list(await session.scalars(select(models.AuditEvent)))
+    assert all("hunter2" not in str(r.details) for r in rows)
+    assert any(r.channel == "web" and "secret" in r.action for r in rows)
+
+
+async def test_scale_from_the_app_page(dashboard: Dashboard) -> None:
+    await offline_app(
+        dashboard.rt, members={"user:alice@example.com": "admin", "user:dev@example.com": "developer"}
+    )
+    async with dashboard.client() as client:
+        page = await dashboard.sign_in(client, "dev@example.com", next="/apps/web")
+        assert 'action="/apps/web/scale"' not in page.text
+        refused = await client.post("/apps/web/scale", data={"replicas": "3", "csrf": csrf_of(page.text)})
+        assert refused.status_code == 403 and "scaling in project acme needs the admin role" in refused.text
+    async with dashboard.client() as client:
+        page = await dashboard.sign_in(client, "alice@example.com", next="/apps/web")
+        nonsense = await client.post("/apps/web/scale", data={"replicas": "lots", "csrf": csrf_of(page.text)})
+        assert nonsense.status_code == 422 and "replicas must be a whole number" in nonsense.text
+        done = await client.post(
+            "/apps/web/scale",
+            data={"min_replicas": "2", "max_replicas": "5", "cpu_target": "70", "csrf": csrf_of(page.text)},
+        )
+        assert done.url.path == "/apps/web" and "2\u20135 at 70% CPU" in done.text
+    async with dashboard.rt.sessionmaker() as session:
+        app = await session.scalar(select(models.App).where(models.App.name == "web"))
+        d = await session.scalar(select(models.Deployment))
+    assert app is not None and (app.min_replicas, app.max_replicas, app.cpu_target) == (2, 5, 70)
+    assert d is not None and d.trigger == "scale" and d.actor == "user:alice@example.com"
