@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets as pysecrets
 
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
@@ -78,3 +79,14 @@ async def revoke(session: AsyncSession, *, row: models.WebSession) -> None:
         await audit.record(
             session, actor=actor_of(row), action="web.signout", target=f"session/{row.id[:12]}", details={}
         )
+
+
+async def forget_ended(session: AsyncSession, *, older_than: dt.timedelta = dt.timedelta(days=1)) -> int:
+    """Delete sessions that ended (expired or signed out) more than `older_than` ago."""
+    cutoff = models.utcnow() - older_than
+    result = await session.execute(
+        delete(models.WebSession).where(
+            (models.WebSession.expires_at < cutoff) | (models.WebSession.revoked_at < cutoff)
+        )
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

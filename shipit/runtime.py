@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core import deliveries, deploys, events, instance, keys, projects, tokens
+from core import deliveries, deploys, events, instance, keys, projects, tokens, web_sessions
 from core.context import Core, CoreConfig
 from core.identity import SYSTEM
 from core.kube.client import KubeClients
@@ -154,13 +154,14 @@ def _write_new_private_file(path: Path, text: str) -> None:
 
 
 async def _maintenance(rt: Runtime) -> None:
-    """Periodic chores: expire stale approvals.  Cheap, idempotent, safe on every replica."""
+    """Periodic chores: expire stale approvals, forget ended dashboard sessions.  Cheap, idempotent, safe on every replica."""
     while True:
         try:
             async with rt.sessionmaker.begin() as session:
                 await deploys.expire_approvals(session, ctx=rt.core)
                 # A replayed slash command is refused by its signature after 5 minutes anyway.
                 await deliveries.forget_older(session, prefix="slack-trigger", seconds=3600)
+                await web_sessions.forget_ended(session)
         except Exception:
             log.exception("maintenance pass failed")
         await asyncio.sleep(30)

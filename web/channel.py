@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
 import time
@@ -397,6 +398,24 @@ async def _app_rows(session: AsyncSession, app_list: list[models.App]) -> list[A
     return rows
 
 
+def revision_changes(revisions: list[models.Revision]) -> dict[int, tuple[int, list[tuple[str, str, str]]]]:
+    """For each revision, the one before it and what its snapshot changed from it: (field, was, now)."""
+    out: dict[int, tuple[int, list[tuple[str, str, str]]]] = {}
+    ordered = sorted(revisions, key=lambda r: r.number)
+    for older, newer in itertools.pairwise(ordered):
+        changes = []
+        for key in sorted(set(older.snapshot) | set(newer.snapshot)):
+            was, now = older.snapshot.get(key), newer.snapshot.get(key)
+            if was != now:
+                changes.append((key, _show(was), _show(now)))
+        out[newer.number] = (older.number, changes)
+    return out
+
+
+def _show(value: Any) -> str:
+    return "—" if value is None else value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
 def _deploy_state(d: models.Deployment) -> dict[str, Any]:
     return {
         "id": d.id,
@@ -413,10 +432,10 @@ def _deploy_state(d: models.Deployment) -> dict[str, Any]:
 
 
 def _page_routes(router: APIRouter, web: Web) -> None:
-    async def refused(request: Request, row: Me, exc: UserError) -> Response:
+    async def refused(request: Request, row: Me, exc: UserError, *, back: str | None = None) -> Response:
+        # Core's message, as written, with core's status (403 role, 404 unknown, 409 locked...).
         return render(request, "error.html", status_code=exc.status_code, row=row, title="Not done",
-                      message=str(exc), back=request.headers.get("referer") and _safe_next(
-                          _path_of(request.headers.get("referer", ""))))  # fmt: skip
+                      message=str(exc), back=back)  # fmt: skip
 
     @router.get("/")
     async def home(request: Request) -> Response:
@@ -461,6 +480,7 @@ def _page_routes(router: APIRouter, web: Web) -> None:
             secret_keys = await secrets.list_keys(session, actor=actor, app_name=name)
             return render(request, "app.html", row=row, title=name, app=app, st=st, history=history,
                           revisions=revisions, info=app_row, role=role, secret_keys=secret_keys,
+                          changes=revision_changes(revisions),
                           can_admin=role is not None and role >= identity.Role.ADMIN,
                           can_deploy=role is not None and role >= identity.Role.DEVELOPER,
                           latest=history[0] if history else None)  # fmt: skip
@@ -526,7 +546,7 @@ def _page_routes(router: APIRouter, web: Web) -> None:
                 result = await fn(session, actor, form)
         except UserError as e:
             assert me is not None
-            return await refused(request, me, e)
+            return await refused(request, me, e, back=back)
         if isinstance(result, Response):
             return result
         return _back(result if isinstance(result, str) else back)
@@ -650,13 +670,6 @@ def _page_routes(router: APIRouter, web: Web) -> None:
             await tokens.revoke(session, actor=actor, token_id=token_id)
 
         return await act(request, run, "/tokens")
-
-
-def _path_of(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 __all__ = ["Config", "GitHub", "Oidc", "Web", "install"]

@@ -150,3 +150,25 @@ async def test_scale_from_the_app_page(dashboard: Dashboard) -> None:
         d = await session.scalar(select(models.Deployment))
     assert app is not None and (app.min_replicas, app.max_replicas, app.cpu_target) == (2, 5, 70)
     assert d is not None and d.trigger == "scale" and d.actor == "user:alice@example.com"
+
+
+async def test_revision_diff_shows_what_changed(dashboard: Dashboard) -> None:
+    from core import apps
+    from core.apps import AppChanges
+    from tests.conftest import ADMIN
+
+    await offline_app(dashboard.rt, members={"user:alice@example.com": "viewer"})
+    async with dashboard.rt.sessionmaker.begin() as session:
+        await deploys.request(session, ctx=dashboard.rt.core, actor=ADMIN, app_name="web", trigger="api")
+        await apps.update(session, ctx=dashboard.rt.core, actor=ADMIN, name="web",
+                          changes=AppChanges(env={"MODE": "<b>fast</b>"}))  # fmt: skip
+        await deploys.request(session, ctx=dashboard.rt.core, actor=ADMIN, app_name="web", image="1.1",
+                              trigger="api")  # fmt: skip
+    async with dashboard.client() as client:
+        page = await dashboard.sign_in(client, "alice@example.com", next="/apps/web")
+    assert "2 changes from 1" in page.text
+    assert (
+        "<dt>image</dt><dd><del>ghcr.io/acme/web:1.0</del> → <ins>ghcr.io/acme/web:1.1</ins></dd>"
+        in page.text
+    )
+    assert "&lt;b&gt;fast&lt;/b&gt;" in page.text and "<b>fast" not in page.text

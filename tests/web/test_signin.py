@@ -258,3 +258,23 @@ async def test_dashboard_off_without_a_provider(rt: Runtime) -> None:
             page = await client.get(path)
             assert page.status_code == 503 and "no sign-in provider is configured" in page.text
         assert (await client.get("/auth/oidc/start")).status_code == 404
+
+
+async def test_ended_sessions_are_forgotten(rt: Runtime) -> None:
+    from core import web_sessions
+
+    async with rt.sessionmaker.begin() as session:
+        for who in ("old", "out", "live"):
+            await web_sessions.create(session, subject=f"user:{who}@example.com", display=who, provider="oidc",
+                                      lifetime=dt.timedelta(hours=1))  # fmt: skip
+    long_ago = models.utcnow() - dt.timedelta(days=2)
+    async with rt.sessionmaker.begin() as session:
+        await session.execute(update(models.WebSession).where(models.WebSession.subject == "user:old@example.com")
+                              .values(expires_at=long_ago))  # fmt: skip
+        await session.execute(update(models.WebSession).where(models.WebSession.subject == "user:out@example.com")
+                              .values(revoked_at=long_ago))  # fmt: skip
+    async with rt.sessionmaker.begin() as session:
+        assert await web_sessions.forget_ended(session) == 2
+    async with rt.sessionmaker() as session:
+        left = list(await session.scalars(select(models.WebSession.subject)))
+    assert left == ["user:live@example.com"]
