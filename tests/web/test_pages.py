@@ -172,3 +172,43 @@ async def test_revision_diff_shows_what_changed(dashboard: Dashboard) -> None:
         in page.text
     )
     assert "&lt;b&gt;fast&lt;/b&gt;" in page.text and "<b>fast" not in page.text
+
+
+async def test_rollout_stream_sends_deploy_states_and_ends_with_the_session(dashboard: Dashboard) -> None:
+    import json
+
+    from sqlalchemy import update
+
+    from tests.conftest import ADMIN
+
+    await offline_app(dashboard.rt, members={"user:alice@example.com": "viewer"})
+    async with dashboard.rt.sessionmaker.begin() as session:
+        asked = await deploys.request(
+            session, ctx=dashboard.rt.core, actor=ADMIN, app_name="web", trigger="api"
+        )
+        deployment_id = asked.deployment.id
+    async with dashboard.client() as client:
+        await dashboard.sign_in(client, "alice@example.com")
+        async with client.stream("GET", "/apps/web/events") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.aiter_lines()
+            event = None
+            async for line in lines:
+                if line == "event: deploy":
+                    event = json.loads((await anext(lines)).removeprefix("data: "))
+                    break
+            assert event is not None
+            assert event["id"] == deployment_id and event["image"] == "ghcr.io/acme/web:1.0"
+            assert event["actor"] == "user:admin" and event["status"] in (
+                *deploys.PENDING,
+                deploys.RUNNING,
+                *deploys.TERMINAL,
+            )
+            # Signing out elsewhere (here: the row revoked) ends the stream.
+            async with dashboard.rt.sessionmaker.begin() as session:
+                await session.execute(update(models.WebSession).values(revoked_at=models.utcnow()))
+            rest = [line async for line in lines]
+            assert "event: signedout" in rest
+        # Someone with no role in the project gets no stream.
+        await dashboard.sign_in(client, "eve@example.com")
+        assert (await client.get("/apps/web/events")).status_code == 404

@@ -278,3 +278,10 @@ async def test_ended_sessions_are_forgotten(rt: Runtime) -> None:
     async with rt.sessionmaker() as session:
         left = list(await session.scalars(select(models.WebSession.subject)))
     assert left == ["user:live@example.com"]
+
+
+def test_github_sign_in_url_follows_the_api_url() -> None:
+    from web.auth import github_oauth_url
+
+    assert github_oauth_url("https://api.github.com") == "https://github.com"
+    assert github_oauth_url("https://ghe.example.com/api/v3/") == "https://ghe.example.com"
