@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import apps, audit, autoscaling, deploys, identity, projects, secrets, status, tokens, web_sessions
 from core.context import Core
-from core.errors import InvalidInput, NotFound, UserError
+from core.errors import InvalidInput, NotFound, ShipitError, UserError
 from core.identity import Actor
 from storage import models
 from web.auth import GitHub, Oidc, Person, Provider, SignInRefused
@@ -41,6 +41,8 @@ SIGNIN_COOKIE = "shipit_signin"
 SIGNIN_SECONDS = 600  # how long a sign-in may take at the provider
 SSE_POLL_SECONDS = 1.0
 SSE_HEARTBEAT_SECONDS = 15.0
+LOG_TAIL = 200
+LOG_READ_SECONDS = 10.0
 # Our pages load only our own files; no inline script, nothing from elsewhere, never framed.
 CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
@@ -529,6 +531,51 @@ def _page_routes(router: APIRouter, web: Web) -> None:
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
+
+    @router.get("/apps/{name}/logs")
+    async def logs_page(request: Request, name: str) -> Response:
+        """The last lines of the app's pods, served whole; the page's script then follows new ones."""
+        core = web.core_of(request)
+        async with tx(core) as session:
+            row, actor = await signed_in(request, session)
+            try:
+                target = await status.target(session, ctx=core, actor=actor, app_name=name)
+            except UserError as e:
+                return await refused(request, row, e)
+        lines: list[str] = []
+        problem = None
+        try:
+            async with asyncio.timeout(LOG_READ_SECONDS):
+                async for line in status.logs(ctx=core, target=target, tail_lines=LOG_TAIL, follow=False):
+                    lines.append(line.rstrip("\n"))
+        except (UserError, ShipitError) as e:  # no pods yet, cluster unreachable: say so on the page
+            problem = str(e)
+        except TimeoutError:
+            problem = "the cluster did not send the logs in time"
+        return render(request, "logs.html", row=row, title=f"{name} logs", app_name=name, lines=lines,
+                      problem=problem)  # fmt: skip
+
+    @router.get("/apps/{name}/logs/follow")
+    async def logs_follow(request: Request, name: str) -> Response:
+        core = web.core_of(request)
+        async with tx(core) as session:
+            _, actor = await signed_in(request, session)
+            target = await status.target(session, ctx=core, actor=actor, app_name=name)
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield b"retry: 5000\n\n"
+            try:
+                # tail 0: the page already shows the last lines; from here on only new ones.
+                async for line in status.logs(ctx=core, target=target, tail_lines=0, follow=True):
+                    if await request.is_disconnected():
+                        return
+                    yield f"event: line\ndata: {json.dumps(line.rstrip(chr(10)))}\n\n".encode()
+            except (UserError, ShipitError) as e:
+                yield f"event: problem\ndata: {json.dumps(str(e))}\n\n".encode()
+            yield b"event: end\ndata: {}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})  # fmt: skip
 
     async def act(request: Request, fn: Callable[[AsyncSession, Actor, dict[str, str]], Any],
                   back: str) -> Response:  # fmt: skip

@@ -173,6 +173,13 @@ async def test_deploy_watch_roll_back_and_approve_in_a_browser(
         browser.refresh()  # the revisions table as served now, for the README's picture
         browser.save_screenshot(str(shots / "6-app.png"))
 
+        # The logs page: the pods' last lines, served as text.
+        browser.find_element(By.LINK_TEXT, "Logs").click()
+        wait(lambda b: b.current_url.endswith("/apps/web/logs"), 30)
+        assert browser.find_element(By.ID, "logs").text.strip(), "no log lines shown"
+        wait(lambda b: b.find_element(By.ID, "follow-state").text != "connecting", 30)
+        browser.save_screenshot(str(shots / "6-logs.png"))
+
         # On a phone: nothing wider than the screen (wide tables scroll inside their own box).
         browser.execute_cdp_cmd(
             "Emulation.setDeviceMetricsOverride",

@@ -212,3 +212,14 @@ async def test_rollout_stream_sends_deploy_states_and_ends_with_the_session(dash
         # Someone with no role in the project gets no stream.
         await dashboard.sign_in(client, "eve@example.com")
         assert (await client.get("/apps/web/events")).status_code == 404
+
+
+async def test_logs_page_says_why_when_the_cluster_cannot_answer(dashboard: Dashboard) -> None:
+    await offline_app(dashboard.rt, members={"user:alice@example.com": "viewer"})
+    async with dashboard.client() as client:
+        await dashboard.sign_in(client, "alice@example.com")
+        page = await client.get("/apps/web/logs")
+        assert page.status_code == 200 and 'role="alert"' in page.text
+        assert "data-follow" not in page.text  # nothing to follow
+        await dashboard.sign_in(client, "eve@example.com")
+        assert (await client.get("/apps/web/logs")).status_code == 404
