@@ -154,6 +154,11 @@ async def test_post_without_csrf_is_refused(dashboard: Dashboard) -> None:
 
         locked = await client.post("/apps/web/lock", data={"reason": "incident", "csrf": csrf_of(page.text)})
         assert locked.status_code == 200 and locked.url.path == "/apps/web" and "incident" in locked.text
+        # Locked: core refuses deploys until someone unlocks.
+        refused = await client.post("/apps/web/deploy", data={"image": "1.1", "csrf": csrf_of(page.text)})
+        assert refused.status_code == 409 and "is locked by" in refused.text
+        unlocked = await client.post("/apps/web/unlock", data={"csrf": csrf_of(page.text)})
+        assert unlocked.url.path == "/apps/web" and 'action="/apps/web/lock"' in unlocked.text
     async with dashboard.rt.sessionmaker() as session:
         event = await session.scalar(
             select(models.AuditEvent).where(models.AuditEvent.action.like("app.lock%"))
