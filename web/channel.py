@@ -617,11 +617,15 @@ def _page_routes(router: APIRouter, web: Web) -> None:
 
     @router.post("/apps/{name}/lock")
     @router.post("/apps/{name}/unlock")
+    @router.post("/apps/{name}/pause")
+    @router.post("/apps/{name}/resume")
     async def lock(request: Request, name: str) -> Response:
-        on = request.url.path.endswith("/lock")
+        verb = request.url.path.rsplit("/", 1)[-1]
+        flag, on = {"lock": ("lock", True), "unlock": ("lock", False), "pause": ("pause", True),
+                    "resume": ("pause", False)}[verb]  # fmt: skip
 
         async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
-            await apps.set_flag(session, actor=actor, name=name, flag="lock", on=on,
+            await apps.set_flag(session, actor=actor, name=name, flag=flag, on=on,
                                 reason=form.get("reason") or None)  # fmt: skip
 
         return await act(request, run, f"/apps/{name}")

@@ -159,6 +159,10 @@ async def test_post_without_csrf_is_refused(dashboard: Dashboard) -> None:
         assert refused.status_code == 409 and "is locked by" in refused.text
         unlocked = await client.post("/apps/web/unlock", data={"csrf": csrf_of(page.text)})
         assert unlocked.url.path == "/apps/web" and 'action="/apps/web/lock"' in unlocked.text
+        paused = await client.post("/apps/web/pause", data={"reason": "hold on", "csrf": csrf_of(page.text)})
+        assert "auto-deploy paused" in paused.text and 'action="/apps/web/resume"' in paused.text
+        resumed = await client.post("/apps/web/resume", data={"csrf": csrf_of(page.text)})
+        assert "auto-deploy paused" not in resumed.text
     async with dashboard.rt.sessionmaker() as session:
         event = await session.scalar(
             select(models.AuditEvent).where(models.AuditEvent.action.like("app.lock%"))
