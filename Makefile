@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint fmt testenv testenv-up testregistry bench clean image
+.PHONY: install run test lint fmt testenv testenv-up testregistry browser bench clean image
 
 install:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ install:
 run: install
 	$(VENV)/bin/shipit serve
 
-test: install testenv testregistry
+test: install testenv testregistry browser
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -36,6 +36,10 @@ testenv:
 # installed (not root), which fails those tests under CI=true only.
 testregistry:
 	@scripts/test-registry-install || echo "testregistry: docker-registry unavailable, registry tests will be skipped (and fail under CI=true)"
+
+# Debian's chromium + chromium-driver for the dashboard's browser tests (installed when missing).
+browser:
+	@scripts/test-browser
 
 testenv-up: install testenv
 	$(PY) -m tests.testenv.controlplane up

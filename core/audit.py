@@ -40,6 +40,7 @@ async def query(
     project_ids: set[int] | None,
     target: str | None = None,
     action: str | None = None,
+    actor: str | None = None,
     since: dt.datetime | None = None,
     after_id: int | None = None,
     limit: int = 100,
@@ -55,6 +56,8 @@ async def query(
         q = q.where(models.AuditEvent.target.like(f"%{target}%"))
     if action:
         q = q.where(models.AuditEvent.action == action)
+    if actor:
+        q = q.where(models.AuditEvent.actor == actor)
     if since:
         q = q.where(models.AuditEvent.at >= since)
     return list(await session.scalars(q))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 from fastapi import FastAPI, Request
 from pydantic import SecretStr
@@ -13,6 +14,8 @@ from core.context import Core
 from shipit.app import create_app as create_base_app
 from shipit.runtime import Runtime
 from shipit.settings import Settings
+from web import auth as web_auth
+from web import channel as web_channel
 from webhooks import channel as github_channel
 
 
@@ -22,7 +25,42 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     # Channels plug in here (bot.install / webhooks.install), each switched off when unconfigured.
     _install_github(app, settings=settings, rt=rt)
     _install_slack(app, rt=rt)
+    _install_web(app, settings=settings)
     return app
+
+
+# ---------------------------------------------------------------- the dashboard (issue 11)
+
+
+def _install_web(app: FastAPI, *, settings: Settings) -> None:
+    """/, the sign-in routes and the pages; off (503) unless OIDC or GitHub OAuth is configured."""
+    providers: dict[str, web_auth.Provider] = {}
+    if settings.oidc_issuer and settings.oidc_client_id:
+        providers["oidc"] = web_auth.Oidc(
+            issuer=settings.oidc_issuer,
+            client_id=settings.oidc_client_id,
+            client_secret=settings.oidc_client_secret.get_secret_value()
+            if settings.oidc_client_secret
+            else None,
+            scopes=settings.oidc_scopes,
+        )
+    if settings.github_oauth_client_id and settings.github_oauth_client_secret:
+        providers["github"] = web_auth.GitHub(
+            client_id=settings.github_oauth_client_id,
+            client_secret=settings.github_oauth_client_secret.get_secret_value(),
+            oauth_url=settings.github_oauth_url or web_auth.github_oauth_url(settings.github_api_url),
+            api_url=settings.github_api_url,
+        )
+    web_channel.install(
+        app,
+        config=web_channel.Config(
+            providers=providers,
+            public_url=settings.url,
+            cookie_secure=settings.web_cookie_secure,
+            session_lifetime=dt.timedelta(hours=settings.web_session_hours),
+        ),
+        core_of=_core_of,
+    )
 
 
 # ---------------------------------------------------------------- the GitHub channel (issue 5)

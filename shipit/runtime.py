@@ -13,7 +13,18 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core import deliveries, deploys, events, instance, keys, previews, projects, retention, tokens
+from core import (
+    deliveries,
+    deploys,
+    events,
+    instance,
+    keys,
+    previews,
+    projects,
+    retention,
+    tokens,
+    web_sessions,
+)
 from core.context import Core, CoreConfig
 from core.identity import SYSTEM
 from core.kube.client import KubeClients
@@ -191,7 +202,9 @@ PRUNE_EVERY_SECONDS = 3600.0
 
 
 async def _maintenance(rt: Runtime) -> None:
-    """Periodic chores: expire stale approvals, prune old rows.  Cheap, idempotent, safe on every replica."""
+    """Periodic chores: expire stale approvals, forget ended dashboard sessions, prune old rows.
+
+    Cheap, idempotent, safe on every replica."""
     loop = asyncio.get_running_loop()
     next_prune = loop.time()
     while True:
@@ -200,6 +213,7 @@ async def _maintenance(rt: Runtime) -> None:
                 await deploys.expire_approvals(session, ctx=rt.core)
                 # A replayed slash command is refused by its signature after 5 minutes anyway.
                 await deliveries.forget_older(session, prefix="slack-trigger", seconds=3600)
+                await web_sessions.forget_ended(session)
         except Exception:
             log.exception("maintenance pass failed")
         if loop.time() >= next_prune:

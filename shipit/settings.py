@@ -86,7 +86,22 @@ class Settings(BaseSettings):
     # Pause between mutating GitHub API calls (GitHub's advice against secondary rate limits).
     github_write_interval_seconds: float = Field(default=1.0, ge=0)
 
-    @field_validator("bootstrap_token_file", "release_deadline_seconds", mode="before")
+    # Dashboard sign-in (web/): OpenID Connect and/or GitHub OAuth; neither set = the dashboard is off
+    oidc_issuer: str | None = None  # discovery at <issuer>/.well-known/openid-configuration
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid email profile"
+    github_oauth_client_id: str | None = None
+    github_oauth_client_secret: SecretStr | None = None
+    # Where people sign in to GitHub (GHE: https://ghe.example.com); empty: derived from github_api_url.
+    github_oauth_url: str | None = None
+    # Secure cookies need https; turn off only for http://localhost.
+    web_cookie_secure: bool = True
+    web_session_hours: float = Field(default=12.0, gt=0)
+
+    @field_validator(
+        "bootstrap_token_file", "release_deadline_seconds", "oidc_issuer", "github_oauth_url", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `SHIPIT_BOOTSTRAP_TOKEN_FILE=` as copied from .env.example means "not set", not ".".

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest_asyncio
 
 from tests.fakes.github_api import FakeGitHub
+from tests.fakes.oidc import FakeOidc
 from tests.fakes.slack_api import FakeSlack
 
 
@@ -26,3 +27,11 @@ async def fake_github() -> AsyncIterator[FakeGitHub]:
     async with FakeGitHub() as github:
         yield github
     assert not github.errors, f"FakeGitHub crashed while answering: {github.errors!r}"
+
+
+@pytest_asyncio.fixture
+async def fake_oidc() -> AsyncIterator[FakeOidc]:
+    """A started FakeOidc: ``.issuer``, ``.client_id``, ``.client_secret``; ``.sign_in_as(email)``."""
+    async with FakeOidc() as oidc:
+        yield oidc
+    assert not oidc.errors, f"FakeOidc crashed while answering: {oidc.errors!r}"
