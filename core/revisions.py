@@ -15,6 +15,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import images
+from core.errors import InvalidInput
 from storage import models
 
 SCHEMA_VERSION = 2
@@ -83,9 +85,13 @@ class Snapshot:
 
     @property
     def image_ref(self) -> str:
-        """What the pods pull: pinned by digest when one was resolved."""
+        """What the pods pull: pinned by digest when one was resolved (`name@sha256:…`, the tag dropped:
+        it no longer decides anything, and a moved tag beside an old digest would only mislead)."""
         if self.digest and "@" not in self.image:
-            return f"{self.image}@{self.digest}"
+            try:
+                return f"{images.parse(self.image).name}@{self.digest}"
+            except InvalidInput:
+                return f"{self.image}@{self.digest}"
         return self.image
 
 

@@ -746,7 +746,7 @@ async def read_audit(
     action: schemas.AuditActionQuery = None,
     limit: int = Query(100, ge=1, le=1000),
     since: dt.datetime | None = None,  # from this time on, oldest first (an export)
-    after_id: Annotated[int | None, Query(ge=0)] = None,  # the next page of an export: ids above this
+    after_id: schemas.AfterIdQuery = None,  # the next page of an export: ids above this
 ) -> list[schemas.AuditOut]:
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=dt.UTC)  # a bare date or time is UTC

@@ -63,6 +63,7 @@ SubjectPath = Annotated[
 ]
 SecretKeyPath = Annotated[str, Path(max_length=v.limit(models.Secret, "key"), pattern=v.ENV_KEY)]
 IdPath = Annotated[int, Path(ge=1, le=v.ID_MAX)]
+AfterIdQuery = Annotated[int | None, Query(ge=0, le=v.ID_MAX)]
 ProjectQuery = Annotated[str | None, Query(max_length=63, pattern=v.DNS_LABEL)]
 NamespaceQuery = Annotated[str | None, Query(max_length=63, pattern=v.DNS_LABEL)]
 PrNumberPath = Annotated[int, Path(ge=1, le=v.INT32_MAX)]

@@ -301,8 +301,8 @@ def _assert_bounded(schema: dict[str, Any], where: str, spec: dict[str, Any] | N
     for option in schema.get("anyOf", []):
         _assert_bounded(option, where, spec)
     kind = schema.get("type")
-    if kind == "string" and "enum" not in schema:
-        assert "maxLength" in schema, (where, schema)
+    if kind == "string" and "enum" not in schema and schema.get("format") != "date-time":
+        assert "maxLength" in schema, (where, schema)  # a date-time is parsed, and so bounded, as one
     if kind == "integer":
         assert "minimum" in schema and "maximum" in schema, (where, schema)
     for name, prop in schema.get("properties", {}).items():

@@ -96,7 +96,7 @@ async def test_upgrade_points_each_app_at_the_revision_that_runs(settings: Setti
                     ),
                     {"n": number, "s": state},
                 )
-        await migrate.upgrade(engine)
+        await migrate.upgrade(engine, revision="0003")
         assert await migrate.current(engine) == "0003"
         async with engine.connect() as conn:
             rows = (
