@@ -35,7 +35,9 @@ from core import revisions as snapshots  # `revisions` is this module's list of 
 from core.context import Core
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor, Role
-from core.kube.client import Kube, NamespaceOrigin, RolloutProgress
+from core.kube.applying import NamespaceOrigin
+from core.kube.client import Kube
+from core.kube.rules import RolloutProgress
 from core.kube.spec import Autoscaling, HealthCheck, IngressSpec, Resources, WorkloadSpec
 from storage import models
 

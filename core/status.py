@@ -16,7 +16,7 @@ from core import apps, clusters, deploys, events
 from core.context import Core
 from core.errors import Conflict, ShipitError
 from core.identity import Actor, Role
-from core.kube.client import DeploymentStatus
+from core.kube.rules import DeploymentStatus
 from storage import models
 
 

@@ -23,7 +23,7 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_REVISION = "shipit.dev/revision"
 # Ownership: shipit applies over, and deletes, only objects carrying managed-by plus these two
-# with its own project and app (see core.kube.client.ownership_problem).
+# with its own project and app (see core.kube.ownership.ownership_problem).
 LABEL_PROJECT = "shipit.dev/project"
 LABEL_APP = "shipit.dev/app"
 ANNOTATION_CHECKSUM = "shipit.dev/config-checksum"

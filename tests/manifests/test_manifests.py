@@ -159,7 +159,7 @@ def test_alerts_and_dashboard_use_metrics_shipit_exports(rendered: dict[str, lis
     assert monitor["spec"]["endpoints"][0]["port"] == "http"
 
 
-# What core/kube/client.py does on a cluster, as (api group, resource) -> verbs.
+# What core/kube/ (connection, applying, watching) does on a cluster, as (api group, resource) -> verbs.
 EXPECTED_RBAC = {
     ("", "namespaces"): {"get", "create", "delete"},
     ("", "secrets"): {"get", "create", "patch", "delete"},
@@ -178,7 +178,7 @@ EXPECTED_RBAC = {
 def test_the_target_cluster_role_grants_exactly_what_shipit_uses(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
-    from core.kube import client as kube_client
+    from core.kube import connection
 
     role = _one(rendered["target-cluster"], "ClusterRole", "shipit-deployer")
     granted: dict[tuple[str, str], set[str]] = {}
@@ -190,7 +190,7 @@ def test_the_target_cluster_role_grants_exactly_what_shipit_uses(
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
     assert granted == EXPECTED_RBAC
     # Every kind the adapter can apply is covered (a new kind there must be added to the bundle).
-    for info in kube_client.KINDS.values():
+    for info in connection.KINDS.values():
         group = "" if info.api_version == "v1" else info.api_version.split("/")[0]
         assert (group, info.plural) in granted, f"{info.plural} is missing from the ClusterRole"
     token = _one(rendered["target-cluster"], "Secret", "shipit-token")

@@ -19,7 +19,7 @@ from kubernetes_asyncio import client as k8s
 
 from core import errors
 from core.kube import client as kube_client
-from core.kube import render, spec
+from core.kube import render, rules, spec
 from tests.testenv.controlplane import KubeEnv
 
 IMAGE = "ghcr.io/acme/web:1.0.0"
@@ -53,7 +53,7 @@ def make_spec(namespace: str, **overrides: Any) -> spec.WorkloadSpec:
     return spec.WorkloadSpec(**values)
 
 
-async def deploy(kube: kube_client.Kube, s: spec.WorkloadSpec) -> kube_client.RolloutResult:
+async def deploy(kube: kube_client.Kube, s: spec.WorkloadSpec) -> rules.RolloutResult:
     await kube.apply_workload(spec=s)
     return await kube.wait_rollout(namespace=s.namespace, name=s.app, timeout=ROLLOUT_TIMEOUT)
 
@@ -86,9 +86,9 @@ async def test_apply_rendered_spec_becomes_available_and_reads_back(
     kube: kube_client.Kube, kube_api: k8s.ApiClient, namespace: str
 ) -> None:
     s = make_spec(namespace)
-    progress: list[kube_client.RolloutProgress] = []
+    progress: list[rules.RolloutProgress] = []
 
-    async def on_progress(p: kube_client.RolloutProgress) -> None:
+    async def on_progress(p: rules.RolloutProgress) -> None:
         progress.append(p)
 
     await kube.apply_workload(spec=s)
@@ -98,7 +98,7 @@ async def test_apply_rendered_spec_becomes_available_and_reads_back(
     assert result.ok, result
     assert result.reason == "Available"
     assert (result.ready, result.desired) == (2, 2)
-    assert progress and progress[-1] == kube_client.RolloutProgress(ready=2, updated=2, desired=2)
+    assert progress and progress[-1] == rules.RolloutProgress(ready=2, updated=2, desired=2)
 
     apps, core = k8s.AppsV1Api(kube_api), k8s.CoreV1Api(kube_api)
     d = await apps.read_namespaced_deployment("web", namespace)

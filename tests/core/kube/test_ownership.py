@@ -20,7 +20,7 @@ from sqlalchemy import select
 from core import apps, errors, previews
 from core.apps import AppChanges
 from core.kube import client as kube_client
-from core.kube import render, spec
+from core.kube import ownership, render, spec
 from core.worker import run_until_idle
 from storage import models
 from tests.conftest import ADMIN, LiveServer, World
@@ -201,7 +201,7 @@ def obj_with(labels: dict[str, str], managers: list[dict[str, Any]] | None = Non
 
 
 def check(obj: dict[str, Any], **who: str) -> str | None:
-    return kube_client.ownership_problem(
+    return ownership.ownership_problem(
         obj,
         kind="Service",
         namespace="team-b",
@@ -256,7 +256,7 @@ def test_the_manager_named_is_the_one_owning_most_fields_not_a_status_writer() -
 
 
 def test_namespace_rule_wants_managed_by_and_this_project() -> None:
-    ns = kube_client.namespace_problem
+    ns = ownership.namespace_problem
     ours = {"app.kubernetes.io/managed-by": "shipit", "shipit.dev/project": "payments"}
     assert ns(obj_with(ours), name="n", project="payments") is None
     assert "another shipit project" in (ns(obj_with(ours), name="n", project="acme") or "")
@@ -523,9 +523,9 @@ async def test_a_namespace_made_by_someone_else_just_before_our_create_is_return
 ) -> None:
     # The race ensure_namespace can lose: the namespace appears between its read and its create.
     before = await k8s.CoreV1Api(kube_api).read_namespace(namespace)
-    theirs = await kube._create_namespace(name=namespace, project="payments", labels=None)
+    theirs = await kube._applier._create_namespace(name=namespace, project="payments", labels=None)
     assert theirs is not None and theirs["metadata"]["uid"] == before.metadata.uid
-    assert kube_client.namespace_problem(theirs, name=namespace, project="payments") is not None
+    assert ownership.namespace_problem(theirs, name=namespace, project="payments") is not None
     after = await k8s.CoreV1Api(kube_api).read_namespace(namespace)
     assert after.metadata.resource_version == before.metadata.resource_version
 

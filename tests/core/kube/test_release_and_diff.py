@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from core.kube import client, diff, render
+from core.kube import diff, render, rules
 from core.kube.spec import WorkloadSpec
 
 
@@ -79,18 +79,18 @@ def _pod(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_release_verdicts() -> None:
-    assert client.evaluate_release(_job(), {}) is None
-    assert client.evaluate_release(_job(), {"p": _pod({"running": {}})}) is None
-    ok = client.evaluate_release(_job(("Complete", "", "")), {})
+    assert rules.evaluate_release(_job(), {}) is None
+    assert rules.evaluate_release(_job(), {"p": _pod({"running": {}})}) is None
+    ok = rules.evaluate_release(_job(("Complete", "", "")), {})
     assert ok is not None and ok.ok and ok.reason == "Complete"
-    crashed = client.evaluate_release(_job(), {"p": _pod({"terminated": {"exitCode": 3, "reason": "Error"}})})
+    crashed = rules.evaluate_release(_job(), {"p": _pod({"terminated": {"exitCode": 3, "reason": "Error"}})})
     assert crashed is not None and not crashed.ok and crashed.reason == "Error"
     assert "pod p container release: Error (exit code 3)" in crashed.message
-    oom = client.evaluate_release(
+    oom = rules.evaluate_release(
         _job(), {"p": _pod({"terminated": {"exitCode": 137, "reason": "OOMKilled"}})}
     )
     assert oom is not None and oom.reason == "OOMKilled"
-    late = client.evaluate_release(
+    late = rules.evaluate_release(
         _job(("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")),
         {"p": _pod({"waiting": {"reason": "ImagePullBackOff"}})},
     )

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from core import errors
-from core.kube import client
+from core.kube import api_errors, rules
 
 
 def deployment(
@@ -53,20 +53,20 @@ def pod(name: str, reason: str | None) -> dict[str, Any]:
 
 
 def test_available_at_current_generation_is_success() -> None:
-    verdict = client.evaluate_rollout(deployment(), {})
+    verdict = rules.evaluate_rollout(deployment(), {})
     assert verdict is not None
     assert verdict.ok
     assert (verdict.ready, verdict.desired) == (2, 2)
 
 
 def test_status_of_an_older_generation_decides_nothing() -> None:
-    assert client.evaluate_rollout(deployment(generation=3, observed=2), {}) is None
+    assert rules.evaluate_rollout(deployment(generation=3, observed=2), {}) is None
     stale_deadline = deployment(
         generation=3,
         observed=2,
         conditions=[{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}],
     )
-    assert client.evaluate_rollout(stale_deadline, {}) is None
+    assert rules.evaluate_rollout(stale_deadline, {}) is None
 
 
 @pytest.mark.parametrize(
@@ -78,14 +78,14 @@ def test_status_of_an_older_generation_decides_nothing() -> None:
     ],
 )
 def test_incomplete_rollout_is_undecided(fields: dict[str, int]) -> None:
-    assert client.evaluate_rollout(deployment(**fields), {}) is None
+    assert rules.evaluate_rollout(deployment(**fields), {}) is None
 
 
 def test_available_condition_false_is_undecided() -> None:
     d = deployment(
         conditions=[{"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"}]
     )
-    assert client.evaluate_rollout(d, {}) is None
+    assert rules.evaluate_rollout(d, {}) is None
 
 
 def test_progress_deadline_exceeded_fails() -> None:
@@ -101,7 +101,7 @@ def test_progress_deadline_exceeded_fails() -> None:
             }
         ],
     )
-    verdict = client.evaluate_rollout(d, {})
+    verdict = rules.evaluate_rollout(d, {})
     assert verdict is not None
     assert not verdict.ok
     assert verdict.reason == "ProgressDeadlineExceeded"
@@ -119,7 +119,7 @@ def test_progress_deadline_exceeded_fails() -> None:
     ],
 )
 def test_failing_pod_fails_even_before_the_controller_catches_up(reason: str) -> None:
-    verdict = client.evaluate_rollout(
+    verdict = rules.evaluate_rollout(
         deployment(generation=3, observed=2), {"web-a": pod("web-a", None), "web-b": pod("web-b", reason)}
     )
     assert verdict is not None
@@ -129,9 +129,7 @@ def test_failing_pod_fails_even_before_the_controller_catches_up(reason: str) ->
 
 
 def test_container_creating_is_not_a_failure() -> None:
-    assert (
-        client.evaluate_rollout(deployment(updated=1), {"web-a": pod("web-a", "ContainerCreating")}) is None
-    )
+    assert rules.evaluate_rollout(deployment(updated=1), {"web-a": pod("web-a", "ContainerCreating")}) is None
 
 
 def status_body(message: str, **extra: Any) -> bytes:
@@ -140,7 +138,9 @@ def status_body(message: str, **extra: Any) -> bytes:
 
 def test_http_errors_map_to_core_errors() -> None:
     def err(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> errors.ShipitError:
-        return client._http_error(status=status, body=body, headers=headers, what="apply Deployment ns/web")
+        return api_errors.http_error(
+            status=status, body=body, headers=headers, what="apply Deployment ns/web"
+        )
 
     throttled = err(429, status_body("too many requests"), {"Retry-After": "3"})
     assert isinstance(throttled, errors.TransientError)
@@ -169,7 +169,7 @@ def test_http_errors_map_to_core_errors() -> None:
 
 
 def test_long_messages_are_truncated() -> None:
-    e = client._http_error(status=422, body=status_body("x" * 5000), headers=None, what="apply")
+    e = api_errors.http_error(status=422, body=status_body("x" * 5000), headers=None, what="apply")
     assert len(str(e)) < 1000
 
 
@@ -180,7 +180,7 @@ def test_undecodable_object_is_permanent_not_a_server_fault() -> None:
         "unable to convert "
         "unstructured object to apps/v1, Kind=Deployment: quantities must match the regular expression"
     )
-    e = client._http_error(status=500, body=body, headers=None, what="apply Deployment ns/web")
+    e = api_errors.http_error(status=500, body=body, headers=None, what="apply Deployment ns/web")
     assert isinstance(e, errors.PermanentError)
 
 
@@ -197,7 +197,7 @@ def test_bad_quantities_are_located_by_path() -> None:
             }
         }
     }
-    assert client._bad_quantities(manifest) == [
+    assert api_errors.bad_quantities(manifest) == [
         "spec.template.spec.containers[0].resources.requests.memory",
         "spec.template.spec.containers[1].resources.limits.memory",
     ]
