@@ -377,7 +377,7 @@ _SECRETS_SUB = ("set", "list", "unset")
 @command(
     "secrets",
     usage="secrets set <app> KEY=VALUE…  |  secrets list <app>  |  secrets unset <app> KEY…",
-    summary="write-only secrets: values are never shown back; quote values with spaces",
+    summary="write-only secrets (never shown back; quote values with spaces); a change redeploys a running app",
     examples=(
         'secrets set web DATABASE_URL=postgres://db/web API_KEY="two words"',
         "secrets list web",

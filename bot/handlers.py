@@ -78,7 +78,7 @@ def missing_handlers() -> list[str]:
     """Command types the parser can make that nothing here handles (empty when all is wired)."""
     return [
         f"{spec.name}: {kind.__name__}"
-        for spec in commands.SPECS
+        for spec in commands.BY_NAME.values()
         for kind in spec.kinds
         if kind not in HANDLERS and kind not in ANSWERED_INLINE
     ]
