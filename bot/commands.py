@@ -5,6 +5,11 @@ be unit-tested, and so the handlers stay thin.  Slack sends the command text
 escaped (`&lt;`, `<https://…|…>` for anything that looks like a link, `<@U1|name>`
 for mentions); we undo that here once.  Secret values pass through this module:
 no error message, repr or `describe()` ever contains one.
+
+Each command is one `@command(...)` parser: its usage, summary and examples live on
+it, so help, "did you mean" and usage errors all read the same registry, and the
+command types it makes come from its return annotation (bot.handlers checks that
+each one has a handler).
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ core does in a transaction (cheap database writes); anything that talks to a
 cluster is returned as a `later` follow-up that the channel runs after the ack.
 One error policy for every command and button: a UserError is shown as written,
 anything else shows a reference id and logs the traceback under it.
+
+Adding a command: its `@commands.command` parser in bot/commands.py (usage, help,
+examples) and its `@handles` handler here; this module refuses to import while a
+command type the parser can make has no handler.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ ANSWERED_INLINE: tuple[type[commands.Command], ...] = (commands.Help,)
 
 
 def handles(kind: type[commands.Command]) -> Callable[[H], H]:
-    """Register the handler of one command type (one per type; see `check_handlers`)."""
+    """Register the handler of one command type (one per type; see `missing_handlers`)."""
 
     def register(fn: H) -> H:
         if kind in HANDLERS:
