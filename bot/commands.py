@@ -5,13 +5,21 @@ be unit-tested, and so the handlers stay thin.  Slack sends the command text
 escaped (`&lt;`, `<https://…|…>` for anything that looks like a link, `<@U1|name>`
 for mentions); we undo that here once.  Secret values pass through this module:
 no error message, repr or `describe()` ever contains one.
+
+Each command is one `@command(...)` parser: its usage, summary and examples live on
+it, so help, "did you mean" and usage errors all read the same registry, and the
+command types it makes come from its return annotation (bot.handlers checks that
+each one has a handler).
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType, UnionType
+from typing import TypeVar, get_args, get_origin, get_type_hints
 
 from core.errors import InvalidInput
 
@@ -19,84 +27,6 @@ MAX_LOG_LINES = 500
 DEFAULT_LOG_LINES = 50
 
 
-@dataclass(frozen=True)
-class Spec:
-    name: str
-    usage: str
-    summary: str
-    examples: tuple[str, ...]
-
-
-SPECS: tuple[Spec, ...] = (
-    Spec(
-        "deploy",
-        "deploy <app> <image|tag>",
-        "deploy an image, or a new tag of the current image",
-        ("deploy web ghcr.io/acme/web:1.4", "deploy web 1.5"),
-    ),
-    Spec(
-        "diff",
-        "diff <app> [image|tag]",
-        "what a deploy would change on the cluster, field by field; changes nothing",
-        ("diff web 1.6", "diff web"),
-    ),
-    Spec(
-        "rollback",
-        "rollback <app> [revision]",
-        "go back to the previous good revision (or a given one); pauses auto-deploy",
-        ("rollback web", "rollback web 3"),
-    ),
-    Spec("status", "status [app]", "what runs now and what is queued", ("status", "status web")),
-    Spec("apps", "apps", "the apps you can see", ("apps",)),
-    Spec("revisions", "revisions <app>", "the revisions kept for an app", ("revisions web",)),
-    Spec(
-        "logs",
-        "logs <app> [lines]",
-        f"the last log lines of the app's pods (default {DEFAULT_LOG_LINES}, at most {MAX_LOG_LINES})",
-        ("logs web", "logs web 200"),
-    ),
-    Spec(
-        "secrets",
-        "secrets set <app> KEY=VALUE…  |  secrets list <app>  |  secrets unset <app> KEY…",
-        "write-only secrets: values are never shown back; quote values with spaces",
-        (
-            'secrets set web DATABASE_URL=postgres://db/web API_KEY="two words"',
-            "secrets list web",
-            "secrets unset web API_KEY",
-        ),
-    ),
-    Spec(
-        "scale",
-        "scale <app> replicas=N  |  scale <app> min=N max=N [cpu=N]  |  scale <app> auto off",
-        "fixed replicas, or a HorizontalPodAutoscaler",
-        ("scale web replicas=3", "scale web min=2 max=10 cpu=70", "scale web auto off"),
-    ),
-    Spec(
-        "lock",
-        "lock <app> <reason>",
-        "stop all deploys of an app until unlocked",
-        ("lock web release freeze",),
-    ),
-    Spec("unlock", "unlock <app>", "allow deploys again", ("unlock web",)),
-    Spec(
-        "pause", "pause <app>", "stop automatic deploys (pushes); manual deploys still work", ("pause web",)
-    ),
-    Spec("resume", "resume <app>", "deploy on push again", ("resume web",)),
-    Spec(
-        "preview",
-        "preview approve <app> <pull request>",
-        "deploy the waiting preview of a pull request from a fork (its current commit, without secrets)",
-        ("preview approve web 42",),
-    ),
-    Spec(
-        "access",
-        "access <project> <@user> <role>",
-        "give someone a role in a project: viewer, developer, admin, owner, or none to remove it",
-        ("access acme @alice developer", "access acme @bob none"),
-    ),
-    Spec("help", "help [command]", "this list, or one command in detail", ("help", "help scale")),
-)
-BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
 ROLES = ("viewer", "developer", "admin", "owner", "none")
 
 
@@ -104,64 +34,69 @@ ROLES = ("viewer", "developer", "admin", "owner", "none")
 
 
 @dataclass(frozen=True, kw_only=True)
-class Deploy:
+class Command:
+    """What a parser makes; each subclass has one handler in bot.handlers."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deploy(Command):
     app: str
     image: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
-class Diff:
+class Diff(Command):
     app: str
     image: str | None = None  # None: the app's current image with its current settings
 
 
 @dataclass(frozen=True, kw_only=True)
-class Rollback:
+class Rollback(Command):
     app: str
     revision: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
-class Status:
+class Status(Command):
     app: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
-class Apps:
+class Apps(Command):
     pass
 
 
 @dataclass(frozen=True, kw_only=True)
-class Revisions:
+class Revisions(Command):
     app: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class Logs:
+class Logs(Command):
     app: str
     lines: int = DEFAULT_LOG_LINES
 
 
 @dataclass(frozen=True, kw_only=True)
-class SecretsSet:
+class SecretsSet(Command):
     app: str
     # repr=False: a command object that ends up in a log line or a traceback shows no value.
     values: dict[str, str] = field(repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SecretsList:
+class SecretsList(Command):
     app: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class SecretsUnset:
+class SecretsUnset(Command):
     app: str
     keys: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
-class Scale:
+class Scale(Command):
     app: str
     replicas: int | None = None
     min_replicas: int | None = None
@@ -171,64 +106,82 @@ class Scale:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Lock:
+class Lock(Command):
     app: str
     reason: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class Unlock:
+class Unlock(Command):
     app: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class Pause:
+class Pause(Command):
     app: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class Resume:
+class Resume(Command):
     app: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class PreviewApprove:
+class PreviewApprove(Command):
     app: str
     number: int
 
 
 @dataclass(frozen=True, kw_only=True)
-class Access:
+class Access(Command):
     project: str
     subject: str  # slack:U123, github:login, user:name
     role: str | None  # None removes the member
 
 
 @dataclass(frozen=True, kw_only=True)
-class Help:
+class Help(Command):
     topic: str | None = None
 
 
-Command = (
-    Deploy
-    | Diff
-    | Rollback
-    | Status
-    | Apps
-    | Revisions
-    | Logs
-    | SecretsSet
-    | SecretsList
-    | SecretsUnset
-    | Scale
-    | Lock
-    | Unlock
-    | Pause
-    | Resume
-    | PreviewApprove
-    | Access
-    | Help
-)
+# ---------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One command of the language: everything help, suggestions and errors say about it, and its parser."""
+
+    name: str
+    usage: str
+    summary: str
+    examples: tuple[str, ...]
+    parse: Callable[[str], Command]
+    # The command types `parse` makes (read from its return annotation); each needs a handler.
+    kinds: tuple[type[Command], ...]
+
+
+C = TypeVar("C", bound=Command)
+_REGISTRY: dict[str, Spec] = {}
+# Read-only views of the registry, in the order the commands are declared (help lists them so).
+BY_NAME: Mapping[str, Spec] = MappingProxyType(_REGISTRY)
+
+
+def command(
+    name: str, *, usage: str, summary: str, examples: tuple[str, ...]
+) -> Callable[[Callable[[str], C]], Callable[[str], C]]:
+    """Register a parser as the command `name`: adding a command is this one decorated function."""
+
+    def register(parse: Callable[[str], C]) -> Callable[[str], C]:
+        if name in _REGISTRY:
+            raise ValueError(f"command {name} is registered twice")
+        if not examples:
+            raise ValueError(f"command {name} needs at least one example")
+        returned = get_type_hints(parse)["return"]
+        kinds = tuple(get_args(returned)) if get_origin(returned) is UnionType else (returned,)
+        _REGISTRY[name] = Spec(name, usage, summary, examples, parse, kinds)
+        return parse
+
+    return register
 
 
 class UsageError(InvalidInput):
@@ -283,10 +236,10 @@ def parse(text: str) -> Command:
     word, _, rest = text.partition(" ")
     name = word.lower()
     rest = rest.strip()
-    parser = _PARSERS.get(name)
-    if parser is None:
+    spec = BY_NAME.get(name)
+    if spec is None:
         raise _unknown_command(name)
-    return parser(rest)
+    return spec.parse(rest)
 
 
 def _unknown_command(name: str) -> UsageError:
@@ -323,7 +276,13 @@ def _int(value: str, *, command: str, name: str, low: int, high: int) -> int:
     return number
 
 
-def _parse_deploy(rest: str) -> Command:
+@command(
+    "deploy",
+    usage="deploy <app> <image|tag>",
+    summary="deploy an image, or a new tag of the current image",
+    examples=("deploy web ghcr.io/acme/web:1.4", "deploy web 1.5"),
+)
+def _parse_deploy(rest: str) -> Deploy:
     words = _words(rest)
     app = _app(words, "deploy")
     # A command cut short (or `deploy web ""`) must not restart production with what already runs.
@@ -337,7 +296,13 @@ def _parse_deploy(rest: str) -> Command:
     return Deploy(app=app, image=words[1])
 
 
-def _parse_diff(rest: str) -> Command:
+@command(
+    "diff",
+    usage="diff <app> [image|tag]",
+    summary="what a deploy would change on the cluster, field by field; changes nothing",
+    examples=("diff web 1.6", "diff web"),
+)
+def _parse_diff(rest: str) -> Diff:
     words = _words(rest)
     app = _app(words, "diff")
     image = words[1] if len(words) > 1 and words[1].strip(_QUOTES) else None
@@ -345,7 +310,13 @@ def _parse_diff(rest: str) -> Command:
     return Diff(app=app, image=image)
 
 
-def _parse_rollback(rest: str) -> Command:
+@command(
+    "rollback",
+    usage="rollback <app> [revision]",
+    summary="go back to the previous good revision (or a given one); pauses auto-deploy",
+    examples=("rollback web", "rollback web 3"),
+)
+def _parse_rollback(rest: str) -> Rollback:
     words = _words(rest)
     app = _app(words, "rollback")
     revision = None
@@ -361,25 +332,41 @@ def _parse_rollback(rest: str) -> Command:
     return Rollback(app=app, revision=revision)
 
 
-def _parse_status(rest: str) -> Command:
+@command(
+    "status",
+    usage="status [app]",
+    summary="what runs now and what is queued",
+    examples=("status", "status web"),
+)
+def _parse_status(rest: str) -> Status:
     words = _words(rest)
     _no_more(words[1:], "status")
     return Status(app=words[0].lower() if words else None)
 
 
-def _parse_apps(rest: str) -> Command:
+@command("apps", usage="apps", summary="the apps you can see", examples=("apps",))
+def _parse_apps(rest: str) -> Apps:
     _no_more(_words(rest), "apps")
     return Apps()
 
 
-def _parse_revisions(rest: str) -> Command:
+@command(
+    "revisions", usage="revisions <app>", summary="the revisions kept for an app", examples=("revisions web",)
+)
+def _parse_revisions(rest: str) -> Revisions:
     words = _words(rest)
     app = _app(words, "revisions")
     _no_more(words[1:], "revisions")
     return Revisions(app=app)
 
 
-def _parse_logs(rest: str) -> Command:
+@command(
+    "logs",
+    usage="logs <app> [lines]",
+    summary=f"the last log lines of the app's pods (default {DEFAULT_LOG_LINES}, at most {MAX_LOG_LINES})",
+    examples=("logs web", "logs web 200"),
+)
+def _parse_logs(rest: str) -> Logs:
     words = _words(rest)
     app = _app(words, "logs")
     lines = DEFAULT_LOG_LINES
@@ -392,7 +379,17 @@ def _parse_logs(rest: str) -> Command:
 _SECRETS_SUB = ("set", "list", "unset")
 
 
-def _parse_secrets(rest: str) -> Command:
+@command(
+    "secrets",
+    usage="secrets set <app> KEY=VALUE…  |  secrets list <app>  |  secrets unset <app> KEY…",
+    summary="write-only secrets (never shown back; quote values with spaces); a change redeploys a running app",
+    examples=(
+        'secrets set web DATABASE_URL=postgres://db/web API_KEY="two words"',
+        "secrets list web",
+        "secrets unset web API_KEY",
+    ),
+)
+def _parse_secrets(rest: str) -> SecretsSet | SecretsList | SecretsUnset:
     sub, _, after = rest.partition(" ")
     sub = sub.lower()
     if not sub:
@@ -450,7 +447,13 @@ def _secret_pairs(text: str) -> dict[str, str]:
     return values
 
 
-def _parse_scale(rest: str) -> Command:
+@command(
+    "scale",
+    usage="scale <app> replicas=N  |  scale <app> min=N max=N [cpu=N]  |  scale <app> auto off",
+    summary="fixed replicas, or a HorizontalPodAutoscaler",
+    examples=("scale web replicas=3", "scale web min=2 max=10 cpu=70", "scale web auto off"),
+)
+def _parse_scale(rest: str) -> Scale:
     words = _words(rest)
     app = _app(words, "scale")
     args = [w.lower() for w in words[1:]]
@@ -479,7 +482,13 @@ def _parse_scale(rest: str) -> Command:
     )
 
 
-def _parse_lock(rest: str) -> Command:
+@command(
+    "lock",
+    usage="lock <app> <reason>",
+    summary="stop all deploys of an app until unlocked",
+    examples=("lock web release freeze",),
+)
+def _parse_lock(rest: str) -> Lock:
     app_word, _, reason = rest.partition(" ")
     if not app_word:
         raise UsageError("`lock` needs an app name and a reason.", command="lock")
@@ -491,7 +500,42 @@ def _parse_lock(rest: str) -> Command:
     return Lock(app=app_word.lower(), reason=reason)
 
 
-def _parse_preview(rest: str) -> Command:
+@command("unlock", usage="unlock <app>", summary="allow deploys again", examples=("unlock web",))
+def _parse_unlock(rest: str) -> Unlock:
+    words = _words(rest)
+    app = _app(words, "unlock")
+    _no_more(words[1:], "unlock")
+    return Unlock(app=app)
+
+
+@command(
+    "pause",
+    usage="pause <app>",
+    summary="stop automatic deploys (pushes); manual deploys still work",
+    examples=("pause web",),
+)
+def _parse_pause(rest: str) -> Pause:
+    words = _words(rest)
+    app = _app(words, "pause")
+    _no_more(words[1:], "pause")
+    return Pause(app=app)
+
+
+@command("resume", usage="resume <app>", summary="deploy on push again", examples=("resume web",))
+def _parse_resume(rest: str) -> Resume:
+    words = _words(rest)
+    app = _app(words, "resume")
+    _no_more(words[1:], "resume")
+    return Resume(app=app)
+
+
+@command(
+    "preview",
+    usage="preview approve <app> <pull request>",
+    summary="deploy the waiting preview of a pull request from a fork (its current commit, without secrets)",
+    examples=("preview approve web 42",),
+)
+def _parse_preview(rest: str) -> PreviewApprove:
     words = _words(rest)
     if not words or words[0].lower() != "approve":
         raise UsageError("`preview` takes approve.", command="preview")
@@ -503,7 +547,13 @@ def _parse_preview(rest: str) -> Command:
     return PreviewApprove(app=app, number=number)
 
 
-def _parse_access(rest: str) -> Command:
+@command(
+    "access",
+    usage="access <project> <@user> <role>",
+    summary="give someone a role in a project: viewer, developer, admin, owner, or none to remove it",
+    examples=("access acme @alice developer", "access acme @bob none"),
+)
+def _parse_access(rest: str) -> Access:
     words = _words(rest)
     if len(words) != 3:
         raise UsageError("`access` needs a project, a person and a role.", command="access")
@@ -530,7 +580,13 @@ def _parse_access(rest: str) -> Command:
     return Access(project=project.lower(), subject=subject, role=None if role == "none" else role)
 
 
-def _parse_help(rest: str) -> Command:
+@command(
+    "help",
+    usage="help [command]",
+    summary="this list, or one command in detail",
+    examples=("help", "help scale"),
+)
+def _parse_help(rest: str) -> Help:
     words = _words(rest)
     topic = words[0].lower() if words else None
     if topic is not None and topic not in BY_NAME:
@@ -538,45 +594,8 @@ def _parse_help(rest: str) -> Command:
     return Help(topic=topic)
 
 
-def _parse_unlock(rest: str) -> Command:
-    words = _words(rest)
-    app = _app(words, "unlock")
-    _no_more(words[1:], "unlock")
-    return Unlock(app=app)
-
-
-def _parse_pause(rest: str) -> Command:
-    words = _words(rest)
-    app = _app(words, "pause")
-    _no_more(words[1:], "pause")
-    return Pause(app=app)
-
-
-def _parse_resume(rest: str) -> Command:
-    words = _words(rest)
-    app = _app(words, "resume")
-    _no_more(words[1:], "resume")
-    return Resume(app=app)
-
-
-_PARSERS = {
-    "deploy": _parse_deploy,
-    "diff": _parse_diff,
-    "rollback": _parse_rollback,
-    "status": _parse_status,
-    "apps": _parse_apps,
-    "revisions": _parse_revisions,
-    "logs": _parse_logs,
-    "secrets": _parse_secrets,
-    "scale": _parse_scale,
-    "lock": _parse_lock,
-    "unlock": _parse_unlock,
-    "pause": _parse_pause,
-    "resume": _parse_resume,
-    "preview": _parse_preview,
-    "access": _parse_access,
-    "help": _parse_help,
-}
+# Every command, in the order declared above (help lists them so).
+SPECS: tuple[Spec, ...] = tuple(BY_NAME.values())
 
 
 # ---------------------------------------------------------------- help
@@ -588,7 +607,7 @@ def help_text(topic: str | None = None) -> str:
         examples = "\n".join(f"• `/shipit {e}`" for e in spec.examples)
         return f"*`/shipit {spec.usage}`*\n{spec.summary}\nExamples:\n{examples}"
     lines = ["*shipit* deploys, rolls back, scales and keeps secrets from Slack. Commands:"]
-    for spec in SPECS:
+    for spec in BY_NAME.values():
         lines.append(f"• `/shipit {spec.usage}` — {spec.summary}. e.g. `/shipit {spec.examples[0]}`")
     lines.append("Deploy cards in the project channel carry Approve / Reject / Cancel / Roll back buttons.")
     return "\n".join(lines)
@@ -614,9 +633,11 @@ __all__ = [
     "SecretsList",
     "SecretsSet",
     "SecretsUnset",
+    "Spec",
     "Status",
     "Unlock",
     "UsageError",
+    "command",
     "describe",
     "help_text",
     "parse",

@@ -5,6 +5,10 @@ core does in a transaction (cheap database writes); anything that talks to a
 cluster is returned as a `later` follow-up that the channel runs after the ack.
 One error policy for every command and button: a UserError is shown as written,
 anything else shows a reference id and logs the traceback under it.
+
+Adding a command: its `@commands.command` parser in bot/commands.py (usage, help,
+examples) and its `@handles` handler here; this module refuses to import while a
+command type the parser can make has no handler.
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import commands, views
 from core import apps, autoscaling, deliveries, deploys, dryrun, previews, projects, secrets, status
 from core.context import Core
-from core.errors import Conflict, ShipitError, UserError
+from core.errors import ShipitError, UserError
 from core.identity import Actor
 from storage import models
 
@@ -54,6 +58,34 @@ class Outcome:
 
 
 Handler = Callable[[AsyncSession, Core, Caller, Any], Awaitable[Outcome]]
+H = TypeVar("H", bound=Handler)
+
+# Command type -> its handler, filled by @handles; checked against the registry of bot.commands at import.
+HANDLERS: dict[type[commands.Command], Handler] = {}
+# Answered by `execute` itself, with no transaction: help reads nothing from the core.
+ANSWERED_INLINE: tuple[type[commands.Command], ...] = (commands.Help,)
+
+
+def handles(kind: type[commands.Command]) -> Callable[[H], H]:
+    """Register the handler of one command type (one per type; see `missing_handlers`)."""
+
+    def register(fn: H) -> H:
+        if kind in HANDLERS:
+            raise ValueError(f"{kind.__name__} has two handlers")
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+def missing_handlers() -> list[str]:
+    """Command types the parser can make that nothing here handles (empty when all is wired)."""
+    return [
+        f"{spec.name}: {kind.__name__}"
+        for spec in commands.BY_NAME.values()
+        for kind in spec.kinds
+        if kind not in HANDLERS and kind not in ANSWERED_INLINE
+    ]
 
 
 def _ok(text: str) -> Outcome:
@@ -108,7 +140,7 @@ async def execute(
     if isinstance(command, commands.Help):
         return Outcome(message=views.help_message(commands.help_text(command.topic)))
     what = commands.describe(command)
-    handler = _HANDLERS[type(command)]
+    handler = HANDLERS[type(command)]
     kind = type(command).__name__
     try:
         async with core.sessionmaker.begin() as session:
@@ -132,6 +164,7 @@ async def execute(
     return outcome
 
 
+@handles(commands.Deploy)
 async def _deploy(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Deploy) -> Outcome:
     result = await deploys.request(
         session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image, trigger="slack"
@@ -139,6 +172,7 @@ async def _deploy(session: AsyncSession, core: Core, caller: Caller, cmd: comman
     return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
 
 
+@handles(commands.Diff)
 async def _diff(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Diff) -> Outcome:
     # The role check and the rendering happen now; the cluster is asked after the ack.
     plan = await dryrun.plan(session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image)
@@ -154,6 +188,7 @@ async def _diff(session: AsyncSession, core: Core, caller: Caller, cmd: commands
     )
 
 
+@handles(commands.Rollback)
 async def _rollback(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Rollback) -> Outcome:
     result = await deploys.rollback(
         session, ctx=core, actor=caller.actor, app_name=cmd.app, revision=cmd.revision
@@ -179,6 +214,7 @@ async def _queued(
     return views.queued(deployment=deployment, app=app, channel=channel, created=result.created)
 
 
+@handles(commands.Status)
 async def _status(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Status) -> Outcome:
     if cmd.app is None:
         rows = await apps.list_visible(session, actor=caller.actor)
@@ -196,10 +232,12 @@ async def _status(session: AsyncSession, core: Core, caller: Caller, cmd: comman
     return Outcome(message=views.app_status(st, live_pending=True), later=live)
 
 
+@handles(commands.Apps)
 async def _apps(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Apps) -> Outcome:
     return Outcome(message=views.app_list(await apps.list_visible(session, actor=caller.actor)))
 
 
+@handles(commands.Revisions)
 async def _revisions(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Revisions) -> Outcome:
     rows = await deploys.revisions(session, actor=caller.actor, app_name=cmd.app)
     app = await apps.get(session, actor=caller.actor, name=cmd.app)
@@ -207,6 +245,7 @@ async def _revisions(session: AsyncSession, core: Core, caller: Caller, cmd: com
     return Outcome(message=views.revision_list(app.name, rows, current=current.number if current else None))
 
 
+@handles(commands.Logs)
 async def _logs(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Logs) -> Outcome:
     target = await status.target(session, ctx=core, actor=caller.actor, app_name=cmd.app)
 
@@ -221,17 +260,26 @@ async def _logs(session: AsyncSession, core: Core, caller: Caller, cmd: commands
     )
 
 
+@handles(commands.SecretsSet)
 async def _secrets_set(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsSet
 ) -> Outcome:
-    app = await secrets.set_values(session, ctx=core, actor=caller.actor, app_name=cmd.app, values=cmd.values)
-    keys = ", ".join(f"`{k}`" for k in sorted(cmd.values))
-    return _ok(
-        f":closed_lock_with_key: Set {keys} on *{app.name}* (values are stored encrypted and never shown). "
-        f"They reach the pods with the next deploy: `/shipit deploy {app.name}`."
+    change = await deploys.set_secrets(
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, values=cmd.values
     )
+    return Outcome(message=await _secrets_changed(session, caller=caller, change=change, removed=False))
 
 
+async def _secrets_changed(
+    session: AsyncSession, *, caller: Caller, change: deploys.SecretChange, removed: bool
+) -> views.Message:
+    queued = None
+    if change.redeploy is not None:
+        queued = await _queued(session, caller=caller, result=change.redeploy, app=change.app.name)
+    return views.secrets_changed(app=change.app.name, keys=change.keys, removed=removed, queued=queued)
+
+
+@handles(commands.SecretsList)
 async def _secrets_list(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsList
 ) -> Outcome:
@@ -239,16 +287,17 @@ async def _secrets_list(
     return Outcome(message=views.secret_keys(cmd.app, [r.key for r in rows]))
 
 
+@handles(commands.SecretsUnset)
 async def _secrets_unset(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsUnset
 ) -> Outcome:
-    removed = await secrets.unset(
+    change = await deploys.unset_secrets(
         session, ctx=core, actor=caller.actor, app_name=cmd.app, keys=list(cmd.keys)
     )
-    keys = ", ".join(f"`{k}`" for k in removed)
-    return _ok(f"Removed {keys} from *{cmd.app}*. The pods lose them with the next deploy.")
+    return Outcome(message=await _secrets_changed(session, caller=caller, change=change, removed=True))
 
 
+@handles(commands.Scale)
 async def _scale(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Scale) -> Outcome:
     result = await autoscaling.scale(
         session,
@@ -264,6 +313,7 @@ async def _scale(session: AsyncSession, core: Core, caller: Caller, cmd: command
     return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
 
 
+@handles(commands.Lock)
 async def _lock(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Lock) -> Outcome:
     app = await apps.set_flag(
         session, actor=caller.actor, name=cmd.app, flag="lock", on=True, reason=cmd.reason
@@ -273,11 +323,13 @@ async def _lock(session: AsyncSession, core: Core, caller: Caller, cmd: commands
     )
 
 
+@handles(commands.Unlock)
 async def _unlock(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Unlock) -> Outcome:
     app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="lock", on=False)
     return _ok(f":unlock: *{app.name}* is unlocked.")
 
 
+@handles(commands.Pause)
 async def _pause(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Pause) -> Outcome:
     app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=True)
     return _ok(
@@ -286,11 +338,13 @@ async def _pause(session: AsyncSession, core: Core, caller: Caller, cmd: command
     )
 
 
+@handles(commands.Resume)
 async def _resume(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Resume) -> Outcome:
     app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=False)
     return _ok(f":arrow_forward: *{app.name}* deploys on push again.")
 
 
+@handles(commands.PreviewApprove)
 async def _preview_approve(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.PreviewApprove
 ) -> Outcome:
@@ -300,6 +354,7 @@ async def _preview_approve(
     return Outcome(message=views.preview_approved(app=cmd.app, approval=approval))
 
 
+@handles(commands.Access)
 async def _access(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Access) -> Outcome:
     await projects.set_access(
         session, actor=caller.actor, project_name=cmd.project, subject=cmd.subject, role=cmd.role
@@ -310,25 +365,9 @@ async def _access(session: AsyncSession, core: Core, caller: Caller, cmd: comman
     return _ok(f"{person} is now *{cmd.role}* in project *{views.esc(cmd.project)}*.")
 
 
-_HANDLERS: dict[type, Handler] = {
-    commands.Deploy: _deploy,
-    commands.Diff: _diff,
-    commands.Rollback: _rollback,
-    commands.Status: _status,
-    commands.Apps: _apps,
-    commands.Revisions: _revisions,
-    commands.Logs: _logs,
-    commands.SecretsSet: _secrets_set,
-    commands.SecretsList: _secrets_list,
-    commands.SecretsUnset: _secrets_unset,
-    commands.Scale: _scale,
-    commands.Lock: _lock,
-    commands.Unlock: _unlock,
-    commands.Pause: _pause,
-    commands.Resume: _resume,
-    commands.PreviewApprove: _preview_approve,
-    commands.Access: _access,
-}
+# A command the parser makes but nothing handles would only show as "internal error": refuse to start.
+if missing_handlers():
+    raise RuntimeError(f"slack commands without a handler: {', '.join(missing_handlers())}")
 
 
 # ---------------------------------------------------------------- card buttons
@@ -381,32 +420,13 @@ async def _cancel(session: AsyncSession, core: Core, caller: Caller, deployment_
 async def _rollback_button(
     session: AsyncSession, core: Core, caller: Caller, deployment_id: int, app: str
 ) -> Outcome:
-    # "Roll back" on a card means: run again what ran before this deploy.
-    history = await deploys.history(session, actor=caller.actor, app_name=app, limit=100)
-    this = next((d for d in history if d.id == deployment_id), None)
-    if this is None:
-        raise Conflict(
-            f"deploy #{deployment_id} is too old to roll back from here; use `/shipit rollback {app}`"
-        )
-    before = next(
-        (
-            d
-            for d in history
-            if d.id < this.id
-            and d.status == deploys.SUCCEEDED
-            and d.preview_id is None
-            and d.revision_number != this.revision_number
-        ),
-        None,
-    )
-    if before is None:
-        raise Conflict(f"{app} has no successful deploy before #{deployment_id} to roll back to")
+    # "Roll back" on a card means: run again what ran before this deploy (core picks the revision).
     result = await deploys.rollback(
         session,
         ctx=core,
         actor=caller.actor,
         app_name=app,
-        revision=before.revision_number,
+        from_deployment=deployment_id,
         dedupe_key=f"slack:rollback-from:{deployment_id}",
     )
     return Outcome(message=await _queued(session, caller=caller, result=result, app=app))

@@ -349,6 +349,23 @@ def queued(*, deployment: models.Deployment, app: str, channel: str | None, crea
     return reply(text)
 
 
+def secrets_changed(*, app: str, keys: list[str], removed: bool, queued: Message | None) -> Message:
+    """After `secrets set/unset`: which keys (never values), and the redeploy that rolls the pods, if any."""
+    named = ", ".join(f"`{esc(k)}`" for k in keys)
+    if removed:
+        text = f":closed_lock_with_key: Removed {named} from *{app}*."
+    else:
+        text = f":closed_lock_with_key: Set {named} on *{app}* (values are stored encrypted and never shown)."
+    if queued is not None:
+        verb = "lose" if removed else "get"
+        text += f" The pods {verb} them with a redeploy: {queued.text}"
+    elif removed:
+        text += " Nothing runs yet, so no pod has them."
+    else:
+        text += " Nothing runs yet: the first deploy takes them."
+    return reply(text)
+
+
 def preview_approved(*, app: str, approval: previews.Approval) -> Message:
     p, d = approval.preview, approval.decision
     return reply(
@@ -496,4 +513,5 @@ __all__ = [
     "failure_thread",
     "parse_button_value",
     "reply",
+    "secrets_changed",
 ]

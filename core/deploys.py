@@ -436,6 +436,79 @@ async def roll_config(session: AsyncSession, *, ctx: Core, actor: Actor, app_nam
     return await request(session, ctx=ctx, actor=actor, app_name=app.name, trigger="config")
 
 
+@dataclass(frozen=True, kw_only=True)
+class SecretChange:
+    app: models.App
+    keys: list[str]
+    # The deploy that rolls the pods onto the new values; None when nothing runs yet (the first deploy
+    # takes them) or the caller asked for no redeploy.
+    redeploy: Requested | None
+
+
+async def set_secrets(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    actor: Actor,
+    app_name: str,
+    values: dict[str, str],
+    redeploy: bool = True,
+) -> SecretChange:
+    """Set secrets and, for a running app, redeploy so the pods get them: the rule of every channel."""
+    app = await secrets.set_values(session, ctx=ctx, actor=actor, app_name=app_name, values=values)
+    rolled = await roll_config(session, ctx=ctx, actor=actor, app_name=app.name) if redeploy else None
+    return SecretChange(app=app, keys=sorted(values), redeploy=rolled)
+
+
+async def unset_secrets(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    actor: Actor,
+    app_name: str,
+    keys: list[str],
+    redeploy: bool = True,
+) -> SecretChange:
+    """Remove secrets and, for a running app, redeploy so the pods lose them (as `set_secrets`)."""
+    removed = await secrets.unset(session, ctx=ctx, actor=actor, app_name=app_name, keys=keys)
+    app = await apps.get(session, actor=actor, name=app_name)
+    rolled = await roll_config(session, ctx=ctx, actor=actor, app_name=app.name) if redeploy else None
+    return SecretChange(app=app, keys=removed, redeploy=rolled)
+
+
+async def rollback_target(
+    session: AsyncSession, *, app: models.App, before: models.Deployment | None = None
+) -> int:
+    """The revision a rollback without a number goes back to, whatever the channel.
+
+    The newest successful deploy of the app's own namespace before `before` (default: what runs now)
+    that ran another revision, one still kept.  The Roll back button of a deploy card passes its deploy.
+    """
+    if before is None:
+        before = await current_deployment(session, app=app)
+        if before is None:
+            raise Conflict(f"{app.name} has no successful deploy to roll back from")
+        missing = f"{app.name} has no earlier successful revision to roll back to"
+    else:
+        missing = f"{app.name} has no successful deploy before #{before.id} to roll back to"
+    revision = await session.scalar(
+        select(models.Deployment.revision_number)
+        .where(
+            models.Deployment.app_id == app.id,
+            models.Deployment.preview_id.is_(None),
+            models.Deployment.status == SUCCEEDED,
+            models.Deployment.id < before.id,
+            models.Deployment.revision_number != before.revision_number,
+            models.Deployment.revision_id.is_not(None),
+        )
+        .order_by(models.Deployment.id.desc())
+        .limit(1)
+    )
+    if revision is None:
+        raise Conflict(missing)
+    return revision
+
+
 async def rollback(
     session: AsyncSession,
     *,
@@ -443,32 +516,25 @@ async def rollback(
     actor: Actor,
     app_name: str,
     revision: int | None = None,
+    from_deployment: int | None = None,
     trigger: str = "rollback",
     dedupe_key: str | None = None,
 ) -> Requested:
-    """Deploy a copy of an older revision (default: the one before what runs now) and pause auto-deploy."""
+    """Deploy a copy of an older revision and pause auto-deploy.
+
+    Without `revision`: the one `rollback_target` picks, before what runs now or before the deploy
+    `from_deployment` (a deploy card's Roll back button: run again what ran before that deploy).
+    """
     app = await apps.get(session, actor=actor, name=app_name)
     await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="rolling back")
     if revision is None:
-        current = await current_deployment(session, app=app)
-        if current is None:
-            raise Conflict(f"{app.name} has no successful deploy to roll back from")
-        candidates = await session.scalars(
-            select(models.Deployment.revision_number)
-            .where(
-                models.Deployment.app_id == app.id,
-                models.Deployment.preview_id.is_(None),
-                models.Deployment.status == SUCCEEDED,
-                models.Deployment.id < current.id,
-                models.Deployment.revision_number != current.revision_number,
-                models.Deployment.revision_id.is_not(None),
-            )
-            .order_by(models.Deployment.id.desc())
-            .limit(1)
-        )
-        revision = next(iter(candidates), None)
-        if revision is None:
-            raise Conflict(f"{app.name} has no earlier successful revision to roll back to")
+        before = None
+        if from_deployment is not None:
+            ok = validation.is_id(from_deployment)
+            before = await session.get(models.Deployment, from_deployment) if ok else None
+            if before is None or before.app_id != app.id or before.preview_id is not None:
+                raise NotFound(f"no deploy #{from_deployment} of {app.name}")
+        revision = await rollback_target(session, app=app, before=before)
     validation.int_range(revision, field="revision", low=1, high=validation.INT32_MAX)
     target = await session.scalar(
         select(models.Revision).where(models.Revision.app_id == app.id, models.Revision.number == revision)

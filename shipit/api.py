@@ -712,9 +712,10 @@ async def set_secrets(
     name: schemas.NamePath, body: schemas.SecretsIn, rt: RtDep, actor: ActorDep, deploy: bool = True
 ) -> dict[str, object]:
     async with tx(rt) as session:
-        app = await secrets.set_values(session, ctx=rt.core, actor=actor, app_name=name, values=body.values)
-        d = await _redeploy(session, rt=rt, actor=actor, app=app) if deploy else None
-        return {"keys": sorted(body.values), "deployment": d}
+        change = await deploys.set_secrets(
+            session, ctx=rt.core, actor=actor, app_name=name, values=body.values, redeploy=deploy
+        )
+        return _secrets_changed(change)
 
 
 @router.delete("/apps/{name}/secrets/{key}", response_model=schemas.SecretsChanged)
@@ -722,17 +723,16 @@ async def delete_secret(
     name: schemas.NamePath, key: schemas.SecretKeyPath, rt: RtDep, actor: ActorDep, deploy: bool = True
 ) -> dict[str, object]:
     async with tx(rt) as session:
-        removed = await secrets.unset(session, ctx=rt.core, actor=actor, app_name=name, keys=[key])
-        app = await apps.get(session, actor=actor, name=name)
-        d = await _redeploy(session, rt=rt, actor=actor, app=app) if deploy else None
-        return {"keys": removed, "deployment": d}
+        change = await deploys.unset_secrets(
+            session, ctx=rt.core, actor=actor, app_name=name, keys=[key], redeploy=deploy
+        )
+        return _secrets_changed(change)
 
 
-async def _redeploy(
-    session: AsyncSession, *, rt: Runtime, actor: Actor, app: models.App
-) -> schemas.DeploymentOut | None:
-    result = await deploys.roll_config(session, ctx=rt.core, actor=actor, app_name=app.name)
-    return schemas.DeploymentOut.of(result.deployment, app=app.name) if result else None
+def _secrets_changed(change: deploys.SecretChange) -> dict[str, object]:
+    r = change.redeploy
+    d = schemas.DeploymentOut.of(r.deployment, app=change.app.name) if r else None
+    return {"keys": change.keys, "deployment": d}
 
 
 # ------------------------------------------------------------------ audit and tokens

@@ -657,9 +657,8 @@ def _page_routes(router: APIRouter, web: Web) -> None:
         async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
             core = web.core_of(request)
             key = form.get("key", "").strip()
-            await secrets.set_values(session, ctx=core, actor=actor, app_name=name,
-                                     values={key: form.get("value", "")})  # fmt: skip
-            await deploys.roll_config(session, ctx=core, actor=actor, app_name=name)
+            await deploys.set_secrets(session, ctx=core, actor=actor, app_name=name,
+                                      values={key: form.get("value", "")})  # fmt: skip
 
         return await act(request, run, f"/apps/{name}")
 
@@ -667,8 +666,7 @@ def _page_routes(router: APIRouter, web: Web) -> None:
     async def delete_secret(request: Request, name: str, key: str) -> Response:
         async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
             core = web.core_of(request)
-            await secrets.unset(session, ctx=core, actor=actor, app_name=name, keys=[key])
-            await deploys.roll_config(session, ctx=core, actor=actor, app_name=name)
+            await deploys.unset_secrets(session, ctx=core, actor=actor, app_name=name, keys=[key])
 
         return await act(request, run, f"/apps/{name}")
 

@@ -201,3 +201,35 @@ async def test_tag_only_deploy_keeps_the_repository(paper: Runtime) -> None:
     assert d.image == "ghcr.io/acme/web:v2.1.0"
     d = (await _request(paper, image="registry.example.com:5000/team/web@sha256:" + "a" * 64)).deployment
     assert d.image.startswith("registry.example.com:5000/team/web@sha256:")
+
+
+async def test_the_rollback_target_is_one_rule_for_now_and_for_a_given_deploy(paper: Runtime) -> None:
+    # r1 and r2 succeeded, r3 failed (statuses written as the worker would leave them).
+    d1, d2, d3 = [(await _request(paper, image=tag)).deployment for tag in ("1.0", "1.1", "1.2")]
+    async with paper.sessionmaker.begin() as session:
+        for d, status in ((d1, deploys.SUCCEEDED), (d2, deploys.SUCCEEDED), (d3, deploys.FAILED)):
+            await session.execute(
+                update(models.Deployment).where(models.Deployment.id == d.id).values(status=status)
+            )
+    async with paper.sessionmaker() as session:
+        app = await apps.get(session, actor=ALICE, name="web")
+        # Without a deploy (API, CLI, web, `/shipit rollback`): the one before what runs now (r2).
+        assert await deploys.rollback_target(session, app=app) == d1.revision_number
+        # From a card (the Roll back button): the last good one before that deploy.
+        for before, expected in ((d3, d2), (d2, d1)):
+            row = await session.get(models.Deployment, before.id)
+            assert await deploys.rollback_target(session, app=app, before=row) == expected.revision_number
+        with pytest.raises(Conflict, match=f"web has no successful deploy before #{d1.id} to roll back to"):
+            await deploys.rollback_target(
+                session, app=app, before=await session.get(models.Deployment, d1.id)
+            )
+    async with paper.sessionmaker.begin() as session:
+        rb = await deploys.rollback(session, ctx=paper.core, actor=BOB, app_name="web", from_deployment=d3.id)
+        revision = await session.get(models.Revision, rb.deployment.revision_id)
+        assert revision is not None and revision.rollback_of == d2.revision_number
+    for missing in (10**6, 2**40):
+        with pytest.raises(NotFound, match=f"no deploy #{missing} of web"):
+            async with paper.sessionmaker.begin() as session:
+                await deploys.rollback(
+                    session, ctx=paper.core, actor=BOB, app_name="web", from_deployment=missing
+                )
