@@ -29,7 +29,20 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, autoscaling, claims, clusters, deploys, identity, projects, secrets, status, tokens, web_sessions
+from core import (
+    apps,
+    audit,
+    autoscaling,
+    claims,
+    clusters,
+    deploys,
+    identity,
+    projects,
+    secrets,
+    status,
+    tokens,
+    web_sessions,
+)
 from core.context import Core
 from core.errors import InvalidInput, NotFound, ShipitError, UserError
 from core.identity import Actor
