@@ -103,7 +103,8 @@ class Settings(BaseSettings):
 
     @property
     def web_admin_subjects(self) -> frozenset[str]:
-        return frozenset(s.strip() for s in self.web_admins.split(",") if s.strip())
+        # Lower case: emails and GitHub logins are case-insensitive (sign-in lower-cases emails too).
+        return frozenset(s.strip().lower() for s in self.web_admins.split(",") if s.strip())
 
     @field_validator(
         "bootstrap_token_file", "release_deadline_seconds", "oidc_issuer", "github_oauth_url", mode="before"

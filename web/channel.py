@@ -69,7 +69,7 @@ class Config:
     public_url: str
     cookie_secure: bool = True
     session_lifetime: dt.timedelta = dt.timedelta(hours=12)
-    # Subjects (user:ops@acme.io, github:octocat) who act as global admins once signed in.
+    # Subjects, lower case (user:ops@acme.io, github:octocat), who act as global admins once signed in.
     admins: frozenset[str] = frozenset()
 
 
@@ -192,7 +192,7 @@ async def signed_in(request: Request, session: AsyncSession) -> tuple[Me, Actor]
     if row is None:
         raise NotSignedIn(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
     actor = web_sessions.actor_of(row)
-    if row.subject in _web(request).config.admins:
+    if row.subject.lower() in _web(request).config.admins:
         actor = dataclasses.replace(actor, is_admin=True)
     me = Me(subject=row.subject, display=actor.name, csrf_secret=row.csrf_secret, session_id=row.id,
             is_admin=actor.is_admin)  # fmt: skip

@@ -10,7 +10,7 @@ from tests.web.conftest import Dashboard, offline_app
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"web_admins": " user:ops@example.com ,github:octocat"})
+    return settings.model_copy(update={"web_admins": " User:Ops@Example.com ,github:OctoCat"})
 
 
 def test_the_setting_is_a_list_of_subjects(settings: Settings) -> None:
