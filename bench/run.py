@@ -9,6 +9,7 @@ BENCHES = [
     ["bench.deploy_core"],
     ["bench.github_ingest", "--duration", "10"],
     ["bench.slack_ack"],
+    ["bench.dashboard"],
 ]
 
 

@@ -47,6 +47,24 @@ class CoreConfig:
     dry_run_timeout_seconds: float = 20.0
 
 
+class Broadcast:
+    """Wake every waiter at once, each time it fires (an asyncio.Event is one-shot and shared).
+
+    A waiter takes `listen()` BEFORE it reads the state it waits on, then awaits that event: a fire
+    between the read and the wait is not lost.  In-process only; other replicas are not told.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def listen(self) -> asyncio.Event:
+        return self._event
+
+    def fire(self) -> None:
+        fired, self._event = self._event, asyncio.Event()
+        fired.set()
+
+
 @dataclass(kw_only=True)
 class Core:
     sessionmaker: async_sessionmaker[AsyncSession]
@@ -56,3 +74,5 @@ class Core:
     notifiers: dict[str, Notifier] = field(default_factory=dict)
     # Set when a job is committed in this process, so idle workers wake at once.
     jobs_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Fired when a transaction that changed a deployment row commits in this process (live pages).
+    deploys_changed: Broadcast = field(default_factory=Broadcast)

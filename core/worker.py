@@ -29,7 +29,7 @@ from core import jobs, observe
 from core.context import Core
 from core.errors import PermanentError, TransientError, UserError
 from core.instance import Instance
-from storage import db
+from storage import db, models
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class Handler:
 def install_wakeup(ctx: Core) -> Callable[[], None]:
     """Wake idle workers in this process as soon as a transaction that enqueued jobs commits.
 
+    The same hook fires `ctx.deploys_changed` after a commit that wrote a deployment row, so the
+    dashboard's live streams send the new state at once instead of at their next poll.
+
     The hook goes on a Session subclass made for this sessionmaker, not on SQLAlchemy's global
     Session class: two runtimes in one process (tests, benchmarks) then wake only their own
     workers, and the returned function removes the hook when the runtime stops.
@@ -52,16 +55,24 @@ def install_wakeup(ctx: Core) -> Callable[[], None]:
     own: type[Session] = type("ShipitSession", (base,), {})
     ctx.sessionmaker.configure(sync_session_class=own)
 
+    def _before_flush(session: Session, *_: object) -> None:
+        if any(isinstance(o, models.Deployment) for o in (*session.new, *session.dirty)):
+            session.info["deploys_changed"] = True
+
     def _after_commit(session: object) -> None:
         info = getattr(session, "info", {})
         if info.pop("jobs_enqueued", False):
             ctx.jobs_ready.set()
+        if info.pop("deploys_changed", False):
+            ctx.deploys_changed.fire()
 
+    event.listen(own, "before_flush", _before_flush)
     event.listen(own, "after_commit", _after_commit)
 
     def remove() -> None:
-        if event.contains(own, "after_commit", _after_commit):
-            event.remove(own, "after_commit", _after_commit)
+        for name, fn in (("before_flush", _before_flush), ("after_commit", _after_commit)):
+            if event.contains(own, name, fn):
+                event.remove(own, name, fn)
 
     return remove
 

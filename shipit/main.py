@@ -58,6 +58,7 @@ def _install_web(app: FastAPI, *, settings: Settings) -> None:
             public_url=settings.url,
             cookie_secure=settings.web_cookie_secure,
             session_lifetime=dt.timedelta(hours=settings.web_session_hours),
+            admins=settings.web_admin_subjects,
         ),
         core_of=_core_of,
     )

@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     # Secure cookies need https; turn off only for http://localhost.
     web_cookie_secure: bool = True
     web_session_hours: float = Field(default=12.0, gt=0)
+    # Comma-separated subjects (user:ops@acme.io,github:octocat) who act as global admins when signed in.
+    web_admins: str = ""
+
+    @property
+    def web_admin_subjects(self) -> frozenset[str]:
+        # Lower case: emails and GitHub logins are case-insensitive (sign-in lower-cases emails too).
+        return frozenset(s.strip().lower() for s in self.web_admins.split(",") if s.strip())
 
     @field_validator(
         "bootstrap_token_file", "release_deadline_seconds", "oidc_issuer", "github_oauth_url", mode="before"

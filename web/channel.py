@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -28,7 +29,20 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, autoscaling, deploys, identity, projects, secrets, status, tokens, web_sessions
+from core import (
+    apps,
+    audit,
+    autoscaling,
+    claims,
+    clusters,
+    deploys,
+    identity,
+    projects,
+    secrets,
+    status,
+    tokens,
+    web_sessions,
+)
 from core.context import Core
 from core.errors import InvalidInput, NotFound, ShipitError, UserError
 from core.identity import Actor
@@ -39,7 +53,9 @@ log = logging.getLogger("shipit.web")
 HERE = Path(__file__).resolve().parent
 SIGNIN_COOKIE = "shipit_signin"
 SIGNIN_SECONDS = 600  # how long a sign-in may take at the provider
-SSE_POLL_SECONDS = 1.0
+# A stream wakes on this process's commit broadcast (core.deploys_changed); the poll only catches
+# what other replicas commit, so it may be slower than the live aim on its own.
+SSE_POLL_SECONDS = 0.5
 SSE_HEARTBEAT_SECONDS = 15.0
 LOG_TAIL = 200
 LOG_READ_SECONDS = 10.0
@@ -53,6 +69,8 @@ class Config:
     public_url: str
     cookie_secure: bool = True
     session_lifetime: dt.timedelta = dt.timedelta(hours=12)
+    # Subjects, lower case (user:ops@acme.io, github:octocat), who act as global admins once signed in.
+    admins: frozenset[str] = frozenset()
 
 
 @dataclass(kw_only=True)
@@ -85,6 +103,7 @@ class Me:
     display: str
     csrf_secret: str
     session_id: str
+    is_admin: bool = False
 
 
 class NotSignedIn(Exception):
@@ -173,7 +192,10 @@ async def signed_in(request: Request, session: AsyncSession) -> tuple[Me, Actor]
     if row is None:
         raise NotSignedIn(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
     actor = web_sessions.actor_of(row)
-    me = Me(subject=row.subject, display=actor.name, csrf_secret=row.csrf_secret, session_id=row.id)
+    if row.subject.lower() in _web(request).config.admins:
+        actor = dataclasses.replace(actor, is_admin=True)
+    me = Me(subject=row.subject, display=actor.name, csrf_secret=row.csrf_secret, session_id=row.id,
+            is_admin=actor.is_admin)  # fmt: skip
     return me, actor
 
 
@@ -502,6 +524,8 @@ def _page_routes(router: APIRouter, web: Web) -> None:
             quiet_since = time.monotonic()
             yield b"retry: 2000\n\n"
             while not await request.is_disconnected():
+                # Listen before reading: a commit between the read and the wait still wakes us.
+                changed = core.deploys_changed.listen()
                 async with core.sessionmaker() as s:
                     live = await s.get(models.WebSession, session_id)
                     if live is None or live.revoked_at or live.expires_at <= models.utcnow():
@@ -524,7 +548,8 @@ def _page_routes(router: APIRouter, web: Web) -> None:
                 if time.monotonic() - quiet_since > SSE_HEARTBEAT_SECONDS:
                     quiet_since = time.monotonic()
                     yield b": still here\n\n"
-                await asyncio.sleep(SSE_POLL_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), SSE_POLL_SECONDS)
 
         return StreamingResponse(
             stream(),
@@ -694,6 +719,22 @@ def _page_routes(router: APIRouter, web: Web) -> None:
                                        limit=200)  # fmt: skip
             return render(request, "audit.html", row=row, title="Audit log", events=events,
                           action=action or "", target=target or "", actor_filter=actor_filter or "")  # fmt: skip
+
+    @router.get("/clusters")
+    async def clusters_page(request: Request) -> Response:
+        """Every cluster and which projects may use it: for global admins only (SHIPIT_WEB_ADMINS)."""
+        async with tx(web.core_of(request)) as session:
+            row, actor = await signed_in(request, session)
+            if not actor.is_admin:
+                # Like any page that does not exist: nobody learns that it does.
+                return render(request, "error.html", status_code=404, row=row, title="Not found",
+                              message="There is no such page.", back=None)  # fmt: skip
+            found = await clusters.list_all(session)
+            by_cluster: dict[str, list[claims.ProjectGrant]] = {}
+            for g in await claims.grants(session):
+                by_cluster.setdefault(g.cluster, []).append(g)
+            return render(request, "clusters.html", row=row, title="Clusters", clusters=found,
+                          grants=by_cluster)  # fmt: skip
 
     @router.get("/tokens")
     async def tokens_page(request: Request) -> Response:

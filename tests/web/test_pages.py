@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from core import deploys
@@ -223,3 +224,53 @@ async def test_logs_page_says_why_when_the_cluster_cannot_answer(dashboard: Dash
         assert "data-follow" not in page.text  # nothing to follow
         await dashboard.sign_in(client, "eve@example.com")
         assert (await client.get("/apps/web/logs")).status_code == 404
+
+
+async def test_rollout_stream_wakes_on_the_commit_not_the_poll(
+    dashboard: Dashboard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the fallback poll pushed out of reach, only the after-commit broadcast can deliver these."""
+    import json
+
+    from tests.conftest import ADMIN
+    from web import channel
+
+    monkeypatch.setattr(channel, "SSE_POLL_SECONDS", 3600.0)
+    await offline_app(dashboard.rt, members={"user:alice@example.com": "viewer"})
+    async with dashboard.rt.sessionmaker.begin() as session:
+        app = await session.scalar(select(models.App).where(models.App.name == "web"))
+        assert app is not None
+        app.protected = True  # deploys wait for approval: no job runs, so only our commits change them
+    async with dashboard.rt.sessionmaker.begin() as session:
+        first = await deploys.request(session, ctx=dashboard.rt.core, actor=ADMIN, app_name="web",
+                                      image="1.1", trigger="api")  # fmt: skip
+        first_id = first.deployment.id
+
+    async with dashboard.client() as client:
+        await dashboard.sign_in(client, "alice@example.com")
+        async with client.stream("GET", "/apps/web/events") as stream:
+            lines = stream.aiter_lines()
+
+            async def next_event() -> dict[str, object]:
+                async for line in lines:
+                    if line == "event: deploy":
+                        event: dict[str, object] = json.loads((await anext(lines)).removeprefix("data: "))
+                        return event
+                raise AssertionError("the stream ended")
+
+            opened = await next_event()
+            assert (opened["id"], opened["status"]) == (first_id, deploys.AWAITING_APPROVAL)
+
+            async with dashboard.rt.sessionmaker.begin() as session:
+                await deploys.cancel(session, ctx=dashboard.rt.core, actor=ADMIN, deployment_id=first_id)
+            cancelled = await next_event()
+            assert (cancelled["id"], cancelled["status"]) == (first_id, deploys.CANCELLED)
+            assert cancelled["error"] == "cancelled by admin"
+
+            async with dashboard.rt.sessionmaker.begin() as session:
+                second = await deploys.request(session, ctx=dashboard.rt.core, actor=ADMIN, app_name="web",
+                                               image="1.2", trigger="api")  # fmt: skip
+                second_id = second.deployment.id
+            asked = await next_event()
+            assert (asked["id"], asked["status"]) == (second_id, deploys.AWAITING_APPROVAL)
+            assert asked["image"] == "ghcr.io/acme/web:1.2" and asked["actor"] == "user:admin"
