@@ -292,3 +292,13 @@ def test_examples_are_the_only_env_files_in_git() -> None:
     example = (root / "base" / "secrets.env.example").read_text()
     assert re.search(r"^SHIPIT_MASTER_KEY=$", example, re.M), "the example must not carry a key"
     assert Path(root / "overlays" / "postgres" / "postgres.env.example").is_file()
+
+
+def test_the_image_copies_every_package() -> None:
+    """A package left out of the Containerfile builds fine and fails only when the image starts."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    packages = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mypy"]["packages"]
+    copied = set(re.findall(r"^COPY (\w+) /src/\1$", (root / "Containerfile").read_text(), flags=re.M))
+    assert set(packages) <= copied, sorted(set(packages) - copied)
