@@ -75,6 +75,76 @@ class Project(Base):
     slack_channel: Mapped[str | None] = mapped_column(String(64))
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     webhook_secret_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # A lock on the whole project (every environment): nothing deploys until unlocked or locked_until.
+    locked_reason: Mapped[str | None] = mapped_column(String(500))
+    locked_by: Mapped[str | None] = mapped_column(String(200))
+    locked_at: Mapped[dt.datetime | None] = mapped_column()
+    locked_until: Mapped[dt.datetime | None] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Environment(Base):
+    """A stage of a project's pipeline (staging -> production), ordered by position.
+
+    Its cluster and namespace are the defaults for apps created in it; protection, deploy windows,
+    freezes and the lock apply to every app of the environment.
+    """
+
+    __tablename__ = "environments"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    position: Mapped[int] = mapped_column(default=0)
+    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id"))
+    namespace: Mapped[str | None] = mapped_column(String(63))
+    protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    required_approvals: Mapped[int] = mapped_column(default=1, server_default="1")
+    approver_role: Mapped[str] = mapped_column(String(16), default="deployer", server_default="deployer")
+    approval_ttl_seconds: Mapped[int | None] = mapped_column()
+    # Deploy windows: [{"days": ["mon", ...], "start": "09:00", "end": "17:00"}] in `timezone`; [] = always.
+    windows: Mapped[list[Any]] = mapped_column(default=list)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    # Freezes: [{"start": iso, "end": iso, "reason": str}]; no deploy while one is on.
+    freezes: Mapped[list[Any]] = mapped_column(default=list)
+    locked_reason: Mapped[str | None] = mapped_column(String(500))
+    locked_by: Mapped[str | None] = mapped_column(String(200))
+    locked_at: Mapped[dt.datetime | None] = mapped_column()
+    locked_until: Mapped[dt.datetime | None] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Person(Base):
+    """One human behind several identities (slack:U1, github:octocat, user:alice@acme.io)."""
+
+    __tablename__ = "persons"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Identity(Base):
+    """A subject that belongs to a person; a subject belongs to at most one person."""
+
+    __tablename__ = "identities"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("persons.id", ondelete="CASCADE"), index=True)
+    subject: Mapped[str] = mapped_column(String(200), unique=True)
+    verified_by: Mapped[str] = mapped_column(String(32))  # admin, code, oauth
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class IdentityLinkCode(Base):
+    """A one-time code proving that `requested_by` also controls `subject` (only its SHA-256 is kept)."""
+
+    __tablename__ = "identity_link_codes"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    requested_by: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    used_at: Mapped[dt.datetime | None] = mapped_column()
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -139,6 +209,8 @@ class App(Base):
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    # The environment this app row runs in: an app defined in several environments has one row in each.
+    environment_id: Mapped[int | None] = mapped_column(ForeignKey("environments.id"), index=True)
     cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id"), index=True)
     namespace: Mapped[str] = mapped_column(String(63))
     image: Mapped[str | None] = mapped_column(String(512))
@@ -252,6 +324,28 @@ class Revision(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class ImagePolicy(Base):
+    """Which new tags of `repository` deploy this app (row = app in one environment) by themselves."""
+
+    __tablename__ = "image_policies"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), unique=True)
+    repository: Mapped[str] = mapped_column(String(512), index=True)  # registry/path, no tag
+    kind: Mapped[str] = mapped_column(String(8))  # semver, glob, regex
+    pattern: Mapped[str] = mapped_column(String(300))
+    sort: Mapped[str] = mapped_column(String(16), default="")  # regex: numeric or alpha on group "key"
+    poll_interval_seconds: Mapped[int | None] = mapped_column()  # None: registry notifications only
+    next_poll_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+    last_polled_at: Mapped[dt.datetime | None] = mapped_column()
+    failures: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_tag: Mapped[str | None] = mapped_column(String(128))
+    promote_to: Mapped[str | None] = mapped_column(String(63))  # environment to promote to after success
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class Preview(Base):
     __tablename__ = "previews"
     __table_args__ = (UniqueConstraint("app_id", "pr_number"),)
@@ -303,6 +397,43 @@ class Deployment(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column()
     applied_at: Mapped[dt.datetime | None] = mapped_column()
     finished_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class DeployApproval(Base):
+    """One person's approval of a deploy; a deploy may need several from different persons."""
+
+    __tablename__ = "deploy_approvals"
+    __table_args__ = (UniqueConstraint("deployment_id", "person_key"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    # "person:<id>" when the subject is linked to a person, else the subject itself.
+    person_key: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class NotificationTarget(Base):
+    """Where a project's notices go: a Slack channel, GitHub, an email address, a Teams/Discord/webhook URL."""
+
+    __tablename__ = "notification_targets"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    environment: Mapped[str | None] = mapped_column(String(63))  # None: every environment
+    kind: Mapped[str] = mapped_column(String(16))  # slack, github, email, teams, discord, webhook
+    address: Mapped[str] = mapped_column(String(2048))
+    # Encrypted with purpose "project-webhook-secret", as projects.webhook_secret_enc was (rows migrate as is).
+    secret_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    format: Mapped[str] = mapped_column(
+        String(16), default="", server_default=""
+    )  # webhook: "" or cloudevents
+    events: Mapped[str] = mapped_column(String(200), default="*", server_default="*")
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_success_at: Mapped[dt.datetime | None] = mapped_column()
+    last_failure_at: Mapped[dt.datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    failures: Mapped[int] = mapped_column(default=0, server_default="0")  # consecutive
 
 
 class ApiToken(Base):
