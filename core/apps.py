@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit, claims, events, identity, validation
+from core import audit, claims, environments, events, identity, validation
 from core.context import Core
 from core.errors import Conflict, InvalidInput, NotFound, UserError
 from core.identity import Actor, Role
@@ -275,9 +275,11 @@ async def create(
         await claims.ensure_grant(session, cluster_id=clu.id, project_id=proj.id, actor=actor)
     else:
         await claims.claim_created(session, cluster_id=clu.id, namespace=ns, project_id=proj.id, actor=actor)
+    env = await environments.default_for(session, project_id=proj.id)
     app = models.App(
         name=name,
         project_id=proj.id,
+        environment_id=env.id,
         cluster_id=clu.id,
         namespace=ns,
         env={},

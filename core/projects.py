@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit, claims, identity, validation
+from core import audit, claims, environments, identity, validation
 from core.context import Core
 from core.errors import Conflict, InvalidInput, PermissionDenied
 from core.identity import Actor, Role
@@ -64,6 +64,7 @@ async def create(
     _set_webhook(project, ctx=ctx, url=webhook_url, secret=webhook_secret)
     session.add(project)
     await session.flush()
+    await environments.add(session, project_id=project.id, name=environments.DEFAULT)
     if actor.subject != "system":
         session.add(models.Member(project_id=project.id, subject=actor.subject, role=Role.OWNER.label))
     await audit.record(
