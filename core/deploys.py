@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -166,6 +167,7 @@ async def request(
     rollback_of: int | None = None,
     reason: str | None = None,
     rerun: models.Revision | None = None,
+    notify_refs: dict[str, Any] | None = None,
 ) -> Requested:
     """Queue a deploy of `app_name`, optionally with a new image (or just a tag: `1.5`).
 
@@ -262,7 +264,8 @@ async def request(
         if needs_approval
         else None,
         logs=[],
-        notify_refs={},
+        # Set before the queued event is emitted, so notifiers can tell whom to report to (a PR comment).
+        notify_refs=dict(notify_refs or {}),
     )
     session.add(deployment)
     await session.flush()
@@ -519,6 +522,7 @@ async def rollback(
     from_deployment: int | None = None,
     trigger: str = "rollback",
     dedupe_key: str | None = None,
+    notify_refs: dict[str, Any] | None = None,
 ) -> Requested:
     """Deploy a copy of an older revision and pause auto-deploy.
 
@@ -555,6 +559,7 @@ async def rollback(
         rollback_of=target.number,
         dedupe_key=dedupe_key,
         reason=f"roll back to revision {target.number}",
+        notify_refs=notify_refs,
     )
     if result.created and not app.auto_deploy_paused:
         app.auto_deploy_paused = True

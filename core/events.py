@@ -166,6 +166,7 @@ class Audience:
     trigger: str | None
     git_sha: str | None
     preview: bool
+    refs: dict[str, Any] = field(default_factory=dict)  # the deployment's notify_refs at emit time
 
 
 class Notifier(Protocol):
@@ -257,6 +258,7 @@ async def _audience(
         trigger=deployment.trigger if deployment else None,
         git_sha=deployment.git_sha if deployment else None,
         preview=bool(preview_id or (deployment is not None and deployment.preview_id)),
+        refs=dict(deployment.notify_refs or {}) if deployment else {},
     )
 
 

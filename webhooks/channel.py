@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 
 from core.context import Core
 from core.worker import Handler
-from webhooks import route
+from webhooks import comments, route
 from webhooks.client import Credentials, GitHubClient
 from webhooks.ingest import Ingest
 from webhooks.notifier import GitHubNotifier
@@ -87,4 +87,6 @@ def install(app: FastAPI, *, config: Config, core_of: Callable[[Request], Core])
             credentials.api_url,
             f"GitHub App {credentials.app_id}" if credentials.mode == "app" else "a token",
         )
-    return Channel(notifier=notifier, handlers={}, ingest=ingest)
+    # Comment commands answer through the notifier's client: without GitHub credentials they wait.
+    handlers = comments.handlers(notifier) if notifier is not None else {}
+    return Channel(notifier=notifier, handlers=handlers, ingest=ingest)

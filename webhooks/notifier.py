@@ -24,6 +24,7 @@ from github.Repository import Repository
 from core import events, metrics, shared
 from core.errors import PermanentError, TransientError
 from core.events import Delivered, DeploymentView, Notice, PreviewView
+from webhooks import comments
 from webhooks.client import GitHubClient
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ DEPLOY_KINDS = frozenset(
         events.DEPLOY_AWAITING_APPROVAL,
         events.DEPLOY_STARTED,
         events.DEPLOY_SUCCEEDED,
+        events.DEPLOY_ROLLED_BACK,  # a rollback's success (asked for with `.rollback`)
         events.DEPLOY_FAILED,
         events.DEPLOY_SUPERSEDED,
         events.DEPLOY_CANCELLED,
@@ -65,6 +67,9 @@ def environment_of(notice: Notice) -> str:
         return f"preview/{notice.preview.namespace}"
     if notice.app is not None and notice.app.github_environment:
         return notice.app.github_environment
+    command = comments.command_of(notice.deployment.refs) if notice.deployment else None
+    if command and command.get("environment"):
+        return str(command["environment"])  # `.deploy to staging`: shipit's environment
     ref = notice.deployment.git_ref if notice.deployment else None
     return "production" if ref and ref.startswith("refs/tags/") else "staging"
 
@@ -163,8 +168,9 @@ class GitHubNotifier:
 
     def wants_event(self, audience: events.Audience) -> bool:
         if audience.kind in DEPLOY_KINDS:
-            # Only deploys that came from GitHub (a commit) are reported there.
-            return audience.trigger in TRIGGERS and bool(audience.git_sha)
+            # Only deploys that came from GitHub (a commit, a pull request comment) are reported there.
+            from_commit = audience.trigger in TRIGGERS and bool(audience.git_sha)
+            return from_commit or comments.command_of(audience.refs) is not None
         return True
 
     async def close(self) -> None:
@@ -190,6 +196,16 @@ class GitHubNotifier:
             return await self._closed(notice)
         if notice.kind == events.PREVIEW_AWAITING_APPROVAL:
             return await self._awaiting(notice)
+        command = comments.command_of(notice.deployment.refs) if notice.deployment else None
+        if command is None:
+            return await self._report(notice)
+        # A deploy asked for in a PR comment: its GitHub Deployment (when it has a commit), then the
+        # command's status comment, redrawn from the current state of all its deploys.
+        delivered = await self._report(notice)
+        await comments.refresh(self, command=command)
+        return delivered
+
+    async def _report(self, notice: Notice) -> Delivered | None:
         d, app = notice.deployment, notice.app
         if d is None or app is None or d.trigger not in TRIGGERS or not d.git_sha:
             return None

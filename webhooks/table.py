@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import gitops, previews
 from core.context import Core
 from core.gitops import Outcome
+from webhooks import comments
 
 P = TypeVar("P")
 
@@ -215,6 +216,13 @@ async def _on_ci(session: AsyncSession, ctx: Core, e: CiCompleted) -> Outcome:
     )
 
 
+def _parse_comment(payload: Mapping[str, Any]) -> comments.CommentEvent:
+    try:
+        return comments.parse(payload)
+    except comments.BadComment as e:
+        raise BadPayload(str(e)) from None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Handler(Generic[P]):
     parse: Callable[[Mapping[str, Any]], P]
@@ -232,6 +240,8 @@ HANDLERS: dict[tuple[str, str | None], Handler[Any]] = {
     ("pull_request", "labeled"): Handler(parse=parse_pull_request, run=_on_labeled),
     ("check_suite", "completed"): Handler(parse=_parse_ci("check_suite"), run=_on_ci),
     ("workflow_run", "completed"): Handler(parse=_parse_ci("workflow_run"), run=_on_ci),
+    # `.deploy`, `.noop`, `.lock`... in a pull request comment (webhooks.comments).
+    ("issue_comment", "created"): Handler(parse=_parse_comment, run=comments.on_comment),
 }
 
 # Events a GitHub App or repository webhook commonly sends that need nothing from shipit.
@@ -247,7 +257,6 @@ IGNORED_EVENTS: dict[str, str] = {
     "installation": "installations need no action",
     "installation_repositories": "installations need no action",
     "installation_target": "installations need no action",
-    "issue_comment": "comments do not deploy",
     "issues": "issues do not deploy",
     "label": "labels do not deploy",
     "member": "collaborators are managed in shipit projects",
@@ -287,6 +296,8 @@ IGNORED_ACTIONS: dict[str, frozenset[str]] = {
         }
     ),
     "check_suite": frozenset({"requested", "rerequested"}),
+    # An edited comment is not a new command (edits would replay it), a deleted one asks for nothing.
+    "issue_comment": frozenset({"edited", "deleted"}),
     "workflow_run": frozenset({"requested", "in_progress"}),
 }
 

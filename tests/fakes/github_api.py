@@ -38,6 +38,9 @@ DOCS = "https://docs.github.com/rest"
 ENTERPRISE_PREFIX = "/api/v3"
 DEPLOYMENT_STATES = frozenset({"error", "failure", "inactive", "in_progress", "queued", "pending", "success"})
 COMMIT_STATES = frozenset({"error", "failure", "pending", "success"})
+REACTIONS = frozenset({"+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"})
+# A repository role and the `permission` GitHub reports for it (maintain reads as write, triage as read).
+ROLE_PERMISSION = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read", "read": "read"}
 DEFAULT_PERMISSIONS = {
     "contents": "read",
     "metadata": "read",
@@ -191,6 +194,14 @@ class _Comment:
 
 
 @dataclasses.dataclass
+class _Reaction:
+    id: int
+    content: str
+    user: _Identity
+    created_at: float
+
+
+@dataclasses.dataclass
 class _DeploymentStatus:
     id: int
     state: str
@@ -273,7 +284,8 @@ class FakeGitHub(FakeServer):
     get_commit, list_commit_statuses, get_combined_status, create_commit_status, list_deployments,
     create_deployment, get_deployment, delete_deployment, list_deployment_statuses,
     create_deployment_status, get_deployment_status, get_pull, get_issue, list_issue_comments,
-    create_issue_comment, get_issue_comment, edit_issue_comment, delete_issue_comment.
+    create_issue_comment, get_issue_comment, edit_issue_comment, delete_issue_comment,
+    get_collaborator_permission, create_comment_reaction, list_comment_reactions.
     """
 
     def __init__(
@@ -314,6 +326,10 @@ class FakeGitHub(FakeServer):
         self._comments: dict[int, _Comment] = {}
         self._deployments: dict[int, _Deployment] = {}
         self._commit_statuses: list[_CommitStatus] = []
+        self._reactions: dict[int, list[_Reaction]] = {}
+        # (repo, login) -> repository role; `_users` are the logins GitHub knows (others: 404).
+        self._roles: dict[tuple[str, str], str] = {}
+        self._users: set[str] = set()
         self.pat_identity = _Identity("pat", "shipit-tester", self._user_id("shipit-tester"), "User")
         self._routes = self._build_routes()
         for full_name in repos:
@@ -473,6 +489,46 @@ class FakeGitHub(FakeServer):
             issue = _Issue(repo.full_name, number, self._next("issue"), title, None, user, state, now, now)
             self._issues[(repo.full_name.lower(), number)] = issue
             return self._issue_shape(self._local_base, issue)
+
+    def add_user(self, login: str) -> None:
+        """A GitHub account (one that is not: 404 where a user is looked up)."""
+        with self._lock:
+            self._users.add(login.lower())
+
+    def set_role(self, full_name: str, login: str, role: str | None) -> None:
+        """`login`'s role on the repository (admin, maintain, write, triage, read; None: none)."""
+        if role is not None and role not in ROLE_PERMISSION:
+            raise ValueError(f"role must be one of {', '.join(ROLE_PERMISSION)}, got {role!r}")
+        with self._lock:
+            self._users.add(login.lower())
+            key = (full_name.lower(), login.lower())
+            if role is None:
+                self._roles.pop(key, None)
+            else:
+                self._roles[key] = role
+
+    def add_comment(
+        self, full_name: str, number: int, body: str, *, user: str = "octocat", user_type: str = "User"
+    ) -> dict[str, Any]:
+        """A comment someone made on an issue or pull request; returns the ``comment`` object of the
+        ``issue_comment`` webhook (the same shape the REST API answers)."""
+        with self._lock:
+            repo = self._repos[full_name.lower()]
+            issue = self._issues[(repo.full_name.lower(), number)]
+            self._users.add(user.lower())
+            now = time.time()
+            who = _Identity("user", user, self._user_id(user), user_type)
+            comment = _Comment(self._next("comment"), repo.full_name, issue.number, body, who, now, now)
+            self._comments[comment.id] = comment
+            return self._comment_shape(self._local_base, comment)
+
+    def reactions(self, full_name: str, comment_id: int) -> list[str]:
+        """The contents of the reactions on a comment, oldest first."""
+        with self._lock:
+            c = self._comments.get(comment_id)
+            if c is None or c.repo.lower() != full_name.lower():
+                raise AssertionError(f"no comment {comment_id} in {full_name}")
+            return [r.content for r in self._reactions.get(comment_id, [])]
 
     def expire_installation_tokens(self) -> None:
         """Every installation token issued so far expires now (later use: 401 Bad credentials)."""
@@ -674,6 +730,12 @@ class FakeGitHub(FakeServer):
              self._edit_issue_comment),
             ("DELETE", _REPO + r"/issues/comments/(?P<comment_id>\d+)", "delete_issue_comment", "token",
              self._delete_issue_comment),
+            ("POST", _REPO + r"/issues/comments/(?P<comment_id>\d+)/reactions", "create_comment_reaction",
+             "token", self._create_comment_reaction),
+            ("GET", _REPO + r"/issues/comments/(?P<comment_id>\d+)/reactions", "list_comment_reactions",
+             "token", self._list_comment_reactions),
+            ("GET", _REPO + r"/collaborators/(?P<username>[^/]+)/permission", "get_collaborator_permission",
+             "token", self._get_collaborator_permission),
         ]  # fmt: skip
         return [_Route(m, re.compile(p + r"/?"), n, a, h) for m, p, n, a, h in table]
 
@@ -1194,6 +1256,56 @@ class FakeGitHub(FakeServer):
         self._comment_from(ctx).deleted = True
         return Answer(204, None)
 
+    def _reaction_shape(self, base: str, r: _Reaction) -> dict[str, Any]:
+        return {
+            "id": r.id,
+            "node_id": f"REA_lADO{r.id}",
+            "user": self._identity_shape(base, r.user),
+            "content": r.content,
+            "created_at": _iso(r.created_at),
+        }
+
+    def _create_comment_reaction(self, ctx: _Ctx) -> Answer:
+        comment = self._comment_from(ctx)
+        content = ctx.field("content")
+        if content not in REACTIONS:
+            raise _invalid("Reaction", "content", "content is not included in the list")
+        mine = self._reactions.setdefault(comment.id, [])
+        for r in mine:
+            if r.content == content and r.user.login == ctx.identity.login:
+                return Answer(200, self._reaction_shape(ctx.base, r))  # GitHub: already there
+        reaction = _Reaction(self._next("status"), content, ctx.identity, time.time())
+        mine.append(reaction)
+        return Answer(201, self._reaction_shape(ctx.base, reaction))
+
+    def _list_comment_reactions(self, ctx: _Ctx) -> Answer:
+        comment = self._comment_from(ctx)
+        found = [
+            r for r in self._reactions.get(comment.id, []) if ctx.query.get("content") in (None, r.content)
+        ]
+        return self._page(ctx, [self._reaction_shape(ctx.base, r) for r in found])
+
+    def _get_collaborator_permission(self, ctx: _Ctx) -> Answer:
+        repo = self._repo(ctx)
+        login = ctx.params["username"]
+        known = {u.lower() for u in (repo.owner, *self._users)}
+        if login.lower() not in known:
+            raise _not_found()
+        role = self._roles.get((repo.full_name.lower(), login.lower()))
+        if role is None:
+            role = "admin" if login.lower() == repo.owner.lower() else ("none" if repo.private else "read")
+        permission = ROLE_PERMISSION.get(role, "none")
+        user = self._user_shape(ctx.base, login)
+        user["permissions"] = {
+            "admin": permission == "admin",
+            "maintain": role in ("admin", "maintain"),
+            "push": permission in ("admin", "write"),
+            "triage": role in ("admin", "maintain", "write", "triage"),
+            "pull": permission != "none",
+        }
+        user["role_name"] = role
+        return Answer(200, {"permission": permission, "role_name": role, "user": user})
+
     # ---- helpers ---------------------------------------------------------------------------------
 
     def _next(self, kind: str) -> int:
@@ -1598,15 +1710,8 @@ class FakeGitHub(FakeServer):
             "performed_via_github_app": self._performed_via(base, c.creator),
             "reactions": {
                 "url": f"{url}/reactions",
-                "total_count": 0,
-                "+1": 0,
-                "-1": 0,
-                "laugh": 0,
-                "hooray": 0,
-                "confused": 0,
-                "heart": 0,
-                "rocket": 0,
-                "eyes": 0,
+                "total_count": len(self._reactions.get(c.id, [])),
+                **{k: sum(r.content == k for r in self._reactions.get(c.id, [])) for k in sorted(REACTIONS)},
             },
         }
 

@@ -1,0 +1,413 @@
+"""Deploys asked for in a pull request comment (`.deploy`, `.noop`, `.rollback`, `.lock`, `.unlock`).
+
+The GitHub channel parses the comment and reads from GitHub what a payload does not hold (the PR's
+head commit, the commenter's permission on the repository); this module decides, with the same
+services every other channel uses.  Who acts: `github:<login>`, WITHOUT the admin rights a push gets
+(core.gitops.github_actor): the commenter needs write permission on the repository (GitHub says) AND
+the developer role in the project of the apps the repository deploys (shipit says).
+
+Which apps: those linked to the repository (apps.git_repo).  Which of their rows: `to ENV` picks the
+app rows in that environment; without it `.deploy` deploys the pull request's preview and the other
+commands act on the project's first environment.  A deploy carries the comment id in its dedupe key
+(a comment redelivered or a job run twice deploys once) and in its notify_refs, so the GitHub
+notifier keeps the command's one status comment up to date as the deploy runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import apps, deploys, dryrun, environments, events, gitops, identity, previews
+from core.context import Core
+from core.errors import UserError
+from core.identity import Actor, Role
+from storage import models
+
+log = logging.getLogger(__name__)
+
+DEPLOY = "deploy"
+NOOP = "noop"
+ROLLBACK = "rollback"
+LOCK = "lock"
+UNLOCK = "unlock"
+HELP = "help"
+VERBS = (DEPLOY, NOOP, ROLLBACK, LOCK, UNLOCK, HELP)
+WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
+# The notify_refs key under the GitHub notifier's own refs that marks a deploy asked for in a comment.
+REF_KEY = "command"
+
+
+class Refused(UserError):
+    """The command is not run; the message is shown in the pull request as written."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    verb: str
+    environment: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullRequest:
+    """Where the comment was made and what the pull request's head is now (read from GitHub)."""
+
+    repo: str
+    number: int
+    comment_id: int
+    login: str
+    permission: str  # the commenter's permission on `repo`: admin, maintain, write, triage, read, none
+    head_sha: str
+    head_ref: str
+    head_repo: str | None
+    is_fork: bool
+    open: bool = True
+
+
+@dataclass(kw_only=True)
+class Result:
+    """What happened: deploys queued (the notifier reports their progress) and lines for the reply."""
+
+    lines: list[str] = field(default_factory=list)
+    deployment_ids: list[int] = field(default_factory=list)
+    ok: bool = True
+    noop: list[dryrun.Plan] = field(default_factory=list)
+    repeated: bool = False  # the comment was handled before: nothing new was done
+
+
+def actor_for(login: str) -> Actor:
+    return Actor(subject=f"github:{login}", channel="github", display=login)
+
+
+def dedupe_prefix(comment_id: int) -> str:
+    return f"pr-comment:{comment_id}:"
+
+
+def command_ref(pr: PullRequest, *, environment: str | None, text: str) -> dict[str, Any]:
+    return {
+        "text": text,
+        "repo": pr.repo,
+        "number": pr.number,
+        "comment_id": pr.comment_id,
+        "environment": environment,
+        "login": pr.login,
+    }
+
+
+async def earlier(session: AsyncSession, *, comment_id: int) -> list[models.Deployment]:
+    """The deploys a comment already asked for (a redelivered comment, a job run twice)."""
+    return list(
+        await session.scalars(
+            select(models.Deployment)
+            .where(models.Deployment.dedupe_key.startswith(dedupe_prefix(comment_id), autoescape=True))
+            .order_by(models.Deployment.id)
+        )
+    )
+
+
+async def refs_of(session: AsyncSession, *, deployment_id: int) -> dict[str, Any]:
+    row = await session.get(models.Deployment, deployment_id)
+    return dict(row.notify_refs or {}) if row is not None else {}
+
+
+async def _authorize(session: AsyncSession, *, pr: PullRequest, linked: list[models.App], verb: str) -> None:
+    """Write permission on GitHub, then the developer role in every project the repository deploys to.
+
+    Someone without a role learns nothing about the projects (not their names, not their environments).
+    """
+    if pr.permission not in WRITE_PERMISSIONS:
+        raise Refused(
+            f"@{pr.login} has `{pr.permission}` permission on {pr.repo}; `.{verb}` needs write permission "
+            "on the repository (and the developer role in shipit)."
+        )
+    actor = actor_for(pr.login)
+    for project_id in sorted({a.project_id for a in linked}):
+        role = await identity.role_of(session, actor=actor, project_id=project_id)
+        if role is None:
+            raise Refused(
+                f"@{pr.login} has no role in shipit for the apps of this repository. A project admin can "
+                f"add `github:{pr.login}`, or link your GitHub account to your shipit identity."
+            )
+        if role < Role.DEVELOPER:
+            raise Refused(f"`.{verb}` needs the developer role in shipit; @{pr.login} has {role.label}.")
+
+
+async def _targets(
+    session: AsyncSession, *, linked: list[models.App], environment: str | None
+) -> list[models.App]:
+    """The app rows in `environment` (default: each project's first environment)."""
+    chosen: list[models.App] = []
+    found_env = environment is None
+    names: set[str] = set()
+    for project_id in sorted({a.project_id for a in linked}):
+        if environment is None:
+            env = await environments.default_for(session, project_id=project_id)
+        else:
+            try:
+                env = await environments.get(session, project_id=project_id, name=environment)
+            except UserError:
+                names.update(e.name for e in await environments.list_for(session, project_id=project_id))
+                continue
+            found_env = True
+        for app in linked:
+            if app.project_id == project_id and (await environments.of_app(session, app=app)).id == env.id:
+                chosen.append(app)
+    if not found_env:
+        raise Refused(
+            f"no environment named `{environment}`; environments: {', '.join(sorted(names)) or 'none'}"
+        )
+    if not chosen:
+        raise Refused(f"no app of this repository runs in environment `{environment or 'default'}`")
+    return chosen
+
+
+async def run(session: AsyncSession, *, ctx: Core, command: Command, pr: PullRequest) -> Result:
+    """Run one command in the caller's transaction.  Refusals raise Refused (nothing is changed)."""
+    if command.verb == HELP:
+        return Result()
+    previous = await earlier(session, comment_id=pr.comment_id)
+    if previous:
+        return Result(deployment_ids=[d.id for d in previous], repeated=True)
+    linked = await gitops.linked_apps(session, repo=pr.repo)
+    if not linked:
+        raise Refused(f"no shipit app deploys {pr.repo}.")
+    await _authorize(session, pr=pr, linked=linked, verb=command.verb)
+    if not pr.open and command.verb in (DEPLOY, NOOP):
+        raise Refused(f"pull request #{pr.number} is closed.")
+    actor = actor_for(pr.login)
+    if command.verb == DEPLOY and command.environment is None:
+        result = await _deploy_preview(session, ctx=ctx, pr=pr, linked=linked, actor=actor)
+        await _keep_notes(session, result=result)
+        return result
+    targets = await _targets(session, linked=linked, environment=command.environment)
+    environment = command.environment or (await environments.of_app(session, app=targets[0])).name
+    match command.verb:
+        case "deploy":
+            result = await _deploy(
+                session, ctx=ctx, pr=pr, targets=targets, actor=actor, environment=environment
+            )
+        case "noop":
+            return await _noop(session, ctx=ctx, pr=pr, targets=targets, actor=actor)
+        case "rollback":
+            result = await _rollback(
+                session, ctx=ctx, pr=pr, targets=targets, actor=actor, environment=environment
+            )
+        case "lock" | "unlock":
+            return await _lock(
+                session, pr=pr, targets=targets, actor=actor, command=command, environment=environment
+            )
+        case _:
+            raise Refused(f"unknown command `.{command.verb}`")
+    await _keep_notes(session, result=result)
+    return result
+
+
+async def _keep_notes(session: AsyncSession, *, result: Result) -> None:
+    """Apps left out (locked, no revision to go back to) stay in the status comment the notifier redraws."""
+    if not result.lines:
+        return
+    for deployment_id in result.deployment_ids:
+        row = await session.get(models.Deployment, deployment_id)
+        if row is None:
+            continue
+        refs = dict(row.notify_refs or {})
+        mine = dict(refs.get("github") or {})
+        mine[REF_KEY] = {**(mine.get(REF_KEY) or {}), "notes": list(result.lines)}
+        refs["github"] = mine
+        row.notify_refs = refs
+
+
+async def _mark(
+    session: AsyncSession,
+    *,
+    deployment_id: int,
+    pr: PullRequest,
+    app: models.App,
+    environment: str | None,
+    text: str,
+) -> None:
+    """Tie a deploy made by another service (a preview's) to this comment: dedupe key and notify_refs."""
+    row = await session.get(models.Deployment, deployment_id)
+    assert row is not None
+    row.dedupe_key = f"{dedupe_prefix(pr.comment_id)}{app.id}"
+    refs = dict(row.notify_refs or {})
+    refs["github"] = {**refs.get("github", {}), REF_KEY: command_ref(pr, environment=environment, text=text)}
+    row.notify_refs = refs
+
+
+async def _deploy_preview(
+    session: AsyncSession, *, ctx: Core, pr: PullRequest, linked: list[models.App], actor: Actor
+) -> Result:
+    with_previews = [a for a in linked if a.previews_enabled and a.preview_domain and a.image_template]
+    if not with_previews:
+        raise Refused(
+            "previews are off for the apps of this repository: say `.deploy to <environment>` instead."
+        )
+    result = Result()
+    for app in with_previews:
+        if pr.is_fork and app.previews_from_forks == apps.FORKS_NEVER:
+            result.ok = False
+            result.lines.append(f"`{app.name}`: previews of pull requests from forks are off.")
+            continue
+        decision = await previews.open_or_update(
+            session, ctx=ctx, app=app, actor=actor, repo=pr.repo, number=pr.number, head_sha=pr.head_sha,
+            head_ref=pr.head_ref, head_repo=pr.head_repo, is_fork=pr.is_fork,
+        )  # fmt: skip
+        if decision.action == gitops.WAIT:
+            # A fork's commit waiting for approval: a developer asking for its deploy approves it.
+            decision = (
+                await previews.approve(session, ctx=ctx, actor=actor, app_name=app.name, number=pr.number)
+            ).decision
+        if decision.action != gitops.DEPLOY or decision.deployment_id is None:
+            result.ok = False
+            result.lines.append(f"`{app.name}`: {decision.reason}")
+            continue
+        await _mark(
+            session, deployment_id=decision.deployment_id, pr=pr, app=app, environment=None, text=".deploy"
+        )
+        result.deployment_ids.append(decision.deployment_id)
+    if not result.deployment_ids:
+        raise Refused("\n".join(result.lines) or "nothing to deploy")
+    return result
+
+
+async def _deploy(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    pr: PullRequest,
+    targets: list[models.App],
+    actor: Actor,
+    environment: str,
+) -> Result:
+    if pr.is_fork:
+        # Its head can change after the comment, and the deploy would run it with the app's secrets.
+        raise Refused(
+            f"pull request #{pr.number} comes from a fork: it deploys only to its preview (`.deploy`)."
+        )
+    result, text = Result(), f".deploy to {environment}"
+    for app in targets:
+        assert app.image_template is not None
+        image = gitops.render_image(app.image_template, sha=pr.head_sha, branch=pr.head_ref)
+        try:
+            async with session.begin_nested():
+                requested = await deploys.request(
+                    session, ctx=ctx, actor=actor, app_name=app.name, image=image, trigger="pr",
+                    dedupe_key=f"{dedupe_prefix(pr.comment_id)}{app.id}", git_sha=pr.head_sha,
+                    git_ref=f"refs/heads/{pr.head_ref}",
+                    reason=f"`.deploy to {environment}` on pull request #{pr.number} by {pr.login}",
+                    notify_refs={"github": {REF_KEY: command_ref(pr, environment=environment, text=text)}},
+                )  # fmt: skip
+        except UserError as e:
+            result.ok = False
+            result.lines.append(f"`{app.name}`: {e}")
+            continue
+        result.deployment_ids.append(requested.deployment.id)
+    if not result.deployment_ids:
+        raise Refused("\n".join(result.lines))
+    return result
+
+
+async def _rollback(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    pr: PullRequest,
+    targets: list[models.App],
+    actor: Actor,
+    environment: str,
+) -> Result:
+    result, text = Result(), f".rollback to {environment}"
+    for app in targets:
+        try:
+            async with session.begin_nested():
+                requested = await deploys.rollback(
+                    session, ctx=ctx, actor=actor, app_name=app.name,
+                    dedupe_key=f"{dedupe_prefix(pr.comment_id)}{app.id}",
+                    notify_refs={"github": {REF_KEY: command_ref(pr, environment=environment, text=text)}},
+                )  # fmt: skip
+        except UserError as e:
+            result.ok = False
+            result.lines.append(f"`{app.name}`: {e}")
+            continue
+        result.deployment_ids.append(requested.deployment.id)
+    if not result.deployment_ids:
+        raise Refused("\n".join(result.lines))
+    return result
+
+
+async def _noop(
+    session: AsyncSession, *, ctx: Core, pr: PullRequest, targets: list[models.App], actor: Actor
+) -> Result:
+    """Plans only: the channel asks the cluster (dryrun.run) after this transaction; nothing is stored."""
+    result = Result()
+    for app in targets:
+        assert app.image_template is not None
+        image = gitops.render_image(app.image_template, sha=pr.head_sha, branch=pr.head_ref)
+        result.noop.append(await dryrun.plan(session, ctx=ctx, actor=actor, app_name=app.name, image=image))
+    return result
+
+
+async def _lock(
+    session: AsyncSession,
+    *,
+    pr: PullRequest,
+    targets: list[models.App],
+    actor: Actor,
+    command: Command,
+    environment: str,
+) -> Result:
+    """Until environments carry their own lock here, the environment's app rows are locked one by one."""
+    on = command.verb == LOCK
+    result = Result()
+    reason = command.reason or f"locked from pull request #{pr.number}"
+    for app in targets:
+        await apps.set_flag(
+            session, actor=actor, name=app.name, flag="lock", on=on, reason=reason if on else None
+        )
+        result.lines.append(f"`{app.name}` ({environment}) is {'locked: ' + reason if on else 'unlocked'}.")
+    return result
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeployState:
+    app: str
+    deployment: int
+    status: str
+    outcome: str
+    image: str
+    environment: str | None
+    url: str | None
+    error: str | None
+
+
+async def states(session: AsyncSession, *, comment_id: int) -> list[DeployState]:
+    """The deploys a comment asked for, as they are now (what its status comment shows)."""
+    out: list[DeployState] = []
+    for d in await earlier(session, comment_id=comment_id):
+        app = await session.get(models.App, d.app_id)
+        preview = await session.get(models.Preview, d.preview_id) if d.preview_id else None
+        view = await _view(session, d)
+        ref = ((d.notify_refs or {}).get("github") or {}).get(REF_KEY) or {}
+        out.append(
+            DeployState(
+                app=app.name if app else "?",
+                deployment=d.id,
+                status=d.status,
+                outcome=view,
+                image=d.image,
+                environment=f"preview {preview.namespace}" if preview else ref.get("environment"),
+                url=preview.url if preview else (f"https://{app.domain}" if app and app.domain else None),
+                error=d.error,
+            )
+        )
+    return out
+
+
+async def _view(session: AsyncSession, d: models.Deployment) -> str:
+    return (await events.deployment_view(session, deployment=d)).outcome
