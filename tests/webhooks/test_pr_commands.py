@@ -354,6 +354,23 @@ async def test_deploy_to_staging_then_lock_blocks_the_next_deploy(
     unlock_id, _ = await say(live_hook, fake_github, ".unlock staging", number=number)
     await reacted(fake_github, unlock_id, "rocket")
 
+    # A new push, deployed; then `.rollback to staging` goes back to the first head's revision.
+    fake_github.add_pull(REPO, number, head_ref="feature/pay", head_sha=SHA_B)
+    second_id, _ = await say(live_hook, fake_github, ".deploy to staging", number=number)
+    await reacted(fake_github, second_id, "rocket")
+    rollback_id, _ = await say(live_hook, fake_github, ".rollback to staging", number=number)
+    await reacted(fake_github, rollback_id, "rocket")
+    [rollback] = await command_deploys(rt, rollback_id)
+    assert (rollback.trigger, rollback.status, rollback.image) == (
+        "rollback",
+        "succeeded",
+        f"ghcr.io/acme/web:{SHA_A}",
+    )
+    [reply] = status_comments(fake_github, number, rollback_id)
+    assert "`.rollback to staging`" in reply["body"] and "✅ done" in reply["body"]
+    workload = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("web-staging", world.namespace)
+    assert workload.spec.template.spec.containers[0].image == f"ghcr.io/acme/web:{SHA_A}"
+
 
 async def test_noop_posts_the_difference_and_changes_nothing(
     world: World, live_hook: Hook, fake_github: FakeGitHub, kube_api: k8s.ApiClient
