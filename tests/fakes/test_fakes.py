@@ -451,6 +451,44 @@ def test_issue_comment_created_then_edited(fake_github: FakeGitHub) -> None:
         repo.get_pull(8)
 
 
+def test_reactions_on_a_comment_someone_made(fake_github: FakeGitHub) -> None:
+    fake_github.add_pull("acme/web", 7, head_ref="feature")
+    made = fake_github.add_comment("acme/web", 7, ".deploy", user="alice")
+    assert made["user"]["login"] == "alice" and made["reactions"]["total_count"] == 0
+    comment = gh_client(fake_github).get_repo("acme/web").get_issue(7).get_comment(made["id"])
+    assert comment.create_reaction("eyes").content == "eyes"
+    assert fake_github.last_call("create_comment_reaction").status == 201
+    comment.create_reaction("eyes")  # GitHub answers 200 with the reaction already there
+    assert fake_github.last_call("create_comment_reaction").status == 200
+    comment.create_reaction("rocket")
+    assert fake_github.reactions("acme/web", made["id"]) == ["eyes", "rocket"]
+    assert fake_github.comment("acme/web", made["id"])["reactions"]["rocket"] == 1
+    with pytest.raises(github.GithubException) as caught:
+        comment.create_reaction("party")
+    assert caught.value.status == 422 and caught.value.data["errors"][0]["field"] == "content"
+    lazy = github.Github(base_url=fake_github.url, auth=Auth.Token(fake_github.token), lazy=True)
+    gone = lazy.get_repo("acme/web").get_issue(7).get_comment(999)  # lazy: no request until the POST
+    with pytest.raises(github.UnknownObjectException):
+        gone.create_reaction("eyes")
+    assert fake_github.last_call().api == "create_comment_reaction"
+
+
+def test_collaborator_permission_has_the_real_shape(fake_github: FakeGitHub) -> None:
+    repo = gh_client(fake_github).get_repo("acme/web")
+    fake_github.set_role("acme/web", "alice", "maintain")
+    fake_github.set_role("acme/web", "rita", "triage")
+    fake_github.add_user("stranger")
+    assert repo.get_collaborator_permission("alice") == "write"  # maintain reads as write
+    body = fake_github.last_call("get_collaborator_permission").response
+    assert (body["permission"], body["role_name"], body["user"]["login"]) == ("write", "maintain", "alice")
+    assert body["user"]["permissions"]["push"] is True
+    assert repo.get_collaborator_permission("rita") == "read"
+    assert repo.get_collaborator_permission("stranger") == "none"  # acme/web is private
+    assert repo.get_collaborator_permission("acme") == "admin"  # the owner
+    with pytest.raises(github.UnknownObjectException):
+        repo.get_collaborator_permission("no-such-user")
+
+
 def test_bad_token_raises_bad_credentials(fake_github: FakeGitHub) -> None:
     with pytest.raises(github.BadCredentialsException):
         gh_client(fake_github, auth=Auth.Token("ghp_wrong")).get_repo("acme/web")

@@ -169,6 +169,7 @@ async def test_bots_edits_issues_and_plain_comments_queue_nothing(
     assert await deployments(hook.rt) == []
 
 
+@pytest.mark.both_databases
 async def test_a_redelivered_comment_queues_one_job(hook: Hook, fake_github: FakeGitHub) -> None:
     await offline_cluster(hook.rt)
     await make_app(hook.rt)
@@ -186,6 +187,7 @@ async def test_a_redelivered_comment_queues_one_job(hook: Hook, fake_github: Fak
 # ---------------------------------------------------------------- answered by the worker, no cluster needed
 
 
+@pytest.mark.both_databases
 async def test_help_and_unknown_commands_are_answered_with_help(
     live_hook: Hook, fake_github: FakeGitHub
 ) -> None:
@@ -205,6 +207,7 @@ async def test_help_and_unknown_commands_are_answered_with_help(
     assert await deployments(live_hook.rt) == []
 
 
+@pytest.mark.both_databases
 async def test_a_reader_and_a_fork_author_without_write_are_refused(
     live_hook: Hook, fake_github: FakeGitHub
 ) -> None:
