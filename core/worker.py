@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import socket
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from core import jobs, observe
+from core import errors, jobs, observe
 from core.context import Core
 from core.errors import PermanentError, TransientError, UserError
 from core.instance import Instance
@@ -249,9 +248,9 @@ class Worker:
             log.warning("job %s (%s) failed: %s", job.id, job.kind, e)
             await self._finish(job, fail=str(e))
         except Exception as e:
-            ref = uuid.uuid4().hex[:12]
-            log.error("job %s (%s) crashed [ref %s]:\n%s", job.id, job.kind, ref, traceback.format_exc())
-            message = f"internal error (reference {ref}): {type(e).__name__}"
+            message = (
+                f"{errors.report(e, log=log, what=f'job {job.id} ({job.kind})').text} ({type(e).__name__})"
+            )
             if job.attempts >= job.max_attempts:
                 await self._finish(job, fail=message)
             else:
