@@ -274,7 +274,9 @@ async def _refuse_fork(
         app_id=app.id,
         payload={"repo": repo, "pr_number": number, "message": message, "head_repo": head_repo},
     )
-    log.info("preview for %s#%s of %s refused: from fork %s (never)", repo, number, app.name, head_repo)
+    logctx.deploy_logger(log, app=app.name).info(
+        "preview for %s#%s refused: from fork %s (never)", repo, number, head_repo
+    )
     return Decision(
         app=app.name,
         action=SKIP,
@@ -473,7 +475,9 @@ async def on_label(
                     session, ctx=ctx, app=app, actor=actor, number=number, sha=head_sha, head_ref=head_ref
                 )
         except UserError as e:
-            log.info("label %s on %s#%s by %s ignored for %s: %s", label, repo, number, sender, app.name, e)
+            logctx.deploy_logger(log, app=app.name).info(
+                "label %s on %s#%s by %s ignored: %s", label, repo, number, sender, e
+            )
             decisions.append(Decision(app=app.name, action=SKIP, reason=f"not approved: {e}"))
             continue
         decisions.append(approval.decision)
@@ -498,7 +502,9 @@ async def _refuse(
         app_id=app.id,
         payload={"repo": repo, "pr_number": number, "message": message, "limit": app.preview_max_open},
     )
-    log.info("preview for %s#%s of %s refused: %d open (limit)", repo, number, app.name, open_now)
+    logctx.deploy_logger(log, app=app.name).info(
+        "preview for %s#%s refused: %d open (limit)", repo, number, open_now
+    )
     return Decision(app=app.name, action=SKIP, reason=message)
 
 
