@@ -36,6 +36,7 @@ class ContextLogger(logging.LoggerAdapter[logging.Logger]):
         if not self.isEnabledFor(level):
             return
         msg, given = self.process(msg, kwargs)
+        given.setdefault("stacklevel", 2)  # the caller's line, not this one
         if self.prefix:
             # With args the prefix joins a %-format string: a % in a value must not read as a placeholder.
             msg = f"{self.prefix.replace('%', '%%') if args else self.prefix}: {msg}"
