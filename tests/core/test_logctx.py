@@ -71,3 +71,12 @@ def test_other_records_and_a_quiet_level(captured: tuple[logging.Logger, io.Stri
     logctx.deploy_logger(logger, deployment=1).info("not written")
     assert text.getvalue().splitlines() == ["INFO tests.logctx: plain"]
     assert "deploy_id" not in json.loads(as_json.getvalue())
+
+
+def test_a_record_points_at_the_callers_line(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="tests.logctx.where"):
+        logctx.deploy_logger(logging.getLogger("tests.logctx.where"), deployment=3).info("here")
+    [record] = caplog.records
+    assert (
+        record.funcName == "test_a_record_points_at_the_callers_line" and record.filename == "test_logctx.py"
+    )
