@@ -31,6 +31,7 @@ from shipit.settings import Settings
 from storage import models
 from tests.conftest import ADMIN, LiveServer, World
 from tests.fakes.slack_api import FakeSlack
+from tests.helpers import eventually as eventually  # re-exported: tests on other branches import it from here
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0DEPLOYS"  # the project's Slack channel
