@@ -14,7 +14,6 @@ command type the parser can make has no handler.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,9 +21,9 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import commands, views
-from core import apps, autoscaling, deliveries, deploys, dryrun, previews, projects, secrets, status
+from core import apps, autoscaling, deliveries, deploys, dryrun, errors, previews, projects, secrets, status
 from core.context import Core
-from core.errors import ShipitError, UserError
+from core.errors import UserError
 from core.identity import Actor
 from storage import models
 
@@ -96,13 +95,10 @@ def failure(exc: BaseException, *, what: str, caller: Caller) -> Outcome:
     """The one error policy of the Slack channel."""
     if isinstance(exc, UserError):
         return Outcome(message=views.error(str(exc)))
-    ref = uuid.uuid4().hex[:12]
-    if isinstance(exc, ShipitError):
-        # Ours, with a safe message (a cluster that does not answer, say), but not the user's fault.
-        log.warning("slack: %s by %s failed [ref %s]: %s", what, caller.user_id, ref, exc)
-        return Outcome(message=views.error(f"{exc} (reference {ref})"))
-    log.error("slack: %s by %s crashed [ref %s]", what, caller.user_id, ref, exc_info=exc)
-    return Outcome(message=views.error(f"internal error, reference {ref}"))
+    # Ours with a safe message (a cluster that does not answer, say) but not the user's fault, or a crash.
+    return Outcome(
+        message=views.error(errors.report(exc, log=log, what=f"slack: {what} by {caller.user_id}").text)
+    )
 
 
 # ---------------------------------------------------------------- commands

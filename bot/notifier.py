@@ -30,7 +30,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import views
 from core import events, shared
-from core.errors import PermanentError, TransientError
+from core.errors import PermanentError, TransientError, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ class SlackNotifier:
             status = e.response.status_code
             error = str(e.response.get("error") or "") if isinstance(e.response.data, dict) else ""
             if status == 429:
-                retry_after = _retry_after(e.response.headers)
+                retry_after = retry_after_seconds(e.response.headers, default=30.0, minimum=1.0)
                 await self.pacer.backoff_shared(channel, retry_after)
                 log.warning("%s: Slack rate-limited %s; retrying in %.0fs", where, method, retry_after)
                 raise TransientError(f"Slack {method}: rate limited", retry_after=retry_after) from None
@@ -324,15 +324,3 @@ class SlackNotifier:
         self._shown.move_to_end((channel, ts))
         while len(self._shown) > 2000:
             self._shown.popitem(last=False)
-
-
-def _retry_after(headers: Any) -> float:
-    value = None
-    if headers:
-        value = headers.get("Retry-After") or headers.get("retry-after")
-        if isinstance(value, list):
-            value = value[0] if value else None
-    try:
-        return max(1.0, float(value)) if value is not None else 30.0
-    except ValueError:
-        return 30.0

@@ -26,6 +26,7 @@ from core import (
     events,
     identity,
     jobs,
+    logctx,
     metrics,
     observe,
     registries,
@@ -299,9 +300,9 @@ async def request(
         },
     )
     await _prune_revisions(session, ctx=ctx, app_id=app.id)
-    log.info(
-        "deploy %s queued: app=%s revision=%s image=%s namespace=%s trigger=%s actor=%s status=%s",
-        deployment.id, app.name, number, revision.image, namespace, trigger, actor.subject, deployment.status,
+    logctx.deploy_logger(log, deployment=deployment.id, app=app.name, namespace=namespace).info(
+        "queued: revision=%s image=%s trigger=%s actor=%s status=%s",
+        number, revision.image, trigger, actor.subject, deployment.status,
     )  # fmt: skip
     return Requested(deployment=deployment, created=True)
 
@@ -792,17 +793,16 @@ async def _start(ctx: Core, *, deployment_id: int) -> _Plan | None:
                 step="started",
             )
         else:
-            log.info(
-                "deploy %s: resuming after a restart (app=%s namespace=%s)",
-                deployment.id,
-                app.name,
-                deployment.namespace,
-            )
+            logctx.deploy_logger(
+                log, deployment=deployment.id, app=app.name, namespace=deployment.namespace
+            ).info("resuming after a restart")
         # A fork's code never gets the app's secrets unless an admin chose previews_from_forks=always;
         # decided now, at apply time, so changing the setting holds for every later deploy.
         withhold = preview is not None and preview.is_fork and app.previews_from_forks != apps.FORKS_ALWAYS
         if withhold:
-            log.info("deploy %s: preview of a fork, rendered without the app's secrets", deployment.id)
+            logctx.deploy_logger(
+                log, deployment=deployment.id, app=app.name, namespace=deployment.namespace
+            ).info("preview of a fork, rendered without the app's secrets")
         snapshot = snapshots.of_revision(revision)
         secret_data, secret_checksum = (
             ({}, "")
@@ -847,7 +847,9 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
     )
     plan = replace(plan, spec=spec)
     started = time.monotonic()
-    where = f"deploy {plan.deployment_id} app={plan.app_name} namespace={plan.spec.namespace}"
+    dlog = logctx.deploy_logger(
+        log, deployment=plan.deployment_id, app=plan.app_name, namespace=plan.spec.namespace
+    )
     kube = await ctx.kube.get(key=str(plan.cluster_id), kubeconfig=plan.kubeconfig)
     if not await _release_phase(ctx=ctx, kube=kube, plan=plan):
         return
@@ -859,7 +861,7 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
         if deployment is not None and deployment.applied_at is None:
             deployment.applied_at = models.utcnow()
             metrics.DEPLOY_APPLY.observe((deployment.applied_at - plan.accepted_at).total_seconds())
-    log.info("%s: applied revision %s (%s)", where, plan.spec.revision, plan.spec.image)
+    dlog.info("applied revision %s (%s)", plan.spec.revision, plan.spec.image)
 
     last: tuple[int, int] = (-1, -1)
 
@@ -907,7 +909,7 @@ async def run_job(*, ctx: Core, job: jobs.JobView) -> None:
                 error=f"{result.reason}: {result.message}",
             )
     metrics.DEPLOY_DURATION.observe(time.monotonic() - started)
-    log.info("%s: %s (%s)", where, "succeeded" if result.ok else "failed", result.reason)
+    dlog.info("%s (%s)", "succeeded" if result.ok else "failed", result.reason)
 
 
 async def _release_phase(*, ctx: Core, kube: Kube, plan: _Plan) -> bool:
@@ -927,9 +929,11 @@ async def _release_phase(*, ctx: Core, kube: Kube, plan: _Plan) -> bool:
         if deployment.applied_at is not None:
             # Resumed after the apply: the release succeeded before (its Job may be gone by now).
             return True
-    where = f"deploy {plan.deployment_id} app={plan.app_name} namespace={spec.namespace}"
+    dlog = logctx.deploy_logger(
+        log, deployment=plan.deployment_id, app=plan.app_name, namespace=spec.namespace
+    )
     deadline = ctx.config.release_deadline_seconds or spec.progress_deadline_seconds
-    log.info("%s: running the release command of revision %s", where, spec.revision)
+    dlog.info("running the release command of revision %s", spec.revision)
     result = await kube.run_release(
         spec=spec,
         namespace_origin=plan.namespace_origin,
@@ -937,7 +941,7 @@ async def _release_phase(*, ctx: Core, kube: Kube, plan: _Plan) -> bool:
         ttl_seconds_after_finished=ctx.config.release_ttl_seconds,
         timeout=deadline + ctx.config.rollout_timeout_margin_seconds,
     )
-    log.info("%s: release job %s: %s", where, result.job, result.reason)
+    dlog.info("release job %s: %s", result.job, result.reason)
     if result.ok:
         return True
     async with ctx.sessionmaker.begin() as session:
@@ -1047,8 +1051,9 @@ async def _keep_current(
         await secrets.restore(session, ctx=ctx, app=app, version=good.secrets_version)
         reverted.append("secrets")
     if reverted:
-        log.info("deploy %s failed: %s back to revision %s (%s)", deployment.id, app.name, current.number,
-                 ", ".join(reverted))  # fmt: skip
+        logctx.deploy_logger(
+            log, deployment=deployment.id, app=app.name, namespace=deployment.namespace
+        ).info("failed: back to revision %s (%s)", current.number, ", ".join(reverted))
 
 
 async def current_revision(session: AsyncSession, *, app: models.App) -> models.Revision | None:
@@ -1098,10 +1103,9 @@ async def _auto_rollback(
         reason=f"deploy #{failed.id} failed: roll back to revision {current.number}",
     )
     failed.rolled_back_by_id = result.deployment.id
-    log.info(
-        "deploy %s failed: rolling back app=%s to revision %s (deploy %s)",
-        failed.id, app.name, current.number, result.deployment.id,
-    )  # fmt: skip
+    logctx.deploy_logger(log, deployment=failed.id, app=app.name, namespace=failed.namespace).info(
+        "failed: rolling back to revision %s (deploy %s)", current.number, result.deployment.id
+    )
     return result.deployment
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, claims, clusters, deploys, revisions, secrets, validation
+from core import apps, claims, clusters, deploys, logctx, revisions, secrets, validation
 from core.context import Core
 from core.errors import InvalidInput, TransientError
 from core.identity import Actor, Role
@@ -105,9 +105,9 @@ async def run(*, ctx: Core, plan: Plan) -> DryRun:
         raise TransientError(
             f"dry run of {plan.app}: the cluster did not answer within {timeout:g}s; nothing was changed"
         ) from None
-    log.info(
-        "dry run of %s (%s) by %s: %d changes, %d to create, %d to delete",
-        plan.app, plan.spec.image, plan.actor, len(diff.changes), len(diff.create), len(diff.delete),
+    logctx.deploy_logger(log, app=plan.app, namespace=plan.spec.namespace).info(
+        "dry run of %s by %s: %d changes, %d to create, %d to delete",
+        plan.spec.image, plan.actor, len(diff.changes), len(diff.create), len(diff.delete),
     )  # fmt: skip
     return DryRun(
         app=plan.app,

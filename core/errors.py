@@ -7,6 +7,14 @@ job queue with backoff; PermanentError fails a job at once.
 
 from __future__ import annotations
 
+import email.utils
+import logging
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, NamedTuple, overload
+
 
 class ShipitError(Exception):
     """Base of everything shipit raises on purpose."""
@@ -54,3 +62,69 @@ class TransientError(ShipitError):
 
 class PermanentError(ShipitError):
     """Retrying will not help: invalid spec, forbidden, misconfiguration."""
+
+
+# -- Retry-After ------------------------------------------------------------------
+
+RETRY_AFTER_CAP = 3600.0  # a server asking for more than an hour is wrong; the queue retries by then
+
+
+@overload
+def retry_after_seconds(
+    headers: Mapping[str, Any] | None, *, default: float, minimum: float = 0.0
+) -> float: ...
+@overload
+def retry_after_seconds(
+    headers: Mapping[str, Any] | None, *, default: None, minimum: float = 0.0
+) -> float | None: ...
+def retry_after_seconds(
+    headers: Mapping[str, Any] | None, *, default: float | None, minimum: float = 0.0
+) -> float | None:
+    """Seconds to wait from a response's Retry-After (delta-seconds or HTTP-date), clamped to
+    [minimum, RETRY_AFTER_CAP]; `default` when the header is missing or unreadable.
+
+    The header name is matched in any case, and a list value (some clients keep repeats) counts by its first.
+    """
+    value: Any = None
+    for key, v in (headers or {}).items():
+        if str(key).lower() == "retry-after":
+            value = v
+            break
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    if value is None:
+        return default
+    text = str(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return default
+        seconds = when.timestamp() - time.time()
+    if math.isnan(seconds):
+        return default
+    return min(max(seconds, minimum), RETRY_AFTER_CAP)
+
+
+# -- references -----------------------------------------------------------------------
+
+
+class Reported(NamedTuple):
+    ref: str  # quoted to the user, logged with the details
+    text: str  # safe to show
+
+
+def report(exc: BaseException, *, log: logging.Logger | logging.LoggerAdapter[Any], what: str) -> Reported:
+    """Log a failure that is not the user's under a fresh reference id; return what to show.
+
+    Our own errors keep their (safe) message and are logged as a warning; anything else is a crash:
+    the user sees only "internal error" and the reference, the log has the traceback under it.
+    """
+    ref = uuid.uuid4().hex[:12]
+    if isinstance(exc, ShipitError):
+        log.warning("%s failed [ref %s]: %s", what, ref, exc)
+        return Reported(ref, f"{exc} (reference {ref})")
+    log.error("%s crashed [ref %s]", what, ref, exc_info=exc)
+    return Reported(ref, f"internal error, reference {ref}")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import deploys
+from core import deploys, logctx
 from core.context import Core
 from core.errors import UserError
 from core.identity import Actor
@@ -182,7 +182,9 @@ async def _deploy(
             deployment_id=deployment.id,
             image=deployment.image,
         )
-    log.info("gitops: %s %s@%s -> deploy %s of %s (%s)", why, ref, sha[:7], deployment.id, app.name, image)
+    logctx.deploy_logger(log, deployment=deployment.id, app=app.name).info(
+        "gitops: %s %s@%s (%s)", why, ref, sha[:7], image
+    )
     return Decision(
         app=app.name,
         action=DEPLOY,

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from core import metrics
-from core.errors import PermanentError, TransientError
+from core.errors import PermanentError, TransientError, retry_after_seconds
 from core.events import Audience, Delivered, Notice
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class WebhookNotifier:
             raise TransientError(f"webhook to project {notice.project.name}: {type(e).__name__}") from None
         if response.status_code == 429 or response.status_code >= 500:
             metrics.NOTIFICATIONS.labels(notifier=self.name, outcome="retry").inc()
-            retry_after = _retry_after(response.headers.get("Retry-After"))
+            retry_after = retry_after_seconds(response.headers, default=None)
             raise TransientError(
                 f"webhook to project {notice.project.name} answered {response.status_code}",
                 retry_after=retry_after,
@@ -110,13 +110,4 @@ class WebhookNotifier:
             metrics.NOTIFICATIONS.labels(notifier=self.name, outcome="failed").inc()
             raise PermanentError(f"webhook to project {notice.project.name} answered {response.status_code}")
         metrics.NOTIFICATIONS.labels(notifier=self.name, outcome="ok").inc()
-        return None
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
         return None

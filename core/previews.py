@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, claims, clusters, deploys, events, jobs
+from core import apps, audit, claims, clusters, deploys, events, jobs, logctx
 from core.context import Core
 from core.errors import Conflict, NotFound, TransientError, UserError
 from core.gitops import DEPLOY, SKIP, WAIT, Decision, Outcome, github_actor, linked_apps, render_image
@@ -240,10 +240,9 @@ async def _deploy(
     except UserError as e:
         preview.status = FAILED
         return Decision(app=app.name, action=SKIP, reason=f"preview not deployed: {e}", preview=namespace)
-    log.info(
-        "preview %s of %s: deploy %s of %s (pr #%s @ %s)",
-        namespace, app.name, result.deployment.id, image, number, head_sha[:7],
-    )  # fmt: skip
+    logctx.deploy_logger(log, deployment=result.deployment.id, app=app.name, namespace=namespace).info(
+        "preview of %s (pr #%s @ %s)", image, number, head_sha[:7]
+    )
     return Decision(
         app=app.name,
         action=DEPLOY,
@@ -275,7 +274,9 @@ async def _refuse_fork(
         app_id=app.id,
         payload={"repo": repo, "pr_number": number, "message": message, "head_repo": head_repo},
     )
-    log.info("preview for %s#%s of %s refused: from fork %s (never)", repo, number, app.name, head_repo)
+    logctx.deploy_logger(log, app=app.name).info(
+        "preview for %s#%s refused: from fork %s (never)", repo, number, head_repo
+    )
     return Decision(
         app=app.name,
         action=SKIP,
@@ -311,10 +312,9 @@ async def _await_approval(
             "message": message,
         },
     )
-    log.info(
-        "preview %s of %s: fork commit %s from %s waits for approval",
-        preview.namespace, app.name, sha[:7], preview.head_repo,
-    )  # fmt: skip
+    logctx.deploy_logger(log, app=app.name, namespace=preview.namespace).info(
+        "preview: fork commit %s from %s waits for approval", sha[:7], preview.head_repo
+    )
     return Decision(
         app=app.name,
         action=WAIT,
@@ -415,8 +415,8 @@ async def _approve(
     decision = await _deploy(session, ctx=ctx, app=app, actor=actor, preview=preview, head_ref=ref)
     if decision.action != DEPLOY:
         raise Conflict(decision.reason)  # nothing approved: the transaction is rolled back
-    log.info(
-        "preview %s of %s: %s approved %s", preview.namespace, app.name, actor.subject, preview.head_sha[:7]
+    logctx.deploy_logger(log, app=app.name, namespace=preview.namespace).info(
+        "preview: %s approved %s", actor.subject, preview.head_sha[:7]
     )
     return Approval(preview=preview, decision=decision)
 
@@ -475,7 +475,9 @@ async def on_label(
                     session, ctx=ctx, app=app, actor=actor, number=number, sha=head_sha, head_ref=head_ref
                 )
         except UserError as e:
-            log.info("label %s on %s#%s by %s ignored for %s: %s", label, repo, number, sender, app.name, e)
+            logctx.deploy_logger(log, app=app.name).info(
+                "label %s on %s#%s by %s ignored: %s", label, repo, number, sender, e
+            )
             decisions.append(Decision(app=app.name, action=SKIP, reason=f"not approved: {e}"))
             continue
         decisions.append(approval.decision)
@@ -500,7 +502,9 @@ async def _refuse(
         app_id=app.id,
         payload={"repo": repo, "pr_number": number, "message": message, "limit": app.preview_max_open},
     )
-    log.info("preview for %s#%s of %s refused: %d open (limit)", repo, number, app.name, open_now)
+    logctx.deploy_logger(log, app=app.name).info(
+        "preview for %s#%s refused: %d open (limit)", repo, number, open_now
+    )
     return Decision(app=app.name, action=SKIP, reason=message)
 
 
@@ -564,7 +568,9 @@ async def _start_teardown(
         project_id=app.project_id,
         details={"pr": preview.pr_number, "namespace": preview.namespace, "reason": reason},
     )
-    log.info("preview %s of %s: teardown queued (%s)", preview.namespace, app.name, reason)
+    logctx.deploy_logger(log, app=app.name, namespace=preview.namespace).info(
+        "preview: teardown queued (%s)", reason
+    )
     return job
 
 
@@ -640,7 +646,7 @@ async def run_teardown(*, ctx: Core, job: jobs.JobView) -> None:
         deleting = await kube.delete_namespace(name=namespace, project=project.name)
     except Conflict as e:
         # Not shipit's namespace (its deploy was refused too): close the preview, leave the namespace.
-        log.warning("preview %s of %s: %s", namespace, app_name, e)
+        logctx.deploy_logger(log, app=app_name, namespace=namespace).warning("preview: %s", e)
         deleting = False
     # Wait for the namespace to be gone so a reopened PR does not deploy into a terminating one.
     loop = asyncio.get_running_loop()
@@ -679,7 +685,9 @@ async def run_teardown(*, ctx: Core, job: jobs.JobView) -> None:
             preview_id=preview.id,
             payload=payload,
         )
-    log.info("preview %s of %s deleted (%s)", namespace, app_name, job.payload.get("reason"))
+    logctx.deploy_logger(log, app=app_name, namespace=namespace).info(
+        "preview deleted (%s)", job.payload.get("reason")
+    )
 
 
 HANDLERS = {TEARDOWN_JOB: Handler(run=run_teardown)}

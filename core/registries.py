@@ -28,7 +28,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit, identity, images, projects
+from core import audit, identity, images, logctx, projects
 from core.context import Core
 from core.errors import InvalidInput, NotFound
 from core.identity import Actor, Role
@@ -442,7 +442,11 @@ async def prepare(*, ctx: Core, deployment_id: int, project_id: int, spec: Workl
             # A new dict: the JSON column notices reassignment, not in-place changes.
             row.snapshot = {**(row.snapshot or {}), "digest": pinned.digest, "digest_note": note}
     if note:
-        log.warning("deploy %s app=%s namespace=%s: %s", deployment_id, spec.app, spec.namespace, note)
+        logctx.deploy_logger(log, deployment=deployment_id, app=spec.app, namespace=spec.namespace).warning(
+            note
+        )
     else:
-        log.info("deploy %s app=%s: %s pinned to %s", deployment_id, spec.app, spec.image, pinned.digest)
+        logctx.deploy_logger(log, deployment=deployment_id, app=spec.app, namespace=spec.namespace).info(
+            "%s pinned to %s", spec.image, pinned.digest
+        )
     return dataclasses.replace(spec, image=pinned.image)

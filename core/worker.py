@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import socket
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from core import jobs, observe
+from core import errors, jobs, logctx, observe
 from core.context import Core
 from core.errors import PermanentError, TransientError, UserError
 from core.instance import Instance
@@ -224,6 +223,8 @@ class Worker:
             await self._finish(job, fail=f"no handler for job kind {job.kind!r}")
             return
         runner = asyncio.create_task(self._traced(handler, job))
+        # The lines of a deploy's job name the deploy, also after the job's own log context has ended.
+        jlog = logctx.deploy_logger(log, deployment=job.payload.get("deployment_id"))
         beat = asyncio.create_task(self._heartbeat(job, runner, claimed_at=claimed_at))
         try:
             await runner
@@ -241,17 +242,17 @@ class Worker:
             if job.attempts >= job.max_attempts:
                 await self._finish(job, fail=f"gave up after {job.attempts} attempts: {e}")
             else:
-                log.warning(
+                jlog.warning(
                     "job %s (%s) attempt %d: %s; retrying in %.1fs", job.id, job.kind, job.attempts, e, delay
                 )
                 await self._retry(job, error=str(e), delay=delay)
         except (PermanentError, UserError) as e:
-            log.warning("job %s (%s) failed: %s", job.id, job.kind, e)
+            jlog.warning("job %s (%s) failed: %s", job.id, job.kind, e)
             await self._finish(job, fail=str(e))
         except Exception as e:
-            ref = uuid.uuid4().hex[:12]
-            log.error("job %s (%s) crashed [ref %s]:\n%s", job.id, job.kind, ref, traceback.format_exc())
-            message = f"internal error (reference {ref}): {type(e).__name__}"
+            message = (
+                f"{errors.report(e, log=jlog, what=f'job {job.id} ({job.kind})').text} ({type(e).__name__})"
+            )
             if job.attempts >= job.max_attempts:
                 await self._finish(job, fail=message)
             else:

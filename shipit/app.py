@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core import jobs, observe, validation
+from core import errors, jobs, observe, validation
 from core.errors import InvalidInput, ShipitError, UserError
 from shipit import api, limits, runtime, telemetry
 from shipit.runtime import Runtime
@@ -319,19 +319,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ShipitError)
     async def _shipit_error(request: Request, exc: ShipitError) -> JSONResponse:
-        ref = uuid.uuid4().hex[:12]
-        log.warning("request %s %s failed [ref %s]: %s", request.method, request.url.path, ref, exc)
-        return JSONResponse(
-            error_body(type(exc).__name__, f"{exc} (reference {ref})", reference=ref), status_code=502
-        )
+        ref, text = errors.report(exc, log=log, what=f"request {request.method} {request.url.path}")
+        return JSONResponse(error_body(type(exc).__name__, text, reference=ref), status_code=502)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        ref = uuid.uuid4().hex[:12]
-        log.exception("request %s %s crashed [ref %s]", request.method, request.url.path, ref)
+        ref, text = errors.report(exc, log=log, what=f"request {request.method} {request.url.path}")
         # This answer is sent by Starlette's outermost middleware, outside SecurityHeaders.
         return JSONResponse(
-            error_body("InternalError", f"internal error, reference {ref}", reference=ref),
+            error_body("InternalError", text, reference=ref),
             status_code=500,
             headers={k.decode(): v.decode() for k, v in SECURITY_HEADERS},
         )

@@ -1,7 +1,8 @@
 """Logging setup: one line per record, with the logger name, so context in messages is greppable.
 
 SHIPIT_LOG_FORMAT=json writes one JSON object per line: time, level, logger, message, and the
-context bound where known (request id, project, app, environment, deploy id; see core.observe),
+context bound where known (request id, project, app, environment, deploy id; see core.observe)
+and the fields of a core.logctx logger (deploy id, app, environment, namespace),
 plus the trace id when tracing is on.
 """
 
@@ -11,7 +12,7 @@ import datetime as dt
 import json
 import logging
 
-from core import observe
+from core import logctx, observe
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,6 +24,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         out.update(observe.fields())
+        out.update(logctx.fields_of(record))  # a deploy_logger's fields: what this line is about
         trace_id = observe.trace_id()
         if trace_id:
             out["trace_id"] = trace_id

@@ -26,7 +26,7 @@ import requests
 from github import Auth, Github, GithubException, GithubIntegration
 from github.Repository import Repository
 
-from core.errors import PermanentError, TransientError
+from core.errors import PermanentError, TransientError, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,11 @@ class Credentials:
 def _retry_after(headers: dict[str, Any] | None) -> float | None:
     if not headers:
         return None
+    given = retry_after_seconds(headers, default=None)
+    if given is not None:
+        return given
+    # GitHub's primary limit says when the window resets instead.
     lowered = {str(k).lower(): v for k, v in headers.items()}
-    value = lowered.get("retry-after")
-    if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            return None
     if str(lowered.get("x-ratelimit-remaining", "")) == "0" and lowered.get("x-ratelimit-reset"):
         try:
             return max(1.0, float(lowered["x-ratelimit-reset"]) - time.time())

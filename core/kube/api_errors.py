@@ -30,18 +30,6 @@ def _parse_status(body: bytes | str | None) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    if not headers:
-        return None
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date; the queue's own backoff applies
-
-
 _CONVERSION_FAILURES = ("failed to convert new object", "unable to convert unstructured object")
 # resource.Quantity's own pattern, as quoted in the API server's error.
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
@@ -120,7 +108,7 @@ def http_error(
         # string for an int): a fault in what we sent, so retrying cannot help.
         return errors.PermanentError(f"{what}: rejected by the API server: {message}")
     if status == 429 or status >= 500:
-        return errors.TransientError(text, retry_after=_retry_after(headers))
+        return errors.TransientError(text, retry_after=errors.retry_after_seconds(headers, default=None))
     return errors.PermanentError(f"{what}: rejected by the API server ({status}): {message}")
 
 

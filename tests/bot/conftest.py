@@ -15,9 +15,9 @@ import json
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -31,12 +31,11 @@ from shipit.settings import Settings
 from storage import models
 from tests.conftest import ADMIN, LiveServer, World
 from tests.fakes.slack_api import FakeSlack
+from tests.helpers import eventually as eventually  # re-exported: tests on other branches import it from here
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0DEPLOYS"  # the project's Slack channel
 TYPED_IN = "C0GENERAL"  # where people type commands
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -230,18 +229,6 @@ async def slack(live_server: LiveServer, fake_slack: FakeSlack) -> AsyncIterator
     sender = SlackSender(url=live_server.url, fake=fake_slack)
     yield sender
     await sender.close()
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0, what: str = "") -> T:
-    """Poll until `check` returns something truthy (a deadline, never a timing assertion)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def deployments(rt: Runtime) -> list[models.Deployment]:

@@ -9,9 +9,10 @@ import pytest
 
 from bot import commands
 from core import deploys
-from tests.bot.conftest import ALICE, CAROL, SlackSender, add_app, deployments, eventually
+from tests.bot.conftest import ALICE, CAROL, SlackSender, add_app, deployments
 from tests.conftest import ADMIN, World
 from tests.fakes.slack_api import FakeSlack
+from tests.helpers import eventually
 
 ROLLOUT = 120.0
 

@@ -37,11 +37,11 @@ from tests.bot.conftest import (
     card_of,
     card_text,
     deployments,
-    eventually,
     sign,
 )
 from tests.conftest import World, database_bytes, serving
 from tests.fakes.slack_api import FakeSlack
+from tests.helpers import eventually
 
 # ---------------------------------------------------------------- transport and security
 

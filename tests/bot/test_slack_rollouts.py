@@ -27,10 +27,10 @@ from tests.bot.conftest import (
     card_of,
     card_text,
     deployments,
-    eventually,
 )
 from tests.conftest import World
 from tests.fakes.slack_api import FakeSlack
+from tests.helpers import eventually
 
 ROLLOUT = 120.0  # generous deadline for a rollout on a shared machine
 

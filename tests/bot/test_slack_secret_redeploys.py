@@ -16,19 +16,10 @@ from kubernetes_asyncio import client as k8s
 
 from bot import views
 from storage import models
-from tests.bot.conftest import (
-    ALICE,
-    BOB,
-    DAVE,
-    SlackSender,
-    add_app,
-    card_of,
-    card_text,
-    deployments,
-    eventually,
-)
+from tests.bot.conftest import ALICE, BOB, DAVE, SlackSender, add_app, card_of, card_text, deployments
 from tests.conftest import World
 from tests.fakes.slack_api import FakeSlack
+from tests.helpers import eventually
 from tests.shipit.conftest import make_token
 
 ROLLOUT = 120.0

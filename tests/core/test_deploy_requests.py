@@ -22,28 +22,14 @@ VIEWER = Actor(subject="user:victor", channel="api", display="victor")
 
 
 @pytest.fixture
-async def paper(rt: Runtime) -> Runtime:
-    """A project and a cluster row (never contacted) with app `web`; alice and bob develop, victor views."""
-    async with rt.sessionmaker.begin() as session:
-        await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
-        session.add(
-            models.Cluster(name="paper", kubeconfig_enc=rt.core.cipher.encrypt(b"{}", purpose="kubeconfig"))
-        )
-        await session.flush()
-        await apps.create(
-            session,
-            actor=ADMIN,
-            project="acme",
-            cluster="paper",
-            name="web",
-            namespace="web",
-            changes=apps.AppChanges(image="ghcr.io/acme/web:1.0"),
-        )
+async def paper(paper: Runtime) -> Runtime:
+    """tests/core/conftest.py's app `web` on a cluster row never contacted; alice and bob develop, victor views."""
+    async with paper.sessionmaker.begin() as session:
         for who, role in ((ALICE, "developer"), (BOB, "developer"), (VIEWER, "viewer")):
             await projects.set_access(
                 session, actor=ADMIN, project_name="acme", subject=who.subject, role=role
             )
-    return rt
+    return paper
 
 
 async def _request(rt: Runtime, actor: Actor = ALICE, **kw: object) -> deploys.Requested:

@@ -7,9 +7,7 @@ kwok runs no commands: a Job pod of an image tagged `fail-…` fails with exit c
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,21 +19,9 @@ from core.worker import run_until_idle
 from tests.conftest import ADMIN, World
 from tests.core.test_deploys import _create, _deploy, _kube
 from tests.core.test_previews import SHA, _open, _preview
+from tests.helpers import eventually
 
 MIGRATE = "./manage.py migrate --noinput"
-
-
-async def _eventually(
-    probe: Callable[[], Awaitable[Any]], accept: Callable[[Any], bool], *, timeout: float = 60
-) -> Any:
-    """Poll until accepted (a deadline, not a timing assertion)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        last = await probe()
-        if accept(last):
-            return last
-        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout}s; last: {last}"
-        await asyncio.sleep(0.2)
 
 
 async def _objects(kube: Kube, namespace: str) -> dict[str, dict[str, Any] | None]:
@@ -127,9 +113,11 @@ async def test_a_failing_release_fails_the_deploy_and_changes_nothing_else(world
     secret = after["Secret"]
     assert secret is not None and base64.b64decode(secret["data"]["DB"]) == b"postgres://one"
     # The deploy was decided by the failed pod; the Job controller counts it a moment later.
-    job = await _eventually(
+    job = await eventually(
         lambda: kube.get(kind="Job", name="web-release-2", namespace=world.namespace),
         lambda j: j is not None and j["status"].get("failed") == 1,
+        what="the release Job to fail",
+        timeout=60,
     )
     assert not job["status"].get("succeeded")
     assert any(c["type"] == "Failed" and c["status"] == "True" for c in job["status"].get("conditions", []))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from core import apps, deploys, projects, revisions, secrets
+from core import deploys, revisions, secrets
 from shipit.runtime import Runtime
 from storage import models
 from tests.conftest import ADMIN
@@ -65,26 +65,6 @@ def test_a_failed_change_is_reverted_on_the_app_but_later_edits_stay() -> None:
     reverted = revisions.revert_on_app(failed=bad, current=good, app=app)
     assert app.env == {"MODE": "good"} and "env" in reverted
     assert app.replicas == 5, "an edit made after the failed deploy was requested is kept"
-
-
-@pytest.fixture
-async def paper(rt: Runtime) -> Runtime:
-    async with rt.sessionmaker.begin() as session:
-        await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
-        session.add(
-            models.Cluster(name="paper", kubeconfig_enc=rt.core.cipher.encrypt(b"{}", purpose="kubeconfig"))
-        )
-        await session.flush()
-        await apps.create(
-            session,
-            actor=ADMIN,
-            project="acme",
-            cluster="paper",
-            name="web",
-            namespace="web",
-            changes=apps.AppChanges(image="ghcr.io/acme/web:1.0"),
-        )
-    return rt
 
 
 async def test_secrets_are_versioned_and_a_revision_renders_its_own_version(paper: Runtime) -> None:

@@ -19,8 +19,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from shipit import cli
-from tests.bot.conftest import eventually
 from tests.conftest import LiveServer, World, database_bytes, free_port
+from tests.helpers import eventually
 from tests.shipit.conftest import make_token, table_rows
 
 

@@ -141,10 +141,17 @@ async def test_one_trace_per_deploy_and_json_logs(
     # JSON logs: one object per line, with the request id and the deploy id where known.
     records = [json.loads(line) for line in json_log.getvalue().splitlines()]
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
-    queued = [r for r in records if r["message"].startswith(f"deploy {deployment_id} queued")]
-    assert queued and queued[0]["request_id"] == "req-trace-1" and queued[0]["app"] == "web"
+    queued = [r for r in records if r["message"].startswith(f"deploy {deployment_id} app=web namespace=")]
+    assert queued and "queued: revision=" in queued[0]["message"]
+    assert queued[0]["request_id"] == "req-trace-1" and queued[0]["app"] == "web"
+    # The deploy's own lines carry what they are about, as fields and in the message.
+    assert queued[0]["deploy_id"] == deployment_id and queued[0]["namespace"]
     worker = [
         r for r in records if r.get("deploy_id") == deployment_id and "applied revision" in r["message"]
     ]
     assert worker and worker[0]["app"] == "web" and worker[0]["trace_id"] == format(trace_id, "032x")
+    assert worker[0]["namespace"] == queued[0]["namespace"]
+    assert worker[0]["message"].startswith(
+        f"deploy {deployment_id} app=web namespace={worker[0]['namespace']}: "
+    )
     assert observe.fields() == {}  # nothing leaked into the test's own context

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,25 +21,13 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from tests import helpers
 from tests.testenv import controlplane, plugin
 
 T = TypeVar("T")
 
 TIMEOUT_S = 90.0
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *, what: str, timeout: float = TIMEOUT_S
-) -> T:
-    """Poll until accept(probe()) holds; fail with the last value seen (a wait, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = await probe()
-        if accept(last):
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}; last seen: {last}")
-        await asyncio.sleep(0.2)
+eventually = functools.partial(helpers.eventually, timeout=TIMEOUT_S, interval=0.2)
 
 
 def deployment(*, name: str, image: str, replicas: int = 1, progress_deadline: int | None = None) -> Any:

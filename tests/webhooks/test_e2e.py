@@ -3,10 +3,9 @@ the fake GitHub REST API.  Previews open, update and close; pushes deploy; a rol
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import random
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from kubernetes_asyncio import client as k8s
@@ -16,21 +15,13 @@ from sqlalchemy import select
 from core import apps, deploys
 from core.apps import AppChanges
 from storage import models
+from tests import helpers
 from tests.conftest import ADMIN, World
 from tests.fakes.github_api import FakeGitHub
 from tests.webhooks.conftest import SHA_A, SHA_B, SHA_C, Hook, deployments, pr_payload, push_payload
 
 TIMEOUT = 90.0
-
-
-async def eventually(
-    check: Callable[[], Coroutine[Any, Any, bool]], *, what: str, timeout: float = TIMEOUT
-) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+eventually = functools.partial(helpers.eventually, timeout=TIMEOUT)
 
 
 async def _deployment(hook: Hook, deployment_id: int) -> models.Deployment:

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import contextlib
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,37 +19,25 @@ from kubernetes_asyncio import client as k8s
 from core import errors
 from core.kube import client as kube_client
 from core.kube import render, rules, spec
+from tests.core.kube.conftest import workload_spec
 from tests.testenv.controlplane import KubeEnv
 
 IMAGE = "ghcr.io/acme/web:1.0.0"
 ROLLOUT_TIMEOUT = 120.0
 
 
-@pytest.fixture
-async def kube(kube_env: KubeEnv) -> AsyncIterator[kube_client.Kube]:
-    kube = await kube_client.Kube.from_kubeconfig(kubeconfig=kube_env.kubeconfig)
-    try:
-        yield kube
-    finally:
-        await kube.close()
-
-
 def make_spec(namespace: str, **overrides: Any) -> spec.WorkloadSpec:
     values: dict[str, Any] = {
         "app": "web",
         "project": "acme",
-        "namespace": namespace,
-        "revision": 1,
         "image": IMAGE,
         "replicas": 2,
         "port": 8080,
         "env": {"LOG_LEVEL": "info"},
         "secret_data": {"DB_PASSWORD": "hunter2"},
-        "secret_checksum": "c1",
         "health": spec.HealthCheck(path="/healthz", initial_delay_seconds=1, period_seconds=5),
     }
-    values.update(overrides)
-    return spec.WorkloadSpec(**values)
+    return workload_spec(namespace, **{**values, **overrides})
 
 
 async def deploy(kube: kube_client.Kube, s: spec.WorkloadSpec) -> rules.RolloutResult:

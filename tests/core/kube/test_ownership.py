@@ -24,36 +24,23 @@ from core.kube import ownership, render, spec
 from core.worker import run_until_idle
 from storage import models
 from tests.conftest import ADMIN, LiveServer, World
+from tests.core.kube.conftest import workload_spec
 from tests.shipit.conftest import make_token, table_rows
-from tests.testenv.controlplane import KubeEnv
 
 IMAGE = "ghcr.io/acme/ledger:1.0.0"
 KUBECTL_APPLY = "kubectl-client-side-apply"
 ROLLOUT_TIMEOUT = 120.0
 
 
-@pytest.fixture
-async def kube(kube_env: KubeEnv) -> AsyncIterator[kube_client.Kube]:
-    kube = await kube_client.Kube.from_kubeconfig(kubeconfig=kube_env.kubeconfig)
-    try:
-        yield kube
-    finally:
-        await kube.close()
-
-
 def make_spec(namespace: str, **overrides: Any) -> spec.WorkloadSpec:
-    values: dict[str, Any] = {
+    values = {
         "app": "ledger",
         "project": "payments",
-        "namespace": namespace,
-        "revision": 1,
         "image": IMAGE,
         "replicas": 1,
         "secret_data": {"TOKEN": "s3cret"},
-        "secret_checksum": "c1",
     }
-    values.update(overrides)
-    return spec.WorkloadSpec(**values)
+    return workload_spec(namespace, **{**values, **overrides})
 
 
 # --------------------------------------------------------------------------- foreign objects

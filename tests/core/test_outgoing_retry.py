@@ -1,0 +1,79 @@
+"""The outgoing webhook honours the receiver's Retry-After, in seconds or as an HTTP-date (a real HTTP server)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from core import events, outgoing
+from core.errors import TransientError
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[str, list[web.Response]]]:
+    """A loopback HTTP server answering with the responses queued in the returned list."""
+    answers: list[web.Response] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        await request.read()
+        return answers.pop(0)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/hook", answers
+    finally:
+        await runner.cleanup()
+
+
+def _notice(url: str) -> events.Notice:
+    return events.Notice(
+        event_id=1,
+        kind=events.DEPLOY_SUCCEEDED,
+        created_at=dt.datetime.now(dt.UTC),
+        payload={},
+        project=events.ProjectView(id=1, name="acme", slack_channel=None, webhook_url=url),
+        app=None,
+        deployment=None,
+        preview=None,
+    )
+
+
+async def test_retry_after_in_seconds_as_a_date_or_missing(receiver: tuple[str, list[web.Response]]) -> None:
+    url, answers = receiver
+    notifier = outgoing.WebhookNotifier(secret_for=_no_secret)
+    try:
+        answers.append(web.Response(status=429, headers={"Retry-After": "7"}))
+        with pytest.raises(TransientError) as seconds:
+            await notifier.deliver(_notice(url))
+        assert seconds.value.retry_after == 7.0
+
+        later = email.utils.formatdate(time.time() + 90, usegmt=True)
+        answers.append(web.Response(status=503, headers={"Retry-After": later}))
+        with pytest.raises(TransientError) as date:
+            await notifier.deliver(_notice(url))
+        assert date.value.retry_after is not None and 60 < date.value.retry_after <= 91
+
+        answers.append(web.Response(status=500))
+        with pytest.raises(TransientError) as missing:
+            await notifier.deliver(_notice(url))
+        assert missing.value.retry_after is None  # the queue's own backoff applies
+
+        answers.append(web.Response(status=204))
+        assert await notifier.deliver(_notice(url)) is None
+    finally:
+        await notifier.close()
+
+
+async def _no_secret(project_id: int) -> None:
+    return None

@@ -1,0 +1,45 @@
+"""Small helpers shared by test modules of every package."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, overload
+
+T = TypeVar("T")
+
+
+@overload
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, what: str = "", timeout: float = 30.0, interval: float = 0.1
+) -> T: ...
+@overload
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    *,
+    what: str = "",
+    timeout: float = 30.0,
+    interval: float = 0.1,
+) -> T: ...
+async def eventually(
+    probe: Callable[[], Awaitable[Any]],
+    accept: Callable[[Any], bool] = bool,
+    *,
+    what: str = "",
+    timeout: float = 30.0,
+    interval: float = 0.1,
+) -> Any:
+    """Poll `probe` until `accept` (by default: truthy) holds of what it returns, and return that.
+
+    A deadline, never a timing assertion: past `timeout` it fails with the last value seen.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        last = await probe()
+        if accept(last):
+            return last
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}; last seen: {last!r}")
+        await asyncio.sleep(interval)
