@@ -15,9 +15,10 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import gitops, previews
+from core import gitops, image_policies, previews
 from core.context import Core
 from core.gitops import Outcome
+from webhooks import registry
 
 P = TypeVar("P")
 
@@ -216,6 +217,27 @@ async def _on_ci(session: AsyncSession, ctx: Core, e: CiCompleted) -> Outcome:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PackagePublished:
+    pushed: image_policies.Pushed | None  # None: not a container image
+
+
+def _parse_package(key: str) -> Callable[[Mapping[str, Any]], PackagePublished]:
+    def parse(payload: Mapping[str, Any]) -> PackagePublished:
+        try:
+            return PackagePublished(pushed=registry.parse_github_package(payload, key=key))
+        except registry.BadPayload as e:
+            raise BadPayload(str(e)) from None
+
+    return parse
+
+
+async def _on_package(session: AsyncSession, ctx: Core, e: PackagePublished) -> Outcome:
+    if e.pushed is None:
+        return Outcome(summary="not a container image; nothing to deploy")
+    return await image_policies.on_pushed(session, ctx=ctx, pushed=e.pushed)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Handler(Generic[P]):
     parse: Callable[[Mapping[str, Any]], P]
     run: Callable[[AsyncSession, Core, P], Awaitable[Outcome]]
@@ -232,6 +254,9 @@ HANDLERS: dict[tuple[str, str | None], Handler[Any]] = {
     ("pull_request", "labeled"): Handler(parse=parse_pull_request, run=_on_labeled),
     ("check_suite", "completed"): Handler(parse=_parse_ci("check_suite"), run=_on_ci),
     ("workflow_run", "completed"): Handler(parse=_parse_ci("workflow_run"), run=_on_ci),
+    # A container image published to GitHub Packages: apps with an image policy on it may deploy.
+    ("package", "published"): Handler(parse=_parse_package("package"), run=_on_package),
+    ("registry_package", "published"): Handler(parse=_parse_package("registry_package"), run=_on_package),
 }
 
 # Events a GitHub App or repository webhook commonly sends that need nothing from shipit.
