@@ -106,7 +106,7 @@ def matcher(*, kind: str, pattern: str, sort: str = "") -> Matcher:
     if kind == "regex":
         try:
             compiled = re.compile(pattern)
-        except re.error as e:
+        except (re.error, OverflowError, RecursionError, ValueError) as e:
             raise InvalidInput(f"regex does not compile: {e}", field="regex") from None
         if "key" not in compiled.groupindex:
             raise InvalidInput(
