@@ -75,8 +75,8 @@ def parse_distribution(payload: Mapping[str, Any]) -> list[Pushed]:
         if not isinstance(target, Mapping):
             continue
         media_type = _str(target, "mediaType")
-        if media_type is not None and media_type not in MANIFEST_TYPES:
-            continue  # a layer or config blob
+        if (media_type is not None and media_type not in MANIFEST_TYPES) or not _str(target, "tag"):
+            continue  # a layer or config blob, or a manifest pushed by digest (its tag event follows)
         path = _str(target, "repository")
         host = _str(event.get("request"), "host") or urlsplit(_str(target, "url") or "").netloc
         repository = image_policies.repository_of(f"{host}/{path}") if host and path else None
