@@ -19,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from core import deploys, image_policies
+from core import deploys, environments, image_policies
 from core.worker import run_until_idle
 from shipit.settings import Settings
 from storage import models
@@ -159,8 +159,19 @@ async def test_polling_finds_a_new_tag_and_backs_off_while_the_registry_is_gone(
         repo = f"{reg.host}/acme/web"
         push_image(reg, name="acme/web", tag="main-7", marker="one")
         await _create(world, f"{repo}:main-7")
+        # web runs in staging and promotes to production, where (on this schema) it has no row yet.
+        async with rt.sessionmaker.begin() as session:
+            app = await session.scalar(select(models.App).where(models.App.name == "web"))
+            assert app is not None
+            staging = await environments.add(session, project_id=app.project_id, name="staging")
+            app.environment_id = staging.id
         await _set_policy(
-            world, kind="regex", pattern=r"main-(?P<key>\d+)", sort="numeric", poll_interval_seconds=60
+            world,
+            kind="regex",
+            pattern=r"main-(?P<key>\d+)",
+            sort="numeric",
+            poll_interval_seconds=60,
+            promote_to="production",
         )
         digest = push_image(reg, name="acme/web", tag="main-12", marker="two")
         push_image(reg, name="acme/web", tag="main-9", marker="three")
@@ -173,6 +184,9 @@ async def test_polling_finds_a_new_tag_and_backs_off_while_the_registry_is_gone(
         assert d.status == deploys.SUCCEEDED, d.error
         assert d.image == f"{repo}:main-12@{digest}"
         await _assert_runs(world, f"{repo}:main-12@{digest}", digest)
+        # The success reached the promoter (a notify job); with no row in production it says so.
+        policy = await _policy(world)
+        assert policy.last_error == "promotion: web has no row in environment production"
 
         policy = await _policy(world)
         assert policy.failures == 0 and policy.last_polled_at is not None
