@@ -259,6 +259,9 @@ HANDLERS: dict[tuple[str, str | None], Handler[Any]] = {
     ("registry_package", "published"): Handler(parse=_parse_package("registry_package"), run=_on_package),
 }
 
+# Handled events a GitHub App cannot subscribe to (repository and organisation webhooks send them).
+REPOSITORY_HOOK_ONLY = frozenset({"package"})
+
 # Events a GitHub App or repository webhook commonly sends that need nothing from shipit.
 IGNORED_EVENTS: dict[str, str] = {
     "check_run": "shipit follows whole check suites, not single check runs",
