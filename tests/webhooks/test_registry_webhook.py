@@ -185,3 +185,16 @@ async def test_github_package_for_no_policy_is_accepted_and_does_nothing(hook: H
     r = await hook.post("package", load("package__published"))
     assert r.status_code == 202, r.text
     assert "no image policy follows ghcr.io/codertocat/hello-world" in r.json()["message"]
+
+
+def test_the_query_token_never_reaches_the_access_log() -> None:
+    import logging
+
+    from shipit import logs
+
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "POST", f"/registry/webhook?token={TOKEN}", "1.1", 202), None,
+    )  # fmt: skip
+    assert logs.redact_query_tokens(record)
+    assert TOKEN not in record.getMessage() and "token=REDACTED" in record.getMessage()
