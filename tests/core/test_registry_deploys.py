@@ -29,6 +29,8 @@ from tests.core.test_registries import _allow_http, _create, _deployment_image
 from tests.testenv.registry import Registry, push_image, start_registry
 from tests.webhooks.test_registry_webhook import envelope
 
+pytestmark = pytest.mark.both_databases
+
 TOKEN = "registry-notify-" + "5" * 24
 
 
