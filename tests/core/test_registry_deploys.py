@@ -239,3 +239,27 @@ async def test_polling_with_bad_credentials_records_the_refusal(
     assert policy.failures == 1 and policy.last_error and "refused" in policy.last_error
     assert "wrong-password" not in policy.last_error
     assert await _registry_deploys(world) == []
+
+
+async def test_a_notification_without_digest_is_pinned_by_the_worker(
+    world: World, registry: Registry
+) -> None:
+    """Docker Hub's shape (a tag, no digest): the worker looks the digest up, then deploys."""
+    rt = world.rt
+    _allow_http(rt, registry.host)
+    repo = f"{registry.host}/acme/web"
+    push_image(registry, name="acme/web", tag="1.0.0", marker="one")
+    await _create(world, f"{repo}:1.0.0")
+    await _set_policy(world, kind="semver", pattern="^1")
+    digest = push_image(registry, name="acme/web", tag="1.1.0", marker="two")
+    pushed = image_policies.Pushed(
+        repository=repo, tag="1.1.0", digest=None, source="Docker Hub", delivery="d1"
+    )
+    async with rt.sessionmaker.begin() as session:
+        outcome = await image_policies.on_pushed(session, ctx=rt.core, pushed=pushed)
+    assert [d.action for d in outcome.decisions] == ["wait"]
+    await run_until_idle(rt.core, handlers=rt.handlers(), within=120)
+    [d] = await _registry_deploys(world)
+    assert d.status == deploys.SUCCEEDED, d.error
+    assert d.image == f"{repo}:1.1.0@{digest}"
+    await _assert_runs(world, f"{repo}:1.1.0@{digest}", digest)
