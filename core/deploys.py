@@ -54,19 +54,8 @@ TERMINAL = (SUCCEEDED, FAILED, SUPERSEDED, CANCELLED)
 PENDING = (QUEUED, AWAITING_APPROVAL)
 
 AUTO_ROLLBACK = "auto-rollback"
-TRIGGERS = (
-    "api",
-    "cli",
-    "web",
-    "slack",
-    "push",
-    "pr",
-    "rollback",
-    "scale",
-    "config",
-    AUTO_ROLLBACK,
-    "registry",
-)
+TRIGGERS = ("api", "cli", "web", "slack", "push", "pr", "rollback", "scale", "config", AUTO_ROLLBACK)
+TRIGGERS = (*TRIGGERS, "registry")  # deploys by image policies (core.image_policies)
 ROLLBACK_TRIGGERS = ("rollback", AUTO_ROLLBACK)
 DEPLOY_JOB = "deploy"
 
