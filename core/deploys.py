@@ -56,7 +56,19 @@ TERMINAL = (SUCCEEDED, FAILED, SUPERSEDED, CANCELLED)
 PENDING = (QUEUED, AWAITING_APPROVAL)
 
 AUTO_ROLLBACK = "auto-rollback"
-TRIGGERS = ("api", "cli", "web", "slack", "push", "pr", "rollback", "scale", "config", AUTO_ROLLBACK)
+TRIGGERS = (
+    "api",
+    "cli",
+    "web",
+    "slack",
+    "push",
+    "pr",
+    "rollback",
+    "scale",
+    "config",
+    AUTO_ROLLBACK,
+    "registry",
+)
 ROLLBACK_TRIGGERS = ("rollback", AUTO_ROLLBACK)
 DEPLOY_JOB = "deploy"
 

@@ -450,3 +450,85 @@ async def prepare(*, ctx: Core, deployment_id: int, project_id: int, spec: Workl
             "%s pinned to %s", spec.image, pinned.digest
         )
     return dataclasses.replace(spec, image=pinned.image)
+
+
+# ---------------------------------------------------------------------------- listing tags (image policies)
+
+MAX_TAG_PAGES = 50
+_NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+
+
+class RegistryUnavailable(Exception):
+    """The tag list could not be read; the text is shown to users (no credentials in it)."""
+
+
+async def _authorized_get(
+    client: httpx.AsyncClient,
+    *,
+    url: str,
+    base: str,
+    host: str,
+    path: str,
+    credentials: Credentials | None,
+    headers: dict[str, str],
+) -> httpx.Response:
+    response = await client.get(url, headers=headers)
+    if response.status_code == 401 and "Authorization" not in headers:
+        scheme, params = _challenge(response.headers.get("WWW-Authenticate", ""))
+        if scheme == "bearer":
+            token = await _token(
+                client, params=params, registry=base, repository=path, credentials=credentials
+            )
+            headers["Authorization"] = f"Bearer {token}"
+        elif scheme == "basic" and credentials is not None:
+            headers["Authorization"] = _basic(credentials)
+        else:
+            raise _Unresolved(f"{host} needs credentials: add them with `shipit registries add`")
+        response = await client.get(url, headers=headers)
+    return response
+
+
+async def list_tags(*, ctx: Core, repository: str, credentials: Credentials | None) -> list[str]:
+    """Every tag of `repository` (registry/path), following Link-header pages; RegistryUnavailable if not."""
+    ref = images.parse(f"{repository}:latest", field="repository")
+    base = _base_url(ref.domain, ctx=ctx)
+    budget = ctx.config.registry_timeout_seconds
+    tags: list[str] = []
+    url = f"{base}/v2/{ref.path}/tags/list?n=1000"
+    headers = {"Accept": "application/json"}
+    try:
+        async with httpx.AsyncClient(timeout=budget, follow_redirects=False, trust_env=False) as client:
+            for _ in range(MAX_TAG_PAGES):
+                response = await _authorized_get(
+                    client, url=url, base=base, host=ref.domain, path=ref.path, credentials=credentials,
+                    headers=headers,
+                )  # fmt: skip
+                if response.status_code == 401:
+                    raise _Unresolved(f"{ref.domain} refused the stored credentials (HTTP 401)")
+                if response.status_code == 403:
+                    raise _Unresolved(f"{ref.domain} denied access to {ref.path} (HTTP 403)")
+                if response.status_code == 404:
+                    raise _Unresolved(f"{ref.domain} has no repository {ref.path}")
+                if response.status_code != 200:
+                    raise _Unresolved(f"{ref.domain} answered HTTP {response.status_code}")
+                try:
+                    body = response.json()
+                except ValueError:
+                    raise _Unresolved(f"{ref.domain} answered a tag list that is not JSON") from None
+                page = body.get("tags") if isinstance(body, dict) else None
+                tags.extend(t for t in page or [] if isinstance(t, str))
+                link = _NEXT_LINK.search(response.headers.get("Link", ""))
+                if link is None:
+                    return tags
+                # The next page on the same registry only: a Link elsewhere would get our credentials.
+                target = link.group(1)
+                url = f"{base}{target}" if target.startswith("/") else target
+                if urlsplit(url).netloc != urlsplit(base).netloc:
+                    raise _Unresolved(f"{ref.domain} pointed the next tag page at another host")
+    except _Unresolved as e:
+        raise RegistryUnavailable(str(e)) from None
+    except httpx.TimeoutException:
+        raise RegistryUnavailable(f"{ref.domain} did not answer within {budget:g}s") from None
+    except httpx.HTTPError as e:
+        raise RegistryUnavailable(f"{ref.domain} unreachable: {type(e).__name__}") from None
+    return tags

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 
 from core import logctx, observe
 
@@ -33,6 +34,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+_QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s]*")
+
+
+def redact_query_tokens(record: logging.LogRecord) -> bool:
+    """A logging filter: `?token=…` in a record's arguments (uvicorn's access log) becomes `?token=REDACTED`."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(
+            _QUERY_TOKEN.sub(r"\1REDACTED", a) if isinstance(a, str) and "token=" in a else a
+            for a in record.args
+        )
+    return True
+
+
 def configure(level: str = "INFO", *, fmt: str = "text") -> None:
     handler = logging.StreamHandler()
     if fmt == "json":
@@ -42,3 +56,5 @@ def configure(level: str = "INFO", *, fmt: str = "text") -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # httpx logs every request URL at INFO; Slack and GitHub URLs can carry tokens in query strings.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Docker Hub sends the registry webhook token as ?token=: never in an access log line.
+    logging.getLogger("uvicorn.access").addFilter(redact_query_tokens)

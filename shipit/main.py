@@ -17,6 +17,7 @@ from shipit.settings import Settings
 from web import auth as web_auth
 from web import channel as web_channel
 from webhooks import channel as github_channel
+from webhooks import registry as registry_webhook
 
 
 def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -> FastAPI:
@@ -24,6 +25,10 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app = create_base_app(settings, rt=rt)
     # Channels plug in here (bot.install / webhooks.install), each switched off when unconfigured.
     _install_github(app, settings=settings, rt=rt)
+    token = settings.registry_webhook_token
+    app.include_router(
+        registry_webhook.router(token=token.get_secret_value() if token else None, core_of=_core_of)
+    )
     _install_slack(app, rt=rt)
     _install_web(app, settings=settings)
     return app

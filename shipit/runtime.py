@@ -17,6 +17,7 @@ from core import (
     deliveries,
     deploys,
     events,
+    image_policies,
     instance,
     keys,
     previews,
@@ -94,6 +95,7 @@ def job_handlers() -> dict[str, Handler]:
         deploys.DEPLOY_JOB: Handler(run=deploys.run_job, failed=deploys.job_failed),
         events.NOTIFY_JOB: Handler(run=events.run_notify_job),
         **previews.HANDLERS,
+        **image_policies.HANDLERS,
     }
 
 
@@ -138,6 +140,9 @@ async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
 
     webhook = WebhookNotifier(secret_for=webhook_secret)
     core.notifiers[webhook.name] = webhook
+    # Registry deploys with promote_to promote once they succeed (a durable notify job, like notices).
+    promoter = image_policies.Promoter(ctx=core)
+    core.notifiers[promoter.name] = promoter
     rt.closers.append(webhook.close)
     return rt
 
@@ -237,6 +242,8 @@ async def start(rt: Runtime) -> None:
         rt.worker = Worker(ctx=rt.core, handlers=rt.handlers(), instance=rt.worker_instance)
         rt.worker.start()
         rt.background.append(asyncio.create_task(_maintenance(rt), name="shipit-maintenance"))
+        poller = image_policies.poll_forever(ctx=rt.core, every=rt.settings.registry_poll_tick_seconds)
+        rt.background.append(asyncio.create_task(poller, name="shipit-registry-poller"))
 
 
 async def stop(rt: Runtime) -> None:

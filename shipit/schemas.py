@@ -573,3 +573,39 @@ class TokenOut(BaseModel):
 
 class TokenCreated(TokenOut):
     token: str
+
+
+# ------------------------------------------------------------------ image policies (deploys from the registry)
+
+EnvironmentQuery = Annotated[str | None, Query(max_length=63, pattern=v.DNS_LABEL)]
+POLICY_PATTERN_MAX = v.limit(models.ImagePolicy, "pattern")
+
+
+class ImagePolicyIn(Strict):
+    """Exactly one of semver, glob and regex."""
+
+    semver: str | None = _text(POLICY_PATTERN_MAX)
+    glob: str | None = _text(POLICY_PATTERN_MAX)
+    regex: str | None = _text(POLICY_PATTERN_MAX)
+    sort: Literal["numeric", "alpha"] | None = None  # regex only: how the group `key` orders tags
+    repository: str | None = _text(v.limit(models.ImagePolicy, "repository"))  # default: the app's image
+    poll_seconds: int | None = Field(default=None, ge=10, le=7 * 86400)  # None: notifications only
+    promote_to: DnsLabel | None = None
+
+
+class ImagePolicyOut(BaseModel):
+    app: str
+    environment: str
+    repository: str
+    kind: str
+    pattern: str
+    sort: str
+    poll_seconds: int | None
+    next_poll_at: dt.datetime | None
+    last_polled_at: dt.datetime | None
+    failures: int
+    last_error: str | None
+    last_tag: str | None
+    promote_to: str | None
+    created_by: str
+    updated_at: dt.datetime

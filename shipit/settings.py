@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     registry_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     # registry hosts reached over plain HTTP, comma-separated (e.g. registry.internal:5000)
     registry_insecure_hosts: str = ""
+    # POST /registry/webhook: the token registries send (Authorization: Bearer, or ?token= for
+    # Docker Hub); unset switches the route off (503)
+    registry_webhook_token: SecretStr | None = None
+    # how often the poller looks for image policies that are due (each has its own interval)
+    registry_poll_tick_seconds: float = Field(default=5.0, gt=0, le=3600)
 
     # Slack (optional: unset signing secret switches the channel off)
     slack_signing_secret: SecretStr | None = None

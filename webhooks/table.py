@@ -15,10 +15,10 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import gitops, previews
+from core import gitops, image_policies, previews
 from core.context import Core
 from core.gitops import Outcome
-from webhooks import comments
+from webhooks import comments, registry
 
 P = TypeVar("P")
 
@@ -224,6 +224,27 @@ def _parse_comment(payload: Mapping[str, Any]) -> comments.CommentEvent:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PackagePublished:
+    pushed: image_policies.Pushed | None  # None: not a container image
+
+
+def _parse_package(key: str) -> Callable[[Mapping[str, Any]], PackagePublished]:
+    def parse(payload: Mapping[str, Any]) -> PackagePublished:
+        try:
+            return PackagePublished(pushed=registry.parse_github_package(payload, key=key))
+        except registry.BadPayload as e:
+            raise BadPayload(str(e)) from None
+
+    return parse
+
+
+async def _on_package(session: AsyncSession, ctx: Core, e: PackagePublished) -> Outcome:
+    if e.pushed is None:
+        return Outcome(summary="not a container image; nothing to deploy")
+    return await image_policies.on_pushed(session, ctx=ctx, pushed=e.pushed)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Handler(Generic[P]):
     parse: Callable[[Mapping[str, Any]], P]
     run: Callable[[AsyncSession, Core, P], Awaitable[Outcome]]
@@ -242,7 +263,13 @@ HANDLERS: dict[tuple[str, str | None], Handler[Any]] = {
     ("workflow_run", "completed"): Handler(parse=_parse_ci("workflow_run"), run=_on_ci),
     # `.deploy`, `.noop`, `.lock`... in a pull request comment (webhooks.comments).
     ("issue_comment", "created"): Handler(parse=_parse_comment, run=comments.on_comment),
+    # A container image published to GitHub Packages: apps with an image policy on it may deploy.
+    ("package", "published"): Handler(parse=_parse_package("package"), run=_on_package),
+    ("registry_package", "published"): Handler(parse=_parse_package("registry_package"), run=_on_package),
 }
+
+# Handled events a GitHub App cannot subscribe to (repository and organisation webhooks send them).
+REPOSITORY_HOOK_ONLY = frozenset({"package"})
 
 # Events a GitHub App or repository webhook commonly sends that need nothing from shipit.
 IGNORED_EVENTS: dict[str, str] = {

@@ -96,8 +96,12 @@ def start_registry(
     *,
     users: dict[str, str] | None = None,
     token: TokenAuth | None = None,
+    notifications: list[dict[str, object]] | None = None,
 ) -> Iterator[Registry]:
-    """Run a registry until the block ends; Basic auth with `users`, or token auth with `token`."""
+    """Run a registry until the block ends; Basic auth with `users`, or token auth with `token`.
+
+    `notifications`: endpoints the registry POSTs its event envelopes to (its `notifications.endpoints`).
+    """
     binary = require_registry()
     port = _free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +124,8 @@ def start_registry(
                 "rootcertbundle": str(workdir / "token-ca.pem"),
             }
         }
+    if notifications:
+        config["notifications"] = {"endpoints": notifications}
     # JSON is YAML: no yaml writer needed for the config.
     (workdir / "config.yml").write_text(json.dumps(config))
     log_path = workdir / "registry.log"
