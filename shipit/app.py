@@ -191,7 +191,10 @@ class Edge:
                         raise
                     # Expected (it was reading a body we cut off): no traceback.
                     log.debug(
-                        "%s %s: body refused; the app stopped with %s", scope["method"], path, type(e).__name__
+                        "%s %s: body refused; the app stopped with %s",
+                        scope["method"],
+                        path,
+                        type(e).__name__,
                     )
                 if is_api and self.throttle is not None:
                     self.throttle.settle(status=status, address=address, token_key=token_key)

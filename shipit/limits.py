@@ -91,7 +91,9 @@ class Throttle:
         self.failures = Buckets(per_minute=auth_failures_per_minute) if auth_failures_per_minute else None
         self.budgets = Buckets(per_minute=requests_per_minute) if requests_per_minute else None
 
-    def admit(self, *, address: str, authorization: bytes | None) -> tuple[tuple[Message, Message] | None, str | None]:
+    def admit(
+        self, *, address: str, authorization: bytes | None
+    ) -> tuple[tuple[Message, Message] | None, str | None]:
         """(the 429 to send, or None to go on; the token's bucket key, for `settle`)."""
         if self.failures is not None:
             wait = self.failures.wait(address)

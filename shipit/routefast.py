@@ -13,7 +13,6 @@ Nothing here depends on FastAPI's private classes beyond duck typing (`effective
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,11 @@ def _prefix_of(entry: Any) -> str | None:
         prefixes = [_prefix_of(c) for c in candidates()]
         if not prefixes or any(p is None for p in prefixes):
             return None
-        return os.path.commonprefix([p for p in prefixes if p is not None])
+        common = prefixes[0] or ""
+        for p in prefixes[1:]:  # character by character: a literal prefix, not path components
+            while p is not None and not p.startswith(common):
+                common = common[:-1]
+        return common
     path = getattr(entry, "path_format", None) or getattr(entry, "path", None)
     return _literal(path) if isinstance(path, str) and path.startswith("/") else None
 
@@ -42,7 +45,7 @@ def _guard(route: Any) -> None:
     inner: Callable[[Scope], tuple[Match, Scope]] = route.matches
     cached: dict[str, Any] = {"candidates": None, "prefix": ""}
 
-    def matches(scope: Scope) -> tuple[Match, Scope]:
+    def prefix_guarded(scope: Scope) -> tuple[Match, Scope]:
         candidates = route.effective_candidates()
         if candidates is not cached["candidates"]:  # routes were added: work the prefix out again
             cached["candidates"], cached["prefix"] = candidates, _prefix_of(route) or ""
@@ -56,12 +59,12 @@ def _guard(route: Any) -> None:
                 return Match.NONE, {}
         return inner(scope)
 
-    route.matches = matches
+    route.matches = prefix_guarded
 
 
 def install(app: FastAPI) -> None:
-    """Guard each included router of `app` (call once the routes are in)."""
+    """Guard each included router of `app` (call once the routes are in; again is harmless)."""
     for route in app.router.routes:
-        if callable(getattr(route, "effective_candidates", None)) and not getattr(route, "_shipit_guarded", False):
+        guarded = getattr(route.matches, "__name__", "") == "prefix_guarded"
+        if callable(getattr(route, "effective_candidates", None)) and not guarded:
             _guard(route)
-            route._shipit_guarded = True
