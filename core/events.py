@@ -210,7 +210,7 @@ async def emit(
         else sqlite_insert(models.Event)
     )
     stmt = upsert.values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    row = await session.scalar(stmt.returning(models.Event))
+    row: models.Event | None = await session.scalar(stmt.returning(models.Event))
     if row is None:
         return None
     # Serialise each notifier's deliveries per deployment so a card is posted before it is updated.
