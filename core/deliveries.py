@@ -27,6 +27,16 @@ async def first_time(
     Its id is `<prefix>:<delivery_id>`, the prefix being the source unless given.
     """
     key = _key(prefix or source, delivery_id)
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        # One statement (issue 13) instead of a look-up, a savepoint, the insert and the release.
+        now = models.utcnow()
+        upsert: Any = sqlite_insert if dialect == "sqlite" else postgresql_insert
+        stmt = upsert(models.WebhookDelivery).values(
+            id=key, source=source, kind=kind[:64], received_at=now, finished_at=now
+        )
+        inserted = await session.scalar(stmt.on_conflict_do_nothing().returning(models.WebhookDelivery.id))
+        return inserted is not None
     if await session.scalar(select(models.WebhookDelivery.id).where(models.WebhookDelivery.id == key)):
         return False
     try:

@@ -150,6 +150,9 @@ def workload_spec(
 class Requested:
     deployment: models.Deployment
     created: bool  # False when the dedupe key matched an earlier request
+    # Held so the channel's answer finds them in the session (its identity map is weak): no re-read.
+    app: models.App | None = None
+    project: models.Project | None = None
 
 
 async def _next_revision_number(session: AsyncSession, *, app_id: int) -> int:
@@ -160,7 +163,10 @@ async def _next_revision_number(session: AsyncSession, *, app_id: int) -> int:
 
 
 async def _lock_app(session: AsyncSession, *, app: models.App) -> None:
-    # Serialises revision numbering per app on PostgreSQL; SQLite transactions are already serial.
+    # Serialises revision numbering per app on PostgreSQL; SQLite transactions are already serial
+    # (BEGIN IMMEDIATE), so there the statement would only cost a round trip.
+    if session.get_bind().dialect.name == "sqlite":
+        return
     await session.execute(select(models.App.id).where(models.App.id == app.id).with_for_update())
 
 
@@ -191,6 +197,9 @@ async def request(
     # The role check comes before anything else, the dedupe key included: an earlier answer is only
     # ever returned to someone allowed to deploy this very app.
     app = await apps.get(session, actor=actor, name=app_name)
+    # Held for the whole request: the session's identity map is weak, and the events emitted below
+    # would read the project again once `authorize` let go of it (issue 13: statements per request).
+    project = await apps.project_of(session, app=app)
     await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="deploying")
     if trigger not in TRIGGERS:
         raise InvalidInput(f"trigger must be one of {', '.join(TRIGGERS)}", field="trigger")
@@ -311,12 +320,13 @@ async def request(
             **({"git_sha": git_sha} if git_sha else {}),
         },
     )
-    await _prune_revisions(session, ctx=ctx, app_id=app.id)
+    if rerun is not None or number > ctx.config.revisions_kept:  # else fewer revisions than kept
+        await _prune_revisions(session, ctx=ctx, app_id=app.id)
     logctx.deploy_logger(log, deployment=deployment.id, app=app.name, namespace=namespace).info(
         "queued: revision=%s image=%s trigger=%s actor=%s status=%s",
         number, revision.image, trigger, actor.subject, deployment.status,
     )  # fmt: skip
-    return Requested(deployment=deployment, created=True)
+    return Requested(deployment=deployment, created=True, app=app, project=project)
 
 
 async def _image_on_its_way(session: AsyncSession, *, app: models.App) -> str | None:
@@ -343,6 +353,7 @@ async def _enqueue(session: AsyncSession, *, deployment: models.Deployment) -> N
         dedupe_key=f"deploy:{deployment.id}",
         concurrency_key=f"deploy:{deployment.app_id}:{deployment.namespace}",
         max_attempts=6,
+        fresh=True,  # the key names a deployment inserted in this transaction: it cannot exist yet
     )
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import jobs, observe
@@ -192,22 +193,26 @@ async def emit(
     payload: dict[str, Any] | None = None,
 ) -> models.Event | None:
     """Record an event once; returns None when an event with this dedupe key already exists."""
-    if await session.scalar(select(models.Event.id).where(models.Event.dedupe_key == dedupe_key)):
-        return None
-    row = models.Event(
-        kind=kind,
-        dedupe_key=dedupe_key,
-        project_id=project_id,
-        app_id=app_id,
-        deployment_id=deployment_id,
-        preview_id=preview_id,
-        payload=payload or {},
+    # One statement (issue 13): insert unless the dedupe key is taken, and get the row back.  It
+    # replaces a look-up, a savepoint, the insert and the release.
+    values = {
+        "kind": kind,
+        "dedupe_key": dedupe_key,
+        "project_id": project_id,
+        "app_id": app_id,
+        "deployment_id": deployment_id,
+        "preview_id": preview_id,
+        "payload": payload or {},
+        "created_at": models.utcnow(),
+    }
+    upsert: Any = (
+        postgresql_insert(models.Event)
+        if session.get_bind().dialect.name == "postgresql"
+        else sqlite_insert(models.Event)
     )
-    try:
-        async with session.begin_nested():
-            session.add(row)
-            await session.flush()
-    except IntegrityError:
+    stmt = upsert.values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    row: models.Event | None = await session.scalar(stmt.returning(models.Event))
+    if row is None:
         return None
     # Serialise each notifier's deliveries per deployment so a card is posted before it is updated.
     subject = f"d{deployment_id}" if deployment_id else f"p{preview_id}" if preview_id else f"a{app_id}"

@@ -39,150 +39,8 @@ LATENCY = Histogram(
 QUEUE_DEPTH = Gauge("shipit_queue_depth", "Jobs waiting or running", ["state"])
 
 
-class RequestMetrics:
-    """Count and time requests by route template.  Plain ASGI: BaseHTTPMiddleware costs ~3x throughput."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            path = getattr(scope.get("route"), "path", "unmatched")
-            LATENCY.labels(route=path).observe(time.perf_counter() - start)
-            REQUESTS.labels(route=path, method=scope["method"], status=str(status)).inc()
-
-
 _REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
-
-
-class RequestContext:
-    """A request id for every request (the caller's X-Request-Id when sane, else a new one), echoed
-    in the response and bound with the app or project the path names, for the logs (core.observe)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if 0 < len(given) <= 64 and set(given) <= _REQUEST_ID_OK else uuid.uuid4().hex
-        parts = str(scope.get("path", "")).split("/")
-        named = {"apps": "app", "projects": "project"}
-        where = {}
-        if len(parts) > 4 and parts[1:3] == ["api", "v1"] and parts[3] in named:
-            where[named[parts[3]]] = parts[4][:63]
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers") or [])
-                headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        with observe.bind(request_id=request_id, **where):
-            await self.app(scope, receive, send_with_id)
-
-
-class BodyLimit:
-    """Refuse request bodies over the cap before reading them whole (413), and bodies that stall (408).
-
-    Once refused, the app only sees a disconnect; whatever it raises about that (Starlette's
-    ClientDisconnect, say) is swallowed here, so an oversized body is not logged as a crash.
-    """
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int, idle_timeout: float | None = None) -> None:
-        self.app, self.max_bytes, self.idle_timeout = app, max_bytes, idle_timeout
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _refuse(
-                send, 413, "payload_too_large", f"request body is larger than {self.max_bytes} bytes"
-            )
-            return
-        seen = 0
-        refused = False  # we answered: the app only sees a disconnect and its answer is dropped
-        started = False
-        body_done = False
-
-        async def limited() -> Message:
-            nonlocal seen, refused, body_done
-            if refused:
-                return {"type": "http.disconnect"}
-            if body_done or self.idle_timeout is None:
-                # After the body, receive() waits for a disconnect (streaming responses): no timeout.
-                message = await receive()
-            else:
-                try:
-                    message = await asyncio.wait_for(receive(), self.idle_timeout)
-                except TimeoutError:
-                    refused = True
-                    if not started:
-                        await _refuse(send, 408, "request_timeout", "the request body stalled")
-                    return {"type": "http.disconnect"}
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                body_done = not message.get("more_body", False)
-                if seen > self.max_bytes:
-                    # Raising here would not do: FastAPI turns errors while reading a body into a 400.
-                    refused = True
-                    if not started:
-                        await _refuse(
-                            send,
-                            413,
-                            "payload_too_large",
-                            f"request body is larger than {self.max_bytes} bytes",
-                        )
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def guarded(message: Message) -> None:
-            nonlocal started
-            if refused:
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited, guarded)
-        except Exception as e:
-            if not refused:
-                raise
-            # Expected (it was reading a body we cut off): no traceback.
-            log.debug(
-                "%s %s: body refused; the app stopped with %s",
-                scope["method"],
-                scope["path"],
-                type(e).__name__,
-            )
-
-
-async def _refuse(send: Send, status: int, kind: str, message: str) -> None:
-    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
-    await send(
-        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
-    )
-    await send({"type": "http.response.body", "body": body})
-
+_NAMED = {"apps": "app", "projects": "project"}
 
 # Sent on every response: no MIME sniffing, no referrer leaking URLs, never framed.
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
@@ -195,25 +53,161 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 NO_STORE: list[tuple[bytes, bytes]] = [(b"cache-control", b"no-store")]
 
 
-class SecurityHeaders:
-    """Add SECURITY_HEADERS to every response, and Cache-Control: no-store under /api/.  Plain ASGI."""
+class Edge:
+    """Everything shipit does around each HTTP request, in ONE plain ASGI layer (issue 13: five
+    stacked middlewares cost half the constant endpoint's throughput, mostly in the wrappers):
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.api_headers = SECURITY_HEADERS + NO_STORE
+    - a request id (the caller's X-Request-Id when sane, else a new one), echoed in the response and
+      bound with the app or project the path names, for the logs (core.observe);
+    - SECURITY_HEADERS on every response, and Cache-Control: no-store under /api/;
+    - request count and latency by route template (Prometheus);
+    - the /api/ throttle (shipit.limits.Throttle): 429 with Retry-After;
+    - the body cap: bodies over `max_bytes` are refused (413) before they are read whole, bodies that
+      stall longer than `idle_timeout` between chunks are refused (408).  Once refused, the app only
+      sees a disconnect; whatever it raises about that (Starlette's ClientDisconnect, say) is
+      swallowed here, so an oversized body is not logged as a crash.
+
+    The headers are read in one pass; the metric children are looked up once per label set.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        idle_timeout: float | None = None,
+        throttle: limits.Throttle | None = None,
+    ) -> None:
+        self.app, self.max_bytes, self.idle_timeout, self.throttle = app, max_bytes, idle_timeout, throttle
+        self._latency: dict[str, Any] = {}
+        self._counts: dict[tuple[str, str, int], Any] = {}
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        path = getattr(scope.get("route"), "path", "unmatched")
+        latency = self._latency.get(path)
+        if latency is None:
+            latency = self._latency[path] = LATENCY.labels(route=path)
+        latency.observe(seconds)
+        key = (path, scope["method"], status)
+        count = self._counts.get(key)
+        if count is None:
+            count = self._counts[key] = REQUESTS.labels(route=path, method=key[1], status=str(status))
+        count.inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = self.api_headers if scope["path"].startswith("/api/") else SECURITY_HEADERS
+        start = time.perf_counter()
+        given = declared = authorization = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given = value
+            elif name == b"content-length":
+                declared = value
+            elif name == b"authorization":
+                authorization = value
+        request_id = given.decode("latin-1") if given else ""
+        if not (0 < len(request_id) <= 64 and set(request_id) <= _REQUEST_ID_OK):
+            request_id = uuid.uuid4().hex
+        path: str = scope["path"]
+        is_api = path.startswith(limits.API_PREFIX)
+        extra = [
+            (b"x-request-id", request_id.encode()),
+            *(SECURITY_HEADERS + NO_STORE if is_api else SECURITY_HEADERS),
+        ]
+        status = 500
+        started = refused = body_done = False
+        seen = 0
+        max_bytes, idle_timeout = self.max_bytes, self.idle_timeout
 
-        async def with_headers(message: Message) -> None:
+        async def answer(message: Message) -> None:
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                status, started = message["status"], True
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        async def guarded(message: Message) -> None:
+            if not refused:  # we answered: the app's answer is dropped
+                await answer(message)
+
+        async def refuse(code: int, kind: str, text: str) -> Message:
+            nonlocal refused
+            refused = True
+            if not started:
+                await _refuse(answer, code, kind, text)
+            return {"type": "http.disconnect"}
+
+        async def limited() -> Message:
+            nonlocal seen, body_done
+            if refused:
+                return {"type": "http.disconnect"}
+            if body_done or idle_timeout is None:
+                # After the body, receive() waits for a disconnect (streaming responses): no timeout.
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout(idle_timeout):
+                        message = await receive()
+                except TimeoutError:
+                    return await refuse(408, "request_timeout", "the request body stalled")
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+                if seen > max_bytes:
+                    # Raising here would not do: FastAPI turns errors while reading a body into a 400.
+                    return await refuse(
+                        413, "payload_too_large", f"request body is larger than {max_bytes} bytes"
+                    )
+            return message
+
+        where: dict[str, str] = {}
+        if is_api:
+            parts = path.split("/", 5)
+            if len(parts) > 4 and parts[2] == "v1" and parts[3] in _NAMED:
+                where[_NAMED[parts[3]]] = parts[4][:63]
+        address = ""
+        token_key = None
+        try:
+            with observe.bind(request_id=request_id, **where):
+                if is_api and self.throttle is not None:
+                    client = scope.get("client")
+                    address = client[0] if client else "unknown"
+                    too_many, token_key = self.throttle.admit(address=address, authorization=authorization)
+                    if too_many is not None:
+                        await answer(too_many[0])
+                        await answer(too_many[1])
+                        return
+                if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                    await _refuse(
+                        answer, 413, "payload_too_large", f"request body is larger than {max_bytes} bytes"
+                    )
+                    return
+                try:
+                    await self.app(scope, limited, guarded)
+                except Exception as e:
+                    if not refused:
+                        raise
+                    # Expected (it was reading a body we cut off): no traceback.
+                    log.debug(
+                        "%s %s: body refused; the app stopped with %s",
+                        scope["method"],
+                        path,
+                        type(e).__name__,
+                    )
+                if is_api and self.throttle is not None:
+                    self.throttle.settle(status=status, address=address, token_key=token_key)
+        finally:
+            self._record(scope, status, time.perf_counter() - start)
+
+
+async def _refuse(send: Send, status: int, kind: str, message: str) -> None:
+    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def error_body(kind: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -325,7 +319,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         ref, text = errors.report(exc, log=log, what=f"request {request.method} {request.url.path}")
-        # This answer is sent by Starlette's outermost middleware, outside SecurityHeaders.
+        # This answer is sent by Starlette's outermost middleware, outside Edge.
         return JSONResponse(
             error_body("InternalError", text, reference=ref),
             status_code=500,
@@ -405,17 +399,14 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
                 QUEUE_DEPTH.labels(state=state).set(n)
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
-    # Last added runs first: headers on everything, metrics on everything, then throttle, then size.
+    throttle = None
+    if settings.api_auth_failures_per_minute or settings.api_requests_per_minute:
+        throttle = limits.Throttle(
+            auth_failures_per_minute=settings.api_auth_failures_per_minute,
+            requests_per_minute=settings.api_requests_per_minute,
+        )
     app.add_middleware(
-        BodyLimit, max_bytes=settings.max_body_bytes, idle_timeout=settings.body_timeout_seconds
+        Edge, max_bytes=settings.max_body_bytes, idle_timeout=settings.body_timeout_seconds, throttle=throttle
     )
-    app.add_middleware(
-        limits.ApiThrottle,
-        auth_failures_per_minute=settings.api_auth_failures_per_minute,
-        requests_per_minute=settings.api_requests_per_minute,
-    )
-    app.add_middleware(RequestMetrics)
-    app.add_middleware(SecurityHeaders)
-    app.add_middleware(RequestContext)
     telemetry.instrument_app(app)
     return app

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/"
@@ -79,33 +79,28 @@ def _too_many(message: str, retry_after: float) -> tuple[Message, Message]:
     return start, {"type": "http.response.body", "body": body.encode()}
 
 
-class ApiThrottle:
-    """Plain ASGI middleware for /api/: 429 with Retry-After when a bucket is empty.
+class Throttle:
+    """The /api/ budgets, asked by the edge middleware (shipit.app.Edge) before and after a request.
 
     A client address that failed authentication (401) `auth_failures_per_minute` times is refused
     whatever token it sends, until its bucket refills; each valid token has
     `requests_per_minute`.  0 switches either off.
     """
 
-    def __init__(self, app: ASGIApp, *, auth_failures_per_minute: int, requests_per_minute: int) -> None:
-        self.app = app
+    def __init__(self, *, auth_failures_per_minute: int, requests_per_minute: int) -> None:
         self.failures = Buckets(per_minute=auth_failures_per_minute) if auth_failures_per_minute else None
         self.budgets = Buckets(per_minute=requests_per_minute) if requests_per_minute else None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
-            await self.app(scope, receive, send)
-            return
-        client = scope.get("client")
-        address = client[0] if client else "unknown"
+    def admit(
+        self, *, address: str, authorization: bytes | None
+    ) -> tuple[tuple[Message, Message] | None, str | None]:
+        """(the 429 to send, or None to go on; the token's bucket key, for `settle`)."""
         if self.failures is not None:
             wait = self.failures.wait(address)
             if wait:
-                await self._refuse(send, "too many failed authentications from your address", wait)
-                return
+                return _too_many("too many failed authentications from your address", wait), None
         token_key = None
         if self.budgets is not None:
-            authorization = dict(scope.get("headers") or []).get(b"authorization")
             token = authorization.split(None, 1)[-1].strip() if authorization else b""
             if token:
                 # The token alone ("bearer"/"Bearer" must not make two budgets), hashed so the buckets
@@ -113,30 +108,19 @@ class ApiThrottle:
                 token_key = hashlib.sha256(token).hexdigest()
                 wait = self.budgets.take(token_key)
                 if wait:
-                    await self._refuse(send, "this token's request budget is used up", wait)
-                    return
-        status = 0
+                    return _too_many("this token's request budget is used up", wait), None
+        return None, token_key
 
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        await self.app(scope, receive, watch)
-        if status == 401:
-            if self.failures is not None:
-                self.failures.charge(address)
-                if self.failures.wait(address):  # this failure emptied the bucket: say so once
-                    log.warning(
-                        "api: %s failed authentication too often; refused for %.0f s", address,
-                        self.failures.wait(address),
-                    )  # fmt: skip
-            if token_key is not None and self.budgets is not None:
-                self.budgets.forget(token_key)  # buckets only for real tokens: guessing grows nothing
-
-    @staticmethod
-    async def _refuse(send: Send, message: str, wait: float) -> None:
-        start, body = _too_many(message, wait)
-        await send(start)
-        await send(body)
+    def settle(self, *, status: int, address: str, token_key: str | None) -> None:
+        """After the answer: a 401 charges the address and forgets the token's bucket."""
+        if status != 401:
+            return
+        if self.failures is not None:
+            self.failures.charge(address)
+            if self.failures.wait(address):  # this failure emptied the bucket: say so once
+                log.warning(
+                    "api: %s failed authentication too often; refused for %.0f s", address,
+                    self.failures.wait(address),
+                )  # fmt: skip
+        if token_key is not None and self.budgets is not None:
+            self.budgets.forget(token_key)  # buckets only for real tokens: guessing grows nothing

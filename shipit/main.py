@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from bot import channel as slack_channel
 from core import previews
 from core.context import Core
+from shipit import routefast
 from shipit.app import create_app as create_base_app
 from shipit.runtime import Runtime
 from shipit.settings import Settings
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     )
     _install_slack(app, rt=rt)
     _install_web(app, settings=settings)
+    routefast.install(app)  # issue 13: requests skip routers whose paths cannot match
     return app
 
 

@@ -9,7 +9,7 @@ What uvicorn covers by itself, and what we add:
 - header *time*: uvicorn has no timeout for a client that sends its headers a byte at a time
   (slowloris).  The protocol classes below close a connection whose request headers are not complete
   within SHIPIT_HEADER_TIMEOUT_SECONDS of the connection opening or of the previous response ending;
-- body time: shipit.app.BodyLimit answers 408 when a request body pauses longer than
+- body time: shipit.app.Edge answers 408 when a request body pauses longer than
   SHIPIT_BODY_TIMEOUT_SECONDS between chunks.
 """
 
