@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import gitops, previews
 from core.context import Core
 from core.gitops import Outcome
+from webhooks import link_comment
 
 P = TypeVar("P")
 
@@ -232,6 +233,8 @@ HANDLERS: dict[tuple[str, str | None], Handler[Any]] = {
     ("pull_request", "labeled"): Handler(parse=parse_pull_request, run=_on_labeled),
     ("check_suite", "completed"): Handler(parse=_parse_ci("check_suite"), run=_on_ci),
     ("workflow_run", "completed"): Handler(parse=_parse_ci("workflow_run"), run=_on_ci),
+    # `.link CODE`: the author proves a GitHub login for /shipit link (other comments are ignored).
+    ("issue_comment", "created"): Handler(parse=link_comment.parse, run=link_comment.run),
 }
 
 # Events a GitHub App or repository webhook commonly sends that need nothing from shipit.
@@ -247,7 +250,6 @@ IGNORED_EVENTS: dict[str, str] = {
     "installation": "installations need no action",
     "installation_repositories": "installations need no action",
     "installation_target": "installations need no action",
-    "issue_comment": "comments do not deploy",
     "issues": "issues do not deploy",
     "label": "labels do not deploy",
     "member": "collaborators are managed in shipit projects",
@@ -286,6 +288,7 @@ IGNORED_ACTIONS: dict[str, frozenset[str]] = {
             "dequeued",
         }
     ),
+    "issue_comment": frozenset({"edited", "deleted"}),
     "check_suite": frozenset({"requested", "rerequested"}),
     "workflow_run": frozenset({"requested", "in_progress"}),
 }
