@@ -18,7 +18,8 @@ from core import identities
 from core.errors import UserError
 from web import channel
 
-_CODE_IN_QUERY = re.compile(r"([?&](?:code|state)=)[^&\s]*")
+# code=… in a query string, and in a `next=` path that carries one URL-encoded (code%3D…).
+_CODE_IN_QUERY = re.compile(r"((?:[?&]|%3F|%26)(?:code|state)(?:=|%3D))(?:(?!%26)[^&\s])*", re.IGNORECASE)
 
 
 class RedactCodes(logging.Filter):
