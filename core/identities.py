@@ -39,7 +39,8 @@ def normalize(subject: str, *, field: str = "subject") -> str:
     """A valid subject; GitHub logins are case-insensitive, so github: subjects are lower-cased."""
     subject = validation.subject(subject.strip(), field=field)
     kind, _, name = subject.partition(":")
-    return f"{kind}:{name.lower()}" if kind == "github" else subject
+    # Checked again: lower-casing can lengthen a string ("İ" becomes two characters).
+    return validation.subject(f"{kind}:{name.lower()}", field=field) if kind == "github" else subject
 
 
 def _hash(code: str) -> str:

@@ -213,3 +213,34 @@ async def test_a_code_cannot_take_a_subject_from_another_person(rt: Runtime) -> 
         with pytest.raises(Conflict):  # already yours
             await identities.start_link(session, actor=Actor(subject="slack:U0BOB0001", channel="slack"),
                                         subject="github:bob")  # fmt: skip
+
+
+async def test_the_same_person_does_not_approve_from_another_account(rt: Runtime) -> None:
+    """Requested in Slack, approved from GitHub by the same human: refused once both are linked."""
+    from core import apps, clusters, deploys
+    from tests.shipit.conftest import offline_kubeconfig
+
+    await _project(rt, members={SLACK.subject: "developer", OCTO.subject: "developer"})
+    async with rt.sessionmaker.begin() as session:
+        await clusters.add(
+            session, ctx=rt.core, actor=ADMIN, name="offline", kubeconfig_text=offline_kubeconfig(),
+            default_namespace="apps", version="v0.0.0-offline",
+        )  # fmt: skip
+        await clusters.grant(session, actor=ADMIN, cluster="offline", project="acme", namespace="apps")
+        await apps.create(
+            session, actor=ADMIN, project="acme", cluster="offline", name="web", namespace="apps",
+            changes=apps.AppChanges(image="ghcr.io/acme/web:1.0", protected=True),
+        )  # fmt: skip
+        await identities.link(session, actor=ADMIN, subjects=[SLACK.subject, OCTO.subject])
+    async with rt.sessionmaker.begin() as session:
+        result = await deploys.request(
+            session, ctx=rt.core, actor=SLACK, app_name="web", image="ghcr.io/acme/web:1.1", trigger="slack"
+        )
+        deployment_id = result.deployment.id
+    async with rt.sessionmaker.begin() as session:
+        with pytest.raises(PermissionDenied) as refused:
+            await deploys.approve(session, ctx=rt.core, actor=OCTO, deployment_id=deployment_id)
+    assert "nobody approves their own deploy" in str(refused.value)
+    async with rt.sessionmaker() as session:
+        d = await session.get(models.Deployment, deployment_id)
+        assert d is not None and d.status == deploys.AWAITING_APPROVAL
