@@ -144,10 +144,13 @@ def signature_refusal(
 class _NoRequestBodies(logging.Filter):
     """Drops bolt's "Invalid request signature detected (… body: …)" line: the body of a refused
     request can hold a secret (`/shipit secrets set web K=…`).  Bolt copies its base logger's filters
-    onto the loggers it creates (slack_bolt.RequestVerification among them)."""
+    onto the loggers it creates (slack_bolt.RequestVerification among them).  Also its debug line
+    "Responding with status: 200 body: …": a reply can hold a one-time link code (`/shipit link`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Invalid request signature detected")
+        return not str(record.msg).startswith(
+            ("Invalid request signature detected", "Responding with status")
+        )
 
 
 def _bolt_logger() -> logging.Logger:

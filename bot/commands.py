@@ -140,6 +140,16 @@ class Access(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Link(Command):
+    subject: str  # github:login, the identity to prove
+
+
+@dataclass(frozen=True, kw_only=True)
+class Whoami(Command):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
 class Help(Command):
     topic: str | None = None
 
@@ -581,6 +591,30 @@ def _parse_access(rest: str) -> Access:
 
 
 @command(
+    "link",
+    usage="link github <login>",
+    summary="prove a GitHub login is also you, so your roles hold there too (a one-time code)",
+    examples=("link github octocat",),
+)
+def _parse_link(rest: str) -> Link:
+    words = _words(rest)
+    if len(words) != 2 or words[0].lower() != "github":
+        raise UsageError("`link` takes github and your GitHub login.", command="link")
+    login = words[1].removeprefix("@")
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})", login):
+        raise UsageError(f"`{login[:40]}` is not a GitHub login.", command="link")
+    return Link(subject=f"github:{login.lower()}")
+
+
+@command(
+    "whoami", usage="whoami", summary="who shipit takes you for: your linked identities", examples=("whoami",)
+)
+def _parse_whoami(rest: str) -> Whoami:
+    _no_more(_words(rest), "whoami")
+    return Whoami()
+
+
+@command(
     "help",
     usage="help [command]",
     summary="this list, or one command in detail",
@@ -622,6 +656,7 @@ __all__ = [
     "Deploy",
     "Diff",
     "Help",
+    "Link",
     "Lock",
     "Logs",
     "Pause",
@@ -637,6 +672,7 @@ __all__ = [
     "Status",
     "Unlock",
     "UsageError",
+    "Whoami",
     "command",
     "describe",
     "help_text",

@@ -21,7 +21,19 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import commands, views
-from core import apps, autoscaling, deliveries, deploys, dryrun, errors, previews, projects, secrets, status
+from core import (
+    apps,
+    autoscaling,
+    deliveries,
+    deploys,
+    dryrun,
+    errors,
+    identities,
+    previews,
+    projects,
+    secrets,
+    status,
+)
 from core.context import Core
 from core.errors import UserError
 from core.identity import Actor
@@ -359,6 +371,20 @@ async def _access(session: AsyncSession, core: Core, caller: Caller, cmd: comman
     if cmd.role is None:
         return _ok(f"{person} no longer has a role in project *{views.esc(cmd.project)}*.")
     return _ok(f"{person} is now *{cmd.role}* in project *{views.esc(cmd.project)}*.")
+
+
+@handles(commands.Link)
+async def _link(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Link) -> Outcome:
+    code = await identities.start_link(session, actor=caller.actor, subject=cmd.subject)
+    # The code goes only to the caller (the reply is ephemeral); nothing logs it.
+    url = f"{core.config.public_url.rstrip('/')}/link/github?code={code}"
+    return _ok(views.link_code(subject=cmd.subject, code=code, url=url, minutes=15))
+
+
+@handles(commands.Whoami)
+async def _whoami(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Whoami) -> Outcome:
+    subjects = await identities.subjects_of(session, subject=caller.actor.subject)
+    return _ok(views.whoami(subject=caller.actor.subject, subjects=subjects))
 
 
 # A command the parser makes but nothing handles would only show as "internal error": refuse to start.

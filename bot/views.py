@@ -515,3 +515,26 @@ __all__ = [
     "reply",
     "secrets_changed",
 ]
+
+
+def link_code(*, subject: str, code: str, url: str, minutes: int) -> str:
+    """The one-time code of `/shipit link github LOGIN`, and the two ways to present it as that login."""
+    login = esc(subject.partition(":")[2])
+    return (
+        f"To prove that GitHub *{login}* is you, within {minutes} minutes, signed in to GitHub as {login}, either:\n"
+        f"• comment `.link {code}` on any pull request of a repository whose webhooks reach shipit, or\n"
+        f"• open <{esc(url)}|this link> and sign in with GitHub.\n"
+        "The code works once, only for that login. Do not share it."
+    )
+
+
+def whoami(*, subject: str, subjects: list[str]) -> str:
+    others = [s for s in subjects if s != subject]
+    text = f"You are `{esc(subject)}`."
+    if others:
+        text += " Linked to you (your roles hold for all of them): " + ", ".join(
+            f"`{esc(s)}`" for s in others
+        )
+    else:
+        text += " No other identity is linked to you: `/shipit link github <login>` links your GitHub login."
+    return text

@@ -24,6 +24,7 @@ from core import (
     claims,
     clusters,
     events,
+    identities,
     identity,
     jobs,
     logctx,
@@ -667,7 +668,8 @@ async def approve(
     )  # fmt: skip
     if deployment.status != AWAITING_APPROVAL:
         raise Conflict(f"deploy #{deployment.id} is {deployment.status}, not awaiting approval")
-    if approve and deployment.actor == actor.subject:
+    # Another person, not another account: a Slack request is not approved from the same human's GitHub.
+    if approve and deployment.actor in await identities.subjects_of(session, subject=actor.subject):
         raise PermissionDenied("nobody approves their own deploy: ask someone else on the project")
     if deployment.approval_expires_at and deployment.approval_expires_at < models.utcnow():
         await _finish_pending(

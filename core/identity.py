@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import InvalidInput, NotFound, PermissionDenied, UserError
@@ -57,15 +57,27 @@ class Actor:
 SYSTEM = Actor(subject="system", channel="system", display="shipit", is_admin=True)
 
 
+def person_subjects(subject: str) -> ColumnElement[bool]:
+    """Member.subject is one of `subject`'s person's subjects (or `subject` itself, linked or not).
+
+    Roles attach to the person: a role granted to slack:U1 holds for github:octo once both are one
+    person (core.identities).  A condition, not a query, so each caller stays one statement.
+    """
+    mine = select(models.Identity.person_id).where(models.Identity.subject == subject).scalar_subquery()
+    linked = select(models.Identity.subject).where(models.Identity.person_id == mine)
+    return or_(models.Member.subject == subject, models.Member.subject.in_(linked))
+
+
 async def role_of(session: AsyncSession, *, actor: Actor, project_id: int) -> Role | None:
     if actor.is_admin:
         return Role.OWNER
-    role = await session.scalar(
+    roles = await session.scalars(
         select(models.Member.role).where(
-            models.Member.project_id == project_id, models.Member.subject == actor.subject
+            models.Member.project_id == project_id, person_subjects(actor.subject)
         )
     )
-    return Role[role.upper()] if role else None
+    # The person's highest role over all of their subjects.
+    return max((Role[r.upper()] for r in roles), default=None)
 
 
 def project_not_found(name: str) -> NotFound:
@@ -106,7 +118,5 @@ async def visible_project_ids(session: AsyncSession, *, actor: Actor) -> set[int
     """The projects the actor can read; None means all of them."""
     if actor.is_admin:
         return None
-    rows = await session.scalars(
-        select(models.Member.project_id).where(models.Member.subject == actor.subject)
-    )
+    rows = await session.scalars(select(models.Member.project_id).where(person_subjects(actor.subject)))
     return set(rows)

@@ -263,6 +263,9 @@ def install(app: FastAPI, *, config: Config, core_of: Callable[[Request], Core])
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="web-static")
     _sign_in_routes(router, web)
     _page_routes(router, web)
+    from web import link_pages  # it renders with this module's helpers
+
+    link_pages.add_routes(router, web)
     app.include_router(router)
 
     @app.exception_handler(NotSignedIn)

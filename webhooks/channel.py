@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 
 from core.context import Core
 from core.worker import Handler
-from webhooks import comments, route
+from webhooks import comments, link_comment, route
 from webhooks.client import Credentials, GitHubClient
 from webhooks.ingest import Ingest
 from webhooks.notifier import GitHubNotifier
@@ -73,6 +73,7 @@ def install(app: FastAPI, *, config: Config, core_of: Callable[[Request], Core])
         seconds_between_writes=config.seconds_between_writes,
     )
     notifier = None
+    handlers: dict[str, Handler] = {}
     if credentials.mode is None:
         log.warning(
             "github: webhooks on at %s, reporting to GitHub off (set SHIPIT_GITHUB_TOKEN, or "
@@ -81,12 +82,14 @@ def install(app: FastAPI, *, config: Config, core_of: Callable[[Request], Core])
         )
     else:
         notifier = GitHubNotifier(client=GitHubClient(credentials=credentials))
+        handlers[link_comment.REPLY_JOB] = link_comment.reply_handler(notifier.client)
         log.info(
             "github: on at %s, reporting to %s as %s",
             route.PATH,
             credentials.api_url,
             f"GitHub App {credentials.app_id}" if credentials.mode == "app" else "a token",
         )
-    # Comment commands answer through the notifier's client: without GitHub credentials they wait.
-    handlers = comments.handlers(notifier) if notifier is not None else {}
+    if notifier is not None:
+        # Comment commands answer through the notifier's client: without GitHub credentials they wait.
+        handlers.update(comments.handlers(notifier))
     return Channel(notifier=notifier, handlers=handlers, ingest=ingest)

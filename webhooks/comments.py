@@ -33,6 +33,7 @@ from core.errors import PermanentError, UserError
 from core.gitops import Outcome
 from core.pr_commands import Command
 from core.worker import Handler
+from webhooks import link_comment
 
 if TYPE_CHECKING:
     from webhooks.notifier import GitHubNotifier
@@ -164,6 +165,9 @@ async def on_comment(session: AsyncSession, ctx: Core, e: CommentEvent) -> Outco
     """In the delivery's transaction: queue the command's job (once per comment), or say why not."""
     if e.from_bot:
         return Outcome(summary="comments by bots are ignored")
+    link = link_comment.from_comment(repo=e.repo, number=e.number, login=e.login, body=e.body)
+    if link is not None:  # proving a GitHub login works on any issue or pull request
+        return await link_comment.run(session, ctx, link)
     if not e.on_pull_request:
         return Outcome(summary="comments on issues are ignored; commands work on pull requests")
     parsed = parse_command(e.body)
