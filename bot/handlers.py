@@ -22,7 +22,18 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import commands, views
-from core import apps, autoscaling, deliveries, deploys, dryrun, previews, projects, secrets, status
+from core import (
+    apps,
+    autoscaling,
+    deliveries,
+    deploys,
+    dryrun,
+    previews,
+    projects,
+    protection,
+    secrets,
+    status,
+)
 from core.context import Core
 from core.errors import ShipitError, UserError
 from core.identity import Actor
@@ -403,7 +414,15 @@ async def run_action(*, core: Core, caller: Caller, action_id: str, value: str) 
 async def _approve(
     session: AsyncSession, core: Core, caller: Caller, deployment_id: int, app: str
 ) -> Outcome:
-    await deploys.approve(session, ctx=core, actor=caller.actor, deployment_id=deployment_id, approve=True)
+    d = await deploys.approve(
+        session, ctx=core, actor=caller.actor, deployment_id=deployment_id, approve=True
+    )
+    if d.status == deploys.AWAITING_APPROVAL:  # an environment that needs more than one approval
+        t = await protection.tally(session, deployment=d)
+        so_far = f" ({t.text})" if t else ""
+        return _ok(
+            f":white_check_mark: You approved deploy #{deployment_id} of *{app}*{so_far}; it waits for more."
+        )
     return _ok(f":white_check_mark: You approved deploy #{deployment_id} of *{app}*; it is queued.")
 
 
