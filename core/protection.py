@@ -35,6 +35,7 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # The environment's approver_role default: whoever may deploy may approve.
 ROLE_ALIASES = {"deployer": Role.DEVELOPER}
 MAX_APPROVALS = 10
+MAX_FREEZE = dt.timedelta(days=731)
 HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 
 
@@ -67,7 +68,7 @@ class Window:
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidInput(f"unknown time zone {name!r}: use a name like Europe/Berlin", field="tz") from None
 
 
@@ -603,6 +604,8 @@ async def freeze(
         begin = _parse_instant(start, field="from", tz=tz) if start else now
         if end <= max(begin, now):
             raise InvalidInput("a freeze must end in the future and after it starts", field="until")
+        if end - now > MAX_FREEZE:  # a longer stop is a lock, not a freeze
+            raise InvalidInput("a freeze ends within two years; lock the environment instead", field="until")
         text = validation.text(reason or "frozen", field="reason", max_length=500)
         kept = [f for f in row.freezes or [] if (_instant(f.get("end"), tz=tz) or now) > now]  # ended ones go
         row.freezes = [*kept, {"start": begin.isoformat(), "end": end.isoformat(), "reason": text}]
