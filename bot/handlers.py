@@ -340,6 +340,41 @@ async def _unlock(session: AsyncSession, core: Core, caller: Caller, cmd: comman
     return _ok(f":unlock: *{app.name}* is unlocked.")
 
 
+@handles(commands.LockEnv)
+async def _lock_env(session: AsyncSession, core: Core, caller: Caller, cmd: commands.LockEnv) -> Outcome:
+    project, env = await protection.resolve_env(session, actor=caller.actor, where=cmd.where)
+    await protection.lock_env(session, actor=caller.actor, project=project, env=env, reason=cmd.reason)
+    return _ok(
+        f":lock: Environment *{project}/{env}* is locked: {views.esc(cmd.reason)}. "
+        f"`/shipit unlock env {project}/{env}` to undo."
+    )
+
+
+@handles(commands.UnlockEnv)
+async def _unlock_env(session: AsyncSession, core: Core, caller: Caller, cmd: commands.UnlockEnv) -> Outcome:
+    project, env = await protection.resolve_env(session, actor=caller.actor, where=cmd.where)
+    await protection.unlock_env(session, actor=caller.actor, project=project, env=env)
+    return _ok(f":unlock: Environment *{project}/{env}* is unlocked.")
+
+
+@handles(commands.LockProject)
+async def _lock_project(
+    session: AsyncSession, core: Core, caller: Caller, cmd: commands.LockProject
+) -> Outcome:
+    p = await protection.lock_project(session, actor=caller.actor, project=cmd.project, reason=cmd.reason)
+    return _ok(
+        f":lock: Project *{p.name}* is locked: {views.esc(cmd.reason)}. `/shipit unlock project {p.name}` to undo."
+    )
+
+
+@handles(commands.UnlockProject)
+async def _unlock_project(
+    session: AsyncSession, core: Core, caller: Caller, cmd: commands.UnlockProject
+) -> Outcome:
+    p = await protection.unlock_project(session, actor=caller.actor, project=cmd.project)
+    return _ok(f":unlock: Project *{p.name}* is unlocked.")
+
+
 @handles(commands.Pause)
 async def _pause(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Pause) -> Outcome:
     app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=True)

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit, environments, identity, validation
-from core.errors import Conflict, InvalidInput, PermissionDenied
+from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor, Role
 from storage import models
 
@@ -475,6 +475,31 @@ async def _project(
         raise identity.project_not_found(project)
     await identity.require(session, actor=actor, project=row, role=role, action=action)
     return row
+
+
+async def resolve_env(session: AsyncSession, *, actor: Actor, where: str) -> tuple[str, str]:
+    """(project, environment) from "acme/staging", or from "staging" when one of the caller's projects has it."""
+    project, sep, env = where.partition("/")
+    if sep:
+        return project, env
+    q = (
+        select(models.Project.name)
+        .join(models.Environment, models.Environment.project_id == models.Project.id)
+        .where(models.Environment.name == where)
+        .order_by(models.Project.name)
+    )
+    visible = await identity.visible_project_ids(session, actor=actor)
+    if visible is not None:
+        q = q.where(models.Project.id.in_(visible))
+    names = list(await session.scalars(q))
+    if not names:
+        raise NotFound(f"none of your projects has an environment named {where!r}")
+    if len(names) > 1:
+        raise InvalidInput(
+            f"{', '.join(names)} all have an environment {where!r}: name one, like {names[0]}/{where}",
+            field="environment",
+        )
+    return names[0], where
 
 
 async def get_environment(
