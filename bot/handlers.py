@@ -430,11 +430,12 @@ async def run_action(*, core: Core, caller: Caller, action_id: str, value: str) 
     act = _ACTIONS.get(action_id)
     if act is None:
         return Outcome(message=views.error(f"Unknown button {action_id}."))
+    key = f"action:{action_id}:{deployment_id}"
+    if action_id == views.ACTION_APPROVE:  # a deploy may need several persons' approvals: once per user
+        key += f":{caller.user_id}"
     try:
         async with core.sessionmaker.begin() as session:
-            if not await deliveries.first_time(
-                session, source="slack", delivery_id=f"action:{action_id}:{deployment_id}", kind=action_id
-            ):
+            if not await deliveries.first_time(session, source="slack", delivery_id=key, kind=action_id):
                 log.info("slack: %s by %s: already done; ignored", what, caller.user_id)
                 return Outcome(
                     message=views.reply(f"That was already done for deploy #{deployment_id}."), duplicate=True
