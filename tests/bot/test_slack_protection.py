@@ -165,3 +165,15 @@ async def test_lock_and_unlock_an_environment_and_the_project_from_slack(
     assert f"project acme is locked by {DAVE.subject}: audit" in refused["text"], refused
     assert "is unlocked" in (await slack.command("unlock project acme", user=DAVE))["text"]
     assert "is queued" in (await slack.command("deploy web 2.0", user=ALICE))["text"]
+
+
+def test_the_lock_commands_parse_their_scopes() -> None:
+    from bot import commands as c
+
+    assert c.parse("lock env staging db migration") == c.LockEnv(where="staging", reason="db migration")
+    assert c.parse("lock env acme/staging why") == c.LockEnv(where="acme/staging", reason="why")
+    assert c.parse("lock project acme audit") == c.LockProject(project="acme", reason="audit")
+    assert c.parse("lock web release") == c.Lock(app="web", reason="release")
+    assert c.parse("unlock env staging") == c.UnlockEnv(where="staging")
+    assert c.parse("unlock project acme") == c.UnlockProject(project="acme")
+    assert c.parse("unlock web") == c.Unlock(app="web")
