@@ -117,6 +117,28 @@ class Unlock(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
+class LockEnv(Command):
+    where: str  # "staging" (the caller's one project with it) or "acme/staging"
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnlockEnv(Command):
+    where: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LockProject(Command):
+    project: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnlockProject(Command):
+    project: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Pause(Command):
     app: str
 
@@ -494,25 +516,42 @@ def _parse_scale(rest: str) -> Scale:
 
 @command(
     "lock",
-    usage="lock <app> <reason>",
-    summary="stop all deploys of an app until unlocked",
-    examples=("lock web release freeze",),
+    usage="lock <app> <reason> | lock env <environment> <reason> | lock project <project> <reason>",
+    summary="stop all deploys of an app, an environment or a whole project until unlocked",
+    examples=("lock web release freeze", "lock env staging db migration", "lock project acme audit"),
 )
-def _parse_lock(rest: str) -> Lock:
+def _parse_lock(rest: str) -> Lock | LockEnv | LockProject:
     app_word, _, reason = rest.partition(" ")
     if not app_word:
         raise UsageError("`lock` needs an app name and a reason.", command="lock")
+    # `env` or `project` followed by a name scopes the lock (an app named `env` is locked from the CLI).
+    scope = app_word.lower() if app_word.lower() in ("env", "project") and reason.split() else None
+    if scope is not None:
+        app_word, _, reason = reason.strip().partition(" ")
     reason = " ".join(reason.split())
     if not reason:
         raise UsageError("`lock` needs a reason, so people know why and whom to ask.", command="lock")
     if len(reason) > 300:
         raise UsageError("the reason is longer than 300 characters.", command="lock")
+    if scope == "env":
+        return LockEnv(where=app_word.lower(), reason=reason)
+    if scope == "project":
+        return LockProject(project=app_word.lower(), reason=reason)
     return Lock(app=app_word.lower(), reason=reason)
 
 
-@command("unlock", usage="unlock <app>", summary="allow deploys again", examples=("unlock web",))
-def _parse_unlock(rest: str) -> Unlock:
+@command(
+    "unlock",
+    usage="unlock <app> | unlock env <environment> | unlock project <project>",
+    summary="allow deploys again",
+    examples=("unlock web", "unlock env staging", "unlock project acme"),
+)
+def _parse_unlock(rest: str) -> Unlock | UnlockEnv | UnlockProject:
     words = _words(rest)
+    if len(words) == 2 and words[0].lower() in ("env", "project"):
+        if words[0].lower() == "env":
+            return UnlockEnv(where=words[1].lower())
+        return UnlockProject(project=words[1].lower())
     app = _app(words, "unlock")
     _no_more(words[1:], "unlock")
     return Unlock(app=app)
@@ -658,6 +697,8 @@ __all__ = [
     "Help",
     "Link",
     "Lock",
+    "LockEnv",
+    "LockProject",
     "Logs",
     "Pause",
     "PreviewApprove",
@@ -671,6 +712,8 @@ __all__ = [
     "Spec",
     "Status",
     "Unlock",
+    "UnlockEnv",
+    "UnlockProject",
     "UsageError",
     "Whoami",
     "command",

@@ -31,6 +31,7 @@ from core import (
     identities,
     previews,
     projects,
+    protection,
     secrets,
     status,
 )
@@ -337,6 +338,41 @@ async def _unlock(session: AsyncSession, core: Core, caller: Caller, cmd: comman
     return _ok(f":unlock: *{app.name}* is unlocked.")
 
 
+@handles(commands.LockEnv)
+async def _lock_env(session: AsyncSession, core: Core, caller: Caller, cmd: commands.LockEnv) -> Outcome:
+    project, env = await protection.resolve_env(session, actor=caller.actor, where=cmd.where)
+    await protection.lock_env(session, actor=caller.actor, project=project, env=env, reason=cmd.reason)
+    return _ok(
+        f":lock: Environment *{project}/{env}* is locked: {views.esc(cmd.reason)}. "
+        f"`/shipit unlock env {project}/{env}` to undo."
+    )
+
+
+@handles(commands.UnlockEnv)
+async def _unlock_env(session: AsyncSession, core: Core, caller: Caller, cmd: commands.UnlockEnv) -> Outcome:
+    project, env = await protection.resolve_env(session, actor=caller.actor, where=cmd.where)
+    await protection.unlock_env(session, actor=caller.actor, project=project, env=env)
+    return _ok(f":unlock: Environment *{project}/{env}* is unlocked.")
+
+
+@handles(commands.LockProject)
+async def _lock_project(
+    session: AsyncSession, core: Core, caller: Caller, cmd: commands.LockProject
+) -> Outcome:
+    p = await protection.lock_project(session, actor=caller.actor, project=cmd.project, reason=cmd.reason)
+    return _ok(
+        f":lock: Project *{p.name}* is locked: {views.esc(cmd.reason)}. `/shipit unlock project {p.name}` to undo."
+    )
+
+
+@handles(commands.UnlockProject)
+async def _unlock_project(
+    session: AsyncSession, core: Core, caller: Caller, cmd: commands.UnlockProject
+) -> Outcome:
+    p = await protection.unlock_project(session, actor=caller.actor, project=cmd.project)
+    return _ok(f":unlock: Project *{p.name}* is unlocked.")
+
+
 @handles(commands.Pause)
 async def _pause(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Pause) -> Outcome:
     app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=True)
@@ -406,11 +442,12 @@ async def run_action(*, core: Core, caller: Caller, action_id: str, value: str) 
     act = _ACTIONS.get(action_id)
     if act is None:
         return Outcome(message=views.error(f"Unknown button {action_id}."))
+    key = f"action:{action_id}:{deployment_id}"
+    if action_id == views.ACTION_APPROVE:  # a deploy may need several persons' approvals: once per user
+        key += f":{caller.user_id}"
     try:
         async with core.sessionmaker.begin() as session:
-            if not await deliveries.first_time(
-                session, source="slack", delivery_id=f"action:{action_id}:{deployment_id}", kind=action_id
-            ):
+            if not await deliveries.first_time(session, source="slack", delivery_id=key, kind=action_id):
                 log.info("slack: %s by %s: already done; ignored", what, caller.user_id)
                 return Outcome(
                     message=views.reply(f"That was already done for deploy #{deployment_id}."), duplicate=True
@@ -425,7 +462,15 @@ async def run_action(*, core: Core, caller: Caller, action_id: str, value: str) 
 async def _approve(
     session: AsyncSession, core: Core, caller: Caller, deployment_id: int, app: str
 ) -> Outcome:
-    await deploys.approve(session, ctx=core, actor=caller.actor, deployment_id=deployment_id, approve=True)
+    d = await deploys.approve(
+        session, ctx=core, actor=caller.actor, deployment_id=deployment_id, approve=True
+    )
+    if d.status == deploys.AWAITING_APPROVAL:  # an environment that needs more than one approval
+        t = await protection.tally(session, deployment=d)
+        so_far = f" ({t.text})" if t else ""
+        return _ok(
+            f":white_check_mark: You approved deploy #{deployment_id} of *{app}*{so_far}; it waits for more."
+        )
     return _ok(f":white_check_mark: You approved deploy #{deployment_id} of *{app}*; it is queued.")
 
 

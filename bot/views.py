@@ -210,10 +210,10 @@ def _detail(d: events.DeploymentView) -> str:
             line += f" Approved by {who(d.approved_by)}."
         return line
     if d.status == "awaiting_approval":
-        return (
-            f"This app is protected: someone other than {who(d.actor)} with the developer role "
-            "must approve this deploy."
-        )
+        line = f"This deploy is protected: someone other than {who(d.actor)} must approve it."
+        if d.approvals_needed:
+            line += f" {d.approvals or 0} of {d.approvals_needed} approvals."
+        return line
     if d.status == "running":
         if d.desired <= 0:
             return "Applied; waiting for the first pods."

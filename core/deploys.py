@@ -30,6 +30,7 @@ from core import (
     logctx,
     metrics,
     observe,
+    protection,
     registries,
     secrets,
     validation,
@@ -188,6 +189,7 @@ async def request(
     reason: str | None = None,
     rerun: models.Revision | None = None,
     notify_refs: dict[str, Any] | None = None,
+    override_window: bool = False,
 ) -> Requested:
     """Queue a deploy of `app_name`, optionally with a new image (or just a tag: `1.5`).
 
@@ -220,6 +222,12 @@ async def request(
     automatic = trigger == AUTO_ROLLBACK
     if app.locked_reason and preview is None and not automatic:
         raise Conflict(f"{app.name} is locked by {app.locked_by}: {app.locked_reason}. Unlock it first.")
+    # The environment's and project's locks, windows and freezes; how many approvals it will need.
+    gate = await protection.check_request(
+        session, actor=actor, app=app, trigger=trigger, preview=preview is not None, automatic=automatic,
+        rollback=trigger in ROLLBACK_TRIGGERS or rollback_of is not None, override_window=override_window,
+        default_ttl_seconds=ctx.config.approval_ttl_seconds,
+    )  # fmt: skip
     # Only into a namespace the project owns, checked at every deploy (rollbacks and previews too).
     await claims.check_owned(
         session,
@@ -269,7 +277,7 @@ async def request(
 
     namespace = preview.namespace if preview else app.namespace
     # An automatic rollback redeploys what was already approved and ran: it does not wait.
-    needs_approval = app.protected and preview is None and not automatic
+    needs_approval = gate.needs_approval and preview is None and not automatic
     deployment = models.Deployment(
         app_id=app.id,
         revision_id=revision.id,
@@ -283,7 +291,7 @@ async def request(
         dedupe_key=dedupe_key,
         git_sha=git_sha,
         git_ref=git_ref,
-        approval_expires_at=models.utcnow() + dt.timedelta(seconds=ctx.config.approval_ttl_seconds)
+        approval_expires_at=models.utcnow() + dt.timedelta(seconds=gate.approval_ttl_seconds)
         if needs_approval
         else None,
         logs=[],
@@ -321,6 +329,7 @@ async def request(
             **({"git_sha": git_sha} if git_sha else {}),
         },
     )
+    await protection.record_override(session, actor=actor, app=app, gate=gate, deployment_id=deployment.id)
     if rerun is not None or number > ctx.config.revisions_kept:  # else fewer revisions than kept
         await _prune_revisions(session, ctx=ctx, app_id=app.id)
     logctx.deploy_logger(log, deployment=deployment.id, app=app.name, namespace=namespace).info(
@@ -676,7 +685,19 @@ async def approve(
             session, ctx=ctx, deployment=deployment, status=CANCELLED, error="approval expired"
         )
         raise Conflict(f"deploy #{deployment.id} waited too long for approval and expired; request it again")
-    if approve:
+    # The environment's approver role, one approval per person, none from the requester's own identities.
+    tally = await protection.approve(session, actor=actor, app=app, deployment=deployment, approve=approve)
+    if tally is not None and not tally.complete:
+        await events.emit_for_deployment(
+            session,
+            ctx=ctx,
+            kind=events.DEPLOY_AWAITING_APPROVAL,
+            deployment=deployment,
+            project_id=app.project_id,
+            step=f"approval:{tally.approvals}",
+            payload={"approved_by": actor.subject, "approvals": tally.approvals, "needed": tally.needed},
+        )
+    elif approve:
         deployment.status, deployment.approved_by = QUEUED, actor.subject
         await _enqueue(session, deployment=deployment)
         await events.emit_for_deployment(
@@ -698,7 +719,7 @@ async def approve(
         action="deploy.approve" if approve else "deploy.reject",
         target=f"app/{app.name}",
         project_id=app.project_id,
-        details={"deployment": deployment.id},
+        details={"deployment": deployment.id, **({"approvals": tally.text} if tally else {})},
     )
     return deployment
 

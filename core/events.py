@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import jobs, observe
+from core import jobs, observe, protection
 from core.context import Core
 from storage import models
 
@@ -98,6 +98,9 @@ class DeploymentView:
     rolled_back_by: int | None = None
     rolled_back_to: int | None = None
     rollback_status: str | None = None
+    # A deploy that needs approval: approvals so far and needed (None for one that never needed any).
+    approvals: int | None = None
+    approvals_needed: int | None = None
 
     @property
     def outcome(self) -> str:
@@ -314,7 +317,10 @@ async def deployment_view(session: AsyncSession, *, deployment: models.Deploymen
         if deployment.rolled_back_by_id
         else None
     )
+    approvals = await protection.tally(session, deployment=deployment)
     return DeploymentView(
+        approvals=approvals.approvals if approvals else None,
+        approvals_needed=approvals.needed if approvals else None,
         rolled_back_by=rollback.id if rollback else None,
         rolled_back_to=rollback.revision_number if rollback else None,
         rollback_status=rollback.status if rollback else None,

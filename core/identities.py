@@ -60,6 +60,14 @@ async def subjects_of(session: AsyncSession, *, subject: str) -> list[str]:
     return found
 
 
+async def person_key(session: AsyncSession, *, subject: str) -> str:
+    """ "person:<id>" when an identity links the subject to a person, else the subject itself."""
+    person_id = await session.scalar(
+        select(models.Identity.person_id).where(models.Identity.subject == subject)
+    )
+    return f"person:{person_id}" if person_id is not None else subject
+
+
 async def person_of(session: AsyncSession, *, subject: str) -> models.Person | None:
     return await session.scalar(
         select(models.Person)

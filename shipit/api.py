@@ -32,6 +32,7 @@ from core import (
     identity,
     previews,
     projects,
+    protection,
     registries,
     revisions,
     secrets,
@@ -437,8 +438,9 @@ async def deploy(
             image=body.image,
             trigger=actor.channel,
             dedupe_key=f"api:{actor.subject}:{key}" if key else None,
+            override_window=body.override_window,
         )
-        return schemas.DeploymentOut.of(result.deployment, app=name)
+        return await _deployment_out(session, result.deployment)
 
 
 async def _dry_run(*, name: str, image: str | None, rt: Runtime, actor: Actor) -> JSONResponse:
@@ -467,7 +469,13 @@ async def list_deploys(
 async def _deployment_out(session: AsyncSession, d: models.Deployment) -> schemas.DeploymentOut:
     app = await session.get(models.App, d.app_id)
     revision = await session.get(models.Revision, d.revision_id) if d.revision_id else None
-    return schemas.DeploymentOut.of(d, app=app.name if app else "", revision=revision)
+    out = schemas.DeploymentOut.of(d, app=app.name if app else "", revision=revision)
+    tally = await protection.tally(session, deployment=d)
+    return (
+        out.model_copy(update={"approvals": tally.approvals, "approvals_needed": tally.needed})
+        if tally
+        else out
+    )
 
 
 @router.get("/deploys/{deployment_id}")

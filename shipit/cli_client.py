@@ -233,6 +233,8 @@ def deploy_line(d: dict[str, Any]) -> str:
     if d["status"] == "running" and d.get("desired"):
         line += f", {d['ready']}/{d['desired']} ready"
     if d["status"] == "awaiting_approval":
+        if d.get("approvals_needed"):
+            line += f" ({d.get('approvals') or 0} of {d['approvals_needed']} approvals)"
         line += f"; someone else on the project approves it with `shipit approve {d['id']}`"
     if d.get("error") and d["status"] != "succeeded":
         line += f" - {d['error']}"
@@ -1142,6 +1144,12 @@ def deploy(
         bool,
         typer.Option("--dry-run", help="Show what the deploy would change on the cluster; change nothing."),
     ] = False,
+    override_window: Annotated[
+        bool,
+        typer.Option(
+            "--override-window", help="Deploy outside the environment's windows or in a freeze (admins)."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy an app: a new image, a new tag, or the current config again."""
@@ -1152,7 +1160,10 @@ def deploy(
         _dry_run(app_name, image, as_json=as_json)
         return
     with api() as client:
-        d = client.call("POST", f"/apps/{_q(app_name)}/deploys", body={"image": image} if image else {})
+        body: dict[str, Any] = {"image": image} if image else {}
+        if override_window:
+            body["override_window"] = True
+        d = client.call("POST", f"/apps/{_q(app_name)}/deploys", body=body)
         deployed(client, d, wait=wait, as_json=as_json)
 
 

@@ -362,6 +362,8 @@ class DeployIn(Strict):
     dedupe_key: str | None = _text(v.limit(models.Deployment, "dedupe_key"))
     # Show what the deploy would change on the cluster; nothing is stored or applied.
     dry_run: bool = False
+    # A project admin deploys outside the environment's windows or during a freeze (audited).
+    override_window: bool = False
 
 
 class FieldChangeOut(BaseModel):
@@ -448,6 +450,9 @@ class DeploymentOut(BaseModel):
     # The digest the image tag was pinned to at deploy time, or why it went by tag (digest_note).
     digest: str | None = None
     digest_note: str | None = None
+    # A deploy that needs approval: approvals so far and needed (None where the route does not count).
+    approvals: int | None = None
+    approvals_needed: int | None = None
 
     @classmethod
     def of(cls, d: models.Deployment, *, app: str, revision: models.Revision | None = None) -> DeploymentOut:
