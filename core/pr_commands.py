@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, deploys, dryrun, environments, events, gitops, identity, previews
+from core import apps, deploys, dryrun, environments, events, gitops, identity, previews, protection
 from core.context import Core
 from core.errors import UserError
 from core.identity import Actor, Role
@@ -362,15 +362,24 @@ async def _lock(
     command: Command,
     environment: str,
 ) -> Result:
-    """Until environments carry their own lock here, the environment's app rows are locked one by one."""
+    """Lock (or unlock) the environment itself, in each project the repository deploys to there."""
     on = command.verb == LOCK
     result = Result()
     reason = command.reason or f"locked from pull request #{pr.number}"
+    projects_done: set[int] = set()
     for app in targets:
-        await apps.set_flag(
-            session, actor=actor, name=app.name, flag="lock", on=on, reason=reason if on else None
-        )
-        result.lines.append(f"`{app.name}` ({environment}) is {'locked: ' + reason if on else 'unlocked'}.")
+        if app.project_id in projects_done:
+            continue
+        projects_done.add(app.project_id)
+        project = await session.get(models.Project, app.project_id)
+        assert project is not None
+        if on:
+            await protection.lock_env(
+                session, actor=actor, project=project.name, env=environment, reason=reason
+            )
+        else:
+            await protection.unlock_env(session, actor=actor, project=project.name, env=environment)
+        result.lines.append(f"`{environment}` is {'locked: ' + reason if on else 'unlocked'}.")
     return result
 
 

@@ -343,16 +343,17 @@ async def test_deploy_to_staging_then_lock_blocks_the_next_deploy(
     lock_id, _ = await say(live_hook, fake_github, ".lock staging release freeze", number=number)
     await reacted(fake_github, lock_id, "rocket")
     [reply] = status_comments(fake_github, number, lock_id)
-    assert "`web-staging` (staging) is locked: release freeze" in reply["body"]
+    assert "`staging` is locked: release freeze" in reply["body"]
 
     again, _ = await say(live_hook, fake_github, ".deploy to staging", number=number)
     await reacted(fake_github, again, "confused")
     [reply] = status_comments(fake_github, number, again)
-    assert "web-staging is locked by alice: release freeze" in reply["body"]
+    assert "environment staging is locked by github:alice" in reply["body"]
+    assert "release freeze" in reply["body"]
     assert await command_deploys(rt, again) == []
     async with rt.sessionmaker() as session:
-        prod = await session.scalar(select(models.App).where(models.App.name == "web"))
-    assert prod is not None and prod.locked_reason is None  # only staging was locked
+        locked = {e.name: e.locked_reason for e in await session.scalars(select(models.Environment))}
+    assert locked == {"production": None, "staging": "release freeze"}  # the environment, not the app
 
     unlock_id, _ = await say(live_hook, fake_github, ".unlock staging", number=number)
     await reacted(fake_github, unlock_id, "rocket")
