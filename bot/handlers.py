@@ -26,6 +26,7 @@ from core import apps, autoscaling, deliveries, deploys, dryrun, previews, proje
 from core.context import Core
 from core.errors import ShipitError, UserError
 from core.identity import Actor
+from core.notices import targets as notice_targets
 from storage import models
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ async def _queued(
     channel = None
     if row is not None:
         project = await apps.project_of(session, app=row)
-        channel = project.slack_channel
+        channel = await notice_targets.slack_channel(session, project_id=project.id)
         if channel is None and caller.channel_id and result.created:
             # No project channel: the card goes where the command was typed (see bot.notifier).
             refs = dict(deployment.notify_refs or {})
