@@ -28,6 +28,9 @@ class TargetView:
     events: str
     format: str
     has_secret: bool
+    # The project's first target of its kind: it keeps the notifier's own refs key ("slack"), so a
+    # project with one channel records its card where it always did.
+    primary: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,7 +186,7 @@ def project_view(project: models.Project) -> ProjectView:
     return ProjectView(id=project.id, name=project.name)
 
 
-def target_view(row: models.NotificationTarget) -> TargetView:
+def target_view(row: models.NotificationTarget, *, primary: bool = False) -> TargetView:
     return TargetView(
         id=row.id,
         project_id=row.project_id,
@@ -193,16 +196,18 @@ def target_view(row: models.NotificationTarget) -> TargetView:
         events=row.events,
         format=row.format or "",
         has_secret=row.secret_enc is not None,
+        primary=primary,
     )
 
 
 def ref_key(notifier: str, target: TargetView | None) -> str:
     """Where a deploy remembers what a notifier did for one target (deployment.notify_refs[key]).
 
-    A target without an address (GitHub: each app's own repository) and the notifier's default
-    share the notifier's own key, as before targets existed; every other target has its own.
+    A target without an address (GitHub: each app's own repository), the project's first target of
+    the kind and the notifier's default share the notifier's own key, as before targets existed;
+    every other target has its own.
     """
-    if target is None or not target.address:
+    if target is None or not target.address or target.primary:
         return notifier
     return f"{notifier}#{target.id}"
 

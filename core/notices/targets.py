@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import audit, environments, identity, validation
@@ -91,7 +91,7 @@ def route(
     rows: Sequence[models.NotificationTarget], *, notifier: str, kind: str, environment: str | None
 ) -> list[TargetView | None]:
     """The targets of `notifier` that want this event from this environment (None: its default)."""
-    mine = [r for r in rows if r.kind == notifier]
+    mine = sorted((r for r in rows if r.kind == notifier), key=lambda r: r.id)
     if not mine:
         return [None] if notifier in registry.DEFAULT_TARGET else []
     out: list[TargetView | None] = []
@@ -106,7 +106,7 @@ def route(
             if addressless:
                 continue
             addressless = True
-        out.append(target_view(r))
+        out.append(target_view(r, primary=r is mine[0]))
     return out
 
 
@@ -118,7 +118,14 @@ async def slack_channel(session: AsyncSession, *, project_id: int) -> str | None
 
 async def view(session: AsyncSession, *, target_id: int) -> TargetView | None:
     row = await session.get(models.NotificationTarget, target_id)
-    return target_view(row) if row is not None else None
+    if row is None:
+        return None
+    first = await session.scalar(
+        select(func.min(models.NotificationTarget.id)).where(
+            models.NotificationTarget.project_id == row.project_id, models.NotificationTarget.kind == row.kind
+        )
+    )
+    return target_view(row, primary=first == row.id)
 
 
 async def record(
@@ -325,7 +332,8 @@ async def test(*, ctx: Core, actor: Actor, project: str, target_id: int) -> Test
             session, actor=actor, name=project, role=Role.ADMIN, action="testing a notification target"
         )
         row = await _row(session, project=p, target_id=target_id)
-        target = target_view(row)
+        target = await view(session, target_id=row.id)
+        assert target is not None
         notice = _sample(p, target=target, actor=actor)
         await audit.record(
             session, actor=actor, action="notify.test", target=f"project/{project}", project_id=p.id,
