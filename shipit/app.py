@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import jobs, observe, validation
 from core.errors import InvalidInput, ShipitError, UserError
-from shipit import api, limits, runtime, telemetry
+from shipit import api, api_notify, limits, runtime, telemetry
 from shipit.runtime import Runtime
 from shipit.settings import Settings
 
@@ -380,6 +380,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.state.channels = channels
     install_error_handlers(app)
     app.include_router(api.router)
+    app.include_router(api_notify.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

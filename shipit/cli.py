@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from shipit import cli_client
+from shipit import cli_client, cli_notify
 from shipit.settings import Settings
 
 app = typer.Typer(help="shipit: ship container images to your Kubernetes clusters.", no_args_is_help=True)
@@ -16,6 +16,7 @@ keys_app = typer.Typer(help="The master key.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 cli_client.register(app)
+cli_notify.register(app)
 
 
 def _print_version(value: bool) -> None:

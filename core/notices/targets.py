@@ -10,6 +10,7 @@ Secrets are encrypted at rest and never shown (`secret: set`).
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import secrets as pysecrets
 import urllib.parse
@@ -56,8 +57,8 @@ class Listed:
     format: str
     secret: bool
     created_by: str
-    last_success_at: object
-    last_failure_at: object
+    last_success_at: dt.datetime | None
+    last_failure_at: dt.datetime | None
     last_error: str | None
     failures: int
 
