@@ -75,7 +75,8 @@ class EmailNotifier:
         return kind in OUTCOMES
 
     def wants_event(self, audience: Audience) -> bool:
-        return audience.target is not None
+        # A preview reports on its pull request; a chat or inbox hears about real environments.
+        return audience.target is not None and not audience.preview
 
     async def close(self) -> None:
         return None
