@@ -629,6 +629,91 @@ def _parse_access(rest: str) -> Access:
     return Access(project=project.lower(), subject=subject, role=None if role == "none" else role)
 
 
+@dataclass(frozen=True, kw_only=True)
+class NotifyList(Command):
+    project: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifyAdd(Command):
+    project: str
+    kind: str
+    address: str
+    events: str = "*"
+    environment: str | None = None
+    format: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifyRemove(Command):
+    project: str
+    target_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifyTest(Command):
+    project: str
+    target_id: int
+
+
+_NOTIFY_SUB = ("list", "add", "remove", "test")
+
+
+@command(
+    "notify",
+    usage="notify list <project>  |  notify add <project> <kind> <address> [events=…] [env=…] [format=cloudevents]"
+    "  |  notify remove <project> <id>  |  notify test <project> <id>",
+    summary="where a project's notices go: slack, email, teams, discord, webhook, github",
+    examples=(
+        "notify list acme",
+        "notify add acme email ops@acme.io events=failed,rolled_back env=production",
+        "notify test acme 3",
+        "notify remove acme 3",
+    ),
+)
+def _parse_notify(rest: str) -> NotifyList | NotifyAdd | NotifyRemove | NotifyTest:
+    words = _words(rest)
+    sub = words[0].lower() if words else ""
+    if sub in ("rm", "delete"):
+        sub = "remove"
+    if sub not in _NOTIFY_SUB:
+        raise UsageError("`notify` takes list, add, remove or test.", command="notify")
+    if len(words) < 2:
+        raise UsageError(f"`notify {sub}` needs a project name.", command="notify")
+    project = words[1].lower()
+    if sub == "list":
+        _no_more(words[2:], "notify")
+        return NotifyList(project=project)
+    if sub in ("remove", "test"):
+        if len(words) < 3 or not words[2].lstrip("#").isdigit() or len(words[2]) > 18:
+            raise UsageError(f"`notify {sub}` needs a target id (see `notify list`).", command="notify")
+        _no_more(words[3:], "notify")
+        target_id = int(words[2].lstrip("#"))
+        return (
+            NotifyRemove(project=project, target_id=target_id)
+            if sub == "remove"
+            else NotifyTest(project=project, target_id=target_id)
+        )
+    if len(words) < 3:
+        raise UsageError("`notify add` needs a kind and an address.", command="notify")
+    kind = words[2].lower()
+    address = words[3] if len(words) > 3 and "=" not in words[3] else ""
+    options: dict[str, str] = {}
+    for word in words[3 + (1 if address else 0) :]:
+        key, eq, value = word.partition("=")
+        if not eq or key.lower() not in ("events", "env", "format"):
+            raise UsageError("`notify add` options are events=…, env=… and format=….", command="notify")
+        options[key.lower()] = value
+    return NotifyAdd(
+        project=project,
+        kind=kind,
+        address=address,
+        events=options.get("events") or "*",
+        environment=options.get("env") or None,
+        format=options.get("format", ""),
+    )
+
+
 @command(
     "link",
     usage="link github <login>",
@@ -700,6 +785,10 @@ __all__ = [
     "LockEnv",
     "LockProject",
     "Logs",
+    "NotifyAdd",
+    "NotifyList",
+    "NotifyRemove",
+    "NotifyTest",
     "Pause",
     "PreviewApprove",
     "Resume",

@@ -38,6 +38,7 @@ from core import (
 from core.context import Core
 from core.errors import UserError
 from core.identity import Actor
+from core.notices import targets as notice_targets
 from storage import models
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ async def _queued(
     channel = None
     if row is not None:
         project = await apps.project_of(session, app=row)
-        channel = project.slack_channel
+        channel = await notice_targets.slack_channel(session, project_id=project.id)
         if channel is None and caller.channel_id and result.created:
             # No project channel: the card goes where the command was typed (see bot.notifier).
             refs = dict(deployment.notify_refs or {})
@@ -304,6 +305,45 @@ async def _secrets_unset(
         session, ctx=core, actor=caller.actor, app_name=cmd.app, keys=list(cmd.keys)
     )
     return Outcome(message=await _secrets_changed(session, caller=caller, change=change, removed=True))
+
+
+@handles(commands.NotifyList)
+async def _notify_list(
+    session: AsyncSession, core: Core, caller: Caller, cmd: commands.NotifyList
+) -> Outcome:
+    rows = await notice_targets.list_for(session, actor=caller.actor, project=cmd.project)
+    return Outcome(message=views.notify_targets(cmd.project, rows))
+
+
+@handles(commands.NotifyAdd)
+async def _notify_add(session: AsyncSession, core: Core, caller: Caller, cmd: commands.NotifyAdd) -> Outcome:
+    row = await notice_targets.add(
+        session, ctx=core, actor=caller.actor, project=cmd.project, kind=cmd.kind, address=cmd.address,
+        environment=cmd.environment, events=cmd.events, format=cmd.format,
+    )  # fmt: skip
+    return Outcome(message=views.notify_targets(cmd.project, [notice_targets.listed(row)]))
+
+
+@handles(commands.NotifyRemove)
+async def _notify_remove(
+    session: AsyncSession, core: Core, caller: Caller, cmd: commands.NotifyRemove
+) -> Outcome:
+    await notice_targets.remove(session, actor=caller.actor, project=cmd.project, target_id=cmd.target_id)
+    return Outcome(message=views.reply(f"Removed target #{cmd.target_id} of *{views.esc(cmd.project)}*."))
+
+
+@handles(commands.NotifyTest)
+async def _notify_test(
+    session: AsyncSession, core: Core, caller: Caller, cmd: commands.NotifyTest
+) -> Outcome:
+    async def send() -> views.Message:
+        # After the answer, in transactions of its own: sending may take seconds.
+        t = await notice_targets.test(
+            ctx=core, actor=caller.actor, project=cmd.project, target_id=cmd.target_id
+        )
+        return views.notify_tested(cmd.target_id, ok=t.ok, message=t.message)
+
+    return Outcome(message=views.reply(f"Sending a test notice to target #{cmd.target_id}…"), later=send)
 
 
 @handles(commands.Scale)

@@ -29,7 +29,7 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import views
-from core import events, shared
+from core import events, notices, shared
 from core.errors import PermanentError, TransientError, retry_after_seconds
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class SlackNotifier:
         )
         # Cards posted in this process, so a retry after a failure *after* posting updates the card
         # instead of posting a second one (the refs are only saved when deliver returns).
-        self._posted: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        self._posted: OrderedDict[tuple[int, str], tuple[str, str]] = OrderedDict()
         # What each card shows now: an event that would redraw the same card makes no API call.
         self._shown: OrderedDict[tuple[str, str], str] = OrderedDict()
 
@@ -183,19 +183,29 @@ class SlackNotifier:
     def wants_event(self, audience: events.Audience) -> bool:
         return not audience.preview  # previews report on their pull request, not in Slack
 
+    async def close(self) -> None:
+        return None  # the channel owns (and closes) the client
+
     async def deliver(self, notice: events.Notice) -> events.Delivered | None:
         d = notice.deployment
         if d is None or notice.preview is not None:
             return None  # previews report on their pull request, not in Slack
-        refs: dict[str, Any] = dict(d.refs.get(self.name) or {})
+        # One card per deploy and target (each channel a target); with no target, the project's
+        # channel as given in the notice, else the channel the command was typed in.
+        key = notices.ref_key(self.name, notice.target)
+        refs: dict[str, Any] = dict(d.refs.get(key) or {})
         channel: str | None = refs.get("channel")
         ts: str | None = refs.get("ts")
         out: dict[str, Any] = {}
-        if ts is None and d.id in self._posted:
-            channel, ts = self._posted[d.id]
+        posted = (d.id, key)
+        if ts is None and posted in self._posted:
+            channel, ts = self._posted[posted]
             out = {"channel": channel, "ts": ts}
         if channel is None:
-            configured = notice.project.slack_channel if notice.project else None
+            if notice.target is not None:
+                configured: str | None = notice.target.address
+            else:
+                configured = notice.project.slack_channel if notice.project else None
             channel = configured or refs.get("origin")
         if not channel:
             log.debug("deploy %s: no Slack channel for project; card not posted", d.id)
@@ -221,8 +231,8 @@ class SlackNotifier:
             )
             channel_id, ts = str(answer["channel"]), str(answer["ts"])
             out = {"channel": channel_id, "ts": ts}
-            self._remember_post(d.id, channel_id, ts)
-            await self._save_post(d.id, out)
+            self._remember_post(posted, channel_id, ts)
+            await self._save_post(d.id, out, key=key)
             log.info("%s: card posted (ts %s, %s)", where, ts, d.status)
         elif self._fingerprint(card) != self._shown.get((channel_id, ts)):
             try:
@@ -251,8 +261,8 @@ class SlackNotifier:
                 )
                 channel_id, ts = str(answer["channel"]), str(answer["ts"])
                 out = {"channel": channel_id, "ts": ts, "failure_posted": False}
-                self._remember_post(d.id, channel_id, ts)
-                await self._save_post(d.id, out)
+                self._remember_post(posted, channel_id, ts)
+                await self._save_post(d.id, out, key=key)
                 refs["failure_posted"] = False
             log.info("%s: card updated (%s)", where, d.status)
         self._remember_shown(channel_id, ts, card)
@@ -299,18 +309,18 @@ class SlackNotifier:
         data = response.data
         return data if isinstance(data, dict) else {}
 
-    async def _save_post(self, deployment_id: int, refs: dict[str, Any]) -> None:
+    async def _save_post(self, deployment_id: int, refs: dict[str, Any], *, key: str = NAME) -> None:
         """Record the card at once, not when deliver returns: a retry of this delivery, on any
         replica, then updates this card instead of posting a second one."""
         if self.sessionmaker is None:
             return
         try:
-            await shared.save_refs(self.sessionmaker, deployment_id=deployment_id, notifier=NAME, refs=refs)
+            await shared.save_refs(self.sessionmaker, deployment_id=deployment_id, notifier=key, refs=refs)
         except Exception:
             log.warning("deploy %s: could not record the posted card yet", deployment_id, exc_info=True)
 
-    def _remember_post(self, deployment_id: int, channel: str, ts: str) -> None:
-        self._posted[deployment_id] = (channel, ts)
+    def _remember_post(self, posted: tuple[int, str], channel: str, ts: str) -> None:
+        self._posted[posted] = (channel, ts)
         while len(self._posted) > 2000:
             self._posted.popitem(last=False)
 

@@ -489,6 +489,32 @@ def secret_keys(app: str, keys: Sequence[str]) -> Message:
     return reply(f"Secrets of *{app}* (keys only; values are write-only): {listed}")
 
 
+def notify_targets(project: str, rows: Sequence[Any]) -> Message:
+    """A project's notification targets (core.notices.targets.Listed), never a secret."""
+    if not rows:
+        return reply(f"*{esc(project)}* has no notification targets.")
+    lines = []
+    for t in rows:
+        where = esc(t.address) if t.address else "each app's repository"
+        state = (
+            f":warning: failing ({t.failures} in a row): {esc(t.last_error or '')}"
+            if t.failing
+            else (f"{t.failures} failure(s): {esc(t.last_error or '')}" if t.failures else "ok")
+        )
+        secret = ", secret: set" if t.secret else ""
+        fmt = f" ({esc(t.format)})" if t.format else ""
+        lines.append(
+            f"#{t.id} *{esc(t.kind)}*{fmt} {where}, events `{esc(t.events)}`, "
+            f"env `{esc(t.environment or '*')}`{secret}: {state}"
+        )
+    return long_message(f"Notification targets of *{esc(project)}*:\n" + "\n".join(lines))
+
+
+def notify_tested(target_id: int, *, ok: bool, message: str) -> Message:
+    icon = ":white_check_mark:" if ok else ":x:"
+    return reply(f"{icon} test notice to target #{target_id}: {esc(message)}")
+
+
 def log_lines(app: str, lines: Sequence[str], *, asked: int) -> Message:
     if not lines:
         return reply(f"*{app}* wrote no log lines.")

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.kube.client import KubeClients
+from core.notices import Notifier
 from storage.crypto import Cipher
-
-if TYPE_CHECKING:
-    from core.events import Notifier
 
 
 @dataclass(kw_only=True)

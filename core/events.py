@@ -12,18 +12,32 @@ card updated late still shows the truth.
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import jobs, observe, protection
+from core import environments, jobs, observe, protection
 from core.context import Core
+from core.errors import PermanentError, TransientError
+from core.notices import (
+    AppView,
+    Audience,
+    Delivered,
+    DeploymentView,
+    Notice,
+    Notifier,
+    PreviewView,
+    ProjectView,
+    TargetView,
+    project_view,
+    ref_key,
+)
+from core.notices import targets as notice_targets
 from storage import models
 
 log = logging.getLogger(__name__)
@@ -47,140 +61,18 @@ APP_PROTECTION_CHANGED = "app.protection_changed"
 
 NOTIFY_JOB = jobs.NOTIFY_KIND
 
-
-@dataclass(frozen=True, kw_only=True)
-class ProjectView:
-    id: int
-    name: str
-    slack_channel: str | None
-    webhook_url: str | None
-
-
-@dataclass(frozen=True, kw_only=True)
-class AppView:
-    id: int
-    name: str
-    namespace: str
-    cluster: str
-    image: str | None
-    protected: bool
-    auto_deploy_paused: bool
-    paused_reason: str | None
-    git_repo: str | None
-    github_environment: str | None
-    domain: str | None = None  # the app's public host, for links such as GitHub's environment_url
-
-
-@dataclass(frozen=True, kw_only=True)
-class DeploymentView:
-    id: int
-    status: str
-    trigger: str
-    actor: str
-    image: str
-    revision: int | None
-    namespace: str
-    error: str | None
-    logs: list[str]
-    ready: int
-    desired: int
-    queue_position: int | None
-    approved_by: str | None
-    git_sha: str | None
-    git_ref: str | None
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    refs: dict[str, Any] = field(default_factory=dict)
-    digest: str | None = None  # what the image tag was pinned to at deploy time
-    digest_note: str | None = None  # why it was deployed by tag instead
-    # A failed deploy that shipit rolled back by itself: the rollback deploy, its revision and status.
-    rolled_back_by: int | None = None
-    rolled_back_to: int | None = None
-    rollback_status: str | None = None
-    # A deploy that needs approval: approvals so far and needed (None for one that never needed any).
-    approvals: int | None = None
-    approvals_needed: int | None = None
-
-    @property
-    def outcome(self) -> str:
-        """The status in words, a failure's automatic rollback included: what every channel shows."""
-        if self.status != "failed" or self.rolled_back_by is None:
-            return self.status
-        match self.rollback_status:
-            case "succeeded":
-                return f"failed, rolled back to revision {self.rolled_back_to}"
-            case "failed" | "cancelled" | "superseded":
-                return f"failed, and the rollback to revision {self.rolled_back_to} {self.rollback_status}"
-            case _:
-                return f"failed, rolling back to revision {self.rolled_back_to}"
-
-    @property
-    def finished(self) -> bool:
-        return self.status in ("succeeded", "failed", "superseded", "cancelled")
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at and self.finished_at:
-            return (self.finished_at - self.started_at).total_seconds()
-        return None
-
-
-@dataclass(frozen=True, kw_only=True)
-class PreviewView:
-    id: int
-    pr_number: int
-    repo: str
-    head_sha: str
-    namespace: str
-    url: str | None
-    status: str
-    comment_id: int | None
-    head_repo: str | None = None
-    is_fork: bool = False
-    approved_by: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Notice:
-    event_id: int
-    kind: str
-    created_at: dt.datetime
-    payload: dict[str, Any]
-    project: ProjectView | None
-    app: AppView | None
-    deployment: DeploymentView | None
-    preview: PreviewView | None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Delivered:
-    """What a notifier wants remembered for next time, e.g. the Slack message ts."""
-
-    deployment_refs: dict[str, Any] | None = None
-    preview_comment_id: int | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Audience:
-    """What a notifier may look at, at emit time, to decline an event before a job is queued for it."""
-
-    kind: str
-    project: ProjectView | None
-    trigger: str | None
-    git_sha: str | None
-    preview: bool
-    refs: dict[str, Any] = field(default_factory=dict)  # the deployment's notify_refs at emit time
-
-
-class Notifier(Protocol):
-    name: str
-
-    def wants(self, kind: str) -> bool: ...
-
-    async def deliver(self, notice: Notice) -> Delivered | None:
-        """Send it.  Raise core.errors.TransientError (with retry_after) to be retried."""
-        ...
+# The view types moved to core.notices; named here too for the code that reads them as events.X.
+__all__ = [
+    "AppView",
+    "Audience",
+    "Delivered",
+    "DeploymentView",
+    "Notice",
+    "Notifier",
+    "PreviewView",
+    "ProjectView",
+    "TargetView",
+]
 
 
 async def emit(
@@ -217,29 +109,31 @@ async def emit(
     row: models.Event | None = await session.scalar(stmt.returning(models.Event))
     if row is None:
         return None
-    # Serialise each notifier's deliveries per deployment so a card is posted before it is updated.
+    # Serialise each notifier's deliveries per target and deployment so a card is posted before it is
+    # updated; each target has its own jobs, so a slow or dead target never holds up another.
     subject = f"d{deployment_id}" if deployment_id else f"p{preview_id}" if preview_id else f"a{app_id}"
-    audience: Audience | None = None
-    for name, notifier in ctx.notifiers.items():
-        if not notifier.wants(kind):
-            continue
-        # Optional finer filter, so that no job is queued for a delivery that would do nothing.
-        wants_event = getattr(notifier, "wants_event", None)
-        if wants_event is not None:
-            if audience is None:
-                audience = await _audience(session, kind=kind, project_id=project_id, deployment_id=deployment_id,
-                                           preview_id=preview_id)  # fmt: skip
-            if not wants_event(audience):
+    wanted = [(name, n) for name, n in ctx.notifiers.items() if n.wants(kind)]
+    if not wanted:
+        return row
+    audience = await _audience(
+        session, kind=kind, project_id=project_id, app_id=app_id, deployment_id=deployment_id,
+        preview_id=preview_id,
+    )  # fmt: skip
+    rows = await notice_targets.of_project(session, project_id=project_id)
+    for name, notifier in wanted:
+        for target in notice_targets.route(rows, notifier=name, kind=kind, environment=audience.environment):
+            if not notifier.wants_event(dataclasses.replace(audience, target=target)):
                 continue
-        await jobs.enqueue(
-            session,
-            kind=NOTIFY_JOB,
-            payload={"event_id": row.id, "notifier": name},
-            dedupe_key=f"notify:{name}:{row.id}",
-            concurrency_key=f"notify:{name}:{subject}",
-            max_attempts=10,
-            fresh=True,
-        )
+            tag = f"t{target.id}" if target is not None else "t0"
+            await jobs.enqueue(
+                session,
+                kind=NOTIFY_JOB,
+                payload={"event_id": row.id, "notifier": name, "target": target.id if target else None},
+                dedupe_key=f"notify:{name}:{row.id}:{tag}",
+                concurrency_key=f"notify:{name}:{tag}:{subject}",
+                max_attempts=10,
+                fresh=True,
+            )
     return row
 
 
@@ -248,6 +142,7 @@ async def _audience(
     *,
     kind: str,
     project_id: int | None,
+    app_id: int | None,
     deployment_id: int | None,
     preview_id: int | None,
 ) -> Audience:
@@ -255,19 +150,19 @@ async def _audience(
     deployment = await session.get(models.Deployment, deployment_id) if deployment_id else None
     return Audience(
         kind=kind,
-        project=ProjectView(
-            id=project.id,
-            name=project.name,
-            slack_channel=project.slack_channel,
-            webhook_url=project.webhook_url,
-        )
-        if project
-        else None,
+        project=project_view(project) if project else None,
         trigger=deployment.trigger if deployment else None,
         git_sha=deployment.git_sha if deployment else None,
         preview=bool(preview_id or (deployment is not None and deployment.preview_id)),
         refs=dict(deployment.notify_refs or {}) if deployment else {},
+        environment=await _environment(session, app_id=app_id or (deployment.app_id if deployment else None)),
     )
+
+
+async def _environment(session: AsyncSession, *, app_id: int | None) -> str | None:
+    """The name of the environment an app runs in: what targets are routed by."""
+    app = await session.get(models.App, app_id) if app_id else None
+    return (await environments.of_app(session, app=app)).name if app is not None else None
 
 
 async def emit_for_deployment(
@@ -386,7 +281,9 @@ def preview_view(preview: models.Preview) -> PreviewView:
     )
 
 
-async def build_notice(session: AsyncSession, *, event: models.Event) -> Notice:
+async def build_notice(
+    session: AsyncSession, *, event: models.Event, target: TargetView | None = None
+) -> Notice:
     project = await session.get(models.Project, event.project_id) if event.project_id else None
     app = await session.get(models.App, event.app_id) if event.app_id else None
     cluster = await session.get(models.Cluster, app.cluster_id) if app else None
@@ -398,42 +295,61 @@ async def build_notice(session: AsyncSession, *, event: models.Event) -> Notice:
         kind=event.kind,
         created_at=event.created_at,
         payload=dict(event.payload or {}),
-        project=ProjectView(
-            id=project.id,
-            name=project.name,
-            slack_channel=project.slack_channel,
-            webhook_url=project.webhook_url,
-        )
-        if project
-        else None,
+        project=project_view(project) if project else None,
         app=app_view(app, cluster_name=cluster.name if cluster else "") if app else None,
         deployment=await deployment_view(session, deployment=deployment) if deployment else None,
         preview=preview_view(preview) if preview else None,
+        target=target,
+        environment=(await environments.of_app(session, app=app)).name if app else None,
     )
 
 
 async def run_notify_job(*, ctx: Core, job: jobs.JobView) -> None:
-    """Job handler: deliver one event to one notifier, then remember what it returned."""
+    """Job handler: deliver one event to one target of one notifier, then remember what it returned.
+
+    The target's delivery state (last success or failure and why, consecutive failures) is kept on
+    its row; a target failing again and again is marked failing and retried less often.
+    """
     name = str(job.payload["notifier"])
     notifier = ctx.notifiers.get(name)
     if notifier is None:
         log.warning("notify job %s: notifier %s is not configured in this process; dropped", job.id, name)
         return
+    target_id = job.payload.get("target")
     async with ctx.sessionmaker() as session:
         event = await session.get(models.Event, int(job.payload["event_id"]))
         if event is None:
             return
-        notice = await build_notice(session, event=event)
+        target = None
+        if target_id is not None:
+            target = await notice_targets.view(session, target_id=int(target_id))
+            if target is None:
+                return  # removed since: nothing to send
+        notice = await build_notice(session, event=event, target=target)
     with observe.span(f"notify {name}", notifier=name, event=notice.kind, deploy_id=event.deployment_id):
-        delivered = await notifier.deliver(notice)
+        try:
+            delivered = await notifier.deliver(notice)
+        except (TransientError, PermanentError) as e:
+            failures = await notice_targets.record(ctx.sessionmaker, target=target, error=str(e))
+            if isinstance(e, TransientError) and failures >= notice_targets.FAILING_AFTER:
+                wait = max(e.retry_after or 0.0, notice_targets.FAILING_RETRY_SECONDS)
+                raise TransientError(str(e), retry_after=wait) from None
+            raise
+        except Exception as e:
+            await notice_targets.record(
+                ctx.sessionmaker, target=target, error=f"internal error: {type(e).__name__}"
+            )
+            raise
+    await notice_targets.record(ctx.sessionmaker, target=target, error=None)
     if delivered is None:
         return
+    key = ref_key(name, target)
     async with ctx.sessionmaker.begin() as session:
         if delivered.deployment_refs is not None and notice.deployment is not None:
             deployment = await session.get(models.Deployment, notice.deployment.id)
             if deployment is not None:
                 refs = dict(deployment.notify_refs or {})
-                refs[name] = {**refs.get(name, {}), **delivered.deployment_refs}
+                refs[key] = {**refs.get(key, {}), **delivered.deployment_refs}
                 deployment.notify_refs = refs
         if delivered.preview_comment_id is not None and notice.preview is not None:
             preview = await session.get(models.Preview, notice.preview.id)

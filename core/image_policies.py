@@ -716,5 +716,8 @@ class Promoter:
             await after_success(session, ctx=self.ctx, deployment_id=notice.deployment.id)
         return None
 
+    async def close(self) -> None:
+        return None
+
 
 HANDLERS = {TAG_JOB: Handler(run=run_tag_job)}

@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import clusters, projects, registries, secrets
+from core.notices import delivery
 from storage import models
 from storage.crypto import Cipher, MasterKeyError
 
@@ -52,6 +53,15 @@ async def rotate(session: AsyncSession, *, old: Cipher, new: Cipher) -> dict[str
             old.decrypt(p.webhook_secret_enc, purpose=purpose), purpose=purpose
         )
         counts["projects"] += 1
+    # Notification targets' secrets (signing keys of webhooks), under the same purpose as the column.
+    counts["notification_targets"] = 0
+    for t in await session.scalars(
+        select(models.NotificationTarget).where(models.NotificationTarget.secret_enc.is_not(None))
+    ):
+        assert t.secret_enc is not None
+        purpose = delivery.PURPOSE
+        t.secret_enc = new.encrypt(old.decrypt(t.secret_enc, purpose=purpose), purpose=purpose)
+        counts["notification_targets"] += 1
     for r in await session.scalars(select(models.Registry)):
         purpose = registries.rotation_purpose(r)
         r.password_enc = new.encrypt(old.decrypt(r.password_enc, purpose=purpose), purpose=purpose)

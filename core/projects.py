@@ -13,6 +13,7 @@ from core import audit, claims, environments, identity, validation
 from core.context import Core
 from core.errors import Conflict, InvalidInput, PermissionDenied
 from core.identity import Actor, Role
+from core.notices import targets as notice_targets
 from storage import models
 
 _PURPOSE_WEBHOOK = "project-webhook-secret"
@@ -65,6 +66,8 @@ async def create(
     session.add(project)
     await session.flush()
     await environments.add(session, project_id=project.id, name=environments.DEFAULT)
+    await _set_targets(session, ctx=ctx, actor=actor, project=project, slack_channel=slack_channel,
+                       webhook_url=webhook_url, webhook_secret=webhook_secret)  # fmt: skip
     if actor.subject != "system":
         session.add(models.Member(project_id=project.id, subject=actor.subject, role=Role.OWNER.label))
     await audit.record(
@@ -102,6 +105,29 @@ def _set_webhook(project: models.Project, *, ctx: Core, url: str | None, secret:
         )
 
 
+async def _set_targets(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    actor: Actor,
+    project: models.Project,
+    slack_channel: str | None,
+    webhook_url: str | None,
+    webhook_secret: str | None,
+) -> None:
+    """The project's Slack channel and webhook are notification targets (for every environment).
+
+    The old columns are still written, for `projects list`, but notifiers read only the targets.
+    """
+    await notice_targets.set_default(
+        session, ctx=ctx, project=project, kind="slack", address=slack_channel, actor=actor
+    )
+    await notice_targets.set_default(
+        session, ctx=ctx, project=project, kind="webhook",
+        address=webhook_url.strip() if webhook_url is not None else None, secret=webhook_secret, actor=actor,
+    )  # fmt: skip
+
+
 def webhook_secret(project: models.Project, *, ctx: Core) -> str | None:
     if project.webhook_secret_enc is None:
         return None
@@ -123,6 +149,8 @@ async def update(
     if slack_channel is not None:
         project.slack_channel = slack_channel or None
     _set_webhook(project, ctx=ctx, url=webhook_url, secret=webhook_secret)
+    await _set_targets(session, ctx=ctx, actor=actor, project=project, slack_channel=slack_channel,
+                       webhook_url=webhook_url, webhook_secret=webhook_secret)  # fmt: skip
     await audit.record(
         session,
         actor=actor,

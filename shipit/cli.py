@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from shipit import cli_client, cli_identities, cli_policies, cli_protection
+from shipit import cli_client, cli_identities, cli_notify, cli_policies, cli_protection
 from shipit.settings import Settings
 
 app = typer.Typer(help="shipit: ship container images to your Kubernetes clusters.", no_args_is_help=True)
@@ -19,6 +19,7 @@ cli_client.register(app)
 cli_client.apps_app.command("policy")(cli_policies.policy)
 app.add_typer(cli_identities.identities_app, name="identities")
 cli_protection.register(app)
+cli_notify.register(app)
 
 
 def _print_version(value: bool) -> None:

@@ -21,7 +21,6 @@ from core import (
     instance,
     keys,
     previews,
-    projects,
     retention,
     tokens,
     web_sessions,
@@ -29,11 +28,12 @@ from core import (
 from core.context import Core, CoreConfig
 from core.identity import SYSTEM
 from core.kube.client import KubeClients
-from core.outgoing import WebhookNotifier
+from core.notices import mail
+from core.notices import registry as notice_registry
 from core.worker import Handler, Worker, install_wakeup
 from shipit import telemetry
 from shipit.settings import Settings
-from storage import db, migrate, models
+from storage import db, migrate
 from storage.crypto import Cipher, MasterKeyError, generate_key
 
 log = logging.getLogger("shipit")
@@ -133,17 +133,20 @@ async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
     core = Core(sessionmaker=sessionmaker, cipher=cipher, kube=KubeClients(), config=config)
     rt = Runtime(settings=settings, engine=engine, core=core, remove_wakeup=install_wakeup(core))
 
-    async def webhook_secret(project_id: int) -> str | None:
-        async with sessionmaker() as session:
-            project = await session.get(models.Project, project_id)
-            return projects.webhook_secret(project, ctx=core) if project else None
-
-    webhook = WebhookNotifier(secret_for=webhook_secret)
-    core.notifiers[webhook.name] = webhook
+    # The kinds of notice core delivers by itself (email, Teams, Discord, webhooks): core/notices/registry.py.
+    smtp = (
+        mail.Smtp.parse(settings.smtp_url.get_secret_value(), sender=settings.smtp_from)
+        if settings.smtp_url is not None and settings.smtp_url.get_secret_value()
+        else None
+    )
+    if smtp is None:
+        log.info("email notices are off: SHIPIT_SMTP_URL is not set")
+    for notifier in notice_registry.build(ctx=core, smtp=smtp):
+        core.notifiers[notifier.name] = notifier
+        rt.closers.append(notifier.close)
     # Registry deploys with promote_to promote once they succeed (a durable notify job, like notices).
     promoter = image_policies.Promoter(ctx=core)
     core.notifiers[promoter.name] = promoter
-    rt.closers.append(webhook.close)
     return rt
 
 

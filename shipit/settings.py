@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     # Pause between mutating GitHub API calls (GitHub's advice against secondary rate limits).
     github_write_interval_seconds: float = Field(default=1.0, ge=0)
 
+    # Email notices (unset: email targets fail with a clear reason): smtp[s]://user:pass@host:port
+    smtp_url: SecretStr | None = None
+    smtp_from: str = "shipit@localhost"
+
     # Dashboard sign-in (web/): OpenID Connect and/or GitHub OAuth; neither set = the dashboard is off
     oidc_issuer: str | None = None  # discovery at <issuer>/.well-known/openid-configuration
     oidc_client_id: str | None = None

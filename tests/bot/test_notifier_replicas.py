@@ -7,6 +7,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import notifier as notifier_mod
 from core import events
+from core.notices import target_view
+from core.notices import targets as notice_targets
 from shipit.runtime import Runtime
 from storage import db, models
 from tests.fakes.slack_api import FakeSlack
@@ -22,7 +24,9 @@ async def _notice(rt: Runtime, deployment_id: int, kind: str) -> events.Notice:
                              project_id=1, app_id=1)  # fmt: skip
         session.add(event)
         await session.flush()
-        return await events.build_notice(session, event=event)
+        # The project's channel is a notification target (core/notices), as projects.create makes it.
+        [row] = await notice_targets.of_project(session, project_id=1)
+        return await events.build_notice(session, event=event, target=target_view(row))
 
 
 async def test_a_retry_on_another_replica_updates_the_card_instead_of_posting_another(
@@ -34,6 +38,7 @@ async def test_a_retry_on_another_replica_updates_the_card_instead_of_posting_an
         session.add_all([project, cluster])
         await session.flush()
         session.add(models.App(id=1, name="web", project_id=1, cluster_id=1, namespace="n"))
+        session.add(models.NotificationTarget(project_id=1, kind="slack", address=CHANNEL, created_by="test"))
         await session.flush()
         d = models.Deployment(app_id=1, revision_number=1, image="ghcr.io/acme/web:1", namespace="n",
                               trigger="api", actor="user:a", status="queued")  # fmt: skip

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from sqlalchemy import select, text
 
 from bot import views
-from core import deploys, previews
+from core import deploys, previews, projects
 from shipit import runtime
 from shipit.main import create_app
 from shipit.settings import Settings
@@ -39,7 +39,7 @@ from tests.bot.conftest import (
     deployments,
     sign,
 )
-from tests.conftest import World, database_bytes, serving
+from tests.conftest import ADMIN, World, database_bytes, serving
 from tests.fakes.slack_api import FakeSlack
 from tests.helpers import eventually
 
@@ -404,9 +404,8 @@ async def test_without_a_project_channel_the_card_goes_where_the_command_was_typ
 ) -> None:
     rt = offline.rt
     async with rt.sessionmaker.begin() as session:
-        project = await session.scalar(select(models.Project))
-        assert project is not None
-        project.slack_channel = None
+        # '' clears the project's channel: its Slack notification target goes (core/notices).
+        await projects.update(session, ctx=rt.core, actor=ADMIN, name="acme", slack_channel="")
     await add_app(rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0", protected=True)
     reply = await slack.command("deploy web 1.1", user=ALICE, channel=TYPED_IN)
     assert f"<#{TYPED_IN}>" in reply["text"]

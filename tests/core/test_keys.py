@@ -8,6 +8,8 @@ from sqlalchemy import select
 
 from core import apps, keys, projects, registries, secrets
 from core.identity import SYSTEM
+from core.notices import delivery
+from core.notices import targets as notice_targets
 from shipit import runtime
 from shipit.runtime import Runtime
 from shipit.settings import Settings
@@ -60,9 +62,21 @@ async def test_rotate_re_encrypts_secrets_kubeconfigs_and_webhook_secrets(
         await registries.add(
             session, ctx=rt.core, actor=SYSTEM, host="ghcr.io", username="bot", password="registry-pw"
         )
+        # A notification target's signing secret (core/notices/targets.py) is rotated too.
+        await notice_targets.add(
+            session, ctx=rt.core, actor=ADMIN, project="acme", kind="webhook",
+            address="https://hooks.example/x", secret="target-secret",
+        )  # fmt: skip
     async with rt.sessionmaker.begin() as session:
         counts = await keys.rotate(session, old=rt.core.cipher, new=new)
-    assert counts == {"secrets": 1, "secret_versions": 1, "clusters": 1, "projects": 1, "registries": 1}
+    assert counts == {
+        "secrets": 1, "secret_versions": 1, "clusters": 1, "projects": 1, "registries": 1,
+        "notification_targets": 1,
+    }  # fmt: skip
+    async with rt.sessionmaker() as session:
+        target = (await session.scalars(select(models.NotificationTarget))).one()
+        assert target.secret_enc is not None
+        assert new.decrypt_text(target.secret_enc, purpose=delivery.PURPOSE) == "target-secret"
     async with rt.sessionmaker() as session:
         registry = (await session.scalars(select(models.Registry))).one()
         purpose = registries.rotation_purpose(registry)

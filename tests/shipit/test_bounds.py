@@ -216,6 +216,7 @@ async def test_405_names_every_method_the_path_serves(api: httpx.AsyncClient, we
         "key": "API_KEY",
         "deployment_id": "1",
         "token_id": "1",
+        "target_id": "1",
         "project": "acme",
         "pr": "1",
         "host": "ghcr.io",

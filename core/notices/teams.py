@@ -1,0 +1,84 @@
+"""Microsoft Teams: an incoming webhook (a Workflows or connector URL) gets an Adaptive Card.
+
+The body is the envelope Teams documents for incoming webhooks:
+{"type": "message", "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive",
+"content": {"type": "AdaptiveCard", "version": "1.4", ...}}]}.  The URL is the secret: it is never
+logged or shown whole (errors say "teams target #7").
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from core.context import Core
+from core.notices import OUTCOMES, Audience, Delivered, Notice, delivery, render
+
+NAME = "teams"
+
+
+def card(notice: Notice, *, link: str) -> dict[str, Any]:
+    s = render.summary(notice)
+    body: list[dict[str, Any]] = [
+        {
+            "type": "TextBlock",
+            "text": s.title,
+            "weight": "Bolder",
+            "size": "Medium",
+            "wrap": True,
+            "color": {"succeeded": "Good", "failed": "Attention"}.get(s.status, "Default"),
+        },
+        {"type": "FactSet", "facts": [{"title": k, "value": v} for k, v in s.facts]},
+    ]
+    if s.error:
+        body.append({"type": "TextBlock", "text": s.error, "wrap": True, "color": "Attention"})
+    if s.logs:
+        body.append(
+            {"type": "TextBlock", "text": "\n".join(s.logs[-10:]), "wrap": True, "fontType": "Monospace"}
+        )
+    content = {
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.4",
+        "body": body,
+        "actions": [{"type": "Action.OpenUrl", "title": "Open in shipit", "url": link}],
+    }
+    return {
+        "type": "message",
+        "attachments": [
+            {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": content}
+        ],
+    }
+
+
+class TeamsNotifier:
+    name = NAME
+
+    def __init__(self, *, ctx: Core) -> None:
+        self.ctx = ctx
+        self.client = delivery.client()
+        self.pacer = delivery.Pacer()
+
+    def wants(self, kind: str) -> bool:
+        return kind in OUTCOMES
+
+    def wants_event(self, audience: Audience) -> bool:
+        # A preview reports on its pull request; a chat or inbox hears about real environments.
+        return audience.target is not None and not audience.preview
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def deliver(self, notice: Notice) -> Delivered | None:
+        if notice.target is None:
+            return None
+        link = delivery.link(self.ctx, app=notice.app.name if notice.app else None)
+        body = json.dumps(card(notice, link=link)).encode()
+        await delivery.post(
+            self.client,
+            target=notice.target,
+            content=body,
+            headers={"Content-Type": "application/json", "User-Agent": "shipit-notify/1"},
+            pacer=self.pacer,
+        )
+        return None
