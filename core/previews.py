@@ -236,6 +236,7 @@ async def _deploy(
                 git_ref=f"refs/heads/{head_ref}",
                 preview=preview,
                 reason=f"preview of pull request #{number}",
+                env=await apps.env_name(session, app=app),
             )
     except UserError as e:
         preview.status = FAILED
