@@ -217,6 +217,7 @@ async def test_405_names_every_method_the_path_serves(api: httpx.AsyncClient, we
         "deployment_id": "1",
         "token_id": "1",
         "project": "acme",
+        "env": "production",
         "pr": "1",
         "host": "ghcr.io",
         "number": "1",
