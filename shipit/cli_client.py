@@ -946,8 +946,9 @@ def apps_create(
         a, d = created["app"], created["deployment"]
         if not as_json:
             typer.echo(
-                f"created app {a['name']} in project {a['project']}, environment {a.get('environment') or '-'} "
-                f"(cluster {a['cluster']}, namespace {a['namespace']})"
+                f"created app {a['name']} in project {a['project']}"
+                + (f", environment {a.get('environment')}" if environment else "")
+                + f" (cluster {a['cluster']}, namespace {a['namespace']})"
             )
             if d is None:
                 hint = "set an image with --image, then " if not a["image"] else ""
@@ -1846,7 +1847,10 @@ def envs_create(
             f"/projects/{_q(project)}/environments",
             body={k: v for k, v in body.items() if v is not None},
         )
-    show_json(e) if as_json else typer.echo(f"created environment {_env_line(e)}")
+    if as_json:
+        show_json(e)
+    else:
+        typer.echo(f"created environment {_env_line(e)}")
 
 
 @envs_app.command("update")
@@ -1863,7 +1867,10 @@ def envs_update(
         fail("nothing to change: give --cluster or --namespace")
     with api() as client:
         e = client.call("PATCH", f"/projects/{_q(project)}/environments/{_q(name)}", body=body)
-    show_json(e) if as_json else typer.echo(f"updated environment {_env_line(e)}")
+    if as_json:
+        show_json(e)
+    else:
+        typer.echo(f"updated environment {_env_line(e)}")
 
 
 @envs_app.command("delete")
