@@ -60,9 +60,18 @@ async def test_promote_moves_the_exact_digest_and_keeps_the_targets_own_settings
             env="staging",
             changes=apps.AppChanges(replicas=1, env={"MODE": "staging"}, release_command="echo migrate"),
         )
-        assert (stg.namespace, stg.image, stg.progress_deadline_seconds) == (stg_ns, "ghcr.io/acme/web:1.0", 20)
+        assert (stg.namespace, stg.image, stg.progress_deadline_seconds) == (
+            stg_ns,
+            "ghcr.io/acme/web:1.0",
+            20,
+        )
         await secrets.set_values(
-            session, ctx=world.rt.core, actor=ADMIN, app_name="web", env="production", values={"API_KEY": "prod"}
+            session,
+            ctx=world.rt.core,
+            actor=ADMIN,
+            app_name="web",
+            env="production",
+            values={"API_KEY": "prod"},
         )
         await secrets.set_values(
             session, ctx=world.rt.core, actor=ADMIN, app_name="web", env="staging", values={"API_KEY": "stg"}
@@ -125,7 +134,9 @@ async def test_promote_moves_the_exact_digest_and_keeps_the_targets_own_settings
     assert base64.b64decode(stg_secret["data"]["API_KEY"]) == b"stg"
 
 
-async def test_environment_rows_stay_in_one_project_and_one_place(world: World, kube_api: client.ApiClient) -> None:
+async def test_environment_rows_stay_in_one_project_and_one_place(
+    world: World, kube_api: client.ApiClient
+) -> None:
     await _staging(world, kube_api)
     async with world.rt.sessionmaker.begin() as session:
         await apps.create(
