@@ -22,7 +22,19 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import commands, views
-from core import apps, autoscaling, deliveries, deploys, dryrun, previews, projects, secrets, status
+from core import (
+    apps,
+    autoscaling,
+    deliveries,
+    deploys,
+    dryrun,
+    environment_admin,
+    previews,
+    projects,
+    promotion,
+    secrets,
+    status,
+)
 from core.context import Core
 from core.errors import ShipitError, UserError
 from core.identity import Actor
@@ -167,7 +179,7 @@ async def execute(
 @handles(commands.Deploy)
 async def _deploy(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Deploy) -> Outcome:
     result = await deploys.request(
-        session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image, trigger="slack"
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image, trigger="slack", env=cmd.env
     )
     return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
 
@@ -175,7 +187,9 @@ async def _deploy(session: AsyncSession, core: Core, caller: Caller, cmd: comman
 @handles(commands.Diff)
 async def _diff(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Diff) -> Outcome:
     # The role check and the rendering happen now; the cluster is asked after the ack.
-    plan = await dryrun.plan(session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image)
+    plan = await dryrun.plan(
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image, env=cmd.env
+    )
 
     async def compare() -> views.Message:
         return views.dry_run(await dryrun.run(ctx=core, plan=plan))
@@ -191,7 +205,7 @@ async def _diff(session: AsyncSession, core: Core, caller: Caller, cmd: commands
 @handles(commands.Rollback)
 async def _rollback(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Rollback) -> Outcome:
     result = await deploys.rollback(
-        session, ctx=core, actor=caller.actor, app_name=cmd.app, revision=cmd.revision
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, revision=cmd.revision, env=cmd.env
     )
     return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
 
@@ -219,12 +233,14 @@ async def _status(session: AsyncSession, core: Core, caller: Caller, cmd: comman
     if cmd.app is None:
         rows = await apps.list_visible(session, actor=caller.actor)
         found = [
-            await status.read(session, actor=caller.actor, app_name=a.name)
+            await status.read(
+                session, actor=caller.actor, app_name=a.name, env=await apps.env_name(session, app=a)
+            )
             for a in rows[:STATUS_OVERVIEW_LIMIT]
         ]
         return Outcome(message=views.status_overview(found, more=max(0, len(rows) - len(found))))
-    st = await status.read(session, actor=caller.actor, app_name=cmd.app)
-    target = await status.target(session, ctx=core, actor=caller.actor, app_name=cmd.app)
+    st = await status.read(session, actor=caller.actor, app_name=cmd.app, env=cmd.env)
+    target = await status.target(session, ctx=core, actor=caller.actor, app_name=cmd.app, env=cmd.env)
 
     async def live() -> views.Message:
         return views.app_status(await status.with_live(ctx=core, status=st, target=target))
@@ -239,15 +255,15 @@ async def _apps(session: AsyncSession, core: Core, caller: Caller, cmd: commands
 
 @handles(commands.Revisions)
 async def _revisions(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Revisions) -> Outcome:
-    rows = await deploys.revisions(session, actor=caller.actor, app_name=cmd.app)
-    app = await apps.get(session, actor=caller.actor, name=cmd.app)
+    rows = await deploys.revisions(session, actor=caller.actor, app_name=cmd.app, env=cmd.env)
+    app = await apps.get(session, actor=caller.actor, name=cmd.app, env=cmd.env)
     current = await deploys.current_revision(session, app=app)
     return Outcome(message=views.revision_list(app.name, rows, current=current.number if current else None))
 
 
 @handles(commands.Logs)
 async def _logs(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Logs) -> Outcome:
-    target = await status.target(session, ctx=core, actor=caller.actor, app_name=cmd.app)
+    target = await status.target(session, ctx=core, actor=caller.actor, app_name=cmd.app, env=cmd.env)
 
     async def fetch() -> views.Message:
         lines: list[str] = []
@@ -265,7 +281,7 @@ async def _secrets_set(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsSet
 ) -> Outcome:
     change = await deploys.set_secrets(
-        session, ctx=core, actor=caller.actor, app_name=cmd.app, values=cmd.values
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, values=cmd.values, env=cmd.env
     )
     return Outcome(message=await _secrets_changed(session, caller=caller, change=change, removed=False))
 
@@ -283,7 +299,7 @@ async def _secrets_changed(
 async def _secrets_list(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsList
 ) -> Outcome:
-    rows = await secrets.list_keys(session, actor=caller.actor, app_name=cmd.app)
+    rows = await secrets.list_keys(session, actor=caller.actor, app_name=cmd.app, env=cmd.env)
     return Outcome(message=views.secret_keys(cmd.app, [r.key for r in rows]))
 
 
@@ -292,7 +308,7 @@ async def _secrets_unset(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsUnset
 ) -> Outcome:
     change = await deploys.unset_secrets(
-        session, ctx=core, actor=caller.actor, app_name=cmd.app, keys=list(cmd.keys)
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, keys=list(cmd.keys), env=cmd.env
     )
     return Outcome(message=await _secrets_changed(session, caller=caller, change=change, removed=True))
 
@@ -309,6 +325,7 @@ async def _scale(session: AsyncSession, core: Core, caller: Caller, cmd: command
         max_replicas=cmd.max_replicas,
         cpu_target=cmd.cpu_target,
         autoscaling_off=cmd.autoscaling_off,
+        env=cmd.env,
     )
     return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
 
@@ -316,7 +333,7 @@ async def _scale(session: AsyncSession, core: Core, caller: Caller, cmd: command
 @handles(commands.Lock)
 async def _lock(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Lock) -> Outcome:
     app = await apps.set_flag(
-        session, actor=caller.actor, name=cmd.app, flag="lock", on=True, reason=cmd.reason
+        session, actor=caller.actor, name=cmd.app, flag="lock", on=True, reason=cmd.reason, env=cmd.env
     )
     return _ok(
         f":lock: *{app.name}* is locked: {views.esc(cmd.reason)}. `/shipit unlock {app.name}` to undo."
@@ -325,13 +342,13 @@ async def _lock(session: AsyncSession, core: Core, caller: Caller, cmd: commands
 
 @handles(commands.Unlock)
 async def _unlock(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Unlock) -> Outcome:
-    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="lock", on=False)
+    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="lock", on=False, env=cmd.env)
     return _ok(f":unlock: *{app.name}* is unlocked.")
 
 
 @handles(commands.Pause)
 async def _pause(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Pause) -> Outcome:
-    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=True)
+    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=True, env=cmd.env)
     return _ok(
         f":double_vertical_bar: Auto-deploy of *{app.name}* is paused; manual deploys still work. "
         f"`/shipit resume {app.name}` to deploy on push again."
@@ -340,7 +357,7 @@ async def _pause(session: AsyncSession, core: Core, caller: Caller, cmd: command
 
 @handles(commands.Resume)
 async def _resume(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Resume) -> Outcome:
-    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=False)
+    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=False, env=cmd.env)
     return _ok(f":arrow_forward: *{app.name}* deploys on push again.")
 
 
@@ -363,6 +380,30 @@ async def _access(session: AsyncSession, core: Core, caller: Caller, cmd: comman
     if cmd.role is None:
         return _ok(f"{person} no longer has a role in project *{views.esc(cmd.project)}*.")
     return _ok(f"{person} is now *{cmd.role}* in project *{views.esc(cmd.project)}*.")
+
+
+@handles(commands.Promote)
+async def _promote(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Promote) -> Outcome:
+    result = await promotion.promote(
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, source=cmd.source, target=cmd.target
+    )
+    return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
+
+
+@handles(commands.Envs)
+async def _envs(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Envs) -> Outcome:
+    project = cmd.project
+    if project is None:
+        mine = await projects.list_visible(session, actor=caller.actor)
+        if len(mine) != 1:
+            names = ", ".join(p.name for p in mine) or "none"
+            raise commands.UsageError(f"Say which project: {names}.", command="envs")
+        project = mine[0].name
+    return Outcome(
+        message=views.environments(
+            project, await environment_admin.list_views(session, actor=caller.actor, project=project)
+        )
+    )
 
 
 # A command the parser makes but nothing handles would only show as "internal error": refuse to start.

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core import dryrun, events, previews, status
+from core import dryrun, environment_admin, events, previews, status
 from storage import models
 
 Block = dict[str, Any]
@@ -466,6 +466,16 @@ def app_list(rows: Sequence[models.App]) -> Message:
             flags.append("auto-deploy paused")
         suffix = f" ({', '.join(flags)})" if flags else ""
         lines.append(f"• *{a.name}* `{esc(a.image or 'no image')}` in `{esc(a.namespace)}`{suffix}")
+    return long_message("\n".join(lines))
+
+
+def environments(project: str, rows: Sequence[environment_admin.EnvironmentView]) -> Message:
+    """A project's environments in promotion order, each with where it runs and its apps."""
+    lines = [f"*Environments of {esc(project)}* (in promotion order):"]
+    for e in rows:
+        where = f"`{esc(e.cluster or '-')}/{esc(e.namespace or '-')}`"
+        names = ", ".join(f"*{a}*" for a in e.apps) or "no apps"
+        lines.append(f"{e.position + 1}. *{esc(e.name)}* {where}: {names}")
     return long_message("\n".join(lines))
 
 

@@ -554,6 +554,12 @@ async def rollback(
     Without `revision`: the one `rollback_target` picks, before what runs now or before the deploy
     `from_deployment` (a deploy card's Roll back button: run again what ran before that deploy).
     """
+    if env is None and from_deployment is not None and validation.is_id(from_deployment):
+        # A card's Roll back button names a deploy: that deploy's environment is the one meant.
+        card = await session.get(models.Deployment, from_deployment)
+        row = await session.get(models.App, card.app_id) if card is not None else None
+        if row is not None and row.name == app_name:
+            env = await apps.env_name(session, app=row)
     app = await apps.get(session, actor=actor, name=app_name, env=env)
     env = await apps.env_name(session, app=app)
     await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="rolling back")
