@@ -473,9 +473,29 @@ async def _rollback_button(
     return Outcome(message=await _queued(session, caller=caller, result=result, app=app))
 
 
+async def _promote_button(
+    session: AsyncSession, core: Core, caller: Caller, deployment_id: int, app: str
+) -> Outcome:
+    # "Promote to <next>" on a success card: what runs in that deploy's environment goes to the next one.
+    source, target = await environment_admin.promotion_of_card(
+        session, deployment_id=deployment_id, app_name=app
+    )
+    result = await promotion.promote(
+        session,
+        ctx=core,
+        actor=caller.actor,
+        app_name=app,
+        source=source,
+        target=target,
+        dedupe_key=f"slack:promote-from:{deployment_id}",
+    )
+    return Outcome(message=await _queued(session, caller=caller, result=result, app=app))
+
+
 _ACTIONS: dict[str, Callable[[AsyncSession, Core, Caller, int, str], Awaitable[Outcome]]] = {
     views.ACTION_APPROVE: _approve,
     views.ACTION_REJECT: _reject,
     views.ACTION_CANCEL: _cancel,
     views.ACTION_ROLLBACK: _rollback_button,
+    views.ACTION_PROMOTE: _promote_button,
 }

@@ -21,7 +21,8 @@ ACTION_APPROVE = "shipit.approve"
 ACTION_REJECT = "shipit.reject"
 ACTION_CANCEL = "shipit.cancel"
 ACTION_ROLLBACK = "shipit.rollback"
-ACTIONS = (ACTION_APPROVE, ACTION_REJECT, ACTION_CANCEL, ACTION_ROLLBACK)
+ACTION_PROMOTE = "shipit.promote"
+ACTIONS = (ACTION_APPROVE, ACTION_REJECT, ACTION_CANCEL, ACTION_ROLLBACK, ACTION_PROMOTE)
 
 MAX_TEXT = 2900  # Slack's section text limit is 3000 characters
 THREAD_LOG_LINES = 30
@@ -173,6 +174,16 @@ def card(
         blocks.append(_section(detail))
 
     buttons = _buttons(d, app_name=app_name)
+    if d.status == "succeeded" and not rollback and app is not None and app.next_environment:
+        # Offered only toward the next environment of the project's order (the CLI and API take any).
+        buttons.append(
+            _button(
+                f"Promote to {app.next_environment}",
+                action_id=ACTION_PROMOTE,
+                value=button_value(deployment_id=d.id, app=app_name),
+                style="primary",
+            )
+        )
     if buttons:
         blocks.append({"type": "actions", "block_id": f"deploy-{d.id}", "elements": buttons})
 
@@ -512,6 +523,7 @@ __all__ = [
     "ACTIONS",
     "ACTION_APPROVE",
     "ACTION_CANCEL",
+    "ACTION_PROMOTE",
     "ACTION_REJECT",
     "ACTION_ROLLBACK",
     "Message",

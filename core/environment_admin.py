@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit, claims, environments, projects, validation
-from core.errors import Conflict, InvalidInput
+from core.errors import Conflict, InvalidInput, NotFound
 from core.identity import Actor, Role
 from storage import models
 
@@ -191,3 +191,18 @@ async def next_after(session: AsyncSession, *, app: models.App) -> models.Enviro
         select(models.App.id).where(models.App.name == app.name, models.App.environment_id == following.id)
     )
     return following if has_row is not None else None
+
+
+async def promotion_of_card(session: AsyncSession, *, deployment_id: int, app_name: str) -> tuple[str, str]:
+    """(from, to) for a deploy card's Promote button: the deploy's environment and the next one."""
+    deployment = (
+        await session.get(models.Deployment, deployment_id) if validation.is_id(deployment_id) else None
+    )
+    app = await session.get(models.App, deployment.app_id) if deployment is not None else None
+    if app is None or app.name != app_name:
+        raise NotFound(f"no deploy #{deployment_id} of {app_name}")
+    following = await next_after(session, app=app)
+    source = await environments.of_app(session, app=app)
+    if following is None:
+        raise Conflict(f"{app_name} runs in no environment after {source.name}: nothing to promote to")
+    return source.name, following.name

@@ -12,6 +12,7 @@ card updated late still shows the truth.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import jobs, observe
+from core import environment_admin, environments, jobs, observe
 from core.context import Core
 from storage import models
 
@@ -68,6 +69,9 @@ class AppView:
     git_repo: str | None
     github_environment: str | None
     domain: str | None = None  # the app's public host, for links such as GitHub's environment_url
+    environment: str | None = None  # the environment this app row runs in
+    # The next environment in the project's order where the app also runs: what a card offers to promote to.
+    next_environment: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -357,6 +361,15 @@ def app_view(app: models.App, *, cluster_name: str) -> AppView:
     )
 
 
+async def _with_environments(session: AsyncSession, *, app: models.App, view: AppView) -> AppView:
+    following = await environment_admin.next_after(session, app=app)
+    return dataclasses.replace(
+        view,
+        environment=(await environments.of_app(session, app=app)).name,
+        next_environment=following.name if following else None,
+    )
+
+
 def preview_view(preview: models.Preview) -> PreviewView:
     return PreviewView(
         id=preview.id,
@@ -393,7 +406,11 @@ async def build_notice(session: AsyncSession, *, event: models.Event) -> Notice:
         )
         if project
         else None,
-        app=app_view(app, cluster_name=cluster.name if cluster else "") if app else None,
+        app=await _with_environments(
+            session, app=app, view=app_view(app, cluster_name=cluster.name if cluster else "")
+        )
+        if app
+        else None,
         deployment=await deployment_view(session, deployment=deployment) if deployment else None,
         preview=preview_view(preview) if preview else None,
     )
