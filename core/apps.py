@@ -379,13 +379,14 @@ async def create(
     return app
 
 
-# What a row in a further environment copies from the app's existing row (not its place, state or secrets).
+# What a row in a further environment copies from the app's existing row (not its place, state or secrets;
+# nor previews_enabled: two rows making previews of one pull request would share `<app>-pr-<n>`).
 _COPIED = (
     "image", "replicas", "port", "env", "cpu_request", "cpu_limit", "memory_request", "memory_limit",
     "health_path", "health_port", "health_initial_delay", "health_period", "min_replicas", "max_replicas",
     "cpu_target", "domain", "ingress_class", "tls_issuer", "progress_deadline_seconds", "protected",
     "git_repo", "git_branch", "git_ref_type", "image_template", "deploy_on", "github_environment",
-    "previews_enabled", "preview_domain", "preview_ttl_hours", "preview_max_open", "preview_env",
+    "preview_domain", "preview_ttl_hours", "preview_max_open", "preview_env",
     "previews_from_forks", "auto_rollback", "release_command",
 )  # fmt: skip
 
