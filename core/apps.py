@@ -411,7 +411,9 @@ async def _copy_source(
             raise Conflict(f"an app named {name!r} already exists")
         raise Conflict(f"app name {name!r} is not available; choose another")
     if any(s.environment_id == env.id for s in siblings):
-        raise Conflict(f"an app named {name!r} already exists in {env.name}")
+        # Worded as before environments when the project has just one, so nothing changes for it.
+        envs = await environments.list_for(session, project_id=proj.id)
+        raise Conflict(f"an app named {name!r} already exists" + (f" in {env.name}" if len(envs) > 1 else ""))
     return siblings[0]
 
 
