@@ -184,7 +184,7 @@ def _check_consistent(app: models.App) -> None:
 
 async def not_found(session: AsyncSession, *, actor: Actor, name: str) -> NotFound:
     """The one answer for an app that is missing or in a project the caller holds no role in."""
-    names = [a.name for a in await list_visible(session, actor=actor)]
+    names = list(dict.fromkeys(a.name for a in await list_visible(session, actor=actor)))
     hint = f"; your apps: {', '.join(names)}" if names else "; you can see no apps yet"
     return NotFound(f"no app named {name!r}{hint}")
 
