@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import re
 import sys
 import time
 import urllib.parse
@@ -754,8 +755,9 @@ EnvironmentOpt = Annotated[
 
 def _split_env(items: Sequence[str] | None, environment: str | None) -> tuple[list[str], str | None]:
     """`--env staging` names the environment, `--env KEY=VALUE` sets a variable."""
-    pairs = [i for i in items or [] if "=" in i]
-    names = [i for i in items or [] if "=" not in i]
+    # Only a lowercase DNS label names an environment; anything else stays a (malformed) variable.
+    names = [i for i in items or [] if "=" not in i and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", i)]
+    pairs = [i for i in items or [] if i not in names]
     if environment is not None:
         names.append(environment)
     if len(set(names)) > 1:
