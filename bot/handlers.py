@@ -366,7 +366,7 @@ async def _preview_approve(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.PreviewApprove
 ) -> Outcome:
     approval = await previews.approve(
-        session, ctx=core, actor=caller.actor, app_name=cmd.app, number=cmd.number
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, number=cmd.number, env=cmd.env
     )
     return Outcome(message=views.preview_approved(app=cmd.app, approval=approval))
 

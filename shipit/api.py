@@ -643,11 +643,17 @@ async def list_previews(
 
 @router.post("/apps/{name}/previews/{number}/approve", status_code=202)
 async def approve_preview(
-    name: schemas.NamePath, number: schemas.PrNumberPath, rt: RtDep, actor: ActorDep
+    name: schemas.NamePath,
+    number: schemas.PrNumberPath,
+    rt: RtDep,
+    actor: ActorDep,
+    env: schemas.EnvQuery = None,
 ) -> schemas.PreviewOut:
     """Deploy the waiting preview of a pull request from a fork: its current head commit, no secrets."""
     async with tx(rt) as session:
-        approval = await previews.approve(session, ctx=rt.core, actor=actor, app_name=name, number=number)
+        approval = await previews.approve(
+            session, ctx=rt.core, actor=actor, app_name=name, number=number, env=env
+        )
         return schemas.PreviewOut.of(approval.preview, app=name, deployment=approval.decision.deployment_id)
 
 
