@@ -14,6 +14,7 @@ each one has a handler).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable, Mapping
@@ -36,6 +37,10 @@ ROLES = ("viewer", "developer", "admin", "owner", "none")
 @dataclass(frozen=True, kw_only=True)
 class Command:
     """What a parser makes; each subclass has one handler in bot.handlers."""
+
+    # The environment an app command addresses (`... to staging`, `... in staging`, `--env staging`);
+    # None: the app's only one.
+    env: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -271,7 +276,33 @@ def parse(text: str) -> Command:
     spec = BY_NAME.get(name)
     if spec is None:
         raise _unknown_command(name)
-    return spec.parse(rest)
+    rest, env = _environment(name, rest)
+    parsed = spec.parse(rest)
+    if env is None:
+        return parsed
+    if not hasattr(parsed, "app"):
+        raise UsageError(f"`{name}` does not take an environment.", command=name)
+    return dataclasses.replace(parsed, env=env)
+
+
+# `--env staging` anywhere after the command; a trailing `to staging` / `in staging` on the commands
+# whose last words are never free text (a lock reason may well end in "in production").
+_ENV_FLAG = re.compile(r"(?:^|\s)--env(?:=|\s+)([a-z0-9]([-a-z0-9]*[a-z0-9])?)(?=\s|$)", re.IGNORECASE)
+_ENV_TAIL = re.compile(r"\s+(?:to|in)\s+([a-z0-9]([-a-z0-9]*[a-z0-9])?)$", re.IGNORECASE)
+_TAIL_COMMANDS = ("deploy", "diff", "rollback", "status", "revisions", "logs", "scale", "secrets")
+
+
+def _environment(name: str, rest: str) -> tuple[str, str | None]:
+    if name in ("promote", "envs", "help", "access", "apps"):
+        return rest, None
+    m = _ENV_FLAG.search(rest)
+    if m is not None:
+        return (rest[: m.start()] + rest[m.end() :]).strip(), m.group(1).lower()
+    if name in _TAIL_COMMANDS:
+        m = _ENV_TAIL.search(rest)
+        if m is not None:
+            return rest[: m.start()].strip(), m.group(1).lower()
+    return rest, None
 
 
 def _unknown_command(name: str) -> UsageError:
@@ -752,6 +783,48 @@ def _parse_help(rest: str) -> Help:
     return Help(topic=topic)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Promote(Command):
+    app: str
+    source: str
+    target: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Envs(Command):
+    project: str | None = None
+
+
+@command(
+    "promote",
+    usage="promote <app> <from-env> [to] <to-env>",
+    summary="deploy to one environment exactly what runs in another (image digest and release command)",
+    examples=("promote web staging production",),
+)
+def _parse_promote(rest: str) -> Promote:
+    words = [w.lower() for w in _words(rest)]
+    app = _app(words, "promote")
+    envs = [w for w in words[1:] if w != "to"]
+    if len(envs) != 2:
+        raise UsageError(
+            "`promote` needs the app, the environment to take from and the one to deploy to.",
+            command="promote",
+        )
+    return Promote(app=app, source=envs[0], target=envs[1])
+
+
+@command(
+    "envs",
+    usage="envs [project]",
+    summary="a project's environments in promotion order, and the apps in each",
+    examples=("envs", "envs acme"),
+)
+def _parse_envs(rest: str) -> Envs:
+    words = _words(rest)
+    _no_more(words[1:], "envs")
+    return Envs(project=words[0].lower() if words else None)
+
+
 # Every command, in the order declared above (help lists them so).
 SPECS: tuple[Spec, ...] = tuple(BY_NAME.values())
 
@@ -779,6 +852,7 @@ __all__ = [
     "Command",
     "Deploy",
     "Diff",
+    "Envs",
     "Help",
     "Link",
     "Lock",
@@ -791,6 +865,7 @@ __all__ = [
     "NotifyTest",
     "Pause",
     "PreviewApprove",
+    "Promote",
     "Resume",
     "Revisions",
     "Rollback",

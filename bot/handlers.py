@@ -27,10 +27,12 @@ from core import (
     deliveries,
     deploys,
     dryrun,
+    environment_admin,
     errors,
     identities,
     previews,
     projects,
+    promotion,
     protection,
     secrets,
     status,
@@ -177,7 +179,7 @@ async def execute(
 @handles(commands.Deploy)
 async def _deploy(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Deploy) -> Outcome:
     result = await deploys.request(
-        session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image, trigger="slack"
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image, trigger="slack", env=cmd.env
     )
     return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
 
@@ -185,7 +187,9 @@ async def _deploy(session: AsyncSession, core: Core, caller: Caller, cmd: comman
 @handles(commands.Diff)
 async def _diff(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Diff) -> Outcome:
     # The role check and the rendering happen now; the cluster is asked after the ack.
-    plan = await dryrun.plan(session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image)
+    plan = await dryrun.plan(
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image, env=cmd.env
+    )
 
     async def compare() -> views.Message:
         return views.dry_run(await dryrun.run(ctx=core, plan=plan))
@@ -201,7 +205,7 @@ async def _diff(session: AsyncSession, core: Core, caller: Caller, cmd: commands
 @handles(commands.Rollback)
 async def _rollback(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Rollback) -> Outcome:
     result = await deploys.rollback(
-        session, ctx=core, actor=caller.actor, app_name=cmd.app, revision=cmd.revision
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, revision=cmd.revision, env=cmd.env
     )
     return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
 
@@ -229,12 +233,14 @@ async def _status(session: AsyncSession, core: Core, caller: Caller, cmd: comman
     if cmd.app is None:
         rows = await apps.list_visible(session, actor=caller.actor)
         found = [
-            await status.read(session, actor=caller.actor, app_name=a.name)
+            await status.read(
+                session, actor=caller.actor, app_name=a.name, env=await apps.env_name(session, app=a)
+            )
             for a in rows[:STATUS_OVERVIEW_LIMIT]
         ]
         return Outcome(message=views.status_overview(found, more=max(0, len(rows) - len(found))))
-    st = await status.read(session, actor=caller.actor, app_name=cmd.app)
-    target = await status.target(session, ctx=core, actor=caller.actor, app_name=cmd.app)
+    st = await status.read(session, actor=caller.actor, app_name=cmd.app, env=cmd.env)
+    target = await status.target(session, ctx=core, actor=caller.actor, app_name=cmd.app, env=cmd.env)
 
     async def live() -> views.Message:
         return views.app_status(await status.with_live(ctx=core, status=st, target=target))
@@ -249,15 +255,15 @@ async def _apps(session: AsyncSession, core: Core, caller: Caller, cmd: commands
 
 @handles(commands.Revisions)
 async def _revisions(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Revisions) -> Outcome:
-    rows = await deploys.revisions(session, actor=caller.actor, app_name=cmd.app)
-    app = await apps.get(session, actor=caller.actor, name=cmd.app)
+    rows = await deploys.revisions(session, actor=caller.actor, app_name=cmd.app, env=cmd.env)
+    app = await apps.get(session, actor=caller.actor, name=cmd.app, env=cmd.env)
     current = await deploys.current_revision(session, app=app)
     return Outcome(message=views.revision_list(app.name, rows, current=current.number if current else None))
 
 
 @handles(commands.Logs)
 async def _logs(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Logs) -> Outcome:
-    target = await status.target(session, ctx=core, actor=caller.actor, app_name=cmd.app)
+    target = await status.target(session, ctx=core, actor=caller.actor, app_name=cmd.app, env=cmd.env)
 
     async def fetch() -> views.Message:
         lines: list[str] = []
@@ -275,7 +281,7 @@ async def _secrets_set(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsSet
 ) -> Outcome:
     change = await deploys.set_secrets(
-        session, ctx=core, actor=caller.actor, app_name=cmd.app, values=cmd.values
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, values=cmd.values, env=cmd.env
     )
     return Outcome(message=await _secrets_changed(session, caller=caller, change=change, removed=False))
 
@@ -293,7 +299,7 @@ async def _secrets_changed(
 async def _secrets_list(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsList
 ) -> Outcome:
-    rows = await secrets.list_keys(session, actor=caller.actor, app_name=cmd.app)
+    rows = await secrets.list_keys(session, actor=caller.actor, app_name=cmd.app, env=cmd.env)
     return Outcome(message=views.secret_keys(cmd.app, [r.key for r in rows]))
 
 
@@ -302,7 +308,7 @@ async def _secrets_unset(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.SecretsUnset
 ) -> Outcome:
     change = await deploys.unset_secrets(
-        session, ctx=core, actor=caller.actor, app_name=cmd.app, keys=list(cmd.keys)
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, keys=list(cmd.keys), env=cmd.env
     )
     return Outcome(message=await _secrets_changed(session, caller=caller, change=change, removed=True))
 
@@ -358,6 +364,7 @@ async def _scale(session: AsyncSession, core: Core, caller: Caller, cmd: command
         max_replicas=cmd.max_replicas,
         cpu_target=cmd.cpu_target,
         autoscaling_off=cmd.autoscaling_off,
+        env=cmd.env,
     )
     return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
 
@@ -365,7 +372,7 @@ async def _scale(session: AsyncSession, core: Core, caller: Caller, cmd: command
 @handles(commands.Lock)
 async def _lock(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Lock) -> Outcome:
     app = await apps.set_flag(
-        session, actor=caller.actor, name=cmd.app, flag="lock", on=True, reason=cmd.reason
+        session, actor=caller.actor, name=cmd.app, flag="lock", on=True, reason=cmd.reason, env=cmd.env
     )
     return _ok(
         f":lock: *{app.name}* is locked: {views.esc(cmd.reason)}. `/shipit unlock {app.name}` to undo."
@@ -374,7 +381,7 @@ async def _lock(session: AsyncSession, core: Core, caller: Caller, cmd: commands
 
 @handles(commands.Unlock)
 async def _unlock(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Unlock) -> Outcome:
-    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="lock", on=False)
+    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="lock", on=False, env=cmd.env)
     return _ok(f":unlock: *{app.name}* is unlocked.")
 
 
@@ -415,7 +422,7 @@ async def _unlock_project(
 
 @handles(commands.Pause)
 async def _pause(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Pause) -> Outcome:
-    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=True)
+    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=True, env=cmd.env)
     return _ok(
         f":double_vertical_bar: Auto-deploy of *{app.name}* is paused; manual deploys still work. "
         f"`/shipit resume {app.name}` to deploy on push again."
@@ -424,7 +431,7 @@ async def _pause(session: AsyncSession, core: Core, caller: Caller, cmd: command
 
 @handles(commands.Resume)
 async def _resume(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Resume) -> Outcome:
-    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=False)
+    app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=False, env=cmd.env)
     return _ok(f":arrow_forward: *{app.name}* deploys on push again.")
 
 
@@ -433,7 +440,7 @@ async def _preview_approve(
     session: AsyncSession, core: Core, caller: Caller, cmd: commands.PreviewApprove
 ) -> Outcome:
     approval = await previews.approve(
-        session, ctx=core, actor=caller.actor, app_name=cmd.app, number=cmd.number
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, number=cmd.number, env=cmd.env
     )
     return Outcome(message=views.preview_approved(app=cmd.app, approval=approval))
 
@@ -461,6 +468,30 @@ async def _link(session: AsyncSession, core: Core, caller: Caller, cmd: commands
 async def _whoami(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Whoami) -> Outcome:
     subjects = await identities.subjects_of(session, subject=caller.actor.subject)
     return _ok(views.whoami(subject=caller.actor.subject, subjects=subjects))
+
+
+@handles(commands.Promote)
+async def _promote(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Promote) -> Outcome:
+    result = await promotion.promote(
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, source=cmd.source, target=cmd.target
+    )
+    return Outcome(message=await _queued(session, caller=caller, result=result, app=cmd.app))
+
+
+@handles(commands.Envs)
+async def _envs(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Envs) -> Outcome:
+    project = cmd.project
+    if project is None:
+        mine = await projects.list_visible(session, actor=caller.actor)
+        if len(mine) != 1:
+            names = ", ".join(p.name for p in mine) or "none"
+            raise commands.UsageError(f"Say which project: {names}.", command="envs")
+        project = mine[0].name
+    return Outcome(
+        message=views.environments(
+            project, await environment_admin.list_views(session, actor=caller.actor, project=project)
+        )
+    )
 
 
 # A command the parser makes but nothing handles would only show as "internal error": refuse to start.
@@ -539,9 +570,29 @@ async def _rollback_button(
     return Outcome(message=await _queued(session, caller=caller, result=result, app=app))
 
 
+async def _promote_button(
+    session: AsyncSession, core: Core, caller: Caller, deployment_id: int, app: str
+) -> Outcome:
+    # "Promote to <next>" on a success card: what runs in that deploy's environment goes to the next one.
+    source, target = await environment_admin.promotion_of_card(
+        session, deployment_id=deployment_id, app_name=app
+    )
+    result = await promotion.promote(
+        session,
+        ctx=core,
+        actor=caller.actor,
+        app_name=app,
+        source=source,
+        target=target,
+        dedupe_key=f"slack:promote-from:{deployment_id}",
+    )
+    return Outcome(message=await _queued(session, caller=caller, result=result, app=app))
+
+
 _ACTIONS: dict[str, Callable[[AsyncSession, Core, Caller, int, str], Awaitable[Outcome]]] = {
     views.ACTION_APPROVE: _approve,
     views.ACTION_REJECT: _reject,
     views.ACTION_CANCEL: _cancel,
     views.ACTION_ROLLBACK: _rollback_button,
+    views.ACTION_PROMOTE: _promote_button,
 }

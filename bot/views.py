@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core import dryrun, events, previews, status
+from core import dryrun, environment_admin, events, previews, status
 from storage import models
 
 Block = dict[str, Any]
@@ -21,7 +21,8 @@ ACTION_APPROVE = "shipit.approve"
 ACTION_REJECT = "shipit.reject"
 ACTION_CANCEL = "shipit.cancel"
 ACTION_ROLLBACK = "shipit.rollback"
-ACTIONS = (ACTION_APPROVE, ACTION_REJECT, ACTION_CANCEL, ACTION_ROLLBACK)
+ACTION_PROMOTE = "shipit.promote"
+ACTIONS = (ACTION_APPROVE, ACTION_REJECT, ACTION_CANCEL, ACTION_ROLLBACK, ACTION_PROMOTE)
 
 MAX_TEXT = 2900  # Slack's section text limit is 3000 characters
 THREAD_LOG_LINES = 30
@@ -173,6 +174,16 @@ def card(
         blocks.append(_section(detail))
 
     buttons = _buttons(d, app_name=app_name)
+    if d.status == "succeeded" and not rollback and app is not None and app.next_environment:
+        # Offered only toward the next environment of the project's order (the CLI and API take any).
+        buttons.append(
+            _button(
+                f"Promote to {app.next_environment}",
+                action_id=ACTION_PROMOTE,
+                value=button_value(deployment_id=d.id, app=app_name),
+                style="primary",
+            )
+        )
     if buttons:
         blocks.append({"type": "actions", "block_id": f"deploy-{d.id}", "elements": buttons})
 
@@ -469,6 +480,16 @@ def app_list(rows: Sequence[models.App]) -> Message:
     return long_message("\n".join(lines))
 
 
+def environments(project: str, rows: Sequence[environment_admin.EnvironmentView]) -> Message:
+    """A project's environments in promotion order, each with where it runs and its apps."""
+    lines = [f"*Environments of {esc(project)}* (in promotion order):"]
+    for e in rows:
+        where = f"`{esc(e.cluster or '-')}/{esc(e.namespace or '-')}`"
+        names = ", ".join(f"*{a}*" for a in e.apps) or "no apps"
+        lines.append(f"{e.position + 1}. *{esc(e.name)}* {where}: {names}")
+    return long_message("\n".join(lines))
+
+
 def revision_list(app: str, rows: Sequence[models.Revision], *, current: int | None) -> Message:
     if not rows:
         return reply(f"*{app}* has no revisions yet.")
@@ -528,6 +549,7 @@ __all__ = [
     "ACTIONS",
     "ACTION_APPROVE",
     "ACTION_CANCEL",
+    "ACTION_PROMOTE",
     "ACTION_REJECT",
     "ACTION_ROLLBACK",
     "Message",

@@ -184,18 +184,63 @@ def _check_consistent(app: models.App) -> None:
 
 async def not_found(session: AsyncSession, *, actor: Actor, name: str) -> NotFound:
     """The one answer for an app that is missing or in a project the caller holds no role in."""
-    names = [a.name for a in await list_visible(session, actor=actor)]
+    names = list(dict.fromkeys(a.name for a in await list_visible(session, actor=actor)))
     hint = f"; your apps: {', '.join(names)}" if names else "; you can see no apps yet"
     return NotFound(f"no app named {name!r}{hint}")
 
 
-async def get(session: AsyncSession, *, actor: Actor, name: str) -> models.App:
-    """Find an app by name; an unknown name lists the apps the caller can see."""
-    app = await session.scalar(select(models.App).where(models.App.name == name))
+async def get(session: AsyncSession, *, actor: Actor, name: str, env: str | None = None) -> models.App:
+    """Find an app's row by name and environment; an unknown name lists the apps the caller can see.
+
+    Without `env`, an app in exactly one environment is that row (single-environment use needs no
+    flag); an app in several is refused, naming them, rather than guessed.
+    """
+    rows = list(
+        await session.scalars(select(models.App).where(models.App.name == name).order_by(models.App.id))
+    )
     visible = await identity.visible_project_ids(session, actor=actor)
-    if app is None or (visible is not None and app.project_id not in visible):
+    if not rows or (visible is not None and rows[0].project_id not in visible):
         raise await not_found(session, actor=actor, name=name)
-    return app
+    named = await _environment_names(session, rows=rows)
+    if env is not None:
+        for row in rows:
+            if named[row.id] == env:
+                return row
+        raise NotFound(
+            f"{name} does not run in an environment named {env!r}; it runs in: {', '.join(named.values())}"
+        )
+    if len(rows) == 1:
+        return rows[0]
+    raise InvalidInput(
+        f"{name} runs in several environments ({', '.join(named.values())}): say which, with env", field="env"
+    )
+
+
+async def _environment_names(session: AsyncSession, *, rows: list[models.App]) -> dict[int, str]:
+    """App row id -> its environment's name, in the project's environment order."""
+    envs = {e.id: e for e in await environments.list_for(session, project_id=rows[0].project_id)}
+    ordered = sorted(
+        rows,
+        key=lambda r: (
+            (envs[r.environment_id].position, r.environment_id) if r.environment_id in envs else (0, 0)
+        ),
+    )
+    return {
+        r.id: envs[r.environment_id].name if r.environment_id in envs else environments.DEFAULT
+        for r in ordered
+    }
+
+
+async def env_name(session: AsyncSession, *, app: models.App) -> str:
+    """The name of the environment an app row runs in: what selects this very row in `get`."""
+    return (await environments.of_app(session, app=app)).name
+
+
+async def rows_of(session: AsyncSession, *, name: str) -> list[models.App]:
+    """Every environment's row of an app (no permission check: callers hold one row already)."""
+    return list(
+        await session.scalars(select(models.App).where(models.App.name == name).order_by(models.App.id))
+    )
 
 
 async def project_of(session: AsyncSession, *, app: models.App) -> models.Project:
@@ -243,7 +288,13 @@ async def create(
     name: str,
     namespace: str | None = None,
     changes: AppChanges,
+    env: str | None = None,
 ) -> models.App:
+    """A new app, or (with `env`) the app's row in another environment of its project.
+
+    A row in a further environment copies the existing row's definition, then takes `changes` as
+    that environment's overrides; secrets are never copied (each environment holds its own).
+    """
     name = validation.dns_label(name, field="name")
     proj = await session.scalar(select(models.Project).where(models.Project.name == project))
     no_project = InvalidInput(f"no project named {project!r}", field="project")
@@ -252,6 +303,23 @@ async def create(
     await identity.require(
         session, actor=actor, project=proj, role=Role.ADMIN, action="creating an app", missing=no_project
     )
+    target_env = (
+        await environments.get(session, project_id=proj.id, name=env)
+        if env is not None
+        else await environments.default_for(session, project_id=proj.id)
+    )
+    siblings = list(await session.scalars(select(models.App).where(models.App.name == name)))
+    template = await _copy_source(
+        session, actor=actor, proj=proj, name=name, siblings=siblings, env=target_env
+    )
+    if not cluster:
+        cluster_id = target_env.cluster_id or (template.cluster_id if template else None)
+        default_cluster = await session.get(models.Cluster, cluster_id) if cluster_id else None
+        if default_cluster is None:
+            raise InvalidInput("give a cluster (the environment has none)", field="cluster")
+        cluster = default_cluster.name
+    if namespace is None:
+        namespace = target_env.namespace or (template.namespace if template else None)
     clu = await session.scalar(select(models.Cluster).where(models.Cluster.name == cluster))
     if actor.is_admin:
         if clu is None:
@@ -259,14 +327,10 @@ async def create(
     elif clu is None or await claims.grant_of(session, cluster_id=clu.id, project_id=proj.id) is None:
         # A cluster the project may not use looks the same whether or not it exists.
         raise claims.not_granted(cluster=cluster, project=proj.name)
-    existing = await session.scalar(select(models.App).where(models.App.name == name))
-    if existing is not None:
-        # App names are global, so the insert must fail either way; only someone who can see the app
-        # hears that it exists, anyone else that the name is not available (without saying why).
-        if await identity.role_of(session, actor=actor, project_id=existing.project_id) is not None:
-            raise Conflict(f"an app named {name!r} already exists")
-        raise Conflict(f"app name {name!r} is not available; choose another")
     ns = validation.dns_label(namespace or clu.default_namespace, field="namespace")
+    if any(s.cluster_id == clu.id and s.namespace == ns for s in siblings):
+        # Same objects (Deployment `name`) in the same place: the environments would overwrite each other.
+        raise Conflict(f"{name} already runs in {cluster}/{ns}; give this environment its own namespace")
     if actor.is_admin:
         # A global admin vouches for the namespace and, with it, the project's use of the cluster.
         await claims.claim(
@@ -275,16 +339,18 @@ async def create(
         await claims.ensure_grant(session, cluster_id=clu.id, project_id=proj.id, actor=actor)
     else:
         await claims.claim_created(session, cluster_id=clu.id, namespace=ns, project_id=proj.id, actor=actor)
-    env = await environments.default_for(session, project_id=proj.id)
     app = models.App(
         name=name,
         project_id=proj.id,
-        environment_id=env.id,
+        environment_id=target_env.id,
         cluster_id=clu.id,
         namespace=ns,
         env={},
         preview_env={},
     )
+    if template is not None:
+        for key in _COPIED:
+            setattr(app, key, getattr(template, key))
     values = _validated(changes.items())
     for key, value in values.items():
         setattr(app, key, value)
@@ -302,10 +368,53 @@ async def create(
         action="app.create",
         target=f"app/{name}",
         project_id=proj.id,
-        details={"cluster": cluster, "namespace": app.namespace, **_audit_safe(values)},
+        details={
+            "cluster": cluster,
+            "namespace": app.namespace,
+            "environment": target_env.name,
+            **_audit_safe(values),
+        },
     )
     await _audit_fork_policy(session, actor=actor, app=app, before=FORKS_NEVER)
     return app
+
+
+# What a row in a further environment copies from the app's existing row (not its place, state or secrets;
+# nor previews_enabled: two rows making previews of one pull request would share `<app>-pr-<n>`).
+_COPIED = (
+    "image", "replicas", "port", "env", "cpu_request", "cpu_limit", "memory_request", "memory_limit",
+    "health_path", "health_port", "health_initial_delay", "health_period", "min_replicas", "max_replicas",
+    "cpu_target", "domain", "ingress_class", "tls_issuer", "progress_deadline_seconds", "protected",
+    "git_repo", "git_branch", "git_ref_type", "image_template", "deploy_on", "github_environment",
+    "preview_domain", "preview_ttl_hours", "preview_max_open", "preview_env",
+    "previews_from_forks", "auto_rollback", "release_command",
+)  # fmt: skip
+
+
+async def _copy_source(
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    proj: models.Project,
+    name: str,
+    siblings: list[models.App],
+    env: models.Environment,
+) -> models.App | None:
+    """The row a new environment's row copies, or None for a new app; refuses what cannot be."""
+    if not siblings:
+        return None
+    owner = siblings[0].project_id
+    if owner != proj.id:
+        # All rows of a name belong to one project, so /apps/{name} stays unambiguous; only someone
+        # who can see the app hears that it exists, anyone else that the name is not available.
+        if await identity.role_of(session, actor=actor, project_id=owner) is not None:
+            raise Conflict(f"an app named {name!r} already exists")
+        raise Conflict(f"app name {name!r} is not available; choose another")
+    if any(s.environment_id == env.id for s in siblings):
+        # Worded as before environments when the project has just one, so nothing changes for it.
+        envs = await environments.list_for(session, project_id=proj.id)
+        raise Conflict(f"an app named {name!r} already exists" + (f" in {env.name}" if len(envs) > 1 else ""))
+    return siblings[0]
 
 
 async def _allow_fork_policy(
@@ -347,9 +456,9 @@ def _audit_safe(values: dict[str, Any]) -> dict[str, Any]:
 
 
 async def update(
-    session: AsyncSession, *, ctx: Core, actor: Actor, name: str, changes: AppChanges
+    session: AsyncSession, *, ctx: Core, actor: Actor, name: str, changes: AppChanges, env: str | None = None
 ) -> models.App:
-    app = await get(session, actor=actor, name=name)
+    app = await get(session, actor=actor, name=name, env=env)
     fields_set = set(changes.items())
     scaling_only = fields_set <= {"replicas", "min_replicas", "max_replicas", "cpu_target"}
     await authorize(
@@ -412,10 +521,17 @@ async def _announce_protection(session: AsyncSession, *, ctx: Core, actor: Actor
 
 
 async def set_flag(
-    session: AsyncSession, *, actor: Actor, name: str, flag: str, on: bool, reason: str | None = None
+    session: AsyncSession,
+    *,
+    actor: Actor,
+    name: str,
+    flag: str,
+    on: bool,
+    reason: str | None = None,
+    env: str | None = None,
 ) -> models.App:
     """lock/unlock (no deploys at all) and pause/resume (no automatic deploys)."""
-    app = await get(session, actor=actor, name=name)
+    app = await get(session, actor=actor, name=name, env=env)
     await authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action=f"{flag}ing {name}")
     if reason is not None:
         reason = validation.text(
@@ -446,9 +562,9 @@ async def set_flag(
     return app
 
 
-async def delete(session: AsyncSession, *, actor: Actor, name: str) -> models.App:
-    """Forget the app; the caller then removes its objects from the cluster (labelled managed-by shipit)."""
-    app = await get(session, actor=actor, name=name)
+async def delete(session: AsyncSession, *, actor: Actor, name: str, env: str | None = None) -> models.App:
+    """Forget the app (its row in one environment); the caller then removes its objects from the cluster."""
+    app = await get(session, actor=actor, name=name, env=env)
     await authorize(session, actor=actor, app=app, role=Role.ADMIN, action="deleting an app")
     active = await session.scalar(
         select(models.Deployment.id).where(

@@ -26,8 +26,10 @@ async def scale(
     cpu_target: int | None = None,
     autoscaling_off: bool = False,
     trigger: str = "scale",
+    env: str | None = None,
 ) -> deploys.Requested:
-    app = await apps.get(session, actor=actor, name=app_name)
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
+    env = await apps.env_name(session, app=app)
     await apps.authorize(session, actor=actor, app=app, role=Role.ADMIN, action="scaling")
     changes = apps.AppChanges()
     if replicas is not None:
@@ -49,5 +51,5 @@ async def scale(
         changes.min_replicas, changes.max_replicas, changes.cpu_target = lo, hi, cpu
     else:
         raise InvalidInput("say replicas=N, or min=N max=N [cpu=N], or auto off", field="replicas")
-    await apps.update(session, ctx=ctx, actor=actor, name=app.name, changes=changes)
-    return await deploys.request(session, ctx=ctx, actor=actor, app_name=app.name, trigger=trigger)
+    await apps.update(session, ctx=ctx, actor=actor, name=app.name, changes=changes, env=env)
+    return await deploys.request(session, ctx=ctx, actor=actor, app_name=app.name, trigger=trigger, env=env)

@@ -68,8 +68,9 @@ TRIGGERS = (
     "rollback",
     "scale",
     "config",
-    AUTO_ROLLBACK,
+    "promote",
     "registry",
+    AUTO_ROLLBACK,
 )
 ROLLBACK_TRIGGERS = ("rollback", AUTO_ROLLBACK)
 DEPLOY_JOB = "deploy"
@@ -190,6 +191,7 @@ async def request(
     rerun: models.Revision | None = None,
     notify_refs: dict[str, Any] | None = None,
     override_window: bool = False,
+    env: str | None = None,
 ) -> Requested:
     """Queue a deploy of `app_name`, optionally with a new image (or just a tag: `1.5`).
 
@@ -199,7 +201,7 @@ async def request(
     """
     # The role check comes before anything else, the dedupe key included: an earlier answer is only
     # ever returned to someone allowed to deploy this very app.
-    app = await apps.get(session, actor=actor, name=app_name)
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
     # Held for the whole request: the session's identity map is weak, and the events emitted below
     # would read the project again once `authorize` let go of it (issue 13: statements per request).
     project = await apps.project_of(session, app=app)
@@ -465,12 +467,21 @@ async def last_attempt(session: AsyncSession, *, app: models.App) -> models.Depl
     )
 
 
-async def roll_config(session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str) -> Requested | None:
+async def roll_config(
+    session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, env: str | None = None
+) -> Requested | None:
     """After a secret or config change, deploy it, but only for an app that is already running."""
-    app = await apps.get(session, actor=actor, name=app_name)
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
     if app.current_revision_id is None and await current_deployment(session, app=app) is None:
         return None
-    return await request(session, ctx=ctx, actor=actor, app_name=app.name, trigger="config")
+    return await request(
+        session,
+        ctx=ctx,
+        actor=actor,
+        app_name=app.name,
+        trigger="config",
+        env=await apps.env_name(session, app=app),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -490,10 +501,13 @@ async def set_secrets(
     app_name: str,
     values: dict[str, str],
     redeploy: bool = True,
+    env: str | None = None,
 ) -> SecretChange:
     """Set secrets and, for a running app, redeploy so the pods get them: the rule of every channel."""
-    app = await secrets.set_values(session, ctx=ctx, actor=actor, app_name=app_name, values=values)
-    rolled = await roll_config(session, ctx=ctx, actor=actor, app_name=app.name) if redeploy else None
+    app = await secrets.set_values(session, ctx=ctx, actor=actor, app_name=app_name, values=values, env=env)
+    rolled = (
+        await roll_config(session, ctx=ctx, actor=actor, app_name=app.name, env=env) if redeploy else None
+    )
     return SecretChange(app=app, keys=sorted(values), redeploy=rolled)
 
 
@@ -505,11 +519,14 @@ async def unset_secrets(
     app_name: str,
     keys: list[str],
     redeploy: bool = True,
+    env: str | None = None,
 ) -> SecretChange:
     """Remove secrets and, for a running app, redeploy so the pods lose them (as `set_secrets`)."""
-    removed = await secrets.unset(session, ctx=ctx, actor=actor, app_name=app_name, keys=keys)
-    app = await apps.get(session, actor=actor, name=app_name)
-    rolled = await roll_config(session, ctx=ctx, actor=actor, app_name=app.name) if redeploy else None
+    removed = await secrets.unset(session, ctx=ctx, actor=actor, app_name=app_name, keys=keys, env=env)
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
+    rolled = (
+        await roll_config(session, ctx=ctx, actor=actor, app_name=app.name, env=env) if redeploy else None
+    )
     return SecretChange(app=app, keys=removed, redeploy=rolled)
 
 
@@ -557,13 +574,21 @@ async def rollback(
     trigger: str = "rollback",
     dedupe_key: str | None = None,
     notify_refs: dict[str, Any] | None = None,
+    env: str | None = None,
 ) -> Requested:
     """Deploy a copy of an older revision and pause auto-deploy.
 
     Without `revision`: the one `rollback_target` picks, before what runs now or before the deploy
     `from_deployment` (a deploy card's Roll back button: run again what ran before that deploy).
     """
-    app = await apps.get(session, actor=actor, name=app_name)
+    if env is None and from_deployment is not None and validation.is_id(from_deployment):
+        # A card's Roll back button names a deploy: that deploy's environment is the one meant.
+        card = await session.get(models.Deployment, from_deployment)
+        row = await session.get(models.App, card.app_id) if card is not None else None
+        if row is not None and row.name == app_name:
+            env = await apps.env_name(session, app=row)
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
+    env = await apps.env_name(session, app=app)
     await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="rolling back")
     if revision is None:
         before = None
@@ -578,7 +603,7 @@ async def rollback(
         select(models.Revision).where(models.Revision.app_id == app.id, models.Revision.number == revision)
     )
     if target is None:
-        kept = await revisions(session, actor=actor, app_name=app.name)
+        kept = await revisions(session, actor=actor, app_name=app.name, env=env)
         numbers = ", ".join(str(r.number) for r in kept) or "none"
         raise NotFound(f"{app.name} has no revision {revision} (kept: {numbers})")
     # The whole snapshot, secrets version included; the app's settings follow once it rolls out.
@@ -594,6 +619,7 @@ async def rollback(
         dedupe_key=dedupe_key,
         reason=f"roll back to revision {target.number}",
         notify_refs=notify_refs,
+        env=env,
     )
     if result.created and not app.auto_deploy_paused:
         app.auto_deploy_paused = True
@@ -612,8 +638,10 @@ async def rollback(
     return result
 
 
-async def revisions(session: AsyncSession, *, actor: Actor, app_name: str) -> list[models.Revision]:
-    app = await apps.get(session, actor=actor, name=app_name)
+async def revisions(
+    session: AsyncSession, *, actor: Actor, app_name: str, env: str | None = None
+) -> list[models.Revision]:
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
     await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="listing revisions")
     return list(
         await session.scalars(
@@ -652,9 +680,9 @@ async def get(session: AsyncSession, *, actor: Actor, deployment_id: int) -> mod
 
 
 async def history(
-    session: AsyncSession, *, actor: Actor, app_name: str, limit: int = 20
+    session: AsyncSession, *, actor: Actor, app_name: str, limit: int = 20, env: str | None = None
 ) -> list[models.Deployment]:
-    app = await apps.get(session, actor=actor, name=app_name)
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
     await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="reading deploys")
     return list(
         await session.scalars(
@@ -1147,6 +1175,7 @@ async def _auto_rollback(
         rollback_of=current.number,
         dedupe_key=f"auto-rollback:{failed.id}",
         reason=f"deploy #{failed.id} failed: roll back to revision {current.number}",
+        env=await apps.env_name(session, app=app),
     )
     failed.rolled_back_by_id = result.deployment.id
     logctx.deploy_logger(log, deployment=failed.id, app=app.name, namespace=failed.namespace).info(

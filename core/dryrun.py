@@ -58,9 +58,15 @@ class DryRun:
 
 
 async def plan(
-    session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, image: str | None = None
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    actor: Actor,
+    app_name: str,
+    image: str | None = None,
+    env: str | None = None,
 ) -> Plan:
-    app = await apps.get(session, actor=actor, name=app_name)
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
     await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="deploying")
     await claims.check_owned(
         session, cluster_id=app.cluster_id, namespace=app.namespace, project_id=app.project_id

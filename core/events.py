@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import environments, jobs, observe, protection
+from core import environment_admin, environments, jobs, observe, protection
 from core.context import Core
 from core.errors import PermanentError, TransientError
 from core.notices import (
@@ -265,6 +265,15 @@ def app_view(app: models.App, *, cluster_name: str) -> AppView:
     )
 
 
+async def _with_environments(session: AsyncSession, *, app: models.App, view: AppView) -> AppView:
+    following = await environment_admin.next_after(session, app=app)
+    return dataclasses.replace(
+        view,
+        environment=(await environments.of_app(session, app=app)).name,
+        next_environment=following.name if following else None,
+    )
+
+
 def preview_view(preview: models.Preview) -> PreviewView:
     return PreviewView(
         id=preview.id,
@@ -296,7 +305,11 @@ async def build_notice(
         created_at=event.created_at,
         payload=dict(event.payload or {}),
         project=project_view(project) if project else None,
-        app=app_view(app, cluster_name=cluster.name if cluster else "") if app else None,
+        app=await _with_environments(
+            session, app=app, view=app_view(app, cluster_name=cluster.name if cluster else "")
+        )
+        if app
+        else None,
         deployment=await deployment_view(session, deployment=deployment) if deployment else None,
         preview=preview_view(preview) if preview else None,
         target=target,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import deploys, logctx
+from core import apps, deploys, logctx
 from core.context import Core
 from core.errors import UserError
 from core.identity import Actor
@@ -169,6 +169,7 @@ async def _deploy(
                 git_sha=sha,
                 git_ref=ref,
                 reason=why,
+                env=await apps.env_name(session, app=app),
             )
     except UserError as e:
         return Decision(app=app.name, action=SKIP, reason=str(e), image=image)

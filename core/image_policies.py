@@ -33,9 +33,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, deploys, environments, events, images, jobs, registries, semver
+from core import apps, audit, deploys, environments, events, images, jobs, promotion, registries, semver
 from core.context import Core
-from core.errors import InvalidInput, NotFound, TransientError, UserError
+from core.errors import InvalidInput, TransientError, UserError
 from core.gitops import DEPLOY, SKIP, WAIT, Decision, Outcome
 from core.identity import Actor, Role
 from core.worker import Handler
@@ -178,22 +178,8 @@ async def _view(session: AsyncSession, *, app: models.App, policy: models.ImageP
 async def app_row(
     session: AsyncSession, *, actor: Actor, name: str, environment: str | None = None
 ) -> models.App:
-    """The app's row in `environment`, or its only row; NotFound as apps.get words it."""
-    app = await apps.get(session, actor=actor, name=name)
-    rows = list(
-        await session.scalars(
-            select(models.App).where(models.App.name == name, models.App.project_id == app.project_id)
-        )
-    )
-    if environment is None:
-        if len(rows) > 1:
-            raise InvalidInput(f"{name} runs in several environments: say which", field="environment")
-        return app
-    for row in rows:
-        if (await environments.of_app(session, app=row)).name == environment:
-            return row
-    await environments.get(session, project_id=app.project_id, name=environment)  # unknown: lists them
-    raise NotFound(f"{name} has no row in environment {environment}")
+    """The app's row in `environment`, or its only row (core.apps.get words the errors)."""
+    return await apps.get(session, actor=actor, name=name, env=environment)
 
 
 async def _policy_of(session: AsyncSession, *, app: models.App) -> models.ImagePolicy | None:
@@ -370,6 +356,7 @@ async def _deploy(
                 trigger=TRIGGER,
                 dedupe_key=f"registry:{app.id}:{digest}",
                 reason=why,
+                env=await apps.env_name(session, app=app),
             )
     except UserError as e:
         return Decision(app=app.name, action=SKIP, reason=str(e), image=image)
@@ -636,39 +623,8 @@ async def poll_forever(*, ctx: Core, every: float) -> None:
 # ---------------------------------------------------------------------------- promotion
 
 
-async def promote(
-    session: AsyncSession, *, ctx: Core, app: models.App, image: str, environment: str, reason: str
-) -> deploys.Requested | None:
-    """Request `image` (pinned by digest) on the app's row in `environment`; None if it has none there.
-
-    The one place to switch to core.promotion.promote once environments hold rows of one app.
-    """
-    target = await session.scalar(
-        select(models.App)
-        .join(models.Environment, models.Environment.id == models.App.environment_id)
-        .where(
-            models.App.project_id == app.project_id,
-            models.App.name == app.name,
-            models.Environment.name == environment,
-        )
-    )
-    if target is None or target.id == app.id:
-        return None
-    digest = images.parse(image).digest or image
-    return await deploys.request(
-        session,
-        ctx=ctx,
-        actor=ACTOR,
-        app_name=target.name,
-        image=image,
-        trigger=TRIGGER,
-        dedupe_key=f"promote:{target.id}:{digest}",
-        reason=reason,
-    )
-
-
 async def after_success(session: AsyncSession, *, ctx: Core, deployment_id: int) -> deploys.Requested | None:
-    """A deploy succeeded: if a registry policy with promote_to made it, promote its image."""
+    """A registry deploy succeeded: with promote_to, promote what now runs (its exact digest)."""
     deployment = await session.get(models.Deployment, deployment_id)
     if deployment is None or deployment.trigger != TRIGGER or deployment.preview_id is not None:
         return None
@@ -676,22 +632,17 @@ async def after_success(session: AsyncSession, *, ctx: Core, deployment_id: int)
     policy = await _policy_of(session, app=app) if app else None
     if app is None or policy is None or not policy.promote_to:
         return None
-    image = deployment.image
-    revision = await session.get(models.Revision, deployment.revision_id) if deployment.revision_id else None
-    digest = (revision.snapshot or {}).get("digest") if revision is not None else None
-    if isinstance(digest, str) and digest and "@" not in image:
-        image = f"{images.parse(image).name}@{digest}"
     try:
         async with session.begin_nested():
-            result = await promote(
-                session, ctx=ctx, app=app, image=image, environment=policy.promote_to,
-                reason=f"promoted from {app.name} deploy #{deployment.id}",
+            result = await promotion.promote(
+                session, ctx=ctx, actor=ACTOR, app_name=app.name,
+                source=await apps.env_name(session, app=app), target=policy.promote_to,
+                dedupe_key=f"registry-promote:{deployment.id}:{policy.promote_to}",
             )  # fmt: skip
     except UserError as e:
         policy.last_error = f"promotion to {policy.promote_to} refused: {e}"[:2000]
         return None
-    if result is None:
-        policy.last_error = f"promotion: {app.name} has no row in environment {policy.promote_to}"
+    policy.last_error = None
     return result
 
 

@@ -261,7 +261,14 @@ async def _deploy_preview(
         if decision.action == gitops.WAIT:
             # A fork's commit waiting for approval: a developer asking for its deploy approves it.
             decision = (
-                await previews.approve(session, ctx=ctx, actor=actor, app_name=app.name, number=pr.number)
+                await previews.approve(
+                    session,
+                    ctx=ctx,
+                    actor=actor,
+                    app_name=app.name,
+                    number=pr.number,
+                    env=await apps.env_name(session, app=app),
+                )
             ).decision
         if decision.action != gitops.DEPLOY or decision.deployment_id is None:
             result.ok = False
@@ -298,6 +305,7 @@ async def _deploy(
             async with session.begin_nested():
                 requested = await deploys.request(
                     session, ctx=ctx, actor=actor, app_name=app.name, image=image, trigger="pr",
+                    env=await apps.env_name(session, app=app),
                     dedupe_key=f"{dedupe_prefix(pr.comment_id)}{app.id}", git_sha=pr.head_sha,
                     git_ref=f"refs/heads/{pr.head_ref}",
                     reason=f"`.deploy to {environment}` on pull request #{pr.number} by {pr.login}",
@@ -327,7 +335,7 @@ async def _rollback(
         try:
             async with session.begin_nested():
                 requested = await deploys.rollback(
-                    session, ctx=ctx, actor=actor, app_name=app.name,
+                    session, ctx=ctx, actor=actor, app_name=app.name, env=await apps.env_name(session, app=app),
                     dedupe_key=f"{dedupe_prefix(pr.comment_id)}{app.id}",
                     notify_refs={"github": {REF_KEY: command_ref(pr, environment=environment, text=text)}},
                 )  # fmt: skip
@@ -349,7 +357,15 @@ async def _noop(
     for app in targets:
         assert app.image_template is not None
         image = gitops.render_image(app.image_template, sha=pr.head_sha, branch=pr.head_ref)
-        result.noop.append(await dryrun.plan(session, ctx=ctx, actor=actor, app_name=app.name, image=image))
+        plan = await dryrun.plan(
+            session,
+            ctx=ctx,
+            actor=actor,
+            app_name=app.name,
+            image=image,
+            env=await apps.env_name(session, app=app),
+        )
+        result.noop.append(plan)
     return result
 
 

@@ -236,6 +236,7 @@ async def _deploy(
                 git_ref=f"refs/heads/{head_ref}",
                 preview=preview,
                 reason=f"preview of pull request #{number}",
+                env=await apps.env_name(session, app=app),
             )
     except UserError as e:
         preview.status = FAILED
@@ -348,9 +349,11 @@ class Approval:
     decision: Decision
 
 
-async def approve(session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, number: int) -> Approval:
+async def approve(
+    session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, number: int, env: str | None = None
+) -> Approval:
     """A project developer approves the waiting preview of a pull request from a fork (Slack, API)."""
-    app = await apps.get(session, actor=actor, name=app_name)
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
     return await _approve(session, ctx=ctx, app=app, actor=actor, number=number)
 
 

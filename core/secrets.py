@@ -31,9 +31,15 @@ MAX_VALUE_BYTES = 64 * 1024
 
 
 async def set_values(
-    session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, values: dict[str, str]
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    actor: Actor,
+    app_name: str,
+    values: dict[str, str],
+    env: str | None = None,
 ) -> models.App:
-    app = await apps.get(session, actor=actor, name=app_name)
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
     await apps.authorize(session, actor=actor, app=app, role=Role.ADMIN, action="setting secrets")
     if not values:
         raise InvalidInput("give at least one KEY=VALUE", field="values")
@@ -72,9 +78,9 @@ async def set_values(
 
 
 async def unset(
-    session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, keys: list[str]
+    session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, keys: list[str], env: str | None = None
 ) -> list[str]:
-    app = await apps.get(session, actor=actor, name=app_name)
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
     await apps.authorize(session, actor=actor, app=app, role=Role.ADMIN, action="deleting secrets")
     if not keys:
         raise InvalidInput("give at least one KEY", field="keys")
@@ -102,8 +108,10 @@ async def unset(
     return sorted(keys)
 
 
-async def list_keys(session: AsyncSession, *, actor: Actor, app_name: str) -> list[models.Secret]:
-    app = await apps.get(session, actor=actor, name=app_name)
+async def list_keys(
+    session: AsyncSession, *, actor: Actor, app_name: str, env: str | None = None
+) -> list[models.Secret]:
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
     await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="listing secrets")
     return list(
         await session.scalars(

@@ -51,8 +51,10 @@ class AppStatus:
     live_error: str | None = None
 
 
-async def target(session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str) -> Target:
-    app = await apps.get(session, actor=actor, name=app_name)
+async def target(
+    session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, env: str | None = None
+) -> Target:
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
     await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="reading status")
     cluster = await session.get(models.Cluster, app.cluster_id)
     assert cluster is not None
@@ -67,8 +69,8 @@ async def target(session: AsyncSession, *, ctx: Core, actor: Actor, app_name: st
     )
 
 
-async def read(session: AsyncSession, *, actor: Actor, app_name: str) -> AppStatus:
-    app = await apps.get(session, actor=actor, name=app_name)
+async def read(session: AsyncSession, *, actor: Actor, app_name: str, env: str | None = None) -> AppStatus:
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
     await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="reading status")
     project = await apps.project_of(session, app=app)
     cluster = await session.get(models.Cluster, app.cluster_id)

@@ -28,10 +28,12 @@ from core import (
     clusters,
     deploys,
     dryrun,
+    environment_admin,
     events,
     identity,
     previews,
     projects,
+    promotion,
     protection,
     registries,
     revisions,
@@ -300,7 +302,9 @@ async def revoke_cluster(
 
 def _changes(body: schemas.AppFields) -> AppChanges:
     return AppChanges(
-        **body.model_dump(exclude_unset=True, exclude={"name", "project", "cluster", "namespace", "deploy"})
+        **body.model_dump(
+            exclude_unset=True, exclude={"name", "project", "cluster", "namespace", "deploy", "environment"}
+        )
     )
 
 
@@ -312,6 +316,7 @@ async def _app_out(session: AsyncSession, app: models.App) -> schemas.AppOut:
     view = await events.deployment_view(session, deployment=attempt) if attempt else None
     return schemas.AppOut.of(
         app,
+        environment=await apps.env_name(session, app=app),
         project=project.name if project else "",
         cluster=cluster.name if cluster else "",
         current_revision=current.number if current else None,
@@ -344,16 +349,22 @@ async def create_app(body: schemas.AppIn, rt: RtDep, actor: ActorDep) -> dict[st
             session,
             actor=actor,
             project=body.project,
-            cluster=body.cluster,
+            cluster=body.cluster or "",
             name=body.name,
             namespace=body.namespace,
             changes=_changes(body),
+            env=body.environment,
         )
         deployment = None
         if body.deploy and app.image:
             deployment = (
                 await deploys.request(
-                    session, ctx=rt.core, actor=actor, app_name=app.name, trigger=actor.channel
+                    session,
+                    ctx=rt.core,
+                    actor=actor,
+                    app_name=app.name,
+                    trigger=actor.channel,
+                    env=await apps.env_name(session, app=app),
                 )
             ).deployment
         return {
@@ -363,26 +374,31 @@ async def create_app(body: schemas.AppIn, rt: RtDep, actor: ActorDep) -> dict[st
 
 
 @router.get("/apps/{name}")
-async def show_app(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> schemas.AppOut:
+async def show_app(
+    name: schemas.NamePath, rt: RtDep, actor: ActorDep, env: schemas.EnvQuery = None
+) -> schemas.AppOut:
     async with tx(rt) as session:
-        return await _app_out(session, await apps.get(session, actor=actor, name=name))
+        return await _app_out(session, await apps.get(session, actor=actor, name=name, env=env))
 
 
 @router.patch("/apps/{name}")
 async def update_app(
-    name: schemas.NamePath, body: schemas.AppFields, rt: RtDep, actor: ActorDep
+    name: schemas.NamePath, body: schemas.AppFields, rt: RtDep, actor: ActorDep, env: schemas.EnvQuery = None
 ) -> schemas.AppOut:
     async with tx(rt) as session:
         return await _app_out(
-            session, await apps.update(session, ctx=rt.core, actor=actor, name=name, changes=_changes(body))
+            session,
+            await apps.update(session, ctx=rt.core, actor=actor, name=name, changes=_changes(body), env=env),
         )
 
 
 @router.delete("/apps/{name}", response_model=schemas.AppDeleted)
-async def delete_app(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> dict[str, object]:
+async def delete_app(
+    name: schemas.NamePath, rt: RtDep, actor: ActorDep, env: schemas.EnvQuery = None
+) -> dict[str, object]:
     async with tx(rt) as session:
-        target = await status.target(session, ctx=rt.core, actor=actor, app_name=name)
-        await apps.delete(session, actor=actor, name=name)
+        target = await status.target(session, ctx=rt.core, actor=actor, app_name=name, env=env)
+        await apps.delete(session, actor=actor, name=name, env=env)
     # The app is gone from the database now; an unreachable cluster must not make that look like a
     # failure, so say what was left behind instead of answering with an error.
     try:
@@ -425,9 +441,10 @@ async def deploy(
     actor: ActorDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     dry_run: bool = False,
+    env: schemas.EnvQuery = None,
 ) -> schemas.DeploymentOut | JSONResponse:
     if body.dry_run or dry_run:
-        return await _dry_run(name=name, image=body.image, rt=rt, actor=actor)
+        return await _dry_run(name=name, image=body.image, rt=rt, actor=actor, env=env)
     key = body.dedupe_key or idempotency_key
     async with tx(rt) as session:
         result = await deploys.request(
@@ -439,24 +456,31 @@ async def deploy(
             trigger=actor.channel,
             dedupe_key=f"api:{actor.subject}:{key}" if key else None,
             override_window=body.override_window,
+            env=env,
         )
         return await _deployment_out(session, result.deployment)
 
 
-async def _dry_run(*, name: str, image: str | None, rt: Runtime, actor: Actor) -> JSONResponse:
+async def _dry_run(
+    *, name: str, image: str | None, rt: Runtime, actor: Actor, env: str | None = None
+) -> JSONResponse:
     """200 with the difference (a dry run is answered, not accepted for later); nothing is stored."""
     async with tx(rt) as session:
-        plan = await dryrun.plan(session, ctx=rt.core, actor=actor, app_name=name, image=image)
+        plan = await dryrun.plan(session, ctx=rt.core, actor=actor, app_name=name, image=image, env=env)
     result = await dryrun.run(ctx=rt.core, plan=plan)
     return JSONResponse(jsonable_encoder(schemas.DryRunOut.of(result)), status_code=200)
 
 
 @router.get("/apps/{name}/deploys")
 async def list_deploys(
-    name: schemas.NamePath, rt: RtDep, actor: ActorDep, limit: int = Query(20, ge=1, le=200)
+    name: schemas.NamePath,
+    rt: RtDep,
+    actor: ActorDep,
+    limit: int = Query(20, ge=1, le=200),
+    env: schemas.EnvQuery = None,
 ) -> list[schemas.DeploymentOut]:
     async with tx(rt) as session:
-        rows = await deploys.history(session, actor=actor, app_name=name, limit=limit)
+        rows = await deploys.history(session, actor=actor, app_name=name, limit=limit, env=env)
         ids = [d.revision_id for d in rows if d.revision_id is not None]
         revisions = {
             r.id: r for r in await session.scalars(select(models.Revision).where(models.Revision.id.in_(ids)))
@@ -504,17 +528,19 @@ async def act_on_deploy(
 
 @router.post("/apps/{name}/rollback", status_code=202)
 async def rollback(
-    name: schemas.NamePath, body: schemas.RollbackIn, rt: RtDep, actor: ActorDep
+    name: schemas.NamePath, body: schemas.RollbackIn, rt: RtDep, actor: ActorDep, env: schemas.EnvQuery = None
 ) -> schemas.DeploymentOut:
     async with tx(rt) as session:
         result = await deploys.rollback(
-            session, ctx=rt.core, actor=actor, app_name=name, revision=body.revision
+            session, ctx=rt.core, actor=actor, app_name=name, revision=body.revision, env=env
         )
         return schemas.DeploymentOut.of(result.deployment, app=name)
 
 
 @router.get("/apps/{name}/revisions")
-async def list_revisions(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> list[schemas.RevisionOut]:
+async def list_revisions(
+    name: schemas.NamePath, rt: RtDep, actor: ActorDep, env: schemas.EnvQuery = None
+) -> list[schemas.RevisionOut]:
     async with tx(rt) as session:
         return [
             schemas.RevisionOut(
@@ -527,13 +553,13 @@ async def list_revisions(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> 
                 # Every stored format, shown in today's (schema_version included).
                 snapshot=revisions.of_revision(r).to_json(),
             )
-            for r in await deploys.revisions(session, actor=actor, app_name=name)
+            for r in await deploys.revisions(session, actor=actor, app_name=name, env=env)
         ]
 
 
 @router.post("/apps/{name}/scale", status_code=202)
 async def scale(
-    name: schemas.NamePath, body: schemas.ScaleIn, rt: RtDep, actor: ActorDep
+    name: schemas.NamePath, body: schemas.ScaleIn, rt: RtDep, actor: ActorDep, env: schemas.EnvQuery = None
 ) -> schemas.DeploymentOut:
     async with tx(rt) as session:
         result = await autoscaling.scale(
@@ -546,14 +572,75 @@ async def scale(
             max_replicas=body.max_replicas,
             cpu_target=body.cpu_target,
             autoscaling_off=body.autoscaling is False,
+            env=env,
         )
         return schemas.DeploymentOut.of(result.deployment, app=name)
 
 
-@router.get("/apps/{name}/previews")
-async def list_previews(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> list[schemas.PreviewOut]:
+@router.post("/apps/{name}/promote", status_code=202)
+async def promote(
+    name: schemas.NamePath, body: schemas.PromoteIn, rt: RtDep, actor: ActorDep
+) -> schemas.DeploymentOut:
+    """Deploy to `to` exactly what runs in `from` (image by digest, release command), with `to`'s settings."""
     async with tx(rt) as session:
-        app = await apps.get(session, actor=actor, name=name)
+        result = await promotion.promote(
+            session, ctx=rt.core, actor=actor, app_name=name, source=body.from_, target=body.to
+        )
+        return schemas.DeploymentOut.of(result.deployment, app=name)
+
+
+@router.get("/projects/{name}/environments")
+async def list_environments(
+    name: schemas.NamePath, rt: RtDep, actor: ActorDep
+) -> list[schemas.EnvironmentOut]:
+    async with tx(rt) as session:
+        views = await environment_admin.list_views(session, actor=actor, project=name)
+        return [schemas.EnvironmentOut(**dataclasses.asdict(v)) for v in views]
+
+
+@router.post("/projects/{name}/environments", status_code=201)
+async def create_environment(
+    name: schemas.NamePath, body: schemas.EnvironmentIn, rt: RtDep, actor: ActorDep
+) -> schemas.EnvironmentOut:
+    async with tx(rt) as session:
+        view = await environment_admin.create(
+            session,
+            actor=actor,
+            project=name,
+            name=body.name,
+            cluster=body.cluster,
+            namespace=body.namespace,
+            after=body.after,
+            before=body.before,
+        )
+        return schemas.EnvironmentOut(**dataclasses.asdict(view))
+
+
+@router.patch("/projects/{name}/environments/{env}")
+async def update_environment(
+    name: schemas.NamePath, env: schemas.NamePath, body: schemas.EnvironmentPatch, rt: RtDep, actor: ActorDep
+) -> schemas.EnvironmentOut:
+    async with tx(rt) as session:
+        view = await environment_admin.update(
+            session, actor=actor, project=name, name=env, cluster=body.cluster, namespace=body.namespace
+        )
+        return schemas.EnvironmentOut(**dataclasses.asdict(view))
+
+
+@router.delete("/projects/{name}/environments/{env}", status_code=204)
+async def delete_environment(
+    name: schemas.NamePath, env: schemas.NamePath, rt: RtDep, actor: ActorDep
+) -> None:
+    async with tx(rt) as session:
+        await environment_admin.delete(session, actor=actor, project=name, name=env)
+
+
+@router.get("/apps/{name}/previews")
+async def list_previews(
+    name: schemas.NamePath, rt: RtDep, actor: ActorDep, env: schemas.EnvQuery = None
+) -> list[schemas.PreviewOut]:
+    async with tx(rt) as session:
+        app = await apps.get(session, actor=actor, name=name, env=env)
         await apps.authorize(
             session, actor=actor, app=app, role=identity.Role.VIEWER, action="listing previews"
         )
@@ -564,11 +651,17 @@ async def list_previews(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> l
 
 @router.post("/apps/{name}/previews/{number}/approve", status_code=202)
 async def approve_preview(
-    name: schemas.NamePath, number: schemas.PrNumberPath, rt: RtDep, actor: ActorDep
+    name: schemas.NamePath,
+    number: schemas.PrNumberPath,
+    rt: RtDep,
+    actor: ActorDep,
+    env: schemas.EnvQuery = None,
 ) -> schemas.PreviewOut:
     """Deploy the waiting preview of a pull request from a fork: its current head commit, no secrets."""
     async with tx(rt) as session:
-        approval = await previews.approve(session, ctx=rt.core, actor=actor, app_name=name, number=number)
+        approval = await previews.approve(
+            session, ctx=rt.core, actor=actor, app_name=name, number=number, env=env
+        )
         return schemas.PreviewOut.of(approval.preview, app=name, deployment=approval.decision.deployment_id)
 
 
@@ -581,6 +674,7 @@ async def set_flag(
     rt: RtDep,
     actor: ActorDep,
     body: schemas.ReasonIn | None = None,
+    env: schemas.EnvQuery = None,
 ) -> schemas.AppOut:
     flags = {
         "lock": ("lock", True),
@@ -593,18 +687,18 @@ async def set_flag(
     which, on = flags[flag]
     async with tx(rt) as session:
         app = await apps.set_flag(
-            session, actor=actor, name=name, flag=which, on=on, reason=body.reason if body else None
+            session, actor=actor, name=name, flag=which, on=on, reason=body.reason if body else None, env=env
         )
         return await _app_out(session, app)
 
 
 @router.get("/apps/{name}/status", responses=CLUSTER_ERRORS)
 async def app_status(
-    name: schemas.NamePath, rt: RtDep, actor: ActorDep, live: bool = True
+    name: schemas.NamePath, rt: RtDep, actor: ActorDep, live: bool = True, env: schemas.EnvQuery = None
 ) -> dict[str, object]:
     async with tx(rt) as session:
-        observed = await status.read(session, actor=actor, app_name=name)
-        target = await status.target(session, ctx=rt.core, actor=actor, app_name=name)
+        observed = await status.read(session, actor=actor, app_name=name, env=env)
+        target = await status.target(session, ctx=rt.core, actor=actor, app_name=name, env=env)
     if live:
         observed = await status.with_live(ctx=rt.core, status=observed, target=target)
     return _jsonable(observed)
@@ -632,9 +726,10 @@ async def app_logs(
     actor: ActorDep,
     tail: int = Query(100, ge=1, le=5000),
     follow: bool = False,
+    env: schemas.EnvQuery = None,
 ) -> StreamingResponse:
     async with tx(rt) as session:
-        target = await status.target(session, ctx=rt.core, actor=actor, app_name=name)
+        target = await status.target(session, ctx=rt.core, actor=actor, app_name=name, env=env)
 
     stream = status.logs(ctx=rt.core, target=target, tail_lines=tail, follow=follow)
     # Once a streamed 200 has started, an error can only cut the connection.  So wait (briefly, since
@@ -709,30 +804,42 @@ async def remove_registry(
 
 
 @router.get("/apps/{name}/secrets")
-async def list_secrets(name: schemas.NamePath, rt: RtDep, actor: ActorDep) -> list[schemas.SecretKeyOut]:
+async def list_secrets(
+    name: schemas.NamePath, rt: RtDep, actor: ActorDep, env: schemas.EnvQuery = None
+) -> list[schemas.SecretKeyOut]:
     async with tx(rt) as session:
-        rows = await secrets.list_keys(session, actor=actor, app_name=name)
+        rows = await secrets.list_keys(session, actor=actor, app_name=name, env=env)
         return [schemas.SecretKeyOut(key=r.key, updated_at=r.updated_at) for r in rows]
 
 
 @router.put("/apps/{name}/secrets", response_model=schemas.SecretsChanged)
 async def set_secrets(
-    name: schemas.NamePath, body: schemas.SecretsIn, rt: RtDep, actor: ActorDep, deploy: bool = True
+    name: schemas.NamePath,
+    body: schemas.SecretsIn,
+    rt: RtDep,
+    actor: ActorDep,
+    deploy: bool = True,
+    env: schemas.EnvQuery = None,
 ) -> dict[str, object]:
     async with tx(rt) as session:
         change = await deploys.set_secrets(
-            session, ctx=rt.core, actor=actor, app_name=name, values=body.values, redeploy=deploy
+            session, ctx=rt.core, actor=actor, app_name=name, values=body.values, redeploy=deploy, env=env
         )
         return _secrets_changed(change)
 
 
 @router.delete("/apps/{name}/secrets/{key}", response_model=schemas.SecretsChanged)
 async def delete_secret(
-    name: schemas.NamePath, key: schemas.SecretKeyPath, rt: RtDep, actor: ActorDep, deploy: bool = True
+    name: schemas.NamePath,
+    key: schemas.SecretKeyPath,
+    rt: RtDep,
+    actor: ActorDep,
+    deploy: bool = True,
+    env: schemas.EnvQuery = None,
 ) -> dict[str, object]:
     async with tx(rt) as session:
         change = await deploys.unset_secrets(
-            session, ctx=rt.core, actor=actor, app_name=name, keys=[key], redeploy=deploy
+            session, ctx=rt.core, actor=actor, app_name=name, keys=[key], redeploy=deploy, env=env
         )
         return _secrets_changed(change)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import re
 import sys
 import time
 import urllib.parse
@@ -739,6 +740,33 @@ AutoRollbackOpt = Annotated[
 ]
 
 
+# The environment an app command addresses (staging, production...); needed only when the app runs in
+# several.  On `apps create/update`, where --env sets variables, an --env without "=" names it too.
+EnvNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--env",
+        "--environment",
+        help="The environment (staging, production...) when the app runs in several.",
+    ),
+]
+EnvironmentOpt = Annotated[
+    str | None, typer.Option("--environment", help="The environment (staging, production...).")
+]
+
+
+def _split_env(items: Sequence[str] | None, environment: str | None) -> tuple[list[str], str | None]:
+    """`--env staging` names the environment, `--env KEY=VALUE` sets a variable."""
+    # Only a lowercase DNS label names an environment; anything else stays a (malformed) variable.
+    names = [i for i in items or [] if "=" not in i and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", i)]
+    pairs = [i for i in items or [] if i not in names]
+    if environment is not None:
+        names.append(environment)
+    if len(set(names)) > 1:
+        fail(f"give one environment, not {', '.join(names)}")
+    return pairs, names[0] if names else None
+
+
 def parse_pairs(items: Sequence[str], *, what: str) -> dict[str, str]:
     """KEY=VALUE arguments.  A malformed one is named by position, never echoed (it may be a secret)."""
     out: dict[str, str] = {}
@@ -777,9 +805,18 @@ def apps_list(
         show_json(rows)
         return
     table(
-        ["NAME", "PROJECT", "CLUSTER", "NAMESPACE", "IMAGE", "REPLICAS", "FLAGS"],
+        ["NAME", "PROJECT", "ENV", "CLUSTER", "NAMESPACE", "IMAGE", "REPLICAS", "FLAGS"],
         [
-            [a["name"], a["project"], a["cluster"], a["namespace"], a["image"], _replicas(a), _flags(a)]
+            [
+                a["name"],
+                a["project"],
+                a.get("environment") or "-",
+                a["cluster"],
+                a["namespace"],
+                a["image"],
+                _replicas(a),
+                _flags(a),
+            ]
             for a in rows
         ],
         empty="no apps yet: shipit apps create NAME --project P --cluster C --image IMAGE",
@@ -850,10 +887,17 @@ def apps_create(
     no_deploy: Annotated[
         bool, typer.Option("--no-deploy", help="Only record the app; deploy later.")
     ] = False,
+    environment: EnvironmentOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create an app, and deploy it at once when it has an image (unless --no-deploy)."""
+    """Create an app, and deploy it at once when it has an image (unless --no-deploy).
+
+    `--env staging` (or --environment) creates it in that environment of the project; an app that
+    already runs in another environment is copied there, the flags given being this one's overrides
+    (cluster and namespace default to the environment's; secrets are not copied).
+    """
+    env, environment = _split_env(env, environment)
     if name_opt:
         # Seed style: `apps create CLUSTER --name APP`.
         if name and cluster:
@@ -893,16 +937,22 @@ def apps_create(
     )
     with api() as client:
         project = project or _pick(client, path="/projects", flag="--project", what="your projects")
-        cluster = cluster or _pick(client, path="/clusters", flag="--cluster", what="clusters")
-        body.update(name=name, project=project, cluster=cluster, deploy=not no_deploy)
+        if environment is None:
+            cluster = cluster or _pick(client, path="/clusters", flag="--cluster", what="clusters")
+        body.update(name=name, project=project, deploy=not no_deploy)
+        if cluster:
+            body["cluster"] = cluster
+        if environment:
+            body["environment"] = environment
         if namespace:
             body["namespace"] = namespace
         created = client.call("POST", "/apps", body=body)
         a, d = created["app"], created["deployment"]
         if not as_json:
             typer.echo(
-                f"created app {a['name']} in project {a['project']} "
-                f"(cluster {a['cluster']}, namespace {a['namespace']})"
+                f"created app {a['name']} in project {a['project']}"
+                + (f", environment {a.get('environment')}" if environment else "")
+                + f" (cluster {a['cluster']}, namespace {a['namespace']})"
             )
             if d is None:
                 hint = "set an image with --image, then " if not a["image"] else ""
@@ -947,10 +997,16 @@ def apps_update(
     deploy: Annotated[
         bool, typer.Option("--deploy", help="Roll the change out now (--wait implies it).")
     ] = False,
+    environment: EnvironmentOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change an app's settings; they reach the cluster with the next deploy (or now with --deploy)."""
+    """Change an app's settings; they reach the cluster with the next deploy (or now with --deploy).
+
+    In an app that runs in several environments, `--env staging` (or --environment) says which.
+    """
+    env, environment = _split_env(env, environment)
+    where = {"env": environment}
     body = _app_body(
         image=image,
         replicas=replicas,
@@ -984,7 +1040,7 @@ def apps_update(
     with api() as client:
         if env or unset_env:
             # --env adds to the app's variables instead of replacing them all.
-            current = dict(client.get(f"/apps/{_q(name)}")["env"])
+            current = dict(client.get(f"/apps/{_q(name)}", **where)["env"])
             current.update(parse_pairs(env or [], what="--env"))
             for key in unset_env or []:
                 current.pop(key, None)
@@ -992,8 +1048,8 @@ def apps_update(
         if not body:
             fail("nothing to change: give at least one flag, see shipit apps update --help")
         deploy = deploy or wait
-        a = client.call("PATCH", f"/apps/{_q(name)}", body=body)
-        d = client.call("POST", f"/apps/{_q(name)}/deploys", body={}) if deploy else None
+        a = client.call("PATCH", f"/apps/{_q(name)}", body=body, params=where)
+        d = client.call("POST", f"/apps/{_q(name)}/deploys", body={}, params=where) if deploy else None
         if as_json and not deploy:
             show_json(a)
             return
@@ -1005,10 +1061,14 @@ def apps_update(
 
 
 @apps_app.command("show")
-def apps_show(name: Annotated[str, typer.Argument(help="App name.")], as_json: JsonOpt = False) -> None:
+def apps_show(
+    name: Annotated[str, typer.Argument(help="App name.")],
+    environment: EnvNameOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """An app's settings."""
     with api() as client:
-        a = client.get(f"/apps/{_q(name)}")
+        a = client.get(f"/apps/{_q(name)}", env=environment)
     if as_json:
         show_json(a)
         return
@@ -1016,6 +1076,7 @@ def apps_show(name: Annotated[str, typer.Argument(help="App name.")], as_json: J
         [
             ("name", a["name"]),
             ("project", a["project"]),
+            ("environment", a.get("environment")),
             ("cluster", a["cluster"]),
             ("namespace", a["namespace"]),
             ("image", a["image"] or "(none yet)"),
@@ -1056,9 +1117,10 @@ def _attempt(la: dict[str, Any] | None) -> str | None:
 def apps_delete(
     name: Annotated[str, typer.Argument(help="App name.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    environment: EnvNameOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Delete an app and its objects in the cluster (secrets and history go with it)."""
+    """Delete an app (in one environment, with --env) and its objects in the cluster."""
     if not yes:
         try:
             sure = typer.confirm(f"Delete app {name}, its secrets and its workload in the cluster?")
@@ -1067,7 +1129,10 @@ def apps_delete(
         if not sure:
             fail(f"{name} not deleted (pass --yes to skip this question)")
     with api() as client:
-        result = client.call("DELETE", f"/apps/{_q(name)}") or {"deleted": name, "warning": None}
+        result = client.call("DELETE", f"/apps/{_q(name)}", params={"env": environment}) or {
+            "deleted": name,
+            "warning": None,
+        }
     if as_json:
         show_json(result)
         return
@@ -1150,27 +1215,28 @@ def deploy(
             "--override-window", help="Deploy outside the environment's windows or in a freeze (admins)."
         ),
     ] = False,
+    environment: EnvNameOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Deploy an app: a new image, a new tag, or the current config again."""
+    """Deploy an app: a new image, a new tag, or the current config again (`--env staging`: there)."""
     if image is not None and not image.strip():
         # `deploy web "$TAG"` with TAG unset must not quietly redeploy the old image.
         fail("image must not be empty: give an image or a tag, or leave it out to redeploy as is")
     if dry_run:
-        _dry_run(app_name, image, as_json=as_json)
+        _dry_run(app_name, image, as_json=as_json, environment=environment)
         return
     with api() as client:
         body: dict[str, Any] = {"image": image} if image else {}
         if override_window:
             body["override_window"] = True
-        d = client.call("POST", f"/apps/{_q(app_name)}/deploys", body=body)
+        d = client.call("POST", f"/apps/{_q(app_name)}/deploys", body=body, params={"env": environment})
         deployed(client, d, wait=wait, as_json=as_json)
 
 
-def _dry_run(app_name: str, image: str | None, *, as_json: bool) -> None:
+def _dry_run(app_name: str, image: str | None, *, as_json: bool, environment: str | None = None) -> None:
     body: dict[str, Any] = {"dry_run": True, **({"image": image} if image else {})}
     with api() as client:
-        result = client.call("POST", f"/apps/{_q(app_name)}/deploys", body=body)
+        result = client.call("POST", f"/apps/{_q(app_name)}/deploys", body=body, params={"env": environment})
     if as_json:
         show_json(result)
         return
@@ -1185,11 +1251,17 @@ def _dry_run(app_name: str, image: str | None, *, as_json: bool) -> None:
 
 
 def rollback(
-    app_name: AppArg, revision: RevisionOpt = None, wait: WaitOpt = False, as_json: JsonOpt = False
+    app_name: AppArg,
+    revision: RevisionOpt = None,
+    environment: EnvNameOpt = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Go back to an earlier revision; automatic deploys pause until `apps resume`."""
     with api() as client:
-        d = client.call("POST", f"/apps/{_q(app_name)}/rollback", body={"revision": revision})
+        d = client.call(
+            "POST", f"/apps/{_q(app_name)}/rollback", body={"revision": revision}, params={"env": environment}
+        )
         if not as_json:
             typer.echo(
                 f"rolling {app_name} back; automatic deploys are paused until `shipit apps resume {app_name}`"
@@ -1197,10 +1269,10 @@ def rollback(
         deployed(client, d, wait=wait, as_json=as_json)
 
 
-def revisions(app_name: AppArg, as_json: JsonOpt = False) -> None:
+def revisions(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = False) -> None:
     """Kept revisions of an app, newest first."""
     with api() as client:
-        rows = client.get(f"/apps/{_q(app_name)}/revisions")
+        rows = client.get(f"/apps/{_q(app_name)}/revisions", env=environment)
     if as_json:
         show_json(rows)
         return
@@ -1217,11 +1289,12 @@ def revisions(app_name: AppArg, as_json: JsonOpt = False) -> None:
 def deploys_list(
     app_name: AppArg,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    environment: EnvNameOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy history of an app."""
     with api() as client:
-        rows = client.get(f"/apps/{_q(app_name)}/deploys", limit=limit)
+        rows = client.get(f"/apps/{_q(app_name)}/deploys", limit=limit, env=environment)
     if as_json:
         show_json(rows)
         return
@@ -1244,10 +1317,10 @@ def deploys_list(
     )
 
 
-def status(app_name: AppArg, as_json: JsonOpt = False) -> None:
+def status(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = False) -> None:
     """What runs now, what is queued, and what the cluster says."""
     with api() as client:
-        s = client.get(f"/apps/{_q(app_name)}/status")
+        s = client.get(f"/apps/{_q(app_name)}/status", env=environment)
     if as_json:
         show_json(s)
         return
@@ -1313,6 +1386,7 @@ def scale(
     max_replicas: Annotated[int | None, typer.Option("--max", help="Autoscaling: most pods.")] = None,
     cpu: Annotated[int | None, typer.Option("--cpu", help="Autoscaling: CPU target in percent.")] = None,
     auto_off: Annotated[bool, typer.Option("--auto-off", help="Turn autoscaling off.")] = False,
+    environment: EnvNameOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -1334,7 +1408,10 @@ def scale(
         body["autoscaling"] = False
     with api() as client:
         d = client.call(
-            "POST", f"/apps/{_q(app_name)}/scale", body={k: v for k, v in body.items() if v is not None}
+            "POST",
+            f"/apps/{_q(app_name)}/scale",
+            body={k: v for k, v in body.items() if v is not None},
+            params={"env": environment},
         )
         deployed(client, d, wait=wait, as_json=as_json)
 
@@ -1373,13 +1450,19 @@ def logs(
     app_name: AppArg,
     tail: Annotated[int, typer.Option(help="Lines per pod from the end.")] = 100,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming new lines.")] = False,
+    environment: EnvNameOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Logs of an app's pods, each line prefixed with its pod."""
     with api() as client:
         try:
             for line in client.lines(
-                f"/apps/{_q(app_name)}/logs", params={"tail": tail, "follow": str(follow).lower()}
+                f"/apps/{_q(app_name)}/logs",
+                params={
+                    "tail": tail,
+                    "follow": str(follow).lower(),
+                    **({"env": environment} if environment else {}),
+                },
             ):
                 typer.echo(json.dumps({"line": line}) if as_json else line)
         except KeyboardInterrupt:
@@ -1403,6 +1486,7 @@ def secrets_set(
     no_deploy: Annotated[
         bool, typer.Option("--no-deploy", help="Do not roll the pods now; the next deploy picks it up.")
     ] = False,
+    environment: EnvNameOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -1419,7 +1503,7 @@ def secrets_set(
             "PUT",
             f"/apps/{_q(app_name)}/secrets",
             body={"values": values},
-            params={"deploy": "false" if no_deploy else "true"},
+            params={"deploy": "false" if no_deploy else "true", "env": environment},
         )
         if not as_json:
             typer.echo(
@@ -1429,10 +1513,10 @@ def secrets_set(
 
 
 @secrets_app.command("list")
-def secrets_list(app_name: AppArg, as_json: JsonOpt = False) -> None:
+def secrets_list(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = False) -> None:
     """The names of an app's secrets (never their values)."""
     with api() as client:
-        rows = client.get(f"/apps/{_q(app_name)}/secrets")
+        rows = client.get(f"/apps/{_q(app_name)}/secrets", env=environment)
     if as_json:
         show_json(rows)
         return
@@ -1449,6 +1533,7 @@ def secrets_delete(
     keys: Annotated[list[str] | None, typer.Argument(help="Secret names.")] = None,
     key: Annotated[list[str] | None, typer.Option("--key", help="Secret name; repeatable.")] = None,
     no_deploy: Annotated[bool, typer.Option("--no-deploy", help="Do not roll the pods now.")] = False,
+    environment: EnvNameOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -1458,7 +1543,7 @@ def secrets_delete(
         fail("give the KEY(s) to delete")
     with api() as client:
         # Check them all first, so a typo deletes nothing.
-        have = {s["key"] for s in client.get(f"/apps/{_q(app_name)}/secrets")}
+        have = {s["key"] for s in client.get(f"/apps/{_q(app_name)}/secrets", env=environment)}
         missing = [k for k in wanted if k not in have]
         if missing:
             fail(f"keys: {app_name} has no secret {', '.join(missing)}")
@@ -1468,7 +1553,7 @@ def secrets_delete(
             result = client.call(
                 "DELETE",
                 f"/apps/{_q(app_name)}/secrets/{_q(k)}",
-                params={"deploy": "true" if last and not no_deploy else "false"},
+                params={"deploy": "true" if last and not no_deploy else "false", "env": environment},
             )
             deployment = result.get("deployment") if last else None
         if not as_json:
@@ -1721,6 +1806,105 @@ def previews_approve(
         typer.echo(_preview_line(p))
 
 
+# --------------------------------------------------------------------------- environments
+
+envs_app = typer.Typer(
+    help="A project's environments (staging -> production), in order.", no_args_is_help=True
+)
+ProjectArg = Annotated[str, typer.Argument(help="Project name.")]
+EnvArg = Annotated[str, typer.Argument(help="Environment name.")]
+
+
+def _env_line(e: dict[str, Any]) -> str:
+    where = f"{e['cluster'] or '-'}/{e['namespace'] or '-'}"
+    return (
+        f"{e['project']} {e['name']} (position {e['position']}, {where}): {', '.join(e['apps']) or 'no apps'}"
+    )
+
+
+@envs_app.command("list")
+def envs_list(project: ProjectArg, as_json: JsonOpt = False) -> None:
+    """A project's environments, in promotion order."""
+    with api() as client:
+        rows = client.get(f"/projects/{_q(project)}/environments")
+    if as_json:
+        show_json(rows)
+        return
+    table(
+        ["ENV", "CLUSTER", "NAMESPACE", "APPS"],
+        [[e["name"], e["cluster"] or "-", e["namespace"] or "-", ", ".join(e["apps"]) or "-"] for e in rows],
+        empty=f"{project} has no environments",
+    )
+
+
+@envs_app.command("create")
+def envs_create(
+    project: ProjectArg,
+    name: EnvArg,
+    cluster: Annotated[str | None, typer.Option(help="Default cluster of apps created in it.")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Default namespace of apps created in it.")] = None,
+    after: Annotated[str | None, typer.Option(help="Place it right after this environment.")] = None,
+    before: Annotated[str | None, typer.Option(help="Place it right before this environment.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add an environment (last, or --after/--before another); then `shipit apps create APP --env NAME`."""
+    body = {"name": name, "cluster": cluster, "namespace": namespace, "after": after, "before": before}
+    with api() as client:
+        e = client.call(
+            "POST",
+            f"/projects/{_q(project)}/environments",
+            body={k: v for k, v in body.items() if v is not None},
+        )
+    if as_json:
+        show_json(e)
+    else:
+        typer.echo(f"created environment {_env_line(e)}")
+
+
+@envs_app.command("update")
+def envs_update(
+    project: ProjectArg,
+    name: EnvArg,
+    cluster: Annotated[str | None, typer.Option(help="Default cluster ('' clears).")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Default namespace ('' clears).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change an environment's default cluster/namespace (apps already there stay where they are)."""
+    body = {k: v for k, v in {"cluster": cluster, "namespace": namespace}.items() if v is not None}
+    if not body:
+        fail("nothing to change: give --cluster or --namespace")
+    with api() as client:
+        e = client.call("PATCH", f"/projects/{_q(project)}/environments/{_q(name)}", body=body)
+    if as_json:
+        show_json(e)
+    else:
+        typer.echo(f"updated environment {_env_line(e)}")
+
+
+@envs_app.command("delete")
+def envs_delete(project: ProjectArg, name: EnvArg) -> None:
+    """Delete an environment that has no apps."""
+    with api() as client:
+        client.call("DELETE", f"/projects/{_q(project)}/environments/{_q(name)}")
+    typer.echo(f"deleted environment {name} of {project}")
+
+
+def promote(
+    app_name: AppArg,
+    source: Annotated[str, typer.Argument(help="Environment whose current revision moves (staging).")],
+    target: Annotated[str, typer.Argument(help="Environment to deploy it to (production).")],
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deploy to TARGET exactly what runs in SOURCE: the image by digest and its release command, with
+    TARGET's own replicas, env, resources and secrets (TARGET's approvals still apply)."""
+    with api() as client:
+        d = client.call("POST", f"/apps/{_q(app_name)}/promote", body={"from": source, "to": target})
+        if not as_json:
+            typer.echo(f"promoting {app_name} from {source} to {target}: {d['image']}")
+        deployed(client, d, wait=wait, as_json=as_json)
+
+
 # --------------------------------------------------------------------------- wiring
 
 
@@ -1733,7 +1917,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(tokens_app, name="tokens")
     app.add_typer(previews_app, name="previews")
     app.add_typer(registries_app, name="registries")
+    app.add_typer(envs_app, name="envs")
     app.command("deploy")(deploy)
+    app.command("promote")(promote)
     app.command("rollback")(rollback)
     app.command("revisions")(revisions)
     app.command("deploys")(deploys_list)

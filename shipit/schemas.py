@@ -66,6 +66,8 @@ IdPath = Annotated[int, Path(ge=1, le=v.ID_MAX)]
 AfterIdQuery = Annotated[int | None, Query(ge=0, le=v.ID_MAX)]
 ProjectQuery = Annotated[str | None, Query(max_length=63, pattern=v.DNS_LABEL)]
 NamespaceQuery = Annotated[str | None, Query(max_length=63, pattern=v.DNS_LABEL)]
+# The environment an app route addresses; needed only when the app runs in several.
+EnvQuery = Annotated[str | None, Query(max_length=63, pattern=v.DNS_LABEL, examples=["staging"])]
 PrNumberPath = Annotated[int, Path(ge=1, le=v.INT32_MAX)]
 RegistryHostPath = Annotated[
     str, Path(max_length=v.limit(models.Registry, "host"), pattern=v.LINE, examples=["ghcr.io"])
@@ -226,14 +228,50 @@ class AppFields(Strict):
 class AppIn(AppFields):
     name: DnsLabel
     project: DnsLabel
-    cluster: DnsLabel
+    # Optional for a row in a further environment: the environment's cluster, else the app's.
+    cluster: DnsLabel | None = None
     namespace: DnsLabel | None = None
     deploy: bool = True
+    # The environment to create the app in (default: the project's first); an app already in another
+    # environment of the project is copied there, `AppFields` given being this environment's overrides.
+    environment: DnsLabel | None = None
+
+
+class PromoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: DnsLabel = Field(alias="from", examples=["staging"])
+    to: DnsLabel = Field(examples=["production"])
+
+
+class EnvironmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: DnsLabel
+    cluster: DnsLabel | None = None
+    namespace: DnsLabel | None = None
+    after: DnsLabel | None = None
+    before: DnsLabel | None = None
+
+
+class EnvironmentPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # "" clears the default.
+    cluster: Annotated[str, Field(max_length=63, pattern=r"^$|" + v.DNS_LABEL)] | None = None
+    namespace: Annotated[str, Field(max_length=63, pattern=r"^$|" + v.DNS_LABEL)] | None = None
+
+
+class EnvironmentOut(BaseModel):
+    project: str
+    name: str
+    position: int
+    cluster: str | None
+    namespace: str | None
+    apps: list[str]
 
 
 class AppOut(BaseModel):
     name: str
     project: str
+    environment: str = ""
     cluster: str
     namespace: str
     image: str | None
@@ -265,8 +303,10 @@ class AppOut(BaseModel):
         cluster: str,
         current_revision: int | None = None,
         last_attempt: dict[str, Any] | None = None,
+        environment: str = "",
     ) -> AppOut:
         return cls(
+            environment=environment,
             auto_rollback=bool(a.auto_rollback),
             current_revision=current_revision,
             last_attempt=last_attempt,

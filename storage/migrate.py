@@ -8,7 +8,9 @@ transactions are serialised anyway (BEGIN IMMEDIATE, see storage.db).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -41,8 +43,7 @@ async def upgrade(engine: AsyncEngine, *, revision: str = "head") -> None:
         command.upgrade(cfg, revision)
 
     if engine.dialect.name != "postgresql":
-        async with engine.begin() as conn:
-            await conn.run_sync(_run)
+        await _upgrade_sqlite(engine, _run)
         return
     # The lock lives on its own connection, outside the migration's transaction, so it is held
     # until the migration has committed and released only after (also if it fails).
@@ -55,6 +56,36 @@ async def upgrade(engine: AsyncEngine, *, revision: str = "head") -> None:
         finally:
             await locker.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
             await locker.commit()
+
+
+def _pragma(connection: Connection, statement: str) -> list[Any]:
+    """A PRAGMA on the driver's connection, outside any transaction (foreign_keys is a no-op inside one)."""
+    dbapi = connection.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute(statement)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+async def _upgrade_sqlite(engine: AsyncEngine, run: Callable[[Connection], None]) -> None:
+    # Changing a constraint on SQLite rebuilds the table; with foreign keys on, dropping the old
+    # table would cascade-delete its children (apps -> secrets, revisions, deployments).  So the
+    # migration runs with them off, and is checked afterwards as SQLite would have checked it.
+    async with engine.connect() as conn:
+        await conn.run_sync(_pragma, "PRAGMA foreign_keys=OFF")
+        try:
+            async with conn.begin():
+                await conn.run_sync(run)
+            broken = await conn.run_sync(_pragma, "PRAGMA foreign_key_check")
+            if broken:
+                raise RuntimeError(
+                    f"migration left {len(broken)} rows with dangling foreign keys: {broken[:5]}"
+                )
+        finally:
+            await conn.run_sync(_pragma, "PRAGMA foreign_keys=ON")
 
 
 async def current(engine: AsyncEngine) -> str | None:

@@ -206,11 +206,13 @@ class NamespaceClaim(Base):
 
 class App(Base):
     __tablename__ = "apps"
+    # A name is unique per environment; all rows of one name belong to one project (kept by core).
+    __table_args__ = (UniqueConstraint("environment_id", "name"),)
     id: Mapped[int] = mapped_column(ID, primary_key=True)
-    name: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(63))
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     # The environment this app row runs in: an app defined in several environments has one row in each.
-    environment_id: Mapped[int | None] = mapped_column(ForeignKey("environments.id"), index=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"), index=True)
     cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id"), index=True)
     namespace: Mapped[str] = mapped_column(String(63))
     image: Mapped[str | None] = mapped_column(String(512))

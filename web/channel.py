@@ -405,6 +405,7 @@ class AppRow:
     app: models.App
     current_revision: int | None
     last: models.Deployment | None
+    environment: str = ""
 
 
 async def _app_rows(session: AsyncSession, app_list: list[models.App]) -> list[AppRow]:
@@ -421,7 +422,11 @@ async def _app_rows(session: AsyncSession, app_list: list[models.App]) -> list[A
         if current is None:
             done = await deploys.current_deployment(session, app=a)
             current = done.revision_number if done else None
-        rows.append(AppRow(app=a, current_revision=current, last=last))
+        rows.append(
+            AppRow(
+                app=a, current_revision=current, last=last, environment=await apps.env_name(session, app=a)
+            )
+        )
     return rows
 
 

@@ -56,6 +56,9 @@ class AppView:
     git_repo: str | None
     github_environment: str | None
     domain: str | None = None  # the app's public host, for links such as GitHub's environment_url
+    environment: str | None = None  # the environment this app row runs in
+    # The next environment in the project's order where the app also runs: what a card offers to promote to.
+    next_environment: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -267,3 +267,41 @@ def test_unescape_keeps_mentions_and_undoes_links_and_entities() -> None:
     assert c.unescape("<@U123|bob> &lt;b&gt; &amp;amp; <https://x.io> <mailto:a@b.c|a@b.c>") == (
         "<@U123|bob> <b> &amp; https://x.io a@b.c"
     )
+
+
+# ---------------------------------------------------------------- environments
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("deploy web 1.6 to staging", c.Deploy(app="web", image="1.6", env="staging")),
+        ("deploy web 1.6 --env staging", c.Deploy(app="web", image="1.6", env="staging")),
+        ("deploy web 1.6 --env=Staging", c.Deploy(app="web", image="1.6", env="staging")),
+        ("deploy web 1.6", c.Deploy(app="web", image="1.6")),
+        ("rollback web 3 in production", c.Rollback(app="web", revision=3, env="production")),
+        ("status web in staging", c.Status(app="web", env="staging")),
+        ("logs web 50 in staging", c.Logs(app="web", lines=50, env="staging")),
+        ("scale web replicas=3 in production", c.Scale(app="web", replicas=3, env="production")),
+        ("secrets list web in staging", c.SecretsList(app="web", env="staging")),
+        # A lock reason is free text: only --env names an environment there.
+        (
+            "lock web migration running in production",
+            c.Lock(app="web", reason="migration running in production"),
+        ),
+        ("lock web migration --env staging", c.Lock(app="web", reason="migration", env="staging")),
+        ("promote web staging production", c.Promote(app="web", source="staging", target="production")),
+        ("promote web staging to production", c.Promote(app="web", source="staging", target="production")),
+        ("envs", c.Envs()),
+        ("envs acme", c.Envs(project="acme")),
+    ],
+)
+def test_environment_is_read_from_every_app_command(text: str, expected: c.Command) -> None:
+    assert c.parse(text) == expected
+
+
+def test_environment_mistakes_name_the_command() -> None:
+    with pytest.raises(c.UsageError, match="promote"):
+        c.parse("promote web staging")
+    with pytest.raises(c.UsageError, match="does not take `--env staging`"):
+        c.parse("apps --env staging")

@@ -6,7 +6,7 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import notifier as notifier_mod
-from core import events
+from core import environments, events
 from core.notices import target_view
 from core.notices import targets as notice_targets
 from shipit.runtime import Runtime
@@ -37,7 +37,10 @@ async def test_a_retry_on_another_replica_updates_the_card_instead_of_posting_an
         cluster = models.Cluster(id=1, name="c", kubeconfig_enc=b"x")
         session.add_all([project, cluster])
         await session.flush()
-        session.add(models.App(id=1, name="web", project_id=1, cluster_id=1, namespace="n"))
+        env = await environments.add(session, project_id=1, name=environments.DEFAULT)
+        session.add(
+            models.App(id=1, name="web", project_id=1, environment_id=env.id, cluster_id=1, namespace="n")
+        )
         session.add(models.NotificationTarget(project_id=1, kind="slack", address=CHANNEL, created_by="test"))
         await session.flush()
         d = models.Deployment(app_id=1, revision_number=1, image="ghcr.io/acme/web:1", namespace="n",

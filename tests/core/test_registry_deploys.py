@@ -19,12 +19,13 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from core import deploys, environments, image_policies
+from core import apps, deploys, image_policies
 from core.worker import run_until_idle
 from shipit.settings import Settings
 from storage import models
 from tests.conftest import ADMIN, LiveServer, World
 from tests.core.test_deploys import _kube
+from tests.core.test_promotion import _staging
 from tests.core.test_registries import _allow_http, _create, _deployment_image
 from tests.testenv.registry import Registry, push_image, start_registry
 from tests.webhooks.test_registry_webhook import envelope
@@ -152,23 +153,25 @@ async def _at_least(w: World, n: int) -> bool:
     return await _deliveries(w) >= n
 
 
-async def test_polling_finds_a_new_tag_and_backs_off_while_the_registry_is_gone(
-    world: World, tmp_path: Path
+async def test_polling_finds_a_new_tag_deploys_staging_promotes_and_backs_off_while_the_registry_is_gone(
+    world: World, tmp_path: Path, kube_api: Any
 ) -> None:
     rt = world.rt
     with start_registry(tmp_path / "registry") as reg:
         _allow_http(rt, reg.host)
         repo = f"{reg.host}/acme/web"
         push_image(reg, name="acme/web", tag="main-7", marker="one")
-        await _create(world, f"{repo}:main-7")
-        # web runs in staging and promotes to production, where (on this schema) it has no row yet.
+        await _create(world, f"{repo}:main-7")  # production, in the world's namespace
+        # web also runs in staging (its own namespace); staging follows the registry, production is promoted to.
+        stg_ns = await _staging(world, kube_api)
         async with rt.sessionmaker.begin() as session:
-            app = await session.scalar(select(models.App).where(models.App.name == "web"))
-            assert app is not None
-            staging = await environments.add(session, project_id=app.project_id, name="staging")
-            app.environment_id = staging.id
+            await apps.create(
+                session, actor=ADMIN, project=world.project, cluster=world.cluster, name="web",
+                namespace=stg_ns, env="staging", changes=apps.AppChanges(),
+            )  # fmt: skip
         await _set_policy(
             world,
+            environment="staging",
             kind="regex",
             pattern=r"main-(?P<key>\d+)",
             sort="numeric",
@@ -185,10 +188,16 @@ async def test_polling_finds_a_new_tag_and_backs_off_while_the_registry_is_gone(
         [d] = await _registry_deploys(world)
         assert d.status == deploys.SUCCEEDED, d.error
         assert d.image == f"{repo}:main-12@{digest}"
-        await _assert_runs(world, f"{repo}:main-12@{digest}", digest)
-        # The success reached the promoter (a notify job); with no row in production it says so.
-        policy = await _policy(world)
-        assert policy.last_error == "promotion: web has no row in environment production"
+        kube = await _kube(world)
+        assert (await _deployment_image(kube, stg_ns))[0] == f"{repo}:main-12@{digest}"
+        # The success reached the promoter: production runs the very same digest, by digest.
+        async with rt.sessionmaker() as session:
+            promoted = list(
+                await session.scalars(select(models.Deployment).where(models.Deployment.trigger == "promote"))
+            )
+        assert [(p.namespace, p.status) for p in promoted] == [(world.namespace, deploys.SUCCEEDED)]
+        assert (await _deployment_image(kube, world.namespace))[0] == f"{repo}:main-12@{digest}"
+        assert (await _policy(world)).last_error is None
 
         policy = await _policy(world)
         assert policy.failures == 0 and policy.last_polled_at is not None
@@ -214,7 +223,7 @@ async def test_polling_finds_a_new_tag_and_backs_off_while_the_registry_is_gone(
         delays.append((policy.next_poll_at - policy.last_polled_at).total_seconds())
     assert delays == sorted(delays) and delays[0] >= 120 and delays[2] >= 4 * delays[0] - 1
     async with rt.sessionmaker() as session:
-        shown = await image_policies.show(session, actor=ADMIN, app_name="web")
+        shown = await image_policies.show(session, actor=ADMIN, app_name="web", environment="staging")
     assert shown is not None and shown.failures == 3 and shown.last_error
 
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from bot import notifier
-from core import shared
+from core import environments, shared
 from core.errors import TransientError
 from shipit.runtime import Runtime
 from storage import db, models
@@ -71,7 +71,10 @@ async def test_save_refs_merges_into_the_deploy_at_once(rt: Runtime) -> None:
         cluster = models.Cluster(name="c", kubeconfig_enc=b"x")
         session.add_all([project, cluster])
         await session.flush()
-        app = models.App(name="web", project_id=project.id, cluster_id=cluster.id, namespace="n")
+        env = await environments.add(session, project_id=project.id, name=environments.DEFAULT)
+        app = models.App(
+            name="web", project_id=project.id, environment_id=env.id, cluster_id=cluster.id, namespace="n"
+        )
         session.add(app)
         await session.flush()
         d = models.Deployment(

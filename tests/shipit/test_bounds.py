@@ -218,10 +218,10 @@ async def test_405_names_every_method_the_path_serves(api: httpx.AsyncClient, we
         "token_id": "1",
         "target_id": "1",
         "project": "acme",
+        "env": "production",
         "pr": "1",
         "host": "ghcr.io",
         "number": "1",
-        "env": "production",
     }
     for template, operations in spec["paths"].items():
         declared = {m.upper() for m in operations}

@@ -127,10 +127,10 @@ async def test_cli_tour_without_a_cluster(live_server: LiveServer, shipit: Run, 
     assert created["app"]["autoscaling"] == {"min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
 
     rows = table(ok(await shipit("apps", "list")))
-    assert rows[0] == ["NAME", "PROJECT", "CLUSTER", "NAMESPACE", "IMAGE", "REPLICAS", "FLAGS"]
+    assert rows[0] == ["NAME", "PROJECT", "ENV", "CLUSTER", "NAMESPACE", "IMAGE", "REPLICAS", "FLAGS"]
     assert rows[1:] == [
-        ["api", "acme", "offline", "apps", "ghcr.io/acme/api:2", "2-10 @70% cpu", "-"],
-        ["web", "shop", "offline", "shop", "ghcr.io/acme/web:1.4", "2", "protected"],
+        ["api", "acme", "production", "offline", "apps", "ghcr.io/acme/api:2", "2-10 @70% cpu", "-"],
+        ["web", "shop", "production", "offline", "shop", "ghcr.io/acme/web:1.4", "2", "protected"],
     ]
     listed = json.loads(ok(await shipit("apps", "list", "--project", "shop", "--json")))
     assert [a["name"] for a in listed] == ["web"]

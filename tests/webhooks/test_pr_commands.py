@@ -12,11 +12,12 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
 from sqlalchemy import select
 
-from core import apps, environments, jobs, projects
+from core import apps, jobs, projects
 from core.apps import AppChanges
 from core.pr_commands import Command
 from storage import models
 from tests.conftest import ADMIN, World
+from tests.core.test_promotion import _staging
 from tests.fakes.github_api import FakeGitHub
 from tests.webhooks.conftest import SHA_A, SHA_B, Hook, deployments, job_rows, load, make_app, offline_cluster
 from tests.webhooks.test_e2e import eventually, wait_finished
@@ -309,15 +310,14 @@ async def test_deploy_to_staging_then_lock_blocks_the_next_deploy(
     world: World, live_hook: Hook, fake_github: FakeGitHub, kube_api: k8s.ApiClient
 ) -> None:
     rt = world.rt
-    await link(world, name="web")
-    staging_app = await link(world, name="web-staging")
+    await link(world, name="web")  # production
+    stg_ns = await _staging(world, kube_api)
     async with rt.sessionmaker.begin() as session:
-        project = await session.scalar(select(models.Project).where(models.Project.name == "acme"))
-        assert project is not None
-        staging = await environments.add(session, project_id=project.id, name="staging")
-        row = await session.get(models.App, staging_app.id)
-        assert row is not None
-        row.environment_id = staging.id  # the app row of `web` in staging
+        # The app row of `web` in staging: the same app, its own namespace (the definition is copied).
+        staging_app = await apps.create(
+            session, actor=ADMIN, project=world.project, cluster=world.cluster, name="web",
+            namespace=stg_ns, env="staging", changes=apps.AppChanges(),
+        )  # fmt: skip
     await grant(rt, "github:alice", "developer")
     fake_github.set_role(REPO, "alice", "write")
     number = 21
@@ -328,7 +328,7 @@ async def test_deploy_to_staging_then_lock_blocks_the_next_deploy(
     [deploy] = await command_deploys(rt, deploy_id)
     assert deploy.status == "succeeded", deploy.error
     assert deploy.app_id == staging_app.id and deploy.image == f"ghcr.io/acme/web:{SHA_A}"
-    workload = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("web-staging", world.namespace)
+    workload = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("web", stg_ns)
     assert workload.spec.template.spec.containers[0].image == f"ghcr.io/acme/web:{SHA_A}"
     try:
         await k8s.AppsV1Api(kube_api).read_namespaced_deployment("web", world.namespace)
@@ -372,7 +372,7 @@ async def test_deploy_to_staging_then_lock_blocks_the_next_deploy(
     )
     [reply] = status_comments(fake_github, number, rollback_id)
     assert "`.rollback to staging`" in reply["body"] and "✅ done" in reply["body"]
-    workload = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("web-staging", world.namespace)
+    workload = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("web", stg_ns)
     assert workload.spec.template.spec.containers[0].image == f"ghcr.io/acme/web:{SHA_A}"
 
 

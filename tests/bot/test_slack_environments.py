@@ -1,0 +1,84 @@
+"""Environments from Slack on the real control plane: `deploy ... to staging`, the staging card's
+"Promote to production" button moving the exact digest, and `/shipit envs`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes_asyncio import client as k8s
+
+from bot import views
+from core import apps, environment_admin
+from tests.bot.conftest import (
+    ALICE,
+    SlackSender,
+    add_app,
+    button_ids,
+    card_of,
+    card_text,
+    deployments,
+    eventually,
+)
+from tests.bot.test_slack_rollouts import ROLLOUT, _card_says, _image_in_cluster
+from tests.conftest import ADMIN, World
+from tests.fakes.slack_api import FakeSlack
+from tests.testenv.plugin import _wait_for_default_serviceaccount
+
+DIGEST = "sha256:" + "0f" * 32
+
+
+async def test_deploy_to_staging_then_promote_from_the_card(
+    slack: SlackSender, kube_world: World, fake_slack: FakeSlack, kube_api: Any
+) -> None:
+    rt = kube_world.rt
+    stg = f"{kube_world.namespace}-stg"
+    core = k8s.CoreV1Api(kube_api)
+    await core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=stg)))
+    await _wait_for_default_serviceaccount(core, stg)
+    await add_app(rt, name="web", cluster=kube_world.cluster, image="ghcr.io/acme/web:1.0", replicas=2)
+    async with rt.sessionmaker.begin() as session:
+        await environment_admin.create(
+            session, actor=ADMIN, project="acme", name="staging", namespace=stg, before="production"
+        )
+        await apps.create(
+            session, actor=ADMIN, project="acme", cluster="", name="web", env="staging",
+            changes=apps.AppChanges(replicas=1),
+        )  # fmt: skip
+
+    reply = await slack.command("envs", user=ALICE)
+    assert "staging" in reply["text"] and "production" in reply["text"]
+    assert reply["text"].index("staging") < reply["text"].index("production")
+    reply = await slack.command("deploy web 2.0", user=ALICE)
+    assert "several environments" in reply["text"]
+
+    await slack.command(f"deploy web ghcr.io/acme/web@{DIGEST} to staging", user=ALICE)
+    [staged] = await deployments(rt)
+    assert staged.namespace == stg
+    channel, ts = await eventually(lambda: card_of(rt, fake_slack, staged.id), what="card", timeout=ROLLOUT)
+    await eventually(lambda: _card_says(fake_slack, channel, ts, "is live on"), what="live", timeout=ROLLOUT)
+    card = fake_slack.message(channel, ts)
+    assert button_ids(card) == {views.ACTION_ROLLBACK, views.ACTION_PROMOTE}
+    assert "Promote to production" in card_text(card)
+
+    r = await slack.click(views.ACTION_PROMOTE, user=ALICE, channel=channel, message_ts=ts)
+    assert r.status_code == 200
+    promoted = await eventually(lambda: _promoted(rt), what="promote requested", timeout=ROLLOUT)
+    assert promoted.namespace == kube_world.namespace and promoted.actor == ALICE.subject
+    p_channel, p_ts = await eventually(
+        lambda: card_of(rt, fake_slack, promoted.id), what="card", timeout=ROLLOUT
+    )
+    await eventually(
+        lambda: _card_says(fake_slack, p_channel, p_ts, "is live on"), what="live", timeout=ROLLOUT
+    )
+    # Production is the last environment: nothing further to promote to.
+    assert views.ACTION_PROMOTE not in button_ids(fake_slack.message(p_channel, p_ts))
+    moved = f"ghcr.io/acme/web@{DIGEST}"
+    assert await _image_in_cluster(kube_api, kube_world.namespace, "web") == moved
+    assert await _image_in_cluster(kube_api, stg, "web") == moved
+    prod = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("web", kube_world.namespace)
+    assert prod.spec.replicas == 2
+
+
+async def _promoted(rt: Any) -> Any:
+    found = [d for d in await deployments(rt) if d.trigger == "promote"]
+    return found[0] if found else None

@@ -1,0 +1,168 @@
+"""Environments and promotion from the API and the CLI, over real HTTP (no cluster needed: the
+cluster row is offline, so deploys are only queued; the real rollout is tests/core/test_promotion.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from click.testing import Result
+from sqlalchemy import update
+from typer.testing import CliRunner
+
+from core import apps
+from shipit import cli
+from storage import models
+from tests.conftest import LiveServer
+from tests.shipit.test_cli import Run, ok, one_error_line, table
+
+pytestmark = pytest.mark.both_databases
+
+
+@pytest.fixture
+def shipit(live_server: LiveServer, admin_token: str) -> Run:
+    runner = CliRunner()
+
+    async def run(
+        *args: str, input: str | None = None, token: str | None = None, url: str | None = None
+    ) -> Result:
+        env = {"SHIPIT_URL": live_server.url, "SHIPIT_TOKEN": admin_token}
+        return await asyncio.to_thread(runner.invoke, cli.app, list(args), input=input, env=env)
+
+    return run
+
+
+APP = {"project": "acme", "cluster": "offline", "image": "ghcr.io/acme/web:1.0", "deploy": False}
+
+
+async def test_api_environments_rows_and_promotion(
+    api: httpx.AsyncClient, live_server: LiveServer, offline: str
+) -> None:
+    r = await api.post("/api/v1/apps", json={**APP, "name": "web", "replicas": 3})
+    assert r.status_code == 201 and r.json()["app"]["environment"] == "production", r.text
+    r = await api.post(
+        "/api/v1/projects/acme/environments",
+        json={"name": "staging", "namespace": "acme-stg", "before": "production"},
+    )
+    assert r.status_code == 201, r.text
+    r = await api.get("/api/v1/projects/acme/environments")
+    assert [(e["name"], e["namespace"], e["apps"]) for e in r.json()] == [
+        ("staging", "acme-stg", []),
+        ("production", None, ["web"]),
+    ]
+    # The staging row copies the definition (image) and takes its own overrides and namespace.
+    r = await api.post(
+        "/api/v1/apps",
+        json={"name": "web", "project": "acme", "environment": "staging", "replicas": 1, "deploy": False},
+    )
+    assert r.status_code == 201, r.text
+    staging = r.json()["app"]
+    assert (staging["environment"], staging["namespace"], staging["image"], staging["replicas"]) == (
+        "staging", "acme-stg", "ghcr.io/acme/web:1.0", 1,
+    )  # fmt: skip
+
+    r = await api.get("/api/v1/apps/web")
+    assert r.status_code == 422 and r.json()["error"]["field"] == "env", r.text
+    assert "staging" in r.json()["error"]["message"]
+    r = await api.get("/api/v1/apps/web", params={"env": "production"})
+    assert r.status_code == 200 and r.json()["replicas"] == 3
+    r = await api.get("/api/v1/apps/web", params={"env": "Bad_Env"})
+    assert r.status_code == 422, r.text
+    r = await api.put(
+        "/api/v1/apps/web/secrets", params={"env": "staging", "deploy": "false"}, json={"values": {"K": "v"}}
+    )
+    assert r.status_code == 200, r.text
+    assert (await api.get("/api/v1/apps/web/secrets", params={"env": "production"})).json() == []
+
+    # Nothing ran in staging yet: nothing to promote.
+    r = await api.post("/api/v1/apps/web/promote", json={"from": "staging", "to": "production"})
+    assert r.status_code == 409 and "nothing to promote" in r.json()["error"]["message"], r.text
+    digest = "sha256:" + "cd" * 32
+    await _pretend_staging_ran(live_server, image=f"ghcr.io/acme/web@{digest}")
+    r = await api.post("/api/v1/apps/web/promote", json={"from": "staging", "to": "production"})
+    assert r.status_code == 202, r.text
+    d = r.json()
+    assert (d["trigger"], d["image"], d["namespace"]) == ("promote", f"ghcr.io/acme/web@{digest}", "apps")
+
+    r = await api.delete("/api/v1/projects/acme/environments/staging")
+    assert r.status_code == 409 and "still has apps" in r.json()["error"]["message"]
+
+
+async def _pretend_staging_ran(live_server: LiveServer, *, image: str) -> None:
+    """The staging row's current revision, as a succeeded rollout leaves it (no cluster here)."""
+    rt = live_server.rt
+    async with rt.sessionmaker.begin() as session:
+        from core.identity import SYSTEM
+
+        row = await apps.get(session, actor=SYSTEM, name="web", env="staging")
+        revision = models.Revision(
+            app_id=row.id, number=99, image=image, snapshot={"image": image, "release_command": "echo hi"},
+            secret_checksum="", created_by="test",
+        )  # fmt: skip
+        session.add(revision)
+        await session.flush()
+        await session.execute(
+            update(models.App).where(models.App.id == row.id).values(current_revision_id=revision.id)
+        )
+
+
+async def test_cli_envs_env_flag_and_promote(shipit: Run, live_server: LiveServer, offline: str) -> None:
+    ok(
+        await shipit(
+            "apps",
+            "create",
+            "web",
+            "--project",
+            "acme",
+            "--cluster",
+            "offline",
+            "--image",
+            "ghcr.io/acme/web:1.0",
+            "--no-deploy",
+        )
+    )
+    out = ok(
+        await shipit("envs", "create", "acme", "staging", "--namespace", "acme-stg", "--before", "production")
+    )
+    assert "created environment acme staging (position 0" in out
+    # --env without "=" names the environment; with "=" it still sets a variable.
+    out = ok(
+        await shipit(
+            "apps",
+            "create",
+            "web",
+            "--project",
+            "acme",
+            "--env",
+            "staging",
+            "--env",
+            "MODE=stg",
+            "--no-deploy",
+        )
+    )
+    assert "environment staging" in out and "namespace acme-stg" in out
+    rows = table(ok(await shipit("envs", "list", "acme")))
+    assert rows == [
+        ["ENV", "CLUSTER", "NAMESPACE", "APPS"],
+        ["staging", "-", "acme-stg", "web"],
+        ["production", "-", "-", "web"],
+    ]
+    rows = table(ok(await shipit("apps", "list")))
+    assert [(r[0], r[2], r[4]) for r in rows[1:]] == [
+        ("web", "production", "apps"),
+        ("web", "staging", "acme-stg"),
+    ]
+
+    error = one_error_line(await shipit("status", "web"))
+    assert "several environments" in error and "production" in error
+    shown = json.loads(ok(await shipit("apps", "show", "web", "--env", "staging", "--json")))
+    assert shown["env"] == {"MODE": "stg"} and shown["environment"] == "staging"
+    d = json.loads(ok(await shipit("deploy", "web", "1.1", "--env", "staging", "--json")))
+    assert (d["namespace"], d["image"]) == ("acme-stg", "ghcr.io/acme/web:1.1")
+    error = one_error_line(await shipit("promote", "web", "staging", "production"))
+    assert "nothing to promote" in error
+    await _pretend_staging_ran(live_server, image="ghcr.io/acme/web@sha256:" + "ef" * 32)
+    out = ok(await shipit("promote", "web", "staging", "production"))
+    assert "promoting web from staging to production: ghcr.io/acme/web@sha256:" in out
