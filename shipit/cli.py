@@ -1,4 +1,7 @@
-"""The `shipit` command: server-side commands (serve, db, keys) here, API commands in cli_client."""
+"""The `shipit` command: server-side commands (serve, db, keys) here, API commands in cli_client.
+
+Every command group and command of the CLI is wired below, in the order `shipit --help` lists them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,22 @@ import sys
 
 import typer
 
-from shipit import cli_client, cli_identities, cli_notify, cli_policies, cli_protection
+from shipit.cli_client import (
+    apps,
+    audit,
+    clusters,
+    deploys,
+    envs,
+    identities,
+    notify,
+    policies,
+    previews,
+    projects,
+    protection,
+    registries,
+    secrets,
+    tokens,
+)
 from shipit.settings import Settings
 
 app = typer.Typer(help="shipit: ship container images to your Kubernetes clusters.", no_args_is_help=True)
@@ -15,11 +33,47 @@ db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 keys_app = typer.Typer(help="The master key.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
-cli_client.register(app)
-cli_client.apps_app.command("policy")(cli_policies.policy)
-app.add_typer(cli_identities.identities_app, name="identities")
-cli_protection.register(app)
-cli_notify.register(app)
+
+# API commands (shipit.cli_client): groups, then top-level commands.
+app.add_typer(projects.projects_app, name="projects")
+app.add_typer(clusters.clusters_app, name="clusters")
+app.add_typer(apps.apps_app, name="apps")
+app.add_typer(secrets.secrets_app, name="secrets")
+app.add_typer(tokens.tokens_app, name="tokens")
+app.add_typer(previews.previews_app, name="previews")
+app.add_typer(registries.registries_app, name="registries")
+app.add_typer(envs.envs_app, name="envs")
+app.add_typer(identities.identities_app, name="identities")
+app.add_typer(notify.notify_app, name="notify")
+app.command("deploy")(deploys.deploy)
+app.command("promote")(deploys.promote)
+app.command("rollback")(deploys.rollback)
+app.command("revisions")(deploys.revisions)
+app.command("deploys")(deploys.deploys_list)
+app.command("status")(deploys.status)
+app.command("scale")(deploys.scale)
+app.command("approve")(deploys.approve)
+app.command("reject")(deploys.reject)
+app.command("cancel")(deploys.cancel)
+app.command("logs")(deploys.logs)
+app.command("audit")(audit.audit)
+app.command("whoami")(tokens.whoami)
+# The seed's spellings: `shipit apps revisions APP`, `shipit apps rollback APP --revision N`.
+apps.apps_app.command("revisions")(deploys.revisions)
+apps.apps_app.command("rollback")(deploys.rollback)
+apps.apps_app.command("deploy")(deploys.deploy)
+apps.apps_app.command("status")(deploys.status)
+apps.apps_app.command("policy")(policies.policy)
+# Environment protection joins the `envs` and `projects` groups.
+envs.envs_app.command("protection")(protection.protection)
+envs.envs_app.command("protect")(protection.protect)
+envs.envs_app.command("unprotect")(protection.unprotect)
+envs.envs_app.command("window")(protection.window)
+envs.envs_app.command("freeze")(protection.freeze)
+envs.envs_app.command("lock")(protection.lock)
+envs.envs_app.command("unlock")(protection.unlock)
+projects.projects_app.command("lock")(protection.project_lock)
+projects.projects_app.command("unlock")(protection.project_unlock)
 
 
 def _print_version(value: bool) -> None:

@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from shipit.cli_client import JsonOpt, _q, _stdin_if_dash, api, fail, show_json, table, when
+from shipit.cli_client.client import api, fail, q
+from shipit.cli_client.options import JsonOpt, stdin_if_dash
+from shipit.cli_client.output import show_json, table, when
 
 notify_app = typer.Typer(help="Notification targets: where a project's notices go.", no_args_is_help=True)
 
@@ -70,11 +72,11 @@ def notify_add(
     body: dict[str, Any] = {"kind": the_kind, "address": the_address, "events": events, "format": fmt}
     if env is not None:
         body["environment"] = env
-    secret_value = _stdin_if_dash(secret, flag="--secret")
+    secret_value = stdin_if_dash(secret, flag="--secret")
     if secret_value is not None:
         body["secret"] = secret_value
     with api() as client:
-        t = client.call("POST", f"/projects/{_q(project)}/notify", body=body)
+        t = client.call("POST", f"/projects/{q(project)}/notify", body=body)
     if as_json:
         show_json(t)
         return
@@ -103,7 +105,7 @@ def _state(t: dict[str, Any]) -> str:
 def notify_list(project: ProjectArg, as_json: JsonOpt = False) -> None:
     """A project's targets, with each one's last success and last failure (and why)."""
     with api() as client:
-        rows = client.get(f"/projects/{_q(project)}/notify")
+        rows = client.get(f"/projects/{q(project)}/notify")
     if as_json:
         show_json(rows)
         return
@@ -132,7 +134,7 @@ def notify_list(project: ProjectArg, as_json: JsonOpt = False) -> None:
 def notify_remove(project: ProjectArg, target_id: TargetArg) -> None:
     """Remove a target: nothing more is sent to it."""
     with api() as client:
-        client.call("DELETE", f"/projects/{_q(project)}/notify/{target_id}")
+        client.call("DELETE", f"/projects/{q(project)}/notify/{target_id}")
     typer.echo(f"removed target #{target_id} of project {project}")
 
 
@@ -140,7 +142,7 @@ def notify_remove(project: ProjectArg, target_id: TargetArg) -> None:
 def notify_test(project: ProjectArg, target_id: TargetArg, as_json: JsonOpt = False) -> None:
     """Send a sample notice to one target now and print what happened (exit 1 if it failed)."""
     with api() as client:
-        result = client.call("POST", f"/projects/{_q(project)}/notify/{target_id}/test")
+        result = client.call("POST", f"/projects/{q(project)}/notify/{target_id}/test")
     if as_json:
         show_json(result)
     else:
@@ -148,7 +150,3 @@ def notify_test(project: ProjectArg, target_id: TargetArg, as_json: JsonOpt = Fa
         typer.echo(f"target #{target_id} ({_describe(result['target'])}): {outcome}: {result['message']}")
     if not result["ok"]:
         raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(notify_app, name="notify")

@@ -1,8 +1,7 @@
 """CLI commands that protect environments: `shipit envs protect|unprotect|window|freeze|lock|unlock|protection`
-and `shipit projects lock|unlock`.  Each is one call to the routes in shipit.api_protection.
+and `shipit projects lock|unlock`.  Each is one call to the API's protection routes.
 
-They join the `envs` and `projects` groups the CLI already has (or make `envs` when nothing else did),
-so this module is wired with one line in shipit.cli_client.register.
+They join the `envs` and `projects` groups; shipit/cli.py wires them there.
 """
 
 from __future__ import annotations
@@ -12,7 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from shipit.cli_client import JsonOpt, _q, api, fail, fields_out, show_json, when
+from shipit.cli_client.client import api, fail, q
+from shipit.cli_client.options import JsonOpt
+from shipit.cli_client.output import fields_out, show_json, when
 
 ProjectArg = Annotated[str, typer.Argument(help="Project name.")]
 EnvArg = Annotated[str, typer.Argument(help="Environment name (staging, production, ...).")]
@@ -20,7 +21,7 @@ ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why: shown to w
 
 
 def _path(project: str, env: str, what: str) -> str:
-    return f"/projects/{_q(project)}/environments/{_q(env)}/{what}"
+    return f"/projects/{q(project)}/environments/{q(env)}/{what}"
 
 
 def _seconds(text: str | None, *, flag: str) -> int | None:
@@ -183,33 +184,10 @@ def project_lock(
     """No deploys into any environment of the project until unlocked or the lock runs out."""
     body = {"reason": reason, "seconds": _seconds(for_, flag="--for")}
     with api() as client:
-        _project_lock_out(client.call("POST", f"/projects/{_q(project)}/lock", body=body), as_json)
+        _project_lock_out(client.call("POST", f"/projects/{q(project)}/lock", body=body), as_json)
 
 
 def project_unlock(project: ProjectArg, as_json: JsonOpt = False) -> None:
     """Allow deploys into the project again."""
     with api() as client:
-        _project_lock_out(client.call("POST", f"/projects/{_q(project)}/unlock"), as_json)
-
-
-def _group(app: typer.Typer, name: str, help: str) -> typer.Typer:
-    for info in app.registered_groups:
-        if info.name == name and info.typer_instance is not None:
-            return info.typer_instance
-    group = typer.Typer(help=help, no_args_is_help=True)
-    app.add_typer(group, name=name)
-    return group
-
-
-def register(app: typer.Typer) -> None:
-    envs = _group(app, "envs", "Environments of a project: protection, windows, freezes, locks.")
-    envs.command("protection")(protection)
-    envs.command("protect")(protect)
-    envs.command("unprotect")(unprotect)
-    envs.command("window")(window)
-    envs.command("freeze")(freeze)
-    envs.command("lock")(lock)
-    envs.command("unlock")(unlock)
-    projects = _group(app, "projects", "Projects, their members and roles.")
-    projects.command("lock")(project_lock)
-    projects.command("unlock")(project_unlock)
+        _project_lock_out(client.call("POST", f"/projects/{q(project)}/unlock"), as_json)

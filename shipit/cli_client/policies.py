@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from shipit.cli_client import api, fail, show_json
+from shipit.cli_client.client import api, fail
+from shipit.cli_client.output import show_json
 
 EXIT_USAGE = 2
 

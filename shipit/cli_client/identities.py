@@ -6,7 +6,9 @@ from typing import Annotated, Any
 
 import typer
 
-from shipit.cli_client import JsonOpt, _q, api, show_json, table, when
+from shipit.cli_client.client import api, q
+from shipit.cli_client.options import JsonOpt
+from shipit.cli_client.output import show_json, table, when
 
 identities_app = typer.Typer(
     help="One person, several identities: roles held by any of them hold for all.", no_args_is_help=True
@@ -58,7 +60,7 @@ def identities_unlink(
 ) -> None:
     """Take a subject off its person (global admins)."""
     with api() as client:
-        row = client.call("DELETE", f"/identities/{_q(subject)}")
+        row = client.call("DELETE", f"/identities/{q(subject)}")
     if as_json:
         show_json(row)
     else:

@@ -1,0 +1,505 @@
+"""`shipit apps`: what runs where, and how; the settings themselves are in app_settings."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+
+from shipit.cli_client.client import Api, api, fail, q
+from shipit.cli_client.options import EnvironmentOpt, EnvNameOpt, JsonOpt, WaitOpt, parse_pairs
+from shipit.cli_client.output import deployed, fields_out, show_json, table
+
+apps_app = typer.Typer(help="Apps: what runs where, and how.", no_args_is_help=True)
+
+
+ImageOpt = Annotated[str | None, typer.Option(help="Container image, like ghcr.io/acme/web:1.4.")]
+ReplicasOpt = Annotated[int | None, typer.Option(help="Fixed number of pods (without autoscaling).")]
+PortOpt = Annotated[int | None, typer.Option(help="Container port (default 8080).")]
+EnvOpt = Annotated[
+    list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE environment variable; repeatable.")
+]
+CpuRequestOpt = Annotated[str | None, typer.Option(help="CPU request (default 100m).")]
+CpuLimitOpt = Annotated[str | None, typer.Option(help="CPU limit (default 500m).")]
+MemRequestOpt = Annotated[str | None, typer.Option(help="Memory request (default 128Mi).")]
+MemLimitOpt = Annotated[str | None, typer.Option(help="Memory limit (default 256Mi).")]
+HealthPathOpt = Annotated[str | None, typer.Option(help="HTTP path for liveness/readiness probes.")]
+HealthPortOpt = Annotated[int | None, typer.Option(help="Probe port (default: the container port).")]
+HealthDelayOpt = Annotated[int | None, typer.Option(help="Seconds before the first probe.")]
+HealthPeriodOpt = Annotated[int | None, typer.Option(help="Seconds between probes.")]
+MinOpt = Annotated[int | None, typer.Option(help="Autoscaling: fewest pods.")]
+MaxOpt = Annotated[int | None, typer.Option(help="Autoscaling: most pods.")]
+CpuTargetOpt = Annotated[int | None, typer.Option(help="Autoscaling: target CPU use in percent (1-100).")]
+DomainOpt = Annotated[str | None, typer.Option(help="Serve on this host (Ingress + TLS); '' removes it.")]
+ProtectedOpt = Annotated[
+    bool | None,
+    typer.Option("--protected/--unprotected", help="Deploys need approval from a second person."),
+]
+DeadlineOpt = Annotated[int | None, typer.Option(help="Seconds a rollout may take before it fails.")]
+GitRepoOpt = Annotated[str | None, typer.Option(help="GitHub repository owner/name to deploy from.")]
+GitBranchOpt = Annotated[str | None, typer.Option(help="Branch whose pushes deploy.")]
+ImageTemplateOpt = Annotated[
+    str | None, typer.Option(help="Image built for a commit, like ghcr.io/acme/web:{sha}.")
+]
+DeployOnOpt = Annotated[str | None, typer.Option(help="Deploy on 'push' or after 'ci' passes.")]
+PreviewsOpt = Annotated[
+    bool | None, typer.Option("--previews/--no-previews", help="A preview environment per pull request.")
+]
+PreviewDomainOpt = Annotated[str | None, typer.Option(help="Base domain of preview URLs.")]
+PreviewTtlOpt = Annotated[int | None, typer.Option(help="Hours an idle preview lives.")]
+ForksOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--previews-from-forks",
+        metavar="never|approved|always",
+        help="Pull requests from forks: no preview (never), one once a project developer approves "
+        "each commit (approved, without the app's secrets), or always (with secrets; admins only).",
+    ),
+]
+
+
+ReleaseCommandOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--release-command",
+        help="Run this (sh -c) as a Job with the new image, env and secrets before each rollout; "
+        "the deploy fails, and nothing changes, if it fails. '' removes it.",
+    ),
+]
+
+
+AutoRollbackOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--auto-rollback",
+        metavar="on|off",
+        help="When a rollout fails, deploy the current revision again by itself (default on).",
+    ),
+]
+
+
+def _split_env(items: Sequence[str] | None, environment: str | None) -> tuple[list[str], str | None]:
+    """`--env staging` names the environment, `--env KEY=VALUE` sets a variable."""
+    # Only a lowercase DNS label names an environment; anything else stays a (malformed) variable.
+    names = [i for i in items or [] if "=" not in i and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", i)]
+    pairs = [i for i in items or [] if i not in names]
+    if environment is not None:
+        names.append(environment)
+    if len(set(names)) > 1:
+        fail(f"give one environment, not {', '.join(names)}")
+    return pairs, names[0] if names else None
+
+
+def _app_body(**flags: Any) -> dict[str, Any]:
+    env = flags.pop("env")
+    body = {k: v for k, v in flags.items() if v is not None}
+    if env:
+        body["env"] = parse_pairs(env, what="--env")
+    if body.get("previews") is not None:
+        body["previews_enabled"] = body.pop("previews")
+    if body.get("auto_rollback") is not None:
+        word = str(body["auto_rollback"]).lower()
+        if word not in ("on", "off"):
+            fail("--auto-rollback takes on or off")
+        body["auto_rollback"] = word == "on"
+    return body
+
+
+@apps_app.command("list")
+def apps_list(
+    project: Annotated[str | None, typer.Option(help="Only apps of this project.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The apps you can see."""
+    with api() as client:
+        rows = client.get("/apps", project=project)
+    if as_json:
+        show_json(rows)
+        return
+    table(
+        ["NAME", "PROJECT", "ENV", "CLUSTER", "NAMESPACE", "IMAGE", "REPLICAS", "FLAGS"],
+        [
+            [
+                a["name"],
+                a["project"],
+                a.get("environment") or "-",
+                a["cluster"],
+                a["namespace"],
+                a["image"],
+                _replicas(a),
+                _flags(a),
+            ]
+            for a in rows
+        ],
+        empty="no apps yet: shipit apps create NAME --project P --cluster C --image IMAGE",
+    )
+
+
+def _replicas(a: dict[str, Any]) -> str:
+    s = a.get("autoscaling")
+    if s:
+        return f"{s['min_replicas']}-{s['max_replicas']} @{s['cpu_target'] or 80}% cpu"
+    return str(a["replicas"])
+
+
+def _flags(a: dict[str, Any]) -> str:
+    out = []
+    if a.get("protected"):
+        out.append("protected")
+    if a.get("locked"):
+        out.append("locked")
+    if a.get("auto_deploy_paused"):
+        out.append("paused")
+    return ",".join(out) or "-"
+
+
+def _pick(client: Api, *, path: str, flag: str, what: str) -> str:
+    """A missing --project/--cluster is fine when there is only one to choose from."""
+    names = [row["name"] for row in client.get(path)]
+    if len(names) == 1:
+        return str(names[0])
+    fail(f"{flag} is required; {what}: {', '.join(names) if names else 'none yet'}")
+
+
+@apps_app.command("create")
+def apps_create(
+    name: Annotated[str | None, typer.Argument(help="App name (a DNS label).", show_default=False)] = None,
+    name_opt: Annotated[str | None, typer.Option("--name", help="The app name, seed style.")] = None,
+    project: Annotated[str | None, typer.Option(help="Project (default: your only one).")] = None,
+    cluster: Annotated[str | None, typer.Option(help="Cluster (default: the only one).")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Namespace (default: the cluster's).")] = None,
+    image: ImageOpt = None,
+    replicas: ReplicasOpt = None,
+    port: PortOpt = None,
+    env: EnvOpt = None,
+    cpu_request: CpuRequestOpt = None,
+    cpu_limit: CpuLimitOpt = None,
+    memory_request: MemRequestOpt = None,
+    memory_limit: MemLimitOpt = None,
+    health_path: HealthPathOpt = None,
+    health_port: HealthPortOpt = None,
+    health_initial_delay: HealthDelayOpt = None,
+    health_period: HealthPeriodOpt = None,
+    min_replicas: MinOpt = None,
+    max_replicas: MaxOpt = None,
+    cpu_target: CpuTargetOpt = None,
+    domain: DomainOpt = None,
+    protected: ProtectedOpt = None,
+    progress_deadline: DeadlineOpt = None,
+    git_repo: GitRepoOpt = None,
+    git_branch: GitBranchOpt = None,
+    image_template: ImageTemplateOpt = None,
+    deploy_on: DeployOnOpt = None,
+    previews: PreviewsOpt = None,
+    preview_domain: PreviewDomainOpt = None,
+    preview_ttl_hours: PreviewTtlOpt = None,
+    previews_from_forks: ForksOpt = None,
+    release_command: ReleaseCommandOpt = None,
+    auto_rollback: AutoRollbackOpt = None,
+    no_deploy: Annotated[
+        bool, typer.Option("--no-deploy", help="Only record the app; deploy later.")
+    ] = False,
+    environment: EnvironmentOpt = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an app, and deploy it at once when it has an image (unless --no-deploy).
+
+    `--env staging` (or --environment) creates it in that environment of the project; an app that
+    already runs in another environment is copied there, the flags given being this one's overrides
+    (cluster and namespace default to the environment's; secrets are not copied).
+    """
+    env, environment = _split_env(env, environment)
+    if name_opt:
+        # Seed style: `apps create CLUSTER --name APP`.
+        if name and cluster:
+            fail("give the app name once: as NAME or as --name")
+        cluster, name = cluster or name, name_opt
+    if not name:
+        fail("NAME is required: shipit apps create NAME --project P --cluster C --image IMAGE")
+    body = _app_body(
+        image=image,
+        replicas=replicas,
+        port=port,
+        env=env,
+        cpu_request=cpu_request,
+        cpu_limit=cpu_limit,
+        memory_request=memory_request,
+        memory_limit=memory_limit,
+        health_path=health_path,
+        health_port=health_port,
+        health_initial_delay=health_initial_delay,
+        health_period=health_period,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        cpu_target=cpu_target,
+        domain=domain,
+        protected=protected,
+        progress_deadline_seconds=progress_deadline,
+        git_repo=git_repo,
+        git_branch=git_branch,
+        image_template=image_template,
+        deploy_on=deploy_on,
+        previews=previews,
+        preview_domain=preview_domain,
+        preview_ttl_hours=preview_ttl_hours,
+        previews_from_forks=previews_from_forks,
+        release_command=release_command,
+        auto_rollback=auto_rollback,
+    )
+    with api() as client:
+        project = project or _pick(client, path="/projects", flag="--project", what="your projects")
+        if environment is None:
+            cluster = cluster or _pick(client, path="/clusters", flag="--cluster", what="clusters")
+        body.update(name=name, project=project, deploy=not no_deploy)
+        if cluster:
+            body["cluster"] = cluster
+        if environment:
+            body["environment"] = environment
+        if namespace:
+            body["namespace"] = namespace
+        created = client.call("POST", "/apps", body=body)
+        a, d = created["app"], created["deployment"]
+        if not as_json:
+            typer.echo(
+                f"created app {a['name']} in project {a['project']}"
+                + (f", environment {a.get('environment')}" if environment else "")
+                + f" (cluster {a['cluster']}, namespace {a['namespace']})"
+            )
+            if d is None:
+                hint = "set an image with --image, then " if not a["image"] else ""
+                typer.echo(f"not deployed yet: {hint}shipit deploy {a['name']}")
+        deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a})
+
+
+@apps_app.command("update")
+def apps_update(
+    name: Annotated[str, typer.Argument(help="App name.")],
+    image: ImageOpt = None,
+    replicas: ReplicasOpt = None,
+    port: PortOpt = None,
+    env: EnvOpt = None,
+    unset_env: Annotated[
+        list[str] | None, typer.Option("--unset-env", help="Remove an environment variable; repeatable.")
+    ] = None,
+    cpu_request: CpuRequestOpt = None,
+    cpu_limit: CpuLimitOpt = None,
+    memory_request: MemRequestOpt = None,
+    memory_limit: MemLimitOpt = None,
+    health_path: HealthPathOpt = None,
+    health_port: HealthPortOpt = None,
+    health_initial_delay: HealthDelayOpt = None,
+    health_period: HealthPeriodOpt = None,
+    min_replicas: MinOpt = None,
+    max_replicas: MaxOpt = None,
+    cpu_target: CpuTargetOpt = None,
+    domain: DomainOpt = None,
+    protected: ProtectedOpt = None,
+    progress_deadline: DeadlineOpt = None,
+    git_repo: GitRepoOpt = None,
+    git_branch: GitBranchOpt = None,
+    image_template: ImageTemplateOpt = None,
+    deploy_on: DeployOnOpt = None,
+    previews: PreviewsOpt = None,
+    preview_domain: PreviewDomainOpt = None,
+    preview_ttl_hours: PreviewTtlOpt = None,
+    previews_from_forks: ForksOpt = None,
+    release_command: ReleaseCommandOpt = None,
+    auto_rollback: AutoRollbackOpt = None,
+    deploy: Annotated[
+        bool, typer.Option("--deploy", help="Roll the change out now (--wait implies it).")
+    ] = False,
+    environment: EnvironmentOpt = None,
+    wait: WaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change an app's settings; they reach the cluster with the next deploy (or now with --deploy).
+
+    In an app that runs in several environments, `--env staging` (or --environment) says which.
+    """
+    env, environment = _split_env(env, environment)
+    where = {"env": environment}
+    body = _app_body(
+        image=image,
+        replicas=replicas,
+        port=port,
+        env=None,
+        cpu_request=cpu_request,
+        cpu_limit=cpu_limit,
+        memory_request=memory_request,
+        memory_limit=memory_limit,
+        health_path=health_path,
+        health_port=health_port,
+        health_initial_delay=health_initial_delay,
+        health_period=health_period,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        cpu_target=cpu_target,
+        domain=domain,
+        protected=protected,
+        progress_deadline_seconds=progress_deadline,
+        git_repo=git_repo,
+        git_branch=git_branch,
+        image_template=image_template,
+        deploy_on=deploy_on,
+        previews=previews,
+        preview_domain=preview_domain,
+        preview_ttl_hours=preview_ttl_hours,
+        previews_from_forks=previews_from_forks,
+        release_command=release_command,
+        auto_rollback=auto_rollback,
+    )
+    with api() as client:
+        if env or unset_env:
+            # --env adds to the app's variables instead of replacing them all.
+            current = dict(client.get(f"/apps/{q(name)}", **where)["env"])
+            current.update(parse_pairs(env or [], what="--env"))
+            for key in unset_env or []:
+                current.pop(key, None)
+            body["env"] = current
+        if not body:
+            fail("nothing to change: give at least one flag, see shipit apps update --help")
+        deploy = deploy or wait
+        a = client.call("PATCH", f"/apps/{q(name)}", body=body, params=where)
+        d = client.call("POST", f"/apps/{q(name)}/deploys", body={}, params=where) if deploy else None
+        if as_json and not deploy:
+            show_json(a)
+            return
+        if not as_json:
+            typer.echo(f"updated app {a['name']}: {', '.join(sorted(body))}")
+            if not deploy:
+                typer.echo(f"the change reaches the cluster with the next deploy: shipit deploy {a['name']}")
+        deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a})
+
+
+@apps_app.command("show")
+def apps_show(
+    name: Annotated[str, typer.Argument(help="App name.")],
+    environment: EnvNameOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """An app's settings."""
+    with api() as client:
+        a = client.get(f"/apps/{q(name)}", env=environment)
+    if as_json:
+        show_json(a)
+        return
+    fields_out(
+        [
+            ("name", a["name"]),
+            ("project", a["project"]),
+            ("environment", a.get("environment")),
+            ("cluster", a["cluster"]),
+            ("namespace", a["namespace"]),
+            ("image", a["image"] or "(none yet)"),
+            ("revision", _current_revision(a)),
+            ("last attempt", _attempt(a.get("last_attempt"))),
+            ("auto-rollback", "on" if a.get("auto_rollback", True) else "off"),
+            ("replicas", _replicas(a)),
+            ("port", a["port"]),
+            ("env", a["env"]),
+            ("resources", a["resources"]),
+            ("health", a["health"]),
+            ("autoscaling", a["autoscaling"]),
+            ("domain", a["domain"]),
+            ("protected", a["protected"]),
+            ("locked", a["locked"]),
+            ("paused", a["paused_reason"] if a["auto_deploy_paused"] else None),
+            ("git", a["git"]),
+            ("previews", a["previews"]),
+            ("release command", a.get("release_command")),
+        ]
+    )
+
+
+def _current_revision(a: dict[str, Any]) -> str:
+    number = a.get("current_revision")
+    return f"{number} (the settings here are what it runs)" if number else "none yet"
+
+
+def _attempt(la: dict[str, Any] | None) -> str | None:
+    """The last finished deploy, apart from what runs: a failed one never shows as the app's image."""
+    if not la:
+        return None
+    reason = f": {la['error']}" if la.get("status") == "failed" and la.get("error") else ""
+    return f"deploy #{la['deployment']} of revision {la['revision']} ({la['image']}) {la['outcome']}{reason}"
+
+
+@apps_app.command("delete")
+def apps_delete(
+    name: Annotated[str, typer.Argument(help="App name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    environment: EnvNameOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete an app (in one environment, with --env) and its objects in the cluster."""
+    if not yes:
+        try:
+            sure = typer.confirm(f"Delete app {name}, its secrets and its workload in the cluster?")
+        except typer.Abort:
+            sure = False
+        if not sure:
+            fail(f"{name} not deleted (pass --yes to skip this question)")
+    with api() as client:
+        result = client.call("DELETE", f"/apps/{q(name)}", params={"env": environment}) or {
+            "deleted": name,
+            "warning": None,
+        }
+    if as_json:
+        show_json(result)
+        return
+    typer.echo(f"deleted app {name}")
+    if result.get("warning"):
+        typer.echo(f"warning: {result['warning']}", err=True)
+
+
+def _set_flag(name: str, action: str, reason: str | None, as_json: bool) -> None:
+    with api() as client:
+        a = client.call("POST", f"/apps/{q(name)}/{action}", body={"reason": reason})
+    if as_json:
+        show_json(a)
+        return
+    done = {
+        "lock": f"locked {name}: no deploys until `shipit apps unlock {name}`",
+        "unlock": f"unlocked {name}",
+        "pause": f"paused automatic deploys of {name} (`shipit apps resume {name}` to resume)",
+        "resume": f"automatic deploys of {name} resumed",
+    }
+    typer.echo(done[action])
+
+
+ReasonOpt = Annotated[str | None, typer.Option(help="Why (shown to others).")]
+
+
+@apps_app.command("lock")
+def apps_lock(
+    name: Annotated[str, typer.Argument()], reason: ReasonOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Stop all deploys of an app."""
+    _set_flag(name, "lock", reason, as_json)
+
+
+@apps_app.command("unlock")
+def apps_unlock(
+    name: Annotated[str, typer.Argument()], reason: ReasonOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Allow deploys again."""
+    _set_flag(name, "unlock", reason, as_json)
+
+
+@apps_app.command("pause")
+def apps_pause(
+    name: Annotated[str, typer.Argument()], reason: ReasonOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Stop automatic (push) deploys; manual ones still work."""
+    _set_flag(name, "pause", reason, as_json)
+
+
+@apps_app.command("resume")
+def apps_resume(
+    name: Annotated[str, typer.Argument()], reason: ReasonOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Resume automatic deploys (after a rollback paused them)."""
+    _set_flag(name, "resume", reason, as_json)
