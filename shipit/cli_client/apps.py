@@ -8,76 +8,12 @@ from typing import Annotated, Any
 
 import typer
 
+from shipit.cli_client import app_settings
 from shipit.cli_client.client import Api, api, fail, q
 from shipit.cli_client.options import EnvironmentOpt, EnvNameOpt, JsonOpt, WaitOpt, parse_pairs
 from shipit.cli_client.output import deployed, fields_out, show_json, table
 
 apps_app = typer.Typer(help="Apps: what runs where, and how.", no_args_is_help=True)
-
-
-ImageOpt = Annotated[str | None, typer.Option(help="Container image, like ghcr.io/acme/web:1.4.")]
-ReplicasOpt = Annotated[int | None, typer.Option(help="Fixed number of pods (without autoscaling).")]
-PortOpt = Annotated[int | None, typer.Option(help="Container port (default 8080).")]
-EnvOpt = Annotated[
-    list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE environment variable; repeatable.")
-]
-CpuRequestOpt = Annotated[str | None, typer.Option(help="CPU request (default 100m).")]
-CpuLimitOpt = Annotated[str | None, typer.Option(help="CPU limit (default 500m).")]
-MemRequestOpt = Annotated[str | None, typer.Option(help="Memory request (default 128Mi).")]
-MemLimitOpt = Annotated[str | None, typer.Option(help="Memory limit (default 256Mi).")]
-HealthPathOpt = Annotated[str | None, typer.Option(help="HTTP path for liveness/readiness probes.")]
-HealthPortOpt = Annotated[int | None, typer.Option(help="Probe port (default: the container port).")]
-HealthDelayOpt = Annotated[int | None, typer.Option(help="Seconds before the first probe.")]
-HealthPeriodOpt = Annotated[int | None, typer.Option(help="Seconds between probes.")]
-MinOpt = Annotated[int | None, typer.Option(help="Autoscaling: fewest pods.")]
-MaxOpt = Annotated[int | None, typer.Option(help="Autoscaling: most pods.")]
-CpuTargetOpt = Annotated[int | None, typer.Option(help="Autoscaling: target CPU use in percent (1-100).")]
-DomainOpt = Annotated[str | None, typer.Option(help="Serve on this host (Ingress + TLS); '' removes it.")]
-ProtectedOpt = Annotated[
-    bool | None,
-    typer.Option("--protected/--unprotected", help="Deploys need approval from a second person."),
-]
-DeadlineOpt = Annotated[int | None, typer.Option(help="Seconds a rollout may take before it fails.")]
-GitRepoOpt = Annotated[str | None, typer.Option(help="GitHub repository owner/name to deploy from.")]
-GitBranchOpt = Annotated[str | None, typer.Option(help="Branch whose pushes deploy.")]
-ImageTemplateOpt = Annotated[
-    str | None, typer.Option(help="Image built for a commit, like ghcr.io/acme/web:{sha}.")
-]
-DeployOnOpt = Annotated[str | None, typer.Option(help="Deploy on 'push' or after 'ci' passes.")]
-PreviewsOpt = Annotated[
-    bool | None, typer.Option("--previews/--no-previews", help="A preview environment per pull request.")
-]
-PreviewDomainOpt = Annotated[str | None, typer.Option(help="Base domain of preview URLs.")]
-PreviewTtlOpt = Annotated[int | None, typer.Option(help="Hours an idle preview lives.")]
-ForksOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--previews-from-forks",
-        metavar="never|approved|always",
-        help="Pull requests from forks: no preview (never), one once a project developer approves "
-        "each commit (approved, without the app's secrets), or always (with secrets; admins only).",
-    ),
-]
-
-
-ReleaseCommandOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--release-command",
-        help="Run this (sh -c) as a Job with the new image, env and secrets before each rollout; "
-        "the deploy fails, and nothing changes, if it fails. '' removes it.",
-    ),
-]
-
-
-AutoRollbackOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--auto-rollback",
-        metavar="on|off",
-        help="When a rollout fails, deploy the current revision again by itself (default on).",
-    ),
-]
 
 
 def _split_env(items: Sequence[str] | None, environment: str | None) -> tuple[list[str], str | None]:
@@ -90,21 +26,6 @@ def _split_env(items: Sequence[str] | None, environment: str | None) -> tuple[li
     if len(set(names)) > 1:
         fail(f"give one environment, not {', '.join(names)}")
     return pairs, names[0] if names else None
-
-
-def _app_body(**flags: Any) -> dict[str, Any]:
-    env = flags.pop("env")
-    body = {k: v for k, v in flags.items() if v is not None}
-    if env:
-        body["env"] = parse_pairs(env, what="--env")
-    if body.get("previews") is not None:
-        body["previews_enabled"] = body.pop("previews")
-    if body.get("auto_rollback") is not None:
-        word = str(body["auto_rollback"]).lower()
-        if word not in ("on", "off"):
-            fail("--auto-rollback takes on or off")
-        body["auto_rollback"] = word == "on"
-    return body
 
 
 @apps_app.command("list")
@@ -164,40 +85,15 @@ def _pick(client: Api, *, path: str, flag: str, what: str) -> str:
 
 
 @apps_app.command("create")
+@app_settings.options("create")
 def apps_create(
     name: Annotated[str | None, typer.Argument(help="App name (a DNS label).", show_default=False)] = None,
     name_opt: Annotated[str | None, typer.Option("--name", help="The app name, seed style.")] = None,
     project: Annotated[str | None, typer.Option(help="Project (default: your only one).")] = None,
     cluster: Annotated[str | None, typer.Option(help="Cluster (default: the only one).")] = None,
     namespace: Annotated[str | None, typer.Option(help="Namespace (default: the cluster's).")] = None,
-    image: ImageOpt = None,
-    replicas: ReplicasOpt = None,
-    port: PortOpt = None,
-    env: EnvOpt = None,
-    cpu_request: CpuRequestOpt = None,
-    cpu_limit: CpuLimitOpt = None,
-    memory_request: MemRequestOpt = None,
-    memory_limit: MemLimitOpt = None,
-    health_path: HealthPathOpt = None,
-    health_port: HealthPortOpt = None,
-    health_initial_delay: HealthDelayOpt = None,
-    health_period: HealthPeriodOpt = None,
-    min_replicas: MinOpt = None,
-    max_replicas: MaxOpt = None,
-    cpu_target: CpuTargetOpt = None,
-    domain: DomainOpt = None,
-    protected: ProtectedOpt = None,
-    progress_deadline: DeadlineOpt = None,
-    git_repo: GitRepoOpt = None,
-    git_branch: GitBranchOpt = None,
-    image_template: ImageTemplateOpt = None,
-    deploy_on: DeployOnOpt = None,
-    previews: PreviewsOpt = None,
-    preview_domain: PreviewDomainOpt = None,
-    preview_ttl_hours: PreviewTtlOpt = None,
-    previews_from_forks: ForksOpt = None,
-    release_command: ReleaseCommandOpt = None,
-    auto_rollback: AutoRollbackOpt = None,
+    *,
+    settings: dict[str, Any],
     no_deploy: Annotated[
         bool, typer.Option("--no-deploy", help="Only record the app; deploy later.")
     ] = False,
@@ -211,7 +107,7 @@ def apps_create(
     already runs in another environment is copied there, the flags given being this one's overrides
     (cluster and namespace default to the environment's; secrets are not copied).
     """
-    env, environment = _split_env(env, environment)
+    env, environment = _split_env(settings["env"], environment)
     if name_opt:
         # Seed style: `apps create CLUSTER --name APP`.
         if name and cluster:
@@ -219,36 +115,10 @@ def apps_create(
         cluster, name = cluster or name, name_opt
     if not name:
         fail("NAME is required: shipit apps create NAME --project P --cluster C --image IMAGE")
-    body = _app_body(
-        image=image,
-        replicas=replicas,
-        port=port,
-        env=env,
-        cpu_request=cpu_request,
-        cpu_limit=cpu_limit,
-        memory_request=memory_request,
-        memory_limit=memory_limit,
-        health_path=health_path,
-        health_port=health_port,
-        health_initial_delay=health_initial_delay,
-        health_period=health_period,
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        cpu_target=cpu_target,
-        domain=domain,
-        protected=protected,
-        progress_deadline_seconds=progress_deadline,
-        git_repo=git_repo,
-        git_branch=git_branch,
-        image_template=image_template,
-        deploy_on=deploy_on,
-        previews=previews,
-        preview_domain=preview_domain,
-        preview_ttl_hours=preview_ttl_hours,
-        previews_from_forks=previews_from_forks,
-        release_command=release_command,
-        auto_rollback=auto_rollback,
-    )
+    variables = parse_pairs(env, what="--env") if env else None
+    body = app_settings.body(settings)
+    if variables is not None:
+        body["env"] = variables
     with api() as client:
         project = project or _pick(client, path="/projects", flag="--project", what="your projects")
         if environment is None:
@@ -275,39 +145,11 @@ def apps_create(
 
 
 @apps_app.command("update")
+@app_settings.options("update")
 def apps_update(
     name: Annotated[str, typer.Argument(help="App name.")],
-    image: ImageOpt = None,
-    replicas: ReplicasOpt = None,
-    port: PortOpt = None,
-    env: EnvOpt = None,
-    unset_env: Annotated[
-        list[str] | None, typer.Option("--unset-env", help="Remove an environment variable; repeatable.")
-    ] = None,
-    cpu_request: CpuRequestOpt = None,
-    cpu_limit: CpuLimitOpt = None,
-    memory_request: MemRequestOpt = None,
-    memory_limit: MemLimitOpt = None,
-    health_path: HealthPathOpt = None,
-    health_port: HealthPortOpt = None,
-    health_initial_delay: HealthDelayOpt = None,
-    health_period: HealthPeriodOpt = None,
-    min_replicas: MinOpt = None,
-    max_replicas: MaxOpt = None,
-    cpu_target: CpuTargetOpt = None,
-    domain: DomainOpt = None,
-    protected: ProtectedOpt = None,
-    progress_deadline: DeadlineOpt = None,
-    git_repo: GitRepoOpt = None,
-    git_branch: GitBranchOpt = None,
-    image_template: ImageTemplateOpt = None,
-    deploy_on: DeployOnOpt = None,
-    previews: PreviewsOpt = None,
-    preview_domain: PreviewDomainOpt = None,
-    preview_ttl_hours: PreviewTtlOpt = None,
-    previews_from_forks: ForksOpt = None,
-    release_command: ReleaseCommandOpt = None,
-    auto_rollback: AutoRollbackOpt = None,
+    *,
+    settings: dict[str, Any],
     deploy: Annotated[
         bool, typer.Option("--deploy", help="Roll the change out now (--wait implies it).")
     ] = False,
@@ -319,38 +161,10 @@ def apps_update(
 
     In an app that runs in several environments, `--env staging` (or --environment) says which.
     """
-    env, environment = _split_env(env, environment)
+    env, environment = _split_env(settings["env"], environment)
+    unset_env = settings["unset_env"]
     where = {"env": environment}
-    body = _app_body(
-        image=image,
-        replicas=replicas,
-        port=port,
-        env=None,
-        cpu_request=cpu_request,
-        cpu_limit=cpu_limit,
-        memory_request=memory_request,
-        memory_limit=memory_limit,
-        health_path=health_path,
-        health_port=health_port,
-        health_initial_delay=health_initial_delay,
-        health_period=health_period,
-        min_replicas=min_replicas,
-        max_replicas=max_replicas,
-        cpu_target=cpu_target,
-        domain=domain,
-        protected=protected,
-        progress_deadline_seconds=progress_deadline,
-        git_repo=git_repo,
-        git_branch=git_branch,
-        image_template=image_template,
-        deploy_on=deploy_on,
-        previews=previews,
-        preview_domain=preview_domain,
-        preview_ttl_hours=preview_ttl_hours,
-        previews_from_forks=previews_from_forks,
-        release_command=release_command,
-        auto_rollback=auto_rollback,
-    )
+    body = app_settings.body(settings)
     with api() as client:
         if env or unset_env:
             # --env adds to the app's variables instead of replacing them all.
