@@ -42,16 +42,24 @@ def clusters_list(as_json: JsonOpt = False) -> None:
         table(["NAME", "NAMESPACE"], [[c["name"], c["default_namespace"]] for c in rows], empty=empty)
 
 
-def grant_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
-    return [
+def show_grants(rows: list[dict[str, Any]], *, as_json: bool, empty: str) -> None:
+    """Grants as `projects grants` and `clusters grants` print them."""
+    if as_json:
+        show_json(rows)
+        return
+    table(
+        ["CLUSTER", "PROJECT", "NAMESPACES", "GRANTED BY"],
         [
-            g["cluster"],
-            g["project"],
-            ", ".join(f"{ns} ({origin})" for ns, origin in g["namespaces"].items()) or "-",
-            g["granted_by"],
-        ]
-        for g in rows
-    ]
+            [
+                g["cluster"],
+                g["project"],
+                ", ".join(f"{ns} ({origin})" for ns, origin in g["namespaces"].items()) or "-",
+                g["granted_by"],
+            ]
+            for g in rows
+        ],
+        empty=empty,
+    )
 
 
 @clusters_app.command("grant")
@@ -108,12 +116,9 @@ def clusters_grants(
     """Which projects may use a cluster, and the namespaces each owns there (global admins)."""
     with api() as client:
         rows = client.get(f"/clusters/{q(cluster)}/grants")
-    if as_json:
-        show_json(rows)
-        return
-    table(
-        ["CLUSTER", "PROJECT", "NAMESPACES", "GRANTED BY"],
-        grant_rows(rows),
+    show_grants(
+        rows,
+        as_json=as_json,
         empty=f"no project may use {cluster} yet: shipit clusters grant {cluster} PROJECT",
     )
 

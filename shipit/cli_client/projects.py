@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from shipit.cli_client.client import api, fail, q
-from shipit.cli_client.clusters import grant_rows
+from shipit.cli_client.clusters import show_grants
 from shipit.cli_client.options import JsonOpt, stdin_if_dash
 from shipit.cli_client.output import show_json, table, when
 
@@ -112,12 +112,9 @@ def projects_grants(
     """Where a project may deploy: the clusters it is granted and the namespaces it owns."""
     with api() as client:
         rows = client.get(f"/projects/{q(project)}/grants")
-    if as_json:
-        show_json(rows)
-        return
-    table(
-        ["CLUSTER", "PROJECT", "NAMESPACES", "GRANTED BY"],
-        grant_rows(rows),
+    show_grants(
+        rows,
+        as_json=as_json,
         empty=f"{project} may use no cluster yet: a global admin runs shipit clusters grant CLUSTER {project}",
     )
 
