@@ -6,7 +6,7 @@ cluster is returned as a `later` follow-up that the channel runs after the ack.
 One error policy for every command and button: a UserError is shown as written,
 anything else shows a reference id and logs the traceback under it.
 
-Adding a command: its `@commands.command` parser in bot/commands.py (usage, help,
+Adding a command: its `@commands.command` parser in bot/commands/<area>.py (usage, help,
 examples) and its `@handles` handler here; this module refuses to import while a
 command type the parser can make has no handler.
 """
