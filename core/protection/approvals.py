@@ -18,8 +18,6 @@ from storage import models
 
 # The environment's approver_role default: whoever may deploy may approve.
 ROLE_ALIASES = {"deployer": Role.DEVELOPER}
-
-
 MAX_APPROVALS = 10
 
 
