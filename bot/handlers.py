@@ -250,7 +250,9 @@ async def _status(session: AsyncSession, core: Core, caller: Caller, cmd: comman
 
 @handles(commands.Apps)
 async def _apps(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Apps) -> Outcome:
-    return Outcome(message=views.app_list(await apps.list_visible(session, actor=caller.actor)))
+    rows = await apps.list_visible(session, actor=caller.actor)
+    names = {a.id: await apps.env_name(session, app=a) for a in rows}  # one query per environment
+    return Outcome(message=views.app_list(rows, environments=names))
 
 
 @handles(commands.Revisions)

@@ -8,7 +8,7 @@ person typed (lock reasons, error texts) is escaped, so a reason that says
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,7 +164,7 @@ def card(
     fields = [
         f"*Revision*\n{d.revision if d.revision is not None else '?'}",
         f"*Requested by*\n{who(d.actor)}",
-        f"*Where*\n{esc(app.cluster) if app else '?'} / `{esc(d.namespace)}`",
+        f"*Where*\n{_where(app)}`{esc(d.namespace)}`",
         f"*Trigger*\n{esc(d.trigger)}" + (f" `{esc(d.git_sha[:7])}`" if d.git_sha else ""),
     ]
     blocks.append({"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]})
@@ -196,6 +196,14 @@ def card(
         )
     blocks.append(_context(*notes))
     return Message(text=card_text(d, app_name=app_name), blocks=blocks)
+
+
+def _where(app: events.AppView | None) -> str:
+    """The card's "Where" before the namespace: the environment too when the project has several."""
+    if app is None:
+        return "? / "
+    env = f"*{esc(app.environment)}* · " if app.environment and app.environments > 1 else ""
+    return f"{env}{esc(app.cluster)} / "
 
 
 def card_text(d: events.DeploymentView, *, app_name: str) -> str:
@@ -463,7 +471,8 @@ def status_overview(statuses: Sequence[status.AppStatus], *, more: int = 0) -> M
     return long_message("\n".join(lines))
 
 
-def app_list(rows: Sequence[models.App]) -> Message:
+def app_list(rows: Sequence[models.App], *, environments: Mapping[int, str]) -> Message:
+    """One line per app row; an app in several environments has a row (and a line) in each."""
     if not rows:
         return reply("You can see no apps yet. A project owner can give you a role with `/shipit access`.")
     lines = ["*Apps you can see:*"]
@@ -476,7 +485,9 @@ def app_list(rows: Sequence[models.App]) -> Message:
         if a.auto_deploy_paused:
             flags.append("auto-deploy paused")
         suffix = f" ({', '.join(flags)})" if flags else ""
-        lines.append(f"• *{a.name}* `{esc(a.image or 'no image')}` in `{esc(a.namespace)}`{suffix}")
+        env = environments.get(a.id)
+        where = f" · {esc(env)}" if env else ""
+        lines.append(f"• *{a.name}*{where} `{esc(a.image or 'no image')}` in `{esc(a.namespace)}`{suffix}")
     return long_message("\n".join(lines))
 
 
