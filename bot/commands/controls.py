@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.commands.registry import Command, UsageError, app_arg, command, integer, no_more, words_of
+from bot.commands.registry import Command, UsageError, app_arg, command, integer, no_more, only_app, words_of
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,9 +141,7 @@ def _parse_unlock(rest: str) -> Unlock | UnlockEnv | UnlockProject:
         if words[0].lower() == "env":
             return UnlockEnv(where=words[1].lower())
         return UnlockProject(project=words[1].lower())
-    app = app_arg(words, "unlock")
-    no_more(words[1:], "unlock")
-    return Unlock(app=app)
+    return Unlock(app=only_app(rest, "unlock"))
 
 
 @command(
@@ -153,18 +151,12 @@ def _parse_unlock(rest: str) -> Unlock | UnlockEnv | UnlockProject:
     examples=("pause web",),
 )
 def _parse_pause(rest: str) -> Pause:
-    words = words_of(rest)
-    app = app_arg(words, "pause")
-    no_more(words[1:], "pause")
-    return Pause(app=app)
+    return Pause(app=only_app(rest, "pause"))
 
 
 @command("resume", usage="resume <app>", summary="deploy on push again", examples=("resume web",))
 def _parse_resume(rest: str) -> Resume:
-    words = words_of(rest)
-    app = app_arg(words, "resume")
-    no_more(words[1:], "resume")
-    return Resume(app=app)
+    return Resume(app=only_app(rest, "resume"))
 
 
 @command(

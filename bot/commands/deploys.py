@@ -5,7 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bot.commands.registry import QUOTES, Command, UsageError, app_arg, command, integer, no_more, words_of
+from bot.commands.registry import (
+    QUOTES,
+    Command,
+    UsageError,
+    app_arg,
+    command,
+    integer,
+    no_more,
+    only_app,
+    words_of,
+)
 
 MAX_LOG_LINES = 500
 DEFAULT_LOG_LINES = 50
@@ -129,10 +139,7 @@ def _parse_apps(rest: str) -> Apps:
     "revisions", usage="revisions <app>", summary="the revisions kept for an app", examples=("revisions web",)
 )
 def _parse_revisions(rest: str) -> Revisions:
-    words = words_of(rest)
-    app = app_arg(words, "revisions")
-    no_more(words[1:], "revisions")
-    return Revisions(app=app)
+    return Revisions(app=only_app(rest, "revisions"))
 
 
 @command(

@@ -158,6 +158,14 @@ def app_arg(words: list[str], command: str) -> str:
     return words[0].lower()
 
 
+def only_app(rest: str, command: str) -> str:
+    """The app of a command that takes an app and nothing else (pause, resume, revisions, unlock)."""
+    words = words_of(rest)
+    app = app_arg(words, command)
+    no_more(words[1:], command)
+    return app
+
+
 def no_more(words: list[str], command: str) -> None:
     if words:
         extra = " ".join(words)

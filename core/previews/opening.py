@@ -5,6 +5,7 @@ forks are off), or keep a fork's commit waiting for approval; closed: tear it do
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -143,16 +144,10 @@ async def _refuse_fork(
         f"Previews from forks are off for `{app.name}`: this pull request comes from "
         f"{fork_name(head_repo)}, so shipit deploys nothing for it."
     )
-    # One comment per pull request, not one per push.
-    await events.emit(
-        session,
-        ctx=ctx,
-        kind=events.PREVIEW_REFUSED,
-        dedupe_key=f"preview-fork-refused:{app.id}:{repo.lower()}:{number}",
-        project_id=app.project_id,
-        app_id=app.id,
-        payload={"repo": repo, "pr_number": number, "message": message, "head_repo": head_repo},
-    )
+    await _refused(
+        session, ctx=ctx, app=app, repo=repo, number=number, why="preview-fork-refused", message=message,
+        head_repo=head_repo,
+    )  # fmt: skip
     logctx.deploy_logger(log, app=app.name).info(
         "preview for %s#%s refused: from fork %s (never)", repo, number, head_repo
     )
@@ -211,16 +206,34 @@ async def _refuse(
         f"the limit (preview_max_open={app.preview_max_open}). Close a pull request or raise the "
         "limit; the next push to this pull request tries again."
     )
-    await events.emit(
-        session,
-        ctx=ctx,
-        kind=events.PREVIEW_REFUSED,
-        dedupe_key=f"preview-refused:{app.id}:{repo.lower()}:{number}",
-        project_id=app.project_id,
-        app_id=app.id,
-        payload={"repo": repo, "pr_number": number, "message": message, "limit": app.preview_max_open},
-    )
+    await _refused(
+        session, ctx=ctx, app=app, repo=repo, number=number, why="preview-refused", message=message,
+        limit=app.preview_max_open,
+    )  # fmt: skip
     logctx.deploy_logger(log, app=app.name).info(
         "preview for %s#%s refused: %d open (limit)", repo, number, open_now
     )
     return Decision(app=app.name, action=SKIP, reason=message)
+
+
+async def _refused(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    app: models.App,
+    repo: str,
+    number: int,
+    why: str,
+    message: str,
+    **extra: Any,
+) -> None:
+    """The PR comment that says why there is no preview: one per pull request and reason, not one per push."""
+    await events.emit(
+        session,
+        ctx=ctx,
+        kind=events.PREVIEW_REFUSED,
+        dedupe_key=f"{why}:{app.id}:{repo.lower()}:{number}",
+        project_id=app.project_id,
+        app_id=app.id,
+        payload={"repo": repo, "pr_number": number, "message": message, **extra},
+    )

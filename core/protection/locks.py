@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import identity, validation
+from core import identity, projects, validation
 from core.errors import PermissionDenied
 from core.identities import person_key
 from core.identity import Actor, Role
-from core.protection.settings import audit_change, load_env, load_project
+from core.protection.settings import audit_change, load_env
 from storage import models
 
 
@@ -102,7 +102,9 @@ async def unlock_env(session: AsyncSession, *, actor: Actor, project: str, env: 
 async def lock_project(
     session: AsyncSession, *, actor: Actor, project: str, reason: str | None, seconds: int | None = None
 ) -> models.Project:
-    p = await load_project(session, actor=actor, project=project, role=Role.ADMIN, action="locking a project")
+    p = await projects.get_for(
+        session, actor=actor, name=project, role=Role.ADMIN, action="locking a project"
+    )
     _lock(p, actor=actor, reason=reason, seconds=seconds)
     await audit_change(
         session, actor=actor, action="project.lock", project=p, env=None,
@@ -112,8 +114,8 @@ async def lock_project(
 
 
 async def unlock_project(session: AsyncSession, *, actor: Actor, project: str) -> models.Project:
-    p = await load_project(
-        session, actor=actor, project=project, role=Role.DEVELOPER, action="unlocking a project"
+    p = await projects.get_for(
+        session, actor=actor, name=project, role=Role.DEVELOPER, action="unlocking a project"
     )
     await _unlock(session, actor=actor, project=p, row=p)
     await audit_change(session, actor=actor, action="project.unlock", project=p, env=None, details={})

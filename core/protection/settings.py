@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit, environments, identity, validation
+from core import audit, environments, identity, projects, validation
 from core.errors import InvalidInput, NotFound
 from core.identity import Actor, Role
 from core.protection.approvals import MAX_APPROVALS, ROLE_ALIASES
@@ -23,21 +23,8 @@ MAX_FREEZE = dt.timedelta(days=731)
 async def load_env(
     session: AsyncSession, *, actor: Actor, project: str, env: str, role: Role, action: str
 ) -> tuple[models.Project, models.Environment]:
-    row = await session.scalar(select(models.Project).where(models.Project.name == project))
-    if row is None:
-        raise identity.project_not_found(project)
-    await identity.require(session, actor=actor, project=row, role=role, action=action)
+    row = await projects.get_for(session, actor=actor, name=project, role=role, action=action)
     return row, await environments.get(session, project_id=row.id, name=env)
-
-
-async def load_project(
-    session: AsyncSession, *, actor: Actor, project: str, role: Role, action: str
-) -> models.Project:
-    row = await session.scalar(select(models.Project).where(models.Project.name == project))
-    if row is None:
-        raise identity.project_not_found(project)
-    await identity.require(session, actor=actor, project=row, role=role, action=action)
-    return row
 
 
 async def resolve_env(session: AsyncSession, *, actor: Actor, where: str) -> tuple[str, str]:
