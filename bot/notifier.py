@@ -220,19 +220,11 @@ class SlackNotifier:
         where = f"deploy {d.id} app={app_name} channel={channel_id}"
 
         if ts is None:
-            answer = await self._call(
-                "chat_postMessage",
-                channel_id,
-                where=where,
-                key=(notice.event_id, "card"),
-                token=token,
-                text=card.text,
-                blocks=card.blocks,
-            )
-            channel_id, ts = str(answer["channel"]), str(answer["ts"])
-            out = {"channel": channel_id, "ts": ts}
-            self._remember_post(posted, channel_id, ts)
-            await self._save_post(d.id, out, key=key)
+            out = await self._post_card(
+                card, channel_id, where=where, key=(notice.event_id, "card"), token=token,
+                posted=posted, deployment_id=d.id, ref_key=key,
+            )  # fmt: skip
+            channel_id, ts = out["channel"], out["ts"]
             log.info("%s: card posted (ts %s, %s)", where, ts, d.status)
         elif self._fingerprint(card) != self._shown.get((channel_id, ts)):
             try:
@@ -250,19 +242,11 @@ class SlackNotifier:
                 if "message_not_found" not in str(e):
                     raise
                 # Someone deleted the card: post a fresh one rather than going silent.
-                answer = await self._call(
-                    "chat_postMessage",
-                    channel_id,
-                    key=(notice.event_id, "repost"),
-                    where=where,
-                    token=token,
-                    text=card.text,
-                    blocks=card.blocks,
-                )
-                channel_id, ts = str(answer["channel"]), str(answer["ts"])
-                out = {"channel": channel_id, "ts": ts, "failure_posted": False}
-                self._remember_post(posted, channel_id, ts)
-                await self._save_post(d.id, out, key=key)
+                out = await self._post_card(
+                    card, channel_id, where=where, key=(notice.event_id, "repost"), token=token,
+                    posted=posted, deployment_id=d.id, ref_key=key, failure_posted=False,
+                )  # fmt: skip
+                channel_id, ts = out["channel"], out["ts"]
                 refs["failure_posted"] = False
             log.info("%s: card updated (%s)", where, d.status)
         self._remember_shown(channel_id, ts, card)
@@ -308,6 +292,28 @@ class SlackNotifier:
             raise TransientError(f"Slack {method}: {type(e).__name__}: {e}") from None
         data = response.data
         return data if isinstance(data, dict) else {}
+
+    async def _post_card(
+        self,
+        card: views.Message,
+        channel: str,
+        *,
+        where: str,
+        key: Hashable,
+        token: str | None,
+        posted: tuple[int, str],
+        deployment_id: int,
+        ref_key: str,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Post a new card and remember where (here and on the deploy), so later events update it."""
+        answer = await self._call(
+            "chat_postMessage", channel, where=where, key=key, token=token, text=card.text, blocks=card.blocks
+        )
+        out = {"channel": str(answer["channel"]), "ts": str(answer["ts"]), **extra}
+        self._remember_post(posted, out["channel"], out["ts"])
+        await self._save_post(deployment_id, out, key=ref_key)
+        return out
 
     async def _save_post(self, deployment_id: int, refs: dict[str, Any], *, key: str = NAME) -> None:
         """Record the card at once, not when deliver returns: a retry of this delivery, on any

@@ -270,6 +270,7 @@ async def _with_environments(session: AsyncSession, *, app: models.App, view: Ap
     return dataclasses.replace(
         view,
         environment=(await environments.of_app(session, app=app)).name,
+        environments=len(await environments.list_for(session, project_id=app.project_id)),
         next_environment=following.name if following else None,
     )
 

@@ -57,6 +57,7 @@ class AppView:
     github_environment: str | None
     domain: str | None = None  # the app's public host, for links such as GitHub's environment_url
     environment: str | None = None  # the environment this app row runs in
+    environments: int = 1  # how many the project has: a card names the environment only among several
     # The next environment in the project's order where the app also runs: what a card offers to promote to.
     next_environment: str | None = None
 

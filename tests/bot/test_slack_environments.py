@@ -8,7 +8,7 @@ from typing import Any
 from kubernetes_asyncio import client as k8s
 
 from bot import views
-from core import apps, environment_admin
+from core import apps, clusters, environment_admin
 from tests.bot.conftest import (
     ALICE,
     SlackSender,
@@ -82,3 +82,40 @@ async def test_deploy_to_staging_then_promote_from_the_card(
 async def _promoted(rt: Any) -> Any:
     found = [d for d in await deployments(rt) if d.trigger == "promote"]
     return found[0] if found else None
+
+
+async def test_apps_list_and_card_name_the_environment(
+    slack: SlackSender, offline: World, fake_slack: FakeSlack
+) -> None:
+    """Offline cluster (no control plane needed): `apps` shows each row's environment, and a deploy card
+    in a project with two environments says which one under "Where"."""
+    rt = offline.rt
+    await add_app(rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0")
+    reply = await slack.command("apps", user=ALICE)
+    assert "• *web* · production `ghcr.io/acme/web:1.0` in `apps`" in reply["text"]
+
+    async with rt.sessionmaker.begin() as session:
+        await clusters.grant(
+            session, actor=ADMIN, cluster=offline.cluster, project="acme", namespace="apps-stg"
+        )
+        await environment_admin.create(
+            session, actor=ADMIN, project="acme", name="staging", namespace="apps-stg", before="production"
+        )
+        await apps.create(
+            session, actor=ADMIN, project="acme", cluster="", name="web", env="staging",
+            changes=apps.AppChanges(replicas=1),
+        )  # fmt: skip
+    reply = await slack.command("apps", user=ALICE)
+    assert "• *web* · staging `ghcr.io/acme/web:1.0` in `apps-stg`" in reply["text"]
+    assert "• *web* · production `ghcr.io/acme/web:1.0` in `apps`" in reply["text"]
+
+    await slack.command("deploy web 2.0 to staging", user=ALICE)
+    [staged] = await deployments(rt)
+    channel, ts = await eventually(lambda: card_of(rt, fake_slack, staged.id), what="card")
+    fields = [
+        f["text"]
+        for b in fake_slack.message(channel, ts)["blocks"]
+        if b["type"] == "section" and "fields" in b
+        for f in b["fields"]
+    ]
+    assert "*Where*\n*staging* · hanging / `apps-stg`" in fields

@@ -264,3 +264,31 @@ def test_status_overview_says_how_many_more() -> None:
     text = all_text(msg.blocks)
     assert "*web* (acme): not deployed, :lock: locked" in text
     assert "…and 5 more" in text and "&lt;app&gt;" in text
+
+
+def _where(message: views.Message) -> str:
+    [fields] = [b["fields"] for b in message.blocks if b["type"] == "section" and "fields" in b]
+    [where] = [f["text"] for f in fields if f["text"].startswith("*Where*")]
+    return str(where)
+
+
+def test_where_names_the_environment_only_when_the_project_has_several() -> None:
+    several = render(deployment(), app_view(environment="staging", environments=2))
+    assert _where(several) == "*Where*\n*staging* · prod / `web-prod`"
+    only = render(deployment(), app_view(environment="production", environments=1))
+    assert _where(only) == "*Where*\nprod / `web-prod`"
+    assert "production" not in all_text(only.blocks)
+
+
+def test_app_list_shows_each_rows_environment() -> None:
+    from storage import models
+
+    def row(id: int, ns: str, **kw: Any) -> models.App:
+        base: dict[str, Any] = {"protected": False, "locked_reason": None, "auto_deploy_paused": False}
+        return models.App(id=id, name="web", image="ghcr.io/acme/web:1.4", namespace=ns, **{**base, **kw})
+
+    rows = [row(1, "web-stg"), row(2, "web-prod", protected=True)]
+    text = views.app_list(rows, environments={1: "staging", 2: "<production>"}).text
+    assert "• *web* · staging `ghcr.io/acme/web:1.4` in `web-stg`" in text
+    # An environment name is escaped like everything else shown.
+    assert "• *web* · &lt;production&gt; `ghcr.io/acme/web:1.4` in `web-prod` (protected)" in text

@@ -1,0 +1,268 @@
+"""Answers to commands: status, lists, secrets, dry runs, logs, identities."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bot.views.blocks import (
+    MAX_TEXT,
+    Message,
+    channel_ref,
+    clip,
+    esc,
+    long_message,
+    reply,
+    section_block,
+    who,
+)
+from core import dryrun, environment_admin, previews, status
+from storage import models
+
+DRY_RUN_LINES = 60
+
+
+def dry_run(result: dryrun.DryRun) -> Message:
+    """A deploy's dry run: one line per field that would change (Secret keys only, never values)."""
+    head = (
+        f":mag: Dry run: deploying *{esc(result.app)}* `{esc(result.image)}` into `{esc(result.namespace)}`"
+    )
+    lines = result.lines()
+    if not lines:
+        return reply(f"{head} would change nothing: the cluster already runs this.")
+    shown = [f"• `{esc(line)}`" for line in lines[:DRY_RUN_LINES]]
+    if len(lines) > DRY_RUN_LINES:
+        shown.append(f"…and {len(lines) - DRY_RUN_LINES} more")
+    deploy = f"`/shipit deploy {esc(result.app)} {esc(result.image)}`"
+    return long_message(
+        "\n".join([f"{head} would change:", *shown, f"Nothing was changed. To deploy: {deploy}"])
+    )
+
+
+def queued(*, deployment: models.Deployment, app: str, channel: str | None, created: bool) -> Message:
+    if not created:
+        return reply(f"That was already requested: deploy #{deployment.id} of *{app}* ({deployment.status}).")
+    where = f" Follow it in {channel_ref(channel)}." if channel else ""
+    if deployment.status == "awaiting_approval":
+        text = (
+            f":raised_hand: Deploy #{deployment.id} of *{app}* `{esc(deployment.image)}` "
+            f"(revision {deployment.revision_number}) waits for someone else's approval.{where}"
+        )
+    else:
+        verb = "Rollback" if deployment.trigger == "rollback" else "Deploy"
+        text = (
+            f":hourglass_flowing_sand: {verb} #{deployment.id} of *{app}* `{esc(deployment.image)}` "
+            f"(revision {deployment.revision_number}) is queued.{where}"
+        )
+    return reply(text)
+
+
+def secrets_changed(*, app: str, keys: list[str], removed: bool, queued: Message | None) -> Message:
+    """After `secrets set/unset`: which keys (never values), and the redeploy that rolls the pods, if any."""
+    named = ", ".join(f"`{esc(k)}`" for k in keys)
+    if removed:
+        text = f":closed_lock_with_key: Removed {named} from *{app}*."
+    else:
+        text = f":closed_lock_with_key: Set {named} on *{app}* (values are stored encrypted and never shown)."
+    if queued is not None:
+        verb = "lose" if removed else "get"
+        text += f" The pods {verb} them with a redeploy: {queued.text}"
+    elif removed:
+        text += " Nothing runs yet, so no pod has them."
+    else:
+        text += " Nothing runs yet: the first deploy takes them."
+    return reply(text)
+
+
+def preview_approved(*, app: str, approval: previews.Approval) -> Message:
+    p, d = approval.preview, approval.decision
+    return reply(
+        f":white_check_mark: You approved commit `{p.head_sha[:7]}` of pull request #{p.pr_number} "
+        f"(from `{esc(p.head_repo or 'a deleted fork')}`): deploy #{d.deployment_id} of *{esc(app)}* "
+        f"to `{p.namespace}` is queued, without the app's secrets. A new push needs a new approval."
+    )
+
+
+def app_status(st: status.AppStatus, *, live_pending: bool = False) -> Message:
+    lines = [f"*{st.app}* · project {esc(st.project)} · {esc(st.cluster)} / `{esc(st.namespace)}`"]
+    if st.current_revision is not None:
+        c = st.current
+        when = c.finished_at.strftime("%Y-%m-%d %H:%M UTC") if c and c.finished_at else "?"
+        lines.append(
+            f":white_check_mark: Running revision {st.current_revision} `{esc(st.current_image or '?')}`"
+            + (f", deployed {when} by {who(c.actor)} (deploy #{c.id})" if c else "")
+        )
+    elif st.current is not None:
+        c = st.current
+        lines.append(f":white_check_mark: Running revision {c.revision} `{esc(c.image)}` (deploy #{c.id})")
+    else:
+        lines.append(f"Nothing deployed yet. Image on record: `{esc(st.image or 'none')}`")
+    la = st.last_attempt
+    if la is not None and (la.status != "succeeded" or la.id != (st.current.id if st.current else None)):
+        mark = ":x:" if la.status == "failed" else ":white_check_mark:"
+        reason = f": {esc(la.error)}" if la.status == "failed" and la.error else ""
+        lines.append(
+            f"{mark} Last attempt: deploy #{la.id} of revision {la.revision} `{esc(la.image)}` "
+            f"{esc(la.outcome)}{reason}"
+        )
+    for a in st.active:
+        state = {
+            "queued": f"queued (position {a.queue_position})",
+            "awaiting_approval": "waiting for approval",
+            "running": f"rolling out {a.ready}/{a.desired}",
+        }.get(a.status, a.status)
+        lines.append(f"• deploy #{a.id} `{esc(a.image)}` by {who(a.actor)}: {state}")
+    if st.locked:
+        lines.append(f":lock: Locked: {esc(st.locked)}")
+    if st.paused:
+        lines.append(f":double_vertical_bar: Auto-deploy paused: {esc(st.paused)}")
+    if st.live is not None:
+        live = st.live
+        lines.append(
+            f"Cluster: Deployment at revision {esc(live.revision or '?')} `{esc(live.image)}`"
+            + ("" if live.replica_sets else f", {live.ready}/{live.desired} ready")
+        )
+        for rs in live.replica_sets:
+            lines.append(
+                f"• {'new' if rs.new else 'old'} pods, revision {esc(rs.revision or '?')} `{esc(rs.image)}`: "
+                f"{rs.ready}/{rs.desired} ready"
+            )
+    elif st.live_error:
+        lines.append(f"Cluster: could not read the Deployment: {esc(st.live_error)}")
+    elif live_pending:
+        lines.append("_Asking the cluster…_")
+    text = "\n".join(lines)
+    return Message(text=clip(text), blocks=[section_block(text)])
+
+
+def status_overview(statuses: Sequence[status.AppStatus], *, more: int = 0) -> Message:
+    if not statuses:
+        return reply("You can see no apps yet. A project owner can give you a role with `/shipit access`.")
+    lines = ["*Apps you can see:*"]
+    for st in statuses:
+        current = (
+            f"revision {st.current.revision} `{esc(st.current.image)}`" if st.current else "not deployed"
+        )
+        extra = ""
+        if st.active:
+            extra += f", {len(st.active)} deploy(s) in progress"
+        if st.locked:
+            extra += ", :lock: locked"
+        if st.paused:
+            extra += ", auto-deploy paused"
+        lines.append(f"• *{st.app}* ({esc(st.project)}): {current}{extra}")
+    if more:
+        lines.append(
+            f"…and {more} more: `/shipit apps` lists them, `/shipit status <app>` shows one.".replace(
+                "<", "&lt;"
+            ).replace(">", "&gt;")
+        )
+    return long_message("\n".join(lines))
+
+
+def app_list(rows: Sequence[models.App], *, environments: Mapping[int, str]) -> Message:
+    """One line per app row; an app in several environments has a row (and a line) in each."""
+    if not rows:
+        return reply("You can see no apps yet. A project owner can give you a role with `/shipit access`.")
+    lines = ["*Apps you can see:*"]
+    for a in rows:
+        flags = []
+        if a.protected:
+            flags.append("protected")
+        if a.locked_reason:
+            flags.append("locked")
+        if a.auto_deploy_paused:
+            flags.append("auto-deploy paused")
+        suffix = f" ({', '.join(flags)})" if flags else ""
+        env = environments.get(a.id)
+        where = f" · {esc(env)}" if env else ""
+        lines.append(f"• *{a.name}*{where} `{esc(a.image or 'no image')}` in `{esc(a.namespace)}`{suffix}")
+    return long_message("\n".join(lines))
+
+
+def environments(project: str, rows: Sequence[environment_admin.EnvironmentView]) -> Message:
+    """A project's environments in promotion order, each with where it runs and its apps."""
+    lines = [f"*Environments of {esc(project)}* (in promotion order):"]
+    for e in rows:
+        where = f"`{esc(e.cluster or '-')}/{esc(e.namespace or '-')}`"
+        names = ", ".join(f"*{a}*" for a in e.apps) or "no apps"
+        lines.append(f"{e.position + 1}. *{esc(e.name)}* {where}: {names}")
+    return long_message("\n".join(lines))
+
+
+def revision_list(app: str, rows: Sequence[models.Revision], *, current: int | None) -> Message:
+    if not rows:
+        return reply(f"*{app}* has no revisions yet.")
+    lines = [f"*Revisions of {app}* (newest first):"]
+    for r in rows:
+        mark = " :arrow_left: running" if r.number == current else ""
+        origin = f", rollback to {r.rollback_of}" if r.rollback_of else ""
+        when = r.created_at.strftime("%Y-%m-%d %H:%M UTC")
+        lines.append(f"• *{r.number}* `{esc(r.image)}` {when} by {who(r.created_by)}{origin}{mark}")
+    lines.append(f"`/shipit rollback {app} &lt;revision&gt;` deploys one of these again.")
+    return long_message("\n".join(lines))
+
+
+def secret_keys(app: str, keys: Sequence[str]) -> Message:
+    if not keys:
+        return reply(f"*{app}* has no secrets.")
+    listed = ", ".join(f"`{esc(k)}`" for k in keys)
+    return reply(f"Secrets of *{app}* (keys only; values are write-only): {listed}")
+
+
+def notify_targets(project: str, rows: Sequence[Any]) -> Message:
+    """A project's notification targets (core.notices.targets.Listed), never a secret."""
+    if not rows:
+        return reply(f"*{esc(project)}* has no notification targets.")
+    lines = []
+    for t in rows:
+        where = esc(t.address) if t.address else "each app's repository"
+        state = (
+            f":warning: failing ({t.failures} in a row): {esc(t.last_error or '')}"
+            if t.failing
+            else (f"{t.failures} failure(s): {esc(t.last_error or '')}" if t.failures else "ok")
+        )
+        secret = ", secret: set" if t.secret else ""
+        fmt = f" ({esc(t.format)})" if t.format else ""
+        lines.append(
+            f"#{t.id} *{esc(t.kind)}*{fmt} {where}, events `{esc(t.events)}`, "
+            f"env `{esc(t.environment or '*')}`{secret}: {state}"
+        )
+    return long_message(f"Notification targets of *{esc(project)}*:\n" + "\n".join(lines))
+
+
+def notify_tested(target_id: int, *, ok: bool, message: str) -> Message:
+    icon = ":white_check_mark:" if ok else ":x:"
+    return reply(f"{icon} test notice to target #{target_id}: {esc(message)}")
+
+
+def log_lines(app: str, lines: Sequence[str], *, asked: int) -> Message:
+    if not lines:
+        return reply(f"*{app}* wrote no log lines.")
+    body = "\n".join(line.rstrip() for line in lines).replace("```", "'''")
+    if len(body) > MAX_TEXT - 60:
+        body = "…" + body[-(MAX_TEXT - 61) :]
+    return reply(f"Last {min(asked, len(lines))} log lines of *{app}*:\n```{esc(body)}```")
+
+
+def link_code(*, subject: str, code: str, url: str, minutes: int) -> str:
+    """The one-time code of `/shipit link github LOGIN`, and the two ways to present it as that login."""
+    login = esc(subject.partition(":")[2])
+    return (
+        f"To prove that GitHub *{login}* is you, within {minutes} minutes, signed in to GitHub as {login}, either:\n"
+        f"• comment `.link {code}` on any pull request of a repository whose webhooks reach shipit, or\n"
+        f"• open <{esc(url)}|this link> and sign in with GitHub.\n"
+        "The code works once, only for that login. Do not share it."
+    )
+
+
+def whoami(*, subject: str, subjects: list[str]) -> str:
+    others = [s for s in subjects if s != subject]
+    text = f"You are `{esc(subject)}`."
+    if others:
+        text += " Linked to you (your roles hold for all of them): " + ", ".join(
+            f"`{esc(s)}`" for s in others
+        )
+    else:
+        text += " No other identity is linked to you: `/shipit link github <login>` links your GitHub login."
+    return text
