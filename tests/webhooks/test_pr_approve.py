@@ -128,7 +128,7 @@ async def test_two_persons_approve_one_from_slack_one_from_a_pull_request_commen
         own, _ = await say(live_hook, fake_github, ".approve", number=number, user="alice")
         await reacted(fake_github, own, "confused")
         body = await _reply(fake_github, number, own)
-        assert "`.approve` by @alice was not run" in body and "nobody approves their own deploy" in body
+        assert "**`.approve`** by @alice was not run" in body and "nobody approves their own deploy" in body
 
         # Bob with the card's button: 1 of 2.
         await slack.click(views.ACTION_APPROVE, user=BOB, channel=channel, message_ts=ts)
