@@ -49,6 +49,8 @@ VERBS = (DEPLOY, NOOP, ROLLBACK, LOCK, UNLOCK, APPROVE, REJECT, HELP)
 WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
 # The notify_refs key under the GitHub notifier's own refs that marks a deploy asked for in a comment.
 REF_KEY = "command"
+# ... and the one under which a deploy keeps the `.approve`/`.reject` comments that decided on it.
+APPROVALS_KEY = "approvals"
 
 
 class Refused(UserError):
@@ -468,6 +470,9 @@ async def _approve(
     command: Command,
 ) -> Result:
     """Approve (or reject) one deploy through core.deploys.approve, as the Slack button and the API do."""
+    answered = await _answered(session, linked=linked, comment_id=pr.comment_id)
+    if answered is not None:  # the job ran again after the approval committed: the same answer, once
+        return Result(lines=[answered], repeated=True)
     yes = command.verb == APPROVE
     if command.deployment is not None:
         chosen = await session.get(models.Deployment, command.deployment)
@@ -496,17 +501,35 @@ async def _approve(
         )
     where = await _where(session, deployment=chosen)
     deployment = await deploys.approve(session, ctx=ctx, actor=actor, deployment_id=chosen.id, approve=yes)
-    result = Result()
-    if not yes:
-        result.lines.append(f"deploy {where} is rejected: it will not run.")
-        return result
-    tally = await protection.tally(session, deployment=deployment)
+    tally = await protection.tally(session, deployment=deployment) if yes else None
     count = f" ({tally.text})" if tally is not None else ""
-    if deployment.status == deploys.AWAITING_APPROVAL:
-        result.lines.append(f"deploy {where} is approved{count}: it waits for another person's approval.")
+    if not yes:
+        line = f"deploy {where} is rejected: it will not run."
+    elif deployment.status == deploys.AWAITING_APPROVAL:
+        line = f"deploy {where} is approved{count}: it waits for another person's approval."
     else:
-        result.lines.append(f"deploy {where} is approved{count}: it is {deployment.status} and runs now.")
-    return result
+        line = f"deploy {where} is approved{count}: it is {deployment.status} and runs now."
+    refs = dict(deployment.notify_refs or {})
+    mine = dict(refs.get("github") or {})
+    mine[APPROVALS_KEY] = {**(mine.get(APPROVALS_KEY) or {}), str(pr.comment_id): line}
+    refs["github"] = mine
+    deployment.notify_refs = refs
+    return Result(lines=[line])
+
+
+async def _answered(session: AsyncSession, *, linked: list[models.App], comment_id: int) -> str | None:
+    """What an `.approve`/`.reject` comment already did, from the deploy it decided on (recent ones only)."""
+    recent = await session.scalars(
+        select(models.Deployment)
+        .where(models.Deployment.app_id.in_([a.id for a in linked]))
+        .order_by(models.Deployment.id.desc())
+        .limit(50)
+    )
+    for d in recent:
+        done = (((d.notify_refs or {}).get("github") or {}).get(APPROVALS_KEY) or {}).get(str(comment_id))
+        if done is not None:
+            return str(done)
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,8 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from bot import views
-from core import apps, clusters, deploys, environment_admin, projects, protection
+from core import apps, clusters, deploys, environment_admin, pr_commands, projects, protection
+from core.pr_commands import Command
 from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
@@ -250,6 +251,16 @@ async def test_which_deploy_a_bare_approve_means_and_reject(live_hook: Hook, fak
     await reacted(fake_github, erin, "rocket")
     body = await _reply(fake_github, number, erin)
     assert f"deploy #{mine} (`web` in staging) is approved (1 of 2 approvals)" in body, body
+    # The comment's job run again (GitHub failed after the approval committed): the same answer, not a refusal.
+    pr = pr_commands.PullRequest(
+        repo=REPO, number=number, comment_id=erin, login="erin", permission="maintain", head_sha=SHA_A,
+        head_ref="feature/x", head_repo=REPO, is_fork=False,
+    )  # fmt: skip
+    async with rt.sessionmaker.begin() as session:
+        again = await pr_commands.run(session, ctx=rt.core, command=Command(verb="approve"), pr=pr)
+    assert again.repeated and again.lines == [
+        f"deploy #{mine} (`web` in staging) is approved (1 of 2 approvals): it waits for another person's approval."
+    ]
     async with rt.sessionmaker() as session:
         counted = list(await session.scalars(select(models.DeployApproval.deployment_id)))
     assert sorted(counted) == sorted([web, mine])
