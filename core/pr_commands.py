@@ -90,6 +90,7 @@ class Result:
     ok: bool = True
     noop: list[dryrun.Plan] = field(default_factory=list)
     repeated: bool = False  # the comment was handled before: nothing new was done
+    approved: int | None = None  # the deploy an `.approve` queued: its comment follows it to the end
 
 
 def actor_for(login: str) -> Actor:
@@ -472,7 +473,7 @@ async def _approve(
     """Approve (or reject) one deploy through core.deploys.approve, as the Slack button and the API do."""
     answered = await _answered(session, linked=linked, comment_id=pr.comment_id)
     if answered is not None:  # the job ran again after the approval committed: the same answer, once
-        return Result(lines=[answered], repeated=True)
+        return answered
     yes = command.verb == APPROVE
     if command.deployment is not None:
         chosen = await session.get(models.Deployment, command.deployment)
@@ -509,15 +510,25 @@ async def _approve(
         line = f"deploy {where} is approved{count}: it waits for another person's approval."
     else:
         line = f"deploy {where} is approved{count}: it is {deployment.status} and runs now."
+    queued = yes and deployment.status != deploys.AWAITING_APPROVAL
+    entry = {
+        "line": line,
+        "repo": pr.repo,
+        "number": pr.number,
+        "comment_id": pr.comment_id,
+        "login": pr.login,
+        "text": f".{command.verb}",
+        "follow": queued,  # the GitHub notifier redraws this comment as the deploy runs
+    }
     refs = dict(deployment.notify_refs or {})
     mine = dict(refs.get("github") or {})
-    mine[APPROVALS_KEY] = {**(mine.get(APPROVALS_KEY) or {}), str(pr.comment_id): line}
+    mine[APPROVALS_KEY] = {**(mine.get(APPROVALS_KEY) or {}), str(pr.comment_id): entry}
     refs["github"] = mine
     deployment.notify_refs = refs
-    return Result(lines=[line])
+    return Result(lines=[line], approved=deployment.id if queued else None)
 
 
-async def _answered(session: AsyncSession, *, linked: list[models.App], comment_id: int) -> str | None:
+async def _answered(session: AsyncSession, *, linked: list[models.App], comment_id: int) -> Result | None:
     """What an `.approve`/`.reject` comment already did, from the deploy it decided on (recent ones only)."""
     recent = await session.scalars(
         select(models.Deployment)
@@ -527,8 +538,9 @@ async def _answered(session: AsyncSession, *, linked: list[models.App], comment_
     )
     for d in recent:
         done = (((d.notify_refs or {}).get("github") or {}).get(APPROVALS_KEY) or {}).get(str(comment_id))
-        if done is not None:
-            return str(done)
+        if isinstance(done, dict):
+            followed = d.id if done.get("follow") else None
+            return Result(lines=[str(done.get("line"))], repeated=True, approved=followed)
     return None
 
 

@@ -29,12 +29,13 @@ from github import GithubException
 from github.Repository import Repository
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import dryrun, jobs, pr_commands, shared
+from core import dryrun, events, jobs, pr_commands, shared
 from core.context import Core
 from core.errors import PermanentError, UserError
 from core.gitops import Outcome
 from core.pr_commands import Command
 from core.worker import Handler
+from storage import models
 from webhooks import link_comment
 
 if TYPE_CHECKING:
@@ -223,6 +224,15 @@ def marker(comment_id: int) -> str:
     return f"<!-- shipit:command comment={comment_id} -->"
 
 
+def approvals_of(refs: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The `.approve` comments that queued a deploy and follow it to the end, from its notify_refs."""
+    mine = (refs or {}).get("github")
+    found = mine.get(pr_commands.APPROVALS_KEY) if isinstance(mine, Mapping) else None
+    if not isinstance(found, Mapping):
+        return []
+    return [dict(e) for e in found.values() if isinstance(e, Mapping) and e.get("follow")]
+
+
 def command_of(refs: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The PR command a deploy was asked for by, from its notify_refs (None: not from a comment)."""
     mine = (refs or {}).get("github")
@@ -270,6 +280,7 @@ async def write(
 
 
 _ICON = {"succeeded": "✅", "failed": "❌", "superseded": "⏭️", "cancelled": "🚫", "running": "🔄"}
+_FINISHED = ("succeeded", "failed", "superseded", "cancelled")
 
 
 def _deploys_body(*, text: str, login: str, states: list[pr_commands.DeployState], notes: list[str]) -> str:
@@ -314,6 +325,35 @@ async def refresh(notifier: GitHubNotifier, *, command: Mapping[str, Any]) -> No
     await write(notifier, repo=repo, number=number, comment_id=comment_id, render=render)
     if seen and all(s.status in ("succeeded", "failed", "superseded", "cancelled") for s in seen):
         ok = all(s.status == "succeeded" for s in seen)
+        await react(
+            notifier, repo=repo, comment_id=comment_id, number=number, content="rocket" if ok else "confused"
+        )
+
+
+async def refresh_approval(notifier: GitHubNotifier, *, entry: Mapping[str, Any], deployment_id: int) -> None:
+    """Redraw an `.approve` comment's answer with the deploy it queued; react when the deploy is done."""
+    sessionmaker = notifier.sessionmaker
+    if sessionmaker is None:
+        return
+    repo, number, comment_id = str(entry["repo"]), int(entry["number"]), int(entry["comment_id"])
+    status: list[str] = []
+
+    async def render() -> str:
+        async with sessionmaker() as session:
+            d = await session.get(models.Deployment, deployment_id)
+            if d is None:
+                return f"👍 **`{entry.get('text')}`** by @{entry.get('login')}:\n\n- {entry.get('line')}"
+            outcome = (await events.deployment_view(session, deployment=d)).outcome
+        status[:] = [d.status]
+        error = f": {' '.join(d.error.split())[:200]}" if d.error else ""
+        return (
+            f"👍 **`{entry.get('text')}`** by @{entry.get('login')}:\n\n- {entry.get('line')}\n"
+            f"- {_ICON.get(d.status, '⏳')} deploy #{d.id}: {outcome}{error}"
+        )
+
+    await write(notifier, repo=repo, number=number, comment_id=comment_id, render=render)
+    if status and status[0] in _FINISHED:
+        ok = status[0] == "succeeded"
         await react(
             notifier, repo=repo, comment_id=comment_id, number=number, content="rocket" if ok else "confused"
         )
@@ -418,6 +458,13 @@ def handlers(notifier: GitHubNotifier) -> dict[str, Handler]:
                 await answer(f"🚫 **`{text}`** by @{login}: the dry run failed: {e}", "confused")
                 return
             await answer(_noop_body(login=login, text=text, runs=runs), "rocket")
+            return
+        if result.approved is not None:  # the last approval: the comment follows the deploy it queued
+            await refresh_approval(
+                notifier, entry={"repo": repo, "number": number, "comment_id": comment_id, "login": login,
+                                 "text": text, "line": result.lines[0]},
+                deployment_id=result.approved,
+            )  # fmt: skip
             return
         if result.deployment_ids:
             async with ctx.sessionmaker() as session:

@@ -138,12 +138,15 @@ async def test_two_persons_approve_one_from_slack_one_from_a_pull_request_commen
 
         # Carol on the pull request: the second person; the deploy runs and succeeds.
         approved, _ = await say(live_hook, fake_github, ".approve", number=number, user="carol")
-        await reacted(fake_github, approved, "rocket")
-        body = await _reply(fake_github, number, approved)
-        assert f"deploy #{d.id} (`web` in production) is approved (2 of 2 approvals)" in body, body
         finished = await wait_finished(live_hook, d.id)
         assert finished.status == "succeeded", finished.error
         assert finished.approved_by == "github:carol"
+        # Her comment's answer followed the deploy it queued to the end: rocket only once it is live.
+        await reacted(fake_github, approved, "rocket")
+        assert fake_github.reactions(REPO, approved) == ["eyes", "rocket"]
+        body = await _reply(fake_github, number, approved)
+        assert f"deploy #{d.id} (`web` in production) is approved (2 of 2 approvals)" in body, body
+        assert f"✅ deploy #{d.id}:" in body, body
         await eventually(
             lambda: _card_says(fake_slack, channel, ts, "is live on"),
             what="the card says live",
