@@ -517,7 +517,9 @@ async def _approve(
         "number": pr.number,
         "comment_id": pr.comment_id,
         "login": pr.login,
-        "text": f".{command.verb}",
+        "text": f".{command.verb}"
+        + (f" {command.deployment}" if command.deployment is not None else "")
+        + (f" to {command.environment}" if command.environment and command.deployment is None else ""),
         "follow": queued,  # the GitHub notifier redraws this comment as the deploy runs
     }
     refs = dict(deployment.notify_refs or {})
