@@ -1,4 +1,5 @@
-"""Deploys asked for in a pull request comment (`.deploy`, `.noop`, `.rollback`, `.lock`, `.unlock`).
+"""Deploys asked for in a pull request comment (`.deploy`, `.noop`, `.rollback`, `.lock`, `.unlock`,
+`.approve`, `.reject`).
 
 The GitHub channel parses the comment and reads from GitHub what a payload does not hold (the PR's
 head commit, the commenter's permission on the repository); this module decides, with the same
@@ -11,6 +12,12 @@ app rows in that environment; without it `.deploy` deploys the pull request's pr
 commands act on the project's first environment.  A deploy carries the comment id in its dedupe key
 (a comment redelivered or a job run twice deploys once) and in its notify_refs, so the GitHub
 notifier keeps the command's one status comment up to date as the deploy runs.
+
+`.approve` and `.reject` go through core.deploys.approve like the Slack button and the API: the
+commenter's person, role and the environment's approver role apply, and nobody approves their own
+deploy from another of their accounts.  Which deploy: the number given, else the one deploy waiting
+for approval that this pull request's commands asked for, else the one waiting deploy of the
+repository's apps (in `to ENV`, when given); more than one is refused with their numbers.
 """
 
 from __future__ import annotations
@@ -36,10 +43,14 @@ ROLLBACK = "rollback"
 LOCK = "lock"
 UNLOCK = "unlock"
 HELP = "help"
-VERBS = (DEPLOY, NOOP, ROLLBACK, LOCK, UNLOCK, HELP)
+APPROVE = "approve"
+REJECT = "reject"
+VERBS = (DEPLOY, NOOP, ROLLBACK, LOCK, UNLOCK, APPROVE, REJECT, HELP)
 WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
 # The notify_refs key under the GitHub notifier's own refs that marks a deploy asked for in a comment.
 REF_KEY = "command"
+# ... and the one under which a deploy keeps the `.approve`/`.reject` comments that decided on it.
+APPROVALS_KEY = "approvals"
 
 
 class Refused(UserError):
@@ -51,6 +62,7 @@ class Command:
     verb: str
     environment: str | None = None
     reason: str | None = None
+    deployment: int | None = None  # `.approve 42`, `.reject 42`
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +90,7 @@ class Result:
     ok: bool = True
     noop: list[dryrun.Plan] = field(default_factory=list)
     repeated: bool = False  # the comment was handled before: nothing new was done
+    approved: int | None = None  # the deploy an `.approve` queued: its comment follows it to the end
 
 
 def actor_for(login: str) -> Actor:
@@ -180,6 +193,8 @@ async def run(session: AsyncSession, *, ctx: Core, command: Command, pr: PullReq
     if not pr.open and command.verb in (DEPLOY, NOOP):
         raise Refused(f"pull request #{pr.number} is closed.")
     actor = actor_for(pr.login)
+    if command.verb in (APPROVE, REJECT):
+        return await _approve(session, ctx=ctx, pr=pr, linked=linked, actor=actor, command=command)
     if command.verb == DEPLOY and command.environment is None:
         result = await _deploy_preview(session, ctx=ctx, pr=pr, linked=linked, actor=actor)
         await _keep_notes(session, result=result)
@@ -397,6 +412,138 @@ async def _lock(
             await protection.unlock_env(session, actor=actor, project=project.name, env=environment)
         result.lines.append(f"`{environment}` is {'locked: ' + reason if on else 'unlocked'}.")
     return result
+
+
+async def _where(session: AsyncSession, *, deployment: models.Deployment) -> str:
+    app = await session.get(models.App, deployment.app_id)
+    if app is None:
+        return f"#{deployment.id}"
+    return f"#{deployment.id} (`{app.name}` in {await apps.env_name(session, app=app)})"
+
+
+async def _waiting(
+    session: AsyncSession, *, pr: PullRequest, linked: list[models.App], environment: str | None
+) -> list[models.Deployment]:
+    """The deploys `.approve` without a number means: this pull request's own first, else the repository's."""
+    if environment is not None:
+        linked = await _targets(session, linked=linked, environment=environment)
+    rows = list(
+        await session.scalars(
+            select(models.Deployment)
+            .where(
+                models.Deployment.app_id.in_([a.id for a in linked]),
+                models.Deployment.status == deploys.AWAITING_APPROVAL,
+            )
+            .order_by(models.Deployment.id)
+        )
+    )
+
+    def from_this_pr(d: models.Deployment) -> bool:
+        ref = ((d.notify_refs or {}).get("github") or {}).get(REF_KEY) or {}
+        return str(ref.get("repo") or "").lower() == pr.repo.lower() and ref.get("number") == pr.number
+
+    return [d for d in rows if from_this_pr(d)] or rows
+
+
+async def _last_approved(
+    session: AsyncSession, *, linked: list[models.App], environment: str | None
+) -> models.Deployment | None:
+    if environment is not None:
+        linked = await _targets(session, linked=linked, environment=environment)
+    return await session.scalar(
+        select(models.Deployment)
+        .where(
+            models.Deployment.app_id.in_([a.id for a in linked]),
+            models.Deployment.approved_by.is_not(None),
+        )
+        .order_by(models.Deployment.id.desc())
+        .limit(1)
+    )
+
+
+async def _approve(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    pr: PullRequest,
+    linked: list[models.App],
+    actor: Actor,
+    command: Command,
+) -> Result:
+    """Approve (or reject) one deploy through core.deploys.approve, as the Slack button and the API do."""
+    answered = await _answered(session, linked=linked, comment_id=pr.comment_id)
+    if answered is not None:  # the job ran again after the approval committed: the same answer, once
+        return answered
+    yes = command.verb == APPROVE
+    if command.deployment is not None:
+        chosen = await session.get(models.Deployment, command.deployment)
+        if chosen is None or chosen.app_id not in {a.id for a in linked}:
+            raise Refused(f"deploy #{command.deployment} is not a deploy of the apps of {pr.repo}.")
+    else:
+        waiting = await _waiting(session, pr=pr, linked=linked, environment=command.environment)
+        if not waiting:
+            done = await _last_approved(session, linked=linked, environment=command.environment)
+            if yes and done is not None:
+                raise Refused(
+                    f"nothing waits for approval: deploy {await _where(session, deployment=done)} "
+                    f"is already approved ({done.status})."
+                )
+            raise Refused(f"no deploy of the apps of {pr.repo} waits for approval.")
+        if len(waiting) > 1:
+            listed = ", ".join([await _where(session, deployment=d) for d in waiting])
+            raise Refused(
+                f"{len(waiting)} deploys wait for approval: {listed}. "
+                f"Say which one: `.{command.verb} {waiting[0].id}`."
+            )
+        chosen = waiting[0]
+    if chosen.status != deploys.AWAITING_APPROVAL and chosen.approved_by is not None and yes:
+        raise Refused(
+            f"deploy {await _where(session, deployment=chosen)} is already approved ({chosen.status})."
+        )
+    where = await _where(session, deployment=chosen)
+    deployment = await deploys.approve(session, ctx=ctx, actor=actor, deployment_id=chosen.id, approve=yes)
+    tally = await protection.tally(session, deployment=deployment) if yes else None
+    count = f" ({tally.text})" if tally is not None else ""
+    if not yes:
+        line = f"deploy {where} is rejected: it will not run."
+    elif deployment.status == deploys.AWAITING_APPROVAL:
+        line = f"deploy {where} is approved{count}: it waits for another person's approval."
+    else:
+        line = f"deploy {where} is approved{count}: it is {deployment.status} and runs now."
+    queued = yes and deployment.status != deploys.AWAITING_APPROVAL
+    entry = {
+        "line": line,
+        "repo": pr.repo,
+        "number": pr.number,
+        "comment_id": pr.comment_id,
+        "login": pr.login,
+        "text": f".{command.verb}"
+        + (f" {command.deployment}" if command.deployment is not None else "")
+        + (f" to {command.environment}" if command.environment and command.deployment is None else ""),
+        "follow": queued,  # the GitHub notifier redraws this comment as the deploy runs
+    }
+    refs = dict(deployment.notify_refs or {})
+    mine = dict(refs.get("github") or {})
+    mine[APPROVALS_KEY] = {**(mine.get(APPROVALS_KEY) or {}), str(pr.comment_id): entry}
+    refs["github"] = mine
+    deployment.notify_refs = refs
+    return Result(lines=[line], approved=deployment.id if queued else None)
+
+
+async def _answered(session: AsyncSession, *, linked: list[models.App], comment_id: int) -> Result | None:
+    """What an `.approve`/`.reject` comment already did, from the deploy it decided on (recent ones only)."""
+    recent = await session.scalars(
+        select(models.Deployment)
+        .where(models.Deployment.app_id.in_([a.id for a in linked]))
+        .order_by(models.Deployment.id.desc())
+        .limit(50)
+    )
+    for d in recent:
+        done = (((d.notify_refs or {}).get("github") or {}).get(APPROVALS_KEY) or {}).get(str(comment_id))
+        if isinstance(done, dict):
+            followed = d.id if done.get("follow") else None
+            return Result(lines=[str(done.get("line"))], repeated=True, approved=followed)
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)

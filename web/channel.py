@@ -36,6 +36,7 @@ from core import (
     claims,
     clusters,
     deploys,
+    environments,
     identity,
     projects,
     secrets,
@@ -406,6 +407,26 @@ class AppRow:
     current_revision: int | None
     last: models.Deployment | None
     environment: str = ""
+    env_q: str = ""  # "?env=NAME" when the app runs in several environments: its link names this row
+
+
+def env_query(env: str | None) -> str:
+    return f"?env={quote(env, safe='')}" if env else ""
+
+
+async def environments_of(session: AsyncSession, *, name: str) -> list[str]:
+    """The environments an app name runs in, in its project's order (several: the app page shows tabs).
+
+    Only picks the row to show: the core call after it checks who may see the app.
+    """
+    rows = list(await session.scalars(select(models.App).where(models.App.name == name)))
+    if not rows:
+        return []
+    order = {
+        e.id: (e.position, e.name)
+        for e in await environments.list_for(session, project_id=rows[0].project_id)
+    }
+    return [n for _, n in sorted(order[r.environment_id] for r in rows if r.environment_id in order)]
 
 
 async def _app_rows(session: AsyncSession, app_list: list[models.App]) -> list[AppRow]:
@@ -422,9 +443,15 @@ async def _app_rows(session: AsyncSession, app_list: list[models.App]) -> list[A
         if current is None:
             done = await deploys.current_deployment(session, app=a)
             current = done.revision_number if done else None
+        env = await apps.env_name(session, app=a)
+        several = len(await environments_of(session, name=a.name)) > 1
         rows.append(
             AppRow(
-                app=a, current_revision=current, last=last, environment=await apps.env_name(session, app=a)
+                app=a,
+                current_revision=current,
+                last=last,
+                environment=env,
+                env_q=env_query(env) if several else "",
             )
         )
     return rows
@@ -497,32 +524,36 @@ def _page_routes(router: APIRouter, web: Web) -> None:
                           members=members, role=role)  # fmt: skip
 
     @router.get("/apps/{name}")
-    async def app_page(request: Request, name: str) -> Response:
+    async def app_page(request: Request, name: str, env: str | None = None) -> Response:
         async with tx(web.core_of(request)) as session:
             row, actor = await signed_in(request, session)
+            # An app in several environments: one row per page, the first environment unless ?env= says.
+            envs = await environments_of(session, name=name)
+            env = env or (envs[0] if len(envs) > 1 else None)
             try:
-                st = await status.read(session, actor=actor, app_name=name)
+                st = await status.read(session, actor=actor, app_name=name, env=env)
             except UserError as e:
                 return await refused(request, row, e)
-            app = await apps.get(session, actor=actor, name=name)
-            history = await deploys.history(session, actor=actor, app_name=name, limit=20)
-            revisions = await deploys.revisions(session, actor=actor, app_name=name)
+            app = await apps.get(session, actor=actor, name=name, env=env)
+            history = await deploys.history(session, actor=actor, app_name=name, limit=20, env=env)
+            revisions = await deploys.revisions(session, actor=actor, app_name=name, env=env)
             (app_row,) = await _app_rows(session, [app])
             role = await identity.role_of(session, actor=actor, project_id=app.project_id)
-            secret_keys = await secrets.list_keys(session, actor=actor, app_name=name)
+            secret_keys = await secrets.list_keys(session, actor=actor, app_name=name, env=env)
             return render(request, "app.html", row=row, title=name, app=app, st=st, history=history,
                           revisions=revisions, info=app_row, role=role, secret_keys=secret_keys,
+                          envs=envs if len(envs) > 1 else [], env_q=app_row.env_q,
                           changes=revision_changes(revisions),
                           can_admin=role is not None and role >= identity.Role.ADMIN,
                           can_deploy=role is not None and role >= identity.Role.DEVELOPER,
                           latest=history[0] if history else None)  # fmt: skip
 
     @router.get("/apps/{name}/events")
-    async def app_events(request: Request, name: str) -> Response:
+    async def app_events(request: Request, name: str, env: str | None = None) -> Response:
         core = web.core_of(request)
         async with tx(core) as session:
             row, actor = await signed_in(request, session)
-            app = await apps.get(session, actor=actor, name=name)
+            app = await apps.get(session, actor=actor, name=name, env=env)
             await apps.authorize(session, actor=actor, app=app, role=identity.Role.VIEWER,
                                  action="reading deploys")  # fmt: skip
             session_id, app_id = row.session_id, app.id
@@ -566,13 +597,13 @@ def _page_routes(router: APIRouter, web: Web) -> None:
         )
 
     @router.get("/apps/{name}/logs")
-    async def logs_page(request: Request, name: str) -> Response:
+    async def logs_page(request: Request, name: str, env: str | None = None) -> Response:
         """The last lines of the app's pods, served whole; the page's script then follows new ones."""
         core = web.core_of(request)
         async with tx(core) as session:
             row, actor = await signed_in(request, session)
             try:
-                target = await status.target(session, ctx=core, actor=actor, app_name=name)
+                target = await status.target(session, ctx=core, actor=actor, app_name=name, env=env)
             except UserError as e:
                 return await refused(request, row, e)
         lines: list[str] = []
@@ -586,14 +617,14 @@ def _page_routes(router: APIRouter, web: Web) -> None:
         except TimeoutError:
             problem = "the cluster did not send the logs in time"
         return render(request, "logs.html", row=row, title=f"{name} logs", app_name=name, lines=lines,
-                      problem=problem)  # fmt: skip
+                      problem=problem, env_q=env_query(env))  # fmt: skip
 
     @router.get("/apps/{name}/logs/follow")
-    async def logs_follow(request: Request, name: str) -> Response:
+    async def logs_follow(request: Request, name: str, env: str | None = None) -> Response:
         core = web.core_of(request)
         async with tx(core) as session:
             _, actor = await signed_in(request, session)
-            target = await status.target(session, ctx=core, actor=actor, app_name=name)
+            target = await status.target(session, ctx=core, actor=actor, app_name=name, env=env)
 
         async def stream() -> AsyncIterator[bytes]:
             yield b"retry: 5000\n\n"
@@ -632,39 +663,39 @@ def _page_routes(router: APIRouter, web: Web) -> None:
         return _back(result if isinstance(result, str) else back)
 
     @router.post("/apps/{name}/deploy")
-    async def deploy(request: Request, name: str) -> Response:
+    async def deploy(request: Request, name: str, env: str | None = None) -> Response:
         async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
             await deploys.request(session, ctx=web.core_of(request), actor=actor, app_name=name,
-                                  image=form.get("image", "").strip(), trigger=actor.channel)  # fmt: skip
+                                  image=form.get("image", "").strip(), trigger=actor.channel, env=env)  # fmt: skip
 
-        return await act(request, run, f"/apps/{name}")
+        return await act(request, run, f"/apps/{name}{env_query(env)}")
 
     @router.post("/apps/{name}/rollback")
-    async def rollback(request: Request, name: str) -> Response:
+    async def rollback(request: Request, name: str, env: str | None = None) -> Response:
         async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
             revision = form.get("revision", "")
-            await deploys.rollback(session, ctx=web.core_of(request), actor=actor, app_name=name,
+            await deploys.rollback(session, ctx=web.core_of(request), actor=actor, app_name=name, env=env,
                                    revision=int(revision) if revision.isdigit() else None)  # fmt: skip
 
-        return await act(request, run, f"/apps/{name}")
+        return await act(request, run, f"/apps/{name}{env_query(env)}")
 
     @router.post("/apps/{name}/lock")
     @router.post("/apps/{name}/unlock")
     @router.post("/apps/{name}/pause")
     @router.post("/apps/{name}/resume")
-    async def lock(request: Request, name: str) -> Response:
+    async def lock(request: Request, name: str, env: str | None = None) -> Response:
         verb = request.url.path.rsplit("/", 1)[-1]
         flag, on = {"lock": ("lock", True), "unlock": ("lock", False), "pause": ("pause", True),
                     "resume": ("pause", False)}[verb]  # fmt: skip
 
         async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
-            await apps.set_flag(session, actor=actor, name=name, flag=flag, on=on,
+            await apps.set_flag(session, actor=actor, name=name, flag=flag, on=on, env=env,
                                 reason=form.get("reason") or None)  # fmt: skip
 
-        return await act(request, run, f"/apps/{name}")
+        return await act(request, run, f"/apps/{name}{env_query(env)}")
 
     @router.post("/apps/{name}/scale")
-    async def scale(request: Request, name: str) -> Response:
+    async def scale(request: Request, name: str, env: str | None = None) -> Response:
         def number(form: dict[str, str], key: str) -> int | None:
             text = form.get(key, "").strip()
             if not text:
@@ -678,30 +709,30 @@ def _page_routes(router: APIRouter, web: Web) -> None:
                 session, ctx=web.core_of(request), actor=actor, app_name=name,
                 replicas=number(form, "replicas"), min_replicas=number(form, "min_replicas"),
                 max_replicas=number(form, "max_replicas"), cpu_target=number(form, "cpu_target"),
-                autoscaling_off=form.get("autoscaling") == "off",
+                autoscaling_off=form.get("autoscaling") == "off", env=env,
             )  # fmt: skip
 
-        return await act(request, run, f"/apps/{name}")
+        return await act(request, run, f"/apps/{name}{env_query(env)}")
 
     @router.post("/apps/{name}/secrets")
-    async def set_secret(request: Request, name: str) -> Response:
+    async def set_secret(request: Request, name: str, env: str | None = None) -> Response:
         """Write-only: the value goes to core encrypted and is never shown back (nor logged, nor audited)."""
 
         async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
             core = web.core_of(request)
             key = form.get("key", "").strip()
-            await deploys.set_secrets(session, ctx=core, actor=actor, app_name=name,
+            await deploys.set_secrets(session, ctx=core, actor=actor, app_name=name, env=env,
                                       values={key: form.get("value", "")})  # fmt: skip
 
-        return await act(request, run, f"/apps/{name}")
+        return await act(request, run, f"/apps/{name}{env_query(env)}")
 
     @router.post("/apps/{name}/secrets/{key}/delete")
-    async def delete_secret(request: Request, name: str, key: str) -> Response:
+    async def delete_secret(request: Request, name: str, key: str, env: str | None = None) -> Response:
         async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
             core = web.core_of(request)
-            await deploys.unset_secrets(session, ctx=core, actor=actor, app_name=name, keys=[key])
+            await deploys.unset_secrets(session, ctx=core, actor=actor, app_name=name, keys=[key], env=env)
 
-        return await act(request, run, f"/apps/{name}")
+        return await act(request, run, f"/apps/{name}{env_query(env)}")
 
     @router.post("/deploys/{deployment_id}/approve")
     @router.post("/deploys/{deployment_id}/reject")
@@ -712,7 +743,10 @@ def _page_routes(router: APIRouter, web: Web) -> None:
             d = await deploys.approve(session, ctx=web.core_of(request), actor=actor,
                                       deployment_id=deployment_id, approve=yes)  # fmt: skip
             app = await session.get(models.App, d.app_id)
-            return f"/apps/{app.name}" if app else "/"
+            if app is None:
+                return "/"
+            several = len(await environments_of(session, name=app.name)) > 1
+            return f"/apps/{app.name}{env_query(await apps.env_name(session, app=app)) if several else ''}"
 
         return await act(request, run, "/")
 

@@ -1,4 +1,5 @@
-"""Commands in pull request comments: `.deploy`, `.deploy to ENV`, `.noop`, `.rollback`, `.lock`, `.unlock`, `.help`.
+"""Commands in pull request comments: `.deploy`, `.deploy to ENV`, `.noop`, `.rollback`, `.lock`, `.unlock`,
+`.approve`, `.reject`, `.help`.
 
 The delivery only records the command: a job (queued in the delivery's transaction, deduplicated by
 the comment id) does the GitHub calls and the work, so GitHub is answered in milliseconds and a
@@ -6,7 +7,8 @@ redelivered comment runs once.  The job puts `eyes` on the comment, reads the pu
 and the commenter's permission from GitHub (an issue_comment payload holds neither), asks
 core.pr_commands, and answers in ONE status comment per command, edited in place: the GitHub
 notifier redraws it (`refresh`) as each deploy moves, and puts `rocket` (all succeeded) or
-`confused` on the command at the end.  A refusal, a dry run or a lock is answered at once.
+`confused` on the command at the end.  A refusal, a dry run, a lock or an approval is answered at once
+(a deploy asked for by `.deploy to ENV` keeps its own status comment up to date once approved).
 
 Only comments that start with `.` and a known word are commands; `.something` else, or a known word
 with arguments it does not take, gets a short help reply.  Bots, edits and deletions are ignored.
@@ -27,12 +29,13 @@ from github import GithubException
 from github.Repository import Repository
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import dryrun, jobs, pr_commands, shared
+from core import dryrun, events, jobs, pr_commands, shared
 from core.context import Core
 from core.errors import PermanentError, UserError
 from core.gitops import Outcome
 from core.pr_commands import Command
 from core.worker import Handler
+from storage import models
 from webhooks import link_comment
 
 if TYPE_CHECKING:
@@ -44,6 +47,7 @@ COMMAND_JOB = "github.pr_command"
 LEFT_TO_OTHERS = frozenset({"link"})  # `.link CODE`: identity linking (webhooks.link_comment)
 _WORD = re.compile(r"\.([A-Za-z][A-Za-z0-9_-]*)(?:\s+(.*))?", re.DOTALL)
 _ENV = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_NUMBER = re.compile(r"#?([0-9]{1,18})")
 REASON_MAX = 200
 
 HELP = (
@@ -56,8 +60,13 @@ HELP = (
     "| `.rollback [to ENV]` | roll back to the previous good revision |\n"
     "| `.lock [ENV] [reason]` | lock an environment: no deploys until `.unlock` |\n"
     "| `.unlock [ENV]` | unlock it |\n"
+    "| `.approve [N \\| to ENV]` | approve deploy N, or the one deploy waiting for approval |\n"
+    "| `.reject [N \\| to ENV]` | reject it: it will not run |\n"
     "| `.help` | this list |\n\n"
-    "Without ENV, `.noop`, `.rollback`, `.lock` and `.unlock` act on the project's first environment."
+    "Without ENV, `.noop`, `.rollback`, `.lock` and `.unlock` act on the project's first environment. "
+    "Without N, `.approve` and `.reject` take the deploy this pull request's commands asked for, else the "
+    "one deploy of the repository's apps waiting for approval (in ENV); approving needs the environment's "
+    "approver role, and nobody approves their own deploy."
 )
 
 
@@ -133,12 +142,22 @@ def parse_command(body: str) -> Command | str | None:
         "rollback": "`.rollback` or `.rollback to ENV`",
         "lock": "`.lock`, `.lock ENV` or `.lock ENV reason`",
         "unlock": "`.unlock` or `.unlock ENV`",
+        "approve": "`.approve`, `.approve N` or `.approve to ENV`",
+        "reject": "`.reject`, `.reject N` or `.reject to ENV`",
         "help": "`.help`",
     }[word]
     malformed = f"`.{word}` takes {usage}."
     env: str | None = None
     reason: str | None = None
-    if word in ("deploy", "noop", "rollback"):
+    number: int | None = None
+    if word in ("approve", "reject"):
+        if len(rest) == 1 and (n := _NUMBER.fullmatch(rest[0])):
+            number = int(n.group(1))
+        elif len(rest) == 2 and rest[0].lower() == "to":
+            env = rest[1]
+        elif rest:
+            return malformed
+    elif word in ("deploy", "noop", "rollback"):
         if rest:
             if len(rest) != 2 or rest[0].lower() != "to":
                 return malformed
@@ -158,7 +177,7 @@ def parse_command(body: str) -> Command | str | None:
         env = env.lower()
         if not _ENV.fullmatch(env):
             return f"{env[:40]!r} is not an environment name. {malformed}"
-    return Command(verb=word, environment=env, reason=reason)
+    return Command(verb=word, environment=env, reason=reason, deployment=number)
 
 
 async def on_comment(session: AsyncSession, ctx: Core, e: CommentEvent) -> Outcome:
@@ -184,6 +203,8 @@ async def on_comment(session: AsyncSession, ctx: Core, e: CommentEvent) -> Outco
         summary = f"comment {e.comment_id}: {parsed} (answered with help)"
     else:
         payload["command"] = {"verb": parsed.verb, "environment": parsed.environment, "reason": parsed.reason}
+        if parsed.deployment is not None:
+            payload["command"]["deployment"] = parsed.deployment
         summary = f"comment {e.comment_id}: .{parsed.verb} by {e.login} queued"
     await jobs.enqueue(
         session,
@@ -201,6 +222,15 @@ async def on_comment(session: AsyncSession, ctx: Core, e: CommentEvent) -> Outco
 
 def marker(comment_id: int) -> str:
     return f"<!-- shipit:command comment={comment_id} -->"
+
+
+def approvals_of(refs: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The `.approve` comments that queued a deploy and follow it to the end, from its notify_refs."""
+    mine = (refs or {}).get("github")
+    found = mine.get(pr_commands.APPROVALS_KEY) if isinstance(mine, Mapping) else None
+    if not isinstance(found, Mapping):
+        return []
+    return [dict(e) for e in found.values() if isinstance(e, Mapping) and e.get("follow")]
 
 
 def command_of(refs: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -250,6 +280,7 @@ async def write(
 
 
 _ICON = {"succeeded": "✅", "failed": "❌", "superseded": "⏭️", "cancelled": "🚫", "running": "🔄"}
+_FINISHED = ("succeeded", "failed", "superseded", "cancelled")
 
 
 def _deploys_body(*, text: str, login: str, states: list[pr_commands.DeployState], notes: list[str]) -> str:
@@ -294,6 +325,35 @@ async def refresh(notifier: GitHubNotifier, *, command: Mapping[str, Any]) -> No
     await write(notifier, repo=repo, number=number, comment_id=comment_id, render=render)
     if seen and all(s.status in ("succeeded", "failed", "superseded", "cancelled") for s in seen):
         ok = all(s.status == "succeeded" for s in seen)
+        await react(
+            notifier, repo=repo, comment_id=comment_id, number=number, content="rocket" if ok else "confused"
+        )
+
+
+async def refresh_approval(notifier: GitHubNotifier, *, entry: Mapping[str, Any], deployment_id: int) -> None:
+    """Redraw an `.approve` comment's answer with the deploy it queued; react when the deploy is done."""
+    sessionmaker = notifier.sessionmaker
+    if sessionmaker is None:
+        return
+    repo, number, comment_id = str(entry["repo"]), int(entry["number"]), int(entry["comment_id"])
+    status: list[str] = []
+
+    async def render() -> str:
+        async with sessionmaker() as session:
+            d = await session.get(models.Deployment, deployment_id)
+            if d is None:
+                return f"👍 **`{entry.get('text')}`** by @{entry.get('login')}:\n\n- {entry.get('line')}"
+            outcome = (await events.deployment_view(session, deployment=d)).outcome
+        status[:] = [d.status]
+        error = f": {' '.join(d.error.split())[:200]}" if d.error else ""
+        return (
+            f"👍 **`{entry.get('text')}`** by @{entry.get('login')}:\n\n- {entry.get('line')}\n"
+            f"- {_ICON.get(d.status, '⏳')} deploy #{d.id}: {outcome}{error}"
+        )
+
+    await write(notifier, repo=repo, number=number, comment_id=comment_id, render=render)
+    if status and status[0] in _FINISHED:
+        ok = status[0] == "succeeded"
         await react(
             notifier, repo=repo, comment_id=comment_id, number=number, content="rocket" if ok else "confused"
         )
@@ -359,11 +419,20 @@ def handlers(notifier: GitHubNotifier) -> dict[str, Handler]:
             await answer(f"🤔 {p['error']}\n\n{HELP}", "confused")
             return
         c = p["command"]
-        command = Command(verb=c["verb"], environment=c.get("environment"), reason=c.get("reason"))
+        command = Command(
+            verb=c["verb"],
+            environment=c.get("environment"),
+            reason=c.get("reason"),
+            deployment=c.get("deployment"),
+        )
         if command.verb == pr_commands.HELP:
             await answer(HELP, "rocket")
             return
         text = f".{command.verb}" + (f" {command.environment}" if command.environment else "")
+        if command.deployment is not None:
+            text += f" {command.deployment}"
+        elif command.environment and command.verb in (pr_commands.APPROVE, pr_commands.REJECT):
+            text = f".{command.verb} to {command.environment}"
         permission = await notifier.client.call(
             repo=repo, what=f"permission of {login} on {repo}", fn=lambda r: _permission(r, login)
         )
@@ -390,6 +459,13 @@ def handlers(notifier: GitHubNotifier) -> dict[str, Handler]:
                 return
             await answer(_noop_body(login=login, text=text, runs=runs), "rocket")
             return
+        if result.approved is not None:  # the last approval: the comment follows the deploy it queued
+            await refresh_approval(
+                notifier, entry={"repo": repo, "number": number, "comment_id": comment_id, "login": login,
+                                 "text": text, "line": result.lines[0]},
+                deployment_id=result.approved,
+            )  # fmt: skip
+            return
         if result.deployment_ids:
             async with ctx.sessionmaker() as session:
                 command_ref = command_of(
@@ -398,8 +474,10 @@ def handlers(notifier: GitHubNotifier) -> dict[str, Handler]:
             if command_ref is not None:
                 await refresh(notifier, command=command_ref)
             return
+        icon = {pr_commands.APPROVE: "👍", pr_commands.REJECT: "🛑"}.get(command.verb, "🔒")
         await answer(
-            f"🔒 **`{text}`** by @{login}:\n\n" + "\n".join(f"- {line}" for line in result.lines), "rocket"
+            f"{icon} **`{text}`** by @{login}:\n\n" + "\n".join(f"- {line}" for line in result.lines),
+            "rocket",
         )
 
     return {COMMAND_JOB: Handler(run=run_job)}

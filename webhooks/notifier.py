@@ -170,7 +170,11 @@ class GitHubNotifier:
         if audience.kind in DEPLOY_KINDS:
             # Only deploys that came from GitHub (a commit, a pull request comment) are reported there.
             from_commit = audience.trigger in TRIGGERS and bool(audience.git_sha)
-            return from_commit or comments.command_of(audience.refs) is not None
+            return (
+                from_commit
+                or comments.command_of(audience.refs) is not None
+                or bool(comments.approvals_of(audience.refs))
+            )
         return True
 
     async def close(self) -> None:
@@ -196,6 +200,10 @@ class GitHubNotifier:
             return await self._closed(notice)
         if notice.kind == events.PREVIEW_AWAITING_APPROVAL:
             return await self._awaiting(notice)
+        if notice.deployment is not None:
+            # `.approve` comments that queued this deploy follow it (a Slack-asked deploy included).
+            for entry in comments.approvals_of(notice.deployment.refs):
+                await comments.refresh_approval(self, entry=entry, deployment_id=notice.deployment.id)
         command = comments.command_of(notice.deployment.refs) if notice.deployment else None
         if command is None:
             return await self._report(notice)

@@ -115,6 +115,10 @@ async def command_deploys(rt: Any, comment_id: int) -> list[models.Deployment]:
         ),
         (".unlock staging", Command(verb="unlock", environment="staging")),
         (".help", Command(verb="help")),
+        (".approve", Command(verb="approve")),
+        (".approve 42", Command(verb="approve", deployment=42)),
+        (".reject #7", Command(verb="reject", deployment=7)),
+        (".approve to Staging", Command(verb="approve", environment="staging")),
         ("LGTM, ship it", None),
         ("... and another thing", None),
         (".link ABCD-1234", None),  # identity linking, not ours
@@ -133,6 +137,8 @@ def test_commands_parse(body: str, expected: Command | None) -> None:
         (".help me", "takes `.help`"),
         (".unlock a b", "takes"),
         (".deploy to ../../etc", "not an environment name"),
+        (".approve 1 2", "takes `.approve`, `.approve N` or `.approve to ENV`"),
+        (".reject soon", "takes `.reject`"),
     ],
 )
 def test_malformed_or_unknown_commands_get_a_reason(body: str, says: str) -> None:
@@ -202,6 +208,7 @@ async def test_help_and_unknown_commands_are_answered_with_help(
     assert fake_github.reactions(REPO, helped) == ["eyes", "rocket"]
     [help_reply] = status_comments(fake_github, 8, helped)
     assert "shipit commands" in help_reply["body"] and "`.deploy to ENV`" in help_reply["body"]
+    assert "`.approve [N \\| to ENV]`" in help_reply["body"]
     [unknown_reply] = status_comments(fake_github, 8, unknown)
     assert "`.frobnicate` is not a shipit command" in unknown_reply["body"]
     assert "shipit commands" in unknown_reply["body"]
