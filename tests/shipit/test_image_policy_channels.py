@@ -46,7 +46,7 @@ async def test_cli_sets_shows_and_clears_a_policy(live_server: LiveServer, shipi
     err = one_error_line(await shipit("apps", "policy", "web", "--regex", r"main-(\d+)"))
     assert "group `key`" in err
     err = one_error_line(await shipit("apps", "policy", "web", "--semver", "^1", "--env", "qa"))
-    assert "no environment named 'qa'" in err
+    assert "environment named 'qa'" in err and "production" in err  # names where it does run
     ok(await shipit("apps", "policy", "web", "--clear"))
     assert "no image policy" in one_error_line(await shipit("apps", "policy", "web"))
 
