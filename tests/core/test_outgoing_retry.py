@@ -1,17 +1,17 @@
-"""The outgoing webhook honours the receiver's Retry-After, in seconds or as an HTTP-date (a real HTTP server)."""
+"""Every notice target (webhook, Teams, Discord) honours the receiver's Retry-After, in seconds or as an HTTP-date (a real HTTP server)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import email.utils
 import time
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from aiohttp import web
 
-from core import events, outgoing
 from core.errors import TransientError
+from core.notices import TargetView, delivery
 
 
 @pytest.fixture
@@ -36,44 +36,45 @@ async def receiver() -> AsyncIterator[tuple[str, list[web.Response]]]:
         await runner.cleanup()
 
 
-def _notice(url: str) -> events.Notice:
-    return events.Notice(
-        event_id=1,
-        kind=events.DEPLOY_SUCCEEDED,
-        created_at=dt.datetime.now(dt.UTC),
-        payload={},
-        project=events.ProjectView(id=1, name="acme", slack_channel=None, webhook_url=url),
-        app=None,
-        deployment=None,
-        preview=None,
+def _target(url: str) -> TargetView:
+    return TargetView(
+        id=7,
+        project_id=1,
+        kind="webhook",
+        address=url,
+        environment=None,
+        events="*",
+        format="",
+        has_secret=False,
     )
 
 
 async def test_retry_after_in_seconds_as_a_date_or_missing(receiver: tuple[str, list[web.Response]]) -> None:
     url, answers = receiver
-    notifier = outgoing.WebhookNotifier(secret_for=_no_secret)
+    client = delivery.client()
+    target = _target(url)
+
+    async def send() -> httpx.Response:
+        return await delivery.post(client, target=target, content=b"{}", headers={})
+
     try:
         answers.append(web.Response(status=429, headers={"Retry-After": "7"}))
         with pytest.raises(TransientError) as seconds:
-            await notifier.deliver(_notice(url))
+            await send()
         assert seconds.value.retry_after == 7.0
 
         later = email.utils.formatdate(time.time() + 90, usegmt=True)
         answers.append(web.Response(status=503, headers={"Retry-After": later}))
         with pytest.raises(TransientError) as date:
-            await notifier.deliver(_notice(url))
+            await send()
         assert date.value.retry_after is not None and 60 < date.value.retry_after <= 91
 
         answers.append(web.Response(status=500))
         with pytest.raises(TransientError) as missing:
-            await notifier.deliver(_notice(url))
+            await send()
         assert missing.value.retry_after is None  # the queue's own backoff applies
 
         answers.append(web.Response(status=204))
-        assert await notifier.deliver(_notice(url)) is None
+        assert (await send()).status_code == 204
     finally:
-        await notifier.close()
-
-
-async def _no_secret(project_id: int) -> None:
-    return None
+        await client.aclose()
