@@ -9,6 +9,8 @@ crash.
 
 from __future__ import annotations
 
+# Module names the single module had (callers and tests reach them as `deploys.models`, `deploys.snapshots`).
+from core import revisions as snapshots
 from core.deploys.approvals import (
     _finish_pending,
     approve,
@@ -70,6 +72,7 @@ from core.deploys.states import (
     TERMINAL,
     TRIGGERS,
 )
+from storage import models
 
 __all__ = [
     "AUTO_ROLLBACK",
@@ -112,6 +115,7 @@ __all__ = [
     "history",
     "job_failed",
     "last_attempt",
+    "models",
     "request",
     "revisions",
     "roll_config",
@@ -119,6 +123,7 @@ __all__ = [
     "rollback_target",
     "run_job",
     "set_secrets",
+    "snapshots",
     "unset_secrets",
     "workload_spec",
 ]
