@@ -58,6 +58,7 @@ class Requested:
     # Held so the channel's answer finds them in the session (its identity map is weak): no re-read.
     app: models.App | None = None
     project: models.Project | None = None
+    revision: models.Revision | None = None
 
 
 async def _next_revision_number(session: AsyncSession, *, app_id: int) -> int:
@@ -240,7 +241,7 @@ async def request(
         "queued: revision=%s image=%s trigger=%s actor=%s status=%s",
         number, revision.image, trigger, actor.subject, deployment.status,
     )  # fmt: skip
-    return Requested(deployment=deployment, created=True, app=app, project=project)
+    return Requested(deployment=deployment, created=True, app=app, project=project, revision=revision)
 
 
 async def _image_on_its_way(session: AsyncSession, *, app: models.App) -> str | None:
