@@ -30,6 +30,7 @@ from core import revisions as snapshots  # `revisions` is this module's list of 
 from core.context import Core
 from core.deploys.queries import (
     current_deployment,
+    current_revision,
     revisions,
 )
 from core.deploys.states import (
@@ -40,6 +41,7 @@ from core.deploys.states import (
     QUEUED,
     ROLLBACK_TRIGGERS,
     RUNNING,
+    SETTINGS_TRIGGERS,
     SUCCEEDED,
     SUPERSEDED,
     TRIGGERS,
@@ -149,12 +151,14 @@ async def request(
         if snapshot is None:
             # Built on the app's settings, which follow its current (good) revision: never on a failed one.
             await secrets.ensure_version(session, ctx=ctx, app=app)
+            on_its_way: str | None = None
             if image is not None:  # "" is refused, not read as "redeploy as is"
                 new_image = validation.requested_image(image, current=app.image)
             elif preview is None:
                 # A scale or config change while a deploy is on its way keeps that deploy's image
                 # (it would otherwise undo it); if that rollout fails, the rollback supersedes this.
-                new_image = await _image_on_its_way(session, app=app) or app.image or ""
+                on_its_way = await _image_on_its_way(session, app=app)
+                new_image = on_its_way or app.image or ""
             else:
                 new_image = app.image or ""
             if not new_image:
@@ -162,6 +166,9 @@ async def request(
                     f"{app.name} has no image yet: give one, like ghcr.io/acme/web:1.4", field="image"
                 )
             snapshot = snapshots.from_app(app).replace(image=new_image)
+            if image is None and preview is None and on_its_way is None and trigger in SETTINGS_TRIGGERS:
+                # (A deploy on its way pins its own digest when it runs: the settings follow it.)
+                snapshot = await _running_digest(session, app=app, snapshot=snapshot)
         _, checksum = await secrets.for_deploy(
             session, ctx=ctx, app_id=app.id, version=snapshot.secrets_version
         )
@@ -242,6 +249,21 @@ async def request(
         number, revision.image, trigger, actor.subject, deployment.status,
     )  # fmt: skip
     return Requested(deployment=deployment, created=True, app=app, project=project, revision=revision)
+
+
+async def _running_digest(
+    session: AsyncSession, *, app: models.App, snapshot: snapshots.Snapshot
+) -> snapshots.Snapshot:
+    """A scale, config or secrets redeploy of the image that runs now carries the digest that runs
+    (its current revision's), so the worker does not resolve the tag again: a tag moved since then
+    must not slip a new image in with a settings change."""
+    current = await current_revision(session, app=app)
+    if current is None:
+        return snapshot
+    running = snapshots.of_revision(current)
+    if running.image != snapshot.image or not running.digest:
+        return snapshot
+    return snapshot.replace(digest=running.digest)
 
 
 async def _image_on_its_way(session: AsyncSession, *, app: models.App) -> str | None:

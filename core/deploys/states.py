@@ -32,4 +32,6 @@ TRIGGERS = (
     AUTO_ROLLBACK,
 )
 ROLLBACK_TRIGGERS = ("rollback", AUTO_ROLLBACK)
+# Redeploys of the settings (scale, config, secrets), not of a new image: they keep the running digest.
+SETTINGS_TRIGGERS = ("scale", "config")
 DEPLOY_JOB = "deploy"
