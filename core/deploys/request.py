@@ -306,6 +306,9 @@ async def _supersede_older(session: AsyncSession, *, ctx: Core, deployment: mode
             )
         )
     )
+    # Their jobs first: the UPDATE flushes what is pending, and the events below then leave their
+    # notify jobs pending to be written in one INSERT with the rest of the request's.
+    await jobs.cancel_where(session, dedupe_keys=[f"deploy:{o.id}" for o in older])
     app = await session.get(models.App, deployment.app_id)
     deployment_project = app.project_id if app else None
     for old in older:
@@ -321,7 +324,6 @@ async def _supersede_older(session: AsyncSession, *, ctx: Core, deployment: mode
             payload={"by": deployment.id},
         )
         metrics.DEPLOYS.labels(outcome=SUPERSEDED, trigger=old.trigger).inc()
-    await jobs.cancel_where(session, dedupe_keys=[f"deploy:{o.id}" for o in older])
 
 
 async def _prune_revisions(session: AsyncSession, *, ctx: Core, app_id: int) -> None:
