@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit, claims, environments, events, identity, validation
 from core.context import Core
-from core.errors import Conflict, InvalidInput, NotFound, UserError
+from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied, UserError
 from core.identity import Actor, Role
 from storage import models
 
@@ -260,9 +260,14 @@ async def authorize(
 ) -> None:
     """At least `role` in the app's project; no role at all answers `missing` (default: no such app)."""
     project = await project_of(session, app=app)
-    if missing is None and await identity.role_of(session, actor=actor, project_id=project.id) is None:
-        missing = await not_found(session, actor=actor, name=app.name)
-    await identity.require(session, actor=actor, project=project, role=role, action=action, missing=missing)
+    # One role look-up serves both answers (issue 13: statements per request).
+    have = await identity.role_of(session, actor=actor, project_id=project.id)
+    if have is None:
+        raise missing if missing is not None else await not_found(session, actor=actor, name=app.name)
+    if have < role:
+        raise PermissionDenied(
+            f"{action} in project {project.name} needs the {role.label} role; you have {have.label}"
+        )
 
 
 async def list_visible(

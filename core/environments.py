@@ -7,13 +7,20 @@ that environment's overrides (replicas, env, resources, autoscaling, domain, sec
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
 
 from core.errors import NotFound
 from storage import models
 
 DEFAULT = "production"
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _transaction_ended(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop("shipit.held", None)  # held for one transaction, not a long-lived session
 
 
 async def list_for(session: AsyncSession, *, project_id: int) -> list[models.Environment]:
@@ -22,7 +29,11 @@ async def list_for(session: AsyncSession, *, project_id: int) -> list[models.Env
         .where(models.Environment.project_id == project_id)
         .order_by(models.Environment.position, models.Environment.id)
     )
-    return list(await session.scalars(q))
+    rows = list(await session.scalars(q))
+    # Held for the session: the identity map is weak, and `of_app` (a session.get) asks again for the
+    # row of this list a moment later in the same request (issue 13: statements per request).
+    session.info.setdefault("shipit.held", []).extend(rows)
+    return rows
 
 
 async def default_for(session: AsyncSession, *, project_id: int) -> models.Environment:

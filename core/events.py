@@ -106,7 +106,10 @@ async def emit(
         else sqlite_insert(models.Event)
     )
     stmt = upsert.values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    row: models.Event | None = await session.scalar(stmt.returning(models.Event))
+    # No autoflush: the notify and deploy jobs added so far stay pending, to be written together.
+    row: models.Event | None = await session.scalar(
+        stmt.returning(models.Event), execution_options={"autoflush": False}
+    )
     if row is None:
         return None
     # Serialise each notifier's deliveries per target and deployment so a card is posted before it is

@@ -14,9 +14,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, event, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
 
 from core import observe
 from storage import models
@@ -54,9 +55,11 @@ async def enqueue(
 ) -> models.Job:
     """Add a job in the caller's transaction; a job with the same dedupe key is returned instead.
 
-    `fresh=True` skips that look-up when the key cannot exist yet (it names a row just inserted).
+    `fresh=True` skips that look-up when the key cannot exist yet (it names a row just inserted), and
+    leaves the row to the session's next flush (its `id` is unset until then).
     """
     if dedupe_key is not None and not fresh:
+        await write_pending(session)
         existing = await session.scalar(select(models.Job).where(models.Job.dedupe_key == dedupe_key))
         if existing is not None:
             return existing
@@ -73,10 +76,42 @@ async def enqueue(
         max_attempts=max_attempts,
         state=QUEUED,
     )
-    session.add(job)
-    await session.flush()
+    if fresh:
+        # Written just before the transaction commits (or before jobs are next read in it), together
+        # with the request's other fresh jobs: one multi-row INSERT (issue 13), still in the caller's
+        # transaction.  The returned row is not in the session and has no id.
+        session.info.setdefault(_PENDING, []).append(
+            {c: getattr(job, c) for c in _PENDING_COLUMNS} | {"attempts": 0}
+        )
+    else:
+        session.add(job)
+        await session.flush()
     session.info["jobs_enqueued"] = True
     return job
+
+
+_PENDING = "shipit.jobs_pending"
+_PENDING_COLUMNS = ("kind", "payload", "dedupe_key", "concurrency_key", "run_at", "max_attempts", "state")
+
+
+async def write_pending(session: AsyncSession) -> None:
+    """Insert the fresh jobs this transaction added so far (before anything reads the jobs table)."""
+    rows = session.info.pop(_PENDING, None)
+    if rows:
+        await session.execute(insert(models.Job), rows)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_pending_at_commit(session: Session) -> None:
+    rows = session.info.pop(_PENDING, None)
+    if rows:
+        session.execute(insert(models.Job), rows)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_pending(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)  # rolled back: they go with it
 
 
 async def claim(
@@ -97,6 +132,7 @@ async def claim(
     replica has claimed for `orphan_after` seconds is taken anyway (and dropped by its handler), so
     a notifier switched off everywhere does not leave its jobs queued for ever.
     """
+    await write_pending(session)
     now = models.utcnow()
     busy_keys = select(models.Job.concurrency_key).where(
         models.Job.state == RUNNING, models.Job.concurrency_key.is_not(None)
@@ -168,6 +204,7 @@ async def release_predecessors(session: AsyncSession, *, prefix: str, keep: str)
     `keep` is the caller's own owner.  Only the lease ends here: the jobs then change hands through
     claim(), the one place where a job ever gets a new owner.
     """
+    await write_pending(session)
     ids = list(
         await session.scalars(
             select(models.Job.id).where(
@@ -234,6 +271,7 @@ async def retry(session: AsyncSession, *, job_id: int, owner: str, error: str, d
 
 async def cancel_where(session: AsyncSession, *, dedupe_keys: list[str]) -> None:
     """Cancel queued jobs (a superseded or cancelled deploy's job)."""
+    await write_pending(session)
     if not dedupe_keys:
         return
     await session.execute(
@@ -244,6 +282,7 @@ async def cancel_where(session: AsyncSession, *, dedupe_keys: list[str]) -> None
 
 
 async def depth(session: AsyncSession) -> dict[str, int]:
+    await write_pending(session)
     from sqlalchemy import func
 
     rows = await session.execute(

@@ -458,7 +458,7 @@ async def deploy(
             override_window=body.override_window,
             env=env,
         )
-        return await _deployment_out(session, result.deployment)
+        return await _deployment_out(session, result.deployment, revision=result.revision)
 
 
 async def _dry_run(
@@ -490,9 +490,12 @@ async def list_deploys(
         ]
 
 
-async def _deployment_out(session: AsyncSession, d: models.Deployment) -> schemas.DeploymentOut:
+async def _deployment_out(
+    session: AsyncSession, d: models.Deployment, *, revision: models.Revision | None = None
+) -> schemas.DeploymentOut:
     app = await session.get(models.App, d.app_id)
-    revision = await session.get(models.Revision, d.revision_id) if d.revision_id else None
+    if revision is None or revision.id != d.revision_id:  # the one just written is not read again
+        revision = await session.get(models.Revision, d.revision_id) if d.revision_id else None
     out = schemas.DeploymentOut.of(d, app=app.name if app else "", revision=revision)
     tally = await protection.tally(session, deployment=d)
     return (

@@ -17,8 +17,9 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction
 
 from core import audit, environments, identity, validation
 from core.context import Core
@@ -77,15 +78,36 @@ class Tested:
 # ------------------------------------------------------------------ routing (emit time)
 
 
+_MEMO = "shipit.notice_targets"
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _transaction_ended(session: Session, transaction: SessionTransaction) -> None:
+    # Remembered for one transaction only: the next one reads the rows again (other replicas write too).
+    if transaction.parent is None:
+        session.info.pop(_MEMO, None)
+
+
+def _forget(session: AsyncSession) -> None:
+    """Every add or delete of a target in this session drops what `of_project` remembered."""
+    session.info.pop(_MEMO, None)
+
+
 async def of_project(session: AsyncSession, *, project_id: int | None) -> list[models.NotificationTarget]:
+    """A project's targets, read once per session (transaction): each event of a request routes
+    through the same rows (issue 13: statements per request).  Edits of a row are the same objects;
+    adds and deletes in this module call `_forget`."""
     if project_id is None:
         return []
-    q = (
-        select(models.NotificationTarget)
-        .where(models.NotificationTarget.project_id == project_id)
-        .order_by(models.NotificationTarget.id)
-    )
-    return list(await session.scalars(q))
+    memo: dict[int, list[models.NotificationTarget]] = session.info.setdefault(_MEMO, {})
+    if project_id not in memo:
+        q = (
+            select(models.NotificationTarget)
+            .where(models.NotificationTarget.project_id == project_id)
+            .order_by(models.NotificationTarget.id)
+        )
+        memo[project_id] = list(await session.scalars(q))
+    return list(memo[project_id])
 
 
 def route(
@@ -270,6 +292,7 @@ async def add(
         failures=0,
     )
     session.add(row)
+    _forget(session)
     await session.flush()
     await audit.record(
         session,
@@ -312,6 +335,7 @@ async def remove(session: AsyncSession, *, actor: Actor, project: str, target_id
     )
     row = await _row(session, project=p, target_id=target_id)
     await session.delete(row)
+    _forget(session)
     await session.flush()
     await audit.record(
         session,
@@ -432,6 +456,7 @@ async def set_default(
         if not address:
             if row is not None:
                 await session.delete(row)
+                _forget(session)
                 await session.flush()
             return
         if row is None:
@@ -442,6 +467,7 @@ async def set_default(
             if kind == "webhook" and secret is None:
                 row.secret_enc = project.webhook_secret_enc  # a secret set before the URL
             session.add(row)
+            _forget(session)
         else:
             row.address = address
     if secret is not None and row is not None:

@@ -48,6 +48,9 @@ async def needed_for(session: AsyncSession, *, app: models.App) -> int:
 
 async def tally(session: AsyncSession, *, deployment: models.Deployment) -> Tally | None:
     """Approvals so far and needed, for a deploy that waits or waited for approval; None for one that never did."""
+    if deployment.approval_expires_at is None and deployment.approved_by is None:
+        # Never waited for approval (approvals are only taken while one waits): no count to read.
+        return None
     count = int(
         await session.scalar(
             select(func.count())

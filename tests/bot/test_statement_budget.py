@@ -29,10 +29,11 @@ from tests.fakes.slack_api import FakeSlack
 from tests.shipit.conftest import make_token, offline_kubeconfig
 
 # The aim of issue 13 is 8 per request.  Not reached yet: these budgets are what each path costs on
-# SQLite today (before issue 13: 30 and 36), so that nothing creeps back; lower them as it shrinks.
+# SQLite today (before issue 13: 30 and 36; 25 and 26 after environments, protection, identities and
+# notification targets were merged), so that nothing creeps back; lower them as it shrinks.
 AIM = 8
-API_BUDGET = 25
-SLACK_BUDGET = 26
+API_BUDGET = 19
+SLACK_BUDGET = 20
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from core import apps, audit, deploys, events, projects, registries, status
+from core import apps, audit, autoscaling, deploys, events, projects, registries, status
 from core.errors import InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor
 from core.kube.client import Kube
@@ -339,6 +339,47 @@ async def test_moved_tag_pins_the_new_digest_and_a_rollback_applies_the_old_one(
     assert (await _deployment_image(kube, world.namespace))[0] == f"{registry.host}/acme/web@{old}"
     view = await _view(world.rt, back)
     assert view.digest == old and view.digest_note is None
+
+
+async def test_scale_and_secret_redeploys_keep_the_running_digest_after_the_tag_moved(
+    world: World, registry: Registry
+) -> None:
+    _allow_http(world.rt, registry.host)
+    old = push_image(registry, name="acme/web", tag="latest", marker="one")
+    await _create(world, f"{registry.host}/acme/web:latest")
+    first = await _run(world)
+    assert first.status == deploys.SUCCEEDED, first.error
+    kube = await _kube(world)
+    pinned_old = f"{registry.host}/acme/web@{old}"
+    assert (await _deployment_image(kube, world.namespace))[0] == pinned_old
+
+    new = push_image(registry, name="acme/web", tag="latest", marker="two")  # the tag moves
+    assert new != old
+    # A scale changes the replica count, not the image: the pods keep pulling what runs now.
+    async with world.rt.sessionmaker.begin() as session:
+        scaled = await autoscaling.scale(session, ctx=world.rt.core, actor=ADMIN, app_name="web", replicas=2)
+    await run_until_idle(world.rt.core, handlers=world.rt.handlers(), within=120)
+    obj = await kube.get(kind="Deployment", name="web", namespace=world.namespace)
+    assert obj is not None and obj["spec"]["replicas"] == 2
+    assert (await _deployment_image(kube, world.namespace))[0] == pinned_old
+    assert (await _view(world.rt, scaled.deployment)).digest == old
+
+    # So does a secret change's redeploy (trigger config).
+    async with world.rt.sessionmaker.begin() as session:
+        change = await deploys.set_secrets(
+            session, ctx=world.rt.core, actor=ADMIN, app_name="web", values={"TOKEN": "s3cret"}
+        )
+    assert change.redeploy is not None
+    await run_until_idle(world.rt.core, handlers=world.rt.handlers(), within=120)
+    async with world.rt.sessionmaker() as session:
+        rolled = await session.get(models.Deployment, change.redeploy.deployment.id)
+        assert rolled is not None and rolled.status == deploys.SUCCEEDED, rolled.error if rolled else None
+    assert (await _deployment_image(kube, world.namespace))[0] == pinned_old
+
+    # Deploying the tag again is asking for what it points at now.
+    again = await _run(world)
+    assert again.status == deploys.SUCCEEDED, again.error
+    assert (await _deployment_image(kube, world.namespace))[0] == f"{registry.host}/acme/web@{new}"
 
 
 async def test_pull_secret_from_the_projects_credentials_and_gone_when_they_are(

@@ -1,0 +1,533 @@
+"""Requesting a deploy: the one transaction a channel runs before it answers (DESIGN.md section 3).
+
+`request` writes the revision, deployment, job, events and audit in the caller's transaction and does
+nothing slow; rollbacks, config and secret redeploys are requests too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import (
+    apps,
+    audit,
+    claims,
+    events,
+    jobs,
+    logctx,
+    metrics,
+    protection,
+    secrets,
+    validation,
+)
+from core import revisions as snapshots  # `revisions` is this module's list of an app's revisions
+from core.context import Core
+from core.deploys.queries import (
+    current_deployment,
+    current_revision,
+    revisions,
+)
+from core.deploys.states import (
+    AUTO_ROLLBACK,
+    AWAITING_APPROVAL,
+    DEPLOY_JOB,
+    PENDING,
+    QUEUED,
+    ROLLBACK_TRIGGERS,
+    RUNNING,
+    SETTINGS_TRIGGERS,
+    SUCCEEDED,
+    SUPERSEDED,
+    TRIGGERS,
+)
+from core.errors import Conflict, InvalidInput, NotFound
+from core.identity import Actor, Role
+from storage import models
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Requested:
+    deployment: models.Deployment
+    created: bool  # False when the dedupe key matched an earlier request
+    # Held so the channel's answer finds them in the session (its identity map is weak): no re-read.
+    app: models.App | None = None
+    project: models.Project | None = None
+    revision: models.Revision | None = None
+
+
+async def _next_revision_number(session: AsyncSession, *, app_id: int) -> int:
+    top = await session.scalar(
+        select(func.max(models.Deployment.revision_number)).where(models.Deployment.app_id == app_id)
+    )
+    return int(top or 0) + 1
+
+
+async def _lock_app(session: AsyncSession, *, app: models.App) -> None:
+    # Serialises revision numbering per app on PostgreSQL; SQLite transactions are already serial
+    # (BEGIN IMMEDIATE), so there the statement would only cost a round trip.
+    if session.get_bind().dialect.name == "sqlite":
+        return
+    await session.execute(select(models.App.id).where(models.App.id == app.id).with_for_update())
+
+
+async def request(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    actor: Actor,
+    app_name: str,
+    image: str | None = None,
+    trigger: str,
+    dedupe_key: str | None = None,
+    git_sha: str | None = None,
+    git_ref: str | None = None,
+    preview: models.Preview | None = None,
+    snapshot: snapshots.Snapshot | None = None,
+    rollback_of: int | None = None,
+    reason: str | None = None,
+    rerun: models.Revision | None = None,
+    notify_refs: dict[str, Any] | None = None,
+    override_window: bool = False,
+    env: str | None = None,
+) -> Requested:
+    """Queue a deploy of `app_name`, optionally with a new image (or just a tag: `1.5`).
+
+    The deploy is a candidate: the app's settings (apps.image and the rest) and its current revision
+    move only when the rollout succeeds.  `rerun` deploys an existing revision again as it is (the
+    automatic rollback to the current revision) instead of writing a new one.
+    """
+    # The role check comes before anything else, the dedupe key included: an earlier answer is only
+    # ever returned to someone allowed to deploy this very app.
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
+    # Held for the whole request: the session's identity map is weak, and the events emitted below
+    # would read the project again once `authorize` let go of it (issue 13: statements per request).
+    project = await apps.project_of(session, app=app)
+    await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="deploying")
+    if trigger not in TRIGGERS:
+        raise InvalidInput(f"trigger must be one of {', '.join(TRIGGERS)}", field="trigger")
+    if git_ref is not None:
+        # Shown and matched by prefix only (refs/tags/...): a ref longer than the column is cut, not refused.
+        git_ref = git_ref[: validation.limit(models.Deployment, "git_ref")]
+    if dedupe_key is not None:
+        dedupe_key = validation.dedupe_key(dedupe_key)
+        earlier = await session.scalar(
+            select(models.Deployment).where(models.Deployment.dedupe_key == dedupe_key)
+        )
+        if earlier is not None:
+            if earlier.app_id != app.id:
+                # Says nothing about what the key was used for.
+                raise Conflict("this idempotency key was already used for another request; use a new one")
+            return Requested(deployment=earlier, created=False)
+    automatic = trigger == AUTO_ROLLBACK
+    if app.locked_reason and preview is None and not automatic:
+        raise Conflict(f"{app.name} is locked by {app.locked_by}: {app.locked_reason}. Unlock it first.")
+    # The environment's and project's locks, windows and freezes; how many approvals it will need.
+    gate = await protection.check_request(
+        session, actor=actor, app=app, trigger=trigger, preview=preview is not None, automatic=automatic,
+        rollback=trigger in ROLLBACK_TRIGGERS or rollback_of is not None, override_window=override_window,
+        default_ttl_seconds=ctx.config.approval_ttl_seconds,
+    )  # fmt: skip
+    # Only into a namespace the project owns, checked at every deploy (rollbacks and previews too).
+    await claims.check_owned(
+        session,
+        cluster_id=app.cluster_id,
+        namespace=preview.namespace if preview else app.namespace,
+        project_id=app.project_id,
+    )
+    await _lock_app(session, app=app)
+
+    if rerun is not None:
+        revision = rerun
+        number = rerun.number
+    else:
+        if snapshot is None:
+            # Built on the app's settings, which follow its current (good) revision: never on a failed one.
+            await secrets.ensure_version(session, ctx=ctx, app=app)
+            on_its_way: str | None = None
+            if image is not None:  # "" is refused, not read as "redeploy as is"
+                new_image = validation.requested_image(image, current=app.image)
+            elif preview is None:
+                # A scale or config change while a deploy is on its way keeps that deploy's image
+                # (it would otherwise undo it); if that rollout fails, the rollback supersedes this.
+                on_its_way = await _image_on_its_way(session, app=app)
+                new_image = on_its_way or app.image or ""
+            else:
+                new_image = app.image or ""
+            if not new_image:
+                raise InvalidInput(
+                    f"{app.name} has no image yet: give one, like ghcr.io/acme/web:1.4", field="image"
+                )
+            snapshot = snapshots.from_app(app).replace(image=new_image)
+            if image is None and preview is None and on_its_way is None and trigger in SETTINGS_TRIGGERS:
+                # (A deploy on its way pins its own digest when it runs: the settings follow it.)
+                snapshot = await _running_digest(session, app=app, snapshot=snapshot)
+        _, checksum = await secrets.for_deploy(
+            session, ctx=ctx, app_id=app.id, version=snapshot.secrets_version
+        )
+        number = await _next_revision_number(session, app_id=app.id)
+        revision = models.Revision(
+            app_id=app.id,
+            number=number,
+            image=snapshot.image,
+            snapshot=snapshot.to_json(),
+            secret_checksum=checksum,
+            secrets_version=snapshot.secrets_version,
+            source="rollback" if rollback_of else ("preview" if preview else "deploy"),
+            rollback_of=rollback_of,
+            created_by=actor.subject,
+        )
+        session.add(revision)
+        await session.flush()
+
+    namespace = preview.namespace if preview else app.namespace
+    # An automatic rollback redeploys what was already approved and ran: it does not wait.
+    needs_approval = gate.needs_approval and preview is None and not automatic
+    deployment = models.Deployment(
+        app_id=app.id,
+        revision_id=revision.id,
+        revision_number=number,
+        image=revision.image,
+        preview_id=preview.id if preview else None,
+        namespace=namespace,
+        trigger=trigger,
+        actor=actor.subject,
+        status=AWAITING_APPROVAL if needs_approval else QUEUED,
+        dedupe_key=dedupe_key,
+        git_sha=git_sha,
+        git_ref=git_ref,
+        approval_expires_at=models.utcnow() + dt.timedelta(seconds=gate.approval_ttl_seconds)
+        if needs_approval
+        else None,
+        logs=[],
+        # Set before the queued event is emitted, so notifiers can tell whom to report to (a PR comment).
+        notify_refs=dict(notify_refs or {}),
+    )
+    session.add(deployment)
+    await session.flush()
+
+    await _supersede_older(session, ctx=ctx, deployment=deployment)
+    if deployment.status == QUEUED:
+        await _enqueue(session, deployment=deployment)
+    await events.emit_for_deployment(
+        session,
+        ctx=ctx,
+        kind=events.DEPLOY_AWAITING_APPROVAL if needs_approval else events.DEPLOY_QUEUED,
+        deployment=deployment,
+        project_id=app.project_id,
+        step="requested",
+        payload={"reason": reason} if reason else {},
+    )
+    await audit.record(
+        session,
+        actor=actor,
+        action="deploy.rollback" if rollback_of or automatic else "deploy.request",
+        target=f"app/{app.name}",
+        project_id=app.project_id,
+        details={
+            "deployment": deployment.id,
+            "revision": number,
+            "image": revision.image,
+            "trigger": trigger,
+            "namespace": namespace,
+            **({"rollback_of": rollback_of} if rollback_of else {}),
+            **({"git_sha": git_sha} if git_sha else {}),
+        },
+    )
+    await protection.record_override(session, actor=actor, app=app, gate=gate, deployment_id=deployment.id)
+    if rerun is not None or number > ctx.config.revisions_kept:  # else fewer revisions than kept
+        await _prune_revisions(session, ctx=ctx, app_id=app.id)
+    logctx.deploy_logger(log, deployment=deployment.id, app=app.name, namespace=namespace).info(
+        "queued: revision=%s image=%s trigger=%s actor=%s status=%s",
+        number, revision.image, trigger, actor.subject, deployment.status,
+    )  # fmt: skip
+    return Requested(deployment=deployment, created=True, app=app, project=project, revision=revision)
+
+
+async def _running_digest(
+    session: AsyncSession, *, app: models.App, snapshot: snapshots.Snapshot
+) -> snapshots.Snapshot:
+    """A scale, config or secrets redeploy of the image that runs now carries the digest that runs
+    (its current revision's), so the worker does not resolve the tag again: a tag moved since then
+    must not slip a new image in with a settings change."""
+    current = await current_revision(session, app=app)
+    if current is None:
+        return snapshot
+    running = snapshots.of_revision(current)
+    if running.image != snapshot.image or not running.digest:
+        return snapshot
+    return snapshot.replace(digest=running.digest)
+
+
+async def _image_on_its_way(session: AsyncSession, *, app: models.App) -> str | None:
+    """The image of the newest queued or running deploy of the app (not one waiting for approval)."""
+    return await session.scalar(
+        select(models.Deployment.image)
+        .where(
+            models.Deployment.app_id == app.id,
+            models.Deployment.namespace == app.namespace,
+            models.Deployment.preview_id.is_(None),
+            models.Deployment.status.in_((QUEUED, RUNNING)),
+            models.Deployment.trigger != AUTO_ROLLBACK,
+        )
+        .order_by(models.Deployment.id.desc())
+        .limit(1)
+    )
+
+
+async def _enqueue(session: AsyncSession, *, deployment: models.Deployment) -> None:
+    await jobs.enqueue(
+        session,
+        kind=DEPLOY_JOB,
+        payload={"deployment_id": deployment.id},
+        dedupe_key=f"deploy:{deployment.id}",
+        concurrency_key=f"deploy:{deployment.app_id}:{deployment.namespace}",
+        max_attempts=6,
+        fresh=True,  # the key names a deployment inserted in this transaction: it cannot exist yet
+    )
+
+
+async def _supersede_older(session: AsyncSession, *, ctx: Core, deployment: models.Deployment) -> None:
+    """A newer deploy of the same target replaces older ones that have not started."""
+    older = list(
+        await session.scalars(
+            select(models.Deployment).where(
+                models.Deployment.app_id == deployment.app_id,
+                models.Deployment.namespace == deployment.namespace,
+                models.Deployment.status.in_(PENDING),
+                models.Deployment.id < deployment.id,
+            )
+        )
+    )
+    # Their jobs first: the UPDATE flushes what is pending, and the events below then leave their
+    # notify jobs pending to be written in one INSERT with the rest of the request's.
+    await jobs.cancel_where(session, dedupe_keys=[f"deploy:{o.id}" for o in older])
+    app = await session.get(models.App, deployment.app_id)
+    deployment_project = app.project_id if app else None
+    for old in older:
+        old.status, old.finished_at = SUPERSEDED, models.utcnow()
+        old.error = f"superseded by deploy #{deployment.id}"
+        await events.emit_for_deployment(
+            session,
+            ctx=ctx,
+            kind=events.DEPLOY_SUPERSEDED,
+            deployment=old,
+            project_id=deployment_project,
+            step="final",
+            payload={"by": deployment.id},
+        )
+        metrics.DEPLOYS.labels(outcome=SUPERSEDED, trigger=old.trigger).inc()
+
+
+async def _prune_revisions(session: AsyncSession, *, ctx: Core, app_id: int) -> None:
+    keep = ctx.config.revisions_kept
+    app = await session.get(models.App, app_id)
+    current_id = app.current_revision_id if app else None
+    numbers = list(
+        await session.scalars(
+            select(models.Revision.number)
+            .where(models.Revision.app_id == app_id)
+            .order_by(models.Revision.number.desc())
+            .offset(keep)
+        )
+    )
+    if not numbers:
+        return
+    in_use = select(models.Deployment.revision_id).where(
+        models.Deployment.app_id == app_id, models.Deployment.status.in_((*PENDING, RUNNING))
+    )
+    old = await session.scalars(
+        select(models.Revision).where(
+            models.Revision.app_id == app_id,
+            models.Revision.number.in_(numbers),
+            models.Revision.id.not_in(in_use.where(models.Deployment.revision_id.is_not(None))),
+            # What runs now is what a rollback or the next change needs: never pruned.
+            models.Revision.id != (current_id or 0),
+        )
+    )
+    for rev in old:
+        await session.execute(
+            update(models.Deployment).where(models.Deployment.revision_id == rev.id).values(revision_id=None)
+        )
+        await session.delete(rev)
+    if app is not None:
+        await session.flush()
+        await secrets.prune_versions(session, app=app, keep=secrets.VERSIONS_KEPT)
+
+
+async def roll_config(
+    session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, env: str | None = None
+) -> Requested | None:
+    """After a secret or config change, deploy it, but only for an app that is already running."""
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
+    if app.current_revision_id is None and await current_deployment(session, app=app) is None:
+        return None
+    return await request(
+        session,
+        ctx=ctx,
+        actor=actor,
+        app_name=app.name,
+        trigger="config",
+        env=await apps.env_name(session, app=app),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretChange:
+    app: models.App
+    keys: list[str]
+    # The deploy that rolls the pods onto the new values; None when nothing runs yet (the first deploy
+    # takes them) or the caller asked for no redeploy.
+    redeploy: Requested | None
+
+
+async def set_secrets(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    actor: Actor,
+    app_name: str,
+    values: dict[str, str],
+    redeploy: bool = True,
+    env: str | None = None,
+) -> SecretChange:
+    """Set secrets and, for a running app, redeploy so the pods get them: the rule of every channel."""
+    app = await secrets.set_values(session, ctx=ctx, actor=actor, app_name=app_name, values=values, env=env)
+    rolled = (
+        await roll_config(session, ctx=ctx, actor=actor, app_name=app.name, env=env) if redeploy else None
+    )
+    return SecretChange(app=app, keys=sorted(values), redeploy=rolled)
+
+
+async def unset_secrets(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    actor: Actor,
+    app_name: str,
+    keys: list[str],
+    redeploy: bool = True,
+    env: str | None = None,
+) -> SecretChange:
+    """Remove secrets and, for a running app, redeploy so the pods lose them (as `set_secrets`)."""
+    removed = await secrets.unset(session, ctx=ctx, actor=actor, app_name=app_name, keys=keys, env=env)
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
+    rolled = (
+        await roll_config(session, ctx=ctx, actor=actor, app_name=app.name, env=env) if redeploy else None
+    )
+    return SecretChange(app=app, keys=removed, redeploy=rolled)
+
+
+async def rollback_target(
+    session: AsyncSession, *, app: models.App, before: models.Deployment | None = None
+) -> int:
+    """The revision a rollback without a number goes back to, whatever the channel.
+
+    The newest successful deploy of the app's own namespace before `before` (default: what runs now)
+    that ran another revision, one still kept.  The Roll back button of a deploy card passes its deploy.
+    """
+    if before is None:
+        before = await current_deployment(session, app=app)
+        if before is None:
+            raise Conflict(f"{app.name} has no successful deploy to roll back from")
+        missing = f"{app.name} has no earlier successful revision to roll back to"
+    else:
+        missing = f"{app.name} has no successful deploy before #{before.id} to roll back to"
+    revision = await session.scalar(
+        select(models.Deployment.revision_number)
+        .where(
+            models.Deployment.app_id == app.id,
+            models.Deployment.preview_id.is_(None),
+            models.Deployment.status == SUCCEEDED,
+            models.Deployment.id < before.id,
+            models.Deployment.revision_number != before.revision_number,
+            models.Deployment.revision_id.is_not(None),
+        )
+        .order_by(models.Deployment.id.desc())
+        .limit(1)
+    )
+    if revision is None:
+        raise Conflict(missing)
+    return revision
+
+
+async def rollback(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    actor: Actor,
+    app_name: str,
+    revision: int | None = None,
+    from_deployment: int | None = None,
+    trigger: str = "rollback",
+    dedupe_key: str | None = None,
+    notify_refs: dict[str, Any] | None = None,
+    env: str | None = None,
+) -> Requested:
+    """Deploy a copy of an older revision and pause auto-deploy.
+
+    Without `revision`: the one `rollback_target` picks, before what runs now or before the deploy
+    `from_deployment` (a deploy card's Roll back button: run again what ran before that deploy).
+    """
+    if env is None and from_deployment is not None and validation.is_id(from_deployment):
+        # A card's Roll back button names a deploy: that deploy's environment is the one meant.
+        card = await session.get(models.Deployment, from_deployment)
+        row = await session.get(models.App, card.app_id) if card is not None else None
+        if row is not None and row.name == app_name:
+            env = await apps.env_name(session, app=row)
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
+    env = await apps.env_name(session, app=app)
+    await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="rolling back")
+    if revision is None:
+        before = None
+        if from_deployment is not None:
+            ok = validation.is_id(from_deployment)
+            before = await session.get(models.Deployment, from_deployment) if ok else None
+            if before is None or before.app_id != app.id or before.preview_id is not None:
+                raise NotFound(f"no deploy #{from_deployment} of {app.name}")
+        revision = await rollback_target(session, app=app, before=before)
+    validation.int_range(revision, field="revision", low=1, high=validation.INT32_MAX)
+    target = await session.scalar(
+        select(models.Revision).where(models.Revision.app_id == app.id, models.Revision.number == revision)
+    )
+    if target is None:
+        kept = await revisions(session, actor=actor, app_name=app.name, env=env)
+        numbers = ", ".join(str(r.number) for r in kept) or "none"
+        raise NotFound(f"{app.name} has no revision {revision} (kept: {numbers})")
+    # The whole snapshot, secrets version included; the app's settings follow once it rolls out.
+    snapshot = snapshots.of_revision(target)
+    result = await request(
+        session,
+        ctx=ctx,
+        actor=actor,
+        app_name=app.name,
+        trigger=trigger,
+        snapshot=snapshot,
+        rollback_of=target.number,
+        dedupe_key=dedupe_key,
+        reason=f"roll back to revision {target.number}",
+        notify_refs=notify_refs,
+        env=env,
+    )
+    if result.created and not app.auto_deploy_paused:
+        app.auto_deploy_paused = True
+        app.paused_reason = (
+            f"rolled back to revision {target.number} by {actor.name}; resume to deploy on push again"
+        )
+        await events.emit(
+            session,
+            ctx=ctx,
+            kind=events.APP_PAUSED,
+            dedupe_key=f"app:{app.id}:paused:{result.deployment.id}",
+            project_id=app.project_id,
+            app_id=app.id,
+            payload={"reason": app.paused_reason},
+        )
+    return result
