@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from core import dryrun
+from core import claims, dryrun
 from core import secrets as core_secrets
 from core import validation as v
 from storage import models
@@ -181,6 +181,10 @@ class GrantOut(BaseModel):
         str, str
     ]  # namespace -> origin: granted (vouched for by an admin) or created (by shipit)
     granted_by: str
+
+    @classmethod
+    def of(cls, g: claims.ProjectGrant) -> GrantOut:
+        return cls(cluster=g.cluster, project=g.project, namespaces=g.namespaces, granted_by=g.granted_by)
 
 
 class AppFields(Strict):
