@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from core import claims, dryrun
 from core import secrets as core_secrets
 from core import validation as v
+from core.notices import AppView, DeploymentView
+from core.notices import targets as notice_targets
 from storage import models
 
 
@@ -116,12 +118,13 @@ class ProjectOut(BaseModel):
     created_at: dt.datetime
 
     @classmethod
-    def of(cls, p: models.Project) -> ProjectOut:
+    def of(cls, p: models.Project, *, defaults: notice_targets.Defaults) -> ProjectOut:
+        """Where notices go comes from the project's targets (core.notices.targets), not its old columns."""
         return cls(
             name=p.name,
-            slack_channel=p.slack_channel,
-            webhook_url=p.webhook_url,
-            webhook_signed=p.webhook_secret_enc is not None,
+            slack_channel=defaults.slack_channel,
+            webhook_url=defaults.webhook_url,
+            webhook_signed=defaults.webhook_signed,
             created_at=p.created_at,
         )
 
@@ -303,22 +306,19 @@ class AppOut(BaseModel):
         cls,
         a: models.App,
         *,
+        view: AppView,
         project: str,
-        cluster: str,
         current_revision: int | None = None,
-        last_attempt: dict[str, Any] | None = None,
-        environment: str = "",
+        last_attempt: DeploymentView | None = None,
     ) -> AppOut:
+        """What core's AppView carries comes from it; the settings it does not carry, from the row."""
         return cls(
-            environment=environment,
-            auto_rollback=bool(a.auto_rollback),
-            current_revision=current_revision,
-            last_attempt=last_attempt,
-            name=a.name,
+            name=view.name,
             project=project,
-            cluster=cluster,
-            namespace=a.namespace,
-            image=a.image,
+            environment=view.environment or "",
+            cluster=view.cluster,
+            namespace=view.namespace,
+            image=view.image,
             replicas=a.replicas,
             port=a.port,
             env=dict(a.env or {}),
@@ -343,19 +343,19 @@ class AppOut(BaseModel):
             }
             if a.min_replicas is not None
             else None,
-            domain=a.domain,
-            protected=a.protected,
+            domain=view.domain,
+            protected=view.protected,
             locked=a.locked_reason,
-            auto_deploy_paused=a.auto_deploy_paused,
-            paused_reason=a.paused_reason,
+            auto_deploy_paused=view.auto_deploy_paused,
+            paused_reason=view.paused_reason,
             git={
-                "repo": a.git_repo,
+                "repo": view.git_repo,
                 "branch": a.git_branch,
                 "ref_type": a.git_ref_type,
                 "image_template": a.image_template,
                 "deploy_on": a.deploy_on,
             }
-            if a.git_repo
+            if view.git_repo
             else None,
             previews={
                 "domain": a.preview_domain,
@@ -366,6 +366,19 @@ class AppOut(BaseModel):
             if a.previews_enabled
             else None,
             release_command=a.release_command,
+            auto_rollback=bool(a.auto_rollback),
+            current_revision=current_revision,
+            last_attempt={
+                "deployment": last_attempt.id,
+                "revision": last_attempt.revision,
+                "image": last_attempt.image,
+                "status": last_attempt.status,
+                "outcome": last_attempt.outcome,
+                "error": last_attempt.error,
+                "finished_at": last_attempt.finished_at.isoformat() if last_attempt.finished_at else None,
+            }
+            if last_attempt
+            else None,
         )
 
 
@@ -499,31 +512,10 @@ class DeploymentOut(BaseModel):
     approvals_needed: int | None = None
 
     @classmethod
-    def of(cls, d: models.Deployment, *, app: str, revision: models.Revision | None = None) -> DeploymentOut:
-        snapshot = revision.snapshot if revision is not None and revision.id == d.revision_id else {}
-        digest, note = (snapshot or {}).get("digest"), (snapshot or {}).get("digest_note")
-        return cls(
-            digest=digest if isinstance(digest, str) else None,
-            digest_note=note if isinstance(note, str) else None,
-            id=d.id,
-            app=app,
-            status=d.status,
-            trigger=d.trigger,
-            actor=d.actor,
-            image=d.image,
-            revision=d.revision_number,
-            namespace=d.namespace,
-            error=d.error,
-            logs=list(d.logs or []),
-            ready=d.ready,
-            desired=d.desired,
-            approved_by=d.approved_by,
-            git_sha=d.git_sha,
-            created_at=d.created_at,
-            started_at=d.started_at,
-            finished_at=d.finished_at,
-            rolled_back_by=d.rolled_back_by_id,
-        )
+    def of(cls, view: DeploymentView, *, app: str) -> DeploymentOut:
+        """From core's read model (core.events.deployment_view / deployment_view_of), field for field."""
+        fields = {name: getattr(view, name) for name in cls.model_fields if name != "app"}
+        return cls(app=app, **fields)
 
 
 class RevisionOut(BaseModel):

@@ -60,7 +60,7 @@ async def create_app(body: schemas.AppIn, rt: RtDep, actor: ActorDep) -> dict[st
             ).deployment
         return {
             "app": await reads.app_out(session, app),
-            "deployment": schemas.DeploymentOut.of(deployment, app=app.name) if deployment else None,
+            "deployment": reads.deployment_listed(deployment, app=app.name) if deployment else None,
         }
 
 

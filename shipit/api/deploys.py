@@ -83,7 +83,7 @@ async def list_deploys(
             r.id: r for r in await session.scalars(select(models.Revision).where(models.Revision.id.in_(ids)))
         }
         return [
-            schemas.DeploymentOut.of(d, app=name, revision=revisions.get(d.revision_id or 0)) for d in rows
+            reads.deployment_listed(d, app=name, revision=revisions.get(d.revision_id or 0)) for d in rows
         ]
 
 
@@ -119,7 +119,7 @@ async def rollback(
         result = await deploys.rollback(
             session, ctx=rt.core, actor=actor, app_name=name, revision=body.revision, env=env
         )
-        return schemas.DeploymentOut.of(result.deployment, app=name)
+        return reads.deployment_listed(result.deployment, app=name)
 
 
 @router.get("/apps/{name}/revisions")
@@ -159,7 +159,7 @@ async def scale(
             autoscaling_off=body.autoscaling is False,
             env=env,
         )
-        return schemas.DeploymentOut.of(result.deployment, app=name)
+        return reads.deployment_listed(result.deployment, app=name)
 
 
 @router.post("/apps/{name}/promote", status_code=202)
@@ -171,4 +171,4 @@ async def promote(
         result = await promotion.promote(
             session, ctx=rt.core, actor=actor, app_name=name, source=body.from_, target=body.to
         )
-        return schemas.DeploymentOut.of(result.deployment, app=name)
+        return reads.deployment_listed(result.deployment, app=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from core import projects
 from shipit import schemas
+from shipit.api import reads
 from shipit.api.base import ActorDep, RtDep, new_router, tx
 
 router = new_router()
@@ -12,7 +13,7 @@ router = new_router()
 @router.get("/projects")
 async def list_projects(rt: RtDep, actor: ActorDep) -> list[schemas.ProjectOut]:
     async with tx(rt) as session:
-        return [schemas.ProjectOut.of(p) for p in await projects.list_visible(session, actor=actor)]
+        return await reads.projects_out(session, await projects.list_visible(session, actor=actor))
 
 
 @router.post("/projects", status_code=201)
@@ -27,7 +28,8 @@ async def create_project(body: schemas.ProjectIn, rt: RtDep, actor: ActorDep) ->
             webhook_url=body.webhook_url,
             webhook_secret=body.webhook_secret,
         )
-        return schemas.ProjectOut.of(p)
+        (out,) = await reads.projects_out(session, [p])
+        return out
 
 
 @router.patch("/projects/{name}")
@@ -44,7 +46,8 @@ async def update_project(
             webhook_url=body.webhook_url,
             webhook_secret=body.webhook_secret,
         )
-        return schemas.ProjectOut.of(p)
+        (out,) = await reads.projects_out(session, [p])
+        return out
 
 
 @router.delete("/projects/{name}", status_code=204)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from core import deploys, secrets
 from shipit import schemas
+from shipit.api import reads
 from shipit.api.base import ActorDep, RtDep, new_router, tx
 
 router = new_router()
@@ -52,5 +53,5 @@ async def delete_secret(
 
 def _secrets_changed(change: deploys.SecretChange) -> dict[str, object]:
     r = change.redeploy
-    d = schemas.DeploymentOut.of(r.deployment, app=change.app.name) if r else None
+    d = reads.deployment_listed(r.deployment, app=change.app.name) if r else None
     return {"keys": change.keys, "deployment": d}
