@@ -183,13 +183,13 @@ async def shut(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
 async def session_cookie(rt: runtime.Runtime) -> str:
     import datetime as dt
 
-    from web.channel import _sign  # the dashboard's own cookie signature
+    from web.channel import sign  # the dashboard's own cookie signature
 
     async with rt.sessionmaker.begin() as session:
         _, token = await web_sessions.create(
             session, subject=PERSON, display="dev", provider="github", lifetime=dt.timedelta(hours=1)
         )
-    return f"{token}.{_sign(rt.core, 'web-session', token)}"
+    return f"{token}.{sign(rt.core, 'web-session', token)}"
 
 
 async def bump(rt: runtime.Runtime, *, ready: int) -> float:

@@ -208,18 +208,50 @@ async def queue_position(session: AsyncSession, *, deployment: models.Deployment
     return int(ahead or 0) + 1
 
 
-async def deployment_view(session: AsyncSession, *, deployment: models.Deployment) -> DeploymentView:
-    revision = await session.get(models.Revision, deployment.revision_id) if deployment.revision_id else None
+async def deployment_view(
+    session: AsyncSession, *, deployment: models.Deployment, revision: models.Revision | None = None
+) -> DeploymentView:
+    """The deployment's read model with everything it shows: digest, rollback, approvals, queue place.
+
+    `revision`: its revision when the caller holds it already (a request just wrote it), not read again.
+    """
+    if revision is None or revision.id != deployment.revision_id:
+        revision = (
+            await session.get(models.Revision, deployment.revision_id) if deployment.revision_id else None
+        )
     rollback = (
         await session.get(models.Deployment, deployment.rolled_back_by_id)
         if deployment.rolled_back_by_id
         else None
     )
-    approvals = await protection.tally(session, deployment=deployment)
+    return deployment_view_of(
+        deployment,
+        revision=revision,
+        rollback=rollback,
+        tally=await protection.tally(session, deployment=deployment),
+        queue_position=await queue_position(session, deployment=deployment),
+    )
+
+
+def deployment_view_of(
+    deployment: models.Deployment,
+    *,
+    revision: models.Revision | None = None,
+    rollback: models.Deployment | None = None,
+    tally: protection.Tally | None = None,
+    queue_position: int | None = None,
+) -> DeploymentView:
+    """The one mapping of a deployment row to its read model, from what the caller has loaded.
+
+    Without `revision` (or with another one) there is no digest and the row's own revision number;
+    without `tally` no approval counts: a list reads many rows and loads only what it shows.
+    """
+    own = revision if revision is not None and revision.id == deployment.revision_id else None
+    snapshot = (own.snapshot or {}) if own is not None else {}
     return DeploymentView(
-        approvals=approvals.approvals if approvals else None,
-        approvals_needed=approvals.needed if approvals else None,
-        rolled_back_by=rollback.id if rollback else None,
+        approvals=tally.approvals if tally else None,
+        approvals_needed=tally.needed if tally else None,
+        rolled_back_by=deployment.rolled_back_by_id,
         rolled_back_to=rollback.revision_number if rollback else None,
         rollback_status=rollback.status if rollback else None,
         id=deployment.id,
@@ -227,13 +259,13 @@ async def deployment_view(session: AsyncSession, *, deployment: models.Deploymen
         trigger=deployment.trigger,
         actor=deployment.actor,
         image=deployment.image,
-        revision=revision.number if revision else deployment.revision_number,
+        revision=own.number if own is not None else deployment.revision_number,
         namespace=deployment.namespace,
         error=deployment.error,
         logs=list(deployment.logs or []),
         ready=deployment.ready,
         desired=deployment.desired,
-        queue_position=await queue_position(session, deployment=deployment),
+        queue_position=queue_position,
         approved_by=deployment.approved_by,
         git_sha=deployment.git_sha,
         git_ref=deployment.git_ref,
@@ -241,10 +273,8 @@ async def deployment_view(session: AsyncSession, *, deployment: models.Deploymen
         started_at=deployment.started_at,
         finished_at=deployment.finished_at,
         refs=dict(deployment.notify_refs or {}),
-        digest=_str_or_none(revision.snapshot.get("digest")) if revision and revision.snapshot else None,
-        digest_note=_str_or_none(revision.snapshot.get("digest_note"))
-        if revision and revision.snapshot
-        else None,
+        digest=_str_or_none(snapshot.get("digest")),
+        digest_note=_str_or_none(snapshot.get("digest_note")),
     )
 
 

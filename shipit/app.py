@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import errors, jobs, observe, validation
 from core.errors import InvalidInput, ShipitError, UserError
-from shipit import api, api_identities, api_notify, api_policies, api_protection, limits, runtime, telemetry
+from shipit import api, limits, runtime, telemetry
 from shipit.runtime import Runtime
 from shipit.settings import Settings
 
@@ -370,10 +370,6 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
     app.state.channels = channels
     install_error_handlers(app)
     app.include_router(api.router)
-    app.include_router(api_policies.router)
-    app.include_router(api_identities.router)
-    app.include_router(api_protection.router)
-    app.include_router(api_notify.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -139,6 +139,46 @@ async def slack_channel(session: AsyncSession, *, project_id: int) -> str | None
     return rows[0].address if rows else None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Defaults:
+    """A project's first Slack channel and first webhook: what `shipit projects list` shows.
+
+    Read from the targets, the source of truth, so `shipit notify remove` shows there at once (the
+    old projects columns are only mirrored by set_default)."""
+
+    slack_channel: str | None = None
+    webhook_url: str | None = None
+    webhook_signed: bool = False
+
+
+async def defaults(session: AsyncSession, *, project_ids: Sequence[int]) -> dict[int, Defaults]:
+    """Defaults for each of `project_ids` (one query); a project without targets gets empty ones."""
+    if not project_ids:
+        return {}
+    rows = await session.scalars(
+        select(models.NotificationTarget)
+        .where(
+            models.NotificationTarget.project_id.in_(list(project_ids)),
+            models.NotificationTarget.kind.in_(("slack", "webhook")),
+            models.NotificationTarget.address != "",
+        )
+        .order_by(models.NotificationTarget.id)
+    )
+    slack: dict[int, models.NotificationTarget] = {}
+    webhook: dict[int, models.NotificationTarget] = {}
+    for r in rows:
+        (slack if r.kind == "slack" else webhook).setdefault(r.project_id, r)
+    out = {}
+    for pid in project_ids:
+        s, w = slack.get(pid), webhook.get(pid)
+        out[pid] = Defaults(
+            slack_channel=s.address if s else None,
+            webhook_url=w.address if w else None,
+            webhook_signed=w is not None and w.secret_enc is not None,
+        )
+    return out
+
+
 async def view(session: AsyncSession, *, target_id: int) -> TargetView | None:
     row = await session.get(models.NotificationTarget, target_id)
     if row is None:

@@ -8,6 +8,7 @@ import json
 
 import pytest
 from click.testing import Result
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from shipit import cli
@@ -129,3 +130,32 @@ async def test_projects_slack_channel_and_webhook_url_become_targets(
     assert [(r["kind"], r["address"]) for r in rows] == [("slack", "C0OTHER01")]
     async with live_server.rt.sessionmaker() as session:
         assert await session.get(models.NotificationTarget, rows[0]["id"]) is not None
+
+
+async def test_projects_list_shows_the_targets_not_the_old_columns(
+    live_server: LiveServer, shipit: Run
+) -> None:
+    """`notify remove` and `notify add` show in `projects list` at once: the targets are the truth."""
+
+    async def project() -> dict[str, object]:
+        [p] = json.loads(ok(await shipit("projects", "list", "--json")))
+        return {k: p[k] for k in ("slack_channel", "webhook_url", "webhook_signed")}
+
+    ok(await shipit("projects", "create", "acme", "--slack-channel", "C0DEPLOYS"))
+    assert await project() == {"slack_channel": "C0DEPLOYS", "webhook_url": None, "webhook_signed": False}
+    [slack] = json.loads(ok(await shipit("notify", "list", "acme", "--json")))
+    ok(await shipit("notify", "remove", "acme", str(slack["id"])))
+    assert await project() == {"slack_channel": None, "webhook_url": None, "webhook_signed": False}
+
+    ok(await shipit("notify", "add", "acme", "--slack-channel", "C0LATER01"))
+    ok(await shipit("notify", "add", "acme", "--slack-channel", "C0SECOND1"))
+    ok(await shipit("notify", "add", "acme", "--webhook", "https://h.example/in", "--secret", SECRET))
+    # The first of each kind, as the cards and webhooks are sent.
+    assert await project() == {
+        "slack_channel": "C0LATER01",
+        "webhook_url": "https://h.example/in",
+        "webhook_signed": True,
+    }
+    async with live_server.rt.sessionmaker() as session:
+        row = await session.scalar(select(models.Project).where(models.Project.name == "acme"))
+        assert row is not None and row.slack_channel == "C0DEPLOYS"  # the old column still says otherwise

@@ -274,3 +274,23 @@ async def test_rollout_stream_wakes_on_the_commit_not_the_poll(
             asked = await next_event()
             assert (asked["id"], asked["status"]) == (second_id, deploys.AWAITING_APPROVAL)
             assert asked["image"] == "ghcr.io/acme/web:1.2" and asked["actor"] == "user:admin"
+
+
+async def test_projects_page_shows_the_slack_channel_of_the_targets(dashboard: Dashboard) -> None:
+    """The column shows where cards go now: the project's first Slack target, gone once it is removed."""
+    from core import projects
+    from core.notices import targets
+    from tests.conftest import ADMIN
+
+    await offline_app(dashboard.rt, members={"user:alice@example.com": "viewer"})
+    async with dashboard.rt.sessionmaker.begin() as session:
+        await projects.update(
+            session, ctx=dashboard.rt.core, actor=ADMIN, name="acme", slack_channel="C0DEPLOYS"
+        )
+    async with dashboard.client() as client:
+        assert "C0DEPLOYS" in (await dashboard.sign_in(client, "alice@example.com")).text
+        async with dashboard.rt.sessionmaker.begin() as session:
+            [target] = await targets.list_for(session, actor=ADMIN, project="acme")
+            await targets.remove(session, actor=ADMIN, project="acme", target_id=target.id)
+        page = await client.get("/")
+        assert page.status_code == 200 and "acme" in page.text and "C0DEPLOYS" not in page.text

@@ -5,16 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import Query
 from pydantic import BaseModel, Field
 
 from core import identities
 from core import validation as v
 from shipit import schemas
-from shipit.api import ERRORS, ActorDep, RtDep, bearer, tx
+from shipit.api.base import ActorDep, RtDep, new_router, tx
 from storage import models
 
-router = APIRouter(prefix="/api/v1", responses=ERRORS, dependencies=[Depends(bearer)])
+router = new_router()
 
 Subject = Annotated[str, Field(max_length=v.limit(models.Identity, "subject"), pattern=v.SUBJECT)]
 SubjectQuery = Annotated[str | None, Query(max_length=v.limit(models.Identity, "subject"), pattern=v.SUBJECT)]

@@ -9,17 +9,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from core import validation as v
 from core.notices import registry
 from core.notices import targets as notice_targets
 from shipit import schemas
-from shipit.api import ERRORS, ActorDep, RtDep, bearer, tx
+from shipit.api.base import ActorDep, RtDep, new_router, tx
 from storage import models
 
-router = APIRouter(prefix="/api/v1", responses=ERRORS, dependencies=[Depends(bearer)])
+router = new_router()
 
 TARGET_SECRET_MAX = schemas.WEBHOOK_SECRET_MAX
 # The kinds come from core/notices/registry.py: a new kind needs no change here.

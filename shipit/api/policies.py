@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
-
 from core import image_policies
 from core.errors import InvalidInput, NotFound
 from shipit import schemas
-from shipit.api import ERRORS, ActorDep, RtDep, bearer, tx
+from shipit.api.base import ActorDep, RtDep, new_router, tx
 
-router = APIRouter(prefix="/api/v1", responses=ERRORS, dependencies=[Depends(bearer)])
+router = new_router()
 
 
 def policy_out(p: image_policies.Policy) -> schemas.ImagePolicyOut:

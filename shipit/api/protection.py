@@ -1,6 +1,6 @@
 """REST routes for protecting environments: approvals, deploy windows, freezes, locks (core.protection).
 
-A router of its own, included next to shipit.api's, with the same bearer scheme, error bodies and bounds.
+A router of its own (shipit.api.base.new_router): the same bearer scheme, error bodies and bounds.
 """
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from core import protection
 from core import validation as v
-from shipit import api, schemas
+from shipit import schemas
+from shipit.api import base as api
 from storage import models
 
-router = APIRouter(prefix="/api/v1", responses=api.ERRORS, dependencies=[Depends(api.bearer)])
+router = api.new_router()
 
 ENV = "/projects/{name}/environments/{env}"
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$"

@@ -1,0 +1,90 @@
+"""What every router of the REST API shares: the bearer scheme, the error bodies, the runtime and the
+caller, and the one transaction per request."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, ClassVar
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.security import HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.convertors import Convertor, register_url_convertor
+
+from core import tokens
+from core.errors import Unauthenticated
+from core.identity import Actor
+from shipit import schemas
+from shipit.runtime import Runtime
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": schemas.ErrorOut, "description": description}
+
+
+# What any route may answer besides its success, all with the one error body (shipit.app's handlers).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("The request body could not be read."),
+    401: _error("No valid bearer token."),
+    403: _error("The token's subject lacks the role this needs."),
+    404: _error("No such project, app, deploy or token (or none the caller may see)."),
+    409: _error("Conflicts with the current state: exists already, locked, running."),
+    413: _error("The request body is larger than the configured cap."),
+    422: _error("Invalid input; `field` names it."),
+    429: _error("Too many failed authentications from this address, or over the token's request budget."),
+}
+# Routes that talk to a cluster also answer 502 when it fails or cannot be reached.
+CLUSTER_ERRORS: dict[int | str, dict[str, Any]] = {502: _error("The cluster failed or could not be reached.")}
+
+# Declares the scheme in /openapi.json; current_actor still does the checking (auto_error off).
+bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer shp_...`")
+
+
+def new_router() -> APIRouter:
+    """A router for one resource: /api/v1, the bearer scheme and the error bodies, like all the others."""
+    return APIRouter(prefix="/api/v1", responses=ERRORS, dependencies=[Depends(bearer)])
+
+
+class _AppFlag(Convertor[str]):
+    # The route's own words only, so /apps/{name}/status is not taken for a flag (wrong 404/405 and Allow).
+    regex: ClassVar[str] = "lock|unlock|pause|resume"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class _DeployAction(_AppFlag):
+    regex: ClassVar[str] = "approve|reject|cancel"
+
+
+register_url_convertor("app_flag", _AppFlag())
+register_url_convertor("deploy_action", _DeployAction())
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+@contextlib.asynccontextmanager
+async def tx(rt: Runtime) -> AsyncIterator[AsyncSession]:
+    async with rt.sessionmaker.begin() as session:
+        yield session
+
+
+async def current_actor(
+    request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
+) -> Actor:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise Unauthenticated("missing bearer token: send Authorization: Bearer <token>")
+    channel = "cli" if request.headers.get("user-agent", "").startswith("shipit-cli") else "api"
+    async with tx(runtime(request)) as session:
+        return await tokens.authenticate(session, token=authorization[7:].strip(), channel=channel)
+
+
+ActorDep = Annotated[Actor, Depends(current_actor)]
+RtDep = Annotated[Runtime, Depends(runtime)]

@@ -1,0 +1,84 @@
+"""/api/v1/apps/{name}/status and /logs: what the cluster says now (core.status)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import Query
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import StreamingResponse
+
+from core import status
+from shipit import schemas
+from shipit.api.base import CLUSTER_ERRORS, ActorDep, RtDep, new_router, tx
+
+router = new_router()
+
+
+@router.get("/apps/{name}/status", responses=CLUSTER_ERRORS)
+async def app_status(
+    name: schemas.NamePath, rt: RtDep, actor: ActorDep, live: bool = True, env: schemas.EnvQuery = None
+) -> dict[str, object]:
+    async with tx(rt) as session:
+        observed = await status.read(session, actor=actor, app_name=name, env=env)
+        target = await status.target(session, ctx=rt.core, actor=actor, app_name=name, env=env)
+    if live:
+        observed = await status.with_live(ctx=rt.core, status=observed, target=target)
+    return _jsonable(observed)
+
+
+def _jsonable(value: object) -> dict[str, object]:
+    out: dict[str, object] = json.loads(json.dumps(jsonable_encoder(dataclasses.asdict(value))))  # type: ignore[call-overload]
+    return out
+
+
+@router.get(
+    "/apps/{name}/logs",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The pods' log lines.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **CLUSTER_ERRORS,
+    },
+)
+async def app_logs(
+    name: schemas.NamePath,
+    rt: RtDep,
+    actor: ActorDep,
+    tail: int = Query(100, ge=1, le=5000),
+    follow: bool = False,
+    env: schemas.EnvQuery = None,
+) -> StreamingResponse:
+    async with tx(rt) as session:
+        target = await status.target(session, ctx=rt.core, actor=actor, app_name=name, env=env)
+
+    stream = status.logs(ctx=rt.core, target=target, tail_lines=tail, follow=follow)
+    # Once a streamed 200 has started, an error can only cut the connection.  So wait (briefly, since
+    # a followed quiet pod may say nothing for long) for the first line: "no pods" and cluster errors
+    # raised before it become a JSON error with its status code.
+    first = asyncio.ensure_future(_first_line(stream))
+    await asyncio.wait({first}, timeout=5)
+    if first.done():
+        first.result()
+
+    async def lines() -> AsyncIterator[bytes]:
+        line = await first
+        if line is None:
+            return
+        yield (line.rstrip("\n") + "\n").encode()
+        async for line in stream:
+            yield (line.rstrip("\n") + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="text/plain; charset=utf-8")
+
+
+async def _first_line(stream: AsyncIterator[str]) -> str | None:
+    try:
+        return await anext(stream)
+    except StopAsyncIteration:
+        return None
