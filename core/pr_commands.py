@@ -23,6 +23,7 @@ repository's apps (in `to ENV`, when given); more than one is refused with their
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -312,20 +313,35 @@ async def _deploy(
         raise Refused(
             f"pull request #{pr.number} comes from a fork: it deploys only to its preview (`.deploy`)."
         )
-    result, text = Result(), f".deploy to {environment}"
-    for app in targets:
+    text = f".deploy to {environment}"
+
+    async def ask(app: models.App) -> deploys.Requested:
         assert app.image_template is not None
         image = gitops.render_image(app.image_template, sha=pr.head_sha, branch=pr.head_ref)
+        return await deploys.request(
+            session, ctx=ctx, actor=actor, app_name=app.name, image=image, trigger="pr",
+            env=await apps.env_name(session, app=app),
+            dedupe_key=f"{dedupe_prefix(pr.comment_id)}{app.id}", git_sha=pr.head_sha,
+            git_ref=f"refs/heads/{pr.head_ref}",
+            reason=f"`.deploy to {environment}` on pull request #{pr.number} by {pr.login}",
+            notify_refs={"github": {REF_KEY: command_ref(pr, environment=environment, text=text)}},
+        )  # fmt: skip
+
+    return await _each(session, targets=targets, ask=ask)
+
+
+async def _each(
+    session: AsyncSession,
+    *,
+    targets: list[models.App],
+    ask: Callable[[models.App], Awaitable[deploys.Requested]],
+) -> Result:
+    """Ask for a deploy of each app; one refused does not stop the others, all refused is a refusal."""
+    result = Result()
+    for app in targets:
         try:
             async with session.begin_nested():
-                requested = await deploys.request(
-                    session, ctx=ctx, actor=actor, app_name=app.name, image=image, trigger="pr",
-                    env=await apps.env_name(session, app=app),
-                    dedupe_key=f"{dedupe_prefix(pr.comment_id)}{app.id}", git_sha=pr.head_sha,
-                    git_ref=f"refs/heads/{pr.head_ref}",
-                    reason=f"`.deploy to {environment}` on pull request #{pr.number} by {pr.login}",
-                    notify_refs={"github": {REF_KEY: command_ref(pr, environment=environment, text=text)}},
-                )  # fmt: skip
+                requested = await ask(app)
         except UserError as e:
             result.ok = False
             result.lines.append(f"`{app.name}`: {e}")
@@ -345,23 +361,16 @@ async def _rollback(
     actor: Actor,
     environment: str,
 ) -> Result:
-    result, text = Result(), f".rollback to {environment}"
-    for app in targets:
-        try:
-            async with session.begin_nested():
-                requested = await deploys.rollback(
-                    session, ctx=ctx, actor=actor, app_name=app.name, env=await apps.env_name(session, app=app),
-                    dedupe_key=f"{dedupe_prefix(pr.comment_id)}{app.id}",
-                    notify_refs={"github": {REF_KEY: command_ref(pr, environment=environment, text=text)}},
-                )  # fmt: skip
-        except UserError as e:
-            result.ok = False
-            result.lines.append(f"`{app.name}`: {e}")
-            continue
-        result.deployment_ids.append(requested.deployment.id)
-    if not result.deployment_ids:
-        raise Refused("\n".join(result.lines))
-    return result
+    text = f".rollback to {environment}"
+
+    async def ask(app: models.App) -> deploys.Requested:
+        return await deploys.rollback(
+            session, ctx=ctx, actor=actor, app_name=app.name, env=await apps.env_name(session, app=app),
+            dedupe_key=f"{dedupe_prefix(pr.comment_id)}{app.id}",
+            notify_refs={"github": {REF_KEY: command_ref(pr, environment=environment, text=text)}},
+        )  # fmt: skip
+
+    return await _each(session, targets=targets, ask=ask)
 
 
 async def _noop(

@@ -5,15 +5,17 @@ and error messages that name the target by id, never by its URL (Teams and Disco
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import httpx
 
 from core import metrics
 from core.context import Core
 from core.errors import PermanentError, TransientError, retry_after_seconds
-from core.notices import TargetView
+from core.notices import OUTCOMES, Audience, Delivered, Notice, TargetView
 from storage import models
 
 PURPOSE = "project-webhook-secret"  # the same as projects.webhook_secret_enc: migrated rows keep theirs
@@ -99,3 +101,38 @@ def link(ctx: Core, *, app: str | None) -> str:
     """The dashboard's page of the app (or its front page)."""
     base = ctx.config.public_url.rstrip("/")
     return f"{base}/apps/{app}" if app else base
+
+
+class ChatWebhook:
+    """A chat's incoming webhook (Teams, Discord): one JSON message per deploy outcome, built by `body`."""
+
+    name: str
+    body: Callable[[Notice, str], dict[str, Any]]
+
+    def __init__(self, *, ctx: Core) -> None:
+        self.ctx = ctx
+        self.client = client()
+        self.pacer = Pacer()
+
+    def wants(self, kind: str) -> bool:
+        return kind in OUTCOMES
+
+    def wants_event(self, audience: Audience) -> bool:
+        # A preview reports on its pull request; a chat or inbox hears about real environments.
+        return audience.target is not None and not audience.preview
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def deliver(self, notice: Notice) -> Delivered | None:
+        if notice.target is None:
+            return None
+        message = type(self).body(notice, link(self.ctx, app=notice.app.name if notice.app else None))
+        await post(
+            self.client,
+            target=notice.target,
+            content=json.dumps(message).encode(),
+            headers={"Content-Type": "application/json", "User-Agent": "shipit-notify/1"},
+            pacer=self.pacer,
+        )
+        return None

@@ -6,11 +6,9 @@ logged or shown whole.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from core.context import Core
-from core.notices import OUTCOMES, Audience, Delivered, Notice, delivery, render
+from core.notices import Notice, delivery, render
 
 NAME = "discord"
 
@@ -33,34 +31,9 @@ def embed_body(notice: Notice, *, link: str) -> dict[str, Any]:
     return {"username": "shipit", "embeds": [embed], "allowed_mentions": {"parse": []}}
 
 
-class DiscordNotifier:
+class DiscordNotifier(delivery.ChatWebhook):
     name = NAME
 
-    def __init__(self, *, ctx: Core) -> None:
-        self.ctx = ctx
-        self.client = delivery.client()
-        self.pacer = delivery.Pacer()
-
-    def wants(self, kind: str) -> bool:
-        return kind in OUTCOMES
-
-    def wants_event(self, audience: Audience) -> bool:
-        # A preview reports on its pull request; a chat or inbox hears about real environments.
-        return audience.target is not None and not audience.preview
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-    async def deliver(self, notice: Notice) -> Delivered | None:
-        if notice.target is None:
-            return None
-        link = delivery.link(self.ctx, app=notice.app.name if notice.app else None)
-        body = json.dumps(embed_body(notice, link=link)).encode()
-        await delivery.post(
-            self.client,
-            target=notice.target,
-            content=body,
-            headers={"Content-Type": "application/json", "User-Agent": "shipit-notify/1"},
-            pacer=self.pacer,
-        )
-        return None
+    @staticmethod
+    def body(notice: Notice, link: str) -> dict[str, Any]:
+        return embed_body(notice, link=link)

@@ -8,11 +8,9 @@ logged or shown whole (errors say "teams target #7").
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from core.context import Core
-from core.notices import OUTCOMES, Audience, Delivered, Notice, delivery, render
+from core.notices import Notice, delivery, render
 
 NAME = "teams"
 
@@ -51,34 +49,9 @@ def card(notice: Notice, *, link: str) -> dict[str, Any]:
     }
 
 
-class TeamsNotifier:
+class TeamsNotifier(delivery.ChatWebhook):
     name = NAME
 
-    def __init__(self, *, ctx: Core) -> None:
-        self.ctx = ctx
-        self.client = delivery.client()
-        self.pacer = delivery.Pacer()
-
-    def wants(self, kind: str) -> bool:
-        return kind in OUTCOMES
-
-    def wants_event(self, audience: Audience) -> bool:
-        # A preview reports on its pull request; a chat or inbox hears about real environments.
-        return audience.target is not None and not audience.preview
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-    async def deliver(self, notice: Notice) -> Delivered | None:
-        if notice.target is None:
-            return None
-        link = delivery.link(self.ctx, app=notice.app.name if notice.app else None)
-        body = json.dumps(card(notice, link=link)).encode()
-        await delivery.post(
-            self.client,
-            target=notice.target,
-            content=body,
-            headers={"Content-Type": "application/json", "User-Agent": "shipit-notify/1"},
-            pacer=self.pacer,
-        )
-        return None
+    @staticmethod
+    def body(notice: Notice, link: str) -> dict[str, Any]:
+        return card(notice, link=link)
