@@ -24,7 +24,7 @@ from core.errors import InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor
 from core.kube.client import Kube
 from core.worker import run_until_idle
-from shipit import api
+from shipit.api import reads
 from shipit.runtime import Runtime
 from storage import models
 from tests.conftest import ADMIN, World, database_bytes, serving
@@ -459,6 +459,6 @@ async def test_unreachable_registry_deploys_by_tag_and_says_so(
     async with world.rt.sessionmaker() as session:
         row = await session.get(models.Deployment, d.id)
         assert row is not None
-        out = await api._deployment_out(session, row)
+        out = await reads.deployment_out(session, row)
     assert (out.digest, out.digest_note) == (None, view.digest_note)
     assert f"deploy {d.id} app=web namespace={world.namespace}: deployed by tag" in caplog.text
