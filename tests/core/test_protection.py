@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select, update
 
-from core import apps, deploys, environments, identities, projects, protection
+from core import deploys, environments, identities, projects, protection
 from core.errors import Conflict, InvalidInput, PermissionDenied
 from core.identity import Actor
 from shipit.runtime import Runtime
@@ -115,23 +115,10 @@ def test_durations() -> None:
 
 
 @pytest.fixture
-async def paper(rt: Runtime) -> Runtime:
-    """Project acme with app `web` in its one environment (production); alice, bob, carol develop, dave admins."""
+async def paper(paper: Runtime) -> Runtime:
+    """tests/core/conftest.py's app `web` in its one environment; alice, bob, carol develop, dave admins."""
+    rt = paper
     async with rt.sessionmaker.begin() as session:
-        await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
-        session.add(
-            models.Cluster(name="paper", kubeconfig_enc=rt.core.cipher.encrypt(b"{}", purpose="kubeconfig"))
-        )
-        await session.flush()
-        await apps.create(
-            session,
-            actor=ADMIN,
-            project="acme",
-            cluster="paper",
-            name="web",
-            namespace="web",
-            changes=apps.AppChanges(image="ghcr.io/acme/web:1.0"),
-        )
         roles = ((ALICE, "developer"), (BOB, "developer"), (CAROL, "developer"), (DAVE, "admin"))
         for who, role in roles:
             await projects.set_access(
