@@ -69,6 +69,19 @@ async def reacted(fake: FakeGitHub, comment_id: int, last: str) -> None:
     await eventually(check, what=f"a {last} reaction on comment {comment_id}")
 
 
+async def github_deployment_reaches(fake: FakeGitHub, *, environment: str, last: str) -> dict[str, Any]:
+    """The GitHub Deployment of `environment`, once its last status is `last`: statuses are posted by the
+    notifier from the outbox, after the deploy row is final, so they trail the command's reaction."""
+
+    async def check() -> bool:
+        found = fake.deployments(REPO, environment=environment)
+        return len(found) == 1 and fake.deployment_states(REPO, found[0]["id"])[-1:] == [last]
+
+    await eventually(check, what=f"GitHub Deployment {environment} to reach {last}")
+    [gh] = fake.deployments(REPO, environment=environment)
+    return gh
+
+
 async def grant(rt: Any, subject: str, role: str) -> None:
     async with rt.sessionmaker.begin() as session:
         await projects.set_access(session, actor=ADMIN, project_name="acme", subject=subject, role=role)
@@ -297,9 +310,8 @@ async def test_deploy_deploys_the_pr_head_to_its_preview_and_edits_one_status_co
     assert fake_github.reactions(REPO, comment_id) == ["eyes", "rocket"]
     # The PR's head came from GitHub (the payload has none), and a GitHub Deployment reports it.
     assert fake_github.calls("get_pull")
-    [gh] = fake_github.deployments(REPO, environment=f"preview/{namespace}")
+    gh = await github_deployment_reaches(fake_github, environment=f"preview/{namespace}", last="success")
     assert gh["sha"] == SHA_B
-    assert fake_github.deployment_states(REPO, gh["id"])[-1] == "success"
 
     # The same comment delivered again (a new delivery id) deploys nothing more.
     r = await live_hook.post("issue_comment", payload)
@@ -342,8 +354,7 @@ async def test_deploy_to_staging_then_lock_blocks_the_next_deploy(
         raise AssertionError("production's app was deployed too")
     except ApiException as e:
         assert e.status == 404
-    [gh] = fake_github.deployments(REPO, environment="staging")
-    assert fake_github.deployment_states(REPO, gh["id"])[-1] == "success"
+    await github_deployment_reaches(fake_github, environment="staging", last="success")
     [status] = status_comments(fake_github, number, deploy_id)
     assert "`.deploy to staging`" in status["body"] and "✅ done" in status["body"]
 
