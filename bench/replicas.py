@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -80,7 +81,9 @@ def postgres_server(explicit: str | None) -> str:
         return explicit
     if os.environ.get("SHIPIT_TEST_POSTGRES_URL"):
         return os.environ["SHIPIT_TEST_POSTGRES_URL"]
-    out = subprocess.run([str(ROOT / "scripts" / "test-postgres")], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "test-postgres")], capture_output=True, text=True, check=True
+    )
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -212,7 +215,9 @@ async def prepare(env: dict[str, str], *, apps_n: int) -> str:
                     session, actor=SYSTEM, project="acme", cluster="c", name=f"app-{k:03d}", namespace="apps",
                     changes=apps.AppChanges(image=f"ghcr.io/acme/app-{k:03d}:0"),
                 )  # fmt: skip
-            await projects.set_access(session, actor=SYSTEM, project_name="acme", subject=SUBJECT, role="developer")
+            await projects.set_access(
+                session, actor=SYSTEM, project_name="acme", subject=SUBJECT, role="developer"
+            )
             _, token = await tokens.create(session, actor=SYSTEM, name="bench-ci", subject=SUBJECT)
     finally:
         await runtime.stop(rt)
@@ -285,10 +290,8 @@ class Sampler:
                 for r in rows:
                     # A backend that appears during the run is counted from its first sighting.
                     self.backends.setdefault(r["pid"], cpu_seconds(r["pid"]))
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.1)
-                except TimeoutError:
-                    pass
         finally:
             await conn.close()
 
@@ -459,9 +462,7 @@ async def main(args: argparse.Namespace) -> int:
         for n in counts:
             results.append(await measure(args, server, n, tmp))
             r = results[-1]
-            print(
-                f"  {n} replica(s): {r['rps']:.0f} req/s, load average now {load_average()}", flush=True
-            )
+            print(f"  {n} replica(s): {r['rps']:.0f} req/s, load average now {load_average()}", flush=True)
     finally:
         if not args.keep_logs:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -470,7 +471,7 @@ async def main(args: argparse.Namespace) -> int:
     head = (
         f"{'replicas':>8} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'requests':>8} {'non-2xx':>7} "
         f"{'replica CPU':>11} {'PG CPU':>7} {'driver':>7} {'ms CPU/req':>11} {'lock waits':>11} "
-        f"{'rollbk':>6} {'deadlk':>6} {'errlog':>6}  database"
+        f"{'rollbk/req':>10} {'deadlk':>6} {'errlog':>6}  database"
     )
     print(head)
     for r in results:
@@ -478,14 +479,16 @@ async def main(args: argparse.Namespace) -> int:
             f"{r['replicas']:8d} {r['rps']:7.0f} {r['p50']:8.1f} {r['p99']:8.1f} {r['requests']:8d} "
             f"{r['non_2xx']:7d} {r['replica_cores']:10.2f}c {r['pg_cores']:6.2f}c {r['driver_cores']:6.2f}c "
             f"{r['replica_ms']:5.2f}+{r['pg_ms']:<5.2f} {r['lock_samples']:>8}<={r['lock_max']:<2d} "
-            f"{r['rollbacks']:6d} {r['deadlocks']:6d} {r['errors_logged']:6d}  "
+            f"{r['rollbacks'] / max(r['requests'], 1):10.2f} {r['deadlocks']:6d} {r['errors_logged']:6d}  "
             f"{'OK' if r['db_ok'] else 'MISMATCH'}: {r['db_check']}"
         )
         for e in r["errors"][:3]:
             print(f"         e.g. {e}")
     print(
         "  (CPU in cores busy over the run; ms CPU/req = replicas + PostgreSQL backends of this database; "
-        "lock waits = samples with a backend waiting on a lock / samples, <= the most at once)"
+        "lock waits = samples with a backend waiting on a lock / samples, <= the most at once; rollbk/req = "
+        "pg_stat_database rollbacks per request: about 2 are normal (the pool's reset on return, the token "
+        "read's own transaction); more with more replicas would mean retried or failed transactions)"
     )
     by = {r["replicas"]: r for r in results}
     if 1 in by and len(by) > 1:
@@ -499,7 +502,7 @@ async def main(args: argparse.Namespace) -> int:
             # With a core per replica (and PostgreSQL its own), throughput scales with the replica count
             # times how much the per-request CPU grew: replicas that contend pay more CPU per request.
             projected = n * (one["replica_ms"] / r["replica_ms"]) if r["replica_ms"] else float("nan")
-            ceiling = CORES / (one["replica_cores"] + one["pg_cores"] + one["driver_cores"])
+            ceiling = min(n, CORES / (one["replica_cores"] + one["pg_cores"] + one["driver_cores"]))
             print(
                 f"{n} vs 1 replica: {ratio:.2f}x measured (aim >= 2.5x with {n}); CPU per request "
                 f"{per_req_1:.2f} ms -> {per_req_n:.2f} ms (replica {one['replica_ms']:.2f} -> {r['replica_ms']:.2f}, "
@@ -513,13 +516,17 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--replicas", default="1,3", help="replica counts, one after another (include 1)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of measured load per count")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=24, help="concurrent clients over all replicas")
     parser.add_argument("--apps", type=int, default=240)
-    parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server URL (postgresql+asyncpg://…/postgres)")
+    parser.add_argument(
+        "--postgres", metavar="URL", help="a PostgreSQL server URL (postgresql+asyncpg://…/postgres)"
+    )
     parser.add_argument("--keep-db", action="store_true", help="leave the databases for a look")
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument("--drive", help=argparse.SUPPRESS)
