@@ -44,9 +44,10 @@ browser:
 testenv-up: install testenv
 	$(PY) -m tests.testenv.controlplane up
 
+# Every benchmark (bench/run.py); a subset: make bench BENCH="slack_ack replicas"
 bench: install testenv
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH)
 
 # The container image (buildah, base from debootstrap; no registry needed), smoke-tested inside.
 # SHIPIT_IMAGE_BASE=docker.io/library/python:3.12-slim make image   where a registry is reachable.
