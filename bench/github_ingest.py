@@ -40,6 +40,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from bench.common import listens
+
 SECRET = "bench-webhook-secret"
 LUA = r"""
 local counter = 1
@@ -164,7 +166,8 @@ class Server:
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                    if r.status == 200:
+                    # Ours, not a server another job started on the same port meanwhile.
+                    if r.status == 200 and listens(self.proc.pid, self.port):
                         return
             except OSError:
                 pass

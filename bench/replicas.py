@@ -47,33 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.common import cpu_seconds, free_port, listens, load_average, pct
+
 ROOT = Path(__file__).resolve().parents[1]
 SUBJECT = "user:bench-ci"
 CORES = os.cpu_count() or 1
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc); 0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def postgres_server(explicit: str | None) -> str:
@@ -245,7 +223,8 @@ class Replica:
         while True:
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
-                    if r.status == 200:
+                    # Ours, not a server another job started on the same port meanwhile.
+                    if r.status == 200 and listens(self.proc.pid, self.port):
                         return
             except OSError:
                 pass
@@ -441,10 +420,6 @@ async def measure(args: argparse.Namespace, server: str, replicas_n: int, tmp: P
         "db_ok": ok,
         "db_check": check,
     }
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 async def main(args: argparse.Namespace) -> int:

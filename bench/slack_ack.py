@@ -44,6 +44,7 @@ from pathlib import Path
 import aiohttp
 from sqlalchemy import select
 
+from bench.common import cpu_seconds, free_port, listens, load_average, pct
 from core import apps, clusters, projects
 from core.identity import Actor
 from shipit import runtime
@@ -57,29 +58,6 @@ ADMIN = Actor(subject="user:bench", channel="api", is_admin=True)
 SECRET = "bench-slack-signing-secret"
 USER = ("U0BENCH01", "bench")
 TARGETS = 20
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def signed(body: bytes) -> dict[str, str]:
@@ -245,16 +223,19 @@ async def main(args: argparse.Namespace) -> None:
             try:
                 url = f"http://127.0.0.1:{port}"
                 async with aiohttp.ClientSession() as http:
-                    for _ in range(300):
+                    for _ in range(900):
                         try:
                             async with http.get(f"{url}/readyz") as r:
-                                if r.status == 200:
+                                # Ours, not a server another job started on the same port meanwhile.
+                                if r.status == 200 and listens(server.pid, port):
                                     break
                         except aiohttp.ClientError:
                             pass
                         if server.poll() is not None:
                             raise SystemExit(f"server exited: {log_path.read_text()[-3000:]}")
                         await asyncio.sleep(0.1)
+                    else:
+                        raise SystemExit(f"server not ready after 90 s: {log_path.read_text()[-3000:]}")
                     # The deploys in flight, started from Slack like any other.
                     for i in range(args.inflight):
                         body = command_body(f"deploy slow-{i:02d} 2", fake=fake, n=-1 - i)
