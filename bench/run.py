@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+from bench.common import load_average
+
 BENCHES = [
     ["bench.deploy_core"],  # ~2 min: accepted -> applied (aim p50 < 150 ms) and the queue drain
     ["bench.github_ingest", "--duration", "10"],  # ~1 min: bare / app / ingest / deploy via wrk
@@ -30,7 +32,7 @@ def main(argv: list[str]) -> int:
         return 2
     failed = 0
     for args in chosen:
-        print(f"\n=== .venv/bin/python -m {' '.join(args)}", flush=True)
+        print(f"\n=== .venv/bin/python -m {' '.join(args)}   (load average {load_average()})", flush=True)
         started = time.monotonic()
         rc = subprocess.call([sys.executable, "-m", *args])
         failed += rc != 0
