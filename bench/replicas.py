@@ -204,19 +204,23 @@ async def prepare(env: dict[str, str], *, apps_n: int) -> str:
 
 class Replica:
     def __init__(self, *, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        if not Path(sys.executable).with_name("shipit").exists():
+            raise SystemExit("the shipit entry point is missing: make install")
+        self._start()
+
+    def _start(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         shipit = Path(sys.executable).with_name("shipit")
-        if not shipit.exists():
-            raise SystemExit("the shipit entry point is missing: make install")
-        self.log = log
-        with log.open("wb") as out:
+        with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [str(shipit), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                env={**os.environ, **env}, stdout=out, stderr=out, start_new_session=True,
+                env={**os.environ, **self.env}, stdout=out, stderr=out, start_new_session=True,
             )  # fmt: skip
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, *, retries: int = 3) -> None:
         import urllib.request
 
         deadline = time.monotonic() + 90
@@ -228,6 +232,15 @@ class Replica:
                         return
             except OSError:
                 pass
+            if (
+                self.proc.poll() is not None
+                and retries
+                and "already in use" in self.log.read_text(errors="replace")
+            ):
+                # The port found free was taken by another job before we bound it: another port.
+                retries -= 1
+                self._start()
+                continue
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"replica on {self.port} did not start:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.1)
