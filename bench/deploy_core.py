@@ -103,6 +103,10 @@ async def main(args: argparse.Namespace) -> None:
                 f"{'on (fails offline, deploys by tag)' if args.pin_digests else 'off'}; "
                 f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
             )
+            p50 = pct(overheads, 0.5)
+            print(
+                f"aim (issues 2, 13) accepted->applied p50 < 150 ms: {'MET' if p50 < 150 else 'NOT MET'} ({p50:.1f} ms)"
+            )
 
             # (2) queue drain
             per_app = args.deploys // args.apps

@@ -344,6 +344,19 @@ def main() -> None:
               f"{r['non_2xx']:8d} {recorded:>9}")  # fmt: skip
         if r["socket_errors"]:
             print(f"         socket errors: {r['socket_errors']}")
+    # The aims of issue 13, each a ratio to bare measured in this run.
+    for name, aim, p99_aim in (("app", 0.9, None), ("ingest", 0.6, 50.0), ("deploy", 0.3, None)):
+        if name in results:
+            r = results[name]
+            met = (
+                r["rps"] / bare >= aim
+                and (p99_aim is None or (r["p99"] or 1e9) < p99_aim)
+                and not r["non_2xx"]
+            )
+            print(
+                f"aim (issue 13) {name} >= {aim} of bare{f' with p99 < {p99_aim:g} ms' if p99_aim else ''}: "
+                f"{'MET' if met else 'NOT MET'} ({r['rps'] / bare:.2f}, p99 {r['p99']} ms)"
+            )
     print("commands:")
     for name, r in results.items():
         print(f"  {name}: {r['command']}")

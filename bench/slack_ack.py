@@ -300,6 +300,14 @@ async def main(args: argparse.Namespace) -> None:
             "answers / time until the last one; server CPU = the shipit process, share of one core; "
             f"aim for deploy: p99 < 100 ms at 50/s; load average at the end {load_average()})"
         )
+        for rate, latencies, errors, _elapsed, _busy in results:
+            if args.command == "deploy" and rate == 50:
+                p99 = pct(latencies, 0.99)
+                met = p99 < 100 and not errors
+                print(
+                    f"aim (issue 13) /shipit deploy ack p99 < 100 ms at 50/s with {args.inflight} deploys in flight: "
+                    f"{'MET' if met else 'NOT MET'} (p99 {p99:.1f} ms, {len(errors)} errors)"
+                )
         print(f"Slack Web API writes by the notifier meanwhile: {cards} (429s: {limited})")
         if args.keep_log:
             print(log_path.read_text()[-5000:])
