@@ -500,6 +500,8 @@ async def main(args: argparse.Namespace) -> int:
                 f"{one['replica_cores'] + one['pg_cores'] + one['driver_cores']:.2f} cores (replica + PostgreSQL "
                 f"+ load generator), so no replica count can give more than about {ceiling:.2f}x here."
             )
+    if args.json:
+        args.json.write_text(json.dumps({"load_average": load_average(), "results": results}, indent=2))
     bad = [r for r in results if not r["db_ok"] or r["non_2xx"]]
     return 1 if bad else 0
 
@@ -518,6 +520,7 @@ def cli() -> None:
     )
     parser.add_argument("--keep-db", action="store_true", help="leave the databases for a look")
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--drive", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:

@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import hashlib
 import hmac
+import json
 import os
 import subprocess
 import sys
@@ -309,6 +310,23 @@ async def main(args: argparse.Namespace) -> None:
                     f"{'MET' if met else 'NOT MET'} (p99 {p99:.1f} ms, {len(errors)} errors)"
                 )
         print(f"Slack Web API writes by the notifier meanwhile: {cards} (429s: {limited})")
+        if args.json:
+            rows = [
+                {
+                    "command": args.command,
+                    "offered": rate,
+                    "achieved": len(lat) / elapsed,
+                    "sent": len(lat),
+                    "p50": pct(lat, 0.5),
+                    "p90": pct(lat, 0.9),
+                    "p99": pct(lat, 0.99),
+                    "max": max(lat),
+                    "errors": len(errs),
+                    "server_cpu": busy,
+                }
+                for rate, lat, errs, elapsed, busy in results
+            ]
+            args.json.write_text(json.dumps({"load_average": load_average(), "rows": rows}, indent=2))
         if args.keep_log:
             print(log_path.read_text()[-5000:])
 
@@ -332,4 +350,5 @@ if __name__ == "__main__":
     )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--keep-log", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     asyncio.run(main(parser.parse_args()))
