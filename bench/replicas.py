@@ -264,6 +264,8 @@ class Sampler:
     waiting_samples: int = 0
     waiting_max: int = 0
     backends: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds when first seen
+    # What the backends were doing, summed over the samples: "state wait_type:wait_event" -> backends.
+    seen: dict[str, int] = field(default_factory=dict)
 
     async def run(self, stop: asyncio.Event) -> None:
         import asyncpg
@@ -272,7 +274,7 @@ class Sampler:
         try:
             while not stop.is_set():
                 rows = await conn.fetch(
-                    "SELECT pid, wait_event_type FROM pg_stat_activity "
+                    "SELECT pid, state, wait_event_type, wait_event FROM pg_stat_activity "
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
                 waiting = sum(1 for r in rows if r["wait_event_type"] == "Lock")
@@ -280,6 +282,9 @@ class Sampler:
                 self.waiting_samples += waiting > 0
                 self.waiting_max = max(self.waiting_max, waiting)
                 for r in rows:
+                    if r["state"] != "idle":
+                        key = f"{r['state']} {r['wait_event_type'] or 'CPU'}:{r['wait_event'] or '-'}"
+                        self.seen[key] = self.seen.get(key, 0) + 1
                     # A backend that appears during the run is counted from its first sighting.
                     self.backends.setdefault(r["pid"], cpu_seconds(r["pid"]))
                 with contextlib.suppress(TimeoutError):
@@ -426,6 +431,9 @@ async def measure(args: argparse.Namespace, server: str, replicas_n: int, tmp: P
         "replica_ms": replica_cpu * 1000 / max(n, 1),
         "pg_ms": pg_cpu * 1000 / max(n, 1),
         "lock_samples": f"{sampler.waiting_samples}/{sampler.samples}",
+        "pg_states": {
+            k: v / max(sampler.samples, 1) for k, v in sorted(sampler.seen.items(), key=lambda kv: -kv[1])
+        },
         "lock_max": sampler.waiting_max,
         "rollbacks": counters_after["xact_rollback"] - counters_before["xact_rollback"],
         "deadlocks": counters_after["deadlocks"] - counters_before["deadlocks"],
@@ -470,13 +478,17 @@ async def main(args: argparse.Namespace) -> int:
             f"{r['rollbacks'] / max(r['requests'], 1):10.2f} {r['deadlocks']:6d} {r['errors_logged']:6d}  "
             f"{'OK' if r['db_ok'] else 'MISMATCH'}: {r['db_check']}"
         )
+        states = ", ".join(f"{k} {v:.2f}" for k, v in list(r["pg_states"].items())[:6])
+        print(f"         PostgreSQL backends not idle, mean per sample: {states or 'none'}")
         for e in r["errors"][:3]:
             print(f"         e.g. {e}")
     print(
         "  (CPU in cores busy over the run; ms CPU/req = replicas + PostgreSQL backends of this database; "
         "lock waits = samples with a backend waiting on a lock / samples, <= the most at once; rollbk/req = "
         "pg_stat_database rollbacks per request: about 2 are normal (the pool's reset on return, the token "
-        "read's own transaction); more with more replicas would mean retried or failed transactions)"
+        "read's own transaction); more with more replicas would mean retried or failed transactions; backends not idle: "
+        "'active CPU' runs a statement, 'idle in transaction Client:ClientRead' waits for the replica mid-"
+        "transaction, Lock:* waits for a row or transaction lock, LWLock:WAL*/IO:* for the log)"
     )
     by = {r["replicas"]: r for r in results}
     if 1 in by and len(by) > 1:
