@@ -213,6 +213,7 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
     awaiting = 0.0
     statements = 0
     started_at: dict[int, float] = {}
+    listed: list[str] = []
 
     def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
         started_at[id(cursor)] = time.perf_counter()
@@ -221,6 +222,7 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
         nonlocal awaiting, statements
         awaiting += time.perf_counter() - started_at.pop(id(cursor), time.perf_counter())
         statements += 1
+        listed.append(" ".join(statement.split())[:150])
 
     try:
         async with app.router.lifespan_context(app):
@@ -243,6 +245,10 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
                 start = time.perf_counter()
                 await burst(http, args.requests)
                 timed = time.perf_counter() - start
+                timed_awaiting, timed_statements = awaiting, statements
+                # One more request with its statements written down, to show what the count is made of.
+                listed.clear()
+                await burst(http, 1)
                 event.remove(engine, "before_cursor_execute", before)
                 event.remove(engine, "after_cursor_execute", after)
                 # The CPU clock of the event loop's thread by default: what the other processes on a busy
@@ -268,10 +274,15 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
         "and the cores taken by other processes)"
     )
     print(
-        f"awaiting the driver: {awaiting * 1000 / per:.2f} ms per request over {statements / per:.1f} statements "
-        f"({awaiting / timed:.0%} of the request's {timed * 1000 / per:.2f} ms with the hooks on): the hop to "
+        f"awaiting the driver: {timed_awaiting * 1000 / per:.2f} ms per request over {timed_statements / per:.1f} "
+        "statements "
+        f"({timed_awaiting / timed:.0%} of the request's {timed * 1000 / per:.2f} ms with the hooks on): the hop to "
         "aiosqlite's thread, SQLite, the hop back"
     )
+    if args.statements:
+        print(f"the statements of one request ({len(listed)}, BEGIN included, COMMIT not):")
+        for i, text in enumerate(listed, 1):
+            print(f"  {i:2}. {text}")
     stats = pstats.Stats(profile)
     total: float = stats.total_tt  # type: ignore[attr-defined]
     print(
@@ -335,6 +346,7 @@ def main() -> None:
         default="cpu",
         help="cProfile's clock: the event loop thread's CPU time (default) or wall time (shows the waits)",
     )
+    parser.add_argument("--statements", action="store_true", help="list the SQL statements of one request")
     parser.add_argument("--dump", type=Path, help="also write the raw cProfile data here")
     args = parser.parse_args()
     os.environ.setdefault("SHIPIT_LOG_LEVEL", "WARNING")

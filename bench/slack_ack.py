@@ -290,7 +290,7 @@ async def main(args: argparse.Namespace) -> None:
         )
         for rate, latencies, errors, elapsed, busy in results:
             print(
-                f"{args.command:>9} {rate:9g} {len(latencies) / elapsed:10.1f} {len(latencies):6d} "
+                f"{args.command:>9} {rate:9g} {(len(latencies) - len(errors)) / elapsed:10.1f} {len(latencies):6d} "
                 f"{pct(latencies, 0.50):8.1f} {pct(latencies, 0.90):8.1f} {pct(latencies, 0.99):8.1f} "
                 f"{max(latencies):8.1f} {len(errors):6d} {busy:9.0%}"
             )
@@ -315,7 +315,7 @@ async def main(args: argparse.Namespace) -> None:
                 {
                     "command": args.command,
                     "offered": rate,
-                    "achieved": len(lat) / elapsed,
+                    "achieved": (len(lat) - len(errs)) / elapsed,
                     "sent": len(lat),
                     "p50": pct(lat, 0.5),
                     "p90": pct(lat, 0.9),
