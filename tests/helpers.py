@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
@@ -43,3 +44,18 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}; last seen: {last!r}")
         await asyncio.sleep(interval)
+
+
+# Held for the whole test session: a bound socket that never listens refuses every connection at once,
+# and no other process can take its port meanwhile (a port merely closed again can be re-bound by any
+# server started later, and a TLS client would then wait for a handshake until its timeout).
+_REFUSING: list[socket.socket] = []
+
+
+def refused_port() -> int:
+    """A loopback port where every connection is refused, for the whole test session."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _REFUSING.append(s)
+    port: int = s.getsockname()[1]
+    return port

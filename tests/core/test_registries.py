@@ -27,6 +27,7 @@ from core.worker import run_until_idle
 from shipit.api import reads
 from shipit.runtime import Runtime
 from storage import models
+from tests import helpers
 from tests.conftest import ADMIN, World, database_bytes, serving
 from tests.core.test_deploys import _kube
 from tests.testenv.registry import Registry, push_image, start_registry, token_service
@@ -41,9 +42,7 @@ def _allow_http(rt: Runtime, *hosts: str) -> None:
 
 
 def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return helpers.refused_port()
 
 
 @pytest.fixture

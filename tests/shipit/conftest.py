@@ -7,7 +7,6 @@ running.  Nothing is deployed to it (apps are created with deploy off).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from sqlalchemy import text
 from core import clusters, projects, tokens
 from core.identity import SYSTEM
 from shipit.runtime import Runtime
+from tests import helpers
 from tests.conftest import ADMIN, LiveServer
 
 
@@ -30,10 +30,7 @@ async def make_token(rt: Runtime, *, subject: str = "user:admin", admin: bool = 
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+    return helpers.refused_port()
 
 
 def offline_kubeconfig() -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import socket
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from kubernetes_asyncio import client as k8s
 from core import errors
 from core.kube import client as kube_client
 from core.kube import render, rules, spec
+from tests import helpers
 from tests.core.kube.conftest import workload_spec
 from tests.testenv.controlplane import KubeEnv
 
@@ -350,10 +350,7 @@ async def test_secret_values_never_reach_error_messages(kube: kube_client.Kube, 
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+    return helpers.refused_port()
 
 
 def kubeconfig_with(
