@@ -36,10 +36,11 @@ log = logging.getLogger(__name__)
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
-_SCOPE_KEY: str | None = getattr(fr, "_FASTAPI_SCOPE_KEY", None)
-_INCLUDED_KEY: str | None = getattr(fr, "_FASTAPI_INCLUDED_ROUTER_KEY", None)
-_CONTEXT_KEY: str | None = getattr(fr, "_FASTAPI_EFFECTIVE_ROUTE_CONTEXT_KEY", None)
-_Included: type | None = getattr(fr, "_IncludedRouter", None)
+# Typed Any: private names, present or not depending on the FastAPI version.
+_SCOPE_KEY: Any = getattr(fr, "_FASTAPI_SCOPE_KEY", None)
+_INCLUDED_KEY: Any = getattr(fr, "_FASTAPI_INCLUDED_ROUTER_KEY", None)
+_CONTEXT_KEY: Any = getattr(fr, "_FASTAPI_EFFECTIVE_ROUTE_CONTEXT_KEY", None)
+_Included: Any = getattr(fr, "_IncludedRouter", None)
 _route_selected: Callable[..., None] | None = getattr(fr, "_route_selected", None)
 
 
@@ -99,7 +100,7 @@ class _Plan:
 
 
 def _literal_paths(route: Any) -> list[str]:
-    if _FLATTEN and isinstance(route, _Included):  # type: ignore[arg-type]
+    if _FLATTEN and isinstance(route, _Included):
         paths = []
         for context in route.effective_route_contexts():
             path = getattr(context.starlette_route, "path_format", None) or context.path_format
@@ -118,7 +119,7 @@ def _decided_by_path(route: Any) -> bool:
         return False
     if isinstance(route, Route | WebSocketRoute | Mount | fr.APIWebSocketRoute):
         return True
-    if _FLATTEN and isinstance(route, _Included):  # type: ignore[arg-type]
+    if _FLATTEN and isinstance(route, _Included):
         if route.include_context.form_limits:
             return False
         return all(
@@ -144,7 +145,7 @@ def _plan(router: Any, path: str, method: str) -> _Plan | None:
         if route.methods and method not in route.methods:
             return None
         return _Plan(router=router, child=child, fastapi={}, app=route.app, path_format=route.path_format)
-    if not (_FLATTEN and isinstance(route, _Included)):  # type: ignore[arg-type]
+    if not (_FLATTEN and isinstance(route, _Included)):
         return None
     node = route
     while True:  # as _IncludedRouter._handle_selected does, one nesting level at a time
@@ -152,22 +153,33 @@ def _plan(router: Any, path: str, method: str) -> _Plan | None:
         match, child, inner, context = node._match(probe)
         if match is not Match.FULL:
             return None
-        if isinstance(inner, _Included):  # type: ignore[arg-type]
+        if isinstance(inner, _Included):
             if inner.include_context.form_limits:
                 return None
             node = inner
             continue
-        if context is None or not isinstance(context.original_route, fr.APIRoute) or context.app is None:
+        if context is None:
             return None
-        if context.methods and method not in context.methods:
+        fastapi = {_INCLUDED_KEY: node, _CONTEXT_KEY: context}
+        if isinstance(context.original_route, fr.APIRoute) and context.app is not None:
+            if context.methods and method not in context.methods:
+                return None
+            return _Plan(
+                router=router,
+                child={**child, "route": context.original_route},
+                fastapi=fastapi,
+                app=context.app,
+                path_format=context.path_format,
+            )
+        plain = context.starlette_route
+        # A plain Starlette route (an ASGI app or a function endpoint): route.handle checks the
+        # method and calls route.app; an inclusion's body limit would wrap it, so none is allowed here.
+        if type(plain) is not Route or node.include_context.max_body_size is not None:
             return None
-        path_format = getattr(context.starlette_route, "path_format", None) or context.path_format
+        if plain.methods and method not in plain.methods:
+            return None
         return _Plan(
-            router=router,
-            child={**child, "route": context.original_route},
-            fastapi={_INCLUDED_KEY: node, _CONTEXT_KEY: context},
-            app=context.app,
-            path_format=path_format,
+            router=router, child=child, fastapi=fastapi, app=plain.app, path_format=plain.path_format
         )
 
 
