@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import os
 import pstats
 import tempfile
@@ -89,6 +90,7 @@ async def _ingest(args: argparse.Namespace) -> None:
     rt = await runtime.build(Settings(_env_file=None))
     app = create_app(rt=rt)
     app.state.runtime = rt  # what the lifespan does; the runtime is ours here
+    gc.freeze()  # as the lifespan does once it has started a runtime of its own (shipit.app)
     body = gi._push_body(ref="refs/heads/not-tracked")
     headers = [
         (b"host", b"x"), (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
