@@ -98,6 +98,15 @@ def _outcome_body(outcome: Outcome) -> list[dict[str, Any]]:
     ]
 
 
+_HEADERS = frozenset(
+    (b"x-hub-signature-256", b"x-github-event", b"x-github-delivery", b"content-length", b"content-type")
+)
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
 class _Counts:
     """DELIVERIES children, looked up once per (event, result)."""
 
@@ -150,19 +159,15 @@ class Webhook:
         if secret is None:
             return _error(503, "ChannelOff", f"the GitHub channel is switched off: {self.off_reason}")
         started = time.perf_counter()
-        header = event = delivery = declared = None
-        content_type = "application/json"
+        wanted: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:  # one pass; names arrive lower-cased (ASGI)
-            if name == b"x-hub-signature-256":
-                header = value.decode("latin-1")
-            elif name == b"x-github-event":
-                event = value.decode("latin-1")
-            elif name == b"x-github-delivery":
-                delivery = value.decode("latin-1")
-            elif name == b"content-length":
-                declared = value
-            elif name == b"content-type":
-                content_type = value.decode("latin-1")
+            if name in _HEADERS and name not in wanted:  # the first of repeated headers, as Starlette
+                wanted[name] = value
+        header = _text(wanted.get(b"x-hub-signature-256"))
+        event = _text(wanted.get(b"x-github-event"))
+        delivery = _text(wanted.get(b"x-github-delivery"))
+        declared = wanted.get(b"content-length")
+        content_type = _text(wanted.get(b"content-type")) or "application/json"
         if not header:
             return _error(400, "MissingSignature", "X-Hub-Signature-256 header is missing")
         if not event:
