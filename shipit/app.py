@@ -366,6 +366,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
             yield
         finally:
             if own:
+                gc.unfreeze()  # collectable again (an app served and stopped inside a longer process)
                 await runtime.stop(the_rt)
 
     app = FastAPI(
