@@ -4,7 +4,17 @@ No network and no server: the same constant endpoint as bench.github_ingest (`ba
 app), called 5,000 times back to back with a synthetic POST scope; prints req/s, and with --profile the
 top frames by own time (cProfile).  What the app adds over bare FastAPI shows up directly.
 
-    .venv/bin/python -m bench.profile_constant [--target app|bare] [--profile]
+`--target both` builds the two apps in one process and alternates rounds of 500 requests between
+them, timing each by this process's CPU time (time.process_time) as well as the wall clock: on a
+shared, loaded machine the CPU-time ratio is the steadier one (other processes' load moves the wall
+clock of one round, not the CPU it took).
+
+`--target ingest` does the same for a signed GitHub push to a branch no app tracks (verified,
+parsed, recorded in SQLite before the answer, as bench.github_ingest's `ingest`) against bare, with
+64 requests in flight at a time (so deliveries group-commit as they do under wrk's 64 connections);
+the CPU time counts the database thread too.
+
+    .venv/bin/python -m bench.profile_constant [--target app|bare|both|ingest] [--profile] [--rounds 20]
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import os
 import pstats
 import tempfile
@@ -38,8 +49,120 @@ async def _drive(app: Any, path: str, n: int) -> None:
         await app(dict(scope), receive, send)
 
 
+async def _concurrently(app: Any, path: str, n: int, *, body: bytes, headers: list[Any]) -> None:
+    """`n` requests, 64 in flight at a time; every one must be answered 2xx."""
+    counter = iter(range(10**9))
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def client(count: int) -> None:
+        status: list[int] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        for _ in range(count):
+            status.clear()
+
+            delivery = f"profile-{time.time_ns()}-{next(counter)}".encode()
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+                "root_path": "", "headers": [*headers, (b"x-github-delivery", delivery)],
+                "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 80), "state": {},
+            }  # fmt: skip
+            await app(scope, receive, send)
+            assert status and 200 <= status[0] < 300, status
+
+    await asyncio.gather(*(client(n // 64) for _ in range(64)))
+
+
+async def _ingest(args: argparse.Namespace) -> None:
+    from bench import github_ingest as gi
+    from shipit import runtime
+    from shipit.main import create_app
+    from shipit.settings import Settings
+    from webhooks import signature
+
+    await gi._prepare({**os.environ, "SHIPIT_GITHUB_WEBHOOK_SECRET": gi.SECRET})
+    rt = await runtime.build(Settings(_env_file=None))
+    app = create_app(rt=rt)
+    app.state.runtime = rt  # what the lifespan does; the runtime is ours here
+    gc.freeze()  # as the lifespan does once it has started a runtime of its own (shipit.app)
+    body = gi._push_body(ref="refs/heads/not-tracked")
+    headers = [
+        (b"host", b"x"), (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"user-agent", b"GitHub-Hookshot/bench"), (b"x-github-event", b"push"),
+        (b"x-hub-signature-256", signature.sign(secret=gi.SECRET, body=body).encode()),
+    ]  # fmt: skip
+    targets = {
+        "bare": (gi.bare_app(), "/bare", b"", headers[:1]),
+        "ingest": (app, "/github/webhook", body, headers),
+    }
+    cpu = dict.fromkeys(targets, 0.0)
+    wall = dict.fromkeys(targets, 0.0)
+    per_round = 640
+    for target, path, payload, hs in targets.values():
+        await _concurrently(target, path, 128, body=payload, headers=hs)
+    profile = cProfile.Profile() if args.profile else None
+    for i in range(args.rounds):
+        for name in list(targets) if i % 2 == 0 else list(reversed(targets)):
+            target, path, payload, hs = targets[name]
+            if profile is not None and name == "ingest":
+                profile.enable()
+            c, w = time.process_time(), time.perf_counter()
+            await _concurrently(target, path, per_round, body=payload, headers=hs)
+            cpu[name] += time.process_time() - c
+            wall[name] += time.perf_counter() - w
+            if profile is not None and name == "ingest":
+                profile.disable()
+    await runtime.stop(rt)
+    n = args.rounds * per_round
+    for name in targets:
+        print(f"{name}: {n / cpu[name]:.0f} req/s per CPU second, {n / wall[name]:.0f} req/s wall clock")
+    print(
+        f"ratio ingest/bare: {cpu['bare'] / cpu['ingest']:.2f} (CPU time), {wall['bare'] / wall['ingest']:.2f} (wall)"
+    )
+    if profile is not None:
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+
+
+async def _both(rounds: int) -> None:
+    from bench.github_ingest import bare_app, real_app
+
+    apps = {"bare": (bare_app(), "/bare"), "app": (real_app(), "/bench-constant")}
+    cpu = {name: 0.0 for name in apps}
+    wall = {name: 0.0 for name in apps}
+    for app, path in apps.values():
+        await _drive(app, path, 200)
+    per_round = 500
+    for i in range(rounds):
+        order = list(apps) if i % 2 == 0 else list(reversed(apps))
+        for name in order:
+            app, path = apps[name]
+            c, w = time.process_time(), time.perf_counter()
+            await _drive(app, path, per_round)
+            cpu[name] += time.process_time() - c
+            wall[name] += time.perf_counter() - w
+    n = rounds * per_round
+    for name in apps:
+        print(f"{name}: {n / cpu[name]:.0f} req/s per CPU second, {n / wall[name]:.0f} req/s wall clock")
+    print(
+        f"ratio app/bare: {cpu['bare'] / cpu['app']:.2f} (CPU time), {wall['bare'] / wall['app']:.2f} (wall)"
+    )
+
+
 async def _main(args: argparse.Namespace) -> None:
     from bench.github_ingest import bare_app, real_app
+
+    if args.target == "both":
+        await _both(args.rounds)
+        return
+    if args.target == "ingest":
+        await _ingest(args)
+        return
 
     app, path = (bare_app(), "/bare") if args.target == "bare" else (real_app(), "/bench-constant")
     await _drive(app, path, 200)  # builds the middleware stack, warms caches
@@ -56,7 +179,8 @@ async def _main(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--target", choices=("app", "bare"), default="app")
+    parser.add_argument("--target", choices=("app", "bare", "both", "ingest"), default="app")
+    parser.add_argument("--rounds", type=int, default=20, help="--target both/ingest: rounds per target")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     from storage.crypto import generate_key

@@ -45,6 +45,17 @@ def bind(**values: Any) -> Iterator[None]:
         _fields.reset(token)
 
 
+def enter(**values: str) -> contextvars.Token[dict[str, Any] | None]:
+    """`bind` without the context manager, for the per-request path (shipit.app.Edge): string values,
+    none of them None; undo with `leave(token)` in a finally."""
+    current = _fields.get()
+    return _fields.set({**current, **values} if current else values)
+
+
+def leave(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    _fields.reset(token)
+
+
 def set_fields(**values: Any) -> None:
     """Add fields to the log context of the current task from here on (the middleware's task)."""
     _fields.set({**(_fields.get() or {}), **{k: v for k, v in values.items() if v is not None}})

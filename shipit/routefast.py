@@ -1,24 +1,230 @@
-"""Skip whole included routers whose paths cannot match, before FastAPI tries each of their routes.
+"""Routing without FastAPI's per-request search: an exact-path table, and prefix guards for the rest.
 
 FastAPI (0.165 here) keeps an included router as one entry of the app's route table and, for every
-request, tries each of its routes in turn, with per-route scope bookkeeping.  The REST API router
-alone has over forty routes, all under /api/v1: a Slack or GitHub delivery, a health check or the
-dashboard paid for all of them (issue 13: about half of the constant endpoint's throughput).  A path
-that does not start with the literal prefix shared by all of a router's routes matches none of them,
-FULL or PARTIAL, so answering NONE at once changes no routing decision.
+request, tries each of its routes in turn, with per-route scope bookkeeping, twice (once to match,
+once more to handle), re-reading every included router's route version each time.  Issue 13's
+profile of the constant endpoint: routing was the larger part of what shipit's app costs over bare
+FastAPI.  Two things here, both exact (they change no routing decision):
 
-Nothing here depends on FastAPI's private classes beyond duck typing (`effective_candidates`,
-`path_format`); where those are missing the route is left as it is.
+- `ExactPaths`: for every (path, method) that a route WITHOUT path parameters answers, the routing
+  decision depends on nothing but the path and the method, so it is worked out once, by running the
+  real routes' `matches` in the router's order on a probe, and replayed per request with a dict
+  look-up: the same scope keys FastAPI's router sets, then the same route app.  Everything else
+  (404, 405, a trailing-slash redirect, a path with parameters, a HEAD the route does not serve, a
+  request under a root path) goes to the normal router unchanged.  The table is rebuilt when a route
+  is added anywhere (FastAPI's own `_mark_routes_changed`, watched) or the app's route list changes
+  length.
+- Prefix guards: an included router whose routes share a literal prefix the path does not start with
+  matches none of them, FULL or PARTIAL, so it answers NONE at once (paths with parameters, 404s).
+
+FastAPI's private names are feature-detected: where they are missing (an older or newer FastAPI),
+included routers are left to the normal router and only the app's own routes are in the table.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
+import fastapi.routing as fr
 from fastapi import FastAPI
-from starlette.routing import Match
-from starlette.types import Scope
+from starlette.routing import Host, Match, Mount, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+# Typed Any: private names, present or not depending on the FastAPI version.
+_SCOPE_KEY: Any = getattr(fr, "_FASTAPI_SCOPE_KEY", None)
+_INCLUDED_KEY: Any = getattr(fr, "_FASTAPI_INCLUDED_ROUTER_KEY", None)
+_CONTEXT_KEY: Any = getattr(fr, "_FASTAPI_EFFECTIVE_ROUTE_CONTEXT_KEY", None)
+_Included: Any = getattr(fr, "_IncludedRouter", None)
+_route_selected: Callable[..., None] | None = getattr(fr, "_route_selected", None)
+
+
+# ---------------------------------------------------------------- knowing when routes change
+
+_generation = [0]
+
+
+def _watch_route_changes() -> bool:
+    """Count every `_mark_routes_changed` (FastAPI calls it on each route or router added)."""
+    original = getattr(fr.APIRouter, "_mark_routes_changed", None)
+    if original is None:
+        return False
+    if getattr(original, "shipit_watched", False):
+        return True
+
+    def marked(self: Any) -> None:
+        _generation[0] += 1
+        original(self)
+
+    marked.shipit_watched = True  # type: ignore[attr-defined]
+    fr.APIRouter._mark_routes_changed = marked  # type: ignore[method-assign]
+    return True
+
+
+_WATCHED = _watch_route_changes()
+# Included routers are replayed only where FastAPI's included-router machinery is the one known here.
+_FLATTEN = bool(_WATCHED and _SCOPE_KEY and _INCLUDED_KEY and _CONTEXT_KEY and _Included)
+
+
+# ---------------------------------------------------------------- the exact-path table
+
+
+class _Plan:
+    """What the router would do for one (path, method): the scope keys it sets, the app it calls."""
+
+    __slots__ = ("app", "child", "fastapi", "path_format", "router")
+
+    def __init__(
+        self, *, router: Any, child: dict[str, Any], fastapi: dict[str, Any], app: ASGIApp, path_format: str
+    ) -> None:
+        self.router, self.app, self.path_format = router, app, path_format
+        self.child = {k: v for k, v in child.items() if k != "path_params"}
+        self.fastapi = fastapi
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if "router" not in scope:
+            scope["router"] = self.router
+        # As the route's own `matches` builds it: a copy of what the scope held (no parameters here).
+        scope["path_params"] = dict(scope.get("path_params", {}))
+        scope.update(self.child)
+        if self.fastapi:
+            scope.setdefault(_SCOPE_KEY, {}).update(self.fastapi)
+        if _route_selected is not None and "fastapi.telemetry" in scope:
+            _route_selected(scope=scope, path=self.path_format)
+        await self.app(scope, receive, send)
+
+
+def _literal_paths(route: Any) -> list[str]:
+    if _FLATTEN and isinstance(route, _Included):
+        paths = []
+        for context in route.effective_route_contexts():
+            path = getattr(context.starlette_route, "path_format", None) or context.path_format
+            if isinstance(path, str) and path.startswith("/") and "{" not in path:
+                paths.append(path)
+        return paths
+    path = getattr(route, "path_format", None)
+    if isinstance(route, Route) and isinstance(path, str) and "{" not in path:
+        return [path]
+    return []
+
+
+def _decided_by_path(route: Any) -> bool:
+    """True when `route.matches` looks at nothing but the scope's type, path and method."""
+    if isinstance(route, Host):
+        return False
+    if isinstance(route, Route | WebSocketRoute | Mount | fr.APIWebSocketRoute):
+        return True
+    if _FLATTEN and isinstance(route, _Included):
+        if route.include_context.form_limits:
+            return False
+        return all(
+            _decided_by_path(c.starlette_route or c.original_route) for c in route.effective_route_contexts()
+        )
+    return False
+
+
+def _plan(router: Any, path: str, method: str) -> _Plan | None:
+    """Route (path, method) as `router` would, on a probe; None where the normal router must decide."""
+    probe: dict[str, Any] = {
+        "type": "http", "path": path, "root_path": "", "method": method, "headers": [], "query_string": b"",
+    }  # fmt: skip
+    for route in router.routes:
+        if not _decided_by_path(route):
+            return None
+        match, child = route.matches(probe)
+        if match is Match.FULL:
+            break
+    else:
+        return None
+    if isinstance(route, Route):  # APIRoute too: Route.handle calls route.app once the method is allowed
+        if route.methods and method not in route.methods:
+            return None
+        return _Plan(router=router, child=child, fastapi={}, app=route.app, path_format=route.path_format)
+    if not (_FLATTEN and isinstance(route, _Included)):
+        return None
+    node = route
+    while True:  # as _IncludedRouter._handle_selected does, one nesting level at a time
+        probe.setdefault(_SCOPE_KEY, {})[_INCLUDED_KEY] = node
+        match, child, inner, context = node._match(probe)
+        if match is not Match.FULL:
+            return None
+        if isinstance(inner, _Included):
+            if inner.include_context.form_limits:
+                return None
+            node = inner
+            continue
+        if context is None:
+            return None
+        fastapi = {_INCLUDED_KEY: node, _CONTEXT_KEY: context}
+        if isinstance(context.original_route, fr.APIRoute) and context.app is not None:
+            if context.methods and method not in context.methods:
+                return None
+            return _Plan(
+                router=router,
+                child={**child, "route": context.original_route},
+                fastapi=fastapi,
+                app=context.app,
+                path_format=context.path_format,
+            )
+        plain = context.starlette_route
+        # A plain Starlette route (an ASGI app or a function endpoint): route.handle checks the
+        # method and calls route.app; an inclusion's body limit would wrap it, so none is allowed here.
+        if type(plain) is not Route or node.include_context.max_body_size is not None:
+            return None
+        if plain.methods and method not in plain.methods:
+            return None
+        return _Plan(
+            router=router, child=child, fastapi=fastapi, app=plain.app, path_format=plain.path_format
+        )
+
+
+def table(router: Any) -> dict[tuple[str, str], _Plan]:
+    """Every (path, method) the exact-path dispatch answers itself, with what it does."""
+    if getattr(router, "form_limits", None) or getattr(router, "max_body_size", None) is not None:
+        return {}  # the router applies these itself: leave every request to it
+    paths: list[str] = []
+    for route in router.routes:
+        for path in _literal_paths(route):
+            if path not in paths:
+                paths.append(path)
+    plans: dict[tuple[str, str], _Plan] = {}
+    for path in paths:
+        for method in METHODS:
+            plan = _plan(router, path, method)
+            if plan is not None:
+                plans[path, method] = plan
+    return plans
+
+
+class ExactPaths:
+    """The app router's entry point: routes without path parameters by one dict look-up."""
+
+    def __init__(self, router: Any, fallback: ASGIApp) -> None:
+        self.router, self.fallback = router, fallback
+        self._plans: dict[tuple[str, str], _Plan] = {}
+        self._built: tuple[int, int] | None = None
+
+    def plans(self) -> dict[tuple[str, str], _Plan]:
+        state = (_generation[0], len(self.router.routes))
+        if state != self._built:
+            self._plans, self._built = table(self.router), state
+        return self._plans
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            plan = self.plans().get((scope["path"], scope["method"]))
+            if plan is not None:
+                await plan(scope, receive, send)
+                return
+        await self.fallback(scope, receive, send)
+
+
+# ---------------------------------------------------------------- prefix guards
 
 
 def _literal(path: str) -> str:
@@ -63,8 +269,12 @@ def _guard(route: Any) -> None:
 
 
 def install(app: FastAPI) -> None:
-    """Guard each included router of `app` (call once the routes are in; again is harmless)."""
+    """Guard each included router of `app` and put the exact-path table in front of its router
+    (call once the routes are in; again is harmless; routes added later are picked up)."""
     for route in app.router.routes:
         guarded = getattr(route.matches, "__name__", "") == "prefix_guarded"
         if callable(getattr(route, "effective_candidates", None)) and not guarded:
             _guard(route)
+    router = app.router
+    if not isinstance(router.middleware_stack, ExactPaths):
+        router.middleware_stack = ExactPaths(router, router.middleware_stack)

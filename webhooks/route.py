@@ -11,16 +11,17 @@ answer: the worker does the Kubernetes and GitHub API calls afterwards.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from prometheus_client import Counter
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from core.context import Core
 from core.gitops import Outcome
@@ -37,26 +38,40 @@ DELIVERIES = Counter(
 )
 
 
-def _error(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+def _json(status: int, content: Any) -> tuple[int, bytes]:
+    # The bytes Starlette's JSONResponse would send (compact, UTF-8, no NaN): orjson's by design.
+    return status, orjson.dumps(content)
+
+
+def _error(status: int, kind: str, message: str) -> tuple[int, bytes]:
+    return _json(status, {"error": {"type": kind, "message": message}})
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _read_capped(request: Request, *, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+class _Gone(Exception):
+    """The client went away (or the edge refused the body) before the body was read."""
+
+
+async def _read_capped(receive: Receive, *, declared: bytes | None, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _Gone
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _TooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _decode(body: bytes, content_type: str) -> Any:
@@ -65,8 +80,8 @@ def _decode(body: bytes, content_type: str) -> Any:
         fields = urllib.parse.parse_qs(body.decode("utf-8"), strict_parsing=False)
         if "payload" not in fields:
             raise ValueError("form body without a payload field")
-        return json.loads(fields["payload"][0])
-    return json.loads(body)
+        return orjson.loads(fields["payload"][0])
+    return orjson.loads(body)
 
 
 def _outcome_body(outcome: Outcome) -> list[dict[str, Any]]:
@@ -83,6 +98,137 @@ def _outcome_body(outcome: Outcome) -> list[dict[str, Any]]:
     ]
 
 
+_HEADERS = frozenset(
+    (b"x-hub-signature-256", b"x-github-event", b"x-github-delivery", b"content-length", b"content-type")
+)
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+class _Counts:
+    """DELIVERIES children, looked up once per (event, result)."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str], Any] = {}
+
+    def inc(self, event: str, result: str) -> None:
+        child = self._children.get((event, result))
+        if child is None:
+            if len(self._children) > 1024:  # events are GitHub's names, but a caller may send any
+                self._children.clear()
+            child = self._children[event, result] = DELIVERIES.labels(event=event, result=result)
+        child.inc()
+
+
+class Webhook:
+    """POST /github/webhook as a plain ASGI app (issue 13): the route's own work is a few
+    microseconds, and FastAPI's per-request machinery (a Request, the dependency solver, a
+    JSONResponse) cost more than it; the route still sits in FastAPI's table (404, 405, HEAD as
+    before) and behind shipit.app.Edge (request id, headers, metrics, body cap)."""
+
+    def __init__(
+        self, *, secret: str | None, off_reason: str, core_of: Callable[[Request], Core], ingest: Ingest
+    ) -> None:
+        self.secret, self.off_reason, self.core_of, self.ingest = secret, off_reason, core_of, ingest
+        self.route: Route | None = None  # set by `router`: named in the scope, as Starlette's router does
+        self._counts = _Counts()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.route is not None:
+            scope["route"] = self.route  # the metrics' and traces' route template
+        try:
+            status, body = await self._answer(scope, receive)
+        except _Gone:
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-length", str(len(body)).encode()),
+                    (b"content-type", b"application/json"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        secret = self.secret
+        if secret is None:
+            return _error(503, "ChannelOff", f"the GitHub channel is switched off: {self.off_reason}")
+        started = time.perf_counter()
+        wanted: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:  # one pass; names arrive lower-cased (ASGI)
+            if name in _HEADERS and name not in wanted:  # the first of repeated headers, as Starlette
+                wanted[name] = value
+        header = _text(wanted.get(b"x-hub-signature-256"))
+        event = _text(wanted.get(b"x-github-event"))
+        delivery = _text(wanted.get(b"x-github-delivery"))
+        declared = wanted.get(b"content-length")
+        content_type = _text(wanted.get(b"content-type")) or "application/json"
+        if not header:
+            return _error(400, "MissingSignature", "X-Hub-Signature-256 header is missing")
+        if not event:
+            return _error(400, "MissingEvent", "X-GitHub-Event header is missing")
+        try:
+            body = await _read_capped(receive, declared=declared, limit=MAX_BODY_BYTES)
+        except _TooLarge:
+            self._counts.inc(event, "too_large")
+            return _error(413, "PayloadTooLarge", f"body is larger than {MAX_BODY_BYTES} bytes")
+        if not signature.verify(secret=secret, body=body, header=header):
+            self._counts.inc(event, "bad_signature")
+            log.warning("github delivery %s (%s): bad signature; refused", delivery, event)
+            return _error(401, "BadSignature", "X-Hub-Signature-256 does not match the body")
+        try:
+            payload = _decode(body, content_type)
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "MalformedPayload", "body is not valid JSON")
+        if not isinstance(payload, Mapping):
+            return _error(400, "MalformedPayload", "body is not a JSON object")
+        if event == "ping":
+            self._counts.inc(event, "pong")
+            return _json(200, {"ok": True, "result": "pong", "zen": payload.get("zen")})
+        if not delivery:
+            return _error(400, "MissingDelivery", "X-GitHub-Delivery header is missing")
+        action = payload.get("action") if isinstance(payload.get("action"), str) else None
+        found = table.lookup(event, action)
+        base = {"ok": True, "delivery": delivery, "event": event, "action": action}
+        if isinstance(found, str):
+            self._counts.inc(event, "ignored")
+            log.info("github delivery %s: %s", delivery, found)
+            return _json(202, {**base, "result": "ignored", "message": found})
+        try:
+            parsed = found.parse(payload)
+        except table.BadPayload as e:
+            self._counts.inc(event, "malformed")
+            return _error(400, "MalformedPayload", f"{event} payload: {e}")
+        result = await self.ingest.submit(
+            ctx=self.core_of(Request(scope)),
+            delivery=delivery,
+            kind=f"{event}.{action or ''}",
+            handler=found,
+            parsed=parsed,
+        )
+        if not isinstance(result, Outcome):
+            self._counts.inc(event, "duplicate")
+            log.info("github delivery %s (%s): seen before; dropped", delivery, event)
+            return _json(200, {**base, "result": "duplicate", "message": "this delivery was handled before"})
+        outcome = result
+        self._counts.inc(event, "accepted")
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "github delivery %s %s%s: %s (%.1f ms)",
+                delivery, event, f".{action}" if action else "", outcome.summary,
+                (time.perf_counter() - started) * 1000,
+            )  # fmt: skip
+        return _json(
+            202,
+            {**base, "result": "accepted", "message": outcome.summary, "decisions": _outcome_body(outcome)},
+        )
+
+
 def router(
     *, secret: str | None, off_reason: str, core_of: Callable[[Request], Core], ingest: Ingest | None = None
 ) -> APIRouter:
@@ -90,78 +236,11 @@ def router(
 
     `ingest` records deliveries and runs their handlers with group commit (see webhooks.ingest).
     """
-    ingest = ingest or Ingest()
+    webhook = Webhook(secret=secret, off_reason=off_reason, core_of=core_of, ingest=ingest or Ingest())
     api = APIRouter()
-
-    @api.post(PATH, include_in_schema=False)
-    async def github_webhook(request: Request) -> JSONResponse:
-        if secret is None:
-            return _error(503, "ChannelOff", f"the GitHub channel is switched off: {off_reason}")
-        started = time.perf_counter()
-        headers = request.headers
-        header = headers.get("x-hub-signature-256")
-        event = headers.get("x-github-event")
-        delivery = headers.get("x-github-delivery")
-        if not header:
-            return _error(400, "MissingSignature", "X-Hub-Signature-256 header is missing")
-        if not event:
-            return _error(400, "MissingEvent", "X-GitHub-Event header is missing")
-        try:
-            body = await _read_capped(request, limit=MAX_BODY_BYTES)
-        except _TooLarge:
-            DELIVERIES.labels(event=event, result="too_large").inc()
-            return _error(413, "PayloadTooLarge", f"body is larger than {MAX_BODY_BYTES} bytes")
-        if not signature.verify(secret=secret, body=body, header=header):
-            DELIVERIES.labels(event=event, result="bad_signature").inc()
-            log.warning("github delivery %s (%s): bad signature; refused", delivery, event)
-            return _error(401, "BadSignature", "X-Hub-Signature-256 does not match the body")
-        try:
-            payload = _decode(body, headers.get("content-type", "application/json"))
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "MalformedPayload", "body is not valid JSON")
-        if not isinstance(payload, Mapping):
-            return _error(400, "MalformedPayload", "body is not a JSON object")
-        if event == "ping":
-            DELIVERIES.labels(event=event, result="pong").inc()
-            return JSONResponse({"ok": True, "result": "pong", "zen": payload.get("zen")}, status_code=200)
-        if not delivery:
-            return _error(400, "MissingDelivery", "X-GitHub-Delivery header is missing")
-        action = payload.get("action") if isinstance(payload.get("action"), str) else None
-        found = table.lookup(event, action)
-        base = {"ok": True, "delivery": delivery, "event": event, "action": action}
-        if isinstance(found, str):
-            DELIVERIES.labels(event=event, result="ignored").inc()
-            log.info("github delivery %s: %s", delivery, found)
-            return JSONResponse({**base, "result": "ignored", "message": found}, status_code=202)
-        try:
-            parsed = found.parse(payload)
-        except table.BadPayload as e:
-            DELIVERIES.labels(event=event, result="malformed").inc()
-            return _error(400, "MalformedPayload", f"{event} payload: {e}")
-        result = await ingest.submit(
-            ctx=core_of(request),
-            delivery=delivery,
-            kind=f"{event}.{action or ''}",
-            handler=found,
-            parsed=parsed,
-        )
-        if not isinstance(result, Outcome):
-            DELIVERIES.labels(event=event, result="duplicate").inc()
-            log.info("github delivery %s (%s): seen before; dropped", delivery, event)
-            return JSONResponse(
-                {**base, "result": "duplicate", "message": "this delivery was handled before"},
-                status_code=200,
-            )
-        outcome = result
-        DELIVERIES.labels(event=event, result="accepted").inc()
-        log.info(
-            "github delivery %s %s%s: %s (%.1f ms)",
-            delivery, event, f".{action}" if action else "", outcome.summary,
-            (time.perf_counter() - started) * 1000,
-        )  # fmt: skip
-        return JSONResponse(
-            {**base, "result": "accepted", "message": outcome.summary, "decisions": _outcome_body(outcome)},
-            status_code=202,
-        )
-
+    # Not a function, so Starlette's Route calls it as the ASGI app it is.
+    api.add_route(PATH, webhook, methods=["POST"], include_in_schema=False)  # type: ignore[arg-type]
+    route = api.routes[-1]
+    assert isinstance(route, Route) and route.path == PATH
+    webhook.route = route
     return api

@@ -11,7 +11,8 @@ import urllib.parse
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from core import apps, deliveries, deploys
 from shipit.main import create_app
@@ -367,3 +368,41 @@ async def test_ci_deploys_a_tag_app_only_for_its_tag_pattern(hook: Hook) -> None
     ]
     [deployment] = await deployments(hook.rt)
     assert deployment.git_ref == "refs/tags/v2.1.0"
+
+
+@pytest.mark.both_databases
+async def test_an_answered_delivery_is_already_in_the_database_and_a_redelivery_does_nothing(
+    hook: Hook,
+) -> None:
+    # The route is a plain ASGI app behind the edge (issue 13): its answer still comes only after
+    # the delivery's transaction committed, and still carries the edge's headers.
+    await offline_cluster(hook.rt)
+    await make_app(hook.rt)
+    r = await hook.post("push", push_payload(ref="refs/heads/feature/y"), delivery="durable-1")
+    assert r.status_code == 202 and r.json()["result"] == "accepted"
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-request-id"]
+    # Read through a connection of its own, not the app's: committed, not merely flushed.
+    engine = create_async_engine(hook.rt.settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            kinds = (
+                await conn.execute(
+                    text("SELECT kind FROM webhook_deliveries WHERE id = :id"), {"id": "github:durable-1"}
+                )
+            ).scalars()
+            assert list(kinds) == ["push."]
+    finally:
+        await engine.dispose()
+    again = await hook.post("push", push_payload(ref="refs/heads/main"), delivery="durable-1")
+    assert again.status_code == 200 and again.json()["result"] == "duplicate"
+    assert await job_rows(hook.rt) == [] and await deployments(hook.rt) == []
+    metrics = (await hook.client.get(f"{hook.url}/metrics")).text
+    assert 'shipit_http_requests_total{method="POST",route="/github/webhook",status="202"}' in metrics
+
+
+async def test_other_methods_on_the_webhook_are_405_naming_post(hook: Hook) -> None:
+    for method in ("GET", "HEAD", "PUT"):
+        r = await hook.client.request(method, f"{hook.url}/github/webhook")
+        assert r.status_code == 405, method
+        assert r.headers["allow"] == "POST"
