@@ -33,8 +33,8 @@ from tests.shipit.conftest import make_token, offline_kubeconfig
 # notification targets were merged), so that nothing creeps back; lower them as it shrinks.  The API
 # answer also tells the new deploy's place in the queue (one count).
 AIM = 8
-API_BUDGET = 20
-SLACK_BUDGET = 20
+API_BUDGET = 15
+SLACK_BUDGET = 16
 
 
 @contextmanager
