@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import (
@@ -275,7 +275,7 @@ async def request(
     )
     await protection.record_override(session, actor=actor, app=app, gate=gate, deployment_id=deployment.id)
     if rerun is not None or number > ctx.config.revisions_kept:  # else fewer revisions than kept
-        await _prune_revisions(session, ctx=ctx, app_id=app.id)
+        await _prune_revisions(session, ctx=ctx, app=app)
     logctx.deploy_logger(log, deployment=deployment.id, app=app.name, namespace=namespace).info(
         "queued: revision=%s image=%s trigger=%s actor=%s status=%s",
         number, revision.image, trigger, actor.subject, deployment.status,
@@ -380,39 +380,34 @@ async def _supersede_older(
     return older
 
 
-async def _prune_revisions(session: AsyncSession, *, ctx: Core, app_id: int) -> None:
-    keep = ctx.config.revisions_kept
-    app = await session.get(models.App, app_id)
-    current_id = app.current_revision_id if app else None
-    numbers = list(
-        await session.scalars(
-            select(models.Revision.number)
-            .where(models.Revision.app_id == app_id)
-            .order_by(models.Revision.number.desc())
-            .offset(keep)
-        )
+async def _prune_revisions(session: AsyncSession, *, ctx: Core, app: models.App) -> None:
+    """Keep the app's newest revisions, those a pending or running deploy uses and the current one.
+
+    One DELETE (issue 13: an app past its kept revisions prunes one at every request); the
+    deployments' revision_id goes NULL by the foreign key (ON DELETE SET NULL), and they keep their
+    number and image for the history.
+    """
+    r, d = models.Revision, models.Deployment
+    newest = (
+        select(r.number).where(r.app_id == app.id).order_by(r.number.desc()).limit(ctx.config.revisions_kept)
     )
-    if not numbers:
-        return
-    in_use = select(models.Deployment.revision_id).where(
-        models.Deployment.app_id == app_id, models.Deployment.status.in_((*PENDING, RUNNING))
+    in_use = select(d.revision_id).where(
+        d.app_id == app.id, d.status.in_((*PENDING, RUNNING)), d.revision_id.is_not(None)
     )
-    old = await session.scalars(
-        select(models.Revision).where(
-            models.Revision.app_id == app_id,
-            models.Revision.number.in_(numbers),
-            models.Revision.id.not_in(in_use.where(models.Deployment.revision_id.is_not(None))),
+    gone = await session.execute(
+        delete(r)
+        .where(
+            r.app_id == app.id,
+            r.number.not_in(newest),
+            r.id.not_in(in_use),
             # What runs now is what a rollback or the next change needs: never pruned.
-            models.Revision.id != (current_id or 0),
+            r.id != (app.current_revision_id or 0),
         )
+        .returning(r.secrets_version),
+        execution_options={"synchronize_session": False},
     )
-    for rev in old:
-        await session.execute(
-            update(models.Deployment).where(models.Deployment.revision_id == rev.id).values(revision_id=None)
-        )
-        await session.delete(rev)
-    if app is not None:
-        await session.flush()
+    # A secrets version can only have become prunable if a revision that used one went.
+    if any(version for (version,) in gone):
         await secrets.prune_versions(session, app=app, keep=secrets.VERSIONS_KEPT)
 
 

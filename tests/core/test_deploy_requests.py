@@ -266,6 +266,8 @@ async def test_only_the_last_ten_revisions_are_kept_and_numbers_keep_growing(pap
         deployments = list(await session.scalars(select(models.Deployment).order_by(models.Deployment.id)))
     assert numbers == list(range(4, 14))
     assert [d.revision_number for d in deployments] == list(range(1, 14))
+    # A pruned revision's deploys keep their number and image, and point at nothing (the foreign key).
+    assert [d.revision_id is None for d in deployments] == [True] * 3 + [False] * 10
     assert deployments[0].revision_id is None and deployments[0].image == "ghcr.io/acme/web:1.0"
 
 
