@@ -107,6 +107,26 @@ async def test_an_api_deploy_request_stays_within_the_statement_budget(served: s
     ]
 
 
+async def test_a_deploy_of_an_app_past_its_kept_revisions_prunes_in_one_statement(
+    served: str, rt: Runtime
+) -> None:
+    """The usual case in production: every request then also prunes the oldest revision."""
+    token = await make_token(rt)
+    async with httpx.AsyncClient(base_url=served, headers={"Authorization": f"Bearer {token}"}) as http:
+        for i in range(rt.core.config.revisions_kept):
+            r = await http.post("/api/v1/apps/web/deploys", json={"image": f"ghcr.io/acme/web:1.{i}"})
+            assert r.status_code == 202, r.text
+        with counting(rt) as statements:
+            r = await http.post("/api/v1/apps/web/deploys", json={"image": "ghcr.io/acme/web:2.0"})
+        assert r.status_code == 202, r.text
+    budget = API_BUDGET + 1  # the prune: one DELETE
+    assert len(statements) <= budget, _report("POST /api/v1/apps/web/deploys (pruning)", statements, budget)
+    assert any(s.startswith("DELETE FROM revisions") for s in statements), statements
+    async with rt.sessionmaker() as session:
+        numbers = sorted(await session.scalars(select(models.Revision.number)))
+    assert numbers == list(range(2, rt.core.config.revisions_kept + 2))
+
+
 async def test_a_slack_deploy_command_stays_within_the_statement_budget(
     served: str, rt: Runtime, fake_slack: FakeSlack
 ) -> None:
