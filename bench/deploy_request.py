@@ -3,8 +3,9 @@
 The real app (`shipit.main.create_app`) on a SQLite file, driven through httpx's ASGI transport with a
 bearer token; each request supersedes the one before (the queue never runs), so every request does the
 whole write side: revision, deployment, supersede, events, audit, jobs.  Statements per request are
-counted too (the same hook as tests/bot/test_statement_budget.py).  Run it from a tree to measure that
-tree's code (a `git archive` copy of a base commit, then this branch), back to back:
+counted too (the same hook as tests/bot/test_statement_budget.py), and the process's CPU time per
+request (all its threads: on a loaded, shared machine it moves less than req/s does).  Run it from a
+tree to measure that tree's code (a `git archive` copy of a base commit, then this branch), back to back:
 
     .venv/bin/python -m bench.deploy_request [--requests 600] [--concurrency 1]
 """
@@ -89,13 +90,13 @@ async def main(args: argparse.Namespace) -> None:
                 async with sem:
                     await one()
 
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             await asyncio.gather(*(gated() for _ in range(args.requests)))
-            elapsed = time.perf_counter() - started
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
             event.remove(rt.engine.sync_engine, "before_cursor_execute", count)
         print(
             f"{args.requests} deploy requests, concurrency {args.concurrency}: {args.requests / elapsed:.0f} req/s, "
-            f"{statements / args.requests:.1f} statements per request"
+            f"{statements / args.requests:.1f} statements and {cpu / args.requests * 1000:.1f} ms CPU per request"
         )
         if args.show:
             print("\n".join(seen))
