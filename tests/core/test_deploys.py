@@ -135,7 +135,9 @@ async def test_a_superseded_deploy_never_applies_anything(world: World) -> None:
                 session, ctx=world.rt.core, actor=ADMIN, app_name="web", image="1.2", trigger="api"
             )
         ).deployment
-        # As if a worker had claimed the old job before this commit: it is not cancelled then.
+    async with world.rt.sessionmaker.begin() as session:
+        # As if a worker had claimed the old job before the supersede committed (only queued jobs
+        # are cancelled) and then lost its lease: the job runs, its deploy is superseded.
         await session.execute(
             update(models.Job).where(models.Job.dedupe_key == f"deploy:{old.id}").values(state=jobs.QUEUED)
         )
