@@ -75,6 +75,19 @@ __all__ = [
 ]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NewEvent:
+    """One event to record: `emit_all` writes several in one statement."""
+
+    kind: str
+    dedupe_key: str
+    project_id: int | None = None
+    app_id: int | None = None
+    deployment_id: int | None = None
+    preview_id: int | None = None
+    payload: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 async def emit(
     session: AsyncSession,
     *,
@@ -88,36 +101,64 @@ async def emit(
     payload: dict[str, Any] | None = None,
 ) -> models.Event | None:
     """Record an event once; returns None when an event with this dedupe key already exists."""
-    # One statement (issue 13): insert unless the dedupe key is taken, and get the row back.  It
-    # replaces a look-up, a savepoint, the insert and the release.
-    values = {
-        "kind": kind,
-        "dedupe_key": dedupe_key,
-        "project_id": project_id,
-        "app_id": app_id,
-        "deployment_id": deployment_id,
-        "preview_id": preview_id,
-        "payload": payload or {},
-        "created_at": models.utcnow(),
-    }
+    new = NewEvent(
+        kind=kind, dedupe_key=dedupe_key, project_id=project_id, app_id=app_id,
+        deployment_id=deployment_id, preview_id=preview_id, payload=payload or {},
+    )  # fmt: skip
+    return (await emit_all(session, ctx=ctx, events=[new]))[0]
+
+
+async def emit_all(session: AsyncSession, *, ctx: Core, events: list[NewEvent]) -> list[models.Event | None]:
+    """Record each event once, all in one statement; per event its row, or None when its dedupe key
+    was already taken.  Notify jobs are queued only for the events actually inserted."""
+    if not events:
+        return []
+    # One statement (issue 13): insert each row unless its dedupe key is taken, and get the inserted
+    # rows back.  It replaces, per event, a look-up, a savepoint, the insert and the release.
+    now = models.utcnow()
+    values = [
+        {
+            "kind": e.kind,
+            "dedupe_key": e.dedupe_key,
+            "project_id": e.project_id,
+            "app_id": e.app_id,
+            "deployment_id": e.deployment_id,
+            "preview_id": e.preview_id,
+            "payload": e.payload,
+            "created_at": now,
+        }
+        for e in events
+    ]
     upsert: Any = (
         postgresql_insert(models.Event)
         if session.get_bind().dialect.name == "postgresql"
         else sqlite_insert(models.Event)
     )
-    stmt = upsert.values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    stmt = upsert.values(values).on_conflict_do_nothing(index_elements=["dedupe_key"])
     # No autoflush: the notify and deploy jobs added so far stay pending, to be written together.
-    row: models.Event | None = await session.scalar(
-        stmt.returning(models.Event), execution_options={"autoflush": False}
-    )
-    if row is None:
-        return None
+    # RETURNING lists only the rows inserted, in no promised order: matched by dedupe key.
+    inserted = {
+        row.dedupe_key: row
+        for row in await session.scalars(stmt.returning(models.Event), execution_options={"autoflush": False})
+    }
+    rows = [inserted.get(e.dedupe_key) for e in events]
+    for e, row in zip(events, rows, strict=True):
+        if row is not None:
+            await _queue_notifications(session, ctx=ctx, event=e, row=row)
+    return rows
+
+
+async def _queue_notifications(
+    session: AsyncSession, *, ctx: Core, event: NewEvent, row: models.Event
+) -> None:
+    kind, project_id, app_id = event.kind, event.project_id, event.app_id
+    deployment_id, preview_id = event.deployment_id, event.preview_id
     # Serialise each notifier's deliveries per target and deployment so a card is posted before it is
     # updated; each target has its own jobs, so a slow or dead target never holds up another.
     subject = f"d{deployment_id}" if deployment_id else f"p{preview_id}" if preview_id else f"a{app_id}"
     wanted = [(name, n) for name, n in ctx.notifiers.items() if n.wants(kind)]
     if not wanted:
-        return row
+        return
     audience = await _audience(
         session, kind=kind, project_id=project_id, app_id=app_id, deployment_id=deployment_id,
         preview_id=preview_id,
@@ -137,7 +178,6 @@ async def emit(
                 max_attempts=10,
                 fresh=True,
             )
-    return row
 
 
 async def _audience(
@@ -179,16 +219,27 @@ async def emit_for_deployment(
     payload: dict[str, Any] | None = None,
 ) -> models.Event | None:
     """`emit` for a deploy's own events: one per deploy and `step` (requested, started, final...)."""
-    return await emit(
-        session,
-        ctx=ctx,
+    new = of_deployment(kind=kind, deployment=deployment, project_id=project_id, step=step, payload=payload)
+    return (await emit_all(session, ctx=ctx, events=[new]))[0]
+
+
+def of_deployment(
+    *,
+    kind: str,
+    deployment: models.Deployment,
+    project_id: int | None,
+    step: str,
+    payload: dict[str, Any] | None = None,
+) -> NewEvent:
+    """A deploy's own event, one per deploy and `step`, to pass to `emit_all` with others."""
+    return NewEvent(
         kind=kind,
         dedupe_key=f"deploy:{deployment.id}:{step}",
         project_id=project_id,
         app_id=deployment.app_id,
         deployment_id=deployment.id,
         preview_id=deployment.preview_id,
-        payload=payload,
+        payload=payload or {},
     )
 
 
@@ -209,11 +260,16 @@ async def queue_position(session: AsyncSession, *, deployment: models.Deployment
 
 
 async def deployment_view(
-    session: AsyncSession, *, deployment: models.Deployment, revision: models.Revision | None = None
+    session: AsyncSession,
+    *,
+    deployment: models.Deployment,
+    revision: models.Revision | None = None,
+    position: int | None = None,
 ) -> DeploymentView:
     """The deployment's read model with everything it shows: digest, rollback, approvals, queue place.
 
-    `revision`: its revision when the caller holds it already (a request just wrote it), not read again.
+    `revision`: its revision when the caller holds it already (a request just wrote it), not read again;
+    `position`: its place in the queue when the caller knows it already (a request learnt it), not counted.
     """
     if revision is None or revision.id != deployment.revision_id:
         revision = (
@@ -229,7 +285,9 @@ async def deployment_view(
         revision=revision,
         rollback=rollback,
         tally=await protection.tally(session, deployment=deployment),
-        queue_position=await queue_position(session, deployment=deployment),
+        queue_position=position
+        if position is not None and deployment.status == "queued"
+        else await queue_position(session, deployment=deployment),
     )
 
 

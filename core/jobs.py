@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, event, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
@@ -81,7 +83,7 @@ async def enqueue(
         # with the request's other fresh jobs: one multi-row INSERT (issue 13), still in the caller's
         # transaction.  The returned row is not in the session and has no id.
         session.info.setdefault(_PENDING, []).append(
-            {c: getattr(job, c) for c in _PENDING_COLUMNS} | {"attempts": 0}
+            {c: getattr(job, c) for c in _PENDING_COLUMNS} | {"attempts": 0, "finished_at": None}
         )
     else:
         session.add(job)
@@ -94,18 +96,66 @@ _PENDING = "shipit.jobs_pending"
 _PENDING_COLUMNS = ("kind", "payload", "dedupe_key", "concurrency_key", "run_at", "max_attempts", "state")
 
 
+def cancel_with_pending(
+    session: AsyncSession,
+    *,
+    kind: str,
+    payload: dict[str, Any],
+    dedupe_key: str,
+    concurrency_key: str | None = None,
+    max_attempts: int = 8,
+) -> None:
+    """Cancel the queued job with this dedupe key in the transaction's one jobs INSERT, not with a
+    statement of its own (issue 13): the row goes in as `cancelled` and, as the key is taken, the
+    INSERT's ON CONFLICT turns the queued job into a cancelled one instead.  One already running
+    (claimed) is left alone, as `cancel_where` does: its handler finds its subject gone.
+
+    The other columns are the ones the job was enqueued with: they are written only if it never was
+    (then it is a cancelled job that never ran), so the caller should ask only for jobs it knows of.
+    """
+    session.info.setdefault(_PENDING, []).append(
+        {
+            "kind": kind,
+            "payload": payload,
+            "dedupe_key": dedupe_key,
+            "concurrency_key": concurrency_key,
+            "run_at": models.utcnow(),
+            "max_attempts": max_attempts,
+            "state": CANCELLED,
+            "attempts": 0,
+            "finished_at": models.utcnow(),
+        }
+    )
+
+
+def _pending_insert(dialect: str, rows: list[dict[str, Any]]) -> Any:
+    # render_nulls: rows with a None and rows without stay one statement (the ORM's bulk INSERT
+    # would otherwise write one per set of non-null columns).
+    if all(r["state"] != CANCELLED for r in rows):
+        # Fresh jobs only: a plain INSERT, so a taken key still fails loudly.
+        return insert(models.Job).execution_options(render_nulls=True)
+    upsert: Any = postgresql_insert(models.Job) if dialect == "postgresql" else sqlite_insert(models.Job)
+    # Only a cancellation may land on a taken key, and only a queued job is cancelled by it; a fresh
+    # job's key names a row inserted in this transaction, so it cannot be taken.
+    return upsert.on_conflict_do_update(
+        index_elements=["dedupe_key"],
+        set_={"state": upsert.excluded.state, "finished_at": upsert.excluded.finished_at},
+        where=and_(models.Job.state == QUEUED, upsert.excluded.state == CANCELLED),
+    ).execution_options(render_nulls=True)
+
+
 async def write_pending(session: AsyncSession) -> None:
     """Insert the fresh jobs this transaction added so far (before anything reads the jobs table)."""
     rows = session.info.pop(_PENDING, None)
     if rows:
-        await session.execute(insert(models.Job), rows)
+        await session.execute(_pending_insert(session.get_bind().dialect.name, rows), rows)
 
 
 @event.listens_for(Session, "before_commit")
 def _write_pending_at_commit(session: Session) -> None:
     rows = session.info.pop(_PENDING, None)
     if rows:
-        session.execute(insert(models.Job), rows)
+        session.execute(_pending_insert(session.get_bind().dialect.name, rows), rows)
 
 
 @event.listens_for(Session, "after_transaction_end")

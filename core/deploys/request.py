@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import (
@@ -61,13 +61,38 @@ class Requested:
     app: models.App | None = None
     project: models.Project | None = None
     revision: models.Revision | None = None
+    # Its place in the queue (1: it runs next) when the request learnt it; None when it waits for an
+    # approval, or for an earlier request's answer (the dedupe key matched): then it is counted.
+    queue_position: int | None = None
 
 
-async def _next_revision_number(session: AsyncSession, *, app_id: int) -> int:
-    top = await session.scalar(
-        select(func.max(models.Deployment.revision_number)).where(models.Deployment.app_id == app_id)
+async def _insert_revision(session: AsyncSession, *, app_id: int, **values: Any) -> models.Revision:
+    """The revision row, numbered in the same statement (issue 13: no read of the number first).
+
+    One past the app's highest deploy number: deployments keep their numbers when old revisions are
+    pruned, so a number is never given twice.  Two requests for one app never compute the same one:
+    SQLite runs one write transaction at a time (BEGIN IMMEDIATE), and on PostgreSQL `_lock_app`
+    holds the app's row until commit; the unique (app_id, number) refuses a duplicate regardless.
+    """
+    top = func.coalesce(func.max(models.Deployment.revision_number), 0) + 1
+    number = select(top).where(models.Deployment.app_id == app_id).scalar_subquery()
+    stmt = insert(models.Revision).values(app_id=app_id, number=number, **values)
+    revision: models.Revision = (await session.scalars(stmt.returning(models.Revision))).one()
+    return revision
+
+
+async def _insert_deployment(session: AsyncSession, **values: Any) -> tuple[models.Deployment, int]:
+    """The deployment row, and in the same statement how many deploys of its target are running:
+    with the older queued ones about to be superseded, what is ahead of it in the queue."""
+    d = models.Deployment
+    running = (
+        select(func.count())
+        .select_from(d)
+        .where(d.app_id == values["app_id"], d.namespace == values["namespace"], d.status == RUNNING)
+        .scalar_subquery()
     )
-    return int(top or 0) + 1
+    row = (await session.execute(insert(d).values(**values).returning(d, running))).one()
+    return row[0], int(row[1] or 0)
 
 
 async def _lock_app(session: AsyncSession, *, app: models.App) -> None:
@@ -172,10 +197,9 @@ async def request(
         _, checksum = await secrets.for_deploy(
             session, ctx=ctx, app_id=app.id, version=snapshot.secrets_version
         )
-        number = await _next_revision_number(session, app_id=app.id)
-        revision = models.Revision(
+        revision = await _insert_revision(
+            session,
             app_id=app.id,
-            number=number,
             image=snapshot.image,
             snapshot=snapshot.to_json(),
             secret_checksum=checksum,
@@ -184,13 +208,13 @@ async def request(
             rollback_of=rollback_of,
             created_by=actor.subject,
         )
-        session.add(revision)
-        await session.flush()
+        number = revision.number
 
     namespace = preview.namespace if preview else app.namespace
     # An automatic rollback redeploys what was already approved and ran: it does not wait.
     needs_approval = gate.needs_approval and preview is None and not automatic
-    deployment = models.Deployment(
+    deployment, running_ahead = await _insert_deployment(
+        session,
         app_id=app.id,
         revision_id=revision.id,
         revision_number=number,
@@ -210,21 +234,29 @@ async def request(
         # Set before the queued event is emitted, so notifiers can tell whom to report to (a PR comment).
         notify_refs=dict(notify_refs or {}),
     )
-    session.add(deployment)
-    await session.flush()
 
-    await _supersede_older(session, ctx=ctx, deployment=deployment)
+    superseded = await _supersede_older(session, deployment=deployment)
     if deployment.status == QUEUED:
         await _enqueue(session, deployment=deployment)
-    await events.emit_for_deployment(
-        session,
-        ctx=ctx,
+    # The superseded deploys' events and this one's, in one INSERT (issue 13).
+    requested = events.of_deployment(
         kind=events.DEPLOY_AWAITING_APPROVAL if needs_approval else events.DEPLOY_QUEUED,
         deployment=deployment,
         project_id=app.project_id,
         step="requested",
         payload={"reason": reason} if reason else {},
     )
+    gone = [
+        events.of_deployment(
+            kind=events.DEPLOY_SUPERSEDED,
+            deployment=old,
+            project_id=app.project_id,
+            step="final",
+            payload={"by": deployment.id},
+        )
+        for old in superseded
+    ]
+    await events.emit_all(session, ctx=ctx, events=[*gone, requested])
     await audit.record(
         session,
         actor=actor,
@@ -243,12 +275,21 @@ async def request(
     )
     await protection.record_override(session, actor=actor, app=app, gate=gate, deployment_id=deployment.id)
     if rerun is not None or number > ctx.config.revisions_kept:  # else fewer revisions than kept
-        await _prune_revisions(session, ctx=ctx, app_id=app.id)
+        await _prune_revisions(session, ctx=ctx, app=app)
     logctx.deploy_logger(log, deployment=deployment.id, app=app.name, namespace=namespace).info(
         "queued: revision=%s image=%s trigger=%s actor=%s status=%s",
         number, revision.image, trigger, actor.subject, deployment.status,
     )  # fmt: skip
-    return Requested(deployment=deployment, created=True, app=app, project=project, revision=revision)
+    # Every older queued deploy of this target was just superseded: only running ones are ahead.
+    position = running_ahead + 1 if deployment.status == QUEUED else None
+    return Requested(
+        deployment=deployment,
+        created=True,
+        app=app,
+        project=project,
+        revision=revision,
+        queue_position=position,
+    )
 
 
 async def _running_digest(
@@ -282,83 +323,91 @@ async def _image_on_its_way(session: AsyncSession, *, app: models.App) -> str | 
     )
 
 
+def _deploy_job(*, deployment_id: int, app_id: int, namespace: str) -> dict[str, Any]:
+    """A deploy's job, as it is queued and as it is cancelled (`jobs.cancel_with_pending`)."""
+    return {
+        "kind": DEPLOY_JOB,
+        "payload": {"deployment_id": deployment_id},
+        "dedupe_key": f"deploy:{deployment_id}",
+        "concurrency_key": f"deploy:{app_id}:{namespace}",
+        "max_attempts": 6,
+    }
+
+
 async def _enqueue(session: AsyncSession, *, deployment: models.Deployment) -> None:
     await jobs.enqueue(
         session,
-        kind=DEPLOY_JOB,
-        payload={"deployment_id": deployment.id},
-        dedupe_key=f"deploy:{deployment.id}",
-        concurrency_key=f"deploy:{deployment.app_id}:{deployment.namespace}",
-        max_attempts=6,
+        **_deploy_job(deployment_id=deployment.id, app_id=deployment.app_id, namespace=deployment.namespace),
         fresh=True,  # the key names a deployment inserted in this transaction: it cannot exist yet
     )
 
 
-async def _supersede_older(session: AsyncSession, *, ctx: Core, deployment: models.Deployment) -> None:
-    """A newer deploy of the same target replaces older ones that have not started."""
+async def _supersede_older(
+    session: AsyncSession, *, deployment: models.Deployment
+) -> list[models.Deployment]:
+    """A newer deploy of the same target replaces older ones that have not started.
+
+    One `UPDATE .. RETURNING` (issue 13); their queued jobs are cancelled in the request's one jobs
+    INSERT, and the caller writes their events with its own.  A job a worker claimed meanwhile is
+    not cancelled, but its handler finds its deploy superseded and ends without touching the cluster.
+    """
+    d = models.Deployment
     older = list(
         await session.scalars(
-            select(models.Deployment).where(
-                models.Deployment.app_id == deployment.app_id,
-                models.Deployment.namespace == deployment.namespace,
-                models.Deployment.status.in_(PENDING),
-                models.Deployment.id < deployment.id,
+            update(d)
+            .where(
+                d.app_id == deployment.app_id,
+                d.namespace == deployment.namespace,
+                d.status.in_(PENDING),
+                d.id < deployment.id,
             )
+            .values(
+                status=SUPERSEDED, finished_at=models.utcnow(), error=f"superseded by deploy #{deployment.id}"
+            )
+            .returning(d),
+            # The rows come back as they are now, in the session too (a deploy read earlier in it).
+            execution_options={"synchronize_session": False, "populate_existing": True},
         )
     )
-    # Their jobs first: the UPDATE flushes what is pending, and the events below then leave their
-    # notify jobs pending to be written in one INSERT with the rest of the request's.
-    await jobs.cancel_where(session, dedupe_keys=[f"deploy:{o.id}" for o in older])
-    app = await session.get(models.App, deployment.app_id)
-    deployment_project = app.project_id if app else None
     for old in older:
-        old.status, old.finished_at = SUPERSEDED, models.utcnow()
-        old.error = f"superseded by deploy #{deployment.id}"
-        await events.emit_for_deployment(
-            session,
-            ctx=ctx,
-            kind=events.DEPLOY_SUPERSEDED,
-            deployment=old,
-            project_id=deployment_project,
-            step="final",
-            payload={"by": deployment.id},
-        )
+        # Only a queued deploy has a job: one waiting for approval has none until it is approved
+        # (which sets approved_by).  RETURNING shows the new status, so tell them apart by these.
+        if old.approval_expires_at is None or old.approved_by is not None:
+            jobs.cancel_with_pending(
+                session, **_deploy_job(deployment_id=old.id, app_id=old.app_id, namespace=old.namespace)
+            )
         metrics.DEPLOYS.labels(outcome=SUPERSEDED, trigger=old.trigger).inc()
+    return older
 
 
-async def _prune_revisions(session: AsyncSession, *, ctx: Core, app_id: int) -> None:
-    keep = ctx.config.revisions_kept
-    app = await session.get(models.App, app_id)
-    current_id = app.current_revision_id if app else None
-    numbers = list(
-        await session.scalars(
-            select(models.Revision.number)
-            .where(models.Revision.app_id == app_id)
-            .order_by(models.Revision.number.desc())
-            .offset(keep)
-        )
+async def _prune_revisions(session: AsyncSession, *, ctx: Core, app: models.App) -> None:
+    """Keep the app's newest revisions, those a pending or running deploy uses and the current one.
+
+    One DELETE (issue 13: an app past its kept revisions prunes one at every request); the
+    deployments' revision_id goes NULL by the foreign key (ON DELETE SET NULL), and they keep their
+    number and image for the history.
+    """
+    r, d = models.Revision, models.Deployment
+    newest = (
+        select(r.number).where(r.app_id == app.id).order_by(r.number.desc()).limit(ctx.config.revisions_kept)
     )
-    if not numbers:
-        return
-    in_use = select(models.Deployment.revision_id).where(
-        models.Deployment.app_id == app_id, models.Deployment.status.in_((*PENDING, RUNNING))
+    in_use = select(d.revision_id).where(
+        d.app_id == app.id, d.status.in_((*PENDING, RUNNING)), d.revision_id.is_not(None)
     )
-    old = await session.scalars(
-        select(models.Revision).where(
-            models.Revision.app_id == app_id,
-            models.Revision.number.in_(numbers),
-            models.Revision.id.not_in(in_use.where(models.Deployment.revision_id.is_not(None))),
+    gone = await session.execute(
+        delete(r)
+        .where(
+            r.app_id == app.id,
+            r.number.not_in(newest),
+            r.id.not_in(in_use),
             # What runs now is what a rollback or the next change needs: never pruned.
-            models.Revision.id != (current_id or 0),
+            r.id != (app.current_revision_id or 0),
         )
+        .returning(r.secrets_version),
+        execution_options={"synchronize_session": False},
     )
-    for rev in old:
-        await session.execute(
-            update(models.Deployment).where(models.Deployment.revision_id == rev.id).values(revision_id=None)
-        )
-        await session.delete(rev)
-    if app is not None:
-        await session.flush()
+    # A secrets version can only have become prunable if a revision that used one went.
+    if any(version for (version,) in gone):
         await secrets.prune_versions(session, app=app, keep=secrets.VERSIONS_KEPT)
 
 

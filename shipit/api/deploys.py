@@ -55,7 +55,9 @@ async def deploy(
             override_window=body.override_window,
             env=env,
         )
-        return await reads.deployment_out(session, result.deployment, revision=result.revision)
+        return await reads.deployment_out(
+            session, result.deployment, revision=result.revision, position=result.queue_position
+        )
 
 
 async def _dry_run(

@@ -29,13 +29,16 @@ async def app_out(session: AsyncSession, app: models.App) -> schemas.AppOut:
 
 
 async def deployment_out(
-    session: AsyncSession, d: models.Deployment, *, revision: models.Revision | None = None
+    session: AsyncSession,
+    d: models.Deployment,
+    *,
+    revision: models.Revision | None = None,
+    position: int | None = None,
 ) -> schemas.DeploymentOut:
-    """One deploy, approvals counted (`revision`: already in hand, as after a request)."""
+    """One deploy, approvals counted (`revision`, `position`: already in hand, as after a request)."""
     app = await session.get(models.App, d.app_id)
-    return schemas.DeploymentOut.of(
-        await events.deployment_view(session, deployment=d, revision=revision), app=app.name if app else ""
-    )
+    view = await events.deployment_view(session, deployment=d, revision=revision, position=position)
+    return schemas.DeploymentOut.of(view, app=app.name if app else "")
 
 
 def deployment_listed(

@@ -102,6 +102,8 @@ class DeploymentOut(BaseModel):
     # A deploy that needs approval: approvals so far and needed (None where the route does not count).
     approvals: int | None = None
     approvals_needed: int | None = None
+    # A queued deploy's place in its app's queue (1: it runs next); None where the route does not count.
+    queue_position: int | None = None
 
     @classmethod
     def of(cls, view: DeploymentView, *, app: str) -> DeploymentOut:

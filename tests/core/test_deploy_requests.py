@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -95,6 +96,98 @@ async def test_newer_queued_deploy_supersedes_older_queued_ones(paper: Runtime) 
     assert superseded == 2
 
 
+async def _deploy_jobs(rt: Runtime) -> dict[str, str]:
+    async with rt.sessionmaker() as session:
+        rows = await session.scalars(select(models.Job).where(models.Job.kind == deploys.DEPLOY_JOB))
+        return {j.dedupe_key or "": j.state for j in rows}
+
+
+async def test_two_requests_at_once_number_their_revisions_one_after_the_other(paper: Runtime) -> None:
+    """The revision number is computed inside its INSERT: B must not take A's number while A's
+    transaction is open (PostgreSQL: the app's row lock; SQLite: one writer at a time).  Without the
+    lock, B would compute 1 as well and fail on the unique (app_id, number) once A commits."""
+    async with paper.sessionmaker.begin() as session:
+        a = await deploys.request(
+            session, ctx=paper.core, actor=ALICE, app_name="web", trigger="api", image="1.1"
+        )
+        b_task = asyncio.create_task(_request(paper, actor=BOB, image="1.2"))
+        await asyncio.sleep(0.5)  # B reaches the lock while A still holds it (or comes later: same result)
+    b = await b_task
+    assert (a.deployment.revision_number, b.deployment.revision_number) == (1, 2)
+    async with paper.sessionmaker() as session:
+        rows = {d.id: (d.revision_number, d.status) for d in await session.scalars(select(models.Deployment))}
+        numbers = sorted(await session.scalars(select(models.Revision.number)))
+    assert rows == {a.deployment.id: (1, "superseded"), b.deployment.id: (2, "queued")}
+    assert numbers == [1, 2]
+    assert await _deploy_jobs(paper) == {
+        f"deploy:{a.deployment.id}": jobs.CANCELLED,
+        f"deploy:{b.deployment.id}": jobs.QUEUED,
+    }
+
+
+async def test_supersede_cancels_only_jobs_that_exist(paper: Runtime) -> None:
+    """A deploy waiting for approval has no job: superseding it writes none.  One approved (queued)
+    has one: superseding it cancels that job, in the request's jobs INSERT."""
+    async with paper.sessionmaker.begin() as session:
+        await apps.update(
+            session, ctx=paper.core, actor=ADMIN, name="web", changes=apps.AppChanges(protected=True)
+        )
+    d1 = (await _request(paper, image="2.0")).deployment
+    d2 = (await _request(paper, image="2.1")).deployment
+    assert await _deploy_jobs(paper) == {}
+    async with paper.sessionmaker.begin() as session:
+        await deploys.approve(session, ctx=paper.core, actor=BOB, deployment_id=d2.id)
+    assert await _deploy_jobs(paper) == {f"deploy:{d2.id}": jobs.QUEUED}
+    d3 = (await _request(paper, image="2.2")).deployment
+    assert d3.status == deploys.AWAITING_APPROVAL
+    assert await _deploy_jobs(paper) == {f"deploy:{d2.id}": jobs.CANCELLED}
+    async with paper.sessionmaker() as session:
+        statuses = {d.id: (d.status, d.error) for d in await session.scalars(select(models.Deployment))}
+        superseded = list(
+            await session.scalars(
+                select(models.Event.deployment_id)
+                .where(models.Event.kind == events.DEPLOY_SUPERSEDED)
+                .order_by(models.Event.id)
+            )
+        )
+    assert statuses == {
+        d1.id: ("superseded", f"superseded by deploy #{d2.id}"),
+        d2.id: ("superseded", f"superseded by deploy #{d3.id}"),
+        d3.id: ("awaiting_approval", None),
+    }
+    assert superseded == [d1.id, d2.id]
+
+
+async def test_a_request_knows_its_place_in_the_queue_as_the_count_says(paper: Runtime) -> None:
+    """The answer's queue position comes from the deployment's INSERT, not from a count of its own;
+    it must say what the count says: 1 + the deploys of its target running or queued before it."""
+
+    async def counted(d: models.Deployment) -> int | None:
+        async with paper.sessionmaker() as session:
+            row = await session.get(models.Deployment, d.id)
+            assert row is not None
+            return await events.queue_position(session, deployment=row)
+
+    first = await _request(paper, image="1.1")
+    assert first.queue_position == 1 == await counted(first.deployment)
+    async with paper.sessionmaker.begin() as session:  # the worker took it
+        await session.execute(
+            update(models.Deployment)
+            .where(models.Deployment.id == first.deployment.id)
+            .values(status=deploys.RUNNING)
+        )
+    second = await _request(paper, image="1.2")
+    assert second.queue_position == 2 == await counted(second.deployment)
+    third = await _request(paper, image="1.3")  # supersedes the second: still second in line
+    assert third.queue_position == 2 == await counted(third.deployment)
+    async with paper.sessionmaker.begin() as session:
+        await apps.update(
+            session, ctx=paper.core, actor=ADMIN, name="web", changes=apps.AppChanges(protected=True)
+        )
+    waiting = await _request(paper, image="1.4")
+    assert waiting.queue_position is None and await counted(waiting.deployment) is None
+
+
 async def test_viewer_cannot_deploy_and_is_told_which_role(paper: Runtime) -> None:
     with pytest.raises(PermissionDenied, match="needs the developer role; you have viewer"):
         await _request(paper, actor=VIEWER, image="1.1")
@@ -173,6 +266,8 @@ async def test_only_the_last_ten_revisions_are_kept_and_numbers_keep_growing(pap
         deployments = list(await session.scalars(select(models.Deployment).order_by(models.Deployment.id)))
     assert numbers == list(range(4, 14))
     assert [d.revision_number for d in deployments] == list(range(1, 14))
+    # A pruned revision's deploys keep their number and image, and point at nothing (the foreign key).
+    assert [d.revision_id is None for d in deployments] == [True] * 3 + [False] * 10
     assert deployments[0].revision_id is None and deployments[0].image == "ghcr.io/acme/web:1.0"
 
 

@@ -6,9 +6,9 @@ import base64
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from core import apps, autoscaling, clusters, deploys, events, secrets
+from core import apps, autoscaling, clusters, deploys, events, jobs, secrets
 from core.kube.client import Kube
 from core.worker import run_until_idle
 from shipit.runtime import Runtime
@@ -117,6 +117,43 @@ async def test_deploy_applies_everything_and_succeeds_when_available(world: Worl
     assert secret is not None and base64.b64decode(secret["data"]["API_KEY"]) == b"k-1"
     managers = {m["manager"] for m in dep["metadata"]["managedFields"]}
     assert "shipit" in managers
+
+
+async def test_a_superseded_deploy_never_applies_anything(world: World) -> None:
+    """A worker that claimed a deploy's job just before a newer request superseded the deploy still
+    runs that job (only queued jobs are cancelled): it must end it without touching the cluster."""
+    await _create(world)
+    async with world.rt.sessionmaker.begin() as session:
+        old = (
+            await deploys.request(
+                session, ctx=world.rt.core, actor=ADMIN, app_name="web", image="1.1", trigger="api"
+            )
+        ).deployment
+    async with world.rt.sessionmaker.begin() as session:
+        new = (
+            await deploys.request(
+                session, ctx=world.rt.core, actor=ADMIN, app_name="web", image="1.2", trigger="api"
+            )
+        ).deployment
+    async with world.rt.sessionmaker.begin() as session:
+        # As if a worker had claimed the old job before the supersede committed (only queued jobs
+        # are cancelled) and then lost its lease: the job runs, its deploy is superseded.
+        await session.execute(
+            update(models.Job).where(models.Job.dedupe_key == f"deploy:{old.id}").values(state=jobs.QUEUED)
+        )
+    await _drain(world.rt)
+    old, new = await _reload(world.rt, old.id), await _reload(world.rt, new.id)
+    assert (old.status, old.started_at, old.applied_at) == (deploys.SUPERSEDED, None, None)
+    assert new.status == deploys.SUCCEEDED, new.error
+    assert events.DEPLOY_STARTED not in await _event_kinds(world.rt, old.id)
+    async with world.rt.sessionmaker() as session:
+        job = await session.scalar(select(models.Job).where(models.Job.dedupe_key == f"deploy:{old.id}"))
+    assert job is not None and job.state == jobs.DONE and job.attempts == 1  # it ran, and did nothing
+    dep = await (await _kube(world)).get(kind="Deployment", name="web", namespace=world.namespace)
+    assert dep is not None
+    # Applied once, with the new image: an apply of 1.1 first would have made generation 2.
+    assert dep["metadata"]["generation"] == 1
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/acme/web:1.2"
 
 
 async def test_secret_change_rolls_the_pods(world: World) -> None:

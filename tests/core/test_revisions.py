@@ -104,6 +104,25 @@ async def test_secret_versions_are_pruned_but_never_one_a_kept_revision_runs(pap
     assert versions[-10:] == list(range(6, 16)) and len(versions) == 11
 
 
+async def test_a_secret_version_goes_with_the_last_pruned_revision_that_ran_it(paper: Runtime) -> None:
+    rt = paper
+    async with rt.sessionmaker.begin() as session:
+        await secrets.set_values(session, ctx=rt.core, actor=ADMIN, app_name="web", values={"A": "0"})
+        await deploys.request(session, ctx=rt.core, actor=ADMIN, app_name="web", trigger="api")
+        for i in range(1, 15):
+            await secrets.set_values(session, ctx=rt.core, actor=ADMIN, app_name="web", values={"A": str(i)})
+    for i in range(rt.core.config.revisions_kept):  # revision 1 is pruned by the last of these
+        async with rt.sessionmaker.begin() as session:
+            await deploys.request(
+                session, ctx=rt.core, actor=ADMIN, app_name="web", image=f"1.{i}", trigger="api"
+            )
+    async with rt.sessionmaker() as session:
+        numbers = sorted(await session.scalars(select(models.Revision.number)))
+        versions = sorted(await session.scalars(select(models.SecretVersion.version)))
+    assert numbers[0] == 2
+    assert versions == list(range(6, 16)), "version 1 went with revision 1, the last to run it"
+
+
 async def test_existing_secrets_become_version_one_when_a_version_is_first_needed(paper: Runtime) -> None:
     rt = paper
     async with rt.sessionmaker.begin() as session:
