@@ -67,6 +67,17 @@ async def tally(session: AsyncSession, *, deployment: models.Deployment) -> Tall
     return Tally(approvals=max(count, 1 if deployment.approved_by else 0), needed=needed)
 
 
+async def refuse_own_deploy(session: AsyncSession, *, actor: Actor, deployment: models.Deployment) -> str:
+    """The one self-approval rule, for every channel (Slack button, `.approve` comment, API, CLI, web):
+    nobody approves a deploy their person requested, from any of their identities.  The approver's
+    person key when they may approve.
+    """
+    mine = await person_key(session, subject=actor.subject)
+    if mine == await person_key(session, subject=deployment.actor):
+        raise PermissionDenied("nobody approves their own deploy: ask someone else on the project")
+    return mine
+
+
 async def approve(
     session: AsyncSession, *, actor: Actor, app: models.App, deployment: models.Deployment, approve: bool
 ) -> Tally | None:
@@ -75,17 +86,15 @@ async def approve(
     The approver needs the environment's approver role; the requester's person never approves their own
     deploy, and a person approves once.
     """
+    mine = await refuse_own_deploy(session, actor=actor, deployment=deployment) if approve else None
     env = await environments.of_app(session, app=app)
     project = await session.get(models.Project, app.project_id)
     role = approver_role(env)
     if project is not None:
         verb = "approving" if approve else "rejecting"
         await identity.require(session, actor=actor, project=project, role=role, action=f"{verb} deploys")
-    if not approve:
+    if mine is None:
         return None
-    mine = await person_key(session, subject=actor.subject)
-    if mine == await person_key(session, subject=deployment.actor):
-        raise PermissionDenied("nobody approves their own deploy: ask someone else on the project")
     earlier = await session.scalar(
         select(models.DeployApproval.id).where(
             models.DeployApproval.deployment_id == deployment.id, models.DeployApproval.person_key == mine
