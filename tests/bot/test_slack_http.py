@@ -563,14 +563,19 @@ async def test_a_rate_limited_card_is_retried_after_retry_after_and_posted_once(
     await eventually(lambda: card_of(rt, fake_slack, d.id), what="card after 429s")
     limited = [c for c in fake_slack.calls("chat.postMessage") if c.status == 429]
     assert len(limited) == 2
+
+    async def slack_job() -> models.Job | None:
+        async with rt.sessionmaker() as session:
+            notify = await session.scalars(
+                select(models.Job).where(models.Job.kind == "notify").order_by(models.Job.id)
+            )
+            return next((j for j in notify if j.payload["notifier"] == "slack"), None)
+
+    # The card is recorded as soon as it is posted, before its job is marked done: wait for the job.
+    job = await eventually(slack_job, lambda j: j is not None and j.state == "done", what="notify job done")
+    assert job.attempts == 3, (job.attempts, job.last_error)
+    assert "rate limited" in (job.last_error or "")
     assert len(fake_slack.messages(CHANNEL)) == 1
-    async with rt.sessionmaker() as session:
-        notify = await session.scalars(
-            select(models.Job).where(models.Job.kind == "notify").order_by(models.Job.id)
-        )
-        job = next(j for j in notify if j.payload["notifier"] == "slack")
-        assert job.state == "done" and job.attempts == 3, (job.attempts, job.last_error)
-        assert "rate limited" in (job.last_error or "")
 
 
 # ---------------------------------------------------------------- several workspaces (OAuth install)
