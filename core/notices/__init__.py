@@ -94,6 +94,7 @@ class DeploymentView:
     # A deploy that needs approval: approvals so far and needed (None for one that never needed any).
     approvals: int | None = None
     approvals_needed: int | None = None
+    approvers: tuple[str, ...] = ()  # who approved so far (subjects), for "1 of 2 approvals: @bob"
 
     @property
     def outcome(self) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +30,7 @@ def approver_role(env: models.Environment) -> Role:
 class Tally:
     approvals: int
     needed: int
+    approvers: tuple[str, ...] = ()  # who approved so far (the subject each used), in order
 
     @property
     def complete(self) -> bool:
@@ -51,20 +52,22 @@ async def tally(session: AsyncSession, *, deployment: models.Deployment) -> Tall
     if deployment.approval_expires_at is None and deployment.approved_by is None:
         # Never waited for approval (approvals are only taken while one waits): no count to read.
         return None
-    count = int(
-        await session.scalar(
-            select(func.count())
-            .select_from(models.DeployApproval)
+    approvers = tuple(
+        await session.scalars(
+            select(models.DeployApproval.subject)
             .where(models.DeployApproval.deployment_id == deployment.id)
+            .order_by(models.DeployApproval.id)
         )
-        or 0
     )
+    count = len(approvers)
     if deployment.approval_expires_at is None and count == 0 and deployment.approved_by is None:
         return None
     app = await session.get(models.App, deployment.app_id)
     needed = await needed_for(session, app=app) if app is not None else 1
     # A deploy approved before multi-approval existed has approved_by and no rows: one approval.
-    return Tally(approvals=max(count, 1 if deployment.approved_by else 0), needed=needed)
+    if not approvers and deployment.approved_by:
+        approvers = (deployment.approved_by,)
+    return Tally(approvals=max(count, 1 if deployment.approved_by else 0), needed=needed, approvers=approvers)
 
 
 async def refuse_own_deploy(session: AsyncSession, *, actor: Actor, deployment: models.Deployment) -> str:

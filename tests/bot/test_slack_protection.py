@@ -102,7 +102,10 @@ async def test_two_approvals_from_two_persons_one_from_slack_one_from_the_api(
         await slack.click(views.ACTION_APPROVE, user=BOB, channel=channel, message_ts=ts)
         answered = await eventually(lambda: _found(fake_slack.ephemerals(user=BOB.id)), what="bob's answer")
         assert "1 of 2 approvals" in answered[-1]["text"]
-        await eventually(lambda: _card_says(fake_slack, channel, ts, "1 of 2 approvals"), what="card counts")
+        # The card names who approved so far, next to its Approve button.
+        await eventually(
+            lambda: _card_says(fake_slack, channel, ts, f"1 of 2 approvals: <@{BOB.id}>."), what="card counts"
+        )
         await slack.click(views.ACTION_APPROVE, user=BOB, channel=channel, message_ts=ts)
         again = await eventually(
             lambda: _found(
