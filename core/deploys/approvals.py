@@ -33,6 +33,17 @@ from storage import models
 
 log = logging.getLogger(__name__)
 
+# How a rejection is recorded (the deployment's error; it has no column of its own): see rejected_by.
+REJECTED_BY = "rejected by "
+
+
+def rejected_by(deployment: models.Deployment) -> str | None:
+    """Who rejected the deploy (the name its rejection recorded), None when it was not rejected."""
+    error = deployment.error or ""
+    if deployment.status == CANCELLED and error.startswith(REJECTED_BY):
+        return error[len(REJECTED_BY) :]
+    return None
+
 
 async def approve(
     session: AsyncSession, *, ctx: Core, actor: Actor, deployment_id: int, approve: bool = True
@@ -44,6 +55,9 @@ async def approve(
         lock=True,
     )  # fmt: skip
     if deployment.status != AWAITING_APPROVAL:
+        rejecter = rejected_by(deployment)
+        if rejecter is not None:  # a second `.reject` (or a late approval) says what happened, and who
+            raise Conflict(f"deploy #{deployment.id} was already rejected by {rejecter}")
         raise Conflict(f"deploy #{deployment.id} is {deployment.status}, not awaiting approval")
     if deployment.approval_expires_at and deployment.approval_expires_at < models.utcnow():
         await _finish_pending(
@@ -77,7 +91,7 @@ async def approve(
         )
     else:
         await _finish_pending(
-            session, ctx=ctx, deployment=deployment, status=CANCELLED, error=f"rejected by {actor.name}"
+            session, ctx=ctx, deployment=deployment, status=CANCELLED, error=f"{REJECTED_BY}{actor.name}"
         )
     await audit.record(
         session,
