@@ -183,4 +183,4 @@ async def _github_environments(live_server: LiveServer, name: str) -> dict[str, 
             .join(models.App, models.App.environment_id == models.Environment.id)
             .where(models.App.name == name)
         )
-        return {env: gh for env, gh in rows.tuples()}
+        return {env: gh for env, gh in rows}
