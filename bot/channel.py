@@ -33,6 +33,7 @@ from slack_sdk.oauth.state_store.sqlalchemy import AsyncSQLAlchemyOAuthStateStor
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import handlers, install_store, notifier, views
+from core import logctx
 from core.context import Core
 
 log = logging.getLogger(__name__)
@@ -429,7 +430,9 @@ def _listen(bolt: AsyncApp, *, core: Core, channel: SlackChannel) -> None:
                     blocks=message.blocks,
                 )
             except Exception:
-                log.warning("slack: could not reply to a mention (event %s)", event_id, exc_info=True)
+                logctx.deploy_logger(log, delivery=event_id).warning(
+                    "slack: could not reply to a mention", exc_info=True
+                )
 
         if not outcome.duplicate:
             channel.spawn(reply(), name="slack-mention-reply")

@@ -29,7 +29,7 @@ from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import views
-from core import events, notices, shared
+from core import events, logctx, notices, shared
 from core.errors import PermanentError, TransientError, retry_after_seconds
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,7 @@ class SlackNotifier:
         # One card per deploy and target (each channel a target); with no target, the project's
         # channel as given in the notice, else the channel the command was typed in.
         key = notices.ref_key(self.name, notice.target)
+        dlog = notices.logger_for(log, notice)
         refs: dict[str, Any] = dict(d.refs.get(key) or {})
         channel: str | None = refs.get("channel")
         ts: str | None = refs.get("ts")
@@ -208,7 +209,7 @@ class SlackNotifier:
                 configured = notice.project.slack_channel if notice.project else None
             channel = configured or refs.get("origin")
         if not channel:
-            log.debug("deploy %s: no Slack channel for project; card not posted", d.id)
+            dlog.debug("no Slack channel for project; card not posted")
             return None
         if ts is None and d.status == "superseded":
             # Replaced before anyone saw it (a burst of deploys): a card would only be noise.
@@ -217,22 +218,21 @@ class SlackNotifier:
         token = await self.token_for(team) if self.token_for else None
         app_name = notice.app.name if notice.app else "app"
         card = views.card(deployment=d, app=notice.app, project=notice.project)
-        where = f"deploy {d.id} app={app_name} channel={channel_id}"
 
         if ts is None:
             out = await self._post_card(
-                card, channel_id, where=where, key=(notice.event_id, "card"), token=token,
+                card, channel_id, dlog=dlog, key=(notice.event_id, "card"), token=token,
                 posted=posted, deployment_id=d.id, ref_key=key,
             )  # fmt: skip
             channel_id, ts = out["channel"], out["ts"]
-            log.info("%s: card posted (ts %s, %s)", where, ts, d.status)
+            dlog.info("card posted in %s (ts %s, %s)", channel_id, ts, d.status)
         elif self._fingerprint(card) != self._shown.get((channel_id, ts)):
             try:
                 await self._call(
                     "chat_update",
                     channel_id,
                     key=(notice.event_id, "card"),
-                    where=where,
+                    dlog=dlog,
                     token=token,
                     ts=ts,
                     text=card.text,
@@ -243,12 +243,12 @@ class SlackNotifier:
                     raise
                 # Someone deleted the card: post a fresh one rather than going silent.
                 out = await self._post_card(
-                    card, channel_id, where=where, key=(notice.event_id, "repost"), token=token,
+                    card, channel_id, dlog=dlog, key=(notice.event_id, "repost"), token=token,
                     posted=posted, deployment_id=d.id, ref_key=key, failure_posted=False,
                 )  # fmt: skip
                 channel_id, ts = out["channel"], out["ts"]
                 refs["failure_posted"] = False
-            log.info("%s: card updated (%s)", where, d.status)
+            dlog.info("card updated in %s (%s)", channel_id, d.status)
         self._remember_shown(channel_id, ts, card)
 
         if d.status == "failed" and not refs.get("failure_posted"):
@@ -257,18 +257,24 @@ class SlackNotifier:
                 "chat_postMessage",
                 channel_id,
                 key=(notice.event_id, "thread"),
-                where=where,
+                dlog=dlog,
                 token=token,
                 thread_ts=ts,
                 text=thread.text,
                 blocks=thread.blocks,
             )
             out["failure_posted"] = True
-            log.info("%s: failure details posted in the card's thread", where)
+            dlog.info("failure details posted in the card's thread in %s", channel_id)
         return events.Delivered(deployment_refs=out) if out else None
 
     async def _call(
-        self, method: str, channel: str, *, where: str, key: Hashable | None = None, **kwargs: Any
+        self,
+        method: str,
+        channel: str,
+        *,
+        dlog: logctx.ContextLogger,
+        key: Hashable | None = None,
+        **kwargs: Any,
     ) -> dict[str, Any]:
         await self.pacer.wait(channel, key=key)
         if kwargs.get("token") is None:
@@ -281,7 +287,7 @@ class SlackNotifier:
             if status == 429:
                 retry_after = retry_after_seconds(e.response.headers, default=30.0, minimum=1.0)
                 await self.pacer.backoff_shared(channel, retry_after)
-                log.warning("%s: Slack rate-limited %s; retrying in %.0fs", where, method, retry_after)
+                dlog.warning("Slack rate-limited %s in %s; retrying in %.0fs", method, channel, retry_after)
                 raise TransientError(f"Slack {method}: rate limited", retry_after=retry_after) from None
             if status >= 500 or error in ("internal_error", "fatal_error", "service_unavailable"):
                 raise TransientError(f"Slack {method}: {error or f'HTTP {status}'}") from None
@@ -298,7 +304,7 @@ class SlackNotifier:
         card: views.Message,
         channel: str,
         *,
-        where: str,
+        dlog: logctx.ContextLogger,
         key: Hashable,
         token: str | None,
         posted: tuple[int, str],
@@ -308,14 +314,16 @@ class SlackNotifier:
     ) -> dict[str, Any]:
         """Post a new card and remember where (here and on the deploy), so later events update it."""
         answer = await self._call(
-            "chat_postMessage", channel, where=where, key=key, token=token, text=card.text, blocks=card.blocks
+            "chat_postMessage", channel, dlog=dlog, key=key, token=token, text=card.text, blocks=card.blocks
         )
         out = {"channel": str(answer["channel"]), "ts": str(answer["ts"]), **extra}
         self._remember_post(posted, out["channel"], out["ts"])
-        await self._save_post(deployment_id, out, key=ref_key)
+        await self._save_post(deployment_id, out, key=ref_key, dlog=dlog)
         return out
 
-    async def _save_post(self, deployment_id: int, refs: dict[str, Any], *, key: str = NAME) -> None:
+    async def _save_post(
+        self, deployment_id: int, refs: dict[str, Any], *, key: str = NAME, dlog: logctx.ContextLogger
+    ) -> None:
         """Record the card at once, not when deliver returns: a retry of this delivery, on any
         replica, then updates this card instead of posting a second one."""
         if self.sessionmaker is None:
@@ -323,7 +331,7 @@ class SlackNotifier:
         try:
             await shared.save_refs(self.sessionmaker, deployment_id=deployment_id, notifier=key, refs=refs)
         except Exception:
-            log.warning("deploy %s: could not record the posted card yet", deployment_id, exc_info=True)
+            dlog.warning("could not record the posted card yet", exc_info=True)
 
     def _remember_post(self, posted: tuple[int, str], channel: str, ts: str) -> None:
         self._posted[posted] = (channel, ts)

@@ -356,6 +356,10 @@ async def create(
     if template is not None:
         for key in _COPIED:
             setattr(app, key, getattr(template, key))
+        if template.github_environment:
+            # The source's GitHub environment names the source's environment: a staging row must not
+            # report to GitHub's "production".  This row reports under its own environment's name.
+            app.github_environment = target_env.name
     values = _validated(changes.items())
     for key, value in values.items():
         setattr(app, key, value)
@@ -385,12 +389,13 @@ async def create(
 
 
 # What a row in a further environment copies from the app's existing row (not its place, state or secrets;
-# nor previews_enabled: two rows making previews of one pull request would share `<app>-pr-<n>`).
+# nor previews_enabled: two rows making previews of one pull request would share `<app>-pr-<n>`; nor
+# github_environment, which names the source row's environment on GitHub: see create).
 _COPIED = (
     "image", "replicas", "port", "env", "cpu_request", "cpu_limit", "memory_request", "memory_limit",
     "health_path", "health_port", "health_initial_delay", "health_period", "min_replicas", "max_replicas",
     "cpu_target", "domain", "ingress_class", "tls_issuer", "progress_deadline_seconds", "protected",
-    "git_repo", "git_branch", "git_ref_type", "image_template", "deploy_on", "github_environment",
+    "git_repo", "git_branch", "git_ref_type", "image_template", "deploy_on",
     "preview_domain", "preview_ttl_hours", "preview_max_open", "preview_env",
     "previews_from_forks", "auto_rollback", "release_command",
 )  # fmt: skip

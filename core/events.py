@@ -309,6 +309,7 @@ def deployment_view_of(
     return DeploymentView(
         approvals=tally.approvals if tally else None,
         approvals_needed=tally.needed if tally else None,
+        approvers=tally.approvers if tally else (),
         rolled_back_by=deployment.rolled_back_by_id,
         rolled_back_to=rollback.revision_number if rollback else None,
         rollback_status=rollback.status if rollback else None,

@@ -2,7 +2,8 @@
 
 `deploy_logger(log, deployment=12, app="web", namespace="web-prod")` returns an adapter whose lines
 read ``deploy 12 app=web namespace=web-prod: <message>`` in text logs, and whose records carry the
-same fields (deploy_id, app, environment, namespace) for shipit.logs' JSON lines.  core.observe binds
+same fields (deploy_id, project, app, environment, namespace, event, delivery) for shipit.logs'
+JSON lines.  core.observe binds
 context per task (request, job); this binds it per object, for code that speaks of several.
 """
 
@@ -47,12 +48,27 @@ def deploy_logger(
     logger: logging.Logger,
     *,
     deployment: int | None = None,
+    project: str | None = None,
     app: str | None = None,
     environment: str | None = None,
     namespace: str | None = None,
+    event: int | None = None,
+    delivery: str | None = None,
 ) -> ContextLogger:
-    """`logger` with a deploy's context; fields given as None are left out."""
-    given = {"deploy_id": deployment, "app": app, "environment": environment, "namespace": namespace}
+    """`logger` with a deploy's context; fields given as None are left out.
+
+    `event` is the outbox event a notifier delivers; `delivery` the id of an incoming delivery
+    (Slack's event or trigger, GitHub's X-GitHub-Delivery), so a line can be matched to what came in.
+    """
+    given = {
+        "deploy_id": deployment,
+        "project": project,
+        "app": app,
+        "environment": environment,
+        "namespace": namespace,
+        "event": event,
+        "delivery": delivery,
+    }
     return ContextLogger(logger, {k: v for k, v in given.items() if v is not None})
 
 

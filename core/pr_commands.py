@@ -470,6 +470,28 @@ async def _last_approved(
     )
 
 
+async def _last_rejected(
+    session: AsyncSession, *, linked: list[models.App], environment: str | None
+) -> models.Deployment | None:
+    """The latest rejected deploy of the apps, when it is newer than any approved one."""
+    if environment is not None:
+        linked = await _targets(session, linked=linked, environment=environment)
+    latest = await session.scalar(
+        select(models.Deployment)
+        .where(
+            models.Deployment.app_id.in_([a.id for a in linked]),
+            models.Deployment.approved_by.is_not(None)
+            | (
+                (models.Deployment.status == deploys.CANCELLED)
+                & models.Deployment.error.startswith(deploys.REJECTED_BY, autoescape=True)
+            ),
+        )
+        .order_by(models.Deployment.id.desc())
+        .limit(1)
+    )
+    return latest if latest is not None and deploys.rejected_by(latest) is not None else None
+
+
 async def _approve(
     session: AsyncSession,
     *,
@@ -496,6 +518,14 @@ async def _approve(
                 raise Refused(
                     f"nothing waits for approval: deploy {await _where(session, deployment=done)} "
                     f"is already approved ({done.status})."
+                )
+            gone = (
+                None if yes else await _last_rejected(session, linked=linked, environment=command.environment)
+            )
+            if gone is not None:  # a second `.reject`: say it was done, and by whom
+                raise Refused(
+                    f"nothing waits for approval: deploy {await _where(session, deployment=gone)} "
+                    f"was already rejected by {deploys.rejected_by(gone)}."
                 )
             raise Refused(f"no deploy of the apps of {pr.repo} waits for approval.")
         if len(waiting) > 1:

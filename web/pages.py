@@ -26,6 +26,7 @@ from core import (
     deploys,
     environments,
     events,
+    identities,
     identity,
     projects,
     secrets,
@@ -210,6 +211,9 @@ def add_routes(router: APIRouter, web: channel.Web) -> None:
                 can_admin=role is not None and role >= identity.Role.ADMIN,
                 can_deploy=role is not None and role >= identity.Role.DEVELOPER,
                 latest=history[0] if history else None,
+                # Every identity of the signed-in person: no Approve button on a deploy any of them asked
+                # for (core refuses it anyway: protection.refuse_own_deploy).
+                mine=await identities.subjects_of(session, subject=actor.subject),
             )
 
     @router.get("/apps/{name}/events")

@@ -21,7 +21,7 @@ from typing import Any
 from github import GithubException
 from github.Repository import Repository
 
-from core import events, metrics, shared
+from core import events, metrics, notices, shared
 from core.errors import PermanentError, TransientError
 from core.events import Delivered, DeploymentView, Notice, PreviewView
 from webhooks import comments
@@ -252,10 +252,9 @@ class GitHubNotifier:
                 environment_url=environment_url_of(notice) if state == "success" else None,
             )
             new["state"] = state
-            log.info(
-                "github: deploy %s of %s -> %s %s (deployment %s, %s)",
-                d.id, app.name, repo, state, gh_id, environment,
-            )  # fmt: skip
+            notices.logger_for(log, notice).info(
+                "github: %s %s (deployment %s, environment %s)", repo, state, gh_id, environment
+            )
         comment_id = None
         if notice.preview is not None and notice.kind in COMMENT_KINDS:
             comment_id = await self._upsert_comment(
@@ -362,12 +361,8 @@ class GitHubNotifier:
             marker=comment_marker(app.name),
             body=comment_body(app=app.name, preview=preview, deployment=notice.deployment, reason=reason),
         )
-        log.info(
-            "github: preview %s of %s closed on %s#%s",
-            preview.namespace,
-            app.name,
-            preview.repo,
-            preview.pr_number,
+        notices.logger_for(log, notice).info(
+            "github: preview closed on %s#%s", preview.repo, preview.pr_number
         )
         return Delivered(
             deployment_refs={"state": "inactive"} if notice.deployment is not None else None,

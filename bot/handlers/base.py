@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import commands, views
-from core import apps, deliveries, deploys, errors
+from core import apps, deliveries, deploys, errors, logctx
 from core.context import Core
 from core.errors import UserError
 from core.identity import Actor
@@ -130,25 +130,30 @@ async def execute(
     what = commands.describe(command)
     handler = HANDLERS[type(command)]
     kind = type(command).__name__
+    app, project = getattr(command, "app", None), getattr(command, "project", None)
+    clog = logctx.deploy_logger(
+        log,
+        project=project if isinstance(project, str) else None,
+        app=app if isinstance(app, str) else None,
+        delivery=delivery_id or trigger_id,
+    )
     try:
         async with core.sessionmaker.begin() as session:
             # Recorded in the command's own transaction: one that failed can be sent again.
             if delivery_id is not None and not await deliveries.first_time(
                 session, source="slack", delivery_id=delivery_id, kind=kind
             ):
-                log.info("slack: %s (delivery %s) was handled before; ignored", what, delivery_id)
+                clog.info("slack: %s was handled before; ignored", what)
                 return Outcome(message=views.reply("Already handled."), duplicate=True)
             if trigger_id is not None and not await deliveries.first_time(
                 session, source="slack", prefix="slack-trigger", delivery_id=trigger_id, kind=kind
             ):
-                log.warning(
-                    "slack: %s by %s replayed (trigger %s); ignored", what, caller.user_id, trigger_id
-                )
+                clog.warning("slack: %s by %s replayed; ignored", what, caller.user_id)
                 return Outcome(message=views.reply("Already handled."), duplicate=True)
             outcome = await handler(session, core, caller, command)
     except Exception as e:
         return failure(e, what=what, caller=caller)
-    log.info("slack: %s by %s (%s)", what, caller.user_id, caller.user_name)
+    clog.info("slack: %s by %s (%s)", what, caller.user_id, caller.user_name)
     return outcome
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.handlers.base import Caller, Outcome, failure, ok, queued_card
-from core import deliveries, deploys, environment_admin, promotion, protection
+from core import deliveries, deploys, environment_admin, logctx, promotion, protection
 from core.context import Core
 
 log = logging.getLogger(__name__)
@@ -28,20 +28,21 @@ async def run_action(*, core: Core, caller: Caller, action_id: str, value: str) 
     act = _ACTIONS.get(action_id)
     if act is None:
         return Outcome(message=views.error(f"Unknown button {action_id}."))
+    blog = logctx.deploy_logger(log, deployment=deployment_id, app=app_name)
     key = f"action:{action_id}:{deployment_id}"
     if action_id == views.ACTION_APPROVE:  # a deploy may need several persons' approvals: once per user
         key += f":{caller.user_id}"
     try:
         async with core.sessionmaker.begin() as session:
             if not await deliveries.first_time(session, source="slack", delivery_id=key, kind=action_id):
-                log.info("slack: %s by %s: already done; ignored", what, caller.user_id)
+                blog.info("slack: %s by %s: already done; ignored", what, caller.user_id)
                 return Outcome(
                     message=views.reply(f"That was already done for deploy #{deployment_id}."), duplicate=True
                 )
             outcome = await act(session, core, caller, deployment_id, app_name)
     except Exception as e:
         return failure(e, what=what, caller=caller)
-    log.info("slack: %s by %s", what, caller.user_id)
+    blog.info("slack: %s by %s", what, caller.user_id)
     return outcome
 
 

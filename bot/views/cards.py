@@ -135,7 +135,9 @@ def _detail(d: events.DeploymentView) -> str:
     if d.status == "awaiting_approval":
         line = f"This deploy is protected: someone other than {who(d.actor)} must approve it."
         if d.approvals_needed:
-            line += f" {d.approvals or 0} of {d.approvals_needed} approvals."
+            line += f" {d.approvals or 0} of {d.approvals_needed} approvals"
+            # Who approved so far, so nobody asks again (and the next approver knows who is left).
+            line += (": " + ", ".join(who(s) for s in d.approvers) + ".") if d.approvers else "."
         return line
     if d.status == "running":
         if d.desired <= 0:

@@ -12,10 +12,12 @@ from __future__ import annotations
 # Module names the single module had (callers and tests reach them as `deploys.models`, `deploys.snapshots`).
 from core import revisions as snapshots
 from core.deploys.approvals import (
+    REJECTED_BY,
     _finish_pending,
     approve,
     cancel,
     expire_approvals,
+    rejected_by,
 )
 from core.deploys.queries import (
     _authorized,
@@ -82,6 +84,7 @@ __all__ = [
     "FAILED",
     "PENDING",
     "QUEUED",
+    "REJECTED_BY",
     "ROLLBACK_TRIGGERS",
     "RUNNING",
     "SETTINGS_TRIGGERS",
@@ -116,6 +119,7 @@ __all__ = [
     "job_failed",
     "last_attempt",
     "models",
+    "rejected_by",
     "request",
     "revisions",
     "roll_config",

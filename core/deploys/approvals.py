@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import (
     audit,
     events,
-    identities,
     jobs,
     metrics,
     protection,
@@ -28,11 +27,22 @@ from core.deploys.states import (
     PENDING,
     QUEUED,
 )
-from core.errors import Conflict, PermissionDenied
+from core.errors import Conflict
 from core.identity import Actor, Role
 from storage import models
 
 log = logging.getLogger(__name__)
+
+# How a rejection is recorded (the deployment's error; it has no column of its own): see rejected_by.
+REJECTED_BY = "rejected by "
+
+
+def rejected_by(deployment: models.Deployment) -> str | None:
+    """Who rejected the deploy (the name its rejection recorded), None when it was not rejected."""
+    error = deployment.error or ""
+    if deployment.status == CANCELLED and error.startswith(REJECTED_BY):
+        return error[len(REJECTED_BY) :]
+    return None
 
 
 async def approve(
@@ -45,16 +55,17 @@ async def approve(
         lock=True,
     )  # fmt: skip
     if deployment.status != AWAITING_APPROVAL:
+        rejecter = rejected_by(deployment)
+        if rejecter is not None:  # a second `.reject` (or a late approval) says what happened, and who
+            raise Conflict(f"deploy #{deployment.id} was already rejected by {rejecter}")
         raise Conflict(f"deploy #{deployment.id} is {deployment.status}, not awaiting approval")
-    # Another person, not another account: a Slack request is not approved from the same human's GitHub.
-    if approve and deployment.actor in await identities.subjects_of(session, subject=actor.subject):
-        raise PermissionDenied("nobody approves their own deploy: ask someone else on the project")
     if deployment.approval_expires_at and deployment.approval_expires_at < models.utcnow():
         await _finish_pending(
             session, ctx=ctx, deployment=deployment, status=CANCELLED, error="approval expired"
         )
         raise Conflict(f"deploy #{deployment.id} waited too long for approval and expired; request it again")
-    # The environment's approver role, one approval per person, none from the requester's own identities.
+    # The one place approvals are checked (protection.refuse_own_deploy: another person, not another
+    # account), then the environment's approver role and one approval per person.
     tally = await protection.approve(session, actor=actor, app=app, deployment=deployment, approve=approve)
     if tally is not None and not tally.complete:
         await events.emit_for_deployment(
@@ -80,7 +91,7 @@ async def approve(
         )
     else:
         await _finish_pending(
-            session, ctx=ctx, deployment=deployment, status=CANCELLED, error=f"rejected by {actor.name}"
+            session, ctx=ctx, deployment=deployment, status=CANCELLED, error=f"{REJECTED_BY}{actor.name}"
         )
     await audit.record(
         session,

@@ -10,9 +10,11 @@ bot/ and webhooks/ and are plugged in by shipit.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from core import logctx
 from storage import models
 
 
@@ -92,6 +94,7 @@ class DeploymentView:
     # A deploy that needs approval: approvals so far and needed (None for one that never needed any).
     approvals: int | None = None
     approvals_needed: int | None = None
+    approvers: tuple[str, ...] = ()  # who approved so far (subjects), for "1 of 2 approvals: @bob"
 
     @property
     def outcome(self) -> str:
@@ -146,6 +149,21 @@ class Notice:
     # command was typed in, or each app's GitHub repository) and the app's environment name.
     target: TargetView | None = None
     environment: str | None = None
+
+
+def logger_for(logger: logging.Logger, notice: Notice) -> logctx.ContextLogger:
+    """`logger` carrying what a notice is about (deploy, project, app, environment, outbox event), as
+    every notifier's lines should."""
+    d, app = notice.deployment, notice.app
+    return logctx.deploy_logger(
+        logger,
+        deployment=d.id if d else None,
+        project=notice.project.name if notice.project else None,
+        app=app.name if app else None,
+        environment=notice.environment or (app.environment if app else None),
+        namespace=notice.preview.namespace if notice.preview else None,
+        event=notice.event_id,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,6 +26,7 @@ from core.protection.approvals import (
     approve,
     approver_role,
     needed_for,
+    refuse_own_deploy,
     tally,
 )
 from core.protection.gate import Gate, check_request, record_override
@@ -83,6 +84,7 @@ __all__ = [
     "parse_hhmm",
     "protect",
     "record_override",
+    "refuse_own_deploy",
     "resolve_env",
     "set_window",
     "show_time",

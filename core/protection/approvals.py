@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +30,7 @@ def approver_role(env: models.Environment) -> Role:
 class Tally:
     approvals: int
     needed: int
+    approvers: tuple[str, ...] = ()  # who approved so far (the subject each used), in order
 
     @property
     def complete(self) -> bool:
@@ -51,20 +52,33 @@ async def tally(session: AsyncSession, *, deployment: models.Deployment) -> Tall
     if deployment.approval_expires_at is None and deployment.approved_by is None:
         # Never waited for approval (approvals are only taken while one waits): no count to read.
         return None
-    count = int(
-        await session.scalar(
-            select(func.count())
-            .select_from(models.DeployApproval)
+    approvers = tuple(
+        await session.scalars(
+            select(models.DeployApproval.subject)
             .where(models.DeployApproval.deployment_id == deployment.id)
+            .order_by(models.DeployApproval.id)
         )
-        or 0
     )
+    count = len(approvers)
     if deployment.approval_expires_at is None and count == 0 and deployment.approved_by is None:
         return None
     app = await session.get(models.App, deployment.app_id)
     needed = await needed_for(session, app=app) if app is not None else 1
     # A deploy approved before multi-approval existed has approved_by and no rows: one approval.
-    return Tally(approvals=max(count, 1 if deployment.approved_by else 0), needed=needed)
+    if not approvers and deployment.approved_by:
+        approvers = (deployment.approved_by,)
+    return Tally(approvals=max(count, 1 if deployment.approved_by else 0), needed=needed, approvers=approvers)
+
+
+async def refuse_own_deploy(session: AsyncSession, *, actor: Actor, deployment: models.Deployment) -> str:
+    """The one self-approval rule, for every channel (Slack button, `.approve` comment, API, CLI, web):
+    nobody approves a deploy their person requested, from any of their identities.  The approver's
+    person key when they may approve.
+    """
+    mine = await person_key(session, subject=actor.subject)
+    if mine == await person_key(session, subject=deployment.actor):
+        raise PermissionDenied("nobody approves their own deploy: ask someone else on the project")
+    return mine
 
 
 async def approve(
@@ -75,17 +89,15 @@ async def approve(
     The approver needs the environment's approver role; the requester's person never approves their own
     deploy, and a person approves once.
     """
+    mine = await refuse_own_deploy(session, actor=actor, deployment=deployment) if approve else None
     env = await environments.of_app(session, app=app)
     project = await session.get(models.Project, app.project_id)
     role = approver_role(env)
     if project is not None:
         verb = "approving" if approve else "rejecting"
         await identity.require(session, actor=actor, project=project, role=role, action=f"{verb} deploys")
-    if not approve:
+    if mine is None:
         return None
-    mine = await person_key(session, subject=actor.subject)
-    if mine == await person_key(session, subject=deployment.actor):
-        raise PermissionDenied("nobody approves their own deploy: ask someone else on the project")
     earlier = await session.scalar(
         select(models.DeployApproval.id).where(
             models.DeployApproval.deployment_id == deployment.id, models.DeployApproval.person_key == mine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from core import apps, deploys, status
+from core import apps, deploys, logctx, status
 from core.apps import AppChanges
 from core.errors import NotFound, ShipitError
 from shipit import schemas
@@ -95,7 +95,9 @@ async def delete_app(
     try:
         kept = await status.remove_workload(ctx=rt.core, target=target)
     except ShipitError as e:
-        log.warning("app %s deleted, but its workload in %s stays: %s", name, target.namespace, e)
+        logctx.deploy_logger(log, project=target.project, app=name, namespace=target.namespace).warning(
+            "app deleted, but its workload stays: %s", e
+        )
         return {
             "deleted": name,
             "workload_removed": False,

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from sqlalchemy import select, text
 
 from bot import views
-from core import deploys, previews, projects
+from core import deploys, logctx, previews, projects
 from shipit import runtime
 from shipit.main import create_app
 from shipit.settings import Settings
@@ -563,14 +563,19 @@ async def test_a_rate_limited_card_is_retried_after_retry_after_and_posted_once(
     await eventually(lambda: card_of(rt, fake_slack, d.id), what="card after 429s")
     limited = [c for c in fake_slack.calls("chat.postMessage") if c.status == 429]
     assert len(limited) == 2
+
+    async def slack_job() -> models.Job | None:
+        async with rt.sessionmaker() as session:
+            notify = await session.scalars(
+                select(models.Job).where(models.Job.kind == "notify").order_by(models.Job.id)
+            )
+            return next((j for j in notify if j.payload["notifier"] == "slack"), None)
+
+    # The card is recorded as soon as it is posted, before its job is marked done: wait for the job.
+    job = await eventually(slack_job, lambda j: j is not None and j.state == "done", what="notify job done")
+    assert job.attempts == 3, (job.attempts, job.last_error)
+    assert "rate limited" in (job.last_error or "")
     assert len(fake_slack.messages(CHANNEL)) == 1
-    async with rt.sessionmaker() as session:
-        notify = await session.scalars(
-            select(models.Job).where(models.Job.kind == "notify").order_by(models.Job.id)
-        )
-        job = next(j for j in notify if j.payload["notifier"] == "slack")
-        assert job.state == "done" and job.attempts == 3, (job.attempts, job.last_error)
-        assert "rate limited" in (job.last_error or "")
 
 
 # ---------------------------------------------------------------- several workspaces (OAuth install)
@@ -686,3 +691,26 @@ async def test_logs_and_live_status_answer_after_the_ack_even_when_the_cluster_i
     assert "could not read the Deployment" in texts  # status: the rest of the status still shown
     assert any(r["text"].startswith(":warning:") and "reference" in r["text"] for r in followed)  # logs
     assert all(r["response_type"] == "ephemeral" for r in followed)
+
+
+async def test_log_lines_of_a_command_and_its_card_carry_what_they_are_about(
+    slack: SlackSender, offline: World, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt = offline.rt
+    await add_app(rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0")
+    caplog.set_level(logging.INFO)
+    await slack.command("deploy web 1.1", user=ALICE)
+    [d] = await deployments(rt)
+    await eventually(lambda: card_of(rt, fake_slack, d.id), what="card posted")
+
+    async def lines_of(name: str, words: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == name and words in r.getMessage()]
+
+    [posted, *_] = await eventually(lambda: lines_of("bot.notifier", "card posted"), what="card logged")
+    fields = logctx.fields_of(posted)
+    assert (fields["deploy_id"], fields["project"], fields["app"]) == (d.id, "acme", "web")
+    assert isinstance(fields["event"], int)
+    assert posted.getMessage().startswith(f"deploy {d.id} project=acme app=web ")
+    [handled] = await lines_of("bot.handlers.base", f"by {ALICE.id}")
+    fields = logctx.fields_of(handled)
+    assert fields["app"] == "web" and fields["delivery"]  # the slash command's trigger id

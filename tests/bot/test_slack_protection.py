@@ -102,7 +102,10 @@ async def test_two_approvals_from_two_persons_one_from_slack_one_from_the_api(
         await slack.click(views.ACTION_APPROVE, user=BOB, channel=channel, message_ts=ts)
         answered = await eventually(lambda: _found(fake_slack.ephemerals(user=BOB.id)), what="bob's answer")
         assert "1 of 2 approvals" in answered[-1]["text"]
-        await eventually(lambda: _card_says(fake_slack, channel, ts, "1 of 2 approvals"), what="card counts")
+        # The card names who approved so far, next to its Approve button.
+        await eventually(
+            lambda: _card_says(fake_slack, channel, ts, f"1 of 2 approvals: <@{BOB.id}>."), what="card counts"
+        )
         await slack.click(views.ACTION_APPROVE, user=BOB, channel=channel, message_ts=ts)
         again = await eventually(
             lambda: _found(
@@ -141,6 +144,33 @@ async def test_two_approvals_from_two_persons_one_from_slack_one_from_the_api(
         (f"person:{bob}", BOB.subject, "slack"),
         ("user:erin", "user:erin", "api"),
     ]
+
+
+async def test_the_cards_approve_button_refuses_the_requester_from_their_other_identity(
+    slack: SlackSender, offline: World, fake_slack: FakeSlack, live_server: LiveServer
+) -> None:
+    """Asked through the API as github:alice, Alice's Slack click on the card is still Alice's own deploy."""
+    rt = offline.rt
+    await add_app(rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0", protected=True)
+    await _link(rt, "alice", ALICE.subject, "github:alice")
+    await _grant(rt, "github:alice", "developer")
+    alice_api = _http(live_server, await make_token(rt, subject="github:alice", admin=False))
+    try:
+        r = await alice_api.post("/api/v1/apps/web/deploys", json={"image": "ghcr.io/acme/web:2.0"})
+        assert r.status_code == 202 and r.json()["status"] == "awaiting_approval", r.text
+        deployment_id = r.json()["id"]
+    finally:
+        await alice_api.aclose()
+    channel, ts = await eventually(lambda: card_of(rt, fake_slack, deployment_id), what="card")
+    await eventually(lambda: _card_says(fake_slack, channel, ts, "waiting for approval"), what="card waits")
+
+    await slack.click(views.ACTION_APPROVE, user=ALICE, channel=channel, message_ts=ts)
+    refused = await eventually(lambda: _found(fake_slack.ephemerals(user=ALICE.id)), what="alice's answer")
+    assert "nobody approves their own deploy" in refused[-1]["text"]
+    async with rt.sessionmaker() as session:
+        d = await session.get(models.Deployment, deployment_id)
+        assert d is not None and d.status == "awaiting_approval" and d.approved_by is None
+        assert list(await session.scalars(select(models.DeployApproval))) == []
 
 
 async def test_lock_and_unlock_an_environment_and_the_project_from_slack(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -126,6 +127,16 @@ def test_awaiting_approval_has_approve_and_reject() -> None:
     assert found[views.ACTION_APPROVE]["style"] == "primary"
     assert found[views.ACTION_REJECT]["style"] == "danger"
     assert "someone other than <@U0ALICE>" in all_text(msg.blocks)
+
+
+def test_awaiting_more_approvals_names_who_approved_so_far() -> None:
+    waiting = deployment(status="awaiting_approval", queue_position=None, approvals=0, approvals_needed=3)
+    assert "0 of 3 approvals." in all_text(render(waiting, app_view(protected=True)).blocks)
+    two = dataclasses.replace(waiting, approvals=2, approvers=("slack:U0BOB", "github:carol"))
+    msg = render(two, app_view(protected=True))
+    assert_valid_block_kit(msg)
+    assert "2 of 3 approvals: <@U0BOB>, carol (GitHub)." in all_text(msg.blocks)
+    assert set(buttons(msg.blocks)) == {views.ACTION_APPROVE, views.ACTION_REJECT}  # still waiting
 
 
 def test_rolling_out_shows_ready_over_desired_and_no_buttons() -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import delete, func, select
 
-from core import apps, claims, clusters, deploys, events, identity, outgoing, previews, projects
+from core import apps, claims, clusters, deploys, events, identity, previews, projects
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.gitops import DEPLOY, SKIP, github_actor
 from core.identity import Actor, Role
+from core.notices import webhook
 from shipit.runtime import Runtime
 from storage import models
 from tests.conftest import ADMIN
@@ -347,6 +348,6 @@ async def test_turning_protection_off_needs_an_owner_and_is_announced(two: Runti
             ("app.unprotect", OLIVE.subject),
         ]
         # The outgoing webhook renders it (delivery itself is tested over HTTP in tests/shipit).
-        body = outgoing.payload(await events.build_notice(session, event=kinds[-1]))
+        body = webhook.payload(await events.build_notice(session, event=kinds[-1]))
     assert body["event"] == "app.protection_changed" and body["app"] == "web" and body["project"] == "acme"
     assert body["details"]["protected"] is False and body["deployment"] is None

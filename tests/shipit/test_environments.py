@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 from click.testing import Result
-from sqlalchemy import update
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from core import apps
@@ -40,7 +40,9 @@ APP = {"project": "acme", "cluster": "offline", "image": "ghcr.io/acme/web:1.0",
 async def test_api_environments_rows_and_promotion(
     api: httpx.AsyncClient, live_server: LiveServer, offline: str
 ) -> None:
-    r = await api.post("/api/v1/apps", json={**APP, "name": "web", "replicas": 3})
+    r = await api.post(
+        "/api/v1/apps", json={**APP, "name": "web", "replicas": 3, "github_environment": "production"}
+    )
     assert r.status_code == 201 and r.json()["app"]["environment"] == "production", r.text
     r = await api.post(
         "/api/v1/projects/acme/environments",
@@ -62,6 +64,11 @@ async def test_api_environments_rows_and_promotion(
     assert (staging["environment"], staging["namespace"], staging["image"], staging["replicas"]) == (
         "staging", "acme-stg", "ghcr.io/acme/web:1.0", 1,
     )  # fmt: skip
+    # Not its GitHub environment: the staging row reports to GitHub's "staging", never "production".
+    assert await _github_environments(live_server, "web") == {
+        "production": "production",
+        "staging": "staging",
+    }
 
     r = await api.get("/api/v1/apps/web")
     assert r.status_code == 422 and r.json()["error"]["field"] == "env", r.text
@@ -166,3 +173,14 @@ async def test_cli_envs_env_flag_and_promote(shipit: Run, live_server: LiveServe
     await _pretend_staging_ran(live_server, image="ghcr.io/acme/web@sha256:" + "ef" * 32)
     out = ok(await shipit("promote", "web", "staging", "production"))
     assert "promoting web from staging to production: ghcr.io/acme/web@sha256:" in out
+
+
+async def _github_environments(live_server: LiveServer, name: str) -> dict[str, str | None]:
+    """Each row's GitHub environment (not in the API's app answer), by shipit environment."""
+    async with live_server.rt.sessionmaker() as session:
+        rows = await session.execute(
+            select(models.Environment.name, models.App.github_environment)
+            .join(models.App, models.App.environment_id == models.Environment.id)
+            .where(models.App.name == name)
+        )
+        return {env: gh for env, gh in rows}

@@ -6,10 +6,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from core import deploys
+from core import deploys, identities
+from core.identity import Actor
 from shipit.runtime import Runtime
 from storage import models
-from tests.conftest import serving
+from tests.conftest import ADMIN, serving
 from tests.web.conftest import Dashboard, csrf_of, offline_app
 
 
@@ -58,6 +59,30 @@ async def test_approve_button_only_for_others_and_core_refuses_self_approval(das
             select(models.AuditEvent).where(models.AuditEvent.action == "deploy.reject")
         )
     assert rejected is not None and (rejected.actor, rejected.channel) == ("user:bob@example.com", "web")
+
+
+async def test_no_approve_button_on_a_deploy_asked_from_ones_other_identity(dashboard: Dashboard) -> None:
+    await offline_app(
+        dashboard.rt, members={"user:alice@example.com": "developer", "user:bob@example.com": "developer"}
+    )
+    async with dashboard.rt.sessionmaker.begin() as session:
+        app = await session.scalar(select(models.App).where(models.App.name == "web"))
+        assert app is not None
+        app.protected = True
+        await identities.link(session, actor=ADMIN, subjects=["user:alice@example.com", "github:alice"])
+        asked = await deploys.request(
+            session, ctx=dashboard.rt.core, actor=Actor(subject="github:alice", channel="github"),
+            app_name="web", image="ghcr.io/acme/web:1.1", trigger="api",
+        )  # fmt: skip
+        d = asked.deployment
+    assert d.status == deploys.AWAITING_APPROVAL
+    async with dashboard.client() as alice:
+        page = await dashboard.sign_in(alice, "alice@example.com", next="/apps/web")
+        assert "waiting for someone else to approve" in page.text
+        assert f'action="/deploys/{d.id}/approve"' not in page.text
+    async with dashboard.client() as bob:
+        page = await dashboard.sign_in(bob, "bob@example.com", next="/apps/web")
+        assert f'action="/deploys/{d.id}/approve"' in page.text
 
 
 async def test_audit_page_filters_and_shows_only_visible_projects(dashboard: Dashboard) -> None:

@@ -275,3 +275,35 @@ async def _pr_deploy(rt: Runtime, comment_id: int) -> int | None:
         if (d.dedupe_key or "").startswith(f"pr-comment:{comment_id}:") and d.status == "awaiting_approval":
             return int(d.id)
     return None
+
+
+async def test_a_second_reject_says_who_rejected_it(live_hook: Hook, fake_github: FakeGitHub) -> None:
+    rt = live_hook.rt
+    await offline_cluster(rt)
+    await make_app(rt, name="web")
+    await _protect(rt, approvals=1)
+    await grant(rt, "github:carol", "developer")
+    await grant(rt, "github:erin", "developer")
+    for login in ("carol", "erin"):
+        fake_github.set_role(REPO, login, "write")
+    number = 43
+    fake_github.add_pull(REPO, number, head_ref="feature/y", head_sha=SHA_A)
+    web = await _request(rt, app="web", image="ghcr.io/acme/web:3.0")
+
+    first, _ = await say(live_hook, fake_github, ".reject", number=number, user="carol")
+    await reacted(fake_github, first, "rocket")
+    assert f"deploy #{web} (`web` in production) is rejected" in await _reply(fake_github, number, first)
+    # Again, by number and bare: what happened and who did it, not "not awaiting approval".
+    again, _ = await say(live_hook, fake_github, f".reject {web}", number=number, user="erin")
+    await reacted(fake_github, again, "confused")
+    body = await _reply(fake_github, number, again)
+    assert f"deploy #{web} was already rejected by carol" in body and "not awaiting" not in body, body
+    bare, _ = await say(live_hook, fake_github, ".reject", number=number, user="erin")
+    await reacted(fake_github, bare, "confused")
+    body = await _reply(fake_github, number, bare)
+    assert f"deploy #{web} (`web` in production) was already rejected by carol" in body, body
+    # A late approval of it is told the same.
+    late, _ = await say(live_hook, fake_github, f".approve {web}", number=number, user="erin")
+    await reacted(fake_github, late, "confused")
+    assert "was already rejected by carol" in await _reply(fake_github, number, late)
+    assert (await _deployment(rt, web)).status == deploys.CANCELLED

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from core import events, outgoing
+from core import events
+from core.notices import webhook
 from webhooks import notifier
 
 
@@ -57,8 +58,8 @@ def test_the_github_status_says_failed_and_rolled_back() -> None:
 
 
 def test_the_outgoing_webhook_carries_the_outcome_and_the_rollback() -> None:
-    body = outgoing.payload(_notice(_view(rolled_back_by=8, rolled_back_to=3, rollback_status="succeeded")))
+    body = webhook.payload(_notice(_view(rolled_back_by=8, rolled_back_to=3, rollback_status="succeeded")))
     deployment = body["deployment"]
     assert deployment["outcome"] == "failed, rolled back to revision 3"
     assert deployment["rolled_back_by"] == 8 and deployment["rolled_back_to"] == 3
-    assert outgoing.payload(_notice(_view()))["deployment"]["rolled_back_by"] is None
+    assert webhook.payload(_notice(_view()))["deployment"]["rolled_back_by"] is None
