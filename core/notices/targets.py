@@ -21,7 +21,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
-from core import audit, environments, identity, validation
+from core import audit, environments, identity, readcache, validation
 from core.context import Core
 from core.errors import InvalidInput, NotFound, PermanentError, TransientError, UserError
 from core.identity import Actor, Role
@@ -101,12 +101,16 @@ async def of_project(session: AsyncSession, *, project_id: int | None) -> list[m
         return []
     memo: dict[int, list[models.NotificationTarget]] = session.info.setdefault(_MEMO, {})
     if project_id not in memo:
-        q = (
-            select(models.NotificationTarget)
-            .where(models.NotificationTarget.project_id == project_id)
-            .order_by(models.NotificationTarget.id)
-        )
-        memo[project_id] = list(await session.scalars(q))
+
+        async def load() -> list[models.NotificationTarget]:
+            q = (
+                select(models.NotificationTarget)
+                .where(models.NotificationTarget.project_id == project_id)
+                .order_by(models.NotificationTarget.id)
+            )
+            return list(await session.scalars(q))
+
+        memo[project_id] = await readcache.rows(session, ("targets.of", project_id), load)
     return list(memo[project_id])
 
 

@@ -30,11 +30,13 @@ from tests.shipit.conftest import make_token, offline_kubeconfig
 
 # The aim of issue 13 is 8 per request.  Not reached yet: these budgets are what each path costs on
 # SQLite today (before issue 13: 30 and 36; 25 and 26 after environments, protection, identities and
-# notification targets were merged), so that nothing creeps back; lower them as it shrinks.  The API
-# answer also tells the new deploy's place in the queue (one count).
+# notification targets were merged; 20 and 20 before the read cache), so that nothing creeps back;
+# lower them as it shrinks.  The API answer also tells the new deploy's place in the queue (one count).
+# The read-mostly look-ups (token, app, environment, project, roles, namespace claim, secrets probe,
+# notification targets) cost one statement together while nothing changed: the read cache's stamp.
 AIM = 8
-API_BUDGET = 20
-SLACK_BUDGET = 20
+API_BUDGET = 13
+SLACK_BUDGET = 13
 
 
 @contextmanager
