@@ -59,6 +59,8 @@ CACHED_TABLES = frozenset(
         "notification_targets",
     }
 )
+# More entries than this and the copies start afresh: a bound on memory, not a tuning knob.
+MAX_ENTRIES = 20_000
 # session.info keys: the process's cache (set on the Core's sessionmaker) and the stamp this
 # transaction reads at.
 _CACHE = "shipit.readcache"
@@ -117,7 +119,8 @@ class ReadCache:
         new as V's state (newer is harmless: it was committed); it is only answered to requests that
         read V too.
         """
-        if version != self.version:
+        if version != self.version or len(self.entries) >= MAX_ENTRIES:
+            # (The cap: names that match nothing are remembered too, and anyone can ask for those.)
             self.version, self.entries = version, {}
         return self.entries
 
@@ -206,6 +209,8 @@ async def _wrote(session: AsyncSession) -> bool:
     if not session.in_transaction():
         return False
     conn = (await session.connection()).sync_connection
+    if conn is None:
+        return False
     root = conn.get_transaction()
     return root is not None and conn.info.get(_WROTE) is root
 
