@@ -196,11 +196,8 @@ async def get(session: AsyncSession, *, actor: Actor, name: str, env: str | None
     flag); an app in several is refused, naming them, rather than guessed.
     """
 
-    async def load() -> list[models.App]:
-        q = select(models.App).where(models.App.name == name).order_by(models.App.id)
-        return list(await session.scalars(q))
-
-    rows = await readcache.rows(session, ("apps.named", name), load, pin=actor.pin)
+    q = select(models.App).where(models.App.name == name).order_by(models.App.id)
+    rows = await readcache.rows(session, ("apps.named", name), q, pin=actor.pin)
     visible = await identity.visible_project_ids(session, actor=actor)
     if not rows or (visible is not None and rows[0].project_id not in visible):
         raise await not_found(session, actor=actor, name=name)

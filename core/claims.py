@@ -66,15 +66,10 @@ async def ensure_grant(
 
 
 async def claim_of(session: AsyncSession, *, cluster_id: int, namespace: str) -> models.NamespaceClaim | None:
-    async def load() -> list[models.NamespaceClaim]:
-        found = await session.scalar(
-            select(models.NamespaceClaim).where(
-                models.NamespaceClaim.cluster_id == cluster_id, models.NamespaceClaim.namespace == namespace
-            )
-        )
-        return [] if found is None else [found]
-
-    rows = await readcache.rows(session, ("claim", cluster_id, namespace), load)
+    q = select(models.NamespaceClaim).where(
+        models.NamespaceClaim.cluster_id == cluster_id, models.NamespaceClaim.namespace == namespace
+    )
+    rows = await readcache.rows(session, ("claim", cluster_id, namespace), q)
     return rows[0] if rows else None
 
 

@@ -25,15 +25,12 @@ def _transaction_ended(session: Session, transaction: SessionTransaction) -> Non
 
 
 async def list_for(session: AsyncSession, *, project_id: int) -> list[models.Environment]:
-    async def load() -> list[models.Environment]:
-        q = (
-            select(models.Environment)
-            .where(models.Environment.project_id == project_id)
-            .order_by(models.Environment.position, models.Environment.id)
-        )
-        return list(await session.scalars(q))
-
-    rows = await readcache.rows(session, ("environments.of", project_id), load)
+    q = (
+        select(models.Environment)
+        .where(models.Environment.project_id == project_id)
+        .order_by(models.Environment.position, models.Environment.id)
+    )
+    rows = await readcache.rows(session, ("environments.of", project_id), q)
     # Held for the session: the identity map is weak, and `of_app` (a session.get) asks again for the
     # row of this list a moment later in the same request (issue 13: statements per request).
     session.info.setdefault("shipit.held", []).extend(rows)

@@ -21,12 +21,8 @@ _PURPOSE_WEBHOOK = "project-webhook-secret"
 
 async def get(session: AsyncSession, *, name: str) -> models.Project:
     """By name, with no permission check: callers go through `identity.require` before answering."""
-
-    async def load() -> list[models.Project]:
-        found = await session.scalar(select(models.Project).where(models.Project.name == name))
-        return [] if found is None else [found]
-
-    rows = await readcache.rows(session, ("projects.named", name), load)
+    q = select(models.Project).where(models.Project.name == name)
+    rows = await readcache.rows(session, ("projects.named", name), q)
     if not rows:
         raise identity.project_not_found(name)
     return rows[0]

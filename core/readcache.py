@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from sqlalchemy import event, inspect, select
+from sqlalchemy import Select, event, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -217,7 +217,12 @@ async def _wrote(session: AsyncSession) -> bool:
 
 async def _entries(session: AsyncSession, pin: Pin | None) -> dict[Hashable, Any] | None:
     cache: ReadCache | None = session.info.get(_CACHE)
-    if cache is None or await _wrote(session):
+    if cache is None:
+        return None
+    sync = session.sync_session
+    # Pending changes (not flushed yet) or flushed writes of this transaction: copies would not show
+    # them, and a read now would show uncommitted rows that must not be copied.
+    if sync.new or sync.dirty or sync.deleted or await _wrote(session):
         return None
     version: bytes | None = session.info.get(_VERSION)
     if version is None:
@@ -255,21 +260,24 @@ def _attach(session: AsyncSession, row: Row) -> Any:
     return obj
 
 
-async def rows(
-    session: AsyncSession, key: Hashable, load: Callable[[], Awaitable[list[R]]], *, pin: Pin | None = None
-) -> list[R]:
-    """ORM rows for `key`: the copies when the stamp is unchanged, else `load()` (then copied)."""
+async def rows(session: AsyncSession, key: Hashable, query: Select[R], *, pin: Pin | None = None) -> list[R]:
+    """The ORM rows `query` selects, named `key`: the copies when the stamp is unchanged, else read
+    (then copied)."""
     entries = await _entries(session, pin)
     cache: ReadCache | None = session.info.get(_CACHE)
-    if entries is not None and key in entries:
+    if entries is None:
+        return list(await session.scalars(query))
+    if key in entries:
         if cache is not None:
             cache.hits += 1
         return [_attach(session, r) for r in entries[key]]
-    loaded = await load()
-    if entries is not None:
-        entries[key] = tuple(_freeze(o) for o in loaded)
-        if cache is not None:
-            cache.misses += 1
+    # populate_existing: a row this session still holds from an earlier transaction (sessions keep
+    # their rows past commit) is read afresh, so no stale copy is taken under the current stamp.  Safe
+    # here: the session has no pending changes (`_entries`).
+    loaded = list(await session.scalars(query, execution_options={"populate_existing": True}))
+    entries[key] = tuple(_freeze(o) for o in loaded)
+    if cache is not None:
+        cache.misses += 1
     return loaded
 
 
@@ -279,11 +287,9 @@ async def get(session: AsyncSession, model: type[R], ident: int, *, pin: Pin | N
     if held is not None:
         return held  # type: ignore[no-any-return]
 
-    async def load() -> list[R]:
-        found = await session.get(model, ident)
-        return [] if found is None else [found]
-
-    found = await rows(session, ("get", model.__tablename__, ident), load, pin=pin)  # type: ignore[attr-defined]
+    pk = inspect(model).primary_key[0]
+    query = select(model).where(pk == ident)
+    found = await rows(session, ("get", model.__tablename__, ident), query, pin=pin)  # type: ignore[attr-defined]
     return found[0] if found else None
 
 

@@ -101,16 +101,12 @@ async def of_project(session: AsyncSession, *, project_id: int | None) -> list[m
         return []
     memo: dict[int, list[models.NotificationTarget]] = session.info.setdefault(_MEMO, {})
     if project_id not in memo:
-
-        async def load() -> list[models.NotificationTarget]:
-            q = (
-                select(models.NotificationTarget)
-                .where(models.NotificationTarget.project_id == project_id)
-                .order_by(models.NotificationTarget.id)
-            )
-            return list(await session.scalars(q))
-
-        memo[project_id] = await readcache.rows(session, ("targets.of", project_id), load)
+        q = (
+            select(models.NotificationTarget)
+            .where(models.NotificationTarget.project_id == project_id)
+            .order_by(models.NotificationTarget.id)
+        )
+        memo[project_id] = await readcache.rows(session, ("targets.of", project_id), q)
     return list(memo[project_id])
 
 

@@ -187,3 +187,39 @@ async def test_a_tokens_last_use_does_not_change_the_stamp(rt: Runtime, db_backe
     with counting(rt) as seen:
         await tokens.authenticate_cached(ctx=rt.core, token=token)
     assert len(seen) == 1 and "FROM meta" in seen[0], seen
+
+
+async def test_pending_changes_are_never_copied(rt: Runtime, db_backend: str) -> None:
+    await _setup(rt, db_backend)
+    await _lookups(rt)  # warm
+    async with rt.sessionmaker() as session:
+        app = await apps.get(session, actor=DEV, name="web")
+        project_id = app.project_id
+        members = await projects.members(session, actor=ADMIN, project_name="acme")
+        [member] = [m for m in members if m.subject == DEV.subject]
+        member.role = "owner"  # pending, not flushed: the next read flushes it inside this transaction
+        assert await identity.role_of(session, actor=DEV, project_id=project_id) == Role.OWNER
+        await session.rollback()
+    async with rt.sessionmaker() as session:
+        assert await identity.role_of(session, actor=DEV, project_id=project_id) == Role.DEVELOPER
+
+
+async def test_a_row_a_session_kept_from_an_earlier_transaction_is_not_copied_stale(
+    rt: Runtime, db_backend: str
+) -> None:
+    await _setup(rt, db_backend)
+    async with rt.sessionmaker() as keeper:  # a session that outlives its transactions (a worker's)
+        async with keeper.begin():
+            project = await projects.get(keeper, name="acme")
+            project_id = project.id
+        # Renamed elsewhere: the stamp changes, and `keeper` still holds the old row in memory.
+        async with rt.sessionmaker.begin() as session:
+            fresh = await session.get(models.Project, project_id)
+            assert fresh is not None
+            fresh.name = "acme2"
+        async with keeper.begin():
+            assert (await projects.get(keeper, name="acme2")).id == project_id
+    async with rt.sessionmaker() as session:
+        assert (await projects.get(session, name="acme2")).name == "acme2"
+        with pytest.raises(Exception, match="no project named 'acme'"):
+            await projects.get(session, name="acme")
