@@ -215,14 +215,20 @@ async def _wrote(session: AsyncSession) -> bool:
     return root is not None and conn.info.get(_WROTE) is root
 
 
+def _pending(sync: Session) -> bool:
+    for objects in (sync.new, sync.deleted, sync.dirty):
+        if any(getattr(o, "__tablename__", None) in CACHED_TABLES for o in objects):
+            return True
+    return False
+
+
 async def _entries(session: AsyncSession, pin: Pin | None) -> dict[Hashable, Any] | None:
     cache: ReadCache | None = session.info.get(_CACHE)
     if cache is None:
         return None
-    sync = session.sync_session
-    # Pending changes (not flushed yet) or flushed writes of this transaction: copies would not show
-    # them, and a read now would show uncommitted rows that must not be copied.
-    if sync.new or sync.dirty or sync.deleted or await _wrote(session):
+    # Pending changes to a cached table (not flushed yet) or flushed writes of this transaction: the
+    # copies would not show them, and a read now would show uncommitted rows that must not be copied.
+    if _pending(session.sync_session) or await _wrote(session):
         return None
     version: bytes | None = session.info.get(_VERSION)
     if version is None:
