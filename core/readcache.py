@@ -20,6 +20,11 @@ Copies are immutable (column values, JSON values deep-copied on the way in and o
 own fresh ORM instances, attached as clean persistent rows (`_attach`), never an instance another session
 holds.  A transaction that wrote a cached table reads the rows themselves from then on (its own writes
 are not in the copies); one that did not may use the copies for the rest of its life.
+
+Not seen: writes that do not go through an engine a Core was built on (a psql shell, migrations, which
+run before the Core exists).  After such a write, stamp by hand (`bump_now`) or restart the replicas.
+On PostgreSQL the stamp's row is locked from a transaction's first write to a cached table until it
+ends, so such writes (rare: settings, access, tokens, a deploy's success) are serialised.
 """
 
 from __future__ import annotations
