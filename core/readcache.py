@@ -237,10 +237,13 @@ async def _entries(session: AsyncSession, pin: Pin | None) -> dict[Hashable, Any
         return None
     version: bytes | None = session.info.get(_VERSION)
     if version is None:
-        # A stamp read with the token check, just before this transaction began, stands for it: the
-        # request is then answered as of that read (a write committed in between is ordered after the
-        # request), exactly as the token itself always was checked in a transaction of its own before
-        # the request's.  Otherwise the stamp is read here, inside the transaction: one statement.
+        # A stamp read with the token check, just before this transaction began, stands for it.  Sound
+        # because every copy under that stamp is at least as new as the state the stamp names (it was
+        # read after it), and the request's reads then happen as of that moment: a write committed in
+        # the gap is ordered after them, as a token revoked just after its check always was (the token
+        # had its own transaction before the request's).  The gap is the one PostgreSQL's READ
+        # COMMITTED already has (the app row is read before `_lock_app`); the request's writes still
+        # commit in its own transaction.  Otherwise the stamp is read here, inside the transaction.
         version = pin.claim() if pin is not None else None
         if version is None:
             version = await _read_version(session)
