@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit, claims, environments, events, identity, validation
+from core import audit, claims, environments, events, identity, readcache, validation
 from core.context import Core
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied, UserError
 from core.identity import Actor, Role
@@ -195,9 +195,9 @@ async def get(session: AsyncSession, *, actor: Actor, name: str, env: str | None
     Without `env`, an app in exactly one environment is that row (single-environment use needs no
     flag); an app in several is refused, naming them, rather than guessed.
     """
-    rows = list(
-        await session.scalars(select(models.App).where(models.App.name == name).order_by(models.App.id))
-    )
+
+    q = select(models.App).where(models.App.name == name).order_by(models.App.id)
+    rows = await readcache.rows(session, ("apps.named", name), q, pin=actor.pin)
     visible = await identity.visible_project_ids(session, actor=actor)
     if not rows or (visible is not None and rows[0].project_id not in visible):
         raise await not_found(session, actor=actor, name=name)
@@ -244,7 +244,7 @@ async def rows_of(session: AsyncSession, *, name: str) -> list[models.App]:
 
 
 async def project_of(session: AsyncSession, *, app: models.App) -> models.Project:
-    project = await session.get(models.Project, app.project_id)
+    project = await readcache.get(session, models.Project, app.project_id)
     assert project is not None
     return project
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import readcache
 from core.errors import Conflict, PermissionDenied
 from core.identity import Actor
 from storage import models
@@ -65,11 +66,11 @@ async def ensure_grant(
 
 
 async def claim_of(session: AsyncSession, *, cluster_id: int, namespace: str) -> models.NamespaceClaim | None:
-    return await session.scalar(
-        select(models.NamespaceClaim).where(
-            models.NamespaceClaim.cluster_id == cluster_id, models.NamespaceClaim.namespace == namespace
-        )
+    q = select(models.NamespaceClaim).where(
+        models.NamespaceClaim.cluster_id == cluster_id, models.NamespaceClaim.namespace == namespace
     )
+    rows = await readcache.rows(session, ("claim", cluster_id, namespace), q)
+    return rows[0] if rows else None
 
 
 async def _names(session: AsyncSession, *, cluster_id: int, project_id: int) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core import readcache
 from core.kube.client import KubeClients
 from core.notices import Notifier
 from storage.crypto import Cipher
@@ -73,3 +74,10 @@ class Core:
     jobs_ready: asyncio.Event = field(default_factory=asyncio.Event)
     # Fired when a transaction that changed a deployment row commits in this process (live pages).
     deploys_changed: Broadcast = field(default_factory=Broadcast)
+    # Copies of read-mostly rows, checked against the database's version stamp (core.readcache).
+    readcache: readcache.ReadCache = field(default_factory=readcache.ReadCache)
+
+    def __post_init__(self) -> None:
+        bind = self.sessionmaker.kw.get("bind")
+        if bind is not None:
+            readcache.configure(self.sessionmaker, bind, self.readcache)

@@ -11,6 +11,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
+from core import readcache
 from core.errors import NotFound
 from storage import models
 
@@ -29,7 +30,7 @@ async def list_for(session: AsyncSession, *, project_id: int) -> list[models.Env
         .where(models.Environment.project_id == project_id)
         .order_by(models.Environment.position, models.Environment.id)
     )
-    rows = list(await session.scalars(q))
+    rows = await readcache.rows(session, ("environments.of", project_id), q)
     # Held for the session: the identity map is weak, and `of_app` (a session.get) asks again for the
     # row of this list a moment later in the same request (issue 13: statements per request).
     session.info.setdefault("shipit.held", []).extend(rows)
@@ -85,7 +86,7 @@ async def get(session: AsyncSession, *, project_id: int, name: str) -> models.En
 async def of_app(session: AsyncSession, *, app: models.App) -> models.Environment:
     """The environment an app row runs in (an app from before environments: the project's first)."""
     if app.environment_id is not None:
-        env = await session.get(models.Environment, app.environment_id)
+        env = await readcache.get(session, models.Environment, app.environment_id)
         if env is not None:
             return env
     return await default_for(session, project_id=app.project_id)

@@ -12,11 +12,12 @@ look anything else up, so no cached or deduplicated answer leaks past it.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import readcache
 from core.errors import InvalidInput, NotFound, PermissionDenied, UserError
 from storage import models
 
@@ -48,6 +49,8 @@ class Actor:
     channel: str  # api, cli, slack, github, system
     display: str = ""
     is_admin: bool = False  # global admin: the bootstrap token, `shipit` run on the server
+    # The read cache's version stamp, read with the token check, for the request's transaction.
+    pin: readcache.Pin | None = field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -68,16 +71,29 @@ def person_subjects(subject: str) -> ColumnElement[bool]:
     return or_(models.Member.subject == subject, models.Member.subject.in_(linked))
 
 
+async def _roles(session: AsyncSession, *, actor: Actor) -> dict[int, Role]:
+    """Project id -> the person's highest role over all of their subjects (one statement, or none
+    while the read cache's stamp is unchanged)."""
+
+    async def load() -> tuple[tuple[int, str], ...]:
+        rows = await session.execute(
+            select(models.Member.project_id, models.Member.role).where(person_subjects(actor.subject))
+        )
+        return tuple((int(p), str(r)) for p, r in rows)
+
+    pairs = await readcache.value(session, ("roles", actor.subject), load, pin=actor.pin)
+    roles: dict[int, Role] = {}
+    for project_id, role in pairs:
+        have = Role[role.upper()]
+        if project_id not in roles or roles[project_id] < have:
+            roles[project_id] = have
+    return roles
+
+
 async def role_of(session: AsyncSession, *, actor: Actor, project_id: int) -> Role | None:
     if actor.is_admin:
         return Role.OWNER
-    roles = await session.scalars(
-        select(models.Member.role).where(
-            models.Member.project_id == project_id, person_subjects(actor.subject)
-        )
-    )
-    # The person's highest role over all of their subjects.
-    return max((Role[r.upper()] for r in roles), default=None)
+    return (await _roles(session, actor=actor)).get(project_id)
 
 
 def project_not_found(name: str) -> NotFound:
@@ -118,5 +134,4 @@ async def visible_project_ids(session: AsyncSession, *, actor: Actor) -> set[int
     """The projects the actor can read; None means all of them."""
     if actor.is_admin:
         return None
-    rows = await session.scalars(select(models.Member.project_id).where(person_subjects(actor.subject)))
-    return set(rows)
+    return set(await _roles(session, actor=actor))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit, claims, environments, identity, validation
+from core import audit, claims, environments, identity, readcache, validation
 from core.context import Core
 from core.errors import Conflict, InvalidInput, PermissionDenied
 from core.identity import Actor, Role
@@ -21,10 +21,11 @@ _PURPOSE_WEBHOOK = "project-webhook-secret"
 
 async def get(session: AsyncSession, *, name: str) -> models.Project:
     """By name, with no permission check: callers go through `identity.require` before answering."""
-    project = await session.scalar(select(models.Project).where(models.Project.name == name))
-    if project is None:
+    q = select(models.Project).where(models.Project.name == name)
+    rows = await readcache.rows(session, ("projects.named", name), q)
+    if not rows:
         raise identity.project_not_found(name)
-    return project
+    return rows[0]
 
 
 async def get_for(

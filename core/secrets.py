@@ -18,7 +18,7 @@ import json
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, validation
+from core import apps, audit, readcache, validation
 from core.context import Core
 from core.errors import InvalidInput, PermanentError
 from core.identity import SYSTEM, Actor, Role
@@ -174,8 +174,12 @@ async def ensure_version(session: AsyncSession, *, ctx: Core, app: models.App) -
     """The app's secrets version; an app whose secrets predate versions gets version 1 from its rows."""
     if app.secrets_version:
         return app.secrets_version
-    has_rows = await session.scalar(select(models.Secret.id).where(models.Secret.app_id == app.id).limit(1))
-    if has_rows is None:
+
+    async def probe() -> bool:
+        q = select(models.Secret.id).where(models.Secret.app_id == app.id).limit(1)
+        return (await session.scalar(q)) is not None
+
+    if not await readcache.value(session, ("app.has_secrets", app.id), probe):
         return 0
     return await _write_version(session, ctx=ctx, app=app, actor=SYSTEM)
 

@@ -21,7 +21,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
-from core import audit, environments, identity, validation
+from core import audit, environments, identity, readcache, validation
 from core.context import Core
 from core.errors import InvalidInput, NotFound, PermanentError, TransientError, UserError
 from core.identity import Actor, Role
@@ -106,7 +106,7 @@ async def of_project(session: AsyncSession, *, project_id: int | None) -> list[m
             .where(models.NotificationTarget.project_id == project_id)
             .order_by(models.NotificationTarget.id)
         )
-        memo[project_id] = list(await session.scalars(q))
+        memo[project_id] = await readcache.rows(session, ("targets.of", project_id), q)
     return list(memo[project_id])
 
 

@@ -1,0 +1,334 @@
+"""Read-mostly look-ups served from memory, kept honest by one version stamp in the database (issue 13).
+
+What a deploy request reads before it writes (the token, the app's rows, its project and environments,
+the caller's roles, the namespace claim, whether the app has secrets, the notification targets) changes
+rarely.  Each process keeps copies of those rows here, labelled with the version stamp they were read
+under; the stamp lives in the `meta` table (key `readcache.version`) and is read once per request.  While
+it stays the same, nothing here was written, by this process or any other (a second replica, the CLI on
+the same database): the copies are answered with no statement.
+
+Soundness rests on one rule: EVERY write to a cached table changes the stamp in the same transaction.  It
+is not left to the write sites: an engine-level `before_execute` listener (installed by `install`, on the
+engine a Core is built on) sees every INSERT, UPDATE and DELETE that goes through that engine, ORM
+unit-of-work flushes, ORM bulk `update()`/`delete()` and plain Core statements alike, and writes a fresh
+random stamp (an upsert of the `meta` row, so no migration: an absent row is the empty stamp) before the
+statement runs.  Random stamps never repeat, so a stamp seen again means nothing changed in between.
+Statements may opt out with the execution option `readcache_bump=False` only when they write a column no
+cached copy answers with (an API token's `last_used_at`).
+
+Copies are immutable (column values, JSON values deep-copied on the way in and out); a session gets its
+own fresh ORM instances, attached as clean persistent rows (`_attach`), never an instance another session
+holds.  A transaction that wrote a cached table reads the rows themselves from then on (its own writes
+are not in the copies); one that did not may use the copies for the rest of its life.
+
+Not seen: writes that do not go through an engine a Core was built on (a psql shell, migrations, which
+run before the Core exists).  After such a write, stamp by hand (`bump_now`) or restart the replicas.
+On PostgreSQL the stamp's row is locked from a transaction's first write to a cached table until it
+ends, so such writes (rare: settings, access, tokens, a deploy's success) are serialised.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, event, inspect, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.session import make_transient_to_detached
+
+from storage import models
+
+KEY = "readcache.version"
+# Every table a copy is taken from, and those whose deletes cascade into one in the database itself
+# (clusters -> namespace_claims, persons -> identities): a write to any of them changes the stamp.
+CACHED_TABLES = frozenset(
+    {
+        "api_tokens",
+        "projects",
+        "environments",
+        "apps",
+        "members",
+        "persons",
+        "identities",
+        "clusters",
+        "namespace_claims",
+        "secrets",
+        "notification_targets",
+    }
+)
+# More entries than this and the copies start afresh: a bound on memory, not a tuning knob.
+MAX_ENTRIES = 20_000
+# session.info keys: the process's cache (set on the Core's sessionmaker) and the stamp this
+# transaction reads at.
+_CACHE = "shipit.readcache"
+_VERSION = "shipit.readcache.version"
+_HELD = "shipit.held"  # strong references for the session's weak identity map (also core.environments)
+# Connection.info: the root transaction that wrote a cached table (its reads must see its own writes).
+_WROTE = "shipit.readcache.wrote"
+# Connection execution option: read the stamp without BEGIN IMMEDIATE (storage.db honours it).
+NO_BEGIN = "shipit_no_begin"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Row:
+    """An immutable copy of one ORM row: its class and column values."""
+
+    model: type[Any]
+    values: MappingProxyType[str, Any]
+
+
+class Pin:
+    """A stamp read before the request's transaction (with the token check), for that transaction.
+
+    Claimed once: a later transaction of the same caller (an SSE stream holds its Actor for minutes)
+    reads the stamp again.
+    """
+
+    __slots__ = ("_claimed", "version")
+
+    def __init__(self, version: bytes) -> None:
+        self.version = version
+        self._claimed = False
+
+    def claim(self) -> bytes | None:
+        if self._claimed:
+            return None
+        self._claimed = True
+        return self.version
+
+
+@dataclass
+class ReadCache:
+    """One process's (one Core's) copies, for one stamp at a time."""
+
+    version: bytes | None = None
+    entries: dict[Hashable, Any] = field(default_factory=dict)
+    hits: int = 0
+    misses: int = 0
+
+    def at(self, version: bytes) -> dict[Hashable, Any]:
+        """The copies taken under `version`; another stamp starts afresh.
+
+        An entry under stamp V was read after a read of the stamp returned V, so it is at least as
+        new as V's state (newer is harmless: it was committed); it is only answered to requests that
+        read V too.
+        """
+        if version != self.version or len(self.entries) >= MAX_ENTRIES:
+            # (The cap: names that match nothing are remembered too, and anyone can ask for those.)
+            self.version, self.entries = version, {}
+        return self.entries
+
+    def clear(self) -> None:
+        self.version, self.entries = None, {}
+
+
+# ------------------------------------------------------------------ the stamp
+
+
+def _stamp_query() -> Any:
+    return select(models.Meta.value).where(models.Meta.key == KEY)
+
+
+async def read_version_outside(engine: AsyncEngine) -> bytes:
+    """The stamp, read on its own: one SELECT, no transaction around it (SQLite's autocommit)."""
+    async with engine.connect() as conn:
+        await conn.execution_options(**{NO_BEGIN: True})
+        value = await conn.scalar(_stamp_query())
+    return bytes(value) if value is not None else b""
+
+
+async def _read_version(session: AsyncSession) -> bytes:
+    value = await session.scalar(_stamp_query())
+    return bytes(value) if value is not None else b""
+
+
+def _bump_statement(dialect: str) -> Any:
+    stamp = os.urandom(16)
+    if dialect == "postgresql":
+        pg = postgresql.insert(models.Meta).values(key=KEY, value=stamp)
+        return pg.on_conflict_do_update(index_elements=["key"], set_={"value": stamp})
+    lite = sqlite.insert(models.Meta).values(key=KEY, value=stamp)
+    return lite.on_conflict_do_update(index_elements=["key"], set_={"value": stamp})
+
+
+def _table_name(statement: Any) -> str | None:
+    if not getattr(statement, "is_dml", False):
+        return None
+    table = getattr(statement, "table", None)
+    return getattr(table, "name", None)
+
+
+def _before_execute(
+    conn: Connection, statement: Any, multiparams: Any, params: Any, execution_options: Any
+) -> None:
+    name = _table_name(statement)
+    if name is None or name not in CACHED_TABLES:
+        return
+    if execution_options.get("readcache_bump", True) is False:
+        return
+    # Once per transaction (or savepoint) is enough: the stamp is uncommitted until the rest is, and a
+    # savepoint rolled back takes its stamp with it, so the next write there stamps again.
+    innermost = conn.get_nested_transaction() or conn.get_transaction()
+    if innermost is not None and innermost.is_active and conn.info.get(_WROTE + ".at") is innermost:
+        conn.info[_WROTE] = conn.get_transaction()
+        return
+    conn.execute(_bump_statement(conn.dialect.name))
+    conn.info[_WROTE + ".at"] = conn.get_nested_transaction() or conn.get_transaction()
+    conn.info[_WROTE] = conn.get_transaction()
+
+
+def install(engine: AsyncEngine) -> None:
+    """Stamp every write to a cached table made through `engine` (idempotent)."""
+    sync = engine.sync_engine
+    if not event.contains(sync, "before_execute", _before_execute):
+        event.listen(sync, "before_execute", _before_execute)
+
+
+def bump_now(conn: Connection) -> None:
+    """Change the stamp in `conn`'s transaction (for writes the listener cannot see, e.g. raw SQL)."""
+    conn.execute(_bump_statement(conn.dialect.name))
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _transaction_ended(session: Session, transaction: SessionTransaction) -> None:
+    # The stamp is read again by the next transaction: other replicas write in between.
+    if transaction.parent is None:
+        session.info.pop(_VERSION, None)
+
+
+# ------------------------------------------------------------------ a session's view
+
+
+async def _wrote(session: AsyncSession) -> bool:
+    if not session.in_transaction():
+        return False
+    conn = (await session.connection()).sync_connection
+    if conn is None:
+        return False
+    root = conn.get_transaction()
+    return root is not None and conn.info.get(_WROTE) is root
+
+
+def _pending(sync: Session) -> bool:
+    for objects in (sync.new, sync.deleted, sync.dirty):
+        if any(getattr(o, "__tablename__", None) in CACHED_TABLES for o in objects):
+            return True
+    return False
+
+
+async def _entries(session: AsyncSession, pin: Pin | None) -> dict[Hashable, Any] | None:
+    cache: ReadCache | None = session.info.get(_CACHE)
+    if cache is None:
+        return None
+    # Pending changes to a cached table (not flushed yet) or flushed writes of this transaction: the
+    # copies would not show them, and a read now would show uncommitted rows that must not be copied.
+    if _pending(session.sync_session) or await _wrote(session):
+        return None
+    version: bytes | None = session.info.get(_VERSION)
+    if version is None:
+        # A stamp read with the token check, just before this transaction began, stands for it.  Sound
+        # because every copy under that stamp is at least as new as the state the stamp names (it was
+        # read after it), and the request's reads then happen as of that moment: a write committed in
+        # the gap is ordered after them, as a token revoked just after its check always was (the token
+        # had its own transaction before the request's).  The gap is the one PostgreSQL's READ
+        # COMMITTED already has (the app row is read before `_lock_app`); the request's writes still
+        # commit in its own transaction.  Otherwise the stamp is read here, inside the transaction.
+        version = pin.claim() if pin is not None else None
+        if version is None:
+            version = await _read_version(session)
+        session.info[_VERSION] = version
+    return cache.at(version)
+
+
+def _freeze(obj: Any) -> Row:
+    mapper = inspect(obj).mapper
+    values = {a.key: copy.deepcopy(getattr(obj, a.key)) for a in mapper.column_attrs}
+    return Row(model=type(obj), values=MappingProxyType(values))
+
+
+def _attach(session: AsyncSession, row: Row) -> Any:
+    """This session's own instance of `row`: the one it holds already, or a fresh clean one."""
+    sync = session.sync_session
+    mapper = inspect(row.model)
+    key = mapper.identity_key_from_primary_key([row.values[c.key] for c in mapper.primary_key])
+    held = sync.identity_map.get(key)
+    if held is not None:
+        return held
+    obj = mapper.class_manager.new_instance()
+    for k, v in row.values.items():
+        set_committed_value(obj, k, copy.deepcopy(v) if isinstance(v, (dict, list)) else v)
+    make_transient_to_detached(obj)
+    sync.add(obj)
+    session.info.setdefault(_HELD, []).append(obj)
+    return obj
+
+
+async def rows(session: AsyncSession, key: Hashable, query: Select[R], *, pin: Pin | None = None) -> list[R]:
+    """The ORM rows `query` selects, named `key`: the copies when the stamp is unchanged, else read
+    (then copied)."""
+    entries = await _entries(session, pin)
+    cache: ReadCache | None = session.info.get(_CACHE)
+    if entries is None:
+        return list(await session.scalars(query))
+    if key in entries:
+        if cache is not None:
+            cache.hits += 1
+        return [_attach(session, r) for r in entries[key]]
+    # populate_existing: a row this session still holds from an earlier transaction (sessions keep
+    # their rows past commit) is read afresh, so no stale copy is taken under the current stamp.  Safe
+    # here: the session has no pending changes (`_entries`).
+    loaded = list(await session.scalars(query, execution_options={"populate_existing": True}))
+    entries[key] = tuple(_freeze(o) for o in loaded)
+    if cache is not None:
+        cache.misses += 1
+    return loaded
+
+
+async def get(session: AsyncSession, model: type[R], ident: int, *, pin: Pin | None = None) -> R | None:
+    """`session.get`, answered from the copies when the session does not hold the row yet."""
+    held = session.sync_session.identity_map.get(inspect(model).identity_key_from_primary_key([ident]))
+    if held is not None:
+        return held  # type: ignore[no-any-return]
+
+    pk = inspect(model).primary_key[0]
+    query = select(model).where(pk == ident)
+    found = await rows(session, ("get", model.__tablename__, ident), query, pin=pin)  # type: ignore[attr-defined]
+    return found[0] if found else None
+
+
+async def value(
+    session: AsyncSession, key: Hashable, load: Callable[[], Awaitable[T]], *, pin: Pin | None = None
+) -> T:
+    """A plain immutable value (a tuple, a bool, a frozen dataclass) for `key`, like `rows`."""
+    entries = await _entries(session, pin)
+    if entries is not None and key in entries:
+        cached: T = entries[key]
+        return cached
+    loaded = await load()
+    if entries is not None:
+        entries[key] = loaded
+    return loaded
+
+
+def of(session_info: dict[str, Any]) -> ReadCache | None:
+    cache: ReadCache | None = session_info.get(_CACHE)
+    return cache
+
+
+def configure(sessionmaker: Any, engine: AsyncEngine, cache: ReadCache) -> None:
+    """Give every session of `sessionmaker` this cache, and stamp every write through `engine`."""
+    info = dict(sessionmaker.kw.get("info") or {})
+    info[_CACHE] = cache
+    sessionmaker.configure(info=info)
+    install(engine)
