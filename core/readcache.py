@@ -11,8 +11,8 @@ Soundness rests on one rule: EVERY write to a cached table changes the stamp in 
 is not left to the write sites: an engine-level `before_execute` listener (installed by `install`, on the
 engine a Core is built on) sees every INSERT, UPDATE and DELETE that goes through that engine, ORM
 unit-of-work flushes, ORM bulk `update()`/`delete()` and plain Core statements alike, and writes a fresh
-random stamp (an upsert of the `meta` row, so no migration: an absent row is the empty stamp) before the
-statement runs.  Random stamps never repeat, so a stamp seen again means nothing changed in between.
+random stamp (an upsert of the `meta` row, so no migration: an absent row is the empty stamp) just before
+the transaction commits.  Random stamps never repeat, so a stamp seen again means nothing changed in between.
 Statements may opt out with the execution option `readcache_bump=False` only when they write a column no
 cached copy answers with (an API token's `last_used_at`).
 
@@ -23,8 +23,8 @@ are not in the copies); one that did not may use the copies for the rest of its 
 
 Not seen: writes that do not go through an engine a Core was built on (a psql shell, migrations, which
 run before the Core exists).  After such a write, stamp by hand (`bump_now`) or restart the replicas.
-On PostgreSQL the stamp's row is locked from a transaction's first write to a cached table until it
-ends, so such writes (rare: settings, access, tokens, a deploy's success) are serialised.
+On PostgreSQL the stamp's row is locked only while a transaction that wrote a cached table commits, so
+such writes (rare: settings, access, tokens, a deploy's success) are serialised there and nowhere else.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ _VERSION = "shipit.readcache.version"
 _HELD = "shipit.held"  # strong references for the session's weak identity map (also core.environments)
 # Connection.info: the root transaction that wrote a cached table (its reads must see its own writes).
 _WROTE = "shipit.readcache.wrote"
+_DIRTY = "shipit.readcache.dirty"
 # Connection execution option: read the stamp without BEGIN IMMEDIATE (storage.db honours it).
 NO_BEGIN = "shipit_no_begin"
 
@@ -177,15 +178,22 @@ def _before_execute(
         return
     if execution_options.get("readcache_bump", True) is False:
         return
-    # Once per transaction (or savepoint) is enough: the stamp is uncommitted until the rest is, and a
-    # savepoint rolled back takes its stamp with it, so the next write there stamps again.
-    innermost = conn.get_nested_transaction() or conn.get_transaction()
-    if innermost is not None and innermost.is_active and conn.info.get(_WROTE + ".at") is innermost:
-        conn.info[_WROTE] = conn.get_transaction()
-        return
-    conn.execute(_bump_statement(conn.dialect.name))
-    conn.info[_WROTE + ".at"] = conn.get_nested_transaction() or conn.get_transaction()
+    # The write marks the transaction; the stamp itself is written just before it commits
+    # (`_stamp_at_commit`).  Taking the stamp row's lock last means a transaction never waits for a row
+    # lock while holding it, so two writers cannot deadlock on PostgreSQL (one that locked an app row and
+    # then wrote a secret, against a worker that stamped first and then updated that app row).
     conn.info[_WROTE] = conn.get_transaction()
+    conn.info[_DIRTY] = True
+
+
+def _stamp_at_commit(conn: Connection) -> None:
+    # A write inside a savepoint that was rolled back still stamps: one needless refill, never a stale copy.
+    if conn.info.pop(_DIRTY, False):
+        conn.execute(_bump_statement(conn.dialect.name))
+
+
+def _forget(conn: Connection) -> None:
+    conn.info.pop(_DIRTY, None)
 
 
 def install(engine: AsyncEngine) -> None:
@@ -193,6 +201,8 @@ def install(engine: AsyncEngine) -> None:
     sync = engine.sync_engine
     if not event.contains(sync, "before_execute", _before_execute):
         event.listen(sync, "before_execute", _before_execute)
+        event.listen(sync, "commit", _stamp_at_commit)
+        event.listen(sync, "rollback", _forget)
 
 
 def bump_now(conn: Connection) -> None:

@@ -3,12 +3,13 @@ cached table changes the stamp (ORM flush, ORM bulk DML, plain Core on a connect
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, insert, update
+from sqlalchemy import delete, event, insert, select, update
 
 from core import apps, claims, clusters, environments, identity, projects, readcache, secrets, tokens
 from core.errors import PermissionDenied
@@ -223,3 +224,47 @@ async def test_a_row_a_session_kept_from_an_earlier_transaction_is_not_copied_st
         assert (await projects.get(session, name="acme2")).name == "acme2"
         with pytest.raises(Exception, match="no project named 'acme'"):
             await projects.get(session, name="acme")
+
+
+async def test_writers_in_opposite_orders_do_not_deadlock_on_the_stamp(rt: Runtime, db_backend: str) -> None:
+    """One transaction locks the app row and then writes a member; another updates the project (a cached
+    table) and then waits for that app row.  Were the stamp's row locked at the first write, the second
+    would hold it while waiting, the first would wait for it, and PostgreSQL would abort one of them."""
+    if db_backend != "postgres":
+        pytest.skip("SQLite serialises whole write transactions: there are no row locks to order")
+    await _setup(rt, db_backend)
+    before = await _stamp(rt)
+    first_locked = asyncio.Event()
+    second_wrote = asyncio.Event()
+
+    async def lock_app_then_write_member() -> None:
+        async with rt.sessionmaker.begin() as session:
+            await session.execute(select(models.App).where(models.App.name == "web").with_for_update())
+            first_locked.set()
+            await second_wrote.wait()
+            await asyncio.sleep(0.2)  # the other is now waiting for the app row
+            await session.execute(
+                update(models.Member).where(models.Member.subject == DEV.subject).values(role="viewer"),
+                execution_options={"synchronize_session": False},
+            )
+
+    async def write_project_then_update_app() -> None:
+        await first_locked.wait()
+        async with rt.sessionmaker.begin() as session:
+            await session.execute(
+                update(models.Project).values(slack_channel="#ops"),
+                execution_options={"synchronize_session": False},
+            )
+            second_wrote.set()
+            await session.execute(
+                update(models.App).where(models.App.name == "web").values(replicas=4),
+                execution_options={"synchronize_session": False},
+            )
+
+    await asyncio.wait_for(asyncio.gather(lock_app_then_write_member(), write_project_then_update_app()), 30)
+    assert await _stamp(rt) != before
+    async with rt.sessionmaker() as session:
+        app = await session.scalar(select(models.App).where(models.App.name == "web"))
+        member = await session.scalar(select(models.Member).where(models.Member.subject == DEV.subject))
+    assert app is not None and app.replicas == 4
+    assert member is not None and member.role == "viewer"
