@@ -210,6 +210,12 @@ def bump_now(conn: Connection) -> None:
     conn.execute(_bump_statement(conn.dialect.name))
 
 
+async def bump(engine: AsyncEngine) -> None:
+    """Change the stamp in a transaction of its own: after writes no listener saw (a migration)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(bump_now)
+
+
 @event.listens_for(Session, "after_transaction_end")
 def _transaction_ended(session: Session, transaction: SessionTransaction) -> None:
     # The stamp is read again by the next transaction: other replicas write in between.

@@ -123,13 +123,13 @@ def serve(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply database migrations (also done at every start)."""
-    from storage import db, migrate
+    from shipit.runtime import upgrade_database
+    from storage import db
 
     async def run() -> str | None:
         engine = db.create_engine(Settings().database_url)
         try:
-            await migrate.upgrade(engine)
-            return await migrate.current(engine)
+            return await upgrade_database(engine)
         finally:
             await engine.dispose()
 

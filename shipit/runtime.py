@@ -21,6 +21,7 @@ from core import (
     instance,
     keys,
     previews,
+    readcache,
     retention,
     tokens,
     web_sessions,
@@ -99,11 +100,22 @@ def job_handlers() -> dict[str, Handler]:
     }
 
 
+async def upgrade_database(engine: AsyncEngine) -> str | None:
+    """Migrate to head; when that changed anything, change the read cache's stamp, so replicas still
+    running the previous version (a rolling upgrade) drop copies of rows a migration may have moved."""
+    before = await migrate.current(engine)
+    await migrate.upgrade(engine)
+    after = await migrate.current(engine)
+    if after != before:
+        await readcache.bump(engine)
+    return after
+
+
 async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
     engine = db.create_engine(settings.database_url)
     telemetry.instrument_engine(engine)
     if migrate_db:
-        await migrate.upgrade(engine)
+        await upgrade_database(engine)
     cipher = Cipher(key=resolve_master_key(settings))
     sessionmaker = db.create_sessionmaker(engine)
     try:
