@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from core import errors, jobs, logctx, observe
 from core.context import Core
@@ -58,6 +58,13 @@ def install_wakeup(ctx: Core) -> Callable[[], None]:
         if any(isinstance(o, models.Deployment) for o in (*session.new, *session.dirty)):
             session.info["deploys_changed"] = True
 
+    def _orm_execute(state: ORMExecuteState) -> None:
+        # A deploy request writes its deployment rows with INSERT/UPDATE statements, not a flush.
+        if state.is_insert or state.is_update or state.is_delete:
+            table = getattr(state.statement, "table", None)
+            if getattr(table, "name", None) == models.Deployment.__tablename__:
+                state.session.info["deploys_changed"] = True
+
     def _after_commit(session: object) -> None:
         info = getattr(session, "info", {})
         if info.pop("jobs_enqueued", False):
@@ -67,9 +74,15 @@ def install_wakeup(ctx: Core) -> Callable[[], None]:
 
     event.listen(own, "before_flush", _before_flush)
     event.listen(own, "after_commit", _after_commit)
+    event.listen(own, "do_orm_execute", _orm_execute)
 
     def remove() -> None:
-        for name, fn in (("before_flush", _before_flush), ("after_commit", _after_commit)):
+        hooks: tuple[tuple[str, Callable[..., None]], ...] = (
+            ("before_flush", _before_flush),
+            ("after_commit", _after_commit),
+            ("do_orm_execute", _orm_execute),
+        )
+        for name, fn in hooks:
             if event.contains(own, name, fn):
                 event.remove(own, name, fn)
 
