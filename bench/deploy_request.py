@@ -1,7 +1,7 @@
 """In-process req/s of `POST /api/v1/apps/{name}/deploys`: the request path alone, no network, no worker.
 
 The real app (`shipit.main.create_app`) on a SQLite file, driven through httpx's ASGI transport with a
-bearer token; each request supersedes the one before (the queue never runs), so every request does the
+developer's bearer token; each request supersedes the one before (the queue never runs), so every request does the
 whole write side: revision, deployment, supersede, events, audit, jobs.  Statements per request are
 counted too (the same hook as tests/bot/test_statement_budget.py), and the process's CPU time per
 request (all its threads: on a loaded, shared machine it moves less than req/s does).  Run it from a
@@ -53,9 +53,11 @@ async def main(args: argparse.Namespace) -> None:
                 session, actor=ADMIN, project="acme", cluster="offline", name="web", namespace="apps",
                 changes=apps.AppChanges(image="ghcr.io/acme/web:1.0"),
             )  # fmt: skip
-            _, token = await tokens.create(
-                session, actor=SYSTEM, name="bench", subject="user:bench", is_admin=True
+            # A developer's token, not an admin's: the membership check is on the path, as for most callers.
+            await projects.set_access(
+                session, actor=ADMIN, project_name="acme", subject="user:dev", role="developer"
             )
+            _, token = await tokens.create(session, actor=SYSTEM, name="bench", subject="user:dev")
         statements = 0
 
         seen: list[str] = []
