@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, event, insert, select, update
 
-from core import apps, claims, clusters, environments, identity, projects, readcache, secrets, tokens
+from core import apps, claims, environments, identity, projects, readcache, secrets, tokens
 from core.errors import PermissionDenied
 from core.identity import Actor, Role
 from core.notices import targets
 from shipit.runtime import Runtime
 from storage import models
 from tests.conftest import ADMIN
-from tests.shipit.conftest import make_token, offline_kubeconfig
+from tests.shipit.conftest import make_token, seed_offline
 
 pytestmark = pytest.mark.both_databases
 
@@ -41,17 +41,7 @@ def counting(rt: Runtime) -> Iterator[list[str]]:
 
 async def _setup(rt: Runtime, db_backend: str) -> None:
     async with rt.sessionmaker.begin() as session:
-        await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
-        await clusters.add(
-            session,
-            ctx=rt.core,
-            actor=ADMIN,
-            name="offline",
-            kubeconfig_text=offline_kubeconfig(),
-            default_namespace="apps",
-            version="v0.0.0-offline",
-        )
-        await clusters.grant(session, actor=ADMIN, cluster="offline", project="acme", namespace="apps")
+        await seed_offline(session, rt=rt)
         await projects.set_access(
             session, actor=ADMIN, project_name="acme", subject=DEV.subject, role="developer"
         )

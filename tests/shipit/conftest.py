@@ -65,22 +65,27 @@ async def api(live_server: LiveServer, admin_token: str) -> AsyncIterator[httpx.
         yield client
 
 
+async def seed_offline(session: Any, *, rt: Runtime) -> None:
+    """Project `acme`, cluster `offline` (a row only: its API server does not exist), `apps` granted."""
+    await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
+    await clusters.add(
+        session,
+        ctx=rt.core,
+        actor=ADMIN,
+        name="offline",
+        kubeconfig_text=offline_kubeconfig(),
+        default_namespace="apps",
+        version="v0.0.0-offline",
+    )
+    await clusters.grant(session, actor=ADMIN, cluster="offline", project="acme", namespace="apps")
+
+
 @pytest.fixture
 async def offline(live_server: LiveServer) -> str:
     """Project `acme` and cluster `offline` (a row only: its API server does not exist)."""
     rt = live_server.rt
     async with rt.sessionmaker.begin() as session:
-        await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
-        await clusters.add(
-            session,
-            ctx=rt.core,
-            actor=ADMIN,
-            name="offline",
-            kubeconfig_text=offline_kubeconfig(),
-            default_namespace="apps",
-            version="v0.0.0-offline",
-        )
-        await clusters.grant(session, actor=ADMIN, cluster="offline", project="acme", namespace="apps")
+        await seed_offline(session, rt=rt)
     return "offline"
 
 

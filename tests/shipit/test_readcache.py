@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from core import apps, clusters, projects, tokens
+from core import apps, projects, tokens
 from core.notices import targets
 from core.protection import settings as protection
 from shipit import runtime
@@ -22,7 +22,7 @@ from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
 from tests.conftest import ADMIN, serving
-from tests.shipit.conftest import make_token, offline_kubeconfig
+from tests.shipit.conftest import make_token, seed_offline
 
 pytestmark = pytest.mark.both_databases
 
@@ -41,17 +41,7 @@ async def other(settings: Settings, rt: Runtime) -> AsyncIterator[Runtime]:
 async def api(rt: Runtime, db_backend: str) -> AsyncIterator[httpx.AsyncClient]:
     """The real app over HTTP, a project with an app, and a developer's token (not an admin)."""
     async with rt.sessionmaker.begin() as session:
-        await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
-        await clusters.add(
-            session,
-            ctx=rt.core,
-            actor=ADMIN,
-            name="offline",
-            kubeconfig_text=offline_kubeconfig(),
-            default_namespace="apps",
-            version="v0.0.0-offline",
-        )
-        await clusters.grant(session, actor=ADMIN, cluster="offline", project="acme", namespace="apps")
+        await seed_offline(session, rt=rt)
         await projects.set_access(session, actor=ADMIN, project_name="acme", subject=DEV, role="developer")
         await apps.create(
             session,
