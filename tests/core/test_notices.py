@@ -57,7 +57,7 @@ async def _failed_deploy(rt: Runtime) -> tuple[int, int]:
         )  # fmt: skip
         session.add(d)
         await session.flush()
-        event = await events.emit_for_deployment(
+        event_id = await events.emit_for_deployment(
             session,
             ctx=rt.core,
             kind=events.DEPLOY_FAILED,
@@ -65,8 +65,8 @@ async def _failed_deploy(rt: Runtime) -> tuple[int, int]:
             project_id=app.project_id,
             step="final",
         )
-        assert event is not None
-        return d.id, event.id
+        assert event_id is not None
+        return d.id, event_id
 
 
 async def _drain(rt: Runtime) -> None:
