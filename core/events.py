@@ -174,14 +174,13 @@ async def _queue_notifications(session: AsyncSession, *, ctx: Core, event: NewEv
             if not notifier.wants_event(dataclasses.replace(audience, target=target)):
                 continue
             tag = f"t{target.id}" if target is not None else "t0"
-            await jobs.enqueue(
+            jobs.enqueue_fresh(
                 session,
                 kind=NOTIFY_JOB,
                 payload={"event_id": event_id, "notifier": name, "target": target.id if target else None},
                 dedupe_key=f"notify:{name}:{event_id}:{tag}",
                 concurrency_key=f"notify:{name}:{tag}:{subject}",
                 max_attempts=10,
-                fresh=True,
             )
 
 

@@ -335,10 +335,10 @@ def _deploy_job(*, deployment_id: int, app_id: int, namespace: str) -> dict[str,
 
 
 async def _enqueue(session: AsyncSession, *, deployment: models.Deployment) -> None:
-    await jobs.enqueue(
+    # The key names a deployment inserted in this transaction: it cannot exist yet.
+    jobs.enqueue_fresh(
         session,
         **_deploy_job(deployment_id=deployment.id, app_id=deployment.app_id, namespace=deployment.namespace),
-        fresh=True,  # the key names a deployment inserted in this transaction: it cannot exist yet
     )
 
 
