@@ -9,9 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import Integer, Table, bindparam, column, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import (
@@ -86,10 +86,13 @@ _REVISION_COLUMNS = (
 
 
 def _build_insert_revision() -> Any:
-    r, d = models.Revision, models.Deployment
+    r, d = cast(Table, models.Revision.__table__), models.Deployment
     top = func.coalesce(func.max(d.revision_number), 0) + 1
     number = select(top).where(d.app_id == bindparam("p_app_id")).scalar_subquery()
-    return insert(r).values(number=number, **_values_of(*_REVISION_COLUMNS)).returning(r)
+    # A Core INSERT on the table, its RETURNING loaded as the ORM row: an ORM-enabled INSERT would
+    # rebuild the statement (and its cache key) at each execution.
+    stmt = insert(r).values(number=number, **_values_of(*_REVISION_COLUMNS)).returning(*r.c)
+    return select(models.Revision).from_statement(stmt)
 
 
 _INSERT_REVISION = _build_insert_revision()
@@ -123,7 +126,12 @@ def _build_insert_deployment() -> Any:
         )
         .scalar_subquery()
     )
-    return insert(d).values(**_values_of(*_DEPLOYMENT_COLUMNS)).returning(d, running)
+    table = cast(Table, d.__table__)
+    stmt = (
+        insert(table).values(**_values_of(*_DEPLOYMENT_COLUMNS)).returning(*table.c, running.label("running"))
+    )
+    # As the revision's: a Core INSERT, its RETURNING loaded as the ORM row (and the count).
+    return select(d, column("running", Integer)).from_statement(stmt)
 
 
 _INSERT_DEPLOYMENT = _build_insert_deployment()
