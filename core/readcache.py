@@ -74,6 +74,8 @@ _HELD = "shipit.held"  # strong references for the session's weak identity map (
 # Connection.info: the root transaction that wrote a cached table (its reads must see its own writes).
 _WROTE = "shipit.readcache.wrote"
 _DIRTY = "shipit.readcache.dirty"
+# session.info: `_writes_seen` when its transaction began.
+_WRITES_AT_BEGIN = "shipit.readcache.writes_at_begin"
 # Connection execution option: read the stamp without BEGIN IMMEDIATE (storage.db honours it).
 NO_BEGIN = "shipit_no_begin"
 
@@ -168,8 +170,15 @@ def _bump_statement(dialect: str) -> Any:
 def _table_name(statement: Any) -> str | None:
     if not getattr(statement, "is_dml", False):
         return None
+    # select(Entity).from_statement(insert(...)) is DML too: its INSERT, UPDATE or DELETE is its element.
+    statement = getattr(statement, "element", statement)
     table = getattr(statement, "table", None)
     return getattr(table, "name", None)
+
+
+# How many writes to a cached table this process has seen (through any engine); a transaction that
+# began after the last of them wrote none, which `_wrote` can tell without asking for its connection.
+_writes_seen = 0
 
 
 def _before_execute(
@@ -186,6 +195,8 @@ def _before_execute(
     # then wrote a secret, against a worker that stamped first and then updated that app row).
     conn.info[_WROTE] = conn.get_transaction()
     conn.info[_DIRTY] = True
+    global _writes_seen
+    _writes_seen += 1
 
 
 def _stamp_at_commit(conn: Connection) -> None:
@@ -223,6 +234,13 @@ def _transaction_ended(session: Session, transaction: SessionTransaction) -> Non
     # The stamp is read again by the next transaction: other replicas write in between.
     if transaction.parent is None:
         session.info.pop(_VERSION, None)
+        session.info.pop(_WRITES_AT_BEGIN, None)
+
+
+@event.listens_for(Session, "after_begin")
+def _transaction_began(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    # Before the transaction's first statement (a savepoint keeps its root's figure).
+    session.info.setdefault(_WRITES_AT_BEGIN, _writes_seen)
 
 
 # ------------------------------------------------------------------ a session's view
@@ -230,6 +248,11 @@ def _transaction_ended(session: Session, transaction: SessionTransaction) -> Non
 
 async def _wrote(session: AsyncSession) -> bool:
     if not session.in_transaction():
+        return False
+    if session.info.get(_WRITES_AT_BEGIN) == _writes_seen:
+        # No write to a cached table anywhere in this process since this transaction began (issue 13:
+        # the connection look-up below is a greenlet switch, at every cached read of a request).  Sound
+        # for sessions bound to an engine (all of shipit's), whose connection starts with the transaction.
         return False
     conn = (await session.connection()).sync_connection
     if conn is None:
