@@ -10,7 +10,7 @@ import string
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit, claims, environments, events, identity, readcache, validation
@@ -196,7 +196,9 @@ async def get(session: AsyncSession, *, actor: Actor, name: str, env: str | None
     flag); an app in several is refused, naming them, rather than guessed.
     """
 
-    q = select(models.App).where(models.App.name == name).order_by(models.App.id)
+    def q() -> Select[models.App]:  # built only when the copies do not answer
+        return select(models.App).where(models.App.name == name).order_by(models.App.id)
+
     rows = await readcache.rows(session, ("apps.named", name), q, pin=actor.pin)
     visible = await identity.visible_project_ids(session, actor=actor)
     if not rows or (visible is not None and rows[0].project_id not in visible):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -66,9 +66,11 @@ async def ensure_grant(
 
 
 async def claim_of(session: AsyncSession, *, cluster_id: int, namespace: str) -> models.NamespaceClaim | None:
-    q = select(models.NamespaceClaim).where(
-        models.NamespaceClaim.cluster_id == cluster_id, models.NamespaceClaim.namespace == namespace
-    )
+    def q() -> Select[models.NamespaceClaim]:  # built only when the copies do not answer
+        return select(models.NamespaceClaim).where(
+            models.NamespaceClaim.cluster_id == cluster_id, models.NamespaceClaim.namespace == namespace
+        )
+
     rows = await readcache.rows(session, ("claim", cluster_id, namespace), q)
     return rows[0] if rows else None
 

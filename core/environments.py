@@ -7,7 +7,7 @@ that environment's overrides (replicas, env, resources, autoscaling, domain, sec
 
 from __future__ import annotations
 
-from sqlalchemy import event, func, select
+from sqlalchemy import Select, event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -25,11 +25,13 @@ def _transaction_ended(session: Session, transaction: SessionTransaction) -> Non
 
 
 async def list_for(session: AsyncSession, *, project_id: int) -> list[models.Environment]:
-    q = (
-        select(models.Environment)
-        .where(models.Environment.project_id == project_id)
-        .order_by(models.Environment.position, models.Environment.id)
-    )
+    def q() -> Select[models.Environment]:  # built only when the copies do not answer
+        return (
+            select(models.Environment)
+            .where(models.Environment.project_id == project_id)
+            .order_by(models.Environment.position, models.Environment.id)
+        )
+
     rows = await readcache.rows(session, ("environments.of", project_id), q)
     # Held for the session: the identity map is weak, and `of_app` (a session.get) asks again for the
     # row of this list a moment later in the same request (issue 13: statements per request).

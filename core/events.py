@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import environment_admin, environments, jobs, observe, protection
+from core import dialects, environment_admin, environments, jobs, observe, protection
 from core.context import Core
 from core.errors import PermanentError, TransientError
 from core.notices import (
@@ -99,8 +99,8 @@ async def emit(
     deployment_id: int | None = None,
     preview_id: int | None = None,
     payload: dict[str, Any] | None = None,
-) -> models.Event | None:
-    """Record an event once; returns None when an event with this dedupe key already exists."""
+) -> int | None:
+    """Record an event once; its id, or None when an event with this dedupe key already exists."""
     new = NewEvent(
         kind=kind, dedupe_key=dedupe_key, project_id=project_id, app_id=app_id,
         deployment_id=deployment_id, preview_id=preview_id, payload=payload or {},
@@ -108,9 +108,9 @@ async def emit(
     return (await emit_all(session, ctx=ctx, events=[new]))[0]
 
 
-async def emit_all(session: AsyncSession, *, ctx: Core, events: list[NewEvent]) -> list[models.Event | None]:
-    """Record each event once, all in one statement; per event its row, or None when its dedupe key
-    was already taken.  Notify jobs are queued only for the events actually inserted."""
+async def emit_all(session: AsyncSession, *, ctx: Core, events: list[NewEvent]) -> list[int | None]:
+    """Record each event once, all in one statement; per event the id of its row, or None when its
+    dedupe key was already taken.  Notify jobs are queued only for the events actually inserted."""
     if not events:
         return []
     # One statement (issue 13): insert each row unless its dedupe key is taken, and get the inserted
@@ -129,28 +129,33 @@ async def emit_all(session: AsyncSession, *, ctx: Core, events: list[NewEvent]) 
         }
         for e in events
     ]
-    upsert: Any = (
-        postgresql_insert(models.Event)
-        if session.get_bind().dialect.name == "postgresql"
-        else sqlite_insert(models.Event)
-    )
-    stmt = upsert.values(values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    # No autoflush: the notify and deploy jobs added so far stay pending, to be written together.
+    # Executed with a list of rows: SQLAlchemy's "insertmanyvalues" writes them as one multi-row
+    # INSERT, from a statement built once and compiled once per dialect (a `.values([...])` statement
+    # is compiled at every request: its cache key would hold the values).  A Core statement (no
+    # autoflush, no ORM objects): the notify and deploy jobs added so far stay pending, to be written
+    # together, and the callers need only the ids.
+    stmt = _INSERT_EVENT[dialects.is_postgres(session)]
     # RETURNING lists only the rows inserted, in no promised order: matched by dedupe key.
-    inserted = {
-        row.dedupe_key: row
-        for row in await session.scalars(stmt.returning(models.Event), execution_options={"autoflush": False})
-    }
-    rows = [inserted.get(e.dedupe_key) for e in events]
-    for e, row in zip(events, rows, strict=True):
-        if row is not None:
-            await _queue_notifications(session, ctx=ctx, event=e, row=row)
-    return rows
+    inserted = {key: id_ for id_, key in await session.execute(stmt, values)}
+    ids = [inserted.get(e.dedupe_key) for e in events]
+    if ctx.notifiers:
+        for e, event_id in zip(events, ids, strict=True):
+            if event_id is not None:
+                await _queue_notifications(session, ctx=ctx, event=e, event_id=event_id)
+    return ids
 
 
-async def _queue_notifications(
-    session: AsyncSession, *, ctx: Core, event: NewEvent, row: models.Event
-) -> None:
+def _insert_event(upsert: Any) -> Any:
+    table = models.Event.__table__
+    stmt = upsert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    return stmt.returning(table.c.id, table.c.dedupe_key)
+
+
+# Keyed by "is it PostgreSQL" (the other dialect is SQLite).
+_INSERT_EVENT = {True: _insert_event(postgresql_insert), False: _insert_event(sqlite_insert)}
+
+
+async def _queue_notifications(session: AsyncSession, *, ctx: Core, event: NewEvent, event_id: int) -> None:
     kind, project_id, app_id = event.kind, event.project_id, event.app_id
     deployment_id, preview_id = event.deployment_id, event.preview_id
     # Serialise each notifier's deliveries per target and deployment so a card is posted before it is
@@ -169,14 +174,13 @@ async def _queue_notifications(
             if not notifier.wants_event(dataclasses.replace(audience, target=target)):
                 continue
             tag = f"t{target.id}" if target is not None else "t0"
-            await jobs.enqueue(
+            jobs.enqueue_fresh(
                 session,
                 kind=NOTIFY_JOB,
-                payload={"event_id": row.id, "notifier": name, "target": target.id if target else None},
-                dedupe_key=f"notify:{name}:{row.id}:{tag}",
+                payload={"event_id": event_id, "notifier": name, "target": target.id if target else None},
+                dedupe_key=f"notify:{name}:{event_id}:{tag}",
                 concurrency_key=f"notify:{name}:{tag}:{subject}",
                 max_attempts=10,
-                fresh=True,
             )
 
 
@@ -217,7 +221,7 @@ async def emit_for_deployment(
     project_id: int | None,
     step: str,
     payload: dict[str, Any] | None = None,
-) -> models.Event | None:
+) -> int | None:
     """`emit` for a deploy's own events: one per deploy and `step` (requested, started, final...)."""
     new = of_deployment(kind=kind, deployment=deployment, project_id=project_id, step=step, payload=payload)
     return (await emit_all(session, ctx=ctx, events=[new]))[0]

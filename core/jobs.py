@@ -12,16 +12,16 @@ import datetime as dt
 import random
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, event, insert, or_, select, update
+from sqlalchemy import Table, and_, event, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
-from core import observe
+from core import dialects, observe
 from storage import models
 
 QUEUED = "queued"
@@ -58,38 +58,89 @@ async def enqueue(
     """Add a job in the caller's transaction; a job with the same dedupe key is returned instead.
 
     `fresh=True` skips that look-up when the key cannot exist yet (it names a row just inserted), and
-    leaves the row to the session's next flush (its `id` is unset until then).
+    leaves the row to the session's next flush (its `id` is unset until then); `enqueue_fresh` does
+    the same without making the (unused) ORM object.
     """
-    if dedupe_key is not None and not fresh:
+    if fresh:
+        row = _fresh_row(
+            session, kind=kind, payload=payload, dedupe_key=dedupe_key, concurrency_key=concurrency_key,
+            run_at=run_at, max_attempts=max_attempts,
+        )  # fmt: skip
+        return models.Job(**{c: row[c] for c in _PENDING_COLUMNS})
+    if dedupe_key is not None:
         await write_pending(session)
         existing = await session.scalar(select(models.Job).where(models.Job.dedupe_key == dedupe_key))
         if existing is not None:
             return existing
-    if observe.traceparent() is not None and "traceparent" not in payload:
-        # The worker continues this trace (one trace per deploy: request -> job -> notifications).
-        with observe.span(f"queue {kind}", job_kind=kind):
-            payload = {**payload, "traceparent": observe.traceparent()}
     job = models.Job(
         kind=kind,
-        payload=payload,
+        payload=_traced(kind, payload),
         dedupe_key=dedupe_key,
         concurrency_key=concurrency_key,
         run_at=run_at or models.utcnow(),
         max_attempts=max_attempts,
         state=QUEUED,
     )
-    if fresh:
-        # Written just before the transaction commits (or before jobs are next read in it), together
-        # with the request's other fresh jobs: one multi-row INSERT (issue 13), still in the caller's
-        # transaction.  The returned row is not in the session and has no id.
-        session.info.setdefault(_PENDING, []).append(
-            {c: getattr(job, c) for c in _PENDING_COLUMNS} | {"attempts": 0, "finished_at": None}
-        )
-    else:
-        session.add(job)
-        await session.flush()
+    session.add(job)
+    await session.flush()
     session.info["jobs_enqueued"] = True
     return job
+
+
+def enqueue_fresh(
+    session: AsyncSession,
+    *,
+    kind: str,
+    payload: dict[str, Any],
+    dedupe_key: str | None = None,
+    concurrency_key: str | None = None,
+    run_at: dt.datetime | None = None,
+    max_attempts: int = 8,
+) -> None:
+    """`enqueue(fresh=True)` for a caller that does not need the job: the key cannot exist yet (it
+    names a row inserted in this transaction), and the row is written with the transaction's other
+    fresh jobs in one multi-row INSERT just before it commits (or before jobs are next read in it)."""
+    _fresh_row(
+        session, kind=kind, payload=payload, dedupe_key=dedupe_key, concurrency_key=concurrency_key,
+        run_at=run_at, max_attempts=max_attempts,
+    )  # fmt: skip
+
+
+def _traced(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    if observe.traceparent() is not None and "traceparent" not in payload:
+        # The worker continues this trace (one trace per deploy: request -> job -> notifications).
+        with observe.span(f"queue {kind}", job_kind=kind):
+            return {**payload, "traceparent": observe.traceparent()}
+    return payload
+
+
+def _fresh_row(
+    session: AsyncSession,
+    *,
+    kind: str,
+    payload: dict[str, Any],
+    dedupe_key: str | None,
+    concurrency_key: str | None,
+    run_at: dt.datetime | None,
+    max_attempts: int,
+) -> dict[str, Any]:
+    # Written just before the transaction commits (or before jobs are next read in it), together with
+    # the request's other fresh jobs: one multi-row INSERT (issue 13), still in the caller's
+    # transaction.
+    row = {
+        "kind": kind,
+        "payload": _traced(kind, payload),
+        "dedupe_key": dedupe_key,
+        "concurrency_key": concurrency_key,
+        "run_at": run_at or models.utcnow(),
+        "max_attempts": max_attempts,
+        "state": QUEUED,
+        "attempts": 0,
+        "finished_at": None,
+    }
+    session.info.setdefault(_PENDING, []).append(row)
+    session.info["jobs_enqueued"] = True
+    return row
 
 
 _PENDING = "shipit.jobs_pending"
@@ -113,49 +164,65 @@ def cancel_with_pending(
     The other columns are the ones the job was enqueued with: they are written only if it never was
     (then it is a cancelled job that never ran), so the caller should ask only for jobs it knows of.
     """
+    now = models.utcnow()
     session.info.setdefault(_PENDING, []).append(
         {
             "kind": kind,
             "payload": payload,
             "dedupe_key": dedupe_key,
             "concurrency_key": concurrency_key,
-            "run_at": models.utcnow(),
+            "run_at": now,
             "max_attempts": max_attempts,
             "state": CANCELLED,
             "attempts": 0,
-            "finished_at": models.utcnow(),
+            "finished_at": now,
         }
     )
 
 
-def _pending_insert(dialect: str, rows: list[dict[str, Any]]) -> Any:
-    # render_nulls: rows with a None and rows without stay one statement (the ORM's bulk INSERT
-    # would otherwise write one per set of non-null columns).
-    if all(r["state"] != CANCELLED for r in rows):
+def _build_pending_inserts() -> dict[tuple[bool, bool], Any]:
+    """The jobs INSERTs, built once (issue 13: a statement built per request costs more CPU than the
+    database spends on it), keyed by (PostgreSQL?, any cancellation?).
+
+    Core statements on the table, executed with the list of rows (one multi-row INSERT): every row has
+    the same columns, None included, so they stay one statement; no ORM bulk machinery per row.
+    """
+    table = cast(Table, models.Job.__table__)
+    built: dict[tuple[bool, bool], Any] = {}
+    for postgres in (True, False):
         # Fresh jobs only: a plain INSERT, so a taken key still fails loudly.
-        return insert(models.Job).execution_options(render_nulls=True)
-    upsert: Any = postgresql_insert(models.Job) if dialect == "postgresql" else sqlite_insert(models.Job)
-    # Only a cancellation may land on a taken key, and only a queued job is cancelled by it; a fresh
-    # job's key names a row inserted in this transaction, so it cannot be taken.
-    return upsert.on_conflict_do_update(
-        index_elements=["dedupe_key"],
-        set_={"state": upsert.excluded.state, "finished_at": upsert.excluded.finished_at},
-        where=and_(models.Job.state == QUEUED, upsert.excluded.state == CANCELLED),
-    ).execution_options(render_nulls=True)
+        built[postgres, False] = insert(table)
+        upsert: Any = postgresql_insert(table) if postgres else sqlite_insert(table)
+        # Only a cancellation may land on a taken key, and only a queued job is cancelled by it; a fresh
+        # job's key names a row inserted in this transaction, so it cannot be taken.
+        built[postgres, True] = upsert.on_conflict_do_update(
+            index_elements=["dedupe_key"],
+            set_={"state": upsert.excluded.state, "finished_at": upsert.excluded.finished_at},
+            where=and_(table.c.state == QUEUED, upsert.excluded.state == CANCELLED),
+        )
+    return built
+
+
+_PENDING_INSERTS = _build_pending_inserts()
+
+
+def _pending_insert(*, postgres: bool, rows: list[dict[str, Any]]) -> Any:
+    return _PENDING_INSERTS[postgres, any(r["state"] == CANCELLED for r in rows)]
 
 
 async def write_pending(session: AsyncSession) -> None:
     """Insert the fresh jobs this transaction added so far (before anything reads the jobs table)."""
     rows = session.info.pop(_PENDING, None)
     if rows:
-        await session.execute(_pending_insert(session.get_bind().dialect.name, rows), rows)
+        await session.execute(_pending_insert(postgres=dialects.is_postgres(session), rows=rows), rows)
 
 
 @event.listens_for(Session, "before_commit")
 def _write_pending_at_commit(session: Session) -> None:
     rows = session.info.pop(_PENDING, None)
     if rows:
-        session.execute(_pending_insert(session.get_bind().dialect.name, rows), rows)
+        postgres = (session.bind or session.get_bind()).dialect.name == "postgresql"
+        session.execute(_pending_insert(postgres=postgres, rows=rows), rows)
 
 
 @event.listens_for(Session, "after_transaction_end")

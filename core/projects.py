@@ -6,7 +6,7 @@ default, or everyone.  A project you hold no role in answers exactly like a miss
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit, claims, environments, identity, readcache, validation
@@ -21,7 +21,10 @@ _PURPOSE_WEBHOOK = "project-webhook-secret"
 
 async def get(session: AsyncSession, *, name: str) -> models.Project:
     """By name, with no permission check: callers go through `identity.require` before answering."""
-    q = select(models.Project).where(models.Project.name == name)
+
+    def q() -> Select[models.Project]:  # built only when the copies do not answer
+        return select(models.Project).where(models.Project.name == name)
+
     rows = await readcache.rows(session, ("projects.named", name), q)
     if not rows:
         raise identity.project_not_found(name)

@@ -79,7 +79,7 @@ class Snapshot:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = _plain(self)
         out["schema_version"] = SCHEMA_VERSION
         return out
 
@@ -93,6 +93,20 @@ class Snapshot:
             except InvalidInput:
                 return f"{self.image}@{self.digest}"
         return self.image
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """`dataclasses.asdict` for a snapshot, whose fields hold only scalars, a dict of strings and
+    dataclasses of scalars: asdict deep-copies every value, at a cost seen on every deploy request."""
+    out: dict[str, Any] = {}
+    for name in obj.__dataclass_fields__:
+        value = getattr(obj, name)
+        if dataclasses.is_dataclass(value):
+            value = _plain(value)
+        elif isinstance(value, dict):
+            value = dict(value)
+        out[name] = value
+    return out
 
 
 def load(data: dict[str, Any]) -> Snapshot:

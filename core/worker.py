@@ -61,7 +61,9 @@ def install_wakeup(ctx: Core) -> Callable[[], None]:
     def _orm_execute(state: ORMExecuteState) -> None:
         # A deploy request writes its deployment rows with INSERT/UPDATE statements, not a flush.
         if state.is_insert or state.is_update or state.is_delete:
-            table = getattr(state.statement, "table", None)
+            # select(Deployment).from_statement(insert(...)): the INSERT is the statement's element.
+            statement = getattr(state.statement, "element", state.statement)
+            table = getattr(statement, "table", None)
             if getattr(table, "name", None) == models.Deployment.__tablename__:
                 state.session.info["deploys_changed"] = True
 

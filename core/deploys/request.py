@@ -9,15 +9,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Integer, Table, bindparam, column, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import (
     apps,
     audit,
     claims,
+    dialects,
     events,
     jobs,
     logctx,
@@ -66,7 +67,38 @@ class Requested:
     queue_position: int | None = None
 
 
-async def _insert_revision(session: AsyncSession, *, app_id: int, **values: Any) -> models.Revision:
+# The request's statements are built once per process, with bind parameters for what varies (issue 13:
+# building a statement, and its cache key, cost more CPU per request than the database spends on it).
+# Parameters are named p_<column>: SQLAlchemy keeps the bare column names for its own VALUES and SET.
+
+
+def _params(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"p_{k}": v for k, v in values.items()}
+
+
+def _values_of(*columns: str) -> dict[str, Any]:
+    return {c: bindparam(f"p_{c}") for c in columns}
+
+
+_REVISION_COLUMNS = (
+    "app_id", "image", "snapshot", "secret_checksum", "secrets_version", "source", "rollback_of", "created_by",
+)  # fmt: skip
+
+
+def _build_insert_revision() -> Any:
+    r, d = cast(Table, models.Revision.__table__), models.Deployment
+    top = func.coalesce(func.max(d.revision_number), 0) + 1
+    number = select(top).where(d.app_id == bindparam("p_app_id")).scalar_subquery()
+    # A Core INSERT on the table, its RETURNING loaded as the ORM row: an ORM-enabled INSERT would
+    # rebuild the statement (and its cache key) at each execution.
+    stmt = insert(r).values(number=number, **_values_of(*_REVISION_COLUMNS)).returning(*r.c)
+    return select(models.Revision).from_statement(stmt)
+
+
+_INSERT_REVISION = _build_insert_revision()
+
+
+async def _insert_revision(session: AsyncSession, **values: Any) -> models.Revision:
     """The revision row, numbered in the same statement (issue 13: no read of the number first).
 
     One past the app's highest deploy number: deployments keep their numbers when old revisions are
@@ -74,31 +106,48 @@ async def _insert_revision(session: AsyncSession, *, app_id: int, **values: Any)
     SQLite runs one write transaction at a time (BEGIN IMMEDIATE), and on PostgreSQL `_lock_app`
     holds the app's row until commit; the unique (app_id, number) refuses a duplicate regardless.
     """
-    top = func.coalesce(func.max(models.Deployment.revision_number), 0) + 1
-    number = select(top).where(models.Deployment.app_id == app_id).scalar_subquery()
-    stmt = insert(models.Revision).values(app_id=app_id, number=number, **values)
-    revision: models.Revision = (await session.scalars(stmt.returning(models.Revision))).one()
+    revision: models.Revision = (await session.scalars(_INSERT_REVISION, _params(values))).one()
     return revision
+
+
+_DEPLOYMENT_COLUMNS = (
+    "app_id", "revision_id", "revision_number", "image", "preview_id", "namespace", "trigger", "actor",
+    "status", "dedupe_key", "git_sha", "git_ref", "approval_expires_at", "logs", "notify_refs",
+)  # fmt: skip
+
+
+def _build_insert_deployment() -> Any:
+    d = models.Deployment
+    running = (
+        select(func.count())
+        .select_from(d)
+        .where(
+            d.app_id == bindparam("p_app_id"), d.namespace == bindparam("p_namespace"), d.status == RUNNING
+        )
+        .scalar_subquery()
+    )
+    table = cast(Table, d.__table__)
+    stmt = (
+        insert(table).values(**_values_of(*_DEPLOYMENT_COLUMNS)).returning(*table.c, running.label("running"))
+    )
+    # As the revision's: a Core INSERT, its RETURNING loaded as the ORM row (and the count).
+    return select(d, column("running", Integer)).from_statement(stmt)
+
+
+_INSERT_DEPLOYMENT = _build_insert_deployment()
 
 
 async def _insert_deployment(session: AsyncSession, **values: Any) -> tuple[models.Deployment, int]:
     """The deployment row, and in the same statement how many deploys of its target are running:
     with the older queued ones about to be superseded, what is ahead of it in the queue."""
-    d = models.Deployment
-    running = (
-        select(func.count())
-        .select_from(d)
-        .where(d.app_id == values["app_id"], d.namespace == values["namespace"], d.status == RUNNING)
-        .scalar_subquery()
-    )
-    row = (await session.execute(insert(d).values(**values).returning(d, running))).one()
+    row = (await session.execute(_INSERT_DEPLOYMENT, _params(values))).one()
     return row[0], int(row[1] or 0)
 
 
 async def _lock_app(session: AsyncSession, *, app: models.App) -> None:
     # Serialises revision numbering per app on PostgreSQL; SQLite transactions are already serial
     # (BEGIN IMMEDIATE), so there the statement would only cost a round trip.
-    if session.get_bind().dialect.name == "sqlite":
+    if not dialects.is_postgres(session):
         return
     await session.execute(select(models.App.id).where(models.App.id == app.id).with_for_update())
 
@@ -257,7 +306,7 @@ async def request(
         for old in superseded
     ]
     await events.emit_all(session, ctx=ctx, events=[*gone, requested])
-    await audit.record(
+    await audit.write(
         session,
         actor=actor,
         action="deploy.rollback" if rollback_of or automatic else "deploy.request",
@@ -335,11 +384,31 @@ def _deploy_job(*, deployment_id: int, app_id: int, namespace: str) -> dict[str,
 
 
 async def _enqueue(session: AsyncSession, *, deployment: models.Deployment) -> None:
-    await jobs.enqueue(
+    # The key names a deployment inserted in this transaction: it cannot exist yet.
+    jobs.enqueue_fresh(
         session,
         **_deploy_job(deployment_id=deployment.id, app_id=deployment.app_id, namespace=deployment.namespace),
-        fresh=True,  # the key names a deployment inserted in this transaction: it cannot exist yet
     )
+
+
+def _build_supersede() -> Any:
+    d = models.Deployment
+    return (
+        update(d)
+        .where(
+            d.app_id == bindparam("p_app_id"),
+            d.namespace == bindparam("p_namespace"),
+            d.status.in_(PENDING),
+            d.id < bindparam("p_id"),
+        )
+        .values(status=SUPERSEDED, finished_at=bindparam("p_finished_at"), error=bindparam("p_error"))
+        .returning(d)
+        # The rows come back as they are now, in the session too (a deploy read earlier in it).
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+
+
+_SUPERSEDE = _build_supersede()
 
 
 async def _supersede_older(
@@ -351,22 +420,16 @@ async def _supersede_older(
     INSERT, and the caller writes their events with its own.  A job a worker claimed meanwhile is
     not cancelled, but its handler finds its deploy superseded and ends without touching the cluster.
     """
-    d = models.Deployment
     older = list(
         await session.scalars(
-            update(d)
-            .where(
-                d.app_id == deployment.app_id,
-                d.namespace == deployment.namespace,
-                d.status.in_(PENDING),
-                d.id < deployment.id,
-            )
-            .values(
-                status=SUPERSEDED, finished_at=models.utcnow(), error=f"superseded by deploy #{deployment.id}"
-            )
-            .returning(d),
-            # The rows come back as they are now, in the session too (a deploy read earlier in it).
-            execution_options={"synchronize_session": False, "populate_existing": True},
+            _SUPERSEDE,
+            {
+                "p_app_id": deployment.app_id,
+                "p_namespace": deployment.namespace,
+                "p_id": deployment.id,
+                "p_finished_at": models.utcnow(),
+                "p_error": f"superseded by deploy #{deployment.id}",
+            },
         )
     )
     for old in older:
@@ -380,6 +443,30 @@ async def _supersede_older(
     return older
 
 
+def _build_prune() -> Any:
+    r, d = models.Revision, models.Deployment
+    app_id: Any = bindparam("p_app_id")
+    newest = select(r.number).where(r.app_id == app_id).order_by(r.number.desc()).limit(bindparam("p_kept"))
+    in_use = select(d.revision_id).where(
+        d.app_id == app_id, d.status.in_((*PENDING, RUNNING)), d.revision_id.is_not(None)
+    )
+    return (
+        delete(r)
+        .where(
+            r.app_id == app_id,
+            r.number.not_in(newest),
+            r.id.not_in(in_use),
+            # What runs now is what a rollback or the next change needs: never pruned.
+            r.id != bindparam("p_current"),
+        )
+        .returning(r.secrets_version)
+        .execution_options(synchronize_session=False)
+    )
+
+
+_PRUNE = _build_prune()
+
+
 async def _prune_revisions(session: AsyncSession, *, ctx: Core, app: models.App) -> None:
     """Keep the app's newest revisions, those a pending or running deploy uses and the current one.
 
@@ -387,24 +474,9 @@ async def _prune_revisions(session: AsyncSession, *, ctx: Core, app: models.App)
     deployments' revision_id goes NULL by the foreign key (ON DELETE SET NULL), and they keep their
     number and image for the history.
     """
-    r, d = models.Revision, models.Deployment
-    newest = (
-        select(r.number).where(r.app_id == app.id).order_by(r.number.desc()).limit(ctx.config.revisions_kept)
-    )
-    in_use = select(d.revision_id).where(
-        d.app_id == app.id, d.status.in_((*PENDING, RUNNING)), d.revision_id.is_not(None)
-    )
     gone = await session.execute(
-        delete(r)
-        .where(
-            r.app_id == app.id,
-            r.number.not_in(newest),
-            r.id.not_in(in_use),
-            # What runs now is what a rollback or the next change needs: never pruned.
-            r.id != (app.current_revision_id or 0),
-        )
-        .returning(r.secrets_version),
-        execution_options={"synchronize_session": False},
+        _PRUNE,
+        {"p_app_id": app.id, "p_kept": ctx.config.revisions_kept, "p_current": app.current_revision_id or 0},
     )
     # A secrets version can only have become prunable if a revision that used one went.
     if any(version for (version,) in gone):

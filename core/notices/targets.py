@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import event, func, select
+from sqlalchemy import Select, event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -101,11 +101,14 @@ async def of_project(session: AsyncSession, *, project_id: int | None) -> list[m
         return []
     memo: dict[int, list[models.NotificationTarget]] = session.info.setdefault(_MEMO, {})
     if project_id not in memo:
-        q = (
-            select(models.NotificationTarget)
-            .where(models.NotificationTarget.project_id == project_id)
-            .order_by(models.NotificationTarget.id)
-        )
+
+        def q() -> Select[models.NotificationTarget]:  # built only when the copies do not answer
+            return (
+                select(models.NotificationTarget)
+                .where(models.NotificationTarget.project_id == project_id)
+                .order_by(models.NotificationTarget.id)
+            )
+
         memo[project_id] = await readcache.rows(session, ("targets.of", project_id), q)
     return list(memo[project_id])
 

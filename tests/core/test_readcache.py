@@ -113,12 +113,22 @@ async def test_every_kind_of_write_to_a_cached_table_changes_the_stamp(rt: Runti
         await conn.execute(delete(models.Member).where(models.Member.subject == "user:eve"))
     after_delete = await _stamp(rt)
     assert after_delete != after_insert
+    # A Core UPDATE loaded as ORM rows (select(Entity).from_statement), as core.deploys writes its rows.
+    async with rt.sessionmaker.begin() as session:
+        apps_table: Any = models.App.__table__
+        stmt = (
+            update(apps_table).where(apps_table.c.name == "web").values(replicas=4).returning(*apps_table.c)
+        )
+        [row] = (await session.scalars(select(models.App).from_statement(stmt))).all()
+        assert row.replicas == 4
+    after_loaded = await _stamp(rt)
+    assert after_loaded != after_delete
     # A write to a table nothing is copied from leaves it alone.
     async with rt.engine.begin() as conn:
         await conn.execute(
             insert(models.AuditEvent).values(actor="x", channel="api", action="t", target="t", details={})
         )
-    assert await _stamp(rt) == after_delete
+    assert await _stamp(rt) == after_loaded
 
 
 async def test_a_savepoint_rolled_back_takes_its_stamp_and_the_next_write_stamps_again(

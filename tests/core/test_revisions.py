@@ -3,6 +3,8 @@ secrets versions are written, pinned by revisions and pruned."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from sqlalchemy import func, select
 
@@ -41,6 +43,10 @@ def test_an_old_format_row_still_loads() -> None:
     # Written back, it is the current format and reads the same.
     again = revisions.load(snap.to_json())
     assert again == snap and snap.to_json()["schema_version"] == revisions.SCHEMA_VERSION
+    # Every field, nested ones as plain dicts, and nothing shared with the snapshot.
+    written = snap.to_json()
+    assert written == {**dataclasses.asdict(snap), "schema_version": revisions.SCHEMA_VERSION}
+    assert written["env"] is not snap.env and written["health"]["path"] == "/healthz"
 
 
 def test_a_minimal_old_row_takes_the_defaults() -> None:
