@@ -195,6 +195,7 @@ def _known(session: AsyncSession) -> _Known | None:
 async def prefetch_pushes(session: AsyncSession, *, pushes: Iterable[PushRef]) -> None:
     """Look up, in one SELECT, whether the deploys these pushes would queue were queued before."""
     keys: set[str] = set()
+    linked: dict[str, list[models.App]] = {}
     for push in pushes:
         if push.deleted or push.sha == ZERO_SHA:
             continue
@@ -202,10 +203,11 @@ async def prefetch_pushes(session: AsyncSession, *, pushes: Iterable[PushRef]) -
         if parsed is None:
             continue
         kind, name = parsed
-        for app in await linked_apps(session, repo=push.repo):
-            if app.deploy_on != "ci" and tracks(
-                app, kind=kind, name=name, default_branch=push.default_branch
-            ):
+        repo = push.repo.lower()
+        if repo not in linked:
+            linked[repo] = [a for a in await linked_apps(session, repo=repo) if a.deploy_on != "ci"]
+        for app in linked[repo]:
+            if tracks(app, kind=kind, name=name, default_branch=push.default_branch):
                 keys.add(_stored_key(app_id=app.id, ref=push.ref, sha=push.sha))
     if not keys:
         return
