@@ -31,6 +31,7 @@ import gc
 import itertools
 import os
 import pstats
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -254,7 +255,10 @@ def main() -> None:
             "SHIPIT_LOG_LEVEL": "WARNING",
         }
     )
-    asyncio.run(_main(args))
+    try:
+        asyncio.run(_main(args))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the database grows by thousands of deploys per run
 
 
 if __name__ == "__main__":
