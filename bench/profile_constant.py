@@ -14,7 +14,12 @@ parsed, recorded in SQLite before the answer, as bench.github_ingest's `ingest`)
 64 requests in flight at a time (so deliveries group-commit as they do under wrk's 64 connections);
 the CPU time counts the database thread too.
 
-    .venv/bin/python -m bench.profile_constant [--target app|bare|both|ingest] [--profile] [--rounds 20]
+`--target deploy` is the same with a push of a NEW commit to the tracked branch per request (every
+one queues a deploy, as bench.github_ingest's `deploy`); `--target repeat` pushes one commit again
+and again (after the first, each is answered "already deployed": the per-app dedupe hit).
+
+    .venv/bin/python -m bench.profile_constant [--target app|bare|both|ingest|deploy|repeat] [--profile]
+        [--rounds 20]
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import itertools
 import os
 import pstats
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -49,12 +56,13 @@ async def _drive(app: Any, path: str, n: int) -> None:
         await app(dict(scope), receive, send)
 
 
-async def _concurrently(app: Any, path: str, n: int, *, body: bytes, headers: list[Any]) -> None:
-    """`n` requests, 64 in flight at a time; every one must be answered 2xx."""
-    counter = iter(range(10**9))
+Request = tuple[bytes, list[Any]]  # a body and its headers
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
+
+async def _concurrently(app: Any, path: str, n: int, *, requests: Any) -> None:
+    """`n` requests, 64 in flight at a time, each the next of `requests` (an iterator of
+    (body, headers)); every one must be answered 2xx."""
+    counter = iter(range(10**9))
 
     async def client(count: int) -> None:
         status: list[int] = []
@@ -65,6 +73,10 @@ async def _concurrently(app: Any, path: str, n: int, *, body: bytes, headers: li
 
         for _ in range(count):
             status.clear()
+            body, headers = next(requests)
+
+            async def receive(body: bytes = body) -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
 
             delivery = f"profile-{time.time_ns()}-{next(counter)}".encode()
             scope = {
@@ -91,42 +103,85 @@ async def _ingest(args: argparse.Namespace) -> None:
     app = create_app(rt=rt)
     app.state.runtime = rt  # what the lifespan does; the runtime is ours here
     gc.freeze()  # as the lifespan does once it has started a runtime of its own (shipit.app)
-    body = gi._push_body(ref="refs/heads/not-tracked")
-    headers = [
-        (b"host", b"x"), (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"user-agent", b"GitHub-Hookshot/bench"), (b"x-github-event", b"push"),
-        (b"x-hub-signature-256", signature.sign(secret=gi.SECRET, body=body).encode()),
-    ]  # fmt: skip
+
+    def signed(body: bytes) -> Request:
+        headers = [
+            (b"host", b"x"), (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()), (b"user-agent", b"GitHub-Hookshot/bench"),
+            (b"x-github-event", b"push"),
+            (b"x-hub-signature-256", signature.sign(secret=gi.SECRET, body=body).encode()),
+        ]  # fmt: skip
+        return body, headers
+
+    per_round = 640
+    warm = 128
+    if args.target == "deploy":
+        # A new commit per request, as bench.github_ingest's `deploy`: every push queues a deploy.
+        count = warm + args.rounds * per_round
+        pushes = iter(
+            [
+                signed(b)
+                for b in gi.new_commit_bodies(ref="refs/heads/main", count=count, seed=str(time.time_ns()))
+            ]
+        )
+    elif args.target == "repeat":
+        pushes = itertools.repeat(signed(gi._push_body(ref="refs/heads/main")))
+    else:
+        pushes = itertools.repeat(signed(gi._push_body(ref="refs/heads/not-tracked")))
+    measured = args.target
     targets = {
-        "bare": (gi.bare_app(), "/bare", b"", headers[:1]),
-        "ingest": (app, "/github/webhook", body, headers),
+        "bare": (gi.bare_app(), "/bare", itertools.repeat((b"", [(b"host", b"x")]))),
+        measured: (app, "/github/webhook", pushes),
     }
     cpu = dict.fromkeys(targets, 0.0)
     wall = dict.fromkeys(targets, 0.0)
-    per_round = 640
-    for target, path, payload, hs in targets.values():
-        await _concurrently(target, path, 128, body=payload, headers=hs)
+    for target, path, requests in targets.values():
+        await _concurrently(target, path, warm, requests=requests)
     profile = cProfile.Profile() if args.profile else None
     for i in range(args.rounds):
         for name in list(targets) if i % 2 == 0 else list(reversed(targets)):
-            target, path, payload, hs = targets[name]
-            if profile is not None and name == "ingest":
+            target, path, requests = targets[name]
+            if profile is not None and name == measured:
                 profile.enable()
             c, w = time.process_time(), time.perf_counter()
-            await _concurrently(target, path, per_round, body=payload, headers=hs)
+            await _concurrently(target, path, per_round, requests=requests)
             cpu[name] += time.process_time() - c
             wall[name] += time.perf_counter() - w
-            if profile is not None and name == "ingest":
+            if profile is not None and name == measured:
                 profile.disable()
+    if args.target in ("deploy", "repeat"):
+        deployed = await _push_deployments(rt)
+        print(
+            f"push deployments in the database: {deployed} (requests to {measured}: {warm + args.rounds * per_round})"
+        )
     await runtime.stop(rt)
     n = args.rounds * per_round
     for name in targets:
-        print(f"{name}: {n / cpu[name]:.0f} req/s per CPU second, {n / wall[name]:.0f} req/s wall clock")
+        print(
+            f"{name}: {n / cpu[name]:.0f} req/s per CPU second ({cpu[name] / n * 1000:.3f} ms CPU/request), "
+            f"{n / wall[name]:.0f} req/s wall clock"
+        )
     print(
-        f"ratio ingest/bare: {cpu['bare'] / cpu['ingest']:.2f} (CPU time), {wall['bare'] / wall['ingest']:.2f} (wall)"
+        f"ratio {measured}/bare: {cpu['bare'] / cpu[measured]:.3f} (CPU time), "
+        f"{wall['bare'] / wall[measured]:.3f} (wall)"
     )
     if profile is not None:
-        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        stats = pstats.Stats(profile)
+        if args.profile_out:
+            stats.dump_stats(args.profile_out)
+        stats.sort_stats("tottime").print_stats(25)
+
+
+async def _push_deployments(rt: Any) -> int:
+    from sqlalchemy import func, select
+
+    from storage import models
+
+    async with rt.sessionmaker() as session:
+        n = await session.scalar(
+            select(func.count()).select_from(models.Deployment).where(models.Deployment.trigger == "push")
+        )
+    return int(n or 0)
 
 
 async def _both(rounds: int) -> None:
@@ -160,7 +215,7 @@ async def _main(args: argparse.Namespace) -> None:
     if args.target == "both":
         await _both(args.rounds)
         return
-    if args.target == "ingest":
+    if args.target in ("ingest", "deploy", "repeat"):
         await _ingest(args)
         return
 
@@ -179,9 +234,14 @@ async def _main(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--target", choices=("app", "bare", "both", "ingest"), default="app")
-    parser.add_argument("--rounds", type=int, default=20, help="--target both/ingest: rounds per target")
+    parser.add_argument(
+        "--target", choices=("app", "bare", "both", "ingest", "deploy", "repeat"), default="app"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=20, help="--target both/ingest/deploy/repeat: rounds per target"
+    )
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-out", help="with --profile: also dump the cProfile stats to this file")
     args = parser.parse_args()
     from storage.crypto import generate_key
 
@@ -195,7 +255,10 @@ def main() -> None:
             "SHIPIT_LOG_LEVEL": "WARNING",
         }
     )
-    asyncio.run(_main(args))
+    try:
+        asyncio.run(_main(args))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the database grows by thousands of deploys per run
 
 
 if __name__ == "__main__":

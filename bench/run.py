@@ -16,7 +16,7 @@ from bench.common import load_average
 
 BENCHES = [
     ["bench.deploy_core"],  # ~2 min: accepted -> applied (aim p50 < 150 ms) and the queue drain
-    ["bench.github_ingest", "--duration", "10"],  # ~1 min: bare / app / ingest / deploy via wrk
+    ["bench.github_ingest", "--duration", "10"],  # ~1.5 min: bare / app / ingest / deploy / repeat via wrk
     ["bench.slack_ack", "--rate", "20,50", "--duration", "20"],  # ~3 min: /shipit deploy ack, 50 in flight
     ["bench.replicas", "--replicas", "1,3", "--duration", "15"],  # ~1.5 min: PostgreSQL, 1 vs 3 replicas
     ["bench.profile_deploy", "--requests", "300"],  # ~1 min: where a deploy request's time goes

@@ -8,9 +8,9 @@ one that never finished (its transaction rolled back) runs when redelivered.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -101,17 +101,21 @@ async def claim(session: AsyncSession, *, source: str, kinds: dict[str, str]) ->
         for k, d in keys.items()
     ]
     dialect = session.get_bind().dialect.name
+    # The table, not the mapped class: a Core INSERT skips the ORM's per-row bulk bookkeeping
+    # (issue 13: the ingest batch's cost grew with its size); `insertmanyvalues` still sends it as
+    # one multi-row INSERT .. RETURNING.
+    table = cast(Table, models.WebhookDelivery.__table__)
     if dialect == "sqlite":
-        stmt: Any = sqlite_insert(models.WebhookDelivery).on_conflict_do_nothing()
+        stmt: Any = sqlite_insert(table).on_conflict_do_nothing()
     elif dialect == "postgresql":
-        stmt = postgresql_insert(models.WebhookDelivery).on_conflict_do_nothing()
+        stmt = postgresql_insert(table).on_conflict_do_nothing()
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
         new = await seen(session, source=source, delivery_ids=list(kinds))
         fresh = {d: k for d, k in kinds.items() if d not in new}
         await record(session, source=source, kinds=fresh)
         return set(fresh)
     # Parameters as a list (not .values(rows)): one cached statement, sent as a multi-row INSERT.
-    inserted = await session.scalars(stmt.returning(models.WebhookDelivery.id), rows)
+    inserted = await session.scalars(stmt.returning(table.c.id), rows)
     return {keys[k] for k in inserted}
 
 

@@ -18,12 +18,14 @@ import fnmatch
 import hashlib
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, deploys, logctx
+from core import apps, deploys, logctx, validation
 from core.context import Core
 from core.errors import UserError
 from core.identity import Actor
@@ -126,6 +128,101 @@ def _dedupe_key(*, app_id: int, ref: str, sha: str) -> str:
     return f"git:{app_id}:{digest}:{sha}"
 
 
+def _stored_key(*, app_id: int, ref: str, sha: str) -> str:
+    # As the deployment row holds it (a key too long for its column is kept as its hash).
+    return validation.dedupe_key(_dedupe_key(app_id=app_id, ref=ref, sha=sha))
+
+
+# ------------------------------------------------------------------ batches of pushes (issue 13)
+#
+# Deliveries arriving together share one transaction (webhooks.ingest).  Two things make a push in
+# such a batch cheaper, and neither changes what it does:
+# - `prefetch_pushes` looks up the dedupe keys of the whole batch's pushes in one SELECT, so a commit
+#   deployed before is answered without running a deploy request, and a new one runs it without
+#   looking its key up again;
+# - `all_or_nothing` drops the SAVEPOINT around each app's deploy: a deploy that a UserError refuses
+#   (a window, a freeze...) then fails the whole batch instead (`RunAlone`), and the caller runs each
+#   delivery again in its own transaction, where the savepoint keeps the other apps' deploys.
+
+_ALL_OR_NOTHING = "gitops.all_or_nothing"
+_KNOWN = "gitops.known"
+
+
+class RunAlone(Exception):
+    """A deploy in an all-or-nothing transaction was refused: run each delivery on its own instead."""
+
+
+def all_or_nothing(session: AsyncSession) -> None:
+    """This transaction is thrown away whole if any deploy in it is refused (see above); the caller
+    must then run its deliveries again one per transaction, where refusals are answered."""
+    session.info[_ALL_OR_NOTHING] = session.sync_session.get_transaction()
+
+
+def _is_all_or_nothing(session: AsyncSession) -> bool:
+    held = session.info.get(_ALL_OR_NOTHING)
+    return held is not None and held is session.sync_session.get_transaction()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PushRef:
+    repo: str
+    ref: str
+    sha: str
+    deleted: bool = False
+    default_branch: str | None = None
+
+
+@dataclass(kw_only=True)
+class _Known:
+    """The dedupe keys a transaction looked up at its start, and what it did with them since."""
+
+    transaction: Any
+    # key -> (deployment id, status, image) of the deploy that used it, as read by the look-up.
+    earlier: dict[str, tuple[int, str, str]]
+    checked: set[str]  # every key looked up (found or not)
+    used: set[str] = field(default_factory=set)  # keys a deploy request of this transaction was run for
+    # Apps this transaction queued a deploy for: the supersede may have changed their earlier rows.
+    touched: set[int] = field(default_factory=set)
+
+
+def _known(session: AsyncSession) -> _Known | None:
+    known: _Known | None = session.info.get(_KNOWN)
+    if known is None or known.transaction is not session.sync_session.get_transaction():
+        return None
+    return known
+
+
+async def prefetch_pushes(session: AsyncSession, *, pushes: Iterable[PushRef]) -> None:
+    """Look up, in one SELECT, whether the deploys these pushes would queue were queued before."""
+    keys: set[str] = set()
+    linked: dict[str, list[models.App]] = {}
+    for push in pushes:
+        if push.deleted or push.sha == ZERO_SHA:
+            continue
+        parsed = parse_ref(push.ref)
+        if parsed is None:
+            continue
+        kind, name = parsed
+        repo = push.repo.lower()
+        if repo not in linked:
+            linked[repo] = [a for a in await linked_apps(session, repo=repo) if a.deploy_on != "ci"]
+        for app in linked[repo]:
+            if tracks(app, kind=kind, name=name, default_branch=push.default_branch):
+                keys.add(_stored_key(app_id=app.id, ref=push.ref, sha=push.sha))
+    if not keys:
+        return
+    d = models.Deployment
+    rows = await session.execute(select(d.dedupe_key, d.id, d.status, d.image).where(d.dedupe_key.in_(keys)))
+    earlier = {key: (id_, status, image) for key, id_, status, image in rows if key is not None}
+    transaction = session.sync_session.get_transaction()
+    known = _known(session)
+    if known is None:
+        session.info[_KNOWN] = _Known(transaction=transaction, earlier=earlier, checked=keys)
+    else:
+        known.earlier.update(earlier)
+        known.checked |= keys
+
+
 async def _deploy(
     session: AsyncSession,
     *,
@@ -156,33 +253,49 @@ async def _deploy(
         branch=name if kind == "branch" else "",
         tag=name if kind == "tag" else "",
     )
+    key = _stored_key(app_id=app.id, ref=ref, sha=sha)
+    known = _known(session)
+    fresh = False
+    if known is not None and key in known.checked and key not in known.used:
+        hit = known.earlier.get(key)
+        if hit is None:
+            fresh = True  # looked up in this transaction and not found: no need to look again
+        elif app.id not in known.touched:
+            # Deployed before (the actor is admin on a linked app: the request's role check would pass).
+            return _already(app=app, sha=sha, deployment_id=hit[0], status=hit[1], image=hit[2])
+    request_args: dict[str, Any] = dict(
+        ctx=ctx,
+        actor=actor,
+        app_name=app.name,
+        image=image,
+        trigger="push",
+        dedupe_key=key,
+        dedupe_fresh=fresh,
+        git_sha=sha,
+        git_ref=ref,
+        reason=why,
+        env=await apps.env_name(session, app=app),
+    )
+    if known is not None:
+        known.used.add(key)
     try:
-        async with session.begin_nested():
-            result = await deploys.request(
-                session,
-                ctx=ctx,
-                actor=actor,
-                app_name=app.name,
-                image=image,
-                trigger="push",
-                dedupe_key=_dedupe_key(app_id=app.id, ref=ref, sha=sha),
-                git_sha=sha,
-                git_ref=ref,
-                reason=why,
-                env=await apps.env_name(session, app=app),
-            )
+        if _is_all_or_nothing(session):
+            result = await deploys.request(session, **request_args)
+        else:
+            async with session.begin_nested():
+                result = await deploys.request(session, **request_args)
     except UserError as e:
+        if _is_all_or_nothing(session):
+            # Whatever the refused request wrote before it was refused goes with the whole batch.
+            raise RunAlone(f"{app.name}: {e}") from e
         return Decision(app=app.name, action=SKIP, reason=str(e), image=image)
     deployment = result.deployment
     if not result.created:
-        return Decision(
-            app=app.name,
-            action=SKIP,
-            reason=f"{sha[:7]} was already deployed to {app.name} "
-            f"(deploy #{deployment.id}, {deployment.status})",
-            deployment_id=deployment.id,
-            image=deployment.image,
+        return _already(
+            app=app, sha=sha, deployment_id=deployment.id, status=deployment.status, image=deployment.image
         )
+    if known is not None:
+        known.touched.add(app.id)
     logctx.deploy_logger(log, deployment=deployment.id, app=app.name).info(
         "gitops: %s %s@%s (%s)", why, ref, sha[:7], image
     )
@@ -191,6 +304,16 @@ async def _deploy(
         action=DEPLOY,
         reason=f"deploy #{deployment.id} {deployment.status}: {image}",
         deployment_id=deployment.id,
+        image=image,
+    )
+
+
+def _already(*, app: models.App, sha: str, deployment_id: int, status: str, image: str) -> Decision:
+    return Decision(
+        app=app.name,
+        action=SKIP,
+        reason=f"{sha[:7]} was already deployed to {app.name} (deploy #{deployment_id}, {status})",
+        deployment_id=deployment_id,
         image=image,
     )
 

@@ -34,7 +34,10 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
             private_file(Path(parsed.database))
-        engine = create_async_engine(url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=60)
+        # No ROLLBACK on every return to the pool: `_reset_sqlite` sends one only if a transaction is open.
+        engine = create_async_engine(
+            url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=60, pool_reset_on_return=None
+        )
         _configure_sqlite(engine)
         return engine
     return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
@@ -81,6 +84,17 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+
+    @event.listens_for(engine.sync_engine, "reset")
+    def _reset_sqlite(dbapi_connection: Any, _record: Any, state: Any) -> None:
+        # After a COMMIT (nearly every return) the pool's own ROLLBACK does nothing in SQLite but
+        # still costs a round trip to the driver's thread; SQLite knows whether a transaction is
+        # open without one, so roll back only then (a connection given back mid-transaction).
+        if not state.asyncio_safe or state.transaction_was_reset:
+            return
+        driver = getattr(dbapi_connection, "_connection", None)  # aiosqlite's Connection
+        if getattr(driver, "in_transaction", True):
+            dbapi_connection.rollback()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:

@@ -13,6 +13,12 @@ anything in a batch fails (a handler bug, or another replica recording the
 same delivery at the same moment), the batch is rolled back and each delivery
 is run again in its own transaction with `deliveries.first_time`, so one bad
 delivery never takes the others down and the dedupe stays exact.
+
+A batch is all or nothing (core.gitops.all_or_nothing): its deploys run without a SAVEPOINT each,
+and one that is refused (a deploy window, a freeze) fails the batch with `gitops.RunAlone`; run
+alone, each delivery's refused deploys are rolled back to their savepoint and answered as skipped.
+Before the handlers run, each handler with a `prepare` gets all of its new deliveries at once (the
+pushes' dedupe keys, looked up in one SELECT).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from core import deliveries
+from core import deliveries, gitops
 from core.context import Core
 from core.gitops import Outcome
 from webhooks.table import Handler
@@ -106,21 +112,30 @@ class Ingest:
     async def _run(self, batch: list[_Item]) -> None:
         try:
             results = await _together(batch)
+        except gitops.RunAlone as e:
+            log.info(
+                "github ingest: a deploy in a batch of %d was refused (%s); running each alone", len(batch), e
+            )
+            await self._each_alone(batch)
+            return
         except Exception:
             if len(batch) > 1:
                 log.warning(
                     "github ingest: a batch of %d failed; running each alone", len(batch), exc_info=True
                 )
-            for item in batch:
-                try:
-                    result = await _alone(item)
-                except Exception as e:
-                    _settle(item, exception=e)
-                else:
-                    _settle(item, result=result)
+            await self._each_alone(batch)
             return
         for item, result in zip(batch, results, strict=True):
             _settle(item, result=result)
+
+    async def _each_alone(self, batch: list[_Item]) -> None:
+        for item in batch:
+            try:
+                result = await _alone(item)
+            except Exception as e:
+                _settle(item, exception=e)
+            else:
+                _settle(item, result=result)
 
 
 def _by_ctx(items: list[_Item]) -> list[list[_Item]]:
@@ -150,12 +165,23 @@ async def _together(batch: list[_Item]) -> list[Outcome | Duplicate]:
         for item in batch:
             kinds.setdefault(item.delivery, item.kind)
         new = await deliveries.claim(session, source=SOURCE, kinds=kinds)
+        gitops.all_or_nothing(session)
+        runs: list[_Item | None] = []
         for item in batch:
             if item.delivery not in new:
-                results.append(DUPLICATE)
+                runs.append(None)
                 continue
             new.discard(item.delivery)  # a second copy in the same batch is a duplicate
-            results.append(await item.handler.run(session, ctx, item.parsed))
+            runs.append(item)
+        prepared: dict[int, tuple[Handler[Any], list[Any]]] = {}
+        for run in runs:
+            if run is not None and run.handler.prepare is not None:
+                prepared.setdefault(id(run.handler), (run.handler, []))[1].append(run.parsed)
+        for handler, parsed in prepared.values():
+            assert handler.prepare is not None
+            await handler.prepare(session, parsed)
+        for run in runs:
+            results.append(DUPLICATE if run is None else await run.handler.run(session, ctx, run.parsed))
     return results
 
 

@@ -248,11 +248,26 @@ async def _on_package(session: AsyncSession, ctx: Core, e: PackagePublished) -> 
 class Handler(Generic[P]):
     parse: Callable[[Mapping[str, Any]], P]
     run: Callable[[AsyncSession, Core, P], Awaitable[Outcome]]
+    # Called once for all of a batch's new deliveries of this handler before any runs (webhooks.ingest):
+    # work that one statement can do for all of them (looking up their dedupe keys).
+    prepare: Callable[[AsyncSession, list[P]], Awaitable[None]] | None = None
+
+
+async def _prepare_pushes(session: AsyncSession, pushes: list[Push]) -> None:
+    await gitops.prefetch_pushes(
+        session,
+        pushes=[
+            gitops.PushRef(
+                repo=e.repo, ref=e.ref, sha=e.sha, deleted=e.deleted, default_branch=e.default_branch
+            )
+            for e in pushes
+        ],
+    )
 
 
 # (event, action) -> handler; action None for events without one (push).
 HANDLERS: dict[tuple[str, str | None], Handler[Any]] = {
-    ("push", None): Handler(parse=parse_push, run=_on_push),
+    ("push", None): Handler(parse=parse_push, run=_on_push, prepare=_prepare_pushes),
     ("pull_request", "opened"): Handler(parse=parse_pull_request, run=_on_pull_request),
     ("pull_request", "reopened"): Handler(parse=parse_pull_request, run=_on_pull_request),
     ("pull_request", "synchronize"): Handler(parse=parse_pull_request, run=_on_pull_request),

@@ -161,6 +161,7 @@ async def request(
     image: str | None = None,
     trigger: str,
     dedupe_key: str | None = None,
+    dedupe_fresh: bool = False,
     git_sha: str | None = None,
     git_ref: str | None = None,
     preview: models.Preview | None = None,
@@ -176,7 +177,9 @@ async def request(
 
     The deploy is a candidate: the app's settings (apps.image and the rest) and its current revision
     move only when the rollout succeeds.  `rerun` deploys an existing revision again as it is (the
-    automatic rollback to the current revision) instead of writing a new one.
+    automatic rollback to the current revision) instead of writing a new one.  `dedupe_fresh`: the
+    caller looked `dedupe_key` up in this transaction and found none (core.gitops, a whole batch of
+    pushes in one SELECT); a key taken meanwhile still fails the INSERT (unique), never doubles.
     """
     # The role check comes before anything else, the dedupe key included: an earlier answer is only
     # ever returned to someone allowed to deploy this very app.
@@ -192,8 +195,12 @@ async def request(
         git_ref = git_ref[: validation.limit(models.Deployment, "git_ref")]
     if dedupe_key is not None:
         dedupe_key = validation.dedupe_key(dedupe_key)
-        earlier = await session.scalar(
-            select(models.Deployment).where(models.Deployment.dedupe_key == dedupe_key)
+        earlier = (
+            None
+            if dedupe_fresh
+            else await session.scalar(
+                select(models.Deployment).where(models.Deployment.dedupe_key == dedupe_key)
+            )
         )
         if earlier is not None:
             if earlier.app_id != app.id:

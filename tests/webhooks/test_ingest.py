@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit
+from core import apps, audit, clusters, projects, protection
+from core.apps import AppChanges
 from core.context import Core
 from core.gitops import Outcome
 from core.identity import SYSTEM
 from shipit.runtime import Runtime
 from storage import models
+from tests.conftest import ADMIN
 from tests.webhooks.conftest import (
     SHA_A,
+    SHA_B,
+    SHA_C,
     Hook,
     deployments,
     job_rows,
@@ -26,6 +31,7 @@ from tests.webhooks.conftest import (
     offline_cluster,
     push_payload,
 )
+from webhooks import table
 from webhooks.ingest import DUPLICATE, Ingest
 from webhooks.table import Handler
 
@@ -144,3 +150,137 @@ async def test_closing_answers_deliveries_that_were_not_recorded(rt: Runtime) ->
     )
     assert isinstance(again, Outcome)
     await ingest.close()
+
+
+async def _mirror_in_locked_project(rt: Runtime) -> None:
+    """App `mirror` of project beta also deploys acme/web's main; beta is then locked."""
+    async with rt.sessionmaker.begin() as session:
+        await projects.create(session, ctx=rt.core, actor=ADMIN, name="beta")
+        await clusters.grant(session, actor=ADMIN, cluster="test", project="beta", namespace="mirror")
+        await apps.create(
+            session,
+            actor=ADMIN,
+            project="beta",
+            cluster="test",
+            name="mirror",
+            namespace="mirror",
+            changes=AppChanges(
+                image="ghcr.io/acme/web:0.1",
+                git_repo="acme/web",
+                git_branch="main",
+                image_template="ghcr.io/acme/web:{sha}",
+            ),
+        )
+
+
+async def _submit_together(rt: Runtime, pushes: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """Submit these (delivery, push payload) at once: they are queued before the writer first runs."""
+    ingest = Ingest()
+    handler = table.HANDLERS[("push", None)]
+    try:
+        return await asyncio.gather(
+            *[
+                ingest.submit(ctx=rt.core, delivery=d, kind="push.", handler=handler, parsed=handler.parse(p))
+                for d, p in pushes
+            ]
+        )
+    finally:
+        await ingest.close()
+
+
+def _decisions(outcome: Any) -> dict[str, tuple[str, str]]:
+    assert isinstance(outcome, Outcome)
+    return {d.app: (d.action, d.reason) for d in outcome.decisions}
+
+
+@pytest.mark.both_databases
+async def test_a_batch_of_a_new_commit_a_repeated_one_and_a_refused_deploy(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    await offline_cluster(rt)
+    await make_app(rt)
+    await _mirror_in_locked_project(rt)
+    first = await _submit_together(rt, [("first", push_payload(sha=SHA_A))])
+    assert {app: action for app, (action, _) in _decisions(first[0]).items()} == {
+        "web": "deploy",
+        "mirror": "deploy",
+    }
+    async with rt.sessionmaker.begin() as session:
+        await protection.lock_project(session, actor=ADMIN, project="beta", reason="audit")
+
+    caplog.set_level(logging.INFO, logger="webhooks.ingest")
+    new, again, unlinked, twice = await _submit_together(
+        rt,
+        [
+            ("new", push_payload(sha=SHA_B)),  # web deploys it; mirror's project is locked
+            ("again", push_payload(sha=SHA_A)),  # deployed before, to both
+            ("unlinked", push_payload(sha=SHA_C, repo="acme/other")),
+            ("twice", push_payload(sha=SHA_B)),  # the same new commit, another delivery: deployed once
+        ],
+    )
+    # The refused deploy failed the batch; each delivery then ran alone, with a savepoint per app.
+    assert "was refused" in caplog.text and "running each alone" in caplog.text
+
+    assert _decisions(new)["web"][0] == "deploy"
+    assert _decisions(new)["mirror"] == (
+        "skip",
+        "project beta is locked by user:admin: audit. Unlock it first.",
+    )
+    assert [a for a, _ in _decisions(again).values()] == ["skip", "skip"]
+    assert all("was already deployed" in r for _, r in _decisions(again).values())
+    assert isinstance(unlinked, Outcome) and unlinked.summary.startswith("no app is linked to acme/other")
+    assert _decisions(twice)["web"][0] == "skip" and "was already deployed" in _decisions(twice)["web"][1]
+
+    rows = await deployments(rt)
+    assert [(d.git_sha, d.status) for d in rows] == [
+        (SHA_A, "queued"),  # mirror's (apps run in name order)
+        (SHA_A, "superseded"),  # web's first, superseded by SHA_B
+        (SHA_B, "queued"),  # web's new one
+    ]
+    deploy_jobs = {j.payload["deployment_id"]: j.state for j in await job_rows(rt, kind="deploy")}
+    assert deploy_jobs == {rows[0].id: "queued", rows[1].id: "cancelled", rows[2].id: "queued"}
+    async with rt.sessionmaker() as session:
+        recorded = set(await session.scalars(select(models.WebhookDelivery.id)))
+        requested = list(
+            await session.scalars(
+                select(models.AuditEvent.target).where(models.AuditEvent.action == "deploy.request")
+            )
+        )
+        mirror_revisions = await session.scalar(
+            select(func.count())
+            .select_from(models.Revision)
+            .join(models.App)
+            .where(models.App.name == "mirror")
+        )
+    assert recorded == {f"github:{d}" for d in ("first", "new", "again", "unlinked", "twice")}
+    # Nothing of the refused deploy was kept: no revision, no audit row beyond the first push's.
+    assert sorted(requested) == ["app/mirror", "app/web", "app/web"]
+    assert mirror_revisions == 1
+
+
+@pytest.mark.both_databases
+async def test_a_batch_of_new_and_repeated_commits_needs_no_fallback(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    await offline_cluster(rt)
+    await make_app(rt)
+    await _submit_together(rt, [("first", push_payload(sha=SHA_A))])
+    caplog.set_level(logging.INFO, logger="webhooks.ingest")
+    shas = [f"{i:040x}" for i in range(1, 9)]
+    outcomes = await _submit_together(
+        rt,
+        [(f"d{i}", push_payload(sha=sha)) for i, sha in enumerate(shas)]
+        + [("again", push_payload(sha=SHA_A)), ("again-new", push_payload(sha=shas[3]))],
+    )
+    assert "running each alone" not in caplog.text
+    assert [_decisions(o)["web"][0] for o in outcomes] == ["deploy"] * 8 + ["skip", "skip"]
+    rows = await deployments(rt)
+    assert [d.git_sha for d in rows] == [SHA_A, *shas]
+    # The repeat of a commit deployed in this very batch names its deploy, already superseded.
+    assert (
+        _decisions(outcomes[-1])["web"][1]
+        == f"{shas[3][:7]} was already deployed to web (deploy #{rows[4].id}, superseded)"
+    )
+    assert [d.status for d in rows] == ["superseded"] * 8 + ["queued"]
+    deploy_jobs = [j.state for j in await job_rows(rt, kind="deploy")]
+    assert sorted(deploy_jobs) == ["cancelled"] * 8 + ["queued"]
