@@ -318,6 +318,28 @@ class Sampler:
         return total
 
 
+def context_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of a process so far, all its threads (Linux /proc).
+
+    Involuntary ones are the scheduler taking the core away: with more busy processes than cores they
+    grow, and each costs the process its warm CPU caches (more CPU for the same work)."""
+    voluntary = involuntary = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0, 0
+    for task in tasks:
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    voluntary += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    involuntary += int(line.split()[1])
+        except OSError:
+            continue
+    return voluntary, involuntary
+
+
 def server_cpu(backend_pid: int) -> float:
     """CPU seconds of the whole PostgreSQL server that `backend_pid` belongs to: the postmaster, its
     live children and the children it has reaped (every database, other users' too: a cross-check)."""
@@ -425,12 +447,18 @@ async def measure(args: argparse.Namespace, server: str, replicas_n: int, tmp: P
             warm = await run_driver(spec)
             counters_before = await pg_counters(db_url)
             cpu_before = [cpu_seconds(r.proc.pid) for r in replicas]
+            switches_before = [context_switches(r.proc.pid) for r in replicas]
             stop = asyncio.Event()
             sampler = Sampler(db_url)
             sampling = asyncio.create_task(sampler.run(stop))
             await asyncio.sleep(0.3)  # the sampler has seen the pooled backends before the load starts
             load = await run_driver({**spec, "duration": args.duration, "run": "load"})
             replica_cpu = sum(cpu_seconds(r.proc.pid) - b for r, b in zip(replicas, cpu_before, strict=True))
+            switches = [
+                (v - vb, i - ib)
+                for r, (vb, ib) in zip(replicas, switches_before, strict=True)
+                for v, i in [context_switches(r.proc.pid)]
+            ]
             stop.set()
             await sampling
             pg_cpu = sampler.backend_cpu()
@@ -472,6 +500,8 @@ async def measure(args: argparse.Namespace, server: str, replicas_n: int, tmp: P
         },
         "lock_max": sampler.waiting_max,
         "rollbacks": counters_after["xact_rollback"] - counters_before["xact_rollback"],
+        "voluntary_switches": sum(v for v, _ in switches) / max(n, 1),
+        "involuntary_switches": sum(i for _, i in switches) / max(n, 1),
         # Every process of the PostgreSQL server over a slightly longer window (other databases too).
         "server_ms": (counters_after["server_cpu"] - counters_before["server_cpu"]) * 1000 / max(n, 1),
         "commits": counters_after["xact_commit"] - counters_before["xact_commit"],
@@ -522,6 +552,10 @@ async def main(args: argparse.Namespace) -> int:
             f"{r['replica_ms']:5.2f}+{r['pg_ms']:<5.2f} {r['lock_samples']:>8}<={r['lock_max']:<2d} "
             f"{r['rollbacks'] / max(r['requests'], 1):10.2f} {r['deadlocks']:6d} {r['errors_logged']:6d}  "
             f"{'OK' if r['db_ok'] else 'MISMATCH'}: {r['db_check']}"
+        )
+        print(
+            f"         replicas: {r['voluntary_switches']:.1f} voluntary + {r['involuntary_switches']:.1f} "
+            "involuntary (preempted) context switches per request"
         )
         print(
             f"         PostgreSQL: {r['commits'] / max(r['requests'], 1):.2f} commits/request, "
