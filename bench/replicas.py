@@ -441,7 +441,8 @@ async def measure(args: argparse.Namespace, server: str, replicas_n: int, tmp: P
             for r in replicas:
                 r.wait_ready()
             spec = {
-                "urls": [r.url for r in replicas], "token": token, "apps": args.apps,
+                # --load-on K: only the first K replicas get requests (the others idle, still counted).
+                "urls": [r.url for r in replicas][: args.load_on or None], "token": token, "apps": args.apps,
                 "connections": args.connections, "duration": args.warmup, "run": "warm",
             }  # fmt: skip
             warm = await run_driver(spec)
@@ -614,6 +615,13 @@ def cli() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=24, help="concurrent clients over all replicas")
     parser.add_argument("--apps", type=int, default=240)
+    parser.add_argument(
+        "--load-on",
+        type=int,
+        metavar="K",
+        help="send the load to the first K replicas only (the others run idle): what replicas cost by "
+        "merely running, apart from sharing the cores",
+    )
     parser.add_argument(
         "--postgres", metavar="URL", help="a PostgreSQL server URL (postgresql+asyncpg://…/postgres)"
     )
