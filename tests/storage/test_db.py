@@ -68,3 +68,18 @@ async def test_a_read_that_asks_for_no_transaction_runs_outside_one_and_others_s
             assert await session.scalar(xid) == await session.scalar(xid)
     finally:
         await engine.dispose()
+
+
+async def test_a_connection_idle_past_the_threshold_is_pinged_and_kept(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = db.create_engine(db_url)
+    try:
+        pooled = await _backend(engine)
+        monkeypatch.setattr(db, "IDLE_PING_SECONDS", 0.0)  # every pooled connection counts as idle
+        await asyncio.sleep(0.01)
+        # The ping (BEGIN, a ping, ROLLBACK) answered: the same connection serves the next transaction.
+        async with db.create_sessionmaker(engine).begin() as session:
+            assert await session.scalar(text("SELECT pg_backend_pid()")) == pooled
+    finally:
+        await engine.dispose()
