@@ -257,13 +257,24 @@ class Replica:
 
 @dataclass
 class Sampler:
-    """Backends of one database waiting on a lock, sampled while the load runs."""
+    """The PostgreSQL backends of one database, sampled while the load runs: their CPU, their state.
+
+    A backend's CPU is read from /proc at every sample.  One that starts during the window (a pool
+    that opens a connection, or closes and reopens one) is counted from zero, connection set-up
+    included; one that ends before the window does is counted up to its last sample (its CPU from
+    then on is lost, at most one sampling interval's worth).  Backends that start and end between
+    two samples are never seen: `started` (pg_stat_database.sessions) against `started_seen` tells
+    how many that were.
+    """
 
     url: str
+    interval: float = 0.05
     samples: int = 0
     waiting_samples: int = 0
     waiting_max: int = 0
-    backends: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds when first seen
+    backends: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds at the window's start
+    last: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds at its latest sample
+    started_seen: int = 0  # backends seen that started inside the window
     # What the backends were doing, summed over the samples: "state wait_type:wait_event" -> backends.
     seen: dict[str, int] = field(default_factory=dict)
 
@@ -272,10 +283,12 @@ class Sampler:
 
         conn = await asyncpg.connect(_asyncpg_dsn(self.url))
         try:
+            window_start = await conn.fetchval("SELECT clock_timestamp()")
             while not stop.is_set():
                 rows = await conn.fetch(
-                    "SELECT pid, state, wait_event_type, wait_event FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    "SELECT pid, state, wait_event_type, wait_event, backend_start >= $1 AS new "
+                    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    window_start,
                 )
                 waiting = sum(1 for r in rows if r["wait_event_type"] == "Lock")
                 self.samples += 1
@@ -285,15 +298,59 @@ class Sampler:
                     if r["state"] != "idle":
                         key = f"{r['state']} {r['wait_event_type'] or 'CPU'}:{r['wait_event'] or '-'}"
                         self.seen[key] = self.seen.get(key, 0) + 1
-                    # A backend that appears during the run is counted from its first sighting.
-                    self.backends.setdefault(r["pid"], cpu_seconds(r["pid"]))
+                    now = cpu_seconds(r["pid"])
+                    if r["pid"] not in self.backends:
+                        # Started in the window: all of its CPU is the window's (its set-up too).
+                        self.backends[r["pid"]] = 0.0 if r["new"] else now
+                        self.started_seen += bool(r["new"])
+                    if now:
+                        self.last[r["pid"]] = now
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.1)
+                    await asyncio.wait_for(stop.wait(), self.interval)
         finally:
             await conn.close()
 
     def backend_cpu(self) -> float:
-        return sum(max(0.0, cpu_seconds(pid) - before) for pid, before in self.backends.items())
+        total = 0.0
+        for pid, before in self.backends.items():
+            now = cpu_seconds(pid) or self.last.get(pid, 0.0)  # gone: what it had at its last sample
+            total += max(0.0, now - before)
+        return total
+
+
+def context_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of a process so far, all its threads (Linux /proc).
+
+    Involuntary ones are the scheduler taking the core away: with more busy processes than cores they
+    grow, and each costs the process its warm CPU caches (more CPU for the same work)."""
+    voluntary = involuntary = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0, 0
+    for task in tasks:
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    voluntary += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    involuntary += int(line.split()[1])
+        except OSError:
+            continue
+    return voluntary, involuntary
+
+
+def server_cpu(backend_pid: int) -> float:
+    """CPU seconds of the whole PostgreSQL server that `backend_pid` belongs to: the postmaster, its
+    live children and the children it has reaped (every database, other users' too: a cross-check)."""
+    try:
+        ppid = int(Path(f"/proc/{backend_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        fields = Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{ppid}/task/{ppid}/children").read_text().split()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    own = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    return own + sum(cpu_seconds(int(c)) for c in children)
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -309,11 +366,12 @@ async def pg_counters(url: str) -> dict[str, int]:
     try:
         # Statistics are flushed by each backend about once a second; ask for ours now and wait for theirs.
         row = await conn.fetchrow(
-            "SELECT xact_commit, xact_rollback, deadlocks, conflicts FROM pg_stat_database "
-            "WHERE datname = current_database()"
+            "SELECT xact_commit, xact_rollback, deadlocks, conflicts, sessions, pg_backend_pid() AS pid, "
+            "(SELECT value FROM meta WHERE key = 'readcache.version') AS stamp "
+            "FROM pg_stat_database WHERE datname = current_database()"
         )
         assert row is not None
-        return dict(row)
+        return {**dict(row), "server_cpu": server_cpu(row["pid"])}
     finally:
         await conn.close()
 
@@ -383,18 +441,25 @@ async def measure(args: argparse.Namespace, server: str, replicas_n: int, tmp: P
             for r in replicas:
                 r.wait_ready()
             spec = {
-                "urls": [r.url for r in replicas], "token": token, "apps": args.apps,
+                # --load-on K: only the first K replicas get requests (the others idle, still counted).
+                "urls": [r.url for r in replicas][: args.load_on or None], "token": token, "apps": args.apps,
                 "connections": args.connections, "duration": args.warmup, "run": "warm",
             }  # fmt: skip
             warm = await run_driver(spec)
             counters_before = await pg_counters(db_url)
             cpu_before = [cpu_seconds(r.proc.pid) for r in replicas]
+            switches_before = [context_switches(r.proc.pid) for r in replicas]
             stop = asyncio.Event()
             sampler = Sampler(db_url)
             sampling = asyncio.create_task(sampler.run(stop))
             await asyncio.sleep(0.3)  # the sampler has seen the pooled backends before the load starts
             load = await run_driver({**spec, "duration": args.duration, "run": "load"})
             replica_cpu = sum(cpu_seconds(r.proc.pid) - b for r, b in zip(replicas, cpu_before, strict=True))
+            switches = [
+                (v - vb, i - ib)
+                for r, (vb, ib) in zip(replicas, switches_before, strict=True)
+                for v, i in [context_switches(r.proc.pid)]
+            ]
             stop.set()
             await sampling
             pg_cpu = sampler.backend_cpu()
@@ -436,6 +501,17 @@ async def measure(args: argparse.Namespace, server: str, replicas_n: int, tmp: P
         },
         "lock_max": sampler.waiting_max,
         "rollbacks": counters_after["xact_rollback"] - counters_before["xact_rollback"],
+        "voluntary_switches": sum(v for v, _ in switches) / max(n, 1),
+        "involuntary_switches": sum(i for _, i in switches) / max(n, 1),
+        # Every process of the PostgreSQL server over a slightly longer window (other databases too).
+        "server_ms": (counters_after["server_cpu"] - counters_before["server_cpu"]) * 1000 / max(n, 1),
+        "commits": counters_after["xact_commit"] - counters_before["xact_commit"],
+        # The read cache's stamp: changed means some write emptied every replica's copies meanwhile.
+        "stamp_changed": counters_after["stamp"] != counters_before["stamp"],
+        # Backends started in the window (connections opened), and how many of them the sampler saw.
+        "backends_started": counters_after["sessions"] - counters_before["sessions"],
+        "backends_started_seen": sampler.started_seen,
+        "backends": len(sampler.backends),
         "deadlocks": counters_after["deadlocks"] - counters_before["deadlocks"],
         "errors_logged": errors_logged,
         "db_ok": ok,
@@ -478,6 +554,17 @@ async def main(args: argparse.Namespace) -> int:
             f"{r['rollbacks'] / max(r['requests'], 1):10.2f} {r['deadlocks']:6d} {r['errors_logged']:6d}  "
             f"{'OK' if r['db_ok'] else 'MISMATCH'}: {r['db_check']}"
         )
+        print(
+            f"         replicas: {r['voluntary_switches']:.1f} voluntary + {r['involuntary_switches']:.1f} "
+            "involuntary (preempted) context switches per request"
+        )
+        print(
+            f"         PostgreSQL: {r['commits'] / max(r['requests'], 1):.2f} commits/request, "
+            f"{r['backends']} backends, {r['backends_started']} started during the run "
+            f"({r['backends_started_seen']} of them sampled); the whole server (all its processes and "
+            f"databases, other users' too) {r['server_ms']:.2f} ms CPU/request; read cache stamp "
+            f"{'CHANGED (copies reloaded)' if r['stamp_changed'] else 'unchanged'}"
+        )
         states = ", ".join(f"{k} {v:.2f}" for k, v in list(r["pg_states"].items())[:6])
         print(f"         PostgreSQL backends not idle, mean per sample: {states or 'none'}")
         for e in r["errors"][:3]:
@@ -485,8 +572,9 @@ async def main(args: argparse.Namespace) -> int:
     print(
         "  (CPU in cores busy over the run; ms CPU/req = replicas + PostgreSQL backends of this database; "
         "lock waits = samples with a backend waiting on a lock / samples, <= the most at once; rollbk/req = "
-        "pg_stat_database rollbacks per request: about 2 are normal (the pool's reset on return, the token "
-        "read's own transaction); more with more replicas would mean retried or failed transactions; backends not idle: "
+        "pg_stat_database rollbacks per request: each one a BEGIN ... ROLLBACK that changed nothing (a pool "
+        "pre-ping, a read in a transaction of its own) or a failed transaction; more with more replicas would "
+        "mean retried or failed transactions; backends not idle: "
         "'active CPU' runs a statement, 'idle in transaction Client:ClientRead' waits for the replica mid-"
         "transaction, Lock:* waits for a row or transaction lock, LWLock:WAL*/IO:* for the log)"
     )
@@ -527,6 +615,13 @@ def cli() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=24, help="concurrent clients over all replicas")
     parser.add_argument("--apps", type=int, default=240)
+    parser.add_argument(
+        "--load-on",
+        type=int,
+        metavar="K",
+        help="send the load to the first K replicas only (the others run idle): what replicas cost by "
+        "merely running, apart from sharing the cores",
+    )
     parser.add_argument(
         "--postgres", metavar="URL", help="a PostgreSQL server URL (postgresql+asyncpg://…/postgres)"
     )

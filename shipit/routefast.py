@@ -9,11 +9,13 @@ FastAPI.  Two things here, both exact (they change no routing decision):
 - `ExactPaths`: for every (path, method) that a route WITHOUT path parameters answers, the routing
   decision depends on nothing but the path and the method, so it is worked out once, by running the
   real routes' `matches` in the router's order on a probe, and replayed per request with a dict
-  look-up: the same scope keys FastAPI's router sets, then the same route app.  Everything else
-  (404, 405, a trailing-slash redirect, a path with parameters, a HEAD the route does not serve, a
-  request under a root path) goes to the normal router unchanged.  The table is rebuilt when a route
-  is added anywhere (FastAPI's own `_mark_routes_changed`, watched) or the app's route list changes
-  length.
+  look-up: the same scope keys FastAPI's router sets, then the same route app.  A path WITH
+  parameters is decided by nothing else either: the first request for a (path, method) works it out
+  the same way, the parameters' converted values included, and later ones replay it (a bounded dict:
+  the API's `POST /api/v1/apps/web/deploys` comes again and again).  Everything else (404, 405, a
+  trailing-slash redirect, a HEAD the route does not serve, a request under a root path) goes to the
+  normal router unchanged.  Both are rebuilt when a route is added anywhere (FastAPI's own
+  `_mark_routes_changed`, watched) or the app's route list changes length.
 - Prefix guards: an included router whose routes share a literal prefix the path does not start with
   matches none of them, FULL or PARTIAL, so it answers NONE at once (paths with parameters, 404s).
 
@@ -77,20 +79,22 @@ _FLATTEN = bool(_WATCHED and _SCOPE_KEY and _INCLUDED_KEY and _CONTEXT_KEY and _
 class _Plan:
     """What the router would do for one (path, method): the scope keys it sets, the app it calls."""
 
-    __slots__ = ("app", "child", "fastapi", "path_format", "router")
+    __slots__ = ("app", "child", "fastapi", "params", "path_format", "router")
 
     def __init__(
         self, *, router: Any, child: dict[str, Any], fastapi: dict[str, Any], app: ASGIApp, path_format: str
     ) -> None:
         self.router, self.app, self.path_format = router, app, path_format
         self.child = {k: v for k, v in child.items() if k != "path_params"}
+        # The values the route's convertors made of this very path (none for a literal path).
+        self.params: dict[str, Any] = dict(child.get("path_params") or {})
         self.fastapi = fastapi
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if "router" not in scope:
             scope["router"] = self.router
-        # As the route's own `matches` builds it: a copy of what the scope held (no parameters here).
-        scope["path_params"] = dict(scope.get("path_params", {}))
+        # As the route's own `matches` builds it: a copy of what the scope held, then this path's values.
+        scope["path_params"] = {**scope.get("path_params", {}), **self.params}
         scope.update(self.child)
         if self.fastapi:
             scope.setdefault(_SCOPE_KEY, {}).update(self.fastapi)
@@ -183,9 +187,14 @@ def _plan(router: Any, path: str, method: str) -> _Plan | None:
         )
 
 
+def _table_ok(router: Any) -> bool:
+    # A router that applies form or body limits itself is left every request.
+    return not (getattr(router, "form_limits", None) or getattr(router, "max_body_size", None) is not None)
+
+
 def table(router: Any) -> dict[tuple[str, str], _Plan]:
     """Every (path, method) the exact-path dispatch answers itself, with what it does."""
-    if getattr(router, "form_limits", None) or getattr(router, "max_body_size", None) is not None:
+    if not _table_ok(router):
         return {}  # the router applies these itself: leave every request to it
     paths: list[str] = []
     for route in router.routes:
@@ -201,23 +210,40 @@ def table(router: Any) -> dict[tuple[str, str], _Plan]:
     return plans
 
 
+# Paths with parameters whose routing is remembered (`ExactPaths.seen`); more and it starts afresh: a
+# bound on memory (anyone can send any path), not a tuning knob.
+MAX_SEEN = 4096
+
+
 class ExactPaths:
-    """The app router's entry point: routes without path parameters by one dict look-up."""
+    """The app router's entry point: routes without path parameters by one dict look-up; any other
+    (path, method) is routed by the normal router's rules once, on a probe, and the decision replayed
+    the next time the same path comes (`POST /api/v1/apps/web/deploys` again and again)."""
 
     def __init__(self, router: Any, fallback: ASGIApp) -> None:
         self.router, self.fallback = router, fallback
         self._plans: dict[tuple[str, str], _Plan] = {}
+        # (path, method) -> the plan, or None: the normal router answers that one (404, 405, ...).
+        self.seen: dict[tuple[str, str], _Plan | None] = {}
         self._built: tuple[int, int] | None = None
 
     def plans(self) -> dict[tuple[str, str], _Plan]:
         state = (_generation[0], len(self.router.routes))
         if state != self._built:
-            self._plans, self._built = table(self.router), state
+            self._plans, self._built, self.seen = table(self.router), state, {}
         return self._plans
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
-            plan = self.plans().get((scope["path"], scope["method"]))
+            key = (scope["path"], scope["method"])
+            plan = self.plans().get(key)
+            if plan is None and _table_ok(self.router):
+                if key in self.seen:
+                    plan = self.seen[key]
+                else:
+                    if len(self.seen) >= MAX_SEEN:
+                        self.seen = {}
+                    plan = self.seen[key] = _plan(self.router, *key)
             if plan is not None:
                 await plan(scope, receive, send)
                 return

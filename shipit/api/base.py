@@ -65,9 +65,15 @@ register_url_convertor("app_flag", _AppFlag())
 register_url_convertor("deploy_action", _DeployAction())
 
 
-def runtime(request: Request) -> Runtime:
+def runtime_of(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt
+
+
+async def runtime(request: Request) -> Runtime:
+    # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a hand-off to a
+    # worker thread and back on every request for one attribute read.
+    return runtime_of(request)
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +91,7 @@ async def current_actor(
     # No transaction of its own while nothing changed: one read of the read cache's stamp, which the
     # Actor carries on to the route's transaction (core.readcache).
     return await tokens.authenticate_cached(
-        ctx=runtime(request).core, token=authorization[7:].strip(), channel=channel
+        ctx=runtime_of(request).core, token=authorization[7:].strip(), channel=channel
     )
 
 

@@ -15,6 +15,7 @@ from shipit import routefast
 from shipit.main import create_app
 from shipit.runtime import Runtime
 from tests.conftest import serving
+from tests.shipit.conftest import make_token
 
 SKIP_BODY = {"/metrics"}  # its counters move between the two calls
 
@@ -73,3 +74,37 @@ async def test_routes_added_after_the_first_request_are_served(rt: Runtime) -> N
         assert r.status_code == 200 and r.json() == {"late": "yes"}
         assert r.headers["x-content-type-options"] == "nosniff"  # still behind the edge
         assert ("/late", "GET") in routefast.table(app.router)
+
+
+async def test_paths_with_parameters_are_routed_once_then_replayed_with_their_own_values(rt: Runtime) -> None:
+    fast, plain = create_app(rt=rt), _plain(create_app(rt=rt))
+    token = await make_token(rt)
+    auth = {"Authorization": f"Bearer {token}"}
+    # Each answer names what the path said (a missing project, app or deploy), so a decision replayed
+    # with another path's values would show.
+    requests = [
+        ("GET", "/api/v1/apps/web"), ("GET", "/api/v1/apps/api"), ("GET", "/api/v1/apps/web/deploys"),
+        ("POST", "/api/v1/apps/web/deploys"), ("POST", "/api/v1/apps/api/deploys"),
+        ("GET", "/api/v1/deploys/12"), ("GET", "/api/v1/deploys/13"), ("GET", "/api/v1/deploys/x"),
+        ("POST", "/api/v1/apps/web/lock"), ("POST", "/api/v1/apps/web/status"),  # a flag; not a flag
+        ("PUT", "/api/v1/deploys/12"), ("GET", "/api/v1/projects/acme/environments"),
+    ]  # fmt: skip
+    async with (
+        serving(fast) as fast_url,
+        serving(plain) as plain_url,
+        httpx.AsyncClient(timeout=30, follow_redirects=False, headers=auth) as client,
+    ):
+        for _ in range(2):  # the second time from what the first one left in `seen`
+            for method, path in requests:
+                got = await client.request(method, fast_url + path, json={"image": "x/y:1"})
+                want = await client.request(method, plain_url + path, json={"image": "x/y:1"})
+                assert _comparable(got, path, fast_url) == _comparable(want, path, plain_url), (method, path)
+    stack = fast.router.middleware_stack
+    assert isinstance(stack, routefast.ExactPaths)
+    seen = stack.seen
+    assert seen[("/api/v1/apps/web", "GET")] is not None  # routed by the remembered decision
+    assert seen[("/api/v1/apps/web/status", "POST")] is None  # not a route: the router answers
+    got = await httpx.AsyncClient(transport=httpx.ASGITransport(app=fast), base_url="http://app").get(
+        "/api/v1/apps/web", headers=auth
+    )
+    assert got.status_code == 404 and "web" in got.text
