@@ -245,6 +245,8 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
         rt = await runtime.build(settings)
         await seed(rt, apps_count=args.apps, protected=not args.unprotected)
         app = create_app(rt=rt)
+        if args.worker:
+            await runtime.start(rt)  # a caller-owned runtime: the app's lifespan does not start it
         n = 0
         replies: list[str] = []
 
