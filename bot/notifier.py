@@ -30,7 +30,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import views
 from core import events, logctx, notices, shared
-from core.errors import PermanentError, TransientError, retry_after_seconds
+from core.errors import Deferred, PermanentError, TransientError, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ class Pacer:
     """Per-channel token bucket: `rate` writes per second, bursts of `burst`.
 
     A write that would wait longer than `max_wait` is not made to wait in a
-    worker slot: it raises TransientError(retry_after) and the queue retries it.
+    worker slot: it raises Deferred(retry_after), a TransientError that does not
+    count against the target, and the queue retries it.
     With a `key` (which delivery this is), the slot is reserved for it, so a
     backlog drains in order with one retry per write instead of every waiting
     job coming back again and again to race for the next free second.
@@ -86,12 +87,12 @@ class Pacer:
             slot = max(self._next.get(channel, 0.0), now - (self.burst - 1) * self.interval)
             delay = slot - now
             if delay > self.max_wait and key is None:
-                raise TransientError(f"pacing messages to Slack channel {channel}", retry_after=delay)
+                raise Deferred(f"pacing messages to Slack channel {channel}", retry_after=delay)
             self._next[channel] = slot + self.interval
         delay = slot - now
         if delay > self.max_wait:
             self._hold(channel, key, slot, now)
-            raise TransientError(f"pacing messages to Slack channel {channel}", retry_after=delay)
+            raise Deferred(f"pacing messages to Slack channel {channel}", retry_after=delay)
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -142,13 +143,23 @@ class SharedPacer(Pacer):
         if delay > self.max_wait:
             if key is not None:
                 self._hold(channel, key, slot, now)
-            raise TransientError(f"pacing messages to Slack channel {channel}", retry_after=delay)
+            raise Deferred(f"pacing messages to Slack channel {channel}", retry_after=delay)
         if delay > 0:
             await asyncio.sleep(delay)
 
     async def backoff_shared(self, channel: str, seconds: float) -> None:
         until = time.time() + seconds
         await shared.advance(self.sessionmaker, key=self._key(channel), fn=lambda n: (max(n, until), None))
+
+
+def _shared(sessionmaker: Any) -> bool:
+    """Whether replicas may share this database: PostgreSQL.  On SQLite one process owns the queue
+    (DESIGN.md section 5), so the bucket in memory is the shared one, without a write transaction
+    per card write competing with the requests for SQLite's one writer (issue 13)."""
+    if sessionmaker is None:
+        return False
+    bind = sessionmaker.kw.get("bind")
+    return bind is None or bind.dialect.name != "sqlite"
 
 
 class SlackNotifier:
@@ -168,9 +179,7 @@ class SlackNotifier:
         self.token_for = token_for
         # With the database: pacing and the posted-card record are shared by every replica.
         self.sessionmaker = sessionmaker
-        self.pacer = pacer or (
-            SharedPacer(sessionmaker=sessionmaker) if sessionmaker is not None else Pacer()
-        )
+        self.pacer = pacer or (SharedPacer(sessionmaker=sessionmaker) if _shared(sessionmaker) else Pacer())
         # Cards posted in this process, so a retry after a failure *after* posting updates the card
         # instead of posting a second one (the refs are only saved when deliver returns).
         self._posted: OrderedDict[tuple[int, str], tuple[str, str]] = OrderedDict()

@@ -60,6 +60,13 @@ class TransientError(ShipitError):
         self.retry_after = retry_after
 
 
+class Deferred(TransientError):
+    """Not a failure: our own pacing (a channel's write rate) says to try again after `retry_after`.
+
+    Notify jobs do not count it against the target (core.events.run_notify_job).
+    """
+
+
 class PermanentError(ShipitError):
     """Retrying will not help: invalid spec, forbidden, misconfiguration."""
 

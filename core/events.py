@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import dialects, environment_admin, environments, jobs, observe, protection
 from core.context import Core
-from core.errors import PermanentError, TransientError
+from core.errors import Deferred, PermanentError, TransientError
 from core.notices import (
     AppView,
     Audience,
@@ -439,6 +439,8 @@ async def run_notify_job(*, ctx: Core, job: jobs.JobView) -> None:
     with observe.span(f"notify {name}", notifier=name, event=notice.kind, deploy_id=event.deployment_id):
         try:
             delivered = await notifier.deliver(notice)
+        except Deferred:
+            raise  # paced, not failed: the target's state stays as it is (and no write for it)
         except (TransientError, PermanentError) as e:
             failures = await notice_targets.record(ctx.sessionmaker, target=target, error=str(e))
             if isinstance(e, TransientError) and failures >= notice_targets.FAILING_AFTER:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 
 from core import errors, jobs, logctx, observe
 from core.context import Core
-from core.errors import PermanentError, TransientError, UserError
+from core.errors import Deferred, PermanentError, TransientError, UserError
 from core.instance import Instance
 from storage import db, models
 
@@ -257,7 +257,8 @@ class Worker:
             if job.attempts >= job.max_attempts:
                 await self._finish(job, fail=f"gave up after {job.attempts} attempts: {e}")
             else:
-                jlog.warning(
+                # Our own pacing is routine under a burst (a line per card would cost CPU of its own).
+                (jlog.debug if isinstance(e, Deferred) else jlog.warning)(
                     "job %s (%s) attempt %d: %s; retrying in %.1fs", job.id, job.kind, job.attempts, e, delay
                 )
                 await self._retry(job, error=str(e), delay=delay)

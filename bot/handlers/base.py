@@ -5,15 +5,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import commands, views
-from core import apps, deliveries, deploys, errors, logctx
+from core import apps, deliveries, deploys, errors, logctx, validation
 from core.context import Core
 from core.errors import UserError
 from core.identity import Actor
@@ -24,6 +27,8 @@ log = logging.getLogger(__name__)
 LOG_FETCH_TIMEOUT = 20.0
 # `status` without an app reads each app in one transaction: keep it short (the rest is one more line).
 STATUS_OVERVIEW_LIMIT = 10
+# A slash command's trigger id, recorded under this prefix (a delivery, or a deployment's dedupe key).
+TRIGGER_PREFIX = "slack-trigger"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +39,9 @@ class Caller:
     user_name: str
     team_id: str | None
     channel_id: str | None
+    # For handlers registered with @handles(..., keyed=True): the dedupe key their deployment carries,
+    # which a replay of the same slash command (same trigger id) carries too; set by `execute`.
+    replay_key: str | None = None
 
     @property
     def actor(self) -> Actor:
@@ -54,19 +62,28 @@ H = TypeVar("H", bound=Handler)
 
 # Command type -> its handler, filled by @handles; checked against the registry of bot.commands at import.
 HANDLERS: dict[type[commands.Command], Handler] = {}
+# Command types whose handler writes one deployment with `caller.replay_key` as its dedupe key: the
+# deployment's unique key then refuses a replayed slash command, so no delivery record is written.
+KEYED: set[type[commands.Command]] = set()
 
 
 # Answered by `execute` itself, with no transaction: help reads nothing from the core.
 ANSWERED_INLINE: tuple[type[commands.Command], ...] = (commands.Help,)
 
 
-def handles(kind: type[commands.Command]) -> Callable[[H], H]:
-    """Register the handler of one command type (one per type; see `missing_handlers`)."""
+def handles(kind: type[commands.Command], *, keyed: bool = False) -> Callable[[H], H]:
+    """Register the handler of one command type (one per type; see `missing_handlers`).
+
+    `keyed`: on every successful run the handler inserts one deployment whose dedupe key is
+    `caller.replay_key` (without looking it up first: deploys.request(dedupe_fresh=True)).
+    """
 
     def register(fn: H) -> H:
         if kind in HANDLERS:
             raise ValueError(f"{kind.__name__} has two handlers")
         HANDLERS[kind] = fn
+        if keyed:
+            KEYED.add(kind)
         return fn
 
     return register
@@ -137,6 +154,12 @@ async def execute(
         app=app if isinstance(app, str) else None,
         delivery=delivery_id or trigger_id,
     )
+    replay = None
+    if trigger_id is not None and type(command) in KEYED:
+        # The trigger id goes into the deployment's dedupe key instead of a delivery record of its
+        # own (issue 13: one statement less); a replay fails that INSERT and is answered below.
+        replay = f"{TRIGGER_PREFIX}:{trigger_id}"
+        caller = dataclasses.replace(caller, replay_key=replay)
     try:
         async with core.sessionmaker.begin() as session:
             # Recorded in the command's own transaction: one that failed can be sent again.
@@ -145,16 +168,34 @@ async def execute(
             ):
                 clog.info("slack: %s was handled before; ignored", what)
                 return Outcome(message=views.reply("Already handled."), duplicate=True)
-            if trigger_id is not None and not await deliveries.first_time(
-                session, source="slack", prefix="slack-trigger", delivery_id=trigger_id, kind=kind
+            if (
+                trigger_id is not None
+                and replay is None
+                and not await deliveries.first_time(
+                    session, source="slack", prefix=TRIGGER_PREFIX, delivery_id=trigger_id, kind=kind
+                )
             ):
                 clog.warning("slack: %s by %s replayed; ignored", what, caller.user_id)
                 return Outcome(message=views.reply("Already handled."), duplicate=True)
             outcome = await handler(session, core, caller, command)
+    except IntegrityError as e:
+        if replay is not None and await _deployed_under(core, key=replay):
+            clog.warning("slack: %s by %s replayed; ignored", what, caller.user_id)
+            return Outcome(message=views.reply("Already handled."), duplicate=True)
+        return failure(e, what=what, caller=caller)
     except Exception as e:
         return failure(e, what=what, caller=caller)
     clog.info("slack: %s by %s (%s)", what, caller.user_id, caller.user_name)
     return outcome
+
+
+async def _deployed_under(core: Core, *, key: str) -> bool:
+    """Whether a committed deployment carries this dedupe key (after its INSERT was refused)."""
+    async with core.sessionmaker() as session:
+        found = await session.scalar(
+            select(models.Deployment.id).where(models.Deployment.dedupe_key == validation.dedupe_key(key))
+        )
+    return found is not None
 
 
 async def queued_card(

@@ -10,11 +10,12 @@ from core import apps, autoscaling, deploys, dryrun, status
 from core.context import Core
 
 
-@handles(commands.Deploy)
+@handles(commands.Deploy, keyed=True)
 async def _deploy(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Deploy) -> Outcome:
     result = await deploys.request(
-        session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image, trigger="slack", env=cmd.env
-    )
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, image=cmd.image, trigger="slack", env=cmd.env,
+        dedupe_key=caller.replay_key, dedupe_fresh=caller.replay_key is not None,
+    )  # fmt: skip
     return Outcome(message=await queued_card(session, caller=caller, result=result, app=cmd.app))
 
 

@@ -177,9 +177,13 @@ async def request(
 
     The deploy is a candidate: the app's settings (apps.image and the rest) and its current revision
     move only when the rollout succeeds.  `rerun` deploys an existing revision again as it is (the
-    automatic rollback to the current revision) instead of writing a new one.  `dedupe_fresh`: the
-    caller looked `dedupe_key` up in this transaction and found none (core.gitops, a whole batch of
-    pushes in one SELECT); a key taken meanwhile still fails the INSERT (unique), never doubles.
+    automatic rollback to the current revision) instead of writing a new one.
+
+    `dedupe_fresh`: `dedupe_key` is not looked up first (issue 13: one statement less on the usual
+    path).  Either the caller looked it up already and found none (core.gitops, a whole batch of
+    pushes in one SELECT), or the key is new unless this very request is a replay (a slash command's
+    trigger id).  A key taken all the same fails the deployment's unique INSERT (IntegrityError, the
+    transaction rolls back) and the caller answers it: never a second deploy.
     """
     # The role check comes before anything else, the dedupe key included: an earlier answer is only
     # ever returned to someone allowed to deploy this very app.

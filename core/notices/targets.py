@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets as pysecrets
+import time
 import urllib.parse
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -197,9 +199,25 @@ async def view(session: AsyncSession, *, target_id: int) -> TargetView | None:
 async def record(
     sessionmaker: async_sessionmaker[AsyncSession], *, target: TargetView | None, error: str | None
 ) -> int:
-    """Keep a delivery's outcome on its target; returns the consecutive failures now."""
+    """Keep a delivery's outcome on its target; returns the consecutive failures now.
+
+    On SQLite, where one process owns the database, a success right after one this process wrote
+    (within SUCCESS_NOTED_SECONDS, no failure recorded since) writes nothing: under a burst of cards
+    that would be a write transaction per delivery, competing with requests for SQLite's one writer,
+    for a row that already says "fine" (issue 13); last_success_at may lag by that much.  Replicas
+    on PostgreSQL always write: another may have recorded a failure meanwhile.
+    """
     if target is None:
         return 0
+    noted = _successes_noted.setdefault(sessionmaker, {})
+    now = time.monotonic()
+    if (
+        error is None
+        and now - noted.get(target.id, -SUCCESS_NOTED_SECONDS) < SUCCESS_NOTED_SECONDS
+        and sessionmaker.kw["bind"].dialect.name == "sqlite"
+    ):
+        return 0
+    noted.pop(target.id, None)
     async with sessionmaker.begin() as session:
         row = await session.get(models.NotificationTarget, target.id)
         if row is None:
@@ -209,7 +227,17 @@ async def record(
         else:
             row.last_failure_at, row.last_error = models.utcnow(), error[:ERROR_MAX]
             row.failures = (row.failures or 0) + 1
-        return row.failures
+        failures = row.failures
+    if error is None:
+        noted[target.id] = now
+    return failures
+
+
+# Per database (sessionmaker) and target: when this process last wrote a success (time.monotonic()).
+SUCCESS_NOTED_SECONDS = 60.0
+_successes_noted: weakref.WeakKeyDictionary[async_sessionmaker[AsyncSession], dict[int, float]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 # ------------------------------------------------------------------ managing targets

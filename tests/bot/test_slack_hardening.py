@@ -4,6 +4,7 @@ signed Slack traffic.  Real app over HTTP, real signatures, the fake Slack Web A
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import urllib.parse
@@ -113,6 +114,7 @@ async def test_bolts_own_signature_check_logs_no_body_either(
     assert not [t for t in traces if MARKER in t or urllib.parse.quote(MARKER) in t]
 
 
+@pytest.mark.both_databases
 async def test_a_replayed_slash_command_acts_once(
     slack: SlackSender, offline: World, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -129,7 +131,11 @@ async def test_a_replayed_slash_command_acts_once(
     assert first.status_code == 200 and again.status_code == 200
     assert "Already handled" not in first.json()["text"]
     assert again.json()["text"] == "Already handled."
-    assert len(await deployments(rt)) == 1
+    rows = await deployments(rt)
+    assert len(rows) == 1
+    # The trigger id is the deployment's dedupe key (issue 13): no delivery record of its own, and
+    # the replay's revision went with its transaction.
+    assert rows[0].dedupe_key == f"slack-trigger:{trigger}"
     async with rt.sessionmaker() as session:
         audit = list(
             await session.scalars(
@@ -137,12 +143,51 @@ async def test_a_replayed_slash_command_acts_once(
             )
         )
         delivery = await session.get(models.WebhookDelivery, f"slack-trigger:{trigger}")
+        revisions = list(await session.scalars(select(models.Revision.number)))
     assert audit == ["deploy.request"]
-    assert delivery is not None and delivery.source == "slack"
+    assert delivery is None
+    assert revisions == [1]
 
     # The same command typed again is a new invocation (a new trigger_id) and runs.
     await slack.command("deploy web 1.2", user=ALICE)
     assert [d.image for d in await deployments(rt)] == ["ghcr.io/acme/web:1.1", "ghcr.io/acme/web:1.2"]
+
+
+@pytest.mark.both_databases
+async def test_replays_sent_at_the_same_time_deploy_once(slack: SlackSender, offline: World) -> None:
+    """Copies racing each other: on PostgreSQL the later INSERT waits on the first's unique key."""
+    await add_app(offline.rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0")
+    body = slack.command_body("deploy web 1.1", user=ALICE)
+    ts = int(time.time())
+    signature = sign(body, timestamp=ts)
+    form = "application/x-www-form-urlencoded"
+    answers = await asyncio.gather(
+        *(slack.post(body, content_type=form, timestamp=ts, signature=signature) for _ in range(4))
+    )
+    texts = [a.json()["text"] for a in answers]
+    assert all(a.status_code == 200 for a in answers), texts
+    assert texts.count("Already handled.") == 3, texts
+    assert [d.image for d in await deployments(offline.rt)] == ["ghcr.io/acme/web:1.1"]
+
+
+async def test_a_replayed_command_that_deploys_nothing_acts_once(slack: SlackSender, offline: World) -> None:
+    """Commands other than deploy still record their trigger id as a delivery."""
+    await add_app(offline.rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0")
+    body = slack.command_body("lock web a migration is running", user=ALICE)
+    trigger = urllib.parse.parse_qs(body.decode())["trigger_id"][0]
+    ts = int(time.time())
+    signature = sign(body, timestamp=ts)
+    form = "application/x-www-form-urlencoded"
+    first = await slack.post(body, content_type=form, timestamp=ts, signature=signature)
+    assert "Already handled" not in first.json()["text"], first.json()
+    await slack.command("unlock web", user=ALICE)
+    again = await slack.post(body, content_type=form, timestamp=ts, signature=signature)
+    assert again.json()["text"] == "Already handled."
+    async with offline.rt.sessionmaker() as session:
+        app = await session.scalar(select(models.App).where(models.App.name == "web"))
+        delivery = await session.get(models.WebhookDelivery, f"slack-trigger:{trigger}")
+    assert app is not None and app.locked_reason is None  # the replay did not lock it again
+    assert delivery is not None and delivery.source == "slack"
 
 
 async def test_a_command_that_failed_runs_again_when_sent_again(slack: SlackSender, offline: World) -> None:

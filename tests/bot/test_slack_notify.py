@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from tests.bot.conftest import ALICE, CAROL, CHANNEL, DAVE, SlackSender
+import asyncio
+
+import pytest
+from sqlalchemy import select
+
+from storage import models
+from tests.bot.conftest import ALICE, CAROL, CHANNEL, DAVE, SlackSender, add_app
 from tests.conftest import World
+from tests.fakes.slack_api import FakeSlack
+from tests.helpers import eventually
 
 
 async def test_notify_from_slack(slack: SlackSender, offline: World) -> None:
@@ -23,3 +31,36 @@ async def test_notify_from_slack(slack: SlackSender, offline: World) -> None:
     assert "ops@acme.io" not in (await slack.command("notify list acme", user=DAVE))["text"]
     bad = await slack.command("notify add acme pager https://x.example", user=DAVE)
     assert "kind must be one of slack, github, email, teams, discord, webhook" in bad["text"], bad
+
+
+@pytest.mark.both_databases
+async def test_a_burst_of_cards_is_paced_without_counting_against_the_channel(
+    slack: SlackSender, offline: World, fake_slack: FakeSlack
+) -> None:
+    """Our own pacing (about a message a second per channel) hands writes back to the queue: not a
+    failure of the target, which would otherwise be shown failing and retried only minutes later."""
+    rt = offline.rt
+    for i in range(12):
+        # Protected: each deploy waits for an approval, so the worker runs only the cards.
+        await add_app(
+            rt, name=f"app{i}", cluster=offline.cluster, image="ghcr.io/acme/web:1.0", protected=True
+        )
+    # 12 cards at once where 3 go at once and then one a second, none waiting over 3 s in a worker slot.
+    replies = await asyncio.gather(*(slack.command(f"deploy app{i} 1.1", user=ALICE) for i in range(12)))
+    assert all("approval" in r["text"].lower() for r in replies), replies
+    await eventually(
+        lambda: asyncio.sleep(0, fake_slack.messages(CHANNEL, include_replies=False)),
+        lambda cards: len(cards) == 12,
+        what="a card per deploy",
+        timeout=60,
+    )
+    async with rt.sessionmaker() as session:
+        paced = list(
+            await session.scalars(select(models.Job.id).where(models.Job.last_error.like("pacing messages%")))
+        )
+        target = await session.scalar(
+            select(models.NotificationTarget).where(models.NotificationTarget.address == CHANNEL)
+        )
+    assert paced, "the burst should have been paced"
+    assert target is not None
+    assert (target.failures, target.last_failure_at, target.last_error) == (0, None, None)

@@ -301,3 +301,24 @@ async def test_a_failed_production_deploy_emails_the_routed_address_only(
     assert row.error is not None
     assert row.error.split(":")[0] in plain.get_content() and "Environment: production" in plain.get_content()
     assert "<table>" in html.get_content() and "ghcr.io/acme/web:fail-boom" in html.get_content()
+
+
+@pytest.mark.both_databases
+async def test_successes_in_a_row_write_the_target_once_on_sqlite(rt: Runtime, hooks: Receiver) -> None:
+    """A burst of deliveries does not rewrite a target that already says "fine" (SQLite, one process);
+    a failure is always written, and the success after it too.  PostgreSQL replicas always write."""
+    target_id = await _add(rt, kind="webhook", address=f"{hooks.url}/ok")
+    async with rt.sessionmaker() as session:
+        view = await notice_targets.view(session, target_id=target_id)
+    assert view is not None
+    assert await notice_targets.record(rt.sessionmaker, target=view, error=None) == 0
+    first = (await _row(rt, target_id)).last_success_at
+    await asyncio.sleep(0.01)
+    assert await notice_targets.record(rt.sessionmaker, target=view, error=None) == 0
+    again = (await _row(rt, target_id)).last_success_at
+    assert first is not None and again is not None
+    assert (again == first) == (rt.engine.dialect.name == "sqlite")
+    assert await notice_targets.record(rt.sessionmaker, target=view, error="answered 500") == 1
+    assert await notice_targets.record(rt.sessionmaker, target=view, error=None) == 0
+    row = await _row(rt, target_id)
+    assert row.failures == 0 and row.last_success_at is not None and row.last_success_at > again
