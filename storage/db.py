@@ -18,6 +18,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from storage import sqlite_cursor
+
 log = logging.getLogger(__name__)
 
 
@@ -76,6 +78,7 @@ def private_file(path: Path) -> None:
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        sqlite_cursor.install(dbapi_connection)  # one trip to aiosqlite's thread per statement
         # Take transaction control away from the driver so that we can BEGIN IMMEDIATE.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
