@@ -145,11 +145,12 @@ _SQLITE_ROWS_PER_INSERT = 199
 
 @functools.lru_cache(maxsize=_SQLITE_ROWS_PER_INSERT)
 def _sqlite_claim_sql(rows: int) -> str:
-    table = models.WebhookDelivery.__tablename__
+    # Only placeholders are joined in: the values travel as parameters.
     values = ", ".join(["(?, ?, ?, ?, ?)"] * rows)
     return (
-        f"INSERT INTO {table} (id, source, kind, received_at, finished_at) VALUES {values} "
-        "ON CONFLICT DO NOTHING RETURNING id"
+        "INSERT INTO webhook_deliveries (id, source, kind, received_at, finished_at) VALUES "  # noqa: S608
+        + values
+        + " ON CONFLICT DO NOTHING RETURNING id"
     )
 
 
