@@ -93,6 +93,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # After a COMMIT (nearly every return) the pool's own ROLLBACK does nothing in SQLite but
         # still costs a round trip to the driver's thread; SQLite knows whether a transaction is
         # open without one, so roll back only then (a connection given back mid-transaction).
+        sqlite_cursor.forget_begin(dbapi_connection)
         if not state.asyncio_safe or state.transaction_was_reset:
             return
         driver = getattr(dbapi_connection, "_connection", None)  # aiosqlite's Connection
@@ -103,7 +104,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn: Any) -> None:
         if conn.get_execution_options().get("shipit_no_begin"):
             return  # one read in SQLite's autocommit (core.readcache: the version stamp)
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if not sqlite_cursor.defer_begin(conn.connection.dbapi_connection):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -19,8 +19,13 @@ from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 from sqlalchemy.util.concurrency import await_
 
 
-def _run(conn: sqlite3.Connection, operation: Any, parameters: Any, many: bool) -> tuple[Any, ...]:
-    """In aiosqlite's thread: the whole statement, rows and all."""
+def _run(
+    conn: sqlite3.Connection, operation: Any, parameters: Any, many: bool, begin: bool
+) -> tuple[Any, ...]:
+    """In aiosqlite's thread: the transaction's deferred BEGIN IMMEDIATE if due, then the whole
+    statement, rows and all."""
+    if begin:
+        conn.execute("BEGIN IMMEDIATE")
     cursor = conn.cursor()
     try:
         if many:
@@ -90,8 +95,9 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     async def _trip(self, operation: Any, parameters: Any, *, many: bool) -> None:
         async with self._adapt_connection._execute_mutex:
             driver = self._connection
+            begin = driver.__dict__.pop(_BEGIN, False)
             description, rows, rowcount, lastrowid = await driver._execute(
-                _run, driver._conn, operation, parameters, many
+                _run, driver._conn, operation, parameters, many, begin
             )
         self._description, self._rowcount, self._lastrowid = description, rowcount, lastrowid
         self._rows = collections.deque(rows)
@@ -106,6 +112,38 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = OneTripCursor
+
+    def commit(self) -> None:
+        if self._connection.__dict__.pop(_BEGIN, False):
+            return  # the transaction never ran a statement: there is nothing to commit
+        super().commit()
+
+    def rollback(self) -> None:
+        if self._connection.__dict__.pop(_BEGIN, False):
+            return
+        super().rollback()
+
+
+# On aiosqlite's Connection: BEGIN IMMEDIATE is due before the next statement (`defer_begin`).
+_BEGIN = "_shipit_begin_due"
+
+
+def defer_begin(dbapi_connection: Any) -> bool:
+    """Send the transaction's BEGIN IMMEDIATE with its first statement, in the same trip (issue 13:
+    one trip fewer per transaction).  False when the connection has no one-trip cursor: the caller
+    sends it now.  The lock is taken when the first statement runs, as before, since nothing ran
+    in between; a transaction that runs no statement never begins in SQLite at all."""
+    if type(dbapi_connection) is not OneTripConnection:
+        return False
+    dbapi_connection._connection.__dict__[_BEGIN] = True
+    return True
+
+
+def forget_begin(dbapi_connection: Any) -> None:
+    """The connection goes back to the pool: a BEGIN still due is dropped with its transaction."""
+    driver = getattr(dbapi_connection, "_connection", None)
+    if driver is not None:
+        driver.__dict__.pop(_BEGIN, None)
 
 
 def install(dbapi_connection: Any) -> None:

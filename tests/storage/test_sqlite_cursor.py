@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -47,5 +48,37 @@ async def test_rows_counts_ids_and_errors_come_through(tmp_path: Path) -> None:
                 await conn.execute(insert(items).values(name="a"))
         async with engine.connect() as conn:  # the failed transaction rolled back; the connection is usable
             assert await conn.scalar(text("SELECT count(*) FROM items")) == 4
+    finally:
+        await engine.dispose()
+
+
+async def test_begin_immediate_goes_with_the_first_statement(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/db.sqlite")
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(meta.create_all)
+        async with engine.begin() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            assert not driver.in_transaction  # nothing ran yet: nothing is locked
+            assert await conn.scalar(text("SELECT count(*) FROM items")) == 0
+            assert driver.in_transaction  # a read, yet the write lock is held (BEGIN IMMEDIATE)
+            probe = sqlite3.connect(tmp_path / "db.sqlite", timeout=0, isolation_level=None)
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    probe.execute("BEGIN IMMEDIATE")
+            finally:
+                probe.close()
+            await conn.execute(insert(items).values(name="a"))
+        # A transaction that ran nothing leaves nothing behind: the next one begins afresh.
+        async with engine.begin() as conn:
+            pass
+        with pytest.raises(RuntimeError):
+            async with engine.begin() as conn:
+                raise RuntimeError
+        async with engine.begin() as conn:
+            await conn.execute(insert(items).values(name="b"))
+        async with engine.connect() as conn:
+            assert list(await conn.scalars(select(items.c.name).order_by(items.c.name))) == ["a", "b"]
     finally:
         await engine.dispose()
