@@ -25,7 +25,8 @@ loaded by `wrk` (Debian package) on loopback with signed push bodies:
 Every request carries a new X-GitHub-Delivery id (a wrk Lua script numbers them per thread), so no
 request is answered from the delivery dedupe short-cut.  The database is the embedded default (SQLite, WAL),
 or with --postgres a fresh database on the given PostgreSQL server.
-The worker is off: only ingest is measured.
+The worker is off: only ingest is measured.  For the webhook targets the run also prints how many
+group-commit batches it took (a batch stamps its deliveries with one received_at).
 
     .venv/bin/python -m bench.github_ingest [--duration 10] [--connections 64] [--threads 1]
 """

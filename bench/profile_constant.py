@@ -18,8 +18,11 @@ the CPU time counts the database thread too.
 one queues a deploy, as bench.github_ingest's `deploy`); `--target repeat` pushes one commit again
 and again (after the first, each is answered "already deployed": the per-app dedupe hit).
 
+`--max-batch N` caps the group commit's batch (over wrk at 64 connections batches average ~32
+deliveries; in process they fill to 64); the run prints the batches it made.
+
     .venv/bin/python -m bench.profile_constant [--target app|bare|both|ingest|deploy|repeat] [--profile]
-        [--rounds 20]
+        [--rounds 20] [--max-batch N]
 """
 
 from __future__ import annotations
