@@ -25,7 +25,8 @@ loaded by `wrk` (Debian package) on loopback with signed push bodies:
 Every request carries a new X-GitHub-Delivery id (a wrk Lua script numbers them per thread), so no
 request is answered from the delivery dedupe short-cut.  The database is the embedded default (SQLite, WAL),
 or with --postgres a fresh database on the given PostgreSQL server.
-The worker is off: only ingest is measured.
+The worker is off: only ingest is measured.  For the webhook targets the run also prints how many
+group-commit batches it took (a batch stamps its deliveries with one received_at).
 
     .venv/bin/python -m bench.github_ingest [--duration 10] [--connections 64] [--threads 1]
 """
@@ -277,12 +278,14 @@ def _wrk(*, url: str, path: str, bodies: Path, script: Path, run: str, args: arg
     return result
 
 
-def _counts(url: str) -> tuple[int, int]:
-    """(deliveries recorded, push deployments) in the database now."""
+def _counts(url: str) -> tuple[int, int, int]:
+    """(deliveries recorded, push deployments, group-commit batches) in the database now.
+
+    A batch stamps all of its deliveries with one received_at, so the distinct stamps count batches."""
     return asyncio.run(_counts_async(url))
 
 
-async def _counts_async(url: str) -> tuple[int, int]:
+async def _counts_async(url: str) -> tuple[int, int, int]:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -294,8 +297,13 @@ async def _counts_async(url: str) -> tuple[int, int]:
                 await conn.execute(text("SELECT count(*) FROM deployments WHERE \"trigger\" = 'push'"))
             ).scalar_one()
         )
+        batches = int(
+            (
+                await conn.execute(text("SELECT count(DISTINCT received_at) FROM webhook_deliveries"))
+            ).scalar_one()
+        )
     await engine.dispose()
-    return delivered, deployed
+    return delivered, deployed, batches
 
 
 async def _postgres_database(server: str, *, drop: str | None = None) -> str:
@@ -394,7 +402,7 @@ def main() -> None:
             server = Server(factory=factory, env=env)
             try:
                 url = f"http://127.0.0.1:{server.port}"
-                before, _ = _counts(db_url)
+                before, _, _ = _counts(db_url)
                 warm_requests = 0
                 if args.warmup:
                     warm = _wrk(url=url, path=path, bodies=body, script=script,
@@ -402,15 +410,16 @@ def main() -> None:
                     # wrk counts the answered requests; up to one per connection was sent and not
                     # counted when it stopped (and is committed anyway): skip past those too.
                     warm_requests = warm["requests"] + args.connections
-                mid, deployed_mid = _counts(db_url)
+                mid, deployed_mid, batches_mid = _counts(db_url)
                 # The measured run carries on where the warm-up stopped: new commits only, until they wrap.
                 results[name] = _wrk(url=url, path=path, bodies=body, script=script,
                                      run=f"{name}-{time.time_ns()}", args=args, duration=args.duration,
                                      offset=warm_requests)  # fmt: skip
-                recorded, deployed = _counts(db_url)
+                recorded, deployed, batches = _counts(db_url)
                 webhook = path == "/github/webhook"
                 results[name]["recorded"] = recorded - mid if webhook else None
                 results[name]["deployed"] = deployed - deployed_mid if webhook else None
+                results[name]["batches"] = batches - batches_mid if webhook else None
                 results[name]["warmup_recorded"] = mid - before
                 # More requests than distinct bodies: the later ones repeated earlier commits.
                 results[name]["wrapped"] = (
@@ -439,6 +448,9 @@ def main() -> None:
         deployed = "" if r["deployed"] is None else str(r["deployed"])
         print(f"{name:8} {r['rps']:9.0f} {r['rps'] / bare:6.2f} {r['p50']:8.2f} {r['p90']:8.2f} {r['p99']:8.2f} "
               f"{r['non_2xx']:8d} {r['requests']:9d} {recorded:>9} {deployed:>9}")  # fmt: skip
+        if r["batches"]:
+            print(f"         {r['batches']} group-commit batches, {r['recorded'] / r['batches']:.1f} "
+                  "deliveries each on average")  # fmt: skip
         if r["socket_errors"]:
             print(f"         socket errors: {r['socket_errors']}")
         if r["wrapped"]:

@@ -18,8 +18,11 @@ the CPU time counts the database thread too.
 one queues a deploy, as bench.github_ingest's `deploy`); `--target repeat` pushes one commit again
 and again (after the first, each is answered "already deployed": the per-app dedupe hit).
 
+`--max-batch N` caps the group commit's batch (over wrk at 64 connections batches average ~32
+deliveries; in process they fill to 64); the run prints the batches it made.
+
     .venv/bin/python -m bench.profile_constant [--target app|bare|both|ingest|deploy|repeat] [--profile]
-        [--rounds 20]
+        [--rounds 20] [--max-batch N]
 """
 
 from __future__ import annotations
@@ -102,7 +105,10 @@ async def _ingest(args: argparse.Namespace) -> None:
     rt = await runtime.build(Settings(_env_file=None))
     app = create_app(rt=rt)
     app.state.runtime = rt  # what the lifespan does; the runtime is ours here
+    ingest = _webhook_ingest(app)
     gc.freeze()  # as the lifespan does once it has started a runtime of its own (shipit.app)
+    if args.max_batch:
+        ingest.max_batch = args.max_batch
 
     def signed(body: bytes) -> Request:
         headers = [
@@ -149,6 +155,11 @@ async def _ingest(args: argparse.Namespace) -> None:
             wall[name] += time.perf_counter() - w
             if profile is not None and name == measured:
                 profile.disable()
+    if ingest.batches:
+        print(
+            f"{measured}: {ingest.batches} batches of {ingest.batched / ingest.batches:.1f} deliveries "
+            f"on average (warm-up included)"
+        )
     if args.target in ("deploy", "repeat"):
         deployed = await _push_deployments(rt)
         print(
@@ -170,6 +181,16 @@ async def _ingest(args: argparse.Namespace) -> None:
         if args.profile_out:
             stats.dump_stats(args.profile_out)
         stats.sort_stats("tottime").print_stats(25)
+
+
+def _webhook_ingest(app: Any) -> Any:
+    """The app's webhooks.ingest.Ingest (its batch counts; --max-batch): the one the app holds."""
+    from webhooks.ingest import Ingest
+
+    found = [o for o in gc.get_objects() if isinstance(o, Ingest)]
+    if len(found) != 1:
+        raise LookupError(f"expected one webhooks.ingest.Ingest, found {len(found)}")
+    return found[0]
 
 
 async def _push_deployments(rt: Any) -> int:
@@ -239,6 +260,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--rounds", type=int, default=20, help="--target both/ingest/deploy/repeat: rounds per target"
+    )
+    parser.add_argument(
+        "--max-batch", type=int, default=0, help="ingest/deploy/repeat: cap the group commit's batch size"
     )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-out", help="with --profile: also dump the cProfile stats to this file")

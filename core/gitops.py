@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, deploys, logctx, validation
+from core import apps, deploys, logctx, readcache, validation
 from core.context import Core
 from core.errors import UserError
 from core.identity import Actor
@@ -113,10 +113,14 @@ async def linked_apps(session: AsyncSession, *, repo: str) -> list[models.App]:
     cache: dict[str, list[models.App]] = held[1]
     key = repo.lower()
     if key not in cache:
-        cache[key] = list(
-            await session.scalars(
+        # From the process's copies while the read-cache stamp is unchanged (core.readcache): a batch
+        # then reads the stamp, one small row, instead of the apps (issue 13).
+        cache[key] = await readcache.rows(
+            session,
+            ("gitops.linked_apps", key),
+            lambda: (
                 select(models.App).where(func.lower(models.App.git_repo) == key).order_by(models.App.name)
-            )
+            ),
         )
     return list(cache[key])
 

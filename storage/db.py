@@ -33,6 +33,8 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from storage import sqlite_cursor
+
 log = logging.getLogger(__name__)
 
 # Execution option: this read needs no transaction around it (core.readcache's stamp).
@@ -102,6 +104,7 @@ def private_file(path: Path) -> None:
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        sqlite_cursor.install(dbapi_connection)  # one trip to aiosqlite's thread per statement
         # Take transaction control away from the driver so that we can BEGIN IMMEDIATE.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -116,6 +119,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # After a COMMIT (nearly every return) the pool's own ROLLBACK does nothing in SQLite but
         # still costs a round trip to the driver's thread; SQLite knows whether a transaction is
         # open without one, so roll back only then (a connection given back mid-transaction).
+        sqlite_cursor.forget_begin(dbapi_connection)
         if not state.asyncio_safe or state.transaction_was_reset:
             return
         driver = getattr(dbapi_connection, "_connection", None)  # aiosqlite's Connection
@@ -126,7 +130,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn: Any) -> None:
         if conn.get_execution_options().get(NO_BEGIN):
             return  # one read in SQLite's autocommit (core.readcache: the version stamp)
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if not sqlite_cursor.defer_begin(conn.connection.dbapi_connection):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _configure_postgres(engine: AsyncEngine) -> None:

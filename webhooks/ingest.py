@@ -65,6 +65,7 @@ class Ingest:
         self._queue: asyncio.Queue[_Item] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.batches = self.batched = 0  # transactions run and deliveries in them (benches print them)
 
     async def submit(
         self, *, ctx: Core, delivery: str, kind: str, handler: Handler[Any], parsed: Any
@@ -100,6 +101,8 @@ class Ingest:
                     batch.append(queue.get_nowait())
                 live = [i for i in batch if not i.done.done()]  # the client may have gone away
                 for ctx_batch in _by_ctx(live):
+                    self.batches += 1
+                    self.batched += len(ctx_batch)
                     await self._run(ctx_batch)
         except asyncio.CancelledError:
             # Shutting down: whatever did not commit is rolled back; say so instead of hanging.
