@@ -283,37 +283,52 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
         print(f"the statements of one request ({len(listed)}, BEGIN included, COMMIT not):")
         for i, text in enumerate(listed, 1):
             print(f"  {i:2}. {text}")
+    report(
+        profile, per=per, unit="req", noun="request", landmarks=LANDMARKS, top=args.top, dump=args.dump,
+        blur=", and SQLAlchemy's greenlet switches blur where the statement work is charged",
+    )  # fmt: skip
+
+
+def report(
+    profile: Any,
+    *,
+    per: int,
+    unit: str,
+    noun: str,
+    landmarks: list[tuple[str, str, str]],
+    top: int,
+    dump: Path | None,
+    blur: str = "",
+) -> None:
+    """cProfile's figures per `unit` (req, cmd): own time by package, landmarks, top functions."""
     stats = pstats.Stats(profile)
     total: float = stats.total_tt  # type: ignore[attr-defined]
-    print(
-        f"\ncProfile, {per} requests, {total * 1000 / per:.2f} ms per request profiled; own time by package:"
-    )
+    print(f"\ncProfile, {per} {noun}s, {total * 1000 / per:.2f} ms per {noun} profiled; own time by package:")
     by_package = own_time_by_package(stats)
     tops: dict[str, float] = defaultdict(float)
     for group, tt in by_package.items():
         tops[group.split(":", 1)[0]] += tt
-    for top, top_tt in sorted(tops.items(), key=lambda kv: -kv[1]):
+    for name, top_tt in sorted(tops.items(), key=lambda kv: -kv[1]):
         if top_tt / total < 0.005:
             continue
-        print(f"  {top_tt / total:6.1%}  {top_tt * 1000 / per:6.3f} ms/req  {top}")
-        subs = [(g, tt) for g, tt in by_package.items() if g.startswith(top + ":")]
+        print(f"  {top_tt / total:6.1%}  {top_tt * 1000 / per:6.3f} ms/{unit}  {name}")
+        subs = [(g, tt) for g, tt in by_package.items() if g.startswith(name + ":")]
         for group, tt in sorted(subs, key=lambda kv: -kv[1]):
             if tt / total >= 0.005:
                 print(
-                    f"      {tt / total:6.1%}  {tt * 1000 / per:6.3f} ms/req  {group.split(':', 1)[1].strip()}"
+                    f"      {tt / total:6.1%}  {tt * 1000 / per:6.3f} ms/{unit}  {group.split(':', 1)[1].strip()}"
                 )
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
     print(
         "\nlandmarks (cumulative time, share of all profiled time; nested, so they overlap; a coroutine's "
-        "figure counts only its running stretches, and SQLAlchemy's greenlet switches blur where the "
-        "statement work is charged, so these are rough):"
+        f"figure counts only its running stretches{blur}, so these are rough):"
     )
-    for file_part, func, what in LANDMARKS:
+    for file_part, func, what in landmarks:
         ct = sum(v[3] for k, v in raw.items() if k[2] == func and k[0].endswith(file_part))
         if ct:
-            print(f"  {ct / total:6.1%}  {ct * 1000 / per:6.3f} ms/req  {what}")
+            print(f"  {ct / total:6.1%}  {ct * 1000 / per:6.3f} ms/{unit}  {what}")
     plumbing = ("asyncio", "httpx (the client)", "repo bench/", "anyio", "stdlib ", "greenlet")
-    print(f"\ntop {args.top} by cumulative time (below the event loop and the client; same caveats):")
+    print(f"\ntop {top} by cumulative time (below the event loop and the client; same caveats):")
     by_ct = sorted(
         (
             (k, v)
@@ -321,16 +336,16 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
             if k[0] != "~" and not (package_of(k[0], k[2]) or "").startswith(plumbing)
         ),
         key=lambda kv: -kv[1][3],
-    )[: args.top]
+    )[:top]
     for key, (_cc, _nc, _tt, ct, _callers) in by_ct:
         print(f"  {ct / total:6.1%}  {label(key)}")
-    print(f"\ntop {args.top} by own time (calls/req counts each resumption of a coroutine):")
-    by_tt = sorted(raw.items(), key=lambda kv: -kv[1][2])[: args.top]
+    print(f"\ntop {top} by own time (calls/{unit} counts each resumption of a coroutine):")
+    by_tt = sorted(raw.items(), key=lambda kv: -kv[1][2])[:top]
     for key, (_cc, nc, tt, _ct, _callers) in by_tt:
-        print(f"  {tt / total:6.1%}  {nc / per:6.1f}/req  {label(key)}")
-    if args.dump:
-        stats.dump_stats(args.dump)
-        print(f"\nraw profile written to {args.dump} (snakeviz / `python -m pstats`)")
+        print(f"  {tt / total:6.1%}  {nc / per:6.1f}/{unit}  {label(key)}")
+    if dump:
+        stats.dump_stats(dump)
+        print(f"\nraw profile written to {dump} (snakeviz / `python -m pstats`)")
 
 
 def main() -> None:

@@ -29,7 +29,6 @@ import cProfile
 import hashlib
 import hmac
 import os
-import pstats
 import tempfile
 import time
 import urllib.parse
@@ -38,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from bench import profile_deploy
-from bench.profile_deploy import label
 
 SECRET = "bench-slack-signing-secret"
 USER = ("U0BENCH01", "bench")
@@ -334,53 +332,9 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
         print(f"the statements of one command ({len(listed)}, BEGIN included):")
         for i, text in enumerate(listed, 1):
             print(f"  {i:2}. {text}")
-    stats = pstats.Stats(profile)
-    total: float = stats.total_tt  # type: ignore[attr-defined]
-    print(
-        f"\ncProfile, {per} commands, {total * 1000 / per:.2f} ms per command profiled; own time by package:"
+    profile_deploy.report(
+        profile, per=per, unit="cmd", noun="command", landmarks=LANDMARKS, top=args.top, dump=args.dump
     )
-    by_package = profile_deploy.own_time_by_package(stats)
-    tops: dict[str, float] = defaultdict(float)
-    for group, tt in by_package.items():
-        tops[group.split(":", 1)[0]] += tt
-    for top, top_tt in sorted(tops.items(), key=lambda kv: -kv[1]):
-        if top_tt / total < 0.005:
-            continue
-        print(f"  {top_tt / total:6.1%}  {top_tt * 1000 / per:6.3f} ms/cmd  {top}")
-        subs = [(g, tt) for g, tt in by_package.items() if g.startswith(top + ":")]
-        for group, tt in sorted(subs, key=lambda kv: -kv[1]):
-            if tt / total >= 0.005:
-                print(
-                    f"      {tt / total:6.1%}  {tt * 1000 / per:6.3f} ms/cmd  {group.split(':', 1)[1].strip()}"
-                )
-    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    print(
-        "\nlandmarks (cumulative time, share of all profiled time; nested, so they overlap; a coroutine's "
-        "figure counts only its running stretches, so these are rough):"
-    )
-    for file_part, func, what in LANDMARKS:
-        ct = sum(v[3] for k, v in raw.items() if k[2] == func and k[0].endswith(file_part))
-        if ct:
-            print(f"  {ct / total:6.1%}  {ct * 1000 / per:6.3f} ms/cmd  {what}")
-    plumbing = ("asyncio", "httpx (the client)", "repo bench/", "anyio", "stdlib ", "greenlet")
-    print(f"\ntop {args.top} by cumulative time (below the event loop and the client; same caveats):")
-    by_ct = sorted(
-        (
-            (k, v)
-            for k, v in raw.items()
-            if k[0] != "~" and not (profile_deploy.package_of(k[0], k[2]) or "").startswith(plumbing)
-        ),
-        key=lambda kv: -kv[1][3],
-    )[: args.top]
-    for key, (_cc, _nc, _tt, ct, _callers) in by_ct:
-        print(f"  {ct / total:6.1%}  {label(key)}")
-    print(f"\ntop {args.top} by own time (calls/cmd counts each resumption of a coroutine):")
-    by_tt = sorted(raw.items(), key=lambda kv: -kv[1][2])[: args.top]
-    for key, (_cc, nc, tt, _ct, _callers) in by_tt:
-        print(f"  {tt / total:6.1%}  {nc / per:6.1f}/cmd  {label(key)}")
-    if args.dump:
-        stats.dump_stats(args.dump)
-        print(f"\nraw profile written to {args.dump} (snakeviz / `python -m pstats`)")
 
 
 def main() -> None:
