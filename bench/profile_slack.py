@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import hashlib
-import hmac
 import os
 import tempfile
 import time
@@ -37,9 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import profile_deploy
+from bench.slack_ack import SECRET, USER, signed
 
-SECRET = "bench-slack-signing-secret"
-USER = ("U0BENCH01", "bench")
 # The Slack packages as their own groups (profile_deploy's GROUPS has the rest).
 profile_deploy.GROUPS.update(
     {"slack_bolt": "slack_bolt", "slack_sdk": "slack_sdk", "urllib": "urllib (form parsing)"}
@@ -161,16 +158,6 @@ async def settle() -> None:
     bench.slack_ack's measured window).
     """
     await asyncio.sleep(1.0)
-
-
-def signed(body: bytes) -> dict[str, str]:
-    ts = str(int(time.time()))
-    sig = "v0=" + hmac.new(SECRET.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
-    return {
-        "Content-Type": "application/x-www-form-urlencoded",
-        "X-Slack-Request-Timestamp": ts,
-        "X-Slack-Signature": sig,
-    }
 
 
 def command_body(text: str, *, team_id: str, app_id: str, origin: str, n: int) -> bytes:
