@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -192,10 +191,7 @@ async def execute(
 async def _deployed_under(core: Core, *, key: str) -> bool:
     """Whether a committed deployment carries this dedupe key (after its INSERT was refused)."""
     async with core.sessionmaker() as session:
-        found = await session.scalar(
-            select(models.Deployment.id).where(models.Deployment.dedupe_key == validation.dedupe_key(key))
-        )
-    return found is not None
+        return await deploys.by_dedupe_key(session, key=validation.dedupe_key(key)) is not None
 
 
 async def queued_card(

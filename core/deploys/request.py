@@ -152,6 +152,11 @@ async def _lock_app(session: AsyncSession, *, app: models.App) -> None:
     await session.execute(select(models.App.id).where(models.App.id == app.id).with_for_update())
 
 
+async def by_dedupe_key(session: AsyncSession, *, key: str) -> models.Deployment | None:
+    """The deployment a request with this dedupe key wrote (`key` as `validation.dedupe_key` gave it)."""
+    return await session.scalar(select(models.Deployment).where(models.Deployment.dedupe_key == key))
+
+
 async def request(
     session: AsyncSession,
     *,
@@ -199,13 +204,7 @@ async def request(
         git_ref = git_ref[: validation.limit(models.Deployment, "git_ref")]
     if dedupe_key is not None:
         dedupe_key = validation.dedupe_key(dedupe_key)
-        earlier = (
-            None
-            if dedupe_fresh
-            else await session.scalar(
-                select(models.Deployment).where(models.Deployment.dedupe_key == dedupe_key)
-            )
-        )
+        earlier = None if dedupe_fresh else await by_dedupe_key(session, key=dedupe_key)
         if earlier is not None:
             if earlier.app_id != app.id:
                 # Says nothing about what the key was used for.
