@@ -372,10 +372,19 @@ class Preview(Base):
 
 class Deployment(Base):
     __tablename__ = "deployments"
+    __table_args__ = (
+        # A deploy request's look-ups of its app's deployments (migration 0013): its next number, the
+        # running and queued deploys of its target, the revisions pending ones use.
+        Index("ix_deployments_app_number", "app_id", "revision_number"),
+        Index("ix_deployments_app_status", "app_id", "status", "namespace"),
+    )
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
     # Old revisions are pruned (last N kept); the deployment keeps its number and image for history.
-    revision_id: Mapped[int | None] = mapped_column(ForeignKey("revisions.id", ondelete="SET NULL"))
+    # Indexed: pruning a revision sets its deployments' revision_id NULL, which would otherwise scan.
+    revision_id: Mapped[int | None] = mapped_column(
+        ForeignKey("revisions.id", ondelete="SET NULL"), index=True
+    )
     revision_number: Mapped[int] = mapped_column()
     image: Mapped[str] = mapped_column(String(512))
     preview_id: Mapped[int | None] = mapped_column(ForeignKey("previews.id", ondelete="SET NULL"))
