@@ -392,11 +392,14 @@ async def create(
 
 # What a row in a further environment copies from the app's existing row (not its place, state or secrets;
 # nor previews_enabled: two rows making previews of one pull request would share `<app>-pr-<n>`; nor
-# github_environment, which names the source row's environment on GitHub: see create).
+# github_environment, which names the source row's environment on GitHub: see create).  Nor `domain`:
+# two Ingresses would claim one host, and the new environment's would take the other's traffic; nor
+# `protected`: whether deploys wait for approval is the environment's decision (its own `protected`)
+# or set on the row explicitly, never inherited from, say, staging's unprotected row into production.
 _COPIED = (
     "image", "replicas", "port", "env", "cpu_request", "cpu_limit", "memory_request", "memory_limit",
     "health_path", "health_port", "health_initial_delay", "health_period", "min_replicas", "max_replicas",
-    "cpu_target", "domain", "ingress_class", "tls_issuer", "progress_deadline_seconds", "protected",
+    "cpu_target", "ingress_class", "tls_issuer", "progress_deadline_seconds",
     "git_repo", "git_branch", "git_ref_type", "image_template", "deploy_on",
     "preview_domain", "preview_ttl_hours", "preview_max_open", "preview_env",
     "previews_from_forks", "auto_rollback", "release_command",

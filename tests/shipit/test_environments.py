@@ -41,8 +41,12 @@ async def test_api_environments_rows_and_promotion(
     api: httpx.AsyncClient, live_server: LiveServer, offline: str
 ) -> None:
     r = await api.post(
-        "/api/v1/apps", json={**APP, "name": "web", "replicas": 3, "github_environment": "production"}
-    )
+        "/api/v1/apps",
+        json={
+            **APP, "name": "web", "replicas": 3, "github_environment": "production",
+            "domain": "web.acme.dev", "protected": True,
+        },
+    )  # fmt: skip
     assert r.status_code == 201 and r.json()["app"]["environment"] == "production", r.text
     r = await api.post(
         "/api/v1/projects/acme/environments",
@@ -64,6 +68,10 @@ async def test_api_environments_rows_and_promotion(
     assert (staging["environment"], staging["namespace"], staging["image"], staging["replicas"]) == (
         "staging", "acme-stg", "ghcr.io/acme/web:1.0", 1,
     )  # fmt: skip
+    # Not its domain (two Ingresses would claim web.acme.dev) nor its protection (the environment's).
+    assert (staging["domain"], staging["protected"]) == (None, False)
+    production = (await api.get("/api/v1/apps/web", params={"env": "production"})).json()
+    assert (production["domain"], production["protected"]) == ("web.acme.dev", True)
     # Not its GitHub environment: the staging row reports to GitHub's "staging", never "production".
     assert await _github_environments(live_server, "web") == {
         "production": "production",
