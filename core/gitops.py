@@ -158,8 +158,17 @@ class RunAlone(Exception):
 
 def all_or_nothing(session: AsyncSession) -> None:
     """This transaction is thrown away whole if any deploy in it is refused (see above); the caller
-    must then run its deliveries again one per transaction, where refusals are answered."""
+    must then run its deliveries again one per transaction, where refusals are answered.
+
+    Its deploy requests also write some of their rows once for the whole batch (deploys.defer):
+    the caller awaits `finish` after the last delivery, before it commits."""
     session.info[_ALL_OR_NOTHING] = session.sync_session.get_transaction()
+    deploys.defer(session)
+
+
+async def finish(session: AsyncSession) -> None:
+    """Write what the deploys of an `all_or_nothing` transaction left for the whole batch."""
+    await deploys.flush(session)
 
 
 def _is_all_or_nothing(session: AsyncSession) -> bool:
