@@ -180,10 +180,11 @@ async def by_dedupe_key(session: AsyncSession, *, key: str) -> models.Deployment
 # write three of each request's statements once for the whole batch, in `flush`, before it commits:
 # - the supersede of a deploy queued earlier in the same transaction (this request knows it, it made
 #   it): one UPDATE for the batch, each row still "superseded by" the next deploy of its target;
+# - the events (their notify jobs queued then, as each event's id is known): one INSERT;
 # - the audit rows: one INSERT;
 # - the prune of old revisions: once per app, which leaves what pruning after each request would (the
 #   revisions kept are the newest ones and those of pending deploys, and numbers only grow).
-# The events, the jobs and every row a request answers with are written as without a batch.  Only a
+# The revision, the deployment and the jobs are written as without a batch.  Only a
 # request outside any savepoint defers: a savepoint rolled back alone would leave its deferred work
 # behind.
 
@@ -198,11 +199,12 @@ class _Batch:
     # To mark superseded in `flush`; held so that a read of them in this transaction (the session's
     # identity map is weak) finds them as they are now, not as the database still has them.
     superseded: list[models.Deployment] = field(default_factory=list)
+    events: list[tuple[Core, events.NewEvent]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
     prune: dict[int, tuple[Core, models.App]] = field(default_factory=dict)
 
     def pending(self) -> bool:
-        return bool(self.superseded or self.audit or self.prune)
+        return bool(self.superseded or self.events or self.audit or self.prune)
 
 
 _BATCH = "deploys.batch"
@@ -257,8 +259,8 @@ async def flush(session: AsyncSession) -> None:
     if batch is None or not batch.pending():
         return
     superseded = [d.id for d in batch.superseded]
-    rows, prune = batch.audit, batch.prune
-    batch.superseded, batch.audit, batch.prune = [], [], {}
+    news, rows, prune = batch.events, batch.audit, batch.prune
+    batch.superseded, batch.events, batch.audit, batch.prune = [], [], [], {}
     if superseded:
         done = await session.execute(
             _BATCH_SUPERSEDE,
@@ -269,6 +271,11 @@ async def flush(session: AsyncSession) -> None:
             # already written, so the batch is not what one-at-a-time would have done.  The caller
             # rolls it back and runs its deliveries one by one.
             raise RuntimeError("a deploy queued in this batch changed before it was superseded")
+    by_ctx: dict[int, tuple[Core, list[events.NewEvent]]] = {}
+    for ctx, new in news:  # in the order the requests made them, as one at a time would insert them
+        by_ctx.setdefault(id(ctx), (ctx, []))[1].append(new)
+    for ctx, batched in by_ctx.values():
+        await events.emit_all(session, ctx=ctx, events=batched)
     await audit.write_all(session, rows=rows)
     for ctx, app in prune.values():
         await _prune_revisions(session, ctx=ctx, app=app)
@@ -444,7 +451,10 @@ async def request(
         )
         for old in superseded
     ]
-    await events.emit_all(session, ctx=ctx, events=[*gone, requested])
+    if deferring is not None:
+        deferring.events.extend((ctx, new) for new in (*gone, requested))
+    else:
+        await events.emit_all(session, ctx=ctx, events=[*gone, requested])
     audit_row = audit.row(
         actor=actor,
         action="deploy.rollback" if rollback_of or automatic else "deploy.request",
