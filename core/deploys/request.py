@@ -200,6 +200,9 @@ class _Batch:
     # identity map is weak) finds them as they are now, not as the database still has them.
     superseded: list[models.Deployment] = field(default_factory=list)
     events: list[tuple[Core, events.NewEvent]] = field(default_factory=list)
+    # The deploys those events are of, held until they are written: the notify jobs read them
+    # (events._audience) from the session, whose identity map is weak.
+    held: list[models.Deployment] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
     prune: dict[int, tuple[Core, models.App]] = field(default_factory=dict)
 
@@ -259,8 +262,8 @@ async def flush(session: AsyncSession) -> None:
     if batch is None or not batch.pending():
         return
     superseded = [d.id for d in batch.superseded]
-    news, rows, prune = batch.events, batch.audit, batch.prune
-    batch.superseded, batch.events, batch.audit, batch.prune = [], [], [], {}
+    news, rows, prune, held = batch.events, batch.audit, batch.prune, batch.held
+    batch.superseded, batch.events, batch.audit, batch.prune, batch.held = [], [], [], {}, []
     if superseded:
         done = await session.execute(
             _BATCH_SUPERSEDE,
@@ -276,6 +279,7 @@ async def flush(session: AsyncSession) -> None:
         by_ctx.setdefault(id(ctx), (ctx, []))[1].append(new)
     for ctx, batched in by_ctx.values():
         await events.emit_all(session, ctx=ctx, events=batched)
+    del held  # the notify jobs are queued: no longer needed
     await audit.write_all(session, rows=rows)
     for ctx, app in prune.values():
         await _prune_revisions(session, ctx=ctx, app=app)
@@ -453,6 +457,7 @@ async def request(
     ]
     if deferring is not None:
         deferring.events.extend((ctx, new) for new in (*gone, requested))
+        deferring.held.extend((*superseded, deployment))
     else:
         await events.emit_all(session, ctx=ctx, events=[*gone, requested])
     audit_row = audit.row(

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import apps, audit, clusters, deliveries, gitops, projects, protection
@@ -446,3 +446,34 @@ async def test_deferred_writes_are_never_lost_or_wrong(rt: Runtime) -> None:
         (SHA_A, "superseded"),
         (SHA_B, "queued"),
     ]
+
+
+async def test_a_batch_of_pushes_to_one_app_costs_two_statements_a_push(rt: Runtime) -> None:
+    """A regression guard, not a timing: per push of a new commit, its revision and its deployment;
+    everything else of the batch (deliveries, dedupe look-up, supersede, events, audit, prune, jobs)
+    is a statement or two for the whole batch, however many pushes it holds."""
+    await offline_cluster(rt)
+    await make_app(rt)
+    await _submit_together(rt, [(f"warm-{i}", push_payload(sha=f"{i:040x}")) for i in range(1, 12)])
+    counted: dict[int, list[str]] = {}
+    for n in (4, 16):
+        statements: list[str] = []
+
+        def record(conn: Any, cursor: Any, statement: str, *args: Any, into: list[str] = statements) -> None:
+            into.append(" ".join(statement.split())[:100])
+
+        engine = rt.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            outcomes = await _submit_together(
+                rt, [(f"n{n}-{i}", push_payload(sha=f"{n:08x}{i:032x}")) for i in range(n)]
+            )
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert [_decisions(o)["web"][0] for o in outcomes] == ["deploy"] * n
+        counted[n] = [s for s in statements if not s.startswith(("BEGIN", "SAVEPOINT", "RELEASE"))]
+    per_push = (len(counted[16]) - len(counted[4])) / 12
+    assert per_push == 2, "\n".join(counted[16])
+    assert sum(s.startswith("INSERT INTO audit_events") for s in counted[16]) == 1
+    assert sum(s.startswith("INSERT INTO events") for s in counted[16]) == 1
+    assert sum(s.startswith("DELETE FROM revisions") for s in counted[16]) == 1
