@@ -101,17 +101,20 @@ _REVISION_COLUMNS = (
 )  # fmt: skip
 
 
-def _build_insert_revision() -> Any:
+def _build_insert_revision(*, orm: bool) -> Any:
     r, d = cast(Table, models.Revision.__table__), models.Deployment
     top = func.coalesce(func.max(d.revision_number), 0) + 1
     number = select(top).where(d.app_id == bindparam("p_app_id")).scalar_subquery()
+    stmt = insert(r).values(number=number, **_values_of(*_REVISION_COLUMNS))
+    if not orm:
+        return stmt.returning(r.c.id, r.c.number)
     # A Core INSERT on the table, its RETURNING loaded as the ORM row: an ORM-enabled INSERT would
     # rebuild the statement (and its cache key) at each execution.
-    stmt = insert(r).values(number=number, **_values_of(*_REVISION_COLUMNS)).returning(*r.c)
-    return select(models.Revision).from_statement(stmt)
+    return select(models.Revision).from_statement(stmt.returning(*r.c))
 
 
-_INSERT_REVISION = _build_insert_revision()
+_INSERT_REVISION = _build_insert_revision(orm=True)
+_INSERT_REVISION_ROW = _build_insert_revision(orm=False)
 
 
 async def _insert_revision(session: AsyncSession, **values: Any) -> models.Revision:
@@ -124,6 +127,12 @@ async def _insert_revision(session: AsyncSession, **values: Any) -> models.Revis
     """
     revision: models.Revision = (await session.scalars(_INSERT_REVISION, _params(values))).one()
     return revision
+
+
+async def _insert_revision_row(session: AsyncSession, **values: Any) -> tuple[int, int]:
+    """`_insert_revision` for a caller that needs only the new revision's id and number."""
+    id_, number = (await session.execute(_INSERT_REVISION_ROW, _params(values))).one()
+    return int(id_), int(number)
 
 
 _DEPLOYMENT_COLUMNS = (
@@ -368,9 +377,10 @@ async def request(
     )
     await _lock_app(session, app=app)
 
+    revision: models.Revision | None
     if rerun is not None:
         revision = rerun
-        number = rerun.number
+        revision_id, number, revision_image = rerun.id, rerun.number, rerun.image
     else:
         if snapshot is None:
             # Built on the app's settings, which follow its current (good) revision: never on a failed one.
@@ -396,8 +406,7 @@ async def request(
         _, checksum = await secrets.for_deploy(
             session, ctx=ctx, app_id=app.id, version=snapshot.secrets_version
         )
-        revision = await _insert_revision(
-            session,
+        revision_values = dict(
             app_id=app.id,
             image=snapshot.image,
             snapshot=snapshot.to_json(),
@@ -407,7 +416,15 @@ async def request(
             rollback_of=rollback_of,
             created_by=actor.subject,
         )
-        number = revision.number
+        revision_image = snapshot.image
+        if deferring is not None:
+            # A batch's channel answers with the deployment alone: the revision's id and number
+            # will do, with no ORM row built from it (issue 13: CPU per push).
+            revision = None
+            revision_id, number = await _insert_revision_row(session, **revision_values)
+        else:
+            revision = await _insert_revision(session, **revision_values)
+            revision_id, number = revision.id, revision.number
 
     namespace = preview.namespace if preview else app.namespace
     # An automatic rollback redeploys what was already approved and ran: it does not wait.
@@ -415,9 +432,9 @@ async def request(
     deployment, running_ahead = await _insert_deployment(
         session,
         app_id=app.id,
-        revision_id=revision.id,
+        revision_id=revision_id,
         revision_number=number,
-        image=revision.image,
+        image=revision_image,
         preview_id=preview.id if preview else None,
         namespace=namespace,
         trigger=trigger,
@@ -468,7 +485,7 @@ async def request(
         details={
             "deployment": deployment.id,
             "revision": number,
-            "image": revision.image,
+            "image": revision_image,
             "trigger": trigger,
             "namespace": namespace,
             **({"rollback_of": rollback_of} if rollback_of else {}),
@@ -487,7 +504,7 @@ async def request(
             await _prune_revisions(session, ctx=ctx, app=app)
     logctx.deploy_logger(log, deployment=deployment.id, app=app.name, namespace=namespace).info(
         "queued: revision=%s image=%s trigger=%s actor=%s status=%s",
-        number, revision.image, trigger, actor.subject, deployment.status,
+        number, revision_image, trigger, actor.subject, deployment.status,
     )  # fmt: skip
     # Every older queued deploy of this target was just superseded: only running ones are ahead.
     position = running_ahead + 1 if deployment.status == QUEUED else None
