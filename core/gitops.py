@@ -139,14 +139,17 @@ def _stored_key(*, app_id: int, ref: str, sha: str) -> str:
 
 # ------------------------------------------------------------------ batches of pushes (issue 13)
 #
-# Deliveries arriving together share one transaction (webhooks.ingest).  Two things make a push in
-# such a batch cheaper, and neither changes what it does:
+# Deliveries arriving together share one transaction (webhooks.ingest).  Three things make a push in
+# such a batch cheaper, and none changes what it does:
 # - `prefetch_pushes` looks up the dedupe keys of the whole batch's pushes in one SELECT, so a commit
 #   deployed before is answered without running a deploy request, and a new one runs it without
 #   looking its key up again;
 # - `all_or_nothing` drops the SAVEPOINT around each app's deploy: a deploy that a UserError refuses
 #   (a window, a freeze...) then fails the whole batch instead (`RunAlone`), and the caller runs each
 #   delivery again in its own transaction, where the savepoint keeps the other apps' deploys.
+# - in such a transaction the deploy requests also leave some of their rows (the supersede of a
+#   deploy the batch queued, the events, the audit rows, the prune) to one statement each for the
+#   whole batch (core.deploys.defer), written by `finish` before the commit.
 
 _ALL_OR_NOTHING = "gitops.all_or_nothing"
 _KNOWN = "gitops.known"
