@@ -139,14 +139,17 @@ def _stored_key(*, app_id: int, ref: str, sha: str) -> str:
 
 # ------------------------------------------------------------------ batches of pushes (issue 13)
 #
-# Deliveries arriving together share one transaction (webhooks.ingest).  Two things make a push in
-# such a batch cheaper, and neither changes what it does:
+# Deliveries arriving together share one transaction (webhooks.ingest).  Three things make a push in
+# such a batch cheaper, and none changes what it does:
 # - `prefetch_pushes` looks up the dedupe keys of the whole batch's pushes in one SELECT, so a commit
 #   deployed before is answered without running a deploy request, and a new one runs it without
 #   looking its key up again;
 # - `all_or_nothing` drops the SAVEPOINT around each app's deploy: a deploy that a UserError refuses
 #   (a window, a freeze...) then fails the whole batch instead (`RunAlone`), and the caller runs each
 #   delivery again in its own transaction, where the savepoint keeps the other apps' deploys.
+# - in such a transaction the deploy requests also leave some of their rows (the supersede of a
+#   deploy the batch queued, the events, the audit rows, the prune) to one statement each for the
+#   whole batch (core.deploys.defer), written by `finish` before the commit.
 
 _ALL_OR_NOTHING = "gitops.all_or_nothing"
 _KNOWN = "gitops.known"
@@ -158,8 +161,17 @@ class RunAlone(Exception):
 
 def all_or_nothing(session: AsyncSession) -> None:
     """This transaction is thrown away whole if any deploy in it is refused (see above); the caller
-    must then run its deliveries again one per transaction, where refusals are answered."""
+    must then run its deliveries again one per transaction, where refusals are answered.
+
+    Its deploy requests also write some of their rows once for the whole batch (deploys.defer):
+    the caller awaits `finish` after the last delivery, before it commits."""
     session.info[_ALL_OR_NOTHING] = session.sync_session.get_transaction()
+    deploys.defer(session)
+
+
+async def finish(session: AsyncSession) -> None:
+    """Write what the deploys of an `all_or_nothing` transaction left for the whole batch."""
+    await deploys.flush(session)
 
 
 def _is_all_or_nothing(session: AsyncSession) -> bool:

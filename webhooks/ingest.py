@@ -18,7 +18,8 @@ A batch is all or nothing (core.gitops.all_or_nothing): its deploys run without 
 and one that is refused (a deploy window, a freeze) fails the batch with `gitops.RunAlone`; run
 alone, each delivery's refused deploys are rolled back to their savepoint and answered as skipped.
 Before the handlers run, each handler with a `prepare` gets all of its new deliveries at once (the
-pushes' dedupe keys, looked up in one SELECT).
+pushes' dedupe keys, looked up in one SELECT); after them, `gitops.finish` writes what the batch's
+deploy requests left for the whole batch (one supersede, one audit INSERT, one prune per app).
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ async def _together(batch: list[_Item]) -> list[Outcome | Duplicate]:
             await handler.prepare(session, parsed)
         for run in runs:
             results.append(DUPLICATE if run is None else await run.handler.run(session, ctx, run.parsed))
+        await gitops.finish(session)  # the batch's deferred rows, before the commit
     return results
 
 

@@ -8,11 +8,27 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Integer, Table, bindparam, column, delete, func, insert, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    bindparam,
+    column,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core import (
     apps,
@@ -85,17 +101,20 @@ _REVISION_COLUMNS = (
 )  # fmt: skip
 
 
-def _build_insert_revision() -> Any:
+def _build_insert_revision(*, orm: bool) -> Any:
     r, d = cast(Table, models.Revision.__table__), models.Deployment
     top = func.coalesce(func.max(d.revision_number), 0) + 1
     number = select(top).where(d.app_id == bindparam("p_app_id")).scalar_subquery()
+    stmt = insert(r).values(number=number, **_values_of(*_REVISION_COLUMNS))
+    if not orm:
+        return stmt.returning(r.c.id, r.c.number)
     # A Core INSERT on the table, its RETURNING loaded as the ORM row: an ORM-enabled INSERT would
     # rebuild the statement (and its cache key) at each execution.
-    stmt = insert(r).values(number=number, **_values_of(*_REVISION_COLUMNS)).returning(*r.c)
-    return select(models.Revision).from_statement(stmt)
+    return select(models.Revision).from_statement(stmt.returning(*r.c))
 
 
-_INSERT_REVISION = _build_insert_revision()
+_INSERT_REVISION = _build_insert_revision(orm=True)
+_INSERT_REVISION_ROW = _build_insert_revision(orm=False)
 
 
 async def _insert_revision(session: AsyncSession, **values: Any) -> models.Revision:
@@ -108,6 +127,12 @@ async def _insert_revision(session: AsyncSession, **values: Any) -> models.Revis
     """
     revision: models.Revision = (await session.scalars(_INSERT_REVISION, _params(values))).one()
     return revision
+
+
+async def _insert_revision_row(session: AsyncSession, **values: Any) -> tuple[int, int]:
+    """`_insert_revision` for a caller that needs only the new revision's id and number."""
+    id_, number = (await session.execute(_INSERT_REVISION_ROW, _params(values))).one()
+    return int(id_), int(number)
 
 
 _DEPLOYMENT_COLUMNS = (
@@ -157,6 +182,125 @@ async def by_dedupe_key(session: AsyncSession, *, key: str) -> models.Deployment
     return await session.scalar(select(models.Deployment).where(models.Deployment.dedupe_key == key))
 
 
+# ------------------------------------------------------------------ a batch of requests (issue 13)
+#
+# A webhook batch (webhooks.ingest) runs many deploy requests in one all-or-nothing transaction, most
+# of them pushes to the same app, each superseding the one before.  `defer` lets such a transaction
+# write three of each request's statements once for the whole batch, in `flush`, before it commits:
+# - the supersede of a deploy queued earlier in the same transaction (this request knows it, it made
+#   it): one UPDATE for the batch, each row still "superseded by" the next deploy of its target;
+# - the events (their notify jobs queued then, as each event's id is known): one INSERT;
+# - the audit rows: one INSERT;
+# - the prune of old revisions: once per app, which leaves what pruning after each request would (the
+#   revisions kept are the newest ones and those of pending deploys, and numbers only grow).
+# The revision, the deployment and the jobs are written as without a batch.  Only a
+# request outside any savepoint defers: a savepoint rolled back alone would leave its deferred work
+# behind.
+
+
+@dataclass(kw_only=True)
+class _Batch:
+    transaction: Any
+    # (app id, namespace) -> the newest deploy this transaction queued for it.  Every older pending
+    # deploy of that target was superseded (or is in `superseded`): only this one is left to supersede.
+    last: dict[tuple[int, str], models.Deployment] = field(default_factory=dict)
+    created: list[int] = field(default_factory=list)  # ids of the deploys `last` ever held
+    # To mark superseded in `flush`; held so that a read of them in this transaction (the session's
+    # identity map is weak) finds them as they are now, not as the database still has them.
+    superseded: list[models.Deployment] = field(default_factory=list)
+    events: list[tuple[Core, events.NewEvent]] = field(default_factory=list)
+    # The deploys those events are of, held until they are written: the notify jobs read them
+    # (events._audience) from the session, whose identity map is weak.
+    held: list[models.Deployment] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    prune: dict[int, tuple[Core, models.App]] = field(default_factory=dict)
+
+    def pending(self) -> bool:
+        return bool(self.superseded or self.events or self.audit or self.prune)
+
+
+_BATCH = "deploys.batch"
+
+
+def defer(session: AsyncSession) -> None:
+    """Requests in this transaction (outside savepoints) defer their batchable statements to `flush`,
+    which the caller must await before it commits (a commit with work left unflushed fails)."""
+    session.info[_BATCH] = _Batch(transaction=session.sync_session.get_transaction())
+
+
+def _batch(session: AsyncSession) -> _Batch | None:
+    batch: _Batch | None = session.info.get(_BATCH)
+    if batch is None or batch.transaction is not session.sync_session.get_transaction():
+        return None
+    return batch
+
+
+def _build_batch_supersede() -> Any:
+    d = models.Deployment
+    later = aliased(d)
+    # The deploy that superseded each row: the next one this transaction queued for its target.
+    by = (
+        select(func.min(later.id))
+        .where(
+            later.app_id == d.app_id,
+            later.namespace == d.namespace,
+            later.id > d.id,
+            later.id.in_(bindparam("p_created", expanding=True)),
+        )
+        .scalar_subquery()
+    )
+    return (
+        update(d)
+        .where(d.id.in_(bindparam("p_ids", expanding=True)), d.status.in_(PENDING))
+        .values(
+            status=SUPERSEDED,
+            finished_at=bindparam("p_finished_at"),
+            error=literal("superseded by deploy #") + sql_cast(by, String),
+        )
+        .returning(d.id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+_BATCH_SUPERSEDE = _build_batch_supersede()
+
+
+async def flush(session: AsyncSession) -> None:
+    """Write what the requests of a `defer`red transaction left for the batch (see above)."""
+    batch = _batch(session)
+    if batch is None or not batch.pending():
+        return
+    superseded = [d.id for d in batch.superseded]
+    news, rows, prune, held = batch.events, batch.audit, batch.prune, batch.held
+    batch.superseded, batch.events, batch.audit, batch.prune, batch.held = [], [], [], {}, []
+    if superseded:
+        done = await session.execute(
+            _BATCH_SUPERSEDE,
+            {"p_ids": superseded, "p_created": batch.created, "p_finished_at": models.utcnow()},
+        )
+        if sorted(id_ for (id_,) in done) != sorted(superseded):
+            # Something else in this transaction moved one of them on: its superseded event was
+            # already written, so the batch is not what one-at-a-time would have done.  The caller
+            # rolls it back and runs its deliveries one by one.
+            raise RuntimeError("a deploy queued in this batch changed before it was superseded")
+    by_ctx: dict[int, tuple[Core, list[events.NewEvent]]] = {}
+    for ctx, new in news:  # in the order the requests made them, as one at a time would insert them
+        by_ctx.setdefault(id(ctx), (ctx, []))[1].append(new)
+    for ctx, batched in by_ctx.values():
+        await events.emit_all(session, ctx=ctx, events=batched)
+    del held  # the notify jobs are queued: no longer needed
+    await audit.write_all(session, rows=rows)
+    for ctx, app in prune.values():
+        await _prune_revisions(session, ctx=ctx, app=app)
+
+
+@event.listens_for(Session, "before_commit")
+def _refuse_unflushed(session: Session) -> None:
+    batch: _Batch | None = session.info.get(_BATCH)
+    if batch is not None and batch.transaction is session.get_transaction() and batch.pending():
+        raise RuntimeError("deploys.flush was not awaited before the commit: deferred writes would be lost")
+
+
 async def request(
     session: AsyncSession,
     *,
@@ -190,6 +334,11 @@ async def request(
     trigger id).  A key taken all the same fails the deployment's unique INSERT (IntegrityError, the
     transaction rolls back) and the caller answers it: never a second deploy.
     """
+    batch = _batch(session)
+    # Not inside a savepoint (see `defer`): such a request writes everything at once.  Should its
+    # supersede catch a deploy the batch marked superseded but has not written yet, `flush` finds it
+    # moved on and fails the batch, which is then run one delivery at a time.
+    deferring = None if batch is None or session.sync_session.in_nested_transaction() else batch
     # The role check comes before anything else, the dedupe key included: an earlier answer is only
     # ever returned to someone allowed to deploy this very app.
     app = await apps.get(session, actor=actor, name=app_name, env=env)
@@ -228,9 +377,10 @@ async def request(
     )
     await _lock_app(session, app=app)
 
+    revision: models.Revision | None
     if rerun is not None:
         revision = rerun
-        number = rerun.number
+        revision_id, number, revision_image = rerun.id, rerun.number, rerun.image
     else:
         if snapshot is None:
             # Built on the app's settings, which follow its current (good) revision: never on a failed one.
@@ -256,8 +406,7 @@ async def request(
         _, checksum = await secrets.for_deploy(
             session, ctx=ctx, app_id=app.id, version=snapshot.secrets_version
         )
-        revision = await _insert_revision(
-            session,
+        revision_values = dict(
             app_id=app.id,
             image=snapshot.image,
             snapshot=snapshot.to_json(),
@@ -267,7 +416,15 @@ async def request(
             rollback_of=rollback_of,
             created_by=actor.subject,
         )
-        number = revision.number
+        revision_image = snapshot.image
+        if deferring is not None:
+            # A batch's channel answers with the deployment alone: the revision's id and number
+            # will do, with no ORM row built from it (issue 13: CPU per push).
+            revision = None
+            revision_id, number = await _insert_revision_row(session, **revision_values)
+        else:
+            revision = await _insert_revision(session, **revision_values)
+            revision_id, number = revision.id, revision.number
 
     namespace = preview.namespace if preview else app.namespace
     # An automatic rollback redeploys what was already approved and ran: it does not wait.
@@ -275,9 +432,9 @@ async def request(
     deployment, running_ahead = await _insert_deployment(
         session,
         app_id=app.id,
-        revision_id=revision.id,
+        revision_id=revision_id,
         revision_number=number,
-        image=revision.image,
+        image=revision_image,
         preview_id=preview.id if preview else None,
         namespace=namespace,
         trigger=trigger,
@@ -294,7 +451,7 @@ async def request(
         notify_refs=dict(notify_refs or {}),
     )
 
-    superseded = await _supersede_older(session, deployment=deployment)
+    superseded = await _supersede_older(session, deployment=deployment, batch=batch, deferring=deferring)
     if deployment.status == QUEUED:
         await _enqueue(session, deployment=deployment)
     # The superseded deploys' events and this one's, in one INSERT (issue 13).
@@ -315,9 +472,12 @@ async def request(
         )
         for old in superseded
     ]
-    await events.emit_all(session, ctx=ctx, events=[*gone, requested])
-    await audit.write(
-        session,
+    if deferring is not None:
+        deferring.events.extend((ctx, new) for new in (*gone, requested))
+        deferring.held.extend((*superseded, deployment))
+    else:
+        await events.emit_all(session, ctx=ctx, events=[*gone, requested])
+    audit_row = audit.row(
         actor=actor,
         action="deploy.rollback" if rollback_of or automatic else "deploy.request",
         target=f"app/{app.name}",
@@ -325,19 +485,26 @@ async def request(
         details={
             "deployment": deployment.id,
             "revision": number,
-            "image": revision.image,
+            "image": revision_image,
             "trigger": trigger,
             "namespace": namespace,
             **({"rollback_of": rollback_of} if rollback_of else {}),
             **({"git_sha": git_sha} if git_sha else {}),
         },
     )
+    if deferring is not None:
+        deferring.audit.append(audit_row)
+    else:
+        await audit.write_all(session, rows=[audit_row])
     await protection.record_override(session, actor=actor, app=app, gate=gate, deployment_id=deployment.id)
     if rerun is not None or number > ctx.config.revisions_kept:  # else fewer revisions than kept
-        await _prune_revisions(session, ctx=ctx, app=app)
+        if deferring is not None:
+            deferring.prune[app.id] = (ctx, app)
+        else:
+            await _prune_revisions(session, ctx=ctx, app=app)
     logctx.deploy_logger(log, deployment=deployment.id, app=app.name, namespace=namespace).info(
         "queued: revision=%s image=%s trigger=%s actor=%s status=%s",
-        number, revision.image, trigger, actor.subject, deployment.status,
+        number, revision_image, trigger, actor.subject, deployment.status,
     )  # fmt: skip
     # Every older queued deploy of this target was just superseded: only running ones are ahead.
     position = running_ahead + 1 if deployment.status == QUEUED else None
@@ -422,26 +589,50 @@ _SUPERSEDE = _build_supersede()
 
 
 async def _supersede_older(
-    session: AsyncSession, *, deployment: models.Deployment
+    session: AsyncSession,
+    *,
+    deployment: models.Deployment,
+    batch: _Batch | None = None,
+    deferring: _Batch | None = None,
 ) -> list[models.Deployment]:
     """A newer deploy of the same target replaces older ones that have not started.
 
     One `UPDATE .. RETURNING` (issue 13); their queued jobs are cancelled in the request's one jobs
     INSERT, and the caller writes their events with its own.  A job a worker claimed meanwhile is
     not cancelled, but its handler finds its deploy superseded and ends without touching the cluster.
+
+    In a deferring batch, the second deploy of a target supersedes the one the batch queued before
+    it (every older one went then) in `flush`, shown superseded in the session at once.
     """
-    older = list(
-        await session.scalars(
-            _SUPERSEDE,
-            {
-                "p_app_id": deployment.app_id,
-                "p_namespace": deployment.namespace,
-                "p_id": deployment.id,
-                "p_finished_at": models.utcnow(),
-                "p_error": f"superseded by deploy #{deployment.id}",
-            },
+    target = (deployment.app_id, deployment.namespace)
+    previous = deferring.last.get(target) if deferring is not None else None
+    if deferring is not None:
+        deferring.last[target] = deployment
+        deferring.created.append(deployment.id)
+    elif batch is not None:
+        batch.last.pop(target, None)  # superseded below whatever the batch queued; it may roll back
+    if previous is not None and deferring is not None:
+        older = [previous] if previous.status in PENDING else []
+        now = models.utcnow()
+        for old in older:
+            # As the UPDATE's RETURNING would show it, without making the row dirty (no ORM flush).
+            set_committed_value(old, "status", SUPERSEDED)
+            set_committed_value(old, "finished_at", now)
+            set_committed_value(old, "error", f"superseded by deploy #{deployment.id}")
+            deferring.superseded.append(old)
+    else:
+        older = list(
+            await session.scalars(
+                _SUPERSEDE,
+                {
+                    "p_app_id": deployment.app_id,
+                    "p_namespace": deployment.namespace,
+                    "p_id": deployment.id,
+                    "p_finished_at": models.utcnow(),
+                    "p_error": f"superseded by deploy #{deployment.id}",
+                },
+            )
         )
-    )
     for old in older:
         # Only a queued deploy has a job: one waiting for approval has none until it is approved
         # (which sets approved_by).  RETURNING shows the new status, so tell them apart by these.

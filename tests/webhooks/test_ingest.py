@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, clusters, projects, protection
+from core import apps, audit, clusters, deliveries, gitops, projects, protection
 from core.apps import AppChanges
 from core.context import Core
 from core.gitops import Outcome
@@ -284,3 +284,196 @@ async def test_a_batch_of_new_and_repeated_commits_needs_no_fallback(
     assert [d.status for d in rows] == ["superseded"] * 8 + ["queued"]
     deploy_jobs = [j.state for j in await job_rows(rt, kind="deploy")]
     assert sorted(deploy_jobs) == ["cancelled"] * 8 + ["queued"]
+
+
+async def _rows_per_app(rt: Runtime, *, names: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """What the deploys of apps `names` (app name -> the name to report it as) left in the database,
+    deploys named by their place in their app's history (ids differ between two runs)."""
+    out: dict[str, dict[str, Any]] = {}
+    async with rt.sessionmaker() as session:
+        for name, alias in names.items():
+            app = await session.scalar(select(models.App).where(models.App.name == name))
+            assert app is not None
+            rows = list(
+                await session.scalars(
+                    select(models.Deployment)
+                    .where(models.Deployment.app_id == app.id)
+                    .order_by(models.Deployment.id)
+                )
+            )
+            place = {d.id: i for i, d in enumerate(rows)}
+
+            def named(text: str, place: dict[int, int] = place) -> str:
+                for id_, i in place.items():
+                    text = text.replace(f"#{id_}", f"#<{i}>")
+                return text
+
+            job_states = {
+                j.payload["deployment_id"]: j.state
+                for j in await session.scalars(select(models.Job).where(models.Job.kind == "deploy"))
+            }
+            kinds = list(
+                await session.execute(
+                    select(models.Event.deployment_id, models.Event.kind, models.Event.payload)
+                    .where(models.Event.deployment_id.in_(place))
+                    .order_by(models.Event.deployment_id, models.Event.kind)
+                )
+            )
+            audits = list(
+                await session.scalars(
+                    select(models.AuditEvent.details)
+                    .where(
+                        models.AuditEvent.target == f"app/{name}",
+                        models.AuditEvent.action == "deploy.request",
+                    )
+                    .order_by(models.AuditEvent.id)
+                )
+            )
+            kept = list(
+                await session.scalars(
+                    select(models.Revision.number)
+                    .where(models.Revision.app_id == app.id)
+                    .order_by(models.Revision.number)
+                )
+            )
+            out[alias] = {
+                "deployments": [
+                    (
+                        d.revision_number,
+                        d.status,
+                        d.git_sha,
+                        d.image,
+                        named(d.error or ""),
+                        d.revision_id is None,
+                    )
+                    for d in rows
+                ],
+                "jobs": {place[k]: v for k, v in job_states.items() if k in place},
+                "events": [
+                    (place[dep], kind, {k: place.get(v, v) if k == "by" else v for k, v in payload.items()})
+                    for dep, kind, payload in kinds
+                ],
+                "audit": [
+                    {
+                        k: place[v] if k == "deployment" else v
+                        for k, v in d.items()
+                        if k not in ("image", "namespace")
+                    }
+                    for d in audits
+                ],
+                "revisions": kept,
+            }
+    return out
+
+
+@pytest.mark.both_databases
+async def test_a_batch_of_pushes_to_two_apps_leaves_the_rows_one_at_a_time_would(rt: Runtime) -> None:
+    """The batch writes some rows once for all its pushes (deploys.defer): the same rows all the same."""
+    await offline_cluster(rt)
+    # Two apps per repository (one per namespace); the batch goes to acme/web, one at a time to acme/two.
+    await make_app(rt, name="web", namespace="web")
+    await make_app(rt, name="api", namespace="api")
+    await make_app(rt, name="web2", namespace="web2", git_repo="acme/two")
+    await make_app(rt, name="api2", namespace="api2", git_repo="acme/two")
+    # More pushes than revisions kept (10): the prune runs, once per app in the batch.
+    shas = [f"{i:040x}" for i in range(1, 14)]
+    await _submit_together(rt, [("w-first", push_payload(sha=SHA_A))])
+    for i, sha in enumerate([SHA_A, *shas]):
+        async with rt.sessionmaker.begin() as session:
+            # As a delivery run alone: its own transaction, a savepoint per app, nothing deferred.
+            await deliveries.first_time(session, source="github", delivery_id=f"two-{i}", kind="push")
+            await gitops.on_push(
+                session, ctx=rt.core, repo="acme/two", ref="refs/heads/main", sha=sha, sender="octocat"
+            )
+    outcomes = await _submit_together(
+        rt,
+        [(f"w-{i}", push_payload(sha=sha)) for i, sha in enumerate(shas)]
+        + [("w-again", push_payload(sha=shas[2])), ("w-0", push_payload(sha=shas[0]))],
+    )
+    assert [sorted(a for a, _ in _decisions(o).values()) for o in outcomes[:-1]] == [
+        ["deploy", "deploy"]
+    ] * 13 + [["skip", "skip"]]
+    assert outcomes[-1] is DUPLICATE
+
+    batch = await _rows_per_app(rt, names={"web": "web", "api": "api"})
+    alone = await _rows_per_app(rt, names={"web2": "web", "api2": "api"})
+    for app in ("web", "api"):
+        # Not vacuous: 14 deploys, the newest queued, the others superseded each by the next one.
+        statuses = [d[1] for d in batch[app]["deployments"]]
+        assert statuses == ["superseded"] * 13 + ["queued"]
+        assert [d[0] for d in batch[app]["deployments"]] == list(range(1, 15))
+        assert batch[app]["deployments"][4][4] == "superseded by deploy #<5>"
+        assert batch[app]["revisions"] == list(range(5, 15))  # the newest 10
+        assert sorted(batch[app]["jobs"].values()) == ["cancelled"] * 13 + ["queued"]
+        assert len(batch[app]["audit"]) == 14
+        for part in ("deployments", "jobs", "events", "audit", "revisions"):
+            assert batch[app][part] == alone[app][part], (app, part)
+
+
+@pytest.mark.both_databases
+async def test_deferred_writes_are_never_lost_or_wrong(rt: Runtime) -> None:
+    """A deferring transaction that commits without `flush` fails whole; one whose deferred
+    supersede finds the deploy moved on fails in `flush` (the ingest then runs deliveries alone)."""
+    await offline_cluster(rt)
+    await make_app(rt)
+
+    async def two_pushes(session: AsyncSession) -> None:
+        gitops.all_or_nothing(session)
+        for sha in (SHA_A, SHA_B):
+            await gitops.on_push(
+                session, ctx=rt.core, repo="acme/web", ref="refs/heads/main", sha=sha, sender="octocat"
+            )
+
+    with pytest.raises(RuntimeError, match="flush was not awaited"):
+        async with rt.sessionmaker.begin() as session:
+            await two_pushes(session)
+    assert await deployments(rt) == []
+
+    with pytest.raises(RuntimeError, match="changed before it was superseded"):
+        async with rt.sessionmaker.begin() as session:
+            await two_pushes(session)
+            first = min(await session.scalars(select(models.Deployment.id)))
+            await session.execute(
+                update(models.Deployment).where(models.Deployment.id == first).values(status="cancelled")
+            )
+            await gitops.finish(session)
+    assert await deployments(rt) == []
+
+    async with rt.sessionmaker.begin() as session:
+        await two_pushes(session)
+        await gitops.finish(session)
+    assert [(d.git_sha, d.status) for d in await deployments(rt)] == [
+        (SHA_A, "superseded"),
+        (SHA_B, "queued"),
+    ]
+
+
+async def test_a_batch_of_pushes_to_one_app_costs_two_statements_a_push(rt: Runtime) -> None:
+    """A regression guard, not a timing: per push of a new commit, its revision and its deployment;
+    everything else of the batch (deliveries, dedupe look-up, supersede, events, audit, prune, jobs)
+    is a statement or two for the whole batch, however many pushes it holds."""
+    await offline_cluster(rt)
+    await make_app(rt)
+    await _submit_together(rt, [(f"warm-{i}", push_payload(sha=f"{i:040x}")) for i in range(1, 12)])
+    counted: dict[int, list[str]] = {}
+    for n in (4, 16):
+        statements: list[str] = []
+
+        def record(conn: Any, cursor: Any, statement: str, *args: Any, into: list[str] = statements) -> None:
+            into.append(" ".join(statement.split())[:100])
+
+        engine = rt.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            outcomes = await _submit_together(
+                rt, [(f"n{n}-{i}", push_payload(sha=f"{n:08x}{i:032x}")) for i in range(n)]
+            )
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert [_decisions(o)["web"][0] for o in outcomes] == ["deploy"] * n
+        counted[n] = [s for s in statements if not s.startswith(("BEGIN", "SAVEPOINT", "RELEASE"))]
+    per_push = (len(counted[16]) - len(counted[4])) / 12
+    assert per_push == 2, "\n".join(counted[16])
+    assert sum(s.startswith("INSERT INTO audit_events") for s in counted[16]) == 1
+    assert sum(s.startswith("INSERT INTO events") for s in counted[16]) == 1
+    assert sum(s.startswith("DELETE FROM revisions") for s in counted[16]) == 1
