@@ -167,6 +167,31 @@ async def linked_tracking(session: AsyncSession, *, repo: str) -> tuple[Tracking
     return found
 
 
+async def _untracked(
+    session: AsyncSession, *, repo: str, kind: str, name: str, default_branch: str | None
+) -> str | None:
+    """Why no app deploys this push (the answer's summary), or None when one may; remembered for the
+    transaction (a batch's pushes are mostly to a few branches)."""
+    held = session.info.get("gitops.untracked")
+    transaction = session.sync_session.get_transaction()
+    if held is None or held[0] is not transaction:
+        held = session.info["gitops.untracked"] = (transaction, {})
+    known: dict[tuple[str, str, str, str | None], str | None] = held[1]
+    key = (repo, kind, name, default_branch)
+    if key not in known:
+        tracking = await linked_tracking(session, repo=repo)
+        if not tracking:
+            known[key] = f"no app is linked to {repo}; nothing to deploy"
+        elif not any(tracks(t, kind=kind, name=name, default_branch=default_branch) for t in tracking):
+            known[key] = (
+                f"no app deploys {kind} {name} of {repo} (tracked: {_describe_tracking(tracking)}); "
+                "nothing to deploy"
+            )
+        else:
+            known[key] = None
+    return known[key]
+
+
 def _dedupe_key(*, app_id: int, ref: str, sha: str) -> str:
     # One deploy per app, ref and commit: a push and the CI run that follows it, or two
     # CI systems reporting success for the same commit, deploy once.
@@ -383,14 +408,9 @@ async def on_push(
         return Outcome(summary=f"{ref} is neither a branch nor a tag; nothing to deploy")
     kind, name = parsed
     # Whether any app deploys this push, from the apps' tracking columns: the ORM rows only if one does.
-    tracking = await linked_tracking(session, repo=repo)
-    if not tracking:
-        return Outcome(summary=f"no app is linked to {repo}; nothing to deploy")
-    if not any(tracks(t, kind=kind, name=name, default_branch=default_branch) for t in tracking):
-        return Outcome(
-            summary=f"no app deploys {kind} {name} of {repo} (tracked: {_describe_tracking(tracking)}); "
-            "nothing to deploy"
-        )
+    untracked = await _untracked(session, repo=repo, kind=kind, name=name, default_branch=default_branch)
+    if untracked is not None:
+        return Outcome(summary=untracked)
     linked = await linked_apps(session, repo=repo)
     if not linked:
         return Outcome(summary=f"no app is linked to {repo}; nothing to deploy")
