@@ -143,7 +143,7 @@ async def _claim_sqlite(
             params += (k, source, kinds[d][:64], stamp, stamp)
         params.append(readcache.KEY)
         result: Any = await conn.exec_driver_sql(_sqlite_claim_sql(len(chunk)), tuple(params))
-        for k, value in result:
+        for k, value in result.all():  # all rows in one call, not a fetch per row
             new.add(keys[k])
             version = value
     if new:

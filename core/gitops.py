@@ -71,9 +71,11 @@ def github_actor(login: str) -> Actor:
 
 def parse_ref(ref: str) -> tuple[str, str] | None:
     """refs/heads/main -> ("branch", "main"); refs/tags/v1 -> ("tag", "v1"); anything else None."""
-    for prefix, kind in (("refs/heads/", "branch"), ("refs/tags/", "tag")):
-        if ref.startswith(prefix) and len(ref) > len(prefix):
-            return kind, ref[len(prefix) :]
+    # Written out (not a loop over the prefixes): twice per push of a webhook batch (issue 13).
+    if ref.startswith("refs/heads/"):
+        return ("branch", ref[11:]) if len(ref) > 11 else None
+    if ref.startswith("refs/tags/"):
+        return ("tag", ref[10:]) if len(ref) > 10 else None
     return None
 
 
