@@ -17,6 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import readcache
 from storage import models
 
 
@@ -124,22 +125,33 @@ async def _claim_sqlite(
     """SQLite: the multi-row INSERT .. ON CONFLICT DO NOTHING RETURNING written out with positional
     parameters, which is what SQLAlchemy sends too, without its per-row parameter processing (issue 13:
     ~10 us a row, most of a delivery's share of the batch).  The timestamp is rendered once, by the
-    column's own type, so the stored text is the same."""
+    column's own type, so the stored text is the same.
+
+    Each returned row also carries the read cache's stamp (core.readcache), read by the same
+    statement inside the transaction: the handlers' cached look-ups then need no statement of their
+    own to read it (a whole statement per batch, issue 13).  No new delivery, no row, no stamp: then
+    no handler runs either."""
     stamp = _sqlite_timestamp(dialect)(now)
     conn = await session.connection()
     rows = list(keys.items())
     new: set[str] = set()
+    version: Any = None
     for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
         chunk = rows[start : start + _SQLITE_ROWS_PER_INSERT]
         params: list[Any] = []
         for k, d in chunk:
             params += (k, source, kinds[d][:64], stamp, stamp)
-        result = await conn.exec_driver_sql(_sqlite_claim_sql(len(chunk)), tuple(params))
-        new.update(keys[k] for k in result.scalars())
+        params.append(readcache.KEY)
+        result: Any = await conn.exec_driver_sql(_sqlite_claim_sql(len(chunk)), tuple(params))
+        for k, value in result.all():  # all rows in one call, not a fetch per row
+            new.add(keys[k])
+            version = value
+    if new:
+        readcache.stamp_read(session, version)
     return new
 
 
-# 5 parameters a row, under the 999 an older SQLite allows in one statement.
+# 5 parameters a row (and the stamp's key), under the 999 an older SQLite allows in one statement.
 _SQLITE_ROWS_PER_INSERT = 199
 
 
@@ -150,7 +162,7 @@ def _sqlite_claim_sql(rows: int) -> str:
     return (
         "INSERT INTO webhook_deliveries (id, source, kind, received_at, finished_at) VALUES "  # noqa: S608
         + values
-        + " ON CONFLICT DO NOTHING RETURNING id"
+        + " ON CONFLICT DO NOTHING RETURNING id, (SELECT value FROM meta WHERE key = ?)"
     )
 
 

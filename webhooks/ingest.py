@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,10 +61,37 @@ class _Item:
     done: asyncio.Future[Outcome | Duplicate] = field(repr=False)
 
 
+class _Pending:
+    """The deliveries waiting for the writer, and the one future the writer sleeps on when there are
+    none (issue 13: asyncio.Queue's getter futures and bookkeeping cost more per delivery than this)."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[_Item] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: _Item) -> None:
+        self.items.append(item)
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until there is a delivery to take."""
+        while not self.items:
+            self.waiter = loop.create_future()
+            await self.waiter
+
+    def take(self, limit: int) -> list[_Item]:
+        items = self.items
+        return [items.popleft() for _ in range(min(limit, len(items)))]
+
+
 class Ingest:
     def __init__(self, *, max_batch: int = MAX_BATCH) -> None:
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[_Item] | None = None
+        self._pending: _Pending | None = None
         self._writer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = self.batched = 0  # transactions run and deliveries in them (benches print them)
@@ -73,13 +101,15 @@ class Ingest:
     ) -> Outcome | Duplicate:
         """Record the delivery and run its handler; returns once the transaction has committed."""
         loop = asyncio.get_running_loop()
-        if self._queue is None or self._writer is None or self._writer.done() or self._loop is not loop:
-            self._queue, self._loop = asyncio.Queue(), loop
-            self._writer = loop.create_task(self._write(self._queue), name="github-ingest-writer")
+        pending = self._pending
+        if pending is None or self._writer is None or self._writer.done() or self._loop is not loop:
+            pending, self._loop = _Pending(), loop
+            self._pending = pending
+            self._writer = loop.create_task(self._write(pending, loop), name="github-ingest-writer")
         item = _Item(
             ctx=ctx, delivery=delivery, kind=kind, handler=handler, parsed=parsed, done=loop.create_future()
         )
-        self._queue.put_nowait(item)
+        pending.put(item)
         return await item.done
 
     async def close(self) -> None:
@@ -88,18 +118,19 @@ class Ingest:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
-            # A writer cancelled before it first ran never saw its queue: answer those too.
-            while self._queue is not None and not self._queue.empty():
-                _settle(self._queue.get_nowait(), exception=RuntimeError(SHUTTING_DOWN))
+            # A writer cancelled before it first ran never saw its deliveries: answer those too.
+            if self._pending is not None:
+                for item in self._pending.take(len(self._pending.items)):
+                    _settle(item, exception=RuntimeError(SHUTTING_DOWN))
         self._writer = None
 
-    async def _write(self, queue: asyncio.Queue[_Item]) -> None:
+    async def _write(self, pending: _Pending, loop: asyncio.AbstractEventLoop) -> None:
         batch: list[_Item] = []
         try:
             while True:
-                batch = [await queue.get()]
-                while len(batch) < self.max_batch and not queue.empty():
-                    batch.append(queue.get_nowait())
+                batch = []
+                await pending.wait(loop)
+                batch = pending.take(self.max_batch)
                 live = [i for i in batch if not i.done.done()]  # the client may have gone away
                 for ctx_batch in _by_ctx(live):
                     self.batches += 1
@@ -107,8 +138,7 @@ class Ingest:
                     await self._run(ctx_batch)
         except asyncio.CancelledError:
             # Shutting down: whatever did not commit is rolled back; say so instead of hanging.
-            while not queue.empty():
-                batch.append(queue.get_nowait())
+            batch += pending.take(len(pending.items))
             for item in batch:
                 _settle(item, exception=RuntimeError(SHUTTING_DOWN))
             raise

@@ -132,6 +132,7 @@ class Webhook:
         self, *, secret: str | None, off_reason: str, core_of: Callable[[Request], Core], ingest: Ingest
     ) -> None:
         self.secret, self.off_reason, self.core_of, self.ingest = secret, off_reason, core_of, ingest
+        self._verifier = signature.Verifier(secret=secret) if secret is not None else None
         self.route: Route | None = None  # set by `router`: named in the scope, as Starlette's router does
         self._counts = _Counts()
 
@@ -155,8 +156,8 @@ class Webhook:
         await send({"type": "http.response.body", "body": body})
 
     async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
-        secret = self.secret
-        if secret is None:
+        verifier = self._verifier
+        if verifier is None:
             return _error(503, "ChannelOff", f"the GitHub channel is switched off: {self.off_reason}")
         started = time.perf_counter()
         wanted: dict[bytes, bytes] = {}
@@ -177,7 +178,7 @@ class Webhook:
         except _TooLarge:
             self._counts.inc(event, "too_large")
             return _error(413, "PayloadTooLarge", f"body is larger than {MAX_BODY_BYTES} bytes")
-        if not signature.verify(secret=secret, body=body, header=header):
+        if not verifier.verify(body=body, header=header):
             self._counts.inc(event, "bad_signature")
             log.warning("github delivery %s (%s): bad signature; refused", delivery, event)
             return _error(401, "BadSignature", "X-Hub-Signature-256 does not match the body")

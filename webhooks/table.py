@@ -59,13 +59,11 @@ def _sender(payload: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Push:
-    repo: str
-    ref: str
-    sha: str
-    deleted: bool
+class Push(gitops.PushRef):
+    """A push event: what `gitops.prefetch_pushes` looks up (so a batch hands its pushes over as they
+    are), and who pushed."""
+
     sender: str
-    default_branch: str | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,15 +252,7 @@ class Handler(Generic[P]):
 
 
 async def _prepare_pushes(session: AsyncSession, pushes: list[Push]) -> None:
-    await gitops.prefetch_pushes(
-        session,
-        pushes=[
-            gitops.PushRef(
-                repo=e.repo, ref=e.ref, sha=e.sha, deleted=e.deleted, default_branch=e.default_branch
-            )
-            for e in pushes
-        ],
-    )
+    await gitops.prefetch_pushes(session, pushes=pushes)
 
 
 # (event, action) -> handler; action None for events without one (push).

@@ -477,3 +477,40 @@ async def test_a_batch_of_pushes_to_one_app_costs_two_statements_a_push(rt: Runt
     assert sum(s.startswith("INSERT INTO audit_events") for s in counted[16]) == 1
     assert sum(s.startswith("INSERT INTO events") for s in counted[16]) == 1
     assert sum(s.startswith("DELETE FROM revisions") for s in counted[16]) == 1
+
+
+@pytest.mark.both_databases
+async def test_a_batch_of_untracked_pushes_reads_no_app_row_and_sees_a_relink(rt: Runtime) -> None:
+    """Pushes to a branch no app tracks are answered from the apps' tracking copies; on SQLite the
+    batch's one statement, its claim, also reads the copies' stamp.  A relink in between is seen."""
+    await offline_cluster(rt)
+    await make_app(rt)
+    await _submit_together(rt, [("warm", push_payload(ref="refs/heads/feature/x"))])  # fills the copies
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(rt.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        outcomes = await _submit_together(
+            rt, [(f"untracked-{i}", push_payload(ref="refs/heads/feature/x", sha=SHA_B)) for i in range(3)]
+        )
+    finally:
+        event.remove(rt.engine.sync_engine, "before_cursor_execute", record)
+    assert [o.summary for o in outcomes] == [
+        "no app deploys branch feature/x of acme/web (tracked: web: branch main); nothing to deploy"
+    ] * 3
+    assert not any("FROM apps" in s for s in statements), statements
+    assert statements[0].startswith("INSERT INTO webhook_deliveries"), statements
+    if rt.engine.dialect.name == "sqlite":
+        assert len(statements) == 1, statements  # the stamp came back with the claim
+    else:
+        assert len(statements) == 2 and "FROM meta" in statements[1], statements
+    async with rt.sessionmaker.begin() as session:
+        await apps.update(
+            session, ctx=rt.core, actor=ADMIN, name="web", changes=AppChanges(git_branch="feature/*")
+        )
+    outcomes = await _submit_together(rt, [("tracked", push_payload(ref="refs/heads/feature/x", sha=SHA_C))])
+    assert _decisions(outcomes[0])["web"][0] == "deploy"
+    assert [d.git_sha for d in await deployments(rt)] == [SHA_C]

@@ -110,6 +110,26 @@ async def test_untracked_branch_is_a_clear_202_and_nothing_enqueued(hook: Hook) 
     assert await job_rows(hook.rt) == []
 
 
+async def test_a_branch_an_app_starts_tracking_deploys_at_the_next_push(hook: Hook) -> None:
+    """The untracked answer comes from the apps' tracking columns, kept with the read cache: a change
+    of branch is seen by the very next push, and the branch left behind stops deploying."""
+    await offline_cluster(hook.rt)
+    await make_app(hook.rt)
+    r = await hook.post("push", push_payload(ref="refs/heads/release", sha=SHA_A))
+    assert "no app deploys branch release of acme/web (tracked: web: branch main)" in r.json()["message"]
+    async with hook.rt.sessionmaker.begin() as session:
+        await apps.update(
+            session, ctx=hook.rt.core, actor=ADMIN, name="web", changes=apps.AppChanges(git_branch="release")
+        )
+    r = await hook.post("push", push_payload(ref="refs/heads/release", sha=SHA_B))
+    assert r.status_code == 202
+    assert [d["action"] for d in r.json()["decisions"]] == ["deploy"]
+    assert [d.git_sha for d in await deployments(hook.rt)] == [SHA_B]
+    r = await hook.post("push", push_payload(ref="refs/heads/main", sha=SHA_C))
+    assert "no app deploys branch main of acme/web (tracked: web: branch release)" in r.json()["message"]
+    assert len(await deployments(hook.rt)) == 1
+
+
 async def test_deleted_branch_does_not_deploy(hook: Hook) -> None:
     await offline_cluster(hook.rt)
     await make_app(hook.rt)

@@ -26,3 +26,16 @@ def test_verify_refuses_a_changed_body_secret_or_header() -> None:
     assert not signature.verify(secret=DOC_SECRET, body=DOC_PAYLOAD, header=DOC_SIGNATURE.upper())
     assert not signature.verify(secret=DOC_SECRET, body=DOC_PAYLOAD, header="sha256=ü")
     assert not signature.verify(secret=DOC_SECRET, body=DOC_PAYLOAD, header="")
+
+
+def test_a_verifier_keyed_once_answers_as_verify_delivery_after_delivery() -> None:
+    verifier = signature.Verifier(secret=DOC_SECRET)
+    for _ in range(2):  # the keyed HMAC is copied, never fed: the second check is as the first
+        assert verifier.verify(body=DOC_PAYLOAD, header=DOC_SIGNATURE)
+        assert verifier.verify(body=DOC_PAYLOAD, header=f" {DOC_SIGNATURE}\n")
+        assert not verifier.verify(body=b"Hello, World?", header=DOC_SIGNATURE)
+        assert not verifier.verify(body=DOC_PAYLOAD, header=DOC_SIGNATURE[7:])
+        assert not verifier.verify(body=DOC_PAYLOAD, header=DOC_SIGNATURE.upper())
+        assert not verifier.verify(body=DOC_PAYLOAD, header="sha256=ü")
+        assert not verifier.verify(body=DOC_PAYLOAD, header="")
+    assert not signature.Verifier(secret="another secret").verify(body=DOC_PAYLOAD, header=DOC_SIGNATURE)
