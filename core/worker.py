@@ -153,7 +153,10 @@ class Worker:
             await self._take_over_predecessors(self.instance)
         while not self._stopping.is_set():
             if len(self._tasks) >= self.concurrency:
-                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                # Or until stop(): its grace period must not wait for a slot to free first.
+                stopping = asyncio.create_task(self._stopping.wait())
+                await asyncio.wait({*self._tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
                 continue
             try:
                 claimed = await self._claim()
