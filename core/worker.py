@@ -97,9 +97,8 @@ class _Held:
 
     job: jobs.JobView
     runner: asyncio.Task[None]
-    sent: (
-        float  # loop time the claim or the last renewal that kept the job was sent: its lease runs from then
-    )
+    # The loop time the claim or the last renewal that kept the job was sent: its lease runs from then.
+    sent: float
 
 
 class Worker:
