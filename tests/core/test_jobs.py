@@ -357,6 +357,46 @@ async def test_a_lease_lost_stops_that_job_only_and_a_finished_job_is_no_longer_
     assert {(rows[i].state, rows[i].lease_owner) for i in kept} == {(jobs.RUNNING, worker.owner)}
 
 
+async def test_a_worker_that_cannot_renew_stops_every_job_it_runs_before_its_lease_runs_out(
+    rt: Runtime,
+) -> None:
+    """Several jobs under the one heartbeat: each stops while its own lease in the database still runs."""
+    rt.core.config.job_lease_seconds = 4.0
+    started: set[int] = set()
+    stopped_at: dict[int, dt.datetime] = {}
+
+    async def forever(*, ctx: object, job: jobs.JobView) -> None:
+        started.add(job.id)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped_at[job.id] = models.utcnow()
+
+    async with rt.sessionmaker.begin() as session:
+        ids = [(await jobs.enqueue(session, kind="forever", payload={})).id for _ in range(3)]
+    worker = Worker(ctx=rt.core, handlers={"forever": Handler(run=forever)})
+    other = db.create_engine(str(rt.engine.url.render_as_string(hide_password=False)))
+    worker.start()
+    try:
+        await _until(lambda: len(started) == len(ids))
+        async with other.begin() as conn:  # BEGIN IMMEDIATE on SQLite: every writer waits
+            if _skip_locked(rt):
+                await conn.execute(text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
+            rows = await conn.execute(
+                select(models.Job.id, models.Job.lease_until).where(models.Job.id.in_(ids))
+            )
+            leases = {job_id: lease_until for job_id, lease_until in rows}
+            await _until(lambda: len(stopped_at) == len(ids))
+    finally:
+        await other.dispose()
+        await worker.stop()
+    for job_id in ids:
+        lease_until = leases[job_id]
+        assert lease_until is not None
+        # Stopped while its lease in the database still ran: nobody else could have claimed it yet.
+        assert stopped_at[job_id] < lease_until.replace(tzinfo=stopped_at[job_id].tzinfo), job_id
+
+
 async def test_future_run_at_waits(rt: Runtime) -> None:
     async with rt.sessionmaker.begin() as session:
         await jobs.enqueue(session, kind="k", payload={}, run_at=models.utcnow() + dt.timedelta(hours=1))
