@@ -272,10 +272,8 @@ class Worker:
             renew = asyncio.create_task(self._renew([h.job.id for h in beating]))
             self._stray.add(renew)
             renew.add_done_callback(self._stray.discard)
-            done, _ = await asyncio.wait({renew}, timeout=max(0.0, deadline - now))
-            if not done:
-                renew.cancel()
-                continue  # the first deadline passed while renewing: stopped at the top of the loop
+            if not await self._wait_renewal(renew, beating, lease=lease, margin=margin):
+                continue
             try:
                 kept = renew.result()
             except Exception:
@@ -290,6 +288,24 @@ class Worker:
                     held.sent = now
                 else:
                     self._unhold(held, why="lease lost to another worker")
+
+    async def _wait_renewal(
+        self, renew: asyncio.Task[set[int]], beating: list[_Held], *, lease: float, margin: float
+    ) -> bool:
+        """Wait for a renewal, stopping each job whose deadline passes meanwhile; False once none of
+        `beating` is left to wait for (the renewal is then given up on, stuck in a locked database)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not any(self._held.get(h.job.id) is h for h in beating):
+                renew.cancel()
+                return False
+            deadline = min(h.sent for h in self._held.values()) + lease - margin
+            done, _ = await asyncio.wait({renew}, timeout=max(0.0, deadline - loop.time()))
+            if done:
+                return True
+            now = loop.time()
+            for held in [h for h in self._held.values() if now >= h.sent + lease - margin]:
+                self._unhold(held, why="lease not renewed in time")
 
     async def _run(self, job: jobs.JobView, *, claimed_at: float) -> None:
         handler = self.handlers.get(job.kind)
