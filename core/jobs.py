@@ -306,12 +306,40 @@ async def claim(
 
 async def heartbeat(session: AsyncSession, *, job_id: int, owner: str, lease_seconds: float) -> bool:
     """Extend the lease; False means the lease was lost (another worker took the job)."""
-    result = await session.execute(
+    return job_id in await renew(session, job_ids=[job_id], owner=owner, lease_seconds=lease_seconds)
+
+
+async def renew(
+    session: AsyncSession, *, job_ids: Collection[int], owner: str, lease_seconds: float
+) -> set[int]:
+    """Extend the leases of all these jobs in one statement; the ids returned are those still held.
+
+    A worker's one heartbeat for every job it runs: an id missing from the answer was lost (taken
+    over after its lease ran out, finished, or handed back), and only that job has to stop.
+    """
+    if not job_ids:
+        return set()
+    stmt = (
         update(models.Job)
-        .where(models.Job.id == job_id, models.Job.lease_owner == owner, models.Job.state == RUNNING)
+        .where(
+            models.Job.id.in_(sorted(job_ids)), models.Job.lease_owner == owner, models.Job.state == RUNNING
+        )
         .values(lease_until=models.utcnow() + dt.timedelta(seconds=lease_seconds))
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    bind = session.bind if session.bind is not None else session.get_bind()
+    if bind.dialect.update_returning:
+        return set((await session.scalars(stmt.returning(models.Job.id))).all())
+    # SQLite before 3.35: the rows this transaction just renewed are still its own to read back.
+    await session.execute(stmt)
+    return set(
+        await session.scalars(
+            select(models.Job.id).where(
+                models.Job.id.in_(sorted(job_ids)),
+                models.Job.lease_owner == owner,
+                models.Job.state == RUNNING,
+            )
+        )
+    )
 
 
 async def release_predecessors(session: AsyncSession, *, prefix: str, keep: str) -> list[int]:

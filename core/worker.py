@@ -91,6 +91,16 @@ def install_wakeup(ctx: Core) -> Callable[[], None]:
     return remove
 
 
+@dataclass(eq=False, kw_only=True)
+class _Held:
+    """A job this worker runs, under its heartbeat."""
+
+    job: jobs.JobView
+    runner: asyncio.Task[None]
+    # The loop time the claim or the last renewal that kept the job was sent: its lease runs from then.
+    sent: float
+
+
 class Worker:
     def __init__(
         self,
@@ -109,7 +119,10 @@ class Worker:
             instance.owner() if instance else f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         )
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stray: set[asyncio.Task[bool]] = set()  # renewals given up on, left to finish on their own
+        self._stray: set[asyncio.Task[set[int]]] = set()  # renewals given up on, left to finish on their own
+        self._held: dict[int, _Held] = {}  # the jobs this worker runs, by id: what its heartbeat renews
+        self._beat: asyncio.Task[None] | None = None
+        self._beat_wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         url = str(ctx.sessionmaker.kw["bind"].url)
@@ -129,6 +142,9 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._beat is not None:
+            self._beat.cancel()
+            await asyncio.gather(self._beat, return_exceptions=True)
 
     async def _loop(self) -> None:
         log.info("worker %s started with %d slots", self.owner, self.concurrency)
@@ -136,7 +152,10 @@ class Worker:
             await self._take_over_predecessors(self.instance)
         while not self._stopping.is_set():
             if len(self._tasks) >= self.concurrency:
-                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                # Or until stop(): its grace period must not wait for a slot to free first.
+                stopping = asyncio.create_task(self._stopping.wait())
+                await asyncio.wait({*self._tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
                 continue
             try:
                 claimed = await self._claim()
@@ -181,56 +200,112 @@ class Worker:
             )
         return (job, sent) if job is not None else None
 
-    async def _renew(self, job: jobs.JobView) -> bool:
+    async def _renew(self, job_ids: list[int]) -> set[int]:
         async with self.ctx.sessionmaker.begin() as session:
-            return await jobs.heartbeat(
-                session, job_id=job.id, owner=self.owner, lease_seconds=self.ctx.config.job_lease_seconds
+            return await jobs.renew(
+                session, job_ids=job_ids, owner=self.owner, lease_seconds=self.ctx.config.job_lease_seconds
             )
 
-    async def _heartbeat(self, job: jobs.JobView, runner: asyncio.Task[None], *, claimed_at: float) -> None:
-        """Renew the lease every lease/3, and stop the job's work before the lease can run out.
+    def _hold(self, job: jobs.JobView, runner: asyncio.Task[None], *, claimed_at: float) -> _Held:
+        """Put a job under this worker's heartbeat (started here if no other job holds it running)."""
+        held = _Held(job=job, runner=runner, sent=claimed_at)
+        self._held[job.id] = held
+        if self._beat is None or self._beat.done():
+            self._beat = asyncio.create_task(self._heartbeat(), name="shipit-worker-heartbeat")
+        else:
+            self._beat_wake.set()  # its due time may come before the beat the heartbeat sleeps towards
+        return held
+
+    def _unhold(self, held: _Held, *, why: str | None = None) -> None:
+        """Stop renewing a job's lease; with `why`, also stop its work if it still runs."""
+        if self._held.get(held.job.id) is held:
+            del self._held[held.job.id]
+            if not self._held:
+                self._beat_wake.set()  # nothing left to renew: the heartbeat ends now
+        if why is not None and not held.runner.done():
+            log.warning("job %s (%s): %s; stopping here", held.job.id, held.job.kind, why)
+            held.runner.cancel()
+
+    async def _heartbeat(self) -> None:
+        """One heartbeat per worker: renew every job's lease every lease/3 in one statement, and stop
+        a job's work before its lease can run out.
 
         Why two workers never work on one job: a job changes hands only in jobs.claim(), atomically
         (row lock with SKIP LOCKED on PostgreSQL, the single writer on SQLite), and only once its
         lease_until has passed.  The lease in the database ends no earlier than `sent + lease`, `sent`
-        being when this worker sent its claim or its last renewal that succeeded; a renewal succeeds
-        only while this worker is still the owner.  Unless a renewal succeeds first, the work is
-        cancelled at `sent + lease - margin`: before anyone else may claim the job, whether the
-        database answered "not yours" or could not be reached at all.  (This assumes the hosts'
-        clocks agree within the margin, lease/4.)
+        being when this worker sent its claim or the last renewal that kept the job; a renewal keeps
+        a job only while this worker is still its owner.  Unless a renewal keeps it first, the job's
+        work is cancelled at `sent + lease - margin`: before anyone else may claim the job, whether
+        the database answered "not yours" or could not be reached at all.  (This assumes the hosts'
+        clocks agree within the margin, lease/4.)  One transaction per beat for all jobs, not one per
+        job: with 50 deploys running that was ~18 write transactions a second on an idle service.
         """
+        try:
+            await self._beat_until_idle()
+        except Exception:
+            # Never run a job without a lease: a heartbeat that broke stops the work it covered.
+            log.exception("worker %s: heartbeat failed for good; stopping its jobs", self.owner)
+            for held in list(self._held.values()):
+                self._unhold(held, why="heartbeat stopped")
+
+    async def _beat_until_idle(self) -> None:
         lease = self.ctx.config.job_lease_seconds
         interval, margin = lease / 3, lease / 4
         loop = asyncio.get_running_loop()
-        held_until = claimed_at + lease - margin
-        next_beat = claimed_at + interval
-        while True:
-            await asyncio.sleep(max(0.0, min(next_beat, held_until) - loop.time()))
-            if loop.time() >= held_until:
-                log.warning("job %s (%s): lease not renewed in time; stopping here", job.id, job.kind)
-                runner.cancel()
+        not_before = 0.0  # after a failed renewal: when to try again
+        while self._held:
+            now = loop.time()
+            for held in [h for h in self._held.values() if now >= h.sent + lease - margin]:
+                self._unhold(held, why="lease not renewed in time")
+            if not self._held:
                 return
-            sent = loop.time()
+            oldest = min(h.sent for h in self._held.values())
+            deadline, due = oldest + lease - margin, max(oldest + interval, not_before)
+            if now < due:
+                self._beat_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._beat_wake.wait(), min(due, deadline) - now)
+                continue
+            beating = list(self._held.values())
             # Not wait_for: it would wait for the cancelled renewal, which may be stuck in the driver
             # (a locked database) well past the deadline.
-            renew = asyncio.create_task(self._renew(job))
+            renew = asyncio.create_task(self._renew([h.job.id for h in beating]))
             self._stray.add(renew)
             renew.add_done_callback(self._stray.discard)
-            done, _ = await asyncio.wait({renew}, timeout=max(0.0, held_until - sent))
-            if not done:
-                renew.cancel()
-                continue  # the deadline passed while renewing: stopped at the top of the loop
+            if not await self._wait_renewal(renew, beating, lease=lease, margin=margin):
+                continue
             try:
                 kept = renew.result()
             except Exception:
-                log.warning("job %s (%s): heartbeat failed; trying again", job.id, job.kind, exc_info=True)
-                next_beat = loop.time() + min(1.0, interval)
+                log.warning("worker %s: heartbeat failed; trying again", self.owner, exc_info=True)
+                not_before = loop.time() + min(1.0, interval)
                 continue
-            if not kept:
-                log.warning("job %s (%s): lease lost to another worker; stopping here", job.id, job.kind)
-                runner.cancel()
-                return
-            held_until, next_beat = sent + lease - margin, sent + interval
+            not_before = 0.0
+            for held in beating:
+                if self._held.get(held.job.id) is not held:
+                    continue  # finished (or stopped) while the renewal ran
+                if held.job.id in kept:
+                    held.sent = now
+                else:
+                    self._unhold(held, why="lease lost to another worker")
+
+    async def _wait_renewal(
+        self, renew: asyncio.Task[set[int]], beating: list[_Held], *, lease: float, margin: float
+    ) -> bool:
+        """Wait for a renewal, stopping each job whose deadline passes meanwhile; False once none of
+        `beating` is left to wait for (the renewal is then given up on, stuck in a locked database)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not any(self._held.get(h.job.id) is h for h in beating):
+                renew.cancel()
+                return False
+            deadline = min(h.sent for h in self._held.values()) + lease - margin
+            done, _ = await asyncio.wait({renew}, timeout=max(0.0, deadline - loop.time()))
+            if done:
+                return True
+            now = loop.time()
+            for held in [h for h in self._held.values() if now >= h.sent + lease - margin]:
+                self._unhold(held, why="lease not renewed in time")
 
     async def _run(self, job: jobs.JobView, *, claimed_at: float) -> None:
         handler = self.handlers.get(job.kind)
@@ -240,7 +315,7 @@ class Worker:
         runner = asyncio.create_task(self._traced(handler, job))
         # The lines of a deploy's job name the deploy, also after the job's own log context has ended.
         jlog = logctx.deploy_logger(log, deployment=job.payload.get("deployment_id"))
-        beat = asyncio.create_task(self._heartbeat(job, runner, claimed_at=claimed_at))
+        held = self._hold(job, runner, claimed_at=claimed_at)
         try:
             await runner
         except asyncio.CancelledError:
@@ -276,9 +351,7 @@ class Worker:
         else:
             await self._finish(job, fail=None)
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            self._unhold(held)
 
     async def _traced(self, handler: Handler, job: jobs.JobView) -> None:
         """Run the handler in the trace the job was queued in, with the job's ids in the log context."""

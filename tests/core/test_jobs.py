@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 
 from core import jobs
 from core.errors import PermanentError, TransientError
@@ -219,6 +223,178 @@ async def test_a_worker_that_cannot_renew_stops_before_its_lease_runs_out(rt: Ru
     assert lease_until is not None and stopped_at
     # Stopped while the lease in the database still ran: nobody else could have claimed it yet.
     assert stopped_at[0] < lease_until.replace(tzinfo=stopped_at[0].tzinfo)
+
+
+@contextmanager
+def _lease_renewals(rt: Runtime) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement that renews leases (and only those), with its parameters, as sent."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        flat = " ".join(statement.split())
+        if flat.startswith("UPDATE jobs SET lease_until="):
+            seen.append((flat, parameters))
+
+    event.listen(rt.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(rt.engine.sync_engine, "before_cursor_execute", record)
+
+
+async def _until(check: Any, *, within: float = 15.0) -> None:
+    """Wait for check() (a bool, or an awaitable of one) to hold: a bound on a hang, not a timing."""
+
+    async def poll() -> None:
+        while not (await r if inspect.isawaitable(r := check()) else r):
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), within)
+
+
+async def _has_state(rt: Runtime, job_id: int, state: str) -> bool:
+    return (await _job_row(rt, job_id)).state == state
+
+
+async def test_renew_extends_only_the_leases_still_held_in_one_statement(rt: Runtime) -> None:
+    ids = []
+    for i in range(5):
+        async with rt.sessionmaker.begin() as session:
+            ids.append((await jobs.enqueue(session, kind="k", payload={}, concurrency_key=f"k{i}")).id)
+        assert (await _claim(rt, "me", lease=30)) is not None
+    held, stolen, done, handed_back, never = ids
+    async with rt.sessionmaker.begin() as session:
+        await session.execute(update(models.Job).where(models.Job.id == stolen).values(lease_owner="thief"))
+        assert await jobs.complete(session, job_id=done, owner="me")
+        assert await jobs.retry(session, job_id=handed_back, owner="me", error="x", delay=3600)
+        await session.execute(
+            update(models.Job).where(models.Job.id == never).values(state=jobs.CANCELLED, lease_owner=None)
+        )
+    before = {i: (await _job_row(rt, i)).lease_until for i in ids}
+    with _lease_renewals(rt) as seen:
+        async with rt.sessionmaker.begin() as session:
+            kept = await jobs.renew(session, job_ids=ids, owner="me", lease_seconds=300)
+    assert kept == {held}
+    assert len(seen) == 1, seen
+    after = {i: (await _job_row(rt, i)).lease_until for i in ids}
+    assert after[held] is not None and before[held] is not None and after[held] > before[held]
+    assert {i: after[i] for i in ids if i != held} == {i: before[i] for i in ids if i != held}
+    async with rt.sessionmaker.begin() as session:
+        assert await jobs.renew(session, job_ids=[], owner="me", lease_seconds=300) == set()
+
+
+async def test_one_beat_renews_every_running_job_of_a_worker_in_one_statement(rt: Runtime) -> None:
+    rt.core.config.job_lease_seconds = 3.0  # a beat a second
+    n = 6
+    started: set[int] = set()
+
+    async def block(*, ctx: object, job: jobs.JobView) -> None:
+        started.add(job.id)
+        await asyncio.Event().wait()
+
+    async with rt.sessionmaker.begin() as session:
+        ids = [(await jobs.enqueue(session, kind="block", payload={})).id for _ in range(n)]
+    worker = Worker(ctx=rt.core, handlers={"block": Handler(run=block)}, concurrency=n)
+    with _lease_renewals(rt) as seen:
+        worker.start()
+        try:
+            await _until(lambda: len(started) == n)
+            mark = len(seen)
+            await _until(lambda: len(seen) >= mark + 2)
+            beats = seen[mark : mark + 2]
+            # The second beat began after the first committed: every row holds one beat's lease.
+            async with rt.sessionmaker() as session:
+                rows = list(await session.scalars(select(models.Job).where(models.Job.id.in_(ids))))
+        finally:
+            await worker.stop(grace=0)
+    for statement, parameters in beats:
+        assert set(ids) <= set(parameters), (statement, parameters)
+    assert {(r.state, r.lease_owner) for r in rows} == {(jobs.RUNNING, worker.owner)}
+    assert len({r.lease_until for r in rows}) == 1, "one statement set one lease for all"
+
+
+async def test_a_lease_lost_stops_that_job_only_and_a_finished_job_is_no_longer_renewed(rt: Runtime) -> None:
+    rt.core.config.job_lease_seconds = 3.0
+    started: set[int] = set()
+    stopped: set[int] = set()
+    release: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+
+    async def block(*, ctx: object, job: jobs.JobView) -> None:
+        started.add(job.id)
+        try:
+            await release[job.id].wait()
+        except asyncio.CancelledError:
+            stopped.add(job.id)
+            raise
+
+    async with rt.sessionmaker.begin() as session:
+        ids = [(await jobs.enqueue(session, kind="block", payload={})).id for _ in range(4)]
+    lost, finished, *kept = ids
+    worker = Worker(ctx=rt.core, handlers={"block": Handler(run=block)}, concurrency=4)
+    with _lease_renewals(rt) as seen:
+        worker.start()
+        try:
+            await _until(lambda: len(started) == 4)
+            release[finished].set()
+            await _until(lambda: _has_state(rt, finished, jobs.DONE))
+            async with rt.sessionmaker.begin() as session:  # another worker took it (say, after a long pause)
+                await session.execute(
+                    update(models.Job).where(models.Job.id == lost).values(lease_owner="thief")
+                )
+            await _until(lambda: lost in stopped)
+            mark = len(seen)
+            await _until(lambda: len(seen) >= mark + 1)
+            after = seen[mark]
+            rows = {i: await _job_row(rt, i) for i in ids}
+            stopped_before_the_end = set(stopped)
+        finally:
+            await worker.stop(grace=0)
+    assert stopped_before_the_end == {lost}, "only the job whose lease was lost stops"
+    # The next beat renews only what still runs: neither the lost job nor the finished one.
+    assert set(kept) <= set(after[1]) and not {lost, finished} & set(after[1]), after
+    assert (rows[lost].state, rows[lost].lease_owner, rows[lost].attempts) == (jobs.RUNNING, "thief", 1)
+    assert rows[finished].state == jobs.DONE
+    assert {(rows[i].state, rows[i].lease_owner) for i in kept} == {(jobs.RUNNING, worker.owner)}
+
+
+async def test_a_worker_that_cannot_renew_stops_every_job_it_runs_before_its_lease_runs_out(
+    rt: Runtime,
+) -> None:
+    """Several jobs under the one heartbeat: each stops while its own lease in the database still runs."""
+    rt.core.config.job_lease_seconds = 4.0
+    started: set[int] = set()
+    stopped_at: dict[int, dt.datetime] = {}
+
+    async def forever(*, ctx: object, job: jobs.JobView) -> None:
+        started.add(job.id)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped_at[job.id] = models.utcnow()
+
+    async with rt.sessionmaker.begin() as session:
+        ids = [(await jobs.enqueue(session, kind="forever", payload={})).id for _ in range(3)]
+    worker = Worker(ctx=rt.core, handlers={"forever": Handler(run=forever)})
+    other = db.create_engine(str(rt.engine.url.render_as_string(hide_password=False)))
+    worker.start()
+    try:
+        await _until(lambda: len(started) == len(ids))
+        async with other.begin() as conn:  # BEGIN IMMEDIATE on SQLite: every writer waits
+            if _skip_locked(rt):
+                await conn.execute(text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
+            rows = await conn.execute(
+                select(models.Job.id, models.Job.lease_until).where(models.Job.id.in_(ids))
+            )
+            leases = {job_id: lease_until for job_id, lease_until in rows}
+            await _until(lambda: len(stopped_at) == len(ids))
+    finally:
+        await other.dispose()
+        await worker.stop()
+    for job_id in ids:
+        lease_until = leases[job_id]
+        assert lease_until is not None
+        # Stopped while its lease in the database still ran: nobody else could have claimed it yet.
+        assert stopped_at[job_id] < lease_until.replace(tzinfo=stopped_at[job_id].tzinfo), job_id
 
 
 async def test_future_run_at_waits(rt: Runtime) -> None:
