@@ -161,7 +161,9 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
                         if r.status_code != 200 or "warning" in r.text or ":x:" in r.text:
                             raise SystemExit(f"command {n}: {r.status_code} {r.text[:300]}")
 
-                    async def burst(count_: int, profile: cProfile.Profile | None = None) -> tuple[float, int]:
+                    async def burst(
+                        count_: int, profile: cProfile.Profile | None = None
+                    ) -> tuple[float, int]:
                         """`count_` commands, each followed by a drain; CPU seconds of the drains, jobs run."""
                         cpu, ran = 0.0, 0
                         for _ in range(count_):
