@@ -354,11 +354,17 @@ async def _owned(session: AsyncSession, *, job_id: int, owner: str) -> models.Jo
 
 
 async def complete(session: AsyncSession, *, job_id: int, owner: str) -> bool:
-    job = await _owned(session, job_id=job_id, owner=owner)
-    if job is None:
-        return False
-    job.state, job.finished_at, job.lease_until = DONE, models.utcnow(), None
-    return True
+    """Mark the job done if `owner` still holds it; False: it does not (the lease was lost).
+
+    One conditional UPDATE, not a locked read and a flush: every job ends here, and a notify job is
+    only a few statements in all (issue 13).  The WHERE is the check `_owned` makes, atomically."""
+    result = await session.execute(
+        update(models.Job)
+        .where(models.Job.id == job_id, models.Job.lease_owner == owner, models.Job.state == RUNNING)
+        .values(state=DONE, finished_at=models.utcnow(), lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def fail(session: AsyncSession, *, job_id: int, owner: str, error: str) -> bool:
