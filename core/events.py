@@ -455,8 +455,8 @@ async def run_notify_job(*, ctx: Core, job: jobs.JobView) -> None:
             )
             raise
     await notice_targets.record(ctx.sessionmaker, target=target, error=None)
-    if delivered is None:
-        return
+    if delivered is None or (not delivered.deployment_refs and delivered.preview_comment_id is None):
+        return  # nothing to remember: no transaction
     key = ref_key(name, target)
     async with ctx.sessionmaker.begin() as session:
         if delivered.deployment_refs is not None and notice.deployment is not None:
