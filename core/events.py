@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -395,7 +395,11 @@ async def build_notice(
     project = await readcache.get(session, models.Project, event.project_id) if event.project_id else None
     app = await readcache.get(session, models.App, event.app_id) if event.app_id else None
     cluster = await readcache.get(session, models.Cluster, app.cluster_id) if app else None
-    deployment = await session.get(models.Deployment, event.deployment_id) if event.deployment_id else None
+    deployment, revision = (
+        await _deployment_and_revision(session, deployment_id=event.deployment_id)
+        if event.deployment_id
+        else (None, None)
+    )
     preview_id = event.preview_id or (deployment.preview_id if deployment else None)
     preview = await session.get(models.Preview, preview_id) if preview_id else None
     return Notice(
@@ -409,11 +413,29 @@ async def build_notice(
         )
         if app
         else None,
-        deployment=await deployment_view(session, deployment=deployment) if deployment else None,
+        deployment=await deployment_view(session, deployment=deployment, revision=revision)
+        if deployment
+        else None,
         preview=preview_view(preview) if preview else None,
         target=target,
         environment=(await environments.of_app(session, app=app)).name if app else None,
     )
+
+
+async def _deployment_and_revision(
+    session: AsyncSession, *, deployment_id: int
+) -> tuple[models.Deployment | None, models.Revision | None]:
+    """The deployment a notice is about and its revision, in one statement (a notify job read them
+    one after the other)."""
+    row = (await session.execute(_DEPLOYMENT_AND_REVISION, {"deployment_id": deployment_id})).first()
+    return (row[0], row[1]) if row is not None else (None, None)
+
+
+_DEPLOYMENT_AND_REVISION = (
+    select(models.Deployment, models.Revision)
+    .outerjoin(models.Revision, models.Revision.id == models.Deployment.revision_id)
+    .where(models.Deployment.id == bindparam("deployment_id"))
+)
 
 
 async def run_notify_job(*, ctx: Core, job: jobs.JobView) -> None:

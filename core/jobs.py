@@ -343,7 +343,7 @@ _TAKE = (
     .values(
         state=RUNNING,
         lease_owner=bindparam("owner"),
-        lease_until=bindparam("until"),
+        lease_until=bindparam("until", type_=models.UTCDateTime()),
         attempts=bindparam("attempts"),
     )
     .execution_options(synchronize_session=False)
@@ -404,13 +404,17 @@ async def complete(session: AsyncSession, *, job_id: int, owner: str) -> bool:
 
     One conditional UPDATE, not a locked read and a flush: every job ends here, and a notify job is
     only a few statements in all (issue 13).  The WHERE is the check `_owned` makes, atomically."""
-    result = await session.execute(
-        update(models.Job)
-        .where(models.Job.id == job_id, models.Job.lease_owner == owner, models.Job.state == RUNNING)
-        .values(state=DONE, finished_at=models.utcnow(), lease_until=None)
-        .execution_options(synchronize_session=False)
-    )
+    result = await session.execute(_COMPLETE, {"job_id": job_id, "owner": owner, "now": models.utcnow()})
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+_COMPLETE = (
+    update(models.Job)
+    .where(models.Job.id == bindparam("job_id"), models.Job.lease_owner == bindparam("owner"))
+    .where(models.Job.state == RUNNING)
+    .values(state=DONE, finished_at=bindparam("now", type_=models.UTCDateTime()), lease_until=None)
+    .execution_options(synchronize_session=False)
+)
 
 
 async def fail(session: AsyncSession, *, job_id: int, owner: str, error: str) -> bool:
