@@ -432,14 +432,38 @@ def backoff_seconds(*, attempts: int, base: float = 1.0, cap: float = 300.0) -> 
 
 
 async def retry(session: AsyncSession, *, job_id: int, owner: str, error: str, delay: float) -> bool:
-    job = await _owned(session, job_id=job_id, owner=owner)
-    if job is None:
+    """Hand the job back to the queue, to run again after `delay`, if `owner` still holds it.
+
+    One conditional UPDATE, as `complete`: under a burst of cards most notify jobs come back here
+    once (paced, `Deferred`) before they run."""
+    result = await session.execute(
+        _RETRY,
+        {
+            "job_id": job_id,
+            "owner": owner,
+            "error": error,
+            "run_at": models.utcnow() + dt.timedelta(seconds=delay),
+        },
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
         return False
-    job.state, job.lease_owner, job.lease_until = QUEUED, None, None
-    job.last_error = error
-    job.run_at = models.utcnow() + dt.timedelta(seconds=delay)
     session.info["jobs_enqueued"] = True
     return True
+
+
+_RETRY = (
+    update(models.Job)
+    .where(models.Job.id == bindparam("job_id"), models.Job.lease_owner == bindparam("owner"))
+    .where(models.Job.state == RUNNING)
+    .values(
+        state=QUEUED,
+        lease_owner=None,
+        lease_until=None,
+        last_error=bindparam("error"),
+        run_at=bindparam("run_at", type_=models.UTCDateTime()),
+    )
+    .execution_options(synchronize_session=False)
+)
 
 
 async def cancel_where(session: AsyncSession, *, dedupe_keys: list[str]) -> None:
