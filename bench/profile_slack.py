@@ -18,7 +18,8 @@ Prints:
 - the top functions by cumulative and by own time.
 
 What this does not see: the worker (off here), which in `shipit serve` also runs each command's notify
-jobs (the deploy card) and polls the deploys in flight; bench.slack_ack measures the whole process.
+jobs (the deploy card) and polls the deploys in flight; bench.profile_notify measures those notify
+jobs alone, bench.slack_ack the whole process.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import aiohttp
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
@@ -279,6 +280,7 @@ def build(
         signing_secret=signing_secret,
     )
     _listen(bolt, core=core, channel=channel)
+    _pooled(channel, client=client)
     if store is not None:
         bolt.enable_token_revocation_listeners()
         tables = (store, state_store)
@@ -305,6 +307,25 @@ def build(
     )
     log.info("slack: on (%s; Web API %s)", mode, api_url)
     return channel
+
+
+def _pooled(channel: SlackChannel, *, client: AsyncWebClient) -> None:
+    """One aiohttp session, and so one connection pool, for the client's Web API calls while the
+    channel runs.  Without it slack_sdk opens a session and a new connection per call: per deploy
+    card, a TCP (and TLS) handshake and a session's set-up and tear-down (issue 13).  Before start
+    and after close the client falls back to that, so nothing depends on the order."""
+
+    async def open_session() -> None:
+        if client.session is None or client.session.closed:
+            client.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=client.timeout))
+
+    async def close_session() -> None:
+        session, client.session = client.session, None
+        if session is not None:
+            await session.close()
+
+    channel._starters.append(open_session)
+    channel._closers.append(close_session)
 
 
 def _socket_mode(channel: SlackChannel, *, bolt: AsyncApp, app_token: str) -> None:

@@ -207,6 +207,7 @@ class SlackNotifier:
         channel: str | None = refs.get("channel")
         ts: str | None = refs.get("ts")
         out: dict[str, Any] = {}
+        saved: dict[str, Any] = {}  # of `out`, what _post_card has recorded on the deploy already
         posted = (d.id, key)
         if ts is None and posted in self._posted:
             channel, ts = self._posted[posted]
@@ -229,7 +230,7 @@ class SlackNotifier:
         card = views.card(deployment=d, app=notice.app, project=notice.project)
 
         if ts is None:
-            out = await self._post_card(
+            out, saved = await self._post_card(
                 card, channel_id, dlog=dlog, key=(notice.event_id, "card"), token=token,
                 posted=posted, deployment_id=d.id, ref_key=key,
             )  # fmt: skip
@@ -251,7 +252,7 @@ class SlackNotifier:
                 if "message_not_found" not in str(e):
                     raise
                 # Someone deleted the card: post a fresh one rather than going silent.
-                out = await self._post_card(
+                out, saved = await self._post_card(
                     card, channel_id, dlog=dlog, key=(notice.event_id, "repost"), token=token,
                     posted=posted, deployment_id=d.id, ref_key=key, failure_posted=False,
                 )  # fmt: skip
@@ -274,7 +275,10 @@ class SlackNotifier:
             )
             out["failure_posted"] = True
             dlog.info("failure details posted in the card's thread in %s", channel_id)
-        return events.Delivered(deployment_refs=out) if out else None
+        # Only what is not on the deploy yet: a card just posted was recorded by _post_card, and
+        # writing it again was a transaction of its own per posted card (issue 13).
+        unsaved = {k: v for k, v in out.items() if k not in saved or saved[k] != v}
+        return events.Delivered(deployment_refs=unsaved) if unsaved else None
 
     async def _call(
         self,
@@ -320,27 +324,31 @@ class SlackNotifier:
         deployment_id: int,
         ref_key: str,
         **extra: Any,
-    ) -> dict[str, Any]:
-        """Post a new card and remember where (here and on the deploy), so later events update it."""
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Post a new card and remember where (here and on the deploy), so later events update it.
+
+        Returns the refs and, of them, what is recorded on the deploy (nothing if that failed)."""
         answer = await self._call(
             "chat_postMessage", channel, dlog=dlog, key=key, token=token, text=card.text, blocks=card.blocks
         )
         out = {"channel": str(answer["channel"]), "ts": str(answer["ts"]), **extra}
         self._remember_post(posted, out["channel"], out["ts"])
-        await self._save_post(deployment_id, out, key=ref_key, dlog=dlog)
-        return out
+        saved = await self._save_post(deployment_id, out, key=ref_key, dlog=dlog)
+        return out, (dict(out) if saved else {})
 
     async def _save_post(
         self, deployment_id: int, refs: dict[str, Any], *, key: str = NAME, dlog: logctx.ContextLogger
-    ) -> None:
+    ) -> bool:
         """Record the card at once, not when deliver returns: a retry of this delivery, on any
-        replica, then updates this card instead of posting a second one."""
+        replica, then updates this card instead of posting a second one.  False: not recorded."""
         if self.sessionmaker is None:
-            return
+            return False
         try:
             await shared.save_refs(self.sessionmaker, deployment_id=deployment_id, notifier=key, refs=refs)
         except Exception:
             dlog.warning("could not record the posted card yet", exc_info=True)
+            return False
+        return True
 
     def _remember_post(self, posted: tuple[int, str], channel: str, ts: str) -> None:
         self._posted[posted] = (channel, ts)

@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, event, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, event, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -251,57 +251,103 @@ async def claim(
     """
     await write_pending(session)
     now = models.utcnow()
-    busy_keys = select(models.Job.concurrency_key).where(
-        models.Job.state == RUNNING, models.Job.concurrency_key.is_not(None)
+    q = _claim_query(
+        kinds=tuple(sorted(kinds)) if kinds is not None else None,
+        notifiers=tuple(sorted(notifiers)) if notifiers is not None else None,
+        skip_locked=skip_locked,
     )
+    params = {"now": now, "orphan_before": now - dt.timedelta(seconds=orphan_after)}
+    row = (await session.execute(q, params)).first()
+    if row is None:
+        return None
+    job_id, kind, payload, attempts, max_attempts = row
+    take = {
+        "job_id": job_id,
+        "owner": owner,
+        "until": now + dt.timedelta(seconds=lease_seconds),
+        "attempts": attempts + 1,
+    }
+    try:
+        if dialects.is_postgres(session):
+            # Another replica may start a job with the same concurrency key between our SELECT and
+            # UPDATE: the unique index refuses ours, and the savepoint keeps the transaction usable.
+            async with session.begin_nested():
+                await session.execute(_TAKE, take)
+        else:
+            # One writer at a time: no one else can have started it since the SELECT above.
+            await session.execute(_TAKE, take)
+    except IntegrityError:
+        return None
+    return JobView(
+        id=job_id,
+        kind=kind,
+        payload=dict(payload),
+        attempts=attempts + 1,
+        max_attempts=max_attempts,
+        lease_owner=owner,
+    )
+
+
+# The claim's statements, built once (per worker's kinds and notifiers) with the times as parameters:
+# every job starts with a claim, and building and keying the statement anew each time was most of a
+# claim's CPU (issue 13: a notify job is only a few statements in all).  Columns, not ORM rows: the
+# claim needs five values, and the take is one UPDATE instead of a flush.
+_CLAIM_QUERIES: dict[tuple[tuple[str, ...] | None, tuple[str, ...] | None, bool], Any] = {}
+
+
+def _claim_query(
+    *, kinds: tuple[str, ...] | None, notifiers: tuple[str, ...] | None, skip_locked: bool
+) -> Any:
+    key = (kinds, notifiers, skip_locked)
+    q = _CLAIM_QUERIES.get(key)
+    if q is not None:
+        return q
+    job = models.Job
+    now = bindparam("now", type_=models.UTCDateTime())
+    busy_keys = select(job.concurrency_key).where(job.state == RUNNING, job.concurrency_key.is_not(None))
     q = (
-        select(models.Job)
+        select(job.id, job.kind, job.payload, job.attempts, job.max_attempts)
         .where(
             or_(
                 and_(
-                    models.Job.state == QUEUED,
-                    models.Job.run_at <= now,
-                    or_(models.Job.concurrency_key.is_(None), models.Job.concurrency_key.not_in(busy_keys)),
+                    job.state == QUEUED,
+                    job.run_at <= now,
+                    or_(job.concurrency_key.is_(None), job.concurrency_key.not_in(busy_keys)),
                 ),
-                and_(models.Job.state == RUNNING, models.Job.lease_until < now),
+                and_(job.state == RUNNING, job.lease_until < now),
             )
         )
-        .order_by(models.Job.run_at, models.Job.id)
+        .order_by(job.run_at, job.id)
         .limit(1)
     )
     if kinds is not None:
-        q = q.where(models.Job.kind.in_(sorted(kinds)))
+        q = q.where(job.kind.in_(kinds))
     if notifiers is not None:
         q = q.where(
             or_(
-                models.Job.kind != NOTIFY_KIND,
-                models.Job.run_at < now - dt.timedelta(seconds=orphan_after),
-                *(models.Job.concurrency_key.startswith(f"notify:{n}:", autoescape=True) for n in notifiers),
+                job.kind != NOTIFY_KIND,
+                job.run_at < bindparam("orphan_before", type_=models.UTCDateTime()),
+                *(job.concurrency_key.startswith(f"notify:{n}:", autoescape=True) for n in notifiers),
             )
         )
     if skip_locked:
         q = q.with_for_update(skip_locked=True)
-    job = await session.scalar(q)
-    if job is None:
-        return None
-    job.state = RUNNING
-    job.lease_owner = owner
-    job.lease_until = now + dt.timedelta(seconds=lease_seconds)
-    job.attempts += 1
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError:
-        # Another replica started a job with the same concurrency key first.
-        return None
-    return JobView(
-        id=job.id,
-        kind=job.kind,
-        payload=dict(job.payload),
-        attempts=job.attempts,
-        max_attempts=job.max_attempts,
-        lease_owner=owner,
+    if len(_CLAIM_QUERIES) < 64:  # a handful of workers' kinds; a bound, not a tuning knob
+        _CLAIM_QUERIES[key] = q
+    return q
+
+
+_TAKE = (
+    update(models.Job)
+    .where(models.Job.id == bindparam("job_id"))
+    .values(
+        state=RUNNING,
+        lease_owner=bindparam("owner"),
+        lease_until=bindparam("until", type_=models.UTCDateTime()),
+        attempts=bindparam("attempts"),
     )
+    .execution_options(synchronize_session=False)
+)
 
 
 async def heartbeat(session: AsyncSession, *, job_id: int, owner: str, lease_seconds: float) -> bool:
@@ -382,11 +428,21 @@ async def _owned(session: AsyncSession, *, job_id: int, owner: str) -> models.Jo
 
 
 async def complete(session: AsyncSession, *, job_id: int, owner: str) -> bool:
-    job = await _owned(session, job_id=job_id, owner=owner)
-    if job is None:
-        return False
-    job.state, job.finished_at, job.lease_until = DONE, models.utcnow(), None
-    return True
+    """Mark the job done if `owner` still holds it; False: it does not (the lease was lost).
+
+    One conditional UPDATE, not a locked read and a flush: every job ends here, and a notify job is
+    only a few statements in all (issue 13).  The WHERE is the check `_owned` makes, atomically."""
+    result = await session.execute(_COMPLETE, {"job_id": job_id, "owner": owner, "now": models.utcnow()})
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+_COMPLETE = (
+    update(models.Job)
+    .where(models.Job.id == bindparam("job_id"), models.Job.lease_owner == bindparam("owner"))
+    .where(models.Job.state == RUNNING)
+    .values(state=DONE, finished_at=bindparam("now", type_=models.UTCDateTime()), lease_until=None)
+    .execution_options(synchronize_session=False)
+)
 
 
 async def fail(session: AsyncSession, *, job_id: int, owner: str, error: str) -> bool:
@@ -404,14 +460,38 @@ def backoff_seconds(*, attempts: int, base: float = 1.0, cap: float = 300.0) -> 
 
 
 async def retry(session: AsyncSession, *, job_id: int, owner: str, error: str, delay: float) -> bool:
-    job = await _owned(session, job_id=job_id, owner=owner)
-    if job is None:
+    """Hand the job back to the queue, to run again after `delay`, if `owner` still holds it.
+
+    One conditional UPDATE, as `complete`: under a burst of cards most notify jobs come back here
+    once (paced, `Deferred`) before they run."""
+    result = await session.execute(
+        _RETRY,
+        {
+            "job_id": job_id,
+            "owner": owner,
+            "error": error,
+            "run_at": models.utcnow() + dt.timedelta(seconds=delay),
+        },
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
         return False
-    job.state, job.lease_owner, job.lease_until = QUEUED, None, None
-    job.last_error = error
-    job.run_at = models.utcnow() + dt.timedelta(seconds=delay)
     session.info["jobs_enqueued"] = True
     return True
+
+
+_RETRY = (
+    update(models.Job)
+    .where(models.Job.id == bindparam("job_id"), models.Job.lease_owner == bindparam("owner"))
+    .where(models.Job.state == RUNNING)
+    .values(
+        state=QUEUED,
+        lease_owner=None,
+        lease_until=None,
+        last_error=bindparam("error"),
+        run_at=bindparam("run_at", type_=models.UTCDateTime()),
+    )
+    .execution_options(synchronize_session=False)
+)
 
 
 async def cancel_where(session: AsyncSession, *, dedupe_keys: list[str]) -> None:

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Select, event, func, select
+from sqlalchemy import Select, event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -185,14 +185,13 @@ async def defaults(session: AsyncSession, *, project_ids: Sequence[int]) -> dict
 
 
 async def view(session: AsyncSession, *, target_id: int) -> TargetView | None:
-    row = await session.get(models.NotificationTarget, target_id)
+    """The target as a notify job delivers to it, from the read cache's copies when they answer (a
+    notify job read the row and its project's first target of the kind: two statements a job)."""
+    row = await readcache.get(session, models.NotificationTarget, target_id)
     if row is None:
         return None
-    first = await session.scalar(
-        select(func.min(models.NotificationTarget.id)).where(
-            models.NotificationTarget.project_id == row.project_id, models.NotificationTarget.kind == row.kind
-        )
-    )
+    rows = await of_project(session, project_id=row.project_id)
+    first = min((r.id for r in rows if r.kind == row.kind), default=row.id)
     return target_view(row, primary=first == row.id)
 
 

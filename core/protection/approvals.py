@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,13 +52,7 @@ async def tally(session: AsyncSession, *, deployment: models.Deployment) -> Tall
     if deployment.approval_expires_at is None and deployment.approved_by is None:
         # Never waited for approval (approvals are only taken while one waits): no count to read.
         return None
-    approvers = tuple(
-        await session.scalars(
-            select(models.DeployApproval.subject)
-            .where(models.DeployApproval.deployment_id == deployment.id)
-            .order_by(models.DeployApproval.id)
-        )
-    )
+    approvers = tuple(await session.scalars(_APPROVERS, {"deployment_id": deployment.id}))
     count = len(approvers)
     if deployment.approval_expires_at is None and count == 0 and deployment.approved_by is None:
         return None
@@ -68,6 +62,14 @@ async def tally(session: AsyncSession, *, deployment: models.Deployment) -> Tall
     if not approvers and deployment.approved_by:
         approvers = (deployment.approved_by,)
     return Tally(approvals=max(count, 1 if deployment.approved_by else 0), needed=needed, approvers=approvers)
+
+
+# Built once: every card of a deploy that waits for approval counts them (issue 13: notify jobs).
+_APPROVERS = (
+    select(models.DeployApproval.subject)
+    .where(models.DeployApproval.deployment_id == bindparam("deployment_id"))
+    .order_by(models.DeployApproval.id)
+)
 
 
 async def refuse_own_deploy(session: AsyncSession, *, actor: Actor, deployment: models.Deployment) -> str:

@@ -58,8 +58,14 @@ async def test_a_retry_on_another_replica_updates_the_card_instead_of_posting_an
 
     # Replica A posts the card, then dies before its notify job records what deliver returned.
     delivered = await replica().deliver(await _notice(rt, d.id, "deploy.queued"))
-    assert delivered is not None and delivered.deployment_refs is not None
-    ts = delivered.deployment_refs["ts"]
+    # The card is on the deploy already, recorded when posted: deliver leaves nothing for the job to write.
+    assert delivered is None
+    async with rt.sessionmaker() as session:
+        row = await session.get(models.Deployment, d.id)
+        assert row is not None
+        [refs] = (row.notify_refs or {}).values()
+    ts = refs["ts"]
+    assert [m["ts"] for m in fake_slack.messages(CHANNEL, include_replies=False)] == [ts]
 
     # Replica B takes the next event for the deploy: it finds the card and updates it.
     async with rt.sessionmaker.begin() as session:

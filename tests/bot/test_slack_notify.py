@@ -64,3 +64,27 @@ async def test_a_burst_of_cards_is_paced_without_counting_against_the_channel(
     assert paced, "the burst should have been paced"
     assert target is not None
     assert (target.failures, target.last_failure_at, target.last_error) == (0, None, None)
+
+
+async def test_cards_go_over_one_kept_alive_connection(
+    slack: SlackSender, offline: World, fake_slack: FakeSlack
+) -> None:
+    """The notifier's Web API calls share the channel's connection pool instead of opening a session
+    and a connection per card."""
+    rt = offline.rt
+    for i in range(3):
+        await add_app(
+            rt, name=f"pool{i}", cluster=offline.cluster, image="ghcr.io/acme/web:1.0", protected=True
+        )
+    for i in range(3):
+        reply = await slack.command(f"deploy pool{i} 1.1", user=ALICE)
+        assert "approval" in reply["text"].lower(), reply
+        await eventually(
+            lambda: asyncio.sleep(0, fake_slack.messages(CHANNEL, include_replies=False)),
+            lambda cards, n=i + 1: len(cards) == n,  # type: ignore[misc]
+            what=f"card {i + 1} posted",
+        )
+    posts = [c for c in fake_slack.calls("chat.postMessage") if c.ok]
+    assert len(posts) == 3
+    assert all(c.peer for c in posts)
+    assert len({c.peer for c in posts}) == 1, [c.peer for c in posts]

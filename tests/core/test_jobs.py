@@ -18,6 +18,7 @@ from core.errors import PermanentError, TransientError
 from core.worker import Handler, Worker
 from shipit.runtime import Runtime
 from storage import db, models
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.both_databases
 
@@ -70,6 +71,48 @@ async def test_one_running_job_per_concurrency_key(rt: Runtime) -> None:
         await jobs.complete(session, job_id=a1.id, owner="w1" if first.id == a1.id else "w2")
     third = await _claim(rt, "w3")
     assert third is not None and third.id == a2.id
+
+
+async def test_a_claim_that_loses_the_concurrency_key_race_takes_nothing_and_its_transaction_goes_on(
+    rt: Runtime,
+) -> None:
+    """PostgreSQL: B's SELECT cannot see A's uncommitted start of a job with the same concurrency key,
+    so B tries to start the other one; the unique index makes B wait for A, then refuses it.  B takes
+    nothing and its transaction stays usable (the refused UPDATE is inside its own savepoint)."""
+    if not _skip_locked(rt):
+        pytest.skip("SQLite serialises whole write transactions: no claim runs beside another")
+    async with rt.sessionmaker.begin() as session:
+        first = await jobs.enqueue(session, kind="k", payload={}, concurrency_key="app-a")
+        second = await jobs.enqueue(session, kind="k", payload={}, concurrency_key="app-a")
+    async with rt.sessionmaker() as a:
+        await a.begin()
+        taken = await jobs.claim(a, owner="a", lease_seconds=30, skip_locked=True)
+        assert taken is not None and taken.id == first.id
+
+        async def claim_b() -> tuple[jobs.JobView | None, int]:
+            async with rt.sessionmaker.begin() as b:
+                got = await jobs.claim(b, owner="b", lease_seconds=30, skip_locked=True)
+                still = await b.scalar(select(models.Job.id).where(models.Job.id == second.id))
+                return got, int(still or 0)
+
+        b_task = asyncio.create_task(claim_b())
+
+        async def waiting_on_a_lock() -> int:
+            async with rt.engine.connect() as conn:
+                return int(
+                    await conn.scalar(
+                        text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                    )
+                    or 0
+                )
+
+        await eventually(waiting_on_a_lock, what="B waiting for A's start of the first job")
+        await a.commit()
+    got, still = await b_task
+    assert got is None and still == second.id
+    async with rt.sessionmaker() as session:
+        row = await session.get(models.Job, second.id)
+        assert row is not None and row.state == jobs.QUEUED and row.lease_owner is None
 
 
 async def test_expired_lease_is_claimed_again_and_the_old_owner_loses_it(rt: Runtime) -> None:

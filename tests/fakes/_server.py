@@ -39,6 +39,8 @@ class Call:
     path_params: dict[str, str] = dataclasses.field(default_factory=dict)
     injected: bool = False
     """True when the answer was an injected failure (`fail`, `rate_limit`...)."""
+    peer: str | None = None
+    """The client's end of the TCP connection (host:port): calls over one connection share it."""
     at: float = dataclasses.field(default_factory=time.time)
 
     @property
@@ -55,6 +57,13 @@ class Call:
         if isinstance(self.body, Mapping):
             return self.body.get(name, default)
         return default
+
+
+def peer_of(request: Any) -> str | None:
+    """host:port of the client's end of the request's connection."""
+    transport = getattr(request, "transport", None)
+    name = transport.get_extra_info("peername") if transport is not None else None
+    return f"{name[0]}:{name[1]}" if name else None
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes._server import Answer, Call, FakeServer, lower_headers
+from tests.fakes._server import Answer, Call, FakeServer, lower_headers, peer_of
 
 # Form-encoded calls carry these as JSON strings; slack_sdk's JSON calls carry them as JSON values.
 _JSON_ARGS = frozenset({"blocks", "attachments", "metadata", "user_auth_blocks"})
@@ -438,6 +438,7 @@ class FakeSlack(FakeServer):
                 status=answer.status,
                 response=answer.body if answer.text is None else answer.text,
                 injected=injected,
+                peer=peer_of(request),
             )
         )
         return answer
