@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import profile_deploy
-from bench.profile_slack import command_body, seed, threads_cpu
-from bench.slack_ack import SECRET, signed
+from bench.profile_slack import bench_settings, fake_threads, seed, send_deploy, threads_cpu
 
 profile_deploy.GROUPS.update({"slack_sdk": "slack_sdk", "aiohttp": "aiohttp (slack_sdk's client)"})
 LANDMARKS = [
@@ -108,27 +107,14 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
     from core.worker import Worker
     from shipit import runtime
     from shipit.main import create_app
-    from shipit.settings import Settings
-    from storage.crypto import generate_key
     from tests.fakes.slack_api import FakeSlack
 
     with FakeSlack() as fake:
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            database_url=f"sqlite+aiosqlite:///{tmp}/shipit.db",
-            data_dir=Path(tmp) / "var",
-            master_key=generate_key(),  # type: ignore[arg-type]
-            run_worker=False,
-            log_level="WARNING",
-            slack_signing_secret=SECRET,  # type: ignore[arg-type]
-            slack_bot_token=fake.bot_token,  # type: ignore[arg-type]
-            slack_api_url=fake.url,
-        )
+        settings = bench_settings(tmp=tmp, fake=fake, run_worker=False)
         rt = await runtime.build(settings)
         await seed(rt, apps_count=args.apps, protected=not args.unprotected)
         app = create_app(rt=rt)
-        fake_thread = getattr(fake, "_thread", None)
-        skip = {fake_thread.native_id} if fake_thread is not None and fake_thread.native_id else set()
+        skip = fake_threads(fake)
         n = 0
         statements = 0
 
@@ -153,13 +139,7 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
                     async def command() -> None:
                         nonlocal n
                         n += 1
-                        text = f"deploy load-{n % args.apps:02d} {n}.0"
-                        body = command_body(
-                            text, team_id=fake.team_id, app_id=fake.app_id, origin=fake.origin, n=n
-                        )
-                        r = await http.post("/slack/events", content=body, headers=signed(body))
-                        if r.status_code != 200 or "warning" in r.text or ":x:" in r.text:
-                            raise SystemExit(f"command {n}: {r.status_code} {r.text[:300]}")
+                        await send_deploy(http, fake=fake, n=n, apps_count=args.apps)
 
                     async def burst(
                         count_: int, profile: cProfile.Profile | None = None

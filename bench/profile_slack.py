@@ -206,28 +206,50 @@ async def seed(rt: Any, *, apps_count: int, protected: bool) -> None:
             )  # fmt: skip
 
 
+def bench_settings(*, tmp: str, fake: Any, run_worker: bool) -> Any:
+    """The settings of a profiled process: SQLite in `tmp`, Slack signed with SECRET, the fake Web API."""
+    from shipit.settings import Settings
+    from storage.crypto import generate_key
+
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=f"sqlite+aiosqlite:///{tmp}/shipit.db",
+        data_dir=Path(tmp) / "var",
+        master_key=generate_key(),  # type: ignore[arg-type]
+        run_worker=run_worker,
+        log_level="WARNING",
+        slack_signing_secret=SECRET,  # type: ignore[arg-type]
+        slack_bot_token=fake.bot_token,  # type: ignore[arg-type]
+        slack_api_url=fake.url,
+    )
+
+
+def fake_threads(fake: Any) -> set[int]:
+    """The fake Slack's own thread, left out of the process's CPU (it stands for Slack's servers)."""
+    thread = getattr(fake, "_thread", None)
+    return {thread.native_id} if thread is not None and thread.native_id else set()
+
+
+async def send_deploy(http: Any, *, fake: Any, n: int, apps_count: int) -> str:
+    """The n-th signed `/shipit deploy` (apps round robin); stops the bench on anything but a success."""
+    text = f"deploy load-{n % apps_count:02d} {n}.0"
+    body = command_body(text, team_id=fake.team_id, app_id=fake.app_id, origin=fake.origin, n=n)
+    r = await http.post("/slack/events", content=body, headers=signed(body))
+    if r.status_code != 200 or "warning" in r.text or ":x:" in r.text:
+        raise SystemExit(f"command {n}: {r.status_code} {r.text[:300]}")
+    return r.text
+
+
 async def _main(args: argparse.Namespace, tmp: str) -> None:
     import httpx
     from sqlalchemy import event
 
     from shipit import runtime
     from shipit.main import create_app
-    from shipit.settings import Settings
-    from storage.crypto import generate_key
     from tests.fakes.slack_api import FakeSlack
 
     with FakeSlack() as fake:
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            database_url=f"sqlite+aiosqlite:///{tmp}/shipit.db",
-            data_dir=Path(tmp) / "var",
-            master_key=generate_key(),  # type: ignore[arg-type]
-            run_worker=args.worker,
-            log_level="WARNING",
-            slack_signing_secret=SECRET,  # type: ignore[arg-type]
-            slack_bot_token=fake.bot_token,  # type: ignore[arg-type]
-            slack_api_url=fake.url,
-        )
+        settings = bench_settings(tmp=tmp, fake=fake, run_worker=args.worker)
         rt = await runtime.build(settings)
         await seed(rt, apps_count=args.apps, protected=not args.unprotected)
         app = create_app(rt=rt)
@@ -240,15 +262,9 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
             nonlocal n
             for _ in range(count):
                 n += 1
-                text = f"deploy load-{n % args.apps:02d} {n}.0"
-                body = command_body(text, team_id=fake.team_id, app_id=fake.app_id, origin=fake.origin, n=n)
-                r = await http.post("/slack/events", content=body, headers=signed(body))
-                if r.status_code != 200 or "warning" in r.text or ":x:" in r.text:
-                    raise SystemExit(f"command {n}: {r.status_code} {r.text[:300]}")
-                replies.append(r.text)
+                replies.append(await send_deploy(http, fake=fake, n=n, apps_count=args.apps))
 
-        fake_thread = getattr(fake, "_thread", None)
-        skip = {fake_thread.native_id} if fake_thread is not None and fake_thread.native_id else set()
+        skip = fake_threads(fake)
         statements = 0
         listed: list[str] = []
 
