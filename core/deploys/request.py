@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import (
-    Integer,
     String,
     Table,
     bindparam,
-    column,
     delete,
     event,
     func,
@@ -26,8 +24,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from core import (
@@ -152,21 +151,36 @@ def _build_insert_deployment() -> Any:
         .scalar_subquery()
     )
     table = cast(Table, d.__table__)
-    stmt = (
+    # A Core INSERT: its RETURNING row becomes the ORM object in `_persistent` (issue 13: the ORM's
+    # loader, set up again at each execution, cost more CPU per push than the INSERT itself).
+    return (
         insert(table).values(**_values_of(*_DEPLOYMENT_COLUMNS)).returning(*table.c, running.label("running"))
     )
-    # As the revision's: a Core INSERT, its RETURNING loaded as the ORM row (and the count).
-    return select(d, column("running", Integer)).from_statement(stmt)
 
 
 _INSERT_DEPLOYMENT = _build_insert_deployment()
+_DEPLOYMENT_MAPPER = sa_inspect(models.Deployment)
+# The ORM attribute of each RETURNING column, in order.
+_DEPLOYMENT_KEYS = tuple(
+    _DEPLOYMENT_MAPPER.get_property_by_column(c).key for c in cast(Table, models.Deployment.__table__).c
+)
+
+
+def _persistent(session: AsyncSession, values: Any) -> models.Deployment:
+    """The deployment as the session would have loaded it from these column values: persistent, in
+    its identity map, nothing dirty (Deployment has no relationships: every attribute is a column)."""
+    deployment: models.Deployment = _DEPLOYMENT_MAPPER.class_manager.new_instance()
+    deployment.__dict__.update(zip(_DEPLOYMENT_KEYS, values, strict=True))
+    make_transient_to_detached(deployment)  # its identity key; the values as committed state
+    session.sync_session.add(deployment)
+    return deployment
 
 
 async def _insert_deployment(session: AsyncSession, **values: Any) -> tuple[models.Deployment, int]:
     """The deployment row, and in the same statement how many deploys of its target are running:
     with the older queued ones about to be superseded, what is ahead of it in the queue."""
     row = (await session.execute(_INSERT_DEPLOYMENT, _params(values))).one()
-    return row[0], int(row[1] or 0)
+    return _persistent(session, row[:-1]), int(row[-1] or 0)
 
 
 async def _lock_app(session: AsyncSession, *, app: models.App) -> None:
