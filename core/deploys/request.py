@@ -100,16 +100,38 @@ _REVISION_COLUMNS = (
 )  # fmt: skip
 
 
+def _columns_of(model: type[models.Base]) -> tuple[Any, tuple[str, ...]]:
+    """The model's mapper, and the ORM attribute of each of its table's columns, in order."""
+    mapper = sa_inspect(model)
+    assert not mapper.relationships, "`_persistent` builds column attributes only"
+    return mapper, tuple(mapper.get_property_by_column(c).key for c in cast(Table, model.__table__).c)
+
+
+_REVISION_MAPPING = _columns_of(models.Revision)
+_DEPLOYMENT_MAPPING = _columns_of(models.Deployment)
+
+
+def _persistent(session: AsyncSession, mapping: tuple[Any, tuple[str, ...]], values: Any) -> Any:
+    """The row as the session would have loaded it from these column values (all of its table's,
+    in order): persistent, in its identity map, nothing dirty.  Issue 13: the ORM's loader of an
+    INSERT .. RETURNING, set up again at each execution, cost more CPU per push than the INSERT.
+    Only for a model with no relationships (Revision, Deployment): every attribute is a column."""
+    mapper, keys = mapping
+    row = mapper.class_manager.new_instance()
+    row.__dict__.update(zip(keys, values, strict=True))
+    make_transient_to_detached(row)  # its identity key; the values as committed state
+    session.sync_session.add(row)
+    return row
+
+
 def _build_insert_revision(*, orm: bool) -> Any:
     r, d = cast(Table, models.Revision.__table__), models.Deployment
     top = func.coalesce(func.max(d.revision_number), 0) + 1
     number = select(top).where(d.app_id == bindparam("p_app_id")).scalar_subquery()
     stmt = insert(r).values(number=number, **_values_of(*_REVISION_COLUMNS))
-    if not orm:
-        return stmt.returning(r.c.id, r.c.number)
-    # A Core INSERT on the table, its RETURNING loaded as the ORM row: an ORM-enabled INSERT would
-    # rebuild the statement (and its cache key) at each execution.
-    return select(models.Revision).from_statement(stmt.returning(*r.c))
+    # A Core INSERT on the table (an ORM-enabled one would rebuild the statement, and its cache key,
+    # at each execution); `_persistent` makes the ORM row of the whole RETURNING row.
+    return stmt.returning(*r.c) if orm else stmt.returning(r.c.id, r.c.number)
 
 
 _INSERT_REVISION = _build_insert_revision(orm=True)
@@ -124,7 +146,8 @@ async def _insert_revision(session: AsyncSession, **values: Any) -> models.Revis
     SQLite runs one write transaction at a time (BEGIN IMMEDIATE), and on PostgreSQL `_lock_app`
     holds the app's row until commit; the unique (app_id, number) refuses a duplicate regardless.
     """
-    revision: models.Revision = (await session.scalars(_INSERT_REVISION, _params(values))).one()
+    row = (await session.execute(_INSERT_REVISION, _params(values))).one()
+    revision: models.Revision = _persistent(session, _REVISION_MAPPING, row)
     return revision
 
 
@@ -151,36 +174,21 @@ def _build_insert_deployment() -> Any:
         .scalar_subquery()
     )
     table = cast(Table, d.__table__)
-    # A Core INSERT: its RETURNING row becomes the ORM object in `_persistent` (issue 13: the ORM's
-    # loader, set up again at each execution, cost more CPU per push than the INSERT itself).
+    # As the revision's: a Core INSERT, its RETURNING row made the ORM row by `_persistent`.
     return (
         insert(table).values(**_values_of(*_DEPLOYMENT_COLUMNS)).returning(*table.c, running.label("running"))
     )
 
 
 _INSERT_DEPLOYMENT = _build_insert_deployment()
-_DEPLOYMENT_MAPPER = sa_inspect(models.Deployment)
-# The ORM attribute of each RETURNING column, in order.
-_DEPLOYMENT_KEYS = tuple(
-    _DEPLOYMENT_MAPPER.get_property_by_column(c).key for c in cast(Table, models.Deployment.__table__).c
-)
-
-
-def _persistent(session: AsyncSession, values: Any) -> models.Deployment:
-    """The deployment as the session would have loaded it from these column values: persistent, in
-    its identity map, nothing dirty (Deployment has no relationships: every attribute is a column)."""
-    deployment: models.Deployment = _DEPLOYMENT_MAPPER.class_manager.new_instance()
-    deployment.__dict__.update(zip(_DEPLOYMENT_KEYS, values, strict=True))
-    make_transient_to_detached(deployment)  # its identity key; the values as committed state
-    session.sync_session.add(deployment)
-    return deployment
 
 
 async def _insert_deployment(session: AsyncSession, **values: Any) -> tuple[models.Deployment, int]:
     """The deployment row, and in the same statement how many deploys of its target are running:
     with the older queued ones about to be superseded, what is ahead of it in the queue."""
     row = (await session.execute(_INSERT_DEPLOYMENT, _params(values))).one()
-    return _persistent(session, row[:-1]), int(row[-1] or 0)
+    deployment: models.Deployment = _persistent(session, _DEPLOYMENT_MAPPING, row[:-1])
+    return deployment, int(row[-1] or 0)
 
 
 async def _lock_app(session: AsyncSession, *, app: models.App) -> None:

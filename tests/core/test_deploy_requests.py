@@ -328,6 +328,14 @@ async def test_the_requested_deployment_is_the_sessions_row_as_the_database_has_
         d = result.deployment
         assert inspect(d).persistent and d in session and not session.dirty and not session.new
         assert await session.get(models.Deployment, d.id) is d  # the identity map's, no second object
+        revision = result.revision  # built the same way, outside a webhook batch
+        assert revision is not None and inspect(revision).persistent and not session.dirty
+        assert await session.get(models.Revision, d.revision_id) is revision
+        assert revision.number == d.revision_number == 1 and revision.image == "ghcr.io/acme/web:1.2"
+        stored_revision = await session.scalar(
+            select(models.Revision.snapshot).where(models.Revision.id == revision.id)
+        )
+        assert revision.snapshot == stored_revision and revision.snapshot["image"] == revision.image
         mine = {k: getattr(d, k) for k in columns}
         # Tracked like a loaded row: a change is flushed as an UPDATE.
         d.error = "seen"
