@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import (
-    Integer,
     String,
     Table,
     bindparam,
-    column,
     delete,
     event,
     func,
@@ -26,8 +24,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from core import (
@@ -101,16 +100,38 @@ _REVISION_COLUMNS = (
 )  # fmt: skip
 
 
+def _columns_of(model: type[models.Base]) -> tuple[Any, tuple[str, ...]]:
+    """The model's mapper, and the ORM attribute of each of its table's columns, in order."""
+    mapper = sa_inspect(model)
+    assert not mapper.relationships, "`_persistent` builds column attributes only"
+    return mapper, tuple(mapper.get_property_by_column(c).key for c in cast(Table, model.__table__).c)
+
+
+_REVISION_MAPPING = _columns_of(models.Revision)
+_DEPLOYMENT_MAPPING = _columns_of(models.Deployment)
+
+
+def _persistent(session: AsyncSession, mapping: tuple[Any, tuple[str, ...]], values: Any) -> Any:
+    """The row as the session would have loaded it from these column values (all of its table's,
+    in order): persistent, in its identity map, nothing dirty.  Issue 13: the ORM's loader of an
+    INSERT .. RETURNING, set up again at each execution, cost more CPU per push than the INSERT.
+    Only for a model with no relationships (Revision, Deployment): every attribute is a column."""
+    mapper, keys = mapping
+    row = mapper.class_manager.new_instance()
+    row.__dict__.update(zip(keys, values, strict=True))
+    make_transient_to_detached(row)  # its identity key; the values as committed state
+    session.sync_session.add(row)
+    return row
+
+
 def _build_insert_revision(*, orm: bool) -> Any:
     r, d = cast(Table, models.Revision.__table__), models.Deployment
     top = func.coalesce(func.max(d.revision_number), 0) + 1
     number = select(top).where(d.app_id == bindparam("p_app_id")).scalar_subquery()
     stmt = insert(r).values(number=number, **_values_of(*_REVISION_COLUMNS))
-    if not orm:
-        return stmt.returning(r.c.id, r.c.number)
-    # A Core INSERT on the table, its RETURNING loaded as the ORM row: an ORM-enabled INSERT would
-    # rebuild the statement (and its cache key) at each execution.
-    return select(models.Revision).from_statement(stmt.returning(*r.c))
+    # A Core INSERT on the table (an ORM-enabled one would rebuild the statement, and its cache key,
+    # at each execution); `_persistent` makes the ORM row of the whole RETURNING row.
+    return stmt.returning(*r.c) if orm else stmt.returning(r.c.id, r.c.number)
 
 
 _INSERT_REVISION = _build_insert_revision(orm=True)
@@ -125,7 +146,8 @@ async def _insert_revision(session: AsyncSession, **values: Any) -> models.Revis
     SQLite runs one write transaction at a time (BEGIN IMMEDIATE), and on PostgreSQL `_lock_app`
     holds the app's row until commit; the unique (app_id, number) refuses a duplicate regardless.
     """
-    revision: models.Revision = (await session.scalars(_INSERT_REVISION, _params(values))).one()
+    row = (await session.execute(_INSERT_REVISION, _params(values))).one()
+    revision: models.Revision = _persistent(session, _REVISION_MAPPING, row)
     return revision
 
 
@@ -152,11 +174,10 @@ def _build_insert_deployment() -> Any:
         .scalar_subquery()
     )
     table = cast(Table, d.__table__)
-    stmt = (
+    # As the revision's: a Core INSERT, its RETURNING row made the ORM row by `_persistent`.
+    return (
         insert(table).values(**_values_of(*_DEPLOYMENT_COLUMNS)).returning(*table.c, running.label("running"))
     )
-    # As the revision's: a Core INSERT, its RETURNING loaded as the ORM row (and the count).
-    return select(d, column("running", Integer)).from_statement(stmt)
 
 
 _INSERT_DEPLOYMENT = _build_insert_deployment()
@@ -166,7 +187,8 @@ async def _insert_deployment(session: AsyncSession, **values: Any) -> tuple[mode
     """The deployment row, and in the same statement how many deploys of its target are running:
     with the older queued ones about to be superseded, what is ahead of it in the queue."""
     row = (await session.execute(_INSERT_DEPLOYMENT, _params(values))).one()
-    return row[0], int(row[1] or 0)
+    deployment: models.Deployment = _persistent(session, _DEPLOYMENT_MAPPING, row[:-1])
+    return deployment, int(row[-1] or 0)
 
 
 async def _lock_app(session: AsyncSession, *, app: models.App) -> None:

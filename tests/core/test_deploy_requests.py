@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, inspect, select, update
 
 from core import apps, deploys, events, jobs, projects
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -314,3 +314,38 @@ async def test_the_rollback_target_is_one_rule_for_now_and_for_a_given_deploy(pa
                 await deploys.rollback(
                     session, ctx=paper.core, actor=BOB, app_name="web", from_deployment=missing
                 )
+
+
+async def test_the_requested_deployment_is_the_sessions_row_as_the_database_has_it(paper: Runtime) -> None:
+    # The request builds the deployment from its INSERT's RETURNING row, without the ORM's loader:
+    # it must be what a load would give, the session's own (tracked, nothing pending).
+    columns = [c.key for c in models.Deployment.__table__.c]
+    async with paper.sessionmaker.begin() as session:
+        result = await deploys.request(
+            session, ctx=paper.core, actor=ALICE, app_name="web", trigger="api", image="1.2",
+            git_sha="abc123", notify_refs={"pr": 7},
+        )  # fmt: skip
+        d = result.deployment
+        assert inspect(d).persistent and d in session and not session.dirty and not session.new
+        assert await session.get(models.Deployment, d.id) is d  # the identity map's, no second object
+        revision = result.revision  # built the same way, outside a webhook batch
+        assert revision is not None and inspect(revision).persistent and not session.dirty
+        assert await session.get(models.Revision, d.revision_id) is revision
+        assert revision.number == d.revision_number == 1 and revision.image == "ghcr.io/acme/web:1.2"
+        stored_revision = await session.scalar(
+            select(models.Revision.snapshot).where(models.Revision.id == revision.id)
+        )
+        assert revision.snapshot == stored_revision and revision.snapshot["image"] == revision.image
+        mine = {k: getattr(d, k) for k in columns}
+        # Tracked like a loaded row: a change is flushed as an UPDATE.
+        d.error = "seen"
+        await session.flush()
+        assert (
+            await session.scalar(select(models.Deployment.error).where(models.Deployment.id == d.id))
+            == "seen"
+        )
+    async with paper.sessionmaker() as session:
+        stored = await session.get(models.Deployment, d.id)
+        assert stored is not None
+        assert {k: getattr(stored, k) for k in columns} == {**mine, "error": "seen"}
+    assert mine["notify_refs"] == {"pr": 7} and mine["logs"] == [] and mine["git_sha"] == "abc123"
