@@ -230,9 +230,8 @@ def _resume(step: Generator[Any, Any, Message], waiting: Any) -> Generator[Any, 
         except GeneratorExit:
             step.close()
             raise
-        except (
-            BaseException
-        ) as e:  # a cancellation (the timeout's or the caller's): the coroutine's to handle
+        # A cancellation (the timeout's or the caller's): the coroutine's to handle.
+        except BaseException as e:
             try:
                 waiting = step.throw(e)
             except StopIteration as done:
