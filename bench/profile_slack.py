@@ -30,13 +30,12 @@ import cProfile
 import os
 import tempfile
 import time
-import urllib.parse
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from bench import profile_deploy
-from bench.slack_ack import SECRET, USER, signed
+from bench.slack_ack import SECRET, USER, command_body, signed
 
 # The Slack packages as their own groups (profile_deploy's GROUPS has the rest).
 profile_deploy.GROUPS.update(
@@ -161,25 +160,6 @@ async def settle() -> None:
     await asyncio.sleep(1.0)
 
 
-def command_body(text: str, *, team_id: str, app_id: str, origin: str, n: int) -> bytes:
-    return urllib.parse.urlencode(
-        {
-            "token": "x",
-            "team_id": team_id,
-            "team_domain": "bench",
-            "channel_id": "C0TYPED01",
-            "channel_name": "general",
-            "user_id": USER[0],
-            "user_name": USER[1],
-            "command": "/shipit",
-            "text": text,
-            "api_app_id": app_id,
-            "response_url": f"{origin}/response/bench-{n}",
-            "trigger_id": f"{n}.{n}.profile",
-        }
-    ).encode()
-
-
 async def seed(rt: Any, *, apps_count: int, protected: bool) -> None:
     from core import apps, clusters, projects
     from core.identity import SYSTEM
@@ -233,7 +213,7 @@ def fake_threads(fake: Any) -> set[int]:
 async def send_deploy(http: Any, *, fake: Any, n: int, apps_count: int) -> str:
     """The n-th signed `/shipit deploy` (apps round robin); stops the bench on anything but a success."""
     text = f"deploy load-{n % apps_count:02d} {n}.0"
-    body = command_body(text, team_id=fake.team_id, app_id=fake.app_id, origin=fake.origin, n=n)
+    body = command_body(text, fake=fake, n=n)
     r = await http.post("/slack/events", content=body, headers=signed(body))
     if r.status_code != 200 or "warning" in r.text or ":x:" in r.text:
         raise SystemExit(f"command {n}: {r.status_code} {r.text[:300]}")
