@@ -100,6 +100,16 @@ def _describe_tracking(apps: Iterable[models.App | Tracking]) -> str:
     return ", ".join(f"{a.name}: {a.git_ref_type} {a.git_branch or 'default'}" for a in apps)
 
 
+def _for_transaction(session: AsyncSession, name: str) -> dict[Any, Any]:
+    """A dict kept in the session for the rest of its current transaction (a new one starts empty)."""
+    transaction = session.sync_session.get_transaction()
+    held = session.info.get(name)
+    if held is None or held[0] is not transaction:
+        held = session.info[name] = (transaction, {})
+    cache: dict[Any, Any] = held[1]
+    return cache
+
+
 async def linked_apps(session: AsyncSession, *, repo: str) -> list[models.App]:
     """Apps whose git_repo is `repo` (GitHub treats owner/name case-insensitively).
 
@@ -108,11 +118,7 @@ async def linked_apps(session: AsyncSession, *, repo: str) -> list[models.App]:
     Nothing in that transaction adds, removes or relinks apps, and the rows are the session's own
     identity-mapped objects, so changes made to them (app.image) are seen through the cache.
     """
-    transaction = session.sync_session.get_transaction()
-    held = session.info.get("gitops.linked_apps")
-    if held is None or held[0] is not transaction:
-        held = session.info["gitops.linked_apps"] = (transaction, {})
-    cache: dict[str, list[models.App]] = held[1]
+    cache: dict[str, list[models.App]] = _for_transaction(session, "gitops.linked_apps")
     key = repo.lower()
     if key not in cache:
         # From the process's copies while the read-cache stamp is unchanged (core.readcache): a batch
@@ -145,11 +151,7 @@ async def linked_tracking(session: AsyncSession, *, repo: str) -> tuple[Tracking
     attaches no row to its session (issue 13: attaching the apps, and flushing and expunging them at
     commit, was a fifth of such a batch's CPU).  Remembered for the transaction, as `linked_apps`.
     """
-    transaction = session.sync_session.get_transaction()
-    held = session.info.get("gitops.linked_tracking")
-    if held is None or held[0] is not transaction:
-        held = session.info["gitops.linked_tracking"] = (transaction, {})
-    cache: dict[str, tuple[Tracking, ...]] = held[1]
+    cache: dict[str, tuple[Tracking, ...]] = _for_transaction(session, "gitops.linked_tracking")
     key = repo.lower()
     found = cache.get(key)
     if found is None:
@@ -174,11 +176,7 @@ async def _untracked(
 ) -> str | None:
     """Why no app deploys this push (the answer's summary), or None when one may; remembered for the
     transaction (a batch's pushes are mostly to a few branches)."""
-    held = session.info.get("gitops.untracked")
-    transaction = session.sync_session.get_transaction()
-    if held is None or held[0] is not transaction:
-        held = session.info["gitops.untracked"] = (transaction, {})
-    known: dict[tuple[str, str, str, str | None], str | None] = held[1]
+    known: dict[tuple[str, str, str, str | None], str | None] = _for_transaction(session, "gitops.untracked")
     key = (repo, kind, name, default_branch)
     if key not in known:
         tracking = await linked_tracking(session, repo=repo)
