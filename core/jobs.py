@@ -229,6 +229,25 @@ def _write_pending_at_commit(session: Session) -> None:
 def _drop_pending(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info.pop(_PENDING, None)  # rolled back: they go with it
+        session.info.pop(_SAVEPOINTS, None)
+
+
+# A savepoint rolled back takes its jobs with it, and gives back those it wrote that were queued
+# before it: the jobs waiting are then what they were when it began (the database forgot the rest).
+_SAVEPOINTS = "shipit.jobs_pending_at_savepoint"
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        session.info.setdefault(_SAVEPOINTS, {})[transaction] = list(session.info.get(_PENDING, ()))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _back_to_savepoint(session: Session, previous_transaction: SessionTransaction) -> None:
+    marks = session.info.get(_SAVEPOINTS)
+    if previous_transaction.nested and marks and previous_transaction in marks:
+        session.info[_PENDING] = marks.pop(previous_transaction)
 
 
 async def claim(

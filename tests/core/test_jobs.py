@@ -57,6 +57,25 @@ async def test_dedupe_key_makes_one_job(rt: Runtime) -> None:
         assert len(list(await session.scalars(select(models.Job)))) == 1
 
 
+async def test_a_savepoint_rolled_back_takes_its_queued_jobs_and_cancellations_with_it(rt: Runtime) -> None:
+    """Fresh jobs and cancellations wait in memory for the transaction's one jobs INSERT: a savepoint
+    rolled back must undo those it made, and give back the ones it wrote that were queued before it."""
+    async with rt.sessionmaker.begin() as session:
+        jobs.enqueue_fresh(session, kind="k", payload={}, dedupe_key="kept")
+        jobs.enqueue_fresh(session, kind="k", payload={}, dedupe_key="released")
+        with pytest.raises(LookupError):
+            async with session.begin_nested():
+                jobs.enqueue_fresh(session, kind="k", payload={}, dedupe_key="gone")
+                jobs.cancel_with_pending(session, kind="k", payload={}, dedupe_key="kept")
+                await jobs.write_pending(session)  # inside the savepoint: "kept" too
+                raise LookupError("rolled back")
+        async with session.begin_nested():
+            jobs.enqueue_fresh(session, kind="k", payload={}, dedupe_key="inner")
+    async with rt.sessionmaker() as session:
+        states = {j.dedupe_key: j.state for j in await session.scalars(select(models.Job))}
+    assert states == {"kept": jobs.QUEUED, "released": jobs.QUEUED, "inner": jobs.QUEUED}
+
+
 async def test_one_running_job_per_concurrency_key(rt: Runtime) -> None:
     async with rt.sessionmaker.begin() as session:
         a1 = await jobs.enqueue(session, kind="k", payload={}, concurrency_key="app-a")
