@@ -183,6 +183,19 @@ def _build_insert_deployment() -> Any:
 _INSERT_DEPLOYMENT = _build_insert_deployment()
 
 
+def _scalar_defaults(table: Table) -> dict[str, Any]:
+    """Each column's value when an INSERT leaves it out (None where the default is computed: the
+    caller gives those)."""
+    return {
+        c.name: cast(Any, c.default).arg if c.default is not None and c.default.is_scalar else None
+        for c in table.c
+    }
+
+
+_DEPLOYMENT_DEFAULTS = _scalar_defaults(cast(Table, models.Deployment.__table__))
+_DEPLOYMENT_NAMES = tuple(c.name for c in cast(Table, models.Deployment.__table__).c)
+
+
 async def _insert_deployment(session: AsyncSession, **values: Any) -> tuple[models.Deployment, int]:
     """The deployment row, and in the same statement how many deploys of its target are running:
     with the older queued ones about to be superseded, what is ahead of it in the queue."""
@@ -236,9 +249,103 @@ class _Batch:
     held: list[models.Deployment] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
     prune: dict[int, tuple[Core, models.App]] = field(default_factory=dict)
+    # SQLite: the revisions and deployments numbered here and not written yet (see `_Rows`).
+    rows: _Rows | None = None
+    listening: Any = None  # the connection `write_first` listens on
 
     def pending(self) -> bool:
-        return bool(self.superseded or self.events or self.audit or self.prune)
+        return bool(
+            self.superseded or self.events or self.audit or self.prune or (self.rows and self.rows.waiting())
+        )
+
+    def write_first(self, conn: Any, *args: Any) -> None:
+        """Before any other statement on the transaction's connection: the rows waiting, one INSERT per table."""
+        if self.rows is not None and self.rows.waiting():
+            revisions, deployments = self.rows.take()
+            if revisions:
+                conn.execute(_INSERT_REVISIONS, revisions)
+            if deployments:
+                conn.execute(_INSERT_DEPLOYMENTS, deployments)
+
+
+# ------------------------------------------------------------------ a batch's rows (issue 13, SQLite)
+#
+# On SQLite a batch's transaction is the only writer (BEGIN IMMEDIATE), so it can give the revisions
+# and deployments it requests their ids and numbers itself, from one read of the highest ones, and
+# write them in one INSERT per table (an executemany, one trip to the driver's thread) instead of two
+# INSERTs per request.  What one at a time would write, with the same ids and numbers: rowids are
+# the highest one plus one either way (the tables are not AUTOINCREMENT), numbers one past the app's
+# highest deploy number.  Nothing may see the database without them, so they are written before
+# any other statement of the transaction runs (`write_first`, a listener on its connection): a
+# read, an UPDATE, a SAVEPOINT (the rows stay outside it), and `flush` before the commit.  A row
+# inserted any other way in the transaction (a request inside a savepoint) makes the counts stale:
+# they are read again by the next request (`_insert_*` clear them).
+
+
+@dataclass(kw_only=True)
+class _Rows:
+    next_revision: int  # the next free id
+    next_deployment: int
+    numbers: dict[int, int] = field(default_factory=dict)  # app id -> its highest deploy number
+    running: dict[tuple[int, str], int] = field(default_factory=dict)  # target -> deploys running
+    revisions: list[dict[str, Any]] = field(default_factory=list)
+    # id -> its column values as they will be inserted (a deploy the batch superseded before it was
+    # written is inserted superseded).
+    deployments: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def waiting(self) -> bool:
+        return bool(self.revisions or self.deployments)
+
+    def take(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        revisions, deployments = self.revisions, list(self.deployments.values())
+        self.revisions, self.deployments = [], {}
+        return revisions, deployments
+
+
+_INSERT_REVISIONS = insert(cast(Table, models.Revision.__table__))
+_INSERT_DEPLOYMENTS = insert(cast(Table, models.Deployment.__table__))
+
+
+def _build_allocation() -> Any:
+    r, d = cast(Table, models.Revision.__table__).c, cast(Table, models.Deployment.__table__).c
+    app_id: Any = bindparam("p_app_id")
+    namespace: Any = bindparam("p_namespace")
+    return select(
+        select(func.coalesce(func.max(r.id), 0)).scalar_subquery(),
+        select(func.coalesce(func.max(d.id), 0)).scalar_subquery(),
+        select(func.coalesce(func.max(d.revision_number), 0)).where(d.app_id == app_id).scalar_subquery(),
+        select(func.count())
+        .where(d.app_id == app_id, d.namespace == namespace, d.status == RUNNING)
+        .scalar_subquery(),
+    )
+
+
+_ALLOCATION = _build_allocation()
+
+
+async def _rows_for(session: AsyncSession, *, batch: _Batch, app_id: int, namespace: str) -> _Rows:
+    """The batch's counts, with those of this app and target: read once per batch (and target)."""
+    rows = batch.rows
+    if rows is None or app_id not in rows.numbers or (app_id, namespace) not in rows.running:
+        top_revision, top_deployment, number, running = (
+            await session.execute(_ALLOCATION, {"p_app_id": app_id, "p_namespace": namespace})
+        ).one()
+        if rows is None:
+            rows = batch.rows = _Rows(next_revision=top_revision + 1, next_deployment=top_deployment + 1)
+        rows.numbers.setdefault(app_id, number)
+        rows.running.setdefault((app_id, namespace), running)
+    if batch.listening is None:
+        # The session's connection is the transaction's own (a new one for each): the listener goes with it.
+        batch.listening = (await session.connection()).sync_connection
+        event.listen(batch.listening, "before_execute", batch.write_first)
+    return rows
+
+
+def _stale(batch: _Batch | None) -> None:
+    """A revision or deployment was inserted outside the batch's rows: its counts must be read again."""
+    if batch is not None and batch.rows is not None:
+        assert not batch.rows.waiting()  # `write_first` wrote them before that INSERT
+        batch.rows = None
 
 
 _BATCH = "deploys.batch"
@@ -292,6 +399,13 @@ async def flush(session: AsyncSession) -> None:
     batch = _batch(session)
     if batch is None or not batch.pending():
         return
+    if batch.rows is not None:
+        revisions, deployments = batch.rows.take()
+        batch.rows = None  # a request after this reads the counts again
+        if revisions:
+            await session.execute(_INSERT_REVISIONS, revisions)
+        if deployments:
+            await session.execute(_INSERT_DEPLOYMENTS, deployments)
     superseded = [d.id for d in batch.superseded]
     news, rows, prune, held = batch.events, batch.audit, batch.prune, batch.held
     batch.superseded, batch.events, batch.audit, batch.prune, batch.held = [], [], [], {}, []
@@ -318,6 +432,8 @@ async def flush(session: AsyncSession) -> None:
 
 @event.listens_for(Session, "before_commit")
 def _refuse_unflushed(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint's release (this event fires for those too): the batch goes on
     batch: _Batch | None = session.info.get(_BATCH)
     if batch is not None and batch.transaction is session.get_transaction() and batch.pending():
         raise RuntimeError("deploys.flush was not awaited before the commit: deferred writes would be lost")
@@ -398,8 +514,16 @@ async def request(
         project_id=app.project_id,
     )
     await _lock_app(session, app=app)
+    namespace = preview.namespace if preview else app.namespace
+    # SQLite: a batch numbers its rows itself and writes them together (see `_Rows`).
+    rows = (
+        await _rows_for(session, batch=deferring, app_id=app.id, namespace=namespace)
+        if deferring is not None and not dialects.is_postgres(session)
+        else None
+    )
 
     revision: models.Revision | None
+    revision_row: dict[str, Any] | None = None  # the new revision's row, when the batch writes it
     if rerun is not None:
         revision = rerun
         revision_id, number, revision_image = rerun.id, rerun.number, rerun.image
@@ -439,7 +563,17 @@ async def request(
             created_by=actor.subject,
         )
         revision_image = snapshot.image
-        if deferring is not None:
+        if rows is not None:
+            revision = None
+            revision_id, number = rows.next_revision, rows.numbers[app.id] + 1
+            rows.next_revision, rows.numbers[app.id] = revision_id + 1, number
+            revision_row = {
+                **revision_values,
+                "id": revision_id,
+                "number": number,
+                "created_at": models.utcnow(),
+            }
+        elif deferring is not None:
             # A batch's channel answers with the deployment alone: the revision's id and number
             # will do, with no ORM row built from it (issue 13: CPU per push).
             revision = None
@@ -447,12 +581,11 @@ async def request(
         else:
             revision = await _insert_revision(session, **revision_values)
             revision_id, number = revision.id, revision.number
+            _stale(batch)
 
-    namespace = preview.namespace if preview else app.namespace
     # An automatic rollback redeploys what was already approved and ran: it does not wait.
     needs_approval = gate.needs_approval and preview is None and not automatic
-    deployment, running_ahead = await _insert_deployment(
-        session,
+    deployment_values = dict(
         app_id=app.id,
         revision_id=revision_id,
         revision_number=number,
@@ -472,8 +605,24 @@ async def request(
         # Set before the queued event is emitted, so notifiers can tell whom to report to (a PR comment).
         notify_refs=dict(notify_refs or {}),
     )
+    values: dict[str, Any] | None = None  # this deployment's row, when the batch writes it
+    if rows is not None:
+        values = {**_DEPLOYMENT_DEFAULTS, **deployment_values}
+        values["id"], values["created_at"] = rows.next_deployment, models.utcnow()
+        rows.next_deployment += 1
+        deployment = _persistent(session, _DEPLOYMENT_MAPPING, [values[c] for c in _DEPLOYMENT_NAMES])
+        running_ahead = rows.running[(app.id, namespace)]
+    else:
+        deployment, running_ahead = await _insert_deployment(session, **deployment_values)
+        _stale(batch)
 
     superseded = await _supersede_older(session, deployment=deployment, batch=batch, deferring=deferring)
+    if rows is not None and values is not None:
+        # Only now: the supersede's UPDATE above wrote the rows waiting then, and need not wait for these.
+        assert deferring is not None and deferring.rows is rows  # nothing inserted since they were numbered
+        if revision_row is not None:
+            rows.revisions.append(revision_row)
+        rows.deployments[deployment.id] = values
     if deployment.status == QUEUED:
         await _enqueue(session, deployment=deployment)
     # The superseded deploys' events and this one's, in one INSERT (issue 13).
@@ -636,12 +785,20 @@ async def _supersede_older(
     if previous is not None and deferring is not None:
         older = [previous] if previous.status in PENDING else []
         now = models.utcnow()
+        waiting = deferring.rows.deployments if deferring.rows is not None else {}
         for old in older:
-            # As the UPDATE's RETURNING would show it, without making the row dirty (no ORM flush).
-            set_committed_value(old, "status", SUPERSEDED)
-            set_committed_value(old, "finished_at", now)
-            set_committed_value(old, "error", f"superseded by deploy #{deployment.id}")
-            deferring.superseded.append(old)
+            change = {
+                "status": SUPERSEDED,
+                "finished_at": now,
+                "error": f"superseded by deploy #{deployment.id}",
+            }
+            for key, value in change.items():
+                # As the UPDATE's RETURNING would show it, without making the row dirty (no ORM flush).
+                set_committed_value(old, key, value)
+            if old.id in waiting:
+                waiting[old.id].update(change)  # not written yet: it is inserted superseded
+            else:
+                deferring.superseded.append(old)
     else:
         older = list(
             await session.scalars(
