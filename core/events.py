@@ -141,10 +141,22 @@ async def emit_all(session: AsyncSession, *, ctx: Core, events: list[NewEvent]) 
     inserted = {key: id_ for id_, key in await session.execute(stmt, values)}
     ids = [inserted.get(e.dedupe_key) for e in events]
     if ctx.notifiers:
+        shared = _Shared()
         for e, event_id in zip(events, ids, strict=True):
             if event_id is not None:
-                await _queue_notifications(session, ctx=ctx, event=e, event_id=event_id)
+                await _queue_notifications(session, ctx=ctx, event=e, event_id=event_id, shared=shared)
     return ids
+
+
+@dataclasses.dataclass
+class _Shared:
+    """What the events of one `emit_all` look up alike, read once for all of them (issue 13: a batch
+    of pushes emits two events a push, all of one project and app).  Nothing is written between
+    them, so each answer holds for every event."""
+
+    projects: dict[int, ProjectView] = dataclasses.field(default_factory=dict)
+    environments: dict[int, str | None] = dataclasses.field(default_factory=dict)  # app id -> its environment
+    targets: dict[int | None, list[models.NotificationTarget]] = dataclasses.field(default_factory=dict)
 
 
 def _insert_event(upsert: Any) -> Any:
@@ -157,7 +169,9 @@ def _insert_event(upsert: Any) -> Any:
 _INSERT_EVENT = {True: _insert_event(postgresql_insert), False: _insert_event(sqlite_insert)}
 
 
-async def _queue_notifications(session: AsyncSession, *, ctx: Core, event: NewEvent, event_id: int) -> None:
+async def _queue_notifications(
+    session: AsyncSession, *, ctx: Core, event: NewEvent, event_id: int, shared: _Shared
+) -> None:
     kind, project_id, app_id = event.kind, event.project_id, event.app_id
     deployment_id, preview_id = event.deployment_id, event.preview_id
     # Serialise each notifier's deliveries per target and deployment so a card is posted before it is
@@ -168,9 +182,11 @@ async def _queue_notifications(session: AsyncSession, *, ctx: Core, event: NewEv
         return
     audience = await _audience(
         session, kind=kind, project_id=project_id, app_id=app_id, deployment_id=deployment_id,
-        preview_id=preview_id,
+        preview_id=preview_id, shared=shared,
     )  # fmt: skip
-    rows = await notice_targets.of_project(session, project_id=project_id)
+    rows = shared.targets.get(project_id)
+    if rows is None:
+        rows = shared.targets[project_id] = await notice_targets.of_project(session, project_id=project_id)
     for name, notifier in wanted:
         for target in notice_targets.route(rows, notifier=name, kind=kind, environment=audience.environment):
             if not notifier.wants_event(dataclasses.replace(audience, target=target)):
@@ -194,17 +210,29 @@ async def _audience(
     app_id: int | None,
     deployment_id: int | None,
     preview_id: int | None,
+    shared: _Shared,
 ) -> Audience:
-    project = await _held(session, models.Project, project_id) if project_id else None
+    view = shared.projects.get(project_id) if project_id else None
+    if project_id and view is None:
+        project = await _held(session, models.Project, project_id)
+        if project is not None:
+            view = shared.projects[project_id] = project_view(project)
     deployment = await _held(session, models.Deployment, deployment_id) if deployment_id else None
+    of_app = app_id or (deployment.app_id if deployment else None)
+    if of_app is not None and of_app in shared.environments:
+        environment = shared.environments[of_app]
+    else:
+        environment = await _environment(session, app_id=of_app)
+        if of_app is not None:
+            shared.environments[of_app] = environment
     return Audience(
         kind=kind,
-        project=project_view(project) if project else None,
+        project=view,
         trigger=deployment.trigger if deployment else None,
         git_sha=deployment.git_sha if deployment else None,
         preview=bool(preview_id or (deployment is not None and deployment.preview_id)),
         refs=dict(deployment.notify_refs or {}) if deployment else {},
-        environment=await _environment(session, app_id=app_id or (deployment.app_id if deployment else None)),
+        environment=environment,
     )
 
 
