@@ -62,13 +62,24 @@ def _backfill() -> None:
             rejecters[deployment] = actor
     if not rejecters:
         return
-    # Only rows that read as rejected today: cancelled with the rejection's text.
+    deployments = sa.table(
+        "deployments",
+        sa.column("id", _ID),
+        sa.column("status", sa.String),
+        sa.column("error", sa.Text),
+        sa.column("rejected_by", sa.String),
+    )
+    # Only rows that read as rejected today: cancelled, with the rejection's words.
     bind.execute(
-        sa.text(
-            "UPDATE deployments SET rejected_by = :actor WHERE id = :id AND status = 'cancelled' "
-            f"AND rejected_by IS NULL AND substr(error, 1, {len(_REJECTED_BY)}) = '{_REJECTED_BY}'"
-        ),
-        [{"actor": actor[:200], "id": deployment} for deployment, actor in rejecters.items()],
+        deployments.update()
+        .where(
+            deployments.c.id == sa.bindparam("deployment"),
+            deployments.c.status == "cancelled",
+            deployments.c.rejected_by.is_(None),
+            sa.func.substr(deployments.c.error, 1, len(_REJECTED_BY)) == _REJECTED_BY,
+        )
+        .values(rejected_by=sa.bindparam("actor")),
+        [{"deployment": deployment, "actor": actor[:200]} for deployment, actor in rejecters.items()],
     )
 
 
