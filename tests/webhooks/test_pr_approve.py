@@ -297,13 +297,14 @@ async def test_a_second_reject_says_who_rejected_it(live_hook: Hook, fake_github
     again, _ = await say(live_hook, fake_github, f".reject {web}", number=number, user="erin")
     await reacted(fake_github, again, "confused")
     body = await _reply(fake_github, number, again)
-    assert f"deploy #{web} was already rejected by carol" in body and "not awaiting" not in body, body
+    assert f"deploy #{web} was already rejected by github:carol" in body and "not awaiting" not in body, body
     bare, _ = await say(live_hook, fake_github, ".reject", number=number, user="erin")
     await reacted(fake_github, bare, "confused")
     body = await _reply(fake_github, number, bare)
-    assert f"deploy #{web} (`web` in production) was already rejected by carol" in body, body
+    assert f"deploy #{web} (`web` in production) was already rejected by github:carol" in body, body
     # A late approval of it is told the same.
     late, _ = await say(live_hook, fake_github, f".approve {web}", number=number, user="erin")
     await reacted(fake_github, late, "confused")
-    assert "was already rejected by carol" in await _reply(fake_github, number, late)
-    assert (await _deployment(rt, web)).status == deploys.CANCELLED
+    assert "was already rejected by github:carol" in await _reply(fake_github, number, late)
+    rejected = await _deployment(rt, web)
+    assert (rejected.status, rejected.rejected_by) == (deploys.CANCELLED, "github:carol")
