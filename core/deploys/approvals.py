@@ -29,11 +29,7 @@ from core.deploys.states import (
 )
 from core.errors import Conflict
 from core.identity import Actor, Role
-
-# Who rejected a deploy is read in core.protection (the deployment's read model needs it too); the
-# names stay core.deploys.REJECTED_BY and core.deploys.rejected_by for every caller.
-from core.protection import REJECTED_BY as REJECTED_BY
-from core.protection import rejected_by as rejected_by
+from core.protection import REJECTED_BY, rejected_by
 from storage import models
 
 log = logging.getLogger(__name__)
