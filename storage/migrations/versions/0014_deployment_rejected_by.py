@@ -30,7 +30,7 @@ depends_on: str | Sequence[str] | None = None
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-# How a rejection read before this column (core.deploys.approvals.REJECTED_BY).
+# How a rejection reads in the error text (core.protection.REJECTED_BY).
 _REJECTED_BY = "rejected by "
 
 
