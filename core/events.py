@@ -370,6 +370,7 @@ def deployment_view_of(
         desired=deployment.desired,
         queue_position=queue_position,
         approved_by=deployment.approved_by,
+        rejected_by=protection.rejected_by(deployment),
         git_sha=deployment.git_sha,
         git_ref=deployment.git_ref,
         created_at=deployment.created_at,

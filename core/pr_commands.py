@@ -481,6 +481,8 @@ async def _last_rejected(
         .where(
             models.Deployment.app_id.in_([a.id for a in linked]),
             models.Deployment.approved_by.is_not(None)
+            | models.Deployment.rejected_by.is_not(None)
+            # A rejection older than the column that migration 0014 could not fill in: its error text.
             | (
                 (models.Deployment.status == deploys.CANCELLED)
                 & models.Deployment.error.startswith(deploys.REJECTED_BY, autoescape=True)

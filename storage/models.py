@@ -400,6 +400,9 @@ class Deployment(Base):
     ready: Mapped[int] = mapped_column(default=0)
     desired: Mapped[int] = mapped_column(default=0)
     approved_by: Mapped[str | None] = mapped_column(String(200))
+    # Who rejected it (a subject, as approved_by), since migration 0014; older rejections say it only in
+    # their error text: core.deploys.rejected_by reads both.
+    rejected_by: Mapped[str | None] = mapped_column(String(200))
     approval_expires_at: Mapped[dt.datetime | None] = mapped_column()
     # A failed deploy that shipit rolled back points at the rollback deploy (trigger "auto-rollback").
     rolled_back_by_id: Mapped[int | None] = mapped_column(ID)

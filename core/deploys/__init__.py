@@ -12,12 +12,10 @@ from __future__ import annotations
 # Module names the single module had (callers and tests reach them as `deploys.models`, `deploys.snapshots`).
 from core import revisions as snapshots
 from core.deploys.approvals import (
-    REJECTED_BY,
     _finish_pending,
     approve,
     cancel,
     expire_approvals,
-    rejected_by,
 )
 from core.deploys.queries import (
     _authorized,
@@ -77,6 +75,7 @@ from core.deploys.states import (
     TERMINAL,
     TRIGGERS,
 )
+from core.protection import REJECTED_BY, rejected_by  # there: core.events' read model needs it too
 from storage import models
 
 __all__ = [

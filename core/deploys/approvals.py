@@ -29,20 +29,10 @@ from core.deploys.states import (
 )
 from core.errors import Conflict
 from core.identity import Actor, Role
+from core.protection import REJECTED_BY, rejected_by
 from storage import models
 
 log = logging.getLogger(__name__)
-
-# How a rejection is recorded (the deployment's error; it has no column of its own): see rejected_by.
-REJECTED_BY = "rejected by "
-
-
-def rejected_by(deployment: models.Deployment) -> str | None:
-    """Who rejected the deploy (the name its rejection recorded), None when it was not rejected."""
-    error = deployment.error or ""
-    if deployment.status == CANCELLED and error.startswith(REJECTED_BY):
-        return error[len(REJECTED_BY) :]
-    return None
 
 
 async def approve(
@@ -90,6 +80,7 @@ async def approve(
             payload={"approved_by": actor.subject},
         )
     else:
+        deployment.rejected_by = actor.subject
         await _finish_pending(
             session, ctx=ctx, deployment=deployment, status=CANCELLED, error=f"{REJECTED_BY}{actor.name}"
         )

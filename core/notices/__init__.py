@@ -95,6 +95,8 @@ class DeploymentView:
     approvals: int | None = None
     approvals_needed: int | None = None
     approvers: tuple[str, ...] = ()  # who approved so far (subjects), for "1 of 2 approvals: @bob"
+    # Who rejected it (a subject; for a rejection older than migration 0014 maybe only a name).
+    rejected_by: str | None = None
 
     @property
     def outcome(self) -> str:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from core.protection.approvals import (
     MAX_APPROVALS,
+    REJECTED_BY,
     ROLE_ALIASES,
     Tally,
     approve,
     approver_role,
     needed_for,
     refuse_own_deploy,
+    rejected_by,
     tally,
 )
 from core.protection.gate import Gate, check_request, record_override
@@ -61,6 +63,7 @@ __all__ = [
     "HHMM",
     "MAX_APPROVALS",
     "MAX_FREEZE",
+    "REJECTED_BY",
     "ROLE_ALIASES",
     "Blocked",
     "Freeze",
@@ -85,6 +88,7 @@ __all__ = [
     "protect",
     "record_override",
     "refuse_own_deploy",
+    "rejected_by",
     "resolve_env",
     "set_window",
     "show_time",

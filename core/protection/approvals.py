@@ -26,6 +26,24 @@ def approver_role(env: models.Environment) -> Role:
     return ROLE_ALIASES.get(name) or Role.parse(name, field="approver_role")
 
 
+# The words a rejection writes in the deployment's error, for people (the card, the dashboard, the CLI).
+# Who rejected it is the rejected_by column; before migration 0014 these words were the only record.
+REJECTED_BY = "rejected by "
+
+
+def rejected_by(deployment: models.Deployment) -> str | None:
+    """Who rejected the deploy, None when it was not rejected: the rejecter's subject (slack:U123,
+    github:carol), or for a rejection older than the column that migration 0014 found no audit row
+    for, the name its error text recorded."""
+    if deployment.rejected_by is not None:
+        return deployment.rejected_by
+    error = deployment.error or ""
+    # "cancelled" is core.deploys.CANCELLED, which this package cannot import (core.deploys imports it).
+    if deployment.status == "cancelled" and error.startswith(REJECTED_BY):
+        return error[len(REJECTED_BY) :]
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Tally:
     approvals: int

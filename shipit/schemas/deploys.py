@@ -92,6 +92,9 @@ class DeploymentOut(BaseModel):
     ready: int
     desired: int
     approved_by: str | None
+    # Who rejected it: a subject as approved_by (a rejection older than migration 0014 may only have
+    # the name its error text recorded); None when it was not rejected.
+    rejected_by: str | None = None
     git_sha: str | None
     created_at: dt.datetime
     started_at: dt.datetime | None

@@ -383,6 +383,14 @@ async def test_reject_button(slack: SlackSender, offline: World, fake_slack: Fak
         lambda: _async("rejected by bob" in card_text(fake_slack.message(channel, ts))), what="card rejected"
     )
     assert button_ids(fake_slack.message(channel, ts)) == set()
+    # Who rejected it is the clicker's subject in a column of its own, not only the card's words.
+    [rejected] = await deployments(rt)
+    assert (rejected.rejected_by, rejected.approved_by) == (BOB.subject, None)
+    async with rt.sessionmaker() as session:
+        audited = await session.scalar(
+            select(models.AuditEvent.actor).where(models.AuditEvent.action == "deploy.reject")
+        )
+    assert audited == BOB.subject
 
 
 async def test_a_forged_button_value_is_refused(

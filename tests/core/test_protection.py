@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select, update
 
-from core import deploys, environments, identities, projects, protection
+from core import deploys, environments, events, identities, projects, protection
 from core.errors import Conflict, InvalidInput, PermissionDenied
 from core.identity import Actor
 from shipit.runtime import Runtime
@@ -217,6 +217,64 @@ async def test_approver_role_and_reject(paper: Runtime) -> None:
     async with paper.sessionmaker.begin() as session:
         await protection.unprotect(session, actor=DAVE, project="acme", env=env)
     assert (await _request(paper)).status == deploys.QUEUED
+
+
+@pytest.mark.both_databases
+async def test_who_rejected_is_a_column_and_an_older_rejection_answers_from_its_error_text(
+    paper: Runtime,
+) -> None:
+    env = await _env_name(paper)
+    async with paper.sessionmaker.begin() as session:
+        await protection.protect(session, actor=DAVE, project="acme", env=env, approvals=1)
+    d = await _request(paper)
+    rejected = await _approve(paper, BOB, d.id, approve=False)
+    assert (rejected.rejected_by, rejected.error) == (BOB.subject, "rejected by bob")
+    # The column, not the words: reworded (or translated) error text still answers who.
+    async with paper.sessionmaker.begin() as session:
+        await session.execute(
+            update(models.Deployment).where(models.Deployment.id == d.id).values(error="abgelehnt von bob")
+        )
+    async with paper.sessionmaker() as session:
+        row = await session.get(models.Deployment, d.id)
+        assert row is not None and deploys.rejected_by(row) == BOB.subject
+        assert events.deployment_view_of(row).rejected_by == BOB.subject
+    with pytest.raises(Conflict, match=f"already rejected by {BOB.subject}"):
+        await _approve(paper, CAROL, d.id)
+
+    # A rejection written before migration 0014 (the column NULL, no audit row to fill it from): its
+    # error text, the only record then, still says who; a name that holds the separator included.
+    old = await _request(paper)
+    async with paper.sessionmaker.begin() as session:
+        await session.execute(
+            update(models.Deployment)
+            .where(models.Deployment.id == old.id)
+            .values(status=deploys.CANCELLED, error="rejected by carol rejected by nobody", rejected_by=None)
+        )
+    async with paper.sessionmaker() as session:
+        row = await session.get(models.Deployment, old.id)
+        assert row is not None and deploys.rejected_by(row) == "carol rejected by nobody"
+        assert events.deployment_view_of(row).rejected_by == "carol rejected by nobody"
+    with pytest.raises(Conflict, match="already rejected by carol rejected by nobody"):
+        await _approve(paper, BOB, old.id, approve=False)
+
+    # Neither a cancel nor an expired approval is a rejection.
+    cancelled = await _request(paper)
+    async with paper.sessionmaker.begin() as session:
+        await deploys.cancel(session, ctx=paper.core, actor=CAROL, deployment_id=cancelled.id)
+    expiring = await _request(paper)
+    async with paper.sessionmaker.begin() as session:
+        await session.execute(
+            update(models.Deployment)
+            .where(models.Deployment.id == expiring.id)
+            .values(approval_expires_at=models.utcnow() - dt.timedelta(seconds=1))
+        )
+    async with paper.sessionmaker.begin() as session:
+        assert await deploys.expire_approvals(session, ctx=paper.core) == 1
+    async with paper.sessionmaker() as session:
+        for deployment_id, error in ((cancelled.id, "cancelled by carol"), (expiring.id, "approval expired")):
+            row = await session.get(models.Deployment, deployment_id)
+            assert row is not None and (row.status, row.error) == (deploys.CANCELLED, error)
+            assert (row.rejected_by, deploys.rejected_by(row)) == (None, None)
 
 
 @pytest.mark.both_databases

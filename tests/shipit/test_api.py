@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from shipit.main import create_app
 from shipit.settings import Settings
@@ -350,6 +351,50 @@ async def test_a_viewer_gets_403_naming_the_role_when_deploying(
         assert secrets.status_code == 403 and "needs the admin role" in error_of(secrets)["message"]
     assert (await api.get("/api/v1/apps/web/deploys")).json() == []
     assert (await api.get("/api/v1/apps/web")).json()["image"] == "ghcr.io/acme/web:1.0"
+
+
+@pytest.mark.both_databases
+async def test_a_rejection_over_the_api_records_who_rejected_it(
+    live_server: LiveServer, api: httpx.AsyncClient, offline: str
+) -> None:
+    await create_app_ok(api, "web", protected=True)
+    r = await api.put("/api/v1/projects/acme/members/user:rita", json={"role": "developer"})
+    assert r.status_code == 200, r.text
+    rita = await make_token(live_server.rt, subject="user:rita", admin=False)
+    asked = await api.post("/api/v1/apps/web/deploys", json={"image": "ghcr.io/acme/web:2.0"})
+    assert asked.status_code == 202 and asked.json()["status"] == "awaiting_approval", asked.text
+    assert asked.json()["rejected_by"] is None
+    d = asked.json()["id"]
+    async with httpx.AsyncClient(
+        base_url=live_server.url, headers={"Authorization": f"Bearer {rita}"}, timeout=30
+    ) as client:
+        r = await client.post(f"/api/v1/deploys/{d}/reject")
+    assert r.status_code == 200, r.text
+    # A field beside approved_by (the error's words are unchanged), in every answer that shows the deploy.
+    body = r.json()
+    assert (body["status"], body["rejected_by"], body["approved_by"], body["error"]) == (
+        "cancelled",
+        "user:rita",
+        None,
+        "rejected by rita",
+    )
+    assert (await api.get(f"/api/v1/deploys/{d}")).json()["rejected_by"] == "user:rita"
+    assert [x["rejected_by"] for x in (await api.get("/api/v1/apps/web/deploys")).json()] == ["user:rita"]
+    [row] = await table_rows(live_server.rt, "deployments")
+    assert row["rejected_by"] == "user:rita"
+    # A second rejection names the first rejecter, from the column.
+    again = await api.post(f"/api/v1/deploys/{d}/reject")
+    assert again.status_code == 409 and "already rejected by user:rita" in error_of(again)["message"]
+    # A cancel is not a rejection.
+    later = (await api.post("/api/v1/apps/web/deploys", json={"image": "ghcr.io/acme/web:2.1"})).json()
+    cancelled = (await api.post(f"/api/v1/deploys/{later['id']}/cancel")).json()
+    assert (cancelled["status"], cancelled["rejected_by"]) == ("cancelled", None)
+    # A rejection from before migration 0014 had only its error text: the JSON still says who.
+    async with live_server.rt.sessionmaker.begin() as session:
+        await session.execute(
+            text("UPDATE deployments SET error = 'rejected by vera' WHERE id = :id"), {"id": later["id"]}
+        )
+    assert (await api.get(f"/api/v1/deploys/{later['id']}")).json()["rejected_by"] == "vera"
 
 
 # --------------------------------------------------------------------------- secrets

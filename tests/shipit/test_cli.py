@@ -498,6 +498,15 @@ async def test_cli_protected_app_waits_for_a_second_person(
     later = json.loads(ok(await shipit("deploy", "web", "1.1", "--json")))
     assert later["status"] == "awaiting_approval"
     assert "cancelled" in ok(await shipit("cancel", str(later["id"])))
+    # A rejection says who in its line, and in the JSON beside approved_by.
+    refused = json.loads(ok(await shipit("deploy", "web", "1.2", "--json")))
+    assert f"deploy #{refused['id']} cancelled" in ok(await shipit("reject", str(refused["id"]), token=rita))
+    shown = json.loads(ok(await shipit("deploys", "web", "--json")))[0]
+    assert (shown["id"], shown["error"], shown["rejected_by"]) == (
+        refused["id"],
+        "rejected by rita",
+        "user:rita",
+    )
 
 
 async def test_cli_clusters_add_with_a_real_kubeconfig(shipit: Run, kube_env: Any) -> None:

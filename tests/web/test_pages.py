@@ -52,9 +52,11 @@ async def test_approve_button_only_for_others_and_core_refuses_self_approval(das
         assert f'action="/deploys/{d.id}/approve"' in page.text
         done = await bob.post(f"/deploys/{d.id}/reject", data={"csrf": csrf_of(page.text)})
         assert done.url.path == "/apps/web" and "rejected by bob" in done.text
+        # The history's "By" column names the rejecter's subject, as it names the approver's.
+        assert '<div class="muted">rejected by user:bob@example.com</div>' in done.text
     async with dashboard.rt.sessionmaker() as session:
         d = await session.get(models.Deployment, d.id)
-        assert d is not None and d.status == deploys.CANCELLED
+        assert d is not None and (d.status, d.rejected_by) == (deploys.CANCELLED, "user:bob@example.com")
         rejected = await session.scalar(
             select(models.AuditEvent).where(models.AuditEvent.action == "deploy.reject")
         )

@@ -15,7 +15,7 @@ import random
 import pytest
 from kubernetes_asyncio import client as k8s
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bot import views
 from core import apps, clusters, deploys, environment_admin, pr_commands, projects, protection
@@ -297,13 +297,23 @@ async def test_a_second_reject_says_who_rejected_it(live_hook: Hook, fake_github
     again, _ = await say(live_hook, fake_github, f".reject {web}", number=number, user="erin")
     await reacted(fake_github, again, "confused")
     body = await _reply(fake_github, number, again)
-    assert f"deploy #{web} was already rejected by carol" in body and "not awaiting" not in body, body
+    assert f"deploy #{web} was already rejected by github:carol" in body and "not awaiting" not in body, body
     bare, _ = await say(live_hook, fake_github, ".reject", number=number, user="erin")
     await reacted(fake_github, bare, "confused")
     body = await _reply(fake_github, number, bare)
-    assert f"deploy #{web} (`web` in production) was already rejected by carol" in body, body
+    assert f"deploy #{web} (`web` in production) was already rejected by github:carol" in body, body
     # A late approval of it is told the same.
     late, _ = await say(live_hook, fake_github, f".approve {web}", number=number, user="erin")
     await reacted(fake_github, late, "confused")
-    assert "was already rejected by carol" in await _reply(fake_github, number, late)
-    assert (await _deployment(rt, web)).status == deploys.CANCELLED
+    assert "was already rejected by github:carol" in await _reply(fake_github, number, late)
+    rejected = await _deployment(rt, web)
+    assert (rejected.status, rejected.rejected_by) == (deploys.CANCELLED, "github:carol")
+    # A rejection from before migration 0014 (no column, only its error text) is still found.
+    async with rt.sessionmaker.begin() as session:
+        await session.execute(
+            update(models.Deployment).where(models.Deployment.id == web).values(rejected_by=None)
+        )
+    older, _ = await say(live_hook, fake_github, ".reject", number=number, user="erin")
+    await reacted(fake_github, older, "confused")
+    body = await _reply(fake_github, number, older)
+    assert f"deploy #{web} (`web` in production) was already rejected by carol" in body, body
