@@ -206,15 +206,38 @@ def _build_pending_inserts() -> dict[tuple[bool, bool], Any]:
 _PENDING_INSERTS = _build_pending_inserts()
 
 
-def _pending_insert(*, postgres: bool, rows: list[dict[str, Any]]) -> Any:
-    return _PENDING_INSERTS[postgres, any(r["state"] == CANCELLED for r in rows)]
+def _pending_insert(*, postgres: bool, rows: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+    """The INSERT for these pending rows, and the rows to give it.
+
+    A job queued and then cancelled in this transaction goes in once, as the cancelled job the
+    INSERT's ON CONFLICT would have made of it (issue 13: a batch of pushes supersedes every deploy
+    it queued but the last); only the cancellation of a job written before needs the ON CONFLICT.
+    New dicts: a savepoint's copy of the pending rows keeps the old ones."""
+    if not any(r["state"] == CANCELLED for r in rows):
+        return _PENDING_INSERTS[postgres, False], rows
+    fresh: dict[str, int] = {}
+    out: list[dict[str, Any] | None] = list(rows)
+    upsert = False
+    for i, row in enumerate(rows):
+        key = row["dedupe_key"]
+        if row["state"] == QUEUED and key is not None:
+            fresh[key] = i
+        elif row["state"] == CANCELLED:
+            if key not in fresh:
+                upsert = True
+                continue
+            j = fresh.pop(key)
+            out[j] = {**rows[j], "state": CANCELLED, "finished_at": row["finished_at"]}
+            out[i] = None
+    return _PENDING_INSERTS[postgres, upsert], [r for r in out if r is not None]
 
 
 async def write_pending(session: AsyncSession) -> None:
     """Insert the fresh jobs this transaction added so far (before anything reads the jobs table)."""
     rows = session.info.pop(_PENDING, None)
     if rows:
-        await session.execute(_pending_insert(postgres=dialects.is_postgres(session), rows=rows), rows)
+        stmt, rows = _pending_insert(postgres=dialects.is_postgres(session), rows=rows)
+        await session.execute(stmt, rows)
 
 
 @event.listens_for(Session, "before_commit")
@@ -222,7 +245,8 @@ def _write_pending_at_commit(session: Session) -> None:
     rows = session.info.pop(_PENDING, None)
     if rows:
         postgres = (session.bind or session.get_bind()).dialect.name == "postgresql"
-        session.execute(_pending_insert(postgres=postgres, rows=rows), rows)
+        stmt, rows = _pending_insert(postgres=postgres, rows=rows)
+        session.execute(stmt, rows)
 
 
 @event.listens_for(Session, "after_transaction_end")

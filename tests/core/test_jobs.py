@@ -76,6 +76,30 @@ async def test_a_savepoint_rolled_back_takes_its_queued_jobs_and_cancellations_w
     assert states == {"kept": jobs.QUEUED, "released": jobs.QUEUED, "inner": jobs.QUEUED}
 
 
+async def test_a_job_queued_and_cancelled_in_one_transaction_is_written_once_cancelled(rt: Runtime) -> None:
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO JOBS"):
+            statements.append(statement)
+
+    event.listen(rt.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with rt.sessionmaker.begin() as session:
+            jobs.enqueue_fresh(session, kind="k", payload={"n": 1}, dedupe_key="first")
+            jobs.enqueue_fresh(session, kind="k", payload={"n": 2}, dedupe_key="second")
+            jobs.cancel_with_pending(session, kind="k", payload={"n": 1}, dedupe_key="first")
+    finally:
+        event.remove(rt.engine.sync_engine, "before_cursor_execute", record)
+    async with rt.sessionmaker() as session:
+        rows = {j.dedupe_key: j for j in await session.scalars(select(models.Job))}
+    assert {k: (j.state, j.payload, j.finished_at is not None) for k, j in rows.items()} == {
+        "first": (jobs.CANCELLED, {"n": 1}, True),
+        "second": (jobs.QUEUED, {"n": 2}, False),
+    }
+    assert len(statements) == 1 and "ON CONFLICT" not in statements[0].upper()
+
+
 async def test_one_running_job_per_concurrency_key(rt: Runtime) -> None:
     async with rt.sessionmaker.begin() as session:
         a1 = await jobs.enqueue(session, kind="k", payload={}, concurrency_key="app-a")
