@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction, aliased
 
 from core import dialects, observe
 from storage import models
@@ -365,12 +365,18 @@ async def renew(
     """
     if not job_ids:
         return set()
+    until = models.utcnow() + dt.timedelta(seconds=lease_seconds)
+    if dialects.is_postgres(session):
+        kept = await session.scalars(
+            _RENEW_IN_ID_ORDER, {"ids": sorted(job_ids), "owner": owner, "until": until}
+        )
+        return set(kept.all())
     stmt = (
         update(models.Job)
         .where(
             models.Job.id.in_(sorted(job_ids)), models.Job.lease_owner == owner, models.Job.state == RUNNING
         )
-        .values(lease_until=models.utcnow() + dt.timedelta(seconds=lease_seconds))
+        .values(lease_until=until)
     )
     bind = session.bind if session.bind is not None else session.get_bind()
     if bind.dialect.update_returning:
@@ -386,6 +392,41 @@ async def renew(
             )
         )
     )
+
+
+def _in_id_order(where: Callable[[Any], tuple[Any, ...]]) -> Any:
+    """The ids of the job rows matching `where`, locked one by one in id order: on PostgreSQL every
+    statement that locks several job rows takes them through this, so no two of our transactions
+    ever wait for each other's rows in a cycle (a deadlock; PostgreSQL aborts one of them).
+
+    An UPDATE has no ORDER BY and locks rows in whatever order its plan visits them (by the index, or
+    where they lie on disk); the PostgreSQL docs' defence against deadlocks is to take locks on several
+    objects in one consistent order (docs 13.3.4, "Deadlocks"), and a SELECT's locking clause locks
+    the rows after its ORDER BY, as it returns them (SELECT, "The Locking Clause").  FOR UPDATE, the
+    strongest row lock: the statement that then changes the rows never has to wait for more.
+    Without a lock (SQLite, which has one writer and no row locks) it renders without the clause.
+    """
+    job = aliased(models.Job)  # not correlated with the statement it feeds, which names jobs too
+    return select(job.id).where(*where(job)).order_by(job.id).with_for_update()
+
+
+def _build_renew() -> Any:
+    """The heartbeat's renewal on PostgreSQL, built once: one statement still, its rows locked in id
+    order before the UPDATE touches them (`_in_id_order`).  A renewal the heartbeat gave up on may
+    still run in the database beside the next beat, and a lease taken over is in two workers' lists."""
+    ids: Any = bindparam("ids", expanding=True)
+    owner: Any = bindparam("owner")
+    held = _in_id_order(lambda j: (j.id.in_(ids), j.lease_owner == owner, j.state == RUNNING))
+    return (
+        update(models.Job)
+        .where(models.Job.id.in_(held))
+        .values(lease_until=bindparam("until", type_=models.UTCDateTime()))
+        .returning(models.Job.id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+_RENEW_IN_ID_ORDER = _build_renew()
 
 
 async def release_predecessors(session: AsyncSession, *, prefix: str, keep: str) -> list[int]:
