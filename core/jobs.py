@@ -206,15 +206,53 @@ def _build_pending_inserts() -> dict[tuple[bool, bool], Any]:
 _PENDING_INSERTS = _build_pending_inserts()
 
 
+def _in_id_order(where: Callable[[Any], tuple[Any, ...]]) -> Any:
+    """The ids of the job rows matching `where`, locked one by one in id order: on PostgreSQL every
+    statement that locks several job rows takes them through this, so no two of our transactions
+    ever wait for each other's rows in a cycle (a deadlock; PostgreSQL aborts one of them).
+
+    An UPDATE has no ORDER BY and locks rows in whatever order its plan visits them (by the index, or
+    where they lie on disk); the PostgreSQL docs' defence against deadlocks is to take locks on several
+    objects in one consistent order (docs 13.3.4, "Deadlocks"), and a SELECT's locking clause locks
+    the rows after its ORDER BY, as it returns them (SELECT, "The Locking Clause").  FOR UPDATE, the
+    strongest row lock: the statement that then changes the rows never has to wait for more.
+    Without a lock (SQLite, which has one writer and no row locks) it renders without the clause.
+    """
+    job = aliased(models.Job)  # not correlated with the statement it feeds, which names jobs too
+    return select(job.id).where(*where(job)).order_by(job.id).with_for_update()
+
+
+_LOCK_KEYS_IN_ID_ORDER = _in_id_order(lambda j: (j.dedupe_key.in_(bindparam("keys", expanding=True)),))
+
+
 def _pending_insert(*, postgres: bool, rows: list[dict[str, Any]]) -> Any:
     return _PENDING_INSERTS[postgres, any(r["state"] == CANCELLED for r in rows)]
+
+
+def _cancelled_keys(*, postgres: bool, rows: list[dict[str, Any]]) -> list[str] | None:
+    """PostgreSQL: the keys of the jobs this INSERT may cancel, when there are several.
+
+    Its ON CONFLICT locks each existing row it lands on (whatever its state) in the order of the
+    rows, which is not the id order every other statement that locks several job rows keeps
+    (`_in_id_order`); those rows are locked in that order first.  One more statement, only when a
+    transaction cancels two jobs or more (a batch superseding several deploys): with one, the INSERT
+    lands on one existing row at most (a fresh job's key names a row of this transaction).
+    """
+    if not postgres:
+        return None
+    keys = [r["dedupe_key"] for r in rows if r["state"] == CANCELLED]
+    return keys if len(keys) > 1 else None
 
 
 async def write_pending(session: AsyncSession) -> None:
     """Insert the fresh jobs this transaction added so far (before anything reads the jobs table)."""
     rows = session.info.pop(_PENDING, None)
     if rows:
-        await session.execute(_pending_insert(postgres=dialects.is_postgres(session), rows=rows), rows)
+        postgres = dialects.is_postgres(session)
+        keys = _cancelled_keys(postgres=postgres, rows=rows)
+        if keys is not None:
+            await session.execute(_LOCK_KEYS_IN_ID_ORDER, {"keys": keys})
+        await session.execute(_pending_insert(postgres=postgres, rows=rows), rows)
 
 
 @event.listens_for(Session, "before_commit")
@@ -222,6 +260,9 @@ def _write_pending_at_commit(session: Session) -> None:
     rows = session.info.pop(_PENDING, None)
     if rows:
         postgres = (session.bind or session.get_bind()).dialect.name == "postgresql"
+        keys = _cancelled_keys(postgres=postgres, rows=rows)
+        if keys is not None:
+            session.execute(_LOCK_KEYS_IN_ID_ORDER, {"keys": keys})
         session.execute(_pending_insert(postgres=postgres, rows=rows), rows)
 
 
@@ -394,22 +435,6 @@ async def renew(
     )
 
 
-def _in_id_order(where: Callable[[Any], tuple[Any, ...]]) -> Any:
-    """The ids of the job rows matching `where`, locked one by one in id order: on PostgreSQL every
-    statement that locks several job rows takes them through this, so no two of our transactions
-    ever wait for each other's rows in a cycle (a deadlock; PostgreSQL aborts one of them).
-
-    An UPDATE has no ORDER BY and locks rows in whatever order its plan visits them (by the index, or
-    where they lie on disk); the PostgreSQL docs' defence against deadlocks is to take locks on several
-    objects in one consistent order (docs 13.3.4, "Deadlocks"), and a SELECT's locking clause locks
-    the rows after its ORDER BY, as it returns them (SELECT, "The Locking Clause").  FOR UPDATE, the
-    strongest row lock: the statement that then changes the rows never has to wait for more.
-    Without a lock (SQLite, which has one writer and no row locks) it renders without the clause.
-    """
-    job = aliased(models.Job)  # not correlated with the statement it feeds, which names jobs too
-    return select(job.id).where(*where(job)).order_by(job.id).with_for_update()
-
-
 def _build_renew() -> Any:
     """The heartbeat's renewal on PostgreSQL, built once: one statement still, its rows locked in id
     order before the UPDATE touches them (`_in_id_order`).  A renewal the heartbeat gave up on may
@@ -437,12 +462,15 @@ async def release_predecessors(session: AsyncSession, *, prefix: str, keep: str)
     claim(), the one place where a job ever gets a new owner.
     """
     await write_pending(session)
+    # Locked in id order (`_in_id_order`): the UPDATE below then finds every row already its own.
     ids = list(
         await session.scalars(
-            select(models.Job.id).where(
-                models.Job.state == RUNNING,
-                models.Job.lease_owner.startswith(prefix, autoescape=True),
-                models.Job.lease_owner != keep,
+            _in_id_order(
+                lambda j: (
+                    j.state == RUNNING,
+                    j.lease_owner.startswith(prefix, autoescape=True),
+                    j.lease_owner != keep,
+                )
             )
         )
     )
@@ -540,9 +568,11 @@ async def cancel_where(session: AsyncSession, *, dedupe_keys: list[str]) -> None
     await write_pending(session)
     if not dedupe_keys:
         return
+    # Its rows locked in id order on PostgreSQL (`_in_id_order`); SQLite reads the same ids first.
+    queued = _in_id_order(lambda j: (j.dedupe_key.in_(dedupe_keys), j.state == QUEUED))
     await session.execute(
         update(models.Job)
-        .where(models.Job.dedupe_key.in_(dedupe_keys), models.Job.state == QUEUED)
+        .where(models.Job.id.in_(queued))
         .values(state=CANCELLED, finished_at=models.utcnow())
     )
 
