@@ -1,7 +1,9 @@
 """The durable job queue: a table in the same database, so a request and its job commit together.
 
 PostgreSQL: claims use FOR UPDATE SKIP LOCKED and several replicas share the
-queue.  SQLite: one process owns the queue (transactions are serialised).
+queue; a statement that locks several job rows takes them in id order
+(`_in_id_order`), so two transactions never deadlock on them.  SQLite: one
+process owns the queue (transactions are serialised).
 A partial unique index allows one *running* job per concurrency key, so two
 replicas can never run two deploys of the same app at once.
 """
