@@ -393,11 +393,15 @@ async def test_overlapping_renewals_lock_their_rows_in_id_order_and_wait_instead
     assert leases[low] == leases[high], "the beat renewed both, after the other transaction"
 
 
-async def test_cancelling_several_jobs_in_one_insert_locks_their_rows_in_id_order(rt: Runtime) -> None:
+@pytest.mark.parametrize("at_commit", [True, False], ids=["at-commit", "write-pending"])
+async def test_cancelling_several_jobs_in_one_insert_locks_their_rows_in_id_order(
+    rt: Runtime, at_commit: bool
+) -> None:
     """PostgreSQL: the jobs INSERT's ON CONFLICT locks each existing row it lands on, in the order of
     its rows.  A request that cancels two queued jobs (superseding two deploys, the higher job first)
     must take them in id order too: here it waits for the other transaction's lower row holding
-    nothing, so the other can go on to the higher one and commit."""
+    nothing, so the other can go on to the higher one and commit.  The INSERT goes as the request's
+    commit begins, or earlier when something reads the jobs table (`write_pending`)."""
     if not _skip_locked(rt):
         pytest.skip("SQLite: one writer at a time and no row locks, so no lock order either")
     async with rt.sessionmaker.begin() as session:
@@ -411,7 +415,8 @@ async def test_cancelling_several_jobs_in_one_insert_locks_their_rows_in_id_orde
             pids.append(await _backend_pid(session))
             for key in ("job:high", "job:low"):
                 jobs.cancel_with_pending(session, kind="k", payload={}, dedupe_key=key)
-            await jobs.write_pending(session)
+            if not at_commit:
+                await jobs.write_pending(session)
 
     async def superseding_waits() -> bool:
         return bool(pids) and await _blocked(rt, pids[0])
