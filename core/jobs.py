@@ -213,12 +213,14 @@ def _in_id_order(where: Callable[[Any], tuple[Any, ...]]) -> Any:
     statement that locks several job rows takes them through this, so no two of our transactions
     ever wait for each other's rows in a cycle (a deadlock; PostgreSQL aborts one of them).
 
-    An UPDATE has no ORDER BY and locks rows in whatever order its plan visits them (by the index, or
-    where they lie on disk); the PostgreSQL docs' defence against deadlocks is to take locks on several
-    objects in one consistent order (docs 13.3.4, "Deadlocks"), and a SELECT's locking clause locks
-    the rows after its ORDER BY, as it returns them (SELECT, "The Locking Clause").  FOR UPDATE, the
+    An UPDATE has no ORDER BY and locks rows in whatever order its plan visits them (by some index,
+    or where they lie on disk).  The PostgreSQL docs' defence against deadlocks is to take locks on
+    several objects in one consistent order
+    (https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-DEADLOCKS), and a SELECT
+    applies its ORDER BY first and then locks the rows as it returns them
+    (https://www.postgresql.org/docs/current/sql-select.html#SQL-FOR-UPDATE-SHARE).  FOR UPDATE, the
     strongest row lock: the statement that then changes the rows never has to wait for more.
-    Without a lock (SQLite, which has one writer and no row locks) it renders without the clause.
+    SQLite (one writer, no row locks) gets the same SELECT without the locking clause.
     """
     job = aliased(models.Job)  # not correlated with the statement it feeds, which names jobs too
     return select(job.id).where(*where(job)).order_by(job.id).with_for_update()
