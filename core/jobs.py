@@ -1,7 +1,9 @@
 """The durable job queue: a table in the same database, so a request and its job commit together.
 
 PostgreSQL: claims use FOR UPDATE SKIP LOCKED and several replicas share the
-queue.  SQLite: one process owns the queue (transactions are serialised).
+queue; a statement that locks several job rows takes them in id order
+(`_in_id_order`), so two transactions never deadlock on them.  SQLite: one
+process owns the queue (transactions are serialised).
 A partial unique index allows one *running* job per concurrency key, so two
 replicas can never run two deploys of the same app at once.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction, aliased
 
 from core import dialects, observe
 from storage import models
@@ -206,46 +208,83 @@ def _build_pending_inserts() -> dict[tuple[bool, bool], Any]:
 _PENDING_INSERTS = _build_pending_inserts()
 
 
-def _pending_insert(*, postgres: bool, rows: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
-    """The INSERT for these pending rows, and the rows to give it.
+def _in_id_order(where: Callable[[Any], tuple[Any, ...]]) -> Any:
+    """The ids of the job rows matching `where`, locked one by one in id order: on PostgreSQL every
+    statement that locks several job rows takes them through this, so no two of our transactions
+    ever wait for each other's rows in a cycle (a deadlock; PostgreSQL aborts one of them).
+
+    An UPDATE has no ORDER BY and locks rows in whatever order its plan visits them (by some index,
+    or where they lie on disk).  The PostgreSQL docs' defence against deadlocks is to take locks on
+    several objects in one consistent order
+    (https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-DEADLOCKS), and a SELECT
+    applies its ORDER BY first and then locks the rows as it returns them
+    (https://www.postgresql.org/docs/current/sql-select.html#SQL-FOR-UPDATE-SHARE).  FOR UPDATE, the
+    strongest row lock: the statement that then changes the rows never has to wait for more.
+    SQLite (one writer, no row locks) gets the same SELECT without the locking clause.
+    """
+    job = aliased(models.Job)  # not correlated with the statement it feeds, which names jobs too
+    return select(job.id).where(*where(job)).order_by(job.id).with_for_update()
+
+
+_LOCK_KEYS_IN_ID_ORDER = _in_id_order(lambda j: (j.dedupe_key.in_(bindparam("keys", expanding=True)),))
+
+
+def _pending_insert(
+    *, postgres: bool, rows: list[dict[str, Any]]
+) -> tuple[Any, list[dict[str, Any]], list[str]]:
+    """The INSERT for these pending rows, the rows to give it, and the keys of the jobs written
+    before that it cancels.
 
     A job queued and then cancelled in this transaction goes in once, as the cancelled job the
     INSERT's ON CONFLICT would have made of it (issue 13: a batch of pushes supersedes every deploy
     it queued but the last); only the cancellation of a job written before needs the ON CONFLICT.
     New dicts: a savepoint's copy of the pending rows keeps the old ones."""
     if not any(r["state"] == CANCELLED for r in rows):
-        return _PENDING_INSERTS[postgres, False], rows
+        return _PENDING_INSERTS[postgres, False], rows, []
     fresh: dict[str, int] = {}
     out: list[dict[str, Any] | None] = list(rows)
-    upsert = False
+    earlier: list[str] = []
     for i, row in enumerate(rows):
         key = row["dedupe_key"]
         if row["state"] == QUEUED and key is not None:
             fresh[key] = i
         elif row["state"] == CANCELLED:
             if key not in fresh:
-                upsert = True
+                earlier.append(key)
                 continue
             j = fresh.pop(key)
             out[j] = {**rows[j], "state": CANCELLED, "finished_at": row["finished_at"]}
             out[i] = None
-    return _PENDING_INSERTS[postgres, upsert], [r for r in out if r is not None]
+    return _PENDING_INSERTS[postgres, bool(earlier)], [r for r in out if r is not None], earlier
+
+
+def _cancelled_keys(*, postgres: bool, earlier: list[str]) -> list[str] | None:
+    """PostgreSQL: the keys of the jobs written before that this INSERT cancels, when there are several.
+
+    Its ON CONFLICT locks each existing row it lands on (whatever its state) in the order of the
+    rows, which is not the id order every other statement that locks several job rows keeps
+    (`_in_id_order`); those rows are locked in that order first.  One more statement, only when a
+    transaction cancels two jobs or more that it did not queue itself: with one, the INSERT lands
+    on one existing row at most (a fresh job's key names a row of this transaction).
+    """
+    return earlier if postgres and len(earlier) > 1 else None
 
 
 async def write_pending(session: AsyncSession) -> None:
     """Insert the fresh jobs this transaction added so far (before anything reads the jobs table)."""
-    rows = session.info.pop(_PENDING, None)
-    if rows:
-        stmt, rows = _pending_insert(postgres=dialects.is_postgres(session), rows=rows)
-        await session.execute(stmt, rows)
+    if session.info.get(_PENDING):
+        await session.run_sync(_write_pending)
 
 
 @event.listens_for(Session, "before_commit")
-def _write_pending_at_commit(session: Session) -> None:
+def _write_pending(session: Session) -> None:
     rows = session.info.pop(_PENDING, None)
     if rows:
         postgres = (session.bind or session.get_bind()).dialect.name == "postgresql"
-        stmt, rows = _pending_insert(postgres=postgres, rows=rows)
+        stmt, rows, earlier = _pending_insert(postgres=postgres, rows=rows)
+        keys = _cancelled_keys(postgres=postgres, earlier=earlier)
+        if keys is not None:
+            session.execute(_LOCK_KEYS_IN_ID_ORDER, {"keys": keys})
         session.execute(stmt, rows)
 
 
@@ -408,12 +447,18 @@ async def renew(
     """
     if not job_ids:
         return set()
+    until = models.utcnow() + dt.timedelta(seconds=lease_seconds)
+    if dialects.is_postgres(session):
+        kept = await session.scalars(
+            _RENEW_IN_ID_ORDER, {"ids": sorted(job_ids), "owner": owner, "until": until}
+        )
+        return set(kept.all())
     stmt = (
         update(models.Job)
         .where(
             models.Job.id.in_(sorted(job_ids)), models.Job.lease_owner == owner, models.Job.state == RUNNING
         )
-        .values(lease_until=models.utcnow() + dt.timedelta(seconds=lease_seconds))
+        .values(lease_until=until)
     )
     bind = session.bind if session.bind is not None else session.get_bind()
     if bind.dialect.update_returning:
@@ -431,6 +476,25 @@ async def renew(
     )
 
 
+def _build_renew() -> Any:
+    """The heartbeat's renewal on PostgreSQL, built once: one statement still, its rows locked in id
+    order before the UPDATE touches them (`_in_id_order`).  A renewal the heartbeat gave up on may
+    still run in the database beside the next beat, and a lease taken over is in two workers' lists."""
+    ids: Any = bindparam("ids", expanding=True)
+    owner: Any = bindparam("owner")
+    held = _in_id_order(lambda j: (j.id.in_(ids), j.lease_owner == owner, j.state == RUNNING))
+    return (
+        update(models.Job)
+        .where(models.Job.id.in_(held))
+        .values(lease_until=bindparam("until", type_=models.UTCDateTime()))
+        .returning(models.Job.id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+_RENEW_IN_ID_ORDER = _build_renew()
+
+
 async def release_predecessors(session: AsyncSession, *, prefix: str, keep: str) -> list[int]:
     """End the leases of running jobs whose owner was an earlier, dead process of this instance.
 
@@ -439,12 +503,15 @@ async def release_predecessors(session: AsyncSession, *, prefix: str, keep: str)
     claim(), the one place where a job ever gets a new owner.
     """
     await write_pending(session)
+    # Locked in id order (`_in_id_order`): the UPDATE below then finds every row already its own.
     ids = list(
         await session.scalars(
-            select(models.Job.id).where(
-                models.Job.state == RUNNING,
-                models.Job.lease_owner.startswith(prefix, autoescape=True),
-                models.Job.lease_owner != keep,
+            _in_id_order(
+                lambda j: (
+                    j.state == RUNNING,
+                    j.lease_owner.startswith(prefix, autoescape=True),
+                    j.lease_owner != keep,
+                )
             )
         )
     )
@@ -542,9 +609,11 @@ async def cancel_where(session: AsyncSession, *, dedupe_keys: list[str]) -> None
     await write_pending(session)
     if not dedupe_keys:
         return
+    # Its rows locked in id order on PostgreSQL (`_in_id_order`); SQLite reads the same ids first.
+    queued = _in_id_order(lambda j: (j.dedupe_key.in_(dedupe_keys), j.state == QUEUED))
     await session.execute(
         update(models.Job)
-        .where(models.Job.dedupe_key.in_(dedupe_keys), models.Job.state == QUEUED)
+        .where(models.Job.id.in_(queued))
         .values(state=CANCELLED, finished_at=models.utcnow())
     )
 

@@ -43,6 +43,9 @@ def _jobs_batch(cutoff: dt.datetime, batch: int) -> Any:
         .where(models.Job.state.in_(FINISHED), models.Job.finished_at < cutoff)
         .order_by(models.Job.id)
         .limit(batch)
+        # PostgreSQL: locked in id order, as every statement that locks several job rows takes them
+        # (core.jobs._in_id_order), before the DELETE (a cancellation's ON CONFLICT locks finished rows).
+        .with_for_update()
     )
 
 

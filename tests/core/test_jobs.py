@@ -369,6 +369,117 @@ async def test_renew_extends_only_the_leases_still_held_in_one_statement(rt: Run
         assert await jobs.renew(session, job_ids=[], owner="me", lease_seconds=300) == set()
 
 
+async def _blocked(rt: Runtime, pid: int) -> bool:
+    """PostgreSQL: whether the backend `pid` waits for a lock another transaction holds."""
+    async with rt.engine.connect() as conn:
+        return bool(await conn.scalar(text("SELECT cardinality(pg_blocking_pids(:pid)) > 0"), {"pid": pid}))
+
+
+async def _backend_pid(session: Any) -> int:
+    return int(await session.scalar(text("SELECT pg_backend_pid()")))
+
+
+async def test_overlapping_renewals_lock_their_rows_in_id_order_and_wait_instead_of_deadlocking(
+    rt: Runtime,
+) -> None:
+    """PostgreSQL: an UPDATE locks rows in whatever order its plan visits them.  Two transactions that
+    renew overlapping leases (a renewal the heartbeat gave up on, still in the database, and the next
+    beat) must lock them in one order, or each can hold a row the other waits for: a deadlock, and
+    one of them aborted.  Here the other transaction holds the lower row; the beat, planned to visit
+    the rows where they lie on disk (the higher id first), must wait for it holding nothing, so the
+    other can go on to the higher row and commit."""
+    if not _skip_locked(rt):
+        pytest.skip("SQLite: one writer at a time and no row locks, so no lock order either")
+    ids = []
+    for i in range(2):
+        async with rt.sessionmaker.begin() as session:
+            ids.append((await jobs.enqueue(session, kind="k", payload={}, concurrency_key=f"k{i}")).id)
+        assert await _claim(rt, "me", lease=30) is not None
+    low, high = sorted(ids)
+    async with rt.sessionmaker.begin() as session:  # a newer version of the lower row, after the higher
+        await session.execute(
+            update(models.Job)
+            .where(models.Job.id == low)
+            .values(lease_until=models.utcnow() + dt.timedelta(seconds=30))
+        )
+    async with rt.sessionmaker() as session:
+        assert list(await session.scalars(text("SELECT id FROM jobs ORDER BY ctid"))) == [high, low]
+    pids: list[int] = []
+
+    async def beat() -> set[int]:
+        async with rt.sessionmaker.begin() as session:
+            pids.append(await _backend_pid(session))
+            # The plan a big table or a long list of ids may get: the rows visited where they lie.
+            await session.execute(text("SET LOCAL enable_indexscan = off"))
+            await session.execute(text("SET LOCAL enable_bitmapscan = off"))
+            return await jobs.renew(session, job_ids=[low, high], owner="me", lease_seconds=300)
+
+    async def beat_waits() -> bool:
+        return bool(pids) and await _blocked(rt, pids[0])
+
+    beating: asyncio.Task[set[int]] | None = None
+    try:
+        async with rt.sessionmaker() as other:
+            await other.begin()
+            assert await jobs.renew(other, job_ids=[low], owner="me", lease_seconds=60) == {low}
+            beating = asyncio.create_task(beat())
+            await eventually(beat_waits, what="the beat waiting for the lower row")
+            # On to the higher row, as a renewal of both in id order does: a beat that had locked it
+            # already (visiting it first) would now wait for this transaction, and this one for it.
+            assert await jobs.renew(other, job_ids=[high], owner="me", lease_seconds=60) == {high}
+            await other.commit()
+        assert await beating == {low, high}
+    finally:
+        if beating is not None and not beating.done():
+            await asyncio.gather(beating, return_exceptions=True)
+    leases = {i: (await _job_row(rt, i)).lease_until for i in (low, high)}
+    assert leases[low] == leases[high], "the beat renewed both, after the other transaction"
+
+
+@pytest.mark.parametrize("at_commit", [True, False], ids=["at-commit", "write-pending"])
+async def test_cancelling_several_jobs_in_one_insert_locks_their_rows_in_id_order(
+    rt: Runtime, at_commit: bool
+) -> None:
+    """PostgreSQL: the jobs INSERT's ON CONFLICT locks each existing row it lands on, in the order of
+    its rows.  A request that cancels two queued jobs (superseding two deploys, the higher job first)
+    must take them in id order too: here it waits for the other transaction's lower row holding
+    nothing, so the other can go on to the higher one and commit.  The INSERT goes as the request's
+    commit begins, or earlier when something reads the jobs table (`write_pending`)."""
+    if not _skip_locked(rt):
+        pytest.skip("SQLite: one writer at a time and no row locks, so no lock order either")
+    async with rt.sessionmaker.begin() as session:
+        low = (await jobs.enqueue(session, kind="k", payload={}, dedupe_key="job:low")).id
+        high = (await jobs.enqueue(session, kind="k", payload={}, dedupe_key="job:high")).id
+    assert low < high
+    pids: list[int] = []
+
+    async def supersede() -> None:
+        async with rt.sessionmaker.begin() as session:
+            pids.append(await _backend_pid(session))
+            for key in ("job:high", "job:low"):
+                jobs.cancel_with_pending(session, kind="k", payload={}, dedupe_key=key)
+            if not at_commit:
+                await jobs.write_pending(session)
+
+    async def superseding_waits() -> bool:
+        return bool(pids) and await _blocked(rt, pids[0])
+
+    superseding: asyncio.Task[None] | None = None
+    try:
+        async with rt.sessionmaker() as other:
+            await other.begin()
+            await jobs.cancel_where(other, dedupe_keys=["job:low"])
+            superseding = asyncio.create_task(supersede())
+            await eventually(superseding_waits, what="the request waiting for the lower row")
+            await jobs.cancel_where(other, dedupe_keys=["job:high"])
+            await other.commit()
+        await superseding
+    finally:
+        if superseding is not None and not superseding.done():
+            await asyncio.gather(superseding, return_exceptions=True)
+    assert {(await _job_row(rt, i)).state for i in (low, high)} == {jobs.CANCELLED}
+
+
 async def test_one_beat_renews_every_running_job_of_a_worker_in_one_statement(rt: Runtime) -> None:
     rt.core.config.job_lease_seconds = 3.0  # a beat a second
     n = 6
