@@ -7,10 +7,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from shipit.runtime import resolve_master_key
 from shipit.settings import Settings
 from storage import db, migrate
-from storage.crypto import Cipher
+from tests.storage.old_rows import project_and_cluster
 from tests.storage.test_migrate_tenancy import _app
 
 pytestmark = pytest.mark.both_databases
@@ -33,20 +32,10 @@ async def _counts(conn: object) -> dict[str, int]:
 
 async def test_upgrade_keeps_children_and_lets_two_environments_hold_one_name(settings: Settings) -> None:
     engine = db.create_engine(settings.database_url)
-    cipher = Cipher(key=resolve_master_key(settings))
     try:
         await migrate.upgrade(engine, revision="0011")
         async with engine.begin() as conn:
-            await conn.execute(
-                text("INSERT INTO projects (id, name, created_at) VALUES (1, 'acme', CURRENT_TIMESTAMP)")
-            )
-            await conn.execute(
-                text(
-                    "INSERT INTO clusters (id, name, kubeconfig_enc, default_namespace, server, server_version, "
-                    "created_at) VALUES (1, 'prod', :k, 'default', 'https://k8s', 'v1', CURRENT_TIMESTAMP)"
-                ),
-                {"k": cipher.encrypt(b"{}", purpose="kubeconfig")},
-            )
+            await project_and_cluster(conn, settings=settings)
             await conn.execute(
                 text(
                     "INSERT INTO environments (id, project_id, name, position, windows, freezes, created_at) "

@@ -12,10 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit, deploys
 from core.identity import Actor
-from shipit.runtime import resolve_master_key
 from shipit.settings import Settings
 from storage import db, migrate, models
-from storage.crypto import Cipher
+from tests.storage.old_rows import project_and_cluster
 from tests.storage.test_migrate_app_names import _in_env
 from tests.storage.test_migrate_tenancy import _app
 
@@ -47,20 +46,10 @@ def _audit(actor: Actor, action: str, details: dict[str, Any]) -> dict[str, Any]
 
 async def test_upgrade_fills_in_rejected_by_from_the_audit_log(settings: Settings) -> None:
     engine = db.create_engine(settings.database_url)
-    cipher = Cipher(key=resolve_master_key(settings))
     try:
         await migrate.upgrade(engine, revision="0013")
         async with engine.begin() as conn:
-            await conn.execute(
-                text("INSERT INTO projects (id, name, created_at) VALUES (1, 'acme', CURRENT_TIMESTAMP)")
-            )
-            await conn.execute(
-                text(
-                    "INSERT INTO clusters (id, name, kubeconfig_enc, default_namespace, server, server_version, "
-                    "created_at) VALUES (1, 'prod', :k, 'default', 'https://k8s', 'v1', CURRENT_TIMESTAMP)"
-                ),
-                {"k": cipher.encrypt(b"{}", purpose="kubeconfig")},
-            )
+            await project_and_cluster(conn, settings=settings)
             await conn.execute(
                 text(
                     "INSERT INTO environments (id, project_id, name, position, windows, freezes, created_at) "

@@ -10,11 +10,10 @@ from sqlalchemy import select, text
 
 from core import deploys, revisions
 from shipit import runtime
-from shipit.runtime import resolve_master_key
 from shipit.settings import Settings
 from storage import db, migrate, models
-from storage.crypto import Cipher
 from tests.conftest import ADMIN
+from tests.storage.old_rows import project_and_cluster
 from tests.storage.test_migrate_tenancy import _app
 
 pytestmark = pytest.mark.both_databases
@@ -43,18 +42,8 @@ async def test_upgrade_points_each_app_at_the_revision_that_runs(settings: Setti
     engine = db.create_engine(settings.database_url)
     try:
         await migrate.upgrade(engine, revision="0002")
-        kubeconfig = Cipher(key=resolve_master_key(settings)).encrypt(b"{}", purpose="kubeconfig")
         async with engine.begin() as conn:
-            await conn.execute(
-                text("INSERT INTO projects (id, name, created_at) VALUES (1, 'acme', CURRENT_TIMESTAMP)")
-            )
-            await conn.execute(
-                text(
-                    "INSERT INTO clusters (id, name, kubeconfig_enc, default_namespace, server, server_version, "
-                    "created_at) VALUES (1, 'prod', :k, 'default', 'https://k8s', 'v1', CURRENT_TIMESTAMP)"
-                ),
-                {"k": kubeconfig},
-            )
+            await project_and_cluster(conn, settings=settings)
             await conn.execute(
                 text(
                     "INSERT INTO cluster_grants (cluster_id, project_id, created_by, created_at) "
