@@ -168,8 +168,9 @@ def _write_bodies(path: Path, bodies: list[bytes]) -> None:
             f.write(signature.sign(secret=SECRET, body=body).encode() + b"\t" + body + b"\n")
 
 
-async def _prepare(env: dict[str, str]) -> None:
-    """Migrate the database and link an app `web` to acme/web, branch main."""
+async def _prepare(env: dict[str, str], *, secrets: int = 0) -> None:
+    """Migrate the database and link an app `web` to acme/web, branch main (with `secrets` secrets:
+    most production apps have some, and every deploy's revision records their checksum)."""
     os.environ.update(env)
     from core import apps, clusters, projects
     from core.apps import AppChanges
@@ -202,6 +203,11 @@ async def _prepare(env: dict[str, str]) -> None:
                 image_template="ghcr.io/acme/web:{sha}",
             ),
         )
+        if secrets:
+            from core import secrets as app_secrets
+
+            values = {f"SECRET_{i}": f"bench-value-{i}" for i in range(secrets)}
+            await app_secrets.set_values(session, ctx=rt.core, actor=SYSTEM, app_name="web", values=values)
     await runtime.stop(rt)
 
 
@@ -342,6 +348,7 @@ def main() -> None:
         default="bare,app,ingest,deploy,repeat",
         help="comma-separated subset of bare,app,ingest,deploy,repeat (bare is always run: the ratios)",
     )
+    parser.add_argument("--secrets", type=int, default=0, help="the tracked app has this many secrets")
     parser.add_argument(
         "--postgres",
         metavar="URL",
@@ -369,7 +376,7 @@ def main() -> None:
         "SHIPIT_GITHUB_API_URL": "http://127.0.0.1:9",
         "SHIPIT_LOG_LEVEL": "WARNING",
     }
-    asyncio.run(_prepare(env))
+    asyncio.run(_prepare(env, secrets=args.secrets))
     script = tmp / "signed.lua"
     script.write_text(LUA)
     bodies = {

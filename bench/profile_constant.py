@@ -22,7 +22,7 @@ and again (after the first, each is answered "already deployed": the per-app ded
 deliveries; in process they fill to 64); the run prints the batches it made.
 
     .venv/bin/python -m bench.profile_constant [--target app|bare|both|ingest|deploy|repeat] [--profile]
-        [--rounds 20] [--max-batch N]
+        [--rounds 20] [--max-batch N] [--secrets N]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ async def _ingest(args: argparse.Namespace) -> None:
     from shipit.settings import Settings
     from webhooks import signature
 
-    await gi._prepare({**os.environ, "SHIPIT_GITHUB_WEBHOOK_SECRET": gi.SECRET})
+    await gi._prepare({**os.environ, "SHIPIT_GITHUB_WEBHOOK_SECRET": gi.SECRET}, secrets=args.secrets)
     rt = await runtime.build(Settings(_env_file=None))
     app = create_app(rt=rt)
     app.state.runtime = rt  # what the lifespan does; the runtime is ours here
@@ -264,6 +264,7 @@ def main() -> None:
     parser.add_argument(
         "--max-batch", type=int, default=0, help="ingest/deploy/repeat: cap the group commit's batch size"
     )
+    parser.add_argument("--secrets", type=int, default=0, help="ingest/deploy/repeat: the app's secrets")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-out", help="with --profile: also dump the cProfile stats to this file")
     args = parser.parse_args()

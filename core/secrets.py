@@ -28,6 +28,7 @@ PURPOSE = "app-secret"
 VERSION_PURPOSE = "app-secret-version"
 VERSIONS_KEPT = 10
 MAX_VALUE_BYTES = 64 * 1024
+EMPTY_CHECKSUM = hashlib.sha256().hexdigest()  # what `checksum` says for no secrets
 
 
 async def set_values(
@@ -199,11 +200,34 @@ async def for_deploy(
     if version is None:
         return await _latest_values(session, ctx=ctx, app_id=app_id), await checksum(session, app_id=app_id)
     if version == 0:
-        return {}, hashlib.sha256().hexdigest()  # what `checksum` says for no secrets
+        return {}, EMPTY_CHECKSUM
     row = await _version(session, app_id=app_id, version=version)
     if row is None:
         raise PermanentError(f"secrets version {version} of this app no longer exists")
     return _decrypt_map(ctx, row.data_enc), row.checksum
+
+
+async def checksum_for_deploy(session: AsyncSession, *, app_id: int, version: int | None) -> str:
+    """The checksum `for_deploy` gives, for a revision's record: nothing decrypted, and a version's
+    checksum read once per process and cache stamp (issue 13: a deploy request of an app with
+    secrets read and decrypted its whole version).  Safe to keep: a version row never changes, and
+    the versions a request can ask for (the app's own, or a kept revision's) are never pruned."""
+    if version is None:  # a revision from before versions: the latest values'
+        return await checksum(session, app_id=app_id)
+    if version == 0:
+        return EMPTY_CHECKSUM
+
+    async def load() -> str | None:
+        return await session.scalar(
+            select(models.SecretVersion.checksum).where(
+                models.SecretVersion.app_id == app_id, models.SecretVersion.version == version
+            )
+        )
+
+    found = await readcache.value(session, ("secrets.version_checksum", app_id, version), load)
+    if found is None:
+        raise PermanentError(f"secrets version {version} of this app no longer exists")
+    return found
 
 
 async def values_for_deploy(session: AsyncSession, *, ctx: Core, app_id: int) -> dict[str, str]:

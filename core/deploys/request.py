@@ -549,9 +549,7 @@ async def request(
             if image is None and preview is None and on_its_way is None and trigger in SETTINGS_TRIGGERS:
                 # (A deploy on its way pins its own digest when it runs: the settings follow it.)
                 snapshot = await _running_digest(session, app=app, snapshot=snapshot)
-        _, checksum = await secrets.for_deploy(
-            session, ctx=ctx, app_id=app.id, version=snapshot.secrets_version
-        )
+        checksum = await secrets.checksum_for_deploy(session, app_id=app.id, version=snapshot.secrets_version)
         revision_values = dict(
             app_id=app.id,
             image=snapshot.image,

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, inspect, select, update
 
-from core import apps, deploys, events, jobs, projects
+from core import apps, deploys, events, jobs, projects, secrets
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor
 from shipit.runtime import Runtime
@@ -60,6 +60,35 @@ async def test_request_writes_revision_deployment_job_event_and_audit_together(p
         app = await session.scalar(select(models.App))
         # A request is a candidate: the app's image moves only when the rollout succeeds.
         assert app is not None and app.image == "ghcr.io/acme/web:1.0"
+
+
+async def test_a_revision_records_the_checksum_of_the_secrets_version_it_runs_with(paper: Runtime) -> None:
+    """Read once per cache stamp, never decrypted at request time: still the version's own checksum,
+    and a new version (set or unset) is seen by the very next request."""
+
+    async def set_secret(**values: str) -> None:
+        async with paper.sessionmaker.begin() as session:
+            await secrets.set_values(session, ctx=paper.core, actor=ADMIN, app_name="web", values=values)
+
+    async def recorded(requested: deploys.Requested) -> tuple[int | None, str, str]:
+        async with paper.sessionmaker() as session:
+            revision = await session.get(models.Revision, requested.deployment.revision_id)
+            assert revision is not None
+            version = await session.scalar(
+                select(models.SecretVersion).where(
+                    models.SecretVersion.app_id == revision.app_id,
+                    models.SecretVersion.version == revision.secrets_version,
+                )
+            )
+            assert version is not None
+            return revision.secrets_version, revision.secret_checksum, version.checksum
+
+    await set_secret(TOKEN="one")
+    first = [await recorded(await _request(paper, image=tag)) for tag in ("1.1", "1.2")]
+    await set_secret(TOKEN="two")
+    second = await recorded(await _request(paper, image="1.3"))
+    assert [(v, c) for v, c, _ in first] == [(1, first[0][2])] * 2
+    assert second[0] == 2 and second[1] == second[2] != first[0][1]
 
 
 async def test_bad_image_is_refused_and_nothing_is_written(paper: Runtime) -> None:
