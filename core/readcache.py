@@ -271,6 +271,13 @@ async def _wrote(session: AsyncSession) -> bool:
     return root is not None and conn.info.get(_WROTE) is root
 
 
+def write_mark(session: AsyncSession) -> int | None:
+    """A number that changes whenever this process writes a table the copies hold, or None while
+    the session has unflushed changes to one: what was read from those tables under one mark holds
+    until the mark changes (within a transaction, which reads at one stamp)."""
+    return None if _pending(session.sync_session) else _writes_seen
+
+
 def _pending(sync: Session) -> bool:
     for objects in (sync.new, sync.deleted, sync.dirty):
         if any(getattr(o, "__tablename__", None) in CACHED_TABLES for o in objects):

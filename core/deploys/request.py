@@ -39,6 +39,7 @@ from core import (
     logctx,
     metrics,
     protection,
+    readcache,
     secrets,
     validation,
 )
@@ -249,6 +250,12 @@ class _Batch:
     held: list[models.Deployment] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
     prune: dict[int, tuple[Core, models.App]] = field(default_factory=dict)
+    # What the batch's requests checked and looked up (the app and the caller's role on it, the
+    # gate, the namespace claim, the secrets checksum), by what they depend on: a batch's pushes
+    # are mostly to one app.  Only while nothing the read cache holds was written since
+    # (`readcache.write_mark`): the same answers the cache would give again.
+    checked: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    checked_at: int | None = None
     # SQLite: the revisions and deployments numbered here and not written yet (see `_Rows`).
     rows: _Rows | None = None
     listening: Any = None  # the connection `write_first` listens on
@@ -257,6 +264,16 @@ class _Batch:
         return bool(
             self.superseded or self.events or self.audit or self.prune or (self.rows and self.rows.waiting())
         )
+
+    def checks(self, session: AsyncSession) -> dict[tuple[Any, ...], Any] | None:
+        """`checked`, emptied if it may no longer hold; None when nothing may be kept now."""
+        mark = readcache.write_mark(session)
+        if mark is None:
+            return None
+        if mark != self.checked_at:
+            self.checked.clear()
+            self.checked_at = mark
+        return self.checked
 
     def write_first(self, conn: Any, *args: Any) -> None:
         """Before any other statement on the transaction's connection: the rows waiting, one INSERT per table."""
@@ -479,11 +496,18 @@ async def request(
     deferring = None if batch is None or session.sync_session.in_nested_transaction() else batch
     # The role check comes before anything else, the dedupe key included: an earlier answer is only
     # ever returned to someone allowed to deploy this very app.
-    app = await apps.get(session, actor=actor, name=app_name, env=env)
-    # Held for the whole request: the session's identity map is weak, and the events emitted below
-    # would read the project again once `authorize` let go of it (issue 13: statements per request).
-    project = await apps.project_of(session, app=app)
-    await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="deploying")
+    checked = deferring.checks(session) if deferring is not None else None
+    app_key = ("app", actor.subject, app_name, env)
+    if checked is not None and app_key in checked:
+        app, project = checked[app_key]
+    else:
+        app = await apps.get(session, actor=actor, name=app_name, env=env)
+        # Held for the whole request: the session's identity map is weak, and the events emitted below
+        # would read the project again once `authorize` let go of it (issue 13: statements per request).
+        project = await apps.project_of(session, app=app)
+        await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="deploying")
+        if checked is not None:
+            checked[app_key] = (app, project)
     if trigger not in TRIGGERS:
         raise InvalidInput(f"trigger must be one of {', '.join(TRIGGERS)}", field="trigger")
     if git_ref is not None:
@@ -501,20 +525,28 @@ async def request(
     if app.locked_reason and preview is None and not automatic:
         raise Conflict(f"{app.name} is locked by {app.locked_by}: {app.locked_reason}. Unlock it first.")
     # The environment's and project's locks, windows and freezes; how many approvals it will need.
-    gate = await protection.check_request(
-        session, actor=actor, app=app, trigger=trigger, preview=preview is not None, automatic=automatic,
-        rollback=trigger in ROLLBACK_TRIGGERS or rollback_of is not None, override_window=override_window,
-        default_ttl_seconds=ctx.config.approval_ttl_seconds,
-    )  # fmt: skip
+    # (A batch checks its windows once, as of its first request: it commits as one.)
+    rollback = trigger in ROLLBACK_TRIGGERS or rollback_of is not None
+    gate_key = ("gate", app.id, actor.subject, trigger, preview is None, rollback, override_window)
+    gate = checked.get(gate_key) if checked is not None else None
+    if gate is None:
+        gate = await protection.check_request(
+            session, actor=actor, app=app, trigger=trigger, preview=preview is not None, automatic=automatic,
+            rollback=rollback, override_window=override_window,
+            default_ttl_seconds=ctx.config.approval_ttl_seconds,
+        )  # fmt: skip
+        if checked is not None:
+            checked[gate_key] = gate
     # Only into a namespace the project owns, checked at every deploy (rollbacks and previews too).
-    await claims.check_owned(
-        session,
-        cluster_id=app.cluster_id,
-        namespace=preview.namespace if preview else app.namespace,
-        project_id=app.project_id,
-    )
-    await _lock_app(session, app=app)
     namespace = preview.namespace if preview else app.namespace
+    claim_key = ("claim", app.cluster_id, namespace, app.project_id)
+    if checked is None or claim_key not in checked:
+        await claims.check_owned(
+            session, cluster_id=app.cluster_id, namespace=namespace, project_id=app.project_id
+        )
+        if checked is not None:
+            checked[claim_key] = True
+    await _lock_app(session, app=app)
     # SQLite: a batch numbers its rows itself and writes them together (see `_Rows`).
     rows = (
         await _rows_for(session, batch=deferring, app_id=app.id, namespace=namespace)
@@ -545,11 +577,23 @@ async def request(
                 raise InvalidInput(
                     f"{app.name} has no image yet: give one, like ghcr.io/acme/web:1.4", field="image"
                 )
-            snapshot = snapshots.from_app(app).replace(image=new_image)
+            base = checked.get(("snapshot", app.id)) if checked is not None else None
+            if base is None:
+                base = snapshots.from_app(app)
+                if checked is not None:
+                    checked["snapshot", app.id] = base
+            snapshot = base.replace(image=new_image)
             if image is None and preview is None and on_its_way is None and trigger in SETTINGS_TRIGGERS:
                 # (A deploy on its way pins its own digest when it runs: the settings follow it.)
                 snapshot = await _running_digest(session, app=app, snapshot=snapshot)
-        checksum = await secrets.checksum_for_deploy(session, app_id=app.id, version=snapshot.secrets_version)
+        checksum_key = ("checksum", app.id, snapshot.secrets_version)
+        checksum = checked.get(checksum_key) if checked is not None else None
+        if checksum is None:
+            checksum = await secrets.checksum_for_deploy(
+                session, app_id=app.id, version=snapshot.secrets_version
+            )
+            if checked is not None:
+                checked[checksum_key] = checksum
         revision_values = dict(
             app_id=app.id,
             image=snapshot.image,

@@ -465,6 +465,34 @@ async def test_rows_a_batch_numbers_itself_survive_savepoints_and_other_inserts(
 
 
 @pytest.mark.both_databases
+@pytest.mark.parametrize("flushed", [False, True])
+async def test_a_batch_checks_its_pushes_again_once_something_they_depend_on_changed(
+    rt: Runtime, flushed: bool
+) -> None:
+    """A batch's pushes to one app share their checks (deploys.request `_Batch.checked`) only while
+    nothing the read cache holds changed: a project locked between two pushes of one transaction,
+    written or still unflushed, refuses the second (and the all-or-nothing batch with it)."""
+    await offline_cluster(rt)
+    await make_app(rt)
+
+    async def push(session: AsyncSession, sha: str) -> Outcome:
+        ref = "refs/heads/main"
+        await gitops.prefetch_pushes(session, pushes=[gitops.PushRef(repo="acme/web", ref=ref, sha=sha)])
+        return await gitops.on_push(session, ctx=rt.core, repo="acme/web", ref=ref, sha=sha, sender="octocat")
+
+    with pytest.raises(gitops.RunAlone, match="locked"):
+        async with rt.sessionmaker.begin() as session:
+            gitops.all_or_nothing(session)
+            assert _decisions(await push(session, SHA_A))["web"][0] == "deploy"
+            assert _decisions(await push(session, SHA_B))["web"][0] == "deploy"
+            await protection.lock_project(session, actor=ADMIN, project="acme", reason="audit")
+            if flushed:
+                await session.flush()
+            await push(session, SHA_C)
+    assert await deployments(rt) == []
+
+
+@pytest.mark.both_databases
 async def test_deferred_writes_are_never_lost_or_wrong(rt: Runtime) -> None:
     """A deferring transaction that commits without `flush` fails whole; one whose deferred
     supersede finds the deploy moved on fails in `flush` (the ingest then runs deliveries alone)."""
