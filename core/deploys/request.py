@@ -288,15 +288,16 @@ class _Batch:
 # ------------------------------------------------------------------ a batch's rows (issue 13, SQLite)
 #
 # On SQLite a batch's transaction is the only writer (BEGIN IMMEDIATE), so it can give the revisions
-# and deployments it requests their ids and numbers itself, from one read of the highest ones, and
-# write them in one INSERT per table (an executemany, one trip to the driver's thread) instead of two
-# INSERTs per request.  What one at a time would write, with the same ids and numbers: rowids are
-# the highest one plus one either way (the tables are not AUTOINCREMENT), numbers one past the app's
-# highest deploy number.  Nothing may see the database without them, so they are written before
-# any other statement of the transaction runs (`write_first`, a listener on its connection): a
-# read, an UPDATE, a SAVEPOINT (the rows stay outside it), and `flush` before the commit.  A row
-# inserted any other way in the transaction (a request inside a savepoint) makes the counts stale:
-# they are read again by the next request (`_insert_*` clear them).
+# and deployments it requests their ids and numbers itself and write them in one INSERT per table (an
+# executemany, one trip to the driver's thread) instead of two INSERTs per request.  The first
+# request of the batch for an app and target inserts its own rows, as a request outside a batch
+# does (a batch of one costs what it did), and what they returned seeds the counts the next ones
+# number theirs from (`_seed`): rowids are the highest one plus one either way (the tables are not
+# AUTOINCREMENT), numbers one past the app's highest deploy number.  Nothing may see the database
+# without the rows, so they are written before any other statement of the transaction runs
+# (`write_first`, a listener on its connection): a read, an UPDATE, a SAVEPOINT (the rows stay
+# outside it), and `flush` before the commit.  A row inserted inside a savepoint (which may roll
+# back) makes the counts stale: the batch's next request for any app inserts its own again.
 
 
 @dataclass(kw_only=True)
@@ -323,43 +324,43 @@ _INSERT_REVISIONS = insert(cast(Table, models.Revision.__table__))
 _INSERT_DEPLOYMENTS = insert(cast(Table, models.Deployment.__table__))
 
 
-def _build_allocation() -> Any:
-    r, d = cast(Table, models.Revision.__table__).c, cast(Table, models.Deployment.__table__).c
-    app_id: Any = bindparam("p_app_id")
-    namespace: Any = bindparam("p_namespace")
-    return select(
-        select(func.coalesce(func.max(r.id), 0)).scalar_subquery(),
-        select(func.coalesce(func.max(d.id), 0)).scalar_subquery(),
-        select(func.coalesce(func.max(d.revision_number), 0)).where(d.app_id == app_id).scalar_subquery(),
-        select(func.count())
-        .where(d.app_id == app_id, d.namespace == namespace, d.status == RUNNING)
-        .scalar_subquery(),
-    )
+def _numbering(batch: _Batch | None, *, app_id: int, namespace: str, rerun: bool) -> _Rows | None:
+    """The batch's rows, when it can number this request's itself: a request of the batch for this
+    app and target inserted its own before (`_seed`)."""
+    rows = batch.rows if batch is not None else None
+    if rows is None or (app_id, namespace) not in rows.running or (not rerun and app_id not in rows.numbers):
+        return None
+    return rows
 
 
-_ALLOCATION = _build_allocation()
-
-
-async def _rows_for(session: AsyncSession, *, batch: _Batch, app_id: int, namespace: str) -> _Rows:
-    """The batch's counts, with those of this app and target: read once per batch (and target)."""
+async def _seed(
+    session: AsyncSession,
+    *,
+    batch: _Batch,
+    app_id: int,
+    namespace: str,
+    revision: tuple[int, int] | None,
+    deployment_id: int,
+    running: int,
+) -> None:
+    """A request of the batch inserted its own rows (its revision's id and number, unless it reran
+    one): the batch numbers the next ones of this app and target from them."""
     rows = batch.rows
-    if rows is None or app_id not in rows.numbers or (app_id, namespace) not in rows.running:
-        top_revision, top_deployment, number, running = (
-            await session.execute(_ALLOCATION, {"p_app_id": app_id, "p_namespace": namespace})
-        ).one()
-        if rows is None:
-            rows = batch.rows = _Rows(next_revision=top_revision + 1, next_deployment=top_deployment + 1)
-        rows.numbers.setdefault(app_id, number)
-        rows.running.setdefault((app_id, namespace), running)
+    if rows is None:
+        rows = batch.rows = _Rows(next_revision=0, next_deployment=0)
+    if revision is not None:
+        rows.next_revision = max(rows.next_revision, revision[0] + 1)
+        rows.numbers[app_id] = revision[1]
+    rows.next_deployment = max(rows.next_deployment, deployment_id + 1)
+    rows.running[app_id, namespace] = running
     if batch.listening is None:
         # The session's connection is the transaction's own (a new one for each): the listener goes with it.
         batch.listening = (await session.connection()).sync_connection
         event.listen(batch.listening, "before_execute", batch.write_first)
-    return rows
 
 
 def _stale(batch: _Batch | None) -> None:
-    """A revision or deployment was inserted outside the batch's rows: its counts must be read again."""
+    """A revision or deployment was inserted inside a savepoint: the batch's counts no longer hold."""
     if batch is not None and batch.rows is not None:
         assert not batch.rows.waiting()  # `write_first` wrote them before that INSERT
         batch.rows = None
@@ -548,11 +549,13 @@ async def request(
             checked[claim_key] = True
     await _lock_app(session, app=app)
     # SQLite: a batch numbers its rows itself and writes them together (see `_Rows`).
+    seeding = deferring is not None and not dialects.is_postgres(session)
     rows = (
-        await _rows_for(session, batch=deferring, app_id=app.id, namespace=namespace)
-        if deferring is not None and not dialects.is_postgres(session)
+        _numbering(deferring, app_id=app.id, namespace=namespace, rerun=rerun is not None)
+        if seeding
         else None
     )
+    inserted: tuple[int, int] | None = None  # this request's own revision, when it inserted one
 
     revision: models.Revision | None
     revision_row: dict[str, Any] | None = None  # the new revision's row, when the batch writes it
@@ -619,7 +622,7 @@ async def request(
             # A batch's channel answers with the deployment alone: the revision's id and number
             # will do, with no ORM row built from it (issue 13: CPU per push).
             revision = None
-            revision_id, number = await _insert_revision_row(session, **revision_values)
+            revision_id, number = inserted = await _insert_revision_row(session, **revision_values)
         else:
             revision = await _insert_revision(session, **revision_values)
             revision_id, number = revision.id, revision.number
@@ -656,7 +659,13 @@ async def request(
         running_ahead = rows.running[(app.id, namespace)]
     else:
         deployment, running_ahead = await _insert_deployment(session, **deployment_values)
-        _stale(batch)
+        if seeding and deferring is not None:
+            await _seed(
+                session, batch=deferring, app_id=app.id, namespace=namespace, revision=inserted,
+                deployment_id=deployment.id, running=running_ahead,
+            )  # fmt: skip
+        else:
+            _stale(batch)
 
     superseded = await _supersede_older(session, deployment=deployment, batch=batch, deferring=deferring)
     if rows is not None and values is not None:
