@@ -419,7 +419,7 @@ async def flush(session: AsyncSession) -> None:
         return
     if batch.rows is not None:
         revisions, deployments = batch.rows.take()
-        batch.rows = None  # a request after this reads the counts again
+        batch.rows = None  # a request after this inserts its own rows again, and seeds new counts
         if revisions:
             await session.execute(_INSERT_REVISIONS, revisions)
         if deployments:
