@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import profile_deploy
-from bench.profile_slack import bench_settings, fake_threads, seed, send_deploy, threads_cpu
+from bench.profile_slack import bench_settings, fake_threads, report_tail, seed, send_deploy, threads_cpu
 
 profile_deploy.GROUPS.update({"slack_sdk": "slack_sdk", "aiohttp": "aiohttp (slack_sdk's client)"})
 LANDMARKS = [
@@ -191,12 +191,8 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
         f"CPU per command in its notify jobs: {cpu * 1000 / per:.2f} ms; {ran / per:.2f} jobs, "
         f"{counted / per:.1f} SQL statements and {calls / per:.2f} Slack Web API calls per command"
     )
-    if args.statements:
-        print(f"the statements of one command's notify jobs ({len(listed)}, BEGIN included):")
-        for i, text in enumerate(listed, 1):
-            print(f"  {i:2}. {text}")
-    profile_deploy.report(
-        profile, per=per, unit="cmd", noun="command", landmarks=LANDMARKS, top=args.top, dump=args.dump
+    report_tail(
+        args, listed=listed, what="one command's notify jobs", profile=profile, per=per, landmarks=LANDMARKS
     )
 
 

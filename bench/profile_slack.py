@@ -312,12 +312,19 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
         f"  {(split_cpu - totals[SPLIT[0][2]]) * 1000 / per:6.2f} ms  the rest: the HTTP client and ASGI, FastAPI, "
         "our signature check, bolt (parsing, middleware, listener, ack), the response"
     )
+    report_tail(args, listed=listed, what="one command", profile=profile, per=per, landmarks=LANDMARKS)
+
+
+def report_tail(
+    args: argparse.Namespace, *, listed: list[str], what: str, profile: Any, per: int, landmarks: Any
+) -> None:
+    """The statements listed (--statements) and the profile's report, per command."""
     if args.statements:
-        print(f"the statements of one command ({len(listed)}, BEGIN included):")
+        print(f"the statements of {what} ({len(listed)}, BEGIN included):")
         for i, text in enumerate(listed, 1):
             print(f"  {i:2}. {text}")
     profile_deploy.report(
-        profile, per=per, unit="cmd", noun="command", landmarks=LANDMARKS, top=args.top, dump=args.dump
+        profile, per=per, unit="cmd", noun="command", landmarks=landmarks, top=args.top, dump=args.dump
     )
 
 
