@@ -108,3 +108,31 @@ async def test_paths_with_parameters_are_routed_once_then_replayed_with_their_ow
         "/api/v1/apps/web", headers=auth
     )
     assert got.status_code == 404 and "web" in got.text
+
+
+async def test_the_table_is_built_with_the_app_not_by_a_request(rt: Runtime) -> None:
+    app = create_app(rt=rt)
+    stack = app.router.middleware_stack
+    assert isinstance(stack, routefast.ExactPaths)
+    # Built by create_app: FastAPI works out every included route's models then, not the first request.
+    assert stack.builds == 1
+    assert ("/github/webhook", "POST") in stack.plans() and ("/api/v1/apps", "GET") in stack.plans()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        assert stack.builds == 1
+        # Another app built in the same process adds routes of its own: this app's table stands.
+        other = FastAPI()
+
+        @other.get("/other")
+        async def elsewhere() -> dict[str, str]:
+            return {"other": "yes"}
+
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/other")).status_code == 404
+        assert stack.builds == 1
+        # A route added to this app is one the table must know: rebuilt once, then served from it.
+        app.add_api_route("/later", elsewhere, methods=["GET"])
+        assert (await client.get("/later")).json() == {"other": "yes"}
+        assert (await client.get("/later")).json() == {"other": "yes"}
+        assert stack.builds == 2 and ("/later", "GET") in stack.plans()
