@@ -9,7 +9,7 @@ import logging
 import os
 import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
@@ -53,6 +53,27 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 # API answers carry tokens, audit trails and settings: no cache (browser or proxy) keeps them.
 NO_STORE: list[tuple[bytes, bytes]] = [(b"cache-control", b"no-store")]
+_API_HEADERS = SECURITY_HEADERS + NO_STORE
+
+
+def _request_ids() -> Iterator[str]:
+    """New request ids: 32 hex digits of os.urandom, as uuid4().hex reads, cut from a block of 128
+    at a time (issue 13: a getrandom system call per request)."""
+    while True:
+        block = os.urandom(16 * 128).hex()
+        for at in range(0, len(block), 32):
+            yield block[at : at + 32]
+
+
+_REQUEST_IDS = _request_ids()
+
+
+def _after_fork() -> None:
+    global _REQUEST_IDS  # a forked child draws blocks of its own: two processes never share ids
+    _REQUEST_IDS = _request_ids()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class Edge:
@@ -81,20 +102,19 @@ class Edge:
         throttle: limits.Throttle | None = None,
     ) -> None:
         self.app, self.max_bytes, self.idle_timeout, self.throttle = app, max_bytes, idle_timeout, throttle
-        self._latency: dict[str, Any] = {}
-        self._counts: dict[tuple[str, str, int], Any] = {}
+        # (route template, method, status) -> the latency and count children: one look-up a request.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        path = getattr(scope.get("route"), "path", "unmatched")
-        latency = self._latency.get(path)
-        if latency is None:
-            latency = self._latency[path] = LATENCY.labels(route=path)
-        latency.observe(seconds)
-        key = (path, scope["method"], status)
-        count = self._counts.get(key)
-        if count is None:
-            count = self._counts[key] = REQUESTS.labels(route=path, method=key[1], status=str(status))
-        count.inc()
+        key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                LATENCY.labels(route=key[0]),
+                REQUESTS.labels(route=key[0], method=key[1], status=str(status)),
+            )
+        children[0].observe(seconds)
+        children[1].inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,84 +131,47 @@ class Edge:
                 authorization = value
         request_id = given.decode("latin-1") if given else ""
         if not (0 < len(request_id) <= 64 and set(request_id) <= _REQUEST_ID_OK):
-            request_id = os.urandom(16).hex()  # as uuid4().hex reads, at a fifth of its cost
+            request_id = next(_REQUEST_IDS)
         path: str = scope["path"]
         is_api = path.startswith(limits.API_PREFIX)
-        extra = [
-            (b"x-request-id", request_id.encode()),
-            *(SECURITY_HEADERS + NO_STORE if is_api else SECURITY_HEADERS),
-        ]
-        status = 500
-        started = refused = body_done = False
-        seen = 0
-        max_bytes, idle_timeout = self.max_bytes, self.idle_timeout
-
-        async def answer(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = message["status"], True
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
-            await send(message)
-
-        async def guarded(message: Message) -> None:
-            if not refused:  # we answered: the app's answer is dropped
-                await answer(message)
-
-        async def refuse(code: int, kind: str, text: str) -> Message:
-            nonlocal refused
-            refused = True
-            if not started:
-                await _refuse(answer, code, kind, text)
-            return {"type": "http.disconnect"}
-
-        async def limited() -> Message:
-            nonlocal seen, body_done
-            if refused:
-                return {"type": "http.disconnect"}
-            if body_done or idle_timeout is None:
-                # After the body, receive() waits for a disconnect (streaming responses): no timeout.
-                message = await receive()
-            else:
-                try:
-                    message = await _within(receive, idle_timeout)
-                except TimeoutError:
-                    return await refuse(408, "request_timeout", "the request body stalled")
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                body_done = not message.get("more_body", False)
-                if seen > max_bytes:
-                    # Raising here would not do: FastAPI turns errors while reading a body into a 400.
-                    return await refuse(
-                        413, "payload_too_large", f"request body is larger than {max_bytes} bytes"
-                    )
-            return message
-
-        where: dict[str, str] = {}
+        exchange = _Exchange(
+            send=send,
+            receive=receive,
+            extra=[(b"x-request-id", request_id.encode()), *(_API_HEADERS if is_api else SECURITY_HEADERS)],
+            max_bytes=self.max_bytes,
+            idle_timeout=self.idle_timeout,
+        )
         if is_api:
+            where: dict[str, str] = {}
             parts = path.split("/", 5)
             if len(parts) > 4 and parts[2] == "v1" and parts[3] in _NAMED:
                 where[_NAMED[parts[3]]] = parts[4][:63]
+            bound = observe.enter(request_id=request_id, **where)
+        else:
+            bound = observe.enter(request_id=request_id)
         address = ""
         token_key = None
-        bound = observe.enter(request_id=request_id, **where)
         try:
             if is_api and self.throttle is not None:
                 client = scope.get("client")
                 address = client[0] if client else "unknown"
                 too_many, token_key = self.throttle.admit(address=address, authorization=authorization)
                 if too_many is not None:
-                    await answer(too_many[0])
-                    await answer(too_many[1])
+                    await exchange.answer(too_many[0])
+                    await exchange.answer(too_many[1])
                     return
-            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            if declared is not None and declared.isdigit() and int(declared) > exchange.max_bytes:
                 await _refuse(
-                    answer, 413, "payload_too_large", f"request body is larger than {max_bytes} bytes"
+                    exchange.answer,
+                    413,
+                    "payload_too_large",
+                    f"request body is larger than {exchange.max_bytes} bytes",
                 )
                 return
             try:
-                await self.app(scope, limited, guarded)
+                await self.app(scope, exchange.limited, exchange.guarded)
             except Exception as e:
-                if not refused:
+                if not exchange.refused:
                     raise
                 # Expected (it was reading a body we cut off): no traceback.
                 log.debug(
@@ -198,10 +181,85 @@ class Edge:
                     type(e).__name__,
                 )
             if is_api and self.throttle is not None:
-                self.throttle.settle(status=status, address=address, token_key=token_key)
+                self.throttle.settle(status=exchange.status, address=address, token_key=token_key)
         finally:
             observe.leave(bound)
-            self._record(scope, status, time.perf_counter() - start)
+            self._record(scope, exchange.status, time.perf_counter() - start)
+
+
+class _Exchange:
+    """One request's side of Edge: the app's receive (the body cap) and send (the headers added),
+    and what they saw.  One object with slots per request, where closures took a function object
+    each and a cell per shared variable (issue 13)."""
+
+    __slots__ = ("body_done", "extra", "idle_timeout", "max_bytes", "receive", "refused", "seen", "send",
+                 "started", "status")  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        send: Send,
+        receive: Receive,
+        extra: list[tuple[bytes, bytes]],
+        max_bytes: int,
+        idle_timeout: float | None,
+    ) -> None:
+        self.send, self.receive, self.extra = send, receive, extra
+        self.max_bytes, self.idle_timeout = max_bytes, idle_timeout
+        self.status = 500
+        self.started = self.refused = self.body_done = False
+        self.seen = 0
+
+    async def answer(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status, self.started = message["status"], True
+            message = {**message, "headers": [*message.get("headers", ()), *self.extra]}
+        await self.send(message)
+
+    async def guarded(self, message: Message) -> None:
+        """The app's send: `answer` (inlined: two sends a request), unless we answered already."""
+        if self.refused:  # we answered: the app's answer is dropped
+            return
+        if message["type"] == "http.response.start":
+            self.status, self.started = message["status"], True
+            message = {**message, "headers": [*message.get("headers", ()), *self.extra]}
+        await self.send(message)
+
+    async def refuse(self, code: int, kind: str, text: str) -> Message:
+        self.refused = True
+        if not self.started:
+            await _refuse(self.answer, code, kind, text)
+        return {"type": "http.disconnect"}
+
+    async def limited(self) -> Message:
+        """The app's receive, with the body cap and the idle timeout."""
+        if self.refused:
+            return {"type": "http.disconnect"}
+        if self.body_done or self.idle_timeout is None:
+            # After the body, receive() waits for a disconnect (streaming responses): no timeout.
+            message = await self.receive()
+        else:
+            # _within's work, inlined (a coroutine less): a small body is there at once, no timer armed.
+            try:
+                step = self.receive().__await__()
+                try:
+                    waiting = step.send(None)
+                except StopIteration as done:
+                    message = done.value
+                else:
+                    async with asyncio.timeout(self.idle_timeout):
+                        message = await _resume(step, waiting)
+            except TimeoutError:
+                return await self.refuse(408, "request_timeout", "the request body stalled")
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            self.body_done = not message.get("more_body", False)
+            if self.seen > self.max_bytes:
+                # Raising here would not do: FastAPI turns errors while reading a body into a 400.
+                return await self.refuse(
+                    413, "payload_too_large", f"request body is larger than {self.max_bytes} bytes"
+                )
+        return message
 
 
 async def _within(receive: Receive, seconds: float) -> Message:
