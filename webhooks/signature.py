@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
 PREFIX = "sha256="
+_PREFIX = PREFIX.encode()
 
 
 def sign(*, secret: str, body: bytes) -> str:
@@ -30,11 +32,15 @@ class Verifier:
     __slots__ = ("_keyed",)
 
     def __init__(self, *, secret: str) -> None:
-        self._keyed = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+        keyed = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+        # OpenSSL's HMAC object inside hmac.HMAC, where this Python has one: copying it skips the
+        # Python wrapper's own copy (issue 13: a fifth of the check, the hashing aside).
+        inner = getattr(keyed, "_hmac", None)
+        self._keyed: Any = inner if inner is not None and hasattr(inner, "copy") else keyed
 
     def verify(self, *, body: bytes, header: str) -> bool:
         """True when `header` is the signature of `body` under the secret."""
         mac = self._keyed.copy()
         mac.update(body)
-        expected = PREFIX.encode() + mac.hexdigest().encode()
+        expected = _PREFIX + mac.hexdigest().encode()
         return hmac.compare_digest(expected, header.strip().encode("utf-8", "replace"))
