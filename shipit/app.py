@@ -239,16 +239,8 @@ class _Exchange:
             # After the body, receive() waits for a disconnect (streaming responses): no timeout.
             message = await self.receive()
         else:
-            # _within's work, inlined (a coroutine less): a small body is there at once, no timer armed.
             try:
-                step = self.receive().__await__()
-                try:
-                    waiting = step.send(None)
-                except StopIteration as done:
-                    message = done.value
-                else:
-                    async with asyncio.timeout(self.idle_timeout):
-                        message = await _resume(step, waiting)
+                message = await _within(self.receive, self.idle_timeout)
             except TimeoutError:
                 return await self.refuse(408, "request_timeout", "the request body stalled")
         if message["type"] == "http.request":

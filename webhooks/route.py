@@ -47,6 +47,16 @@ def _error(status: int, kind: str, message: str) -> tuple[int, bytes]:
     return _json(status, {"error": {"type": kind, "message": message}})
 
 
+# The answers that name nothing of the request: built once.
+_MISSING_SIGNATURE = _error(400, "MissingSignature", "X-Hub-Signature-256 header is missing")
+_MISSING_EVENT = _error(400, "MissingEvent", "X-GitHub-Event header is missing")
+_TOO_LARGE = _error(413, "PayloadTooLarge", f"body is larger than {MAX_BODY_BYTES} bytes")
+_BAD_SIGNATURE = _error(401, "BadSignature", "X-Hub-Signature-256 does not match the body")
+_NOT_JSON = _error(400, "MalformedPayload", "body is not valid JSON")
+_NOT_AN_OBJECT = _error(400, "MalformedPayload", "body is not a JSON object")
+_MISSING_DELIVERY = _error(400, "MissingDelivery", "X-GitHub-Delivery header is missing")
+
+
 class _TooLarge(Exception):
     pass
 
@@ -166,30 +176,30 @@ class Webhook:
         declared = wanted.get(b"content-length")
         content_type = _text(wanted.get(b"content-type")) or "application/json"
         if not header:
-            return _error(400, "MissingSignature", "X-Hub-Signature-256 header is missing")
+            return _MISSING_SIGNATURE
         if not event:
-            return _error(400, "MissingEvent", "X-GitHub-Event header is missing")
+            return _MISSING_EVENT
         try:
             body = await _read_capped(receive, declared=declared, limit=MAX_BODY_BYTES)
         except _TooLarge:
             self._counts.inc(event, "too_large")
-            return _error(413, "PayloadTooLarge", f"body is larger than {MAX_BODY_BYTES} bytes")
+            return _TOO_LARGE
         if not verifier.verify(body=body, header=header):
             self._counts.inc(event, "bad_signature")
             log.warning("github delivery %s (%s): bad signature; refused", delivery, event)
-            return _error(401, "BadSignature", "X-Hub-Signature-256 does not match the body")
+            return _BAD_SIGNATURE
         try:
             payload = _decode(body, content_type)
         except (ValueError, UnicodeDecodeError):
-            return _error(400, "MalformedPayload", "body is not valid JSON")
+            return _NOT_JSON
         # orjson gives a dict for an object; isinstance(..., Mapping) goes through the ABC machinery.
         if type(payload) is not dict and not isinstance(payload, Mapping):
-            return _error(400, "MalformedPayload", "body is not a JSON object")
+            return _NOT_AN_OBJECT
         if event == "ping":
             self._counts.inc(event, "pong")
             return _json(200, {"ok": True, "result": "pong", "zen": payload.get("zen")})
         if not delivery:
-            return _error(400, "MissingDelivery", "X-GitHub-Delivery header is missing")
+            return _MISSING_DELIVERY
         action = payload.get("action") if isinstance(payload.get("action"), str) else None
         found = table.lookup(event, action)
         base = {"ok": True, "delivery": delivery, "event": event, "action": action}
