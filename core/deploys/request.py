@@ -7,6 +7,7 @@ nothing slow; rollbacks, config and secret redeploys are requests too.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -259,6 +260,9 @@ class _Batch:
     # SQLite: the revisions and deployments numbered here and not written yet (see `_Rows`).
     rows: _Rows | None = None
     listening: Any = None  # the connection `write_first` listens on
+    # SQLite, seeded by `seed` (a read): (app id, namespace) -> the pending deploys of that target
+    # before the batch, which its first request there supersedes in `flush` (not in an UPDATE of its own).
+    older: dict[tuple[int, str], list[models.Deployment]] = field(default_factory=dict)
 
     def pending(self) -> bool:
         return bool(
@@ -353,10 +357,101 @@ async def _seed(
         rows.numbers[app_id] = revision[1]
     rows.next_deployment = max(rows.next_deployment, deployment_id + 1)
     rows.running[app_id, namespace] = running
+    await _listen(session, batch)
+
+
+async def _listen(session: AsyncSession, batch: _Batch) -> None:
     if batch.listening is None:
         # The session's connection is the transaction's own (a new one for each): the listener goes with it.
         batch.listening = (await session.connection()).sync_connection
         event.listen(batch.listening, "before_execute", batch.write_first)
+
+
+def _build_seed() -> Any:
+    a, d, r = models.App, models.Deployment, models.Revision
+    pending = aliased(d)
+    number = select(func.coalesce(func.max(d.revision_number), 0)).where(d.app_id == a.id).scalar_subquery()
+    running = (
+        select(func.count())
+        .select_from(d)
+        .where(d.app_id == a.id, d.namespace == a.namespace, d.status == RUNNING)
+        .scalar_subquery()
+    )
+    # The dedupe keys' earlier deploys come back in the same statement, as one JSON array (SQLite's
+    # json1, built in): what `core.gitops.prefetch_pushes` would otherwise read in a SELECT of its own.
+    earlier = (
+        select(func.json_group_array(func.json_array(d.dedupe_key, d.id, d.status, d.image)))
+        .where(d.dedupe_key.in_(bindparam("p_keys", expanding=True)))
+        .scalar_subquery()
+    )
+    return (
+        select(
+            a.id,
+            a.namespace,
+            number,
+            running,
+            select(func.max(r.id)).scalar_subquery(),
+            select(func.max(d.id)).scalar_subquery(),
+            earlier,
+            pending,
+        )
+        .outerjoin(
+            pending,
+            (pending.app_id == a.id) & (pending.namespace == a.namespace) & pending.status.in_(PENDING),
+        )
+        .where(a.id.in_(bindparam("p_ids", expanding=True)))
+    )
+
+
+_SEED = _build_seed()
+
+
+async def seed(
+    session: AsyncSession, *, app_ids: set[int], dedupe_keys: list[str]
+) -> dict[str, tuple[int, str, str]] | None:
+    """SQLite: number a batch's requests for these apps from one read, the first ones included; and
+    in the same statement, which of these dedupe keys an earlier deploy holds (key -> its id,
+    status and image).  None when it read nothing: the caller looks the keys up itself.
+
+    What a batch's first request for an app would learn from inserting its own rows (the next ids,
+    the app's highest deploy number, the deploys running ahead) and the pending deploys it would
+    supersede, read for all of them in one SELECT before any request runs (issue 13: the three
+    statements of a batch's first push cost more than the read).  Those deploys are superseded in
+    `flush`, as a deploy the batch queued itself is; should something else in the transaction move
+    one of them on first, `flush` finds it and fails the batch, which then runs one delivery at a time.
+    Nothing when the transaction is not a deferring batch, or on PostgreSQL (ids come from sequences)."""
+    batch = _batch(session)
+    if (
+        batch is None
+        or not app_ids
+        or dialects.is_postgres(session)
+        or session.sync_session.in_nested_transaction()
+    ):
+        return None
+    found = (await session.execute(_SEED, {"p_ids": sorted(app_ids), "p_keys": dedupe_keys})).all()
+    if not found:
+        return None
+    rows = batch.rows
+    if rows is None:
+        rows = batch.rows = _Rows(next_revision=0, next_deployment=0)
+    seeded: set[tuple[int, str]] = set()
+    for app_id, namespace, number, running, top_revision, top_deployment, _, pending in found:
+        rows.next_revision = max(rows.next_revision, (top_revision or 0) + 1)
+        rows.next_deployment = max(rows.next_deployment, (top_deployment or 0) + 1)
+        target = (app_id, namespace)
+        if target not in seeded:
+            if target in rows.running:
+                continue  # a request of the batch inserted its own rows there already
+            seeded.add(target)
+            rows.numbers[app_id] = max(rows.numbers.get(app_id, 0), int(number))
+            rows.running[target] = int(running)
+            batch.older[target] = []
+        if pending is not None:
+            batch.older[target].append(pending)
+    await _listen(session, batch)
+    return {
+        key: (id_, status, image) for key, id_, status, image in json.loads(found[0][6]) if key is not None
+    }
 
 
 def _stale(batch: _Batch | None) -> None:
@@ -364,6 +459,7 @@ def _stale(batch: _Batch | None) -> None:
     if batch is not None and batch.rows is not None:
         assert not batch.rows.waiting()  # `write_first` wrote them before that INSERT
         batch.rows = None
+        batch.older.clear()  # read before that INSERT: a request after it supersedes with its own UPDATE
 
 
 _BATCH = "deploys.batch"
@@ -424,6 +520,7 @@ async def flush(session: AsyncSession) -> None:
             await session.execute(_INSERT_REVISIONS, revisions)
         if deployments:
             await session.execute(_INSERT_DEPLOYMENTS, deployments)
+    batch.older.clear()  # a request after this supersedes with its own UPDATE
     superseded = [d.id for d in batch.superseded]
     news, rows, prune, held = batch.events, batch.audit, batch.prune, batch.held
     batch.superseded, batch.events, batch.audit, batch.prune, batch.held = [], [], [], {}, []
@@ -828,13 +925,15 @@ async def _supersede_older(
     """
     target = (deployment.app_id, deployment.namespace)
     previous = deferring.last.get(target) if deferring is not None else None
+    # The target's pending deploys as `seed` read them, when this is the batch's first request there.
+    seeded = batch.older.pop(target, None) if batch is not None else None
     if deferring is not None:
         deferring.last[target] = deployment
         deferring.created.append(deployment.id)
     elif batch is not None:
         batch.last.pop(target, None)  # superseded below whatever the batch queued; it may roll back
-    if previous is not None and deferring is not None:
-        older = [previous] if previous.status in PENDING else []
+    if deferring is not None and (previous is not None or seeded is not None):
+        older = [d for d in ([previous] if previous is not None else seeded or []) if d.status in PENDING]
         now = models.utcnow()
         waiting = deferring.rows.deployments if deferring.rows is not None else {}
         for old in older:
