@@ -27,8 +27,9 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, aliased, make_transient_to_detached
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from core import (
     apps,
@@ -368,12 +369,15 @@ async def _listen(session: AsyncSession, batch: _Batch) -> None:
 
 
 def _build_seed() -> Any:
-    a, d, r = models.App, models.Deployment, models.Revision
-    pending = aliased(d)
+    # Core, on the tables: the pending deploys' ORM rows are made by `_persistent` (issue 13: the
+    # ORM's loading of an entity, set up at each execution, cost more than the read).
+    apps_table, deployments = cast(Table, models.App.__table__), cast(Table, models.Deployment.__table__)
+    a, d, r = apps_table.c, deployments.c, cast(Table, models.Revision.__table__).c
+    pending = deployments.alias("pending")
     number = select(func.coalesce(func.max(d.revision_number), 0)).where(d.app_id == a.id).scalar_subquery()
     running = (
         select(func.count())
-        .select_from(d)
+        .select_from(deployments)
         .where(d.app_id == a.id, d.namespace == a.namespace, d.status == RUNNING)
         .scalar_subquery()
     )
@@ -393,11 +397,12 @@ def _build_seed() -> Any:
             select(func.max(r.id)).scalar_subquery(),
             select(func.max(d.id)).scalar_subquery(),
             earlier,
-            pending,
+            *pending.c,
         )
+        .select_from(apps_table)
         .outerjoin(
             pending,
-            (pending.app_id == a.id) & (pending.namespace == a.namespace) & pending.status.in_(PENDING),
+            (pending.c.app_id == a.id) & (pending.c.namespace == a.namespace) & pending.c.status.in_(PENDING),
         )
         .where(a.id.in_(bindparam("p_ids", expanding=True)))
     )
@@ -435,7 +440,8 @@ async def seed(
     if rows is None:
         rows = batch.rows = _Rows(next_revision=0, next_deployment=0)
     seeded: set[tuple[int, str]] = set()
-    for app_id, namespace, number, running, top_revision, top_deployment, _, pending in found:
+    held = session.sync_session.identity_map
+    for app_id, namespace, number, running, top_revision, top_deployment, _, *pending in found:
         rows.next_revision = max(rows.next_revision, (top_revision or 0) + 1)
         rows.next_deployment = max(rows.next_deployment, (top_deployment or 0) + 1)
         target = (app_id, namespace)
@@ -446,8 +452,11 @@ async def seed(
             rows.numbers[app_id] = max(rows.numbers.get(app_id, 0), int(number))
             rows.running[target] = int(running)
             batch.older[target] = []
-        if pending is not None:
-            batch.older[target].append(pending)
+        if pending[0] is not None:  # its id: the outer join found one
+            older = held.get(identity_key(models.Deployment, pending[0]))
+            if older is None:
+                older = _persistent(session, _DEPLOYMENT_MAPPING, pending)
+            batch.older[target].append(older)
     await _listen(session, batch)
     return {
         key: (id_, status, image) for key, id_, status, image in json.loads(found[0][6]) if key is not None
@@ -479,8 +488,9 @@ def _batch(session: AsyncSession) -> _Batch | None:
 
 
 def _build_batch_supersede() -> Any:
-    d = models.Deployment
-    later = aliased(d)
+    # On the table (Core): as `_build_prune`, no ORM bulk UPDATE set up at each batch.
+    table = cast(Table, models.Deployment.__table__)
+    d, later = table.c, table.alias().c
     # The deploy that superseded each row: the next one this transaction queued for its target.
     by = (
         select(func.min(later.id))
@@ -493,7 +503,7 @@ def _build_batch_supersede() -> Any:
         .scalar_subquery()
     )
     return (
-        update(d)
+        update(table)
         .where(d.id.in_(bindparam("p_ids", expanding=True)), d.status.in_(PENDING))
         .values(
             status=SUPERSEDED,
@@ -501,7 +511,6 @@ def _build_batch_supersede() -> Any:
             error=literal("superseded by deploy #") + sql_cast(by, String),
         )
         .returning(d.id)
-        .execution_options(synchronize_session=False)
     )
 
 
@@ -974,14 +983,16 @@ async def _supersede_older(
 
 
 def _build_prune() -> Any:
-    r, d = models.Revision, models.Deployment
+    # On the tables (Core), not the mapped classes: an ORM-enabled DELETE sets up its ORM bulk
+    # handling at each execution (issue 13: a batch's fixed cost), and nothing here needs it.
+    r, d = cast(Table, models.Revision.__table__).c, cast(Table, models.Deployment.__table__).c
     app_id: Any = bindparam("p_app_id")
     newest = select(r.number).where(r.app_id == app_id).order_by(r.number.desc()).limit(bindparam("p_kept"))
     in_use = select(d.revision_id).where(
         d.app_id == app_id, d.status.in_((*PENDING, RUNNING)), d.revision_id.is_not(None)
     )
     return (
-        delete(r)
+        delete(cast(Table, models.Revision.__table__))
         .where(
             r.app_id == app_id,
             r.number.not_in(newest),
@@ -990,7 +1001,6 @@ def _build_prune() -> Any:
             r.id != bindparam("p_current"),
         )
         .returning(r.secrets_version)
-        .execution_options(synchronize_session=False)
     )
 
 
