@@ -210,7 +210,8 @@ def _stored_key(*, app_id: int, ref: str, sha: str) -> str:
 # such a batch cheaper, and none changes what it does:
 # - `prefetch_pushes` looks up the dedupe keys of the whole batch's pushes in one SELECT, so a commit
 #   deployed before is answered without running a deploy request, and a new one runs it without
-#   looking its key up again;
+#   looking its key up again (on SQLite the same SELECT reads what the batch numbers its rows from:
+#   core.deploys.seed);
 # - `all_or_nothing` drops the SAVEPOINT around each app's deploy: a deploy that a UserError refuses
 #   (a window, a freeze...) then fails the whole batch instead (`RunAlone`), and the caller runs each
 #   delivery again in its own transaction, where the savepoint keeps the other apps' deploys.

@@ -294,15 +294,17 @@ class _Batch:
 #
 # On SQLite a batch's transaction is the only writer (BEGIN IMMEDIATE), so it can give the revisions
 # and deployments it requests their ids and numbers itself and write them in one INSERT per table (an
-# executemany, one trip to the driver's thread) instead of two INSERTs per request.  The first
-# request of the batch for an app and target inserts its own rows, as a request outside a batch
-# does (a batch of one costs what it did), and what they returned seeds the counts the next ones
-# number theirs from (`_seed`): rowids are the highest one plus one either way (the tables are not
-# AUTOINCREMENT), numbers one past the app's highest deploy number.  Nothing may see the database
-# without the rows, so they are written before any other statement of the transaction runs
-# (`write_first`, a listener on its connection): a read, an UPDATE, a SAVEPOINT (the rows stay
-# outside it), and `flush` before the commit.  A row inserted inside a savepoint (which may roll
-# back) makes the counts stale: the batch's next request for any app inserts its own again.
+# executemany, one trip to the driver's thread) instead of two INSERTs per request.  A batch of
+# pushes reads what it numbers them from before any push runs (`seed`, with the dedupe look-up), so
+# its first push to an app is numbered too; otherwise the first request of the batch for an app and
+# target inserts its own rows, as a request outside a batch does, and what they returned seeds the
+# counts the next ones number theirs from (`_seed`): rowids are the highest one plus one either way
+# (the tables are not AUTOINCREMENT), numbers one past the app's highest deploy number.  Nothing
+# may see the database without the rows, so they are written before any other statement of the
+# transaction runs (`write_first`, a listener on its connection): a read, an UPDATE, a SAVEPOINT
+# (the rows stay outside it), and `flush` before the commit.  A row inserted inside a savepoint
+# (which may roll back) makes the counts stale: the batch's next request for any app inserts its
+# own again.
 
 
 @dataclass(kw_only=True)
