@@ -261,6 +261,7 @@ class _Batch:
     # SQLite: the revisions and deployments numbered here and not written yet (see `_Rows`).
     rows: _Rows | None = None
     listening: Any = None  # the connection `write_first` listens on
+    info: dict[Any, Any] = field(default_factory=dict)  # the session's
     # SQLite, seeded by `seed` (a read): (app id, namespace) -> the pending deploys of that target
     # before the batch, which its first request there supersedes in `flush` (not in an UPDATE of its own).
     older: dict[tuple[int, str], list[models.Deployment]] = field(default_factory=dict)
@@ -288,6 +289,9 @@ class _Batch:
                 conn.execute(_INSERT_REVISIONS, revisions)
             if deployments:
                 conn.execute(_INSERT_DEPLOYMENTS, deployments)
+                # Written on the connection, past the session's do_orm_execute hook that tells the
+                # dashboard's streams a deployment changed (core.worker.install_wakeup): say it here.
+                self.info["deploys_changed"] = True
 
 
 # ------------------------------------------------------------------ a batch's rows (issue 13, SQLite)
@@ -479,7 +483,7 @@ _BATCH = "deploys.batch"
 def defer(session: AsyncSession) -> None:
     """Requests in this transaction (outside savepoints) defer their batchable statements to `flush`,
     which the caller must await before it commits (a commit with work left unflushed fails)."""
-    session.info[_BATCH] = _Batch(transaction=session.sync_session.get_transaction())
+    session.info[_BATCH] = _Batch(transaction=session.sync_session.get_transaction(), info=session.info)
 
 
 def _batch(session: AsyncSession) -> _Batch | None:

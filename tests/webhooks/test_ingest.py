@@ -506,6 +506,27 @@ async def test_a_batch_supersedes_what_an_earlier_one_left_queued_unless_it_move
 
 
 @pytest.mark.both_databases
+async def test_a_batch_whose_rows_go_in_before_its_end_still_wakes_the_live_pages(rt: Runtime) -> None:
+    """The first deploy of an app (nothing older to supersede) queued in a batch, its rows written on
+    the transaction's connection by the next statement (`write_first` on SQLite), not by the
+    session: the commit still tells the dashboard's streams that a deployment changed."""
+    await offline_cluster(rt)
+    await make_app(rt)
+    changed = rt.core.deploys_changed.listen()
+    ref = "refs/heads/main"
+    async with rt.sessionmaker.begin() as session:
+        gitops.all_or_nothing(session)
+        await gitops.prefetch_pushes(session, pushes=[gitops.PushRef(repo="acme/web", ref=ref, sha=SHA_A)])
+        outcome = await gitops.on_push(session, ctx=rt.core, repo="acme/web", ref=ref, sha=SHA_A, sender="o")
+        # Another delivery's read in the same batch: the waiting rows go in before it.
+        await session.execute(select(func.count()).select_from(models.Project))
+        await gitops.finish(session)
+    assert _decisions(outcome)["web"][0] == "deploy"
+    assert [d.status for d in await deployments(rt)] == ["queued"]
+    assert changed.is_set()
+
+
+@pytest.mark.both_databases
 @pytest.mark.parametrize("flushed", [False, True])
 async def test_a_batch_checks_its_pushes_again_once_something_they_depend_on_changed(
     rt: Runtime, flushed: bool
