@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import apps, deploys, logctx, readcache, validation
@@ -210,7 +210,8 @@ def _stored_key(*, app_id: int, ref: str, sha: str) -> str:
 # such a batch cheaper, and none changes what it does:
 # - `prefetch_pushes` looks up the dedupe keys of the whole batch's pushes in one SELECT, so a commit
 #   deployed before is answered without running a deploy request, and a new one runs it without
-#   looking its key up again;
+#   looking its key up again (on SQLite the same SELECT reads what the batch numbers its rows from:
+#   core.deploys.seed);
 # - `all_or_nothing` drops the SAVEPOINT around each app's deploy: a deploy that a UserError refuses
 #   (a window, a freeze...) then fails the whole batch instead (`RunAlone`), and the caller runs each
 #   delivery again in its own transaction, where the savepoint keeps the other apps' deploys.
@@ -277,7 +278,7 @@ def _known(session: AsyncSession) -> _Known | None:
 
 async def prefetch_pushes(session: AsyncSession, *, pushes: Iterable[PushRef]) -> None:
     """Look up, in one SELECT, whether the deploys these pushes would queue were queued before."""
-    keys: set[str] = set()
+    keys: dict[str, int] = {}  # dedupe key -> the app it would deploy
     linked: dict[str, list[Tracking]] = {}
     for push in pushes:
         if push.deleted or push.sha == ZERO_SHA:
@@ -291,19 +292,33 @@ async def prefetch_pushes(session: AsyncSession, *, pushes: Iterable[PushRef]) -
             linked[repo] = [a for a in await linked_tracking(session, repo=repo) if a.deploy_on != "ci"]
         for app in linked[repo]:
             if tracks(app, kind=kind, name=name, default_branch=push.default_branch):
-                keys.add(_stored_key(app_id=app.id, ref=push.ref, sha=push.sha))
+                keys[_stored_key(app_id=app.id, ref=push.ref, sha=push.sha)] = app.id
     if not keys:
         return
-    d = models.Deployment
-    rows = await session.execute(select(d.dedupe_key, d.id, d.status, d.image).where(d.dedupe_key.in_(keys)))
-    earlier = {key: (id_, status, image) for key, id_, status, image in rows if key is not None}
+    # SQLite: with what the batch numbers its rows from, in one statement (deploys.seed).
+    earlier = await deploys.seed(session, app_ids=set(keys.values()), dedupe_keys=list(keys))
+    if earlier is None:
+        rows = await session.execute(_PREFETCH, {"p_keys": list(keys)})
+        earlier = {key: (id_, status, image) for key, id_, status, image in rows if key is not None}
     transaction = session.sync_session.get_transaction()
     known = _known(session)
     if known is None:
-        session.info[_KNOWN] = _Known(transaction=transaction, earlier=earlier, checked=keys)
+        session.info[_KNOWN] = _Known(transaction=transaction, earlier=earlier, checked=set(keys))
     else:
         known.earlier.update(earlier)
-        known.checked |= keys
+        known.checked |= keys.keys()
+
+
+def _build_prefetch() -> Any:
+    d = models.Deployment
+    # An expanding IN: one cached statement whatever the batch's size (a plain IN-list of N keys
+    # would be compiled again for every N).
+    return select(d.dedupe_key, d.id, d.status, d.image).where(
+        d.dedupe_key.in_(bindparam("p_keys", expanding=True))
+    )
+
+
+_PREFETCH = _build_prefetch()
 
 
 async def _deploy(

@@ -41,6 +41,7 @@ from core.deploys.request import (
     roll_config,
     rollback,
     rollback_target,
+    seed,
     set_secrets,
     unset_secrets,
 )
@@ -131,6 +132,7 @@ __all__ = [
     "rollback",
     "rollback_target",
     "run_job",
+    "seed",
     "set_secrets",
     "snapshots",
     "unset_secrets",

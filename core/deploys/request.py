@@ -7,6 +7,7 @@ nothing slow; rollbacks, config and secret redeploys are requests too.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -26,8 +27,9 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, aliased, make_transient_to_detached
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from core import (
     apps,
@@ -259,6 +261,10 @@ class _Batch:
     # SQLite: the revisions and deployments numbered here and not written yet (see `_Rows`).
     rows: _Rows | None = None
     listening: Any = None  # the connection `write_first` listens on
+    info: dict[Any, Any] = field(default_factory=dict)  # the session's
+    # SQLite, seeded by `seed` (a read): (app id, namespace) -> the pending deploys of that target
+    # before the batch, which its first request there supersedes in `flush` (not in an UPDATE of its own).
+    older: dict[tuple[int, str], list[models.Deployment]] = field(default_factory=dict)
 
     def pending(self) -> bool:
         return bool(
@@ -283,21 +289,26 @@ class _Batch:
                 conn.execute(_INSERT_REVISIONS, revisions)
             if deployments:
                 conn.execute(_INSERT_DEPLOYMENTS, deployments)
+                # Written on the connection, past the session's do_orm_execute hook that tells the
+                # dashboard's streams a deployment changed (core.worker.install_wakeup): say it here.
+                self.info["deploys_changed"] = True
 
 
 # ------------------------------------------------------------------ a batch's rows (issue 13, SQLite)
 #
 # On SQLite a batch's transaction is the only writer (BEGIN IMMEDIATE), so it can give the revisions
 # and deployments it requests their ids and numbers itself and write them in one INSERT per table (an
-# executemany, one trip to the driver's thread) instead of two INSERTs per request.  The first
-# request of the batch for an app and target inserts its own rows, as a request outside a batch
-# does (a batch of one costs what it did), and what they returned seeds the counts the next ones
-# number theirs from (`_seed`): rowids are the highest one plus one either way (the tables are not
-# AUTOINCREMENT), numbers one past the app's highest deploy number.  Nothing may see the database
-# without the rows, so they are written before any other statement of the transaction runs
-# (`write_first`, a listener on its connection): a read, an UPDATE, a SAVEPOINT (the rows stay
-# outside it), and `flush` before the commit.  A row inserted inside a savepoint (which may roll
-# back) makes the counts stale: the batch's next request for any app inserts its own again.
+# executemany, one trip to the driver's thread) instead of two INSERTs per request.  A batch of
+# pushes reads what it numbers them from before any push runs (`seed`, with the dedupe look-up), so
+# its first push to an app is numbered too; otherwise the first request of the batch for an app and
+# target inserts its own rows, as a request outside a batch does, and what they returned seeds the
+# counts the next ones number theirs from (`_seed`): rowids are the highest one plus one either way
+# (the tables are not AUTOINCREMENT), numbers one past the app's highest deploy number.  Nothing
+# may see the database without the rows, so they are written before any other statement of the
+# transaction runs (`write_first`, a listener on its connection): a read, an UPDATE, a SAVEPOINT
+# (the rows stay outside it), and `flush` before the commit.  A row inserted inside a savepoint
+# (which may roll back) makes the counts stale: the batch's next request for any app inserts its
+# own again.
 
 
 @dataclass(kw_only=True)
@@ -353,10 +364,109 @@ async def _seed(
         rows.numbers[app_id] = revision[1]
     rows.next_deployment = max(rows.next_deployment, deployment_id + 1)
     rows.running[app_id, namespace] = running
+    await _listen(session, batch)
+
+
+async def _listen(session: AsyncSession, batch: _Batch) -> None:
     if batch.listening is None:
         # The session's connection is the transaction's own (a new one for each): the listener goes with it.
         batch.listening = (await session.connection()).sync_connection
         event.listen(batch.listening, "before_execute", batch.write_first)
+
+
+def _build_seed() -> Any:
+    # Core, on the tables: the pending deploys' ORM rows are made by `_persistent` (issue 13: the
+    # ORM's loading of an entity, set up at each execution, cost more than the read).
+    apps_table, deployments = cast(Table, models.App.__table__), cast(Table, models.Deployment.__table__)
+    a, d, r = apps_table.c, deployments.c, cast(Table, models.Revision.__table__).c
+    pending = deployments.alias("pending")
+    number = select(func.coalesce(func.max(d.revision_number), 0)).where(d.app_id == a.id).scalar_subquery()
+    running = (
+        select(func.count())
+        .select_from(deployments)
+        .where(d.app_id == a.id, d.namespace == a.namespace, d.status == RUNNING)
+        .scalar_subquery()
+    )
+    # The dedupe keys' earlier deploys come back in the same statement, as one JSON array (SQLite's
+    # json1, built in): what `core.gitops.prefetch_pushes` would otherwise read in a SELECT of its own.
+    earlier = (
+        select(func.json_group_array(func.json_array(d.dedupe_key, d.id, d.status, d.image)))
+        .where(d.dedupe_key.in_(bindparam("p_keys", expanding=True)))
+        .scalar_subquery()
+    )
+    return (
+        select(
+            a.id,
+            a.namespace,
+            number,
+            running,
+            select(func.max(r.id)).scalar_subquery(),
+            select(func.max(d.id)).scalar_subquery(),
+            earlier,
+            *pending.c,
+        )
+        .select_from(apps_table)
+        .outerjoin(
+            pending,
+            (pending.c.app_id == a.id) & (pending.c.namespace == a.namespace) & pending.c.status.in_(PENDING),
+        )
+        .where(a.id.in_(bindparam("p_ids", expanding=True)))
+    )
+
+
+_SEED = _build_seed()
+
+
+async def seed(
+    session: AsyncSession, *, app_ids: set[int], dedupe_keys: list[str]
+) -> dict[str, tuple[int, str, str]] | None:
+    """SQLite: number a batch's requests for these apps from one read, the first ones included; and
+    in the same statement, which of these dedupe keys an earlier deploy holds (key -> its id,
+    status and image).  None when it read nothing: the caller looks the keys up itself.
+
+    What a batch's first request for an app would learn from inserting its own rows (the next ids,
+    the app's highest deploy number, the deploys running ahead) and the pending deploys it would
+    supersede, read for all of them in one SELECT before any request runs (issue 13: the three
+    statements of a batch's first push cost more than the read).  Those deploys are superseded in
+    `flush`, as a deploy the batch queued itself is; should something else in the transaction move
+    one of them on first, `flush` finds it and fails the batch, which then runs one delivery at a time.
+    Nothing when the transaction is not a deferring batch, or on PostgreSQL (ids come from sequences)."""
+    batch = _batch(session)
+    if (
+        batch is None
+        or not app_ids
+        or dialects.is_postgres(session)
+        or session.sync_session.in_nested_transaction()
+    ):
+        return None
+    found = (await session.execute(_SEED, {"p_ids": sorted(app_ids), "p_keys": dedupe_keys})).all()
+    if not found:
+        return None
+    rows = batch.rows
+    if rows is None:
+        rows = batch.rows = _Rows(next_revision=0, next_deployment=0)
+    seeded: set[tuple[int, str]] = set()
+    held = session.sync_session.identity_map
+    for app_id, namespace, number, running, top_revision, top_deployment, _, *pending in found:
+        rows.next_revision = max(rows.next_revision, (top_revision or 0) + 1)
+        rows.next_deployment = max(rows.next_deployment, (top_deployment or 0) + 1)
+        target = (app_id, namespace)
+        if target not in seeded:
+            if target in rows.running:
+                continue  # a request of the batch inserted its own rows there already
+            seeded.add(target)
+            rows.numbers[app_id] = max(rows.numbers.get(app_id, 0), int(number))
+            rows.running[target] = int(running)
+            batch.older[target] = []
+        if pending[0] is not None:  # its id: the outer join found one
+            older = held.get(identity_key(models.Deployment, pending[0]))
+            if older is None:
+                older = _persistent(session, _DEPLOYMENT_MAPPING, pending)
+            batch.older[target].append(older)
+    await _listen(session, batch)
+    return {
+        key: (id_, status, image) for key, id_, status, image in json.loads(found[0][6]) if key is not None
+    }
 
 
 def _stale(batch: _Batch | None) -> None:
@@ -364,6 +474,7 @@ def _stale(batch: _Batch | None) -> None:
     if batch is not None and batch.rows is not None:
         assert not batch.rows.waiting()  # `write_first` wrote them before that INSERT
         batch.rows = None
+        batch.older.clear()  # read before that INSERT: a request after it supersedes with its own UPDATE
 
 
 _BATCH = "deploys.batch"
@@ -372,7 +483,7 @@ _BATCH = "deploys.batch"
 def defer(session: AsyncSession) -> None:
     """Requests in this transaction (outside savepoints) defer their batchable statements to `flush`,
     which the caller must await before it commits (a commit with work left unflushed fails)."""
-    session.info[_BATCH] = _Batch(transaction=session.sync_session.get_transaction())
+    session.info[_BATCH] = _Batch(transaction=session.sync_session.get_transaction(), info=session.info)
 
 
 def _batch(session: AsyncSession) -> _Batch | None:
@@ -383,8 +494,9 @@ def _batch(session: AsyncSession) -> _Batch | None:
 
 
 def _build_batch_supersede() -> Any:
-    d = models.Deployment
-    later = aliased(d)
+    # On the table (Core): as `_build_prune`, no ORM bulk UPDATE set up at each batch.
+    table = cast(Table, models.Deployment.__table__)
+    d, later = table.c, table.alias().c
     # The deploy that superseded each row: the next one this transaction queued for its target.
     by = (
         select(func.min(later.id))
@@ -397,7 +509,7 @@ def _build_batch_supersede() -> Any:
         .scalar_subquery()
     )
     return (
-        update(d)
+        update(table)
         .where(d.id.in_(bindparam("p_ids", expanding=True)), d.status.in_(PENDING))
         .values(
             status=SUPERSEDED,
@@ -405,7 +517,6 @@ def _build_batch_supersede() -> Any:
             error=literal("superseded by deploy #") + sql_cast(by, String),
         )
         .returning(d.id)
-        .execution_options(synchronize_session=False)
     )
 
 
@@ -424,6 +535,7 @@ async def flush(session: AsyncSession) -> None:
             await session.execute(_INSERT_REVISIONS, revisions)
         if deployments:
             await session.execute(_INSERT_DEPLOYMENTS, deployments)
+    batch.older.clear()  # a request after this supersedes with its own UPDATE
     superseded = [d.id for d in batch.superseded]
     news, rows, prune, held = batch.events, batch.audit, batch.prune, batch.held
     batch.superseded, batch.events, batch.audit, batch.prune, batch.held = [], [], [], {}, []
@@ -828,13 +940,15 @@ async def _supersede_older(
     """
     target = (deployment.app_id, deployment.namespace)
     previous = deferring.last.get(target) if deferring is not None else None
+    # The target's pending deploys as `seed` read them, when this is the batch's first request there.
+    seeded = batch.older.pop(target, None) if batch is not None else None
     if deferring is not None:
         deferring.last[target] = deployment
         deferring.created.append(deployment.id)
     elif batch is not None:
         batch.last.pop(target, None)  # superseded below whatever the batch queued; it may roll back
-    if previous is not None and deferring is not None:
-        older = [previous] if previous.status in PENDING else []
+    if deferring is not None and (previous is not None or seeded is not None):
+        older = [d for d in ([previous] if previous is not None else seeded or []) if d.status in PENDING]
         now = models.utcnow()
         waiting = deferring.rows.deployments if deferring.rows is not None else {}
         for old in older:
@@ -875,14 +989,16 @@ async def _supersede_older(
 
 
 def _build_prune() -> Any:
-    r, d = models.Revision, models.Deployment
+    # On the tables (Core), not the mapped classes: an ORM-enabled DELETE sets up its ORM bulk
+    # handling at each execution (issue 13: a batch's fixed cost), and nothing here needs it.
+    r, d = cast(Table, models.Revision.__table__).c, cast(Table, models.Deployment.__table__).c
     app_id: Any = bindparam("p_app_id")
     newest = select(r.number).where(r.app_id == app_id).order_by(r.number.desc()).limit(bindparam("p_kept"))
     in_use = select(d.revision_id).where(
         d.app_id == app_id, d.status.in_((*PENDING, RUNNING)), d.revision_id.is_not(None)
     )
     return (
-        delete(r)
+        delete(cast(Table, models.Revision.__table__))
         .where(
             r.app_id == app_id,
             r.number.not_in(newest),
@@ -891,7 +1007,6 @@ def _build_prune() -> Any:
             r.id != bindparam("p_current"),
         )
         .returning(r.secrets_version)
-        .execution_options(synchronize_session=False)
     )
 
 

@@ -465,6 +465,68 @@ async def test_rows_a_batch_numbers_itself_survive_savepoints_and_other_inserts(
 
 
 @pytest.mark.both_databases
+@pytest.mark.parametrize("moved_on", [False, True])
+async def test_a_batch_supersedes_what_an_earlier_one_left_queued_unless_it_moved_on(
+    rt: Runtime, moved_on: bool
+) -> None:
+    """On SQLite the deploys a batch's first push supersedes are read with the batch's look-ups,
+    before any push runs (deploys.seed), and superseded with the batch's own at its end.  One that
+    something else in the same transaction moved on in between (a cancel) stays as that left it."""
+    await offline_cluster(rt)
+    await make_app(rt)
+    await _submit_together(rt, [("first", push_payload(sha=SHA_A))])
+    (first,) = await deployments(rt)
+    assert first.status == "queued"
+    ref = "refs/heads/main"
+    async with rt.sessionmaker.begin() as session:
+        gitops.all_or_nothing(session)
+        await gitops.prefetch_pushes(session, pushes=[gitops.PushRef(repo="acme/web", ref=ref, sha=SHA_B)])
+        if moved_on:
+            await deploys.cancel(session, ctx=rt.core, actor=ADMIN, deployment_id=first.id)
+        outcome = await gitops.on_push(session, ctx=rt.core, repo="acme/web", ref=ref, sha=SHA_B, sender="o")
+        await gitops.finish(session)
+    assert _decisions(outcome)["web"][0] == "deploy"
+    first, second = await deployments(rt)
+    assert second.status == "queued" and second.git_sha == SHA_B
+    if moved_on:
+        assert (first.status, first.error) == ("cancelled", f"cancelled by {ADMIN.name}")
+    else:
+        assert (first.status, first.error) == ("superseded", f"superseded by deploy #{second.id}")
+    async with rt.sessionmaker() as session:
+        kinds = list(
+            await session.scalars(
+                select(models.Event.kind)
+                .where(models.Event.deployment_id == first.id)
+                .order_by(models.Event.id)
+            )
+        )
+    assert kinds == ["deploy.queued", "deploy.cancelled" if moved_on else "deploy.superseded"]
+    states = {j.dedupe_key: j.state for j in await job_rows(rt, kind="deploy")}
+    assert states == {f"deploy:{first.id}": "cancelled", f"deploy:{second.id}": "queued"}
+
+
+@pytest.mark.both_databases
+async def test_a_batch_whose_rows_go_in_before_its_end_still_wakes_the_live_pages(rt: Runtime) -> None:
+    """The first deploy of an app (nothing older to supersede) queued in a batch, its rows written on
+    the transaction's connection by the next statement (`write_first` on SQLite), not by the
+    session: the commit still tells the dashboard's streams that a deployment changed."""
+    await offline_cluster(rt)
+    await make_app(rt)
+    changed = rt.core.deploys_changed.listen()
+    ref = "refs/heads/main"
+    async with rt.sessionmaker.begin() as session:
+        gitops.all_or_nothing(session)
+        await gitops.prefetch_pushes(session, pushes=[gitops.PushRef(repo="acme/web", ref=ref, sha=SHA_A)])
+        outcome = await gitops.on_push(session, ctx=rt.core, repo="acme/web", ref=ref, sha=SHA_A, sender="o")
+        # Another delivery's read in the same batch: the waiting rows go in before it.
+        await session.execute(select(func.count()).select_from(models.Project))
+        await gitops.finish(session)
+    assert _decisions(outcome)["web"][0] == "deploy"
+    assert [d.status for d in await deployments(rt)] == ["queued"]
+    assert changed.is_set()
+
+
+@pytest.mark.both_databases
 @pytest.mark.parametrize("flushed", [False, True])
 async def test_a_batch_checks_its_pushes_again_once_something_they_depend_on_changed(
     rt: Runtime, flushed: bool
@@ -556,10 +618,14 @@ async def test_a_batch_of_pushes_to_one_app_costs_no_statement_a_push(rt: Runtim
         assert [_decisions(o)["web"][0] for o in outcomes] == ["deploy"] * n
         counted[n] = [s for s in statements if not s.startswith(("BEGIN", "SAVEPOINT", "RELEASE"))]
     assert len(counted[16]) == len(counted[4]), "\n".join(counted[16])
-    # The batch's first push inserts its own rows (a batch of one costs what a lone push does), and
-    # numbers the others' from them: one more INSERT per table for all the rest.
-    assert sum(s.startswith("INSERT INTO revisions") for s in counted[16]) == 2
-    assert sum(s.startswith("INSERT INTO deployments") for s in counted[16]) == 2
+    # The batch numbers all its rows, the first push's too, from one read (deploys.seed) that also
+    # looks the dedupe keys up: one INSERT per table, and the supersede of the deploy an earlier batch
+    # left queued goes with the batch's own (issue 13: three statements fewer a batch).
+    assert sum(s.startswith("INSERT INTO revisions") for s in counted[16]) == 1
+    assert sum(s.startswith("INSERT INTO deployments") for s in counted[16]) == 1
+    assert sum(s.startswith("UPDATE deployments") for s in counted[16]) == 1
+    assert sum(s.startswith("SELECT") for s in counted[16]) == 1
+    assert len(counted[16]) == 9, "\n".join(counted[16])
     assert sum(s.startswith("INSERT INTO audit_events") for s in counted[16]) == 1
     assert sum(s.startswith("INSERT INTO events") for s in counted[16]) == 1
     assert sum(s.startswith("DELETE FROM revisions") for s in counted[16]) == 1
