@@ -15,6 +15,7 @@ not checked against project roles (most committers never talk to shipit).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import logging
 import re
@@ -192,11 +193,16 @@ async def _untracked(
     return known[key]
 
 
+@functools.lru_cache(maxsize=1024)
+def _ref_digest(ref: str) -> str:
+    # A batch's pushes are mostly to one ref, each looked up twice (issue 13: CPU per push).
+    return hashlib.sha256(ref.encode()).hexdigest()[:16]
+
+
 def _dedupe_key(*, app_id: int, ref: str, sha: str) -> str:
     # One deploy per app, ref and commit: a push and the CI run that follows it, or two
     # CI systems reporting success for the same commit, deploy once.
-    digest = hashlib.sha256(ref.encode()).hexdigest()[:16]
-    return f"git:{app_id}:{digest}:{sha}"
+    return f"git:{app_id}:{_ref_digest(ref)}:{sha}"
 
 
 def _stored_key(*, app_id: int, ref: str, sha: str) -> str:
