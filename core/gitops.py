@@ -429,15 +429,24 @@ async def on_push(
     untracked = await _untracked(session, repo=repo, kind=kind, name=name, default_branch=default_branch)
     if untracked is not None:
         return Outcome(summary=untracked)
-    linked = await linked_apps(session, repo=repo)
-    if not linked:
-        return Outcome(summary=f"no app is linked to {repo}; nothing to deploy")
-    matching = [a for a in linked if tracks(a, kind=kind, name=name, default_branch=default_branch)]
-    if not matching:
-        return Outcome(
-            summary=f"no app deploys {kind} {name} of {repo} (tracked: {_describe_tracking(linked)}); "
-            "nothing to deploy"
-        )
+    # Which linked apps deploy it, remembered for the transaction as `_untracked` is (issue 13: a
+    # batch's pushes are mostly to one branch).
+    known: dict[tuple[str, str, str, str | None], list[models.App]] = _for_transaction(
+        session, "gitops.matching"
+    )
+    key = (repo, kind, name, default_branch)
+    matching = known.get(key)
+    if matching is None:
+        linked = await linked_apps(session, repo=repo)
+        if not linked:
+            return Outcome(summary=f"no app is linked to {repo}; nothing to deploy")
+        matching = [a for a in linked if tracks(a, kind=kind, name=name, default_branch=default_branch)]
+        if not matching:
+            return Outcome(
+                summary=f"no app deploys {kind} {name} of {repo} (tracked: {_describe_tracking(linked)}); "
+                "nothing to deploy"
+            )
+        known[key] = matching
     actor = github_actor(sender)
     decisions: list[Decision] = []
     for app in matching:
