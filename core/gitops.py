@@ -385,9 +385,10 @@ async def _deploy(
         )
     if known is not None:
         known.touched.add(app.id)
-    logctx.deploy_logger(log, deployment=deployment.id, app=app.name).info(
-        "gitops: %s %s@%s (%s)", why, ref, sha[:7], image
-    )
+    if log.isEnabledFor(logging.INFO):  # (issue 13: no logger built, once a push, for a line not logged)
+        logctx.deploy_logger(log, deployment=deployment.id, app=app.name).info(
+            "gitops: %s %s@%s (%s)", why, ref, sha[:7], image
+        )
     return Decision(
         app=app.name,
         action=DEPLOY,

@@ -28,7 +28,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, aliased
-from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from sqlalchemy.orm.attributes import instance_dict, instance_state
 
 from core import (
     apps,
@@ -766,10 +766,11 @@ async def request(
             deferring.prune[app_id] = (ctx, app)
         else:
             await _prune_revisions(session, ctx=ctx, app=app)
-    logctx.deploy_logger(log, deployment=deployment_id, app=app.name, namespace=namespace).info(
-        "queued: revision=%s image=%s trigger=%s actor=%s status=%s",
-        number, revision_image, trigger, actor.subject, status,
-    )  # fmt: skip
+    if log.isEnabledFor(logging.INFO):  # (issue 13: no logger built, once a push, for a line not logged)
+        logctx.deploy_logger(log, deployment=deployment_id, app=app.name, namespace=namespace).info(
+            "queued: revision=%s image=%s trigger=%s actor=%s status=%s",
+            number, revision_image, trigger, actor.subject, status,
+        )  # fmt: skip
     # Every older queued deploy of this target was just superseded: only running ones are ahead.
     position = running_ahead + 1 if status == QUEUED else None
     return Requested(
@@ -886,9 +887,10 @@ async def _supersede_older(
                 "finished_at": now,
                 "error": f"superseded by deploy #{deployment.id}",
             }
-            for key, value in change.items():
-                # As the UPDATE's RETURNING would show it, without making the row dirty (no ORM flush).
-                set_committed_value(old, key, value)
+            # As the UPDATE's RETURNING would show it, without making the row dirty (no ORM flush):
+            # what `set_committed_value` does, for the three at once (issue 13: once a push).
+            instance_dict(old).update(change)
+            instance_state(old)._commit(instance_dict(old), change)
             if old.id in waiting:
                 waiting[old.id].update(change)  # not written yet: it is inserted superseded
             else:
