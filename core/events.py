@@ -78,7 +78,7 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class NewEvent:
     """One event to record: `emit_all` writes several in one statement."""
 

@@ -42,7 +42,7 @@ SKIP = "skip"
 WAIT = "wait"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Decision:
     """What happened for one app: deployed (with the deploy id), skipped or waiting, and why."""
 
@@ -54,7 +54,7 @@ class Decision:
     preview: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Outcome:
     summary: str
     decisions: list[Decision] = field(default_factory=list)

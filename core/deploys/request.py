@@ -71,7 +71,7 @@ from storage import models
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Requested:
     deployment: models.Deployment
     created: bool  # False when the dedupe key matched an earlier request
