@@ -13,6 +13,7 @@ card updated late still shows the truth.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, TypeVar
 
@@ -20,7 +21,7 @@ from sqlalchemy import bindparam, func, inspect, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.util import identity_key
+from sqlalchemy.orm.attributes import instance_state
 
 from core import dialects, environment_admin, environments, jobs, observe, protection, readcache
 from core.context import Core
@@ -77,7 +78,7 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class NewEvent:
     """One event to record: `emit_all` writes several in one statement."""
 
@@ -157,6 +158,9 @@ class _Shared:
     projects: dict[int, ProjectView] = dataclasses.field(default_factory=dict)
     environments: dict[int, str | None] = dataclasses.field(default_factory=dict)  # app id -> its environment
     targets: dict[int | None, list[models.NotificationTarget]] = dataclasses.field(default_factory=dict)
+    wanted: dict[str, list[tuple[str, Notifier]]] = dataclasses.field(default_factory=dict)  # by kind
+    # (project id, notifier, kind, environment) -> where `notice_targets.route` sends such an event
+    routes: dict[tuple[Any, ...], list[TargetView | None]] = dataclasses.field(default_factory=dict)
 
 
 def _insert_event(upsert: Any) -> Any:
@@ -174,21 +178,48 @@ async def _queue_notifications(
 ) -> None:
     kind, project_id, app_id = event.kind, event.project_id, event.app_id
     deployment_id, preview_id = event.deployment_id, event.preview_id
-    # Serialise each notifier's deliveries per target and deployment so a card is posted before it is
-    # updated; each target has its own jobs, so a slow or dead target never holds up another.
-    subject = f"d{deployment_id}" if deployment_id else f"p{preview_id}" if preview_id else f"a{app_id}"
-    wanted = [(name, n) for name, n in ctx.notifiers.items() if n.wants(kind)]
+    wanted = shared.wanted.get(kind)
+    if wanted is None:
+        wanted = shared.wanted[kind] = [(name, n) for name, n in ctx.notifiers.items() if n.wants(kind)]
     if not wanted:
         return
-    audience = await _audience(
-        session, kind=kind, project_id=project_id, app_id=app_id, deployment_id=deployment_id,
-        preview_id=preview_id, shared=shared,
-    )  # fmt: skip
+    deployment = None
+    if not app_id and deployment_id:
+        deployment = await _held(session, models.Deployment, deployment_id)
+    of_app = app_id or (deployment.app_id if deployment else None)
+    if of_app is not None and of_app in shared.environments:
+        environment = shared.environments[of_app]
+    else:
+        environment = await _environment(session, app_id=of_app)
+        if of_app is not None:
+            shared.environments[of_app] = environment
     rows = shared.targets.get(project_id)
     if rows is None:
         rows = shared.targets[project_id] = await notice_targets.of_project(session, project_id=project_id)
+    # Where each notifier sends it; the audience is built only for an event that goes somewhere.
+    routed = []
     for name, notifier in wanted:
-        for target in notice_targets.route(rows, notifier=name, kind=kind, environment=audience.environment):
+        key = (project_id, name, kind, environment)
+        targets = shared.routes.get(key)
+        if targets is None:
+            targets = shared.routes[key] = notice_targets.route(
+                rows, notifier=name, kind=kind, environment=environment
+            )
+        if targets:
+            routed.append((name, notifier, targets))
+    if not routed:
+        return
+    if deployment is None and deployment_id:
+        deployment = await _held(session, models.Deployment, deployment_id)
+    audience = await _audience(
+        session, kind=kind, project_id=project_id, deployment=deployment, preview_id=preview_id,
+        environment=environment, shared=shared,
+    )  # fmt: skip
+    # Serialise each notifier's deliveries per target and deployment so a card is posted before it is
+    # updated; each target has its own jobs, so a slow or dead target never holds up another.
+    subject = f"d{deployment_id}" if deployment_id else f"p{preview_id}" if preview_id else f"a{app_id}"
+    for name, notifier, targets in routed:
+        for target in targets:
             if not notifier.wants_event(dataclasses.replace(audience, target=target)):
                 continue
             tag = f"t{target.id}" if target is not None else "t0"
@@ -207,9 +238,9 @@ async def _audience(
     *,
     kind: str,
     project_id: int | None,
-    app_id: int | None,
-    deployment_id: int | None,
+    deployment: models.Deployment | None,
     preview_id: int | None,
+    environment: str | None,
     shared: _Shared,
 ) -> Audience:
     view = shared.projects.get(project_id) if project_id else None
@@ -217,14 +248,6 @@ async def _audience(
         project = await _held(session, models.Project, project_id)
         if project is not None:
             view = shared.projects[project_id] = project_view(project)
-    deployment = await _held(session, models.Deployment, deployment_id) if deployment_id else None
-    of_app = app_id or (deployment.app_id if deployment else None)
-    if of_app is not None and of_app in shared.environments:
-        environment = shared.environments[of_app]
-    else:
-        environment = await _environment(session, app_id=of_app)
-        if of_app is not None:
-            shared.environments[of_app] = environment
     return Audience(
         kind=kind,
         project=view,
@@ -236,12 +259,19 @@ async def _audience(
     )
 
 
+@functools.cache
+def _mapper_of(cls: type[models.Base]) -> Any:
+    return inspect(cls)  # (issue 13: `identity_key(cls, id)` looked it up at every event's read)
+
+
 async def _held(session: AsyncSession, cls: type[_Row], id_: int) -> _Row | None:
     """`session.get` of a row the session holds, loaded and current, without its trip through the
     async bridge (issue 13: a batch of pushes' events read their deploy, app and project ~6 times
     a push); anything else goes through `session.get`."""
-    held = session.sync_session.identity_map.get(identity_key(cls, id_))
-    if held is not None and not inspect(held).expired_attributes:
+    held: _Row | None = session.sync_session.identity_map.get(
+        _mapper_of(cls).identity_key_from_primary_key((id_,))
+    )
+    if held is not None and not instance_state(held).expired_attributes:
         return held
     return await session.get(cls, id_)
 

@@ -15,6 +15,7 @@ not checked against project roles (most committers never talk to shipit).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import logging
 import re
@@ -41,7 +42,7 @@ SKIP = "skip"
 WAIT = "wait"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Decision:
     """What happened for one app: deployed (with the deploy id), skipped or waiting, and why."""
 
@@ -53,7 +54,7 @@ class Decision:
     preview: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Outcome:
     summary: str
     decisions: list[Decision] = field(default_factory=list)
@@ -192,11 +193,16 @@ async def _untracked(
     return known[key]
 
 
+@functools.lru_cache(maxsize=1024)
+def _ref_digest(ref: str) -> str:
+    # A batch's pushes are mostly to one ref, each looked up twice (issue 13: CPU per push).
+    return hashlib.sha256(ref.encode()).hexdigest()[:16]
+
+
 def _dedupe_key(*, app_id: int, ref: str, sha: str) -> str:
     # One deploy per app, ref and commit: a push and the CI run that follows it, or two
     # CI systems reporting success for the same commit, deploy once.
-    digest = hashlib.sha256(ref.encode()).hexdigest()[:16]
-    return f"git:{app_id}:{digest}:{sha}"
+    return f"git:{app_id}:{_ref_digest(ref)}:{sha}"
 
 
 def _stored_key(*, app_id: int, ref: str, sha: str) -> str:
@@ -394,9 +400,10 @@ async def _deploy(
         )
     if known is not None:
         known.touched.add(app.id)
-    logctx.deploy_logger(log, deployment=deployment.id, app=app.name).info(
-        "gitops: %s %s@%s (%s)", why, ref, sha[:7], image
-    )
+    if log.isEnabledFor(logging.INFO):  # (issue 13: no logger built, once a push, for a line not logged)
+        logctx.deploy_logger(log, deployment=deployment.id, app=app.name).info(
+            "gitops: %s %s@%s (%s)", why, ref, sha[:7], image
+        )
     return Decision(
         app=app.name,
         action=DEPLOY,
@@ -438,15 +445,24 @@ async def on_push(
     untracked = await _untracked(session, repo=repo, kind=kind, name=name, default_branch=default_branch)
     if untracked is not None:
         return Outcome(summary=untracked)
-    linked = await linked_apps(session, repo=repo)
-    if not linked:
-        return Outcome(summary=f"no app is linked to {repo}; nothing to deploy")
-    matching = [a for a in linked if tracks(a, kind=kind, name=name, default_branch=default_branch)]
-    if not matching:
-        return Outcome(
-            summary=f"no app deploys {kind} {name} of {repo} (tracked: {_describe_tracking(linked)}); "
-            "nothing to deploy"
-        )
+    # Which linked apps deploy it, remembered for the transaction as `_untracked` is (issue 13: a
+    # batch's pushes are mostly to one branch).
+    known: dict[tuple[str, str, str, str | None], list[models.App]] = _for_transaction(
+        session, "gitops.matching"
+    )
+    key = (repo, kind, name, default_branch)
+    matching = known.get(key)
+    if matching is None:
+        linked = await linked_apps(session, repo=repo)
+        if not linked:
+            return Outcome(summary=f"no app is linked to {repo}; nothing to deploy")
+        matching = [a for a in linked if tracks(a, kind=kind, name=name, default_branch=default_branch)]
+        if not matching:
+            return Outcome(
+                summary=f"no app deploys {kind} {name} of {repo} (tracked: {_describe_tracking(linked)}); "
+                "nothing to deploy"
+            )
+        known[key] = matching
     actor = github_actor(sender)
     decisions: list[Decision] = []
     for app in matching:

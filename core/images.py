@@ -91,8 +91,30 @@ def _complaint(text: str, *, field: str) -> _Bad:
     return bad
 
 
+# The repositories of references parsed before, by the text before their tag's colon: a push's image
+# differs from the one before by its tag alone (issue 13: CPU per push).  Only a reference with a tag
+# and no digest is kept; one whose text is that repository, a colon and a valid tag parses alike.
+_NAMES: dict[str, tuple[str, str]] = {}
+_NAMES_KEPT = 1024
+
+
 def parse(text: str, *, field: str = "image") -> Reference:
     """Parse and normalise one reference; raises InvalidInput (naming `field`) if it is not one."""
+    name, colon, tag = text.rpartition(":")
+    if colon:
+        known = _NAMES.get(name)
+        # (A tag never holds ':', '/' or '@': the colon found is the one before the tag.)
+        if known is not None and _TAG.fullmatch(tag):
+            return Reference(domain=known[0], path=known[1], tag=tag)
+    ref = _parse(text, field=field)
+    if ref.tag is not None and ref.digest is None:
+        if len(_NAMES) >= _NAMES_KEPT:
+            _NAMES.clear()
+        _NAMES[text[: len(text) - len(ref.tag) - 1]] = (ref.domain, ref.path)
+    return ref
+
+
+def _parse(text: str, *, field: str) -> Reference:
     bad = _complaint(text, field=field)
 
     if not text:

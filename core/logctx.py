@@ -18,14 +18,25 @@ RECORD_ATTR = "shipit_context"
 
 
 class ContextLogger(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes each message with its fields and puts them on the record."""
+    """Prefixes each message with its fields and puts them on the record.
+
+    The prefix is built at the first line actually logged (issue 13: a deploy request builds two of
+    these per push, and most of their lines are below the level logged)."""
 
     def __init__(self, logger: logging.Logger, fields: Mapping[str, Any]) -> None:
-        super().__init__(logger, dict(fields))
-        deploy = fields.get("deploy_id")
-        words = [f"deploy {deploy}"] if deploy is not None else []
-        words += [f"{k}={v}" for k, v in fields.items() if k != "deploy_id"]
-        self.prefix = " ".join(words)
+        self.logger = logger
+        self.extra = dict(fields)
+        self._prefix: str | None = None
+
+    @property
+    def prefix(self) -> str:
+        if self._prefix is None:
+            fields = self.extra or {}
+            deploy = fields.get("deploy_id")
+            words = [f"deploy {deploy}"] if deploy is not None else []
+            words += [f"{k}={v}" for k, v in fields.items() if k != "deploy_id"]
+            self._prefix = " ".join(words)
+        return self._prefix
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         extra = dict(kwargs.get("extra") or {})
@@ -38,9 +49,10 @@ class ContextLogger(logging.LoggerAdapter[logging.Logger]):
             return
         msg, given = self.process(msg, kwargs)
         given.setdefault("stacklevel", 2)  # the caller's line, not this one
-        if self.prefix:
+        prefix = self.prefix
+        if prefix:
             # With args the prefix joins a %-format string: a % in a value must not read as a placeholder.
-            msg = f"{self.prefix.replace('%', '%%') if args else self.prefix}: {msg}"
+            msg = f"{prefix.replace('%', '%%') if args else prefix}: {msg}"
         self.logger.log(level, msg, *args, **given)
 
 
@@ -60,16 +72,23 @@ def deploy_logger(
     `event` is the outbox event a notifier delivers; `delivery` the id of an incoming delivery
     (Slack's event or trigger, GitHub's X-GitHub-Delivery), so a line can be matched to what came in.
     """
-    given = {
-        "deploy_id": deployment,
-        "project": project,
-        "app": app,
-        "environment": environment,
-        "namespace": namespace,
-        "event": event,
-        "delivery": delivery,
-    }
-    return ContextLogger(logger, {k: v for k, v in given.items() if v is not None})
+    fields: dict[str, Any] = {}
+    # Written out, in this order (the prefix's): at every deploy request (issue 13).
+    if deployment is not None:
+        fields["deploy_id"] = deployment
+    if project is not None:
+        fields["project"] = project
+    if app is not None:
+        fields["app"] = app
+    if environment is not None:
+        fields["environment"] = environment
+    if namespace is not None:
+        fields["namespace"] = namespace
+    if event is not None:
+        fields["event"] = event
+    if delivery is not None:
+        fields["delivery"] = delivery
+    return ContextLogger(logger, fields)
 
 
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:

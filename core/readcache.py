@@ -279,9 +279,13 @@ def write_mark(session: AsyncSession) -> int | None:
 
 
 def _pending(sync: Session) -> bool:
-    for objects in (sync.new, sync.deleted, sync.dirty):
-        if any(getattr(o, "__tablename__", None) in CACHED_TABLES for o in objects):
-            return True
+    # The states behind `sync.new`, `sync.deleted` and `sync.dirty`, read without building those
+    # three sets of objects (issue 13: this runs at every cached read and every push of a batch,
+    # whose session holds a few dozen rows).
+    for states in (sync._new, sync._deleted, sync.identity_map._modified):
+        for state in states:
+            if getattr(state.class_, "__tablename__", None) in CACHED_TABLES:
+                return True
     return False
 
 
@@ -319,7 +323,7 @@ def _freeze(obj: Any) -> Row:
 def _attach(session: AsyncSession, row: Row) -> Any:
     """This session's own instance of `row`: the one it holds already, or a fresh clean one."""
     sync = session.sync_session
-    mapper = inspect(row.model)
+    mapper = _mapper_of(row.model)
     key = mapper.identity_key_from_primary_key([row.values[c.key] for c in mapper.primary_key])
     held = sync.identity_map.get(key)
     if held is not None:
@@ -367,9 +371,19 @@ async def rows(
     return loaded
 
 
+_MAPPERS: dict[type[Any], Any] = {}
+
+
+def _mapper_of(model: type[Any]) -> Any:
+    mapper = _MAPPERS.get(model)
+    if mapper is None:  # (issue 13: `inspect` at every `get`, a few times a push)
+        mapper = _MAPPERS[model] = inspect(model)
+    return mapper
+
+
 async def get(session: AsyncSession, model: type[R], ident: int, *, pin: Pin | None = None) -> R | None:
     """`session.get`, answered from the copies when the session does not hold the row yet."""
-    held = session.sync_session.identity_map.get(inspect(model).identity_key_from_primary_key([ident]))
+    held = session.sync_session.identity_map.get(_mapper_of(model).identity_key_from_primary_key((ident,)))
     if held is not None:
         return held  # type: ignore[no-any-return]
 

@@ -7,6 +7,7 @@ Lengths come from the table columns, so a value that passes always fits the data
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -15,6 +16,7 @@ from core.errors import InvalidInput
 from storage import models
 
 
+@functools.cache  # columns never change; read at every deploy request (issue 13)
 def limit(table: type[models.Base], column: str) -> int:
     """The length of a String(N) column: the longest value the database stores (PostgreSQL refuses more)."""
     length = table.__table__.c[column].type.length  # type: ignore[attr-defined]

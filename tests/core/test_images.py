@@ -232,3 +232,31 @@ def test_with_tag_drops_the_digest() -> None:
     assert ref.with_tag("1.5").normalized() == "ghcr.io/acme/web:1.5"
     with pytest.raises(InvalidInput):
         ref.with_tag("-bad")
+
+
+def test_a_repository_parsed_before_reads_a_new_tag_as_a_first_parse_would() -> None:
+    """`parse` remembers the repositories of tagged references: a new tag of one is checked all the
+    same, and every vector reads alike the second time, after all of them were read once."""
+    first = {text: _outcome(text) for text, _ in CASES}
+    assert {text: _outcome(text) for text, _ in CASES} == first
+    for repository in ("ghcr.io/acme/web", "localhost:5000/web", "[::1]:5000/team/web", "web"):
+        images.parse(f"{repository}:1.0")
+        ref = images.parse(f"{repository}:{'a' * 40}")
+        assert ref.normalized() == images.normalize(f"{repository}:2.0").replace(":2.0", f":{'a' * 40}")
+        for tag, why in [
+            ("t" * 129, "at most 128"),
+            (".hidden", "a tag is"),
+            ("", "a tag is"),
+            ("a/b", "not a valid image reference"),
+        ]:
+            with pytest.raises(InvalidInput, match=why):
+                images.parse(f"{repository}:{tag}")
+        with_digest = images.parse(f"{repository}:1.0@sha256:{F64}")
+        assert (with_digest.tag, with_digest.digest) == ("1.0", f"sha256:{F64}")
+
+
+def _outcome(text: str) -> images.Reference | str:
+    try:
+        return images.parse(text)
+    except InvalidInput as e:
+        return str(e)

@@ -13,6 +13,7 @@ from sqlalchemy import event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import apps, audit, clusters, deliveries, deploys, gitops, projects, protection
+from core import revisions as snapshots
 from core.apps import AppChanges
 from core.context import Core
 from core.gitops import Outcome
@@ -552,6 +553,48 @@ async def test_a_batch_checks_its_pushes_again_once_something_they_depend_on_cha
                 await session.flush()
             await push(session, SHA_C)
     assert await deployments(rt) == []
+
+
+@pytest.mark.both_databases
+@pytest.mark.parametrize("flushed", [False, True])
+async def test_a_batch_builds_each_snapshot_from_the_settings_at_its_push(rt: Runtime, flushed: bool) -> None:
+    """A batch's pushes to one app share the app's snapshot and its JSON (deploys.request
+    `_Batch.checked`): each revision holds what a lone request writes, and settings changed between
+    two pushes of one transaction, written or still unflushed, are in the next push's revision."""
+    await offline_cluster(rt)
+    await make_app(rt)
+    sha_d = "d" * 40
+
+    async def push(session: AsyncSession, sha: str) -> None:
+        ref = "refs/heads/main"
+        await gitops.prefetch_pushes(session, pushes=[gitops.PushRef(repo="acme/web", ref=ref, sha=sha)])
+        outcome = await gitops.on_push(
+            session, ctx=rt.core, repo="acme/web", ref=ref, sha=sha, sender="octocat"
+        )
+        assert _decisions(outcome)["web"][0] == "deploy"
+
+    async with rt.sessionmaker.begin() as session:
+        gitops.all_or_nothing(session)
+        await push(session, SHA_A)
+        before = snapshots.from_app(await apps.get(session, actor=ADMIN, name="web"))
+        await push(session, SHA_B)
+        changes = AppChanges(replicas=3, env={"MODE": "new"}, cpu_limit="750m")
+        await apps.update(session, ctx=rt.core, actor=ADMIN, name="web", changes=changes)
+        if flushed:
+            await session.flush()
+        after = snapshots.from_app(await apps.get(session, actor=ADMIN, name="web"))
+        await push(session, SHA_C)
+        await push(session, sha_d)
+        await gitops.finish(session)
+    assert after.replicas == 3 and after.env == {"MODE": "new"} and before.replicas != 3
+    async with rt.sessionmaker() as session:
+        written = [
+            (r.image, r.snapshot)
+            for r in await session.scalars(select(models.Revision).order_by(models.Revision.number))
+        ]
+    assert [image.rsplit(":", 1)[1] for image, _ in written] == [SHA_A, SHA_B, SHA_C, sha_d]
+    for (image, snapshot), base in zip(written, [before, before, after, after], strict=True):
+        assert snapshot == base.replace(image=image).to_json()
 
 
 @pytest.mark.both_databases
