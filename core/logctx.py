@@ -73,21 +73,12 @@ def deploy_logger(
     (Slack's event or trigger, GitHub's X-GitHub-Delivery), so a line can be matched to what came in.
     """
     fields: dict[str, Any] = {}
-    # Written out, in this order (the prefix's): at every deploy request (issue 13).
-    if deployment is not None:
-        fields["deploy_id"] = deployment
-    if project is not None:
-        fields["project"] = project
-    if app is not None:
-        fields["app"] = app
-    if environment is not None:
-        fields["environment"] = environment
-    if namespace is not None:
-        fields["namespace"] = namespace
-    if event is not None:
-        fields["event"] = event
-    if delivery is not None:
-        fields["delivery"] = delivery
+    for name, value in (  # in the prefix's order
+        ("deploy_id", deployment), ("project", project), ("app", app), ("environment", environment),
+        ("namespace", namespace), ("event", event), ("delivery", delivery),
+    ):  # fmt: skip
+        if value is not None:
+            fields[name] = value
     return ContextLogger(logger, fields)
 
 
