@@ -7,8 +7,11 @@ read because SQLite forgets it.
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections.abc import Callable
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -29,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import Null
 
 
 def utcnow() -> dt.datetime:
@@ -52,6 +56,42 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+# What orjson would write but the standard library refuses: refused still (see `_json_text`).
+_ORJSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value, option=_ORJSON).decode()
+    except TypeError:
+        # What orjson does not take (integers beyond 64 bits, keys that are not strings, lone
+        # surrogates; also a datetime or a dataclass, which the standard library then refuses as before).
+        return json.dumps(value)
+
+
+class Json(TypeDecorator[Any]):
+    """JSON, written by orjson instead of the standard library's `json.dumps` (issue 13: a push that
+    deploys writes seven JSON values, its revision's snapshot among them; encoding them was a sixth of
+    its CPU).  The same values: compact, and UTF-8 where `json.dumps` escapes non-ASCII characters.
+    Read back as before (the JSON type's own result processing)."""
+
+    impl = JSON
+    cache_ok = True
+    hashable = False  # as JSON: a dict or list value
+    should_evaluate_none = True  # as JSON: Python None is JSON's null, not SQL's NULL
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], str | None]:
+        def process(value: Any) -> str | None:
+            # JSON's own rules: JSON.NULL is JSON's null, null() is SQL's NULL.
+            if value is JSON.NULL:
+                value = None
+            elif isinstance(value, Null):
+                return None
+            return _json_text(value)
+
+        return process
+
+
 ID = BigInteger().with_variant(Integer(), "sqlite")
 
 NAMING = {
@@ -65,7 +105,7 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, dt.datetime: UTCDateTime}
+    type_annotation_map = {dict[str, Any]: Json, list[Any]: Json, dt.datetime: UTCDateTime}
 
 
 class Project(Base):
