@@ -108,7 +108,10 @@ class Hierarchy:
 
 def find_hierarchy(mounts_file: Path = Path("/proc/mounts")) -> Hierarchy:
     """Where a cpu group can be made: cgroup v2 if its cpu controller is there, else v1's cpu mount."""
-    v2, v1 = cpu_mounts(mounts_file.read_text())
+    try:
+        v2, v1 = cpu_mounts(mounts_file.read_text())
+    except OSError as e:  # not Linux
+        raise CgroupUnavailable(f"cannot read {mounts_file}: {e.strerror or e}") from e
     if v2 is not None:
         try:
             available = (v2 / "cgroup.controllers").read_text().split()
@@ -196,9 +199,11 @@ class CpuGroup:
 
 
 @contextlib.contextmanager
-def cpu_groups(count: int, *, cores: float, label: str = "shipit-bench") -> Iterator[list[CpuGroup]]:
+def cpu_groups(
+    count: int, *, cores: float, label: str = "shipit-bench", hierarchy: Hierarchy | None = None
+) -> Iterator[list[CpuGroup]]:
     """`count` groups of `cores` each, removed on the way out whatever happens."""
-    hierarchy = find_hierarchy()
+    hierarchy = hierarchy or find_hierarchy()
     groups: list[CpuGroup] = []
     try:
         for i in range(count):
@@ -207,3 +212,23 @@ def cpu_groups(count: int, *, cores: float, label: str = "shipit-bench") -> Iter
     finally:
         for group in groups:
             group.remove()
+
+
+def resolve_limit(
+    cores: float, *, fallback: bool, mounts_file: Path = Path("/proc/mounts")
+) -> tuple[float | None, str]:
+    """(the limit to apply, what to say about it): a group is made and removed first to prove the
+    hierarchy writable.  Where none can be made: CgroupUnavailable, or with `fallback` no limit (None)
+    and a note saying why, so that `make bench` still runs in a container or on CI."""
+    try:
+        hierarchy = find_hierarchy(mounts_file)
+        with cpu_groups(1, cores=cores, label="shipit-bench-probe", hierarchy=hierarchy):
+            pass
+    except CgroupUnavailable as e:
+        if not fallback:
+            raise
+        return None, f"no CPU limit: {e}; the replicas run unlimited, sharing the cores"
+    return cores, (
+        f"each replica limited to {cores:g} cores (a CFS quota of {quota_us(cores) / 1000:g} ms per "
+        f"{PERIOD_US / 1000:g} ms, cgroup v{hierarchy.version} at {hierarchy.root})"
+    )

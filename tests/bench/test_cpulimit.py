@@ -136,3 +136,26 @@ def test_a_path_that_refuses_says_which_it_is(tmp_path: Path) -> None:
     missing = cpulimit.Hierarchy(1, tmp_path / "no-cgroup-fs")
     with pytest.raises(cpulimit.CgroupUnavailable, match=str(missing.root / "g")):
         cpulimit.CpuGroup(missing, "g", cores=0.4)
+
+
+def test_where_no_cgroup_can_be_made_the_limit_fails_or_with_fallback_is_dropped_with_a_note(
+    tmp_path: Path,
+) -> None:
+    # A machine whose /proc/mounts shows no cgroup cpu controller (a container without one, macOS-like).
+    mounts = tmp_path / "mounts"
+    mounts.write_text(UNIFIED.replace("cgroup2 /sys/fs/cgroup", f"cgroup2 {tmp_path / 'v2'}"))
+    with pytest.raises(cpulimit.CgroupUnavailable, match="no cgroup cpu controller"):
+        cpulimit.resolve_limit(0.4, fallback=False, mounts_file=mounts)
+    cores, note = cpulimit.resolve_limit(0.4, fallback=True, mounts_file=mounts)
+    assert cores is None
+    assert note.startswith("no CPU limit: no cgroup cpu controller")
+    assert "run unlimited" in note
+
+
+def test_where_a_cgroup_can_be_made_the_limit_is_kept_and_named() -> None:
+    reason = _writable()
+    if reason:
+        pytest.skip(f"no writable cpu cgroup here: {reason}")
+    cores, note = cpulimit.resolve_limit(0.4, fallback=True)
+    assert cores == 0.4
+    assert "a CFS quota of 40 ms per 100 ms" in note
