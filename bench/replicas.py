@@ -556,6 +556,22 @@ async def measure(args: argparse.Namespace, server: str, replicas_n: int, tmp: P
     }
 
 
+MEANED = ("rps", "replica_ms", "pg_ms", "replica_cores", "pg_cores", "driver_cores")
+
+
+def mean_by_count(results: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The runs of each replica count, their figures averaged: `--replicas 1,3,1` brackets the 3-replica
+    run between two 1-replica runs, so a machine that gets busier or quieter meanwhile (other jobs on
+    the shared cores) shifts both sides of the ratio alike instead of only one."""
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        grouped.setdefault(r["replicas"], []).append(r)
+    return {
+        n: {**runs[-1], **{k: statistics.mean(r[k] for r in runs) for k in MEANED}, "runs": len(runs)}
+        for n, runs in grouped.items()
+    }
+
+
 async def main(args: argparse.Namespace) -> int:
     server = postgres_server(args.postgres)
     counts = [int(x) for x in args.replicas.split(",")]
@@ -632,7 +648,7 @@ async def main(args: argparse.Namespace) -> int:
         "'active CPU' runs a statement, 'idle in transaction Client:ClientRead' waits for the replica mid-"
         "transaction, Lock:* waits for a row or transaction lock, LWLock:WAL*/IO:* for the log)"
     )
-    by = {r["replicas"]: r for r in results}
+    by = mean_by_count(results)
     if 1 in by and len(by) > 1:
         one = by[1]
         for n, r in sorted(by.items()):
@@ -649,8 +665,11 @@ async def main(args: argparse.Namespace) -> int:
                 # What N limited replicas plus PostgreSQL and the generator would need, from the 1-replica
                 # run: under the cores, the limit (not the machine) holds each replica.
                 need = n * one["cpu_limit"] + n * (one["pg_cores"] + one["driver_cores"])
+                runs = (
+                    f" (means of {one['runs']} and {r['runs']} runs)" if one["runs"] + r["runs"] > 2 else ""
+                )
                 print(
-                    f"{n} vs 1 replica, each held to {one['cpu_limit']:g} cores: {ratio:.2f}x measured"
+                    f"{n} vs 1 replica, each held to {one['cpu_limit']:g} cores: {ratio:.2f}x measured{runs}"
                     f"{(' (aim >= 2.5x: ' + ('MET' if ratio >= 2.5 else 'NOT MET') + ')') if n == 3 else ''}; "
                     f"CPU per request {per_req_1:.2f} ms -> {per_req_n:.2f} ms (replica {one['replica_ms']:.2f} -> "
                     f"{r['replica_ms']:.2f}, PostgreSQL {one['pg_ms']:.2f} -> {r['pg_ms']:.2f}); replicas at their "
@@ -679,7 +698,11 @@ def cli() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--replicas", default="1,3", help="replica counts, one after another (include 1)")
+    parser.add_argument(
+        "--replicas",
+        default="1,3",
+        help="replica counts, one after another (include 1); a count given twice (1,3,1) is averaged",
+    )
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of measured load per count")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=24, help="concurrent clients over all replicas")
