@@ -678,6 +678,16 @@ async def main(args: argparse.Namespace) -> int:
                     f"PostgreSQL and generator CPU is {need:.2f} of {CORES} cores"
                     f"{'' if need <= CORES * 0.9 else ' (too close to the cores: the machine, not the quota, may hold them)'}."
                 )
+                at_quota = min(
+                    one["replica_cores"] / one["cpu_limit"], r["replica_cores"] / (n * one["cpu_limit"])
+                )
+                if at_quota < 0.95:
+                    # Not held by their quota but by the cores: other work on the machine took them.
+                    print(
+                        f"  WARNING: replicas used only {at_quota:.0%} of their quota in one of the runs: the "
+                        f"machine's other work (load average {load_average()}) held them, not the limit; this "
+                        "ratio is the machine's, run it again on a quieter machine"
+                    )
                 continue
             print(
                 f"{n} vs 1 replica: {ratio:.2f}x measured"
