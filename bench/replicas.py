@@ -1,7 +1,7 @@
 """Deploy-request throughput on PostgreSQL: one `shipit serve` replica, then three, side by side.
 
   .venv/bin/python -m bench.replicas [--replicas 1,3] [--duration 15] [--connections 24] [--apps 240]
-                                     [--cpu-limit 0.4 [--cpu-limit-fallback]] [--postgres URL]
+                                     [--cpu-limit 0.3 [--cpu-limit-fallback]] [--postgres URL]
 
 What runs, for each replica count (one after the other, in one run):
 - a fresh PostgreSQL database (on `--postgres`, default $SHIPIT_TEST_POSTGRES_URL, else what
@@ -28,7 +28,7 @@ The machine has 2 cores: when one replica already keeps a core busy, three repli
 and the load generator on the same cores) cannot reach more than about 2x; the CPU cost per request says
 what they would give with a core each.
 
-`--cpu-limit CPU` (0.4 or 400m) measures that instead of projecting it, the way Kubernetes runs
+`--cpu-limit CPU` (0.3 or 300m) measures that instead of projecting it, the way Kubernetes runs
 replicas: every replica is spawned into a cpu cgroup of its own with a CFS quota of CPU x 100 ms per
 100 ms (bench/cpulimit.py; cgroup v2 where its cpu controller is available, else v1), in the 1-replica
 run and in the 3-replica run alike, as pods with `resources.limits.cpu`.  Each replica is then CPU-bound
@@ -36,12 +36,15 @@ at its quota (cpu.stat's throttled periods, printed, prove it was held there), s
 throughput is what one quota buys, and the 3-vs-1 ratio measures only what the shared parts cost as
 replicas are added: PostgreSQL, row and transaction locks, the read cache's stamp.  That is the question
 the aim (three replicas >= 2.5x one) asks.  The limit must leave the machine room for everything else:
-3 x limit + PostgreSQL + the load generator well under the 2 cores, or the machine, not the quota, holds
-the replicas back again.  0.4 is `make bench`'s: a 0.4-core replica runs ~60 deploy requests/s, for which
-PostgreSQL takes ~0.1 core and the generator ~0.03, so three take 3 x (0.4 + 0.1 + 0.03) = ~1.6 of the 2
-cores, leaving ~0.4 for the kernel, the sampler and the machine's other work (0.45 leaves too little on a
-shared machine; 0.3 works too, with fewer requests per second to measure).  The line after the table
-checks that sum for the run.  Where no cgroup can be made (not root, a container, CI) `--cpu-limit` fails
+3 x limit + PostgreSQL + the load generator well under the 2 cores, or the cores, not the quota, hold
+the replicas back again, and their preemption makes each request dearer.  0.3 is `make bench`'s: a
+0.3-core replica runs ~50 deploy requests/s, for which PostgreSQL takes ~0.08 core and the generator
+~0.03, so three need 3 x (0.3 + 0.08 + 0.03) = ~1.25 of the 2 cores, leaving ~0.75 for the kernel, the
+sampler and the machine's other work.  At 0.4 they need ~1.65: measured there, three replicas were
+preempted ~8 times per request against ~0.5 for one, their CPU per request rose by 6-30 % with the
+machine's other load and the ratio read 2.1-2.8 (BENCHMARKS.md, "Issue 13, eighth pass").  The line
+after the table checks that sum for the run, and warns when a replica got less than its quota.
+Where no cgroup can be made (not root, a container, CI) `--cpu-limit` fails
 naming the path that refused; with `--cpu-limit-fallback` the bench says so and runs unlimited instead.
 """
 
@@ -728,7 +731,7 @@ def cli() -> None:
         "--cpu-limit",
         type=parse_cpu,
         metavar="CPU",
-        help="hold every replica to this much CPU (0.4 or 400m, as resources.limits.cpu): a CFS quota in a "
+        help="hold every replica to this much CPU (0.3 or 300m, as resources.limits.cpu): a CFS quota in a "
         "cgroup of its own, for the 1- and the N-replica runs alike; fails where cgroups are not writable",
     )
     parser.add_argument(
