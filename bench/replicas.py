@@ -1,7 +1,7 @@
 """Deploy-request throughput on PostgreSQL: one `shipit serve` replica, then three, side by side.
 
   .venv/bin/python -m bench.replicas [--replicas 1,3] [--duration 15] [--connections 24] [--apps 240]
-                                     [--postgres URL]
+                                     [--cpu-limit 0.3 [--cpu-limit-fallback]] [--postgres URL]
 
 What runs, for each replica count (one after the other, in one run):
 - a fresh PostgreSQL database (on `--postgres`, default $SHIPIT_TEST_POSTGRES_URL, else what
@@ -27,6 +27,25 @@ answers name (none lost, none doubled), each app's newest one queued and every o
 The machine has 2 cores: when one replica already keeps a core busy, three replicas (plus PostgreSQL
 and the load generator on the same cores) cannot reach more than about 2x; the CPU cost per request says
 what they would give with a core each.
+
+`--cpu-limit CPU` (0.3 or 300m) measures that instead of projecting it, the way Kubernetes runs
+replicas: every replica is spawned into a cpu cgroup of its own with a CFS quota of CPU x 100 ms per
+100 ms (bench/cpulimit.py; cgroup v2 where its cpu controller is available, else v1), in the 1-replica
+run and in the 3-replica run alike, as pods with `resources.limits.cpu`.  Each replica is then CPU-bound
+at its quota (cpu.stat's throttled periods, printed, prove it was held there), so one replica's
+throughput is what one quota buys, and the 3-vs-1 ratio measures only what the shared parts cost as
+replicas are added: PostgreSQL, row and transaction locks, the read cache's stamp.  That is the question
+the aim (three replicas >= 2.5x one) asks.  The limit must leave the machine room for everything else:
+3 x limit + PostgreSQL + the load generator well under the 2 cores, or the cores, not the quota, hold
+the replicas back again, and their preemption makes each request dearer.  0.3 is `make bench`'s: a
+0.3-core replica runs ~50 deploy requests/s, for which PostgreSQL takes ~0.08 core and the generator
+~0.03, so three need 3 x (0.3 + 0.08 + 0.03) = ~1.25 of the 2 cores, leaving ~0.75 for the kernel, the
+sampler and the machine's other work.  At 0.4 they need ~1.65: measured there, three replicas were
+preempted ~8 times per request against ~0.5 for one, their CPU per request rose by 6-30 % with the
+machine's other load and the ratio read 2.1-2.8 (BENCHMARKS.md, "Issue 13, eighth pass").  The line
+after the table checks that sum for the run, and warns when a replica got less than its quota.
+Where no cgroup can be made (not root, a container, CI) `--cpu-limit` fails
+naming the path that refused; with `--cpu-limit-fallback` the bench says so and runs unlimited instead.
 """
 
 from __future__ import annotations
@@ -48,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import cpu_seconds, free_port, listens, load_average, pct
+from bench.cpulimit import CgroupUnavailable, CpuGroup, CpuStat, cpu_groups, parse_cpu, resolve_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBJECT = "user:bench-ci"
@@ -203,9 +223,10 @@ async def prepare(env: dict[str, str], *, apps_n: int) -> str:
 
 
 class Replica:
-    def __init__(self, *, env: dict[str, str], log: Path) -> None:
+    def __init__(self, *, env: dict[str, str], log: Path, group: CpuGroup | None = None) -> None:
         self.env = env
         self.log = log
+        self.group = group  # its CPU limit: started inside this cgroup
         if not Path(sys.executable).with_name("shipit").exists():
             raise SystemExit("the shipit entry point is missing: make install")
         self._start()
@@ -214,9 +235,10 @@ class Replica:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         shipit = Path(sys.executable).with_name("shipit")
+        argv = [str(shipit), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [str(shipit), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                self.group.command(argv) if self.group else argv,
                 env={**os.environ, **self.env}, stdout=out, stderr=out, start_new_session=True,
             )  # fmt: skip
 
@@ -436,44 +458,57 @@ async def measure(args: argparse.Namespace, server: str, replicas_n: int, tmp: P
             "SHIPIT_API_REQUESTS_PER_MINUTE": "0",
         }
         token = await prepare(env, apps_n=args.apps)
-        replicas = [Replica(env=env, log=tmp / f"replica-{replicas_n}-{i}.log") for i in range(replicas_n)]
-        try:
-            for r in replicas:
-                r.wait_ready()
-            spec = {
-                # --load-on K: only the first K replicas get requests (the others idle, still counted).
-                "urls": [r.url for r in replicas][: args.load_on or None], "token": token, "apps": args.apps,
-                "connections": args.connections, "duration": args.warmup, "run": "warm",
-            }  # fmt: skip
-            warm = await run_driver(spec)
-            counters_before = await pg_counters(db_url)
-            cpu_before = [cpu_seconds(r.proc.pid) for r in replicas]
-            switches_before = [context_switches(r.proc.pid) for r in replicas]
-            stop = asyncio.Event()
-            sampler = Sampler(db_url)
-            sampling = asyncio.create_task(sampler.run(stop))
-            await asyncio.sleep(0.3)  # the sampler has seen the pooled backends before the load starts
-            load = await run_driver({**spec, "duration": args.duration, "run": "load"})
-            replica_cpu = sum(cpu_seconds(r.proc.pid) - b for r, b in zip(replicas, cpu_before, strict=True))
-            switches = [
-                (v - vb, i - ib)
-                for r, (vb, ib) in zip(replicas, switches_before, strict=True)
-                for v, i in [context_switches(r.proc.pid)]
-            ]
-            stop.set()
-            await sampling
-            pg_cpu = sampler.backend_cpu()
-            await asyncio.sleep(1.2)  # pg_stat_database is flushed by the backends about once a second
-            counters_after = await pg_counters(db_url)
-            errors_logged = sum(
-                1
-                for r in replicas
-                for line in r.log.read_text(errors="replace").splitlines()
-                if "ERROR" in line or "Traceback" in line
-            )
-        finally:
-            for r in replicas:
-                r.stop()
+        # Each replica in a cgroup of its own with the same CPU quota, as pods with resources.limits.cpu.
+        with contextlib.ExitStack() as limits:
+            groups: list[CpuGroup | None] = [None] * replicas_n
+            if args.cpu_limit:
+                groups = list(limits.enter_context(cpu_groups(replicas_n, cores=args.cpu_limit)))
+            replicas: list[Replica] = []
+            try:
+                for i, group in enumerate(groups):
+                    replicas.append(Replica(env=env, log=tmp / f"replica-{replicas_n}-{i}.log", group=group))
+                for r in replicas:
+                    r.wait_ready()
+                spec = {
+                    # --load-on K: only the first K replicas get requests (the others idle, still counted).
+                    "urls": [r.url for r in replicas][: args.load_on or None], "token": token, "apps": args.apps,
+                    "connections": args.connections, "duration": args.warmup, "run": "warm",
+                }  # fmt: skip
+                warm = await run_driver(spec)
+                counters_before = await pg_counters(db_url)
+                cpu_before = [cpu_seconds(r.proc.pid) for r in replicas]
+                quota_before = [r.group.stat() if r.group else CpuStat() for r in replicas]
+                switches_before = [context_switches(r.proc.pid) for r in replicas]
+                stop = asyncio.Event()
+                sampler = Sampler(db_url)
+                sampling = asyncio.create_task(sampler.run(stop))
+                await asyncio.sleep(0.3)  # the sampler has seen the pooled backends before the load starts
+                load = await run_driver({**spec, "duration": args.duration, "run": "load"})
+                per_replica = [cpu_seconds(r.proc.pid) - b for r, b in zip(replicas, cpu_before, strict=True)]
+                quota = [
+                    r.group.stat() - b if r.group else CpuStat()
+                    for r, b in zip(replicas, quota_before, strict=True)
+                ]
+                replica_cpu = sum(per_replica)
+                switches = [
+                    (v - vb, i - ib)
+                    for r, (vb, ib) in zip(replicas, switches_before, strict=True)
+                    for v, i in [context_switches(r.proc.pid)]
+                ]
+                stop.set()
+                await sampling
+                pg_cpu = sampler.backend_cpu()
+                await asyncio.sleep(1.2)  # pg_stat_database is flushed by the backends about once a second
+                counters_after = await pg_counters(db_url)
+                errors_logged = sum(
+                    1
+                    for r in replicas
+                    for line in r.log.read_text(errors="replace").splitlines()
+                    if "ERROR" in line or "Traceback" in line
+                )
+            finally:
+                for r in replicas:
+                    r.stop()
         ok, check = await check_database(db_url, warm["ids"] + load["ids"])
     finally:
         if not args.keep_db:
@@ -491,6 +526,11 @@ async def measure(args: argparse.Namespace, server: str, replicas_n: int, tmp: P
         "statuses": load["statuses"],
         "errors": warm["errors"] + load["errors"],
         "replica_cores": replica_cpu / load["elapsed"],
+        "cpu_limit": args.cpu_limit,
+        "per_replica_cores": [c / load["elapsed"] for c in per_replica],
+        "periods": sum(q.periods for q in quota),
+        "throttled_periods": sum(q.throttled for q in quota),
+        "throttled_s": [q.throttled_s for q in quota],
         "pg_cores": pg_cpu / load["elapsed"],
         "driver_cores": load["cpu"] / load["elapsed"],
         "replica_ms": replica_cpu * 1000 / max(n, 1),
@@ -519,14 +559,38 @@ async def measure(args: argparse.Namespace, server: str, replicas_n: int, tmp: P
     }
 
 
+MEANED = ("rps", "replica_ms", "pg_ms", "replica_cores", "pg_cores", "driver_cores")
+
+
+def mean_by_count(results: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The runs of each replica count, their figures averaged: `--replicas 1,3,1` brackets the 3-replica
+    run between two 1-replica runs, so a machine that gets busier or quieter meanwhile (other jobs on
+    the shared cores) shifts both sides of the ratio alike instead of only one."""
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        grouped.setdefault(r["replicas"], []).append(r)
+    return {
+        n: {**runs[-1], **{k: statistics.mean(r[k] for r in runs) for k in MEANED}, "runs": len(runs)}
+        for n, runs in grouped.items()
+    }
+
+
 async def main(args: argparse.Namespace) -> int:
     server = postgres_server(args.postgres)
     counts = [int(x) for x in args.replicas.split(",")]
+    limit_note = "no CPU limit"
+    if args.cpu_limit:
+        try:
+            args.cpu_limit, limit_note = resolve_limit(args.cpu_limit, fallback=args.cpu_limit_fallback)
+        except CgroupUnavailable as e:
+            raise SystemExit(f"--cpu-limit needs a writable cgroup cpu controller: {e}") from None
+        if args.cpu_limit is None:
+            print(f"NOTE: {limit_note}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="shipit-replicas-"))
     print(
         f"deploy requests on PostgreSQL ({server.rsplit('@', 1)[-1]}), job worker off, one uvicorn process per "
-        f"replica; {args.connections} clients over {args.apps} apps, {args.duration:g} s each after "
-        f"{args.warmup:g} s warm-up; {CORES} CPU cores; load average {load_average()}",
+        f"replica, {limit_note}; {args.connections} clients over {args.apps} apps, {args.duration:g} s each "
+        f"after {args.warmup:g} s warm-up; {CORES} CPU cores; load average {load_average()}",
         flush=True,
     )
     results = []
@@ -554,6 +618,15 @@ async def main(args: argparse.Namespace) -> int:
             f"{r['rollbacks'] / max(r['requests'], 1):10.2f} {r['deadlocks']:6d} {r['errors_logged']:6d}  "
             f"{'OK' if r['db_ok'] else 'MISMATCH'}: {r['db_check']}"
         )
+        if r["cpu_limit"]:
+            print(
+                f"         CPU limit {r['cpu_limit']:g} cores per replica: replicas used "
+                + ", ".join(f"{c:.2f}" for c in r["per_replica_cores"])
+                + f" cores; quota ran out in {r['throttled_periods']}/{r['periods']} periods "
+                f"({r['throttled_periods'] / max(r['periods'], 1):.0%}), held back "
+                + ", ".join(f"{t:.1f}" for t in r["throttled_s"])
+                + " s"
+            )
         print(
             f"         replicas: {r['voluntary_switches']:.1f} voluntary + {r['involuntary_switches']:.1f} "
             "involuntary (preempted) context switches per request"
@@ -578,7 +651,7 @@ async def main(args: argparse.Namespace) -> int:
         "'active CPU' runs a statement, 'idle in transaction Client:ClientRead' waits for the replica mid-"
         "transaction, Lock:* waits for a row or transaction lock, LWLock:WAL*/IO:* for the log)"
     )
-    by = {r["replicas"]: r for r in results}
+    by = mean_by_count(results)
     if 1 in by and len(by) > 1:
         one = by[1]
         for n, r in sorted(by.items()):
@@ -591,6 +664,34 @@ async def main(args: argparse.Namespace) -> int:
             # times how much the per-request CPU grew: replicas that contend pay more CPU per request.
             projected = n * (one["replica_ms"] / r["replica_ms"]) if r["replica_ms"] else float("nan")
             ceiling = min(n, CORES / (one["replica_cores"] + one["pg_cores"] + one["driver_cores"]))
+            if one["cpu_limit"]:
+                # What N limited replicas plus PostgreSQL and the generator would need, from the 1-replica
+                # run: under the cores, the limit (not the machine) holds each replica.
+                need = n * one["cpu_limit"] + n * (one["pg_cores"] + one["driver_cores"])
+                runs = (
+                    f" (means of {one['runs']} and {r['runs']} runs)" if one["runs"] + r["runs"] > 2 else ""
+                )
+                print(
+                    f"{n} vs 1 replica, each held to {one['cpu_limit']:g} cores: {ratio:.2f}x measured{runs}"
+                    f"{(' (aim >= 2.5x: ' + ('MET' if ratio >= 2.5 else 'NOT MET') + ')') if n == 3 else ''}; "
+                    f"CPU per request {per_req_1:.2f} ms -> {per_req_n:.2f} ms (replica {one['replica_ms']:.2f} -> "
+                    f"{r['replica_ms']:.2f}, PostgreSQL {one['pg_ms']:.2f} -> {r['pg_ms']:.2f}); replicas at their "
+                    f"quota {one['replica_cores'] / one['cpu_limit']:.0%} -> "
+                    f"{r['replica_cores'] / (n * one['cpu_limit']):.0%}; {n}x the 1-replica run's replica, "
+                    f"PostgreSQL and generator CPU is {need:.2f} of {CORES} cores"
+                    f"{'' if need <= CORES * 0.9 else ' (too close to the cores: the machine, not the quota, may hold them)'}."
+                )
+                at_quota = min(
+                    one["replica_cores"] / one["cpu_limit"], r["replica_cores"] / (n * one["cpu_limit"])
+                )
+                if at_quota < 0.95:
+                    # Not held by their quota but by the cores: other work on the machine took them.
+                    print(
+                        f"  WARNING: replicas used only {at_quota:.0%} of their quota in one of the runs: the "
+                        f"machine's other work (load average {load_average()}) held them, not the limit; this "
+                        "ratio is the machine's, run it again on a quieter machine"
+                    )
+                continue
             print(
                 f"{n} vs 1 replica: {ratio:.2f}x measured"
                 f"{(' (aim >= 2.5x: ' + ('MET' if ratio >= 2.5 else 'NOT MET') + ')') if n == 3 else ''}; CPU per request "
@@ -610,7 +711,11 @@ def cli() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--replicas", default="1,3", help="replica counts, one after another (include 1)")
+    parser.add_argument(
+        "--replicas",
+        default="1,3",
+        help="replica counts, one after another (include 1); a count given twice (1,3,1) is averaged",
+    )
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of measured load per count")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=24, help="concurrent clients over all replicas")
@@ -621,6 +726,18 @@ def cli() -> None:
         metavar="K",
         help="send the load to the first K replicas only (the others run idle): what replicas cost by "
         "merely running, apart from sharing the cores",
+    )
+    parser.add_argument(
+        "--cpu-limit",
+        type=parse_cpu,
+        metavar="CPU",
+        help="hold every replica to this much CPU (0.3 or 300m, as resources.limits.cpu): a CFS quota in a "
+        "cgroup of its own, for the 1- and the N-replica runs alike; fails where cgroups are not writable",
+    )
+    parser.add_argument(
+        "--cpu-limit-fallback",
+        action="store_true",
+        help="with --cpu-limit: where no cgroup can be made (a container, CI), say so and run unlimited",
     )
     parser.add_argument(
         "--postgres", metavar="URL", help="a PostgreSQL server URL (postgresql+asyncpg://…/postgres)"
