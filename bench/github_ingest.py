@@ -246,6 +246,18 @@ class Server:
                 self.proc.wait()
 
 
+def _rss_mib(pid: int) -> float | None:
+    """The server process's resident memory (Linux /proc; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
@@ -418,11 +430,13 @@ def main() -> None:
                     # counted when it stopped (and is committed anyway): skip past those too.
                     warm_requests = warm["requests"] + args.connections
                 mid, deployed_mid, batches_mid = _counts(db_url)
+                rss_mid = _rss_mib(server.proc.pid)
                 # The measured run carries on where the warm-up stopped: new commits only, until they wrap.
                 results[name] = _wrk(url=url, path=path, bodies=body, script=script,
                                      run=f"{name}-{time.time_ns()}", args=args, duration=args.duration,
                                      offset=warm_requests)  # fmt: skip
                 recorded, deployed, batches = _counts(db_url)
+                results[name]["rss"] = (rss_mid, _rss_mib(server.proc.pid))
                 webhook = path == "/github/webhook"
                 results[name]["recorded"] = recorded - mid if webhook else None
                 results[name]["deployed"] = deployed - deployed_mid if webhook else None
@@ -458,6 +472,10 @@ def main() -> None:
         if r["batches"]:
             print(f"         {r['batches']} group-commit batches, {r['recorded'] / r['batches']:.1f} "
                   "deliveries each on average")  # fmt: skip
+        if None not in r["rss"]:
+            print(
+                f"         server RSS {r['rss'][0]:.1f} MiB after the warm-up, {r['rss'][1]:.1f} MiB after the run"
+            )
         if r["socket_errors"]:
             print(f"         socket errors: {r['socket_errors']}")
         if r["wrapped"]:

@@ -100,6 +100,7 @@ async def _concurrently(app: Any, path: str, n: int, *, requests: Any) -> None:
 async def _ingest(args: argparse.Namespace) -> None:
     from bench import github_ingest as gi
     from shipit import runtime
+    from shipit.app import settle_gc
     from shipit.main import create_app
     from shipit.settings import Settings
     from webhooks import signature
@@ -109,7 +110,7 @@ async def _ingest(args: argparse.Namespace) -> None:
     app = create_app(rt=rt)
     app.state.runtime = rt  # what the lifespan does; the runtime is ours here
     ingest = _webhook_ingest(app)
-    gc.freeze()  # as the lifespan does once it has started a runtime of its own (shipit.app)
+    settle_gc()  # as the lifespan does once it has started a runtime of its own
     if args.max_batch:
         ingest.max_batch = args.max_batch
 
@@ -148,6 +149,8 @@ async def _ingest(args: argparse.Namespace) -> None:
     for target, path, requests in targets.values():
         await _concurrently(target, path, warm, requests=requests)
     profile = cProfile.Profile() if args.profile else None
+    collections = [g["collections"] for g in gc.get_stats()]
+    gc_time = _gc_timer()
     for i in range(args.rounds):
         for name in list(targets) if i % 2 == 0 else list(reversed(targets)):
             target, path, requests = targets[name]
@@ -160,6 +163,12 @@ async def _ingest(args: argparse.Namespace) -> None:
             others[name] += _other_threads_cpu() - o
             if profile is not None and name == measured:
                 profile.disable()
+    collections = [g["collections"] - c for g, c in zip(gc.get_stats(), collections, strict=True)]
+    gc.callbacks.remove(gc_time)
+    print(
+        f"cyclic GC collections while measured (generations 0/1/2): {'/'.join(map(str, collections))}, "
+        f"{gc_time.seconds / (args.rounds * per_round) * 1000:.4f} ms per request"  # type: ignore[attr-defined]
+    )
     if ingest.batches:
         print(
             f"{measured}: {ingest.batches} batches of {ingest.batched / ingest.batches:.1f} deliveries "
@@ -190,6 +199,22 @@ async def _ingest(args: argparse.Namespace) -> None:
         if args.profile_out:
             stats.dump_stats(args.profile_out)
         stats.sort_stats("tottime").print_stats(25)
+
+
+def _gc_timer() -> Any:
+    """A gc callback (registered) that adds up the time the cyclic collector runs, in `.seconds`."""
+    started = 0.0
+
+    def timer(phase: str, _info: dict[str, Any]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            timer.seconds += time.perf_counter() - started  # type: ignore[attr-defined]
+
+    timer.seconds = 0.0  # type: ignore[attr-defined]
+    gc.callbacks.append(timer)
+    return timer
 
 
 def _other_threads_cpu() -> float:
