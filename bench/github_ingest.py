@@ -308,18 +308,19 @@ async def _counts_async(url: str) -> tuple[int, int, int]:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     engine = create_async_engine(url)
+    # One statement, so one snapshot: requests still in flight when wrk stops commit afterwards, and
+    # a batch landing between two separate counts showed as deployments without deliveries.
     async with engine.connect() as conn:
-        delivered = int((await conn.execute(text("SELECT count(*) FROM webhook_deliveries"))).scalar_one())
-        deployed = int(
-            (
-                await conn.execute(text("SELECT count(*) FROM deployments WHERE \"trigger\" = 'push'"))
-            ).scalar_one()
-        )
-        batches = int(
-            (
-                await conn.execute(text("SELECT count(DISTINCT received_at) FROM webhook_deliveries"))
-            ).scalar_one()
-        )
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM webhook_deliveries),"
+                    " (SELECT count(*) FROM deployments WHERE \"trigger\" = 'push'),"
+                    " (SELECT count(DISTINCT received_at) FROM webhook_deliveries)"
+                )
+            )
+        ).one()
+    delivered, deployed, batches = int(row[0]), int(row[1]), int(row[2])
     await engine.dispose()
     return delivered, deployed, batches
 
