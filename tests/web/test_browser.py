@@ -64,7 +64,11 @@ async def _protect(w: World) -> None:
 async def test_deploy_watch_roll_back_and_approve_in_a_browser(
     world: World, dashboard: Dashboard, browser: Any, tmp_path: Path
 ) -> None:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -78,11 +82,21 @@ async def test_deploy_watch_roll_back_and_approve_in_a_browser(
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=ROLLOUT_SECONDS + 30)  # type: ignore[arg-type]
 
     def wait(cond: Callable[[Any], Any], timeout: float = ROLLOUT_SECONDS) -> Any:
+        def look(b: Any) -> Any:
+            try:
+                return cond(b)
+            except WebDriverException as e:
+                # chromedriver's own form of a stale element: a live update replaced the node
+                # while it was being found. Anything else still fails the test.
+                if "does not belong to the document" in str(e.msg):
+                    return False
+                raise
+
         # A form post navigates: an element read mid-navigation is stale, so look again.
         return WebDriverWait(
             browser, timeout, poll_frequency=0.2,
             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-        ).until(cond)  # fmt: skip
+        ).until(look)  # fmt: skip
 
     def summary(field: str) -> str:
         return str(browser.find_element(By.CSS_SELECTOR, f'[data-field="summary-{field}"]').text)
