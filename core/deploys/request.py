@@ -124,27 +124,20 @@ def _persistent(
     in order): persistent, in its identity map, nothing dirty.  Issue 13: the ORM's loader of an
     INSERT .. RETURNING, set up again at each execution, cost more CPU per push than the INSERT.
     Only for a model with no relationships (Revision, Deployment): every attribute is a column."""
-    mapper, keys, primary_key = mapping
-    row = mapper.class_manager.new_instance()
-    row.__dict__.update(zip(keys, values, strict=True))
-    # What `make_transient_to_detached` and `Session.add` do for a new instance whose every attribute
-    # is a loaded column (nothing to commit or expire, nothing to cascade), without their generic
-    # steps (issue 13: two thirds of this function's CPU, once per push of a batch): its identity
-    # key, then into the session's identity map as a detached row added back.
-    state = instance_state(row)
-    state.key = mapper.identity_key_from_primary_key([values[i] for i in primary_key])
-    session.sync_session._update_impl(state)
-    return row
+    return _persistent_of(session, mapping, dict(zip(mapping[1], values, strict=True)))
 
 
 def _persistent_of(
     session: AsyncSession, mapping: tuple[Any, tuple[str, ...], tuple[int, ...]], values: dict[str, Any]
 ) -> Any:
-    """`_persistent` from a dict of every column's value by name (a model whose attributes are
-    named as its columns)."""
+    """`_persistent` from a dict of every column attribute's value by its key."""
     mapper, keys, primary_key = mapping
     row = mapper.class_manager.new_instance()
     row.__dict__.update(values)
+    # What `make_transient_to_detached` and `Session.add` do for a new instance whose every attribute
+    # is a loaded column (nothing to commit or expire, nothing to cascade), without their generic
+    # steps (issue 13: two thirds of this function's CPU, once per push of a batch): its identity
+    # key, then into the session's identity map as a detached row added back.
     state = instance_state(row)
     state.key = mapper.identity_key_from_primary_key([values[keys[i]] for i in primary_key])
     session.sync_session._update_impl(state)
