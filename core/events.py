@@ -13,11 +13,10 @@ card updated late still shows the truth.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, func, inspect, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -259,17 +258,12 @@ async def _audience(
     )
 
 
-@functools.cache
-def _mapper_of(cls: type[models.Base]) -> Any:
-    return inspect(cls)  # (issue 13: `identity_key(cls, id)` looked it up at every event's read)
-
-
 async def _held(session: AsyncSession, cls: type[_Row], id_: int) -> _Row | None:
     """`session.get` of a row the session holds, loaded and current, without its trip through the
     async bridge (issue 13: a batch of pushes' events read their deploy, app and project ~6 times
     a push); anything else goes through `session.get`."""
     held: _Row | None = session.sync_session.identity_map.get(
-        _mapper_of(cls).identity_key_from_primary_key((id_,))
+        readcache.mapper_of(cls).identity_key_from_primary_key((id_,))
     )
     if held is not None and not instance_state(held).expired_attributes:
         return held

@@ -323,7 +323,7 @@ def _freeze(obj: Any) -> Row:
 def _attach(session: AsyncSession, row: Row) -> Any:
     """This session's own instance of `row`: the one it holds already, or a fresh clean one."""
     sync = session.sync_session
-    mapper = _mapper_of(row.model)
+    mapper = mapper_of(row.model)
     key = mapper.identity_key_from_primary_key([row.values[c.key] for c in mapper.primary_key])
     held = sync.identity_map.get(key)
     if held is not None:
@@ -374,16 +374,17 @@ async def rows(
 _MAPPERS: dict[type[Any], Any] = {}
 
 
-def _mapper_of(model: type[Any]) -> Any:
+def mapper_of(model: type[Any]) -> Any:
+    """`inspect(model)`, looked up once per model (issue 13: at every `get`, a few times a push)."""
     mapper = _MAPPERS.get(model)
-    if mapper is None:  # (issue 13: `inspect` at every `get`, a few times a push)
+    if mapper is None:
         mapper = _MAPPERS[model] = inspect(model)
     return mapper
 
 
 async def get(session: AsyncSession, model: type[R], ident: int, *, pin: Pin | None = None) -> R | None:
     """`session.get`, answered from the copies when the session does not hold the row yet."""
-    held = session.sync_session.identity_map.get(_mapper_of(model).identity_key_from_primary_key((ident,)))
+    held = session.sync_session.identity_map.get(mapper_of(model).identity_key_from_primary_key((ident,)))
     if held is not None:
         return held  # type: ignore[no-any-return]
 
