@@ -364,6 +364,54 @@ def _action_caller(body: dict[str, Any]) -> handlers.Caller:
     )
 
 
+def _workspace(body: dict[str, Any]) -> str:
+    """The workspace a request names, for log lines: team and/or enterprise (an org-wide install)."""
+    team = body.get("team_id") or (body.get("team") or {}).get("id")
+    enterprise = body.get("enterprise_id") or (body.get("enterprise") or {}).get("id")
+    return "/".join(str(part) for part in (enterprise, team) if part) or "?"
+
+
+def _acknowledge_the_rest(bolt: AsyncApp) -> None:
+    """Interactivity shipit has no listener for (another app's buttons in a shared message, a shortcut
+    or modal added to the Slack app config, a legacy attachment or dialog): acknowledged with one log
+    line, so the user sees no error and Slack does not retry.  Bolt would answer 404 "unhandled
+    request".  Registered last: bolt runs the first listener that matches."""
+    anything = re.compile(r".*")
+
+    def note(body: dict[str, Any], what: str) -> None:
+        user = (body.get("user") or {}).get("id") or body.get("user_id") or "?"
+        log.info(
+            "slack: %s %r from %s in workspace %s is not shipit's; acknowledged",
+            body.get("type") or "request", what, user, _workspace(body),
+        )  # fmt: skip
+
+    @bolt.action(anything)
+    async def on_other_action(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        action = (body.get("actions") or [{}])[0]
+        note(body, str(action.get("action_id") or action.get("name") or body.get("callback_id") or ""))
+
+    @bolt.options(anything)
+    async def on_other_options(ack: Any, body: dict[str, Any]) -> None:
+        await ack(options=[])  # nothing to suggest
+        note(body, str(body.get("action_id") or body.get("callback_id") or ""))
+
+    @bolt.view(anything)
+    async def on_other_view(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        note(body, str((body.get("view") or {}).get("callback_id") or ""))
+
+    @bolt.view({"type": "view_closed", "callback_id": anything})
+    async def on_other_view_closed(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        note(body, str((body.get("view") or {}).get("callback_id") or ""))
+
+    @bolt.shortcut(anything)
+    async def on_other_shortcut(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        note(body, str(body.get("callback_id") or ""))
+
+
 def _listen(bolt: AsyncApp, *, core: Core, channel: SlackChannel) -> None:
     async def follow_up(
         later: Callable[[], Awaitable[views.Message]], respond: Respond, caller: handlers.Caller
@@ -462,3 +510,5 @@ def _listen(bolt: AsyncApp, *, core: Core, channel: SlackChannel) -> None:
     async def on_other_event(ack: Any) -> None:
         # Subscribed events we do not act on are acknowledged, so Slack does not retry them.
         await ack()
+
+    _acknowledge_the_rest(bolt)
