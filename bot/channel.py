@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization.async_authorize import AsyncInstallationStoreAuthorize
+from slack_bolt.listener.async_builtins import AsyncTokenRevocationListeners
 from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
 from slack_sdk.oauth.state_store.sqlalchemy import AsyncSQLAlchemyOAuthStateStore
 from slack_sdk.web.async_client import AsyncWebClient
@@ -279,10 +280,9 @@ def build(
         notifier=note,
         signing_secret=signing_secret,
     )
-    _listen(bolt, core=core, channel=channel)
+    _listen(bolt, core=core, channel=channel, store=store)
     _pooled(channel, client=client)
     if store is not None:
-        bolt.enable_token_revocation_listeners()
         tables = (store, state_store)
 
         async def create_tables() -> None:
@@ -371,6 +371,50 @@ def _workspace(body: dict[str, Any]) -> str:
     return "/".join(str(part) for part in (enterprise, team) if part) or "?"
 
 
+def _listen_for_revocations(
+    bolt: AsyncApp, *, channel: SlackChannel, store: install_store.EncryptedInstallationStore | None
+) -> None:
+    """tokens_revoked and app_uninstalled: stop using what Slack took back.
+
+    With OAuth installs the workspace's installation rows are deleted (bolt's own revocation logic),
+    so nothing is posted there again until it is installed anew.  With one SHIPIT_SLACK_BOT_TOKEN the
+    token is dead: the notifier stops posting cards (in this process) until a new token is set.
+    """
+    revocations = AsyncTokenRevocationListeners(store) if store is not None else None
+
+    async def revoked(kind: str, ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
+        await ack()
+        tokens = event.get("tokens") or {}
+        bot = kind == "app_uninstalled" or bool(tokens.get("bot"))
+        where, event_id = _workspace(body), body.get("event_id")
+        if revocations is not None:
+            if kind == "app_uninstalled":
+                await revocations.handle_app_uninstalled_events(context)
+            else:
+                await revocations.handle_tokens_revoked_events(event, context)
+            log.warning(
+                "slack: %s from workspace %s (event %s): its %s deleted; nothing is posted there until "
+                "it is installed again",
+                kind, where, event_id, "installation was" if kind == "app_uninstalled" else "revoked tokens were",
+            )  # fmt: skip
+            return
+        if not bot:
+            log.info("slack: %s from workspace %s (event %s): no bot token revoked", kind, where, event_id)
+            return
+        reason = f"the bot token was revoked ({kind}); set a new SHIPIT_SLACK_BOT_TOKEN and restart"
+        if channel.notifier is not None:
+            channel.notifier.revoked = reason
+        log.warning("slack: %s from workspace %s (event %s): %s", kind, where, event_id, reason)
+
+    @bolt.event("tokens_revoked")
+    async def on_tokens_revoked(ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
+        await revoked("tokens_revoked", ack, body, event, context)
+
+    @bolt.event("app_uninstalled")
+    async def on_app_uninstalled(ack: Any, body: dict[str, Any], event: dict[str, Any], context: Any) -> None:
+        await revoked("app_uninstalled", ack, body, event, context)
+
+
 def _acknowledge_the_rest(bolt: AsyncApp) -> None:
     """Interactivity shipit has no listener for (another app's buttons in a shared message, a shortcut
     or modal added to the Slack app config, a legacy attachment or dialog): acknowledged with one log
@@ -412,7 +456,13 @@ def _acknowledge_the_rest(bolt: AsyncApp) -> None:
         note(body, str(body.get("callback_id") or ""))
 
 
-def _listen(bolt: AsyncApp, *, core: Core, channel: SlackChannel) -> None:
+def _listen(
+    bolt: AsyncApp,
+    *,
+    core: Core,
+    channel: SlackChannel,
+    store: install_store.EncryptedInstallationStore | None = None,
+) -> None:
     async def follow_up(
         later: Callable[[], Awaitable[views.Message]], respond: Respond, caller: handlers.Caller
     ) -> None:
@@ -505,6 +555,9 @@ def _listen(bolt: AsyncApp, *, core: Core, channel: SlackChannel) -> None:
 
         if not outcome.duplicate:
             channel.spawn(reply(), name="slack-mention-reply")
+
+    # Before the catch-all below: bolt runs the first listener that matches an event.
+    _listen_for_revocations(bolt, channel=channel, store=store)
 
     @bolt.event(re.compile(r".*"))
     async def on_other_event(ack: Any) -> None:

@@ -185,6 +185,9 @@ class SlackNotifier:
         self._posted: OrderedDict[tuple[int, str], tuple[str, str]] = OrderedDict()
         # What each card shows now: an event that would redraw the same card makes no API call.
         self._shown: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # Set when Slack says the bot token is gone (app_uninstalled, tokens_revoked; bot.channel):
+        # cards are not posted, rather than failing every deploy's notice against a dead token.
+        self.revoked: str | None = None
 
     def wants(self, kind: str) -> bool:
         return kind.startswith("deploy.")
@@ -199,6 +202,9 @@ class SlackNotifier:
         d = notice.deployment
         if d is None or notice.preview is not None:
             return None  # previews report on their pull request, not in Slack
+        if self.revoked is not None:
+            notices.logger_for(log, notice).info("slack: card not posted: %s", self.revoked)
+            return None
         # One card per deploy and target (each channel a target); with no target, the project's
         # channel as given in the notice, else the channel the command was typed in.
         key = notices.ref_key(self.name, notice.target)
