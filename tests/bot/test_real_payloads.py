@@ -37,6 +37,7 @@ from storage.crypto import generate_key
 from tests.bot.conftest import ALICE, SIGNING_SECRET, SlackSender, add_app, grant_roles
 from tests.conftest import ADMIN, serving
 from tests.fakes.slack_api import FakeSlack
+from tests.helpers import eventually
 from tests.webhooks.conftest import OFFLINE_KUBECONFIG, deliver_notifications
 
 ROOT = Path(__file__).resolve().parents[1] / "fixtures" / "real-payloads" / "slack"
@@ -166,6 +167,16 @@ async def test_every_real_body_is_answered_as_documented(
         assert name in ACKNOWLEDGED | EVENTS | REVOKING, f"{name}: no expectation written for it"
         assert response.content == b""
     assert await _deployment_count(sweep.rt) == before
+    if name == "event_app_mention.json":
+        # `<@W111> Hi there!`: answered in the mention's thread (after the ack) with what shipit understood.
+        event = json.loads(body)["event"]
+
+        async def replied() -> bool:
+            return bool(sweep.fake.thread(event["channel"], event["ts"]))
+
+        await eventually(replied, what="the reply to the mention")
+        [reply] = sweep.fake.thread(event["channel"], event["ts"])
+        assert "Unknown command `hi`" in reply["text"]
     if name in ACKNOWLEDGED | {"block_suggestion.json"}:
         [line] = [r.getMessage() for r in caplog.records if "is not shipit's; acknowledged" in r.getMessage()]
         assert json.loads((ROOT / name).read_text())["type"] in line
