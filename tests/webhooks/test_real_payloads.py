@@ -20,16 +20,18 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from kubernetes_asyncio import client as k8s
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from core import apps, image_policies
+from core import apps, deploys, image_policies
 from core.apps import AppChanges
 from shipit import runtime
 from shipit.settings import Settings
 from storage import models
 from storage.crypto import generate_key
-from tests.conftest import ADMIN, POSTGRES_URL, _drop_postgres, _fresh_postgres
+from tests import helpers
+from tests.conftest import ADMIN, POSTGRES_URL, World, _drop_postgres, _fresh_postgres
 from tests.fakes.github_api import FakeGitHub
 from tests.webhooks.conftest import SECRET, Hook, _serve, offline_cluster
 
@@ -321,3 +323,50 @@ async def _linked_case(
             policy = await session.scalar(select(models.ImagePolicy).order_by(models.ImagePolicy.id.desc()))
         assert policy is not None and policy.repository == "ghcr.io/codertocat/hello-world"
         assert policy.next_poll_at is not None
+
+
+async def test_a_real_push_body_rolls_out_on_the_cluster(
+    world: World, live_hook: Hook, fake_github: FakeGitHub, kube_api: k8s.ApiClient
+) -> None:
+    """The real path to the end once, as tests/webhooks/test_e2e.py does for its own bodies: the
+    real push to master deploys the body's commit on the real control plane and reports to GitHub."""
+    _, raw, payload = _body("push/with-new-branch.payload.json")
+    repo, sha = payload["repository"]["full_name"], payload["after"]
+    fake_github.add_repo(repo, default_branch="master", branches={"master": sha}, private=False)
+    async with world.rt.sessionmaker.begin() as session:
+        await apps.create(
+            session,
+            actor=ADMIN,
+            project=world.project,
+            cluster=world.cluster,
+            name="hello",
+            namespace=world.namespace,
+            changes=AppChanges(
+                image="ghcr.io/codertocat/hello-world:0.1",
+                git_repo=repo,
+                git_branch="master",
+                image_template="ghcr.io/codertocat/hello-world:{sha}",
+                health_path=None,
+            ),
+        )
+    r = await live_hook.post("push", body=raw)
+    assert r.status_code == 202, r.text
+    [decision] = r.json()["decisions"]
+
+    async def finished() -> models.Deployment | None:
+        async with live_hook.rt.sessionmaker() as session:
+            row = await session.get(models.Deployment, decision["deployment"])
+        return row if row is not None and row.status in deploys.TERMINAL else None
+
+    done = await helpers.eventually(finished, what="the deploy to finish", timeout=90)
+    assert done.status == "succeeded", done.error
+    workload = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("hello", world.namespace)
+    assert workload.spec.template.spec.containers[0].image == f"ghcr.io/codertocat/hello-world:{sha}"
+
+    async def reported() -> bool:
+        found = fake_github.deployments(repo)
+        return bool(found) and fake_github.deployment_states(repo, found[0]["id"])[-1:] == ["success"]
+
+    await helpers.eventually(reported, what="the GitHub deployment to say success", timeout=60)
+    [gh] = fake_github.deployments(repo)
+    assert gh["sha"] == sha
