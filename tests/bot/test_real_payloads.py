@@ -246,3 +246,13 @@ async def test_revocations_delete_the_oauth_installation(oauth_sweep: Sweep, nam
     left = await store.async_find_installation(enterprise_id="E111", team_id=None, is_enterprise_install=True)
     if name == "event_app_uninstalled.json":
         assert left is None
+
+
+async def test_revoked_user_tokens_leave_the_bot_token_alone(sweep: Sweep) -> None:
+    """The real tokens_revoked body naming only user (oauth) tokens: shipit posts with its bot token,
+    which Slack did not take back, so the cards go on."""
+    event = json.loads((ROOT / "event_tokens_revoked.json").read_bytes())
+    del event["event"]["tokens"]["bot"]
+    response = await sweep.sender.post(json.dumps(event).encode(), content_type="application/json")
+    assert (response.status_code, response.content) == (200, b"")
+    assert sweep.notifier.revoked is None
