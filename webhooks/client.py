@@ -133,6 +133,12 @@ class GitHubClient:
                     log.warning("github: %s got 401; renewing the installation token and retrying", what)
                     self._forget(repo)
                     continue
+                if e.status == 404 and self._integration is not None and attempt == 1 and self._moved(repo):
+                    log.warning(
+                        "github: %s got 404; the App was installed again on %s (a new installation); retrying",
+                        what, repo,
+                    )  # fmt: skip
+                    continue
                 raise translate(e, what=what) from None
             except requests.RequestException as e:
                 raise TransientError(f"{what}: cannot reach GitHub ({type(e).__name__})") from None
@@ -157,6 +163,29 @@ class GitHubClient:
                 client = self._integration.get_github_for_installation(installation_id)
                 self._by_installation[installation_id] = client
             return client
+
+    def _moved(self, repo: str) -> bool:
+        """After a 404: is the installation cached for `repo` no longer the App's installation there?
+
+        An uninstalled App's installation is gone (installation.deleted), so minting a token for it
+        answers 404; installed again, it has a new id.  The cached one is forgotten then (also when the
+        App is not installed at all, so a later install is found), and True says a retry may work.
+        A 404 for anything else (a missing issue) costs this one look-up and changes nothing.
+        """
+        assert self._integration is not None
+        with self._lock:
+            cached = self._installation_of.get(repo.lower())
+        if cached is None:
+            return False
+        owner, _, name = repo.partition("/")
+        try:
+            current: int | None = int(self._integration.get_repo_installation(owner, name).id)
+        except GithubException:
+            current = None
+        if current == cached:
+            return False
+        self._forget(repo)
+        return current is not None
 
     def _forget(self, repo: str) -> None:
         with self._lock:

@@ -400,6 +400,16 @@ class FakeGitHub(FakeServer):
             )
             return inst_id
 
+    def remove_installation(self, account: str) -> None:
+        """Uninstall the App from `account`, as GitHub does: the installation and its tokens are gone
+        (later use of a token: 401; minting one for the old id: 404)."""
+        with self._lock:
+            gone = {i for i, inst in self._installations.items() if inst.account.lower() == account.lower()}
+            for inst_id in gone:
+                del self._installations[inst_id]
+            for token in [t for t, tok in self._inst_tokens.items() if tok.installation_id in gone]:
+                del self._inst_tokens[token]
+
     def installation_id(self, account: str) -> int:
         with self._lock:
             inst = self._installation_for(account)

@@ -258,3 +258,38 @@ async def test_installation_tokens_are_renewed_before_they_expire() -> None:
         assert len(fake.calls("create_installation_token", ok=True)) == 2
         assert [c.status for c in fake.calls("create_issue_comment")] == [404, 404]  # never 401
         await client.close()
+
+
+async def test_an_app_installed_again_is_found_under_its_new_installation() -> None:
+    """installation.deleted then installation.created (the real bodies are ignored: nothing to do):
+    the repository's cached installation is gone, and with tokens renewed on every call (TTL 21 s)
+    the next call mints one for the old id and gets 404.  The client looks the installation up
+    again, finds the new one and the call goes through; a plain 404 stays a 404."""
+    async with FakeGitHub(token_ttl=21) as fake:
+        client = GitHubClient(
+            credentials=Credentials(
+                api_url=fake.url,
+                app_id=str(fake.app_id),
+                private_key=fake.app_private_key,
+                seconds_between_requests=None,
+                seconds_between_writes=None,
+            )
+        )
+        try:
+            assert await client.call(repo="acme/web", what="read", fn=lambda r: r.default_branch) == "main"
+            old = fake.installation_id("acme")
+            fake.remove_installation("acme")
+            new = fake.add_installation("acme")
+            assert new != old
+            await asyncio.sleep(1.5)  # the cached token is now renewed before use: minted for `old`
+            assert await client.call(repo="acme/web", what="read", fn=lambda r: r.default_branch) == "main"
+            minted = [c for c in fake.calls("create_installation_token") if c.status == 404]
+            assert minted, "no token was asked for the old installation: the 404 path did not run"
+            assert fake.installation_tokens()[-1]["installation_id"] == new
+            with pytest.raises(PermanentError):
+                await client.call(
+                    repo="acme/web", what="read", fn=lambda r: r.get_issue(1).create_comment("a")
+                )
+        finally:
+            await client.close()
+        assert not fake.errors
