@@ -174,6 +174,19 @@ async def serving_posts(
         await runner.cleanup()
 
 
+async def linked_person(rt: Runtime, name: str, *subjects: str) -> int:
+    """One person behind several identities, as linking (`/shipit link`, `.link CODE`) would leave them."""
+    async with rt.sessionmaker.begin() as session:
+        person = models.Person(name=name)
+        session.add(person)
+        await session.flush()
+        for subject in subjects:
+            session.add(
+                models.Identity(person_id=person.id, subject=subject, verified_by="admin", created_by="test")
+            )
+        return int(person.id)
+
+
 def database_bytes(rt: Runtime) -> bytes:
     """Every byte of the SQLite database on disk, write-ahead log included."""
     path = Path(rt.engine.url.database or "")
