@@ -14,7 +14,6 @@ import random
 
 import pytest
 from kubernetes_asyncio import client as k8s
-from pydantic import SecretStr
 from sqlalchemy import select, update
 
 from bot import views
@@ -27,11 +26,11 @@ from tests.bot.conftest import (
     ALICE,
     BOB,
     CHANNEL,
-    SIGNING_SECRET,
     SlackSender,
     card_of,
     card_text,
     grant_roles,
+    slack_on,
 )
 from tests.conftest import ADMIN, LiveServer, World, linked_person
 from tests.fakes.github_api import FakeGitHub
@@ -47,13 +46,7 @@ ROLLOUT = 120.0
 @pytest.fixture
 def settings(settings: Settings, fake_slack: FakeSlack) -> Settings:
     """GitHub (tests/webhooks/conftest.py) and Slack both switched on, each against its fake."""
-    return settings.model_copy(
-        update={
-            "slack_signing_secret": SecretStr(SIGNING_SECRET),
-            "slack_bot_token": SecretStr(fake_slack.bot_token),
-            "slack_api_url": fake_slack.url,
-        }
-    )
+    return slack_on(settings, fake_slack)
 
 
 async def _protect(rt: Runtime, *, approvals: int) -> None:
