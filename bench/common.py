@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+from collections.abc import Collection
 from pathlib import Path
 
 
@@ -27,6 +29,25 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def threads_cpu(*, skip: Collection[int] = ()) -> float:
+    """User + system CPU time of this process's threads other than the calling one and `skip`
+    (Linux /proc; 0 elsewhere): in an in-process bench, the threads SQLite's driver runs on."""
+    me, total, tick = threading.get_native_id(), 0.0, os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        if int(tid) == me or int(tid) in skip:
+            continue
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 def load_average() -> str:

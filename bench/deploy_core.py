@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from bench.common import load_average, pct
 from core import apps, clusters, deploys, projects
 from core.identity import Actor
 from shipit import runtime
@@ -33,11 +34,6 @@ from storage.crypto import generate_key
 from tests.testenv.controlplane import running
 
 ADMIN = Actor(subject="user:bench", channel="api", is_admin=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def wait_status(
@@ -101,7 +97,7 @@ async def main(args: argparse.Namespace) -> None:
                 f"p95 {pct(overheads, 0.95):.1f} ms, mean {statistics.mean(overheads):.1f} ms "
                 f"(of which accepted->worker started: p50 {pct(waits, 0.5):.1f} ms); registry digest look-up "
                 f"{'on (fails offline, deploys by tag)' if args.pin_digests else 'off'}; "
-                f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
+                f"load average {load_average()}"
             )
             p50 = pct(overheads, 0.5)
             print(

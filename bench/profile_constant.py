@@ -42,6 +42,8 @@ import tempfile
 import time
 from typing import Any
 
+from bench import common
+
 N = 5000
 
 
@@ -156,11 +158,11 @@ async def _ingest(args: argparse.Namespace) -> None:
             target, path, requests = targets[name]
             if profile is not None and name == measured:
                 profile.enable()
-            c, w, o = time.process_time(), time.perf_counter(), _other_threads_cpu()
+            c, w, o = time.process_time(), time.perf_counter(), common.threads_cpu()
             await _concurrently(target, path, per_round, requests=requests)
             cpu[name] += time.process_time() - c
             wall[name] += time.perf_counter() - w
-            others[name] += _other_threads_cpu() - o
+            others[name] += common.threads_cpu() - o
             if profile is not None and name == measured:
                 profile.disable()
     collections = [g["collections"] - c for g, c in zip(gc.get_stats(), collections, strict=True)]
@@ -215,25 +217,6 @@ def _gc_timer() -> Any:
     timer.seconds = 0.0  # type: ignore[attr-defined]
     gc.callbacks.append(timer)
     return timer
-
-
-def _other_threads_cpu() -> float:
-    """CPU seconds of this process's threads but the main one (Linux /proc; 0 elsewhere)."""
-    total, main, tick = 0.0, os.getpid(), os.sysconf("SC_CLK_TCK")
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return 0.0
-    for tid in tasks:
-        if int(tid) == main:
-            continue
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the thread ended meanwhile
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
 
 
 def _webhook_ingest(app: Any) -> Any:

@@ -30,11 +30,12 @@ import cProfile
 import os
 import pstats
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from bench import common
 
 ROOT = str(Path(__file__).resolve().parents[1])
 OWN = ("core", "storage", "shipit", "bot", "webhooks", "web")
@@ -80,21 +81,6 @@ LANDMARKS = [
     ("fastapi/routing.py", "serialize_response", "response validation + serialisation (FastAPI)"),
     ("fastapi/dependencies/utils.py", "solve_dependencies", "FastAPI dependency solving"),
 ]
-
-
-def other_threads_cpu() -> float:
-    """CPU seconds of this process's threads other than the calling one (aiosqlite's, Linux /proc)."""
-    me = threading.get_native_id()
-    total = 0.0
-    for task in Path("/proc/self/task").iterdir():
-        if int(task.name) == me:
-            continue
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def package_of(filename: str, funcname: str) -> str | None:
@@ -234,11 +220,11 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
                 await burst(http, 50)  # warm: caches, the pool, first-request imports
                 start = time.perf_counter()
                 main_cpu = time.thread_time()
-                threads_cpu = other_threads_cpu()
+                threads_cpu = common.threads_cpu()
                 await burst(http, args.requests)
                 plain = time.perf_counter() - start
                 main_cpu = time.thread_time() - main_cpu
-                threads_cpu = other_threads_cpu() - threads_cpu
+                threads_cpu = common.threads_cpu() - threads_cpu
                 engine = rt.engine.sync_engine
                 event.listen(engine, "before_cursor_execute", before)
                 event.listen(engine, "after_cursor_execute", after)
@@ -265,7 +251,7 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
         f"POST /api/v1/apps/web/deploys in-process (httpx ASGITransport, SQLite WAL, worker off, "
         f"{'admin' if args.admin else 'developer'} token): {per / plain:.0f} req/s, "
         f"{plain * 1000 / per:.2f} ms per request unprofiled; load average "
-        f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
+        f"{common.load_average()}"
     )
     print(
         f"per request: {plain * 1000 / per:.2f} ms wall = event loop thread CPU {main_cpu * 1000 / per:.2f} ms "

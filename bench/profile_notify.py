@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import profile_deploy
-from bench.profile_slack import bench_settings, fake_threads, report_tail, seed, send_deploy, threads_cpu
+from bench import common, profile_deploy
+from bench.profile_slack import bench_settings, fake_threads, report_tail, seed, send_deploy
 
 profile_deploy.GROUPS.update({"slack_sdk": "slack_sdk", "aiohttp": "aiohttp (slack_sdk's client)"})
 LANDMARKS = [
@@ -148,17 +148,17 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
                         cpu, ran = 0.0, 0
                         for _ in range(count_):
                             await command()
-                            main0, side0 = time.thread_time(), threads_cpu(skip=skip)
+                            main0, side0 = time.thread_time(), common.threads_cpu(skip=skip)
                             if profile is not None:
                                 profile.enable()
                             ran += await drain(worker, settle=False)
                             if profile is not None:
                                 profile.disable()
-                            cpu += time.thread_time() - main0 + threads_cpu(skip=skip) - side0
+                            cpu += time.thread_time() - main0 + common.threads_cpu(skip=skip) - side0
                         if args.paced:
-                            main0, side0 = time.thread_time(), threads_cpu(skip=skip)
+                            main0, side0 = time.thread_time(), common.threads_cpu(skip=skip)
                             ran += await drain(worker, settle=True)
-                            cpu += time.thread_time() - main0 + threads_cpu(skip=skip) - side0
+                            cpu += time.thread_time() - main0 + common.threads_cpu(skip=skip) - side0
                         return cpu, ran
 
                     await burst(max(args.apps * 2, 40))  # warm: every app has a card to update
@@ -185,7 +185,7 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
     print(
         f"notify jobs of /shipit deploy, in-process (SQLite WAL, {'real' if args.paced else 'no'} pacing, "
         f"{'unprotected' if args.unprotected else 'protected'} apps x{args.apps}), {per} commands; load "
-        f"average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
+        f"average {common.load_average()}"
     )
     print(
         f"CPU per command in its notify jobs: {cpu * 1000 / per:.2f} ms; {ran / per:.2f} jobs, "

@@ -34,7 +34,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench import profile_deploy
+from bench import common, profile_deploy
 from bench.slack_ack import SECRET, USER, command_body, signed
 
 # The Slack packages as their own groups (profile_deploy's GROUPS has the rest).
@@ -131,23 +131,6 @@ def timed_split(split: list[tuple[str, str, str]]) -> tuple[dict[str, float], An
             setattr(module, attr, original)
 
     return totals, restore
-
-
-def threads_cpu(*, skip: set[int]) -> float:
-    """CPU seconds of this process's threads other than the calling one and `skip` (Linux /proc)."""
-    import threading
-
-    me = threading.get_native_id()
-    total = 0.0
-    for task in Path("/proc/self/task").iterdir():
-        if int(task.name) == me or int(task.name) in skip:
-            continue
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 async def settle() -> None:
@@ -262,13 +245,13 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
                         await settle()
                     start = time.perf_counter()
                     main_cpu = time.thread_time()
-                    side_cpu = threads_cpu(skip=skip)
+                    side_cpu = common.threads_cpu(skip=skip)
                     await burst(http, args.requests)
                     plain = time.perf_counter() - start
                     if args.worker:
                         await settle()
                     main_cpu = time.thread_time() - main_cpu
-                    side_cpu = threads_cpu(skip=skip) - side_cpu
+                    side_cpu = common.threads_cpu(skip=skip) - side_cpu
                     engine = rt.engine.sync_engine
                     event.listen(engine, "before_cursor_execute", before)
                     await burst(http, args.requests)
@@ -298,7 +281,7 @@ async def _main(args: argparse.Namespace, tmp: str) -> None:
         f"{'worker ON (its CPU over each burst and 1 s after included: the cards)' if args.worker else 'worker off'}, "
         f"{'unprotected' if args.unprotected else 'protected'} apps x{args.apps}): {per / plain:.0f} commands/s, "
         f"{plain * 1000 / per:.2f} ms wall per command unprofiled; load average "
-        f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
+        f"{common.load_average()}"
     )
     print(
         f"CPU per command: {(main_cpu + side_cpu) * 1000 / per:.2f} ms = event loop thread "

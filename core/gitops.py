@@ -404,6 +404,12 @@ async def _deploy(
         logctx.deploy_logger(log, deployment=deployment.id, app=app.name).info(
             "gitops: %s %s@%s (%s)", why, ref, sha[:7], image
         )
+    return requested(app=app, deployment=deployment, image=image)
+
+
+def requested(*, app: models.App, deployment: models.Deployment, image: str) -> Decision:
+    """A deploy requested for the app (queued, or waiting for an approval): what a push or a new
+    registry tag reports."""
     return Decision(
         app=app.name,
         action=DEPLOY,

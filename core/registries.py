@@ -272,6 +272,18 @@ class _Unresolved(Exception):
     """Why a tag could not be resolved; the text is shown to users (no credentials in it)."""
 
 
+def _answered(response: httpx.Response, *, ref: images.Reference, missing: str) -> None:
+    """A registry's answer other than 200 as the reason users see; `missing` says what a 404 means."""
+    if response.status_code == 401:
+        raise _Unresolved(f"{ref.domain} refused the stored credentials (HTTP 401)")
+    if response.status_code == 403:
+        raise _Unresolved(f"{ref.domain} denied access to {ref.path} (HTTP 403)")
+    if response.status_code == 404:
+        raise _Unresolved(f"{ref.domain} {missing}")
+    if response.status_code != 200:
+        raise _Unresolved(f"{ref.domain} answered HTTP {response.status_code}")
+
+
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, rest = header.strip().partition(" ")
     return scheme.lower(), {k.lower(): v for k, v in _CHALLENGE_PARAM.findall(rest)}
@@ -349,14 +361,7 @@ async def _resolve(
         else:
             raise _Unresolved(f"{ref.domain} needs credentials: add them with `shipit registries add`")
         response = await client.head(url, headers=headers)
-    if response.status_code == 401:
-        raise _Unresolved(f"{ref.domain} refused the stored credentials (HTTP 401)")
-    if response.status_code == 403:
-        raise _Unresolved(f"{ref.domain} denied access to {ref.path} (HTTP 403)")
-    if response.status_code == 404:
-        raise _Unresolved(f"{ref.domain} has no tag {ref.tag or 'latest'} in {ref.path}")
-    if response.status_code != 200:
-        raise _Unresolved(f"{ref.domain} answered HTTP {response.status_code}")
+    _answered(response, ref=ref, missing=f"has no tag {ref.tag or 'latest'} in {ref.path}")
     digest = str(response.headers.get("Docker-Content-Digest", "")).strip()
     if not digest:
         # Not every registry sends the header on HEAD: the digest is the manifest bytes' sha256.
@@ -503,14 +508,7 @@ async def list_tags(*, ctx: Core, repository: str, credentials: Credentials | No
                     client, url=url, base=base, host=ref.domain, path=ref.path, credentials=credentials,
                     headers=headers,
                 )  # fmt: skip
-                if response.status_code == 401:
-                    raise _Unresolved(f"{ref.domain} refused the stored credentials (HTTP 401)")
-                if response.status_code == 403:
-                    raise _Unresolved(f"{ref.domain} denied access to {ref.path} (HTTP 403)")
-                if response.status_code == 404:
-                    raise _Unresolved(f"{ref.domain} has no repository {ref.path}")
-                if response.status_code != 200:
-                    raise _Unresolved(f"{ref.domain} answered HTTP {response.status_code}")
+                _answered(response, ref=ref, missing=f"has no repository {ref.path}")
                 try:
                     body = response.json()
                 except ValueError:

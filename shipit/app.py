@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core import errors, jobs, observe, validation
+from core import errors, jobs, metrics, observe, validation
 from core.errors import InvalidInput, ShipitError, UserError
 from shipit import api, limits, runtime, telemetry
 from shipit.runtime import Runtime
@@ -102,19 +102,13 @@ class Edge:
         throttle: limits.Throttle | None = None,
     ) -> None:
         self.app, self.max_bytes, self.idle_timeout, self.throttle = app, max_bytes, idle_timeout, throttle
-        # (route template, method, status) -> the latency and count children: one look-up a request.
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # By route template, and by (route template, method, status): the method is the caller's.
+        self._latency, self._requests = metrics.Children(LATENCY), metrics.Children(REQUESTS)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        key = (getattr(scope.get("route"), "path", "unmatched"), scope["method"], status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                LATENCY.labels(route=key[0]),
-                REQUESTS.labels(route=key[0], method=key[1], status=str(status)),
-            )
-        children[0].observe(seconds)
-        children[1].inc()
+        route = getattr(scope.get("route"), "path", "unmatched")
+        self._latency.labels(route).observe(seconds)
+        self._requests.labels(route, scope["method"], status).inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

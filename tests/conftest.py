@@ -7,12 +7,13 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import uvicorn
+from aiohttp import web
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -152,6 +153,38 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def serving_posts(
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]], *, paths: tuple[str, ...] = ("/hook",)
+) -> AsyncIterator[str]:
+    """A test's own HTTP endpoint (an outgoing webhook's receiver): `handle` answers POSTs to `paths`
+    on a loopback port; yields the base URL."""
+    app = web.Application()
+    for path in paths:
+        app.router.add_post(path, handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)  # a handler told to hang does not hold up the end
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def linked_person(rt: Runtime, name: str, *subjects: str) -> int:
+    """One person behind several identities, as linking (`/shipit link`, `.link CODE`) would leave them."""
+    async with rt.sessionmaker.begin() as session:
+        person = models.Person(name=name)
+        session.add(person)
+        await session.flush()
+        for subject in subjects:
+            session.add(
+                models.Identity(person_id=person.id, subject=subject, verified_by="admin", created_by="test")
+            )
+        return int(person.id)
 
 
 def database_bytes(rt: Runtime) -> bytes:

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from tests.conftest import free_port
+from tests.conftest import free_port, serving_posts
 
 
 @dataclass
@@ -105,18 +105,10 @@ class Receiver:
 @asynccontextmanager
 async def receiver() -> AsyncIterator[Receiver]:
     r = Receiver()
-    app = web.Application()
-    app.router.add_post("/{name}", r.handle)
-    app.router.add_post("/{name}/{tail:.*}", r.handle)  # a token in the path, as Teams and Discord have
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    r.url = f"http://127.0.0.1:{port}"
-    try:
+    # A token in the path too, as Teams and Discord have.
+    async with serving_posts(r.handle, paths=("/{name}", "/{name}/{tail:.*}")) as url:
+        r.url = url
         yield r
-    finally:
-        await runner.cleanup()
 
 
 def readme_verify() -> Any:

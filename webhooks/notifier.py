@@ -184,12 +184,12 @@ class GitHubNotifier:
         try:
             result = await self._deliver(notice)
         except TransientError:
-            metrics.NOTIFICATIONS.labels(notifier=NAME, outcome="retry").inc()
+            metrics.NOTIFICATIONS_BY.labels(NAME, "retry").inc()
             raise
         except PermanentError:
-            metrics.NOTIFICATIONS.labels(notifier=NAME, outcome="failed").inc()
+            metrics.NOTIFICATIONS_BY.labels(NAME, "failed").inc()
             raise
-        metrics.NOTIFICATIONS.labels(notifier=NAME, outcome="ok").inc()
+        metrics.NOTIFICATIONS_BY.labels(NAME, "ok").inc()
         return result
 
     async def _deliver(self, notice: Notice) -> Delivered | None:

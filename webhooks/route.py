@@ -23,6 +23,7 @@ from prometheus_client import Counter
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from core import metrics
 from core.context import Core
 from core.gitops import Outcome
 from webhooks import signature, table
@@ -117,21 +118,6 @@ def _text(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-class _Counts:
-    """DELIVERIES children, looked up once per (event, result)."""
-
-    def __init__(self) -> None:
-        self._children: dict[tuple[str, str], Any] = {}
-
-    def inc(self, event: str, result: str) -> None:
-        child = self._children.get((event, result))
-        if child is None:
-            if len(self._children) > 1024:  # events are GitHub's names, but a caller may send any
-                self._children.clear()
-            child = self._children[event, result] = DELIVERIES.labels(event=event, result=result)
-        child.inc()
-
-
 class Webhook:
     """POST /github/webhook as a plain ASGI app (issue 13): the route's own work is a few
     microseconds, and FastAPI's per-request machinery (a Request, the dependency solver, a
@@ -144,7 +130,8 @@ class Webhook:
         self.secret, self.off_reason, self.core_of, self.ingest = secret, off_reason, core_of, ingest
         self._verifier = signature.Verifier(secret=secret) if secret is not None else None
         self.route: Route | None = None  # set by `router`: named in the scope, as Starlette's router does
-        self._counts = _Counts()
+        # (event, result): events are GitHub's names, but a caller may send any (the memo's bound).
+        self._counts = metrics.Children(DELIVERIES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.route is not None:
@@ -182,10 +169,10 @@ class Webhook:
         try:
             body = await _read_capped(receive, declared=declared, limit=MAX_BODY_BYTES)
         except _TooLarge:
-            self._counts.inc(event, "too_large")
+            self._counts.labels(event, "too_large").inc()
             return _TOO_LARGE
         if not verifier.verify(body=body, header=header):
-            self._counts.inc(event, "bad_signature")
+            self._counts.labels(event, "bad_signature").inc()
             log.warning("github delivery %s (%s): bad signature; refused", delivery, event)
             return _BAD_SIGNATURE
         try:
@@ -196,7 +183,7 @@ class Webhook:
         if type(payload) is not dict and not isinstance(payload, Mapping):
             return _NOT_AN_OBJECT
         if event == "ping":
-            self._counts.inc(event, "pong")
+            self._counts.labels(event, "pong").inc()
             return _json(200, {"ok": True, "result": "pong", "zen": payload.get("zen")})
         if not delivery:
             return _MISSING_DELIVERY
@@ -204,13 +191,13 @@ class Webhook:
         found = table.lookup(event, action)
         base = {"ok": True, "delivery": delivery, "event": event, "action": action}
         if isinstance(found, str):
-            self._counts.inc(event, "ignored")
+            self._counts.labels(event, "ignored").inc()
             log.info("github delivery %s: %s", delivery, found)
             return _json(202, {**base, "result": "ignored", "message": found})
         try:
             parsed = found.parse(payload)
         except table.BadPayload as e:
-            self._counts.inc(event, "malformed")
+            self._counts.labels(event, "malformed").inc()
             return _error(400, "MalformedPayload", f"{event} payload: {e}")
         result = await self.ingest.submit(
             ctx=self.core_of(Request(scope)),
@@ -220,11 +207,11 @@ class Webhook:
             parsed=parsed,
         )
         if not isinstance(result, Outcome):
-            self._counts.inc(event, "duplicate")
+            self._counts.labels(event, "duplicate").inc()
             log.info("github delivery %s (%s): seen before; dropped", delivery, event)
             return _json(200, {**base, "result": "duplicate", "message": "this delivery was handled before"})
         outcome = result
-        self._counts.inc(event, "accepted")
+        self._counts.labels(event, "accepted").inc()
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "github delivery %s %s%s: %s (%.1f ms)",

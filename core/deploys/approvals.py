@@ -133,7 +133,7 @@ async def _finish_pending(
         step="final",
         payload={"reason": error},
     )
-    metrics.DEPLOYS.labels(outcome=status, trigger=deployment.trigger).inc()
+    metrics.DEPLOYS_BY.labels(status, deployment.trigger).inc()
 
 
 async def expire_approvals(session: AsyncSession, *, ctx: Core) -> int:

@@ -7,7 +7,6 @@ nothing slow; rollbacks, config and secret redeploys are requests too.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -1022,14 +1021,8 @@ async def _supersede_older(
             jobs.cancel_with_pending(
                 session, **_deploy_job(deployment_id=old.id, app_id=old.app_id, namespace=old.namespace)
             )
-        _superseded_count(old.trigger).inc()
+        metrics.DEPLOYS_BY.labels(SUPERSEDED, old.trigger).inc()
     return older
-
-
-@functools.lru_cache(maxsize=64)
-def _superseded_count(trigger: str) -> Any:
-    # The counter's child for this trigger, found once (issue 13: `labels` checks and locks at each).
-    return metrics.DEPLOYS.labels(outcome=SUPERSEDED, trigger=trigger)
 
 
 def _build_prune() -> Any:

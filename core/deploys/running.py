@@ -310,7 +310,7 @@ async def _finish(
         await _redraw_rolled_back(
             session, ctx=ctx, rollback=deployment, project_id=app.project_id if app else None
         )
-    metrics.DEPLOYS.labels(outcome=status, trigger=deployment.trigger).inc()
+    metrics.DEPLOYS_BY.labels(status, deployment.trigger).inc()
 
 
 async def _redraw_rolled_back(

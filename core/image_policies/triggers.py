@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import apps, deploys, images, jobs, registries
 from core.context import Core
 from core.errors import InvalidInput, TransientError, UserError
-from core.gitops import DEPLOY, SKIP, WAIT, Decision, Outcome
+from core.gitops import DEPLOY, SKIP, WAIT, Decision, Outcome, requested
 from core.identity import Actor
 from core.image_policies.policies import matcher_of
 from core.image_policies.tags import Matcher
@@ -111,13 +111,7 @@ async def _deploy(
             image=deployment.image,
         )
     log.info("registry: %s -> deploy %s of %s (%s)", why, deployment.id, app.name, image)
-    return Decision(
-        app=app.name,
-        action=DEPLOY,
-        reason=f"deploy #{deployment.id} {deployment.status}: {image}",
-        deployment_id=deployment.id,
-        image=image,
-    )
+    return requested(app=app, deployment=deployment, image=image)
 
 
 @dataclass(frozen=True, kw_only=True)

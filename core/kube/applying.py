@@ -46,6 +46,21 @@ async def _all(awaitables: list[Awaitable[Any]]) -> None:
             raise result
 
 
+def _absent_targets(spec: spec_mod.WorkloadSpec) -> list[Target]:
+    """The optional objects the spec turns off (render.render_absent), as the app's targets."""
+    return [
+        Target(
+            kind=kind,
+            name=name,
+            namespace=spec.namespace,
+            project=spec.project,
+            app=spec.app,
+            instance=spec.instance or spec.app,
+        )
+        for kind, name in render.render_absent(spec)
+    ]
+
+
 class Applier:
     """Applies and deletes through one cluster's connection, never over what is not shipit's."""
 
@@ -216,17 +231,7 @@ class Applier:
     async def _apply_workload(self, spec: spec_mod.WorkloadSpec) -> None:
         manifests = render.render(spec)
         targets = [target_of(m) for m in manifests]
-        absent = [
-            Target(
-                kind=kind,
-                name=name,
-                namespace=spec.namespace,
-                project=spec.project,
-                app=spec.app,
-                instance=spec.instance or spec.app,
-            )
-            for kind, name in render.render_absent(spec)
-        ]
+        absent = _absent_targets(spec)
         found = await self._current_all(targets + absent)
         present, gone = found[: len(targets)], found[len(targets) :]
         self._refuse_foreign(targets, present)
@@ -390,17 +395,7 @@ class Applier:
                 + [f"{m['kind']}/{m['metadata']['name']}" for m in manifests]
             )
         targets = [target_of(m) for m in manifests]
-        absent = [
-            Target(
-                kind=kind,
-                name=name,
-                namespace=spec.namespace,
-                project=spec.project,
-                app=spec.app,
-                instance=spec.instance or spec.app,
-            )
-            for kind, name in render.render_absent(spec)
-        ]
+        absent = _absent_targets(spec)
         found = await asyncio.gather(*(self._current(t, full=True) for t in targets + absent))
         present, gone = list(found[: len(targets)]), found[len(targets) :]
         self._refuse_foreign(targets, present)

@@ -67,18 +67,18 @@ async def post(
     try:
         response = await client.post(target.address, content=content, headers=headers)
     except httpx.HTTPError as e:
-        metrics.NOTIFICATIONS.labels(notifier=target.kind, outcome="retry").inc()
+        metrics.NOTIFICATIONS_BY.labels(target.kind, "retry").inc()
         raise TransientError(f"{what}: {type(e).__name__}") from None
     if response.status_code == 429 or response.status_code >= 500:
-        metrics.NOTIFICATIONS.labels(notifier=target.kind, outcome="retry").inc()
+        metrics.NOTIFICATIONS_BY.labels(target.kind, "retry").inc()
         wait = retry_after_seconds(response.headers, default=None)
         if pacer is not None and wait:
             pacer.backoff(f"target #{target.id}", wait)
         raise TransientError(f"{what} answered {response.status_code}", retry_after=wait)
     if response.status_code >= 400:
-        metrics.NOTIFICATIONS.labels(notifier=target.kind, outcome="failed").inc()
+        metrics.NOTIFICATIONS_BY.labels(target.kind, "failed").inc()
         raise PermanentError(f"{what} answered {response.status_code}")
-    metrics.NOTIFICATIONS.labels(notifier=target.kind, outcome="ok").inc()
+    metrics.NOTIFICATIONS_BY.labels(target.kind, "ok").inc()
     return response
 
 

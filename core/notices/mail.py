@@ -145,23 +145,23 @@ class EmailNotifier:
                 timeout=self.timeout,
             )
         except aiosmtplib.SMTPRecipientsRefused as e:
-            metrics.NOTIFICATIONS.labels(notifier=NAME, outcome="failed").inc()
+            metrics.NOTIFICATIONS_BY.labels(NAME, "failed").inc()
             codes = sorted({str(r.code) for r in e.recipients})
             raise PermanentError(
                 f"{what}: the SMTP server refused the recipient ({', '.join(codes)})"
             ) from None
         except aiosmtplib.SMTPAuthenticationError as e:
-            metrics.NOTIFICATIONS.labels(notifier=NAME, outcome="failed").inc()
+            metrics.NOTIFICATIONS_BY.labels(NAME, "failed").inc()
             raise PermanentError(f"{what}: SMTP authentication failed ({e.code})") from None
         except aiosmtplib.SMTPResponseException as e:
-            metrics.NOTIFICATIONS.labels(notifier=NAME, outcome="retry").inc()
+            metrics.NOTIFICATIONS_BY.labels(NAME, "retry").inc()
             if 500 <= e.code < 600:
                 raise PermanentError(f"{what}: the SMTP server answered {e.code}") from None
             raise TransientError(f"{what}: the SMTP server answered {e.code}") from None
         except (aiosmtplib.SMTPException, OSError) as e:
-            metrics.NOTIFICATIONS.labels(notifier=NAME, outcome="retry").inc()
+            metrics.NOTIFICATIONS_BY.labels(NAME, "retry").inc()
             raise TransientError(f"{what}: {type(e).__name__}") from None
-        metrics.NOTIFICATIONS.labels(notifier=NAME, outcome="ok").inc()
+        metrics.NOTIFICATIONS_BY.labels(NAME, "ok").inc()
         d = notice.deployment
         if d is None or notice.kind == TEST_KIND:
             return None

@@ -56,8 +56,8 @@ OWEN = User("U0OWEN001", "owen")  # owner
 MALLORY = User("U0MALLORY", "mallory")  # no role anywhere
 
 
-@pytest.fixture
-def settings(settings: Settings, fake_slack: FakeSlack) -> Settings:
+def slack_on(settings: Settings, fake_slack: FakeSlack) -> Settings:
+    """`settings` with the Slack channel on: signed with SIGNING_SECRET, the fake Web API behind it."""
     return settings.model_copy(
         update={
             "slack_signing_secret": SecretStr(SIGNING_SECRET),
@@ -65,6 +65,11 @@ def settings(settings: Settings, fake_slack: FakeSlack) -> Settings:
             "slack_api_url": fake_slack.url,
         }
     )
+
+
+@pytest.fixture
+def settings(settings: Settings, fake_slack: FakeSlack) -> Settings:
+    return slack_on(settings, fake_slack)
 
 
 def sign(body: bytes, *, timestamp: int, secret: str = SIGNING_SECRET) -> str:

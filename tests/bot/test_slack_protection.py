@@ -28,7 +28,7 @@ from tests.bot.conftest import (
     deployments,
     eventually,
 )
-from tests.conftest import ADMIN, LiveServer, World
+from tests.conftest import ADMIN, LiveServer, World, linked_person
 from tests.fakes.slack_api import FakeSlack
 from tests.shipit.conftest import make_token
 
@@ -42,18 +42,6 @@ async def _found(value: Any) -> Any:
 async def _card_says(fake: FakeSlack, channel: str, ts: str, *fragments: str) -> bool:
     text = card_text(fake.message(channel, ts))
     return all(f in text for f in fragments)
-
-
-async def _link(rt: Any, name: str, *subjects: str) -> None:
-    """One person behind several identities, as IDENT's linking would leave them."""
-    async with rt.sessionmaker.begin() as session:
-        person = models.Person(name=name)
-        session.add(person)
-        await session.flush()
-        for subject in subjects:
-            session.add(
-                models.Identity(person_id=person.id, subject=subject, verified_by="admin", created_by="test")
-            )
 
 
 async def _grant(rt: Any, subject: str, role: str) -> None:
@@ -73,8 +61,8 @@ async def test_two_approvals_from_two_persons_one_from_slack_one_from_the_api(
     rt = kube_world.rt
     await add_app(rt, name="web", cluster=kube_world.cluster, image="ghcr.io/acme/web:1.0")
     # Alice is slack:U0ALICE01 and github:alice; Erin approves through the API.
-    await _link(rt, "alice", ALICE.subject, "github:alice")
-    await _link(rt, "bob", BOB.subject, "github:bob")
+    await linked_person(rt, "alice", ALICE.subject, "github:alice")
+    await linked_person(rt, "bob", BOB.subject, "github:bob")
     await _grant(rt, "github:alice", "developer")
     await _grant(rt, "github:bob", "developer")
     await _grant(rt, "user:erin", "developer")
@@ -152,7 +140,7 @@ async def test_the_cards_approve_button_refuses_the_requester_from_their_other_i
     """Asked through the API as github:alice, Alice's Slack click on the card is still Alice's own deploy."""
     rt = offline.rt
     await add_app(rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0", protected=True)
-    await _link(rt, "alice", ALICE.subject, "github:alice")
+    await linked_person(rt, "alice", ALICE.subject, "github:alice")
     await _grant(rt, "github:alice", "developer")
     alice_api = _http(live_server, await make_token(rt, subject="github:alice", admin=False))
     try:

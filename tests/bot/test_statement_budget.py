@@ -24,9 +24,9 @@ from shipit.main import create_app
 from shipit.runtime import Runtime
 from storage import models
 from tests.bot.conftest import ALICE, CHANNEL, SlackSender, add_app, grant_roles
-from tests.conftest import ADMIN, serving
+from tests.conftest import serving
 from tests.fakes.slack_api import FakeSlack
-from tests.shipit.conftest import make_token, offline_kubeconfig
+from tests.shipit.conftest import make_token, seed_offline
 
 # The aim of issue 13 is 8 per request: both paths reach it.  The budgets are
 # what each path costs on SQLite today (before issue 13: 30 and 36; 25 and 26 after environments, protection, identities and
@@ -64,20 +64,8 @@ def _report(what: str, statements: list[str], budget: int) -> str:
 @pytest.fixture
 async def served(rt: Runtime) -> AsyncIterator[str]:
     """The real app (Slack channel on) over HTTP, without the worker: only requests use the database."""
-    from core import clusters, projects
-
     async with rt.sessionmaker.begin() as session:
-        await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme", slack_channel=CHANNEL)
-        await clusters.add(
-            session,
-            ctx=rt.core,
-            actor=ADMIN,
-            name="offline",
-            kubeconfig_text=offline_kubeconfig(),
-            default_namespace="apps",
-            version="v0.0.0-offline",
-        )
-        await clusters.grant(session, actor=ADMIN, cluster="offline", project="acme", namespace="apps")
+        await seed_offline(session, rt=rt, slack_channel=CHANNEL)
     await grant_roles(rt, project="acme")
     await add_app(rt, name="web", cluster="offline", image="ghcr.io/acme/web:1.0")
     async with serving(create_app(rt=rt)) as url:

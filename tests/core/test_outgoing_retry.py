@@ -12,6 +12,7 @@ from aiohttp import web
 
 from core.errors import TransientError
 from core.notices import TargetView, delivery
+from tests.conftest import serving_posts
 
 
 @pytest.fixture
@@ -23,17 +24,8 @@ async def receiver() -> AsyncIterator[tuple[str, list[web.Response]]]:
         await request.read()
         return answers.pop(0)
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/hook", answers
-    finally:
-        await runner.cleanup()
+    async with serving_posts(hook) as url:
+        yield f"{url}/hook", answers
 
 
 def _target(url: str) -> TargetView:

@@ -12,6 +12,7 @@ than waiting for the lease to run out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -31,7 +32,7 @@ from core import apps, clusters, projects, tokens
 from shipit import runtime
 from shipit.settings import Settings
 from storage import db, models
-from tests.conftest import ADMIN, free_port
+from tests.conftest import ADMIN, free_port, serving_posts
 
 
 class Receiver:
@@ -40,32 +41,24 @@ class Receiver:
     def __init__(self) -> None:
         self.deliveries: list[tuple[str, str]] = []  # (delivery id, event kind)
         self.url = ""
-        self._runner: web.AppRunner | None = None
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         self.deliveries.append((request.headers["X-Shipit-Delivery"], request.headers["X-Shipit-Event"]))
         return web.Response(status=204)
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}/hook"
 
-    async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
+@contextlib.asynccontextmanager
+async def receiving() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    async with serving_posts(r.handle) as url:
+        r.url = f"{url}/hook"
+        yield r
 
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
+    async with receiving() as r:
+        yield r
 
 
 def _spawn(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

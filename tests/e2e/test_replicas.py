@@ -36,7 +36,7 @@ from shipit import runtime
 from shipit.settings import Settings
 from storage import models
 from tests.conftest import ADMIN, POSTGRES_URL, free_port
-from tests.e2e.test_crash_resume import Receiver, _kill, _spawn, _wait_ready
+from tests.e2e.test_crash_resume import Receiver, _kill, _spawn, _wait_ready, receiving
 from webhooks import signature
 
 APPS = 50
@@ -50,10 +50,8 @@ FINAL = ("succeeded", "failed", "superseded", "cancelled")
 
 @pytest.fixture
 async def receiver() -> Any:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
+    async with receiving() as r:
+        yield r
 
 
 @pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)

@@ -28,7 +28,7 @@ from shipit import cli
 from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
-from tests.bot.conftest import SIGNING_SECRET, SlackSender, User
+from tests.bot.conftest import SlackSender, User, slack_on
 from tests.conftest import ADMIN, LiveServer, World
 from tests.fakes.github_api import FakeGitHub
 from tests.fakes.slack_api import FakeSlack
@@ -43,11 +43,8 @@ SHA = "a" * 40
 @pytest.fixture
 def settings(settings: Settings, fake_slack: FakeSlack, fake_github: FakeGitHub) -> Settings:
     """Slack and GitHub both on, against their fakes: every channel at once."""
-    return settings.model_copy(
+    return slack_on(settings, fake_slack).model_copy(
         update={
-            "slack_signing_secret": SecretStr(SIGNING_SECRET),
-            "slack_bot_token": SecretStr(fake_slack.bot_token),
-            "slack_api_url": fake_slack.url,
             "github_webhook_secret": SecretStr(GITHUB_SECRET),
             "github_token": SecretStr(fake_github.token),
             "github_api_url": fake_github.url,

@@ -65,9 +65,9 @@ async def api(live_server: LiveServer, admin_token: str) -> AsyncIterator[httpx.
         yield client
 
 
-async def seed_offline(session: Any, *, rt: Runtime) -> None:
+async def seed_offline(session: Any, *, rt: Runtime, slack_channel: str | None = None) -> None:
     """Project `acme`, cluster `offline` (a row only: its API server does not exist), `apps` granted."""
-    await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
+    await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme", slack_channel=slack_channel)
     await clusters.add(
         session,
         ctx=rt.core,

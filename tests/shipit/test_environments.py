@@ -3,35 +3,19 @@ cluster row is offline, so deploys are only queued; the real rollout is tests/co
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
 import pytest
-from click.testing import Result
 from sqlalchemy import select, update
-from typer.testing import CliRunner
 
 from core import apps
-from shipit import cli
 from storage import models
 from tests.conftest import LiveServer
 from tests.shipit.test_cli import Run, ok, one_error_line, table
+from tests.shipit.test_cli import shipit as shipit  # the fixture
 
 pytestmark = pytest.mark.both_databases
-
-
-@pytest.fixture
-def shipit(live_server: LiveServer, admin_token: str) -> Run:
-    runner = CliRunner()
-
-    async def run(
-        *args: str, input: str | None = None, token: str | None = None, url: str | None = None
-    ) -> Result:
-        env = {"SHIPIT_URL": live_server.url, "SHIPIT_TOKEN": admin_token}
-        return await asyncio.to_thread(runner.invoke, cli.app, list(args), input=input, env=env)
-
-    return run
 
 
 APP = {"project": "acme", "cluster": "offline", "image": "ghcr.io/acme/web:1.0", "deploy": False}

@@ -3,35 +3,16 @@ Teams/Discord/webhook endpoints on loopback ports: each kind is tested, and a fa
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-import pytest
-from click.testing import Result
 from sqlalchemy import select
-from typer.testing import CliRunner
 
-from shipit import cli
 from shipit.runtime import Runtime
 from storage import models
 from tests.conftest import LiveServer, free_port
 from tests.notices_helpers import receiver, smtp_server
 from tests.shipit.test_cli import Run, ok, one_error_line
-
-
-@pytest.fixture
-def shipit(live_server: LiveServer, admin_token: str) -> Run:
-    """The CLI against the live server, as tests/shipit/test_cli.py runs it."""
-    runner = CliRunner()
-
-    async def run(
-        *args: str, input: str | None = None, token: str | None = None, url: str | None = None
-    ) -> Result:
-        env = {"SHIPIT_URL": url or live_server.url, "SHIPIT_TOKEN": admin_token if token is None else token}
-        return await asyncio.to_thread(runner.invoke, cli.app, list(args), input=input, env=env)
-
-    return run
-
+from tests.shipit.test_cli import shipit as shipit  # the fixture
 
 SECRET = "cli-s3cret-key"
 

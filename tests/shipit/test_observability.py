@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from core import observe
 from shipit import logs, telemetry
-from tests.conftest import LiveServer, World, free_port
+from tests.conftest import LiveServer, World, serving_posts
 
 EXPORTER = InMemorySpanExporter()
 
@@ -47,22 +47,6 @@ def json_log() -> Iterator[io.StringIO]:
     root.setLevel(old)
 
 
-async def _receiver() -> tuple[list[str], web.AppRunner, str]:
-    got: list[str] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        got.append(request.headers["X-Shipit-Event"])
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return got, runner, f"http://127.0.0.1:{port}/hook"
-
-
 async def test_one_trace_per_deploy_and_json_logs(
     traced: InMemorySpanExporter,
     json_log: io.StringIO,
@@ -70,9 +54,14 @@ async def test_one_trace_per_deploy_and_json_logs(
     live_server: LiveServer,
     api: httpx.AsyncClient,
 ) -> None:
-    got, runner, hook = await _receiver()
-    try:
-        r = await api.patch(f"/api/v1/projects/{world.project}", json={"webhook_url": hook})
+    got: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        got.append(request.headers["X-Shipit-Event"])
+        return web.Response(status=204)
+
+    async with serving_posts(handle) as url:
+        r = await api.patch(f"/api/v1/projects/{world.project}", json={"webhook_url": f"{url}/hook"})
         assert r.status_code == 200, r.text
         r = await api.post(
             "/api/v1/apps",
@@ -94,8 +83,6 @@ async def test_one_trace_per_deploy_and_json_logs(
             await asyncio.sleep(0.1)
         assert d["status"] == "succeeded", d
         await asyncio.sleep(0.5)  # the notify job's span ends after its delivery
-    finally:
-        await runner.cleanup()
 
     spans = traced.get_finished_spans()
     [request] = [

@@ -19,7 +19,7 @@ from core import clusters
 from shipit import cli, runtime
 from shipit.main import create_app
 from shipit.settings import Settings
-from tests.conftest import ADMIN, LiveServer, free_port, serving
+from tests.conftest import ADMIN, LiveServer, serving, serving_posts
 from tests.shipit.conftest import make_token, offline_kubeconfig, table_rows
 
 WEB = {"project": "acme", "cluster": "offline", "image": "ghcr.io/acme/web:1.0", "deploy": False}
@@ -369,36 +369,20 @@ class Receiver:
 
     def __init__(self) -> None:
         self.got: list[tuple[str, bytes, str]] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.got.append(
             (request.headers["X-Shipit-Event"], body, request.headers.get("X-Shipit-Signature-256", ""))
         )
         return web.Response(status=204)
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}/hook"
-
-    async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
-
 
 async def test_turning_protection_off_needs_an_owner_and_is_announced(tenants: Tenants) -> None:
     receiver = Receiver()
-    await receiver.start()
-    try:
+    async with serving_posts(receiver.handle) as url:
         r = await tenants.admin.patch(
-            "/api/v1/projects/acme", json={"webhook_url": receiver.url, "webhook_secret": "s3cret"}
+            "/api/v1/projects/acme", json={"webhook_url": f"{url}/hook", "webhook_secret": "s3cret"}
         )
         assert r.status_code == 200, r.text
         pat, olive = await tenants.as_("user:pat"), await tenants.as_("user:olive")
@@ -431,5 +415,3 @@ async def test_turning_protection_off_needs_an_owner_and_is_announced(tenants: T
             if r["kind"] == "app.protection_changed"
         ]
         assert len(rows) == 2
-    finally:
-        await receiver.stop()

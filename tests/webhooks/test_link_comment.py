@@ -11,14 +11,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import select
 
 from core import identity, projects
 from core.identity import Actor, Role
 from shipit.settings import Settings
 from storage import models
-from tests.bot.conftest import ALICE, MALLORY, SIGNING_SECRET, SlackSender, eventually
+from tests.bot.conftest import ALICE, MALLORY, SlackSender, eventually, slack_on
 from tests.conftest import ADMIN, LiveServer
 from tests.fakes.github_api import FakeGitHub
 from tests.fakes.slack_api import FakeSlack
@@ -31,13 +30,7 @@ CODE = re.compile(r"\.link ([0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4})")
 
 @pytest.fixture
 def settings(settings: Settings, fake_slack: FakeSlack) -> Settings:
-    return settings.model_copy(
-        update={
-            "slack_signing_secret": SecretStr(SIGNING_SECRET),
-            "slack_bot_token": SecretStr(fake_slack.bot_token),
-            "slack_api_url": fake_slack.url,
-        }
-    )
+    return slack_on(settings, fake_slack)
 
 
 @pytest.fixture

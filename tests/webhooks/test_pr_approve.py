@@ -14,7 +14,6 @@ import random
 
 import pytest
 from kubernetes_asyncio import client as k8s
-from pydantic import SecretStr
 from sqlalchemy import select, update
 
 from bot import views
@@ -27,13 +26,13 @@ from tests.bot.conftest import (
     ALICE,
     BOB,
     CHANNEL,
-    SIGNING_SECRET,
     SlackSender,
     card_of,
     card_text,
     grant_roles,
+    slack_on,
 )
-from tests.conftest import ADMIN, LiveServer, World
+from tests.conftest import ADMIN, LiveServer, World, linked_person
 from tests.fakes.github_api import FakeGitHub
 from tests.fakes.slack_api import FakeSlack
 from tests.helpers import eventually
@@ -47,26 +46,7 @@ ROLLOUT = 120.0
 @pytest.fixture
 def settings(settings: Settings, fake_slack: FakeSlack) -> Settings:
     """GitHub (tests/webhooks/conftest.py) and Slack both switched on, each against its fake."""
-    return settings.model_copy(
-        update={
-            "slack_signing_secret": SecretStr(SIGNING_SECRET),
-            "slack_bot_token": SecretStr(fake_slack.bot_token),
-            "slack_api_url": fake_slack.url,
-        }
-    )
-
-
-async def _person(rt: Runtime, name: str, *subjects: str) -> int:
-    """One person behind several identities, as linking (`.link CODE`) would leave them."""
-    async with rt.sessionmaker.begin() as session:
-        person = models.Person(name=name)
-        session.add(person)
-        await session.flush()
-        for subject in subjects:
-            session.add(
-                models.Identity(person_id=person.id, subject=subject, verified_by="admin", created_by="test")
-            )
-        return int(person.id)
+    return slack_on(settings, fake_slack)
 
 
 async def _protect(rt: Runtime, *, approvals: int) -> None:
@@ -106,8 +86,8 @@ async def test_two_persons_approve_one_from_slack_one_from_a_pull_request_commen
     await link(world)  # `web` deploys acme/web
     await _protect(rt, approvals=2)
     # Alice is slack:U0ALICE01 and github:alice (her role comes with her person); Carol is on GitHub only.
-    await _person(rt, "alice", ALICE.subject, "github:alice")
-    carol = await _person(rt, "carol", "github:carol")
+    await linked_person(rt, "alice", ALICE.subject, "github:alice")
+    carol = await linked_person(rt, "carol", "github:carol")
     await grant(rt, "github:carol", "developer")
     for login in ("alice", "carol"):
         fake_github.set_role(REPO, login, "write")
