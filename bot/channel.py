@@ -261,11 +261,18 @@ def build(
     async def token_for(team_id: str | None) -> str | None:
         if store is None:
             return bot_token
-        bot = await store.async_find_bot(enterprise_id=None, team_id=team_id) if team_id else None
+        if not team_id:  # a channel that names no workspace: the one set up (the token, else the latest)
+            if bot_token:
+                return bot_token
+            bot = await store.latest_bot()
+            return bot.bot_token if bot is not None else None
+        bot = await store.async_find_bot(enterprise_id=None, team_id=team_id)
         if bot is None and bot_token:
             return bot_token
         if bot is None:
-            bot = await store.latest_bot()
+            # Never another workspace's token for this one's channel (tenancy): only an org-wide
+            # install, which covers the workspace, and otherwise no card.
+            bot = await store.org_wide_bot()
         return bot.bot_token if bot is not None else None
 
     note = notifier.SlackNotifier(

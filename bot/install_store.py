@@ -110,6 +110,22 @@ class EncryptedInstallationStore(AsyncSQLAlchemyInstallationStore):
         )
         return self._opened(found)  # type: ignore[no-any-return]
 
+    async def org_wide_bot(self) -> Bot | None:
+        """The bot of an org-wide (Enterprise Grid) install, which serves every workspace of its
+        organisation: found under no team id.  None when no such install exists, or when installs of
+        several organisations exist, since a team id alone cannot tell which of them holds it."""
+        c = self.bots.c
+        query = (
+            self.bots.select()
+            .where(c.client_id == self.client_id, c.bot_token.is_not(None), c.is_enterprise_install.is_(True))
+            .order_by(desc(c.installed_at))
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        if not rows or len({row["enterprise_id"] for row in rows}) > 1:
+            return None
+        return self._opened(SQLAlchemyInstallationStore.build_bot_entity(rows[0]))  # type: ignore[no-any-return]
+
     async def latest_bot(self) -> Bot | None:
         """The most recently installed bot, for projects whose channel names no workspace."""
         c = self.bots.c

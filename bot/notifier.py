@@ -218,12 +218,13 @@ class SlackNotifier:
         if ts is None and posted in self._posted:
             channel, ts = self._posted[posted]
             out = {"channel": channel, "ts": ts}
+        if notice.target is not None:
+            configured: str | None = notice.target.address
+        else:
+            configured = notice.project.slack_channel if notice.project else None
+        where = configured or refs.get("origin")  # "T123/C123" names the workspace, "C123" does not
         if channel is None:
-            if notice.target is not None:
-                configured: str | None = notice.target.address
-            else:
-                configured = notice.project.slack_channel if notice.project else None
-            channel = configured or refs.get("origin")
+            channel = where
         if not channel:
             dlog.debug("no Slack channel for project; card not posted")
             return None
@@ -231,14 +232,20 @@ class SlackNotifier:
             # Replaced before anyone saw it (a burst of deploys): a card would only be noise.
             return None
         team, channel_id = views.split_channel(channel)
+        # A posted card's ref holds the bare channel id; its workspace is recorded beside it (or, on
+        # cards from before, is the configured one): an update must use that workspace's token.
+        team = team or refs.get("team") or (views.split_channel(where)[0] if where else None)
         token = await self.token_for(team) if self.token_for else None
+        if self.token_for is not None and token is None:
+            dlog.warning("slack: card not posted: no installation of shipit serves workspace %s", team or "?")
+            return None
         app_name = notice.app.name if notice.app else "app"
         card = views.card(deployment=d, app=notice.app, project=notice.project)
 
         if ts is None:
             out, saved = await self._post_card(
                 card, channel_id, dlog=dlog, key=(notice.event_id, "card"), token=token,
-                posted=posted, deployment_id=d.id, ref_key=key,
+                posted=posted, deployment_id=d.id, ref_key=key, **({"team": team} if team else {}),
             )  # fmt: skip
             channel_id, ts = out["channel"], out["ts"]
             dlog.info("card posted in %s (ts %s, %s)", channel_id, ts, d.status)
@@ -261,6 +268,7 @@ class SlackNotifier:
                 out, saved = await self._post_card(
                     card, channel_id, dlog=dlog, key=(notice.event_id, "repost"), token=token,
                     posted=posted, deployment_id=d.id, ref_key=key, failure_posted=False,
+                    **({"team": team} if team else {}),
                 )  # fmt: skip
                 channel_id, ts = out["channel"], out["ts"]
                 refs["failure_posted"] = False

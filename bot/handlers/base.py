@@ -206,7 +206,9 @@ async def queued_card(
         if channel is None and caller.channel_id and result.created:
             # No project channel: the card goes where the command was typed (see bot.notifier).
             refs = dict(deployment.notify_refs or {})
-            refs["slack"] = {**refs.get("slack", {}), "origin": caller.channel_id}
+            # With the workspace, so that the card is posted with that workspace's token (OAuth).
+            origin = f"{caller.team_id}/{caller.channel_id}" if caller.team_id else caller.channel_id
+            refs["slack"] = {**refs.get("slack", {}), "origin": origin}
             deployment.notify_refs = refs
             channel = caller.channel_id
     return views.queued(deployment=deployment, app=app, channel=channel, created=result.created)

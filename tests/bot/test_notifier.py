@@ -214,6 +214,31 @@ async def test_previews_and_channelless_projects_are_skipped(
     assert delivered.deployment_refs["channel"] == "C0TYPED01"
 
 
+async def test_a_card_goes_out_and_is_updated_with_its_workspaces_token(
+    fake_slack: FakeSlack, client: AsyncWebClient
+) -> None:
+    """Typed in workspace T0SECOND1 (OAuth: one bot token per workspace), the card is posted there with
+    that workspace's token, and updated with it later, although the channel ref on the card is bare."""
+    second = fake_slack.add_workspace(team_id="T0SECOND1", name="Second")
+    asked: list[str | None] = []
+
+    async def token_for(team: str | None) -> str | None:
+        asked.append(team)
+        return second.bot_token if team == "T0SECOND1" else fake_slack.bot_token
+
+    n = notifier_mod.SlackNotifier(client=client, token_for=token_for)
+    typed = {"origin": "T0SECOND1/C0TYPED01"}
+    delivered = await n.deliver(notice(status="queued", channel=None, refs=typed))
+    assert delivered is not None and delivered.deployment_refs is not None
+    refs = delivered.deployment_refs
+    assert (refs["channel"], refs["team"]) == ("C0TYPED01", "T0SECOND1")
+    await n.deliver(notice(status="running", channel=None, refs={**typed, **refs}))
+    calls = fake_slack.calls()
+    assert [c.api for c in calls] == ["chat.postMessage", "chat.update"]
+    assert {c.header("authorization") for c in calls} == {f"Bearer {second.bot_token}"}
+    assert asked == ["T0SECOND1", "T0SECOND1"]
+
+
 async def test_pacing_is_per_channel_and_a_long_backlog_goes_back_to_the_queue(
     fake_slack: FakeSlack, client: AsyncWebClient
 ) -> None:
