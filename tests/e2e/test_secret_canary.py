@@ -1,20 +1,21 @@
 """One canary secret, driven through every channel, found nowhere but in the Kubernetes Secret.
 
 A distinctive value per channel that can set a secret (the REST API, the CLI, Slack's `/shipit secrets
-set`) and a rotated value are set on one app, on the real control plane with the worker running, Slack
-and GitHub against their fakes, a loopback receiver for the project's outgoing webhook and the dashboard
-signed in through the fake OIDC provider.  Then every path that touches the app runs: deploys from the
-API, Slack, the CLI and a GitHub push, a deploy that crash-loops (and rolls back by itself), refused and
-invalid deploys, dry runs (API, CLI, Slack `diff`, a PR's `.noop`: a Secret's diff is the classic leak),
-a rollback, status, logs, the dashboard pages and its live stream, the audit log and its export, /metrics.
+set`, the dashboard) and a rotated value are set on one app, on the real control plane with the worker
+running, Slack and GitHub against their fakes, a loopback receiver for the project's outgoing webhook, a
+real SMTP server for its mail target and the dashboard signed in through the fake OIDC provider.  Then
+every path that touches the app runs: deploys from the API, Slack, the CLI and a GitHub push, a deploy
+that crash-loops (and rolls back by itself), refused and invalid deploys and secret writes, dry runs
+(API, CLI, Slack `diff`, a PR's `.noop`: a Secret's diff is the classic leak), rollbacks, status, logs,
+the dashboard pages and its live stream, the audit log and its export, /metrics.
 
 Everything is captured: each HTTP answer (body and headers), every log record of every logger at DEBUG
-(tracebacks included), every request the fake Slack, the fake GitHub and the webhook receiver got, CLI
-output, every row of every table, the database file itself, and every object in the namespace except the
-Secrets.  None holds a canary in any form (its distinctive hex core survives JSON, URL, HTML and repr
-escaping; its base64, standard and URL-safe, at each alignment, is what a Secret's `data` would show).
-The Secret shipit applied holds the current values, so a test that found nothing found nothing for the
-right reason.
+(tracebacks included), every request the fake Slack, the fake GitHub and the webhook receiver got, every
+mail, CLI output, every row of every table, the database file itself, and every object in the namespace
+except the Secrets.  None holds a canary in any form (its distinctive hex core survives JSON, URL, HTML
+and repr escaping; its base64, standard and URL-safe, at each alignment, is what a Secret's `data` would
+show).  The Secret shipit applied holds the current values, so a test that found nothing found nothing
+for the right reason.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from tests.fakes.github_api import FakeGitHub
 from tests.fakes.oidc import FakeOidc
 from tests.fakes.slack_api import FakeSlack
 from tests.helpers import eventually
+from tests.notices_helpers import SmtpSink, smtp_server
 from tests.shipit.conftest import make_token
 from tests.web.conftest import csrf_of
 from tests.webhooks.conftest import SECRET as GITHUB_SECRET
@@ -179,12 +181,25 @@ def web_port() -> int:
 
 
 @pytest.fixture
+def smtp() -> Iterator[tuple[SmtpSink, int]]:
+    with smtp_server(login=("bot", "p@ss-w0rd")) as server:
+        yield server
+
+
+@pytest.fixture
 def settings(
-    settings: Settings, fake_slack: FakeSlack, fake_github: FakeGitHub, fake_oidc: FakeOidc, web_port: int
+    settings: Settings,
+    fake_slack: FakeSlack,
+    fake_github: FakeGitHub,
+    fake_oidc: FakeOidc,
+    web_port: int,
+    smtp: tuple[SmtpSink, int],
 ) -> Settings:
-    """Every channel on: Slack, GitHub, dashboard sign-in; the public URL known before the start."""
+    """Every channel on: Slack, GitHub, mail, dashboard sign-in; the public URL known before the start."""
     return slack_on(settings, fake_slack).model_copy(
         update={
+            "smtp_url": SecretStr(f"smtp://bot:p%40ss-w0rd@127.0.0.1:{smtp[1]}"),
+            "smtp_from": "shipit@acme.io",
             "url": f"http://127.0.0.1:{web_port}",
             "github_webhook_secret": SecretStr(GITHUB_SECRET),
             "github_token": SecretStr(fake_github.token),
@@ -290,6 +305,7 @@ async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
     fake_slack: FakeSlack,
     fake_github: FakeGitHub,
     fake_oidc: FakeOidc,
+    smtp: tuple[SmtpSink, int],
 ) -> None:
     rt = world.rt
     ns = world.namespace
@@ -349,6 +365,12 @@ async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
                 r = await api.post(
                     "/projects/acme/notify",
                     json={"kind": "webhook", "address": f"{receiver}/hook", "secret": hook_signing_key},
+                )
+                assert r.status_code == 201, r.text
+                # Mail is paced (a message a second): only the failure, the one with pod logs in it.
+                r = await api.post(
+                    "/projects/acme/notify",
+                    json={"kind": "email", "address": "ops@acme.io", "events": "failed"},
                 )
                 assert r.status_code == 201, r.text
                 r = await api.post(
@@ -543,6 +565,9 @@ async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
     assert received, "the webhook target got nothing"
     for headers, body in received:
         capture.add("webhook", json.dumps(headers) + body.decode("utf-8", "replace"))
+    assert smtp[0].got, "no mail was sent"
+    for sent in smtp[0].got:
+        capture.add(f"mail to {sent.recipients}", sent.message.as_string())
     await _dump_database(rt, capture)
     capture.add("sqlite file", database_bytes(rt))
     secrets_in_cluster = await _namespace_objects(kube_api, ns, capture)
