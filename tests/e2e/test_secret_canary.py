@@ -6,7 +6,7 @@ running, Slack and GitHub against their fakes, a loopback receiver for the proje
 real SMTP server for its mail target and the dashboard signed in through the fake OIDC provider.  Then
 every path that touches the app runs: deploys from the API, Slack, the CLI and a GitHub push, a deploy
 that crash-loops (and rolls back by itself), refused and invalid deploys and secret writes, dry runs
-(API, CLI, Slack `diff`, a PR's `.noop`: a Secret's diff is the classic leak), rollbacks, status, logs,
+(API, CLI, Slack `diff`, a PR's `.noop`: a Secret's diff is the classic leak), rollbacks, a PR preview, status, logs,
 the dashboard pages and its live stream, the audit log and its export, /metrics.
 
 Everything is captured: each HTTP answer (body and headers), every log record of every logger at DEBUG
@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import random
 import secrets as pysecrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -36,6 +37,7 @@ import pytest
 import uvicorn
 from aiohttp import web
 from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.rest import ApiException
 from pydantic import SecretStr
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -56,7 +58,7 @@ from tests.notices_helpers import SmtpSink, smtp_server
 from tests.shipit.conftest import make_token
 from tests.web.conftest import csrf_of
 from tests.webhooks.conftest import SECRET as GITHUB_SECRET
-from tests.webhooks.conftest import Hook, push_payload
+from tests.webhooks.conftest import Hook, pr_payload, push_payload
 from tests.webhooks.test_pr_commands import comment_payload
 
 ALICE = User("U0ALICE01", "alice")  # admin of acme on Slack, GitHub and the dashboard
@@ -233,6 +235,15 @@ async def server(rt: Runtime, web_port: int) -> AsyncIterator[str]:
     await task
 
 
+@pytest.fixture
+async def preview_pr(kube_api: Any) -> AsyncIterator[int]:
+    """A pull request number whose preview namespace no other run used; the namespace goes at the end."""
+    number = random.randint(100, 99999)
+    yield number
+    with contextlib.suppress(ApiException):
+        await k8s.CoreV1Api(kube_api).delete_namespace(f"web-pr-{number}")
+
+
 async def _latest(rt: Runtime) -> models.Deployment | None:
     async with rt.sessionmaker() as session:
         return await session.scalar(select(models.Deployment).order_by(models.Deployment.id.desc()).limit(1))
@@ -306,6 +317,7 @@ async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
     fake_github: FakeGitHub,
     fake_oidc: FakeOidc,
     smtp: tuple[SmtpSink, int],
+    preview_pr: int,
 ) -> None:
     rt = world.rt
     ns = world.namespace
@@ -527,6 +539,20 @@ async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
                     assert r.status_code == 202, r.text
                     final = await _settled(rt, after=start, what="the last deploy")
                     assert final.status == deploys.SUCCEEDED, final.error
+
+                    # --- a pull request opens a preview (with the app's secrets) and comments on it.
+                    async with rt.sessionmaker.begin() as session:
+                        await apps.update(
+                            session, ctx=rt.core, actor=ADMIN, name="web",
+                            changes=apps.AppChanges(previews_enabled=True, preview_domain="preview.acme.dev"),
+                        )  # fmt: skip
+                    opened = pr_payload("opened", number=preview_pr, sha=SHA_PR, repo=REPO)
+                    fake_github.add_pull_from_event(opened)
+                    start = await _last_id(rt)
+                    r = await hook.post("pull_request", opened)
+                    assert r.status_code == 202, r.text
+                    preview = await _settled(rt, after=start, what="the preview deploy")
+                    assert preview.status == deploys.SUCCEEDED, preview.error
                     await _outbox_drained(rt)
                     watching.cancel()
                     with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
@@ -571,6 +597,7 @@ async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
     await _dump_database(rt, capture)
     capture.add("sqlite file", database_bytes(rt))
     secrets_in_cluster = await _namespace_objects(kube_api, ns, capture)
+    preview_secrets = await _namespace_objects(kube_api, f"web-pr-{preview_pr}", capture)
 
     # The right reason: the Secret holds the current values; the rotated-away one is gone from it too.
     [data] = [d for d in secrets_in_cluster.values() if "API_KEY" in d]
@@ -581,6 +608,7 @@ async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
         "SLACK_KEY": slack_canary.value,
         "DASH_KEY": dash_canary.value,
     }
+    assert data in preview_secrets.values()
     assert len(capture.texts) > 200, len(capture.texts)
     leaks = capture.leaks(canaries)
     assert not leaks, "\n\n".join(leaks[:30])
