@@ -50,7 +50,7 @@ async def set_values(
     }
     changed: list[str] = []
     for key, value in values.items():
-        validation.env_key(key, field="key")
+        validation.secret_key(key, field="values")
         raw = value.encode()
         if len(raw) > MAX_VALUE_BYTES:
             raise InvalidInput(f"secret {key} is larger than {MAX_VALUE_BYTES} bytes", field=key)
@@ -85,6 +85,8 @@ async def unset(
     await apps.authorize(session, actor=actor, app=app, role=Role.ADMIN, action="deleting secrets")
     if not keys:
         raise InvalidInput("give at least one KEY", field="keys")
+    for key in keys:
+        validation.secret_key(key, field="keys")
     rows = list(
         await session.scalars(
             select(models.Secret).where(models.Secret.app_id == app.id, models.Secret.key.in_(keys))

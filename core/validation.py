@@ -168,6 +168,19 @@ def env_key(value: str, *, field: str) -> str:
     return value
 
 
+def secret_key(value: str, *, field: str = "key") -> str:
+    """A secret's name.  A refused one is never echoed: it is most often the value itself, typed or
+    pasted without its name (`secrets set web hunter2==`), and secret values never leave shipit."""
+    longest = limit(models.Secret, "key")
+    if not value or len(value) > longest or not _ENV_KEY.fullmatch(value):
+        raise InvalidInput(
+            f"{field}: a secret's key {PATTERN_HELP[ENV_KEY]}, at most {longest} characters; it is not "
+            "shown, in case it is a value given without its key (KEY=VALUE)",
+            field=field,
+        )
+    return value
+
+
 def env(values: dict[str, str], *, field: str = "env") -> dict[str, str]:
     return {
         env_key(k, field=field): text(str(v), field=f"{field}.{k}", max_length=ENV_VALUE_MAX, multiline=True)

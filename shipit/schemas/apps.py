@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core import secrets as core_secrets
 from core import validation as v
 from core.notices import AppView, DeploymentView
-from shipit.schemas.common import DnsLabel, Env, EnvKey, Strict, app_int, app_text, unset
+from shipit.schemas.common import DnsLabel, Env, SecretKey, Strict, app_int, app_text, unset
 from shipit.schemas.deploys import DeploymentOut
 from storage import models
 
@@ -240,8 +240,11 @@ class PreviewOut(BaseModel):
 
 
 class SecretsIn(Strict):
-    # Values are encrypted before they are stored, so any character will do; keys become env names.
-    values: dict[EnvKey, Annotated[str, Field(max_length=core_secrets.MAX_VALUE_BYTES)]] = Field(repr=False)
+    # Values are encrypted before they are stored, so any character will do; keys become env names,
+    # checked in core (validation.secret_key), which does not echo a refused one as the schema would.
+    values: dict[SecretKey, Annotated[str, Field(max_length=core_secrets.MAX_VALUE_BYTES)]] = Field(
+        repr=False
+    )
 
 
 class ReasonIn(Strict):

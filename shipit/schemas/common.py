@@ -68,7 +68,15 @@ SubjectPath = Annotated[
 ]
 
 
-SecretKeyPath = Annotated[str, Path(max_length=v.limit(models.Secret, "key"), pattern=v.ENV_KEY)]
+# A secret's name is checked in core (validation.secret_key), whose refusal does not echo it: a
+# refused name is most often a value given without its name.  Here it would be echoed.
+SecretKeyPath = Annotated[str, Path(max_length=v.limit(models.Secret, "key"))]
+
+
+# The same for a secrets body's keys: the rules are published, core enforces them.
+SecretKey = Annotated[
+    str, Field(json_schema_extra={"maxLength": v.limit(models.Secret, "key"), "pattern": v.ENV_KEY})
+]
 
 
 IdPath = Annotated[int, Path(ge=1, le=v.ID_MAX)]
