@@ -1,0 +1,142 @@
+"""A monorepo push that deploys many apps, over HTTP: its statements do not grow with the apps.
+
+Issue 13's motivating case: "a monorepo push that deploys 20 apps ... stalls every channel".  One
+signed push to a repository that N apps follow (same project, each in its own namespace, all
+tracking the pushed branch with an image template, deploying on push) queues N deploys in the one
+transaction that records the delivery.  A `before_cursor_execute` listener on the real engine of
+the real app counts the statements of that delivery (as tests/bot/test_statement_budget.py does):
+a regression guard, not a timing.  BEGIN, SAVEPOINT and RELEASE are not counted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+
+from core import clusters
+from shipit.runtime import Runtime
+from storage import models
+from tests.conftest import ADMIN
+from tests.webhooks.conftest import Hook, make_app, offline_cluster, push_payload
+
+SMALL, LARGE = 2, 20
+
+
+@contextmanager
+def _counting(rt: Runtime) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        text = " ".join(statement.split())
+        if not text.startswith(("BEGIN", "SAVEPOINT", "RELEASE")):
+            statements.append(text[:120])
+
+    engine = rt.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def _monorepo(rt: Runtime, *, repo: str, apps: int) -> list[str]:
+    """`apps` apps of project acme, each in a namespace of its own, all deploying pushes to main of `repo`."""
+    prefix = repo.split("/")[1]
+    names = [f"{prefix}-svc{i}" for i in range(apps)]
+    async with rt.sessionmaker.begin() as session:
+        for name in names:
+            await clusters.grant(session, actor=ADMIN, cluster="test", project="acme", namespace=name)
+    for name in names:
+        await make_app(
+            rt,
+            name=name,
+            namespace=name,
+            git_repo=repo,
+            image_template=f"ghcr.io/acme/{name}:{{sha}}",
+        )
+    return names
+
+
+async def _push(hook: Hook, *, repo: str, sha: str, delivery: str) -> dict[str, Any]:
+    answer = await hook.post("push", push_payload(repo=repo, sha=sha), delivery=delivery)
+    assert answer.status_code in (200, 202), answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def _written(rt: Runtime, *, sha: str) -> dict[str, Any]:
+    """What the push of `sha` left: its deployments, and their events, jobs and audit rows."""
+    async with rt.sessionmaker() as session:
+        deploys = list(
+            await session.scalars(select(models.Deployment).where(models.Deployment.git_sha == sha))
+        )
+        ids = [d.id for d in deploys]
+        events = Counter(
+            await session.scalars(select(models.Event.kind).where(models.Event.deployment_id.in_(ids)))
+        )
+        jobs = [
+            j
+            for j in await session.scalars(select(models.Job))
+            if j.payload.get("deployment_id") in ids or j.payload.get("deployment") in ids
+        ]
+        audit = list(
+            await session.scalars(
+                select(models.AuditEvent).where(models.AuditEvent.details["git_sha"].as_string() == sha)
+            )
+        )
+        deliveries = await session.scalar(select(func.count()).select_from(models.WebhookDelivery))
+    return {
+        "deploys": deploys,
+        "events": events,
+        "jobs": Counter(j.kind for j in jobs),
+        "audit": audit,
+        "deliveries": deliveries,
+    }
+
+
+@pytest.mark.both_databases
+async def test_a_monorepo_push_costs_the_same_statements_for_twenty_apps_as_for_two(hook: Hook) -> None:
+    rt = hook.rt
+    await offline_cluster(rt)
+    counted: dict[int, list[str]] = {}
+    for n in (SMALL, LARGE):
+        repo = f"acme/mono{n}"
+        names = await _monorepo(rt, repo=repo, apps=n)
+        # A first push warms what is read once (the read cache's copies) and leaves a deploy queued
+        # for every app, which the measured push supersedes: the usual case in production.
+        warm = await _push(hook, repo=repo, sha=f"{n:040x}", delivery=str(uuid.uuid4()))
+        assert len(warm["decisions"]) == n, warm
+        sha = f"{n:08x}" + "ab" * 16
+        delivery = str(uuid.uuid4())
+        with _counting(rt) as statements:
+            answer = await _push(hook, repo=repo, sha=sha, delivery=delivery)
+        counted[n] = statements
+        assert answer["result"] == "accepted", answer
+        assert sorted(d["app"] for d in answer["decisions"] if d["action"] == "deploy") == sorted(names)
+        # All of it committed before the answer: n deploys, each with its events, job and audit row.
+        written = await _written(rt, sha=sha)
+        deploys = written["deploys"]
+        assert sorted((d.image, d.status) for d in deploys) == sorted(
+            (f"ghcr.io/acme/{name}:{sha}", "queued") for name in names
+        )
+        assert all(count == n for count in written["events"].values()) and written["events"], written
+        assert written["jobs"]["deploy"] == n, written["jobs"]
+        assert len(written["audit"]) == n, written["audit"]
+        # The warm push's deploys were superseded by this one, all in the same transaction.
+        earlier = await _written(rt, sha=f"{n:040x}")
+        assert {d.status for d in earlier["deploys"]} == {"superseded"}
+        # A redelivery of the same push is answered as a duplicate and writes nothing.
+        again = await _push(hook, repo=repo, sha=sha, delivery=delivery)
+        assert again["result"] == "duplicate", again
+        after = await _written(rt, sha=sha)
+        assert len(after["deploys"]) == n and after["jobs"] == written["jobs"]
+        assert after["events"] == written["events"] and len(after["audit"]) == n
+        assert after["deliveries"] == written["deliveries"]
+    listed = "\n".join(f"  N={n}: {len(s)}\n    " + "\n    ".join(s) for n, s in counted.items())
+    assert len(counted[LARGE]) == len(counted[SMALL]), listed
