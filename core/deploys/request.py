@@ -667,8 +667,11 @@ async def flush(session: AsyncSession) -> None:
         await events.emit_all(session, ctx=ctx, events=batched)
     del held  # the notify jobs are queued: no longer needed
     await audit.write_all(session, rows=rows)
+    by_kept: dict[int, list[models.App]] = {}
     for ctx, app in prune.values():
-        await _prune_revisions(session, ctx=ctx, app=app)
+        by_kept.setdefault(ctx.config.revisions_kept, []).append(app)
+    for kept, pruned in by_kept.items():
+        await _prune_all(session, kept=kept, apps=pruned)
 
 
 @event.listens_for(Session, "before_commit")
@@ -1152,6 +1155,60 @@ def _build_prune() -> Any:
 _PRUNE = _build_prune()
 
 
+def _build_prune_all() -> Any:
+    # `_PRUNE` for several apps at once (a batch's, in `flush`): each revision against its own app's
+    # newest (a correlated subquery); a revision's id names one app, so the ids in use and the
+    # current ones need not be told apart by app.
+    table = cast(Table, models.Revision.__table__)
+    r, newer, d = table.c, table.alias("newer").c, cast(Table, models.Deployment.__table__).c
+    app_ids: Any = bindparam("p_app_ids", expanding=True)
+    newest = (
+        select(newer.number)
+        .where(newer.app_id == r.app_id)
+        .order_by(newer.number.desc())
+        .limit(bindparam("p_kept"))
+        .correlate(table)
+    )
+    in_use = select(d.revision_id).where(
+        d.app_id.in_(app_ids), d.status.in_((*PENDING, RUNNING)), d.revision_id.is_not(None)
+    )
+    return (
+        delete(table)
+        .where(
+            r.app_id.in_(app_ids),
+            r.number.not_in(newest),
+            r.id.not_in(in_use),
+            r.id.not_in(bindparam("p_current", expanding=True)),
+        )
+        .returning(r.app_id, r.secrets_version)
+    )
+
+
+_PRUNE_ALL = _build_prune_all()
+
+
+async def _prune_all(session: AsyncSession, *, kept: int, apps: list[models.App]) -> None:
+    """`_prune_revisions` for a batch's apps in one DELETE (issue 13: a monorepo push that deploys
+    twenty apps past their kept revisions pruned in twenty), and their secrets versions in one
+    look-up more when a pruned revision used one."""
+    if len(apps) == 1:
+        await _prune_revisions_kept(session, kept=kept, app=apps[0])
+        return
+    gone = await session.execute(
+        _PRUNE_ALL,
+        {
+            "p_app_ids": [a.id for a in apps],
+            "p_kept": kept,
+            "p_current": [a.current_revision_id or 0 for a in apps],
+        },
+    )
+    pruned = {app_id for app_id, version in gone if version}
+    if pruned:
+        await secrets.prune_versions_of(
+            session, apps=[a for a in apps if a.id in pruned], keep=secrets.VERSIONS_KEPT
+        )
+
+
 async def _prune_revisions(session: AsyncSession, *, ctx: Core, app: models.App) -> None:
     """Keep the app's newest revisions, those a pending or running deploy uses and the current one.
 
@@ -1159,9 +1216,12 @@ async def _prune_revisions(session: AsyncSession, *, ctx: Core, app: models.App)
     deployments' revision_id goes NULL by the foreign key (ON DELETE SET NULL), and they keep their
     number and image for the history.
     """
+    await _prune_revisions_kept(session, kept=ctx.config.revisions_kept, app=app)
+
+
+async def _prune_revisions_kept(session: AsyncSession, *, kept: int, app: models.App) -> None:
     gone = await session.execute(
-        _PRUNE,
-        {"p_app_id": app.id, "p_kept": ctx.config.revisions_kept, "p_current": app.current_revision_id or 0},
+        _PRUNE, {"p_app_id": app.id, "p_kept": kept, "p_current": app.current_revision_id or 0}
     )
     # A secrets version can only have become prunable if a revision that used one went.
     if any(version for (version,) in gone):

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 
-from core import clusters
+from core import clusters, secrets
 from shipit.runtime import Runtime
 from storage import models
 from tests.conftest import ADMIN
@@ -45,7 +45,7 @@ def _counting(rt: Runtime) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
-async def _monorepo(rt: Runtime, *, repo: str, apps: int) -> list[str]:
+async def _monorepo(rt: Runtime, *, repo: str, apps: int, with_secrets: bool) -> list[str]:
     """`apps` apps of project acme, each in a namespace of its own, all deploying pushes to main of `repo`."""
     prefix = repo.split("/")[1]
     names = [f"{prefix}-svc{i}" for i in range(apps)]
@@ -60,6 +60,12 @@ async def _monorepo(rt: Runtime, *, repo: str, apps: int) -> list[str]:
             git_repo=repo,
             image_template=f"ghcr.io/acme/{name}:{{sha}}",
         )
+    if with_secrets:
+        async with rt.sessionmaker.begin() as session:
+            for name in names:
+                await secrets.set_values(
+                    session, ctx=rt.core, actor=ADMIN, app_name=name, values={"TOKEN": f"t-{name}"}
+                )
     return names
 
 
@@ -101,17 +107,24 @@ async def _written(rt: Runtime, *, sha: str) -> dict[str, Any]:
 
 
 @pytest.mark.both_databases
-async def test_a_monorepo_push_costs_the_same_statements_for_twenty_apps_as_for_two(hook: Hook) -> None:
+@pytest.mark.parametrize("past_kept", [False, True], ids=["young", "past-kept"])
+async def test_a_monorepo_push_costs_the_same_statements_for_twenty_apps_as_for_two(
+    hook: Hook, past_kept: bool
+) -> None:
+    """`past_kept`: the usual case in production, every app past its kept revisions (so each push
+    prunes one of each app's) and holding secrets (so the pruned revisions name a secrets version)."""
     rt = hook.rt
     await offline_cluster(rt)
+    kept = rt.core.config.revisions_kept = 2
     counted: dict[int, list[str]] = {}
     for n in (SMALL, LARGE):
         repo = f"acme/mono{n}"
-        names = await _monorepo(rt, repo=repo, apps=n)
+        names = await _monorepo(rt, repo=repo, apps=n, with_secrets=past_kept)
         # A first push warms what is read once (the read cache's copies) and leaves a deploy queued
         # for every app, which the measured push supersedes: the usual case in production.
-        warm = await _push(hook, repo=repo, sha=f"{n:040x}", delivery=str(uuid.uuid4()))
-        assert len(warm["decisions"]) == n, warm
+        for w in range(kept if past_kept else 1):
+            warm = await _push(hook, repo=repo, sha=f"{w:08x}{n:032x}", delivery=str(uuid.uuid4()))
+            assert len(warm["decisions"]) == n, warm
         sha = f"{n:08x}" + "ab" * 16
         delivery = str(uuid.uuid4())
         with _counting(rt) as statements:
@@ -129,8 +142,16 @@ async def test_a_monorepo_push_costs_the_same_statements_for_twenty_apps_as_for_
         assert written["jobs"]["deploy"] == n, written["jobs"]
         assert len(written["audit"]) == n, written["audit"]
         # The warm push's deploys were superseded by this one, all in the same transaction.
-        earlier = await _written(rt, sha=f"{n:040x}")
+        earlier = await _written(rt, sha=f"{kept - 1 if past_kept else 0:08x}{n:032x}")
         assert {d.status for d in earlier["deploys"]} == {"superseded"}
+        async with rt.sessionmaker() as session:
+            numbers = sorted(
+                await session.scalars(
+                    select(models.Revision.number).where(models.Revision.app_id == deploys[0].app_id)
+                )
+            )
+        # Past its kept revisions every app pruned its oldest (the batch's one DELETE for all).
+        assert numbers == ([2, 3] if past_kept else [1, 2]), numbers
         # A redelivery of the same push is answered as a duplicate and writes nothing.
         again = await _push(hook, repo=repo, sha=sha, delivery=delivery)
         assert again["result"] == "duplicate", again
@@ -140,3 +161,50 @@ async def test_a_monorepo_push_costs_the_same_statements_for_twenty_apps_as_for_
         assert after["deliveries"] == written["deliveries"]
     listed = "\n".join(f"  N={n}: {len(s)}\n    " + "\n    ".join(s) for n, s in counted.items())
     assert len(counted[LARGE]) == len(counted[SMALL]), listed
+    # One statement per table: the writes of twenty deploys are one INSERT each, and past its kept
+    # revisions the batch prunes every app's in one DELETE (and looks the apps' secrets versions up
+    # in one SELECT more: none of them holds enough to prune).
+    writes = [s for s in counted[LARGE] if s.startswith(("INSERT", "DELETE", "UPDATE"))]
+    tables = Counter(" ".join(s.split()[:3]) for s in writes)
+    assert all(count == 1 for count in tables.values()), listed
+    assert ("DELETE FROM revisions" in tables) == past_kept, listed
+
+
+@pytest.mark.both_databases
+async def test_a_monorepo_push_prunes_each_app_as_alone_keeping_what_runs_and_what_is_current(
+    hook: Hook,
+) -> None:
+    """The batch's one DELETE for many apps keeps, app by app, what a prune of each alone would: the
+    newest revisions, the one a running deploy uses and the app's current one."""
+    rt = hook.rt
+    await offline_cluster(rt)
+    kept = rt.core.config.revisions_kept = 2
+    current, running, plain = await _monorepo(rt, repo="acme/mono", apps=3, with_secrets=False)
+    for w in range(kept):
+        await _push(hook, repo="acme/mono", sha=f"{w + 1:040x}", delivery=str(uuid.uuid4()))
+    async with rt.sessionmaker.begin() as session:
+        ids = {a.name: a for a in await session.scalars(select(models.App))}
+        first = {
+            r.app_id: r.id
+            for r in await session.scalars(select(models.Revision).where(models.Revision.number == 1))
+        }
+        ids[current].current_revision_id = first[ids[current].id]
+        ran = await session.scalar(
+            select(models.Deployment).where(
+                models.Deployment.app_id == ids[running].id, models.Deployment.revision_number == 1
+            )
+        )
+        assert ran is not None
+        ran.status = "running"
+    answer = await _push(hook, repo="acme/mono", sha="ef" * 20, delivery=str(uuid.uuid4()))
+    assert [d["action"] for d in answer["decisions"]] == ["deploy"] * 3, answer
+    async with rt.sessionmaker() as session:
+        kept_numbers = {
+            name: sorted(
+                await session.scalars(
+                    select(models.Revision.number).where(models.Revision.app_id == ids[name].id)
+                )
+            )
+            for name in (current, running, plain)
+        }
+    assert kept_numbers == {current: [1, 2, 3], running: [1, 2, 3], plain: [2, 3]}
