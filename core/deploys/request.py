@@ -755,7 +755,12 @@ async def request(
     # The environment's and project's locks, windows and freezes; how many approvals it will need.
     # (A batch checks its windows once, as of its first request: it commits as one.)
     rollback = trigger in ROLLBACK_TRIGGERS or rollback_of is not None
-    gate_key = ("gate", app_id, actor.subject, trigger, preview is None, rollback, override_window)
+    # Keyed by what the gate reads of the app (its project, its environment, whether it is
+    # protected), not by the app: a monorepo push's apps in one environment share one check (issue 13).
+    gate_key = (
+        "gate", project_id, app.environment_id, app.protected, actor.subject, trigger, preview is None,
+        rollback, override_window,
+    )  # fmt: skip
     gate = checked.get(gate_key) if checked is not None else None
     if gate is None:
         gate = await protection.check_request(

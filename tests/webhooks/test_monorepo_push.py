@@ -208,3 +208,22 @@ async def test_a_monorepo_push_prunes_each_app_as_alone_keeping_what_runs_and_wh
             for name in (current, running, plain)
         }
     assert kept_numbers == {current: [1, 2, 3], running: [1, 2, 3], plain: [2, 3]}
+
+
+@pytest.mark.both_databases
+async def test_a_monorepo_push_gates_each_app_by_its_own_protection(hook: Hook) -> None:
+    """The batch checks its apps' environment once for all of them, but each app's own protection
+    still decides whether its deploy waits for an approval."""
+    rt = hook.rt
+    await offline_cluster(rt)
+    names = await _monorepo(rt, repo="acme/gated", apps=3, with_secrets=False)
+    async with rt.sessionmaker.begin() as session:
+        row = await session.scalar(select(models.App).where(models.App.name == names[1]))
+        assert row is not None
+        row.protected = True
+    answer = await _push(hook, repo="acme/gated", sha="ab" * 20, delivery=str(uuid.uuid4()))
+    assert [d["action"] for d in answer["decisions"]] == ["deploy"] * 3, answer
+    written = await _written(rt, sha="ab" * 20)
+    statuses = {d.image.split(":")[0].rsplit("/", 1)[1]: d.status for d in written["deploys"]}
+    assert statuses == {names[0]: "queued", names[1]: "awaiting_approval", names[2]: "queued"}
+    assert written["jobs"]["deploy"] == 2
