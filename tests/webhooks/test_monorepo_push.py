@@ -10,6 +10,8 @@ a regression guard, not a timing.  BEGIN, SAVEPOINT and RELEASE are not counted.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -22,8 +24,10 @@ from sqlalchemy import event, func, select
 from core import clusters, secrets
 from shipit.runtime import Runtime
 from storage import models
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, POSTGRES_URL
 from tests.webhooks.conftest import Hook, make_app, offline_cluster, push_payload
+from webhooks import table
+from webhooks.ingest import Ingest
 
 SMALL, LARGE = 2, 20
 
@@ -227,3 +231,53 @@ async def test_a_monorepo_push_gates_each_app_by_its_own_protection(hook: Hook) 
     statuses = {d.image.split(":")[0].rsplit("/", 1)[1]: d.status for d in written["deploys"]}
     assert statuses == {names[0]: "queued", names[1]: "awaiting_approval", names[2]: "queued"}
     assert written["jobs"]["deploy"] == 2
+
+
+async def _ingest_together(rt: Runtime, pushes: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """These (delivery, push) in one batch of a writer of their own (as one replica's)."""
+    ingest = Ingest()
+    handler = table.HANDLERS[("push", None)]
+    try:
+        return await asyncio.gather(
+            *[
+                ingest.submit(ctx=rt.core, delivery=d, kind="push.", handler=handler, parsed=handler.parse(p))
+                for d, p in pushes
+            ]
+        )
+    finally:
+        await ingest.close()
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="needs SHIPIT_TEST_POSTGRES_URL")
+@pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
+async def test_concurrent_batches_of_monorepo_pushes_number_their_rows_apart(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL: two batches (two replicas' writers) deploying the same apps at once.  The second
+    waits for the first's locks (deploys.reserve) and reads the numbers after it committed: every
+    deploy gets its own number, no batch falls back to one delivery at a time, one deploy per app
+    is left queued."""
+    await offline_cluster(rt)
+    names = await _monorepo(rt, repo="acme/race", apps=5, with_secrets=False)
+    shas: list[str] = []
+    for r in range(4):
+        batches = []
+        for side in range(2):
+            pushes = []
+            for k in range(3):
+                sha = f"{r:02x}{side:02x}{k:02x}" + "c" * 34
+                shas.append(sha)
+                pushes.append((f"race-{r}-{side}-{k}", push_payload(repo="acme/race", sha=sha)))
+            batches.append(_ingest_together(rt, pushes))
+        with caplog.at_level(logging.INFO, logger="webhooks.ingest"):
+            outcomes = [o for batch in await asyncio.gather(*batches) for o in batch]
+        assert all([d.action for d in o.decisions] == ["deploy"] * 5 for o in outcomes), outcomes
+    assert "running each alone" not in caplog.text, caplog.text
+    async with rt.sessionmaker() as session:
+        rows = list(await session.scalars(select(models.Deployment).order_by(models.Deployment.id)))
+    assert sorted({d.git_sha for d in rows}) == sorted(shas)
+    for app_id in {d.app_id for d in rows}:
+        mine = [d for d in rows if d.app_id == app_id]
+        assert sorted(d.revision_number for d in mine) == list(range(1, len(shas) + 1))
+        assert [d.status for d in mine].count("queued") == 1, [(d.id, d.status) for d in mine]
+    assert len(rows) == len(shas) * len(names)
