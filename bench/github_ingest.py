@@ -168,9 +168,11 @@ def _write_bodies(path: Path, bodies: list[bytes]) -> None:
             f.write(signature.sign(secret=SECRET, body=body).encode() + b"\t" + body + b"\n")
 
 
-async def _prepare(env: dict[str, str], *, secrets: int = 0) -> None:
+async def _prepare(env: dict[str, str], *, secrets: int = 0, apps_n: int = 1) -> None:
     """Migrate the database and link an app `web` to acme/web, branch main (with `secrets` secrets:
-    most production apps have some, and every deploy's revision records their checksum)."""
+    most production apps have some, and every deploy's revision records their checksum).  With
+    `apps_n` above 1, as many apps more (`web-01`...) in namespaces of their own follow the same
+    branch: a monorepo, each push deploys them all."""
     os.environ.update(env)
     from core import apps, clusters, projects
     from core.apps import AppChanges
@@ -203,11 +205,22 @@ async def _prepare(env: dict[str, str], *, secrets: int = 0) -> None:
                 image_template="ghcr.io/acme/web:{sha}",
             ),
         )
+        names = ["web"]
+        for m in range(1, apps_n):
+            names.append(f"web-{m:02d}")
+            await apps.create(
+                session, actor=SYSTEM, project="acme", cluster="c", name=names[-1], namespace=names[-1],
+                changes=AppChanges(
+                    image=f"ghcr.io/acme/{names[-1]}:0.1", git_repo="acme/web", git_branch="main",
+                    image_template=f"ghcr.io/acme/{names[-1]}:{{sha}}",
+                ),
+            )  # fmt: skip
         if secrets:
             from core import secrets as app_secrets
 
             values = {f"SECRET_{i}": f"bench-value-{i}" for i in range(secrets)}
-            await app_secrets.set_values(session, ctx=rt.core, actor=SYSTEM, app_name="web", values=values)
+            for name in names:
+                await app_secrets.set_values(session, ctx=rt.core, actor=SYSTEM, app_name=name, values=values)
     await runtime.stop(rt)
 
 

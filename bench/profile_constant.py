@@ -25,7 +25,9 @@ thread, where SQLite runs): the rest is the event loop's, what the profile shows
 deliveries; in process they fill to 64); the run prints the batches it made.
 
     .venv/bin/python -m bench.profile_constant [--target app|bare|both|ingest|deploy|repeat] [--profile]
-        [--rounds 20] [--max-batch N] [--secrets N]
+        [--rounds 20] [--max-batch N] [--secrets N] [--apps N]
+
+`--apps N` (deploy, repeat): N apps follow the pushed branch, each push deploys them all (a monorepo).
 """
 
 from __future__ import annotations
@@ -107,7 +109,9 @@ async def _ingest(args: argparse.Namespace) -> None:
     from shipit.settings import Settings
     from webhooks import signature
 
-    await gi._prepare({**os.environ, "SHIPIT_GITHUB_WEBHOOK_SECRET": gi.SECRET}, secrets=args.secrets)
+    await gi._prepare(
+        {**os.environ, "SHIPIT_GITHUB_WEBHOOK_SECRET": gi.SECRET}, secrets=args.secrets, apps_n=args.apps
+    )
     rt = await runtime.build(Settings(_env_file=None))
     app = create_app(rt=rt)
     app.state.runtime = rt  # what the lifespan does; the runtime is ours here
@@ -179,7 +183,8 @@ async def _ingest(args: argparse.Namespace) -> None:
     if args.target in ("deploy", "repeat"):
         deployed = await _push_deployments(rt)
         print(
-            f"push deployments in the database: {deployed} (requests to {measured}: {warm + args.rounds * per_round})"
+            f"push deployments in the database: {deployed} (requests to {measured}: {warm + args.rounds * per_round}"
+            + (f", each deploying {args.apps} apps)" if args.apps > 1 else ")")
         )
     await runtime.stop(rt)
     n = args.rounds * per_round
@@ -301,6 +306,9 @@ def main() -> None:
         "--max-batch", type=int, default=0, help="ingest/deploy/repeat: cap the group commit's batch size"
     )
     parser.add_argument("--secrets", type=int, default=0, help="ingest/deploy/repeat: the app's secrets")
+    parser.add_argument(
+        "--apps", type=int, default=1, help="deploy/repeat: apps following the pushed branch (a monorepo)"
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-out", help="with --profile: also dump the cProfile stats to this file")
     args = parser.parse_args()

@@ -25,6 +25,15 @@ by the generator slowing down).  `--command`:
              deployment, supersede of the previous request, outbox events and notify jobs, audit), one
              transaction, then the ack; each request also makes the notifier post or update a card;
 - revisions: `/shipit revisions load-K`: the read path.
+
+`--monorepo R` (issue 13's motivating case: "a monorepo push that deploys 20 apps ... stalls every
+channel"): `--monorepo-apps` more apps (`mono-NN`, default 20) follow the branch main of one
+repository, each with an image template, deploying on push, and the server's GitHub channel is on.
+Each rate is then measured twice in a row: as above, then with signed pushes of a new commit to
+that branch sent at R per second alongside the commands (open loop too, each its own delivery id), each
+push queueing a deploy of every mono app in the one transaction answered after its commit (the
+worker then runs them: rollouts on the cluster, cards to Slack).  The second row adds the pushes'
+own answer latency and the push deployments the database gained per second while they were sent.
 """
 
 from __future__ import annotations
@@ -41,9 +50,10 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bench.common import cpu_seconds, free_port, listens, load_average, pct
 from core import apps, clusters, projects
@@ -57,6 +67,7 @@ from tests.testenv.controlplane import running
 
 ADMIN = Actor(subject="user:bench", channel="api", is_admin=True)
 SECRET = "bench-slack-signing-secret"
+GITHUB_SECRET = "bench-github-webhook-secret"
 USER = ("U0BENCH01", "bench")
 TARGETS = 20
 
@@ -90,7 +101,35 @@ def command_body(text: str, *, fake: FakeSlack, n: int) -> bytes:
     ).encode()
 
 
-async def setup_database(settings: Settings, kubeconfig: str, *, inflight: int) -> None:
+def monorepo() -> str:
+    """The repository the mono apps follow: the one bench.github_ingest's pushes name."""
+    from bench.github_ingest import _push_payload
+
+    return str(_push_payload(ref="refs/heads/main")["repository"]["full_name"])
+
+
+def monorepo_pushes(*, count: int, seed: str) -> list[tuple[bytes, dict[str, str]]]:
+    """`count` pushes of new commits to main of `monorepo()`, one after the other, each signed as
+    GitHub signs it and with a delivery id of its own: (body, headers)."""
+    from bench.github_ingest import new_commit_bodies
+    from webhooks import signature
+
+    return [
+        (
+            body,
+            {
+                "Content-Type": "application/json",
+                "User-Agent": "GitHub-Hookshot/bench",
+                "X-GitHub-Event": "push",
+                "X-GitHub-Delivery": f"mono-{seed}-{i}",
+                "X-Hub-Signature-256": signature.sign(secret=GITHUB_SECRET, body=body),
+            },
+        )
+        for i, body in enumerate(new_commit_bodies(ref="refs/heads/main", count=count, seed=seed))
+    ]
+
+
+async def setup_database(settings: Settings, kubeconfig: str, *, inflight: int, mono_apps: int = 0) -> None:
     rt = await runtime.build(settings)
     rt.core.notifiers.clear()
     try:
@@ -118,6 +157,15 @@ async def setup_database(settings: Settings, kubeconfig: str, *, inflight: int) 
                 await apps.create(
                     session, actor=ADMIN, project="bench", cluster="local", name=f"load-{k:02d}",
                     namespace="bench", changes=apps.AppChanges(image="ghcr.io/acme/web:1", protected=True),
+                )  # fmt: skip
+            for m in range(mono_apps):
+                await apps.create(
+                    session, actor=ADMIN, project="bench", cluster="local", name=f"mono-{m:02d}",
+                    namespace="bench",
+                    changes=apps.AppChanges(
+                        image=f"ghcr.io/acme/mono-{m:02d}:1", git_repo=monorepo(), git_branch="main",
+                        image_template=f"ghcr.io/acme/mono-{m:02d}:{{sha}}", deploy_on="push",
+                    ),
                 )  # fmt: skip
     finally:
         await runtime.stop(rt)
@@ -150,20 +198,90 @@ async def count_running(settings: Settings) -> int:
         await runtime.stop(rt)
 
 
+class MonoRow(NamedTuple):
+    """One rate measured with monorepo pushes alongside: the commands' figures, then the pushes'."""
+
+    rate: float
+    latencies: list[float]
+    errors: list[str]
+    elapsed: float
+    busy: float
+    push_latencies: list[float]
+    push_errors: list[str]
+    push_elapsed: float
+    deployed: int  # push deployments the database gained meanwhile
+
+
+def mono_summary(row: MonoRow, *, apps: int) -> str:
+    """The pushes' columns of a row: answered, p50, p99, max, errors, deployments written per second
+    (and, when the database gained other than accepted pushes x apps, both counts: a loss or a double)."""
+    lat = row.push_latencies
+    accepted = len(lat) - len(row.push_errors)
+    text = (
+        f"{len(lat):6d} {pct(lat, 0.50):8.1f} {pct(lat, 0.99):8.1f} {max(lat, default=float('nan')):8.1f} "
+        f"{len(row.push_errors):6d} {row.deployed / row.push_elapsed:9.1f}"
+    )
+    if row.deployed != accepted * apps:
+        text += f"  (deployments {row.deployed} != {accepted} pushes accepted x {apps} apps)"
+    return text
+
+
+async def count_push_deployments(settings: Settings) -> int:
+    rt = await runtime.build(settings, migrate_db=False)
+    rt.core.notifiers.clear()
+    try:
+        async with rt.sessionmaker() as session:
+            n = await session.scalar(
+                select(func.count()).select_from(models.Deployment).where(models.Deployment.trigger == "push")
+            )
+            return int(n or 0)
+    finally:
+        await runtime.stop(rt)
+
+
 async def send(
-    http: aiohttp.ClientSession, url: str, body: bytes, *, at: float, out: list[float], errors: list[str]
+    http: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    *,
+    at: float,
+    out: list[float],
+    errors: list[str],
+    headers: dict[str, str] | None = None,
 ) -> None:
     delay = at - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
     try:
-        async with http.post(url, data=body, headers=signed(body)) as response:
+        async with http.post(url, data=body, headers=headers or signed(body)) as response:
             payload = await response.read()
-            if response.status != 200 or b"warning" in payload:
+            if headers is not None:  # a push: accepted (202), every app deployed
+                if response.status != 202 or b'"result":"accepted"' not in payload:
+                    errors.append(f"{response.status} {payload[:200]!r}")
+            elif response.status != 200 or b"warning" in payload:
                 errors.append(f"{response.status} {payload[:200]!r}")
     except Exception as e:  # a failed request counts, with its latency
         errors.append(repr(e))
     out.append((time.perf_counter() - at) * 1000)
+
+
+async def push_load(
+    url: str, *, rate: float, duration: float, seed: str
+) -> tuple[list[float], list[str], float]:
+    """Monorepo pushes at `rate` per second for `duration` seconds, open loop, as `load` sends commands."""
+    pushes = monorepo_pushes(count=max(1, int(rate * duration)), seed=seed)
+    latencies: list[float] = []
+    errors: list[str] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        start = time.perf_counter() + 0.2
+        await asyncio.gather(
+            *(
+                send(http, url, body, at=start + i / rate, out=latencies, errors=errors, headers=headers)
+                for i, (body, headers) in enumerate(pushes)
+            )
+        )
+        elapsed = time.perf_counter() - start
+    return latencies, errors, elapsed
 
 
 async def load(
@@ -205,13 +323,16 @@ async def main(args: argparse.Namespace) -> None:
             "SHIPIT_WORKER_CONCURRENCY": str(args.workers),
             "SHIPIT_LOG_LEVEL": args.log_level,
         }
+        if args.monorepo:
+            env_vars["SHIPIT_GITHUB_WEBHOOK_SECRET"] = GITHUB_SECRET
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             database_url=env_vars["SHIPIT_DATABASE_URL"],
             data_dir=Path(tmp),
             master_key=key,  # type: ignore[arg-type]
         )
-        await setup_database(settings, env.kubeconfig, inflight=args.inflight)
+        mono_apps = args.monorepo_apps if args.monorepo else 0
+        await setup_database(settings, env.kubeconfig, inflight=args.inflight, mono_apps=mono_apps)
 
         port = free_port()
         log_path = Path(tmp) / "server.log"
@@ -261,6 +382,7 @@ async def main(args: argparse.Namespace) -> None:
                     f"{url}/slack/events", fake, rate=20, duration=2, command=args.command, offset=10**6
                 )
                 results = []
+                mono_results: list[MonoRow] = []
                 for i, rate in enumerate(float(r) for r in args.rate.split(",")):
                     cpu_before = cpu_seconds(server.pid)
                     latencies, errors, elapsed = await load(
@@ -270,6 +392,26 @@ async def main(args: argparse.Namespace) -> None:
                     busy = (cpu_seconds(server.pid) - cpu_before) / elapsed
                     results.append((rate, latencies, errors, elapsed, busy))
                     await asyncio.sleep(2)  # let a backlog (if any) drain before the next rate
+                    if args.monorepo:
+                        # The same rate again, with the monorepo pushes alongside.
+                        deployed_before = await count_push_deployments(settings)
+                        cpu_before = cpu_seconds(server.pid)
+                        (latencies, errors, elapsed), pushed = await asyncio.gather(
+                            load(
+                                f"{url}/slack/events", fake, rate=rate, duration=args.duration,
+                                command=args.command, offset=i * 10**5 + 5 * 10**4,
+                            ),
+                            push_load(
+                                f"{url}/github/webhook", rate=args.monorepo, duration=args.duration,
+                                seed=f"{time.time_ns()}-{i}",
+                            ),
+                        )  # fmt: skip
+                        busy = (cpu_seconds(server.pid) - cpu_before) / elapsed
+                        deployed = await count_push_deployments(settings) - deployed_before
+                        mono_results.append(
+                            MonoRow(rate, latencies, errors, elapsed, busy, *pushed, deployed)
+                        )
+                        await asyncio.sleep(2)
                 still = await count_running(settings)
             finally:
                 server.terminate()
@@ -309,6 +451,33 @@ async def main(args: argparse.Namespace) -> None:
                     f"aim (issue 13) /shipit deploy ack p99 < 100 ms at 50/s with {args.inflight} deploys in flight: "
                     f"{'MET' if met else 'NOT MET'} (p99 {p99:.1f} ms, {len(errors)} errors)"
                 )
+        if args.monorepo:
+            print(
+                f"with monorepo pushes alongside: {args.monorepo:g}/s, each a new commit that "
+                f"{args.monorepo_apps} apps deploy"
+            )
+            print(
+                f"{'command':>9} {'offered/s':>9} {'achieved/s':>10} {'sent':>6} {'p50 ms':>8} {'p90 ms':>8} "
+                f"{'p99 ms':>8} {'max ms':>8} {'errors':>6} {'server CPU':>10} | "
+                f"{'pushes':>6} {'push p50':>8} {'push p99':>8} {'push max':>8} {'errors':>6} {'deploys/s':>9}"
+            )
+            for row in mono_results:
+                rate, latencies, errors, elapsed, busy = row[:5]
+                print(
+                    f"{args.command:>9} {rate:9g} {(len(latencies) - len(errors)) / elapsed:10.1f} "
+                    f"{len(latencies):6d} {pct(latencies, 0.50):8.1f} {pct(latencies, 0.90):8.1f} "
+                    f"{pct(latencies, 0.99):8.1f} {max(latencies):8.1f} {len(errors):6d} {busy:9.0%} | "
+                    + mono_summary(row, apps=args.monorepo_apps)
+                )
+                if errors:
+                    print(f"          e.g. {errors[0][:160]}")
+                if row.push_errors:
+                    print(f"          e.g. (push) {row.push_errors[0][:160]}")
+            print(
+                "  (pushes: latency from each push's scheduled send time to its answer, sent after its "
+                "commit; deploys/s = push deployments the database gained / the pushes' time; expected: "
+                "pushes accepted x apps)"
+            )
         print(f"Slack Web API writes by the notifier meanwhile: {cards} (429s: {limited})")
         if args.json:
             rows = [
@@ -326,7 +495,22 @@ async def main(args: argparse.Namespace) -> None:
                 }
                 for rate, lat, errs, elapsed, busy in results
             ]
-            args.json.write_text(json.dumps({"load_average": load_average(), "rows": rows}, indent=2))
+            mono = [
+                {
+                    "command": args.command,
+                    "offered": row.rate,
+                    "p99": pct(row.latencies, 0.99),
+                    "errors": len(row.errors),
+                    "pushes_per_second": args.monorepo,
+                    "push_p50": pct(row.push_latencies, 0.5),
+                    "push_p99": pct(row.push_latencies, 0.99),
+                    "push_errors": len(row.push_errors),
+                    "deployments_per_second": row.deployed / row.push_elapsed,
+                }
+                for row in mono_results
+            ]
+            figures = {"load_average": load_average(), "rows": rows, **({"monorepo": mono} if mono else {})}
+            args.json.write_text(json.dumps(figures, indent=2))
         if args.keep_log:
             print(log_path.read_text()[-5000:])
 
@@ -348,6 +532,13 @@ if __name__ == "__main__":
         help="a PostgreSQL server URL (postgresql+asyncpg://…/postgres): a fresh database is made on it; "
         "default: a SQLite file",
     )
+    parser.add_argument(
+        "--monorepo",
+        type=float,
+        default=0.0,
+        help="also measure each rate with monorepo pushes alongside, this many per second (0: off)",
+    )
+    parser.add_argument("--monorepo-apps", type=int, default=20, help="apps each monorepo push deploys")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--keep-log", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")

@@ -126,8 +126,15 @@ async def claim_created(
 
 async def check_owned(session: AsyncSession, *, cluster_id: int, namespace: str, project_id: int) -> None:
     """Refuse to touch a namespace the project does not claim (checked again at every deploy)."""
-    existing = await claim_of(session, cluster_id=cluster_id, namespace=namespace)
-    if existing is None or existing.project_id != project_id:
+
+    async def load() -> int | None:
+        claim = await claim_of(session, cluster_id=cluster_id, namespace=namespace)
+        return None if claim is None else claim.project_id
+
+    # The owner alone, a plain value from the read cache: no ORM row attached to the session for a
+    # check (issue 13: a monorepo push checks each of its apps' namespaces).
+    owner = await readcache.value(session, ("claim.owner", cluster_id, namespace), load)
+    if owner != project_id:
         cluster, project = await _names(session, cluster_id=cluster_id, project_id=project_id)
         raise not_available(namespace=namespace, cluster=cluster, project=project)
 

@@ -306,6 +306,13 @@ async def prefetch_pushes(session: AsyncSession, *, pushes: Iterable[PushRef]) -
     if earlier is None:
         rows = await session.execute(_PREFETCH, {"p_keys": list(keys)})
         earlier = {key: (id_, status, image) for key, id_, status, image in rows if key is not None}
+        # PostgreSQL: the apps the new keys deploy are locked and their rows numbered for the whole
+        # batch (deploys.reserve): a monorepo push's twenty deploys in one INSERT per table.
+        wanted: dict[int, int] = {}
+        for key, app_id in keys.items():
+            if key not in earlier:
+                wanted[app_id] = wanted.get(app_id, 0) + 1
+        await deploys.reserve(session, wanted=wanted)
     transaction = session.sync_session.get_transaction()
     known = _known(session)
     if known is None:

@@ -41,8 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
-from sqlalchemy.orm.attributes import instance_dict
-from sqlalchemy.orm.session import make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_dict, instance_state
 
 from storage import models
 
@@ -335,8 +334,14 @@ def _attach(session: AsyncSession, row: Row) -> Any:
     for k in row.mutable:
         values[k] = copy.deepcopy(values[k])
     instance_dict(obj).update(values)
-    make_transient_to_detached(obj)
-    sync.add(obj)
+    # What `make_transient_to_detached` and `Session.add` do for a new instance whose every column
+    # is loaded and no relationship is (nothing to commit, expire or cascade), without their generic
+    # steps, as `core.deploys.request._persistent_of` does: its identity key, then into the identity
+    # map as a detached row added back (issue 13: a monorepo push attaches its twenty apps, and the
+    # cascade walk and the state bookkeeping were two thirds of each attach).
+    state = instance_state(obj)
+    state.key = key
+    sync._update_impl(state)
     session.info.setdefault(_HELD, []).append(obj)
     return obj
 

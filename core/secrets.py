@@ -263,6 +263,24 @@ async def restore(session: AsyncSession, *, ctx: Core, app: models.App, version:
     await session.flush()
 
 
+async def prune_versions_of(session: AsyncSession, *, apps: list[models.App], keep: int) -> None:
+    """`prune_versions` for several apps: which of them hold more than `keep` versions, in one
+    SELECT (issue 13: a batch prunes the revisions of many apps at once; most hold few versions)."""
+    if len(apps) == 1:
+        await prune_versions(session, app=apps[0], keep=keep)
+        return
+    v = models.SecretVersion
+    ranked = (
+        select(v.app_id, func.row_number().over(partition_by=v.app_id, order_by=v.version.desc()).label("n"))
+        .where(v.app_id.in_([a.id for a in apps]))
+        .subquery()
+    )
+    crowded = set(await session.scalars(select(ranked.c.app_id).where(ranked.c.n > keep).distinct()))
+    for app in apps:
+        if app.id in crowded:
+            await prune_versions(session, app=app, keep=keep)
+
+
 async def prune_versions(session: AsyncSession, *, app: models.App, keep: int) -> None:
     """Keep the newest `keep` versions, the app's own, and every one a kept revision runs with."""
     old = list(
