@@ -139,9 +139,9 @@ async def world(rt: Runtime, kube_env: object, namespace: str) -> World:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """Serve an app instance over HTTP on a loopback port; yields its base URL."""
-    port = free_port()
+async def serving(app: FastAPI, *, port: int | None = None) -> AsyncIterator[str]:
+    """Serve an app instance over HTTP on a loopback port (a free one unless given); yields its base URL."""
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:

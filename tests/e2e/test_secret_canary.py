@@ -34,7 +34,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from aiohttp import web
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
@@ -49,7 +48,7 @@ from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
 from tests.bot.conftest import CHANNEL, SlackSender, User, slack_on
-from tests.conftest import ADMIN, World, database_bytes, free_port, serving_posts
+from tests.conftest import ADMIN, World, database_bytes, free_port, serving, serving_posts
 from tests.fakes.github_api import FakeGitHub
 from tests.fakes.oidc import FakeOidc
 from tests.fakes.slack_api import FakeSlack
@@ -222,17 +221,8 @@ async def server(rt: Runtime, web_port: int) -> AsyncIterator[str]:
 
     app = create_app(rt=rt)
     await runtime.start(rt)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=web_port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{web_port}"
-    server.should_exit = True
-    await task
+    async with serving(app, port=web_port) as url:
+        yield url
 
 
 @pytest.fixture

@@ -6,14 +6,12 @@ port is chosen first and the settings name it.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
 from core import apps, projects
@@ -21,7 +19,7 @@ from core.apps import AppChanges
 from shipit import runtime
 from shipit.runtime import Runtime
 from shipit.settings import Settings
-from tests.conftest import ADMIN, free_port
+from tests.conftest import ADMIN, free_port, serving
 from tests.fakes.oidc import FakeOidc
 from tests.shipit.conftest import offline_kubeconfig
 from tests.web.browser import browser  # noqa: F401 (a fixture for the browser tests)
@@ -78,17 +76,8 @@ async def dashboard(rt: Runtime, fake_oidc: FakeOidc, web_port: int) -> AsyncIte
 
     app = create_app(rt=rt)
     await runtime.start(rt)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=web_port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    yield Dashboard(url=f"http://127.0.0.1:{web_port}", rt=rt, oidc=fake_oidc)
-    server.should_exit = True
-    await task
+    async with serving(app, port=web_port) as url:
+        yield Dashboard(url=url, rt=rt, oidc=fake_oidc)
 
 
 async def offline_app(rt: Runtime, *, name: str = "web", members: dict[str, str]) -> None:

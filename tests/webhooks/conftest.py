@@ -26,7 +26,8 @@ from storage import models
 from storage.crypto import generate_key
 from tests.conftest import ADMIN, LiveServer, free_port
 from tests.fakes.github_api import FakeGitHub
-from webhooks import signature
+from webhooks import signature, table
+from webhooks.ingest import Ingest
 
 SECRET = "It's a Secret to Everybody, but not this one"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "github"
@@ -275,3 +276,18 @@ async def deliver_notifications(rt: Runtime) -> int:
             assert row is not None
             row.state, row.finished_at = jobs.DONE, models.utcnow()
         ran += 1
+
+
+async def submit_together(rt: Runtime, pushes: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """Submit these (delivery, push payload) at once: they are queued before the writer first runs."""
+    ingest = Ingest()
+    handler = table.HANDLERS[("push", None)]
+    try:
+        return await asyncio.gather(
+            *[
+                ingest.submit(ctx=rt.core, delivery=d, kind="push.", handler=handler, parsed=handler.parse(p))
+                for d, p in pushes
+            ]
+        )
+    finally:
+        await ingest.close()

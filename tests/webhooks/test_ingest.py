@@ -31,8 +31,8 @@ from tests.webhooks.conftest import (
     make_app,
     offline_cluster,
     push_payload,
+    submit_together,
 )
-from webhooks import table
 from webhooks.ingest import DUPLICATE, Ingest
 from webhooks.table import Handler
 
@@ -174,21 +174,6 @@ async def _mirror_in_locked_project(rt: Runtime) -> None:
         )
 
 
-async def _submit_together(rt: Runtime, pushes: list[tuple[str, dict[str, Any]]]) -> list[Any]:
-    """Submit these (delivery, push payload) at once: they are queued before the writer first runs."""
-    ingest = Ingest()
-    handler = table.HANDLERS[("push", None)]
-    try:
-        return await asyncio.gather(
-            *[
-                ingest.submit(ctx=rt.core, delivery=d, kind="push.", handler=handler, parsed=handler.parse(p))
-                for d, p in pushes
-            ]
-        )
-    finally:
-        await ingest.close()
-
-
 def _decisions(outcome: Any) -> dict[str, tuple[str, str]]:
     assert isinstance(outcome, Outcome)
     return {d.app: (d.action, d.reason) for d in outcome.decisions}
@@ -201,7 +186,7 @@ async def test_a_batch_of_a_new_commit_a_repeated_one_and_a_refused_deploy(
     await offline_cluster(rt)
     await make_app(rt)
     await _mirror_in_locked_project(rt)
-    first = await _submit_together(rt, [("first", push_payload(sha=SHA_A))])
+    first = await submit_together(rt, [("first", push_payload(sha=SHA_A))])
     assert {app: action for app, (action, _) in _decisions(first[0]).items()} == {
         "web": "deploy",
         "mirror": "deploy",
@@ -210,7 +195,7 @@ async def test_a_batch_of_a_new_commit_a_repeated_one_and_a_refused_deploy(
         await protection.lock_project(session, actor=ADMIN, project="beta", reason="audit")
 
     caplog.set_level(logging.INFO, logger="webhooks.ingest")
-    new, again, unlinked, twice = await _submit_together(
+    new, again, unlinked, twice = await submit_together(
         rt,
         [
             ("new", push_payload(sha=SHA_B)),  # web deploys it; mirror's project is locked
@@ -265,10 +250,10 @@ async def test_a_batch_of_new_and_repeated_commits_needs_no_fallback(
 ) -> None:
     await offline_cluster(rt)
     await make_app(rt)
-    await _submit_together(rt, [("first", push_payload(sha=SHA_A))])
+    await submit_together(rt, [("first", push_payload(sha=SHA_A))])
     caplog.set_level(logging.INFO, logger="webhooks.ingest")
     shas = [f"{i:040x}" for i in range(1, 9)]
-    outcomes = await _submit_together(
+    outcomes = await submit_together(
         rt,
         [(f"d{i}", push_payload(sha=sha)) for i, sha in enumerate(shas)]
         + [("again", push_payload(sha=SHA_A)), ("again-new", push_payload(sha=shas[3]))],
@@ -378,7 +363,7 @@ async def test_a_batch_of_pushes_to_two_apps_leaves_the_rows_one_at_a_time_would
     await make_app(rt, name="api2", namespace="api2", git_repo="acme/two")
     # More pushes than revisions kept (10): the prune runs, once per app in the batch.
     shas = [f"{i:040x}" for i in range(1, 14)]
-    await _submit_together(rt, [("w-first", push_payload(sha=SHA_A))])
+    await submit_together(rt, [("w-first", push_payload(sha=SHA_A))])
     for i, sha in enumerate([SHA_A, *shas]):
         async with rt.sessionmaker.begin() as session:
             # As a delivery run alone: its own transaction, a savepoint per app, nothing deferred.
@@ -386,7 +371,7 @@ async def test_a_batch_of_pushes_to_two_apps_leaves_the_rows_one_at_a_time_would
             await gitops.on_push(
                 session, ctx=rt.core, repo="acme/two", ref="refs/heads/main", sha=sha, sender="octocat"
             )
-    outcomes = await _submit_together(
+    outcomes = await submit_together(
         rt,
         [(f"w-{i}", push_payload(sha=sha)) for i, sha in enumerate(shas)]
         + [("w-again", push_payload(sha=shas[2])), ("w-0", push_payload(sha=shas[0]))],
@@ -475,7 +460,7 @@ async def test_a_batch_supersedes_what_an_earlier_one_left_queued_unless_it_move
     something else in the same transaction moved on in between (a cancel) stays as that left it."""
     await offline_cluster(rt)
     await make_app(rt)
-    await _submit_together(rt, [("first", push_payload(sha=SHA_A))])
+    await submit_together(rt, [("first", push_payload(sha=SHA_A))])
     (first,) = await deployments(rt)
     assert first.status == "queued"
     ref = "refs/heads/main"
@@ -642,7 +627,7 @@ async def test_a_batch_of_pushes_to_one_app_costs_no_statement_a_push(rt: Runtim
     it holds."""
     await offline_cluster(rt)
     await make_app(rt)
-    await _submit_together(rt, [(f"warm-{i}", push_payload(sha=f"{i:040x}")) for i in range(1, 12)])
+    await submit_together(rt, [(f"warm-{i}", push_payload(sha=f"{i:040x}")) for i in range(1, 12)])
     counted: dict[int, list[str]] = {}
     for n in (4, 16):
         statements: list[str] = []
@@ -653,7 +638,7 @@ async def test_a_batch_of_pushes_to_one_app_costs_no_statement_a_push(rt: Runtim
         engine = rt.engine.sync_engine
         event.listen(engine, "before_cursor_execute", record)
         try:
-            outcomes = await _submit_together(
+            outcomes = await submit_together(
                 rt, [(f"n{n}-{i}", push_payload(sha=f"{n:08x}{i:032x}")) for i in range(n)]
             )
         finally:
@@ -680,7 +665,7 @@ async def test_a_batch_of_untracked_pushes_reads_no_app_row_and_sees_a_relink(rt
     batch's one statement, its claim, also reads the copies' stamp.  A relink in between is seen."""
     await offline_cluster(rt)
     await make_app(rt)
-    await _submit_together(rt, [("warm", push_payload(ref="refs/heads/feature/x"))])  # fills the copies
+    await submit_together(rt, [("warm", push_payload(ref="refs/heads/feature/x"))])  # fills the copies
     statements: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -688,7 +673,7 @@ async def test_a_batch_of_untracked_pushes_reads_no_app_row_and_sees_a_relink(rt
 
     event.listen(rt.engine.sync_engine, "before_cursor_execute", record)
     try:
-        outcomes = await _submit_together(
+        outcomes = await submit_together(
             rt, [(f"untracked-{i}", push_payload(ref="refs/heads/feature/x", sha=SHA_B)) for i in range(3)]
         )
     finally:
@@ -706,6 +691,6 @@ async def test_a_batch_of_untracked_pushes_reads_no_app_row_and_sees_a_relink(rt
         await apps.update(
             session, ctx=rt.core, actor=ADMIN, name="web", changes=AppChanges(git_branch="feature/*")
         )
-    outcomes = await _submit_together(rt, [("tracked", push_payload(ref="refs/heads/feature/x", sha=SHA_C))])
+    outcomes = await submit_together(rt, [("tracked", push_payload(ref="refs/heads/feature/x", sha=SHA_C))])
     assert _decisions(outcomes[0])["web"][0] == "deploy"
     assert [d.git_sha for d in await deployments(rt)] == [SHA_C]

@@ -25,9 +25,7 @@ from core import clusters, secrets
 from shipit.runtime import Runtime
 from storage import models
 from tests.conftest import ADMIN, POSTGRES_URL
-from tests.webhooks.conftest import Hook, make_app, offline_cluster, push_payload
-from webhooks import table
-from webhooks.ingest import Ingest
+from tests.webhooks.conftest import Hook, make_app, offline_cluster, push_payload, submit_together
 
 SMALL, LARGE = 2, 20
 
@@ -233,21 +231,6 @@ async def test_a_monorepo_push_gates_each_app_by_its_own_protection(hook: Hook) 
     assert written["jobs"]["deploy"] == 2
 
 
-async def _ingest_together(rt: Runtime, pushes: list[tuple[str, dict[str, Any]]]) -> list[Any]:
-    """These (delivery, push) in one batch of a writer of their own (as one replica's)."""
-    ingest = Ingest()
-    handler = table.HANDLERS[("push", None)]
-    try:
-        return await asyncio.gather(
-            *[
-                ingest.submit(ctx=rt.core, delivery=d, kind="push.", handler=handler, parsed=handler.parse(p))
-                for d, p in pushes
-            ]
-        )
-    finally:
-        await ingest.close()
-
-
 @pytest.mark.skipif(not POSTGRES_URL, reason="needs SHIPIT_TEST_POSTGRES_URL")
 @pytest.mark.parametrize("db_backend", ["postgres"], indirect=True)
 async def test_concurrent_batches_of_monorepo_pushes_number_their_rows_apart(
@@ -268,7 +251,7 @@ async def test_concurrent_batches_of_monorepo_pushes_number_their_rows_apart(
                 sha = f"{r:02x}{side:02x}{k:02x}" + "c" * 34
                 shas.append(sha)
                 pushes.append((f"race-{r}-{side}-{k}", push_payload(repo="acme/race", sha=sha)))
-            batches.append(_ingest_together(rt, pushes))
+            batches.append(submit_together(rt, pushes))
         with caplog.at_level(logging.INFO, logger="webhooks.ingest"):
             outcomes = [o for batch in await asyncio.gather(*batches) for o in batch]
         assert all([d.action for d in o.decisions] == ["deploy"] * 5 for o in outcomes), outcomes
