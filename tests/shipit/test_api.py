@@ -464,8 +464,13 @@ async def test_health_readiness_docs_and_metrics(live_server: LiveServer) -> Non
         assert ready.status_code == 200 and ready.json()["database"] == "ok"
         paths = (await anon.get("/openapi.json")).json()["paths"]
         assert "/api/v1/apps" in paths and "/api/v1/apps/{name}/deploys" in paths
+        # WebDAV's PROPFIND: a method the HTTP parser knows and shipit does not serve anywhere.
+        assert (await anon.request("PROPFIND", "/healthz")).status_code == 405
         metrics = (await anon.get("/metrics")).text
         assert 'shipit_http_requests_total{method="GET",route="/healthz",status="200"}' in metrics
+        # Counted, but not as a series of its own: the method is the caller's to choose.
+        assert 'shipit_http_requests_total{method="OTHER",route="/healthz",status="405"}' in metrics
+        assert "PROPFIND" not in metrics
         assert 'shipit_queue_depth{state="queued"}' in metrics
 
 
