@@ -972,7 +972,7 @@ async def request(
         if deferring is not None:
             deferring.prune[app_id] = (ctx, app)
         else:
-            await _prune_revisions(session, ctx=ctx, app=app)
+            await _prune_revisions(session, kept=ctx.config.revisions_kept, app=app)
     if log.isEnabledFor(logging.INFO):  # (issue 13: no logger built, once a push, for a line not logged)
         logctx.deploy_logger(log, deployment=deployment_id, app=app.name, namespace=namespace).info(
             "queued: revision=%s image=%s trigger=%s actor=%s status=%s",
@@ -1190,7 +1190,7 @@ async def _prune_all(session: AsyncSession, *, kept: int, apps: list[models.App]
     twenty apps past their kept revisions pruned in twenty), and their secrets versions in one
     look-up more when a pruned revision used one."""
     if len(apps) == 1:
-        await _prune_revisions_kept(session, kept=kept, app=apps[0])
+        await _prune_revisions(session, kept=kept, app=apps[0])
         return
     gone = await session.execute(
         _PRUNE_ALL,
@@ -1207,17 +1207,13 @@ async def _prune_all(session: AsyncSession, *, kept: int, apps: list[models.App]
         )
 
 
-async def _prune_revisions(session: AsyncSession, *, ctx: Core, app: models.App) -> None:
-    """Keep the app's newest revisions, those a pending or running deploy uses and the current one.
+async def _prune_revisions(session: AsyncSession, *, kept: int, app: models.App) -> None:
+    """Keep the app's newest `kept` revisions, those a pending or running deploy uses and the current one.
 
     One DELETE (issue 13: an app past its kept revisions prunes one at every request); the
     deployments' revision_id goes NULL by the foreign key (ON DELETE SET NULL), and they keep their
     number and image for the history.
     """
-    await _prune_revisions_kept(session, kept=ctx.config.revisions_kept, app=app)
-
-
-async def _prune_revisions_kept(session: AsyncSession, *, kept: int, app: models.App) -> None:
     gone = await session.execute(
         _PRUNE, {"p_app_id": app.id, "p_kept": kept, "p_current": app.current_revision_id or 0}
     )
