@@ -3,9 +3,11 @@
 A distinctive value per channel that can set a secret (the REST API, the CLI, Slack's `/shipit secrets
 set`, the dashboard) and a rotated value are set on one app, on the real control plane with the worker
 running, Slack and GitHub against their fakes, a loopback receiver for the project's outgoing webhook, a
-real SMTP server for its mail target and the dashboard signed in through the fake OIDC provider.  Then
-every path that touches the app runs: deploys from the API, Slack, the CLI and a GitHub push, a deploy
-that crash-loops (and rolls back by itself), refused and invalid deploys and secret writes, dry runs
+real SMTP server for its mail target, Teams and Discord targets posting to the same receiver, and the
+dashboard signed in through the fake OIDC provider; on SQLite and on PostgreSQL.  Then every path that
+touches the app runs: deploys from the API, Slack, the CLI and a GitHub push, a deploy that crash-loops
+(and rolls back by itself), a release command whose Job fails (the Job runs with the revision's secrets),
+refused and invalid deploys and secret writes, dry runs
 (API, CLI, Slack `diff`, a PR's `.noop`: a Secret's diff is the classic leak), rollbacks, a PR preview, status, logs,
 the dashboard pages and its live stream, the audit log and its export, /metrics.
 
@@ -299,6 +301,7 @@ async def _namespace_objects(kube_api: Any, namespace: str, capture: Capture) ->
     return out
 
 
+@pytest.mark.both_databases
 async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
     world: World,
     server: str,
@@ -322,7 +325,7 @@ async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
     received: list[tuple[dict[str, str], bytes]] = []
 
     async def receive(request: web.Request) -> web.Response:
-        received.append((dict(request.headers), await request.read()))
+        received.append(({**request.headers, "X-Shipit-Path": request.path}, await request.read()))
         return web.Response(status=204)
 
     async with rt.sessionmaker.begin() as session:
@@ -350,7 +353,7 @@ async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
 
     with every_log_record(capture):
         async with (
-            serving_posts(receive) as receiver,
+            serving_posts(receive, paths=("/hook", "/teams", "/discord")) as receiver,
             httpx.AsyncClient(
                 base_url=f"{server}/api/v1",
                 headers={"Authorization": f"Bearer {token}"},
@@ -369,6 +372,13 @@ async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
                     json={"kind": "webhook", "address": f"{receiver}/hook", "secret": hook_signing_key},
                 )
                 assert r.status_code == 201, r.text
+                # Teams and Discord take the whole webhook URL as their address (the URL is their
+                # secret); both post to the receiver, each under its own path.
+                for kind in ("teams", "discord"):
+                    r = await api.post(
+                        "/projects/acme/notify", json={"kind": kind, "address": f"{receiver}/{kind}"}
+                    )
+                    assert r.status_code == 201, r.text
                 # Mail is paced (a message a second): only the failure, the one with pod logs in it.
                 r = await api.post(
                     "/projects/acme/notify",
@@ -493,6 +503,27 @@ async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
                         )
                     assert failed, "the crash-looping deploy did not fail"
 
+                    # --- a release command whose Job fails: the Job runs with the app's secrets, and
+                    # its failure (pod reason, exit code, logs) goes to every notice target.
+                    async with rt.sessionmaker.begin() as session:
+                        await apps.update(
+                            session, ctx=rt.core, actor=ADMIN, name="web",
+                            changes=apps.AppChanges(release_command="./migrate --with-secrets"),
+                        )  # fmt: skip
+                    start = await _last_id(rt)
+                    r = await api.post("/apps/web/deploys", json={"image": "ghcr.io/acme/web:fail-release"})
+                    assert r.status_code == 202, r.text
+                    await _settled(rt, after=start, what="the failed release", timeout=90)
+                    async with rt.sessionmaker() as session:
+                        released = await session.get(models.Deployment, start + 1)
+                    assert released is not None and released.status == deploys.FAILED, released
+                    assert (released.error or "").startswith("Error: release command failed"), released.error
+                    async with rt.sessionmaker.begin() as session:
+                        await apps.update(
+                            session, ctx=rt.core, actor=ADMIN, name="web",
+                            changes=apps.AppChanges(release_command=""),
+                        )  # fmt: skip
+
                     # --- refused and invalid deploys, from every channel that takes them.
                     for body in ({"image": "not an image!"}, {"image": "ghcr.io/acme/web:1", "replicas": 3}):
                         r = await api.post("/apps/web/deploys", json=body)
@@ -579,18 +610,22 @@ async def test_a_canary_secret_appears_only_in_the_kubernetes_secret(
             f"github {call.api}", call.raw_body.decode("utf-8", "replace") + json.dumps(call.response)
         )
     assert received, "the webhook target got nothing"
+    reached = {h.get("X-Shipit-Path", "") for h, _ in received}
+    assert {"/hook", "/teams", "/discord"} <= reached, reached
     for headers, body in received:
         capture.add("webhook", json.dumps(headers) + body.decode("utf-8", "replace"))
     assert smtp[0].got, "no mail was sent"
     for sent in smtp[0].got:
         capture.add(f"mail to {sent.recipients}", sent.message.as_string())
     await _dump_database(rt, capture)
-    capture.add("sqlite file", database_bytes(rt))
+    if rt.engine.dialect.name == "sqlite":  # PostgreSQL's rows are all in the dump above
+        capture.add("sqlite file", database_bytes(rt))
     secrets_in_cluster = await _namespace_objects(kube_api, ns, capture)
     preview_secrets = await _namespace_objects(kube_api, f"web-pr-{preview_pr}", capture)
 
     # The right reason: the Secret holds the current values; the rotated-away one is gone from it too.
-    [data] = [d for d in secrets_in_cluster.values() if "API_KEY" in d]
+    # (The failed release's own Secret, `web-release-<n>`, holds that revision's values: a Secret too.)
+    data = secrets_in_cluster["web-secrets"]
     assert data == {
         "API_KEY": rotated_canary.value,
         "API_KEY2": api_canary.value,
