@@ -57,6 +57,8 @@ _PERMANENT = frozenset(
         "team_access_not_granted",
     }
 )
+# Of those, the ones that say the bot token itself is gone, not that one call was wrong.
+_DEAD_TOKEN = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"})
 
 
 class Pacer:
@@ -318,6 +320,13 @@ class SlackNotifier:
                 raise TransientError(f"Slack {method}: rate limited", retry_after=retry_after) from None
             if status >= 500 or error in ("internal_error", "fatal_error", "service_unavailable"):
                 raise TransientError(f"Slack {method}: {error or f'HTTP {status}'}") from None
+            if error in _DEAD_TOKEN and self.token_for is None:
+                # The one configured bot token is dead: every replica learns it from its first
+                # refused call (only the one Slack sent tokens_revoked to learns it from the event).
+                self.revoked = (
+                    f"Slack refused the bot token ({error}); set a new SHIPIT_SLACK_BOT_TOKEN and restart"
+                )
+                dlog.error("slack: %s", self.revoked)
             if error in _PERMANENT or error == "message_not_found":
                 raise PermanentError(f"Slack {method} in {channel}: {error}") from None
             raise TransientError(f"Slack {method}: {error or f'HTTP {status}'}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import logging
 import time
 from collections.abc import AsyncIterator, Hashable
 from typing import Any
@@ -195,6 +196,39 @@ async def test_permanent_slack_errors_are_not_retried(fake_slack: FakeSlack, cli
     fake_slack.server_error("chat.postMessage")
     with pytest.raises(TransientError):
         await n.deliver(notice(status="queued"))
+
+
+@pytest.mark.parametrize("error", ["token_revoked", "invalid_auth", "account_inactive"])
+async def test_a_dead_bot_token_fails_one_card_then_stops_the_cards(
+    fake_slack: FakeSlack, client: AsyncWebClient, error: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.notifier")
+    n = make(client)
+    fake_slack.api_error("chat.postMessage", error)
+    with pytest.raises(PermanentError, match=error):
+        await n.deliver(notice(status="queued"))
+    assert n.revoked is not None and error in n.revoked and fake_slack.bot_token not in n.revoked
+    calls = len(fake_slack.calls())
+    assert await n.deliver(notice(status="queued", deployment_id=8)) is None
+    assert len(fake_slack.calls()) == calls  # not even tried
+    assert any("card not posted" in r.getMessage() and error in r.getMessage() for r in caplog.records)
+
+
+async def test_a_dead_token_of_one_oauth_workspace_does_not_stop_the_others(
+    fake_slack: FakeSlack, client: AsyncWebClient
+) -> None:
+    async def token_for(team: str | None) -> str | None:
+        return fake_slack.bot_token
+
+    n = notifier_mod.SlackNotifier(
+        client=client, pacer=notifier_mod.Pacer(rate=1000.0, burst=100), token_for=token_for
+    )
+    fake_slack.api_error("chat.postMessage", "token_revoked")
+    with pytest.raises(PermanentError, match="token_revoked"):
+        await n.deliver(notice(status="queued"))
+    assert n.revoked is None
+    delivered = await n.deliver(notice(status="queued", deployment_id=8))
+    assert delivered is not None and delivered.deployment_refs is not None
 
 
 async def test_previews_and_channelless_projects_are_skipped(
