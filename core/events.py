@@ -300,13 +300,30 @@ def of_deployment(
     payload: dict[str, Any] | None = None,
 ) -> NewEvent:
     """A deploy's own event, one per deploy and `step`, to pass to `emit_all` with others."""
+    return of_deploy(
+        kind=kind, deployment_id=deployment.id, app_id=deployment.app_id, preview_id=deployment.preview_id,
+        project_id=project_id, step=step, payload=payload,
+    )  # fmt: skip
+
+
+def of_deploy(
+    *,
+    kind: str,
+    deployment_id: int,
+    app_id: int,
+    preview_id: int | None,
+    project_id: int | None,
+    step: str,
+    payload: dict[str, Any] | None = None,
+) -> NewEvent:
+    """`of_deployment` from the deploy's ids, for a caller that holds them (no row attributes read)."""
     return NewEvent(
         kind=kind,
-        dedupe_key=f"deploy:{deployment.id}:{step}",
+        dedupe_key=f"deploy:{deployment_id}:{step}",
         project_id=project_id,
-        app_id=deployment.app_id,
-        deployment_id=deployment.id,
-        preview_id=deployment.preview_id,
+        app_id=app_id,
+        deployment_id=deployment_id,
+        preview_id=preview_id,
         payload=payload or {},
     )
 

@@ -64,6 +64,7 @@ class Outcome:
         return [d for d in self.decisions if d.action == DEPLOY]
 
 
+@functools.lru_cache(maxsize=1024)  # an Actor is frozen: one per sender will do (issue 13: once a push)
 def github_actor(login: str) -> Actor:
     """The identity a GitHub event acts as (see the module docstring for why it is admin)."""
     login = login or "unknown"
@@ -206,7 +207,13 @@ def _dedupe_key(*, app_id: int, ref: str, sha: str) -> str:
 
 
 def _stored_key(*, app_id: int, ref: str, sha: str) -> str:
-    # As the deployment row holds it (a key too long for its column is kept as its hash).
+    return _stored_key_of(app_id, ref, sha)
+
+
+@functools.lru_cache(maxsize=1024)
+def _stored_key_of(app_id: int, ref: str, sha: str) -> str:
+    # As the deployment row holds it (a key too long for its column is kept as its hash).  Remembered:
+    # a batch's push is keyed twice, by `prefetch_pushes` and by `_deploy` (issue 13: CPU per push).
     return validation.dedupe_key(_dedupe_key(app_id=app_id, ref=ref, sha=sha))
 
 
@@ -385,7 +392,7 @@ async def _deploy(
         git_sha=sha,
         git_ref=ref,
         reason=why,
-        env=await apps.env_name(session, app=app),
+        env=await _env_name(session, app=app),
     )
     if known is not None:
         known.used.add(key)
@@ -434,6 +441,23 @@ def _already(*, app: models.App, sha: str, deployment_id: int, status: str, imag
         deployment_id=deployment_id,
         image=image,
     )
+
+
+async def _env_name(session: AsyncSession, *, app: models.App) -> str:
+    # Remembered for the transaction while nothing the read cache holds is written (its write mark,
+    # as deploys' batch checks are): a batch's pushes are mostly to one app (issue 13: CPU per push).
+    mark = readcache.write_mark(session)
+    if mark is None:
+        return await apps.env_name(session, app=app)
+    held: dict[Any, Any] = _for_transaction(session, "gitops.env_names")
+    key = (mark, app.id, app.environment_id)
+    name: str | None = held.get(key)
+    if name is None:
+        if held.get("mark") != mark:
+            held.clear()
+            held["mark"] = mark
+        name = held[key] = await apps.env_name(session, app=app)
+    return name
 
 
 async def on_push(

@@ -285,6 +285,7 @@ class _Batch:
     older: dict[tuple[int, str], list[models.Deployment]] = field(default_factory=dict)
     # PostgreSQL: the apps whose rows `reserve` locked (FOR UPDATE) for the rest of the transaction.
     locked: set[int] = field(default_factory=set)
+    postgres: bool = False  # the session's dialect, read once for the batch (issue 13: once a push)
 
     def pending(self) -> bool:
         return bool(
@@ -593,7 +594,11 @@ _BATCH = "deploys.batch"
 def defer(session: AsyncSession) -> None:
     """Requests in this transaction (outside savepoints) defer their batchable statements to `flush`,
     which the caller must await before it commits (a commit with work left unflushed fails)."""
-    session.info[_BATCH] = _Batch(transaction=session.sync_session.get_transaction(), info=session.info)
+    session.info[_BATCH] = _Batch(
+        transaction=session.sync_session.get_transaction(),
+        info=session.info,
+        postgres=dialects.is_postgres(session),
+    )
 
 
 def _batch(session: AsyncSession) -> _Batch | None:
@@ -778,12 +783,11 @@ async def request(
         )
         if checked is not None:
             checked[claim_key] = True
-    postgres = dialects.is_postgres(session)
     if batch is None or app_id not in batch.locked:  # (`reserve` locked the batch's apps at its start)
         await _lock_app(session, app=app)
     # A batch numbers its rows itself and writes them together (see `_Rows`); on SQLite a batch's
     # first request for an app and target may insert its own rows and seed the count from them.
-    seeding = deferring is not None and not postgres
+    seeding = deferring is not None and not deferring.postgres
     rows = (
         _numbering(deferring, app_id=app_id, namespace=namespace, rerun=rerun is not None)
         if deferring is not None
@@ -926,9 +930,12 @@ async def request(
             session, **_deploy_job(deployment_id=deployment_id, app_id=app_id, namespace=namespace)
         )
     # The superseded deploys' events and this one's, in one INSERT (issue 13).
-    requested = events.of_deployment(
+    # From the values at hand, not the row's attributes (issue 13: once a push).
+    requested = events.of_deploy(
         kind=events.DEPLOY_AWAITING_APPROVAL if needs_approval else events.DEPLOY_QUEUED,
-        deployment=deployment,
+        deployment_id=deployment_id,
+        app_id=app_id,
+        preview_id=preview.id if preview else None,
         project_id=project_id,
         step="requested",
         payload={"reason": reason} if reason else {},
