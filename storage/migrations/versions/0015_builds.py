@@ -45,7 +45,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-        sa.UniqueConstraint("app_id", "sha", name="uq_builds_app_id_sha"),
+        sa.UniqueConstraint("app_id", "sha", name=op.f("uq_builds_app_id")),
     )
     op.create_index("ix_builds_app_status", "builds", ["app_id", "status"])
 
