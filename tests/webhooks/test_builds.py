@@ -32,6 +32,8 @@ from tests.testenv.registry import Registry
 from tests.webhooks.conftest import SHA_A, SHA_B, SHA_C, Hook, make_app, offline_cluster, push_payload
 from webhooks.client import Credentials, GitHubClient
 
+pytestmark = pytest.mark.both_databases
+
 TIMEOUT = 180.0
 eventually = functools.partial(helpers.eventually, timeout=TIMEOUT)
 
