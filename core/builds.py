@@ -409,9 +409,15 @@ def _from_hosts(containerfile: str) -> list[str]:
     return hosts
 
 
+_PASSED = frozenset(
+    {"PATH", "LANG", "LC_ALL", "TZ", "XDG_RUNTIME_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+     "http_proxy", "https_proxy", "no_proxy"}
+)  # fmt: skip
+
+
 def _environment(work: Path) -> dict[str, str]:
-    # No inherited secrets (SHIPIT_*) in buildah's environment: only what it needs.
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
+    # No inherited secrets (SHIPIT_*) in buildah's environment: only what it and its proxies need.
+    env = {k: v for k, v in os.environ.items() if k in _PASSED or k.startswith(("CONTAINERS_", "BUILDAH_"))}
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     env["HOME"] = str(work)
     env["TMPDIR"] = str(work)

@@ -68,15 +68,17 @@ def worker(rt: runtime.Runtime, *, builder: builds.Builder) -> Worker:
     return Worker(ctx=rt.core, handlers={builds.BUILD_JOB: builds.handler(builder)})
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run build jobs until SIGTERM / SIGINT (or until `stop` is set, when given)."""
     github = github_of(settings)
     rt = await runtime.build(settings)
     w = worker(rt, builder=builder_of(settings, fetcher=github))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
     w.start()
     log.info("builder: claiming build jobs (buildah %s, owner %s)", settings.buildah, w.owner)
     try:

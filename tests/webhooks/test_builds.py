@@ -5,6 +5,7 @@ queued build, a failing build deploys nothing, and the read side (API, role chec
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -327,3 +328,24 @@ async def test_build_settings_are_validated_naming_the_field(rt: Runtime) -> Non
         build_context="./services/web/",
     )
     assert (app.build_context, app.build_image) == ("services/web", "r.dev/acme/web")
+
+
+async def test_shipit_builder_claims_build_jobs_until_stopped(
+    hook: Hook, fake_github: FakeGitHub, settings: Settings
+) -> None:
+    # `shipit builder` as the command runs it (its own runtime on the same database), stopped by an
+    # event instead of SIGTERM.  The tree has nothing to build, so no buildah is needed to see it work.
+    rt = hook.rt
+    await offline_cluster(rt)
+    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    fake_github.add_source("acme/web", SHA_B, {"notes.txt": "no pack here\n"})
+    build_id = (await hook.post("push", push_payload(sha=SHA_B))).json()["decisions"][0]["build"]
+    stop = asyncio.Event()
+    task = asyncio.create_task(builder_process.serve(settings, stop=stop))
+    try:
+        build = await wait_build(rt, build_id)
+    finally:
+        stop.set()
+        await task
+    assert build.status == builds.FAILED and "cannot tell how to build" in (build.error or "")
+    assert build.log is not None and f"fetching acme/web@{SHA_B}" in build.log
