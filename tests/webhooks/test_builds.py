@@ -30,7 +30,16 @@ from tests.conftest import ADMIN, World
 from tests.fakes.github_api import FakeGitHub
 from tests.testenv import buildah
 from tests.testenv.registry import Registry
-from tests.webhooks.conftest import SHA_A, SHA_B, SHA_C, Hook, make_app, offline_cluster, push_payload
+from tests.webhooks.conftest import (
+    SHA_A,
+    SHA_B,
+    SHA_C,
+    Hook,
+    deliver_notifications,
+    make_app,
+    offline_cluster,
+    push_payload,
+)
 from webhooks.client import Credentials, GitHubClient
 
 pytestmark = pytest.mark.both_databases
@@ -197,7 +206,15 @@ async def test_a_push_builds_pushes_and_deploys_the_digest(
         kinds = [e.kind for e in await session.scalars(select(models.Event).order_by(models.Event.id))]
     assert [a.details["sha"] for a in audit_rows] == [SHA_A]
     assert {"build.queued", "build.succeeded"} <= set(kinds)
+    succeeded = await eventually(
+        lambda: _statuses(fake_github, "shipit/build (web)"), what="the build's commit status"
+    )
+    assert succeeded[-1]["state"] == "success" and build.digest[:19] in succeeded[-1]["description"]
     assert password not in json.dumps([a.details for a in audit_rows])
+
+
+async def _statuses(fake: FakeGitHub, context: str) -> list[dict[str, Any]]:
+    return [s for s in fake.commit_statuses("acme/web", SHA_A) if s["context"] == context]
 
 
 async def _finished(rt: Runtime, deployment_id: int) -> models.Deployment | None:
@@ -229,6 +246,11 @@ async def test_a_failing_build_fails_clearly_and_deploys_nothing(
     async with rt.sessionmaker() as session:
         failed = await session.scalar(select(models.Event).where(models.Event.kind == builds.BUILD_FAILED))
     assert failed is not None and failed.payload["build"] == build_id
+    # GitHub shows the commit red, with the reason.
+    await deliver_notifications(rt)
+    [status] = fake_github.commit_statuses("acme/web", SHA_A)
+    assert (status["state"], status["context"]) == ("failure", "shipit/build (web)")
+    assert status["description"].startswith(f"build #{build_id} failed: buildah bud failed")
 
 
 async def test_a_tree_no_pack_fits_fails_the_build(
