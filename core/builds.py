@@ -266,8 +266,9 @@ async def run_job(*, ctx: Core, job: jobs.JobView, builder: Builder) -> None:
         pack, digest = await _build(
             ctx=ctx, builder=builder, build=build, app=app, credentials=credentials, output=output
         )
-    except (BuildFailed, sources.UnsafeArchive, buildpacks.NotDetected) as e:
-        await _finish_failed(ctx, build_id=build_id, error=str(e), log_tail=output.tail(), job_id=job.id)
+    except (PermanentError, UserError) as e:
+        # buildah failed, a refused tarball, no pack, GitHub's 404...: fails now, with the log so far.
+        await _finish_failed(ctx, build_id=build_id, error=str(e), log_tail=output.tail())
         return
     except TransientError as e:
         output.note(f"will retry: {e}")
@@ -495,9 +496,7 @@ async def _buildah(
         raise BuildFailed(f"buildah {args[0]} failed (exit status {process.returncode}); see the build's log")
 
 
-async def _finish_failed(
-    ctx: Core, *, build_id: int, error: str, log_tail: str | None, job_id: int | None
-) -> None:
+async def _finish_failed(ctx: Core, *, build_id: int, error: str, log_tail: str | None) -> None:
     async with ctx.sessionmaker.begin() as session:
         await _mark_failed(session, ctx=ctx, build_id=build_id, error=error, log_tail=log_tail)
 

@@ -5,6 +5,9 @@ these functions inside the transaction that records the delivery, so the
 answer is sent as soon as the deploys are queued.  Nothing here talks to
 GitHub or Kubernetes.
 
+An app that builds from source (`build_enabled`) gets a build queued instead (core.builds): its
+deploy is requested by the builder once the image is pushed, as the same actor.
+
 Who acts: a push deploys as `github:<sender login>` with admin rights *on the
 linked app only*.  The authorisation is the link itself: an admin of the
 project set `git_repo` on the app, which says "pushes to this repository may

@@ -371,3 +371,20 @@ async def test_shipit_builder_claims_build_jobs_until_stopped(
         await task
     assert build.status == builds.FAILED and "cannot tell how to build" in (build.error or "")
     assert build.log is not None and f"fetching acme/web@{SHA_B}" in build.log
+
+
+async def test_a_commit_github_cannot_give_fails_the_build(
+    hook: Hook, fake_github: FakeGitHub, settings: Settings
+) -> None:
+    rt = hook.rt
+    await offline_cluster(rt)
+    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    build_id = (await hook.post("push", push_payload(sha=SHA_C))).json()["decisions"][0]["build"]
+    async with builder_worker(rt, fake_github, settings):
+        build = await wait_build(rt, build_id)
+    assert build.status == builds.FAILED
+    assert build.error == (
+        f"tarball of acme/web@{SHA_C[:7]}: not found, or not visible to shipit's GitHub credentials"
+    )
+    assert [c.status for c in fake_github.calls("get_tarball")] == [404]
+    assert await count(rt, models.Deployment) == 0
