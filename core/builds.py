@@ -447,6 +447,8 @@ class _Output:
 
     def tail(self) -> str:
         text = "".join(self.chunks)
+        for s in self.secrets:  # again over the whole text: a secret split between two reads
+            text = text.replace(s, "***")
         return text[-self.limit :]
 
 
