@@ -123,6 +123,7 @@ async def test_a_push_builds_pushes_and_deploys_the_digest(
     settings: Settings,
     kube_api: k8s.ApiClient,
 ) -> None:
+    buildah.require_buildah()
     rt = world.rt
     host = private_registry.host
     user, password = next(iter(private_registry.users.items()))
