@@ -39,6 +39,7 @@ from tests.webhooks.conftest import (
     make_app,
     offline_cluster,
     push_payload,
+    submit_together,
 )
 from webhooks.client import Credentials, GitHubClient
 
@@ -389,3 +390,32 @@ async def test_a_commit_github_cannot_give_fails_the_build(
     )
     assert [c.status for c in fake_github.calls("get_tarball")] == [404]
     assert await count(rt, models.Deployment) == 0
+
+
+async def test_a_batch_of_pushes_builds_each_commit_once_beside_deploying_apps(rt: Runtime) -> None:
+    # Deliveries arriving together share one transaction (webhooks.ingest): a building app and an
+    # app deploying images in one batch, the same commit twice, a newer one superseding.
+    await offline_cluster(rt)
+    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.acme.dev/acme/web")
+    await make_app(rt, name="api", namespace="api")
+    outcomes = await submit_together(
+        rt,
+        [
+            ("a", push_payload(sha=SHA_A)),
+            ("a-again", push_payload(sha=SHA_A)),
+            ("b", push_payload(sha=SHA_B)),
+        ],
+    )
+    actions = [{d.app: d.action for d in o.decisions} for o in outcomes]
+    assert actions == [
+        {"api": "deploy", "web": "build"},
+        {"api": "skip", "web": "skip"},
+        {"api": "deploy", "web": "build"},
+    ]
+    async with rt.sessionmaker() as session:
+        rows = {b.sha: b.status for b in await session.scalars(select(models.Build))}
+        deployed = [
+            d.image for d in await session.scalars(select(models.Deployment).order_by(models.Deployment.id))
+        ]
+    assert rows == {SHA_A: builds.SUPERSEDED, SHA_B: builds.QUEUED}
+    assert deployed == [f"ghcr.io/acme/web:{SHA_A}", f"ghcr.io/acme/web:{SHA_B}"]  # api's image template
