@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint fmt testenv testenv-up testregistry browser bench clean image
+.PHONY: install run test lint fmt testenv testenv-up testregistry browser buildah bench clean image
 
 install:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ install:
 run: install
 	$(VENV)/bin/shipit serve
 
-test: install testenv testregistry browser
+test: install testenv testregistry browser buildah
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
@@ -40,6 +40,10 @@ testregistry:
 # Debian's chromium + chromium-driver for the dashboard's browser tests (installed when missing).
 browser:
 	@scripts/test-browser
+
+# Debian's buildah and busybox-static for the build-from-source tests (installed when missing).
+buildah:
+	@scripts/test-buildah-install
 
 testenv-up: install testenv
 	$(PY) -m tests.testenv.controlplane up

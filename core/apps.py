@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit, claims, environments, events, identity, readcache, validation
+from core import audit, claims, environments, events, identity, images, readcache, validation
 from core.context import Core
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied, UserError
 from core.identity import Actor, Role
@@ -66,6 +66,11 @@ class AppChanges:
     previews_from_forks: str = UNSET
     release_command: str | None = UNSET
     auto_rollback: bool = UNSET
+    # Build from source (core.builds): pushes build the commit into build_image instead of deploying
+    # image_template; build_context is the repository's directory to build ("" or None: its root).
+    build_enabled: bool = UNSET
+    build_context: str | None = UNSET
+    build_image: str | None = UNSET
 
     def items(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not UNSET}
@@ -74,6 +79,8 @@ class AppChanges:
 def _validated(changes: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in changes.items():
+        if value is None and key == "build_enabled":
+            raise InvalidInput("build_enabled must be true or false", field=key)
         if value is None and key in ("previews_from_forks", "auto_rollback"):
             if key == "auto_rollback":
                 raise InvalidInput("auto_rollback must be on or off", field=key)
@@ -127,6 +134,13 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
                         f"previews_from_forks must be one of {', '.join(FORK_POLICIES)}, got {str(value)[:40]!r}",
                         field=key,
                     )
+            case "build_enabled":
+                if not isinstance(value, bool):
+                    raise InvalidInput("build_enabled must be true or false", field=key)
+            case "build_context":
+                value = _build_context(value)
+            case "build_image":
+                value = _build_image(value)
             case "git_branch" | "github_environment" | "tls_issuer":
                 value = validation.text(value, field=key, max_length=validation.limit(models.App, key))
         out[key] = value
@@ -134,6 +148,36 @@ def _validated(changes: dict[str, Any]) -> dict[str, Any]:
 
 
 RELEASE_COMMAND_MAX = 1000
+
+
+def _build_context(value: str) -> str | None:
+    """A directory of the repository, relative ("" or "." is its root): never absolute, never `..`."""
+    validation.text(value, field="build_context", max_length=validation.limit(models.App, "build_context"))
+    parts = [p for p in value.strip().split("/") if p not in ("", ".")]
+    if value.strip().startswith("/") or ".." in parts or "\\" in value:
+        raise InvalidInput(
+            f"build_context must be a directory of the repository such as services/web, "
+            f"got {validation.shown(value)}",
+            field="build_context",
+        )
+    return "/".join(parts) or None
+
+
+def _build_image(value: str) -> str | None:
+    """The repository built images are pushed to (tagged with the commit's sha): no tag, no digest."""
+    if value == "":
+        return None
+    value = validation.image(value, field="build_image")
+    ref = images.parse(value, field="build_image")
+    if ref.tag is not None or ref.digest is not None:
+        raise InvalidInput(
+            f"build_image is a repository such as registry.acme.dev/acme/web, without a tag or digest "
+            f"(each build is tagged with its commit's sha), got {validation.shown(value)}",
+            field="build_image",
+        )
+    if len(value) + 41 > validation.limit(models.App, "build_image"):
+        raise InvalidInput("build_image is too long to take a sha tag", field="build_image")
+    return value
 
 
 def _release_command(value: str) -> str | None:
@@ -176,7 +220,16 @@ def _check_consistent(app: models.App) -> None:
         )
     if app.previews_enabled and not app.preview_domain:
         raise InvalidInput("previews need a preview_domain", field="preview_domain")
-    if app.git_repo and not app.image_template:
+    if app.build_enabled:
+        if not app.build_image:
+            raise InvalidInput(
+                "building from source needs a build_image, the repository to push to, such as "
+                "registry.acme.dev/acme/web",
+                field="build_image",
+            )
+        if not app.git_repo:
+            raise InvalidInput("building from source needs a git_repo to build from", field="git_repo")
+    elif app.git_repo and not app.image_template:
         raise InvalidInput(
             "a git_repo needs an image_template such as ghcr.io/acme/web:{sha}", field="image_template"
         )
@@ -402,7 +455,7 @@ _COPIED = (
     "cpu_target", "ingress_class", "tls_issuer", "progress_deadline_seconds",
     "git_repo", "git_branch", "git_ref_type", "image_template", "deploy_on",
     "preview_domain", "preview_ttl_hours", "preview_max_open", "preview_env",
-    "previews_from_forks", "auto_rollback", "release_command",
+    "previews_from_forks", "auto_rollback", "release_command", "build_enabled", "build_context", "build_image",
 )  # fmt: skip
 
 

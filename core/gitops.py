@@ -5,6 +5,9 @@ these functions inside the transaction that records the delivery, so the
 answer is sent as soon as the deploys are queued.  Nothing here talks to
 GitHub or Kubernetes.
 
+An app that builds from source (`build_enabled`) gets a build queued instead (core.builds): its
+deploy is requested by the builder once the image is pushed, as the same actor.
+
 Who acts: a push deploys as `github:<sender login>` with admin rights *on the
 linked app only*.  The authorisation is the link itself: an admin of the
 project set `git_repo` on the app, which says "pushes to this repository may
@@ -26,7 +29,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, deploys, logctx, readcache, validation
+from core import apps, builds, deploys, logctx, readcache, validation
 from core.context import Core
 from core.errors import UserError
 from core.identity import Actor
@@ -38,6 +41,7 @@ ZERO_SHA = "0" * 40
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 DEPLOY = "deploy"
+BUILD = "build"  # the app builds from source: a build is queued, its deploy follows (core.builds)
 SKIP = "skip"
 WAIT = "wait"
 
@@ -52,6 +56,7 @@ class Decision:
     deployment_id: int | None = None
     image: str | None = None
     preview: str | None = None
+    build_id: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -144,6 +149,7 @@ class Tracking:
     git_ref_type: str
     git_branch: str | None
     deploy_on: str
+    build_enabled: bool = False
 
 
 async def linked_tracking(session: AsyncSession, *, repo: str) -> tuple[Tracking, ...]:
@@ -161,12 +167,13 @@ async def linked_tracking(session: AsyncSession, *, repo: str) -> tuple[Tracking
         async def load() -> tuple[Tracking, ...]:
             a = models.App
             result = await session.execute(
-                select(a.id, a.name, a.git_ref_type, a.git_branch, a.deploy_on)
+                select(a.id, a.name, a.git_ref_type, a.git_branch, a.deploy_on, a.build_enabled)
                 .where(func.lower(a.git_repo) == key)
                 .order_by(a.name)
             )
             return tuple(
-                Tracking(id=i, name=n, git_ref_type=t, git_branch=b, deploy_on=d) for i, n, t, b, d in result
+                Tracking(id=i, name=n, git_ref_type=t, git_branch=b, deploy_on=d, build_enabled=bool(e))
+                for i, n, t, b, d, e in result
             )
 
         found = cache[key] = await readcache.value(session, ("gitops.linked_tracking", key), load)
@@ -302,7 +309,12 @@ async def prefetch_pushes(session: AsyncSession, *, pushes: Iterable[PushRef]) -
         kind, name = parsed
         repo = push.repo.lower()
         if repo not in linked:
-            linked[repo] = [a for a in await linked_tracking(session, repo=repo) if a.deploy_on != "ci"]
+            # Apps that build from source queue a build, not a deploy: no deploy key to look up.
+            linked[repo] = [
+                a
+                for a in await linked_tracking(session, repo=repo)
+                if a.deploy_on != "ci" and not a.build_enabled
+            ]
         for app in linked[repo]:
             if tracks(app, kind=kind, name=name, default_branch=push.default_branch):
                 keys[_stored_key(app_id=app.id, ref=push.ref, sha=push.sha)] = app.id
@@ -364,6 +376,8 @@ async def _deploy(
         return Decision(
             app=app.name, action=SKIP, reason=f"{app.name} is locked by {app.locked_by}: {app.locked_reason}"
         )
+    if app.build_enabled:
+        return await _build(session, ctx=ctx, app=app, actor=actor, sha=sha, ref=ref)
     assert app.image_template is not None  # apps.create refuses a git_repo without one
     image = render_image(
         app.image_template,
@@ -419,6 +433,28 @@ async def _deploy(
             "gitops: %s %s@%s (%s)", why, ref, sha[:7], image
         )
     return requested(app=app, deployment=deployment, image=image)
+
+
+async def _build(
+    session: AsyncSession, *, ctx: Core, app: models.App, actor: Actor, sha: str, ref: str
+) -> Decision:
+    """Queue the build of `sha` (core.builds); its deploy is requested when it has been pushed."""
+    queued = await builds.queue(session, ctx=ctx, app=app, actor=actor, sha=sha, ref=ref)
+    build = queued.build
+    if not queued.created:
+        return Decision(
+            app=app.name,
+            action=SKIP,
+            reason=f"{sha[:7]} was already built for {app.name} (build #{build.id}, {build.status})",
+            build_id=build.id,
+            deployment_id=build.deployment_id,
+        )
+    return Decision(
+        app=app.name,
+        action=BUILD,
+        reason=f"build #{build.id} queued: {build.image}:{sha} from {app.git_repo}@{sha[:7]}",
+        build_id=build.id,
+    )
 
 
 def requested(*, app: models.App, deployment: models.Deployment, image: str) -> Decision:
@@ -584,7 +620,11 @@ async def on_ci_passed(
 
 
 def _summary(decisions: list[Decision]) -> str:
-    deployed = [d for d in decisions if d.action == DEPLOY]
-    if deployed:
-        return "queued " + ", ".join(f"{d.app} (deploy #{d.deployment_id})" for d in deployed)
+    queued = [
+        f"{d.app} (deploy #{d.deployment_id})" if d.action == DEPLOY else f"{d.app} (build #{d.build_id})"
+        for d in decisions
+        if d.action in (DEPLOY, BUILD)
+    ]
+    if queued:
+        return "queued " + ", ".join(queued)
     return "; ".join(f"{d.app}: {d.reason}" for d in decisions) or "nothing to deploy"

@@ -13,6 +13,7 @@ import typer
 from shipit.cli_client import (
     apps,
     audit,
+    builds,
     clusters,
     deploys,
     envs,
@@ -45,6 +46,7 @@ app.add_typer(registries.registries_app, name="registries")
 app.add_typer(envs.envs_app, name="envs")
 app.add_typer(identities.identities_app, name="identities")
 app.add_typer(notify.notify_app, name="notify")
+app.add_typer(builds.builds_app, name="builds")
 app.command("deploy")(deploys.deploy)
 app.command("promote")(deploys.promote)
 app.command("rollback")(deploys.rollback)
@@ -118,6 +120,17 @@ def serve(
         port=port or settings.port,
         **serving.uvicorn_options(settings),
     )
+
+
+@app.command()
+def builder() -> None:
+    """Run build jobs (apps with --build): buildah, the GitHub tarball API, the registry. No HTTP."""
+    from shipit import builder as builder_process
+    from shipit import logs
+
+    settings = Settings()
+    logs.configure(settings.log_level, fmt=settings.log_format)
+    asyncio.run(builder_process.serve(settings))
 
 
 @db_app.command("upgrade")

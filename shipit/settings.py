@@ -73,6 +73,19 @@ class Settings(BaseSettings):
     registry_webhook_token: SecretStr | None = None
     # how often the poller looks for image policies that are due (each has its own interval)
     registry_poll_tick_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # `shipit builder` (builds from source, core.builds): base images per pack, buildah and its store,
+    # where sources are unpacked, the longest a build may run and the largest source it unpacks.
+    build_python_image: str = "docker.io/library/python:3.12-slim"
+    build_node_image: str = "docker.io/library/node:22-slim"
+    build_go_image: str = "docker.io/library/golang:1.23"
+    build_static_image: str = "docker.io/library/nginx:1.27-alpine"
+    buildah: str = "buildah"
+    build_root: str | None = None
+    build_runroot: str | None = None
+    build_isolation: Literal["chroot", "oci", "rootless"] = "chroot"
+    build_dir: str | None = None
+    build_timeout_seconds: float = Field(default=1800.0, gt=0)
+    build_max_source_bytes: int = Field(default=500 * 1024 * 1024, ge=1024)
 
     # Slack (optional: unset signing secret switches the channel off)
     slack_signing_secret: SecretStr | None = None
@@ -116,7 +129,14 @@ class Settings(BaseSettings):
         return frozenset(s.strip().lower() for s in self.web_admins.split(",") if s.strip())
 
     @field_validator(
-        "bootstrap_token_file", "release_deadline_seconds", "oidc_issuer", "github_oauth_url", mode="before"
+        "bootstrap_token_file",
+        "release_deadline_seconds",
+        "oidc_issuer",
+        "github_oauth_url",
+        "build_root",
+        "build_runroot",
+        "build_dir",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:

@@ -329,6 +329,11 @@ class App(Base):
     # No foreign key (revisions already point at apps); pruning never removes the current revision.
     current_revision_id: Mapped[int | None] = mapped_column(ID)
     auto_rollback: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Build from source (migration 0015): a push builds the commit (core.builds) into build_image
+    # (a repository, tagged with the sha) from build_context (a directory of the repository).
+    build_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    build_context: Mapped[str | None] = mapped_column(String(255))
+    build_image: Mapped[str | None] = mapped_column(String(512))
     release_command: Mapped[str | None] = mapped_column(String(1000))
     # The secrets version new revisions take (secret_versions.version); 0 = no secrets ever set.
     secrets_version: Mapped[int] = mapped_column(default=0, server_default="0")
@@ -482,6 +487,31 @@ class Deployment(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column()
     applied_at: Mapped[dt.datetime | None] = mapped_column()
+    finished_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class Build(Base):
+    """One build of an app's commit from source (core.builds): one per app and commit."""
+
+    __tablename__ = "builds"
+    __table_args__ = (
+        UniqueConstraint("app_id", "sha"),
+        Index("ix_builds_app_status", "app_id", "status"),
+    )
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    sha: Mapped[str] = mapped_column(String(64))
+    ref: Mapped[str] = mapped_column(String(255))
+    actor: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))  # queued, building, succeeded, failed, superseded
+    pack: Mapped[str | None] = mapped_column(String(16))
+    image: Mapped[str] = mapped_column(String(512))  # the repository it is pushed to
+    digest: Mapped[str | None] = mapped_column(String(100))
+    deployment_id: Mapped[int | None] = mapped_column(ID)
+    error: Mapped[str | None] = mapped_column(Text)
+    log: Mapped[str | None] = mapped_column(Text)  # a bounded tail, credentials scrubbed
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column()
     finished_at: Mapped[dt.datetime | None] = mapped_column()
 
 

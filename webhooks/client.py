@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
@@ -87,6 +88,25 @@ def translate(e: GithubException, *, what: str) -> Exception:
     if status == 404:
         return PermanentError(f"{what}: not found, or not visible to shipit's GitHub credentials")
     return PermanentError(f"{what}: GitHub answered {status} {message}".rstrip())
+
+
+def _download(url: str, *, dest: Path, max_bytes: int, what: str, timeout: int) -> None:
+    try:
+        with requests.get(url, stream=True, timeout=timeout, allow_redirects=True) as response:
+            if response.status_code >= 500 or response.status_code == 429:
+                raise TransientError(f"{what}: codeload answered {response.status_code}")
+            if response.status_code != 200:
+                raise PermanentError(f"{what}: codeload answered {response.status_code}")
+            written = 0
+            with dest.open("wb") as f:
+                for chunk in response.iter_content(chunk_size=65536):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise PermanentError(f"{what}: the tarball is larger than {max_bytes} bytes")
+                    f.write(chunk)
+    except requests.RequestException as e:
+        # The URL carries a token: name the error's type only.
+        raise TransientError(f"{what}: cannot download it ({type(e).__name__})") from None
 
 
 class GitHubClient:
@@ -194,6 +214,18 @@ class GitHubClient:
                 old = self._by_installation.pop(installation_id, None)
                 if old is not None:
                     old.close()
+
+    async def tarball(self, *, repo: str, sha: str, dest: Path, max_bytes: int) -> None:
+        """Download the tarball of `repo` at `sha` to `dest` (core.builds.SourceFetcher).
+
+        GitHub answers the API call with a redirect to codeload, whose URL carries a short-lived
+        token for a private repository: it is followed without our credentials, never logged, and
+        the download stops at `max_bytes`."""
+        what = f"tarball of {repo}@{sha[:7]}"
+        url = await self.call(repo=repo, what=what, fn=lambda r: r.get_archive_link("tarball", sha))
+        await asyncio.to_thread(
+            _download, url, dest=dest, max_bytes=max_bytes, what=what, timeout=self.credentials.timeout
+        )
 
     async def close(self) -> None:
         def close_all() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from github import GithubException
 from github.Repository import Repository
 
-from core import events, metrics, notices, shared
+from core import builds, events, metrics, notices, shared
 from core.errors import PermanentError, TransientError
 from core.events import Delivered, DeploymentView, Notice, PreviewView
 from webhooks import comments
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 NAME = "github"
 TRIGGERS = ("push", "pr")
+# A build's end is a commit status (context `shipit/build (<app>)`); only the end, so a late queued
+# status can never overwrite it.  The deploy that follows reports as a GitHub Deployment as usual.
+BUILD_STATES = {builds.BUILD_SUCCEEDED: "success", builds.BUILD_FAILED: "failure"}
 DEPLOY_KINDS = frozenset(
     {
         events.DEPLOY_QUEUED,
@@ -160,10 +163,15 @@ class GitHubNotifier:
         self._comment_locks: dict[tuple[str, int, str], asyncio.Lock] = {}
 
     def wants(self, kind: str) -> bool:
-        return kind in DEPLOY_KINDS or kind in (
-            events.PREVIEW_CLOSED,
-            events.PREVIEW_REFUSED,
-            events.PREVIEW_AWAITING_APPROVAL,
+        return (
+            kind in DEPLOY_KINDS
+            or kind in BUILD_STATES
+            or kind
+            in (
+                events.PREVIEW_CLOSED,
+                events.PREVIEW_REFUSED,
+                events.PREVIEW_AWAITING_APPROVAL,
+            )
         )
 
     def wants_event(self, audience: events.Audience) -> bool:
@@ -193,6 +201,9 @@ class GitHubNotifier:
         return result
 
     async def _deliver(self, notice: Notice) -> Delivered | None:
+        if notice.kind in BUILD_STATES:
+            await self._build_status(notice)
+            return None
         if notice.kind == events.PREVIEW_REFUSED:
             await self._refused(notice)
             return None
@@ -212,6 +223,27 @@ class GitHubNotifier:
         delivered = await self._report(notice)
         await comments.refresh(self, command=command)
         return delivered
+
+    async def _build_status(self, notice: Notice) -> None:
+        app, payload = notice.app, notice.payload
+        sha = str(payload.get("sha") or "")
+        if app is None or not app.git_repo or not sha:
+            return
+        state = BUILD_STATES[notice.kind]
+        if state == "success":
+            description = f"build #{payload.get('build')} pushed {str(payload.get('digest') or '')[:19]}"
+        else:
+            description = (
+                f"build #{payload.get('build')} failed: {payload.get('error') or 'see shipit builds logs'}"
+            )
+        context = f"shipit/build ({app.name})"
+        await self.client.call(
+            repo=app.git_repo,
+            what=f"build status for {sha[:7]}",
+            fn=lambda r: r.get_commit(sha).create_status(
+                state, description=description[:140], context=context
+            ),
+        )
 
     async def _report(self, notice: Notice) -> Delivered | None:
         d, app = notice.deployment, notice.app

@@ -104,6 +104,7 @@ def _outcome_body(outcome: Outcome) -> list[dict[str, Any]]:
             "action": d.action,
             "reason": d.reason,
             **({"deployment": d.deployment_id} if d.deployment_id is not None else {}),
+            **({"build": d.build_id} if d.build_id is not None else {}),
             **({"image": d.image} if d.image else {}),
             **({"preview": d.preview} if d.preview else {}),
         }

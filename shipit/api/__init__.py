@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from shipit.api import (
     apps,
     audit,
+    builds,
     clusters,
     deploys,
     environments,
@@ -34,6 +35,7 @@ for _resource in (
     projects,
     clusters,
     apps,
+    builds,
     deploys,
     environments,
     previews,

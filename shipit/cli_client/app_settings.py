@@ -91,6 +91,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(name="image_template", type=str, help="Image built for a commit, like ghcr.io/acme/web:{sha}."),
     Setting(name="deploy_on", type=str, help="Deploy on 'push' or after 'ci' passes."),
     Setting(
+        name="build",
+        type=bool,
+        field="build_enabled",
+        flags=("--build/--no-build",),
+        help="Build pushed commits from source (their Dockerfile, or a detected pack) and deploy the image.",
+    ),
+    Setting(
+        name="build_context",
+        type=str,
+        metavar="DIR",
+        help="The repository's directory to build (default: its root).",
+    ),
+    Setting(
+        name="build_image",
+        type=str,
+        metavar="REPO",
+        help="Repository the built images are pushed to, like registry.acme.dev/acme/web (tagged with the sha).",
+    ),
+    Setting(
         name="previews",
         type=bool,
         field="previews_enabled",

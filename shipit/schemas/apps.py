@@ -55,6 +55,11 @@ class AppFields(Strict):
     release_command: str | None = app_text("release_command")
     # Roll back to the current revision by itself when a rollout fails (default on).
     auto_rollback: bool = unset()
+    # Build from source: a push builds the commit (buildpacks or its Dockerfile) into build_image
+    # (a repository; each build is tagged with its sha) and deploys the pushed digest.
+    build_enabled: bool = unset()
+    build_context: str | None = app_text("build_context")
+    build_image: str | None = app_text("build_image")
 
 
 class AppIn(AppFields):
@@ -179,6 +184,9 @@ class AppOut(BaseModel):
                 "ref_type": a.git_ref_type,
                 "image_template": a.image_template,
                 "deploy_on": a.deploy_on,
+                "build": {"context": a.build_context or ".", "image": a.build_image}
+                if a.build_enabled
+                else None,
             }
             if view.git_repo
             else None,
@@ -270,3 +278,43 @@ class AppDeleted(BaseModel):
 class SecretsChanged(BaseModel):
     keys: list[str]
     deployment: DeploymentOut | None
+
+
+class BuildOut(BaseModel):
+    """A build from source (core.builds); `log` (a bounded tail) only when one build is asked for."""
+
+    id: int
+    app: str
+    sha: str
+    ref: str
+    actor: str
+    status: str
+    pack: str | None
+    image: str
+    digest: str | None
+    deployment: int | None
+    error: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    log: str | None = None
+
+    @classmethod
+    def of(cls, b: models.Build, *, app: str, with_log: bool = False) -> BuildOut:
+        return cls(
+            id=b.id,
+            app=app,
+            sha=b.sha,
+            ref=b.ref,
+            actor=b.actor,
+            status=b.status,
+            pack=b.pack,
+            image=b.image,
+            digest=b.digest,
+            deployment=b.deployment_id,
+            error=b.error,
+            created_at=b.created_at,
+            started_at=b.started_at,
+            finished_at=b.finished_at,
+            log=b.log if with_log else None,
+        )

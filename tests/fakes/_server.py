@@ -82,6 +82,8 @@ class Answer:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     text: str | None = None
     """Plain-text body instead of JSON (Slack response_url answers ``ok``)."""
+    data: bytes | None = None
+    """A binary body instead of JSON (GitHub's codeload serves tarballs)."""
 
 
 class FakeServer:
@@ -318,6 +320,8 @@ class FakeServer:
             with self._lock:
                 self.errors.append(e)
             return web.Response(status=500, text=f"{type(self).__name__} crashed: {e!r}")
+        if answer.data is not None:
+            return web.Response(status=answer.status, body=answer.data, headers=answer.headers)
         if answer.text is not None:
             return web.Response(status=answer.status, text=answer.text, headers=answer.headers)
         if answer.status == 204 or answer.body is None:

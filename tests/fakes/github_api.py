@@ -18,9 +18,11 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import re
 import secrets
+import tarfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
@@ -285,7 +287,8 @@ class FakeGitHub(FakeServer):
     create_deployment, get_deployment, delete_deployment, list_deployment_statuses,
     create_deployment_status, get_deployment_status, get_pull, get_issue, list_issue_comments,
     create_issue_comment, get_issue_comment, edit_issue_comment, delete_issue_comment,
-    get_collaborator_permission, create_comment_reaction, list_comment_reactions.
+    get_collaborator_permission, create_comment_reaction, list_comment_reactions, get_tarball,
+    codeload_tarball.
     """
 
     def __init__(
@@ -329,6 +332,8 @@ class FakeGitHub(FakeServer):
         self._reactions: dict[int, list[_Reaction]] = {}
         # (repo, login) -> repository role; `_users` are the logins GitHub knows (others: 404).
         self._roles: dict[tuple[str, str], str] = {}
+        self._sources: dict[tuple[str, str], bytes] = {}  # (repo, sha) -> tarball (add_source)
+        self._codeload_tokens: dict[str, tuple[str, str, float]] = {}  # token -> (repo, sha, expires)
         self._users: set[str] = set()
         self.pat_identity = _Identity("pat", "shipit-tester", self._user_id("shipit-tester"), "User")
         self._routes = self._build_routes()
@@ -384,6 +389,36 @@ class FakeGitHub(FakeServer):
             if installed and self._installation_for(owner) is None:
                 self.add_installation(owner)
             return self._repo_shape(self._local_base, repo)
+
+    def add_source(self, full_name: str, sha: str, files: Mapping[str, bytes | str]) -> None:
+        """The tree of commit `sha` (path -> content), served by the tarball API as GitHub builds it:
+        gzip'd, one top-level directory `<owner>-<repo>-<short sha>/`, the sha in a pax global header."""
+        repo = self._repos[full_name.lower()]
+        top = f"{repo.owner}-{repo.name}-{sha[:7]}"
+        buffer = io.BytesIO()
+        with tarfile.open(
+            fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT, pax_headers={"comment": sha}
+        ) as tar:
+            info = tarfile.TarInfo(top)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o775, int(time.time())
+            tar.addfile(info)
+            dirs: set[str] = set()
+            for path in sorted(files):
+                parts = path.split("/")
+                for i in range(1, len(parts)):
+                    d = "/".join(parts[:i])
+                    if d not in dirs:
+                        dirs.add(d)
+                        info = tarfile.TarInfo(f"{top}/{d}")
+                        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o775, int(time.time())
+                        tar.addfile(info)
+                content = files[path]
+                data = content.encode() if isinstance(content, str) else content
+                info = tarfile.TarInfo(f"{top}/{path}")
+                info.size, info.mode, info.mtime = len(data), 0o664, int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+        with self._lock:
+            self._sources[(full_name.lower(), sha)] = buffer.getvalue()
 
     def set_branch(self, full_name: str, branch: str, sha: str) -> None:
         with self._lock:
@@ -746,6 +781,11 @@ class FakeGitHub(FakeServer):
              "token", self._list_comment_reactions),
             ("GET", _REPO + r"/collaborators/(?P<username>[^/]+)/permission", "get_collaborator_permission",
              "token", self._get_collaborator_permission),
+            # GitHub answers a 302 to codeload.github.com, whose URL carries a short-lived token for
+            # a private repository; codeload wants no Authorization header.
+            ("GET", _REPO + r"/tarball/(?P<ref>.+)", "get_tarball", "any", self._get_tarball),
+            ("GET", r"/_codeload/(?P<owner>[^/]+)/(?P<repo>[^/]+)/legacy\.tar\.gz/(?P<ref>.+)", "codeload_tarball",
+             "any", self._codeload_tarball),
         ]  # fmt: skip
         return [_Route(m, re.compile(p + r"/?"), n, a, h) for m, p, n, a, h in table]
 
@@ -776,7 +816,9 @@ class FakeGitHub(FakeServer):
                     identity = self._authenticate(route.auth, headers)
                     ctx = _Ctx(base, params, query, body, identity, _request_url(base, path, query))
                     answer = route.handler(ctx)
-                    answer = Answer(answer.status, answer.body, {**self._headers(identity), **answer.headers})
+                    answer = dataclasses.replace(
+                        answer, headers={**self._headers(identity), **answer.headers}
+                    )
             except GitHubError as e:
                 answer = Answer(e.status, e.body(), {**self._headers(None), **e.headers})
         self._record(
@@ -987,6 +1029,34 @@ class FakeGitHub(FakeServer):
         if self.strict_refs:
             return None
         return _fake_sha(f"{repo.full_name}@{ref}")
+
+    def _get_tarball(self, ctx: _Ctx) -> Answer:
+        repo = self._repo(ctx)
+        if repo.private and ctx.identity.kind == "anonymous":
+            raise _not_found()
+        sha = self._resolve_ref(repo, ctx.params["ref"])
+        if sha is None or (repo.full_name.lower(), sha) not in self._sources:
+            raise _not_found()
+        token = secrets.token_urlsafe(24)
+        self._codeload_tokens[token] = (repo.full_name.lower(), sha, time.time() + 300)
+        location = f"{ctx.base}/_codeload/{repo.owner}/{repo.name}/legacy.tar.gz/{sha}?token={token}"
+        return Answer(302, None, {"Location": location, "Content-Length": "0"})
+
+    def _codeload_tarball(self, ctx: _Ctx) -> Answer:
+        full_name = f"{ctx.params['owner']}/{ctx.params['repo']}".lower()
+        held = self._codeload_tokens.get(ctx.query.get("token", ""))
+        if held is None or held[0] != full_name or held[1] != ctx.params["ref"] or held[2] < time.time():
+            return Answer(404, None, {"Content-Type": "text/plain"}, text="404: Not Found")
+        repo = self._repos[full_name]
+        return Answer(
+            200,
+            None,
+            {
+                "Content-Type": "application/x-gzip",
+                "Content-Disposition": f"attachment; filename={repo.owner}-{repo.name}-{held[1][:7]}.tar.gz",
+            },
+            data=self._sources[(full_name, held[1])],
+        )
 
     def _get_repo(self, ctx: _Ctx) -> Answer:
         return Answer(200, self._repo_shape(ctx.base, self._repo(ctx)))

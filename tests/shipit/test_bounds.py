@@ -215,6 +215,7 @@ async def test_405_names_every_method_the_path_serves(api: httpx.AsyncClient, we
         "subject": "user:alice",
         "key": "API_KEY",
         "deployment_id": "1",
+        "build_id": "1",
         "token_id": "1",
         "target_id": "1",
         "project": "acme",

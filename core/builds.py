@@ -1,0 +1,573 @@
+"""Builds from source: a push to an app that builds (`build_enabled`) becomes a build job, not a deploy.
+
+`queue` runs in the push's transaction (core.gitops): one build per app and commit (a redelivery or
+a second push of the same sha finds the row), and a newer push supersedes the app's queued builds.
+The `build` job runs only in `shipit builder` (a worker whose one handler is `handler(...)`): the
+shipit server's pod may not run buildah.  The job fetches the commit's tarball through the GitHub
+client the builder was given (`SourceFetcher`), unpacks it without trusting it (core.sources),
+detects the pack (core.buildpacks), runs `buildah bud` and `buildah push` (vfs storage, a deadline,
+output captured), and requests the deploy of `REPO@sha256:...` through the one deploy path
+(core.deploys.request, trigger `push`, the commit recorded), in the transaction that marks the
+build succeeded.  A build that fails deploys nothing: the row says why (with its log's tail), an
+event `build.failed` is recorded and a log line names the app, build and commit.
+
+A builder that dies mid-build loses its lease; the job is claimed again and builds the commit again
+from the start (the push of the same tag is idempotent, and the deploy is deduplicated per build).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import (
+    apps,
+    audit,
+    buildpacks,
+    deploys,
+    events,
+    images,
+    jobs,
+    logctx,
+    registries,
+    sources,
+    validation,
+)
+from core.context import Core
+from core.errors import NotFound, PermanentError, TransientError, UserError
+from core.identity import Actor, Role
+from core.worker import Handler
+from storage import models
+
+log = logging.getLogger(__name__)
+
+BUILD_JOB = "build"
+
+QUEUED = "queued"
+BUILDING = "building"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+SUPERSEDED = "superseded"
+STATUSES = (QUEUED, BUILDING, SUCCEEDED, FAILED, SUPERSEDED)
+
+BUILD_QUEUED = "build.queued"
+BUILD_SUCCEEDED = "build.succeeded"
+BUILD_FAILED = "build.failed"
+
+LOG_TAIL_BYTES = 16 * 1024
+
+
+class BuildFailed(PermanentError):
+    """The build itself failed (buildah's exit status, a refused tarball, no pack): not retried."""
+
+
+class SourceFetcher(Protocol):
+    """Fetches a commit's tarball (GitHub's tarball API); plugged in by the composition root."""
+
+    async def tarball(self, *, repo: str, sha: str, dest: Path, max_bytes: int) -> None:
+        """Write the gzip'd tarball of `repo` at `sha` to `dest`; TransientError when worth a retry."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Builder:
+    """What the builder process was configured with (SHIPIT_BUILD_* settings)."""
+
+    fetcher: SourceFetcher
+    bases: dict[str, str] = field(default_factory=lambda: dict(buildpacks.DEFAULT_BASES))
+    buildah: str = "buildah"
+    # buildah's own image store; None: its default (/var/lib/containers/storage).
+    root: str | None = None
+    runroot: str | None = None
+    isolation: str = "chroot"
+    workdir: str | None = None  # where sources are unpacked (a temporary directory per build)
+    timeout_seconds: float = 1800.0
+    max_source_bytes: int = 500 * 1024 * 1024
+
+
+def handler(builder: Builder) -> Handler:
+    """The `build` job's handler, for the builder's worker only."""
+
+    async def run(*, ctx: Core, job: jobs.JobView) -> None:
+        await run_job(ctx=ctx, job=job, builder=builder)
+
+    return Handler(run=run, failed=job_failed)
+
+
+# ---------------------------------------------------------------------------- queueing (a push)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Queued:
+    build: models.Build
+    created: bool
+
+
+async def queue(
+    session: AsyncSession, *, ctx: Core, app: models.App, actor: Actor, sha: str, ref: str
+) -> Queued:
+    """Queue the build of `sha` for `app`, in the caller's transaction (once per app and commit)."""
+    b = models.Build
+    existing = await session.scalar(select(b).where(b.app_id == app.id, b.sha == sha))
+    if existing is not None:
+        return Queued(build=existing, created=False)
+    assert app.build_image is not None  # apps._check_consistent: build_enabled needs build_image
+    now = models.utcnow()
+    # A newer push supersedes the builds still waiting (one already building finishes; its deploy is
+    # then superseded by this one's, as deploys are).
+    superseded = list(
+        await session.scalars(
+            update(b)
+            .where(b.app_id == app.id, b.status == QUEUED)
+            .values(status=SUPERSEDED, finished_at=now, error=f"superseded by the push of {sha[:7]}")
+            .returning(b.id)
+        )
+    )
+    await jobs.cancel_where(session, dedupe_keys=[_job_key(i) for i in superseded])
+    build = b(app_id=app.id, sha=sha, ref=ref, actor=actor.subject, status=QUEUED, image=app.build_image)
+    session.add(build)
+    await session.flush()
+    await jobs.enqueue(
+        session,
+        kind=BUILD_JOB,
+        payload={"build_id": build.id, "app": app.name},
+        dedupe_key=_job_key(build.id),
+        concurrency_key=f"build:{app.id}",
+        max_attempts=3,
+    )
+    await _emit(session, ctx=ctx, build=build, app=app, kind=BUILD_QUEUED)
+    await audit.record(
+        session,
+        actor=actor,
+        action="build.queue",
+        target=f"app/{app.name}",
+        project_id=app.project_id,
+        details={
+            "build": build.id,
+            "sha": sha,
+            "ref": ref,
+            "image": app.build_image,
+            "superseded": superseded,
+        },
+    )
+    _logger(app=app, build=build).info("build: queued %s@%s for %s", ref, sha[:7], app.build_image)
+    return Queued(build=build, created=True)
+
+
+def _job_key(build_id: int) -> str:
+    return f"build:{build_id}"
+
+
+async def _emit(session: AsyncSession, *, ctx: Core, build: models.Build, app: models.App, kind: str) -> None:
+    await events.emit(
+        session,
+        ctx=ctx,
+        kind=kind,
+        dedupe_key=f"build:{build.id}:{kind}",
+        project_id=app.project_id,
+        app_id=app.id,
+        deployment_id=build.deployment_id,
+        payload={
+            "build": build.id,
+            "app": app.name,
+            "sha": build.sha,
+            "ref": build.ref,
+            "status": build.status,
+            "pack": build.pack,
+            "digest": build.digest,
+            "error": build.error,
+        },
+    )
+
+
+def _logger(*, app: models.App, build: models.Build) -> logctx.ContextLogger:
+    return logctx.ContextLogger(log, {"app": app.name, "build": build.id, "sha": build.sha[:12]})
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+async def list_for(
+    session: AsyncSession, *, actor: Actor, app_name: str, env: str | None = None, limit: int = 20
+) -> list[models.Build]:
+    """The app's builds, newest first (viewer role; an app of a project you hold no role in is missing)."""
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
+    await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="reading builds")
+    b = models.Build
+    return list(await session.scalars(select(b).where(b.app_id == app.id).order_by(b.id.desc()).limit(limit)))
+
+
+async def get_for(
+    session: AsyncSession, *, actor: Actor, app_name: str, build_id: int, env: str | None = None
+) -> models.Build:
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
+    await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="reading builds")
+    build = await session.get(models.Build, build_id)
+    if build is None or build.app_id != app.id:
+        raise NotFound(f"{app_name} has no build #{build_id}")
+    return build
+
+
+# ---------------------------------------------------------------------------- running (the builder)
+
+
+def _actor_of(build: models.Build) -> Actor:
+    # The push's actor (core.gitops.github_actor): admin on the linked app only, by the link itself.
+    login = build.actor.removeprefix("github:")
+    return Actor(subject=build.actor, channel="github", display=login, is_admin=True)
+
+
+async def _start(
+    ctx: Core, build_id: int
+) -> tuple[models.Build, models.App, registries.Credentials | None] | None:
+    """Mark the build building (its own transaction); None when there is nothing to build any more."""
+    async with ctx.sessionmaker.begin() as session:
+        build = await session.get(models.Build, build_id)
+        if build is None or build.status not in (QUEUED, BUILDING):
+            return None  # superseded, or finished by an earlier run of this job
+        app = await session.get(models.App, build.app_id)
+        if app is None:
+            return None
+        build.status = BUILDING
+        build.started_at = models.utcnow()
+        build.error = None
+        host = images.parse(build.image + ":x", field="build_image").domain
+        credentials = await registries.credentials_for(session, ctx=ctx, project_id=app.project_id, host=host)
+        await session.flush()
+        session.expunge_all()  # plain values for the build, which runs outside any transaction
+    return build, app, credentials
+
+
+async def run_job(*, ctx: Core, job: jobs.JobView, builder: Builder) -> None:
+    build_id = int(job.payload["build_id"])
+    started = await _start(ctx, build_id)
+    if started is None:
+        return
+    build, app, credentials = started
+    blog = _logger(app=app, build=build)
+    blog.info("build: building %s@%s of %s", build.ref, build.sha[:7], app.git_repo)
+    output = _Output(secrets=_secrets_of(credentials))
+    try:
+        pack, digest = await _build(
+            ctx=ctx, builder=builder, build=build, app=app, credentials=credentials, output=output
+        )
+    except (PermanentError, UserError) as e:
+        # buildah failed, a refused tarball, no pack, GitHub's 404...: fails now, with the log so far.
+        await _finish_failed(ctx, build_id=build_id, error=str(e), log_tail=output.tail())
+        return
+    except TransientError as e:
+        output.note(f"will retry: {e}")
+        async with ctx.sessionmaker.begin() as session:
+            row = await session.get(models.Build, build_id)
+            if row is not None:
+                row.log = output.tail()
+        raise
+    await _finish_succeeded(ctx, build_id=build_id, pack=pack, digest=digest, log_tail=output.tail())
+
+
+async def _build(
+    *,
+    ctx: Core,
+    builder: Builder,
+    build: models.Build,
+    app: models.App,
+    credentials: registries.Credentials | None,
+    output: _Output,
+) -> tuple[str, str]:
+    """Fetch, unpack, detect, build, push: (pack, digest).  Everything on disk goes with the tmp dir."""
+    if not app.git_repo:
+        raise BuildFailed(f"{app.name} has no git_repo to build from")
+    work = await asyncio.to_thread(_workdir, builder.workdir, build.id)
+    try:
+        archive = work / "source.tar.gz"
+        output.note(f"fetching {app.git_repo}@{build.sha}")
+        await builder.fetcher.tarball(
+            repo=app.git_repo, sha=build.sha, dest=archive, max_bytes=builder.max_source_bytes
+        )
+        prepared = await asyncio.to_thread(
+            _prepare, work=work, app=app, builder=builder, credentials=credentials, output=output
+        )
+        tag = f"{build.image}:{build.sha}"
+        validation.image(tag, field="build_image")
+        insecure = set(ctx.config.registry_insecure_hosts)
+        pulls_insecure = any(h in insecure for h in _from_hosts(prepared.text))
+        deadline = asyncio.get_running_loop().time() + builder.timeout_seconds
+        env = _environment(work)
+        authfile = str(work / "auth.json")
+        digestfile = work / "digest"
+        try:
+            await _buildah(
+                builder, output, deadline=deadline, env=env,
+                args=[
+                    "bud", "--isolation", builder.isolation, "--layers=false", "--authfile", authfile,
+                    f"--tls-verify={'false' if pulls_insecure else 'true'}",
+                    "-f", str(prepared.containerfile), "-t", tag, str(prepared.context),
+                ],
+            )  # fmt: skip
+            host = images.parse(tag, field="build_image").domain
+            await _buildah(
+                builder, output, deadline=deadline, env=env,
+                args=[
+                    "push", "--authfile", authfile, f"--tls-verify={'false' if host in insecure else 'true'}",
+                    "--digestfile", str(digestfile), tag, f"docker://{tag}",
+                ],
+            )  # fmt: skip
+            digest = (await asyncio.to_thread(digestfile.read_text)).strip()
+        finally:
+            # vfs keeps a full copy per image: never let built images pile up on the builder.
+            with contextlib.suppress(Exception):
+                await _buildah(builder, None, deadline=None, env=env, args=["rmi", "--force", tag])
+        if not digest.startswith("sha256:"):
+            raise BuildFailed(f"buildah push wrote no digest ({validation.shown(digest)})")
+        output.note(f"pushed {tag} as {digest}")
+        return prepared.pack, digest
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+def _workdir(parent: str | None, build_id: int) -> Path:
+    if parent:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"shipit-build-{build_id}-", dir=parent))
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Prepared:
+    pack: str
+    context: Path
+    containerfile: Path
+    text: str
+
+
+def _prepare(
+    *,
+    work: Path,
+    app: models.App,
+    builder: Builder,
+    credentials: registries.Credentials | None,
+    output: _Output,
+) -> _Prepared:
+    """Unpack the tarball, detect the pack, write the Containerfile and the registry auth file (0600)."""
+    archive = work / "source.tar.gz"
+    unpacked = sources.unpack(archive, dest=work / "src", max_bytes=builder.max_source_bytes)
+    archive.unlink()
+    output.note(f"unpacked {unpacked.files} entries, {unpacked.bytes} bytes")
+    context = sources.subdirectory(unpacked.root, context=app.build_context)
+    plan = buildpacks.detect(context)
+    output.note(f"pack {plan.pack}: {plan.reason}")
+    if plan.containerfile is not None:
+        containerfile = context / plan.containerfile
+        text = containerfile.read_text(errors="replace")
+    else:
+        text = buildpacks.containerfile(plan, bases=builder.bases, files=buildpacks.top_level_files(context))
+        containerfile = work / "Containerfile"  # outside the context: the source cannot overwrite it
+        containerfile.write_text(text)
+        output.note("generated Containerfile:\n" + text)
+    fd = os.open(work / "auth.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(_auths(credentials), f)
+    return _Prepared(pack=plan.pack, context=context, containerfile=containerfile, text=text)
+
+
+def _auths(credentials: registries.Credentials | None) -> dict[str, Any]:
+    if credentials is None:
+        return {"auths": {}}
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    return {"auths": {credentials.host: {"auth": base64.b64encode(raw).decode()}}}
+
+
+def _secrets_of(credentials: registries.Credentials | None) -> list[str]:
+    if credentials is None:
+        return []
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    return [s for s in (credentials.password, base64.b64encode(raw).decode()) if s]
+
+
+def _from_hosts(containerfile: str) -> list[str]:
+    """The registry hosts a Containerfile's FROM lines pull from (to know which are plain HTTP)."""
+    hosts = []
+    for line in containerfile.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0].upper() == "FROM":
+            ref = next((w for w in words[1:] if not w.startswith("--")), "")
+            with contextlib.suppress(UserError):
+                hosts.append(images.parse(ref, field="FROM").domain)
+    return hosts
+
+
+_PASSED = frozenset(
+    {"PATH", "LANG", "LC_ALL", "TZ", "XDG_RUNTIME_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+     "http_proxy", "https_proxy", "no_proxy"}
+)  # fmt: skip
+
+
+def _environment(work: Path) -> dict[str, str]:
+    # No inherited secrets (SHIPIT_*) in buildah's environment: only what it and its proxies need.
+    env = {k: v for k, v in os.environ.items() if k in _PASSED or k.startswith(("CONTAINERS_", "BUILDAH_"))}
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env["HOME"] = str(work)
+    env["TMPDIR"] = str(work)
+    return env
+
+
+class _Output:
+    """A bounded tail of what the build printed, with the registry credentials scrubbed."""
+
+    def __init__(self, *, secrets: Sequence[str], limit: int = LOG_TAIL_BYTES) -> None:
+        self.secrets = list(secrets)
+        self.limit = limit
+        self.chunks: collections.deque[str] = collections.deque()
+        self.size = 0
+
+    def add(self, text: str) -> None:
+        for s in self.secrets:
+            text = text.replace(s, "***")
+        self.chunks.append(text)
+        self.size += len(text)
+        while self.size > self.limit * 2 and len(self.chunks) > 1:
+            self.size -= len(self.chunks.popleft())
+
+    def note(self, text: str) -> None:
+        self.add(f"--> {text}\n")
+
+    def tail(self) -> str:
+        text = "".join(self.chunks)
+        for s in self.secrets:  # again over the whole text: a secret split between two reads
+            text = text.replace(s, "***")
+        return text[-self.limit :]
+
+
+async def _buildah(
+    builder: Builder, output: _Output | None, *, args: list[str], deadline: float | None, env: dict[str, str]
+) -> None:
+    command = [builder.buildah, "--storage-driver", "vfs"]
+    if builder.root:
+        command += ["--root", builder.root]
+    if builder.runroot:
+        command += ["--runroot", builder.runroot]
+    command += args
+    if output is not None:
+        output.add(f"$ buildah {' '.join(args)}\n")
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group: a deadline kills buildah's children too
+        )
+    except FileNotFoundError:
+        raise BuildFailed(f"{builder.buildah} is not installed on this builder") from None
+    assert process.stdout is not None
+
+    async def pump() -> None:
+        assert process.stdout is not None
+        while chunk := await process.stdout.read(8192):
+            if output is not None:
+                output.add(chunk.decode("utf-8", errors="replace"))
+        await process.wait()
+
+    loop = asyncio.get_running_loop()
+    timeout = None if deadline is None else max(0.0, deadline - loop.time())
+    try:
+        await asyncio.wait_for(pump(), timeout=timeout)
+    except (TimeoutError, asyncio.CancelledError) as e:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        raise BuildFailed(f"buildah {args[0]} did not finish within the build's deadline") from None
+    if process.returncode != 0:
+        raise BuildFailed(f"buildah {args[0]} failed (exit status {process.returncode}); see the build's log")
+
+
+async def _finish_failed(ctx: Core, *, build_id: int, error: str, log_tail: str | None) -> None:
+    async with ctx.sessionmaker.begin() as session:
+        await _mark_failed(session, ctx=ctx, build_id=build_id, error=error, log_tail=log_tail)
+
+
+async def _mark_failed(
+    session: AsyncSession, *, ctx: Core, build_id: int, error: str, log_tail: str | None
+) -> None:
+    build = await session.get(models.Build, build_id)
+    if build is None or build.status not in (QUEUED, BUILDING):
+        return
+    app = await session.get(models.App, build.app_id)
+    if app is None:
+        return
+    build.status = FAILED
+    build.error = error[:2000]
+    if log_tail is not None:
+        build.log = log_tail
+    build.finished_at = models.utcnow()
+    await _emit(session, ctx=ctx, build=build, app=app, kind=BUILD_FAILED)
+    _logger(app=app, build=build).warning(
+        "build: %s@%s failed, nothing deployed: %s", build.ref, build.sha[:7], error
+    )
+
+
+async def job_failed(*, session: AsyncSession, ctx: Core, job: jobs.JobView, error: str) -> None:
+    """The job gave up (retries spent, an unexpected error): the build fails, nothing is deployed."""
+    await _mark_failed(session, ctx=ctx, build_id=int(job.payload["build_id"]), error=error, log_tail=None)
+
+
+async def _finish_succeeded(ctx: Core, *, build_id: int, pack: str, digest: str, log_tail: str) -> None:
+    """Mark it succeeded and request the deploy of the digest, in one transaction."""
+    async with ctx.sessionmaker.begin() as session:
+        build = await session.get(models.Build, build_id)
+        if build is None or build.status != BUILDING:
+            return
+        app = await session.get(models.App, build.app_id)
+        if app is None:
+            return
+        build.status = SUCCEEDED
+        build.pack = pack
+        build.digest = digest
+        build.log = log_tail
+        build.finished_at = models.utcnow()
+        blog = _logger(app=app, build=build)
+        image = f"{build.image}@{digest}"
+        if app.auto_deploy_paused:
+            build.error = f"built, not deployed: auto-deploy is paused ({app.paused_reason or 'paused'})"
+        else:
+            try:
+                async with session.begin_nested():
+                    result = await deploys.request(
+                        session,
+                        ctx=ctx,
+                        actor=_actor_of(build),
+                        app_name=app.name,
+                        image=image,
+                        trigger="push",
+                        dedupe_key=validation.dedupe_key(f"build:{build.id}"),
+                        git_sha=build.sha,
+                        git_ref=build.ref,
+                        reason=f"build #{build.id} of {build.sha[:7]}",
+                        env=await apps.env_name(session, app=app),
+                    )
+                build.deployment_id = result.deployment.id
+            except UserError as e:
+                build.error = f"built, not deployed: {e}"
+        await _emit(session, ctx=ctx, build=build, app=app, kind=BUILD_SUCCEEDED)
+        blog.info(
+            "build: %s@%s pushed as %s; %s",
+            build.ref, build.sha[:7], image,
+            f"deploy #{build.deployment_id} requested" if build.deployment_id else build.error,
+        )  # fmt: skip

@@ -1,0 +1,48 @@
+"""Migration 0015 on a database written by 0014: apps get their build settings (off for every
+existing app), and the builds table holds one build per app and commit."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shipit.settings import Settings
+from storage import db, migrate, models
+from tests.storage.old_rows import project_and_cluster
+from tests.storage.test_migrate_app_names import _in_env
+from tests.storage.test_migrate_tenancy import _app
+
+pytestmark = pytest.mark.both_databases
+
+
+async def test_upgrade_adds_build_settings_off_and_the_builds_table(settings: Settings) -> None:
+    engine = db.create_engine(settings.database_url)
+    try:
+        await migrate.upgrade(engine, revision="0014")
+        async with engine.begin() as conn:
+            await project_and_cluster(conn, settings=settings)
+            await conn.execute(
+                text(
+                    "INSERT INTO environments (id, project_id, name, position, windows, freezes, created_at) "
+                    "VALUES (1, 1, 'production', 0, '[]', '[]', CURRENT_TIMESTAMP)"
+                )
+            )
+            await conn.execute(text(_in_env(_app("web", 1, "acme-web"), 1)))
+        await migrate.upgrade(engine, revision="0015")
+        assert await migrate.current(engine) == "0015"
+        async with AsyncSession(engine) as session:
+            app = await session.scalar(select(models.App).where(models.App.name == "web"))
+            assert app is not None
+            assert (app.build_enabled, app.build_context, app.build_image) == (False, None, None)
+            app_id = app.id
+            session.add(models.Build(app_id=app_id, sha="a" * 40, ref="refs/heads/main", actor="github:x",
+                                     status="queued", image="r.dev/acme/web"))  # fmt: skip
+            await session.commit()
+            session.add(models.Build(app_id=app_id, sha="a" * 40, ref="refs/heads/main", actor="github:y",
+                                     status="queued", image="r.dev/acme/web"))  # fmt: skip
+            with pytest.raises(IntegrityError):
+                await session.commit()
+    finally:
+        await engine.dispose()
