@@ -11,6 +11,7 @@ import sys
 import typer
 
 from shipit.cli_client import (
+    addons,
     apps,
     audit,
     clusters,
@@ -45,6 +46,7 @@ app.add_typer(registries.registries_app, name="registries")
 app.add_typer(envs.envs_app, name="envs")
 app.add_typer(identities.identities_app, name="identities")
 app.add_typer(notify.notify_app, name="notify")
+app.add_typer(addons.addons_app, name="addons")
 app.command("deploy")(deploys.deploy)
 app.command("promote")(deploys.promote)
 app.command("rollback")(deploys.rollback)
