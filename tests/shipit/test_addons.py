@@ -324,3 +324,24 @@ def test_names_fit_the_statefulset_limits() -> None:
     name = render_addons.object_name(app=long, kind="postgres")
     assert len(name) <= render_addons.MAX_NAME and name.endswith("-postgres")
     assert name != render_addons.object_name(app="a" * 62, kind="postgres")
+
+
+async def test_create_does_not_apply_over_what_shipit_did_not_create(
+    world: World, live_server: LiveServer, as_: Any, kube_api: k8s.ApiClient
+) -> None:
+    ns = world.namespace
+    people = await _setup(world, as_)
+    core = k8s.CoreV1Api(kube_api)
+    await core.create_namespaced_secret(
+        ns, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="web-redis"), string_data={"password": "theirs"})
+    )
+    r = await people["dev"].post("/api/v1/apps/web/addons", json={"kind": "redis"})
+    assert r.status_code == 202, r.text
+    failed = await eventually(
+        lambda: _addons(people["vic"]), lambda rows: rows[0]["state"] == "failed", what="failed", timeout=60
+    )
+    assert "Secret" in failed[0]["error"] and "was not created by shipit" in failed[0]["error"], failed
+    theirs = await _read(kube_api, "Secret", ns, "web-redis")
+    assert theirs is not None and base64.b64decode(theirs["data"]["password"]) == b"theirs"
+    assert await _read(kube_api, "StatefulSet", ns, "web-redis") is None  # nothing applied after the refusal
+    assert "REDIS_URL" not in await _secret_keys(people["pat"])
