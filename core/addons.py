@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import apps, audit, claims, clusters, deploys, jobs, secrets, validation
 from core.context import Core
-from core.errors import Conflict, InvalidInput, NotFound, PermanentError, ShipitError, TransientError
+from core.errors import Conflict, Deferred, InvalidInput, NotFound, PermanentError, ShipitError
 from core.identity import SYSTEM, Actor, Role
 from core.kube import render_addons as r
 from core.kube.applying import NamespaceOrigin
@@ -360,10 +360,11 @@ async def run_provision_job(*, ctx: Core, job: jobs.JobView) -> None:
     await kube.apply(manifests=r.render_addon(spec))
     seen = await _observe(kube, namespace=spec.namespace, app=spec.app, kind=spec.kind)
     if seen.state != r.READY:
-        log.info(
+        # Waiting is pacing, not a failure: logged at debug by the worker, counted against the attempts.
+        log.debug(
             "add-on %s of app %s in %s not ready yet: %s", spec.kind, spec.app, spec.namespace, seen.detail
         )
-        raise TransientError(
+        raise Deferred(
             f"{spec.kind} add-on of {spec.app} not ready yet: {seen.detail}",
             retry_after=ctx.config.addon_ready_poll_seconds,
         )
