@@ -641,6 +641,10 @@ async def delete(session: AsyncSession, *, actor: Actor, name: str, env: str | N
     )
     if active:
         raise Conflict(f"{name} has a deploy running (#{active}); wait for it or cancel it first")
+    # Its databases would outlive it unseen (the rows go with the app): they are destroyed on purpose.
+    addon = await session.scalar(select(models.Addon.kind).where(models.Addon.app_id == app.id).limit(1))
+    if addon:
+        raise Conflict(f"{name} has a {addon} add-on; destroy it first (addons destroy {name} {addon})")
     await audit.record(
         session, actor=actor, action="app.delete", target=f"app/{name}", project_id=app.project_id, details={}
     )

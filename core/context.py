@@ -43,6 +43,12 @@ class CoreConfig:
     release_ttl_seconds: int = 86400
     # A dry run asks the cluster while the caller waits: never longer than this.
     dry_run_timeout_seconds: float = 20.0
+    # Add-ons: images, StorageClass (None: the cluster's default), seconds between readiness looks.
+    addon_images: dict[str, str] = field(
+        default_factory=lambda: {"postgres": "postgres:16", "redis": "redis:7"}
+    )
+    addon_storage_class: str | None = None
+    addon_ready_poll_seconds: float = 10.0
 
 
 class Broadcast:

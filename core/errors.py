@@ -49,7 +49,13 @@ class Unauthenticated(UserError):
 
 
 class Conflict(UserError):
+    """Conflicts with the current state; `field`, when given, names the input that collides."""
+
     status_code = 409
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class TransientError(ShipitError):

@@ -111,6 +111,73 @@ async def unset(
     return sorted(keys)
 
 
+def digest_of(ctx: Core, *, key: str, value: str) -> str:
+    """The keyed digest a secret row holds for this value: compares values without decrypting."""
+    return ctx.cipher.digest(key.encode() + b"\0" + value.encode())
+
+
+async def value_digest(session: AsyncSession, *, app_id: int, key: str) -> str | None:
+    """The digest of an app's secret `key`, None when it has none."""
+    return await session.scalar(
+        select(models.Secret.digest).where(models.Secret.app_id == app_id, models.Secret.key == key)
+    )
+
+
+async def put_managed(
+    session: AsyncSession, *, ctx: Core, actor: Actor, app: models.App, key: str, value: str, via: str
+) -> bool:
+    """Set one secret shipit generated itself (an add-on's connection string); the caller has checked
+    permission for what it does.  False (nothing written) when the key already holds this value."""
+    digest = digest_of(ctx, key=key, value=value)
+    await ensure_version(session, ctx=ctx, app=app)
+    row = await session.scalar(
+        select(models.Secret).where(models.Secret.app_id == app.id, models.Secret.key == key)
+    )
+    if row is not None and row.digest == digest:
+        return False
+    enc = ctx.cipher.encrypt(value.encode(), purpose=PURPOSE)
+    if row is None:
+        session.add(models.Secret(app_id=app.id, key=key, value_enc=enc, digest=digest))
+    else:
+        row.value_enc, row.digest = enc, digest
+    await session.flush()
+    await _write_version(session, ctx=ctx, app=app, actor=actor)
+    await audit.record(
+        session,
+        actor=actor,
+        action="secrets.set",
+        target=f"app/{app.name}",
+        project_id=app.project_id,
+        details={"keys": [key], "changed": [key], "by": via},
+    )
+    return True
+
+
+async def remove_managed(
+    session: AsyncSession, *, ctx: Core, actor: Actor, app: models.App, key: str, digest: str, via: str
+) -> bool:
+    """Remove one secret shipit generated, only while it still holds what shipit put there (`digest`):
+    a value someone set since is theirs and stays.  False when nothing was removed."""
+    row = await session.scalar(
+        select(models.Secret).where(models.Secret.app_id == app.id, models.Secret.key == key)
+    )
+    if row is None or row.digest != digest:
+        return False
+    await ensure_version(session, ctx=ctx, app=app)
+    await session.delete(row)
+    await session.flush()
+    await _write_version(session, ctx=ctx, app=app, actor=actor)
+    await audit.record(
+        session,
+        actor=actor,
+        action="secrets.delete",
+        target=f"app/{app.name}",
+        project_id=app.project_id,
+        details={"keys": [key], "by": via},
+    )
+    return True
+
+
 async def list_keys(
     session: AsyncSession, *, actor: Actor, app_name: str, env: str | None = None
 ) -> list[models.Secret]:

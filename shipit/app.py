@@ -24,7 +24,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import errors, jobs, metrics, observe, validation
-from core.errors import InvalidInput, ShipitError, UserError
+from core.errors import Conflict, InvalidInput, ShipitError, UserError
 from shipit import api, limits, runtime, telemetry
 from shipit.runtime import Runtime
 from shipit.settings import Settings
@@ -367,7 +367,8 @@ def _allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError) -> JSONResponse:
-        extra = {"field": exc.field} if isinstance(exc, InvalidInput) else {}
+        field = exc.field if isinstance(exc, InvalidInput | Conflict) else None
+        extra = {"field": field} if field else {}
         return JSONResponse(error_body(type(exc).__name__, str(exc), **extra), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)

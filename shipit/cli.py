@@ -11,6 +11,7 @@ import sys
 import typer
 
 from shipit.cli_client import (
+    addons,
     apps,
     audit,
     builds,
@@ -47,6 +48,7 @@ app.add_typer(envs.envs_app, name="envs")
 app.add_typer(identities.identities_app, name="identities")
 app.add_typer(notify.notify_app, name="notify")
 app.add_typer(builds.builds_app, name="builds")
+app.add_typer(addons.addons_app, name="addons")
 app.command("deploy")(deploys.deploy)
 app.command("promote")(deploys.promote)
 app.command("rollback")(deploys.rollback)

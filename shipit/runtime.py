@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import (
+    addons,
     deliveries,
     deploys,
     events,
@@ -95,6 +96,8 @@ def job_handlers() -> dict[str, Handler]:
     return {
         deploys.DEPLOY_JOB: Handler(run=deploys.run_job, failed=deploys.job_failed),
         events.NOTIFY_JOB: Handler(run=events.run_notify_job),
+        addons.PROVISION_JOB: Handler(run=addons.run_provision_job, failed=addons.job_failed),
+        addons.DESTROY_JOB: Handler(run=addons.run_destroy_job, failed=addons.job_failed),
         **previews.HANDLERS,
         **image_policies.HANDLERS,
     }
@@ -141,6 +144,9 @@ async def build(settings: Settings, *, migrate_db: bool = True) -> Runtime:
         release_deadline_seconds=settings.release_deadline_seconds,
         release_ttl_seconds=settings.release_ttl_seconds,
         dry_run_timeout_seconds=settings.dry_run_timeout_seconds,
+        addon_images={"postgres": settings.addon_postgres_image, "redis": settings.addon_redis_image},
+        addon_storage_class=settings.addon_storage_class or None,
+        addon_ready_poll_seconds=settings.addon_ready_poll_seconds,
     )
     core = Core(sessionmaker=sessionmaker, cipher=cipher, kube=KubeClients(), config=config)
     rt = Runtime(settings=settings, engine=engine, core=core, remove_wakeup=install_wakeup(core))

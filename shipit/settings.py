@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     release_ttl_seconds: int = Field(default=86400, ge=60)
     # `deploy --dry-run` and `/shipit diff` ask the cluster while the caller waits: at most this long.
     dry_run_timeout_seconds: float = Field(default=20.0, gt=0)
+    # Add-ons (managed databases): the images, the StorageClass of their volumes (empty: the
+    # cluster's default), and how often provisioning looks again until the database is ready.
+    addon_postgres_image: str = "postgres:16"
+    addon_redis_image: str = "redis:7"
+    addon_storage_class: str = ""
+    addon_ready_poll_seconds: float = Field(default=10.0, gt=0, le=600)
 
     # private registries: pin tags to digests at deploy time (off: deploy by tag, no registry lookups)
     registry_pin_digests: bool = True

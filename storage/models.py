@@ -370,6 +370,33 @@ class SecretVersion(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class Addon(Base):
+    """A managed database (PostgreSQL, Redis) of one app row (one environment), at most one per kind.
+
+    The password is stored only encrypted; the app gets it inside its connection string, as an app
+    secret (`secret_key`), once the add-on is ready.  The row goes when a destroy has finished.
+    """
+
+    __tablename__ = "addons"
+    __table_args__ = (UniqueConstraint("app_id", "kind"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    plan: Mapped[str] = mapped_column(String(16))
+    # provisioning | ready | failed | deleting (what was last decided; `list` asks the cluster too)
+    state: Mapped[str] = mapped_column(String(16))
+    namespace: Mapped[str] = mapped_column(String(63))
+    name: Mapped[str] = mapped_column(String(63))  # of its StatefulSet, Service and Secret
+    image: Mapped[str] = mapped_column(String(500))
+    secret_key: Mapped[str] = mapped_column(String(253))  # DATABASE_URL / REDIS_URL
+    password_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    delete_data: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class Registry(Base):
     """Credentials for a private registry host; project_id None = usable by every project (global admins)."""
 

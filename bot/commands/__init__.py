@@ -15,9 +15,10 @@ from __future__ import annotations
 
 # isort: off
 # The parsers register in import order, which is the order help lists the commands in.
-from bot.commands import deploys, secrets, controls, projects, identities, help, environments
+from bot.commands import deploys, secrets, addons, controls, projects, identities, help, environments
 
 # isort: on
+from bot.commands.addons import AddonCreate, AddonDestroy, AddonList
 from bot.commands.controls import (
     Lock,
     LockEnv,
@@ -69,6 +70,9 @@ __all__ = [
     "SPECS",
     "_REGISTRY",
     "Access",
+    "AddonCreate",
+    "AddonDestroy",
+    "AddonList",
     "Apps",
     "Command",
     "Deploy",
@@ -101,6 +105,7 @@ __all__ = [
     "UnlockProject",
     "UsageError",
     "Whoami",
+    "addons",
     "command",
     "controls",
     "deploys",

@@ -30,7 +30,7 @@ from bot.handlers.base import (
 )
 
 # Each area module registers its handlers with @handles when imported.
-from bot.handlers import deploys, secrets, controls, projects, environments  # noqa: F401
+from bot.handlers import deploys, secrets, addons, controls, projects, environments  # noqa: F401
 from bot.handlers.buttons import run_action
 # isort: on
 

@@ -35,6 +35,8 @@ from bot.views.blocks import (
 from bot.views.cards import THREAD_LOG_LINES, card, card_text, failure_thread
 from bot.views.replies import (
     DRY_RUN_LINES,
+    addon_changed,
+    addon_list,
     app_list,
     app_status,
     dry_run,
@@ -64,6 +66,8 @@ __all__ = [
     "THREAD_LOG_LINES",
     "Block",
     "Message",
+    "addon_changed",
+    "addon_list",
     "app_list",
     "app_status",
     "button_value",

@@ -266,3 +266,28 @@ def whoami(*, subject: str, subjects: list[str]) -> str:
     else:
         text += " No other identity is linked to you: `/shipit link github <login>` links your GitHub login."
     return text
+
+
+def addon_line(a: Any) -> str:
+    """One add-on (core.addons.AddonView): kind, plan, state and why; never its password or URL."""
+    why = a.error or a.detail
+    return f"`{esc(a.kind)}` ({esc(a.plan)}): *{esc(a.state)}*" + (f" ({esc(why)})" if why else "")
+
+
+def addon_changed(a: Any, *, destroyed: bool = False, delete_data: bool = False) -> Message:
+    """After `addons create` / `addons destroy` (core.addons.AddonView): the work is queued."""
+    if destroyed:
+        data = "its data too" if delete_data else "its data volume is kept"
+        return reply(f":wastebasket: Destroying the {addon_line(a)} add-on of *{esc(a.app)}* ({data}).")
+    return reply(
+        f":floppy_disk: Creating a {addon_line(a)} add-on for *{esc(a.app)}*: it gets "
+        f"`{esc(a.secret_key)}` when the database is ready (`addons list {esc(a.app)}`)."
+    )
+
+
+def addon_list(app: str, rows: Sequence[Any], *, pending: bool = False) -> Message:
+    if pending:
+        return reply(f"Asking the cluster about the add-ons of *{esc(app)}*…")
+    if not rows:
+        return reply(f"*{esc(app)}* has no add-ons.")
+    return reply(f"Add-ons of *{esc(app)}*:\n" + "\n".join(f"• {addon_line(a)}" for a in rows))

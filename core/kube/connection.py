@@ -46,6 +46,9 @@ KINDS: dict[str, Kind] = {
     "HorizontalPodAutoscaler": Kind("autoscaling/v2", "horizontalpodautoscalers", namespaced=True),
     "Ingress": Kind("networking.k8s.io/v1", "ingresses", namespaced=True),
     "Job": Kind("batch/v1", "jobs", namespaced=True),
+    # Add-ons (managed databases): core.kube.render_addons.
+    "StatefulSet": Kind("apps/v1", "statefulsets", namespaced=True),
+    "PersistentVolumeClaim": Kind("v1", "persistentvolumeclaims", namespaced=True),
 }
 
 

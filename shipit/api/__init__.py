@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from shipit.api import (
+    addons,
     apps,
     audit,
     builds,
@@ -47,6 +48,7 @@ for _resource in (
     identities,
     protection,
     notify,
+    addons,
 ):
     router.include_router(_resource.router)
 

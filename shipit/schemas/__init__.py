@@ -29,6 +29,7 @@ from shipit.schemas.access import (
     TokenIn,
     TokenOut,
 )
+from shipit.schemas.addons import AddonIn, AddonOut
 from shipit.schemas.apps import (
     AppCreated,
     AppDeleted,
@@ -88,6 +89,8 @@ __all__ = [
     "POLICY_PATTERN_MAX",
     "REGISTRY_PASSWORD_MAX",
     "WEBHOOK_SECRET_MAX",
+    "AddonIn",
+    "AddonOut",
     "AfterIdQuery",
     "AppCreated",
     "AppDeleted",

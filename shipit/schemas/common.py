@@ -116,7 +116,7 @@ AuditActionQuery = Annotated[
 class ErrorDetail(BaseModel):
     type: str = Field(description="InvalidInput, NotFound, PermissionDenied, Unauthenticated, Conflict, ...")
     message: str = Field(description="Safe to show as written.")
-    field: str | None = Field(default=None, description="The input that is wrong (422).")
+    field: str | None = Field(default=None, description="The input that is wrong (422) or collides (409).")
     retry_after: int | None = Field(default=None, description="Seconds to wait before trying again (429).")
     reference: str | None = Field(default=None, description="Quote it when reporting a server-side failure.")
 

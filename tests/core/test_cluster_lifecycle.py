@@ -381,3 +381,46 @@ async def test_clusters_update_and_delete_and_projects_delete_from_the_cli(
         assert not list(await session.scalars(select(models.NamespaceClaim)))
     listed = await shipit("clusters", "list")
     assert "prod" not in listed.output
+
+
+async def test_the_bundle_is_enough_for_add_ons(rt: Runtime, sa_kubeconfig: str, namespace: str) -> None:
+    """Create (apply, read the StatefulSet and its claim) and destroy with the data, all through the
+    bundle's service account: no step is refused."""
+    from core import addons
+
+    rt.core.config.addon_ready_poll_seconds = 0.2
+    await _add_cluster(rt, name="prod", kubeconfig=sa_kubeconfig, namespaces=[namespace])
+    async with rt.sessionmaker.begin() as session:
+        await apps.create(
+            session, actor=ADMIN, project="acme", cluster="prod", name="web", namespace=namespace,
+            changes=AppChanges(image="ghcr.io/acme/web:1.0"),
+        )  # fmt: skip
+        await addons.create(session, ctx=rt.core, actor=ADMIN, app_name="web", kind="redis")
+    await run_until_idle(rt.core, handlers=rt.handlers(), within=60)  # applies, then waits (no volume here)
+    kube = await rt.core.kube.get(key="sa-check", kubeconfig=sa_kubeconfig)
+    for _ in range(300):
+        if await kube.get(kind="PersistentVolumeClaim", name="data-web-redis-0", namespace=namespace):
+            break
+        await asyncio.sleep(0.1)
+    async with rt.sessionmaker() as session:
+        where, rows = await addons.rows_for(session, ctx=rt.core, actor=ADMIN, app_name="web")
+    [seen] = await addons.observed(ctx=rt.core, where=where, rows=rows)
+    assert (
+        seen.state == "provisioning" and "PersistentVolumeClaim data-web-redis-0 is Pending" in seen.detail
+    ), seen
+
+    async with rt.sessionmaker.begin() as session:
+        await addons.destroy(
+            session, ctx=rt.core, actor=ADMIN, app_name="web", kind="redis", delete_data=True
+        )
+    for _ in range(100):
+        await run_until_idle(rt.core, handlers=rt.handlers(), within=60)
+        async with rt.sessionmaker() as session:
+            if await session.scalar(select(models.Addon.id)) is None:
+                break
+        await asyncio.sleep(0.1)
+    async with rt.sessionmaker() as session:
+        assert await session.scalar(select(models.Addon.id)) is None
+        errors = [j.last_error for j in await session.scalars(select(models.Job)) if j.last_error]
+    assert not [e for e in errors if "403" in e or "forbidden" in e.lower()], errors
+    assert await kube.get(kind="StatefulSet", name="web-redis", namespace=namespace) is None

@@ -172,6 +172,8 @@ EXPECTED_RBAC = {
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get"},
+    ("apps", "statefulsets"): {"get", "create", "patch", "delete"},
+    ("", "persistentvolumeclaims"): {"get", "delete"},
 }
 
 

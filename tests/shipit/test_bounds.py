@@ -223,6 +223,7 @@ async def test_405_names_every_method_the_path_serves(api: httpx.AsyncClient, we
         "pr": "1",
         "host": "ghcr.io",
         "number": "1",
+        "kind": "postgres",
     }
     for template, operations in spec["paths"].items():
         declared = {m.upper() for m in operations}

@@ -80,7 +80,7 @@ async def test_upgrade_fills_in_rejected_by_from_the_audit_log(settings: Setting
                     _audit(DAVE, "deploy.reject", {"deployment": "3"}),  # not an id: ignored
                 ],
             )
-        await migrate.upgrade(engine, revision="0014")
+        await migrate.upgrade(engine, revision="0014")  # this migration's own work, whatever follows it
         assert await migrate.current(engine) == "0014"
         async with engine.connect() as conn:
             filled = dict(
