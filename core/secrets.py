@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -54,27 +55,12 @@ async def set_values(
         raw = value.encode()
         if len(raw) > MAX_VALUE_BYTES:
             raise InvalidInput(f"secret {key} is larger than {MAX_VALUE_BYTES} bytes", field=key)
-        digest = ctx.cipher.digest(key.encode() + b"\0" + raw)
-        row = existing.get(key)
-        if row is not None and row.digest == digest:
-            continue
-        enc = ctx.cipher.encrypt(raw, purpose=PURPOSE)
-        if row is None:
-            session.add(models.Secret(app_id=app.id, key=key, value_enc=enc, digest=digest))
-        else:
-            row.value_enc, row.digest = enc, digest
-        changed.append(key)
-    await session.flush()
-    if changed:
-        await _write_version(session, ctx=ctx, app=app, actor=actor)
-    await audit.record(
-        session,
-        actor=actor,
-        action="secrets.set",
-        target=f"app/{app.name}",
-        project_id=app.project_id,
+        if _put(session, ctx=ctx, app=app, row=existing.get(key), key=key, raw=raw):
+            changed.append(key)
+    await _versioned(
+        session, ctx=ctx, app=app, actor=actor, action="secrets.set", changed=bool(changed),
         details={"keys": sorted(values), "changed": sorted(changed)},
-    )
+    )  # fmt: skip
     return app
 
 
@@ -98,22 +84,58 @@ async def unset(
     await ensure_version(session, ctx=ctx, app=app)
     for row in rows:
         await session.delete(row)
-    await session.flush()
-    await _write_version(session, ctx=ctx, app=app, actor=actor)
-    await audit.record(
-        session,
-        actor=actor,
-        action="secrets.delete",
-        target=f"app/{app.name}",
-        project_id=app.project_id,
-        details={"keys": sorted(keys)},
+    await _versioned(
+        session, ctx=ctx, app=app, actor=actor, action="secrets.delete", details={"keys": sorted(keys)}
     )
     return sorted(keys)
 
 
 def digest_of(ctx: Core, *, key: str, value: str) -> str:
     """The keyed digest a secret row holds for this value: compares values without decrypting."""
-    return ctx.cipher.digest(key.encode() + b"\0" + value.encode())
+    return _digest(ctx, key=key, raw=value.encode())
+
+
+def _digest(ctx: Core, *, key: str, raw: bytes) -> str:
+    return ctx.cipher.digest(key.encode() + b"\0" + raw)
+
+
+def _put(
+    session: AsyncSession, *, ctx: Core, app: models.App, row: models.Secret | None, key: str, raw: bytes
+) -> bool:
+    """Store `raw` as the app's `key` (`row`: its row now, if any); False when it holds this value already."""
+    digest = _digest(ctx, key=key, raw=raw)
+    if row is not None and row.digest == digest:
+        return False
+    enc = ctx.cipher.encrypt(raw, purpose=PURPOSE)
+    if row is None:
+        session.add(models.Secret(app_id=app.id, key=key, value_enc=enc, digest=digest))
+    else:
+        row.value_enc, row.digest = enc, digest
+    return True
+
+
+async def _versioned(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    app: models.App,
+    actor: Actor,
+    action: str,
+    details: dict[str, Any],
+    changed: bool = True,
+) -> None:
+    """A change's end: flushed, a new secrets version when anything changed, and its audit row."""
+    await session.flush()
+    if changed:
+        await _write_version(session, ctx=ctx, app=app, actor=actor)
+    await audit.record(
+        session,
+        actor=actor,
+        action=action,
+        target=f"app/{app.name}",
+        project_id=app.project_id,
+        details=details,
+    )
 
 
 async def value_digest(session: AsyncSession, *, app_id: int, key: str) -> str | None:
@@ -128,28 +150,16 @@ async def put_managed(
 ) -> bool:
     """Set one secret shipit generated itself (an add-on's connection string); the caller has checked
     permission for what it does.  False (nothing written) when the key already holds this value."""
-    digest = digest_of(ctx, key=key, value=value)
     await ensure_version(session, ctx=ctx, app=app)
     row = await session.scalar(
         select(models.Secret).where(models.Secret.app_id == app.id, models.Secret.key == key)
     )
-    if row is not None and row.digest == digest:
+    if not _put(session, ctx=ctx, app=app, row=row, key=key, raw=value.encode()):
         return False
-    enc = ctx.cipher.encrypt(value.encode(), purpose=PURPOSE)
-    if row is None:
-        session.add(models.Secret(app_id=app.id, key=key, value_enc=enc, digest=digest))
-    else:
-        row.value_enc, row.digest = enc, digest
-    await session.flush()
-    await _write_version(session, ctx=ctx, app=app, actor=actor)
-    await audit.record(
-        session,
-        actor=actor,
-        action="secrets.set",
-        target=f"app/{app.name}",
-        project_id=app.project_id,
+    await _versioned(
+        session, ctx=ctx, app=app, actor=actor, action="secrets.set",
         details={"keys": [key], "changed": [key], "by": via},
-    )
+    )  # fmt: skip
     return True
 
 
@@ -165,15 +175,8 @@ async def remove_managed(
         return False
     await ensure_version(session, ctx=ctx, app=app)
     await session.delete(row)
-    await session.flush()
-    await _write_version(session, ctx=ctx, app=app, actor=actor)
-    await audit.record(
-        session,
-        actor=actor,
-        action="secrets.delete",
-        target=f"app/{app.name}",
-        project_id=app.project_id,
-        details={"keys": [key], "by": via},
+    await _versioned(
+        session, ctx=ctx, app=app, actor=actor, action="secrets.delete", details={"keys": [key], "by": via}
     )
     return True
 
