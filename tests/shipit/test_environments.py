@@ -176,3 +176,39 @@ async def _github_environments(live_server: LiveServer, name: str) -> dict[str, 
             .where(models.App.name == name)
         )
         return {env: gh for env, gh in rows}
+
+
+async def test_api_new_environment_row_with_replicas_drops_the_copied_autoscaling(
+    api: httpx.AsyncClient, offline: str
+) -> None:
+    """The README's tour: production autoscales 2-10, then `apps create web --env staging --replicas 1`
+    must run one pod in staging, not the copied HPA's two (as `scale --replicas N` removes an HPA)."""
+    r = await api.post(
+        "/api/v1/apps", json={**APP, "name": "web", "min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
+    )
+    assert r.status_code == 201, r.text
+    for name, namespace in (("staging", "acme-stg"), ("qa", "acme-qa"), ("perf", "acme-perf")):
+        r = await api.post(
+            "/api/v1/projects/acme/environments",
+            json={"name": name, "namespace": namespace, "before": "production"},
+        )
+        assert r.status_code == 201, r.text
+
+    new_row = {"name": "web", "project": "acme", "deploy": False}
+    r = await api.post("/api/v1/apps", json={**new_row, "environment": "staging", "replicas": 1})
+    assert r.status_code == 201, r.text
+    assert (r.json()["app"]["replicas"], r.json()["app"]["autoscaling"]) == (1, None)
+    # Without a replica count the row copies production's autoscaling, as the rest of its definition.
+    r = await api.post("/api/v1/apps", json={**new_row, "environment": "qa"})
+    assert r.status_code == 201, r.text
+    assert r.json()["app"]["autoscaling"] == {"min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
+    # Both given: the row's own autoscaling, with its own fallback count.
+    r = await api.post(
+        "/api/v1/apps",
+        json={**new_row, "environment": "perf", "replicas": 1, "min_replicas": 3, "max_replicas": 4},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["app"]["autoscaling"] == {"min_replicas": 3, "max_replicas": 4, "cpu_target": 70}
+    # Production keeps its own.
+    production = (await api.get("/api/v1/apps/web", params={"env": "production"})).json()
+    assert production["autoscaling"] == {"min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
