@@ -212,3 +212,31 @@ async def test_api_new_environment_row_with_replicas_drops_the_copied_autoscalin
     # Production keeps its own.
     production = (await api.get("/api/v1/apps/web", params={"env": "production"})).json()
     assert production["autoscaling"] == {"min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
+
+
+async def test_cli_app_flags_take_env(shipit: Run, offline: str) -> None:
+    """After the README's environments section `web` runs in two environments, so `apps resume web`
+    (and lock, unlock, pause) must take --env like every other command about the app."""
+    ok(
+        await shipit(
+            "apps", "create", "web", "--project", "acme", "--cluster", "offline",
+            "--image", "ghcr.io/acme/web:1.0", "--no-deploy",
+        )
+    )  # fmt: skip
+    ok(await shipit("envs", "create", "acme", "staging", "--namespace", "acme-stg", "--before", "production"))
+    ok(await shipit("apps", "create", "web", "--project", "acme", "--env", "staging", "--no-deploy"))
+
+    error = one_error_line(await shipit("apps", "pause", "web"))
+    assert "several environments (staging, production)" in error
+    ok(await shipit("apps", "pause", "web", "--env", "staging", "--reason", "soak"))
+    ok(await shipit("apps", "lock", "web", "--env", "staging", "--reason", "db migration"))
+
+    async def flags(env: str) -> tuple[bool, str | None]:
+        shown = json.loads(ok(await shipit("apps", "show", "web", "--env", env, "--json")))
+        return shown["auto_deploy_paused"], shown["locked"]
+
+    assert await flags("staging") == (True, "db migration")
+    assert await flags("production") == (False, None)
+    ok(await shipit("apps", "resume", "web", "--env", "staging"))
+    ok(await shipit("apps", "unlock", "web", "--env", "staging"))
+    assert await flags("staging") == (False, None)
