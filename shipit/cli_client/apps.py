@@ -277,10 +277,12 @@ def _set_flag(name: str, action: str, *, reason: str | None, environment: str | 
     if as_json:
         show_json(a)
         return
+    # The command to undo it names the environment, or it would be refused for an app in several.
+    env = f" --env {environment}" if environment else ""
     done = {
-        "lock": f"locked {name}: no deploys until `shipit apps unlock {name}`",
+        "lock": f"locked {name}: no deploys until `shipit apps unlock {name}{env}`",
         "unlock": f"unlocked {name}",
-        "pause": f"paused automatic deploys of {name} (`shipit apps resume {name}` to resume)",
+        "pause": f"paused automatic deploys of {name} (`shipit apps resume {name}{env}` to resume)",
         "resume": f"automatic deploys of {name} resumed",
     }
     typer.echo(done[action])

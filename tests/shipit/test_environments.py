@@ -228,8 +228,11 @@ async def test_cli_app_flags_take_env(shipit: Run, offline: str) -> None:
 
     error = one_error_line(await shipit("apps", "pause", "web"))
     assert "several environments (staging, production)" in error
-    ok(await shipit("apps", "pause", "web", "--env", "staging", "--reason", "soak"))
-    ok(await shipit("apps", "lock", "web", "--env", "staging", "--reason", "db migration"))
+    # What each answer says to run next names the environment too, or it would be refused the same way.
+    out = ok(await shipit("apps", "pause", "web", "--env", "staging", "--reason", "soak"))
+    assert "`shipit apps resume web --env staging`" in out
+    out = ok(await shipit("apps", "lock", "web", "--env", "staging", "--reason", "db migration"))
+    assert "`shipit apps unlock web --env staging`" in out
 
     async def flags(env: str) -> tuple[bool, str | None]:
         shown = json.loads(ok(await shipit("apps", "show", "web", "--env", env, "--json")))
