@@ -416,6 +416,11 @@ async def create(
             # report to GitHub's "production".  This row reports under its own environment's name.
             app.github_environment = target_env.name
     values = _validated(changes.items())
+    if template is not None and "replicas" in values and not values.keys() & _AUTOSCALING:
+        # A fixed count given for this environment is what it runs, as with `scale --replicas N`: a copied
+        # HPA (min 2, say) would otherwise overrule the `--replicas 1` asked for here.
+        for key in _AUTOSCALING:
+            setattr(app, key, None)
     for key, value in values.items():
         setattr(app, key, value)
     # Column defaults only apply at INSERT; fill them now so the consistency check sees them.
@@ -457,6 +462,7 @@ _COPIED = (
     "preview_domain", "preview_ttl_hours", "preview_max_open", "preview_env",
     "previews_from_forks", "auto_rollback", "release_command", "build_enabled", "build_context", "build_image",
 )  # fmt: skip
+_AUTOSCALING = frozenset({"min_replicas", "max_replicas", "cpu_target"})
 
 
 async def _copy_source(

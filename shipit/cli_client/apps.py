@@ -269,16 +269,20 @@ def apps_delete(
         typer.echo(f"warning: {result['warning']}", err=True)
 
 
-def _set_flag(name: str, action: str, reason: str | None, as_json: bool) -> None:
+def _set_flag(name: str, action: str, *, reason: str | None, environment: str | None, as_json: bool) -> None:
     with api() as client:
-        a = client.call("POST", f"/apps/{q(name)}/{action}", body={"reason": reason})
+        a = client.call(
+            "POST", f"/apps/{q(name)}/{action}", body={"reason": reason}, params={"env": environment}
+        )
     if as_json:
         show_json(a)
         return
+    # The command to undo it names the environment, or it would be refused for an app in several.
+    env = f" --env {environment}" if environment else ""
     done = {
-        "lock": f"locked {name}: no deploys until `shipit apps unlock {name}`",
+        "lock": f"locked {name}: no deploys until `shipit apps unlock {name}{env}`",
         "unlock": f"unlocked {name}",
-        "pause": f"paused automatic deploys of {name} (`shipit apps resume {name}` to resume)",
+        "pause": f"paused automatic deploys of {name} (`shipit apps resume {name}{env}` to resume)",
         "resume": f"automatic deploys of {name} resumed",
     }
     typer.echo(done[action])
@@ -289,31 +293,43 @@ ReasonOpt = Annotated[str | None, typer.Option(help="Why (shown to others).")]
 
 @apps_app.command("lock")
 def apps_lock(
-    name: Annotated[str, typer.Argument()], reason: ReasonOpt = None, as_json: JsonOpt = False
+    name: Annotated[str, typer.Argument()],
+    reason: ReasonOpt = None,
+    environment: EnvNameOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Stop all deploys of an app."""
-    _set_flag(name, "lock", reason, as_json)
+    _set_flag(name, "lock", reason=reason, environment=environment, as_json=as_json)
 
 
 @apps_app.command("unlock")
 def apps_unlock(
-    name: Annotated[str, typer.Argument()], reason: ReasonOpt = None, as_json: JsonOpt = False
+    name: Annotated[str, typer.Argument()],
+    reason: ReasonOpt = None,
+    environment: EnvNameOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Allow deploys again."""
-    _set_flag(name, "unlock", reason, as_json)
+    _set_flag(name, "unlock", reason=reason, environment=environment, as_json=as_json)
 
 
 @apps_app.command("pause")
 def apps_pause(
-    name: Annotated[str, typer.Argument()], reason: ReasonOpt = None, as_json: JsonOpt = False
+    name: Annotated[str, typer.Argument()],
+    reason: ReasonOpt = None,
+    environment: EnvNameOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Stop automatic (push) deploys; manual ones still work."""
-    _set_flag(name, "pause", reason, as_json)
+    _set_flag(name, "pause", reason=reason, environment=environment, as_json=as_json)
 
 
 @apps_app.command("resume")
 def apps_resume(
-    name: Annotated[str, typer.Argument()], reason: ReasonOpt = None, as_json: JsonOpt = False
+    name: Annotated[str, typer.Argument()],
+    reason: ReasonOpt = None,
+    environment: EnvNameOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Resume automatic deploys (after a rollback paused them)."""
-    _set_flag(name, "resume", reason, as_json)
+    _set_flag(name, "resume", reason=reason, environment=environment, as_json=as_json)

@@ -79,9 +79,8 @@ def rollback(
             "POST", f"/apps/{q(app_name)}/rollback", body={"revision": revision}, params={"env": environment}
         )
         if not as_json:
-            typer.echo(
-                f"rolling {app_name} back; automatic deploys are paused until `shipit apps resume {app_name}`"
-            )
+            resume = f"shipit apps resume {app_name}" + (f" --env {environment}" if environment else "")
+            typer.echo(f"rolling {app_name} back; automatic deploys are paused until `{resume}`")
         deployed(client, d, wait=wait, as_json=as_json)
 
 

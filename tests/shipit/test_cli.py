@@ -386,6 +386,29 @@ async def test_cli_help_lists_every_command(shipit: Run) -> None:
 # --------------------------------------------------------------------------- on a real cluster
 
 
+async def test_cli_rollback_in_one_of_several_environments_says_how_to_resume_it(
+    world: World, shipit: Run
+) -> None:
+    """The README tour's rollback, once web also runs in staging: the `apps resume` it advises must work."""
+    ok(
+        await shipit(
+            "apps", "create", "web", "--project", world.project, "--cluster", world.cluster,
+            "--image", "ghcr.io/acme/web:1.0", "--wait",
+        )
+    )  # fmt: skip
+    ok(await shipit("deploy", "web", "1.1", "--wait"))
+    ok(await shipit("envs", "create", "acme", "staging", "--namespace", "acme-stg", "--before", "production"))
+    ok(await shipit("apps", "create", "web", "--project", "acme", "--env", "staging", "--no-deploy"))
+
+    out = ok(await shipit("rollback", "web", "--env", "production", "--wait"))
+    hint = re.search(r"paused until `shipit (.*)`", out)
+    assert hint is not None and hint.group(1) == "apps resume web --env production", out
+    assert out.splitlines()[-1].endswith("succeeded: web ghcr.io/acme/web:1.0 (revision 3)")
+    ok(await shipit(*hint.group(1).split()))
+    shown = json.loads(ok(await shipit("apps", "show", "web", "--env", "production", "--json")))
+    assert shown["auto_deploy_paused"] is False
+
+
 async def test_cli_deploy_rollback_scale_and_logs_on_a_cluster(world: World, shipit: Run) -> None:
     out = ok(
         await shipit(

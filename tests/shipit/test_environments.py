@@ -176,3 +176,70 @@ async def _github_environments(live_server: LiveServer, name: str) -> dict[str, 
             .where(models.App.name == name)
         )
         return {env: gh for env, gh in rows}
+
+
+async def test_api_new_environment_row_with_replicas_drops_the_copied_autoscaling(
+    api: httpx.AsyncClient, offline: str
+) -> None:
+    """The README's tour: production autoscales 2-10, then `apps create web --env staging --replicas 1`
+    must run one pod in staging, not the copied HPA's two (as `scale --replicas N` removes an HPA)."""
+    r = await api.post(
+        "/api/v1/apps", json={**APP, "name": "web", "min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
+    )
+    assert r.status_code == 201, r.text
+    for name, namespace in (("staging", "acme-stg"), ("qa", "acme-qa"), ("perf", "acme-perf")):
+        r = await api.post(
+            "/api/v1/projects/acme/environments",
+            json={"name": name, "namespace": namespace, "before": "production"},
+        )
+        assert r.status_code == 201, r.text
+
+    new_row = {"name": "web", "project": "acme", "deploy": False}
+    r = await api.post("/api/v1/apps", json={**new_row, "environment": "staging", "replicas": 1})
+    assert r.status_code == 201, r.text
+    assert (r.json()["app"]["replicas"], r.json()["app"]["autoscaling"]) == (1, None)
+    # Without a replica count the row copies production's autoscaling, as the rest of its definition.
+    r = await api.post("/api/v1/apps", json={**new_row, "environment": "qa"})
+    assert r.status_code == 201, r.text
+    assert r.json()["app"]["autoscaling"] == {"min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
+    # Both given: the row's own autoscaling, with its own fallback count.
+    r = await api.post(
+        "/api/v1/apps",
+        json={**new_row, "environment": "perf", "replicas": 1, "min_replicas": 3, "max_replicas": 4},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["app"]["autoscaling"] == {"min_replicas": 3, "max_replicas": 4, "cpu_target": 70}
+    # Production keeps its own.
+    production = (await api.get("/api/v1/apps/web", params={"env": "production"})).json()
+    assert production["autoscaling"] == {"min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
+
+
+async def test_cli_app_flags_take_env(shipit: Run, offline: str) -> None:
+    """After the README's environments section `web` runs in two environments, so `apps resume web`
+    (and lock, unlock, pause) must take --env like every other command about the app."""
+    ok(
+        await shipit(
+            "apps", "create", "web", "--project", "acme", "--cluster", "offline",
+            "--image", "ghcr.io/acme/web:1.0", "--no-deploy",
+        )
+    )  # fmt: skip
+    ok(await shipit("envs", "create", "acme", "staging", "--namespace", "acme-stg", "--before", "production"))
+    ok(await shipit("apps", "create", "web", "--project", "acme", "--env", "staging", "--no-deploy"))
+
+    error = one_error_line(await shipit("apps", "pause", "web"))
+    assert "several environments (staging, production)" in error
+    # What each answer says to run next names the environment too, or it would be refused the same way.
+    out = ok(await shipit("apps", "pause", "web", "--env", "staging", "--reason", "soak"))
+    assert "`shipit apps resume web --env staging`" in out
+    out = ok(await shipit("apps", "lock", "web", "--env", "staging", "--reason", "db migration"))
+    assert "`shipit apps unlock web --env staging`" in out
+
+    async def flags(env: str) -> tuple[bool, str | None]:
+        shown = json.loads(ok(await shipit("apps", "show", "web", "--env", env, "--json")))
+        return shown["auto_deploy_paused"], shown["locked"]
+
+    assert await flags("staging") == (True, "db migration")
+    assert await flags("production") == (False, None)
+    ok(await shipit("apps", "resume", "web", "--env", "staging"))
+    ok(await shipit("apps", "unlock", "web", "--env", "staging"))
+    assert await flags("staging") == (False, None)
