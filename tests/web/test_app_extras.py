@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from markupsafe import escape
 
-from core import addons, apps, builds, gitops, projects
+from core import addons, apps, builds, clusters, gitops, projects
 from core.apps import AppChanges
 from shipit.runtime import Runtime
+from tests.bot.conftest import black_hole, hanging_kubeconfig
 from tests.conftest import ADMIN
 from tests.web.conftest import Dashboard, offline_app
+from web import pages
 
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
 DIGEST = "sha256:" + "ab" * 32
@@ -105,3 +108,23 @@ def _message(page: str) -> str:
     found = re.search(r"<main.*?</main>", page, re.S)
     assert found
     return found.group(0)
+
+
+async def test_a_cluster_that_does_not_answer_costs_only_the_addons_detail(
+    dashboard: Dashboard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pages, "ADDON_READ_SECONDS", 0.5)
+    await offline_app(dashboard.rt, members={"user:alice@example.com": "viewer"})
+    async with black_hole() as port:
+        async with dashboard.rt.sessionmaker.begin() as session:
+            await clusters.update(
+                session, ctx=dashboard.rt.core, actor=ADMIN, name="offline",
+                kubeconfig_text=hanging_kubeconfig(port), version="v0.0.0-hanging",
+            )  # fmt: skip
+        _, password = await _seed(dashboard.rt)
+        async with dashboard.client() as client:
+            page = await dashboard.sign_in(client, "alice@example.com", next="/apps/web")
+            assert page.status_code == 200
+            addon = _cells(page.text, 'data-addon="postgres"')
+            assert "provisioning" in addon and "the cluster did not answer in time" in addon
+            assert password not in page.text
