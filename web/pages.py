@@ -1,5 +1,6 @@
-"""The dashboard's pages: projects, an app with its history and revisions, the live rollout stream,
-logs, the audit log, clusters and tokens.  Each reads in ONE transaction as the signed-in person."""
+"""The dashboard's pages: projects, an app with its history, revisions, add-ons and builds, a build's
+log, the live rollout stream, logs, the audit log, clusters and tokens.  Each reads in ONE transaction
+as the signed-in person."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import (
+    addons,
     apps,
     audit,
+    builds,
     claims,
     clusters,
     deploys,
@@ -33,11 +36,15 @@ from core import (
     status,
     tokens,
 )
+from core.context import Core
 from core.errors import ShipitError, UserError
 from core.notices import DeploymentView
 from core.notices import targets as notice_targets
 from storage import models
 from web import channel
+
+# How long the app page waits for the cluster to say how its add-ons are; then it shows what was recorded.
+ADDON_READ_SECONDS = 3.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +137,19 @@ def _deploy_state(d: DeploymentView) -> dict[str, Any]:
     }
 
 
+async def _addons_seen(
+    core: Core, *, where: addons.Where, rows: list[models.Addon]
+) -> list[addons.AddonView]:
+    """The add-ons as the cluster tells them (outside the transaction); what was recorded if it is slow."""
+    if not rows:
+        return []
+    try:
+        async with asyncio.timeout(ADDON_READ_SECONDS):
+            return await addons.observed(ctx=core, where=where, rows=rows)
+    except TimeoutError:
+        return [addons.view(a, app=where.app, detail="the cluster did not answer in time") for a in rows]
+
+
 def add_routes(router: APIRouter, web: channel.Web) -> None:
     @router.get("/")
     async def home(request: Request) -> Response:
@@ -178,7 +198,8 @@ def add_routes(router: APIRouter, web: channel.Web) -> None:
 
     @router.get("/apps/{name}")
     async def app_page(request: Request, name: str, env: str | None = None) -> Response:
-        async with channel.tx(web.core_of(request)) as session:
+        core = web.core_of(request)
+        async with channel.tx(core) as session:
             row, actor = await channel.signed_in(request, session)
             # An app in several environments: one row per page, the first environment unless ?env= says.
             envs = await environments_of(session, name=name)
@@ -193,27 +214,56 @@ def add_routes(router: APIRouter, web: channel.Web) -> None:
             (app_row,) = await _app_rows(session, [app])
             role = await identity.role_of(session, actor=actor, project_id=app.project_id)
             secret_keys = await secrets.list_keys(session, actor=actor, app_name=name, env=env)
+            where, addon_rows = await addons.rows_for(session, ctx=core, actor=actor, app_name=name, env=env)
+            recent_builds = (
+                await builds.list_for(session, actor=actor, app_name=name, env=env, limit=10)
+                if app.build_enabled
+                else []
+            )
+            # Every identity of the signed-in person: no Approve button on a deploy any of them asked
+            # for (core refuses it anyway: protection.refuse_own_deploy).
+            mine = await identities.subjects_of(session, subject=actor.subject)
+        addon_views = await _addons_seen(core, where=where, rows=addon_rows)
+        return channel.render(
+            request,
+            "app.html",
+            row=row,
+            title=name,
+            app=app,
+            st=st,
+            history=history,
+            revisions=revisions,
+            info=app_row,
+            role=role,
+            secret_keys=secret_keys,
+            addons=addon_views,
+            builds=recent_builds,
+            envs=envs if len(envs) > 1 else [],
+            env_q=app_row.env_q,
+            changes=revision_changes(revisions),
+            can_admin=role is not None and role >= identity.Role.ADMIN,
+            can_deploy=role is not None and role >= identity.Role.DEVELOPER,
+            latest=history[0] if history else None,
+            mine=mine,
+        )
+
+    @router.get("/apps/{name}/builds/{build_id}")
+    async def build_page(request: Request, name: str, build_id: int, env: str | None = None) -> Response:
+        """One build and its log's tail (untrusted text: the template escapes it like everything else)."""
+        async with channel.tx(web.core_of(request)) as session:
+            row, actor = await channel.signed_in(request, session)
+            try:
+                build = await builds.get_for(session, actor=actor, app_name=name, build_id=build_id, env=env)
+            except UserError as e:
+                return await channel.refused(request, row, e)
             return channel.render(
                 request,
-                "app.html",
+                "build.html",
                 row=row,
-                title=name,
-                app=app,
-                st=st,
-                history=history,
-                revisions=revisions,
-                info=app_row,
-                role=role,
-                secret_keys=secret_keys,
-                envs=envs if len(envs) > 1 else [],
-                env_q=app_row.env_q,
-                changes=revision_changes(revisions),
-                can_admin=role is not None and role >= identity.Role.ADMIN,
-                can_deploy=role is not None and role >= identity.Role.DEVELOPER,
-                latest=history[0] if history else None,
-                # Every identity of the signed-in person: no Approve button on a deploy any of them asked
-                # for (core refuses it anyway: protection.refuse_own_deploy).
-                mine=await identities.subjects_of(session, subject=actor.subject),
+                title=f"{name} build #{build.id}",
+                app_name=name,
+                build=build,
+                env_q=env_query(env),
             )
 
     @router.get("/apps/{name}/events")
