@@ -9,6 +9,7 @@ import datetime as dt
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import protection
 from core import validation as v
@@ -84,9 +85,13 @@ class EnvironmentProtectionOut(BaseModel):
     windows: list[WindowOut]
     freezes: list[FreezeOut]
     lock: LockOut | None
+    # The project's own lock holds every environment too: "what holds now" shows it here as well.
+    project_lock: LockOut | None
 
     @classmethod
-    def of(cls, env: models.Environment, *, project: str) -> EnvironmentProtectionOut:
+    def of(
+        cls, env: models.Environment, *, project: str, project_row: models.Project | None
+    ) -> EnvironmentProtectionOut:
         return cls(
             project=project,
             environment=env.name,
@@ -101,7 +106,15 @@ class EnvironmentProtectionOut(BaseModel):
                 for f in env.freezes or []
             ],
             lock=LockOut.of(env),
+            project_lock=LockOut.of(project_row) if project_row is not None else None,
         )
+
+
+async def _out(session: AsyncSession, env: models.Environment, *, project: str) -> EnvironmentProtectionOut:
+    # The project row was loaded by the role check in this session: taken from its identity map.
+    return EnvironmentProtectionOut.of(
+        env, project=project, project_row=await session.get(models.Project, env.project_id)
+    )
 
 
 def _window(w: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +139,7 @@ async def get_protection(
 ) -> EnvironmentProtectionOut:
     async with api.tx(rt) as session:
         row = await protection.get_environment(session, actor=actor, project=name, env=env)
-        return EnvironmentProtectionOut.of(row, project=name)
+        return await _out(session, row, project=name)
 
 
 @router.put(ENV + "/protection")
@@ -143,7 +156,7 @@ async def protect(
             approver_role=body.approver_role,
             approval_ttl_seconds=body.approval_ttl_seconds,
         )
-        return EnvironmentProtectionOut.of(row, project=name)
+        return await _out(session, row, project=name)
 
 
 @router.delete(ENV + "/protection")
@@ -152,7 +165,7 @@ async def unprotect(
 ) -> EnvironmentProtectionOut:
     async with api.tx(rt) as session:
         row = await protection.unprotect(session, actor=actor, project=name, env=env)
-        return EnvironmentProtectionOut.of(row, project=name)
+        return await _out(session, row, project=name)
 
 
 @router.put(ENV + "/windows")
@@ -171,7 +184,7 @@ async def set_window(
             tz=body.timezone,
             add=body.add,
         )
-        return EnvironmentProtectionOut.of(row, project=name)
+        return await _out(session, row, project=name)
 
 
 @router.delete(ENV + "/windows")
@@ -180,7 +193,7 @@ async def clear_windows(
 ) -> EnvironmentProtectionOut:
     async with api.tx(rt) as session:
         row = await protection.set_window(session, actor=actor, project=name, env=env, clear=True)
-        return EnvironmentProtectionOut.of(row, project=name)
+        return await _out(session, row, project=name)
 
 
 @router.post(ENV + "/freezes")
@@ -197,7 +210,7 @@ async def freeze(
             start=body.start.isoformat() if body.start else None,
             reason=body.reason,
         )
-        return EnvironmentProtectionOut.of(row, project=name)
+        return await _out(session, row, project=name)
 
 
 @router.delete(ENV + "/freezes")
@@ -206,7 +219,7 @@ async def clear_freezes(
 ) -> EnvironmentProtectionOut:
     async with api.tx(rt) as session:
         row = await protection.freeze(session, actor=actor, project=name, env=env, clear=True)
-        return EnvironmentProtectionOut.of(row, project=name)
+        return await _out(session, row, project=name)
 
 
 @router.post(ENV + "/lock")
@@ -217,7 +230,7 @@ async def lock_env(
         row = await protection.lock_env(
             session, actor=actor, project=name, env=env, reason=body.reason, seconds=body.seconds
         )
-        return EnvironmentProtectionOut.of(row, project=name)
+        return await _out(session, row, project=name)
 
 
 @router.post(ENV + "/unlock")
@@ -226,7 +239,7 @@ async def unlock_env(
 ) -> EnvironmentProtectionOut:
     async with api.tx(rt) as session:
         row = await protection.unlock_env(session, actor=actor, project=name, env=env)
-        return EnvironmentProtectionOut.of(row, project=name)
+        return await _out(session, row, project=name)
 
 
 @router.post("/projects/{name}/lock")

@@ -35,11 +35,17 @@ def _seconds(text: str | None, *, flag: str) -> int | None:
     return ((d * 24 + h) * 60 + mi) * 60 + s
 
 
+def _lock(lock: dict[str, Any] | None) -> str | None:
+    if not lock:
+        return None
+    until = f" (until {when(lock['until'])} UTC)" if lock["until"] else ""
+    return f"by {lock['by']}: {lock['reason']}{until}"
+
+
 def _show(e: dict[str, Any], as_json: bool) -> None:
     if as_json:
         show_json(e)
         return
-    lock = e.get("lock")
     approvals = (
         f"{e['required_approvals']} from the {e['approver_role']} role"
         + (f", expire after {e['approval_ttl_seconds']}s" if e.get("approval_ttl_seconds") else "")
@@ -55,13 +61,8 @@ def _show(e: dict[str, Any], as_json: bool) -> None:
             ("timezone", e["timezone"]),
             ("windows", "; ".join(windows) or "any time"),
             ("freezes", "; ".join(freezes)),
-            (
-                "locked",
-                f"by {lock['by']}: {lock['reason']}"
-                + (f" (until {when(lock['until'])} UTC)" if lock["until"] else "")
-                if lock
-                else None,
-            ),
+            ("locked", _lock(e.get("lock"))),
+            ("project locked", _lock(e.get("project_lock"))),
         ]
     )
 

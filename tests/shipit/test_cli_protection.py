@@ -90,7 +90,12 @@ async def test_windows_override_locks_and_protection_from_the_cli(
         await shipit("projects", "lock", "acme", "--reason", "audit")
     )
     assert "project acme is locked by user:admin: audit" in error(await shipit("deploy", "web", "1.3"))
+    # What holds now in an environment includes its project's lock (the environment's own is off).
+    shown = ok(await shipit("envs", "protection", "acme", "production"))
+    assert "project locked  by user:admin: audit" in shown and "\nlocked" not in shown, shown
+    assert '"project_lock"' in ok(await shipit("envs", "protection", "acme", "production", "--json"))
     assert "is unlocked" in ok(await shipit("projects", "unlock", "acme"))
+    assert "project locked" not in ok(await shipit("envs", "protection", "acme", "production"))
 
     # Protection: two approvals from admins, waiting at most two hours.
     out = ok(
