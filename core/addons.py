@@ -49,6 +49,10 @@ UNAVAILABLE = "unavailable"
 # (about an hour at the default 10 s) and it is called failed.  Destroying retries transient errors.
 PROVISION_ATTEMPTS = 360
 DESTROY_ATTEMPTS = 20
+# What the channels offer (the dashboard's form): the kinds and plans `create` takes.
+KINDS: tuple[str, ...] = r.KINDS
+PLANS: tuple[str, ...] = tuple(r.PLANS)
+DEFAULT_PLAN = r.DEFAULT_PLAN
 
 
 @dataclass(frozen=True, kw_only=True)

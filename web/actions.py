@@ -1,4 +1,4 @@
-"""The dashboard's forms: deploy, roll back, lock, pause, scale, secrets, approvals and tokens.
+"""The dashboard's forms: deploy, roll back, lock, pause, scale, secrets, add-ons, approvals and tokens.
 
 Each post is ONE transaction around the session and CSRF checks and one core call (`act`); core's
 refusal comes back as a page that says why."""
@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, autoscaling, deploys, tokens
+from core import addons, apps, autoscaling, deploys, tokens
 from core.errors import InvalidInput, UserError
 from core.identity import Actor
 from storage import models
@@ -136,6 +136,40 @@ def add_routes(router: APIRouter, web: channel.Web) -> None:
         async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
             core = web.core_of(request)
             await deploys.unset_secrets(session, ctx=core, actor=actor, app_name=name, keys=[key], env=env)
+
+        return await act(request, run, f"/apps/{name}{pages.env_query(env)}")
+
+    @router.post("/apps/{name}/addons")
+    async def create_addon(request: Request, name: str, env: str | None = None) -> Response:
+        """Queues provisioning; core checks the role (developers) and answers a second kind with a Conflict."""
+
+        async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
+            await addons.create(
+                session,
+                ctx=web.core_of(request),
+                actor=actor,
+                app_name=name,
+                kind=form.get("kind", "").strip(),
+                plan=form.get("plan", "").strip() or None,
+                env=env,
+            )
+
+        return await act(request, run, f"/apps/{name}{pages.env_query(env)}")
+
+    @router.post("/apps/{name}/addons/{kind}/destroy")
+    async def destroy_addon(request: Request, name: str, kind: str, env: str | None = None) -> Response:
+        """Marks it deleting and queues the removal; admins and owners (core checks); data kept unless ticked."""
+
+        async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
+            await addons.destroy(
+                session,
+                ctx=web.core_of(request),
+                actor=actor,
+                app_name=name,
+                kind=kind,
+                delete_data=form.get("delete_data") == "on",
+                env=env,
+            )
 
         return await act(request, run, f"/apps/{name}{pages.env_query(env)}")
 
