@@ -49,7 +49,7 @@ from core import (
     validation,
 )
 from core.context import Core
-from core.errors import NotFound, PermanentError, TransientError, UserError
+from core.errors import Conflict, NotFound, PermanentError, TransientError, UserError
 from core.identity import Actor, Role
 from core.worker import Handler
 from storage import models
@@ -130,15 +130,16 @@ async def queue(
     now = models.utcnow()
     # A newer push supersedes the builds still waiting (one already building finishes; its deploy is
     # then superseded by this one's, as deploys are).
-    superseded = list(
-        await session.scalars(
+    rows = (
+        await session.execute(
             update(b)
             .where(b.app_id == app.id, b.status == QUEUED)
             .values(status=SUPERSEDED, finished_at=now, error=f"superseded by the push of {sha[:7]}")
-            .returning(b.id)
+            .returning(b.id, b.runs)
         )
-    )
-    await jobs.cancel_where(session, dedupe_keys=[_job_key(i) for i in superseded])
+    ).all()
+    superseded = [i for i, _ in rows]
+    await jobs.cancel_where(session, dedupe_keys=[_job_key(i, runs) for i, runs in rows])
     build = b(app_id=app.id, sha=sha, ref=ref, actor=actor.subject, status=QUEUED, image=app.build_image)
     session.add(build)
     await session.flush()
@@ -169,8 +170,64 @@ async def queue(
     return Queued(build=build, created=True)
 
 
-def _job_key(build_id: int) -> str:
-    return f"build:{build_id}"
+def _job_key(build_id: int, runs: int = 0) -> str:
+    return f"build:{build_id}" + (f":{runs}" if runs else "")
+
+
+async def retry(
+    session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, build_id: int, env: str | None = None
+) -> models.Build:
+    """Build a failed build's commit again (developer role): the same row, queued once more.
+
+    A push of the same commit does not (one build per app and commit), so this is how a build that
+    failed for a passing reason (a registry down past the job's retries, a base image missing) is
+    run again without a new commit.  Refused while a newer build of the app is queued, building or
+    succeeded: its commit would be deployed over by this older one."""
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
+    await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="retrying builds")
+    b = models.Build
+    build = await session.get(b, build_id)
+    if build is None or build.app_id != app.id:
+        raise NotFound(f"{app_name} has no build #{build_id}")
+    if build.status != FAILED:
+        raise Conflict(
+            f"build #{build_id} is {build.status}: only a failed build is run again", field="build_id"
+        )
+    if not app.build_enabled or app.build_image is None:
+        raise Conflict(f"{app.name} does not build from source now (apps update --build)", field="build_id")
+    newer = await session.scalar(
+        select(b.id)
+        .where(b.app_id == app.id, b.id > build.id, b.status.in_((QUEUED, BUILDING, SUCCEEDED)))
+        .order_by(b.id)
+        .limit(1)
+    )
+    if newer is not None:
+        raise Conflict(f"build #{newer} of a newer commit is {app.name}'s: not built again", field="build_id")
+    build.runs += 1
+    build.status = QUEUED
+    build.image = app.build_image
+    build.error = build.log = build.pack = build.digest = None
+    build.started_at = build.finished_at = None
+    await session.flush()
+    await jobs.enqueue(
+        session,
+        kind=BUILD_JOB,
+        payload={"build_id": build.id, "app": app.name},
+        dedupe_key=_job_key(build.id, build.runs),
+        concurrency_key=f"build:{app.id}",
+        max_attempts=3,
+    )
+    await _emit(session, ctx=ctx, build=build, app=app, kind=BUILD_QUEUED)
+    await audit.record(
+        session,
+        actor=actor,
+        action="build.retry",
+        target=f"app/{app.name}",
+        project_id=app.project_id,
+        details={"build": build.id, "sha": build.sha, "run": build.runs + 1},
+    )
+    _logger(app=app, build=build).info("build: queued again (run %d) by %s", build.runs + 1, actor.subject)
+    return build
 
 
 async def _emit(session: AsyncSession, *, ctx: Core, build: models.Build, app: models.App, kind: str) -> None:
@@ -178,7 +235,7 @@ async def _emit(session: AsyncSession, *, ctx: Core, build: models.Build, app: m
         session,
         ctx=ctx,
         kind=kind,
-        dedupe_key=f"build:{build.id}:{kind}",
+        dedupe_key=f"build:{build.id}:{kind}" + (f":{build.runs}" if build.runs else ""),
         project_id=app.project_id,
         app_id=app.id,
         deployment_id=build.deployment_id,

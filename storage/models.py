@@ -540,6 +540,8 @@ class Build(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column()
     finished_at: Mapped[dt.datetime | None] = mapped_column()
+    # Retries of a failed build (core.builds.retry): each run's events are its own.
+    runs: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class DeployApproval(Base):

@@ -26,6 +26,17 @@ async def list_builds(
         return [schemas.BuildOut.of(b, app=name) for b in rows]
 
 
+@router.post("/apps/{name}/builds/{build_id}/retry", status_code=202)
+async def retry_build(
+    name: schemas.NamePath, build_id: schemas.IdPath, rt: RtDep, actor: ActorDep, env: schemas.EnvQuery = None
+) -> schemas.BuildOut:
+    async with tx(rt) as session:
+        build = await builds.retry(
+            session, ctx=rt.core, actor=actor, app_name=name, build_id=build_id, env=env
+        )
+        return schemas.BuildOut.of(build, app=name)
+
+
 @router.get("/apps/{name}/builds/{build_id}")
 async def get_build(
     name: schemas.NamePath, build_id: schemas.IdPath, rt: RtDep, actor: ActorDep, env: schemas.EnvQuery = None

@@ -63,3 +63,21 @@ def builds_logs(
         typer.echo(b["log"].rstrip("\n"))
     if b["error"]:
         typer.echo(f"error: {b['error']}")
+
+
+@builds_app.command("retry")
+def builds_retry(
+    app_name: AppArg,
+    build_id: Annotated[int, typer.Argument(help="A failed build's id (shipit builds list).")],
+    environment: EnvNameOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a failed build's commit again (its deploy follows if it succeeds)."""
+    with api() as client:
+        b = client.call("POST", f"/apps/{q(app_name)}/builds/{build_id}/retry", params={"env": environment})
+    if as_json:
+        show_json(b)
+        return
+    typer.echo(
+        f"build #{b['id']} of {b['sha'][:7]} queued again (run {b['runs']}): shipit builds logs {app_name} {b['id']}"
+    )

@@ -297,6 +297,7 @@ class BuildOut(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    runs: int = 1  # 1, and one more for each `builds retry`
     log: str | None = None
 
     @classmethod
@@ -316,5 +317,6 @@ class BuildOut(BaseModel):
             created_at=b.created_at,
             started_at=b.started_at,
             finished_at=b.finished_at,
+            runs=(b.runs or 0) + 1,
             log=b.log if with_log else None,
         )

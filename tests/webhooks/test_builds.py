@@ -392,6 +392,58 @@ async def test_a_commit_github_cannot_give_fails_the_build(
     assert await count(rt, models.Deployment) == 0
 
 
+async def test_a_failed_build_is_run_again_on_request_and_only_then(
+    hook: Hook, fake_github: FakeGitHub, settings: Settings
+) -> None:
+    rt = hook.rt
+    await offline_cluster(rt)
+    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    async with rt.sessionmaker.begin() as session:
+        _, admin = await tokens.create(session, actor=ADMIN, name="a", subject="user:ada", is_admin=True)
+        _, viewer = await tokens.create(session, actor=ADMIN, name="v", subject="user:vera")
+        _, stranger = await tokens.create(session, actor=ADMIN, name="s", subject="user:sam")
+        await projects.set_access(
+            session, actor=ADMIN, project_name="acme", subject="user:vera", role="viewer"
+        )
+    build_id = (await hook.post("push", push_payload(sha=SHA_C))).json()["decisions"][0]["build"]
+    async with builder_worker(rt, fake_github, settings):
+        assert (await wait_build(rt, build_id)).status == builds.FAILED  # GitHub's 404
+    retry = f"/apps/web/builds/{build_id}/retry"
+    async with httpx.AsyncClient(base_url=f"{hook.url}/api/v1") as http:
+
+        async def post(path: str, token: str) -> httpx.Response:
+            return await http.post(path, headers={"Authorization": f"Bearer {token}"})
+
+        # Tenancy first: a viewer may not, a stranger sees no app; neither changed anything.
+        assert (await post(retry, viewer)).status_code == 403
+        hidden = await post(retry, stranger)
+        assert hidden.status_code == 404 and "no app named 'web'" in hidden.json()["error"]["message"]
+        assert (await build_row(rt, build_id)).status == builds.FAILED
+        # The commit is there now: run again, the same row, a second run with its own outcome.
+        fake_github.add_source("acme/web", SHA_C, {"README.md": "nothing to build\n"})
+        again = await post(retry, admin)
+        assert again.status_code == 202, again.text
+        assert (again.json()["status"], again.json()["runs"], again.json()["error"]) == ("queued", 2, None)
+        # Only a failed build runs again: a queued one is refused, naming the field.
+        queued = await post(retry, admin)
+        assert queued.status_code == 409 and queued.json()["error"]["field"] == "build_id", queued.text
+        async with builder_worker(rt, fake_github, settings):
+            build = await wait_build(rt, build_id)
+        assert build.status == builds.FAILED and (build.error or "").startswith("cannot tell how to build")
+        assert [c.status for c in fake_github.calls("get_tarball")] == [
+            404,
+            302,
+        ]  # GitHub redirects to its download host
+        assert await count(rt, models.Event, models.Event.kind == builds.BUILD_FAILED) == 2
+        assert await count(rt, models.AuditEvent, models.AuditEvent.action == "build.retry") == 1
+        # A newer commit's build holds the app: the older one is not built (and deployed) over it.
+        newer = (await hook.post("push", push_payload(sha=SHA_A))).json()["decisions"][0]["build"]
+        refused = await post(retry, admin)
+        assert refused.status_code == 409 and f"build #{newer}" in refused.json()["error"]["message"]
+    assert await count(rt, models.Build) == 2
+    assert await count(rt, models.Deployment) == 0
+
+
 async def test_a_batch_of_pushes_builds_each_commit_once_beside_deploying_apps(rt: Runtime) -> None:
     # Deliveries arriving together share one transaction (webhooks.ingest): a building app and an
     # app deploying images in one batch, the same commit twice, a newer one superseding.

@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("runs", sa.Integer(), nullable=False, server_default="0"),
         sa.UniqueConstraint("app_id", "sha", name=op.f("uq_builds_app_id")),
     )
     op.create_index("ix_builds_app_status", "builds", ["app_id", "status"])
