@@ -331,8 +331,7 @@ class SlackNotifier:
             )
             return
         failure = render.build_failure(notice)
-        where = render.summary(notice).title.partition(":")[0]  # project/app (environment)
-        text = views.build_failed(failure, where=where)
+        text = views.build_failed(failure, where=render.place(notice))
         answer = await self._call(
             "chat_postMessage", channel_id, dlog=dlog, key=(notice.event_id, "build"), token=token, text=text
         )

@@ -53,6 +53,14 @@ def build_failure(notice: Notice) -> BuildFailure:
     )
 
 
+def place(notice: Notice) -> str:
+    """What a notice is about as titles name it: "acme/web (production)"."""
+    project = notice.project.name if notice.project else "shipit"
+    app = notice.app.name if notice.app else None
+    env = f" ({notice.environment})" if notice.environment else ""
+    return f"{project}/{app}{env}" if app else f"{project}{env}"
+
+
 def summary(notice: Notice) -> Summary:
     project = notice.project.name if notice.project else "shipit"
     app = notice.app.name if notice.app else None
@@ -72,7 +80,7 @@ def summary(notice: Notice) -> Summary:
     if notice.kind == BUILD_FAILED:
         b = build_failure(notice)
         return Summary(
-            title=f"{where}{env}: build #{b.build} of {b.sha} ({b.ref}) failed, nothing deployed",
+            title=f"{place(notice)}: build #{b.build} of {b.sha} ({b.ref}) failed, nothing deployed",
             status="failed",
             facts=[
                 ("Project", project),
