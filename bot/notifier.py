@@ -31,6 +31,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import views
 from core import events, logctx, notices, shared
 from core.errors import Deferred, PermanentError, TransientError, retry_after_seconds
+from core.notices import render
 
 log = logging.getLogger(__name__)
 
@@ -187,20 +188,28 @@ class SlackNotifier:
         self._posted: OrderedDict[tuple[int, str], tuple[str, str]] = OrderedDict()
         # What each card shows now: an event that would redraw the same card makes no API call.
         self._shown: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # Failed builds announced from this process, (event id, refs key) -> ts: a retry posts nothing.
+        self._announced: OrderedDict[tuple[int, str], str] = OrderedDict()
         # Set when Slack says the bot token is gone (app_uninstalled, tokens_revoked; bot.channel):
         # cards are not posted, rather than failing every deploy's notice against a dead token.
         self.revoked: str | None = None
 
     def wants(self, kind: str) -> bool:
-        return kind.startswith("deploy.")
+        # A failed build: no deploy follows, so no card would tell the channel.
+        return kind.startswith("deploy.") or kind == notices.BUILD_FAILED
 
     def wants_event(self, audience: events.Audience) -> bool:
+        if audience.kind == notices.BUILD_FAILED:
+            return audience.target is not None  # no command's channel to fall back on: a push made it
         return not audience.preview  # previews report on their pull request, not in Slack
 
     async def close(self) -> None:
         return None  # the channel owns (and closes) the client
 
     async def deliver(self, notice: events.Notice) -> events.Delivered | None:
+        if notice.kind == notices.BUILD_FAILED:
+            await self._announce_build_failed(notice)
+            return None
         d = notice.deployment
         if d is None or notice.preview is not None:
             return None  # previews report on their pull request, not in Slack
@@ -295,6 +304,47 @@ class SlackNotifier:
         # writing it again was a transaction of its own per posted card (issue 13).
         unsaved = {k: v for k, v in out.items() if k not in saved or saved[k] != v}
         return events.Delivered(deployment_refs=unsaved) if unsaved else None
+
+    async def _announce_build_failed(self, notice: events.Notice) -> None:
+        """One plain message in the project's channel, once per event and channel: not a card."""
+        dlog = notices.logger_for(log, notice)
+        if self.revoked is not None:
+            dlog.info("slack: build failure not posted: %s", self.revoked)
+            return
+        # A push is typed in no channel: only the project's own Slack targets hear of its build.
+        channel = notice.target.address if notice.target is not None else None
+        if not channel:
+            return
+        key = notices.ref_key(self.name, notice.target)
+        done = (notice.event_id, key)
+        mark = f"slack-build:e{notice.event_id}:{key}"
+        if done in self._announced or (
+            self.sessionmaker is not None and await shared.is_done(self.sessionmaker, key=mark)
+        ):
+            dlog.info("slack: build failure already posted in %s", channel)
+            return
+        team, channel_id = views.split_channel(channel)
+        token = await self.token_for(team) if self.token_for else None
+        if self.token_for is not None and token is None:
+            dlog.warning(
+                "slack: build failure not posted: no installation of shipit serves workspace %s", team or "?"
+            )
+            return
+        failure = render.build_failure(notice)
+        text = views.build_failed(failure, where=render.place(notice))
+        answer = await self._call(
+            "chat_postMessage", channel_id, dlog=dlog, key=(notice.event_id, "build"), token=token, text=text
+        )
+        ts = str(answer.get("ts") or "")
+        self._announced[done] = ts
+        while len(self._announced) > 2000:
+            self._announced.popitem(last=False)
+        if self.sessionmaker is not None:
+            try:
+                await shared.mark_done(self.sessionmaker, key=mark, value=ts)
+            except Exception:
+                dlog.warning("could not record the posted build failure yet", exc_info=True)
+        dlog.info("build #%s failure posted in %s (ts %s)", failure.build, channel_id, ts)
 
     async def _call(
         self,

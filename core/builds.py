@@ -44,6 +44,7 @@ from core import (
     images,
     jobs,
     logctx,
+    notices,
     registries,
     sources,
     validation,
@@ -67,7 +68,7 @@ STATUSES = (QUEUED, BUILDING, SUCCEEDED, FAILED, SUPERSEDED)
 
 BUILD_QUEUED = "build.queued"
 BUILD_SUCCEEDED = "build.succeeded"
-BUILD_FAILED = "build.failed"
+BUILD_FAILED = notices.BUILD_FAILED  # announced on the targets that take failures (core.notices)
 
 LOG_TAIL_BYTES = 16 * 1024
 
@@ -244,6 +245,7 @@ async def _emit(session: AsyncSession, *, ctx: Core, build: models.Build, app: m
             "app": app.name,
             "sha": build.sha,
             "ref": build.ref,
+            "actor": build.actor,  # who pushed: what a failed build's notice names
             "status": build.status,
             "pack": build.pack,
             "digest": build.digest,

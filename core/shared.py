@@ -96,3 +96,20 @@ async def save_refs(
         all_refs = dict(deployment.notify_refs or {})
         all_refs[notifier] = {**all_refs.get(notifier, {}), **refs}
         deployment.notify_refs = all_refs
+
+
+async def mark_done(sessionmaker: async_sessionmaker[AsyncSession], *, key: str, value: str) -> None:
+    """Remember that a one-off delivery (a message with no deploy to hold its refs) was made."""
+    async with sessionmaker.begin() as session:
+        if await session.get(models.Meta, key[:64]) is None:
+            try:
+                async with session.begin_nested():
+                    session.add(models.Meta(key=key[:64], value=value.encode()))
+                    await session.flush()
+            except IntegrityError:
+                pass  # another replica recorded it first: the same fact
+
+
+async def is_done(sessionmaker: async_sessionmaker[AsyncSession], *, key: str) -> bool:
+    async with sessionmaker() as session:
+        return await session.scalar(select(models.Meta.key).where(models.Meta.key == key[:64])) is not None

@@ -20,6 +20,7 @@ from bot.views.blocks import (
     who,
 )
 from core import events
+from core.notices import render
 
 THREAD_LOG_LINES = 30
 
@@ -201,3 +202,15 @@ def failure_thread(*, deployment: events.DeploymentView, app_name: str) -> Messa
         body = body if len(body) <= MAX_TEXT - 20 else "…" + body[-(MAX_TEXT - 21) :]
         blocks.append(section_block(f"Last log lines:\n```{esc(body)}```"))
     return Message(text=f"deploy #{d.id} of {app_name} failed: {d.error or 'unknown reason'}", blocks=blocks)
+
+
+def build_failed(failure: render.BuildFailure, *, where: str) -> str:
+    """A failed build, as one plain message in the project's channel (no card: no deploy follows).
+    Only what the build row's error says (its first line, scrubbed already), never its log."""
+    b = failure
+    return (
+        f":x: Build #{b.build} of *{esc(where)}* failed, nothing deployed: "
+        f"`{esc(b.sha)}` ({esc(b.ref)}) pushed by {esc(b.actor)}\n"
+        f"> {esc(b.error)[: MAX_TEXT // 2]}\n"
+        f"Log: `{esc(b.logs)}`"
+    )

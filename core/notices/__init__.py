@@ -258,8 +258,10 @@ EVENT_KINDS = (
     "app.paused",
     "app.resumed",
     "app.protection_changed",
+    "build.failed",
 )
-# What ends a deploy: one email (or chat message) each.
+BUILD_FAILED = "build.failed"  # a build from source that failed: no deploy follows, so no card tells it
+# What ends a deploy, or a build that never got to one: one email (or chat message) each.
 OUTCOMES = frozenset(
     {
         "deploy.succeeded",
@@ -267,6 +269,7 @@ OUTCOMES = frozenset(
         "deploy.rolled_back",
         "deploy.cancelled",
         "deploy.awaiting_approval",
+        BUILD_FAILED,
     }
 )
 TEST_KIND = "notify.test"  # `shipit notify test`: a sample sent to one target, outside the outbox
@@ -281,4 +284,7 @@ def matches(filter_: str, kind: str) -> bool:
     if kind == TEST_KIND:
         return True
     names = {n.strip() for n in filter_.split(",") if n.strip()}
-    return "*" in names or kind in names or short_kind(kind) in names
+    if "*" in names or kind in names or short_kind(kind) in names:
+        return True
+    # A target that takes failures ("failed") hears of a failed build too, as of a failed deploy.
+    return kind == BUILD_FAILED and "failed" in names

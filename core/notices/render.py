@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.notices import TEST_KIND, Notice
+from core.notices import BUILD_FAILED, TEST_KIND, Notice
 
 GREEN, RED, GREY, AMBER = 0x2EB67D, 0xE01E5A, 0x9E9E9E, 0xECB22E
 
@@ -22,6 +22,43 @@ class Summary:
     logs: list[str]
     color: int
     app: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildFailure:
+    """A failed build's facts, from its event's payload (the build row's own, already scrubbed)."""
+
+    build: int
+    app: str
+    sha: str  # short
+    ref: str
+    actor: str
+    error: str  # its first line only: the rest is in the log
+    logs: str  # the command that prints the build's log
+
+
+def build_failure(notice: Notice) -> BuildFailure:
+    p = notice.payload
+    app = str(p.get("app") or (notice.app.name if notice.app else "-"))
+    build = int(p.get("build") or 0)
+    error = str(p.get("error") or "").strip()
+    return BuildFailure(
+        build=build,
+        app=app,
+        sha=str(p.get("sha") or "")[:7],
+        ref=str(p.get("ref") or "").removeprefix("refs/heads/"),
+        actor=str(p.get("actor") or "-").removeprefix("github:"),
+        error=error.splitlines()[0] if error else "failed",
+        logs=f"shipit builds logs {app} {build}",
+    )
+
+
+def place(notice: Notice) -> str:
+    """What a notice is about as titles name it: "acme/web (production)"."""
+    project = notice.project.name if notice.project else "shipit"
+    app = notice.app.name if notice.app else None
+    env = f" ({notice.environment})" if notice.environment else ""
+    return f"{project}/{app}{env}" if app else f"{project}{env}"
 
 
 def summary(notice: Notice) -> Summary:
@@ -39,6 +76,24 @@ def summary(notice: Notice) -> Summary:
             logs=[],
             color=GREY,
             app=None,
+        )
+    if notice.kind == BUILD_FAILED:
+        b = build_failure(notice)
+        return Summary(
+            title=f"{place(notice)}: build #{b.build} of {b.sha} ({b.ref}) failed, nothing deployed",
+            status="failed",
+            facts=[
+                ("Project", project),
+                ("App", app or b.app),
+                ("Environment", notice.environment or "-"),
+                ("Commit", f"{b.sha} ({b.ref})"),
+                ("Pushed by", b.actor),
+                ("Log", b.logs),
+            ],
+            error=b.error,
+            logs=[],
+            color=RED,
+            app=app,
         )
     if d is None:
         return Summary(

@@ -1,0 +1,174 @@
+"""A failed build is announced once where the project hears of failures: its webhook targets that take
+them (signed JSON) and its Slack channel (one plain message, not a card), through the outbox's notify
+jobs.  The build fails for real through core: GitHub (the fake) answers 404 for the commit's tarball."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import select
+
+from bot import notifier as slack_notifier
+from core import builds, events, jobs, notices
+from core.notices import discord, render, teams, webhook
+from core.notices import targets as notice_targets
+from shipit.runtime import Runtime
+from shipit.settings import Settings
+from storage import models
+from tests.conftest import ADMIN
+from tests.fakes.github_api import FakeGitHub
+from tests.fakes.slack_api import FakeSlack
+from tests.notices_helpers import Receiver, receiver
+from tests.webhooks.conftest import (
+    SHA_A,
+    SHA_C,
+    Hook,
+    deliver_notifications,
+    make_app,
+    offline_cluster,
+    push_payload,
+)
+from tests.webhooks.test_builds import builder_worker, wait_build
+
+pytestmark = pytest.mark.both_databases
+
+CHANNEL = "C0BUILDS1"
+SECRET = "wh-build-s3cret"
+
+
+def slack(rt: Runtime, fake_slack: FakeSlack) -> slack_notifier.SlackNotifier:
+    """A Slack notifier as a replica has it: its own memory, the shared database."""
+    client = AsyncWebClient(token=fake_slack.bot_token, base_url=fake_slack.url)
+    return slack_notifier.SlackNotifier(
+        client=client, sessionmaker=rt.sessionmaker, pacer=slack_notifier.Pacer(rate=1000.0, burst=100)
+    )
+
+
+async def setup(rt: Runtime, fake_slack: FakeSlack, hooks: Receiver) -> None:
+    rt.core.notifiers["slack"] = slack(rt, fake_slack)
+    await offline_cluster(rt)
+    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    async with rt.sessionmaker.begin() as session:
+        for kind, address, filter_, secret in [
+            ("webhook", f"{hooks.url}/all", "*", SECRET),
+            ("webhook", f"{hooks.url}/failures", "failed,rolled_back", None),
+            ("webhook", f"{hooks.url}/wins", "succeeded", None),
+            ("slack", CHANNEL, "failed", None),
+        ]:
+            await notice_targets.add(
+                session, ctx=rt.core, actor=ADMIN, project="acme", kind=kind, address=address,
+                events=filter_, secret=secret,
+            )  # fmt: skip
+
+
+def build_failures(hooks: Receiver, name: str) -> list[dict[str, object]]:
+    bodies = [json.loads(h.body) for h in hooks.accepted(name)]
+    return [b for b in bodies if b["event"] == builds.BUILD_FAILED]
+
+
+async def test_a_failed_build_is_announced_once_on_webhooks_and_in_slack(
+    hook: Hook, fake_github: FakeGitHub, fake_slack: FakeSlack, settings: Settings
+) -> None:
+    rt = hook.rt
+    async with receiver() as hooks:
+        await setup(rt, fake_slack, hooks)
+        build_id = (await hook.post("push", push_payload(sha=SHA_C))).json()["decisions"][0]["build"]
+        async with builder_worker(rt, fake_github, settings):
+            build = await wait_build(rt, build_id)
+        assert build.status == builds.FAILED and build.error
+        await deliver_notifications(rt)
+
+        # The webhook taking everything and the one taking failures each get it once; "succeeded" not.
+        [notice] = build_failures(hooks, "all")
+        assert notice["app"] == "web" and notice["project"] == "acme" and notice["deployment"] is None
+        details = notice["details"]
+        assert isinstance(details, dict)
+        assert (details["build"], details["sha"], details["ref"]) == (build_id, SHA_C, "refs/heads/main")
+        assert details["error"] == build.error and details["actor"] == build.actor
+        [hit] = [h for h in hooks.accepted("all") if json.loads(h.body)["event"] == builds.BUILD_FAILED]
+        assert hit.headers["X-Shipit-Signature-256"] == webhook.signature(secret=SECRET, body=hit.body)
+        assert len(build_failures(hooks, "failures")) == 1
+        assert hooks.accepted("wins") == []
+
+        # Slack: one plain message (no card) naming the app, commit, ref, pusher, error and the log command.
+        [message] = fake_slack.messages(CHANNEL)
+        text = message["text"]
+        login = build.actor.removeprefix("github:")
+        for part in (
+            "acme/web",
+            f"#{build_id}",
+            SHA_C[:7],
+            "(main)",
+            login,
+            f"shipit builds logs web {build_id}",
+        ):
+            assert part in text, (part, text)
+        assert (build.error or "").splitlines()[0] in text
+        assert not message.get("blocks")
+
+        # The Slack job delivered again, in this process and on another replica: nothing more is posted.
+        async with rt.sessionmaker() as session:
+            job = await session.scalar(
+                select(models.Job).where(
+                    models.Job.kind == events.NOTIFY_JOB,
+                    models.Job.payload["notifier"].as_string() == "slack",
+                )
+            )
+        assert job is not None
+        view = jobs.JobView(
+            id=job.id, kind=job.kind, payload=dict(job.payload), attempts=2, max_attempts=job.max_attempts,
+            lease_owner="test",
+        )  # fmt: skip
+        await events.run_notify_job(ctx=rt.core, job=view)
+        rt.core.notifiers["slack"] = slack(rt, fake_slack)
+        await events.run_notify_job(ctx=rt.core, job=view)
+        assert len(fake_slack.messages(CHANNEL)) == 1
+
+
+async def test_a_succeeded_build_posts_nothing_of_its_own(hook: Hook, fake_slack: FakeSlack) -> None:
+    # Its deploy's card says it (the deploy events), so the build itself is not announced.
+    rt = hook.rt
+    async with receiver() as hooks:
+        await setup(rt, fake_slack, hooks)
+        build_id = (await hook.post("push", push_payload(sha=SHA_A))).json()["decisions"][0]["build"]
+        assert await builds._start(rt.core, build_id) is not None
+        await builds._finish_succeeded(
+            rt.core, build_id=build_id, pack="static", digest="sha256:" + "a" * 64, log_tail="built\n"
+        )
+        assert (await wait_build(rt, build_id)).status == builds.SUCCEEDED
+        await deliver_notifications(rt)
+        assert fake_slack.messages(CHANNEL) == []
+        assert build_failures(hooks, "all") == [] and hooks.accepted("failures") == []
+        assert hooks.accepted("wins") == []
+
+
+def test_email_teams_and_discord_share_the_build_failure_summary() -> None:
+    notice = events.Notice(
+        event_id=9,
+        kind=builds.BUILD_FAILED,
+        created_at=models.utcnow(),
+        payload={
+            "build": 12, "app": "web", "sha": SHA_C, "ref": "refs/heads/main", "actor": "github:alice",
+            "error": "buildah bud failed (exit status 1); see the build's log\nsecond line", "status": "failed",
+        },
+        project=events.ProjectView(id=1, name="acme"),
+        app=None,
+        deployment=None,
+        preview=None,
+        environment="production",
+    )  # fmt: skip
+    s = render.summary(notice)
+    assert s.title == f"acme (production): build #12 of {SHA_C[:7]} (main) failed, nothing deployed"
+    assert (s.status, s.color, s.logs) == ("failed", render.RED, [])
+    assert s.error == "buildah bud failed (exit status 1); see the build's log"  # the first line only
+    assert ("Pushed by", "alice") in s.facts and ("Log", "shipit builds logs web 12") in s.facts
+    assert (
+        teams.card(notice, link="https://shipit.example")["attachments"][0]["content"]["body"][0]["text"]
+        == s.title
+    )
+    assert discord.embed_body(notice, link="https://shipit.example")["embeds"][0]["title"] == s.title
+    # A target's filter decides as for deploys: "failed" takes it, so does the full name.
+    assert notices.matches("failed", notice.kind) and notices.matches("build.failed", notice.kind)
+    assert not notices.matches("succeeded,rolled_back", notice.kind)
