@@ -317,7 +317,7 @@ class SlackNotifier:
             return
         key = notices.ref_key(self.name, notice.target)
         done = (notice.event_id, key)
-        mark = f"slack-build:e{notice.event_id}:{key}"
+        mark = shared.event_mark(event_id=notice.event_id, what=f"slack-build:{key}")
         if done in self._announced or (
             self.sessionmaker is not None and await shared.is_done(self.sessionmaker, key=mark)
         ):

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import String, cast, delete, exists, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core import jobs
+from core import jobs, shared
 from storage import models
 
 FINISHED = (jobs.DONE, jobs.FAILED, jobs.CANCELLED)
@@ -35,6 +35,7 @@ class Pruned:
     jobs: int = 0
     events: int = 0
     deliveries: int = 0
+    marks: int = 0  # `meta` rows of one-off deliveries (core.shared.event_mark) whose event is gone
 
 
 def _jobs_batch(cutoff: dt.datetime, batch: int) -> Any:
@@ -103,4 +104,26 @@ async def prune(
             counts[name] += n
             if n < policy.batch:
                 break
-    return Pruned(**counts)
+    return Pruned(**counts, marks=await _prune_marks(sessionmaker))
+
+
+async def _prune_marks(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+    """Drop the marks of events no longer kept: no job can deliver those events again (jobs are
+    pruned sooner than events).  One row per failed build's Slack message, so one pass reads them all."""
+    async with sessionmaker.begin() as session:
+        keys = list(
+            await session.scalars(
+                select(models.Meta.key).where(models.Meta.key.like(shared.MARK_PREFIX + "%"))
+            )
+        )
+        of = {k: shared.event_of_mark(k) for k in keys}
+        ids = {i for i in of.values() if i is not None}
+        kept = (
+            set(await session.scalars(select(models.Event.id).where(models.Event.id.in_(ids))))
+            if ids
+            else set()
+        )
+        gone = [k for k, i in of.items() if i is not None and i not in kept]
+        if gone:
+            await session.execute(delete(models.Meta).where(models.Meta.key.in_(gone)))
+    return len(gone)

@@ -7,6 +7,8 @@
   where one process owns the database.
 - `save_refs`: what a notifier has already done for a deploy (the Slack card's ts), written as
   soon as it is done, so a retry on another replica updates the card instead of posting another.
+- `mark_done` / `is_done`: the same for a one-off delivery with no deploy to hold its refs (a failed
+  build's Slack message), under a key `event_mark` makes; core.retention drops it with its event.
 """
 
 from __future__ import annotations
@@ -96,6 +98,20 @@ async def save_refs(
         all_refs = dict(deployment.notify_refs or {})
         all_refs[notifier] = {**all_refs.get(notifier, {}), **refs}
         deployment.notify_refs = all_refs
+
+
+MARK_PREFIX = "done:e"  # event_mark's keys: "done:e<event id>:<what>"
+
+
+def event_mark(*, event_id: int, what: str) -> str:
+    """The `meta` key recording that `what` was done for the event (at most 64 characters)."""
+    return f"{MARK_PREFIX}{event_id}:{what}"[:64]
+
+
+def event_of_mark(key: str) -> int | None:
+    """The event id in an `event_mark` key; None for any other key."""
+    head, _, _ = key.removeprefix(MARK_PREFIX).partition(":")
+    return int(head) if key.startswith(MARK_PREFIX) and head.isdigit() else None
 
 
 async def mark_done(sessionmaker: async_sessionmaker[AsyncSession], *, key: str, value: str) -> None:

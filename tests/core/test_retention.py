@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import select, update
 
-from core import audit, deliveries, jobs, retention
+from core import audit, deliveries, jobs, retention, shared
 from core.identity import SYSTEM
 from shipit.runtime import Runtime
 from storage import models
@@ -33,6 +33,13 @@ async def test_prune_removes_only_old_finished_rows_in_batches(rt: Runtime) -> N
         )
         await deliveries.record(session, source="github", kinds={"old-1": "push", "new-1": "push"})
         await audit.record(session, actor=SYSTEM, action="deploy.request", target="app/web")
+    # One-off deliveries' marks (a failed build's Slack message): they go with their event.
+    for event in (delivered, pending):
+        await shared.mark_done(
+            rt.sessionmaker, key=shared.event_mark(event_id=event.id, what="slack-build:slack"), value="1"
+        )
+    async with rt.sessionmaker.begin() as session:
+        session.add(models.Meta(key="done:elsewhere", value=b"not a mark"))
     async with rt.sessionmaker.begin() as session:
         for j in [*old_done, new_done]:
             await session.execute(
@@ -59,7 +66,7 @@ async def test_prune_removes_only_old_finished_rows_in_batches(rt: Runtime) -> N
         jobs_seconds=14 * 86400, events_seconds=30 * 86400, deliveries_seconds=30 * 86400, batch=2
     )
     pruned = await retention.prune(rt.sessionmaker, policy=policy)
-    assert (pruned.jobs, pruned.events, pruned.deliveries) == (5, 1, 1)
+    assert (pruned.jobs, pruned.events, pruned.deliveries, pruned.marks) == (5, 1, 1, 1)
 
     async with rt.sessionmaker() as session:
         job_ids = set(await session.scalars(select(models.Job.id)))
@@ -69,6 +76,8 @@ async def test_prune_removes_only_old_finished_rows_in_batches(rt: Runtime) -> N
         delivery_ids = [d for d in await session.scalars(select(models.WebhookDelivery.id))]
         assert len(delivery_ids) == 1 and delivery_ids[0].endswith("new-1")
         assert len(list(await session.scalars(select(models.AuditEvent)))) == 1  # the audit log is kept
+        marks = set(await session.scalars(select(models.Meta.key).where(models.Meta.key.like("done:e%"))))
+        assert marks == {f"done:e{pending.id}:slack-build:slack", "done:elsewhere"}
 
     # Nothing older is left: a second pass deletes nothing; "keep for ever" deletes nothing either.
     assert await retention.prune(rt.sessionmaker, policy=policy) == retention.Pruned()
