@@ -19,6 +19,7 @@ row or an error text: errors name objects and keys only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets as pysecrets
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ UNAVAILABLE = "unavailable"
 # Provisioning looks again every addon_ready_poll_seconds until the pod is ready; this many looks
 # (about an hour at the default 10 s) and it is called failed.  Destroying retries transient errors.
 PROVISION_ATTEMPTS = 360
+# How long a read of the add-ons' states waits for the cluster (every channel: `observed`).
+READ_SECONDS = 3.0
 DESTROY_ATTEMPTS = 20
 # What the channels offer (the dashboard's form): the kinds and plans `create` takes.
 KINDS: tuple[str, ...] = r.KINDS
@@ -274,8 +277,19 @@ async def observed(*, ctx: Core, where: Where, rows: list[models.Addon]) -> list
     """Each add-on's state as the cluster tells it (no transaction held while it answers).
 
     Recorded `deleting` and `failed` are shown as they are.  Otherwise `ready` only when the
-    StatefulSet's pod is ready now; a ready add-on whose pod is not is `unavailable`.
+    StatefulSet's pod is ready now; a ready add-on whose pod is not is `unavailable`.  A cluster
+    slower than READ_SECONDS gets the recorded states: a page or a Slack answer never waits on it.
     """
+    if not rows:
+        return []
+    try:
+        async with asyncio.timeout(READ_SECONDS):
+            return await _observed(ctx=ctx, where=where, rows=rows)
+    except TimeoutError:
+        return [view(a, app=where.app, detail="the cluster did not answer in time") for a in rows]
+
+
+async def _observed(*, ctx: Core, where: Where, rows: list[models.Addon]) -> list[AddonView]:
     out: list[AddonView] = []
     kube: Kube | None = None
     for addon in rows:

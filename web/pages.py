@@ -36,15 +36,11 @@ from core import (
     status,
     tokens,
 )
-from core.context import Core
 from core.errors import ShipitError, UserError
 from core.notices import DeploymentView
 from core.notices import targets as notice_targets
 from storage import models
 from web import channel
-
-# How long the app page waits for the cluster to say how its add-ons are; then it shows what was recorded.
-ADDON_READ_SECONDS = 3.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,19 +133,6 @@ def _deploy_state(d: DeploymentView) -> dict[str, Any]:
     }
 
 
-async def _addons_seen(
-    core: Core, *, where: addons.Where, rows: list[models.Addon]
-) -> list[addons.AddonView]:
-    """The add-ons as the cluster tells them (outside the transaction); what was recorded if it is slow."""
-    if not rows:
-        return []
-    try:
-        async with asyncio.timeout(ADDON_READ_SECONDS):
-            return await addons.observed(ctx=core, where=where, rows=rows)
-    except TimeoutError:
-        return [addons.view(a, app=where.app, detail="the cluster did not answer in time") for a in rows]
-
-
 def add_routes(router: APIRouter, web: channel.Web) -> None:
     @router.get("/")
     async def home(request: Request) -> Response:
@@ -223,7 +206,7 @@ def add_routes(router: APIRouter, web: channel.Web) -> None:
             # Every identity of the signed-in person: no Approve button on a deploy any of them asked
             # for (core refuses it anyway: protection.refuse_own_deploy).
             mine = await identities.subjects_of(session, subject=actor.subject)
-        addon_views = await _addons_seen(core, where=where, rows=addon_rows)
+        addon_views = await addons.observed(ctx=core, where=where, rows=addon_rows)
         return channel.render(
             request,
             "app.html",

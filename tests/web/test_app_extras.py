@@ -14,7 +14,6 @@ from shipit.runtime import Runtime
 from tests.bot.conftest import black_hole, hanging_kubeconfig
 from tests.conftest import ADMIN
 from tests.web.conftest import Dashboard, offline_app
-from web import pages
 
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
 DIGEST = "sha256:" + "ab" * 32
@@ -113,7 +112,7 @@ def _message(page: str) -> str:
 async def test_a_cluster_that_does_not_answer_costs_only_the_addons_detail(
     dashboard: Dashboard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pages, "ADDON_READ_SECONDS", 0.5)
+    monkeypatch.setattr(addons, "READ_SECONDS", 0.5)
     await offline_app(dashboard.rt, members={"user:alice@example.com": "viewer"})
     async with black_hole() as port:
         async with dashboard.rt.sessionmaker.begin() as session:
