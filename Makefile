@@ -7,9 +7,7 @@ PYTEST_ARGS ?=
 .PHONY: install run test lint fmt testenv testenv-up testregistry browser buildah bench clean image
 
 install:
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@VENV=$(VENV) PYTHON=$(PYTHON) scripts/install-venv
 
 run: install
 	$(VENV)/bin/shipit serve
