@@ -13,11 +13,11 @@ A card that cannot be updated never fails the deploy: the notify job is
 separate from the deploy job.
 
 Posted once, even across a crash: chat.postMessage has no idempotency key, so
-every card (and failed-build message) carries Slack message metadata naming
-what it is for (the deploy and target, or the event).  A delivery whose job ran
+every card, failure thread and failed-build message carries Slack message
+metadata naming what it is for (the deploy and target, or the event).  A delivery whose job ran
 before (attempt > 1: a crash, a lost lease, a failure after the post; our own
 pacing is not an attempt) and knows no ts looks for that metadata in the
-channel's recent history first, and adopts the message it finds.  A first
+channel's recent history (a thread's replies) first, and adopts what it finds.  A first
 attempt never looks: it costs nothing extra.  Without the history scopes
 (channels:history, groups:history) or outside the channel, it posts as before.
 """
@@ -74,6 +74,7 @@ _DEAD_TOKEN = frozenset({"invalid_auth", "not_authed", "account_inactive", "toke
 # Message metadata event types: what a message is for, so a retry can find what it posted before.
 CARD_EVENT = "shipit_deploy_card"
 BUILD_FAILED_EVENT = "shipit_build_failed"
+FAILURE_EVENT = "shipit_deploy_failure"  # the failure's details, threaded under its card
 # A retry looks back from its event's time, less this: shipit's clock and Slack's differ a little.
 LOOK_BACK = dt.timedelta(minutes=5)
 # Newest first, a page at a time: what a crashed attempt posted is among the channel's latest.
@@ -362,18 +363,27 @@ class SlackNotifier:
 
         if d.status == "failed" and not refs.get("failure_posted"):
             thread = views.failure_thread(deployment=d, app_name=app_name)
-            await self._call(
-                "chat_postMessage",
-                channel_id,
-                key=(notice.event_id, "thread"),
-                dlog=dlog,
-                token=token,
-                thread_ts=ts,
-                text=thread.text,
-                blocks=thread.blocks,
-            )
+            metadata = {"event_type": FAILURE_EVENT, "event_payload": {"deployment_id": d.id, "ref": key}}
+            found = (
+                await self._find_posted(
+                    channel_id, metadata=metadata, since=look_since, token=token, team=team, dlog=dlog,
+                    thread_ts=ts,
+                )
+                if look_since is not None
+                else None
+            )  # fmt: skip
+            if found is None:
+                await self._call(
+                    "chat_postMessage", channel_id, key=(notice.event_id, "thread"), dlog=dlog, token=token,
+                    thread_ts=ts, text=thread.text, blocks=thread.blocks, metadata=metadata,
+                )  # fmt: skip
+                dlog.info("failure details posted in the card's thread in %s", channel_id)
+            else:
+                dlog.info(
+                    "failure details found in the card's thread in %s, posted by an earlier attempt",
+                    channel_id,
+                )
             out["failure_posted"] = True
-            dlog.info("failure details posted in the card's thread in %s", channel_id)
         # Only what is not on the deploy yet: a card just posted was recorded by _post_card, and
         # writing it again was a transaction of its own per posted card (issue 13).
         unsaved = {k: v for k, v in out.items() if k not in saved or saved[k] != v}
@@ -447,54 +457,62 @@ class SlackNotifier:
         token: str | None,
         team: str | None,
         dlog: logctx.ContextLogger,
+        thread_ts: str | None = None,
     ) -> str | None:
-        """The ts of the bot's message in `channel` carrying `metadata`, posted since `since` (less
-        LOOK_BACK), newest first and at most HISTORY_PAGES pages of HISTORY_LIMIT; else None.
+        """The ts of the bot's message in `channel` (with `thread_ts`: among that thread's replies)
+        carrying `metadata`, posted since `since` less LOOK_BACK; at most HISTORY_PAGES pages of
+        HISTORY_LIMIT (a channel newest first, a thread oldest first); else None.
 
-        None too when Slack will not show the history (no channels:history / groups:history scope,
-        not in the channel): the caller then posts, as before there was a look, and it is logged once.
+        None too when Slack will not show it (no channels:history / groups:history scope, not in the
+        channel): the caller then posts, as before there was a look, and it is logged once.
         """
         if (team or "", "missing_scope") in self._unreadable:
             return None
         if since.tzinfo is None:
             since = since.replace(tzinfo=dt.UTC)
-        oldest = f"{(since - LOOK_BACK).timestamp():.6f}"
+        method = "conversations.replies" if thread_ts else "conversations.history"
+        args: dict[str, Any] = {
+            "channel": channel,
+            "oldest": f"{(since - LOOK_BACK).timestamp():.6f}",
+            "limit": HISTORY_LIMIT,
+            "include_all_metadata": True,
+            **({"token": token} if token else {}),
+        }
         wanted = _metadata_key(metadata)
         cursor: str | None = None
-        auth: dict[str, Any] = {"token": token} if token else {}
         for _ in range(HISTORY_PAGES):
             try:
-                response = await self.client.conversations_history(
-                    channel=channel, oldest=oldest, limit=HISTORY_LIMIT, include_all_metadata=True,
-                    cursor=cursor, **auth,
-                )  # fmt: skip
+                if thread_ts:
+                    response = await self.client.conversations_replies(ts=thread_ts, cursor=cursor, **args)
+                else:
+                    response = await self.client.conversations_history(cursor=cursor, **args)
             except SlackApiError as e:
                 status = e.response.status_code
                 error = str(e.response.get("error") or "") if isinstance(e.response.data, dict) else ""
                 if status == 429:
                     retry_after = retry_after_seconds(e.response.headers, default=30.0, minimum=1.0)
-                    raise TransientError(
-                        "Slack conversations.history: rate limited", retry_after=retry_after
-                    ) from None
+                    raise TransientError(f"Slack {method}: rate limited", retry_after=retry_after) from None
                 if error in _NO_HISTORY:
-                    self._cannot_read(
-                        channel, error=error, team=team, needed=e.response.get("needed"), dlog=dlog
-                    )
+                    needed = e.response.get("needed")
+                    self._cannot_read(channel, error=error, team=team, needed=needed, dlog=dlog)
                     return None
+                if error == "thread_not_found":
+                    return None  # the card is gone: nothing was threaded under it
                 if error in _PERMANENT:
-                    raise PermanentError(f"Slack conversations.history in {channel}: {error}") from None
-                raise TransientError(f"Slack conversations.history: {error or f'HTTP {status}'}") from None
+                    raise PermanentError(f"Slack {method} in {channel}: {error}") from None
+                raise TransientError(f"Slack {method}: {error or f'HTTP {status}'}") from None
             except (aiohttp.ClientError, TimeoutError, SlackRequestError) as e:
-                raise TransientError(f"Slack conversations.history: {type(e).__name__}: {e}") from None
+                raise TransientError(f"Slack {method}: {type(e).__name__}: {e}") from None
             page = response.data if isinstance(response.data, dict) else {}
             for message in page.get("messages") or []:
+                # (A thread's parent comes first: it carries the card's metadata, not what is wanted.)
                 if message.get("bot_id") and _metadata_key(message.get("metadata")) == wanted:
                     return str(message["ts"])
             cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
             if not page.get("has_more") or not cursor:
                 return None
         dlog.warning(
-            "slack: no earlier post found in the latest %d messages of %s; posting",
+            "slack: no earlier post found in the %d messages of %s looked at; posting",
             HISTORY_LIMIT * HISTORY_PAGES, channel,
         )  # fmt: skip
         return None

@@ -159,6 +159,33 @@ async def test_a_card_posted_just_before_a_crash_is_adopted_not_posted_again(
     assert len(fake_slack.calls("conversations.history")) == 1
 
 
+async def test_failure_details_threaded_just_before_a_crash_are_not_threaded_again(
+    rt: Runtime, fake_slack: FakeSlack
+) -> None:
+    deployment_id = await _seed(rt)
+    _start_process(rt, fake_slack)
+    await _deploy_event(rt, deployment_id, kind=events.DEPLOY_QUEUED, step="requested", status="queued")
+    await _drain(rt)
+    [card] = fake_slack.messages(CHANNEL, include_replies=False)
+    async with rt.sessionmaker.begin() as session:
+        d = await session.get(models.Deployment, deployment_id)
+        assert d is not None
+        d.error, d.logs = "CrashLoopBackOff: boom", ["panic: boom"]
+    await _deploy_event(rt, deployment_id, kind="deploy.failed", step="final", status="failed")
+    # The card is redrawn, the logs are threaded under it, and the process dies before recording that.
+    job = await _crash_after_slack_accepts(rt, fake_slack, "chat.postMessage")
+    [reply] = fake_slack.thread(CHANNEL, card["ts"])
+    assert "failure_posted" not in await _card_refs(rt, deployment_id)
+
+    await _restart(rt, fake_slack, job)
+    assert [m["ts"] for m in fake_slack.thread(CHANNEL, card["ts"])] == [reply["ts"]]
+    [look] = fake_slack.calls("conversations.replies")
+    assert look.ok and look.arg("ts") == card["ts"]
+    assert (await _card_refs(rt, deployment_id))["failure_posted"] is True
+    assert len(fake_slack.messages(CHANNEL, include_replies=False)) == 1
+    assert "CrashLoopBackOff: boom" in str(fake_slack.message(CHANNEL, card["ts"])["blocks"])
+
+
 async def test_a_first_attempt_posts_with_metadata_and_makes_no_other_call(
     rt: Runtime, fake_slack: FakeSlack
 ) -> None:

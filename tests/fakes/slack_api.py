@@ -113,9 +113,9 @@ class FakeSlack(FakeServer):
     """Fake Slack Web API. ``url`` ends with ``/api/`` like ``https://slack.com/api/``.
 
     Methods: auth.test, chat.postMessage, chat.update, chat.delete, chat.postEphemeral, users.info,
-    conversations.info, conversations.history, oauth.v2.access; plus ``POST /response/<key>`` for
+    conversations.info, conversations.history, conversations.replies, oauth.v2.access; plus ``POST /response/<key>`` for
     response_url posts.  A message's ``metadata`` is kept and shown by conversations.history with
-    ``include_all_metadata``; conversations.history checks the token's history scope and the bot's
+    ``include_all_metadata``; conversations.history and .replies check the token's history scope and the bot's
     membership as Slack does (missing_scope with ``needed``, not_in_channel, channel_not_found).
     """
 
@@ -159,6 +159,7 @@ class FakeSlack(FakeServer):
             "users.info": (self._users_info, True),
             "conversations.info": (self._conversations_info, True),
             "conversations.history": (self._conversations_history, True),
+            "conversations.replies": (self._conversations_replies, True),
             "oauth.v2.access": (self._oauth_v2_access, False),
         }
         default = self.add_workspace(team_id=team_id, name=team_name, bot_token=bot_token)
@@ -565,8 +566,32 @@ class FakeSlack(FakeServer):
         return {"channel": copy.deepcopy(self._channels[channel_id])}
 
     def _conversations_history(self, ctx: _Ctx) -> dict[str, Any]:
+        channel = self._readable_channel(ctx)
+        # Top-level messages only (replies live in conversations.replies), newest first.
+        return self._read(
+            ctx,
+            lambda m: m.channel == channel and m.payload.get("thread_ts", m.payload["ts"]) == m.payload["ts"],
+            newest_first=True,
+            extra={"pin_count": 0, "channel_actions_ts": None, "channel_actions_count": 0},
+        )
+
+    def _conversations_replies(self, ctx: _Ctx) -> dict[str, Any]:
+        channel = self._readable_channel(ctx)
+        ts = str(ctx.require("ts", "thread_not_found"))
+        parent = self._messages.get((channel, ts))
+        if parent is None or parent.deleted:
+            raise SlackError("thread_not_found")
+        # The parent, then its replies, oldest first.
+        return self._read(
+            ctx,
+            lambda m: m.channel == channel and m.payload.get("thread_ts", m.payload["ts"]) == ts,
+            newest_first=False,
+        )
+
+    def _readable_channel(self, ctx: _Ctx) -> str:
+        """The channel id whose messages the caller may read, or Slack's error for why not."""
         value = str(ctx.require("channel", "channel_not_found"))
-        # History takes a channel id only (a name is channel_not_found), unlike chat.postMessage.
+        # Reading takes a channel id only (a name is channel_not_found), unlike chat.postMessage.
         if value not in self._channels:
             if self.strict or not (value[:1] in ("C", "G", "D") and value[1:].isalnum() and value.isupper()):
                 raise SlackError("channel_not_found")
@@ -579,57 +604,53 @@ class FakeSlack(FakeServer):
             if channel["is_private"]
             else "channels:history"
         )
-        granted = ctx.caller.scope.split(",")
-        if needed not in granted:
+        if needed not in ctx.caller.scope.split(","):
             raise SlackError("missing_scope", needed=needed, provided=ctx.caller.scope)
         if not channel["is_member"]:
             raise SlackError("channel_not_found" if channel["is_private"] else "not_in_channel")
+        return value
+
+    def _read(
+        self,
+        ctx: _Ctx,
+        wanted: Callable[[_Message], bool],
+        *,
+        newest_first: bool,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One page of the live messages `wanted` picks, within oldest / latest, `limit` at a time;
+        the cursor (base64 of ``next_ts:<ts without the dot>``, as Slack's) goes on from the last."""
         try:
-            limit = int(ctx.args.get("limit") or 100)
+            limit = max(1, min(int(ctx.args.get("limit") or 100), 999))
             oldest = float(ctx.args.get("oldest") or 0)
             latest = float(ctx.args["latest"]) if ctx.args.get("latest") else float("inf")
         except ValueError:
             raise SlackError("invalid_arguments") from None
-        limit = max(1, min(limit, 999))
         inclusive = _truthy(ctx.args.get("inclusive"))
-        cursor = str(ctx.args.get("cursor") or "")
-        if cursor:
+        after: float | None = None
+        if ctx.args.get("cursor"):
             try:
-                digits = base64.b64decode(cursor).decode().removeprefix("next_ts:")
-                latest, inclusive = float(f"{digits[:-6]}.{digits[-6:]}"), False
+                digits = base64.b64decode(str(ctx.args["cursor"])).decode().removeprefix("next_ts:")
+                after = float(f"{digits[:-6]}.{digits[-6:]}")
             except ValueError:
                 raise SlackError("invalid_cursor") from None
-        with_metadata = _truthy(ctx.args.get("include_all_metadata"))
 
-        def within(ts: float) -> bool:
-            if inclusive:
-                return oldest <= ts <= latest
-            return oldest < ts < latest
+        def within(m: _Message) -> bool:
+            ts = float(m.payload["ts"])
+            if after is not None and (ts >= after if newest_first else ts <= after):
+                return False
+            return oldest <= ts <= latest if inclusive else oldest < ts < latest
 
-        # Top-level messages only (replies live in conversations.replies), newest first.
         found = sorted(
-            (
-                m.payload
-                for m in self._messages.values()
-                if m.channel == value
-                and not m.deleted
-                and m.payload.get("thread_ts", m.payload["ts"]) == m.payload["ts"]
-                and within(float(m.payload["ts"]))
-            ),
+            (m.payload for m in self._messages.values() if not m.deleted and wanted(m) and within(m)),
             key=lambda p: float(p["ts"]),
-            reverse=True,
+            reverse=newest_first,
         )
         page = [copy.deepcopy(p) for p in found[:limit]]
-        if not with_metadata:
+        if not _truthy(ctx.args.get("include_all_metadata")):
             for p in page:
                 p.pop("metadata", None)
-        body: dict[str, Any] = {
-            "messages": page,
-            "has_more": len(found) > limit,
-            "pin_count": 0,
-            "channel_actions_ts": None,
-            "channel_actions_count": 0,
-        }
+        body: dict[str, Any] = {"messages": page, "has_more": len(found) > limit, **(extra or {})}
         if len(found) > limit:
             next_ts = page[-1]["ts"].replace(".", "")
             body["response_metadata"] = {
