@@ -12,14 +12,14 @@ carrying Retry-After, so the job queue retries later without holding a worker.
 A card that cannot be updated never fails the deploy: the notify job is
 separate from the deploy job.
 
-Posted once, even across a crash: chat.postMessage has no idempotency key, so
-every card, failure thread and failed-build message carries Slack message
-metadata naming what it is for (the deploy and target, or the event).  A delivery whose job ran
-before (attempt > 1: a crash, a lost lease, a failure after the post; our own
-pacing is not an attempt) and knows no ts looks for that metadata in the
-channel's recent history (a thread's replies) first, and adopts what it finds.  A first
-attempt never looks: it costs nothing extra.  Without the history scopes
-(channels:history, groups:history) or outside the channel, it posts as before.
+Posted once, even across a crash: chat.postMessage has no idempotency key, so every
+card, failure thread and failed-build message carries Slack message metadata naming
+what it is for (the deploy and target, or the event).  A delivery whose job ran
+before (attempt > 1: a crash, a lost lease, a failure after the post; our own pacing
+is not an attempt) and knows no ts looks for that metadata in the channel's recent
+history (a thread's replies) first, and adopts what it finds.  A first attempt never
+looks: it costs nothing extra.  Without the history scopes (channels:history,
+groups:history) or outside the channel, it posts as before.
 """
 
 from __future__ import annotations
