@@ -43,7 +43,16 @@ log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 INSTALL_PATH = "/slack/install"
 REDIRECT_PATH = "/slack/oauth_redirect"
-BOT_SCOPES = ("commands", "chat:write", "chat:write.public", "app_mentions:read", "users:read")
+# As manifests/slack-app.yaml; the history scopes let a retried post find what it may have posted.
+BOT_SCOPES = (
+    "commands",
+    "chat:write",
+    "chat:write.public",
+    "app_mentions:read",
+    "users:read",
+    "channels:history",
+    "groups:history",
+)
 FOLLOW_UP_TIMEOUT = 20.0
 _MENTION = re.compile(r"^\s*<@[UW][A-Z0-9]+(?:\|[^>]*)?>\s*")
 

@@ -11,11 +11,21 @@ Slack's limits are respected here, not hoped for: writes are paced per channel
 carrying Retry-After, so the job queue retries later without holding a worker.
 A card that cannot be updated never fails the deploy: the notify job is
 separate from the deploy job.
+
+Posted once, even across a crash: chat.postMessage has no idempotency key, so every
+card, failure thread and failed-build message carries Slack message metadata naming
+what it is for (the deploy and target, or the event).  A delivery whose job ran
+before (attempt > 1: a crash, a lost lease, a failure after the post; our own pacing
+is not an attempt) and knows no ts looks for that metadata in the channel's recent
+history (a thread's replies) first, and adopts what it finds.  A first attempt never
+looks: it costs nothing extra.  Without the history scopes (channels:history,
+groups:history) or outside the channel, it posts as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -30,7 +40,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import views
 from core import events, logctx, notices, shared
-from core.errors import Deferred, PermanentError, TransientError, retry_after_seconds
+from core.errors import Deferred, Paced, PermanentError, TransientError, retry_after_seconds
 from core.notices import render
 
 log = logging.getLogger(__name__)
@@ -61,13 +71,33 @@ _PERMANENT = frozenset(
 # Of those, the ones that say the bot token itself is gone, not that one call was wrong.
 _DEAD_TOKEN = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"})
 
+# Message metadata event types: what a message is for, so a retry can find what it posted before.
+CARD_EVENT = "shipit_deploy_card"
+BUILD_FAILED_EVENT = "shipit_build_failed"
+FAILURE_EVENT = "shipit_deploy_failure"  # the failure's details, threaded under its card
+# A retry looks back from its event's time, less this: shipit's clock and Slack's differ a little.
+LOOK_BACK = dt.timedelta(minutes=5)
+# Newest first, a page at a time: what a crashed attempt posted is among the channel's latest.
+HISTORY_LIMIT = 20
+HISTORY_PAGES = 5
+# conversations.history refusing to read the channel: a retry then posts as it always did.
+_NO_HISTORY = frozenset({"missing_scope", "not_in_channel", "channel_not_found"})
+
+
+def _metadata_key(metadata: Any) -> tuple[str, tuple[tuple[str, str], ...]] | None:
+    """Message metadata as a comparable value (Slack may give numbers back as strings)."""
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("event_payload"), dict):
+        return None
+    payload = metadata["event_payload"]
+    return str(metadata.get("event_type")), tuple(sorted((str(k), str(v)) for k, v in payload.items()))
+
 
 class Pacer:
     """Per-channel token bucket: `rate` writes per second, bursts of `burst`.
 
     A write that would wait longer than `max_wait` is not made to wait in a
-    worker slot: it raises Deferred(retry_after), a TransientError that does not
-    count against the target, and the queue retries it.
+    worker slot: it raises Paced(retry_after), a TransientError that counts neither
+    against the target nor as an attempt, and the queue retries it.
     With a `key` (which delivery this is), the slot is reserved for it, so a
     backlog drains in order with one retry per write instead of every waiting
     job coming back again and again to race for the next free second.
@@ -90,12 +120,12 @@ class Pacer:
             slot = max(self._next.get(channel, 0.0), now - (self.burst - 1) * self.interval)
             delay = slot - now
             if delay > self.max_wait and key is None:
-                raise Deferred(f"pacing messages to Slack channel {channel}", retry_after=delay)
+                raise Paced(f"pacing messages to Slack channel {channel}", retry_after=delay)
             self._next[channel] = slot + self.interval
         delay = slot - now
         if delay > self.max_wait:
             self._hold(channel, key, slot, now)
-            raise Deferred(f"pacing messages to Slack channel {channel}", retry_after=delay)
+            raise Paced(f"pacing messages to Slack channel {channel}", retry_after=delay)
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -146,7 +176,7 @@ class SharedPacer(Pacer):
         if delay > self.max_wait:
             if key is not None:
                 self._hold(channel, key, slot, now)
-            raise Deferred(f"pacing messages to Slack channel {channel}", retry_after=delay)
+            raise Paced(f"pacing messages to Slack channel {channel}", retry_after=delay)
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -190,6 +220,9 @@ class SlackNotifier:
         self._shown: OrderedDict[tuple[str, str], str] = OrderedDict()
         # Failed builds announced from this process, (event id, refs key) -> ts: a retry posts nothing.
         self._announced: OrderedDict[tuple[int, str], str] = OrderedDict()
+        # Why a retry could not read a channel's history, logged once per workspace (missing_scope:
+        # not asked again) or channel.
+        self._unreadable: set[tuple[str, str]] = set()
         # Set when Slack says the bot token is gone (app_uninstalled, tokens_revoked; bot.channel):
         # cards are not posted, rather than failing every deploy's notice against a dead token.
         self.revoked: str | None = None
@@ -252,12 +285,50 @@ class SlackNotifier:
             return None
         app_name = notice.app.name if notice.app else "app"
         card = views.card(deployment=d, app=notice.app, project=notice.project)
+        # A retry may have posted before it could record the post: it looks before posting again.
+        look_since = notice.created_at if notice.attempt > 1 else None
 
-        if ts is None:
-            out, saved = await self._post_card(
-                card, channel_id, dlog=dlog, key=(notice.event_id, "card"), token=token,
-                posted=posted, deployment_id=d.id, ref_key=key, **({"team": team} if team else {}),
+        try:
+            return await self._draw(
+                notice, d, card, refs=refs, out=out, saved=saved, channel_id=channel_id, ts=ts, team=team,
+                token=token, key=key, posted=posted, look_since=look_since, app_name=app_name, dlog=dlog,
             )  # fmt: skip
+        except Paced as e:
+            if out.get("ts") and saved.get("ts") != out["ts"]:
+                # Posted (now or by an earlier attempt here) and not recorded: the retry must count as
+                # an attempt, so that on any replica it looks for the card before posting one.
+                raise Deferred(str(e), retry_after=e.retry_after) from None
+            raise
+
+    async def _draw(
+        self,
+        notice: events.Notice,
+        d: events.DeploymentView,
+        card: views.Message,
+        *,
+        refs: dict[str, Any],
+        out: dict[str, Any],
+        saved: dict[str, Any],
+        channel_id: str,
+        ts: str | None,
+        team: str | None,
+        token: str | None,
+        key: str,
+        posted: tuple[int, str],
+        look_since: dt.datetime | None,
+        app_name: str,
+        dlog: logctx.ContextLogger,
+    ) -> events.Delivered | None:
+        """Post or update the card, and thread a failure's details once.  `out` and `saved` are
+        filled in place, so the caller sees what was posted even when a later call raises."""
+        if ts is None:
+            got, got_saved = await self._post_card(
+                card, channel_id, dlog=dlog, key=(notice.event_id, "card"), token=token,
+                posted=posted, deployment_id=d.id, ref_key=key, look_since=look_since,
+                **({"team": team} if team else {}),
+            )  # fmt: skip
+            out.update(got)
+            saved.update(got_saved)
             channel_id, ts = out["channel"], out["ts"]
             dlog.info("card posted in %s (ts %s, %s)", channel_id, ts, d.status)
         elif self._fingerprint(card) != self._shown.get((channel_id, ts)):
@@ -276,11 +347,15 @@ class SlackNotifier:
                 if "message_not_found" not in str(e):
                     raise
                 # Someone deleted the card: post a fresh one rather than going silent.
-                out, saved = await self._post_card(
+                got, got_saved = await self._post_card(
                     card, channel_id, dlog=dlog, key=(notice.event_id, "repost"), token=token,
-                    posted=posted, deployment_id=d.id, ref_key=key, failure_posted=False,
-                    **({"team": team} if team else {}),
+                    posted=posted, deployment_id=d.id, ref_key=key, look_since=look_since,
+                    failure_posted=False, **({"team": team} if team else {}),
                 )  # fmt: skip
+                out.clear()
+                out.update(got)
+                saved.clear()
+                saved.update(got_saved)
                 channel_id, ts = out["channel"], out["ts"]
                 refs["failure_posted"] = False
             dlog.info("card updated in %s (%s)", channel_id, d.status)
@@ -288,18 +363,27 @@ class SlackNotifier:
 
         if d.status == "failed" and not refs.get("failure_posted"):
             thread = views.failure_thread(deployment=d, app_name=app_name)
-            await self._call(
-                "chat_postMessage",
-                channel_id,
-                key=(notice.event_id, "thread"),
-                dlog=dlog,
-                token=token,
-                thread_ts=ts,
-                text=thread.text,
-                blocks=thread.blocks,
-            )
+            metadata = {"event_type": FAILURE_EVENT, "event_payload": {"deployment_id": d.id, "ref": key}}
+            found = (
+                await self._find_posted(
+                    channel_id, metadata=metadata, since=look_since, token=token, team=team, dlog=dlog,
+                    thread_ts=ts,
+                )
+                if look_since is not None
+                else None
+            )  # fmt: skip
+            if found is None:
+                await self._call(
+                    "chat_postMessage", channel_id, key=(notice.event_id, "thread"), dlog=dlog, token=token,
+                    thread_ts=ts, text=thread.text, blocks=thread.blocks, metadata=metadata,
+                )  # fmt: skip
+                dlog.info("failure details posted in the card's thread in %s", channel_id)
+            else:
+                dlog.info(
+                    "failure details found in the card's thread in %s, posted by an earlier attempt",
+                    channel_id,
+                )
             out["failure_posted"] = True
-            dlog.info("failure details posted in the card's thread in %s", channel_id)
         # Only what is not on the deploy yet: a card just posted was recorded by _post_card, and
         # writing it again was a transaction of its own per posted card (issue 13).
         unsaved = {k: v for k, v in out.items() if k not in saved or saved[k] != v}
@@ -332,10 +416,27 @@ class SlackNotifier:
             return
         failure = render.build_failure(notice)
         text = views.build_failed(failure, where=render.place(notice))
-        answer = await self._call(
-            "chat_postMessage", channel_id, dlog=dlog, key=(notice.event_id, "build"), token=token, text=text
+        metadata = {
+            "event_type": BUILD_FAILED_EVENT,
+            "event_payload": {"event_id": notice.event_id, "ref": key},
+        }
+        # A retry may have posted it and died before the mark was written: it looks first.
+        found = (
+            await self._find_posted(
+                channel_id, metadata=metadata, since=notice.created_at, token=token, team=team, dlog=dlog
+            )
+            if notice.attempt > 1
+            else None
         )
-        ts = str(answer.get("ts") or "")
+        if found is None:
+            answer = await self._call(
+                "chat_postMessage", channel_id, dlog=dlog, key=(notice.event_id, "build"), token=token,
+                text=text, metadata=metadata,
+            )  # fmt: skip
+            ts = str(answer.get("ts") or "")
+        else:
+            ts = found
+            dlog.info("build failure found in %s (ts %s), posted by an earlier attempt", channel_id, ts)
         self._announced[done] = ts
         while len(self._announced) > 2000:
             self._announced.popitem(last=False)
@@ -344,7 +445,91 @@ class SlackNotifier:
                 await shared.mark_done(self.sessionmaker, key=mark, value=ts)
             except Exception:
                 dlog.warning("could not record the posted build failure yet", exc_info=True)
-        dlog.info("build #%s failure posted in %s (ts %s)", failure.build, channel_id, ts)
+        if found is None:
+            dlog.info("build #%s failure posted in %s (ts %s)", failure.build, channel_id, ts)
+
+    async def _find_posted(
+        self,
+        channel: str,
+        *,
+        metadata: dict[str, Any],
+        since: dt.datetime,
+        token: str | None,
+        team: str | None,
+        dlog: logctx.ContextLogger,
+        thread_ts: str | None = None,
+    ) -> str | None:
+        """The ts of the bot's message in `channel` (with `thread_ts`: among that thread's replies)
+        carrying `metadata`, posted since `since` less LOOK_BACK; at most HISTORY_PAGES pages of
+        HISTORY_LIMIT (a channel newest first, a thread oldest first); else None.
+
+        None too when Slack will not show it (no channels:history / groups:history scope, not in the
+        channel): the caller then posts, as before there was a look, and it is logged once.
+        """
+        if (team or "", "missing_scope") in self._unreadable:
+            return None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=dt.UTC)
+        method = "conversations.replies" if thread_ts else "conversations.history"
+        args: dict[str, Any] = {
+            "channel": channel,
+            "oldest": f"{(since - LOOK_BACK).timestamp():.6f}",
+            "limit": HISTORY_LIMIT,
+            "include_all_metadata": True,
+            **({"token": token} if token else {}),
+        }
+        wanted = _metadata_key(metadata)
+        cursor: str | None = None
+        for _ in range(HISTORY_PAGES):
+            try:
+                if thread_ts:
+                    response = await self.client.conversations_replies(ts=thread_ts, cursor=cursor, **args)
+                else:
+                    response = await self.client.conversations_history(cursor=cursor, **args)
+            except SlackApiError as e:
+                status = e.response.status_code
+                error = str(e.response.get("error") or "") if isinstance(e.response.data, dict) else ""
+                if status == 429:
+                    retry_after = retry_after_seconds(e.response.headers, default=30.0, minimum=1.0)
+                    raise TransientError(f"Slack {method}: rate limited", retry_after=retry_after) from None
+                if error in _NO_HISTORY:
+                    needed = e.response.get("needed")
+                    self._cannot_read(channel, error=error, team=team, needed=needed, dlog=dlog)
+                    return None
+                if error == "thread_not_found":
+                    return None  # the card is gone: nothing was threaded under it
+                if error in _PERMANENT:
+                    raise PermanentError(f"Slack {method} in {channel}: {error}") from None
+                raise TransientError(f"Slack {method}: {error or f'HTTP {status}'}") from None
+            except (aiohttp.ClientError, TimeoutError, SlackRequestError) as e:
+                raise TransientError(f"Slack {method}: {type(e).__name__}: {e}") from None
+            page = response.data if isinstance(response.data, dict) else {}
+            for message in page.get("messages") or []:
+                # (A thread's parent comes first: it carries the card's metadata, not what is wanted.)
+                if message.get("bot_id") and _metadata_key(message.get("metadata")) == wanted:
+                    return str(message["ts"])
+            cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+            if not page.get("has_more") or not cursor:
+                return None
+        dlog.warning(
+            "slack: no earlier post found in the %d messages of %s looked at; posting",
+            HISTORY_LIMIT * HISTORY_PAGES, channel,
+        )  # fmt: skip
+        return None
+
+    def _cannot_read(
+        self, channel: str, *, error: str, team: str | None, needed: Any, dlog: logctx.ContextLogger
+    ) -> None:
+        # A missing scope holds for the whole installation until it is reinstalled: not asked again.
+        seen = (team or "", error) if error == "missing_scope" else (channel, error)
+        if seen in self._unreadable:
+            return
+        self._unreadable.add(seen)
+        dlog.warning(
+            "slack: cannot read the history of %s (%s%s), so a retried post cannot check it was "
+            "posted already; add the channels:history and groups:history scopes and reinstall the app",
+            channel, error, f", needs {needed}" if needed else "",
+        )  # fmt: skip
 
     async def _call(
         self,
@@ -396,14 +581,40 @@ class SlackNotifier:
         posted: tuple[int, str],
         deployment_id: int,
         ref_key: str,
+        look_since: dt.datetime | None = None,
         **extra: Any,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Post a new card and remember where (here and on the deploy), so later events update it.
 
-        Returns the refs and, of them, what is recorded on the deploy (nothing if that failed)."""
-        answer = await self._call(
-            "chat_postMessage", channel, dlog=dlog, key=key, token=token, text=card.text, blocks=card.blocks
+        `look_since` (a retry): first look for the card an earlier attempt posted since then, and
+        adopt it.  Returns the refs and, of them, what is recorded on the deploy (nothing if that
+        failed)."""
+        metadata = {
+            "event_type": CARD_EVENT,
+            "event_payload": {"deployment_id": deployment_id, "ref": ref_key},
+        }
+        found = (
+            await self._find_posted(
+                channel, metadata=metadata, since=look_since, token=token, team=extra.get("team"), dlog=dlog
+            )
+            if look_since is not None
+            else None
         )
+        if found is not None:
+            # An earlier attempt posted it and died before recording it: this is the card; redraw it.
+            await self._call(
+                "chat_update", channel, dlog=dlog, key=key, token=token, ts=found, text=card.text,
+                blocks=card.blocks,
+            )  # fmt: skip
+            dlog.info(
+                "card found in %s (ts %s), posted by an earlier attempt: not posted again", channel, found
+            )
+            answer: dict[str, Any] = {"channel": channel, "ts": found}
+        else:
+            answer = await self._call(
+                "chat_postMessage", channel, dlog=dlog, key=key, token=token, text=card.text,
+                blocks=card.blocks, metadata=metadata,
+            )  # fmt: skip
         out = {"channel": str(answer["channel"]), "ts": str(answer["ts"]), **extra}
         self._remember_post(posted, out["channel"], out["ts"])
         saved = await self._save_post(deployment_id, out, key=ref_key, dlog=dlog)

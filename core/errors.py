@@ -73,6 +73,11 @@ class Deferred(TransientError):
     """
 
 
+class Paced(Deferred):
+    """Deferred before anything was sent: not an attempt either, so a job's `attempts` above 1 still
+    says an earlier run may have sent it (the worker gives the claim's attempt back)."""
+
+
 class PermanentError(ShipitError):
     """Retrying will not help: invalid spec, forbidden, misconfiguration."""
 

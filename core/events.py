@@ -470,7 +470,7 @@ def preview_view(preview: models.Preview) -> PreviewView:
 
 
 async def build_notice(
-    session: AsyncSession, *, event: models.Event, target: TargetView | None = None
+    session: AsyncSession, *, event: models.Event, target: TargetView | None = None, attempt: int = 1
 ) -> Notice:
     # Project, app and cluster change rarely: the read cache's copies (one stamp read per job, which
     # the environments' look-ups below need anyway) instead of three statements a job (issue 13).
@@ -501,6 +501,7 @@ async def build_notice(
         preview=preview_view(preview) if preview else None,
         target=target,
         environment=(await environments.of_app(session, app=app)).name if app else None,
+        attempt=attempt,
     )
 
 
@@ -541,7 +542,7 @@ async def run_notify_job(*, ctx: Core, job: jobs.JobView) -> None:
             target = await notice_targets.view(session, target_id=int(target_id))
             if target is None:
                 return  # removed since: nothing to send
-        notice = await build_notice(session, event=event, target=target)
+        notice = await build_notice(session, event=event, target=target, attempt=job.attempts)
     with observe.span(f"notify {name}", notifier=name, event=notice.kind, deploy_id=event.deployment_id):
         try:
             delivered = await notifier.deliver(notice)

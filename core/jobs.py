@@ -569,13 +569,17 @@ def backoff_seconds(*, attempts: int, base: float = 1.0, cap: float = 300.0) -> 
     return delay * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not crypto
 
 
-async def retry(session: AsyncSession, *, job_id: int, owner: str, error: str, delay: float) -> bool:
+async def retry(
+    session: AsyncSession, *, job_id: int, owner: str, error: str, delay: float, counted: bool = True
+) -> bool:
     """Hand the job back to the queue, to run again after `delay`, if `owner` still holds it.
 
     One conditional UPDATE, as `complete`: under a burst of cards most notify jobs come back here
-    once (paced, `Deferred`) before they run."""
+    once (paced, `Deferred`) before they run.  `counted=False` (our own pacing, which stopped the
+    job before it did anything): the claim's attempt is given back, so `attempts` above 1 still
+    means an earlier run may have done its work (a notifier then looks before sending again)."""
     result = await session.execute(
-        _RETRY,
+        _RETRY if counted else _RETRY_UNCOUNTED,
         {
             "job_id": job_id,
             "owner": owner,
@@ -602,6 +606,7 @@ _RETRY = (
     )
     .execution_options(synchronize_session=False)
 )
+_RETRY_UNCOUNTED = _RETRY.values(attempts=models.Job.attempts - 1)
 
 
 async def cancel_where(session: AsyncSession, *, dedupe_keys: list[str]) -> None:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 
 from core import errors, jobs, logctx, observe
 from core.context import Core
-from core.errors import Deferred, PermanentError, TransientError, UserError
+from core.errors import Deferred, Paced, PermanentError, TransientError, UserError
 from core.instance import Instance
 from storage import db, models
 
@@ -329,14 +329,16 @@ class Worker:
             delay = (
                 e.retry_after if e.retry_after is not None else jobs.backoff_seconds(attempts=job.attempts)
             )
-            if job.attempts >= job.max_attempts:
+            # Paced: stopped by our own pacing before it sent anything, so not an attempt.
+            paced = isinstance(e, Paced)
+            if job.attempts >= job.max_attempts and not paced:
                 await self._finish(job, fail=f"gave up after {job.attempts} attempts: {e}")
             else:
                 # Our own pacing is routine under a burst (a line per card would cost CPU of its own).
                 (jlog.debug if isinstance(e, Deferred) else jlog.warning)(
                     "job %s (%s) attempt %d: %s; retrying in %.1fs", job.id, job.kind, job.attempts, e, delay
                 )
-                await self._retry(job, error=str(e), delay=delay)
+                await self._retry(job, error=str(e), delay=delay, counted=not paced)
         except (PermanentError, UserError) as e:
             jlog.warning("job %s (%s) failed: %s", job.id, job.kind, e)
             await self._finish(job, fail=str(e))
@@ -371,9 +373,11 @@ class Worker:
         ):
             await handler.run(ctx=self.ctx, job=job)
 
-    async def _retry(self, job: jobs.JobView, *, error: str, delay: float) -> None:
+    async def _retry(self, job: jobs.JobView, *, error: str, delay: float, counted: bool = True) -> None:
         async with self.ctx.sessionmaker.begin() as session:
-            await jobs.retry(session, job_id=job.id, owner=self.owner, error=error, delay=delay)
+            await jobs.retry(
+                session, job_id=job.id, owner=self.owner, error=error, delay=delay, counted=counted
+            )
 
     async def _finish(self, job: jobs.JobView, *, fail: str | None) -> None:
         async with self.ctx.sessionmaker.begin() as session:

@@ -151,6 +151,9 @@ class Notice:
     # command was typed in, or each app's GitHub repository) and the app's environment name.
     target: TargetView | None = None
     environment: str | None = None
+    # Which attempt of its job this delivery is: above 1, an earlier attempt may have sent it already
+    # (a crash, a lost lease or a failure after the send; our own pacing is not counted).
+    attempt: int = 1
 
 
 def logger_for(logger: logging.Logger, notice: Notice) -> logctx.ContextLogger:

@@ -330,3 +330,54 @@ async def test_protection_changes_are_left_to_the_other_notifiers(
     calls = len(fake_slack.calls())
     assert await n.deliver(change) is None
     assert len(fake_slack.calls()) == calls
+
+
+async def test_a_retry_finds_its_card_past_the_first_page_of_a_busy_channel(
+    fake_slack: FakeSlack, client: AsyncWebClient
+) -> None:
+    """The card an earlier attempt posted, with a page of chatter after it: found on the next page
+    (Slack's cursor), adopted and redrawn, not posted again."""
+    delivered = await make(client).deliver(notice(status="queued"))
+    assert delivered is not None and delivered.deployment_refs is not None
+    ts = delivered.deployment_refs["ts"]  # ... and then its process died before recording it
+    for i in range(notifier_mod.HISTORY_LIMIT + 5):
+        await client.chat_postMessage(channel=CHANNEL, text=f"chatter {i}")
+    # An earlier deploy's card, from the same bot, is not this one.
+    await client.chat_postMessage(
+        channel=CHANNEL, text="older card",
+        metadata={"event_type": notifier_mod.CARD_EVENT, "event_payload": {"deployment_id": 6, "ref": "slack"}},
+    )  # fmt: skip
+    retry = dataclasses.replace(notice(status="running", ready=0, desired=1), attempt=2)
+    again = await make(client).deliver(retry)  # another process: nothing in memory
+    assert again is not None and again.deployment_refs == {"channel": CHANNEL, "ts": ts}
+    assert len(fake_slack.calls("conversations.history")) == 2
+    assert len(fake_slack.calls("chat.postMessage")) == 1 + notifier_mod.HISTORY_LIMIT + 5 + 1
+    assert "rolling out" in str(fake_slack.message(CHANNEL, ts)["blocks"])
+
+
+async def test_a_retry_that_cannot_read_the_channel_posts_and_says_why_once(
+    fake_slack: FakeSlack, client: AsyncWebClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """not_in_channel (posting needs only chat:write.public, reading needs membership) and
+    missing_scope: the retry posts as before there was a look; each reason is logged once, and a
+    workspace without the scope is not asked again."""
+    fake_slack.add_channel("C0OUTSIDE", name="outside", is_member=False)
+    n = make(client)
+    with caplog.at_level(logging.WARNING, logger="bot.notifier"):
+        for deployment_id in (1, 2):
+            retry = dataclasses.replace(notice(channel="C0OUTSIDE", deployment_id=deployment_id), attempt=2)
+            assert await n.deliver(retry) is not None
+        assert [c.response["error"] for c in fake_slack.calls("conversations.history")] == [
+            "not_in_channel"
+        ] * 2
+        fake_slack.set_scopes(fake_slack.bot_token, "chat:write,chat:write.public")
+        for deployment_id in (3, 4):
+            assert (
+                await n.deliver(dataclasses.replace(notice(deployment_id=deployment_id), attempt=2))
+                is not None
+            )
+    errors = [c.response["error"] for c in fake_slack.calls("conversations.history")]
+    assert errors == ["not_in_channel", "not_in_channel", "missing_scope"]
+    assert len(fake_slack.calls("chat.postMessage")) == 4
+    said = [r.getMessage() for r in caplog.records if "cannot read the history" in r.getMessage()]
+    assert len(said) == 2 and "not_in_channel" in said[0] and "needs channels:history" in said[1], said

@@ -26,6 +26,10 @@ from tests.fakes._server import Answer, Call, FakeServer, lower_headers, peer_of
 
 # Form-encoded calls carry these as JSON strings; slack_sdk's JSON calls carry them as JSON values.
 _JSON_ARGS = frozenset({"blocks", "attachments", "metadata", "user_auth_blocks"})
+# A bot token's scopes when a test names none: what manifests/slack-app.yaml asks for.
+BOT_SCOPES = (
+    "commands,chat:write,chat:write.public,app_mentions:read,users:read,channels:history,groups:history"
+)
 
 
 class SlackError(Exception):
@@ -109,7 +113,10 @@ class FakeSlack(FakeServer):
     """Fake Slack Web API. ``url`` ends with ``/api/`` like ``https://slack.com/api/``.
 
     Methods: auth.test, chat.postMessage, chat.update, chat.delete, chat.postEphemeral, users.info,
-    conversations.info, oauth.v2.access; plus ``POST /response/<key>`` for response_url posts.
+    conversations.info, conversations.history, conversations.replies, oauth.v2.access; plus ``POST /response/<key>`` for
+    response_url posts.  A message's ``metadata`` is kept and shown by conversations.history with
+    ``include_all_metadata``; conversations.history and .replies check the token's history scope and the bot's
+    membership as Slack does (missing_scope with ``needed``, not_in_channel, channel_not_found).
     """
 
     def __init__(
@@ -140,7 +147,8 @@ class FakeSlack(FakeServer):
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._oauth_codes: dict[str, _OAuthCode] = {}
         self._used_codes: set[str] = set()
-        self._ts_counter = 0
+        self._last_ts = 0
+        self._accepted_hooks: list[tuple[str, Callable[[dict[str, Any]], None]]] = []
         self._methods: dict[str, tuple[Callable[[_Ctx], dict[str, Any]], bool]] = {
             "api.test": (self._api_test, False),
             "auth.test": (self._auth_test, True),
@@ -150,6 +158,8 @@ class FakeSlack(FakeServer):
             "chat.postEphemeral": (self._chat_post_ephemeral, True),
             "users.info": (self._users_info, True),
             "conversations.info": (self._conversations_info, True),
+            "conversations.history": (self._conversations_history, True),
+            "conversations.replies": (self._conversations_replies, True),
             "oauth.v2.access": (self._oauth_v2_access, False),
         }
         default = self.add_workspace(team_id=team_id, name=team_name, bot_token=bot_token)
@@ -182,8 +192,10 @@ class FakeSlack(FakeServer):
     def app_id(self) -> str:
         return self.default_workspace.app_id
 
-    def add_workspace(self, *, team_id: str, name: str, bot_token: str | None = None) -> Workspace:
-        """A workspace with a bot installed; its bot token is valid from now on."""
+    def add_workspace(
+        self, *, team_id: str, name: str, bot_token: str | None = None, scopes: str = BOT_SCOPES
+    ) -> Workspace:
+        """A workspace with a bot installed; its bot token is valid (with `scopes`) from now on."""
         suffix = team_id.removeprefix("T")
         with self._lock:
             ws = Workspace(
@@ -196,7 +208,7 @@ class FakeSlack(FakeServer):
                 app_id="A0SHIPIT01",
             )
             self._workspaces[team_id] = ws
-            self._tokens[ws.bot_token] = _Token(ws, "bot", ws.bot_user_id, "chat:write,commands,users:read")
+            self._tokens[ws.bot_token] = _Token(ws, "bot", ws.bot_user_id, scopes)
             self._users.setdefault(
                 ws.bot_user_id, self._user_shape(ws.bot_user_id, "shipit", "shipit", None, ws, is_bot=True)
             )
@@ -211,6 +223,12 @@ class FakeSlack(FakeServer):
         with self._lock:
             ws = self._workspaces[team_id or self.team_id]
             self._tokens[token] = _Token(ws, kind, user_id, "chat:write")
+
+    def set_scopes(self, token: str, scopes: str) -> None:
+        """What `token` is granted from now on (comma-separated), e.g. an app installed before a scope
+        was added to its manifest."""
+        with self._lock:
+            self._tokens[token].scope = scopes
 
     def revoke_token(self, token: str) -> None:
         """Later calls with `token` answer ``token_revoked``."""
@@ -237,9 +255,14 @@ class FakeSlack(FakeServer):
             self._users[user_id] = user
             return copy.deepcopy(user)
 
-    def add_channel(self, channel_id: str, *, name: str, is_private: bool = False) -> dict[str, Any]:
+    def add_channel(
+        self, channel_id: str, *, name: str, is_private: bool = False, is_member: bool = True
+    ) -> dict[str, Any]:
+        """`is_member=False`: the bot is not in it (it may still post there with chat:write.public,
+        but not read its history)."""
         with self._lock:
             channel = self._channel_shape(channel_id, name, is_private=is_private)
+            channel["is_member"] = is_member
             self._channels[channel_id] = channel
             return copy.deepcopy(channel)
 
@@ -274,6 +297,12 @@ class FakeSlack(FakeServer):
         with self._lock:
             self._response_urls[key] = _ResponseUrl(channel, user, message_ts, [])
         return f"{self.origin}/response/{key}"
+
+    def when_accepted(self, method: str, hook: Callable[[dict[str, Any]], None]) -> None:
+        """Call `hook(answer)` once, on the fake's thread, when the next `method` call succeeds, after
+        Slack has done it and before the answer is sent: e.g. the caller's process dies there."""
+        with self._lock:
+            self._accepted_hooks.append((method, hook))
 
     # ---- failure injection -----------------------------------------------------------------------
 
@@ -412,6 +441,10 @@ class FakeSlack(FakeServer):
                 body = handler(_Ctx(args, token, headers))
             except SlackError as e:
                 return Answer(e.status, {"ok": False, "error": e.error, **e.extra}, _slack_headers())
+            hook = next((h for h in self._accepted_hooks if h[0] == method), None)
+            if hook is not None:
+                self._accepted_hooks.remove(hook)
+                hook[1](copy.deepcopy(body))
             return Answer(200, {"ok": True, **body}, _slack_headers())
 
     def _finish(
@@ -532,6 +565,99 @@ class FakeSlack(FakeServer):
         channel_id = self._resolve_channel(ctx.require("channel", "channel_not_found"))
         return {"channel": copy.deepcopy(self._channels[channel_id])}
 
+    def _conversations_history(self, ctx: _Ctx) -> dict[str, Any]:
+        channel = self._readable_channel(ctx)
+        # Top-level messages only (replies live in conversations.replies), newest first.
+        return self._read(
+            ctx,
+            lambda m: m.channel == channel and m.payload.get("thread_ts", m.payload["ts"]) == m.payload["ts"],
+            newest_first=True,
+            extra={"pin_count": 0, "channel_actions_ts": None, "channel_actions_count": 0},
+        )
+
+    def _conversations_replies(self, ctx: _Ctx) -> dict[str, Any]:
+        channel = self._readable_channel(ctx)
+        ts = str(ctx.require("ts", "thread_not_found"))
+        parent = self._messages.get((channel, ts))
+        if parent is None or parent.deleted:
+            raise SlackError("thread_not_found")
+        # The parent, then its replies, oldest first.
+        return self._read(
+            ctx,
+            lambda m: m.channel == channel and m.payload.get("thread_ts", m.payload["ts"]) == ts,
+            newest_first=False,
+        )
+
+    def _readable_channel(self, ctx: _Ctx) -> str:
+        """The channel id whose messages the caller may read, or Slack's error for why not."""
+        value = str(ctx.require("channel", "channel_not_found"))
+        # Reading takes a channel id only (a name is channel_not_found), unlike chat.postMessage.
+        if value not in self._channels:
+            if self.strict or not (value[:1] in ("C", "G", "D") and value[1:].isalnum() and value.isupper()):
+                raise SlackError("channel_not_found")
+            self._resolve_channel(value)
+        channel = self._channels[value]
+        needed = (
+            "im:history"
+            if channel["is_im"]
+            else "groups:history"
+            if channel["is_private"]
+            else "channels:history"
+        )
+        if needed not in ctx.caller.scope.split(","):
+            raise SlackError("missing_scope", needed=needed, provided=ctx.caller.scope)
+        if not channel["is_member"]:
+            raise SlackError("channel_not_found" if channel["is_private"] else "not_in_channel")
+        return value
+
+    def _read(
+        self,
+        ctx: _Ctx,
+        wanted: Callable[[_Message], bool],
+        *,
+        newest_first: bool,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One page of the live messages `wanted` picks, within oldest / latest, `limit` at a time;
+        the cursor (base64 of ``next_ts:<ts without the dot>``, as Slack's) goes on from the last."""
+        try:
+            limit = max(1, min(int(ctx.args.get("limit") or 100), 999))
+            oldest = float(ctx.args.get("oldest") or 0)
+            latest = float(ctx.args["latest"]) if ctx.args.get("latest") else float("inf")
+        except ValueError:
+            raise SlackError("invalid_arguments") from None
+        inclusive = _truthy(ctx.args.get("inclusive"))
+        after: float | None = None
+        if ctx.args.get("cursor"):
+            try:
+                digits = base64.b64decode(str(ctx.args["cursor"])).decode().removeprefix("next_ts:")
+                after = float(f"{digits[:-6]}.{digits[-6:]}")
+            except ValueError:
+                raise SlackError("invalid_cursor") from None
+
+        def within(m: _Message) -> bool:
+            ts = float(m.payload["ts"])
+            if after is not None and (ts >= after if newest_first else ts <= after):
+                return False
+            return oldest <= ts <= latest if inclusive else oldest < ts < latest
+
+        found = sorted(
+            (m.payload for m in self._messages.values() if not m.deleted and wanted(m) and within(m)),
+            key=lambda p: float(p["ts"]),
+            reverse=newest_first,
+        )
+        page = [copy.deepcopy(p) for p in found[:limit]]
+        if not _truthy(ctx.args.get("include_all_metadata")):
+            for p in page:
+                p.pop("metadata", None)
+        body: dict[str, Any] = {"messages": page, "has_more": len(found) > limit, **(extra or {})}
+        if len(found) > limit:
+            next_ts = page[-1]["ts"].replace(".", "")
+            body["response_metadata"] = {
+                "next_cursor": base64.b64encode(f"next_ts:{next_ts}".encode()).decode()
+            }
+        return body
+
     def _oauth_v2_access(self, ctx: _Ctx) -> dict[str, Any]:
         client_id, client_secret = _basic_auth(ctx.headers)
         client_id = client_id or ctx.args.get("client_id")
@@ -547,7 +673,7 @@ class FakeSlack(FakeServer):
         self._used_codes.add(code)
         ws = self._workspaces.get(grant.team_id)
         if ws is None:
-            ws = self.add_workspace(team_id=grant.team_id, name=grant.team_name)
+            ws = self.add_workspace(team_id=grant.team_id, name=grant.team_name, scopes=grant.scope)
         self._users.setdefault(
             grant.installer_user_id,
             self._user_shape(grant.installer_user_id, grant.installer_user_id.lower(), "Installer", None, ws),
@@ -631,10 +757,12 @@ class FakeSlack(FakeServer):
     # ---- helpers ---------------------------------------------------------------------------------
 
     def _next_ts(self) -> str:
+        # Slack's ts is the message's time (seconds.microseconds), unique: conversations.history's
+        # oldest / latest bounds are times.
         with self._lock:
-            self._ts_counter += 100
-            n = self._ts_counter
-        return f"{1700000000 + n // 1_000_000}.{n % 1_000_000:06d}"
+            n = max(time.time_ns() // 1000, self._last_ts + 100)
+            self._last_ts = n
+        return f"{n // 1_000_000}.{n % 1_000_000:06d}"
 
     def _message_payload(self, ctx: _Ctx, ts: str) -> dict[str, Any]:
         ws = ctx.caller.workspace
@@ -781,6 +909,10 @@ def _parse_args(request: web.Request, raw: bytes) -> dict[str, Any]:
         if isinstance(value, str) and value[:1] in ("[", "{"):
             args[key] = json.loads(value)
     return args
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() in ("1", "true")
 
 
 def _content(args: dict[str, Any]) -> dict[str, Any]:
