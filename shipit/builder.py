@@ -40,6 +40,7 @@ def builder_of(settings: Settings, *, fetcher: builds.SourceFetcher) -> builds.B
         workdir=settings.build_dir,
         timeout_seconds=settings.build_timeout_seconds,
         max_source_bytes=settings.build_max_source_bytes,
+        cache_repo=settings.build_cache_repo or None,
     )
 
 
