@@ -393,6 +393,10 @@ def test_examples_are_the_only_env_files_in_git() -> None:
     assert (root / "base" / "secrets.env.example").is_file()
     example = (root / "base" / "secrets.env.example").read_text()
     assert re.search(r"^SHIPIT_MASTER_KEY=$", example, re.M), "the example must not carry a key"
+    builder = (root / "builder" / "secrets.env.example").read_text()
+    assert re.search(r"^SHIPIT_MASTER_KEY=$", builder, re.M) and re.search(
+        r"^SHIPIT_GITHUB_TOKEN=$", builder, re.M
+    )
     assert Path(root / "overlays" / "postgres" / "postgres.env.example").is_file()
 
 
