@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit, claims, environments, events, identity, images, readcache, validation
 from core.context import Core
-from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied, UserError
+from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied, SeveralEnvironments, UserError
 from core.identity import Actor, Role
 from storage import models
 
@@ -266,9 +266,7 @@ async def get(session: AsyncSession, *, actor: Actor, name: str, env: str | None
         )
     if len(rows) == 1:
         return rows[0]
-    raise InvalidInput(
-        f"{name} runs in several environments ({', '.join(named.values())}): say which, with env", field="env"
-    )
+    raise SeveralEnvironments(app=name, environments=list(named.values()))
 
 
 async def _environment_names(session: AsyncSession, *, rows: list[models.App]) -> dict[int, str]:

@@ -11,6 +11,11 @@ output captured), and requests the deploy of `REPO@sha256:...` through the one d
 build succeeded.  A build that fails deploys nothing: the row says why (with its log's tail), an
 event `build.failed` is recorded and a log line names the app, build and commit.
 
+Layers are cached in the registry, beside the app's image (`cache_repo`, default `REPO/cache`):
+`buildah bud --layers --cache-from/--cache-to` reuses every step whose inputs did not change, on any
+builder replica, and the builder's own store keeps only the base images between builds (vfs keeps a
+full copy per layer: the cache images a build pulled or made are removed when it ends).
+
 A builder that dies mid-build loses its lease; the job is claimed again and builds the commit again
 from the start (the push of the same tag is idempotent, and the deploy is deduplicated per build).
 """
@@ -71,6 +76,7 @@ BUILD_SUCCEEDED = "build.succeeded"
 BUILD_FAILED = notices.BUILD_FAILED  # announced on the targets that take failures (core.notices)
 
 LOG_TAIL_BYTES = 16 * 1024
+CACHE_REPO = "{image}/cache"
 
 
 class BuildFailed(PermanentError):
@@ -99,6 +105,21 @@ class Builder:
     workdir: str | None = None  # where sources are unpacked (a temporary directory per build)
     timeout_seconds: float = 1800.0
     max_source_bytes: int = 500 * 1024 * 1024
+    # The layer cache's repository, "{image}" standing for the app's build_image (its own
+    # repository, so only the app's project can write what its builds reuse); None: no cache.
+    cache_repo: str | None = CACHE_REPO
+    # How many builds use the store now: dangling layers are pruned only when none does.
+    store: _StoreUse = field(default_factory=lambda: _StoreUse())
+
+    def cache_of(self, image: str) -> str | None:
+        return self.cache_repo.replace("{image}", image) if self.cache_repo else None
+
+
+class _StoreUse:
+    """Builds running on one buildah store (one builder process owns its store)."""
+
+    def __init__(self) -> None:
+        self.active = 0
 
 
 def handler(builder: Builder) -> Handler:
@@ -363,22 +384,27 @@ async def _build(
         )
         tag = f"{build.image}:{build.sha}"
         validation.image(tag, field="build_image")
+        cache = builder.cache_of(build.image)
         insecure = set(ctx.config.registry_insecure_hosts)
-        pulls_insecure = any(h in insecure for h in _from_hosts(prepared.text))
+        host = images.parse(tag, field="build_image").domain
+        # bud's --tls-verify covers its pulls and, with a cache, the cache's pulls and pushes too.
+        bud_hosts = _from_hosts(prepared.text) + ([host] if cache else [])
+        bud_insecure = any(h in insecure for h in bud_hosts)
+        layers = ["--layers", "--cache-from", cache, "--cache-to", cache] if cache else ["--layers=false"]
         deadline = asyncio.get_running_loop().time() + builder.timeout_seconds
         env = _environment(work)
         authfile = str(work / "auth.json")
         digestfile = work / "digest"
+        builder.store.active += 1
         try:
             await _buildah(
                 builder, output, deadline=deadline, env=env,
                 args=[
-                    "bud", "--isolation", builder.isolation, "--layers=false", "--authfile", authfile,
-                    f"--tls-verify={'false' if pulls_insecure else 'true'}",
+                    "bud", "--isolation", builder.isolation, *layers, "--authfile", authfile,
+                    f"--tls-verify={'false' if bud_insecure else 'true'}",
                     "-f", str(prepared.containerfile), "-t", tag, str(prepared.context),
                 ],
             )  # fmt: skip
-            host = images.parse(tag, field="build_image").domain
             await _buildah(
                 builder, output, deadline=deadline, env=env,
                 args=[
@@ -388,15 +414,35 @@ async def _build(
             )  # fmt: skip
             digest = (await asyncio.to_thread(digestfile.read_text)).strip()
         finally:
+            builder.store.active -= 1
             # vfs keeps a full copy per image: never let built images pile up on the builder.
-            with contextlib.suppress(Exception):
-                await _buildah(builder, None, deadline=None, env=env, args=["rmi", "--force", tag])
+            await _forget(builder, env=env, tag=tag, cache=cache)
         if not digest.startswith("sha256:"):
             raise BuildFailed(f"buildah push wrote no digest ({validation.shown(digest)})")
         output.note(f"pushed {tag} as {digest}")
         return prepared.pack, digest
     finally:
         await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+async def _forget(builder: Builder, *, env: dict[str, str], tag: str, cache: str | None) -> None:
+    """Remove what a build left in the store but the base images: its tag, the cache images it
+    pulled or made (they live in the registry), and, when no other build runs, dangling layers."""
+    with contextlib.suppress(Exception):
+        await _buildah(builder, None, deadline=None, env=env, args=["rmi", "--force", tag])
+    if cache is None:
+        return
+    with contextlib.suppress(Exception):
+        listed = await _buildah(
+            builder, None, deadline=None, env=env, args=["images", "--format", "{{.Name}}:{{.Tag}}"]
+        )
+        mine = [name for name in listed.split() if name.rpartition(":")[0] == cache]
+        if mine:
+            await _buildah(builder, None, deadline=None, env=env, args=["rmi", "--force", *mine])
+    if builder.store.active == 0:
+        # An intermediate layer of a running build is dangling for a moment: prune only when idle.
+        with contextlib.suppress(Exception):
+            await _buildah(builder, None, deadline=None, env=env, args=["rmi", "--prune"])
 
 
 def _workdir(parent: str | None, build_id: int) -> Path:
@@ -513,7 +559,8 @@ class _Output:
 
 async def _buildah(
     builder: Builder, output: _Output | None, *, args: list[str], deadline: float | None, env: dict[str, str]
-) -> None:
+) -> str:
+    """Run buildah; its output goes to `output` (the build's log) or, when None, is returned."""
     command = [builder.buildah, "--storage-driver", "vfs"]
     if builder.root:
         command += ["--root", builder.root]
@@ -535,11 +582,16 @@ async def _buildah(
         raise BuildFailed(f"{builder.buildah} is not installed on this builder") from None
     assert process.stdout is not None
 
+    kept: list[str] = []
+
     async def pump() -> None:
         assert process.stdout is not None
         while chunk := await process.stdout.read(8192):
+            text = chunk.decode("utf-8", errors="replace")
             if output is not None:
-                output.add(chunk.decode("utf-8", errors="replace"))
+                output.add(text)
+            elif sum(map(len, kept)) < LOG_TAIL_BYTES * 16:
+                kept.append(text)
         await process.wait()
 
     loop = asyncio.get_running_loop()
@@ -555,6 +607,7 @@ async def _buildah(
         raise BuildFailed(f"buildah {args[0]} did not finish within the build's deadline") from None
     if process.returncode != 0:
         raise BuildFailed(f"buildah {args[0]} failed (exit status {process.returncode}); see the build's log")
+    return "".join(kept)
 
 
 async def _finish_failed(ctx: Core, *, build_id: int, error: str, log_tail: str | None) -> None:

@@ -36,6 +36,21 @@ class InvalidInput(UserError):
         self.field = field
 
 
+class SeveralEnvironments(InvalidInput):
+    """An app name that runs in several environments, given without one.  Each channel takes the
+    environment its own way (the API's `env` parameter, the CLI's and Slack's `--env NAME`), so
+    each words the ask with `ask(how)`; the plain text names none of them."""
+
+    def __init__(self, *, app: str, environments: list[str]) -> None:
+        self.app = app
+        self.environments = environments
+        self.situation = f"{app} runs in several environments ({', '.join(environments)})"
+        super().__init__(f"{self.situation}: say which environment", field="env")
+
+    def ask(self, how: str) -> str:
+        return f"{self.situation}: say which, with {how}"
+
+
 class NotFound(UserError):
     status_code = 404
 

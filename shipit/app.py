@@ -24,7 +24,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import errors, jobs, metrics, observe, validation
-from core.errors import Conflict, InvalidInput, ShipitError, UserError
+from core.errors import Conflict, InvalidInput, SeveralEnvironments, ShipitError, UserError
 from shipit import api, limits, runtime, telemetry
 from shipit.runtime import Runtime
 from shipit.settings import Settings
@@ -368,8 +368,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError) -> JSONResponse:
         field = exc.field if isinstance(exc, InvalidInput | Conflict) else None
-        extra = {"field": field} if field else {}
-        return JSONResponse(error_body(type(exc).__name__, str(exc), **extra), status_code=exc.status_code)
+        extra: dict[str, Any] = {"field": field} if field else {}
+        message = str(exc)
+        if isinstance(exc, SeveralEnvironments):
+            # The API takes it as a query parameter; the list lets a client word its own ask.
+            message = exc.ask(f"the env query parameter (?env={exc.environments[0]})")
+            extra["environments"] = exc.environments
+        return JSONResponse(error_body(type(exc).__name__, message, **extra), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

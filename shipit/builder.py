@@ -5,7 +5,8 @@ profile: no root, no added capabilities, a read-only root filesystem).  So the s
 registers the `build` handler (shipit.runtime.job_handlers) and a build job waits in the shared queue
 until a builder claims it: this worker's only handler.  It reaches the database and the master key
 like the server (registry credentials are decrypted to push) and GitHub with shipit's credentials
-(to fetch the commit's tarball); it serves no HTTP.
+(to fetch the commit's tarball); it serves no HTTP and never calls a Kubernetes API.  On Kubernetes
+it runs from manifests/builder, in a namespace of its own (what buildah needs is said there).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def builder_of(settings: Settings, *, fetcher: builds.SourceFetcher) -> builds.B
         workdir=settings.build_dir,
         timeout_seconds=settings.build_timeout_seconds,
         max_source_bytes=settings.build_max_source_bytes,
+        cache_repo=settings.build_cache_repo or None,
     )
 
 

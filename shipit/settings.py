@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     build_dir: str | None = None
     build_timeout_seconds: float = Field(default=1800.0, gt=0)
     build_max_source_bytes: int = Field(default=500 * 1024 * 1024, ge=1024)
+    # The layer cache (buildah --layers --cache-from/--cache-to): a repository per app, "{image}"
+    # standing for its build_image; empty: no cache.  Registries without nested names (Docker Hub)
+    # take "{image}-cache".
+    build_cache_repo: str = "{image}/cache"
 
     # Slack (optional: unset signing secret switches the channel off)
     slack_signing_secret: SecretStr | None = None
@@ -133,6 +137,14 @@ class Settings(BaseSettings):
     def web_admin_subjects(self) -> frozenset[str]:
         # Lower case: emails and GitHub logins are case-insensitive (sign-in lower-cases emails too).
         return frozenset(s.strip().lower() for s in self.web_admins.split(",") if s.strip())
+
+    @field_validator("build_cache_repo")
+    @classmethod
+    def _cache_per_app(cls, value: str) -> str:
+        # One repository shared by every app would let one project write layers another's builds reuse.
+        if value and "{image}" not in value:
+            raise ValueError('must name the app\'s image as "{image}" (e.g. {image}/cache), or be empty')
+        return value
 
     @field_validator(
         "bootstrap_token_file",

@@ -104,6 +104,12 @@ def ok(text: str) -> Outcome:
 
 def failure(exc: BaseException, *, what: str, caller: Caller) -> Outcome:
     """The one error policy of the Slack channel."""
+    if isinstance(exc, errors.SeveralEnvironments):
+        return Outcome(
+            message=views.error(
+                exc.ask(f"`--env NAME` after the command, e.g. `--env {exc.environments[0]}`")
+            )
+        )
     if isinstance(exc, UserError):
         return Outcome(message=views.error(str(exc)))
     # Ours with a safe message (a cluster that does not answer, say) but not the user's fault, or a crash.

@@ -33,6 +33,10 @@ def _error_message(response: httpx.Response) -> str:
     if isinstance(error, dict) and error.get("message"):
         message = str(error["message"])
         field = error.get("field")
+        envs = error.get("environments")
+        if error.get("type") == "SeveralEnvironments" and isinstance(envs, list) and envs:
+            # The API words it for its query parameter; here it is a flag.
+            message = f"{message.partition(': say which')[0]}: say which, with --env (e.g. --env {envs[0]})"
         # The API names the field in its messages; make sure it is there even when it is not.
         if field and str(field) not in message:
             message = f"{field}: {message}"

@@ -119,6 +119,9 @@ class ErrorDetail(BaseModel):
     field: str | None = Field(default=None, description="The input that is wrong (422) or collides (409).")
     retry_after: int | None = Field(default=None, description="Seconds to wait before trying again (429).")
     reference: str | None = Field(default=None, description="Quote it when reporting a server-side failure.")
+    environments: list[str] | None = Field(
+        default=None, description="An app in several environments, given none: the ones to choose from (env)."
+    )
 
 
 class ErrorOut(BaseModel):

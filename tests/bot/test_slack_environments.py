@@ -50,6 +50,8 @@ async def test_deploy_to_staging_then_promote_from_the_card(
     assert reply["text"].index("staging") < reply["text"].index("production")
     reply = await slack.command("deploy web 2.0", user=ALICE)
     assert "several environments" in reply["text"]
+    # Worded for the slash command: the flag it parses (`--env staging`), not the API's parameter.
+    assert "say which, with `--env NAME` after the command, e.g. `--env staging`" in reply["text"], reply
 
     await slack.command(f"deploy web ghcr.io/acme/web@{DIGEST} to staging", user=ALICE)
     [staged] = await deployments(rt)

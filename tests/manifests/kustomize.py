@@ -49,6 +49,12 @@ def filled_copy(tmp_path: Path) -> Path:
         .read_text()
         .replace("SHIPIT_MASTER_KEY=\n", "SHIPIT_MASTER_KEY=" + "A" * 43 + "=\n")
     )
+    builder = copy / "builder"
+    (builder / "secrets.env").write_text(
+        (builder / "secrets.env.example")
+        .read_text()
+        .replace("SHIPIT_MASTER_KEY=\n", "SHIPIT_MASTER_KEY=" + "A" * 43 + "=\n")
+    )
     pg = copy / "overlays" / "postgres"
     (pg / "postgres.env").write_text((pg / "postgres.env.example").read_text())
     return copy

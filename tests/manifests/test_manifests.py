@@ -45,6 +45,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
             "monitoring",
             "target-cluster",
             "target-cluster/namespaced",
+            "builder",
         )
     }
 
@@ -126,6 +127,97 @@ def test_postgres_overlay_adds_a_database_only_shipit_reaches(
     assert env_from == [{"secretRef": {"name": secret["metadata"]["name"]}}]
     # The base is all there too.
     assert _one(pg, "Deployment", "shipit")
+
+
+# The capabilities the baseline Pod Security Standard lets a container add.
+BASELINE_CAPS = {
+    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
+    "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+}  # fmt: skip
+
+
+def test_the_builder_runs_apart_with_only_what_buildah_needs(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    from shipit.settings import Settings
+
+    objs = rendered["builder"]
+    dep = _one(objs, "Deployment", "shipit-builder")
+    ns = _one(objs, "Namespace")["metadata"]
+    # Its own namespace: the server's keeps enforcing restricted, and holds nothing of the builder.
+    assert ns["name"] == "shipit-builder" != "shipit"
+    assert {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"} == {"shipit-builder"}
+    server_ns = _one(rendered["base"], "Namespace", "shipit")
+    assert server_ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert not [
+        o
+        for name in ("base", "overlays/postgres")
+        for o in rendered[name]
+        if "builder" in o["metadata"]["name"]
+    ]
+    labels = ns["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"  # for the Unconfined seccomp profile
+    assert (
+        labels["pod-security.kubernetes.io/warn"] == labels["pod-security.kubernetes.io/audit"] == "baseline"
+    )
+
+    pod = dep["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["args"] == ["builder"] and not pod.get("initContainers")  # the server migrates the database
+    # No Kubernetes API rights: no token, no binding of any kind.
+    assert pod["serviceAccountName"] == "shipit-builder" and pod["automountServiceAccountToken"] is False
+    assert _one(objs, "ServiceAccount", "shipit-builder")["automountServiceAccountToken"] is False
+    assert not [o for o in objs if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+    # Root and three capabilities, measured as buildah's minimum; nothing privileged, nothing of the host.
+    psc, sc = pod["securityContext"], c["securityContext"]
+    assert (psc["runAsUser"], psc["runAsNonRoot"]) == (0, False)
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]}
+    assert set(sc["capabilities"]["add"]) <= BASELINE_CAPS
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC", "hostUsers"))
+    assert all(set(v) == {"name", "emptyDir"} for v in pod["volumes"])
+    assert psc["seccompProfile"] == psc["appArmorProfile"] == {"type": "Unconfined"}
+    assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["ephemeral-storage"]
+    # Every path buildah and the build write to is a volume (the root file system is read-only).
+    config = _one(objs, "ConfigMap")["data"]
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    for key in ("SHIPIT_BUILD_ROOT", "SHIPIT_BUILD_RUNROOT", "SHIPIT_BUILD_DIR", "SHIPIT_DATA_DIR"):
+        assert any(config[key] == m or config[key].startswith(m + "/") for m in mounts), key
+    assert {"/tmp", "/var/tmp"} <= mounts
+    # The settings it is given exist, and are valid (the cache is one repository per app).
+    fields = set(Settings.model_fields)
+    assert {k.removeprefix("SHIPIT_").lower() for k in config} <= fields
+    Settings(**{k.removeprefix("SHIPIT_").lower(): v for k, v in config.items()})
+    # Its Secret holds what a build needs and none of the server's channel secrets.
+    secret = _one(objs, "Secret")
+    refs = [e["secretRef"]["name"] for e in c["envFrom"] if "secretRef" in e]
+    assert refs == [secret["metadata"]["name"]]
+    assert set(secret["data"]) == {"SHIPIT_DATABASE_URL", "SHIPIT_MASTER_KEY", "SHIPIT_GITHUB_TOKEN"}
+    # It serves nothing: no Service, no ingress traffic; it reaches DNS, PostgreSQL and HTTPS.
+    assert not _by_kind(objs, "Service")
+    netpol = _one(objs, "NetworkPolicy", "shipit-builder")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert netpol["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert netpol["spec"]["ingress"] == [] and set(netpol["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert {p["port"] for rule in netpol["spec"]["egress"] for p in rule["ports"]} == {53, 5432, 443}
+    # The bundled database admits it from its namespace.
+    pg = _one(rendered["overlays/postgres"], "NetworkPolicy", "shipit-postgres")
+    sources = pg["spec"]["ingress"][0]["from"]
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shipit-builder"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "shipit-builder"}},
+    } in sources
+
+
+def test_the_builder_image_is_the_shipit_image_with_buildah() -> None:
+    # Not in the server's image (weight, and a tool the restricted pod may not run anyway): a build arg.
+    text = (kustomize.ROOT / "Containerfile").read_text()
+    assert re.search(r"^ARG WITH_BUILDAH=false$", text, re.M)
+    install = re.search(r"^RUN if \[ \"\$WITH_BUILDAH\" = true \].*?(?=^\S)", text, re.M | re.S)
+    assert install and "apt-get install" in install.group(0) and " buildah" in install.group(0)
+    script = (kustomize.ROOT / "scripts" / "build-image").read_text()
+    assert "WITH_BUILDAH=true" in script and "buildah --version" in script
 
 
 def _exported_metric_names() -> set[str]:
@@ -273,17 +365,25 @@ async def test_the_api_server_admits_every_object(
             assert answer["kind"] == obj["kind"]
         assert not refused, "\n".join(refused)
         # The pod template validates as a Pod in its namespace.  (The test control plane has no
-        # PodSecurity admission, so the restricted profile is checked field by field above.)
-        dep = _one(rendered["base"], "Deployment", "shipit")
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "shipit-template-check", "namespace": "shipit"},
-            "spec": dep["spec"]["template"]["spec"],
-        }
-        await kustomize.call(
-            api, "POST", "/api/v1/namespaces/shipit/pods", query=[("dryRun", "All")], body=pod
-        )
+        # PodSecurity admission, so the restricted profile is checked field by field above.)  Its
+        # ServiceAccount for real: admission refuses a pod whose account is missing.  (Before, this
+        # call's refusal went unnoticed: the answer was not checked.)
+        for name, ns, deployment in (
+            ("base", "shipit", "shipit"),
+            ("builder", "shipit-builder", "shipit-builder"),
+        ):
+            dep = _one(rendered[name], "Deployment", deployment)
+            await kustomize.apply(api, _one(rendered[name], "ServiceAccount"), dry_run=False)
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"{deployment}-template-check", "namespace": ns},
+                "spec": dep["spec"]["template"]["spec"],
+            }
+            answer = await kustomize.call(
+                api, "POST", f"/api/v1/namespaces/{ns}/pods", query=[("dryRun", "All")], body=pod
+            )
+            assert answer["kind"] == "Pod", (deployment, answer.get("message"))
 
 
 def test_examples_are_the_only_env_files_in_git() -> None:
@@ -293,6 +393,10 @@ def test_examples_are_the_only_env_files_in_git() -> None:
     assert (root / "base" / "secrets.env.example").is_file()
     example = (root / "base" / "secrets.env.example").read_text()
     assert re.search(r"^SHIPIT_MASTER_KEY=$", example, re.M), "the example must not carry a key"
+    builder = (root / "builder" / "secrets.env.example").read_text()
+    assert re.search(r"^SHIPIT_MASTER_KEY=$", builder, re.M) and re.search(
+        r"^SHIPIT_GITHUB_TOKEN=$", builder, re.M
+    )
     assert Path(root / "overlays" / "postgres" / "postgres.env.example").is_file()
 
 

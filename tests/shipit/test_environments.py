@@ -64,7 +64,13 @@ async def test_api_environments_rows_and_promotion(
 
     r = await api.get("/api/v1/apps/web")
     assert r.status_code == 422 and r.json()["error"]["field"] == "env", r.text
-    assert "staging" in r.json()["error"]["message"]
+    # Worded for the API (a query parameter), with the names a client can offer.
+    error = r.json()["error"]
+    assert error["type"] == "SeveralEnvironments" and set(error["environments"]) == {"production", "staging"}
+    assert error["message"].endswith(
+        f"say which, with the env query parameter (?env={error['environments'][0]})"
+    )
+    assert "--env" not in error["message"]
     r = await api.get("/api/v1/apps/web", params={"env": "production"})
     assert r.status_code == 200 and r.json()["replicas"] == 3
     r = await api.get("/api/v1/apps/web", params={"env": "Bad_Env"})
@@ -156,6 +162,9 @@ async def test_cli_envs_env_flag_and_promote(shipit: Run, live_server: LiveServe
 
     error = one_error_line(await shipit("status", "web"))
     assert "several environments" in error and "production" in error
+    # Worded for the CLI: its flag, not the API's query parameter.
+    assert error.endswith("say which, with --env (e.g. --env staging)"), error
+    assert "query parameter" not in error
     shown = json.loads(ok(await shipit("apps", "show", "web", "--env", "staging", "--json")))
     assert shown["env"] == {"MODE": "stg"} and shown["environment"] == "staging"
     d = json.loads(ok(await shipit("deploy", "web", "1.1", "--env", "staging", "--json")))

@@ -4,6 +4,7 @@ jobs.  The build fails for real through core: GitHub (the fake) answers 404 for 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
 
 from bot import notifier as slack_notifier
-from core import builds, events, jobs, notices
+from core import apps, builds, environment_admin, events, jobs, notices
+from core.apps import AppChanges
 from core.notices import discord, render, teams, webhook
 from core.notices import targets as notice_targets
 from shipit.runtime import Runtime
@@ -127,6 +129,39 @@ async def test_a_failed_build_is_announced_once_on_webhooks_and_in_slack(
         assert len(fake_slack.messages(CHANNEL)) == 1
 
 
+async def test_the_log_command_names_the_environment_among_several(
+    hook: Hook, fake_github: FakeGitHub, fake_slack: FakeSlack, settings: Settings
+) -> None:
+    # web runs in production and staging: `shipit builds logs web ID` alone is refused ("say which"),
+    # so each environment's message names its own, the first environment's too.
+    rt = hook.rt
+    async with receiver() as hooks:
+        await setup(rt, fake_slack, hooks)
+        async with rt.sessionmaker.begin() as session:
+            await environment_admin.create(session, actor=ADMIN, project="acme", name="staging")
+            await apps.create(
+                session, actor=ADMIN, project="acme", cluster="test", name="web", namespace="web-staging",
+                changes=AppChanges(), env="staging",
+            )  # fmt: skip
+        decisions = (await hook.post("push", push_payload(sha=SHA_C))).json()["decisions"]
+        assert [d["action"] for d in decisions] == ["build", "build"], decisions
+        async with builder_worker(rt, fake_github, settings):
+            failed = [await wait_build(rt, d["build"]) for d in decisions]
+        assert {b.status for b in failed} == {builds.FAILED}
+        await deliver_notifications(rt)
+        async with rt.sessionmaker() as session:
+            env_of = {
+                b.id: await apps.env_name(session, app=await session.get_one(models.App, b.app_id))
+                for b in failed
+            }
+        assert sorted(env_of.values()) == ["production", "staging"]
+        texts = [m["text"] for m in fake_slack.messages(CHANNEL)]
+        assert len(texts) == 2
+        for build_id, env in env_of.items():
+            command = f"shipit builds logs web {build_id} --env {env}"
+            assert sum(command in t for t in texts) == 1, (command, texts)
+
+
 async def test_a_succeeded_build_posts_nothing_of_its_own(hook: Hook, fake_slack: FakeSlack) -> None:
     # Its deploy's card says it (the deploy events), so the build itself is not announced.
     rt = hook.rt
@@ -164,6 +199,14 @@ def test_email_teams_and_discord_share_the_build_failure_summary() -> None:
     assert (s.status, s.color, s.logs) == ("failed", render.RED, [])
     assert s.error == "buildah bud failed (exit status 1); see the build's log"  # the first line only
     assert ("Pushed by", "alice") in s.facts and ("Log", "shipit builds logs web 12") in s.facts
+    # Among several environments, the command names this one (as the Slack message does).
+    app = events.AppView(
+        id=3, name="web", namespace="web", cluster="test", image=None, protected=False,
+        auto_deploy_paused=False, paused_reason=None, git_repo="acme/web", github_environment=None,
+        environment="production", environments=2,
+    )  # fmt: skip
+    among = dataclasses.replace(notice, app=app)
+    assert ("Log", "shipit builds logs web 12 --env production") in render.summary(among).facts
     assert (
         teams.card(notice, link="https://shipit.example")["attachments"][0]["content"]["body"][0]["text"]
         == s.title

@@ -215,6 +215,87 @@ async def test_a_push_builds_pushes_and_deploys_the_digest(
     assert password not in json.dumps([a.details for a in audit_rows])
 
 
+async def test_a_second_build_of_an_unchanged_tree_reuses_the_registry_layer_cache(
+    world: World,
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    # Two commits with the same tree; the second is built by another builder (a fresh store, as on
+    # another replica or after a restart): its steps come from the registry cache, not run again.
+    buildah.require_buildah()
+    rt = world.rt
+    host = private_registry.host
+    user, password = next(iter(private_registry.users.items()))
+    base = f"{host}/base/busybox:1"
+    buildah.push_busybox_base(store, image=base, creds=f"{user}:{password}")
+    rt.core.config.registry_insecure_hosts = (host,)
+    async with rt.sessionmaker.begin() as session:
+        await registries.add(
+            session, ctx=rt.core, actor=ADMIN, host=host, username=user, password=password, project="acme"
+        )
+        await apps.create(
+            session,
+            actor=ADMIN,
+            project=world.project,
+            cluster=world.cluster,
+            name="web",
+            namespace=world.namespace,
+            changes=AppChanges(
+                image=f"{host}/acme/web:0.1",
+                port=8080,
+                git_repo="acme/web",
+                git_branch="main",
+                build_enabled=True,
+                build_image=f"{host}/acme/web",
+            ),
+        )
+    tree = {
+        "Dockerfile": f"FROM {base}\nRUN echo built-once > /step\nCOPY index.html /srv/index.html\n",
+        "index.html": "<h1>cached</h1>\n",
+    }
+    fake_github.add_source("acme/web", SHA_A, tree)
+    fake_github.add_source("acme/web", SHA_B, tree)
+
+    first_id = (await live_hook.post("push", push_payload(sha=SHA_A))).json()["decisions"][0]["build"]
+    async with builder_worker(rt, fake_github, settings):
+        first = await wait_build(rt, first_id)
+    assert first.status == builds.SUCCEEDED, (first.error, first.log)
+    log = first.log or ""
+    assert f"--cache-to {host}/acme/web/cache" in log and "Pushing cache" in log, log
+    assert "Using cache" not in log
+    async with httpx.AsyncClient() as http:
+        listed = await http.get(
+            f"{private_registry.url}/v2/acme/web/cache/tags/list", headers=private_registry.headers()
+        )
+    assert listed.status_code == 200 and len(listed.json()["tags"]) >= 2, listed.text  # RUN and COPY
+    # The builder's store keeps the base only: the built image and its cache layers live in the registry.
+    assert store.run("images", "--format", "{{.Name}}").split() == [f"{host}/base/busybox"]
+
+    other_dir = tmp_path / "other-builder"
+    other_dir.mkdir()
+    other = buildah.store(other_dir)
+    try:
+        other_settings = settings.model_copy(
+            update={"build_root": str(other.root), "build_runroot": str(other.runroot)}
+        )
+        second_id = (await live_hook.post("push", push_payload(sha=SHA_B))).json()["decisions"][0]["build"]
+        async with builder_worker(rt, fake_github, other_settings):
+            second = await wait_build(rt, second_id)
+        assert second.status == builds.SUCCEEDED, (second.error, second.log)
+        log = second.log or ""
+        assert log.count(f"Cache pulled from remote {host}/acme/web/cache:") == 2, log
+        assert log.count("Using cache") == 2, log
+        # The same layers, so the same image: the second build made nothing new.
+        assert second.digest == first.digest
+        assert other.run("images", "--format", "{{.Name}}").split() == [f"{host}/base/busybox"]
+    finally:
+        other.remove()
+
+
 async def _statuses(fake: FakeGitHub, context: str) -> list[dict[str, Any]]:
     return [s for s in fake.commit_statuses("acme/web", SHA_A) if s["context"] == context]
 
@@ -471,3 +552,15 @@ async def test_a_batch_of_pushes_builds_each_commit_once_beside_deploying_apps(r
         ]
     assert rows == {SHA_A: builds.SUPERSEDED, SHA_B: builds.QUEUED}
     assert deployed == [f"ghcr.io/acme/web:{SHA_A}", f"ghcr.io/acme/web:{SHA_B}"]  # api's image template
+
+
+async def test_the_layer_cache_is_one_repository_per_app_or_none() -> None:
+    # A repository shared by every app would let one project write the layers another's builds reuse.
+    with pytest.raises(ValueError, match="build_cache_repo"):
+        Settings(build_cache_repo="registry.acme.dev/shared-cache")
+    fetcher = GitHubClient(credentials=Credentials(api_url="http://127.0.0.1:9", token="t"))
+    per_app = builder_process.builder_of(Settings(build_cache_repo="{image}-cache"), fetcher=fetcher)
+    assert per_app.cache_of("ghcr.io/acme/web") == "ghcr.io/acme/web-cache"
+    off = builder_process.builder_of(Settings(build_cache_repo=""), fetcher=fetcher)
+    assert off.cache_of("ghcr.io/acme/web") is None
+    await fetcher.close()
