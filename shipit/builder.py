@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 
-from core import buildpacks, builds
+from core import buildpacks, builds, previews
 from core.worker import Worker
 from shipit import runtime
 from shipit.settings import Settings
@@ -40,6 +40,7 @@ def builder_of(settings: Settings, *, fetcher: builds.SourceFetcher) -> builds.B
         workdir=settings.build_dir,
         timeout_seconds=settings.build_timeout_seconds,
         max_source_bytes=settings.build_max_source_bytes,
+        done=previews.after_build,  # the previews waiting for the commit deploy (or fail) with it
     )
 
 
