@@ -273,8 +273,9 @@ async def retry(
 
     A push of the same commit does not (one build per app and commit), so this is how a build that
     failed for a passing reason (a registry down past the job's retries, a base image missing) is
-    run again without a new commit.  Refused while a newer build of the app is queued, building or
-    succeeded: its commit would be deployed over by this older one."""
+    run again without a new commit.  Refused while a newer build of the same line (the branch's, or
+    the same pull request's) is queued, building or succeeded: its commit would be deployed over by
+    this older one.  A pull request's build, once built, deploys the previews still at its commit."""
     app = await apps.get(session, actor=actor, name=app_name, env=env)
     await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="retrying builds")
     b = models.Build
@@ -287,9 +288,11 @@ async def retry(
         )
     if not app.build_enabled or app.build_image is None:
         raise Conflict(f"{app.name} does not build from source now (apps update --build)", field="build_id")
+    # Of the same line only: the branch's builds, or one pull request's (each deploys its own place).
+    line = b.pr_number.is_(None) if build.pr_number is None else b.pr_number == build.pr_number
     newer = await session.scalar(
         select(b.id)
-        .where(b.app_id == app.id, b.id > build.id, b.status.in_((QUEUED, BUILDING, SUCCEEDED)))
+        .where(b.app_id == app.id, b.id > build.id, b.status.in_((QUEUED, BUILDING, SUCCEEDED)), line)
         .order_by(b.id)
         .limit(1)
     )

@@ -233,7 +233,8 @@ async def after_build(session: AsyncSession, *, ctx: Core, app: models.App, buil
                 models.Preview.app_id == app.id,
                 models.Preview.head_sha == build.sha,
                 models.Preview.closed_at.is_(None),
-                models.Preview.status == BUILDING,
+                # failed: its build failed before, and `shipit builds retry` ran it again
+                models.Preview.status.in_((BUILDING, FAILED)),
             )
             .order_by(models.Preview.id)
             .with_for_update()
