@@ -222,6 +222,10 @@ async def test_a_failed_build_deploys_no_preview_and_says_so_on_the_pull_request
     fake_github.add_pull_from_event(opened)
     decision = (await hook.post("pull_request", opened)).json()["decisions"][0]
     assert decision["action"] == "build"
+    # While it builds, the preview's comment says so.
+    await deliver_notifications(rt)
+    [building] = fake_github.comments("acme/web", 7)
+    assert f"building `{SHA_B[:7]}` (build #{decision['build']})" in building["body"]
     async with builder_worker(rt, fake_github, settings):
         build = await wait_build(rt, decision["build"])
     assert build.status == builds.FAILED and (build.error or "").startswith("cannot tell how to build")
@@ -232,6 +236,7 @@ async def test_a_failed_build_deploys_no_preview_and_says_so_on_the_pull_request
     [status] = fake_github.commit_statuses("acme/web", SHA_B)
     assert (status["state"], status["context"]) == ("failure", "shipit/build (web)")
     [comment] = fake_github.comments("acme/web", 7)
+    assert comment["id"] == building["id"]  # the same comment, edited in place
     assert f"build #{build.id} of `{SHA_B[:7]}` failed, nothing deployed" in comment["body"]
     assert f"`shipit builds logs web {build.id}`" in comment["body"]
     assert "cannot tell how to build" in comment["body"]
@@ -280,6 +285,11 @@ async def test_one_build_per_head_a_newer_head_supersedes_and_branch_builds_stay
     jobs_by_build = {j.payload["build_id"]: j.state for j in await job_rows(rt, kind=builds.BUILD_JOB)}
     assert jobs_by_build == {build_a: "cancelled", branch_c: "queued", build_b: "queued", branch_d: "queued"}
     assert await deployments(rt) == []
+    # The branch reaching a commit a pull request's build has queued takes that build for itself.
+    adopted = (await hook.post("push", push_payload(sha=SHA_B))).json()["decisions"][0]
+    assert (adopted["action"], adopted["build"]) == ("skip", build_b)
+    assert (await build_row(rt, build_b)).pr_number is None
+    assert len(await _builds(rt)) == 4
     async with rt.sessionmaker() as session:
         kinds = [e.kind for e in await session.scalars(select(models.Event).order_by(models.Event.id))]
     assert kinds.count(events.PREVIEW_BUILDING) == 3  # 7 at A, 7 at B, 8 at C
@@ -365,3 +375,11 @@ async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
     [decision] = reopened["decisions"]
     assert (decision["action"], decision["image"]) == ("deploy", f"{host}/acme/web@{build.digest}")
     assert [d.image for d in await deployments(rt)] == [f"{host}/acme/web@{build.digest}"]
+    # The branch reaching that commit deploys the same digest to the app: no second build.
+    pushed = (await hook.post("push", push_payload(sha=SHA_A))).json()["decisions"][0]
+    assert (pushed["action"], pushed["build"], pushed["image"]) == ("deploy", build_id, decision["image"])
+    app_deploy = [d for d in await deployments(rt) if d.preview_id is None]
+    assert [(d.id, d.trigger, d.git_ref) for d in app_deploy] == [
+        (pushed["deployment"], "push", "refs/heads/main")
+    ]
+    assert len(await _builds(rt)) == 2
