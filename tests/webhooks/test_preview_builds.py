@@ -356,7 +356,10 @@ async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
     # One pull request's build is queued when it closes: it is not run.
     queued = (await hook.post("pull_request", pr_payload("opened", number=7, sha=SHA_C))).json()
     await hook.post("pull_request", pr_payload("closed", number=7, sha=SHA_C))
-    assert (await build_row(rt, queued["decisions"][0]["build"])).status == builds.SUPERSEDED
+    dropped = await build_row(rt, queued["decisions"][0]["build"])
+    assert (dropped.status, dropped.error) == (builds.SUPERSEDED, "pull request #7 was closed")
+    [job] = [j for j in await job_rows(rt, kind=builds.BUILD_JOB) if j.payload["build_id"] == dropped.id]
+    assert job.state == "cancelled"
     # Another's build has started (a builder claimed it) when it closes: it finishes, deploys nothing.
     opened = (await hook.post("pull_request", pr_payload("opened", number=8, sha=SHA_A))).json()
     build_id = opened["decisions"][0]["build"]
@@ -383,3 +386,14 @@ async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
         (pushed["deployment"], "push", "refs/heads/main")
     ]
     assert len(await _builds(rt)) == 2
+    # The first pull request reopened: its dropped build is queued again (the same row, a new run).
+    again = (await hook.post("pull_request", pr_payload("reopened", number=7, sha=SHA_C))).json()
+    assert (again["decisions"][0]["action"], again["decisions"][0]["build"]) == ("build", dropped.id)
+    row = await build_row(rt, dropped.id)
+    assert (row.status, row.runs, row.error, row.pr_number) == (builds.QUEUED, 1, None, 7)
+    assert [
+        j.state for j in await job_rows(rt, kind=builds.BUILD_JOB) if j.payload["build_id"] == dropped.id
+    ] == [
+        "cancelled",
+        "queued",
+    ]
