@@ -1,7 +1,7 @@
 """Builds from source: a push to an app that builds (`build_enabled`) becomes a build job, not a deploy.
 
 `queue` runs in the push's transaction (core.gitops): one build per app and commit (a redelivery or
-a second push of the same sha finds the row), and a newer push supersedes the app's queued builds.
+a second push of the same sha finds the row), and a newer push supersedes the branch's queued builds.
 The `build` job runs only in `shipit builder` (a worker whose one handler is `handler(...)`): the
 shipit server's pod may not run buildah.  The job fetches the commit's tarball through the GitHub
 client the builder was given (`SourceFetcher`), unpacks it without trusting it (core.sources),
@@ -13,6 +13,12 @@ event `build.failed` is recorded and a log line names the app, build and commit.
 
 A builder that dies mid-build loses its lease; the job is claimed again and builds the commit again
 from the start (the push of the same tag is idempotent, and the deploy is deduplicated per build).
+
+A pull request of an app with previews queues the build of its head too (core.previews, the
+webhook's transaction, `pr_number` set): the same row rules (a commit the branch built is not built
+again), and a newer head supersedes only that pull request's queued build.  Its success deploys no
+app, only the previews waiting at the commit: `Builder.done` (core.previews.after_build, given by
+the composition root) runs in the transaction that marks any build succeeded or failed.
 """
 
 from __future__ import annotations
@@ -221,7 +227,8 @@ async def _adopt_for_branch(
         return False
     if build.status != SUCCEEDED or build.digest is None:
         return False  # failed: `shipit builds retry` runs it again, for the branch this time
-    build.pr_number, build.ref = None, ref
+    # deployment_id named the preview's deploy: from now on the branch's (None when it is refused).
+    build.pr_number, build.ref, build.deployment_id = None, ref, None
     await _deploy_branch(session, ctx=ctx, app=app, build=build)
     return build.deployment_id is not None
 
