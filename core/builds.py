@@ -158,7 +158,9 @@ async def queue(
     `sha`, not the app.  A push of a commit already built (or building) for a pull request adopts that
     build for the branch: the same row, its digest deployed now if it is pushed already."""
     b = models.Build
-    existing = await session.scalar(select(b).where(b.app_id == app.id, b.sha == sha))
+    # Locked: a builder finishing this row at the same moment either commits first (we see its end)
+    # or waits for us (and then sees the preview that waits for it, or the branch that adopted it).
+    existing = await session.scalar(select(b).where(b.app_id == app.id, b.sha == sha).with_for_update())
     if existing is not None and existing.status != SUPERSEDED:
         deployed = False
         if pr_number is None and existing.pr_number is not None:
@@ -216,6 +218,13 @@ async def queue(
         ref, sha[:7], app.build_image, f" (pull request #{pr_number})" if pr_number is not None else "",
     )  # fmt: skip
     return Queued(build=build, created=True)
+
+
+async def lock(session: AsyncSession, *, app: models.App, sha: str) -> None:
+    """Lock the build of `sha` (if any) before a pull request's preview row is written: the lock
+    order of a builder ending it (build, then the previews waiting for it), so the two never deadlock."""
+    b = models.Build
+    await session.execute(select(b.id).where(b.app_id == app.id, b.sha == sha).with_for_update())
 
 
 async def _adopt_for_branch(
@@ -676,7 +685,7 @@ async def _mark_failed(
     log_tail: str | None,
     done: BuildDone | None = None,
 ) -> None:
-    build = await session.get(models.Build, build_id)
+    build = await session.get(models.Build, build_id, with_for_update=True)  # see queue()
     if build is None or build.status not in (QUEUED, BUILDING):
         return
     app = await session.get(models.App, build.app_id)
@@ -710,7 +719,7 @@ async def _finish_succeeded(
     """Mark it succeeded and request the deploy of the digest (the app's for a push, the previews' at
     the commit for a pull request), in one transaction."""
     async with ctx.sessionmaker.begin() as session:
-        build = await session.get(models.Build, build_id)
+        build = await session.get(models.Build, build_id, with_for_update=True)  # see queue()
         if build is None or build.status != BUILDING:
             return
         app = await session.get(models.App, build.app_id)
