@@ -397,3 +397,46 @@ async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
         "cancelled",
         "queued",
     ]
+
+
+async def test_a_failed_preview_build_run_again_deploys_the_preview(
+    hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+) -> None:
+    rt = hook.rt
+    await offline_cluster(rt)
+    host, config = await _buildable(rt, registry=private_registry, store=store, settings=settings)
+    await make_app(rt, **_preview_changes(f"{host}/acme/web"))
+    async with rt.sessionmaker.begin() as session:
+        _, token = await tokens.create(session, actor=ADMIN, name="d", subject="user:dev")
+        await projects.set_access(
+            session, actor=ADMIN, project_name="acme", subject="user:dev", role="developer"
+        )
+    fake_github.add_source("acme/web", SHA_B, {"README.md": "nothing to build yet\n"})
+    build_id = (await hook.post("pull_request", pr_payload("opened", number=7, sha=SHA_B))).json()[
+        "decisions"
+    ][0]["build"]
+    async with builder_worker(rt, fake_github, config):
+        assert (await wait_build(rt, build_id)).status == builds.FAILED
+        assert (await _preview(rt, 7)).status == "failed"
+        # The commit is fixed upstream (a passing reason), and a developer runs the build again.
+        fake_github.add_source("acme/web", SHA_B, SITE)
+        async with httpx.AsyncClient(base_url=f"{hook.url}/api/v1") as http:
+            again = await http.post(
+                f"/apps/web/builds/{build_id}/retry", headers={"Authorization": f"Bearer {token}"}
+            )
+        assert again.status_code == 202, again.text
+        assert again.json()["pr"] == 7
+        build = await wait_build(rt, build_id)
+    assert build.status == builds.SUCCEEDED, (build.error, build.log)
+    [deployment] = await deployments(rt)
+    assert (deployment.image, deployment.namespace, deployment.trigger) == (
+        f"{host}/acme/web@{build.digest}",
+        "web-pr-7",
+        "pr",
+    )
+    assert build.deployment_id == deployment.id
+    assert (await _preview(rt, 7)).status == "deploying"
