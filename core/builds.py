@@ -1,7 +1,7 @@
 """Builds from source: a push to an app that builds (`build_enabled`) becomes a build job, not a deploy.
 
 `queue` runs in the push's transaction (core.gitops): one build per app and commit (a redelivery or
-a second push of the same sha finds the row), and a newer push supersedes the app's queued builds.
+a second push of the same sha finds the row), and a newer push supersedes the branch's queued builds.
 The `build` job runs only in `shipit builder` (a worker whose one handler is `handler(...)`): the
 shipit server's pod may not run buildah.  The job fetches the commit's tarball through the GitHub
 client the builder was given (`SourceFetcher`), unpacks it without trusting it (core.sources),
@@ -18,6 +18,12 @@ full copy per layer: the cache images a build pulled or made are removed when it
 
 A builder that dies mid-build loses its lease; the job is claimed again and builds the commit again
 from the start (the push of the same tag is idempotent, and the deploy is deduplicated per build).
+
+A pull request of an app with previews queues the build of its head too (core.previews, the
+webhook's transaction, `pr_number` set): the same row rules (a commit the branch built is not built
+again), and a newer head supersedes only that pull request's queued build.  Its success deploys no
+app, only the previews waiting at the commit: `Builder.done` (core.previews.after_build, given by
+the composition root) runs in the transaction that marks any build succeeded or failed.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -91,6 +98,16 @@ class SourceFetcher(Protocol):
         ...
 
 
+class BuildDone(Protocol):
+    """What else waits for a build's end, in the transaction that records it: the previews of the
+    commit (core.previews.after_build), plugged in by the composition root (core.previews imports
+    this module, not the other way round)."""
+
+    async def __call__(
+        self, session: AsyncSession, *, ctx: Core, app: models.App, build: models.Build
+    ) -> None: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class Builder:
     """What the builder process was configured with (SHIPIT_BUILD_* settings)."""
@@ -110,6 +127,8 @@ class Builder:
     cache_repo: str | None = CACHE_REPO
     # How many builds use the store now: dangling layers are pruned only when none does.
     store: _StoreUse = field(default_factory=lambda: _StoreUse())
+    # Called when a build succeeds or fails (the previews waiting for its commit); None: nothing waits.
+    done: BuildDone | None = None
 
     def cache_of(self, image: str) -> str | None:
         return self.cache_repo.replace("{image}", image) if self.cache_repo else None
@@ -128,7 +147,10 @@ def handler(builder: Builder) -> Handler:
     async def run(*, ctx: Core, job: jobs.JobView) -> None:
         await run_job(ctx=ctx, job=job, builder=builder)
 
-    return Handler(run=run, failed=job_failed)
+    async def failed(*, session: AsyncSession, ctx: Core, job: jobs.JobView, error: str) -> None:
+        await job_failed(session=session, ctx=ctx, job=job, error=error, done=builder.done)
+
+    return Handler(run=run, failed=failed)
 
 
 # ---------------------------------------------------------------------------- queueing (a push)
@@ -137,39 +159,62 @@ def handler(builder: Builder) -> Handler:
 @dataclass(frozen=True, kw_only=True)
 class Queued:
     build: models.Build
-    created: bool
+    created: bool  # queued by this request (a new row, or a superseded one queued again)
+    deployed: bool = False  # a branch push of a commit built for a pull request: its deploy requested now
 
 
 async def queue(
-    session: AsyncSession, *, ctx: Core, app: models.App, actor: Actor, sha: str, ref: str
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    app: models.App,
+    actor: Actor,
+    sha: str,
+    ref: str,
+    pr_number: int | None = None,
 ) -> Queued:
-    """Queue the build of `sha` for `app`, in the caller's transaction (once per app and commit)."""
+    """Queue the build of `sha` for `app`, in the caller's transaction (once per app and commit).
+
+    `pr_number`: for that pull request's preview (core.previews); its success deploys the previews at
+    `sha`, not the app.  A push of a commit already built (or building) for a pull request adopts that
+    build for the branch: the same row, its digest deployed now if it is pushed already."""
     b = models.Build
-    existing = await session.scalar(select(b).where(b.app_id == app.id, b.sha == sha))
-    if existing is not None:
-        return Queued(build=existing, created=False)
+    # Locked: a builder finishing this row at the same moment either commits first (we see its end)
+    # or waits for us (and then sees the preview that waits for it, or the branch that adopted it).
+    existing = await session.scalar(select(b).where(b.app_id == app.id, b.sha == sha).with_for_update())
+    if existing is not None and existing.status != SUPERSEDED:
+        deployed = False
+        if pr_number is None and existing.pr_number is not None:
+            deployed = await _adopt_for_branch(session, ctx=ctx, app=app, build=existing, ref=ref)
+        return Queued(build=existing, created=False, deployed=deployed)
     assert app.build_image is not None  # apps._check_consistent: build_enabled needs build_image
     now = models.utcnow()
-    # A newer push supersedes the builds still waiting (one already building finishes; its deploy is
-    # then superseded by this one's, as deploys are).
-    rows = (
-        await session.execute(
-            update(b)
-            .where(b.app_id == app.id, b.status == QUEUED)
-            .values(status=SUPERSEDED, finished_at=now, error=f"superseded by the push of {sha[:7]}")
-            .returning(b.id, b.runs)
-        )
-    ).all()
-    superseded = [i for i, _ in rows]
-    await jobs.cancel_where(session, dedupe_keys=[_job_key(i, runs) for i, runs in rows])
-    build = b(app_id=app.id, sha=sha, ref=ref, actor=actor.subject, status=QUEUED, image=app.build_image)
-    session.add(build)
+    # A newer push supersedes the branch's builds still waiting, a newer head of a pull request that
+    # pull request's (one already building finishes; its deploy is then superseded by this one's, as
+    # deploys are).  A commit an open preview waits for is left queued: that preview needs it.
+    superseded = await _supersede(
+        session, app=app, pr_number=pr_number, now=now, why=f"superseded by the push of {sha[:7]}"
+    )
+    if existing is None:
+        build = b(
+            app_id=app.id, sha=sha, ref=ref, actor=actor.subject, status=QUEUED, image=app.build_image,
+            pr_number=pr_number,
+        )  # fmt: skip
+        session.add(build)
+    else:
+        # Superseded before it ran (a newer push, a closed pull request): this request wants it again.
+        build = existing
+        build.runs += 1
+        build.status, build.ref, build.actor, build.pr_number = QUEUED, ref, actor.subject, pr_number
+        build.image = app.build_image
+        build.error = build.log = build.pack = build.digest = None
+        build.started_at = build.finished_at = None
     await session.flush()
     await jobs.enqueue(
         session,
         kind=BUILD_JOB,
         payload={"build_id": build.id, "app": app.name},
-        dedupe_key=_job_key(build.id),
+        dedupe_key=_job_key(build.id, build.runs),
         concurrency_key=f"build:{app.id}",
         max_attempts=3,
     )
@@ -186,10 +231,72 @@ async def queue(
             "ref": ref,
             "image": app.build_image,
             "superseded": superseded,
+            **({"pr": pr_number} if pr_number is not None else {}),
         },
     )
-    _logger(app=app, build=build).info("build: queued %s@%s for %s", ref, sha[:7], app.build_image)
+    _logger(app=app, build=build).info(
+        "build: queued %s@%s for %s%s",
+        ref, sha[:7], app.build_image, f" (pull request #{pr_number})" if pr_number is not None else "",
+    )  # fmt: skip
     return Queued(build=build, created=True)
+
+
+async def lock(session: AsyncSession, *, app: models.App, sha: str) -> None:
+    """Lock the build of `sha` (if any) before a pull request's preview row is written: the lock
+    order of a builder ending it (build, then the previews waiting for it), so the two never deadlock."""
+    b = models.Build
+    await session.execute(select(b.id).where(b.app_id == app.id, b.sha == sha).with_for_update())
+
+
+async def _adopt_for_branch(
+    session: AsyncSession, *, ctx: Core, app: models.App, build: models.Build, ref: str
+) -> bool:
+    """The tracked branch reached a commit built for a pull request: the build is the branch's too."""
+    if build.status in (QUEUED, BUILDING):
+        build.pr_number, build.ref = None, ref  # its success deploys the app as well
+        return False
+    if build.status != SUCCEEDED or build.digest is None:
+        return False  # failed: `shipit builds retry` runs it again, for the branch this time
+    # deployment_id named the preview's deploy: from now on the branch's (None when it is refused).
+    build.pr_number, build.ref, build.deployment_id = None, ref, None
+    await _deploy_branch(session, ctx=ctx, app=app, build=build)
+    return build.deployment_id is not None
+
+
+async def _supersede(
+    session: AsyncSession, *, app: models.App, pr_number: int | None, now: dt.datetime, why: str
+) -> list[int]:
+    """Supersede the queued builds of the branch (`pr_number` None) or of one pull request, and
+    cancel their jobs; a commit an open preview waits for stays queued."""
+    b = models.Build
+    waited_for = select(models.Preview.head_sha).where(
+        models.Preview.app_id == app.id, models.Preview.closed_at.is_(None)
+    )
+    mine = b.pr_number.is_(None) if pr_number is None else b.pr_number == pr_number
+    rows = (
+        await session.execute(
+            update(b)
+            .where(b.app_id == app.id, b.status == QUEUED, mine, b.sha.not_in(waited_for))
+            .values(status=SUPERSEDED, finished_at=now, error=why)
+            .returning(b.id, b.runs)
+        )
+    ).all()
+    await jobs.cancel_where(session, dedupe_keys=[_job_key(i, runs) for i, runs in rows])
+    return [i for i, _ in rows]
+
+
+async def cancel_for_pull_request(session: AsyncSession, *, app: models.App, number: int) -> list[int]:
+    """A pull request closed: its builds still queued are not run (call it once its preview is closed).
+
+    One already building finishes and deploys nothing: the previews it would deploy are closed."""
+    ids = await _supersede(
+        session, app=app, pr_number=number, now=models.utcnow(), why=f"pull request #{number} was closed"
+    )
+    if ids:
+        logctx.ContextLogger(log, {"app": app.name}).info(
+            "build: %s of pull request #%s not run: it was closed", ", ".join(f"#{i}" for i in ids), number
+        )
+    return ids
 
 
 def _job_key(build_id: int, runs: int = 0) -> str:
@@ -203,8 +310,9 @@ async def retry(
 
     A push of the same commit does not (one build per app and commit), so this is how a build that
     failed for a passing reason (a registry down past the job's retries, a base image missing) is
-    run again without a new commit.  Refused while a newer build of the app is queued, building or
-    succeeded: its commit would be deployed over by this older one."""
+    run again without a new commit.  Refused while a newer build of the same line (the branch's, or
+    the same pull request's) is queued, building or succeeded: its commit would be deployed over by
+    this older one.  A pull request's build, once built, deploys the previews still at its commit."""
     app = await apps.get(session, actor=actor, name=app_name, env=env)
     await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action="retrying builds")
     b = models.Build
@@ -217,9 +325,11 @@ async def retry(
         )
     if not app.build_enabled or app.build_image is None:
         raise Conflict(f"{app.name} does not build from source now (apps update --build)", field="build_id")
+    # Of the same line only: the branch's builds, or one pull request's (each deploys its own place).
+    line = b.pr_number.is_(None) if build.pr_number is None else b.pr_number == build.pr_number
     newer = await session.scalar(
         select(b.id)
-        .where(b.app_id == app.id, b.id > build.id, b.status.in_((QUEUED, BUILDING, SUCCEEDED)))
+        .where(b.app_id == app.id, b.id > build.id, b.status.in_((QUEUED, BUILDING, SUCCEEDED)), line)
         .order_by(b.id)
         .limit(1)
     )
@@ -306,7 +416,7 @@ async def get_for(
 # ---------------------------------------------------------------------------- running (the builder)
 
 
-def _actor_of(build: models.Build) -> Actor:
+def actor_of(build: models.Build) -> Actor:
     # The push's actor (core.gitops.github_actor): admin on the linked app only, by the link itself.
     login = build.actor.removeprefix("github:")
     return Actor(subject=build.actor, channel="github", display=login, is_admin=True)
@@ -348,7 +458,7 @@ async def run_job(*, ctx: Core, job: jobs.JobView, builder: Builder) -> None:
         )
     except (PermanentError, UserError) as e:
         # buildah failed, a refused tarball, no pack, GitHub's 404...: fails now, with the log so far.
-        await _finish_failed(ctx, build_id=build_id, error=str(e), log_tail=output.tail())
+        await _finish_failed(ctx, build_id=build_id, error=str(e), log_tail=output.tail(), done=builder.done)
         return
     except TransientError as e:
         output.note(f"will retry: {e}")
@@ -357,7 +467,9 @@ async def run_job(*, ctx: Core, job: jobs.JobView, builder: Builder) -> None:
             if row is not None:
                 row.log = output.tail()
         raise
-    await _finish_succeeded(ctx, build_id=build_id, pack=pack, digest=digest, log_tail=output.tail())
+    await _finish_succeeded(
+        ctx, build_id=build_id, pack=pack, digest=digest, log_tail=output.tail(), done=builder.done
+    )
 
 
 async def _build(
@@ -610,15 +722,23 @@ async def _buildah(
     return "".join(kept)
 
 
-async def _finish_failed(ctx: Core, *, build_id: int, error: str, log_tail: str | None) -> None:
+async def _finish_failed(
+    ctx: Core, *, build_id: int, error: str, log_tail: str | None, done: BuildDone | None = None
+) -> None:
     async with ctx.sessionmaker.begin() as session:
-        await _mark_failed(session, ctx=ctx, build_id=build_id, error=error, log_tail=log_tail)
+        await _mark_failed(session, ctx=ctx, build_id=build_id, error=error, log_tail=log_tail, done=done)
 
 
 async def _mark_failed(
-    session: AsyncSession, *, ctx: Core, build_id: int, error: str, log_tail: str | None
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    build_id: int,
+    error: str,
+    log_tail: str | None,
+    done: BuildDone | None = None,
 ) -> None:
-    build = await session.get(models.Build, build_id)
+    build = await session.get(models.Build, build_id, with_for_update=True)  # see queue()
     if build is None or build.status not in (QUEUED, BUILDING):
         return
     app = await session.get(models.App, build.app_id)
@@ -630,20 +750,29 @@ async def _mark_failed(
         build.log = log_tail
     build.finished_at = models.utcnow()
     await _emit(session, ctx=ctx, build=build, app=app, kind=BUILD_FAILED)
+    if done is not None:
+        await done(session, ctx=ctx, app=app, build=build)
     _logger(app=app, build=build).warning(
         "build: %s@%s failed, nothing deployed: %s", build.ref, build.sha[:7], error
     )
 
 
-async def job_failed(*, session: AsyncSession, ctx: Core, job: jobs.JobView, error: str) -> None:
+async def job_failed(
+    *, session: AsyncSession, ctx: Core, job: jobs.JobView, error: str, done: BuildDone | None = None
+) -> None:
     """The job gave up (retries spent, an unexpected error): the build fails, nothing is deployed."""
-    await _mark_failed(session, ctx=ctx, build_id=int(job.payload["build_id"]), error=error, log_tail=None)
+    await _mark_failed(
+        session, ctx=ctx, build_id=int(job.payload["build_id"]), error=error, log_tail=None, done=done
+    )
 
 
-async def _finish_succeeded(ctx: Core, *, build_id: int, pack: str, digest: str, log_tail: str) -> None:
-    """Mark it succeeded and request the deploy of the digest, in one transaction."""
+async def _finish_succeeded(
+    ctx: Core, *, build_id: int, pack: str, digest: str, log_tail: str, done: BuildDone | None = None
+) -> None:
+    """Mark it succeeded and request the deploy of the digest (the app's for a push, the previews' at
+    the commit for a pull request), in one transaction."""
     async with ctx.sessionmaker.begin() as session:
-        build = await session.get(models.Build, build_id)
+        build = await session.get(models.Build, build_id, with_for_update=True)  # see queue()
         if build is None or build.status != BUILDING:
             return
         app = await session.get(models.App, build.app_id)
@@ -654,32 +783,40 @@ async def _finish_succeeded(ctx: Core, *, build_id: int, pack: str, digest: str,
         build.digest = digest
         build.log = log_tail
         build.finished_at = models.utcnow()
-        blog = _logger(app=app, build=build)
-        image = f"{build.image}@{digest}"
-        if app.auto_deploy_paused:
-            build.error = f"built, not deployed: auto-deploy is paused ({app.paused_reason or 'paused'})"
-        else:
-            try:
-                async with session.begin_nested():
-                    result = await deploys.request(
-                        session,
-                        ctx=ctx,
-                        actor=_actor_of(build),
-                        app_name=app.name,
-                        image=image,
-                        trigger="push",
-                        dedupe_key=validation.dedupe_key(f"build:{build.id}"),
-                        git_sha=build.sha,
-                        git_ref=build.ref,
-                        reason=f"build #{build.id} of {build.sha[:7]}",
-                        env=await apps.env_name(session, app=app),
-                    )
-                build.deployment_id = result.deployment.id
-            except UserError as e:
-                build.error = f"built, not deployed: {e}"
+        if build.pr_number is None:
+            await _deploy_branch(session, ctx=ctx, app=app, build=build)
+        if done is not None:
+            await done(session, ctx=ctx, app=app, build=build)
         await _emit(session, ctx=ctx, build=build, app=app, kind=BUILD_SUCCEEDED)
-        blog.info(
+        _logger(app=app, build=build).info(
             "build: %s@%s pushed as %s; %s",
-            build.ref, build.sha[:7], image,
-            f"deploy #{build.deployment_id} requested" if build.deployment_id else build.error,
+            build.ref, build.sha[:7], f"{build.image}@{digest}",
+            f"deploy #{build.deployment_id} requested" if build.deployment_id
+            else build.error or f"for pull request #{build.pr_number}",
         )  # fmt: skip
+
+
+async def _deploy_branch(session: AsyncSession, *, ctx: Core, app: models.App, build: models.Build) -> None:
+    """Request the app's deploy of the built digest, as the push's actor (`build.error` says why not)."""
+    assert build.digest is not None
+    if app.auto_deploy_paused:
+        build.error = f"built, not deployed: auto-deploy is paused ({app.paused_reason or 'paused'})"
+        return
+    try:
+        async with session.begin_nested():
+            result = await deploys.request(
+                session,
+                ctx=ctx,
+                actor=actor_of(build),
+                app_name=app.name,
+                image=f"{build.image}@{build.digest}",
+                trigger="push",
+                dedupe_key=validation.dedupe_key(f"build:{build.id}"),
+                git_sha=build.sha,
+                git_ref=build.ref,
+                reason=f"build #{build.id} of {build.sha[:7]}",
+                env=await apps.env_name(session, app=app),
+            )
+        build.deployment_id = result.deployment.id
+    except UserError as e:
+        build.error = f"built, not deployed: {e}"

@@ -441,6 +441,16 @@ async def _build(
     """Queue the build of `sha` (core.builds); its deploy is requested when it has been pushed."""
     queued = await builds.queue(session, ctx=ctx, app=app, actor=actor, sha=sha, ref=ref)
     build = queued.build
+    if queued.deployed:
+        return Decision(
+            app=app.name,
+            action=DEPLOY,
+            reason=f"{sha[:7]} was already built for a pull request (build #{build.id}): "
+            f"deploy #{build.deployment_id} of {build.image}@{build.digest} queued",
+            build_id=build.id,
+            deployment_id=build.deployment_id,
+            image=f"{build.image}@{build.digest}",
+        )
     if not queued.created:
         return Decision(
             app=app.name,

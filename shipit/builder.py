@@ -16,7 +16,7 @@ import contextlib
 import logging
 import signal
 
-from core import buildpacks, builds
+from core import buildpacks, builds, previews
 from core.worker import Worker
 from shipit import runtime
 from shipit.settings import Settings
@@ -42,6 +42,7 @@ def builder_of(settings: Settings, *, fetcher: builds.SourceFetcher) -> builds.B
         timeout_seconds=settings.build_timeout_seconds,
         max_source_bytes=settings.build_max_source_bytes,
         cache_repo=settings.build_cache_repo or None,
+        done=previews.after_build,  # the previews waiting for the commit deploy (or fail) with it
     )
 
 

@@ -542,6 +542,9 @@ class Build(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column()
     # Retries of a failed build (core.builds.retry): each run's events are its own.
     runs: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The pull request whose preview queued it (migration 0017); NULL: a push to the tracked branch,
+    # whose success deploys the app itself.  A PR build deploys only its previews.
+    pr_number: Mapped[int | None] = mapped_column()
 
 
 class DeployApproval(Base):

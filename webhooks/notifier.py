@@ -113,9 +113,15 @@ def refused_marker(app: str) -> str:
 
 
 def comment_body(
-    *, app: str, preview: PreviewView, deployment: DeploymentView | None, reason: str | None = None
+    *,
+    app: str,
+    preview: PreviewView,
+    deployment: DeploymentView | None,
+    reason: str | None = None,
+    build: dict[str, Any] | None = None,
 ) -> str:
-    """The one PR comment of a preview: its state, URL, commit and image."""
+    """The one PR comment of a preview: its state, URL, commit and image (an app that builds from
+    source: `build`, the payload of the preview.building / preview.build_failed event)."""
     status = preview.status
     if status == "pending_approval":
         source = preview.head_repo or "a deleted fork"
@@ -132,15 +138,29 @@ def comment_body(
         head = f"🗑️ **Preview `{preview.namespace}`** — {state}"
     elif status == "ready":
         head = f"✅ **Preview `{preview.namespace}`** — ready at {preview.url}"
+    elif status == "failed" and build is not None:
+        error = str(build.get("error") or "see its log")
+        head = (
+            f"❌ **Preview `{preview.namespace}`** — build #{build.get('build')} of "
+            f"`{preview.head_sha[:7]}` failed, nothing deployed: {_short(error, 300)}\n\n"
+            f"Its log: `{build.get('logs')}`. The next push to this pull request builds again."
+        )
     elif status == "failed":
         error = deployment.error if deployment and deployment.error else "see shipit for details"
         head = f"❌ **Preview `{preview.namespace}`** — deploy failed: {_short(error, 300)}"
+    elif status == "building" and build is not None:
+        head = (
+            f"🔨 **Preview `{preview.namespace}`** — building `{preview.head_sha[:7]}` "
+            f"(build #{build.get('build')}); deployed once built…"
+        )
     else:
         head = f"⏳ **Preview `{preview.namespace}`** — deploying `{preview.head_sha[:7]}`…"
     rows = [
         ("URL", preview.url or "-"),
         ("Commit", f"`{preview.head_sha[:7]}`"),
     ]
+    if build is not None:
+        rows.append(("Build", f"#{build.get('build')}"))
     if deployment is not None:
         rows.append(("Image", f"`{deployment.image}`"))
         rows.append(("Deploy", f"#{deployment.id} ({deployment.status})"))
@@ -171,6 +191,8 @@ class GitHubNotifier:
                 events.PREVIEW_CLOSED,
                 events.PREVIEW_REFUSED,
                 events.PREVIEW_AWAITING_APPROVAL,
+                events.PREVIEW_BUILDING,
+                events.PREVIEW_BUILD_FAILED,
             )
         )
 
@@ -211,6 +233,8 @@ class GitHubNotifier:
             return await self._closed(notice)
         if notice.kind == events.PREVIEW_AWAITING_APPROVAL:
             return await self._awaiting(notice)
+        if notice.kind in (events.PREVIEW_BUILDING, events.PREVIEW_BUILD_FAILED):
+            return await self._preview_build(notice)
         if notice.deployment is not None:
             # `.approve` comments that queued this deploy follow it (a Slack-asked deploy included).
             for entry in comments.approvals_of(notice.deployment.refs):
@@ -414,6 +438,29 @@ class GitHubNotifier:
             marker=comment_marker(app.name),
             body=comment_body(app=app.name, preview=preview, deployment=None),
         )
+        return Delivered(preview_comment_id=comment_id)
+
+    async def _preview_build(self, notice: Notice) -> Delivered | None:
+        """A preview's build runs or failed: its comment says so.  Drawn only while the preview still
+        is in that state at that commit, so a late delivery never overwrites what came after."""
+        preview, app, payload = notice.preview, notice.app, notice.payload
+        if preview is None or app is None or preview.head_sha != payload.get("sha"):
+            return None
+        wanted = "building" if notice.kind == events.PREVIEW_BUILDING else "failed"
+        if preview.status != wanted:
+            return None
+        comment_id = await self._upsert_comment(
+            repo=preview.repo,
+            number=preview.pr_number,
+            app=app.name,
+            known=preview.comment_id,
+            marker=comment_marker(app.name),
+            body=comment_body(app=app.name, preview=preview, deployment=None, build=dict(payload)),
+        )
+        notices.logger_for(log, notice).info(
+            "github: preview of %s#%s %s (build #%s)", preview.repo, preview.pr_number, wanted,
+            payload.get("build"),
+        )  # fmt: skip
         return Delivered(preview_comment_id=comment_id)
 
     async def _refused(self, notice: Notice) -> None:

@@ -258,6 +258,8 @@ EVENT_KINDS = (
     "preview.closed",
     "preview.refused",
     "preview.awaiting_approval",
+    "preview.building",
+    "preview.build_failed",
     "app.paused",
     "app.resumed",
     "app.protection_changed",

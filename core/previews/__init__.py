@@ -22,6 +22,11 @@ deploy and the deletion of its namespace never run at the same time.
 `closed_at` is the source of truth: a PR reopened before its teardown ran
 clears it, and the stale teardown then leaves the namespace alone.
 
+An app that builds from source (core.builds) has no image to render: the pull request's head commit
+is built first (one build per app and commit, the branch's build reused; a fork's only once its
+commit is approved), the preview waits in `building`, and `after_build` deploys the pushed digest
+through the same deploy_head when the builder reports success (or marks the preview failed).
+
 The package: `base` (states, names, the cap, deploying a head commit), `opening` (pull request
 events), `approvals` (forks) and `teardown` (closing, the reaper, the job); every public name is re-exported.
 """
@@ -33,6 +38,7 @@ from core.previews.approvals import Approval, approve, on_label
 from core.previews.base import (
     APPROVE_LABEL,
     AWAITING_APPROVAL,
+    BUILDING,
     CLOSED,
     CLOSING,
     CREATING,
@@ -42,6 +48,7 @@ from core.previews.base import (
     OPENING_ACTIONS,
     READY,
     TEARDOWN_JOB,
+    after_build,
     list_open,
     namespace_for,
     url_for,
@@ -52,6 +59,7 @@ from core.previews.teardown import HANDLERS, close, reap, reap_forever, run_tear
 __all__ = [
     "APPROVE_LABEL",
     "AWAITING_APPROVAL",
+    "BUILDING",
     "CLOSED",
     "CLOSING",
     "CREATING",
@@ -64,6 +72,7 @@ __all__ = [
     "TEARDOWN_JOB",
     "Approval",
     "Decision",
+    "after_build",
     "approve",
     "close",
     "list_open",

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import apps, audit, events, logctx
 from core.context import Core
 from core.errors import Conflict, NotFound, UserError
-from core.gitops import DEPLOY, SKIP, Decision, Outcome
+from core.gitops import BUILD, DEPLOY, SKIP, Decision, Outcome
 from core.identity import Actor, Role
 from core.previews.base import APPROVE_LABEL, DEPLOYING, deploy_head, expiry, open_count, preview_apps
 from core.previews.opening import open_or_update
@@ -113,7 +113,7 @@ async def _approve(
     )
     ref = head_ref if head_ref is not None else await _pending_head_ref(session, preview=preview)
     decision = await deploy_head(session, ctx=ctx, app=app, actor=actor, preview=preview, head_ref=ref)
-    if decision.action != DEPLOY:
+    if decision.action not in (DEPLOY, BUILD):  # BUILD: its commit is built first, then deployed
         raise Conflict(decision.reason)  # nothing approved: the transaction is rolled back
     logctx.deploy_logger(log, app=app.name, namespace=preview.namespace).info(
         "preview: %s approved %s", actor.subject, preview.head_sha[:7]

@@ -10,10 +10,10 @@ import logging
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, claims, deploys, logctx
+from core import apps, builds, claims, deploys, events, logctx
 from core.context import Core
 from core.errors import UserError
-from core.gitops import DEPLOY, SKIP, Decision, linked_apps, render_image
+from core.gitops import BUILD, DEPLOY, SKIP, Decision, linked_apps, render_image
 from core.identity import Actor
 from storage import models
 
@@ -26,6 +26,8 @@ CREATING = "creating"
 # A fork's head commit waits for a maintainer; nothing is deployed.  (previews.status holds 16 characters.)
 AWAITING_APPROVAL = "pending_approval"
 DEPLOYING = "deploying"
+# An app that builds from source: the head commit's build runs; its success deploys the preview.
+BUILDING = "building"
 READY = "ready"
 FAILED = "failed"
 CLOSING = "closing"
@@ -77,15 +79,33 @@ async def open_count(session: AsyncSession, *, app_id: int, other_than: int) -> 
 async def preview_apps(session: AsyncSession, *, repo: str) -> tuple[list[models.App], list[models.App]]:
     """(apps linked to repo, those with previews on)."""
     linked = await linked_apps(session, repo=repo)
-    return linked, [a for a in linked if a.previews_enabled and a.preview_domain and a.image_template]
+    return linked, [
+        a
+        for a in linked
+        if a.previews_enabled
+        and a.preview_domain
+        and (a.image_template or (a.build_enabled and a.build_image))
+    ]
 
 
 async def deploy_head(
-    session: AsyncSession, *, ctx: Core, app: models.App, actor: Actor, preview: models.Preview, head_ref: str
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    app: models.App,
+    actor: Actor,
+    preview: models.Preview,
+    head_ref: str,
+    image: str | None = None,
 ) -> Decision:
+    """Deploy the preview's head commit: `image`, else the app's image template rendered for it; an
+    app that builds from source builds the commit first (`build_head`), and deploys once built."""
     number, namespace, head_sha = preview.pr_number, preview.namespace, preview.head_sha
-    assert app.image_template is not None
-    image = render_image(app.image_template, sha=head_sha, branch=head_ref)
+    if image is None and app.build_enabled and app.build_image:
+        return await build_head(session, ctx=ctx, app=app, actor=actor, preview=preview, head_ref=head_ref)
+    if image is None:
+        assert app.image_template is not None
+        image = render_image(app.image_template, sha=head_sha, branch=head_ref)
     try:
         async with session.begin_nested():
             # The preview's namespace becomes the project's (refused when another project holds it).
@@ -123,6 +143,117 @@ async def deploy_head(
         image=image,
         preview=namespace,
     )
+
+
+async def build_head(
+    session: AsyncSession, *, ctx: Core, app: models.App, actor: Actor, preview: models.Preview, head_ref: str
+) -> Decision:
+    """The build of the head commit for the preview (core.builds.queue, in the caller's transaction):
+    a digest already pushed for it (the branch's build) is deployed at once; otherwise the preview
+    waits in `building` until the build ends (after_build)."""
+    number, namespace, sha = preview.pr_number, preview.namespace, preview.head_sha
+    queued = await builds.queue(
+        session, ctx=ctx, app=app, actor=actor, sha=sha, ref=f"refs/heads/{head_ref}", pr_number=number
+    )
+    build = queued.build
+    if build.status == builds.SUCCEEDED and build.digest:
+        return await deploy_head(
+            session, ctx=ctx, app=app, actor=actor, preview=preview, head_ref=head_ref,
+            image=f"{build.image}@{build.digest}",
+        )  # fmt: skip
+    if build.status == builds.FAILED:
+        await build_failed(session, ctx=ctx, app=app, preview=preview, build=build)
+        return Decision(
+            app=app.name,
+            action=SKIP,
+            reason=f"preview {namespace} not deployed: build #{build.id} of {sha[:7]} failed "
+            f"({build.error or 'see its log'}); `{logs_command(app=app, build=build)}` shows why",
+            build_id=build.id,
+            preview=namespace,
+        )
+    preview.status = BUILDING
+    await events.emit(
+        session,
+        ctx=ctx,
+        kind=events.PREVIEW_BUILDING,
+        dedupe_key=f"preview:{preview.id}:building:{sha}:{build.id}:{build.runs}",
+        project_id=app.project_id,
+        app_id=app.id,
+        preview_id=preview.id,
+        payload={"build": build.id, "sha": sha, "pr_number": number, "status": build.status},
+    )
+    logctx.deploy_logger(log, app=app.name, namespace=namespace).info(
+        "preview of pr #%s waits for build #%s of %s (%s)", number, build.id, sha[:7], build.status
+    )
+    return Decision(
+        app=app.name,
+        action=BUILD,
+        reason=f"preview {namespace}: build #{build.id} of {sha[:7]} "
+        f"{'queued' if queued.created else build.status}; deployed at {preview.url} once built",
+        build_id=build.id,
+        preview=namespace,
+    )
+
+
+def logs_command(*, app: models.App, build: models.Build) -> str:
+    return f"shipit builds logs {app.name} {build.id}"
+
+
+async def build_failed(
+    session: AsyncSession, *, ctx: Core, app: models.App, preview: models.Preview, build: models.Build
+) -> None:
+    """The preview's build failed: nothing deployed; the PR comment says so and names the log command."""
+    preview.status = FAILED
+    await events.emit(
+        session,
+        ctx=ctx,
+        kind=events.PREVIEW_BUILD_FAILED,
+        dedupe_key=f"preview:{preview.id}:build-failed:{build.id}:{build.runs}",
+        project_id=app.project_id,
+        app_id=app.id,
+        preview_id=preview.id,
+        payload={
+            "build": build.id,
+            "sha": build.sha,
+            "pr_number": preview.pr_number,
+            "error": build.error,
+            "logs": logs_command(app=app, build=build),
+        },
+    )
+
+
+async def after_build(session: AsyncSession, *, ctx: Core, app: models.App, build: models.Build) -> None:
+    """A build ended (core.builds.BuildDone, in its transaction): the open previews waiting for its
+    commit are deployed with the digest, through deploy_head, or marked failed.  A preview closed
+    (or moved to a newer commit) meanwhile no longer waits: a late build never brings it back."""
+    waiting = list(
+        await session.scalars(
+            select(models.Preview)
+            .where(
+                models.Preview.app_id == app.id,
+                models.Preview.head_sha == build.sha,
+                models.Preview.closed_at.is_(None),
+                # failed: its build failed before, and `shipit builds retry` ran it again
+                models.Preview.status.in_((BUILDING, FAILED)),
+            )
+            .order_by(models.Preview.id)
+            .with_for_update()
+        )
+    )
+    for preview in waiting:
+        if build.status != builds.SUCCEEDED or not build.digest:
+            await build_failed(session, ctx=ctx, app=app, preview=preview, build=build)
+            continue
+        preview.status = DEPLOYING
+        decision = await deploy_head(
+            session, ctx=ctx, app=app, actor=builds.actor_of(build), preview=preview,
+            head_ref=build.ref.removeprefix("refs/heads/"), image=f"{build.image}@{build.digest}",
+        )  # fmt: skip
+        if build.pr_number == preview.pr_number and decision.deployment_id is not None:
+            build.deployment_id = decision.deployment_id
+        logctx.deploy_logger(log, app=app.name, namespace=preview.namespace).info(
+            "preview: build #%s of %s ended: %s", build.id, build.sha[:7], decision.reason
+        )
 
 
 def fork_name(head_repo: str | None) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, events, logctx
+from core import apps, builds, events, logctx
 from core.context import Core
 from core.gitops import SKIP, WAIT, Decision, Outcome, github_actor
 from core.identity import Actor
@@ -107,6 +107,8 @@ async def open_or_update(
     if is_fork and app.previews_from_forks not in (apps.FORKS_APPROVED, apps.FORKS_ALWAYS):
         return await _refuse_fork(session, ctx=ctx, app=app, repo=repo, number=number, head_repo=head_repo)
     waits = is_fork and app.previews_from_forks == apps.FORKS_APPROVED
+    if app.build_enabled:
+        await builds.lock(session, app=app, sha=head_sha)  # before the preview row (builds.lock)
     now = models.utcnow()
     preview = await session.scalar(
         select(models.Preview).where(models.Preview.app_id == app.id, models.Preview.pr_number == number)

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit, clusters, deploys, events, jobs, logctx
+from core import audit, builds, clusters, deploys, events, jobs, logctx
 from core.context import Core
 from core.errors import Conflict, TransientError
 from core.gitops import DEPLOY, SKIP, Decision
@@ -73,6 +73,9 @@ async def _start_teardown(
     )
     for deployment_id in list(pending):
         await deploys.cancel(session, ctx=ctx, actor=actor, deployment_id=deployment_id)
+    if app.build_enabled:
+        # Nor would its builds still queued (one building ends without deploying: closed_at is set).
+        await builds.cancel_for_pull_request(session, app=app, number=preview.pr_number)
     marker = now.isoformat()
     job = await jobs.enqueue(
         session,

@@ -27,7 +27,7 @@ def builds_list(
         show_json(rows)
         return
     table(
-        ["ID", "STATUS", "SHA", "PACK", "DIGEST", "DEPLOY", "CREATED", "ERROR"],
+        ["ID", "STATUS", "SHA", "PACK", "DIGEST", "DEPLOY", "PR", "CREATED", "ERROR"],
         [
             [
                 b["id"],
@@ -36,6 +36,7 @@ def builds_list(
                 b["pack"] or "",
                 (b["digest"] or "")[:19],
                 b["deployment"] or "",
+                f"#{b['pr']}" if b.get("pr") else "",  # a pull request's preview build
                 when(b["created_at"]),
                 b["error"] or "",
             ]

@@ -298,6 +298,7 @@ class BuildOut(BaseModel):
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     runs: int = 1  # 1, and one more for each `builds retry`
+    pr: int | None = None  # the pull request whose preview it was queued for; None: a push to the branch
     log: str | None = None
 
     @classmethod
@@ -318,5 +319,6 @@ class BuildOut(BaseModel):
             started_at=b.started_at,
             finished_at=b.finished_at,
             runs=(b.runs or 0) + 1,
+            pr=b.pr_number,
             log=b.log if with_log else None,
         )

@@ -18,8 +18,8 @@ __all__ = ["shipit"]  # the fixture, used by name
 SHA = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
 
 
-async def _queue_build(rt: Runtime, *, log: str) -> int:
-    """A push's build, queued by core as the webhook queues it, with a log to show."""
+async def _queue_build(rt: Runtime, *, log: str, sha: str = SHA, pr_number: int | None = None) -> int:
+    """A push's build (or a pull request's), queued by core as the webhook queues it, with a log to show."""
     async with rt.sessionmaker.begin() as session:
         app = await apps.get(session, actor=ADMIN, name="web")
         queued = await builds.queue(
@@ -27,8 +27,9 @@ async def _queue_build(rt: Runtime, *, log: str) -> int:
             ctx=rt.core,
             app=app,
             actor=gitops.github_actor("octocat"),
-            sha=SHA,
+            sha=sha,
             ref="refs/heads/main",
+            pr_number=pr_number,
         )
         queued.build.status, queued.build.error, queued.build.log = builds.FAILED, "buildah bud failed", log
         return queued.build.id
@@ -70,6 +71,10 @@ async def test_cli_turns_builds_on_and_reads_them(live_server: LiveServer, shipi
     rows = table(ok(await shipit("builds", "list", "web")))
     assert rows[0][:4] == ["ID", "STATUS", "SHA", "PACK"]
     assert rows[1][:3] == [str(build_id), "failed", SHA[:7]]
+    # A pull request's preview build names its pull request.
+    pr_build = await _queue_build(live_server.rt, log="", sha="c0ffee" * 6 + "c0ff", pr_number=7)
+    rows = table(ok(await shipit("builds", "list", "web")))
+    assert rows[0][6] == "PR" and (rows[1][0], rows[1][6]) == (str(pr_build), "#7") and rows[2][6] == ""
     logs = ok(await shipit("builds", "logs", "web", str(build_id)))
     assert logs.splitlines() == [
         f"build #{build_id} of {SHA[:7]} (refs/heads/main): failed",

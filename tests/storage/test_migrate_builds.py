@@ -1,5 +1,6 @@
 """Migration 0015 on a database written by 0014: apps get their build settings (off for every
-existing app), and the builds table holds one build per app and commit."""
+existing app), and the builds table holds one build per app and commit.  Migration 0017: a build
+may name the pull request it was queued for; the builds already there are the branch's (NULL)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ async def test_upgrade_adds_build_settings_off_and_the_builds_table(settings: Se
             await conn.execute(text(_in_env(_app("web", 1, "acme-web"), 1)))
         await migrate.upgrade(engine, revision="0015")
         assert await migrate.current(engine) == "0015"
+        await migrate.upgrade(engine, revision="0017")  # the ORM below writes today's columns
         async with AsyncSession(engine) as session:
             app = await session.scalar(select(models.App).where(models.App.name == "web"))
             assert app is not None
@@ -44,5 +46,37 @@ async def test_upgrade_adds_build_settings_off_and_the_builds_table(settings: Se
                                      status="queued", image="r.dev/acme/web"))  # fmt: skip
             with pytest.raises(IntegrityError):
                 await session.commit()
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_0017_keeps_existing_builds_the_branchs(settings: Settings) -> None:
+    engine = db.create_engine(settings.database_url)
+    try:
+        await migrate.upgrade(engine, revision="0016")
+        async with engine.begin() as conn:
+            await project_and_cluster(conn, settings=settings)
+            await conn.execute(
+                text(
+                    "INSERT INTO environments (id, project_id, name, position, windows, freezes, created_at) "
+                    "VALUES (1, 1, 'production', 0, '[]', '[]', CURRENT_TIMESTAMP)"
+                )
+            )
+            await conn.execute(text(_in_env(_app("web", 1, "acme-web"), 1)))
+            app_id = (await conn.execute(text("SELECT id FROM apps WHERE name = 'web'"))).scalar_one()
+            await conn.execute(
+                text(
+                    "INSERT INTO builds (app_id, sha, ref, actor, status, image, created_at, runs) VALUES "
+                    f"({app_id}, '{'b' * 40}', 'refs/heads/main', 'github:x', 'succeeded', 'r.dev/acme/web', "
+                    "CURRENT_TIMESTAMP, 0)"
+                )
+            )
+        await migrate.upgrade(engine, revision="0017")
+        assert await migrate.current(engine) == "0017"
+        async with AsyncSession(engine) as session:
+            build = await session.scalar(select(models.Build))
+            assert build is not None and (build.sha, build.pr_number) == ("b" * 40, None)
+            build.pr_number = 7
+            await session.commit()
     finally:
         await engine.dispose()
