@@ -1,4 +1,5 @@
-"""The live deploy card: one Slack message per deploy, posted once and then updated in place.
+"""The live deploy and build cards: one Slack message per deploy (and per build from source),
+posted once and then updated in place.
 
 The core calls `deliver` from a notify job, one event at a time per deploy, with
 a Notice built from the deploy's state *now*: so every delivery simply redraws
@@ -12,9 +13,14 @@ carrying Retry-After, so the job queue retries later without holding a worker.
 A card that cannot be updated never fails the deploy: the notify job is
 separate from the deploy job.
 
+A build's card is the same: every build event (queued, started, succeeded, failed) redraws it
+from the build row, and where it is is kept in the database under the build, its run and the
+target (core.shared.save_mark), as a deploy card's is kept on the deploy.  A failed build's card
+is its one announcement in Slack.
+
 Posted once, even across a crash: chat.postMessage has no idempotency key, so every
-card, failure thread and failed-build message carries Slack message metadata naming
-what it is for (the deploy and target, or the event).  A delivery whose job ran
+card and failure thread carries Slack message metadata naming what it is for (the
+deploy or build, and the target).  A delivery whose job ran
 before (attempt > 1: a crash, a lost lease, a failure after the post; our own pacing
 is not an attempt) and knows no ts looks for that metadata in the channel's recent
 history (a thread's replies) first, and adopts what it finds.  A first attempt never
@@ -73,7 +79,7 @@ _DEAD_TOKEN = frozenset({"invalid_auth", "not_authed", "account_inactive", "toke
 
 # Message metadata event types: what a message is for, so a retry can find what it posted before.
 CARD_EVENT = "shipit_deploy_card"
-BUILD_FAILED_EVENT = "shipit_build_failed"
+BUILD_CARD_EVENT = "shipit_build_card"
 FAILURE_EVENT = "shipit_deploy_failure"  # the failure's details, threaded under its card
 # A retry looks back from its event's time, less this: shipit's clock and Slack's differ a little.
 LOOK_BACK = dt.timedelta(minutes=5)
@@ -218,8 +224,6 @@ class SlackNotifier:
         self._posted: OrderedDict[tuple[int, str], tuple[str, str]] = OrderedDict()
         # What each card shows now: an event that would redraw the same card makes no API call.
         self._shown: OrderedDict[tuple[str, str], str] = OrderedDict()
-        # Failed builds announced from this process, (event id, refs key) -> ts: a retry posts nothing.
-        self._announced: OrderedDict[tuple[int, str], str] = OrderedDict()
         # Why a retry could not read a channel's history, logged once per workspace (missing_scope:
         # not asked again) or channel.
         self._unreadable: set[tuple[str, str]] = set()
@@ -228,11 +232,10 @@ class SlackNotifier:
         self.revoked: str | None = None
 
     def wants(self, kind: str) -> bool:
-        # A failed build: no deploy follows, so no card would tell the channel.
-        return kind.startswith("deploy.") or kind == notices.BUILD_FAILED
+        return kind.startswith("deploy.") or kind in notices.BUILD_KINDS
 
     def wants_event(self, audience: events.Audience) -> bool:
-        if audience.kind == notices.BUILD_FAILED:
+        if audience.kind in notices.BUILD_KINDS:
             return audience.target is not None  # no command's channel to fall back on: a push made it
         return not audience.preview  # previews report on their pull request, not in Slack
 
@@ -240,8 +243,8 @@ class SlackNotifier:
         return None  # the channel owns (and closes) the client
 
     async def deliver(self, notice: events.Notice) -> events.Delivered | None:
-        if notice.kind == notices.BUILD_FAILED:
-            await self._announce_build_failed(notice)
+        if notice.kind in notices.BUILD_KINDS:
+            await self._build_card(notice)
             return None
         d = notice.deployment
         if d is None or notice.preview is not None:
@@ -324,7 +327,8 @@ class SlackNotifier:
         if ts is None:
             got, got_saved = await self._post_card(
                 card, channel_id, dlog=dlog, key=(notice.event_id, "card"), token=token,
-                posted=posted, deployment_id=d.id, ref_key=key, look_since=look_since,
+                posted=posted, metadata=self._card_metadata(d.id, key),
+                save=self._saver(d.id, key=key, dlog=dlog), look_since=look_since,
                 **({"team": team} if team else {}),
             )  # fmt: skip
             out.update(got)
@@ -349,7 +353,8 @@ class SlackNotifier:
                 # Someone deleted the card: post a fresh one rather than going silent.
                 got, got_saved = await self._post_card(
                     card, channel_id, dlog=dlog, key=(notice.event_id, "repost"), token=token,
-                    posted=posted, deployment_id=d.id, ref_key=key, look_since=look_since,
+                    posted=posted, metadata=self._card_metadata(d.id, key),
+                    save=self._saver(d.id, key=key, dlog=dlog), look_since=look_since,
                     failure_posted=False, **({"team": team} if team else {}),
                 )  # fmt: skip
                 out.clear()
@@ -389,64 +394,84 @@ class SlackNotifier:
         unsaved = {k: v for k, v in out.items() if k not in saved or saved[k] != v}
         return events.Delivered(deployment_refs=unsaved) if unsaved else None
 
-    async def _announce_build_failed(self, notice: events.Notice) -> None:
-        """One plain message in the project's channel, once per event and channel: not a card."""
+    async def _build_card(self, notice: events.Notice) -> None:
+        """Post or update the build's card in the target's channel: one per build, run and target."""
         dlog = notices.logger_for(log, notice)
+        b = notice.build
+        if b is None:
+            return
         if self.revoked is not None:
-            dlog.info("slack: build failure not posted: %s", self.revoked)
+            dlog.info("slack: build card not posted: %s", self.revoked)
             return
         # A push is typed in no channel: only the project's own Slack targets hear of its build.
-        channel = notice.target.address if notice.target is not None else None
-        if not channel:
+        where = notice.target.address if notice.target is not None else None
+        if not where:
             return
         key = notices.ref_key(self.name, notice.target)
-        done = (notice.event_id, key)
-        mark = shared.event_mark(event_id=notice.event_id, what=f"slack-build:{key}")
-        if done in self._announced or (
-            self.sessionmaker is not None and await shared.is_done(self.sessionmaker, key=mark)
-        ):
-            dlog.info("slack: build failure already posted in %s", channel)
-            return
-        team, channel_id = views.split_channel(channel)
+        mark = f"slack-build:{b.id}:{b.runs}:{key}"
+        posted = (b.id, f"build:{b.runs}:{key}")
+        refs: dict[str, Any] = {}
+        if posted in self._posted:
+            refs = dict(zip(("channel", "ts"), self._posted[posted], strict=True))
+        elif self.sessionmaker is not None:
+            refs = json.loads(await shared.read_mark(self.sessionmaker, key=mark) or "{}")
+        ts: str | None = refs.get("ts")
+        if ts is None and b.status == "superseded":
+            return  # replaced before anyone saw it: a card would only be noise
+        team, channel_id = views.split_channel(where)
+        channel_id = refs.get("channel") or channel_id
         token = await self.token_for(team) if self.token_for else None
         if self.token_for is not None and token is None:
             dlog.warning(
-                "slack: build failure not posted: no installation of shipit serves workspace %s", team or "?"
+                "slack: build card not posted: no installation of shipit serves workspace %s", team or "?"
             )
             return
-        failure = render.build_failure(notice)
-        text = views.build_failed(failure, where=render.place(notice))
+        app_name = notice.app.name if notice.app else str(notice.payload.get("app") or "app")
+        card = views.build_card(
+            build=b, app=notice.app, project=notice.project, where=render.place(notice),
+            logs=render.build_logs_command(notice, app=app_name, build=b.id),
+        )  # fmt: skip
         metadata = {
-            "event_type": BUILD_FAILED_EVENT,
-            "event_payload": {"event_id": notice.event_id, "ref": key},
+            "event_type": BUILD_CARD_EVENT,
+            "event_payload": {"build_id": b.id, "run": b.runs, "ref": key},
         }
-        # A retry may have posted it and died before the mark was written: it looks first.
-        found = (
-            await self._find_posted(
-                channel_id, metadata=metadata, since=notice.created_at, token=token, team=team, dlog=dlog
-            )
-            if notice.attempt > 1
-            else None
-        )
-        if found is None:
-            answer = await self._call(
-                "chat_postMessage", channel_id, dlog=dlog, key=(notice.event_id, "build"), token=token,
-                text=text, metadata=metadata,
-            )  # fmt: skip
-            ts = str(answer.get("ts") or "")
-        else:
-            ts = found
-            dlog.info("build failure found in %s (ts %s), posted by an earlier attempt", channel_id, ts)
-        self._announced[done] = ts
-        while len(self._announced) > 2000:
-            self._announced.popitem(last=False)
-        if self.sessionmaker is not None:
+
+        async def save(out: dict[str, Any]) -> bool:
+            if self.sessionmaker is None:
+                return False
             try:
-                await shared.mark_done(self.sessionmaker, key=mark, value=ts)
+                await shared.save_mark(self.sessionmaker, key=mark, value=json.dumps(out))
             except Exception:
-                dlog.warning("could not record the posted build failure yet", exc_info=True)
-        if found is None:
-            dlog.info("build #%s failure posted in %s (ts %s)", failure.build, channel_id, ts)
+                dlog.warning("could not record the posted build card yet", exc_info=True)
+                return False
+            return True
+
+        # A retry may have posted it and died before recording it: it looks before posting again.
+        look_since = notice.created_at if notice.attempt > 1 else None
+        if ts is None:
+            out, _ = await self._post_card(
+                card, channel_id, dlog=dlog, key=(notice.event_id, "card"), token=token, posted=posted,
+                metadata=metadata, save=save, look_since=look_since,
+            )  # fmt: skip
+            channel_id, ts = out["channel"], out["ts"]
+            dlog.info("build #%s card posted in %s (ts %s, %s)", b.id, channel_id, ts, b.status)
+        elif self._fingerprint(card) != self._shown.get((channel_id, ts)):
+            try:
+                await self._call(
+                    "chat_update", channel_id, key=(notice.event_id, "card"), dlog=dlog, token=token, ts=ts,
+                    text=card.text, blocks=card.blocks,
+                )  # fmt: skip
+            except PermanentError as e:
+                if "message_not_found" not in str(e):
+                    raise
+                # Someone deleted the card: post a fresh one rather than going silent.
+                out, _ = await self._post_card(
+                    card, channel_id, dlog=dlog, key=(notice.event_id, "repost"), token=token, posted=posted,
+                    metadata=metadata, save=save, look_since=look_since,
+                )  # fmt: skip
+                channel_id, ts = out["channel"], out["ts"]
+            dlog.info("build #%s card updated in %s (%s)", b.id, channel_id, b.status)
+        self._remember_shown(channel_id, ts, card)
 
     async def _find_posted(
         self,
@@ -579,20 +604,16 @@ class SlackNotifier:
         key: Hashable,
         token: str | None,
         posted: tuple[int, str],
-        deployment_id: int,
-        ref_key: str,
+        metadata: dict[str, Any],
+        save: Callable[[dict[str, Any]], Awaitable[bool]],
         look_since: dt.datetime | None = None,
         **extra: Any,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Post a new card and remember where (here and on the deploy), so later events update it.
+        """Post a new card carrying `metadata` and remember where (here, and in the database through
+        `save`: on the deploy, or under the build), so later events update it.
 
         `look_since` (a retry): first look for the card an earlier attempt posted since then, and
-        adopt it.  Returns the refs and, of them, what is recorded on the deploy (nothing if that
-        failed)."""
-        metadata = {
-            "event_type": CARD_EVENT,
-            "event_payload": {"deployment_id": deployment_id, "ref": ref_key},
-        }
+        adopt it.  Returns the refs and, of them, what is recorded (nothing if that failed)."""
         found = (
             await self._find_posted(
                 channel, metadata=metadata, since=look_since, token=token, team=extra.get("team"), dlog=dlog
@@ -617,8 +638,20 @@ class SlackNotifier:
             )  # fmt: skip
         out = {"channel": str(answer["channel"]), "ts": str(answer["ts"]), **extra}
         self._remember_post(posted, out["channel"], out["ts"])
-        saved = await self._save_post(deployment_id, out, key=ref_key, dlog=dlog)
+        saved = await save(out)
         return out, (dict(out) if saved else {})
+
+    @staticmethod
+    def _card_metadata(deployment_id: int, key: str) -> dict[str, Any]:
+        return {"event_type": CARD_EVENT, "event_payload": {"deployment_id": deployment_id, "ref": key}}
+
+    def _saver(
+        self, deployment_id: int, *, key: str, dlog: logctx.ContextLogger
+    ) -> Callable[[dict[str, Any]], Awaitable[bool]]:
+        async def save(refs: dict[str, Any]) -> bool:
+            return await self._save_post(deployment_id, refs, key=key, dlog=dlog)
+
+        return save
 
     async def _save_post(
         self, deployment_id: int, refs: dict[str, Any], *, key: str = NAME, dlog: logctx.ContextLogger

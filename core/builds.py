@@ -79,6 +79,7 @@ SUPERSEDED = "superseded"
 STATUSES = (QUEUED, BUILDING, SUCCEEDED, FAILED, SUPERSEDED)
 
 BUILD_QUEUED = "build.queued"
+BUILD_STARTED = "build.started"  # the builder took it: in the transaction that marks it building
 BUILD_SUCCEEDED = "build.succeeded"
 BUILD_FAILED = notices.BUILD_FAILED  # announced on the targets that take failures (core.notices)
 
@@ -433,9 +434,12 @@ async def _start(
         app = await session.get(models.App, build.app_id)
         if app is None:
             return None
+        started = build.status == QUEUED  # BUILDING: a builder died mid-build and this one takes over
         build.status = BUILDING
         build.started_at = models.utcnow()
         build.error = None
+        if started:
+            await _emit(session, ctx=ctx, build=build, app=app, kind=BUILD_STARTED)
         host = images.parse(build.image + ":x", field="build_image").domain
         credentials = await registries.credentials_for(session, ctx=ctx, project_id=app.project_id, host=host)
         await session.flush()

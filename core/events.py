@@ -26,8 +26,10 @@ from core import dialects, environment_admin, environments, jobs, observe, prote
 from core.context import Core
 from core.errors import Deferred, PermanentError, TransientError
 from core.notices import (
+    BUILD_KINDS,
     AppView,
     Audience,
+    BuildView,
     Delivered,
     DeploymentView,
     Notice,
@@ -69,6 +71,7 @@ NOTIFY_JOB = jobs.NOTIFY_KIND
 __all__ = [
     "AppView",
     "Audience",
+    "BuildView",
     "Delivered",
     "DeploymentView",
     "Notice",
@@ -218,7 +221,17 @@ async def _queue_notifications(
     )  # fmt: skip
     # Serialise each notifier's deliveries per target and deployment so a card is posted before it is
     # updated; each target has its own jobs, so a slow or dead target never holds up another.
-    subject = f"d{deployment_id}" if deployment_id else f"p{preview_id}" if preview_id else f"a{app_id}"
+    # A build's events share one line, whether or not the build got a deploy (its Slack card).
+    build_id = event.payload.get("build") if kind in BUILD_KINDS else None
+    subject = (
+        f"b{build_id}"
+        if build_id is not None
+        else f"d{deployment_id}"
+        if deployment_id
+        else f"p{preview_id}"
+        if preview_id
+        else f"a{app_id}"
+    )
     for name, notifier, targets in routed:
         for target in targets:
             if not notifier.wants_event(dataclasses.replace(audience, target=target)):
@@ -504,7 +517,29 @@ async def build_notice(
         target=target,
         environment=(await environments.of_app(session, app=app)).name if app else None,
         attempt=attempt,
+        build=await _build_view(session, event=event) if event.kind in BUILD_KINDS else None,
     )
+
+
+async def _build_view(session: AsyncSession, *, event: models.Event) -> BuildView | None:
+    """The build a build event is about, as it is now; from the event's payload if the row is gone."""
+    p = dict(event.payload or {})
+    if not isinstance(p.get("build"), int):
+        return None
+    row = await session.get(models.Build, p["build"])
+    if row is not None:
+        return BuildView(
+            id=row.id, runs=row.runs, sha=row.sha, ref=row.ref, actor=row.actor, status=row.status,
+            image=row.image, digest=row.digest, error=row.error, deployment_id=row.deployment_id,
+            pr_number=row.pr_number,
+        )  # fmt: skip
+    return BuildView(
+        id=p["build"], runs=0, sha=str(p.get("sha") or ""), ref=str(p.get("ref") or ""),
+        actor=str(p.get("actor") or ""), status=str(p.get("status") or "?"), image="",
+        digest=p.get("digest") if isinstance(p.get("digest"), str) else None,
+        error=p.get("error") if isinstance(p.get("error"), str) else None, deployment_id=None,
+        pr_number=None,
+    )  # fmt: skip
 
 
 async def _deployment_and_revision(

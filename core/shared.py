@@ -7,8 +7,10 @@
   where one process owns the database.
 - `save_refs`: what a notifier has already done for a deploy (the Slack card's ts), written as
   soon as it is done, so a retry on another replica updates the card instead of posting another.
-- `mark_done` / `is_done`: the same for a one-off delivery with no deploy to hold its refs (a failed
-  build's Slack message), under a key `event_mark` makes; core.retention drops it with its event.
+- `mark_done` / `is_done`: the same for a one-off delivery with no deploy to hold its refs, under a
+  key `event_mark` makes; core.retention drops it with its event.
+- `save_mark` / `read_mark`: a value kept under a key, replaced when written again (a build's Slack
+  card: where it is, so every event of the build updates it, on any replica).
 """
 
 from __future__ import annotations
@@ -129,3 +131,26 @@ async def mark_done(sessionmaker: async_sessionmaker[AsyncSession], *, key: str,
 async def is_done(sessionmaker: async_sessionmaker[AsyncSession], *, key: str) -> bool:
     async with sessionmaker() as session:
         return await session.scalar(select(models.Meta.key).where(models.Meta.key == key[:64])) is not None
+
+
+async def save_mark(sessionmaker: async_sessionmaker[AsyncSession], *, key: str, value: str) -> None:
+    """Keep `value` under `key` (at most 64 characters), replacing what was there."""
+    async with sessionmaker.begin() as session:
+        row = await session.get(models.Meta, key[:64], with_for_update=True)
+        if row is not None:
+            row.value = value.encode()
+            return
+        try:
+            async with session.begin_nested():
+                session.add(models.Meta(key=key[:64], value=value.encode()))
+                await session.flush()
+        except IntegrityError:
+            # Another replica wrote it first: this one is the newer fact.
+            row = await session.get_one(models.Meta, key[:64], with_for_update=True)
+            row.value = value.encode()
+
+
+async def read_mark(sessionmaker: async_sessionmaker[AsyncSession], *, key: str) -> str | None:
+    async with sessionmaker() as session:
+        value = await session.scalar(select(models.Meta.value).where(models.Meta.key == key[:64]))
+    return value.decode() if value is not None else None

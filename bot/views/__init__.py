@@ -32,7 +32,7 @@ from bot.views.blocks import (
     split_channel,
     who,
 )
-from bot.views.cards import THREAD_LOG_LINES, build_failed, card, card_text, failure_thread
+from bot.views.cards import THREAD_LOG_LINES, build_card, card, card_text, failure_thread
 from bot.views.replies import (
     DRY_RUN_LINES,
     addon_changed,
@@ -70,7 +70,7 @@ __all__ = [
     "addon_list",
     "app_list",
     "app_status",
-    "build_failed",
+    "build_card",
     "button_value",
     "card",
     "card_text",

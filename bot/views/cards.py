@@ -1,4 +1,5 @@
-"""The deploy card (one message per deploy, redrawn on every event) and its failure thread."""
+"""The deploy card (one message per deploy, redrawn on every event), its failure thread, and the
+build card (one message per build from source, redrawn likewise)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from bot.views.blocks import (
     who,
 )
 from core import events
-from core.notices import render
 
 THREAD_LOG_LINES = 30
 
@@ -204,13 +204,68 @@ def failure_thread(*, deployment: events.DeploymentView, app_name: str) -> Messa
     return Message(text=f"deploy #{d.id} of {app_name} failed: {d.error or 'unknown reason'}", blocks=blocks)
 
 
-def build_failed(failure: render.BuildFailure, *, where: str) -> str:
-    """A failed build, as one plain message in the project's channel (no card: no deploy follows).
-    Only what the build row's error says (its first line, scrubbed already), never its log."""
-    b = failure
-    return (
-        f":x: Build #{b.build} of *{esc(where)}* failed, nothing deployed: "
-        f"`{esc(b.sha)}` ({esc(b.ref)}) pushed by {esc(b.actor)}\n"
-        f"> {esc(b.error)[: MAX_TEXT // 2]}\n"
-        f"Log: `{esc(b.logs)}`"
+_BUILD_HEADLINES = {
+    "queued": ":hourglass_flowing_sand: Build #{id} of *{where}* is queued",
+    "building": ":hammer_and_wrench: Build #{id} of *{where}* is building",
+    "succeeded": ":package: Build #{id} of *{where}* is built",
+    "failed": ":x: Build #{id} of *{where}* failed, nothing deployed",
+    "superseded": ":fast_forward: Build #{id} of *{where}* was superseded",
+}
+_BUILD_STATES = {"queued": "queued", "building": "building", "succeeded": "built", "failed": "failed"}
+
+
+def build_card(
+    *,
+    build: events.BuildView,
+    app: events.AppView | None,
+    project: events.ProjectView | None,
+    where: str,
+    logs: str,
+) -> Message:
+    """The one message per build (and run), redrawn from the build's current state on every event.
+    Only the build row's facts: its error is scrubbed of credentials already (core.builds)."""
+    b = build
+    sha = esc(b.sha[:7])
+    state = _BUILD_STATES.get(b.status, b.status)
+    headline = _BUILD_HEADLINES.get(b.status, "Build #{id} of *{where}*: {state}").format(
+        id=b.id, where=esc(where), state=esc(state)
     )
+    repo = app.git_repo if app is not None else None
+    commit = f"<https://github.com/{esc(repo)}/commit/{esc(b.sha)}|`{sha}`>" if repo else f"`{sha}`"
+    line = f"PR #{b.pr_number}" if b.pr_number is not None else esc(b.ref.removeprefix("refs/heads/"))
+    fields = [
+        f"*Commit*\n{commit}",
+        f"*{'Pull request' if b.pr_number is not None else 'Branch'}*\n{line}",
+        f"*Pushed by*\n{who(b.actor)}",
+        f"*State*\n{esc(state)}",
+    ]
+    blocks: list[Block] = [
+        section_block(headline),
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
+    ]
+    detail = _build_detail(b, logs=logs)
+    if detail:
+        blocks.append(section_block(detail))
+    app_name = app.name if app is not None else where
+    blocks.append(context_block(f"build #{b.id}" + (f" · project {esc(project.name)}" if project else "")))
+    text = f"{app_name} build #{b.id} of {b.sha[:7]}: {state}"
+    return Message(text=text, blocks=blocks)
+
+
+def _build_detail(b: events.BuildView, *, logs: str) -> str:
+    if b.status == "succeeded":
+        lines = [f"*Digest* `{esc(b.digest or '?')}`"]
+        if b.deployment_id is not None and b.pr_number is None:
+            lines.append(f"Deploying — see the deploy card (deploy #{b.deployment_id}).")
+        elif b.pr_number is not None:
+            lines.append(f"Deploying the previews of pull request #{b.pr_number}.")
+        elif b.error:
+            lines.append(esc(b.error.splitlines()[0]))  # built, not deployed: why
+        return "\n".join(lines)
+    if b.status == "failed":
+        error = (b.error or "").strip()
+        first = error.splitlines()[0] if error else "failed"
+        return f"*Error:* {esc(first)[: MAX_TEXT // 2]}\nLog: `{esc(logs)}`"
+    if b.status == "superseded":
+        return esc((b.error or "superseded").splitlines()[0])
+    return ""

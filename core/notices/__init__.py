@@ -138,6 +138,23 @@ class PreviewView:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BuildView:
+    """A build from source as its card shows it: the row now (its error scrubbed already, core.builds)."""
+
+    id: int
+    runs: int
+    sha: str
+    ref: str
+    actor: str
+    status: str  # queued, building, succeeded, failed, superseded
+    image: str
+    digest: str | None
+    error: str | None
+    deployment_id: int | None
+    pr_number: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Notice:
     event_id: int
     kind: str
@@ -154,6 +171,8 @@ class Notice:
     # Which attempt of its job this delivery is: above 1, an earlier attempt may have sent it already
     # (a crash, a lost lease or a failure after the send; our own pacing is not counted).
     attempt: int = 1
+    # A build's events (BUILD_KINDS): the build as it is now, for the Slack build card.
+    build: BuildView | None = None
 
 
 def logger_for(logger: logging.Logger, notice: Notice) -> logctx.ContextLogger:
@@ -263,9 +282,14 @@ EVENT_KINDS = (
     "app.paused",
     "app.resumed",
     "app.protection_changed",
+    "build.queued",
+    "build.started",
+    "build.succeeded",
     "build.failed",
 )
 BUILD_FAILED = "build.failed"  # a build from source that failed: no deploy follows, so no card tells it
+# A build's own events, each redrawing its Slack card (bot.notifier); core.builds records them.
+BUILD_KINDS = frozenset({"build.queued", "build.started", "build.succeeded", BUILD_FAILED})
 # What ends a deploy, or a build that never got to one: one email (or chat message) each.
 OUTCOMES = frozenset(
     {

@@ -42,10 +42,6 @@ def build_failure(notice: Notice) -> BuildFailure:
     app = str(p.get("app") or (notice.app.name if notice.app else "-"))
     build = int(p.get("build") or 0)
     error = str(p.get("error") or "").strip()
-    # Among several environments an app name alone may be refused ("say which"): name this build's,
-    # as the card names it (and `--env NAME` is right whether or not the app runs elsewhere too).
-    several = notice.app is not None and notice.app.environments > 1
-    env = f" --env {notice.environment}" if several and notice.environment else ""
     return BuildFailure(
         build=build,
         app=app,
@@ -53,8 +49,17 @@ def build_failure(notice: Notice) -> BuildFailure:
         ref=str(p.get("ref") or "").removeprefix("refs/heads/"),
         actor=str(p.get("actor") or "-").removeprefix("github:"),
         error=error.splitlines()[0] if error else "failed",
-        logs=f"shipit builds logs {app} {build}{env}",
+        logs=build_logs_command(notice, app=app, build=build),
     )
+
+
+def build_logs_command(notice: Notice, *, app: str, build: int) -> str:
+    """The command that prints a build's log, as every notice of a failed build names it."""
+    # Among several environments an app name alone may be refused ("say which"): name this build's,
+    # as the card names it (and `--env NAME` is right whether or not the app runs elsewhere too).
+    several = notice.app is not None and notice.app.environments > 1
+    env = f" --env {notice.environment}" if several and notice.environment else ""
+    return f"shipit builds logs {app} {build}{env}"
 
 
 def place(notice: Notice) -> str:

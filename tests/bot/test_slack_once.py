@@ -1,5 +1,5 @@
 """A Slack message is posted once, even when the process dies between Slack accepting it and the
-database recording it.  chat.postMessage has no idempotency key: every card and failed-build message
+database recording it.  chat.postMessage has no idempotency key: every card (a deploy's, a build's)
 carries message metadata, and a retried job looks for it in the channel's history before posting.
 
 Real parts: the notify jobs are queued by core's outbox and run by the real job queue and notifier
@@ -200,7 +200,7 @@ async def test_a_first_attempt_posts_with_metadata_and_makes_no_other_call(
     assert card["metadata"]["event_payload"] == {"deployment_id": deployment_id, "ref": "slack"}
 
 
-async def test_a_failed_build_message_posted_just_before_a_crash_is_not_posted_again(
+async def test_a_build_card_posted_just_before_a_crash_is_not_posted_again(
     rt: Runtime, fake_slack: FakeSlack
 ) -> None:
     await _seed(rt)
@@ -214,9 +214,10 @@ async def test_a_failed_build_message_posted_just_before_a_crash_is_not_posted_a
     assert event_id is not None
     job = await _crash_after_slack_accepts(rt, fake_slack, "chat.postMessage")
     [message] = fake_slack.messages(CHANNEL)
-    assert message["metadata"]["event_type"] == notifier_mod.BUILD_FAILED_EVENT
-    mark = shared.event_mark(event_id=event_id, what="slack-build:slack")
-    assert not await shared.is_done(rt.sessionmaker, key=mark)
+    assert message["metadata"]["event_type"] == notifier_mod.BUILD_CARD_EVENT
+    assert message["metadata"]["event_payload"] == {"build_id": 1, "run": 0, "ref": "slack"}
+    mark = "slack-build:1:0:slack"  # where the card is, for the build's later events
+    assert await shared.read_mark(rt.sessionmaker, key=mark) is None
 
     await _restart(rt, fake_slack, job)
     [again] = fake_slack.messages(CHANNEL)
@@ -224,7 +225,8 @@ async def test_a_failed_build_message_posted_just_before_a_crash_is_not_posted_a
     assert (
         len(fake_slack.calls("chat.postMessage")) == 1 and len(fake_slack.calls("conversations.history")) == 1
     )
-    assert await shared.is_done(rt.sessionmaker, key=mark)  # recorded now: a later retry does not even look
+    # Recorded now: a later event of the build (or retry) updates it without even looking.
+    assert await shared.read_mark(rt.sessionmaker, key=mark) is not None
     assert (await _job(rt, job.id)).state == jobs.DONE
 
 

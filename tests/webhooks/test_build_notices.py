@@ -1,18 +1,22 @@
 """A failed build is announced once where the project hears of failures: its webhook targets that take
-them (signed JSON) and its Slack channel (one plain message, not a card), through the outbox's notify
-jobs.  The build fails for real through core: GitHub (the fake) answers 404 for the commit's tarball."""
+them (signed JSON) and its Slack channel (the build's card, showing it failed), through the outbox's
+notify jobs.  The build fails for real through core: GitHub (the fake) answers 404 for the commit's
+tarball.  A channel that takes every event sees the build's card go queued -> building -> built (real
+buildah, a real registry) or failed, edited in place, beside the deploy's own card."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
 
 from bot import notifier as slack_notifier
-from core import apps, builds, environment_admin, events, jobs, notices
+from core import apps, builds, environment_admin, events, jobs, notices, registries
 from core.apps import AppChanges
 from core.notices import discord, render, teams, webhook
 from core.notices import targets as notice_targets
@@ -23,6 +27,8 @@ from tests.conftest import ADMIN
 from tests.fakes.github_api import FakeGitHub
 from tests.fakes.slack_api import FakeSlack
 from tests.notices_helpers import Receiver, receiver
+from tests.testenv import buildah
+from tests.testenv.registry import Registry
 from tests.webhooks.conftest import (
     SHA_A,
     SHA_C,
@@ -32,9 +38,10 @@ from tests.webhooks.conftest import (
     offline_cluster,
     push_payload,
 )
-from tests.webhooks.test_builds import builder_worker, wait_build
+from tests.webhooks.test_builds import SITE, builder_worker, store, wait_build
 
 pytestmark = pytest.mark.both_databases
+__all__ = ["store"]  # the buildah store fixture of test_builds, for the build that succeeds
 
 CHANNEL = "C0BUILDS1"
 SECRET = "wh-build-s3cret"
@@ -63,6 +70,22 @@ async def setup(rt: Runtime, fake_slack: FakeSlack, hooks: Receiver) -> None:
                 session, ctx=rt.core, actor=ADMIN, project="acme", kind=kind, address=address,
                 events=filter_, secret=secret,
             )  # fmt: skip
+
+
+def shown(message: dict[str, Any]) -> str:
+    """What a Slack message shows: its text and its blocks' texts."""
+    texts: list[str] = [message["text"]]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                texts.append(v) if k == "text" and isinstance(v, str) else walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(message.get("blocks") or [])
+    return "\n".join(texts)
 
 
 def build_failures(hooks: Receiver, name: str) -> list[dict[str, object]]:
@@ -94,21 +117,23 @@ async def test_a_failed_build_is_announced_once_on_webhooks_and_in_slack(
         assert len(build_failures(hooks, "failures")) == 1
         assert hooks.accepted("wins") == []
 
-        # Slack: one plain message (no card) naming the app, commit, ref, pusher, error and the log command.
+        # Slack: the build's card, failed, naming the app, commit, branch, pusher, error and the log
+        # command; no plain message beside it.
         [message] = fake_slack.messages(CHANNEL)
-        text = message["text"]
+        text = shown(message)
         login = build.actor.removeprefix("github:")
         for part in (
             "acme/web",
             f"#{build_id}",
             SHA_C[:7],
-            "(main)",
+            "main",
             login,
-            f"shipit builds logs web {build_id}",
+            "failed, nothing deployed",
+            f"shipit builds logs web {build_id}`",
         ):
             assert part in text, (part, text)
         assert (build.error or "").splitlines()[0] in text
-        assert not message.get("blocks")
+        assert message["metadata"]["event_type"] == slack_notifier.BUILD_CARD_EVENT
 
         # The Slack job delivered again, in this process and on another replica: nothing more is posted.
         async with rt.sessionmaker() as session:
@@ -155,7 +180,7 @@ async def test_the_log_command_names_the_environment_among_several(
                 for b in failed
             }
         assert sorted(env_of.values()) == ["production", "staging"]
-        texts = [m["text"] for m in fake_slack.messages(CHANNEL)]
+        texts = [shown(m) for m in fake_slack.messages(CHANNEL)]
         assert len(texts) == 2
         for build_id, env in env_of.items():
             command = f"shipit builds logs web {build_id} --env {env}"
@@ -215,3 +240,142 @@ def test_email_teams_and_discord_share_the_build_failure_summary() -> None:
     # A target's filter decides as for deploys: "failed" takes it, so does the full name.
     assert notices.matches("failed", notice.kind) and notices.matches("build.failed", notice.kind)
     assert not notices.matches("succeeded,rolled_back", notice.kind)
+
+
+# ---------------------------------------------------------------------------- the build's card
+
+EVERYTHING = "C0EVERY01"
+
+
+async def take_everything(rt: Runtime) -> None:
+    """A second Slack channel taking every event: it sees the build's card from the start."""
+    async with rt.sessionmaker.begin() as session:
+        await notice_targets.add(
+            session, ctx=rt.core, actor=ADMIN, project="acme", kind="slack", address=EVERYTHING, events="*"
+        )
+
+
+def build_card_of(fake_slack: FakeSlack, build_id: int) -> dict[str, Any]:
+    [card] = [
+        m
+        for m in fake_slack.messages(EVERYTHING)
+        if m.get("metadata", {}).get("event_type") == slack_notifier.BUILD_CARD_EVENT
+        and m["metadata"]["event_payload"]["build_id"] == build_id
+    ]
+    return card
+
+
+async def test_a_push_of_a_building_app_gets_one_card_edited_from_queued_to_built(
+    hook: Hook,
+    fake_github: FakeGitHub,
+    fake_slack: FakeSlack,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    buildah.require_buildah()
+    rt = hook.rt
+    host = private_registry.host
+    user, password = next(iter(private_registry.users.items()))
+    base = f"{host}/base/busybox:1"
+    buildah.push_busybox_base(store, image=base, creds=f"{user}:{password}")
+    rt.core.config.registry_insecure_hosts = (host,)
+    config = settings.model_copy(
+        update={
+            "build_root": str(store.root), "build_runroot": str(store.runroot),
+            "build_dir": str(tmp_path / "builds"), "build_timeout_seconds": 120.0, "build_static_image": base,
+        }
+    )  # fmt: skip
+    async with receiver() as hooks:
+        rt.core.notifiers["slack"] = slack(rt, fake_slack)
+        await offline_cluster(rt)
+        await make_app(rt, image_template=None, build_enabled=True, build_image=f"{host}/acme/web")
+        async with rt.sessionmaker.begin() as session:
+            await registries.add(
+                session, ctx=rt.core, actor=ADMIN, host=host, username=user, password=password, project="acme"
+            )
+            await notice_targets.add(
+                session, ctx=rt.core, actor=ADMIN, project="acme", kind="webhook", address=f"{hooks.url}/all",
+                events="*",
+            )  # fmt: skip
+        await take_everything(rt)
+        fake_github.add_source("acme/web", SHA_A, SITE)
+        build_id = (await hook.post("push", push_payload(sha=SHA_A))).json()["decisions"][0]["build"]
+
+        await deliver_notifications(rt)
+        card = build_card_of(fake_slack, build_id)
+        text = shown(card)
+        for part in (
+            f"Build #{build_id} of *acme/web (production)* is queued",
+            f"<https://github.com/acme/web/commit/{SHA_A}|`{SHA_A[:7]}`>",
+            "*Branch*\nmain",
+            "*State*\nqueued",
+        ):
+            assert part in text, (part, text)
+        assert "github" in text.lower() and card["metadata"]["event_payload"]["run"] == 0
+
+        # The builder takes the job (its transaction records build.started), then builds for real.
+        assert await builds._start(rt.core, build_id) is not None
+        await deliver_notifications(rt)
+        assert "*State*\nbuilding" in shown(fake_slack.message(EVERYTHING, card["ts"]))
+        async with builder_worker(rt, fake_github, config):
+            build = await wait_build(rt, build_id)
+        assert build.status == builds.SUCCEEDED, (build.error, build.log)
+        await deliver_notifications(rt)
+
+    now = shown(fake_slack.message(EVERYTHING, card["ts"]))
+    for part in (
+        f"Build #{build_id} of *acme/web (production)* is built",
+        "*State*\nbuilt",
+        f"`{build.digest}`",
+        f"Deploying — see the deploy card (deploy #{build.deployment_id}).",
+    ):
+        assert part in now, (part, now)
+    # One card, edited in place: queued, building, built; the deploy has its own card.
+    versions = [shown(v) for v in fake_slack.message_versions(EVERYTHING, card["ts"])]
+    states = [next(s for s in ("queued", "building", "built") if f"*State*\n{s}" in v) for v in versions]
+    assert states == ["queued", "building", "built"], states
+    posted = [c for c in fake_slack.calls("chat.postMessage") if c.arg("channel") == EVERYTHING]
+    kinds = sorted(
+        m["metadata"]["event_type"] for m in fake_slack.messages(EVERYTHING, include_replies=False)
+    )
+    assert kinds == [slack_notifier.BUILD_CARD_EVENT, slack_notifier.CARD_EVENT], kinds
+    assert len(posted) == 2
+    # Nothing of the registry's credentials in any card.
+    assert all(password not in shown(m) for m in fake_slack.messages())
+    # The "failed" channel heard nothing: the build did not fail.
+    assert fake_slack.messages(CHANNEL) == []
+
+
+async def test_a_failing_build_turns_its_card_failed_with_no_message_beside_it(
+    hook: Hook, fake_github: FakeGitHub, fake_slack: FakeSlack, settings: Settings
+) -> None:
+    rt = hook.rt
+    async with receiver() as hooks:
+        await setup(rt, fake_slack, hooks)
+        await take_everything(rt)
+        build_id = (await hook.post("push", push_payload(sha=SHA_C))).json()["decisions"][0]["build"]
+        await deliver_notifications(rt)
+        card = build_card_of(fake_slack, build_id)
+        assert "*State*\nqueued" in shown(card)
+        async with builder_worker(rt, fake_github, settings):
+            build = await wait_build(rt, build_id)
+        assert build.status == builds.FAILED and build.error
+        await deliver_notifications(rt)
+
+    [only] = fake_slack.messages(EVERYTHING)
+    assert only["ts"] == card["ts"]
+    now = shown(only)
+    for part in (
+        "failed, nothing deployed",
+        "*State*\nfailed",
+        f"*Error:* {build.error.splitlines()[0]}",
+        f"Log: `shipit builds logs web {build_id}`",
+    ):
+        assert part in now, (part, now)
+    assert "--env" not in now  # one environment: the app's name says which
+    # The channel taking failures got the card too (posted failed), and nothing else.
+    [failed] = fake_slack.messages(CHANNEL)
+    assert failed["metadata"]["event_type"] == slack_notifier.BUILD_CARD_EVENT
+    assert "*State*\nfailed" in shown(failed)
