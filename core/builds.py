@@ -11,6 +11,11 @@ output captured), and requests the deploy of `REPO@sha256:...` through the one d
 build succeeded.  A build that fails deploys nothing: the row says why (with its log's tail), an
 event `build.failed` is recorded and a log line names the app, build and commit.
 
+Every change of a build's state records its event in the same transaction (`build.queued` with the
+push, `build.started` and `build.succeeded` / `build.failed` with the builder's, `build.superseded`
+with the newer push or the closed pull request): each redraws the build's Slack card (bot.notifier),
+and notify jobs queued beside them lose nothing in a crash.
+
 Layers are cached in the registry, beside the app's image (`cache_repo`, default `REPO/cache`):
 `buildah bud --layers --cache-from/--cache-to` reuses every step whose inputs did not change, on any
 builder replica, and the builder's own store keeps only the base images between builds (vfs keeps a
@@ -81,6 +86,7 @@ STATUSES = (QUEUED, BUILDING, SUCCEEDED, FAILED, SUPERSEDED)
 BUILD_QUEUED = "build.queued"
 BUILD_STARTED = "build.started"  # the builder took it: in the transaction that marks it building
 BUILD_SUCCEEDED = "build.succeeded"
+BUILD_SUPERSEDED = "build.superseded"  # a queued build a newer push (or a closed pull request) replaced
 BUILD_FAILED = notices.BUILD_FAILED  # announced on the targets that take failures (core.notices)
 
 LOG_TAIL_BYTES = 16 * 1024
@@ -194,7 +200,7 @@ async def queue(
     # pull request's (one already building finishes; its deploy is then superseded by this one's, as
     # deploys are).  A commit an open preview waits for is left queued: that preview needs it.
     superseded = await _supersede(
-        session, app=app, pr_number=pr_number, now=now, why=f"superseded by the push of {sha[:7]}"
+        session, ctx=ctx, app=app, pr_number=pr_number, now=now, why=f"superseded by the push of {sha[:7]}"
     )
     if existing is None:
         build = b(
@@ -265,10 +271,11 @@ async def _adopt_for_branch(
 
 
 async def _supersede(
-    session: AsyncSession, *, app: models.App, pr_number: int | None, now: dt.datetime, why: str
+    session: AsyncSession, *, ctx: Core, app: models.App, pr_number: int | None, now: dt.datetime, why: str
 ) -> list[int]:
-    """Supersede the queued builds of the branch (`pr_number` None) or of one pull request, and
-    cancel their jobs; a commit an open preview waits for stays queued."""
+    """Supersede the queued builds of the branch (`pr_number` None) or of one pull request, cancel
+    their jobs and record their `build.superseded` events (their Slack cards say so); a commit an
+    open preview waits for stays queued."""
     b = models.Build
     waited_for = select(models.Preview.head_sha).where(
         models.Preview.app_id == app.id, models.Preview.closed_at.is_(None)
@@ -279,19 +286,50 @@ async def _supersede(
             update(b)
             .where(b.app_id == app.id, b.status == QUEUED, mine, b.sha.not_in(waited_for))
             .values(status=SUPERSEDED, finished_at=now, error=why)
-            .returning(b.id, b.runs)
+            .returning(b.id, b.runs, b.sha, b.ref, b.actor)
         )
     ).all()
-    await jobs.cancel_where(session, dedupe_keys=[_job_key(i, runs) for i, runs in rows])
-    return [i for i, _ in rows]
+    if not rows:
+        return []
+    await jobs.cancel_where(session, dedupe_keys=[_job_key(i, runs) for i, runs, *_ in rows])
+    await events.emit_all(
+        session,
+        ctx=ctx,
+        events=[
+            events.NewEvent(
+                kind=BUILD_SUPERSEDED,
+                dedupe_key=f"build:{i}:{BUILD_SUPERSEDED}" + (f":{runs}" if runs else ""),
+                project_id=app.project_id,
+                app_id=app.id,
+                payload={
+                    "build": i,
+                    "app": app.name,
+                    "sha": sha,
+                    "ref": ref,
+                    "actor": actor,
+                    "status": SUPERSEDED,
+                    "error": why,
+                },
+            )
+            for i, runs, sha, ref, actor in rows
+        ],
+    )
+    return [i for i, *_ in rows]
 
 
-async def cancel_for_pull_request(session: AsyncSession, *, app: models.App, number: int) -> list[int]:
+async def cancel_for_pull_request(
+    session: AsyncSession, *, ctx: Core, app: models.App, number: int
+) -> list[int]:
     """A pull request closed: its builds still queued are not run (call it once its preview is closed).
 
     One already building finishes and deploys nothing: the previews it would deploy are closed."""
     ids = await _supersede(
-        session, app=app, pr_number=number, now=models.utcnow(), why=f"pull request #{number} was closed"
+        session,
+        ctx=ctx,
+        app=app,
+        pr_number=number,
+        now=models.utcnow(),
+        why=f"pull request #{number} was closed",
     )
     if ids:
         logctx.ContextLogger(log, {"app": app.name}).info(

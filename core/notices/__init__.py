@@ -286,10 +286,13 @@ EVENT_KINDS = (
     "build.started",
     "build.succeeded",
     "build.failed",
+    "build.superseded",
 )
 BUILD_FAILED = "build.failed"  # a build from source that failed: no deploy follows, so no card tells it
 # A build's own events, each redrawing its Slack card (bot.notifier); core.builds records them.
-BUILD_KINDS = frozenset({"build.queued", "build.started", "build.succeeded", BUILD_FAILED})
+BUILD_KINDS = frozenset(
+    {"build.queued", "build.started", "build.succeeded", BUILD_FAILED, "build.superseded"}
+)
 # What ends a deploy, or a build that never got to one: one email (or chat message) each.
 OUTCOMES = frozenset(
     {

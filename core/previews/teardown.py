@@ -75,7 +75,7 @@ async def _start_teardown(
         await deploys.cancel(session, ctx=ctx, actor=actor, deployment_id=deployment_id)
     if app.build_enabled:
         # Nor would its builds still queued (one building ends without deploying: closed_at is set).
-        await builds.cancel_for_pull_request(session, app=app, number=preview.pr_number)
+        await builds.cancel_for_pull_request(session, ctx=ctx, app=app, number=preview.pr_number)
     marker = now.isoformat()
     job = await jobs.enqueue(
         session,

@@ -38,7 +38,7 @@ from tests.webhooks.conftest import (
     offline_cluster,
     push_payload,
 )
-from tests.webhooks.test_builds import SITE, builder_worker, store, wait_build
+from tests.webhooks.test_builds import SITE, build_row, builder_worker, store, wait_build
 
 pytestmark = pytest.mark.both_databases
 __all__ = ["store"]  # the buildah store fixture of test_builds, for the build that succeeds
@@ -379,3 +379,25 @@ async def test_a_failing_build_turns_its_card_failed_with_no_message_beside_it(
     [failed] = fake_slack.messages(CHANNEL)
     assert failed["metadata"]["event_type"] == slack_notifier.BUILD_CARD_EVENT
     assert "*State*\nfailed" in shown(failed)
+
+
+async def test_a_newer_push_turns_the_queued_builds_card_superseded(
+    hook: Hook, fake_github: FakeGitHub, fake_slack: FakeSlack
+) -> None:
+    # The superseded build never runs: its card says why instead of waiting, queued, for ever.
+    rt = hook.rt
+    async with receiver() as hooks:
+        await setup(rt, fake_slack, hooks)
+        await take_everything(rt)
+        first = (await hook.post("push", push_payload(sha=SHA_A))).json()["decisions"][0]["build"]
+        await deliver_notifications(rt)
+        old = build_card_of(fake_slack, first)
+        second = (await hook.post("push", push_payload(sha=SHA_C))).json()["decisions"][0]["build"]
+        assert (await build_row(rt, first)).status == builds.SUPERSEDED
+        await deliver_notifications(rt)
+    now = shown(fake_slack.message(EVERYTHING, old["ts"]))
+    assert f"Build #{first} of *acme/web (production)* was superseded" in now, now
+    assert f"superseded by the push of {SHA_C[:7]}" in now
+    assert "*State*\nqueued" in shown(build_card_of(fake_slack, second))
+    assert len(fake_slack.messages(EVERYTHING)) == 2
+    assert fake_slack.messages(CHANNEL) == []  # "failed" only: nothing failed
