@@ -18,6 +18,7 @@ from sqlalchemy import select
 from bot import notifier as slack_notifier
 from core import apps, builds, environment_admin, events, jobs, notices, registries
 from core.apps import AppChanges
+from core.errors import PermanentError
 from core.notices import discord, render, teams, webhook
 from core.notices import targets as notice_targets
 from shipit.runtime import Runtime
@@ -401,3 +402,27 @@ async def test_a_newer_push_turns_the_queued_builds_card_superseded(
     assert "*State*\nqueued" in shown(build_card_of(fake_slack, second))
     assert len(fake_slack.messages(EVERYTHING)) == 2
     assert fake_slack.messages(CHANNEL) == []  # "failed" only: nothing failed
+
+
+async def test_a_dead_bot_token_stops_build_cards_as_it_stops_deploy_cards(
+    hook: Hook, fake_github: FakeGitHub, fake_slack: FakeSlack
+) -> None:
+    rt = hook.rt
+    async with receiver() as hooks:
+        await setup(rt, fake_slack, hooks)
+        await take_everything(rt)
+        fake_slack.revoke_token(fake_slack.bot_token)
+        await hook.post("push", push_payload(sha=SHA_A))
+        with pytest.raises(PermanentError, match="token_revoked"):
+            await deliver_notifications(rt)  # the job fails for good, as a deploy card's does
+        await deliver_notifications(rt)  # the helper leaves a failed job queued: run again, it posts nothing
+        n = rt.core.notifiers["slack"]
+        assert isinstance(n, slack_notifier.SlackNotifier)
+        # The first refusal says the token is dead (and never shows it); later builds post nothing.
+        assert n.revoked is not None and "token_revoked" in n.revoked
+        assert fake_slack.bot_token not in n.revoked
+        refused = len(fake_slack.calls("chat.postMessage"))
+        await hook.post("push", push_payload(sha=SHA_C))
+        await deliver_notifications(rt)
+    assert len(fake_slack.calls("chat.postMessage")) == refused
+    assert fake_slack.messages() == []
