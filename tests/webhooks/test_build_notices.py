@@ -16,6 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import select
 
 from bot import notifier as slack_notifier
+from bot import views
 from core import apps, builds, environment_admin, events, jobs, notices, registries
 from core.apps import AppChanges
 from core.errors import PermanentError
@@ -426,3 +427,24 @@ async def test_a_dead_bot_token_stops_build_cards_as_it_stops_deploy_cards(
         await deliver_notifications(rt)
     assert len(fake_slack.calls("chat.postMessage")) == refused
     assert fake_slack.messages() == []
+
+
+def test_a_pull_requests_build_card_names_it_and_escapes_what_a_person_wrote() -> None:
+    build = events.BuildView(
+        id=5, runs=1, sha=SHA_C, ref="refs/heads/feature", actor="github:alice", status="succeeded",
+        image="registry.invalid/acme/web", digest="sha256:" + "b" * 64, error=None, deployment_id=9,
+        pr_number=7,
+    )  # fmt: skip
+    card = views.build_card(
+        build=build, app=None, project=None, where="acme/web", logs="shipit builds logs web 5"
+    )
+    text = shown({"text": card.text, "blocks": card.blocks})
+    assert "*Pull request*\nPR #7" in text and "Deploying the previews of pull request #7." in text
+    assert "see the deploy card" not in text  # the previews' deploys have no Slack card
+    assert f"`{SHA_C[:7]}`" in text and "github.com" not in text  # no repository known: not linked
+    failed = dataclasses.replace(build, status="failed", pr_number=None, error="<!channel> broke\nline two")
+    text = shown({"text": "", "blocks": views.build_card(
+        build=failed, app=None, project=None, where="acme/web", logs="shipit builds logs web 5"
+    ).blocks})  # fmt: skip
+    assert "*Error:* &lt;!channel&gt; broke" in text and "line two" not in text and "<!channel>" not in text
+    assert "*Branch*\nfeature" in text
