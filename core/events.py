@@ -221,17 +221,7 @@ async def _queue_notifications(
     )  # fmt: skip
     # Serialise each notifier's deliveries per target and deployment so a card is posted before it is
     # updated; each target has its own jobs, so a slow or dead target never holds up another.
-    # A build's events share one line, whether or not the build got a deploy (its Slack card).
-    build_id = event.payload.get("build") if kind in BUILD_KINDS else None
-    subject = (
-        f"b{build_id}"
-        if build_id is not None
-        else f"d{deployment_id}"
-        if deployment_id
-        else f"p{preview_id}"
-        if preview_id
-        else f"a{app_id}"
-    )
+    subject = _subject(event)
     for name, notifier, targets in routed:
         for target in targets:
             if not notifier.wants_event(dataclasses.replace(audience, target=target)):
@@ -245,6 +235,16 @@ async def _queue_notifications(
                 concurrency_key=f"notify:{name}:{tag}:{subject}",
                 max_attempts=10,
             )
+
+
+def _subject(event: NewEvent) -> str:
+    """What an event's notify jobs are serialised by: its build (a build's events share one line,
+    whether or not the build got a deploy: its Slack card), else its deploy, preview or app."""
+    if event.kind in BUILD_KINDS and event.payload.get("build") is not None:
+        return f"b{event.payload['build']}"
+    if event.deployment_id:
+        return f"d{event.deployment_id}"
+    return f"p{event.preview_id}" if event.preview_id else f"a{event.app_id}"
 
 
 async def _audience(
