@@ -330,6 +330,24 @@ async def refresh(notifier: GitHubNotifier, *, command: Mapping[str, Any]) -> No
         )
 
 
+async def not_deployed(notifier: GitHubNotifier, *, payload: Mapping[str, Any]) -> None:
+    """A `.deploy to ENV` that waited for a build was not deployed (the build failed, or the deploy was
+    refused once built): its status comment says why, unless deploys of the comment draw it already."""
+    repo, number, comment_id = str(payload["repo"]), int(payload["number"]), int(payload["comment_id"])
+    if notifier.sessionmaker is not None:
+        async with notifier.sessionmaker() as session:
+            if await pr_commands.earlier(session, comment_id=comment_id):
+                command = {**payload, "notes": [*(payload.get("notes") or []), str(payload.get("line"))]}
+                await refresh(notifier, command=command)
+                return
+
+    async def render() -> str:
+        return f"🚫 **`{payload.get('text')}`** by @{payload.get('login')}: not deployed\n\n- {payload.get('line')}"
+
+    await write(notifier, repo=repo, number=number, comment_id=comment_id, render=render)
+    await react(notifier, repo=repo, comment_id=comment_id, number=number, content="confused")
+
+
 async def refresh_approval(notifier: GitHubNotifier, *, entry: Mapping[str, Any], deployment_id: int) -> None:
     """Redraw an `.approve` comment's answer with the deploy it queued; react when the deploy is done."""
     sessionmaker = notifier.sessionmaker
@@ -473,6 +491,18 @@ def handlers(notifier: GitHubNotifier) -> dict[str, Handler]:
                 )
             if command_ref is not None:
                 await refresh(notifier, command=command_ref)
+            return
+        if result.waiting:  # every app waits for its build: the deploy's events redraw this comment
+            log.info(
+                "pr command %s (%s) on %s#%s by %s waits for build(s) %s",
+                comment_id, text, repo, number, login, ", ".join(f"#{b}" for b in result.waiting),
+            )  # fmt: skip
+
+            async def waiting() -> str:
+                lines = "\n".join(f"- {line}" for line in result.lines)
+                return f"🏗️ **`{text}`** by @{login}: waiting for the build\n\n{lines}"
+
+            await write(notifier, repo=repo, number=number, comment_id=comment_id, render=waiting)
             return
         icon = {pr_commands.APPROVE: "👍", pr_commands.REJECT: "🛑"}.get(command.verb, "🔒")
         await answer(
