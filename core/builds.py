@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import Text, cast, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import (
@@ -267,16 +267,19 @@ async def _supersede(
     session: AsyncSession, *, app: models.App, pr_number: int | None, now: dt.datetime, why: str
 ) -> list[int]:
     """Supersede the queued builds of the branch (`pr_number` None) or of one pull request, and
-    cancel their jobs; a commit an open preview waits for stays queued."""
+    cancel their jobs; a commit an open preview or a `.deploy to ENV` comment waits for stays queued."""
     b = models.Build
     waited_for = select(models.Preview.head_sha).where(
         models.Preview.app_id == app.id, models.Preview.closed_at.is_(None)
     )
     mine = b.pr_number.is_(None) if pr_number is None else b.pr_number == pr_number
+    # Nor one a `.deploy to ENV` comment waits for (core.pr_commands): that comment asked for its commit.
+    # None is stored as JSON's null (models.Json), an old row's as SQL's NULL.
+    no_comment_waits = func.coalesce(cast(b.waiting, Text), "null") == "null"
     rows = (
         await session.execute(
             update(b)
-            .where(b.app_id == app.id, b.status == QUEUED, mine, b.sha.not_in(waited_for))
+            .where(b.app_id == app.id, b.status == QUEUED, mine, b.sha.not_in(waited_for), no_comment_waits)
             .values(status=SUPERSEDED, finished_at=now, error=why)
             .returning(b.id, b.runs)
         )

@@ -22,7 +22,16 @@ from tests.conftest import ADMIN, World
 from tests.fakes.github_api import FakeGitHub
 from tests.testenv import buildah
 from tests.testenv.registry import Registry
-from tests.webhooks.conftest import SHA_A, SHA_B, Hook, job_rows, make_app, offline_cluster, push_payload
+from tests.webhooks.conftest import (
+    SHA_A,
+    SHA_B,
+    SHA_C,
+    Hook,
+    job_rows,
+    make_app,
+    offline_cluster,
+    push_payload,
+)
 from tests.webhooks.test_builds import (
     SITE,
     builder_worker,
@@ -34,7 +43,7 @@ from tests.webhooks.test_builds import (
 )
 from tests.webhooks.test_e2e import wait_finished
 from tests.webhooks.test_pr_commands import REPO, command_deploys, grant, reacted, say, status_comments
-from tests.webhooks.test_preview_builds import _buildable
+from tests.webhooks.test_preview_builds import SHA_D, _buildable
 from webhooks import comments
 
 __all__ = ["settings", "store"]  # the fixtures, used by name
@@ -231,6 +240,19 @@ async def test_a_job_run_twice_waits_once_and_a_fork_is_never_built(rt: Runtime)
         assert result.deployment_ids == [] and len(result.waiting) == 1
     [build] = await _builds(rt)
     assert len(build.waiting or []) == 1 and len(await job_rows(rt, kind=builds.BUILD_JOB)) == 1
+    # A newer head of the pull request supersedes its queued builds, but not one a comment waits for.
+    async with rt.sessionmaker.begin() as session:
+        app = await session.get(models.App, build.app_id)
+        assert app is not None
+        newer = await builds.queue(
+            session, ctx=rt.core, app=app, actor=ADMIN, sha=SHA_C, ref="refs/heads/feature/x", pr_number=44
+        )
+        newest = await builds.queue(
+            session, ctx=rt.core, app=app, actor=ADMIN, sha=SHA_D, ref="refs/heads/feature/x", pr_number=44
+        )
+    statuses = {b.sha: b.status for b in await _builds(rt)}
+    assert statuses == {SHA_B: builds.QUEUED, SHA_C: builds.SUPERSEDED, SHA_D: builds.QUEUED}
+    assert newer.created and newest.created
     # A fork's pull request: refused before anything is built for an environment.
     fork = pr_commands.PullRequest(
         repo=REPO, number=45, comment_id=9045, login="alice", permission="write", head_sha=SHA_A,
@@ -239,7 +261,7 @@ async def test_a_job_run_twice_waits_once_and_a_fork_is_never_built(rt: Runtime)
     with pytest.raises(pr_commands.Refused, match="comes from a fork"):
         async with rt.sessionmaker.begin() as session:
             await pr_commands.run(session, ctx=rt.core, command=command, pr=fork)
-    assert len(await _builds(rt)) == 1
+    assert len(await _builds(rt)) == 3
 
 
 async def test_deploy_to_the_preview_builds_the_head_and_the_preview_waits(
