@@ -13,7 +13,7 @@ import pytest
 from kubernetes_asyncio import client as k8s
 from sqlalchemy import select
 
-from core import apps, builds, pr_commands, projects
+from core import apps, builds, environment_admin, pr_commands, projects
 from core.apps import AppChanges
 from shipit.runtime import Runtime
 from shipit.settings import Settings
@@ -195,6 +195,10 @@ async def test_a_failed_build_deploys_nothing_and_the_pull_request_hears_why(
     rt = live_hook.rt
     await offline_cluster(rt)
     await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    async with rt.sessionmaker.begin() as session:  # a second environment: the log command names its own
+        await environment_admin.create(
+            session, actor=ADMIN, project="acme", name="staging", namespace="acme-stg"
+        )
     await grant(rt, "github:alice", "developer")
     fake_github.set_role(REPO, "alice", "write")
     fake_github.add_source(REPO, SHA_B, {"README.md": "nothing to build\n"})
@@ -208,16 +212,16 @@ async def test_a_failed_build_deploys_nothing_and_the_pull_request_hears_why(
     assert failed.status == builds.FAILED and failed.waiting is None
     status = await _status_says(
         fake_github, number, comment_id, "not deployed", f"build #{build.id} of {SHA_B[:7]} failed",
-        f"`shipit builds logs web {build.id}`", "cannot tell how to build",
+        f"`shipit builds logs web {build.id} --env production`", "cannot tell how to build",
     )  # fmt: skip
-    assert "--env" not in status["body"]  # one environment: the app's name says which
+    assert "❌" not in status["body"] and "deploy #" not in status["body"]
     await reacted(fake_github, comment_id, "confused")
     assert await command_deploys(rt, comment_id) == []
     assert await count(rt, models.Deployment) == 0
     # Asked again at the same failed commit: not built again, refused with the same pointer.
     again, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
     await reacted(fake_github, again, "confused")
-    await _status_says(fake_github, number, again, f"`shipit builds logs web {build.id}`")
+    await _status_says(fake_github, number, again, f"`shipit builds logs web {build.id} --env production`")
     assert len(await _builds(rt)) == 1
 
 
