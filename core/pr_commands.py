@@ -534,8 +534,11 @@ async def _noop(
     """Plans only: the channel asks the cluster (dryrun.run) after this transaction; nothing is stored."""
     result = Result()
     for app in targets:
-        assert app.image_template is not None
-        image = gitops.render_image(app.image_template, sha=pr.head_sha, branch=pr.head_ref)
+        if app.build_enabled and app.build_image:
+            image = await _built_image(session, app=app, sha=pr.head_sha)
+        else:
+            assert app.image_template is not None
+            image = gitops.render_image(app.image_template, sha=pr.head_sha, branch=pr.head_ref)
         plan = await dryrun.plan(
             session,
             ctx=ctx,
@@ -546,6 +549,16 @@ async def _noop(
         )
         result.noop.append(plan)
     return result
+
+
+async def _built_image(session: AsyncSession, *, app: models.App, sha: str) -> str:
+    """The digest a dry run of an app that builds compares with: the commit's build, built already."""
+    b = models.Build
+    build = await session.scalar(select(b).where(b.app_id == app.id, b.sha == sha))
+    if build is None or build.status != builds.SUCCEEDED or not build.digest:
+        state = f"build #{build.id} is {build.status}" if build is not None else "it has no build"
+        raise Refused(f"`{app.name}` builds from source and {sha[:7]} is not built yet ({state}).")
+    return f"{build.image}@{build.digest}"
 
 
 async def _lock(

@@ -127,6 +127,10 @@ async def test_a_head_already_built_is_deployed_at_once_with_its_digest(
     assert len(await job_rows(rt, kind=comments.COMMAND_JOB)) == 1
     assert len(await _builds(rt)) == 1
     assert [d.id for d in await command_deploys(rt, comment_id)] == [deploy.id]
+    # A dry run of the built commit compares with its digest.
+    noop, _ = await say(live_hook, fake_github, ".noop to production", number=number)
+    await reacted(fake_github, noop, "rocket")
+    await _status_says(fake_github, number, noop, "nothing was changed", f"→ `{image}`")
 
 
 async def test_a_head_not_built_is_built_once_then_deployed(
@@ -223,6 +227,11 @@ async def test_a_failed_build_deploys_nothing_and_the_pull_request_hears_why(
     await reacted(fake_github, again, "confused")
     await _status_says(fake_github, number, again, f"`shipit builds logs web {build.id} --env production`")
     assert len(await _builds(rt)) == 1
+    # A dry run compares with the commit's digest: none here, so it says so (nothing built, no crash).
+    noop, _ = await say(live_hook, fake_github, ".noop to production", number=number)
+    await reacted(fake_github, noop, "confused")
+    await _status_says(fake_github, number, noop, f"is not built yet (build #{build.id} is failed)")
+    assert len(await _builds(rt)) == 1 and await count(rt, models.Deployment) == 0
 
 
 async def test_a_job_run_twice_waits_once_and_a_fork_is_never_built(rt: Runtime) -> None:
