@@ -468,6 +468,17 @@ async def _deploy_built(
     )  # fmt: skip
 
 
+async def ended_builds(session: AsyncSession, *, build_ids: list[int]) -> list[str]:
+    """Lines for the builds a command waited for that failed since (its reply is drawn after)."""
+    lines = []
+    for build_id in build_ids:
+        build = await session.get(models.Build, build_id)
+        app = await session.get(models.App, build.app_id) if build is not None else None
+        if build is not None and app is not None and build.status == builds.FAILED:
+            lines.append(f"`{app.name}`: {await _failed_line(session, app=app, build=build)}")
+    return lines
+
+
 async def after_build(session: AsyncSession, *, ctx: Core, app: models.App, build: models.Build) -> None:
     """A build ended (core.builds.BuildDone, in the transaction that marks it, the build row locked):
     the previews waiting for its commit (core.previews.after_build), then the `.deploy to ENV`

@@ -499,8 +499,16 @@ def handlers(notifier: GitHubNotifier) -> dict[str, Handler]:
             )  # fmt: skip
 
             async def waiting() -> str:
-                lines = "\n".join(f"- {line}" for line in result.lines)
-                return f"🏗️ **`{text}`** by @{login}: waiting for the build\n\n{lines}"
+                # Drawn under the comment's lock from the state now: a build that ended since the
+                # command's transaction (its deploy's or its failure's notice drew this comment) wins.
+                async with ctx.sessionmaker() as session:
+                    states = await pr_commands.states(session, comment_id=comment_id)
+                    ended = await pr_commands.ended_builds(session, build_ids=result.waiting)
+                if states:
+                    return _deploys_body(text=text, login=login, states=states, notes=result.lines)
+                lines = "\n".join(f"- {line}" for line in [*result.lines, *ended])
+                head = "not deployed" if ended else "waiting for the build"
+                return f"{'🚫' if ended else '🏗️'} **`{text}`** by @{login}: {head}\n\n{lines}"
 
             await write(notifier, repo=repo, number=number, comment_id=comment_id, render=waiting)
             return
