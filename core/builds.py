@@ -23,7 +23,9 @@ A pull request of an app with previews queues the build of its head too (core.pr
 webhook's transaction, `pr_number` set): the same row rules (a commit the branch built is not built
 again), and a newer head supersedes only that pull request's queued build.  Its success deploys no
 app, only the previews waiting at the commit: `Builder.done` (core.previews.after_build, given by
-the composition root) runs in the transaction that marks any build succeeded or failed.
+the composition root) runs in the transaction that marks any build succeeded or failed.  The same
+hook (core.pr_commands.after_build) deploys the `.deploy to ENV` comments waiting on the row
+(`waiting`), which a newer push does not supersede.
 """
 
 from __future__ import annotations

@@ -13,6 +13,13 @@ commands act on the project's first environment.  A deploy carries the comment i
 (a comment redelivered or a job run twice deploys once) and in its notify_refs, so the GitHub
 notifier keeps the command's one status comment up to date as the deploy runs.
 
+An app that builds from source (core.builds) deploys the head commit's digest.  `.deploy to ENV`: at
+once when the commit is built; else the comment waits on the build row (`builds.waiting`, the build
+queued when there is none) and `after_build` (the builder's `Builder.done`, in the transaction that
+ends the build, the build row locked first) requests the deploy, or emits PR_COMMAND_NOT_DEPLOYED
+(the GitHub notifier tells the pull request which build failed and how to read its log).  `.deploy`
+alone builds for the preview (core.previews), which then waits for its build itself.
+
 `.approve` and `.reject` go through core.deploys.approve like the Slack button and the API: the
 commenter's person, role and the environment's approver role apply, and nobody approves their own
 deploy from another of their accounts.  Which deploy: the number given, else the one deploy waiting

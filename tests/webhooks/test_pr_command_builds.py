@@ -302,3 +302,33 @@ async def test_deploy_to_the_preview_builds_the_head_and_the_preview_waits(
         preview = await session.scalar(select(models.Preview).where(models.Preview.pr_number == number))
     assert preview is not None and preview.status == "building"
     assert await count(rt, models.Deployment) == 0
+
+
+async def test_a_build_that_ends_in_a_locked_environment_deploys_nothing_and_says_so(
+    world: World,
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+) -> None:
+    # The deploy is asked for when the build ends, through the same checks: a lock taken meanwhile holds.
+    rt = live_hook.rt
+    host, config = await _buildable(rt, registry=private_registry, store=store, settings=settings)
+    await _app(world, repo=f"{host}/acme/web")
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, SITE)
+    number = 47
+    fake_github.add_pull(REPO, number, head_ref="feature/late", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
+    await _status_says(fake_github, number, comment_id, "waiting for the build")
+    lock_id, _ = await say(live_hook, fake_github, ".lock production release freeze", number=number)
+    await reacted(fake_github, lock_id, "rocket")
+    [build] = await _builds(rt)
+    async with builder_worker(rt, fake_github, config):
+        built = await wait_build(rt, build.id)
+    assert built.status == builds.SUCCEEDED, (built.error, built.log)
+    await _status_says(fake_github, number, comment_id, "not deployed", "built, not deployed", "locked")
+    await reacted(fake_github, comment_id, "confused")
+    assert await command_deploys(rt, comment_id) == [] and await count(rt, models.Deployment) == 0
