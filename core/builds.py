@@ -28,7 +28,9 @@ A pull request of an app with previews queues the build of its head too (core.pr
 webhook's transaction, `pr_number` set): the same row rules (a commit the branch built is not built
 again), and a newer head supersedes only that pull request's queued build.  Its success deploys no
 app, only the previews waiting at the commit: `Builder.done` (core.previews.after_build, given by
-the composition root) runs in the transaction that marks any build succeeded or failed.
+the composition root) runs in the transaction that marks any build succeeded or failed.  The same
+hook (core.pr_commands.after_build) deploys the `.deploy to ENV` comments waiting on the row
+(`waiting`), which a newer push does not supersede.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import Text, cast, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import (
@@ -275,16 +277,19 @@ async def _supersede(
 ) -> list[int]:
     """Supersede the queued builds of the branch (`pr_number` None) or of one pull request, cancel
     their jobs and record their `build.superseded` events (their Slack cards say so); a commit an
-    open preview waits for stays queued."""
+    open preview or a `.deploy to ENV` comment waits for stays queued."""
     b = models.Build
     waited_for = select(models.Preview.head_sha).where(
         models.Preview.app_id == app.id, models.Preview.closed_at.is_(None)
     )
     mine = b.pr_number.is_(None) if pr_number is None else b.pr_number == pr_number
+    # Nor one a `.deploy to ENV` comment waits for (core.pr_commands): that comment asked for its commit.
+    # None is stored as JSON's null (models.Json), an old row's as SQL's NULL.
+    no_comment_waits = func.coalesce(cast(b.waiting, Text), "null") == "null"
     rows = (
         await session.execute(
             update(b)
-            .where(b.app_id == app.id, b.status == QUEUED, mine, b.sha.not_in(waited_for))
+            .where(b.app_id == app.id, b.status == QUEUED, mine, b.sha.not_in(waited_for), no_comment_waits)
             .values(status=SUPERSEDED, finished_at=now, error=why)
             .returning(b.id, b.runs, b.sha, b.ref, b.actor)
         )

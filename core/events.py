@@ -61,6 +61,8 @@ PREVIEW_REFUSED = "preview.refused"
 PREVIEW_AWAITING_APPROVAL = "preview.awaiting_approval"  # a fork's commit waits for a maintainer
 PREVIEW_BUILDING = "preview.building"  # an app that builds from source: the head commit is being built
 PREVIEW_BUILD_FAILED = "preview.build_failed"  # ... and its build failed: nothing deployed
+# `.deploy to ENV` waited for a build that failed (or was refused once built): the PR is told why.
+PR_COMMAND_NOT_DEPLOYED = "pr_command.not_deployed"
 APP_PAUSED = "app.paused"
 APP_RESUMED = "app.resumed"
 APP_PROTECTION_CHANGED = "app.protection_changed"

@@ -13,6 +13,13 @@ commands act on the project's first environment.  A deploy carries the comment i
 (a comment redelivered or a job run twice deploys once) and in its notify_refs, so the GitHub
 notifier keeps the command's one status comment up to date as the deploy runs.
 
+An app that builds from source (core.builds) deploys the head commit's digest.  `.deploy to ENV`: at
+once when the commit is built; else the comment waits on the build row (`builds.waiting`, the build
+queued when there is none) and `after_build` (the builder's `Builder.done`, in the transaction that
+ends the build, the build row locked first) requests the deploy, or emits PR_COMMAND_NOT_DEPLOYED
+(the GitHub notifier tells the pull request which build failed and how to read its log).  `.deploy`
+alone builds for the preview (core.previews), which then waits for its build itself.
+
 `.approve` and `.reject` go through core.deploys.approve like the Slack button and the API: the
 commenter's person, role and the environment's approver role apply, and nobody approves their own
 deploy from another of their accounts.  Which deploy: the number given, else the one deploy waiting
@@ -30,7 +37,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, deploys, dryrun, environments, events, gitops, identity, previews, protection
+from core import (
+    apps,
+    builds,
+    deploys,
+    dryrun,
+    environments,
+    events,
+    gitops,
+    identity,
+    previews,
+    protection,
+)
 from core.context import Core
 from core.errors import UserError
 from core.identity import Actor, Role
@@ -92,6 +110,7 @@ class Result:
     noop: list[dryrun.Plan] = field(default_factory=list)
     repeated: bool = False  # the comment was handled before: nothing new was done
     approved: int | None = None  # the deploy an `.approve` queued: its comment follows it to the end
+    waiting: list[int] = field(default_factory=list)  # builds a `.deploy to ENV` waits for (deploys after)
 
 
 def actor_for(login: str) -> Actor:
@@ -259,7 +278,13 @@ async def _mark(
 async def _deploy_preview(
     session: AsyncSession, *, ctx: Core, pr: PullRequest, linked: list[models.App], actor: Actor
 ) -> Result:
-    with_previews = [a for a in linked if a.previews_enabled and a.preview_domain and a.image_template]
+    with_previews = [
+        a
+        for a in linked
+        if a.previews_enabled
+        and a.preview_domain
+        and (a.image_template or (a.build_enabled and a.build_image))
+    ]
     if not with_previews:
         raise Refused(
             "previews are off for the apps of this repository: say `.deploy to <environment>` instead."
@@ -286,6 +311,12 @@ async def _deploy_preview(
                     env=await apps.env_name(session, app=app),
                 )
             ).decision
+        if decision.action == gitops.BUILD and decision.build_id is not None:
+            # The preview itself waits for its build (core.previews.after_build deploys it) and its
+            # own comment on the pull request follows it from here.
+            result.waiting.append(decision.build_id)
+            result.lines.append(f"`{app.name}`: {decision.reason} (the preview's comment follows it).")
+            continue
         if decision.action != gitops.DEPLOY or decision.deployment_id is None:
             result.ok = False
             result.lines.append(f"`{app.name}`: {decision.reason}")
@@ -294,7 +325,7 @@ async def _deploy_preview(
             session, deployment_id=decision.deployment_id, pr=pr, app=app, environment=None, text=".deploy"
         )
         result.deployment_ids.append(decision.deployment_id)
-    if not result.deployment_ids:
+    if not result.deployment_ids and not result.waiting:
         raise Refused("\n".join(result.lines) or "nothing to deploy")
     return result
 
@@ -314,8 +345,13 @@ async def _deploy(
             f"pull request #{pr.number} comes from a fork: it deploys only to its preview (`.deploy`)."
         )
     text = f".deploy to {environment}"
+    waits: list[int] = []
 
-    async def ask(app: models.App) -> deploys.Requested:
+    async def ask(app: models.App) -> deploys.Requested | str:
+        if app.build_enabled and app.build_image:
+            return await _built_or_wait(
+                session, ctx=ctx, pr=pr, app=app, actor=actor, environment=environment, waits=waits
+            )
         assert app.image_template is not None
         image = gitops.render_image(app.image_template, sha=pr.head_sha, branch=pr.head_ref)
         return await deploys.request(
@@ -327,17 +363,21 @@ async def _deploy(
             notify_refs={"github": {REF_KEY: command_ref(pr, environment=environment, text=text)}},
         )  # fmt: skip
 
-    return await _each(session, targets=targets, ask=ask)
+    result = await _each(session, targets=targets, ask=ask)
+    result.waiting = waits
+    return result
 
 
 async def _each(
     session: AsyncSession,
     *,
     targets: list[models.App],
-    ask: Callable[[models.App], Awaitable[deploys.Requested]],
+    ask: Callable[[models.App], Awaitable[deploys.Requested | str]],
 ) -> Result:
-    """Ask for a deploy of each app; one refused does not stop the others, all refused is a refusal."""
+    """Ask for a deploy of each app; one refused does not stop the others, all refused is a refusal.
+    A line instead of a deploy: the app's deploy waits for its build (said in the reply)."""
     result = Result()
+    waiting = False
     for app in targets:
         try:
             async with session.begin_nested():
@@ -346,10 +386,143 @@ async def _each(
             result.ok = False
             result.lines.append(f"`{app.name}`: {e}")
             continue
+        if isinstance(requested, str):
+            waiting = True
+            result.lines.append(requested)
+            continue
         result.deployment_ids.append(requested.deployment.id)
-    if not result.deployment_ids:
+    if not result.deployment_ids and not waiting:
         raise Refused("\n".join(result.lines))
     return result
+
+
+# ------------------------------------------------ `.deploy to ENV` of an app that builds from source
+
+
+def _logs_command(*, app: models.App, build: models.Build, env: str | None) -> str:
+    # As the build failure notice says it (core.notices.render): `--env` among several environments.
+    return f"shipit builds logs {app.name} {build.id}" + (f" --env {env}" if env else "")
+
+
+async def _env_flag(session: AsyncSession, *, app: models.App) -> str | None:
+    several = len(await environments.list_for(session, project_id=app.project_id)) > 1
+    return await apps.env_name(session, app=app) if several else None
+
+
+async def _failed_line(session: AsyncSession, *, app: models.App, build: models.Build) -> str:
+    error = (build.error or "").strip().splitlines()
+    logs = _logs_command(app=app, build=build, env=await _env_flag(session, app=app))
+    return (
+        f"not deployed: build #{build.id} of {build.sha[:7]} failed ({error[0] if error else 'see its log'}); "
+        f"`{logs}` shows why"
+    )
+
+
+async def _built_or_wait(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    pr: PullRequest,
+    app: models.App,
+    actor: Actor,
+    environment: str,
+    waits: list[int],
+) -> deploys.Requested | str:
+    """The head commit's digest deployed at once when built; else the comment waits on the build row
+    (queued now when there is none: one build per app and commit), and `after_build` deploys it.
+
+    A fork's pull request never gets here (`_deploy` refuses it): its code is built for its preview only."""
+    # The build row is locked from here on: the lock order of a builder ending it.
+    queued = await builds.queue(
+        session, ctx=ctx, app=app, actor=actor, sha=pr.head_sha, ref=f"refs/heads/{pr.head_ref}",
+        pr_number=pr.number,
+    )  # fmt: skip
+    build = queued.build
+    text = f".deploy to {environment}"
+    wait = {REF_KEY: command_ref(pr, environment=environment, text=text), "head_ref": pr.head_ref}
+    if build.status == builds.SUCCEEDED and build.digest:
+        return await _deploy_built(session, ctx=ctx, app=app, build=build, wait=wait)
+    if build.status == builds.FAILED:
+        raise Refused(await _failed_line(session, app=app, build=build))
+    entries = list(build.waiting or [])
+    if not any((e.get(REF_KEY) or {}).get("comment_id") == pr.comment_id for e in entries):
+        build.waiting = [*entries, wait]  # a job run twice waits once
+    waits.append(build.id)
+    log.info(
+        "pr command %s on %s#%s: %s waits for build #%s of %s (%s)",
+        pr.comment_id, pr.repo, pr.number, app.name, build.id, pr.head_sha[:7], build.status,
+    )  # fmt: skip
+    return (
+        f"`{app.name}`: build #{build.id} of {pr.head_sha[:7]} {'queued' if queued.created else build.status}; "
+        "deployed once built."
+    )
+
+
+async def _deploy_built(
+    session: AsyncSession, *, ctx: Core, app: models.App, build: models.Build, wait: dict[str, Any]
+) -> deploys.Requested:
+    """The deploy of the built digest a comment asked for: the same request, dedupe key and refs as an
+    image template's (`_deploy`), as the commenter."""
+    assert build.digest is not None
+    ref = dict(wait[REF_KEY])
+    return await deploys.request(
+        session, ctx=ctx, actor=actor_for(str(ref["login"])), app_name=app.name,
+        image=f"{build.image}@{build.digest}", trigger="pr", env=await apps.env_name(session, app=app),
+        dedupe_key=f"{dedupe_prefix(int(ref['comment_id']))}{app.id}", git_sha=build.sha,
+        git_ref=f"refs/heads/{wait['head_ref']}",
+        reason=f"`{ref['text']}` on pull request #{ref['number']} by {ref['login']}",
+        notify_refs={"github": {REF_KEY: ref}},
+    )  # fmt: skip
+
+
+async def ended_builds(session: AsyncSession, *, build_ids: list[int]) -> list[str]:
+    """Lines for the builds a command waited for that failed since (its reply is drawn after)."""
+    lines = []
+    for build_id in build_ids:
+        build = await session.get(models.Build, build_id)
+        app = await session.get(models.App, build.app_id) if build is not None else None
+        if build is not None and app is not None and build.status == builds.FAILED:
+            lines.append(f"`{app.name}`: {await _failed_line(session, app=app, build=build)}")
+    return lines
+
+
+async def after_build(session: AsyncSession, *, ctx: Core, app: models.App, build: models.Build) -> None:
+    """A build ended (core.builds.BuildDone, in the transaction that marks it, the build row locked):
+    the previews waiting for its commit (core.previews.after_build), then the `.deploy to ENV`
+    comments waiting on the row: deployed with the digest, or told on the pull request why not."""
+    await previews.after_build(session, ctx=ctx, app=app, build=build)
+    if not build.waiting:
+        return
+    entries, build.waiting = list(build.waiting), None
+    for wait in entries:
+        ref = dict(wait.get(REF_KEY) or {})
+        if build.status == builds.SUCCEEDED and build.digest:
+            try:
+                async with session.begin_nested():
+                    requested = await _deploy_built(session, ctx=ctx, app=app, build=build, wait=wait)
+                log.info(
+                    "pr command %s on %s#%s: build #%s ended, deploy #%s of %s requested",
+                    ref.get("comment_id"), ref.get("repo"), ref.get("number"), build.id,
+                    requested.deployment.id, app.name,
+                )  # fmt: skip
+                continue
+            except UserError as e:
+                line = f"built, not deployed: {e}"
+        else:
+            line = await _failed_line(session, app=app, build=build)
+        log.info(
+            "pr command %s on %s#%s: %s %s",
+            ref.get("comment_id"), ref.get("repo"), ref.get("number"), app.name, line,
+        )  # fmt: skip
+        await events.emit(
+            session,
+            ctx=ctx,
+            kind=events.PR_COMMAND_NOT_DEPLOYED,
+            dedupe_key=f"pr-comment:{ref.get('comment_id')}:{app.id}:build:{build.id}:{build.runs}",
+            project_id=app.project_id,
+            app_id=app.id,
+            payload={**ref, "line": f"`{app.name}`: {line}", "build": build.id},
+        )
 
 
 async def _rollback(
@@ -379,8 +552,11 @@ async def _noop(
     """Plans only: the channel asks the cluster (dryrun.run) after this transaction; nothing is stored."""
     result = Result()
     for app in targets:
-        assert app.image_template is not None
-        image = gitops.render_image(app.image_template, sha=pr.head_sha, branch=pr.head_ref)
+        if app.build_enabled and app.build_image:
+            image = await _built_image(session, app=app, sha=pr.head_sha)
+        else:
+            assert app.image_template is not None
+            image = gitops.render_image(app.image_template, sha=pr.head_sha, branch=pr.head_ref)
         plan = await dryrun.plan(
             session,
             ctx=ctx,
@@ -391,6 +567,16 @@ async def _noop(
         )
         result.noop.append(plan)
     return result
+
+
+async def _built_image(session: AsyncSession, *, app: models.App, sha: str) -> str:
+    """The digest a dry run of an app that builds compares with: the commit's build, built already."""
+    b = models.Build
+    build = await session.scalar(select(b).where(b.app_id == app.id, b.sha == sha))
+    if build is None or build.status != builds.SUCCEEDED or not build.digest:
+        state = f"build #{build.id} is {build.status}" if build is not None else "it has no build"
+        raise Refused(f"`{app.name}` builds from source and {sha[:7]} is not built yet ({state}).")
+    return f"{build.image}@{build.digest}"
 
 
 async def _lock(

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import signal
 
-from core import buildpacks, builds, previews
+from core import buildpacks, builds, pr_commands
 from core.worker import Worker
 from shipit import runtime
 from shipit.settings import Settings
@@ -42,7 +42,8 @@ def builder_of(settings: Settings, *, fetcher: builds.SourceFetcher) -> builds.B
         timeout_seconds=settings.build_timeout_seconds,
         max_source_bytes=settings.build_max_source_bytes,
         cache_repo=settings.build_cache_repo or None,
-        done=previews.after_build,  # the previews waiting for the commit deploy (or fail) with it
+        # The previews and the `.deploy to ENV` comments waiting for the commit deploy (or fail) with it.
+        done=pr_commands.after_build,
     )
 
 

@@ -545,6 +545,8 @@ class Build(Base):
     # The pull request whose preview queued it (migration 0017); NULL: a push to the tracked branch,
     # whose success deploys the app itself.  A PR build deploys only its previews.
     pr_number: Mapped[int | None] = mapped_column()
+    # `.deploy to ENV` comments waiting for this build (core.pr_commands, migration 0018); NULL: none.
+    waiting: Mapped[list[Any] | None] = mapped_column()
 
 
 class DeployApproval(Base):

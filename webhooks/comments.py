@@ -330,6 +330,24 @@ async def refresh(notifier: GitHubNotifier, *, command: Mapping[str, Any]) -> No
         )
 
 
+async def not_deployed(notifier: GitHubNotifier, *, payload: Mapping[str, Any]) -> None:
+    """A `.deploy to ENV` that waited for a build was not deployed (the build failed, or the deploy was
+    refused once built): its status comment says why, unless deploys of the comment draw it already."""
+    repo, number, comment_id = str(payload["repo"]), int(payload["number"]), int(payload["comment_id"])
+    if notifier.sessionmaker is not None:
+        async with notifier.sessionmaker() as session:
+            if await pr_commands.earlier(session, comment_id=comment_id):
+                command = {**payload, "notes": [*(payload.get("notes") or []), str(payload.get("line"))]}
+                await refresh(notifier, command=command)
+                return
+
+    async def render() -> str:
+        return f"🚫 **`{payload.get('text')}`** by @{payload.get('login')}: not deployed\n\n- {payload.get('line')}"
+
+    await write(notifier, repo=repo, number=number, comment_id=comment_id, render=render)
+    await react(notifier, repo=repo, comment_id=comment_id, number=number, content="confused")
+
+
 async def refresh_approval(notifier: GitHubNotifier, *, entry: Mapping[str, Any], deployment_id: int) -> None:
     """Redraw an `.approve` comment's answer with the deploy it queued; react when the deploy is done."""
     sessionmaker = notifier.sessionmaker
@@ -473,6 +491,26 @@ def handlers(notifier: GitHubNotifier) -> dict[str, Handler]:
                 )
             if command_ref is not None:
                 await refresh(notifier, command=command_ref)
+            return
+        if result.waiting:  # every app waits for its build: the deploy's events redraw this comment
+            log.info(
+                "pr command %s (%s) on %s#%s by %s waits for build(s) %s",
+                comment_id, text, repo, number, login, ", ".join(f"#{b}" for b in result.waiting),
+            )  # fmt: skip
+
+            async def waiting() -> str:
+                # Drawn under the comment's lock from the state now: a build that ended since the
+                # command's transaction (its deploy's or its failure's notice drew this comment) wins.
+                async with ctx.sessionmaker() as session:
+                    states = await pr_commands.states(session, comment_id=comment_id)
+                    ended = await pr_commands.ended_builds(session, build_ids=result.waiting)
+                if states:
+                    return _deploys_body(text=text, login=login, states=states, notes=result.lines)
+                lines = "\n".join(f"- {line}" for line in [*result.lines, *ended])
+                head = "not deployed" if ended else "waiting for the build"
+                return f"{'🚫' if ended else '🏗️'} **`{text}`** by @{login}: {head}\n\n{lines}"
+
+            await write(notifier, repo=repo, number=number, comment_id=comment_id, render=waiting)
             return
         icon = {pr_commands.APPROVE: "👍", pr_commands.REJECT: "🛑"}.get(command.verb, "🔒")
         await answer(

@@ -193,6 +193,7 @@ class GitHubNotifier:
                 events.PREVIEW_AWAITING_APPROVAL,
                 events.PREVIEW_BUILDING,
                 events.PREVIEW_BUILD_FAILED,
+                events.PR_COMMAND_NOT_DEPLOYED,
             )
         )
 
@@ -233,6 +234,9 @@ class GitHubNotifier:
             return await self._closed(notice)
         if notice.kind == events.PREVIEW_AWAITING_APPROVAL:
             return await self._awaiting(notice)
+        if notice.kind == events.PR_COMMAND_NOT_DEPLOYED:
+            await comments.not_deployed(self, payload=notice.payload)
+            return None
         if notice.kind in (events.PREVIEW_BUILDING, events.PREVIEW_BUILD_FAILED):
             return await self._preview_build(notice)
         if notice.deployment is not None:

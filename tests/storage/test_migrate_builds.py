@@ -33,7 +33,7 @@ async def test_upgrade_adds_build_settings_off_and_the_builds_table(settings: Se
             await conn.execute(text(_in_env(_app("web", 1, "acme-web"), 1)))
         await migrate.upgrade(engine, revision="0015")
         assert await migrate.current(engine) == "0015"
-        await migrate.upgrade(engine, revision="0017")  # the ORM below writes today's columns
+        await migrate.upgrade(engine, revision="0018")  # the ORM below writes today's columns
         async with AsyncSession(engine) as session:
             app = await session.scalar(select(models.App).where(models.App.name == "web"))
             assert app is not None
@@ -73,10 +73,13 @@ async def test_upgrade_0017_keeps_existing_builds_the_branchs(settings: Settings
             )
         await migrate.upgrade(engine, revision="0017")
         assert await migrate.current(engine) == "0017"
+        # 0018: the `.deploy to ENV` comments waiting for a build, none for the builds already there.
+        await migrate.upgrade(engine, revision="0018")  # the ORM below writes today's columns
         async with AsyncSession(engine) as session:
             build = await session.scalar(select(models.Build))
-            assert build is not None and (build.sha, build.pr_number) == ("b" * 40, None)
+            assert build is not None and (build.sha, build.pr_number, build.waiting) == ("b" * 40, None, None)
             build.pr_number = 7
+            build.waiting = [{"command": {"comment_id": 1}, "head_ref": "x"}]
             await session.commit()
     finally:
         await engine.dispose()

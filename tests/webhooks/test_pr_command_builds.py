@@ -1,0 +1,334 @@
+"""`.deploy to ENV` in a pull request comment for an app that builds from source: signed issue_comment
+deliveries (octokit's real payload shape) over HTTP to the real app and its worker, a real `shipit
+builder` worker with real buildah, a real registry, the deploy rolled out on the real Kubernetes API
+server.  A head already built is deployed at once with its digest; a head not built yet is built
+(once per commit, however often the comment is delivered) and deployed when the build succeeds; a
+failed build deploys nothing and the pull request is told which build failed and how to read its log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kubernetes_asyncio import client as k8s
+from sqlalchemy import select
+
+from core import apps, builds, environment_admin, pr_commands, projects
+from core.apps import AppChanges
+from shipit.runtime import Runtime
+from shipit.settings import Settings
+from storage import models
+from tests.conftest import ADMIN, World
+from tests.fakes.github_api import FakeGitHub
+from tests.testenv import buildah
+from tests.testenv.registry import Registry
+from tests.webhooks.conftest import (
+    SHA_A,
+    SHA_B,
+    SHA_C,
+    Hook,
+    job_rows,
+    make_app,
+    offline_cluster,
+    push_payload,
+)
+from tests.webhooks.test_builds import (
+    SITE,
+    builder_worker,
+    count,
+    eventually,
+    settings,
+    store,
+    wait_build,
+)
+from tests.webhooks.test_e2e import wait_finished
+from tests.webhooks.test_pr_commands import REPO, command_deploys, grant, reacted, say, status_comments
+from tests.webhooks.test_preview_builds import SHA_D, _buildable
+from webhooks import comments
+
+__all__ = ["settings", "store"]  # the fixtures, used by name
+
+pytestmark = pytest.mark.both_databases
+
+
+async def _app(world: World, *, repo: str) -> models.App:
+    async with world.rt.sessionmaker.begin() as session:
+        return await apps.create(
+            session,
+            actor=ADMIN,
+            project=world.project,
+            cluster=world.cluster,
+            name="web",
+            namespace=world.namespace,
+            changes=AppChanges(
+                image=f"{repo}:0.1", port=8080, git_repo=REPO, git_branch="main", image_template=None,
+                build_enabled=True, build_image=repo,
+            ),
+        )  # fmt: skip
+
+
+async def _builds(rt: Runtime) -> list[models.Build]:
+    async with rt.sessionmaker() as session:
+        return list(await session.scalars(select(models.Build).order_by(models.Build.id)))
+
+
+async def _status_says(fake: FakeGitHub, number: int, comment_id: int, *texts: str) -> dict[str, Any]:
+    async def check() -> bool:
+        found = status_comments(fake, number, comment_id)
+        return len(found) == 1 and all(t in found[0]["body"] for t in texts)
+
+    await eventually(check, what=f"the status comment of {comment_id} to say {texts}")
+    [status] = status_comments(fake, number, comment_id)
+    return status
+
+
+async def test_a_head_already_built_is_deployed_at_once_with_its_digest(
+    world: World,
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+    kube_api: k8s.ApiClient,
+) -> None:
+    rt = live_hook.rt
+    host, config = await _buildable(rt, registry=private_registry, store=store, settings=settings)
+    repo = f"{host}/acme/web"
+    app = await _app(world, repo=repo)
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_A, SITE)
+    async with builder_worker(rt, fake_github, config):
+        pushed = await live_hook.post("push", push_payload(sha=SHA_A))
+        built = await wait_build(rt, pushed.json()["decisions"][0]["build"])
+    assert built.status == builds.SUCCEEDED, (built.error, built.log)
+    assert built.deployment_id is not None
+    await wait_finished(live_hook, built.deployment_id)
+    image = f"{repo}@{built.digest}"
+
+    # The pull request's head is the commit the branch built: no build, its digest deployed now.
+    number = 41
+    fake_github.add_pull(REPO, number, head_ref="feature/built", head_sha=SHA_A)
+    comment_id, payload = await say(live_hook, fake_github, ".deploy to production", number=number)
+    await reacted(fake_github, comment_id, "rocket")
+    [deploy] = await command_deploys(rt, comment_id)
+    assert (deploy.app_id, deploy.image, deploy.trigger, deploy.git_sha, deploy.status) == (
+        app.id, image, "pr", SHA_A, "succeeded",
+    )  # fmt: skip
+    assert deploy.git_ref == "refs/heads/feature/built"
+    await _status_says(fake_github, number, comment_id, "`.deploy to production`", "✅ done", image)
+    workload = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("web", world.namespace)
+    assert workload.spec.template.spec.containers[0].image == image
+
+    # Redelivered (GitHub's "Redeliver", and under a new delivery id): nothing built or deployed again.
+    again = await live_hook.post("issue_comment", payload, delivery=live_hook.sent[-1])
+    assert again.json()["result"] == "duplicate"
+    assert (await live_hook.post("issue_comment", payload)).status_code == 202
+    assert len(await job_rows(rt, kind=comments.COMMAND_JOB)) == 1
+    assert len(await _builds(rt)) == 1
+    assert [d.id for d in await command_deploys(rt, comment_id)] == [deploy.id]
+    # A dry run of the built commit compares with its digest.
+    noop, _ = await say(live_hook, fake_github, ".noop to production", number=number)
+    await reacted(fake_github, noop, "rocket")
+    await _status_says(fake_github, number, noop, "nothing was changed", f"→ `{image}`")
+
+
+async def test_a_head_not_built_is_built_once_then_deployed(
+    world: World,
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+    kube_api: k8s.ApiClient,
+) -> None:
+    rt = live_hook.rt
+    host, config = await _buildable(rt, registry=private_registry, store=store, settings=settings)
+    repo = f"{host}/acme/web"
+    app = await _app(world, repo=repo)
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, {**SITE, "index.html": "<h1>the pull request's</h1>\n"})
+    number = 42
+    fake_github.add_pull(REPO, number, head_ref="feature/new", head_sha=SHA_B)
+
+    # No builder runs yet: the comment queues the head's build and waits for it.
+    comment_id, payload = await say(live_hook, fake_github, ".deploy to production", number=number)
+    await _status_says(fake_github, number, comment_id, "waiting for the build")
+    [build] = await _builds(rt)
+    await _status_says(fake_github, number, comment_id, f"build #{build.id} of {SHA_B[:7]} queued")
+    assert (build.sha, build.status, build.pr_number) == (SHA_B, builds.QUEUED, number)
+    assert [w[pr_commands.REF_KEY]["comment_id"] for w in build.waiting or []] == [comment_id]
+    assert await command_deploys(rt, comment_id) == []
+    # Redelivered while it waits: one job, one build, one waiting comment.
+    again = await live_hook.post("issue_comment", payload, delivery=live_hook.sent[-1])
+    assert again.json()["result"] == "duplicate"
+    assert (await live_hook.post("issue_comment", payload)).status_code == 202
+    assert len(await job_rows(rt, kind=comments.COMMAND_JOB)) == 1
+    assert len(await job_rows(rt, kind=builds.BUILD_JOB)) == 1
+
+    async with builder_worker(rt, fake_github, config):
+        built = await wait_build(rt, build.id)
+        assert built.status == builds.SUCCEEDED, (built.error, built.log)
+
+        async def deployed() -> bool:
+            return len(await command_deploys(rt, comment_id)) == 1
+
+        await eventually(deployed, what="the comment's deploy once built")
+    [deploy] = await command_deploys(rt, comment_id)
+    deploy = await wait_finished(live_hook, deploy.id)
+    image = f"{repo}@{built.digest}"
+    assert (deploy.app_id, deploy.image, deploy.trigger, deploy.git_sha, deploy.status) == (
+        app.id, image, "pr", SHA_B, "succeeded",
+    )  # fmt: skip
+    assert deploy.actor == "github:alice" and deploy.git_ref == "refs/heads/feature/new"
+    assert built.waiting is None
+    await reacted(fake_github, comment_id, "rocket")
+    await _status_says(fake_github, number, comment_id, "`.deploy to production`", "✅ done", image)
+    workload = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("web", world.namespace)
+    assert workload.spec.template.spec.containers[0].image == image
+    # One build and one deploy in all, whatever was delivered.
+    assert len(await _builds(rt)) == 1
+    assert await count(rt, models.Deployment) == 1
+
+
+async def test_a_failed_build_deploys_nothing_and_the_pull_request_hears_why(
+    live_hook: Hook, fake_github: FakeGitHub, settings: Settings
+) -> None:
+    # Nothing to build in the tree: the real builder fails it without needing buildah.
+    rt = live_hook.rt
+    await offline_cluster(rt)
+    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    async with rt.sessionmaker.begin() as session:  # a second environment: the log command names its own
+        await environment_admin.create(
+            session, actor=ADMIN, project="acme", name="staging", namespace="acme-stg"
+        )
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, {"README.md": "nothing to build\n"})
+    number = 43
+    fake_github.add_pull(REPO, number, head_ref="feature/broken", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
+    await _status_says(fake_github, number, comment_id, "waiting for the build")
+    [build] = await _builds(rt)
+    async with builder_worker(rt, fake_github, settings):
+        failed = await wait_build(rt, build.id)
+    assert failed.status == builds.FAILED and failed.waiting is None
+    status = await _status_says(
+        fake_github, number, comment_id, "not deployed", f"build #{build.id} of {SHA_B[:7]} failed",
+        f"`shipit builds logs web {build.id} --env production`", "cannot tell how to build",
+    )  # fmt: skip
+    assert "❌" not in status["body"] and "deploy #" not in status["body"]
+    await reacted(fake_github, comment_id, "confused")
+    assert await command_deploys(rt, comment_id) == []
+    assert await count(rt, models.Deployment) == 0
+    # Asked again at the same failed commit: not built again, refused with the same pointer.
+    again, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
+    await reacted(fake_github, again, "confused")
+    await _status_says(fake_github, number, again, f"`shipit builds logs web {build.id} --env production`")
+    assert len(await _builds(rt)) == 1
+    # A dry run compares with the commit's digest: none here, so it says so (nothing built, no crash).
+    noop, _ = await say(live_hook, fake_github, ".noop to production", number=number)
+    await reacted(fake_github, noop, "confused")
+    await _status_says(fake_github, number, noop, f"is not built yet (build #{build.id} is failed)")
+    assert len(await _builds(rt)) == 1 and await count(rt, models.Deployment) == 0
+
+
+async def test_a_job_run_twice_waits_once_and_a_fork_is_never_built(rt: Runtime) -> None:
+    # The command's job run again (its lease lost after the commit): the core sees the comment waiting.
+    await offline_cluster(rt)
+    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    async with rt.sessionmaker.begin() as session:
+        await projects.set_access(
+            session, actor=ADMIN, project_name="acme", subject="github:alice", role="developer"
+        )
+    pr = pr_commands.PullRequest(
+        repo=REPO, number=44, comment_id=9044, login="alice", permission="write", head_sha=SHA_B,
+        head_ref="feature/x", head_repo=REPO, is_fork=False,
+    )  # fmt: skip
+    command = pr_commands.Command(verb="deploy", environment="production")
+    for _ in range(2):
+        async with rt.sessionmaker.begin() as session:
+            result = await pr_commands.run(session, ctx=rt.core, command=command, pr=pr)
+        assert result.deployment_ids == [] and len(result.waiting) == 1
+    [build] = await _builds(rt)
+    assert len(build.waiting or []) == 1 and len(await job_rows(rt, kind=builds.BUILD_JOB)) == 1
+    # A newer head of the pull request supersedes its queued builds, but not one a comment waits for.
+    async with rt.sessionmaker.begin() as session:
+        app = await session.get(models.App, build.app_id)
+        assert app is not None
+        newer = await builds.queue(
+            session, ctx=rt.core, app=app, actor=ADMIN, sha=SHA_C, ref="refs/heads/feature/x", pr_number=44
+        )
+        newest = await builds.queue(
+            session, ctx=rt.core, app=app, actor=ADMIN, sha=SHA_D, ref="refs/heads/feature/x", pr_number=44
+        )
+    statuses = {b.sha: b.status for b in await _builds(rt)}
+    assert statuses == {SHA_B: builds.QUEUED, SHA_C: builds.SUPERSEDED, SHA_D: builds.QUEUED}
+    assert newer.created and newest.created
+    # A fork's pull request: refused before anything is built for an environment.
+    fork = pr_commands.PullRequest(
+        repo=REPO, number=45, comment_id=9045, login="alice", permission="write", head_sha=SHA_A,
+        head_ref="patch-1", head_repo="forky/web", is_fork=True,
+    )  # fmt: skip
+    with pytest.raises(pr_commands.Refused, match="comes from a fork"):
+        async with rt.sessionmaker.begin() as session:
+            await pr_commands.run(session, ctx=rt.core, command=command, pr=fork)
+    assert len(await _builds(rt)) == 3
+
+
+async def test_deploy_to_the_preview_builds_the_head_and_the_preview_waits(
+    live_hook: Hook, fake_github: FakeGitHub
+) -> None:
+    # `.deploy` without an environment: the preview's own build (core.previews); its success deploys the
+    # preview (tests/webhooks/test_preview_builds.py), so no builder is needed here.
+    rt = live_hook.rt
+    await offline_cluster(rt)
+    await make_app(
+        rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web",
+        previews_enabled=True, preview_domain="preview.acme.dev",
+    )  # fmt: skip
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    number = 46
+    fake_github.add_pull(REPO, number, head_ref="feature/p", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy", number=number)
+    await _status_says(
+        fake_github, number, comment_id, "waiting for the build", "the preview's comment follows"
+    )
+    [build] = await _builds(rt)
+    assert (build.sha, build.pr_number, build.waiting) == (SHA_B, number, None)
+    async with rt.sessionmaker() as session:
+        preview = await session.scalar(select(models.Preview).where(models.Preview.pr_number == number))
+    assert preview is not None and preview.status == "building"
+    assert await count(rt, models.Deployment) == 0
+
+
+async def test_a_build_that_ends_in_a_locked_environment_deploys_nothing_and_says_so(
+    world: World,
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+) -> None:
+    # The deploy is asked for when the build ends, through the same checks: a lock taken meanwhile holds.
+    rt = live_hook.rt
+    host, config = await _buildable(rt, registry=private_registry, store=store, settings=settings)
+    await _app(world, repo=f"{host}/acme/web")
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, SITE)
+    number = 47
+    fake_github.add_pull(REPO, number, head_ref="feature/late", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
+    await _status_says(fake_github, number, comment_id, "waiting for the build")
+    lock_id, _ = await say(live_hook, fake_github, ".lock production release freeze", number=number)
+    await reacted(fake_github, lock_id, "rocket")
+    [build] = await _builds(rt)
+    async with builder_worker(rt, fake_github, config):
+        built = await wait_build(rt, build.id)
+    assert built.status == builds.SUCCEEDED, (built.error, built.log)
+    await _status_says(fake_github, number, comment_id, "not deployed", "built, not deployed", "locked")
+    await reacted(fake_github, comment_id, "confused")
+    assert await command_deploys(rt, comment_id) == [] and await count(rt, models.Deployment) == 0
