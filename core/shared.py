@@ -7,8 +7,8 @@
   where one process owns the database.
 - `save_refs`: what a notifier has already done for a deploy (the Slack card's ts), written as
   soon as it is done, so a retry on another replica updates the card instead of posting another.
-- `mark_done` / `is_done`: the same for a one-off delivery with no deploy to hold its refs, under a
-  key `event_mark` makes; core.retention drops it with its event.
+- `event_mark`: the key under which the previous release marked a one-off delivery (a failed build's
+  plain Slack message) as made; core.retention still drops such rows with their event.
 - `save_mark` / `read_mark`: a value kept under a key, replaced when written again (a build's Slack
   card: where it is, so every event of the build updates it, on any replica).
 """
@@ -114,23 +114,6 @@ def event_of_mark(key: str) -> int | None:
     """The event id in an `event_mark` key; None for any other key."""
     head, _, _ = key.removeprefix(MARK_PREFIX).partition(":")
     return int(head) if key.startswith(MARK_PREFIX) and head.isdigit() else None
-
-
-async def mark_done(sessionmaker: async_sessionmaker[AsyncSession], *, key: str, value: str) -> None:
-    """Remember that a one-off delivery (a message with no deploy to hold its refs) was made."""
-    async with sessionmaker.begin() as session:
-        if await session.get(models.Meta, key[:64]) is None:
-            try:
-                async with session.begin_nested():
-                    session.add(models.Meta(key=key[:64], value=value.encode()))
-                    await session.flush()
-            except IntegrityError:
-                pass  # another replica recorded it first: the same fact
-
-
-async def is_done(sessionmaker: async_sessionmaker[AsyncSession], *, key: str) -> bool:
-    async with sessionmaker() as session:
-        return await session.scalar(select(models.Meta.key).where(models.Meta.key == key[:64])) is not None
 
 
 async def save_mark(sessionmaker: async_sessionmaker[AsyncSession], *, key: str, value: str) -> None:
