@@ -110,6 +110,29 @@ async def count(rt: Runtime, model: Any, *where: Any) -> int:
         return int(await session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
 
 
+async def buildable(
+    rt: Runtime, *, registry: Registry, store: buildah.Store, settings: Settings
+) -> tuple[str, Settings]:
+    """The registry's credentials for project acme, and a busybox base for the static pack in it
+    (the registry is plain HTTP): its host, and the settings building from that base."""
+    buildah.require_buildah()
+    host = registry.host
+    user, password = next(iter(registry.users.items()))
+    base = f"{host}/base/busybox:1"
+    buildah.push_busybox_base(store, image=base, creds=f"{user}:{password}")
+    rt.core.config.registry_insecure_hosts = (host,)
+    async with rt.sessionmaker.begin() as session:
+        await registries.add(
+            session, ctx=rt.core, actor=ADMIN, host=host, username=user, password=password, project="acme"
+        )
+    return host, settings.model_copy(update={"build_static_image": base})
+
+
+async def all_builds(rt: Runtime) -> list[models.Build]:
+    async with rt.sessionmaker() as session:
+        return list(await session.scalars(select(models.Build).order_by(models.Build.id)))
+
+
 def test_the_servers_worker_never_runs_builds() -> None:
     # buildah cannot run in the restricted shipit pod: only `shipit builder` registers the handler.
     assert builds.BUILD_JOB not in runtime.job_handlers()
@@ -124,19 +147,10 @@ async def test_a_push_builds_pushes_and_deploys_the_digest(
     settings: Settings,
     kube_api: k8s.ApiClient,
 ) -> None:
-    buildah.require_buildah()
     rt = world.rt
-    host = private_registry.host
-    user, password = next(iter(private_registry.users.items()))
-    base = f"{host}/base/busybox:1"
-    buildah.push_busybox_base(store, image=base, creds=f"{user}:{password}")
-    # The static pack's base is the test's busybox image; the registry is plain HTTP.
-    rt.core.config.registry_insecure_hosts = (host,)
-    config = settings.model_copy(update={"build_static_image": base})
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
+    base, [password] = config.build_static_image, private_registry.users.values()
     async with rt.sessionmaker.begin() as session:
-        await registries.add(
-            session, ctx=rt.core, actor=ADMIN, host=host, username=user, password=password, project="acme"
-        )
         await apps.create(
             session,
             actor=ADMIN,
@@ -226,17 +240,10 @@ async def test_a_second_build_of_an_unchanged_tree_reuses_the_registry_layer_cac
 ) -> None:
     # Two commits with the same tree; the second is built by another builder (a fresh store, as on
     # another replica or after a restart): its steps come from the registry cache, not run again.
-    buildah.require_buildah()
     rt = world.rt
-    host = private_registry.host
-    user, password = next(iter(private_registry.users.items()))
+    host, _ = await buildable(rt, registry=private_registry, store=store, settings=settings)
     base = f"{host}/base/busybox:1"
-    buildah.push_busybox_base(store, image=base, creds=f"{user}:{password}")
-    rt.core.config.registry_insecure_hosts = (host,)
     async with rt.sessionmaker.begin() as session:
-        await registries.add(
-            session, ctx=rt.core, actor=ADMIN, host=host, username=user, password=password, project="acme"
-        )
         await apps.create(
             session,
             actor=ADMIN,

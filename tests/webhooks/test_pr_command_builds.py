@@ -34,6 +34,8 @@ from tests.webhooks.conftest import (
 )
 from tests.webhooks.test_builds import (
     SITE,
+    all_builds,
+    buildable,
     builder_worker,
     count,
     eventually,
@@ -43,7 +45,7 @@ from tests.webhooks.test_builds import (
 )
 from tests.webhooks.test_e2e import wait_finished
 from tests.webhooks.test_pr_commands import REPO, command_deploys, grant, reacted, say, status_comments
-from tests.webhooks.test_preview_builds import SHA_D, _buildable
+from tests.webhooks.test_preview_builds import SHA_D
 from webhooks import comments
 
 __all__ = ["settings", "store"]  # the fixtures, used by name
@@ -67,11 +69,6 @@ async def _app(world: World, *, repo: str) -> models.App:
         )  # fmt: skip
 
 
-async def _builds(rt: Runtime) -> list[models.Build]:
-    async with rt.sessionmaker() as session:
-        return list(await session.scalars(select(models.Build).order_by(models.Build.id)))
-
-
 async def _status_says(fake: FakeGitHub, number: int, comment_id: int, *texts: str) -> dict[str, Any]:
     async def check() -> bool:
         found = status_comments(fake, number, comment_id)
@@ -92,7 +89,7 @@ async def test_a_head_already_built_is_deployed_at_once_with_its_digest(
     kube_api: k8s.ApiClient,
 ) -> None:
     rt = live_hook.rt
-    host, config = await _buildable(rt, registry=private_registry, store=store, settings=settings)
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
     repo = f"{host}/acme/web"
     app = await _app(world, repo=repo)
     await grant(rt, "github:alice", "developer")
@@ -125,7 +122,7 @@ async def test_a_head_already_built_is_deployed_at_once_with_its_digest(
     assert again.json()["result"] == "duplicate"
     assert (await live_hook.post("issue_comment", payload)).status_code == 202
     assert len(await job_rows(rt, kind=comments.COMMAND_JOB)) == 1
-    assert len(await _builds(rt)) == 1
+    assert len(await all_builds(rt)) == 1
     assert [d.id for d in await command_deploys(rt, comment_id)] == [deploy.id]
     # A dry run of the built commit compares with its digest.
     noop, _ = await say(live_hook, fake_github, ".noop to production", number=number)
@@ -143,7 +140,7 @@ async def test_a_head_not_built_is_built_once_then_deployed(
     kube_api: k8s.ApiClient,
 ) -> None:
     rt = live_hook.rt
-    host, config = await _buildable(rt, registry=private_registry, store=store, settings=settings)
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
     repo = f"{host}/acme/web"
     app = await _app(world, repo=repo)
     await grant(rt, "github:alice", "developer")
@@ -155,7 +152,7 @@ async def test_a_head_not_built_is_built_once_then_deployed(
     # No builder runs yet: the comment queues the head's build and waits for it.
     comment_id, payload = await say(live_hook, fake_github, ".deploy to production", number=number)
     await _status_says(fake_github, number, comment_id, "waiting for the build")
-    [build] = await _builds(rt)
+    [build] = await all_builds(rt)
     await _status_says(fake_github, number, comment_id, f"build #{build.id} of {SHA_B[:7]} queued")
     assert (build.sha, build.status, build.pr_number) == (SHA_B, builds.QUEUED, number)
     assert [w[pr_commands.REF_KEY]["comment_id"] for w in build.waiting or []] == [comment_id]
@@ -188,7 +185,7 @@ async def test_a_head_not_built_is_built_once_then_deployed(
     workload = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("web", world.namespace)
     assert workload.spec.template.spec.containers[0].image == image
     # One build and one deploy in all, whatever was delivered.
-    assert len(await _builds(rt)) == 1
+    assert len(await all_builds(rt)) == 1
     assert await count(rt, models.Deployment) == 1
 
 
@@ -210,7 +207,7 @@ async def test_a_failed_build_deploys_nothing_and_the_pull_request_hears_why(
     fake_github.add_pull(REPO, number, head_ref="feature/broken", head_sha=SHA_B)
     comment_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
     await _status_says(fake_github, number, comment_id, "waiting for the build")
-    [build] = await _builds(rt)
+    [build] = await all_builds(rt)
     async with builder_worker(rt, fake_github, settings):
         failed = await wait_build(rt, build.id)
     assert failed.status == builds.FAILED and failed.waiting is None
@@ -226,12 +223,12 @@ async def test_a_failed_build_deploys_nothing_and_the_pull_request_hears_why(
     again, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
     await reacted(fake_github, again, "confused")
     await _status_says(fake_github, number, again, f"`shipit builds logs web {build.id} --env production`")
-    assert len(await _builds(rt)) == 1
+    assert len(await all_builds(rt)) == 1
     # A dry run compares with the commit's digest: none here, so it says so (nothing built, no crash).
     noop, _ = await say(live_hook, fake_github, ".noop to production", number=number)
     await reacted(fake_github, noop, "confused")
     await _status_says(fake_github, number, noop, f"is not built yet (build #{build.id} is failed)")
-    assert len(await _builds(rt)) == 1 and await count(rt, models.Deployment) == 0
+    assert len(await all_builds(rt)) == 1 and await count(rt, models.Deployment) == 0
 
 
 async def test_a_job_run_twice_waits_once_and_a_fork_is_never_built(rt: Runtime) -> None:
@@ -251,7 +248,7 @@ async def test_a_job_run_twice_waits_once_and_a_fork_is_never_built(rt: Runtime)
         async with rt.sessionmaker.begin() as session:
             result = await pr_commands.run(session, ctx=rt.core, command=command, pr=pr)
         assert result.deployment_ids == [] and len(result.waiting) == 1
-    [build] = await _builds(rt)
+    [build] = await all_builds(rt)
     assert len(build.waiting or []) == 1 and len(await job_rows(rt, kind=builds.BUILD_JOB)) == 1
     # A newer head of the pull request supersedes its queued builds, but not one a comment waits for.
     async with rt.sessionmaker.begin() as session:
@@ -263,7 +260,7 @@ async def test_a_job_run_twice_waits_once_and_a_fork_is_never_built(rt: Runtime)
         newest = await builds.queue(
             session, ctx=rt.core, app=app, actor=ADMIN, sha=SHA_D, ref="refs/heads/feature/x", pr_number=44
         )
-    statuses = {b.sha: b.status for b in await _builds(rt)}
+    statuses = {b.sha: b.status for b in await all_builds(rt)}
     assert statuses == {SHA_B: builds.QUEUED, SHA_C: builds.SUPERSEDED, SHA_D: builds.QUEUED}
     assert newer.created and newest.created
     # A fork's pull request: refused before anything is built for an environment.
@@ -274,7 +271,7 @@ async def test_a_job_run_twice_waits_once_and_a_fork_is_never_built(rt: Runtime)
     with pytest.raises(pr_commands.Refused, match="comes from a fork"):
         async with rt.sessionmaker.begin() as session:
             await pr_commands.run(session, ctx=rt.core, command=command, pr=fork)
-    assert len(await _builds(rt)) == 3
+    assert len(await all_builds(rt)) == 3
 
 
 async def test_deploy_to_the_preview_builds_the_head_and_the_preview_waits(
@@ -296,7 +293,7 @@ async def test_deploy_to_the_preview_builds_the_head_and_the_preview_waits(
     await _status_says(
         fake_github, number, comment_id, "waiting for the build", "the preview's comment follows"
     )
-    [build] = await _builds(rt)
+    [build] = await all_builds(rt)
     assert (build.sha, build.pr_number, build.waiting) == (SHA_B, number, None)
     async with rt.sessionmaker() as session:
         preview = await session.scalar(select(models.Preview).where(models.Preview.pr_number == number))
@@ -314,7 +311,7 @@ async def test_a_build_that_ends_in_a_locked_environment_deploys_nothing_and_say
 ) -> None:
     # The deploy is asked for when the build ends, through the same checks: a lock taken meanwhile holds.
     rt = live_hook.rt
-    host, config = await _buildable(rt, registry=private_registry, store=store, settings=settings)
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
     await _app(world, repo=f"{host}/acme/web")
     await grant(rt, "github:alice", "developer")
     fake_github.set_role(REPO, "alice", "write")
@@ -325,7 +322,7 @@ async def test_a_build_that_ends_in_a_locked_environment_deploys_nothing_and_say
     await _status_says(fake_github, number, comment_id, "waiting for the build")
     lock_id, _ = await say(live_hook, fake_github, ".lock production release freeze", number=number)
     await reacted(fake_github, lock_id, "rocket")
-    [build] = await _builds(rt)
+    [build] = await all_builds(rt)
     async with builder_worker(rt, fake_github, config):
         built = await wait_build(rt, build.id)
     assert built.status == builds.SUCCEEDED, (built.error, built.log)

@@ -17,7 +17,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
 from sqlalchemy import select
 
-from core import apps, builds, events, projects, registries, tokens
+from core import apps, builds, events, projects, tokens
 from core.apps import AppChanges
 from shipit.runtime import Runtime
 from shipit.settings import Settings
@@ -42,7 +42,9 @@ from tests.webhooks.conftest import (
 )
 from tests.webhooks.test_builds import (
     SITE,
+    all_builds,
     build_row,
+    buildable,
     builder_worker,
     count,
     eventually,
@@ -57,23 +59,6 @@ __all__ = ["settings", "store"]  # the fixtures, used by name
 pytestmark = pytest.mark.both_databases
 
 SHA_D = "d00dfeedd00dfeedd00dfeedd00dfeedd00dfeed"
-
-
-async def _buildable(
-    rt: Runtime, *, registry: Registry, store: buildah.Store, settings: Settings
-) -> tuple[str, Settings]:
-    """The registry's credentials for project acme, and a busybox base for the static pack in it."""
-    buildah.require_buildah()
-    host = registry.host
-    user, password = next(iter(registry.users.items()))
-    base = f"{host}/base/busybox:1"
-    buildah.push_busybox_base(store, image=base, creds=f"{user}:{password}")
-    rt.core.config.registry_insecure_hosts = (host,)
-    async with rt.sessionmaker.begin() as session:
-        await registries.add(
-            session, ctx=rt.core, actor=ADMIN, host=host, username=user, password=password, project="acme"
-        )
-    return host, settings.model_copy(update={"build_static_image": base})
 
 
 def _preview_changes(build_image: str, **more: Any) -> dict[str, Any]:
@@ -94,11 +79,6 @@ async def _preview(rt: Runtime, number: int) -> models.Preview:
     return row
 
 
-async def _builds(rt: Runtime) -> list[models.Build]:
-    async with rt.sessionmaker() as session:
-        return list(await session.scalars(select(models.Build).order_by(models.Build.id)))
-
-
 async def test_a_pull_request_is_built_and_its_preview_deployed_the_branchs_build_reused(
     world: World,
     live_hook: Hook,
@@ -109,7 +89,7 @@ async def test_a_pull_request_is_built_and_its_preview_deployed_the_branchs_buil
     kube_api: k8s.ApiClient,
 ) -> None:
     rt = live_hook.rt
-    host, config = await _buildable(rt, registry=private_registry, store=store, settings=settings)
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
     repo = f"{host}/acme/web"
     async with rt.sessionmaker.begin() as session:
         await apps.create(
@@ -149,7 +129,7 @@ async def test_a_pull_request_is_built_and_its_preview_deployed_the_branchs_buil
             assert (decision["action"], decision["image"], decision["preview"]) == (
                 "deploy", branch_image, namespace,
             )  # fmt: skip
-            assert len(await _builds(rt)) == 1
+            assert len(await all_builds(rt)) == 1
             first = await wait_finished(live_hook, decision["deployment"])
             assert first.status == "succeeded", first.error
 
@@ -247,7 +227,7 @@ async def test_a_failed_build_deploys_no_preview_and_says_so_on_the_pull_request
         again["decisions"][0]["action"] == "skip"
         and "shipit builds logs web" in again["decisions"][0]["reason"]
     )
-    assert len(await _builds(rt)) == 1
+    assert len(await all_builds(rt)) == 1
 
 
 async def test_one_build_per_head_a_newer_head_supersedes_and_branch_builds_stay(hook: Hook) -> None:
@@ -263,13 +243,13 @@ async def test_one_build_per_head_a_newer_head_supersedes_and_branch_builds_stay
     assert redelivered.status_code == 200 and redelivered.json()["result"] == "duplicate"
     same = (await hook.post("pull_request", pr_payload("synchronize", number=7, sha=SHA_A))).json()
     assert same["decisions"][0]["build"] == build_a and "queued" in same["decisions"][0]["reason"]
-    assert len(await _builds(rt)) == 1
+    assert len(await all_builds(rt)) == 1
     # The branch's own build of another commit leaves the pull request's alone, and the other way round.
     branch_c = (await hook.post("push", push_payload(sha=SHA_C))).json()["decisions"][0]["build"]
     build_b = (await hook.post("pull_request", pr_payload("synchronize", number=7, sha=SHA_B))).json()[
         "decisions"
     ][0]["build"]
-    statuses = {b.id: (b.status, b.pr_number) for b in await _builds(rt)}
+    statuses = {b.id: (b.status, b.pr_number) for b in await all_builds(rt)}
     assert statuses == {
         build_a: (builds.SUPERSEDED, 7),
         branch_c: (builds.QUEUED, None),
@@ -280,7 +260,7 @@ async def test_one_build_per_head_a_newer_head_supersedes_and_branch_builds_stay
     waits = (await hook.post("pull_request", pr_payload("opened", number=8, sha=SHA_C))).json()
     assert (waits["decisions"][0]["action"], waits["decisions"][0]["build"]) == ("build", branch_c)
     branch_d = (await hook.post("push", push_payload(sha=SHA_D))).json()["decisions"][0]["build"]
-    statuses = {b.id: b.status for b in await _builds(rt)}
+    statuses = {b.id: b.status for b in await all_builds(rt)}
     assert (statuses[branch_c], statuses[branch_d], statuses[build_b]) == (builds.QUEUED,) * 3
     jobs_by_build = {j.payload["build_id"]: j.state for j in await job_rows(rt, kind=builds.BUILD_JOB)}
     assert jobs_by_build == {build_a: "cancelled", branch_c: "queued", build_b: "queued", branch_d: "queued"}
@@ -289,7 +269,7 @@ async def test_one_build_per_head_a_newer_head_supersedes_and_branch_builds_stay
     adopted = (await hook.post("push", push_payload(sha=SHA_B))).json()["decisions"][0]
     assert (adopted["action"], adopted["build"]) == ("skip", build_b)
     assert (await build_row(rt, build_b)).pr_number is None
-    assert len(await _builds(rt)) == 4
+    assert len(await all_builds(rt)) == 4
     async with rt.sessionmaker() as session:
         kinds = [e.kind for e in await session.scalars(select(models.Event).order_by(models.Event.id))]
     assert kinds.count(events.PREVIEW_BUILDING) == 3  # 7 at A, 7 at B, 8 at C
@@ -308,7 +288,7 @@ async def test_a_fork_pull_request_is_built_only_once_approved(hook: Hook, fake_
     r = await hook.post("pull_request", opened)
     assert r.json()["decisions"][0]["action"] == "wait"
     # Unapproved, a fork's code is never built: no row, no job.
-    assert await _builds(rt) == [] and await job_rows(rt, kind=builds.BUILD_JOB) == []
+    assert await all_builds(rt) == [] and await job_rows(rt, kind=builds.BUILD_JOB) == []
     assert (await _preview(rt, 9)).status == "pending_approval"
     # A label by someone without a role approves nothing, so builds nothing.
     stranger = await hook.post(
@@ -316,7 +296,7 @@ async def test_a_fork_pull_request_is_built_only_once_approved(hook: Hook, fake_
         fork_pr_payload("labeled", number=9, sha=SHA_A, label="shipit:preview", sender="mallory"),
     )
     assert stranger.json()["decisions"][0]["action"] == "skip"
-    assert await _builds(rt) == []
+    assert await all_builds(rt) == []
     # A project developer's label approves the commit: now it is built, for this pull request.
     approved = await hook.post(
         "pull_request",
@@ -324,7 +304,7 @@ async def test_a_fork_pull_request_is_built_only_once_approved(hook: Hook, fake_
     )
     [decision] = approved.json()["decisions"]
     assert decision["action"] == "build", decision
-    [build] = await _builds(rt)
+    [build] = await all_builds(rt)
     assert (build.id, build.sha, build.pr_number, build.actor) == (
         decision["build"],
         SHA_A,
@@ -334,11 +314,11 @@ async def test_a_fork_pull_request_is_built_only_once_approved(hook: Hook, fake_
     assert (await _preview(rt, 9)).status == "building"
     # A new push to the fork needs a new approval before it is built.
     await hook.post("pull_request", fork_pr_payload("synchronize", number=9, sha=SHA_B))
-    assert [b.sha for b in await _builds(rt)] == [SHA_A]
+    assert [b.sha for b in await all_builds(rt)] == [SHA_A]
     # previews_from_forks=never: no build either.
     await make_app(rt, name="api", namespace="api", **_preview_changes("registry.acme.dev/acme/api"))
     await hook.post("pull_request", fork_pr_payload("opened", number=10, sha=SHA_C))
-    assert [b.sha for b in await _builds(rt)] == [SHA_A]
+    assert [b.sha for b in await all_builds(rt)] == [SHA_A]
 
 
 async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
@@ -350,7 +330,7 @@ async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
 ) -> None:
     rt = hook.rt
     await offline_cluster(rt)
-    host, config = await _buildable(rt, registry=private_registry, store=store, settings=settings)
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
     await make_app(rt, **_preview_changes(f"{host}/acme/web"))
     fake_github.add_source("acme/web", SHA_A, SITE)
     # One pull request's build is queued when it closes: it is not run.
@@ -385,7 +365,7 @@ async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
     assert [(d.id, d.trigger, d.git_ref) for d in app_deploy] == [
         (pushed["deployment"], "push", "refs/heads/main")
     ]
-    assert len(await _builds(rt)) == 2
+    assert len(await all_builds(rt)) == 2
     # The first pull request reopened: its dropped build is queued again (the same row, a new run).
     again = (await hook.post("pull_request", pr_payload("reopened", number=7, sha=SHA_C))).json()
     assert (again["decisions"][0]["action"], again["decisions"][0]["build"]) == ("build", dropped.id)
@@ -408,7 +388,7 @@ async def test_a_failed_preview_build_run_again_deploys_the_preview(
 ) -> None:
     rt = hook.rt
     await offline_cluster(rt)
-    host, config = await _buildable(rt, registry=private_registry, store=store, settings=settings)
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
     await make_app(rt, **_preview_changes(f"{host}/acme/web"))
     async with rt.sessionmaker.begin() as session:
         _, token = await tokens.create(session, actor=ADMIN, name="d", subject="user:dev")
