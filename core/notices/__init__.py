@@ -287,6 +287,7 @@ EVENT_KINDS = (
     "build.succeeded",
     "build.failed",
     "build.superseded",
+    "pr_command.not_deployed",
 )
 BUILD_FAILED = "build.failed"  # a build from source that failed: no deploy follows, so no card tells it
 # A build's own events, each redrawing its Slack card (bot.notifier); core.builds records them.

@@ -19,6 +19,7 @@ def test_the_app_manifest_subscribes_to_every_handled_event_and_grants_what_they
     assert handled - table.REPOSITORY_HOOK_ONLY == set(manifest["default_events"])
     permissions = manifest["default_permissions"]
     assert permissions["deployments"] == "write"
+    assert permissions["statuses"] == "write"  # a build's commit status (shipit/build (<app>))
     assert permissions["pull_requests"] == "write" and permissions["issues"] == "write"
     assert {"contents", "checks", "actions", "metadata"} <= set(permissions)
     assert manifest["hook_attributes"]["url"].endswith("/github/webhook")
