@@ -11,7 +11,9 @@ from sqlalchemy import select, update
 
 from core import apps, audit, builds, deliveries, jobs, retention, shared
 from core.identity import SYSTEM
+from shipit import runtime
 from shipit.runtime import Runtime
+from shipit.settings import Settings
 from storage import models
 from tests.conftest import ADMIN
 
@@ -177,3 +179,13 @@ async def test_prune_drops_old_finished_builds_with_their_cards_and_keeps_the_re
         jobs_seconds=None, events_seconds=None, deliveries_seconds=None, builds_seconds=None
     )
     assert await retention.prune(rt.sessionmaker, policy=forever, now=now + OLD * 10) == retention.Pruned()
+
+
+async def test_build_settings_reach_the_policy(settings: Settings) -> None:
+    policy = runtime.retention_policy(settings)
+    assert (policy.builds_seconds, policy.builds_keep) == (90 * 86400, 20)
+    tuned = settings.model_copy(update={"retention_builds_days": 0, "retention_builds_keep": 5})
+    assert (runtime.retention_policy(tuned).builds_seconds, runtime.retention_policy(tuned).builds_keep) == (
+        None,
+        5,
+    )
