@@ -408,7 +408,7 @@ class SlackNotifier:
         if not where:
             return
         key = notices.ref_key(self.name, notice.target)
-        mark = f"slack-build:{b.id}:{b.runs}:{key}"
+        mark = shared.build_card_mark(build_id=b.id, runs=b.runs, target=key)
         posted = (b.id, f"build:{b.runs}:{key}")
         refs: dict[str, Any] = {}
         if posted in self._posted:

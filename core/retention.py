@@ -1,4 +1,5 @@
-"""Retention: finished jobs, delivered events and recorded webhook deliveries are pruned after an age.
+"""Retention: finished jobs, delivered events, recorded webhook deliveries and finished builds (with
+their Slack card marks) are pruned after an age.
 
 The audit log is not pruned here: it is kept, and exported with `shipit audit --format jsonl`.
 Deletes go in batches, each in its own short transaction, so a first prune of a large backlog
@@ -11,13 +12,14 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, cast, delete, exists, literal, select
+from sqlalchemy import String, Text, and_, cast, delete, exists, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core import jobs, shared
+from core import builds, jobs, shared
 from storage import models
 
 FINISHED = (jobs.DONE, jobs.FAILED, jobs.CANCELLED)
+BUILDS_FINISHED = (builds.SUCCEEDED, builds.FAILED, builds.SUPERSEDED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +29,8 @@ class Policy:
     jobs_seconds: float | None = 14 * 86400
     events_seconds: float | None = 30 * 86400
     deliveries_seconds: float | None = 30 * 86400
+    builds_seconds: float | None = 90 * 86400
+    builds_keep: int = 20  # per app, the newest finished builds are kept whatever their age
     batch: int = 500
 
 
@@ -36,6 +40,8 @@ class Pruned:
     events: int = 0
     deliveries: int = 0
     marks: int = 0  # `meta` rows of one-off deliveries (core.shared.event_mark) whose event is gone
+    builds: int = 0
+    build_marks: int = 0  # `meta` rows of the pruned builds' Slack cards (core.shared.build_card_mark)
 
 
 def _jobs_batch(cutoff: dt.datetime, batch: int) -> Any:
@@ -75,6 +81,59 @@ def _deliveries_batch(cutoff: dt.datetime, batch: int) -> Any:
     )
 
 
+def _builds_batch(cutoff: dt.datetime, *, keep: int, batch: int) -> Any:
+    b = models.Build
+    newest_first = (
+        select(b.id, func.row_number().over(partition_by=b.app_id, order_by=b.id.desc()).label("n"))
+        .where(b.status.in_(BUILDS_FINISHED))
+        .subquery()
+    )
+    # What the app runs now (a branch build deploys `image@digest`) and what an open preview waits
+    # for or runs (its head's build) stay; older builds a preview ran are covered by `keep`.
+    running = exists().where(models.App.id == b.app_id, models.App.image == b.image + "@" + b.digest)
+    previewed = exists().where(
+        models.Preview.app_id == b.app_id,
+        models.Preview.closed_at.is_(None),
+        models.Preview.head_sha == b.sha,
+    )
+    return (
+        select(b.id)
+        .join(newest_first, newest_first.c.id == b.id)
+        .where(newest_first.c.n > keep, b.finished_at < cutoff, _no_waits(), ~running, ~previewed)
+        .order_by(b.id)
+        .limit(batch)
+    )
+
+
+def _no_waits() -> Any:
+    # No `.deploy to ENV` comment waits for it: JSON's null (models.Json) or an old row's SQL NULL.
+    return func.coalesce(cast(models.Build.waiting, Text), "null") == "null"
+
+
+async def _delete_builds(session: AsyncSession, ids: list[int]) -> tuple[int, int]:
+    """Delete the builds and their Slack card marks; (builds, marks).  The DELETE checks again what
+    the SELECT saw (PostgreSQL: under the row's lock), so a build retried meanwhile stays."""
+    if not ids:
+        return 0, 0
+    b = models.Build
+    gone = list(
+        await session.scalars(
+            delete(b).where(b.id.in_(ids), b.status.in_(BUILDS_FINISHED), _no_waits()).returning(b.id)
+        )
+    )
+    if not gone:
+        return 0, 0
+    # A key range per build ("slack-build:<id>:" up to ";", the character after ":"): the primary key
+    # index answers each, where a LIKE would not on SQLite.
+    prefixes = [f"{shared.BUILD_CARD_PREFIX}{i}:" for i in gone]
+    marks = await session.scalars(
+        delete(models.Meta)
+        .where(or_(*(and_(models.Meta.key >= p, models.Meta.key < p[:-1] + ";") for p in prefixes)))
+        .returning(models.Meta.key)
+    )
+    return len(gone), len(list(marks))
+
+
 async def _delete_batch(session: AsyncSession, table: Any, ids: list[Any]) -> int:
     if not ids:
         return 0
@@ -104,7 +163,27 @@ async def prune(
             counts[name] += n
             if n < policy.batch:
                 break
-    return Pruned(**counts, marks=await _prune_marks(sessionmaker))
+    built = await _prune_builds(sessionmaker, policy=policy, now=now)
+    return Pruned(**counts, marks=await _prune_marks(sessionmaker), builds=built[0], build_marks=built[1])
+
+
+async def _prune_builds(
+    sessionmaker: async_sessionmaker[AsyncSession], *, policy: Policy, now: dt.datetime
+) -> tuple[int, int]:
+    """Finished builds older than the policy's age, beyond each app's newest `builds_keep`: (builds,
+    marks) deleted, a batch per transaction (two statements, three with the SELECT)."""
+    if policy.builds_seconds is None:
+        return 0, 0
+    cutoff = now - dt.timedelta(seconds=policy.builds_seconds)
+    total = marks = 0
+    while True:
+        async with sessionmaker.begin() as session:
+            batch = _builds_batch(cutoff, keep=policy.builds_keep, batch=policy.batch)
+            ids = list(await session.scalars(batch))
+            n, m = await _delete_builds(session, ids)
+        total, marks = total + n, marks + m
+        if len(ids) < policy.batch:
+            return total, marks
 
 
 async def _prune_marks(sessionmaker: async_sessionmaker[AsyncSession]) -> int:

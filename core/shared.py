@@ -102,6 +102,15 @@ async def save_refs(
         deployment.notify_refs = all_refs
 
 
+BUILD_CARD_PREFIX = "slack-build:"  # build_card_mark's keys: "slack-build:<build id>:<run>:<target>"
+
+
+def build_card_mark(*, build_id: int, runs: int, target: str) -> str:
+    """The `meta` key of where a build run's Slack card is (bot.notifier); core.retention drops it
+    with its build."""
+    return f"{BUILD_CARD_PREFIX}{build_id}:{runs}:{target}"
+
+
 MARK_PREFIX = "done:e"  # event_mark's keys: "done:e<event id>:<what>"
 
 

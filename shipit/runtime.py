@@ -221,6 +221,8 @@ def retention_policy(settings: Settings) -> retention.Policy:
         jobs_seconds=seconds(settings.retention_jobs_days),
         events_seconds=seconds(settings.retention_events_days),
         deliveries_seconds=seconds(settings.retention_deliveries_days),
+        builds_seconds=seconds(settings.retention_builds_days),
+        builds_keep=settings.retention_builds_keep,
     )
 
 
@@ -246,10 +248,11 @@ async def _maintenance(rt: Runtime) -> None:
             next_prune = loop.time() + PRUNE_EVERY_SECONDS
             try:
                 pruned = await retention.prune(rt.sessionmaker, policy=retention_policy(rt.settings))
-                if pruned.jobs or pruned.events or pruned.deliveries:
+                if pruned.jobs or pruned.events or pruned.deliveries or pruned.builds:
                     log.info(
-                        "retention: pruned %d job(s), %d event(s), %d webhook delivery record(s)",
-                        pruned.jobs, pruned.events, pruned.deliveries,
+                        "retention: pruned %d job(s), %d event(s), %d webhook delivery record(s), "
+                        "%d build(s) with %d Slack card mark(s)",
+                        pruned.jobs, pruned.events, pruned.deliveries, pruned.builds, pruned.build_marks,
                     )  # fmt: skip
             except Exception:
                 log.exception("retention pass failed")

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     retention_jobs_days: float = Field(default=14.0, ge=0)  # finished jobs
     retention_events_days: float = Field(default=30.0, ge=0)  # delivered events (the outbox)
     retention_deliveries_days: float = Field(default=30.0, ge=0)  # recorded webhook deliveries
+    # finished builds (their logs) and their Slack card marks; each app's newest `keep` always stay
+    retention_builds_days: float = Field(default=90.0, ge=0)
+    retention_builds_keep: int = Field(default=20, ge=0)
 
     # Kubernetes defaults
     ingress_class: str = "nginx"

@@ -1,16 +1,21 @@
-"""Retention: old finished jobs, delivered events and webhook delivery records go; the rest stays."""
+"""Retention: old finished jobs, delivered events, webhook delivery records and finished builds go;
+the rest stays."""
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
-from core import audit, deliveries, jobs, retention, shared
+from core import apps, audit, builds, deliveries, jobs, retention, shared
 from core.identity import SYSTEM
+from shipit import runtime
 from shipit.runtime import Runtime
+from shipit.settings import Settings
 from storage import models
+from tests.conftest import ADMIN
 
 pytestmark = pytest.mark.both_databases
 
@@ -86,3 +91,101 @@ async def test_prune_removes_only_old_finished_rows_in_batches(rt: Runtime) -> N
     assert await retention.prune(rt.sessionmaker, policy=policy) == retention.Pruned()
     keep = retention.Policy(jobs_seconds=None, events_seconds=None, deliveries_seconds=None)
     assert await retention.prune(rt.sessionmaker, policy=keep, now=now + OLD * 10) == retention.Pruned()
+
+
+async def test_prune_drops_old_finished_builds_with_their_cards_and_keeps_the_rest(paper: Runtime) -> None:
+    rt = paper
+    now = models.utcnow()
+    old, recent = now - dt.timedelta(days=100), now - dt.timedelta(days=1)
+    async with rt.sessionmaker.begin() as session:
+        await apps.create(
+            session, actor=ADMIN, project="acme", cluster="paper", name="api", namespace="api",
+            changes=apps.AppChanges(image="ghcr.io/acme/api:1.0"),
+        )  # fmt: skip
+        app_ids = {name: i for name, i in await session.execute(select(models.App.name, models.App.id))}
+        web, api = app_ids["web"], app_ids["api"]
+        await session.execute(
+            update(models.App).where(models.App.id == web).values(image="reg/acme/web@sha256:running")
+        )
+        session.add(
+            models.Preview(
+                app_id=web, pr_number=7, repo="acme/web", head_sha="previewed", namespace="web-pr-7"
+            )
+        )
+
+        def build(
+            app_id: int, sha: str, status: str, finished: dt.datetime | None, **kw: Any
+        ) -> models.Build:
+            # Every build of web pushed to the app's repository: only the running one's digest matches.
+            row = models.Build(
+                app_id=app_id, sha=sha, ref="refs/heads/main", actor="alice", status=status,
+                created_at=old, finished_at=finished, log="x" * 100,
+                **{"image": "reg/acme/web", "digest": f"sha256:{sha}", **kw},
+            )  # fmt: skip
+            session.add(row)
+            return row
+
+        statuses = [builds.SUCCEEDED, builds.FAILED, builds.SUPERSEDED] * 2
+        doomed = [build(web, f"old{i}", s, old) for i, s in enumerate(statuses)]
+        # Another app's: older than web's newest, kept as its own newest three.
+        theirs = [build(api, f"api{i}", builds.SUCCEEDED, old) for i in range(3)]
+        kept = [
+            build(web, "waited", builds.FAILED, old, waiting=[{"comment": 1}]),
+            build(web, "running", builds.SUCCEEDED, old),
+            build(web, "previewed", builds.SUCCEEDED, old, pr_number=7),
+            build(web, "recent", builds.FAILED, recent),
+            build(web, "queued", builds.QUEUED, None),
+            build(web, "building", builds.BUILDING, None),
+            *[build(web, f"newest{i}", builds.SUPERSEDED, old) for i in range(3)],
+        ]
+        await session.flush()
+        # Two runs' cards on two targets per build, and a key that only looks alike.
+        for b in [*theirs, *doomed, *kept]:
+            for runs, target in ((0, "slack:T1:C1"), (1, "slack:T2:C2")):
+                session.add(
+                    models.Meta(
+                        key=shared.build_card_mark(build_id=b.id, runs=runs, target=target), value=b"{}"
+                    )
+                )
+        session.add(models.Meta(key="slack-build:oops", value=b"{}"))
+    doomed_ids = {b.id for b in doomed}
+    # Build 1's cards go, build 10's and 11's stay: "slack-build:1:" is no prefix of theirs.
+    assert 1 in doomed_ids and {10, 11} <= {b.id for b in kept}
+
+    policy = retention.Policy(
+        jobs_seconds=None, events_seconds=None, deliveries_seconds=None,
+        builds_seconds=90 * 86400, builds_keep=3, batch=2,
+    )  # fmt: skip
+    assert await retention.prune(rt.sessionmaker, policy=policy) == retention.Pruned(builds=6, build_marks=12)
+
+    async with rt.sessionmaker() as session:
+        left = set(await session.scalars(select(models.Build.id)))
+        assert left == {b.id for b in [*theirs, *kept]}
+        keys = set(
+            await session.scalars(select(models.Meta.key).where(models.Meta.key.like("slack-build:%")))
+        )
+        assert keys == {
+            "slack-build:oops",
+            *(
+                shared.build_card_mark(build_id=b.id, runs=runs, target=target)
+                for b in [*theirs, *kept]
+                for runs, target in ((0, "slack:T1:C1"), (1, "slack:T2:C2"))
+            ),
+        }
+
+    # Nothing more goes on a second pass, nor with builds kept for ever.
+    assert await retention.prune(rt.sessionmaker, policy=policy) == retention.Pruned()
+    forever = retention.Policy(
+        jobs_seconds=None, events_seconds=None, deliveries_seconds=None, builds_seconds=None
+    )
+    assert await retention.prune(rt.sessionmaker, policy=forever, now=now + OLD * 10) == retention.Pruned()
+
+
+async def test_build_settings_reach_the_policy(settings: Settings) -> None:
+    policy = runtime.retention_policy(settings)
+    assert (policy.builds_seconds, policy.builds_keep) == (90 * 86400, 20)
+    tuned = settings.model_copy(update={"retention_builds_days": 0, "retention_builds_keep": 5})
+    assert (runtime.retention_policy(tuned).builds_seconds, runtime.retention_policy(tuned).builds_keep) == (
+        None,
+        5,
+    )
