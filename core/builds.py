@@ -59,6 +59,7 @@ from core import (
     audit,
     buildpacks,
     deploys,
+    environments,
     events,
     images,
     jobs,
@@ -427,6 +428,14 @@ async def _emit(session: AsyncSession, *, ctx: Core, build: models.Build, app: m
             "error": build.error,
         },
     )
+
+
+async def logs_command(session: AsyncSession, *, app: models.App, build: models.Build) -> str:
+    """`shipit builds logs APP ID`, with `--env` when the project has several environments (the
+    deploy card's rule, as the notices of a failed build say it)."""
+    several = len(await environments.list_for(session, project_id=app.project_id)) > 1
+    env = await apps.env_name(session, app=app) if several else None
+    return notices.build_logs_command(app=app.name, build=build.id, env=env)
 
 
 def _logger(*, app: models.App, build: models.Build) -> logctx.ContextLogger:

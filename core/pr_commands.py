@@ -399,19 +399,9 @@ async def _each(
 # ------------------------------------------------ `.deploy to ENV` of an app that builds from source
 
 
-def _logs_command(*, app: models.App, build: models.Build, env: str | None) -> str:
-    # As the build failure notice says it (core.notices.render): `--env` among several environments.
-    return f"shipit builds logs {app.name} {build.id}" + (f" --env {env}" if env else "")
-
-
-async def _env_flag(session: AsyncSession, *, app: models.App) -> str | None:
-    several = len(await environments.list_for(session, project_id=app.project_id)) > 1
-    return await apps.env_name(session, app=app) if several else None
-
-
 async def _failed_line(session: AsyncSession, *, app: models.App, build: models.Build) -> str:
     error = (build.error or "").strip().splitlines()
-    logs = _logs_command(app=app, build=build, env=await _env_flag(session, app=app))
+    logs = await builds.logs_command(session, app=app, build=build)
     return (
         f"not deployed: build #{build.id} of {build.sha[:7]} failed ({error[0] if error else 'see its log'}); "
         f"`{logs}` shows why"

@@ -308,6 +308,12 @@ OUTCOMES = frozenset(
 TEST_KIND = "notify.test"  # `shipit notify test`: a sample sent to one target, outside the outbox
 
 
+def build_logs_command(*, app: str, build: int, env: str | None) -> str:
+    """The command that prints a build's log, as every channel names it: among several environments
+    an app name alone is refused ("say which"), so `env` is given then (see core.builds.logs_command)."""
+    return f"shipit builds logs {app} {build}" + (f" --env {env}" if env else "")
+
+
 def short_kind(kind: str) -> str:
     return kind.removeprefix("deploy.")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core import notices
 from core.notices import BUILD_FAILED, TEST_KIND, Notice
 
 GREEN, RED, GREY, AMBER = 0x2EB67D, 0xE01E5A, 0x9E9E9E, 0xECB22E
@@ -58,8 +59,7 @@ def build_logs_command(notice: Notice, *, app: str, build: int) -> str:
     # Among several environments an app name alone may be refused ("say which"): name this build's,
     # as the card names it (and `--env NAME` is right whether or not the app runs elsewhere too).
     several = notice.app is not None and notice.app.environments > 1
-    env = f" --env {notice.environment}" if several and notice.environment else ""
-    return f"shipit builds logs {app} {build}{env}"
+    return notices.build_logs_command(app=app, build=build, env=notice.environment if several else None)
 
 
 def place(notice: Notice) -> str:

@@ -167,7 +167,7 @@ async def build_head(
             app=app.name,
             action=SKIP,
             reason=f"preview {namespace} not deployed: build #{build.id} of {sha[:7]} failed "
-            f"({build.error or 'see its log'}); `{logs_command(app=app, build=build)}` shows why",
+            f"({build.error or 'see its log'}); `{await builds.logs_command(session, app=app, build=build)}` shows why",
             build_id=build.id,
             preview=namespace,
         )
@@ -195,10 +195,6 @@ async def build_head(
     )
 
 
-def logs_command(*, app: models.App, build: models.Build) -> str:
-    return f"shipit builds logs {app.name} {build.id}"
-
-
 async def build_failed(
     session: AsyncSession, *, ctx: Core, app: models.App, preview: models.Preview, build: models.Build
 ) -> None:
@@ -217,7 +213,7 @@ async def build_failed(
             "sha": build.sha,
             "pr_number": preview.pr_number,
             "error": build.error,
-            "logs": logs_command(app=app, build=build),
+            "logs": await builds.logs_command(session, app=app, build=build),
         },
     )
 

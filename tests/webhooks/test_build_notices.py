@@ -187,6 +187,12 @@ async def test_the_log_command_names_the_environment_among_several(
         for build_id, env in env_of.items():
             command = f"shipit builds logs web {build_id} --env {env}"
             assert sum(command in t for t in texts) == 1, (command, texts)
+        # What a pull request's preview or `.deploy` comment names for a failed build says it alike.
+        async with rt.sessionmaker() as session:
+            for b in failed:
+                app = await session.get_one(models.App, b.app_id)
+                said = await builds.logs_command(session, app=app, build=b)
+                assert said == f"shipit builds logs web {b.id} --env {env_of[b.id]}"
 
 
 async def test_a_succeeded_build_posts_nothing_of_its_own(hook: Hook, fake_slack: FakeSlack) -> None:
