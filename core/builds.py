@@ -214,21 +214,8 @@ async def queue(
     else:
         # Superseded before it ran (a newer push, a closed pull request): this request wants it again.
         build = existing
-        build.runs += 1
-        build.status, build.ref, build.actor, build.pr_number = QUEUED, ref, actor.subject, pr_number
-        build.image = app.build_image
-        build.error = build.log = build.pack = build.digest = None
-        build.started_at = build.finished_at = None
-    await session.flush()
-    await jobs.enqueue(
-        session,
-        kind=BUILD_JOB,
-        payload={"build_id": build.id, "app": app.name},
-        dedupe_key=_job_key(build.id, build.runs),
-        concurrency_key=f"build:{app.id}",
-        max_attempts=3,
-    )
-    await _emit(session, ctx=ctx, build=build, app=app, kind=BUILD_QUEUED)
+        build.ref, build.actor, build.pr_number = ref, actor.subject, pr_number
+    await _run_again(session, ctx=ctx, app=app, build=build, fresh=existing is None)
     await audit.record(
         session,
         actor=actor,
@@ -249,6 +236,30 @@ async def queue(
         ref, sha[:7], app.build_image, f" (pull request #{pr_number})" if pr_number is not None else "",
     )  # fmt: skip
     return Queued(build=build, created=True)
+
+
+async def _run_again(
+    session: AsyncSession, *, ctx: Core, app: models.App, build: models.Build, fresh: bool
+) -> None:
+    """Queue a run of `build` (a new row, or one superseded or failed before): its job and its queued
+    event.  Each run has its own job key, so a run queued again is not taken for the last one."""
+    assert app.build_image is not None  # queue() and retry() check build_enabled and build_image
+    if not fresh:
+        build.runs += 1
+        build.status = QUEUED
+        build.image = app.build_image
+        build.error = build.log = build.pack = build.digest = None
+        build.started_at = build.finished_at = None
+    await session.flush()
+    await jobs.enqueue(
+        session,
+        kind=BUILD_JOB,
+        payload={"build_id": build.id, "app": app.name},
+        dedupe_key=_job_key(build.id, build.runs),
+        concurrency_key=f"build:{app.id}",
+        max_attempts=3,
+    )
+    await _emit(session, ctx=ctx, build=build, app=app, kind=BUILD_QUEUED)
 
 
 async def lock(session: AsyncSession, *, app: models.App, sha: str) -> None:
@@ -380,21 +391,7 @@ async def retry(
     )
     if newer is not None:
         raise Conflict(f"build #{newer} of a newer commit is {app.name}'s: not built again", field="build_id")
-    build.runs += 1
-    build.status = QUEUED
-    build.image = app.build_image
-    build.error = build.log = build.pack = build.digest = None
-    build.started_at = build.finished_at = None
-    await session.flush()
-    await jobs.enqueue(
-        session,
-        kind=BUILD_JOB,
-        payload={"build_id": build.id, "app": app.name},
-        dedupe_key=_job_key(build.id, build.runs),
-        concurrency_key=f"build:{app.id}",
-        max_attempts=3,
-    )
-    await _emit(session, ctx=ctx, build=build, app=app, kind=BUILD_QUEUED)
+    await _run_again(session, ctx=ctx, app=app, build=build, fresh=False)
     await audit.record(
         session,
         actor=actor,
