@@ -79,6 +79,36 @@ class DeploymentStatus:
 # Rollouts: the verdict on a Deployment from it and its current pods
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PodMetrics:
+    """One pod's PodMetrics (metrics.k8s.io/v1beta1) as the cluster wrote them: quantity strings."""
+
+    pod: str
+    window: str  # e.g. "10.5s": the span the CPU rate was measured over
+    timestamp: str
+    containers: dict[str, tuple[str, str]]  # container -> (cpu, memory)
+
+
+def pod_metrics_of(item: dict[str, Any]) -> PodMetrics:
+    containers: dict[str, tuple[str, str]] = {}
+    for c in item.get("containers") or []:
+        if isinstance(c, dict):
+            usage = c.get("usage") if isinstance(c.get("usage"), dict) else {}
+            containers[str(c.get("name") or "")] = (str(usage.get("cpu") or "0"), str(usage.get("memory") or "0"))
+    return PodMetrics(
+        pod=str(dig_str(item, "metadata", "name")),
+        window=str(item.get("window") or ""),
+        timestamp=str(item.get("timestamp") or ""),
+        containers=containers,
+    )
+
+
+def dig_str(obj: Any, *keys: str) -> str:
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj if isinstance(obj, str) else ""
+
+
 def conditions_of(deployment: dict[str, Any]) -> dict[str, Condition]:
     out: dict[str, Condition] = {}
     for raw in as_list(dig(deployment, "status", "conditions")):
