@@ -92,11 +92,13 @@ class PodMetrics:
 def pod_metrics_of(item: dict[str, Any]) -> PodMetrics:
     containers: dict[str, tuple[str, str]] = {}
     for c in item.get("containers") or []:
-        if isinstance(c, dict):
-            usage = c.get("usage") if isinstance(c.get("usage"), dict) else {}
-            containers[str(c.get("name") or "")] = (str(usage.get("cpu") or "0"), str(usage.get("memory") or "0"))
+        if not isinstance(c, dict):
+            continue
+        usage = c.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        containers[str(c.get("name") or "")] = (str(usage.get("cpu") or "0"), str(usage.get("memory") or "0"))
     return PodMetrics(
-        pod=str(dig_str(item, "metadata", "name")),
+        pod=dig_str(item, "metadata", "name"),
         window=str(item.get("window") or ""),
         timestamp=str(item.get("timestamp") or ""),
         containers=containers,

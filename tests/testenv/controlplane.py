@@ -214,9 +214,9 @@ class _Pki:
     kubelet_key: bytes
 
 
-def _make_ca(*, common_name: str, not_before: datetime.datetime, not_after: datetime.datetime) -> tuple[
-    x509.Certificate, ec.EllipticCurvePrivateKey
-]:
+def _make_ca(
+    *, common_name: str, not_before: datetime.datetime, not_after: datetime.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_key = _key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     ca = (
@@ -423,9 +423,13 @@ class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok + metrics-server on loopback
     ports."""
 
-    def __init__(self, *, binaries: Path | None = None, keep_workdir: bool = False) -> None:
+    def __init__(
+        self, *, binaries: Path | None = None, keep_workdir: bool = False, metrics_server: bool = True
+    ) -> None:
         self._bin = binaries or bin_dir()
         self._keep = keep_workdir
+        # False: a cluster without the Metrics API, as many are (what shipit says then is tested).
+        self._metrics_server = metrics_server
         self._procs: list[_Proc] = []
         self._workdir: Path | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -449,7 +453,8 @@ class ControlPlane:
     def start(self) -> KubeEnv:
         if self.env is not None:
             return self.env
-        missing = [name for name in BINARIES if not os.access(self._bin / name, os.X_OK)]
+        needed = [b for b in BINARIES if self._metrics_server or b != "metrics-server"]
+        missing = [name for name in needed if not os.access(self._bin / name, os.X_OK)]
         if missing:
             raise ControlPlaneError(f"missing binaries in {self._bin}: {', '.join(missing)}")
         began = self._began = time.monotonic()
@@ -641,26 +646,11 @@ class ControlPlane:
         )
         # Started before the APIService exists: it serves discovery (what makes the APIService Available)
         # at once and scrapes the node every METRIC_RESOLUTION.
-        self._spawn(
-            "metrics-server",
-            [
-                f"--kubeconfig={kubeconfig}",
-                f"--authentication-kubeconfig={kubeconfig}",
-                f"--authorization-kubeconfig={kubeconfig}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={metrics_port}",
-                f"--tls-cert-file={p['metrics-server.crt']}",
-                f"--tls-private-key-file={p['metrics-server.key']}",
-                "--kubelet-preferred-address-types=InternalIP",
-                "--kubelet-use-node-status-port",
-                f"--kubelet-certificate-authority={p['ca.crt']}",
-                f"--metric-resolution={METRIC_RESOLUTION}",
-                "--kubelet-request-timeout=5s",  # must stay under 90 % of the resolution
-                "--profiling=false",
-            ],
-        )
+        if self._metrics_server:
+            self._spawn_metrics_server(kubeconfig=kubeconfig, port=metrics_port, p=p)
         self._wait(f"node {NODE_NAME} created", self._create_node)
-        self._wait(f"APIService {METRICS_API} created", lambda: self._register_metrics_api(metrics_port))
+        if self._metrics_server:
+            self._wait(f"APIService {METRICS_API} created", lambda: self._register_metrics_api(metrics_port))
         self._wait("kube-apiserver /readyz", lambda: self._get_status("/readyz") == 200)
         self._wait("kube-controller-manager /healthz", lambda: self._healthz(kcm_port))
         self._wait("kube-scheduler /healthz", lambda: self._healthz(sched_port))
@@ -672,8 +662,29 @@ class ControlPlane:
         )
         # Until it is Available, discovery of metrics.k8s.io fails, and with it the namespace controller:
         # a deleted namespace would stay Terminating. So nothing runs before it.
-        self._wait(f"APIService {METRICS_API} Available (metrics-server)", self._metrics_api_available)
+        if self._metrics_server:
+            self._wait(f"APIService {METRICS_API} Available (metrics-server)", self._metrics_api_available)
         return KubeEnv(kubeconfig_path=kubeconfig, kubeconfig=kubeconfig_text, server=server)
+
+    def _spawn_metrics_server(self, *, kubeconfig: Path, port: int, p: dict[str, str]) -> None:
+        self._spawn(
+            "metrics-server",
+            [
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--tls-cert-file={p['metrics-server.crt']}",
+                f"--tls-private-key-file={p['metrics-server.key']}",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--kubelet-use-node-status-port",
+                f"--kubelet-certificate-authority={p['ca.crt']}",
+                f"--metric-resolution={METRIC_RESOLUTION}",
+                "--kubelet-request-timeout=5s",  # must stay under 90 % of the resolution
+                "--profiling=false",
+            ],
+        )
 
     def _stage_files(self, work: Path) -> list[Path]:
         src = upstream_stages_dir()
@@ -756,7 +767,9 @@ class ControlPlane:
         return True
 
     def _metrics_api_available(self) -> bool:
-        status, api_service = self._request("GET", f"/apis/apiregistration.k8s.io/v1/apiservices/{METRICS_API}")
+        status, api_service = self._request(
+            "GET", f"/apis/apiregistration.k8s.io/v1/apiservices/{METRICS_API}"
+        )
         if status != 200 or not isinstance(api_service, dict):
             return False
         conditions = api_service.get("status", {}).get("conditions") or []

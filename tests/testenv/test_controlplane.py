@@ -467,9 +467,7 @@ async def test_pod_metrics_report_the_simulated_usage(kube_api: client.ApiClient
 
     # A new pod has metrics after metrics-server's second scrape of it (10 s apart).
     found = await eventually(pod_metrics, lambda m: {"web", "busy"} <= set(m), what="PodMetrics of both pods")
-    by_app = {
-        app: {c["name"]: c["usage"] for c in item["containers"]} for app, item in found.items()
-    }
+    by_app = {app: {c["name"]: c["usage"] for c in item["containers"]} for app, item in found.items()}
     assert by_app["web"]["app"]["memory"] == controlplane.POD_MEMORY_USAGE
     assert by_app["busy"]["app"]["memory"] == "100Mi"
     # CPU is a rate over two scrapes of a cumulative counter that kwok computes at scrape time, so it
