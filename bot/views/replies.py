@@ -244,7 +244,7 @@ def _pct(value: float | None) -> str:
 
 def _figures(f: usage_mod.Figures) -> str:
     return (
-        f"CPU {f.cpu_millicores:g}m ({_pct(f.cpu_of_requests_percent)} of request, "
+        f"CPU {round(f.cpu_millicores, 1):g}m ({_pct(f.cpu_of_requests_percent)} of request, "
         f"{_pct(f.cpu_of_limits_percent)} of limit) · memory {f.memory_bytes / 2**20:.1f}Mi "
         f"({_pct(f.memory_of_requests_percent)} of request, {_pct(f.memory_of_limits_percent)} of limit)"
     )
@@ -260,7 +260,8 @@ def app_usage(u: usage_mod.AppUsage) -> Message:
     )
     if not u.pods:
         return reply(f"{head}\nNo pod metrics yet (no running pods, or measured too recently).")
-    lines = [head, f"*Total* ({len(u.pods)} pods): {_figures(u.total)}"]
+    count = f"{len(u.pods)} pod" + ("s" if len(u.pods) != 1 else "")
+    lines = [head, f"*Total* ({count}): {_figures(u.total)}"]
     if u.autoscaling is not None:
         s = u.autoscaling
         lines.append(

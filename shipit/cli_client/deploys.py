@@ -237,7 +237,7 @@ def percent(value: float | None) -> str:
 
 
 def cpu_text(f: dict[str, Any]) -> str:
-    return f"{f['cpu_millicores']:g}m ({percent(f['cpu_of_requests_percent'])}/{percent(f['cpu_of_limits_percent'])})"
+    return f"{round(f['cpu_millicores'], 1):g}m ({percent(f['cpu_of_requests_percent'])}/{percent(f['cpu_of_limits_percent'])})"
 
 
 def memory_text(f: dict[str, Any]) -> str:
