@@ -11,7 +11,7 @@ with no transaction open.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -85,7 +85,7 @@ class Plan:
     environment: str
     namespace: str
     cluster_id: int
-    kubeconfig: str
+    kubeconfig: str = field(repr=False)  # decrypted credentials: never in a log line
     revision: int | None
     per_pod: Allocation
     autoscaling: Autoscaling | None

@@ -169,7 +169,7 @@ async def bare_cluster() -> AsyncIterator[controlplane.KubeEnv]:
 
 
 async def test_a_cluster_without_a_metrics_api_is_said_so(
-    live_server: LiveServer, api: httpx.AsyncClient, bare_cluster: controlplane.KubeEnv
+    live_server: LiveServer, api: httpx.AsyncClient, admin_token: str, bare_cluster: controlplane.KubeEnv
 ) -> None:
     rt = live_server.rt
     version = await clusters.check(ctx=rt.core, kubeconfig_text=bare_cluster.kubeconfig, key="bare")
@@ -193,3 +193,10 @@ async def test_a_cluster_without_a_metrics_api_is_said_so(
     error = r.json()["error"]
     assert error["type"] == "NoMetricsApi"
     assert "this cluster has no Metrics API (metrics.k8s.io, served by metrics-server)" in error["message"]
+
+    # The CLI says it in its one error line.
+    env = {"SHIPIT_URL": live_server.url, "SHIPIT_TOKEN": admin_token}
+    out = await asyncio.to_thread(CliRunner().invoke, cli.app, ["usage", "web"], env=env)
+    assert out.exit_code == 1 and out.stdout == ""
+    assert out.stderr.startswith("error: ") and len(out.stderr.splitlines()) == 1, out.stderr
+    assert "this cluster has no Metrics API" in out.stderr
