@@ -76,7 +76,7 @@ class DeploymentStatus:
 
 
 # ---------------------------------------------------------------------------
-# Rollouts: the verdict on a Deployment from it and its current pods
+# Usage: a pod's figures from the Metrics API
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,17 +98,15 @@ def pod_metrics_of(item: dict[str, Any]) -> PodMetrics:
         usage = usage if isinstance(usage, dict) else {}
         containers[str(c.get("name") or "")] = (str(usage.get("cpu") or "0"), str(usage.get("memory") or "0"))
     return PodMetrics(
-        pod=dig_str(item, "metadata", "name"),
+        pod=as_str(dig(item, "metadata", "name")),
         window=str(item.get("window") or ""),
         timestamp=str(item.get("timestamp") or ""),
         containers=containers,
     )
 
 
-def dig_str(obj: Any, *keys: str) -> str:
-    for key in keys:
-        obj = obj.get(key) if isinstance(obj, dict) else None
-    return obj if isinstance(obj, str) else ""
+# ---------------------------------------------------------------------------
+# Rollouts: the verdict on a Deployment from it and its current pods
 
 
 def conditions_of(deployment: dict[str, Any]) -> dict[str, Condition]:

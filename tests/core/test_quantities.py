@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from core import quantities
+from core import quantities, usage
 from core.errors import InvalidInput
 
 
@@ -74,3 +74,21 @@ def test_cpu_in_millicores_and_memory_in_whole_bytes() -> None:
     # A fraction of a byte rounds up, as Kubernetes does.
     assert quantities.bytes_of("1500m") == 2
     assert quantities.bytes_of("0.1") == 1
+
+
+def test_usage_shares_are_none_where_nothing_was_requested() -> None:
+    # A limit or request of 0 (or none at all) is no denominator: the share is unknown, not infinite.
+    allocation = usage.Allocation(
+        cpu_request="0",
+        cpu_limit="500m",
+        memory_request="64Mi",
+        memory_limit="0",
+        cpu_request_millicores=0.0,
+        cpu_limit_millicores=500.0,
+        memory_request_bytes=64 * 2**20,
+        memory_limit_bytes=0,
+    )
+    f = usage.figures(cpu_millicores=50.0, memory_bytes=32 * 2**20, allocation=allocation, pods=2)
+    assert f.cpu_of_requests_percent is None and f.memory_of_limits_percent is None
+    assert f.cpu_of_limits_percent == 5.0  # 50m of 2 x 500m
+    assert f.memory_of_requests_percent == 25.0  # 32Mi of 2 x 64Mi
