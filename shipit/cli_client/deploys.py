@@ -202,7 +202,7 @@ def usage(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = F
         return
     per_pod, total = u["per_pod"], u["total"]
     rows = [
-        [p["pod"], cpu_text(p["usage"]), memory_text(p["usage"]), p["window"] or "-"]
+        [p["pod"], _cpu_text(p["usage"]), _memory_text(p["usage"]), p["window"] or "-"]
         for p in u.get("pods") or []
     ]
     table(
@@ -219,11 +219,11 @@ def usage(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = F
             f"memory {per_pod['memory_request']}/{per_pod['memory_limit']} (request/limit"
             + (f", revision {u['revision']})" if u.get("revision") is not None else ", app settings)"),
         ),
-        ("total", f"cpu {cpu_text(total)}, memory {memory_text(total)}" if rows else None),
+        ("total", f"cpu {_cpu_text(total)}, memory {_memory_text(total)}" if rows else None),
         (
             "autoscaling",
             f"{scaling['min_replicas']}-{scaling['max_replicas']} pods at {scaling['cpu_target_percent']}% "
-            f"of the CPU request; now {percent(total['cpu_of_requests_percent'])}"
+            f"of the CPU request; now {_percent(total['cpu_of_requests_percent'])}"
             if scaling
             else None,
         ),
@@ -232,18 +232,18 @@ def usage(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = F
     fields_out(pairs)
 
 
-def percent(value: float | None) -> str:
+def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:g}%"
 
 
-def cpu_text(f: dict[str, Any]) -> str:
-    return f"{round(f['cpu_millicores'], 1):g}m ({percent(f['cpu_of_requests_percent'])}/{percent(f['cpu_of_limits_percent'])})"
+def _cpu_text(f: dict[str, Any]) -> str:
+    return f"{round(f['cpu_millicores'], 1):g}m ({_percent(f['cpu_of_requests_percent'])}/{_percent(f['cpu_of_limits_percent'])})"
 
 
-def memory_text(f: dict[str, Any]) -> str:
+def _memory_text(f: dict[str, Any]) -> str:
     mib = f["memory_bytes"] / 2**20
     return (
-        f"{mib:.1f}Mi ({percent(f['memory_of_requests_percent'])}/{percent(f['memory_of_limits_percent'])})"
+        f"{mib:.1f}Mi ({_percent(f['memory_of_requests_percent'])}/{_percent(f['memory_of_limits_percent'])})"
     )
 
 
