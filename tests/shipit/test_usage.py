@@ -17,7 +17,7 @@ from core import clusters, projects
 from shipit import cli
 from tests.conftest import ADMIN, LiveServer, World
 from tests.helpers import eventually
-from tests.shipit.conftest import make_token
+from tests.shipit.conftest import closed_port, make_token
 from tests.testenv import controlplane, plugin
 
 ROLLOUT = 120.0
@@ -157,22 +157,24 @@ async def test_a_viewer_reads_usage_and_an_outsider_finds_no_app(
 
 
 @pytest.fixture
-async def bare_cluster() -> AsyncIterator[controlplane.KubeEnv]:
+async def bare_cluster() -> AsyncIterator[controlplane.ControlPlane]:
     """A second control plane, without metrics-server: a cluster with no Metrics API, as many are."""
     plugin.require_local_binaries()
     cp = controlplane.ControlPlane(metrics_server=False)
-    env = await asyncio.to_thread(cp.start)
+    await asyncio.to_thread(cp.start)
     try:
-        yield env
+        yield cp
     finally:
         await asyncio.to_thread(cp.stop)
 
 
 async def test_a_cluster_without_a_metrics_api_is_said_so(
-    live_server: LiveServer, api: httpx.AsyncClient, admin_token: str, bare_cluster: controlplane.KubeEnv
+    live_server: LiveServer, api: httpx.AsyncClient, admin_token: str, bare_cluster: controlplane.ControlPlane
 ) -> None:
     rt = live_server.rt
-    version = await clusters.check(ctx=rt.core, kubeconfig_text=bare_cluster.kubeconfig, key="bare")
+    assert bare_cluster.env is not None
+    kubeconfig = bare_cluster.env.kubeconfig
+    version = await clusters.check(ctx=rt.core, kubeconfig_text=kubeconfig, key="bare")
     async with rt.sessionmaker.begin() as session:
         await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
         await clusters.add(
@@ -180,7 +182,7 @@ async def test_a_cluster_without_a_metrics_api_is_said_so(
             ctx=rt.core,
             actor=ADMIN,
             name="bare",
-            kubeconfig_text=bare_cluster.kubeconfig,
+            kubeconfig_text=kubeconfig,
             default_namespace="default",
             version=version,
         )
@@ -200,3 +202,13 @@ async def test_a_cluster_without_a_metrics_api_is_said_so(
     assert out.exit_code == 1 and out.stdout == ""
     assert out.stderr.startswith("error: ") and len(out.stderr.splitlines()) == 1, out.stderr
     assert "this cluster has no Metrics API" in out.stderr
+
+    # A Metrics API registered but served by nothing (metrics-server down): 503 from the cluster, said so.
+    assert await asyncio.to_thread(bare_cluster.register_metrics_api, closed_port())
+
+    async def answer() -> httpx.Response:
+        return await api.get("/api/v1/apps/web/usage")
+
+    r = await eventually(answer, lambda r: r.status_code != 200, timeout=30, what="an answer about the API")
+    assert r.status_code == 501, r.text
+    assert "this cluster has an unavailable Metrics API" in r.json()["error"]["message"]

@@ -650,7 +650,7 @@ class ControlPlane:
             self._spawn_metrics_server(kubeconfig=kubeconfig, port=metrics_port, p=p)
         self._wait(f"node {NODE_NAME} created", self._create_node)
         if self._metrics_server:
-            self._wait(f"APIService {METRICS_API} created", lambda: self._register_metrics_api(metrics_port))
+            self._wait(f"APIService {METRICS_API} created", lambda: self.register_metrics_api(metrics_port))
         self._wait("kube-apiserver /readyz", lambda: self._get_status("/readyz") == 200)
         self._wait("kube-controller-manager /healthz", lambda: self._healthz(kcm_port))
         self._wait("kube-scheduler /healthz", lambda: self._healthz(sched_port))
@@ -733,9 +733,10 @@ class ControlPlane:
             files.append(path)
         return files
 
-    def _register_metrics_api(self, port: int) -> bool:
+    def register_metrics_api(self, port: int) -> bool:
         """The Service and APIService kwokctl creates from metrics-server's manifest, for a local process:
-        an ExternalName Service pointing at loopback, the APIService at its port."""
+        an ExternalName Service pointing at loopback, the APIService at its port.  Public for tests that
+        register a Metrics API nothing serves (on a control plane of their own: discovery breaks)."""
         service = {
             "apiVersion": "v1",
             "kind": "Service",
