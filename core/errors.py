@@ -19,6 +19,9 @@ from typing import Any, NamedTuple, overload
 class ShipitError(Exception):
     """Base of everything shipit raises on purpose."""
 
+    # The HTTP status a cluster answered, when the error maps one (core.kube.api_errors.http_error).
+    http_status: int | None = None
+
 
 class UserError(ShipitError):
     """The caller asked for something we cannot do; the text is shown as written."""
@@ -53,6 +56,15 @@ class SeveralEnvironments(InvalidInput):
 
 class NotFound(UserError):
     status_code = 404
+
+
+class NoMetricsApi(UserError):
+    """The app's cluster serves no Metrics API (metrics.k8s.io: metrics-server), so usage is unknown.
+
+    Not a fault of shipit or of the request (not a 5xx), and not "missing" either (a 404 says the app
+    is): 501, the cluster does not implement what was asked."""
+
+    status_code = 501
 
 
 class PermissionDenied(UserError):

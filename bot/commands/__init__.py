@@ -41,6 +41,7 @@ from bot.commands.deploys import (
     Revisions,
     Rollback,
     Status,
+    Usage,
 )
 from bot.commands.environments import Envs, Promote
 from bot.commands.help import help_text
@@ -103,6 +104,7 @@ __all__ = [
     "Unlock",
     "UnlockEnv",
     "UnlockProject",
+    "Usage",
     "UsageError",
     "Whoami",
     "addons",

@@ -1,4 +1,4 @@
-"""Deploys and what runs: deploy, diff, rollback, status, apps, revisions, logs."""
+"""Deploys and what runs: deploy, diff, rollback, status, usage, apps, revisions, logs."""
 
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ class Rollback(Command):
 @dataclass(frozen=True, kw_only=True)
 class Status(Command):
     app: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Usage(Command):
+    app: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +132,16 @@ def _parse_status(rest: str) -> Status:
     words = words_of(rest)
     no_more(words[1:], "status")
     return Status(app=words[0].lower() if words else None)
+
+
+@command(
+    "usage",
+    usage="usage <app>",
+    summary="CPU and memory the app's pods use now, against their requests and limits",
+    examples=("usage web", "usage web --env staging"),
+)
+def _parse_usage(rest: str) -> Usage:
+    return Usage(app=only_app(rest, "usage"))
 
 
 @command("apps", usage="apps", summary="the apps you can see", examples=("apps",))

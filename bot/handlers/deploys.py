@@ -1,4 +1,4 @@
-"""Handlers of deploys and what runs: deploy, diff, rollback, status, apps, revisions, logs, scale."""
+"""Handlers of deploys and what runs: deploy, diff, rollback, status, usage, apps, revisions, logs, scale."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import commands, views
 from bot.handlers.base import STATUS_OVERVIEW_LIMIT, Caller, Outcome, handles, queued_card
-from core import apps, autoscaling, deploys, dryrun, status
+from core import apps, autoscaling, deploys, dryrun, status, usage
 from core.context import Core
 
 
@@ -63,6 +63,17 @@ async def _status(session: AsyncSession, core: Core, caller: Caller, cmd: comman
         return views.app_status(await status.with_live(ctx=core, status=st, target=target))
 
     return Outcome(message=views.app_status(st, live_pending=True), later=live)
+
+
+@handles(commands.Usage)
+async def _usage(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Usage) -> Outcome:
+    # The role check and the settings now; the Metrics API is asked after the ack.
+    plan = await usage.plan(session, ctx=core, actor=caller.actor, app_name=cmd.app, env=cmd.env)
+
+    async def measure() -> views.Message:
+        return views.app_usage(await usage.read(ctx=core, plan=plan))
+
+    return Outcome(message=views.reply(f"Reading what *{views.esc(plan.app)}*'s pods use…"), later=measure)
 
 
 @handles(commands.Apps)

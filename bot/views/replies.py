@@ -1,4 +1,4 @@
-"""Answers to commands: status, lists, secrets, dry runs, logs, identities."""
+"""Answers to commands: status, usage, lists, secrets, dry runs, logs, identities."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from bot.views.blocks import (
     who,
 )
 from core import dryrun, environment_admin, previews, status
+from core import usage as usage_mod
 from storage import models
 
 DRY_RUN_LINES = 60
+MAX_USAGE_PODS = 20  # one line each; the total covers the rest
 
 
 def dry_run(result: dryrun.DryRun) -> Message:
@@ -234,6 +236,43 @@ def notify_targets(project: str, rows: Sequence[Any]) -> Message:
 def notify_tested(target_id: int, *, ok: bool, message: str) -> Message:
     icon = ":white_check_mark:" if ok else ":x:"
     return reply(f"{icon} test notice to target #{target_id}: {esc(message)}")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}%"
+
+
+def _figures(f: usage_mod.Figures) -> str:
+    return (
+        f"CPU {round(f.cpu_millicores, 1):g}m ({_pct(f.cpu_of_requests_percent)} of request, "
+        f"{_pct(f.cpu_of_limits_percent)} of limit) · memory {f.memory_bytes / 2**20:.1f}Mi "
+        f"({_pct(f.memory_of_requests_percent)} of request, {_pct(f.memory_of_limits_percent)} of limit)"
+    )
+
+
+def app_usage(u: usage_mod.AppUsage) -> Message:
+    """`usage APP`: what its pods use now (the Metrics API), against their requests and limits."""
+    a = u.per_pod
+    head = (
+        f"*{esc(u.app)}* ({esc(u.environment)}, namespace `{esc(u.namespace)}`): per pod "
+        f"CPU {esc(a.cpu_request)}/{esc(a.cpu_limit)}, memory {esc(a.memory_request)}/{esc(a.memory_limit)} "
+        "(request/limit)"
+    )
+    if not u.pods:
+        return reply(f"{head}\nNo pod metrics yet (no running pods, or measured too recently).")
+    count = f"{len(u.pods)} pod" + ("s" if len(u.pods) != 1 else "")
+    lines = [head, f"*Total* ({count}): {_figures(u.total)}"]
+    if u.autoscaling is not None:
+        s = u.autoscaling
+        lines.append(
+            f"Autoscaling {s.min_replicas} to {s.max_replicas} pods at {s.cpu_target_percent}% of the CPU request; "
+            f"now {_pct(u.total.cpu_of_requests_percent)}"
+        )
+    shown = u.pods[:MAX_USAGE_PODS]
+    lines += [f"• `{esc(p.pod)}`: {_figures(p.usage)}" for p in shown]
+    if len(u.pods) > len(shown):
+        lines.append(f"… and {len(u.pods) - len(shown)} more pods")
+    return reply("\n".join(lines))
 
 
 def log_lines(app: str, lines: Sequence[str], *, asked: int) -> Message:

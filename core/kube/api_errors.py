@@ -77,6 +77,19 @@ def http_error(
     what: str,
     quote: bool = True,
 ) -> errors.ShipitError:
+    error = _http_error(status=status, body=body, headers=headers, what=what, quote=quote)
+    error.http_status = status
+    return error
+
+
+def _http_error(
+    *,
+    status: int,
+    body: bytes | str | None,
+    headers: Mapping[str, str] | None,
+    what: str,
+    quote: bool,
+) -> errors.ShipitError:
     """Map an API server answer to our errors.  The Status message never holds object contents
     beyond names and the offending field values the server quotes; we never add the request body.
 

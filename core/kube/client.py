@@ -26,7 +26,7 @@ from core.kube.applying import Applier, NamespaceOrigin
 from core.kube.connection import Connection, api_client_from_kubeconfig
 from core.kube.objects import as_str, dig
 from core.kube.ownership import target_of
-from core.kube.rules import DeploymentStatus, ReleaseResult, RolloutProgress, RolloutResult
+from core.kube.rules import DeploymentStatus, PodMetrics, ReleaseResult, RolloutProgress, RolloutResult
 from core.kube.watching import Watcher
 
 
@@ -71,6 +71,10 @@ class Kube:
 
     async def deployment_status(self, *, namespace: str, name: str) -> DeploymentStatus | None:
         return await self._conn.deployment_status(namespace=namespace, name=name)
+
+    async def pod_metrics(self, *, namespace: str, app: str) -> list[PodMetrics]:
+        """The Metrics API's figures for the app's pods (those `logs` reads: its name label)."""
+        return await self._conn.pod_metrics(namespace=namespace, selector=f"{render.LABEL_NAME}={app}")
 
     # -- applying ----------------------------------------------------------------------
 

@@ -24,7 +24,15 @@ from core import errors
 from core.kube import render
 from core.kube.api_errors import CONNECTION_ERRORS, api_exception_error, connection_error, http_error
 from core.kube.objects import as_int, as_list, as_str, dig, str_dict, truncate
-from core.kube.rules import DeploymentStatus, ReplicaSetStatus, conditions_of, desired_of, label_selector
+from core.kube.rules import (
+    DeploymentStatus,
+    PodMetrics,
+    ReplicaSetStatus,
+    conditions_of,
+    desired_of,
+    label_selector,
+    pod_metrics_of,
+)
 
 _VERSION = re.compile(r"[A-Za-z0-9.+_-]{1,64}")  # a gitVersion such as v1.31.2+k3s1; else "unknown"
 
@@ -282,6 +290,30 @@ class Connection:
             observed_generation=as_int(dig(status, "observedGeneration")),
             conditions=list(conditions_of(deployment).values()),
         )
+
+    async def pod_metrics(self, *, namespace: str, selector: str) -> list[PodMetrics]:
+        """What the Metrics API (metrics-server) measured for the pods matching `selector`, by pod name.
+
+        A cluster without it answers 404 for the group (no APIService) or 503 (registered, but its
+        server is down): errors.NoMetricsApi, said plainly, rather than a cluster failure."""
+        what = f"read pod metrics in {namespace}"
+        try:
+            listing = await self.request(
+                "GET",
+                f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods",
+                what=what,
+                query=[("labelSelector", selector)],
+            )
+        except (errors.NotFound, errors.TransientError) as e:
+            if e.http_status not in (404, 503):
+                raise
+            state = "has no" if e.http_status == 404 else "has an unavailable"
+            raise errors.NoMetricsApi(
+                f"{what}: this cluster {state} Metrics API (metrics.k8s.io, served by metrics-server), "
+                "so shipit cannot tell what the app's pods use; install metrics-server on it"
+            ) from e
+        found = [pod_metrics_of(item) for item in as_list(listing.get("items")) if isinstance(item, dict)]
+        return sorted(found, key=lambda m: m.pod)
 
     async def _replica_sets(self, *, namespace: str, deployment: dict[str, Any]) -> list[ReplicaSetStatus]:
         """The Deployment's ReplicaSets (owned by it), newest first; old ones only while they have pods."""

@@ -76,6 +76,36 @@ class DeploymentStatus:
 
 
 # ---------------------------------------------------------------------------
+# Usage: a pod's figures from the Metrics API
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PodMetrics:
+    """One pod's PodMetrics (metrics.k8s.io/v1beta1) as the cluster wrote them: quantity strings."""
+
+    pod: str
+    window: str  # e.g. "10.5s": the span the CPU rate was measured over
+    timestamp: str
+    containers: dict[str, tuple[str, str]]  # container -> (cpu, memory)
+
+
+def pod_metrics_of(item: dict[str, Any]) -> PodMetrics:
+    containers: dict[str, tuple[str, str]] = {}
+    for c in item.get("containers") or []:
+        if not isinstance(c, dict):
+            continue
+        usage = c.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        containers[str(c.get("name") or "")] = (str(usage.get("cpu") or "0"), str(usage.get("memory") or "0"))
+    return PodMetrics(
+        pod=as_str(dig(item, "metadata", "name")),
+        window=str(item.get("window") or ""),
+        timestamp=str(item.get("timestamp") or ""),
+        containers=containers,
+    )
+
+
+# ---------------------------------------------------------------------------
 # Rollouts: the verdict on a Deployment from it and its current pods
 
 

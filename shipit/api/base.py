@@ -36,6 +36,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 # Routes that talk to a cluster also answer 502 when it fails or cannot be reached.
 CLUSTER_ERRORS: dict[int | str, dict[str, Any]] = {502: _error("The cluster failed or could not be reached.")}
+# /apps/{name}/usage: the cluster answered, but serves no Metrics API.
+METRICS_ERRORS: dict[int | str, dict[str, Any]] = {
+    **CLUSTER_ERRORS,
+    501: _error("The app's cluster has no Metrics API (metrics-server), so usage is unknown."),
+}
 
 # Declares the scheme in /openapi.json; current_actor still does the checking (auto_error off).
 bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer shp_...`")

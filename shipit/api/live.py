@@ -1,4 +1,4 @@
-"""/api/v1/apps/{name}/status and /logs: what the cluster says now (core.status)."""
+"""/api/v1/apps/{name}/status, /usage and /logs: what the cluster says now (core.status, core.usage)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from fastapi import Query
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import StreamingResponse
 
-from core import status
+from core import status, usage
 from shipit import schemas
-from shipit.api.base import CLUSTER_ERRORS, ActorDep, RtDep, new_router, tx
+from shipit.api.base import CLUSTER_ERRORS, METRICS_ERRORS, ActorDep, RtDep, new_router, tx
 
 router = new_router()
 
@@ -28,6 +28,20 @@ async def app_status(
     if live:
         observed = await status.with_live(ctx=rt.core, status=observed, target=target)
     return _jsonable(observed)
+
+
+@router.get(
+    "/apps/{name}/usage",
+    responses=METRICS_ERRORS,
+)
+async def app_usage(
+    name: schemas.NamePath, rt: RtDep, actor: ActorDep, env: schemas.EnvQuery = None
+) -> dict[str, object]:
+    """CPU and memory the app's pods use now (the cluster's Metrics API), against their requests and
+    limits and, with autoscaling on, the HPA's CPU target."""
+    async with tx(rt) as session:
+        plan = await usage.plan(session, ctx=rt.core, actor=actor, app_name=name, env=env)
+    return _jsonable(await usage.read(ctx=rt.core, plan=plan))
 
 
 def _jsonable(value: object) -> dict[str, object]:

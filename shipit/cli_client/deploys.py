@@ -1,4 +1,5 @@
-"""Deploy commands: deploy, promote, rollback, revisions, deploys, status, scale, approve/reject/cancel, logs."""
+"""Deploy commands: deploy, promote, rollback, revisions, deploys, status, usage, scale, approve/reject/cancel,
+logs."""
 
 from __future__ import annotations
 
@@ -190,6 +191,60 @@ def status(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = 
             ("active", f"#{d['id']} {d['status']}{position}: {d['image']} (revision {d['revision']})")
         )
     fields_out(pairs)
+
+
+def usage(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = False) -> None:
+    """CPU and memory the app's pods use now, against their requests and limits (the Metrics API)."""
+    with api() as client:
+        u = client.get(f"/apps/{q(app_name)}/usage", env=environment)
+    if as_json:
+        show_json(u)
+        return
+    per_pod, total = u["per_pod"], u["total"]
+    rows = [
+        [p["pod"], _cpu_text(p["usage"]), _memory_text(p["usage"]), p["window"] or "-"]
+        for p in u.get("pods") or []
+    ]
+    table(
+        ["POD", "CPU (OF REQUEST/LIMIT)", "MEMORY (OF REQUEST/LIMIT)", "WINDOW"],
+        rows,
+        empty="no pod metrics yet",
+    )
+    scaling = u.get("autoscaling")
+    pairs: list[tuple[str, Any]] = [
+        ("app", f"{u['app']} (project {u['project']}, env {u['environment']}, namespace {u['namespace']})"),
+        (
+            "per pod",
+            f"cpu {per_pod['cpu_request']}/{per_pod['cpu_limit']}, "
+            f"memory {per_pod['memory_request']}/{per_pod['memory_limit']} (request/limit"
+            + (f", revision {u['revision']})" if u.get("revision") is not None else ", app settings)"),
+        ),
+        ("total", f"cpu {_cpu_text(total)}, memory {_memory_text(total)}" if rows else None),
+        (
+            "autoscaling",
+            f"{scaling['min_replicas']}-{scaling['max_replicas']} pods at {scaling['cpu_target_percent']}% "
+            f"of the CPU request; now {_percent(total['cpu_of_requests_percent'])}"
+            if scaling
+            else None,
+        ),
+    ]
+    typer.echo()
+    fields_out(pairs)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}%"
+
+
+def _cpu_text(f: dict[str, Any]) -> str:
+    return f"{round(f['cpu_millicores'], 1):g}m ({_percent(f['cpu_of_requests_percent'])}/{_percent(f['cpu_of_limits_percent'])})"
+
+
+def _memory_text(f: dict[str, Any]) -> str:
+    mib = f["memory_bytes"] / 2**20
+    return (
+        f"{mib:.1f}Mi ({_percent(f['memory_of_requests_percent'])}/{_percent(f['memory_of_limits_percent'])})"
+    )
 
 
 def scale(

@@ -148,6 +148,7 @@ APP_ROUTES = [
     ("POST", "/api/v1/apps/{a}/resume", None),
     ("GET", "/api/v1/apps/{a}/status", None),
     ("GET", "/api/v1/apps/{a}/logs", None),
+    ("GET", "/api/v1/apps/{a}/usage", None),
     ("GET", "/api/v1/apps/{a}/secrets", None),
     ("PUT", "/api/v1/apps/{a}/secrets", {"values": {"K": "v"}}),
     ("DELETE", "/api/v1/apps/{a}/secrets/K", None),

@@ -4,7 +4,10 @@ shipit's job is talking to Kubernetes, so its tests talk to a real API server (v
 apply, the deployment/replicaset/HPA/namespace controllers) instead of a mocked client. There is no
 container engine here, so the processes run directly: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler (built by scripts/testenv-build) and kwok, which plays the kubelet for one fake node so
-pods get scheduled and become Ready without running anything.
+pods get scheduled and become Ready without running anything. As kwokctl's binary runtime does,
+metrics-server serves the Metrics API (metrics.k8s.io) through the apiserver's aggregation layer,
+scraping the resource metrics kwok emulates for its node: every container "uses" POD_CPU_USAGE and
+POD_MEMORY_USAGE unless its pod's kwok.x-k8s.io/usage-cpu / usage-memory annotations say otherwise.
 
 Everything lives in a temporary directory outside the repository and every process runs in its own
 process group, killed on stop(), at interpreter exit and (on Linux) when this process dies.
@@ -44,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 K8S_VERSION = "v1.36.3"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "metrics-server")
 NODE_NAME = "kwok-node-0"
 # kwok manages only nodes carrying this annotation, so it never touches a real node.
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
@@ -65,6 +68,16 @@ UPSTREAM_STAGES = (
     "pod-complete.yaml",
     "pod-delete.yaml",
 )
+# kwok's resource-metrics emulation copied by scripts/testenv-build (kustomize/metrics of the same module).
+UPSTREAM_METRICS = ("metrics-resource.yaml", "usage-from-annotation.yaml")
+# What each container of a kwok pod uses, per container, when its pod has no usage annotations.
+POD_CPU_USAGE = "20m"
+POD_MEMORY_USAGE = "32Mi"
+# Upstream's defaults in usage-from-annotation.yaml, replaced by the two above.
+_UPSTREAM_USAGE_DEFAULTS = {"cpu": 'Quantity("1m")', "memory": 'Quantity("1Mi")'}
+METRICS_API = "v1beta1.metrics.k8s.io"
+# The smallest resolution metrics-server accepts; a new pod has metrics after one or two scrapes.
+METRIC_RESOLUTION = "10s"
 START_TIMEOUT_S = 120.0
 WORKDIR_PREFIX = "shipit-testenv-"
 
@@ -99,10 +112,17 @@ def upstream_stages_dir() -> Path:
     return version_dir() / "stages"
 
 
+def upstream_metrics_dir() -> Path:
+    return version_dir() / "metrics"
+
+
 def missing_files() -> list[str]:
-    """Binaries and stage files that scripts/testenv-build should have put in the cache."""
+    """Binaries, stage and metrics files that scripts/testenv-build should have put in the cache."""
     missing = [name for name in BINARIES if not os.access(bin_dir() / name, os.X_OK)]
     missing += [f"stages/{name}" for name in UPSTREAM_STAGES if not (upstream_stages_dir() / name).is_file()]
+    missing += [
+        f"metrics/{name}" for name in UPSTREAM_METRICS if not (upstream_metrics_dir() / name).is_file()
+    ]
     return missing
 
 
@@ -181,13 +201,24 @@ class _Pki:
     admin_key: bytes
     sa_public: bytes
     sa_private: bytes
+    # The aggregation layer: the apiserver proxies metrics.k8s.io to metrics-server with this client
+    # certificate (from its own CA, as kubeadm does) and the X-Remote-User/Group headers.
+    front_proxy_ca_cert: bytes
+    front_proxy_client_cert: bytes
+    front_proxy_client_key: bytes
+    # metrics-server's serving certificate (checked by the apiserver through the APIService's caBundle)
+    # and kwok's, which plays the kubelet's serving certificate for metrics-server's scrapes.
+    metrics_server_cert: bytes
+    metrics_server_key: bytes
+    kubelet_cert: bytes
+    kubelet_key: bytes
 
 
-def _make_pki() -> _Pki:
-    now = datetime.datetime.now(datetime.UTC)
-    not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=7)
+def _make_ca(
+    *, common_name: str, not_before: datetime.datetime, not_after: datetime.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_key = _key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shipit-testenv-ca")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -214,14 +245,30 @@ def _make_pki() -> _Pki:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca, ca_key
+
+
+def _make_pki() -> _Pki:
+    now = datetime.datetime.now(datetime.UTC)
+    not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=7)
+    ca, ca_key = _make_ca(common_name="shipit-testenv-ca", not_before=not_before, not_after=not_after)
+    proxy_ca, proxy_ca_key = _make_ca(
+        common_name="shipit-testenv-front-proxy-ca", not_before=not_before, not_after=not_after
+    )
 
     def leaf(
-        *, key: ec.EllipticCurvePrivateKey, name: x509.Name, usage: x509.ObjectIdentifier, sans: list[Any]
+        *,
+        key: ec.EllipticCurvePrivateKey,
+        name: x509.Name,
+        usage: x509.ObjectIdentifier,
+        sans: list[Any],
+        issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] = (ca, ca_key),
     ) -> x509.Certificate:
+        issuer_cert, issuer_key = issuer
         builder = (
             x509.CertificateBuilder()
             .subject_name(name)
-            .issuer_name(ca_name)
+            .issuer_name(issuer_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
@@ -229,12 +276,12 @@ def _make_pki() -> _Pki:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
             )
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return builder.sign(ca_key, hashes.SHA256())
+        return builder.sign(issuer_key, hashes.SHA256())
 
     serving_key = _key()
     serving = leaf(
@@ -263,6 +310,30 @@ def _make_pki() -> _Pki:
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
         sans=[],
     )
+    loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    proxy_client_key = _key()
+    proxy_client = leaf(
+        key=proxy_client_key,
+        name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "front-proxy-client")]),
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        sans=[],
+        issuer=(proxy_ca, proxy_ca_key),
+    )
+    metrics_key = _key()
+    metrics = leaf(
+        key=metrics_key,
+        name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "metrics-server")]),
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        # The aggregator checks the name <service>.<namespace>.svc, whatever address it dials.
+        sans=[x509.DNSName("metrics-server.kube-system.svc"), x509.DNSName("localhost"), loopback],
+    )
+    kubelet_key = _key()
+    kubelet = leaf(
+        key=kubelet_key,
+        name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NODE_NAME)]),
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        sans=[x509.DNSName(NODE_NAME), loopback],
+    )
     sa_key = _key()
     return _Pki(
         ca_cert=_cert_pem(ca),
@@ -275,6 +346,13 @@ def _make_pki() -> _Pki:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
         sa_private=_key_pem(sa_key),
+        front_proxy_ca_cert=_cert_pem(proxy_ca),
+        front_proxy_client_cert=_cert_pem(proxy_client),
+        front_proxy_client_key=_key_pem(proxy_client_key),
+        metrics_server_cert=_cert_pem(metrics),
+        metrics_server_key=_key_pem(metrics_key),
+        kubelet_cert=_cert_pem(kubelet),
+        kubelet_key=_key_pem(kubelet_key),
     )
 
 
@@ -342,11 +420,16 @@ class _Proc:
 
 
 class ControlPlane:
-    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok on loopback ports."""
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok + metrics-server on loopback
+    ports."""
 
-    def __init__(self, *, binaries: Path | None = None, keep_workdir: bool = False) -> None:
+    def __init__(
+        self, *, binaries: Path | None = None, keep_workdir: bool = False, metrics_server: bool = True
+    ) -> None:
         self._bin = binaries or bin_dir()
         self._keep = keep_workdir
+        # False: a cluster without the Metrics API, as many are (what shipit says then is tested).
+        self._metrics_server = metrics_server
         self._procs: list[_Proc] = []
         self._workdir: Path | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -370,7 +453,8 @@ class ControlPlane:
     def start(self) -> KubeEnv:
         if self.env is not None:
             return self.env
-        missing = [name for name in BINARIES if not os.access(self._bin / name, os.X_OK)]
+        needed = [b for b in BINARIES if self._metrics_server or b != "metrics-server"]
+        missing = [name for name in needed if not os.access(self._bin / name, os.X_OK)]
         if missing:
             raise ControlPlaneError(f"missing binaries in {self._bin}: {', '.join(missing)}")
         began = self._began = time.monotonic()
@@ -425,6 +509,13 @@ class ControlPlane:
             "admin.key": pki.admin_key,
             "sa.pub": pki.sa_public,
             "sa.key": pki.sa_private,
+            "front-proxy-ca.crt": pki.front_proxy_ca_cert,
+            "front-proxy-client.crt": pki.front_proxy_client_cert,
+            "front-proxy-client.key": pki.front_proxy_client_key,
+            "metrics-server.crt": pki.metrics_server_cert,
+            "metrics-server.key": pki.metrics_server_key,
+            "kubelet.crt": pki.kubelet_cert,
+            "kubelet.key": pki.kubelet_key,
         }
         pki_dir = work / "pki"
         pki_dir.mkdir(mode=0o700)
@@ -435,6 +526,7 @@ class ControlPlane:
         etcd_port, peer_port = free_port(), free_port()
         self._api_port = api_port = free_port()
         kcm_port, sched_port = free_port(), free_port()
+        kwok_port, metrics_port = free_port(), free_port()
         server = f"https://127.0.0.1:{api_port}"
         kubeconfig_text = _kubeconfig(server=server, pki=pki)
         kubeconfig = work / "kubeconfig"
@@ -482,6 +574,15 @@ class ControlPlane:
                 # A loopback advertise address is not a valid Endpoints IP; nothing in-cluster calls it.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                # The aggregation layer, for metrics.k8s.io. Aggregator routing stays off: it would dial
+                # the Service's endpoints, and metrics-server's is an ExternalName Service (as kwokctl's).
+                f"--requestheader-client-ca-file={p['front-proxy-ca.crt']}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={p['front-proxy-client.crt']}",
+                f"--proxy-client-key-file={p['front-proxy-client.key']}",
             ],
         )
         # The other components wait for the apiserver on their own, so they start as soon as it serves at
@@ -531,14 +632,25 @@ class ControlPlane:
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION[0]}={KWOK_NODE_ANNOTATION[1]}",
                 "--cidr=10.64.0.0/16",
-                "--node-ip=10.255.0.1",
+                # The node's InternalIP and kubelet port are where metrics-server scrapes it: kwok's server.
+                "--node-ip=127.0.0.1",
+                f"--node-port={kwok_port}",
+                f"--server-address=127.0.0.1:{kwok_port}",
+                f"--tls-cert-file={p['kubelet.crt']}",
+                f"--tls-private-key-file={p['kubelet.key']}",
                 "--node-lease-duration-seconds=40",
-                *[f"--config={f}" for f in stage_files],
+                *[f"--config={f}" for f in [*stage_files, *self._metrics_files(work)]],
             ],
             # kwok also loads ~/.kwok/kwok.yaml if present: keep a developer's own kwok setup out.
             env={"HOME": str(kwok_home)},
         )
+        # Started before the APIService exists: it serves discovery (what makes the APIService Available)
+        # at once and scrapes the node every METRIC_RESOLUTION.
+        if self._metrics_server:
+            self._spawn_metrics_server(kubeconfig=kubeconfig, port=metrics_port, p=p)
         self._wait(f"node {NODE_NAME} created", self._create_node)
+        if self._metrics_server:
+            self._wait(f"APIService {METRICS_API} created", lambda: self.register_metrics_api(metrics_port))
         self._wait("kube-apiserver /readyz", lambda: self._get_status("/readyz") == 200)
         self._wait("kube-controller-manager /healthz", lambda: self._healthz(kcm_port))
         self._wait("kube-scheduler /healthz", lambda: self._healthz(sched_port))
@@ -548,7 +660,31 @@ class ControlPlane:
             "serviceaccount default/default (kube-controller-manager)",
             lambda: self._get_status("/api/v1/namespaces/default/serviceaccounts/default") == 200,
         )
+        # Until it is Available, discovery of metrics.k8s.io fails, and with it the namespace controller:
+        # a deleted namespace would stay Terminating. So nothing runs before it.
+        if self._metrics_server:
+            self._wait(f"APIService {METRICS_API} Available (metrics-server)", self._metrics_api_available)
         return KubeEnv(kubeconfig_path=kubeconfig, kubeconfig=kubeconfig_text, server=server)
+
+    def _spawn_metrics_server(self, *, kubeconfig: Path, port: int, p: dict[str, str]) -> None:
+        self._spawn(
+            "metrics-server",
+            [
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--tls-cert-file={p['metrics-server.crt']}",
+                f"--tls-private-key-file={p['metrics-server.key']}",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--kubelet-use-node-status-port",
+                f"--kubelet-certificate-authority={p['ca.crt']}",
+                f"--metric-resolution={METRIC_RESOLUTION}",
+                "--kubelet-request-timeout=5s",  # must stay under 90 % of the resolution
+                "--profiling=false",
+            ],
+        )
 
     def _stage_files(self, work: Path) -> list[Path]:
         src = upstream_stages_dir()
@@ -575,6 +711,73 @@ class ControlPlane:
             files.append(path)
         files.extend(sorted(OWN_STAGES_DIR.glob("*.yaml")))
         return files
+
+    def _metrics_files(self, work: Path) -> list[Path]:
+        src = upstream_metrics_dir()
+        out = work / "metrics"
+        out.mkdir()
+        files: list[Path] = []
+        for name in UPSTREAM_METRICS:
+            path = src / name
+            if not path.is_file():
+                raise ControlPlaneError(f"missing kwok metrics file {path}: run scripts/testenv-build")
+            if name == "usage-from-annotation.yaml":
+                text = path.read_text()
+                for resource, default in _UPSTREAM_USAGE_DEFAULTS.items():
+                    if default not in text:
+                        raise ControlPlaneError(f"{path}: no default {default} for {resource} to replace")
+                text = text.replace(_UPSTREAM_USAGE_DEFAULTS["cpu"], f'Quantity("{POD_CPU_USAGE}")')
+                text = text.replace(_UPSTREAM_USAGE_DEFAULTS["memory"], f'Quantity("{POD_MEMORY_USAGE}")')
+                path = out / name
+                path.write_text(text)
+            files.append(path)
+        return files
+
+    def register_metrics_api(self, port: int) -> bool:
+        """The Service and APIService kwokctl creates from metrics-server's manifest, for a local process:
+        an ExternalName Service pointing at loopback, the APIService at its port.  Public for tests that
+        register a Metrics API nothing serves (on a control plane of their own: discovery breaks)."""
+        service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "metrics-server", "namespace": "kube-system"},
+            "spec": {"type": "ExternalName", "externalName": "127.0.0.1"},
+        }
+        api_service = {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": METRICS_API, "labels": {"k8s-app": "metrics-server"}},
+            "spec": {
+                "group": "metrics.k8s.io",
+                "version": "v1beta1",
+                "service": {"name": "metrics-server", "namespace": "kube-system", "port": port},
+                "caBundle": base64.b64encode(self._file("pki/ca.crt")).decode(),
+                "groupPriorityMinimum": 100,
+                "versionPriority": 100,
+            },
+        }
+        for path, body in (
+            ("/api/v1/namespaces/kube-system/services", service),
+            ("/apis/apiregistration.k8s.io/v1/apiservices", api_service),
+        ):
+            status, resp = self._request("POST", path, body)
+            if status in (400, 422):
+                raise ControlPlaneError(f"creating {body['kind']} failed: HTTP {status}: {resp}")
+            if status not in (200, 201, 409):
+                return False  # kube-system or RBAC not bootstrapped yet
+        return True
+
+    def _metrics_api_available(self) -> bool:
+        status, api_service = self._request(
+            "GET", f"/apis/apiregistration.k8s.io/v1/apiservices/{METRICS_API}"
+        )
+        if status != 200 or not isinstance(api_service, dict):
+            return False
+        conditions = api_service.get("status", {}).get("conditions") or []
+        return any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
+
+    def _file(self, relative: str) -> bytes:
+        return (self._workdir_required() / relative).read_bytes()
 
     def _spawn(self, name: str, args: list[str], *, env: dict[str, str] | None = None) -> None:
         log = self._workdir_required() / f"{name}.log"
@@ -661,7 +864,12 @@ class ControlPlane:
             "kind": "Node",
             "metadata": {
                 "name": NODE_NAME,
-                "annotations": {KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1]},
+                "annotations": {
+                    KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1],
+                    # metrics-server scrapes this path instead of the kubelet's /metrics/resource: where
+                    # kwok serves the node's emulated resource metrics (metrics-resource.yaml).
+                    "metrics.k8s.io/resource-metrics-path": f"/metrics/nodes/{NODE_NAME}/metrics/resource",
+                },
                 "labels": {
                     "kubernetes.io/hostname": NODE_NAME,
                     "kubernetes.io/os": "linux",

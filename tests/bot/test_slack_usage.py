@@ -1,0 +1,79 @@
+"""`/shipit usage APP`: parsed, listed in help, answered at once, then followed by what the app's pods use
+as the real control plane's Metrics API measured it (metrics-server scraping kwok's simulated usage)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from bot import commands
+from core import deploys
+from tests.bot.conftest import CAROL, MALLORY, SlackSender, add_app, deployments
+from tests.conftest import ADMIN, World
+from tests.fakes.slack_api import FakeSlack
+from tests.helpers import eventually
+
+ROLLOUT = 120.0
+METRICS = 90.0  # a new pod has metrics after metrics-server's second scrape of it (10 s apart)
+
+
+def test_usage_parses_and_is_in_help() -> None:
+    assert commands.parse("usage web") == commands.Usage(app="web")
+    assert commands.parse("usage WEB --env staging") == commands.Usage(app="web", env="staging")
+    assert commands.parse("usage web in staging") == commands.Usage(app="web", env="staging")
+    with pytest.raises(commands.UsageError) as err:
+        commands.parse("usage")
+    assert "`usage` needs an app name" in str(err.value)
+    with pytest.raises(commands.UsageError):
+        commands.parse("usage web now")
+    assert "usage <app>" in commands.help_text()
+    assert "usage web --env staging" in commands.help_text("usage")
+
+
+def _response_with(fake_slack: FakeSlack, needle: str) -> dict[str, Any] | None:
+    for r in fake_slack.responses():
+        if needle in r.get("text", "") + json.dumps(r.get("blocks")):
+            return r
+    return None
+
+
+async def test_slack_usage_answers_with_what_the_pods_use(
+    slack: SlackSender, kube_world: World, fake_slack: FakeSlack
+) -> None:
+    rt = kube_world.rt
+    # The default requests and limits (100m/500m, 128Mi/256Mi) against 20m and 32Mi used per pod.
+    await add_app(rt, name="web", cluster=kube_world.cluster, image="ghcr.io/acme/web:1.0")
+    async with rt.sessionmaker.begin() as session:
+        first = await deploys.request(session, ctx=rt.core, actor=ADMIN, app_name="web", trigger="api")
+
+    async def done() -> bool:
+        return any(d.id == first.deployment.id and d.status == "succeeded" for d in await deployments(rt))
+
+    await eventually(done, timeout=ROLLOUT, what="the deploy")
+
+    # A viewer may read it; the answer comes after the ack, when the Metrics API has measured the pod.
+    # CPU is a rate over two scrapes, off by their latency: 20m, give or take a tenth on a loaded machine.
+    figures = re.compile(
+        r"CPU (19\.9|20|20\.1)m \((19\.9|20|20\.1)% of request, (4|4\.1|3\.9)% of limit\) · "
+        r"memory 32\.0Mi \(25% of request, 12\.5% of limit\)"
+    )
+
+    async def measured() -> dict[str, Any] | None:
+        found = _response_with(fake_slack, "• `web-")
+        if found is None:
+            reply = await slack.command("usage web", user=CAROL)
+            assert "Reading what *web*'s pods use" in reply["text"], reply
+        return found
+
+    answer = await eventually(measured, timeout=METRICS, interval=3.0, what="the pod's usage")
+    assert answer["replace_original"] is True
+    assert "per pod CPU 100m/500m, memory 128Mi/256Mi (request/limit)" in answer["text"]
+    assert re.search(r"\*Total\* \(1 pod\): " + figures.pattern, answer["text"]), answer["text"]
+
+    # Someone with no role in the project is told what a missing app gets.
+    reply = await slack.command("usage web", user=MALLORY)
+    missing = await slack.command("usage nop", user=MALLORY)
+    assert reply["text"] == missing["text"].replace("nop", "web"), (reply, missing)
