@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from shipit.cli_client.client import api, fail, q
-from shipit.cli_client.options import AppArg, EnvNameOpt, JsonOpt, WaitOpt
+from shipit.cli_client.options import AppArg, EnvNameOpt, JsonOpt, WaitOpt, env_flag
 from shipit.cli_client.output import deploy_line, deployed, fields_out, show_json, table, when
 
 RevisionOpt = Annotated[int | None, typer.Option(help="Revision to go back to (default: the previous one).")]
@@ -79,7 +79,7 @@ def rollback(
             "POST", f"/apps/{q(app_name)}/rollback", body={"revision": revision}, params={"env": environment}
         )
         if not as_json:
-            resume = f"shipit apps resume {app_name}" + (f" --env {environment}" if environment else "")
+            resume = f"shipit apps resume {app_name}{env_flag(environment)}"
             typer.echo(f"rolling {app_name} back; automatic deploys are paused until `{resume}`")
         deployed(client, d, wait=wait, as_json=as_json)
 
@@ -97,7 +97,7 @@ def revisions(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt
             [r["number"], r["image"], r["source"], r["rollback_of"], r["created_by"], when(r["created_at"])]
             for r in rows
         ],
-        empty=f"{app_name} has no revisions yet: shipit deploy {app_name}",
+        empty=f"{app_name} has no revisions yet: shipit deploy {app_name}{env_flag(environment)}",
     )
 
 

@@ -252,3 +252,37 @@ async def test_cli_app_flags_take_env(shipit: Run, offline: str) -> None:
     ok(await shipit("apps", "resume", "web", "--env", "staging"))
     ok(await shipit("apps", "unlock", "web", "--env", "staging"))
     assert await flags("staging") == (False, None)
+
+
+async def test_cli_hints_and_previews_take_env(shipit: Run, offline: str) -> None:
+    """Once web runs in two environments, a command the CLI suggests next must name the environment (or
+    it is refused), and `previews list/approve`, which the refusal tells to take --env, must take it."""
+    ok(
+        await shipit(
+            "apps", "create", "web", "--project", "acme", "--cluster", "offline",
+            "--image", "ghcr.io/acme/web:1.0", "--no-deploy",
+        )
+    )  # fmt: skip
+    ok(await shipit("envs", "create", "acme", "staging", "--namespace", "acme-stg", "--before", "production"))
+    ok(await shipit("apps", "create", "web", "--project", "acme", "--env", "staging", "--no-deploy"))
+
+    def hint(out: str, *, after: str) -> list[str]:
+        line = next(line for line in out.splitlines() if after in line)
+        command = line.split(after, 1)[1].removesuffix(", then push").strip()
+        assert command.startswith("shipit "), line
+        return command.split()[1:]
+
+    out = ok(await shipit("revisions", "web", "--env", "staging"))
+    assert hint(out, after="no revisions yet:") == ["deploy", "web", "--env", "staging"]
+    out = ok(await shipit("builds", "list", "web", "--env", "staging"))
+    suggested = hint(out, after="no builds yet:")
+    assert suggested[:4] == ["apps", "update", "web", "--env"] and suggested[4] == "staging", out
+    out = ok(await shipit("apps", "update", "web", "--env", "staging", "--replicas", "2"))
+    suggested = hint(out, after="next deploy:")
+    assert suggested == ["deploy", "web", "--env", "staging"], out
+    assert "deploy #" in ok(await shipit(*suggested))  # the hint, run as printed, is accepted
+
+    assert "several environments" in one_error_line(await shipit("previews", "list", "web"))
+    assert "no open previews" in ok(await shipit("previews", "list", "web", "--env", "staging"))
+    error = one_error_line(await shipit("previews", "approve", "web", "42", "--env", "staging"))
+    assert "several environments" not in error and "42" in error, error
