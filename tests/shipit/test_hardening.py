@@ -363,6 +363,24 @@ async def test_database_directory_and_master_key_are_private(settings: Settings,
     assert mode(data / "master.key") == 0o600
 
 
+def test_a_generated_master_key_is_announced_as_the_readme_says_never_logged(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The README's first start: a warning that a key went to the data dir, naming SHIPIT_MASTER_KEY and
+    `shipit keys generate`; the key itself appears in no log line, and the next start reuses it."""
+    fresh = settings.model_copy(update={"data_dir": tmp_path / "var", "master_key": None})
+    caplog.set_level(logging.DEBUG)
+    key = runtime.resolve_master_key(fresh)
+    assert (tmp_path / "var" / "master.key").read_text().strip() == key
+    warning = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "GENERATED" in warning and str(tmp_path / "var" / "master.key") in warning
+    assert "SHIPIT_MASTER_KEY" in warning and "`shipit keys generate`" in warning
+    assert key not in caplog.text
+    caplog.clear()
+    assert runtime.resolve_master_key(fresh) == key
+    assert "GENERATED" not in caplog.text and key not in caplog.text
+
+
 async def test_first_start_writes_the_admin_token_to_a_private_file_not_the_log(
     settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
