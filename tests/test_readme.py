@@ -53,10 +53,10 @@ SPANS = re.findall(r"`([^`]+)`", PROSE.replace("\n", " "))
 # --------------------------------------------------------------------------- the CLI
 
 
-def block_commands() -> list[str]:
+def block_commands(blocks: list[str] = BLOCKS) -> list[str]:
     """`shipit ...` lines of the code blocks: continuations joined, comments, `$ ` and redirects cut."""
     out = []
-    for block in BLOCKS:
+    for block in blocks:
         for raw in block.replace("\\\n", " ").splitlines():
             line = raw.strip().removeprefix("$ ")
             if "| shipit " in line:
@@ -97,6 +97,17 @@ def test_every_cli_example_in_a_code_block_parses(line: str) -> None:
     except Exception as e:  # click's UsageError and friends, from typer's vendored click
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         raise AssertionError(f"README: `{line}`: {message}") from None
+
+
+def test_every_tour_command_takes_json_as_the_readme_says() -> None:
+    """ "Every command above takes `--json` for scripts": the tour's and the environments' commands."""
+    claim = "Every command above takes `--json` for scripts."
+    lines = block_commands(prose_and_blocks(README[: README.index(claim)])[1])
+    assert len(lines) > 20, lines
+    for line in lines:
+        cmd, path, _ = resolve(cli_args(line))
+        options = {o for p in cmd.params for o in getattr(p, "opts", ())}
+        assert "--json" in options, f"README: `{line}`: `{' '.join(path)}` has no --json"
 
 
 INLINE_CLI = sorted({s for s in SPANS if s.startswith("shipit ")})
