@@ -414,6 +414,29 @@ async def test_an_existing_token_file_is_never_overwritten(settings: Settings, t
     assert token_file.read_text() == "someone else's file\n"
 
 
+async def test_a_copy_of_env_example_is_the_defaults_and_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`cp .env.example .env` (the README: it "lists every one"): every value it shows is the default and
+    every empty one means unset, so shipit starts as without it; `SHIPIT_MASTER_KEY=` was an empty key."""
+    for name in [n for n in os.environ if n.startswith("SHIPIT_")]:
+        monkeypatch.delenv(name)
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    from_file = Settings(_env_file=example)  # type: ignore[call-arg]
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    differ = {
+        k: getattr(from_file, k)
+        for k in Settings.model_fields
+        if getattr(from_file, k) != getattr(defaults, k)
+    }
+    assert differ == {}
+    monkeypatch.setenv("SHIPIT_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'shipit.db'}")
+    monkeypatch.setenv("SHIPIT_DATA_DIR", str(tmp_path / "var"))
+    rt = await runtime.build(Settings(_env_file=example, run_worker=False))  # type: ignore[call-arg]
+    await runtime.stop(rt)
+    assert (tmp_path / "var" / "master.key").is_file()  # generated, as on a first start without a key
+
+
 def test_an_empty_token_file_setting_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHIPIT_BOOTSTRAP_TOKEN_FILE", "")
     assert Settings(_env_file=None).bootstrap_token_file is None  # type: ignore[call-arg]
