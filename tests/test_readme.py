@@ -129,6 +129,24 @@ def test_the_readme_names_cli_commands_at_all() -> None:
     assert len(set(block_commands())) > 50 and len(INLINE_CLI) > 20
 
 
+def test_every_cli_command_answers_help() -> None:
+    """What a new user does after reading a command in the README: `shipit ... --help`, for every one."""
+    from typer.testing import CliRunner
+
+    def paths(cmd: Any, path: list[str]) -> Iterator[list[str]]:
+        yield path
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from paths(sub, [*path, name])
+
+    runner = CliRunner()
+    every = list(paths(typer.main.get_command(cli_app), []))
+    assert len(every) > 90
+    failed = {
+        " ".join(p): r.output[-200:] for p in every if (r := runner.invoke(cli_app, [*p, "--help"])).exit_code
+    }
+    assert not failed, failed
+
+
 # --------------------------------------------------------------------------- Slack
 
 
