@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import typer
 from starlette.routing import Match
+from typer.testing import CliRunner
 
 from bot.commands import parse as parse_slack
 from bot.commands.registry import BY_NAME
@@ -131,7 +132,6 @@ def test_the_readme_names_cli_commands_at_all() -> None:
 
 def test_every_cli_command_answers_help() -> None:
     """What a new user does after reading a command in the README: `shipit ... --help`, for every one."""
-    from typer.testing import CliRunner
 
     def paths(cmd: Any, path: list[str]) -> Iterator[list[str]]:
         yield path
