@@ -125,6 +125,29 @@ def test_every_cli_command_named_in_the_prose_exists_with_its_flags(span: str) -
     assert flags <= options, f"README: `{span}`: `{' '.join(path)}` has no {sorted(flags - options)}"
 
 
+# Flags of other programs the README quotes (buildah, npm, etcd, the controller manager, a Dockerfile).
+OTHER_PROGRAMS_FLAGS = {
+    "--layers", "--cache-from", "--cache-to", "--root", "--runroot", "--omit", "--chown", "--controllers",
+    "--unsafe-no-fsync",
+}  # fmt: skip
+
+
+def test_every_flag_named_alone_in_the_prose_is_a_cli_option() -> None:
+    """`--previews-from-forks never`, `--auto-rollback off`, `--env NAME`: some command takes each."""
+    options: set[str] = set()
+
+    def collect(cmd: Any) -> None:
+        for p in getattr(cmd, "params", []):
+            options.update(getattr(p, "opts", ()), getattr(p, "secondary_opts", ()))
+        for sub in getattr(cmd, "commands", {}).values():
+            collect(sub)
+
+    collect(typer.main.get_command(cli_app))
+    named = {f for span in SPANS for f in re.findall(r"(?:^|\s)(--[a-z][a-z-]*)", span)}
+    assert len(named) > 30
+    assert named - options - OTHER_PROGRAMS_FLAGS == set()
+
+
 def test_the_readme_names_cli_commands_at_all() -> None:
     # The extraction above finds nothing if the README's shape changes: then these tests prove nothing.
     assert len(set(block_commands())) > 50 and len(INLINE_CLI) > 20
