@@ -141,7 +141,7 @@ def apps_create(
             if d is None:
                 hint = "set an image with --image, then " if not a["image"] else ""
                 typer.echo(f"not deployed yet: {hint}shipit deploy {a['name']}{env_flag(environment)}")
-        deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a})
+        deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a}, environment=environment)
 
 
 @apps_app.command("update")
@@ -188,7 +188,7 @@ def apps_update(
                     "the change reaches the cluster with the next deploy: "
                     f"shipit deploy {a['name']}{env_flag(environment)}"
                 )
-        deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a})
+        deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a}, environment=environment)
 
 
 @apps_app.command("show")

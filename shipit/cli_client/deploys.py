@@ -46,7 +46,7 @@ def deploy(
         if override_window:
             body["override_window"] = True
         d = client.call("POST", f"/apps/{q(app_name)}/deploys", body=body, params={"env": environment})
-        deployed(client, d, wait=wait, as_json=as_json)
+        deployed(client, d, wait=wait, as_json=as_json, environment=environment)
 
 
 def _dry_run(app_name: str, image: str | None, *, as_json: bool, environment: str | None = None) -> None:
@@ -81,7 +81,7 @@ def rollback(
         if not as_json:
             resume = f"shipit apps resume {app_name}{env_flag(environment)}"
             typer.echo(f"rolling {app_name} back; automatic deploys are paused until `{resume}`")
-        deployed(client, d, wait=wait, as_json=as_json)
+        deployed(client, d, wait=wait, as_json=as_json, environment=environment)
 
 
 def revisions(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = False) -> None:
@@ -228,7 +228,7 @@ def scale(
             body={k: v for k, v in body.items() if v is not None},
             params={"env": environment},
         )
-        deployed(client, d, wait=wait, as_json=as_json)
+        deployed(client, d, wait=wait, as_json=as_json, environment=environment)
 
 
 def _deploy_action(deployment_id: int, action: str, as_json: bool) -> None:
@@ -297,4 +297,4 @@ def promote(
         d = client.call("POST", f"/apps/{q(app_name)}/promote", body={"from": source, "to": target})
         if not as_json:
             typer.echo(f"promoting {app_name} from {source} to {target}: {d['image']}")
-        deployed(client, d, wait=wait, as_json=as_json)
+        deployed(client, d, wait=wait, as_json=as_json, environment=target)

@@ -3,7 +3,12 @@ cluster row is offline, so deploys are only queued; the real rollout is tests/co
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +17,7 @@ from sqlalchemy import select, update
 from core import apps
 from storage import models
 from tests.conftest import LiveServer
+from tests.shipit.conftest import make_token
 from tests.shipit.test_cli import Run, ok, one_error_line, table
 from tests.shipit.test_cli import shipit as shipit  # the fixture
 
@@ -286,3 +292,35 @@ async def test_cli_hints_and_previews_take_env(shipit: Run, offline: str) -> Non
     assert "no open previews" in ok(await shipit("previews", "list", "web", "--env", "staging"))
     error = one_error_line(await shipit("previews", "approve", "web", "42", "--env", "staging"))
     assert "several environments" not in error and "42" in error, error
+
+
+async def test_ctrl_c_while_waiting_names_the_status_command_with_its_env(
+    live_server: LiveServer, shipit: Run, offline: str
+) -> None:
+    """`deploy ... --wait` stopped with Ctrl-C says how to follow the deploy: `shipit status web` alone
+    would be refused for an app in two environments.  A real `shipit` process and a real SIGINT; the
+    offline cluster keeps the deploy from finishing."""
+    ok(
+        await shipit(
+            "apps", "create", "web", "--project", "acme", "--cluster", "offline",
+            "--image", "ghcr.io/acme/web:1.0", "--no-deploy",
+        )
+    )  # fmt: skip
+    ok(await shipit("envs", "create", "acme", "staging", "--namespace", "acme-stg", "--before", "production"))
+    ok(await shipit("apps", "create", "web", "--project", "acme", "--env", "staging", "--no-deploy"))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPIT_")}
+    env.update(SHIPIT_URL=live_server.url, SHIPIT_TOKEN=await make_token(live_server.rt))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from shipit.cli import main; main()",
+        "deploy", "web", "1.1", "--env", "staging", "--wait",
+        cwd=Path(__file__).resolve().parents[2], env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+    assert b"deploy #" in first, first  # it is waiting now
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 130, (proc.returncode, stdout, stderr)
+    assert "(`shipit status web --env staging`)" in stderr.decode(), stderr
