@@ -58,7 +58,8 @@ def resolve_master_key(settings: Settings) -> str:
         f.write(key + "\n")
     log.warning(
         "\n%s\nSHIPIT_MASTER_KEY is not set: GENERATED a new master key into %s.\n"
-        "Back it up: without it, stored secrets and kubeconfigs cannot be read.\n%s",
+        "Back it up: without it, stored secrets and kubeconfigs cannot be read.\n"
+        "In production set SHIPIT_MASTER_KEY (make one with `shipit keys generate`).\n%s",
         "!" * 78, path, "!" * 78,
     )  # fmt: skip
     return key

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -149,17 +149,15 @@ class Settings(BaseSettings):
             raise ValueError('must name the app\'s image as "{image}" (e.g. {image}/cache), or be empty')
         return value
 
-    @field_validator(
-        "bootstrap_token_file",
-        "release_deadline_seconds",
-        "oidc_issuer",
-        "github_oauth_url",
-        "build_root",
-        "build_runroot",
-        "build_dir",
-        mode="before",
-    )
+    @field_validator("*", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        # `SHIPIT_BOOTSTRAP_TOKEN_FILE=` as copied from .env.example means "not set", not ".".
-        return None if value == "" else value
+    def _empty_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        # `SHIPIT_MASTER_KEY=` as copied from .env.example means "not set" (a key generated into the
+        # data dir), not an empty key; so for every setting that may be unset (a path, not ".").
+        if (
+            value == ""
+            and info.field_name
+            and type(None) in get_args(cls.model_fields[info.field_name].annotation)
+        ):
+            return None
+        return value

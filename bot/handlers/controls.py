@@ -15,7 +15,8 @@ async def _lock(session: AsyncSession, core: Core, caller: Caller, cmd: commands
     app = await apps.set_flag(
         session, actor=caller.actor, name=cmd.app, flag="lock", on=True, reason=cmd.reason, env=cmd.env
     )
-    return ok(f":lock: *{app.name}* is locked: {views.esc(cmd.reason)}. `/shipit unlock {app.name}` to undo.")
+    undo = f"/shipit unlock {app.name}{views.env_flag(cmd.env)}"
+    return ok(f":lock: *{app.name}* is locked: {views.esc(cmd.reason)}. `{undo}` to undo.")
 
 
 @handles(commands.Unlock)
@@ -64,7 +65,7 @@ async def _pause(session: AsyncSession, core: Core, caller: Caller, cmd: command
     app = await apps.set_flag(session, actor=caller.actor, name=cmd.app, flag="pause", on=True, env=cmd.env)
     return ok(
         f":double_vertical_bar: Auto-deploy of *{app.name}* is paused; manual deploys still work. "
-        f"`/shipit resume {app.name}` to deploy on push again."
+        f"`/shipit resume {app.name}{views.env_flag(cmd.env)}` to deploy on push again."
     )
 
 

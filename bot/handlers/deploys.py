@@ -27,7 +27,7 @@ async def _diff(session: AsyncSession, core: Core, caller: Caller, cmd: commands
     )
 
     async def compare() -> views.Message:
-        return views.dry_run(await dryrun.run(ctx=core, plan=plan))
+        return views.dry_run(await dryrun.run(ctx=core, plan=plan), env=cmd.env)
 
     return Outcome(
         message=views.reply(
@@ -88,7 +88,9 @@ async def _revisions(session: AsyncSession, core: Core, caller: Caller, cmd: com
     rows = await deploys.revisions(session, actor=caller.actor, app_name=cmd.app, env=cmd.env)
     app = await apps.get(session, actor=caller.actor, name=cmd.app, env=cmd.env)
     current = await deploys.current_revision(session, app=app)
-    return Outcome(message=views.revision_list(app.name, rows, current=current.number if current else None))
+    return Outcome(
+        message=views.revision_list(app.name, rows, current=current.number if current else None, env=cmd.env)
+    )
 
 
 @handles(commands.Logs)

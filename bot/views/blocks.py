@@ -31,6 +31,11 @@ def esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def env_flag(environment: str | None) -> str:
+    """` --env NAME` in a command an answer suggests: without it an app in several environments is refused."""
+    return f" --env {esc(environment)}" if environment else ""
+
+
 def who(subject: str | None) -> str:
     """A subject as people read it: Slack users are mentioned, others named."""
     if not subject:

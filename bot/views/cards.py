@@ -16,6 +16,7 @@ from bot.views.blocks import (
     button_value,
     context_block,
     duration,
+    env_flag,
     esc,
     section_block,
     who,
@@ -97,7 +98,8 @@ def card(
         reason = esc(app.paused_reason or "paused")
         notes.append(
             f":double_vertical_bar: Auto-deploy is paused: {reason}. "
-            f"`/shipit resume {app_name}` deploys on push again."
+            f"`/shipit resume {app_name}{env_flag(app.environment if app.environments > 1 else None)}` "
+            "deploys on push again."
         )
     blocks.append(context_block(*notes))
     return Message(text=card_text(d, app_name=app_name), blocks=blocks)

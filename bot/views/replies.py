@@ -10,6 +10,7 @@ from bot.views.blocks import (
     Message,
     channel_ref,
     clip,
+    env_flag,
     esc,
     long_message,
     reply,
@@ -24,7 +25,7 @@ DRY_RUN_LINES = 60
 MAX_USAGE_PODS = 20  # one line each; the total covers the rest
 
 
-def dry_run(result: dryrun.DryRun) -> Message:
+def dry_run(result: dryrun.DryRun, *, env: str | None = None) -> Message:
     """A deploy's dry run: one line per field that would change (Secret keys only, never values)."""
     head = (
         f":mag: Dry run: deploying *{esc(result.app)}* `{esc(result.image)}` into `{esc(result.namespace)}`"
@@ -35,7 +36,7 @@ def dry_run(result: dryrun.DryRun) -> Message:
     shown = [f"• `{esc(line)}`" for line in lines[:DRY_RUN_LINES]]
     if len(lines) > DRY_RUN_LINES:
         shown.append(f"…and {len(lines) - DRY_RUN_LINES} more")
-    deploy = f"`/shipit deploy {esc(result.app)} {esc(result.image)}`"
+    deploy = f"`/shipit deploy {esc(result.app)} {esc(result.image)}{env_flag(env)}`"
     return long_message(
         "\n".join([f"{head} would change:", *shown, f"Nothing was changed. To deploy: {deploy}"])
     )
@@ -192,7 +193,9 @@ def environments(project: str, rows: Sequence[environment_admin.EnvironmentView]
     return long_message("\n".join(lines))
 
 
-def revision_list(app: str, rows: Sequence[models.Revision], *, current: int | None) -> Message:
+def revision_list(
+    app: str, rows: Sequence[models.Revision], *, current: int | None, env: str | None = None
+) -> Message:
     if not rows:
         return reply(f"*{app}* has no revisions yet.")
     lines = [f"*Revisions of {app}* (newest first):"]
@@ -201,7 +204,7 @@ def revision_list(app: str, rows: Sequence[models.Revision], *, current: int | N
         origin = f", rollback to {r.rollback_of}" if r.rollback_of else ""
         when = r.created_at.strftime("%Y-%m-%d %H:%M UTC")
         lines.append(f"• *{r.number}* `{esc(r.image)}` {when} by {who(r.created_by)}{origin}{mark}")
-    lines.append(f"`/shipit rollback {app} &lt;revision&gt;` deploys one of these again.")
+    lines.append(f"`/shipit rollback {app} &lt;revision&gt;{env_flag(env)}` deploys one of these again.")
     return long_message("\n".join(lines))
 
 

@@ -93,6 +93,9 @@ _FORBIDDEN_USER_KEYS = (
     "tokenFile",
     "token-file",
 )
+# What to do instead, so the refusal of a laptop's ~/.kube/config (the README's tour) is not a dead end.
+_INLINE_FILES = "`kubectl config view --minify --flatten --raw` writes one with the files inlined"
+_NO_PROGRAMS = "use a service account's token instead (manifests/target-cluster)"
 
 
 def _refuse_local_references(kubeconfig: dict[str, Any]) -> None:
@@ -104,10 +107,11 @@ def _refuse_local_references(kubeconfig: dict[str, Any]) -> None:
                 continue
             for key in forbidden:
                 if body.get(key):
+                    remedy = _INLINE_FILES if "certificate" in key or "key" in key else _NO_PROGRAMS
                     raise errors.InvalidInput(
                         f"the kubeconfig's {section[:-1]} {as_str(dig(entry, 'name'))!r} uses {key!r}; "
                         "shipit accepts only inline credentials (certificate-authority-data, "
-                        "client-certificate-data, client-key-data, token)",
+                        f"client-certificate-data, client-key-data, token): {remedy}",
                         field="kubeconfig",
                     )
 

@@ -10,6 +10,14 @@ from shipit.api.base import ActorDep, RtDep, new_router, tx
 router = new_router()
 
 
+def _env(env: str | None, environment: str | None) -> str | None:
+    # `?env=` as on every /apps/{name}/... route (and as the several-environments error asks);
+    # `?environment=`, which these routes took first, still works.
+    if env and environment and env != environment:
+        raise InvalidInput(f"env ({env}) and environment ({environment}) differ: give env only", field="env")
+    return env or environment
+
+
 def policy_out(p: image_policies.Policy) -> schemas.ImagePolicyOut:
     return schemas.ImagePolicyOut(
         app=p.app,
@@ -32,10 +40,14 @@ def policy_out(p: image_policies.Policy) -> schemas.ImagePolicyOut:
 
 @router.get("/apps/{name}/policy")
 async def get_policy(
-    name: schemas.NamePath, rt: RtDep, actor: ActorDep, environment: schemas.EnvironmentQuery = None
+    name: schemas.NamePath,
+    rt: RtDep,
+    actor: ActorDep,
+    env: schemas.EnvQuery = None,
+    environment: schemas.EnvironmentQuery = None,
 ) -> schemas.ImagePolicyOut:
     async with tx(rt) as session:
-        p = await image_policies.show(session, actor=actor, app_name=name, environment=environment)
+        p = await image_policies.show(session, actor=actor, app_name=name, environment=_env(env, environment))
     if p is None:
         raise NotFound(f"{name} has no image policy")
     return policy_out(p)
@@ -47,8 +59,10 @@ async def put_policy(
     body: schemas.ImagePolicyIn,
     rt: RtDep,
     actor: ActorDep,
+    env: schemas.EnvQuery = None,
     environment: schemas.EnvironmentQuery = None,
 ) -> schemas.ImagePolicyOut:
+    environment = _env(env, environment)
     given = [(k, p) for k, p in (("semver", body.semver), ("glob", body.glob), ("regex", body.regex)) if p]
     if len(given) != 1:
         raise InvalidInput("give exactly one of semver, glob and regex", field="semver")
@@ -71,8 +85,13 @@ async def put_policy(
 
 @router.delete("/apps/{name}/policy", status_code=204)
 async def delete_policy(
-    name: schemas.NamePath, rt: RtDep, actor: ActorDep, environment: schemas.EnvironmentQuery = None
+    name: schemas.NamePath,
+    rt: RtDep,
+    actor: ActorDep,
+    env: schemas.EnvQuery = None,
+    environment: schemas.EnvironmentQuery = None,
 ) -> None:
+    environment = _env(env, environment)
     async with tx(rt) as session:
         if not await image_policies.clear(session, actor=actor, app_name=name, environment=environment):
             raise NotFound(f"{name} has no image policy")

@@ -10,7 +10,7 @@ import typer
 
 from shipit.cli_client import app_settings
 from shipit.cli_client.client import Api, api, fail, q
-from shipit.cli_client.options import EnvironmentOpt, EnvNameOpt, JsonOpt, WaitOpt, parse_pairs
+from shipit.cli_client.options import EnvironmentOpt, EnvNameOpt, JsonOpt, WaitOpt, env_flag, parse_pairs
 from shipit.cli_client.output import deployed, fields_out, show_json, table
 
 apps_app = typer.Typer(help="Apps: what runs where, and how.", no_args_is_help=True)
@@ -140,8 +140,8 @@ def apps_create(
             )
             if d is None:
                 hint = "set an image with --image, then " if not a["image"] else ""
-                typer.echo(f"not deployed yet: {hint}shipit deploy {a['name']}")
-        deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a})
+                typer.echo(f"not deployed yet: {hint}shipit deploy {a['name']}{env_flag(environment)}")
+        deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a}, environment=environment)
 
 
 @apps_app.command("update")
@@ -184,8 +184,11 @@ def apps_update(
         if not as_json:
             typer.echo(f"updated app {a['name']}: {', '.join(sorted(body))}")
             if not deploy:
-                typer.echo(f"the change reaches the cluster with the next deploy: shipit deploy {a['name']}")
-        deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a})
+                typer.echo(
+                    "the change reaches the cluster with the next deploy: "
+                    f"shipit deploy {a['name']}{env_flag(environment)}"
+                )
+        deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a}, environment=environment)
 
 
 @apps_app.command("show")
@@ -278,7 +281,7 @@ def _set_flag(name: str, action: str, *, reason: str | None, environment: str | 
         show_json(a)
         return
     # The command to undo it names the environment, or it would be refused for an app in several.
-    env = f" --env {environment}" if environment else ""
+    env = env_flag(environment)
     done = {
         "lock": f"locked {name}: no deploys until `shipit apps unlock {name}{env}`",
         "unlock": f"unlocked {name}",

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from shipit.cli_client.client import api, q
-from shipit.cli_client.options import AppArg, EnvNameOpt, JsonOpt
+from shipit.cli_client.options import AppArg, EnvNameOpt, JsonOpt, env_flag
 from shipit.cli_client.output import show_json, table, when
 
 builds_app = typer.Typer(help="Builds from source (apps update APP --build).", no_args_is_help=True)
@@ -42,7 +42,10 @@ def builds_list(
             ]
             for b in rows
         ],
-        empty=f"{app_name} has no builds yet: shipit apps update {app_name} --build --build-image REPO, then push",
+        empty=(
+            f"{app_name} has no builds yet: "
+            f"shipit apps update {app_name}{env_flag(environment)} --build --build-image REPO, then push"
+        ),
     )
 
 
@@ -80,5 +83,6 @@ def builds_retry(
         show_json(b)
         return
     typer.echo(
-        f"build #{b['id']} of {b['sha'][:7]} queued again (run {b['runs']}): shipit builds logs {app_name} {b['id']}"
+        f"build #{b['id']} of {b['sha'][:7]} queued again (run {b['runs']}): "
+        f"shipit builds logs {app_name} {b['id']}{env_flag(environment)}"
     )

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from shipit.cli_client.client import api, fail, q
-from shipit.cli_client.options import AppArg, EnvNameOpt, JsonOpt, WaitOpt
+from shipit.cli_client.options import AppArg, EnvNameOpt, JsonOpt, WaitOpt, env_flag
 from shipit.cli_client.output import deploy_line, deployed, fields_out, show_json, table, when
 
 RevisionOpt = Annotated[int | None, typer.Option(help="Revision to go back to (default: the previous one).")]
@@ -47,7 +47,7 @@ def deploy(
         if override_window:
             body["override_window"] = True
         d = client.call("POST", f"/apps/{q(app_name)}/deploys", body=body, params={"env": environment})
-        deployed(client, d, wait=wait, as_json=as_json)
+        deployed(client, d, wait=wait, as_json=as_json, environment=environment)
 
 
 def _dry_run(app_name: str, image: str | None, *, as_json: bool, environment: str | None = None) -> None:
@@ -80,9 +80,9 @@ def rollback(
             "POST", f"/apps/{q(app_name)}/rollback", body={"revision": revision}, params={"env": environment}
         )
         if not as_json:
-            resume = f"shipit apps resume {app_name}" + (f" --env {environment}" if environment else "")
+            resume = f"shipit apps resume {app_name}{env_flag(environment)}"
             typer.echo(f"rolling {app_name} back; automatic deploys are paused until `{resume}`")
-        deployed(client, d, wait=wait, as_json=as_json)
+        deployed(client, d, wait=wait, as_json=as_json, environment=environment)
 
 
 def revisions(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = False) -> None:
@@ -98,7 +98,7 @@ def revisions(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt
             [r["number"], r["image"], r["source"], r["rollback_of"], r["created_by"], when(r["created_at"])]
             for r in rows
         ],
-        empty=f"{app_name} has no revisions yet: shipit deploy {app_name}",
+        empty=f"{app_name} has no revisions yet: shipit deploy {app_name}{env_flag(environment)}",
     )
 
 
@@ -283,7 +283,7 @@ def scale(
             body={k: v for k, v in body.items() if v is not None},
             params={"env": environment},
         )
-        deployed(client, d, wait=wait, as_json=as_json)
+        deployed(client, d, wait=wait, as_json=as_json, environment=environment)
 
 
 def _deploy_action(deployment_id: int, action: str, as_json: bool) -> None:
@@ -352,4 +352,4 @@ def promote(
         d = client.call("POST", f"/apps/{q(app_name)}/promote", body={"from": source, "to": target})
         if not as_json:
             typer.echo(f"promoting {app_name} from {source} to {target}: {d['image']}")
-        deployed(client, d, wait=wait, as_json=as_json)
+        deployed(client, d, wait=wait, as_json=as_json, environment=target)

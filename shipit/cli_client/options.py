@@ -30,6 +30,13 @@ EnvNameOpt = Annotated[
         help="The environment (staging, production...) when the app runs in several.",
     ),
 ]
+
+
+def env_flag(environment: str | None) -> str:
+    """` --env NAME` for a command a hint suggests: without it an app in several environments is refused."""
+    return f" --env {environment}" if environment else ""
+
+
 EnvironmentOpt = Annotated[
     str | None, typer.Option("--environment", help="The environment (staging, production...).")
 ]

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from shipit.cli_client.client import Api, fail
+from shipit.cli_client.options import env_flag
 
 POLL_SECONDS = 1.0
 FINAL = ("succeeded", "failed", "superseded", "cancelled")
@@ -75,7 +76,9 @@ def deploy_line(d: dict[str, Any]) -> str:
     return line
 
 
-def follow(client: Api, deployment: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
+def follow(
+    client: Api, deployment: dict[str, Any], *, quiet: bool, environment: str | None = None
+) -> dict[str, Any]:
     """Poll the deploy until it is final, printing each change unless quiet; returns the final state."""
     d, last = deployment, None
     try:
@@ -89,7 +92,9 @@ def follow(client: Api, deployment: dict[str, Any], *, quiet: bool) -> dict[str,
             time.sleep(POLL_SECONDS)
             d = client.get(f"/deploys/{d['id']}")
     except KeyboardInterrupt:
-        typer.echo(f"stopped waiting; deploy #{d['id']} carries on (`shipit status {d['app']}`)", err=True)
+        # The environment the command named, or `status` is refused for an app in several.
+        status = f"shipit status {d['app']}{env_flag(environment)}"
+        typer.echo(f"stopped waiting; deploy #{d['id']} carries on (`{status}`)", err=True)
         raise typer.Exit(130) from None
     if d.get("logs") and not quiet:
         typer.echo("last log lines:")
@@ -105,13 +110,14 @@ def deployed(
     wait: bool,
     as_json: bool,
     envelope: dict[str, Any] | None = None,
+    environment: str | None = None,
 ) -> None:
     """Print a deploy the API just accepted (inside `envelope` for --json), and follow it with --wait.
 
     With --wait the command exits 1 unless the deploy succeeded, after printing it either way.
     """
     if d is not None and wait:
-        d = follow(client, d, quiet=as_json)
+        d = follow(client, d, quiet=as_json, environment=environment)
     if as_json:
         show_json({**envelope, "deployment": d} if envelope is not None else d)
     elif d is not None and not wait:

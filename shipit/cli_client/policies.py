@@ -76,7 +76,7 @@ def policy(
 ) -> None:
     """Deploy new registry tags by themselves: show, set (--semver/--glob/--regex) or --clear the policy."""
     path = f"/apps/{name}/policy"
-    params = {"environment": env}
+    params = {"env": env}
     chosen = [v for v in (semver, glob, regex) if v]
     with api() as client:
         if clear:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from shipit.cli_client.client import api, q
-from shipit.cli_client.options import AppArg, JsonOpt
+from shipit.cli_client.options import AppArg, EnvNameOpt, JsonOpt
 from shipit.cli_client.output import show_json, table
 
 previews_app = typer.Typer(help="Preview environments of pull requests.", no_args_is_help=True)
@@ -23,10 +23,10 @@ def _preview_line(p: dict[str, Any]) -> str:
 
 
 @previews_app.command("list")
-def previews_list(app_name: AppArg, as_json: JsonOpt = False) -> None:
+def previews_list(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = False) -> None:
     """The open previews of an app, and which wait for approval."""
     with api() as client:
-        rows = client.get(f"/apps/{q(app_name)}/previews")
+        rows = client.get(f"/apps/{q(app_name)}/previews", env=environment)
     if as_json:
         show_json(rows)
         return
@@ -52,11 +52,12 @@ def previews_list(app_name: AppArg, as_json: JsonOpt = False) -> None:
 def previews_approve(
     app_name: AppArg,
     number: Annotated[int, typer.Argument(help="Pull request number.", min=1)],
+    environment: EnvNameOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy the waiting preview of a pull request from a fork (its current commit, without secrets)."""
     with api() as client:
-        p = client.call("POST", f"/apps/{q(app_name)}/previews/{number}/approve")
+        p = client.call("POST", f"/apps/{q(app_name)}/previews/{number}/approve", params={"env": environment})
     if as_json:
         show_json(p)
     else:

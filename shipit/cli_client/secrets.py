@@ -50,7 +50,14 @@ def secrets_set(
             typer.echo(
                 f"set {', '.join(result['keys'])} on {app_name} (values are stored encrypted and never shown)"
             )
-        deployed(client, result["deployment"], wait=wait, as_json=as_json, envelope={"keys": result["keys"]})
+        deployed(
+            client,
+            result["deployment"],
+            wait=wait,
+            as_json=as_json,
+            envelope={"keys": result["keys"]},
+            environment=environment,
+        )
 
 
 @secrets_app.command("list")
@@ -99,4 +106,6 @@ def secrets_delete(
             deployment = result.get("deployment") if last else None
         if not as_json:
             typer.echo(f"deleted {', '.join(wanted)} from {app_name}")
-        deployed(client, deployment, wait=wait, as_json=as_json, envelope={"keys": wanted})
+        deployed(
+            client, deployment, wait=wait, as_json=as_json, envelope={"keys": wanted}, environment=environment
+        )

@@ -125,7 +125,11 @@ class RevisionOut(BaseModel):
     snapshot: dict[str, Any]
 
 
-EnvironmentQuery = Annotated[str | None, Query(max_length=63, pattern=v.DNS_LABEL)]
+# The image policy's first spelling of `?env=`, still read; every other route takes only `env`.
+EnvironmentQuery = Annotated[
+    str | None,
+    Query(max_length=63, pattern=v.DNS_LABEL, deprecated=True, description="The same as `env`."),
+]
 
 
 POLICY_PATTERN_MAX = v.limit(models.ImagePolicy, "pattern")

@@ -121,3 +121,55 @@ async def test_apps_list_and_card_name_the_environment(
         for f in b["fields"]
     ]
     assert "*Where*\n*staging* · hanging / `apps-stg`" in fields
+
+
+def _suggested(text: str, *, before: str) -> str:
+    """The `/shipit ...` command an answer suggests, just before `before`, as one would type it."""
+    command = text.split(before)[0].rsplit("`/shipit ", 1)[1].rstrip("` ")
+    return command.replace("&lt;", "<").replace("&gt;", ">")
+
+
+async def test_what_an_answer_suggests_next_names_the_environment(
+    slack: SlackSender, offline: World, fake_slack: FakeSlack
+) -> None:
+    """Once web runs in two environments, a command without the environment is refused: so the lock,
+    pause and revisions answers, and a paused app's card, suggest theirs with `--env` (as `/shipit diff` does)."""
+    rt = offline.rt
+    await add_app(rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0")
+    async with rt.sessionmaker.begin() as session:
+        await clusters.grant(
+            session, actor=ADMIN, cluster=offline.cluster, project="acme", namespace="apps-stg"
+        )
+        await environment_admin.create(
+            session, actor=ADMIN, project="acme", name="staging", namespace="apps-stg", before="production"
+        )
+        await apps.create(
+            session, actor=ADMIN, project="acme", cluster="", name="web", env="staging",
+            changes=apps.AppChanges(replicas=1),
+        )  # fmt: skip
+
+    reply = await slack.command("pause web --env staging", user=ALICE)
+    resume = _suggested(reply["text"], before="to deploy on push again")
+    assert resume == "resume web --env staging", reply
+
+    await slack.command("deploy web 2.0 to staging", user=ALICE)
+    [staged] = await deployments(rt)
+    channel, ts = await eventually(lambda: card_of(rt, fake_slack, staged.id), what="card")
+    assert "`/shipit resume web --env staging` deploys on push again" in card_text(
+        fake_slack.message(channel, ts)
+    )
+
+    reply = await slack.command("revisions web in staging", user=ALICE)
+    assert (
+        _suggested(reply["text"], before="deploys one of these again")
+        == "rollback web <revision> --env staging"
+    )
+
+    reply = await slack.command(resume, user=ALICE)  # the suggestion, typed as shown, is accepted
+    assert "*web* deploys on push again" in reply["text"], reply
+
+    reply = await slack.command("lock web --env staging db migration", user=ALICE)
+    unlock = _suggested(reply["text"], before="to undo")
+    assert unlock == "unlock web --env staging", reply
+    reply = await slack.command(unlock, user=ALICE)
+    assert "unlocked" in reply["text"].lower() and "several environments" not in reply["text"], reply

@@ -3,7 +3,12 @@ cluster row is offline, so deploys are only queued; the real rollout is tests/co
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +17,7 @@ from sqlalchemy import select, update
 from core import apps
 from storage import models
 from tests.conftest import LiveServer
+from tests.shipit.conftest import make_token
 from tests.shipit.test_cli import Run, ok, one_error_line, table
 from tests.shipit.test_cli import shipit as shipit  # the fixture
 
@@ -252,3 +258,69 @@ async def test_cli_app_flags_take_env(shipit: Run, offline: str) -> None:
     ok(await shipit("apps", "resume", "web", "--env", "staging"))
     ok(await shipit("apps", "unlock", "web", "--env", "staging"))
     assert await flags("staging") == (False, None)
+
+
+async def test_cli_hints_and_previews_take_env(shipit: Run, offline: str) -> None:
+    """Once web runs in two environments, a command the CLI suggests next must name the environment (or
+    it is refused), and `previews list/approve`, which the refusal tells to take --env, must take it."""
+    ok(
+        await shipit(
+            "apps", "create", "web", "--project", "acme", "--cluster", "offline",
+            "--image", "ghcr.io/acme/web:1.0", "--no-deploy",
+        )
+    )  # fmt: skip
+    ok(await shipit("envs", "create", "acme", "staging", "--namespace", "acme-stg", "--before", "production"))
+    ok(await shipit("apps", "create", "web", "--project", "acme", "--env", "staging", "--no-deploy"))
+
+    def hint(out: str, *, after: str) -> list[str]:
+        line = next(line for line in out.splitlines() if after in line)
+        command = line.split(after, 1)[1].removesuffix(", then push").strip()
+        assert command.startswith("shipit "), line
+        return command.split()[1:]
+
+    out = ok(await shipit("revisions", "web", "--env", "staging"))
+    assert hint(out, after="no revisions yet:") == ["deploy", "web", "--env", "staging"]
+    out = ok(await shipit("builds", "list", "web", "--env", "staging"))
+    suggested = hint(out, after="no builds yet:")
+    assert suggested[:4] == ["apps", "update", "web", "--env"] and suggested[4] == "staging", out
+    out = ok(await shipit("apps", "update", "web", "--env", "staging", "--replicas", "2"))
+    suggested = hint(out, after="next deploy:")
+    assert suggested == ["deploy", "web", "--env", "staging"], out
+    assert "deploy #" in ok(await shipit(*suggested))  # the hint, run as printed, is accepted
+
+    assert "several environments" in one_error_line(await shipit("previews", "list", "web"))
+    assert "no open previews" in ok(await shipit("previews", "list", "web", "--env", "staging"))
+    error = one_error_line(await shipit("previews", "approve", "web", "42", "--env", "staging"))
+    assert "several environments" not in error and "42" in error, error
+
+
+async def test_ctrl_c_while_waiting_names_the_status_command_with_its_env(
+    live_server: LiveServer, shipit: Run, offline: str
+) -> None:
+    """`deploy ... --wait` stopped with Ctrl-C says how to follow the deploy: `shipit status web` alone
+    would be refused for an app in two environments.  A real `shipit` process and a real SIGINT; the
+    offline cluster keeps the deploy from finishing."""
+    ok(
+        await shipit(
+            "apps", "create", "web", "--project", "acme", "--cluster", "offline",
+            "--image", "ghcr.io/acme/web:1.0", "--no-deploy",
+        )
+    )  # fmt: skip
+    ok(await shipit("envs", "create", "acme", "staging", "--namespace", "acme-stg", "--before", "production"))
+    ok(await shipit("apps", "create", "web", "--project", "acme", "--env", "staging", "--no-deploy"))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPIT_")}
+    env.update(SHIPIT_URL=live_server.url, SHIPIT_TOKEN=await make_token(live_server.rt))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from shipit.cli import main; main()",
+        "deploy", "web", "1.1", "--env", "staging", "--wait",
+        cwd=Path(__file__).resolve().parents[2], env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+    assert b"deploy #" in first, first  # it is waiting now
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 130, (proc.returncode, stdout, stderr)
+    assert "(`shipit status web --env staging`)" in stderr.decode(), stderr

@@ -363,6 +363,24 @@ async def test_database_directory_and_master_key_are_private(settings: Settings,
     assert mode(data / "master.key") == 0o600
 
 
+def test_a_generated_master_key_is_announced_as_the_readme_says_never_logged(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The README's first start: a warning that a key went to the data dir, naming SHIPIT_MASTER_KEY and
+    `shipit keys generate`; the key itself appears in no log line, and the next start reuses it."""
+    fresh = settings.model_copy(update={"data_dir": tmp_path / "var", "master_key": None})
+    caplog.set_level(logging.DEBUG)
+    key = runtime.resolve_master_key(fresh)
+    assert (tmp_path / "var" / "master.key").read_text().strip() == key
+    warning = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "GENERATED" in warning and str(tmp_path / "var" / "master.key") in warning
+    assert "SHIPIT_MASTER_KEY" in warning and "`shipit keys generate`" in warning
+    assert key not in caplog.text
+    caplog.clear()
+    assert runtime.resolve_master_key(fresh) == key
+    assert "GENERATED" not in caplog.text and key not in caplog.text
+
+
 async def test_first_start_writes_the_admin_token_to_a_private_file_not_the_log(
     settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -394,6 +412,29 @@ async def test_an_existing_token_file_is_never_overwritten(settings: Settings, t
     finally:
         await runtime.stop(rt)
     assert token_file.read_text() == "someone else's file\n"
+
+
+async def test_a_copy_of_env_example_is_the_defaults_and_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`cp .env.example .env` (the README: it "lists every one"): every value it shows is the default and
+    every empty one means unset, so shipit starts as without it; `SHIPIT_MASTER_KEY=` was an empty key."""
+    for name in [n for n in os.environ if n.startswith("SHIPIT_")]:
+        monkeypatch.delenv(name)
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    from_file = Settings(_env_file=example)  # type: ignore[call-arg]
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    differ = {
+        k: getattr(from_file, k)
+        for k in Settings.model_fields
+        if getattr(from_file, k) != getattr(defaults, k)
+    }
+    assert differ == {}
+    monkeypatch.setenv("SHIPIT_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'shipit.db'}")
+    monkeypatch.setenv("SHIPIT_DATA_DIR", str(tmp_path / "var"))
+    rt = await runtime.build(Settings(_env_file=example, run_worker=False))  # type: ignore[call-arg]
+    await runtime.stop(rt)
+    assert (tmp_path / "var" / "master.key").is_file()  # generated, as on a first start without a key
 
 
 def test_an_empty_token_file_setting_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,3 +66,36 @@ async def test_api_names_the_field_and_keeps_roles(api: httpx.AsyncClient, web: 
     assert (await api.get("/api/v1/apps/web/policy", params={"environment": "production"})).status_code == 200
     assert (await api.delete("/api/v1/apps/web/policy")).status_code == 204
     assert (await api.get("/api/v1/apps/web/policy")).status_code == 404
+
+
+async def test_api_takes_the_env_its_several_environments_error_asks_for(
+    live_server: LiveServer, api: httpx.AsyncClient, web: str
+) -> None:
+    """The README: `?env=` on /apps/{name}/...; the policy routes took only `?environment=`, so following
+    the error's advice (`?env=staging`) got the same error again."""
+    r = await api.post(
+        "/api/v1/projects/acme/environments",
+        json={"name": "staging", "namespace": "acme-stg", "before": "production"},
+    )
+    assert r.status_code == 201, r.text
+    r = await api.post(
+        "/api/v1/apps", json={"name": "web", "project": "acme", "environment": "staging", "deploy": False}
+    )
+    assert r.status_code == 201, r.text
+
+    r = await api.get("/api/v1/apps/web/policy")
+    error = r.json()["error"]
+    assert error["type"] == "SeveralEnvironments" and "?env=staging" in error["message"], r.text
+
+    r = await api.put("/api/v1/apps/web/policy", params={"env": "staging"}, json={"glob": "main-*"})
+    assert r.status_code == 200 and r.json()["environment"] == "staging", r.text
+    r = await api.get("/api/v1/apps/web/policy", params={"env": "staging"})
+    assert r.status_code == 200 and r.json()["pattern"] == "main-*", r.text
+    r = await api.get("/api/v1/apps/web/policy", params={"env": "production"})
+    assert r.status_code == 404, r.text  # production's web has none: the parameter is read, not ignored
+    # The first spelling still works; two that disagree are refused, naming the field.
+    r = await api.get("/api/v1/apps/web/policy", params={"environment": "staging"})
+    assert r.status_code == 200, r.text
+    r = await api.get("/api/v1/apps/web/policy", params={"env": "staging", "environment": "production"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "env", r.text
+    assert (await api.delete("/api/v1/apps/web/policy", params={"env": "staging"})).status_code == 204

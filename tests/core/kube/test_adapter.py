@@ -411,6 +411,10 @@ async def test_kubeconfig_that_runs_programs_or_reads_files_is_refused(
         await kube_client.Kube.from_kubeconfig(kubeconfig=yaml.safe_dump(doc))
     assert e.value.field == "kubeconfig"
     assert next(iter(body)) in str(e.value)
+    # It says what to do: inline the files, or use a token (nothing can inline a program).
+    files = "certificate" in next(iter(body)) or "key" in next(iter(body))
+    remedy = "kubectl config view --minify --flatten --raw" if files else "service account's token"
+    assert remedy in str(e.value), str(e.value)
 
 
 async def test_missing_permission_is_a_permanent_error_naming_it(
