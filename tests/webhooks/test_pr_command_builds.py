@@ -44,7 +44,7 @@ from tests.webhooks.test_builds import (
     wait_build,
 )
 from tests.webhooks.test_e2e import wait_finished
-from tests.webhooks.test_pr_commands import REPO, command_deploys, grant, reacted, say, status_comments
+from tests.webhooks.test_pr_commands import REPO, command_deploys, grant, link, reacted, say, status_comments
 from tests.webhooks.test_preview_builds import SHA_D
 from webhooks import comments
 
@@ -329,3 +329,106 @@ async def test_a_build_that_ends_in_a_locked_environment_deploys_nothing_and_say
     await _status_says(fake_github, number, comment_id, "not deployed", "built, not deployed", "locked")
     await reacted(fake_github, comment_id, "confused")
     assert await command_deploys(rt, comment_id) == [] and await count(rt, models.Deployment) == 0
+
+
+async def _notified(rt: Runtime) -> None:
+    """Every notice queued so far delivered (the status comment drawn from the latest state)."""
+
+    async def done() -> bool:
+        return all(j.state == "done" for j in await job_rows(rt, kind="notify"))
+
+    await eventually(done, what="the notices delivered")
+
+
+async def test_several_apps_one_built_later_the_comment_ends_on_both_deploys_with_no_stale_wait(
+    world: World,
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+) -> None:
+    # The repository deploys two apps: `api` from an image template (deployed at once), `web` from
+    # source (its build is waited for).  The comment is not done until both are, then says only that.
+    rt = live_hook.rt
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
+    repo = f"{host}/acme/web"
+    await _app(world, repo=repo)
+    await link(world, name="api")
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, SITE)
+    number = 48
+    fake_github.add_pull(REPO, number, head_ref="feature/both", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
+    await eventually(lambda: command_deploys(rt, comment_id), what="api's deploy")
+    [api_deploy] = await command_deploys(rt, comment_id)
+    assert (await wait_finished(live_hook, api_deploy.id)).status == "succeeded"
+    await _notified(rt)
+    [build] = await all_builds(rt)
+    # api is deployed, web still waits: not done, and no reaction yet beyond "seen".
+    status = await _status_says(
+        fake_github, number, comment_id, "⏳ working on it", f"ghcr.io/acme/web:{SHA_B}",
+        f"`web`: build #{build.id} of {SHA_B[:7]} queued; deployed once built.",
+    )  # fmt: skip
+    assert "✅ done" not in status["body"]
+    assert fake_github.reactions(REPO, comment_id) == ["eyes"]
+
+    async with builder_worker(rt, fake_github, config):
+        built = await wait_build(rt, build.id)
+        assert built.status == builds.SUCCEEDED, (built.error, built.log)
+
+        async def both() -> bool:
+            return len(await command_deploys(rt, comment_id)) == 2
+
+        await eventually(both, what="web's deploy once built")
+    web_deploy = (await command_deploys(rt, comment_id))[1]
+    assert (await wait_finished(live_hook, web_deploy.id)).status == "succeeded"
+    await _notified(rt)
+    await reacted(fake_github, comment_id, "rocket")
+    image = f"{repo}@{built.digest}"
+    status = await _status_says(
+        fake_github, number, comment_id, "✅ done", f"ghcr.io/acme/web:{SHA_B}", image
+    )
+    assert "build #" not in status["body"] and "waiting" not in status["body"], status["body"]
+    assert fake_github.reactions(REPO, comment_id) == ["eyes", "rocket"]
+    # Drawn again from api's deploy (its refs still carry web's wait): the same, nothing stale.
+    async with rt.sessionmaker() as session:
+        api_now = await session.get(models.Deployment, api_deploy.id)
+        assert api_now is not None
+        api_ref = comments.command_of(api_now.notify_refs)
+        assert api_ref is not None and [w["app"] for w in api_ref["waits"]] == ["web"]
+        again = await pr_commands.report(session, command=api_ref)
+    assert (again.lines, again.pending, again.failed, again.ok) == ([], False, False, True)
+
+
+async def test_several_apps_one_build_failing_the_comment_names_the_deploy_and_the_failure(
+    world: World, live_hook: Hook, fake_github: FakeGitHub, settings: Settings
+) -> None:
+    # Nothing to build in web's tree: the real builder fails it; api (an image template) deploys.
+    rt = live_hook.rt
+    await _app(world, repo="registry.invalid/acme/web")
+    await link(world, name="api")
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, {"README.md": "nothing to build\n"})
+    number = 49
+    fake_github.add_pull(REPO, number, head_ref="feature/half", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
+    await eventually(lambda: command_deploys(rt, comment_id), what="api's deploy")
+    [api_deploy] = await command_deploys(rt, comment_id)
+    assert (await wait_finished(live_hook, api_deploy.id)).status == "succeeded"
+    [build] = await all_builds(rt)
+    async with builder_worker(rt, fake_github, settings):
+        failed = await wait_build(rt, build.id)
+    assert failed.status == builds.FAILED
+    await _notified(rt)
+    await reacted(fake_github, comment_id, "confused")
+    status = await _status_says(
+        fake_github, number, comment_id, "❌ did not succeed", f"ghcr.io/acme/web:{SHA_B}",
+        f"`web`: not deployed: build #{build.id} of {SHA_B[:7]} failed", "`shipit builds logs web",
+    )  # fmt: skip
+    assert "deployed once built" not in status["body"] and "queued" not in status["body"], status["body"]
+    assert status["body"].count(f"build #{build.id}") == 1
+    assert "rocket" not in fake_github.reactions(REPO, comment_id)
+    assert [d.id for d in await command_deploys(rt, comment_id)] == [api_deploy.id]
