@@ -284,7 +284,7 @@ async def _supersede(
         models.Preview.app_id == app.id, models.Preview.closed_at.is_(None)
     )
     mine = b.pr_number.is_(None) if pr_number is None else b.pr_number == pr_number
-    # Nor one a `.deploy to ENV` comment waits for (core.pr_commands): that comment asked for its commit.
+    # Nor one a `.deploy` comment waits for (core.pr_commands; to ENV or the preview): it asked for that commit.
     # None is stored as JSON's null (models.Json), an old row's as SQL's NULL.
     no_comment_waits = func.coalesce(cast(b.waiting, Text), "null") == "null"
     rows = (

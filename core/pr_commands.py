@@ -18,7 +18,9 @@ once when the commit is built; else the comment waits on the build row (`builds.
 queued when there is none) and `after_build` (the builder's `Builder.done`, in the transaction that
 ends the build, the build row locked first) requests the deploy, or emits PR_COMMAND_NOT_DEPLOYED
 (the GitHub notifier tells the pull request which build failed and how to read its log).  `.deploy`
-alone builds for the preview (core.previews), which then waits for its build itself.
+alone builds for the preview (core.previews), which then waits for its build itself; the comment
+waits on the build row as well, and `after_build` ties it to the preview's deploy (its status
+comment and final reaction follow that deploy).  The status comment is drawn by `report`.
 
 `.approve` and `.reject` go through core.deploys.approve like the Slack button and the API: the
 commenter's person, role and the environment's approver role apply, and nobody approves their own
@@ -304,6 +306,24 @@ def _tie(row: models.Deployment, *, app: models.App, ref: dict[str, Any]) -> Non
     row.notify_refs = refs
 
 
+async def _wait_on(
+    session: AsyncSession, *, pr: PullRequest, app: models.App, build_id: int, result: Result, preview: bool
+) -> None:
+    """The comment waits on the build row (`after_build` follows it up), once however often it runs."""
+    build = await session.get(models.Build, build_id)  # locked already: builds.queue
+    assert build is not None
+    wait = {
+        REF_KEY: command_ref(pr, environment=None, text=".deploy"),
+        "head_ref": pr.head_ref,
+        "preview": preview,
+    }
+    entries = list(build.waiting or [])
+    if not any((e.get(REF_KEY) or {}).get("comment_id") == pr.comment_id for e in entries):
+        build.waiting = [*entries, wait]
+    result.waiting.append(build.id)
+    result.waits.append({"build": build.id, "app_id": app.id, "app": app.name, "preview": preview})
+
+
 async def _deploy_preview(
     session: AsyncSession, *, ctx: Core, pr: PullRequest, linked: list[models.App], actor: Actor
 ) -> Result:
@@ -341,12 +361,9 @@ async def _deploy_preview(
                 )
             ).decision
         if decision.action == gitops.BUILD and decision.build_id is not None:
-            # The preview itself waits for its build (core.previews.after_build deploys it) and its
-            # own comment on the pull request follows it from here.
-            result.waiting.append(decision.build_id)
-            result.waits.append(
-                {"build": decision.build_id, "app_id": app.id, "app": app.name, "preview": True}
-            )
+            # The preview itself waits for its build (core.previews.after_build deploys it); this
+            # comment waits on the build row too, and `after_build` ties it to the preview's deploy.
+            await _wait_on(session, pr=pr, app=app, build_id=decision.build_id, result=result, preview=True)
             continue
         if decision.action != gitops.DEPLOY or decision.deployment_id is None:
             result.ok = False
@@ -500,8 +517,8 @@ async def _deploy_built(
 async def after_build(session: AsyncSession, *, ctx: Core, app: models.App, build: models.Build) -> None:
     """A build ended (core.builds.BuildDone, in the transaction that marks it, the build row locked):
     the previews waiting for its commit (core.previews.after_build), then the comments waiting on the
-    row: a `.deploy to ENV` deployed with the digest, or told on the pull request why not (what each
-    came to is kept for its status comment)."""
+    row: a `.deploy to ENV` deployed with the digest, a `.deploy` tied to the deploy of its preview,
+    or told on the pull request why not (what each came to is kept for its status comment)."""
     await previews.after_build(session, ctx=ctx, app=app, build=build)
     if not build.waiting:
         return
@@ -510,6 +527,11 @@ async def after_build(session: AsyncSession, *, ctx: Core, app: models.App, buil
         ref = dict(wait.get(REF_KEY) or {})
         if build.status != builds.SUCCEEDED or not build.digest:
             line = await _failed_line(session, app=app, build=build)
+        elif wait.get("preview"):
+            why = await _follow_preview(session, app=app, build=build, ref=ref)
+            if why is None:
+                continue
+            line = why
         else:
             try:
                 async with session.begin_nested():
@@ -536,6 +558,36 @@ async def after_build(session: AsyncSession, *, ctx: Core, app: models.App, buil
             app_id=app.id,
             payload={**ref, "line": line, "build": build.id},
         )
+
+
+async def _follow_preview(
+    session: AsyncSession, *, app: models.App, build: models.Build, ref: dict[str, Any]
+) -> str | None:
+    """Tie the deploy of the pull request's preview that this build just asked for to the `.deploy`
+    comment (its status comment and reaction follow it, as when the preview deploys at once);
+    a line saying why there is none (the preview closed, or moved to a newer commit)."""
+    found = await session.scalar(
+        select(models.Deployment)
+        .join(models.Preview, models.Preview.id == models.Deployment.preview_id)
+        .where(
+            models.Deployment.app_id == app.id,
+            models.Deployment.image == f"{build.image}@{build.digest}",
+            models.Preview.pr_number == int(ref["number"]),
+            models.Preview.closed_at.is_(None),
+        )
+        .order_by(models.Deployment.id.desc())
+        .limit(1)
+    )
+    if found is None:
+        return f"built, not deployed: its preview closed or moved to a newer commit than {build.sha[:7]}"
+    if found.dedupe_key and found.dedupe_key.startswith("pr-comment:"):
+        return None  # an earlier `.deploy` comment follows it already; this one's reply names the build
+    _tie(found, app=app, ref=ref)
+    log.info(
+        "pr command %s on %s#%s: build #%s ended, the preview's deploy #%s of %s follows it",
+        ref.get("comment_id"), ref.get("repo"), ref.get("number"), build.id, found.id, app.name,
+    )  # fmt: skip
+    return None
 
 
 async def _record_end(session: AsyncSession, *, comment_id: int, build: models.Build, line: str) -> None:
@@ -888,11 +940,7 @@ async def report(session: AsyncSession, *, command: dict[str, Any]) -> Report:
             continue
         if build.status in (builds.QUEUED, builds.BUILDING):
             pending = True
-            then = (
-                "its preview deploys once built (the preview's comment follows it)"
-                if w.get("preview")
-                else "deployed once built"
-            )
+            then = "its preview deploys once built" if w.get("preview") else "deployed once built"
             lines.append(f"`{w.get('app')}`: build #{build.id} of {build.sha[:7]} {build.status}; {then}.")
             continue
         failed = True

@@ -7,10 +7,13 @@ failed build deploys nothing and the pull request is told which build failed and
 
 from __future__ import annotations
 
+import contextlib
+import random
 from typing import Any
 
 import pytest
 from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.rest import ApiException
 from sqlalchemy import select
 
 from core import apps, builds, environment_admin, pr_commands, projects
@@ -290,11 +293,19 @@ async def test_deploy_to_the_preview_builds_the_head_and_the_preview_waits(
     number = 46
     fake_github.add_pull(REPO, number, head_ref="feature/p", head_sha=SHA_B)
     comment_id, _ = await say(live_hook, fake_github, ".deploy", number=number)
-    await _status_says(
-        fake_github, number, comment_id, "waiting for the build", "the preview's comment follows"
-    )
+    await _status_says(fake_github, number, comment_id, "waiting for the build")
     [build] = await all_builds(rt)
-    assert (build.sha, build.pr_number, build.waiting) == (SHA_B, number, None)
+    await _status_says(
+        fake_github,
+        number,
+        comment_id,
+        f"`web`: build #{build.id} of {SHA_B[:7]} queued; its preview deploys once built.",
+    )
+    assert (build.sha, build.pr_number) == (SHA_B, number)
+    # The comment waits on the build row too: its end ties the comment to the preview's deploy.
+    assert [(w[pr_commands.REF_KEY]["comment_id"], w["preview"]) for w in build.waiting or []] == [
+        (comment_id, True)
+    ]
     async with rt.sessionmaker() as session:
         preview = await session.scalar(select(models.Preview).where(models.Preview.pr_number == number))
     assert preview is not None and preview.status == "building"
@@ -432,3 +443,83 @@ async def test_several_apps_one_build_failing_the_comment_names_the_deploy_and_t
     assert status["body"].count(f"build #{build.id}") == 1
     assert "rocket" not in fake_github.reactions(REPO, comment_id)
     assert [d.id for d in await command_deploys(rt, comment_id)] == [api_deploy.id]
+
+
+async def test_deploy_to_a_preview_that_waits_for_its_build_ends_with_the_reaction(
+    world: World,
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+    kube_api: k8s.ApiClient,
+) -> None:
+    # `.deploy` (the preview) of an app that builds: the preview waits for its build and deploys it;
+    # the command's comment follows that deploy to the end, as a preview deployed at once does.
+    rt = live_hook.rt
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
+    repo = f"{host}/acme/web"
+    app = await _app(world, repo=repo)
+    async with rt.sessionmaker.begin() as session:
+        row = await session.get(models.App, app.id)
+        assert row is not None
+        row.previews_enabled, row.preview_domain = True, "preview.acme.dev"
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, SITE)
+    number = random.randint(100, 99999)  # preview namespaces outlive a failed test: never reuse one
+    namespace = f"web-pr-{number}"
+    fake_github.add_pull(REPO, number, head_ref="feature/preview", head_sha=SHA_B)
+    try:
+        comment_id, _ = await say(live_hook, fake_github, ".deploy", number=number)
+        await _status_says(fake_github, number, comment_id, "waiting for the build")
+        [build] = await all_builds(rt)
+        async with builder_worker(rt, fake_github, config):
+            built = await wait_build(rt, build.id)
+            assert built.status == builds.SUCCEEDED, (built.error, built.log)
+        [deploy] = await command_deploys(rt, comment_id)
+        assert (await wait_finished(live_hook, deploy.id)).status == "succeeded"
+        assert (deploy.namespace, deploy.image, deploy.preview_id is not None) == (
+            namespace, f"{repo}@{built.digest}", True,
+        )  # fmt: skip
+        await _notified(rt)
+        await reacted(fake_github, comment_id, "rocket")
+        status = await _status_says(
+            fake_github, number, comment_id, "✅ done", f"preview {namespace}", f"{repo}@{built.digest}"
+        )
+        assert "build #" not in status["body"], status["body"]
+        assert fake_github.reactions(REPO, comment_id) == ["eyes", "rocket"]
+        assert len(await all_builds(rt)) == 1 and await count(rt, models.Deployment) == 1
+    finally:
+        with contextlib.suppress(ApiException):
+            await k8s.CoreV1Api(kube_api).delete_namespace(namespace)
+
+
+async def test_deploy_to_a_preview_whose_build_fails_ends_confused_naming_the_build(
+    live_hook: Hook, fake_github: FakeGitHub, settings: Settings
+) -> None:
+    rt = live_hook.rt
+    await offline_cluster(rt)
+    await make_app(
+        rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web",
+        previews_enabled=True, preview_domain="preview.acme.dev",
+    )  # fmt: skip
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, {"README.md": "nothing to build\n"})
+    number = 50
+    fake_github.add_pull(REPO, number, head_ref="feature/p-broken", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy", number=number)
+    await _status_says(fake_github, number, comment_id, "waiting for the build")
+    [build] = await all_builds(rt)
+    async with builder_worker(rt, fake_github, settings):
+        failed = await wait_build(rt, build.id)
+    assert failed.status == builds.FAILED and failed.waiting is None
+    await reacted(fake_github, comment_id, "confused")
+    status = await _status_says(
+        fake_github, number, comment_id, "not deployed", f"`web`: not deployed: build #{build.id} of {SHA_B[:7]} failed",
+        f"`shipit builds logs web {build.id}",
+    )  # fmt: skip
+    assert "waiting" not in status["body"] and "queued" not in status["body"], status["body"]
+    assert fake_github.reactions(REPO, comment_id) == ["eyes", "confused"]
+    assert await count(rt, models.Deployment) == 0
