@@ -7,17 +7,20 @@ failed build deploys nothing and the pull request is told which build failed and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import random
 from typing import Any
 
 import pytest
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from core import apps, builds, environment_admin, pr_commands, projects
+from core import apps, builds, environment_admin, events, jobs, pr_commands, projects
 from core.apps import AppChanges
+from shipit import builder as builder_process
 from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
@@ -38,6 +41,7 @@ from tests.webhooks.conftest import (
 from tests.webhooks.test_builds import (
     SITE,
     all_builds,
+    build_row,
     buildable,
     builder_worker,
     count,
@@ -50,6 +54,7 @@ from tests.webhooks.test_e2e import wait_finished
 from tests.webhooks.test_pr_commands import REPO, command_deploys, grant, link, reacted, say, status_comments
 from tests.webhooks.test_preview_builds import SHA_D
 from webhooks import comments
+from webhooks.client import Credentials, GitHubClient
 
 __all__ = ["settings", "store"]  # the fixtures, used by name
 
@@ -523,3 +528,97 @@ async def test_deploy_to_a_preview_whose_build_fails_ends_confused_naming_the_bu
     assert "waiting" not in status["body"] and "queued" not in status["body"], status["body"]
     assert fake_github.reactions(REPO, comment_id) == ["eyes", "confused"]
     assert await count(rt, models.Deployment) == 0
+
+
+async def test_a_builder_dying_while_a_comment_waits_builds_again_and_deploys_once(
+    world: World,
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+) -> None:
+    # A `.deploy to ENV` waits for its build; the builder taking the build dies mid-build (the
+    # process's task ends while it fetches the source: nothing after that is committed, its job keeps
+    # its lease).  The lease runs out, another builder takes the job and builds the commit again: the
+    # comment is deployed once, with one status comment, as if nothing had happened.
+    rt = live_hook.rt
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
+    repo = f"{host}/acme/web"
+    app = await _app(world, repo=repo)
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, SITE)
+    number = 51
+    fake_github.add_pull(REPO, number, head_ref="feature/crash", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
+    await _status_says(fake_github, number, comment_id, "waiting for the build")
+    [build] = await all_builds(rt)
+
+    # The first builder claims the build job and dies while it fetches the source.
+    async with rt.sessionmaker.begin() as session:
+        job = await jobs.claim(
+            session, owner="dead-builder", lease_seconds=300, kinds=[builds.BUILD_JOB],
+            skip_locked=rt.engine.dialect.name == "postgresql",
+        )  # fmt: skip
+    assert job is not None and job.kind == builds.BUILD_JOB and job.attempts == 1
+    github = GitHubClient(
+        credentials=Credentials(
+            api_url=fake_github.url, token=fake_github.token, seconds_between_requests=None,
+            seconds_between_writes=None,
+        )
+    )  # fmt: skip
+    try:
+        dying = asyncio.create_task(
+            builds.run_job(ctx=rt.core, job=job, builder=builder_process.builder_of(config, fetcher=github))
+        )
+        await fake_github.wait_for_call("get_tarball", timeout=60)
+        dying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dying
+    finally:
+        await github.close()
+    crashed = await build_row(rt, build.id)
+    assert (crashed.status, crashed.digest) == (builds.BUILDING, None)  # died mid-build, as intended
+    assert [w[pr_commands.REF_KEY]["comment_id"] for w in crashed.waiting or []] == [comment_id]
+    assert await command_deploys(rt, comment_id) == []
+
+    # Its lease runs out (as after the crash); a live builder takes the job and builds it again.
+    async with rt.sessionmaker.begin() as session:
+        await session.execute(
+            update(models.Job)
+            .where(models.Job.id == job.id)
+            .values(lease_until=models.utcnow() - dt.timedelta(seconds=1))
+        )
+    async with builder_worker(rt, fake_github, config):
+        built = await wait_build(rt, build.id)
+        assert built.status == builds.SUCCEEDED, (built.error, built.log)
+
+        async def deployed() -> bool:
+            return len(await command_deploys(rt, comment_id)) == 1
+
+        await eventually(deployed, what="the comment's deploy once built")
+    [deploy] = await command_deploys(rt, comment_id)
+    deploy = await wait_finished(live_hook, deploy.id)
+    image = f"{repo}@{built.digest}"
+    assert (deploy.app_id, deploy.image, deploy.status) == (app.id, image, "succeeded")
+    await _notified(rt)
+    await reacted(fake_github, comment_id, "rocket")
+    await _status_says(fake_github, number, comment_id, "`.deploy to production`", "✅ done", image)
+    # Built twice (a fetch a run), the job run twice, everything else once.
+    async with rt.sessionmaker() as session:
+        row = await session.get(models.Job, job.id)
+        assert row is not None and (row.state, row.attempts) == (jobs.DONE, 2)
+        not_deployed = await session.scalars(
+            select(models.Event).where(models.Event.kind == events.PR_COMMAND_NOT_DEPLOYED)
+        )
+        assert list(not_deployed) == []
+    assert {c.path_params["ref"] for c in fake_github.calls("get_tarball")} == {SHA_B}
+    assert len(fake_github.calls("get_tarball")) == 2
+    assert built.waiting is None and len(await all_builds(rt)) == 1
+    assert await count(rt, models.Deployment) == 1
+    created = [
+        c for c in fake_github.calls("create_issue_comment") if comments.marker(comment_id) in c.arg("body")
+    ]
+    assert len(created) == 1 and len(status_comments(fake_github, number, comment_id)) == 1
+    assert fake_github.reactions(REPO, comment_id) == ["eyes", "rocket"]
