@@ -30,7 +30,8 @@ again), and a newer head supersedes only that pull request's queued build.  Its 
 app, only the previews waiting at the commit: `Builder.done` (core.previews.after_build, given by
 the composition root) runs in the transaction that marks any build succeeded or failed.  The same
 hook (core.pr_commands.after_build) deploys the `.deploy to ENV` comments waiting on the row
-(`waiting`), which a newer push does not supersede.
+(`waiting`) and ties a `.deploy` comment waiting there to its preview's deploy; a newer push does
+not supersede a build a comment waits for.
 """
 
 from __future__ import annotations

@@ -565,7 +565,7 @@ async def _follow_preview(
 ) -> str | None:
     """Tie the deploy of the pull request's preview that this build just asked for to the `.deploy`
     comment (its status comment and reaction follow it, as when the preview deploys at once);
-    a line saying why there is none (the preview closed, or moved to a newer commit)."""
+    else a line saying there is none."""
     found = await session.scalar(
         select(models.Deployment)
         .join(models.Preview, models.Preview.id == models.Deployment.preview_id)
@@ -579,7 +579,8 @@ async def _follow_preview(
         .limit(1)
     )
     if found is None:
-        return f"built, not deployed: its preview closed or moved to a newer commit than {build.sha[:7]}"
+        # The preview closed, moved to a newer commit, or refused the deploy: its own comment says which.
+        return f"built, not deployed: the preview did not take {build.sha[:7]} (its comment says why)"
     if found.dedupe_key and found.dedupe_key.startswith("pr-comment:"):
         return None  # an earlier `.deploy` comment follows it already; this one's reply names the build
     _tie(found, app=app, ref=ref)

@@ -36,6 +36,7 @@ from tests.webhooks.conftest import (
     job_rows,
     make_app,
     offline_cluster,
+    pr_payload,
     push_payload,
 )
 from tests.webhooks.test_builds import (
@@ -622,3 +623,42 @@ async def test_a_builder_dying_while_a_comment_waits_builds_again_and_deploys_on
     ]
     assert len(created) == 1 and len(status_comments(fake_github, number, comment_id)) == 1
     assert fake_github.reactions(REPO, comment_id) == ["eyes", "rocket"]
+
+
+async def test_deploy_to_a_preview_that_moved_on_while_its_build_ran_says_not_deployed(
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+) -> None:
+    # `.deploy` waits for the build of SHA_B; a push moves the preview to SHA_C before it ends.  SHA_B
+    # is still built (the comment asked for it) but the preview does not take it: the comment says so.
+    rt = live_hook.rt
+    await offline_cluster(rt)
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
+    await make_app(
+        rt, image_template=None, build_enabled=True, build_image=f"{host}/acme/web",
+        previews_enabled=True, preview_domain="preview.acme.dev",
+    )  # fmt: skip
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, SITE)
+    number = 52
+    fake_github.add_pull(REPO, number, head_ref="feature/moving", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy", number=number)
+    await _status_says(fake_github, number, comment_id, "waiting for the build")
+    [build] = await all_builds(rt)
+    moved = await live_hook.post("pull_request", pr_payload("synchronize", number=number, sha=SHA_C))
+    assert moved.json()["decisions"][0]["action"] == "build"
+    assert (await build_row(rt, build.id)).status == builds.QUEUED  # the comment's: not superseded
+    # Only the comment's build runs here (SHA_C's source is not there: its build fails, unrelated).
+    async with builder_worker(rt, fake_github, config):
+        built = await wait_build(rt, build.id)
+    assert built.status == builds.SUCCEEDED, (built.error, built.log)
+    await reacted(fake_github, comment_id, "confused")
+    status = await _status_says(
+        fake_github, number, comment_id, "not deployed", f"the preview did not take {SHA_B[:7]}"
+    )
+    assert "waiting" not in status["body"], status["body"]
+    assert await command_deploys(rt, comment_id) == []
