@@ -582,7 +582,8 @@ async def _follow_preview(
         # The preview closed, moved to a newer commit, or refused the deploy: its own comment says which.
         return f"built, not deployed: the preview did not take {build.sha[:7]} (its comment says why)"
     if found.dedupe_key and found.dedupe_key.startswith("pr-comment:"):
-        return None  # an earlier `.deploy` comment follows it already; this one's reply names the build
+        # A deploy follows one comment: another `.deploy` that waited for the same build is told where.
+        return f"built; the preview's deploy #{found.id} is followed by an earlier `.deploy` comment"
     _tie(found, app=app, ref=ref)
     log.info(
         "pr command %s on %s#%s: build #%s ended, the preview's deploy #%s of %s follows it",

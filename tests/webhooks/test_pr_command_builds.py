@@ -479,6 +479,9 @@ async def test_deploy_to_a_preview_that_waits_for_its_build_ends_with_the_reacti
     try:
         comment_id, _ = await say(live_hook, fake_github, ".deploy", number=number)
         await _status_says(fake_github, number, comment_id, "waiting for the build")
+        # Said twice while it builds: one deploy follows one comment, the later one is told which.
+        later_id, _ = await say(live_hook, fake_github, ".deploy", number=number)
+        await _status_says(fake_github, number, later_id, "waiting for the build")
         [build] = await all_builds(rt)
         async with builder_worker(rt, fake_github, config):
             built = await wait_build(rt, build.id)
@@ -496,6 +499,10 @@ async def test_deploy_to_a_preview_that_waits_for_its_build_ends_with_the_reacti
         assert "build #" not in status["body"], status["body"]
         assert fake_github.reactions(REPO, comment_id) == ["eyes", "rocket"]
         assert len(await all_builds(rt)) == 1 and await count(rt, models.Deployment) == 1
+        await _status_says(
+            fake_github, number, later_id, f"the preview's deploy #{deploy.id} is followed by an earlier"
+        )
+        assert await command_deploys(rt, later_id) == []
     finally:
         with contextlib.suppress(ApiException):
             await k8s.CoreV1Api(kube_api).delete_namespace(namespace)
