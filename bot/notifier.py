@@ -23,8 +23,10 @@ card and failure thread carries Slack message metadata naming what it is for (th
 deploy or build, and the target).  A delivery whose job ran
 before (attempt > 1: a crash, a lost lease, a failure after the post; our own pacing
 is not an attempt) and knows no ts looks for that metadata in the channel's recent
-history (a thread's replies) first, and adopts what it finds.  A first attempt never
-looks: it costs nothing extra.  Without the history scopes (channels:history,
+history (a thread's replies) first, and adopts what it finds if its own bot posted it
+(auth.test names the token's bot, asked once per token): another app's message carrying the
+same metadata, a second shipit's in the same workspace say, is never adopted nor edited.
+A first attempt never looks: it costs nothing extra.  Without the history scopes (channels:history,
 groups:history) or outside the channel, it posts as before.
 """
 
@@ -96,6 +98,15 @@ def _metadata_key(metadata: Any) -> tuple[str, tuple[tuple[str, str], ...]] | No
         return None
     payload = metadata["event_payload"]
     return str(metadata.get("event_type")), tuple(sorted((str(k), str(v)) for k, v in payload.items()))
+
+
+def _posted_by(message: dict[str, Any], own: tuple[str | None, str | None]) -> bool:
+    """Whether `message` is the token's own bot's: its bot_id (else its bot user) is the one auth.test
+    named.  Nothing known about the token: nothing is."""
+    bot_id, user_id = own
+    if bot_id:
+        return message.get("bot_id") == bot_id
+    return user_id is not None and message.get("user") == user_id
 
 
 class Pacer:
@@ -227,6 +238,9 @@ class SlackNotifier:
         # Why a retry could not read a channel's history, logged once per workspace (missing_scope:
         # not asked again) or channel.
         self._unreadable: set[tuple[str, str]] = set()
+        # Who each bot token is (auth.test: its bot_id and bot user), learned when a retry first finds
+        # a message carrying what it looks for: only its own bot's message is adopted.
+        self._whoami: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
         # Set when Slack says the bot token is gone (app_uninstalled, tokens_revoked; bot.channel):
         # cards are not posted, rather than failing every deploy's notice against a dead token.
         self.revoked: str | None = None
@@ -531,8 +545,16 @@ class SlackNotifier:
             page = response.data if isinstance(response.data, dict) else {}
             for message in page.get("messages") or []:
                 # (A thread's parent comes first: it carries the card's metadata, not what is wanted.)
-                if message.get("bot_id") and _metadata_key(message.get("metadata")) == wanted:
+                if not message.get("bot_id") or _metadata_key(message.get("metadata")) != wanted:
+                    continue
+                # Another app's message (a second shipit in the workspace, an app copying the
+                # metadata) is not ours to adopt and edit: only this token's own bot's is.
+                if _posted_by(message, await self._own(token, dlog=dlog)):
                     return str(message["ts"])
+                dlog.info(
+                    "slack: a message in %s (ts %s) carries this card's metadata but another bot (%s) "
+                    "posted it: not adopted", channel, message.get("ts"), message.get("bot_id"),
+                )  # fmt: skip
             cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
             if not page.get("has_more") or not cursor:
                 return None
@@ -541,6 +563,34 @@ class SlackNotifier:
             HISTORY_LIMIT * HISTORY_PAGES, channel,
         )  # fmt: skip
         return None
+
+    async def _own(self, token: str | None, *, dlog: logctx.ContextLogger) -> tuple[str | None, str | None]:
+        """The bot id and bot user id of `token` (None: the client's own), from auth.test, cached per
+        token (a digest of it: the token itself is not kept as a key)."""
+        key = hashlib.sha256((token or "").encode()).hexdigest()
+        if key in self._whoami:
+            self._whoami.move_to_end(key)
+            return self._whoami[key]
+        try:
+            response = await self.client.auth_test(**({"token": token} if token else {}))
+        except SlackApiError as e:
+            status = e.response.status_code
+            error = str(e.response.get("error") or "") if isinstance(e.response.data, dict) else ""
+            if status == 429:
+                retry_after = retry_after_seconds(e.response.headers, default=30.0, minimum=1.0)
+                raise TransientError("Slack auth.test: rate limited", retry_after=retry_after) from None
+            if error in _PERMANENT:
+                raise PermanentError(f"Slack auth.test: {error}") from None
+            raise TransientError(f"Slack auth.test: {error or f'HTTP {status}'}") from None
+        except (aiohttp.ClientError, TimeoutError, SlackRequestError) as e:
+            raise TransientError(f"Slack auth.test: {type(e).__name__}: {e}") from None
+        data = response.data if isinstance(response.data, dict) else {}
+        own = (str(data.get("bot_id") or "") or None, str(data.get("user_id") or "") or None)
+        dlog.debug("slack: this token posts as bot %s (user %s)", own[0] or "?", own[1] or "?")
+        self._whoami[key] = own
+        while len(self._whoami) > 1000:
+            self._whoami.popitem(last=False)
+        return own
 
     def _cannot_read(
         self, channel: str, *, error: str, team: str | None, needed: Any, dlog: logctx.ContextLogger

@@ -30,7 +30,8 @@ again), and a newer head supersedes only that pull request's queued build.  Its 
 app, only the previews waiting at the commit: `Builder.done` (core.previews.after_build, given by
 the composition root) runs in the transaction that marks any build succeeded or failed.  The same
 hook (core.pr_commands.after_build) deploys the `.deploy to ENV` comments waiting on the row
-(`waiting`), which a newer push does not supersede.
+(`waiting`) and ties a `.deploy` comment waiting there to its preview's deploy; a newer push does
+not supersede a build a comment waits for.
 """
 
 from __future__ import annotations
@@ -295,7 +296,7 @@ async def _supersede(
         models.Preview.app_id == app.id, models.Preview.closed_at.is_(None)
     )
     mine = b.pr_number.is_(None) if pr_number is None else b.pr_number == pr_number
-    # Nor one a `.deploy to ENV` comment waits for (core.pr_commands): that comment asked for its commit.
+    # Nor one a `.deploy` comment waits for (core.pr_commands; to ENV or the preview): it asked for that commit.
     # None is stored as JSON's null (models.Json), an old row's as SQL's NULL.
     no_comment_waits = func.coalesce(cast(b.waiting, Text), "null") == "null"
     rows = (

@@ -18,7 +18,9 @@ once when the commit is built; else the comment waits on the build row (`builds.
 queued when there is none) and `after_build` (the builder's `Builder.done`, in the transaction that
 ends the build, the build row locked first) requests the deploy, or emits PR_COMMAND_NOT_DEPLOYED
 (the GitHub notifier tells the pull request which build failed and how to read its log).  `.deploy`
-alone builds for the preview (core.previews), which then waits for its build itself.
+alone builds for the preview (core.previews), which then waits for its build itself; the comment
+waits on the build row as well, and `after_build` ties it to the preview's deploy (its status
+comment and final reaction follow that deploy).  The status comment is drawn by `report`.
 
 `.approve` and `.reject` go through core.deploys.approve like the Slack button and the API: the
 commenter's person, role and the environment's approver role apply, and nobody approves their own
@@ -110,7 +112,11 @@ class Result:
     noop: list[dryrun.Plan] = field(default_factory=list)
     repeated: bool = False  # the comment was handled before: nothing new was done
     approved: int | None = None  # the deploy an `.approve` queued: its comment follows it to the end
-    waiting: list[int] = field(default_factory=list)  # builds a `.deploy to ENV` waits for (deploys after)
+    waiting: list[int] = field(default_factory=list)  # builds a `.deploy` waits for (deploys after)
+    # Of those, which app's and whether its preview's: {"build", "app_id", "app", "preview"}.
+    waits: list[dict[str, Any]] = field(default_factory=list)
+    # The command as its status comment is drawn from (`report`): None for the verbs with no such comment.
+    command: dict[str, Any] | None = None
 
 
 def actor_for(login: str) -> Actor:
@@ -217,7 +223,7 @@ async def run(session: AsyncSession, *, ctx: Core, command: Command, pr: PullReq
         return await _approve(session, ctx=ctx, pr=pr, linked=linked, actor=actor, command=command)
     if command.verb == DEPLOY and command.environment is None:
         result = await _deploy_preview(session, ctx=ctx, pr=pr, linked=linked, actor=actor)
-        await _keep_notes(session, result=result)
+        await _keep_notes(session, result=result, ref=command_ref(pr, environment=None, text=".deploy"))
         return result
     targets = await _targets(session, linked=linked, environment=command.environment)
     environment = command.environment or (await environments.of_app(session, app=targets[0])).name
@@ -238,23 +244,44 @@ async def run(session: AsyncSession, *, ctx: Core, command: Command, pr: PullReq
             )
         case _:
             raise Refused(f"unknown command `.{command.verb}`")
-    await _keep_notes(session, result=result)
+    text = f".{command.verb} to {environment}"
+    await _keep_notes(session, result=result, ref=command_ref(pr, environment=environment, text=text))
     return result
 
 
-async def _keep_notes(session: AsyncSession, *, result: Result) -> None:
-    """Apps left out (locked, no revision to go back to) stay in the status comment the notifier redraws."""
-    if not result.lines:
+async def _keep_notes(session: AsyncSession, *, result: Result, ref: dict[str, Any]) -> None:
+    """Apps left out (locked, no revision to go back to) and the builds the command waits for go with
+    the command's ref on each of its deploys and on each build row's wait: every later drawing of
+    its status comment (`report`), whichever deploy's or build's notice draws it, knows them all."""
+    if not result.lines and not result.waits:
         return
+    extra = {"notes": list(result.lines), "waits": list(result.waits)}
+    comment_id = int(ref["comment_id"])
     for deployment_id in result.deployment_ids:
         row = await session.get(models.Deployment, deployment_id)
         if row is None:
             continue
         refs = dict(row.notify_refs or {})
         mine = dict(refs.get("github") or {})
-        mine[REF_KEY] = {**(mine.get(REF_KEY) or {}), "notes": list(result.lines)}
+        mine[REF_KEY] = {**(mine.get(REF_KEY) or {}), **extra}
         refs["github"] = mine
         row.notify_refs = refs
+        result.command = result.command or dict(mine[REF_KEY])
+    for build_id in sorted({w["build"] for w in result.waits}):
+        build = await session.get(models.Build, build_id)  # locked already: builds.queue
+        if build is None:
+            continue
+        entries, changed = [], False
+        for e in build.waiting or []:
+            waiting_ref = dict(e.get(REF_KEY) or {})
+            if waiting_ref.get("comment_id") == comment_id:
+                e, changed = {**e, REF_KEY: {**waiting_ref, **extra}}, True
+                result.command = result.command or dict(e[REF_KEY])
+            entries.append(e)
+        if changed:  # (an empty list is not "nothing waits": it would keep the build from being superseded)
+            build.waiting = entries
+    if result.command is None:  # nothing deployed yet, and no wait on a build row names the comment
+        result.command = {**ref, **extra}
 
 
 async def _mark(
@@ -269,10 +296,32 @@ async def _mark(
     """Tie a deploy made by another service (a preview's) to this comment: dedupe key and notify_refs."""
     row = await session.get(models.Deployment, deployment_id)
     assert row is not None
-    row.dedupe_key = f"{dedupe_prefix(pr.comment_id)}{app.id}"
+    _tie(row, app=app, ref=command_ref(pr, environment=environment, text=text))
+
+
+def _tie(row: models.Deployment, *, app: models.App, ref: dict[str, Any]) -> None:
+    row.dedupe_key = f"{dedupe_prefix(int(ref['comment_id']))}{app.id}"
     refs = dict(row.notify_refs or {})
-    refs["github"] = {**refs.get("github", {}), REF_KEY: command_ref(pr, environment=environment, text=text)}
+    refs["github"] = {**refs.get("github", {}), REF_KEY: ref}
     row.notify_refs = refs
+
+
+async def _wait_on(
+    session: AsyncSession, *, pr: PullRequest, app: models.App, build_id: int, result: Result, preview: bool
+) -> None:
+    """The comment waits on the build row (`after_build` follows it up), once however often it runs."""
+    build = await session.get(models.Build, build_id)  # locked already: builds.queue
+    assert build is not None
+    wait = {
+        REF_KEY: command_ref(pr, environment=None, text=".deploy"),
+        "head_ref": pr.head_ref,
+        "preview": preview,
+    }
+    entries = list(build.waiting or [])
+    if not any((e.get(REF_KEY) or {}).get("comment_id") == pr.comment_id for e in entries):
+        build.waiting = [*entries, wait]
+    result.waiting.append(build.id)
+    result.waits.append({"build": build.id, "app_id": app.id, "app": app.name, "preview": preview})
 
 
 async def _deploy_preview(
@@ -312,10 +361,9 @@ async def _deploy_preview(
                 )
             ).decision
         if decision.action == gitops.BUILD and decision.build_id is not None:
-            # The preview itself waits for its build (core.previews.after_build deploys it) and its
-            # own comment on the pull request follows it from here.
-            result.waiting.append(decision.build_id)
-            result.lines.append(f"`{app.name}`: {decision.reason} (the preview's comment follows it).")
+            # The preview itself waits for its build (core.previews.after_build deploys it); this
+            # comment waits on the build row too, and `after_build` ties it to the preview's deploy.
+            await _wait_on(session, pr=pr, app=app, build_id=decision.build_id, result=result, preview=True)
             continue
         if decision.action != gitops.DEPLOY or decision.deployment_id is None:
             result.ok = False
@@ -345,7 +393,7 @@ async def _deploy(
             f"pull request #{pr.number} comes from a fork: it deploys only to its preview (`.deploy`)."
         )
     text = f".deploy to {environment}"
-    waits: list[int] = []
+    waits = Result()  # only its waits are used
 
     async def ask(app: models.App) -> deploys.Requested | str:
         if app.build_enabled and app.build_image:
@@ -364,7 +412,7 @@ async def _deploy(
         )  # fmt: skip
 
     result = await _each(session, targets=targets, ask=ask)
-    result.waiting = waits
+    result.waiting, result.waits = waits.waiting, waits.waits
     return result
 
 
@@ -375,7 +423,8 @@ async def _each(
     ask: Callable[[models.App], Awaitable[deploys.Requested | str]],
 ) -> Result:
     """Ask for a deploy of each app; one refused does not stop the others, all refused is a refusal.
-    A line instead of a deploy: the app's deploy waits for its build (said in the reply)."""
+    A line instead of a deploy: the app's deploy waits for its build (the reply says so from the
+    build row, `report`: not a note, which would outlive the wait)."""
     result = Result()
     waiting = False
     for app in targets:
@@ -388,7 +437,6 @@ async def _each(
             continue
         if isinstance(requested, str):
             waiting = True
-            result.lines.append(requested)
             continue
         result.deployment_ids.append(requested.deployment.id)
     if not result.deployment_ids and not waiting:
@@ -416,7 +464,7 @@ async def _built_or_wait(
     app: models.App,
     actor: Actor,
     environment: str,
-    waits: list[int],
+    waits: Result,
 ) -> deploys.Requested | str:
     """The head commit's digest deployed at once when built; else the comment waits on the build row
     (queued now when there is none: one build per app and commit), and `after_build` deploys it.
@@ -437,7 +485,8 @@ async def _built_or_wait(
     entries = list(build.waiting or [])
     if not any((e.get(REF_KEY) or {}).get("comment_id") == pr.comment_id for e in entries):
         build.waiting = [*entries, wait]  # a job run twice waits once
-    waits.append(build.id)
+    waits.waiting.append(build.id)
+    waits.waits.append({"build": build.id, "app_id": app.id, "app": app.name, "preview": False})
     log.info(
         "pr command %s on %s#%s: %s waits for build #%s of %s (%s)",
         pr.comment_id, pr.repo, pr.number, app.name, build.id, pr.head_sha[:7], build.status,
@@ -465,28 +514,25 @@ async def _deploy_built(
     )  # fmt: skip
 
 
-async def ended_builds(session: AsyncSession, *, build_ids: list[int]) -> list[str]:
-    """Lines for the builds a command waited for that failed since (its reply is drawn after)."""
-    lines = []
-    for build_id in build_ids:
-        build = await session.get(models.Build, build_id)
-        app = await session.get(models.App, build.app_id) if build is not None else None
-        if build is not None and app is not None and build.status == builds.FAILED:
-            lines.append(f"`{app.name}`: {await _failed_line(session, app=app, build=build)}")
-    return lines
-
-
 async def after_build(session: AsyncSession, *, ctx: Core, app: models.App, build: models.Build) -> None:
     """A build ended (core.builds.BuildDone, in the transaction that marks it, the build row locked):
-    the previews waiting for its commit (core.previews.after_build), then the `.deploy to ENV`
-    comments waiting on the row: deployed with the digest, or told on the pull request why not."""
+    the previews waiting for its commit (core.previews.after_build), then the comments waiting on the
+    row: a `.deploy to ENV` deployed with the digest, a `.deploy` tied to the deploy of its preview,
+    or told on the pull request why not (what each came to is kept for its status comment)."""
     await previews.after_build(session, ctx=ctx, app=app, build=build)
     if not build.waiting:
         return
     entries, build.waiting = list(build.waiting), None
     for wait in entries:
         ref = dict(wait.get(REF_KEY) or {})
-        if build.status == builds.SUCCEEDED and build.digest:
+        if build.status != builds.SUCCEEDED or not build.digest:
+            line = await _failed_line(session, app=app, build=build)
+        elif wait.get("preview"):
+            why = await _follow_preview(session, app=app, build=build, ref=ref)
+            if why is None:
+                continue
+            line = why
+        else:
             try:
                 async with session.begin_nested():
                     requested = await _deploy_built(session, ctx=ctx, app=app, build=build, wait=wait)
@@ -498,12 +544,11 @@ async def after_build(session: AsyncSession, *, ctx: Core, app: models.App, buil
                 continue
             except UserError as e:
                 line = f"built, not deployed: {e}"
-        else:
-            line = await _failed_line(session, app=app, build=build)
+        line = f"`{app.name}`: {line}"
         log.info(
-            "pr command %s on %s#%s: %s %s",
-            ref.get("comment_id"), ref.get("repo"), ref.get("number"), app.name, line,
+            "pr command %s on %s#%s: %s", ref.get("comment_id"), ref.get("repo"), ref.get("number"), line
         )  # fmt: skip
+        await _record_end(session, comment_id=int(ref["comment_id"]), build=build, line=line)
         await events.emit(
             session,
             ctx=ctx,
@@ -511,8 +556,59 @@ async def after_build(session: AsyncSession, *, ctx: Core, app: models.App, buil
             dedupe_key=f"pr-comment:{ref.get('comment_id')}:{app.id}:build:{build.id}:{build.runs}",
             project_id=app.project_id,
             app_id=app.id,
-            payload={**ref, "line": f"`{app.name}`: {line}", "build": build.id},
+            payload={**ref, "line": line, "build": build.id},
         )
+
+
+async def _follow_preview(
+    session: AsyncSession, *, app: models.App, build: models.Build, ref: dict[str, Any]
+) -> str | None:
+    """Tie the deploy of the pull request's preview that this build just asked for to the `.deploy`
+    comment (its status comment and reaction follow it, as when the preview deploys at once);
+    else a line saying there is none."""
+    found = await session.scalar(
+        select(models.Deployment)
+        .join(models.Preview, models.Preview.id == models.Deployment.preview_id)
+        .where(
+            models.Deployment.app_id == app.id,
+            models.Deployment.image == f"{build.image}@{build.digest}",
+            models.Preview.pr_number == int(ref["number"]),
+            models.Preview.closed_at.is_(None),
+        )
+        .order_by(models.Deployment.id.desc())
+        .limit(1)
+    )
+    if found is None:
+        # The preview closed, moved to a newer commit, or refused the deploy: its own comment says which.
+        return f"built, not deployed: the preview did not take {build.sha[:7]} (its comment says why)"
+    if found.dedupe_key and found.dedupe_key.startswith("pr-comment:"):
+        # A deploy follows one comment: another `.deploy` that waited for the same build is told where.
+        return f"built; the preview's deploy #{found.id} is followed by an earlier `.deploy` comment"
+    _tie(found, app=app, ref=ref)
+    log.info(
+        "pr command %s on %s#%s: build #%s ended, the preview's deploy #%s of %s follows it",
+        ref.get("comment_id"), ref.get("repo"), ref.get("number"), build.id, found.id, app.name,
+    )  # fmt: skip
+    return None
+
+
+async def _record_end(session: AsyncSession, *, comment_id: int, build: models.Build, line: str) -> None:
+    """What a waited-for build came to, kept on the comment's deploys (locked: the notifier records its
+    refs on them too) so every later drawing of its status comment shows it."""
+    rows = await session.scalars(
+        select(models.Deployment)
+        .where(models.Deployment.dedupe_key.startswith(dedupe_prefix(comment_id), autoescape=True))
+        .order_by(models.Deployment.id)
+        .with_for_update()
+    )
+    for row in rows:
+        refs = dict(row.notify_refs or {})
+        mine = dict(refs.get("github") or {})
+        ref = dict(mine.get(REF_KEY) or {})
+        ref["ended"] = {**(ref.get("ended") or {}), str(build.id): line}
+        mine[REF_KEY] = ref
+        refs["github"] = mine
+        row.notify_refs = refs
 
 
 async def _rollback(
@@ -777,8 +873,12 @@ class DeployState:
 
 async def states(session: AsyncSession, *, comment_id: int) -> list[DeployState]:
     """The deploys a comment asked for, as they are now (what its status comment shows)."""
+    return await _states(session, await earlier(session, comment_id=comment_id))
+
+
+async def _states(session: AsyncSession, rows: list[models.Deployment]) -> list[DeployState]:
     out: list[DeployState] = []
-    for d in await earlier(session, comment_id=comment_id):
+    for d in rows:
         app = await session.get(models.App, d.app_id)
         preview = await session.get(models.Preview, d.preview_id) if d.preview_id else None
         view = await _view(session, d)
@@ -796,6 +896,66 @@ async def states(session: AsyncSession, *, comment_id: int) -> list[DeployState]
             )
         )
     return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    """A deploy command as its status comment shows it now."""
+
+    states: list[DeployState]
+    lines: list[str]  # apps left out, then each waited-for build not deployed (yet)
+    pending: bool  # a build it waits for has not ended: not finished, whatever the deploys say
+    failed: bool  # an app it waited for was not deployed (its build failed, or was refused once built)
+
+    @property
+    def finished(self) -> bool:
+        return not self.pending and all(s.status in FINISHED for s in self.states)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.states) and not self.failed and all(s.status == "succeeded" for s in self.states)
+
+
+FINISHED = ("succeeded", "failed", "superseded", "cancelled")
+
+
+async def report(session: AsyncSession, *, command: dict[str, Any]) -> Report:
+    """The command's deploys, notes and waited-for builds from the database now: the notes, waits and
+    ends kept on each of its deploys (and on `command`, a build's wait or an event's) are merged, so a
+    redraw from any one notice is the whole story and a build's wait never outlives it."""
+    comment_id = int(command["comment_id"])
+    rows = await earlier(session, comment_id=comment_id)
+    refs = [command, *[((d.notify_refs or {}).get("github") or {}).get(REF_KEY) or {} for d in rows]]
+    notes: list[str] = []
+    waits: dict[int, dict[str, Any]] = {}
+    ended: dict[str, str] = {}
+    for ref in refs:
+        notes += [str(n) for n in ref.get("notes") or [] if str(n) not in notes]
+        waits.update({int(w["build"]): w for w in ref.get("waits") or []})
+        ended.update(ref.get("ended") or {})
+    states = await _states(session, rows)
+    deployed = {d.app_id for d in rows}
+    lines, pending, failed = list(notes), False, False
+    for build_id, w in sorted(waits.items()):
+        build = await session.get(models.Build, build_id)
+        if build is None or int(w.get("app_id") or 0) in deployed:
+            continue
+        if build.status in (builds.QUEUED, builds.BUILDING):
+            pending = True
+            then = "its preview deploys once built" if w.get("preview") else "deployed once built"
+            lines.append(f"`{w.get('app')}`: build #{build.id} of {build.sha[:7]} {build.status}; {then}.")
+            continue
+        failed = True
+        line = ended.get(str(build_id))
+        if line is None:
+            app = await session.get(models.App, build.app_id)
+            line = (
+                f"`{w.get('app')}`: {await _failed_line(session, app=app, build=build)}"
+                if app is not None and build.status == builds.FAILED
+                else f"`{w.get('app')}`: build #{build.id} of {build.sha[:7]} {build.status}; not deployed."
+            )
+        lines.append(line)
+    return Report(states=states, lines=lines, pending=pending, failed=failed)
 
 
 async def _view(session: AsyncSession, d: models.Deployment) -> str:

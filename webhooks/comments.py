@@ -280,14 +280,18 @@ async def write(
 
 
 _ICON = {"succeeded": "✅", "failed": "❌", "superseded": "⏭️", "cancelled": "🚫", "running": "🔄"}
-_FINISHED = ("succeeded", "failed", "superseded", "cancelled")
+_FINISHED = pr_commands.FINISHED
 
 
-def _deploys_body(*, text: str, login: str, states: list[pr_commands.DeployState], notes: list[str]) -> str:
-    finished = all(s.status in ("succeeded", "failed", "superseded", "cancelled") for s in states)
-    if not finished:
+def _deploys_body(*, text: str, login: str, report: pr_commands.Report) -> str:
+    lines = "".join(f"\n- {n}" for n in report.lines)
+    if not report.states:  # nothing deployed (yet): every app waits for its build, or was not deployed
+        if report.pending:
+            return f"🏗️ **`{text}`** by @{login}: waiting for the build\n{lines}"
+        return f"🚫 **`{text}`** by @{login}: not deployed\n{lines}"
+    if not report.finished:
         head = "⏳ working on it"
-    elif all(s.status == "succeeded" for s in states):
+    elif report.ok:
         head = "✅ done"
     else:
         head = "❌ did not succeed"
@@ -295,51 +299,48 @@ def _deploys_body(*, text: str, login: str, states: list[pr_commands.DeployState
         f"| `{s.app}` | {s.environment or '-'} | #{s.deployment} `{s.image}` | "
         f"{_ICON.get(s.status, '⏳')} {s.outcome}{': ' + ' '.join(s.error.split())[:200] if s.error else ''} |"
         + (f" {s.url} |" if s.url else " - |")
-        for s in states
+        for s in report.states
     )
-    extra = "".join(f"\n- {n}" for n in notes)
     return (
         f"🚀 **`{text}`** by @{login}: {head}\n\n| App | Where | Deploy | Status | URL |\n"
-        f"|---|---|---|---|---|\n{rows}{extra}"
+        f"|---|---|---|---|---|\n{rows}{lines}"
     )
 
 
 async def refresh(notifier: GitHubNotifier, *, command: Mapping[str, Any]) -> None:
-    """Redraw a command's status comment from the current state of its deploys; react when all are done."""
+    """Redraw a command's status comment from the current state of its deploys and of the builds it
+    waits for (pr_commands.report); react when it is finished: nothing running, nothing to wait for."""
     sessionmaker = notifier.sessionmaker
     if sessionmaker is None:
         return
     repo, number, comment_id = str(command["repo"]), int(command["number"]), int(command["comment_id"])
-    seen: list[pr_commands.DeployState] = []
+    seen: list[pr_commands.Report] = []
 
     async def render() -> str:
         async with sessionmaker() as session:
-            seen[:] = await pr_commands.states(session, comment_id=comment_id)
+            seen[:] = [await pr_commands.report(session, command=dict(command))]
         return _deploys_body(
             text=str(command.get("text") or ".deploy"),
             login=str(command.get("login") or "someone"),
-            states=seen,
-            notes=[str(n) for n in command.get("notes") or []],
+            report=seen[0],
         )
 
     await write(notifier, repo=repo, number=number, comment_id=comment_id, render=render)
-    if seen and all(s.status in ("succeeded", "failed", "superseded", "cancelled") for s in seen):
-        ok = all(s.status == "succeeded" for s in seen)
+    if seen and seen[0].finished:
         await react(
-            notifier, repo=repo, comment_id=comment_id, number=number, content="rocket" if ok else "confused"
-        )
+            notifier, repo=repo, comment_id=comment_id, number=number,
+            content="rocket" if seen[0].ok else "confused",
+        )  # fmt: skip
 
 
 async def not_deployed(notifier: GitHubNotifier, *, payload: Mapping[str, Any]) -> None:
-    """A `.deploy to ENV` that waited for a build was not deployed (the build failed, or the deploy was
-    refused once built): its status comment says why, unless deploys of the comment draw it already."""
-    repo, number, comment_id = str(payload["repo"]), int(payload["number"]), int(payload["comment_id"])
+    """A `.deploy` that waited for a build was not deployed (the build failed, the deploy was refused
+    once built, its preview moved on): its status comment says why, beside what else it did."""
     if notifier.sessionmaker is not None:
-        async with notifier.sessionmaker() as session:
-            if await pr_commands.earlier(session, comment_id=comment_id):
-                command = {**payload, "notes": [*(payload.get("notes") or []), str(payload.get("line"))]}
-                await refresh(notifier, command=command)
-                return
+        ended = {**(payload.get("ended") or {}), str(payload.get("build")): str(payload.get("line"))}
+        await refresh(notifier, command={**payload, "ended": ended})
+        return
+    repo, number, comment_id = str(payload["repo"]), int(payload["number"]), int(payload["comment_id"])
 
     async def render() -> str:
         return f"🚫 **`{payload.get('text')}`** by @{payload.get('login')}: not deployed\n\n- {payload.get('line')}"
@@ -484,6 +485,14 @@ def handlers(notifier: GitHubNotifier) -> dict[str, Handler]:
                 deployment_id=result.approved,
             )  # fmt: skip
             return
+        if result.command is not None:  # drawn from the state now: a build that ended since wins
+            if result.waiting:
+                log.info(
+                    "pr command %s (%s) on %s#%s by %s waits for build(s) %s",
+                    comment_id, text, repo, number, login, ", ".join(f"#{b}" for b in result.waiting),
+                )  # fmt: skip
+            await refresh(notifier, command=result.command)
+            return
         if result.deployment_ids:
             async with ctx.sessionmaker() as session:
                 command_ref = command_of(
@@ -491,26 +500,6 @@ def handlers(notifier: GitHubNotifier) -> dict[str, Handler]:
                 )
             if command_ref is not None:
                 await refresh(notifier, command=command_ref)
-            return
-        if result.waiting:  # every app waits for its build: the deploy's events redraw this comment
-            log.info(
-                "pr command %s (%s) on %s#%s by %s waits for build(s) %s",
-                comment_id, text, repo, number, login, ", ".join(f"#{b}" for b in result.waiting),
-            )  # fmt: skip
-
-            async def waiting() -> str:
-                # Drawn under the comment's lock from the state now: a build that ended since the
-                # command's transaction (its deploy's or its failure's notice drew this comment) wins.
-                async with ctx.sessionmaker() as session:
-                    states = await pr_commands.states(session, comment_id=comment_id)
-                    ended = await pr_commands.ended_builds(session, build_ids=result.waiting)
-                if states:
-                    return _deploys_body(text=text, login=login, states=states, notes=result.lines)
-                lines = "\n".join(f"- {line}" for line in [*result.lines, *ended])
-                head = "not deployed" if ended else "waiting for the build"
-                return f"{'🚫' if ended else '🏗️'} **`{text}`** by @{login}: {head}\n\n{lines}"
-
-            await write(notifier, repo=repo, number=number, comment_id=comment_id, render=waiting)
             return
         icon = {pr_commands.APPROVE: "👍", pr_commands.REJECT: "🛑"}.get(command.verb, "🔒")
         await answer(

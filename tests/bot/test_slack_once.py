@@ -278,3 +278,87 @@ async def test_paced_notify_jobs_are_not_counted_as_attempts(rt: Runtime, fake_s
     await _drain(rt)
     assert (await _job(rt, job.id)).attempts == 1
     assert [c.api for c in fake_slack.calls()] == ["chat.postMessage"]
+
+
+async def _claimed_by_a_process_that_dies(rt: Runtime) -> jobs.JobView:
+    """The card's notify job claimed by a process that dies before it sends anything."""
+    async with rt.sessionmaker.begin() as session:
+        job = await jobs.claim(
+            session,
+            owner="dead-process",
+            lease_seconds=30,
+            skip_locked=rt.engine.dialect.name == "postgresql",
+        )
+    assert job is not None and job.kind == events.NOTIFY_JOB
+    return job
+
+
+async def _post_as(fake: FakeSlack, token: str, *, metadata: dict[str, object]) -> str:
+    """A message posted in the channel with another token, carrying `metadata`."""
+    answer = await AsyncWebClient(base_url=fake.url, token=token).chat_postMessage(
+        channel=CHANNEL, text="a deploy card", metadata=metadata
+    )
+    return str(answer["ts"])
+
+
+async def test_a_card_with_our_metadata_posted_by_another_bot_is_not_adopted(
+    rt: Runtime, fake_slack: FakeSlack
+) -> None:
+    """A second shipit installed in the same workspace (its own bot) posts a card whose metadata is
+    ours (its deploy #1 is ours too): our retry must not adopt and edit it, but post its own."""
+    other = fake_slack.add_bot(user_id="U0OTHERSHIPIT")
+    deployment_id = await _seed(rt)
+    _start_process(rt, fake_slack)
+    await _deploy_event(rt, deployment_id, kind=events.DEPLOY_QUEUED, step="requested", status="queued")
+    job = await _claimed_by_a_process_that_dies(rt)
+    metadata = notifier_mod.SlackNotifier._card_metadata(deployment_id, "slack")
+    theirs = await _post_as(fake_slack, other, metadata=metadata)
+
+    await _restart(rt, fake_slack, job)
+    # Looked, found theirs, asked who we are, and posted our own card: theirs is untouched.
+    assert [c.api for c in fake_slack.calls()] == [
+        "chat.postMessage",
+        "conversations.history",
+        "auth.test",
+        "chat.postMessage",
+    ]
+    [me] = fake_slack.calls("auth.test")
+    assert me.response["bot_id"] == fake_slack.bot_id != fake_slack.bot_id_of(other)
+    ours, foreign = _by_bot(fake_slack)
+    assert foreign["ts"] == theirs and len(fake_slack.message_versions(CHANNEL, theirs)) == 1
+    assert ours["bot_id"] == fake_slack.bot_id and ours["ts"] != theirs
+    assert (await _card_refs(rt, deployment_id))["ts"] == ours["ts"]
+    assert (await _job(rt, job.id)).state == jobs.DONE
+
+
+def _by_bot(fake: FakeSlack) -> tuple[dict[str, object], dict[str, object]]:
+    """The channel's two cards: ours (the default bot's), then the other bot's."""
+    cards = fake.messages(CHANNEL, include_replies=False)
+    ours = [m for m in cards if m["bot_id"] == fake.bot_id]
+    others = [m for m in cards if m["bot_id"] != fake.bot_id]
+    assert len(ours) == 1 and len(others) == 1, cards
+    return ours[0], others[0]
+
+
+async def test_our_card_is_adopted_behind_a_newer_lookalike_from_another_bot(
+    rt: Runtime, fake_slack: FakeSlack
+) -> None:
+    """Our card was posted just before the crash; another bot's card with the same metadata came
+    after it (so it is the first the history shows): the retry passes it by and adopts ours."""
+    other = fake_slack.add_bot(user_id="U0OTHERSHIPIT")
+    deployment_id = await _seed(rt)
+    _start_process(rt, fake_slack)
+    await _deploy_event(rt, deployment_id, kind=events.DEPLOY_QUEUED, step="requested", status="queued")
+    job = await _crash_after_slack_accepts(rt, fake_slack, "chat.postMessage")
+    [card] = fake_slack.messages(CHANNEL, include_replies=False)
+    theirs = await _post_as(fake_slack, other, metadata=card["metadata"])
+
+    await _restart(rt, fake_slack, job)
+    ours, foreign = _by_bot(fake_slack)
+    assert ours["ts"] == card["ts"] and foreign["ts"] == theirs
+    assert len(fake_slack.calls("chat.postMessage")) == 2  # ours before the crash, and theirs
+    assert len(fake_slack.message_versions(CHANNEL, card["ts"])) == 2  # redrawn by the retry
+    assert len(fake_slack.message_versions(CHANNEL, theirs)) == 1
+    assert (await _card_refs(rt, deployment_id))["ts"] == card["ts"]
+    assert len(fake_slack.calls("auth.test")) == 1
+    assert (await _job(rt, job.id)).state == jobs.DONE

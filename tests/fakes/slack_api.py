@@ -60,6 +60,9 @@ class _Token:
     kind: str  # "bot" | "user"
     user_id: str
     scope: str
+    # A bot token's own bot and app (auth.test says the bot; its messages carry both).
+    bot_id: str | None = None
+    app_id: str | None = None
 
 
 @dataclasses.dataclass
@@ -208,7 +211,7 @@ class FakeSlack(FakeServer):
                 app_id="A0SHIPIT01",
             )
             self._workspaces[team_id] = ws
-            self._tokens[ws.bot_token] = _Token(ws, "bot", ws.bot_user_id, scopes)
+            self._tokens[ws.bot_token] = _Token(ws, "bot", ws.bot_user_id, scopes, ws.bot_id, ws.app_id)
             self._users.setdefault(
                 ws.bot_user_id, self._user_shape(ws.bot_user_id, "shipit", "shipit", None, ws, is_bot=True)
             )
@@ -218,11 +221,42 @@ class FakeSlack(FakeServer):
         with self._lock:
             return self._workspaces[team_id]
 
-    def add_token(self, token: str, *, team_id: str | None = None, user_id: str, kind: str = "user") -> None:
-        """Make `token` valid, acting as `user_id` in the workspace (default: the default one)."""
+    def add_token(
+        self,
+        token: str,
+        *,
+        team_id: str | None = None,
+        user_id: str,
+        kind: str = "user",
+        bot_id: str | None = None,
+        app_id: str | None = None,
+        scopes: str = "chat:write",
+    ) -> None:
+        """Make `token` valid, acting as `user_id` in the workspace (default: the default one).  A bot
+        token (`kind="bot"`) is its own bot (`bot_id`, default from `user_id`) of its own app: what
+        auth.test answers and what its messages are stamped with, as Slack does."""
         with self._lock:
             ws = self._workspaces[team_id or self.team_id]
-            self._tokens[token] = _Token(ws, kind, user_id, "chat:write")
+            if kind == "bot":
+                bot_id = bot_id or f"B{user_id.removeprefix('U')}"
+                app_id = app_id or f"A{user_id.removeprefix('U')}"
+            self._tokens[token] = _Token(ws, kind, user_id, scopes, bot_id, app_id)
+
+    def add_bot(
+        self, *, user_id: str, team_id: str | None = None, name: str = "shipit", scopes: str = BOT_SCOPES
+    ) -> str:
+        """Another app's bot installed in the workspace (default: the default one), e.g. a second
+        shipit: returns its bot token, whose bot id auth.test tells (`bot_id_of`)."""
+        token = f"xoxb-{user_id}-{secrets.token_hex(8)}"
+        self.add_token(token, team_id=team_id, user_id=user_id, kind="bot", scopes=scopes)
+        with self._lock:
+            ws = self._tokens[token].workspace
+            self._users.setdefault(user_id, self._user_shape(user_id, name, name, None, ws, is_bot=True))
+        return token
+
+    def bot_id_of(self, token: str) -> str | None:
+        with self._lock:
+            return self._tokens[token].bot_id
 
     def set_scopes(self, token: str, scopes: str) -> None:
         """What `token` is granted from now on (comma-separated), e.g. an app installed before a scope
@@ -493,7 +527,7 @@ class FakeSlack(FakeServer):
             "is_enterprise_install": False,
         }
         if tok.kind == "bot":
-            body["bot_id"] = ws.bot_id
+            body["bot_id"] = tok.bot_id
         return body
 
     def _chat_post_message(self, ctx: _Ctx) -> dict[str, Any]:
@@ -774,10 +808,12 @@ class FakeSlack(FakeServer):
             **_content(ctx.args),
         }
         if ctx.caller.kind == "bot":
-            payload.update(bot_id=ws.bot_id, app_id=ws.app_id)
+            # Stamped with the poster's own bot and app, as Slack does.
+            bot_id, app_id = ctx.caller.bot_id or ws.bot_id, ctx.caller.app_id or ws.app_id
+            payload.update(bot_id=bot_id, app_id=app_id)
             payload["bot_profile"] = {
-                "id": ws.bot_id,
-                "app_id": ws.app_id,
+                "id": bot_id,
+                "app_id": app_id,
                 "name": "shipit",
                 "team_id": ws.team_id,
             }

@@ -167,6 +167,17 @@ async def test_auth_test_identifies_the_bot(fake_slack: FakeSlack) -> None:
     assert found["bot_id"] == fake_slack.bot_id
 
 
+async def test_each_bot_token_is_its_own_bot(fake_slack: FakeSlack) -> None:
+    """A second app's bot in the same workspace: auth.test names its own bot, and its messages carry it."""
+    other = fake_slack.add_bot(user_id="U0OTHER01")
+    found = await slack_client(fake_slack, token=other).auth_test()
+    assert (found["user_id"], found["bot_id"]) == ("U0OTHER01", fake_slack.bot_id_of(other))
+    assert found["bot_id"] != fake_slack.bot_id and found["team_id"] == fake_slack.team_id
+    posted = await slack_client(fake_slack, token=other).chat_postMessage(channel="C1", text="x")
+    assert posted["message"]["bot_id"] == found["bot_id"] and posted["message"]["user"] == "U0OTHER01"
+    assert posted["message"]["app_id"] != fake_slack.app_id
+
+
 async def test_form_encoded_arguments_and_users_info(fake_slack: FakeSlack) -> None:
     client = slack_client(fake_slack)
     posted = await client.api_call(

@@ -7,14 +7,20 @@ failed build deploys nothing and the pull request is told which build failed and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
+import random
 from typing import Any
 
 import pytest
 from kubernetes_asyncio import client as k8s
-from sqlalchemy import select
+from kubernetes_asyncio.client.rest import ApiException
+from sqlalchemy import select, update
 
-from core import apps, builds, environment_admin, pr_commands, projects
+from core import apps, builds, environment_admin, events, jobs, pr_commands, projects
 from core.apps import AppChanges
+from shipit import builder as builder_process
 from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
@@ -30,11 +36,13 @@ from tests.webhooks.conftest import (
     job_rows,
     make_app,
     offline_cluster,
+    pr_payload,
     push_payload,
 )
 from tests.webhooks.test_builds import (
     SITE,
     all_builds,
+    build_row,
     buildable,
     builder_worker,
     count,
@@ -44,9 +52,10 @@ from tests.webhooks.test_builds import (
     wait_build,
 )
 from tests.webhooks.test_e2e import wait_finished
-from tests.webhooks.test_pr_commands import REPO, command_deploys, grant, reacted, say, status_comments
+from tests.webhooks.test_pr_commands import REPO, command_deploys, grant, link, reacted, say, status_comments
 from tests.webhooks.test_preview_builds import SHA_D
 from webhooks import comments
+from webhooks.client import Credentials, GitHubClient
 
 __all__ = ["settings", "store"]  # the fixtures, used by name
 
@@ -290,11 +299,19 @@ async def test_deploy_to_the_preview_builds_the_head_and_the_preview_waits(
     number = 46
     fake_github.add_pull(REPO, number, head_ref="feature/p", head_sha=SHA_B)
     comment_id, _ = await say(live_hook, fake_github, ".deploy", number=number)
-    await _status_says(
-        fake_github, number, comment_id, "waiting for the build", "the preview's comment follows"
-    )
+    await _status_says(fake_github, number, comment_id, "waiting for the build")
     [build] = await all_builds(rt)
-    assert (build.sha, build.pr_number, build.waiting) == (SHA_B, number, None)
+    await _status_says(
+        fake_github,
+        number,
+        comment_id,
+        f"`web`: build #{build.id} of {SHA_B[:7]} queued; its preview deploys once built.",
+    )
+    assert (build.sha, build.pr_number) == (SHA_B, number)
+    # The comment waits on the build row too: its end ties the comment to the preview's deploy.
+    assert [(w[pr_commands.REF_KEY]["comment_id"], w["preview"]) for w in build.waiting or []] == [
+        (comment_id, True)
+    ]
     async with rt.sessionmaker() as session:
         preview = await session.scalar(select(models.Preview).where(models.Preview.pr_number == number))
     assert preview is not None and preview.status == "building"
@@ -329,3 +346,326 @@ async def test_a_build_that_ends_in_a_locked_environment_deploys_nothing_and_say
     await _status_says(fake_github, number, comment_id, "not deployed", "built, not deployed", "locked")
     await reacted(fake_github, comment_id, "confused")
     assert await command_deploys(rt, comment_id) == [] and await count(rt, models.Deployment) == 0
+
+
+async def _notified(rt: Runtime) -> None:
+    """Every notice queued so far delivered (the status comment drawn from the latest state)."""
+
+    async def done() -> bool:
+        return all(j.state == "done" for j in await job_rows(rt, kind="notify"))
+
+    await eventually(done, what="the notices delivered")
+
+
+async def test_several_apps_one_built_later_the_comment_ends_on_both_deploys_with_no_stale_wait(
+    world: World,
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+) -> None:
+    # The repository deploys two apps: `api` from an image template (deployed at once), `web` from
+    # source (its build is waited for).  The comment is not done until both are, then says only that.
+    rt = live_hook.rt
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
+    repo = f"{host}/acme/web"
+    await _app(world, repo=repo)
+    await link(world, name="api")
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, SITE)
+    number = 48
+    fake_github.add_pull(REPO, number, head_ref="feature/both", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
+    await eventually(lambda: command_deploys(rt, comment_id), what="api's deploy")
+    [api_deploy] = await command_deploys(rt, comment_id)
+    assert (await wait_finished(live_hook, api_deploy.id)).status == "succeeded"
+    await _notified(rt)
+    [build] = await all_builds(rt)
+    # api is deployed, web still waits: not done, and no reaction yet beyond "seen".
+    status = await _status_says(
+        fake_github, number, comment_id, "⏳ working on it", f"ghcr.io/acme/web:{SHA_B}",
+        f"`web`: build #{build.id} of {SHA_B[:7]} queued; deployed once built.",
+    )  # fmt: skip
+    assert "✅ done" not in status["body"]
+    assert fake_github.reactions(REPO, comment_id) == ["eyes"]
+
+    async with builder_worker(rt, fake_github, config):
+        built = await wait_build(rt, build.id)
+        assert built.status == builds.SUCCEEDED, (built.error, built.log)
+
+        async def both() -> bool:
+            return len(await command_deploys(rt, comment_id)) == 2
+
+        await eventually(both, what="web's deploy once built")
+    web_deploy = (await command_deploys(rt, comment_id))[1]
+    assert (await wait_finished(live_hook, web_deploy.id)).status == "succeeded"
+    await _notified(rt)
+    await reacted(fake_github, comment_id, "rocket")
+    image = f"{repo}@{built.digest}"
+    status = await _status_says(
+        fake_github, number, comment_id, "✅ done", f"ghcr.io/acme/web:{SHA_B}", image
+    )
+    assert "build #" not in status["body"] and "waiting" not in status["body"], status["body"]
+    assert fake_github.reactions(REPO, comment_id) == ["eyes", "rocket"]
+    # Drawn again from api's deploy (its refs still carry web's wait): the same, nothing stale.
+    async with rt.sessionmaker() as session:
+        api_now = await session.get(models.Deployment, api_deploy.id)
+        assert api_now is not None
+        api_ref = comments.command_of(api_now.notify_refs)
+        assert api_ref is not None and [w["app"] for w in api_ref["waits"]] == ["web"]
+        again = await pr_commands.report(session, command=api_ref)
+    assert (again.lines, again.pending, again.failed, again.ok) == ([], False, False, True)
+
+
+async def test_several_apps_one_build_failing_the_comment_names_the_deploy_and_the_failure(
+    world: World, live_hook: Hook, fake_github: FakeGitHub, settings: Settings
+) -> None:
+    # Nothing to build in web's tree: the real builder fails it; api (an image template) deploys.
+    rt = live_hook.rt
+    await _app(world, repo="registry.invalid/acme/web")
+    await link(world, name="api")
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, {"README.md": "nothing to build\n"})
+    number = 49
+    fake_github.add_pull(REPO, number, head_ref="feature/half", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
+    await eventually(lambda: command_deploys(rt, comment_id), what="api's deploy")
+    [api_deploy] = await command_deploys(rt, comment_id)
+    assert (await wait_finished(live_hook, api_deploy.id)).status == "succeeded"
+    [build] = await all_builds(rt)
+    async with builder_worker(rt, fake_github, settings):
+        failed = await wait_build(rt, build.id)
+    assert failed.status == builds.FAILED
+    await _notified(rt)
+    await reacted(fake_github, comment_id, "confused")
+    status = await _status_says(
+        fake_github, number, comment_id, "❌ did not succeed", f"ghcr.io/acme/web:{SHA_B}",
+        f"`web`: not deployed: build #{build.id} of {SHA_B[:7]} failed", "`shipit builds logs web",
+    )  # fmt: skip
+    assert "deployed once built" not in status["body"] and "queued" not in status["body"], status["body"]
+    assert status["body"].count(f"build #{build.id}") == 1
+    assert "rocket" not in fake_github.reactions(REPO, comment_id)
+    assert [d.id for d in await command_deploys(rt, comment_id)] == [api_deploy.id]
+
+
+async def test_deploy_to_a_preview_that_waits_for_its_build_ends_with_the_reaction(
+    world: World,
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+    kube_api: k8s.ApiClient,
+) -> None:
+    # `.deploy` (the preview) of an app that builds: the preview waits for its build and deploys it;
+    # the command's comment follows that deploy to the end, as a preview deployed at once does.
+    rt = live_hook.rt
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
+    repo = f"{host}/acme/web"
+    app = await _app(world, repo=repo)
+    async with rt.sessionmaker.begin() as session:
+        row = await session.get(models.App, app.id)
+        assert row is not None
+        row.previews_enabled, row.preview_domain = True, "preview.acme.dev"
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, SITE)
+    number = random.randint(100, 99999)  # preview namespaces outlive a failed test: never reuse one
+    namespace = f"web-pr-{number}"
+    fake_github.add_pull(REPO, number, head_ref="feature/preview", head_sha=SHA_B)
+    try:
+        comment_id, _ = await say(live_hook, fake_github, ".deploy", number=number)
+        await _status_says(fake_github, number, comment_id, "waiting for the build")
+        # Said twice while it builds: one deploy follows one comment, the later one is told which.
+        later_id, _ = await say(live_hook, fake_github, ".deploy", number=number)
+        await _status_says(fake_github, number, later_id, "waiting for the build")
+        [build] = await all_builds(rt)
+        async with builder_worker(rt, fake_github, config):
+            built = await wait_build(rt, build.id)
+            assert built.status == builds.SUCCEEDED, (built.error, built.log)
+        [deploy] = await command_deploys(rt, comment_id)
+        assert (await wait_finished(live_hook, deploy.id)).status == "succeeded"
+        assert (deploy.namespace, deploy.image, deploy.preview_id is not None) == (
+            namespace, f"{repo}@{built.digest}", True,
+        )  # fmt: skip
+        await _notified(rt)
+        await reacted(fake_github, comment_id, "rocket")
+        status = await _status_says(
+            fake_github, number, comment_id, "✅ done", f"preview {namespace}", f"{repo}@{built.digest}"
+        )
+        assert "build #" not in status["body"], status["body"]
+        assert fake_github.reactions(REPO, comment_id) == ["eyes", "rocket"]
+        assert len(await all_builds(rt)) == 1 and await count(rt, models.Deployment) == 1
+        await _status_says(
+            fake_github, number, later_id, f"the preview's deploy #{deploy.id} is followed by an earlier"
+        )
+        assert await command_deploys(rt, later_id) == []
+    finally:
+        with contextlib.suppress(ApiException):
+            await k8s.CoreV1Api(kube_api).delete_namespace(namespace)
+
+
+async def test_deploy_to_a_preview_whose_build_fails_ends_confused_naming_the_build(
+    live_hook: Hook, fake_github: FakeGitHub, settings: Settings
+) -> None:
+    rt = live_hook.rt
+    await offline_cluster(rt)
+    await make_app(
+        rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web",
+        previews_enabled=True, preview_domain="preview.acme.dev",
+    )  # fmt: skip
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, {"README.md": "nothing to build\n"})
+    number = 50
+    fake_github.add_pull(REPO, number, head_ref="feature/p-broken", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy", number=number)
+    await _status_says(fake_github, number, comment_id, "waiting for the build")
+    [build] = await all_builds(rt)
+    async with builder_worker(rt, fake_github, settings):
+        failed = await wait_build(rt, build.id)
+    assert failed.status == builds.FAILED and failed.waiting is None
+    await reacted(fake_github, comment_id, "confused")
+    status = await _status_says(
+        fake_github, number, comment_id, "not deployed", f"`web`: not deployed: build #{build.id} of {SHA_B[:7]} failed",
+        f"`shipit builds logs web {build.id}",
+    )  # fmt: skip
+    assert "waiting" not in status["body"] and "queued" not in status["body"], status["body"]
+    assert fake_github.reactions(REPO, comment_id) == ["eyes", "confused"]
+    assert await count(rt, models.Deployment) == 0
+
+
+async def test_a_builder_dying_while_a_comment_waits_builds_again_and_deploys_once(
+    world: World,
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+) -> None:
+    # A `.deploy to ENV` waits for its build; the builder taking the build dies mid-build (the
+    # process's task ends while it fetches the source: nothing after that is committed, its job keeps
+    # its lease).  The lease runs out, another builder takes the job and builds the commit again: the
+    # comment is deployed once, with one status comment, as if nothing had happened.
+    rt = live_hook.rt
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
+    repo = f"{host}/acme/web"
+    app = await _app(world, repo=repo)
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, SITE)
+    number = 51
+    fake_github.add_pull(REPO, number, head_ref="feature/crash", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
+    await _status_says(fake_github, number, comment_id, "waiting for the build")
+    [build] = await all_builds(rt)
+
+    # The first builder claims the build job and dies while it fetches the source.
+    async with rt.sessionmaker.begin() as session:
+        job = await jobs.claim(
+            session, owner="dead-builder", lease_seconds=300, kinds=[builds.BUILD_JOB],
+            skip_locked=rt.engine.dialect.name == "postgresql",
+        )  # fmt: skip
+    assert job is not None and job.kind == builds.BUILD_JOB and job.attempts == 1
+    github = GitHubClient(
+        credentials=Credentials(
+            api_url=fake_github.url, token=fake_github.token, seconds_between_requests=None,
+            seconds_between_writes=None,
+        )
+    )  # fmt: skip
+    try:
+        dying = asyncio.create_task(
+            builds.run_job(ctx=rt.core, job=job, builder=builder_process.builder_of(config, fetcher=github))
+        )
+        await fake_github.wait_for_call("get_tarball", timeout=60)
+        dying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dying
+    finally:
+        await github.close()
+    crashed = await build_row(rt, build.id)
+    assert (crashed.status, crashed.digest) == (builds.BUILDING, None)  # died mid-build, as intended
+    assert [w[pr_commands.REF_KEY]["comment_id"] for w in crashed.waiting or []] == [comment_id]
+    assert await command_deploys(rt, comment_id) == []
+
+    # Its lease runs out (as after the crash); a live builder takes the job and builds it again.
+    async with rt.sessionmaker.begin() as session:
+        await session.execute(
+            update(models.Job)
+            .where(models.Job.id == job.id)
+            .values(lease_until=models.utcnow() - dt.timedelta(seconds=1))
+        )
+    async with builder_worker(rt, fake_github, config):
+        built = await wait_build(rt, build.id)
+        assert built.status == builds.SUCCEEDED, (built.error, built.log)
+
+        async def deployed() -> bool:
+            return len(await command_deploys(rt, comment_id)) == 1
+
+        await eventually(deployed, what="the comment's deploy once built")
+    [deploy] = await command_deploys(rt, comment_id)
+    deploy = await wait_finished(live_hook, deploy.id)
+    image = f"{repo}@{built.digest}"
+    assert (deploy.app_id, deploy.image, deploy.status) == (app.id, image, "succeeded")
+    await _notified(rt)
+    await reacted(fake_github, comment_id, "rocket")
+    await _status_says(fake_github, number, comment_id, "`.deploy to production`", "✅ done", image)
+    # Built twice (a fetch a run), the job run twice, everything else once.
+    async with rt.sessionmaker() as session:
+        row = await session.get(models.Job, job.id)
+        assert row is not None and (row.state, row.attempts) == (jobs.DONE, 2)
+        not_deployed = await session.scalars(
+            select(models.Event).where(models.Event.kind == events.PR_COMMAND_NOT_DEPLOYED)
+        )
+        assert list(not_deployed) == []
+    assert {c.path_params["ref"] for c in fake_github.calls("get_tarball")} == {SHA_B}
+    assert len(fake_github.calls("get_tarball")) == 2
+    assert built.waiting is None and len(await all_builds(rt)) == 1
+    assert await count(rt, models.Deployment) == 1
+    created = [
+        c for c in fake_github.calls("create_issue_comment") if comments.marker(comment_id) in c.arg("body")
+    ]
+    assert len(created) == 1 and len(status_comments(fake_github, number, comment_id)) == 1
+    assert fake_github.reactions(REPO, comment_id) == ["eyes", "rocket"]
+
+
+async def test_deploy_to_a_preview_that_moved_on_while_its_build_ran_says_not_deployed(
+    live_hook: Hook,
+    fake_github: FakeGitHub,
+    private_registry: Registry,
+    store: buildah.Store,
+    settings: Settings,
+) -> None:
+    # `.deploy` waits for the build of SHA_B; a push moves the preview to SHA_C before it ends.  SHA_B
+    # is still built (the comment asked for it) but the preview does not take it: the comment says so.
+    rt = live_hook.rt
+    await offline_cluster(rt)
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
+    await make_app(
+        rt, image_template=None, build_enabled=True, build_image=f"{host}/acme/web",
+        previews_enabled=True, preview_domain="preview.acme.dev",
+    )  # fmt: skip
+    await grant(rt, "github:alice", "developer")
+    fake_github.set_role(REPO, "alice", "write")
+    fake_github.add_source(REPO, SHA_B, SITE)
+    number = 52
+    fake_github.add_pull(REPO, number, head_ref="feature/moving", head_sha=SHA_B)
+    comment_id, _ = await say(live_hook, fake_github, ".deploy", number=number)
+    await _status_says(fake_github, number, comment_id, "waiting for the build")
+    [build] = await all_builds(rt)
+    moved = await live_hook.post("pull_request", pr_payload("synchronize", number=number, sha=SHA_C))
+    assert moved.json()["decisions"][0]["action"] == "build"
+    assert (await build_row(rt, build.id)).status == builds.QUEUED  # the comment's: not superseded
+    # Only the comment's build runs here (SHA_C's source is not there: its build fails, unrelated).
+    async with builder_worker(rt, fake_github, config):
+        built = await wait_build(rt, build.id)
+    assert built.status == builds.SUCCEEDED, (built.error, built.log)
+    await reacted(fake_github, comment_id, "confused")
+    status = await _status_says(
+        fake_github, number, comment_id, "not deployed", f"the preview did not take {SHA_B[:7]}"
+    )
+    assert "waiting" not in status["body"], status["body"]
+    assert await command_deploys(rt, comment_id) == []
