@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -38,6 +38,7 @@ class Setting:
     metavar: str | None = None
     parse: Callable[[Any], Any] | None = None  # the flag's value -> the API's
     only: Command | None = None  # taken by one command only
+    workload: bool = True  # False: shipit's own setting, which no deploy writes to the cluster
 
     def parameter(self) -> inspect.Parameter:
         option = typer.Option(*self.flags, help=self.help, metavar=self.metavar)
@@ -79,6 +80,7 @@ SETTINGS: tuple[Setting, ...] = (
         type=bool,
         flags=("--protected/--unprotected",),
         help="Deploys need approval from a second person.",
+        workload=False,
     ),
     Setting(
         name="progress_deadline",
@@ -86,28 +88,36 @@ SETTINGS: tuple[Setting, ...] = (
         field="progress_deadline_seconds",
         help="Seconds a rollout may take before it fails.",
     ),
-    Setting(name="git_repo", type=str, help="GitHub repository owner/name to deploy from."),
-    Setting(name="git_branch", type=str, help="Branch whose pushes deploy."),
-    Setting(name="image_template", type=str, help="Image built for a commit, like ghcr.io/acme/web:{sha}."),
-    Setting(name="deploy_on", type=str, help="Deploy on 'push' or after 'ci' passes."),
+    Setting(name="git_repo", type=str, help="GitHub repository owner/name to deploy from.", workload=False),
+    Setting(name="git_branch", type=str, help="Branch whose pushes deploy.", workload=False),
+    Setting(
+        name="image_template",
+        type=str,
+        help="Image built for a commit, like ghcr.io/acme/web:{sha}.",
+        workload=False,
+    ),
+    Setting(name="deploy_on", type=str, help="Deploy on 'push' or after 'ci' passes.", workload=False),
     Setting(
         name="build",
         type=bool,
         field="build_enabled",
         flags=("--build/--no-build",),
         help="Build pushed commits from source (their Dockerfile, or a detected pack) and deploy the image.",
+        workload=False,
     ),
     Setting(
         name="build_context",
         type=str,
         metavar="DIR",
         help="The repository's directory to build (default: its root).",
+        workload=False,
     ),
     Setting(
         name="build_image",
         type=str,
         metavar="REPO",
         help="Repository the built images are pushed to, like registry.acme.dev/acme/web (tagged with the sha).",
+        workload=False,
     ),
     Setting(
         name="previews",
@@ -115,9 +125,10 @@ SETTINGS: tuple[Setting, ...] = (
         field="previews_enabled",
         flags=("--previews/--no-previews",),
         help="A preview environment per pull request.",
+        workload=False,
     ),
-    Setting(name="preview_domain", type=str, help="Base domain of preview URLs."),
-    Setting(name="preview_ttl_hours", type=int, help="Hours an idle preview lives."),
+    Setting(name="preview_domain", type=str, help="Base domain of preview URLs.", workload=False),
+    Setting(name="preview_ttl_hours", type=int, help="Hours an idle preview lives.", workload=False),
     Setting(
         name="previews_from_forks",
         type=str,
@@ -125,6 +136,7 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="never|approved|always",
         help="Pull requests from forks: no preview (never), one once a project developer approves "
         "each commit (approved, without the app's secrets), or always (with secrets; admins only).",
+        workload=False,
     ),
     Setting(
         name="release_command",
@@ -140,9 +152,16 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="on|off",
         help="When a rollout fails, deploy the current revision again by itself (default on).",
         parse=_on_off,
+        workload=False,
     ),
 )
 _OWN = ("env", "unset_env")
+_SHIPIT_ONLY = frozenset(s.field or s.name for s in SETTINGS if not s.workload)
+
+
+def reaches_workload(fields: Iterable[str]) -> bool:
+    """Whether a change of these API fields shows on the cluster once deployed (env does)."""
+    return any(f not in _SHIPIT_ONLY for f in fields)
 
 
 def options(command: Command) -> Callable[[F], F]:

@@ -183,11 +183,13 @@ def apps_update(
             return
         if not as_json:
             typer.echo(f"updated app {a['name']}: {', '.join(sorted(body))}")
-            if not deploy:
+            if not deploy and app_settings.reaches_workload(body):
                 typer.echo(
                     "the change reaches the cluster with the next deploy: "
                     f"shipit deploy {a['name']}{env_flag(environment)}"
                 )
+            elif not deploy:
+                typer.echo("shipit's own settings: in effect now, nothing changes on the cluster")
         deployed(client, d, wait=wait, as_json=as_json, envelope={"app": a}, environment=environment)
 
 

@@ -501,7 +501,9 @@ async def test_cli_a_failed_deploy_is_rolled_back_and_shows_apart_from_what_runs
     assert [d["trigger"] for d in history][:2] == ["auto-rollback", "cli"]
     assert history[1]["rolled_back_by"] == history[0]["id"]
 
-    ok(await shipit("apps", "update", "web", "--auto-rollback", "off"))
+    # shipit's own settings (no deploy writes them to the cluster) are not sent to a deploy.
+    out = ok(await shipit("apps", "update", "web", "--auto-rollback", "off", "--unprotected"))
+    assert "nothing changes on the cluster" in out and "shipit deploy" not in out
     assert json.loads(ok(await shipit("apps", "show", "web", "--json")))["auto_rollback"] is False
     assert "on or off" in one_error_line(await shipit("apps", "update", "web", "--auto-rollback", "maybe"))
 
