@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import LiveServer, World
 from tests.helpers import eventually
@@ -116,6 +117,7 @@ async def _async(value: Any) -> Any:
     return value
 
 
+@pytest.mark.both_databases
 async def test_a_viewer_reads_the_logs_and_an_outsider_is_told_there_is_no_such_app(
     world: World, live_server: LiveServer, api: httpx.AsyncClient, pod_logs: PodLogs
 ) -> None:
