@@ -633,6 +633,9 @@ class ControlPlane:
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={p['front-proxy-client.crt']}",
                 f"--proxy-client-key-file={p['front-proxy-client.key']}",
+                # pods/log is proxied to the node's kubelet port, kwok's server: check its certificate as a
+                # hardened cluster does, rather than trusting whatever answers there.
+                f"--kubelet-certificate-authority={p['ca.crt']}",
             ],
         )
         # The other components wait for the apiserver on their own, so they start as soon as it serves at
