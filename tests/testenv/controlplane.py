@@ -9,7 +9,8 @@ metrics-server serves the Metrics API (metrics.k8s.io) through the apiserver's a
 scraping the resource metrics kwok emulates for its node: every container "uses" POD_CPU_USAGE and
 POD_MEMORY_USAGE unless its pod's kwok.x-k8s.io/usage-cpu / usage-memory annotations say otherwise.
 Container logs are files: kwok serves a pod's container log (tail, follow) from the file a kwok `Logs`
-object names; write_pod_log() appends CRI-format lines to such a file under the workdir and creates it.
+object names; the `pod_logs` fixture (plugin.PodLogs) appends CRI-format lines to such a file under the
+workdir and creates the object.
 
 Everything lives in a temporary directory outside the repository and every process runs in its own
 process group, killed on stop(), at interpreter exit and (on Linux) when this process dies.
@@ -95,7 +96,7 @@ class KubeEnv:
     kubeconfig_path: Path
     kubeconfig: str
     server: str
-    # Where write_pod_log() puts container log files kwok serves; None on a cluster not started here.
+    # Where the pod_logs fixture puts container log files kwok serves; None on a cluster not started here.
     pod_logs_dir: Path | None = None
 
 
@@ -694,7 +695,7 @@ class ControlPlane:
                 f"--tls-cert-file={p['kubelet.crt']}",
                 f"--tls-private-key-file={p['kubelet.key']}",
                 "--node-lease-duration-seconds=40",
-                # Container logs come from the files kwok Logs objects name (see write_pod_log).
+                # Container logs come from the files kwok Logs objects name (see plugin.PodLogs).
                 "--enable-crds=Logs",
                 *[f"--config={f}" for f in [*stage_files, *self._metrics_files(work)]],
             ],
