@@ -116,10 +116,18 @@ async def with_live(*, ctx: Core, status: AppStatus, target: Target) -> AppStatu
     return AppStatus(**{**status.__dict__, "live": observed})
 
 
-async def logs(*, ctx: Core, target: Target, tail_lines: int, follow: bool) -> AsyncIterator[str]:
+async def logs(
+    *, ctx: Core, target: Target, tail_lines: int, follow: bool, shared_tail: bool = False
+) -> AsyncIterator[str]:
+    """The app's pod log lines: tail_lines per pod, or with shared_tail for the whole app (see
+    Watcher.pod_logs)."""
     kube = await ctx.kube.get(key=str(target.cluster_id), kubeconfig=target.kubeconfig)
     async for line in kube.pod_logs(
-        namespace=target.namespace, app=target.app, tail_lines=tail_lines, follow=follow
+        namespace=target.namespace,
+        app=target.app,
+        tail_lines=tail_lines,
+        follow=follow,
+        shared_tail=shared_tail,
     ):
         yield line
 

@@ -160,7 +160,9 @@ def _parse_revisions(rest: str) -> Revisions:
 @command(
     "logs",
     usage="logs <app> [lines]",
-    summary=f"the last log lines of the app's pods (default {DEFAULT_LOG_LINES}, at most {MAX_LOG_LINES})",
+    summary=(
+        f"the app's last log lines, shared among its pods (default {DEFAULT_LOG_LINES}, at most {MAX_LOG_LINES})"
+    ),
     examples=("logs web", "logs web 200"),
 )
 def _parse_logs(rest: str) -> Logs:

@@ -99,7 +99,11 @@ async def _logs(session: AsyncSession, core: Core, caller: Caller, cmd: commands
 
     async def fetch() -> views.Message:
         lines: list[str] = []
-        async for line in status.logs(ctx=core, target=target, tail_lines=cmd.lines, follow=False):
+        # N lines of the app, shared among its pods: a per-pod tail cut to its last N lines would show
+        # only the last pod listed, hiding the others (perhaps the failing one).
+        async for line in status.logs(
+            ctx=core, target=target, tail_lines=cmd.lines, follow=False, shared_tail=True
+        ):
             lines.append(line)
         return views.log_lines(target.app, lines[-cmd.lines :], asked=cmd.lines)
 

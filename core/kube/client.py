@@ -125,13 +125,21 @@ class Kube:
         )
 
     def pod_logs(
-        self, *, namespace: str, app: str, tail_lines: int = 100, follow: bool = False
+        self,
+        *,
+        namespace: str,
+        app: str,
+        tail_lines: int = 100,
+        follow: bool = False,
+        shared_tail: bool = False,
     ) -> AsyncIterator[str]:
         """Log lines of the app's pods (see Watcher.pod_logs).
 
         Its own generator, not one wrapped around it: closing this one stops the streams.
         """
-        return self._watcher.pod_logs(namespace=namespace, app=app, tail_lines=tail_lines, follow=follow)
+        return self._watcher.pod_logs(
+            namespace=namespace, app=app, tail_lines=tail_lines, follow=follow, shared_tail=shared_tail
+        )
 
     # -- the release phase: applying, then watching ---------------------------------------
 

@@ -130,10 +130,18 @@ class Watcher:
             response.release()
 
     async def pod_logs(
-        self, *, namespace: str, app: str, tail_lines: int = 100, follow: bool = False
+        self,
+        *,
+        namespace: str,
+        app: str,
+        tail_lines: int = 100,
+        follow: bool = False,
+        shared_tail: bool = False,
     ) -> AsyncIterator[str]:
         """Log lines of the app's pods, prefixed with the pod name when there are several.
 
+        tail_lines is per pod, or with shared_tail the app's total, shared out evenly among its pods:
+        the last N lines of the app then show every pod, not only the last pod listed.
         With follow, lines of all pods interleave as they come, until every stream ends.
         """
         listing = await self._list_pods(namespace=namespace, selector=f"{render.LABEL_NAME}={app}")
@@ -141,12 +149,16 @@ class Watcher:
         if not pods:
             raise errors.NotFound(f"app {app} has no pods in namespace {namespace}")
         prefix = len(pods) > 1
+        tails = dict.fromkeys(pods, tail_lines)
+        if shared_tail:
+            each, extra = divmod(tail_lines, len(pods))
+            tails = {pod: each + (i < extra) for i, pod in enumerate(pods)}
 
         async def lines_of(pod: str) -> AsyncIterator[str]:
             head = f"{pod}: " if prefix else ""
             try:
                 async for line in self._pod_log_lines(
-                    namespace=namespace, pod=pod, container=app, tail_lines=tail_lines, follow=follow
+                    namespace=namespace, pod=pod, container=app, tail_lines=tails[pod], follow=follow
                 ):
                     yield head + line
             except (errors.PermanentError, errors.NotFound) as e:

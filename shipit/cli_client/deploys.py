@@ -323,7 +323,7 @@ def logs(
     environment: EnvNameOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Logs of an app's pods, each line prefixed with its pod."""
+    """Logs of an app's pods, each line prefixed with its pod when there are several."""
     with api() as client:
         try:
             for line in client.lines(

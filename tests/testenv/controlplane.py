@@ -8,6 +8,9 @@ pods get scheduled and become Ready without running anything. As kwokctl's binar
 metrics-server serves the Metrics API (metrics.k8s.io) through the apiserver's aggregation layer,
 scraping the resource metrics kwok emulates for its node: every container "uses" POD_CPU_USAGE and
 POD_MEMORY_USAGE unless its pod's kwok.x-k8s.io/usage-cpu / usage-memory annotations say otherwise.
+Container logs are files: kwok serves a pod's container log (tail, follow) from the file a kwok `Logs`
+object names; the `pod_logs` fixture (plugin.PodLogs) appends CRI-format lines to such a file under the
+workdir and creates the object.
 
 Everything lives in a temporary directory outside the repository and every process runs in its own
 process group, killed on stop(), at interpreter exit and (on Linux) when this process dies.
@@ -93,6 +96,54 @@ class KubeEnv:
     kubeconfig_path: Path
     kubeconfig: str
     server: str
+    # Where the pod_logs fixture puts container log files kwok serves; None on a cluster not started here.
+    pod_logs_dir: Path | None = None
+
+
+# kwok's Logs kind (kwok.x-k8s.io/v1alpha1): which file is a pod's container log. Only what kwok's
+# informer needs, so no manifest has to be copied from the module: a namespaced kind, fields kept as sent.
+LOGS_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "logs.kwok.x-k8s.io"},
+    "spec": {
+        "group": "kwok.x-k8s.io",
+        "names": {"kind": "Logs", "listKind": "LogsList", "plural": "logs", "singular": "logs"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1alpha1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
+}
+
+
+def cri_log_line(line: str, *, at: datetime.datetime | None = None, stream: str = "stdout") -> str:
+    """One line in the CRI log format kwok reads (as the kubelet does): time, stream, F(ull), text."""
+    when = (at or datetime.datetime.now(datetime.UTC)).astimezone(datetime.UTC)
+    return f"{when.strftime('%Y-%m-%dT%H:%M:%S.%f')}000Z {stream} F {line}\n"
+
+
+def pod_log_path(logs_dir: Path, *, namespace: str, pod: str, container: str) -> Path:
+    return logs_dir / namespace / pod / f"{container}.log"
+
+
+def logs_object(logs_dir: Path, *, namespace: str, pod: str, container: str) -> dict[str, Any]:
+    """The kwok Logs object that makes kwok serve pod_log_path() as the container's log."""
+    path = pod_log_path(logs_dir, namespace=namespace, pod=pod, container=container)
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Logs",
+        "metadata": {"name": pod, "namespace": namespace},
+        "spec": {"logs": [{"containers": [container], "logsFile": str(path), "follow": True}]},
+    }
 
 
 def cache_root() -> Path:
@@ -583,11 +634,16 @@ class ControlPlane:
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={p['front-proxy-client.crt']}",
                 f"--proxy-client-key-file={p['front-proxy-client.key']}",
+                # pods/log is proxied to the node's kubelet port, kwok's server: check its certificate as a
+                # hardened cluster does, rather than trusting whatever answers there.
+                f"--kubelet-certificate-authority={p['ca.crt']}",
             ],
         )
         # The other components wait for the apiserver on their own, so they start as soon as it serves at
         # all and their start-up overlaps its ~2 s of RBAC bootstrapping (they use system:masters anyway).
         self._wait("kube-apiserver serving", lambda: self._get_status("/version") == 200)
+        # Before kwok starts, so its Logs informer lists at once instead of backing off on a 404.
+        self._wait("CustomResourceDefinition logs.kwok.x-k8s.io created", self._create_logs_crd)
 
         self._spawn(
             "kube-controller-manager",
@@ -639,6 +695,8 @@ class ControlPlane:
                 f"--tls-cert-file={p['kubelet.crt']}",
                 f"--tls-private-key-file={p['kubelet.key']}",
                 "--node-lease-duration-seconds=40",
+                # Container logs come from the files kwok Logs objects name (see plugin.PodLogs).
+                "--enable-crds=Logs",
                 *[f"--config={f}" for f in [*stage_files, *self._metrics_files(work)]],
             ],
             # kwok also loads ~/.kwok/kwok.yaml if present: keep a developer's own kwok setup out.
@@ -664,7 +722,11 @@ class ControlPlane:
         # a deleted namespace would stay Terminating. So nothing runs before it.
         if self._metrics_server:
             self._wait(f"APIService {METRICS_API} Available (metrics-server)", self._metrics_api_available)
-        return KubeEnv(kubeconfig_path=kubeconfig, kubeconfig=kubeconfig_text, server=server)
+        pod_logs_dir = work / "pod-logs"
+        pod_logs_dir.mkdir()
+        return KubeEnv(
+            kubeconfig_path=kubeconfig, kubeconfig=kubeconfig_text, server=server, pod_logs_dir=pod_logs_dir
+        )
 
     def _spawn_metrics_server(self, *, kubeconfig: Path, port: int, p: dict[str, str]) -> None:
         self._spawn(
@@ -889,6 +951,14 @@ class ControlPlane:
         if status in (400, 422):
             raise ControlPlaneError(f"creating node {NODE_NAME} failed: HTTP {status}: {resp}")
         return False  # the apiserver is still starting (403 before RBAC is bootstrapped, 5xx, ...)
+
+    def _create_logs_crd(self) -> bool:
+        status, resp = self._request(
+            "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", LOGS_CRD
+        )
+        if status in (400, 422):
+            raise ControlPlaneError(f"creating the Logs CRD failed: HTTP {status}: {resp}")
+        return status in (200, 201, 409)
 
     def _node_ready(self) -> bool:
         status, node = self._request("GET", f"/api/v1/nodes/{NODE_NAME}")

@@ -10,6 +10,8 @@ plane must never let CI pass silently.
 other's objects. `kube_api` (function) is a kubernetes_asyncio ApiClient for the tests' own checks.
 `simulated_failures` (function) skips a test unless the cluster is this control plane, whose kwok stage
 turns images tagged `fail-*` into crash-looping pods (a real cluster would report ImagePullBackOff).
+`pod_logs` (function) writes lines into a pod's container log, which kwok then serves through the API
+server's pods/log (tail, follow); skipped on a cluster not started here.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -38,6 +40,7 @@ __all__ = [
     "kube_api",
     "kube_env",
     "namespace",
+    "pod_logs",
     "require_local_binaries",
     "simulated_failures",
 ]
@@ -176,3 +179,64 @@ async def simulated_failures(kube_env: KubeEnv) -> None:
     key, value = controlplane.KWOK_NODE_ANNOTATION
     if node is None or (node.metadata.annotations or {}).get(key) != value:
         pytest.skip("needs the shipit test control plane (kwok simulates `fail-` images), not this cluster")
+
+
+class PodLogs:
+    """Container logs of this control plane's pods: lines written here are what kwok serves as the log."""
+
+    def __init__(self, *, logs_dir: Path, api: client.ApiClient) -> None:
+        self._dir = logs_dir
+        self._api = api
+
+    async def pods(self, *, namespace: str, app: str) -> list[str]:
+        """Names of the app's pods (by shipit's app label), sorted."""
+        listing = await client.CoreV1Api(self._api).list_namespaced_pod(
+            namespace, label_selector=f"app.kubernetes.io/name={app}"
+        )
+        return sorted(p.metadata.name for p in listing.items)
+
+    async def write(
+        self, *, namespace: str, pod: str, container: str, lines: Sequence[str], partial_last: bool = False
+    ) -> None:
+        """Append `lines` to the container's log; the first write also makes kwok serve the file and waits
+        until the API server answers with it. `partial_last`: the last line has no end of line yet (a CRI
+        "P" record, as a runtime writes a line still being printed)."""
+        path = controlplane.pod_log_path(self._dir, namespace=namespace, pod=pod, container=container)
+        first = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        records = [controlplane.cri_log_line(line) for line in lines]
+        if partial_last and records:
+            records[-1] = records[-1].replace(" stdout F ", " stdout P ", 1).removesuffix("\n") + "\n"
+        with path.open("a") as f:
+            f.write("".join(records))
+        if not first:
+            return
+        body = controlplane.logs_object(self._dir, namespace=namespace, pod=pod, container=container)
+        try:
+            await client.CustomObjectsApi(self._api).create_namespaced_custom_object(
+                "kwok.x-k8s.io", "v1alpha1", namespace, "logs", body
+            )
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        # kwok learns of the Logs object through a watch: until then the log is "not found".
+        core = client.CoreV1Api(self._api)
+        delay = 0.02
+        for _ in range(100):
+            try:
+                await core.read_namespaced_pod_log(pod, namespace, container=container, tail_lines=1)
+                return
+            except ApiException as e:
+                if e.status not in (400, 404, 500):
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        raise AssertionError(f"kwok never served the log of {namespace}/{pod}/{container}")
+
+
+@pytest.fixture
+async def pod_logs(kube_env: KubeEnv) -> AsyncIterator[PodLogs]:
+    if kube_env.pod_logs_dir is None:
+        pytest.skip("needs the shipit test control plane (kwok serves pod logs from files), not this cluster")
+    async with api_client(kube_env) as api:
+        yield PodLogs(logs_dir=kube_env.pod_logs_dir, api=api)
