@@ -32,8 +32,9 @@ from storage import models
 
 log = logging.getLogger(__name__)
 
-# Clusters found without a Metrics API, said once per process (not every pass): cluster id.
-_said_no_metrics: set[int] = set()
+# Clusters found without a Metrics API, said once per process (not every pass): (id, API server),
+# so a cluster row pointed at another server is said again.
+_said_no_metrics: set[tuple[int, str]] = set()
 # Namespaces read at once in a pass (each a single list from its cluster).
 READS_AT_ONCE = 8
 
@@ -95,6 +96,7 @@ async def sample(ctx: Core, *, every: float, now: dt.datetime | None = None) -> 
         ids = {t.cluster_id for t in targets}
         found = list(await session.scalars(select(models.Cluster).where(models.Cluster.id.in_(ids))))
         kubeconfigs = {c.id: (c.name, clusters.kubeconfig(c, ctx=ctx)) for c in found}
+        servers = {c.id: c.server or "" for c in found}
     if not targets:
         return Sampled(slot=slot)
     by_place: dict[tuple[int, str], list[_Target]] = defaultdict(list)
@@ -113,8 +115,8 @@ async def sample(ctx: Core, *, every: float, now: dt.datetime | None = None) -> 
                 return await kube.namespace_pod_metrics(namespace=namespace)
             except errors.NoMetricsApi as e:
                 skipped.add(cluster_id)
-                if cluster_id not in _said_no_metrics:
-                    _said_no_metrics.add(cluster_id)
+                if (cluster_id, servers[cluster_id]) not in _said_no_metrics:
+                    _said_no_metrics.add((cluster_id, servers[cluster_id]))
                     log.warning("usage sampling: cluster %s skipped (said once): %s", name, e)
                 return None
             except Exception as e:  # one cluster failing never stops the others' samples
