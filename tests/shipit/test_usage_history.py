@@ -61,6 +61,7 @@ async def _rows(live_server: LiveServer) -> list[tuple[str, dt.datetime, int, fl
         return [tuple(r) for r in found]  # type: ignore[misc]
 
 
+@pytest.mark.both_databases  # the INSERT ... ON CONFLICT DO NOTHING of each dialect
 async def test_a_pass_stores_each_deployed_apps_totals_once_per_slot(
     world: World, live_server: LiveServer, api: httpx.AsyncClient, admin_token: str
 ) -> None:
@@ -79,8 +80,8 @@ async def test_a_pass_stores_each_deployed_apps_totals_once_per_slot(
     await _measured(api, "worker", 1)
 
     # In the past, at slots of their own (the runtime's passes are off here anyway).
-    now = models.utcnow() - dt.timedelta(minutes=10)
-    slot = usage_history.slot_of(now, every=60)
+    slot = usage_history.slot_of(models.utcnow() - dt.timedelta(minutes=10), every=60)
+    now = slot + dt.timedelta(seconds=10)
     sampled = await usage_history.sample(rt.core, every=60, now=now)
     # Both apps share the namespace: one Metrics API list for the two.
     assert (sampled.slot, sampled.stored, sampled.namespaces, sampled.skipped_clusters) == (slot, 2, 1, [])
