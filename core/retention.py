@@ -1,5 +1,5 @@
-"""Retention: finished jobs, delivered events, recorded webhook deliveries and finished builds (with
-their Slack card marks) are pruned after an age.
+"""Retention: finished jobs, delivered events, recorded webhook deliveries, finished builds (with
+their Slack card marks) and usage samples are pruned after an age.
 
 The audit log is not pruned here: it is kept, and exported with `shipit audit --format jsonl`.
 Deletes go in batches, each in its own short transaction, so a first prune of a large backlog
@@ -31,6 +31,7 @@ class Policy:
     deliveries_seconds: float | None = 30 * 86400
     builds_seconds: float | None = 90 * 86400
     builds_keep: int = 20  # per app, the newest finished builds are kept whatever their age
+    usage_seconds: float | None = 14 * 86400
     batch: int = 500
 
 
@@ -42,6 +43,7 @@ class Pruned:
     marks: int = 0  # `meta` rows of one-off deliveries (core.shared.event_mark) whose event is gone
     builds: int = 0
     build_marks: int = 0  # `meta` rows of the pruned builds' Slack cards (core.shared.build_card_mark)
+    usage_samples: int = 0
 
 
 def _jobs_batch(cutoff: dt.datetime, batch: int) -> Any:
@@ -79,6 +81,11 @@ def _deliveries_batch(cutoff: dt.datetime, batch: int) -> Any:
         .order_by(models.WebhookDelivery.id)
         .limit(batch)
     )
+
+
+def _usage_batch(cutoff: dt.datetime, batch: int) -> Any:
+    s = models.UsageSample
+    return select(s.id).where(s.sampled_at < cutoff).order_by(s.id).limit(batch)
 
 
 def _builds_batch(cutoff: dt.datetime, *, keep: int, batch: int) -> Any:
@@ -146,11 +153,12 @@ async def prune(
 ) -> Pruned:
     """Delete what is older than the policy allows, batch by batch; returns how many rows went."""
     now = now or models.utcnow()
-    counts = {"jobs": 0, "events": 0, "deliveries": 0}
+    counts = {"jobs": 0, "events": 0, "deliveries": 0, "usage_samples": 0}
     plan = (
         ("jobs", models.Job, policy.jobs_seconds, _jobs_batch),
         ("events", models.Event, policy.events_seconds, _events_batch),
         ("deliveries", models.WebhookDelivery, policy.deliveries_seconds, _deliveries_batch),
+        ("usage_samples", models.UsageSample, policy.usage_seconds, _usage_batch),
     )
     for name, table, seconds, batch_of in plan:
         if seconds is None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, clusters, deploys, quantities
+from core import apps, clusters, deploys, quantities, usage_history
 from core import revisions as snapshots
 from core.context import Core
 from core.identity import Actor, Role
@@ -74,6 +74,7 @@ class AppUsage:
     autoscaling: Autoscaling | None
     pods: list[PodUsage]
     total: Figures  # summed over pods; percentages against the pods' summed requests and limits
+    history: usage_history.History  # the stored samples per window (core.usage_history), and hints
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +90,7 @@ class Plan:
     revision: int | None
     per_pod: Allocation
     autoscaling: Autoscaling | None
+    history: usage_history.History
 
 
 async def plan(
@@ -104,6 +106,14 @@ async def plan(
     snap = snapshots.of_revision(revision) if revision else snapshots.from_app(app)
     r = snap.resources
     scaling = snap.autoscaling
+    history = await usage_history.summary(
+        session,
+        app_id=app.id,
+        cpu_request=r.cpu_request,
+        cpu_limit=r.cpu_limit,
+        memory_request=r.memory_request,
+        memory_limit=r.memory_limit,
+    )
     return Plan(
         app=app.name,
         project=project.name,
@@ -129,6 +139,7 @@ async def plan(
         )
         if scaling
         else None,
+        history=history,
     )
 
 
@@ -179,4 +190,5 @@ async def read(*, ctx: Core, plan: Plan) -> AppUsage:
         total=figures(
             cpu_millicores=total_cpu, memory_bytes=total_memory, allocation=plan.per_pod, pods=len(pods)
         ),
+        history=plan.history,
     )

@@ -25,6 +25,7 @@ from core import (
     readcache,
     retention,
     tokens,
+    usage_history,
     web_sessions,
 )
 from core.context import Core, CoreConfig
@@ -224,6 +225,7 @@ def retention_policy(settings: Settings) -> retention.Policy:
         deliveries_seconds=seconds(settings.retention_deliveries_days),
         builds_seconds=seconds(settings.retention_builds_days),
         builds_keep=settings.retention_builds_keep,
+        usage_seconds=seconds(settings.retention_usage_days),
     )
 
 
@@ -236,6 +238,8 @@ async def _maintenance(rt: Runtime) -> None:
     Cheap, idempotent, safe on every replica."""
     loop = asyncio.get_running_loop()
     next_prune = loop.time()
+    every = rt.settings.usage_sample_seconds
+    next_sample = loop.time()
     while True:
         try:
             async with rt.sessionmaker.begin() as session:
@@ -245,19 +249,31 @@ async def _maintenance(rt: Runtime) -> None:
                 await web_sessions.forget_ended(session)
         except Exception:
             log.exception("maintenance pass failed")
+        if every > 0 and loop.time() >= next_sample:
+            # Every replica samples: a slot's row is unique per app (core.usage_history says why).
+            next_sample = loop.time() + every
+            try:
+                sampled = await usage_history.sample(rt.core, every=every)
+                log.debug(
+                    "usage sampling: slot %s, %d sample(s) stored from %d namespace list(s)",
+                    sampled.slot.isoformat(), sampled.stored, sampled.namespaces,
+                )  # fmt: skip
+            except Exception:
+                log.exception("usage sampling pass failed")
         if loop.time() >= next_prune:
             next_prune = loop.time() + PRUNE_EVERY_SECONDS
             try:
                 pruned = await retention.prune(rt.sessionmaker, policy=retention_policy(rt.settings))
-                if pruned.jobs or pruned.events or pruned.deliveries or pruned.builds:
+                if pruned.jobs or pruned.events or pruned.deliveries or pruned.builds or pruned.usage_samples:
                     log.info(
                         "retention: pruned %d job(s), %d event(s), %d webhook delivery record(s), "
-                        "%d build(s) with %d Slack card mark(s)",
+                        "%d build(s) with %d Slack card mark(s), %d usage sample(s)",
                         pruned.jobs, pruned.events, pruned.deliveries, pruned.builds, pruned.build_marks,
+                        pruned.usage_samples,
                     )  # fmt: skip
             except Exception:
                 log.exception("retention pass failed")
-        await asyncio.sleep(30)
+        await asyncio.sleep(min(30.0, every) if every > 0 else 30.0)
 
 
 async def start(rt: Runtime) -> None:

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # finished builds (their logs) and their Slack card marks; each app's newest `keep` always stay
     retention_builds_days: float = Field(default=90.0, ge=0)
     retention_builds_keep: int = Field(default=20, ge=0)
+    retention_usage_days: float = Field(default=14.0, ge=0)  # usage samples (core.usage_history)
+
+    # usage history: each deployed app's CPU and memory sampled this often (0: no sampling)
+    usage_sample_seconds: float = Field(default=60.0, ge=0)
 
     # Kubernetes defaults
     ingress_class: str = "nginx"

@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -663,6 +664,23 @@ class WebhookDelivery(Base):
     kind: Mapped[str] = mapped_column(String(64), default="")
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class UsageSample(Base):
+    """What an app's pods used at one sampling slot (core.usage_history): totals over its pods.
+
+    `sampled_at` is the slot's start, not the read's instant: unique per app, so replicas sampling the
+    same slot store one row (the later INSERT does nothing), and the same index answers "this app's
+    samples since T"."""
+
+    __tablename__ = "usage_samples"
+    __table_args__ = (UniqueConstraint("app_id", "sampled_at"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    sampled_at: Mapped[dt.datetime] = mapped_column(index=True)  # retention deletes by age alone
+    pods: Mapped[int] = mapped_column()
+    cpu_millicores: Mapped[float] = mapped_column(Float)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 class Meta(Base):

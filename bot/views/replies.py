@@ -262,7 +262,11 @@ def app_usage(u: usage_mod.AppUsage) -> Message:
         "(request/limit)"
     )
     if not u.pods:
-        return reply(f"{head}\nNo pod metrics yet (no running pods, or measured too recently).")
+        return reply(
+            "\n".join(
+                [f"{head}\nNo pod metrics yet (no running pods, or measured too recently).", *_history(u)]
+            )
+        )
     count = f"{len(u.pods)} pod" + ("s" if len(u.pods) != 1 else "")
     lines = [head, f"*Total* ({count}): {_figures(u.total)}"]
     if u.autoscaling is not None:
@@ -275,7 +279,18 @@ def app_usage(u: usage_mod.AppUsage) -> Message:
     lines += [f"• `{esc(p.pod)}`: {_figures(p.usage)}" for p in shown]
     if len(u.pods) > len(shown):
         lines.append(f"… and {len(u.pods) - len(shown)} more pods")
-    return reply("\n".join(lines))
+    return reply("\n".join(lines + _history(u)))
+
+
+def _history(u: usage_mod.AppUsage) -> list[str]:
+    """The stored samples per window (totals over the pods) and the right-sizing hints."""
+    lines = [
+        f"*Last {w.window}* ({w.samples} samples): CPU avg {w.cpu_average_millicores:.1f}m, "
+        f"peak {w.cpu_peak_millicores:.1f}m; memory avg {w.memory_average_bytes / 2**20:.1f}Mi, "
+        f"peak {w.memory_peak_bytes / 2**20:.1f}Mi"
+        for w in u.history.windows
+    ]
+    return lines + [f"_Hint_: {esc(h)}" for h in u.history.hints]
 
 
 def log_lines(app: str, lines: Sequence[str], *, asked: int) -> Message:

@@ -76,6 +76,11 @@ class Kube:
         """The Metrics API's figures for the app's pods (those `logs` reads: its name label)."""
         return await self._conn.pod_metrics(namespace=namespace, selector=f"{render.LABEL_NAME}={app}")
 
+    async def namespace_pod_metrics(self, *, namespace: str) -> list[PodMetrics]:
+        """One list for every app's pods in the namespace (those with a name label), each with its
+        labels: the usage sampler groups them by app rather than asking once per app."""
+        return await self._conn.pod_metrics(namespace=namespace, selector=render.LABEL_NAME)
+
     # -- applying ----------------------------------------------------------------------
 
     async def apply(self, *, manifests: list[dict[str, Any]]) -> None:

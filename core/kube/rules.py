@@ -87,6 +87,9 @@ class PodMetrics:
     window: str  # e.g. "10.5s": the span the CPU rate was measured over
     timestamp: str
     containers: dict[str, tuple[str, str]]  # container -> (cpu, memory)
+    labels: dict[str, str] = dataclasses.field(
+        default_factory=dict
+    )  # the pod's, as metrics-server copies them
 
 
 def pod_metrics_of(item: dict[str, Any]) -> PodMetrics:
@@ -102,6 +105,7 @@ def pod_metrics_of(item: dict[str, Any]) -> PodMetrics:
         window=str(item.get("window") or ""),
         timestamp=str(item.get("timestamp") or ""),
         containers=containers,
+        labels=str_dict(dig(item, "metadata", "labels")),
     )
 
 

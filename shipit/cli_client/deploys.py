@@ -228,8 +228,20 @@ def usage(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = F
             else None,
         ),
     ]
+    history = u.get("history") or {}
+    pairs += [(f"last {w['window']}", _window_text(w)) for w in history.get("windows") or []]
+    pairs += [("hint", hint) for hint in history.get("hints") or []]
     typer.echo()
     fields_out(pairs)
+
+
+def _window_text(w: dict[str, Any]) -> str:
+    """One window of the stored samples (core.usage_history): totals over the app's pods."""
+    avg_mib, peak_mib = w["memory_average_bytes"] / 2**20, w["memory_peak_bytes"] / 2**20
+    return (
+        f"cpu avg {round(w['cpu_average_millicores'], 1):g}m peak {round(w['cpu_peak_millicores'], 1):g}m, "
+        f"memory avg {avg_mib:.1f}Mi peak {peak_mib:.1f}Mi ({w['samples']} samples, up to {w['max_pods']} pods)"
+    )
 
 
 def _percent(value: float | None) -> str:

@@ -3,14 +3,18 @@ as the real control plane's Metrics API measured it (metrics-server scraping kwo
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from bot import commands
 from core import deploys
+from shipit.settings import Settings
+from storage import models
 from tests.bot.conftest import CAROL, MALLORY, SlackSender, add_app, deployments
 from tests.conftest import ADMIN, World
 from tests.fakes.slack_api import FakeSlack
@@ -18,6 +22,13 @@ from tests.helpers import eventually
 
 ROLLOUT = 120.0
 METRICS = 90.0  # a new pod has metrics after metrics-server's second scrape of it (10 s apart)
+MI = 2**20
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # No sampling pass of the runtime's own: the history shown is the samples this test writes.
+    return settings.model_copy(update={"usage_sample_seconds": 0})
 
 
 def test_usage_parses_and_is_in_help() -> None:
@@ -53,6 +64,16 @@ async def test_slack_usage_answers_with_what_the_pods_use(
         return any(d.id == first.deployment.id and d.status == "succeeded" for d in await deployments(rt))
 
     await eventually(done, timeout=ROLLOUT, what="the deploy")
+    # Two stored samples in the last hour (core.usage_history's rows, as its pass writes them).
+    now = models.utcnow()
+    async with rt.sessionmaker.begin() as session:
+        web = await session.scalar(select(models.App.id).where(models.App.name == "web"))
+        assert web is not None
+        session.add_all(
+            models.UsageSample(app_id=web, sampled_at=now - dt.timedelta(minutes=m), pods=1,
+                               cpu_millicores=cpu, memory_bytes=memory)
+            for m, cpu, memory in ((5, 20.0, 32 * MI), (6, 30.0, 40 * MI))
+        )  # fmt: skip
 
     # A viewer may read it; the answer comes after the ack, when the Metrics API has measured the pod.
     # CPU is a rate over two scrapes, off by their latency: 20m, give or take a tenth on a loaded machine.
@@ -72,6 +93,14 @@ async def test_slack_usage_answers_with_what_the_pods_use(
     assert answer["replace_original"] is True
     assert "per pod CPU 100m/500m, memory 128Mi/256Mi (request/limit)" in answer["text"]
     assert re.search(r"\*Total\* \(1 pod\): " + figures.pattern, answer["text"]), answer["text"]
+    # Under it, the history and the right-sizing hints (30m of 100m and 40Mi of 128Mi at the peak).
+    assert (
+        "*Last 1h* (2 samples): CPU avg 25.0m, peak 30.0m; memory avg 36.0Mi, peak 40.0Mi" in answer["text"]
+    )
+    assert (
+        "_Hint_: CPU: requests 100m per pod, 24h peak 30m per pod (30m at most in total): " in answer["text"]
+    )
+    assert "_Hint_: Memory: requests 128Mi per pod, 24h peak 40.0Mi per pod" in answer["text"]
 
     # Someone with no role in the project is told what a missing app gets.
     reply = await slack.command("usage web", user=MALLORY)
