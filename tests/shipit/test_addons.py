@@ -25,8 +25,8 @@ from core.kube import render_addons
 from storage import models
 from tests.conftest import LiveServer, World
 from tests.helpers import eventually
+from tests.shipit.cluster_apps import deployed_app, wait_deploy
 from tests.shipit.conftest import make_token
-from tests.shipit.test_api import wait_deploy
 
 pytestmark = pytest.mark.both_databases
 
@@ -110,17 +110,7 @@ async def _secret_keys(c: httpx.AsyncClient) -> list[str]:
 
 async def _setup(world: World, as_: Any) -> dict[str, httpx.AsyncClient]:
     admin = await as_("user:root", admin=True)
-    r = await admin.post(
-        "/api/v1/apps",
-        json={
-            "name": "web",
-            "project": world.project,
-            "cluster": world.cluster,
-            "image": "ghcr.io/acme/web:1.0",
-        },
-    )
-    assert r.status_code == 201, r.text
-    assert (await wait_deploy(admin, r.json()["deployment"]["id"]))["status"] == "succeeded"
+    await deployed_app(admin, world)
     assert (await admin.post("/api/v1/projects", json={"name": "rival"})).status_code == 201
     people = {"admin": admin}
     for subject, project, role in (

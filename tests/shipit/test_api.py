@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from typing import Any
@@ -14,6 +13,7 @@ from sqlalchemy import text
 from shipit.main import create_app
 from shipit.settings import Settings
 from tests.conftest import LiveServer, World, database_bytes, serving
+from tests.shipit.cluster_apps import wait_deploy
 from tests.shipit.conftest import make_token, table_rows
 
 APP = {"project": "acme", "cluster": "offline", "image": "ghcr.io/acme/web:1.0", "deploy": False}
@@ -475,14 +475,6 @@ async def test_health_readiness_docs_and_metrics(live_server: LiveServer) -> Non
 
 
 # --------------------------------------------------------------------------- on a real cluster
-
-
-async def wait_deploy(api: httpx.AsyncClient, deployment_id: int) -> dict[str, Any]:
-    while True:
-        d = (await api.get(f"/api/v1/deploys/{deployment_id}")).json()
-        if d["status"] in ("succeeded", "failed", "superseded", "cancelled"):
-            return dict(d)
-        await asyncio.sleep(0.2)
 
 
 async def test_deploy_status_logs_and_delete_over_the_api(

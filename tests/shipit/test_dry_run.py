@@ -7,29 +7,14 @@ import httpx
 
 from tests.conftest import LiveServer, World
 from tests.core.test_dry_run import row_counts
-from tests.shipit.test_api import wait_deploy
+from tests.shipit.cluster_apps import deployed_app
 from tests.shipit.test_cli import Run, ok, shipit  # noqa: F401  (the fixture)
-
-
-async def _web(api: httpx.AsyncClient, world: World, **fields: object) -> None:
-    r = await api.post(
-        "/api/v1/apps",
-        json={
-            "name": "web",
-            "project": world.project,
-            "cluster": world.cluster,
-            "image": "ghcr.io/acme/web:1.0",
-            **fields,
-        },
-    )
-    assert r.status_code == 201, r.text
-    assert (await wait_deploy(api, r.json()["deployment"]["id"]))["status"] == "succeeded"
 
 
 async def test_dry_run_over_the_api_in_the_body_or_the_query(
     world: World, live_server: LiveServer, api: httpx.AsyncClient
 ) -> None:
-    await _web(api, world, env={"MODE": "prod"})
+    await deployed_app(api, world, env={"MODE": "prod"})
     before = await row_counts(live_server.rt)
 
     r = await api.post("/api/v1/apps/web/deploys", json={"image": "1.6", "dry_run": True})
@@ -57,7 +42,7 @@ async def test_dry_run_over_the_api_in_the_body_or_the_query(
 async def test_release_command_is_an_app_setting_over_the_api(
     world: World, live_server: LiveServer, api: httpx.AsyncClient
 ) -> None:
-    await _web(api, world, release_command="bin/migrate")
+    await deployed_app(api, world, release_command="bin/migrate")
     assert (await api.get("/api/v1/apps/web")).json()["release_command"] == "bin/migrate"
     r = await api.patch("/api/v1/apps/web", json={"release_command": "   "})
     assert r.status_code == 422 and r.json()["error"]["field"] == "release_command", r.text
@@ -73,7 +58,7 @@ async def test_cli_deploy_dry_run_and_release_command(
     api: httpx.AsyncClient,
     shipit: Run,  # noqa: F811
 ) -> None:
-    await _web(api, world)
+    await deployed_app(api, world)
     out = ok(await shipit("apps", "update", "web", "--release-command", "bin/migrate", "--env", "MODE=debug"))
     assert "release_command" in out
     before = await row_counts(live_server.rt)

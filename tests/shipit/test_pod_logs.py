@@ -12,26 +12,16 @@ import pytest
 
 from tests.conftest import LiveServer, World
 from tests.helpers import eventually
+from tests.shipit.cluster_apps import deployed_app
 from tests.shipit.conftest import make_token
-from tests.shipit.test_api import error_of, wait_deploy
+from tests.shipit.test_api import error_of
 from tests.shipit.test_cli import Run, ok
 from tests.shipit.test_cli import shipit as shipit  # the fixture
 from tests.testenv.plugin import PodLogs
 
 
 async def deployed_web(api: httpx.AsyncClient, world: World, *, replicas: int) -> None:
-    r = await api.post(
-        "/api/v1/apps",
-        json={
-            "name": "web",
-            "project": world.project,
-            "cluster": world.cluster,
-            "image": "ghcr.io/acme/web:1.0",
-            "replicas": replicas,
-        },
-    )
-    assert r.status_code == 201, r.text
-    assert (await wait_deploy(api, r.json()["deployment"]["id"]))["status"] == "succeeded"
+    await deployed_app(api, world, replicas=replicas)
 
 
 async def read_logs(api: httpx.AsyncClient, **params: Any) -> list[str]:

@@ -17,10 +17,10 @@ from core import clusters, projects
 from shipit import cli
 from tests.conftest import ADMIN, LiveServer, World
 from tests.helpers import eventually
+from tests.shipit.cluster_apps import deployed_app
 from tests.shipit.conftest import closed_port, make_token
 from tests.testenv import controlplane, plugin
 
-ROLLOUT = 120.0
 # A new pod has PodMetrics after metrics-server's second scrape of it (every 10 s), so up to ~20 s.
 METRICS = 90.0
 MI = 2**20
@@ -33,39 +33,14 @@ def test_the_simulated_usage_is_what_these_tests_expect() -> None:
     assert (controlplane.POD_CPU_USAGE, controlplane.POD_MEMORY_USAGE) == ("20m", "32Mi")
 
 
-async def _wait_deploy(api: httpx.AsyncClient, deployment_id: int) -> dict[str, Any]:
-    async def probe() -> dict[str, Any]:
-        return dict((await api.get(f"/api/v1/deploys/{deployment_id}")).json())
-
-    return dict(
-        await eventually(
-            probe, lambda d: d["status"] not in ("queued", "running"), timeout=ROLLOUT, what="the deploy"
-        )
-    )
-
-
 async def test_usage_over_the_api_and_the_cli_is_the_simulated_usage(
     world: World, live_server: LiveServer, api: httpx.AsyncClient, admin_token: str
 ) -> None:
-    r = await api.post(
-        "/api/v1/apps",
-        json={
-            "name": "web",
-            "project": world.project,
-            "cluster": world.cluster,
-            "image": "ghcr.io/acme/web:1.0",
-            "cpu_request": "50m",
-            "cpu_limit": "200m",
-            "memory_request": "64Mi",
-            "memory_limit": "128Mi",
-            # 40 % of the CPU request is used, under the target: the HPA keeps the minimum, 2.
-            "min_replicas": 2,
-            "max_replicas": 4,
-            "cpu_target": 80,
-        },
-    )
-    assert r.status_code == 201, r.text
-    assert (await _wait_deploy(api, r.json()["deployment"]["id"]))["status"] == "succeeded"
+    await deployed_app(
+        api, world, cpu_request="50m", cpu_limit="200m", memory_request="64Mi", memory_limit="128Mi",
+        # 40 % of the CPU request is used, under the target: the HPA keeps the minimum, 2.
+        min_replicas=2, max_replicas=4, cpu_target=80,
+    )  # fmt: skip
 
     async def usage() -> dict[str, Any]:
         got = await api.get("/api/v1/apps/web/usage")

@@ -23,7 +23,8 @@ from shipit.settings import Settings
 from storage import models
 from tests.conftest import ADMIN, LiveServer, World
 from tests.helpers import eventually
-from tests.shipit.test_usage import CPU_PER_POD, MEMORY_PER_POD, METRICS, MI, _wait_deploy, bare_cluster
+from tests.shipit.cluster_apps import wait_deploy
+from tests.shipit.test_usage import CPU_PER_POD, MEMORY_PER_POD, METRICS, MI, bare_cluster
 from tests.testenv import controlplane
 
 __all__ = ["bare_cluster"]
@@ -38,7 +39,7 @@ def settings(settings: Settings) -> Settings:
 async def _create(api: httpx.AsyncClient, body: dict[str, Any]) -> None:
     r = await api.post("/api/v1/apps", json=body)
     assert r.status_code == 201, r.text
-    assert (await _wait_deploy(api, r.json()["deployment"]["id"]))["status"] == "succeeded"
+    assert (await wait_deploy(api, r.json()["deployment"]["id"]))["status"] == "succeeded"
 
 
 async def _measured(api: httpx.AsyncClient, app: str, pods: int) -> None:

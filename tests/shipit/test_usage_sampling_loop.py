@@ -11,7 +11,8 @@ from shipit.settings import Settings
 from storage import models
 from tests.conftest import LiveServer, World
 from tests.helpers import eventually
-from tests.shipit.test_usage import MEMORY_PER_POD, METRICS, _wait_deploy
+from tests.shipit.cluster_apps import deployed_app
+from tests.shipit.test_usage import MEMORY_PER_POD, METRICS
 
 
 @pytest.fixture
@@ -22,17 +23,7 @@ def settings(settings: Settings) -> Settings:
 async def test_the_maintenance_loop_samples_deployed_apps(
     world: World, live_server: LiveServer, api: httpx.AsyncClient
 ) -> None:
-    r = await api.post(
-        "/api/v1/apps",
-        json={
-            "name": "web",
-            "project": world.project,
-            "cluster": world.cluster,
-            "image": "ghcr.io/acme/web:1.0",
-        },
-    )
-    assert r.status_code == 201, r.text
-    assert (await _wait_deploy(api, r.json()["deployment"]["id"]))["status"] == "succeeded"
+    await deployed_app(api, world)
 
     async def samples() -> list[tuple[int, int]]:
         async with live_server.rt.sessionmaker() as session:
