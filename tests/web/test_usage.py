@@ -15,9 +15,12 @@ from sqlalchemy import select
 
 from core import apps, clusters, deploys, projects
 from core.apps import AppChanges
+from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
-from tests.conftest import ADMIN, World
+from tests.bot.test_statement_budget import counting
+from tests.conftest import ADMIN, World, serving
+from tests.fakes.oidc import FakeOidc
 from tests.helpers import eventually
 from tests.testenv import controlplane, plugin
 from tests.web.conftest import Dashboard, offline_app
@@ -39,6 +42,7 @@ def _cells(html: str, row_attr: str, value: str) -> list[str]:
     return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)]
 
 
+@pytest.mark.both_databases
 async def test_the_usage_section_shows_the_pods_their_share_the_windows_and_a_hint(
     world: World, dashboard: Dashboard
 ) -> None:
@@ -141,6 +145,31 @@ async def test_an_unreachable_cluster_is_a_note_not_an_error_page(dashboard: Das
         ) == page.headers.get_list("content-security-policy")
         assert 'data-state="problem"' in r.text and r.text.count('role="alert"') == 1
         assert "No stored samples yet." in r.text
+
+
+# What the fragment costs on SQLite today (a regression guard, as tests/bot/test_statement_budget.py):
+# the session, the read cache's stamp (app, role, project, environment), the cluster, the windows.
+FRAGMENT_BUDGET = 4
+
+
+async def test_the_fragment_stays_within_its_statement_budget(
+    rt: Runtime, fake_oidc: FakeOidc, web_port: int
+) -> None:
+    from shipit.main import create_app
+
+    await offline_app(rt, members={"user:alice@example.com": "viewer"})
+    # No worker and no maintenance loop (runtime not started): only the request uses the database.
+    async with serving(create_app(rt=rt), port=web_port) as url:
+        dashboard = Dashboard(url=url, rt=rt, oidc=fake_oidc)
+        async with dashboard.client() as client:
+            await dashboard.sign_in(client, "alice@example.com")
+            assert (await client.get("/apps/web/usage")).status_code == 200  # warm: the read cache filled
+            with counting(rt) as statements:
+                assert (await client.get("/apps/web/usage")).status_code == 200
+    listed = "\n".join(f"  {i + 1:2}. {s}" for i, s in enumerate(statements))
+    assert len(statements) <= FRAGMENT_BUDGET, (
+        f"{len(statements)} statements (budget {FRAGMENT_BUDGET}):\n{listed}"
+    )
 
 
 @pytest.fixture
