@@ -207,3 +207,26 @@ async def test_a_cluster_without_a_metrics_api_is_one_plain_line(
     notes = re.findall(r'<p class="muted" data-field="usage-note">(.*?)</p>', r.text)
     assert len(notes) == 1 and "this cluster has no Metrics API (metrics.k8s.io" in notes[0]
     assert 'role="alert"' not in r.text and "usage-pods" not in r.text
+
+
+def test_what_the_cluster_says_is_escaped() -> None:
+    """Pod names and the cluster's messages are the cluster's text: the template escapes them."""
+    from core import usage, usage_history
+    from web import channel
+
+    evil = '<img src=x onerror="alert(1)">'
+    per_pod = usage.Allocation(cpu_request="100m", cpu_limit="500m", memory_request="128Mi",
+                               memory_limit="256Mi", cpu_request_millicores=100.0, cpu_limit_millicores=500.0,
+                               memory_request_bytes=128 * MI, memory_limit_bytes=256 * MI)  # fmt: skip
+    history = usage_history.History(windows=[], hints=[evil])
+    plan = usage.Plan(app="web", project="acme", environment="production", namespace="apps", cluster_id=1,
+                      kubeconfig="", revision=1, per_pod=per_pod, autoscaling=None, history=history)  # fmt: skip
+    figures = usage.figures(cpu_millicores=20.0, memory_bytes=32 * MI, allocation=per_pod)
+    now = usage.AppUsage(app="web", project="acme", environment="production", namespace="apps", revision=1,
+                         per_pod=per_pod, autoscaling=None, total=figures, history=history,
+                         pods=[usage.PodUsage(pod=evil, usage=figures, window="10s", timestamp="")])  # fmt: skip
+    web = channel.Web(config=channel.Config(providers={}, public_url="http://x"), core_of=lambda _: None)  # type: ignore[arg-type,return-value]
+    html = web.templates.get_template("usage.html").render(
+        plan=plan, now=now, note=evil, problem=evil, max_pods=channel.USAGE_PODS_SHOWN
+    )
+    assert "<img" not in html and html.count("&lt;img src=x onerror=&#34;alert(1)&#34;&gt;") == 5
