@@ -43,6 +43,8 @@ SSE_POLL_SECONDS = 0.5
 SSE_HEARTBEAT_SECONDS = 15.0
 LOG_TAIL = 200
 LOG_READ_SECONDS = 10.0
+USAGE_READ_SECONDS = 10.0
+USAGE_PODS_SHOWN = 20  # rows of the per-pod table; the total covers every pod
 # Our pages load only our own files; no inline script, nothing from elsewhere, never framed.
 CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 

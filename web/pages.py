@@ -35,8 +35,9 @@ from core import (
     secrets,
     status,
     tokens,
+    usage,
 )
-from core.errors import ShipitError, UserError
+from core.errors import NoMetricsApi, ShipitError, UserError
 from core.notices import DeploymentView
 from core.notices import targets as notice_targets
 from storage import models
@@ -232,6 +233,33 @@ def add_routes(router: APIRouter, web: channel.Web) -> None:
             latest=history[0] if history else None,
             mine=mine,
         )
+
+    @router.get("/apps/{name}/usage")
+    async def usage_fragment(request: Request, name: str, env: str | None = None) -> Response:
+        """The app page's Usage section, fetched by the page's script so the page never waits on the
+        cluster's Metrics API: the stored history is read in one transaction, the cluster asked after."""
+        core = web.core_of(request)
+        async with channel.tx(core) as session:
+            row, actor = await channel.signed_in(request, session)
+            try:
+                plan = await usage.plan(session, ctx=core, actor=actor, app_name=name, env=env)
+            except UserError as e:
+                return await channel.refused(request, row, e)
+        now: usage.AppUsage | None = None
+        note = problem = None
+        try:
+            async with asyncio.timeout(channel.USAGE_READ_SECONDS):
+                now = await usage.read(ctx=core, plan=plan)
+        except NoMetricsApi as e:  # not a failure: many clusters have no metrics-server
+            note = str(e)
+        except (UserError, ShipitError) as e:  # cluster unreachable: said as the logs page says it
+            problem = str(e)
+        except TimeoutError:
+            problem = "the cluster did not send the pods' metrics in time"
+        return channel.render(
+            request, "usage.html", row=row, plan=plan, now=now, note=note, problem=problem,
+            max_pods=channel.USAGE_PODS_SHOWN,
+        )  # fmt: skip
 
     @router.get("/apps/{name}/builds/{build_id}")
     async def build_page(request: Request, name: str, build_id: int, env: str | None = None) -> Response:

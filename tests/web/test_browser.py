@@ -123,6 +123,10 @@ async def test_deploy_watch_roll_back_and_approve_in_a_browser(
         assert "<script>alert(1)</script>" in browser.find_element(By.TAG_NAME, "main").text
         assert browser.execute_script("return document.querySelectorAll('main script').length") == 0
         assert summary("status") == "succeeded"
+        # The Usage section arrives after the page, from its own fragment, as inert nodes.
+        wait(lambda b: b.find_element(By.ID, "usage").get_attribute("data-loaded") == "yes", 30)
+        assert "Per pod: CPU 100m request" in browser.find_element(By.ID, "usage-body").text
+        assert browser.execute_script("return document.querySelectorAll('main script').length") == 0
         browser.save_screenshot(str(shots / "1-app.png"))
 
         # Deploy a tag: the form posts (one navigation), then the rollout is watched live.
