@@ -9,14 +9,17 @@ HPA has no `behavior` a user could shorten it with.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from kubernetes_asyncio import client as k8s
+from typer.testing import CliRunner
 
 from core.kube import render
+from shipit import cli
 from tests.conftest import LiveServer, World
 from tests.helpers import eventually
 from tests.shipit.conftest import make_token
@@ -127,8 +130,36 @@ async def test_the_hpa_scales_on_load_and_deploys_rollbacks_and_scale_changes_ke
         assert got.status_code == 200, got.text
         return dict(got.json())
 
-    s = await eventually(status, lambda s: s["live"]["ready"] == 3, timeout=ROLLOUT, what="3 ready pods")
+    def hpa_settled(s: dict[str, Any]) -> bool:
+        scaler = s["live"]["autoscaler"] or {}
+        cpu = scaler.get("cpu_current_percent")
+        # The HPA's own average once it has all three pods' metrics: (200 + 20 + 20) / 3 = 80 % of the
+        # requests, give or take the rate (before that, the loaded pod's 200 % alone).
+        return (
+            s["live"]["ready"] == 3
+            and scaler.get("current_replicas") == 3
+            and cpu is not None
+            and 70 < cpu < 90
+        )
+
+    s = await eventually(status, hpa_settled, timeout=SCALING, what="3 ready pods in the HPA's status")
     assert s["live"]["desired"] == 3
+    scaler = s["live"]["autoscaler"]
+    assert {
+        k: scaler[k] for k in ("min_replicas", "max_replicas", "cpu_target_percent", "desired_replicas")
+    } == {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "cpu_target_percent": 50,
+        "desired_replicas": 3,
+    }
+    assert scaler["last_scale_time"]
+    # The CLI's status says the same in one line.
+    env = {"SHIPIT_URL": live_server.url, "SHIPIT_TOKEN": await make_token(live_server.rt)}
+    out = await asyncio.to_thread(CliRunner().invoke, cli.app, ["status", "web"], env=env)
+    assert out.exit_code == 0, out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("autoscaler"))
+    assert "3 pods, wants 3 (min 1, max 3); CPU " in line and "% of requests (target 50%)" in line, line
 
     async def usage() -> dict[str, Any]:
         got = await api.get("/api/v1/apps/web/usage")
@@ -169,6 +200,8 @@ async def test_the_hpa_scales_on_load_and_deploys_rollbacks_and_scale_changes_ke
     assert await _hpa(kube_api, ns, "web") is None
     dep = await _deployment(kube_api, ns, "web")
     assert dep.spec.replicas == 2 and dep.status.available_replicas == 2
+    s = await status()
+    assert s["live"]["autoscaler"] is None and s["live"]["desired"] == 2
 
 
 async def test_autoscaling_on_carries_the_fixed_count_over_and_auto_off_sets_it_back(
