@@ -130,6 +130,13 @@ def app_status(st: status.AppStatus, *, live_pending: bool = False) -> Message:
                 f"• {'new' if rs.new else 'old'} pods, revision {esc(rs.revision or '?')} `{esc(rs.image)}`: "
                 f"{rs.ready}/{rs.desired} ready"
             )
+        if (hpa := live.autoscaler) is not None:
+            cpu = "not measured yet" if hpa.cpu_current_percent is None else f"{hpa.cpu_current_percent}%"
+            target = "" if hpa.cpu_target_percent is None else f" (target {hpa.cpu_target_percent}%)"
+            lines.append(
+                f"• autoscaler: {hpa.current_replicas} pods, wants {hpa.desired_replicas} "
+                f"(min {hpa.min_replicas}, max {hpa.max_replicas}); CPU {cpu} of requests{target}"
+            )
     elif st.live_error:
         lines.append(f"Cluster: could not read the Deployment: {esc(st.live_error)}")
     elif live_pending:

@@ -8,6 +8,7 @@ service account's token, a Deployment's status) that belong to neither applying 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -28,11 +29,23 @@ from core.kube.rules import (
     DeploymentStatus,
     PodMetrics,
     ReplicaSetStatus,
+    autoscaler_of,
     conditions_of,
     desired_of,
     label_selector,
     pod_metrics_of,
 )
+
+
+def _same_owner(hpa: dict[str, Any], deployment: dict[str, Any]) -> bool:
+    """An HPA shown as the app's autoscaler only if shipit made it for the Deployment's project."""
+    labels, owners = str_dict(dig(hpa, "metadata", "labels")), str_dict(dig(deployment, "metadata", "labels"))
+    return (
+        labels.get(render.LABEL_MANAGED_BY) == render.FIELD_MANAGER
+        and labels.get(render.LABEL_PROJECT) is not None
+        and labels.get(render.LABEL_PROJECT) == owners.get(render.LABEL_PROJECT)
+    )
+
 
 _VERSION = re.compile(r"[A-Za-z0-9.+_-]{1,64}")  # a gitVersion such as v1.31.2+k3s1; else "unknown"
 
@@ -282,8 +295,13 @@ class Connection:
         containers = as_list(dig(deployment, "spec", "template", "spec", "containers"))
         status = dig(deployment, "status")
         revision = dig(deployment, "metadata", "labels", render.LABEL_REVISION)
+        replica_sets, hpa = await asyncio.gather(
+            self._replica_sets(namespace=namespace, deployment=deployment),
+            self.get(kind="HorizontalPodAutoscaler", namespace=namespace, name=name),
+        )
         return DeploymentStatus(
-            replica_sets=await self._replica_sets(namespace=namespace, deployment=deployment),
+            replica_sets=replica_sets,
+            autoscaler=autoscaler_of(hpa) if hpa is not None and _same_owner(hpa, deployment) else None,
             image=as_str(dig(containers[0], "image")) if containers else "",
             revision=revision if isinstance(revision, str) else None,
             desired=desired_of(deployment),

@@ -61,6 +61,44 @@ class ReplicaSetStatus:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class AutoscalerStatus:
+    """The app's HPA (shipit's own) as the controller last wrote it: what it scales between and on,
+    how many pods it counted and wants, and the pods' CPU use against their request now."""
+
+    min_replicas: int
+    max_replicas: int
+    cpu_target_percent: int | None
+    current_replicas: int
+    desired_replicas: int
+    cpu_current_percent: int | None  # None until the controller has had metrics
+    last_scale_time: str | None
+
+
+def autoscaler_of(hpa: Mapping[str, Any]) -> AutoscalerStatus:
+    """An autoscaling/v2 HPA's spec and status, its CPU utilization metric picked out."""
+    target: int | None = None
+    for metric in as_list(dig(hpa, "spec", "metrics")):
+        if dig(metric, "type") == "Resource" and dig(metric, "resource", "name") == "cpu":
+            value = dig(metric, "resource", "target", "averageUtilization")
+            target = value if isinstance(value, int) else None
+    current: int | None = None
+    for metric in as_list(dig(hpa, "status", "currentMetrics")):
+        if dig(metric, "type") == "Resource" and dig(metric, "resource", "name") == "cpu":
+            value = dig(metric, "resource", "current", "averageUtilization")
+            current = value if isinstance(value, int) else None
+    scaled = dig(hpa, "status", "lastScaleTime")
+    return AutoscalerStatus(
+        min_replicas=as_int(dig(hpa, "spec", "minReplicas"), 1),
+        max_replicas=as_int(dig(hpa, "spec", "maxReplicas")),
+        cpu_target_percent=target,
+        current_replicas=as_int(dig(hpa, "status", "currentReplicas")),
+        desired_replicas=as_int(dig(hpa, "status", "desiredReplicas")),
+        cpu_current_percent=current,
+        last_scale_time=scaled if isinstance(scaled, str) else None,
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DeploymentStatus:
     image: str
     revision: str | None  # the shipit.dev/revision label
@@ -73,6 +111,8 @@ class DeploymentStatus:
     conditions: list[Condition]
     # New first, then the old ones that still have pods; never added together.
     replica_sets: list[ReplicaSetStatus] = dataclasses.field(default_factory=list)
+    # shipit's HPA of the app, when autoscaling is on: then it, not the deploy, sets `desired`.
+    autoscaler: AutoscalerStatus | None = None
 
 
 # ---------------------------------------------------------------------------

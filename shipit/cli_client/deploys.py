@@ -171,6 +171,8 @@ def status(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = 
             )
         if not pods:
             observed += f", {live['ready']}/{live['desired']} ready"
+        if hpa := live.get("autoscaler"):
+            pods.append(("autoscaler", autoscaler_line(hpa)))
     elif s.get("live_error"):
         observed = f"unknown: {s['live_error']}"
     else:
@@ -365,3 +367,13 @@ def promote(
         if not as_json:
             typer.echo(f"promoting {app_name} from {source} to {target}: {d['image']}")
         deployed(client, d, wait=wait, as_json=as_json, environment=target)
+
+
+def autoscaler_line(hpa: dict[str, Any]) -> str:
+    """The HPA's own figures: the pods it counts and wants, and the CPU use it scales on."""
+    cpu = "not measured yet" if hpa["cpu_current_percent"] is None else f"{hpa['cpu_current_percent']}%"
+    target = f" (target {hpa['cpu_target_percent']}%)" if hpa["cpu_target_percent"] is not None else ""
+    return (
+        f"{hpa['current_replicas']} pods, wants {hpa['desired_replicas']} "
+        f"(min {hpa['min_replicas']}, max {hpa['max_replicas']}); CPU {cpu} of requests{target}"
+    )

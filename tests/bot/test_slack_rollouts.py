@@ -248,3 +248,35 @@ async def test_a_failed_rollout_rolls_back_by_itself_and_its_card_says_so(
     assert "Running revision 1 `ghcr.io/acme/web:1.0`" in reply["text"]
     assert f"Last attempt: deploy #{failed.id}" in reply["text"]
     assert "failed, rolled back to revision 1" in reply["text"]
+
+
+async def test_status_of_an_autoscaled_app_shows_the_hpa_as_its_controller_sees_it(
+    slack: SlackSender, kube_world: World, fake_slack: FakeSlack
+) -> None:
+    rt = kube_world.rt
+    await add_app(
+        rt,
+        name="web",
+        cluster=kube_world.cluster,
+        image="ghcr.io/acme/web:1.0",
+        min_replicas=2,
+        max_replicas=4,
+        cpu_target=80,
+    )
+    await _deploy_and_wait(slack, rt, fake_slack, "deploy web 1.1", until="is live on")
+
+    # The HPA's status is written by the real controller at its syncs: asked again until the follow-up
+    # has the pods' CPU, once metrics-server measured them (20m of the 100m default request: 20 %).
+    async def autoscaler_lines() -> list[str]:
+        await slack.command("status web", user=ALICE)
+        await asyncio.sleep(1)
+        texts = [r.get("text", "") for r in fake_slack.responses()]
+        return [line for t in texts for line in t.splitlines() if "autoscaler:" in line]
+
+    lines = await eventually(
+        autoscaler_lines,
+        lambda lines: any("CPU 20%" in x for x in lines),
+        what="the HPA's CPU",
+        timeout=ROLLOUT,
+    )
+    assert "• autoscaler: 2 pods, wants 2 (min 2, max 4); CPU 20% of requests (target 80%)" in lines, lines

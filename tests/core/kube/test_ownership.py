@@ -405,6 +405,9 @@ async def test_turning_autoscaling_and_ingress_off_leaves_foreign_ones_alone(
     now = await read_all(kube_api, namespace, "ledger")
     assert_untouched(hpa, now["HorizontalPodAutoscaler"])
     assert now["Ingress"].metadata.resource_version == ingress.metadata.resource_version
+    # Nor is the foreign HPA shown as the app's autoscaler in its status.
+    live = await kube.deployment_status(namespace=namespace, name="ledger")
+    assert live is not None and live.autoscaler is None
 
     # Turning them on would apply over them: refused.
     with pytest.raises(errors.Conflict) as refused:
