@@ -6,22 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
-from core import clusters, projects
+from core import projects
 from shipit import cli
 from tests.conftest import ADMIN, LiveServer, World
 from tests.helpers import eventually
-from tests.shipit.cluster_apps import deployed_app
+from tests.shipit.cluster_apps import add_cluster, bare_cluster, deployed_app
 from tests.shipit.conftest import closed_port, make_token
-from tests.testenv import controlplane, plugin
+from tests.testenv import controlplane
 
 # A new pod has PodMetrics after metrics-server's second scrape of it (every 10 s), so up to ~20 s.
+__all__ = ["bare_cluster"]  # the fixture, for pytest
+
 METRICS = 90.0
 MI = 2**20
 
@@ -131,37 +132,10 @@ async def test_a_viewer_reads_usage_and_an_outsider_finds_no_app(
         assert hidden.content == missing.content.replace(b"nop", b"web")
 
 
-@pytest.fixture
-async def bare_cluster() -> AsyncIterator[controlplane.ControlPlane]:
-    """A second control plane, without metrics-server: a cluster with no Metrics API, as many are."""
-    plugin.require_local_binaries()
-    cp = controlplane.ControlPlane(metrics_server=False)
-    await asyncio.to_thread(cp.start)
-    try:
-        yield cp
-    finally:
-        await asyncio.to_thread(cp.stop)
-
-
 async def test_a_cluster_without_a_metrics_api_is_said_so(
     live_server: LiveServer, api: httpx.AsyncClient, admin_token: str, bare_cluster: controlplane.ControlPlane
 ) -> None:
-    rt = live_server.rt
-    assert bare_cluster.env is not None
-    kubeconfig = bare_cluster.env.kubeconfig
-    version = await clusters.check(ctx=rt.core, kubeconfig_text=kubeconfig, key="bare")
-    async with rt.sessionmaker.begin() as session:
-        await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
-        await clusters.add(
-            session,
-            ctx=rt.core,
-            actor=ADMIN,
-            name="bare",
-            kubeconfig_text=kubeconfig,
-            default_namespace="default",
-            version=version,
-        )
-        await clusters.grant(session, actor=ADMIN, cluster="bare", project="acme", namespace="default")
+    await add_cluster(live_server.rt, bare_cluster, project="acme")
     r = await api.post("/api/v1/apps", json={"name": "web", "project": "acme", "cluster": "bare"})
     assert r.status_code == 201, r.text
 

@@ -17,14 +17,14 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from core import clusters, projects, usage_history
+from core import usage_history
 from shipit import cli
 from shipit.settings import Settings
 from storage import models
-from tests.conftest import ADMIN, LiveServer, World
+from tests.conftest import LiveServer, World
 from tests.helpers import eventually
-from tests.shipit.cluster_apps import wait_deploy
-from tests.shipit.test_usage import CPU_PER_POD, MEMORY_PER_POD, METRICS, MI, bare_cluster
+from tests.shipit.cluster_apps import add_cluster, bare_cluster, wait_deploy
+from tests.shipit.test_usage import CPU_PER_POD, MEMORY_PER_POD, METRICS, MI
 from tests.testenv import controlplane
 
 __all__ = ["bare_cluster"]
@@ -140,16 +140,7 @@ async def test_a_cluster_without_a_metrics_api_is_skipped_and_said_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     rt = live_server.rt
-    assert bare_cluster.env is not None
-    kubeconfig = bare_cluster.env.kubeconfig
-    version = await clusters.check(ctx=rt.core, kubeconfig_text=kubeconfig, key="bare")
-    async with rt.sessionmaker.begin() as session:
-        await projects.create(session, ctx=rt.core, actor=ADMIN, name="rival")
-        await clusters.add(
-            session, ctx=rt.core, actor=ADMIN, name="bare", kubeconfig_text=kubeconfig,
-            default_namespace="default", version=version,
-        )  # fmt: skip
-        await clusters.grant(session, actor=ADMIN, cluster="bare", project="rival", namespace="default")
+    await add_cluster(rt, bare_cluster, project="rival")
     image = "ghcr.io/acme/web:1.0"
     await _create(api, {"name": "web", "project": world.project, "cluster": world.cluster, "image": image})
     await _create(api, {"name": "api", "project": "rival", "cluster": "bare", "image": image})

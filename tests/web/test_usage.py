@@ -4,16 +4,14 @@ database; a cluster without a Metrics API, or one that cannot be reached, says s
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from sqlalchemy import select
 
-from core import apps, clusters, deploys, projects
+from core import apps, deploys, projects
 from core.apps import AppChanges
 from shipit.runtime import Runtime
 from shipit.settings import Settings
@@ -22,8 +20,11 @@ from tests.bot.test_statement_budget import counting
 from tests.conftest import ADMIN, World, serving
 from tests.fakes.oidc import FakeOidc
 from tests.helpers import eventually
-from tests.testenv import controlplane, plugin
+from tests.shipit.cluster_apps import add_cluster, bare_cluster
+from tests.testenv import controlplane
 from tests.web.conftest import Dashboard, offline_app
+
+__all__ = ["bare_cluster"]  # the fixture, for pytest
 
 ROLLOUT = 120.0
 METRICS = 90.0  # a new pod has PodMetrics after metrics-server's second scrape of it
@@ -172,30 +173,12 @@ async def test_the_fragment_stays_within_its_statement_budget(
     )
 
 
-@pytest.fixture
-async def bare_cluster() -> AsyncIterator[controlplane.ControlPlane]:
-    """A second control plane, without metrics-server: a cluster with no Metrics API, as many are."""
-    plugin.require_local_binaries()
-    cp = controlplane.ControlPlane(metrics_server=False)
-    await asyncio.to_thread(cp.start)
-    try:
-        yield cp
-    finally:
-        await asyncio.to_thread(cp.stop)
-
-
 async def test_a_cluster_without_a_metrics_api_is_one_plain_line(
     dashboard: Dashboard, bare_cluster: controlplane.ControlPlane
 ) -> None:
     rt = dashboard.rt
-    assert bare_cluster.env is not None
-    kubeconfig = bare_cluster.env.kubeconfig
-    version = await clusters.check(ctx=rt.core, kubeconfig_text=kubeconfig, key="bare")
+    await add_cluster(rt, bare_cluster, project="acme")
     async with rt.sessionmaker.begin() as session:
-        await projects.create(session, ctx=rt.core, actor=ADMIN, name="acme")
-        await clusters.add(session, ctx=rt.core, actor=ADMIN, name="bare", kubeconfig_text=kubeconfig,
-                           default_namespace="default", version=version)  # fmt: skip
-        await clusters.grant(session, actor=ADMIN, cluster="bare", project="acme", namespace="default")
         await projects.set_access(session, actor=ADMIN, project_name="acme",
                                   subject="user:vera@example.com", role="viewer")  # fmt: skip
         await apps.create(session, actor=ADMIN, project="acme", cluster="bare", name="web",
