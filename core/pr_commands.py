@@ -106,9 +106,9 @@ class PullRequest:
 class Result:
     """What happened: deploys queued (the notifier reports their progress) and lines for the reply."""
 
-    lines: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # for a deploy: one per app left out, saying why
     deployment_ids: list[int] = field(default_factory=list)
-    ok: bool = True
+    ok: bool = True  # False: an app was left out; its command ends `confused` however the others do
     noop: list[dryrun.Plan] = field(default_factory=list)
     repeated: bool = False  # the comment was handled before: nothing new was done
     approved: int | None = None  # the deploy an `.approve` queued: its comment follows it to the end
@@ -252,7 +252,8 @@ async def run(session: AsyncSession, *, ctx: Core, command: Command, pr: PullReq
 async def _keep_notes(session: AsyncSession, *, result: Result, ref: dict[str, Any]) -> None:
     """Apps left out (locked, no revision to go back to) and the builds the command waits for go with
     the command's ref on each of its deploys and on each build row's wait: every later drawing of
-    its status comment (`report`), whichever deploy's or build's notice draws it, knows them all."""
+    its status comment (`report`), whichever deploy's or build's notice draws it, in any process,
+    knows them all.  A note is an app left out, so a command with notes never ends `rocket`."""
     if not result.lines and not result.waits:
         return
     extra = {"notes": list(result.lines), "waits": list(result.waits)}
@@ -905,15 +906,27 @@ class Report:
     states: list[DeployState]
     lines: list[str]  # apps left out, then each waited-for build not deployed (yet)
     pending: bool  # a build it waits for has not ended: not finished, whatever the deploys say
-    failed: bool  # an app it waited for was not deployed (its build failed, or was refused once built)
+    # An app it targeted was not deployed, whenever that was decided: refused when asked (a lock, a
+    # deploy window, a freeze, no revision to go back to), its build failed, or refused once built.
+    failed: bool
+
+    @property
+    def partly(self) -> bool:
+        """Finished with every deploy it made succeeded, but an app was left out (its line says why)."""
+        return self.finished and self.failed and bool(self.states) and self._all_succeeded
 
     @property
     def finished(self) -> bool:
         return not self.pending and all(s.status in FINISHED for s in self.states)
 
     @property
+    def _all_succeeded(self) -> bool:
+        return all(s.status == "succeeded" for s in self.states)
+
+    @property
     def ok(self) -> bool:
-        return bool(self.states) and not self.failed and all(s.status == "succeeded" for s in self.states)
+        """The command did what it asked: EVERY app it targeted was deployed, and each deploy succeeded."""
+        return bool(self.states) and not self.failed and self._all_succeeded
 
 
 FINISHED = ("succeeded", "failed", "superseded", "cancelled")
@@ -935,7 +948,7 @@ async def report(session: AsyncSession, *, command: dict[str, Any]) -> Report:
         ended.update(ref.get("ended") or {})
     states = await _states(session, rows)
     deployed = {d.app_id for d in rows}
-    lines, pending, failed = list(notes), False, False
+    lines, pending, failed = list(notes), False, bool(notes)
     for build_id, w in sorted(waits.items()):
         build = await session.get(models.Build, build_id)
         if build is None or int(w.get("app_id") or 0) in deployed:

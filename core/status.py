@@ -6,7 +6,8 @@ transaction is held open while the Kubernetes API answers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -17,6 +18,7 @@ from core.context import Core
 from core.errors import Conflict, ShipitError
 from core.identity import Actor, Role
 from core.kube.rules import DeploymentStatus
+from core.kube.watching import LogLine as LogLine  # the lines `log_lines` gives, for its callers
 from storage import models
 
 
@@ -116,20 +118,35 @@ async def with_live(*, ctx: Core, status: AppStatus, target: Target) -> AppStatu
     return AppStatus(**{**status.__dict__, "live": observed})
 
 
+async def log_lines(
+    *, ctx: Core, target: Target, tail_lines: int, follow: bool, shared_tail: bool = False
+) -> AsyncGenerator[LogLine, None]:
+    """The app's pod log lines, each with the pod and container that wrote it: tail_lines per pod, or
+    with shared_tail for the whole app (see Watcher.pod_logs)."""
+    kube = await ctx.kube.get(key=str(target.cluster_id), kubeconfig=target.kubeconfig)
+    # Closed with this generator (a client gone mid-follow): the per-pod streams stop at once.
+    async with contextlib.aclosing(
+        kube.pod_logs(
+            namespace=target.namespace,
+            app=target.app,
+            tail_lines=tail_lines,
+            follow=follow,
+            shared_tail=shared_tail,
+        )
+    ) as lines:
+        async for line in lines:
+            yield line
+
+
 async def logs(
     *, ctx: Core, target: Target, tail_lines: int, follow: bool, shared_tail: bool = False
-) -> AsyncIterator[str]:
-    """The app's pod log lines: tail_lines per pod, or with shared_tail for the whole app (see
-    Watcher.pod_logs)."""
-    kube = await ctx.kube.get(key=str(target.cluster_id), kubeconfig=target.kubeconfig)
-    async for line in kube.pod_logs(
-        namespace=target.namespace,
-        app=target.app,
-        tail_lines=tail_lines,
-        follow=follow,
-        shared_tail=shared_tail,
-    ):
-        yield line
+) -> AsyncGenerator[str, None]:
+    """log_lines as text: each line prefixed with its pod when the app has several."""
+    async with contextlib.aclosing(
+        log_lines(ctx=ctx, target=target, tail_lines=tail_lines, follow=follow, shared_tail=shared_tail)
+    ) as lines:
+        async for line in lines:
+            yield line.text
 
 
 async def remove_workload(*, ctx: Core, target: Target) -> list[str]:

@@ -6,9 +6,14 @@ the comment id) does the GitHub calls and the work, so GitHub is answered in mil
 redelivered comment runs once.  The job puts `eyes` on the comment, reads the pull request's head
 and the commenter's permission from GitHub (an issue_comment payload holds neither), asks
 core.pr_commands, and answers in ONE status comment per command, edited in place: the GitHub
-notifier redraws it (`refresh`) as each deploy moves, and puts `rocket` (all succeeded) or
-`confused` on the command at the end.  A refusal, a dry run, a lock or an approval is answered at once
-(a deploy asked for by `.deploy to ENV` keeps its own status comment up to date once approved).
+notifier redraws it (`refresh`) as each deploy moves, and puts a reaction on the command at the end:
+`rocket` only when EVERY app it targeted was deployed and each deploy succeeded, else `confused`.  An
+app left out, whenever that was decided (refused when asked: a lock, a deploy window, a freeze; its
+build failed; refused once built), makes it `confused` while the comment still shows what did deploy
+and why each other app did not.  What was left out is kept in the database with the command's refs
+(pr_commands.report), so a redraw from any notice, in any process, reacts the same.  A refusal of
+every app, a dry run, a lock or an approval is answered at once (a deploy asked for by `.deploy to
+ENV` keeps its own status comment up to date once approved).
 
 Only comments that start with `.` and a known word are commands; `.something` else, or a known word
 with arguments it does not take, gets a short help reply.  Bots, edits and deletions are ignored.
@@ -293,6 +298,10 @@ def _deploys_body(*, text: str, login: str, report: pr_commands.Report) -> str:
         head = "⏳ working on it"
     elif report.ok:
         head = "✅ done"
+    elif report.partly:  # what did deploy succeeded; each app left out has its line below
+        head = (
+            f"⚠️ partly done: {len(report.states)} of {len(report.states) + len(report.lines)} apps deployed"
+        )
     else:
         head = "❌ did not succeed"
     rows = "\n".join(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
 from core.kube import diff as diff_mod
@@ -27,7 +27,7 @@ from core.kube.connection import Connection, api_client_from_kubeconfig
 from core.kube.objects import as_str, dig
 from core.kube.ownership import target_of
 from core.kube.rules import DeploymentStatus, PodMetrics, ReleaseResult, RolloutProgress, RolloutResult
-from core.kube.watching import Watcher
+from core.kube.watching import LogLine, Watcher
 
 
 class Kube:
@@ -137,8 +137,8 @@ class Kube:
         tail_lines: int = 100,
         follow: bool = False,
         shared_tail: bool = False,
-    ) -> AsyncIterator[str]:
-        """Log lines of the app's pods (see Watcher.pod_logs).
+    ) -> AsyncGenerator[LogLine, None]:
+        """Log lines of the app's pods, with their pod and container (see Watcher.pod_logs).
 
         Its own generator, not one wrapped around it: closing this one stops the streams.
         """

@@ -70,6 +70,21 @@ class _Relist(Exception):
     """The watch lost its place (410 Gone, stream ended, template changed): list again."""
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LogLine:
+    """One line of an app's pod log: the pod and container that wrote it, and its text as written."""
+
+    pod: str
+    container: str
+    line: str
+    several: bool  # the app has several pods: its text form names the pod
+
+    @property
+    def text(self) -> str:
+        """The line as `logs` prints it: prefixed with its pod when the app has several."""
+        return f"{self.pod}: {self.line}" if self.several else self.line
+
+
 class Watcher:
     """Follows rollouts and release Jobs, and reads pod logs, through one cluster's connection."""
 
@@ -137,8 +152,9 @@ class Watcher:
         tail_lines: int = 100,
         follow: bool = False,
         shared_tail: bool = False,
-    ) -> AsyncIterator[str]:
-        """Log lines of the app's pods, prefixed with the pod name when there are several.
+    ) -> AsyncGenerator[LogLine, None]:
+        """Log lines of the app's pods, each with its pod and container (`text` prefixes the pod when
+        there are several).
 
         tail_lines is per pod, or with shared_tail the app's total, shared out evenly among its pods:
         the last N lines of the app then show every pod, not only the last pod listed.
@@ -148,23 +164,22 @@ class Watcher:
         pods = sorted(as_str(dig(p, "metadata", "name")) for p in as_list(listing.get("items")))
         if not pods:
             raise errors.NotFound(f"app {app} has no pods in namespace {namespace}")
-        prefix = len(pods) > 1
+        several = len(pods) > 1
         tails = dict.fromkeys(pods, tail_lines)
         if shared_tail:
             each, extra = divmod(tail_lines, len(pods))
             tails = {pod: each + (i < extra) for i, pod in enumerate(pods)}
 
-        async def lines_of(pod: str) -> AsyncIterator[str]:
-            head = f"{pod}: " if prefix else ""
+        async def lines_of(pod: str) -> AsyncIterator[LogLine]:
             try:
                 async for line in self._pod_log_lines(
                     namespace=namespace, pod=pod, container=app, tail_lines=tails[pod], follow=follow
                 ):
-                    yield head + line
+                    yield LogLine(pod=pod, container=app, line=line, several=several)
             except (errors.PermanentError, errors.NotFound) as e:
                 # e.g. 400 "container is waiting to start", or a node that serves no logs (kwok):
                 # say so and go on with the other pods.
-                yield f"{head}(no logs: {e})"
+                yield LogLine(pod=pod, container=app, line=f"(no logs: {e})", several=several)
 
         if not follow:
             for pod in pods:
@@ -172,7 +187,7 @@ class Watcher:
                     yield line
             return
 
-        queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue(maxsize=1000)
+        queue: asyncio.Queue[LogLine | BaseException | None] = asyncio.Queue(maxsize=1000)
 
         async def pump(pod: str) -> None:
             try:

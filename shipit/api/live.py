@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from fastapi import Query
 from fastapi.encoders import jsonable_encoder
@@ -54,8 +55,12 @@ def _jsonable(value: object) -> dict[str, object]:
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "The pods' log lines.",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "The pods' log lines: text, each prefixed with its pod when there are several; "
+            'with format=json, one JSON object a line: {"pod", "container", "line"}.',
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
         },
         **CLUSTER_ERRORS,
     },
@@ -67,11 +72,12 @@ async def app_logs(
     tail: int = Query(100, ge=1, le=5000),
     follow: bool = False,
     env: schemas.EnvQuery = None,
+    fmt: Literal["text", "json"] = Query("text", alias="format"),
 ) -> StreamingResponse:
     async with tx(rt) as session:
         target = await status.target(session, ctx=rt.core, actor=actor, app_name=name, env=env)
 
-    stream = status.logs(ctx=rt.core, target=target, tail_lines=tail, follow=follow)
+    stream = status.log_lines(ctx=rt.core, target=target, tail_lines=tail, follow=follow)
     # Once a streamed 200 has started, an error can only cut the connection.  So wait (briefly, since
     # a followed quiet pod may say nothing for long) for the first line: "no pods" and cluster errors
     # raised before it become a JSON error with its status code.
@@ -80,18 +86,26 @@ async def app_logs(
     if first.done():
         first.result()
 
+    def encoded(line: status.LogLine) -> bytes:
+        if fmt == "json":  # a script tells the pods apart by `pod`, not by parsing a prefix
+            return (
+                json.dumps({"pod": line.pod, "container": line.container, "line": line.line}) + "\n"
+            ).encode()
+        return (line.text.rstrip("\n") + "\n").encode()
+
     async def lines() -> AsyncIterator[bytes]:
         line = await first
         if line is None:
             return
-        yield (line.rstrip("\n") + "\n").encode()
+        yield encoded(line)
         async for line in stream:
-            yield (line.rstrip("\n") + "\n").encode()
+            yield encoded(line)
 
-    return StreamingResponse(lines(), media_type="text/plain; charset=utf-8")
+    media_type = "application/x-ndjson" if fmt == "json" else "text/plain; charset=utf-8"
+    return StreamingResponse(lines(), media_type=media_type)
 
 
-async def _first_line(stream: AsyncIterator[str]) -> str | None:
+async def _first_line(stream: AsyncIterator[status.LogLine]) -> status.LogLine | None:
     try:
         return await anext(stream)
     except StopAsyncIteration:

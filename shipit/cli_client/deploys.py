@@ -3,7 +3,6 @@ logs."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -337,7 +336,8 @@ def logs(
     environment: EnvNameOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Logs of an app's pods, each line prefixed with its pod when there are several."""
+    """Logs of an app's pods, each line prefixed with its pod when there are several (--json: one
+    object a line with `pod`, `container` and `line`)."""
     with api() as client:
         try:
             for line in client.lines(
@@ -346,9 +346,10 @@ def logs(
                     "tail": tail,
                     "follow": str(follow).lower(),
                     **({"env": environment} if environment else {}),
+                    **({"format": "json"} if as_json else {}),
                 },
             ):
-                typer.echo(json.dumps({"line": line}) if as_json else line)
+                typer.echo(line)  # with --json, the server's object as it sent it
         except KeyboardInterrupt:
             raise typer.Exit(0) from None
 

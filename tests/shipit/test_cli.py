@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import sys
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
@@ -41,6 +43,20 @@ def shipit(live_server: LiveServer, admin_token: str) -> Run:
         return await asyncio.to_thread(runner.invoke, cli.app, list(args), input=input, env=env)
 
     return run
+
+
+async def cli_process(live_server: LiveServer, *args: str) -> asyncio.subprocess.Process:
+    """A real `shipit` process (the CLI's entry point) against the live server, stdout and stderr piped:
+    for what CliRunner cannot do, such as reading a command's output while it runs or sending it SIGINT."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPIT_")}
+    env.update(SHIPIT_URL=live_server.url, SHIPIT_TOKEN=await make_token(live_server.rt))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from shipit.cli import main; main()", *args,
+        cwd=Path(__file__).resolve().parents[2], env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    return proc
 
 
 def ok(result: Result) -> str:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,8 +14,7 @@ from sqlalchemy import select, update
 from core import apps
 from storage import models
 from tests.conftest import LiveServer
-from tests.shipit.conftest import make_token
-from tests.shipit.test_cli import Run, ok, one_error_line, table
+from tests.shipit.test_cli import Run, cli_process, ok, one_error_line, table
 from tests.shipit.test_cli import shipit as shipit  # the fixture
 
 pytestmark = pytest.mark.both_databases
@@ -309,15 +305,8 @@ async def test_ctrl_c_while_waiting_names_the_status_command_with_its_env(
     ok(await shipit("envs", "create", "acme", "staging", "--namespace", "acme-stg", "--before", "production"))
     ok(await shipit("apps", "create", "web", "--project", "acme", "--env", "staging", "--no-deploy"))
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPIT_")}
-    env.update(SHIPIT_URL=live_server.url, SHIPIT_TOKEN=await make_token(live_server.rt))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from shipit.cli import main; main()",
-        "deploy", "web", "1.1", "--env", "staging", "--wait",
-        cwd=Path(__file__).resolve().parents[2], env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
+    proc = await cli_process(live_server, "deploy", "web", "1.1", "--env", "staging", "--wait")
+    assert proc.stdout is not None
     first = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
     assert b"deploy #" in first, first  # it is waiting now
     proc.send_signal(signal.SIGINT)

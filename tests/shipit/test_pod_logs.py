@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from tests.helpers import eventually
 from tests.shipit.cluster_apps import deployed_app
 from tests.shipit.conftest import make_token
 from tests.shipit.test_api import error_of
-from tests.shipit.test_cli import Run, ok
+from tests.shipit.test_cli import Run, cli_process, ok
 from tests.shipit.test_cli import shipit as shipit  # the fixture
 from tests.testenv.plugin import PodLogs
 
@@ -142,7 +143,64 @@ async def test_cli_logs_tail_and_json(
 
     out = ok(await shipit("logs", "web", "--tail", "2"))
     assert out.splitlines() == [f"{a}: a2", f"{a}: a3", f"{b}: b2", f"{b}: b3"]
+    # --json: each line names its pod (and container) in fields of its own; the text has no prefix.
     rows = [
-        json.loads(line) for line in ok(await shipit("logs", "web", "--tail", "1", "--json")).splitlines()
+        json.loads(line) for line in ok(await shipit("logs", "web", "--tail", "2", "--json")).splitlines()
     ]
-    assert rows == [{"line": f"{a}: a3"}, {"line": f"{b}: b3"}]
+    assert rows == [
+        {"pod": a, "container": "web", "line": "a2"},
+        {"pod": a, "container": "web", "line": "a3"},
+        {"pod": b, "container": "web", "line": "b2"},
+        {"pod": b, "container": "web", "line": "b3"},
+    ]
+
+
+async def test_json_lines_carry_the_pod_even_when_the_text_would_not(
+    world: World, live_server: LiveServer, api: httpx.AsyncClient, pod_logs: PodLogs
+) -> None:
+    await deployed_web(api, world, replicas=1)
+    [pod] = await pod_logs.pods(namespace=world.namespace, app="web")
+    odd = ["web-abc: not a prefix", '{"msg":"json"}']
+    await pod_logs.write(namespace=world.namespace, pod=pod, container="web", lines=odd)
+    async with api.stream("GET", "/api/v1/apps/web/logs", params={"tail": 5, "format": "json"}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        rows = [json.loads(line) async for line in r.aiter_lines()]
+    assert rows == [{"pod": pod, "container": "web", "line": line} for line in odd]
+    assert await read_logs(api, tail=5) == odd  # the text form of one pod: no prefix, as before
+    bad = await api.get("/api/v1/apps/web/logs", params={"format": "yaml"})
+    assert bad.status_code == 422, bad.text
+
+
+async def test_cli_follow_prints_a_line_written_after_it_started_and_ends_on_ctrl_c(
+    world: World, live_server: LiveServer, api: httpx.AsyncClient, pod_logs: PodLogs
+) -> None:
+    """`shipit logs web --follow --json` as a person runs it: a real `shipit` process (the CLI's own
+    entry point) against the live server over HTTP, stopped with a real SIGINT.  CliRunner cannot
+    show what a followed stream printed before it ends, nor stop it."""
+    await deployed_web(api, world, replicas=2)
+    a, b = await pod_logs.pods(namespace=world.namespace, app="web")
+    await pod_logs.write(namespace=world.namespace, pod=a, container="web", lines=["a-old"])
+    await pod_logs.write(namespace=world.namespace, pod=b, container="web", lines=["b-old"])
+    proc = await cli_process(live_server, "logs", "web", "--follow", "--tail", "1", "--json")
+    out = proc.stdout
+    assert out is not None
+
+    async def row() -> dict[str, Any]:
+        line = await asyncio.wait_for(out.readline(), timeout=60)
+        assert line, "the CLI ended before printing the line"
+        return dict(json.loads(line))
+
+    try:
+        first = [await row(), await row()]
+        assert sorted((r["pod"], r["line"]) for r in first) == [(a, "a-old"), (b, "b-old")]
+        # Written after it started: the followed stream carries it, with its pod.
+        await pod_logs.write(namespace=world.namespace, pod=b, container="web", lines=["b-new"])
+        assert await row() == {"pod": b, "container": "web", "line": "b-new"}
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the way a person ends --follow
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=30)
+        assert proc.returncode == 0, (proc.returncode, stdout, stderr)
+        assert b"Traceback" not in stderr, stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -4,6 +4,7 @@ shape) to the real app with its worker, the real control plane, and the fake Git
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Any
 
@@ -12,7 +13,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
 from sqlalchemy import select
 
-from core import apps, jobs, projects
+from core import apps, clusters, jobs, pr_commands, projects, protection
 from core.apps import AppChanges
 from core.pr_commands import Command
 from storage import models
@@ -421,3 +422,78 @@ async def test_noop_posts_the_difference_and_changes_nothing(
     except ApiException as e:
         assert e.status == 404
     assert fake_github.deployments(REPO) == []
+
+
+@pytest.mark.both_databases
+async def test_deploy_to_two_apps_ends_rocket_only_when_every_app_deployed(
+    world: World, live_hook: Hook, fake_github: FakeGitHub, kube_api: k8s.ApiClient
+) -> None:
+    # The repository deploys `web` (project acme) and `api` (project beta), each in its project's
+    # production.  Both deploy and succeed: rocket.  With beta's production locked, `api` is refused
+    # when asked while `web` deploys and succeeds: the command did not do what it asked, so confused,
+    # and the comment shows web's deploy beside the line saying why api was left out.
+    rt = world.rt
+    web = await link(world, name="web")
+    beta_ns = f"{world.namespace}-beta"
+    async with rt.sessionmaker.begin() as session:
+        await projects.create(session, ctx=rt.core, actor=ADMIN, name="beta")
+        await clusters.grant(session, actor=ADMIN, cluster=world.cluster, project="beta", namespace=beta_ns)
+        api = await apps.create(
+            session, actor=ADMIN, project="beta", cluster=world.cluster, name="api", namespace=beta_ns,
+            changes=AppChanges(
+                image="ghcr.io/acme/api:0.1", git_repo=REPO, git_branch="main",
+                image_template="ghcr.io/acme/api:{sha}", health_path=None,
+            ),
+        )  # fmt: skip
+        for project in ("acme", "beta"):
+            await projects.set_access(
+                session, actor=ADMIN, project_name=project, subject="github:alice", role="developer"
+            )
+    fake_github.set_role(REPO, "alice", "write")
+    number = 61
+    try:
+        fake_github.add_pull(REPO, number, head_ref="feature/two", head_sha=SHA_A)
+        both_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
+        await reacted(fake_github, both_id, "rocket")
+        both = await command_deploys(rt, both_id)
+        assert sorted((d.app_id, d.status) for d in both) == sorted(
+            [(web.id, "succeeded"), (api.id, "succeeded")]
+        )
+        [status] = status_comments(fake_github, number, both_id)
+        assert "✅ done" in status["body"] and f"ghcr.io/acme/api:{SHA_A}" in status["body"]
+        assert fake_github.reactions(REPO, both_id) == ["eyes", "rocket"]
+
+        async with rt.sessionmaker.begin() as session:
+            await protection.lock_env(
+                session, actor=ADMIN, project="beta", env="production", reason="release freeze"
+            )
+        fake_github.add_pull(REPO, number, head_ref="feature/two", head_sha=SHA_B)
+        half_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
+        await reacted(fake_github, half_id, "confused")
+        [deploy] = await command_deploys(rt, half_id)
+        deploy = await wait_finished(live_hook, deploy.id)
+        assert (deploy.app_id, deploy.status, deploy.image) == (
+            web.id,
+            "succeeded",
+            f"ghcr.io/acme/web:{SHA_B}",
+        )
+        assert fake_github.reactions(REPO, half_id) == ["eyes", "confused"]  # never rocket first
+        [status] = status_comments(fake_github, number, half_id)
+        body = status["body"]
+        assert "⚠️ partly done: 1 of 2 apps deployed" in body, body
+        assert f"| `web` | production | #{deploy.id} `ghcr.io/acme/web:{SHA_B}` | ✅" in body, body
+        assert "- `api`: environment production is locked" in body and "release freeze" in body, body
+        assert "✅ done" not in body and "ghcr.io/acme/api" not in body, body
+        workload = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("api", beta_ns)
+        assert workload.spec.template.spec.containers[0].image == f"ghcr.io/acme/api:{SHA_A}"  # untouched
+
+        # Drawn again as another process would, from the database alone: the command as a notice of
+        # web's deploy names it (no notes in hand), and the left-out app still counts.
+        async with rt.sessionmaker() as session:
+            bare = {"repo": REPO, "number": number, "comment_id": half_id, "text": ".deploy to production"}
+            again = await pr_commands.report(session, command=bare)
+        assert (again.finished, again.failed, again.ok, again.partly) == (True, True, False, True)
+        assert len(again.lines) == 1 and again.lines[0].startswith("`api`: environment production is locked")
+    finally:
+        with contextlib.suppress(ApiException):
+            await k8s.CoreV1Api(kube_api).delete_namespace(beta_ns)

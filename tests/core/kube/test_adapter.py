@@ -510,12 +510,15 @@ async def test_pod_logs_of_a_missing_app_is_not_found(kube: kube_client.Kube, na
 
 async def test_pod_logs_yields_one_line_per_pod_at_least(kube: kube_client.Kube, namespace: str) -> None:
     assert (await deploy(kube, make_spec(namespace, replicas=2))).ok
-    lines = [line async for line in kube.pod_logs(namespace=namespace, app="web", tail_lines=10)]
+    got = [line async for line in kube.pod_logs(namespace=namespace, app="web", tail_lines=10)]
     # kwok runs no containers, so each pod answers with its logs or a line saying why there are none.
-    assert lines
-    # Two pods: every line says which one it comes from.
-    assert all(line.startswith("web-") for line in lines), lines
-    assert len({line.split(":", 1)[0] for line in lines}) == 2
+    assert got
+    # Two pods: every line says which one it comes from, as a field and in its text.
+    assert {(line.pod.startswith("web-"), line.container, line.several) for line in got} == {
+        (True, "web", True)
+    }
+    assert len({line.pod for line in got}) == 2
+    assert all(line.text == f"{line.pod}: {line.line}" for line in got), got
 
 
 async def test_clients_are_cached_per_cluster_and_rebuilt_when_the_kubeconfig_changes(
