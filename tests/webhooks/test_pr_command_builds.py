@@ -442,7 +442,7 @@ async def test_several_apps_one_build_failing_the_comment_names_the_deploy_and_t
     await _notified(rt)
     await reacted(fake_github, comment_id, "confused")
     status = await _status_says(
-        fake_github, number, comment_id, "❌ did not succeed", f"ghcr.io/acme/web:{SHA_B}",
+        fake_github, number, comment_id, "⚠️ partly done: 1 of 2 apps deployed", f"ghcr.io/acme/web:{SHA_B}",
         f"`web`: not deployed: build #{build.id} of {SHA_B[:7]} failed", "`shipit builds logs web",
     )  # fmt: skip
     assert "deployed once built" not in status["body"] and "queued" not in status["body"], status["body"]
