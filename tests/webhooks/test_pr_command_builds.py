@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -61,19 +62,60 @@ async def _alice_may_deploy(rt: Runtime, fake: FakeGitHub) -> None:
     fake.set_role(REPO, "alice", "write")
 
 
-async def _waiting(hook: Hook, fake: FakeGitHub, text: str, *, number: int) -> tuple[int, models.Build]:
-    """`text` said on pull request `number`, whose head is not built: the comment and the build it waits for."""
+@dataclass(frozen=True, kw_only=True)
+class Web:
+    app: models.App
+    repo: str  # where its builds are pushed
+    config: Settings  # a builder's, building from the registry's base
+
+
+@pytest.fixture
+async def web(world: World, fake_github: FakeGitHub, pushing: build_setup.Pushing) -> Web:
+    """App `web` building into the test registry, which alice may deploy from pull request comments."""
+    app = await _app(world, repo=pushing.repo)
+    await _alice_may_deploy(world.rt, fake_github)
+    return Web(app=app, repo=pushing.repo, config=pushing.config)
+
+
+async def _waiting(
+    hook: Hook, fake: FakeGitHub, text: str, *, number: int, head_ref: str
+) -> tuple[int, models.Build]:
+    """`text` said on pull request `number` at SHA_B, not built yet: the comment, and the build it waits for."""
+    fake.add_pull(REPO, number, head_ref=head_ref, head_sha=SHA_B)
     comment_id, _ = await say(hook, fake, text, number=number)
     await _status_says(fake, number, comment_id, "waiting for the build")
     [build] = await build_setup.all_builds(hook.rt)
     return comment_id, build
 
 
-async def _deployed_once(rt: Runtime, comment_id: int) -> None:
-    async def deployed() -> bool:
-        return len(await command_deploys(rt, comment_id)) == 1
+async def _built_and_deployed(
+    hook: Hook, fake: FakeGitHub, config: Settings, *, build: int, comment: int
+) -> tuple[models.Build, models.Deployment]:
+    """The build a comment waits for, run by a builder, and the comment's one deploy it led to, finished."""
+    rt = hook.rt
+    async with build_setup.builder_worker(rt, fake, config):
+        built = await build_setup.wait_build(rt, build)
+        assert built.status == builds.SUCCEEDED, (built.error, built.log)
 
-    await build_setup.eventually(deployed, what="the comment's deploy once built")
+        async def deployed() -> bool:
+            return len(await command_deploys(rt, comment)) == 1
+
+        await build_setup.eventually(deployed, what="the comment's deploy once built")
+    [deploy] = await command_deploys(rt, comment)
+    return built, await wait_finished(hook, deploy.id)
+
+
+async def _api_deployed(
+    hook: Hook, fake: FakeGitHub, *, number: int, head_ref: str
+) -> tuple[int, models.Deployment]:
+    """`.deploy to production` on pull request `number` at SHA_B: the comment, and api's deploy, which
+    succeeded at once (an image template, nothing to build)."""
+    fake.add_pull(REPO, number, head_ref=head_ref, head_sha=SHA_B)
+    comment_id, _ = await say(hook, fake, ".deploy to production", number=number)
+    await build_setup.eventually(lambda: command_deploys(hook.rt, comment_id), what="api's deploy")
+    [api_deploy] = await command_deploys(hook.rt, comment_id)
+    assert (await wait_finished(hook, api_deploy.id)).status == "succeeded"
+    return comment_id, api_deploy
 
 
 async def _status_says(fake: FakeGitHub, number: int, comment_id: int, *texts: str) -> dict[str, Any]:
@@ -87,16 +129,10 @@ async def _status_says(fake: FakeGitHub, number: int, comment_id: int, *texts: s
 
 
 async def test_a_head_already_built_is_deployed_at_once_with_its_digest(
-    world: World,
-    live_hook: Hook,
-    fake_github: FakeGitHub,
-    pushing: build_setup.Pushing,
-    kube_api: k8s.ApiClient,
+    world: World, live_hook: Hook, fake_github: FakeGitHub, web: Web, kube_api: k8s.ApiClient
 ) -> None:
     rt = live_hook.rt
-    repo, config = pushing.repo, pushing.config
-    app = await _app(world, repo=repo)
-    await _alice_may_deploy(rt, fake_github)
+    app, repo, config = web.app, web.repo, web.config
     fake_github.add_source(REPO, SHA_A, build_setup.SITE)
     async with build_setup.builder_worker(rt, fake_github, config):
         pushed = await live_hook.post("push", push_payload(sha=SHA_A))
@@ -134,16 +170,10 @@ async def test_a_head_already_built_is_deployed_at_once_with_its_digest(
 
 
 async def test_a_head_not_built_is_built_once_then_deployed(
-    world: World,
-    live_hook: Hook,
-    fake_github: FakeGitHub,
-    pushing: build_setup.Pushing,
-    kube_api: k8s.ApiClient,
+    world: World, live_hook: Hook, fake_github: FakeGitHub, web: Web, kube_api: k8s.ApiClient
 ) -> None:
     rt = live_hook.rt
-    repo, config = pushing.repo, pushing.config
-    app = await _app(world, repo=repo)
-    await _alice_may_deploy(rt, fake_github)
+    app, repo, config = web.app, web.repo, web.config
     fake_github.add_source(REPO, SHA_B, {**build_setup.SITE, "index.html": "<h1>the pull request's</h1>\n"})
     number = 42
     fake_github.add_pull(REPO, number, head_ref="feature/new", head_sha=SHA_B)
@@ -163,12 +193,9 @@ async def test_a_head_not_built_is_built_once_then_deployed(
     assert len(await job_rows(rt, kind=comments.COMMAND_JOB)) == 1
     assert len(await job_rows(rt, kind=builds.BUILD_JOB)) == 1
 
-    async with build_setup.builder_worker(rt, fake_github, config):
-        built = await build_setup.wait_build(rt, build.id)
-        assert built.status == builds.SUCCEEDED, (built.error, built.log)
-        await _deployed_once(rt, comment_id)
-    [deploy] = await command_deploys(rt, comment_id)
-    deploy = await wait_finished(live_hook, deploy.id)
+    built, deploy = await _built_and_deployed(
+        live_hook, fake_github, config, build=build.id, comment=comment_id
+    )
     image = f"{repo}@{built.digest}"
     assert (deploy.app_id, deploy.image, deploy.trigger, deploy.git_sha, deploy.status) == (
         app.id, image, "pr", SHA_B, "succeeded",
@@ -198,8 +225,9 @@ async def test_a_failed_build_deploys_nothing_and_the_pull_request_hears_why(
     await _alice_may_deploy(rt, fake_github)
     fake_github.add_source(REPO, SHA_B, {"README.md": "nothing to build\n"})
     number = 43
-    fake_github.add_pull(REPO, number, head_ref="feature/broken", head_sha=SHA_B)
-    comment_id, build = await _waiting(live_hook, fake_github, ".deploy to production", number=number)
+    comment_id, build = await _waiting(
+        live_hook, fake_github, ".deploy to production", number=number, head_ref="feature/broken"
+    )
     failed = await build_setup.run_build(rt, build.id, fake=fake_github, settings=settings)
     assert failed.status == builds.FAILED and failed.waiting is None
     status = await _status_says(
@@ -275,8 +303,7 @@ async def test_deploy_to_the_preview_builds_the_head_and_the_preview_waits(
     await make_app(rt, **build_setup.preview_changes("registry.invalid/acme/web"))
     await _alice_may_deploy(rt, fake_github)
     number = 46
-    fake_github.add_pull(REPO, number, head_ref="feature/p", head_sha=SHA_B)
-    comment_id, build = await _waiting(live_hook, fake_github, ".deploy", number=number)
+    comment_id, build = await _waiting(live_hook, fake_github, ".deploy", number=number, head_ref="feature/p")
     await _status_says(
         fake_github,
         number,
@@ -295,16 +322,11 @@ async def test_deploy_to_the_preview_builds_the_head_and_the_preview_waits(
 
 
 async def test_a_build_that_ends_in_a_locked_environment_deploys_nothing_and_says_so(
-    world: World,
-    live_hook: Hook,
-    fake_github: FakeGitHub,
-    pushing: build_setup.Pushing,
+    world: World, live_hook: Hook, fake_github: FakeGitHub, web: Web
 ) -> None:
     # The deploy is asked for when the build ends, through the same checks: a lock taken meanwhile holds.
     rt = live_hook.rt
-    config = pushing.config
-    await _app(world, repo=pushing.repo)
-    await _alice_may_deploy(rt, fake_github)
+    config = web.config
     fake_github.add_source(REPO, SHA_B, build_setup.SITE)
     number = 47
     fake_github.add_pull(REPO, number, head_ref="feature/late", head_sha=SHA_B)
@@ -330,25 +352,18 @@ async def _notified(rt: Runtime) -> None:
 
 
 async def test_several_apps_one_built_later_the_comment_ends_on_both_deploys_with_no_stale_wait(
-    world: World,
-    live_hook: Hook,
-    fake_github: FakeGitHub,
-    pushing: build_setup.Pushing,
+    world: World, live_hook: Hook, fake_github: FakeGitHub, web: Web
 ) -> None:
     # The repository deploys two apps: `api` from an image template (deployed at once), `web` from
     # source (its build is waited for).  The comment is not done until both are, then says only that.
     rt = live_hook.rt
-    repo, config = pushing.repo, pushing.config
-    await _app(world, repo=repo)
+    repo, config = web.repo, web.config
     await link(world, name="api")
-    await _alice_may_deploy(rt, fake_github)
     fake_github.add_source(REPO, SHA_B, build_setup.SITE)
     number = 48
-    fake_github.add_pull(REPO, number, head_ref="feature/both", head_sha=SHA_B)
-    comment_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
-    await build_setup.eventually(lambda: command_deploys(rt, comment_id), what="api's deploy")
-    [api_deploy] = await command_deploys(rt, comment_id)
-    assert (await wait_finished(live_hook, api_deploy.id)).status == "succeeded"
+    comment_id, api_deploy = await _api_deployed(
+        live_hook, fake_github, number=number, head_ref="feature/both"
+    )
     await _notified(rt)
     [build] = await build_setup.all_builds(rt)
     # api is deployed, web still waits: not done, and no reaction yet beyond "seen".
@@ -397,11 +412,9 @@ async def test_several_apps_one_build_failing_the_comment_names_the_deploy_and_t
     await _alice_may_deploy(rt, fake_github)
     fake_github.add_source(REPO, SHA_B, {"README.md": "nothing to build\n"})
     number = 49
-    fake_github.add_pull(REPO, number, head_ref="feature/half", head_sha=SHA_B)
-    comment_id, _ = await say(live_hook, fake_github, ".deploy to production", number=number)
-    await build_setup.eventually(lambda: command_deploys(rt, comment_id), what="api's deploy")
-    [api_deploy] = await command_deploys(rt, comment_id)
-    assert (await wait_finished(live_hook, api_deploy.id)).status == "succeeded"
+    comment_id, api_deploy = await _api_deployed(
+        live_hook, fake_github, number=number, head_ref="feature/half"
+    )
     [build] = await build_setup.all_builds(rt)
     failed = await build_setup.run_build(rt, build.id, fake=fake_github, settings=settings)
     assert failed.status == builds.FAILED
@@ -418,22 +431,16 @@ async def test_several_apps_one_build_failing_the_comment_names_the_deploy_and_t
 
 
 async def test_deploy_to_a_preview_that_waits_for_its_build_ends_with_the_reaction(
-    world: World,
-    live_hook: Hook,
-    fake_github: FakeGitHub,
-    pushing: build_setup.Pushing,
-    kube_api: k8s.ApiClient,
+    world: World, live_hook: Hook, fake_github: FakeGitHub, web: Web, kube_api: k8s.ApiClient
 ) -> None:
     # `.deploy` (the preview) of an app that builds: the preview waits for its build and deploys it;
     # the command's comment follows that deploy to the end, as a preview deployed at once does.
     rt = live_hook.rt
-    repo, config = pushing.repo, pushing.config
-    app = await _app(world, repo=repo)
+    app, repo, config = web.app, web.repo, web.config
     async with rt.sessionmaker.begin() as session:
         row = await session.get(models.App, app.id)
         assert row is not None
         row.previews_enabled, row.preview_domain = True, "preview.acme.dev"
-    await _alice_may_deploy(rt, fake_github)
     fake_github.add_source(REPO, SHA_B, build_setup.SITE)
     number = random.randint(100, 99999)  # preview namespaces outlive a failed test: never reuse one
     namespace = f"web-pr-{number}"
@@ -481,8 +488,9 @@ async def test_deploy_to_a_preview_whose_build_fails_ends_confused_naming_the_bu
     await _alice_may_deploy(rt, fake_github)
     fake_github.add_source(REPO, SHA_B, {"README.md": "nothing to build\n"})
     number = 50
-    fake_github.add_pull(REPO, number, head_ref="feature/p-broken", head_sha=SHA_B)
-    comment_id, build = await _waiting(live_hook, fake_github, ".deploy", number=number)
+    comment_id, build = await _waiting(
+        live_hook, fake_github, ".deploy", number=number, head_ref="feature/p-broken"
+    )
     failed = await build_setup.run_build(rt, build.id, fake=fake_github, settings=settings)
     assert failed.status == builds.FAILED and failed.waiting is None
     await reacted(fake_github, comment_id, "confused")
@@ -496,23 +504,19 @@ async def test_deploy_to_a_preview_whose_build_fails_ends_confused_naming_the_bu
 
 
 async def test_a_builder_dying_while_a_comment_waits_builds_again_and_deploys_once(
-    world: World,
-    live_hook: Hook,
-    fake_github: FakeGitHub,
-    pushing: build_setup.Pushing,
+    world: World, live_hook: Hook, fake_github: FakeGitHub, web: Web
 ) -> None:
     # A `.deploy to ENV` waits for its build; the builder taking the build dies mid-build (the
     # process's task ends while it fetches the source: nothing after that is committed, its job keeps
     # its lease).  The lease runs out, another builder takes the job and builds the commit again: the
     # comment is deployed once, with one status comment, as if nothing had happened.
     rt = live_hook.rt
-    repo, config = pushing.repo, pushing.config
-    app = await _app(world, repo=repo)
-    await _alice_may_deploy(rt, fake_github)
+    app, repo, config = web.app, web.repo, web.config
     fake_github.add_source(REPO, SHA_B, build_setup.SITE)
     number = 51
-    fake_github.add_pull(REPO, number, head_ref="feature/crash", head_sha=SHA_B)
-    comment_id, build = await _waiting(live_hook, fake_github, ".deploy to production", number=number)
+    comment_id, build = await _waiting(
+        live_hook, fake_github, ".deploy to production", number=number, head_ref="feature/crash"
+    )
 
     # The first builder claims the build job and dies while it fetches the source.
     async with rt.sessionmaker.begin() as session:
@@ -549,12 +553,9 @@ async def test_a_builder_dying_while_a_comment_waits_builds_again_and_deploys_on
             .where(models.Job.id == job.id)
             .values(lease_until=models.utcnow() - dt.timedelta(seconds=1))
         )
-    async with build_setup.builder_worker(rt, fake_github, config):
-        built = await build_setup.wait_build(rt, build.id)
-        assert built.status == builds.SUCCEEDED, (built.error, built.log)
-        await _deployed_once(rt, comment_id)
-    [deploy] = await command_deploys(rt, comment_id)
-    deploy = await wait_finished(live_hook, deploy.id)
+    built, deploy = await _built_and_deployed(
+        live_hook, fake_github, config, build=build.id, comment=comment_id
+    )
     image = f"{repo}@{built.digest}"
     assert (deploy.app_id, deploy.image, deploy.status) == (app.id, image, "succeeded")
     await _notified(rt)
@@ -595,8 +596,9 @@ async def test_deploy_to_a_preview_that_moved_on_while_its_build_ran_says_not_de
     await _alice_may_deploy(rt, fake_github)
     fake_github.add_source(REPO, SHA_B, build_setup.SITE)
     number = 52
-    fake_github.add_pull(REPO, number, head_ref="feature/moving", head_sha=SHA_B)
-    comment_id, build = await _waiting(live_hook, fake_github, ".deploy", number=number)
+    comment_id, build = await _waiting(
+        live_hook, fake_github, ".deploy", number=number, head_ref="feature/moving"
+    )
     moved = await live_hook.post("pull_request", pr_payload("synchronize", number=number, sha=SHA_C))
     assert moved.json()["decisions"][0]["action"] == "build"
     assert (
