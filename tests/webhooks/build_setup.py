@@ -26,6 +26,7 @@ from tests.conftest import ADMIN, World
 from tests.fakes.github_api import FakeGitHub
 from tests.testenv import buildah
 from tests.testenv.registry import Registry
+from tests.webhooks.conftest import make_app, offline_cluster
 from tests.webhooks.test_pr_commands import link
 from webhooks.client import Credentials, GitHubClient
 
@@ -171,3 +172,22 @@ def preview_changes(build_image: str, **more: Any) -> dict[str, Any]:
         "preview_domain": "preview.acme.dev",
         **more,
     }
+
+
+async def offline_build_app(rt: Runtime, *, build_image: str, **more: Any) -> models.App:
+    """App `web` of project acme, built from source into `build_image`, on a cluster never contacted."""
+    await offline_cluster(rt)
+    return await make_app(
+        rt, **{"image_template": None, "build_enabled": True, "build_image": build_image, **more}
+    )
+
+
+@pytest.fixture
+async def offline_previews(
+    rt: Runtime, private_registry: Registry, store: buildah.Store, settings: Settings
+) -> Pushing:
+    """App `web` with previews on a cluster never contacted, building into the test registry."""
+    await offline_cluster(rt)
+    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
+    await make_app(rt, **preview_changes(f"{host}/acme/web"))
+    return Pushing(host=host, config=config)

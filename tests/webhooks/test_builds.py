@@ -198,8 +198,7 @@ async def test_a_failing_build_fails_clearly_and_deploys_nothing(
 ) -> None:
     buildah.require_buildah()
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.invalid/acme/web")
     fake_github.add_source("acme/web", SHA_A, {"Dockerfile": "FROM scratch\nCOPY missing.txt /missing.txt\n"})
     r = await hook.post("push", push_payload(sha=SHA_A))
     build_id = r.json()["decisions"][0]["build"]
@@ -226,8 +225,7 @@ async def test_a_tree_no_pack_fits_fails_the_build(
     hook: Hook, fake_github: FakeGitHub, settings: Settings
 ) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.invalid/acme/web")
     fake_github.add_source("acme/web", SHA_A, {"README.md": "nothing to build\n"})
     build_id = (await hook.post("push", push_payload(sha=SHA_A))).json()["decisions"][0]["build"]
     build = await build_setup.run_build(rt, build_id, fake=fake_github, settings=settings)
@@ -238,8 +236,7 @@ async def test_a_tree_no_pack_fits_fails_the_build(
 
 async def test_one_build_per_commit_and_a_newer_push_supersedes_a_queued_one(hook: Hook) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.acme.dev/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.acme.dev/acme/web")
     first = await hook.post("push", push_payload(sha=SHA_A))
     build_a = first.json()["decisions"][0]["build"]
     # A second push of the same sha (another delivery) and a redelivery of the first: no second build.
@@ -269,8 +266,7 @@ async def test_one_build_per_commit_and_a_newer_push_supersedes_a_queued_one(hoo
 
 async def test_builds_are_read_with_a_role_and_missing_without(hook: Hook) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.acme.dev/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.acme.dev/acme/web")
     build_id = (await hook.post("push", push_payload(sha=SHA_A))).json()["decisions"][0]["build"]
     async with rt.sessionmaker.begin() as session:
         await projects.create(session, ctx=rt.core, actor=ADMIN, name="other")
@@ -326,8 +322,7 @@ async def test_shipit_builder_claims_build_jobs_until_stopped(
     # `shipit builder` as the command runs it (its own runtime on the same database), stopped by an
     # event instead of SIGTERM.  The tree has nothing to build, so no buildah is needed to see it work.
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.invalid/acme/web")
     fake_github.add_source("acme/web", SHA_B, {"notes.txt": "no pack here\n"})
     build_id = (await hook.post("push", push_payload(sha=SHA_B))).json()["decisions"][0]["build"]
     stop = asyncio.Event()
@@ -345,8 +340,7 @@ async def test_a_commit_github_cannot_give_fails_the_build(
     hook: Hook, fake_github: FakeGitHub, settings: Settings
 ) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.invalid/acme/web")
     build_id = (await hook.post("push", push_payload(sha=SHA_C))).json()["decisions"][0]["build"]
     build = await build_setup.run_build(rt, build_id, fake=fake_github, settings=settings)
     assert build.status == builds.FAILED
@@ -361,8 +355,7 @@ async def test_a_failed_build_is_run_again_on_request_and_only_then(
     hook: Hook, fake_github: FakeGitHub, settings: Settings
 ) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.invalid/acme/web")
     async with rt.sessionmaker.begin() as session:
         _, admin = await tokens.create(session, actor=ADMIN, name="a", subject="user:ada", is_admin=True)
         _, viewer = await tokens.create(session, actor=ADMIN, name="v", subject="user:vera")
@@ -411,8 +404,7 @@ async def test_a_failed_build_is_run_again_on_request_and_only_then(
 async def test_a_batch_of_pushes_builds_each_commit_once_beside_deploying_apps(rt: Runtime) -> None:
     # Deliveries arriving together share one transaction (webhooks.ingest): a building app and an
     # app deploying images in one batch, the same commit twice, a newer one superseding.
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.acme.dev/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.acme.dev/acme/web")
     await make_app(rt, name="api", namespace="api")
     outcomes = await submit_together(
         rt,

@@ -26,18 +26,14 @@ from shipit.settings import Settings
 from storage import models
 from tests.conftest import ADMIN, World
 from tests.fakes.github_api import FakeGitHub
-from tests.testenv import buildah
-from tests.testenv.registry import Registry
 from tests.webhooks import build_setup
-from tests.webhooks.build_setup import pushing, settings, store
+from tests.webhooks.build_setup import offline_previews, pushing, settings, store
 from tests.webhooks.conftest import (
     SHA_A,
     SHA_B,
     SHA_C,
     Hook,
     job_rows,
-    make_app,
-    offline_cluster,
     pr_payload,
     push_payload,
 )
@@ -47,7 +43,7 @@ from tests.webhooks.test_preview_builds import SHA_D
 from webhooks import comments
 from webhooks.client import Credentials, GitHubClient
 
-__all__ = ["pushing", "settings", "store"]  # the fixtures, used by name
+__all__ = ["offline_previews", "pushing", "settings", "store"]  # the fixtures, used by name
 
 pytestmark = pytest.mark.both_databases
 
@@ -216,8 +212,7 @@ async def test_a_failed_build_deploys_nothing_and_the_pull_request_hears_why(
 ) -> None:
     # Nothing to build in the tree: the real builder fails it without needing buildah.
     rt = live_hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.invalid/acme/web")
     async with rt.sessionmaker.begin() as session:  # a second environment: the log command names its own
         await environment_admin.create(
             session, actor=ADMIN, project="acme", name="staging", namespace="acme-stg"
@@ -252,8 +247,7 @@ async def test_a_failed_build_deploys_nothing_and_the_pull_request_hears_why(
 
 async def test_a_job_run_twice_waits_once_and_a_fork_is_never_built(rt: Runtime) -> None:
     # The command's job run again (its lease lost after the commit): the core sees the comment waiting.
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.invalid/acme/web")
     async with rt.sessionmaker.begin() as session:
         await projects.set_access(
             session, actor=ADMIN, project_name="acme", subject="github:alice", role="developer"
@@ -299,8 +293,7 @@ async def test_deploy_to_the_preview_builds_the_head_and_the_preview_waits(
     # `.deploy` without an environment: the preview's own build (core.previews); its success deploys the
     # preview (tests/webhooks/test_preview_builds.py), so no builder is needed here.
     rt = live_hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, **build_setup.preview_changes("registry.invalid/acme/web"))
+    await build_setup.offline_build_app(rt, **build_setup.preview_changes("registry.invalid/acme/web"))
     await _alice_may_deploy(rt, fake_github)
     number = 46
     comment_id, build = await _waiting(live_hook, fake_github, ".deploy", number=number, head_ref="feature/p")
@@ -483,8 +476,7 @@ async def test_deploy_to_a_preview_whose_build_fails_ends_confused_naming_the_bu
     live_hook: Hook, fake_github: FakeGitHub, settings: Settings
 ) -> None:
     rt = live_hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, **build_setup.preview_changes("registry.invalid/acme/web"))
+    await build_setup.offline_build_app(rt, **build_setup.preview_changes("registry.invalid/acme/web"))
     await _alice_may_deploy(rt, fake_github)
     fake_github.add_source(REPO, SHA_B, {"README.md": "nothing to build\n"})
     number = 50
@@ -581,18 +573,12 @@ async def test_a_builder_dying_while_a_comment_waits_builds_again_and_deploys_on
 
 
 async def test_deploy_to_a_preview_that_moved_on_while_its_build_ran_says_not_deployed(
-    live_hook: Hook,
-    fake_github: FakeGitHub,
-    private_registry: Registry,
-    store: buildah.Store,
-    settings: Settings,
+    live_hook: Hook, fake_github: FakeGitHub, offline_previews: build_setup.Pushing
 ) -> None:
     # `.deploy` waits for the build of SHA_B; a push moves the preview to SHA_C before it ends.  SHA_B
     # is still built (the comment asked for it) but the preview does not take it: the comment says so.
     rt = live_hook.rt
-    await offline_cluster(rt)
-    host, config = await build_setup.buildable(rt, registry=private_registry, store=store, settings=settings)
-    await make_app(rt, **build_setup.preview_changes(f"{host}/acme/web"))
+    config = offline_previews.config
     await _alice_may_deploy(rt, fake_github)
     fake_github.add_source(REPO, SHA_B, build_setup.SITE)
     number = 52

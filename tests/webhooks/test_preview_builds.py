@@ -22,10 +22,9 @@ from shipit.settings import Settings
 from storage import models
 from tests.conftest import ADMIN, World
 from tests.fakes.github_api import FakeGitHub
-from tests.testenv import buildah
 from tests.testenv.registry import Registry
 from tests.webhooks import build_setup
-from tests.webhooks.build_setup import pushing, settings, store
+from tests.webhooks.build_setup import offline_previews, pushing, settings, store
 from tests.webhooks.conftest import (
     SHA_A,
     SHA_B,
@@ -42,7 +41,7 @@ from tests.webhooks.conftest import (
 )
 from tests.webhooks.test_e2e import wait_finished
 
-__all__ = ["pushing", "settings", "store"]  # the fixtures, used by name
+__all__ = ["offline_previews", "pushing", "settings", "store"]  # the fixtures, used by name
 
 pytestmark = pytest.mark.both_databases
 
@@ -157,8 +156,7 @@ async def test_a_failed_build_deploys_no_preview_and_says_so_on_the_pull_request
 ) -> None:
     # Nothing to build in the tree: the real builder fails it without needing buildah.
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, **build_setup.preview_changes("registry.invalid/acme/web"))
+    await build_setup.offline_build_app(rt, **build_setup.preview_changes("registry.invalid/acme/web"))
     fake_github.add_source("acme/web", SHA_B, {"README.md": "nothing to build\n"})
     opened = pr_payload("opened", number=7, sha=SHA_B)
     fake_github.add_pull_from_event(opened)
@@ -193,8 +191,7 @@ async def test_a_failed_build_deploys_no_preview_and_says_so_on_the_pull_request
 
 async def test_one_build_per_head_a_newer_head_supersedes_and_branch_builds_stay(hook: Hook) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, **build_setup.preview_changes("registry.acme.dev/acme/web"))
+    await build_setup.offline_build_app(rt, **build_setup.preview_changes("registry.acme.dev/acme/web"))
     first = await hook.post("pull_request", pr_payload("opened", number=7, sha=SHA_A))
     build_a = first.json()["decisions"][0]["build"]
     # A redelivery never builds twice; nor does another delivery of the same head.
@@ -287,16 +284,10 @@ async def test_a_fork_pull_request_is_built_only_once_approved(hook: Hook, fake_
 
 
 async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
-    hook: Hook,
-    fake_github: FakeGitHub,
-    private_registry: Registry,
-    store: buildah.Store,
-    settings: Settings,
+    hook: Hook, fake_github: FakeGitHub, offline_previews: build_setup.Pushing
 ) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    host, config = await build_setup.buildable(rt, registry=private_registry, store=store, settings=settings)
-    await make_app(rt, **build_setup.preview_changes(f"{host}/acme/web"))
+    host, config = offline_previews.host, offline_previews.config
     fake_github.add_source("acme/web", SHA_A, build_setup.SITE)
     # One pull request's build is queued when it closes: it is not run.
     queued = (await hook.post("pull_request", pr_payload("opened", number=7, sha=SHA_C))).json()
@@ -344,16 +335,10 @@ async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
 
 
 async def test_a_failed_preview_build_run_again_deploys_the_preview(
-    hook: Hook,
-    fake_github: FakeGitHub,
-    private_registry: Registry,
-    store: buildah.Store,
-    settings: Settings,
+    hook: Hook, fake_github: FakeGitHub, offline_previews: build_setup.Pushing
 ) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    host, config = await build_setup.buildable(rt, registry=private_registry, store=store, settings=settings)
-    await make_app(rt, **build_setup.preview_changes(f"{host}/acme/web"))
+    host, config = offline_previews.host, offline_previews.config
     async with rt.sessionmaker.begin() as session:
         _, token = await tokens.create(session, actor=ADMIN, name="d", subject="user:dev")
         await projects.set_access(
