@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -126,8 +127,9 @@ async def buildable(
 
 @dataclass(frozen=True, kw_only=True)
 class Pushing:
-    """The world's project acme pushes to the registry at `host`; `config` builds from its base."""
+    """Project acme pushes to `registry`, at `host`; `config` builds from its base."""
 
+    registry: Registry
     host: str
     config: Settings
 
@@ -142,7 +144,7 @@ async def pushing(
     world: World, private_registry: Registry, store: buildah.Store, settings: Settings
 ) -> Pushing:
     host, config = await buildable(world.rt, registry=private_registry, store=store, settings=settings)
-    return Pushing(host=host, config=config)
+    return Pushing(registry=private_registry, host=host, config=config)
 
 
 async def build_app(world: World, *, build_image: str, **changes: Any) -> models.App:
@@ -190,4 +192,19 @@ async def offline_previews(
     await offline_cluster(rt)
     host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
     await make_app(rt, **preview_changes(f"{host}/acme/web"))
-    return Pushing(host=host, config=config)
+    return Pushing(registry=private_registry, host=host, config=config)
+
+
+async def tagged_digest(registry: Registry, *, tag: str) -> str:
+    """The digest the registry holds acme/web's `tag` at (an OCI or Docker manifest); it holds the tag."""
+    async with httpx.AsyncClient() as http:
+        head = await http.head(
+            f"{registry.url}/v2/acme/web/manifests/{tag}",
+            headers={
+                **registry.headers(),
+                "Accept": "application/vnd.oci.image.manifest.v1+json, "
+                "application/vnd.docker.distribution.manifest.v2+json",
+            },
+        )
+    assert head.status_code == 200, (tag, head.status_code)
+    return str(head.headers["docker-content-digest"])

@@ -24,7 +24,6 @@ from storage import models
 from tests.conftest import ADMIN, World
 from tests.fakes.github_api import FakeGitHub
 from tests.testenv import buildah
-from tests.testenv.registry import Registry
 from tests.webhooks import build_setup
 from tests.webhooks.build_setup import pushing, settings, store
 from tests.webhooks.conftest import (
@@ -54,13 +53,12 @@ async def test_a_push_builds_pushes_and_deploys_the_digest(
     world: World,
     live_hook: Hook,
     fake_github: FakeGitHub,
-    private_registry: Registry,
     pushing: build_setup.Pushing,
     kube_api: k8s.ApiClient,
 ) -> None:
     rt = world.rt
     host, config = pushing.host, pushing.config
-    base, (_, password) = config.build_static_image, next(iter(private_registry.users.items()))
+    base, (_, password) = config.build_static_image, next(iter(pushing.registry.users.items()))
     await build_setup.build_app(world, build_image=pushing.repo)
     fake_github.add_source("acme/web", SHA_A, build_setup.SITE)
 
@@ -87,16 +85,7 @@ async def test_a_push_builds_pushes_and_deploys_the_digest(
     )  # fmt: skip
 
     # The registry holds the tag of the commit, at the digest deployed.
-    async with httpx.AsyncClient() as http:
-        head = await http.head(
-            f"{private_registry.url}/v2/acme/web/manifests/{SHA_A}",
-            headers={
-                **private_registry.headers(),
-                "Accept": "application/vnd.oci.image.manifest.v1+json, "
-                "application/vnd.docker.distribution.manifest.v2+json",
-            },
-        )
-    assert head.status_code == 200 and head.headers["docker-content-digest"] == build.digest
+    assert await build_setup.tagged_digest(pushing.registry, tag=SHA_A) == build.digest
     # The cluster runs the digest, pulled with the project's credentials.
     workload = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("web", world.namespace)
     spec = workload.spec.template.spec
@@ -130,7 +119,6 @@ async def test_a_second_build_of_an_unchanged_tree_reuses_the_registry_layer_cac
     world: World,
     live_hook: Hook,
     fake_github: FakeGitHub,
-    private_registry: Registry,
     store: buildah.Store,
     settings: Settings,
     pushing: build_setup.Pushing,
@@ -157,7 +145,7 @@ async def test_a_second_build_of_an_unchanged_tree_reuses_the_registry_layer_cac
     assert "Using cache" not in log
     async with httpx.AsyncClient() as http:
         listed = await http.get(
-            f"{private_registry.url}/v2/acme/web/cache/tags/list", headers=private_registry.headers()
+            f"{pushing.registry.url}/v2/acme/web/cache/tags/list", headers=pushing.registry.headers()
         )
     assert listed.status_code == 200 and len(listed.json()["tags"]) >= 2, listed.text  # RUN and COPY
     # The builder's store keeps the base only: the built image and its cache layers live in the registry.
