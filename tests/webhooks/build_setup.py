@@ -1,7 +1,8 @@
 """What the build tests start from (test_builds, test_preview_builds, test_pr_command_builds,
 test_build_notices): buildah's store and the settings building into it, a `shipit builder` worker, a
 registry project acme pushes to, app `web` building acme/web in the test's namespace, and a build
-waited for.  A test file uses the `store` and `settings` fixtures by importing them by name."""
+waited for.  A test file uses the fixtures here (`store`, `settings`, `pushing`, `offline_previews`) by
+importing them by name."""
 
 from __future__ import annotations
 
@@ -143,6 +144,7 @@ class Pushing:
 async def pushing(
     world: World, private_registry: Registry, store: buildah.Store, settings: Settings
 ) -> Pushing:
+    """The world's project acme may push to the test's private registry (buildah needed, or skipped)."""
     host, config = await buildable(world.rt, registry=private_registry, store=store, settings=settings)
     return Pushing(registry=private_registry, host=host, config=config)
 
