@@ -141,7 +141,7 @@ async def test_a_second_build_of_an_unchanged_tree_reuses_the_registry_layer_cac
     first = await build_setup.run_build(rt, first_id, fake=fake_github, settings=settings)
     assert first.status == builds.SUCCEEDED, (first.error, first.log)
     log = first.log or ""
-    assert f"--cache-to {host}/acme/web/cache" in log and "build_setup.Pushing cache" in log, log
+    assert f"--cache-to {host}/acme/web/cache" in log and "Pushing cache" in log, log
     assert "Using cache" not in log
     async with httpx.AsyncClient() as http:
         listed = await http.get(
