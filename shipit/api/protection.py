@@ -6,7 +6,8 @@ A router of its own (shipit.api.base.new_router): the same bearer scheme, error 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, Literal, ParamSpec
 
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,9 +16,11 @@ from core import protection
 from core import validation as v
 from shipit import schemas
 from shipit.api import base as api
+from shipit.runtime import Runtime
 from storage import models
 
 router = api.new_router()
+P = ParamSpec("P")
 
 ENV = "/projects/{name}/environments/{env}"
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$"
@@ -117,6 +120,20 @@ async def _out(session: AsyncSession, env: models.Environment, *, project: str) 
     )
 
 
+async def _changed(
+    rt: Runtime,
+    project: str,
+    change: Callable[Concatenate[AsyncSession, P], Awaitable[models.Environment]],
+    /,
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> EnvironmentProtectionOut:
+    """The environment as `change` (core.protection: the caller's role checked first) leaves it, in one
+    transaction.  Positional: the keywords are `change`'s own, checked against it by mypy."""
+    async with api.tx(rt) as session:
+        return await _out(session, await change(session, *args, **kwargs), project=project)
+
+
 def _window(w: dict[str, Any]) -> dict[str, Any]:
     return {
         "days": list(w.get("days") or protection.DAYS),
@@ -137,109 +154,77 @@ Env = schemas.NamePath
 async def get_protection(
     name: schemas.NamePath, env: Env, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    async with api.tx(rt) as session:
-        row = await protection.get_environment(session, actor=actor, project=name, env=env)
-        return await _out(session, row, project=name)
+    return await _changed(rt, name, protection.get_environment, actor=actor, project=name, env=env)
 
 
 @router.put(ENV + "/protection")
 async def protect(
     name: schemas.NamePath, env: Env, body: ProtectIn, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    async with api.tx(rt) as session:
-        row = await protection.protect(
-            session,
-            actor=actor,
-            project=name,
-            env=env,
-            approvals=body.approvals,
-            approver_role=body.approver_role,
-            approval_ttl_seconds=body.approval_ttl_seconds,
-        )
-        return await _out(session, row, project=name)
+    return await _changed(
+        rt, name, protection.protect, actor=actor, project=name, env=env,
+        approvals=body.approvals, approver_role=body.approver_role,
+        approval_ttl_seconds=body.approval_ttl_seconds,
+    )  # fmt: skip
 
 
 @router.delete(ENV + "/protection")
 async def unprotect(
     name: schemas.NamePath, env: Env, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    async with api.tx(rt) as session:
-        row = await protection.unprotect(session, actor=actor, project=name, env=env)
-        return await _out(session, row, project=name)
+    return await _changed(rt, name, protection.unprotect, actor=actor, project=name, env=env)
 
 
 @router.put(ENV + "/windows")
 async def set_window(
     name: schemas.NamePath, env: Env, body: WindowIn, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    async with api.tx(rt) as session:
-        row = await protection.set_window(
-            session,
-            actor=actor,
-            project=name,
-            env=env,
-            days=body.days,
-            start=body.start,
-            end=body.end,
-            tz=body.timezone,
-            add=body.add,
-        )
-        return await _out(session, row, project=name)
+    return await _changed(
+        rt, name, protection.set_window, actor=actor, project=name, env=env,
+        days=body.days, start=body.start, end=body.end, tz=body.timezone, add=body.add,
+    )  # fmt: skip
 
 
 @router.delete(ENV + "/windows")
 async def clear_windows(
     name: schemas.NamePath, env: Env, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    async with api.tx(rt) as session:
-        row = await protection.set_window(session, actor=actor, project=name, env=env, clear=True)
-        return await _out(session, row, project=name)
+    return await _changed(rt, name, protection.set_window, actor=actor, project=name, env=env, clear=True)
 
 
 @router.post(ENV + "/freezes")
 async def freeze(
     name: schemas.NamePath, env: Env, body: FreezeIn, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    async with api.tx(rt) as session:
-        row = await protection.freeze(
-            session,
-            actor=actor,
-            project=name,
-            env=env,
-            until=body.until.isoformat(),
-            start=body.start.isoformat() if body.start else None,
-            reason=body.reason,
-        )
-        return await _out(session, row, project=name)
+    return await _changed(
+        rt, name, protection.freeze, actor=actor, project=name, env=env,
+        until=body.until.isoformat(), start=body.start.isoformat() if body.start else None,
+        reason=body.reason,
+    )  # fmt: skip
 
 
 @router.delete(ENV + "/freezes")
 async def clear_freezes(
     name: schemas.NamePath, env: Env, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    async with api.tx(rt) as session:
-        row = await protection.freeze(session, actor=actor, project=name, env=env, clear=True)
-        return await _out(session, row, project=name)
+    return await _changed(rt, name, protection.freeze, actor=actor, project=name, env=env, clear=True)
 
 
 @router.post(ENV + "/lock")
 async def lock_env(
     name: schemas.NamePath, env: Env, body: LockIn, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    async with api.tx(rt) as session:
-        row = await protection.lock_env(
-            session, actor=actor, project=name, env=env, reason=body.reason, seconds=body.seconds
-        )
-        return await _out(session, row, project=name)
+    return await _changed(
+        rt, name, protection.lock_env, actor=actor, project=name, env=env,
+        reason=body.reason, seconds=body.seconds,
+    )  # fmt: skip
 
 
 @router.post(ENV + "/unlock")
 async def unlock_env(
     name: schemas.NamePath, env: Env, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    async with api.tx(rt) as session:
-        row = await protection.unlock_env(session, actor=actor, project=name, env=env)
-        return await _out(session, row, project=name)
+    return await _changed(rt, name, protection.unlock_env, actor=actor, project=name, env=env)
 
 
 @router.post("/projects/{name}/lock")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -42,8 +42,10 @@ def clusters_list(as_json: JsonOpt = False) -> None:
         table(["NAME", "NAMESPACE"], [[c["name"], c["default_namespace"]] for c in rows], empty=empty)
 
 
-def show_grants(rows: list[dict[str, Any]], *, as_json: bool, empty: str) -> None:
-    """Grants as `projects grants` and `clusters grants` print them."""
+def show_grants(path: str, *, as_json: bool, empty: str) -> None:
+    """The grants at `path`, as `projects grants` and `clusters grants` print them."""
+    with api() as client:
+        rows = client.get(path)
     if as_json:
         show_json(rows)
         return
@@ -114,10 +116,8 @@ def clusters_grants(
     cluster: Annotated[str, typer.Argument(help="Cluster name.")], as_json: JsonOpt = False
 ) -> None:
     """Which projects may use a cluster, and the namespaces each owns there (global admins)."""
-    with api() as client:
-        rows = client.get(f"/clusters/{q(cluster)}/grants")
     show_grants(
-        rows,
+        f"/clusters/{q(cluster)}/grants",
         as_json=as_json,
         empty=f"no project may use {cluster} yet: shipit clusters grant {cluster} PROJECT",
     )

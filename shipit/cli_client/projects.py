@@ -110,10 +110,8 @@ def projects_grants(
     project: Annotated[str, typer.Argument(help="Project name.")], as_json: JsonOpt = False
 ) -> None:
     """Where a project may deploy: the clusters it is granted and the namespaces it owns."""
-    with api() as client:
-        rows = client.get(f"/projects/{q(project)}/grants")
     show_grants(
-        rows,
+        f"/projects/{q(project)}/grants",
         as_json=as_json,
         empty=f"{project} may use no cluster yet: a global admin runs shipit clusters grant CLUSTER {project}",
     )

@@ -24,7 +24,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from core import apps, clusters, projects
+from core import apps, clusters, deploys, projects
 from core.identity import Actor
 from shipit.runtime import Runtime
 from shipit.settings import Settings
@@ -273,6 +273,28 @@ async def add_app(
             namespace=namespace,
             changes=apps.AppChanges(**changes),
         )
+
+
+async def deployed_web(world: World, *, timeout: float) -> int:
+    """App `web` (ghcr.io/acme/web:1.0) on the world's cluster, deployed: its first deploy, succeeded."""
+    rt = world.rt
+    await add_app(rt, name="web", cluster=world.cluster, image="ghcr.io/acme/web:1.0")
+    async with rt.sessionmaker.begin() as session:
+        first = await deploys.request(session, ctx=rt.core, actor=ADMIN, app_name="web", trigger="api")
+
+    async def done() -> bool:
+        return any(d.id == first.deployment.id and d.status == "succeeded" for d in await deployments(rt))
+
+    await eventually(done, timeout=timeout, what="web's first deploy")
+    return first.deployment.id
+
+
+def response_with(fake: FakeSlack, needle: str) -> dict[str, Any] | None:
+    """The first answer to a response_url whose text or blocks hold `needle`, if there is one yet."""
+    for r in fake.responses():
+        if needle in r.get("text", "") + json.dumps(r.get("blocks")):
+            return r
+    return None
 
 
 @contextlib.asynccontextmanager

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
 from bot import commands
-from core import deploys
-from tests.bot.conftest import ALICE, CAROL, SlackSender, add_app, deployments
-from tests.conftest import ADMIN, World
+from tests.bot.conftest import ALICE, CAROL, SlackSender, deployed_web, deployments, response_with
+from tests.conftest import World
 from tests.fakes.slack_api import FakeSlack
 from tests.helpers import eventually
 
@@ -31,37 +29,25 @@ def test_diff_parses() -> None:
     assert "diff <app> [image|tag]" in commands.help_text()
 
 
-async def _response_with(fake_slack: FakeSlack, needle: str) -> dict[str, Any] | None:
-    for r in fake_slack.responses():
-        if needle in r.get("text", "") + json.dumps(r.get("blocks")):
-            return r
-    return None
-
-
 async def test_slack_diff_answers_with_the_difference_and_changes_nothing(
     slack: SlackSender, kube_world: World, fake_slack: FakeSlack
 ) -> None:
     rt = kube_world.rt
-    await add_app(rt, name="web", cluster=kube_world.cluster, image="ghcr.io/acme/web:1.0")
-    async with rt.sessionmaker.begin() as session:
-        first = await deploys.request(session, ctx=rt.core, actor=ADMIN, app_name="web", trigger="api")
-
-    async def done() -> bool:
-        return any(d.id == first.deployment.id and d.status == "succeeded" for d in await deployments(rt))
-
-    await eventually(done, timeout=ROLLOUT, what="the first deploy")
+    first = await deployed_web(kube_world, timeout=ROLLOUT)
 
     reply = await slack.command("diff web 1.6", user=ALICE)
     assert "Comparing *web* `ghcr.io/acme/web:1.6` with the cluster (dry run)" in reply["text"], reply
     needle = (
         "Deployment/web spec.template.spec.containers[0].image: ghcr.io/acme/web:1.0 → ghcr.io/acme/web:1.6"
     )
-    answer = await eventually(
-        lambda: _response_with(fake_slack, needle), timeout=ROLLOUT, what="the difference"
-    )
+
+    async def difference() -> dict[str, Any] | None:
+        return response_with(fake_slack, needle)
+
+    answer = await eventually(difference, timeout=ROLLOUT, what="the difference")
     assert answer["replace_original"] is True
     assert "Nothing was changed" in answer["text"]
-    assert [d.id for d in await deployments(rt)] == [first.deployment.id]
+    assert [d.id for d in await deployments(rt)] == [first]
 
     # A viewer may not deploy, so may not ask what a deploy would do either.
     reply = await slack.command("diff web 1.6", user=CAROL)

@@ -86,6 +86,21 @@ async def _promoted(rt: Any) -> Any:
     return found[0] if found else None
 
 
+async def _web_in_staging(world: World) -> None:
+    """A staging environment (namespace apps-stg, before production) and web's row in it."""
+    async with world.rt.sessionmaker.begin() as session:
+        await clusters.grant(
+            session, actor=ADMIN, cluster=world.cluster, project="acme", namespace="apps-stg"
+        )
+        await environment_admin.create(
+            session, actor=ADMIN, project="acme", name="staging", namespace="apps-stg", before="production"
+        )
+        await apps.create(
+            session, actor=ADMIN, project="acme", cluster="", name="web", env="staging",
+            changes=apps.AppChanges(replicas=1),
+        )  # fmt: skip
+
+
 async def test_apps_list_and_card_name_the_environment(
     slack: SlackSender, offline: World, fake_slack: FakeSlack
 ) -> None:
@@ -96,17 +111,7 @@ async def test_apps_list_and_card_name_the_environment(
     reply = await slack.command("apps", user=ALICE)
     assert "• *web* · production `ghcr.io/acme/web:1.0` in `apps`" in reply["text"]
 
-    async with rt.sessionmaker.begin() as session:
-        await clusters.grant(
-            session, actor=ADMIN, cluster=offline.cluster, project="acme", namespace="apps-stg"
-        )
-        await environment_admin.create(
-            session, actor=ADMIN, project="acme", name="staging", namespace="apps-stg", before="production"
-        )
-        await apps.create(
-            session, actor=ADMIN, project="acme", cluster="", name="web", env="staging",
-            changes=apps.AppChanges(replicas=1),
-        )  # fmt: skip
+    await _web_in_staging(offline)
     reply = await slack.command("apps", user=ALICE)
     assert "• *web* · staging `ghcr.io/acme/web:1.0` in `apps-stg`" in reply["text"]
     assert "• *web* · production `ghcr.io/acme/web:1.0` in `apps`" in reply["text"]
@@ -136,17 +141,7 @@ async def test_what_an_answer_suggests_next_names_the_environment(
     pause and revisions answers, and a paused app's card, suggest theirs with `--env` (as `/shipit diff` does)."""
     rt = offline.rt
     await add_app(rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0")
-    async with rt.sessionmaker.begin() as session:
-        await clusters.grant(
-            session, actor=ADMIN, cluster=offline.cluster, project="acme", namespace="apps-stg"
-        )
-        await environment_admin.create(
-            session, actor=ADMIN, project="acme", name="staging", namespace="apps-stg", before="production"
-        )
-        await apps.create(
-            session, actor=ADMIN, project="acme", cluster="", name="web", env="staging",
-            changes=apps.AppChanges(replicas=1),
-        )  # fmt: skip
+    await _web_in_staging(offline)
 
     reply = await slack.command("pause web --env staging", user=ALICE)
     resume = _suggested(reply["text"], before="to deploy on push again")

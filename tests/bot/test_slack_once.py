@@ -102,6 +102,14 @@ async def _restart(rt: Runtime, fake: FakeSlack, job: jobs.JobView) -> None:
     await _drain(rt)
 
 
+async def _queued(rt: Runtime, fake: FakeSlack) -> int:
+    """The seeded deploy, its queued event in the outbox of a process started with its own notifier."""
+    deployment_id = await _seed(rt)
+    _start_process(rt, fake)
+    await _deploy_event(rt, deployment_id, kind=events.DEPLOY_QUEUED, step="requested", status="queued")
+    return deployment_id
+
+
 async def _drain(rt: Runtime) -> None:
     await worker.run_until_idle(rt.core, handlers=rt.handlers(), within=30)
 
@@ -123,9 +131,7 @@ async def _card_refs(rt: Runtime, deployment_id: int) -> dict[str, object]:
 async def test_a_card_posted_just_before_a_crash_is_adopted_not_posted_again(
     rt: Runtime, fake_slack: FakeSlack
 ) -> None:
-    deployment_id = await _seed(rt)
-    _start_process(rt, fake_slack)
-    await _deploy_event(rt, deployment_id, kind=events.DEPLOY_QUEUED, step="requested", status="queued")
+    deployment_id = await _queued(rt, fake_slack)
     job = await _crash_after_slack_accepts(rt, fake_slack, "chat.postMessage")
 
     # Slack has the card; the database knows nothing of it and the job is still the dead process's.
@@ -162,9 +168,7 @@ async def test_a_card_posted_just_before_a_crash_is_adopted_not_posted_again(
 async def test_failure_details_threaded_just_before_a_crash_are_not_threaded_again(
     rt: Runtime, fake_slack: FakeSlack
 ) -> None:
-    deployment_id = await _seed(rt)
-    _start_process(rt, fake_slack)
-    await _deploy_event(rt, deployment_id, kind=events.DEPLOY_QUEUED, step="requested", status="queued")
+    deployment_id = await _queued(rt, fake_slack)
     await _drain(rt)
     [card] = fake_slack.messages(CHANNEL, include_replies=False)
     async with rt.sessionmaker.begin() as session:
@@ -189,9 +193,7 @@ async def test_failure_details_threaded_just_before_a_crash_are_not_threaded_aga
 async def test_a_first_attempt_posts_with_metadata_and_makes_no_other_call(
     rt: Runtime, fake_slack: FakeSlack
 ) -> None:
-    deployment_id = await _seed(rt)
-    _start_process(rt, fake_slack)
-    await _deploy_event(rt, deployment_id, kind=events.DEPLOY_QUEUED, step="requested", status="queued")
+    deployment_id = await _queued(rt, fake_slack)
     await _drain(rt)
     await _deploy_event(rt, deployment_id, kind="deploy.started", step="started", status="running")
     await _drain(rt)
@@ -236,9 +238,7 @@ async def test_without_the_history_scope_a_retry_posts_as_before_and_says_so_onc
     """An app installed before the manifest asked for channels:history: the retry cannot look, so it
     posts (the one double this cannot prevent), and the log says what to add, once."""
     fake_slack.set_scopes(fake_slack.bot_token, "commands,chat:write,chat:write.public,users:read")
-    deployment_id = await _seed(rt)
-    _start_process(rt, fake_slack)
-    await _deploy_event(rt, deployment_id, kind=events.DEPLOY_QUEUED, step="requested", status="queued")
+    await _queued(rt, fake_slack)
     job = await _crash_after_slack_accepts(rt, fake_slack, "chat.postMessage")
     with caplog.at_level(logging.WARNING, logger="bot.notifier"):
         await _restart(rt, fake_slack, job)
@@ -307,9 +307,7 @@ async def test_a_card_with_our_metadata_posted_by_another_bot_is_not_adopted(
     """A second shipit installed in the same workspace (its own bot) posts a card whose metadata is
     ours (its deploy #1 is ours too): our retry must not adopt and edit it, but post its own."""
     other = fake_slack.add_bot(user_id="U0OTHERSHIPIT")
-    deployment_id = await _seed(rt)
-    _start_process(rt, fake_slack)
-    await _deploy_event(rt, deployment_id, kind=events.DEPLOY_QUEUED, step="requested", status="queued")
+    deployment_id = await _queued(rt, fake_slack)
     job = await _claimed_by_a_process_that_dies(rt)
     metadata = notifier_mod.SlackNotifier._card_metadata(deployment_id, "slack")
     theirs = await _post_as(fake_slack, other, metadata=metadata)
@@ -346,9 +344,7 @@ async def test_our_card_is_adopted_behind_a_newer_lookalike_from_another_bot(
     """Our card was posted just before the crash; another bot's card with the same metadata came
     after it (so it is the first the history shows): the retry passes it by and adopts ours."""
     other = fake_slack.add_bot(user_id="U0OTHERSHIPIT")
-    deployment_id = await _seed(rt)
-    _start_process(rt, fake_slack)
-    await _deploy_event(rt, deployment_id, kind=events.DEPLOY_QUEUED, step="requested", status="queued")
+    deployment_id = await _queued(rt, fake_slack)
     job = await _crash_after_slack_accepts(rt, fake_slack, "chat.postMessage")
     [card] = fake_slack.messages(CHANNEL, include_replies=False)
     theirs = await _post_as(fake_slack, other, metadata=card["metadata"])

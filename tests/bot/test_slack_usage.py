@@ -4,7 +4,6 @@ as the real control plane's Metrics API measured it (metrics-server scraping kwo
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from typing import Any
 
@@ -12,11 +11,10 @@ import pytest
 from sqlalchemy import select
 
 from bot import commands
-from core import deploys
 from shipit.settings import Settings
 from storage import models
-from tests.bot.conftest import CAROL, MALLORY, SlackSender, add_app, deployments
-from tests.conftest import ADMIN, World
+from tests.bot.conftest import CAROL, MALLORY, SlackSender, deployed_web, response_with
+from tests.conftest import World
 from tests.fakes.slack_api import FakeSlack
 from tests.helpers import eventually
 
@@ -44,26 +42,12 @@ def test_usage_parses_and_is_in_help() -> None:
     assert "usage web --env staging" in commands.help_text("usage")
 
 
-def _response_with(fake_slack: FakeSlack, needle: str) -> dict[str, Any] | None:
-    for r in fake_slack.responses():
-        if needle in r.get("text", "") + json.dumps(r.get("blocks")):
-            return r
-    return None
-
-
 async def test_slack_usage_answers_with_what_the_pods_use(
     slack: SlackSender, kube_world: World, fake_slack: FakeSlack
 ) -> None:
     rt = kube_world.rt
     # The default requests and limits (100m/500m, 128Mi/256Mi) against 20m and 32Mi used per pod.
-    await add_app(rt, name="web", cluster=kube_world.cluster, image="ghcr.io/acme/web:1.0")
-    async with rt.sessionmaker.begin() as session:
-        first = await deploys.request(session, ctx=rt.core, actor=ADMIN, app_name="web", trigger="api")
-
-    async def done() -> bool:
-        return any(d.id == first.deployment.id and d.status == "succeeded" for d in await deployments(rt))
-
-    await eventually(done, timeout=ROLLOUT, what="the deploy")
+    await deployed_web(kube_world, timeout=ROLLOUT)
     # Two stored samples in the last hour (core.usage_history's rows, as its pass writes them).
     now = models.utcnow()
     async with rt.sessionmaker.begin() as session:
@@ -83,7 +67,7 @@ async def test_slack_usage_answers_with_what_the_pods_use(
     )
 
     async def measured() -> dict[str, Any] | None:
-        found = _response_with(fake_slack, "• `web-")
+        found = response_with(fake_slack, "• `web-")
         if found is None:
             reply = await slack.command("usage web", user=CAROL)
             assert "Reading what *web*'s pods use" in reply["text"], reply

@@ -225,9 +225,8 @@ async def test_api_new_environment_row_with_replicas_drops_the_copied_autoscalin
     assert production["autoscaling"] == {"min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
 
 
-async def test_cli_app_flags_take_env(shipit: Run, offline: str) -> None:
-    """After the README's environments section `web` runs in two environments, so `apps resume web`
-    (and lock, unlock, pause) must take --env like every other command about the app."""
+async def _web_in_staging_and_production(shipit: Run) -> None:
+    """Through the CLI: app `web` on the offline cluster in production, then in a new staging before it."""
     ok(
         await shipit(
             "apps", "create", "web", "--project", "acme", "--cluster", "offline",
@@ -236,6 +235,12 @@ async def test_cli_app_flags_take_env(shipit: Run, offline: str) -> None:
     )  # fmt: skip
     ok(await shipit("envs", "create", "acme", "staging", "--namespace", "acme-stg", "--before", "production"))
     ok(await shipit("apps", "create", "web", "--project", "acme", "--env", "staging", "--no-deploy"))
+
+
+async def test_cli_app_flags_take_env(shipit: Run, offline: str) -> None:
+    """After the README's environments section `web` runs in two environments, so `apps resume web`
+    (and lock, unlock, pause) must take --env like every other command about the app."""
+    await _web_in_staging_and_production(shipit)
 
     error = one_error_line(await shipit("apps", "pause", "web"))
     assert "several environments (staging, production)" in error
@@ -259,14 +264,7 @@ async def test_cli_app_flags_take_env(shipit: Run, offline: str) -> None:
 async def test_cli_hints_and_previews_take_env(shipit: Run, offline: str) -> None:
     """Once web runs in two environments, a command the CLI suggests next must name the environment (or
     it is refused), and `previews list/approve`, which the refusal tells to take --env, must take it."""
-    ok(
-        await shipit(
-            "apps", "create", "web", "--project", "acme", "--cluster", "offline",
-            "--image", "ghcr.io/acme/web:1.0", "--no-deploy",
-        )
-    )  # fmt: skip
-    ok(await shipit("envs", "create", "acme", "staging", "--namespace", "acme-stg", "--before", "production"))
-    ok(await shipit("apps", "create", "web", "--project", "acme", "--env", "staging", "--no-deploy"))
+    await _web_in_staging_and_production(shipit)
 
     def hint(out: str, *, after: str) -> list[str]:
         line = next(line for line in out.splitlines() if after in line)
@@ -296,14 +294,7 @@ async def test_ctrl_c_while_waiting_names_the_status_command_with_its_env(
     """`deploy ... --wait` stopped with Ctrl-C says how to follow the deploy: `shipit status web` alone
     would be refused for an app in two environments.  A real `shipit` process and a real SIGINT; the
     offline cluster keeps the deploy from finishing."""
-    ok(
-        await shipit(
-            "apps", "create", "web", "--project", "acme", "--cluster", "offline",
-            "--image", "ghcr.io/acme/web:1.0", "--no-deploy",
-        )
-    )  # fmt: skip
-    ok(await shipit("envs", "create", "acme", "staging", "--namespace", "acme-stg", "--before", "production"))
-    ok(await shipit("apps", "create", "web", "--project", "acme", "--env", "staging", "--no-deploy"))
+    await _web_in_staging_and_production(shipit)
 
     proc = await cli_process(live_server, "deploy", "web", "1.1", "--env", "staging", "--wait")
     assert proc.stdout is not None

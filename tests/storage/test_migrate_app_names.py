@@ -9,18 +9,12 @@ from sqlalchemy.exc import IntegrityError
 
 from shipit.settings import Settings
 from storage import db, migrate
-from tests.storage.old_rows import project_and_cluster
+from tests.storage.old_rows import in_env, project_and_cluster
 from tests.storage.test_migrate_tenancy import _app
 
 pytestmark = pytest.mark.both_databases
 
 _COUNTS = ("secrets", "secret_versions", "revisions", "deployments")
-
-
-def _in_env(insert: str, environment_id: int) -> str:
-    return insert.replace("INSERT INTO apps (", "INSERT INTO apps (environment_id, ", 1).replace(
-        "VALUES (", f"VALUES ({environment_id}, ", 1
-    )
 
 
 async def _counts(conn: object) -> dict[str, int]:
@@ -84,11 +78,11 @@ async def test_upgrade_keeps_children_and_lets_two_environments_hold_one_name(se
             homes = (await conn.execute(text("SELECT name, environment_id FROM apps ORDER BY name"))).all()
         # The same name in another environment of the project is now a row of its own...
         async with engine.begin() as conn:
-            await conn.execute(text(_in_env(_app("web", 1, "acme-staging"), 2)))
+            await conn.execute(text(in_env(_app("web", 1, "acme-staging"), 2)))
         # ...but never twice in one environment.
         with pytest.raises(IntegrityError):
             async with engine.begin() as conn:
-                await conn.execute(text(_in_env(_app("web", 1, "acme-again"), 2)))
+                await conn.execute(text(in_env(_app("web", 1, "acme-again"), 2)))
         async with engine.connect() as conn:
             webs = (
                 await conn.execute(text("SELECT environment_id FROM apps WHERE name = 'web' ORDER BY 1"))

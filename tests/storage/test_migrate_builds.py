@@ -11,9 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shipit.settings import Settings
 from storage import db, migrate, models
-from tests.storage.old_rows import project_and_cluster
-from tests.storage.test_migrate_app_names import _in_env
-from tests.storage.test_migrate_tenancy import _app
+from tests.storage.old_rows import web_in_production
 
 pytestmark = pytest.mark.both_databases
 
@@ -23,14 +21,7 @@ async def test_upgrade_adds_build_settings_off_and_the_builds_table(settings: Se
     try:
         await migrate.upgrade(engine, revision="0014")
         async with engine.begin() as conn:
-            await project_and_cluster(conn, settings=settings)
-            await conn.execute(
-                text(
-                    "INSERT INTO environments (id, project_id, name, position, windows, freezes, created_at) "
-                    "VALUES (1, 1, 'production', 0, '[]', '[]', CURRENT_TIMESTAMP)"
-                )
-            )
-            await conn.execute(text(_in_env(_app("web", 1, "acme-web"), 1)))
+            await web_in_production(conn, settings=settings)
         await migrate.upgrade(engine, revision="0015")
         assert await migrate.current(engine) == "0015"
         await migrate.upgrade(engine, revision="0018")  # the ORM below writes today's columns
@@ -55,14 +46,7 @@ async def test_upgrade_0017_keeps_existing_builds_the_branchs(settings: Settings
     try:
         await migrate.upgrade(engine, revision="0016")
         async with engine.begin() as conn:
-            await project_and_cluster(conn, settings=settings)
-            await conn.execute(
-                text(
-                    "INSERT INTO environments (id, project_id, name, position, windows, freezes, created_at) "
-                    "VALUES (1, 1, 'production', 0, '[]', '[]', CURRENT_TIMESTAMP)"
-                )
-            )
-            await conn.execute(text(_in_env(_app("web", 1, "acme-web"), 1)))
+            await web_in_production(conn, settings=settings)
             app_id = (await conn.execute(text("SELECT id FROM apps WHERE name = 'web'"))).scalar_one()
             await conn.execute(
                 text(

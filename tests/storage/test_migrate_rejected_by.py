@@ -14,9 +14,7 @@ from core import audit, deploys
 from core.identity import Actor
 from shipit.settings import Settings
 from storage import db, migrate, models
-from tests.storage.old_rows import project_and_cluster
-from tests.storage.test_migrate_app_names import _in_env
-from tests.storage.test_migrate_tenancy import _app
+from tests.storage.old_rows import web_in_production
 
 pytestmark = pytest.mark.both_databases
 
@@ -49,14 +47,7 @@ async def test_upgrade_fills_in_rejected_by_from_the_audit_log(settings: Setting
     try:
         await migrate.upgrade(engine, revision="0013")
         async with engine.begin() as conn:
-            await project_and_cluster(conn, settings=settings)
-            await conn.execute(
-                text(
-                    "INSERT INTO environments (id, project_id, name, position, windows, freezes, created_at) "
-                    "VALUES (1, 1, 'production', 0, '[]', '[]', CURRENT_TIMESTAMP)"
-                )
-            )
-            await conn.execute(text(_in_env(_app("web", 1, "acme-web"), 1)))
+            await web_in_production(conn, settings=settings)
             web = (await conn.execute(text("SELECT id FROM apps WHERE name = 'web'"))).scalar_one()
             for deployment_id, (status, error) in ROWS.items():
                 await conn.execute(

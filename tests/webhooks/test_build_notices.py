@@ -31,6 +31,7 @@ from tests.fakes.slack_api import FakeSlack
 from tests.notices_helpers import Receiver, receiver
 from tests.testenv import buildah
 from tests.testenv.registry import Registry
+from tests.webhooks.build_setup import SITE, build_row, builder_worker, store, wait_build
 from tests.webhooks.conftest import (
     SHA_A,
     SHA_C,
@@ -40,7 +41,6 @@ from tests.webhooks.conftest import (
     offline_cluster,
     push_payload,
 )
-from tests.webhooks.test_builds import SITE, build_row, builder_worker, store, wait_build
 
 pytestmark = pytest.mark.both_databases
 __all__ = ["store"]  # the buildah store fixture of test_builds, for the build that succeeds

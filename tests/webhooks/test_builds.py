@@ -6,30 +6,26 @@ queued build, a failing build deploys nothing, and the read side (API, role chec
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import json
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from kubernetes_asyncio import client as k8s
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from core import apps, builds, deploys, projects, registries, tokens
-from core.apps import AppChanges
+from core import builds, deploys, projects, tokens
 from shipit import builder as builder_process
 from shipit import runtime
 from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
-from tests import helpers
 from tests.conftest import ADMIN, World
 from tests.fakes.github_api import FakeGitHub
 from tests.testenv import buildah
-from tests.testenv.registry import Registry
+from tests.webhooks import build_setup
+from tests.webhooks.build_setup import pushing, settings, store
 from tests.webhooks.conftest import (
     SHA_A,
     SHA_B,
@@ -43,94 +39,9 @@ from tests.webhooks.conftest import (
 )
 from webhooks.client import Credentials, GitHubClient
 
+__all__ = ["pushing", "settings", "store"]  # the fixtures, used by name
+
 pytestmark = pytest.mark.both_databases
-
-TIMEOUT = 180.0
-eventually = functools.partial(helpers.eventually, timeout=TIMEOUT)
-
-SITE = {
-    "index.html": "<h1>built by shipit</h1>\n",
-    "Procfile": "web: /bin/busybox httpd -f -p 8080 -h /usr/share/nginx/html\n",
-}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[buildah.Store]:
-    s = buildah.store(tmp_path)
-    yield s
-    s.remove()
-
-
-@pytest.fixture
-def settings(settings: Settings, store: buildah.Store, tmp_path: Path) -> Settings:
-    return settings.model_copy(
-        update={
-            "build_root": str(store.root),
-            "build_runroot": str(store.runroot),
-            "build_dir": str(tmp_path / "builds"),
-            "build_timeout_seconds": 120.0,
-        }
-    )
-
-
-@contextlib.asynccontextmanager
-async def builder_worker(rt: Runtime, fake: FakeGitHub, settings: Settings) -> AsyncIterator[None]:
-    """`shipit builder` in this process: its worker (build jobs only) with shipit's GitHub client."""
-    github = GitHubClient(
-        credentials=Credentials(
-            api_url=fake.url, token=fake.token, seconds_between_requests=None, seconds_between_writes=None
-        )
-    )
-    worker = builder_process.worker(rt, builder=builder_process.builder_of(settings, fetcher=github))
-    worker.start()
-    try:
-        yield
-    finally:
-        await worker.stop()
-        await github.close()
-
-
-async def build_row(rt: Runtime, build_id: int) -> models.Build:
-    async with rt.sessionmaker() as session:
-        row = await session.get(models.Build, build_id)
-    assert row is not None
-    return row
-
-
-async def wait_build(rt: Runtime, build_id: int) -> models.Build:
-    async def done() -> bool:
-        return (await build_row(rt, build_id)).status in (builds.SUCCEEDED, builds.FAILED)
-
-    await eventually(done, what=f"build {build_id} to finish")
-    return await build_row(rt, build_id)
-
-
-async def count(rt: Runtime, model: Any, *where: Any) -> int:
-    async with rt.sessionmaker() as session:
-        return int(await session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
-
-
-async def buildable(
-    rt: Runtime, *, registry: Registry, store: buildah.Store, settings: Settings
-) -> tuple[str, Settings]:
-    """The registry's credentials for project acme, and a busybox base for the static pack in it
-    (the registry is plain HTTP): its host, and the settings building from that base."""
-    buildah.require_buildah()
-    host = registry.host
-    user, password = next(iter(registry.users.items()))
-    base = f"{host}/base/busybox:1"
-    buildah.push_busybox_base(store, image=base, creds=f"{user}:{password}")
-    rt.core.config.registry_insecure_hosts = (host,)
-    async with rt.sessionmaker.begin() as session:
-        await registries.add(
-            session, ctx=rt.core, actor=ADMIN, host=host, username=user, password=password, project="acme"
-        )
-    return host, settings.model_copy(update={"build_static_image": base})
-
-
-async def all_builds(rt: Runtime) -> list[models.Build]:
-    async with rt.sessionmaker() as session:
-        return list(await session.scalars(select(models.Build).order_by(models.Build.id)))
 
 
 def test_the_servers_worker_never_runs_builds() -> None:
@@ -142,32 +53,14 @@ async def test_a_push_builds_pushes_and_deploys_the_digest(
     world: World,
     live_hook: Hook,
     fake_github: FakeGitHub,
-    private_registry: Registry,
-    store: buildah.Store,
-    settings: Settings,
+    pushing: build_setup.Pushing,
     kube_api: k8s.ApiClient,
 ) -> None:
     rt = world.rt
-    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
-    base, (_, password) = config.build_static_image, next(iter(private_registry.users.items()))
-    async with rt.sessionmaker.begin() as session:
-        await apps.create(
-            session,
-            actor=ADMIN,
-            project=world.project,
-            cluster=world.cluster,
-            name="web",
-            namespace=world.namespace,
-            changes=AppChanges(
-                image=f"{host}/acme/web:0.1",
-                port=8080,
-                git_repo="acme/web",
-                git_branch="main",
-                build_enabled=True,
-                build_image=f"{host}/acme/web",
-            ),
-        )
-    fake_github.add_source("acme/web", SHA_A, SITE)
+    host, config = pushing.host, pushing.config
+    base, (_, password) = config.build_static_image, next(iter(pushing.registry.users.items()))
+    await build_setup.build_app(world, build_image=pushing.repo)
+    fake_github.add_source("acme/web", SHA_A, build_setup.SITE)
 
     r = await live_hook.post("push", push_payload(sha=SHA_A))
     assert r.status_code == 202, r.text
@@ -175,14 +68,14 @@ async def test_a_push_builds_pushes_and_deploys_the_digest(
     assert decision["action"] == "build", decision
     build_id = decision["build"]
     # The server's own worker leaves the build queued: no builder runs yet.
-    assert (await build_row(rt, build_id)).status == builds.QUEUED
+    assert (await build_setup.build_row(rt, build_id)).status == builds.QUEUED
 
-    async with builder_worker(rt, fake_github, config):
-        build = await wait_build(rt, build_id)
+    async with build_setup.builder_worker(rt, fake_github, config):
+        build = await build_setup.wait_build(rt, build_id)
         assert build.status == builds.SUCCEEDED, (build.error, build.log)
         assert build.pack == "static" and build.digest and build.digest.startswith("sha256:")
         assert build.deployment_id is not None
-        deployment = await eventually(
+        deployment = await build_setup.eventually(
             lambda: _finished(rt, build.deployment_id or 0), what="the built image's deploy"
         )
     assert deployment.status == "succeeded", deployment.error
@@ -192,16 +85,7 @@ async def test_a_push_builds_pushes_and_deploys_the_digest(
     )  # fmt: skip
 
     # The registry holds the tag of the commit, at the digest deployed.
-    async with httpx.AsyncClient() as http:
-        head = await http.head(
-            f"{private_registry.url}/v2/acme/web/manifests/{SHA_A}",
-            headers={
-                **private_registry.headers(),
-                "Accept": "application/vnd.oci.image.manifest.v1+json, "
-                "application/vnd.docker.distribution.manifest.v2+json",
-            },
-        )
-    assert head.status_code == 200 and head.headers["docker-content-digest"] == build.digest
+    assert await build_setup.tagged_digest(pushing.registry, tag=SHA_A) == build.digest
     # The cluster runs the digest, pulled with the project's credentials.
     workload = await k8s.AppsV1Api(kube_api).read_namespaced_deployment("web", world.namespace)
     spec = workload.spec.template.spec
@@ -213,7 +97,7 @@ async def test_a_push_builds_pushes_and_deploys_the_digest(
     fetches, codeloads = fake_github.calls("get_tarball"), fake_github.calls("codeload_tarball")
     assert fetches and {c.path_params["ref"] for c in fetches} == {SHA_A}
     assert codeloads and not any("authorization" in c.headers for c in codeloads)
-    assert await count(rt, models.Deployment) == 1
+    assert await build_setup.count(rt, models.Deployment) == 1
     # The log: the generated Containerfile on the configured base; never the registry password.
     assert f"FROM {base}" in (build.log or "") and "Successfully" not in (build.error or "")
     assert password not in (build.log or "")
@@ -224,7 +108,7 @@ async def test_a_push_builds_pushes_and_deploys_the_digest(
         kinds = [e.kind for e in await session.scalars(select(models.Event).order_by(models.Event.id))]
     assert [a.details["sha"] for a in audit_rows] == [SHA_A]
     assert {"build.queued", "build.succeeded"} <= set(kinds)
-    succeeded = await eventually(
+    succeeded = await build_setup.eventually(
         lambda: _statuses(fake_github, "shipit/build (web)"), what="the build's commit status"
     )
     assert succeeded[-1]["state"] == "success" and build.digest[:19] in succeeded[-1]["description"]
@@ -235,33 +119,17 @@ async def test_a_second_build_of_an_unchanged_tree_reuses_the_registry_layer_cac
     world: World,
     live_hook: Hook,
     fake_github: FakeGitHub,
-    private_registry: Registry,
     store: buildah.Store,
     settings: Settings,
+    pushing: build_setup.Pushing,
     tmp_path: Path,
 ) -> None:
     # Two commits with the same tree; the second is built by another builder (a fresh store, as on
     # another replica or after a restart): its steps come from the registry cache, not run again.
     rt = world.rt
-    host, _ = await buildable(rt, registry=private_registry, store=store, settings=settings)
+    host = pushing.host
     base = f"{host}/base/busybox:1"
-    async with rt.sessionmaker.begin() as session:
-        await apps.create(
-            session,
-            actor=ADMIN,
-            project=world.project,
-            cluster=world.cluster,
-            name="web",
-            namespace=world.namespace,
-            changes=AppChanges(
-                image=f"{host}/acme/web:0.1",
-                port=8080,
-                git_repo="acme/web",
-                git_branch="main",
-                build_enabled=True,
-                build_image=f"{host}/acme/web",
-            ),
-        )
+    await build_setup.build_app(world, build_image=pushing.repo)
     tree = {
         "Dockerfile": f"FROM {base}\nRUN echo built-once > /step\nCOPY index.html /srv/index.html\n",
         "index.html": "<h1>cached</h1>\n",
@@ -270,15 +138,14 @@ async def test_a_second_build_of_an_unchanged_tree_reuses_the_registry_layer_cac
     fake_github.add_source("acme/web", SHA_B, tree)
 
     first_id = (await live_hook.post("push", push_payload(sha=SHA_A))).json()["decisions"][0]["build"]
-    async with builder_worker(rt, fake_github, settings):
-        first = await wait_build(rt, first_id)
+    first = await build_setup.run_build(rt, first_id, fake=fake_github, settings=settings)
     assert first.status == builds.SUCCEEDED, (first.error, first.log)
     log = first.log or ""
     assert f"--cache-to {host}/acme/web/cache" in log and "Pushing cache" in log, log
     assert "Using cache" not in log
     async with httpx.AsyncClient() as http:
         listed = await http.get(
-            f"{private_registry.url}/v2/acme/web/cache/tags/list", headers=private_registry.headers()
+            f"{pushing.registry.url}/v2/acme/web/cache/tags/list", headers=pushing.registry.headers()
         )
     assert listed.status_code == 200 and len(listed.json()["tags"]) >= 2, listed.text  # RUN and COPY
     # The builder's store keeps the base only: the built image and its cache layers live in the registry.
@@ -292,8 +159,7 @@ async def test_a_second_build_of_an_unchanged_tree_reuses_the_registry_layer_cac
             update={"build_root": str(other.root), "build_runroot": str(other.runroot)}
         )
         second_id = (await live_hook.post("push", push_payload(sha=SHA_B))).json()["decisions"][0]["build"]
-        async with builder_worker(rt, fake_github, other_settings):
-            second = await wait_build(rt, second_id)
+        second = await build_setup.run_build(rt, second_id, fake=fake_github, settings=other_settings)
         assert second.status == builds.SUCCEEDED, (second.error, second.log)
         log = second.log or ""
         assert log.count(f"Cache pulled from remote {host}/acme/web/cache:") == 2, log
@@ -320,13 +186,11 @@ async def test_a_failing_build_fails_clearly_and_deploys_nothing(
 ) -> None:
     buildah.require_buildah()
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.invalid/acme/web")
     fake_github.add_source("acme/web", SHA_A, {"Dockerfile": "FROM scratch\nCOPY missing.txt /missing.txt\n"})
     r = await hook.post("push", push_payload(sha=SHA_A))
     build_id = r.json()["decisions"][0]["build"]
-    async with builder_worker(rt, fake_github, settings):
-        build = await wait_build(rt, build_id)
+    build = await build_setup.run_build(rt, build_id, fake=fake_github, settings=settings)
     assert build.status == builds.FAILED and build.pack is None
     assert build.error == "buildah bud failed (exit status 125); see the build's log" or (
         build.error or ""
@@ -334,7 +198,7 @@ async def test_a_failing_build_fails_clearly_and_deploys_nothing(
     assert "missing.txt" in (build.log or "")
     assert "pack dockerfile: Dockerfile found" in (build.log or "")
     assert build.deployment_id is None
-    assert await count(rt, models.Deployment) == 0
+    assert await build_setup.count(rt, models.Deployment) == 0
     async with rt.sessionmaker() as session:
         failed = await session.scalar(select(models.Event).where(models.Event.kind == builds.BUILD_FAILED))
     assert failed is not None and failed.payload["build"] == build_id
@@ -349,21 +213,18 @@ async def test_a_tree_no_pack_fits_fails_the_build(
     hook: Hook, fake_github: FakeGitHub, settings: Settings
 ) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.invalid/acme/web")
     fake_github.add_source("acme/web", SHA_A, {"README.md": "nothing to build\n"})
     build_id = (await hook.post("push", push_payload(sha=SHA_A))).json()["decisions"][0]["build"]
-    async with builder_worker(rt, fake_github, settings):
-        build = await wait_build(rt, build_id)
+    build = await build_setup.run_build(rt, build_id, fake=fake_github, settings=settings)
     assert build.status == builds.FAILED
     assert (build.error or "").startswith("cannot tell how to build this commit")
-    assert await count(rt, models.Deployment) == 0
+    assert await build_setup.count(rt, models.Deployment) == 0
 
 
 async def test_one_build_per_commit_and_a_newer_push_supersedes_a_queued_one(hook: Hook) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.acme.dev/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.acme.dev/acme/web")
     first = await hook.post("push", push_payload(sha=SHA_A))
     build_a = first.json()["decisions"][0]["build"]
     # A second push of the same sha (another delivery) and a redelivery of the first: no second build.
@@ -372,11 +233,11 @@ async def test_one_build_per_commit_and_a_newer_push_supersedes_a_queued_one(hoo
     assert f"build #{build_a}" in again.json()["decisions"][0]["reason"]
     redelivered = await hook.post("push", push_payload(sha=SHA_A), delivery=hook.sent[0])
     assert redelivered.status_code == 200 and redelivered.json()["result"] == "duplicate"
-    assert await count(rt, models.Build) == 1
-    assert await count(rt, models.Job, models.Job.kind == builds.BUILD_JOB) == 1
+    assert await build_setup.count(rt, models.Build) == 1
+    assert await build_setup.count(rt, models.Job, models.Job.kind == builds.BUILD_JOB) == 1
     # A newer commit supersedes the queued build (and cancels its job); nothing was deployed.
     build_b = (await hook.post("push", push_payload(sha=SHA_B))).json()["decisions"][0]["build"]
-    a, b = await build_row(rt, build_a), await build_row(rt, build_b)
+    a, b = await build_setup.build_row(rt, build_a), await build_setup.build_row(rt, build_b)
     assert (a.status, b.status) == (builds.SUPERSEDED, builds.QUEUED)
     async with rt.sessionmaker() as session:
         states = dict(
@@ -384,17 +245,16 @@ async def test_one_build_per_commit_and_a_newer_push_supersedes_a_queued_one(hoo
             for j in await session.scalars(select(models.Job).where(models.Job.kind == builds.BUILD_JOB))
         )
     assert states == {build_a: "cancelled", build_b: "queued"}
-    assert await count(rt, models.Deployment) == 0
+    assert await build_setup.count(rt, models.Deployment) == 0
     # A push to a branch the app does not track builds nothing.
     other = await hook.post("push", push_payload(sha=SHA_C, ref="refs/heads/feature"))
     assert other.json()["decisions"] == []
-    assert await count(rt, models.Build) == 2
+    assert await build_setup.count(rt, models.Build) == 2
 
 
 async def test_builds_are_read_with_a_role_and_missing_without(hook: Hook) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.acme.dev/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.acme.dev/acme/web")
     build_id = (await hook.post("push", push_payload(sha=SHA_A))).json()["decisions"][0]["build"]
     async with rt.sessionmaker.begin() as session:
         await projects.create(session, ctx=rt.core, actor=ADMIN, name="other")
@@ -450,14 +310,13 @@ async def test_shipit_builder_claims_build_jobs_until_stopped(
     # `shipit builder` as the command runs it (its own runtime on the same database), stopped by an
     # event instead of SIGTERM.  The tree has nothing to build, so no buildah is needed to see it work.
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.invalid/acme/web")
     fake_github.add_source("acme/web", SHA_B, {"notes.txt": "no pack here\n"})
     build_id = (await hook.post("push", push_payload(sha=SHA_B))).json()["decisions"][0]["build"]
     stop = asyncio.Event()
     task = asyncio.create_task(builder_process.serve(settings, stop=stop))
     try:
-        build = await wait_build(rt, build_id)
+        build = await build_setup.wait_build(rt, build_id)
     finally:
         stop.set()
         await task
@@ -469,25 +328,22 @@ async def test_a_commit_github_cannot_give_fails_the_build(
     hook: Hook, fake_github: FakeGitHub, settings: Settings
 ) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.invalid/acme/web")
     build_id = (await hook.post("push", push_payload(sha=SHA_C))).json()["decisions"][0]["build"]
-    async with builder_worker(rt, fake_github, settings):
-        build = await wait_build(rt, build_id)
+    build = await build_setup.run_build(rt, build_id, fake=fake_github, settings=settings)
     assert build.status == builds.FAILED
     assert build.error == (
         f"tarball of acme/web@{SHA_C[:7]}: not found, or not visible to shipit's GitHub credentials"
     )
     assert [c.status for c in fake_github.calls("get_tarball")] == [404]
-    assert await count(rt, models.Deployment) == 0
+    assert await build_setup.count(rt, models.Deployment) == 0
 
 
 async def test_a_failed_build_is_run_again_on_request_and_only_then(
     hook: Hook, fake_github: FakeGitHub, settings: Settings
 ) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.invalid/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.invalid/acme/web")
     async with rt.sessionmaker.begin() as session:
         _, admin = await tokens.create(session, actor=ADMIN, name="a", subject="user:ada", is_admin=True)
         _, viewer = await tokens.create(session, actor=ADMIN, name="v", subject="user:vera")
@@ -496,8 +352,8 @@ async def test_a_failed_build_is_run_again_on_request_and_only_then(
             session, actor=ADMIN, project_name="acme", subject="user:vera", role="viewer"
         )
     build_id = (await hook.post("push", push_payload(sha=SHA_C))).json()["decisions"][0]["build"]
-    async with builder_worker(rt, fake_github, settings):
-        assert (await wait_build(rt, build_id)).status == builds.FAILED  # GitHub's 404
+    async with build_setup.builder_worker(rt, fake_github, settings):
+        assert (await build_setup.wait_build(rt, build_id)).status == builds.FAILED  # GitHub's 404
     retry = f"/apps/web/builds/{build_id}/retry"
     async with httpx.AsyncClient(base_url=f"{hook.url}/api/v1") as http:
 
@@ -508,7 +364,7 @@ async def test_a_failed_build_is_run_again_on_request_and_only_then(
         assert (await post(retry, viewer)).status_code == 403
         hidden = await post(retry, stranger)
         assert hidden.status_code == 404 and "no app named 'web'" in hidden.json()["error"]["message"]
-        assert (await build_row(rt, build_id)).status == builds.FAILED
+        assert (await build_setup.build_row(rt, build_id)).status == builds.FAILED
         # The commit is there now: run again, the same row, a second run with its own outcome.
         fake_github.add_source("acme/web", SHA_C, {"README.md": "nothing to build\n"})
         again = await post(retry, admin)
@@ -517,28 +373,26 @@ async def test_a_failed_build_is_run_again_on_request_and_only_then(
         # Only a failed build runs again: a queued one is refused, naming the field.
         queued = await post(retry, admin)
         assert queued.status_code == 409 and queued.json()["error"]["field"] == "build_id", queued.text
-        async with builder_worker(rt, fake_github, settings):
-            build = await wait_build(rt, build_id)
+        build = await build_setup.run_build(rt, build_id, fake=fake_github, settings=settings)
         assert build.status == builds.FAILED and (build.error or "").startswith("cannot tell how to build")
         assert [c.status for c in fake_github.calls("get_tarball")] == [
             404,
             302,
         ]  # GitHub redirects to its download host
-        assert await count(rt, models.Event, models.Event.kind == builds.BUILD_FAILED) == 2
-        assert await count(rt, models.AuditEvent, models.AuditEvent.action == "build.retry") == 1
+        assert await build_setup.count(rt, models.Event, models.Event.kind == builds.BUILD_FAILED) == 2
+        assert await build_setup.count(rt, models.AuditEvent, models.AuditEvent.action == "build.retry") == 1
         # A newer commit's build holds the app: the older one is not built (and deployed) over it.
         newer = (await hook.post("push", push_payload(sha=SHA_A))).json()["decisions"][0]["build"]
         refused = await post(retry, admin)
         assert refused.status_code == 409 and f"build #{newer}" in refused.json()["error"]["message"]
-    assert await count(rt, models.Build) == 2
-    assert await count(rt, models.Deployment) == 0
+    assert await build_setup.count(rt, models.Build) == 2
+    assert await build_setup.count(rt, models.Deployment) == 0
 
 
 async def test_a_batch_of_pushes_builds_each_commit_once_beside_deploying_apps(rt: Runtime) -> None:
     # Deliveries arriving together share one transaction (webhooks.ingest): a building app and an
     # app deploying images in one batch, the same commit twice, a newer one superseding.
-    await offline_cluster(rt)
-    await make_app(rt, image_template=None, build_enabled=True, build_image="registry.acme.dev/acme/web")
+    await build_setup.offline_build_app(rt, build_image="registry.acme.dev/acme/web")
     await make_app(rt, name="api", namespace="api")
     outcomes = await submit_together(
         rt,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any
 
 import httpx
 import pytest
@@ -17,15 +16,14 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.rest import ApiException
 from sqlalchemy import select
 
-from core import apps, builds, events, projects, tokens
-from core.apps import AppChanges
+from core import builds, events, projects, tokens
 from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
 from tests.conftest import ADMIN, World
 from tests.fakes.github_api import FakeGitHub
-from tests.testenv import buildah
-from tests.testenv.registry import Registry
+from tests.webhooks import build_setup
+from tests.webhooks.build_setup import offline_previews, pushing, settings, store
 from tests.webhooks.conftest import (
     SHA_A,
     SHA_B,
@@ -40,36 +38,13 @@ from tests.webhooks.conftest import (
     pr_payload,
     push_payload,
 )
-from tests.webhooks.test_builds import (
-    SITE,
-    all_builds,
-    build_row,
-    buildable,
-    builder_worker,
-    count,
-    eventually,
-    settings,
-    store,
-    wait_build,
-)
 from tests.webhooks.test_e2e import wait_finished
 
-__all__ = ["settings", "store"]  # the fixtures, used by name
+__all__ = ["offline_previews", "pushing", "settings", "store"]  # the fixtures, used by name
 
 pytestmark = pytest.mark.both_databases
 
 SHA_D = "d00dfeedd00dfeedd00dfeedd00dfeedd00dfeed"
-
-
-def _preview_changes(build_image: str, **more: Any) -> dict[str, Any]:
-    return {
-        "image_template": None,
-        "build_enabled": True,
-        "build_image": build_image,
-        "previews_enabled": True,
-        "preview_domain": "preview.acme.dev",
-        **more,
-    }
 
 
 async def _preview(rt: Runtime, number: int) -> models.Preview:
@@ -83,39 +58,23 @@ async def test_a_pull_request_is_built_and_its_preview_deployed_the_branchs_buil
     world: World,
     live_hook: Hook,
     fake_github: FakeGitHub,
-    private_registry: Registry,
-    store: buildah.Store,
-    settings: Settings,
+    pushing: build_setup.Pushing,
     kube_api: k8s.ApiClient,
 ) -> None:
     rt = live_hook.rt
-    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
-    repo = f"{host}/acme/web"
-    async with rt.sessionmaker.begin() as session:
-        await apps.create(
-            session,
-            actor=ADMIN,
-            project=world.project,
-            cluster=world.cluster,
-            name="web",
-            namespace=world.namespace,
-            changes=AppChanges(
-                image=f"{host}/acme/web:0.1",
-                port=8080,
-                git_repo="acme/web",
-                git_branch="main",
-                **_preview_changes(repo),
-            ),
-        )
-    fake_github.add_source("acme/web", SHA_A, SITE)
-    fake_github.add_source("acme/web", SHA_B, {**SITE, "index.html": "<h1>the pull request's</h1>\n"})
+    repo, config = pushing.repo, pushing.config
+    await build_setup.build_app(world, **build_setup.preview_changes(repo))
+    fake_github.add_source("acme/web", SHA_A, build_setup.SITE)
+    fake_github.add_source(
+        "acme/web", SHA_B, {**build_setup.SITE, "index.html": "<h1>the pull request's</h1>\n"}
+    )
     number = random.randint(100, 99999)  # preview namespaces outlive a failed test: never reuse one
     namespace = f"web-pr-{number}"
     try:
-        async with builder_worker(rt, fake_github, config):
+        async with build_setup.builder_worker(rt, fake_github, config):
             # The branch's push builds SHA_A and deploys the app.
             pushed = await live_hook.post("push", push_payload(sha=SHA_A))
-            branch_build = await wait_build(rt, pushed.json()["decisions"][0]["build"])
+            branch_build = await build_setup.wait_build(rt, pushed.json()["decisions"][0]["build"])
             assert branch_build.status == builds.SUCCEEDED, (branch_build.error, branch_build.log)
             assert branch_build.pr_number is None
             branch_image = f"{repo}@{branch_build.digest}"
@@ -129,7 +88,7 @@ async def test_a_pull_request_is_built_and_its_preview_deployed_the_branchs_buil
             assert (decision["action"], decision["image"], decision["preview"]) == (
                 "deploy", branch_image, namespace,
             )  # fmt: skip
-            assert len(await all_builds(rt)) == 1
+            assert len(await build_setup.all_builds(rt)) == 1
             first = await wait_finished(live_hook, decision["deployment"])
             assert first.status == "succeeded", first.error
 
@@ -139,7 +98,7 @@ async def test_a_pull_request_is_built_and_its_preview_deployed_the_branchs_buil
             assert decision["action"] == "build", decision
             assert f"http://{namespace}.preview.acme.dev" in decision["reason"]
             assert (await _preview(rt, number)).status == "building"
-            pr_build = await wait_build(rt, decision["build"])
+            pr_build = await build_setup.wait_build(rt, decision["build"])
             assert pr_build.status == builds.SUCCEEDED, (pr_build.error, pr_build.log)
             assert (pr_build.pr_number, pr_build.sha, pr_build.ref) == (
                 number, SHA_B, "refs/heads/feature/checkout",
@@ -158,23 +117,14 @@ async def test_a_pull_request_is_built_and_its_preview_deployed_the_branchs_buil
         assert app_workload.spec.template.spec.containers[0].image == branch_image
         assert [d.image for d in await deployments(rt) if d.preview_id is None] == [branch_image]
         # The registry holds the pull request's commit under its own tag.
-        async with httpx.AsyncClient() as http:
-            head = await http.head(
-                f"{private_registry.url}/v2/acme/web/manifests/{SHA_B}",
-                headers={
-                    **private_registry.headers(),
-                    "Accept": "application/vnd.oci.image.manifest.v1+json, "
-                    "application/vnd.docker.distribution.manifest.v2+json",
-                },
-            )
-        assert head.status_code == 200 and head.headers["docker-content-digest"] == pr_build.digest
+        assert await build_setup.tagged_digest(pushing.registry, tag=SHA_B) == pr_build.digest
 
         # The pull request hears of it as previews tell it: the URL in its comment, a green build.
         async def comment_says_ready() -> bool:
             bodies = [c["body"] for c in fake_github.comments("acme/web", number)]
             return any("ready at" in b and image in b for b in bodies)
 
-        await eventually(comment_says_ready, what="the preview comment with its URL")
+        await build_setup.eventually(comment_says_ready, what="the preview comment with its URL")
         assert any(
             s["context"] == "shipit/build (web)" and s["state"] == "success"
             for s in fake_github.commit_statuses("acme/web", SHA_B)
@@ -195,8 +145,7 @@ async def test_a_failed_build_deploys_no_preview_and_says_so_on_the_pull_request
 ) -> None:
     # Nothing to build in the tree: the real builder fails it without needing buildah.
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, **_preview_changes("registry.invalid/acme/web"))
+    await build_setup.offline_build_app(rt, **build_setup.preview_changes("registry.invalid/acme/web"))
     fake_github.add_source("acme/web", SHA_B, {"README.md": "nothing to build\n"})
     opened = pr_payload("opened", number=7, sha=SHA_B)
     fake_github.add_pull_from_event(opened)
@@ -206,8 +155,7 @@ async def test_a_failed_build_deploys_no_preview_and_says_so_on_the_pull_request
     await deliver_notifications(rt)
     [building] = fake_github.comments("acme/web", 7)
     assert f"building `{SHA_B[:7]}` (build #{decision['build']})" in building["body"]
-    async with builder_worker(rt, fake_github, settings):
-        build = await wait_build(rt, decision["build"])
+    build = await build_setup.run_build(rt, decision["build"], fake=fake_github, settings=settings)
     assert build.status == builds.FAILED and (build.error or "").startswith("cannot tell how to build")
     assert build.deployment_id is None and await deployments(rt) == []
     assert (await _preview(rt, 7)).status == "failed"
@@ -227,13 +175,12 @@ async def test_a_failed_build_deploys_no_preview_and_says_so_on_the_pull_request
         again["decisions"][0]["action"] == "skip"
         and "shipit builds logs web" in again["decisions"][0]["reason"]
     )
-    assert len(await all_builds(rt)) == 1
+    assert len(await build_setup.all_builds(rt)) == 1
 
 
 async def test_one_build_per_head_a_newer_head_supersedes_and_branch_builds_stay(hook: Hook) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    await make_app(rt, **_preview_changes("registry.acme.dev/acme/web"))
+    await build_setup.offline_build_app(rt, **build_setup.preview_changes("registry.acme.dev/acme/web"))
     first = await hook.post("pull_request", pr_payload("opened", number=7, sha=SHA_A))
     build_a = first.json()["decisions"][0]["build"]
     # A redelivery never builds twice; nor does another delivery of the same head.
@@ -243,13 +190,13 @@ async def test_one_build_per_head_a_newer_head_supersedes_and_branch_builds_stay
     assert redelivered.status_code == 200 and redelivered.json()["result"] == "duplicate"
     same = (await hook.post("pull_request", pr_payload("synchronize", number=7, sha=SHA_A))).json()
     assert same["decisions"][0]["build"] == build_a and "queued" in same["decisions"][0]["reason"]
-    assert len(await all_builds(rt)) == 1
+    assert len(await build_setup.all_builds(rt)) == 1
     # The branch's own build of another commit leaves the pull request's alone, and the other way round.
     branch_c = (await hook.post("push", push_payload(sha=SHA_C))).json()["decisions"][0]["build"]
     build_b = (await hook.post("pull_request", pr_payload("synchronize", number=7, sha=SHA_B))).json()[
         "decisions"
     ][0]["build"]
-    statuses = {b.id: (b.status, b.pr_number) for b in await all_builds(rt)}
+    statuses = {b.id: (b.status, b.pr_number) for b in await build_setup.all_builds(rt)}
     assert statuses == {
         build_a: (builds.SUPERSEDED, 7),
         branch_c: (builds.QUEUED, None),
@@ -260,7 +207,7 @@ async def test_one_build_per_head_a_newer_head_supersedes_and_branch_builds_stay
     waits = (await hook.post("pull_request", pr_payload("opened", number=8, sha=SHA_C))).json()
     assert (waits["decisions"][0]["action"], waits["decisions"][0]["build"]) == ("build", branch_c)
     branch_d = (await hook.post("push", push_payload(sha=SHA_D))).json()["decisions"][0]["build"]
-    statuses = {b.id: b.status for b in await all_builds(rt)}
+    statuses = {b.id: b.status for b in await build_setup.all_builds(rt)}
     assert (statuses[branch_c], statuses[branch_d], statuses[build_b]) == (builds.QUEUED,) * 3
     jobs_by_build = {j.payload["build_id"]: j.state for j in await job_rows(rt, kind=builds.BUILD_JOB)}
     assert jobs_by_build == {build_a: "cancelled", branch_c: "queued", build_b: "queued", branch_d: "queued"}
@@ -268,8 +215,8 @@ async def test_one_build_per_head_a_newer_head_supersedes_and_branch_builds_stay
     # The branch reaching a commit a pull request's build has queued takes that build for itself.
     adopted = (await hook.post("push", push_payload(sha=SHA_B))).json()["decisions"][0]
     assert (adopted["action"], adopted["build"]) == ("skip", build_b)
-    assert (await build_row(rt, build_b)).pr_number is None
-    assert len(await all_builds(rt)) == 4
+    assert (await build_setup.build_row(rt, build_b)).pr_number is None
+    assert len(await build_setup.all_builds(rt)) == 4
     async with rt.sessionmaker() as session:
         kinds = [e.kind for e in await session.scalars(select(models.Event).order_by(models.Event.id))]
     assert kinds.count(events.PREVIEW_BUILDING) == 3  # 7 at A, 7 at B, 8 at C
@@ -278,7 +225,9 @@ async def test_one_build_per_head_a_newer_head_supersedes_and_branch_builds_stay
 async def test_a_fork_pull_request_is_built_only_once_approved(hook: Hook, fake_github: FakeGitHub) -> None:
     rt = hook.rt
     await offline_cluster(rt)
-    await make_app(rt, **_preview_changes("registry.acme.dev/acme/web", previews_from_forks="approved"))
+    await make_app(
+        rt, **build_setup.preview_changes("registry.acme.dev/acme/web", previews_from_forks="approved")
+    )
     async with rt.sessionmaker.begin() as session:
         await projects.set_access(
             session, actor=ADMIN, project_name="acme", subject="github:maint", role="developer"
@@ -288,7 +237,7 @@ async def test_a_fork_pull_request_is_built_only_once_approved(hook: Hook, fake_
     r = await hook.post("pull_request", opened)
     assert r.json()["decisions"][0]["action"] == "wait"
     # Unapproved, a fork's code is never built: no row, no job.
-    assert await all_builds(rt) == [] and await job_rows(rt, kind=builds.BUILD_JOB) == []
+    assert await build_setup.all_builds(rt) == [] and await job_rows(rt, kind=builds.BUILD_JOB) == []
     assert (await _preview(rt, 9)).status == "pending_approval"
     # A label by someone without a role approves nothing, so builds nothing.
     stranger = await hook.post(
@@ -296,7 +245,7 @@ async def test_a_fork_pull_request_is_built_only_once_approved(hook: Hook, fake_
         fork_pr_payload("labeled", number=9, sha=SHA_A, label="shipit:preview", sender="mallory"),
     )
     assert stranger.json()["decisions"][0]["action"] == "skip"
-    assert await all_builds(rt) == []
+    assert await build_setup.all_builds(rt) == []
     # A project developer's label approves the commit: now it is built, for this pull request.
     approved = await hook.post(
         "pull_request",
@@ -304,7 +253,7 @@ async def test_a_fork_pull_request_is_built_only_once_approved(hook: Hook, fake_
     )
     [decision] = approved.json()["decisions"]
     assert decision["action"] == "build", decision
-    [build] = await all_builds(rt)
+    [build] = await build_setup.all_builds(rt)
     assert (build.id, build.sha, build.pr_number, build.actor) == (
         decision["build"],
         SHA_A,
@@ -314,29 +263,25 @@ async def test_a_fork_pull_request_is_built_only_once_approved(hook: Hook, fake_
     assert (await _preview(rt, 9)).status == "building"
     # A new push to the fork needs a new approval before it is built.
     await hook.post("pull_request", fork_pr_payload("synchronize", number=9, sha=SHA_B))
-    assert [b.sha for b in await all_builds(rt)] == [SHA_A]
+    assert [b.sha for b in await build_setup.all_builds(rt)] == [SHA_A]
     # previews_from_forks=never: no build either.
-    await make_app(rt, name="api", namespace="api", **_preview_changes("registry.acme.dev/acme/api"))
+    await make_app(
+        rt, name="api", namespace="api", **build_setup.preview_changes("registry.acme.dev/acme/api")
+    )
     await hook.post("pull_request", fork_pr_payload("opened", number=10, sha=SHA_C))
-    assert [b.sha for b in await all_builds(rt)] == [SHA_A]
+    assert [b.sha for b in await build_setup.all_builds(rt)] == [SHA_A]
 
 
 async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
-    hook: Hook,
-    fake_github: FakeGitHub,
-    private_registry: Registry,
-    store: buildah.Store,
-    settings: Settings,
+    hook: Hook, fake_github: FakeGitHub, offline_previews: build_setup.Pushing
 ) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
-    await make_app(rt, **_preview_changes(f"{host}/acme/web"))
-    fake_github.add_source("acme/web", SHA_A, SITE)
+    host, config = offline_previews.host, offline_previews.config
+    fake_github.add_source("acme/web", SHA_A, build_setup.SITE)
     # One pull request's build is queued when it closes: it is not run.
     queued = (await hook.post("pull_request", pr_payload("opened", number=7, sha=SHA_C))).json()
     await hook.post("pull_request", pr_payload("closed", number=7, sha=SHA_C))
-    dropped = await build_row(rt, queued["decisions"][0]["build"])
+    dropped = await build_setup.build_row(rt, queued["decisions"][0]["build"])
     assert (dropped.status, dropped.error) == (builds.SUPERSEDED, "pull request #7 was closed")
     [job] = [j for j in await job_rows(rt, kind=builds.BUILD_JOB) if j.payload["build_id"] == dropped.id]
     assert job.state == "cancelled"
@@ -346,13 +291,12 @@ async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
     assert await builds._start(rt.core, build_id) is not None  # what a builder does as it claims the job
     closed = await hook.post("pull_request", pr_payload("closed", number=8, sha=SHA_A))
     assert "being deleted" in closed.json()["decisions"][0]["reason"]
-    assert (await build_row(rt, build_id)).status == builds.BUILDING
-    async with builder_worker(rt, fake_github, config):
-        build = await wait_build(rt, build_id)
+    assert (await build_setup.build_row(rt, build_id)).status == builds.BUILDING
+    build = await build_setup.run_build(rt, build_id, fake=fake_github, settings=config)
     assert build.status == builds.SUCCEEDED, (build.error, build.log)
     assert build.deployment_id is None and await deployments(rt) == []
     assert (await _preview(rt, 8)).status == "closing"
-    assert await count(rt, models.Event, models.Event.kind == events.PREVIEW_BUILD_FAILED) == 0
+    assert await build_setup.count(rt, models.Event, models.Event.kind == events.PREVIEW_BUILD_FAILED) == 0
     # Reopened: the commit is built already, its digest deployed at once (no second build).
     reopened = (await hook.post("pull_request", pr_payload("reopened", number=8, sha=SHA_A))).json()
     [decision] = reopened["decisions"]
@@ -365,11 +309,11 @@ async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
     assert [(d.id, d.trigger, d.git_ref) for d in app_deploy] == [
         (pushed["deployment"], "push", "refs/heads/main")
     ]
-    assert len(await all_builds(rt)) == 2
+    assert len(await build_setup.all_builds(rt)) == 2
     # The first pull request reopened: its dropped build is queued again (the same row, a new run).
     again = (await hook.post("pull_request", pr_payload("reopened", number=7, sha=SHA_C))).json()
     assert (again["decisions"][0]["action"], again["decisions"][0]["build"]) == ("build", dropped.id)
-    row = await build_row(rt, dropped.id)
+    row = await build_setup.build_row(rt, dropped.id)
     assert (row.status, row.runs, row.error, row.pr_number) == (builds.QUEUED, 1, None, 7)
     assert [
         j.state for j in await job_rows(rt, kind=builds.BUILD_JOB) if j.payload["build_id"] == dropped.id
@@ -380,16 +324,10 @@ async def test_a_build_ending_after_the_pull_request_closed_deploys_nothing(
 
 
 async def test_a_failed_preview_build_run_again_deploys_the_preview(
-    hook: Hook,
-    fake_github: FakeGitHub,
-    private_registry: Registry,
-    store: buildah.Store,
-    settings: Settings,
+    hook: Hook, fake_github: FakeGitHub, offline_previews: build_setup.Pushing
 ) -> None:
     rt = hook.rt
-    await offline_cluster(rt)
-    host, config = await buildable(rt, registry=private_registry, store=store, settings=settings)
-    await make_app(rt, **_preview_changes(f"{host}/acme/web"))
+    host, config = offline_previews.host, offline_previews.config
     async with rt.sessionmaker.begin() as session:
         _, token = await tokens.create(session, actor=ADMIN, name="d", subject="user:dev")
         await projects.set_access(
@@ -399,18 +337,18 @@ async def test_a_failed_preview_build_run_again_deploys_the_preview(
     build_id = (await hook.post("pull_request", pr_payload("opened", number=7, sha=SHA_B))).json()[
         "decisions"
     ][0]["build"]
-    async with builder_worker(rt, fake_github, config):
-        assert (await wait_build(rt, build_id)).status == builds.FAILED
+    async with build_setup.builder_worker(rt, fake_github, config):
+        assert (await build_setup.wait_build(rt, build_id)).status == builds.FAILED
         assert (await _preview(rt, 7)).status == "failed"
         # The commit is fixed upstream (a passing reason), and a developer runs the build again.
-        fake_github.add_source("acme/web", SHA_B, SITE)
+        fake_github.add_source("acme/web", SHA_B, build_setup.SITE)
         async with httpx.AsyncClient(base_url=f"{hook.url}/api/v1") as http:
             again = await http.post(
                 f"/apps/web/builds/{build_id}/retry", headers={"Authorization": f"Bearer {token}"}
             )
         assert again.status_code == 202, again.text
         assert again.json()["pr"] == 7
-        build = await wait_build(rt, build_id)
+        build = await build_setup.wait_build(rt, build_id)
     assert build.status == builds.SUCCEEDED, (build.error, build.log)
     [deployment] = await deployments(rt)
     assert (deployment.image, deployment.namespace, deployment.trigger) == (
