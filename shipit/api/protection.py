@@ -120,18 +120,18 @@ async def _out(session: AsyncSession, env: models.Environment, *, project: str) 
     )
 
 
-async def _changed(
+async def _run(
     rt: Runtime,
     project: str,
-    change: Callable[Concatenate[AsyncSession, P], Awaitable[models.Environment]],
+    call: Callable[Concatenate[AsyncSession, P], Awaitable[models.Environment]],
     /,
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> EnvironmentProtectionOut:
-    """The environment as `change` (core.protection: the caller's role checked first) leaves it, in one
-    transaction.  Positional: the keywords are `change`'s own, checked against it by mypy."""
+    """The environment as `call` (a core.protection function: the caller's role checked first) reads or
+    leaves it, in one transaction.  Positional: the keywords are `call`'s own, checked by mypy."""
     async with api.tx(rt) as session:
-        return await _out(session, await change(session, *args, **kwargs), project=project)
+        return await _out(session, await call(session, *args, **kwargs), project=project)
 
 
 def _window(w: dict[str, Any]) -> dict[str, Any]:
@@ -154,14 +154,14 @@ Env = schemas.NamePath
 async def get_protection(
     name: schemas.NamePath, env: Env, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    return await _changed(rt, name, protection.get_environment, actor=actor, project=name, env=env)
+    return await _run(rt, name, protection.get_environment, actor=actor, project=name, env=env)
 
 
 @router.put(ENV + "/protection")
 async def protect(
     name: schemas.NamePath, env: Env, body: ProtectIn, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    return await _changed(
+    return await _run(
         rt, name, protection.protect, actor=actor, project=name, env=env,
         approvals=body.approvals, approver_role=body.approver_role,
         approval_ttl_seconds=body.approval_ttl_seconds,
@@ -172,14 +172,14 @@ async def protect(
 async def unprotect(
     name: schemas.NamePath, env: Env, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    return await _changed(rt, name, protection.unprotect, actor=actor, project=name, env=env)
+    return await _run(rt, name, protection.unprotect, actor=actor, project=name, env=env)
 
 
 @router.put(ENV + "/windows")
 async def set_window(
     name: schemas.NamePath, env: Env, body: WindowIn, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    return await _changed(
+    return await _run(
         rt, name, protection.set_window, actor=actor, project=name, env=env,
         days=body.days, start=body.start, end=body.end, tz=body.timezone, add=body.add,
     )  # fmt: skip
@@ -189,14 +189,14 @@ async def set_window(
 async def clear_windows(
     name: schemas.NamePath, env: Env, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    return await _changed(rt, name, protection.set_window, actor=actor, project=name, env=env, clear=True)
+    return await _run(rt, name, protection.set_window, actor=actor, project=name, env=env, clear=True)
 
 
 @router.post(ENV + "/freezes")
 async def freeze(
     name: schemas.NamePath, env: Env, body: FreezeIn, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    return await _changed(
+    return await _run(
         rt, name, protection.freeze, actor=actor, project=name, env=env,
         until=body.until.isoformat(), start=body.start.isoformat() if body.start else None,
         reason=body.reason,
@@ -207,14 +207,14 @@ async def freeze(
 async def clear_freezes(
     name: schemas.NamePath, env: Env, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    return await _changed(rt, name, protection.freeze, actor=actor, project=name, env=env, clear=True)
+    return await _run(rt, name, protection.freeze, actor=actor, project=name, env=env, clear=True)
 
 
 @router.post(ENV + "/lock")
 async def lock_env(
     name: schemas.NamePath, env: Env, body: LockIn, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    return await _changed(
+    return await _run(
         rt, name, protection.lock_env, actor=actor, project=name, env=env,
         reason=body.reason, seconds=body.seconds,
     )  # fmt: skip
@@ -224,7 +224,7 @@ async def lock_env(
 async def unlock_env(
     name: schemas.NamePath, env: Env, rt: api.RtDep, actor: api.ActorDep
 ) -> EnvironmentProtectionOut:
-    return await _changed(rt, name, protection.unlock_env, actor=actor, project=name, env=env)
+    return await _run(rt, name, protection.unlock_env, actor=actor, project=name, env=env)
 
 
 @router.post("/projects/{name}/lock")
