@@ -276,10 +276,25 @@ async def test_cli_unknown_app_and_bad_name(shipit: Run, offline: str) -> None:
 
 
 async def test_cli_scale_down_window_sets_shows_resets_and_refuses(shipit: Run, offline: str) -> None:
-    ok(await shipit("apps", "create", "web", "--no-deploy", "--image", "ghcr.io/acme/web:1.0", "--min-replicas", "1", "--max-replicas", "3"))
+    ok(
+        await shipit(
+            "apps",
+            "create",
+            "web",
+            "--no-deploy",
+            "--image",
+            "ghcr.io/acme/web:1.0",
+            "--min-replicas",
+            "1",
+            "--max-replicas",
+            "3",
+        )
+    )
 
     async def window() -> Any:
-        return json.loads(ok(await shipit("apps", "show", "web", "--json")))["autoscaling"]["scale_down_window"]
+        return json.loads(ok(await shipit("apps", "show", "web", "--json")))["autoscaling"][
+            "scale_down_window"
+        ]
 
     ok(await shipit("scale", "web", "--min", "1", "--max", "4", "--cpu", "50", "--scale-down-window", "30"))
     assert await window() == 30

@@ -93,12 +93,18 @@ async def test_a_window_needs_autoscaling_and_turning_it_off_clears_the_window(
     (row,) = await table_rows(live_server.rt, "apps")
     assert row["scale_down_window"] is None and row["min_replicas"] is None
     # A window alone, or by PATCH, on an app without autoscaling: the same refusal.
-    _refused(await api.post("/api/v1/apps/web/scale", json={"scale_down_window": 60}), fragment="needs autoscaling")
-    _refused(await api.patch("/api/v1/apps/web", json={"scale_down_window": 60}), fragment="needs autoscaling")
+    _refused(
+        await api.post("/api/v1/apps/web/scale", json={"scale_down_window": 60}), fragment="needs autoscaling"
+    )
+    _refused(
+        await api.patch("/api/v1/apps/web", json={"scale_down_window": 60}), fragment="needs autoscaling"
+    )
     # Autoscaling turned off by PATCH (min and max cleared) clears the window too.
     r = await api.post("/api/v1/apps/web/scale", json={**AUTO, "scale_down_window": 60})
     assert r.status_code == 202 and await _window(api) == 60, r.text
-    r = await api.patch("/api/v1/apps/web", json={"min_replicas": None, "max_replicas": None, "cpu_target": None})
+    r = await api.patch(
+        "/api/v1/apps/web", json={"min_replicas": None, "max_replicas": None, "cpu_target": None}
+    )
     assert r.status_code == 200 and r.json()["autoscaling"] is None, r.text
     (row,) = await table_rows(live_server.rt, "apps")
     assert row["scale_down_window"] is None
