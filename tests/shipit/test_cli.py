@@ -124,7 +124,12 @@ async def test_cli_tour_without_a_cluster(live_server: LiveServer, shipit: Run, 
     )  # fmt: skip
     created = json.loads(out)
     assert created["deployment"] is None
-    assert created["app"]["autoscaling"] == {"min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
+    assert created["app"]["autoscaling"] == {
+        "min_replicas": 2,
+        "max_replicas": 10,
+        "cpu_target": 70,
+        "scale_down_window": None,
+    }
 
     rows = table(ok(await shipit("apps", "list")))
     assert rows[0] == ["NAME", "PROJECT", "ENV", "CLUSTER", "NAMESPACE", "IMAGE", "REPLICAS", "FLAGS"]
