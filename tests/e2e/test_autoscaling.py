@@ -355,6 +355,16 @@ async def test_the_window_is_in_the_revision_and_a_rollback_puts_the_old_one_bac
     assert _window_of(await hpa()) == 30
     assert await window_of_app() == 30
 
+    # A changed setting not deployed yet: the dry run shows it on the HPA, and changes nothing.
+    r = await api.patch("/api/v1/apps/web", json={"scale_down_window": 90})
+    assert r.status_code == 200, r.text
+    r = await api.post("/api/v1/apps/web/deploys", params={"dry_run": "true"}, json={})
+    assert r.status_code == 200, r.text
+    lines = [x for x in r.json()["lines"] if "stabilizationWindowSeconds" in x]
+    assert len(lines) == 1 and "HorizontalPodAutoscaler/web" in lines[0], r.json()["lines"]
+    assert "30" in lines[0] and "90" in lines[0], lines
+    assert _window_of(await hpa()) == 30
+
     # Back to Kubernetes' default: the window shipit set is gone from the HPA (what is left is the
     # server's own default, 300 s).
     r = await api.post("/api/v1/apps/web/scale", json={"scale_down_window": None})
