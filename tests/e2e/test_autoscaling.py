@@ -306,9 +306,13 @@ async def test_with_a_scale_down_window_of_0_the_hpa_scales_back_down_when_the_l
     )
     # The status shows the window beside the HPA's figures.
     got = await api.get("/api/v1/apps/web/status")
-    assert got.status_code == 200 and got.json()["live"]["autoscaler"]["scale_down_window_seconds"] == 0, (
-        got.text
-    )
+    assert got.status_code == 200, got.text
+    assert got.json()["live"]["autoscaler"]["scale_down_window_seconds"] == 0, got.text
+    env = {"SHIPIT_URL": live_server.url, "SHIPIT_TOKEN": await make_token(live_server.rt)}
+    out = await asyncio.to_thread(CliRunner().invoke, cli.app, ["status", "web"], env=env)
+    assert out.exit_code == 0, out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("autoscaler"))
+    assert line.endswith("; scales down after 0s"), line
 
     # The load goes: every pod at 5m, 5 % of its request against a 50 % target.  Without the window the
     # HPA would hold 3 for 5 minutes; with 0 it scales down as soon as it sees the new metrics.
