@@ -47,6 +47,7 @@ class AppChanges:
     min_replicas: int | None = UNSET
     max_replicas: int | None = UNSET
     cpu_target: int | None = UNSET
+    scale_down_window: int | None = UNSET  # seconds; None: Kubernetes' default (5 minutes)
     domain: str | None = UNSET
     ingress_class: str | None = UNSET
     tls_issuer: str | None = UNSET
@@ -216,8 +217,13 @@ def _check_consistent(app: models.App) -> None:
         if app.min_replicas is None or app.max_replicas is None:
             raise InvalidInput("autoscaling needs both min_replicas and max_replicas", field="min_replicas")
         validation.autoscaling(
-            min_replicas=app.min_replicas, max_replicas=app.max_replicas, cpu_target=app.cpu_target or 80
+            min_replicas=app.min_replicas,
+            max_replicas=app.max_replicas,
+            cpu_target=app.cpu_target or 80,
+            scale_down_window=app.scale_down_window,
         )
+    else:
+        validation.no_scale_down_window_without_autoscaling(app.scale_down_window)
     if app.previews_enabled and not app.preview_domain:
         raise InvalidInput("previews need a preview_domain", field="preview_domain")
     if app.build_enabled:
@@ -455,12 +461,12 @@ async def create(
 _COPIED = (
     "image", "replicas", "port", "env", "cpu_request", "cpu_limit", "memory_request", "memory_limit",
     "health_path", "health_port", "health_initial_delay", "health_period", "min_replicas", "max_replicas",
-    "cpu_target", "ingress_class", "tls_issuer", "progress_deadline_seconds",
+    "cpu_target", "scale_down_window", "ingress_class", "tls_issuer", "progress_deadline_seconds",
     "git_repo", "git_branch", "git_ref_type", "image_template", "deploy_on",
     "preview_domain", "preview_ttl_hours", "preview_max_open", "preview_env",
     "previews_from_forks", "auto_rollback", "release_command", "build_enabled", "build_context", "build_image",
 )  # fmt: skip
-_AUTOSCALING = frozenset({"min_replicas", "max_replicas", "cpu_target"})
+_AUTOSCALING = frozenset({"min_replicas", "max_replicas", "cpu_target", "scale_down_window"})
 
 
 async def _copy_source(
@@ -532,7 +538,7 @@ async def update(
 ) -> models.App:
     app = await get(session, actor=actor, name=name, env=env)
     fields_set = set(changes.items())
-    scaling_only = fields_set <= {"replicas", "min_replicas", "max_replicas", "cpu_target"}
+    scaling_only = fields_set <= {"replicas", *_AUTOSCALING}
     await authorize(
         session,
         actor=actor,
@@ -550,6 +556,9 @@ async def update(
     fork_policy_before = app.previews_from_forks
     for key, value in values.items():
         setattr(app, key, value)
+    if app.min_replicas is None and app.max_replicas is None and "scale_down_window" not in values:
+        # Autoscaling turned off takes its downscale window with it (the window means nothing alone).
+        app.scale_down_window = None
     _check_consistent(app)
     await session.flush()
     await audit.record(

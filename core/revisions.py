@@ -54,6 +54,7 @@ class Scaling:
     min_replicas: int
     max_replicas: int
     cpu_target_percent: int = DEFAULT_CPU_TARGET
+    scale_down_window_seconds: int | None = None  # None: Kubernetes' default, no `behavior` rendered
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +137,7 @@ def load(data: dict[str, Any]) -> Snapshot:
             min_replicas=int(scaling["min_replicas"]),
             max_replicas=int(scaling["max_replicas"]),
             cpu_target_percent=int(scaling.get("cpu_target_percent") or DEFAULT_CPU_TARGET),
+            scale_down_window_seconds=_int_or_none(scaling.get("scale_down_window_seconds")),
         )
         if scaling
         else None,
@@ -146,6 +148,10 @@ def load(data: dict[str, Any]) -> Snapshot:
         progress_deadline_seconds=int(data.get("progress_deadline_seconds") or DEFAULT_PROGRESS_DEADLINE),
         secrets_version=int(data["secrets_version"]) if data.get("secrets_version") is not None else None,
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def of_revision(revision: models.Revision) -> Snapshot:
@@ -181,6 +187,7 @@ def from_app(app: models.App) -> Snapshot:
             min_replicas=app.min_replicas,
             max_replicas=app.max_replicas,
             cpu_target_percent=app.cpu_target or DEFAULT_CPU_TARGET,
+            scale_down_window_seconds=app.scale_down_window,
         )
         if app.min_replicas is not None and app.max_replicas is not None
         else None,
@@ -209,6 +216,7 @@ def columns(snapshot: Snapshot) -> dict[str, Any]:
         "min_replicas": sc.min_replicas if sc else None,
         "max_replicas": sc.max_replicas if sc else None,
         "cpu_target": sc.cpu_target_percent if sc else None,
+        "scale_down_window": sc.scale_down_window_seconds if sc else None,
         "domain": snapshot.domain,
         "ingress_class": snapshot.ingress_class,
         "tls_issuer": snapshot.tls_issuer,

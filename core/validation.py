@@ -67,6 +67,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "min_replicas": (1, 1000),
     "max_replicas": (1, 1000),
     "cpu_target": (1, 100),
+    "scale_down_window": (0, 3600),  # seconds; Kubernetes allows up to an hour
     "progress_deadline_seconds": (5, 3600),
     "preview_ttl_hours": (1, 24 * 90),
     "preview_max_open": (1, 500),
@@ -274,7 +275,9 @@ def http_path(value: str, *, field: str) -> str:
     return value
 
 
-def autoscaling(*, min_replicas: int, max_replicas: int, cpu_target: int) -> None:
+def autoscaling(
+    *, min_replicas: int, max_replicas: int, cpu_target: int, scale_down_window: int | None = None
+) -> None:
     int_range(min_replicas, field="min_replicas", low=1, high=1000)
     int_range(max_replicas, field="max_replicas", low=1, high=1000)
     if min_replicas > max_replicas:
@@ -283,3 +286,16 @@ def autoscaling(*, min_replicas: int, max_replicas: int, cpu_target: int) -> Non
             field="min_replicas",
         )
     int_range(cpu_target, field="cpu_target", low=1, high=100)
+    if scale_down_window is not None:
+        low, high = RANGES["scale_down_window"]
+        int_range(scale_down_window, field="scale_down_window", low=low, high=high)
+
+
+def no_scale_down_window_without_autoscaling(scale_down_window: int | None) -> None:
+    """A downscale window belongs to the HPA: with a fixed count there is nothing it would apply to."""
+    if scale_down_window is not None:
+        raise InvalidInput(
+            "scale_down_window needs autoscaling (min_replicas and max_replicas): "
+            "with a fixed replica count there is no autoscaler to wait before scaling down",
+            field="scale_down_window",
+        )

@@ -303,6 +303,8 @@ class App(Base):
     min_replicas: Mapped[int | None] = mapped_column()
     max_replicas: Mapped[int | None] = mapped_column()
     cpu_target: Mapped[int | None] = mapped_column()
+    # The HPA's downscale stabilization window in seconds; None: Kubernetes' default (no `behavior`).
+    scale_down_window: Mapped[int | None] = mapped_column()
     domain: Mapped[str | None] = mapped_column(String(253))
     ingress_class: Mapped[str | None] = mapped_column(String(63))
     tls_issuer: Mapped[str | None] = mapped_column(String(253))

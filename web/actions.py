@@ -103,15 +103,23 @@ def add_routes(router: APIRouter, web: channel.Web) -> None:
             return int(text)
 
         async def run(session: AsyncSession, actor: Actor, form: dict[str, str]) -> None:
+            replicas = number(form, "replicas")
+            # The form shows the app's window: emptied, it means Kubernetes' default.  It is read only for
+            # autoscaling (a fixed count takes no window: it goes with the HPA).
+            autoscale = any(
+                form.get(k, "").strip() for k in ("min_replicas", "max_replicas", "scale_down_window")
+            )
+            window_shown = "scale_down_window" in form and replicas is None and autoscale
             await autoscaling.scale(
                 session,
                 ctx=web.core_of(request),
                 actor=actor,
                 app_name=name,
-                replicas=number(form, "replicas"),
+                replicas=replicas,
                 min_replicas=number(form, "min_replicas"),
                 max_replicas=number(form, "max_replicas"),
                 cpu_target=number(form, "cpu_target"),
+                scale_down_window=number(form, "scale_down_window") if window_shown else apps.UNSET,
                 autoscaling_off=form.get("autoscaling") == "off",
                 env=env,
             )

@@ -5,6 +5,7 @@ auto-deploy, approve a fork's preview.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from bot.commands.registry import Command, UsageError, app_arg, command, integer, no_more, only_app, words_of
 
@@ -16,6 +17,8 @@ class Scale(Command):
     min_replicas: int | None = None
     max_replicas: int | None = None
     cpu_target: int | None = None
+    # Seconds the HPA waits before scaling down; "default": back to Kubernetes' (300); None: keep.
+    scale_down_window: int | Literal["default"] | None = None
     autoscaling_off: bool = False
 
 
@@ -70,9 +73,15 @@ class PreviewApprove(Command):
 
 @command(
     "scale",
-    usage="scale <app> replicas=N  |  scale <app> min=N max=N [cpu=N]  |  scale <app> auto off",
-    summary="fixed replicas, or a HorizontalPodAutoscaler",
-    examples=("scale web replicas=3", "scale web min=2 max=10 cpu=70", "scale web auto off"),
+    usage="scale <app> replicas=N  |  scale <app> min=N max=N [cpu=N] [window=SECONDS|default]  |  "
+    "scale <app> auto off",
+    summary="fixed replicas, or a HorizontalPodAutoscaler (window: how long it waits to scale down)",
+    examples=(
+        "scale web replicas=3",
+        "scale web min=2 max=10 cpu=70",
+        "scale web min=1 max=4 cpu=50 window=30",
+        "scale web auto off",
+    ),
 )
 def _parse_scale(rest: str) -> Scale:
     words = words_of(rest)
@@ -83,24 +92,40 @@ def _parse_scale(rest: str) -> Scale:
     if args in (["auto", "off"], ["autoscaling", "off"], ["hpa", "off"]):
         return Scale(app=app, autoscaling_off=True)
     given: dict[str, int] = {}
-    aliases = {"replicas": "replicas", "min": "min", "max": "max", "cpu": "cpu"}
+    window: int | Literal["default"] | None = None
+    aliases = {
+        "replicas": "replicas", "min": "min", "max": "max", "cpu": "cpu",
+        "window": "window", "scale_down_window": "window", "scale-down-window": "window",
+    }  # fmt: skip
     for arg in args:
         key, eq, value = arg.partition("=")
         canonical = aliases.get(key)
         if not eq or canonical is None:
             raise UsageError(f"`scale` does not understand `{arg[:30]}`.", command="scale")
-        if canonical in given:
+        if canonical in given or (canonical == "window" and window is not None):
             raise UsageError(f"{canonical} is given twice.", command="scale")
+        if canonical == "window":
+            # Seconds (30 or 30s), or `default` for Kubernetes' own 5 minutes.
+            window = "default" if value == "default" else _window_seconds(value)
+            continue
         high = 100 if canonical == "cpu" else 1000
         low = 0 if canonical == "replicas" else 1
         given[canonical] = integer(value.rstrip("%"), command="scale", name=canonical, low=low, high=high)
     if "replicas" in given:
-        if len(given) > 1:
-            raise UsageError("give either replicas=N or min/max/cpu, not both.", command="scale")
+        if len(given) > 1 or window is not None:
+            raise UsageError("give either replicas=N or min/max/cpu/window, not both.", command="scale")
         return Scale(app=app, replicas=given["replicas"])
     return Scale(
-        app=app, min_replicas=given.get("min"), max_replicas=given.get("max"), cpu_target=given.get("cpu")
+        app=app,
+        min_replicas=given.get("min"),
+        max_replicas=given.get("max"),
+        cpu_target=given.get("cpu"),
+        scale_down_window=window,
     )
+
+
+def _window_seconds(value: str) -> int:
+    return integer(value.removesuffix("s"), command="scale", name="window", low=0, high=3600)
 
 
 @command(

@@ -114,6 +114,7 @@ async def _logs(session: AsyncSession, core: Core, caller: Caller, cmd: commands
 
 @handles(commands.Scale)
 async def _scale(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Scale) -> Outcome:
+    window = cmd.scale_down_window  # None: not said (keep); "default": Kubernetes' own
     result = await autoscaling.scale(
         session,
         ctx=core,
@@ -123,6 +124,7 @@ async def _scale(session: AsyncSession, core: Core, caller: Caller, cmd: command
         min_replicas=cmd.min_replicas,
         max_replicas=cmd.max_replicas,
         cpu_target=cmd.cpu_target,
+        scale_down_window=apps.UNSET if window is None else None if window == "default" else window,
         autoscaling_off=cmd.autoscaling_off,
         env=cmd.env,
     )

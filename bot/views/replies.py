@@ -133,9 +133,11 @@ def app_status(st: status.AppStatus, *, live_pending: bool = False) -> Message:
         if (hpa := live.autoscaler) is not None:
             cpu = "not measured yet" if hpa.cpu_current_percent is None else f"{hpa.cpu_current_percent}%"
             target = "" if hpa.cpu_target_percent is None else f" (target {hpa.cpu_target_percent}%)"
+            window = hpa.scale_down_window_seconds
             lines.append(
                 f"• autoscaler: {hpa.current_replicas} pods, wants {hpa.desired_replicas} "
                 f"(min {hpa.min_replicas}, max {hpa.max_replicas}); CPU {cpu} of requests{target}"
+                + ("" if window is None else f"; scales down after {window}s")
             )
     elif st.live_error:
         lines.append(f"Cluster: could not read the Deployment: {esc(st.live_error)}")

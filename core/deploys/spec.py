@@ -75,6 +75,7 @@ def workload_spec(
             min_replicas=scaling.min_replicas,
             max_replicas=scaling.max_replicas,
             cpu_target_percent=scaling.cpu_target_percent,
+            scale_down_window_seconds=scaling.scale_down_window_seconds,
         )
         if scaling
         else None,

@@ -188,7 +188,7 @@ def render_service(spec: spec_mod.WorkloadSpec) -> dict[str, Any]:
 
 
 def render_hpa(spec: spec_mod.WorkloadSpec, autoscaling: spec_mod.Autoscaling) -> dict[str, Any]:
-    return {
+    hpa: dict[str, Any] = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": _metadata(spec, spec.app),
@@ -210,6 +210,12 @@ def render_hpa(spec: spec_mod.WorkloadSpec, autoscaling: spec_mod.Autoscaling) -
             ],
         },
     }
+    if autoscaling.scale_down_window_seconds is not None:
+        # Only the window: the server fills in the rest of `behavior` (policies, scaleUp) with its defaults.
+        hpa["spec"]["behavior"] = {
+            "scaleDown": {"stabilizationWindowSeconds": autoscaling.scale_down_window_seconds}
+        }
+    return hpa
 
 
 def tls_secret_name(spec: spec_mod.WorkloadSpec) -> str:

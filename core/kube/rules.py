@@ -72,6 +72,7 @@ class AutoscalerStatus:
     desired_replicas: int
     cpu_current_percent: int | None  # None until the controller has had metrics
     last_scale_time: str | None
+    scale_down_window_seconds: int | None = None  # None: no `behavior`, Kubernetes' default (300 s)
 
 
 def autoscaler_of(hpa: Mapping[str, Any]) -> AutoscalerStatus:
@@ -87,6 +88,7 @@ def autoscaler_of(hpa: Mapping[str, Any]) -> AutoscalerStatus:
             value = dig(metric, "resource", "current", "averageUtilization")
             current = value if isinstance(value, int) else None
     scaled = dig(hpa, "status", "lastScaleTime")
+    window = dig(hpa, "spec", "behavior", "scaleDown", "stabilizationWindowSeconds")
     return AutoscalerStatus(
         min_replicas=as_int(dig(hpa, "spec", "minReplicas"), 1),
         max_replicas=as_int(dig(hpa, "spec", "maxReplicas")),
@@ -95,6 +97,7 @@ def autoscaler_of(hpa: Mapping[str, Any]) -> AutoscalerStatus:
         desired_replicas=as_int(dig(hpa, "status", "desiredReplicas")),
         cpu_current_percent=current,
         last_scale_time=scaled if isinstance(scaled, str) else None,
+        scale_down_window_seconds=window if isinstance(window, int) else None,
     )
 
 

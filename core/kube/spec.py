@@ -34,6 +34,8 @@ class Autoscaling:
     min_replicas: int
     max_replicas: int
     cpu_target_percent: int
+    # spec.behavior.scaleDown.stabilizationWindowSeconds; None renders no `behavior` (Kubernetes' 300 s).
+    scale_down_window_seconds: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

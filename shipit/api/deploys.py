@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from core import autoscaling, deploys, dryrun, promotion, revisions
+from core.apps import UNSET
 from core.errors import NotFound
 from core.identity import Actor
 from shipit import schemas
@@ -158,6 +159,9 @@ async def scale(
             min_replicas=body.min_replicas,
             max_replicas=body.max_replicas,
             cpu_target=body.cpu_target,
+            scale_down_window=body.scale_down_window
+            if "scale_down_window" in body.model_fields_set
+            else UNSET,
             autoscaling_off=body.autoscaling is False,
             env=env,
         )

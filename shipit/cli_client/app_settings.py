@@ -74,6 +74,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(name="min_replicas", type=int, help="Autoscaling: fewest pods."),
     Setting(name="max_replicas", type=int, help="Autoscaling: most pods."),
     Setting(name="cpu_target", type=int, help="Autoscaling: target CPU use in percent (1-100)."),
+    Setting(
+        name="scale_down_window",
+        type=int,
+        metavar="SECONDS",
+        help="Autoscaling: seconds the HPA waits before scaling down (0-3600; default Kubernetes' 300).",
+    ),
     Setting(name="domain", type=str, help="Serve on this host (Ingress + TLS); '' removes it."),
     Setting(
         name="protected",

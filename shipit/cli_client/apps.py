@@ -61,7 +61,9 @@ def apps_list(
 def _replicas(a: dict[str, Any]) -> str:
     s = a.get("autoscaling")
     if s:
-        return f"{s['min_replicas']}-{s['max_replicas']} @{s['cpu_target'] or 80}% cpu"
+        window = s.get("scale_down_window")
+        down = "" if window is None else f", down after {window}s"
+        return f"{s['min_replicas']}-{s['max_replicas']} @{s['cpu_target'] or 80}% cpu{down}"
     return str(a["replicas"])
 
 

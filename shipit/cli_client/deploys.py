@@ -268,17 +268,26 @@ def scale(
     min_replicas: Annotated[int | None, typer.Option("--min", help="Autoscaling: fewest pods.")] = None,
     max_replicas: Annotated[int | None, typer.Option("--max", help="Autoscaling: most pods.")] = None,
     cpu: Annotated[int | None, typer.Option("--cpu", help="Autoscaling: CPU target in percent.")] = None,
+    scale_down_window: Annotated[
+        str | None,
+        typer.Option(
+            "--scale-down-window",
+            metavar="SECONDS|default",
+            help="Autoscaling: seconds the HPA waits before scaling down (0-3600); "
+            "default: Kubernetes' own (300).",
+        ),
+    ] = None,
     auto_off: Annotated[bool, typer.Option("--auto-off", help="Turn autoscaling off.")] = False,
     environment: EnvNameOpt = None,
     wait: WaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Scale: --replicas N, or autoscale with --min N --max N [--cpu N], or --auto-off."""
-    auto = min_replicas is not None or max_replicas is not None or cpu is not None
+    """Scale: --replicas N, or autoscale with --min N --max N [--cpu N] [--scale-down-window S], or --auto-off."""
+    auto = any(v is not None for v in (min_replicas, max_replicas, cpu, scale_down_window))
     modes = sum([replicas is not None, auto, auto_off])
     if modes != 1:
         fail(
-            "give one of --replicas N, --min N --max N [--cpu N], or --auto-off"
+            "give one of --replicas N, --min N --max N [--cpu N] [--scale-down-window S], or --auto-off"
             + (" (not several)" if modes > 1 else "")
         )
     body: dict[str, Any] = {
@@ -289,14 +298,28 @@ def scale(
     }
     if auto_off:
         body["autoscaling"] = False
+    body = {k: v for k, v in body.items() if v is not None}
+    if scale_down_window is not None:
+        # null (default) is sent as such: it sets Kubernetes' own window back.
+        body["scale_down_window"] = _window(scale_down_window)
     with api() as client:
         d = client.call(
             "POST",
             f"/apps/{q(app_name)}/scale",
-            body={k: v for k, v in body.items() if v is not None},
+            body=body,
             params={"env": environment},
         )
         deployed(client, d, wait=wait, as_json=as_json, environment=environment)
+
+
+def _window(text: str) -> int | None:
+    """--scale-down-window: seconds (the API checks the range and names the field), or `default`."""
+    if text.strip().lower() == "default":
+        return None
+    try:
+        return int(text.strip().removesuffix("s"))
+    except ValueError:
+        fail(f"--scale-down-window takes seconds (0-3600) or default, got {text[:20]!r}")
 
 
 def _deploy_action(deployment_id: int, action: str, as_json: bool) -> None:
@@ -374,7 +397,9 @@ def autoscaler_line(hpa: dict[str, Any]) -> str:
     """The HPA's own figures: the pods it counts and wants, and the CPU use it scales on."""
     cpu = "not measured yet" if hpa["cpu_current_percent"] is None else f"{hpa['cpu_current_percent']}%"
     target = f" (target {hpa['cpu_target_percent']}%)" if hpa["cpu_target_percent"] is not None else ""
+    window = hpa.get("scale_down_window_seconds")
     return (
         f"{hpa['current_replicas']} pods, wants {hpa['desired_replicas']} "
         f"(min {hpa['min_replicas']}, max {hpa['max_replicas']}); CPU {cpu} of requests{target}"
+        + ("" if window is None else f"; scales down after {window}s")
     )

@@ -32,6 +32,8 @@ class AppFields(Strict):
     min_replicas: int | None = app_int("min_replicas")
     max_replicas: int | None = app_int("max_replicas")
     cpu_target: int | None = app_int("cpu_target")
+    # Seconds the HPA waits before scaling down (autoscaling only); null: Kubernetes' default, 300.
+    scale_down_window: int | None = app_int("scale_down_window")
     domain: str | None = app_text("domain")
     ingress_class: str | None = app_text("ingress_class", v.DNS_LABEL)
     tls_issuer: str | None = app_text("tls_issuer")
@@ -170,6 +172,7 @@ class AppOut(BaseModel):
                 "min_replicas": a.min_replicas,
                 "max_replicas": a.max_replicas,
                 "cpu_target": a.cpu_target,
+                "scale_down_window": a.scale_down_window,
             }
             if a.min_replicas is not None
             else None,

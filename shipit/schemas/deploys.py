@@ -74,6 +74,8 @@ class ScaleIn(Strict):
     min_replicas: int | None = app_int("min_replicas")
     max_replicas: int | None = app_int("max_replicas")
     cpu_target: int | None = app_int("cpu_target")
+    # Seconds the HPA waits before scaling down; null sets Kubernetes' default (300) back, absent keeps it.
+    scale_down_window: int | None = app_int("scale_down_window")
     autoscaling: bool | None = None
 
 

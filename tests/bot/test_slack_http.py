@@ -175,6 +175,35 @@ async def test_refusals_name_the_role_needed(slack: SlackSender, offline: World)
     assert await deployments(offline.rt) == []
 
 
+async def test_scale_sets_and_resets_the_scale_down_window_and_refuses_it_without_autoscaling(
+    slack: SlackSender, offline: World
+) -> None:
+    await add_app(offline.rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0")
+
+    async def window() -> int | None:
+        async with offline.rt.sessionmaker() as session:
+            app = await session.scalar(select(models.App).where(models.App.name == "web"))
+        assert app is not None
+        return app.scale_down_window
+
+    reply = await slack.command("scale web window=30", user=DAVE)
+    assert "scale_down_window needs autoscaling" in reply["text"], reply["text"]
+    assert await deployments(offline.rt) == []
+    await slack.command("scale web min=1 max=4 cpu=50 window=30", user=DAVE)
+    assert await window() == 30
+    reply = await slack.command("scale web replicas=2 window=30", user=DAVE)
+    assert "either replicas=N or min/max/cpu/window" in reply["text"], reply["text"]
+    await slack.command("scale web max=5", user=DAVE)
+    assert await window() == 30, "a change of max keeps the window"
+    await slack.command("scale web window=default", user=DAVE)
+    assert await window() is None
+    await slack.command("scale web window=0", user=DAVE)
+    assert await window() == 0
+    await slack.command("scale web auto off", user=DAVE)
+    assert await window() is None
+    assert len(await deployments(offline.rt)) == 5
+
+
 async def test_access_lock_pause_and_their_effects(slack: SlackSender, offline: World) -> None:
     rt = offline.rt
     await add_app(rt, name="web", cluster=offline.cluster, image="ghcr.io/acme/web:1.0")

@@ -3,13 +3,15 @@
 
 An app's pods "use" controlplane.POD_CPU_USAGE each unless the pod carries kwok's usage annotation,
 which kwok reads again at every scrape: annotating a running pod is how a test puts load on the app.
-Scale-down is not tested: the HPA waits out its 5-minute downscale stabilization window, and shipit's
-HPA has no `behavior` a user could shorten it with.
+Scale-down is tested with the app's scale_down_window at 0: by default the HPA waits out a 5-minute
+downscale stabilization window first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,6 +33,7 @@ SCALING = 240.0
 USAGE_CPU = "kwok.x-k8s.io/usage-cpu"
 
 pytestmark = pytest.mark.timeout(900)
+logger = logging.getLogger(__name__)
 
 
 @pytest.fixture
@@ -250,3 +253,126 @@ async def test_autoscaling_on_carries_the_fixed_count_over_and_auto_off_sets_it_
     assert app["replicas"] == 2 and app["autoscaling"] is None, app
     dep = await _deployment(kube_api, ns, "web")
     assert dep.spec.replicas == 2
+
+
+async def _create_autoscaled(api: httpx.AsyncClient, world: World, **settings: Any) -> None:
+    body = {
+        "name": "web",
+        "project": world.project,
+        "cluster": world.cluster,
+        "image": "ghcr.io/acme/web:1.0",
+        "cpu_request": "100m",
+        "cpu_limit": "500m",
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "cpu_target": 50,
+        **settings,
+    }
+    r = await api.post("/api/v1/apps", json=body)
+    assert r.status_code == 201, r.text
+    assert (await _wait_deploy(api, r.json()["deployment"]["id"]))["status"] == "succeeded"
+
+
+def _window_of(hpa: Any) -> int | None:
+    behavior = hpa.spec.behavior
+    return (
+        None
+        if behavior is None or behavior.scale_down is None
+        else behavior.scale_down.stabilization_window_seconds
+    )
+
+
+async def test_with_a_scale_down_window_of_0_the_hpa_scales_back_down_when_the_load_goes(
+    world: World, live_server: LiveServer, api: httpx.AsyncClient, kube_api: k8s.ApiClient
+) -> None:
+    ns = world.namespace
+    await _create_autoscaled(api, world, scale_down_window=0)
+    hpa = await _hpa(kube_api, ns, "web")
+    assert hpa is not None and _window_of(hpa) == 0
+    # The server filled in the rest of `behavior` with its defaults: shipit set only the window.
+    assert hpa.spec.behavior.scale_down.policies and hpa.spec.behavior.scale_up is not None
+
+    async def deployment() -> Any:
+        return await _deployment(kube_api, ns, "web")
+
+    # Load: up to the max, 3, as in the first test.
+    assert len(await _load(kube_api, ns, "web", cpu="200m")) == 1
+    await eventually(deployment, lambda d: d.spec.replicas == 3, timeout=SCALING, what="the HPA scaling to 3")
+    await eventually(
+        deployment,
+        lambda d: (d.status.available_replicas or 0) == 3,
+        timeout=ROLLOUT,
+        what="3 available pods",
+    )
+    # The status shows the window beside the HPA's figures.
+    got = await api.get("/api/v1/apps/web/status")
+    assert got.status_code == 200, got.text
+    assert got.json()["live"]["autoscaler"]["scale_down_window_seconds"] == 0, got.text
+    env = {"SHIPIT_URL": live_server.url, "SHIPIT_TOKEN": await make_token(live_server.rt)}
+    out = await asyncio.to_thread(CliRunner().invoke, cli.app, ["status", "web"], env=env)
+    assert out.exit_code == 0, out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("autoscaler"))
+    assert line.endswith("; scales down after 0s"), line
+
+    # The load goes: every pod at 5m, 5 % of its request against a 50 % target.  Without the window the
+    # HPA would hold 3 for 5 minutes; with 0 it scales down as soon as it sees the new metrics.
+    lowered = time.monotonic()
+    assert len(await _load(kube_api, ns, "web", cpu="5m")) == 3
+    await eventually(
+        deployment, lambda d: d.spec.replicas == 1, timeout=180, what="the HPA scaling down to 1"
+    )
+    # Said, not asserted (no timings in tests): the log (`--log-cli-level=INFO`) shows how long it took.
+    logger.info("scale_down_window=0: 3 -> 1 pod %.0f s after the load went", time.monotonic() - lowered)
+    await eventually(deployment, lambda d: (d.status.replicas or 0) == 1, timeout=ROLLOUT, what="1 pod left")
+
+
+@pytest.mark.both_databases
+async def test_the_window_is_in_the_revision_and_a_rollback_puts_the_old_one_back_on_the_hpa(
+    world: World, live_server: LiveServer, api: httpx.AsyncClient, kube_api: k8s.ApiClient
+) -> None:
+    ns = world.namespace
+
+    async def window_of_app() -> Any:
+        return (await api.get("/api/v1/apps/web")).json()["autoscaling"]["scale_down_window"]
+
+    async def hpa() -> Any:
+        return await _hpa(kube_api, ns, "web")
+
+    await _create_autoscaled(api, world, scale_down_window=30)
+    assert _window_of(await hpa()) == 30
+    # A new window is a new revision, deployed.
+    r = await api.post("/api/v1/apps/web/scale", json={"scale_down_window": 120})
+    assert r.status_code == 202, r.text
+    changed = await _wait_deploy(api, r.json()["id"])
+    assert changed["status"] == "succeeded" and changed["revision"] == 2, changed
+    assert _window_of(await hpa()) == 120
+    revisions = (await api.get("/api/v1/apps/web/revisions")).json()
+    windows = {
+        rev["number"]: rev["snapshot"]["autoscaling"]["scale_down_window_seconds"] for rev in revisions
+    }
+    assert windows == {1: 30, 2: 120}, windows
+
+    # Rolling back to revision 1 puts its window back, on the HPA and in the app's settings.
+    r = await api.post("/api/v1/apps/web/rollback", json={"revision": 1})
+    assert r.status_code == 202, r.text
+    assert (await _wait_deploy(api, r.json()["id"]))["status"] == "succeeded"
+    assert _window_of(await hpa()) == 30
+    assert await window_of_app() == 30
+
+    # A changed setting not deployed yet: the dry run shows it on the HPA, and changes nothing.
+    r = await api.patch("/api/v1/apps/web", json={"scale_down_window": 90})
+    assert r.status_code == 200, r.text
+    r = await api.post("/api/v1/apps/web/deploys", params={"dry_run": "true"}, json={})
+    assert r.status_code == 200, r.text
+    lines = [x for x in r.json()["lines"] if "stabilizationWindowSeconds" in x]
+    assert len(lines) == 1 and "HorizontalPodAutoscaler/web" in lines[0], r.json()["lines"]
+    assert "30" in lines[0] and "90" in lines[0], lines
+    assert _window_of(await hpa()) == 30
+
+    # Back to Kubernetes' default: the server-side apply drops `behavior` whole (the defaults the server
+    # filled in with it went with it), so the HPA is again what it was before any window.
+    r = await api.post("/api/v1/apps/web/scale", json={"scale_down_window": None})
+    assert r.status_code == 202, r.text
+    assert (await _wait_deploy(api, r.json()["id"]))["status"] == "succeeded"
+    assert await window_of_app() is None
+    assert (await hpa()).spec.behavior is None

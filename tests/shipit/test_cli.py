@@ -140,7 +140,12 @@ async def test_cli_tour_without_a_cluster(live_server: LiveServer, shipit: Run, 
     )  # fmt: skip
     created = json.loads(out)
     assert created["deployment"] is None
-    assert created["app"]["autoscaling"] == {"min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
+    assert created["app"]["autoscaling"] == {
+        "min_replicas": 2,
+        "max_replicas": 10,
+        "cpu_target": 70,
+        "scale_down_window": None,
+    }
 
     rows = table(ok(await shipit("apps", "list")))
     assert rows[0] == ["NAME", "PROJECT", "ENV", "CLUSTER", "NAMESPACE", "IMAGE", "REPLICAS", "FLAGS"]
@@ -289,6 +294,45 @@ async def test_cli_unknown_app_and_bad_name(shipit: Run, offline: str) -> None:
     assert "name must be a DNS-1123 label" in line
     line = one_error_line(await shipit("scale", "web", "--replicas", "2", "--auto-off"))
     assert "--replicas" in line and "--auto-off" in line
+
+
+async def test_cli_scale_down_window_sets_shows_resets_and_refuses(shipit: Run, offline: str) -> None:
+    ok(
+        await shipit(
+            "apps",
+            "create",
+            "web",
+            "--no-deploy",
+            "--image",
+            "ghcr.io/acme/web:1.0",
+            "--min-replicas",
+            "1",
+            "--max-replicas",
+            "3",
+        )
+    )
+
+    async def window() -> Any:
+        return json.loads(ok(await shipit("apps", "show", "web", "--json")))["autoscaling"][
+            "scale_down_window"
+        ]
+
+    ok(await shipit("scale", "web", "--min", "1", "--max", "4", "--cpu", "50", "--scale-down-window", "30"))
+    assert await window() == 30
+    assert "1-4 @50% cpu, down after 30s" in ok(await shipit("apps", "list"))
+    ok(await shipit("apps", "update", "web", "--scale-down-window", "0"))
+    assert await window() == 0
+    ok(await shipit("scale", "web", "--scale-down-window", "default"))
+    assert await window() is None
+    # The API's bounds, named as the API names them; a word that is not seconds, by the CLI.
+    for bad in ("-1", "3601"):
+        line = one_error_line(await shipit("scale", "web", "--scale-down-window", bad))
+        assert "scale_down_window must be between 0 and 3600" in line, line
+    line = one_error_line(await shipit("scale", "web", "--scale-down-window", "soon"))
+    assert "--scale-down-window takes seconds" in line, line
+    line = one_error_line(await shipit("scale", "web", "--replicas", "2", "--scale-down-window", "30"))
+    assert "not several" in line, line
+    assert await window() is None
 
 
 async def test_cli_previews_from_forks_and_previews_approve(shipit: Run, offline: str) -> None:

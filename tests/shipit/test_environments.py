@@ -212,17 +212,32 @@ async def test_api_new_environment_row_with_replicas_drops_the_copied_autoscalin
     # Without a replica count the row copies production's autoscaling, as the rest of its definition.
     r = await api.post("/api/v1/apps", json={**new_row, "environment": "qa"})
     assert r.status_code == 201, r.text
-    assert r.json()["app"]["autoscaling"] == {"min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
+    assert r.json()["app"]["autoscaling"] == {
+        "min_replicas": 2,
+        "max_replicas": 10,
+        "cpu_target": 70,
+        "scale_down_window": None,
+    }
     # Both given: the row's own autoscaling, with its own fallback count.
     r = await api.post(
         "/api/v1/apps",
         json={**new_row, "environment": "perf", "replicas": 1, "min_replicas": 3, "max_replicas": 4},
     )
     assert r.status_code == 201, r.text
-    assert r.json()["app"]["autoscaling"] == {"min_replicas": 3, "max_replicas": 4, "cpu_target": 70}
+    assert r.json()["app"]["autoscaling"] == {
+        "min_replicas": 3,
+        "max_replicas": 4,
+        "cpu_target": 70,
+        "scale_down_window": None,
+    }
     # Production keeps its own.
     production = (await api.get("/api/v1/apps/web", params={"env": "production"})).json()
-    assert production["autoscaling"] == {"min_replicas": 2, "max_replicas": 10, "cpu_target": 70}
+    assert production["autoscaling"] == {
+        "min_replicas": 2,
+        "max_replicas": 10,
+        "cpu_target": 70,
+        "scale_down_window": None,
+    }
 
 
 async def _web_in_staging_and_production(shipit: Run) -> None:

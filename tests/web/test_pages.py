@@ -180,6 +180,38 @@ async def test_scale_from_the_app_page(dashboard: Dashboard) -> None:
     assert d is not None and d.trigger == "scale" and d.actor == "user:alice@example.com"
 
 
+async def test_the_scale_form_sets_shows_and_clears_the_scale_down_window(dashboard: Dashboard) -> None:
+    await offline_app(dashboard.rt, members={"user:alice@example.com": "admin"})
+
+    async def window() -> int | None:
+        async with dashboard.rt.sessionmaker() as session:
+            app = await session.scalar(select(models.App).where(models.App.name == "web"))
+        assert app is not None
+        return app.scale_down_window
+
+    auto = {"min_replicas": "1", "max_replicas": "4", "cpu_target": "50"}
+    async with dashboard.client() as client:
+        page = await dashboard.sign_in(client, "alice@example.com", next="/apps/web")
+        csrf = csrf_of(page.text)
+        bad = await client.post("/apps/web/scale", data={**auto, "scale_down_window": "soon", "csrf": csrf})
+        assert bad.status_code == 422 and "scale_down_window must be a whole number" in bad.text
+        done = await client.post("/apps/web/scale", data={**auto, "scale_down_window": "45", "csrf": csrf})
+        assert "1\u20134 at 50% CPU, scaling down after 45 s" in done.text
+        assert (
+            'name="scale_down_window" inputmode="numeric" size="4" placeholder="300" value="45"' in done.text
+        )
+        assert await window() == 45
+        # The form as shown, with the window emptied: Kubernetes' default again.
+        done = await client.post("/apps/web/scale", data={**auto, "scale_down_window": "", "csrf": csrf})
+        assert "1\u20134 at 50% CPU</dd>" in done.text and await window() is None
+        # A fixed count typed into the form clears autoscaling and its window, whatever the field says.
+        await client.post("/apps/web/scale", data={**auto, "scale_down_window": "45", "csrf": csrf})
+        done = await client.post(
+            "/apps/web/scale", data={"replicas": "2", "scale_down_window": "45", "csrf": csrf}
+        )
+        assert done.url.path == "/apps/web" and await window() is None
+
+
 async def test_revision_diff_shows_what_changed(dashboard: Dashboard) -> None:
     from core import apps
     from core.apps import AppChanges

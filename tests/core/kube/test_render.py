@@ -182,6 +182,32 @@ def test_autoscaling_renders_hpa_and_leaves_replicas_to_it() -> None:
     ]
 
 
+def test_no_scale_down_window_renders_no_behavior_and_a_window_renders_only_it() -> None:
+    def hpa(window: int | None) -> dict[str, Any]:
+        scaling = spec.Autoscaling(
+            min_replicas=1, max_replicas=3, cpu_target_percent=50, scale_down_window_seconds=window
+        )
+        return by_kind(render.render(make_spec(autoscaling=scaling)))["HorizontalPodAutoscaler"]
+
+    # Unset: the HPA an app had before the setting existed, byte for byte (Kubernetes' own 300 s applies).
+    default = hpa(None)
+    assert default["spec"] == {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+        "minReplicas": 1,
+        "maxReplicas": 3,
+        "metrics": [
+            {
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}},
+            }
+        ],
+    }
+    assert hpa(30)["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 30}}
+    # 0 is a window too (scale down at once), not "unset".
+    assert hpa(0)["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 0}}
+    assert {k: v for k, v in hpa(30)["spec"].items() if k != "behavior"} == default["spec"]
+
+
 def test_ingress_without_tls() -> None:
     ingress = by_kind(render.render(make_spec(ingress=spec.IngressSpec(host="web.example.com"))))["Ingress"]
     assert ingress["apiVersion"] == "networking.k8s.io/v1"
