@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shipit.settings import Settings
 from storage import db, migrate, models
-from tests.storage.old_rows import project_and_cluster
-from tests.storage.test_migrate_app_names import _in_env
-from tests.storage.test_migrate_tenancy import _app
+from tests.storage.old_rows import web_in_production
 
 pytestmark = pytest.mark.both_databases
 
@@ -21,14 +19,7 @@ async def test_upgrade_adds_a_null_scale_down_window_to_existing_apps(settings: 
     try:
         await migrate.upgrade(engine, revision="0019")
         async with engine.begin() as conn:
-            await project_and_cluster(conn, settings=settings)
-            await conn.execute(
-                text(
-                    "INSERT INTO environments (id, project_id, name, position, windows, freezes, created_at) "
-                    "VALUES (1, 1, 'production', 0, '[]', '[]', CURRENT_TIMESTAMP)"
-                )
-            )
-            await conn.execute(text(_in_env(_app("web", 1, "acme-web"), 1)))
+            await web_in_production(conn, settings=settings)
         await migrate.upgrade(engine, revision="0020")
         assert await migrate.current(engine) == "0020"
         async with AsyncSession(engine) as session:
