@@ -161,11 +161,12 @@ async def start(
             session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="running a one-off command"
         )
         environment = await environments.of_app(session, app=app)
-        if environment.protected and not await _is_admin(session, actor=actor, app=app):
+        if (app.protected or environment.protected) and not await _is_admin(session, actor=actor, app=app):
             # A run changes what it likes with the app's credentials: no review would see it.
+            where_protected = f"app {app.name}" if app.protected else f"environment {environment.name}"
             raise PermissionDenied(
-                f"environment {environment.name} is protected (deploys need approval), and a one-off "
-                "command bypasses that review: running one there needs the admin role"
+                f"{where_protected} is protected (deploys need approval), and a one-off command "
+                "bypasses that review: running one there needs the admin role"
             )
         await claims.check_owned(
             session, cluster_id=app.cluster_id, namespace=app.namespace, project_id=app.project_id

@@ -25,8 +25,10 @@ def _params(environment: str | None, **more: Any) -> dict[str, Any]:
     return {**({"env": environment} if environment else {}), **more}
 
 
-def _print_logs(client: Api, path: str, *, environment: str | None, follow: bool) -> None:
-    for line in client.lines(path, params=_params(environment, follow=str(follow).lower())):
+def _print_logs(
+    client: Api, path: str, *, environment: str | None, follow: bool, closed: threading.Event | None = None
+) -> None:
+    for line in client.lines(path, params=_params(environment, follow=str(follow).lower()), closed=closed):
         typer.echo(line)
 
 
@@ -41,16 +43,22 @@ def attach(client: Api, run: dict[str, Any], *, app_name: str, environment: str 
         if r["pod"]:
             _print_logs(client, f"{path}/logs", environment=environment, follow=False)
         return r
-    # Follow in a thread while the run's state is polled here: some clusters keep a finished pod's
-    # log stream open, and the run's end, not the stream's, decides when the command returns.
+    # Follow in a thread, on a client of its own, while the run's state is polled here: some clusters
+    # keep a finished pod's log stream open, and the run's end, not the stream's, ends the command.
+    side, closed = client.sibling(), threading.Event()
     follower = threading.Thread(
-        target=_print_logs, args=(client, f"{path}/logs"), kwargs={"environment": environment, "follow": True},
-        daemon=True,
+        target=_print_logs, args=(side, f"{path}/logs"),
+        kwargs={"environment": environment, "follow": True, "closed": closed}, daemon=True,
     )  # fmt: skip
     follower.start()
-    while follower.is_alive() and r["state"] == "running":
-        follower.join(POLL_SECONDS)
-        r = client.get(path, **_params(environment))
+    try:
+        while follower.is_alive() and r["state"] == "running":
+            follower.join(POLL_SECONDS)
+            r = client.get(path, **_params(environment))
+        follower.join(FOLLOW_GRACE_SECONDS)
+    finally:
+        closed.set()
+        side.close()
     follower.join(FOLLOW_GRACE_SECONDS)
     while r["state"] == "running":
         time.sleep(POLL_SECONDS)
