@@ -11,6 +11,7 @@ is held open while the Kubernetes API answers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets as random
@@ -40,6 +41,9 @@ MAX_TIMEOUT_SECONDS = 86400
 MAX_ARGS = 64
 MAX_COMMAND_BYTES = 16 * 1024
 LIST_LIMIT = 50
+# A followed run log: how often the run's end is checked, and how long its last lines may take after it.
+POLL_SECONDS = 2.0
+FOLLOW_GRACE_SECONDS = 2.0
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 AUDIT_ACTION = "app.run"
@@ -369,15 +373,48 @@ async def log_lines(
     kube = await _kube(ctx=ctx, where=where)
     await _job_of(kube, where=where, name=run)
     selector = ",".join(f"{k}={v}" for k, v in sorted({**where.owned, render.LABEL_RUN: run}.items()))
-    async with contextlib.aclosing(
-        kube.pod_logs(
-            namespace=where.namespace,
-            app=where.app,
-            tail_lines=tail_lines,
-            follow=follow,
-            selector=selector,
-            container=render.RUN_CONTAINER,
-        )
-    ) as lines:
-        async for line in lines:
-            yield line
+    lines = kube.pod_logs(
+        namespace=where.namespace,
+        app=where.app,
+        tail_lines=tail_lines,
+        follow=follow,
+        selector=selector,
+        container=render.RUN_CONTAINER,
+    )
+    async with contextlib.aclosing(lines):
+        if not follow:
+            async for line in lines:
+                yield line
+            return
+        # Followed, the log ends with the run: some clusters keep a finished pod's stream open, and a
+        # client waiting for the end of the stream must not wait for ever.
+        ended = asyncio.create_task(_until_finished(kube, where=where, name=run))
+        following: asyncio.Future[status.LogLine] | None = None
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(lines))
+                await asyncio.wait({following, ended}, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    if not following.done():
+                        # The run ended: the lines it wrote last still come, then the stream stops.
+                        async with asyncio.timeout(FOLLOW_GRACE_SECONDS):
+                            await following
+                    line = following.result()
+                except (StopAsyncIteration, TimeoutError):
+                    return
+                yield line
+        finally:
+            # A pending read must end before the stream is closed (a client gone mid-follow).
+            for task in (ended, following):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+
+async def _until_finished(kube: Kube, *, where: _Where, name: str) -> None:
+    while True:
+        job = await kube.get(kind="Job", name=name, namespace=where.namespace)
+        if job is None or view(job, await _pods_of(kube, where=where, name=name)).finished:
+            return
+        await asyncio.sleep(POLL_SECONDS)

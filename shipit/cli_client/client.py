@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any, NoReturn
@@ -54,7 +53,6 @@ class Api:
 
     def __init__(self, *, url: str, token: str, timeout: float = 60.0) -> None:
         self.url = url.rstrip("/")
-        self._token, self._timeout = token, timeout
         self._http = httpx.Client(
             base_url=self.url,
             headers={
@@ -67,11 +65,6 @@ class Api:
 
     def close(self) -> None:
         self._http.close()
-
-    def sibling(self) -> Api:
-        """Another client for the same server and token: its own connections, which close() ends
-        from any thread (a followed log stream that another thread decides is over)."""
-        return Api(url=self.url, token=self._token, timeout=self._timeout)
 
     @contextlib.contextmanager
     def _transport_errors(self) -> Iterator[None]:
@@ -108,26 +101,18 @@ class Api:
     def get(self, path: str, **params: Any) -> Any:
         return self.call("GET", path, params=params)
 
-    def lines(
-        self, path: str, *, params: dict[str, Any], closed: threading.Event | None = None
-    ) -> Iterator[str]:
-        """Stream a text response line by line (pod logs), without a read timeout.
-
-        Ends quietly instead of failing once `closed` is set: the client was closed on purpose.
-        """
-        with self._transport_errors():
-            try:
-                with self._http.stream(
-                    "GET", f"/api/v1{path}", params=params, timeout=httpx.Timeout(None, connect=10.0)
-                ) as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        fail(_error_message(response))
-                    yield from response.iter_lines()
-            except Exception:
-                if closed is not None and closed.is_set():
-                    return
-                raise
+    def lines(self, path: str, *, params: dict[str, Any]) -> Iterator[str]:
+        """Stream a text response line by line (pod logs), without a read timeout."""
+        with (
+            self._transport_errors(),
+            self._http.stream(
+                "GET", f"/api/v1{path}", params=params, timeout=httpx.Timeout(None, connect=10.0)
+            ) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+                fail(_error_message(response))
+            yield from response.iter_lines()
 
 
 def _reason(e: Exception) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Annotated, Any
 
@@ -17,52 +16,33 @@ runs_app = typer.Typer(
 )
 
 RunArg = Annotated[str, typer.Argument(help="The run's name (shipit runs list APP).")]
-# A log stream a cluster keeps open after its container ended is given this long to say its last lines.
-FOLLOW_GRACE_SECONDS = 3.0
 
 
 def _params(environment: str | None, **more: Any) -> dict[str, Any]:
     return {**({"env": environment} if environment else {}), **more}
 
 
-def _print_logs(
-    client: Api, path: str, *, environment: str | None, follow: bool, closed: threading.Event | None = None
-) -> None:
-    for line in client.lines(path, params=_params(environment, follow=str(follow).lower()), closed=closed):
+def _print_logs(client: Api, path: str, *, environment: str | None, follow: bool) -> None:
+    for line in client.lines(path, params=_params(environment, follow=str(follow).lower())):
         typer.echo(line)
 
 
 def attach(client: Api, run: dict[str, Any], *, app_name: str, environment: str | None) -> dict[str, Any]:
-    """Print the run's log until it ends (following it while it runs); the run once finished."""
+    """Print the run's log until it ends (following it while it runs); the run once finished.
+
+    A followed run log ends when the run does (core.runs.log_lines), so no stream outlives it.
+    """
     path = f"/apps/{q(app_name)}/runs/{q(run['name'])}"
     r = run
     while r["state"] == "running" and not r["pod"]:
         time.sleep(POLL_SECONDS)
         r = client.get(path, **_params(environment))
-    if r["state"] != "running":
-        if r["pod"]:
-            _print_logs(client, f"{path}/logs", environment=environment, follow=False)
-        return r
-    # Follow in a thread, on a client of its own, while the run's state is polled here: some clusters
-    # keep a finished pod's log stream open, and the run's end, not the stream's, ends the command.
-    side, closed = client.sibling(), threading.Event()
-    follower = threading.Thread(
-        target=_print_logs, args=(side, f"{path}/logs"),
-        kwargs={"environment": environment, "follow": True, "closed": closed}, daemon=True,
-    )  # fmt: skip
-    follower.start()
-    try:
-        while follower.is_alive() and r["state"] == "running":
-            follower.join(POLL_SECONDS)
-            r = client.get(path, **_params(environment))
-        follower.join(FOLLOW_GRACE_SECONDS)
-    finally:
-        closed.set()
-        side.close()
-    follower.join(FOLLOW_GRACE_SECONDS)
+    if r["pod"]:
+        _print_logs(client, f"{path}/logs", environment=environment, follow=r["state"] == "running")
     while r["state"] == "running":
-        time.sleep(POLL_SECONDS)
         r = client.get(path, **_params(environment))
+        if r["state"] == "running":
+            time.sleep(POLL_SECONDS)
     return r
 
 
