@@ -337,14 +337,7 @@ async def cancel(*, ctx: Core, actor: Actor, app_name: str, env: str | None = No
         app, where = await _authorized(
             session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="cancelling a one-off run"
         )
-        await audit.write(
-            session,
-            actor=actor,
-            action="app.run.cancel",
-            target=app.name,
-            project_id=app.project_id,
-            details={"job": run},
-        )
+        project_id = app.project_id
     kube = await _kube(ctx=ctx, where=where)
     job = await _job_of(kube, where=where, name=run)
     found = view(job, await _pods_of(kube, where=where, name=run))
@@ -356,6 +349,16 @@ async def cancel(*, ctx: Core, actor: Actor, app_name: str, env: str | None = No
         app=where.app,
         uid=as_str(dig(job, "metadata", "uid")),
     )
+    # Recorded once the Job is gone: a refused cancel (no such run, not shipit's) changed nothing.
+    async with ctx.sessionmaker.begin() as session:
+        await audit.write(
+            session,
+            actor=actor,
+            action="app.run.cancel",
+            target=where.app,
+            project_id=project_id,
+            details={"job": run},
+        )
     logctx.deploy_logger(log, app=app_name, namespace=where.namespace).info(
         "one-off run %s cancelled by %s", run, actor.subject
     )

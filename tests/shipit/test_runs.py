@@ -214,6 +214,8 @@ async def test_cancel_deletes_the_run_and_a_hand_made_job_is_never_touched(
         return all(j.metadata.deletion_timestamp for j in jobs.items)
 
     await eventually(gone, what="the run's Job deleted")
+    cancels = [a for a in await table_rows(world.rt, "audit_events") if a["action"] == "app.run.cancel"]
+    assert len(cancels) == 1  # the refused ones changed nothing and are not recorded
     assert (await api.get(f"/api/v1/apps/web/runs/{run['name']}")).status_code in (200, 404)
     assert (await batch.read_namespaced_job("web-run-handmade", world.namespace)).metadata.uid
 
