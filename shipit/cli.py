@@ -25,6 +25,7 @@ from shipit.cli_client import (
     projects,
     protection,
     registries,
+    runs,
     secrets,
     tokens,
 )
@@ -49,6 +50,8 @@ app.add_typer(identities.identities_app, name="identities")
 app.add_typer(notify.notify_app, name="notify")
 app.add_typer(builds.builds_app, name="builds")
 app.add_typer(addons.addons_app, name="addons")
+app.add_typer(runs.runs_app, name="runs")
+app.command("run")(runs.run)
 app.command("deploy")(deploys.deploy)
 app.command("promote")(deploys.promote)
 app.command("rollback")(deploys.rollback)

@@ -25,7 +25,7 @@ from core.kube import spec as spec_mod
 from core.kube.applying import Applier, NamespaceOrigin
 from core.kube.connection import Connection, api_client_from_kubeconfig
 from core.kube.objects import as_str, dig
-from core.kube.ownership import target_of
+from core.kube.ownership import Target, target_of
 from core.kube.rules import DeploymentStatus, PodMetrics, ReleaseResult, RolloutProgress, RolloutResult
 from core.kube.watching import LogLine, Watcher
 
@@ -137,13 +137,21 @@ class Kube:
         tail_lines: int = 100,
         follow: bool = False,
         shared_tail: bool = False,
+        selector: str | None = None,
+        container: str | None = None,
     ) -> AsyncGenerator[LogLine, None]:
         """Log lines of the app's pods, with their pod and container (see Watcher.pod_logs).
 
         Its own generator, not one wrapped around it: closing this one stops the streams.
         """
         return self._watcher.pod_logs(
-            namespace=namespace, app=app, tail_lines=tail_lines, follow=follow, shared_tail=shared_tail
+            namespace=namespace,
+            app=app,
+            tail_lines=tail_lines,
+            follow=follow,
+            shared_tail=shared_tail,
+            selector=selector,
+            container=container,
         )
 
     # -- the release phase: applying, then watching ---------------------------------------
@@ -164,21 +172,18 @@ class Kube:
         Job that already finished returns its verdict at once.  A Job with no verdict within
         `timeout` is deleted, so its command cannot still run after the deploy was called failed.
         """
-        await self._applier.ensure_namespace_once(
-            name=spec.namespace, project=spec.project, namespace_origin=namespace_origin
-        )
         name = render.release_name(spec)
         job = render.render_release_job(
             spec,
             active_deadline_seconds=active_deadline_seconds,
             ttl_seconds_after_finished=ttl_seconds_after_finished,
         )
-        await self.apply(manifests=[render.render_release_secret(spec)])
-        await self.apply(manifests=[job])
-        applied = await self.get(kind="Job", name=name, namespace=spec.namespace)
-        uid = as_str(dig(applied, "metadata", "uid"))
-        if uid:
-            await self.apply(manifests=[render.render_release_secret(spec, job_uid=uid)])
+        uid = await self._create_job(
+            spec=spec,
+            namespace_origin=namespace_origin,
+            job=job,
+            secret=lambda job_uid: render.render_release_secret(spec, job_uid=job_uid),
+        )
         verdict = await self._watcher.wait_release(namespace=spec.namespace, name=name, timeout=timeout)
         if verdict is not None:
             return verdict
@@ -189,6 +194,68 @@ class Kube:
             message=f"release job {spec.namespace}/{name} did not finish within {timeout:g}s; it was deleted",
             job=name,
         )
+
+    async def _create_job(
+        self,
+        *,
+        spec: spec_mod.WorkloadSpec,
+        namespace_origin: NamespaceOrigin,
+        job: dict[str, Any],
+        secret: Callable[[str | None], dict[str, Any]],
+    ) -> str:
+        """Apply the Job's own Secret, then the Job, then hand the Secret to the Job; the Job's uid."""
+        await self._applier.ensure_namespace_once(
+            name=spec.namespace, project=spec.project, namespace_origin=namespace_origin
+        )
+        name = as_str(dig(job, "metadata", "name"))
+        await self.apply(manifests=[secret(None)])
+        await self.apply(manifests=[job])
+        applied = await self.get(kind="Job", name=name, namespace=spec.namespace)
+        uid = as_str(dig(applied, "metadata", "uid"))
+        if uid:
+            await self.apply(manifests=[secret(uid)])
+        return uid
+
+    # -- one-off runs (`shipit run`) -------------------------------------------------
+
+    async def start_run(
+        self,
+        *,
+        spec: spec_mod.WorkloadSpec,
+        name: str,
+        command: list[str],
+        namespace_origin: NamespaceOrigin = "granted",
+        active_deadline_seconds: int,
+        ttl_seconds_after_finished: int,
+    ) -> dict[str, Any]:
+        """Create the run's Job (and its Secret) and return the Job as the API server has it."""
+        job = render.render_run_job(
+            spec,
+            name=name,
+            command=command,
+            active_deadline_seconds=active_deadline_seconds,
+            ttl_seconds_after_finished=ttl_seconds_after_finished,
+        )
+        await self._create_job(
+            spec=spec,
+            namespace_origin=namespace_origin,
+            job=job,
+            secret=lambda job_uid: render.render_run_secret(spec, name=name, job_uid=job_uid),
+        )
+        return await self.get(kind="Job", name=name, namespace=spec.namespace) or job
+
+    async def list_labelled(
+        self, *, kind: str, namespace: str, labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """Objects of `kind` in `namespace` carrying all of `labels`.  Do not log what this returns."""
+        return await self._conn.list_labelled(kind=kind, namespace=namespace, labels=labels)
+
+    async def delete_exact(
+        self, *, kind: str, name: str, namespace: str, project: str, app: str, uid: str
+    ) -> bool:
+        """Delete the object read and checked before (by uid), propagation Background."""
+        target = Target(kind=kind, name=name, namespace=namespace, project=project, app=app, instance=app)
+        return await self._applier.delete_exact(target, uid=uid)
 
 
 class KubeClients:

@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -67,6 +68,7 @@ KINDS: dict[str, Kind] = {
     "HorizontalPodAutoscaler": Kind("autoscaling/v2", "horizontalpodautoscalers", namespaced=True),
     "Ingress": Kind("networking.k8s.io/v1", "ingresses", namespaced=True),
     "Job": Kind("batch/v1", "jobs", namespaced=True),
+    "Pod": Kind("v1", "pods", namespaced=True),  # read only: a one-off run's pod (core.runs)
     # Add-ons (managed databases): core.kube.render_addons.
     "StatefulSet": Kind("apps/v1", "statefulsets", namespaced=True),
     "PersistentVolumeClaim": Kind("v1", "persistentvolumeclaims", namespaced=True),
@@ -262,6 +264,19 @@ class Connection:
             )
         except errors.NotFound:
             return None
+
+    async def list_labelled(
+        self, *, kind: str, namespace: str, labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """Objects of `kind` in `namespace` carrying all of `labels`.  Do not log what this returns."""
+        selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+        listing = await self.request(
+            "GET",
+            api_path(kind, namespace=namespace),
+            what=f"list {kind} in {namespace}",
+            query=[("labelSelector", selector)],
+        )
+        return [item for item in as_list(listing.get("items")) if isinstance(item, dict)]
 
     async def service_account_token(self, *, namespace: str, service_account: str) -> tuple[str, str]:
         """(token, base64 CA) from the `kubernetes.io/service-account-token` Secret of an account, as

@@ -300,13 +300,61 @@ def _release_labels(spec: spec_mod.WorkloadSpec) -> dict[str, str]:
     return {**labels(spec), LABEL_COMPONENT: RELEASE_COMPONENT}
 
 
-def _release_pod_labels(spec: spec_mod.WorkloadSpec) -> dict[str, str]:
+def _job_secret(
+    spec: spec_mod.WorkloadSpec, *, name: str, labels: dict[str, str], job_uid: str | None
+) -> dict[str, Any]:
+    # The spec's secrets under the Job's own name; owned by the Job once it exists (`job_uid`),
+    # so it goes when the Job's TTL removes the Job.
+    metadata: dict[str, Any] = {"name": name, "namespace": spec.namespace, "labels": labels}
+    if job_uid:
+        metadata["ownerReferences"] = [
+            {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job_uid}
+        ]
+    return {**render_secret(spec), "metadata": metadata}
+
+
+def _pod_labels(job_labels: dict[str, str]) -> dict[str, str]:
     # Without app.kubernetes.io/name and instance: those select the app's pods (Service, log
-    # readers, rollout watch), and a release pod must never receive traffic or pass for one of them.
-    pod = _release_labels(spec)
-    pod.pop(LABEL_NAME, None)
-    pod.pop(LABEL_INSTANCE, None)
-    return pod
+    # readers, rollout watch), and a Job's pod must never receive traffic or pass for one of them.
+    return {k: v for k, v in job_labels.items() if k not in (LABEL_NAME, LABEL_INSTANCE)}
+
+
+def _job(
+    spec: spec_mod.WorkloadSpec,
+    *,
+    name: str,
+    labels: dict[str, str],
+    container_name: str,
+    command: list[str],
+    active_deadline_seconds: int,
+    ttl_seconds_after_finished: int,
+) -> dict[str, Any]:
+    """A Job running `command` once with the spec's image, env, resources and its own Secret (`name`)."""
+    container: dict[str, Any] = {
+        "name": container_name,
+        "image": spec.image,
+        "command": command,
+        "env": [{"name": key, "value": value} for key, value in sorted(spec.env.items())],
+        "envFrom": [{"secretRef": {"name": name}}],
+        "resources": {
+            "requests": {"cpu": spec.resources.cpu_request, "memory": spec.resources.memory_request},
+            "limits": {"cpu": spec.resources.cpu_limit, "memory": spec.resources.memory_limit},
+        },
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": spec.namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": active_deadline_seconds,
+            "ttlSecondsAfterFinished": ttl_seconds_after_finished,
+            "template": {
+                "metadata": {"labels": _pod_labels(labels)},
+                "spec": {"restartPolicy": "Never", "containers": [container]},
+            },
+        },
+    }
 
 
 def render_release_secret(spec: spec_mod.WorkloadSpec, *, job_uid: str | None = None) -> dict[str, Any]:
@@ -316,17 +364,7 @@ def render_release_secret(spec: spec_mod.WorkloadSpec, *, job_uid: str | None = 
     running pods (any restart reads them) although a failed release must leave the app as it was.
     With `job_uid` the Secret is owned by the Job, so it goes when the Job's TTL removes the Job.
     """
-    secret = render_secret(spec)
-    metadata: dict[str, Any] = {
-        "name": release_name(spec),
-        "namespace": spec.namespace,
-        "labels": _release_labels(spec),
-    }
-    if job_uid:
-        metadata["ownerReferences"] = [
-            {"apiVersion": "batch/v1", "kind": "Job", "name": release_name(spec), "uid": job_uid}
-        ]
-    return {**secret, "metadata": metadata}
+    return _job_secret(spec, name=release_name(spec), labels=_release_labels(spec), job_uid=job_uid)
 
 
 def render_release_job(
@@ -339,32 +377,50 @@ def render_release_job(
     """
     if not spec.release_command:
         raise ValueError("render_release_job needs a spec with a release_command")
-    container: dict[str, Any] = {
-        "name": RELEASE_CONTAINER,
-        "image": spec.image,
-        "command": ["/bin/sh", "-c", spec.release_command],
-        "env": [{"name": key, "value": value} for key, value in sorted(spec.env.items())],
-        "envFrom": [{"secretRef": {"name": release_name(spec)}}],
-        "resources": {
-            "requests": {"cpu": spec.resources.cpu_request, "memory": spec.resources.memory_request},
-            "limits": {"cpu": spec.resources.cpu_limit, "memory": spec.resources.memory_limit},
-        },
-    }
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": release_name(spec),
-            "namespace": spec.namespace,
-            "labels": _release_labels(spec),
-        },
-        "spec": {
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": active_deadline_seconds,
-            "ttlSecondsAfterFinished": ttl_seconds_after_finished,
-            "template": {
-                "metadata": {"labels": _release_pod_labels(spec)},
-                "spec": {"restartPolicy": "Never", "containers": [container]},
-            },
-        },
-    }
+    return _job(
+        spec,
+        name=release_name(spec),
+        labels=_release_labels(spec),
+        container_name=RELEASE_CONTAINER,
+        command=["/bin/sh", "-c", spec.release_command],
+        active_deadline_seconds=active_deadline_seconds,
+        ttl_seconds_after_finished=ttl_seconds_after_finished,
+    )
+
+
+# ---------------------------------------------------------------- one-off runs (`shipit run`)
+
+RUN_COMPONENT = "run"
+RUN_CONTAINER = "run"
+LABEL_RUN = "shipit.dev/run"
+
+
+def run_labels(spec: spec_mod.WorkloadSpec, *, name: str) -> dict[str, str]:
+    return {**labels(spec), LABEL_COMPONENT: RUN_COMPONENT, LABEL_RUN: name}
+
+
+def render_run_secret(
+    spec: spec_mod.WorkloadSpec, *, name: str, job_uid: str | None = None
+) -> dict[str, Any]:
+    """The revision's secrets under the run Job's own name, as the release Job has them."""
+    return _job_secret(spec, name=name, labels=run_labels(spec, name=name), job_uid=job_uid)
+
+
+def render_run_job(
+    spec: spec_mod.WorkloadSpec,
+    *,
+    name: str,
+    command: list[str],
+    active_deadline_seconds: int,
+    ttl_seconds_after_finished: int,
+) -> dict[str, Any]:
+    """A one-off command as given (argv, no shell) in the revision's image, env and secrets; never retried."""
+    return _job(
+        spec,
+        name=name,
+        labels=run_labels(spec, name=name),
+        container_name=RUN_CONTAINER,
+        command=list(command),
+        active_deadline_seconds=active_deadline_seconds,
+        ttl_seconds_after_finished=ttl_seconds_after_finished,
+    )

@@ -152,15 +152,20 @@ class Watcher:
         tail_lines: int = 100,
         follow: bool = False,
         shared_tail: bool = False,
+        selector: str | None = None,
+        container: str | None = None,
     ) -> AsyncGenerator[LogLine, None]:
-        """Log lines of the app's pods, each with its pod and container (`text` prefixes the pod when
+        """Log lines of the app's pods (or of those `selector` picks, their `container`), each with its pod and container (`text` prefixes the pod when
         there are several).
 
         tail_lines is per pod, or with shared_tail the app's total, shared out evenly among its pods:
         the last N lines of the app then show every pod, not only the last pod listed.
         With follow, lines of all pods interleave as they come, until every stream ends.
         """
-        listing = await self._list_pods(namespace=namespace, selector=f"{render.LABEL_NAME}={app}")
+        listing = await self._list_pods(
+            namespace=namespace, selector=selector or f"{render.LABEL_NAME}={app}"
+        )
+        logged = container or app
         pods = sorted(as_str(dig(p, "metadata", "name")) for p in as_list(listing.get("items")))
         if not pods:
             raise errors.NotFound(f"app {app} has no pods in namespace {namespace}")
@@ -173,13 +178,13 @@ class Watcher:
         async def lines_of(pod: str) -> AsyncIterator[LogLine]:
             try:
                 async for line in self._pod_log_lines(
-                    namespace=namespace, pod=pod, container=app, tail_lines=tails[pod], follow=follow
+                    namespace=namespace, pod=pod, container=logged, tail_lines=tails[pod], follow=follow
                 ):
-                    yield LogLine(pod=pod, container=app, line=line, several=several)
+                    yield LogLine(pod=pod, container=logged, line=line, several=several)
             except (errors.PermanentError, errors.NotFound) as e:
                 # e.g. 400 "container is waiting to start", or a node that serves no logs (kwok):
                 # say so and go on with the other pods.
-                yield LogLine(pod=pod, container=app, line=f"(no logs: {e})", several=several)
+                yield LogLine(pod=pod, container=logged, line=f"(no logs: {e})", several=several)
 
         if not follow:
             for pod in pods:

@@ -25,6 +25,7 @@ from shipit.api import (
     projects,
     protection,
     registries,
+    runs,
     secrets,
     tokens,
 )
@@ -41,6 +42,7 @@ for _resource in (
     environments,
     previews,
     live,
+    runs,
     registries,
     secrets,
     audit,

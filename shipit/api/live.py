@@ -78,6 +78,13 @@ async def app_logs(
         target = await status.target(session, ctx=rt.core, actor=actor, app_name=name, env=env)
 
     stream = status.log_lines(ctx=rt.core, target=target, tail_lines=tail, follow=follow)
+    return await log_response(stream, fmt=fmt)
+
+
+async def log_response(
+    stream: AsyncIterator[status.LogLine], *, fmt: Literal["text", "json"] = "text"
+) -> StreamingResponse:
+    """Pod log lines streamed as text (or ndjson); errors before the first line answer as errors."""
     # Once a streamed 200 has started, an error can only cut the connection.  So wait (briefly, since
     # a followed quiet pod may say nothing for long) for the first line: "no pods" and cluster errors
     # raised before it become a JSON error with its status code.

@@ -325,3 +325,30 @@ class BuildOut(BaseModel):
             pr=b.pr_number,
             log=b.log if with_log else None,
         )
+
+
+class RunIn(Strict):
+    """A one-off command (core.runs): argv as given, no shell; `["sh", "-c", "..."]` is the caller's choice."""
+
+    command: list[Annotated[str, Field(max_length=16384)]] = Field(
+        min_length=1, max_length=64, examples=[["rake", "db:seed"]]
+    )
+    timeout_seconds: int | None = Field(default=None, ge=1, le=86400, examples=[1800])
+
+
+class RunOut(BaseModel):
+    """A one-off run as the cluster has it: its program, never its arguments (they may hold credentials)."""
+
+    name: str
+    app: str
+    namespace: str
+    revision: int | None
+    image: str
+    program: str
+    state: Literal["running", "succeeded", "failed"]
+    reason: str | None
+    message: str | None
+    exit_code: int | None
+    pod: str | None
+    started_at: str | None
+    finished_at: str | None

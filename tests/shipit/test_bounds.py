@@ -224,6 +224,7 @@ async def test_405_names_every_method_the_path_serves(api: httpx.AsyncClient, we
         "host": "ghcr.io",
         "number": "1",
         "kind": "postgres",
+        "run": "web-run-abc",
     }
     for template, operations in spec["paths"].items():
         declared = {m.upper() for m in operations}

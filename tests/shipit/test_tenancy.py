@@ -152,6 +152,11 @@ APP_ROUTES = [
     ("GET", "/api/v1/apps/{a}/secrets", None),
     ("PUT", "/api/v1/apps/{a}/secrets", {"values": {"K": "v"}}),
     ("DELETE", "/api/v1/apps/{a}/secrets/K", None),
+    ("POST", "/api/v1/apps/{a}/runs", {"command": ["true"]}),
+    ("GET", "/api/v1/apps/{a}/runs", None),
+    ("GET", "/api/v1/apps/{a}/runs/web-run-abc", None),
+    ("DELETE", "/api/v1/apps/{a}/runs/web-run-abc", None),
+    ("GET", "/api/v1/apps/{a}/runs/web-run-abc/logs", None),
     ("DELETE", "/api/v1/apps/{a}", None),
 ]
 DEPLOY_ROUTES = [

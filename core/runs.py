@@ -1,0 +1,423 @@
+"""One-off runs (`shipit run APP -- CMD...`): a command in the app's own image, env and secrets.
+
+Each run is a Kubernetes Job in the app's namespace, rendered like the release Job (core.kube.render:
+its own Secret, backoffLimit 0, restartPolicy Never, a deadline and a TTL) from the app's CURRENT
+revision, so it runs exactly what the app runs.  The cluster is the record: a run is a Job carrying
+shipit's labels for the app and a run label; nothing is stored in the database but its audit row.
+
+Reading the database and asking the cluster are separate steps (as in core.status): no transaction
+is held open while the Kubernetes API answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets as random
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import apps, audit, claims, clusters, deploys, environments, identity, logctx, status
+from core import revisions as snapshots
+from core import secrets as app_secrets
+from core.context import Core
+from core.errors import InvalidInput, NotFound, PermissionDenied
+from core.identity import Actor, Role
+from core.kube import render
+from core.kube.applying import NamespaceOrigin
+from core.kube.client import Kube
+from core.kube.objects import as_list, as_str, dig, str_dict
+from core.kube.rules import conditions_of, release_failure
+from storage import models
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_SECONDS = 1800
+MAX_TIMEOUT_SECONDS = 86400
+MAX_ARGS = 64
+MAX_COMMAND_BYTES = 16 * 1024
+LIST_LIMIT = 50
+# A followed run log: how often the run's end is checked, and how long its last lines may take after it.
+POLL_SECONDS = 2.0
+FOLLOW_GRACE_SECONDS = 2.0
+
+RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+AUDIT_ACTION = "app.run"
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunView:
+    """A run as the cluster has it.  Never the arguments: they may carry credentials."""
+
+    name: str
+    app: str
+    namespace: str
+    revision: int | None
+    image: str
+    program: str
+    state: str  # running, succeeded or failed
+    reason: str | None = (
+        None  # why it failed: the container's (Error, OOMKilled) or the Job's (DeadlineExceeded)
+    )
+    message: str | None = None
+    exit_code: int | None = None
+    pod: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state != RUNNING
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Where:
+    app: str
+    project: str
+    namespace: str
+    cluster_id: int
+    kubeconfig: str
+
+    @property
+    def owned(self) -> dict[str, str]:
+        """The labels every run Job of this app carries; a Job without them is not a run."""
+        return {
+            **render.ownership_labels(project=self.project, app=self.app),
+            render.LABEL_COMPONENT: render.RUN_COMPONENT,
+        }
+
+
+def check_command(command: list[str]) -> list[str]:
+    if not command:
+        raise InvalidInput('command must name a program to run, like ["rake", "db:seed"]', field="command")
+    if len(command) > MAX_ARGS:
+        raise InvalidInput(f"command has {len(command)} arguments; at most {MAX_ARGS}", field="command")
+    if sum(len(a.encode()) for a in command) > MAX_COMMAND_BYTES:
+        raise InvalidInput(f"command is longer than {MAX_COMMAND_BYTES} bytes", field="command")
+    if any("\0" in a for a in command):
+        raise InvalidInput("command must not contain NUL characters", field="command")
+    if not command[0].strip():
+        raise InvalidInput("command must start with a program name", field="command")
+    return list(command)
+
+
+def check_timeout(timeout_seconds: int | None) -> int:
+    if timeout_seconds is None:
+        return DEFAULT_TIMEOUT_SECONDS
+    if not 1 <= timeout_seconds <= MAX_TIMEOUT_SECONDS:
+        raise InvalidInput(
+            f"timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}, got {timeout_seconds}",
+            field="timeout_seconds",
+        )
+    return timeout_seconds
+
+
+def _new_name(app: str) -> str:
+    suffix = "-run-" + "".join(random.choice(_ID_ALPHABET) for _ in range(8))
+    # A DNS label (63): the Job controller copies the Job's name into a label of its pod.
+    return app[: 63 - len(suffix)].rstrip("-") + suffix
+
+
+async def _where(session: AsyncSession, *, ctx: Core, app: models.App) -> _Where:
+    cluster = await session.get(models.Cluster, app.cluster_id)
+    assert cluster is not None
+    project = await apps.project_of(session, app=app)
+    return _Where(
+        app=app.name,
+        project=project.name,
+        namespace=app.namespace,
+        cluster_id=cluster.id,
+        kubeconfig=clusters.kubeconfig(cluster, ctx=ctx),
+    )
+
+
+async def _authorized(
+    session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, env: str | None, action: str
+) -> tuple[models.App, _Where]:
+    app = await apps.get(session, actor=actor, name=app_name, env=env)
+    await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action=action)
+    return app, await _where(session, ctx=ctx, app=app)
+
+
+async def _kube(*, ctx: Core, where: _Where) -> Kube:
+    return await ctx.kube.get(key=str(where.cluster_id), kubeconfig=where.kubeconfig)
+
+
+async def start(
+    *,
+    ctx: Core,
+    actor: Actor,
+    app_name: str,
+    env: str | None = None,
+    command: list[str],
+    timeout_seconds: int | None = None,
+) -> RunView:
+    """Start `command` (argv, no shell) as a Job from the app's current revision; its view at once."""
+    argv = check_command(command)
+    deadline = check_timeout(timeout_seconds)
+    async with ctx.sessionmaker.begin() as session:
+        app, where = await _authorized(
+            session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="running a one-off command"
+        )
+        environment = await environments.of_app(session, app=app)
+        if (app.protected or environment.protected) and not await _is_admin(session, actor=actor, app=app):
+            # A run changes what it likes with the app's credentials: no review would see it.
+            where_protected = f"app {app.name}" if app.protected else f"environment {environment.name}"
+            raise PermissionDenied(
+                f"{where_protected} is protected (deploys need approval), and a one-off command "
+                "bypasses that review: running one there needs the admin role"
+            )
+        await claims.check_owned(
+            session, cluster_id=app.cluster_id, namespace=app.namespace, project_id=app.project_id
+        )
+        revision = await deploys.current_revision(session, app=app)
+        if revision is None:
+            raise InvalidInput(
+                f"{app.name} has never been deployed: a one-off command runs in the current revision's "
+                "image, so deploy it first",
+                field="app",
+            )
+        snapshot = snapshots.of_revision(revision)
+        secret_data, secret_checksum = await app_secrets.for_deploy(
+            session, ctx=ctx, app_id=app.id, version=snapshot.secrets_version
+        )
+        spec = deploys.workload_spec(
+            ctx=ctx,
+            app_name=app.name,
+            project=where.project,
+            namespace=app.namespace,
+            revision=revision.number,
+            snapshot=snapshot,
+            secret_data=secret_data,
+            secret_checksum=secret_checksum,
+        )
+        claim = await claims.claim_of(session, cluster_id=app.cluster_id, namespace=app.namespace)
+        origin: NamespaceOrigin = (
+            "created" if claim is not None and claim.origin == claims.CREATED else "granted"
+        )
+        name = _new_name(app.name)
+        # The program and how many arguments, never the arguments: they may carry credentials.
+        await audit.write(
+            session,
+            actor=actor,
+            action=AUDIT_ACTION,
+            target=app.name,
+            project_id=app.project_id,
+            details={
+                "env": environment.name,
+                "job": name,
+                "program": argv[0],
+                "args": len(argv) - 1,
+                "revision": revision.number,
+            },
+        )
+    kube = await _kube(ctx=ctx, where=where)
+    job = await kube.start_run(
+        spec=spec,
+        name=name,
+        command=argv,
+        namespace_origin=origin,
+        active_deadline_seconds=deadline,
+        ttl_seconds_after_finished=ctx.config.release_ttl_seconds,
+    )
+    logctx.deploy_logger(log, app=app_name, namespace=where.namespace).info(
+        "one-off run %s of revision %s started by %s: program %s, %d args",
+        name, revision.number, actor.subject, argv[0], len(argv) - 1,
+    )  # fmt: skip
+    return view(job, {})
+
+
+async def _is_admin(session: AsyncSession, *, actor: Actor, app: models.App) -> bool:
+    have = await identity.role_of(session, actor=actor, project_id=app.project_id)
+    return have is not None and have >= Role.ADMIN
+
+
+def _is_run(job: Mapping[str, Any] | None, *, where: _Where) -> bool:
+    labels = str_dict(dig(job, "metadata", "labels"))
+    return bool(job) and where.owned.items() <= labels.items() and bool(labels.get(render.LABEL_RUN))
+
+
+def view(job: Mapping[str, Any], pods: Mapping[str, Mapping[str, Any]]) -> RunView:
+    """A run from its Job and pods: running until the Job says Complete or Failed (or its pod failed)."""
+    labels = str_dict(dig(job, "metadata", "labels"))
+    containers = as_list(dig(job, "spec", "template", "spec", "containers"))
+    container = containers[0] if containers and isinstance(containers[0], dict) else {}
+    command = as_list(container.get("command"))
+    revision = labels.get(render.LABEL_REVISION, "")
+    pod_name = sorted(pods)[0] if pods else None
+    exit_code: int | None = None
+    for pod in pods.values():
+        for cs in as_list(dig(pod, "status", "containerStatuses")):
+            code = dig(cs, "state", "terminated", "exitCode")
+            if isinstance(code, int):
+                exit_code = code
+    conditions = conditions_of(dict(job))
+    state, reason, message = RUNNING, None, None
+    failure = release_failure({k: dict(v) for k, v in pods.items()})
+    complete, failed = conditions.get("Complete"), conditions.get("Failed")
+    if complete is not None and complete.status == "True":
+        state = SUCCEEDED
+    elif failure is not None:
+        state, reason, message = FAILED, failure.reason, failure.message
+    elif failed is not None and failed.status == "True":
+        state, reason = FAILED, failed.reason or "Failed"
+        message = failed.message or None
+    return RunView(
+        name=as_str(dig(job, "metadata", "name")),
+        app=labels.get(render.LABEL_APP, ""),
+        namespace=as_str(dig(job, "metadata", "namespace")),
+        revision=int(revision) if revision.isdigit() else None,
+        image=as_str(container.get("image")),
+        program=as_str(command[0]) if command else "",
+        state=state,
+        reason=reason,
+        message=message,
+        exit_code=exit_code,
+        pod=pod_name,
+        started_at=as_str(dig(job, "status", "startTime"))
+        or as_str(dig(job, "metadata", "creationTimestamp")),
+        finished_at=as_str(dig(job, "status", "completionTime")) or None,
+    )
+
+
+async def _pods_of(kube: Kube, *, where: _Where, name: str) -> dict[str, dict[str, Any]]:
+    pods = await kube.list_labelled(
+        kind="Pod", namespace=where.namespace, labels={**where.owned, render.LABEL_RUN: name}
+    )
+    return {as_str(dig(p, "metadata", "name")): p for p in pods}
+
+
+async def _job_of(kube: Kube, *, where: _Where, name: str) -> dict[str, Any]:
+    job = await kube.get(kind="Job", name=name, namespace=where.namespace)
+    if job is None or not _is_run(job, where=where):
+        # A Job shipit did not make for this app is not a run of it: the same answer as none.
+        raise NotFound(f"app {where.app} has no run named {name!r}")
+    return job
+
+
+async def status_of(*, ctx: Core, actor: Actor, app_name: str, env: str | None = None, run: str) -> RunView:
+    async with ctx.sessionmaker.begin() as session:
+        _, where = await _authorized(
+            session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="reading one-off runs"
+        )
+    kube = await _kube(ctx=ctx, where=where)
+    job = await _job_of(kube, where=where, name=run)
+    return view(job, await _pods_of(kube, where=where, name=run))
+
+
+async def list_runs(*, ctx: Core, actor: Actor, app_name: str, env: str | None = None) -> list[RunView]:
+    """The app's runs still in the cluster (their TTL removes them), newest first."""
+    async with ctx.sessionmaker.begin() as session:
+        _, where = await _authorized(
+            session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="reading one-off runs"
+        )
+    kube = await _kube(ctx=ctx, where=where)
+    jobs = [j for j in await kube.list_labelled(kind="Job", namespace=where.namespace, labels=where.owned)]
+    jobs = [j for j in jobs if _is_run(j, where=where)]
+    pods = await kube.list_labelled(kind="Pod", namespace=where.namespace, labels=where.owned)
+    by_run: dict[str, dict[str, dict[str, Any]]] = {}
+    for pod in pods:
+        run = str_dict(dig(pod, "metadata", "labels")).get(render.LABEL_RUN, "")
+        by_run.setdefault(run, {})[as_str(dig(pod, "metadata", "name"))] = pod
+    jobs.sort(
+        key=lambda j: (as_str(dig(j, "metadata", "creationTimestamp")), as_str(dig(j, "metadata", "name"))),
+        reverse=True,
+    )
+    return [view(j, by_run.get(as_str(dig(j, "metadata", "name")), {})) for j in jobs[:LIST_LIMIT]]
+
+
+async def cancel(*, ctx: Core, actor: Actor, app_name: str, env: str | None = None, run: str) -> RunView:
+    """Delete the run's Job (its pod and Secret go with it); only a Job shipit made for this app's run."""
+    async with ctx.sessionmaker.begin() as session:
+        app, where = await _authorized(
+            session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="cancelling a one-off run"
+        )
+        project_id = app.project_id
+    kube = await _kube(ctx=ctx, where=where)
+    job = await _job_of(kube, where=where, name=run)
+    found = view(job, await _pods_of(kube, where=where, name=run))
+    await kube.delete_exact(
+        kind="Job",
+        name=run,
+        namespace=where.namespace,
+        project=where.project,
+        app=where.app,
+        uid=as_str(dig(job, "metadata", "uid")),
+    )
+    # Recorded once the Job is gone: a refused cancel (no such run, not shipit's) changed nothing.
+    async with ctx.sessionmaker.begin() as session:
+        await audit.write(
+            session,
+            actor=actor,
+            action="app.run.cancel",
+            target=where.app,
+            project_id=project_id,
+            details={"job": run},
+        )
+    logctx.deploy_logger(log, app=app_name, namespace=where.namespace).info(
+        "one-off run %s cancelled by %s", run, actor.subject
+    )
+    return found
+
+
+async def log_lines(
+    *, ctx: Core, actor: Actor, app_name: str, env: str | None = None, run: str, follow: bool, tail_lines: int
+) -> AsyncGenerator[status.LogLine, None]:
+    """The run's pod log, through the app logs' machinery (core.kube.watching pod_logs)."""
+    async with ctx.sessionmaker.begin() as session:
+        _, where = await _authorized(
+            session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="reading one-off runs"
+        )
+    kube = await _kube(ctx=ctx, where=where)
+    await _job_of(kube, where=where, name=run)
+    selector = ",".join(f"{k}={v}" for k, v in sorted({**where.owned, render.LABEL_RUN: run}.items()))
+    lines = kube.pod_logs(
+        namespace=where.namespace,
+        app=where.app,
+        tail_lines=tail_lines,
+        follow=follow,
+        selector=selector,
+        container=render.RUN_CONTAINER,
+    )
+    async with contextlib.aclosing(lines):
+        if not follow:
+            async for line in lines:
+                yield line
+            return
+        # Followed, the log ends with the run: some clusters keep a finished pod's stream open, and a
+        # client waiting for the end of the stream must not wait for ever.
+        ended = asyncio.create_task(_until_finished(kube, where=where, name=run))
+        following: asyncio.Future[status.LogLine] | None = None
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(lines))
+                await asyncio.wait({following, ended}, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    if not following.done():
+                        # The run ended: the lines it wrote last still come, then the stream stops.
+                        async with asyncio.timeout(FOLLOW_GRACE_SECONDS):
+                            await following
+                    line = following.result()
+                except (StopAsyncIteration, TimeoutError):
+                    return
+                yield line
+        finally:
+            # A pending read must end before the stream is closed (a client gone mid-follow).
+            for task in (ended, following):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+
+async def _until_finished(kube: Kube, *, where: _Where, name: str) -> None:
+    while True:
+        job = await kube.get(kind="Job", name=name, namespace=where.namespace)
+        if job is None or view(job, await _pods_of(kube, where=where, name=name)).finished:
+            return
+        await asyncio.sleep(POLL_SECONDS)
