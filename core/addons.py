@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, claims, clusters, deploys, jobs, secrets, validation
+from core import apps, audit, claims, deploys, jobs, secrets, status, validation
 from core.context import Core
 from core.errors import Conflict, Deferred, InvalidInput, NotFound, PermanentError, ShipitError
 from core.identity import SYSTEM, Actor, Role
@@ -58,15 +58,8 @@ PLANS: tuple[str, ...] = tuple(r.PLANS)
 DEFAULT_PLAN = r.DEFAULT_PLAN
 
 
-@dataclass(frozen=True, kw_only=True)
-class Where:
-    """The cluster and namespace an app's add-ons live in, read in a transaction, used outside one."""
-
-    project: str
-    app: str
-    namespace: str
-    cluster_id: int
-    kubeconfig: str
+# The cluster and namespace an app's add-ons live in, read in a transaction, used outside one.
+Where = status.Target
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,16 +95,7 @@ async def _row(session: AsyncSession, *, app: models.App, kind: str) -> models.A
 
 
 async def where(session: AsyncSession, *, ctx: Core, app: models.App) -> Where:
-    cluster = await session.get(models.Cluster, app.cluster_id)
-    assert cluster is not None
-    project = await apps.project_of(session, app=app)
-    return Where(
-        project=project.name,
-        app=app.name,
-        namespace=app.namespace,
-        cluster_id=cluster.id,
-        kubeconfig=clusters.kubeconfig(cluster, ctx=ctx),
-    )
+    return await status.target_of(session, ctx=ctx, app=app)
 
 
 async def create(

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, claims, clusters, deploys, environments, identity, logctx, status
+from core import apps, audit, claims, deploys, environments, identity, logctx, status
 from core import revisions as snapshots
 from core import secrets as app_secrets
 from core.context import Core
@@ -75,21 +75,12 @@ class RunView:
         return self.state != RUNNING
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Where:
-    app: str
-    project: str
-    namespace: str
-    cluster_id: int
-    kubeconfig: str
-
-    @property
-    def owned(self) -> dict[str, str]:
-        """The labels every run Job of this app carries; a Job without them is not a run."""
-        return {
-            **render.ownership_labels(project=self.project, app=self.app),
-            render.LABEL_COMPONENT: render.RUN_COMPONENT,
-        }
+def _owned(where: status.Target) -> dict[str, str]:
+    """The labels every run Job of this app carries; a Job without them is not a run."""
+    return {
+        **render.ownership_labels(project=where.project, app=where.app),
+        render.LABEL_COMPONENT: render.RUN_COMPONENT,
+    }
 
 
 def check_command(command: list[str]) -> list[str]:
@@ -123,28 +114,15 @@ def _new_name(app: str) -> str:
     return app[: 63 - len(suffix)].rstrip("-") + suffix
 
 
-async def _where(session: AsyncSession, *, ctx: Core, app: models.App) -> _Where:
-    cluster = await session.get(models.Cluster, app.cluster_id)
-    assert cluster is not None
-    project = await apps.project_of(session, app=app)
-    return _Where(
-        app=app.name,
-        project=project.name,
-        namespace=app.namespace,
-        cluster_id=cluster.id,
-        kubeconfig=clusters.kubeconfig(cluster, ctx=ctx),
-    )
-
-
 async def _authorized(
     session: AsyncSession, *, ctx: Core, actor: Actor, app_name: str, env: str | None, action: str
-) -> tuple[models.App, _Where]:
+) -> tuple[models.App, status.Target]:
     app = await apps.get(session, actor=actor, name=app_name, env=env)
     await apps.authorize(session, actor=actor, app=app, role=Role.DEVELOPER, action=action)
-    return app, await _where(session, ctx=ctx, app=app)
+    return app, await status.target_of(session, ctx=ctx, app=app)
 
 
-async def _kube(*, ctx: Core, where: _Where) -> Kube:
+async def _kube(*, ctx: Core, where: status.Target) -> Kube:
     return await ctx.kube.get(key=str(where.cluster_id), kubeconfig=where.kubeconfig)
 
 
@@ -237,9 +215,9 @@ async def _is_admin(session: AsyncSession, *, actor: Actor, app: models.App) -> 
     return have is not None and have >= Role.ADMIN
 
 
-def _is_run(job: Mapping[str, Any] | None, *, where: _Where) -> bool:
+def _is_run(job: Mapping[str, Any] | None, *, where: status.Target) -> bool:
     labels = str_dict(dig(job, "metadata", "labels"))
-    return bool(job) and where.owned.items() <= labels.items() and bool(labels.get(render.LABEL_RUN))
+    return bool(job) and _owned(where).items() <= labels.items() and bool(labels.get(render.LABEL_RUN))
 
 
 def view(job: Mapping[str, Any], pods: Mapping[str, Mapping[str, Any]]) -> RunView:
@@ -285,14 +263,14 @@ def view(job: Mapping[str, Any], pods: Mapping[str, Mapping[str, Any]]) -> RunVi
     )
 
 
-async def _pods_of(kube: Kube, *, where: _Where, name: str) -> dict[str, dict[str, Any]]:
+async def _pods_of(kube: Kube, *, where: status.Target, name: str) -> dict[str, dict[str, Any]]:
     pods = await kube.list_labelled(
-        kind="Pod", namespace=where.namespace, labels={**where.owned, render.LABEL_RUN: name}
+        kind="Pod", namespace=where.namespace, labels={**_owned(where), render.LABEL_RUN: name}
     )
     return {as_str(dig(p, "metadata", "name")): p for p in pods}
 
 
-async def _job_of(kube: Kube, *, where: _Where, name: str) -> dict[str, Any]:
+async def _job_of(kube: Kube, *, where: status.Target, name: str) -> dict[str, Any]:
     job = await kube.get(kind="Job", name=name, namespace=where.namespace)
     if job is None or not _is_run(job, where=where):
         # A Job shipit did not make for this app is not a run of it: the same answer as none.
@@ -317,9 +295,9 @@ async def list_runs(*, ctx: Core, actor: Actor, app_name: str, env: str | None =
             session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="reading one-off runs"
         )
     kube = await _kube(ctx=ctx, where=where)
-    jobs = [j for j in await kube.list_labelled(kind="Job", namespace=where.namespace, labels=where.owned)]
+    jobs = [j for j in await kube.list_labelled(kind="Job", namespace=where.namespace, labels=_owned(where))]
     jobs = [j for j in jobs if _is_run(j, where=where)]
-    pods = await kube.list_labelled(kind="Pod", namespace=where.namespace, labels=where.owned)
+    pods = await kube.list_labelled(kind="Pod", namespace=where.namespace, labels=_owned(where))
     by_run: dict[str, dict[str, dict[str, Any]]] = {}
     for pod in pods:
         run = str_dict(dig(pod, "metadata", "labels")).get(render.LABEL_RUN, "")
@@ -375,7 +353,7 @@ async def log_lines(
         )
     kube = await _kube(ctx=ctx, where=where)
     await _job_of(kube, where=where, name=run)
-    selector = ",".join(f"{k}={v}" for k, v in sorted({**where.owned, render.LABEL_RUN: run}.items()))
+    selector = ",".join(f"{k}={v}" for k, v in sorted({**_owned(where), render.LABEL_RUN: run}.items()))
     lines = kube.pod_logs(
         namespace=where.namespace,
         app=where.app,
@@ -415,7 +393,7 @@ async def log_lines(
                         await task
 
 
-async def _until_finished(kube: Kube, *, where: _Where, name: str) -> None:
+async def _until_finished(kube: Kube, *, where: status.Target, name: str) -> None:
     while True:
         job = await kube.get(kind="Job", name=name, namespace=where.namespace)
         if job is None or view(job, await _pods_of(kube, where=where, name=name)).finished:

@@ -24,6 +24,8 @@ from storage import models
 
 @dataclass(frozen=True, kw_only=True)
 class Target:
+    """Where an app lives: read in a transaction, used outside one while the cluster answers."""
+
     app_id: int
     app: str
     project: str
@@ -58,6 +60,11 @@ async def target(
 ) -> Target:
     app = await apps.get(session, actor=actor, name=app_name, env=env)
     await apps.authorize(session, actor=actor, app=app, role=Role.VIEWER, action="reading status")
+    return await target_of(session, ctx=ctx, app=app)
+
+
+async def target_of(session: AsyncSession, *, ctx: Core, app: models.App) -> Target:
+    """Where `app` lives, its cluster's kubeconfig decrypted: the caller has checked the role."""
     cluster = await session.get(models.Cluster, app.cluster_id)
     assert cluster is not None
     project = await apps.project_of(session, app=app)

@@ -83,22 +83,7 @@ async def test_the_hpa_scales_on_load_and_deploys_rollbacks_and_scale_changes_ke
     world: World, live_server: LiveServer, api: httpx.AsyncClient, kube_api: k8s.ApiClient
 ) -> None:
     ns = world.namespace
-    r = await api.post(
-        "/api/v1/apps",
-        json={
-            "name": "web",
-            "project": world.project,
-            "cluster": world.cluster,
-            "image": "ghcr.io/acme/web:1.0",
-            "cpu_request": "100m",
-            "cpu_limit": "500m",
-            "min_replicas": 1,
-            "max_replicas": 3,
-            "cpu_target": 50,
-        },
-    )
-    assert r.status_code == 201, r.text
-    assert (await _wait_deploy(api, r.json()["deployment"]["id"]))["status"] == "succeeded"
+    await _create_autoscaled(api, world)
     dep = await _deployment(kube_api, ns, "web")
     assert dep.spec.replicas == 1
 
