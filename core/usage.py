@@ -41,6 +41,7 @@ class Autoscaling:
     min_replicas: int
     max_replicas: int
     cpu_target_percent: int
+    scale_down_window_seconds: int | None  # None: Kubernetes' default (300 s)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +137,7 @@ async def plan(
             min_replicas=scaling.min_replicas,
             max_replicas=scaling.max_replicas,
             cpu_target_percent=scaling.cpu_target_percent,
+            scale_down_window_seconds=scaling.scale_down_window_seconds,
         )
         if scaling
         else None,

@@ -283,6 +283,11 @@ def app_usage(u: usage_mod.AppUsage) -> Message:
         lines.append(
             f"Autoscaling {s.min_replicas} to {s.max_replicas} pods at {s.cpu_target_percent}% of the CPU request; "
             f"now {_pct(u.total.cpu_of_requests_percent)}"
+            + (
+                ""
+                if s.scale_down_window_seconds is None
+                else f"; scales down after {s.scale_down_window_seconds}s"
+            )
         )
     shown = u.pods[:MAX_USAGE_PODS]
     lines += [f"• `{esc(p.pod)}`: {_figures(p.usage)}" for p in shown]

@@ -225,6 +225,7 @@ def usage(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = F
             "autoscaling",
             f"{scaling['min_replicas']}-{scaling['max_replicas']} pods at {scaling['cpu_target_percent']}% "
             f"of the CPU request; now {_percent(total['cpu_of_requests_percent'])}"
+            + _scales_down_text(scaling.get("scale_down_window_seconds"))
             if scaling
             else None,
         ),
@@ -397,9 +398,12 @@ def autoscaler_line(hpa: dict[str, Any]) -> str:
     """The HPA's own figures: the pods it counts and wants, and the CPU use it scales on."""
     cpu = "not measured yet" if hpa["cpu_current_percent"] is None else f"{hpa['cpu_current_percent']}%"
     target = f" (target {hpa['cpu_target_percent']}%)" if hpa["cpu_target_percent"] is not None else ""
-    window = hpa.get("scale_down_window_seconds")
     return (
         f"{hpa['current_replicas']} pods, wants {hpa['desired_replicas']} "
         f"(min {hpa['min_replicas']}, max {hpa['max_replicas']}); CPU {cpu} of requests{target}"
-        + ("" if window is None else f"; scales down after {window}s")
+        + _scales_down_text(hpa.get("scale_down_window_seconds"))
     )
+
+
+def _scales_down_text(window: int | None) -> str:
+    return "" if window is None else f"; scales down after {window}s"

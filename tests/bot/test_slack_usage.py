@@ -90,3 +90,22 @@ async def test_slack_usage_answers_with_what_the_pods_use(
     reply = await slack.command("usage web", user=MALLORY)
     missing = await slack.command("usage nop", user=MALLORY)
     assert reply["text"] == missing["text"].replace("nop", "web"), (reply, missing)
+
+
+def test_the_autoscaling_line_says_the_scale_down_window_when_set() -> None:
+    from bot.views import replies
+    from core import usage, usage_history
+
+    per_pod = usage.Allocation(cpu_request="100m", cpu_limit="500m", memory_request="128Mi",
+                               memory_limit="256Mi", cpu_request_millicores=100.0, cpu_limit_millicores=500.0,
+                               memory_request_bytes=128 * MI, memory_limit_bytes=256 * MI)  # fmt: skip
+    figures = usage.figures(cpu_millicores=40.0, memory_bytes=32 * MI, allocation=per_pod)
+    for window, tail in ((45, "now 40%; scales down after 45s"), (None, "now 40%")):
+        scaling = usage.Autoscaling(min_replicas=1, max_replicas=3, cpu_target_percent=50,
+                                    scale_down_window_seconds=window)  # fmt: skip
+        u = usage.AppUsage(app="web", project="acme", environment="production", namespace="apps", revision=1,
+                           per_pod=per_pod, autoscaling=scaling, total=figures,
+                           history=usage_history.History(windows=[], hints=[]),
+                           pods=[usage.PodUsage(pod="web-1", usage=figures, window="10s", timestamp="")])  # fmt: skip
+        lines = replies.app_usage(u).text.splitlines()
+        assert f"Autoscaling 1 to 3 pods at 50% of the CPU request; {tail}" in lines, lines

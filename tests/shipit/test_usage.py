@@ -66,7 +66,12 @@ async def test_usage_over_the_api_and_the_cli_is_the_simulated_usage(
         "memory_request_bytes": 64 * MI,
         "memory_limit_bytes": 128 * MI,
     }
-    assert u["autoscaling"] == {"min_replicas": 2, "max_replicas": 4, "cpu_target_percent": 80}
+    assert u["autoscaling"] == {
+        "min_replicas": 2,
+        "max_replicas": 4,
+        "cpu_target_percent": 80,
+        "scale_down_window_seconds": None,  # Kubernetes' default
+    }
     for pod in u["pods"]:
         assert pod["pod"].startswith("web-")
         f = pod["usage"]
@@ -103,8 +108,9 @@ async def test_a_viewer_reads_usage_and_an_outsider_finds_no_app(
 ) -> None:
     r = await api.post(
         "/api/v1/apps",
-        json={"name": "web", "project": world.project, "cluster": world.cluster, "replicas": 1},
-    )
+        json={"name": "web", "project": world.project, "cluster": world.cluster, "min_replicas": 1,
+              "max_replicas": 3, "cpu_target": 50, "scale_down_window": 45},
+    )  # fmt: skip
     assert r.status_code == 201, r.text
     r = await api.put(f"/api/v1/projects/{world.project}/members/user:vera", json={"role": "viewer"})
     assert r.status_code == 200, r.text
@@ -126,6 +132,17 @@ async def test_a_viewer_reads_usage_and_an_outsider_finds_no_app(
         assert seen.status_code == 200, seen.text
         assert seen.json()["pods"] == [] and seen.json()["revision"] is None
         assert seen.json()["per_pod"]["cpu_request"] == "100m"
+        assert seen.json()["autoscaling"] == {
+            "min_replicas": 1,
+            "max_replicas": 3,
+            "cpu_target_percent": 50,
+            "scale_down_window_seconds": 45,
+        }
+        vera_token = vera.headers["Authorization"].removeprefix("Bearer ")
+        env = {"SHIPIT_URL": live_server.url, "SHIPIT_TOKEN": vera_token}
+        out = await asyncio.to_thread(CliRunner().invoke, cli.app, ["usage", "web"], env=env)
+        assert out.exit_code == 0, out.stdout + out.stderr
+        assert "1-3 pods at 50% of the CPU request; now -; scales down after 45s" in out.stdout, out.stdout
         hidden = await rita.get("/api/v1/apps/web/usage")
         missing = await rita.get("/api/v1/apps/nop/usage")
         assert hidden.status_code == missing.status_code == 404

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -213,3 +214,16 @@ def test_what_the_cluster_says_is_escaped() -> None:
         plan=plan, now=now, note=evil, problem=evil, max_pods=channel.USAGE_PODS_SHOWN
     )
     assert "<img" not in html and html.count("&lt;img src=x onerror=&#34;alert(1)&#34;&gt;") == 5
+
+    # The autoscaling line says the scale-down window only when one is set (else Kubernetes' 300 s).
+    for window, said in ((45, "Scales down after 45 s."), (None, None)):
+        scaling = usage.Autoscaling(min_replicas=1, max_replicas=3, cpu_target_percent=50,
+                                    scale_down_window_seconds=window)  # fmt: skip
+        html = web.templates.get_template("usage.html").render(
+            plan=plan, now=replace(now, autoscaling=scaling), note=None, problem=None, max_pods=1
+        )
+        line = re.search(r'<p data-field="usage-hpa">(.*?)</p>', html)
+        assert line is not None and line.group(1).startswith(
+            "Autoscaling 1 to 3 pods at 50% of the CPU request"
+        )
+        assert line.group(1).endswith(said) if said else "Scales down" not in line.group(1)
