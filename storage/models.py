@@ -685,6 +685,32 @@ class UsageSample(Base):
     memory_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
+class Run(Base):
+    """A one-off run (`shipit run`, core.runs): its history outlives its Job (the Job TTL deletes that).
+
+    Only the program (argv[0]) and the number of arguments are kept: the arguments may carry
+    credentials.  `status` is running until shipit reads the finished Job (or cancels it); a row whose
+    Job is gone while still running is shown as "unknown"."""
+
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("app_id", "name"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))  # the Job's name
+    actor: Mapped[str] = mapped_column(String(200))  # the subject, as the audit log has it
+    program: Mapped[str] = mapped_column(Text)
+    arg_count: Mapped[int] = mapped_column()
+    revision: Mapped[int] = mapped_column()
+    image: Mapped[str] = mapped_column(String(512))
+    timeout_seconds: Mapped[int] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16))  # running, succeeded, failed, cancelled
+    exit_code: Mapped[int | None] = mapped_column()
+    reason: Mapped[str | None] = mapped_column(String(100))  # the cluster's, e.g. DeadlineExceeded
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)  # retention by age
+    finished_at: Mapped[dt.datetime | None] = mapped_column()
+
+
 class Meta(Base):
     """Small facts about the database itself, e.g. the master key check value."""
 
