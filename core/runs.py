@@ -2,8 +2,20 @@
 
 Each run is a Kubernetes Job in the app's namespace, rendered like the release Job (core.kube.render:
 its own Secret, backoffLimit 0, restartPolicy Never, a deadline and a TTL) from the app's CURRENT
-revision, so it runs exactly what the app runs.  The cluster is the record: a run is a Job carrying
-shipit's labels for the app and a run label; nothing is stored in the database but its audit row.
+revision, so it runs exactly what the app runs.  A run is a Job carrying shipit's labels for the app
+and a run label; its Job TTL deletes it some time after it ends.
+
+The database keeps the history (models.Run): who ran which program (argv[0] and the number of
+arguments, never the arguments: they may carry credentials), when, and how it ended.  `start` inserts
+the row, status running, in its own transaction with the audit row, and commits it BEFORE asking the
+cluster for the Job.  When the API server then refuses the Job, the row is marked failed with reason
+"not created" (a short transaction of its own) and the error goes on to the caller: the history never
+claims a run that never started.  A process killed between the two leaves a running row whose Job
+never existed; it reads as "unknown", like any row whose Job is gone before shipit saw it end.
+
+The row is brought up to date from the Job whenever shipit reads the run while its Job exists (show,
+list, the end of a followed log, cancel -> cancelled), in a short transaction after the cluster
+answered; a finished row is never rewritten.  Once the Job is gone, the row is the answer.
 
 Reading the database and asking the cluster are separate steps (as in core.status): no transaction
 is held open while the Kubernetes API answers.
@@ -13,12 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
 import logging
 import secrets as random
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import apps, audit, claims, deploys, environments, identity, logctx, status
@@ -41,18 +56,24 @@ MAX_TIMEOUT_SECONDS = 86400
 MAX_ARGS = 64
 MAX_COMMAND_BYTES = 16 * 1024
 LIST_LIMIT = 50
+MAX_LIST_LIMIT = 200
 # A followed run log: how often the run's end is checked, and how long its last lines may take after it.
 POLL_SECONDS = 2.0
 FOLLOW_GRACE_SECONDS = 2.0
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+CANCELLED = "cancelled"
+UNKNOWN = "unknown"  # its Job is gone and shipit never saw it end
+NOT_CREATED = "not created"  # the reason of a run whose Job the cluster refused
+REASON_MAX = 100  # models.Run.reason
 AUDIT_ACTION = "app.run"
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunView:
-    """A run as the cluster has it.  Never the arguments: they may carry credentials."""
+    """A run as the cluster has it, or as the history has it once its Job is gone.  Never the
+    arguments: they may carry credentials."""
 
     name: str
     app: str
@@ -60,7 +81,7 @@ class RunView:
     revision: int | None
     image: str
     program: str
-    state: str  # running, succeeded or failed
+    state: str  # running, succeeded, failed, cancelled or unknown
     reason: str | None = (
         None  # why it failed: the container's (Error, OOMKilled) or the Job's (DeadlineExceeded)
     )
@@ -69,6 +90,10 @@ class RunView:
     pod: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    # From the history (None for a run started before shipit kept one).
+    actor: str | None = None
+    args: int | None = None
+    timeout_seconds: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -194,20 +219,44 @@ async def start(
                 "revision": revision.number,
             },
         )
+        row = models.Run(
+            app_id=app.id,
+            environment_id=app.environment_id,
+            name=name,
+            actor=actor.subject,
+            program=argv[0],
+            arg_count=len(argv) - 1,
+            revision=revision.number,
+            image=spec.image,
+            timeout_seconds=deadline,
+            status=RUNNING,
+        )
+        session.add(row)
     kube = await _kube(ctx=ctx, where=where)
-    job = await kube.start_run(
-        spec=spec,
-        name=name,
-        command=argv,
-        namespace_origin=origin,
-        active_deadline_seconds=deadline,
-        ttl_seconds_after_finished=ctx.config.release_ttl_seconds,
-    )
-    logctx.deploy_logger(log, app=app_name, namespace=where.namespace).info(
+    logger = logctx.deploy_logger(log, app=app_name, namespace=where.namespace)
+    try:
+        job = await kube.start_run(
+            spec=spec,
+            name=name,
+            command=argv,
+            namespace_origin=origin,
+            active_deadline_seconds=deadline,
+            ttl_seconds_after_finished=ctx.config.release_ttl_seconds,
+        )
+    except Exception:
+        # The history must not claim a run that never started; the cluster's error goes on.
+        try:
+            await _settle(ctx, app_id=where.app_id, ended={name: _Ending(status=FAILED, reason=NOT_CREATED)})
+        except Exception:
+            logger.exception(
+                "one-off run %s: its Job was refused and its row not marked %r", name, NOT_CREATED
+            )
+        raise
+    logger.info(
         "one-off run %s of revision %s started by %s: program %s, %d args",
         name, revision.number, actor.subject, argv[0], len(argv) - 1,
     )  # fmt: skip
-    return view(job, {})
+    return _merged(row, view(job, {}))
 
 
 async def _is_admin(session: AsyncSession, *, actor: Actor, app: models.App) -> bool:
@@ -270,52 +319,211 @@ async def _pods_of(kube: Kube, *, where: status.Target, name: str) -> dict[str, 
     return {as_str(dig(p, "metadata", "name")): p for p in pods}
 
 
+def _no_run(*, where: status.Target, name: str) -> NotFound:
+    return NotFound(f"app {where.app} has no run named {name!r}")
+
+
 async def _job_of(kube: Kube, *, where: status.Target, name: str) -> dict[str, Any]:
     job = await kube.get(kind="Job", name=name, namespace=where.namespace)
     if job is None or not _is_run(job, where=where):
         # A Job shipit did not make for this app is not a run of it: the same answer as none.
-        raise NotFound(f"app {where.app} has no run named {name!r}")
+        raise _no_run(where=where, name=name)
     return job
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Ending:
+    status: str
+    exit_code: int | None = None
+    reason: str | None = None
+    finished_at: dt.datetime | None = None
+
+
+def _time(value: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).isoformat() if value is not None else None
+
+
+def _ending(found: RunView) -> _Ending | None:
+    if not found.finished:
+        return None
+    return _Ending(
+        status=found.state,
+        exit_code=found.exit_code,
+        reason=found.reason,
+        finished_at=_time(found.finished_at),
+    )
+
+
+async def _settle_in(session: AsyncSession, *, app_id: int, ended: Mapping[str, _Ending]) -> None:
+    """Record how runs ended; only rows still running change (a finished row is never rewritten)."""
+    now = models.utcnow()
+    for name, end in ended.items():
+        await session.execute(
+            update(models.Run)
+            .where(models.Run.app_id == app_id, models.Run.name == name, models.Run.status == RUNNING)
+            .values(
+                status=end.status,
+                exit_code=end.exit_code,
+                reason=end.reason[:REASON_MAX] if end.reason else None,
+                finished_at=end.finished_at or now,
+            )
+        )
+
+
+async def _settle(ctx: Core, *, app_id: int, ended: Mapping[str, _Ending]) -> None:
+    """_settle_in, in a short transaction of its own (after the cluster answered)."""
+    if ended:
+        async with ctx.sessionmaker.begin() as session:
+            await _settle_in(session, app_id=app_id, ended=ended)
+
+
+async def _record(ctx: Core, *, where: status.Target, found: RunView) -> None:
+    end = _ending(found)
+    if end is not None:
+        await _settle(ctx, app_id=where.app_id, ended={found.name: end})
+
+
+def _merged(row: models.Run | None, live: RunView) -> RunView:
+    """The live run with its history; a finished row is the record (a cancelled Job may linger)."""
+    if row is None:
+        return live  # started before shipit kept a history
+    history = dataclasses.replace(
+        live, actor=row.actor, args=row.arg_count, timeout_seconds=row.timeout_seconds
+    )
+    if row.status == RUNNING:
+        return history
+    return dataclasses.replace(
+        history,
+        state=row.status,
+        reason=row.reason,
+        exit_code=row.exit_code,
+        message=live.message if live.state == row.status else None,
+        finished_at=_iso(row.finished_at),
+    )
+
+
+def _from_row(row: models.Run, *, where: status.Target) -> RunView:
+    """A run whose Job is gone: the history's answer; one never seen ending is unknown."""
+    return RunView(
+        name=row.name,
+        app=where.app,
+        namespace=where.namespace,
+        revision=row.revision,
+        image=row.image,
+        program=row.program,
+        state=UNKNOWN if row.status == RUNNING else row.status,
+        reason=row.reason,
+        exit_code=row.exit_code,
+        started_at=_iso(row.created_at),
+        finished_at=_iso(row.finished_at),
+        actor=row.actor,
+        args=row.arg_count,
+        timeout_seconds=row.timeout_seconds,
+    )
+
+
+async def _row_of(session: AsyncSession, *, app_id: int, name: str) -> models.Run | None:
+    return await session.scalar(
+        select(models.Run).where(models.Run.app_id == app_id, models.Run.name == name)
+    )
+
+
 async def status_of(*, ctx: Core, actor: Actor, app_name: str, env: str | None = None, run: str) -> RunView:
+    """The run from its Job while that exists (recording its end), else from the history."""
     async with ctx.sessionmaker.begin() as session:
         _, where = await _authorized(
             session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="reading one-off runs"
         )
+        row = await _row_of(session, app_id=where.app_id, name=run)
     kube = await _kube(ctx=ctx, where=where)
-    job = await _job_of(kube, where=where, name=run)
-    return view(job, await _pods_of(kube, where=where, name=run))
+    job = await kube.get(kind="Job", name=run, namespace=where.namespace)
+    if job is None or not _is_run(job, where=where):
+        if row is None:
+            raise _no_run(where=where, name=run)
+        return _from_row(row, where=where)
+    live = view(job, await _pods_of(kube, where=where, name=run))
+    if row is not None:
+        await _record(ctx, where=where, found=live)
+    return _merged(row, live)
 
 
-async def list_runs(*, ctx: Core, actor: Actor, app_name: str, env: str | None = None) -> list[RunView]:
-    """The app's runs still in the cluster (their TTL removes them), newest first."""
+def check_limit(limit: int | None) -> int:
+    if limit is None:
+        return LIST_LIMIT
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}", field="limit")
+    return limit
+
+
+async def list_runs(
+    *, ctx: Core, actor: Actor, app_name: str, env: str | None = None, limit: int | None = None
+) -> list[RunView]:
+    """The app's runs, newest first: the history, with the live state of those whose Jobs exist."""
+    count = check_limit(limit)
     async with ctx.sessionmaker.begin() as session:
         _, where = await _authorized(
             session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="reading one-off runs"
+        )
+        rows = list(
+            await session.scalars(
+                select(models.Run)
+                .where(models.Run.app_id == where.app_id)
+                .order_by(models.Run.created_at.desc(), models.Run.id.desc())
+                .limit(count)
+            )
         )
     kube = await _kube(ctx=ctx, where=where)
     jobs = [j for j in await kube.list_labelled(kind="Job", namespace=where.namespace, labels=_owned(where))]
-    jobs = [j for j in jobs if _is_run(j, where=where)]
     pods = await kube.list_labelled(kind="Pod", namespace=where.namespace, labels=_owned(where))
     by_run: dict[str, dict[str, dict[str, Any]]] = {}
     for pod in pods:
         run = str_dict(dig(pod, "metadata", "labels")).get(render.LABEL_RUN, "")
         by_run.setdefault(run, {})[as_str(dig(pod, "metadata", "name"))] = pod
-    jobs.sort(
-        key=lambda j: (as_str(dig(j, "metadata", "creationTimestamp")), as_str(dig(j, "metadata", "name"))),
-        reverse=True,
-    )
-    return [view(j, by_run.get(as_str(dig(j, "metadata", "name")), {})) for j in jobs[:LIST_LIMIT]]
+    live = {
+        as_str(dig(j, "metadata", "name")): (j, view(j, by_run.get(as_str(dig(j, "metadata", "name")), {})))
+        for j in jobs
+        if _is_run(j, where=where)
+    }
+    ended: dict[str, _Ending] = {}
+    found: list[tuple[dt.datetime, str, RunView]] = []
+    for row in rows:
+        job_and_view = live.pop(row.name, None)
+        if job_and_view is None:
+            found.append((row.created_at, row.name, _from_row(row, where=where)))
+            continue
+        end = _ending(job_and_view[1])
+        if row.status == RUNNING and end is not None:
+            ended[row.name] = end
+        found.append((row.created_at, row.name, _merged(row, job_and_view[1])))
+    # Jobs of runs started before shipit kept a history, or older than the page: the page's oldest
+    # row bounds them, so the page stays the newest `count`.
+    oldest = rows[-1].created_at if len(rows) == count else None
+    for name, (job, run_view) in live.items():
+        created = _time(as_str(dig(job, "metadata", "creationTimestamp"))) or models.utcnow()
+        if oldest is None or created > oldest:
+            found.append((created, name, run_view))
+    await _settle(ctx, app_id=where.app_id, ended=ended)
+    found.sort(key=lambda f: (f[0], f[1]), reverse=True)
+    return [f[2] for f in found[:count]]
 
 
 async def cancel(*, ctx: Core, actor: Actor, app_name: str, env: str | None = None, run: str) -> RunView:
-    """Delete the run's Job (its pod and Secret go with it); only a Job shipit made for this app's run."""
+    """Delete the run's Job (its pod and Secret go with it); only a Job shipit made for this app's run.
+
+    Its row ends cancelled, unless the Job had already ended (that ending is recorded instead)."""
     async with ctx.sessionmaker.begin() as session:
         app, where = await _authorized(
             session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="cancelling a one-off run"
         )
         project_id = app.project_id
+        row = await _row_of(session, app_id=where.app_id, name=run)
     kube = await _kube(ctx=ctx, where=where)
     job = await _job_of(kube, where=where, name=run)
     found = view(job, await _pods_of(kube, where=where, name=run))
@@ -329,6 +537,9 @@ async def cancel(*, ctx: Core, actor: Actor, app_name: str, env: str | None = No
     )
     # Recorded once the Job is gone: a refused cancel (no such run, not shipit's) changed nothing.
     async with ctx.sessionmaker.begin() as session:
+        await _settle_in(
+            session, app_id=where.app_id, ended={run: _ending(found) or _Ending(status=CANCELLED)}
+        )
         await audit.write(
             session,
             actor=actor,
@@ -340,7 +551,7 @@ async def cancel(*, ctx: Core, actor: Actor, app_name: str, env: str | None = No
     logctx.deploy_logger(log, app=app_name, namespace=where.namespace).info(
         "one-off run %s cancelled by %s", run, actor.subject
     )
-    return found
+    return _merged(row, found)
 
 
 async def log_lines(
@@ -369,7 +580,7 @@ async def log_lines(
             return
         # Followed, the log ends with the run: some clusters keep a finished pod's stream open, and a
         # client waiting for the end of the stream must not wait for ever.
-        ended = asyncio.create_task(_until_finished(kube, where=where, name=run))
+        ended = asyncio.create_task(_until_finished(ctx, kube, where=where, name=run))
         following: asyncio.Future[status.LogLine] | None = None
         try:
             while True:
@@ -393,9 +604,13 @@ async def log_lines(
                         await task
 
 
-async def _until_finished(kube: Kube, *, where: status.Target, name: str) -> None:
+async def _until_finished(ctx: Core, kube: Kube, *, where: status.Target, name: str) -> None:
     while True:
         job = await kube.get(kind="Job", name=name, namespace=where.namespace)
-        if job is None or view(job, await _pods_of(kube, where=where, name=name)).finished:
+        if job is None:
+            return
+        found = view(job, await _pods_of(kube, where=where, name=name))
+        if found.finished:
+            await _record(ctx, where=where, found=found)
             return
         await asyncio.sleep(POLL_SECONDS)

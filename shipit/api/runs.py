@@ -37,9 +37,15 @@ async def start_run(
 
 @router.get("/apps/{name}/runs", responses=CLUSTER_ERRORS)
 async def list_runs(
-    name: schemas.NamePath, rt: RtDep, actor: ActorDep, env: schemas.EnvQuery = None
+    name: schemas.NamePath,
+    rt: RtDep,
+    actor: ActorDep,
+    env: schemas.EnvQuery = None,
+    limit: int = Query(runs.LIST_LIMIT, ge=1, le=runs.MAX_LIST_LIMIT),
 ) -> list[schemas.RunOut]:
-    return [_out(r) for r in await runs.list_runs(ctx=rt.core, actor=actor, app_name=name, env=env)]
+    """The app's run history, newest first, with the live state of runs whose Jobs still exist."""
+    found = await runs.list_runs(ctx=rt.core, actor=actor, app_name=name, env=env, limit=limit)
+    return [_out(r) for r in found]
 
 
 @router.get("/apps/{name}/runs/{run}", responses=CLUSTER_ERRORS)

@@ -337,7 +337,8 @@ class RunIn(Strict):
 
 
 class RunOut(BaseModel):
-    """A one-off run as the cluster has it: its program, never its arguments (they may hold credentials)."""
+    """A one-off run, from its Job while that exists and from the history after: its program, never its
+    arguments (they may hold credentials)."""
 
     name: str
     app: str
@@ -345,10 +346,14 @@ class RunOut(BaseModel):
     revision: int | None
     image: str
     program: str
-    state: Literal["running", "succeeded", "failed"]
+    # unknown: its Job is gone (the TTL deletes it) and shipit never saw how it ended.
+    state: Literal["running", "succeeded", "failed", "cancelled", "unknown"]
     reason: str | None
     message: str | None
     exit_code: int | None
     pod: str | None
     started_at: str | None
     finished_at: str | None
+    actor: str | None  # who started it; None for a run from before shipit kept a history
+    args: int | None  # how many arguments followed the program (never the arguments)
+    timeout_seconds: int | None
