@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Annotated, Any
 
@@ -103,24 +104,45 @@ def run(
     _verdict(r)
 
 
+def _duration(r: dict[str, Any]) -> str:
+    """How long it ran, when both ends are known ("-" while it runs or for a run never seen ending)."""
+    try:
+        took = dt.datetime.fromisoformat(r["finished_at"]) - dt.datetime.fromisoformat(r["started_at"])
+    except (TypeError, ValueError):
+        return "-"
+    seconds = max(int(took.total_seconds()), 0)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 @runs_app.command("list")
-def runs_list(app_name: AppArg, environment: EnvNameOpt = None, as_json: JsonOpt = False) -> None:
-    """An app's one-off runs still in the cluster, newest first."""
+def runs_list(
+    app_name: AppArg,
+    environment: EnvNameOpt = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first (at most 200).")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """An app's one-off runs, newest first: who ran which program, when, and how it ended.
+
+    The history outlives the runs' Jobs; a run whose Job is gone before shipit saw it end is unknown.
+    """
     with api() as client:
-        rows = client.get(f"/apps/{q(app_name)}/runs", **_params(environment))
+        rows = client.get(f"/apps/{q(app_name)}/runs", **_params(environment, limit=limit))
     if as_json:
         show_json(rows)
         return
     table(
-        ["RUN", "STATE", "PROGRAM", "REVISION", "EXIT", "STARTED", "REASON"],
+        ["RUN", "STATUS", "EXIT", "STARTED", "FINISHED", "TOOK", "ACTOR", "PROGRAM", "REVISION", "REASON"],
         [
             [
                 r["name"],
                 r["state"],
+                "" if r["exit_code"] is None else r["exit_code"],
+                when(r["started_at"]),
+                when(r["finished_at"]),
+                _duration(r),
+                r["actor"] or "-",
                 r["program"],
                 r["revision"] or "",
-                r["exit_code"],
-                when(r["started_at"]),
                 r["reason"] or "",
             ]
             for r in rows
@@ -149,11 +171,14 @@ def runs_show(
                 "exit_code",
                 "message",
                 "program",
+                "args",
+                "actor",
                 "revision",
                 "image",
                 "pod",
                 "started_at",
                 "finished_at",
+                "timeout_seconds",
             )
         ]
     )
