@@ -12,6 +12,7 @@ import httpx
 import pytest
 from kubernetes_asyncio import client as k8s
 
+from storage import models
 from tests.conftest import LiveServer, World
 from tests.helpers import eventually
 from tests.shipit.cluster_apps import deployed_app, wait_deploy
@@ -110,7 +111,7 @@ async def test_a_run_uses_the_current_revisions_image_env_and_secrets_and_succee
 
 
 async def test_a_run_whose_image_fails_ends_failed_and_the_cli_exits_1(
-    world: World, live_server: LiveServer, api: httpx.AsyncClient, shipit: Run
+    world: World, live_server: LiveServer, api: httpx.AsyncClient, kube_api: k8s.ApiClient, shipit: Run
 ) -> None:
     # No replicas, so the rollout of a fail- image succeeds and it becomes the current revision.
     await deployed_app(api, world, image="ghcr.io/acme/web:fail-1", replicas=0)
@@ -119,6 +120,13 @@ async def test_a_run_whose_image_fails_ends_failed_and_the_cli_exits_1(
     assert "failed (Error, exit code 1)" in result.stderr, result.stderr
     [run] = (await api.get("/api/v1/apps/web/runs")).json()
     assert run["state"] == "failed" and run["reason"] == "Error" and run["exit_code"] == 1
+    # The history keeps how it ended after its Job is gone (the TTL would delete it).
+    await job_deleted(kube_api, world, run["name"])
+    kept = await api.get(f"/api/v1/apps/web/runs/{run['name']}")
+    assert kept.status_code == 200, kept.text
+    got = kept.json()
+    assert (got["state"], got["exit_code"], got["reason"], got["pod"]) == ("failed", 1, "Error", None)
+    assert got["program"] == "sh" and got["args"] == 2 and got["actor"] == "user:admin"
 
 
 async def test_run_input_and_an_app_never_deployed(world: World, api: httpx.AsyncClient) -> None:
@@ -157,7 +165,16 @@ async def test_roles_outsiders_and_protected_environments(
         )
         assert seen.status_code == missing.status_code == 404
         assert seen.content == missing.content.replace(b"nop", b"web")
-        assert (await dev.post("/api/v1/apps/web/runs", json=run)).status_code == 201
+        started = await dev.post("/api/v1/apps/web/runs", json=run)
+        assert started.status_code == 201, started.text
+        # The history is no way in: an outsider asking for a real run (or the list) hears "no such app".
+        for path in (f"/runs/{started.json()['name']}", "/runs", "/runs?limit=1"):
+            seen, missing = (
+                await rita.get(f"/api/v1/apps/web{path}"),
+                await rita.get(f"/api/v1/apps/nop{path}"),
+            )
+            assert seen.status_code == missing.status_code == 404, path
+            assert seen.content == missing.content.replace(b"nop", b"web"), path
 
         # An environment protected with required approvals: a run would bypass the review.
         env = (await api.get("/api/v1/apps/web")).json()["environment"]
@@ -216,8 +233,117 @@ async def test_cancel_deletes_the_run_and_a_hand_made_job_is_never_touched(
     await eventually(gone, what="the run's Job deleted")
     cancels = [a for a in await table_rows(world.rt, "audit_events") if a["action"] == "app.run.cancel"]
     assert len(cancels) == 1  # the refused ones changed nothing and are not recorded
-    assert (await api.get(f"/api/v1/apps/web/runs/{run['name']}")).status_code in (200, 404)
+    r = await api.get(f"/api/v1/apps/web/runs/{run['name']}")
+    assert r.status_code == 200 and r.json()["state"] in ("cancelled", "succeeded"), r.text
     assert (await batch.read_namespaced_job("web-run-handmade", world.namespace)).metadata.uid
+
+
+async def job_deleted(kube_api: k8s.ApiClient, world: World, name: str) -> None:
+    """Delete a run's Job as its TTL would, and wait until the API server no longer has it."""
+    await k8s.BatchV1Api(kube_api).delete_namespaced_job(
+        name, world.namespace, propagation_policy="Background"
+    )
+    await job_gone(kube_api, world, name)
+
+
+async def job_gone(kube_api: k8s.ApiClient, world: World, name: str) -> None:
+    batch = k8s.BatchV1Api(kube_api)
+
+    async def gone() -> bool:
+        jobs = await batch.list_namespaced_job(world.namespace, field_selector=f"metadata.name={name}")
+        return not jobs.items
+
+    await eventually(gone, what=f"Job {name} gone")
+
+
+async def everything_stored(live_server: LiveServer) -> str:
+    """Every row of every table, as text."""
+    return str([await table_rows(live_server.rt, t.name) for t in models.Base.metadata.sorted_tables])
+
+
+@pytest.mark.both_databases
+async def test_the_history_outlives_the_job_and_never_holds_the_arguments(
+    world: World, live_server: LiveServer, api: httpx.AsyncClient, kube_api: k8s.ApiClient, shipit: Run
+) -> None:
+    await deployed_app(api, world)
+    argv = ["rake", "db:seed", SECRET_ARG]
+    r = await api.post("/api/v1/apps/web/runs", json={"command": argv, "timeout_seconds": 120})
+    assert r.status_code == 201, r.text
+    name = r.json()["name"]
+    assert r.json()["actor"] == "user:admin" and r.json()["args"] == 2
+    done = await finished(api, "web", name)  # shipit reads the finished Job: the row records its end
+    assert done["state"] == "succeeded" and done["exit_code"] == 0, done
+    await job_deleted(kube_api, world, name)
+
+    kept = await api.get(f"/api/v1/apps/web/runs/{name}")
+    assert kept.status_code == 200, kept.text
+    got = kept.json()
+    assert (got["state"], got["exit_code"], got["program"], got["args"]) == ("succeeded", 0, "rake", 2)
+    assert got["actor"] == "user:admin" and got["timeout_seconds"] == 120 and got["revision"] == 1
+    assert got["started_at"] and got["finished_at"] and got["pod"] is None
+    [row] = await table_rows(live_server.rt, "runs")
+    assert (row["name"], row["status"], row["exit_code"], row["program"], row["arg_count"]) == (
+        name, "succeeded", 0, "rake", 2,
+    )  # fmt: skip
+    stored = await everything_stored(live_server)
+    assert "Sup3rSecretArg" not in stored and "db:seed" not in stored
+
+    # A run whose Job is gone before shipit saw it end: unknown, never guessed.
+    second = (await api.post("/api/v1/apps/web/runs", json={"command": ["true"]})).json()["name"]
+    await job_deleted(kube_api, world, second)
+    listed = (await api.get("/api/v1/apps/web/runs")).json()
+    assert [(x["name"], x["state"]) for x in listed] == [(second, "unknown"), (name, "succeeded")]
+    assert [x["name"] for x in (await api.get("/api/v1/apps/web/runs?limit=1")).json()] == [second]
+    for limit in ("0", "201", "x"):
+        r = await api.get(f"/api/v1/apps/web/runs?limit={limit}")
+        assert r.status_code == 422 and error_of(r)["field"] == "limit", r.text
+    assert (await api.get(f"/api/v1/apps/web/runs/{name}x")).status_code == 404
+
+    out = ok(await shipit("runs", "list", "web"))
+    header, *lines = out.splitlines()
+    assert header.split()[:3] == ["RUN", "STATUS", "EXIT"] and "ACTOR" in header and "PROGRAM" in header
+    assert lines[0].split()[:2] == [second, "unknown"]
+    assert (
+        lines[1].split()[:3] == [name, "succeeded", "0"] and "user:admin" in lines[1] and "rake" in lines[1]
+    )
+    assert json.loads(ok(await shipit("runs", "list", "web", "--json", "--limit", "1")))[0]["name"] == second
+
+    # Deleted with its app.
+    assert (await api.delete("/api/v1/apps/web")).status_code < 300
+    assert await table_rows(live_server.rt, "runs") == []
+
+
+async def test_cancelling_a_running_run_leaves_it_cancelled(
+    world: World, live_server: LiveServer, api: httpx.AsyncClient, kube_api: k8s.ApiClient
+) -> None:
+    # A CPU request no node has: the run's pod is never scheduled, so the run is running until cancelled.
+    await deployed_app(api, world, replicas=0, cpu_request="4000", cpu_limit="4000")
+    name = (await api.post("/api/v1/apps/web/runs", json={"command": ["true"]})).json()["name"]
+    assert (await api.get(f"/api/v1/apps/web/runs/{name}")).json()["state"] == "running"
+    r = await api.delete(f"/api/v1/apps/web/runs/{name}")
+    assert r.status_code == 200, r.text
+    await job_gone(kube_api, world, name)
+    got = (await api.get(f"/api/v1/apps/web/runs/{name}")).json()
+    assert (got["state"], got["exit_code"], got["reason"]) == ("cancelled", None, None), got
+    assert got["finished_at"]
+    [row] = await table_rows(live_server.rt, "runs")
+    assert row["status"] == "cancelled" and row["finished_at"] is not None
+
+
+async def test_a_job_the_cluster_refuses_leaves_its_run_failed_not_created(
+    world: World, live_server: LiveServer, api: httpx.AsyncClient, kube_api: k8s.ApiClient
+) -> None:
+    await deployed_app(api, world)
+    # A quota of no Jobs: the API server's admission refuses the run's Job.
+    quota = {"metadata": {"name": "no-jobs"}, "spec": {"hard": {"count/jobs.batch": "0"}}}
+    await k8s.CoreV1Api(kube_api).create_namespaced_resource_quota(world.namespace, quota)
+    r = await api.post("/api/v1/apps/web/runs", json={"command": ["true"]})
+    assert r.status_code >= 400, r.text
+    [row] = await table_rows(live_server.rt, "runs")
+    assert (row["status"], row["reason"], row["exit_code"]) == ("failed", "not created", None)
+    assert row["finished_at"] is not None
+    [listed] = (await api.get("/api/v1/apps/web/runs")).json()
+    assert (listed["name"], listed["state"], listed["reason"]) == (row["name"], "failed", "not created")
 
 
 async def test_cli_run_detached_then_its_log_and_a_followed_run(

@@ -154,6 +154,7 @@ APP_ROUTES = [
     ("DELETE", "/api/v1/apps/{a}/secrets/K", None),
     ("POST", "/api/v1/apps/{a}/runs", {"command": ["true"]}),
     ("GET", "/api/v1/apps/{a}/runs", None),
+    ("GET", "/api/v1/apps/{a}/runs?limit=5", None),
     ("GET", "/api/v1/apps/{a}/runs/web-run-abc", None),
     ("DELETE", "/api/v1/apps/{a}/runs/web-run-abc", None),
     ("GET", "/api/v1/apps/{a}/runs/web-run-abc/logs", None),
