@@ -40,7 +40,7 @@ from core import apps, audit, claims, deploys, environments, identity, logctx, s
 from core import revisions as snapshots
 from core import secrets as app_secrets
 from core.context import Core
-from core.errors import InvalidInput, NotFound, PermissionDenied
+from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from core.identity import Actor, Role
 from core.kube import render
 from core.kube.applying import NamespaceOrigin
@@ -525,7 +525,12 @@ async def cancel(*, ctx: Core, actor: Actor, app_name: str, env: str | None = No
         project_id = app.project_id
         row = await _row_of(session, app_id=where.app_id, name=run)
     kube = await _kube(ctx=ctx, where=where)
-    job = await _job_of(kube, where=where, name=run)
+    job = await kube.get(kind="Job", name=run, namespace=where.namespace)
+    if job is None or not _is_run(job, where=where):
+        if row is None:
+            raise _no_run(where=where, name=run)
+        ended = _from_row(row, where=where).state
+        raise Conflict(f"run {run} has ended ({ended}): its Job is gone, there is nothing to cancel")
     found = view(job, await _pods_of(kube, where=where, name=run))
     await kube.delete_exact(
         kind="Job",

@@ -298,6 +298,8 @@ async def test_the_history_outlives_the_job_and_never_holds_the_arguments(
         r = await api.get(f"/api/v1/apps/web/runs?limit={limit}")
         assert r.status_code == 422 and error_of(r)["field"] == "limit", r.text
     assert (await api.get(f"/api/v1/apps/web/runs/{name}x")).status_code == 404
+    r = await api.delete(f"/api/v1/apps/web/runs/{name}")
+    assert r.status_code == 409 and "has ended (succeeded)" in error_of(r)["message"], r.text
 
     out = ok(await shipit("runs", "list", "web"))
     header, *lines = out.splitlines()
