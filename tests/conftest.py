@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,6 +26,7 @@ from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
 from storage.crypto import generate_key
+from storage.db import create_engine
 
 pytest_plugins = ["tests.testenv.plugin", "tests.testenv.registry", "tests.fakes.plugin"]
 
@@ -38,12 +40,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _fresh_postgres(base_url: str) -> tuple[str, str]:
-    """Create a throwaway database on the test server; returns (url, name)."""
+async def _fresh_postgres(base_url: str, *, template: str | None = None) -> tuple[str, str]:
+    """Create a throwaway database on the test server (empty, or a copy of `template`); returns (url, name)."""
     name = f"shipit_test_{uuid.uuid4().hex[:10]}"
     admin = create_async_engine(base_url, isolation_level="AUTOCOMMIT")
     async with admin.connect() as conn:
-        await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        await conn.exec_driver_sql(
+            f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
+        )
     await admin.dispose()
     return make_url(base_url).set(database=name).render_as_string(hide_password=False), name
 
@@ -74,15 +78,71 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "both_databases: run on SQLite and on PostgreSQL when configured")
 
 
+# Migrating an empty database to head costs 0.3-0.6 s, and nearly every test builds a runtime on a new
+# one.  So a test's database starts as a copy of one migrated once per session, by the same function
+# runtime.build calls (which then finds it at head).  tests/storage/ tests the migrations themselves:
+# its tests get empty databases.
+_templates: dict[str, str] = {}  # backend -> the migrated SQLite file, or PostgreSQL database name
+STORAGE_TESTS = Path(__file__).parent / "storage"
+
+
+async def _migrated(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        await runtime.upgrade_database(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if "sqlite" not in _templates:
+        path = tmp_path_factory.mktemp("template") / "shipit.db"
+        await _migrated(f"sqlite+aiosqlite:///{path}")
+        # The copy is the one file: no write-ahead log left beside it once its connections closed.
+        assert not path.with_name(path.name + "-wal").exists(), "the template's WAL was not checkpointed"
+        _templates["sqlite"] = str(path)
+    return Path(_templates["sqlite"])
+
+
+async def _postgres_template(base_url: str) -> str:
+    if "postgres" not in _templates:
+        url, name = await _fresh_postgres(base_url)
+        await _migrated(url)  # its connections closed: CREATE DATABASE ... TEMPLATE needs none open
+        _templates["postgres"] = name
+    return _templates["postgres"]
+
+
+def _copy_private(source: Path, target: Path) -> None:
+    """Copy with mode 0600, as shipit creates its database (it warns about one others can read)."""
+    with (
+        source.open("rb") as src,
+        os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as dst,
+    ):
+        shutil.copyfileobj(src, dst)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if POSTGRES_URL and "postgres" in _templates:
+        with contextlib.suppress(Exception):  # the test server is throwaway; never fail the run here
+            asyncio.run(_drop_postgres(POSTGRES_URL, _templates.pop("postgres")))
+
+
 @pytest.fixture
-async def db_url(db_backend: str, tmp_path: Path) -> AsyncIterator[str]:
+async def db_url(
+    db_backend: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
+    empty = request.path.is_relative_to(STORAGE_TESTS)
     if db_backend == "postgres":
         assert POSTGRES_URL
-        url, name = await _fresh_postgres(POSTGRES_URL)
+        template = None if empty else await _postgres_template(POSTGRES_URL)
+        url, name = await _fresh_postgres(POSTGRES_URL, template=template)
         yield url
         await _drop_postgres(POSTGRES_URL, name)
     else:
-        yield f"sqlite+aiosqlite:///{tmp_path / 'shipit.db'}"
+        path = tmp_path / "shipit.db"
+        if not empty:
+            _copy_private(await _sqlite_template(tmp_path_factory), path)
+        yield f"sqlite+aiosqlite:///{path}"
 
 
 @pytest.fixture
