@@ -155,7 +155,12 @@ async def test_the_hpa_scales_on_load_and_deploys_rollbacks_and_scale_changes_ke
         return dict(got.json())
 
     u = await eventually(usage, lambda u: len(u["pods"]) == 3, timeout=SCALING, what="metrics of 3 pods")
-    assert u["autoscaling"] == {"min_replicas": 1, "max_replicas": 3, "cpu_target_percent": 50}
+    assert u["autoscaling"] == {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "cpu_target_percent": 50,
+        "scale_down_window_seconds": None,  # Kubernetes' default: the 5 minutes relied on below
+    }
     # The loaded pod at 200 %, the two new ones at the default 20m (20 %): the same figures the HPA has.
     assert sorted(round(p["usage"]["cpu_of_requests_percent"]) for p in u["pods"]) == [20, 20, 200]
 
