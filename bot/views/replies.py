@@ -133,11 +133,10 @@ def app_status(st: status.AppStatus, *, live_pending: bool = False) -> Message:
         if (hpa := live.autoscaler) is not None:
             cpu = "not measured yet" if hpa.cpu_current_percent is None else f"{hpa.cpu_current_percent}%"
             target = "" if hpa.cpu_target_percent is None else f" (target {hpa.cpu_target_percent}%)"
-            window = hpa.scale_down_window_seconds
             lines.append(
                 f"• autoscaler: {hpa.current_replicas} pods, wants {hpa.desired_replicas} "
                 f"(min {hpa.min_replicas}, max {hpa.max_replicas}); CPU {cpu} of requests{target}"
-                + ("" if window is None else f"; scales down after {window}s")
+                + _scales_down(hpa.scale_down_window_seconds)
             )
     elif st.live_error:
         lines.append(f"Cluster: could not read the Deployment: {esc(st.live_error)}")
@@ -254,6 +253,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:g}%"
 
 
+def _scales_down(window: int | None) -> str:
+    """The HPA's scale-down window, said only when set (else Kubernetes' default, 300 s)."""
+    return "" if window is None else f"; scales down after {window}s"
+
+
 def _figures(f: usage_mod.Figures) -> str:
     return (
         f"CPU {round(f.cpu_millicores, 1):g}m ({_pct(f.cpu_of_requests_percent)} of request, "
@@ -282,12 +286,7 @@ def app_usage(u: usage_mod.AppUsage) -> Message:
         s = u.autoscaling
         lines.append(
             f"Autoscaling {s.min_replicas} to {s.max_replicas} pods at {s.cpu_target_percent}% of the CPU request; "
-            f"now {_pct(u.total.cpu_of_requests_percent)}"
-            + (
-                ""
-                if s.scale_down_window_seconds is None
-                else f"; scales down after {s.scale_down_window_seconds}s"
-            )
+            f"now {_pct(u.total.cpu_of_requests_percent)}" + _scales_down(s.scale_down_window_seconds)
         )
     shown = u.pods[:MAX_USAGE_PODS]
     lines += [f"• `{esc(p.pod)}`: {_figures(p.usage)}" for p in shown]
