@@ -1,5 +1,5 @@
 """Retention: finished jobs, delivered events, recorded webhook deliveries, finished builds (with
-their Slack card marks) and usage samples are pruned after an age.
+their Slack card marks), one-off runs' history and usage samples are pruned after an age.
 
 The audit log is not pruned here: it is kept, and exported with `shipit audit --format jsonl`.
 Deletes go in batches, each in its own short transaction, so a first prune of a large backlog
@@ -15,11 +15,12 @@ from typing import Any
 from sqlalchemy import String, Text, and_, cast, delete, exists, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core import builds, jobs, shared
+from core import builds, jobs, runs, shared
 from storage import models
 
 FINISHED = (jobs.DONE, jobs.FAILED, jobs.CANCELLED)
 BUILDS_FINISHED = (builds.SUCCEEDED, builds.FAILED, builds.SUPERSEDED)
+RUNS_FINISHED = (runs.SUCCEEDED, runs.FAILED, runs.CANCELLED)  # a "not created" run is failed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +32,8 @@ class Policy:
     deliveries_seconds: float | None = 30 * 86400
     builds_seconds: float | None = 90 * 86400
     builds_keep: int = 20  # per app, the newest finished builds are kept whatever their age
+    runs_seconds: float | None = 90 * 86400
+    runs_keep: int = 50  # per app, the newest runs are kept whatever their age or status
     usage_seconds: float | None = 14 * 86400
     batch: int = 500
 
@@ -43,6 +46,7 @@ class Pruned:
     marks: int = 0  # `meta` rows of one-off deliveries (core.shared.event_mark) whose event is gone
     builds: int = 0
     build_marks: int = 0  # `meta` rows of the pruned builds' Slack cards (core.shared.build_card_mark)
+    runs: int = 0
     usage_samples: int = 0
 
 
@@ -112,6 +116,45 @@ def _builds_batch(cutoff: dt.datetime, *, keep: int, batch: int) -> Any:
     )
 
 
+def _runs_prunable(cutoff: dt.datetime, *, now: dt.datetime) -> Any:
+    r = models.Run
+    # A Job's activeDeadlineSeconds (the run's timeout, at most MAX_TIMEOUT_SECONDS) caps its life: a
+    # row still `running` past that can no longer be running (it reads `unknown`), and may go too.
+    ended = now - dt.timedelta(seconds=runs.MAX_TIMEOUT_SECONDS)
+    return or_(
+        and_(r.status.in_(RUNS_FINISHED), func.coalesce(r.finished_at, r.created_at) < cutoff),
+        and_(r.status == runs.RUNNING, r.created_at < min(cutoff, ended)),
+    )
+
+
+def _runs_batch(cutoff: dt.datetime, *, now: dt.datetime, keep: int, batch: int) -> Any:
+    r = models.Run
+    # Unlike builds, running rows count towards `keep`: an app's newest `keep` rows are never touched.
+    newest_first = select(
+        r.id, func.row_number().over(partition_by=r.app_id, order_by=r.id.desc()).label("n")
+    ).subquery()
+    return (
+        select(r.id)
+        .join(newest_first, newest_first.c.id == r.id)
+        .where(newest_first.c.n > keep, _runs_prunable(cutoff, now=now))
+        .order_by(r.id)
+        .limit(batch)
+    )
+
+
+async def _delete_runs(
+    session: AsyncSession, ids: list[int], *, cutoff: dt.datetime, now: dt.datetime
+) -> int:
+    """The DELETE checks again what the SELECT saw: a run settled meanwhile (finished now) stays."""
+    if not ids:
+        return 0
+    r = models.Run
+    gone = await session.scalars(
+        delete(r).where(r.id.in_(ids), _runs_prunable(cutoff, now=now)).returning(r.id)
+    )
+    return len(list(gone))
+
+
 def _no_waits() -> Any:
     # No `.deploy to ENV` comment waits for it: JSON's null (models.Json) or an old row's SQL NULL.
     return func.coalesce(cast(models.Build.waiting, Text), "null") == "null"
@@ -172,7 +215,13 @@ async def prune(
             if n < policy.batch:
                 break
     built = await _prune_builds(sessionmaker, policy=policy, now=now)
-    return Pruned(**counts, marks=await _prune_marks(sessionmaker), builds=built[0], build_marks=built[1])
+    return Pruned(
+        **counts,
+        marks=await _prune_marks(sessionmaker),
+        builds=built[0],
+        build_marks=built[1],
+        runs=await _prune_runs(sessionmaker, policy=policy, now=now),
+    )
 
 
 async def _prune_builds(
@@ -192,6 +241,24 @@ async def _prune_builds(
         total, marks = total + n, marks + m
         if len(ids) < policy.batch:
             return total, marks
+
+
+async def _prune_runs(
+    sessionmaker: async_sessionmaker[AsyncSession], *, policy: Policy, now: dt.datetime
+) -> int:
+    """Runs older than the policy's age, beyond each app's newest `runs_keep`: how many were deleted,
+    a batch per transaction (the SELECT and the DELETE)."""
+    if policy.runs_seconds is None:
+        return 0
+    cutoff = now - dt.timedelta(seconds=policy.runs_seconds)
+    total = 0
+    while True:
+        async with sessionmaker.begin() as session:
+            batch = _runs_batch(cutoff, now=now, keep=policy.runs_keep, batch=policy.batch)
+            ids = list(await session.scalars(batch))
+            total += await _delete_runs(session, ids, cutoff=cutoff, now=now)
+        if len(ids) < policy.batch:
+            return total
 
 
 async def _prune_marks(sessionmaker: async_sessionmaker[AsyncSession]) -> int:

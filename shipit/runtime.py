@@ -225,6 +225,8 @@ def retention_policy(settings: Settings) -> retention.Policy:
         deliveries_seconds=seconds(settings.retention_deliveries_days),
         builds_seconds=seconds(settings.retention_builds_days),
         builds_keep=settings.retention_builds_keep,
+        runs_seconds=seconds(settings.retention_runs_days),
+        runs_keep=settings.retention_runs_keep,
         usage_seconds=seconds(settings.retention_usage_days),
     )
 
@@ -264,12 +266,13 @@ async def _maintenance(rt: Runtime) -> None:
             next_prune = loop.time() + PRUNE_EVERY_SECONDS
             try:
                 pruned = await retention.prune(rt.sessionmaker, policy=retention_policy(rt.settings))
-                if pruned.jobs or pruned.events or pruned.deliveries or pruned.builds or pruned.usage_samples:
+                if pruned != retention.Pruned():
                     log.info(
                         "retention: pruned %d job(s), %d event(s), %d webhook delivery record(s), "
-                        "%d build(s) with %d Slack card mark(s), %d usage sample(s)",
-                        pruned.jobs, pruned.events, pruned.deliveries, pruned.builds, pruned.build_marks,
-                        pruned.usage_samples,
+                        "%d event mark(s), %d build(s) with %d Slack card mark(s), %d run(s), "
+                        "%d usage sample(s)",
+                        pruned.jobs, pruned.events, pruned.deliveries, pruned.marks, pruned.builds,
+                        pruned.build_marks, pruned.runs, pruned.usage_samples,
                     )  # fmt: skip
             except Exception:
                 log.exception("retention pass failed")

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # finished builds (their logs) and their Slack card marks; each app's newest `keep` always stay
     retention_builds_days: float = Field(default=90.0, ge=0)
     retention_builds_keep: int = Field(default=20, ge=0)
+    # one-off runs' history (core.runs); each app's newest `keep` always stay
+    retention_runs_days: float = Field(default=90.0, ge=0)
+    retention_runs_keep: int = Field(default=50, ge=0)
     retention_usage_days: float = Field(default=14.0, ge=0)  # usage samples (core.usage_history)
 
     # usage history: each deployed app's CPU and memory sampled this often (0: no sampling)

@@ -3,13 +3,15 @@ the rest stays."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import apps, audit, builds, deliveries, jobs, retention, shared
+from core import apps, audit, builds, deliveries, jobs, retention, runs, shared
 from core.identity import SYSTEM
 from shipit import runtime
 from shipit.runtime import Runtime
@@ -93,15 +95,20 @@ async def test_prune_removes_only_old_finished_rows_in_batches(rt: Runtime) -> N
     assert await retention.prune(rt.sessionmaker, policy=keep, now=now + OLD * 10) == retention.Pruned()
 
 
+async def _second_app(session: AsyncSession) -> None:
+    """App `api` next to paper's `web`: another app's rows, which web's pruning leaves alone."""
+    await apps.create(
+        session, actor=ADMIN, project="acme", cluster="paper", name="api", namespace="api",
+        changes=apps.AppChanges(image="ghcr.io/acme/api:1.0"),
+    )  # fmt: skip
+
+
 async def test_prune_drops_old_finished_builds_with_their_cards_and_keeps_the_rest(paper: Runtime) -> None:
     rt = paper
     now = models.utcnow()
     old, recent = now - dt.timedelta(days=100), now - dt.timedelta(days=1)
     async with rt.sessionmaker.begin() as session:
-        await apps.create(
-            session, actor=ADMIN, project="acme", cluster="paper", name="api", namespace="api",
-            changes=apps.AppChanges(image="ghcr.io/acme/api:1.0"),
-        )  # fmt: skip
+        await _second_app(session)
         app_ids = {name: i for name, i in await session.execute(select(models.App.name, models.App.id))}
         web, api = app_ids["web"], app_ids["api"]
         await session.execute(
@@ -189,3 +196,103 @@ async def test_build_settings_reach_the_policy(settings: Settings) -> None:
         None,
         5,
     )
+
+
+def _run(
+    app: models.App, name: str, status: str, *, created: dt.datetime, finished: dt.datetime | None
+) -> models.Run:
+    return models.Run(
+        app_id=app.id, environment_id=app.environment_id, name=name, actor="user:ann", program="rake",
+        arg_count=1, revision=1, image="ghcr.io/acme/web:1.0", timeout_seconds=1800, status=status,
+        reason=runs.NOT_CREATED if name.endswith("refused") else None, created_at=created, finished_at=finished,
+    )  # fmt: skip
+
+
+async def _run_names(rt: Runtime) -> set[str]:
+    async with rt.sessionmaker() as session:
+        return set(await session.scalars(select(models.Run.name)))
+
+
+async def test_prune_drops_old_runs_beyond_each_apps_newest(paper: Runtime, settings: Settings) -> None:
+    rt = paper
+    now = models.utcnow()
+    old, recent = now - dt.timedelta(days=100), now - dt.timedelta(days=1)
+    async with rt.sessionmaker.begin() as session:
+        await _second_app(session)
+        app = {a.name: a for a in await session.scalars(select(models.App))}
+        web, api = app["web"], app["api"]
+        rows = [
+            # Another app's, older than web's: its own newest three, kept.
+            *(_run(api, f"api-{i}", runs.SUCCEEDED, created=old, finished=old) for i in range(3)),
+            _run(web, "old-succeeded", runs.SUCCEEDED, created=old, finished=old),
+            _run(web, "old-refused", runs.FAILED, created=old, finished=old),
+            _run(web, "old-cancelled-no-end", runs.CANCELLED, created=old, finished=None),
+            # Started 100 days ago: its Job's deadline ended it long since (it reads `unknown`).
+            _run(web, "old-running", runs.RUNNING, created=old, finished=None),
+            _run(web, "ended-yesterday", runs.FAILED, created=old, finished=recent),
+            *(_run(web, f"newest-{i}", runs.SUCCEEDED, created=old, finished=old) for i in range(3)),
+        ]
+        session.add_all(rows)
+
+    # Through the settings a deployment sets; the other tables are kept for ever here.
+    tuned = settings.model_copy(
+        update={
+            "retention_jobs_days": 0, "retention_events_days": 0, "retention_deliveries_days": 0,
+            "retention_builds_days": 0, "retention_usage_days": 0,
+            "retention_runs_days": 30, "retention_runs_keep": 3,
+        }
+    )  # fmt: skip
+    policy = dataclasses.replace(runtime.retention_policy(tuned), batch=2)
+    assert (policy.runs_seconds, policy.runs_keep) == (30 * 86400, 3)
+    assert await retention.prune(rt.sessionmaker, policy=policy) == retention.Pruned(runs=4)
+    assert await _run_names(rt) == {
+        "api-0", "api-1", "api-2", "ended-yesterday", "newest-0", "newest-1", "newest-2",
+    }  # fmt: skip
+
+    # Nothing more goes on a second pass, nor with `0` days, however old the rest gets.
+    assert await retention.prune(rt.sessionmaker, policy=policy) == retention.Pruned()
+    forever = runtime.retention_policy(tuned.model_copy(update={"retention_runs_days": 0}))
+    assert forever.runs_seconds is None
+    assert await retention.prune(rt.sessionmaker, policy=forever, now=now + OLD * 10) == retention.Pruned()
+    assert len(await _run_names(rt)) == 7
+
+
+async def test_a_run_still_running_goes_only_past_the_longest_timeout(paper: Runtime) -> None:
+    rt = paper
+    now = models.utcnow()
+    longest = dt.timedelta(seconds=runs.MAX_TIMEOUT_SECONDS)
+    async with rt.sessionmaker.begin() as session:
+        web = await session.scalar(select(models.App).where(models.App.name == "web"))
+        assert web is not None
+        hours_ago = now - dt.timedelta(hours=2)
+        session.add_all(
+            [
+                _run(web, "dead-running", runs.RUNNING, created=now - longest - dt.timedelta(hours=1), finished=None),
+                # Older than the (tiny) age, but its Job may still be running.
+                _run(web, "live-running", runs.RUNNING, created=hours_ago, finished=None),
+                _run(web, "ended-2h-ago", runs.SUCCEEDED, created=hours_ago, finished=hours_ago),
+                _run(web, "just-ended", runs.SUCCEEDED, created=hours_ago, finished=now - dt.timedelta(seconds=10)),
+            ]
+        )  # fmt: skip
+    policy = retention.Policy(
+        jobs_seconds=None, events_seconds=None, deliveries_seconds=None, builds_seconds=None,
+        usage_seconds=None, runs_seconds=3600, runs_keep=0,
+    )  # fmt: skip
+
+    # The DELETE checks again what the SELECT saw: a run that ended meanwhile stays.
+    async with rt.sessionmaker.begin() as session:
+        cutoff = now - dt.timedelta(seconds=3600)
+        ids = list(await session.scalars(retention._runs_batch(cutoff, now=now, keep=0, batch=10)))
+        assert len(ids) == 2
+        await session.execute(
+            update(models.Run)
+            .where(models.Run.name == "dead-running")
+            .values(status=runs.SUCCEEDED, finished_at=now)
+        )
+        assert await retention._delete_runs(session, ids, cutoff=cutoff, now=now) == 1
+        await session.execute(
+            update(models.Run).where(models.Run.name == "dead-running").values(status=runs.RUNNING, finished_at=None)
+        )  # fmt: skip
+
+    assert await retention.prune(rt.sessionmaker, policy=policy, now=now) == retention.Pruned(runs=1)
+    assert await _run_names(rt) == {"live-running", "just-ended"}
