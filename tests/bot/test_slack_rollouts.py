@@ -21,7 +21,9 @@ from tests.bot.conftest import (
     ALICE,
     BOB,
     CHANNEL,
+    DAVE,
     SlackSender,
+    User,
     add_app,
     button_ids,
     card_of,
@@ -61,9 +63,9 @@ async def _image_in_cluster(kube_api: Any, namespace: str, name: str) -> str:
 
 
 async def _deploy_and_wait(
-    slack: SlackSender, rt: Any, fake: FakeSlack, text: str, *, until: str
+    slack: SlackSender, rt: Any, fake: FakeSlack, text: str, *, until: str, user: User = ALICE
 ) -> tuple[models.Deployment, str, str]:
-    await slack.command(text, user=ALICE)
+    await slack.command(text, user=user)
     d = (await deployments(rt))[-1]
     channel, ts = await eventually(lambda: card_of(rt, fake, d.id), what="card posted", timeout=ROLLOUT)
     await eventually(lambda: _card_says(fake, channel, ts, until), what=f"card says {until}", timeout=ROLLOUT)
@@ -280,3 +282,14 @@ async def test_status_of_an_autoscaled_app_shows_the_hpa_as_its_controller_sees_
         timeout=ROLLOUT,
     )
     assert "• autoscaler: 2 pods, wants 2 (min 2, max 4); CPU 20% of requests (target 80%)" in lines, lines
+
+    # A scale-down window set with `/shipit scale` reaches the HPA's behavior, and the status says it.
+    await _deploy_and_wait(slack, rt, fake_slack, "scale web window=45", until="is live on", user=DAVE)
+    lines = await eventually(
+        autoscaler_lines,
+        lambda lines: any("scales down after" in x for x in lines),
+        what="the HPA's scale-down window",
+        timeout=ROLLOUT,
+    )
+    windowed = [x for x in lines if "scales down after" in x]
+    assert all(x.endswith(" of requests (target 80%); scales down after 45s") for x in windowed), windowed
