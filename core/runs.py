@@ -462,23 +462,57 @@ def check_limit(limit: int | None) -> int:
     return limit
 
 
+@dataclass(frozen=True, kw_only=True)
+class History:
+    """The newest `count` rows of an app's run history, read (role checked) before the cluster is asked."""
+
+    where: status.Target
+    rows: list[models.Run]
+    count: int
+
+    def recorded(self) -> list[RunView]:
+        """The rows as last recorded, for when the cluster cannot be reached: a running row stays
+        running (not unknown: its Job may well exist)."""
+        return [dataclasses.replace(_from_row(r, where=self.where), state=r.status) for r in self.rows]
+
+
+async def history_of(
+    session: AsyncSession,
+    *,
+    ctx: Core,
+    actor: Actor,
+    app_name: str,
+    env: str | None = None,
+    limit: int | None = None,
+) -> History:
+    """list_runs' database half, in the caller's transaction (the dashboard reads it in its own)."""
+    count = check_limit(limit)
+    _, where = await _authorized(
+        session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="reading one-off runs"
+    )
+    rows = list(
+        await session.scalars(
+            select(models.Run)
+            .where(models.Run.app_id == where.app_id)
+            .order_by(models.Run.created_at.desc(), models.Run.id.desc())
+            .limit(count)
+        )
+    )
+    return History(where=where, rows=rows, count=count)
+
+
 async def list_runs(
     *, ctx: Core, actor: Actor, app_name: str, env: str | None = None, limit: int | None = None
 ) -> list[RunView]:
     """The app's runs, newest first: the history, with the live state of those whose Jobs exist."""
-    count = check_limit(limit)
     async with ctx.sessionmaker.begin() as session:
-        _, where = await _authorized(
-            session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="reading one-off runs"
-        )
-        rows = list(
-            await session.scalars(
-                select(models.Run)
-                .where(models.Run.app_id == where.app_id)
-                .order_by(models.Run.created_at.desc(), models.Run.id.desc())
-                .limit(count)
-            )
-        )
+        found = await history_of(session, ctx=ctx, actor=actor, app_name=app_name, env=env, limit=limit)
+    return await with_live(ctx=ctx, history=found)
+
+
+async def with_live(*, ctx: Core, history: History) -> list[RunView]:
+    """The history merged with the app's run Jobs (recording the endings seen), newest first."""
+    where, rows, count = history.where, history.rows, history.count
     kube = await _kube(ctx=ctx, where=where)
     jobs = [j for j in await kube.list_labelled(kind="Job", namespace=where.namespace, labels=_owned(where))]
     pods = await kube.list_labelled(kind="Pod", namespace=where.namespace, labels=_owned(where))

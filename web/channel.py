@@ -45,6 +45,8 @@ LOG_TAIL = 200
 LOG_READ_SECONDS = 10.0
 USAGE_READ_SECONDS = 10.0
 USAGE_PODS_SHOWN = 20  # rows of the per-pod table; the total covers every pod
+RUNS_READ_SECONDS = 10.0
+RUNS_SHOWN = 10  # the app page's newest one-off runs; `shipit runs list` has them all
 # Our pages load only our own files; no inline script, nothing from elsewhere, never framed.
 CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 

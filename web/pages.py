@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 import json
 import time
@@ -32,6 +33,7 @@ from core import (
     identities,
     identity,
     projects,
+    runs,
     secrets,
     status,
     tokens,
@@ -70,6 +72,42 @@ async def environments_of(session: AsyncSession, *, name: str) -> list[str]:
         for e in await environments.list_for(session, project_id=rows[0].project_id)
     }
     return [n for _, n in sorted(order[r.environment_id] for r in rows if r.environment_id in order)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRow:
+    run: runs.RunView
+    started: dt.datetime | None
+    finished: dt.datetime | None
+    took: str  # "—" while it runs (or a time is missing)
+
+
+def _when(value: str | None) -> dt.datetime | None:
+    try:  # the cluster's text for a live run: an odd one shows as no time, not as an error page
+        return dt.datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def took(seconds: float) -> str:
+    """A run's duration the way a person reads it: 42 s, 3 min 5 s, 2 h 10 min."""
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def run_rows(found: list[runs.RunView]) -> list[RunRow]:
+    rows = []
+    for r in found:
+        started, finished = _when(r.started_at), _when(r.finished_at)
+        span = (finished - started).total_seconds() if started and finished and r.finished else None
+        rows.append(
+            RunRow(run=r, started=started, finished=finished, took="—" if span is None else took(span))
+        )
+    return rows
 
 
 async def _app_rows(session: AsyncSession, app_list: list[models.App]) -> list[AppRow]:
@@ -259,6 +297,31 @@ def add_routes(router: APIRouter, web: channel.Web) -> None:
         return channel.render(
             request, "usage.html", row=row, plan=plan, now=now, note=note, problem=problem,
             max_pods=channel.USAGE_PODS_SHOWN,
+        )  # fmt: skip
+
+    @router.get("/apps/{name}/runs")
+    async def runs_fragment(request: Request, name: str, env: str | None = None) -> Response:
+        """The app page's Runs section, fetched like the Usage section: the history is read in one
+        transaction (with the API's role check: developers), the cluster's Jobs asked after."""
+        core = web.core_of(request)
+        async with channel.tx(core) as session:
+            row, actor = await channel.signed_in(request, session)
+            try:
+                history = await runs.history_of(
+                    session, ctx=core, actor=actor, app_name=name, env=env, limit=channel.RUNS_SHOWN
+                )
+            except UserError as e:
+                return await channel.refused(request, row, e)
+        problem = None
+        try:
+            async with asyncio.timeout(channel.RUNS_READ_SECONDS):
+                found = await runs.with_live(ctx=core, history=history)
+        except (UserError, ShipitError) as e:  # cluster unreachable: the history as last recorded
+            found, problem = history.recorded(), str(e)
+        except TimeoutError:
+            found, problem = history.recorded(), "the cluster did not list the runs' Jobs in time"
+        return channel.render(
+            request, "runs.html", row=row, app_name=name, env=env, runs=run_rows(found), problem=problem,
         )  # fmt: skip
 
     @router.get("/apps/{name}/builds/{build_id}")

@@ -128,6 +128,9 @@ async def test_deploy_watch_roll_back_and_approve_in_a_browser(
         # The Usage section arrives after the page, from its own fragment, as inert nodes.
         wait(lambda b: b.find_element(By.ID, "usage").get_attribute("data-loaded") == "yes", 30)
         assert "Per pod: CPU 100m request" in browser.find_element(By.ID, "usage-body").text
+        # So does the Runs section (a developer's), by the same script.
+        wait(lambda b: b.find_element(By.ID, "runs").get_attribute("data-loaded") == "yes", 30)
+        assert "No one-off runs yet." in browser.find_element(By.ID, "runs-body").text
         assert browser.execute_script("return document.querySelectorAll('main script').length") == 0
         browser.save_screenshot(str(shots / "1-app.png"))
 

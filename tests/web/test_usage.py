@@ -44,6 +44,18 @@ def _cells(html: str, row_attr: str, value: str) -> list[str]:
     return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)]
 
 
+async def first_deploy_ends(rt: Runtime) -> str:
+    """How the only deploy ended, once it has (the app's pods on the real control plane)."""
+
+    async def done() -> list[str]:
+        async with rt.sessionmaker() as session:
+            return list(await session.scalars(select(models.Deployment.status)))
+
+    [ended] = await eventually(done, lambda s: s and s[0] in deploys.TERMINAL, timeout=ROLLOUT,
+                               what="the deploy")  # fmt: skip
+    return str(ended)
+
+
 @pytest.mark.both_databases
 async def test_the_usage_section_shows_the_pods_their_share_the_windows_and_a_hint(
     world: World, dashboard: Dashboard
@@ -75,18 +87,13 @@ async def test_the_usage_section_shows_the_pods_their_share_the_windows_and_a_hi
             session.add(models.UsageSample(app_id=app.id, sampled_at=now - ago, pods=2,
                                            cpu_millicores=cpu, memory_bytes=memory))  # fmt: skip
 
-    async def done() -> list[str]:
-        async with rt.sessionmaker() as session:
-            return list(await session.scalars(select(models.Deployment.status)))
-
-    assert await eventually(done, lambda s: s and s[0] in deploys.TERMINAL, timeout=ROLLOUT,
-                            what="the deploy") == ["succeeded"]  # fmt: skip
+    assert await first_deploy_ends(rt) == "succeeded"
 
     async with dashboard.client() as vera:
         page = await dashboard.sign_in(vera, "vera@example.com", next="/apps/web")
         # The page itself holds only the place the section goes; the figures come with the fragment.
         assert page.url.path == "/apps/web" and 'data-usage="/apps/web/usage"' in page.text
-        assert 'src="/static/usage.js"' in page.text and "usage-pods" not in page.text
+        assert 'src="/static/fragments.js"' in page.text and "usage-pods" not in page.text
 
         async def fragment() -> httpx.Response:
             r = await vera.get("/apps/web/usage")
