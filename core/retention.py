@@ -1,5 +1,5 @@
 """Retention: finished jobs, delivered events, recorded webhook deliveries, finished builds (with
-their Slack card marks) and usage samples are pruned after an age.
+their Slack card marks), usage samples and their hourly rollups are pruned after an age.
 
 The audit log is not pruned here: it is kept, and exported with `shipit audit --format jsonl`.
 Deletes go in batches, each in its own short transaction, so a first prune of a large backlog
@@ -32,6 +32,7 @@ class Policy:
     builds_seconds: float | None = 90 * 86400
     builds_keep: int = 20  # per app, the newest finished builds are kept whatever their age
     usage_seconds: float | None = 14 * 86400
+    usage_hourly_seconds: float | None = 90 * 86400
     batch: int = 500
 
 
@@ -44,6 +45,7 @@ class Pruned:
     builds: int = 0
     build_marks: int = 0  # `meta` rows of the pruned builds' Slack cards (core.shared.build_card_mark)
     usage_samples: int = 0
+    usage_hourly: int = 0
 
 
 def _jobs_batch(cutoff: dt.datetime, batch: int) -> Any:
@@ -86,6 +88,11 @@ def _deliveries_batch(cutoff: dt.datetime, batch: int) -> Any:
 def _usage_batch(cutoff: dt.datetime, batch: int) -> Any:
     s = models.UsageSample
     return select(s.id).where(s.sampled_at < cutoff).order_by(s.id).limit(batch)
+
+
+def _usage_hourly_batch(cutoff: dt.datetime, batch: int) -> Any:
+    h = models.UsageHourly
+    return select(h.id).where(h.hour < cutoff).order_by(h.id).limit(batch)
 
 
 def _builds_batch(cutoff: dt.datetime, *, keep: int, batch: int) -> Any:
@@ -153,12 +160,13 @@ async def prune(
 ) -> Pruned:
     """Delete what is older than the policy allows, batch by batch; returns how many rows went."""
     now = now or models.utcnow()
-    counts = {"jobs": 0, "events": 0, "deliveries": 0, "usage_samples": 0}
+    counts = {"jobs": 0, "events": 0, "deliveries": 0, "usage_samples": 0, "usage_hourly": 0}
     plan = (
         ("jobs", models.Job, policy.jobs_seconds, _jobs_batch),
         ("events", models.Event, policy.events_seconds, _events_batch),
         ("deliveries", models.WebhookDelivery, policy.deliveries_seconds, _deliveries_batch),
         ("usage_samples", models.UsageSample, policy.usage_seconds, _usage_batch),
+        ("usage_hourly", models.UsageHourly, policy.usage_hourly_seconds, _usage_hourly_batch),
     )
     for name, table, seconds, batch_of in plan:
         if seconds is None:

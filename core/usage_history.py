@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, exists, func, select
+from sqlalchemy import Float, and_, case, cast, exists, func, literal, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -162,10 +162,74 @@ async def sample(ctx: Core, *, every: float, now: dt.datetime | None = None) -> 
 
 
 # ---------------------------------------------------------------------------
+# Hourly rollups: the 30-day window outlives the raw samples (SHIPIT_RETENTION_USAGE_DAYS)
+
+# A completed hour is rolled up this long after its end: a pass that began in the hour's last slot may
+# still be reading the clusters when the hour ends, and its row must be in the rollup (an hour's row is
+# never written again).
+ROLLUP_GRACE = dt.timedelta(minutes=5)
+
+
+def _hour_of(session: AsyncSession, column: Any) -> Any:
+    """The start of the UTC hour a stored datetime falls in, as the column stores it."""
+    if dialects.is_postgres(session):
+        # timestamptz -> UTC wall time, truncated, back to timestamptz (whatever the session's zone).
+        # Literals, not parameters: the GROUP BY must be the selected expression itself.
+        utc: Any = literal_column("'UTC'")
+        unit: Any = literal_column("'hour'")
+        return func.timezone(utc, func.date_trunc(unit, func.timezone(utc, column)))
+    # SQLite keeps UTCDateTime as text "YYYY-MM-DD HH:MM:SS.ffffff" (storage.models): the same text.
+    return func.substr(column, 1, 13).op("||")(literal_column("':00:00.000000'"))
+
+
+async def roll_up(
+    session: AsyncSession, *, lookback: dt.timedelta | None, now: dt.datetime | None = None
+) -> int:
+    """Roll every completed hour's samples up into usage_hourly, in one INSERT ... SELECT ... GROUP BY;
+    returns the rows written.  Per app, only samples from its newest rolled-up hour on are read (that
+    hour again, whose row the INSERT then keeps), so a pass reads an hour or two of samples; an app
+    without rollups reads back `lookback` (the raw retention: all that is left; None: all).  Replicas: (app_id,
+    hour) is unique and a conflict does nothing, so passes racing store one row per app and hour."""
+    now = now or models.utcnow()
+    s, h = models.UsageSample, models.UsageHourly
+    before = slot_of(now - ROLLUP_GRACE, every=3600)  # the end of the last hour rolled up now
+    newest = select(func.max(h.hour)).where(h.app_id == s.app_id).scalar_subquery()
+    since = None if lookback is None else literal(now - lookback, models.UTCDateTime())
+    floor = newest if since is None else func.coalesce(newest, since)
+    hour = _hour_of(session, s.sampled_at)
+    grouped = (
+        select(
+            s.app_id,
+            hour,
+            func.count(),
+            func.sum(s.cpu_millicores),
+            func.max(s.cpu_millicores),
+            func.sum(cast(s.memory_bytes, Float)),
+            func.max(s.memory_bytes),
+            func.max(s.pods),
+            func.max(s.cpu_millicores / s.pods),
+            func.max(cast(s.memory_bytes, Float) / s.pods),
+        )
+        .where(s.sampled_at < before, or_(floor.is_(None), s.sampled_at >= floor))
+        .group_by(s.app_id, hour)
+    )
+    columns = [
+        "app_id", "hour", "samples", "cpu_sum_millicores", "cpu_peak_millicores", "memory_sum_bytes",
+        "memory_peak_bytes", "max_pods", "cpu_peak_per_pod", "memory_peak_per_pod",
+    ]  # fmt: skip
+    insert = pg_insert if dialects.is_postgres(session) else sqlite_insert
+    stmt = insert(h).from_select(columns, grouped).on_conflict_do_nothing(index_elements=["app_id", "hour"])
+    result = await session.execute(stmt.returning(h.id))
+    return len(list(result.scalars()))
+
+
+# ---------------------------------------------------------------------------
 # The summary: per window, from SQL aggregates
 
 WINDOWS: tuple[tuple[str, int], ...] = (("1h", 3600), ("24h", 86400), ("7d", 7 * 86400))
 HINT_WINDOW = "24h"
+# From the hourly rollups (completed hours only), after the windows of raw samples.
+ROLLED_UP_WINDOW = ("30d", 30 * 86400)
 LOWER_BELOW = 0.5  # of the request: the peak uses under half of it
 RAISE_ABOVE = 0.9  # of the limit: the peak comes within 10 % of it
 
@@ -183,7 +247,7 @@ class Window:
 
 @dataclass(frozen=True, kw_only=True)
 class History:
-    windows: list[Window]  # only windows with samples, shortest first
+    windows: list[Window]  # only windows with samples, shortest first; 30d from the hourly rollups
     hints: list[str]  # plain right-sizing hints from the 24h peak; empty when nothing to say
 
 
@@ -198,7 +262,8 @@ async def summary(
     now: dt.datetime | None = None,
 ) -> History:
     """One aggregate statement over the app's samples of the longest window (the unique index's
-    range), each window's figures picked with CASE; no sample row is loaded into Python."""
+    range), each window's figures picked with CASE, and one over its hourly rollups for the 30d
+    window; no sample row is loaded into Python."""
     now = now or models.utcnow()
     s = models.UsageSample
     cols: list[Any] = []
@@ -240,6 +305,9 @@ async def summary(
             )
         )
         per_pod_peaks[name] = (float(cpu_pod), float(mem_pod))
+    rolled = await _rolled_up(session, app_id=app_id, now=now)
+    if rolled is not None:
+        windows.append(rolled)
     hints: list[str] = []
     w = next((x for x in windows if x.window == HINT_WINDOW), None)
     if w is not None:
@@ -265,6 +333,36 @@ async def summary(
             show=_memory,
         )
     return History(windows=windows, hints=hints)
+
+
+async def _rolled_up(session: AsyncSession, *, app_id: int, now: dt.datetime) -> Window | None:
+    """The 30d window from usage_hourly: sums over sums for the averages, the highest peaks."""
+    h = models.UsageHourly
+    name, seconds = ROLLED_UP_WINDOW
+    row = (
+        await session.execute(
+            select(
+                func.sum(h.samples),
+                func.sum(h.cpu_sum_millicores),
+                func.max(h.cpu_peak_millicores),
+                func.sum(h.memory_sum_bytes),
+                func.max(h.memory_peak_bytes),
+                func.max(h.max_pods),
+            ).where(h.app_id == app_id, h.hour >= now - dt.timedelta(seconds=seconds))
+        )
+    ).one()
+    count, cpu_sum, cpu_peak, mem_sum, mem_peak, pods = row
+    if not count:
+        return None
+    return Window(
+        window=name,
+        samples=int(count),
+        cpu_average_millicores=round(float(cpu_sum) / int(count), 3),
+        cpu_peak_millicores=round(float(cpu_peak), 3),
+        memory_average_bytes=round(float(mem_sum) / int(count)),
+        memory_peak_bytes=int(mem_peak),
+        max_pods=int(pods),
+    )
 
 
 def _cpu(millicores: float) -> str:
