@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, exists, func, literal, literal_column, or_, select
+from sqlalchemy import Float, and_, case, cast, exists, func, literal, literal_column, or_, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -261,8 +261,8 @@ async def summary(
     memory_limit: str,
     now: dt.datetime | None = None,
 ) -> History:
-    """One aggregate statement over the app's samples of the longest window (the unique index's
-    range), each window's figures picked with CASE, and one over its hourly rollups for the 30d
+    """One statement: an aggregate over the app's samples of the longest window (the unique index's
+    range), each window's figures picked with CASE, beside one over its hourly rollups for the 30d
     window; no sample row is loaded into Python."""
     now = now or models.utcnow()
     s = models.UsageSample
@@ -286,7 +286,10 @@ async def summary(
             func.max(only(cast(s.memory_bytes, Float) / s.pods)),
         ]
     longest = now - dt.timedelta(seconds=WINDOWS[-1][1])
-    row = (await session.execute(select(*cols).where(and_(s.app_id == app_id, s.sampled_at > longest)))).one()
+    raw = select(*cols).where(and_(s.app_id == app_id, s.sampled_at > longest)).subquery()
+    rolled = _rolled_up(app_id=app_id, now=now).subquery()
+    # Two one-row aggregates side by side: still one statement (one round trip) per usage answer.
+    row = (await session.execute(select(raw, rolled).select_from(raw.join(rolled, true())))).one()
     windows: list[Window] = []
     per_pod_peaks: dict[str, tuple[float, float]] = {}
     for i, (name, _) in enumerate(WINDOWS):
@@ -305,9 +308,9 @@ async def summary(
             )
         )
         per_pod_peaks[name] = (float(cpu_pod), float(mem_pod))
-    rolled = await _rolled_up(session, app_id=app_id, now=now)
-    if rolled is not None:
-        windows.append(rolled)
+    thirty = _rolled_up_window(row[len(WINDOWS) * 8 :])
+    if thirty is not None:
+        windows.append(thirty)
     hints: list[str] = []
     w = next((x for x in windows if x.window == HINT_WINDOW), None)
     if w is not None:
@@ -335,27 +338,26 @@ async def summary(
     return History(windows=windows, hints=hints)
 
 
-async def _rolled_up(session: AsyncSession, *, app_id: int, now: dt.datetime) -> Window | None:
-    """The 30d window from usage_hourly: sums over sums for the averages, the highest peaks."""
+def _rolled_up(*, app_id: int, now: dt.datetime) -> Any:
+    """The 30d window's aggregates over usage_hourly (one row): sums for the averages, the peaks."""
     h = models.UsageHourly
-    name, seconds = ROLLED_UP_WINDOW
-    row = (
-        await session.execute(
-            select(
-                func.sum(h.samples),
-                func.sum(h.cpu_sum_millicores),
-                func.max(h.cpu_peak_millicores),
-                func.sum(h.memory_sum_bytes),
-                func.max(h.memory_peak_bytes),
-                func.max(h.max_pods),
-            ).where(h.app_id == app_id, h.hour >= now - dt.timedelta(seconds=seconds))
-        )
-    ).one()
+    return select(
+        func.sum(h.samples),
+        func.sum(h.cpu_sum_millicores),
+        func.max(h.cpu_peak_millicores),
+        func.sum(h.memory_sum_bytes),
+        func.max(h.memory_peak_bytes),
+        func.max(h.max_pods),
+    ).where(h.app_id == app_id, h.hour >= now - dt.timedelta(seconds=ROLLED_UP_WINDOW[1]))
+
+
+def _rolled_up_window(row: Any) -> Window | None:
+    """The 30d window: average = the sums over the samples counted, exactly."""
     count, cpu_sum, cpu_peak, mem_sum, mem_peak, pods = row
     if not count:
         return None
     return Window(
-        window=name,
+        window=ROLLED_UP_WINDOW[0],
         samples=int(count),
         cpu_average_millicores=round(float(cpu_sum) / int(count), 3),
         cpu_peak_millicores=round(float(cpu_peak), 3),

@@ -185,6 +185,11 @@ def test_usage_settings_reach_the_policy(settings: Settings) -> None:
 HOUR = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)  # NOW's hour
 
 
+def _before_hour(*, days: int = 0, minutes: int = 0) -> dt.timedelta:
+    """For `_samples` (which counts back from NOW): a sample this long before HOUR."""
+    return NOW - HOUR + dt.timedelta(days=days, minutes=minutes)
+
+
 async def _second_app(rt: Runtime) -> int:
     async with rt.sessionmaker.begin() as session:
         await apps.create(
@@ -217,21 +222,19 @@ async def _hourly(rt: Runtime) -> list[tuple[object, ...]]:
 async def test_completed_hours_roll_up_once_into_sums_and_peaks(paper: Runtime) -> None:
     rt = paper
     web, api = await _app_id(rt), await _second_app(rt)
-    at = NOW - HOUR  # _samples counts back from NOW; these are set against HOUR
-    minutes = lambda n: at + dt.timedelta(minutes=n)
     await _samples(
         rt,
         web,
         [
-            (minutes(120), 2, 40.0, 60 * MI),  # 10:00, the hour's first slot
-            (minutes(90), 4, 100.0, 100 * MI),  # 10:30: peak in total, 25m and 25Mi per pod
-            (minutes(61), 1, 30.0, 70 * MI),  # 10:59: the per-pod peaks, 30m and 70Mi
-            (minutes(45), 3, 90.0, 90 * MI),  # 11:15
-            (minutes(1), 3, 60.5, 30 * MI),  # 11:59
-            (minutes(0), 1, 5.0, MI),  # 12:00: the current hour
+            (_before_hour(minutes=120), 2, 40.0, 60 * MI),  # 10:00, the hour's first slot
+            (_before_hour(minutes=90), 4, 100.0, 100 * MI),  # 10:30: peak in total, 25m and 25Mi per pod
+            (_before_hour(minutes=61), 1, 30.0, 70 * MI),  # 10:59: the per-pod peaks, 30m and 70Mi
+            (_before_hour(minutes=45), 3, 90.0, 90 * MI),  # 11:15
+            (_before_hour(minutes=1), 3, 60.5, 30 * MI),  # 11:59
+            (_before_hour(minutes=0), 1, 5.0, MI),  # 12:00: the current hour
         ],
     )
-    await _samples(rt, api, [(minutes(100), 2, 10.0, 8 * MI)])  # 10:20, another app's hour 10
+    await _samples(rt, api, [(_before_hour(minutes=100), 2, 10.0, 8 * MI)])  # 10:20, another app's hour 10
     ten, eleven = HOUR - dt.timedelta(hours=2), HOUR - dt.timedelta(hours=1)
     hour_ten_web = (web, ten, 3, 170.0, 100.0, 230.0 * MI, 100 * MI, 4, 30.0, 70.0 * MI)
     hour_ten_api = (api, ten, 1, 10.0, 10.0, 8.0 * MI, 8 * MI, 2, 5.0, 4.0 * MI)
@@ -259,8 +262,8 @@ async def test_completed_hours_roll_up_once_into_sums_and_peaks(paper: Runtime) 
 async def test_a_first_rollup_reads_back_only_the_lookback(paper: Runtime) -> None:
     rt = paper
     web = await _app_id(rt)
-    days = lambda n: NOW - HOUR + dt.timedelta(days=n)
-    await _samples(rt, web, [(days(15), 1, 1.0, MI), (days(13), 1, 2.0, MI), (days(1), 1, 3.0, MI)])
+    days = [_before_hour(days=15), _before_hour(days=13), _before_hour(days=1)]
+    await _samples(rt, web, [(days[0], 1, 1.0, MI), (days[1], 1, 2.0, MI), (days[2], 1, 3.0, MI)])
     assert await _roll_up(rt, now=HOUR, lookback=dt.timedelta(days=14)) == 2
     assert [r[3] for r in await _hourly(rt)] == [2.0, 3.0]
     # No lookback (raw samples kept for ever): all of them, once.
@@ -273,16 +276,14 @@ async def test_a_first_rollup_reads_back_only_the_lookback(paper: Runtime) -> No
 async def test_the_30d_window_comes_from_the_rollups_after_the_raw_samples_are_gone(paper: Runtime) -> None:
     rt = paper
     web = await _app_id(rt)
-    twenty = NOW - HOUR + dt.timedelta(days=20)  # _samples counts back from NOW
-    back = lambda d, m: twenty + dt.timedelta(days=d, minutes=m)
     await _samples(
         rt,
         web,
         [
-            (back(0, 0), 2, 100.0, 100 * MI),  # 20 days ago, 12:00
-            (back(0, 30), 1, 40.0, 20 * MI),  # 11:30
-            (back(0, 31), 3, 700.0, 300 * MI),  # 11:29: the 30d peak
-            (back(11, 0), 9, 9000.0, 900 * MI),  # 31 days ago: older than the window
+            (_before_hour(days=20, minutes=0), 2, 100.0, 100 * MI),  # 20 days ago, 12:00
+            (_before_hour(days=20, minutes=30), 1, 40.0, 20 * MI),  # 11:30
+            (_before_hour(days=20, minutes=31), 3, 700.0, 300 * MI),  # 11:29: the 30d peak
+            (_before_hour(days=31, minutes=0), 9, 9000.0, 900 * MI),  # 31 days ago: older than the window
         ],
     )
     assert await _roll_up(rt, now=NOW, lookback=None) == 3
