@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, exists, func, literal, literal_column, or_, select, true
+from sqlalchemy import Float, and_, case, cast, exists, func, literal, literal_column, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -168,6 +168,7 @@ async def sample(ctx: Core, *, every: float, now: dt.datetime | None = None) -> 
 # still be reading the clusters when the hour ends, and its row must be in the rollup (an hour's row is
 # never written again).
 ROLLUP_GRACE = dt.timedelta(minutes=5)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _hour_of(session: AsyncSession, column: Any) -> Any:
@@ -186,16 +187,19 @@ async def roll_up(
     session: AsyncSession, *, lookback: dt.timedelta | None, now: dt.datetime | None = None
 ) -> int:
     """Roll every completed hour's samples up into usage_hourly, in one INSERT ... SELECT ... GROUP BY;
-    returns the rows written.  Per app, only samples from its newest rolled-up hour on are read (that
-    hour again, whose row the INSERT then keeps), so a pass reads an hour or two of samples; an app
-    without rollups reads back `lookback` (the raw retention: all that is left; None: all).  Replicas: (app_id,
-    hour) is unique and a conflict does nothing, so passes racing store one row per app and hour."""
+    returns the rows written.  Only samples from the newest rolled-up hour on are read (that hour
+    again, whose rows the INSERT then keeps: an index range of an hour or two a pass); before any
+    rollup, back `lookback` (the raw retention: all that is left; None: all).  No older hour can be
+    missing a row: samples are written as their slot happens, and an hour is rolled up only
+    ROLLUP_GRACE after its end.  Replicas: (app_id, hour) is unique and a conflict does nothing, so
+    passes racing store one row per app and hour."""
     now = now or models.utcnow()
     s, h = models.UsageSample, models.UsageHourly
     before = slot_of(now - ROLLUP_GRACE, every=3600)  # the end of the last hour rolled up now
-    newest = select(func.max(h.hour)).where(h.app_id == s.app_id).scalar_subquery()
-    since = None if lookback is None else literal(now - lookback, models.UTCDateTime())
-    floor = newest if since is None else func.coalesce(newest, since)
+    newest = select(func.max(h.hour)).scalar_subquery()  # ix_usage_hourly_hour's last entry
+    since = EPOCH if lookback is None else now - lookback
+    # One range on ix_usage_samples_sampled_at (an OR with "no rollup yet" would scan the table).
+    floor = func.coalesce(newest, literal(since, models.UTCDateTime()))
     hour = _hour_of(session, s.sampled_at)
     grouped = (
         select(
@@ -210,7 +214,7 @@ async def roll_up(
             func.max(s.cpu_millicores / s.pods),
             func.max(cast(s.memory_bytes, Float) / s.pods),
         )
-        .where(s.sampled_at < before, or_(floor.is_(None), s.sampled_at >= floor))
+        .where(s.sampled_at >= floor, s.sampled_at < before)
         .group_by(s.app_id, hour)
     )
     columns = [
