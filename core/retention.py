@@ -1,5 +1,6 @@
 """Retention: finished jobs, delivered events, recorded webhook deliveries, finished builds (with
-their Slack card marks), one-off runs' history and usage samples are pruned after an age.
+their Slack card marks), one-off runs' history, usage samples and their hourly rollups are pruned
+after an age.
 
 The audit log is not pruned here: it is kept, and exported with `shipit audit --format jsonl`.
 Deletes go in batches, each in its own short transaction, so a first prune of a large backlog
@@ -35,6 +36,7 @@ class Policy:
     runs_seconds: float | None = 90 * 86400
     runs_keep: int = 50  # per app, the newest runs are kept whatever their age or status
     usage_seconds: float | None = 14 * 86400
+    usage_hourly_seconds: float | None = 90 * 86400
     batch: int = 500
 
 
@@ -48,6 +50,7 @@ class Pruned:
     build_marks: int = 0  # `meta` rows of the pruned builds' Slack cards (core.shared.build_card_mark)
     runs: int = 0
     usage_samples: int = 0
+    usage_hourly: int = 0
 
 
 def _jobs_batch(cutoff: dt.datetime, batch: int) -> Any:
@@ -90,6 +93,11 @@ def _deliveries_batch(cutoff: dt.datetime, batch: int) -> Any:
 def _usage_batch(cutoff: dt.datetime, batch: int) -> Any:
     s = models.UsageSample
     return select(s.id).where(s.sampled_at < cutoff).order_by(s.id).limit(batch)
+
+
+def _usage_hourly_batch(cutoff: dt.datetime, batch: int) -> Any:
+    h = models.UsageHourly
+    return select(h.id).where(h.hour < cutoff).order_by(h.id).limit(batch)
 
 
 def _builds_batch(cutoff: dt.datetime, *, keep: int, batch: int) -> Any:
@@ -196,12 +204,13 @@ async def prune(
 ) -> Pruned:
     """Delete what is older than the policy allows, batch by batch; returns how many rows went."""
     now = now or models.utcnow()
-    counts = {"jobs": 0, "events": 0, "deliveries": 0, "usage_samples": 0}
+    counts = {"jobs": 0, "events": 0, "deliveries": 0, "usage_samples": 0, "usage_hourly": 0}
     plan = (
         ("jobs", models.Job, policy.jobs_seconds, _jobs_batch),
         ("events", models.Event, policy.events_seconds, _events_batch),
         ("deliveries", models.WebhookDelivery, policy.deliveries_seconds, _deliveries_batch),
         ("usage_samples", models.UsageSample, policy.usage_seconds, _usage_batch),
+        ("usage_hourly", models.UsageHourly, policy.usage_hourly_seconds, _usage_hourly_batch),
     )
     for name, table, seconds, batch_of in plan:
         if seconds is None:

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, exists, func, select
+from sqlalchemy import Float, and_, case, cast, exists, func, literal, literal_column, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -162,10 +162,78 @@ async def sample(ctx: Core, *, every: float, now: dt.datetime | None = None) -> 
 
 
 # ---------------------------------------------------------------------------
+# Hourly rollups: the 30-day window outlives the raw samples (SHIPIT_RETENTION_USAGE_DAYS)
+
+# A completed hour is rolled up this long after its end: a pass that began in the hour's last slot may
+# still be reading the clusters when the hour ends, and its row must be in the rollup (an hour's row is
+# never written again).
+ROLLUP_GRACE = dt.timedelta(minutes=5)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _hour_of(session: AsyncSession, column: Any) -> Any:
+    """The start of the UTC hour a stored datetime falls in, as the column stores it."""
+    if dialects.is_postgres(session):
+        # timestamptz -> UTC wall time, truncated, back to timestamptz (whatever the session's zone).
+        # Literals, not parameters: the GROUP BY must be the selected expression itself.
+        utc: Any = literal_column("'UTC'")
+        unit: Any = literal_column("'hour'")
+        return func.timezone(utc, func.date_trunc(unit, func.timezone(utc, column)))
+    # SQLite keeps UTCDateTime as text "YYYY-MM-DD HH:MM:SS.ffffff" (storage.models): the same text.
+    return func.substr(column, 1, 13).op("||")(literal_column("':00:00.000000'"))
+
+
+async def roll_up(
+    session: AsyncSession, *, lookback: dt.timedelta | None, now: dt.datetime | None = None
+) -> int:
+    """Roll every completed hour's samples up into usage_hourly, in one INSERT ... SELECT ... GROUP BY;
+    returns the rows written.  Only samples from the newest rolled-up hour on are read (that hour
+    again, whose rows the INSERT then keeps: an index range of an hour or two a pass); before any
+    rollup, back `lookback` (the raw retention: all that is left; None: all).  No older hour can be
+    missing a row: samples are written as their slot happens, and an hour is rolled up only
+    ROLLUP_GRACE after its end.  Replicas: (app_id, hour) is unique and a conflict does nothing, so
+    passes racing store one row per app and hour."""
+    now = now or models.utcnow()
+    s, h = models.UsageSample, models.UsageHourly
+    before = slot_of(now - ROLLUP_GRACE, every=3600)  # the end of the last hour rolled up now
+    newest = select(func.max(h.hour)).scalar_subquery()  # ix_usage_hourly_hour's last entry
+    since = EPOCH if lookback is None else now - lookback
+    # One range on ix_usage_samples_sampled_at (an OR with "no rollup yet" would scan the table).
+    floor = func.coalesce(newest, literal(since, models.UTCDateTime()))
+    hour = _hour_of(session, s.sampled_at)
+    grouped = (
+        select(
+            s.app_id,
+            hour,
+            func.count(),
+            func.sum(s.cpu_millicores),
+            func.max(s.cpu_millicores),
+            func.sum(cast(s.memory_bytes, Float)),
+            func.max(s.memory_bytes),
+            func.max(s.pods),
+            func.max(s.cpu_millicores / s.pods),
+            func.max(cast(s.memory_bytes, Float) / s.pods),
+        )
+        .where(s.sampled_at >= floor, s.sampled_at < before)
+        .group_by(s.app_id, hour)
+    )
+    columns = [
+        "app_id", "hour", "samples", "cpu_sum_millicores", "cpu_peak_millicores", "memory_sum_bytes",
+        "memory_peak_bytes", "max_pods", "cpu_peak_per_pod", "memory_peak_per_pod",
+    ]  # fmt: skip
+    insert = pg_insert if dialects.is_postgres(session) else sqlite_insert
+    stmt = insert(h).from_select(columns, grouped).on_conflict_do_nothing(index_elements=["app_id", "hour"])
+    result = await session.execute(stmt.returning(h.id))
+    return len(list(result.scalars()))
+
+
+# ---------------------------------------------------------------------------
 # The summary: per window, from SQL aggregates
 
 WINDOWS: tuple[tuple[str, int], ...] = (("1h", 3600), ("24h", 86400), ("7d", 7 * 86400))
 HINT_WINDOW = "24h"
+# From the hourly rollups (completed hours only), after the windows of raw samples.
+ROLLED_UP_WINDOW = ("30d", 30 * 86400)
 LOWER_BELOW = 0.5  # of the request: the peak uses under half of it
 RAISE_ABOVE = 0.9  # of the limit: the peak comes within 10 % of it
 
@@ -183,7 +251,7 @@ class Window:
 
 @dataclass(frozen=True, kw_only=True)
 class History:
-    windows: list[Window]  # only windows with samples, shortest first
+    windows: list[Window]  # only windows with samples, shortest first; 30d from the hourly rollups
     hints: list[str]  # plain right-sizing hints from the 24h peak; empty when nothing to say
 
 
@@ -197,8 +265,9 @@ async def summary(
     memory_limit: str,
     now: dt.datetime | None = None,
 ) -> History:
-    """One aggregate statement over the app's samples of the longest window (the unique index's
-    range), each window's figures picked with CASE; no sample row is loaded into Python."""
+    """One statement: an aggregate over the app's samples of the longest window (the unique index's
+    range), each window's figures picked with CASE, beside one over its hourly rollups for the 30d
+    window; no sample row is loaded into Python."""
     now = now or models.utcnow()
     s = models.UsageSample
     cols: list[Any] = []
@@ -221,7 +290,10 @@ async def summary(
             func.max(only(cast(s.memory_bytes, Float) / s.pods)),
         ]
     longest = now - dt.timedelta(seconds=WINDOWS[-1][1])
-    row = (await session.execute(select(*cols).where(and_(s.app_id == app_id, s.sampled_at > longest)))).one()
+    raw = select(*cols).where(and_(s.app_id == app_id, s.sampled_at > longest)).subquery()
+    rolled = _rolled_up(app_id=app_id, now=now).subquery()
+    # Two one-row aggregates side by side: still one statement (one round trip) per usage answer.
+    row = (await session.execute(select(raw, rolled).select_from(raw.join(rolled, true())))).one()
     windows: list[Window] = []
     per_pod_peaks: dict[str, tuple[float, float]] = {}
     for i, (name, _) in enumerate(WINDOWS):
@@ -240,6 +312,9 @@ async def summary(
             )
         )
         per_pod_peaks[name] = (float(cpu_pod), float(mem_pod))
+    thirty = _rolled_up_window(row[len(WINDOWS) * 8 :])
+    if thirty is not None:
+        windows.append(thirty)
     hints: list[str] = []
     w = next((x for x in windows if x.window == HINT_WINDOW), None)
     if w is not None:
@@ -265,6 +340,35 @@ async def summary(
             show=_memory,
         )
     return History(windows=windows, hints=hints)
+
+
+def _rolled_up(*, app_id: int, now: dt.datetime) -> Any:
+    """The 30d window's aggregates over usage_hourly (one row): sums for the averages, the peaks."""
+    h = models.UsageHourly
+    return select(
+        func.sum(h.samples),
+        func.sum(h.cpu_sum_millicores),
+        func.max(h.cpu_peak_millicores),
+        func.sum(h.memory_sum_bytes),
+        func.max(h.memory_peak_bytes),
+        func.max(h.max_pods),
+    ).where(h.app_id == app_id, h.hour >= now - dt.timedelta(seconds=ROLLED_UP_WINDOW[1]))
+
+
+def _rolled_up_window(row: Any) -> Window | None:
+    """The 30d window: average = the sums over the samples counted, exactly."""
+    count, cpu_sum, cpu_peak, mem_sum, mem_peak, pods = row
+    if not count:
+        return None
+    return Window(
+        window=ROLLED_UP_WINDOW[0],
+        samples=int(count),
+        cpu_average_millicores=round(float(cpu_sum) / int(count), 3),
+        cpu_peak_millicores=round(float(cpu_peak), 3),
+        memory_average_bytes=round(float(mem_sum) / int(count)),
+        memory_peak_bytes=int(mem_peak),
+        max_pods=int(pods),
+    )
 
 
 def _cpu(millicores: float) -> str:

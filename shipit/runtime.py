@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 from collections.abc import Callable
@@ -228,6 +229,7 @@ def retention_policy(settings: Settings) -> retention.Policy:
         runs_seconds=seconds(settings.retention_runs_days),
         runs_keep=settings.retention_runs_keep,
         usage_seconds=seconds(settings.retention_usage_days),
+        usage_hourly_seconds=seconds(settings.retention_usage_hourly_days),
     )
 
 
@@ -262,6 +264,16 @@ async def _maintenance(rt: Runtime) -> None:
                 )  # fmt: skip
             except Exception:
                 log.exception("usage sampling pass failed")
+            try:
+                # Completed hours into usage_hourly (the 30d window); each replica too, one row per hour.
+                async with rt.sessionmaker.begin() as session:
+                    raw = rt.settings.retention_usage_days
+                    lookback = dt.timedelta(days=raw) if raw > 0 else None
+                    rolled = await usage_history.roll_up(session, lookback=lookback)
+                if rolled:
+                    log.debug("usage rollup: %d app hour(s) stored", rolled)
+            except Exception:
+                log.exception("usage rollup pass failed")
         if loop.time() >= next_prune:
             next_prune = loop.time() + PRUNE_EVERY_SECONDS
             try:
@@ -270,9 +282,9 @@ async def _maintenance(rt: Runtime) -> None:
                     log.info(
                         "retention: pruned %d job(s), %d event(s), %d webhook delivery record(s), "
                         "%d event mark(s), %d build(s) with %d Slack card mark(s), %d run(s), "
-                        "%d usage sample(s)",
+                        "%d usage sample(s), %d hourly rollup(s)",
                         pruned.jobs, pruned.events, pruned.deliveries, pruned.marks, pruned.builds,
-                        pruned.build_marks, pruned.runs, pruned.usage_samples,
+                        pruned.build_marks, pruned.runs, pruned.usage_samples, pruned.usage_hourly,
                     )  # fmt: skip
             except Exception:
                 log.exception("retention pass failed")

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     retention_runs_days: float = Field(default=90.0, ge=0)
     retention_runs_keep: int = Field(default=50, ge=0)
     retention_usage_days: float = Field(default=14.0, ge=0)  # usage samples (core.usage_history)
+    retention_usage_hourly_days: float = Field(default=90.0, ge=0)  # their hourly rollups (30d window)
 
     # usage history: each deployed app's CPU and memory sampled this often (0: no sampling)
     usage_sample_seconds: float = Field(default=60.0, ge=0)

@@ -685,6 +685,28 @@ class UsageSample(Base):
     memory_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
+class UsageHourly(Base):
+    """One completed hour of an app's usage samples, rolled up (core.usage_history.roll_up) for the
+    30-day window: sums, not averages, so a window's average is its sums over its samples exactly.
+
+    `hour` is the hour's start (UTC); unique per app, so replicas rolling up the same hour store one
+    row (the later INSERT does nothing)."""
+
+    __tablename__ = "usage_hourly"
+    __table_args__ = (UniqueConstraint("app_id", "hour"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    hour: Mapped[dt.datetime] = mapped_column(index=True)  # retention deletes by age alone
+    samples: Mapped[int] = mapped_column()
+    cpu_sum_millicores: Mapped[float] = mapped_column(Float)
+    cpu_peak_millicores: Mapped[float] = mapped_column(Float)
+    memory_sum_bytes: Mapped[float] = mapped_column(Float)
+    memory_peak_bytes: Mapped[int] = mapped_column(BigInteger)
+    max_pods: Mapped[int] = mapped_column()
+    cpu_peak_per_pod: Mapped[float] = mapped_column(Float)  # millicores: the highest sample's total / pods
+    memory_peak_per_pod: Mapped[float] = mapped_column(Float)  # bytes, likewise
+
+
 class Run(Base):
     """A one-off run (`shipit run`, core.runs): its history outlives its Job (the Job TTL deletes that).
 

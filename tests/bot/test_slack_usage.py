@@ -58,6 +58,12 @@ async def test_slack_usage_answers_with_what_the_pods_use(
                                cpu_millicores=cpu, memory_bytes=memory)
             for m, cpu, memory in ((5, 20.0, 32 * MI), (6, 30.0, 40 * MI))
         )  # fmt: skip
+        # An hour rolled up 20 days ago (its samples pruned since): the 30d window, after the others.
+        session.add(models.UsageHourly(
+            app_id=web, hour=now - dt.timedelta(days=20), samples=60, cpu_sum_millicores=60 * 30.0,
+            cpu_peak_millicores=45.5, memory_sum_bytes=60 * 40.0 * MI, memory_peak_bytes=48 * MI, max_pods=3,
+            cpu_peak_per_pod=15.2, memory_peak_per_pod=16.0 * MI,
+        ))  # fmt: skip
 
     # A viewer may read it; the answer comes after the ack, when the Metrics API has measured the pod.
     # CPU is a rate over two scrapes, off by their latency: 20m, give or take a tenth on a loaded machine.
@@ -79,7 +85,11 @@ async def test_slack_usage_answers_with_what_the_pods_use(
     assert re.search(r"\*Total\* \(1 pod\): " + figures.pattern, answer["text"]), answer["text"]
     # Under it, the history and the right-sizing hints (30m of 100m and 40Mi of 128Mi at the peak).
     assert (
-        "*Last 1h* (2 samples): CPU avg 25.0m, peak 30.0m; memory avg 36.0Mi, peak 40.0Mi" in answer["text"]
+        "*Last 1h* (2 samples): CPU avg 25.0m, peak 30.0m; memory avg 36.0Mi, peak 40.0Mi\n"
+        "*Last 24h* (2 samples): CPU avg 25.0m, peak 30.0m; memory avg 36.0Mi, peak 40.0Mi\n"
+        "*Last 7d* (2 samples): CPU avg 25.0m, peak 30.0m; memory avg 36.0Mi, peak 40.0Mi\n"
+        "*Last 30d* (60 samples): CPU avg 30.0m, peak 45.5m; memory avg 40.0Mi, peak 48.0Mi\n"
+        in answer["text"]
     )
     assert (
         "_Hint_: CPU: requests 100m per pod, 24h peak 30m per pod (30m at most in total): " in answer["text"]

@@ -104,6 +104,11 @@ async def test_a_pass_stores_each_deployed_apps_totals_once_per_slot(
     assert sum(s.stored for s in both) == 2
     assert len(await _rows(live_server)) == 4
 
+    # Their hours rolled up, as a maintenance pass does once they are over: the 30d window.
+    async with rt.sessionmaker.begin() as session:
+        later = models.utcnow() + dt.timedelta(hours=2)
+        assert await usage_history.roll_up(session, lookback=None, now=later) >= 2  # per app and hour
+
     # The usage answer carries the history: two samples in each window, and the CPU hint.
     got = (await api.get("/api/v1/apps/web/usage")).json()
     windows = got["history"]["windows"]
@@ -111,7 +116,11 @@ async def test_a_pass_stores_each_deployed_apps_totals_once_per_slot(
         ("1h", 2, 2, 64 * MI),
         ("24h", 2, 2, 64 * MI),
         ("7d", 2, 2, 64 * MI),
+        ("30d", 2, 2, 64 * MI),
     ]
+    assert windows[3]["cpu_average_millicores"] == pytest.approx(
+        windows[2]["cpu_average_millicores"], abs=0.001
+    )
     assert windows[0]["cpu_peak_millicores"] == pytest.approx(2 * CPU_PER_POD, rel=0.01)
     [hint] = got["history"]["hints"]
     assert re.fullmatch(
@@ -127,6 +136,8 @@ async def test_a_pass_stores_each_deployed_apps_totals_once_per_slot(
     assert out.exit_code == 0, out.stdout + out.stderr
     assert re.search(r"last 1h\s+cpu avg (40|39\.\d|40\.\d)m peak .*, memory avg 64\.0Mi peak 64\.0Mi "
                      r"\(2 samples, up to 2 pods\)", out.stdout), out.stdout  # fmt: skip
+    assert re.search(r"last 30d\s+cpu avg .*, memory avg 64\.0Mi peak 64\.0Mi \(2 samples, up to 2 pods\)",
+                     out.stdout), out.stdout  # fmt: skip
     assert re.search(r"hint\s+CPU: requests 500m per pod", out.stdout), out.stdout
     out = await asyncio.to_thread(runner.invoke, cli.app, ["usage", "web", "--json"], env=env)
     assert out.exit_code == 0 and json.loads(out.stdout)["history"]["hints"] == [hint]

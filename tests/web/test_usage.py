@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from core import apps, deploys, projects
+from core import apps, deploys, projects, usage_history
 from core.apps import AppChanges
 from shipit.runtime import Runtime
 from shipit.settings import Settings
@@ -86,6 +86,12 @@ async def test_the_usage_section_shows_the_pods_their_share_the_windows_and_a_hi
         ):
             session.add(models.UsageSample(app_id=app.id, sampled_at=now - ago, pods=2,
                                            cpu_millicores=cpu, memory_bytes=memory))  # fmt: skip
+        # An hour rolled up 20 days ago (its samples pruned since): the 30d window, after 7d.
+        session.add(models.UsageHourly(
+            app_id=app.id, hour=usage_history.slot_of(now - dt.timedelta(days=20), every=3600), samples=60,
+            cpu_sum_millicores=60 * 30.0, cpu_peak_millicores=45.5, memory_sum_bytes=60 * 40.0 * MI,
+            memory_peak_bytes=48 * MI, max_pods=3, cpu_peak_per_pod=15.2, memory_peak_per_pod=16.0 * MI,
+        ))  # fmt: skip
 
     assert await first_deploy_ends(rt) == "succeeded"
 
@@ -127,6 +133,8 @@ async def test_the_usage_section_shows_the_pods_their_share_the_windows_and_a_hi
         assert _cells(html, "data-window", "1h") == ["1h", "1", "40m", "40m", "64.0Mi", "64.0Mi", "2"]
         assert _cells(html, "data-window", "24h") == ["24h", "2", "44.9m", "49.8m", "62.0Mi", "64.0Mi", "2"]
         assert _cells(html, "data-window", "7d") == ["7d", "3", "36.6m", "49.8m", "52.0Mi", "64.0Mi", "2"]
+        assert _cells(html, "data-window", "30d") == ["30d", "60", "30m", "45.5m", "40.0Mi", "48.0Mi", "3"]
+        assert re.findall(r'<tr data-window="([^"]+)">', html) == ["1h", "24h", "7d", "30d"]
         hints = re.findall(r'<li data-field="usage-hint">(.*?)</li>', html)
         assert hints == [
             "Hint: CPU: requests 50m per pod, 24h peak 25m per pod (50m at most in total): "
