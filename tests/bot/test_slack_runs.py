@@ -4,13 +4,23 @@ cluster's Jobs after it; developers only, like `GET /api/v1/apps/{name}/runs`.""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 from bot import commands, views
 from core import runs
-from tests.bot.conftest import ALICE, CAROL, MALLORY, SlackSender, actor, deployed_web, response_with
+from tests.bot.conftest import (
+    ALICE,
+    CAROL,
+    MALLORY,
+    SlackSender,
+    actor,
+    deployed_web,
+    response_with,
+    web_on_a_closed_port,
+)
 from tests.conftest import World
 from tests.fakes.slack_api import FakeSlack
 from tests.helpers import eventually
@@ -19,6 +29,14 @@ ROLLOUT = 120.0
 RUN_ENDS = 120.0
 EVIL = "<script>*bold*<!channel>"
 EVIL_SHOWN = "&lt;script&gt;*bold*&lt;!channel&gt;"
+
+
+async def _follow_ups(fake: FakeSlack) -> list[str]:
+    return [r["text"] for r in fake.responses() if r.get("replace_original")]
+
+
+async def _answer(fake_slack: FakeSlack, needle: str) -> dict[str, Any] | None:
+    return response_with(fake_slack, needle)
 
 
 def test_runs_parses_and_is_in_help() -> None:
@@ -41,13 +59,17 @@ async def test_slack_runs_lists_a_finished_run_to_developers_escaped(
     # None yet: the answer after the ack says how to start one.
     reply = await slack.command("runs web", user=ALICE)
     assert "Reading the one-off runs of *web*" in reply["text"], reply
-    empty = await eventually(lambda: response_with(fake_slack, "No one-off runs"), what="the empty answer")
+    empty = await eventually(lambda: _answer(fake_slack, "No one-off runs"), what="the empty answer")
     assert empty["text"] == "No one-off runs for web yet. Start one with `shipit run web -- COMMAND`."
     assert empty["replace_original"] is True and empty["response_type"] == "ephemeral"
 
     # Started through core, as the API and the CLI start one; its argument is never kept nor shown.
-    started = await runs.start(ctx=rt.core, actor=actor(ALICE), app_name="web", command=[EVIL, "--token=s3cr3t"])
-    line = f"• `{started.name}` *succeeded* (exit 0): `{EVIL_SHOWN}` and 1 argument, by <@{ALICE.id}>, started "
+    started = await runs.start(
+        ctx=rt.core, actor=actor(ALICE), app_name="web", command=[EVIL, "--token=s3cr3t"]
+    )
+    line = (
+        f"• `{started.name}` *succeeded* (exit 0): `{EVIL_SHOWN}` and 1 argument, by <@{ALICE.id}>, started "
+    )
 
     async def listed() -> dict[str, Any] | None:
         found = response_with(fake_slack, line)
@@ -92,3 +114,22 @@ def test_what_a_run_says_is_escaped() -> None:
                                                   image="i", program="rake", state="running",
                                                   started_at="2026-01-01T10:00:00+00:00")]).text  # fmt: skip
     assert "• `web-run-a` *running*: `rake`, by someone, started 2026-01-01 10:00 UTC\n" in running
+
+
+async def test_a_cluster_not_reached_is_the_error_reply_of_other_cluster_reads(
+    slack: SlackSender, offline: World, fake_slack: FakeSlack
+) -> None:
+    await web_on_a_closed_port(offline.rt)
+    said: list[str] = []
+    for text in ("runs web", "usage web"):
+        reply = await slack.command(text, user=ALICE)
+        assert ":warning:" not in reply["text"], reply  # the role check passed; the cluster comes after
+        found = await eventually(
+            lambda: _follow_ups(fake_slack), lambda f: len(f) == len(said) + 1, what=f"{text}'s follow-up"
+        )
+        said.append(found[-1])
+    # What was asked differs (Jobs, pod metrics); what went wrong and how it is said do not.
+    shape = re.compile(r"^:warning: .+ in apps: (cluster unreachable: .+) \(reference [0-9a-f]+\)$")
+    matched = [shape.match(text) for text in said]
+    assert matched[0] and matched[1], said
+    assert matched[0].group(1) == matched[1].group(1), said
