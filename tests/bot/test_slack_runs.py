@@ -50,6 +50,7 @@ def test_runs_parses_and_is_in_help() -> None:
     assert "/shipit runs <app> [env=<env>]` — the app's newest 10 one-off runs" in commands.help_text()
 
 
+@pytest.mark.both_databases
 async def test_slack_runs_lists_a_finished_run_to_developers_escaped(
     slack: SlackSender, kube_world: World, fake_slack: FakeSlack
 ) -> None:
