@@ -1,4 +1,4 @@
-"""Deploys and what runs: deploy, diff, rollback, status, usage, apps, revisions, logs."""
+"""Deploys and what runs: deploy, diff, rollback, status, usage, apps, revisions, logs, runs."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from bot.commands.registry import (
 
 MAX_LOG_LINES = 500
 DEFAULT_LOG_LINES = 50
+RUNS_SHOWN = 10  # `runs`: the newest one-off runs, as the dashboard's Runs section shows
 _REVISION = re.compile(r"^(?:r|rev|#)?(\d{1,9})$", re.IGNORECASE)
 
 
@@ -64,6 +65,11 @@ class Revisions(Command):
 class Logs(Command):
     app: str
     lines: int = DEFAULT_LOG_LINES
+
+
+@dataclass(frozen=True, kw_only=True)
+class Runs(Command):
+    app: str
 
 
 @command(
@@ -175,3 +181,21 @@ def _parse_logs(rest: str) -> Logs:
         )
     no_more(words[2:], "logs")
     return Logs(app=app, lines=lines)
+
+
+@command(
+    "runs",
+    usage="runs <app> [env=<env>]",
+    summary=f"the app's newest {RUNS_SHOWN} one-off runs and how they ended (starting one is `shipit run`)",
+    examples=("runs web", "runs web env=staging"),
+)
+def _parse_runs(rest: str) -> Runs:
+    words = words_of(rest)
+    app = app_arg(words, "runs")
+    env = None
+    # `env=staging` as the usage says; `--env staging` and `in staging` are read before this, as everywhere.
+    if len(words) > 1 and words[1].lower().startswith("env=") and words[1][4:]:
+        env = words[1][4:].lower()
+        words = words[:1] + words[2:]
+    no_more(words[1:], "runs")
+    return Runs(app=app, env=env)

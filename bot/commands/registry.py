@@ -124,7 +124,18 @@ def parse(text: str) -> Command:
 # whose last words are never free text (a lock reason may well end in "in production").
 _ENV_FLAG = re.compile(r"(?:^|\s)--env(?:=|\s+)([a-z0-9]([-a-z0-9]*[a-z0-9])?)(?=\s|$)", re.IGNORECASE)
 _ENV_TAIL = re.compile(r"\s+(?:to|in)\s+([a-z0-9]([-a-z0-9]*[a-z0-9])?)$", re.IGNORECASE)
-_TAIL_COMMANDS = ("deploy", "diff", "rollback", "status", "usage", "revisions", "logs", "scale", "secrets")
+_TAIL_COMMANDS = (
+    "deploy",
+    "diff",
+    "rollback",
+    "status",
+    "usage",
+    "revisions",
+    "logs",
+    "runs",
+    "scale",
+    "secrets",
+)
 
 
 def _environment(name: str, rest: str) -> tuple[str, str | None]:

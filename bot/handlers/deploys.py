@@ -1,4 +1,5 @@
-"""Handlers of deploys and what runs: deploy, diff, rollback, status, usage, apps, revisions, logs, scale."""
+"""Handlers of deploys and what runs: deploy, diff, rollback, status, usage, apps, revisions, logs, runs,
+scale."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import commands, views
 from bot.handlers.base import STATUS_OVERVIEW_LIMIT, Caller, Outcome, handles, queued_card
-from core import apps, autoscaling, deploys, dryrun, status, usage
+from core import apps, autoscaling, deploys, dryrun, runs, status, usage
 from core.context import Core
 
 
@@ -109,6 +110,22 @@ async def _logs(session: AsyncSession, core: Core, caller: Caller, cmd: commands
 
     return Outcome(
         message=views.reply(f"Fetching the last {cmd.lines} log lines of *{target.app}*…"), later=fetch
+    )
+
+
+@handles(commands.Runs)
+async def _runs(session: AsyncSession, core: Core, caller: Caller, cmd: commands.Runs) -> Outcome:
+    # runs.list_runs in its two halves: the role check and the history in this transaction, the
+    # cluster's Jobs after the ack (read only: starting or cancelling a run is the CLI's and the API's).
+    history = await runs.history_of(
+        session, ctx=core, actor=caller.actor, app_name=cmd.app, env=cmd.env, limit=commands.RUNS_SHOWN
+    )
+
+    async def live() -> views.Message:
+        return views.run_list(history.where.app, await runs.with_live(ctx=core, history=history), env=cmd.env)
+
+    return Outcome(
+        message=views.reply(f"Reading the one-off runs of *{views.esc(history.where.app)}*…"), later=live
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ from bot.views.blocks import (
     Message,
     channel_ref,
     clip,
+    duration,
     env_flag,
     esc,
     long_message,
@@ -17,7 +19,7 @@ from bot.views.blocks import (
     section_block,
     who,
 )
-from core import dryrun, environment_admin, previews, status
+from core import dryrun, environment_admin, previews, runs, status
 from core import usage as usage_mod
 from storage import models
 
@@ -213,6 +215,38 @@ def revision_list(
         when = r.created_at.strftime("%Y-%m-%d %H:%M UTC")
         lines.append(f"• *{r.number}* `{esc(r.image)}` {when} by {who(r.created_by)}{origin}{mark}")
     lines.append(f"`/shipit rollback {app} &lt;revision&gt;{env_flag(env)}` deploys one of these again.")
+    return long_message("\n".join(lines))
+
+
+def _when(value: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def run_line(r: runs.RunView) -> str:
+    """One one-off run: name, state, exit code, program and how many arguments (never them), who, when."""
+    ended = f" (exit {r.exit_code})" if r.exit_code is not None else ""
+    args = "" if r.args is None else f" and {r.args} argument" + ("" if r.args == 1 else "s")
+    started, finished = _when(r.started_at), _when(r.finished_at)
+    when = f", started {started.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" if started else ""
+    took = ""
+    if started and finished and r.finished:
+        took = f", took {duration((finished - started).total_seconds())}"
+    return (
+        f"• `{esc(r.name)}` *{esc(r.state)}*{ended}: `{esc(r.program)}`{args}, by {who(r.actor)}{when}{took}"
+    )
+
+
+def run_list(app: str, found: Sequence[runs.RunView], *, env: str | None = None) -> Message:
+    """`runs APP`: the newest one-off runs, newest first."""
+    if not found:
+        return reply(
+            f"No one-off runs for {esc(app)} yet. Start one with `shipit run {esc(app)}{env_flag(env)} -- COMMAND`."
+        )
+    lines = [f"*One-off runs of {esc(app)}* (newest first):", *(run_line(r) for r in found)]
+    lines.append(f"More on one, and its output: `shipit runs show|logs {esc(app)} RUN{env_flag(env)}`.")
     return long_message("\n".join(lines))
 
 

@@ -275,6 +275,17 @@ async def add_app(
         )
 
 
+async def web_on_a_closed_port(rt: Runtime) -> None:
+    """App `web` on cluster `down`, whose kubeconfig points at a closed port: every call is refused at once."""
+    from tests.shipit.conftest import offline_kubeconfig
+
+    async with rt.sessionmaker.begin() as session:
+        await clusters.add(
+            session, ctx=rt.core, actor=ADMIN, name="down", kubeconfig_text=offline_kubeconfig(), version="v0"
+        )
+    await add_app(rt, name="web", cluster="down", image="ghcr.io/acme/web:1.0")
+
+
 async def deployed_web(world: World, *, timeout: float) -> int:
     """App `web` (ghcr.io/acme/web:1.0) on the world's cluster, deployed: its first deploy, succeeded."""
     rt = world.rt

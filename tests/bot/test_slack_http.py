@@ -38,6 +38,7 @@ from tests.bot.conftest import (
     card_text,
     deployments,
     sign,
+    web_on_a_closed_port,
 )
 from tests.conftest import ADMIN, World, database_bytes, serving
 from tests.fakes.slack_api import FakeSlack
@@ -703,16 +704,7 @@ def _cookie(response: object, name: str) -> str | None:
 async def test_logs_and_live_status_answer_after_the_ack_even_when_the_cluster_is_down(
     slack: SlackSender, offline: World, fake_slack: FakeSlack
 ) -> None:
-    from core import clusters
-    from tests.conftest import ADMIN
-    from tests.shipit.conftest import offline_kubeconfig  # a kubeconfig pointing at a closed port
-
-    rt = offline.rt
-    async with rt.sessionmaker.begin() as session:
-        await clusters.add(
-            session, ctx=rt.core, actor=ADMIN, name="down", kubeconfig_text=offline_kubeconfig(), version="v0"
-        )
-    await add_app(rt, name="web", cluster="down", image="ghcr.io/acme/web:1.0")
+    await web_on_a_closed_port(offline.rt)
     reply = await slack.command("logs web 20", user=CAROL)
     assert "Fetching the last 20 log lines of *web*" in reply["text"]
     reply = await slack.command("status web", user=CAROL)
