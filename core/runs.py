@@ -99,6 +99,12 @@ class RunView:
     def finished(self) -> bool:
         return self.state != RUNNING
 
+    @property
+    def took_seconds(self) -> float | None:
+        """How long a finished run took, from the times at hand (None while it runs or without them)."""
+        started, ended = time_of(self.started_at), time_of(self.finished_at)
+        return (ended - started).total_seconds() if self.finished and started and ended else None
+
 
 def _owned(where: status.Target) -> dict[str, str]:
     """The labels every run Job of this app carries; a Job without them is not a run."""
@@ -339,7 +345,9 @@ class _Ending:
     finished_at: dt.datetime | None = None
 
 
-def _time(value: str | None) -> dt.datetime | None:
+def time_of(value: str | None) -> dt.datetime | None:
+    """A run's time as text (the cluster's, or the history's ISO form): an odd one is no time, not an
+    error (every channel shows runs with it)."""
     try:
         return dt.datetime.fromisoformat(value) if value else None
     except ValueError:
@@ -357,7 +365,7 @@ def _ending(found: RunView) -> _Ending | None:
         status=found.state,
         exit_code=found.exit_code,
         reason=found.reason,
-        finished_at=_time(found.finished_at),
+        finished_at=time_of(found.finished_at),
     )
 
 
@@ -540,7 +548,7 @@ async def with_live(*, ctx: Core, history: History) -> list[RunView]:
     # row bounds them, so the page stays the newest `count`.
     oldest = rows[-1].created_at if len(rows) == count else None
     for name, (job, run_view) in live.items():
-        created = _time(as_str(dig(job, "metadata", "creationTimestamp"))) or models.utcnow()
+        created = time_of(as_str(dig(job, "metadata", "creationTimestamp"))) or models.utcnow()
         if oldest is None or created > oldest:
             found.append((created, name, run_view))
     await _settle(ctx, app_id=where.app_id, ended=ended)

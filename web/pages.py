@@ -82,13 +82,6 @@ class RunRow:
     took: str  # "—" while it runs (or a time is missing)
 
 
-def _when(value: str | None) -> dt.datetime | None:
-    try:  # the cluster's text for a live run: an odd one shows as no time, not as an error page
-        return dt.datetime.fromisoformat(value) if value else None
-    except ValueError:
-        return None
-
-
 def took(seconds: float) -> str:
     """A run's duration the way a person reads it: 42 s, 3 min 5 s, 2 h 10 min."""
     s = max(int(seconds), 0)
@@ -102,10 +95,14 @@ def took(seconds: float) -> str:
 def run_rows(found: list[runs.RunView]) -> list[RunRow]:
     rows = []
     for r in found:
-        started, finished = _when(r.started_at), _when(r.finished_at)
-        span = (finished - started).total_seconds() if started and finished and r.finished else None
+        span = r.took_seconds
         rows.append(
-            RunRow(run=r, started=started, finished=finished, took="—" if span is None else took(span))
+            RunRow(
+                run=r,
+                started=runs.time_of(r.started_at),
+                finished=runs.time_of(r.finished_at),
+                took="—" if span is None else took(span),
+            )
         )
     return rows
 

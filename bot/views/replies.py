@@ -218,22 +218,13 @@ def revision_list(
     return long_message("\n".join(lines))
 
 
-def _when(value: str | None) -> dt.datetime | None:
-    try:
-        return dt.datetime.fromisoformat(value) if value else None
-    except ValueError:
-        return None
-
-
 def run_line(r: runs.RunView) -> str:
     """One one-off run: name, state, exit code, program and how many arguments (never them), who, when."""
     ended = f" (exit {r.exit_code})" if r.exit_code is not None else ""
     args = "" if r.args is None else f" and {r.args} argument" + ("" if r.args == 1 else "s")
-    started, finished = _when(r.started_at), _when(r.finished_at)
+    started = runs.time_of(r.started_at)
     when = f", started {started.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC" if started else ""
-    took = ""
-    if started and finished and r.finished:
-        took = f", took {duration((finished - started).total_seconds())}"
+    took = "" if r.took_seconds is None else f", took {duration(r.took_seconds)}"
     return (
         f"• `{esc(r.name)}` *{esc(r.state)}*{ended}: `{esc(r.program)}`{args}, by {who(r.actor)}{when}{took}"
     )
