@@ -266,10 +266,9 @@ async def _maintenance(rt: Runtime) -> None:
                 log.exception("usage sampling pass failed")
             try:
                 # Completed hours into usage_hourly (the 30d window); each replica too, one row per hour.
-                async with rt.sessionmaker.begin() as session:
-                    raw = rt.settings.retention_usage_days
-                    lookback = dt.timedelta(days=raw) if raw > 0 else None
-                    rolled = await usage_history.roll_up(session, lookback=lookback)
+                raw = rt.settings.retention_usage_days
+                lookback = dt.timedelta(days=raw) if raw > 0 else None
+                rolled = await usage_history.catch_up(rt.sessionmaker, lookback=lookback)
                 if rolled:
                     log.debug("usage rollup: %d app hour(s) stored", rolled)
             except Exception:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, event, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from core import apps, dialects, retention, usage_history
@@ -271,6 +271,38 @@ async def test_a_first_rollup_reads_back_only_the_lookback(paper: Runtime) -> No
     async with rt.sessionmaker.begin() as session:
         await session.execute(delete(models.UsageHourly))
     assert await _roll_up(rt, now=HOUR, lookback=None) == 3
+
+
+async def test_a_catch_up_rolls_up_a_few_hours_a_transaction_skipping_gaps(paper: Runtime) -> None:
+    # The first pass after the upgrade meets up to 14 days of samples: in bounded transactions (SQLite
+    # has one writer), each INSERT over at most `hours` hours, and a day with no sample costs nothing.
+    rt = paper
+    web = await _app_id(rt)
+    sampled = [h for h in range(1, 73, 2) if not 30 <= h < 54]  # every other hour of 3 days, a day's gap
+    await _samples(rt, web, [(_before_hour(minutes=60 * h), 1, float(h), h * MI) for h in sampled])
+    inserts: list[tuple[object, ...]] = []
+
+    def seen(conn: object, cursor: object, statement: str, parameters: object, *_: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO USAGE_HOURLY"):
+            inserts.append((statement, parameters))
+
+    later = HOUR + dt.timedelta(minutes=10)  # hour 11 is complete and past its grace
+    sync = rt.engine.sync_engine
+    event.listen(sync, "before_cursor_execute", seen)
+    try:
+        written = await usage_history.catch_up(rt.sessionmaker, lookback=None, now=later, hours=6)
+    finally:
+        event.remove(sync, "before_cursor_execute", seen)
+    assert written == len(sampled) == 24
+    # 48 sampled hours in 6-hour chunks (3 samples each), the empty day skipped: 8 statements.
+    assert len(inserts) == 8
+    got = await _hourly(rt)
+    assert [(r[1], r[2], r[3]) for r in got] == [
+        (HOUR - dt.timedelta(hours=h), 1, float(h)) for h in sorted(sampled, reverse=True)
+    ]
+    # Caught up: the next pass writes nothing, and an unbounded roll-up agrees.
+    assert await usage_history.catch_up(rt.sessionmaker, lookback=None, now=later, hours=6) == 0
+    assert await _roll_up(rt, now=later) == 0
 
 
 async def test_the_30d_window_comes_from_the_rollups_after_the_raw_samples_are_gone(paper: Runtime) -> None:
