@@ -28,7 +28,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit, identity, images, logctx, projects
+from core import audit, identity, images, logctx, projects, tls
 from core.context import Core
 from core.errors import InvalidInput, NotFound
 from core.identity import Actor, Role
@@ -386,7 +386,12 @@ async def resolve(*, ctx: Core, image: str, credentials: Credentials | None) -> 
     try:
         async with (
             asyncio.timeout(budget),
-            httpx.AsyncClient(timeout=budget, follow_redirects=False, trust_env=False) as client,
+            httpx.AsyncClient(
+                timeout=budget,
+                follow_redirects=False,
+                trust_env=False,
+                verify=tls.client_context(trust_env=False),
+            ) as client,
         ):
             digest = await _resolve(client, ctx=ctx, ref=ref, credentials=credentials)
     except _Unresolved as e:
@@ -502,7 +507,12 @@ async def list_tags(*, ctx: Core, repository: str, credentials: Credentials | No
     url = f"{base}/v2/{ref.path}/tags/list?n=1000"
     headers = {"Accept": "application/json"}
     try:
-        async with httpx.AsyncClient(timeout=budget, follow_redirects=False, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            timeout=budget,
+            follow_redirects=False,
+            trust_env=False,
+            verify=tls.client_context(trust_env=False),
+        ) as client:
             for _ in range(MAX_TAG_PAGES):
                 response = await _authorized_get(
                     client, url=url, base=base, host=ref.domain, path=ref.path, credentials=credentials,

@@ -8,6 +8,7 @@ transactions are serialised anyway (BEGIN IMMEDIATE, see storage.db).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,14 @@ async def _upgrade_sqlite(engine: AsyncEngine, run: Callable[[Connection], None]
                 )
         finally:
             await conn.run_sync(_pragma, "PRAGMA foreign_keys=ON")
+
+
+@functools.cache
+def head() -> str | None:
+    """The newest revision this code ships (read from the scripts once per process)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 async def current(engine: AsyncEngine) -> str | None:

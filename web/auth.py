@@ -24,6 +24,8 @@ from joserfc.errors import (
 )
 from joserfc.jwk import KeySet
 
+from core import tls
+
 TIMEOUT = httpx.Timeout(10.0)
 DISCOVERY_TTL_SECONDS = 3600.0
 LEEWAY_SECONDS = 60
@@ -74,13 +76,14 @@ class Oidc:
             redirect_uri=redirect_uri,
             code_challenge_method="S256",
             timeout=TIMEOUT,
+            verify=tls.client_context(),
         )
 
     async def metadata(self) -> dict[str, Any]:
         if self._metadata is None or time.monotonic() - self._metadata_at > DISCOVERY_TTL_SECONDS:
             url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
             try:
-                async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+                async with httpx.AsyncClient(timeout=TIMEOUT, verify=tls.client_context()) as client:
                     resp = await client.get(url)
                     resp.raise_for_status()
                     doc = resp.json()
@@ -104,7 +107,7 @@ class Oidc:
     async def _keys(self, *, force: bool = False) -> KeySet:
         if self._jwks is None or force:
             meta = await self.metadata()
-            async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            async with httpx.AsyncClient(timeout=TIMEOUT, verify=tls.client_context()) as client:
                 resp = await client.get(meta["jwks_uri"])
                 resp.raise_for_status()
                 self._jwks = resp.json()
@@ -184,6 +187,7 @@ class GitHub:
             code_challenge_method="S256",
             token_endpoint_auth_method="client_secret_post",
             timeout=TIMEOUT,
+            verify=tls.client_context(),
         )
 
     async def start(self, *, redirect_uri: str) -> Started:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from core import metrics
+from core import metrics, tls
 from core.context import Core
 from core.errors import PermanentError, TransientError, retry_after_seconds
 from core.notices import OUTCOMES, Audience, Delivered, Notice, TargetView
@@ -94,7 +94,7 @@ async def secret(ctx: Core, *, target: TargetView) -> str | None:
 
 
 def client(timeout: float = 10.0) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=tls.client_context())
 
 
 def link(ctx: Core, *, app: str | None) -> str:
