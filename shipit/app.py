@@ -445,6 +445,20 @@ def settle_gc() -> tuple[int, int, int]:
     return before
 
 
+class _App(FastAPI):
+    """FastAPI whose document also holds the error body the API's responses refer to by name
+    (shipit.api.base: by reference, so that no route builds a field for it)."""
+
+    def openapi(self) -> dict[str, Any]:
+        document = super().openapi()  # cached by FastAPI until a route is added: then made afresh
+        found = document.setdefault("components", {}).setdefault("schemas", {})
+        if "ErrorOut" not in found:
+            merged = {**found, **api.error_schemas()}
+            found.clear()
+            found.update((name, merged[name]) for name in sorted(merged))  # sorted, as FastAPI's
+        return document
+
+
 def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -> FastAPI:
     """Build the app.  With `rt` given the caller owns the runtime (tests, benchmarks)."""
     settings = settings or (rt.settings if rt else Settings())
@@ -481,7 +495,7 @@ def create_app(settings: Settings | None = None, *, rt: Runtime | None = None) -
                 gc.set_threshold(*thresholds)
                 await runtime.stop(the_rt)
 
-    app = FastAPI(
+    app = _App(
         # Tracing is shipit.telemetry's (OpenTelemetry's FastAPI instrumentation, when configured);
         # FastAPI's own would otherwise look the providers up on every request to find them unset.
         telemetry={"tracing": False, "metrics": False, "logs": False},

@@ -120,28 +120,40 @@ def _literal_paths(route: Any) -> list[str]:
     return []
 
 
-def _decided_by_path(route: Any) -> bool:
-    """True when `route.matches` looks at nothing but the scope's type, path and method."""
+def _decided_by_path(route: Any, memo: dict[int, tuple[Any, bool]] | None = None) -> bool:
+    """True when `route.matches` looks at nothing but the scope's type, path and method.
+
+    `memo` (for one `table` build, while the routes cannot change; by id, the route held alongside so
+    that no id is reused): the answer for an included router walks all its routes, and the table asks
+    it for every (path, method) probe."""
+    if memo is not None and (known := memo.get(id(route))) is not None:
+        return bool(known[1])
     if isinstance(route, Host):
-        return False
-    if isinstance(route, Route | WebSocketRoute | Mount | fr.APIWebSocketRoute):
-        return True
-    if _FLATTEN and isinstance(route, _Included):
-        if route.include_context.form_limits:
-            return False
-        return all(
-            _decided_by_path(c.starlette_route or c.original_route) for c in route.effective_route_contexts()
+        decided = False
+    elif isinstance(route, Route | WebSocketRoute | Mount | fr.APIWebSocketRoute):
+        decided = True
+    elif _FLATTEN and isinstance(route, _Included):
+        decided = not route.include_context.form_limits and all(
+            _decided_by_path(c.starlette_route or c.original_route, memo)
+            for c in route.effective_route_contexts()
         )
-    return False
+    else:
+        decided = False
+    if memo is not None:
+        memo[id(route)] = (route, decided)
+    return decided
 
 
-def _plan(router: Any, path: str, method: str) -> _Plan | None:
-    """Route (path, method) as `router` would, on a probe; None where the normal router must decide."""
+def _plan(
+    router: Any, path: str, method: str, decided: dict[int, tuple[Any, bool]] | None = None
+) -> _Plan | None:
+    """Route (path, method) as `router` would, on a probe; None where the normal router must decide
+    (`decided`: `_decided_by_path`'s memo, when routing many probes over routes that stay as they are)."""
     probe: dict[str, Any] = {
         "type": "http", "path": path, "root_path": "", "method": method, "headers": [], "query_string": b"",
     }  # fmt: skip
     for route in router.routes:
-        if not _decided_by_path(route):
+        if not _decided_by_path(route, decided):
             return None
         match, child = route.matches(probe)
         if match is Match.FULL:
@@ -205,9 +217,10 @@ def table(router: Any) -> dict[tuple[str, str], _Plan]:
             if path not in paths:
                 paths.append(path)
     plans: dict[tuple[str, str], _Plan] = {}
+    decided: dict[int, tuple[Any, bool]] = {}  # the routes are held (router.routes) until the table is built
     for path in paths:
         for method in METHODS:
-            plan = _plan(router, path, method)
+            plan = _plan(router, path, method, decided)
             if plan is not None:
                 plans[path, method] = plan
     return plans

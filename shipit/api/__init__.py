@@ -29,7 +29,7 @@ from shipit.api import (
     secrets,
     tokens,
 )
-from shipit.api.base import CLUSTER_ERRORS, ERRORS, ActorDep, RtDep, bearer, current_actor, tx
+from shipit.api.base import CLUSTER_ERRORS, ERRORS, ActorDep, RtDep, bearer, current_actor, error_schemas, tx
 
 router = APIRouter()
 for _resource in (
@@ -54,4 +54,14 @@ for _resource in (
 ):
     router.include_router(_resource.router)
 
-__all__ = ["CLUSTER_ERRORS", "ERRORS", "ActorDep", "RtDep", "bearer", "current_actor", "router", "tx"]
+__all__ = [
+    "CLUSTER_ERRORS",
+    "ERRORS",
+    "ActorDep",
+    "RtDep",
+    "bearer",
+    "current_actor",
+    "error_schemas",
+    "router",
+    "tx",
+]

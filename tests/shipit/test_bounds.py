@@ -7,15 +7,18 @@ for an id that cannot exist), never 500, and /openapi.json must say what the rul
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from core import apps, deploys, projects, tokens
 from core.errors import InvalidInput, NotFound
 from core.identity import SYSTEM
+from shipit import schemas
 from tests.conftest import ADMIN, LiveServer
 from tests.shipit.conftest import table_rows
 
@@ -291,6 +294,16 @@ async def test_openapi_tells_the_real_rules(api: httpx.AsyncClient) -> None:
                 _assert_bounded(_resolve(spec, body), f"{where} body", spec=spec)
     detail = spec["components"]["schemas"]["ErrorDetail"]
     assert set(detail["required"]) == {"type", "message"}
+    # The error body is referred to, not built per route (shipit.api.base._error): its schemas must
+    # read exactly as FastAPI renders a response `model`, key order included (the served text).
+    plain = FastAPI()
+
+    @plain.get("/x", responses={400: {"model": schemas.ErrorOut}})
+    async def x() -> None: ...
+
+    rendered = plain.openapi()["components"]["schemas"]
+    for name in ("ErrorOut", "ErrorDetail"):
+        assert json.dumps(spec["components"]["schemas"][name]) == json.dumps(rendered[name]), name
 
 
 def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
