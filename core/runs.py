@@ -610,7 +610,18 @@ async def log_lines(
             session, ctx=ctx, actor=actor, app_name=app_name, env=env, action="reading one-off runs"
         )
     kube = await _kube(ctx=ctx, where=where)
-    await _job_of(kube, where=where, name=run)
+    try:
+        await _job_of(kube, where=where, name=run)
+    except NotFound:
+        async with ctx.sessionmaker() as session:
+            recorded = await _row_of(session, app_id=where.app_id, name=run)
+        if recorded is None:
+            raise
+        # The history outlives the Job (its TTL), the log does not: say so rather than "no such run".
+        raise NotFound(
+            f"the log of run {run!r} of app {where.app} is gone with its Job, which the cluster deletes "
+            f"{ctx.config.release_ttl_seconds}s after the run ends; the run's record is kept"
+        ) from None
     selector = ",".join(f"{k}={v}" for k, v in sorted({**_owned(where), render.LABEL_RUN: run}.items()))
     lines = kube.pod_logs(
         namespace=where.namespace,

@@ -298,6 +298,11 @@ async def test_the_history_outlives_the_job_and_never_holds_the_arguments(
         r = await api.get(f"/api/v1/apps/web/runs?limit={limit}")
         assert r.status_code == 422 and error_of(r)["field"] == "limit", r.text
     assert (await api.get(f"/api/v1/apps/web/runs/{name}x")).status_code == 404
+    # Its log went with the Job: said as such, not as a run that never was.
+    gone = await api.get(f"/api/v1/apps/web/runs/{name}/logs")
+    assert gone.status_code == 404 and "is gone with its Job" in error_of(gone)["message"], gone.text
+    never = await api.get(f"/api/v1/apps/web/runs/{name}x/logs")
+    assert never.status_code == 404 and "has no run named" in error_of(never)["message"], never.text
     r = await api.delete(f"/api/v1/apps/web/runs/{name}")
     assert r.status_code == 409 and "has ended (succeeded)" in error_of(r)["message"], r.text
 
