@@ -377,6 +377,13 @@ async def _resolve(
     return digest
 
 
+def _client(budget: float) -> httpx.AsyncClient:
+    """A registry client: no proxy or CA settings from the environment, and no automatic redirects."""
+    return httpx.AsyncClient(
+        timeout=budget, follow_redirects=False, trust_env=False, verify=tls.client_context(trust_env=False)
+    )
+
+
 async def resolve(*, ctx: Core, image: str, credentials: Credentials | None) -> Pinned:
     """Pin `image` to its digest, or say why not; never raises for registry trouble, never waits long."""
     ref = images.parse(image)
@@ -386,12 +393,7 @@ async def resolve(*, ctx: Core, image: str, credentials: Credentials | None) -> 
     try:
         async with (
             asyncio.timeout(budget),
-            httpx.AsyncClient(
-                timeout=budget,
-                follow_redirects=False,
-                trust_env=False,
-                verify=tls.client_context(trust_env=False),
-            ) as client,
+            _client(budget) as client,
         ):
             digest = await _resolve(client, ctx=ctx, ref=ref, credentials=credentials)
     except _Unresolved as e:
@@ -507,12 +509,7 @@ async def list_tags(*, ctx: Core, repository: str, credentials: Credentials | No
     url = f"{base}/v2/{ref.path}/tags/list?n=1000"
     headers = {"Accept": "application/json"}
     try:
-        async with httpx.AsyncClient(
-            timeout=budget,
-            follow_redirects=False,
-            trust_env=False,
-            verify=tls.client_context(trust_env=False),
-        ) as client:
+        async with _client(budget) as client:
             for _ in range(MAX_TAG_PAGES):
                 response = await _authorized_get(
                     client, url=url, base=base, host=ref.domain, path=ref.path, credentials=credentials,
