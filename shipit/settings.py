@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=1000, ge=1)  # beyond it, new requests get 503
     header_timeout_seconds: float = Field(default=10.0, gt=0)  # to send a request's headers
     body_timeout_seconds: float = Field(default=30.0, gt=0)  # longest pause inside a request body
-    keep_alive_seconds: float = Field(default=5.0, gt=0)  # idle connection between requests
+    # Idle connection between requests: longer than what sits in front (ingress-nginx and cloud load
+    # balancers keep upstream connections 60 s, httpx 5 s), or a request sent as we close is lost.
+    keep_alive_seconds: float = Field(default=75.0, gt=0)
 
     # tenancy: who may create projects ("admins": global admins only; "everyone": any API token)
     project_creators: Literal["admins", "everyone"] = "admins"

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from core import clusters, projects
 from core.identity import SYSTEM, Actor
 from shipit import runtime
+from shipit import serving as shipit_serving
 from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
@@ -198,11 +199,21 @@ async def world(rt: Runtime, kube_env: object, namespace: str) -> World:
     return World(rt=rt, project="acme", cluster="test", namespace=namespace)
 
 
+def as_served(app: FastAPI, *, port: int, settings: Settings | None = None) -> uvicorn.Server:
+    """uvicorn with the options `shipit serve` uses (its protocol, timeouts and limits): a test's client
+    meets the server's real keep-alive, not uvicorn's default (5 s, httpx's own idle expiry: a request
+    sent as the server closes the connection is reset)."""
+    options = shipit_serving.uvicorn_options(settings or Settings.model_construct())
+    return uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", **options))
+
+
 @contextlib.asynccontextmanager
-async def serving(app: FastAPI, *, port: int | None = None) -> AsyncIterator[str]:
+async def serving(
+    app: FastAPI, *, port: int | None = None, settings: Settings | None = None
+) -> AsyncIterator[str]:
     """Serve an app instance over HTTP on a loopback port (a free one unless given); yields its base URL."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    server = as_served(app, port=port, settings=settings)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -267,7 +278,7 @@ async def live_server(rt: Runtime) -> AsyncIterator[LiveServer]:
     port = free_port()
     app = create_app(rt=rt)
     await runtime.start(rt)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    server = as_served(app, port=port, settings=rt.settings)
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
@@ -281,4 +292,4 @@ def system_actor() -> Iterator[Actor]:
     yield SYSTEM
 
 
-__all__ = ["ADMIN", "LiveServer", "World", "database_bytes", "free_port", "models", "serving"]
+__all__ = ["ADMIN", "LiveServer", "World", "as_served", "database_bytes", "free_port", "models", "serving"]

@@ -164,6 +164,41 @@ async def test_a_client_that_never_finishes_its_headers_is_cut_off(
         writer.close()
 
 
+async def _answer(reader: asyncio.StreamReader) -> bytes:
+    """One whole response (headers and a Content-Length body) off a kept-alive connection."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return head + await asyncio.wait_for(reader.readexactly(length), timeout=30)
+
+
+@pytest.mark.parametrize("protocol", ["httptools", "h11"])
+async def test_an_idle_kept_alive_connection_outlives_the_header_timeout(
+    live_server: LiveServer, settings: Settings, protocol: str
+) -> None:
+    # The header clock starts at the next request's first byte: idling between requests is bounded by
+    # the keep-alive alone, which a proxy in front relies on (it reuses the connection until its own
+    # idle timeout; a server that closes first loses the request sent as it closes).
+    quick = settings.model_copy(update={"header_timeout_seconds": 0.5, "keep_alive_seconds": 60.0})
+    base = serving.HttpToolsWithHeaderTimeout if protocol == "httptools" else serving.H11WithHeaderTimeout
+    http = type("Guarded", (base,), {"header_timeout": 0.5})
+    async with uvicorn_as_served(quick, live_server.rt, http=http) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            assert (await _answer(reader)).startswith(b"HTTP/1.1 200")
+            await asyncio.sleep(1.5)  # three header timeouts, idle
+        # A next request that starts and stalls is still cut off, counted from its first byte.
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        await writer.drain()
+        assert await closed_by_server(reader) == b""
+        writer.close()
+
+
 async def test_serve_uses_the_guarded_protocol_and_the_configured_limits(settings: Settings) -> None:
     tuned = settings.model_copy(
         update={"header_timeout_seconds": 3.0, "keep_alive_seconds": 7.0, "max_connections": 42}

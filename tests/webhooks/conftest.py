@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 from sqlalchemy import select
 
@@ -24,7 +23,7 @@ from shipit.runtime import Runtime
 from shipit.settings import Settings
 from storage import models
 from storage.crypto import generate_key
-from tests.conftest import ADMIN, LiveServer, free_port
+from tests.conftest import ADMIN, LiveServer, as_served, free_port
 from tests.fakes.github_api import FakeGitHub
 from webhooks import signature, table
 from webhooks.ingest import Ingest
@@ -173,7 +172,7 @@ async def _serve(rt: Runtime) -> AsyncIterator[str]:
 
     port = free_port()
     app = create_app(rt=rt)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    server = as_served(app, port=port, settings=rt.settings)
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
