@@ -1,11 +1,13 @@
 """The `shipit` command: server-side commands (serve, db, keys) here, API commands in cli_client.
 
 Every command group and command of the CLI is wired below, in the order `shipit --help` lists them.
+The server commands import what they need (Settings, asyncio, the server) inside themselves: people
+and scripts run the API commands dozens of times a day, and each run pays for every module imported
+at the top (tests/shipit/test_cli_startup.py names the ones the client must not load).
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import typer
@@ -29,7 +31,6 @@ from shipit.cli_client import (
     secrets,
     tokens,
 )
-from shipit.settings import Settings
 
 app = typer.Typer(help="shipit: ship container images to your Kubernetes clusters.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -117,6 +118,7 @@ def serve(
 
     from shipit import logs, serving, telemetry
     from shipit.main import create_app
+    from shipit.settings import Settings
 
     settings = Settings()
     logs.configure(settings.log_level, fmt=settings.log_format)
@@ -132,8 +134,11 @@ def serve(
 @app.command()
 def builder() -> None:
     """Run build jobs (apps with --build): buildah, the GitHub tarball API, the registry. No HTTP."""
+    import asyncio
+
     from shipit import builder as builder_process
     from shipit import logs
+    from shipit.settings import Settings
 
     settings = Settings()
     logs.configure(settings.log_level, fmt=settings.log_format)
@@ -143,7 +148,10 @@ def builder() -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply database migrations (also done at every start)."""
+    import asyncio
+
     from shipit.runtime import upgrade_database
+    from shipit.settings import Settings
     from storage import db
 
     async def run() -> str | None:
@@ -171,8 +179,11 @@ def keys_rotate(
     ),
 ) -> None:
     """Re-encrypt every secret and kubeconfig under a new master key, in one transaction."""
+    import asyncio
+
     from core import keys
     from shipit.runtime import resolve_master_key
+    from shipit.settings import Settings
     from storage import db
     from storage.crypto import Cipher, MasterKeyError
 

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import httpx
-import pydantic
 import typer
 
-from shipit.settings import Settings
+if TYPE_CHECKING:
+    import ssl
+
+    import httpx
 
 USER_AGENT = "shipit-cli/0.5"
 EXIT_API = 1
 EXIT_SETUP = 2
+# Settings.url's default: tests/shipit/test_cli_startup.py holds the two equal.
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def fail(message: str, *, code: int = EXIT_API) -> NoReturn:
@@ -52,6 +57,10 @@ class Api:
     """A thin synchronous client for /api/v1; every failure ends the command with one line."""
 
     def __init__(self, *, url: str, token: str, timeout: float = 60.0) -> None:
+        # httpx (and httpcore under it) is imported here, not at the top: `--help` and the setup
+        # errors never talk HTTP, and every run of the CLI pays for what its modules import.
+        import httpx
+
         self.url = url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.url,
@@ -61,6 +70,7 @@ class Api:
                 "Accept": "application/json",
             },
             timeout=httpx.Timeout(timeout, connect=10.0),
+            verify=_tls_context(self.url),
         )
 
     def close(self) -> None:
@@ -68,6 +78,8 @@ class Api:
 
     @contextlib.contextmanager
     def _transport_errors(self) -> Iterator[None]:
+        import httpx
+
         try:
             yield
         except httpx.ConnectError as e:
@@ -103,6 +115,8 @@ class Api:
 
     def lines(self, path: str, *, params: dict[str, Any]) -> Iterator[str]:
         """Stream a text response line by line (pod logs), without a read timeout."""
+        import httpx
+
         with (
             self._transport_errors(),
             self._http.stream(
@@ -115,6 +129,23 @@ class Api:
             yield from response.iter_lines()
 
 
+def _tls_context(url: str) -> ssl.SSLContext | bool:
+    """httpx's default (True: certifi's CA bundle, or SSL_CERT_FILE/DIR) unless the client cannot do TLS.
+
+    Loading the CA bundle takes 0.1-0.3 s, every run.  An http:// SHIPIT_URL without a proxy never
+    opens TLS (every request goes to that base URL, redirects are not followed), so it gets a context
+    that still verifies everything but trusts no CA: were it ever used, it would refuse, not accept.
+    """
+    import ssl
+    import urllib.request  # httpx reads proxies from the environment with the same function
+
+    if not url.startswith("http://") or any(
+        urllib.request.getproxies().get(scheme) for scheme in ("http", "https", "all")
+    ):
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 def _reason(e: Exception) -> str:
     text = str(e) or type(e).__name__
     if "refused" in text.lower():
@@ -122,24 +153,38 @@ def _reason(e: Exception) -> str:
     return text.split("\n")[0]
 
 
+def client_settings() -> tuple[str, str]:
+    """SHIPIT_URL and SHIPIT_TOKEN (stripped; "" when unset), read as shipit.settings.Settings reads them.
+
+    Not through Settings itself: pydantic-settings and the class of every server option took a third of
+    the CLI's start, and the client needs two strings.  The same sources in the same order: the
+    environment (names in any case, an empty value counts) over a .env file in the working directory
+    (parsed by python-dotenv, as pydantic-settings does), over the default.
+    """
+    values: dict[str, str | None] = {}
+    env_file = Path(".env")
+    if env_file.is_file() or env_file.is_fifo():
+        from dotenv import dotenv_values  # only when there is a file to read: it is not free either
+
+        values.update((k.lower(), v) for k, v in dotenv_values(env_file, encoding="utf-8").items())
+    values.update((k.lower(), v) for k, v in os.environ.items())
+    url = values.get("shipit_url")
+    token = values.get("shipit_token")
+    return (DEFAULT_URL if url is None else url), (token or "").strip()
+
+
 @contextlib.contextmanager
 def api() -> Iterator[Api]:
-    try:
-        settings = Settings()
-    except pydantic.ValidationError as e:
-        first = e.errors()[0]
-        name = "SHIPIT_" + "_".join(str(p) for p in first["loc"]).upper()
-        fail(f"{name}: {first['msg']}", code=EXIT_SETUP)
-    token = settings.token.get_secret_value().strip() if settings.token else ""
+    url, token = client_settings()
     if not token:
         fail(
             "no API token: set SHIPIT_TOKEN (the first `shipit serve` prints an admin token; "
             "`shipit tokens create NAME` makes more)",
             code=EXIT_SETUP,
         )
-    if not settings.url.startswith(("http://", "https://")):
-        fail(f"SHIPIT_URL must start with http:// or https://, got {settings.url!r}", code=EXIT_SETUP)
-    client = Api(url=settings.url, token=token)
+    if not url.startswith(("http://", "https://")):
+        fail(f"SHIPIT_URL must start with http:// or https://, got {url!r}", code=EXIT_SETUP)
+    client = Api(url=url, token=token)
     try:
         yield client
     finally:
