@@ -1,6 +1,7 @@
 """Slack slash-command ack latency while deploys are in flight, on one shipit process.
 
   .venv/bin/python -m bench.slack_ack [--rate 20,50] [--duration 20] [--inflight 50] [--command deploy]
+                                      [--hold SECONDS]
 
 The aim (issue 13): `/shipit deploy` ack p99 under 100 ms at 50 commands/s with 50 deploys in flight,
 one process on SQLite.  Prints one table row per rate.
@@ -16,6 +17,12 @@ In flight: `--inflight` apps (`slow-NN`) are deployed from Slack first; their po
 the kwok node has, so they stay Pending and each deploy stays *running* for the whole measurement: 50
 workers holding a lease (heartbeats), a Kubernetes watch open, and their cards posted.  The bench checks
 they are all still running at the end.
+
+"server CPU with no commands" is the 5 s right after the last of them turned *running*: the tail of their
+start (registry look-ups, applies, watches opened, the first of their ~150 cards' jobs), not the cost of
+holding them.  `--hold SECONDS` then keeps them in flight, the server idle, and prints the server's CPU
+for each 10 s (with the Slack writes so far) and over the whole hold: that is the standing cost (issue
+13, "idle CPU with 50 deploys in flight" in BENCHMARKS.md); a profiler can attach to the printed PID.
 
 Load: an open-loop generator in this process sends signed `/shipit …` slash commands (form-encoded,
 v0 HMAC signature, as Slack sends them) at `--rate` per second for `--duration` seconds; latency is
@@ -377,6 +384,24 @@ async def main(args: argparse.Namespace) -> None:
                 cpu_before = cpu_seconds(server.pid)
                 await asyncio.sleep(5)
                 idle = (cpu_seconds(server.pid) - cpu_before) / 5
+                held = None
+                if args.hold > 0:
+                    # The same state held longer (a profiler can attach to the PID meanwhile).
+                    print(f"holding {args.hold:g} s idle; server pid {server.pid}", flush=True)
+                    cpu_before = cpu_seconds(server.pid)
+                    series, t = [], 0.0
+                    while t < args.hold:  # every 10 s: when the start of the deploys in flight has settled
+                        step = min(10.0, args.hold - t)
+                        cpu_step = cpu_seconds(server.pid)
+                        await asyncio.sleep(step)
+                        writes = len(fake.calls("chat.postMessage")) + len(fake.calls("chat.update"))
+                        series.append(f"{(cpu_seconds(server.pid) - cpu_step) / step:.1%} ({writes})")
+                        t += step
+                    held = (cpu_seconds(server.pid) - cpu_before) / args.hold
+                    print(
+                        f"server CPU each 10 s of the hold (Slack writes so far): {' '.join(series)}",
+                        flush=True,
+                    )
                 # Warm up (connections, bolt's first auth.test, caches), then measure.
                 await load(
                     f"{url}/slack/events", fake, rate=20, duration=2, command=args.command, offset=10**6
@@ -425,6 +450,7 @@ async def main(args: argparse.Namespace) -> None:
             f"database: {'PostgreSQL' if args.database_url else 'SQLite (WAL)'}; {args.inflight} deploys in flight "
             f"({still} still running at the end); one process, {args.workers} worker slots; "
             f"server CPU with no commands: {idle:.0%} of a core"
+            + (f"; over the {args.hold:g} s hold: {held:.1%}" if held is not None else "")
         )
         print(
             f"{'command':>9} {'offered/s':>9} {'achieved/s':>10} {'sent':>6} {'p50 ms':>8} {'p90 ms':>8} "
@@ -539,6 +565,13 @@ if __name__ == "__main__":
         help="also measure each rate with monorepo pushes alongside, this many per second (0: off)",
     )
     parser.add_argument("--monorepo-apps", type=int, default=20, help="apps each monorepo push deploys")
+    parser.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        help="before the load, keep the deploys in flight and the server idle this many seconds and "
+        "print the server's CPU over them (a profiler can attach meanwhile)",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--keep-log", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")
