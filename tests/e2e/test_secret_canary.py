@@ -223,7 +223,7 @@ async def server(rt: Runtime, web_port: int) -> AsyncIterator[str]:
 
     app = create_app(rt=rt)
     await runtime.start(rt)
-    async with serving(app, port=web_port) as url:
+    async with serving(app, port=web_port, settings=rt.settings) as url:
         yield url
 
 
