@@ -26,9 +26,14 @@ from bench.common import free_port, load_average
 ENTRY = "import sys; sys.argv[0] = 'shipit'; from shipit.cli import main; main()"  # the console script
 
 
+def _without_shipit_settings() -> dict[str, str]:
+    """This process's environment less any SHIPIT_* setting: each case sets its own."""
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith("SHIPIT_")}
+
+
 def serve(tree: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SHIPIT_")}
+    env = _without_shipit_settings()
     env.update(
         PYTHONPATH=tree,
         SHIPIT_DATABASE_URL=f"sqlite+aiosqlite:///{tmp}/bench.db",
@@ -70,7 +75,7 @@ def main() -> None:
             ("shipit apps list, live server", ["apps", "list"], {"SHIPIT_URL": live}),
             ("shipit whoami, live server", ["whoami"], {"SHIPIT_URL": live}),
         ]
-        base = {k: v for k, v in os.environ.items() if not k.upper().startswith("SHIPIT_")}
+        base = _without_shipit_settings()
         print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {load_average()}")
         try:
             for name, argv, extra in cases:
