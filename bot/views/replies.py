@@ -133,11 +133,17 @@ def app_status(st: status.AppStatus, *, live_pending: bool = False) -> Message:
                 f"{rs.ready}/{rs.desired} ready"
             )
         if (hpa := live.autoscaler) is not None:
-            cpu = "not measured yet" if hpa.cpu_current_percent is None else f"{hpa.cpu_current_percent}%"
+            cpu = (
+                "not measured yet"
+                if hpa.cpu_current_percent is None
+                else f"{hpa.cpu_current_percent}% of requests"
+            )
             target = "" if hpa.cpu_target_percent is None else f" (target {hpa.cpu_target_percent}%)"
+            # 0 wanted is the controller not having decided yet (no metrics): never fewer than min.
+            wants = f"wants {hpa.desired_replicas}" if hpa.desired_replicas else "no scaling decision yet"
             lines.append(
-                f"• autoscaler: {hpa.current_replicas} pods, wants {hpa.desired_replicas} "
-                f"(min {hpa.min_replicas}, max {hpa.max_replicas}); CPU {cpu} of requests{target}"
+                f"• autoscaler: {hpa.current_replicas} pods, {wants} "
+                f"(min {hpa.min_replicas}, max {hpa.max_replicas}); CPU {cpu}{target}"
                 + _scales_down(hpa.scale_down_window_seconds)
             )
     elif st.live_error:

@@ -396,11 +396,17 @@ def promote(
 
 def autoscaler_line(hpa: dict[str, Any]) -> str:
     """The HPA's own figures: the pods it counts and wants, and the CPU use it scales on."""
-    cpu = "not measured yet" if hpa["cpu_current_percent"] is None else f"{hpa['cpu_current_percent']}%"
+    # 0 wanted is the controller not having decided yet (no metrics): an HPA never wants fewer than min.
+    wants = f"wants {hpa['desired_replicas']}" if hpa["desired_replicas"] else "no scaling decision yet"
     target = f" (target {hpa['cpu_target_percent']}%)" if hpa["cpu_target_percent"] is not None else ""
+    cpu = (
+        "not measured yet"
+        if hpa["cpu_current_percent"] is None
+        else f"{hpa['cpu_current_percent']}% of requests"
+    )
     return (
-        f"{hpa['current_replicas']} pods, wants {hpa['desired_replicas']} "
-        f"(min {hpa['min_replicas']}, max {hpa['max_replicas']}); CPU {cpu} of requests{target}"
+        f"{hpa['current_replicas']} pods, {wants} "
+        f"(min {hpa['min_replicas']}, max {hpa['max_replicas']}); CPU {cpu}{target}"
         + _scales_down_text(hpa.get("scale_down_window_seconds"))
     )
 

@@ -303,3 +303,28 @@ def test_app_list_shows_each_rows_environment() -> None:
     assert "• *web* · staging `ghcr.io/acme/web:1.4` in `web-stg`" in text
     # An environment name is escaped like everything else shown.
     assert "• *web* · &lt;production&gt; `ghcr.io/acme/web:1.4` in `web-prod` (protected)" in text
+
+
+def test_status_of_an_hpa_without_metrics_yet_does_not_say_it_wants_zero_pods() -> None:
+    from core.kube import rules
+
+    hpa = rules.autoscaler_of({
+        "spec": {"minReplicas": 1, "maxReplicas": 3, "metrics": [
+            {"type": "Resource", "resource": {"name": "cpu", "target": {"averageUtilization": 50}}},
+        ]},
+        "status": {"currentReplicas": 1, "desiredReplicas": 0},  # the controller's syncs before metrics
+    })  # fmt: skip
+    live = rules.DeploymentStatus(
+        image="ghcr.io/acme/web:1", revision="1", desired=1, ready=1, updated=1, available=1, generation=1,
+        observed_generation=1, conditions=[], autoscaler=hpa,
+    )  # fmt: skip
+    st = status.AppStatus(
+        app="web", project="acme", cluster="prod", namespace="apps", image="ghcr.io/acme/web:1", locked=None,
+        paused=None, current=None, active=[], live=live,
+    )  # fmt: skip
+    text = views.app_status(st).text
+    assert (
+        "• autoscaler: 1 pods, no scaling decision yet (min 1, max 3); CPU not measured yet (target 50%)"
+        in text
+    )
+    assert "wants 0" not in text
