@@ -10,6 +10,9 @@ event updates that message instead of posting another.
 Slack's limits are respected here, not hoped for: writes are paced per channel
 (about one per second, small bursts allowed) and a 429 becomes a TransientError
 carrying Retry-After, so the job queue retries later without holding a worker.
+Only a write takes a slot: a notice whose card another notice is posting or updating (its write
+paced, or under way) comes back just after that write instead of reserving a slot of its own, which
+it would find the card drawn and leave unused (issue 13: after a burst of deploys, 94 of 150 slots).
 A card that cannot be updated never fails the deploy: the notify job is
 separate from the deploy job.
 
@@ -808,14 +811,14 @@ class SlackNotifier:
 
     @contextlib.contextmanager
     def _card_turn(self, card: tuple[int, str], *, holder: int, writes: bool) -> Iterator[bool]:
-        """Around drawing a card (posting or updating it) for the notice `holder`.
+        """Around drawing a card (posting or updating it, if `writes`) for the notice `holder`.
 
-        If another notice's write of the same card holds a paced slot here, a notice that would
-        write too does not reserve a slot of its own: it raises Paced to come back just after that
-        slot, when it finds the card drawn and writes again only if what it shows has changed.  A
-        write of ours that is paced (a slot reserved) becomes the card's turn until it is made or
-        fails.  Yields whether an earlier post of this card here failed: Slack may have taken it,
-        so a post looks for it first, as a retry does."""
+        While another notice's write of the same card is under way here or holds a paced slot, a
+        notice that would write too does not reserve a slot of its own: it raises Paced to come back
+        just after that write, when it finds the card drawn and writes again only if what it shows
+        has changed.  Otherwise its own write is the card's turn until it is made or fails.  Yields
+        whether an earlier write of this card here failed: Slack may have taken that post, so a
+        post looks for it first, as a retry does."""
         turn = self._turns.get(card)
         if turn is not None and turn.holder != holder and not turn.failed and writes:
             late = time.monotonic() - turn.at
@@ -826,20 +829,23 @@ class SlackNotifier:
                     f"pacing messages to Slack: the card's write by event {turn.holder} is due first",
                     retry_after=max(-late, 0.0) + max(self.pacer.interval, late),
                 )
-            del self._turns[card]
-            turn = None
+        failed = turn is not None and turn.failed
+        if writes:
+            self._set_turn(card, _Turn(holder=holder, at=time.monotonic()))
         try:
-            yield turn is not None and turn.failed
+            yield failed
         except Paced as e:
-            self._set_turn(card, _Turn(holder=holder, at=time.monotonic() + (e.retry_after or 0.0)))
+            if writes:
+                self._set_turn(card, _Turn(holder=holder, at=time.monotonic() + (e.retry_after or 0.0)))
             raise
         except Exception:
-            # The write failed, perhaps after Slack took it: the notices waiting for it write
-            # themselves when they come back, and a post looks for the card first.
-            self._set_turn(card, _Turn(holder=holder, at=time.monotonic(), failed=True))
+            if writes:
+                # The write failed, perhaps after Slack took it: the notices waiting for it write
+                # themselves when they come back, and a post looks for the card first.
+                self._set_turn(card, _Turn(holder=holder, at=time.monotonic(), failed=True))
             raise
         mine = self._turns.get(card)
-        if mine is not None and (mine.holder == holder or (writes and mine.failed)):
+        if mine is not None and mine.holder == holder:
             del self._turns[card]
 
     def _set_turn(self, card: tuple[int, str], turn: _Turn) -> None:

@@ -59,7 +59,9 @@ def _notifier(rt: Runtime, fake: FakeSlack) -> notifier_mod.SlackNotifier:
     else:
         pacer = _recording(notifier_mod.Pacer)(**pace)
     slack = notifier_mod.SlackNotifier(
-        client=AsyncWebClient(base_url=fake.url, token=fake.bot_token), sessionmaker=rt.sessionmaker, pacer=pacer
+        client=AsyncWebClient(base_url=fake.url, token=fake.bot_token),
+        sessionmaker=rt.sessionmaker,
+        pacer=pacer,
     )
     rt.core.notifiers["slack"] = slack
     return slack
@@ -79,7 +81,9 @@ async def _seed(rt: Runtime, *, deploys: int) -> list[int]:
         rows = []
         for i in range(deploys):
             session.add(
-                models.App(id=i + 1, name=f"web{i}", project_id=1, environment_id=env.id, cluster_id=1, namespace="n")
+                models.App(
+                    id=i + 1, name=f"web{i}", project_id=1, environment_id=env.id, cluster_id=1, namespace="n"
+                )
             )
             d = models.Deployment(app_id=i + 1, revision_number=1, image=f"ghcr.io/acme/web{i}:1", namespace="n",
                                   trigger="api", actor="user:a", status="queued")  # fmt: skip
@@ -158,7 +162,10 @@ async def test_a_burst_of_notices_takes_one_slot_per_slack_write(rt: Runtime, fa
     # Then each finishes, with a second notice of it queued behind (its progress): one update per card.
     await pacer.backoff_shared(CHANNEL, 1.0)
     await _events(
-        rt, ids, (events.DEPLOY_SUCCEEDED, "succeeded", "succeeded"), (events.DEPLOY_PROGRESS, "progress", "succeeded")
+        rt,
+        ids,
+        (events.DEPLOY_SUCCEEDED, "succeeded", "succeeded"),
+        (events.DEPLOY_PROGRESS, "progress", "succeeded"),
     )
     await _drain(rt)
     assert await _failed_jobs(rt) == 0
