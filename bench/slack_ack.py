@@ -21,8 +21,9 @@ they are all still running at the end.
 "server CPU with no commands" is the 5 s right after the last of them turned *running*: the tail of their
 start (registry look-ups, applies, watches opened, the first of their ~150 cards' jobs), not the cost of
 holding them.  `--hold SECONDS` then keeps them in flight, the server idle, and prints the server's CPU
-for each 10 s (with the Slack writes so far) and over the whole hold: that is the standing cost (issue
-13, "idle CPU with 50 deploys in flight" in BENCHMARKS.md); a profiler can attach to the printed PID.
+for each 10 s (with the Slack writes so far and the notify jobs left: the cards' backlog) and over the
+whole hold: that is the standing cost (issue 13, "idle CPU with 50 deploys in flight" in BENCHMARKS.md);
+a profiler can attach to the printed PID.
 
 Load: an open-loop generator in this process sends signed `/shipit …` slash commands (form-encoded,
 v0 HMAC signature, as Slack sends them) at `--rate` per second for `--duration` seconds; latency is
@@ -63,11 +64,11 @@ import aiohttp
 from sqlalchemy import func, select
 
 from bench.common import cpu_seconds, free_port, listens, load_average, pct
-from core import apps, clusters, projects
+from core import apps, clusters, jobs, projects
 from core.identity import Actor
 from shipit import runtime
 from shipit.settings import Settings
-from storage import models
+from storage import db, models
 from storage.crypto import generate_key
 from tests.fakes.slack_api import FakeSlack
 from tests.testenv.controlplane import running
@@ -203,6 +204,25 @@ async def count_running(settings: Settings) -> int:
             return len(list(rows))
     finally:
         await runtime.stop(rt)
+
+
+async def count_notify_jobs(settings: Settings) -> int:
+    """Notify jobs not done yet (queued, paced or running): the cards' backlog."""
+    engine = db.create_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            return int(
+                await conn.scalar(
+                    select(func.count())
+                    .select_from(models.Job)
+                    .where(
+                        models.Job.kind == jobs.NOTIFY_KIND, models.Job.state.in_([jobs.QUEUED, jobs.RUNNING])
+                    )
+                )
+                or 0
+            )
+    finally:
+        await engine.dispose()
 
 
 class MonoRow(NamedTuple):
@@ -395,11 +415,14 @@ async def main(args: argparse.Namespace) -> None:
                         cpu_step = cpu_seconds(server.pid)
                         await asyncio.sleep(step)
                         writes = len(fake.calls("chat.postMessage")) + len(fake.calls("chat.update"))
-                        series.append(f"{(cpu_seconds(server.pid) - cpu_step) / step:.1%} ({writes})")
+                        cpu = (cpu_seconds(server.pid) - cpu_step) / step
+                        # The notify jobs left: how far the cards' backlog has drained.
+                        series.append(f"{cpu:.1%} ({writes}, {await count_notify_jobs(settings)})")
                         t += step
                     held = (cpu_seconds(server.pid) - cpu_before) / args.hold
                     print(
-                        f"server CPU each 10 s of the hold (Slack writes so far): {' '.join(series)}",
+                        "server CPU each 10 s of the hold (Slack writes so far, notify jobs left): "
+                        + " ".join(series),
                         flush=True,
                     )
                 # Warm up (connections, bolt's first auth.test, caches), then measure.

@@ -10,6 +10,9 @@ event updates that message instead of posting another.
 Slack's limits are respected here, not hoped for: writes are paced per channel
 (about one per second, small bursts allowed) and a 429 becomes a TransientError
 carrying Retry-After, so the job queue retries later without holding a worker.
+Only a write takes a slot: a notice whose card another notice is posting or updating (its write
+paced, or under way) comes back just after that write instead of reserving a slot of its own, which
+it would find the card drawn and leave unused (issue 13: after a burst of deploys, 94 of 150 slots).
 A card that cannot be updated never fails the deploy: the notify job is
 separate from the deploy job.
 
@@ -33,13 +36,15 @@ groups:history) or outside the channel, it posts as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any
 
 import aiohttp
@@ -212,10 +217,23 @@ def _shared(sessionmaker: Any) -> bool:
     return bind is None or bind.dialect.name != "sqlite"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Turn:
+    """A card's pending write in this process: the notice (event) whose post or update of the card
+    holds a paced slot, and when that slot is (monotonic); or, `failed`, that its post failed."""
+
+    holder: int
+    at: float
+    failed: bool = False
+
+
 class SlackNotifier:
     """core.events.Notifier for Slack."""
 
     name = NAME
+    # A card's holder this late for its slot is not coming back here (its retry went to another
+    # replica, or it found nothing to send before drawing): the notices waiting for it go ahead.
+    LATE = 10.0
 
     def __init__(
         self,
@@ -233,6 +251,10 @@ class SlackNotifier:
         # Cards posted in this process, so a retry after a failure *after* posting updates the card
         # instead of posting a second one (the refs are only saved when deliver returns).
         self._posted: OrderedDict[tuple[int, str], tuple[str, str]] = OrderedDict()
+        # Cards whose post or update holds a paced slot, by card: another notice of the same card
+        # waits for that write instead of reserving a slot of its own (it would find the card drawn
+        # and send nothing, and the channel's second would be lost to every other card; issue 13).
+        self._turns: OrderedDict[tuple[int, str], _Turn] = OrderedDict()
         # What each card shows now: an event that would redraw the same card makes no API call.
         self._shown: OrderedDict[tuple[str, str], str] = OrderedDict()
         # Why a retry could not read a channel's history, logged once per workspace (missing_scope:
@@ -338,6 +360,62 @@ class SlackNotifier:
     ) -> events.Delivered | None:
         """Post or update the card, and thread a failure's details once.  `out` and `saved` are
         filled in place, so the caller sees what was posted even when a later call raises."""
+        writes = ts is None or self._fingerprint(card) != self._shown.get((channel_id, ts))
+        with self._card_turn(posted, holder=notice.event_id, writes=writes) as failed_here:
+            channel_id, ts = await self._draw_card(
+                notice, d, card, refs=refs, out=out, saved=saved, channel_id=channel_id, ts=ts, team=team,
+                token=token, key=key, posted=posted, writes=writes,
+                look_since=look_since or (notice.created_at if failed_here else None), dlog=dlog,
+            )  # fmt: skip
+
+        if d.status == "failed" and not refs.get("failure_posted"):
+            thread = views.failure_thread(deployment=d, app_name=app_name)
+            metadata = {"event_type": FAILURE_EVENT, "event_payload": {"deployment_id": d.id, "ref": key}}
+            found = (
+                await self._find_posted(
+                    channel_id, metadata=metadata, since=look_since, token=token, team=team, dlog=dlog,
+                    thread_ts=ts,
+                )
+                if look_since is not None
+                else None
+            )  # fmt: skip
+            if found is None:
+                await self._call(
+                    "chat_postMessage", channel_id, key=(notice.event_id, "thread"), dlog=dlog, token=token,
+                    thread_ts=ts, text=thread.text, blocks=thread.blocks, metadata=metadata,
+                )  # fmt: skip
+                dlog.info("failure details posted in the card's thread in %s", channel_id)
+            else:
+                dlog.info(
+                    "failure details found in the card's thread in %s, posted by an earlier attempt",
+                    channel_id,
+                )
+            out["failure_posted"] = True
+        # Only what is not on the deploy yet: a card just posted was recorded by _post_card, and
+        # writing it again was a transaction of its own per posted card (issue 13).
+        unsaved = {k: v for k, v in out.items() if k not in saved or saved[k] != v}
+        return events.Delivered(deployment_refs=unsaved) if unsaved else None
+
+    async def _draw_card(
+        self,
+        notice: events.Notice,
+        d: events.DeploymentView,
+        card: views.Message,
+        *,
+        refs: dict[str, Any],
+        out: dict[str, Any],
+        saved: dict[str, Any],
+        channel_id: str,
+        ts: str | None,
+        team: str | None,
+        token: str | None,
+        key: str,
+        posted: tuple[int, str],
+        writes: bool,
+        look_since: dt.datetime | None,
+        dlog: logctx.ContextLogger,
+    ) -> tuple[str, str]:
+        """Post the card, or update it if `writes`; where it is."""
         if ts is None:
             got, got_saved = await self._post_card(
                 card, channel_id, dlog=dlog, key=(notice.event_id, "card"), token=token,
@@ -349,7 +427,7 @@ class SlackNotifier:
             saved.update(got_saved)
             channel_id, ts = out["channel"], out["ts"]
             dlog.info("card posted in %s (ts %s, %s)", channel_id, ts, d.status)
-        elif self._fingerprint(card) != self._shown.get((channel_id, ts)):
+        elif writes:
             try:
                 await self._call(
                     "chat_update",
@@ -379,34 +457,7 @@ class SlackNotifier:
                 refs["failure_posted"] = False
             dlog.info("card updated in %s (%s)", channel_id, d.status)
         self._remember_shown(channel_id, ts, card)
-
-        if d.status == "failed" and not refs.get("failure_posted"):
-            thread = views.failure_thread(deployment=d, app_name=app_name)
-            metadata = {"event_type": FAILURE_EVENT, "event_payload": {"deployment_id": d.id, "ref": key}}
-            found = (
-                await self._find_posted(
-                    channel_id, metadata=metadata, since=look_since, token=token, team=team, dlog=dlog,
-                    thread_ts=ts,
-                )
-                if look_since is not None
-                else None
-            )  # fmt: skip
-            if found is None:
-                await self._call(
-                    "chat_postMessage", channel_id, key=(notice.event_id, "thread"), dlog=dlog, token=token,
-                    thread_ts=ts, text=thread.text, blocks=thread.blocks, metadata=metadata,
-                )  # fmt: skip
-                dlog.info("failure details posted in the card's thread in %s", channel_id)
-            else:
-                dlog.info(
-                    "failure details found in the card's thread in %s, posted by an earlier attempt",
-                    channel_id,
-                )
-            out["failure_posted"] = True
-        # Only what is not on the deploy yet: a card just posted was recorded by _post_card, and
-        # writing it again was a transaction of its own per posted card (issue 13).
-        unsaved = {k: v for k, v in out.items() if k not in saved or saved[k] != v}
-        return events.Delivered(deployment_refs=unsaved) if unsaved else None
+        return channel_id, ts
 
     async def _build_card(self, notice: events.Notice) -> None:
         """Post or update the build's card in the target's channel: one per build, run and target."""
@@ -462,6 +513,31 @@ class SlackNotifier:
 
         # A retry may have posted it and died before recording it: it looks before posting again.
         look_since = notice.created_at if notice.attempt > 1 else None
+        writes = ts is None or self._fingerprint(card) != self._shown.get((channel_id, ts))
+        with self._card_turn(posted, holder=notice.event_id, writes=writes) as failed_here:
+            await self._draw_build_card(
+                notice, b, card, channel_id=channel_id, ts=ts, token=token, posted=posted, metadata=metadata,
+                save=save, writes=writes, look_since=look_since or (notice.created_at if failed_here else None),
+                dlog=dlog,
+            )  # fmt: skip
+
+    async def _draw_build_card(
+        self,
+        notice: events.Notice,
+        b: events.BuildView,
+        card: views.Message,
+        *,
+        channel_id: str,
+        ts: str | None,
+        token: str | None,
+        posted: tuple[int, str],
+        metadata: dict[str, Any],
+        save: Callable[[dict[str, Any]], Awaitable[bool]],
+        writes: bool,
+        look_since: dt.datetime | None,
+        dlog: logctx.ContextLogger,
+    ) -> None:
+        """Post the build's card, or update it if `writes`."""
         if ts is None:
             out, _ = await self._post_card(
                 card, channel_id, dlog=dlog, key=(notice.event_id, "card"), token=token, posted=posted,
@@ -469,7 +545,7 @@ class SlackNotifier:
             )  # fmt: skip
             channel_id, ts = out["channel"], out["ts"]
             dlog.info("build #%s card posted in %s (ts %s, %s)", b.id, channel_id, ts, b.status)
-        elif self._fingerprint(card) != self._shown.get((channel_id, ts)):
+        elif writes:
             try:
                 await self._call(
                     "chat_update", channel_id, key=(notice.event_id, "card"), dlog=dlog, token=token, ts=ts,
@@ -732,3 +808,48 @@ class SlackNotifier:
         self._shown.move_to_end((channel, ts))
         while len(self._shown) > 2000:
             self._shown.popitem(last=False)
+
+    @contextlib.contextmanager
+    def _card_turn(self, card: tuple[int, str], *, holder: int, writes: bool) -> Iterator[bool]:
+        """Around drawing a card (posting or updating it, if `writes`) for the notice `holder`.
+
+        While another notice's write of the same card is under way here or holds a paced slot, a
+        notice that would write too does not reserve a slot of its own: it raises Paced to come back
+        just after that write, when it finds the card drawn and writes again only if what it shows
+        has changed.  Otherwise its own write is the card's turn until it is made or fails.  Yields
+        whether an earlier write of this card here failed: Slack may have taken that post, so a
+        post looks for it first, as a retry does."""
+        turn = self._turns.get(card)
+        if turn is not None and turn.holder != holder and not turn.failed and writes:
+            late = time.monotonic() - turn.at
+            if late <= self.LATE:
+                # Before its slot: the slot after it; late (in flight, or its job not claimed yet):
+                # a wait doubling with the delay, so a holder that never comes back costs a few runs.
+                raise Paced(
+                    f"pacing messages to Slack: the card's write by event {turn.holder} is due first",
+                    retry_after=max(-late, 0.0) + max(self.pacer.interval, late),
+                )
+        failed = turn is not None and turn.failed
+        if writes:
+            self._set_turn(card, _Turn(holder=holder, at=time.monotonic()))
+        try:
+            yield failed
+        except Paced as e:
+            if writes:
+                self._set_turn(card, _Turn(holder=holder, at=time.monotonic() + (e.retry_after or 0.0)))
+            raise
+        except Exception:
+            if writes:
+                # The write failed, perhaps after Slack took it: the notices waiting for it write
+                # themselves when they come back, and a post looks for the card first.
+                self._set_turn(card, _Turn(holder=holder, at=time.monotonic(), failed=True))
+            raise
+        mine = self._turns.get(card)
+        if mine is not None and mine.holder == holder:
+            del self._turns[card]
+
+    def _set_turn(self, card: tuple[int, str], turn: _Turn) -> None:
+        self._turns[card] = turn
+        self._turns.move_to_end(card)
+        while len(self._turns) > 2000:
+            self._turns.popitem(last=False)
