@@ -265,7 +265,7 @@ class _Pki:
     kubelet_key: bytes
 
 
-def _make_ca(
+def make_ca(
     *, common_name: str, not_before: datetime.datetime, not_after: datetime.datetime
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_key = _key()
@@ -302,8 +302,8 @@ def _make_ca(
 def _make_pki() -> _Pki:
     now = datetime.datetime.now(datetime.UTC)
     not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=7)
-    ca, ca_key = _make_ca(common_name="shipit-testenv-ca", not_before=not_before, not_after=not_after)
-    proxy_ca, proxy_ca_key = _make_ca(
+    ca, ca_key = make_ca(common_name="shipit-testenv-ca", not_before=not_before, not_after=not_after)
+    proxy_ca, proxy_ca_key = make_ca(
         common_name="shipit-testenv-front-proxy-ca", not_before=not_before, not_after=not_after
     )
 
