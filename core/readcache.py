@@ -215,6 +215,12 @@ def _stamp_at_commit(conn: Connection) -> None:
 
 
 def _forget(conn: Connection) -> None:
+    # An invalidated connection (a statement interrupted by a task's cancellation) must not be asked
+    # for its info: that raises PendingRollbackError inside the rollback, which then replaces the
+    # CancelledError (a stopping runtime's maintenance loop took it for a failed pass and went on).
+    # Its record's info is cleared when it reconnects, so there is nothing to forget.
+    if conn.invalidated:
+        return
     conn.info.pop(_DIRTY, None)
 
 

@@ -4,12 +4,13 @@ cached table changes the stamp (ORM flush, ORM bulk DML, plain Core on a connect
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, insert, select, update
+from sqlalchemy import delete, event, insert, select, text, update
 
 from core import apps, claims, environments, identity, projects, readcache, secrets, tokens
 from core.errors import PermissionDenied
@@ -268,3 +269,54 @@ async def test_writers_in_opposite_orders_do_not_deadlock_on_the_stamp(rt: Runti
         member = await session.scalar(select(models.Member).where(models.Member.subject == DEV.subject))
     assert app is not None and app.replicas == 4
     assert member is not None and member.role == "viewer"
+
+
+@asynccontextmanager
+async def _holding_the_write_lock(rt: Runtime, db_backend: str) -> AsyncIterator[None]:
+    """Another connection holds what a write to `meta` needs until the block ends."""
+    if db_backend == "postgres":
+        async with rt.engine.connect() as conn, conn.begin():
+            await conn.execute(text("LOCK TABLE meta IN EXCLUSIVE MODE"))
+            yield
+    else:
+        other = sqlite3.connect(rt.engine.url.database or "", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            yield
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+
+
+async def test_a_transaction_cancelled_mid_statement_ends_cancelled(rt: Runtime, db_backend: str) -> None:
+    """Cancelled while its statement waits (a stopping runtime, a lost lease): the task ends with
+    CancelledError, nothing it wrote stays, and the engine serves the next transaction.  The rollback
+    listener used to ask the invalidated connection for its info and raise PendingRollbackError
+    instead, which the maintenance loop caught as a failed pass and kept running: stop() never ended."""
+    waiting = asyncio.Event()
+
+    def started(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO meta"):
+            waiting.set()
+
+    async def write() -> None:
+        async with rt.sessionmaker.begin() as session:
+            await session.execute(insert(models.Meta).values(key="cancelled-write", value=b"x"))
+
+    event.listen(rt.engine.sync_engine, "before_cursor_execute", started)
+    try:
+        async with _holding_the_write_lock(rt, db_backend):
+            task = asyncio.create_task(write())
+            await asyncio.wait_for(waiting.wait(), 10)
+            await asyncio.sleep(0.1)  # the statement is now blocked on the lock
+            task.cancel()
+        # Only now: on SQLite, closing the interrupted connection waits for the driver's thread.
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        event.remove(rt.engine.sync_engine, "before_cursor_execute", started)
+    async with rt.sessionmaker.begin() as session:
+        session.add(models.Meta(key="next-write", value=b"y"))
+    async with rt.sessionmaker() as session:
+        keys = set(await session.scalars(select(models.Meta.key).where(models.Meta.key.like("%-write"))))
+    assert keys == {"next-write"}
