@@ -227,6 +227,29 @@ class _Turn:
     failed: bool = False
 
 
+@dataclasses.dataclass
+class _DeployCard:
+    """One delivery's deploy card: where it is and what it shows.  `channel_id` and `ts` move when the
+    card is posted (or posted again); `out` is what the delivery has to record on the deploy, and
+    `saved`, of `out`, what _post_card has recorded already."""
+
+    notice: events.Notice
+    d: events.DeploymentView
+    card: views.Message
+    refs: dict[str, Any]
+    out: dict[str, Any]
+    saved: dict[str, Any]
+    channel_id: str
+    ts: str | None
+    team: str | None
+    token: str | None
+    key: str
+    posted: tuple[int, str]
+    look_since: dt.datetime | None
+    app_name: str
+    dlog: logctx.ContextLogger
+
+
 class SlackNotifier:
     """core.events.Notifier for Slack."""
 
@@ -327,11 +350,13 @@ class SlackNotifier:
         # A retry may have posted before it could record the post: it looks before posting again.
         look_since = notice.created_at if notice.attempt > 1 else None
 
+        c = _DeployCard(
+            notice=notice, d=d, card=card, refs=refs, out=out, saved=saved, channel_id=channel_id, ts=ts,
+            team=team, token=token, key=key, posted=posted, look_since=look_since, app_name=app_name,
+            dlog=dlog,
+        )  # fmt: skip
         try:
-            return await self._draw(
-                notice, d, card, refs=refs, out=out, saved=saved, channel_id=channel_id, ts=ts, team=team,
-                token=token, key=key, posted=posted, look_since=look_since, app_name=app_name, dlog=dlog,
-            )  # fmt: skip
+            return await self._draw(c)
         except Paced as e:
             if out.get("ts") and saved.get("ts") != out["ts"]:
                 # Posted (now or by an earlier attempt here) and not recorded: the retry must count as
@@ -339,125 +364,83 @@ class SlackNotifier:
                 raise Deferred(str(e), retry_after=e.retry_after) from None
             raise
 
-    async def _draw(
-        self,
-        notice: events.Notice,
-        d: events.DeploymentView,
-        card: views.Message,
-        *,
-        refs: dict[str, Any],
-        out: dict[str, Any],
-        saved: dict[str, Any],
-        channel_id: str,
-        ts: str | None,
-        team: str | None,
-        token: str | None,
-        key: str,
-        posted: tuple[int, str],
-        look_since: dt.datetime | None,
-        app_name: str,
-        dlog: logctx.ContextLogger,
-    ) -> events.Delivered | None:
-        """Post or update the card, and thread a failure's details once.  `out` and `saved` are
+    async def _draw(self, c: _DeployCard) -> events.Delivered | None:
+        """Post or update the card, and thread a failure's details once.  `c.out` and `c.saved` are
         filled in place, so the caller sees what was posted even when a later call raises."""
-        writes = ts is None or self._fingerprint(card) != self._shown.get((channel_id, ts))
-        with self._card_turn(posted, holder=notice.event_id, writes=writes) as failed_here:
-            channel_id, ts = await self._draw_card(
-                notice, d, card, refs=refs, out=out, saved=saved, channel_id=channel_id, ts=ts, team=team,
-                token=token, key=key, posted=posted, writes=writes,
-                look_since=look_since or (notice.created_at if failed_here else None), dlog=dlog,
-            )  # fmt: skip
+        notice, d, dlog = c.notice, c.d, c.dlog
+        writes = c.ts is None or self._fingerprint(c.card) != self._shown.get((c.channel_id, c.ts))
+        with self._card_turn(c.posted, holder=notice.event_id, writes=writes) as failed_here:
+            await self._draw_card(
+                c, writes=writes, look_since=c.look_since or (notice.created_at if failed_here else None)
+            )
 
-        if d.status == "failed" and not refs.get("failure_posted"):
-            thread = views.failure_thread(deployment=d, app_name=app_name)
-            metadata = {"event_type": FAILURE_EVENT, "event_payload": {"deployment_id": d.id, "ref": key}}
+        if d.status == "failed" and not c.refs.get("failure_posted"):
+            thread = views.failure_thread(deployment=d, app_name=c.app_name)
+            metadata = {"event_type": FAILURE_EVENT, "event_payload": {"deployment_id": d.id, "ref": c.key}}
             found = (
                 await self._find_posted(
-                    channel_id, metadata=metadata, since=look_since, token=token, team=team, dlog=dlog,
-                    thread_ts=ts,
+                    c.channel_id, metadata=metadata, since=c.look_since, token=c.token, team=c.team,
+                    dlog=dlog, thread_ts=c.ts,
                 )
-                if look_since is not None
+                if c.look_since is not None
                 else None
             )  # fmt: skip
             if found is None:
                 await self._call(
-                    "chat_postMessage", channel_id, key=(notice.event_id, "thread"), dlog=dlog, token=token,
-                    thread_ts=ts, text=thread.text, blocks=thread.blocks, metadata=metadata,
+                    "chat_postMessage", c.channel_id, key=(notice.event_id, "thread"), dlog=dlog,
+                    token=c.token, thread_ts=c.ts, text=thread.text, blocks=thread.blocks, metadata=metadata,
                 )  # fmt: skip
-                dlog.info("failure details posted in the card's thread in %s", channel_id)
+                dlog.info("failure details posted in the card's thread in %s", c.channel_id)
             else:
                 dlog.info(
                     "failure details found in the card's thread in %s, posted by an earlier attempt",
-                    channel_id,
+                    c.channel_id,
                 )
-            out["failure_posted"] = True
+            c.out["failure_posted"] = True
         # Only what is not on the deploy yet: a card just posted was recorded by _post_card, and
         # writing it again was a transaction of its own per posted card (issue 13).
-        unsaved = {k: v for k, v in out.items() if k not in saved or saved[k] != v}
+        unsaved = {k: v for k, v in c.out.items() if k not in c.saved or c.saved[k] != v}
         return events.Delivered(deployment_refs=unsaved) if unsaved else None
 
-    async def _draw_card(
-        self,
-        notice: events.Notice,
-        d: events.DeploymentView,
-        card: views.Message,
-        *,
-        refs: dict[str, Any],
-        out: dict[str, Any],
-        saved: dict[str, Any],
-        channel_id: str,
-        ts: str | None,
-        team: str | None,
-        token: str | None,
-        key: str,
-        posted: tuple[int, str],
-        writes: bool,
-        look_since: dt.datetime | None,
-        dlog: logctx.ContextLogger,
-    ) -> tuple[str, str]:
-        """Post the card, or update it if `writes`; where it is."""
-        if ts is None:
+    async def _draw_card(self, c: _DeployCard, *, writes: bool, look_since: dt.datetime | None) -> None:
+        """Post the card, or update it if `writes`; `c.channel_id` and `c.ts` say where it is then."""
+        notice, d, card, dlog = c.notice, c.d, c.card, c.dlog
+        if c.ts is None:
             got, got_saved = await self._post_card(
-                card, channel_id, dlog=dlog, key=(notice.event_id, "card"), token=token,
-                posted=posted, metadata=self._card_metadata(d.id, key),
-                save=self._saver(d.id, key=key, dlog=dlog), look_since=look_since,
-                **({"team": team} if team else {}),
+                card, c.channel_id, dlog=dlog, key=(notice.event_id, "card"), token=c.token,
+                posted=c.posted, metadata=self._card_metadata(d.id, c.key),
+                save=self._saver(d.id, key=c.key, dlog=dlog), look_since=look_since,
+                **({"team": c.team} if c.team else {}),
             )  # fmt: skip
-            out.update(got)
-            saved.update(got_saved)
-            channel_id, ts = out["channel"], out["ts"]
-            dlog.info("card posted in %s (ts %s, %s)", channel_id, ts, d.status)
+            c.out.update(got)
+            c.saved.update(got_saved)
+            c.channel_id, c.ts = c.out["channel"], c.out["ts"]
+            dlog.info("card posted in %s (ts %s, %s)", c.channel_id, c.ts, d.status)
         elif writes:
             try:
                 await self._call(
-                    "chat_update",
-                    channel_id,
-                    key=(notice.event_id, "card"),
-                    dlog=dlog,
-                    token=token,
-                    ts=ts,
-                    text=card.text,
-                    blocks=card.blocks,
-                )
+                    "chat_update", c.channel_id, key=(notice.event_id, "card"), dlog=dlog, token=c.token,
+                    ts=c.ts, text=card.text, blocks=card.blocks,
+                )  # fmt: skip
             except PermanentError as e:
                 if "message_not_found" not in str(e):
                     raise
                 # Someone deleted the card: post a fresh one rather than going silent.
                 got, got_saved = await self._post_card(
-                    card, channel_id, dlog=dlog, key=(notice.event_id, "repost"), token=token,
-                    posted=posted, metadata=self._card_metadata(d.id, key),
-                    save=self._saver(d.id, key=key, dlog=dlog), look_since=look_since,
-                    failure_posted=False, **({"team": team} if team else {}),
+                    card, c.channel_id, dlog=dlog, key=(notice.event_id, "repost"), token=c.token,
+                    posted=c.posted, metadata=self._card_metadata(d.id, c.key),
+                    save=self._saver(d.id, key=c.key, dlog=dlog), look_since=look_since,
+                    failure_posted=False, **({"team": c.team} if c.team else {}),
                 )  # fmt: skip
-                out.clear()
-                out.update(got)
-                saved.clear()
-                saved.update(got_saved)
-                channel_id, ts = out["channel"], out["ts"]
-                refs["failure_posted"] = False
-            dlog.info("card updated in %s (%s)", channel_id, d.status)
-        self._remember_shown(channel_id, ts, card)
-        return channel_id, ts
+                c.out.clear()
+                c.out.update(got)
+                c.saved.clear()
+                c.saved.update(got_saved)
+                c.channel_id, c.ts = c.out["channel"], c.out["ts"]
+                c.refs["failure_posted"] = False
+            dlog.info("card updated in %s (%s)", c.channel_id, d.status)
+        assert c.ts is not None
+        self._remember_shown(c.channel_id, c.ts, card)
 
     async def _build_card(self, notice: events.Notice) -> None:
         """Post or update the build's card in the target's channel: one per build, run and target."""
