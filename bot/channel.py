@@ -35,7 +35,7 @@ from slack_sdk.oauth.state_store.sqlalchemy import AsyncSQLAlchemyOAuthStateStor
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import handlers, install_store, notifier, views
-from core import logctx
+from core import logctx, tasks
 from core.context import Core
 
 log = logging.getLogger(__name__)
@@ -119,11 +119,7 @@ class SlackChannel:
             await start()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await tasks.end(self._tasks)
         for close in reversed(self._closers):
             with contextlib.suppress(Exception):
                 await close()

@@ -24,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 
-from core import errors, jobs, logctx, observe
+from core import errors, jobs, logctx, observe, tasks
 from core.context import Core
 from core.errors import Deferred, Paced, PermanentError, TransientError, UserError
 from core.instance import Instance
@@ -139,12 +139,9 @@ class Worker:
             await self._loop_task
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await tasks.end(pending, recancel_seconds=grace)  # a job handing itself back may take a while
         if self._beat is not None:
-            self._beat.cancel()
-            await asyncio.gather(self._beat, return_exceptions=True)
+            await tasks.end([self._beat])
 
     async def _loop(self) -> None:
         log.info("worker %s started with %d slots", self.owner, self.concurrency)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -25,6 +24,7 @@ from core import (
     previews,
     readcache,
     retention,
+    tasks,
     tokens,
     usage_history,
     web_sessions,
@@ -303,26 +303,8 @@ async def start(rt: Runtime) -> None:
         rt.background.append(asyncio.create_task(poller, name="shipit-registry-poller"))
 
 
-# How long stop() gives a cancelled background task before it cancels it again.
-RECANCEL_SECONDS = 1.0
-
-
-async def _end(task: asyncio.Task[Any]) -> None:
-    """Cancel `task` until it ends.  A loop that swallowed a cancel (a library that turned it into an
-    error the loop logs and goes on from) must not hold up shutdown forever."""
-    task.cancel()
-    while not (await asyncio.wait({task}, timeout=RECANCEL_SECONDS))[0]:
-        log.warning("background task %s did not end when cancelled; cancelling it again", task.get_name())
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 async def stop(rt: Runtime) -> None:
-    for task in rt.background:
-        task.cancel()
-    for task in rt.background:
-        await _end(task)
+    await tasks.end(rt.background)
     if rt.worker is not None:
         await rt.worker.stop()
     if rt.worker_instance is not None:

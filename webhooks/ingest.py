@@ -25,13 +25,12 @@ deploy requests left for the whole batch (one supersede, one audit INSERT, one p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from core import deliveries, gitops
+from core import deliveries, gitops, tasks
 from core.context import Core
 from core.gitops import Outcome
 from webhooks.table import Handler
@@ -115,9 +114,7 @@ class Ingest:
     async def close(self) -> None:
         """Stop the writer; deliveries not yet committed are answered with an error (GitHub may redeliver)."""
         if self._writer is not None and self._loop is asyncio.get_running_loop():
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await tasks.end([self._writer])
             # A writer cancelled before it first ran never saw its deliveries: answer those too.
             if self._pending is not None:
                 for item in self._pending.take(len(self._pending.items)):

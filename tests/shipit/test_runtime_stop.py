@@ -32,4 +32,4 @@ async def test_stop_ends_a_background_task_that_swallowed_its_cancel(
     await asyncio.sleep(0)
     await asyncio.wait_for(runtime.stop(rt), 30)
     assert task.cancelled() and swallowed == ["once"]
-    assert "background task stubborn-loop did not end when cancelled" in caplog.text
+    assert "task stubborn-loop did not end when cancelled" in caplog.text
