@@ -125,7 +125,7 @@ class Pacer:
     job coming back again and again to race for the next free second.
     """
 
-    HELD_FOR = 120.0  # a reservation whose job never came back is forgotten after this
+    HELD_FOR = shared.HELD_FOR  # a reservation whose job never came back is forgotten after this
 
     def __init__(self, *, rate: float = 1.0, burst: int = 3, max_wait: float = 3.0) -> None:
         self.interval = 1.0 / rate
@@ -170,8 +170,10 @@ class SharedPacer(Pacer):
     """The same token bucket, its state in the database: replicas posting to one channel share it.
 
     The next free slot per channel is a row (core.shared.advance, under a row lock) holding a wall
-    clock time, since replicas share no monotonic clock.  Reservations for a retried delivery stay
-    in this process: a retry that lands on another replica just takes the next free slot there.
+    clock time, since replicas share no monotonic clock.  A slot reserved for a retried delivery is
+    kept in the database too (core.shared.keep_held): the retry may be claimed by another replica,
+    which then writes in that slot instead of taking one more (the reserved one would go unused: a
+    second of the channel lost for every card paced across replicas).
     """
 
     def __init__(self, *, sessionmaker: Any, **kw: Any) -> None:
@@ -182,9 +184,16 @@ class SharedPacer(Pacer):
     def _key(channel: str) -> str:
         return f"slack-pace:{channel}"
 
+    @staticmethod
+    def _held_key(channel: str, key: Hashable) -> str:
+        return shared.held_key(f"slack-pace:{channel}:{key!r}")
+
     async def wait(self, channel: str, *, key: Hashable | None = None) -> None:
         now = time.time()
-        slot = self._held.pop((channel, key), None) if key is not None else None
+        slot = None
+        if key is not None:
+            self._held.pop((channel, key), None)  # the database's copy is the one every replica sees
+            slot = await shared.take_held(self.sessionmaker, key=self._held_key(channel, key))
         if slot is None:
 
             def take(next_free: float) -> tuple[float | None, float]:
@@ -198,6 +207,7 @@ class SharedPacer(Pacer):
         if delay > self.max_wait:
             if key is not None:
                 self._hold(channel, key, slot, now)
+                await shared.keep_held(self.sessionmaker, key=self._held_key(channel, key), at=slot)
             raise Paced(f"pacing messages to Slack channel {channel}", retry_after=delay)
         if delay > 0:
             await asyncio.sleep(delay)

@@ -1,6 +1,6 @@
 """Retention: finished jobs, delivered events, recorded webhook deliveries, finished builds (with
 their Slack card marks), one-off runs' history, usage samples and their hourly rollups are pruned
-after an age.
+after an age; so are reservations a replica left for a retry that never came (core.shared.keep_held).
 
 The audit log is not pruned here: it is kept, and exported with `shipit audit --format jsonl`.
 Deletes go in batches, each in its own short transaction, so a first prune of a large backlog
@@ -48,6 +48,7 @@ class Pruned:
     marks: int = 0  # `meta` rows of one-off deliveries (core.shared.event_mark) whose event is gone
     builds: int = 0
     build_marks: int = 0  # `meta` rows of the pruned builds' Slack cards (core.shared.build_card_mark)
+    held: int = 0  # `meta` rows of reservations nobody came back for (core.shared.keep_held)
     runs: int = 0
     usage_samples: int = 0
     usage_hourly: int = 0
@@ -227,6 +228,7 @@ async def prune(
     return Pruned(
         **counts,
         marks=await _prune_marks(sessionmaker),
+        held=await _prune_held(sessionmaker, now=now),
         builds=built[0],
         build_marks=built[1],
         runs=await _prune_runs(sessionmaker, policy=policy, now=now),
@@ -290,3 +292,24 @@ async def _prune_marks(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
         if gone:
             await session.execute(delete(models.Meta).where(models.Meta.key.in_(gone)))
     return len(gone)
+
+
+async def _prune_held(sessionmaker: async_sessionmaker[AsyncSession], *, now: dt.datetime) -> int:
+    """Drop reservations more than `shared.HELD_FOR` past their time: the retry they were kept for
+    (a paced Slack write) did not come back for them.  A few rows at most, read in one pass."""
+    stale = now.timestamp() - shared.HELD_FOR
+    async with sessionmaker.begin() as session:
+        rows = await session.execute(
+            select(models.Meta.key, models.Meta.value).where(models.Meta.key.like(shared.HELD_PREFIX + "%"))
+        )
+        gone = [key for key, value in rows if _seconds(value) < stale]
+        if gone:
+            await session.execute(delete(models.Meta).where(models.Meta.key.in_(gone)))
+    return len(gone)
+
+
+def _seconds(value: bytes) -> float:
+    try:
+        return float(value.decode())
+    except ValueError:
+        return 0.0  # not a time: nothing can take it

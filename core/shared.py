@@ -11,6 +11,8 @@
   plain Slack message) as made; core.retention still drops such rows with their event.
 - `save_mark` / `read_mark`: a value kept under a key, replaced when written again (a build's Slack
   card: where it is, so every event of the build updates it, on any replica).
+- `keep_held` / `take_held`: a reservation (a paced Slack write's slot) left by one replica for the
+  retry that may come back on another; taken once; core.retention forgets it after `HELD_FOR`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -146,3 +148,27 @@ async def read_mark(sessionmaker: async_sessionmaker[AsyncSession], *, key: str)
     async with sessionmaker() as session:
         value = await session.scalar(select(models.Meta.value).where(models.Meta.key == key[:64]))
     return value.decode() if value is not None else None
+
+
+HELD_PREFIX = "held:"  # held_key's keys: "held:<digest of what is held>"
+HELD_FOR = 120.0  # seconds past its time after which a reservation nobody took is forgotten
+
+
+def held_key(what: str) -> str:
+    """The `meta` key of a reservation for `what`: a digest, so that any name fits in 64 characters."""
+    return HELD_PREFIX + hashlib.sha256(what.encode()).hexdigest()[:48]
+
+
+async def keep_held(sessionmaker: async_sessionmaker[AsyncSession], *, key: str, at: float) -> None:
+    """Leave a reservation (a wall-clock time) under `key` for whichever replica comes to take it."""
+    await save_mark(sessionmaker, key=key, value=repr(at))
+
+
+async def take_held(sessionmaker: async_sessionmaker[AsyncSession], *, key: str) -> float | None:
+    """The reservation under `key`, deleted by the same statement, so that only one taker gets it;
+    None when there is none."""
+    async with sessionmaker.begin() as session:
+        value = await session.scalar(
+            delete(models.Meta).where(models.Meta.key == key).returning(models.Meta.value)
+        )
+    return float(value.decode()) if value is not None else None

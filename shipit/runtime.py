@@ -283,9 +283,10 @@ async def _maintenance(rt: Runtime) -> None:
                     log.info(
                         "retention: pruned %d job(s), %d event(s), %d webhook delivery record(s), "
                         "%d event mark(s), %d build(s) with %d Slack card mark(s), %d run(s), "
-                        "%d usage sample(s), %d hourly rollup(s)",
+                        "%d usage sample(s), %d hourly rollup(s), %d unused reservation(s)",
                         pruned.jobs, pruned.events, pruned.deliveries, pruned.marks, pruned.builds,
                         pruned.build_marks, pruned.runs, pruned.usage_samples, pruned.usage_hourly,
+                        pruned.held,
                     )  # fmt: skip
             except Exception:
                 log.exception("retention pass failed")

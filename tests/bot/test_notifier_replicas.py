@@ -1,12 +1,17 @@
-"""A card posted by one replica is known to every replica: recorded in the database as soon as it is posted."""
+"""A card posted by one replica is known to every replica: recorded in the database as soon as it is posted;
+and a paced write's reserved slot too, for the retry that may come back on another replica."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import select
 
 from bot import notifier as notifier_mod
-from core import environments, events
+from core import environments, errors, events, retention, shared
 from core.notices import target_view
 from core.notices import targets as notice_targets
 from shipit.runtime import Runtime
@@ -76,3 +81,46 @@ async def test_a_retry_on_another_replica_updates_the_card_instead_of_posting_an
     cards = [m for m in fake_slack.messages(CHANNEL, include_replies=False)]
     assert len(cards) == 1 and cards[0]["ts"] == ts
     assert len(fake_slack.message_versions(CHANNEL, ts)) >= 2  # updated in place
+
+
+async def test_a_paced_write_retried_on_another_replica_takes_the_slot_reserved_for_it(rt: Runtime) -> None:
+    # The pacer every replica makes on PostgreSQL (its state in the database; on SQLite too, here).
+    # Ten writes a second, one at a time; a write more than 50 ms away goes back to the queue.
+    def replica() -> notifier_mod.SharedPacer:
+        return notifier_mod.SharedPacer(
+            sessionmaker=db.create_sessionmaker(rt.engine), rate=10.0, burst=1, max_wait=0.05
+        )
+
+    a, b = replica(), replica()
+    pace_key = notifier_mod.SharedPacer._key(CHANNEL)
+    await a.wait(CHANNEL, key=(1, "card"))  # the channel's first write goes at once
+    with pytest.raises(errors.Paced) as paced:
+        await a.wait(CHANNEL, key=(2, "card"))  # the next one's slot is 100 ms away: reserved, retried
+    assert paced.value.retry_after is not None and paced.value.retry_after > 0.05
+    next_free = await shared.read(rt.sessionmaker, key=pace_key)
+
+    # The retry is claimed by replica B when its slot comes: it writes in that slot and takes none.
+    await asyncio.sleep(paced.value.retry_after)
+    await b.wait(CHANNEL, key=(2, "card"))
+    assert await shared.read(rt.sessionmaker, key=pace_key) == next_free
+    async with rt.sessionmaker() as session:
+        held = await session.scalars(
+            select(models.Meta.key).where(models.Meta.key.like(shared.HELD_PREFIX + "%"))
+        )
+        assert list(held) == []  # taken once: nothing left for a second taker
+
+    # Another card's write on either replica takes the next free slot, after the one just used.
+    with pytest.raises(errors.Paced):
+        await b.wait(CHANNEL, key=(3, "card"))
+    after = await shared.read(rt.sessionmaker, key=pace_key)
+    assert next_free is not None and after == pytest.approx(next_free + 0.1)
+
+
+async def test_a_reservation_nobody_came_back_for_is_pruned(rt: Runtime) -> None:
+    now = time.time()
+    await shared.keep_held(rt.sessionmaker, key=shared.held_key("gone"), at=now - shared.HELD_FOR - 1)
+    await shared.keep_held(rt.sessionmaker, key=shared.held_key("due soon"), at=now + 5)
+    pruned = await retention.prune(rt.sessionmaker, policy=retention.Policy())
+    assert pruned.held == 1
+    assert await shared.take_held(rt.sessionmaker, key=shared.held_key("gone")) is None
+    assert await shared.take_held(rt.sessionmaker, key=shared.held_key("due soon")) == pytest.approx(now + 5)

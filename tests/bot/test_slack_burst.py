@@ -19,9 +19,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import func, select
 
 from bot import notifier as notifier_mod
-from core import environments, events, jobs, worker
+from core import environments, events, jobs, shared, worker
 from shipit.runtime import Runtime
-from storage import models
+from storage import db, models
 from tests.fakes.slack_api import FakeSlack
 
 pytestmark = pytest.mark.both_databases
@@ -204,3 +204,42 @@ async def test_when_the_card_holders_post_fails_the_waiting_notice_posts_it(
     # may have taken the failed one.
     assert len(fake_slack.calls("chat.postMessage")) == 2  # the failed one, then the card
     assert fake_slack.calls("conversations.history")
+
+
+async def test_paced_cards_retried_on_another_replica_write_in_the_slots_reserved_for_them(
+    rt: Runtime, fake_slack: FakeSlack
+) -> None:
+    ids = await _seed(rt, deploys=DEPLOYS)
+    pace: dict[str, Any] = {"rate": 20.0, "burst": 1, "max_wait": 0.05}
+
+    def replica() -> notifier_mod.SlackNotifier:
+        # What `shipit serve` makes on PostgreSQL: the pacer's state in the database; its own sessions
+        # and nothing in memory about the other replica's work.
+        sessions = db.create_sessionmaker(rt.engine)
+        return notifier_mod.SlackNotifier(
+            client=AsyncWebClient(base_url=fake_slack.url, token=fake_slack.bot_token),
+            sessionmaker=sessions,
+            pacer=_recording(notifier_mod.SharedPacer)(sessionmaker=sessions, **pace),
+        )
+
+    # Replica A runs the burst's first pass: every card's write is paced, its slot reserved.
+    a = rt.core.notifiers["slack"] = replica()
+    await a.pacer.backoff_shared(CHANNEL, 1.0)
+    await _events(
+        rt, ids, (events.DEPLOY_QUEUED, "requested", "queued"), (events.DEPLOY_STARTED, "started", "running")
+    )
+    await worker.run_until_idle(rt.core, handlers=rt.handlers(), within=60)
+    reserved = getattr(a.pacer, "reserved")  # noqa: B009 - the recording pacer's own set
+    assert len(reserved) == DEPLOYS and not fake_slack.calls("chat.postMessage")
+    pace_key = notifier_mod.SharedPacer._key(CHANNEL)
+    after_a = await shared.read(rt.sessionmaker, key=pace_key)
+
+    # A is gone; replica B claims the retries: each writes in the slot A reserved for it, none more.
+    b = rt.core.notifiers["slack"] = replica()
+    await _drain(rt)
+    assert await _failed_jobs(rt) == 0
+    assert sorted(_cards(fake_slack)) == sorted(ids)
+    assert _writes(fake_slack) == DEPLOYS
+    assert sorted(getattr(b.pacer, "used")) == sorted(reserved)  # noqa: B009 - A's keys, each once
+    assert not getattr(b.pacer, "reserved"), "replica B reserved slots of its own"  # noqa: B009
+    assert await shared.read(rt.sessionmaker, key=pace_key) == after_a
