@@ -59,3 +59,16 @@ def refused_port() -> int:
     _REFUSING.append(s)
     port: int = s.getsockname()[1]
     return port
+
+
+async def swallowing_cancels(times: int, *, cancels: list[int]) -> None:
+    """A task that does not end when cancelled, as a loop does that takes the error a library turned
+    its cancel into for a failed pass and goes on: it sleeps for ever, goes on after each of the first
+    `times` cancels and ends on the next.  Each cancel is appended to `cancels`."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancels.append(len(cancels) + 1)
+            if len(cancels) > times:
+                raise

@@ -7,24 +7,17 @@ import asyncio
 import pytest
 
 from core import tasks
+from tests.helpers import swallowing_cancels
 
 
 async def test_a_task_that_swallows_its_cancel_is_cancelled_again(caplog: pytest.LogCaptureFixture) -> None:
     cancels: list[int] = []
 
-    async def stubborn() -> None:
-        while True:
-            try:
-                await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                cancels.append(1)
-                if len(cancels) == 3:
-                    raise
-
     async def polite() -> None:
         await asyncio.sleep(3600)
 
-    both = [asyncio.create_task(stubborn(), name="stubborn"), asyncio.create_task(polite(), name="polite")]
+    stubborn = asyncio.create_task(swallowing_cancels(2, cancels=cancels), name="stubborn")
+    both = [stubborn, asyncio.create_task(polite(), name="polite")]
     await asyncio.sleep(0)
     await asyncio.wait_for(tasks.end(both, recancel_seconds=0.05), 30)
     assert all(t.cancelled() for t in both)
