@@ -158,6 +158,18 @@ def new_commit_bodies(*, ref: str, count: int, seed: str) -> list[bytes]:
     return bodies
 
 
+# Enough distinct commits that a deploying push's run never wraps around to dedupe hits: more pushes a
+# second than any machine has answered here (3,000 at most, session 26).
+BODIES_PER_SECOND = 5000
+MIN_BODIES = 30000
+
+
+def _bodies(args: argparse.Namespace) -> int:
+    if args.bodies is not None:
+        return int(args.bodies)
+    return max(MIN_BODIES, BODIES_PER_SECOND * (args.warmup + args.duration))
+
+
 def _write_bodies(path: Path, bodies: list[bytes]) -> None:
     """One line per body for the Lua script: its signature, a tab, the body (compact JSON: no newline)."""
     from webhooks import signature
@@ -366,8 +378,9 @@ def main() -> None:
     parser.add_argument(
         "--bodies",
         type=int,
-        default=30000,
-        help="deploy: signed pushes of distinct commits written beforehand (warm-up and run share them)",
+        default=None,
+        help="deploy: signed pushes of distinct commits written beforehand (warm-up and run share them); "
+        f"default {BODIES_PER_SECOND} per second of warm-up and run, at least {MIN_BODIES}",
     )
     parser.add_argument(
         "--targets",
@@ -381,6 +394,7 @@ def main() -> None:
         help="use a fresh database on this PostgreSQL server (postgresql+asyncpg://...) instead of SQLite",
     )
     args = parser.parse_args()
+    args.bodies = _bodies(args)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
 
