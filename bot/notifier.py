@@ -281,6 +281,9 @@ class SlackNotifier:
         # With the database: pacing and the posted-card record are shared by every replica.
         self.sessionmaker = sessionmaker
         self.pacer = pacer or (SharedPacer(sessionmaker=sessionmaker) if _shared(sessionmaker) else Pacer())
+        # Replicas: what a deploy card shows is recorded with its refs on the deploy, so a notice that
+        # another replica takes does not redraw a card that already shows the deploy as it is.
+        self.shares_cards = _shared(sessionmaker)
         # Cards posted in this process, so a retry after a failure *after* posting updates the card
         # instead of posting a second one (the refs are only saved when deliver returns).
         self._posted: OrderedDict[tuple[int, str], tuple[str, str]] = OrderedDict()
@@ -378,7 +381,12 @@ class SlackNotifier:
         """Post or update the card, and thread a failure's details once.  `c.out` and `c.saved` are
         filled in place, so the caller sees what was posted even when a later call raises."""
         notice, d, dlog = c.notice, c.d, c.dlog
-        writes = c.ts is None or self._fingerprint(c.card) != self._shown.get((c.channel_id, c.ts))
+        shown = None
+        if c.ts is not None:
+            shown = self._shown.get((c.channel_id, c.ts))
+            if shown is None and c.refs.get("ts") == c.ts:
+                shown = c.refs.get("shown")  # drawn on another replica (or before a restart)
+        writes = c.ts is None or self._fingerprint(c.card) != shown
         with self._card_turn(c.posted, holder=notice.event_id, writes=writes) as failed_here:
             await self._draw_card(
                 c, writes=writes, look_since=c.look_since or (notice.created_at if failed_here else None)
@@ -420,7 +428,7 @@ class SlackNotifier:
                 card, c.channel_id, dlog=dlog, key=(notice.event_id, "card"), token=c.token,
                 posted=c.posted, metadata=self._card_metadata(d.id, c.key),
                 save=self._saver(d.id, key=c.key, dlog=dlog), look_since=look_since,
-                **({"team": c.team} if c.team else {}),
+                **({"team": c.team} if c.team else {}), **self._shown_ref(card),
             )  # fmt: skip
             c.out.update(got)
             c.saved.update(got_saved)
@@ -440,7 +448,7 @@ class SlackNotifier:
                     card, c.channel_id, dlog=dlog, key=(notice.event_id, "repost"), token=c.token,
                     posted=c.posted, metadata=self._card_metadata(d.id, c.key),
                     save=self._saver(d.id, key=c.key, dlog=dlog), look_since=look_since,
-                    failure_posted=False, **({"team": c.team} if c.team else {}),
+                    failure_posted=False, **({"team": c.team} if c.team else {}), **self._shown_ref(card),
                 )  # fmt: skip
                 c.out.clear()
                 c.out.update(got)
@@ -449,6 +457,7 @@ class SlackNotifier:
                 c.channel_id, c.ts = c.out["channel"], c.out["ts"]
                 c.refs["failure_posted"] = False
             dlog.info("card updated in %s (%s)", c.channel_id, d.status)
+            c.out.update(self._shown_ref(card))  # recorded on the deploy when the delivery returns
         assert c.ts is not None
         self._remember_shown(c.channel_id, c.ts, card)
 
@@ -795,6 +804,11 @@ class SlackNotifier:
     def _fingerprint(card: views.Message) -> str:
         raw = json.dumps([card.text, card.blocks], sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()
+
+    def _shown_ref(self, card: views.Message) -> dict[str, str]:
+        """What a deploy card's refs record of its content, for the other replicas; nothing on
+        SQLite, where one process draws every card and remembers them itself."""
+        return {"shown": self._fingerprint(card)} if self.shares_cards else {}
 
     def _remember_shown(self, channel: str, ts: str, card: views.Message) -> None:
         self._shown[(channel, ts)] = self._fingerprint(card)

@@ -6,6 +6,9 @@ own, which they would find wasted when they came back (the card already drawn, n
 delaying every other card behind them.  Real parts: the notify jobs come from core's outbox and run in
 the real job queue against the real database (the shared pacer on PostgreSQL); Slack is the fake over
 HTTP.  The pacer is the notifier's own, with what it reserves and uses written down.
+
+With replicas (PostgreSQL), a notice's retry or the next notice of a card may be taken by another
+replica: it writes in the slot reserved for it, and knows what the card shows already.
 """
 
 from __future__ import annotations
@@ -243,3 +246,48 @@ async def test_paced_cards_retried_on_another_replica_write_in_the_slots_reserve
     assert sorted(getattr(b.pacer, "used")) == sorted(reserved)  # noqa: B009 - A's keys, each once
     assert not getattr(b.pacer, "reserved"), "replica B reserved slots of its own"  # noqa: B009
     assert await shared.read(rt.sessionmaker, key=pace_key) == after_a
+
+
+async def test_a_notice_on_another_replica_leaves_a_card_that_already_shows_the_deploy_alone(
+    rt: Runtime, fake_slack: FakeSlack
+) -> None:
+    [deployment_id] = await _seed(rt, deploys=1)
+
+    def replica() -> notifier_mod.SlackNotifier:
+        sessions = db.create_sessionmaker(rt.engine)
+        return notifier_mod.SlackNotifier(
+            client=AsyncWebClient(base_url=fake_slack.url, token=fake_slack.bot_token),
+            sessionmaker=sessions,
+            pacer=notifier_mod.Pacer(rate=1000.0, burst=100),
+        )
+
+    # Replica A posts the card: the deploy running.
+    rt.core.notifiers["slack"] = replica()
+    await _events(rt, [deployment_id], (events.DEPLOY_STARTED, "started", "running"))
+    await _drain(rt)
+    [card] = fake_slack.messages(CHANNEL, include_replies=False)
+    async with rt.sessionmaker() as session:
+        d = await session.get(models.Deployment, deployment_id)
+        assert d is not None
+        [refs] = (d.notify_refs or {}).values()
+    replicas = rt.engine.dialect.name == "postgresql"
+    # Only where replicas share the database is what the card shows recorded with it.
+    assert ("shown" in refs) is replicas
+
+    # Replica B takes a notice that changes nothing on the card (the rollout's progress, still
+    # running): it knows what A drew, so on PostgreSQL it sends nothing.
+    rt.core.notifiers["slack"] = replica()
+    await _events(rt, [deployment_id], (events.DEPLOY_PROGRESS, "progress", "running"))
+    await _drain(rt)
+    if replicas:
+        assert not fake_slack.calls("chat.update")
+
+    # A change is drawn, once, wherever it is taken.
+    rt.core.notifiers["slack"] = replica()
+    updates = len(fake_slack.calls("chat.update"))
+    await _events(rt, [deployment_id], (events.DEPLOY_SUCCEEDED, "succeeded", "succeeded"))
+    await _drain(rt)
+    assert len(fake_slack.calls("chat.update")) == updates + 1
+    [final] = fake_slack.messages(CHANNEL, include_replies=False)
+    assert final["ts"] == card["ts"] and "rolling out" not in str(final["blocks"])
+    assert await _failed_jobs(rt) == 0
