@@ -44,7 +44,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 import aiohttp
@@ -290,6 +290,7 @@ class SlackNotifier:
         # Cards whose post or update holds a paced slot, by card: another notice of the same card
         # waits for that write instead of reserving a slot of its own (it would find the card drawn
         # and send nothing, and the channel's second would be lost to every other card; issue 13).
+        # With replicas, a turn that outlives one write attempt is kept in the database too.
         self._turns: OrderedDict[tuple[int, str], _Turn] = OrderedDict()
         # What each card shows now: an event that would redraw the same card makes no API call.
         self._shown: OrderedDict[tuple[str, str], str] = OrderedDict()
@@ -387,7 +388,7 @@ class SlackNotifier:
             if shown is None and c.refs.get("ts") == c.ts:
                 shown = c.refs.get("shown")  # drawn on another replica (or before a restart)
         writes = c.ts is None or self._fingerprint(c.card) != shown
-        with self._card_turn(c.posted, holder=notice.event_id, writes=writes) as failed_here:
+        async with self._card_turn(c.posted, holder=notice.event_id, writes=writes) as failed_here:
             await self._draw_card(
                 c, writes=writes, look_since=c.look_since or (notice.created_at if failed_here else None)
             )
@@ -516,7 +517,7 @@ class SlackNotifier:
         # A retry may have posted it and died before recording it: it looks before posting again.
         look_since = notice.created_at if notice.attempt > 1 else None
         writes = ts is None or self._fingerprint(card) != self._shown.get((channel_id, ts))
-        with self._card_turn(posted, holder=notice.event_id, writes=writes) as failed_here:
+        async with self._card_turn(posted, holder=notice.event_id, writes=writes) as failed_here:
             await self._draw_build_card(
                 notice, b, card, channel_id=channel_id, ts=ts, token=token, posted=posted, metadata=metadata,
                 save=save, writes=writes, look_since=look_since or (notice.created_at if failed_here else None),
@@ -816,17 +817,19 @@ class SlackNotifier:
         while len(self._shown) > 2000:
             self._shown.popitem(last=False)
 
-    @contextlib.contextmanager
-    def _card_turn(self, card: tuple[int, str], *, holder: int, writes: bool) -> Iterator[bool]:
+    @contextlib.asynccontextmanager
+    async def _card_turn(self, card: tuple[int, str], *, holder: int, writes: bool) -> AsyncIterator[bool]:
         """Around drawing a card (posting or updating it, if `writes`) for the notice `holder`.
 
-        While another notice's write of the same card is under way here or holds a paced slot, a
-        notice that would write too does not reserve a slot of its own: it raises Paced to come back
-        just after that write, when it finds the card drawn and writes again only if what it shows
-        has changed.  Otherwise its own write is the card's turn until it is made or fails.  Yields
-        whether an earlier write of this card here failed: Slack may have taken that post, so a
-        post looks for it first, as a retry does."""
+        While another notice's write of the same card is under way or holds a paced slot (here, or on
+        another replica: the turn is then kept in the database), a notice that would write too does
+        not reserve a slot of its own: it raises Paced to come back just after that write, when it
+        finds the card drawn and writes again only if what it shows has changed.  Otherwise its own
+        write is the card's turn until it is made or fails.  Yields whether an earlier write of this
+        card failed: Slack may have taken that post, so a post looks for it first, as a retry does."""
         turn = self._turns.get(card)
+        if turn is None and writes and self.shares_cards:
+            turn = await self._read_turn(card)
         if turn is not None and turn.holder != holder and not turn.failed and writes:
             late = time.monotonic() - turn.at
             if late <= self.LATE:
@@ -843,17 +846,61 @@ class SlackNotifier:
             yield failed
         except Paced as e:
             if writes:
-                self._set_turn(card, _Turn(holder=holder, at=time.monotonic() + (e.retry_after or 0.0)))
+                await self._hold_turn(
+                    card, _Turn(holder=holder, at=time.monotonic() + (e.retry_after or 0.0))
+                )
             raise
         except Exception:
             if writes:
                 # The write failed, perhaps after Slack took it: the notices waiting for it write
                 # themselves when they come back, and a post looks for the card first.
-                self._set_turn(card, _Turn(holder=holder, at=time.monotonic(), failed=True))
+                await self._hold_turn(card, _Turn(holder=holder, at=time.monotonic(), failed=True))
             raise
         mine = self._turns.get(card)
         if mine is not None and mine.holder == holder:
             del self._turns[card]
+        if turn is not None and self.shares_cards:
+            await self._end_turn(card)  # drawn: the turn kept for the other replicas is over
+
+    @staticmethod
+    def _turn_key(card: tuple[int, str]) -> str:
+        return shared.held_key(f"slack-turn:{card[0]}:{card[1]}")
+
+    async def _read_turn(self, card: tuple[int, str]) -> _Turn | None:
+        """The card's turn another replica (or this one, before a restart) kept in the database."""
+        try:
+            kept = await shared.read_held(self.sessionmaker, key=self._turn_key(card))
+            if kept is None:
+                return None
+            wall, who = kept
+            holder, _, failed = who.partition(" ")
+            # Kept as wall-clock time: replicas share no monotonic clock.
+            return _Turn(holder=int(holder), at=time.monotonic() + wall - time.time(), failed=failed == "1")
+        except Exception:
+            log.warning("slack: could not read the turn of card %s; drawing it", card, exc_info=True)
+            return None
+
+    async def _hold_turn(self, card: tuple[int, str], turn: _Turn) -> None:
+        """The card's turn is `turn`'s until its write is made: here, and for the other replicas."""
+        self._set_turn(card, turn)
+        if not self.shares_cards:
+            return
+        wall = time.time() + turn.at - time.monotonic()
+        try:
+            await shared.keep_held(
+                self.sessionmaker,
+                key=self._turn_key(card),
+                at=wall,
+                holder=f"{turn.holder} {int(turn.failed)}",
+            )
+        except Exception:
+            log.warning("slack: could not keep the turn of card %s for other replicas", card, exc_info=True)
+
+    async def _end_turn(self, card: tuple[int, str]) -> None:
+        try:
+            await shared.take_held(self.sessionmaker, key=self._turn_key(card))
+        except Exception:
+            log.warning("slack: could not end the turn of card %s", card, exc_info=True)
 
     def _set_turn(self, card: tuple[int, str], turn: _Turn) -> None:
         self._turns[card] = turn

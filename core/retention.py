@@ -302,14 +302,7 @@ async def _prune_held(sessionmaker: async_sessionmaker[AsyncSession], *, now: dt
         rows = await session.execute(
             select(models.Meta.key, models.Meta.value).where(models.Meta.key.like(shared.HELD_PREFIX + "%"))
         )
-        gone = [key for key, value in rows if _seconds(value) < stale]
+        gone = [key for key, value in rows if shared.held_at(value) < stale]
         if gone:
             await session.execute(delete(models.Meta).where(models.Meta.key.in_(gone)))
     return len(gone)
-
-
-def _seconds(value: bytes) -> float:
-    try:
-        return float(value.decode())
-    except ValueError:
-        return 0.0  # not a time: nothing can take it

@@ -159,9 +159,18 @@ def held_key(what: str) -> str:
     return HELD_PREFIX + hashlib.sha256(what.encode()).hexdigest()[:48]
 
 
-async def keep_held(sessionmaker: async_sessionmaker[AsyncSession], *, key: str, at: float) -> None:
-    """Leave a reservation (a wall-clock time) under `key` for whichever replica comes to take it."""
-    await save_mark(sessionmaker, key=key, value=repr(at))
+async def keep_held(
+    sessionmaker: async_sessionmaker[AsyncSession], *, key: str, at: float, holder: str = ""
+) -> None:
+    """Leave a reservation (a wall-clock time, and who holds it) under `key` for whichever replica
+    comes to read or take it."""
+    await save_mark(sessionmaker, key=key, value=f"{at!r} {holder}".strip())
+
+
+async def read_held(sessionmaker: async_sessionmaker[AsyncSession], *, key: str) -> tuple[float, str] | None:
+    """The reservation under `key` as (time, holder), left in place; None when there is none."""
+    value = await read_mark(sessionmaker, key=key)
+    return _held(value.encode()) if value is not None else None
 
 
 async def take_held(sessionmaker: async_sessionmaker[AsyncSession], *, key: str) -> float | None:
@@ -171,4 +180,17 @@ async def take_held(sessionmaker: async_sessionmaker[AsyncSession], *, key: str)
         value = await session.scalar(
             delete(models.Meta).where(models.Meta.key == key).returning(models.Meta.value)
         )
-    return float(value.decode()) if value is not None else None
+    return _held(value)[0] if value is not None else None
+
+
+def held_at(value: bytes) -> float:
+    """The time of a kept reservation's stored value (0.0, long past, for anything unreadable)."""
+    return _held(value)[0]
+
+
+def _held(value: bytes) -> tuple[float, str]:
+    at, _, holder = value.decode(errors="replace").partition(" ")
+    try:
+        return float(at), holder
+    except ValueError:
+        return 0.0, holder

@@ -14,7 +14,7 @@ replica: it writes in the slot reserved for it, and knows what the card shows al
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import pytest
@@ -31,6 +31,8 @@ pytestmark = pytest.mark.both_databases
 
 CHANNEL = "C0BURST01"
 DEPLOYS = 6
+# 20 writes a second, one at a time; no write waits in a worker slot for more than 50 ms.
+PACE: dict[str, Any] = {"rate": 20.0, "burst": 1, "max_wait": 0.05}
 
 
 def _recording(base: type[notifier_mod.Pacer]) -> type[notifier_mod.Pacer]:
@@ -56,11 +58,10 @@ def _recording(base: type[notifier_mod.Pacer]) -> type[notifier_mod.Pacer]:
 def _notifier(rt: Runtime, fake: FakeSlack) -> notifier_mod.SlackNotifier:
     """The notifier as `shipit serve` makes it (the shared pacer on PostgreSQL), paced at 20 writes a
     second, one at a time, and no write waits in a worker slot for more than 50 ms."""
-    pace: dict[str, Any] = {"rate": 20.0, "burst": 1, "max_wait": 0.05}
     if rt.engine.dialect.name == "postgresql":
-        pacer = _recording(notifier_mod.SharedPacer)(sessionmaker=rt.sessionmaker, **pace)
+        pacer = _recording(notifier_mod.SharedPacer)(sessionmaker=rt.sessionmaker, **PACE)
     else:
-        pacer = _recording(notifier_mod.Pacer)(**pace)
+        pacer = _recording(notifier_mod.Pacer)(**PACE)
     slack = notifier_mod.SlackNotifier(
         client=AsyncWebClient(base_url=fake.url, token=fake.bot_token),
         sessionmaker=rt.sessionmaker,
@@ -68,6 +69,24 @@ def _notifier(rt: Runtime, fake: FakeSlack) -> notifier_mod.SlackNotifier:
     )
     rt.core.notifiers["slack"] = slack
     return slack
+
+
+def _replica(
+    rt: Runtime, fake: FakeSlack, pacer: Callable[[Any], notifier_mod.Pacer]
+) -> notifier_mod.SlackNotifier:
+    """One replica's notifier: its own sessions (with the pacer made on them) and nothing in memory
+    about another replica's work."""
+    sessions = db.create_sessionmaker(rt.engine)
+    return notifier_mod.SlackNotifier(
+        client=AsyncWebClient(base_url=fake.url, token=fake.bot_token),
+        sessionmaker=sessions,
+        pacer=pacer(sessions),
+    )
+
+
+def _paced_replica(rt: Runtime, fake: FakeSlack) -> notifier_mod.SlackNotifier:
+    """A replica paced as `_notifier` paces, with the shared pacer's reservations written down."""
+    return _replica(rt, fake, lambda s: _recording(notifier_mod.SharedPacer)(sessionmaker=s, **PACE))
 
 
 async def _seed(rt: Runtime, *, deploys: int) -> list[int]:
@@ -213,20 +232,9 @@ async def test_paced_cards_retried_on_another_replica_write_in_the_slots_reserve
     rt: Runtime, fake_slack: FakeSlack
 ) -> None:
     ids = await _seed(rt, deploys=DEPLOYS)
-    pace: dict[str, Any] = {"rate": 20.0, "burst": 1, "max_wait": 0.05}
-
-    def replica() -> notifier_mod.SlackNotifier:
-        # What `shipit serve` makes on PostgreSQL: the pacer's state in the database; its own sessions
-        # and nothing in memory about the other replica's work.
-        sessions = db.create_sessionmaker(rt.engine)
-        return notifier_mod.SlackNotifier(
-            client=AsyncWebClient(base_url=fake_slack.url, token=fake_slack.bot_token),
-            sessionmaker=sessions,
-            pacer=_recording(notifier_mod.SharedPacer)(sessionmaker=sessions, **pace),
-        )
 
     # Replica A runs the burst's first pass: every card's write is paced, its slot reserved.
-    a = rt.core.notifiers["slack"] = replica()
+    a = rt.core.notifiers["slack"] = _paced_replica(rt, fake_slack)
     await a.pacer.backoff_shared(CHANNEL, 1.0)
     await _events(
         rt, ids, (events.DEPLOY_QUEUED, "requested", "queued"), (events.DEPLOY_STARTED, "started", "running")
@@ -238,7 +246,7 @@ async def test_paced_cards_retried_on_another_replica_write_in_the_slots_reserve
     after_a = await shared.read(rt.sessionmaker, key=pace_key)
 
     # A is gone; replica B claims the retries: each writes in the slot A reserved for it, none more.
-    b = rt.core.notifiers["slack"] = replica()
+    b = rt.core.notifiers["slack"] = _paced_replica(rt, fake_slack)
     await _drain(rt)
     assert await _failed_jobs(rt) == 0
     assert sorted(_cards(fake_slack)) == sorted(ids)
@@ -254,12 +262,7 @@ async def test_a_notice_on_another_replica_leaves_a_card_that_already_shows_the_
     [deployment_id] = await _seed(rt, deploys=1)
 
     def replica() -> notifier_mod.SlackNotifier:
-        sessions = db.create_sessionmaker(rt.engine)
-        return notifier_mod.SlackNotifier(
-            client=AsyncWebClient(base_url=fake_slack.url, token=fake_slack.bot_token),
-            sessionmaker=sessions,
-            pacer=notifier_mod.Pacer(rate=1000.0, burst=100),
-        )
+        return _replica(rt, fake_slack, lambda s: notifier_mod.Pacer(rate=1000.0, burst=100))
 
     # Replica A posts the card: the deploy running.
     rt.core.notifiers["slack"] = replica()
@@ -291,3 +294,66 @@ async def test_a_notice_on_another_replica_leaves_a_card_that_already_shows_the_
     [final] = fake_slack.messages(CHANNEL, include_replies=False)
     assert final["ts"] == card["ts"] and "rolling out" not in str(final["blocks"])
     assert await _failed_jobs(rt) == 0
+
+
+async def test_a_notice_on_another_replica_waits_for_the_cards_paced_write_instead_of_reserving(
+    rt: Runtime, fake_slack: FakeSlack
+) -> None:
+    ids = await _seed(rt, deploys=DEPLOYS)
+
+    # Replica A takes each deploy's first notice while the channel is busy: each card's post is
+    # paced, its slot reserved; the card's turn is A's notice's.
+    a = rt.core.notifiers["slack"] = _paced_replica(rt, fake_slack)
+    await a.pacer.backoff_shared(CHANNEL, 1.0)
+    await _events(rt, ids, (events.DEPLOY_QUEUED, "requested", "queued"))
+    await worker.run_until_idle(rt.core, handlers=rt.handlers(), within=60)
+    assert len(getattr(a.pacer, "reserved")) == DEPLOYS  # noqa: B009 - the recording pacer's own set
+
+    # Replica B takes the next notice of each card before that post is made.  Where replicas share
+    # the database (PostgreSQL) it waits for A's notice's write instead of reserving a slot of its own.
+    b = rt.core.notifiers["slack"] = _paced_replica(rt, fake_slack)
+    await _events(rt, ids, (events.DEPLOY_STARTED, "started", "running"))
+    await _drain(rt)
+    assert await _failed_jobs(rt) == 0
+    cards = _cards(fake_slack)
+    assert sorted(cards) == sorted(ids)
+    assert all("rolling out" in str(m["blocks"]) for m in cards.values())
+    if rt.engine.dialect.name == "postgresql":
+        assert not getattr(b.pacer, "reserved"), "replica B reserved slots of its own"  # noqa: B009
+        assert _writes(fake_slack) == DEPLOYS
+        async with rt.sessionmaker() as session:
+            left = await session.scalars(
+                select(models.Meta.key).where(models.Meta.key.like(shared.HELD_PREFIX + "%"))
+            )
+            assert list(left) == []  # every reservation taken, every turn over
+
+
+async def test_a_failed_post_on_one_replica_makes_the_next_notice_on_another_look_before_posting(
+    rt: Runtime, fake_slack: FakeSlack
+) -> None:
+    [deployment_id] = await _seed(rt, deploys=1)
+
+    def replica() -> notifier_mod.SlackNotifier:
+        return _replica(
+            rt, fake_slack, lambda s: notifier_mod.SharedPacer(sessionmaker=s, rate=1000.0, burst=100)
+        )
+
+    # Replica A's post of the card fails (Slack may have taken it all the same).
+    rt.core.notifiers["slack"] = replica()
+    fake_slack.server_error("chat.postMessage")
+    await _events(rt, [deployment_id], (events.DEPLOY_QUEUED, "requested", "queued"))
+    await worker.run_until_idle(rt.core, handlers=rt.handlers(), within=60)
+    assert len(fake_slack.calls("chat.postMessage")) == 1 and not fake_slack.messages(CHANNEL)
+
+    # Replica B takes the card's next notice first: on PostgreSQL it knows of A's failed post and
+    # looks in the channel before posting, as a retry does.
+    rt.core.notifiers["slack"] = replica()
+    await _events(rt, [deployment_id], (events.DEPLOY_STARTED, "started", "running"))
+    await _drain(rt)
+    assert await _failed_jobs(rt) == 0
+    [card] = fake_slack.messages(CHANNEL, include_replies=False)
+    assert "rolling out" in str(card["blocks"])
+    if rt.engine.dialect.name == "postgresql":
+        looked = fake_slack.calls("conversations.history")
+        first_post = fake_slack.calls("chat.postMessage")[1]
+        assert looked and looked[0].at < first_post.at, "B posted without looking for A's post"
