@@ -859,7 +859,7 @@ class SlackNotifier:
         mine = self._turns.get(card)
         if mine is not None and mine.holder == holder:
             del self._turns[card]
-        if turn is not None and self.shares_cards:
+        if writes and turn is not None and self.shares_cards:
             await self._end_turn(card)  # drawn: the turn kept for the other replicas is over
 
     @staticmethod
