@@ -190,10 +190,11 @@ class SharedPacer(Pacer):
 
     async def wait(self, channel: str, *, key: Hashable | None = None) -> None:
         now = time.time()
-        slot = None
-        if key is not None:
-            self._held.pop((channel, key), None)  # the database's copy is the one every replica sees
-            slot = await shared.take_held(self.sessionmaker, key=self._held_key(channel, key))
+        slot = (
+            await shared.take_held(self.sessionmaker, key=self._held_key(channel, key))
+            if key is not None
+            else None
+        )
         if slot is None:
 
             def take(next_free: float) -> tuple[float | None, float]:
@@ -211,6 +212,9 @@ class SharedPacer(Pacer):
             raise Paced(f"pacing messages to Slack channel {channel}", retry_after=delay)
         if delay > 0:
             await asyncio.sleep(delay)
+
+    def _hold(self, channel: str, key: Hashable, slot: float, now: float) -> None:
+        return None  # kept in the database (wait), the copy every replica sees: none in memory
 
     async def backoff_shared(self, channel: str, seconds: float) -> None:
         until = time.time() + seconds
@@ -281,8 +285,9 @@ class SlackNotifier:
         # With the database: pacing and the posted-card record are shared by every replica.
         self.sessionmaker = sessionmaker
         self.pacer = pacer or (SharedPacer(sessionmaker=sessionmaker) if _shared(sessionmaker) else Pacer())
-        # Replicas: what a deploy card shows is recorded with its refs on the deploy, so a notice that
-        # another replica takes does not redraw a card that already shows the deploy as it is.
+        # Replicas: what a deploy card shows (recorded with its refs on the deploy) and whose turn it is
+        # to write it (core.shared.keep_held) are in the database, so a notice that another replica
+        # takes neither redraws a card that already shows the deploy nor reserves a slot of its own.
         self.shares_cards = _shared(sessionmaker)
         # Cards posted in this process, so a retry after a failure *after* posting updates the card
         # instead of posting a second one (the refs are only saved when deliver returns).

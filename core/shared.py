@@ -11,8 +11,9 @@
   plain Slack message) as made; core.retention still drops such rows with their event.
 - `save_mark` / `read_mark`: a value kept under a key, replaced when written again (a build's Slack
   card: where it is, so every event of the build updates it, on any replica).
-- `keep_held` / `take_held`: a reservation (a paced Slack write's slot) left by one replica for the
-  retry that may come back on another; taken once; core.retention forgets it after `HELD_FOR`.
+- `keep_held` / `read_held` / `take_held`: a reservation (a paced Slack write's slot, a card's turn to
+  be written) left by one replica for another to read or take once; core.retention forgets it after
+  `HELD_FOR`.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ async def keep_held(
 async def read_held(sessionmaker: async_sessionmaker[AsyncSession], *, key: str) -> tuple[float, str] | None:
     """The reservation under `key` as (time, holder), left in place; None when there is none."""
     value = await read_mark(sessionmaker, key=key)
-    return _held(value.encode()) if value is not None else None
+    return _held(value) if value is not None else None
 
 
 async def take_held(sessionmaker: async_sessionmaker[AsyncSession], *, key: str) -> float | None:
@@ -180,16 +181,16 @@ async def take_held(sessionmaker: async_sessionmaker[AsyncSession], *, key: str)
         value = await session.scalar(
             delete(models.Meta).where(models.Meta.key == key).returning(models.Meta.value)
         )
-    return _held(value)[0] if value is not None else None
+    return _held(value.decode(errors="replace"))[0] if value is not None else None
 
 
 def held_at(value: bytes) -> float:
     """The time of a kept reservation's stored value (0.0, long past, for anything unreadable)."""
-    return _held(value)[0]
+    return _held(value.decode(errors="replace"))[0]
 
 
-def _held(value: bytes) -> tuple[float, str]:
-    at, _, holder = value.decode(errors="replace").partition(" ")
+def _held(value: str) -> tuple[float, str]:
+    at, _, holder = value.partition(" ")
     try:
         return float(at), holder
     except ValueError:
